@@ -1,0 +1,11 @@
+// Benchmarks behind `liveio bench NAME`. Each registers its own subcommand with its options;
+// every benchmark prints a side-by-side table and ends with `metric: NAME VALUE` lines.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace liveio::bench {
+
+void add_uring_bench(CLI::App& bench);
+
+}  // namespace liveio::bench

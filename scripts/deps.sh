@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages liveio needs, only those missing (idempotent).
+set -euo pipefail
+packages=(
+  build-essential cmake pkg-config git clang llvm
+  liburing-dev libbpf-dev libelf-dev zlib1g-dev libzydis-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev libfmt-dev nlohmann-json3-dev
+  fio strace iproute2 bpftool
+  clickhouse-server clickhouse-client clickhouse-tools
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "liveio: missing Debian packages: ${missing[*]}; run as root or install them first" >&2
+    exit 1
+  fi
+  echo "liveio: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # The clickhouse-server package tries to start its service; there is no init here and
+  # we never want the system instance anyway (liveio starts private servers).
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,12 @@
+#include "bench/bench.h"
+#include "cli/commands.h"
+
+namespace liveio::cli {
+
+void add_bench_commands(CLI::App& app) {
+    auto* bench = app.add_subcommand("bench", "Run a benchmark: ours vs the baseline, side by side");
+    bench->require_subcommand(1);
+    liveio::bench::add_uring_bench(*bench);
+}
+
+}  // namespace liveio::cli

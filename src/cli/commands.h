@@ -1,0 +1,10 @@
+// Subcommand groups of the `liveio` command, one registration function per file.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace liveio::cli {
+
+void add_bench_commands(CLI::App& app);
+
+}  // namespace liveio::cli
