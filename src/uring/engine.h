@@ -1,0 +1,215 @@
+// liveio::uring — one small interface for file and socket I/O on io_uring, with a synchronous
+// fallback backend that produces identical results with plain system calls.
+//
+// Model
+// -----
+// * An Engine owns one ring (or, in fallback mode, a queue executed with raw syscalls).
+// * Threading: an Engine is NOT internally locked. The model is one Engine per thread (a ring
+//   per thread): no shared submission lock, no cross-thread completion hand-off, each thread's
+//   completions land in its own CQ. An Engine may be handed to another thread only while no op
+//   is in flight. `liveio bench uring` measures this model at 1, 2 and 8 threads.
+// * Ops are plain values (`Op`) built by the factory functions below. Every op completes with
+//   the kernel's result: bytes transferred / new fd / 0, or -errno. Buffers, paths, iovecs,
+//   msghdrs and sockaddrs are owned by the caller and must stay valid until the op completes.
+// * Three ways to run ops:
+//     run(op)          synchronous: submit one op and wait for *its* completion (one
+//                      io_uring_enter in the common case). Completions of other async ops seen
+//                      meanwhile are kept and returned by a later reap().
+//     run_batch(ops)   many independent ops, one io_uring_enter (per SQ-full), results in order.
+//     run_chain(ops)   ops linked with IOSQE_IO_LINK (or IOSQE_IO_HARDLINK): executed in order;
+//                      with a soft link, the first op that fails (res < 0, or a short
+//                      read/write) cancels the rest with -ECANCELED; ChainResult names the op.
+//     prepare()+submit()+reap()   asynchronous, tagged: for queue depths > 1 (the benchmark).
+// * Retries the caller never sees: EINTR/EAGAIN/EBUSY from io_uring_enter are retried (EBUSY
+//   after draining the CQ); -EAGAIN completions of file reads/writes are resubmitted (bounded by
+//   kMaxEagainRetries, then reported); `Op::whole()` resubmits short reads/writes for the
+//   remainder (the result is the total, or the error if nothing was transferred). Ops inside a
+//   chain are never resubmitted: the kernel already cancelled their successors.
+// * CQ overflow: the ring is created only with IORING_FEAT_NODROP semantics relied upon; when
+//   the kernel parks completions in its overflow list (IORING_SQ_CQ_OVERFLOW) the engine flushes
+//   them with io_uring_get_events and counts it in Stats::cq_overflow_flushes. A kernel that
+//   *drops* CQEs (no NODROP, koverflow grows) is reported in Stats::cq_dropped and the engine
+//   refuses further io_uring use (falls back) — a lost completion would hang a caller.
+// * Fallback: chosen when io_uring cannot be used (io_uring_disabled sysctl, seccomp, ring
+//   creation failure) or forced by Options::force_fallback or env LIVEIO_URING_FALLBACK=1.
+//   File ops and connect run at submit time; recv/recvmsg/accept/send/sendmsg wait for readiness
+//   with poll() inside reap()/run(); timeouts expire inside reap(); cancel finds pending ops.
+// * Called from inside hooked processes: all I/O uses liburing or raw syscall(2) numbers, never
+//   the libc wrappers (pread, recv, ...) that liveio's interceptor may redirect to us.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "base/result.h"
+
+struct statx;
+
+namespace liveio::uring {
+
+enum class OpCode : uint8_t {
+    Nop,
+    Read,
+    Write,
+    Readv,
+    Writev,
+    ReadFixed,   // into a registered buffer
+    WriteFixed,  // from a registered buffer
+    Fsync,
+    Fdatasync,
+    Openat,
+    Close,
+    Statx,
+    Fadvise,
+    Send,
+    Recv,
+    Sendmsg,
+    Recvmsg,
+    Accept,
+    AcceptMultishot,  // one completion per accepted connection, Completion::more while armed
+    Connect,
+    Timeout,  // completes with -ETIME after `nanoseconds`
+    Cancel,   // cancels the in-flight op carrying `target_tag`: 0, -ENOENT or -EALREADY
+};
+
+const char* op_name(OpCode code);
+
+// One operation. Build with the factories; fields are public so tests can inspect them.
+struct Op {
+    OpCode code = OpCode::Nop;
+    bool fixed_file = false;  // `fd` is an index into register_files()
+    bool all = false;         // resubmit short reads/writes/sends/recvs for the remainder
+    int fd = -1;
+    void* buf = nullptr;       // data buffer | iovec* | msghdr* | statx* | sockaddr*
+    uint64_t len = 0;          // bytes | iovec count | fadvise length | socklen_t* (accept)
+    int64_t offset = -1;       // file offset; -1 = the file position (read/write/readv/writev)
+    int flags = 0;             // open flags | msg flags | statx flags | fadvise advice
+    uint32_t aux = 0;          // open mode | statx mask | registered buffer index
+    const char* path = nullptr;
+    uint64_t target_tag = 0;   // Cancel: tag of the op to cancel
+    uint64_t nanoseconds = 0;  // Timeout
+
+    Op& fixed() { fixed_file = true; return *this; }  // fd is a registered-file index
+    Op& whole() { all = true; return *this; }         // "all of it": retry short transfers
+
+    static Op nop() { return Op{}; }
+    static Op read(int fd, void* buf, uint32_t len, int64_t offset = -1);
+    static Op write(int fd, const void* buf, uint32_t len, int64_t offset = -1);
+    static Op readv(int fd, const iovec* iov, unsigned iovcnt, int64_t offset = -1);
+    static Op writev(int fd, const iovec* iov, unsigned iovcnt, int64_t offset = -1);
+    static Op read_fixed(int fd, void* buf, uint32_t len, int64_t offset, unsigned buf_index);
+    static Op write_fixed(int fd, const void* buf, uint32_t len, int64_t offset, unsigned buf_index);
+    static Op fsync(int fd);
+    static Op fdatasync(int fd);
+    static Op openat(int dirfd, const char* path, int flags, mode_t mode = 0);
+    static Op close(int fd);
+    static Op statx(int dirfd, const char* path, int flags, unsigned mask, struct ::statx* out);
+    static Op fadvise(int fd, int64_t offset, uint32_t len, int advice);
+    static Op send(int fd, const void* buf, uint32_t len, int msg_flags = 0);
+    static Op recv(int fd, void* buf, uint32_t len, int msg_flags = 0);
+    static Op sendmsg(int fd, const msghdr* msg, int msg_flags = 0);
+    static Op recvmsg(int fd, msghdr* msg, int msg_flags = 0);
+    static Op accept(int fd, sockaddr* addr = nullptr, socklen_t* addrlen = nullptr, int flags = 0);
+    static Op accept_multishot(int fd, int flags = 0);
+    static Op connect(int fd, const sockaddr* addr, socklen_t addrlen);
+    static Op timeout(uint64_t nanoseconds);
+    static Op cancel(uint64_t target_tag);
+};
+
+struct Completion {
+    uint64_t tag = 0;   // the tag given to prepare()
+    int32_t res = 0;    // bytes / fd / 0, or -errno
+    bool more = false;  // multishot: the op stays armed and will complete again
+};
+
+struct ChainResult {
+    std::vector<int32_t> results;  // one per op, in order
+    int failed_index = -1;         // first op whose failure broke the chain, -1 if none
+    int32_t failed_res = 0;        // its result (-errno, or the short byte count)
+};
+
+enum class ChainKind { Soft, Hard };  // IOSQE_IO_LINK vs IOSQE_IO_HARDLINK
+
+struct Options {
+    unsigned sq_entries = 64;
+    unsigned cq_entries = 0;      // 0: 2 * sq_entries (kernel rounds up to a power of two)
+    unsigned max_inflight = 0;    // 0: cq size. Larger lets a burst overflow the CQ (tests)
+    bool sqpoll = false;          // IORING_SETUP_SQPOLL: a kernel thread polls the SQ
+    unsigned sqpoll_idle_ms = 1000;
+    bool force_fallback = false;  // also: environment LIVEIO_URING_FALLBACK=1
+};
+
+enum class BackendKind { Uring, Fallback };
+
+struct Stats {
+    uint64_t enters = 0;               // io_uring_enter calls (submit and/or wait)
+    uint64_t submit_retries = 0;       // EINTR/EAGAIN/EBUSY on submit, retried
+    uint64_t eagain_resubmits = 0;     // -EAGAIN completions resubmitted
+    uint64_t short_resubmits = 0;      // short transfers resubmitted for the remainder
+    uint64_t cq_overflow_flushes = 0;  // times the kernel's overflow list was flushed
+    uint64_t cq_dropped = 0;           // completions the kernel dropped (never on NODROP kernels)
+};
+
+struct Features {
+    bool nodrop = false;            // IORING_FEAT_NODROP
+    bool fast_poll = false;         // IORING_FEAT_FAST_POLL
+    bool multishot_accept = false;  // learned at run time: true once the kernel accepted one
+    std::vector<bool> opcode_supported;  // by kernel IORING_OP_* number (io_uring_get_probe)
+};
+
+constexpr int kMaxEagainRetries = 64;
+
+class Engine {
+public:
+    // Creates an io_uring engine, or the fallback when io_uring is unusable or forced.
+    // `why_fallback()` says why the fallback was chosen.
+    static Result<std::unique_ptr<Engine>> create(const Options& options = {});
+
+    virtual ~Engine() = default;
+    Engine(const Engine&) = delete;
+    Engine& operator=(const Engine&) = delete;
+
+    virtual BackendKind backend() const = 0;
+    const std::string& why_fallback() const { return why_fallback_; }
+    virtual const Features& features() const = 0;
+    const Stats& stats() const { return stats_; }
+
+    // Fixed files/buffers. Ops with .fixed() use indexes into `fds`; *_fixed ops use indexes
+    // into `buffers`. Registering again replaces the previous set.
+    virtual Result<void> register_files(std::span<const int> fds) = 0;
+    virtual Result<void> register_buffers(std::span<const iovec> buffers) = 0;
+
+    // Synchronous: submit and wait for this op's own completion.
+    virtual int32_t run(const Op& op) = 0;
+    // Independent ops, submitted together; results in order.
+    virtual std::vector<int32_t> run_batch(std::span<const Op> ops) = 0;
+    // Linked ops; see ChainResult.
+    virtual ChainResult run_chain(std::span<const Op> ops, ChainKind kind = ChainKind::Soft) = 0;
+
+    // Asynchronous. prepare() queues (and submits when the SQ is full); -EBUSY if max_inflight
+    // ops are already in flight (reap first). submit() hands queued ops to the kernel.
+    // reap() waits until at least `min_complete` completions (capped by what is in flight) and
+    // returns how many were stored into `out`. submit_and_reap() does both in one enter.
+    virtual int prepare(const Op& op, uint64_t tag) = 0;
+    virtual int submit() = 0;
+    virtual size_t reap(std::span<Completion> out, unsigned min_complete) = 0;
+    virtual size_t submit_and_reap(std::span<Completion> out, unsigned min_complete) = 0;
+    virtual unsigned inflight() const = 0;
+
+protected:
+    Engine() = default;
+    Stats stats_;
+    std::string why_fallback_;
+};
+
+// True when $LIVEIO_URING_FALLBACK is "1" (tests force the fallback with it).
+bool fallback_forced_by_env();
+
+}  // namespace liveio::uring

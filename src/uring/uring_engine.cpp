@@ -1,0 +1,453 @@
+// The io_uring backend. Every in-flight op owns a slot (preallocated, index = user_data), so
+// the hot path allocates nothing: prepare = pop a free slot + fill an SQE; completions are
+// peeked in batches and the CQ head advanced once per batch.
+#include <liburing.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+
+#include <fmt/format.h>
+
+#include "uring/internal.h"
+
+namespace liveio::uring::detail {
+namespace {
+
+constexpr uint64_t kNoSuchOp = ~0ull;  // user_data that never names a slot (cancel misses)
+
+struct Slot {
+    Op op;
+    uint64_t tag = 0;
+    uint64_t done = 0;          // bytes already transferred (whole() resubmissions)
+    int32_t* sync_result = nullptr;  // run/run_batch/run_chain: where the result goes
+    uint32_t eagain_retries = 0;
+    bool in_use = false;
+    bool in_chain = false;
+    bool emulate_multishot = false;  // kernel refused multishot accept: re-arm single accepts
+    __kernel_timespec ts{};
+    std::vector<iovec> iov_rest;
+};
+
+class UringEngine final : public Engine {
+public:
+    explicit UringEngine(const Options& options) : options_(options) {}
+    ~UringEngine() override {
+        if (ring_ready_) io_uring_queue_exit(&ring_);
+    }
+
+    Result<void> init() {
+        io_uring_params p{};
+        unsigned cq = options_.cq_entries ? options_.cq_entries : 2 * options_.sq_entries;
+        p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
+        p.cq_entries = std::max(cq, options_.sq_entries);
+        if (options_.sqpoll) {
+            p.flags |= IORING_SETUP_SQPOLL;
+            p.sq_thread_idle = options_.sqpoll_idle_ms;
+        }
+        int r = io_uring_queue_init_params(options_.sq_entries, &ring_, &p);
+        if (r == -EINVAL) {  // kernel older than 5.19 lacks COOP_TASKRUN/SUBMIT_ALL: plain ring
+            p = io_uring_params{};
+            p.flags = IORING_SETUP_CQSIZE | (options_.sqpoll ? IORING_SETUP_SQPOLL : 0);
+            p.cq_entries = std::max(cq, options_.sq_entries);
+            p.sq_thread_idle = options_.sqpoll_idle_ms;
+            r = io_uring_queue_init_params(options_.sq_entries, &ring_, &p);
+        }
+        if (r < 0) return make_error(-r, fmt::format("io_uring_setup failed: {}", std::strerror(-r)));
+        ring_ready_ = true;
+        features_.nodrop = p.features & IORING_FEAT_NODROP;
+        features_.fast_poll = p.features & IORING_FEAT_FAST_POLL;
+        if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
+            features_.opcode_supported.assign(IORING_OP_LAST, false);
+            for (int op = 0; op < IORING_OP_LAST; ++op)
+                features_.opcode_supported[op] = io_uring_opcode_supported(probe, op);
+            io_uring_free_probe(probe);
+        }
+        unsigned slots = options_.max_inflight ? options_.max_inflight : p.cq_entries;
+        slots_.resize(slots);
+        free_.reserve(slots);
+        for (unsigned i = slots; i-- > 0;) free_.push_back(i);
+        last_koverflow_ = *ring_.cq.koverflow;
+        return {};
+    }
+
+    BackendKind backend() const override { return BackendKind::Uring; }
+    const Features& features() const override { return features_; }
+    unsigned inflight() const override { return async_inflight_; }
+
+    Result<void> register_files(std::span<const int> fds) override {
+        if (files_registered_) io_uring_unregister_files(&ring_);
+        files_registered_ = false;
+        if (fds.empty()) return {};
+        int r = io_uring_register_files(&ring_, fds.data(), fds.size());
+        if (r < 0) return make_error(-r, fmt::format("io_uring_register_files: {}", std::strerror(-r)));
+        files_registered_ = true;
+        return {};
+    }
+
+    Result<void> register_buffers(std::span<const iovec> buffers) override {
+        if (buffers_registered_) io_uring_unregister_buffers(&ring_);
+        buffers_registered_ = false;
+        if (buffers.empty()) return {};
+        int r = io_uring_register_buffers(&ring_, buffers.data(), buffers.size());
+        if (r < 0) return make_error(-r, fmt::format("io_uring_register_buffers: {}", std::strerror(-r)));
+        buffers_registered_ = true;
+        return {};
+    }
+
+    int prepare(const Op& op, uint64_t tag) override {
+        int slot = take_slot(op, tag, nullptr, false);
+        if (slot < 0) return slot;
+        ++async_inflight_;
+        return 0;
+    }
+
+    int submit() override { return submit_with_retry(0); }
+
+    size_t reap(std::span<Completion> out, unsigned min_complete) override {
+        return collect(out, min_complete, false);
+    }
+
+    size_t submit_and_reap(std::span<Completion> out, unsigned min_complete) override {
+        return collect(out, min_complete, true);
+    }
+
+    int32_t run(const Op& op) override {
+        int32_t result = 0;
+        int slot = take_slot(op, 0, &result, false);
+        if (slot < 0) return slot;
+        ++sync_pending_;
+        wait_sync();
+        return result;
+    }
+
+    std::vector<int32_t> run_batch(std::span<const Op> ops) override {
+        std::vector<int32_t> results(ops.size(), 0);
+        for (size_t i = 0; i < ops.size(); ++i) {
+            if (free_.empty()) wait_sync();  // more ops than slots: finish what is in flight
+            int slot = take_slot(ops[i], 0, &results[i], false);
+            if (slot < 0) {
+                results[i] = slot;
+                continue;
+            }
+            ++sync_pending_;
+        }
+        wait_sync();
+        return results;
+    }
+
+    ChainResult run_chain(std::span<const Op> ops, ChainKind kind) override {
+        ChainResult chain;
+        chain.results.assign(ops.size(), 0);
+        if (ops.empty()) return chain;
+        // The chain must reach the kernel in one submission, or the kernel ends it early.
+        if (ops.size() > ring_.sq.ring_entries || ops.size() > slots_.size()) {
+            std::fill(chain.results.begin(), chain.results.end(), -E2BIG);
+            chain.failed_index = 0;
+            chain.failed_res = -E2BIG;
+            return chain;
+        }
+        while (free_.size() < ops.size()) wait_one_more();
+        if (io_uring_sq_space_left(&ring_) < ops.size()) submit_with_retry(0);
+        const uint8_t link = kind == ChainKind::Soft ? IOSQE_IO_LINK : IOSQE_IO_HARDLINK;
+        for (size_t i = 0; i < ops.size(); ++i) {
+            int slot = take_slot(ops[i], 0, &chain.results[i], true);
+            if (slot < 0) {  // cannot happen after the checks above; keep the chain honest anyway
+                chain.results[i] = slot;
+                continue;
+            }
+            if (i + 1 < ops.size()) last_sqe_->flags |= link;
+            ++sync_pending_;
+        }
+        wait_sync();
+        for (size_t i = 0; i < ops.size(); ++i) {
+            if (breaks_chain(ops[i], chain.results[i])) {
+                chain.failed_index = static_cast<int>(i);
+                chain.failed_res = chain.results[i];
+                break;
+            }
+        }
+        return chain;
+    }
+
+private:
+    // Pops a slot and fills an SQE for it. Returns the slot index or -errno.
+    int take_slot(const Op& op, uint64_t tag, int32_t* sync_result, bool in_chain) {
+        if (free_.empty()) return -EBUSY;
+        uint32_t index = free_.back();
+        free_.pop_back();
+        Slot& s = slots_[index];
+        s.op = op;
+        s.tag = tag;
+        s.done = 0;
+        s.sync_result = sync_result;
+        s.eagain_retries = 0;
+        s.in_use = true;
+        s.in_chain = in_chain;
+        s.emulate_multishot = op.code == OpCode::AcceptMultishot && multishot_refused_;
+        queue_sqe(index);
+        return static_cast<int>(index);
+    }
+
+    io_uring_sqe* get_sqe() {
+        io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+        while (sqe == nullptr) {  // SQ full: hand the queued ones to the kernel first
+            submit_with_retry(0);
+            sqe = io_uring_get_sqe(&ring_);
+        }
+        return sqe;
+    }
+
+    void queue_sqe(uint32_t index) {
+        Slot& s = slots_[index];
+        const Op& op = s.op;
+        io_uring_sqe* sqe = get_sqe();
+        last_sqe_ = sqe;
+        switch (op.code) {
+            case OpCode::Nop: io_uring_prep_nop(sqe); break;
+            case OpCode::Read: io_uring_prep_read(sqe, op.fd, op.buf, op.len, op.offset); break;
+            case OpCode::Write: io_uring_prep_write(sqe, op.fd, op.buf, op.len, op.offset); break;
+            case OpCode::Readv:
+                io_uring_prep_readv(sqe, op.fd, static_cast<const iovec*>(op.buf), op.len, op.offset);
+                break;
+            case OpCode::Writev:
+                io_uring_prep_writev(sqe, op.fd, static_cast<const iovec*>(op.buf), op.len, op.offset);
+                break;
+            case OpCode::ReadFixed:
+                io_uring_prep_read_fixed(sqe, op.fd, op.buf, op.len, op.offset, op.aux);
+                break;
+            case OpCode::WriteFixed:
+                io_uring_prep_write_fixed(sqe, op.fd, op.buf, op.len, op.offset, op.aux);
+                break;
+            case OpCode::Fsync: io_uring_prep_fsync(sqe, op.fd, 0); break;
+            case OpCode::Fdatasync: io_uring_prep_fsync(sqe, op.fd, IORING_FSYNC_DATASYNC); break;
+            case OpCode::Openat: io_uring_prep_openat(sqe, op.fd, op.path, op.flags, op.aux); break;
+            case OpCode::Close: io_uring_prep_close(sqe, op.fd); break;
+            case OpCode::Statx:
+                io_uring_prep_statx(sqe, op.fd, op.path, op.flags, op.aux, static_cast<struct statx*>(op.buf));
+                break;
+            case OpCode::Fadvise:
+                io_uring_prep_fadvise(sqe, op.fd, op.offset, static_cast<off_t>(op.len), op.flags);
+                break;
+            case OpCode::Send: io_uring_prep_send(sqe, op.fd, op.buf, op.len, op.flags); break;
+            case OpCode::Recv: io_uring_prep_recv(sqe, op.fd, op.buf, op.len, op.flags); break;
+            case OpCode::Sendmsg:
+                io_uring_prep_sendmsg(sqe, op.fd, static_cast<const msghdr*>(op.buf), op.flags);
+                break;
+            case OpCode::Recvmsg: io_uring_prep_recvmsg(sqe, op.fd, static_cast<msghdr*>(op.buf), op.flags); break;
+            case OpCode::Accept:
+                io_uring_prep_accept(sqe, op.fd, static_cast<sockaddr*>(op.buf),
+                                     reinterpret_cast<socklen_t*>(op.len), op.flags);
+                break;
+            case OpCode::AcceptMultishot:
+                if (s.emulate_multishot)
+                    io_uring_prep_accept(sqe, op.fd, nullptr, nullptr, op.flags);
+                else
+                    io_uring_prep_multishot_accept(sqe, op.fd, nullptr, nullptr, op.flags);
+                break;
+            case OpCode::Connect:
+                io_uring_prep_connect(sqe, op.fd, static_cast<const sockaddr*>(op.buf), static_cast<socklen_t>(op.len));
+                break;
+            case OpCode::Timeout:
+                s.ts.tv_sec = static_cast<int64_t>(op.nanoseconds / 1000000000ull);
+                s.ts.tv_nsec = static_cast<int64_t>(op.nanoseconds % 1000000000ull);
+                io_uring_prep_timeout(sqe, &s.ts, 0, 0);
+                break;
+            case OpCode::Cancel: io_uring_prep_cancel64(sqe, find_async_slot(op.target_tag), 0); break;
+        }
+        if (op.fixed_file) sqe->flags |= IOSQE_FIXED_FILE;
+        io_uring_sqe_set_data64(sqe, index);
+    }
+
+    uint64_t find_async_slot(uint64_t tag) const {
+        for (size_t i = 0; i < slots_.size(); ++i) {
+            const Slot& s = slots_[i];
+            if (s.in_use && s.sync_result == nullptr && s.tag == tag && s.op.code != OpCode::Cancel) return i;
+        }
+        return kNoSuchOp;
+    }
+
+    // io_uring_submit(_and_wait) with the retries the caller never sees. EBUSY/EAGAIN mean the
+    // kernel wants completions reaped before it takes more: drain, then let the caller's loop
+    // re-evaluate (its wait may already be satisfied by what was drained).
+    int submit_with_retry(unsigned wait_nr) {
+        for (;;) {
+            ++stats_.enters;
+            int r = wait_nr ? io_uring_submit_and_wait(&ring_, wait_nr) : io_uring_submit(&ring_);
+            if (r >= 0) return r;
+            if (r == -EINTR) {
+                ++stats_.submit_retries;
+                continue;
+            }
+            if (r == -EAGAIN || r == -EBUSY) {
+                ++stats_.submit_retries;
+                drain_cq();
+                return 0;
+            }
+            return r;
+        }
+    }
+
+    // Processes every CQE available now (flushing the kernel's overflow list too).
+    unsigned drain_cq() {
+        unsigned total = 0;
+        for (;;) {
+            io_uring_cqe* cqes[64];
+            unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, 64);
+            if (n > 0) {
+                struct Copy { uint64_t data; int32_t res; uint32_t flags; } copy[64];
+                for (unsigned i = 0; i < n; ++i) copy[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
+                io_uring_cq_advance(&ring_, n);  // free CQ space before handling may resubmit
+                for (unsigned i = 0; i < n; ++i) handle(copy[i].data, copy[i].res, copy[i].flags);
+                total += n;
+                continue;
+            }
+            if (io_uring_cq_has_overflow(&ring_)) {
+                ++stats_.cq_overflow_flushes;
+                ++stats_.enters;
+                io_uring_get_events(&ring_);
+                continue;
+            }
+            break;
+        }
+        unsigned k = *ring_.cq.koverflow;
+        if (k != last_koverflow_) {
+            stats_.cq_dropped += k - last_koverflow_;
+            last_koverflow_ = k;
+        }
+        return total;
+    }
+
+    void handle(uint64_t data, int32_t res, uint32_t flags) {
+        if (data >= slots_.size()) return;  // not ours (cannot happen: every SQE names a slot)
+        Slot& s = slots_[data];
+        Op& op = s.op;
+        if (op.code == OpCode::AcceptMultishot) {
+            if (!s.emulate_multishot && res == -EINVAL && !features_.multishot_accept) {
+                multishot_refused_ = true;  // probe by trying: kernel lacks multishot accept
+                s.emulate_multishot = true;
+                queue_sqe(static_cast<uint32_t>(data));
+                return;
+            }
+            if (!s.emulate_multishot && res >= 0) features_.multishot_accept = true;
+            bool armed = (flags & IORING_CQE_F_MORE) != 0;
+            if (!armed && res >= 0) {  // kernel ended it without an error (or emulation): re-arm
+                deliver(s, res, true);
+                queue_sqe(static_cast<uint32_t>(data));
+                return;
+            }
+            deliver(s, res, armed);
+            if (!armed) release(static_cast<uint32_t>(data));
+            return;
+        }
+        if (!s.in_chain && res == -EAGAIN && is_file_rw(op.code) && s.eagain_retries < kMaxEagainRetries) {
+            ++s.eagain_retries;
+            ++stats_.eagain_resubmits;
+            queue_sqe(static_cast<uint32_t>(data));
+            return;
+        }
+        if (!s.in_chain && op.all && is_byte_stream(op.code) && res > 0 &&
+            static_cast<uint64_t>(res) < requested_bytes(op)) {
+            s.done += static_cast<uint64_t>(res);
+            advance(op, static_cast<uint64_t>(res), s.iov_rest);
+            ++stats_.short_resubmits;
+            queue_sqe(static_cast<uint32_t>(data));
+            return;
+        }
+        deliver(s, op.all ? whole_result(s.done, res) : res, false);
+        release(static_cast<uint32_t>(data));
+    }
+
+    void deliver(Slot& s, int32_t res, bool more) {
+        if (s.sync_result != nullptr) {
+            *s.sync_result = res;
+            --sync_pending_;
+            return;
+        }
+        Completion c{s.tag, res, more};
+        if (out_n_ < out_.size())
+            out_[out_n_++] = c;
+        else
+            ready_.push_back(c);
+        if (!more) --async_inflight_;
+    }
+
+    void release(uint32_t index) {
+        Slot& s = slots_[index];
+        s.in_use = false;
+        if (!s.iov_rest.empty()) s.iov_rest.clear();
+        free_.push_back(index);
+    }
+
+    // Waits until every synchronous op has completed.
+    void wait_sync() {
+        while (sync_pending_ > 0) {
+            submit_with_retry(1);
+            drain_cq();
+        }
+    }
+
+    // Waits for at least one completion (used when slots are exhausted).
+    void wait_one_more() {
+        size_t before = free_.size();
+        while (free_.size() == before && (sync_pending_ || async_inflight_)) {
+            submit_with_retry(1);
+            drain_cq();
+        }
+    }
+
+    size_t collect(std::span<Completion> out, unsigned min_complete, bool submit_first) {
+        size_t n = 0;
+        while (n < out.size() && !ready_.empty()) {
+            out[n++] = ready_.front();
+            ready_.pop_front();
+        }
+        out_ = out;
+        out_n_ = n;
+        // Never wait for more than can still arrive.
+        auto missing = [&]() -> unsigned {
+            size_t want = std::min<size_t>({min_complete, out.size(), out_n_ + async_inflight_});
+            return out_n_ >= want ? 0u : static_cast<unsigned>(want - out_n_);
+        };
+        if (submit_first) {
+            submit_with_retry(missing());  // one io_uring_enter: submit and wait together
+        }
+        for (;;) {
+            drain_cq();
+            unsigned m = missing();
+            if (m == 0) break;
+            submit_with_retry(m);
+        }
+        n = out_n_;
+        out_ = {};
+        out_n_ = 0;
+        return n;
+    }
+
+    Options options_;
+    io_uring ring_{};
+    bool ring_ready_ = false;
+    bool files_registered_ = false;
+    bool buffers_registered_ = false;
+    bool multishot_refused_ = false;
+    Features features_;
+    std::vector<Slot> slots_;
+    std::vector<uint32_t> free_;
+    std::deque<Completion> ready_;  // async completions not yet returned by reap()
+    std::span<Completion> out_;     // the current reap()'s output, filled directly
+    size_t out_n_ = 0;
+    io_uring_sqe* last_sqe_ = nullptr;
+    unsigned async_inflight_ = 0;
+    unsigned sync_pending_ = 0;
+    unsigned last_koverflow_ = 0;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Engine>> create_uring_engine(const Options& options) {
+    auto engine = std::make_unique<UringEngine>(options);
+    if (auto r = engine->init(); !r) return r.error();
+    return std::unique_ptr<Engine>(std::move(engine));
+}
+
+}  // namespace liveio::uring::detail
