@@ -25,11 +25,11 @@
 //   kMaxEagainRetries, then reported); `Op::whole()` resubmits short reads/writes for the
 //   remainder (the result is the total, or the error if nothing was transferred). Ops inside a
 //   chain are never resubmitted: the kernel already cancelled their successors.
-// * CQ overflow: the ring is created only with IORING_FEAT_NODROP semantics relied upon; when
-//   the kernel parks completions in its overflow list (IORING_SQ_CQ_OVERFLOW) the engine flushes
-//   them with io_uring_get_events and counts it in Stats::cq_overflow_flushes. A kernel that
-//   *drops* CQEs (no NODROP, koverflow grows) is reported in Stats::cq_dropped and the engine
-//   refuses further io_uring use (falls back) — a lost completion would hang a caller.
+// * CQ overflow: by default max_inflight equals the CQ size, so the engine never has more
+//   completions outstanding than the CQ holds (multishot ops aside). When the kernel does park
+//   completions in its overflow list (IORING_SQ_CQ_OVERFLOW, NODROP kernels) the engine flushes
+//   them (io_uring_get_events) and counts it in Stats::cq_overflow_flushes; none is lost. A
+//   pre-5.5 kernel without NODROP that drops CQEs is detected via koverflow (Stats::cq_dropped).
 // * Fallback: chosen when io_uring cannot be used (io_uring_disabled sysctl, seccomp, ring
 //   creation failure) or forced by Options::force_fallback or env LIVEIO_URING_FALLBACK=1.
 //   File ops and connect run at submit time; recv/recvmsg/accept/send/sendmsg wait for readiness
@@ -153,7 +153,7 @@ struct Stats {
     uint64_t submit_retries = 0;       // EINTR/EAGAIN/EBUSY on submit, retried
     uint64_t eagain_resubmits = 0;     // -EAGAIN completions resubmitted
     uint64_t short_resubmits = 0;      // short transfers resubmitted for the remainder
-    uint64_t cq_overflow_flushes = 0;  // times the kernel's overflow list was flushed
+    uint64_t cq_overflow_flushes = 0;  // drains that found completions parked in the kernel overflow list
     uint64_t cq_dropped = 0;           // completions the kernel dropped (never on NODROP kernels)
 };
 

@@ -1,7 +1,7 @@
 // The synchronous fallback: the same API and results as the io_uring backend, with plain
 // system calls (raw syscall(2), never the interceptable libc wrappers). File ops, connect and
 // the like run when submitted; ops that would block on a socket (recv, recvmsg, accept, send,
-// sendmsg) and timeouts stay pending and complete inside reap()/run() once poll() says the
+// sendmsg, and reads/writes that hit -EAGAIN on a non-blocking fd) and timeouts stay pending and complete inside reap()/run() once poll() says the
 // socket is ready or the deadline passed — so cancel and timeouts behave as with io_uring.
 #include <poll.h>
 #include <sys/stat.h>
@@ -149,7 +149,14 @@ private:
             pending_.push_back(p);
             return;
         }
-        complete(p, execute(p.op), false);
+        int32_t res = execute(p.op);
+        // io_uring does not hand -EAGAIN back for a pipe/socket read or write, even on an
+        // O_NONBLOCK file: it arms poll and completes when the fd is ready. Do the same.
+        if (res == -EAGAIN && is_transfer(p.op.code) && resolve_fd(p.op) >= 0) {
+            pending_.push_back(p);
+            return;
+        }
+        complete(p, res, false);
     }
 
     int32_t cancel(uint64_t tag) {
@@ -187,7 +194,8 @@ private:
                 if (nearest < 0 || pending_[i].deadline_ns < nearest) nearest = pending_[i].deadline_ns;
                 continue;
             }
-            bool out = op.code == OpCode::Send || op.code == OpCode::Sendmsg;
+            bool out = op.code == OpCode::Send || op.code == OpCode::Sendmsg || op.code == OpCode::Write ||
+                       op.code == OpCode::Writev || op.code == OpCode::WriteFixed;
             fds.push_back(pollfd{resolve_fd(op), static_cast<short>(out ? POLLOUT : POLLIN), 0});
             index.push_back(i);
         }

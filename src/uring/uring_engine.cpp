@@ -292,6 +292,8 @@ private:
     unsigned drain_cq() {
         unsigned total = 0;
         for (;;) {
+            // Seen before liburing's peek flushes the kernel's overflow list behind our back.
+            if (io_uring_cq_has_overflow(&ring_)) ++stats_.cq_overflow_flushes;
             io_uring_cqe* cqes[64];
             unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, 64);
             if (n > 0) {
@@ -303,7 +305,6 @@ private:
                 continue;
             }
             if (io_uring_cq_has_overflow(&ring_)) {
-                ++stats_.cq_overflow_flushes;
                 ++stats_.enters;
                 io_uring_get_events(&ring_);
                 continue;
