@@ -28,6 +28,8 @@ struct Pending {
     uint64_t tag = 0;
     int32_t* sync_result = nullptr;  // run/run_batch: where the result goes
     int64_t deadline_ns = 0;         // Timeout
+    uint64_t done = 0;               // .whole(): bytes already transferred while parked
+    std::shared_ptr<std::vector<iovec>> iov_rest;  // .whole() vectored remainder
 };
 
 class FallbackEngine final : public Engine {
@@ -219,13 +221,24 @@ private:
             if (fds[k].revents == 0) continue;
             Pending& p = pending_[index[k]];
             Op op = p.op;
-            // poll said ready; never block on a spurious wakeup. (A .whole() op may block after
-            // its first bytes until the rest arrive: the fallback is synchronous.)
-            if (!op.all && (op.code == OpCode::Recv || op.code == OpCode::Recvmsg || op.code == OpCode::Send ||
-                            op.code == OpCode::Sendmsg))
+            // poll said ready; never block on a spurious wakeup. A .whole() op makes one
+            // non-blocking step per readiness and stays parked until it has everything.
+            if (op.code == OpCode::Recv || op.code == OpCode::Recvmsg || op.code == OpCode::Send ||
+                op.code == OpCode::Sendmsg)
                 op.flags |= MSG_DONTWAIT;
+            op.all = false;
             int32_t res = execute(op);
             if (res == -EAGAIN && !(p.op.flags & MSG_DONTWAIT)) continue;  // still not ready
+            if (p.op.all && is_byte_stream(p.op.code)) {
+                if (res > 0 && static_cast<uint64_t>(res) < requested_bytes(p.op)) {
+                    p.done += static_cast<uint64_t>(res);
+                    if (!p.iov_rest) p.iov_rest = std::make_shared<std::vector<iovec>>();
+                    advance(p.op, static_cast<uint64_t>(res), *p.iov_rest);
+                    ++stats_.short_resubmits;
+                    continue;
+                }
+                res = whole_result(p.done, res);
+            }
             if (p.op.code == OpCode::AcceptMultishot && res >= 0) {
                 multishot.emplace_back(p, res);
                 continue;
