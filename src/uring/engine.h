@@ -7,7 +7,9 @@
 // * Threading: an Engine is NOT internally locked. The model is one Engine per thread (a ring
 //   per thread): no shared submission lock, no cross-thread completion hand-off, each thread's
 //   completions land in its own CQ. An Engine may be handed to another thread only while no op
-//   is in flight. `liveio bench uring` measures this model at 1, 2 and 8 threads.
+//   is in flight, and only if created with Options::single_issuer = false (by default the ring
+//   is bound to its creating thread, IORING_SETUP_SINGLE_ISSUER). `liveio bench uring` measures
+//   this model at 1, 2 and 8 threads.
 // * Ops are plain values (`Op`) built by the factory functions below. Every op completes with
 //   the kernel's result: bytes transferred / new fd / 0, or -errno. Buffers, paths, iovecs,
 //   msghdrs and sockaddrs are owned by the caller and must stay valid until the op completes.
@@ -144,6 +146,10 @@ struct Options {
     bool sqpoll = false;          // IORING_SETUP_SQPOLL: a kernel thread polls the SQ
     unsigned sqpoll_idle_ms = 1000;
     bool force_fallback = false;  // also: environment LIVEIO_URING_FALLBACK=1
+    // IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN where the kernel has them (not with sqpoll):
+    // fastest, but then only the thread that created the Engine may use it. Set false to be
+    // allowed to hand an idle Engine to another thread.
+    bool single_issuer = true;
 };
 
 enum class BackendKind { Uring, Fallback };

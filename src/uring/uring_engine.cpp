@@ -37,21 +37,30 @@ public:
     }
 
     Result<void> init() {
-        io_uring_params p{};
         unsigned cq = options_.cq_entries ? options_.cq_entries : 2 * options_.sq_entries;
-        p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN;
-        p.cq_entries = std::max(cq, options_.sq_entries);
-        if (options_.sqpoll) {
-            p.flags |= IORING_SETUP_SQPOLL;
-            p.sq_thread_idle = options_.sqpoll_idle_ms;
-        }
-        int r = io_uring_queue_init_params(options_.sq_entries, &ring_, &p);
-        if (r == -EINVAL) {  // kernel older than 5.19 lacks COOP_TASKRUN/SUBMIT_ALL: plain ring
+        // Newest flags first, then step down for older kernels (EINVAL = unknown flag):
+        //  SINGLE_ISSUER|DEFER_TASKRUN (6.1): completions are processed in our io_uring_enter
+        //    instead of by interrupting task work — what fio 3.33 uses; needs the one-thread model.
+        //  COOP_TASKRUN|SUBMIT_ALL (5.18/5.19): no IPIs for task work; keep submitting on errors.
+        const unsigned attempts[] = {
+            IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
+                IORING_SETUP_DEFER_TASKRUN,
+            IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN,
+            0,
+        };
+        io_uring_params p{};
+        int r = -EINVAL;
+        for (unsigned extra : attempts) {
+            if ((extra & IORING_SETUP_DEFER_TASKRUN) && (options_.sqpoll || !options_.single_issuer)) continue;
             p = io_uring_params{};
-            p.flags = IORING_SETUP_CQSIZE | (options_.sqpoll ? IORING_SETUP_SQPOLL : 0);
+            p.flags = IORING_SETUP_CQSIZE | extra;
             p.cq_entries = std::max(cq, options_.sq_entries);
-            p.sq_thread_idle = options_.sqpoll_idle_ms;
+            if (options_.sqpoll) {
+                p.flags |= IORING_SETUP_SQPOLL;
+                p.sq_thread_idle = options_.sqpoll_idle_ms;
+            }
             r = io_uring_queue_init_params(options_.sq_entries, &ring_, &p);
+            if (r != -EINVAL) break;
         }
         if (r < 0) return make_error(-r, fmt::format("io_uring_setup failed: {}", std::strerror(-r)));
         ring_ready_ = true;
