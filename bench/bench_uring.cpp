@@ -164,9 +164,6 @@ Result<double> engine_reads(const std::string& path, bool direct, bool random, u
             e.submit();
         }
     }
-    if (std::getenv("LIVEIO_BENCH_DEBUG"))
-        fmt::print(stderr, "debug: qd {} bs {} ops {} enters {} ({:.2f}/op)\n", qd, bs, ops, e.stats().enters,
-                   double(e.stats().enters) / ops);
     // Drain what is still in flight so the engine is idle when destroyed.
     while (e.inflight() > 0) e.submit_and_reap(done, e.inflight());
     return ops / t;
