@@ -76,6 +76,7 @@ enum class OpCode : uint8_t {
     Recvmsg,
     Accept,
     AcceptMultishot,  // one completion per accepted connection, Completion::more while armed
+    RecvMultishot,    // one completion per received chunk, data in a provided buffer
     Connect,
     Timeout,  // completes with -ETIME after `nanoseconds`
     Cancel,   // cancels the in-flight op carrying `target_tag`: 0, -ENOENT or -EALREADY
@@ -120,6 +121,10 @@ struct Op {
     static Op recvmsg(int fd, msghdr* msg, int msg_flags = 0);
     static Op accept(int fd, sockaddr* addr = nullptr, socklen_t* addrlen = nullptr, int flags = 0);
     static Op accept_multishot(int fd, int flags = 0);
+    // Data lands in a buffer of `group` (register_buffer_ring); Completion::buffer names it and
+    // the caller hands it back with recycle_buffer(). Ends (more == false) on EOF (res 0), on an
+    // error, or with -ENOBUFS when every buffer of the group is in the caller's hands.
+    static Op recv_multishot(int fd, uint16_t group, int msg_flags = 0);
     static Op connect(int fd, const sockaddr* addr, socklen_t addrlen);
     static Op timeout(uint64_t nanoseconds);
     static Op cancel(uint64_t target_tag);
@@ -129,6 +134,7 @@ struct Completion {
     uint64_t tag = 0;   // the tag given to prepare()
     int32_t res = 0;    // bytes / fd / 0, or -errno
     bool more = false;  // multishot: the op stays armed and will complete again
+    int32_t buffer = -1;  // recv_multishot: id of the provided buffer holding the data
 };
 
 struct ChainResult {
@@ -171,6 +177,7 @@ struct Features {
     bool nodrop = false;            // IORING_FEAT_NODROP
     bool fast_poll = false;         // IORING_FEAT_FAST_POLL
     bool multishot_accept = false;  // learned at run time: true once the kernel accepted one
+    bool multishot_recv = false;    // learned at run time, likewise
     std::vector<bool> opcode_supported;  // by kernel IORING_OP_* number (io_uring_get_probe)
 };
 
@@ -195,6 +202,12 @@ public:
     // into `buffers`. Registering again replaces the previous set.
     virtual Result<void> register_files(std::span<const int> fds) = 0;
     virtual Result<void> register_buffers(std::span<const iovec> buffers) = 0;
+    // Provided buffers for recv_multishot: `count` (a power of two, <= 32768) buffers of `size`
+    // bytes owned by the engine, in group `group`. buffer() gives the bytes of a completion;
+    // recycle_buffer() returns the buffer to the kernel once the caller is done with it.
+    virtual Result<void> register_buffer_ring(uint16_t group, unsigned count, uint32_t size) = 0;
+    virtual std::span<char> buffer(uint16_t group, int32_t id) = 0;
+    virtual void recycle_buffer(uint16_t group, int32_t id) = 0;
 
     // Synchronous: submit and wait for this op's own completion.
     virtual int32_t run(const Op& op) = 0;

@@ -53,6 +53,26 @@ public:
         return {};
     }
 
+    Result<void> register_buffer_ring(uint16_t group, unsigned count, uint32_t size) override {
+        if (auto r = check_buffer_ring_args(count, size); !r) return r;
+        if (find_group(groups_, group) != nullptr) return make_error(EEXIST, "buffer group already registered");
+        Group g;
+        g.info = BufferGroup{group, count, size, std::vector<char>(static_cast<size_t>(count) * size)};
+        for (unsigned i = 0; i < count; ++i) g.free.push_back(static_cast<int32_t>(i));  // kernel ring order
+        groups_.push_back(std::move(g));
+        return {};
+    }
+
+    std::span<char> buffer(uint16_t group, int32_t id) override {
+        auto* g = find_group(groups_, group);
+        return g ? g->info.at(id) : std::span<char>{};
+    }
+
+    void recycle_buffer(uint16_t group, int32_t id) override {
+        Group* g = find_group(groups_, group);
+        if (g != nullptr && !g->info.at(id).empty()) g->free.push_back(id);
+    }
+
     int prepare(const Op& op, uint64_t tag) override {
         if (async_inflight_ >= max_inflight_) return -EBUSY;
         queued_.push_back(Pending{op, tag, nullptr, 0});
@@ -130,7 +150,8 @@ private:
             case OpCode::Send:
             case OpCode::Sendmsg: return (op.flags & MSG_DONTWAIT) == 0;
             case OpCode::Accept:
-            case OpCode::AcceptMultishot: return true;
+            case OpCode::AcceptMultishot:
+            case OpCode::RecvMultishot: return true;
             default: return false;
         }
     }
@@ -173,14 +194,14 @@ private:
         return -ENOENT;
     }
 
-    void complete(const Pending& p, int32_t res, bool more) {
+    void complete(const Pending& p, int32_t res, bool more, int32_t buffer = -1) {
         if (p.sync_result != nullptr) {
             *p.sync_result = res;
             if (sync_done_ != nullptr) *sync_done_ = true;
             sync_done_ = nullptr;
             return;
         }
-        ready_.push_back(Completion{p.tag, res, more});
+        ready_.push_back(Completion{p.tag, res, more, buffer});
         if (!more) --async_inflight_;
     }
 
@@ -217,6 +238,12 @@ private:
         std::vector<size_t> finished;
         std::vector<std::pair<Pending, int32_t>> results;
         std::vector<std::pair<Pending, int32_t>> multishot;
+        struct Received {
+            Pending p;
+            int32_t res;
+            int32_t buffer;
+        };
+        std::vector<Received> received;
         for (size_t k = 0; k < fds.size() && r > 0; ++k) {
             if (fds[k].revents == 0) continue;
             Pending& p = pending_[index[k]];
@@ -239,6 +266,29 @@ private:
                 }
                 res = whole_result(p.done, res);
             }
+            if (p.op.code == OpCode::RecvMultishot) {
+                // Like the kernel: take the next provided buffer, receive into it, stay armed;
+                // EOF, errors and an empty group (-ENOBUFS) end the op.
+                Group* g = find_group(groups_, static_cast<uint16_t>(p.op.aux));
+                if (g == nullptr || g->free.empty()) {
+                    finished.push_back(index[k]);
+                    results.emplace_back(p, -ENOBUFS);
+                    continue;
+                }
+                int32_t id = g->free.front();
+                std::span<char> b = g->info.at(id);
+                int64_t n = sys::call_restart(SYS_recvfrom, resolve_fd(p.op), b.data(), b.size(),
+                                              p.op.flags | MSG_DONTWAIT, nullptr, nullptr);
+                if (n == -EAGAIN) continue;
+                if (n > 0) {
+                    g->free.pop_front();
+                    received.push_back({p, static_cast<int32_t>(n), id});
+                    continue;
+                }
+                finished.push_back(index[k]);
+                results.emplace_back(p, static_cast<int32_t>(n));
+                continue;
+            }
             if (p.op.code == OpCode::AcceptMultishot && res >= 0) {
                 multishot.emplace_back(p, res);
                 continue;
@@ -256,6 +306,7 @@ private:
         std::sort(finished.begin(), finished.end());
         for (size_t k = finished.size(); k-- > 0;) pending_.erase(pending_.begin() + static_cast<long>(finished[k]));
         for (auto& [p, res] : multishot) complete(p, res, true);
+        for (auto& r : received) complete(r.p, r.res, true, r.buffer);
         for (auto& [p, res] : results) complete(p, res, false);
     }
 
@@ -332,6 +383,7 @@ private:
                 r = sys::call_restart(SYS_accept4, op.fd, op.buf, reinterpret_cast<socklen_t*>(op.len), op.flags);
                 break;
             case OpCode::AcceptMultishot: r = sys::call_restart(SYS_accept4, op.fd, nullptr, nullptr, op.flags); break;
+            case OpCode::RecvMultishot: return -EINVAL;  // only ever run from the poll loop
             case OpCode::Connect: r = sys::call_restart(SYS_connect, op.fd, op.buf, op.len); break;
             case OpCode::Timeout: {
                 timespec ts{static_cast<time_t>(op.nanoseconds / 1000000000ull),
@@ -344,7 +396,13 @@ private:
         return static_cast<int32_t>(r);
     }
 
+    struct Group {
+        BufferGroup info;
+        std::deque<int32_t> free;  // buffers the "kernel" may fill, in ring order
+    };
+
     Features features_;
+    std::vector<Group> groups_;
     unsigned max_inflight_ = 0;
     unsigned async_inflight_ = 0;  // prepared async ops not yet completed (incl. queued)
     bool* sync_done_ = nullptr;    // run()'s completion flag while its op is parked

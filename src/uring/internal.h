@@ -31,6 +31,27 @@ inline int32_t whole_result(uint64_t done, int32_t res) {
     return done > 0 ? static_cast<int32_t>(done) : res;
 }
 
+// Provided buffers of one group: the storage both backends hand out for recv_multishot.
+struct BufferGroup {
+    uint16_t group = 0;
+    unsigned count = 0;
+    uint32_t size = 0;
+    std::vector<char> storage;
+    std::span<char> at(int32_t id) {
+        if (id < 0 || static_cast<unsigned>(id) >= count) return {};
+        return {storage.data() + static_cast<size_t>(id) * size, size};
+    }
+};
+Result<void> check_buffer_ring_args(unsigned count, uint32_t size);
+
+// The backend's record (which has a BufferGroup `info`) for buffer group `id`, or nullptr.
+template <typename Group>
+Group* find_group(std::vector<Group>& groups, uint16_t id) {
+    for (auto& g : groups)
+        if (g.info.group == id) return &g;
+    return nullptr;
+}
+
 Result<std::unique_ptr<Engine>> create_uring_engine(const Options& options);
 std::unique_ptr<Engine> create_fallback_engine(const Options& options, std::string why);
 

@@ -26,6 +26,7 @@ const char* op_name(OpCode code) {
         case OpCode::Recvmsg: return "recvmsg";
         case OpCode::Accept: return "accept";
         case OpCode::AcceptMultishot: return "accept_multishot";
+        case OpCode::RecvMultishot: return "recv_multishot";
         case OpCode::Connect: return "connect";
         case OpCode::Timeout: return "timeout";
         case OpCode::Cancel: return "cancel";
@@ -128,6 +129,12 @@ Op Op::accept_multishot(int fd, int flags) {
     op.flags = flags;
     return op;
 }
+Op Op::recv_multishot(int fd, uint16_t group, int msg_flags) {
+    Op op = make(OpCode::RecvMultishot, fd);
+    op.aux = group;
+    op.flags = msg_flags;
+    return op;
+}
 Op Op::connect(int fd, const sockaddr* addr, socklen_t addrlen) {
     Op op = make(OpCode::Connect, fd);
     op.buf = const_cast<sockaddr*>(addr);
@@ -211,6 +218,13 @@ void advance(Op& op, uint64_t done, std::vector<iovec>& iov_storage) {
     iov_storage = std::move(rest);  // may alias op.buf's old storage: copied out above first
     op.buf = iov_storage.data();
     op.len = iov_storage.size();
+}
+
+Result<void> check_buffer_ring_args(unsigned count, uint32_t size) {
+    if (count == 0 || count > 32768 || (count & (count - 1)) != 0)
+        return make_error(EINVAL, "buffer ring: count must be a power of two in 1..32768");
+    if (size == 0) return make_error(EINVAL, "buffer ring: buffer size must be > 0");
+    return {};
 }
 
 bool breaks_chain(const Op& op, int32_t res) {

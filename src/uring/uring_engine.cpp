@@ -2,6 +2,7 @@
 // the hot path allocates nothing: prepare = pop a free slot + fill an SQE; completions are
 // peeked in batches and the CQ head advanced once per batch.
 #include <liburing.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cstring>
@@ -34,6 +35,10 @@ class UringEngine final : public Engine {
 public:
     explicit UringEngine(const Options& options) : options_(options) {}
     ~UringEngine() override {
+        for (auto& g : groups_) {
+            if (ring_ready_) io_uring_unregister_buf_ring(&ring_, g.info.group);
+            ::munmap(g.ring, g.ring_bytes);
+        }
         if (ring_ready_) io_uring_queue_exit(&ring_);
     }
 
@@ -103,6 +108,47 @@ public:
         if (r < 0) return make_error(-r, fmt::format("io_uring_register_buffers: {}", std::strerror(-r)));
         buffers_registered_ = true;
         return {};
+    }
+
+    Result<void> register_buffer_ring(uint16_t group, unsigned count, uint32_t size) override {
+        if (auto r = check_buffer_ring_args(count, size); !r) return r;
+        if (find_group(groups_, group) != nullptr) return make_error(EEXIST, fmt::format("buffer group {} already registered", group));
+        Group g;
+        g.ring_bytes = count * sizeof(io_uring_buf);
+        // The kernel reads the ring: page-aligned memory it can pin.
+        void* mem = ::mmap(nullptr, g.ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+        if (mem == MAP_FAILED) return make_error(errno, "buffer ring: mmap failed");
+        g.ring = static_cast<io_uring_buf_ring*>(mem);
+        io_uring_buf_reg reg{};
+        reg.ring_addr = reinterpret_cast<uint64_t>(mem);
+        reg.ring_entries = count;
+        reg.bgid = group;
+        int r = io_uring_register_buf_ring(&ring_, &reg, 0);
+        if (r < 0) {
+            ::munmap(mem, g.ring_bytes);
+            return make_error(-r, fmt::format("io_uring_register_buf_ring: {}", std::strerror(-r)));
+        }
+        g.info = BufferGroup{group, count, size, std::vector<char>(static_cast<size_t>(count) * size)};
+        io_uring_buf_ring_init(g.ring);
+        for (unsigned i = 0; i < count; ++i)
+            io_uring_buf_ring_add(g.ring, g.info.at(static_cast<int32_t>(i)).data(), size, static_cast<uint16_t>(i),
+                                  io_uring_buf_ring_mask(count), static_cast<int>(i));
+        io_uring_buf_ring_advance(g.ring, static_cast<int>(count));
+        groups_.push_back(std::move(g));
+        return {};
+    }
+
+    std::span<char> buffer(uint16_t group, int32_t id) override {
+        auto* g = find_group(groups_, group);
+        return g ? g->info.at(id) : std::span<char>{};
+    }
+
+    void recycle_buffer(uint16_t group, int32_t id) override {
+        Group* g = find_group(groups_, group);
+        if (g == nullptr || g->info.at(id).empty()) return;
+        io_uring_buf_ring_add(g->ring, g->info.at(id).data(), g->info.size, static_cast<uint16_t>(id),
+                              io_uring_buf_ring_mask(g->info.count), 0);
+        io_uring_buf_ring_advance(g->ring, 1);
     }
 
     int prepare(const Op& op, uint64_t tag) override {
@@ -194,7 +240,8 @@ private:
         s.eagain_retries = 0;
         s.in_use = true;
         s.in_chain = in_chain;
-        s.emulate_multishot = op.code == OpCode::AcceptMultishot && multishot_refused_;
+        s.emulate_multishot = (op.code == OpCode::AcceptMultishot && multishot_refused_) ||
+                              (op.code == OpCode::RecvMultishot && multishot_recv_refused_);
         queue_sqe(index);
         return static_cast<int>(index);
     }
@@ -254,6 +301,14 @@ private:
                     io_uring_prep_accept(sqe, op.fd, nullptr, nullptr, op.flags);
                 else
                     io_uring_prep_multishot_accept(sqe, op.fd, nullptr, nullptr, op.flags);
+                break;
+            case OpCode::RecvMultishot:
+                if (s.emulate_multishot)
+                    io_uring_prep_recv(sqe, op.fd, nullptr, 0, op.flags);
+                else
+                    io_uring_prep_recv_multishot(sqe, op.fd, nullptr, 0, op.flags);
+                sqe->flags |= IOSQE_BUFFER_SELECT;
+                sqe->buf_group = static_cast<uint16_t>(op.aux);
                 break;
             case OpCode::Connect:
                 io_uring_prep_connect(sqe, op.fd, static_cast<const sockaddr*>(op.buf), static_cast<socklen_t>(op.len));
@@ -351,6 +406,26 @@ private:
             if (!armed) release(static_cast<uint32_t>(data));
             return;
         }
+        if (op.code == OpCode::RecvMultishot) {
+            if (!s.emulate_multishot && res == -EINVAL && !features_.multishot_recv) {
+                multishot_recv_refused_ = true;  // kernel lacks multishot recv: re-armed single recvs
+                s.emulate_multishot = true;
+                queue_sqe(static_cast<uint32_t>(data));
+                return;
+            }
+            if (!s.emulate_multishot && res > 0) features_.multishot_recv = true;
+            bool armed = (flags & IORING_CQE_F_MORE) != 0;
+            int32_t buffer = (flags & IORING_CQE_F_BUFFER) ? static_cast<int32_t>(flags >> IORING_CQE_BUFFER_SHIFT) : -1;
+            // Data without F_MORE (emulation, or the kernel stopped for CQ space): re-arm. EOF
+            // (0), errors and -ENOBUFS end it, as with a kernel multishot recv.
+            bool rearm = !armed && res > 0;
+            deliver(s, res, armed || rearm, buffer);
+            if (rearm)
+                queue_sqe(static_cast<uint32_t>(data));
+            else if (!armed)
+                release(static_cast<uint32_t>(data));
+            return;
+        }
         if (!s.in_chain && res == -EAGAIN && is_file_rw(op.code) && s.eagain_retries < kMaxEagainRetries) {
             ++s.eagain_retries;
             ++stats_.eagain_resubmits;
@@ -369,13 +444,13 @@ private:
         release(static_cast<uint32_t>(data));
     }
 
-    void deliver(Slot& s, int32_t res, bool more) {
+    void deliver(Slot& s, int32_t res, bool more, int32_t buffer = -1) {
         if (s.sync_result != nullptr) {
             *s.sync_result = res;
             --sync_pending_;
             return;
         }
-        Completion c{s.tag, res, more};
+        Completion c{s.tag, res, more, buffer};
         if (out_n_ < out_.size())
             out_[out_n_++] = c;
         else
@@ -466,6 +541,13 @@ private:
     bool files_registered_ = false;
     bool buffers_registered_ = false;
     bool multishot_refused_ = false;
+    bool multishot_recv_refused_ = false;
+    struct Group {
+        BufferGroup info;
+        io_uring_buf_ring* ring = nullptr;
+        size_t ring_bytes = 0;
+    };
+    std::vector<Group> groups_;
     Features features_;
     std::vector<Slot> slots_;
     std::vector<uint32_t> free_;
