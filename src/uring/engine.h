@@ -24,18 +24,28 @@
 //     prepare()+submit()+reap()   asynchronous, tagged: for queue depths > 1 (the benchmark).
 // * Retries the caller never sees: EINTR/EAGAIN/EBUSY from io_uring_enter are retried (EBUSY
 //   after draining the CQ); -EAGAIN completions of file reads/writes are resubmitted (bounded by
-//   kMaxEagainRetries, then reported); `Op::whole()` resubmits short reads/writes for the
-//   remainder (the result is the total, or the error if nothing was transferred). Ops inside a
+//   kMaxEagainRetries, then reported); `Op::whole()` resubmits short reads/writes/sends/recvs
+//   for the remainder (the result is the total, or the error if nothing was transferred). Ops inside a
 //   chain are never resubmitted: the kernel already cancelled their successors.
 // * CQ overflow: by default max_inflight equals the CQ size, so the engine never has more
 //   completions outstanding than the CQ holds (multishot ops aside). When the kernel does park
 //   completions in its overflow list (IORING_SQ_CQ_OVERFLOW, NODROP kernels) the engine flushes
 //   them (io_uring_get_events) and counts it in Stats::cq_overflow_flushes; none is lost. A
 //   pre-5.5 kernel without NODROP that drops CQEs is detected via koverflow (Stats::cq_dropped).
+// * Latency: by default a waiting call sleeps in io_uring_enter. Options::spin_ns makes it first
+//   busy-poll (submit + reap without blocking) for that long — fio's io_uring engine effectively
+//   does this, and on a virtual machine a sleep/wake-up costs more than a fast I/O.
+// * Multishot: accept_multishot and recv_multishot (into provided buffer rings) are used when the
+//   kernel accepts them; a kernel that answers -EINVAL gets re-armed single-shot ops instead
+//   (probed by trying, recorded in Features). The fallback emulates both.
+// * A hard io_uring_enter error (e.g. -EEXIST: a single-issuer ring used from a thread that did
+//   not create it) completes every outstanding op with that error and the engine refuses further
+//   work with it — reported, never a hang.
 // * Fallback: chosen when io_uring cannot be used (io_uring_disabled sysctl, seccomp, ring
 //   creation failure) or forced by Options::force_fallback or env LIVEIO_URING_FALLBACK=1.
-//   File ops and connect run at submit time; recv/recvmsg/accept/send/sendmsg wait for readiness
-//   with poll() inside reap()/run(); timeouts expire inside reap(); cancel finds pending ops.
+//   File ops and connect run at submit time; recv/recvmsg/accept/send/sendmsg (and reads/writes
+//   that hit -EAGAIN on an O_NONBLOCK pipe — io_uring waits for those too) wait for readiness
+//   with ppoll() inside reap()/run(); timeouts expire inside reap(); cancel finds pending ops.
 // * Called from inside hooked processes: all I/O uses liburing or raw syscall(2) numbers, never
 //   the libc wrappers (pread, recv, ...) that liveio's interceptor may redirect to us.
 #pragma once

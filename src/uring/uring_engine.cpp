@@ -26,6 +26,7 @@ struct Slot {
     uint32_t eagain_retries = 0;
     bool in_use = false;
     bool in_chain = false;
+    bool orphaned = false;  // its result was already reported (engine broken)
     bool emulate_multishot = false;  // kernel refused multishot accept: re-arm single accepts
     __kernel_timespec ts{};
     std::vector<iovec> iov_rest;
@@ -203,7 +204,7 @@ public:
             chain.failed_res = -E2BIG;
             return chain;
         }
-        while (free_.size() < ops.size()) wait_one_more();
+        while (!broken_ && free_.size() < ops.size()) wait_one_more();
         if (io_uring_sq_space_left(&ring_) < ops.size()) submit_with_retry(0);
         const uint8_t link = kind == ChainKind::Soft ? IOSQE_IO_LINK : IOSQE_IO_HARDLINK;
         for (size_t i = 0; i < ops.size(); ++i) {
@@ -229,6 +230,7 @@ public:
 private:
     // Pops a slot and fills an SQE for it. Returns the slot index or -errno.
     int take_slot(const Op& op, uint64_t tag, int32_t* sync_result, bool in_chain) {
+        if (broken_) return broken_;
         if (free_.empty()) return -EBUSY;
         uint32_t index = free_.back();
         free_.pop_back();
@@ -240,6 +242,7 @@ private:
         s.eagain_retries = 0;
         s.in_use = true;
         s.in_chain = in_chain;
+        s.orphaned = false;
         s.emulate_multishot = (op.code == OpCode::AcceptMultishot && multishot_refused_) ||
                               (op.code == OpCode::RecvMultishot && multishot_recv_refused_);
         queue_sqe(index);
@@ -349,8 +352,30 @@ private:
                 drain_cq();
                 return 0;
             }
+            // Anything else (-EEXIST: used from a thread that is not the ring's single issuer;
+            // -EBADF/-ENXIO: ring gone) leaves SQEs the kernel never consumed. Their slots stay
+            // reserved forever and every later call reports the error instead of hanging.
+            broken_ = r;
+            fail_sync_ops();
             return r;
         }
+    }
+
+    // After a hard error every op still owned by a slot completes with it (async ones through
+    // reap()); a late CQE for such a slot is ignored.
+    void fail_sync_ops() {
+        for (Slot& s : slots_) {
+            if (!s.in_use || s.orphaned) continue;
+            s.orphaned = true;
+            if (s.sync_result != nullptr) {
+                *s.sync_result = broken_;
+                s.sync_result = nullptr;
+            } else {
+                ready_.push_back(Completion{s.tag, broken_, false, -1});
+                --async_inflight_;
+            }
+        }
+        sync_pending_ = 0;
     }
 
     // Processes every CQE available now (flushing the kernel's overflow list too).
@@ -387,6 +412,7 @@ private:
     void handle(uint64_t data, int32_t res, uint32_t flags) {
         if (data >= slots_.size()) return;  // not ours (cannot happen: every SQE names a slot)
         Slot& s = slots_[data];
+        if (s.orphaned) return;
         Op& op = s.op;
         if (op.code == OpCode::AcceptMultishot) {
             if (!s.emulate_multishot && res == -EINVAL && !features_.multishot_accept) {
@@ -477,7 +503,12 @@ private:
         for (;;) {
             ++stats_.enters;
             int r = io_uring_submit_and_get_events(&ring_);
-            if (r == -EINTR || r == -EAGAIN || r == -EBUSY) ++stats_.submit_retries;
+            if (r == -EINTR || r == -EAGAIN || r == -EBUSY) {
+                ++stats_.submit_retries;
+            } else if (r < 0) {
+                submit_with_retry(0);  // reports and records the hard error
+                return;
+            }
             drain_cq();
             if (done()) return;
             ::clock_gettime(CLOCK_MONOTONIC, &t);
@@ -497,7 +528,7 @@ private:
     // Waits for at least one completion (used when slots are exhausted).
     void wait_one_more() {
         size_t before = free_.size();
-        while (free_.size() == before && (sync_pending_ || async_inflight_)) {
+        while (!broken_ && free_.size() == before && (sync_pending_ || async_inflight_)) {
             submit_with_retry(1);
             drain_cq();
         }
@@ -526,7 +557,7 @@ private:
         for (;;) {
             drain_cq();
             unsigned m = missing();
-            if (m == 0) break;
+            if (m == 0 || broken_) break;
             submit_with_retry(m);
         }
         n = out_n_;
@@ -558,6 +589,7 @@ private:
     unsigned async_inflight_ = 0;
     unsigned sync_pending_ = 0;
     unsigned last_koverflow_ = 0;
+    int broken_ = 0;  // hard io_uring_enter error: the engine refuses further work
 };
 
 }  // namespace

@@ -355,6 +355,31 @@ TEST_P(FileOps, TimeoutsCompleteInDeadlineOrder) {
     EXPECT_EQ(done[1].res, -ETIME);
 }
 
+// With the default single-issuer ring, another thread's submit is refused by the kernel
+// (-EEXIST): the engine must report it, not hang, and refuse later work the same way.
+TEST_P(FileOps, UseFromAnotherThreadIsReportedNotHung) {
+    int32_t other = 1;
+    std::thread([&] { other = engine->run(Op::nop()); }).join();
+    if (GetParam() == BackendKind::Fallback) {
+        EXPECT_EQ(other, 0);  // plain syscalls have no issuer restriction
+        return;
+    }
+    EXPECT_EQ(other, -EEXIST);
+    EXPECT_EQ(engine->run(Op::nop()), -EEXIST);
+    EXPECT_EQ(engine->prepare(Op::nop(), 1), -EEXIST);
+}
+
+TEST_P(FileOps, SharedIssuerEngineMovesBetweenThreads) {
+    Options o;
+    o.single_issuer = false;
+    make_engine(o);
+    if (IsSkipped()) return;
+    int32_t other = 1;
+    std::thread([&] { other = engine->run(Op::nop()); }).join();
+    EXPECT_EQ(other, 0);
+    EXPECT_EQ(engine->run(Op::nop()), 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, FileOps, testing::Values(BackendKind::Uring, BackendKind::Fallback), backend_name);
 
 TEST(EngineCreate, EnvironmentForcesFallback) {
