@@ -43,6 +43,7 @@ struct Config {
     uint64_t file_bytes = 1ull << 30;
     double seconds = 1.0;  // per measured run
     int rounds = 3;        // each row alternates the sides this many times, keeping the best
+    bool verbose = false;  // print every run, not just the best
     std::string only;      // run just one section: randread, seqread, pagecache, echo, threads
     bool wants(const char* section) const { return only.empty() || only == section; }
 };
@@ -401,13 +402,18 @@ std::string ratio(double a, double b) { return (a > 0 && b > 0) ? fmt::format("{
 // background load only ever slows a run down, so the best run is the least disturbed one, and
 // alternating exposes every side to the same drift.
 using Runner = std::function<Result<double>()>;
-void measure(Row& row, int rounds, const Runner& ours, const Runner& baseline, const Runner& other = {}) {
+void measure(Row& row, int rounds, bool verbose, const Runner& ours, const Runner& baseline,
+             const Runner& other = {}) {
     auto keep = [&](double& best, const Runner& run) {
         if (!run) return;
         auto r = run();
         if (!r) {
             fmt::print(stderr, "  {}: error: {}\n", row.name, r.error().message);
             return;
+        }
+        if (verbose) {
+            const char* side = &best == &row.ours ? "liveio" : &best == &row.baseline ? "baseline" : "other";
+            fmt::print("    run: {} {} {:.0f}\n", row.name, side, *r);
         }
         best = std::max(best, *r);
     };
@@ -428,7 +434,7 @@ int run_bench(const Config& cfg_in) {
     if (cfg.quick) {
         cfg.file_bytes = std::min<uint64_t>(cfg.file_bytes, 256ull << 20);
         cfg.seconds = 0.4;
-        cfg.rounds = 2;
+        cfg.rounds = std::min(cfg.rounds, 2);
     }
     std::string tmpdir;
     auto file = create_test_file(cfg, tmpdir);
@@ -476,7 +482,7 @@ int run_bench(const Config& cfg_in) {
             row.other_name = qd <= 16 ? fmt::format("pread x{} thr", qd) : "";
             Runner pread_side;
             if (qd <= 16) pread_side = [&] { return pread_reads(path, true, true, 4096, qd, cfg.file_bytes, cfg.seconds); };
-            measure(row, cfg.rounds,
+            measure(row, cfg.rounds, cfg.verbose,
                     [&] { return engine_reads(path, true, true, 4096, qd, cfg.file_bytes, cfg.seconds, 7 + qd); },
                     [&] { return fio_reads(path, true, 4096, qd, cfg.file_bytes, cfg.seconds); }, pread_side);
             metrics.emplace_back(fmt::format("uring_vs_fio_randread_qd{}", qd), row.baseline > 0 ? row.ours / row.baseline : 0);
@@ -491,7 +497,7 @@ int run_bench(const Config& cfg_in) {
             row.other_name = qd == 1 ? "pread" : "";
             Runner pread_side;
             if (qd == 1) pread_side = [&] { return pread_reads(path, true, false, 128 << 10, 1, cfg.file_bytes, cfg.seconds); };
-            measure(row, cfg.rounds,
+            measure(row, cfg.rounds, cfg.verbose,
                     [&] { return engine_reads(path, true, false, 128 << 10, qd, cfg.file_bytes, cfg.seconds, 1); },
                     [&] { return fio_reads(path, false, 128 << 10, qd, cfg.file_bytes, cfg.seconds); }, pread_side);
             metrics.emplace_back(fmt::format("uring_vs_fio_seqread128k_qd{}", qd), row.baseline > 0 ? row.ours / row.baseline : 0);
@@ -511,7 +517,7 @@ int run_bench(const Config& cfg_in) {
         if (!cfg.wants("pagecache")) break;
         Row row{fmt::format("4K page-cache batch {}", batch)};
         row.baseline_name = "pread";
-        measure(row, cfg.rounds, [&] { return engine_cached_batch(path, batch, cached_span, cfg.seconds); },
+        measure(row, cfg.rounds, cfg.verbose, [&] { return engine_cached_batch(path, batch, cached_span, cfg.seconds); },
                 [&] { return pread_reads(path, false, true, 4096, 1, cached_span, cfg.seconds); });
         metrics.emplace_back(fmt::format("uring_vs_pread_pagecache_batch{}", batch), row.baseline > 0 ? row.ours / row.baseline : 0);
         rows.push_back(row);
@@ -526,7 +532,7 @@ int run_bench(const Config& cfg_in) {
                 Row row{fmt::format("TCP echo {} B (round trips)", msg)};
                 row.baseline_name = "send/recv";
                 row.other_name = "send/recv spin";
-                measure(row, cfg.rounds, [&] { return echo(server.port, msg, EchoClient::Engine, cfg.seconds); },
+                measure(row, cfg.rounds, cfg.verbose, [&] { return echo(server.port, msg, EchoClient::Engine, cfg.seconds); },
                         [&] { return echo(server.port, msg, EchoClient::Blocking, cfg.seconds); },
                         [&] { return echo(server.port, msg, EchoClient::Spinning, cfg.seconds); });
                 metrics.emplace_back(fmt::format("uring_vs_spinning_syscall_tcp_echo_{}b", msg),
@@ -543,7 +549,7 @@ int run_bench(const Config& cfg_in) {
         for (unsigned threads : {1u, 2u, 8u}) {
             Row row{fmt::format("threads {} (ring each, QD8)", threads)};
             row.baseline_name = "pread thr";
-            measure(row, cfg.rounds, [&] { return engine_threads(path, threads, cfg.file_bytes, cfg.seconds); },
+            measure(row, cfg.rounds, cfg.verbose, [&] { return engine_threads(path, threads, cfg.file_bytes, cfg.seconds); },
                     [&] { return pread_reads(path, true, true, 4096, threads, cfg.file_bytes, cfg.seconds); });
             if (threads == 1) one = row.ours;
             metrics.emplace_back(fmt::format("uring_threads{}_iops", threads), row.ours);
@@ -572,6 +578,7 @@ void add_uring_bench(CLI::App& bench) {
     cmd->add_flag("--quick", cfg->quick, "Short runs on a 256 MiB file (~30 s total)");
     cmd->add_option("--seconds", cfg->seconds, "Seconds per measured run")->check(CLI::Range(0.05, 60.0));
     cmd->add_option("--rounds", cfg->rounds, "Alternating rounds per row (best run kept)")->check(CLI::Range(1, 20));
+    cmd->add_flag("--verbose", cfg->verbose, "Print every measured run (the table keeps each side's best)");
     cmd->add_option("--only", cfg->only, "Run one section only")
         ->check(CLI::IsMember({"randread", "seqread", "pagecache", "echo", "threads"}));
     cmd->add_option("--size-mib", [cfg](const std::vector<std::string>& v) {
