@@ -169,6 +169,33 @@ TEST_P(FileOps, WholeReadCollectsShortPipeReads) {
     EXPECT_EQ(engine->run(Op::read(p[0], got.data(), 3000).whole()), 4);
 }
 
+// Short vectored reads: the remainder spans iovec boundaries, the caller's array is untouched.
+TEST_P(FileOps, WholeReadvContinuesAcrossIovecs) {
+    int p[2];
+    ASSERT_EQ(::pipe(p), 0);
+    adopt(p[0]);
+    adopt(p[1]);
+    std::string expected(3000, '\0');
+    for (size_t i = 0; i < expected.size(); ++i) expected[i] = static_cast<char>('A' + i % 53);
+    std::thread writer([&] {
+        for (int i = 0; i < 3; ++i) {
+            ASSERT_EQ(::write(p[1], expected.data() + i * 1000, 1000), 1000);
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));  // interleaving, not timing
+        }
+    });
+    std::string a(700, '\0'), b(1300, '\0'), c(1000, '\0');
+    iovec iov[3] = {{a.data(), a.size()}, {b.data(), b.size()}, {c.data(), c.size()}};
+    const iovec before[3] = {iov[0], iov[1], iov[2]};
+    int32_t res = engine->run(Op::readv(p[0], iov, 3).whole());
+    writer.join();
+    EXPECT_EQ(res, 3000);
+    EXPECT_EQ(a + b + c, expected);
+    for (int i = 0; i < 3; ++i) {
+        EXPECT_EQ(iov[i].iov_base, before[i].iov_base);
+        EXPECT_EQ(iov[i].iov_len, before[i].iov_len);
+    }
+}
+
 // io_uring arms poll instead of returning -EAGAIN for an O_NONBLOCK pipe; the fallback must
 // behave the same: the read completes once data arrives.
 TEST_P(FileOps, NonblockingEmptyPipeReadWaitsForData) {
