@@ -31,6 +31,7 @@ bool deny_io_uring_setup() {
 }
 
 int child_body() {
+    ::unsetenv("LIVEIO_URING_FALLBACK");  // this test is about the automatic choice
     if (!deny_io_uring_setup()) return kNoSeccomp;
     auto created = Engine::create({});
     if (!created.ok()) return kCreateFailed;
