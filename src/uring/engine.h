@@ -234,6 +234,7 @@ public:
     virtual int submit() = 0;
     virtual size_t reap(std::span<Completion> out, unsigned min_complete) = 0;
     virtual size_t submit_and_reap(std::span<Completion> out, unsigned min_complete) = 0;
+    // Async ops prepared whose final completion reap() has not returned yet.
     virtual unsigned inflight() const = 0;
 
 protected:

@@ -42,7 +42,7 @@ public:
 
     BackendKind backend() const override { return BackendKind::Fallback; }
     const Features& features() const override { return features_; }
-    unsigned inflight() const override { return async_inflight_; }
+    unsigned inflight() const override { return async_inflight_ + ready_final_; }
 
     Result<void> register_files(std::span<const int> fds) override {
         files_.assign(fds.begin(), fds.end());
@@ -96,6 +96,7 @@ public:
             while (n < out.size() && !ready_.empty()) {
                 out[n++] = ready_.front();
                 ready_.pop_front();
+                if (!out[n - 1].more) --ready_final_;
             }
             size_t want = std::min<size_t>({min_complete, out.size(), n + async_inflight_ - queued_.size()});
             if (n >= want || pending_.empty()) break;
@@ -202,6 +203,7 @@ private:
             return;
         }
         ready_.push_back(Completion{p.tag, res, more, buffer});
+        if (!more) ++ready_final_;
         if (!more) --async_inflight_;
     }
 
@@ -405,6 +407,7 @@ private:
     std::vector<Group> groups_;
     unsigned max_inflight_ = 0;
     unsigned async_inflight_ = 0;  // prepared async ops not yet completed (incl. queued)
+    unsigned ready_final_ = 0;     // final completions waiting in ready_
     bool* sync_done_ = nullptr;    // run()'s completion flag while its op is parked
     std::vector<int> files_;
     std::vector<iovec> buffers_;

@@ -89,7 +89,7 @@ public:
 
     BackendKind backend() const override { return BackendKind::Uring; }
     const Features& features() const override { return features_; }
-    unsigned inflight() const override { return async_inflight_; }
+    unsigned inflight() const override { return async_inflight_ + ready_final_; }
 
     Result<void> register_files(std::span<const int> fds) override {
         if (files_registered_) io_uring_unregister_files(&ring_);
@@ -171,6 +171,7 @@ public:
 
     int32_t run(const Op& op) override {
         int32_t result = 0;
+        wait_for_free_slot();
         int slot = take_slot(op, 0, &result, false);
         if (slot < 0) return slot;
         ++sync_pending_;
@@ -182,6 +183,7 @@ public:
         std::vector<int32_t> results(ops.size(), 0);
         for (size_t i = 0; i < ops.size(); ++i) {
             if (free_.empty()) wait_sync();  // more ops than slots: finish what is in flight
+            wait_for_free_slot();            // async ops may still hold every slot
             int slot = take_slot(ops[i], 0, &results[i], false);
             if (slot < 0) {
                 results[i] = slot;
@@ -372,6 +374,7 @@ private:
                 s.sync_result = nullptr;
             } else {
                 ready_.push_back(Completion{s.tag, broken_, false, -1});
+                ++ready_final_;
                 --async_inflight_;
             }
         }
@@ -477,10 +480,12 @@ private:
             return;
         }
         Completion c{s.tag, res, more, buffer};
-        if (out_n_ < out_.size())
+        if (out_n_ < out_.size()) {
             out_[out_n_++] = c;
-        else
+        } else {
             ready_.push_back(c);
+            if (!more) ++ready_final_;
+        }
         if (!more) --async_inflight_;
     }
 
@@ -525,6 +530,16 @@ private:
         }
     }
 
+    // A synchronous call needs a slot: let in-flight ops complete (their completions are kept
+    // for reap()) until one is free. Only multishot ops that never end can make this give up.
+    void wait_for_free_slot() {
+        while (free_.empty() && !broken_ && sync_pending_ + async_inflight_ > 0) {
+            size_t before = free_.size();
+            wait_one_more();
+            if (free_.size() == before) break;
+        }
+    }
+
     // Waits for at least one completion (used when slots are exhausted).
     void wait_one_more() {
         size_t before = free_.size();
@@ -539,6 +554,7 @@ private:
         while (n < out.size() && !ready_.empty()) {
             out[n++] = ready_.front();
             ready_.pop_front();
+            if (!out[n - 1].more) --ready_final_;
         }
         out_ = out;
         out_n_ = n;
@@ -589,6 +605,7 @@ private:
     unsigned async_inflight_ = 0;
     unsigned sync_pending_ = 0;
     unsigned last_koverflow_ = 0;
+    unsigned ready_final_ = 0;  // final completions waiting in ready_ (still "in flight" to the caller)
     int broken_ = 0;  // hard io_uring_enter error: the engine refuses further work
 };
 

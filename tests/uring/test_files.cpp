@@ -2,6 +2,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -250,10 +251,16 @@ TEST_P(FileOps, PrepareBeyondMaxInflightIsBusy) {
     if (IsSkipped()) return;
     for (uint64_t i = 0; i < 8; ++i) ASSERT_EQ(engine->prepare(Op::nop(), i), 0);
     EXPECT_EQ(engine->prepare(Op::nop(), 99), -EBUSY);
+    // A synchronous op still runs: it waits for a slot; the async completions are kept.
+    EXPECT_EQ(engine->run(Op::nop()), 0);
     std::vector<Completion> done(16);
     size_t total = 0;
-    while (engine->inflight() > 0) total += engine->submit_and_reap(done, 1);
+    while (engine->inflight() > 0) total += engine->submit_and_reap({done.data() + total, done.size() - total}, 1);
     EXPECT_EQ(total, 8u);
+    std::vector<uint64_t> tags;
+    for (size_t i = 0; i < total; ++i) tags.push_back(done[i].tag);
+    std::sort(tags.begin(), tags.end());
+    EXPECT_EQ(tags, (std::vector<uint64_t>{0, 1, 2, 3, 4, 5, 6, 7}));
 }
 
 TEST_P(FileOps, CqOverflowIsDrainedNotLost) {
