@@ -98,8 +98,13 @@ public:
                 ready_.pop_front();
                 if (!out[n - 1].more) --ready_final_;
             }
-            size_t want = std::min<size_t>({min_complete, out.size(), n + async_inflight_ - queued_.size()});
-            if (n >= want || pending_.empty()) break;
+            size_t want = std::min<size_t>({min_complete, out.size(), n + async_inflight_});
+            if (n >= want) break;
+            if (!queued_.empty()) {  // like io_uring_enter: waiting submits what is queued
+                submit();
+                continue;
+            }
+            if (pending_.empty()) break;
             poll_pending(true);
         }
         return n;
