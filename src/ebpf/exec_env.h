@@ -34,6 +34,9 @@ struct ExecEnv {
     uint32_t tail_calls = 0;                // tail calls taken so far in this run
     TailCallResolver resolve_tail_call = nullptr;
     void* services = nullptr;               // the runtime: trace log, ring buffers, ...
+    // Set by an engine that had to stop a program at run time (only possible for programs
+    // that skipped verification, e.g. call depth exceeded); run() then returns 0.
+    const char* fault = nullptr;
 };
 
 }  // namespace liveio::ebpf
