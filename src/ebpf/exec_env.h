@@ -39,4 +39,29 @@ struct ExecEnv {
     const char* fault = nullptr;
 };
 
+// Installs an engine's fields in `env` for one run and restores the previous ones on exit:
+// tail calls and callbacks nest runs of different programs and engines on one environment.
+class EngineScope {
+public:
+    EngineScope(ExecEnv& env, const Program* program, CallbackInvoker invoker, void* state)
+        : env_(env), program_(env.program), invoker_(env.invoke_callback), state_(env.engine_state) {
+        env.program = program;
+        env.invoke_callback = invoker;
+        env.engine_state = state;
+    }
+    ~EngineScope() {
+        env_.program = program_;
+        env_.invoke_callback = invoker_;
+        env_.engine_state = state_;
+    }
+    EngineScope(const EngineScope&) = delete;
+    EngineScope& operator=(const EngineScope&) = delete;
+
+private:
+    ExecEnv& env_;
+    const Program* program_;
+    CallbackInvoker invoker_;
+    void* state_;
+};
+
 }  // namespace liveio::ebpf

@@ -244,25 +244,8 @@ uint64_t Interpreter::run(ExecEnv& env, uint64_t r1, uint64_t r2) const {
 }
 
 uint64_t Interpreter::call_at(ExecEnv& env, size_t start_pc, const uint64_t args[5]) const {
-    // Callbacks and tail calls nest through C++ calls; each gets its own BPF stack and
-    // restores the environment fields it changes.
-    const Program* saved_program = env.program;
-    const CallbackInvoker saved_invoker = env.invoke_callback;
-    void* saved_state = env.engine_state;
-    env.program = program_.get();
-    env.invoke_callback = invoke_interpreter_callback;
-    env.engine_state = const_cast<Interpreter*>(this);
-    struct Restore {
-        ExecEnv& env;
-        const Program* program;
-        CallbackInvoker invoker;
-        void* state;
-        ~Restore() {
-            env.program = program;
-            env.invoke_callback = invoker;
-            env.engine_state = state;
-        }
-    } restore{env, saved_program, saved_invoker, saved_state};
+    // Callbacks and tail calls nest through C++ calls; each gets its own BPF stack.
+    EngineScope scope(env, program_.get(), invoke_interpreter_callback, const_cast<Interpreter*>(this));
 
     struct Frame {
         size_t return_pc;

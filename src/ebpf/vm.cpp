@@ -1,12 +1,18 @@
 #include "ebpf/vm.h"
 
 #include "ebpf/interpreter.h"
+#include "ebpf/jit.h"
 
 namespace liveio::ebpf {
 
 Result<std::unique_ptr<Executable>> Executable::load(std::shared_ptr<const Program> program,
                                                      const HelperTable& helpers, Engine engine) {
-    (void)engine;  // the JIT is not built yet: every program runs on the interpreter
+    // The JIT leaves the constructs jit_supports() names to the interpreter.
+    if (engine == Engine::Jit && program && jit_supports(*program)) {
+        auto jit = JitProgram::compile(std::move(program), helpers);
+        if (!jit) return jit.error();
+        return std::unique_ptr<Executable>(std::move(jit.value()));
+    }
     auto interp = Interpreter::create(std::move(program), helpers);
     if (!interp) return interp.error();
     return std::unique_ptr<Executable>(std::move(interp.value()));

@@ -15,6 +15,7 @@ struct Outcome {
     bool rejected = false;  // assembly, decode, verification or load failed
     std::string why;
     uint64_t r0 = 0;
+    bool fell_back = false;  // asked for the JIT, ran on the interpreter (see jit_supports)
 };
 
 Outcome run_case(const ConformanceCase& c, Engine engine) {
@@ -27,6 +28,7 @@ Outcome run_case(const ConformanceCase& c, Engine engine) {
     program->context.size = static_cast<uint32_t>(c.mem.size());
     auto exe = Executable::load(program, testing::conformance_helpers(), engine);
     if (!exe) return {true, "load: " + exe.error().message};
+    o.fell_back = exe.value()->engine() != engine;
     std::vector<uint8_t> mem = c.mem;
     ExecEnv env;
     o.r0 = exe.value()->run(env, reinterpret_cast<uint64_t>(mem.empty() ? nullptr : mem.data()), mem.size());
@@ -38,10 +40,11 @@ void run_suite(Engine engine) {
     const auto dir = testing::conformance_dir();
     if (!std::filesystem::exists(dir / "tests")) GTEST_SKIP() << "bpf_conformance suite not found at " << dir;
     int passed = 0, total = 0;
-    std::vector<std::string> failures;
+    std::vector<std::string> failures, fallbacks;
     for (const ConformanceCase& c : testing::load_cases(dir / "tests")) {
         ++total;
         const Outcome o = run_case(c, engine);
+        if (o.fell_back) fallbacks.push_back(c.file.filename().string());
         std::string problem;
         if (c.expect_error) {
             if (!o.rejected) problem = fmt::format("expected rejection, ran to r0={:#x}", o.r0);
@@ -56,6 +59,7 @@ void run_suite(Engine engine) {
         else failures.push_back(fmt::format("{}: {}", c.file.filename().string(), problem));
     }
     std::cout << fmt::format("[{}] conformance: {}/{} passed\n", engine_name(engine), passed, total);
+    for (const auto& f : fallbacks) std::cout << fmt::format("[{}] ran on the interpreter: {}\n", engine_name(engine), f);
     for (const auto& f : failures) ADD_FAILURE() << f;
     EXPECT_GT(total, 0);
 }
@@ -81,6 +85,8 @@ void run_negative(Engine engine) {
 
 TEST(Conformance, Interpreter) { run_suite(Engine::Interpreter); }
 TEST(Conformance, InterpreterNegative) { run_negative(Engine::Interpreter); }
+TEST(Conformance, Jit) { run_suite(Engine::Jit); }
+TEST(Conformance, JitNegative) { run_negative(Engine::Jit); }
 
 }  // namespace
 }  // namespace liveio::ebpf
