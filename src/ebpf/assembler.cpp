@@ -159,13 +159,7 @@ private:
         return {};
     }
     void push(uint8_t opcode, uint8_t dst = 0, uint8_t src = 0, int16_t off = 0, int32_t imm = 0) {
-        Insn in{};
-        in.opcode = opcode;
-        in.dst = dst;
-        in.src = src;
-        in.offset = off;
-        in.imm = imm;
-        insns_.push_back(in);
+        insns_.push_back(make_insn(opcode, dst, src, off, imm));
     }
 
     // A jump target: +N / -N, or a label resolved at the end.

@@ -17,6 +17,16 @@ struct Insn {
 };
 static_assert(sizeof(Insn) == 8);
 
+constexpr Insn make_insn(uint8_t opcode, uint8_t dst = 0, uint8_t src = 0, int16_t offset = 0, int32_t imm = 0) {
+    Insn in{};
+    in.opcode = opcode;
+    in.dst = dst & 0xf;
+    in.src = src & 0xf;
+    in.offset = offset;
+    in.imm = imm;
+    return in;
+}
+
 namespace op {
 // Instruction classes (low 3 bits).
 inline constexpr uint8_t kClassLd = 0x00, kClassLdx = 0x01, kClassSt = 0x02, kClassStx = 0x03,

@@ -14,15 +14,7 @@
 namespace liveio::ebpf {
 namespace {
 
-Insn make(uint8_t opcode, uint8_t dst, uint8_t src, int16_t off, int32_t imm) {
-    Insn in{};
-    in.opcode = opcode;
-    in.dst = dst;
-    in.src = src;
-    in.offset = off;
-    in.imm = imm;
-    return in;
-}
+constexpr auto make = make_insn;
 
 // Mixes its arguments so a wrong register assignment changes the result.
 uint64_t mix_helper(uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t e, ExecEnv* env) {
