@@ -7,6 +7,7 @@ void add_bench_commands(CLI::App& app) {
     auto* bench = app.add_subcommand("bench", "Run a benchmark: ours vs the baseline, side by side");
     bench->require_subcommand(1);
     liveio::bench::add_uring_bench(*bench);
+    liveio::bench::add_vm_bench(*bench);
 }
 
 }  // namespace liveio::cli
