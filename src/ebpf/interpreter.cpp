@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "ebpf/encoding.h"
 #include "ebpf/map.h"
 
 namespace liveio::ebpf {
@@ -14,6 +15,7 @@ const char* engine_name(Engine engine) { return engine == Engine::Jit ? "jit" : 
 
 Result<ResolvedProgram> resolve_program(const Program& program, const HelperTable& helpers) {
     const auto& insns = program.insns;
+    if (auto valid = check_encoding(insns); !valid) return valid.error();
     ResolvedProgram r;
     r.helper_at.assign(insns.size(), nullptr);
     r.lddw_value.assign(insns.size(), 0);
