@@ -151,6 +151,62 @@ TEST(InterpJit, RandomProgramsAgree) {
     }
 }
 
+// Atomics with every operation and width through pointer and value registers the JIT treats
+// specially (r0 = rax is cmpxchg's implicit operand, r3/r4 = rdx/rcx), agreeing across engines.
+TEST(InterpJit, AtomicsThroughSpecialRegisters) {
+    const int32_t ops[] = {op::kAdd, op::kOr, op::kAnd, op::kXor,
+                           op::kAdd | op::kAtomicFetch, op::kOr | op::kAtomicFetch,
+                           op::kAnd | op::kAtomicFetch, op::kXor | op::kAtomicFetch,
+                           op::kAtomicXchg, op::kAtomicCmpXchg};
+    const uint64_t memory_value = 0xf0f0f0f0a5a5a5a5ull;
+    int checked = 0;
+    for (int32_t aop : ops) {
+        for (uint8_t size : {op::kSizeW, op::kSizeDW}) {
+            for (uint8_t base : {0, 3, 4, 5}) {
+                for (uint8_t src : {0, 1, 3, 4, 5}) {
+                    if (src == base) continue;
+                    for (uint64_t r0 : {memory_value, uint64_t{0x1234}}) {  // cmpxchg hit and miss
+                        std::vector<Insn> p;
+                        auto lddw = [&](uint8_t reg, uint64_t v) {
+                            p.push_back(make(op::kLddw, reg, 0, 0, static_cast<int32_t>(v)));
+                            p.push_back(make(0, 0, 0, 0, static_cast<int32_t>(v >> 32)));
+                        };
+                        p.push_back(make(op::kClassAlu64 | op::kMov | op::kSrcX, 9, 1, 0, 0));
+                        lddw(0, r0);
+                        lddw(src, 0x0ff00ff01234abcdull);
+                        p.push_back(make(op::kClassAlu64 | op::kMov | op::kSrcX, base, 9, 0, 0));
+                        p.push_back(make(op::kClassStx | op::kModeAtomic | size, base, src, 8, aop));
+                        p.push_back(make(op::kClassStx | op::kModeMem | op::kSizeDW, 9, src, 16, 0));
+                        p.push_back(make(op::kClassStx | op::kModeMem | op::kSizeDW, 9, 0, 24, 0));
+                        p.push_back(make(op::kClassStx | op::kModeMem | op::kSizeDW, 9, base, 32, 0));
+                        p.push_back(make(op::kClassJmp | op::kExit, 0, 0, 0, 0));
+                        auto program = std::make_shared<Program>();
+                        program->insns = p;
+                        // One buffer for both engines, so pointer values left in registers match.
+                        uint64_t buffer[5];
+                        uint64_t out[2][5];
+                        uint64_t r[2];
+                        for (int e = 0; e < 2; ++e) {
+                            auto exe = Executable::load(program, HelperTable{}, e ? Engine::Jit : Engine::Interpreter);
+                            ASSERT_TRUE(exe.ok()) << exe.error().message;
+                            std::memset(buffer, 0, sizeof(buffer));
+                            buffer[1] = memory_value;
+                            r[e] = exe.value()->run(buffer, sizeof(buffer));
+                            std::memcpy(out[e], buffer, sizeof(buffer));
+                        }
+                        const std::string what = fmt::format("op {:#x} size {:#x} base r{} src r{} r0 {:#x}", aop,
+                                                             size, base, src, r0);
+                        EXPECT_EQ(r[0], r[1]) << what;
+                        for (int i = 1; i < 5; ++i) EXPECT_EQ(out[0][i], out[1][i]) << what << " word " << i;
+                        ++checked;
+                    }
+                }
+            }
+        }
+    }
+    EXPECT_EQ(checked, 10 * 2 * 4 * 4 * 2);
+}
+
 std::shared_ptr<Program> assembled(const char* text) {
     auto insns = assemble(text);
     EXPECT_TRUE(insns.ok()) << insns.error().message;
