@@ -1,0 +1,141 @@
+// The per-process dispatcher behind every interception mechanism, and the raw syscall path
+// liveio's own code uses so that it is never intercepted by itself.
+//
+// This is liveio's one deliberate global: a hook reached from a GOT slot, an inline jump or a
+// rewritten `syscall` instruction carries no context pointer, so the handler it must call has
+// to be found from a fixed place. There is one slot per Mechanism; each holds the installed
+// CallHandler and a count of threads currently inside that mechanism's hooks, which lets
+// uninstall wait until no thread still runs hook code that could reach a dead handler.
+#pragma once
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <ctime>
+
+#include "base/result.h"
+#include "hook/dispatch.h"
+#include "hook/interceptor.h"
+
+namespace liveio::hook {
+
+// A syscall issued by an inline `syscall` instruction in liveio's own code: never routed
+// through any hook (the instruction rewriter skips liveio's own text). Returns -errno on
+// failure, like the kernel.
+inline long raw_syscall(long nr, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0,
+                        long a5 = 0) {
+    long ret;
+    register long r10 asm("r10") = a3;
+    register long r8 asm("r8") = a4;
+    register long r9 asm("r9") = a5;
+    asm volatile("syscall"
+                 : "=a"(ret)
+                 : "a"(nr), "D"(a0), "S"(a1), "d"(a2), "r"(r10), "r"(r8), "r"(r9)
+                 : "rcx", "r11", "memory");
+    return ret;
+}
+
+inline long raw_syscall(const SyscallCall& c) {
+    return raw_syscall(c.nr, c.args[0], c.args[1], c.args[2], c.args[3], c.args[4], c.args[5]);
+}
+
+class Dispatcher {
+public:
+    static Dispatcher& instance();
+
+    // Makes `handler` the target of `mechanism`'s hooks. Fails with EBUSY when that mechanism
+    // already has a handler (one interceptor per mechanism per process).
+    Result<void> attach(Mechanism mechanism, CallHandler* handler);
+    // Stops routing to the handler and waits until no thread is inside the mechanism's hooks;
+    // afterwards the handler may be destroyed.
+    void detach(Mechanism mechanism);
+
+    // True while this thread runs liveio code (a handler or the dispatcher itself): hooks then
+    // pass calls straight through, so handler I/O is never intercepted.
+    static bool inside() { return inside_; }
+
+    uint64_t calls(Mechanism mechanism) const {
+        return slots_[index(mechanism)].calls.load(std::memory_order_relaxed);
+    }
+
+    // A hooked libc-level call. `original` performs the call through the original libc
+    // function and returns its libc-convention result (-1 and errno on failure); when the
+    // call is passed through, its result and errno reach the caller unchanged.
+    template <typename Original>
+    long call_libc(Mechanism mechanism, SyscallCall call, Original&& original) {
+        Slot& slot = slots_[index(mechanism)];
+        if (inside_) return original();
+        // Enter before reading the handler: detach() clears the handler, then waits for
+        // in_flight == 0, so a thread that saw a handler keeps it alive until it leaves.
+        slot.in_flight.fetch_add(1, std::memory_order_seq_cst);
+        CallHandler* handler = slot.handler.load(std::memory_order_seq_cst);
+        if (handler == nullptr) {
+            slot.in_flight.fetch_sub(1, std::memory_order_release);
+            return original();
+        }
+        inside_ = true;
+        slot.calls.fetch_add(1, std::memory_order_relaxed);
+        const int caller_errno = errno;
+        const uint64_t start = now_ns();
+        SyscallResult result = 0;
+        long ret;
+        int ret_errno;
+        if (handler->on_enter(call, result)) {
+            ret = result < 0 ? -1 : result;
+            ret_errno = result < 0 ? static_cast<int>(-result) : caller_errno;
+        } else {
+            errno = caller_errno;
+            ret = original();
+            ret_errno = errno;
+            result = ret == -1 ? -ret_errno : ret;
+        }
+        handler->on_exit(call, result, start);
+        inside_ = false;
+        slot.in_flight.fetch_sub(1, std::memory_order_release);
+        errno = ret_errno;
+        return ret;
+    }
+
+    // A hooked call at the syscall level (rewritten `syscall` instruction, agent-originated
+    // calls): returns the kernel convention (-errno) and never touches errno.
+    long call_raw(Mechanism mechanism, SyscallCall call) {
+        Slot& slot = slots_[index(mechanism)];
+        if (inside_) return raw_syscall(call);
+        slot.in_flight.fetch_add(1, std::memory_order_seq_cst);
+        CallHandler* handler = slot.handler.load(std::memory_order_seq_cst);
+        if (handler == nullptr) {
+            slot.in_flight.fetch_sub(1, std::memory_order_release);
+            return raw_syscall(call);
+        }
+        inside_ = true;
+        slot.calls.fetch_add(1, std::memory_order_relaxed);
+        const int saved_errno = errno;  // the handler's own libc calls must not leak errno
+        const uint64_t start = now_ns();
+        SyscallResult result = 0;
+        if (!handler->on_enter(call, result)) result = raw_syscall(call);
+        handler->on_exit(call, result, start);
+        errno = saved_errno;
+        inside_ = false;
+        slot.in_flight.fetch_sub(1, std::memory_order_release);
+        return result;
+    }
+
+    static uint64_t now_ns() {
+        timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);  // vDSO: no syscall, so nothing to intercept
+        return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+    }
+
+private:
+    struct alignas(64) Slot {
+        std::atomic<CallHandler*> handler{nullptr};
+        std::atomic<uint64_t> in_flight{0};
+        std::atomic<uint64_t> calls{0};
+    };
+    static constexpr int index(Mechanism m) { return static_cast<int>(m); }
+
+    Slot slots_[3];
+    static thread_local bool inside_;
+};
+
+}  // namespace liveio::hook

@@ -1,0 +1,24 @@
+// The libc I/O functions the GOT and inline mechanisms can intercept: for each, its name,
+// the wrapper that translates it into a SyscallCall for the dispatcher, and where the
+// wrapper finds the original function to fall back to.
+#pragma once
+
+#include <string_view>
+#include <vector>
+
+#include "hook/interceptor.h"
+
+namespace liveio::hook {
+
+struct LibcHook {
+    const char* name;
+    void* wrapper;     // replacement installed in place of the libc function
+    void** original;   // the libc function the wrapper calls when the call is passed through
+};
+
+// Every hookable function (aliases such as pread/pread64 are separate entries).
+const std::vector<LibcHook>& libc_hooks(Mechanism mechanism);
+// The default I/O set, when InterceptOptions::functions is empty.
+const std::vector<std::string_view>& default_hooked_functions();
+
+}  // namespace liveio::hook

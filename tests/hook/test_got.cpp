@@ -1,0 +1,358 @@
+// GOT/PLT interception against real shared libraries doing real I/O.
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <link.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "hook/dispatcher.h"
+#include "hook/interceptor.h"
+
+extern "C" {
+ssize_t testio_read(int, void*, size_t);
+ssize_t testio_write(int, const void*, size_t);
+ssize_t testio_pread(int, void*, size_t, off_t);
+ssize_t testio_pwrite(int, const void*, size_t, off_t);
+ssize_t testio_send(int, const void*, size_t);
+ssize_t testio_recv(int, void*, size_t);
+ssize_t testio_readv(int, const iovec*, int);
+int testio_close(int);
+using read_fn = ssize_t (*)(int, void*, size_t);
+read_fn testio_read_pointer();
+ssize_t lazyio_read(int, void*, size_t);
+ssize_t lazyio_write(int, const void*, size_t);
+}
+
+namespace liveio::hook {
+namespace {
+
+struct Seen {
+    long nr;
+    long args[6];
+    long result;
+};
+
+// Records every call; optionally takes over calls with one syscall number.
+class RecordingHandler : public CallHandler {
+public:
+    long take_nr = -1;
+    long take_result = 0;
+    char fill = 0;
+    std::function<void()> during_enter;
+
+    bool on_enter(SyscallCall& call, SyscallResult& result) override {
+        if (during_enter) during_enter();
+        if (call.nr != take_nr) return false;
+        if (take_result > 0 && call.nr == SYS_read)
+            memset(reinterpret_cast<void*>(call.args[1]), fill, static_cast<size_t>(take_result));
+        result = take_result;
+        return true;
+    }
+    void on_exit(const SyscallCall& call, SyscallResult result, uint64_t) override {
+        std::lock_guard lock(mu);
+        Seen s{call.nr, {}, result};
+        memcpy(s.args, call.args, sizeof s.args);
+        seen.push_back(s);
+    }
+    std::vector<Seen> take() {
+        std::lock_guard lock(mu);
+        return std::exchange(seen, {});
+    }
+    std::mutex mu;
+    std::vector<Seen> seen;
+};
+
+InterceptOptions got_options(std::vector<std::string> objects = {"libhook_testio_now.so"}) {
+    InterceptOptions o;
+    o.mechanism = Mechanism::Got;
+    o.objects = std::move(objects);
+    return o;
+}
+
+std::unique_ptr<Interceptor> must_install(const InterceptOptions& o, CallHandler* h) {
+    auto r = Interceptor::install(o, h);
+    EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().message);
+    return r.ok() ? std::move(r).value() : nullptr;
+}
+
+struct Pipe {
+    int fds[2];
+    Pipe() { EXPECT_EQ(pipe(fds), 0); }
+    ~Pipe() { close(fds[0]); close(fds[1]); }
+};
+
+// A byte copy of an object's segments that hold GOT slots: the RELRO range and every writable
+// PT_LOAD, so "uninstall restores memory exactly" is checked on the bytes themselves.
+std::vector<std::pair<uintptr_t, std::string>> got_memory(const char* object_suffix) {
+    struct Ctx { const char* suffix; std::vector<std::pair<uintptr_t, std::string>> out; } ctx{object_suffix, {}};
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, size_t, void* p) {
+            auto* c = static_cast<Ctx*>(p);
+            std::string name = info->dlpi_name ? info->dlpi_name : "";
+            if (!name.ends_with(c->suffix)) return 0;
+            for (int i = 0; i < info->dlpi_phnum; ++i) {
+                const auto& ph = info->dlpi_phdr[i];
+                if (ph.p_type == PT_GNU_RELRO || (ph.p_type == PT_LOAD && (ph.p_flags & PF_W))) {
+                    auto start = info->dlpi_addr + ph.p_vaddr;
+                    c->out.push_back({start, std::string(reinterpret_cast<const char*>(start), ph.p_memsz)});
+                }
+            }
+            return 0;
+        },
+        &ctx);
+    return ctx.out;
+}
+
+TEST(GotHook, SeesFileIoWithArgumentsAndResults) {
+    char path[] = "/tmp/liveio-got-XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT_GE(fd, 0);
+    unlink(path);
+    RecordingHandler h;
+    auto icpt = must_install(got_options(), &h);
+    ASSERT_TRUE(icpt);
+
+    const char data[] = "hello through the GOT";
+    ASSERT_EQ(testio_pwrite(fd, data, sizeof data, 100), static_cast<ssize_t>(sizeof data));
+    char back[sizeof data] = {};
+    ASSERT_EQ(testio_pread(fd, back, sizeof back, 100), static_cast<ssize_t>(sizeof data));
+    EXPECT_STREQ(back, data);
+
+    auto seen = h.take();
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_EQ(seen[0].nr, SYS_pwrite64);
+    EXPECT_EQ(seen[0].args[0], fd);
+    EXPECT_EQ(seen[0].args[1], reinterpret_cast<long>(data));
+    EXPECT_EQ(seen[0].args[2], static_cast<long>(sizeof data));
+    EXPECT_EQ(seen[0].args[3], 100);
+    EXPECT_EQ(seen[0].result, static_cast<long>(sizeof data));
+    EXPECT_EQ(seen[1].nr, SYS_pread64);
+    EXPECT_EQ(seen[1].args[1], reinterpret_cast<long>(back));
+    EXPECT_EQ(seen[1].result, static_cast<long>(sizeof data));
+    EXPECT_EQ(icpt->calls_dispatched() >= 2, true);
+    ASSERT_TRUE(icpt->uninstall().ok());
+
+    // After uninstall the same calls are no longer seen.
+    ASSERT_EQ(testio_pread(fd, back, sizeof back, 100), static_cast<ssize_t>(sizeof data));
+    EXPECT_TRUE(h.take().empty());
+    close(fd);
+}
+
+TEST(GotHook, SeesSocketIo) {
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    RecordingHandler h;
+    auto icpt = must_install(got_options(), &h);
+    ASSERT_TRUE(icpt);
+    ASSERT_EQ(testio_send(sv[0], "ping", 4), 4);
+    char buf[8] = {};
+    ASSERT_EQ(testio_recv(sv[1], buf, sizeof buf), 4);
+    EXPECT_STREQ(buf, "ping");
+    char a[2], b[2];
+    iovec iov[2] = {{a, 2}, {b, 2}};
+    ASSERT_EQ(testio_send(sv[0], "abcd", 4), 4);
+    ASSERT_EQ(testio_readv(sv[1], iov, 2), 4);
+    EXPECT_EQ(std::string(a, 2) + std::string(b, 2), "abcd");
+    auto seen = h.take();
+    ASSERT_EQ(seen.size(), 4u);
+    EXPECT_EQ(seen[0].nr, SYS_sendto);
+    EXPECT_EQ(seen[0].args[0], sv[0]);
+    EXPECT_EQ(seen[0].args[4], 0);  // send() is sendto() without an address
+    EXPECT_EQ(seen[1].nr, SYS_recvfrom);
+    EXPECT_EQ(seen[1].args[0], sv[1]);
+    EXPECT_EQ(seen[1].result, 4);
+    EXPECT_EQ(seen[3].nr, SYS_readv);
+    EXPECT_EQ(seen[3].args[2], 2);
+    icpt.reset();
+    close(sv[0]);
+    close(sv[1]);
+}
+
+TEST(GotHook, ErrnoPreservedExactly) {
+    RecordingHandler h;
+    auto icpt = must_install(got_options(), &h);
+    ASSERT_TRUE(icpt);
+    char c;
+    errno = 0;
+    EXPECT_EQ(testio_read(-1, &c, 1), -1);
+    EXPECT_EQ(errno, EBADF);
+    // A successful call leaves the caller's errno alone, as libc does.
+    Pipe p;
+    errno = 12345;
+    EXPECT_EQ(testio_write(p.fds[1], "x", 1), 1);
+    EXPECT_EQ(errno, 12345);
+    auto seen = h.take();
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_EQ(seen[0].result, -EBADF);
+    EXPECT_EQ(seen[1].result, 1);
+}
+
+TEST(GotHook, HandlerTakesCallOver) {
+    Pipe p;
+    RecordingHandler h;
+    h.take_nr = SYS_read;
+    h.take_result = 3;
+    h.fill = 'z';
+    auto icpt = must_install(got_options(), &h);
+    ASSERT_TRUE(icpt);
+    char buf[4] = {};
+    // The pipe is empty: only a taken-over read can return without blocking.
+    EXPECT_EQ(testio_read(p.fds[0], buf, 3), 3);
+    EXPECT_STREQ(buf, "zzz");
+    h.take_result = -EIO;
+    errno = 0;
+    EXPECT_EQ(testio_read(p.fds[0], buf, 3), -1);
+    EXPECT_EQ(errno, EIO);
+    auto seen = h.take();
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_EQ(seen[1].result, -EIO);
+}
+
+TEST(GotHook, HandlerIoIsNotIntercepted) {
+    Pipe p;
+    RecordingHandler h;
+    // The handler itself calls a hooked function: it must go straight through, not recurse.
+    h.during_enter = [&] { EXPECT_EQ(testio_write(p.fds[1], "h", 1), 1); };
+    auto icpt = must_install(got_options(), &h);
+    ASSERT_TRUE(icpt);
+    ASSERT_EQ(testio_write(p.fds[1], "a", 1), 1);
+    char buf[2];
+    ASSERT_EQ(read(p.fds[0], buf, 2), 2);
+    EXPECT_EQ(h.take().size(), 1u);
+}
+
+TEST(GotHook, FunctionPointerSlotsArePatchedAndRestored) {
+    const read_fn before = testio_read_pointer();
+    EXPECT_EQ(reinterpret_cast<void*>(before), dlsym(RTLD_DEFAULT, "read"));
+    RecordingHandler h;
+    auto icpt = must_install(got_options(), &h);
+    ASSERT_TRUE(icpt);
+    read_fn during = testio_read_pointer();
+    EXPECT_NE(during, before);
+    Pipe p;
+    ASSERT_EQ(write(p.fds[1], "q", 1), 1);
+    char c = 0;
+    EXPECT_EQ(during(p.fds[0], &c, 1), 1);
+    EXPECT_EQ(c, 'q');
+    EXPECT_EQ(h.take().size(), 1u);
+    ASSERT_TRUE(icpt->uninstall().ok());
+    EXPECT_EQ(testio_read_pointer(), before);
+}
+
+TEST(GotHook, UninstallRestoresMemoryExactlyAndReinstallWorks) {
+    for (const char* object : {"libhook_testio_now.so", "libhook_testio_lazy.so"}) {
+        SCOPED_TRACE(object);
+        const auto before = got_memory(object);
+        ASSERT_FALSE(before.empty());
+        for (int round = 0; round < 3; ++round) {
+            RecordingHandler h;
+            auto icpt = must_install(got_options({object}), &h);
+            ASSERT_TRUE(icpt);
+            EXPECT_NE(got_memory(object), before);
+            Pipe p;
+            if (std::string(object).find("lazy") != std::string::npos) {
+                ASSERT_EQ(lazyio_write(p.fds[1], "l", 1), 1);
+            } else {
+                ASSERT_EQ(testio_write(p.fds[1], "n", 1), 1);
+            }
+            EXPECT_EQ(h.take().size(), 1u);
+            ASSERT_TRUE(icpt->uninstall().ok());
+            EXPECT_EQ(got_memory(object), before) << "round " << round;
+        }
+    }
+    // Lazy binding still works after restore (the slot holds the PLT stub again).
+    Pipe p;
+    ASSERT_EQ(lazyio_write(p.fds[1], "z", 1), 1);
+    char c;
+    ASSERT_EQ(lazyio_read(p.fds[0], &c, 1), 1);
+    EXPECT_EQ(c, 'z');
+}
+
+TEST(GotHook, RejectsBadRequests) {
+    RecordingHandler h;
+    auto none = Interceptor::install(got_options({"libdoes-not-exist.so"}), &h);
+    ASSERT_FALSE(none.ok());
+    EXPECT_EQ(none.error().code, ENOENT);
+    InterceptOptions bad_fn = got_options();
+    bad_fn.functions = {"not_a_libc_function"};
+    auto bad = Interceptor::install(bad_fn, &h);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_EQ(bad.error().code, EINVAL);
+    EXPECT_FALSE(Interceptor::install(got_options(), nullptr).ok());
+    auto first = must_install(got_options(), &h);
+    ASSERT_TRUE(first);
+    auto second = Interceptor::install(got_options(), &h);
+    ASSERT_FALSE(second.ok());
+    EXPECT_EQ(second.error().code, EBUSY);
+}
+
+// Threads do verified file I/O through the patched library while the main thread installs
+// and uninstalls 200 times; one handler takes reads over (performing them itself).
+class PreadTakeover : public CallHandler {
+public:
+    std::atomic<uint64_t> taken{0}, seen{0};
+    bool on_enter(SyscallCall& call, SyscallResult& result) override {
+        if (call.nr != SYS_pread64) return false;
+        result = raw_syscall(call);
+        taken.fetch_add(1, std::memory_order_relaxed);
+        return true;
+    }
+    void on_exit(const SyscallCall&, SyscallResult, uint64_t) override {
+        seen.fetch_add(1, std::memory_order_relaxed);
+    }
+};
+
+TEST(GotHook, StressInstallUninstallUnderConcurrentIo) {
+    char path[] = "/tmp/liveio-got-stress-XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT_GE(fd, 0);
+    unlink(path);
+    constexpr int kThreads = 4;
+    constexpr size_t kBlock = 512;
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> wrong{0}, ops{0};
+    std::vector<std::thread> workers;
+    for (int t = 0; t < kThreads; ++t) {
+        workers.emplace_back([&, t] {
+            std::vector<unsigned char> out(kBlock), in(kBlock);
+            for (uint32_t i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+                for (size_t k = 0; k < kBlock; ++k) out[k] = static_cast<unsigned char>(t * 31 + i + k);
+                const off_t off = static_cast<off_t>(t * kBlock);
+                if (testio_pwrite(fd, out.data(), kBlock, off) != static_cast<ssize_t>(kBlock) ||
+                    testio_pread(fd, in.data(), kBlock, off) != static_cast<ssize_t>(kBlock) ||
+                    in != out)
+                    wrong.fetch_add(1);
+                ops.fetch_add(1, std::memory_order_relaxed);
+            }
+        });
+    }
+    PreadTakeover h;
+    for (int cycle = 0; cycle < 200; ++cycle) {
+        auto icpt = must_install(got_options(), &h);
+        ASSERT_TRUE(icpt);
+        const uint64_t target = ops.load() + 2;
+        while (ops.load() < target) std::this_thread::yield();
+        ASSERT_TRUE(icpt->uninstall().ok());
+    }
+    stop = true;
+    for (auto& w : workers) w.join();
+    close(fd);
+    EXPECT_EQ(wrong.load(), 0u);
+    EXPECT_GT(h.taken.load(), 0u);
+    EXPECT_GT(h.seen.load(), h.taken.load());
+}
+
+}  // namespace
+}  // namespace liveio::hook
