@@ -11,6 +11,10 @@ namespace liveio::hook {
 Result<std::unique_ptr<Interceptor>> install_got(const InterceptOptions& options,
                                                  CallHandler* handler);
 
+// Mechanism::Inline (inline_interceptor.cpp): hooks libc's own entry points.
+Result<std::unique_ptr<Interceptor>> install_inline(const InterceptOptions& options,
+                                                    CallHandler* handler);
+
 // One patched import slot, for inspection and tests.
 struct GotSlot {
     std::string object;

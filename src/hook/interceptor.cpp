@@ -8,8 +8,7 @@ Result<std::unique_ptr<Interceptor>> Interceptor::install(const InterceptOptions
                                                           CallHandler* handler) {
     switch (options.mechanism) {
         case Mechanism::Got: return install_got(options, handler);
-        case Mechanism::Inline:
-            return make_error(ENOSYS, "inline interception is not implemented yet");
+        case Mechanism::Inline: return install_inline(options, handler);
         case Mechanism::SyscallRewrite:
             return make_error(ENOSYS, "syscall-instruction rewriting is not implemented yet");
     }

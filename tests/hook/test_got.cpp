@@ -19,6 +19,8 @@
 
 #include "hook/dispatcher.h"
 #include "hook/interceptor.h"
+#include "hook/recording_handler.h"
+#include "hook/stress.h"
 
 extern "C" {
 ssize_t testio_read(int, void*, size_t);
@@ -37,42 +39,6 @@ ssize_t lazyio_write(int, const void*, size_t);
 
 namespace liveio::hook {
 namespace {
-
-struct Seen {
-    long nr;
-    long args[6];
-    long result;
-};
-
-// Records every call; optionally takes over calls with one syscall number.
-class RecordingHandler : public CallHandler {
-public:
-    long take_nr = -1;
-    long take_result = 0;
-    char fill = 0;
-    std::function<void()> during_enter;
-
-    bool on_enter(SyscallCall& call, SyscallResult& result) override {
-        if (during_enter) during_enter();
-        if (call.nr != take_nr) return false;
-        if (take_result > 0 && call.nr == SYS_read)
-            memset(reinterpret_cast<void*>(call.args[1]), fill, static_cast<size_t>(take_result));
-        result = take_result;
-        return true;
-    }
-    void on_exit(const SyscallCall& call, SyscallResult result, uint64_t) override {
-        std::lock_guard lock(mu);
-        Seen s{call.nr, {}, result};
-        memcpy(s.args, call.args, sizeof s.args);
-        seen.push_back(s);
-    }
-    std::vector<Seen> take() {
-        std::lock_guard lock(mu);
-        return std::exchange(seen, {});
-    }
-    std::mutex mu;
-    std::vector<Seen> seen;
-};
 
 InterceptOptions got_options(std::vector<std::string> objects = {"libhook_testio_now.so"}) {
     InterceptOptions o;
@@ -299,57 +265,16 @@ TEST(GotHook, RejectsBadRequests) {
 }
 
 // Threads do verified file I/O through the patched library while the main thread installs
-// and uninstalls 200 times; one handler takes reads over (performing them itself).
-class PreadTakeover : public CallHandler {
-public:
-    std::atomic<uint64_t> taken{0}, seen{0};
-    bool on_enter(SyscallCall& call, SyscallResult& result) override {
-        if (call.nr != SYS_pread64) return false;
-        result = raw_syscall(call);
-        taken.fetch_add(1, std::memory_order_relaxed);
-        return true;
-    }
-    void on_exit(const SyscallCall&, SyscallResult, uint64_t) override {
-        seen.fetch_add(1, std::memory_order_relaxed);
-    }
-};
-
+// and uninstalls 200 times; the handler takes reads over (performing them itself).
 TEST(GotHook, StressInstallUninstallUnderConcurrentIo) {
-    char path[] = "/tmp/liveio-got-stress-XXXXXX";
-    int fd = mkstemp(path);
-    ASSERT_GE(fd, 0);
-    unlink(path);
-    constexpr int kThreads = 4;
-    constexpr size_t kBlock = 512;
-    std::atomic<bool> stop{false};
-    std::atomic<uint64_t> wrong{0}, ops{0};
-    std::vector<std::thread> workers;
-    for (int t = 0; t < kThreads; ++t) {
-        workers.emplace_back([&, t] {
-            std::vector<unsigned char> out(kBlock), in(kBlock);
-            for (uint32_t i = 0; !stop.load(std::memory_order_relaxed); ++i) {
-                for (size_t k = 0; k < kBlock; ++k) out[k] = static_cast<unsigned char>(t * 31 + i + k);
-                const off_t off = static_cast<off_t>(t * kBlock);
-                if (testio_pwrite(fd, out.data(), kBlock, off) != static_cast<ssize_t>(kBlock) ||
-                    testio_pread(fd, in.data(), kBlock, off) != static_cast<ssize_t>(kBlock) ||
-                    in != out)
-                    wrong.fetch_add(1);
-                ops.fetch_add(1, std::memory_order_relaxed);
-            }
-        });
-    }
     PreadTakeover h;
-    for (int cycle = 0; cycle < 200; ++cycle) {
+    const uint64_t wrong = wrong_bytes_under_cycles(testio_pwrite, testio_pread, 200, [&](auto& wait) {
         auto icpt = must_install(got_options(), &h);
         ASSERT_TRUE(icpt);
-        const uint64_t target = ops.load() + 2;
-        while (ops.load() < target) std::this_thread::yield();
+        wait();
         ASSERT_TRUE(icpt->uninstall().ok());
-    }
-    stop = true;
-    for (auto& w : workers) w.join();
-    close(fd);
-    EXPECT_EQ(wrong.load(), 0u);
+    });
+    EXPECT_EQ(wrong, 0u);
     EXPECT_GT(h.taken.load(), 0u);
     EXPECT_GT(h.seen.load(), h.taken.load());
 }

@@ -1,0 +1,51 @@
+// A CallHandler for tests: records every call it sees; can take over one syscall number.
+#pragma once
+
+#include <sys/syscall.h>
+
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "hook/dispatch.h"
+
+namespace liveio::hook {
+
+struct Seen {
+    long nr;
+    long args[6];
+    long result;
+};
+
+class RecordingHandler : public CallHandler {
+public:
+    long take_nr = -1;
+    long take_result = 0;
+    char fill = 0;
+    std::function<void()> during_enter;
+
+    bool on_enter(SyscallCall& call, SyscallResult& result) override {
+        if (during_enter) during_enter();
+        if (call.nr != take_nr) return false;
+        if (take_result > 0 && call.nr == SYS_read)
+            memset(reinterpret_cast<void*>(call.args[1]), fill, static_cast<size_t>(take_result));
+        result = take_result;
+        return true;
+    }
+    void on_exit(const SyscallCall& call, SyscallResult result, uint64_t) override {
+        std::lock_guard lock(mu);
+        Seen s{call.nr, {}, result};
+        memcpy(s.args, call.args, sizeof s.args);
+        seen.push_back(s);
+    }
+    std::vector<Seen> take() {
+        std::lock_guard lock(mu);
+        return std::exchange(seen, {});
+    }
+    std::mutex mu;
+    std::vector<Seen> seen;
+};
+
+}  // namespace liveio::hook
