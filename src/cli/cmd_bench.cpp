@@ -8,6 +8,7 @@ void add_bench_commands(CLI::App& app) {
     bench->require_subcommand(1);
     liveio::bench::add_uring_bench(*bench);
     liveio::bench::add_vm_bench(*bench);
+    liveio::bench::add_hooks_bench(*bench);
 }
 
 }  // namespace liveio::cli

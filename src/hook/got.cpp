@@ -26,6 +26,7 @@
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "hook/dispatcher.h"
 #include "hook/got_hooks.h"
@@ -174,14 +175,18 @@ Result<std::unique_ptr<Interceptor>> install_got(const InterceptOptions& options
     std::vector<Relro> relro;
     std::unordered_map<void**, void*> new_values;
     std::unordered_set<std::string> matched_specs;
+    bool first_object = true;
     for (const ObjectInfo& o : loaded_objects()) {
+        // dl_iterate_phdr reports the main program first, with an empty name.
+        const bool is_main = std::exchange(first_object, false) && o.name.empty();
         const bool own = contains_address(o, own_address);
         if (options.objects.empty()) {
             if (excluded_by_default(o.name, own)) continue;
         } else {
             bool match = false;
             for (auto& spec : options.objects) {
-                if (!spec.empty() && ends_with(o.name, spec)) {
+                if ((spec == kMainProgram && is_main) ||
+                    (!spec.empty() && !o.name.empty() && ends_with(o.name, spec))) {
                     match = true;
                     matched_specs.insert(spec);
                 }

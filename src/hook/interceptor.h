@@ -18,10 +18,13 @@ enum class Mechanism {
     SyscallRewrite,  // zpoline-style: redirect every `syscall` instruction (needs mmap_min_addr=0)
 };
 
+inline constexpr const char* kMainProgram = "[main]";
+
 struct InterceptOptions {
     Mechanism mechanism = Mechanism::Got;
     // GOT: names (or path suffixes) of loaded objects whose slots are patched; empty means
-    // every loaded object except liveio's own, libc and the dynamic loader.
+    // every loaded object except liveio's own, libc and the dynamic loader. kMainProgram
+    // names the main executable (which has no path in the loader's list).
     std::vector<std::string> objects;
     // libc function names to intercept (read, pread64, write, send, recv, ...); empty means
     // the default I/O set. Ignored by SyscallRewrite, which sees every syscall.
