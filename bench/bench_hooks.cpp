@@ -38,6 +38,7 @@ class NoWorkHandler : public CallHandler {
 public:
     bool on_enter(SyscallCall&, SyscallResult&) override { return false; }
     void on_exit(const SyscallCall&, SyscallResult, uint64_t) override {}
+    bool wants_start_time() const override { return false; }
 };
 
 class CountingHandler : public CallHandler {
@@ -48,6 +49,7 @@ public:
         return false;
     }
     void on_exit(const SyscallCall&, SyscallResult, uint64_t) override {}
+    bool wants_start_time() const override { return false; }
 };
 
 // The measured call; noinline so a uprobe has a function to attach to and each iteration
@@ -112,52 +114,70 @@ Result<int> load_counting_program(bpf_prog_type type, int map_fd, uint32_t tgid)
     return fd;
 }
 
-// Attaches a counting program to a perf event (tracepoint or uprobe) and measures.
+// A counting program and its one-element array map, owned together.
+struct CountingProgram {
+    int map_fd = -1;
+    int prog_fd = -1;
+    std::string error;
+    explicit CountingProgram(bpf_prog_type type) {
+        map_fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, "liveio_count", 4, 8, 1, nullptr);
+        if (map_fd < 0) {
+            error = fmt::format("bpf_map_create: {}", strerror(-map_fd));
+            return;
+        }
+        auto prog = load_counting_program(type, map_fd, static_cast<uint32_t>(getpid()));
+        if (!prog) error = prog.error().message;
+        else prog_fd = *prog;
+    }
+    ~CountingProgram() {
+        if (prog_fd >= 0) close(prog_fd);
+        if (map_fd >= 0) close(map_fd);
+    }
+    uint64_t count() const {
+        uint32_t key = 0;
+        uint64_t value = 0;
+        return bpf_map_lookup_elem(map_fd, &key, &value) == 0 ? value : 0;
+    }
+};
+
+// Attaches a counting program to a perf event (here: a uprobe) and measures.
 std::optional<double> with_kernel_probe(perf_event_attr attr, bpf_prog_type type, int fd,
                                         int iterations, std::string& note) {
-    const int map_fd = bpf_map_create(BPF_MAP_TYPE_ARRAY, "liveio_count", 4, 8, 1, nullptr);
-    if (map_fd < 0) {
-        note = fmt::format("bpf_map_create: {}", strerror(-map_fd));
-        return std::nullopt;
-    }
-    auto prog = load_counting_program(type, map_fd, static_cast<uint32_t>(getpid()));
-    if (!prog) {
-        note = prog.error().message;
-        close(map_fd);
+    CountingProgram prog(type);
+    if (!prog.error.empty()) {
+        note = prog.error;
         return std::nullopt;
     }
     const int pfd = static_cast<int>(syscall(SYS_perf_event_open, &attr, -1, 0, -1, PERF_FLAG_FD_CLOEXEC));
     std::optional<double> ns;
     if (pfd < 0) {
         note = fmt::format("perf_event_open: {}", strerror(errno));
-    } else if (ioctl(pfd, PERF_EVENT_IOC_SET_BPF, *prog) != 0 || ioctl(pfd, PERF_EVENT_IOC_ENABLE, 0) != 0) {
+    } else if (ioctl(pfd, PERF_EVENT_IOC_SET_BPF, prog.prog_fd) != 0 || ioctl(pfd, PERF_EVENT_IOC_ENABLE, 0) != 0) {
         note = fmt::format("attaching BPF: {}", strerror(errno));
     } else {
         ns = ns_per_call(fd, iterations);
-        uint32_t key = 0;
-        uint64_t count = 0;
-        if (bpf_map_lookup_elem(map_fd, &key, &count) != 0 || count == 0) note = "program counted nothing";
+        if (prog.count() == 0) note = "program counted nothing";
     }
     if (pfd >= 0) close(pfd);
-    close(*prog);
-    close(map_fd);
     return ns;
 }
 
+// The raw_syscalls:sys_enter tracepoint via BPF_RAW_TRACEPOINT_OPEN (needs no tracefs).
 std::optional<double> kernel_tracepoint(int fd, int iterations, std::string& note) {
-    std::ifstream id_file("/sys/kernel/tracing/events/raw_syscalls/sys_enter/id");
-    uint64_t id = 0;
-    if (!(id_file >> id)) {
-        note = "no tracefs raw_syscalls/sys_enter";
+    CountingProgram prog(BPF_PROG_TYPE_RAW_TRACEPOINT);
+    if (!prog.error.empty()) {
+        note = prog.error;
         return std::nullopt;
     }
-    perf_event_attr attr{};
-    attr.type = PERF_TYPE_TRACEPOINT;
-    attr.size = sizeof attr;
-    attr.config = id;
-    attr.sample_period = 1;
-    attr.wakeup_events = 1;
-    return with_kernel_probe(attr, BPF_PROG_TYPE_TRACEPOINT, fd, iterations, note);
+    const int link = bpf_raw_tracepoint_open("sys_enter", prog.prog_fd);
+    if (link < 0) {
+        note = fmt::format("bpf_raw_tracepoint_open: {}", strerror(-link));
+        return std::nullopt;
+    }
+    const double ns = ns_per_call(fd, iterations);
+    if (prog.count() == 0) note = "program counted nothing";
+    close(link);
+    return ns;
 }
 
 std::optional<double> kernel_uprobe(int fd, int iterations, std::string& note) {

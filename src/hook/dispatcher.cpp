@@ -14,6 +14,7 @@ Dispatcher& Dispatcher::instance() {
 
 Result<void> Dispatcher::attach(Mechanism mechanism, CallHandler* handler) {
     if (handler == nullptr) return make_error(EINVAL, "interceptor needs a CallHandler");
+    slots_[index(mechanism)].timed.store(handler->wants_start_time(), std::memory_order_relaxed);
     CallHandler* expected = nullptr;
     if (!slots_[index(mechanism)].handler.compare_exchange_strong(expected, handler))
         return make_error(EBUSY, "an interceptor with this mechanism is already installed");

@@ -54,6 +54,7 @@ public:
     // pass calls straight through, so handler I/O is never intercepted.
     static bool inside() { return inside_; }
 
+    // Calls routed to a handler (approximate under concurrency, see count_call).
     uint64_t calls(Mechanism mechanism) const {
         return slots_[index(mechanism)].calls.load(std::memory_order_relaxed);
     }
@@ -74,9 +75,9 @@ public:
             return original();
         }
         inside_ = true;
-        slot.calls.fetch_add(1, std::memory_order_relaxed);
+        count_call(slot);
         const int caller_errno = errno;
-        const uint64_t start = now_ns();
+        const uint64_t start = slot.timed.load(std::memory_order_relaxed) ? now_ns() : 0;
         SyscallResult result = 0;
         long ret;
         int ret_errno;
@@ -108,9 +109,9 @@ public:
             return raw_syscall(call);
         }
         inside_ = true;
-        slot.calls.fetch_add(1, std::memory_order_relaxed);
+        count_call(slot);
         const int saved_errno = errno;  // the handler's own libc calls must not leak errno
-        const uint64_t start = now_ns();
+        const uint64_t start = slot.timed.load(std::memory_order_relaxed) ? now_ns() : 0;
         SyscallResult result = 0;
         if (!handler->on_enter(call, result)) result = raw_syscall(call);
         handler->on_exit(call, result, start);
@@ -129,9 +130,15 @@ public:
 private:
     struct alignas(64) Slot {
         std::atomic<CallHandler*> handler{nullptr};
+        std::atomic<bool> timed{true};
         std::atomic<uint64_t> in_flight{0};
         std::atomic<uint64_t> calls{0};
     };
+    // A statistic, not an exact count: a load and a store rather than a locked add (which
+    // costs ~5 ns per call), so increments racing on two CPUs may be lost.
+    static void count_call(Slot& slot) {
+        slot.calls.store(slot.calls.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    }
     static constexpr int index(Mechanism m) { return static_cast<int>(m); }
 
     Slot slots_[3];
