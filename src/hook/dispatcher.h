@@ -54,6 +54,18 @@ public:
     // pass calls straight through, so handler I/O is never intercepted.
     static bool inside() { return inside_; }
 
+    // Marks this thread as running liveio code for a scope (nestable).
+    class ScopedInside {
+    public:
+        ScopedInside() : was_(inside_) { inside_ = true; }
+        ~ScopedInside() { inside_ = was_; }
+        ScopedInside(const ScopedInside&) = delete;
+        ScopedInside& operator=(const ScopedInside&) = delete;
+
+    private:
+        bool was_;
+    };
+
     // Calls routed to a handler (approximate under concurrency, see count_call).
     uint64_t calls(Mechanism mechanism) const {
         return slots_[index(mechanism)].calls.load(std::memory_order_relaxed);
