@@ -246,6 +246,19 @@ TEST(GotHook, UninstallRestoresMemoryExactlyAndReinstallWorks) {
     EXPECT_EQ(c, 'z');
 }
 
+TEST(GotHook, DefaultObjectsSkipLiveioItselfAndLibc) {
+    RecordingHandler h;
+    InterceptOptions o;  // no objects named: every loaded object but liveio's own, libc, ld.so
+    auto icpt = must_install(o, &h);
+    ASSERT_TRUE(icpt);
+    Pipe p;
+    ASSERT_EQ(testio_write(p.fds[1], "d", 1), 1);  // a patched library
+    ASSERT_EQ(write(p.fds[1], "o", 1), 1);         // this binary: liveio's own, not patched
+    auto seen = h.take();
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_EQ(seen[0].nr, SYS_write);
+}
+
 TEST(GotHook, RejectsBadRequests) {
     RecordingHandler h;
     auto none = Interceptor::install(got_options({"libdoes-not-exist.so"}), &h);
