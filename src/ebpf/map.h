@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -50,12 +51,43 @@ public:
     // returns -ENOENT after the last.
     virtual long next_key(const void* key, void* next_key) = 0;
 
+    // Userspace read of one element, as the BPF_MAP_LOOKUP_ELEM syscall: copies the value
+    // into `out` (for per-CPU maps: every CPU slot's value, each rounded up to 8 bytes, in
+    // slot order). Returns 0 or -ENOENT.
+    virtual long copy_value(const void* key, void* out) = 0;
+
     // The shared-memory file descriptor holding this map's memory (header, then data).
     virtual int memfd() const = 0;
 
 protected:
     explicit Map(MapSpec spec) : spec_(std::move(spec)) {}
     MapSpec spec_;
+};
+
+// BPF_MAP_TYPE_RINGBUF (create_map returns one of these for MapType::RingBuf; Map's
+// element methods return -EINVAL / nullptr). Producers are BPF programs on any thread of the
+// target; the consumer is any process holding the memfd (the CLI). Nothing is lost silently:
+// a reserve that does not fit fails and is counted in dropped().
+class RingBuffer : public Map {
+public:
+    // bpf_ringbuf_reserve: `size` bytes of record space, or nullptr when full (a drop).
+    virtual void* reserve(uint64_t size) = 0;
+    // bpf_ringbuf_submit / bpf_ringbuf_discard on a record returned by reserve().
+    virtual void submit(void* record) = 0;
+    virtual void discard(void* record) = 0;
+    // bpf_ringbuf_output: reserve, copy, submit. 0 or -ENOSPC (counted as a drop).
+    virtual long output(const void* data, uint64_t size) = 0;
+    // bpf_ringbuf_query: BPF_RB_AVAIL_DATA (0), BPF_RB_RING_SIZE (1), BPF_RB_CONS_POS (2),
+    // BPF_RB_PROD_POS (3); 0 for unknown flags.
+    virtual uint64_t query(uint64_t flag) const = 0;
+    // Records that could not be reserved because the buffer was full.
+    virtual uint64_t dropped() const = 0;
+    // Consumer side: calls `fn` for every submitted record in order (discarded ones are
+    // skipped), stopping at the first record still being written. Returns records consumed.
+    virtual size_t consume(const std::function<void(const void* data, uint32_t size)>& fn) = 0;
+
+protected:
+    using Map::Map;
 };
 
 // Creates a map in a fresh memfd. Invalid specs (zero sizes, unsupported type, key size
