@@ -1,0 +1,210 @@
+// Private to the map implementation (maps*.cpp): the shared-memory layout every map uses, the
+// primitives that make it safe for many threads and a second process, and the per-type
+// constructors create_map / open_shared_map dispatch to.
+//
+// Memory of one map = one memfd, sealed against shrinking and growing (a reader can never be
+// made to fault by a truncation):
+//
+//   offset 0      MapHeader (one page): magic, version, the MapSpec, the layout below, and the
+//                 map-wide mutable words (free list, LRU clock hand, ring-buffer lock/drops)
+//   index_offset  arrays: kArrayStripes seqlock words, one per cache line
+//                 hashes: nbuckets Bucket {seq, head}
+//                 ringbuf: consumer-position page, then producer-position page (as the kernel)
+//   data_offset   arrays: max_entries × value_stride (per-CPU: × ncpus, the CPU slots of one
+//                 element adjacent)
+//                 hashes: max_entries elements of elem_size bytes
+//                 ringbuf: max_entries data bytes, mapped twice back to back
+//
+// Shared memory holds no pointers: hash chains and the free list link element indices.
+// "CPU" for per-CPU maps is sched_getcpu() (one instruction-cheap read of glibc's rseq area),
+// folded modulo the creator's number of configured CPUs (ncpus, stored in the header).
+#pragma once
+
+#include <sched.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "base/result.h"
+#include "ebpf/map.h"
+
+namespace liveio::ebpf::detail {
+
+inline constexpr uint64_t kMapMagic = 0x504d4f494556494cull;  // "LIVEIOMP" little-endian
+inline constexpr uint32_t kMapVersion = 1;
+inline constexpr uint64_t kPageSize = 4096;
+inline constexpr uint32_t kNil = 0xffffffffu;
+inline constexpr uint32_t kArrayStripes = 64;
+inline constexpr uint32_t kMaxKeySize = 512;             // the kernel's MAX_BPF_STACK
+inline constexpr uint32_t kMaxValueSize = 1u << 20;
+inline constexpr uint32_t kMaxPercpuValueSize = 32768;   // the kernel's PCPU_MIN_UNIT_SIZE
+inline constexpr uint64_t kMaxMapBytes = 4ull << 30;
+inline constexpr size_t kNameCapacity = 64;
+
+// Kernel map_flags liveio accepts (others are rejected by name).
+inline constexpr uint32_t kFlagNoPrealloc = 1, kFlagNoCommonLru = 2, kFlagNumaNode = 4,
+                          kFlagRdonly = 8, kFlagWronly = 16, kFlagZeroSeed = 64,
+                          kFlagRdonlyProg = 128, kFlagWronlyProg = 256, kFlagMmapable = 1024,
+                          kFlagInnerMap = 4096;
+
+// Ring-buffer record header bits, as the kernel's BPF_RINGBUF_{BUSY,DISCARD}_BIT.
+inline constexpr uint32_t kRingBusyBit = 1u << 31, kRingDiscardBit = 1u << 30;
+inline constexpr uint32_t kRingHeaderSize = 8;
+
+struct alignas(64) MapHeader {
+    uint64_t magic;           // written last by the creator (release): openers never see a half-built map
+    uint32_t version;
+    uint32_t header_size;     // sizeof(MapHeader)
+    uint32_t type;            // MapType
+    uint32_t key_size;
+    uint32_t value_size;
+    uint32_t max_entries;
+    uint32_t flags;
+    uint32_t ncpus;           // CPU slots of per-CPU maps
+    uint64_t total_size;      // bytes of the memfd
+    uint64_t seed;            // hash seed (0 with BPF_F_ZERO_SEED)
+    uint64_t index_offset;
+    uint64_t data_offset;
+    uint32_t nbuckets;        // hashes
+    uint32_t elem_size;       // hashes: bytes per element
+    uint32_t value_stride;    // value_size rounded up to 8
+    uint32_t reserved0;
+    char name[kNameCapacity];
+    // Mutable, map-wide; each on its own cache line.
+    alignas(64) uint64_t free_head;   // hashes: tagged free-list head (tag << 32 | index)
+    alignas(64) uint64_t lru_hand;    // LRU hashes: clock hand
+    alignas(64) uint32_t ring_lock;   // ringbuf: producers' spinlock
+    alignas(64) uint64_t ring_dropped;
+};
+static_assert(sizeof(MapHeader) <= kPageSize);
+
+// The derived geometry of a map; a pure function of (spec, ncpus) so an opener can recompute
+// and cross-check what the header claims.
+struct Layout {
+    uint32_t ncpus = 1;
+    uint32_t nbuckets = 0;
+    uint32_t elem_size = 0;
+    uint32_t value_stride = 0;
+    uint64_t index_offset = 0;
+    uint64_t data_offset = 0;
+    uint64_t total_size = 0;
+};
+
+// Checks a spec (every rejection names the field) and computes its layout.
+Result<Layout> plan_layout(const MapSpec& spec, uint32_t ncpus);
+
+// Number of CPU slots of per-CPU maps created by this process: configured CPUs.
+uint32_t configured_cpus();
+
+// A map's memfd and its mapping. Ring buffers map their data area a second time right after
+// the first so that records never wrap.
+class ShmRegion {
+public:
+    ShmRegion() = default;
+    ~ShmRegion();
+    ShmRegion(ShmRegion&& other) noexcept;
+    ShmRegion& operator=(ShmRegion&& other) noexcept;
+    ShmRegion(const ShmRegion&) = delete;
+    ShmRegion& operator=(const ShmRegion&) = delete;
+
+    // A fresh sealed memfd of `size` bytes, mapped.
+    static Result<ShmRegion> create(const std::string& name, uint64_t size, uint64_t mirror_offset,
+                                    uint64_t mirror_size);
+    // Takes ownership of `fd` and maps `size` bytes of it.
+    static Result<ShmRegion> map_fd(int fd, uint64_t size, uint64_t mirror_offset, uint64_t mirror_size);
+
+    int fd() const { return fd_; }
+    uint8_t* base() const { return base_; }
+    MapHeader* header() const { return reinterpret_cast<MapHeader*>(base_); }
+
+private:
+    int fd_ = -1;
+    uint8_t* base_ = nullptr;
+    size_t mapped_ = 0;
+};
+
+// Per-type constructors. `fresh`: initialize the memory (create_map) rather than attach to
+// a map another process initialized (open_shared_map).
+std::shared_ptr<Map> make_array_map(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh);
+std::shared_ptr<Map> make_hash_map(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh);
+std::shared_ptr<Map> make_ringbuf(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh);
+
+// ---- primitives -------------------------------------------------------------------------
+
+inline uint64_t round8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+// The calling thread's CPU slot in [0, ncpus).
+inline uint32_t current_cpu_slot(uint32_t ncpus) {
+    const int cpu = ::sched_getcpu();
+    if (cpu < 0) return 0;
+    const auto c = static_cast<uint32_t>(cpu);
+    return c < ncpus ? c : c % ncpus;
+}
+
+// Sequence locks: writers make the word odd while they modify (an exclusive spinlock among
+// writers); readers never write, so a reader process that dies or stalls cannot block the
+// target. Readers retry when the word changed under them.
+inline void seq_write_lock(uint32_t* seq) {
+    for (;;) {
+        uint32_t v = __atomic_load_n(seq, __ATOMIC_RELAXED);
+        if (!(v & 1) &&
+            __atomic_compare_exchange_n(seq, &v, v + 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            return;
+        cpu_relax();
+    }
+}
+inline void seq_write_unlock(uint32_t* seq) { __atomic_fetch_add(seq, 1, __ATOMIC_RELEASE); }
+inline uint32_t seq_read_begin(const uint32_t* seq) {
+    for (;;) {
+        const uint32_t v = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
+        if (!(v & 1)) return v;
+        cpu_relax();
+    }
+}
+inline bool seq_read_retry(const uint32_t* seq, uint32_t begin) {
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    return __atomic_load_n(seq, __ATOMIC_RELAXED) != begin;
+}
+
+// Keys: a 64×64→128 multiply-fold per 8-byte chunk (wyhash's mixing step). Cheap for the
+// 4- and 8-byte keys BPF programs mostly use, and every input bit reaches the low bits the
+// bucket index takes.
+inline uint64_t mum(uint64_t a, uint64_t b) {
+    const __uint128_t m = static_cast<__uint128_t>(a) * b;
+    return static_cast<uint64_t>(m) ^ static_cast<uint64_t>(m >> 64);
+}
+inline uint64_t hash_key(const void* key, uint32_t size, uint64_t seed) {
+    constexpr uint64_t k0 = 0xa0761d6478bd642full, k1 = 0xe7037ed1a0b428dbull;
+    const auto* p = static_cast<const uint8_t*>(key);
+    uint64_t h = seed ^ k0 ^ size;
+    if (size == 4) {
+        uint32_t v;
+        std::memcpy(&v, p, 4);
+        return mum(h ^ v, k1);
+    }
+    uint32_t n = size;
+    while (n >= 8) {
+        uint64_t v;
+        std::memcpy(&v, p, 8);
+        h = mum(h ^ v, k1);
+        p += 8;
+        n -= 8;
+    }
+    if (n) {
+        uint64_t v = 0;
+        std::memcpy(&v, p, n);
+        h = mum(h ^ v ^ k0, k1);
+    }
+    return h;
+}
+
+}  // namespace liveio::ebpf::detail

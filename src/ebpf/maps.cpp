@@ -1,0 +1,296 @@
+// create_map / open_shared_map: spec validation, layout, the memfd and its header.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "ebpf/map.h"
+#include "ebpf/map_shm.h"
+
+namespace liveio::ebpf {
+namespace detail {
+namespace {
+
+const char* type_name(MapType t) {
+    switch (t) {
+    case MapType::Hash: return "hash";
+    case MapType::Array: return "array";
+    case MapType::ProgArray: return "prog_array";
+    case MapType::PerfEventArray: return "perf_event_array";
+    case MapType::PercpuHash: return "percpu_hash";
+    case MapType::PercpuArray: return "percpu_array";
+    case MapType::LruHash: return "lru_hash";
+    case MapType::LruPercpuHash: return "lru_percpu_hash";
+    case MapType::RingBuf: return "ringbuf";
+    }
+    return "unknown";
+}
+
+bool is_array(MapType t) {
+    return t == MapType::Array || t == MapType::PercpuArray || t == MapType::ProgArray;
+}
+bool is_hash(MapType t) {
+    return t == MapType::Hash || t == MapType::PercpuHash || t == MapType::LruHash ||
+           t == MapType::LruPercpuHash;
+}
+bool is_percpu(MapType t) {
+    return t == MapType::PercpuArray || t == MapType::PercpuHash || t == MapType::LruPercpuHash;
+}
+
+uint64_t page_round(uint64_t n) { return (n + kPageSize - 1) & ~(kPageSize - 1); }
+
+Error spec_error(const MapSpec& spec, int code, const std::string& what) {
+    return make_error(code, fmt::format("map '{}' ({}): {}", spec.name, type_name(spec.type), what));
+}
+
+}  // namespace
+
+uint32_t configured_cpus() {
+    const int n = ::get_nprocs_conf();
+    return n > 0 ? static_cast<uint32_t>(n) : 1;
+}
+
+Result<Layout> plan_layout(const MapSpec& spec, uint32_t ncpus) {
+    if (spec.name.size() >= kNameCapacity)
+        return spec_error(spec, EINVAL, fmt::format("name longer than {} bytes", kNameCapacity - 1));
+    if (spec.name.find('\0') != std::string::npos)
+        return spec_error(spec, EINVAL, "name contains a NUL byte");
+    if (!is_array(spec.type) && !is_hash(spec.type) && spec.type != MapType::RingBuf)
+        return make_error(EINVAL, fmt::format("map '{}': type {} ({}) is not supported", spec.name,
+                                              static_cast<uint32_t>(spec.type), type_name(spec.type)));
+    if (spec.max_entries == 0) return spec_error(spec, EINVAL, "max_entries must be > 0");
+    if (ncpus == 0) return spec_error(spec, EINVAL, "ncpus must be > 0");
+
+    Layout l;
+    l.ncpus = is_percpu(spec.type) ? ncpus : 1;
+    const uint32_t value_limit = is_percpu(spec.type) ? kMaxPercpuValueSize : kMaxValueSize;
+
+    if (spec.type == MapType::RingBuf) {
+        if (spec.key_size != 0) return spec_error(spec, EINVAL, fmt::format("key_size must be 0 (got {})", spec.key_size));
+        if (spec.value_size != 0)
+            return spec_error(spec, EINVAL, fmt::format("value_size must be 0 (got {})", spec.value_size));
+        if ((spec.max_entries & (spec.max_entries - 1)) != 0 || spec.max_entries % kPageSize != 0)
+            return spec_error(spec, EINVAL,
+                              fmt::format("max_entries must be a power of two multiple of {} (got {})",
+                                          kPageSize, spec.max_entries));
+        if (spec.flags & ~kFlagNumaNode)
+            return spec_error(spec, EINVAL, fmt::format("flags 0x{:x} not supported", spec.flags));
+        l.index_offset = kPageSize;                      // consumer page, then producer page
+        l.data_offset = 3 * kPageSize;
+        l.total_size = l.data_offset + spec.max_entries;  // the data area is mapped twice
+        if (l.total_size > kMaxMapBytes) return spec_error(spec, E2BIG, "max_entries too large");
+        return l;
+    }
+
+    if (spec.value_size == 0) return spec_error(spec, EINVAL, "value_size must be > 0");
+    if (spec.value_size > value_limit)
+        return spec_error(spec, E2BIG, fmt::format("value_size {} exceeds {}", spec.value_size, value_limit));
+    l.value_stride = static_cast<uint32_t>(round8(spec.value_size));
+
+    if (is_array(spec.type)) {
+        if (spec.key_size != 4) return spec_error(spec, EINVAL, fmt::format("key_size must be 4 (got {})", spec.key_size));
+        if (spec.type == MapType::ProgArray && spec.value_size != 4)
+            return spec_error(spec, EINVAL, fmt::format("value_size must be 4 (got {})", spec.value_size));
+        const uint32_t allowed = kFlagNumaNode | kFlagRdonly | kFlagWronly | kFlagRdonlyProg |
+                                 kFlagWronlyProg | kFlagInnerMap |
+                                 (spec.type == MapType::Array ? kFlagMmapable : 0);
+        if (spec.flags & ~allowed)
+            return spec_error(spec, EINVAL, fmt::format("flags 0x{:x} not supported", spec.flags & ~allowed));
+        l.index_offset = kPageSize;
+        l.data_offset = l.index_offset + page_round(uint64_t{kArrayStripes} * 64);
+        const uint64_t data = uint64_t{spec.max_entries} * l.ncpus * l.value_stride;
+        if (data > kMaxMapBytes)
+            return spec_error(spec, E2BIG, "max_entries x value_size exceeds the 4 GiB map limit");
+        l.total_size = page_round(l.data_offset + data);
+        return l;
+    }
+
+    // Hashes.
+    if (spec.key_size == 0) return spec_error(spec, EINVAL, "key_size must be > 0");
+    if (spec.key_size > kMaxKeySize)
+        return spec_error(spec, E2BIG, fmt::format("key_size {} exceeds {}", spec.key_size, kMaxKeySize));
+    if (spec.max_entries > (1u << 30))
+        return spec_error(spec, E2BIG, fmt::format("max_entries {} exceeds {}", spec.max_entries, 1u << 30));
+    const bool lru = spec.type == MapType::LruHash || spec.type == MapType::LruPercpuHash;
+    const uint32_t allowed = kFlagNoPrealloc | kFlagNumaNode | kFlagRdonly | kFlagWronly |
+                             kFlagZeroSeed | kFlagRdonlyProg | kFlagWronlyProg | kFlagInnerMap |
+                             (lru ? kFlagNoCommonLru : 0);
+    if (spec.flags & ~allowed)
+        return spec_error(spec, EINVAL, fmt::format("flags 0x{:x} not supported", spec.flags & ~allowed));
+    uint32_t nb = 1;
+    while (nb < spec.max_entries) nb <<= 1;
+    l.nbuckets = nb;
+    const uint64_t elem = 16 + round8(spec.key_size) + uint64_t{l.ncpus} * l.value_stride;
+    if (elem > (1ull << 31)) return spec_error(spec, E2BIG, "element too large");
+    l.elem_size = static_cast<uint32_t>(elem);
+    l.index_offset = kPageSize;
+    l.data_offset = page_round(l.index_offset + uint64_t{nb} * 8);
+    const uint64_t data = uint64_t{spec.max_entries} * elem;
+    if (l.data_offset + data > kMaxMapBytes)
+        return spec_error(spec, E2BIG, "max_entries x element size exceeds the 4 GiB map limit");
+    l.total_size = page_round(l.data_offset + data);
+    return l;
+}
+
+// ---- ShmRegion ---------------------------------------------------------------------------
+
+ShmRegion::~ShmRegion() {
+    if (base_) ::munmap(base_, mapped_);
+    if (fd_ >= 0) ::close(fd_);
+}
+ShmRegion::ShmRegion(ShmRegion&& o) noexcept : fd_(o.fd_), base_(o.base_), mapped_(o.mapped_) {
+    o.fd_ = -1;
+    o.base_ = nullptr;
+    o.mapped_ = 0;
+}
+ShmRegion& ShmRegion::operator=(ShmRegion&& o) noexcept {
+    if (this != &o) {
+        this->~ShmRegion();
+        new (this) ShmRegion(std::move(o));
+    }
+    return *this;
+}
+
+Result<ShmRegion> ShmRegion::map_fd(int fd, uint64_t size, uint64_t mirror_offset, uint64_t mirror_size) {
+    ShmRegion r;
+    r.fd_ = fd;
+    // Reserve the whole span first so the mirror lands right after the file mapping.
+    const size_t span = size + mirror_size;
+    void* base = ::mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) return make_error(errno, fmt::format("mmap of {} bytes failed", span));
+    r.base_ = static_cast<uint8_t*>(base);
+    r.mapped_ = span;
+    if (::mmap(base, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED)
+        return make_error(errno, "mmap of the map memfd failed");
+    if (mirror_size &&
+        ::mmap(r.base_ + size, mirror_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
+               static_cast<off_t>(mirror_offset)) == MAP_FAILED)
+        return make_error(errno, "mmap of the ring buffer's second data mapping failed");
+    return r;
+}
+
+Result<ShmRegion> ShmRegion::create(const std::string& name, uint64_t size, uint64_t mirror_offset,
+                                    uint64_t mirror_size) {
+    const std::string memfd_name = "liveio-map:" + name;
+    const int fd = ::memfd_create(memfd_name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return make_error(errno, fmt::format("memfd_create for map '{}' failed", name));
+    if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
+        const int e = errno;
+        ::close(fd);
+        return make_error(e, fmt::format("sizing map '{}' to {} bytes failed", name, size));
+    }
+    // A process holding the fd can no longer resize it: mappings of it never fault.
+    if (::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+        const int e = errno;
+        ::close(fd);
+        return make_error(e, fmt::format("sealing map '{}' failed", name));
+    }
+    return map_fd(fd, size, mirror_offset, mirror_size);
+}
+
+namespace {
+
+uint64_t fresh_seed(const MapSpec& spec) {
+    if (spec.flags & kFlagZeroSeed) return 0;
+    uint64_t seed = 0;
+    if (::getrandom(&seed, sizeof seed, GRND_NONBLOCK) != sizeof seed)
+        seed = static_cast<uint64_t>(::getpid()) * 0x9e3779b97f4a7c15ull ^ reinterpret_cast<uintptr_t>(&seed);
+    return seed;
+}
+
+uint64_t mirror_size(const MapSpec& spec) { return spec.type == MapType::RingBuf ? spec.max_entries : 0; }
+
+std::shared_ptr<Map> construct(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh) {
+    switch (spec.type) {
+    case MapType::Array:
+    case MapType::PercpuArray:
+    case MapType::ProgArray: return make_array_map(spec, layout, std::move(region), fresh);
+    case MapType::Hash:
+    case MapType::PercpuHash:
+    case MapType::LruHash:
+    case MapType::LruPercpuHash: return make_hash_map(spec, layout, std::move(region), fresh);
+    case MapType::RingBuf: return make_ringbuf(spec, layout, std::move(region), fresh);
+    default: return nullptr;
+    }
+}
+
+}  // namespace
+}  // namespace detail
+
+using namespace detail;
+
+Result<std::shared_ptr<Map>> create_map(const MapSpec& spec) {
+    auto layout = plan_layout(spec, configured_cpus());
+    if (!layout) return layout.error();
+    auto region = ShmRegion::create(spec.name, layout->total_size, layout->data_offset, mirror_size(spec));
+    if (!region) return region.error();
+    MapHeader* h = region->header();
+    h->version = kMapVersion;
+    h->header_size = sizeof(MapHeader);
+    h->type = static_cast<uint32_t>(spec.type);
+    h->key_size = spec.key_size;
+    h->value_size = spec.value_size;
+    h->max_entries = spec.max_entries;
+    h->flags = spec.flags;
+    h->ncpus = layout->ncpus;
+    h->total_size = layout->total_size;
+    h->seed = fresh_seed(spec);
+    h->index_offset = layout->index_offset;
+    h->data_offset = layout->data_offset;
+    h->nbuckets = layout->nbuckets;
+    h->elem_size = layout->elem_size;
+    h->value_stride = layout->value_stride;
+    std::memcpy(h->name, spec.name.data(), spec.name.size());
+    auto map = construct(spec, *layout, std::move(region.value()), /*fresh=*/true);
+    // Published last: an opener that sees the magic sees an initialized map.
+    __atomic_store_n(&h->magic, kMapMagic, __ATOMIC_RELEASE);
+    return map;
+}
+
+Result<std::shared_ptr<Map>> open_shared_map(int memfd) {
+    struct stat st {};
+    if (::fstat(memfd, &st) != 0) return make_error(errno, fmt::format("fd {}: fstat failed", memfd));
+    const int seals = ::fcntl(memfd, F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK))
+        return make_error(EINVAL, fmt::format("fd {}: not a sealed liveio map memfd (a truncation could "
+                                              "crash readers)", memfd));
+    if (static_cast<uint64_t>(st.st_size) < kPageSize)
+        return make_error(EINVAL, fmt::format("fd {}: {} bytes is too small for a map header", memfd, st.st_size));
+    MapHeader hdr;
+    if (::pread(memfd, &hdr, sizeof hdr, 0) != static_cast<ssize_t>(sizeof hdr))
+        return make_error(EIO, fmt::format("fd {}: reading the map header failed", memfd));
+    if (hdr.magic != kMapMagic) return make_error(EINVAL, fmt::format("fd {}: bad map magic 0x{:x}", memfd, hdr.magic));
+    if (hdr.version != kMapVersion || hdr.header_size != sizeof(MapHeader))
+        return make_error(EINVAL, fmt::format("fd {}: map layout version {} (header {} bytes); this build "
+                                              "reads version {} ({} bytes)", memfd, hdr.version,
+                                              hdr.header_size, kMapVersion, sizeof(MapHeader)));
+    MapSpec spec;
+    spec.name.assign(hdr.name, strnlen(hdr.name, kNameCapacity - 1));
+    spec.type = static_cast<MapType>(hdr.type);
+    spec.key_size = hdr.key_size;
+    spec.value_size = hdr.value_size;
+    spec.max_entries = hdr.max_entries;
+    spec.flags = hdr.flags;
+    auto layout = plan_layout(spec, hdr.ncpus);
+    if (!layout) return make_error(EINVAL, fmt::format("fd {}: header holds an invalid spec: {}", memfd,
+                                                       layout.error().message));
+    if (layout->total_size != hdr.total_size || layout->index_offset != hdr.index_offset ||
+        layout->data_offset != hdr.data_offset || layout->nbuckets != hdr.nbuckets ||
+        layout->elem_size != hdr.elem_size || layout->value_stride != hdr.value_stride)
+        return make_error(EINVAL, fmt::format("fd {}: map '{}' header layout is inconsistent with its spec",
+                                              memfd, spec.name));
+    if (static_cast<uint64_t>(st.st_size) != layout->total_size)
+        return make_error(EINVAL, fmt::format("fd {}: memfd holds {} bytes, map '{}' needs {}", memfd,
+                                              st.st_size, spec.name, layout->total_size));
+    const int fd = ::fcntl(memfd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) return make_error(errno, fmt::format("fd {}: dup failed", memfd));
+    auto region = ShmRegion::map_fd(fd, layout->total_size, layout->data_offset, mirror_size(spec));
+    if (!region) return region.error();
+    return construct(spec, *layout, std::move(region.value()), /*fresh=*/false);
+}
+
+}  // namespace liveio::ebpf

@@ -1,0 +1,339 @@
+// Hash, per-CPU hash, LRU hash and LRU per-CPU hash maps in shared memory.
+//
+// Concurrency design (threads of the target running BPF programs, plus a reader or writer in
+// another process mapping the same memfd):
+//  - Buckets are {seq, head}. `seq` is a sequence lock: writers (update/remove/eviction) hold
+//    it odd while they relink or rewrite an element of that bucket; readers (lookup, next_key,
+//    copy_value) never write shared memory: they walk the chain and retry if `seq` moved. A
+//    reader that dies or stalls therefore cannot block the target.
+//  - Elements are preallocated (max_entries of them); chains and the free list link element
+//    indices, never pointers, so every process can follow them. Walks are bounded and every
+//    index is range-checked, so a walk racing a writer can only retry, never run wild.
+//  - The free list is a lock-free stack whose head carries a 32-bit tag against ABA.
+//  - Updating an existing key rewrites its value in place under the bucket lock: never needs a
+//    spare element (no -E2BIG on a full map), and copy_value sees old or new, never a mix.
+//    A program holding a lookup() pointer sees writes as they happen, as with the kernel's
+//    preallocated hash maps.
+//  - LRU: lookups set a reference bit (only when clear, so hot reads do not dirty the line);
+//    an insert into a full map runs a clock over the elements, clearing reference bits and
+//    evicting the first unreferenced element it finds (second chance, the kernel's LRU is
+//    approximate too).
+#include <cerrno>
+#include <cstring>
+
+#include "ebpf/map_shm.h"
+
+namespace liveio::ebpf::detail {
+namespace {
+
+struct Bucket {
+    uint32_t seq;
+    uint32_t head;  // element index or kNil
+};
+
+struct ElemHeader {
+    uint32_t next;    // chain or free-list link
+    uint32_t hash;    // low 32 bits of the key's hash
+    uint32_t linked;  // 1 while in a bucket chain
+    uint32_t ref;     // LRU reference bit
+};
+
+template <typename T>
+T load(const T* p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+template <typename T>
+void store(T* p, T v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+
+class HashMap final : public Map {
+public:
+    HashMap(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh)
+        : Map(spec),
+          region_(std::move(region)),
+          hdr_(region_.header()),
+          buckets_(reinterpret_cast<Bucket*>(region_.base() + layout.index_offset)),
+          elems_(region_.base() + layout.data_offset),
+          seed_(hdr_->seed),
+          mask_(layout.nbuckets - 1),
+          elem_size_(layout.elem_size),
+          key_size_(spec.key_size),
+          key_stride_(static_cast<uint32_t>(round8(spec.key_size))),
+          value_stride_(layout.value_stride),
+          ncpus_(layout.ncpus),
+          max_(spec.max_entries),
+          percpu_(spec.type == MapType::PercpuHash || spec.type == MapType::LruPercpuHash),
+          lru_(spec.type == MapType::LruHash || spec.type == MapType::LruPercpuHash) {
+        if (fresh) {
+            for (uint32_t b = 0; b <= mask_; ++b) buckets_[b].head = kNil;
+            for (uint32_t i = 0; i < max_; ++i) elem(i)->next = i + 1 < max_ ? i + 1 : kNil;
+            hdr_->free_head = 0;  // tag 0, index 0
+        }
+    }
+
+    void* lookup(const void* key) override {
+        const uint64_t h = hash_key(key, key_size_, seed_);
+        const Bucket& b = buckets_[h & mask_];
+        for (;;) {
+            const uint32_t s = seq_read_begin(&b.seq);
+            const uint32_t i = find(b, key, static_cast<uint32_t>(h));
+            if (seq_read_retry(&b.seq, s)) continue;
+            if (i == kNil) return nullptr;
+            ElemHeader* e = elem(i);
+            if (lru_ && !load(&e->ref)) store(&e->ref, 1u);
+            return value_of(e) + (percpu_ ? uint64_t{current_cpu_slot(ncpus_)} * value_stride_ : 0);
+        }
+    }
+
+    long update(const void* key, const void* value, uint64_t flags) override {
+        if (flags > kUpdateExist) return -EINVAL;
+        const uint64_t h = hash_key(key, key_size_, seed_);
+        Bucket& b = buckets_[h & mask_];
+        uint32_t spare = kNil;
+        for (;;) {
+            seq_write_lock(&b.seq);
+            const uint32_t found = find(b, key, static_cast<uint32_t>(h));
+            if (found != kNil) {
+                long rc = 0;
+                if (flags == kUpdateNoExist) {
+                    rc = -EEXIST;
+                } else {
+                    ElemHeader* e = elem(found);
+                    std::memcpy(value_of(e) + (percpu_ ? uint64_t{current_cpu_slot(ncpus_)} * value_stride_ : 0),
+                                value, spec_.value_size);
+                    if (lru_) store(&e->ref, 1u);
+                }
+                seq_write_unlock(&b.seq);
+                release(spare);
+                return rc;
+            }
+            if (flags == kUpdateExist) {
+                seq_write_unlock(&b.seq);
+                release(spare);
+                return -ENOENT;
+            }
+            if (spare == kNil) spare = pop_free();
+            if (spare == kNil) {
+                seq_write_unlock(&b.seq);
+                if (!lru_) return -E2BIG;
+                // Eviction locks the victim's bucket: never while holding ours.
+                spare = evict();
+                if (spare == kNil) return -E2BIG;
+                continue;
+            }
+            ElemHeader* e = elem(spare);
+            store(&e->hash, static_cast<uint32_t>(h));
+            std::memcpy(key_of(e), key, key_size_);
+            if (percpu_) {
+                // As the kernel's helper path: the calling CPU's slot gets the value, others zero.
+                const uint32_t cpu = current_cpu_slot(ncpus_);
+                std::memset(value_of(e), 0, uint64_t{ncpus_} * value_stride_);
+                std::memcpy(value_of(e) + uint64_t{cpu} * value_stride_, value, spec_.value_size);
+            } else {
+                std::memcpy(value_of(e), value, spec_.value_size);
+            }
+            store(&e->ref, 1u);  // a new key gets its second chance too
+            store(&e->linked, 1u);
+            store(&e->next, load(&b.head));
+            store(&b.head, spare);
+            seq_write_unlock(&b.seq);
+            return 0;
+        }
+    }
+
+    long remove(const void* key) override {
+        const uint64_t h = hash_key(key, key_size_, seed_);
+        Bucket& b = buckets_[h & mask_];
+        seq_write_lock(&b.seq);
+        const uint32_t i = unlink_if(b, [&](uint32_t idx) {
+            const ElemHeader* e = elem(idx);
+            return e->hash == static_cast<uint32_t>(h) && key_eq(key_of(e), key);
+        });
+        seq_write_unlock(&b.seq);
+        if (i == kNil) return -ENOENT;
+        push_free(i);
+        return 0;
+    }
+
+    long next_key(const void* key, void* next) override {
+        uint8_t tmp[kMaxKeySize];
+        uint32_t start = 0;
+        if (key) {
+            const uint64_t h = hash_key(key, key_size_, seed_);
+            const Bucket& b = buckets_[h & mask_];
+            for (;;) {
+                const uint32_t s = seq_read_begin(&b.seq);
+                const uint32_t i = find(b, key, static_cast<uint32_t>(h));
+                const uint32_t n = i == kNil ? kNil : load(&elem(i)->next);
+                if (n < max_) std::memcpy(tmp, key_of(elem(n)), key_size_);
+                if (seq_read_retry(&b.seq, s)) continue;
+                if (i == kNil) break;  // unknown key: restart from the first (kernel semantics)
+                if (n < max_) {
+                    std::memcpy(next, tmp, key_size_);
+                    return 0;
+                }
+                start = static_cast<uint32_t>(h & mask_) + 1;
+                break;
+            }
+        }
+        for (uint64_t bi = start; bi <= mask_; ++bi) {
+            const Bucket& b = buckets_[bi];
+            for (;;) {
+                const uint32_t s = seq_read_begin(&b.seq);
+                const uint32_t head = load(&b.head);
+                if (head < max_) std::memcpy(tmp, key_of(elem(head)), key_size_);
+                if (seq_read_retry(&b.seq, s)) continue;
+                if (head < max_) {
+                    std::memcpy(next, tmp, key_size_);
+                    return 0;
+                }
+                break;
+            }
+        }
+        return -ENOENT;
+    }
+
+    long copy_value(const void* key, void* out) override {
+        const uint64_t h = hash_key(key, key_size_, seed_);
+        const Bucket& b = buckets_[h & mask_];
+        const size_t bytes = percpu_ ? uint64_t{ncpus_} * value_stride_ : spec_.value_size;
+        for (;;) {
+            const uint32_t s = seq_read_begin(&b.seq);
+            const uint32_t i = find(b, key, static_cast<uint32_t>(h));
+            if (i != kNil) std::memcpy(out, value_of(elem(i)), bytes);
+            if (seq_read_retry(&b.seq, s)) continue;
+            return i == kNil ? -ENOENT : 0;
+        }
+    }
+
+    int memfd() const override { return region_.fd(); }
+
+private:
+    ElemHeader* elem(uint32_t i) const {
+        return reinterpret_cast<ElemHeader*>(elems_ + uint64_t{i} * elem_size_);
+    }
+    uint8_t* key_of(const ElemHeader* e) const {
+        return const_cast<uint8_t*>(reinterpret_cast<const uint8_t*>(e)) + sizeof(ElemHeader);
+    }
+    uint8_t* value_of(const ElemHeader* e) const { return key_of(e) + key_stride_; }
+
+    bool key_eq(const uint8_t* stored, const void* key) const {
+        switch (key_size_) {
+        case 4: {
+            uint32_t a, b;
+            std::memcpy(&a, stored, 4);
+            std::memcpy(&b, key, 4);
+            return a == b;
+        }
+        case 8: {
+            uint64_t a, b;
+            std::memcpy(&a, stored, 8);
+            std::memcpy(&b, key, 8);
+            return a == b;
+        }
+        default: return std::memcmp(stored, key, key_size_) == 0;
+        }
+    }
+
+    // Walks a chain; safe against concurrent writers (bounded, range-checked) — callers
+    // without the bucket lock validate the result with the bucket's sequence.
+    uint32_t find(const Bucket& b, const void* key, uint32_t h32) const {
+        uint32_t i = load(&b.head);
+        for (uint32_t steps = 0; i < max_ && steps < max_; ++steps) {
+            const ElemHeader* e = elem(i);
+            if (load(&e->hash) == h32 && key_eq(key_of(e), key)) return i;
+            i = load(&e->next);
+        }
+        return kNil;
+    }
+
+    // With the bucket locked: unlinks the first element matching `pred`; returns its index.
+    template <typename Pred>
+    uint32_t unlink_if(Bucket& b, Pred pred) {
+        uint32_t* link = &b.head;
+        uint32_t i = load(link);
+        for (uint32_t steps = 0; i < max_ && steps < max_; ++steps) {
+            ElemHeader* e = elem(i);
+            if (pred(i)) {
+                store(link, load(&e->next));
+                store(&e->linked, 0u);
+                return i;
+            }
+            link = &e->next;
+            i = load(link);
+        }
+        return kNil;
+    }
+
+    uint32_t pop_free() {
+        uint64_t old = __atomic_load_n(&hdr_->free_head, __ATOMIC_ACQUIRE);
+        for (;;) {
+            const auto i = static_cast<uint32_t>(old);
+            if (i >= max_) return kNil;
+            const uint64_t next = (((old >> 32) + 1) << 32) | load(&elem(i)->next);
+            if (__atomic_compare_exchange_n(&hdr_->free_head, &old, next, true, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_ACQUIRE))
+                return i;
+        }
+    }
+
+    void push_free(uint32_t i) {
+        uint64_t old = __atomic_load_n(&hdr_->free_head, __ATOMIC_RELAXED);
+        for (;;) {
+            store(&elem(i)->next, static_cast<uint32_t>(old));
+            const uint64_t next = (((old >> 32) + 1) << 32) | i;
+            if (__atomic_compare_exchange_n(&hdr_->free_head, &old, next, true, __ATOMIC_RELEASE,
+                                            __ATOMIC_RELAXED))
+                return;
+        }
+    }
+
+    void release(uint32_t spare) {
+        if (spare != kNil) push_free(spare);
+    }
+
+    // Clock sweep: first pass clears reference bits, and after two full turns anything linked
+    // is taken so that a storm of lookups cannot starve an insert.
+    uint32_t evict() {
+        const uint64_t second_chance = 2ull * max_;
+        const uint64_t limit = 4ull * max_ + 64;
+        for (uint64_t n = 0; n < limit; ++n) {
+            const auto i = static_cast<uint32_t>(__atomic_fetch_add(&hdr_->lru_hand, 1, __ATOMIC_RELAXED) % max_);
+            ElemHeader* e = elem(i);
+            if (!load(&e->linked)) continue;
+            if (n < second_chance && load(&e->ref)) {
+                store(&e->ref, 0u);
+                continue;
+            }
+            Bucket& b = buckets_[load(&e->hash) & mask_];
+            seq_write_lock(&b.seq);
+            const uint32_t got = unlink_if(b, [i](uint32_t idx) { return idx == i; });
+            seq_write_unlock(&b.seq);
+            if (got != kNil) return got;
+            // Freed or moved meanwhile: a free element may exist now.
+            const uint32_t f = pop_free();
+            if (f != kNil) return f;
+        }
+        return pop_free();
+    }
+
+    ShmRegion region_;
+    MapHeader* hdr_;
+    Bucket* buckets_;
+    uint8_t* elems_;
+    uint64_t seed_;
+    uint64_t mask_;
+    uint32_t elem_size_;
+    uint32_t key_size_;
+    uint32_t key_stride_;
+    uint32_t value_stride_;
+    uint32_t ncpus_;
+    uint32_t max_;
+    bool percpu_;
+    bool lru_;
+};
+
+}  // namespace
+
+std::shared_ptr<Map> make_hash_map(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh) {
+    return std::make_shared<HashMap>(spec, layout, std::move(region), fresh);
+}
+
+}  // namespace liveio::ebpf::detail
