@@ -1,0 +1,262 @@
+// Ring buffer: kernel record protocol, no wrap, drops counted exactly, many producers with the
+// consumer in another process that received the memfd over a Unix socket (SCM_RIGHTS).
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "ebpf/map.h"
+
+namespace liveio::ebpf {
+namespace {
+
+std::shared_ptr<RingBuffer> make_ring(uint32_t size) {
+    auto m = create_map(MapSpec{"rb", MapType::RingBuf, 0, 0, size, 0});
+    EXPECT_TRUE(m.ok()) << m.error().message;
+    if (!m.ok()) return nullptr;
+    auto rb = std::dynamic_pointer_cast<RingBuffer>(m.value());
+    EXPECT_TRUE(rb) << "create_map(RingBuf) must return a RingBuffer";
+    return rb;
+}
+
+constexpr uint64_t kAvail = 0, kSize = 1, kCons = 2, kProd = 3;
+
+TEST(MapRingBuf, RecordProtocolAndQueries) {
+    auto rb = make_ring(4096);
+    ASSERT_TRUE(rb);
+    EXPECT_EQ(rb->query(kSize), 4096u);
+    EXPECT_EQ(rb->query(kAvail), 0u);
+    EXPECT_EQ(rb->query(99), 0u);
+    auto* a = static_cast<uint8_t*>(rb->reserve(13));
+    ASSERT_NE(a, nullptr);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(a) % 8, 0u);
+    EXPECT_EQ(rb->query(kProd), 24u) << "8-byte header + 13 bytes, rounded up to 8";
+    EXPECT_EQ(rb->query(kAvail), 24u);
+    std::memset(a, 0x5a, 13);
+    int calls = 0;
+    auto count = [&](const void*, uint32_t) { ++calls; };
+    EXPECT_EQ(rb->consume(count), 0u) << "a busy record stops the consumer";
+    rb->submit(a);
+    std::vector<std::string> got;
+    auto collect = [&](const void* d, uint32_t n) { got.emplace_back(static_cast<const char*>(d), n); };
+    EXPECT_EQ(rb->consume(collect), 1u);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0], std::string(13, '\x5a'));
+    EXPECT_EQ(rb->query(kCons), 24u);
+    EXPECT_EQ(rb->query(kAvail), 0u);
+
+    // Discarded records are skipped; order is reservation order whatever the submit order.
+    void* b = rb->reserve(8);
+    void* c = rb->reserve(8);
+    void* d = rb->reserve(8);
+    ASSERT_TRUE(b && c && d);
+    std::memcpy(b, "bbbbbbbb", 8);
+    std::memcpy(c, "cccccccc", 8);
+    std::memcpy(d, "dddddddd", 8);
+    rb->submit(d);
+    rb->discard(c);
+    got.clear();
+    EXPECT_EQ(rb->consume(collect), 0u) << "the first record is still busy";
+    rb->submit(b);
+    EXPECT_EQ(rb->consume(collect), 2u);
+    EXPECT_EQ(got, (std::vector<std::string>{"bbbbbbbb", "dddddddd"}));
+    ASSERT_EQ(rb->output("hello", 5), 0);
+    got.clear();
+    EXPECT_EQ(rb->consume(collect), 1u);
+    EXPECT_EQ(got, (std::vector<std::string>{"hello"}));
+    EXPECT_EQ(rb->dropped(), 0u);
+
+    // The Map element interface does not apply.
+    uint32_t k = 0;
+    EXPECT_EQ(rb->lookup(&k), nullptr);
+    EXPECT_EQ(rb->update(&k, &k, kUpdateAny), -EINVAL);
+    EXPECT_EQ(rb->remove(&k), -EINVAL);
+    EXPECT_EQ(rb->next_key(nullptr, &k), -EINVAL);
+    EXPECT_EQ(rb->copy_value(&k, &k), -EINVAL);
+}
+
+TEST(MapRingBuf, RecordsCrossingTheEndAreContiguous) {
+    auto rb = make_ring(4096);
+    ASSERT_TRUE(rb);
+    int crossed = 0;
+    for (uint32_t i = 0; i < 40; ++i) {
+        const uint64_t start = rb->query(kProd) % 4096;
+        const uint32_t size = 1000 + i;
+        auto* p = static_cast<uint8_t*>(rb->reserve(size));
+        ASSERT_NE(p, nullptr) << "record " << i;
+        for (uint32_t j = 0; j < size; ++j) p[j] = static_cast<uint8_t>(i * 31 + j);
+        rb->submit(p);
+        crossed += start + 8 + size > 4096;
+        uint32_t seen = 0;
+        rb->consume([&](const void* d, uint32_t n) {
+            ++seen;
+            ASSERT_EQ(n, size);
+            const auto* b = static_cast<const uint8_t*>(d);
+            for (uint32_t j = 0; j < n; ++j) ASSERT_EQ(b[j], static_cast<uint8_t>(i * 31 + j)) << "byte " << j;
+        });
+        ASSERT_EQ(seen, 1u);
+    }
+    EXPECT_GT(crossed, 3) << "the test must exercise records that run past the end";
+}
+
+TEST(MapRingBuf, FullBufferDropsAreCountedExactly) {
+    auto rb = make_ring(4096);
+    ASSERT_TRUE(rb);
+    uint64_t ok = 0, failed = 0;
+    const char payload[56] = {};
+    for (int i = 0; i < 200; ++i) (rb->output(payload, sizeof payload) == 0 ? ok : failed)++;
+    EXPECT_EQ(ok, 4095u / 64) << "64-byte records while the data in flight stays below the size";
+    EXPECT_EQ(failed, 200 - ok);
+    EXPECT_EQ(rb->dropped(), failed);
+    EXPECT_EQ(rb->output(payload, sizeof payload), -ENOSPC);
+    EXPECT_EQ(rb->reserve(4096), nullptr) << "can never fit";
+    EXPECT_EQ(rb->reserve(uint64_t{1} << 40), nullptr);
+    EXPECT_EQ(rb->dropped(), failed + 3);
+    EXPECT_EQ(rb->consume([](const void*, uint32_t) {}), ok);
+    EXPECT_EQ(rb->output(payload, sizeof payload), 0) << "space is back after consuming";
+    // The largest record that can ever fit.
+    EXPECT_EQ(rb->consume([](const void*, uint32_t) {}), 1u);
+    void* big = rb->reserve(4096 - 16);
+    ASSERT_NE(big, nullptr);
+    rb->submit(big);
+}
+
+// Passes `fd` over a Unix socket, as the agent hands maps to the CLI.
+bool send_fd(int sock, int fd) {
+    char byte = 'm';
+    iovec iov{&byte, 1};
+    alignas(cmsghdr) char buf[CMSG_SPACE(sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = buf;
+    msg.msg_controllen = sizeof buf;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    return sendmsg(sock, &msg, 0) == 1;
+}
+int recv_fd(int sock) {
+    char byte;
+    iovec iov{&byte, 1};
+    alignas(cmsghdr) char buf[CMSG_SPACE(sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = buf;
+    msg.msg_controllen = sizeof buf;
+    if (recvmsg(sock, &msg, 0) != 1) return -1;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    if (!c || c->cmsg_type != SCM_RIGHTS) return -1;
+    int fd;
+    std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
+    return fd;
+}
+
+struct Rec {
+    uint32_t producer;
+    uint32_t seq;
+};
+
+// Variable record sizes make records straddle the end in every position.
+uint32_t rec_size(uint32_t seq) { return sizeof(Rec) + seq % 57; }
+
+TEST(MapRingBuf, ManyProducersConsumerInAnotherProcessAccountsForEveryRecord) {
+    constexpr uint32_t kProducers = 4, kPerProducer = 50000;
+    auto rb = make_ring(16384);
+    ASSERT_TRUE(rb);
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        // Consumer: checks every record, until the parent says production ended and the
+        // buffer is drained; replies with the number of records consumed.
+        close(sv[0]);
+        const int fd = recv_fd(sv[1]);
+        if (fd < 0) _exit(90);
+        auto m = open_shared_map(fd);
+        close(fd);
+        if (!m) _exit(91);
+        auto* ring = dynamic_cast<RingBuffer*>(m.value().get());
+        if (!ring) _exit(92);
+        std::vector<int64_t> last(kProducers, -1);
+        uint64_t consumed = 0;
+        int bad = 0;
+        auto check = [&](const void* d, uint32_t n) {
+            Rec r;
+            if (n < sizeof r) { bad = 3; return; }
+            std::memcpy(&r, d, sizeof r);
+            if (r.producer >= kProducers || n != rec_size(r.seq)) { bad = 4; return; }
+            if (static_cast<int64_t>(r.seq) <= last[r.producer]) { bad = 5; return; }
+            last[r.producer] = r.seq;
+            const auto* b = static_cast<const uint8_t*>(d);
+            for (uint32_t j = sizeof r; j < n; ++j)
+                if (b[j] != static_cast<uint8_t>(r.seq + j)) { bad = 6; return; }
+            ++consumed;
+        };
+        bool producers_done = false;
+        for (;;) {
+            const size_t n = ring->consume(check);
+            if (bad) _exit(bad);
+            if (producers_done && n == 0) break;
+            if (!producers_done) {
+                char c;
+                producers_done = recv(sv[1], &c, 1, MSG_DONTWAIT) == 1;
+            }
+        }
+        _exit(write(sv[1], &consumed, sizeof consumed) == sizeof consumed ? 0 : 93);
+    }
+    close(sv[1]);
+    ASSERT_TRUE(send_fd(sv[0], rb->memfd()));
+    std::atomic<uint64_t> discarded{0};
+    std::vector<std::thread> producers;
+    for (uint32_t p = 0; p < kProducers; ++p)
+        producers.emplace_back([&, p] {
+            for (uint32_t seq = 0; seq < kPerProducer; ++seq) {
+                const uint32_t n = rec_size(seq);
+                auto* d = static_cast<uint8_t*>(rb->reserve(n));
+                if (!d) continue;
+                const Rec r{p, seq};
+                std::memcpy(d, &r, sizeof r);
+                for (uint32_t j = sizeof r; j < n; ++j) d[j] = static_cast<uint8_t>(seq + j);
+                // Some records are discarded: neither consumed nor dropped.
+                if (seq % 101 == 100) {
+                    rb->discard(d);
+                    discarded.fetch_add(1, std::memory_order_relaxed);
+                } else {
+                    rb->submit(d);
+                }
+            }
+        });
+    for (auto& t : producers) t.join();
+    ASSERT_EQ(write(sv[0], "d", 1), 1);
+    uint64_t consumed = 0;
+    ASSERT_EQ(read(sv[0], &consumed, sizeof consumed), static_cast<ssize_t>(sizeof consumed));
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    close(sv[0]);
+    ASSERT_TRUE(WIFEXITED(status));
+    ASSERT_EQ(WEXITSTATUS(status), 0) << "consumer: 3-6 bad record, 9x setup failed";
+    const uint64_t produced = uint64_t{kProducers} * kPerProducer;
+    std::printf("ringbuf: produced %lu, consumed %lu, dropped %lu, discarded %lu\n", produced, consumed,
+                rb->dropped(), discarded.load());
+    EXPECT_EQ(produced, consumed + rb->dropped() + discarded.load()) << "consumed " << consumed << ", dropped "
+                                                                     << rb->dropped() << ", discarded " << discarded.load();
+    EXPECT_GT(consumed, 0u);
+    EXPECT_EQ(rb->query(kAvail), 0u) << "the consumer drained everything";
+}
+
+}  // namespace
+}  // namespace liveio::ebpf
