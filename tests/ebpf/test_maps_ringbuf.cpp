@@ -130,34 +130,35 @@ TEST(MapRingBuf, FullBufferDropsAreCountedExactly) {
     rb->submit(big);
 }
 
-// Passes `fd` over a Unix socket, as the agent hands maps to the CLI.
-bool send_fd(int sock, int fd) {
+// A one-byte message with room for one SCM_RIGHTS descriptor.
+struct FdMessage {
     char byte = 'm';
     iovec iov{&byte, 1};
-    alignas(cmsghdr) char buf[CMSG_SPACE(sizeof(int))] = {};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
     msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = buf;
-    msg.msg_controllen = sizeof buf;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    FdMessage() {
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+    }
+    FdMessage(const FdMessage&) = delete;
+};
+
+// Passes `fd` over a Unix socket, as the agent hands maps to the CLI.
+bool send_fd(int sock, int fd) {
+    FdMessage m;
+    cmsghdr* c = CMSG_FIRSTHDR(&m.msg);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN(sizeof(int));
     std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    return sendmsg(sock, &msg, 0) == 1;
+    return sendmsg(sock, &m.msg, 0) == 1;
 }
 int recv_fd(int sock) {
-    char byte;
-    iovec iov{&byte, 1};
-    alignas(cmsghdr) char buf[CMSG_SPACE(sizeof(int))] = {};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = buf;
-    msg.msg_controllen = sizeof buf;
-    if (recvmsg(sock, &msg, 0) != 1) return -1;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    FdMessage m;
+    if (recvmsg(sock, &m.msg, 0) != 1) return -1;
+    cmsghdr* c = CMSG_FIRSTHDR(&m.msg);
     if (!c || c->cmsg_type != SCM_RIGHTS) return -1;
     int fd;
     std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
