@@ -162,7 +162,10 @@ inline void seq_write_lock(uint32_t* seq) {
         cpu_relax();
     }
 }
-inline void seq_write_unlock(uint32_t* seq) { __atomic_fetch_add(seq, 1, __ATOMIC_RELEASE); }
+// Only the holder changes an odd word, so the release needs no locked instruction.
+inline void seq_write_unlock(uint32_t* seq) {
+    __atomic_store_n(seq, __atomic_load_n(seq, __ATOMIC_RELAXED) + 1, __ATOMIC_RELEASE);
+}
 inline uint32_t seq_read_begin(const uint32_t* seq) {
     for (;;) {
         const uint32_t v = __atomic_load_n(seq, __ATOMIC_ACQUIRE);
