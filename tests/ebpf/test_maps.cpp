@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <array>
 #include <functional>
 #include <atomic>
@@ -23,6 +24,7 @@
 #include <gtest/gtest.h>
 
 #include "ebpf/map.h"
+#include "ebpf/map_shm.h"  // white-box: header offsets to corrupt
 
 namespace liveio::ebpf {
 namespace {
@@ -593,6 +595,99 @@ TEST(MapShared, OpenedMapSharesSpecAndContents) {
     ASSERT_EQ(other.update(key, val, kUpdateNoExist), 0);
     EXPECT_EQ(m->update(key, val, kUpdateNoExist), -EEXIST) << "same table, same hash seed";
     ASSERT_NE(m->lookup(key), nullptr);
+}
+
+// ---- corrupted shared memory (another process may scribble on it) ---------------------------
+
+template <typename T>
+void poke(int fd, size_t offset, T value) {
+    ASSERT_EQ(pwrite(fd, &value, sizeof value, static_cast<off_t>(offset)), static_cast<ssize_t>(sizeof value));
+}
+
+TEST(MapShared, CorruptHeadersAreRejectedByOpen) {
+    using detail::MapHeader;
+    struct Corruption {
+        const char* what;
+        std::function<void(int)> apply;
+    };
+    const std::vector<Corruption> corruptions = {
+        {"magic", [](int fd) { poke<uint64_t>(fd, offsetof(MapHeader, magic), 0x1234); }},
+        {"version", [](int fd) { poke<uint32_t>(fd, offsetof(MapHeader, version), 99); }},
+        {"spec", [](int fd) { poke<uint32_t>(fd, offsetof(MapHeader, key_size), 0); }},
+        {"layout", [](int fd) { poke<uint32_t>(fd, offsetof(MapHeader, max_entries), 1u << 20); }},
+        {"layout", [](int fd) { poke<uint32_t>(fd, offsetof(MapHeader, max_entries), 3); }},
+        {"layout", [](int fd) { poke<uint32_t>(fd, offsetof(MapHeader, nbuckets), 1u << 30); }},
+        {"layout", [](int fd) { poke<uint64_t>(fd, offsetof(MapHeader, data_offset), 1u << 30); }},
+        {"type", [](int fd) { poke<uint32_t>(fd, offsetof(MapHeader, type), 4); }},
+        {"ncpus", [](int fd) { poke<uint32_t>(fd, offsetof(MapHeader, ncpus), 0); }},
+    };
+    for (const auto& c : corruptions) {
+        auto m = make(MapType::Hash, 8, 8, 100);
+        ASSERT_TRUE(m);
+        c.apply(m->memfd());
+        auto o = open_shared_map(m->memfd());
+        EXPECT_FALSE(o.ok()) << "corrupt " << c.what << " accepted";
+        if (!o.ok()) {
+            EXPECT_FALSE(o.error().message.empty());
+        }
+    }
+}
+
+TEST(MapShared, CorruptHashChainsNeitherCrashNorHang) {
+    auto m = make(MapType::Hash, 8, 8, 64);
+    ASSERT_TRUE(m);
+    for (uint64_t k = 0; k < 50; ++k) ASSERT_EQ(m->update(&k, &k, kUpdateAny), 0);
+    detail::MapHeader h;
+    ASSERT_EQ(pread(m->memfd(), &h, sizeof h, 0), static_cast<ssize_t>(sizeof h));
+    std::mt19937 rng(11);
+    // Bucket heads and element links pointing anywhere: out of range, at themselves, in cycles.
+    for (uint32_t b = 0; b < h.nbuckets; ++b)
+        if (rng() % 2) poke<uint32_t>(m->memfd(), h.index_offset + b * 8 + 4, rng() % 3 ? rng() % 64 : rng());
+    for (uint32_t e = 0; e < 64; ++e)
+        poke<uint32_t>(m->memfd(), h.data_offset + uint64_t{e} * h.elem_size, rng() % 2 ? rng() % 64 : rng());
+    poke<uint64_t>(m->memfd(), offsetof(detail::MapHeader, free_head), 0xffffffff00000007ull);
+    auto o = open_shared_map(m->memfd());
+    ASSERT_TRUE(o.ok()) << o.error().message;
+    for (auto* map : {m.get(), o.value().get()}) {
+        for (uint64_t k = 0; k < 200; ++k) {
+            uint64_t v = 0, next = 0;
+            map->lookup(&k);
+            const long cv = map->copy_value(&k, &v);
+            EXPECT_TRUE(cv == 0 || cv == -ENOENT);
+            const long up = map->update(&k, &k, kUpdateAny);
+            EXPECT_TRUE(up == 0 || up == -E2BIG) << up;
+            const long rm = map->remove(&k);
+            EXPECT_TRUE(rm == 0 || rm == -ENOENT) << rm;
+            const long nk = map->next_key(&k, &next);
+            EXPECT_TRUE(nk == 0 || nk == -ENOENT) << nk;
+        }
+    }
+}
+
+TEST(MapShared, CorruptRingPositionsAndHeadersNeitherCrashNorOverrun) {
+    auto m = make(MapType::RingBuf, 0, 0, 4096);
+    ASSERT_TRUE(m);
+    auto* rb = dynamic_cast<RingBuffer*>(m.get());
+    ASSERT_NE(rb, nullptr);
+    detail::MapHeader h;
+    ASSERT_EQ(pread(m->memfd(), &h, sizeof h, 0), static_cast<ssize_t>(sizeof h));
+    const uint64_t cons_off = h.index_offset, prod_off = h.index_offset + 4096;
+    // A consumer position ahead of the producer: producers drop instead of overwriting.
+    poke<uint64_t>(m->memfd(), cons_off, 1ull << 40);
+    const char data[16] = {};
+    EXPECT_EQ(rb->output(data, sizeof data), -ENOSPC);
+    EXPECT_EQ(rb->dropped(), 1u);
+    poke<uint64_t>(m->memfd(), cons_off, 0);
+    // A record header claiming more than was produced: the consumer stops at it.
+    ASSERT_EQ(rb->output(data, sizeof data), 0);
+    poke<uint32_t>(m->memfd(), h.data_offset, 4000u);
+    size_t calls = 0;
+    EXPECT_EQ(rb->consume([&](const void*, uint32_t) { ++calls; }), 0u);
+    EXPECT_EQ(calls, 0u);
+    // A producer position far beyond the consumer: nothing is read outside the data area.
+    poke<uint64_t>(m->memfd(), prod_off, 1ull << 50);
+    EXPECT_EQ(rb->consume([&](const void*, uint32_t) { ++calls; }), 0u);
+    EXPECT_EQ(calls, 0u);
 }
 
 }  // namespace
