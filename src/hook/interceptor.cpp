@@ -1,6 +1,7 @@
 #include "hook/interceptor.h"
 
 #include "hook/got.h"
+#include "hook/syscall_rewrite.h"
 
 namespace liveio::hook {
 
@@ -9,8 +10,7 @@ Result<std::unique_ptr<Interceptor>> Interceptor::install(const InterceptOptions
     switch (options.mechanism) {
         case Mechanism::Got: return install_got(options, handler);
         case Mechanism::Inline: return install_inline(options, handler);
-        case Mechanism::SyscallRewrite:
-            return make_error(ENOSYS, "syscall-instruction rewriting is not implemented yet");
+        case Mechanism::SyscallRewrite: return install_syscall_rewrite(options, handler);
     }
     return make_error(EINVAL, "unknown interception mechanism");
 }

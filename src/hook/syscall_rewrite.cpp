@@ -1,0 +1,430 @@
+#include "hook/syscall_rewrite.h"
+
+#include <Zydis/Zydis.h>
+#include <elf.h>
+#include <fcntl.h>
+#include <link.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "hook/dispatcher.h"
+#include "hook/syscall_rewrite_runtime.h"
+#include "hook/world_stop.h"
+
+namespace liveio::hook {
+
+namespace {
+
+constexpr size_t kPage = 4096;
+constexpr size_t kSledSize = 512;  // syscall numbers [0, 512) land in the sled
+constexpr uint8_t kCallRax[2] = {0xff, 0xd0};
+
+// --- the stub table -----------------------------------------------------------------------
+
+void write_stub(uint8_t* at, uintptr_t site) {
+    const uintptr_t back = site + 2;
+    const uint8_t code[8] = {0x0f, 0x05, 0xff, 0x25, 0, 0, 0, 0};  // syscall; jmp *0(%rip)
+    memcpy(at, code, sizeof code);
+    memcpy(at + 8, &back, sizeof back);
+}
+
+}  // namespace
+
+RewriteStubs& RewriteStubs::instance() {
+    static constinit RewriteStubs stubs;
+    return stubs;
+}
+
+uintptr_t RewriteStubs::find(uintptr_t site) const {
+    const Slot* slots = __atomic_load_n(&slots_, __ATOMIC_ACQUIRE);
+    if (slots == nullptr) return 0;
+    for (size_t i = hash(site), n = 0; n < kSlots; i = (i + 1) % kSlots, ++n) {
+        const uintptr_t s = slots[i].site.load(std::memory_order_acquire);
+        if (s == site) return slots[i].stub;
+        if (s == 0) return 0;
+    }
+    return 0;
+}
+
+Result<void> RewriteStubs::map_regions() {
+    if (slots_ != nullptr) return {};
+    void* slots = mmap(nullptr, kSlots * sizeof(Slot), PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (slots == MAP_FAILED) return make_error(errno, "cannot map the syscall stub table");
+    void* arena = mmap(nullptr, kMaxSites * kStubSize, PROT_READ | PROT_EXEC,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (arena == MAP_FAILED) {
+        munmap(slots, kSlots * sizeof(Slot));
+        return make_error(errno, "cannot map the syscall stub arena");
+    }
+    arena_ = static_cast<uint8_t*>(arena);
+    __atomic_store_n(&slots_, static_cast<Slot*>(slots), __ATOMIC_RELEASE);
+    return {};
+}
+
+Result<std::vector<RewriteStubs::Pending>> RewriteStubs::plan(const std::vector<uintptr_t>& sites) {
+    if (auto r = map_regions(); !r) return r.error();
+    planned_ = used_;
+    std::vector<Pending> pending;
+    for (uintptr_t site : sites) {
+        if (find(site) != 0) continue;
+        if (planned_ == kMaxSites)
+            return make_error(ENOSPC, fmt::format("more than {} distinct syscall instructions: "
+                                                  "stub table full", kMaxSites));
+        pending.push_back({site, reinterpret_cast<uintptr_t>(arena_ + planned_ * kStubSize)});
+        ++planned_;
+    }
+    return pending;
+}
+
+Result<void> RewriteStubs::commit(const std::vector<Pending>& pending) {
+    if (pending.empty()) return {};
+    const uintptr_t first = pending.front().stub & ~(kPage - 1);
+    const uintptr_t end = (pending.back().stub + kStubSize + kPage - 1) & ~(kPage - 1);
+    if (raw_syscall(SYS_mprotect, static_cast<long>(first), static_cast<long>(end - first),
+                    PROT_READ | PROT_WRITE) != 0)
+        return make_error(EACCES, "cannot make the syscall stub arena writable");
+    for (const Pending& p : pending) write_stub(reinterpret_cast<uint8_t*>(p.stub), p.site);
+    raw_syscall(SYS_mprotect, static_cast<long>(first), static_cast<long>(end - first),
+                PROT_READ | PROT_EXEC);
+    for (const Pending& p : pending) {
+        size_t i = hash(p.site);
+        while (slots_[i].site.load(std::memory_order_relaxed) != 0) i = (i + 1) % kSlots;
+        slots_[i].stub = p.stub;
+        slots_[i].site.store(p.site, std::memory_order_release);
+    }
+    used_ += pending.size();
+    return {};
+}
+
+// --- finding syscall instructions ------------------------------------------------------------
+
+std::vector<uintptr_t> find_syscall_instructions(const uint8_t* code, size_t size,
+                                                 uintptr_t runtime_address,
+                                                 const std::vector<uintptr_t>& function_starts) {
+    ZydisDecoder decoder;
+    ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+    std::vector<uintptr_t> found;
+    auto next_start = std::lower_bound(function_starts.begin(), function_starts.end(), runtime_address);
+    size_t off = 0;
+    while (off < size) {
+        const uintptr_t at = runtime_address + off;
+        while (next_start != function_starts.end() && *next_start < at) ++next_start;
+        ZydisDecodedInstruction insn;
+        size_t length = 1;  // undecodable byte: resynchronise at the next one
+        if (ZYAN_SUCCESS(ZydisDecoderDecodeInstruction(&decoder, nullptr, code + off, size - off, &insn))) {
+            length = insn.length;
+            // An instruction that would straddle a known function start is a misaligned
+            // decode (data or padding before the function): restart at the function.
+            if (next_start != function_starts.end() && *next_start > at && *next_start < at + length) {
+                off = *next_start - runtime_address;
+                continue;
+            }
+            if ((insn.mnemonic == ZYDIS_MNEMONIC_SYSCALL || insn.mnemonic == ZYDIS_MNEMONIC_SYSENTER) &&
+                insn.length == 2)
+                found.push_back(at);
+        }
+        off += length;
+    }
+    return found;
+}
+
+namespace {
+
+// --- configuration checks and the trampoline -------------------------------------------------
+
+Result<void> map_trampoline() {
+    // Raw syscall: glibc's mmap wrapper may already be rewritten by an earlier install in a
+    // parent process (fork), and address 0 needs MAP_FIXED_NOREPLACE semantics exactly.
+    const long r = raw_syscall(SYS_mmap, 0, kPage, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (r < 0 && r > -4096) {
+        if (r == -EEXIST)
+            return make_error(EEXIST, "page 0 is already mapped (another syscall rewriter, or "
+                                      "the program uses it): cannot place the trampoline");
+        return make_error(static_cast<int>(-r),
+                          fmt::format("cannot map the trampoline at address 0: {}", strerror(static_cast<int>(-r))));
+    }
+    if (r != 0) {
+        raw_syscall(SYS_munmap, r, kPage);
+        return make_error(EPERM, "the kernel placed the trampoline away from address 0 "
+                                 "(vm.mmap_min_addr must be 0)");
+    }
+    auto* page = reinterpret_cast<uint8_t*>(0);
+    // The compiler treats stores through a null pointer as undefined: write through an
+    // address it cannot see is null.
+    uint8_t* volatile base = page;
+    uint8_t* p = base;
+    memset(p, 0x90, kSledSize);
+    const uint64_t entry = reinterpret_cast<uint64_t>(&liveio_rewrite_entry);
+    const uint8_t movabs_r11[2] = {0x49, 0xbb};  // movabs $entry, %r11 (r11: syscall-clobbered)
+    memcpy(p + kSledSize, movabs_r11, 2);
+    memcpy(p + kSledSize + 2, &entry, 8);
+    const uint8_t jmp_r11[3] = {0x41, 0xff, 0xe3};  // jmp *%r11
+    memcpy(p + kSledSize + 10, jmp_r11, 3);
+    // Exec-only where the CPU has protection keys: null-pointer reads still fault there.
+    if (raw_syscall(SYS_mprotect, 0, kPage, PROT_EXEC) != 0) {
+        raw_syscall(SYS_munmap, 0, kPage);
+        return make_error(EACCES, "cannot make the trampoline page executable");
+    }
+    return {};
+}
+
+// --- the objects to rewrite ------------------------------------------------------------------
+
+struct Segment {
+    uintptr_t start;
+    size_t size;
+    std::string object;
+    std::string path;   // file to read symbols from ("" when unknown)
+    uintptr_t bias;     // load bias of the object
+};
+
+bool contains(const dl_phdr_info* info, uintptr_t addr) {
+    for (int i = 0; i < info->dlpi_phnum; ++i) {
+        const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+        if (ph.p_type != PT_LOAD) continue;
+        const uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+        if (addr >= lo && addr < lo + ph.p_memsz) return true;
+    }
+    return false;
+}
+
+std::vector<Segment> executable_segments() {
+    struct Ctx {
+        std::vector<Segment> out;
+        uintptr_t own = reinterpret_cast<uintptr_t>(&liveio_rewrite_entry);
+        uintptr_t vdso = getauxval(AT_SYSINFO_EHDR);
+    } ctx;
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, size_t, void* raw) {
+            auto& c = *static_cast<Ctx*>(raw);
+            if (contains(info, c.own)) return 0;  // liveio's own object keeps raw syscalls
+            if (c.vdso != 0 && contains(info, c.vdso)) return 0;
+            const bool main = info->dlpi_name == nullptr || info->dlpi_name[0] == '\0';
+            const std::string name = main ? kMainProgram : info->dlpi_name;
+            const std::string path = main ? "/proc/self/exe" : info->dlpi_name;
+            for (int i = 0; i < info->dlpi_phnum; ++i) {
+                const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+                if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_X) || ph.p_memsz == 0) continue;
+                c.out.push_back({info->dlpi_addr + ph.p_vaddr, ph.p_memsz, name, path, info->dlpi_addr});
+            }
+            return 0;
+        },
+        &ctx);
+    return ctx.out;
+}
+
+// Function entry points from the object's symbol tables (.symtab when not stripped, .dynsym),
+// as runtime addresses, sorted. Best effort: an unreadable file gives none.
+std::vector<uintptr_t> function_starts(const std::string& path, uintptr_t bias) {
+    std::vector<uintptr_t> starts;
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return starts;
+    const off_t size = lseek(fd, 0, SEEK_END);
+    void* map = size > 0 ? mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+    close(fd);
+    if (map == MAP_FAILED) return starts;
+    const auto* base = static_cast<const uint8_t*>(map);
+    const auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
+    const auto fsize = static_cast<uint64_t>(size);
+    auto in_file = [&](uint64_t off, uint64_t len) { return off <= fsize && len <= fsize - off; };
+    if (in_file(0, sizeof *eh) && memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 &&
+        eh->e_shentsize == sizeof(ElfW(Shdr)) && in_file(eh->e_shoff, uint64_t{eh->e_shnum} * sizeof(ElfW(Shdr)))) {
+        const auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
+        for (int i = 0; i < eh->e_shnum; ++i) {
+            if (sh[i].sh_type != SHT_SYMTAB && sh[i].sh_type != SHT_DYNSYM) continue;
+            if (!in_file(sh[i].sh_offset, sh[i].sh_size) || sh[i].sh_entsize != sizeof(ElfW(Sym))) continue;
+            const auto* sym = reinterpret_cast<const ElfW(Sym)*>(base + sh[i].sh_offset);
+            for (size_t k = 0; k < sh[i].sh_size / sizeof(ElfW(Sym)); ++k)
+                if (ELF64_ST_TYPE(sym[k].st_info) == STT_FUNC && sym[k].st_shndx != SHN_UNDEF &&
+                    sym[k].st_value != 0)
+                    starts.push_back(bias + sym[k].st_value);
+        }
+    }
+    munmap(map, static_cast<size_t>(size));
+    std::sort(starts.begin(), starts.end());
+    starts.erase(std::unique(starts.begin(), starts.end()), starts.end());
+    return starts;
+}
+
+// Protections of the mappings covering each page that holds a site, merged into runs.
+Result<std::vector<SyscallRewriter::PageRun>> page_runs(const std::vector<RewrittenSite>& sites) {
+    struct Mapping {
+        uintptr_t lo, hi;
+        int prot;
+    };
+    std::vector<Mapping> maps;
+    std::ifstream in("/proc/self/maps");
+    if (!in) return make_error(EIO, "cannot read /proc/self/maps");
+    std::string line;
+    while (std::getline(in, line)) {
+        unsigned long lo, hi;
+        char perms[5] = {};
+        if (sscanf(line.c_str(), "%lx-%lx %4s", &lo, &hi, perms) != 3) continue;
+        const int prot = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
+                         (perms[2] == 'x' ? PROT_EXEC : 0);
+        maps.push_back({lo, hi, prot});
+    }
+    std::vector<SyscallRewriter::PageRun> runs;
+    for (const RewrittenSite& s : sites) {
+        // A 2-byte instruction may straddle two pages.
+        for (uintptr_t page : {s.address & ~(kPage - 1), (s.address + 1) & ~(kPage - 1)}) {
+            if (!runs.empty() && page >= runs.back().start && page < runs.back().start + runs.back().length)
+                continue;
+            auto m = std::find_if(maps.begin(), maps.end(),
+                                  [&](const Mapping& mp) { return page >= mp.lo && page < mp.hi; });
+            if (m == maps.end())
+                return make_error(EFAULT, fmt::format("no mapping covers code page {:#x}", page));
+            if (!runs.empty() && runs.back().start + runs.back().length == page && runs.back().prot == m->prot)
+                runs.back().length += kPage;
+            else
+                runs.push_back({page, kPage, m->prot});
+        }
+    }
+    return runs;
+}
+
+// Writes `bytes(site)` at every site, page run by page run, with raw syscalls only (the world
+// is stopped). Returns false if a page could not be made writable; then nothing is changed.
+template <typename Bytes>
+bool patch_sites(const std::vector<SyscallRewriter::PageRun>& runs, const std::vector<RewrittenSite>& sites,
+                 Bytes bytes) {
+    for (const auto& run : runs)
+        if (raw_syscall(SYS_mprotect, static_cast<long>(run.start), static_cast<long>(run.length),
+                        run.prot | PROT_READ | PROT_WRITE) != 0) {
+            for (const auto& r : runs) {
+                if (&r == &run) break;
+                raw_syscall(SYS_mprotect, static_cast<long>(r.start), static_cast<long>(r.length), r.prot);
+            }
+            return false;
+        }
+    for (const RewrittenSite& s : sites) memcpy(reinterpret_cast<void*>(s.address), bytes(s), 2);
+    for (const auto& run : runs)
+        raw_syscall(SYS_mprotect, static_cast<long>(run.start), static_cast<long>(run.length), run.prot);
+    return true;
+}
+
+// A thread parked inside the sled continues at the entry (the sled only slides there), so
+// page 0 can be unmapped under it.
+uintptr_t out_of_sled(void*, uintptr_t ip) {
+    return ip < kPage ? reinterpret_cast<uintptr_t>(&liveio_rewrite_entry) : ip;
+}
+
+class RewriteInterceptor final : public Interceptor {
+public:
+    explicit RewriteInterceptor(std::unique_ptr<SyscallRewriter> rewriter) : rewriter_(std::move(rewriter)) {}
+    ~RewriteInterceptor() override { (void)uninstall(); }
+    Result<void> uninstall() override { return rewriter_->uninstall(); }
+    uint64_t calls_dispatched() const override {
+        return Dispatcher::instance().calls(Mechanism::SyscallRewrite);
+    }
+    Mechanism mechanism() const override { return Mechanism::SyscallRewrite; }
+
+private:
+    std::unique_ptr<SyscallRewriter> rewriter_;
+};
+
+}  // namespace
+
+Result<void> check_mmap_min_addr() {
+    std::ifstream in("/proc/sys/vm/mmap_min_addr");
+    unsigned long value = 0;
+    if (!(in >> value)) return make_error(EIO, "cannot read /proc/sys/vm/mmap_min_addr");
+    if (value != 0)
+        return make_error(EPERM, fmt::format("syscall rewriting maps its trampoline at address 0 "
+                                             "and needs vm.mmap_min_addr=0 (it is {}): run "
+                                             "`sysctl -w vm.mmap_min_addr=0` as root", value));
+    return {};
+}
+
+Result<std::unique_ptr<SyscallRewriter>> SyscallRewriter::install(CallHandler* handler) {
+    if (handler == nullptr) return make_error(EINVAL, "syscall rewriting needs a CallHandler");
+    if (auto r = check_mmap_min_addr(); !r) return r.error();
+    // This thread's own libc calls during install must not reach the handler half-way.
+    Dispatcher::ScopedInside inside;
+    RewriteStubs& stubs = RewriteStubs::instance();
+    std::lock_guard lock(stubs.mutex());
+
+    std::unique_ptr<SyscallRewriter> self(new SyscallRewriter());
+    for (const Segment& seg : executable_segments()) {
+        const auto starts = function_starts(seg.path, seg.bias);
+        const auto* code = reinterpret_cast<const uint8_t*>(seg.start);
+        for (uintptr_t a : find_syscall_instructions(code, seg.size, seg.start, starts)) {
+            RewrittenSite s{a, {}, seg.object};
+            memcpy(s.original, reinterpret_cast<const void*>(a), 2);
+            self->sites_.push_back(std::move(s));
+        }
+    }
+    std::sort(self->sites_.begin(), self->sites_.end(),
+              [](const RewrittenSite& a, const RewrittenSite& b) { return a.address < b.address; });
+    auto runs = page_runs(self->sites_);
+    if (!runs) return runs.error();
+    self->pages_ = std::move(runs).value();
+    std::vector<uintptr_t> addresses;
+    addresses.reserve(self->sites_.size());
+    for (const auto& s : self->sites_) addresses.push_back(s.address);
+    auto pending = stubs.plan(addresses);
+    if (!pending) return pending.error();
+
+    if (auto r = map_trampoline(); !r) return r.error();
+    if (auto r = Dispatcher::instance().attach(Mechanism::SyscallRewrite, handler); !r) {
+        raw_syscall(SYS_munmap, 0, kPage);
+        return r.error();
+    }
+    auto stopped = WorldStop::stop();
+    if (!stopped) {
+        Dispatcher::instance().detach(Mechanism::SyscallRewrite);
+        raw_syscall(SYS_munmap, 0, kPage);
+        return stopped.error();
+    }
+    // Stubs first: a rewritten clone must find its stub the moment threads resume.
+    auto committed = stubs.commit(*pending);
+    const bool patched = committed && patch_sites(self->pages_, self->sites_,
+                                                  [](const RewrittenSite&) { return kCallRax; });
+    (*stopped)->resume(nullptr, nullptr);
+    if (!patched) {
+        Dispatcher::instance().detach(Mechanism::SyscallRewrite);
+        raw_syscall(SYS_munmap, 0, kPage);
+        if (!committed) return committed.error();
+        return make_error(EACCES, "cannot make code pages writable to rewrite syscall instructions");
+    }
+    self->installed_ = true;
+    return self;
+}
+
+Result<void> SyscallRewriter::uninstall() {
+    if (!installed_) return {};
+    Dispatcher::ScopedInside inside;
+    std::lock_guard lock(RewriteStubs::instance().mutex());
+    auto stopped = WorldStop::stop();
+    if (!stopped) return stopped.error();
+    const bool restored = patch_sites(pages_, sites_, [](const RewrittenSite& s) { return s.original; });
+    (*stopped)->resume(out_of_sled, nullptr);
+    if (!restored) return make_error(EACCES, "cannot make code pages writable to restore syscall instructions");
+    installed_ = false;
+    // Threads inside the handler finish their call first; those between the entry and the
+    // handler only run liveio code that stays loaded.
+    Dispatcher::instance().detach(Mechanism::SyscallRewrite);
+    raw_syscall(SYS_munmap, 0, kPage);
+    return {};
+}
+
+SyscallRewriter::~SyscallRewriter() { (void)uninstall(); }
+
+Result<std::unique_ptr<Interceptor>> install_syscall_rewrite(const InterceptOptions&, CallHandler* handler) {
+    auto rewriter = SyscallRewriter::install(handler);
+    if (!rewriter) return rewriter.error();
+    return std::unique_ptr<Interceptor>(std::make_unique<RewriteInterceptor>(std::move(rewriter).value()));
+}
+
+}  // namespace liveio::hook

@@ -1,0 +1,97 @@
+// Mechanism::SyscallRewrite: zpoline-style rewriting of every `syscall`/`sysenter` instruction.
+//
+// Each 2-byte `syscall` (0f 05) or `sysenter` (0f 34) found by disassembling the executable
+// segments of every loaded object becomes `call *%rax` (ff d0). rax holds the syscall number,
+// so the call lands in a nop sled mapped at virtual address 0 (hence vm.mmap_min_addr must be
+// 0); the sled ends in a jump to liveio's assembly entry, which saves the registers the C++
+// side may clobber, hands (nr, args) to Dispatcher::call_raw(Mechanism::SyscallRewrite) and
+// returns the result in rax, exactly like the kernel.
+//
+// Not rewritten: the vDSO (it has no syscall instructions we may touch and is shared with the
+// kernel), liveio's own object (identified by address range: its raw syscalls must stay raw),
+// and code that is not part of a loaded object (JIT code). Objects dlopen'ed after install
+// are not rewritten either: their syscalls reach the kernel directly (reinstall to cover them).
+//
+// Special syscalls, handled in the assembly entry without consulting the handler:
+// - rt_sigreturn needs the signal frame at rsp: the pushed return address is dropped and the
+//   call is made from the entry.
+// - clone, clone3 and vfork may return on another stack (thread stacks) or on a stack the
+//   child will overwrite (vfork): the return address pushed by `call` cannot be trusted
+//   afterwards. They jump (registers untouched, rsp restored) to a per-site stub
+//   `syscall; jmp site+2` that lives for the rest of the process, so parent and child both
+//   continue at the instruction after the original one without touching the stack.
+// - execve and execveat do not return when they succeed; made from a vfork child (which shares
+//   the parent's memory) through the dispatcher they would leave its in-flight count raised
+//   forever. They go through the per-site stubs too (they return on failure).
+// - exit and exit_group never return: made directly, so no in-flight count is left behind.
+//
+// Limitations (inherent to 2-byte rewriting, as in zpoline): the `call` writes the return
+// address at rsp-8, inside the red zone of the code that issued the syscall; a syscall number
+// outside [0, 512) jumps past the sled and faults; without protection keys the exec-only page 0
+// is readable, so a null-pointer read returns sled bytes instead of faulting. The entry saves
+// the general registers and xmm0-15; the upper halves of ymm/zmm registers and x87 state are
+// not preserved across a hooked syscall if the handler uses them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/result.h"
+#include "hook/dispatch.h"
+#include "hook/interceptor.h"
+
+namespace liveio::hook {
+
+// Fails with EPERM and a message naming the sysctl unless /proc/sys/vm/mmap_min_addr is 0.
+Result<void> check_mmap_min_addr();
+
+// The syscall-class instructions in `size` bytes of code that runs at `runtime_address`, by
+// linear-sweep disassembly that resynchronises after undecodable bytes and at every address
+// in `function_starts` (sorted; function entry points known from symbols). Returns the
+// runtime addresses of the instructions.
+std::vector<uintptr_t> find_syscall_instructions(const uint8_t* code, size_t size,
+                                                 uintptr_t runtime_address,
+                                                 const std::vector<uintptr_t>& function_starts = {});
+
+struct RewrittenSite {
+    uintptr_t address;
+    uint8_t original[2];
+    std::string object;  // path of the loaded object, or "[main]"
+};
+
+class SyscallRewriter {
+public:
+    // Maps the trampoline at address 0, attaches `handler` to the dispatcher and rewrites every
+    // syscall instruction while all other threads are stopped.
+    static Result<std::unique_ptr<SyscallRewriter>> install(CallHandler* handler);
+    ~SyscallRewriter();
+    SyscallRewriter(const SyscallRewriter&) = delete;
+    SyscallRewriter& operator=(const SyscallRewriter&) = delete;
+
+    // Restores every rewritten byte (threads stopped; a thread inside the sled continues in the
+    // entry), detaches the handler once no thread is inside it, and unmaps page 0.
+    Result<void> uninstall();
+    bool installed() const { return installed_; }
+    const std::vector<RewrittenSite>& sites() const { return sites_; }
+
+    struct PageRun {
+        uintptr_t start;
+        size_t length;
+        int prot;
+    };
+
+private:
+    SyscallRewriter() = default;
+    std::vector<RewrittenSite> sites_;
+    std::vector<PageRun> pages_;  // pages holding sites, with their original protection
+    bool installed_ = false;
+};
+
+// Interceptor::install(Mechanism::SyscallRewrite).
+Result<std::unique_ptr<Interceptor>> install_syscall_rewrite(const InterceptOptions& options,
+                                                             CallHandler* handler);
+
+}  // namespace liveio::hook

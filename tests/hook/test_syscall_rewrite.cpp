@@ -1,0 +1,478 @@
+// Syscall-instruction rewriting (zpoline style). Every test that installs the rewriter does so
+// in a forked child, so the test process itself never has its libc rewritten; the child
+// reports the first failed check through a pipe.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "hook/dispatcher.h"
+#include "hook/interceptor.h"
+#include "hook/recording_handler.h"
+#include "hook/syscall_rewrite.h"
+
+extern char** environ;
+
+namespace liveio::hook {
+namespace {
+
+constexpr const char* kMinAddrPath = "/proc/sys/vm/mmap_min_addr";
+
+long read_min_addr() {
+    std::ifstream in(kMinAddrPath);
+    long v = -1;
+    in >> v;
+    return v;
+}
+
+bool write_min_addr(long v) {
+    std::ofstream out(kMinAddrPath);
+    out << v;
+    out.flush();
+    return static_cast<bool>(out);
+}
+
+// Sets vm.mmap_min_addr for the test's duration (root only) and restores the old value.
+class MinAddrSetting {
+public:
+    explicit MinAddrSetting(long wanted) : old_(read_min_addr()) {
+        if (old_ == wanted) {
+            ok_ = true;
+        } else if (geteuid() == 0 && write_min_addr(wanted) && read_min_addr() == wanted) {
+            ok_ = changed_ = true;
+        }
+    }
+    ~MinAddrSetting() {
+        if (changed_) write_min_addr(old_);
+    }
+    bool ok() const { return ok_; }
+
+private:
+    long old_;
+    bool ok_ = false;
+    bool changed_ = false;
+};
+
+#define NEED_MIN_ADDR_ZERO()                                                                       \
+    MinAddrSetting min_addr_zero(0);                                                               \
+    if (!min_addr_zero.ok())                                                                       \
+        GTEST_SKIP() << "needs vm.mmap_min_addr=0 (or root to set it for the test)";
+
+struct CheckFailed {
+    std::string message;
+};
+
+void check(bool condition, const std::string& what) {
+    if (!condition) throw CheckFailed{what};
+}
+
+// Runs `body` in a forked child; returns "" on success or the failed check's message.
+std::string in_child(const std::function<void()>& body) {
+    int p[2];
+    if (pipe(p) != 0) return "pipe failed";
+    const pid_t pid = fork();
+    if (pid == 0) {
+        close(p[0]);
+        std::string failure;
+        try {
+            body();
+        } catch (const CheckFailed& f) {
+            failure = f.message.empty() ? "check failed" : f.message;
+        }
+        if (!failure.empty()) (void)!write(p[1], failure.data(), failure.size());
+        _exit(failure.empty() ? 0 : 1);
+    }
+    close(p[1]);
+    std::string message;
+    char buf[512];
+    for (ssize_t n; (n = read(p[0], buf, sizeof buf)) > 0;) message.append(buf, static_cast<size_t>(n));
+    close(p[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFSIGNALED(status)) return "child killed by signal " + std::to_string(WTERMSIG(status)) + " " + message;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return message.empty() ? "child exited with " + std::to_string(WEXITSTATUS(status)) : message;
+    return "";
+}
+
+std::unique_ptr<SyscallRewriter> install_or_throw(CallHandler* handler) {
+    auto r = SyscallRewriter::install(handler);
+    check(r.ok(), r.ok() ? "" : "install: " + r.error().message);
+    check(!(*r)->sites().empty(), "no syscall instruction found");
+    return std::move(r).value();
+}
+
+size_t count_nr(const std::vector<Seen>& seen, long nr) {
+    size_t n = 0;
+    for (const Seen& s : seen) n += s.nr == nr;
+    return n;
+}
+
+// --- disassembly ---------------------------------------------------------------------------
+
+TEST(SyscallRewriteScan, FindsOnlyRealSyscallInstructions) {
+    const std::vector<uint8_t> code = {
+        0xb8, 0x0f, 0x05, 0x00, 0x00,  // mov $0x50f, %eax: 0f 05 inside an immediate
+        0x0f, 0x05,                    // syscall           (offset 5)
+        0x48, 0x8d, 0x05, 0x0f, 0x05, 0x00, 0x00,  // lea 0x50f(%rip), %rax
+        0x0f, 0x34,                    // sysenter          (offset 14)
+        0x90,                          // nop
+        0x0f, 0x05,                    // syscall           (offset 17)
+    };
+    const auto found = find_syscall_instructions(code.data(), code.size(), 0x1000);
+    EXPECT_EQ(found, (std::vector<uintptr_t>{0x1005, 0x100e, 0x1011}));
+}
+
+TEST(SyscallRewriteScan, ResynchronisesAtFunctionStarts) {
+    // Data before a function: `b8` swallows the function's first four bytes in a linear sweep,
+    // hiding its syscall; the known function start at offset 1 puts the decoder back.
+    const std::vector<uint8_t> code = {0xb8, 0x0f, 0x05, 0xc3, 0x90, 0x90, 0x90};
+    EXPECT_TRUE(find_syscall_instructions(code.data(), code.size(), 0x2000).empty());
+    const auto found = find_syscall_instructions(code.data(), code.size(), 0x2000, {0x2001});
+    EXPECT_EQ(found, (std::vector<uintptr_t>{0x2001}));
+}
+
+TEST(SyscallRewriteScan, SkipsUndecodableBytes) {
+    const std::vector<uint8_t> code = {0x06, 0x0f, 0x05, 0xc3};  // 06: invalid in 64-bit mode
+    EXPECT_EQ(find_syscall_instructions(code.data(), code.size(), 0x3000),
+              (std::vector<uintptr_t>{0x3001}));
+}
+
+// --- configuration -------------------------------------------------------------------------
+
+TEST(SyscallRewrite, ClearErrorWhenMmapMinAddrIsNotZero) {
+    MinAddrSetting nonzero(65536);
+    if (!nonzero.ok()) GTEST_SKIP() << "needs vm.mmap_min_addr != 0 (or root to set it)";
+    RecordingHandler h;
+    auto r = SyscallRewriter::install(&h);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().code, EPERM);
+    EXPECT_NE(r.error().message.find("vm.mmap_min_addr"), std::string::npos) << r.error().message;
+    auto i = Interceptor::install({Mechanism::SyscallRewrite, {}, {}}, &h);
+    ASSERT_FALSE(i.ok());
+    EXPECT_NE(i.error().message.find("vm.mmap_min_addr"), std::string::npos);
+}
+
+// --- behaviour -----------------------------------------------------------------------------
+
+TEST(SyscallRewrite, EverySyscallOfAWorkloadReachesTheDispatcher) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  int p[2];
+                  check(pipe(p) == 0, "pipe");
+                  const pid_t pid = getpid();
+                  auto rw = install_or_throw(&h);
+                  for (const auto& s : rw->sites())
+                      check(memcmp(reinterpret_cast<void*>(s.address), "\xff\xd0", 2) == 0,
+                            "site not rewritten");
+                  constexpr int kN = 100;
+                  char byte = 'a';
+                  for (int i = 0; i < kN; ++i) {
+                      check(getpid() == pid, "getpid result");
+                      byte = static_cast<char>('a' + i % 26);
+                      check(write(p[1], &byte, 1) == 1, "write result");
+                      char in = 0;
+                      check(read(p[0], &in, 1) == 1 && in == byte, "read returned the written byte");
+                  }
+                  auto seen = h.take();
+                  check(rw->uninstall().ok(), "uninstall");
+                  for (const auto& s : rw->sites())
+                      check(memcmp(reinterpret_cast<void*>(s.address), s.original, 2) == 0,
+                            "byte not restored");
+                  check(count_nr(seen, SYS_getpid) == kN, "getpid count " + std::to_string(count_nr(seen, SYS_getpid)));
+                  check(count_nr(seen, SYS_write) == kN, "write count " + std::to_string(count_nr(seen, SYS_write)));
+                  check(count_nr(seen, SYS_read) == kN, "read count " + std::to_string(count_nr(seen, SYS_read)));
+                  for (const Seen& s : seen) {
+                      if (s.nr == SYS_getpid) check(s.result == pid, "getpid result seen by handler");
+                      if (s.nr == SYS_write) check(s.args[0] == p[1] && s.args[2] == 1 && s.result == 1, "write args");
+                  }
+                  // After uninstall nothing reaches the handler any more.
+                  for (int i = 0; i < 10; ++i) (void)getpid();
+                  check(count_nr(h.take(), SYS_getpid) == 0, "calls after uninstall");
+                  // Page 0 is gone again.
+                  check(msync(nullptr, 4096, MS_ASYNC) != 0 && errno == ENOMEM, "page 0 still mapped");
+              }),
+              "");
+}
+
+TEST(SyscallRewrite, ErrnoIsPreserved) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  h.take_nr = SYS_openat;
+                  h.take_result = -ENOTDIR;
+                  auto rw = install_or_throw(&h);
+                  char c;
+                  errno = 0;
+                  check(read(-1, &c, 1) == -1 && errno == EBADF, "EBADF from the kernel");
+                  errno = 12345;
+                  check(getpid() > 0 && errno == 12345, "errno untouched by a successful call");
+                  errno = 0;
+                  check(open("/", O_RDONLY) == -1 && errno == ENOTDIR, "handler's -ENOTDIR as errno");
+                  check(close(-5) == -1 && errno == EBADF, "EBADF from close");
+                  check(rw->uninstall().ok(), "uninstall");
+              }),
+              "");
+}
+
+TEST(SyscallRewrite, HandlerTakesOverACall) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  h.take_nr = SYS_read;
+                  h.take_result = 7;
+                  h.fill = 'x';
+                  int p[2];
+                  check(pipe(p) == 0, "pipe");
+                  auto rw = install_or_throw(&h);
+                  char buf[16] = {};
+                  // An empty pipe: only the handler can complete this read.
+                  check(read(p[0], buf, sizeof buf) == 7, "read taken over");
+                  check(std::string(buf) == "xxxxxxx", "handler's bytes");
+                  check(rw->uninstall().ok(), "uninstall");
+                  check(write(p[1], "k", 1) == 1 && read(p[0], buf, 1) == 1 && buf[0] == 'k', "real read after uninstall");
+              }),
+              "");
+}
+
+TEST(SyscallRewrite, ThreadsCreatedWhileHookedDoVerifiedIo) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  auto rw = install_or_throw(&h);
+                  char path[] = "/tmp/liveio-rewrite-XXXXXX";
+                  const int fd = mkstemp(path);
+                  check(fd >= 0, "mkstemp");
+                  unlink(path);
+                  std::atomic<int> wrong{0};
+                  std::vector<std::thread> threads;
+                  for (int t = 0; t < 8; ++t) {
+                      threads.emplace_back([&, t] {
+                          // Each thread also creates (and joins) a thread of its own.
+                          std::thread inner([&] { (void)getpid(); });
+                          inner.join();
+                          std::vector<unsigned char> out(256), in(256);
+                          for (int i = 0; i < 200; ++i) {
+                              for (size_t k = 0; k < out.size(); ++k) out[k] = static_cast<unsigned char>(t * 7 + i + k);
+                              const off_t off = t * 256;
+                              if (pwrite(fd, out.data(), out.size(), off) != 256 || pread(fd, in.data(), in.size(), off) != 256 ||
+                                  in != out)
+                                  wrong.fetch_add(1);
+                          }
+                      });
+                  }
+                  for (auto& t : threads) t.join();
+                  close(fd);
+                  const auto seen = h.take();
+                  check(rw->uninstall().ok(), "uninstall");
+                  check(wrong.load() == 0, "wrong bytes: " + std::to_string(wrong.load()));
+                  check(count_nr(seen, SYS_pwrite64) == 8 * 200, "pwrite count " + std::to_string(count_nr(seen, SYS_pwrite64)));
+                  check(count_nr(seen, SYS_pread64) == 8 * 200, "pread count");
+                  check(count_nr(seen, SYS_getpid) == 8, "getpid from inner threads");
+              }),
+              "");
+}
+
+TEST(SyscallRewrite, ForkVforkAndSpawnChildrenWork) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  auto rw = install_or_throw(&h);
+                  int status = 0;
+                  // fork: the child inherits the rewritten code and the trampoline.
+                  const pid_t f = fork();
+                  if (f == 0) _exit(getpid() > 0 && write(-1, "", 0) == -1 && errno == EBADF ? 42 : 1);
+                  check(f > 0 && waitpid(f, &status, 0) == f && WIFEXITED(status) && WEXITSTATUS(status) == 42,
+                        "fork child");
+                  // vfork + exec: the child runs on the parent's stack until exec.
+                  for (int i = 0; i < 20; ++i) {
+                      const pid_t v = vfork();
+                      if (v == 0) {
+                          execl("/bin/sh", "sh", "-c", "exit 7", static_cast<char*>(nullptr));
+                          _exit(127);
+                      }
+                      check(v > 0 && waitpid(v, &status, 0) == v && WIFEXITED(status) && WEXITSTATUS(status) == 7,
+                            "vfork+exec child");
+                  }
+                  // vfork + _exit.
+                  const pid_t v = vfork();
+                  if (v == 0) _exit(9);
+                  check(v > 0 && waitpid(v, &status, 0) == v && WEXITSTATUS(status) == 9, "vfork+_exit child");
+                  // posix_spawn: clone(CLONE_VM | CLONE_VFORK) onto a separate stack.
+                  pid_t s = 0;
+                  const char* argv[] = {"sh", "-c", "exit 5", nullptr};
+                  check(posix_spawn(&s, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) == 0,
+                        "posix_spawn");
+                  check(waitpid(s, &status, 0) == s && WEXITSTATUS(status) == 5, "spawned child");
+                  const auto seen = h.take();
+                  check(rw->uninstall().ok(), "uninstall");
+                  check(count_nr(seen, SYS_wait4) >= 23, "wait4 seen");
+              }),
+              "");
+}
+
+std::atomic<int> g_handled{0};
+int g_signal_pipe = -1;
+
+void syscall_making_handler(int) {
+    const int saved = errno;
+    (void)getppid();
+    const char c = 's';
+    (void)!write(g_signal_pipe, &c, 1);
+    g_handled.fetch_add(1);
+    errno = saved;
+}
+
+TEST(SyscallRewrite, SignalsWithRestartAndHandlersThatMakeSyscalls) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  int data[2], sig[2];
+                  check(pipe(data) == 0 && pipe(sig) == 0, "pipes");
+                  g_signal_pipe = sig[1];
+                  struct sigaction sa {};
+                  sa.sa_handler = syscall_making_handler;
+                  sa.sa_flags = SA_RESTART;
+                  sigaction(SIGUSR1, &sa, nullptr);
+                  auto rw = install_or_throw(&h);
+                  // raise: the handler runs and returns through rt_sigreturn (rewritten in libc).
+                  for (int i = 0; i < 50; ++i) raise(SIGUSR1);
+                  check(g_handled.load() == 50, "handled raised signals");
+                  // Blocking reads interrupted by signals restart and still get every byte.
+                  const pthread_t reader = pthread_self();
+                  constexpr int kBytes = 200;
+                  std::thread writer([&] {
+                      for (int i = 0; i < kBytes; ++i) {
+                          // One signal at a time: a second pending SIGUSR1 would merge with it.
+                          const int before = g_handled.load();
+                          pthread_kill(reader, SIGUSR1);
+                          while (g_handled.load() == before) std::this_thread::yield();
+                          const char b = static_cast<char>(i);
+                          (void)!write(data[1], &b, 1);
+                      }
+                  });
+                  int bad = 0;
+                  for (int i = 0; i < kBytes; ++i) {
+                      char b;
+                      if (read(data[0], &b, 1) != 1 || b != static_cast<char>(i)) ++bad;
+                  }
+                  writer.join();
+                  // Signals arriving in application code (no syscall in progress): the
+                  // handler's own syscalls are hooked like any other.
+                  constexpr int kOutside = 20;
+                  std::atomic<bool> ready{false};
+                  std::thread signaller([&] {
+                      for (int i = 0; i < kOutside; ++i) {
+                          while (!ready.exchange(false)) std::this_thread::yield();
+                          pthread_kill(reader, SIGUSR1);
+                      }
+                  });
+                  for (int i = 0; i < kOutside; ++i) {
+                      const int before = g_handled.load();
+                      ready = true;
+                      while (g_handled.load() == before) {
+                      }
+                  }
+                  signaller.join();
+                  const auto seen = h.take();
+                  check(rw->uninstall().ok(), "uninstall");
+                  const int handled = g_handled.load();
+                  check(bad == 0, "bytes read wrongly: " + std::to_string(bad));
+                  check(handled == 50 + kBytes + kOutside, "handled " + std::to_string(handled));
+                  // Every handler ran its syscalls: one byte each in the signal pipe.
+                  char drain[512];
+                  check(read(sig[0], drain, sizeof drain) == handled, "bytes written by handlers");
+                  // Handlers interrupting a hooked call (raise, a blocked read) run while the
+                  // dispatcher marks the thread as inside liveio: their calls go straight to
+                  // the kernel. Those interrupting application code are dispatched.
+                  const size_t getppid_seen = count_nr(seen, SYS_getppid);
+                  check(getppid_seen >= kOutside && getppid_seen <= static_cast<size_t>(handled),
+                        "getppid from handlers " + std::to_string(getppid_seen));
+                  check(count_nr(seen, SYS_rt_sigreturn) == 0, "rt_sigreturn bypasses the handler");
+              }),
+              "");
+}
+
+// Verifying workers run while the rewriter is installed and removed 100 times.
+TEST(SyscallRewrite, HundredInstallUninstallCyclesUnderVerifiedIo) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  char path[] = "/tmp/liveio-rewrite-XXXXXX";
+                  const int fd = mkstemp(path);
+                  check(fd >= 0, "mkstemp");
+                  unlink(path);
+                  std::atomic<bool> stop{false};
+                  std::atomic<uint64_t> wrong{0}, ops{0};
+                  std::vector<std::thread> workers;
+                  for (int t = 0; t < 4; ++t)
+                      workers.emplace_back([&, t] {
+                          std::vector<unsigned char> out(512), in(512);
+                          for (uint32_t i = 0; !stop.load(); ++i) {
+                              for (size_t k = 0; k < out.size(); ++k) out[k] = static_cast<unsigned char>(t * 31 + i + k);
+                              if (pwrite(fd, out.data(), 512, t * 512) != 512 || pread(fd, in.data(), 512, t * 512) != 512 ||
+                                  in != out)
+                                  wrong.fetch_add(1);
+                              ops.fetch_add(1);
+                          }
+                      });
+                  std::string failure;
+                  uint64_t dispatched = 0;
+                  for (int c = 0; c < 100 && failure.empty(); ++c) {
+                      auto rw = SyscallRewriter::install(&h);
+                      if (!rw) {
+                          failure = "install " + std::to_string(c) + ": " + rw.error().message;
+                          break;
+                      }
+                      const uint64_t target = ops.load() + 4;
+                      while (ops.load() < target) std::this_thread::yield();
+                      if (auto u = (*rw)->uninstall(); !u) failure = "uninstall: " + u.error().message;
+                      dispatched += h.take().size();
+                  }
+                  stop = true;
+                  for (auto& w : workers) w.join();
+                  close(fd);
+                  check(failure.empty(), failure);
+                  check(wrong.load() == 0, "wrong results: " + std::to_string(wrong.load()));
+                  check(dispatched >= 100 * 4, "calls dispatched " + std::to_string(dispatched));
+              }),
+              "");
+}
+
+TEST(SyscallRewrite, InterceptorInterfaceAndSecondInstallIsRefused) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  auto i = Interceptor::install({Mechanism::SyscallRewrite, {}, {}}, &h);
+                  check(i.ok(), i.ok() ? "" : i.error().message);
+                  check((*i)->mechanism() == Mechanism::SyscallRewrite, "mechanism");
+                  const uint64_t before = (*i)->calls_dispatched();
+                  for (int k = 0; k < 10; ++k) (void)getppid();
+                  check((*i)->calls_dispatched() >= before + 10, "calls_dispatched");
+                  RecordingHandler other;
+                  auto second = SyscallRewriter::install(&other);
+                  check(!second.ok(), "second install refused");
+                  check(second.error().code == EEXIST || second.error().code == EBUSY, second.error().message);
+                  check((*i)->uninstall().ok(), "uninstall");
+                  check((*i)->uninstall().ok(), "second uninstall is a no-op");
+              }),
+              "");
+}
+
+}  // namespace
+}  // namespace liveio::hook
