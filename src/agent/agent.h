@@ -1,0 +1,96 @@
+// The in-target runtime: one Agent per process (owned by liveio-agent.so, see
+// library_entry.cpp) holds everything the agent does, so unloading the library after a
+// detach leaves nothing behind: the control thread is joined, sockets closed, interceptors
+// removed, memory freed.
+//
+// The Agent serves the control protocol (protocol.h) on one thread whose signals are blocked
+// (the application's handlers never run there) except the world-stop signal inline patching
+// needs. That thread marks itself as liveio code (Dispatcher::ScopedInside), so its own I/O
+// never reaches a hook. Requests are routed through a RequestRouter: later features register
+// their requests on router() without touching this class.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/call_counters.h"
+#include "agent/router.h"
+#include "base/result.h"
+#include "hook/interceptor.h"
+
+namespace liveio::agent {
+
+const char* mechanism_name(hook::Mechanism m);
+// "got", "inline", "rewrite".
+Result<hook::Mechanism> parse_mechanism(const std::string& name);
+
+struct AgentOptions {
+    // Abstract socket name (leading NUL included); empty: control_socket_name(getpid()).
+    std::string socket_name;
+    // Loaded with LD_PRELOAD: the library can never be unloaded, so `detach` removes the
+    // interception but keeps the control socket serving, and a later attach just installs.
+    bool resident = false;
+    // Where the library is loaded, reported by `status` so `liveio detach` can dlclose it.
+    std::string library_path;
+    uint64_t library_handle = 0;
+};
+
+class Agent {
+public:
+    static Result<std::unique_ptr<Agent>> start(AgentOptions options);
+    // Stops the control thread, then removes every interceptor (waiting until no thread is
+    // inside a hook).
+    ~Agent();
+    Agent(const Agent&) = delete;
+    Agent& operator=(const Agent&) = delete;
+
+    RequestRouter& router() { return router_; }
+
+    // {"mechanism": "got"|"inline"|"rewrite", "objects": [...], "functions": [...]}.
+    Result<nlohmann::json> install(const nlohmann::json& spec);
+    // One mechanism, or every installed one when `mechanism` is empty.
+    Result<nlohmann::json> uninstall(std::optional<hook::Mechanism> mechanism);
+    nlohmann::json status() const;
+    const CallCounters& counters() const { return counters_; }
+
+    // True once the control thread has ended (after a `detach` request in a non-resident
+    // agent): the library may then be unloaded.
+    bool control_stopped() const { return control_stopped_.load(std::memory_order_acquire); }
+
+    // Recorded for `status` (e.g. an install at startup that failed).
+    void set_last_error(std::string message);
+
+private:
+    explicit Agent(AgentOptions options);
+    Result<void> open_socket();
+    void register_builtin_requests();
+    void serve();
+    void stop_control();
+
+    AgentOptions options_;
+    const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+    CallCounters counters_;
+    RequestRouter router_;
+
+    mutable std::mutex mu_;  // guards interceptors_ and last_error_
+    std::unique_ptr<hook::Interceptor> interceptors_[3];
+    std::string last_error_;
+
+    int listen_fd_ = -1;
+    int wake_fd_ = -1;  // eventfd: the destructor wakes the control thread to stop it
+    std::atomic<bool> stop_requested_{false};
+    std::atomic<bool> control_stopped_{false};
+    std::thread thread_;
+};
+
+}  // namespace liveio::agent
