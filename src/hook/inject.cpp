@@ -1,0 +1,786 @@
+// ptrace injection: see inject.h for the protocol. This file holds the target model (maps,
+// libc symbols read from disk), the all-threads stop, the safe-point check and the remote call.
+#include "hook/inject.h"
+
+#include <dirent.h>
+#include <elf.h>
+#include <fcntl.h>
+#include <sys/ptrace.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+namespace liveio::hook {
+namespace {
+
+// glibc's RTLD_NOW; spelled out so this file does not depend on <dlfcn.h> of the tracer.
+constexpr long kRtldNow = 0x2;
+constexpr uint64_t kRedZone = 128;
+constexpr uint64_t kEflagsDirection = 1u << 10;
+
+using Clock = std::chrono::steady_clock;
+
+double ms_between(Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+Error errno_error(int code, const std::string& what) { return make_error(code, fmt::format("{}: {}", what, strerror(code))); }
+
+std::optional<std::string> read_text(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) return std::nullopt;
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The target as seen through /proc.
+
+struct Mapping {
+    uint64_t start = 0, end = 0, offset = 0, inode = 0;
+    bool exec = false;
+    std::string path;
+};
+
+Error seize_error(pid_t pid, int code);
+
+Result<std::vector<Mapping>> read_maps(pid_t pid) {
+    std::string file = fmt::format("/proc/{}/maps", pid);
+    // Opening maps is subject to a ptrace access check: tell "not permitted" from "gone".
+    int fd = open(file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == EACCES || errno == EPERM) return seize_error(pid, EPERM);
+        return make_error(ESRCH, fmt::format("process {} does not exist", pid));
+    }
+    close(fd);
+    std::ifstream in(file);
+    std::vector<Mapping> maps;
+    std::string line;
+    while (std::getline(in, line)) {
+        Mapping m;
+        char perms[8] = {};
+        unsigned long long start, end, offset, inode;
+        int path_pos = 0;
+        if (sscanf(line.c_str(), "%llx-%llx %7s %llx %*s %llu %n", &start, &end, perms, &offset, &inode, &path_pos) < 5)
+            continue;
+        m.start = start, m.end = end, m.offset = offset, m.inode = inode;
+        m.exec = perms[2] == 'x';
+        if (path_pos > 0 && path_pos <= static_cast<int>(line.size())) m.path = line.substr(path_pos);
+        maps.push_back(std::move(m));
+    }
+    if (maps.empty()) return make_error(ESRCH, fmt::format("process {} has no mappings (exited or a zombie)", pid));
+    return maps;
+}
+
+std::string basename_of(const std::string& path) {
+    auto slash = path.rfind('/');
+    return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+bool is_libc(const std::string& path) {
+    auto base = basename_of(path);
+    return base == "libc.so.6" || (base.rfind("libc-", 0) == 0 && base.size() > 3 && base.substr(base.size() - 3) == ".so");
+}
+
+bool is_dynamic_loader(const std::string& path) {
+    auto base = basename_of(path);
+    return base.rfind("ld-linux", 0) == 0 || base.rfind("ld-2.", 0) == 0 || base == "ld.so";
+}
+
+// Effective identity of the target, for "can it read the library" checks.
+struct Credentials {
+    uid_t fsuid = 0;
+    gid_t fsgid = 0;
+    std::vector<gid_t> groups;
+    char state = '?';
+    pid_t tracer = 0;
+};
+
+Result<Credentials> read_credentials(pid_t pid) {
+    auto status = read_text(fmt::format("/proc/{}/status", pid));
+    if (!status) return make_error(ESRCH, fmt::format("process {} does not exist", pid));
+    Credentials c;
+    std::istringstream in(*status);
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream fields(line);
+        std::string key;
+        fields >> key;
+        if (key == "Uid:" || key == "Gid:") {
+            unsigned long real, eff, saved, fs;
+            fields >> real >> eff >> saved >> fs;
+            (key == "Uid:" ? c.fsuid : c.fsgid) = static_cast<uid_t>(fs);
+        } else if (key == "Groups:") {
+            unsigned long g;
+            while (fields >> g) c.groups.push_back(static_cast<gid_t>(g));
+        } else if (key == "State:") {
+            fields >> c.state;
+        } else if (key == "TracerPid:") {
+            fields >> c.tracer;
+        }
+    }
+    return c;
+}
+
+// Mode-bit check as the kernel does it (ACLs are not consulted). `bits` is S_IRUSR (read a
+// file) or S_IXUSR (search a directory); root may do both regardless of the mode.
+bool permits(const struct stat& st, const Credentials& who, mode_t bits) {
+    if (who.fsuid == 0) return true;
+    if (st.st_uid == who.fsuid) return st.st_mode & bits;
+    bool in_group = st.st_gid == who.fsgid || std::find(who.groups.begin(), who.groups.end(), st.st_gid) != who.groups.end();
+    if (in_group) return st.st_mode & (bits >> 3);
+    return st.st_mode & (bits >> 6);
+}
+
+// The library must exist in the target's mount namespace, be a regular file the target may
+// read, and every directory on the way must be searchable by it.
+Result<void> check_library_readable(pid_t pid, const std::string& path, const Credentials& who) {
+    std::string root = fmt::format("/proc/{}/root", pid);
+    struct stat st;
+    if (stat((root + path).c_str(), &st) != 0) {
+        // /proc/PID/root needs ptrace access; fall back to our own view of the file system.
+        if (errno == EACCES || errno == EPERM) root.clear();
+        if (stat((root + path).c_str(), &st) != 0) {
+            // We cannot see it ourselves (e.g. an unprivileged injector): dlopen will tell.
+            if (errno == EACCES) return {};
+            return errno_error(errno, fmt::format("library {}", path));
+        }
+    }
+    if (!S_ISREG(st.st_mode)) return make_error(EINVAL, fmt::format("library {} is not a regular file", path));
+    if (!permits(st, who, S_IRUSR))
+        return make_error(EACCES, fmt::format("library {} is not readable by process {} (fsuid {}, file owner {}, mode {:o})",
+                                              path, pid, who.fsuid, st.st_uid, st.st_mode & 07777));
+    for (size_t slash = path.find('/', 1); slash != std::string::npos; slash = path.find('/', slash + 1)) {
+        std::string dir = path.substr(0, slash);
+        struct stat ds;
+        if (stat((root + dir).c_str(), &ds) == 0 && !permits(ds, who, S_IXUSR))
+            return make_error(EACCES, fmt::format("library {}: directory {} is not searchable by process {} (fsuid {})",
+                                                  path, dir, pid, who.fsuid));
+    }
+    return {};
+}
+
+Result<void> check_x86_64(pid_t pid) {
+    std::string exe = fmt::format("/proc/{}/exe", pid);
+    int fd = open(exe.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) {
+            if (access(fmt::format("/proc/{}", pid).c_str(), F_OK) != 0)
+                return make_error(ESRCH, fmt::format("process {} does not exist", pid));
+            return make_error(ESRCH, fmt::format("process {} has no executable (a kernel thread or a zombie)", pid));
+        }
+        // Unreadable executable (EACCES): PTRACE_SEIZE will report the permission problem.
+        return {};
+    }
+    Elf64_Ehdr eh;
+    ssize_t n = pread(fd, &eh, sizeof eh, 0);
+    close(fd);
+    if (n < static_cast<ssize_t>(EI_NIDENT + 4) || memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0)
+        return make_error(ENOEXEC, fmt::format("process {}: executable is not an ELF file", pid));
+    if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_machine != EM_X86_64)
+        return make_error(ENOEXEC, fmt::format("process {} is not an x86-64 process (ELF class {}, machine {})", pid,
+                                               eh.e_ident[EI_CLASS], eh.e_machine));
+    return {};
+}
+
+// ---------------------------------------------------------------------------------------------
+// libc's dynamic symbols, read from the file on disk that the target has mapped.
+
+struct FunctionRange {
+    uint64_t start, end;  // file virtual addresses
+    std::string name;
+};
+
+class LibcImage {
+public:
+    static Result<LibcImage> load(const std::string& file, uint64_t expected_inode) {
+        int fd = open(file.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return errno_error(errno, fmt::format("opening the target's libc {}", file));
+        struct stat st;
+        if (fstat(fd, &st) != 0 || static_cast<size_t>(st.st_size) < sizeof(Elf64_Ehdr)) {
+            close(fd);
+            return make_error(ENOEXEC, fmt::format("{}: not an ELF file", file));
+        }
+        if (expected_inode != 0 && st.st_ino != expected_inode) {
+            close(fd);
+            return make_error(ESTALE, fmt::format("{} on disk is not the file the target mapped (replaced since it started?)", file));
+        }
+        void* p = mmap(nullptr, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        close(fd);
+        if (p == MAP_FAILED) return errno_error(errno, fmt::format("mapping {}", file));
+        LibcImage image;
+        auto parsed = image.parse(static_cast<const uint8_t*>(p), st.st_size, file);
+        munmap(p, st.st_size);
+        if (!parsed) return parsed.error();
+        return image;
+    }
+
+    // File virtual address of a defined function, preferring the default symbol version.
+    std::optional<uint64_t> find(const std::string& name) const {
+        auto it = symbols_.find(name);
+        if (it == symbols_.end()) return std::nullopt;
+        return it->second;
+    }
+    // The exported function containing file virtual address `vaddr`, if any.
+    const FunctionRange* function_at(uint64_t vaddr) const {
+        auto it = std::upper_bound(ranges_.begin(), ranges_.end(), vaddr, [](uint64_t v, const FunctionRange& r) { return v < r.start; });
+        if (it == ranges_.begin()) return nullptr;
+        --it;
+        return vaddr < it->end ? &*it : nullptr;
+    }
+    uint64_t first_load_vaddr() const { return first_load_vaddr_; }
+
+private:
+    Result<void> parse(const uint8_t* data, size_t size, const std::string& file) {
+        auto bad = [&](const char* why) { return make_error(ENOEXEC, fmt::format("{}: {}", file, why)); };
+        const auto* eh = reinterpret_cast<const Elf64_Ehdr*>(data);
+        if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64) return bad("not a 64-bit ELF file");
+        if (eh->e_phoff + uint64_t(eh->e_phnum) * sizeof(Elf64_Phdr) > size) return bad("program headers out of bounds");
+        if (eh->e_shoff + uint64_t(eh->e_shnum) * sizeof(Elf64_Shdr) > size || eh->e_shnum == 0)
+            return bad("no section headers (cannot find the dynamic symbol table)");
+        const auto* ph = reinterpret_cast<const Elf64_Phdr*>(data + eh->e_phoff);
+        bool have_load = false;
+        for (int i = 0; i < eh->e_phnum; ++i)
+            if (ph[i].p_type == PT_LOAD && !have_load) first_load_vaddr_ = ph[i].p_vaddr & ~uint64_t(0xfff), have_load = true;
+        if (!have_load) return bad("no PT_LOAD segment");
+        const auto* sh = reinterpret_cast<const Elf64_Shdr*>(data + eh->e_shoff);
+        const Elf64_Shdr *dynsym = nullptr, *versym = nullptr;
+        for (int i = 0; i < eh->e_shnum; ++i) {
+            if (sh[i].sh_type == SHT_DYNSYM) dynsym = &sh[i];
+            if (sh[i].sh_type == SHT_GNU_versym) versym = &sh[i];
+        }
+        if (!dynsym || dynsym->sh_link >= eh->e_shnum) return bad("no dynamic symbol table");
+        const Elf64_Shdr* strtab = &sh[dynsym->sh_link];
+        if (dynsym->sh_offset + dynsym->sh_size > size || strtab->sh_offset + strtab->sh_size > size)
+            return bad("symbol table out of bounds");
+        size_t count = dynsym->sh_size / sizeof(Elf64_Sym);
+        if (versym && (versym->sh_offset + count * sizeof(Elf64_Half) > size)) versym = nullptr;
+        const auto* syms = reinterpret_cast<const Elf64_Sym*>(data + dynsym->sh_offset);
+        const char* strings = reinterpret_cast<const char*>(data + strtab->sh_offset);
+        std::set<std::string> default_seen;
+        for (size_t i = 1; i < count; ++i) {
+            const Elf64_Sym& s = syms[i];
+            if (ELF64_ST_TYPE(s.st_info) != STT_FUNC && ELF64_ST_TYPE(s.st_info) != STT_GNU_IFUNC) continue;
+            if (s.st_shndx == SHN_UNDEF || s.st_name >= strtab->sh_size) continue;
+            std::string name(strings + s.st_name, strnlen(strings + s.st_name, strtab->sh_size - s.st_name));
+            if (s.st_size > 0) ranges_.push_back({s.st_value, s.st_value + s.st_size, name});
+            if (ELF64_ST_TYPE(s.st_info) != STT_FUNC) continue;  // IFUNC resolvers are not the function
+            bool hidden = versym && (reinterpret_cast<const Elf64_Half*>(data + versym->sh_offset)[i] & 0x8000);
+            if (!hidden) default_seen.insert(name), symbols_[name] = s.st_value;
+            else if (!default_seen.count(name)) symbols_.emplace(name, s.st_value);
+        }
+        std::sort(ranges_.begin(), ranges_.end(), [](const FunctionRange& a, const FunctionRange& b) { return a.start < b.start; });
+        return {};
+    }
+
+    std::map<std::string, uint64_t> symbols_;
+    std::vector<FunctionRange> ranges_;
+    uint64_t first_load_vaddr_ = 0;
+};
+
+// Functions that hold the allocator's or the loader's locks while they run: a thread stopped
+// inside one of them would make the injected dlopen deadlock.
+bool holds_loader_or_allocator_locks(const std::string& name) {
+    static constexpr std::array kNames = {
+        "malloc", "free", "calloc", "realloc", "reallocarray", "memalign", "posix_memalign", "aligned_alloc", "valloc",
+        "pvalloc", "cfree", "malloc_trim", "malloc_usable_size", "mallopt", "mallinfo", "mallinfo2", "malloc_stats",
+        "malloc_info", "__libc_malloc", "__libc_free", "__libc_calloc", "__libc_realloc", "__libc_memalign",
+        "__libc_valloc", "__libc_pvalloc", "fork", "__libc_fork", "_Fork", "dlopen", "dlmopen", "dlclose", "dlsym",
+        "dlvsym", "dladdr", "dladdr1", "dlinfo", "dlerror", "dl_iterate_phdr", "__libc_dlopen_mode", "__libc_dlsym",
+        "__libc_dlclose"};
+    return std::find(kNames.begin(), kNames.end(), name) != kNames.end();
+}
+
+struct TargetModel {
+    uint64_t libc_bias = 0;  // runtime address = file vaddr + bias
+    uint64_t libc_exec_start = 0, libc_exec_end = 0;
+    std::vector<std::pair<uint64_t, uint64_t>> loader_ranges;
+    LibcImage libc;
+    uint64_t dlopen = 0, dlclose = 0, dlsym = 0, dlerror = 0;
+};
+
+Result<TargetModel> model_target(pid_t pid) {
+    auto maps = read_maps(pid);
+    if (!maps) return maps.error();
+    TargetModel t;
+    const Mapping* libc_first = nullptr;
+    for (const auto& m : *maps) {
+        if (is_libc(m.path)) {
+            if (!libc_first || m.start < libc_first->start) libc_first = &m;
+            if (m.exec) t.libc_exec_start = m.start, t.libc_exec_end = m.end;
+        }
+        if (is_dynamic_loader(m.path) && m.exec) t.loader_ranges.emplace_back(m.start, m.end);
+    }
+    if (!libc_first)
+        return make_error(ENOENT, fmt::format("process {} has no libc.so.6 mapped (statically linked?): no dlopen to call", pid));
+    std::string path = libc_first->path;
+    if (path.size() > 10 && path.substr(path.size() - 10) == " (deleted)")
+        return make_error(ESTALE, fmt::format("process {}: its libc {} was deleted from disk", pid, path));
+    std::string in_ns = fmt::format("/proc/{}/root{}", pid, path);
+    auto libc = LibcImage::load(access(in_ns.c_str(), R_OK) == 0 ? in_ns : path, libc_first->inode);
+    if (!libc) return libc.error();
+    t.libc = std::move(*libc);
+    t.libc_bias = libc_first->start - libc_first->offset - t.libc.first_load_vaddr();
+    auto resolve = [&](const char* name, uint64_t& out) -> Result<void> {
+        auto v = t.libc.find(name);
+        if (!v)
+            return make_error(ENOENT, fmt::format("process {}: {} does not export {} (glibc older than 2.34?)", pid, path, name));
+        out = *v + t.libc_bias;
+        return {};
+    };
+    for (auto [name, slot] : {std::pair{"dlopen", &t.dlopen}, {"dlclose", &t.dlclose}, {"dlsym", &t.dlsym}, {"dlerror", &t.dlerror}})
+        if (auto r = resolve(name, *slot); !r) return r.error();
+    return t;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stopping every thread.
+
+struct Tracee {
+    pid_t tid = 0;
+    int pending_signal = 0;  // stopped in signal-delivery-stop: re-delivered on detach
+    bool job_stopped = false;
+    user_regs_struct regs{};
+};
+
+std::vector<pid_t> list_threads(pid_t pid) {
+    std::vector<pid_t> tids;
+    std::string dir = fmt::format("/proc/{}/task", pid);
+    if (DIR* d = opendir(dir.c_str())) {
+        while (dirent* e = readdir(d))
+            if (e->d_name[0] != '.') tids.push_back(static_cast<pid_t>(atoi(e->d_name)));
+        closedir(d);
+    }
+    return tids;
+}
+
+Error seize_error(pid_t pid, int code) {
+    if (code == ESRCH) return make_error(ESRCH, fmt::format("process {} does not exist", pid));
+    if (code != EPERM) return errno_error(code, fmt::format("PTRACE_SEIZE of process {}", pid));
+    std::string why;
+    auto creds = read_credentials(pid);
+    if (creds && creds->tracer != 0) why += fmt::format("; it is already traced by process {}", creds->tracer);
+    struct stat st;
+    if (stat(fmt::format("/proc/{}", pid).c_str(), &st) == 0 && st.st_uid != geteuid())
+        why += fmt::format("; it is owned by uid {}, we are uid {}", st.st_uid, geteuid());
+    if (auto scope = read_text("/proc/sys/kernel/yama/ptrace_scope"); scope && !scope->empty() && (*scope)[0] != '0')
+        why += fmt::format("; kernel.yama.ptrace_scope is {} (1: only ancestors, 2: CAP_SYS_PTRACE only, 3: never)", (*scope)[0]);
+    if (why.empty()) why = "; the process is not dumpable or we lack CAP_SYS_PTRACE";
+    return make_error(EPERM, fmt::format("not permitted to ptrace process {}{}", pid, why));
+}
+
+// Owns the ptrace attachment of every thread of one process; releasing detaches them all.
+class StoppedProcess {
+public:
+    explicit StoppedProcess(pid_t pid) : pid_(pid) {}
+    ~StoppedProcess() { release_all(); }
+    StoppedProcess(const StoppedProcess&) = delete;
+    StoppedProcess& operator=(const StoppedProcess&) = delete;
+
+    // Seizes and interrupts every thread until the thread list no longer grows.
+    Result<void> stop_all() {
+        std::set<pid_t> known;
+        bool first = true;
+        for (;;) {
+            std::vector<pid_t> fresh;
+            for (pid_t tid : list_threads(pid_)) {
+                if (known.count(tid)) continue;
+                known.insert(tid);
+                if (ptrace(PTRACE_SEIZE, tid, nullptr, nullptr) != 0) {
+                    int e = errno;
+                    if (e == ESRCH && !first) continue;  // the thread exited meanwhile
+                    return seize_error(pid_, e);
+                }
+                first = false;
+                fresh.push_back(tid);
+            }
+            if (fresh.empty()) break;
+            if (threads_.empty()) started_ = Clock::now();
+            for (pid_t tid : fresh) ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr);
+            for (pid_t tid : fresh) {
+                auto t = wait_stopped(tid);
+                if (!t) return t.error();
+                if (*t) threads_.push_back(**t);
+            }
+        }
+        if (threads_.empty()) return make_error(ESRCH, fmt::format("process {} does not exist", pid_));
+        for (auto& t : threads_) {
+            if (t.job_stopped)
+                return make_error(EBUSY, fmt::format("process {} is stopped by job control (SIGSTOP); continue it first", pid_));
+            if (ptrace(PTRACE_GETREGS, t.tid, nullptr, &t.regs) != 0)
+                return errno_error(errno, fmt::format("reading registers of thread {}", t.tid));
+        }
+        return {};
+    }
+
+    // Detaches every thread except `keep` (0: all). Returns when they all run again.
+    void release_all(pid_t keep = 0) {
+        std::vector<Tracee> kept;
+        for (auto& t : threads_) {
+            if (t.tid == keep) {
+                kept.push_back(t);
+                continue;
+            }
+            // ESRCH: the thread died (e.g. the process was killed); nothing to undo.
+            ptrace(PTRACE_DETACH, t.tid, nullptr, reinterpret_cast<void*>(static_cast<long>(t.pending_signal)));
+        }
+        if (!threads_.empty() && kept.size() != threads_.size()) released_ = Clock::now();
+        threads_ = std::move(kept);
+    }
+
+    std::vector<Tracee>& threads() { return threads_; }
+    double pause_ms() const { return ms_between(started_, released_); }
+    pid_t pid() const { return pid_; }
+
+private:
+    // Waits for the interrupt stop of `tid`; nullopt when the thread exited instead.
+    Result<std::optional<Tracee>> wait_stopped(pid_t tid) {
+        int status = 0;
+        for (;;) {
+            pid_t r = waitpid(tid, &status, __WALL);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0) return errno_error(errno, fmt::format("waiting for thread {} to stop", tid));
+            break;
+        }
+        if (WIFEXITED(status) || WIFSIGNALED(status)) {
+            if (tid == pid_) return make_error(ESRCH, fmt::format("process {} exited while being stopped", pid_));
+            return std::optional<Tracee>{};
+        }
+        Tracee t;
+        t.tid = tid;
+        int sig = WSTOPSIG(status);
+        if ((status >> 16) == PTRACE_EVENT_STOP) {
+            t.job_stopped = sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
+        } else if ((status >> 16) == 0) {
+            t.pending_signal = sig;  // a signal arrived first; give it back on detach
+        }
+        return std::optional<Tracee>{t};
+    }
+
+    pid_t pid_;
+    std::vector<Tracee> threads_;
+    Clock::time_point started_{}, released_{};
+};
+
+// ---------------------------------------------------------------------------------------------
+// Safe point and remote call.
+
+bool in_ranges(const std::vector<std::pair<uint64_t, uint64_t>>& ranges, uint64_t ip) {
+    return std::any_of(ranges.begin(), ranges.end(), [&](auto& r) { return ip >= r.first && ip < r.second; });
+}
+
+// nullptr and a reason when the stop is unsafe; otherwise the thread to run the call on.
+Tracee* pick_call_thread(StoppedProcess& stopped, const TargetModel& model, std::string& reason) {
+    Tracee* choice = nullptr;
+    for (auto& t : stopped.threads()) {
+        uint64_t ip = t.regs.rip;
+        if (in_ranges(model.loader_ranges, ip)) {
+            reason = fmt::format("thread {} is inside the dynamic loader (ip {:#x})", t.tid, ip);
+            return nullptr;
+        }
+        bool in_libc = ip >= model.libc_exec_start && ip < model.libc_exec_end;
+        const FunctionRange* fn = in_libc ? model.libc.function_at(ip - model.libc_bias) : nullptr;
+        if (fn && holds_loader_or_allocator_locks(fn->name)) {
+            reason = fmt::format("thread {} is inside {} (ip {:#x})", t.tid, fn->name, ip);
+            return nullptr;
+        }
+        // A thread in libc code that is not an exported function (allocator internals, lock
+        // waits) may hold libc locks itself: it must not be the one calling dlopen.
+        bool eligible = t.pending_signal == 0 && (!in_libc || fn);
+        if (eligible && (!choice || t.tid == stopped.pid())) choice = &t;
+    }
+    if (!choice) reason = "every thread is inside libc internals or has a signal pending";
+    return choice;
+}
+
+Result<void> copy_to(pid_t tid, uint64_t addr, const void* data, size_t len) {
+    iovec local{const_cast<void*>(data), len}, remote{reinterpret_cast<void*>(addr), len};
+    ssize_t n = process_vm_writev(tid, &local, 1, &remote, 1, 0);
+    if (n != static_cast<ssize_t>(len)) return errno_error(n < 0 ? errno : EFAULT, fmt::format("writing {} bytes at {:#x} in thread {}", len, addr, tid));
+    return {};
+}
+
+Result<void> copy_from(pid_t tid, uint64_t addr, void* data, size_t len) {
+    iovec local{data, len}, remote{reinterpret_cast<void*>(addr), len};
+    ssize_t n = process_vm_readv(tid, &local, 1, &remote, 1, 0);
+    if (n != static_cast<ssize_t>(len)) return errno_error(n < 0 ? errno : EFAULT, fmt::format("reading {} bytes at {:#x} in thread {}", len, addr, tid));
+    return {};
+}
+
+// A NUL-terminated string of the target, read page by page (it may end just before an
+// unmapped page).
+std::string read_remote_string(pid_t tid, uint64_t addr, size_t max = 4096) {
+    std::string out;
+    while (out.size() < max) {
+        char chunk[256];
+        size_t to_page_end = 4096 - (addr & 4095);
+        size_t n = std::min(sizeof chunk, to_page_end);
+        if (!copy_from(tid, addr, chunk, n)) break;
+        size_t len = strnlen(chunk, n);
+        out.append(chunk, len);
+        if (len < n) break;
+        addr += n;
+    }
+    return out;
+}
+
+// Runs function calls on one stopped thread, restoring its registers, extended state and the
+// stack bytes it used when done (also on failure).
+class RemoteCaller {
+public:
+    RemoteCaller(StoppedProcess& stopped, Tracee& thread, const InjectOptions& options, InjectStats* stats)
+        : stopped_(stopped), thread_(thread), options_(options), stats_(stats) {}
+
+    Result<void> save() {
+        xstate_.resize(64 * 1024);
+        iovec iov{xstate_.data(), xstate_.size()};
+        if (ptrace(PTRACE_GETREGSET, thread_.tid, reinterpret_cast<void*>(NT_X86_XSTATE), &iov) == 0) {
+            xstate_.resize(iov.iov_len);
+            have_xstate_ = true;
+        } else if (ptrace(PTRACE_GETFPREGS, thread_.tid, nullptr, &fpregs_) != 0) {
+            return errno_error(errno, fmt::format("saving FP registers of thread {}", thread_.tid));
+        }
+        saved_ = true;
+        return {};
+    }
+
+    // Restores what save() captured. Idempotent.
+    Result<void> restore() {
+        if (!saved_) return {};
+        saved_ = false;
+        Result<void> result;
+        if (!stack_backup_.empty())
+            if (auto r = copy_to(thread_.tid, stack_backup_addr_, stack_backup_.data(), stack_backup_.size()); !r) result = r;
+        stack_backup_.clear();
+        if (ptrace(PTRACE_SETREGS, thread_.tid, nullptr, &thread_.regs) != 0)
+            result = errno_error(errno, fmt::format("restoring registers of thread {}", thread_.tid));
+        if (have_xstate_) {
+            iovec iov{xstate_.data(), xstate_.size()};
+            if (ptrace(PTRACE_SETREGSET, thread_.tid, reinterpret_cast<void*>(NT_X86_XSTATE), &iov) != 0)
+                result = errno_error(errno, fmt::format("restoring extended registers of thread {}", thread_.tid));
+        } else if (ptrace(PTRACE_SETFPREGS, thread_.tid, nullptr, &fpregs_) != 0) {
+            result = errno_error(errno, fmt::format("restoring FP registers of thread {}", thread_.tid));
+        }
+        return result;
+    }
+
+    ~RemoteCaller() { (void)restore(); }
+
+    // Calls `function(args...)`; `data` (e.g. a string) is copied below the red zone first and
+    // its address replaces every argument equal to kDataArg.
+    static constexpr uint64_t kDataArg = ~uint64_t(0) - 0x1d47a;
+    Result<uint64_t> call(uint64_t function, std::initializer_list<uint64_t> args, const std::string& data = {}) {
+        if (args.size() > 6) return make_error(E2BIG, "at most six arguments can be passed");
+        uint64_t sp = thread_.regs.rsp - kRedZone;
+        uint64_t data_addr = (sp - data.size() - 1) & ~uint64_t(15);
+        uint64_t entry_sp = data_addr - 8;  // a call leaves rsp = 8 (mod 16) at function entry
+        // Keep the bytes we overwrite; a repeated call on the same stack saves them only once.
+        if (stack_backup_.empty()) {
+            stack_backup_addr_ = entry_sp;
+            stack_backup_.resize(sp - entry_sp);
+            if (auto r = copy_from(thread_.tid, entry_sp, stack_backup_.data(), stack_backup_.size()); !r) {
+                stack_backup_.clear();
+                return r.error();
+            }
+        } else if (entry_sp < stack_backup_addr_) {
+            return make_error(EINVAL, "remote call data grew between calls");
+        }
+        std::vector<uint8_t> frame(sp - entry_sp, 0);  // return address 0, then the data
+        memcpy(frame.data() + 8, data.data(), data.size());
+        if (auto r = copy_to(thread_.tid, entry_sp, frame.data(), frame.size()); !r) return r.error();
+
+        user_regs_struct regs = thread_.regs;
+        unsigned long long* slots[] = {&regs.rdi, &regs.rsi, &regs.rdx, &regs.rcx, &regs.r8, &regs.r9};
+        size_t i = 0;
+        for (uint64_t a : args) *slots[i++] = a == kDataArg ? data_addr : a;
+        regs.rip = function;
+        regs.rsp = entry_sp;
+        regs.rax = 0;
+        // Not in a system call any more: the kernel must not "restart" one when we resume.
+        regs.orig_rax = ~uint64_t(0);
+        regs.eflags &= ~kEflagsDirection;
+        if (ptrace(PTRACE_SETREGS, thread_.tid, nullptr, &regs) != 0)
+            return errno_error(errno, fmt::format("setting registers of thread {}", thread_.tid));
+        auto start = Clock::now();
+        auto r = run_until_return(start);
+        if (stats_) stats_->call_ms += ms_between(start, Clock::now());
+        return r;
+    }
+
+private:
+    Result<uint64_t> run_until_return(Clock::time_point start) {
+        pid_t tid = thread_.tid;
+        int deliver = 0;
+        for (;;) {
+            if (ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(deliver))) != 0)
+                return errno_error(errno, fmt::format("resuming thread {}", tid));
+            deliver = 0;
+            int status = 0;
+            auto waited = wait_with_release(tid, status, start);
+            if (!waited) return waited.error();
+            if (WIFEXITED(status) || WIFSIGNALED(status)) {
+                saved_ = false;
+                return make_error(ESRCH, fmt::format("process {} died during the injected call", stopped_.pid()));
+            }
+            int sig = WSTOPSIG(status);
+            if ((status >> 16) != 0) continue;  // an event stop (job control): just continue
+            if (sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE) {
+                user_regs_struct now;
+                if (ptrace(PTRACE_GETREGS, tid, nullptr, &now) != 0) return errno_error(errno, "reading registers after the call");
+                if (now.rip == 0 && sig == SIGSEGV) return now.rax;  // returned to our address 0
+                return make_error(EFAULT, fmt::format("the injected call faulted in process {} (signal {} at ip {:#x}); "
+                                                      "the thread's registers were restored",
+                                                      stopped_.pid(), sig, now.rip));
+            }
+            deliver = sig;  // a signal for the application: let its handler run
+        }
+    }
+
+    // waitpid with polling so that a call that takes too long can release the other threads.
+    Result<void> wait_with_release(pid_t tid, int& status, Clock::time_point start) {
+        auto nap = std::chrono::microseconds(5);
+        for (;;) {
+            pid_t r = waitpid(tid, &status, __WALL | WNOHANG);
+            if (r == tid) return {};
+            if (r < 0 && errno != EINTR) return errno_error(errno, fmt::format("waiting for thread {}", tid));
+            if (!released_early_ && ms_between(start, Clock::now()) > options_.release_after_ms) {
+                stopped_.release_all(tid);
+                released_early_ = true;
+                if (stats_) stats_->released_early = true;
+            }
+            std::this_thread::sleep_for(nap);
+            nap = std::min(nap * 2, std::chrono::microseconds(released_early_ ? 10000 : 200));
+        }
+    }
+
+    StoppedProcess& stopped_;
+    Tracee& thread_;
+    const InjectOptions& options_;
+    InjectStats* stats_;
+    std::vector<uint8_t> xstate_;
+    user_fpregs_struct fpregs_{};
+    bool have_xstate_ = false, saved_ = false, released_early_ = false;
+    std::vector<uint8_t> stack_backup_;
+    uint64_t stack_backup_addr_ = 0;
+};
+
+// Stops the process at a safe point and runs `body` with a caller on the chosen thread.
+template <typename Body>
+auto with_target_stopped(pid_t pid, InjectStats* stats, const InjectOptions& options, Body body)
+    -> decltype(body(std::declval<const TargetModel&>(), std::declval<RemoteCaller&>())) {
+    InjectStats local;
+    InjectStats& st = stats ? *stats : local;
+    st = InjectStats{};
+    if (pid <= 0) return make_error(EINVAL, fmt::format("invalid process id {}", pid));
+    if (auto r = check_x86_64(pid); !r) return r.error();
+    auto model = model_target(pid);
+    if (!model) return model.error();
+    std::string reason;
+    for (int attempt = 1; attempt <= std::max(1, options.max_attempts); ++attempt) {
+        st.attempts = attempt;
+        StoppedProcess stopped(pid);
+        if (auto r = stopped.stop_all(); !r) return r.error();
+        Tracee* thread = pick_call_thread(stopped, *model, reason);
+        if (!thread) {
+            stopped.release_all();
+            st.total_pause_ms += stopped.pause_ms();
+            // Let the threads leave the loader / allocator; back off a little more each time.
+            std::this_thread::sleep_for(std::chrono::microseconds(200 * attempt));
+            continue;
+        }
+        st.threads = static_cast<int>(stopped.threads().size());
+        auto result = [&]() -> decltype(body(*model, std::declval<RemoteCaller&>())) {
+            RemoteCaller caller(stopped, *thread, options, &st);
+            if (auto r = caller.save(); !r) return r.error();
+            auto out = body(*model, caller);
+            if (auto r = caller.restore(); !r) return r.error();
+            return out;
+        }();
+        stopped.release_all();
+        st.pause_ms = stopped.pause_ms();
+        st.total_pause_ms += st.pause_ms;
+        return result;
+    }
+    return make_error(EAGAIN, fmt::format("no safe point in process {} after {} attempts: {}", pid, st.attempts, reason));
+}
+
+std::string absolute_path(const std::string& path) {
+    char buf[PATH_MAX];
+    if (realpath(path.c_str(), buf)) return buf;
+    if (!path.empty() && path[0] == '/') return path;
+    if (getcwd(buf, sizeof buf)) return std::string(buf) + "/" + path;
+    return path;
+}
+
+}  // namespace
+
+Result<InjectedLibrary> inject_library(pid_t pid, const std::string& so_path, InjectStats* stats, const InjectOptions& options) {
+    if (pid <= 0) return make_error(EINVAL, fmt::format("invalid process id {}", pid));
+    if (so_path.empty()) return make_error(EINVAL, "empty library path");
+    std::string path = absolute_path(so_path);
+    auto creds = read_credentials(pid);
+    if (!creds) return creds.error();
+    if (auto r = check_library_readable(pid, path, *creds); !r) return r.error();
+    return with_target_stopped(pid, stats, options, [&](const TargetModel& model, RemoteCaller& caller) -> Result<InjectedLibrary> {
+        auto handle = caller.call(model.dlopen, {RemoteCaller::kDataArg, kRtldNow}, path);
+        if (!handle) return handle.error();
+        if (*handle == 0) {
+            std::string text = "(no dlerror text)";
+            if (auto msg = caller.call(model.dlerror, {}); msg && *msg != 0) text = read_remote_string(pid, *msg);
+            return make_error(ELIBBAD, fmt::format("dlopen(\"{}\") failed in process {}: {}", path, pid, text));
+        }
+        return InjectedLibrary{pid, path, *handle};
+    });
+}
+
+Result<void> unload_library(const InjectedLibrary& lib, InjectStats* stats, const InjectOptions& options) {
+    if (lib.handle == 0) return make_error(EINVAL, "library handle is null (not injected)");
+    return with_target_stopped(lib.pid, stats, options, [&](const TargetModel& model, RemoteCaller& caller) -> Result<void> {
+        auto rc = caller.call(model.dlclose, {lib.handle});
+        if (!rc) return rc.error();
+        if (static_cast<int>(*rc) != 0) {
+            std::string text = "(no dlerror text)";
+            if (auto msg = caller.call(model.dlerror, {}); msg && *msg != 0) text = read_remote_string(lib.pid, *msg);
+            return make_error(ELIBBAD, fmt::format("dlclose({}) failed in process {}: {}", lib.path, lib.pid, text));
+        }
+        return {};
+    });
+}
+
+Result<long> call_in_target(const InjectedLibrary& lib, const std::string& symbol, std::initializer_list<long> args,
+                            InjectStats* stats, const InjectOptions& options) {
+    if (lib.handle == 0) return make_error(EINVAL, "library handle is null (not injected)");
+    if (args.size() > 6) return make_error(E2BIG, fmt::format("{}: at most six arguments can be passed", symbol));
+    return with_target_stopped(lib.pid, stats, options, [&](const TargetModel& model, RemoteCaller& caller) -> Result<long> {
+        auto address = caller.call(model.dlsym, {lib.handle, RemoteCaller::kDataArg}, symbol);
+        if (!address) return address.error();
+        if (*address == 0)
+            return make_error(ENOENT, fmt::format("{} has no symbol {} in process {}", lib.path, symbol, lib.pid));
+        std::vector<uint64_t> a(args.begin(), args.end());
+        a.resize(6, 0);
+        auto rc = caller.call(*address, {a[0], a[1], a[2], a[3], a[4], a[5]});
+        if (!rc) return rc.error();
+        return static_cast<long>(*rc);
+    });
+}
+
+}  // namespace liveio::hook

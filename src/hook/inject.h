@@ -1,0 +1,76 @@
+// Loading a shared library into a running process from outside, with ptrace (x86-64 Linux).
+//
+// Every thread of the target is seized and interrupted (PTRACE_SEIZE + PTRACE_INTERRUPT, the
+// thread list re-read until no new thread appears). A stop is a safe point when no thread is
+// inside the dynamic loader or inside libc's allocator entry points, and at least one thread
+// is outside libc internals (so it holds no libc lock) to run the call; otherwise all threads
+// are released for a moment and stopped again, a bounded number of times.
+//
+// The chosen thread then calls the target's own libc `dlopen(path, RTLD_NOW)`: its registers
+// (general, FP/SSE/AVX xstate) are saved, the path is written below the red zone of its stack,
+// the call returns to address 0 and the resulting fault is caught (never delivered). Registers
+// and the stack bytes are restored exactly; a thread that was blocked in a system call resumes
+// it as if nothing happened (read() on a pipe keeps waiting, no EINTR).
+//
+// While the call runs the other threads stay stopped. If it does not return within
+// `InjectOptions::release_after_ms` (a stopped thread may hold a lock the call needs, or the
+// library's constructor waits for other threads) the other threads are released and the call
+// is awaited up to `call_timeout_ms`; `InjectStats::released_early` records that.
+//
+// The library's constructor runs on the hijacked thread while the others are stopped: it must
+// not wait for other threads of the process (start a thread for such work instead).
+//
+// Errors name the cause: process gone (ESRCH), not permitted (EPERM, with owner/ptrace_scope/
+// already-traced details), not x86-64 (ENOEXEC), no libc or dlopen found (ENOENT), library not
+// readable by the target (EACCES), no safe point (EAGAIN), dlopen failure with the target's
+// dlerror() text (ELIBBAD).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+#include "base/result.h"
+
+namespace liveio::hook {
+
+struct InjectOptions {
+    int max_attempts = 50;           // stops tried before giving up on finding a safe point
+    int release_after_ms = 500;      // call still running: let the other threads go
+    int call_timeout_ms = 10000;     // call still running: give up (the target keeps running it)
+};
+
+struct InjectStats {
+    double pause_ms = 0;        // successful attempt: first thread interrupted -> last released
+    double total_pause_ms = 0;  // summed over all attempts (unsafe stops included)
+    double call_ms = 0;         // time spent running the call in the target
+    int threads = 0;            // threads stopped in the successful attempt
+    int attempts = 0;           // stops until a safe point was found
+    bool released_early = false;
+};
+
+struct InjectedLibrary {
+    pid_t pid = 0;
+    std::string path;     // absolute path given to dlopen
+    uint64_t handle = 0;  // dlopen's return value in the target
+};
+
+// dlopen(`so_path`, RTLD_NOW) in process `pid`. A relative `so_path` is made absolute against
+// our working directory. Loading the same library twice returns the same handle (dlopen's
+// reference count goes up); each successful call needs its own unload_library().
+Result<InjectedLibrary> inject_library(pid_t pid, const std::string& so_path, InjectStats* stats = nullptr,
+                                       const InjectOptions& options = {});
+
+// dlclose(lib.handle) in the target, with the same stop / safe point / call protocol.
+// The library's destructors run; when the reference count reaches zero it is unmapped.
+Result<void> unload_library(const InjectedLibrary& lib, InjectStats* stats = nullptr,
+                            const InjectOptions& options = {});
+
+// Calls `symbol` of the injected library (found with dlsym in the target) with up to six
+// integer/pointer arguments and returns its rax. ENOENT when the symbol does not exist.
+Result<long> call_in_target(const InjectedLibrary& lib, const std::string& symbol, std::initializer_list<long> args,
+                            InjectStats* stats = nullptr, const InjectOptions& options = {});
+
+}  // namespace liveio::hook

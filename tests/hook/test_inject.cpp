@@ -1,0 +1,390 @@
+// ptrace injection into real running processes (tests/hook/targets/inject_target.cpp), loading
+// tests/hook/targets/inject_probe.c whose constructor/destructor leave marks in a file.
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "hook/inject.h"
+
+namespace liveio::hook {
+namespace {
+
+// Upper bound for a target to answer; only reached when something is broken (not a timing check).
+constexpr int kReplyTimeoutMs = 30000;
+
+std::string slurp(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+int count_lines_starting(const std::string& text, const std::string& word) {
+    int n = 0;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);)
+        if (line.rfind(word + " ", 0) == 0) ++n;
+    return n;
+}
+
+// Whether this process may ptrace a child of its own (containers often forbid ptrace).
+std::string ptrace_unavailable_reason() {
+    pid_t child = fork();
+    if (child == 0) {
+        pause();
+        _exit(0);
+    }
+    std::string reason;
+    if (ptrace(PTRACE_SEIZE, child, nullptr, nullptr) != 0)
+        reason = std::string("PTRACE_SEIZE of a child fails: ") + strerror(errno);
+    kill(child, SIGKILL);
+    waitpid(child, nullptr, 0);
+    return reason;
+}
+
+#define SKIP_WITHOUT_PTRACE()                                        \
+    do {                                                             \
+        if (auto why = ptrace_unavailable_reason(); !why.empty()) {  \
+            GTEST_SKIP() << why;                                     \
+        }                                                            \
+    } while (0)
+
+// A running inject_target with pipes on its stdin/stdout; killed and reaped on destruction.
+class Target {
+public:
+    Target(std::vector<std::string> args, const std::string& marker, uid_t run_as = 0) : marker_(marker) {
+        int in[2], out[2];
+        EXPECT_EQ(pipe2(in, O_CLOEXEC), 0);
+        EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
+        pid_ = fork();
+        if (pid_ == 0) {
+            dup2(in[0], 0);
+            dup2(out[1], 1);
+            setenv("INJECT_PROBE_MARKER", marker.c_str(), 1);
+            if (run_as != 0 && (setresgid(run_as, run_as, run_as) != 0 || setresuid(run_as, run_as, run_as) != 0)) _exit(120);
+            std::vector<char*> argv{const_cast<char*>(INJECT_TARGET_PATH)};
+            for (auto& a : args) argv.push_back(a.data());
+            argv.push_back(nullptr);
+            execv(argv[0], argv.data());
+            _exit(127);
+        }
+        close(in[0]);
+        close(out[1]);
+        to_ = in[1];
+        from_ = out[0];
+        ready_ = read_line() == "ready";
+    }
+    ~Target() {
+        if (pid_ > 0) {
+            kill(pid_, SIGKILL);
+            waitpid(pid_, nullptr, 0);
+        }
+        close(to_);
+        close(from_);
+        unlink(marker_.c_str());
+    }
+
+    pid_t pid() const { return pid_; }
+    bool ready() const { return ready_; }
+    std::string marks() const { return slurp(marker_); }
+
+    struct Status {
+        bool alive = false;
+        unsigned long long verified = 0, errors = 0;
+    };
+    Status status() {
+        Status s;
+        std::string cmd = "status\n";
+        if (write(to_, cmd.data(), cmd.size()) != static_cast<ssize_t>(cmd.size())) return s;
+        std::istringstream reply(read_line());
+        std::string ok;
+        reply >> ok >> s.verified >> s.errors;
+        s.alive = ok == "ok";
+        return s;
+    }
+    // Waits until the target has verified more bytes than `after` (it is still doing I/O).
+    Status progressed_beyond(unsigned long long after) {
+        for (;;) {
+            Status s = status();
+            if (!s.alive || s.errors != 0 || s.verified > after) return s;
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+    }
+
+private:
+    std::string read_line() {
+        std::string line;
+        char c;
+        for (;;) {
+            pollfd p{from_, POLLIN, 0};
+            if (poll(&p, 1, kReplyTimeoutMs) != 1) return "(no reply)";
+            if (read(from_, &c, 1) != 1) return "(target closed its stdout)";
+            if (c == '\n') return line;
+            line += c;
+        }
+    }
+
+    pid_t pid_ = -1;
+    int to_ = -1, from_ = -1;
+    bool ready_ = false;
+    std::string marker_;
+};
+
+std::string marker_path(const char* name) { return "/tmp/liveio_inject_" + std::to_string(getpid()) + "_" + name; }
+
+// Waits until the thread `tid` sleeps in system call `nr` (from /proc/PID/task/TID/syscall).
+void wait_in_syscall(pid_t pid, pid_t tid, long nr) {
+    for (;;) {
+        std::istringstream in(slurp("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/syscall"));
+        long current = -2;
+        in >> current;
+        if (current == nr) return;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+}
+
+TEST(Inject, LoadsIntoBusyMultithreadedTargetAndCallsIntoIt) {
+    SKIP_WITHOUT_PTRACE();
+    Target target({"3", "2"}, marker_path("busy"));
+    ASSERT_TRUE(target.ready());
+    auto before = target.progressed_beyond(0);
+    ASSERT_TRUE(before.alive);
+
+    InjectStats stats;
+    auto lib = inject_library(target.pid(), INJECT_PROBE_PATH, &stats);
+    ASSERT_TRUE(lib.ok()) << lib.error().message;
+    EXPECT_NE(lib->handle, 0u);
+    EXPECT_EQ(stats.threads, 1 + 3 * 2 + 2);
+    EXPECT_GE(stats.attempts, 1);
+    EXPECT_GT(stats.pause_ms, 0.0);
+    EXPECT_EQ(target.marks(), "load " + std::to_string(target.pid()) + "\n");
+
+    auto pid = call_in_target(*lib, "inject_probe_pid", {});
+    ASSERT_TRUE(pid.ok()) << pid.error().message;
+    EXPECT_EQ(*pid, target.pid());
+    auto weighed = call_in_target(*lib, "inject_probe_weigh", {1, 10, 100, 1000, 10000, 100000});
+    ASSERT_TRUE(weighed.ok()) << weighed.error().message;
+    EXPECT_EQ(*weighed, 1 + 20 + 300 + 4000 + 50000 + 600000);
+    auto missing = call_in_target(*lib, "no_such_function", {});
+    ASSERT_FALSE(missing.ok());
+    EXPECT_EQ(missing.error().code, ENOENT);
+    EXPECT_NE(missing.error().message.find("no_such_function"), std::string::npos);
+
+    auto unloaded = unload_library(*lib);
+    ASSERT_TRUE(unloaded.ok()) << unloaded.error().message;
+    EXPECT_EQ(count_lines_starting(target.marks(), "unload"), 1);
+
+    auto after = target.progressed_beyond(before.verified);
+    EXPECT_TRUE(after.alive);
+    EXPECT_EQ(after.errors, 0u);
+    EXPECT_GT(after.verified, before.verified);
+}
+
+TEST(Inject, ReinjectionRunsTheConstructorAgain) {
+    SKIP_WITHOUT_PTRACE();
+    Target target({"1", "1"}, marker_path("again"));
+    ASSERT_TRUE(target.ready());
+    for (int round = 1; round <= 2; ++round) {
+        auto lib = inject_library(target.pid(), INJECT_PROBE_PATH);
+        ASSERT_TRUE(lib.ok()) << lib.error().message;
+        EXPECT_EQ(count_lines_starting(target.marks(), "load"), round);
+        auto unloaded = unload_library(*lib);
+        ASSERT_TRUE(unloaded.ok()) << unloaded.error().message;
+        EXPECT_EQ(count_lines_starting(target.marks(), "unload"), round);
+    }
+    auto s = target.status();
+    EXPECT_TRUE(s.alive);
+    EXPECT_EQ(s.errors, 0u);
+}
+
+TEST(Inject, SixtyInjectUnloadCyclesWhileTargetVerifiesItsIo) {
+    SKIP_WITHOUT_PTRACE();
+    Target target({"2", "2"}, marker_path("cycles"));
+    ASSERT_TRUE(target.ready());
+    constexpr int kCycles = 60;
+    unsigned long long verified = target.progressed_beyond(0).verified;
+    for (int i = 0; i < kCycles; ++i) {
+        auto lib = inject_library(target.pid(), INJECT_PROBE_PATH);
+        ASSERT_TRUE(lib.ok()) << "cycle " << i << ": " << lib.error().message;
+        auto unloaded = unload_library(*lib);
+        ASSERT_TRUE(unloaded.ok()) << "cycle " << i << ": " << unloaded.error().message;
+        if (i % 10 == 9) {
+            auto s = target.progressed_beyond(verified);
+            ASSERT_TRUE(s.alive) << "cycle " << i;
+            ASSERT_EQ(s.errors, 0u) << "cycle " << i;
+            verified = s.verified;
+        }
+    }
+    std::string marks = target.marks();
+    EXPECT_EQ(count_lines_starting(marks, "load"), kCycles);
+    EXPECT_EQ(count_lines_starting(marks, "unload"), kCycles);
+}
+
+TEST(Inject, TargetBlockedInReadResumesTheReadTransparently) {
+    SKIP_WITHOUT_PTRACE();
+    Target target({"0", "0"}, marker_path("blocked"));  // one thread, blocked in read(0, ...)
+    ASSERT_TRUE(target.ready());
+    wait_in_syscall(target.pid(), target.pid(), 0 /* read */);
+    InjectStats stats;
+    auto lib = inject_library(target.pid(), INJECT_PROBE_PATH, &stats);
+    ASSERT_TRUE(lib.ok()) << lib.error().message;
+    EXPECT_EQ(stats.threads, 1);
+    EXPECT_EQ(count_lines_starting(target.marks(), "load"), 1);
+    // The interrupted read() must be waiting again, not have returned EINTR (the target exits then).
+    wait_in_syscall(target.pid(), target.pid(), 0);
+    auto s = target.status();
+    EXPECT_TRUE(s.alive);
+    EXPECT_EQ(s.errors, 0u);
+    ASSERT_TRUE(unload_library(*lib).ok());
+    EXPECT_TRUE(target.status().alive);
+}
+
+TEST(Inject, CallOnThreadInsideComputeLoopPreservesRegistersAndFpState) {
+    SKIP_WITHOUT_PTRACE();
+    // The main thread spins in registers (integer and SSE) checking invariants; it is the
+    // thread the call runs on, so every register must come back exactly.
+    Target target({"1", "0", "spin"}, marker_path("spin"));
+    ASSERT_TRUE(target.ready());
+    for (int i = 0; i < 20; ++i) {
+        auto lib = inject_library(target.pid(), INJECT_PROBE_PATH);
+        ASSERT_TRUE(lib.ok()) << lib.error().message;
+        ASSERT_TRUE(unload_library(*lib).ok());
+    }
+    auto s = target.progressed_beyond(0);
+    EXPECT_TRUE(s.alive);
+    EXPECT_EQ(s.errors, 0u);
+    EXPECT_EQ(count_lines_starting(target.marks(), "load"), 20);
+}
+
+TEST(Inject, ProcessGoneIsReported) {
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    waitpid(child, nullptr, 0);
+    auto lib = inject_library(child, INJECT_PROBE_PATH);
+    ASSERT_FALSE(lib.ok());
+    EXPECT_EQ(lib.error().code, ESRCH);
+    EXPECT_NE(lib.error().message.find("does not exist"), std::string::npos) << lib.error().message;
+    EXPECT_EQ(inject_library(-5, INJECT_PROBE_PATH).error().code, EINVAL);
+}
+
+TEST(Inject, AlreadyTracedProcessIsNotPermitted) {
+    SKIP_WITHOUT_PTRACE();
+    Target target({"0", "0"}, marker_path("traced"));
+    ASSERT_TRUE(target.ready());
+    int ready[2];
+    ASSERT_EQ(pipe(ready), 0);
+    pid_t tracer = fork();
+    if (tracer == 0) {
+        char ok = ptrace(PTRACE_SEIZE, target.pid(), nullptr, nullptr) == 0 ? 'y' : 'n';
+        if (write(ready[1], &ok, 1) != 1) _exit(1);
+        pause();
+        _exit(0);
+    }
+    char ok = 0;
+    ASSERT_EQ(read(ready[0], &ok, 1), 1);
+    close(ready[0]);
+    close(ready[1]);
+    ASSERT_EQ(ok, 'y');
+    auto lib = inject_library(target.pid(), INJECT_PROBE_PATH);
+    kill(tracer, SIGKILL);
+    waitpid(tracer, nullptr, 0);
+    ASSERT_FALSE(lib.ok());
+    EXPECT_EQ(lib.error().code, EPERM);
+    EXPECT_NE(lib.error().message.find("already traced by process " + std::to_string(tracer)), std::string::npos)
+        << lib.error().message;
+    EXPECT_TRUE(target.status().alive);
+}
+
+TEST(Inject, OtherUsersProcessIsNotPermitted) {
+    SKIP_WITHOUT_PTRACE();
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to run the injector as another user";
+    Target target({"0", "0"}, marker_path("owner"));
+    ASSERT_TRUE(target.ready());
+    int out[2];
+    ASSERT_EQ(pipe(out), 0);
+    pid_t child = fork();
+    if (child == 0) {
+        // Unprivileged injector (nobody) against a root-owned process.
+        if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0) _exit(1);
+        prctl(PR_SET_DUMPABLE, 1);
+        auto lib = inject_library(target.pid(), INJECT_PROBE_PATH);
+        std::string msg = lib.ok() ? "injected" : std::to_string(lib.error().code) + " " + lib.error().message;
+        if (write(out[1], msg.data(), msg.size()) < 0) _exit(1);
+        _exit(0);
+    }
+    close(out[1]);
+    std::string msg;
+    char buf[512];
+    for (ssize_t n; (n = read(out[0], buf, sizeof buf)) > 0;) msg.append(buf, n);
+    close(out[0]);
+    waitpid(child, nullptr, 0);
+    EXPECT_EQ(msg.rfind(std::to_string(EPERM) + " ", 0), 0u) << msg;
+    EXPECT_NE(msg.find("owned by uid 0"), std::string::npos) << msg;
+    EXPECT_EQ(count_lines_starting(target.marks(), "load"), 0);
+    EXPECT_TRUE(target.status().alive);
+}
+
+TEST(Inject, LibraryErrorsAreClear) {
+    SKIP_WITHOUT_PTRACE();
+    Target target({"1", "0"}, marker_path("liberr"));
+    ASSERT_TRUE(target.ready());
+
+    auto missing = inject_library(target.pid(), "/nonexistent/libnothing.so");
+    ASSERT_FALSE(missing.ok());
+    EXPECT_EQ(missing.error().code, ENOENT);
+    EXPECT_NE(missing.error().message.find("/nonexistent/libnothing.so"), std::string::npos);
+
+    // Readable but not a shared object: dlopen fails in the target and its dlerror() is reported.
+    std::string junk = marker_path("junk.so");
+    {
+        std::ofstream out(junk);
+        for (int i = 0; i < 64; ++i) out << "this is not an ELF file\n";
+    }
+    auto bad = inject_library(target.pid(), junk);
+    unlink(junk.c_str());
+    ASSERT_FALSE(bad.ok());
+    EXPECT_EQ(bad.error().code, ELIBBAD);
+    EXPECT_NE(bad.error().message.find("invalid ELF header"), std::string::npos) << bad.error().message;
+
+    auto s = target.status();
+    EXPECT_TRUE(s.alive);
+    EXPECT_EQ(s.errors, 0u);
+}
+
+TEST(Inject, LibraryUnreadableByTargetIsRefusedBeforeStopping) {
+    SKIP_WITHOUT_PTRACE();
+    if (geteuid() != 0) GTEST_SKIP() << "needs root to start a target as another user";
+    Target target({"0", "0"}, marker_path("unreadable"), 65534);
+    ASSERT_TRUE(target.ready());
+    std::string copy = marker_path("private.so");
+    {
+        std::ifstream src(INJECT_PROBE_PATH, std::ios::binary);
+        std::ofstream dst(copy, std::ios::binary);
+        dst << src.rdbuf();
+    }
+    ASSERT_EQ(chmod(copy.c_str(), 0600), 0);
+    auto lib = inject_library(target.pid(), copy);
+    unlink(copy.c_str());
+    ASSERT_FALSE(lib.ok());
+    EXPECT_EQ(lib.error().code, EACCES);
+    EXPECT_NE(lib.error().message.find("not readable by process"), std::string::npos) << lib.error().message;
+    EXPECT_TRUE(target.status().alive);
+}
+
+}  // namespace
+}  // namespace liveio::hook
