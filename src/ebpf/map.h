@@ -90,6 +90,30 @@ protected:
     using Map::Map;
 };
 
+// BPF_MAP_TYPE_PERF_EVENT_ARRAY (create_map returns one of these for MapType::PerfEventArray).
+// In userspace there are no perf events to attach: every slot (key 0..max_entries-1) owns a
+// 64 KiB ring in the map's memfd, always enabled, using the ring buffer's record protocol, and
+// the consumer receives each sample's raw data with its slot. Map's element methods: lookup
+// returns nullptr, update/remove -EINVAL (no perf event fds), next_key iterates the slots,
+// copy_value -EINVAL.
+class PerfEventArray : public Map {
+public:
+    // BPF_F_CURRENT_CPU: the flags value selecting the calling CPU's slot.
+    static constexpr uint64_t kCurrentCpu = 0xffffffffull;
+    // bpf_perf_event_output: `flags` (low 32 bits) is a slot index or kCurrentCpu. Returns 0,
+    // -EINVAL (other flag bits set), -E2BIG (slot >= max_entries) or -ENOSPC (the slot's ring
+    // is full: counted in lost()).
+    virtual long output(uint64_t flags, const void* data, uint64_t size) = 0;
+    // Samples that could not be written, all slots together.
+    virtual uint64_t lost() const = 0;
+    // Consumer side (one consumer at a time): every submitted sample of every slot, in order
+    // within a slot. Returns samples consumed.
+    virtual size_t consume(const std::function<void(uint32_t slot, const void* data, uint32_t size)>& fn) = 0;
+
+protected:
+    using Map::Map;
+};
+
 // Creates a map in a fresh memfd. Invalid specs (zero sizes, unsupported type, key size
 // not 4 for arrays, ...) are rejected with an Error naming the field.
 Result<std::shared_ptr<Map>> create_map(const MapSpec& spec);

@@ -10,10 +10,12 @@
 //   index_offset  arrays: kArrayStripes seqlock words, one per cache line
 //                 hashes: nbuckets Bucket {seq, head}
 //                 ringbuf: consumer-position page, then producer-position page (as the kernel)
+//                 perf event array: one kPerfCtlBytes control block per slot
 //   data_offset   arrays: max_entries × value_stride (per-CPU: × ncpus, the CPU slots of one
 //                 element adjacent)
 //                 hashes: max_entries elements of elem_size bytes
 //                 ringbuf: max_entries data bytes, mapped twice back to back
+//                 perf event array: max_entries rings of kPerfSlotBytes, each mapped twice
 //
 // Shared memory holds no pointers: hash chains and the free list link element indices.
 // "CPU" for per-CPU maps is sched_getcpu() (one instruction-cheap read of glibc's rseq area),
@@ -27,6 +29,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "base/result.h"
 #include "ebpf/map.h"
@@ -43,6 +46,10 @@ inline constexpr uint32_t kMaxValueSize = 1u << 20;
 inline constexpr uint32_t kMaxPercpuValueSize = 32768;   // the kernel's PCPU_MIN_UNIT_SIZE
 inline constexpr uint64_t kMaxMapBytes = 4ull << 30;
 inline constexpr size_t kNameCapacity = 64;
+// Perf event arrays: one ring of kPerfSlotBytes per slot, behind a control block per slot.
+inline constexpr uint64_t kPerfSlotBytes = 64 * 1024;
+inline constexpr uint64_t kPerfCtlBytes = 256;
+inline constexpr uint32_t kMaxPerfSlots = 1024;
 
 // Kernel map_flags liveio accepts (others are rejected by name).
 inline constexpr uint32_t kFlagNoPrealloc = 1, kFlagNoCommonLru = 2, kFlagNumaNode = 4,
@@ -83,6 +90,13 @@ static_assert(sizeof(MapHeader) <= kPageSize);
 
 // The derived geometry of a map; a pure function of (spec, ncpus) so an opener can recompute
 // and cross-check what the header claims.
+// One mmap of the memfd within a map's address range.
+struct Segment {
+    uint64_t address_offset;  // from the start of the map's address range
+    uint64_t file_offset;
+    uint64_t length;
+};
+
 struct Layout {
     uint32_t ncpus = 1;
     uint32_t nbuckets = 0;
@@ -91,6 +105,10 @@ struct Layout {
     uint64_t index_offset = 0;
     uint64_t data_offset = 0;
     uint64_t total_size = 0;
+    // How the memfd is mapped: the file once, plus ring data areas a second time right after
+    // themselves so that records never wrap.
+    uint64_t address_span = 0;
+    std::vector<Segment> segments;
 };
 
 // Checks a spec (every rejection names the field) and computes its layout.
@@ -110,11 +128,10 @@ public:
     ShmRegion(const ShmRegion&) = delete;
     ShmRegion& operator=(const ShmRegion&) = delete;
 
-    // A fresh sealed memfd of `size` bytes, mapped.
-    static Result<ShmRegion> create(const std::string& name, uint64_t size, uint64_t mirror_offset,
-                                    uint64_t mirror_size);
-    // Takes ownership of `fd` and maps `size` bytes of it.
-    static Result<ShmRegion> map_fd(int fd, uint64_t size, uint64_t mirror_offset, uint64_t mirror_size);
+    // A fresh sealed memfd of layout.total_size bytes, mapped as the layout says.
+    static Result<ShmRegion> create(const std::string& name, const Layout& layout);
+    // Takes ownership of `fd` and maps it as the layout says.
+    static Result<ShmRegion> map_fd(int fd, const Layout& layout);
 
     int fd() const { return fd_; }
     uint8_t* base() const { return base_; }
@@ -131,6 +148,7 @@ private:
 std::shared_ptr<Map> make_array_map(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh);
 std::shared_ptr<Map> make_hash_map(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh);
 std::shared_ptr<Map> make_ringbuf(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh);
+std::shared_ptr<Map> make_perf_event_array(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh);
 
 // ---- primitives -------------------------------------------------------------------------
 

@@ -54,12 +54,16 @@ uint32_t configured_cpus() {
     return n > 0 ? static_cast<uint32_t>(n) : 1;
 }
 
-Result<Layout> plan_layout(const MapSpec& spec, uint32_t ncpus) {
+namespace {
+
+// Everything but the mapping.
+Result<Layout> plan_file_layout(const MapSpec& spec, uint32_t ncpus) {
     if (spec.name.size() >= kNameCapacity)
         return spec_error(spec, EINVAL, fmt::format("name longer than {} bytes", kNameCapacity - 1));
     if (spec.name.find('\0') != std::string::npos)
         return spec_error(spec, EINVAL, "name contains a NUL byte");
-    if (!is_array(spec.type) && !is_hash(spec.type) && spec.type != MapType::RingBuf)
+    if (!is_array(spec.type) && !is_hash(spec.type) && spec.type != MapType::RingBuf &&
+        spec.type != MapType::PerfEventArray)
         return make_error(EINVAL, fmt::format("map '{}': type {} ({}) is not supported", spec.name,
                                               static_cast<uint32_t>(spec.type), type_name(spec.type)));
     if (spec.max_entries == 0) return spec_error(spec, EINVAL, "max_entries must be > 0");
@@ -83,6 +87,20 @@ Result<Layout> plan_layout(const MapSpec& spec, uint32_t ncpus) {
         l.data_offset = 3 * kPageSize;
         l.total_size = l.data_offset + spec.max_entries;  // the data area is mapped twice
         if (l.total_size > kMaxMapBytes) return spec_error(spec, E2BIG, "max_entries too large");
+        return l;
+    }
+
+    if (spec.type == MapType::PerfEventArray) {
+        if (spec.key_size != 4) return spec_error(spec, EINVAL, fmt::format("key_size must be 4 (got {})", spec.key_size));
+        if (spec.value_size != 4)
+            return spec_error(spec, EINVAL, fmt::format("value_size must be 4 (got {})", spec.value_size));
+        if (spec.max_entries > kMaxPerfSlots)
+            return spec_error(spec, E2BIG, fmt::format("max_entries {} exceeds {}", spec.max_entries, kMaxPerfSlots));
+        if (spec.flags & ~kFlagNumaNode)
+            return spec_error(spec, EINVAL, fmt::format("flags 0x{:x} not supported", spec.flags));
+        l.index_offset = kPageSize;  // one control block per slot
+        l.data_offset = l.index_offset + page_round(uint64_t{spec.max_entries} * kPerfCtlBytes);
+        l.total_size = l.data_offset + uint64_t{spec.max_entries} * kPerfSlotBytes;
         return l;
     }
 
@@ -136,6 +154,31 @@ Result<Layout> plan_layout(const MapSpec& spec, uint32_t ncpus) {
     return l;
 }
 
+}  // namespace
+
+Result<Layout> plan_layout(const MapSpec& spec, uint32_t ncpus) {
+    auto planned = plan_file_layout(spec, ncpus);
+    if (!planned) return planned;
+    Layout& l = planned.value();
+    l.segments.push_back({0, 0, l.total_size});
+    l.address_span = l.total_size;
+    if (spec.type == MapType::RingBuf) {
+        l.segments.push_back({l.total_size, l.data_offset, spec.max_entries});
+        l.address_span += spec.max_entries;
+    } else if (spec.type == MapType::PerfEventArray) {
+        // Each slot's ring is followed by its own second mapping.
+        l.segments[0].length = l.data_offset;
+        for (uint64_t i = 0; i < spec.max_entries; ++i) {
+            const uint64_t at = l.data_offset + 2 * i * kPerfSlotBytes;
+            const uint64_t file = l.data_offset + i * kPerfSlotBytes;
+            l.segments.push_back({at, file, kPerfSlotBytes});
+            l.segments.push_back({at + kPerfSlotBytes, file, kPerfSlotBytes});
+        }
+        l.address_span = l.data_offset + 2 * uint64_t{spec.max_entries} * kPerfSlotBytes;
+    }
+    return planned;
+}
+
 // ---- ShmRegion ---------------------------------------------------------------------------
 
 ShmRegion::~ShmRegion() {
@@ -155,26 +198,24 @@ ShmRegion& ShmRegion::operator=(ShmRegion&& o) noexcept {
     return *this;
 }
 
-Result<ShmRegion> ShmRegion::map_fd(int fd, uint64_t size, uint64_t mirror_offset, uint64_t mirror_size) {
+Result<ShmRegion> ShmRegion::map_fd(int fd, const Layout& layout) {
     ShmRegion r;
     r.fd_ = fd;
-    // Reserve the whole span first so the mirror lands right after the file mapping.
-    const size_t span = size + mirror_size;
-    void* base = ::mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (base == MAP_FAILED) return make_error(errno, fmt::format("mmap of {} bytes failed", span));
+    // Reserve the whole range first so every segment lands where the layout puts it.
+    void* base = ::mmap(nullptr, layout.address_span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) return make_error(errno, fmt::format("mmap of {} bytes failed", layout.address_span));
     r.base_ = static_cast<uint8_t*>(base);
-    r.mapped_ = span;
-    if (::mmap(base, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED)
-        return make_error(errno, "mmap of the map memfd failed");
-    if (mirror_size &&
-        ::mmap(r.base_ + size, mirror_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
-               static_cast<off_t>(mirror_offset)) == MAP_FAILED)
-        return make_error(errno, "mmap of the ring buffer's second data mapping failed");
+    r.mapped_ = layout.address_span;
+    for (const Segment& seg : layout.segments)
+        if (::mmap(r.base_ + seg.address_offset, seg.length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
+                   static_cast<off_t>(seg.file_offset)) == MAP_FAILED)
+            return make_error(errno, fmt::format("mmap of {} bytes at file offset {} of the map memfd failed",
+                                                 seg.length, seg.file_offset));
     return r;
 }
 
-Result<ShmRegion> ShmRegion::create(const std::string& name, uint64_t size, uint64_t mirror_offset,
-                                    uint64_t mirror_size) {
+Result<ShmRegion> ShmRegion::create(const std::string& name, const Layout& layout) {
+    const uint64_t size = layout.total_size;
     const std::string memfd_name = "liveio-map:" + name;
     const int fd = ::memfd_create(memfd_name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) return make_error(errno, fmt::format("memfd_create for map '{}' failed", name));
@@ -189,7 +230,7 @@ Result<ShmRegion> ShmRegion::create(const std::string& name, uint64_t size, uint
         ::close(fd);
         return make_error(e, fmt::format("sealing map '{}' failed", name));
     }
-    return map_fd(fd, size, mirror_offset, mirror_size);
+    return map_fd(fd, layout);
 }
 
 namespace {
@@ -202,8 +243,6 @@ uint64_t fresh_seed(const MapSpec& spec) {
     return seed;
 }
 
-uint64_t mirror_size(const MapSpec& spec) { return spec.type == MapType::RingBuf ? spec.max_entries : 0; }
-
 std::shared_ptr<Map> construct(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh) {
     switch (spec.type) {
     case MapType::Array:
@@ -214,8 +253,9 @@ std::shared_ptr<Map> construct(const MapSpec& spec, const Layout& layout, ShmReg
     case MapType::LruHash:
     case MapType::LruPercpuHash: return make_hash_map(spec, layout, std::move(region), fresh);
     case MapType::RingBuf: return make_ringbuf(spec, layout, std::move(region), fresh);
-    default: return nullptr;
+    case MapType::PerfEventArray: return make_perf_event_array(spec, layout, std::move(region), fresh);
     }
+    return nullptr;  // plan_layout admits only the types above
 }
 
 }  // namespace
@@ -226,7 +266,7 @@ using namespace detail;
 Result<std::shared_ptr<Map>> create_map(const MapSpec& spec) {
     auto layout = plan_layout(spec, configured_cpus());
     if (!layout) return layout.error();
-    auto region = ShmRegion::create(spec.name, layout->total_size, layout->data_offset, mirror_size(spec));
+    auto region = ShmRegion::create(spec.name, *layout);
     if (!region) return region.error();
     MapHeader* h = region->header();
     h->version = kMapVersion;
@@ -288,7 +328,7 @@ Result<std::shared_ptr<Map>> open_shared_map(int memfd) {
                                               st.st_size, spec.name, layout->total_size));
     const int fd = ::fcntl(memfd, F_DUPFD_CLOEXEC, 0);
     if (fd < 0) return make_error(errno, fmt::format("fd {}: dup failed", memfd));
-    auto region = ShmRegion::map_fd(fd, layout->total_size, layout->data_offset, mirror_size(spec));
+    auto region = ShmRegion::map_fd(fd, *layout);
     if (!region) return region.error();
     return construct(spec, *layout, std::move(region.value()), /*fresh=*/false);
 }

@@ -1,9 +1,11 @@
 // Ring buffer: kernel record protocol, no wrap, drops counted exactly, many producers with the
 // consumer in another process that received the memfd over a Unix socket (SCM_RIGHTS).
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -257,6 +259,79 @@ TEST(MapRingBuf, ManyProducersConsumerInAnotherProcessAccountsForEveryRecord) {
                                                                      << rb->dropped() << ", discarded " << discarded.load();
     EXPECT_GT(consumed, 0u);
     EXPECT_EQ(rb->query(kAvail), 0u) << "the consumer drained everything";
+}
+
+// ---- perf event array ----------------------------------------------------------------------
+
+TEST(MapPerfEventArray, SlotsFlagsAndLostSamples) {
+    auto m = create_map(MapSpec{"events", MapType::PerfEventArray, 4, 4, 3, 0});
+    ASSERT_TRUE(m.ok()) << m.error().message;
+    auto* pe = dynamic_cast<PerfEventArray*>(m.value().get());
+    ASSERT_NE(pe, nullptr) << "create_map(PerfEventArray) must return a PerfEventArray";
+    EXPECT_EQ(pe->output(0, "zero", 4), 0);
+    EXPECT_EQ(pe->output(2, "two!", 4), 0);
+    EXPECT_EQ(pe->output(3, "oob", 3), -E2BIG);
+    EXPECT_EQ(pe->output(uint64_t{1} << 32, "ctx", 3), -EINVAL) << "BPF_F_CTXLEN bits have no meaning here";
+    const long cur = pe->output(PerfEventArray::kCurrentCpu, "cur", 3);
+    EXPECT_TRUE(cur == 0 || (cur == -E2BIG && sched_getcpu() >= 3)) << cur;
+    std::vector<std::pair<uint32_t, std::string>> got;
+    EXPECT_EQ(pe->consume([&](uint32_t slot, const void* d, uint32_t n) {
+        got.emplace_back(slot, std::string(static_cast<const char*>(d), n));
+    }), cur == 0 ? 3u : 2u);
+    EXPECT_EQ(got[0], (std::pair<uint32_t, std::string>{0, "zero"}));
+    if (cur == 0) {
+        EXPECT_NE(std::find(got.begin(), got.end(), std::pair<uint32_t, std::string>{uint32_t(sched_getcpu()), "cur"}),
+                  got.end());
+    }
+    EXPECT_NE(std::find(got.begin(), got.end(), std::pair<uint32_t, std::string>{2, "two!"}), got.end());
+
+    // Each slot's ring fills on its own; lost samples are counted.
+    const std::vector<uint8_t> sample(1000, 0x11);
+    uint64_t ok = 0, failed = 0;
+    for (int i = 0; i < 100; ++i) (pe->output(1, sample.data(), sample.size()) == 0 ? ok : failed)++;
+    EXPECT_EQ(ok, 65535u / 1008);
+    EXPECT_EQ(pe->lost(), failed);
+    EXPECT_EQ(pe->output(0, "still room", 10), 0) << "another slot is unaffected";
+    size_t slot1 = 0;
+    pe->consume([&](uint32_t slot, const void*, uint32_t n) { slot1 += slot == 1 && n == 1000; });
+    EXPECT_EQ(slot1, ok);
+
+    uint32_t k = 0, next = 0;
+    EXPECT_EQ(pe->lookup(&k), nullptr);
+    EXPECT_EQ(pe->update(&k, &k, kUpdateAny), -EINVAL);
+    EXPECT_EQ(pe->next_key(nullptr, &next), 0);
+    EXPECT_EQ(next, 0u);
+    k = 2;
+    EXPECT_EQ(pe->next_key(&k, &next), -ENOENT);
+}
+
+TEST(MapPerfEventArray, OpenedElsewhereConsumesWhatTheCreatorWrote) {
+    auto m = create_map(MapSpec{"events", MapType::PerfEventArray, 4, 4, 2, 0});
+    ASSERT_TRUE(m.ok()) << m.error().message;
+    auto* pe = dynamic_cast<PerfEventArray*>(m.value().get());
+    auto o = open_shared_map(pe->memfd());
+    ASSERT_TRUE(o.ok()) << o.error().message;
+    auto* reader = dynamic_cast<PerfEventArray*>(o.value().get());
+    ASSERT_NE(reader, nullptr);
+    // Enough variable-size samples to go around each ring several times.
+    uint64_t written = 0, read = 0;
+    for (uint32_t i = 0; i < 5000; ++i) {
+        std::vector<uint8_t> s(8 + i % 300, static_cast<uint8_t>(i));
+        std::memcpy(s.data(), &i, 4);
+        ASSERT_EQ(pe->output(i % 2, s.data(), s.size()), 0) << i;
+        ++written;
+        if (i % 50 == 49)
+            read += reader->consume([&](uint32_t slot, const void* d, uint32_t n) {
+                uint32_t seq;
+                std::memcpy(&seq, d, 4);
+                ASSERT_EQ(slot, seq % 2);
+                ASSERT_EQ(n, 8 + seq % 300);
+                ASSERT_EQ(static_cast<const uint8_t*>(d)[n - 1], static_cast<uint8_t>(seq));
+            });
+    }
+    read += reader->consume([](uint32_t, const void*, uint32_t) {});
+    EXPECT_EQ(read, written);
+    EXPECT_EQ(pe->lost(), 0u);
 }
 
 }  // namespace
