@@ -92,7 +92,7 @@ ContextDescriptor context_for_section(std::string_view s) {
 // Builds an Object from ELF bytes; every check names the section, symbol or instruction at fault.
 class ObjectBuilder {
 public:
-    explicit ObjectBuilder(std::vector<uint8_t> bytes) : bytes_(std::move(bytes)) {}
+    ObjectBuilder(std::vector<uint8_t> bytes, const OpenOptions& options) : bytes_(std::move(bytes)), options_(options) {}
 
     Result<Object> build() {
         if (auto r = parse_elf(); !r) return r.error();
@@ -103,8 +103,11 @@ public:
         if (auto r = create_data_maps(); !r) return r.error();
         if (auto r = create_btf_maps(); !r) return r.error();
         if (auto r = create_legacy_maps(); !r) return r.error();
+        // .text holds subprograms, unless it is all the code there is.
+        const bool text_programs = std::all_of(functions_.begin(), functions_.end(),
+                                               [&](const Function& f) { return f.section == text_index_; });
         for (const Function& f : functions_) {
-            if (f.section == text_index_) continue;  // .text holds subprograms only
+            if (f.section == text_index_ && !text_programs) continue;
             auto p = link_program(f);
             if (!p) return p.error();
             object_.programs_.push_back(std::move(p.value()));
@@ -189,7 +192,10 @@ private:
 
     Result<void> read_license() {
         const Section* s = find_section("license");
-        if (!s) return make_error(EINVAL, "no license section (char LICENSE[] SEC(\"license\"))");
+        if (!s) {
+            if (!options_.require_license) return {};
+            return make_error(EINVAL, "no license section (char LICENSE[] SEC(\"license\"))");
+        }
         if (!s->data || s->size == 0) return make_error(EINVAL, "license section is empty");
         const auto* end = static_cast<const uint8_t*>(std::memchr(s->data, 0, s->size));
         if (!end) return make_error(EINVAL, "license is not NUL-terminated");
@@ -593,6 +599,7 @@ private:
     }
 
     std::vector<uint8_t> bytes_;  // libelf reads from here; must outlive elf_
+    OpenOptions options_;
     std::unique_ptr<Elf, ElfDeleter> elf_;
     std::unique_ptr<btf, BtfDeleter> btf_;
     std::vector<Section> sections_;
@@ -608,11 +615,11 @@ private:
     Object object_;
 };
 
-Result<Object> Object::open(std::span<const uint8_t> bytes) {
-    return ObjectBuilder(std::vector<uint8_t>(bytes.begin(), bytes.end())).build();
+Result<Object> Object::open(std::span<const uint8_t> bytes, const OpenOptions& options) {
+    return ObjectBuilder(std::vector<uint8_t>(bytes.begin(), bytes.end()), options).build();
 }
 
-Result<Object> Object::open(const std::string& path) {
+Result<Object> Object::open(const std::string& path, const OpenOptions& options) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return make_error(errno, fmt::format("{}: {}", path, std::strerror(errno)));
     std::vector<uint8_t> bytes;
@@ -629,7 +636,7 @@ Result<Object> Object::open(const std::string& path) {
         bytes.insert(bytes.end(), buf, buf + n);
     }
     ::close(fd);
-    auto obj = ObjectBuilder(std::move(bytes)).build();
+    auto obj = ObjectBuilder(std::move(bytes), options).build();
     if (!obj) return make_error(obj.error().code, fmt::format("{}: {}", path, obj.error().message));
     return obj;
 }

@@ -10,7 +10,9 @@
 //   - maps: BTF-defined in `.maps` (__uint/__type members), legacy `struct bpf_map_def` in
 //     `maps`, and global data (.data*, .rodata*, .bss*) as one-element array maps whose value
 //     is the section's contents;
-//   - `license`: a NUL-terminated string, required.
+//   - `license`: a NUL-terminated string, required unless OpenOptions::require_license is off.
+// An object whose only code is in .text (hand-assembled objects, the bpf_conformance ELF
+// writer) has its .text functions as programs.
 // Maps are created when the object is opened and shared by every program of the object
 // (Program::maps holds the ones a program references; imm of its map lddw indexes that list).
 #pragma once
@@ -54,11 +56,18 @@ struct ObjectMap {
     std::shared_ptr<Map> map;
 };
 
+struct OpenOptions {
+    // The kernel loads objects without a license (as non-GPL); liveio refuses them by default
+    // because a missing license section usually means a build mistake. The bpf_conformance
+    // ELF writer emits none, hence the switch.
+    bool require_license = true;
+};
+
 class Object {
 public:
     // Opens the object at `path` (read whole) or held in `bytes` (copied).
-    static Result<Object> open(const std::string& path);
-    static Result<Object> open(std::span<const uint8_t> bytes);
+    static Result<Object> open(const std::string& path, const OpenOptions& options = {});
+    static Result<Object> open(std::span<const uint8_t> bytes, const OpenOptions& options = {});
 
     const std::string& license() const { return license_; }
     const std::vector<std::shared_ptr<const Program>>& programs() const { return programs_; }

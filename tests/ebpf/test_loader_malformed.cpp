@@ -21,19 +21,6 @@ using testing::test_object_path;
 
 const char* const kObjects[] = {"counters", "globals", "calls", "ringbuf", "legacy"};
 
-// Opens `bytes`; on success checks the linked form, on failure that the error says something.
-void expect_clean(const std::vector<uint8_t>& bytes, const std::string& what) {
-    auto obj = Object::open(std::span<const uint8_t>(bytes));
-    if (!obj) {
-        EXPECT_FALSE(obj.error().message.empty()) << what;
-        return;
-    }
-    for (const auto& p : obj->programs()) {
-        const std::string v = linked_form_violation(*p);
-        EXPECT_EQ(v, "") << what << ": program " << p->name;
-    }
-}
-
 TEST(LoaderMalformed, EveryTruncationIsRejected) {
     for (const char* name : kObjects) {
         const auto full = read_bytes(test_object_path(name));

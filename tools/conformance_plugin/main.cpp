@@ -1,5 +1,6 @@
 // liveio-conformance-plugin: the plugin protocol of bpf_conformance.
-//   stdin:        the program as hex bytes (whitespace ignored), or with --elf an ELF object
+//   stdin:        the program as hex bytes (whitespace ignored); with --elf, a BPF ELF object
+//                 as hex (what bpf_conformance sends) or raw; its only program (or "main") runs
 //   first arg:    input memory as hex (optional); r1 = its address, r2 = its length
 //   --engine=interp|jit   (default jit), accepted anywhere among the arguments
 //   stdout:       r0 as "0x<hex>"
@@ -14,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include "ebpf/loader.h"
 #include "ebpf/vm.h"
 
 namespace {
@@ -45,6 +47,33 @@ Result<std::vector<uint8_t>> parse_hex(const std::string& text, const char* what
 // Helper 5 as the suite uses it (call_unwind_fail, callx): returns r1.
 uint64_t conformance_helper5(uint64_t r1, uint64_t, uint64_t, uint64_t, uint64_t, ExecEnv*) { return r1; }
 
+// --elf: the object's only program, or its "main" (the bpf_conformance writer's name). A copy,
+// because the conformance context (the input memory) replaces the section's.
+Result<std::shared_ptr<Program>> load_elf_program(const std::string& input) {
+    std::vector<uint8_t> bytes;
+    if (input.size() >= 4 && input.compare(0, 4, "\x7f" "ELF") == 0) {
+        bytes.assign(input.begin(), input.end());
+    } else {
+        auto hex = parse_hex(input, "ELF object");
+        if (!hex) return hex.error();
+        bytes = std::move(hex.value());
+    }
+    OpenOptions options;
+    options.require_license = false;
+    auto object = Object::open(std::span<const uint8_t>(bytes), options);
+    if (!object) return object.error();
+    const auto& programs = object->programs();
+    if (programs.empty()) return make_error(ENOENT, "ELF object holds no program");
+    std::shared_ptr<const Program> chosen = programs.front();
+    if (programs.size() > 1) {
+        auto main_program = object->program("main");
+        if (!main_program)
+            return make_error(EINVAL, fmt::format("ELF object holds {} programs and none is named 'main'", programs.size()));
+        chosen = main_program.value();
+    }
+    return std::make_shared<Program>(*chosen);
+}
+
 int fail(const std::string& message) {
     std::fprintf(stderr, "liveio-conformance-plugin: %s\n", message.c_str());
     return 1;
@@ -65,20 +94,25 @@ int main(int argc, char** argv) {
         else if (memory_hex.empty()) memory_hex = arg;
         else return fail(fmt::format("unexpected argument '{}'", arg));
     }
-    if (elf) return fail("--elf: ELF objects are not supported by this build");
-
     std::string input((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
-    auto bytes = parse_hex(input, "program");
-    if (!bytes) return fail(bytes.error().message);
-    if (bytes->empty() || bytes->size() % sizeof(Insn) != 0)
-        return fail(fmt::format("program of {} bytes is not a whole number of instructions", bytes->size()));
     auto memory = parse_hex(memory_hex, "memory");
     if (!memory) return fail(memory.error().message);
 
-    auto program = std::make_shared<Program>();
-    program->name = "conformance";
-    program->insns.resize(bytes->size() / sizeof(Insn));
-    std::memcpy(program->insns.data(), bytes->data(), bytes->size());
+    std::shared_ptr<Program> program;
+    if (elf) {
+        auto loaded = load_elf_program(input);
+        if (!loaded) return fail(loaded.error().message);
+        program = std::move(loaded.value());
+    } else {
+        auto bytes = parse_hex(input, "program");
+        if (!bytes) return fail(bytes.error().message);
+        if (bytes->empty() || bytes->size() % sizeof(Insn) != 0)
+            return fail(fmt::format("program of {} bytes is not a whole number of instructions", bytes->size()));
+        program = std::make_shared<Program>();
+        program->name = "conformance";
+        program->insns.resize(bytes->size() / sizeof(Insn));
+        std::memcpy(program->insns.data(), bytes->data(), bytes->size());
+    }
     program->context.size = static_cast<uint32_t>(memory->size());
     program->context.writable = true;
 
