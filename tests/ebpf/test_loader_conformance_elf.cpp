@@ -26,6 +26,21 @@ void append(std::vector<uint8_t>& out, const T& value) {
     out.insert(out.end(), p, p + sizeof(T));
 }
 
+Elf64_Shdr section_header(uint32_t name, uint32_t type, uint64_t flags, uint64_t offset, uint64_t size, uint32_t link,
+                          uint32_t info, uint64_t entsize, uint64_t align) {
+    Elf64_Shdr h{};
+    h.sh_name = name;
+    h.sh_type = type;
+    h.sh_flags = flags;
+    h.sh_offset = offset;
+    h.sh_size = size;
+    h.sh_link = link;
+    h.sh_info = info;
+    h.sh_entsize = entsize;
+    h.sh_addralign = align;
+    return h;
+}
+
 // ELF layout: header, .text, .symtab, .shstrtab (section and symbol names), section headers.
 std::vector<uint8_t> conformance_elf(const std::vector<Insn>& insns) {
     const std::string strtab = std::string("\0.text\0.symtab\0.shstrtab\0main\0", 30);
@@ -62,31 +77,9 @@ std::vector<uint8_t> conformance_elf(const std::vector<Insn>& insns) {
     out.insert(out.end(), strtab.begin(), strtab.end());
     out.resize(sh_off, 0);
     append(out, Elf64_Shdr{});
-    Elf64_Shdr text{};
-    text.sh_name = name_text;
-    text.sh_type = SHT_PROGBITS;
-    text.sh_flags = SHF_ALLOC | SHF_EXECINSTR;
-    text.sh_offset = text_off;
-    text.sh_size = text_size;
-    text.sh_addralign = 8;
-    append(out, text);
-    Elf64_Shdr symtab{};
-    symtab.sh_name = name_symtab;
-    symtab.sh_type = SHT_SYMTAB;
-    symtab.sh_offset = sym_off;
-    symtab.sh_size = sym_size;
-    symtab.sh_link = 3;
-    symtab.sh_info = 1;
-    symtab.sh_entsize = sizeof(Elf64_Sym);
-    symtab.sh_addralign = 8;
-    append(out, symtab);
-    Elf64_Shdr shstrtab{};
-    shstrtab.sh_name = name_shstrtab;
-    shstrtab.sh_type = SHT_STRTAB;
-    shstrtab.sh_offset = str_off;
-    shstrtab.sh_size = strtab.size();
-    shstrtab.sh_addralign = 1;
-    append(out, shstrtab);
+    append(out, section_header(name_text, SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, text_off, text_size, 0, 0, 0, 8));
+    append(out, section_header(name_symtab, SHT_SYMTAB, 0, sym_off, sym_size, 3, 1, sizeof(Elf64_Sym), 8));
+    append(out, section_header(name_shstrtab, SHT_STRTAB, 0, str_off, strtab.size(), 0, 0, 0, 1));
     return out;
 }
 
