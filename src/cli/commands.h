@@ -6,5 +6,6 @@
 namespace liveio::cli {
 
 void add_bench_commands(CLI::App& app);
+void add_process_commands(CLI::App& app);
 
 }  // namespace liveio::cli

@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
     CLI::App app{"liveio: move a running server's I/O to io_uring and observe it with eBPF"};
     app.require_subcommand(1);
     liveio::cli::add_bench_commands(app);
+    liveio::cli::add_process_commands(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdarg>
@@ -308,16 +309,28 @@ int main(int argc, char** argv) {
     std::printf("ready pid=%d threads=%zu\n", getpid(), workers.size() + 1);
     std::fflush(stdout);
 
-    timespec start;
-    clock_gettime(CLOCK_MONOTONIC, &start);
+    // Signals from a ptrace attach or an in-process world stop interrupt sigtimedwait early;
+    // reports follow a deadline so they stay periodic whatever interrupts the wait.
+    auto now_ms = [] {
+        timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+    };
+    const long start = now_ms();
+    const long end = seconds > 0 ? start + static_cast<long>(seconds * 1000) : -1;
+    long next_report = start + report_ms;
     for (;;) {
-        timespec wait{report_ms / 1000, (report_ms % 1000) * 1000000};
+        const long wake = end >= 0 ? std::min(next_report, end) : next_report;
+        const long wait_ms = std::max(0L, wake - now_ms());
+        timespec wait{wait_ms / 1000, (wait_ms % 1000) * 1000000};
         const int sig = sigtimedwait(&stop_set, nullptr, &wait);
         if (sig == SIGTERM || sig == SIGINT) break;
-        print_counts("counts");
-        timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (seconds > 0 && (now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9 >= seconds) break;
+        const long now = now_ms();
+        if (now >= next_report) {
+            print_counts("counts");
+            next_report = now + report_ms;
+        }
+        if (end >= 0 && now >= end) break;
     }
     g_stop.store(true);
     for (auto& w : workers) w.join();

@@ -1,0 +1,231 @@
+// `liveio run`, `attach`, `detach`, `status`: starting a program with the agent preloaded,
+// loading it into a running process (hook/inject.h), and talking to it over its control
+// socket (agent/protocol.h).
+#include <limits.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "agent/agent.h"
+#include "agent/protocol.h"
+#include "cli/commands.h"
+#include "hook/inject.h"
+
+namespace liveio::cli {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+[[noreturn]] void fail(const std::string& message) {
+    std::fprintf(stderr, "liveio: %s\n", message.c_str());
+    throw CLI::RuntimeError(1);
+}
+
+template <typename T>
+T check(Result<T> r, const std::string& what) {
+    if (!r) fail(what + ": " + r.error().message);
+    if constexpr (!std::is_void_v<T>) return std::move(r).value();
+}
+
+// --agent PATH, else $LIVEIO_AGENT, else liveio-agent.so next to this executable, else
+// ../lib/liveio/liveio-agent.so relative to it (an installed layout).
+std::string find_agent(const std::string& option) {
+    auto usable = [](const fs::path& p) { return ::access(p.c_str(), R_OK) == 0; };
+    if (!option.empty()) {
+        if (!usable(option)) fail("agent library " + option + " is not readable");
+        return fs::absolute(option).lexically_normal();
+    }
+    if (const char* env = std::getenv("LIVEIO_AGENT"); env && *env) {
+        if (!usable(env)) fail(std::string("LIVEIO_AGENT=") + env + " is not readable");
+        return fs::absolute(env).lexically_normal();
+    }
+    std::error_code ec;
+    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+    if (!ec) {
+        for (const fs::path& p : {exe.parent_path() / "liveio-agent.so",
+                                  exe.parent_path() / "../lib/liveio/liveio-agent.so"})
+            if (usable(p)) return fs::weakly_canonical(p);
+    }
+    fail("cannot find liveio-agent.so next to " + exe.string() + " (use --agent PATH or LIVEIO_AGENT)");
+}
+
+struct InstallArgs {
+    std::string mechanism = "got";
+    std::vector<std::string> objects, functions;
+    std::string agent;
+
+    void add_to(CLI::App* cmd) {
+        cmd->add_option("--mechanism,-m", mechanism, "how calls are intercepted")
+            ->check(CLI::IsMember({"got", "inline", "rewrite"}))
+            ->capture_default_str();
+        cmd->add_option("--objects", objects, "GOT: objects to patch (default: all but libc, ld.so, liveio)")
+            ->delimiter(',');
+        cmd->add_option("--functions", functions, "functions to intercept (default: the I/O set)")
+            ->delimiter(',');
+        cmd->add_option("--agent", agent, "path of liveio-agent.so");
+    }
+    json spec() const { return {{"mechanism", mechanism}, {"objects", objects}, {"functions", functions}}; }
+};
+
+std::string join(const std::vector<std::string>& v) {
+    std::string out;
+    for (auto& s : v) out += (out.empty() ? "" : ",") + s;
+    return out;
+}
+
+void cmd_run(const InstallArgs& args, const std::vector<std::string>& command) {
+    if (command.empty()) fail("run: no command given (liveio run [options] -- CMD ARGS...)");
+    const std::string agent = find_agent(args.agent);
+    const char* old = std::getenv("LD_PRELOAD");
+    const std::string preload = old && *old ? agent + ":" + old : agent;
+    ::setenv("LD_PRELOAD", preload.c_str(), 1);
+    ::setenv("LIVEIO_AGENT_RUN", "1", 1);
+    ::setenv("LIVEIO_MECHANISM", args.mechanism.c_str(), 1);
+    ::setenv("LIVEIO_OBJECTS", join(args.objects).c_str(), 1);
+    ::setenv("LIVEIO_FUNCTIONS", join(args.functions).c_str(), 1);
+    std::vector<char*> argv;
+    for (auto& a : command) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    std::fflush(nullptr);
+    ::execvp(argv[0], argv.data());
+    const int err = errno;
+    std::fprintf(stderr, "liveio: cannot run %s: %s\n", argv[0], std::strerror(err));
+    std::exit(err == ENOENT ? 127 : 126);
+}
+
+agent::ControlClient connect_agent(pid_t pid) {
+    return check(agent::ControlClient::connect(pid), "process " + std::to_string(pid));
+}
+
+void cmd_attach(pid_t pid, const InstallArgs& args) {
+    auto existing = agent::ControlClient::connect(pid);
+    if (!existing && existing.error().code == ESRCH) fail(existing.error().message);
+    std::optional<hook::InjectedLibrary> injected;
+    hook::InjectStats stats;
+    if (!existing) {
+        const std::string path = find_agent(args.agent);
+        injected = check(hook::inject_library(pid, path, &stats), "attach " + std::to_string(pid));
+        existing = agent::ControlClient::connect(pid);
+        if (!existing) {
+            // The loader kept an earlier copy mapped, so no constructor ran: start it.
+            const long rc = check(hook::call_in_target(*injected, "liveio_agent_start", {}),
+                                  "starting the agent in " + std::to_string(pid));
+            if (rc != 0) fail(fmt::format("agent failed to start in {}: {}", pid, std::strerror(static_cast<int>(-rc))));
+            existing = agent::ControlClient::connect(pid);
+        }
+        if (!existing) fail("agent loaded but not reachable: " + existing.error().message);
+    }
+    auto& client = *existing;
+    auto installed = client.call("install", args.spec());
+    if (!installed) {
+        if (injected) {
+            // Leave the process as we found it.
+            (void)client.call("detach");
+            (void)hook::unload_library(*injected);
+        }
+        fail(fmt::format("install {} in {}: {}", args.mechanism, pid, installed.error().message));
+    }
+    if (injected)
+        std::printf("attached to %d: mechanism %s; load pause %.2f ms (%d threads stopped, %d attempt%s)\n",
+                    pid, args.mechanism.c_str(), stats.pause_ms, stats.threads, stats.attempts,
+                    stats.attempts == 1 ? "" : "s");
+    else
+        std::printf("attached to %d: mechanism %s (agent was already loaded)\n", pid, args.mechanism.c_str());
+}
+
+void cmd_detach(pid_t pid) {
+    auto client = connect_agent(pid);
+    const json result = check(client.call("detach", json::object(), 60000), "detach " + std::to_string(pid));
+    std::string removed;
+    for (auto& m : result.value("uninstalled", json::array())) removed += (removed.empty() ? "" : ",") + m.get<std::string>();
+    if (!result.value("unloadable", false)) {
+        std::printf("detached from %d: removed %s; agent stays loaded (preloaded by liveio run)\n", pid,
+                    removed.empty() ? "nothing" : removed.c_str());
+        return;
+    }
+    if (!result.contains("library")) fail("agent did not say where it is loaded; cannot unload it");
+    hook::InjectedLibrary lib{pid, result["library"].value("path", std::string()),
+                              result["library"].value("handle", uint64_t{0})};
+    hook::InjectStats stats;
+    check(hook::unload_library(lib, &stats), "unloading the agent from " + std::to_string(pid));
+    std::printf("detached from %d: removed %s; agent unloaded (pause %.2f ms)\n", pid,
+                removed.empty() ? "nothing" : removed.c_str(), stats.pause_ms);
+}
+
+void print_status(const json& s) {
+    std::printf("pid %d  agent %s (protocol %d)  uptime %.1f s%s\n", s.value("pid", 0),
+                s.value("agent_version", std::string("?")).c_str(), s.value("protocol", 0),
+                s.value("uptime_s", 0.0), s.value("resident", false) ? "  preloaded" : "");
+    std::string mechs;
+    for (auto& m : s.value("mechanisms", json::array()))
+        mechs += fmt::format("{}{} ({} calls)", mechs.empty() ? "" : ", ", m.value("name", std::string("?")),
+                             m.value("calls_dispatched", uint64_t{0}));
+    std::printf("mechanisms: %s\n", mechs.empty() ? "none installed" : mechs.c_str());
+    if (s.contains("last_error")) std::printf("last error: %s\n", s["last_error"].get<std::string>().c_str());
+    std::printf("%-14s %14s %16s %10s\n", "syscall", "calls", "bytes", "errors");
+    const json calls = s.value("calls", json::object());
+    auto row = [](const std::string& name, const json& c) {
+        std::printf("%-14s %14llu %16llu %10llu\n", name.c_str(),
+                    static_cast<unsigned long long>(c.value("calls", uint64_t{0})),
+                    static_cast<unsigned long long>(c.value("bytes", uint64_t{0})),
+                    static_cast<unsigned long long>(c.value("errors", uint64_t{0})));
+    };
+    for (auto& [name, c] : calls.items())
+        if (name != "total") row(name, c);
+    if (calls.contains("total")) row("total", calls["total"]);
+}
+
+void cmd_status(pid_t pid, bool as_json) {
+    auto client = connect_agent(pid);
+    const json s = check(client.call("status"), "status " + std::to_string(pid));
+    if (as_json)
+        std::printf("%s\n", s.dump(2).c_str());
+    else
+        print_status(s);
+}
+
+}  // namespace
+
+void add_process_commands(CLI::App& app) {
+    {
+        auto* run = app.add_subcommand("run", "Start a program with the liveio agent preloaded");
+        auto args = std::make_shared<InstallArgs>();
+        auto command = std::make_shared<std::vector<std::string>>();
+        args->add_to(run);
+        run->add_option("command", *command, "program and its arguments (after --)")->required();
+        run->callback([args, command] { cmd_run(*args, *command); });
+    }
+    {
+        auto* attach = app.add_subcommand("attach", "Load the agent into a running process and intercept its I/O");
+        auto args = std::make_shared<InstallArgs>();
+        auto pid = std::make_shared<pid_t>(0);
+        attach->add_option("pid", *pid, "process id")->required()->check(CLI::PositiveNumber);
+        args->add_to(attach);
+        attach->callback([args, pid] { cmd_attach(*pid, *args); });
+    }
+    {
+        auto* detach = app.add_subcommand("detach", "Remove all interception from a process and unload the agent");
+        auto pid = std::make_shared<pid_t>(0);
+        detach->add_option("pid", *pid, "process id")->required()->check(CLI::PositiveNumber);
+        detach->callback([pid] { cmd_detach(*pid); });
+    }
+    {
+        auto* status = app.add_subcommand("status", "Show the agent's mechanisms and per-syscall counts");
+        auto pid = std::make_shared<pid_t>(0);
+        auto as_json = std::make_shared<bool>(false);
+        status->add_option("pid", *pid, "process id")->required()->check(CLI::PositiveNumber);
+        status->add_flag("--json", *as_json, "print the agent's answer as JSON");
+        status->callback([pid, as_json] { cmd_status(*pid, *as_json); });
+    }
+}
+
+}  // namespace liveio::cli
