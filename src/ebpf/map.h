@@ -56,6 +56,13 @@ public:
     // slot order). Returns 0 or -ENOENT.
     virtual long copy_value(const void* key, void* out) = 0;
 
+    // Userspace write of one element, as the BPF_MAP_UPDATE_ELEM syscall: update()'s flags
+    // and returns; for per-CPU maps `value` holds every CPU slot's value in copy_value's
+    // layout (each rounded up to 8 bytes, in slot order) instead of the calling CPU's only.
+    virtual long update_from_user(const void* key, const void* value, uint64_t flags) {
+        return update(key, value, flags);
+    }
+
     // The shared-memory file descriptor holding this map's memory (header, then data).
     virtual int memfd() const = 0;
 

@@ -6,6 +6,10 @@
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+
 #include <fmt/format.h>
 
 #include "ebpf/map.h"
@@ -50,6 +54,23 @@ Error spec_error(const MapSpec& spec, int code, const std::string& what) {
 }  // namespace
 
 uint32_t configured_cpus() {
+    // As libbpf's libbpf_num_possible_cpus(): the highest possible CPU id + 1, so per-CPU
+    // values have the kernel's layout ("0-3,8-11" -> 12).
+    if (FILE* f = ::fopen("/sys/devices/system/cpu/possible", "re")) {
+        char buf[256] = {};
+        const size_t n = ::fread(buf, 1, sizeof buf - 1, f);
+        ::fclose(f);
+        long highest = -1;
+        for (const char* p = buf; p < buf + n;) {
+            char* end = nullptr;
+            const long v = std::strtol(p, &end, 10);
+            if (end == p) break;
+            highest = std::max(highest, v);
+            p = end + (*end == '-' || *end == ',' ? 1 : 0);
+            if (end == p) break;
+        }
+        if (highest >= 0 && highest < 65536) return static_cast<uint32_t>(highest + 1);
+    }
     const int n = ::get_nprocs_conf();
     return n > 0 ? static_cast<uint32_t>(n) : 1;
 }

@@ -38,6 +38,13 @@ public:
     }
 
     long update(const void* key, const void* value, uint64_t flags) override {
+        return write(key, value, flags, /*all_cpus=*/false);
+    }
+    long update_from_user(const void* key, const void* value, uint64_t flags) override {
+        return write(key, value, flags, /*all_cpus=*/percpu_);
+    }
+
+    long write(const void* key, const void* value, uint64_t flags, bool all_cpus) {
         if (flags > kUpdateExist) return -EINVAL;
         const uint32_t i = index_of(key);
         if (i >= spec_.max_entries) return -E2BIG;
@@ -50,10 +57,15 @@ public:
             return 0;
         }
         if (flags == kUpdateNoExist) return -EEXIST;  // every index of an array exists
-        uint8_t* dst = percpu_ ? slot(i, current_cpu_slot(ncpus_)) : slot(i, 0);
         uint32_t* seq = stripe(i);
         seq_write_lock(seq);
-        std::memcpy(dst, value, spec_.value_size);
+        if (all_cpus) {
+            for (uint32_t cpu = 0; cpu < ncpus_; ++cpu)
+                std::memcpy(slot(i, cpu), static_cast<const uint8_t*>(value) + uint64_t{cpu} * stride_,
+                            spec_.value_size);
+        } else {
+            std::memcpy(percpu_ ? slot(i, current_cpu_slot(ncpus_)) : slot(i, 0), value, spec_.value_size);
+        }
         seq_write_unlock(seq);
         return 0;
     }

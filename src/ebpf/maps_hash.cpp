@@ -83,6 +83,14 @@ public:
     }
 
     long update(const void* key, const void* value, uint64_t flags) override {
+        return write(key, value, flags, /*all_cpus=*/false);
+    }
+    long update_from_user(const void* key, const void* value, uint64_t flags) override {
+        return write(key, value, flags, /*all_cpus=*/percpu_);
+    }
+
+private:
+    long write(const void* key, const void* value, uint64_t flags, bool all_cpus) {
         if (flags > kUpdateExist) return -EINVAL;
         const uint64_t h = hash_key(key, key_size_, seed_);
         Bucket& b = buckets_[h & mask_];
@@ -96,8 +104,7 @@ public:
                     rc = -EEXIST;
                 } else {
                     ElemHeader* e = elem(found);
-                    std::memcpy(value_of(e) + (percpu_ ? uint64_t{current_cpu_slot(ncpus_)} * value_stride_ : 0),
-                                value, spec_.value_size);
+                    store_value(e, value, all_cpus, /*fresh=*/false);
                     if (lru_) store(&e->ref, 1u);
                 }
                 seq_write_unlock(&b.seq);
@@ -121,14 +128,7 @@ public:
             ElemHeader* e = elem(spare);
             store(&e->hash, static_cast<uint32_t>(h));
             std::memcpy(key_of(e), key, key_size_);
-            if (percpu_) {
-                // As the kernel's helper path: the calling CPU's slot gets the value, others zero.
-                const uint32_t cpu = current_cpu_slot(ncpus_);
-                std::memset(value_of(e), 0, uint64_t{ncpus_} * value_stride_);
-                std::memcpy(value_of(e) + uint64_t{cpu} * value_stride_, value, spec_.value_size);
-            } else {
-                std::memcpy(value_of(e), value, spec_.value_size);
-            }
+            store_value(e, value, all_cpus, /*fresh=*/true);
             store(&e->ref, 1u);  // a new key gets its second chance too
             store(&e->linked, 1u);
             store(&e->next, load(&b.head));
@@ -138,6 +138,25 @@ public:
         }
     }
 
+    // With the bucket locked. Per-CPU maps: all_cpus takes every slot from `value`
+    // (syscall layout); otherwise the calling CPU's slot gets the value and, in a new
+    // element, the other slots are zeroed (the kernel's helper path).
+    void store_value(ElemHeader* e, const void* value, bool all_cpus, bool fresh) {
+        if (!percpu_) {
+            std::memcpy(value_of(e), value, spec_.value_size);
+            return;
+        }
+        if (all_cpus) {
+            for (uint32_t cpu = 0; cpu < ncpus_; ++cpu)
+                std::memcpy(value_of(e) + uint64_t{cpu} * value_stride_,
+                            static_cast<const uint8_t*>(value) + uint64_t{cpu} * value_stride_, spec_.value_size);
+            return;
+        }
+        if (fresh) std::memset(value_of(e), 0, uint64_t{ncpus_} * value_stride_);
+        std::memcpy(value_of(e) + uint64_t{current_cpu_slot(ncpus_)} * value_stride_, value, spec_.value_size);
+    }
+
+public:
     long remove(const void* key) override {
         const uint64_t h = hash_key(key, key_size_, seed_);
         Bucket& b = buckets_[h & mask_];

@@ -2,6 +2,7 @@
 // kernel BPF map of the same spec (through libbpf's syscall wrappers) return the same codes
 // and leave the same contents. Needs kernel BPF (root or CAP_BPF); skips otherwise.
 #include <bpf/bpf.h>
+#include <bpf/libbpf.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -61,7 +62,11 @@ void differential(const MapSpec& spec, uint32_t key_space, uint64_t seed) {
     ASSERT_TRUE(created.ok()) << created.error().message;
     Map& ours = *created.value();
     std::mt19937_64 rng(seed);
-    std::vector<uint8_t> key(spec.key_size), value(spec.value_size), kv(spec.value_size), ov(spec.value_size);
+    // Syscall values of per-CPU maps hold every possible CPU's value, each rounded up to 8.
+    const bool percpu = spec.type == MapType::PercpuHash || spec.type == MapType::PercpuArray;
+    const size_t value_bytes =
+        percpu ? static_cast<size_t>(libbpf_num_possible_cpus()) * ((spec.value_size + 7) / 8 * 8) : spec.value_size;
+    std::vector<uint8_t> key(spec.key_size), value(value_bytes), kv(value_bytes), ov(value_bytes);
     for (int op = 0; op < 20000; ++op) {
         const uint64_t x = rng() % key_space;
         std::memset(key.data(), 0, key.size());
@@ -71,7 +76,8 @@ void differential(const MapSpec& spec, uint32_t key_space, uint64_t seed) {
             // Flags 0..3: BPF_ANY, BPF_NOEXIST, BPF_EXIST and an invalid one (BPF_F_LOCK without a lock).
             const uint64_t flags = rng() % 16 == 0 ? 4 : rng() % 3;
             for (auto& b : value) b = static_cast<uint8_t>(rng());
-            ASSERT_EQ(ours.update(key.data(), value.data(), flags), kmap.update(key.data(), value.data(), flags))
+            ASSERT_EQ(ours.update_from_user(key.data(), value.data(), flags),
+                      kmap.update(key.data(), value.data(), flags))
                 << "op " << op << " update key " << x << " flags " << flags;
         } else if (what < 7) {
             ASSERT_EQ(ours.remove(key.data()), kmap.remove(key.data())) << "op " << op << " delete key " << x;
@@ -87,11 +93,12 @@ void differential(const MapSpec& spec, uint32_t key_space, uint64_t seed) {
             const long orc = ours.next_key(key.data(), on.data());
             // Hash orders differ: for a key in the map, whether another follows depends on the
             // order; for a key not in the map both restart at their first key.
-            const bool comparable = spec.type == MapType::Array || kmap.lookup(key.data(), kv.data()) != 0;
+            const bool array = spec.type == MapType::Array || spec.type == MapType::PercpuArray;
+            const bool comparable = array || kmap.lookup(key.data(), kv.data()) != 0;
             if (comparable) {
                 ASSERT_EQ(orc == 0, krc == 0) << "op " << op << " next_key of " << x;
             }
-            if (spec.type == MapType::Array && krc == 0) {
+            if (array && krc == 0) {
                 ASSERT_EQ(on, kn);
             }
         }
@@ -114,6 +121,11 @@ TEST(MapKernelParity, HashMatchesTheKernel) {
 
 TEST(MapKernelParity, ArrayMatchesTheKernel) {
     differential({"ka", MapType::Array, 4, 16, 50}, 60, 4);  // keys past the end too
+}
+
+TEST(MapKernelParity, PercpuMapsMatchTheKernelThroughUserspaceUpdates) {
+    differential({"kph", MapType::PercpuHash, 8, 16, 32}, 50, 5);
+    differential({"kpa", MapType::PercpuArray, 4, 8, 20}, 25, 6);
 }
 
 }  // namespace
