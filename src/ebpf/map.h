@@ -102,7 +102,7 @@ protected:
 // 64 KiB ring in the map's memfd, always enabled, using the ring buffer's record protocol, and
 // the consumer receives each sample's raw data with its slot. Map's element methods: lookup
 // returns nullptr, update/remove -EINVAL (no perf event fds), next_key iterates the slots,
-// copy_value -EINVAL.
+// copy_value -EINVAL. As with libbpf, max_entries 0 means one slot per possible CPU.
 class PerfEventArray : public Map {
 public:
     // BPF_F_CURRENT_CPU: the flags value selecting the calling CPU's slot.

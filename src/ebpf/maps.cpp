@@ -284,7 +284,10 @@ std::shared_ptr<Map> construct(const MapSpec& spec, const Layout& layout, ShmReg
 
 using namespace detail;
 
-Result<std::shared_ptr<Map>> create_map(const MapSpec& spec) {
+Result<std::shared_ptr<Map>> create_map(const MapSpec& requested) {
+    MapSpec spec = requested;
+    // As libbpf: a perf event array without max_entries gets a slot per possible CPU.
+    if (spec.type == MapType::PerfEventArray && spec.max_entries == 0) spec.max_entries = configured_cpus();
     auto layout = plan_layout(spec, configured_cpus());
     if (!layout) return layout.error();
     auto region = ShmRegion::create(spec.name, *layout);

@@ -433,6 +433,44 @@ TEST(MapHash, ManyThreadsInsertRemoveAndCount) {
     EXPECT_EQ(m->update(&shared_key, &zero, kUpdateAny), -E2BIG) << "every element accounted for";
 }
 
+TEST(MapHash, LruUnderManyThreadsNeverFailsNorLeaksElements) {
+    constexpr uint32_t kMax = 128;
+    for (MapType type : {MapType::LruHash, MapType::LruPercpuHash}) {
+        auto m = make(type, 8, 16, kMax);
+        ASSERT_TRUE(m);
+        const bool percpu = type == MapType::LruPercpuHash;
+        std::atomic<int> failures{0}, inconsistent{0};
+        std::vector<std::thread> ts;
+        for (int t = 0; t < 4; ++t)
+            ts.emplace_back([&, t] {
+                std::mt19937_64 rng(t);
+                for (int i = 0; i < 40000; ++i) {
+                    const uint64_t k = rng() % 1000;
+                    const uint64_t v[2] = {k * 3, k * 3};
+                    if (rng() % 3) {
+                        if (m->update(&k, v, kUpdateAny) != 0) ++failures;
+                    } else if (!percpu) {
+                        uint64_t got[2];
+                        if (m->copy_value(&k, got) == 0 && (got[0] != k * 3 || got[1] != k * 3)) ++inconsistent;
+                    } else {
+                        m->lookup(&k);
+                    }
+                }
+            });
+        for (auto& t : ts) t.join();
+        EXPECT_EQ(failures.load(), 0) << "an LRU insert failed";
+        EXPECT_EQ(inconsistent.load(), 0);
+        // Full after many distinct inserts, without deletes: every element must be linked.
+        size_t n = 0;
+        uint64_t cur, next;
+        for (long rc = m->next_key(nullptr, &next); rc == 0 && n <= kMax; rc = m->next_key(&cur, &next)) {
+            cur = next;
+            ++n;
+        }
+        EXPECT_EQ(n, kMax) << "elements lost (neither linked nor free) or linked twice";
+    }
+}
+
 TEST(MapHash, ConcurrentAtomicIncrementsThroughLookupAreExact) {
     auto m = make(MapType::Hash, 4, 8, 16);
     ASSERT_TRUE(m);

@@ -305,6 +305,15 @@ TEST(MapPerfEventArray, SlotsFlagsAndLostSamples) {
     EXPECT_EQ(pe->next_key(&k, &next), -ENOENT);
 }
 
+TEST(MapPerfEventArray, ZeroMaxEntriesMeansOneSlotPerPossibleCpu) {
+    auto m = create_map(MapSpec{"events", MapType::PerfEventArray, 4, 4, 0, 0});
+    ASSERT_TRUE(m.ok()) << m.error().message;
+    EXPECT_GE(m.value()->spec().max_entries, static_cast<uint32_t>(sysconf(_SC_NPROCESSORS_ONLN)));
+    auto* pe = dynamic_cast<PerfEventArray*>(m.value().get());
+    ASSERT_NE(pe, nullptr);
+    EXPECT_EQ(pe->output(PerfEventArray::kCurrentCpu, "x", 1), 0) << "the calling CPU always has a slot";
+}
+
 TEST(MapPerfEventArray, OpenedElsewhereConsumesWhatTheCreatorWrote) {
     auto m = create_map(MapSpec{"events", MapType::PerfEventArray, 4, 4, 2, 0});
     ASSERT_TRUE(m.ok()) << m.error().message;
