@@ -266,7 +266,8 @@ void Agent::register_builtin_requests() {
                          if (!r) return r.error();
                          Reply reply;
                          reply.result = {{"uninstalled", (*r)["uninstalled"]},
-                                         {"unloadable", !options_.resident}};
+                                         {"unloadable", !options_.resident},
+                                         {"control_tid", control_tid_.load()}};
                          if (!options_.library_path.empty())
                              reply.result["library"] = {{"path", options_.library_path},
                                                         {"handle", options_.library_handle}};
@@ -278,6 +279,7 @@ void Agent::register_builtin_requests() {
 
 void Agent::serve() {
     hook::Dispatcher::ScopedInside inside;  // this thread's I/O goes straight to the kernel
+    control_tid_.store(static_cast<pid_t>(::gettid()), std::memory_order_release);
     std::vector<Connection> conns;
     const uid_t own_uid = ::geteuid();
 

@@ -90,6 +90,10 @@ private:
     int wake_fd_ = -1;  // eventfd: the destructor wakes the control thread to stop it
     std::atomic<bool> stop_requested_{false};
     std::atomic<bool> control_stopped_{false};
+    // Kernel thread id of the control thread: `detach` reports it so the CLI can wait until
+    // that thread has exited before unloading (dlclose with the thread still running, or
+    // stopped by the injector halfway out, would leave the destructor's join waiting).
+    std::atomic<pid_t> control_tid_{0};
     std::thread thread_;
 };
 

@@ -72,7 +72,10 @@ Result<ControlClient> ControlClient::connect_name(const std::string& name) {
 }
 
 ControlClient::ControlClient(ControlClient&& other) noexcept
-    : fd_(std::exchange(other.fd_, -1)), next_id_(other.next_id_), in_(std::move(other.in_)) {}
+    : fd_(std::exchange(other.fd_, -1)),
+      next_id_(other.next_id_),
+      in_(std::move(other.in_)),
+      fds_(std::exchange(other.fds_, {})) {}
 
 ControlClient& ControlClient::operator=(ControlClient&& other) noexcept {
     if (this != &other) {
@@ -80,12 +83,15 @@ ControlClient& ControlClient::operator=(ControlClient&& other) noexcept {
         fd_ = std::exchange(other.fd_, -1);
         next_id_ = other.next_id_;
         in_ = std::move(other.in_);
+        for (int fd : fds_) ::close(fd);
+        fds_ = std::exchange(other.fds_, {});
     }
     return *this;
 }
 
 ControlClient::~ControlClient() {
     if (fd_ >= 0) ::close(fd_);
+    for (int fd : fds_) ::close(fd);
 }
 
 Result<std::string> ControlClient::read_line(int timeout_ms) {
@@ -98,7 +104,23 @@ Result<std::string> ControlClient::read_line(int timeout_ms) {
         if (n == 0) return make_error(ETIMEDOUT, "agent did not answer within " +
                                                      std::to_string(timeout_ms) + " ms");
         char buf[4096];
-        const ssize_t r = ::recv(fd_, buf, sizeof buf, 0);
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
+        iovec iov{buf, sizeof buf};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        const ssize_t r = ::recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC);
+        for (cmsghdr* c = r > 0 ? CMSG_FIRSTHDR(&msg) : nullptr; c; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+            const size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t i = 0; i < n; ++i) {
+                int fd;
+                std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+                fds_.push_back(fd);
+            }
+        }
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) return make_error(errno, std::string("recv from agent: ") + std::strerror(errno));
         if (r == 0) return make_error(ECONNRESET, "agent closed the connection without answering");

@@ -18,6 +18,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -75,6 +77,9 @@ public:
     Result<std::string> raw_exchange(std::string_view bytes, int timeout_ms = 10000);
 
     int fd() const { return fd_; }
+    // File descriptors the agent passed with SCM_RIGHTS since the last call; the caller owns
+    // them from here on.
+    std::vector<int> take_fds() { return std::exchange(fds_, {}); }
 
 private:
     explicit ControlClient(int fd) : fd_(fd) {}
@@ -83,6 +88,7 @@ private:
     int fd_ = -1;
     uint64_t next_id_ = 1;
     LineBuffer in_{16 * 1024 * 1024};
+    std::vector<int> fds_;
 };
 
 }  // namespace liveio::agent

@@ -142,6 +142,16 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
         std::printf("attached to %d: mechanism %s (agent was already loaded)\n", pid, args.mechanism.c_str());
 }
 
+bool wait_thread_gone(pid_t pid, pid_t tid) {
+    if (tid <= 0) return true;
+    const std::string path = fmt::format("/proc/{}/task/{}", pid, tid);
+    for (int i = 0; i < 10000; ++i) {  // up to ~10 s: it only has to return and exit
+        if (::access(path.c_str(), F_OK) != 0) return true;
+        ::usleep(1000);
+    }
+    return false;
+}
+
 void cmd_detach(pid_t pid) {
     auto client = connect_agent(pid);
     const json result = check(client.call("detach", json::object(), 60000), "detach " + std::to_string(pid));
@@ -153,6 +163,10 @@ void cmd_detach(pid_t pid) {
         return;
     }
     if (!result.contains("library")) fail("agent did not say where it is loaded; cannot unload it");
+    // The agent's destructor joins its control thread; the injector stops every thread while
+    // dlclose runs, so that thread must be gone before, or the unload would wait for it.
+    if (!wait_thread_gone(pid, result.value("control_tid", 0)))
+        fail(fmt::format("the agent's control thread in {} did not exit; not unloading", pid));
     hook::InjectedLibrary lib{pid, result["library"].value("path", std::string()),
                               result["library"].value("handle", uint64_t{0})};
     hook::InjectStats stats;
