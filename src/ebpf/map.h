@@ -1,5 +1,19 @@
 // BPF maps with the kernel's semantics, living in shared memory (a memfd) so that another
 // process (the liveio CLI) can map the same memory and read it live.
+//
+// What users of these maps can rely on (implementation: maps*.cpp, layout: map_shm.h):
+//  - Every method is safe from any number of threads of any process mapping the memfd.
+//    Readers (lookup, next_key, copy_value) never write shared memory (except an LRU
+//    reference bit), so a stalled or killed reader cannot block the target.
+//  - copy_value() never returns a value half-written by update()/update_from_user(); writes
+//    made through a pointer lookup() returned are seen as they happen (as in the kernel).
+//  - "CPU" of per-CPU maps is sched_getcpu() folded into the slots, and there is one slot per
+//    possible CPU (libbpf's libbpf_num_possible_cpus()). A thread can migrate between
+//    lookup() and its write: use atomic adds on per-CPU values when exactness matters.
+//  - ProgArray slots hold uint32 program ids (0 = empty), assigned by the runtime that owns
+//    the programs. update(&index, &id, kUpdateAny) sets a slot, remove(&index) empties it;
+//    lookup(&index) returns the slot's address, for the TailCallResolver (exec_env.h) to
+//    read with an atomic load; copy_value(&index, &id) reads it from another process.
 #pragma once
 
 #include <cstdint>
