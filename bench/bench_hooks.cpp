@@ -269,6 +269,7 @@ void run(int iterations) {
     auto got = add("GOT, counting handler", [&](std::string& n) { return with_interceptor(Mechanism::Got, &counting, fd, iterations, n); });
     add("inline, no handler work", [&](std::string& n) { return with_interceptor(Mechanism::Inline, &none, fd, iterations, n); });
     auto inl = add("inline, counting handler", [&](std::string& n) { return with_interceptor(Mechanism::Inline, &counting, fd, iterations, n); });
+    add("syscall rewrite, no handler work", [&](std::string& n) { return with_interceptor(Mechanism::SyscallRewrite, &none, fd, iterations, n); });
     auto rw = add("syscall rewrite, counting handler", [&](std::string& n) { return with_interceptor(Mechanism::SyscallRewrite, &counting, fd, iterations, n); });
     const bool root = geteuid() == 0;
     std::optional<double> tp;

@@ -25,7 +25,6 @@ namespace liveio::hook {
 namespace {
 
 constexpr size_t kPage = 4096;
-constexpr size_t kSledSize = 512;  // syscall numbers [0, 512) land in the sled
 constexpr uint8_t kCallRax[2] = {0xff, 0xd0};
 
 // --- the stub table -----------------------------------------------------------------------
@@ -138,6 +137,42 @@ std::vector<uintptr_t> find_syscall_instructions(const uint8_t* code, size_t siz
     return found;
 }
 
+// The sled must be entered at any byte below kTrampolineEntries and reach the entry fast: 512
+// one-byte nops cost ~40 ns for read (syscall 0). Instead it is made of 14-byte units
+// `3e x12, eb 3e`: entered at any of the twelve DS prefixes (ignored in 64-bit mode) the
+// instruction is a prefixed `jmp .+62`; entered at the displacement byte (3e, a prefix again)
+// it becomes a 15-byte prefixed jump of the next unit. Every jump lands on a prefix of a later
+// unit (offset 6 into it), so any entry takes at most ~8 jumps. Jumps landing past the units
+// meet a `jmp` to the final `movabs $entry, %r11; jmp *%r11` (r11 is clobbered by syscall).
+std::vector<uint8_t> trampoline_code(uint64_t entry) {
+    constexpr size_t kUnit = 14;
+    constexpr uint8_t kDs = 0x3e;  // also the jump displacement: 62
+    // Enough units that the last displacement byte lies past the entries (entering there
+    // would continue into a unit that does not exist).
+    const size_t units = kTrampolineEntries / kUnit + 1;
+    const size_t units_end = units * kUnit;
+    // Landings: end of an instruction (end of unit k, or k+1 when entered at k's displacement)
+    // plus 62: always unit start + 6. The last possible one decides where the final jump goes.
+    const size_t last_landing = units_end + kDs;
+    const size_t final_jump = (last_landing + 2 + 7) & ~size_t{7};
+    std::vector<uint8_t> code(final_jump + 13, 0xcc);  // int3 where nothing may execute
+    for (size_t u = 0; u < units; ++u) {
+        std::fill_n(code.begin() + static_cast<long>(u * kUnit), kUnit - 2, kDs);
+        code[u * kUnit + kUnit - 2] = 0xeb;
+        code[u * kUnit + kUnit - 1] = kDs;
+    }
+    for (size_t landing = units_end + 6; landing <= last_landing; landing += kUnit) {
+        code[landing] = 0xeb;
+        code[landing + 1] = static_cast<uint8_t>(final_jump - (landing + 2));
+    }
+    const uint8_t movabs_r11[2] = {0x49, 0xbb};
+    const uint8_t jmp_r11[3] = {0x41, 0xff, 0xe3};
+    memcpy(&code[final_jump], movabs_r11, 2);
+    memcpy(&code[final_jump + 2], &entry, 8);
+    memcpy(&code[final_jump + 10], jmp_r11, 3);
+    return code;
+}
+
 namespace {
 
 // --- configuration checks and the trampoline -------------------------------------------------
@@ -159,18 +194,11 @@ Result<void> map_trampoline() {
         return make_error(EPERM, "the kernel placed the trampoline away from address 0 "
                                  "(vm.mmap_min_addr must be 0)");
     }
-    auto* page = reinterpret_cast<uint8_t*>(0);
+    const auto code = trampoline_code(reinterpret_cast<uint64_t>(&liveio_rewrite_entry));
     // The compiler treats stores through a null pointer as undefined: write through an
     // address it cannot see is null.
-    uint8_t* volatile base = page;
-    uint8_t* p = base;
-    memset(p, 0x90, kSledSize);
-    const uint64_t entry = reinterpret_cast<uint64_t>(&liveio_rewrite_entry);
-    const uint8_t movabs_r11[2] = {0x49, 0xbb};  // movabs $entry, %r11 (r11: syscall-clobbered)
-    memcpy(p + kSledSize, movabs_r11, 2);
-    memcpy(p + kSledSize + 2, &entry, 8);
-    const uint8_t jmp_r11[3] = {0x41, 0xff, 0xe3};  // jmp *%r11
-    memcpy(p + kSledSize + 10, jmp_r11, 3);
+    uint8_t* volatile page = nullptr;
+    memcpy(page, code.data(), code.size());
     // Exec-only where the CPU has protection keys: null-pointer reads still fault there.
     if (raw_syscall(SYS_mprotect, 0, kPage, PROT_EXEC) != 0) {
         raw_syscall(SYS_munmap, 0, kPage);

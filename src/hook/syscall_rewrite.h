@@ -56,6 +56,13 @@ std::vector<uintptr_t> find_syscall_instructions(const uint8_t* code, size_t siz
                                                  uintptr_t runtime_address,
                                                  const std::vector<uintptr_t>& function_starts = {});
 
+// Syscall numbers that land in the trampoline's sled; larger ones are not supported.
+inline constexpr size_t kTrampolineEntries = 512;
+
+// The code mapped at address 0: any entry below kTrampolineEntries reaches a jump to `entry`
+// (exposed for tests, which follow every entry with a disassembler).
+std::vector<uint8_t> trampoline_code(uint64_t entry);
+
 struct RewrittenSite {
     uintptr_t address;
     uint8_t original[2];

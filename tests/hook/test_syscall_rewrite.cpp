@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include <Zydis/Zydis.h>
 #include <gtest/gtest.h>
 
 #include "hook/dispatcher.h"
@@ -150,6 +151,42 @@ TEST(SyscallRewriteScan, SkipsUndecodableBytes) {
     const std::vector<uint8_t> code = {0x06, 0x0f, 0x05, 0xc3};  // 06: invalid in 64-bit mode
     EXPECT_EQ(find_syscall_instructions(code.data(), code.size(), 0x3000),
               (std::vector<uintptr_t>{0x3001}));
+}
+
+// Every syscall number in the sled reaches `movabs $entry, %r11; jmp *%r11` through a few
+// short jumps and nothing else.
+TEST(SyscallRewriteTrampoline, EveryEntryReachesTheEntryJumpQuickly) {
+    const uint64_t entry = 0x7f0012345678;
+    const auto code = trampoline_code(entry);
+    ZydisDecoder d;
+    ZydisDecoderInit(&d, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+    size_t worst = 0;
+    for (size_t start = 0; start < kTrampolineEntries; ++start) {
+        size_t pc = start, steps = 0;
+        for (;; ++steps) {
+            ASSERT_LT(steps, 12u) << "entry " << start << " takes too many instructions";
+            ASSERT_LT(pc, code.size()) << "entry " << start;
+            ZydisDecodedInstruction insn;
+            ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+            ASSERT_TRUE(ZYAN_SUCCESS(ZydisDecoderDecodeFull(&d, code.data() + pc, code.size() - pc, &insn, ops)))
+                << "entry " << start << " undecodable at " << pc;
+            if (insn.mnemonic == ZYDIS_MNEMONIC_MOV) {
+                ASSERT_EQ(ops[0].reg.value, ZYDIS_REGISTER_R11);
+                ASSERT_EQ(static_cast<uint64_t>(ops[1].imm.value.u), entry);
+                ASSERT_TRUE(ZYAN_SUCCESS(ZydisDecoderDecodeFull(&d, code.data() + pc + insn.length,
+                                                                code.size() - pc - insn.length, &insn, ops)));
+                ASSERT_EQ(insn.mnemonic, ZYDIS_MNEMONIC_JMP);
+                ASSERT_EQ(ops[0].reg.value, ZYDIS_REGISTER_R11);
+                break;
+            }
+            ASSERT_EQ(insn.mnemonic, ZYDIS_MNEMONIC_JMP) << "entry " << start << " at " << pc;
+            ASSERT_EQ(insn.operand_width, 64) << "a 16-bit jump would truncate rip";
+            ASSERT_TRUE(ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE && ops[0].imm.is_relative);
+            pc = pc + insn.length + static_cast<size_t>(ops[0].imm.value.s);
+        }
+        worst = std::max(worst, steps);
+    }
+    EXPECT_LE(worst, 10u);
 }
 
 // --- configuration -------------------------------------------------------------------------
