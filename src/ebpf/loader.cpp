@@ -27,7 +27,10 @@ constexpr uint8_t kCallOpcode = op::kClassJmp | op::kCall;
 // Sizes of kernel context structures named in context_for_section().
 constexpr uint32_t kSysEnterCtxSize = 64, kSysExitCtxSize = 24, kRawTpSyscallCtxSize = 16,
                    kPtRegsSize = 168, kLiveioIoCtxSize = 88;
-constexpr int kMaxBtfChain = 32;  // typedef/modifier chains longer than this are malformed
+constexpr int kMaxBtfChain = 32;
+// Global data lives in one map value; the kernel caps values near KMALLOC_MAX_SIZE (4 MiB on
+// x86-64). A larger section (typically a corrupted .bss size) is refused before allocating.
+constexpr size_t kMaxDataSection = size_t{4} << 20;  // typedef/modifier chains longer than this are malformed
 
 bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
 
@@ -293,7 +296,8 @@ private:
     Result<void> create_data_maps() {
         for (const Section& s : sections_) {
             if (!is_data_section(s) || s.size == 0) continue;
-            if (s.size > UINT32_MAX / 2) return make_error(E2BIG, fmt::format("data section '{}' of {} bytes is too large", s.name, s.size));
+            if (s.size > kMaxDataSection)
+                return make_error(E2BIG, fmt::format("data section '{}' of {} bytes exceeds the {} byte limit", s.name, s.size, kMaxDataSection));
             MapSpec spec{s.name, MapType::Array, 4, static_cast<uint32_t>(s.size), 1, 0};
             auto idx = add_map(spec, s.name, s.index, 0);
             if (!idx) return idx.error();

@@ -13,6 +13,8 @@
 //   - `license`: a NUL-terminated string, required unless OpenOptions::require_license is off.
 // An object whose only code is in .text (hand-assembled objects, the bpf_conformance ELF
 // writer) has its .text functions as programs.
+// `const volatile` globals (.rodata) may be set through map(".rodata") before running: nothing
+// freezes them in userspace.
 // Maps are created when the object is opened and shared by every program of the object
 // (Program::maps holds the ones a program references; imm of its map lddw indexes that list).
 #pragma once
