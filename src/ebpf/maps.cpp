@@ -318,6 +318,10 @@ Result<std::shared_ptr<Map>> create_map(const MapSpec& requested) {
 Result<std::shared_ptr<Map>> open_shared_map(int memfd) {
     struct stat st {};
     if (::fstat(memfd, &st) != 0) return make_error(errno, fmt::format("fd {}: fstat failed", memfd));
+    const int mode = ::fcntl(memfd, F_GETFL);
+    if (mode < 0 || (mode & O_ACCMODE) != O_RDWR)
+        return make_error(EACCES, fmt::format("fd {}: not open for reading and writing (maps are shared "
+                                              "read-write: even a reader advances ring positions)", memfd));
     const int seals = ::fcntl(memfd, F_GET_SEALS);
     if (seals < 0 || !(seals & F_SEAL_SHRINK))
         return make_error(EINVAL, fmt::format("fd {}: not a sealed liveio map memfd (a truncation could "

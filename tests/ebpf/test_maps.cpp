@@ -617,6 +617,15 @@ TEST(MapShared, OpenRejectsForeignAndUnsealedFds) {
     EXPECT_NE(foreign.error().message.find("magic"), std::string::npos) << foreign.error().message;
     close(fd);
     EXPECT_FALSE(open_shared_map(-1).ok());
+    auto m = make(MapType::Array, 4, 4, 1);
+    ASSERT_TRUE(m);
+    const std::string path = "/proc/self/fd/" + std::to_string(m->memfd());
+    const int ro = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(ro, 0);
+    auto read_only = open_shared_map(ro);
+    close(ro);
+    ASSERT_FALSE(read_only.ok());
+    EXPECT_NE(read_only.error().message.find("writing"), std::string::npos) << read_only.error().message;
 }
 
 TEST(MapShared, OpenedMapSharesSpecAndContents) {
