@@ -402,25 +402,33 @@ public:
         bool first = true;
         for (;;) {
             std::vector<pid_t> fresh;
+            std::optional<Error> failure;
             for (pid_t tid : list_threads(pid_)) {
                 if (known.count(tid)) continue;
                 known.insert(tid);
                 if (ptrace(PTRACE_SEIZE, tid, nullptr, nullptr) != 0) {
                     int e = errno;
                     if (e == ESRCH && !first) continue;  // the thread exited meanwhile
-                    return seize_error(pid_, e);
+                    failure = seize_error(pid_, e);
+                    break;
                 }
                 first = false;
                 fresh.push_back(tid);
             }
-            if (fresh.empty()) break;
+            if (fresh.empty() && !failure) break;
             if (threads_.empty()) started_ = Clock::now();
+            // Every seized thread is brought to a stop and recorded, also on failure, so that
+            // release_all() can detach it.
             for (pid_t tid : fresh) ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr);
             for (pid_t tid : fresh) {
                 auto t = wait_stopped(tid);
-                if (!t) return t.error();
+                if (!t) {
+                    if (!failure) failure = t.error();
+                    continue;
+                }
                 if (*t) threads_.push_back(**t);
             }
+            if (failure) return *failure;
         }
         if (threads_.empty()) return make_error(ESRCH, fmt::format("process {} does not exist", pid_));
         for (auto& t : threads_) {
@@ -440,8 +448,9 @@ public:
                 kept.push_back(t);
                 continue;
             }
-            // ESRCH: the thread died (e.g. the process was killed); nothing to undo.
-            ptrace(PTRACE_DETACH, t.tid, nullptr, reinterpret_cast<void*>(static_cast<long>(t.pending_signal)));
+            if (ptrace(PTRACE_DETACH, t.tid, nullptr, reinterpret_cast<void*>(static_cast<long>(t.pending_signal))) != 0 &&
+                errno == ESRCH)
+                reap_dying(t.tid);
         }
         if (!threads_.empty() && kept.size() != threads_.size()) released_ = Clock::now();
         threads_ = std::move(kept);
@@ -452,6 +461,19 @@ public:
     pid_t pid() const { return pid_; }
 
 private:
+    // A tracee that cannot be detached was killed (e.g. another thread called exit while we
+    // released the first ones): as its tracer we must collect its exit, or the process stays
+    // a zombie that its parent cannot reap.
+    static void reap_dying(pid_t tid) {
+        int status = 0;
+        for (;;) {
+            pid_t r = waitpid(tid, &status, __WALL);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status)) return;
+            if (ptrace(PTRACE_DETACH, tid, nullptr, nullptr) == 0) return;  // it was only stopping
+        }
+    }
+
     // Waits for the interrupt stop of `tid`; nullopt when the thread exited instead.
     Result<std::optional<Tracee>> wait_stopped(pid_t tid) {
         int status = 0;

@@ -68,6 +68,8 @@ std::string ptrace_unavailable_reason() {
 class Target {
 public:
     Target(std::vector<std::string> args, const std::string& marker, uid_t run_as = 0) : marker_(marker) {
+        // A target that died must fail the test, not kill the test binary on write().
+        signal(SIGPIPE, SIG_IGN);
         int in[2], out[2];
         EXPECT_EQ(pipe2(in, O_CLOEXEC), 0);
         EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
@@ -147,13 +149,18 @@ private:
 
 std::string marker_path(const char* name) { return "/tmp/liveio_inject_" + std::to_string(getpid()) + "_" + name; }
 
-// Waits until the thread `tid` sleeps in system call `nr` (from /proc/PID/task/TID/syscall).
-void wait_in_syscall(pid_t pid, pid_t tid, long nr) {
+// Waits until the thread `tid` sleeps in system call `nr` (from /proc/PID/task/TID/syscall);
+// false when the thread is gone.
+bool wait_in_syscall(pid_t pid, pid_t tid, long nr) {
+    std::string stat = "/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat";
     for (;;) {
+        std::string state = slurp(stat);
+        auto paren = state.rfind(')');
+        if (paren == std::string::npos || paren + 2 >= state.size() || state[paren + 2] == 'Z') return false;
         std::istringstream in(slurp("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/syscall"));
         long current = -2;
         in >> current;
-        if (current == nr) return;
+        if (current == nr) return true;
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
 }
@@ -239,14 +246,14 @@ TEST(Inject, TargetBlockedInReadResumesTheReadTransparently) {
     SKIP_WITHOUT_PTRACE();
     Target target({"0", "0"}, marker_path("blocked"));  // one thread, blocked in read(0, ...)
     ASSERT_TRUE(target.ready());
-    wait_in_syscall(target.pid(), target.pid(), 0 /* read */);
+    ASSERT_TRUE(wait_in_syscall(target.pid(), target.pid(), 0 /* read */));
     InjectStats stats;
     auto lib = inject_library(target.pid(), INJECT_PROBE_PATH, &stats);
     ASSERT_TRUE(lib.ok()) << lib.error().message;
     EXPECT_EQ(stats.threads, 1);
     EXPECT_EQ(count_lines_starting(target.marks(), "load"), 1);
     // The interrupted read() must be waiting again, not have returned EINTR (the target exits then).
-    wait_in_syscall(target.pid(), target.pid(), 0);
+    ASSERT_TRUE(wait_in_syscall(target.pid(), target.pid(), 0)) << "the target exited";
     auto s = target.status();
     EXPECT_TRUE(s.alive);
     EXPECT_EQ(s.errors, 0u);
