@@ -44,12 +44,13 @@ public:
         return write(key, value, flags, /*all_cpus=*/percpu_);
     }
 
+private:
     long write(const void* key, const void* value, uint64_t flags, bool all_cpus) {
-        if (flags > kUpdateExist) return -EINVAL;
+        // Program arrays take BPF_ANY only; the kernel checks flags before the index.
+        if (flags > kUpdateExist || (prog_ && flags != kUpdateAny)) return -EINVAL;
         const uint32_t i = index_of(key);
         if (i >= spec_.max_entries) return -E2BIG;
         if (prog_) {
-            if (flags != kUpdateAny) return -EINVAL;
             uint32_t id;
             std::memcpy(&id, value, 4);
             if (id == 0) return -EINVAL;  // 0 marks an empty slot
@@ -70,6 +71,7 @@ public:
         return 0;
     }
 
+public:
     long remove(const void* key) override {
         if (!prog_) return -EINVAL;  // array elements cannot be deleted
         const uint32_t i = index_of(key);

@@ -172,6 +172,7 @@ TEST(MapArray, ProgArraySlotsHoldProgramIds) {
     EXPECT_EQ(m->update(&k, &id, kUpdateNoExist), -EINVAL) << "only BPF_ANY, as the kernel";
     EXPECT_EQ(m->update(&k, &zero, kUpdateAny), -EINVAL) << "id 0 marks an empty slot";
     EXPECT_EQ(m->update(&oob, &id, kUpdateAny), -E2BIG);
+    EXPECT_EQ(m->update(&oob, &id, kUpdateExist), -EINVAL) << "flags are checked before the index";
     EXPECT_EQ(m->update(&k, &id, kUpdateAny), 0);
     EXPECT_EQ(m->copy_value(&k, &out), 0);
     EXPECT_EQ(out, 17u);
