@@ -144,7 +144,9 @@ liveio_rewrite_entry:
     .popsection
 )");
 
-extern "C" __attribute__((visibility("hidden"), used)) long liveio_rewrite_dispatch(
+// flatten: call_raw inlined here, so only one function returns after the kernel does (each
+// `ret` after a syscall mispredicts: the kernel leaves the return stack buffer useless).
+extern "C" __attribute__((visibility("hidden"), used, flatten)) long liveio_rewrite_dispatch(
     const liveio::hook::SyscallCall* call) {
     return liveio::hook::Dispatcher::instance().call_raw(liveio::hook::Mechanism::SyscallRewrite,
                                                          *call);

@@ -28,6 +28,9 @@
 
 extern char** environ;
 
+#define LIVEIO_TEST_STR2(x) #x
+#define LIVEIO_TEST_STR(x) LIVEIO_TEST_STR2(x)
+
 namespace liveio::hook {
 namespace {
 
@@ -243,6 +246,78 @@ TEST(SyscallRewrite, EverySyscallOfAWorkloadReachesTheDispatcher) {
                   check(count_nr(h.take(), SYS_getpid) == 0, "calls after uninstall");
                   // Page 0 is gone again.
                   check(msync(nullptr, 4096, MS_ASYNC) != 0 && errno == ENOMEM, "page 0 still mapped");
+              }),
+              "");
+}
+
+// A handler that wipes every register the ABI lets C++ clobber.
+class ClobberingHandler : public CallHandler {
+public:
+    std::atomic<int> calls{0};
+    bool on_enter(SyscallCall&, SyscallResult&) override {
+        asm volatile(
+            "pxor %%xmm0, %%xmm0\n pxor %%xmm1, %%xmm1\n pxor %%xmm2, %%xmm2\n pxor %%xmm3, %%xmm3\n"
+            "pxor %%xmm4, %%xmm4\n pxor %%xmm5, %%xmm5\n pxor %%xmm6, %%xmm6\n pxor %%xmm7, %%xmm7\n"
+            "pxor %%xmm8, %%xmm8\n pxor %%xmm9, %%xmm9\n pxor %%xmm10, %%xmm10\n pxor %%xmm11, %%xmm11\n"
+            "pxor %%xmm12, %%xmm12\n pxor %%xmm13, %%xmm13\n pxor %%xmm14, %%xmm14\n pxor %%xmm15, %%xmm15\n"
+            "xor %%edi, %%edi\n xor %%esi, %%esi\n xor %%edx, %%edx\n xor %%r8d, %%r8d\n"
+            "xor %%r9d, %%r9d\n xor %%r10d, %%r10d\n" ::
+                : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+                  "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "rdi", "rsi", "rdx", "r8", "r9", "r10");
+        calls.fetch_add(1);
+        return false;
+    }
+    void on_exit(const SyscallCall&, SyscallResult, uint64_t) override {}
+};
+
+// libc's syscall() moves its arguments into the kernel's registers and executes a (rewritten)
+// `syscall`; whatever the hook does, on return the argument registers and xmm0-15 must hold
+// what the kernel would have left: the arguments and the caller's vector values.
+TEST(SyscallRewrite, RegistersSurviveTheHook) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  ClobberingHandler h;
+                  auto rw = install_or_throw(&h);
+                  alignas(16) uint64_t xin[32], xout[32] = {};
+                  for (int i = 0; i < 32; ++i) xin[i] = 0x0123456789abcdefull * (i + 1);
+                  uint64_t gp[7] = {};  // rax rdi rsi rdx r10 r8 r9 after the call
+                  auto fn = reinterpret_cast<void*>(&::syscall);
+                  asm volatile(
+                      "movdqa 0(%[xin]), %%xmm0\n movdqa 16(%[xin]), %%xmm1\n movdqa 32(%[xin]), %%xmm2\n"
+                      "movdqa 48(%[xin]), %%xmm3\n movdqa 64(%[xin]), %%xmm4\n movdqa 80(%[xin]), %%xmm5\n"
+                      "movdqa 96(%[xin]), %%xmm6\n movdqa 112(%[xin]), %%xmm7\n movdqa 128(%[xin]), %%xmm8\n"
+                      "movdqa 144(%[xin]), %%xmm9\n movdqa 160(%[xin]), %%xmm10\n movdqa 176(%[xin]), %%xmm11\n"
+                      "movdqa 192(%[xin]), %%xmm12\n movdqa 208(%[xin]), %%xmm13\n movdqa 224(%[xin]), %%xmm14\n"
+                      "movdqa 240(%[xin]), %%xmm15\n"
+                      "mov %%rsp, %%rbx\n and $-16, %%rsp\n sub $256, %%rsp\n"
+                      "movq $0x6666, (%%rsp)\n"  // syscall()'s 7th argument: the kernel's a5 (r9)
+                      "mov $" LIVEIO_TEST_STR(SYS_getppid) ", %%edi\n"
+                      "mov $0x1111, %%esi\n mov $0x2222, %%edx\n mov $0x3333, %%ecx\n"
+                      "mov $0x4444, %%r8d\n mov $0x5555, %%r9d\n"
+                      "call *%[fn]\n"
+                      "mov %%rbx, %%rsp\n"
+                      "mov %%rax, 0(%[gp])\n mov %%rdi, 8(%[gp])\n mov %%rsi, 16(%[gp])\n"
+                      "mov %%rdx, 24(%[gp])\n mov %%r10, 32(%[gp])\n mov %%r8, 40(%[gp])\n mov %%r9, 48(%[gp])\n"
+                      "movdqa %%xmm0, 0(%[xout])\n movdqa %%xmm1, 16(%[xout])\n movdqa %%xmm2, 32(%[xout])\n"
+                      "movdqa %%xmm3, 48(%[xout])\n movdqa %%xmm4, 64(%[xout])\n movdqa %%xmm5, 80(%[xout])\n"
+                      "movdqa %%xmm6, 96(%[xout])\n movdqa %%xmm7, 112(%[xout])\n movdqa %%xmm8, 128(%[xout])\n"
+                      "movdqa %%xmm9, 144(%[xout])\n movdqa %%xmm10, 160(%[xout])\n movdqa %%xmm11, 176(%[xout])\n"
+                      "movdqa %%xmm12, 192(%[xout])\n movdqa %%xmm13, 208(%[xout])\n movdqa %%xmm14, 224(%[xout])\n"
+                      "movdqa %%xmm15, 240(%[xout])\n"
+                      :
+                      : [xin] "r"(xin), [xout] "r"(xout), [gp] "r"(gp), [fn] "r"(fn)
+                      : "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "xmm0", "xmm1",
+                        "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
+                        "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc");
+                  const int calls = h.calls.load();
+                  check(rw->uninstall().ok(), "uninstall");
+                  check(calls == 1, "the handler saw the call: " + std::to_string(calls));
+                  check(static_cast<pid_t>(gp[0]) == getppid(), "rax = getppid()");
+                  const uint64_t want[6] = {0x1111, 0x2222, 0x3333, 0x4444, 0x5555, 0x6666};
+                  for (int i = 0; i < 6; ++i)
+                      check(gp[i + 1] == want[i], "argument register " + std::to_string(i) + " changed");
+                  for (int i = 0; i < 32; ++i)
+                      check(xout[i] == xin[i], "xmm" + std::to_string(i / 2) + " changed");
               }),
               "");
 }
