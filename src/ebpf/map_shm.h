@@ -37,7 +37,7 @@
 namespace liveio::ebpf::detail {
 
 inline constexpr uint64_t kMapMagic = 0x504d4f494556494cull;  // "LIVEIOMP" little-endian
-inline constexpr uint32_t kMapVersion = 1;
+inline constexpr uint32_t kMapVersion = 2;
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint32_t kNil = 0xffffffffu;
 inline constexpr uint32_t kArrayStripes = 64;
@@ -81,7 +81,8 @@ struct alignas(64) MapHeader {
     uint32_t reserved0;
     char name[kNameCapacity];
     // Mutable, map-wide; each on its own cache line.
-    alignas(64) uint64_t free_head;   // hashes: tagged free-list head (tag << 32 | index)
+    alignas(64) uint64_t free_head;   // hashes: tagged free-list head (tag << 32 | index + 1)
+    alignas(64) uint32_t hash_bump;   // hashes: elements [hash_bump, max_entries) never used yet
     alignas(64) uint64_t lru_hand;    // LRU hashes: clock hand
     alignas(64) uint32_t ring_lock;   // ringbuf: producers' spinlock
     alignas(64) uint64_t ring_dropped;

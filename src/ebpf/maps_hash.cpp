@@ -9,6 +9,10 @@
 //  - Elements are preallocated (max_entries of them); chains and the free list link element
 //    indices, never pointers, so every process can follow them. Walks are bounded and every
 //    index is range-checked, so a walk racing a writer can only retry, never run wild.
+//  - Links hold index + 1, so 0 (the memfd's initial contents) means "none": a new map needs
+//    no initialization pass, and elements are handed out from a bump counter until the free
+//    list has some. Creating a map of a million entries costs what one of a thousand does,
+//    and memory is touched only as elements are used.
 //  - The free list is a lock-free stack whose head carries a 32-bit tag against ABA.
 //  - Updating an existing key rewrites its value in place under the bucket lock: never needs a
 //    spare element (no -E2BIG on a full map), and copy_value sees old or new, never a mix.
@@ -28,15 +32,19 @@ namespace {
 
 struct Bucket {
     uint32_t seq;
-    uint32_t head;  // element index or kNil
+    uint32_t head;  // link: element index + 1, 0 for none
 };
 
 struct ElemHeader {
-    uint32_t next;    // chain or free-list link
+    uint32_t next;    // chain or free-list link (index + 1, 0 for none)
     uint32_t hash;    // low 32 bits of the key's hash
     uint32_t linked;  // 1 while in a bucket chain
     uint32_t ref;     // LRU reference bit
 };
+
+// Links are index + 1; 0 (none) maps to kNil and back.
+inline uint32_t to_link(uint32_t index) { return index + 1; }
+inline uint32_t from_link(uint32_t link) { return link - 1; }
 
 template <typename T>
 T load(const T* p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
@@ -61,11 +69,7 @@ public:
           max_(spec.max_entries),
           percpu_(spec.type == MapType::PercpuHash || spec.type == MapType::LruPercpuHash),
           lru_(spec.type == MapType::LruHash || spec.type == MapType::LruPercpuHash) {
-        if (fresh) {
-            for (uint32_t b = 0; b <= mask_; ++b) buckets_[b].head = kNil;
-            for (uint32_t i = 0; i < max_; ++i) elem(i)->next = i + 1 < max_ ? i + 1 : kNil;
-            hdr_->free_head = 0;  // tag 0, index 0
-        }
+        (void)fresh;  // zero-filled memory is an empty map (see the links above)
     }
 
     void* lookup(const void* key) override {
@@ -132,7 +136,7 @@ private:
             store(&e->ref, 1u);  // a new key gets its second chance too
             store(&e->linked, 1u);
             store(&e->next, load(&b.head));
-            store(&b.head, spare);
+            store(&b.head, to_link(spare));
             seq_write_unlock(&b.seq);
             return 0;
         }
@@ -180,7 +184,7 @@ public:
             for (;;) {
                 const uint32_t s = seq_read_begin(&b.seq);
                 const uint32_t i = find(b, key, static_cast<uint32_t>(h));
-                const uint32_t n = i == kNil ? kNil : load(&elem(i)->next);
+                const uint32_t n = i == kNil ? kNil : from_link(load(&elem(i)->next));
                 if (n < max_) std::memcpy(tmp, key_of(elem(n)), key_size_);
                 if (seq_read_retry(&b.seq, s)) continue;
                 if (i == kNil) break;  // unknown key: restart from the first (kernel semantics)
@@ -196,7 +200,7 @@ public:
             const Bucket& b = buckets_[bi];
             for (;;) {
                 const uint32_t s = seq_read_begin(&b.seq);
-                const uint32_t head = load(&b.head);
+                const uint32_t head = from_link(load(&b.head));
                 if (head < max_) std::memcpy(tmp, key_of(elem(head)), key_size_);
                 if (seq_read_retry(&b.seq, s)) continue;
                 if (head < max_) {
@@ -254,11 +258,11 @@ private:
     // Walks a chain; safe against concurrent writers (bounded, range-checked) — callers
     // without the bucket lock validate the result with the bucket's sequence.
     uint32_t find(const Bucket& b, const void* key, uint32_t h32) const {
-        uint32_t i = load(&b.head);
+        uint32_t i = from_link(load(&b.head));
         for (uint32_t steps = 0; i < max_ && steps < max_; ++steps) {
             const ElemHeader* e = elem(i);
             if (load(&e->hash) == h32 && key_eq(key_of(e), key)) return i;
-            i = load(&e->next);
+            i = from_link(load(&e->next));
         }
         return kNil;
     }
@@ -267,7 +271,7 @@ private:
     template <typename Pred>
     uint32_t unlink_if(Bucket& b, Pred pred) {
         uint32_t* link = &b.head;
-        uint32_t i = load(link);
+        uint32_t i = from_link(load(link));
         for (uint32_t steps = 0; i < max_ && steps < max_; ++steps) {
             ElemHeader* e = elem(i);
             if (pred(i)) {
@@ -276,28 +280,35 @@ private:
                 return i;
             }
             link = &e->next;
-            i = load(link);
+            i = from_link(load(link));
         }
         return kNil;
     }
 
+    // Free list first, then never-used elements.
     uint32_t pop_free() {
         uint64_t old = __atomic_load_n(&hdr_->free_head, __ATOMIC_ACQUIRE);
         for (;;) {
-            const auto i = static_cast<uint32_t>(old);
-            if (i >= max_) return kNil;
+            const uint32_t i = from_link(static_cast<uint32_t>(old));
+            if (i >= max_) break;
             const uint64_t next = (((old >> 32) + 1) << 32) | load(&elem(i)->next);
             if (__atomic_compare_exchange_n(&hdr_->free_head, &old, next, true, __ATOMIC_ACQ_REL,
                                             __ATOMIC_ACQUIRE))
                 return i;
         }
+        uint32_t bump = __atomic_load_n(&hdr_->hash_bump, __ATOMIC_RELAXED);
+        while (bump < max_)
+            if (__atomic_compare_exchange_n(&hdr_->hash_bump, &bump, bump + 1, true, __ATOMIC_RELAXED,
+                                            __ATOMIC_RELAXED))
+                return bump;
+        return kNil;
     }
 
     void push_free(uint32_t i) {
         uint64_t old = __atomic_load_n(&hdr_->free_head, __ATOMIC_RELAXED);
         for (;;) {
             store(&elem(i)->next, static_cast<uint32_t>(old));
-            const uint64_t next = (((old >> 32) + 1) << 32) | i;
+            const uint64_t next = (((old >> 32) + 1) << 32) | to_link(i);
             if (__atomic_compare_exchange_n(&hdr_->free_head, &old, next, true, __ATOMIC_RELEASE,
                                             __ATOMIC_RELAXED))
                 return;

@@ -697,6 +697,7 @@ TEST(MapShared, CorruptHashChainsNeitherCrashNorHang) {
     for (uint32_t e = 0; e < 64; ++e)
         poke<uint32_t>(m->memfd(), h.data_offset + uint64_t{e} * h.elem_size, rng() % 2 ? rng() % 64 : rng());
     poke<uint64_t>(m->memfd(), offsetof(detail::MapHeader, free_head), 0xffffffff00000007ull);
+    poke<uint32_t>(m->memfd(), offsetof(detail::MapHeader, hash_bump), 3u);  // hands out used elements
     auto o = open_shared_map(m->memfd());
     ASSERT_TRUE(o.ok()) << o.error().message;
     for (auto* map : {m.get(), o.value().get()}) {
