@@ -227,28 +227,55 @@ bool contains(const dl_phdr_info* info, uintptr_t addr) {
     return false;
 }
 
-std::vector<Segment> executable_segments() {
+bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The executable segments to scan: of every loaded object, or of those `objects` names (path
+// suffixes or kMainProgram). Never liveio's own object nor the vDSO.
+Result<std::vector<Segment>> executable_segments(const std::vector<std::string>& objects) {
     struct Ctx {
+        const std::vector<std::string>& objects;
         std::vector<Segment> out;
+        std::vector<bool> matched;
+        std::string own_name;
         uintptr_t own = reinterpret_cast<uintptr_t>(&liveio_rewrite_entry);
         uintptr_t vdso = getauxval(AT_SYSINFO_EHDR);
-    } ctx;
+    } ctx{objects, {}, std::vector<bool>(objects.size()), {}};
     dl_iterate_phdr(
         [](dl_phdr_info* info, size_t, void* raw) {
             auto& c = *static_cast<Ctx*>(raw);
-            if (contains(info, c.own)) return 0;  // liveio's own object keeps raw syscalls
             if (c.vdso != 0 && contains(info, c.vdso)) return 0;
             const bool main = info->dlpi_name == nullptr || info->dlpi_name[0] == '\0';
             const std::string name = main ? kMainProgram : info->dlpi_name;
+            if (contains(info, c.own)) {  // liveio's own object keeps raw syscalls
+                c.own_name = name;
+                return 0;
+            }
+            bool wanted = c.objects.empty();
+            for (size_t i = 0; i < c.objects.size(); ++i)
+                if (c.objects[i] == name || (!main && !c.objects[i].empty() && ends_with(name, c.objects[i])))
+                    wanted = c.matched[i] = true;
+            if (!wanted) return 0;
             const std::string path = main ? "/proc/self/exe" : info->dlpi_name;
             for (int i = 0; i < info->dlpi_phnum; ++i) {
                 const ElfW(Phdr)& ph = info->dlpi_phdr[i];
-                if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_X) || ph.p_memsz == 0) continue;
-                c.out.push_back({info->dlpi_addr + ph.p_vaddr, ph.p_memsz, name, path, info->dlpi_addr});
+                // Execute-only text cannot be read to disassemble it.
+                if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_X) || !(ph.p_flags & PF_R)) continue;
+                const size_t size = std::min(ph.p_memsz, ph.p_filesz);  // beyond filesz: zeros
+                if (size == 0) continue;
+                c.out.push_back({info->dlpi_addr + ph.p_vaddr, size, name, path, info->dlpi_addr});
             }
             return 0;
         },
         &ctx);
+    for (size_t i = 0; i < objects.size(); ++i) {
+        if (ctx.matched[i]) continue;
+        if (objects[i] == ctx.own_name || (!ctx.own_name.empty() && ends_with(ctx.own_name, objects[i])))
+            return make_error(EINVAL, "'" + objects[i] + "' is liveio's own object, whose syscalls "
+                                      "are never rewritten");
+        return make_error(ENOENT, "no loaded object matches '" + objects[i] + "'");
+    }
     return ctx.out;
 }
 
@@ -284,6 +311,53 @@ std::vector<uintptr_t> function_starts(const std::string& path, uintptr_t bias) 
     starts.erase(std::unique(starts.begin(), starts.end()), starts.end());
     return starts;
 }
+
+// Scanning every object costs tens of milliseconds (symbols read from disk, every instruction
+// decoded), and text does not change between installs: the sites of each executable segment
+// are remembered, keyed by address, size and a hash of its bytes (an object unloaded and
+// another loaded at the same place is rescanned). Process-wide, like the stubs; used under
+// RewriteStubs::mutex().
+class ScanCache {
+public:
+    static ScanCache& instance() {
+        static ScanCache cache;
+        return cache;
+    }
+    const std::vector<uintptr_t>& sites(const Segment& seg) {
+        const uint64_t digest = hash_bytes(reinterpret_cast<const uint8_t*>(seg.start), seg.size);
+        for (const Entry& e : entries_)
+            if (e.start == seg.start && e.size == seg.size && e.digest == digest) return e.sites;
+        const auto starts = function_starts(seg.path, seg.bias);
+        auto found = find_syscall_instructions(reinterpret_cast<const uint8_t*>(seg.start), seg.size,
+                                               seg.start, starts);
+        std::erase_if(entries_, [&](const Entry& e) { return e.start == seg.start; });
+        entries_.push_back({seg.start, seg.size, digest, std::move(found)});
+        return entries_.back().sites;
+    }
+
+private:
+    struct Entry {
+        uintptr_t start;
+        size_t size;
+        uint64_t digest;
+        std::vector<uintptr_t> sites;
+    };
+    // Text is hashed while it holds the original instructions (before install, after
+    // uninstall), so the digest is stable across cycles.
+    static uint64_t hash_bytes(const uint8_t* p, size_t n) {
+        uint64_t h = 0x9E3779B97F4A7C15ull ^ n;
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            uint64_t w;
+            memcpy(&w, p + i, 8);
+            h = (h ^ w) * 0xff51afd7ed558ccdull;
+            h ^= h >> 32;
+        }
+        for (; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+        return h;
+    }
+    std::vector<Entry> entries_;
+};
 
 // Protections of the mappings covering each page that holds a site, merged into runs.
 Result<std::vector<SyscallRewriter::PageRun>> page_runs(const std::vector<RewrittenSite>& sites) {
@@ -375,7 +449,8 @@ Result<void> check_mmap_min_addr() {
     return {};
 }
 
-Result<std::unique_ptr<SyscallRewriter>> SyscallRewriter::install(CallHandler* handler) {
+Result<std::unique_ptr<SyscallRewriter>> SyscallRewriter::install(CallHandler* handler,
+                                                                   const std::vector<std::string>& objects) {
     if (handler == nullptr) return make_error(EINVAL, "syscall rewriting needs a CallHandler");
     if (auto r = check_mmap_min_addr(); !r) return r.error();
     // This thread's own libc calls during install must not reach the handler half-way.
@@ -384,10 +459,10 @@ Result<std::unique_ptr<SyscallRewriter>> SyscallRewriter::install(CallHandler* h
     std::lock_guard lock(stubs.mutex());
 
     std::unique_ptr<SyscallRewriter> self(new SyscallRewriter());
-    for (const Segment& seg : executable_segments()) {
-        const auto starts = function_starts(seg.path, seg.bias);
-        const auto* code = reinterpret_cast<const uint8_t*>(seg.start);
-        for (uintptr_t a : find_syscall_instructions(code, seg.size, seg.start, starts)) {
+    auto segments = executable_segments(objects);
+    if (!segments) return segments.error();
+    for (const Segment& seg : *segments) {
+        for (uintptr_t a : ScanCache::instance().sites(seg)) {
             RewrittenSite s{a, {}, seg.object};
             memcpy(s.original, reinterpret_cast<const void*>(a), 2);
             self->sites_.push_back(std::move(s));
@@ -449,8 +524,9 @@ Result<void> SyscallRewriter::uninstall() {
 
 SyscallRewriter::~SyscallRewriter() { (void)uninstall(); }
 
-Result<std::unique_ptr<Interceptor>> install_syscall_rewrite(const InterceptOptions&, CallHandler* handler) {
-    auto rewriter = SyscallRewriter::install(handler);
+Result<std::unique_ptr<Interceptor>> install_syscall_rewrite(const InterceptOptions& options,
+                                                             CallHandler* handler) {
+    auto rewriter = SyscallRewriter::install(handler, options.objects);
     if (!rewriter) return rewriter.error();
     return std::unique_ptr<Interceptor>(std::make_unique<RewriteInterceptor>(std::move(rewriter).value()));
 }

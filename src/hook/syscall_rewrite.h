@@ -71,9 +71,11 @@ struct RewrittenSite {
 
 class SyscallRewriter {
 public:
-    // Maps the trampoline at address 0, attaches `handler` to the dispatcher and rewrites every
-    // syscall instruction while all other threads are stopped.
-    static Result<std::unique_ptr<SyscallRewriter>> install(CallHandler* handler);
+    // Maps the trampoline at address 0, attaches `handler` to the dispatcher and rewrites the
+    // syscall instructions of every loaded object, or only of `objects` (path suffixes or
+    // kMainProgram, as InterceptOptions::objects), while all other threads are stopped.
+    static Result<std::unique_ptr<SyscallRewriter>> install(CallHandler* handler,
+                                                            const std::vector<std::string>& objects = {});
     ~SyscallRewriter();
     SyscallRewriter(const SyscallRewriter&) = delete;
     SyscallRewriter& operator=(const SyscallRewriter&) = delete;

@@ -566,6 +566,29 @@ TEST(SyscallRewrite, HundredInstallUninstallCyclesUnderVerifiedIo) {
               "");
 }
 
+TEST(SyscallRewrite, RewritesOnlyTheNamedObjects) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  auto unknown = SyscallRewriter::install(&h, {"libnot-loaded.so"});
+                  check(!unknown.ok() && unknown.error().code == ENOENT &&
+                            unknown.error().message.find("libnot-loaded.so") != std::string::npos,
+                        "unknown object refused by name");
+                  // The test binary links liveio: its own raw syscalls must stay raw.
+                  auto own = SyscallRewriter::install(&h, {kMainProgram});
+                  check(!own.ok() && own.error().code == EINVAL, "liveio's own object refused");
+                  auto rw = SyscallRewriter::install(&h, {"libc.so.6"});
+                  check(rw.ok(), rw.ok() ? "" : rw.error().message);
+                  check(!(*rw)->sites().empty(), "libc has syscall instructions");
+                  for (const auto& s : (*rw)->sites())
+                      check(s.object.ends_with("libc.so.6"), "site outside libc: " + s.object);
+                  for (int i = 0; i < 5; ++i) (void)getppid();
+                  check((*rw)->uninstall().ok(), "uninstall");
+                  check(count_nr(h.take(), SYS_getppid) == 5, "getppid through libc");
+              }),
+              "");
+}
+
 TEST(SyscallRewrite, InterceptorInterfaceAndSecondInstallIsRefused) {
     NEED_MIN_ADDR_ZERO();
     EXPECT_EQ(in_child([] {
