@@ -44,7 +44,8 @@ inline constexpr uint32_t kArrayStripes = 64;
 inline constexpr uint32_t kMaxKeySize = 512;             // the kernel's MAX_BPF_STACK
 inline constexpr uint32_t kMaxValueSize = 1u << 20;
 inline constexpr uint32_t kMaxPercpuValueSize = 32768;   // the kernel's PCPU_MIN_UNIT_SIZE
-inline constexpr uint64_t kMaxMapBytes = 4ull << 30;
+// Map memory is committed at creation (posix_fallocate): bound what one map may take.
+inline constexpr uint64_t kMaxMapBytes = 1ull << 30;
 inline constexpr size_t kNameCapacity = 64;
 // Perf event arrays: one ring of kPerfSlotBytes per slot, behind a control block per slot.
 inline constexpr uint64_t kPerfSlotBytes = 64 * 1024;

@@ -143,7 +143,7 @@ Result<Layout> plan_file_layout(const MapSpec& spec, uint32_t ncpus) {
         l.data_offset = l.index_offset + page_round(uint64_t{kArrayStripes} * 64);
         const uint64_t data = uint64_t{spec.max_entries} * l.ncpus * l.value_stride;
         if (data > kMaxMapBytes)
-            return spec_error(spec, E2BIG, "max_entries x value_size exceeds the 4 GiB map limit");
+            return spec_error(spec, E2BIG, "max_entries x value_size exceeds the 1 GiB map limit");
         l.total_size = page_round(l.data_offset + data);
         return l;
     }
@@ -170,7 +170,7 @@ Result<Layout> plan_file_layout(const MapSpec& spec, uint32_t ncpus) {
     l.data_offset = page_round(l.index_offset + uint64_t{nb} * 8);
     const uint64_t data = uint64_t{spec.max_entries} * elem;
     if (l.data_offset + data > kMaxMapBytes)
-        return spec_error(spec, E2BIG, "max_entries x element size exceeds the 4 GiB map limit");
+        return spec_error(spec, E2BIG, "max_entries x element size exceeds the 1 GiB map limit");
     l.total_size = page_round(l.data_offset + data);
     return l;
 }
@@ -244,6 +244,12 @@ Result<ShmRegion> ShmRegion::create(const std::string& name, const Layout& layou
         const int e = errno;
         ::close(fd);
         return make_error(e, fmt::format("sizing map '{}' to {} bytes failed", name, size));
+    }
+    // Memory is committed now, as the kernel preallocates map memory: a map that cannot be
+    // backed fails here with an error, not later with a fault inside the target.
+    if (const int e = ::posix_fallocate(fd, 0, static_cast<off_t>(size)); e != 0) {
+        ::close(fd);
+        return make_error(e, fmt::format("reserving {} bytes for map '{}' failed", size, name));
     }
     // A process holding the fd can no longer resize it: mappings of it never fault.
     if (::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
