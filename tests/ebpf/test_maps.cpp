@@ -65,6 +65,7 @@ TEST(MapSpec, InvalidSpecsRejectedNamingTheField) {
         {{"x", static_cast<MapType>(99), 4, 4, 4}, "type"},
         {{std::string(100, 'n'), MapType::Array, 4, 4, 4}, "name"},
         {{"big", MapType::Array, 4, 1 << 20, 1 << 20}, "max_entries"},
+        {{"bighash", MapType::Hash, 8, 1 << 20, 2048}, "max_entries"},  // 2 GiB > the 1 GiB limit
     };
     for (const auto& c : cases) {
         auto m = create_map(c.spec);
