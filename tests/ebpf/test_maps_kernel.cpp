@@ -63,7 +63,8 @@ void differential(const MapSpec& spec, uint32_t key_space, uint64_t seed) {
     Map& ours = *created.value();
     std::mt19937_64 rng(seed);
     // Syscall values of per-CPU maps hold every possible CPU's value, each rounded up to 8.
-    const bool percpu = spec.type == MapType::PercpuHash || spec.type == MapType::PercpuArray;
+    const bool percpu = spec.type == MapType::PercpuHash || spec.type == MapType::PercpuArray ||
+                        spec.type == MapType::LruPercpuHash;
     const size_t value_bytes =
         percpu ? static_cast<size_t>(libbpf_num_possible_cpus()) * ((spec.value_size + 7) / 8 * 8) : spec.value_size;
     std::vector<uint8_t> key(spec.key_size), value(value_bytes), kv(value_bytes), ov(value_bytes);
@@ -121,6 +122,13 @@ TEST(MapKernelParity, HashMatchesTheKernel) {
 
 TEST(MapKernelParity, ArrayMatchesTheKernel) {
     differential({"ka", MapType::Array, 4, 16, 50}, 60, 4);  // keys past the end too
+}
+
+// While the key space fits with room to spare nothing is evicted, and an LRU map must behave
+// exactly as a hash map — in both implementations.
+TEST(MapKernelParity, LruMatchesTheKernelBelowCapacity) {
+    differential({"klru", MapType::LruHash, 8, 8, 512}, 64, 7);
+    differential({"klrupc", MapType::LruPercpuHash, 4, 8, 512}, 64, 8);
 }
 
 TEST(MapKernelParity, PercpuMapsMatchTheKernelThroughUserspaceUpdates) {
