@@ -38,6 +38,15 @@ void write_stub(uint8_t* at, uintptr_t site) {
 
 }  // namespace
 
+// An executable segment of a loaded object.
+struct SyscallRewriter::Segment {
+    uintptr_t start;
+    size_t size;
+    std::string object;
+    std::string path;  // file to read symbols from
+    uintptr_t bias;    // load bias of the object
+};
+
 RewriteStubs& RewriteStubs::instance() {
     static constinit RewriteStubs stubs;
     return stubs;
@@ -209,13 +218,7 @@ Result<void> map_trampoline() {
 
 // --- the objects to rewrite ------------------------------------------------------------------
 
-struct Segment {
-    uintptr_t start;
-    size_t size;
-    std::string object;
-    std::string path;   // file to read symbols from ("" when unknown)
-    uintptr_t bias;     // load bias of the object
-};
+using Segment = SyscallRewriter::Segment;
 
 bool contains(const dl_phdr_info* info, uintptr_t addr) {
     for (int i = 0; i < info->dlpi_phnum; ++i) {
@@ -449,66 +452,119 @@ Result<void> check_mmap_min_addr() {
     return {};
 }
 
+// Everything rewriting some segments needs, computed before the world is stopped (it
+// allocates and reads files).
+struct SyscallRewriter::Batch {
+    std::vector<RewrittenSite> sites;
+    std::vector<PageRun> pages;
+    std::vector<RewriteStubs::Pending> stubs;
+};
+
+Result<SyscallRewriter::Batch> SyscallRewriter::prepare(const std::vector<Segment>& segments) {
+    Batch batch;
+    for (const Segment& seg : segments) {
+        for (uintptr_t a : ScanCache::instance().sites(seg)) {
+            RewrittenSite s{a, {}, seg.object};
+            memcpy(s.original, reinterpret_cast<const void*>(a), 2);
+            batch.sites.push_back(std::move(s));
+        }
+        segments_.push_back({seg.start, seg.size});
+    }
+    std::sort(batch.sites.begin(), batch.sites.end(),
+              [](const RewrittenSite& a, const RewrittenSite& b) { return a.address < b.address; });
+    auto runs = page_runs(batch.sites);
+    if (!runs) return runs.error();
+    batch.pages = std::move(runs).value();
+    std::vector<uintptr_t> addresses;
+    addresses.reserve(batch.sites.size());
+    for (const auto& s : batch.sites) addresses.push_back(s.address);
+    auto pending = RewriteStubs::instance().plan(addresses);
+    if (!pending) return pending.error();
+    batch.stubs = std::move(pending).value();
+    return batch;
+}
+
+// With every other thread stopped: stubs first (a rewritten clone must find its stub the
+// moment threads resume), then the sites.
+Result<void> SyscallRewriter::apply(Batch& batch) {
+    auto stopped = WorldStop::stop();
+    if (!stopped) return stopped.error();
+    auto committed = RewriteStubs::instance().commit(batch.stubs);
+    const bool patched = committed && patch_sites(batch.pages, batch.sites,
+                                                  [](const RewrittenSite&) { return kCallRax; });
+    (*stopped)->resume(nullptr, nullptr);
+    if (!committed) return committed.error();
+    if (!patched) return make_error(EACCES, "cannot make code pages writable to rewrite syscall instructions");
+    sites_.insert(sites_.end(), batch.sites.begin(), batch.sites.end());
+    pages_.insert(pages_.end(), batch.pages.begin(), batch.pages.end());
+    return {};
+}
+
 Result<std::unique_ptr<SyscallRewriter>> SyscallRewriter::install(CallHandler* handler,
                                                                    const std::vector<std::string>& objects) {
     if (handler == nullptr) return make_error(EINVAL, "syscall rewriting needs a CallHandler");
     if (auto r = check_mmap_min_addr(); !r) return r.error();
     // This thread's own libc calls during install must not reach the handler half-way.
     Dispatcher::ScopedInside inside;
-    RewriteStubs& stubs = RewriteStubs::instance();
-    std::lock_guard lock(stubs.mutex());
+    std::lock_guard lock(RewriteStubs::instance().mutex());
 
     std::unique_ptr<SyscallRewriter> self(new SyscallRewriter());
+    self->objects_ = objects;
     auto segments = executable_segments(objects);
     if (!segments) return segments.error();
-    for (const Segment& seg : *segments) {
-        for (uintptr_t a : ScanCache::instance().sites(seg)) {
-            RewrittenSite s{a, {}, seg.object};
-            memcpy(s.original, reinterpret_cast<const void*>(a), 2);
-            self->sites_.push_back(std::move(s));
-        }
-    }
-    std::sort(self->sites_.begin(), self->sites_.end(),
-              [](const RewrittenSite& a, const RewrittenSite& b) { return a.address < b.address; });
-    auto runs = page_runs(self->sites_);
-    if (!runs) return runs.error();
-    self->pages_ = std::move(runs).value();
-    std::vector<uintptr_t> addresses;
-    addresses.reserve(self->sites_.size());
-    for (const auto& s : self->sites_) addresses.push_back(s.address);
-    auto pending = stubs.plan(addresses);
-    if (!pending) return pending.error();
+    auto batch = self->prepare(*segments);
+    if (!batch) return batch.error();
 
     if (auto r = map_trampoline(); !r) return r.error();
     if (auto r = Dispatcher::instance().attach(Mechanism::SyscallRewrite, handler); !r) {
         raw_syscall(SYS_munmap, 0, kPage);
         return r.error();
     }
-    auto stopped = WorldStop::stop();
-    if (!stopped) {
+    if (auto r = self->apply(*batch); !r) {
         Dispatcher::instance().detach(Mechanism::SyscallRewrite);
         raw_syscall(SYS_munmap, 0, kPage);
-        return stopped.error();
-    }
-    // Stubs first: a rewritten clone must find its stub the moment threads resume.
-    auto committed = stubs.commit(*pending);
-    const bool patched = committed && patch_sites(self->pages_, self->sites_,
-                                                  [](const RewrittenSite&) { return kCallRax; });
-    (*stopped)->resume(nullptr, nullptr);
-    if (!patched) {
-        Dispatcher::instance().detach(Mechanism::SyscallRewrite);
-        raw_syscall(SYS_munmap, 0, kPage);
-        if (!committed) return committed.error();
-        return make_error(EACCES, "cannot make code pages writable to rewrite syscall instructions");
+        return r.error();
     }
     self->installed_ = true;
     return self;
+}
+
+Result<size_t> SyscallRewriter::rewrite_new_objects() {
+    if (!installed_) return make_error(EINVAL, "the syscall rewriter is not installed");
+    Dispatcher::ScopedInside inside;
+    std::lock_guard lock(RewriteStubs::instance().mutex());
+    auto segments = executable_segments(objects_);
+    if (!segments) return segments.error();
+    std::vector<Segment> fresh;
+    for (const Segment& seg : *segments)
+        if (std::find(segments_.begin(), segments_.end(), std::pair{seg.start, seg.size}) == segments_.end())
+            fresh.push_back(seg);
+    if (fresh.empty()) return size_t{0};
+    auto batch = prepare(fresh);
+    if (!batch) return batch.error();
+    const size_t added = batch->sites.size();
+    if (auto r = apply(*batch); !r) return r.error();
+    return added;
 }
 
 Result<void> SyscallRewriter::uninstall() {
     if (!installed_) return {};
     Dispatcher::ScopedInside inside;
     std::lock_guard lock(RewriteStubs::instance().mutex());
+    // Objects unloaded since (dlclose) took their rewritten bytes with them: restore only
+    // the sites of segments still loaded.
+    auto loaded = executable_segments({});
+    if (!loaded) return loaded.error();
+    auto still_loaded = [&](uintptr_t address) {
+        return std::any_of(loaded->begin(), loaded->end(), [&](const Segment& seg) {
+            return address >= seg.start && address < seg.start + seg.size &&
+                   std::find(segments_.begin(), segments_.end(), std::pair{seg.start, seg.size}) != segments_.end();
+        });
+    };
+    std::erase_if(sites_, [&](const RewrittenSite& s) { return !still_loaded(s.address); });
+    auto runs = page_runs(sites_);
+    if (!runs) return runs.error();
+    pages_ = std::move(runs).value();
     auto stopped = WorldStop::stop();
     if (!stopped) return stopped.error();
     const bool restored = patch_sites(pages_, sites_, [](const RewrittenSite& s) { return s.original; });

@@ -10,7 +10,8 @@
 // Not rewritten: the vDSO (it has no syscall instructions we may touch and is shared with the
 // kernel), liveio's own object (identified by address range: its raw syscalls must stay raw),
 // and code that is not part of a loaded object (JIT code). Objects dlopen'ed after install
-// are not rewritten either: their syscalls reach the kernel directly (reinstall to cover them).
+// are rewritten only when SyscallRewriter::rewrite_new_objects() is called (liveio does not
+// hook dlopen itself); until then their syscalls reach the kernel directly.
 //
 // Special syscalls, handled in the assembly entry without consulting the handler:
 // - rt_sigreturn needs the signal frame at rsp: the pushed return address is dropped and the
@@ -83,6 +84,10 @@ public:
     // Restores every rewritten byte (threads stopped; a thread inside the sled continues in the
     // entry), detaches the handler once no thread is inside it, and unmaps page 0.
     Result<void> uninstall();
+    // Rewrites objects loaded (dlopen) since install, or since the last call; returns how many
+    // sites were added. Objects loaded later are otherwise not rewritten: their syscalls reach
+    // the kernel directly. (Objects unloaded meanwhile are simply skipped by uninstall.)
+    Result<size_t> rewrite_new_objects();
     bool installed() const { return installed_; }
     const std::vector<RewrittenSite>& sites() const { return sites_; }
 
@@ -92,8 +97,16 @@ public:
         int prot;
     };
 
+    struct Segment;  // an executable segment of a loaded object (syscall_rewrite.cpp)
+
 private:
+    struct Batch;
     SyscallRewriter() = default;
+    Result<Batch> prepare(const std::vector<Segment>& segments);
+    Result<void> apply(Batch& batch);
+
+    std::vector<std::string> objects_;                   // the install's object filter
+    std::vector<std::pair<uintptr_t, size_t>> segments_;  // executable segments scanned
     std::vector<RewrittenSite> sites_;
     std::vector<PageRun> pages_;  // pages holding sites, with their original protection
     bool installed_ = false;

@@ -1,6 +1,7 @@
 // Syscall-instruction rewriting (zpoline style). Every test that installs the rewriter does so
 // in a forked child, so the test process itself never has its libc rewritten; the child
 // reports the first failed check through a pipe.
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -585,6 +586,66 @@ TEST(SyscallRewrite, RewritesOnlyTheNamedObjects) {
                   for (int i = 0; i < 5; ++i) (void)getppid();
                   check((*rw)->uninstall().ok(), "uninstall");
                   check(count_nr(h.take(), SYS_getppid) == 5, "getppid through libc");
+              }),
+              "");
+}
+
+// liburing makes its syscalls with its own `syscall` instructions (not through libc), so
+// they are seen only once the library itself is rewritten.
+TEST(SyscallRewrite, ObjectsLoadedLaterAreRewrittenOnRequest) {
+    NEED_MIN_ADDR_ZERO();
+    if (dlopen("liburing.so.2", RTLD_NOW | RTLD_NOLOAD) != nullptr)
+        GTEST_SKIP() << "liburing is already loaded in the test process";
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  auto rw = install_or_throw(&h);
+                  const size_t before = rw->sites().size();
+                  void* lib = dlopen("liburing.so.2", RTLD_NOW);
+                  check(lib != nullptr, std::string("dlopen liburing.so.2: ") + dlerror());
+                  // int io_uring_queue_init(unsigned entries, struct io_uring*, unsigned flags)
+                  using InitFn = int (*)(unsigned, void*, unsigned);
+                  using ExitFn = void (*)(void*);
+                  auto init = reinterpret_cast<InitFn>(dlsym(lib, "io_uring_queue_init"));
+                  auto exit_ring = reinterpret_cast<ExitFn>(dlsym(lib, "io_uring_queue_exit"));
+                  check(init != nullptr && exit_ring != nullptr, "liburing symbols");
+                  alignas(64) static unsigned char ring[4096];
+                  auto setup_calls = [&] {
+                      const int r = init(4, ring, 0);
+                      if (r == 0) exit_ring(ring);
+                      return count_nr(h.take(), SYS_io_uring_setup);
+                  };
+                  check(setup_calls() == 0, "liburing's own syscall seen before rewriting it");
+                  auto added = rw->rewrite_new_objects();
+                  check(added.ok(), added.ok() ? "" : added.error().message);
+                  check(*added > 0 && rw->sites().size() == before + *added, "sites added for liburing");
+                  check(setup_calls() == 1, "io_uring_setup seen after rewriting liburing");
+                  auto again = rw->rewrite_new_objects();
+                  check(again.ok() && *again == 0, "nothing new the second time");
+                  check(rw->uninstall().ok(), "uninstall");
+                  for (const auto& s : rw->sites())
+                      check(memcmp(reinterpret_cast<void*>(s.address), s.original, 2) == 0, "byte not restored");
+                  check(setup_calls() == 0, "nothing seen after uninstall");
+              }),
+              "");
+}
+
+TEST(SyscallRewrite, ObjectsUnloadedWhileRewrittenAreSkippedAtUninstall) {
+    NEED_MIN_ADDR_ZERO();
+    if (dlopen("liburing.so.2", RTLD_NOW | RTLD_NOLOAD) != nullptr)
+        GTEST_SKIP() << "liburing is already loaded in the test process";
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  auto rw = install_or_throw(&h);
+                  void* lib = dlopen("liburing.so.2", RTLD_NOW);
+                  check(lib != nullptr, "dlopen liburing.so.2");
+                  auto added = rw->rewrite_new_objects();
+                  check(added.ok() && *added > 0, "liburing rewritten");
+                  check(dlclose(lib) == 0, "dlclose");
+                  check(dlopen("liburing.so.2", RTLD_NOW | RTLD_NOLOAD) == nullptr, "liburing unloaded");
+                  auto u = rw->uninstall();
+                  check(u.ok(), u.ok() ? "" : u.error().message);
+                  for (int i = 0; i < 3; ++i) (void)getppid();
+                  check(count_nr(h.take(), SYS_getppid) == 0, "nothing seen after uninstall");
               }),
               "");
 }
