@@ -18,8 +18,8 @@
 //                 perf event array: max_entries rings of kPerfSlotBytes, each mapped twice
 //
 // Shared memory holds no pointers: hash chains and the free list link element indices.
-// "CPU" for per-CPU maps is sched_getcpu() (one instruction-cheap read of glibc's rseq area),
-// folded modulo the creator's number of configured CPUs (ncpus, stored in the header).
+// "CPU" for per-CPU maps is sched_getcpu() (a cheap read of glibc's rseq area), folded modulo
+// the creator's number of possible CPUs (ncpus, stored in the header).
 #pragma once
 
 #include <sched.h>
@@ -116,8 +116,8 @@ struct Layout {
 // Checks a spec (every rejection names the field) and computes its layout.
 Result<Layout> plan_layout(const MapSpec& spec, uint32_t ncpus);
 
-// Number of CPU slots of per-CPU maps created by this process: configured CPUs.
-uint32_t configured_cpus();
+// Number of CPU slots of per-CPU maps created by this process: possible CPUs, as libbpf counts.
+uint32_t possible_cpus();
 
 // A map's memfd and its mapping. Ring buffers map their data area a second time right after
 // the first so that records never wrap.

@@ -53,7 +53,7 @@ Error spec_error(const MapSpec& spec, int code, const std::string& what) {
 
 }  // namespace
 
-uint32_t configured_cpus() {
+uint32_t possible_cpus() {
     // As libbpf's libbpf_num_possible_cpus(): the highest possible CPU id + 1, so per-CPU
     // values have the kernel's layout ("0-3,8-11" -> 12).
     if (FILE* f = ::fopen("/sys/devices/system/cpu/possible", "re")) {
@@ -293,8 +293,8 @@ using namespace detail;
 Result<std::shared_ptr<Map>> create_map(const MapSpec& requested) {
     MapSpec spec = requested;
     // As libbpf: a perf event array without max_entries gets a slot per possible CPU.
-    if (spec.type == MapType::PerfEventArray && spec.max_entries == 0) spec.max_entries = configured_cpus();
-    auto layout = plan_layout(spec, configured_cpus());
+    if (spec.type == MapType::PerfEventArray && spec.max_entries == 0) spec.max_entries = possible_cpus();
+    auto layout = plan_layout(spec, possible_cpus());
     if (!layout) return layout.error();
     auto region = ShmRegion::create(spec.name, *layout);
     if (!region) return region.error();

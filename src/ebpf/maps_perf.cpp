@@ -13,7 +13,7 @@ namespace {
 class PerfArray final : public PerfEventArray {
 public:
     PerfArray(const MapSpec& spec, const Layout& layout, ShmRegion region)
-        : PerfEventArray(spec), region_(std::move(region)), ncpus_(configured_cpus()) {
+        : PerfEventArray(spec), region_(std::move(region)), ncpus_(possible_cpus()) {
         rings_.reserve(spec.max_entries);
         for (uint64_t i = 0; i < spec.max_entries; ++i) {
             uint8_t* ctl = region_.base() + layout.index_offset + i * kPerfCtlBytes;
