@@ -77,6 +77,10 @@ private:
     if (!min_addr_zero.ok())                                                                       \
         GTEST_SKIP() << "needs vm.mmap_min_addr=0 (or root to set it for the test)";
 
+#define NEED_LIBURING_NOT_LOADED()                                                                  \
+    if (dlopen("liburing.so.2", RTLD_NOW | RTLD_NOLOAD) != nullptr)                                \
+        GTEST_SKIP() << "liburing is already loaded in the test process";
+
 struct CheckFailed {
     std::string message;
 };
@@ -594,8 +598,7 @@ TEST(SyscallRewrite, RewritesOnlyTheNamedObjects) {
 // they are seen only once the library itself is rewritten.
 TEST(SyscallRewrite, ObjectsLoadedLaterAreRewrittenOnRequest) {
     NEED_MIN_ADDR_ZERO();
-    if (dlopen("liburing.so.2", RTLD_NOW | RTLD_NOLOAD) != nullptr)
-        GTEST_SKIP() << "liburing is already loaded in the test process";
+    NEED_LIBURING_NOT_LOADED();
     EXPECT_EQ(in_child([] {
                   RecordingHandler h;
                   auto rw = install_or_throw(&h);
@@ -631,8 +634,7 @@ TEST(SyscallRewrite, ObjectsLoadedLaterAreRewrittenOnRequest) {
 
 TEST(SyscallRewrite, ObjectsUnloadedWhileRewrittenAreSkippedAtUninstall) {
     NEED_MIN_ADDR_ZERO();
-    if (dlopen("liburing.so.2", RTLD_NOW | RTLD_NOLOAD) != nullptr)
-        GTEST_SKIP() << "liburing is already loaded in the test process";
+    NEED_LIBURING_NOT_LOADED();
     EXPECT_EQ(in_child([] {
                   RecordingHandler h;
                   auto rw = install_or_throw(&h);
@@ -646,6 +648,42 @@ TEST(SyscallRewrite, ObjectsUnloadedWhileRewrittenAreSkippedAtUninstall) {
                   check(u.ok(), u.ok() ? "" : u.error().message);
                   for (int i = 0; i < 3; ++i) (void)getppid();
                   check(count_nr(h.take(), SYS_getppid) == 0, "nothing seen after uninstall");
+              }),
+              "");
+}
+
+// A thread blocked in a hooked read keeps uninstall waiting (after the bytes are restored)
+// until its call returns; then everything completes normally.
+TEST(SyscallRewrite, UninstallWaitsForABlockedCall) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  int p[2];
+                  check(pipe(p) == 0, "pipe");
+                  std::atomic<bool> in_read{false};
+                  h.during_enter = [&] { in_read = true; };
+                  auto rw = install_or_throw(&h);
+                  char got = 0;
+                  ssize_t n = -1;
+                  std::thread reader([&] { n = read(p[0], &got, 1); });
+                  while (!in_read.load()) std::this_thread::yield();
+                  h.during_enter = nullptr;
+                  std::atomic<bool> done{false};
+                  Result<void> result;
+                  std::thread uninstaller([&] {
+                      result = rw->uninstall();
+                      done = true;
+                  });
+                  const auto& first = rw->sites().front();
+                  while (memcmp(reinterpret_cast<void*>(first.address), first.original, 2) != 0)
+                      std::this_thread::yield();
+                  check(!done.load(), "uninstall returned while a call was still inside the handler");
+                  check(::write(p[1], "z", 1) == 1, "write");
+                  reader.join();
+                  uninstaller.join();
+                  check(result.ok(), result.ok() ? "" : result.error().message);
+                  check(n == 1 && got == 'z', "the blocked read completed with the byte");
+                  check(count_nr(h.take(), SYS_read) == 1, "the blocked read reached on_exit");
               }),
               "");
 }
