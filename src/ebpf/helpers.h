@@ -7,6 +7,8 @@
 #include <string>
 #include <unordered_map>
 
+#include "base/result.h"
+
 namespace liveio::ebpf {
 
 struct ExecEnv;
@@ -60,8 +62,12 @@ inline constexpr int32_t kMapLookupElem = 1, kMapUpdateElem = 2, kMapDeleteElem 
                          kKtimeGetCoarseNs = 160, kLoop = 181;
 // liveio's own helpers live at and above this ID, far above the kernel's (< 300 today), so
 // objects using them fail to load in the kernel with a clear "unknown func" instead of
-// calling something else.
+// calling something else. A BPF C program declares one the way libbpf's headers declare the
+// kernel's: `static long (*liveio_x)(void *a) = (void *)0x10001;`.
+// Extensions are registered with HelperTable::extend(); each subsystem that adds helpers
+// takes the next free block below and names its IDs next to its own code.
 inline constexpr int32_t kLiveioBase = 0x10000;
+inline constexpr int32_t kLiveioLast = 0x1ffff;  // end of the range extend() accepts
 }  // namespace helper_id
 
 // The set of helpers a program may call, by ID. Engines and the verifier consult it.
@@ -71,6 +77,10 @@ public:
     static HelperTable standard();
     // Registers or replaces a helper; liveio extensions use IDs >= helper_id::kLiveioBase.
     void add(int32_t id, HelperProto proto) { helpers_[id] = std::move(proto); }
+    // Registers one of liveio's own helpers: refuses IDs outside
+    // [helper_id::kLiveioBase, helper_id::kLiveioLast] (so an extension can never shadow a
+    // kernel helper), an ID already registered, and a proto without name or function.
+    Result<void> extend(int32_t id, HelperProto proto);
     const HelperProto* find(int32_t id) const {
         auto it = helpers_.find(id);
         return it == helpers_.end() ? nullptr : &it->second;
