@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -152,8 +153,35 @@ bool wait_thread_gone(pid_t pid, pid_t tid) {
     return false;
 }
 
+// The path of liveio-agent.so if it is mapped in `pid`.
+std::string mapped_agent(pid_t pid) {
+    std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+    std::string line;
+    while (std::getline(maps, line)) {
+        const size_t slash = line.find('/');
+        if (slash != std::string::npos && line.ends_with("/liveio-agent.so")) return line.substr(slash);
+    }
+    return "";
+}
+
+// An agent whose control thread already ended (an earlier detach whose CLI gave up waiting
+// before unloading) has nothing installed; its library is unloaded through a fresh handle:
+// dlopen of the loaded path returns the same handle with one more reference, so two
+// dlcloses bring the count to zero.
+void unload_stopped_agent(pid_t pid, const std::string& path) {
+    hook::InjectStats stats;
+    auto lib = check(hook::inject_library(pid, path, &stats), "reopening the agent library in " + std::to_string(pid));
+    check(hook::unload_library(lib), "unloading the agent from " + std::to_string(pid));
+    check(hook::unload_library(lib), "unloading the agent from " + std::to_string(pid));
+    std::printf("detached from %d: agent was already stopped; library unloaded\n", pid);
+}
+
 void cmd_detach(pid_t pid) {
-    auto client = connect_agent(pid);
+    auto connected = agent::ControlClient::connect(pid);
+    if (!connected && connected.error().code == ECONNREFUSED) {
+        if (const std::string path = mapped_agent(pid); !path.empty()) return unload_stopped_agent(pid, path);
+    }
+    auto client = check(std::move(connected), "process " + std::to_string(pid));
     const json result = check(client.call("detach", json::object(), 60000), "detach " + std::to_string(pid));
     std::string removed;
     for (auto& m : result.value("uninstalled", json::array())) removed += (removed.empty() ? "" : ",") + m.get<std::string>();

@@ -21,6 +21,7 @@
 #include <climits>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -314,6 +315,9 @@ struct TargetModel {
     uint64_t libc_bias = 0;  // runtime address = file vaddr + bias
     uint64_t libc_exec_start = 0, libc_exec_end = 0;
     std::vector<std::pair<uint64_t, uint64_t>> loader_ranges;
+    // Code no thread may be executing for the stop to be safe (a library about to be unloaded).
+    std::vector<std::pair<uint64_t, uint64_t>> keep_out_ranges;
+    std::string keep_out_what;
     LibcImage libc;
     uint64_t dlopen = 0, dlclose = 0, dlsym = 0, dlerror = 0;
 };
@@ -431,6 +435,7 @@ public:
             if (failure) return *failure;
         }
         if (threads_.empty()) return make_error(ESRCH, fmt::format("process {} does not exist", pid_));
+        all_stopped_ = Clock::now();
         for (auto& t : threads_) {
             if (t.job_stopped)
                 return make_error(EBUSY, fmt::format("process {} is stopped by job control (SIGSTOP); continue it first", pid_));
@@ -458,6 +463,7 @@ public:
 
     std::vector<Tracee>& threads() { return threads_; }
     double pause_ms() const { return ms_between(started_, released_); }
+    double stop_ms() const { return ms_between(started_, all_stopped_); }
     pid_t pid() const { return pid_; }
 
 private:
@@ -500,7 +506,7 @@ private:
 
     pid_t pid_;
     std::vector<Tracee> threads_;
-    Clock::time_point started_{}, released_{};
+    Clock::time_point started_{}, all_stopped_{}, released_{};
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -515,6 +521,10 @@ Tracee* pick_call_thread(StoppedProcess& stopped, const TargetModel& model, std:
     Tracee* choice = nullptr;
     for (auto& t : stopped.threads()) {
         uint64_t ip = t.regs.rip;
+        if (in_ranges(model.keep_out_ranges, ip)) {
+            reason = fmt::format("thread {} is executing {} (ip {:#x})", t.tid, model.keep_out_what, ip);
+            return nullptr;
+        }
         if (in_ranges(model.loader_ranges, ip)) {
             reason = fmt::format("thread {} is inside the dynamic loader (ip {:#x})", t.tid, ip);
             return nullptr;
@@ -706,8 +716,10 @@ private:
 };
 
 // Stops the process at a safe point and runs `body` with a caller on the chosen thread.
+// `keep_out` (optional) adds the code no thread may be executing at the safe point.
 template <typename Body>
-auto with_target_stopped(pid_t pid, InjectStats* stats, const InjectOptions& options, Body body)
+auto with_target_stopped(pid_t pid, InjectStats* stats, const InjectOptions& options, Body body,
+                         const std::function<Result<void>(TargetModel&)>& keep_out = {})
     -> decltype(body(std::declval<const TargetModel&>(), std::declval<RemoteCaller&>())) {
     InjectStats local;
     InjectStats& st = stats ? *stats : local;
@@ -716,6 +728,8 @@ auto with_target_stopped(pid_t pid, InjectStats* stats, const InjectOptions& opt
     if (auto r = check_x86_64(pid); !r) return r.error();
     auto model = model_target(pid);
     if (!model) return model.error();
+    if (keep_out)
+        if (auto r = keep_out(*model); !r) return r.error();
     std::string reason;
     for (int attempt = 1; attempt <= std::max(1, options.max_attempts); ++attempt) {
         st.attempts = attempt;
@@ -739,6 +753,7 @@ auto with_target_stopped(pid_t pid, InjectStats* stats, const InjectOptions& opt
         }();
         stopped.release_all();
         st.pause_ms = stopped.pause_ms();
+        st.stop_ms = stopped.stop_ms();
         st.total_pause_ms += st.pause_ms;
         return result;
     }
@@ -776,6 +791,22 @@ Result<InjectedLibrary> inject_library(pid_t pid, const std::string& so_path, In
 
 Result<void> unload_library(const InjectedLibrary& lib, InjectStats* stats, const InjectOptions& options) {
     if (lib.handle == 0) return make_error(EINVAL, "library handle is null (not injected)");
+    // The library's mappings are read once before stopping: only dlclose (ours) removes them,
+    // and nothing else adds code the library could be reached through while it is detached.
+    auto library_code = [&](TargetModel& model) -> Result<void> {
+        auto maps = read_maps(lib.pid);
+        if (!maps) return maps.error();
+        const std::string deleted = lib.path + " (deleted)";  // rebuilt on disk since the load
+        for (const auto& m : *maps) {
+            bool own = m.path == lib.path || m.path == deleted;
+            bool generated = options.anonymous_code_is_library && m.exec && m.path.empty();
+            if (own || generated) model.keep_out_ranges.emplace_back(m.start, m.end);
+        }
+        model.keep_out_what = options.anonymous_code_is_library
+                                  ? fmt::format("{} or code it generated", lib.path)
+                                  : lib.path;
+        return {};
+    };
     return with_target_stopped(lib.pid, stats, options, [&](const TargetModel& model, RemoteCaller& caller) -> Result<void> {
         auto rc = caller.call(model.dlclose, {lib.handle});
         if (!rc) return rc.error();
@@ -785,7 +816,7 @@ Result<void> unload_library(const InjectedLibrary& lib, InjectStats* stats, cons
             return make_error(ELIBBAD, fmt::format("dlclose({}) failed in process {}: {}", lib.path, lib.pid, text));
         }
         return {};
-    });
+    }, library_code);
 }
 
 Result<long> call_in_target(const InjectedLibrary& lib, const std::string& symbol, std::initializer_list<long> args,

@@ -40,12 +40,17 @@ struct InjectOptions {
     int max_attempts = 50;           // stops tried before giving up on finding a safe point
     int release_after_ms = 500;      // call still running: let the other threads go
     int call_timeout_ms = 10000;     // call still running: give up (the target keeps running it)
+    // unload_library: besides the library's own mappings, anonymous executable memory counts as
+    // the library's code (hook trampolines and stubs it generated jump back into it). Turn off
+    // for targets that run JIT code of their own, or every stop may look unsafe.
+    bool anonymous_code_is_library = true;
 };
 
 struct InjectStats {
     double pause_ms = 0;        // successful attempt: first thread interrupted -> last released
     double total_pause_ms = 0;  // summed over all attempts (unsafe stops included)
-    double call_ms = 0;         // time spent running the call in the target
+    double stop_ms = 0;         // successful attempt: first thread interrupted -> all stopped
+    double call_ms = 0;         // time spent running the call(s) in the target
     int threads = 0;            // threads stopped in the successful attempt
     int attempts = 0;           // stops until a safe point was found
     bool released_early = false;
@@ -65,6 +70,13 @@ Result<InjectedLibrary> inject_library(pid_t pid, const std::string& so_path, In
 
 // dlclose(lib.handle) in the target, with the same stop / safe point / call protocol.
 // The library's destructors run; when the reference count reaches zero it is unmapped.
+// A stop is a safe point for the unload only when no thread's instruction pointer is inside the
+// library's mappings (or anonymous executable memory, see InjectOptions): a thread that has
+// just jumped through a hook into the library and not yet counted itself as in flight would
+// otherwise resume in unmapped code. Such a stop is released and retried (EAGAIN naming the
+// thread after `max_attempts`). Return addresses deeper in the stacks are not inspected: calls
+// out of the library's hooks are covered by the hook dispatcher's in-flight counts, which the
+// agent's detach waits for.
 Result<void> unload_library(const InjectedLibrary& lib, InjectStats* stats = nullptr,
                             const InjectOptions& options = {});
 

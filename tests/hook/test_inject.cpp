@@ -242,6 +242,46 @@ TEST(Inject, SixtyInjectUnloadCyclesWhileTargetVerifiesItsIo) {
     EXPECT_EQ(count_lines_starting(marks, "unload"), kCycles);
 }
 
+// A thread executing the library's code (as one that just jumped through a hook) must keep
+// the library mapped: the unload waits for it to leave, and reports it when it never does.
+TEST(Inject, UnloadWaitsUntilNoThreadExecutesTheLibrary) {
+    SKIP_WITHOUT_PTRACE();
+    Target target({"1", "1"}, marker_path("spinner"));
+    ASSERT_TRUE(target.ready());
+    auto lib = inject_library(target.pid(), INJECT_PROBE_PATH);
+    ASSERT_TRUE(lib.ok()) << lib.error().message;
+    auto started = call_in_target(*lib, "inject_probe_start_spinner", {});
+    ASSERT_TRUE(started.ok()) << started.error().message;
+    ASSERT_EQ(*started, 0);
+    for (;;) {  // the spinner runs: its lap count grows
+        auto laps = call_in_target(*lib, "inject_probe_spinner_laps", {});
+        ASSERT_TRUE(laps.ok()) << laps.error().message;
+        if (*laps > 0) break;
+    }
+
+    InjectOptions few;
+    few.max_attempts = 4;
+    InjectStats stats;
+    auto refused = unload_library(*lib, &stats, few);
+    ASSERT_FALSE(refused.ok()) << "unloaded the library under a thread executing it";
+    EXPECT_EQ(refused.error().code, EAGAIN);
+    EXPECT_NE(refused.error().message.find("is executing " + lib->path), std::string::npos) << refused.error().message;
+    EXPECT_EQ(stats.attempts, 4);
+    EXPECT_EQ(count_lines_starting(target.marks(), "unload"), 0);
+    auto s = target.status();
+    EXPECT_TRUE(s.alive);
+    EXPECT_EQ(s.errors, 0u);
+
+    // Once the thread has left (it returns into libc and exits) the unload goes through.
+    ASSERT_TRUE(call_in_target(*lib, "inject_probe_stop_spinner", {}).ok());
+    auto unloaded = unload_library(*lib, &stats);
+    ASSERT_TRUE(unloaded.ok()) << unloaded.error().message;
+    EXPECT_EQ(count_lines_starting(target.marks(), "unload"), 1);
+    auto after = target.progressed_beyond(s.verified);
+    EXPECT_TRUE(after.alive);
+    EXPECT_EQ(after.errors, 0u);
+}
+
 TEST(Inject, TargetBlockedInReadResumesTheReadTransparently) {
     SKIP_WITHOUT_PTRACE();
     Target target({"0", "0"}, marker_path("blocked"));  // one thread, blocked in read(0, ...)

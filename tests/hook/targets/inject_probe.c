@@ -2,6 +2,7 @@
 // append a line to the file named by INJECT_PROBE_MARKER (in the target's environment), so a
 // test can see each load and unload happen inside the target.
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,3 +29,29 @@ long inject_probe_weigh(long a, long b, long c, long d, long e, long f) {
 
 // Reads the process id where the call runs, to prove it ran inside the target.
 long inject_probe_pid(void) { return (long)getpid(); }
+
+// A thread that keeps executing this library's code until told to stop: the unload must not
+// unmap the library under it (the target would fault in unmapped code).
+static volatile int spinner_stop;
+static volatile long spinner_laps;
+
+static void* spin_here(void* unused) {
+    (void)unused;
+    while (!__atomic_load_n(&spinner_stop, __ATOMIC_ACQUIRE)) __atomic_add_fetch(&spinner_laps, 1, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+// Starts the spinner (detached: it ends by itself once stopped). Returns 0 or an errno value.
+long inject_probe_start_spinner(void) {
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, spin_here, NULL);
+    pthread_attr_destroy(&attr);
+    return rc;
+}
+
+long inject_probe_spinner_laps(void) { return __atomic_load_n(&spinner_laps, __ATOMIC_RELAXED); }
+
+void inject_probe_stop_spinner(void) { __atomic_store_n(&spinner_stop, 1, __ATOMIC_RELEASE); }
