@@ -70,7 +70,8 @@ inline Result<std::shared_ptr<Program>> build_program(std::string text, std::vec
     return p;
 }
 
-// Lines that store `s` and its NUL (zero-padded to 8 bytes) at [r10 + offset ...], using r1.
+// Lines that store `s` and its NUL (zero-padded to 8 bytes) at [r10 + offset ...]; they
+// clobber r1, so save the context first.
 inline std::string stack_string(std::string_view s, int offset) {
     std::string bytes(s);
     bytes.resize((s.size() / 8 + 1) * 8, '\0');
