@@ -9,17 +9,20 @@
 #include <linux/perf_event.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
 #include <fstream>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <bpf/bpf.h>
@@ -27,6 +30,7 @@
 
 #include "bench.h"
 #include "hook/dispatch.h"
+#include "hook/inject.h"
 #include "hook/interceptor.h"
 
 namespace liveio::bench {
@@ -252,7 +256,98 @@ std::optional<double> under_ptrace(int iterations, std::string& note) {
     return ns;
 }
 
-void run(int iterations) {
+// Attach pause: a 32-thread process (31 threads alternating bursts of 4 KiB preads from a
+// memfd with short sleeps, the main thread blocked in read() on a pipe) gets a small library
+// injected and unloaded `rounds` times; the pause is first thread stopped -> last resumed.
+struct AttachPause {
+    std::vector<double> attach_ms, detach_ms, stop_ms, call_ms, resume_ms;
+    int max_attempts = 0;
+    std::string note;
+};
+
+// A small system library this process (hence the forked target) has not loaded, so each
+// attach is a real dlopen: glibc's compatibility stubs are a few KiB.
+std::string default_attach_library() {
+    std::ifstream maps("/proc/self/maps");
+    std::string mapped((std::istreambuf_iterator<char>(maps)), std::istreambuf_iterator<char>());
+    for (const char* name : {"libanl.so.1", "libutil.so.1", "libdl.so.2", "librt.so.1", "libpthread.so.0"})
+        for (const char* dir : {"/lib/x86_64-linux-gnu/", "/usr/lib/x86_64-linux-gnu/", "/lib64/"})
+            if (mapped.find(std::string("/") + name) == std::string::npos && access((std::string(dir) + name).c_str(), R_OK) == 0)
+                return std::string(dir) + name;
+    return {};
+}
+
+AttachPause measure_attach_pause(int threads, int rounds, std::string library) {
+    AttachPause out;
+    if (library.empty()) library = default_attach_library();
+    if (library.empty()) {
+        out.note = "no library to inject (use --attach-lib)";
+        return out;
+    }
+    int control[2];
+    if (pipe(control) != 0) {
+        out.note = fmt::format("pipe: {}", strerror(errno));
+        return out;
+    }
+    pid_t child = fork();
+    if (child == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        close(control[1]);
+        for (int i = 1; i < threads; ++i)
+            std::thread([] {
+                char block[4096] = {};
+                int fd = memfd_create("liveio-bench-attach", MFD_CLOEXEC);
+                (void)!::pwrite(fd, block, sizeof block, 0);
+                for (;;) {
+                    for (int k = 0; k < 100; ++k) (void)!::pread(fd, block, sizeof block, 0);
+                    usleep(200);
+                }
+            }).detach();
+        char b;
+        (void)!::read(control[0], &b, 1);  // blocks until the bench closes the pipe
+        _exit(0);
+    }
+    close(control[0]);
+    // Let every thread start; the count is checked through /proc.
+    auto thread_count = [&] {
+        std::ifstream status(fmt::format("/proc/{}/status", child));
+        for (std::string line; std::getline(status, line);)
+            if (line.rfind("Threads:", 0) == 0) return std::stoi(line.substr(8));
+        return 0;
+    };
+    while (thread_count() < threads) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    for (int i = 0; i < rounds; ++i) {
+        hook::InjectStats st;
+        auto lib = hook::inject_library(child, library, &st);
+        if (!lib) {
+            out.note = lib.error().message;
+            break;
+        }
+        out.attach_ms.push_back(st.pause_ms);
+        out.stop_ms.push_back(st.stop_ms);
+        out.call_ms.push_back(st.call_ms);
+        // What is left of the pause: saving/restoring the caller's state and detaching all.
+        out.resume_ms.push_back(st.pause_ms - st.stop_ms - st.call_ms);
+        out.max_attempts = std::max(out.max_attempts, st.attempts);
+        if (auto r = hook::unload_library(*lib, &st); !r) {
+            out.note = r.error().message;
+            break;
+        }
+        out.detach_ms.push_back(st.pause_ms);
+    }
+    close(control[1]);
+    kill(child, SIGKILL);
+    waitpid(child, nullptr, 0);
+    if (out.note.empty()) out.note = fmt::format("{} threads, {} x dlopen/dlclose of {}, max {} stop(s) per attach", threads, rounds, library, out.max_attempts);
+    return out;
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
+void run(int iterations, int attach_rounds, const std::string& attach_lib) {
     const int fd = memfd_create("liveio-bench-hooks", MFD_CLOEXEC);
     const double plain = ns_per_call(fd, iterations);
     std::vector<Row> rows;
@@ -293,10 +388,23 @@ void run(int iterations) {
         if (v) fmt::print("metric: {} {:.1f}\n", name, *v - plain);
         else fmt::print("metric: {} unavailable\n", name);
     };
+    auto pause = measure_attach_pause(32, attach_rounds, attach_lib);
+    fmt::print("\n{:<42} {:>10} {:>10} {:>10}  {}\n", "ptrace injection pause (32 threads)", "median ms", "min ms", "max ms", "note");
+    for (auto [name, v] : {std::pair{"attach: stop all, dlopen, resume", &pause.attach_ms}, {"  of which: stopping all threads", &pause.stop_ms},
+                          {"  of which: dlopen call in the target", &pause.call_ms},
+                          {"  of which: restoring, resuming all", &pause.resume_ms},
+                          {"detach: stop all, dlclose, resume", &pause.detach_ms}}) {
+        const std::string note = v == &pause.attach_ms ? pause.note : "";
+        if (v->empty()) fmt::print("{:<42} {:>10} {:>10} {:>10}  {}\n", name, "-", "-", "-", note);
+        else fmt::print("{:<42} {:>10.2f} {:>10.2f} {:>10.2f}  {}\n", name, median(*v), *std::min_element(v->begin(), v->end()),
+                        *std::max_element(v->begin(), v->end()), note);
+    }
     metric("got_hook_ns", got);
     metric("inline_hook_ns", inl);
     metric("rewrite_hook_ns", rw);
     metric("kernel_tracepoint_ns", tp);
+    if (pause.attach_ms.empty()) fmt::print("metric: attach_pause_ms unavailable\n");
+    else fmt::print("metric: attach_pause_ms {:.2f}\n", median(pause.attach_ms));
 }
 
 }  // namespace
@@ -306,7 +414,11 @@ void add_hooks_bench(CLI::App& bench) {
                                               "syscall rewrite vs kernel tracepoint/uprobe/ptrace");
     static int iterations = 1000000;
     cmd->add_option("--iterations", iterations, "calls per measurement")->check(CLI::Range(1000, 100000000));
-    cmd->callback([] { run(iterations); });
+    static int attach_rounds = 21;
+    static std::string attach_lib;
+    cmd->add_option("--attach-rounds", attach_rounds, "injections into the 32-thread process (median reported)")->check(CLI::Range(1, 10000));
+    cmd->add_option("--attach-lib", attach_lib, "library to inject (default: a small system library not yet loaded)");
+    cmd->callback([] { run(iterations, attach_rounds, attach_lib); });
 }
 
 }  // namespace liveio::bench
