@@ -1,0 +1,52 @@
+// A minimal HTTP/1.1 server on plain sockets for `liveio serve`: one request per connection
+// (Connection: close), answered in the caller's thread. Enough for Prometheus scrapes and curl;
+// requests are bounded in size and time so a stuck client cannot stall the server for long.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+
+#include "base/result.h"
+
+namespace liveio::observe {
+
+struct HttpRequest {
+    std::string method;  // "GET"
+    std::string path;    // "/metrics" (query string removed)
+};
+
+struct HttpReply {
+    int status = 200;
+    std::string content_type = "text/plain; charset=utf-8";
+    std::string body;
+};
+
+class HttpServer {
+public:
+    // "127.0.0.1:9100", "0.0.0.0:9100", ":9100" (loopback); port 0 picks a free one.
+    static Result<HttpServer> listen(std::string_view address);
+
+    HttpServer(HttpServer&& other) noexcept;
+    HttpServer& operator=(HttpServer&& other) noexcept;
+    HttpServer(const HttpServer&) = delete;
+    HttpServer& operator=(const HttpServer&) = delete;
+    ~HttpServer();
+
+    uint16_t port() const { return port_; }
+    const std::string& host() const { return host_; }
+
+    // Waits up to `timeout_ms` for a connection and answers its request with `handler`'s reply
+    // (malformed requests get 400 without calling it). Returns whether a connection came;
+    // errors of one connection (client went away) are not errors of the server.
+    Result<bool> serve_one(int timeout_ms, const std::function<HttpReply(const HttpRequest&)>& handler);
+
+private:
+    HttpServer(int fd, std::string host, uint16_t port) : fd_(fd), host_(std::move(host)), port_(port) {}
+    int fd_ = -1;
+    std::string host_;
+    uint16_t port_ = 0;
+};
+
+}  // namespace liveio::observe
