@@ -279,6 +279,11 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
         // Own process group: a Ctrl-C meant for the test runner reaches the server only
         // through stop().
         ::setpgid(0, 0);
+        // The mask survives exec: a parent that blocks SIGINT/SIGTERM to wait for them in a
+        // thread (liveio demo) would otherwise leave stop()'s SIGTERM pending forever.
+        sigset_t none;
+        ::sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);
         int out = ::open(stdout_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (out < 0 || in < 0 || ::chdir(server.dir_.c_str()) != 0) ::_exit(127);
