@@ -187,33 +187,8 @@ namespace {
 // --- configuration checks and the trampoline -------------------------------------------------
 
 Result<void> map_trampoline() {
-    // Raw syscall: glibc's mmap wrapper may already be rewritten by an earlier install in a
-    // parent process (fork), and address 0 needs MAP_FIXED_NOREPLACE semantics exactly.
-    const long r = raw_syscall(SYS_mmap, 0, kPage, PROT_READ | PROT_WRITE,
-                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-    if (r < 0 && r > -4096) {
-        if (r == -EEXIST)
-            return make_error(EEXIST, "page 0 is already mapped (another syscall rewriter, or "
-                                      "the program uses it): cannot place the trampoline");
-        return make_error(static_cast<int>(-r),
-                          fmt::format("cannot map the trampoline at address 0: {}", strerror(static_cast<int>(-r))));
-    }
-    if (r != 0) {
-        raw_syscall(SYS_munmap, r, kPage);
-        return make_error(EPERM, "the kernel placed the trampoline away from address 0 "
-                                 "(vm.mmap_min_addr must be 0)");
-    }
     const auto code = trampoline_code(reinterpret_cast<uint64_t>(&liveio_rewrite_entry));
-    // The compiler treats stores through a null pointer as undefined: write through an
-    // address it cannot see is null.
-    uint8_t* volatile page = nullptr;
-    memcpy(page, code.data(), code.size());
-    // Exec-only where the CPU has protection keys: null-pointer reads still fault there.
-    if (raw_syscall(SYS_mprotect, 0, kPage, PROT_EXEC) != 0) {
-        raw_syscall(SYS_munmap, 0, kPage);
-        return make_error(EACCES, "cannot make the trampoline page executable");
-    }
-    return {};
+    return map_page_zero(code.data(), code.size());
 }
 
 // --- the objects to rewrite ------------------------------------------------------------------
@@ -440,6 +415,41 @@ private:
 };
 
 }  // namespace
+
+Result<void> map_page_zero(const uint8_t* code, size_t size) {
+    if (size > kPage) return make_error(EINVAL, fmt::format("{} bytes do not fit in page 0", size));
+    // Raw syscall: glibc's mmap wrapper may already be rewritten by an earlier install in a
+    // parent process (fork), and address 0 needs MAP_FIXED_NOREPLACE semantics exactly.
+    const long r = raw_syscall(SYS_mmap, 0, kPage, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (r < 0 && r > -4096) {
+        if (r == -EEXIST)
+            return make_error(EEXIST, "page 0 is already mapped (another syscall rewriter, or "
+                                      "the program uses it): cannot place the trampoline");
+        return make_error(static_cast<int>(-r),
+                          fmt::format("cannot map the trampoline at address 0: {}", strerror(static_cast<int>(-r))));
+    }
+    if (r != 0) {
+        raw_syscall(SYS_munmap, r, kPage);
+        return make_error(EPERM, "the kernel placed the trampoline away from address 0 "
+                                 "(vm.mmap_min_addr must be 0)");
+    }
+    // Byte by byte, never memcpy: glibc's memmove copies backwards when the source lies less
+    // than 256 bytes below a page boundary (its 4k-aliasing heuristic compares dst - src),
+    // and its backward loop ends on the unsigned test `dst < cursor`, which with dst == 0
+    // still holds after the cursor wraps below address 0: it stores to 0xffff...ffc0 and
+    // faults. Whether that happened depended on where malloc put the code (one heap layout
+    // in 16). Volatile element stores keep the compiler from turning the loop back into a
+    // memcpy call, and hide from it that the destination is the null address.
+    volatile uint8_t* volatile page = nullptr;
+    for (size_t i = 0; i < size; ++i) page[i] = code[i];
+    // Exec-only where the CPU has protection keys: null-pointer reads still fault there.
+    if (raw_syscall(SYS_mprotect, 0, kPage, PROT_EXEC) != 0) {
+        raw_syscall(SYS_munmap, 0, kPage);
+        return make_error(EACCES, "cannot make the trampoline page executable");
+    }
+    return {};
+}
 
 Result<void> check_mmap_min_addr() {
     std::ifstream in("/proc/sys/vm/mmap_min_addr");

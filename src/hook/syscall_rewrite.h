@@ -64,6 +64,11 @@ inline constexpr size_t kTrampolineEntries = 512;
 // (exposed for tests, which follow every entry with a disassembler).
 std::vector<uint8_t> trampoline_code(uint64_t entry);
 
+// Maps `size` bytes of `code` (at most a page) execute-only at address 0, failing with EEXIST
+// when page 0 is already mapped. The copy never depends on where `code` lies (exposed for
+// tests, which place it at every alignment); munmap(0, 4096) undoes it.
+Result<void> map_page_zero(const uint8_t* code, size_t size);
+
 struct RewrittenSite {
     uintptr_t address;
     uint8_t original[2];

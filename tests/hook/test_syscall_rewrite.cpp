@@ -214,6 +214,38 @@ TEST(SyscallRewrite, ClearErrorWhenMmapMinAddrIsNotZero) {
 
 // --- behaviour -----------------------------------------------------------------------------
 
+// The trampoline is copied to address 0 from wherever the heap put it. glibc's memcpy used
+// to copy backwards (and run below address 0) for one source alignment in 16; the first
+// install then crashed depending on the heap layout. Every 16-byte alignment in a page,
+// checked through /proc/self/mem (page 0 is execute-only).
+TEST(SyscallRewrite, PageZeroGetsTheCodeFromAnySourceAlignment) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  const auto code = trampoline_code(0x7f0012345678);
+                  std::vector<uint8_t> buffer(3 * 4096);
+                  auto* page = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buffer.data()) + 4095) & ~uintptr_t{4095});
+                  const int mem = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+                  check(mem >= 0, "open /proc/self/mem");
+                  for (size_t offset = 0; offset < 4096; offset += 16) {
+                      memcpy(page + offset, code.data(), code.size());
+                      auto r = map_page_zero(page + offset, code.size());
+                      check(r.ok(), r.ok() ? "" : "offset " + std::to_string(offset) + ": " + r.error().message);
+                      std::vector<uint8_t> back(code.size());
+                      check(pread(mem, back.data(), back.size(), 0) == static_cast<ssize_t>(back.size()),
+                            "read page 0 back");
+                      check(back == code, "page 0 holds the code (source offset " + std::to_string(offset) + ")");
+                      check(munmap(nullptr, 4096) == 0, "unmap page 0");
+                  }
+                  auto again = map_page_zero(code.data(), code.size());
+                  check(again.ok(), "map again");
+                  auto twice = map_page_zero(code.data(), code.size());
+                  check(!twice.ok() && twice.error().code == EEXIST, "page 0 already mapped is refused");
+                  check(!map_page_zero(code.data(), 4097).ok(), "more than a page is refused");
+                  close(mem);
+              }),
+              "");
+}
+
 TEST(SyscallRewrite, EverySyscallOfAWorkloadReachesTheDispatcher) {
     NEED_MIN_ADDR_ZERO();
     EXPECT_EQ(in_child([] {
