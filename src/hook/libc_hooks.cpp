@@ -36,7 +36,8 @@ Fn original() {
 enum FnId {
     kRead, kWrite, kPread, kPread64, kPwrite, kPwrite64, kLseek, kLseek64, kOpen, kOpen64,
     kOpenat, kClose, kFsync, kFtruncate, kReadv, kWritev, kPreadv, kPwritev, kSend, kRecv,
-    kSendto, kRecvfrom, kSendmsg, kRecvmsg, kEpollWait, kSyscall, kFnCount
+    kSendto, kRecvfrom, kSendmsg, kRecvmsg, kEpollWait, kSyscall, kOpen2, kOpen64_2, kAccept,
+    kAccept4, kConnect, kFnCount
 };
 
 template <Mechanism M>
@@ -72,6 +73,15 @@ struct Wrappers {
     static int open(const char* path, int flags, mode_t mode) {
         return d().call_libc(M, {SYS_open, {L(path), flags, mode}}, [&] {
             return original<M, Id, int (*)(const char*, int, ...)>()(path, flags, mode);
+        });
+    }
+    // The _FORTIFY_SOURCE entry points of open when the flags are not a compile-time
+    // constant: ClickHouse opens its column and mark files through __open_2, so a GOT hook
+    // on `open` alone never sees them (docs/clickhouse-io.md). No mode: O_CREAT is refused.
+    template <int Id>
+    static int open_2(const char* path, int flags) {
+        return d().call_libc(M, {SYS_open, {L(path), flags, 0}}, [&] {
+            return original<M, Id, int (*)(const char*, int)>()(path, flags);
         });
     }
     static int openat(int dir, const char* path, int flags, mode_t mode) {
@@ -135,6 +145,21 @@ struct Wrappers {
             return original<M, kRecvfrom, decltype(&::recvfrom)>()(fd, b, n, f, a, al);
         });
     }
+    static int accept(int fd, sockaddr* a, socklen_t* al) {
+        return d().call_libc(M, {SYS_accept, {fd, L(a), L(al)}}, [&] {
+            return original<M, kAccept, decltype(&::accept)>()(fd, a, al);
+        });
+    }
+    static int accept4(int fd, sockaddr* a, socklen_t* al, int f) {
+        return d().call_libc(M, {SYS_accept4, {fd, L(a), L(al), f}}, [&] {
+            return original<M, kAccept4, decltype(&::accept4)>()(fd, a, al, f);
+        });
+    }
+    static int connect(int fd, const sockaddr* a, socklen_t al) {
+        return d().call_libc(M, {SYS_connect, {fd, L(a), al}}, [&] {
+            return original<M, kConnect, decltype(&::connect)>()(fd, a, al);
+        });
+    }
     static ssize_t sendmsg(int fd, const msghdr* m, int f) {
         return d().call_libc(M, {SYS_sendmsg, {fd, L(m), f}}, [&] {
             return original<M, kSendmsg, decltype(&::sendmsg)>()(fd, m, f);
@@ -174,6 +199,8 @@ struct Wrappers {
             h("lseek64", &lseek<kLseek64>, kLseek64),
             h("open", &open<kOpen>, kOpen),
             h("open64", &open<kOpen64>, kOpen64),
+            h("__open_2", &open_2<kOpen2>, kOpen2),
+            h("__open64_2", &open_2<kOpen64_2>, kOpen64_2),
             h("openat", &openat, kOpenat),
             h("close", &close, kClose),
             h("fsync", &fsync, kFsync),
@@ -186,6 +213,9 @@ struct Wrappers {
             h("recv", &recv, kRecv),
             h("sendto", &sendto, kSendto),
             h("recvfrom", &recvfrom, kRecvfrom),
+            h("accept", &accept, kAccept),
+            h("accept4", &accept4, kAccept4),
+            h("connect", &connect, kConnect),
             h("sendmsg", &sendmsg, kSendmsg),
             h("recvmsg", &recvmsg, kRecvmsg),
             h("epoll_wait", &epoll_wait, kEpollWait),
@@ -207,9 +237,10 @@ const std::vector<LibcHook>& libc_hooks(Mechanism mechanism) {
 const std::vector<std::string_view>& default_hooked_functions() {
     static const std::vector<std::string_view> names = {
         "read",    "write",   "pread",    "pread64",  "pwrite",  "pwrite64", "lseek",
-        "lseek64", "open",    "open64",   "openat",   "close",   "fsync",    "ftruncate",
-        "readv",   "writev",  "preadv",   "pwritev",  "send",    "recv",     "sendto",
-        "recvfrom", "sendmsg", "recvmsg", "epoll_wait"};
+        "lseek64", "open",    "open64",   "__open_2", "__open64_2", "openat", "close",
+        "fsync",   "ftruncate", "readv",  "writev",   "preadv",  "pwritev",  "send",
+        "recv",    "sendto",  "recvfrom", "accept",   "accept4", "connect",  "sendmsg",
+        "recvmsg", "epoll_wait"};
     return names;
 }
 

@@ -2,6 +2,7 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <link.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -31,6 +32,9 @@ ssize_t testio_send(int, const void*, size_t);
 ssize_t testio_recv(int, void*, size_t);
 ssize_t testio_readv(int, const iovec*, int);
 int testio_close(int);
+int testio_open_fortified(const char*, int);
+int testio_accept(int);
+int testio_connect(int, const sockaddr*, socklen_t);
 using read_fn = ssize_t (*)(int, void*, size_t);
 read_fn testio_read_pointer();
 ssize_t lazyio_read(int, void*, size_t);
@@ -144,6 +148,53 @@ TEST(GotHook, SeesSocketIo) {
     icpt.reset();
     close(sv[0]);
     close(sv[1]);
+}
+
+// ClickHouse opens column files through __open_2 and gets shard connections from
+// accept/connect (docs/clickhouse-io.md): the default set must see all three.
+TEST(GotHook, SeesFortifiedOpenAcceptAndConnect) {
+    char path[] = "/tmp/liveio-got-open-XXXXXX";
+    const int tmp = mkstemp(path);
+    ASSERT_GE(tmp, 0);
+    close(tmp);
+    const int listener = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(listener, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(listen(listener, 1), 0);
+    ASSERT_EQ(getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+    const int client = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(client, 0);
+
+    RecordingHandler h;
+    auto icpt = must_install(got_options(), &h);
+    ASSERT_TRUE(icpt);
+    const int fd = testio_open_fortified(path, O_RDONLY);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(testio_connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    const int accepted = testio_accept(listener);
+    ASSERT_GE(accepted, 0);
+    EXPECT_EQ(testio_open_fortified("/nonexistent/liveio", O_RDONLY), -1);
+    EXPECT_EQ(errno, ENOENT);
+    icpt.reset();
+
+    auto seen = h.take();
+    ASSERT_EQ(seen.size(), 4u);
+    EXPECT_EQ(seen[0].nr, SYS_open);
+    EXPECT_STREQ(reinterpret_cast<const char*>(seen[0].args[0]), path);
+    EXPECT_EQ(seen[0].result, fd);
+    EXPECT_EQ(seen[1].nr, SYS_connect);
+    EXPECT_EQ(seen[1].args[0], client);
+    EXPECT_EQ(seen[1].result, 0);
+    EXPECT_EQ(seen[2].nr, SYS_accept);
+    EXPECT_EQ(seen[2].result, accepted);
+    EXPECT_EQ(seen[3].nr, SYS_open);
+    EXPECT_EQ(seen[3].result, -ENOENT);
+    for (int f : {fd, accepted, client, listener}) close(f);
+    unlink(path);
 }
 
 TEST(GotHook, ErrnoPreservedExactly) {
