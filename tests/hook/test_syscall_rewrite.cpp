@@ -5,7 +5,10 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sched.h>
+#include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -51,31 +54,74 @@ bool write_min_addr(long v) {
     return static_cast<bool>(out);
 }
 
-// Sets vm.mmap_min_addr for the test's duration (root only) and restores the old value.
-class MinAddrSetting {
+// vm.mmap_min_addr is one setting for the whole machine, and ctest runs these tests as
+// parallel processes: a test putting the old value back while another still installs made
+// that one fail. Root tests therefore register as users under lock files: the first user
+// lowers the setting to 0 and records the old value, the last one restores it. (A crashed
+// user's lock is released by the kernel; the setting then stays 0 until the next user's
+// last release restores what that user found.)
+class MinAddrZero {
 public:
-    explicit MinAddrSetting(long wanted) : old_(read_min_addr()) {
-        if (old_ == wanted) {
-            ok_ = true;
-        } else if (geteuid() == 0 && write_min_addr(wanted) && read_min_addr() == wanted) {
-            ok_ = changed_ = true;
+    MinAddrZero() {
+        if (geteuid() != 0) {
+            if (read_min_addr() == 0) ok_ = true;
+            else reason_ = "needs vm.mmap_min_addr=0 (it is " + std::to_string(read_min_addr()) + "), or root to set it";
+            return;
         }
+        const int mutex = lock_mutex();
+        if (mutex < 0) {
+            reason_ = std::string("cannot lock ") + kMutexPath + ": " + strerror(errno);
+            return;
+        }
+        users_ = open(kUsersPath, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+        if (users_ >= 0) {
+            if (flock(users_, LOCK_EX | LOCK_NB) == 0) {  // no other user: record, then lower
+                const std::string old = std::to_string(read_min_addr());
+                (void)!ftruncate(users_, 0);
+                (void)!pwrite(users_, old.data(), old.size(), 0);
+                if (read_min_addr() != 0) write_min_addr(0);
+            }
+            flock(users_, LOCK_SH);
+        }
+        ok_ = users_ >= 0 && read_min_addr() == 0;
+        if (!ok_) reason_ = std::string("cannot set vm.mmap_min_addr to 0 (") + kUsersPath + ")";
+        close(mutex);
     }
-    ~MinAddrSetting() {
-        if (changed_) write_min_addr(old_);
+    ~MinAddrZero() {
+        if (users_ < 0) return;
+        const int mutex = lock_mutex();
+        if (flock(users_, LOCK_EX | LOCK_NB) == 0) {  // the last user puts the old value back
+            char old[32] = {};
+            if (pread(users_, old, sizeof old - 1, 0) > 0) write_min_addr(strtol(old, nullptr, 10));
+        }
+        close(users_);
+        if (mutex >= 0) close(mutex);
     }
+    MinAddrZero(const MinAddrZero&) = delete;
+    MinAddrZero& operator=(const MinAddrZero&) = delete;
+
     bool ok() const { return ok_; }
+    const std::string& reason() const { return reason_; }
 
 private:
-    long old_;
+    static constexpr const char* kMutexPath = "/tmp/liveio-mmap-min-addr.mutex";
+    static constexpr const char* kUsersPath = "/tmp/liveio-mmap-min-addr.users";
+    static int lock_mutex() {
+        const int fd = open(kMutexPath, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+        if (fd >= 0 && flock(fd, LOCK_EX) != 0) {
+            close(fd);
+            return -1;
+        }
+        return fd;
+    }
+    int users_ = -1;
     bool ok_ = false;
-    bool changed_ = false;
+    std::string reason_;
 };
 
 #define NEED_MIN_ADDR_ZERO()                                                                       \
-    MinAddrSetting min_addr_zero(0);                                                               \
-    if (!min_addr_zero.ok())                                                                       \
-        GTEST_SKIP() << "needs vm.mmap_min_addr=0 (or root to set it for the test)";
+    MinAddrZero min_addr_zero;                                                                     \
+    if (!min_addr_zero.ok()) GTEST_SKIP() << min_addr_zero.reason();
 
 #define NEED_LIBURING_NOT_LOADED()                                                                  \
     if (dlopen("liburing.so.2", RTLD_NOW | RTLD_NOLOAD) != nullptr)                                \
@@ -199,17 +245,35 @@ TEST(SyscallRewriteTrampoline, EveryEntryReachesTheEntryJumpQuickly) {
 
 // --- configuration -------------------------------------------------------------------------
 
+// Other tests may need the machine-wide setting at 0 at the same moment, so it is not raised:
+// when it is 0, a child in a private mount namespace sees a file saying 65536 in its place.
 TEST(SyscallRewrite, ClearErrorWhenMmapMinAddrIsNotZero) {
-    MinAddrSetting nonzero(65536);
-    if (!nonzero.ok()) GTEST_SKIP() << "needs vm.mmap_min_addr != 0 (or root to set it)";
-    RecordingHandler h;
-    auto r = SyscallRewriter::install(&h);
-    ASSERT_FALSE(r.ok());
-    EXPECT_EQ(r.error().code, EPERM);
-    EXPECT_NE(r.error().message.find("vm.mmap_min_addr"), std::string::npos) << r.error().message;
-    auto i = Interceptor::install({Mechanism::SyscallRewrite, {}, {}}, &h);
-    ASSERT_FALSE(i.ok());
-    EXPECT_NE(i.error().message.find("vm.mmap_min_addr"), std::string::npos);
+    if (read_min_addr() == 0 && geteuid() != 0)
+        GTEST_SKIP() << "vm.mmap_min_addr is 0 and only root can show the test another value";
+    EXPECT_EQ(in_child([] {
+                  if (read_min_addr() == 0) {
+                      char path[] = "/tmp/liveio-min-addr-XXXXXX";
+                      const int fd = mkstemp(path);
+                      check(fd >= 0 && write(fd, "65536\n", 6) == 6, "temporary file");
+                      close(fd);
+                      const bool hidden = unshare(CLONE_NEWNS) == 0 &&
+                                          mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0 &&
+                                          mount(path, kMinAddrPath, nullptr, MS_BIND, nullptr) == 0;
+                      unlink(path);
+                      check(hidden, std::string("cannot bind a file over ") + kMinAddrPath + ": " + strerror(errno));
+                      check(read_min_addr() == 65536, "the child sees 65536");
+                  }
+                  RecordingHandler h;
+                  auto r = SyscallRewriter::install(&h);
+                  check(!r.ok() && r.error().code == EPERM, "install refused with EPERM");
+                  check(r.error().message.find("vm.mmap_min_addr") != std::string::npos, r.error().message);
+                  auto i = Interceptor::install({Mechanism::SyscallRewrite, {}, {}}, &h);
+                  check(!i.ok() && i.error().message.find("vm.mmap_min_addr") != std::string::npos,
+                        "the interceptor names the sysctl");
+                  // Nothing was left behind: page 0 is not mapped.
+                  check(msync(nullptr, 4096, MS_ASYNC) != 0 && errno == ENOMEM, "page 0 left mapped");
+              }),
+              "");
 }
 
 // --- behaviour -----------------------------------------------------------------------------
