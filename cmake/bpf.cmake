@@ -1,7 +1,9 @@
-# liveio_bpf_object(TARGET SOURCES a.bpf.c... [INCLUDES dir...] [OUTPUT_DIR dir])
+# liveio_bpf_object(TARGET SOURCES a.bpf.c... [INCLUDES dir...] [OUTPUT_DIR dir] [FLAGS flag...])
 #
 # Compiles each BPF C source with `clang -target bpf -O2 -g -c` into OUTPUT_DIR/<name>.bpf.o
 # (default: the current binary dir) and groups the objects under the custom target TARGET.
+# FLAGS are extra clang flags, e.g. `-mcpu=v3` for a build variant with 32-bit subregisters and
+# jmp32 (the same sources then need another OUTPUT_DIR).
 # The programs see libbpf's <bpf/bpf_helpers.h> and the distro's uapi headers (<linux/bpf.h>,
 # <asm/types.h> from the multiarch directory, which -target bpf does not search by itself).
 # Header dependencies are tracked through clang's depfile, so editing an included header
@@ -15,7 +17,7 @@ if(NOT LIVEIO_MULTIARCH)
 endif()
 
 function(liveio_bpf_object target)
-  cmake_parse_arguments(ARG "" "OUTPUT_DIR" "SOURCES;INCLUDES" ${ARGN})
+  cmake_parse_arguments(ARG "" "OUTPUT_DIR" "SOURCES;INCLUDES;FLAGS" ${ARGN})
   if(NOT ARG_SOURCES)
     message(FATAL_ERROR "liveio_bpf_object(${target}): no SOURCES")
   endif()
@@ -35,7 +37,7 @@ function(liveio_bpf_object target)
       OUTPUT ${_obj}
       COMMAND ${CMAKE_COMMAND} -E make_directory ${ARG_OUTPUT_DIR}
       COMMAND ${LIVEIO_BPF_CLANG} -target bpf -O2 -g -Wall -Werror -D__TARGET_ARCH_x86
-              ${_incs} -MD -MF ${_obj}.d -c ${_abs} -o ${_obj}
+              ${ARG_FLAGS} ${_incs} -MD -MF ${_obj}.d -c ${_abs} -o ${_obj}
       DEPENDS ${_abs}
       DEPFILE ${_obj}.d
       COMMENT "BPF ${_name}.bpf.o"
