@@ -18,6 +18,7 @@
 #include "agent/agent.h"
 #include "agent/protocol.h"
 #include "cli/commands.h"
+#include "cli/process_ops.h"
 #include "hook/inject.h"
 
 namespace liveio::cli {
@@ -107,6 +108,16 @@ agent::ControlClient connect_agent(pid_t pid) {
     return check(agent::ControlClient::connect(pid), "process " + std::to_string(pid));
 }
 
+bool wait_thread_gone(pid_t pid, pid_t tid) {
+    if (tid <= 0) return true;
+    const std::string path = fmt::format("/proc/{}/task/{}", pid, tid);
+    for (int i = 0; i < 10000; ++i) {  // up to ~10 s: it only has to return and exit
+        if (::access(path.c_str(), F_OK) != 0) return true;
+        ::usleep(1000);
+    }
+    return false;
+}
+
 void cmd_attach(pid_t pid, const InstallArgs& args) {
     auto existing = agent::ControlClient::connect(pid);
     if (!existing && existing.error().code == ESRCH) fail(existing.error().message);
@@ -129,9 +140,10 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
     auto installed = client.call("install", args.spec());
     if (!installed) {
         if (injected) {
-            // Leave the process as we found it.
-            (void)client.call("detach");
-            (void)hook::unload_library(*injected);
+            // Leave the process as we found it: the same stop-serving, wait, unload as detach.
+            auto detached = client.call("detach");
+            if (detached && wait_thread_gone(pid, detached->value("control_tid", 0)))
+                (void)hook::unload_library(*injected);
         }
         fail(fmt::format("install {} in {}: {}", args.mechanism, pid, installed.error().message));
     }
@@ -141,16 +153,6 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
                     stats.attempts == 1 ? "" : "s");
     else
         std::printf("attached to %d: mechanism %s (agent was already loaded)\n", pid, args.mechanism.c_str());
-}
-
-bool wait_thread_gone(pid_t pid, pid_t tid) {
-    if (tid <= 0) return true;
-    const std::string path = fmt::format("/proc/{}/task/{}", pid, tid);
-    for (int i = 0; i < 10000; ++i) {  // up to ~10 s: it only has to return and exit
-        if (::access(path.c_str(), F_OK) != 0) return true;
-        ::usleep(1000);
-    }
-    return false;
 }
 
 // The path of liveio-agent.so if it is mapped in `pid`.
@@ -236,6 +238,15 @@ void cmd_status(pid_t pid, bool as_json) {
 }
 
 }  // namespace
+
+void attach_process(pid_t pid, const std::string& mechanism, const std::string& agent) {
+    InstallArgs args;
+    args.mechanism = mechanism;
+    args.agent = agent;
+    cmd_attach(pid, args);
+}
+
+void detach_process(pid_t pid) { cmd_detach(pid); }
 
 void add_process_commands(CLI::App& app) {
     {

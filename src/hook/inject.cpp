@@ -107,6 +107,15 @@ bool is_dynamic_loader(const std::string& path) {
     return base.rfind("ld-linux", 0) == 0 || base.rfind("ld-2.", 0) == 0 || base == "ld.so";
 }
 
+// A malloc that replaces libc's (ClickHouse links jemalloc): dlopen allocates through it, so
+// a thread stopped anywhere inside it may hold the lock the call would need.
+bool is_replacement_allocator(const std::string& path) {
+    auto base = basename_of(path);
+    for (const char* name : {"libjemalloc.so", "libtcmalloc.so", "libtcmalloc_minimal.so", "libmimalloc.so"})
+        if (base.rfind(name, 0) == 0) return true;
+    return false;
+}
+
 // Effective identity of the target, for "can it read the library" checks.
 struct Credentials {
     uid_t fsuid = 0;
@@ -315,6 +324,7 @@ struct TargetModel {
     uint64_t libc_bias = 0;  // runtime address = file vaddr + bias
     uint64_t libc_exec_start = 0, libc_exec_end = 0;
     std::vector<std::pair<uint64_t, uint64_t>> loader_ranges;
+    std::vector<std::pair<uint64_t, uint64_t>> allocator_ranges;  // a malloc replacing libc's
     // Code no thread may be executing for the stop to be safe (a library about to be unloaded).
     std::vector<std::pair<uint64_t, uint64_t>> keep_out_ranges;
     std::string keep_out_what;
@@ -333,6 +343,7 @@ Result<TargetModel> model_target(pid_t pid) {
             if (m.exec) t.libc_exec_start = m.start, t.libc_exec_end = m.end;
         }
         if (is_dynamic_loader(m.path) && m.exec) t.loader_ranges.emplace_back(m.start, m.end);
+        if (is_replacement_allocator(m.path) && m.exec) t.allocator_ranges.emplace_back(m.start, m.end);
     }
     if (!libc_first)
         return make_error(ENOENT, fmt::format("process {} has no libc.so.6 mapped (statically linked?): no dlopen to call", pid));
@@ -527,6 +538,10 @@ Tracee* pick_call_thread(StoppedProcess& stopped, const TargetModel& model, std:
         }
         if (in_ranges(model.loader_ranges, ip)) {
             reason = fmt::format("thread {} is inside the dynamic loader (ip {:#x})", t.tid, ip);
+            return nullptr;
+        }
+        if (in_ranges(model.allocator_ranges, ip)) {
+            reason = fmt::format("thread {} is inside the process's malloc library (ip {:#x})", t.tid, ip);
             return nullptr;
         }
         bool in_libc = ip >= model.libc_exec_start && ip < model.libc_exec_end;

@@ -2,7 +2,8 @@
 //
 // Every thread of the target is seized and interrupted (PTRACE_SEIZE + PTRACE_INTERRUPT, the
 // thread list re-read until no new thread appears). A stop is a safe point when no thread is
-// inside the dynamic loader or inside libc's allocator entry points, and at least one thread
+// inside the dynamic loader, libc's allocator entry points or a malloc library replacing
+// libc's (jemalloc, tcmalloc, mimalloc), and at least one thread
 // is outside libc internals (so it holds no libc lock) to run the call; otherwise all threads
 // are released for a moment and stopped again, a bounded number of times.
 //

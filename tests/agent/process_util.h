@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -29,6 +30,8 @@ inline std::string temp_path(const std::string& tag) {
 
 // Forks and execs argv with stdout and stderr appended to `out_path`. Returns the pid.
 inline pid_t spawn(const std::vector<std::string>& argv, const std::string& out_path) {
+    // The child's freopen would otherwise flush our pending stdout a second time.
+    std::fflush(nullptr);
     const pid_t pid = ::fork();
     if (pid == 0) {
         FILE* f = std::freopen(out_path.c_str(), "a", stdout);
