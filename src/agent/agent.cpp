@@ -94,6 +94,22 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentOptions options) {
     std::unique_ptr<Agent> agent(new Agent(std::move(options)));
     if (auto r = agent->open_socket(); !r) return r.error();
     agent->register_builtin_requests();
+    BpfHost::Options bpf_options;
+    bpf_options.next = &agent->counters_;
+    bpf_options.ensure_interception = [a = agent.get()]() -> Result<void> {
+        {
+            std::lock_guard lock(a->mu_);
+            for (auto& slot : a->interceptors_)
+                if (slot) return {};
+        }
+        auto r = a->install(json{{"mechanism", "got"}});
+        if (!r) return r.error();
+        return {};
+    };
+    auto bpf = BpfHost::create(std::move(bpf_options));
+    if (!bpf) return bpf.error();
+    agent->bpf_ = std::move(bpf).value();
+    if (auto r = agent->bpf_->register_requests(agent->router_); !r) return r.error();
 
     // The control thread inherits this mask: the application's asynchronous signals are
     // delivered to its own threads, never to ours. The world-stop signal stays deliverable
@@ -137,6 +153,7 @@ Result<void> Agent::open_socket() {
 
 Agent::~Agent() {
     stop_control();
+    if (bpf_) bpf_->unload_all();
     (void)uninstall(std::nullopt);
     hook::Dispatcher::ScopedInside inside;
     if (listen_fd_ >= 0) ::close(listen_fd_);
@@ -182,7 +199,7 @@ Result<json> Agent::install(const json& spec) {
     if (slot)
         return make_error(EBUSY, std::string("mechanism ") + mechanism_name(options.mechanism) +
                                      " is already installed (uninstall it first)");
-    auto interceptor = hook::Interceptor::install(options, &counters_);
+    auto interceptor = hook::Interceptor::install(options, bpf_.get());
     if (!interceptor) return interceptor.error();
     slot = std::move(interceptor).value();
     return json{{"mechanism", mechanism_name(options.mechanism)}, {"installed", true}};
@@ -262,6 +279,7 @@ void Agent::register_builtin_requests() {
                      }));
     must(router_.add("detach", "uninstall everything and stop serving, so the library can be unloaded",
                      [this](const json&) -> Result<Reply> {
+                         bpf_->unload_all();  // programs, maps and uprobes go before the library
                          auto r = uninstall(std::nullopt);
                          if (!r) return r.error();
                          Reply reply;

@@ -23,6 +23,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/bpf_host.h"
 #include "agent/call_counters.h"
 #include "agent/router.h"
 #include "base/result.h"
@@ -62,6 +63,9 @@ public:
     Result<nlohmann::json> uninstall(std::optional<hook::Mechanism> mechanism);
     nlohmann::json status() const;
     const CallCounters& counters() const { return counters_; }
+    // The BPF program host: the handler every installed mechanism calls (it forwards to the
+    // counters first). Its requests (bpf.*) are registered on router().
+    BpfHost& bpf() { return *bpf_; }
 
     // True once the control thread has ended (after a `detach` request in a non-resident
     // agent): the library may then be unloaded.
@@ -81,6 +85,7 @@ private:
     const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
     CallCounters counters_;
     RequestRouter router_;
+    std::unique_ptr<BpfHost> bpf_;
 
     mutable std::mutex mu_;  // guards interceptors_ and last_error_
     std::unique_ptr<hook::Interceptor> interceptors_[3];

@@ -1,0 +1,565 @@
+#include "agent/bpf_host.h"
+
+#include <asm/ptrace.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+
+#include "agent/bpf_host_io.h"
+#include "hook/dispatcher.h"
+#include "liveio/io_edge.h"
+
+namespace liveio::agent {
+namespace {
+
+using nlohmann::json;
+
+// Per-thread state of the hooked call path. Initial-exec TLS: the agent is dlopen'ed, and a
+// general-dynamic thread_local would be reached through __tls_get_addr, which allocates on a
+// thread's first use -- possibly from inside a hooked malloc (see src/agent/CMakeLists.txt).
+// Zero-initialized plain data, so no TLS constructor runs either.
+struct PendingStart {
+    uintptr_t key;  // address of the hooked call's SyscallCall: the same at its enter and exit
+    uint64_t start_ns;
+};
+struct ThreadState {
+    uint64_t registry_id;
+    ReaderRegistry::Slot* slot;
+    pid_t tid;
+    pid_t tid_pid;
+    uint32_t depth;
+    // Start times of calls in flight on this thread whose exit edge wants a latency. Calls
+    // nest only through signal handlers interrupting a hooked call, so a few suffice.
+    PendingStart pending[6];
+};
+__attribute__((tls_model("initial-exec"))) thread_local ThreadState t_thread;
+
+// Records the start of the call at stack address `key`. Entries at or below `key` belong to
+// frames that are gone (a call that never reached its exit edge: longjmp out of a signal
+// handler) and are dropped.
+void push_start(ThreadState& ts, uintptr_t key, uint64_t start) {
+    while (ts.depth > 0 && ts.pending[ts.depth - 1].key <= key) --ts.depth;
+    if (ts.depth == std::size(ts.pending)) return;  // too deep: this call goes without
+    ts.pending[ts.depth++] = {key, start};
+}
+
+bool pop_start(ThreadState& ts, uintptr_t key, uint64_t& start) {
+    while (ts.depth > 0 && ts.pending[ts.depth - 1].key < key) --ts.depth;
+    if (ts.depth == 0 || ts.pending[ts.depth - 1].key != key) return false;
+    start = ts.pending[--ts.depth].start_ns;
+    return true;
+}
+
+// struct trace_event_raw_sys_enter / _sys_exit (and the per-syscall tracepoints, whose
+// int __syscall_nr at 8 is the low half of `nr` here): the format files under
+// /sys/kernel/tracing/events/{syscalls,raw_syscalls}/.
+struct TracepointCtx {
+    uint16_t common_type;
+    uint8_t common_flags;
+    uint8_t common_preempt_count;
+    int32_t common_pid;
+    int64_t nr;
+    uint64_t args[6];  // sys_exit: args[0] is ret
+};
+static_assert(sizeof(TracepointCtx) == 64);
+constexpr size_t kSysExitCtxSize = 24;
+
+void fill_tracepoint(TracepointCtx& c, pid_t tid, const hook::SyscallCall& call) {
+    c = {};
+    c.common_pid = tid;
+    c.nr = call.nr;
+}
+
+void fill_regs(pt_regs& r, const hook::SyscallCall& call, long ax) {
+    r = {};
+    r.rdi = static_cast<unsigned long>(call.args[0]);
+    r.rsi = static_cast<unsigned long>(call.args[1]);
+    r.rdx = static_cast<unsigned long>(call.args[2]);
+    r.r10 = static_cast<unsigned long>(call.args[3]);
+    r.r8 = static_cast<unsigned long>(call.args[4]);
+    r.r9 = static_cast<unsigned long>(call.args[5]);
+    r.orig_rax = static_cast<unsigned long>(call.nr);
+    r.rax = static_cast<unsigned long>(ax);
+}
+
+void fill_io(liveio_io_ctx& io, const hook::SyscallCall& call, pid_t tid, bool exit, long result,
+             uint64_t start, uint64_t now, FdClassCache& fds) {
+    const IoShape s = io_shape(call.nr);
+    io = {};
+    io.size = sizeof io;
+    io.tid = static_cast<uint32_t>(tid);
+    io.nr = static_cast<uint64_t>(call.nr);
+    io.fd = s.fd_arg >= 0 ? static_cast<int>(call.args[s.fd_arg]) : (exit && s.fd_event && result >= 0 ? result : -1);
+    io.offset = s.offset_arg >= 0 ? call.args[s.offset_arg] : -1;
+    const bool done = exit && result >= 0;
+    switch (s.count) {
+        case IoShape::kNoCount: break;
+        case IoShape::kCountArg: io.count = static_cast<uint64_t>(call.args[s.count_arg]); break;
+        case IoShape::kCountIov:
+            io.count = done ? iovec_bytes(call.args[1], call.args[s.count_arg])
+                            : iovec_bytes_checked(call.args[1], call.args[s.count_arg]);
+            break;
+        case IoShape::kCountMsg:
+            if (done && call.args[s.count_arg] != 0) {
+                const auto* msg = reinterpret_cast<const msghdr*>(call.args[s.count_arg]);
+                io.count = iovec_bytes(reinterpret_cast<long>(msg->msg_iov), static_cast<long>(msg->msg_iovlen));
+            }
+            break;
+    }
+    io.result = exit ? result : 0;
+    io.start_ns = start;
+    io.latency_ns = exit ? now - start : 0;
+    io.direction = s.direction;
+    if (io.fd >= 0) {
+        // A closed descriptor cannot be classified any more: only what was cached counts.
+        const FdInfo info = call.nr == SYS_close && exit ? fds.peek(static_cast<int>(io.fd))
+                                                          : fds.get(static_cast<int>(io.fd));
+        io.file_class = info.file_class;
+        io.file_id = info.file_id;
+    }
+}
+
+void invalidate_fds(FdClassCache& fds, const hook::SyscallCall& call, long result) {
+    switch (call.nr) {
+        case SYS_close: fds.invalidate(static_cast<int>(call.args[0])); return;
+        case SYS_pipe: case SYS_pipe2: case SYS_socketpair: {
+            if (result != 0) return;
+            const int* pair = reinterpret_cast<const int*>(call.args[call.nr == SYS_socketpair ? 3 : 0]);
+            fds.invalidate(pair[0]);
+            fds.invalidate(pair[1]);
+            return;
+        }
+        case SYS_fcntl:
+            if (call.args[1] != F_DUPFD && call.args[1] != F_DUPFD_CLOEXEC) return;
+            break;
+        default: break;
+    }
+    if (result >= 0 && result <= INT32_MAX) fds.invalidate(static_cast<int>(result));
+}
+
+ebpf::HelperTable host_helpers() {
+    ebpf::HelperTable t = ebpf::HelperTable::standard();
+    // Kernel programs read pt_regs (raw tracepoint args[0]) with the _kernel variants; in the
+    // target every address is the process's own, read fault-safely like probe_read.
+    constexpr int32_t kProbeReadKernel = 113, kProbeReadKernelStr = 115;
+    if (const auto* p = t.find(ebpf::helper_id::kProbeRead)) {
+        auto copy = *p;
+        copy.name = "probe_read_kernel";
+        t.add(kProbeReadKernel, copy);
+    }
+    if (const auto* p = t.find(ebpf::helper_id::kProbeReadStr)) {
+        auto copy = *p;
+        copy.name = "probe_read_kernel_str";
+        t.add(kProbeReadKernelStr, copy);
+    }
+    return t;
+}
+
+std::string basename_of(const std::string& path) {
+    const size_t slash = path.rfind('/');
+    return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+}  // namespace
+
+struct BpfHost::LoadedProgram {
+    std::string name;
+    std::string section;
+    AttachPoint point;
+    std::unique_ptr<ebpf::Executable> exe;
+    std::atomic<uint64_t> runs{0};
+    std::unique_ptr<hook::Uprobe> uprobe;
+};
+
+struct BpfHost::LoadedObject {
+    uint32_t id = 0;
+    std::string path;
+    ebpf::Object object;
+    std::vector<std::unique_ptr<LoadedProgram>> programs;
+    json reply;
+
+    void detach_uprobes() {
+        for (auto& p : programs)
+            if (p->uprobe) {
+                (void)p->uprobe->detach();
+                p->uprobe.reset();
+            }
+    }
+};
+
+const char* map_type_name(ebpf::MapType type) {
+    switch (type) {
+        case ebpf::MapType::Hash: return "hash";
+        case ebpf::MapType::Array: return "array";
+        case ebpf::MapType::ProgArray: return "prog_array";
+        case ebpf::MapType::PerfEventArray: return "perf_event_array";
+        case ebpf::MapType::PercpuHash: return "percpu_hash";
+        case ebpf::MapType::PercpuArray: return "percpu_array";
+        case ebpf::MapType::LruHash: return "lru_hash";
+        case ebpf::MapType::LruPercpuHash: return "lru_percpu_hash";
+        case ebpf::MapType::RingBuf: return "ringbuf";
+    }
+    return "unknown";
+}
+
+Result<std::unique_ptr<BpfHost>> BpfHost::create(Options options) {
+    hook::Dispatcher::ScopedInside inside;
+    ebpf::Runtime::Options ro;
+    ro.trace_log_bytes = options.trace_log_bytes;
+    auto runtime = ebpf::Runtime::create(ro);
+    if (!runtime) return runtime.error();
+    try {
+        return std::unique_ptr<BpfHost>(new BpfHost(std::move(options), std::move(runtime).value()));
+    } catch (const std::bad_alloc&) {
+        return make_error(ENOMEM, "cannot allocate the BPF host");
+    }
+}
+
+BpfHost::BpfHost(Options options, std::unique_ptr<ebpf::Runtime> runtime)
+    : options_(std::move(options)), runtime_(std::move(runtime)), helpers_(host_helpers()) {
+    const long page = ::sysconf(_SC_PAGESIZE);
+    void* p = ::mmap(nullptr, static_cast<size_t>(page), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    // Without WIPEONFORK (kernels before 4.14) a forked child would keep its parent's tids;
+    // every supported kernel has it.
+    (void)::madvise(p, static_cast<size_t>(page), MADV_WIPEONFORK);
+    pid_page_ = new (p) std::atomic<pid_t>(0);
+}
+
+BpfHost::~BpfHost() {
+    unload_all();
+    ::munmap(pid_page_, static_cast<size_t>(::sysconf(_SC_PAGESIZE)));
+}
+
+pid_t BpfHost::current_tid() {
+    ThreadState& ts = t_thread;
+    pid_t pid = pid_page_->load(std::memory_order_relaxed);
+    if (pid == 0) [[unlikely]] {
+        pid = static_cast<pid_t>(hook::raw_syscall(SYS_getpid));
+        pid_page_->store(pid, std::memory_order_relaxed);
+    }
+    if (ts.tid_pid != pid) [[unlikely]] {
+        ts.tid = static_cast<pid_t>(hook::raw_syscall(SYS_gettid));
+        ts.tid_pid = pid;
+    }
+    return ts.tid;
+}
+
+// ---- the hooked call path ----
+
+bool BpfHost::on_enter(hook::SyscallCall& call, hook::SyscallResult& result) {
+    const bool taken = options_.next != nullptr && options_.next->on_enter(call, result);
+    const auto nr = static_cast<unsigned long>(call.nr);
+    if (nr < kMaxSyscalls && enter_[nr].load(std::memory_order_relaxed) != nullptr) [[unlikely]]
+        run_edge(call, 0, false);
+    return taken;
+}
+
+void BpfHost::on_exit(const hook::SyscallCall& call, hook::SyscallResult result, uint64_t start_ns) {
+    if (options_.next != nullptr) options_.next->on_exit(call, result, start_ns);
+    const auto nr = static_cast<unsigned long>(call.nr);
+    if (nr < kMaxSyscalls && exit_[nr].load(std::memory_order_relaxed) != nullptr) [[unlikely]]
+        run_edge(call, result, true);
+}
+
+uint64_t BpfHost::run_program(const ProgramRun& run, void* ctx, size_t size) {
+    // A statistic: load and store rather than a locked add (races may lose a count).
+    run.runs->store(run.runs->load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    ebpf::ExecEnv env = runtime_->make_env();
+    return run.exe->run(env, reinterpret_cast<uint64_t>(ctx), size);
+}
+
+__attribute__((noinline)) void BpfHost::run_edge(const hook::SyscallCall& call, long result, bool exit) {
+    ThreadState& ts = t_thread;
+    const pid_t tid = current_tid();
+    ReaderRegistry::Section section(readers_, ts.slot, ts.registry_id, tid);
+    const EdgeList* list = (exit ? exit_ : enter_)[call.nr].load(std::memory_order_acquire);
+    if (list == nullptr) return;
+    const auto key = reinterpret_cast<uintptr_t>(&call);
+    uint64_t start = 0;
+    bool timed = true;
+    if (!exit) {
+        if (list->record_start || list->has_io) start = hook::Dispatcher::now_ns();
+        if (list->record_start) push_start(ts, key, start);
+    } else {
+        // A call that entered before the program was attached has no start time: like an
+        // unpaired kernel enter/exit, the io edge does not report it.
+        timed = list->has_io && pop_start(ts, key, start);
+    }
+    // Each context is built once, for the first program that needs it.
+    TracepointCtx tp;
+    pt_regs regs;
+    uint64_t raw[2];
+    liveio_io_ctx io;
+    bool tp_ready = false, raw_ready = false, io_ready = false;
+    for (const ProgramRun& run : list->runs) {
+        switch (run.ctx) {
+            case CtxKind::Tracepoint:
+                if (!tp_ready) {
+                    fill_tracepoint(tp, tid, call);
+                    if (exit)
+                        tp.args[0] = static_cast<uint64_t>(result);
+                    else
+                        for (int i = 0; i < 6; ++i) tp.args[i] = static_cast<uint64_t>(call.args[i]);
+                    tp_ready = true;
+                }
+                run_program(run, &tp, exit ? kSysExitCtxSize : sizeof tp);
+                break;
+            case CtxKind::RawTracepoint:
+                if (!raw_ready) {
+                    fill_regs(regs, call, exit ? result : -ENOSYS);
+                    raw[0] = reinterpret_cast<uint64_t>(&regs);
+                    raw[1] = static_cast<uint64_t>(exit ? result : call.nr);
+                    raw_ready = true;
+                }
+                run_program(run, raw, sizeof raw);
+                break;
+            case CtxKind::Io:
+                if (!timed) break;
+                if (!io_ready) {
+                    fill_io(io, call, tid, exit, result, start, exit ? hook::Dispatcher::now_ns() : start, fd_classes_);
+                    io_ready = true;
+                }
+                run_program(run, &io, sizeof io);
+                break;
+        }
+    }
+    if (list->invalidate_fd) invalidate_fds(fd_classes_, call, result);
+}
+
+// ---- lists ----
+
+void BpfHost::publish_lists() {
+    std::vector<const LoadedProgram*> attached;
+    for (auto& [id, obj] : objects_)
+        for (auto& p : obj->programs)
+            if (p->point.kind != AttachKind::Uprobe && p->point.kind != AttachKind::Uretprobe)
+                attached.push_back(p.get());
+    bool any_io = false;
+    for (const LoadedProgram* p : attached)
+        any_io |= p->point.kind == AttachKind::IoEnter || p->point.kind == AttachKind::IoExit;
+    // While no io program ran, closes went unobserved: what the cache holds may be stale.
+    if (any_io && !io_programs_) fd_classes_.clear();
+
+    std::vector<std::unique_ptr<EdgeList>> fresh;
+    for (long nr = 0; nr < kMaxSyscalls; ++nr) {
+        const IoShape shape = io_shape(nr);
+        auto enter = std::make_unique<EdgeList>();
+        auto exit = std::make_unique<EdgeList>();
+        for (const LoadedProgram* p : attached) {
+            auto* runs = const_cast<std::atomic<uint64_t>*>(&p->runs);
+            const ebpf::Executable* exe = p->exe.get();
+            switch (p->point.kind) {
+                case AttachKind::SyscallEnter:
+                    if (p->point.nr == nr) enter->runs.push_back({exe, CtxKind::Tracepoint, runs});
+                    break;
+                case AttachKind::SyscallExit:
+                    if (p->point.nr == nr) exit->runs.push_back({exe, CtxKind::Tracepoint, runs});
+                    break;
+                case AttachKind::RawSyscallsEnter: enter->runs.push_back({exe, CtxKind::Tracepoint, runs}); break;
+                case AttachKind::RawSyscallsExit: exit->runs.push_back({exe, CtxKind::Tracepoint, runs}); break;
+                case AttachKind::RawTpEnter: enter->runs.push_back({exe, CtxKind::RawTracepoint, runs}); break;
+                case AttachKind::RawTpExit: exit->runs.push_back({exe, CtxKind::RawTracepoint, runs}); break;
+                case AttachKind::IoEnter:
+                    if (shape.io) {
+                        enter->runs.push_back({exe, CtxKind::Io, runs});
+                        enter->has_io = true;
+                    }
+                    break;
+                case AttachKind::IoExit:
+                    if (shape.io) {
+                        exit->runs.push_back({exe, CtxKind::Io, runs});
+                        exit->has_io = true;
+                    }
+                    break;
+                case AttachKind::Uprobe:
+                case AttachKind::Uretprobe: break;
+            }
+        }
+        exit->invalidate_fd = any_io && shape.fd_event;
+        enter->record_start = exit->has_io;
+        const bool use_enter = !enter->runs.empty() || enter->record_start;
+        const bool use_exit = !exit->runs.empty() || exit->invalidate_fd;
+        enter_[nr].store(use_enter ? enter.get() : nullptr, std::memory_order_release);
+        exit_[nr].store(use_exit ? exit.get() : nullptr, std::memory_order_release);
+        if (use_enter) fresh.push_back(std::move(enter));
+        if (use_exit) fresh.push_back(std::move(exit));
+    }
+    io_programs_ = any_io;
+    // The old lists (and whatever programs only they referenced) are unreachable for any
+    // read section starting now; wait for the ones that started before.
+    readers_.synchronize();
+    lists_.swap(fresh);
+}
+
+Result<void> BpfHost::attach_uprobe(LoadedProgram& program) {
+    auto address = resolve_uprobe_target(program.point);
+    if (!address) return address.error();
+    ProgramRun run{program.exe.get(), CtxKind::Tracepoint, &program.runs};
+    auto probe = hook::attach_uprobe(
+        *address, [this, run](pt_regs* regs) { (void)run_program(run, regs, sizeof *regs); },
+        program.point.kind == AttachKind::Uretprobe);
+    if (!probe) return probe.error();
+    program.uprobe = std::move(probe).value();
+    return {};
+}
+
+
+// ---- loading ----
+
+Result<json> BpfHost::load(const LoadRequest& request) {
+    hook::Dispatcher::ScopedInside inside;
+    const std::string& path = request.path;
+    if (path.empty() || path[0] != '/')
+        return make_error(EINVAL, "bpf.load needs an absolute path to the object, got '" + path + "'");
+    {
+        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return make_error(errno, "cannot read " + path + " in the target: " + std::strerror(errno));
+        ::close(fd);
+    }
+    auto opened = ebpf::Object::open(path);
+    if (!opened) return opened.error();
+
+    auto obj = std::make_unique<LoadedObject>();
+    obj->path = path;
+    obj->object = std::move(opened).value();
+    const auto& programs = obj->object.programs();
+
+    std::vector<std::shared_ptr<const ebpf::Program>> selected;
+    for (const std::string& want : request.programs) {
+        auto it = std::find_if(programs.begin(), programs.end(), [&](auto& p) { return p->name == want; });
+        if (it == programs.end()) {
+            std::string names;
+            for (auto& p : programs) names += (names.empty() ? "" : ", ") + p->name;
+            return make_error(ENOENT, "no program '" + want + "' in " + path + " (programs: " + names + ")");
+        }
+        selected.push_back(*it);
+    }
+    if (request.programs.empty()) {
+        for (auto& p : programs)
+            if (is_attach_section(p->section)) selected.push_back(p);
+        if (selected.empty()) {
+            std::string sections;
+            for (auto& p : programs) sections += (sections.empty() ? "" : ", ") + p->section;
+            return make_error(ENOENT, path + " has no program the agent can attach (sections: " +
+                                          (sections.empty() ? "none" : sections) + ")");
+        }
+    }
+
+    bool syscall_edges = false;
+    for (auto& program : selected) {
+        auto point = parse_attach_point(program->section);
+        if (!point) return make_error(point.error().code, "program '" + program->name + "': " + point.error().message);
+        auto exe = ebpf::Executable::load(program, helpers_, request.engine);
+        if (!exe) return make_error(exe.error().code, "program '" + program->name + "': " + exe.error().message);
+        auto lp = std::make_unique<LoadedProgram>();
+        lp->name = program->name;
+        lp->section = program->section;
+        lp->point = std::move(point).value();
+        lp->exe = std::move(exe).value();
+        syscall_edges |= lp->point.kind != AttachKind::Uprobe && lp->point.kind != AttachKind::Uretprobe;
+        obj->programs.push_back(std::move(lp));
+    }
+    if (syscall_edges && options_.ensure_interception) {
+        if (auto r = options_.ensure_interception(); !r)
+            return make_error(r.error().code, "cannot observe syscalls: " + r.error().message);
+    }
+    for (auto& p : obj->programs) {
+        if (p->point.kind != AttachKind::Uprobe && p->point.kind != AttachKind::Uretprobe) continue;
+        if (auto r = attach_uprobe(*p); !r) {
+            obj->detach_uprobes();
+            return make_error(r.error().code, "program '" + p->name + "': " + r.error().message);
+        }
+    }
+
+    json progs = json::array();
+    for (auto& p : obj->programs)
+        progs.push_back({{"name", p->name},
+                         {"section", p->section},
+                         {"attach", p->point.describe()},
+                         {"engine", ebpf::engine_name(p->exe->engine())},
+                         {"insns", p->exe->program().insns.size()}});
+    json maps = json::array();
+    for (auto& m : obj->object.maps())
+        maps.push_back({{"name", m.name},
+                        {"type", map_type_name(m.map->spec().type)},
+                        {"key_size", m.map->spec().key_size},
+                        {"value_size", m.map->spec().value_size},
+                        {"max_entries", m.map->spec().max_entries}});
+
+    std::lock_guard lock(mu_);
+    obj->id = next_id_++;
+    obj->reply = {{"object", obj->id}, {"name", basename_of(path)}, {"programs", progs}, {"maps", maps}};
+    json reply = obj->reply;
+    objects_.emplace(obj->id, std::move(obj));
+    publish_lists();
+    return reply;
+}
+
+Result<void> BpfHost::unload(uint32_t object) {
+    hook::Dispatcher::ScopedInside inside;
+    std::unique_ptr<LoadedObject> gone;
+    {
+        std::lock_guard lock(mu_);
+        auto it = objects_.find(object);
+        if (it == objects_.end()) return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
+        gone = std::move(it->second);
+        objects_.erase(it);
+        publish_lists();  // returns once no thread runs the object's syscall-edge programs
+    }
+    gone->detach_uprobes();  // waits until no uprobe callback runs
+    return {};
+}
+
+void BpfHost::unload_all() {
+    hook::Dispatcher::ScopedInside inside;
+    std::map<uint32_t, std::unique_ptr<LoadedObject>> gone;
+    {
+        std::lock_guard lock(mu_);
+        gone.swap(objects_);
+        publish_lists();
+    }
+    for (auto& [id, obj] : gone) obj->detach_uprobes();
+}
+
+json BpfHost::list() const {
+    std::lock_guard lock(mu_);
+    json objects = json::array();
+    for (auto& [id, obj] : objects_) {
+        json o = obj->reply;
+        for (size_t i = 0; i < obj->programs.size(); ++i)
+            o["programs"][i]["runs"] = obj->programs[i]->runs.load(std::memory_order_relaxed);
+        objects.push_back(std::move(o));
+    }
+    return {{"objects", objects}};
+}
+
+Result<std::vector<std::shared_ptr<ebpf::Map>>> BpfHost::maps(uint32_t object) const {
+    std::lock_guard lock(mu_);
+    auto it = objects_.find(object);
+    if (it == objects_.end()) return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
+    std::vector<std::shared_ptr<ebpf::Map>> out;
+    for (auto& m : it->second->object.maps()) out.push_back(m.map);
+    return out;
+}
+
+Result<json> BpfHost::reply_of(uint32_t object) const {
+    std::lock_guard lock(mu_);
+    auto it = objects_.find(object);
+    if (it == objects_.end()) return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
+    return it->second->reply;
+}
+
+std::shared_ptr<ebpf::Map> BpfHost::map(uint32_t object, std::string_view name) const {
+    std::lock_guard lock(mu_);
+    auto it = objects_.find(object);
+    return it == objects_.end() ? nullptr : it->second->object.map(name);
+}
+
+}  // namespace liveio::agent

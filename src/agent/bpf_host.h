@@ -1,0 +1,158 @@
+// The agent's BPF program host: verified BPF programs (ELF objects built with clang -target
+// bpf) run inside the target at every hooked I/O edge, with the kernel's context layouts so
+// programs written for kernel tracepoints run unchanged (attach points: bpf_host_sections.h).
+//
+// The host is the CallHandler the interception mechanisms call (it forwards every call to
+// Options::next first, the agent's counters). The hooked call path:
+//   - no program on the call's syscall: one load of the syscall's attachment list and a
+//     branch (nothing else: no clock read, no atomic);
+//   - programs attached: the list (an immutable array) is read inside a lock-free read
+//     section (bpf_host_rcu.h); loading and unloading publish a new list and free the old one
+//     after a grace period, so unload returns only when no thread still runs its programs.
+// A program's return value is ignored: programs observe, they never change a call.
+//
+// Using the host without the control socket (benchmarks, tests):
+//
+//   auto host = BpfHost::create({}).value();
+//   auto interceptor = hook::Interceptor::install({hook::Mechanism::Got}, host.get()).value();
+//   auto loaded = host->load({"/path/io_stats.bpf.o"}).value();    // the bpf.load reply
+//   const uint32_t id = loaded["object"];
+//   auto stats = host->map(id, "syscall_stats");                    // live ebpf::Map
+//   ...
+//   interceptor->uninstall();  // before the host goes away: it is the interceptor's handler
+//   host.reset();              // unloads everything
+//
+// Thread safety: load/unload/list/maps may be called from any thread (they serialize on a
+// mutex); the CallHandler methods from any number of threads at once.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/bpf_host_rcu.h"
+#include "agent/bpf_host_sections.h"
+#include "agent/fd_classes.h"
+#include "agent/router.h"
+#include "base/result.h"
+#include "ebpf/helpers.h"
+#include "ebpf/loader.h"
+#include "ebpf/runtime.h"
+#include "ebpf/vm.h"
+#include "hook/dispatch.h"
+#include "hook/uprobe.h"
+
+namespace liveio::agent {
+
+class BpfHost final : public hook::CallHandler {
+public:
+    struct Options {
+        // Sees every call before the host (the agent's per-syscall counters); may be null.
+        hook::CallHandler* next = nullptr;
+        // Called by load() before attaching programs at syscall edges, so that some
+        // interception mechanism delivers calls (the agent installs GOT hooks when none is
+        // installed). Null: the caller is responsible.
+        std::function<Result<void>()> ensure_interception;
+        uint32_t trace_log_bytes = 256 * 1024;
+    };
+
+    struct LoadRequest {
+        std::string path;  // absolute path of the .bpf.o, opened by the host
+        ebpf::Engine engine = ebpf::Engine::Jit;
+        std::vector<std::string> programs;  // function names; empty: every attachable program
+    };
+
+    static Result<std::unique_ptr<BpfHost>> create(Options options);
+    // Unloads every object (waiting until no thread runs their programs).
+    ~BpfHost() override;
+    BpfHost(const BpfHost&) = delete;
+    BpfHost& operator=(const BpfHost&) = delete;
+
+    // Opens, verifies, loads and attaches; returns the `bpf.load` reply of the protocol
+    // ({"object": id, "name", "programs": [...], "maps": [...]}). Nothing stays attached or
+    // allocated when it fails.
+    Result<nlohmann::json> load(const LoadRequest& request);
+    // Detaches the object's programs, waits until no thread runs them, frees everything.
+    Result<void> unload(uint32_t object);
+    void unload_all();
+    // {"objects": [load reply + per program "runs"]}.
+    nlohmann::json list() const;
+    // The object's maps in the order of its load reply ("maps").
+    Result<std::vector<std::shared_ptr<ebpf::Map>>> maps(uint32_t object) const;
+    std::shared_ptr<ebpf::Map> map(uint32_t object, std::string_view name) const;
+    ebpf::Runtime& runtime() { return *runtime_; }
+    FdClassCache& fd_classes() { return fd_classes_; }
+
+    // bpf.load, bpf.unload, bpf.list, bpf.maps, bpf.log on `router` (the control protocol);
+    // unregister_requests removes them.
+    Result<void> register_requests(RequestRouter& router);
+    static void unregister_requests(RequestRouter& router);
+
+    // hook::CallHandler
+    bool on_enter(hook::SyscallCall& call, hook::SyscallResult& result) override;
+    void on_exit(const hook::SyscallCall& call, hook::SyscallResult result, uint64_t start_ns) override;
+    // The host reads the clock itself, and only for calls whose programs need a latency.
+    bool wants_start_time() const override { return false; }
+
+    // What an attached program receives (internal, public for the implementation's helpers).
+    enum class CtxKind : uint8_t { Tracepoint, RawTracepoint, Io };
+    struct ProgramRun {
+        const ebpf::Executable* exe;
+        CtxKind ctx;
+        std::atomic<uint64_t>* runs;
+    };
+    struct EdgeList {
+        bool record_start = false;   // enter list: the exit edge wants this call's start time
+        bool invalidate_fd = false;  // exit list: the call creates or closes a descriptor
+        bool has_io = false;         // a program with the liveio_io_ctx context
+        std::vector<ProgramRun> runs;
+    };
+
+private:
+    struct LoadedProgram;
+    struct LoadedObject;
+
+    explicit BpfHost(Options options, std::unique_ptr<ebpf::Runtime> runtime);
+    // Rebuilds and publishes every syscall's lists from objects_, then frees the old ones
+    // after a grace period. Called with mu_ held.
+    void publish_lists();
+    // Runs the programs of the call's enter or exit edge (the slow path of on_enter/on_exit).
+    void run_edge(const hook::SyscallCall& call, long result, bool exit);
+    uint64_t run_program(const ProgramRun& run, void* ctx, size_t size);
+    Result<void> attach_uprobe(LoadedProgram& program);
+    // The object's `bpf.load` reply.
+    Result<nlohmann::json> reply_of(uint32_t object) const;
+    // Kernel thread id of the caller, cached per thread (re-read after fork: see pid_page_).
+    pid_t current_tid();
+
+    Options options_;
+    std::unique_ptr<ebpf::Runtime> runtime_;
+    ebpf::HelperTable helpers_;
+    ReaderRegistry readers_;
+    FdClassCache fd_classes_;
+    // The process id, in a page the kernel zeroes in a forked child (MADV_WIPEONFORK): a
+    // thread's cached tid is valid while the pid it was cached under matches this one.
+    std::atomic<pid_t>* pid_page_ = nullptr;
+
+    std::atomic<const EdgeList*> enter_[kMaxSyscalls] = {};
+    std::atomic<const EdgeList*> exit_[kMaxSyscalls] = {};
+
+    mutable std::mutex mu_;  // guards everything below
+    std::vector<std::unique_ptr<EdgeList>> lists_;  // the published lists
+    std::map<uint32_t, std::unique_ptr<LoadedObject>> objects_;
+    uint32_t next_id_ = 1;
+    bool io_programs_ = false;  // whether the published lists contain liveio/io_* programs
+};
+
+// Kernel names of map types ("hash", "array", "percpu_array", "ringbuf", ...).
+const char* map_type_name(ebpf::MapType type);
+
+}  // namespace liveio::agent

@@ -1,0 +1,379 @@
+// The agent's BPF host against real I/O of this process: an in-process Agent (own socket
+// name), programs loaded over the control protocol, maps read through the memfds the agent
+// passes, as the CLI does. The workload's calls go through this binary's PLT, which the GOT
+// mechanism patches.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "agent/agent.h"
+#include "agent/bpf_host_sections.h"
+#include "agent/fd_classes.h"
+#include "agent/protocol.h"
+#include "hook/dispatcher.h"
+#include "ebpf/loader.h"
+#include "ebpf/map.h"
+#include "liveio/io_stats.h"
+
+namespace liveio::agent {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+// <build>/bpf, found from the CLI's location as the CLI finds it (<build>/src/cli/liveio).
+std::string bpf_dir() { return fs::path(LIVEIO_CLI_PATH).parent_path().parent_path().parent_path() / "bpf"; }
+
+class BpfHostTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        // A build mistake, not something the machine lacks: fail.
+        ASSERT_TRUE(fs::exists(bpf_dir() + "/io_stats.bpf.o")) << "BPF programs not built in " << bpf_dir();
+        name_ = std::string(1, '\0') + "liveio-test-bpf/" + std::to_string(::getpid()) + "/" +
+                ::testing::UnitTest::GetInstance()->current_test_info()->name();
+        auto a = Agent::start(AgentOptions{name_, false, "", 0});
+        ASSERT_TRUE(a) << a.error().message;
+        agent_ = std::move(a).value();
+        auto c = ControlClient::connect_name(name_);
+        ASSERT_TRUE(c) << c.error().message;
+        client_.emplace(std::move(c).value());
+        dir_ = fs::temp_directory_path() / ("liveio-bpf-test-" + std::to_string(::getpid()));
+        fs::create_directories(dir_ + "/data/db/table/all_1_1_0");
+        // GOT hooks on this test binary (by default the mechanism leaves liveio's own code
+        // alone, and this binary links the agent).
+        call("install", {{"mechanism", "got"}, {"objects", {hook::kMainProgram}}});
+    }
+    void TearDown() override {
+        client_.reset();
+        agent_.reset();
+        if (!dir_.empty()) fs::remove_all(dir_);
+    }
+
+    // The test's own liveio code (protocol client, map mapping, loader) runs in this hooked
+    // binary: marked as liveio code, its I/O is not part of the workload.
+    json call(const std::string& cmd, json args = json::object()) {
+        hook::Dispatcher::ScopedInside inside;
+        auto r = client_->call(cmd, std::move(args));
+        EXPECT_TRUE(r) << cmd << ": " << (r ? "" : r.error().message);
+        return r ? std::move(r).value() : json();
+    }
+    json load(const std::string& object, json extra = json::object()) {
+        extra["path"] = bpf_dir() + "/" + object;
+        return call("bpf.load", extra);
+    }
+    // The maps of `object` by name, mapped from the memfds the agent passed.
+    std::map<std::string, std::shared_ptr<ebpf::Map>> maps(uint32_t object) {
+        hook::Dispatcher::ScopedInside inside;
+        const json r = call("bpf.maps", {{"object", object}});
+        std::vector<int> fds = client_->take_fds();
+        std::map<std::string, std::shared_ptr<ebpf::Map>> out;
+        EXPECT_EQ(fds.size(), r["maps"].size());
+        for (size_t i = 0; i < fds.size() && i < r["maps"].size(); ++i) {
+            auto m = ebpf::open_shared_map(fds[i]);
+            EXPECT_TRUE(m) << m.error().message;
+            if (m) out[r["maps"][i]["name"].get<std::string>()] = std::move(m).value();
+            ::close(fds[i]);
+        }
+        return out;
+    }
+    static liveio_io_stats stats_at(ebpf::Map& map, uint32_t key) {
+        liveio_io_stats s{};
+        EXPECT_EQ(map.copy_value(&key, &s), 0) << "key " << key;
+        return s;
+    }
+    static liveio_io_stats stats_at(ebpf::Map& map, uint64_t key) {
+        liveio_io_stats s{};
+        EXPECT_EQ(map.copy_value(&key, &s), 0) << "key " << key;
+        return s;
+    }
+    std::string make_file(const std::string& rel, size_t bytes) {
+        const std::string path = dir_ + "/" + rel;
+        std::ofstream(path) << std::string(bytes, 'x');
+        return path;
+    }
+
+    std::string name_, dir_;
+    std::unique_ptr<Agent> agent_;
+    std::optional<ControlClient> client_;
+};
+
+uint64_t file_id_of(int fd) {
+    struct stat st{};
+    EXPECT_EQ(::fstat(fd, &st), 0);
+    return (static_cast<uint64_t>(st.st_dev) << 32) ^ static_cast<uint64_t>(st.st_ino);
+}
+
+TEST_F(BpfHostTest, IoStatsCountsAKnownWorkloadPerSyscallClassAndFile) {
+    const json loaded = load("io_stats.bpf.o");
+    ASSERT_TRUE(loaded.contains("object")) << loaded.dump();
+    EXPECT_EQ(loaded["name"], "io_stats.bpf.o");
+    ASSERT_EQ(loaded["programs"].size(), 1u);
+    EXPECT_EQ(loaded["programs"][0]["name"], "io_stats");
+    EXPECT_EQ(loaded["programs"][0]["section"], "liveio/io_exit");
+    EXPECT_EQ(loaded["programs"][0]["attach"], "liveio/io_exit");
+    EXPECT_GT(loaded["programs"][0]["insns"].get<int>(), 10);
+    std::set<std::string> names;
+    for (auto& m : loaded["maps"]) names.insert(m["name"].get<std::string>());
+    for (const char* n : {"syscall_stats", "class_stats", "file_stats", "slow_events"}) EXPECT_TRUE(names.count(n)) << n;
+
+    constexpr int kReads = 100, kWrites = 37;
+    constexpr size_t kReadSize = 512, kWriteSize = 100;
+    const int fd = ::open(make_file("data/db/table/all_1_1_0/y.bin", 64 * 1024).c_str(), O_RDWR);
+    ASSERT_GE(fd, 0);
+    char buf[kReadSize];
+    for (int i = 0; i < kReads; ++i) ASSERT_EQ(::pread(fd, buf, kReadSize, i * 7), static_cast<ssize_t>(kReadSize));
+    for (int i = 0; i < kWrites; ++i) ASSERT_EQ(::pwrite(fd, buf, kWriteSize, i * 13), static_cast<ssize_t>(kWriteSize));
+    EXPECT_EQ(::pread(-5, buf, 1, 0), -1);  // an error: counted as one
+    const uint64_t id = file_id_of(fd);
+    ::close(fd);
+
+    auto m = maps(loaded["object"]);
+    ASSERT_TRUE(m.count("syscall_stats") && m.count("class_stats") && m.count("file_stats"));
+    const liveio_io_stats pread_stats = stats_at(*m["syscall_stats"], uint32_t{SYS_pread64});
+    EXPECT_EQ(pread_stats.calls, kReads + 1u);
+    EXPECT_EQ(pread_stats.errors, 1u);
+    EXPECT_EQ(pread_stats.bytes, kReads * kReadSize);
+    uint64_t hist_total = 0;
+    for (uint64_t h : pread_stats.hist) hist_total += h;
+    EXPECT_EQ(hist_total, kReads + 1u);
+    EXPECT_GT(pread_stats.latency_ns, 0u);
+    const liveio_io_stats pwrite_stats = stats_at(*m["syscall_stats"], uint32_t{SYS_pwrite64});
+    EXPECT_EQ(pwrite_stats.calls, static_cast<uint64_t>(kWrites));
+    EXPECT_EQ(pwrite_stats.bytes, kWrites * kWriteSize);
+
+    const liveio_io_stats bin_reads = stats_at(*m["class_stats"], uint32_t{LIVEIO_CLASS_KEY(LIVEIO_CLASS_CH_BIN, LIVEIO_IO_READ)});
+    EXPECT_EQ(bin_reads.calls, static_cast<uint64_t>(kReads));
+    EXPECT_EQ(bin_reads.bytes, kReads * kReadSize);
+    const liveio_io_stats bin_writes = stats_at(*m["class_stats"], uint32_t{LIVEIO_CLASS_KEY(LIVEIO_CLASS_CH_BIN, LIVEIO_IO_WRITE)});
+    EXPECT_EQ(bin_writes.calls, static_cast<uint64_t>(kWrites));
+    // The file: its open, every pread and pwrite, and the close.
+    EXPECT_EQ(stats_at(*m["file_stats"], id).calls, kReads + kWrites + 2u);
+
+    const json listed = call("bpf.list");
+    ASSERT_EQ(listed["objects"].size(), 1u);
+    EXPECT_GE(listed["objects"][0]["programs"][0]["runs"].get<uint64_t>(), kReads + kWrites + 2u);
+
+    call("bpf.unload", {{"object", loaded["object"]}});
+    EXPECT_TRUE(call("bpf.list")["objects"].empty());
+    // Unloaded: the maps (still mapped here) no longer change.
+    ASSERT_EQ(::pread(::open(dir_.c_str(), O_RDONLY), buf, 1, 0), -1);
+    EXPECT_EQ(stats_at(*m["syscall_stats"], uint32_t{SYS_pread64}).calls, kReads + 1u);
+}
+
+TEST_F(BpfHostTest, FileClassesOfClickHousePartsSocketsAndPipes) {
+    const json loaded = load("io_stats.bpf.o");
+    ASSERT_TRUE(loaded.contains("object"));
+    char buf[64] = {};
+    struct Case {
+        const char* file;
+        uint32_t cls;
+    } files[] = {{"data/db/table/all_1_1_0/c.bin", LIVEIO_CLASS_CH_BIN},
+                 {"data/db/table/all_1_1_0/c.mrk", LIVEIO_CLASS_CH_MRK},
+                 {"data/db/table/all_1_1_0/c.mrk2", LIVEIO_CLASS_CH_MRK},
+                 {"data/db/table/all_1_1_0/primary.idx", LIVEIO_CLASS_CH_PRIMARY},
+                 {"data/db/table/all_1_1_0/checksums.txt", LIVEIO_CLASS_CH_OTHER},
+                 {"plain.txt", LIVEIO_CLASS_FILE}};
+    std::map<uint32_t, uint64_t> expected_reads;
+    for (const auto& f : files) {
+        const int fd = ::open(make_file(f.file, 64).c_str(), O_RDONLY);
+        ASSERT_GE(fd, 0);
+        for (int i = 0; i < 3; ++i) ASSERT_EQ(::pread(fd, buf, 8, 0), 8);
+        expected_reads[f.cls] += 3;
+        ::close(fd);
+    }
+    // Unix socket pair, pipe, TCP loopback: 5 writes and 5 reads each.
+    int sv[2], pf[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    ASSERT_EQ(::pipe(pf), 0);
+    const int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(::listen(listener, 1), 0);
+    ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+    const int client = ::socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_EQ(::connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    const int server = ::accept(listener, nullptr, nullptr);
+    ASSERT_GE(server, 0);
+    for (auto [w, r] : {std::pair{sv[0], sv[1]}, std::pair{pf[1], pf[0]}, std::pair{client, server}}) {
+        for (int i = 0; i < 5; ++i) {
+            ASSERT_EQ(::write(w, "abcd", 4), 4);
+            ASSERT_EQ(::read(r, buf, 4), 4);
+        }
+    }
+    for (int fd : {sv[0], sv[1], pf[0], pf[1], listener, client, server}) ::close(fd);
+    expected_reads[LIVEIO_CLASS_UNIX] += 5;
+    expected_reads[LIVEIO_CLASS_PIPE] += 5;
+    expected_reads[LIVEIO_CLASS_TCP] += 5;
+
+    auto m = maps(loaded["object"]);
+    ASSERT_TRUE(m.count("class_stats"));
+    for (auto [cls, reads] : expected_reads)
+        EXPECT_EQ(stats_at(*m["class_stats"], uint32_t{LIVEIO_CLASS_KEY(cls, LIVEIO_IO_READ)}).calls, reads) << "class " << cls;
+    for (uint32_t cls : {LIVEIO_CLASS_UNIX, LIVEIO_CLASS_PIPE, LIVEIO_CLASS_TCP}) {
+        const auto w = stats_at(*m["class_stats"], uint32_t{LIVEIO_CLASS_KEY(cls, LIVEIO_IO_WRITE)});
+        EXPECT_EQ(w.calls, 5u) << "class " << cls;
+        EXPECT_EQ(w.bytes, 20u) << "class " << cls;
+    }
+}
+
+TEST_F(BpfHostTest, KernelTracepointProgramSyscountCountsTheSameCalls) {
+    const json loaded = load("syscount.bpf.o");
+    ASSERT_EQ(loaded["programs"].size(), 2u) << loaded.dump();
+    EXPECT_EQ(loaded["programs"][0]["attach"], "raw_syscalls:sys_enter");
+    EXPECT_EQ(loaded["programs"][1]["attach"], "raw_syscalls:sys_exit");
+    const json stats = load("io_stats.bpf.o");
+    constexpr int kReads = 250;
+    const int fd = ::open(make_file("count.dat", 4096).c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    char buf[16];
+    for (int i = 0; i < kReads; ++i) ASSERT_EQ(::pread(fd, buf, sizeof buf, i), static_cast<ssize_t>(sizeof buf));
+    ::close(fd);
+    auto sc = maps(loaded["object"]);
+    auto io = maps(stats["object"]);
+    const auto kernel_style = stats_at(*sc["syscalls"], uint32_t{SYS_pread64});
+    const auto ours = stats_at(*io["syscall_stats"], uint32_t{SYS_pread64});
+    EXPECT_EQ(kernel_style.calls, static_cast<uint64_t>(kReads));
+    EXPECT_EQ(ours.calls, kernel_style.calls);
+    EXPECT_EQ(kernel_style.errors, 0u);
+}
+
+TEST_F(BpfHostTest, BadObjectsGiveTheLoadersErrorAndTheAgentKeepsWorking) {
+    const std::string garbage = make_file("garbage.bpf.o", 0);
+    std::ofstream(garbage) << "\x7f" "ELF this is not an object";
+    auto expected = [&] {
+        hook::Dispatcher::ScopedInside inside;
+        return ebpf::Object::open(garbage);
+    }();
+    ASSERT_FALSE(expected);
+    auto r = client_->call("bpf.load", {{"path", garbage}});
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().message, expected.error().message);
+
+    r = client_->call("bpf.load", {{"path", dir_ + "/missing.bpf.o"}});
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().message, "cannot read " + dir_ + "/missing.bpf.o in the target: No such file or directory");
+    r = client_->call("bpf.load", {{"path", "relative.bpf.o"}});
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, EINVAL);
+    r = client_->call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}, {"engine", "quantum"}});
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("unknown engine 'quantum'"), std::string::npos);
+    r = client_->call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}, {"programs", {"nope"}}});
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("no program 'nope'"), std::string::npos);
+    // blocklat's sections are kernel block-layer tracepoints: nothing to attach here.
+    r = client_->call("bpf.load", {{"path", bpf_dir() + "/blocklat.bpf.o"}});
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("no program the agent can attach"), std::string::npos) << r.error().message;
+    r = client_->call("bpf.unload", {{"object", 4242}});
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, ENOENT);
+    EXPECT_TRUE(call("bpf.list")["objects"].empty());
+
+    // Still working: a good object loads and counts.
+    const json ok = load("io_stats.bpf.o", {{"engine", "interp"}});
+    EXPECT_EQ(ok["programs"][0]["engine"], "interp");
+    char buf[4];
+    const int fd = ::open(make_file("after.dat", 16).c_str(), O_RDONLY);
+    ASSERT_EQ(::pread(fd, buf, 4, 0), 4);
+    ::close(fd);
+    auto m = maps(ok["object"]);
+    EXPECT_EQ(stats_at(*m["syscall_stats"], uint32_t{SYS_pread64}).calls, 1u);
+}
+
+TEST_F(BpfHostTest, LoadUnloadHundredTimesWhileThreadsDoIo) {
+    const int fd = ::open(make_file("busy.dat", 4096).c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> reads{0}, bad{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 3; ++t)
+        threads.emplace_back([&] {
+            char buf[64];
+            while (!stop.load()) {
+                if (::pread(fd, buf, sizeof buf, 100) != static_cast<ssize_t>(sizeof buf) || buf[0] != 'x') ++bad;
+                ++reads;
+            }
+        });
+    for (int i = 0; i < 100; ++i) {
+        const json loaded = load(i % 2 ? "io_stats.bpf.o" : "syscount.bpf.o", {{"engine", i % 3 ? "jit" : "interp"}});
+        ASSERT_TRUE(loaded.contains("object"));
+        call("bpf.unload", {{"object", loaded["object"]}});
+    }
+    stop = true;
+    for (auto& t : threads) t.join();
+    ::close(fd);
+    EXPECT_EQ(bad.load(), 0u);
+    EXPECT_GT(reads.load(), 0u);
+    EXPECT_TRUE(call("bpf.list")["objects"].empty());
+}
+
+TEST(BpfHostAgent, LoadOnAnAgentWithoutInterceptionInstallsTheDefault) {
+    const std::string name = std::string(1, '\0') + "liveio-test-bpf/" + std::to_string(::getpid()) + "/default";
+    auto agent = Agent::start(AgentOptions{name, false, "", 0});
+    ASSERT_TRUE(agent) << agent.error().message;
+    auto c = ControlClient::connect_name(name);
+    ASSERT_TRUE(c) << c.error().message;
+    EXPECT_TRUE(c->call("status").value()["mechanisms"].empty());
+    auto loaded = c->call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}});
+    ASSERT_TRUE(loaded) << loaded.error().message;
+    const json status = c->call("status").value();
+    ASSERT_EQ(status["mechanisms"].size(), 1u);
+    EXPECT_EQ(status["mechanisms"][0]["name"], "got");
+    // Detach unloads the programs along with the interception.
+    ASSERT_TRUE(c->call("detach"));
+    EXPECT_TRUE(agent.value()->bpf().list()["objects"].empty());
+}
+
+TEST(BpfSections, AttachPointsAndSyscallNames) {
+    EXPECT_EQ(syscall_number("pread64"), SYS_pread64);
+    EXPECT_EQ(syscall_number("newfstat"), SYS_fstat);
+    EXPECT_EQ(syscall_number("sendfile64"), SYS_sendfile);
+    EXPECT_EQ(syscall_number("no_such_call"), -1);
+    EXPECT_STREQ(syscall_table_name(SYS_openat), "openat");
+    auto p = parse_attach_point("tracepoint/syscalls/sys_exit_pread64");
+    ASSERT_TRUE(p);
+    EXPECT_EQ(p->kind, AttachKind::SyscallExit);
+    EXPECT_EQ(p->describe(), "sys_exit:pread64");
+    p = parse_attach_point("tp/syscalls/sys_enter_frobnicate");
+    ASSERT_FALSE(p);
+    EXPECT_EQ(p.error().message, "section 'tp/syscalls/sys_enter_frobnicate': unknown syscall 'frobnicate' (x86-64)");
+    p = parse_attach_point("uprobe/libc.so.6:read+0x10");
+    ASSERT_TRUE(p);
+    EXPECT_EQ(p->object, "libc.so.6");
+    EXPECT_EQ(p->function, "read");
+    EXPECT_EQ(p->offset, 16u);
+    EXPECT_EQ(p->describe(), "uprobe:libc.so.6:read+16");
+    EXPECT_FALSE(parse_attach_point("uretprobe/libc.so.6:read+4"));
+    EXPECT_FALSE(parse_attach_point("uprobe/libc.so.6"));
+    EXPECT_FALSE(parse_attach_point("tracepoint/block/block_rq_issue"));
+    EXPECT_EQ(parse_attach_point("raw_tp/sys_exit")->kind, AttachKind::RawTpExit);
+}
+
+TEST(FdClasses, ClickHouseNames) {
+    EXPECT_EQ(classify_clickhouse_path("/var/lib/clickhouse/data/db/t/201901_1_5_2/URL.bin"), LIVEIO_CLASS_CH_BIN);
+    EXPECT_EQ(classify_clickhouse_path("/x/y.mrk2"), LIVEIO_CLASS_CH_MRK);
+    EXPECT_EQ(classify_clickhouse_path("/x/all_1_1_0/primary.idx"), LIVEIO_CLASS_CH_PRIMARY);
+    EXPECT_EQ(classify_clickhouse_path("/x/all_1_1_0/count.txt"), LIVEIO_CLASS_CH_OTHER);
+    EXPECT_EQ(classify_clickhouse_path("/srv/ch/data/db/t/format_version.txt"), LIVEIO_CLASS_CH_OTHER);
+    EXPECT_EQ(classify_clickhouse_path("/etc/passwd"), LIVEIO_CLASS_FILE);
+    EXPECT_EQ(classify_clickhouse_path("/home/u/data/notes.txt"), LIVEIO_CLASS_FILE);
+}
+
+}  // namespace
+}  // namespace liveio::agent
