@@ -1,0 +1,18 @@
+// Running `liveio SUBCOMMAND ...` of this very executable as a child process, as a user would
+// type it: the demo and `liveio bench observe` attach and detach through the real commands
+// rather than a copy of their code.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "base/result.h"
+
+namespace liveio::bench {
+
+// Runs /proc/self/exe with `args`, stdout and stderr captured together, the child's signal
+// mask emptied (callers may block signals to wait for them in a thread). Returns the output;
+// a non-zero exit or a signal is an error whose message quotes the command and its output.
+Result<std::string> run_liveio(const std::vector<std::string>& args);
+
+}  // namespace liveio::bench
