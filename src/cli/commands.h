@@ -7,6 +7,8 @@ namespace liveio::cli {
 
 void add_bench_commands(CLI::App& app);
 void add_process_commands(CLI::App& app);
+void add_observe_commands(CLI::App& app);
+void add_serve_commands(CLI::App& app);
 void add_demo_commands(CLI::App& app);
 
 }  // namespace liveio::cli

@@ -11,6 +11,8 @@ int main(int argc, char** argv) {
     app.require_subcommand(1);
     liveio::cli::add_bench_commands(app);
     liveio::cli::add_process_commands(app);
+    liveio::cli::add_observe_commands(app);
+    liveio::cli::add_serve_commands(app);
     liveio::cli::add_demo_commands(app);
     try {
         app.parse(argc, argv);

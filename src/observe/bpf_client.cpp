@@ -1,8 +1,12 @@
 #include "observe/bpf_client.h"
 
+#include <fcntl.h>
+#include <gelf.h>
+#include <libelf.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -206,6 +210,43 @@ Result<std::string> resolve_object_path(const std::string& name_or_path) {
     if (::access(path.c_str(), R_OK) != 0)
         return make_error(EACCES, fmt::format("{}: not readable", path.string()));
     return path.string();
+}
+
+Result<GlobalLocation> find_global(const std::string& object_path, const std::string& symbol) {
+    if (elf_version(EV_CURRENT) == EV_NONE) return make_error(EINVAL, "libelf is too old");
+    const int fd = ::open(object_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return make_error(errno, fmt::format("{}: {}", object_path, std::strerror(errno)));
+    Elf* elf = elf_begin(fd, ELF_C_READ, nullptr);
+    struct Closer {
+        int fd;
+        Elf* elf;
+        ~Closer() {
+            if (elf) elf_end(elf);
+            ::close(fd);
+        }
+    } closer{fd, elf};
+    size_t shstrndx = 0;
+    if (!elf || elf_kind(elf) != ELF_K_ELF || elf_getshdrstrndx(elf, &shstrndx) != 0)
+        return make_error(EINVAL, fmt::format("{}: not an ELF object", object_path));
+    for (Elf_Scn* scn = elf_nextscn(elf, nullptr); scn; scn = elf_nextscn(elf, scn)) {
+        GElf_Shdr sh;
+        if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_SYMTAB || sh.sh_entsize == 0) continue;
+        Elf_Data* data = elf_getdata(scn, nullptr);
+        if (!data) continue;
+        for (size_t i = 0; i < sh.sh_size / sh.sh_entsize; ++i) {
+            GElf_Sym sym;
+            if (!gelf_getsym(data, static_cast<int>(i), &sym)) continue;
+            const char* name = elf_strptr(elf, sh.sh_link, sym.st_name);
+            if (!name || symbol != name) continue;
+            Elf_Scn* home = elf_getscn(elf, sym.st_shndx);
+            GElf_Shdr home_sh;
+            if (!home || !gelf_getshdr(home, &home_sh))
+                return make_error(EINVAL, fmt::format("{}: symbol '{}' is not in a section", object_path, symbol));
+            const char* section = elf_strptr(elf, shstrndx, home_sh.sh_name);
+            return GlobalLocation{section ? section : "", sym.st_value, sym.st_size};
+        }
+    }
+    return make_error(ENOENT, fmt::format("{}: no global '{}'", object_path, symbol));
 }
 
 }  // namespace liveio::observe

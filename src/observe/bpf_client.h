@@ -74,6 +74,16 @@ Result<std::string> builtin_bpf_dir();
 // slash or an existing file -> its absolute path (it must exist and be readable).
 Result<std::string> resolve_object_path(const std::string& name_or_path);
 
+// Where a global variable of a BPF object lives: its data section (the loader makes each of
+// .data/.rodata/.bss a one-element array map named after the section) and its offset there.
+struct GlobalLocation {
+    std::string section;
+    uint64_t offset = 0;
+    uint64_t size = 0;
+};
+// Looks `symbol` up in the object file's symbol table.
+Result<GlobalLocation> find_global(const std::string& object_path, const std::string& symbol);
+
 // The basename of the built-in statistics object, as bpf.list names it.
 inline constexpr const char* kIoStatsObject = "io_stats.bpf.o";
 

@@ -1,7 +1,9 @@
 #include "observe/format.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 
 #include <fmt/format.h>
 
@@ -144,6 +146,24 @@ std::string format_histogram(std::string_view title, const Histogram& hist) {
         out += fmt::format("{:<20} {:>8} |{:<{}}|\n", range, hist[i], std::string(bar, '@'), kWidth);
     }
     return out;
+}
+
+Result<double> parse_seconds(std::string_view text) {
+    const std::string s(text);
+    char* end = nullptr;
+    const double v = std::strtod(s.c_str(), &end);
+    const std::string unit(end);
+    double scale = 0;
+    if (unit.empty() || unit == "s") scale = 1;
+    else if (unit == "ms") scale = 1e-3;
+    else if (unit == "us") scale = 1e-6;
+    else if (unit == "m") scale = 60;
+    if (end == s.c_str() || scale == 0 || !std::isfinite(v))
+        return make_error(EINVAL, fmt::format("'{}' is not a duration (examples: 1s, 500ms, 2m, 1.5)", text));
+    const double seconds = v * scale;
+    if (seconds <= 0 || seconds > 86400)
+        return make_error(EINVAL, fmt::format("duration '{}' is out of range (more than 0, at most a day)", text));
+    return seconds;
 }
 
 }  // namespace liveio::observe

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/result.h"
 #include "observe/stats.h"
 
 namespace liveio::observe {
@@ -33,5 +34,9 @@ nlohmann::json to_json(const Snapshot& snap, double seconds);
 //   [512, 1K)            140 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|
 // from the first to the last non-empty slot; "(no calls)" when empty.
 std::string format_histogram(std::string_view title, const Histogram& hist);
+
+// "1s", "500ms", "250us", "2m", "1.5" (seconds) -> seconds; errors name the bad text.
+// Must be > 0 and at most a day.
+Result<double> parse_seconds(std::string_view text);
 
 }  // namespace liveio::observe

@@ -107,14 +107,15 @@ HttpServer::~HttpServer() {
     if (fd_ >= 0) ::close(fd_);
 }
 
-Result<bool> HttpServer::serve_one(int timeout_ms, const std::function<HttpReply(const HttpRequest&)>& handler) {
-    pollfd p{fd_, POLLIN, 0};
-    const int ready = ::poll(&p, 1, timeout_ms);
+Result<bool> HttpServer::serve_one(int timeout_ms, const std::function<HttpReply(const HttpRequest&)>& handler,
+                                   int wake_fd) {
+    pollfd p[2] = {{fd_, POLLIN, 0}, {wake_fd, POLLIN, 0}};
+    const int ready = ::poll(p, wake_fd >= 0 ? 2 : 1, timeout_ms);
     if (ready < 0) {
         if (errno == EINTR) return false;
         return make_error(errno, fmt::format("poll on the listening socket: {}", std::strerror(errno)));
     }
-    if (ready == 0) return false;
+    if (ready == 0 || !(p[0].revents & POLLIN)) return false;
     const int conn = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (conn < 0) {
         if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN) return false;

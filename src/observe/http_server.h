@@ -39,8 +39,10 @@ public:
 
     // Waits up to `timeout_ms` for a connection and answers its request with `handler`'s reply
     // (malformed requests get 400 without calling it). Returns whether a connection came;
-    // errors of one connection (client went away) are not errors of the server.
-    Result<bool> serve_one(int timeout_ms, const std::function<HttpReply(const HttpRequest&)>& handler);
+    // errors of one connection (client went away) are not errors of the server. The wait also
+    // ends, with false, when `wake_fd` (if >= 0) becomes readable (e.g. a signalfd).
+    Result<bool> serve_one(int timeout_ms, const std::function<HttpReply(const HttpRequest&)>& handler,
+                           int wake_fd = -1);
 
 private:
     HttpServer(int fd, std::string host, uint16_t port) : fd_(fd), host_(std::move(host)), port_(port) {}

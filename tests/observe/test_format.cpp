@@ -90,3 +90,22 @@ TEST(Format, JsonCarriesCountsPercentilesAndRates) {
 
 }  // namespace
 }  // namespace liveio::observe
+
+namespace liveio::observe {
+namespace {
+
+TEST(Format, DurationsParseWithUnits) {
+    EXPECT_DOUBLE_EQ(parse_seconds("1s").value(), 1.0);
+    EXPECT_DOUBLE_EQ(parse_seconds("500ms").value(), 0.5);
+    EXPECT_DOUBLE_EQ(parse_seconds("250us").value(), 250e-6);
+    EXPECT_DOUBLE_EQ(parse_seconds("2m").value(), 120.0);
+    EXPECT_DOUBLE_EQ(parse_seconds("1.5").value(), 1.5);
+    for (const char* bad : {"", "s", "1h", "-1s", "0", "abc", "1e9", "nan"}) {
+        auto r = parse_seconds(bad);
+        EXPECT_FALSE(r) << bad;
+    }
+    EXPECT_NE(parse_seconds("1h").error().message.find("'1h'"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace liveio::observe
