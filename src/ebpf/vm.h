@@ -17,8 +17,8 @@ enum class Engine { Interpreter, Jit };
 
 const char* engine_name(Engine engine);
 
-// A program loaded into an engine. Loading resolves helper calls and map references once;
-// the program must have passed verify() (loading does not re-check memory safety).
+// A program loaded into an engine. load() runs the verifier (verifier.h) and refuses what it
+// rejects, with its message; it then resolves helper calls and map references once.
 // Thread-safe: run() keeps all mutable state on the caller's stack.
 class Executable {
 public:

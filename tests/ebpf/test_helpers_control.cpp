@@ -170,6 +170,11 @@ TEST_P(HelperTest, RingbufHelpersRejectOtherMapsAndBadFlags) {
         mov %r3, 1
         call 131
         stxdw [%r6+16], %r0
+        jeq %r0, 0, out
+        mov %r1, %r0
+        mov %r2, 0
+        call 133
+    out:
         mov %r0, 0
         exit
     )", {hash, make_ringbuf(4096)});

@@ -1,0 +1,144 @@
+#include "ebpf/verifier_state.h"
+
+#include <algorithm>
+#include <unordered_map>
+
+namespace liveio::ebpf::verifier_detail {
+
+const char* kind_name(Kind kind) {
+    switch (kind) {
+    case Kind::Uninit: return "uninitialized";
+    case Kind::Scalar: return "scalar";
+    case Kind::Ctx: return "context pointer";
+    case Kind::Stack: return "stack pointer";
+    case Kind::MapValue: return "map value pointer";
+    case Kind::MapValueOrNull: return "map value pointer that may be null";
+    case Kind::MapPtr: return "map";
+    case Kind::RingbufMem: return "ring buffer record pointer";
+    case Kind::RingbufMemOrNull: return "ring buffer record pointer that may be null";
+    case Kind::Func: return "function pointer";
+    }
+    return "?";
+}
+
+const Reg* StackFrame::spill(int slot) const {
+    auto it = std::lower_bound(spills.begin(), spills.end(), slot,
+                               [](const auto& e, int s) { return e.first < s; });
+    return it != spills.end() && it->first == slot ? &it->second : nullptr;
+}
+
+void StackFrame::set_spill(int slot, const Reg& reg) {
+    auto it = std::lower_bound(spills.begin(), spills.end(), slot,
+                               [](const auto& e, int s) { return e.first < s; });
+    if (it != spills.end() && it->first == slot) it->second = reg;
+    else spills.insert(it, {static_cast<uint8_t>(slot), reg});
+    std::fill_n(bytes.begin() + slot * 8, 8, Byte::Spill);
+}
+
+void StackFrame::clobber_spills(int lo, int hi) {
+    std::erase_if(spills, [&](const auto& e) {
+        const int start = e.first * 8;
+        if (start >= hi || start + 8 <= lo) return false;
+        std::fill_n(bytes.begin() + start, 8, Byte::Misc);
+        return true;
+    });
+}
+
+void StackFrame::write_misc(int lo, int hi) {
+    clobber_spills(lo, hi);
+    std::fill(bytes.begin() + lo, bytes.begin() + hi, Byte::Misc);
+}
+
+void State::drop_lone_scalar_ids() {
+    std::unordered_map<uint32_t, int> count;
+    for_each_reg([&](Reg& r) {
+        if (r.kind == Kind::Scalar && r.id) ++count[r.id];
+    });
+    for_each_reg([&](Reg& r) {
+        if (r.kind == Kind::Scalar && r.id && count[r.id] == 1) r.id = 0;
+    });
+}
+
+namespace {
+
+// A consistent one-to-one renaming of ids between the old and the current state: ids are
+// allocated per path, so equal situations reached on different paths carry different ids.
+class IdMap {
+public:
+    bool match(uint32_t old_id, uint32_t cur_id) {
+        if (old_id == 0) return true;  // the old path relied on no link
+        if (cur_id == 0) return false;
+        for (auto [o, c] : pairs_) {
+            if (o == old_id || c == cur_id) return o == old_id && c == cur_id;
+        }
+        pairs_.emplace_back(old_id, cur_id);
+        return true;
+    }
+
+private:
+    std::vector<std::pair<uint32_t, uint32_t>> pairs_;
+};
+
+bool reg_covers(const Reg& old, const Reg& cur, IdMap& ids) {
+    if (old.kind == Kind::Uninit) return true;  // the old path never read it
+    if (old.kind != cur.kind) return false;
+    if (!old.r.contains(cur.r)) return false;
+    if (!ids.match(old.id, cur.id)) return false;
+    switch (old.kind) {
+    case Kind::Scalar: return true;
+    case Kind::Stack: return old.frame == cur.frame;
+    case Kind::Func: return old.target == cur.target;
+    default: return old.map == cur.map && old.size == cur.size;
+    }
+}
+
+bool stack_covers(const StackFrame& old, const StackFrame& cur, IdMap& ids) {
+    for (int i = 0; i < kStackSize; ++i) {
+        const Byte o = old.bytes[i], c = cur.bytes[i];
+        if (o == Byte::Uninit || o == c) continue;
+        if (c == Byte::Uninit) return false;
+        if (o == Byte::Misc) {
+            // Old read these bytes as data; a spilled scalar reads the same way.
+            const Reg* spilled = cur.spill(i / 8);
+            if (!spilled || spilled->kind != Kind::Scalar) return false;
+            continue;
+        }
+        return false;  // old held a spill, cur plain data
+    }
+    for (const auto& [slot, reg] : old.spills) {
+        const Reg* c = cur.spill(slot);
+        if (!c || !reg_covers(reg, *c, ids)) return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+bool covers(const State& old, const State& cur) {
+    if (old.frames.size() != cur.frames.size() || old.refs.size() != cur.refs.size()) return false;
+    IdMap ids;
+    for (size_t f = 0; f < old.frames.size(); ++f) {
+        const Frame &o = old.frames[f], &c = cur.frames[f];
+        if (o.callsite != c.callsite || o.callback != c.callback) return false;
+        for (int r = 0; r < kNumRegs; ++r) {
+            if (!reg_covers(o.regs[r], c.regs[r], ids)) return false;
+        }
+        if (!stack_covers(o.stack, c.stack, ids)) return false;
+    }
+    // Every reference held must correspond (the old path released each exactly once).
+    for (const Reference& o : old.refs) {
+        bool found = false;
+        for (const Reference& c : cur.refs) {
+            IdMap probe = ids;
+            if (probe.match(o.id, c.id)) {
+                ids = probe;
+                found = true;
+                break;
+            }
+        }
+        if (!found) return false;
+    }
+    return true;
+}
+
+}  // namespace liveio::ebpf::verifier_detail

@@ -1,0 +1,108 @@
+// Private to the verifier: the abstract state of one program path (registers, stack frames,
+// reserved ring buffer records) and the covering relation used to prune paths.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "ebpf/insn.h"
+#include "ebpf/verifier_range.h"
+
+namespace liveio::ebpf::verifier_detail {
+
+enum class Kind : uint8_t {
+    Uninit,
+    Scalar,
+    Ctx,               // the program's context, `size` bytes
+    Stack,             // a stack frame (`frame`), offsets relative to that frame's r10
+    MapValue,          // value of map `map`, `size` bytes
+    MapValueOrNull,    // map_lookup_elem result before its null check
+    MapPtr,            // map `map` itself (lddw), only for helpers
+    RingbufMem,        // a reserved ring buffer record of `size` bytes (reference `id`)
+    RingbufMemOrNull,  // bpf_ringbuf_reserve result before its null check
+    Func,              // a subprogram (lddw src=kPseudoFunc) at insn `target`
+};
+
+const char* kind_name(Kind kind);
+
+struct Reg {
+    Kind kind = Kind::Uninit;
+    // Scalar: the value; pointers: the offset from the start of the region (stack: from r10).
+    Range r = Range::constant(0);
+    // Scalars: copies made by `mov` share an id so a comparison narrows all of them. OrNull
+    // pointers: copies share it so one null check resolves all. Ring buffer records: the
+    // reference that submit/discard releases.
+    uint32_t id = 0;
+    int32_t map = -1;     // MapValue*, MapPtr: index into Program::maps
+    uint32_t frame = 0;   // Stack
+    uint32_t size = 0;    // Ctx, MapValue*, RingbufMem*: bytes in the region
+    int32_t target = 0;   // Func
+
+    static Reg scalar(Range r) {
+        Reg reg;
+        reg.kind = Kind::Scalar;
+        reg.r = r;
+        return reg;
+    }
+    bool is_init() const { return kind != Kind::Uninit; }
+    bool is_pointer() const { return kind != Kind::Uninit && kind != Kind::Scalar; }
+};
+
+// Stack bytes: never written, written with data (read back as scalars), or part of an
+// 8-byte aligned register spill (read back as that register).
+enum class Byte : uint8_t { Uninit, Misc, Spill };
+
+struct StackFrame {
+    std::array<Byte, kStackSize> bytes{};        // index kStackSize + offset (offset < 0)
+    std::vector<std::pair<uint8_t, Reg>> spills;  // slot (index / 8) -> register, sorted
+
+    const Reg* spill(int slot) const;
+    void set_spill(int slot, const Reg& reg);
+    // Bytes [lo, hi) (indexes) become Misc where written; spills they touch dissolve into
+    // Misc bytes (the spill had initialized all 8).
+    void write_misc(int lo, int hi);
+    // Same, but only dissolves spills: for writes whose exact bytes are unknown.
+    void clobber_spills(int lo, int hi);
+};
+
+struct Frame {
+    std::array<Reg, kNumRegs> regs{};
+    StackFrame stack;
+    int32_t callsite = -1;  // insn of the call that created this frame (-1: entry)
+    bool callback = false;  // entered by a helper (bpf_loop), returns to the helper
+    int32_t callback_ctx_arg = 0;
+};
+
+struct Reference {
+    uint32_t id;
+    uint32_t pc;  // where it was acquired
+    bool operator==(const Reference&) const = default;
+};
+
+struct State {
+    std::vector<Frame> frames;
+    std::vector<Reference> refs;  // ring buffer records reserved and not yet released
+
+    Frame& cur() { return frames.back(); }
+    const Frame& cur() const { return frames.back(); }
+    // Visits every register and spilled register of every frame.
+    template <typename F>
+    void for_each_reg(F&& f) {
+        for (Frame& fr : frames) {
+            for (Reg& r : fr.regs) f(r);
+            for (auto& [slot, r] : fr.stack.spills) f(r);
+        }
+    }
+    // Drops scalar ids held by a single register: they link nothing and would only make
+    // otherwise equal states differ.
+    void drop_lone_scalar_ids();
+};
+
+// Does every concrete state described by `cur` also belong to `old`? A path from `cur` then
+// behaves as one of the paths already verified from `old`.
+bool covers(const State& old, const State& cur);
+inline bool equal(const State& a, const State& b) { return covers(a, b) && covers(b, a); }
+
+}  // namespace liveio::ebpf::verifier_detail
