@@ -114,7 +114,7 @@ void fill_io(liveio_io_ctx& io, const hook::SyscallCall& call, pid_t tid, bool e
     }
     io.result = exit ? result : 0;
     io.start_ns = start;
-    io.latency_ns = exit ? now - start : 0;
+    io.latency_ns = exit && now > start ? now - start : 0;  // re-anchoring may step back a little
     io.direction = s.direction;
     if (io.fd >= 0) {
         // A closed descriptor cannot be classified any more: only what was cached counts.
@@ -285,7 +285,7 @@ __attribute__((noinline)) void BpfHost::run_edge(const hook::SyscallCall& call, 
     uint64_t start = 0;
     bool timed = true;
     if (!exit) {
-        if (list->record_start || list->has_io) start = hook::Dispatcher::now_ns();
+        if (list->record_start || list->has_io) start = clock_.now_ns();
         if (list->record_start) push_start(ts, key, start);
     } else {
         // A call that entered before the program was attached has no start time: like an
@@ -323,7 +323,7 @@ __attribute__((noinline)) void BpfHost::run_edge(const hook::SyscallCall& call, 
             case CtxKind::Io:
                 if (!timed) break;
                 if (!io_ready) {
-                    fill_io(io, call, tid, exit, result, start, exit ? hook::Dispatcher::now_ns() : start, fd_classes_);
+                    fill_io(io, call, tid, exit, result, start, exit ? clock_.now_ns() : start, fd_classes_);
                     io_ready = true;
                 }
                 run_program(run, &io, sizeof io);

@@ -38,6 +38,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "agent/bpf_host_clock.h"
 #include "agent/bpf_host_rcu.h"
 #include "agent/bpf_host_sections.h"
 #include "agent/fd_classes.h"
@@ -138,6 +139,7 @@ private:
     ebpf::HelperTable helpers_;
     ReaderRegistry readers_;
     FdClassCache fd_classes_;
+    EdgeClock clock_;
     // The process id, in a page the kernel zeroes in a forked child (MADV_WIPEONFORK): a
     // thread's cached tid is valid while the pid it was cached under matches this one.
     std::atomic<pid_t>* pid_page_ = nullptr;

@@ -79,6 +79,9 @@ FdInfo FdClassCache::get(int fd) {
         e.file_class.store(info.file_class, std::memory_order_relaxed);
         e.file_id.store(info.file_id, std::memory_order_relaxed);
         e.seq.store(((seq & ~3u) + 4) | kValid, std::memory_order_release);
+        int high = highest_.load(std::memory_order_relaxed);
+        while (fd > high && !highest_.compare_exchange_weak(high, fd, std::memory_order_relaxed)) {
+        }
     }
     return info;
 }
@@ -107,7 +110,8 @@ void FdClassCache::invalidate(int fd) {
 }
 
 void FdClassCache::clear() {
-    for (int fd = 0; fd < kMaxCached; ++fd)
+    const int high = highest_.load(std::memory_order_relaxed);
+    for (int fd = 0; fd <= high; ++fd)
         if (entries_[fd].seq.load(std::memory_order_relaxed) & kValid) invalidate(fd);
 }
 

@@ -62,7 +62,8 @@ private:
         std::atomic<uint32_t> file_class{0};
         std::atomic<uint64_t> file_id{0};
     };
-    Entry* entries_ = nullptr;  // kMaxCached entries, mmap'ed: pages cost memory only once used
+    Entry* entries_ = nullptr;
+    std::atomic<int> highest_{-1};  // highest descriptor ever cached: clear() stops there  // kMaxCached entries, mmap'ed: pages cost memory only once used
 };
 
 }  // namespace liveio::agent
