@@ -27,6 +27,18 @@ namespace {
 constexpr size_t kPage = 4096;
 constexpr uint8_t kCallRax[2] = {0xff, 0xd0};
 
+// Byte by byte, never memcpy: glibc's memmove copies backwards when the source lies less than
+// 256 bytes below a page boundary (its 4k-aliasing heuristic compares dst - src), and its
+// backward loop ends on the unsigned test `dst < cursor`, which with dst == 0 still holds
+// after the cursor wraps below address 0: it stores to 0xffff...ffc0 and faults. Whether that
+// happened depended on where malloc put the code (one heap layout in 16). Volatile element
+// stores keep the compiler from turning the loop back into a memcpy call, and hide from it
+// that the destination is the null address.
+void write_page_zero(const uint8_t* code, size_t size) {
+    volatile uint8_t* volatile page = nullptr;
+    for (size_t i = 0; i < size; ++i) page[i] = code[i];
+}
+
 // --- the stub table -----------------------------------------------------------------------
 
 void write_stub(uint8_t* at, uintptr_t site) {
@@ -152,33 +164,80 @@ std::vector<uintptr_t> find_syscall_instructions(const uint8_t* code, size_t siz
 // instruction is a prefixed `jmp .+62`; entered at the displacement byte (3e, a prefix again)
 // it becomes a 15-byte prefixed jump of the next unit. Every jump lands on a prefix of a later
 // unit (offset 6 into it), so any entry takes at most ~8 jumps. Jumps landing past the units
-// meet a `jmp` to the final `movabs $entry, %r11; jmp *%r11` (r11 is clobbered by syscall).
-std::vector<uint8_t> trampoline_code(uint64_t entry) {
+// meet a `jmp` to one of two tails, chosen by the mode (only those jumps' displacement bytes
+// differ between the modes; both tails are always present, so a thread interrupted inside
+// either finishes it whatever the mode has become):
+// - active: `movabs $entry, %r11; jmp *%r11` (r11 is clobbered by syscall anyway);
+// - retired: back to the site, whose original instruction has been restored (below).
+namespace {
+
+struct TrampolineLayout {
+    size_t units_end;     // the sled units end here
+    size_t first_landing, last_landing;
+    size_t active;        // movabs $entry, %r11; jmp *%r11
+    size_t retired;       // the retired tail
+    size_t size;
+};
+
+constexpr TrampolineLayout trampoline_layout() {
     constexpr size_t kUnit = 14;
-    constexpr uint8_t kDs = 0x3e;  // also the jump displacement: 62
+    TrampolineLayout l{};
     // Enough units that the last displacement byte lies past the entries (entering there
     // would continue into a unit that does not exist).
-    const size_t units = kTrampolineEntries / kUnit + 1;
-    const size_t units_end = units * kUnit;
+    l.units_end = (kTrampolineEntries / kUnit + 1) * kUnit;
     // Landings: end of an instruction (end of unit k, or k+1 when entered at k's displacement)
-    // plus 62: always unit start + 6. The last possible one decides where the final jump goes.
-    const size_t last_landing = units_end + kDs;
-    const size_t final_jump = (last_landing + 2 + 7) & ~size_t{7};
-    std::vector<uint8_t> code(final_jump + 13, 0xcc);  // int3 where nothing may execute
-    for (size_t u = 0; u < units; ++u) {
+    // plus 62: always unit start + 6.
+    l.first_landing = l.units_end + 6;
+    l.last_landing = l.units_end + 62;
+    l.active = (l.last_landing + 2 + 7) & ~size_t{7};
+    l.retired = l.active + 16;
+    l.size = l.retired + 31;
+    return l;
+}
+
+// The retired tail, reached only by a thread that was inside the sled when the rewriter was
+// uninstalled and stayed away meanwhile (a signal handler interrupted it there and was still
+// running while page 0 changed; the world stop fixes only the innermost context). The bytes at
+// its return address - 2 are the restored `syscall`/`sysenter`: jump there with the stack and
+// every register as the application left them (r11 is clobbered by the syscall anyway). A
+// call through a null pointer has no such instruction before its return address: ud2.
+constexpr uint8_t kRetiredTail[] = {
+    0x41, 0x5b,                                // pop %r11 (the return address)
+    0x9c,                                      // pushfq (in the slot the call wrote)
+    0x66, 0x41, 0x81, 0x7b, 0xfe, 0x0f, 0x05,  // cmpw $0x050f, -2(%r11): syscall?
+    0x74, 0x09,                                // je restored
+    0x66, 0x41, 0x81, 0x7b, 0xfe, 0x0f, 0x34,  // cmpw $0x340f, -2(%r11): sysenter?
+    0x75, 0x08,                                // jne not_a_site
+    0x9d,                                      // restored: popfq
+    0x4d, 0x8d, 0x5b, 0xfe,                    // lea -2(%r11), %r11
+    0x41, 0xff, 0xe3,                          // jmp *%r11
+    0x0f, 0x0b,                                // not_a_site: ud2
+};
+static_assert(sizeof kRetiredTail <= trampoline_layout().size - trampoline_layout().retired);
+
+}  // namespace
+
+std::vector<uint8_t> trampoline_code(uint64_t entry, TrampolineMode mode) {
+    constexpr size_t kUnit = 14;
+    constexpr uint8_t kDs = 0x3e;  // also the jump displacement: 62
+    constexpr TrampolineLayout l = trampoline_layout();
+    std::vector<uint8_t> code(l.size, 0xcc);  // int3 where nothing may execute
+    for (size_t u = 0; u * kUnit < l.units_end; ++u) {
         std::fill_n(code.begin() + static_cast<long>(u * kUnit), kUnit - 2, kDs);
         code[u * kUnit + kUnit - 2] = 0xeb;
         code[u * kUnit + kUnit - 1] = kDs;
     }
-    for (size_t landing = units_end + 6; landing <= last_landing; landing += kUnit) {
+    const size_t tail = mode == TrampolineMode::Active ? l.active : l.retired;
+    for (size_t landing = l.first_landing; landing <= l.last_landing; landing += kUnit) {
         code[landing] = 0xeb;
-        code[landing + 1] = static_cast<uint8_t>(final_jump - (landing + 2));
+        code[landing + 1] = static_cast<uint8_t>(tail - (landing + 2));
     }
     const uint8_t movabs_r11[2] = {0x49, 0xbb};
     const uint8_t jmp_r11[3] = {0x41, 0xff, 0xe3};
-    memcpy(&code[final_jump], movabs_r11, 2);
-    memcpy(&code[final_jump + 2], &entry, 8);
-    memcpy(&code[final_jump + 10], jmp_r11, 3);
+    memcpy(&code[l.active], movabs_r11, 2);
+    memcpy(&code[l.active + 2], &entry, 8);
+    memcpy(&code[l.active + 10], jmp_r11, 3);
+    memcpy(&code[l.retired], kRetiredTail, sizeof kRetiredTail);
     return code;
 }
 
@@ -186,9 +245,42 @@ namespace {
 
 // --- configuration checks and the trampoline -------------------------------------------------
 
-Result<void> map_trampoline() {
-    const auto code = trampoline_code(reinterpret_cast<uint64_t>(&liveio_rewrite_entry));
-    return map_page_zero(code.data(), code.size());
+// Page 0 is mapped by the first install and then stays for the life of the process (see
+// SyscallRewriter::uninstall); later installs, also by another copy of liveio loaded after
+// this one was unloaded, find it there. Its contents change only while the world is stopped.
+bool page_zero_holds_trampoline() {
+    constexpr size_t kSize = trampoline_layout().size;
+    uint8_t current[kSize];
+    // Execute-only: read through /proc/self/mem, which reads what the process itself cannot.
+    const long fd = raw_syscall(SYS_open, reinterpret_cast<long>("/proc/self/mem"), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    const long n = raw_syscall(SYS_pread64, fd, reinterpret_cast<long>(current), kSize, 0);
+    raw_syscall(SYS_close, fd);
+    if (n != static_cast<long>(kSize)) return false;
+    // Either mode, with any entry address.
+    const size_t entry_at = trampoline_layout().active + 2;
+    for (TrampolineMode mode : {TrampolineMode::Retired, TrampolineMode::Active}) {
+        auto code = trampoline_code(0, mode);
+        memcpy(&code[entry_at], &current[entry_at], 8);
+        if (memcmp(code.data(), current, kSize) == 0) return true;
+    }
+    return false;
+}
+
+Result<void> ensure_trampoline() {
+    const auto code = trampoline_code(reinterpret_cast<uint64_t>(&liveio_rewrite_entry), TrampolineMode::Retired);
+    auto mapped = map_page_zero(code.data(), code.size());
+    if (mapped) return {};
+    if (mapped.error().code == EEXIST && page_zero_holds_trampoline()) return {};  // an earlier install's
+    return mapped.error();
+}
+
+// Writes the trampoline in `mode` over page 0 (world stopped: nothing executes it meanwhile).
+bool set_trampoline_mode(TrampolineMode mode) {
+    const auto code = trampoline_code(reinterpret_cast<uint64_t>(&liveio_rewrite_entry), mode);
+    if (raw_syscall(SYS_mprotect, 0, kPage, PROT_READ | PROT_WRITE) != 0) return false;
+    write_page_zero(code.data(), code.size());
+    return raw_syscall(SYS_mprotect, 0, kPage, PROT_EXEC) == 0;
 }
 
 // --- the objects to rewrite ------------------------------------------------------------------
@@ -394,12 +486,6 @@ bool patch_sites(const std::vector<SyscallRewriter::PageRun>& runs, const std::v
     return true;
 }
 
-// A thread parked inside the sled continues at the entry (the sled only slides there), so
-// page 0 can be unmapped under it.
-uintptr_t out_of_sled(void*, uintptr_t ip) {
-    return ip < kPage ? reinterpret_cast<uintptr_t>(&liveio_rewrite_entry) : ip;
-}
-
 class RewriteInterceptor final : public Interceptor {
 public:
     explicit RewriteInterceptor(std::unique_ptr<SyscallRewriter> rewriter) : rewriter_(std::move(rewriter)) {}
@@ -434,15 +520,7 @@ Result<void> map_page_zero(const uint8_t* code, size_t size) {
         return make_error(EPERM, "the kernel placed the trampoline away from address 0 "
                                  "(vm.mmap_min_addr must be 0)");
     }
-    // Byte by byte, never memcpy: glibc's memmove copies backwards when the source lies less
-    // than 256 bytes below a page boundary (its 4k-aliasing heuristic compares dst - src),
-    // and its backward loop ends on the unsigned test `dst < cursor`, which with dst == 0
-    // still holds after the cursor wraps below address 0: it stores to 0xffff...ffc0 and
-    // faults. Whether that happened depended on where malloc put the code (one heap layout
-    // in 16). Volatile element stores keep the compiler from turning the loop back into a
-    // memcpy call, and hide from it that the destination is the null address.
-    volatile uint8_t* volatile page = nullptr;
-    for (size_t i = 0; i < size; ++i) page[i] = code[i];
+    write_page_zero(code, size);
     // Exec-only where the CPU has protection keys: null-pointer reads still fault there.
     if (raw_syscall(SYS_mprotect, 0, kPage, PROT_EXEC) != 0) {
         raw_syscall(SYS_munmap, 0, kPage);
@@ -494,15 +572,18 @@ Result<SyscallRewriter::Batch> SyscallRewriter::prepare(const std::vector<Segmen
     return batch;
 }
 
-// With every other thread stopped: stubs first (a rewritten clone must find its stub the
-// moment threads resume), then the sites.
+// With every other thread stopped: the trampoline made active and the stubs written first (a
+// rewritten site must reach the entry, and a rewritten clone its stub, the moment threads
+// resume), then the sites.
 Result<void> SyscallRewriter::apply(Batch& batch) {
     auto stopped = WorldStop::stop();
     if (!stopped) return stopped.error();
-    auto committed = RewriteStubs::instance().commit(batch.stubs);
-    const bool patched = committed && patch_sites(batch.pages, batch.sites,
-                                                  [](const RewrittenSite&) { return kCallRax; });
+    const bool active = set_trampoline_mode(TrampolineMode::Active);
+    auto committed = active ? RewriteStubs::instance().commit(batch.stubs) : Result<void>{};
+    const bool patched = active && committed &&
+                         patch_sites(batch.pages, batch.sites, [](const RewrittenSite&) { return kCallRax; });
     (*stopped)->resume(nullptr, nullptr);
+    if (!active) return make_error(EACCES, "cannot write the trampoline at address 0");
     if (!committed) return committed.error();
     if (!patched) return make_error(EACCES, "cannot make code pages writable to rewrite syscall instructions");
     sites_.insert(sites_.end(), batch.sites.begin(), batch.sites.end());
@@ -525,14 +606,11 @@ Result<std::unique_ptr<SyscallRewriter>> SyscallRewriter::install(CallHandler* h
     auto batch = self->prepare(*segments);
     if (!batch) return batch.error();
 
-    if (auto r = map_trampoline(); !r) return r.error();
-    if (auto r = Dispatcher::instance().attach(Mechanism::SyscallRewrite, handler); !r) {
-        raw_syscall(SYS_munmap, 0, kPage);
-        return r.error();
-    }
+    // Failures below leave page 0 mapped: retired, it is inert (see uninstall).
+    if (auto r = ensure_trampoline(); !r) return r.error();
+    if (auto r = Dispatcher::instance().attach(Mechanism::SyscallRewrite, handler); !r) return r.error();
     if (auto r = self->apply(*batch); !r) {
         Dispatcher::instance().detach(Mechanism::SyscallRewrite);
-        raw_syscall(SYS_munmap, 0, kPage);
         return r.error();
     }
     self->installed_ = true;
@@ -578,13 +656,21 @@ Result<void> SyscallRewriter::uninstall() {
     auto stopped = WorldStop::stop();
     if (!stopped) return stopped.error();
     const bool restored = patch_sites(pages_, sites_, [](const RewrittenSite& s) { return s.original; });
-    (*stopped)->resume(out_of_sled, nullptr);
+    // A thread parked inside the sled needs no fixup: from here it reaches the retired tail and
+    // executes the restored instruction itself. Page 0 is not unmapped: a thread interrupted
+    // inside the sled by a signal whose handler is still running holds a page-0 address in
+    // its signal frame, out of the world stop's reach; it returns there whenever the handler
+    // ends. Retired, page 0 sends it on to the restored instruction without liveio's code.
+    const bool retired = restored && set_trampoline_mode(TrampolineMode::Retired);
+    (*stopped)->resume(nullptr, nullptr);
     if (!restored) return make_error(EACCES, "cannot make code pages writable to restore syscall instructions");
     installed_ = false;
     // Threads inside the handler finish their call first; those between the entry and the
     // handler only run liveio code that stays loaded.
     Dispatcher::instance().detach(Mechanism::SyscallRewrite);
-    raw_syscall(SYS_munmap, 0, kPage);
+    if (!retired)
+        return make_error(EACCES, "syscall instructions restored, but the trampoline at address 0 "
+                                  "could not be retired: it still leads into liveio's code");
     return {};
 }
 

@@ -29,7 +29,9 @@
 // Limitations (inherent to 2-byte rewriting, as in zpoline): the `call` writes the return
 // address at rsp-8, inside the red zone of the code that issued the syscall; a syscall number
 // outside [0, 512) jumps past the sled and faults; without protection keys the exec-only page 0
-// is readable, so a null-pointer read returns sled bytes instead of faulting. The entry saves
+// is readable, so a null-pointer read returns sled bytes instead of faulting (also after
+// uninstall: page 0 stays mapped, retired; a call through a null pointer then ends in ud2,
+// SIGILL instead of SIGSEGV). The entry saves
 // the general registers and xmm0-15; the upper halves of ymm/zmm registers and x87 state are
 // not preserved across a hooked syscall if the handler uses them.
 #pragma once
@@ -60,13 +62,18 @@ std::vector<uintptr_t> find_syscall_instructions(const uint8_t* code, size_t siz
 // Syscall numbers that land in the trampoline's sled; larger ones are not supported.
 inline constexpr size_t kTrampolineEntries = 512;
 
+// What the sled at address 0 leads to: liveio's entry while installed; after uninstall, back
+// to the restored instruction (see SyscallRewriter::uninstall).
+enum class TrampolineMode { Active, Retired };
+
 // The code mapped at address 0: any entry below kTrampolineEntries reaches a jump to `entry`
-// (exposed for tests, which follow every entry with a disassembler).
-std::vector<uint8_t> trampoline_code(uint64_t entry);
+// (Active) or the retired tail (exposed for tests, which follow every entry with a
+// disassembler).
+std::vector<uint8_t> trampoline_code(uint64_t entry, TrampolineMode mode = TrampolineMode::Active);
 
 // Maps `size` bytes of `code` (at most a page) execute-only at address 0, failing with EEXIST
 // when page 0 is already mapped. The copy never depends on where `code` lies (exposed for
-// tests, which place it at every alignment); munmap(0, 4096) undoes it.
+// tests, which place it at every alignment and unmap it again).
 Result<void> map_page_zero(const uint8_t* code, size_t size);
 
 struct RewrittenSite {
@@ -86,8 +93,11 @@ public:
     SyscallRewriter(const SyscallRewriter&) = delete;
     SyscallRewriter& operator=(const SyscallRewriter&) = delete;
 
-    // Restores every rewritten byte (threads stopped; a thread inside the sled continues in the
-    // entry), detaches the handler once no thread is inside it, and unmaps page 0.
+    // Restores every rewritten byte and retires the trampoline (threads stopped), then detaches
+    // the handler once no thread is inside it. Page 0 stays mapped, retired: a thread that a
+    // signal interrupted inside the sled may return there when its handler ends; the retired
+    // sled sends it to the restored instruction without touching liveio's code (which may be
+    // unloaded by then). The next install, by this or another copy of liveio, reuses it.
     Result<void> uninstall();
     // Rewrites objects loaded (dlopen) since install, or since the last call; returns how many
     // sites were added. Objects loaded later are otherwise not rewritten: their syscalls reach

@@ -11,6 +11,7 @@
 #include <sys/mount.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include <Zydis/Zydis.h>
+#include <Zydis/Formatter.h>
 #include <gtest/gtest.h>
 
 #include "hook/dispatcher.h"
@@ -177,6 +179,21 @@ size_t count_nr(const std::vector<Seen>& seen, long nr) {
     return n;
 }
 
+// Whether page 0 holds the trampoline in `mode`, for any entry address (read through
+// /proc/self/mem: the page is execute-only).
+bool page_zero_holds(TrampolineMode mode) {
+    const auto want = trampoline_code(0, mode);
+    const auto other_entry = trampoline_code(~uint64_t{0}, mode);
+    std::vector<uint8_t> got(want.size());
+    const int mem = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+    const bool read = mem >= 0 && pread(mem, got.data(), got.size(), 0) == static_cast<ssize_t>(got.size());
+    if (mem >= 0) close(mem);
+    if (!read) return false;
+    for (size_t i = 0; i < want.size(); ++i)
+        if (want[i] == other_entry[i] && got[i] != want[i]) return false;
+    return true;
+}
+
 // --- disassembly ---------------------------------------------------------------------------
 
 TEST(SyscallRewriteScan, FindsOnlyRealSyscallInstructions) {
@@ -207,40 +224,97 @@ TEST(SyscallRewriteScan, SkipsUndecodableBytes) {
               (std::vector<uintptr_t>{0x3001}));
 }
 
+// Follows the sled from `start` through relative jumps (each a 64-bit one); returns the
+// offset of the first other instruction, or SIZE_MAX with `why` set.
+size_t follow_sled(const std::vector<uint8_t>& code, size_t start, size_t& steps, std::string& why) {
+    ZydisDecoder d;
+    ZydisDecoderInit(&d, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+    size_t pc = start;
+    for (steps = 0; steps < 12; ++steps) {
+        ZydisDecodedInstruction insn;
+        ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+        if (pc >= code.size() || !ZYAN_SUCCESS(ZydisDecoderDecodeFull(&d, code.data() + pc, code.size() - pc, &insn, ops))) {
+            why = "undecodable at " + std::to_string(pc);
+            return SIZE_MAX;
+        }
+        if (insn.mnemonic != ZYDIS_MNEMONIC_JMP || ops[0].type != ZYDIS_OPERAND_TYPE_IMMEDIATE) return pc;
+        if (insn.operand_width != 64) {
+            why = "a 16-bit jump would truncate rip, at " + std::to_string(pc);
+            return SIZE_MAX;
+        }
+        pc = pc + insn.length + static_cast<size_t>(ops[0].imm.value.s);
+    }
+    why = "too many jumps";
+    return SIZE_MAX;
+}
+
+// The instructions from `pc` on, as text.
+std::vector<std::string> disassemble(const std::vector<uint8_t>& code, size_t pc, size_t count) {
+    ZydisDecoder d;
+    ZydisDecoderInit(&d, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+    ZydisFormatter f;
+    ZydisFormatterInit(&f, ZYDIS_FORMATTER_STYLE_ATT);
+    std::vector<std::string> out;
+    for (; out.size() < count && pc < code.size();) {
+        ZydisDecodedInstruction insn;
+        ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+        if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&d, code.data() + pc, code.size() - pc, &insn, ops))) break;
+        char text[96];
+        ZydisFormatterFormatInstruction(&f, &insn, ops, insn.operand_count_visible, text, sizeof text, pc, nullptr);
+        out.emplace_back(text);
+        pc += insn.length;
+    }
+    return out;
+}
+
 // Every syscall number in the sled reaches `movabs $entry, %r11; jmp *%r11` through a few
 // short jumps and nothing else.
 TEST(SyscallRewriteTrampoline, EveryEntryReachesTheEntryJumpQuickly) {
     const uint64_t entry = 0x7f0012345678;
     const auto code = trampoline_code(entry);
-    ZydisDecoder d;
-    ZydisDecoderInit(&d, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
     size_t worst = 0;
     for (size_t start = 0; start < kTrampolineEntries; ++start) {
-        size_t pc = start, steps = 0;
-        for (;; ++steps) {
-            ASSERT_LT(steps, 12u) << "entry " << start << " takes too many instructions";
-            ASSERT_LT(pc, code.size()) << "entry " << start;
-            ZydisDecodedInstruction insn;
-            ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
-            ASSERT_TRUE(ZYAN_SUCCESS(ZydisDecoderDecodeFull(&d, code.data() + pc, code.size() - pc, &insn, ops)))
-                << "entry " << start << " undecodable at " << pc;
-            if (insn.mnemonic == ZYDIS_MNEMONIC_MOV) {
-                ASSERT_EQ(ops[0].reg.value, ZYDIS_REGISTER_R11);
-                ASSERT_EQ(static_cast<uint64_t>(ops[1].imm.value.u), entry);
-                ASSERT_TRUE(ZYAN_SUCCESS(ZydisDecoderDecodeFull(&d, code.data() + pc + insn.length,
-                                                                code.size() - pc - insn.length, &insn, ops)));
-                ASSERT_EQ(insn.mnemonic, ZYDIS_MNEMONIC_JMP);
-                ASSERT_EQ(ops[0].reg.value, ZYDIS_REGISTER_R11);
-                break;
-            }
-            ASSERT_EQ(insn.mnemonic, ZYDIS_MNEMONIC_JMP) << "entry " << start << " at " << pc;
-            ASSERT_EQ(insn.operand_width, 64) << "a 16-bit jump would truncate rip";
-            ASSERT_TRUE(ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE && ops[0].imm.is_relative);
-            pc = pc + insn.length + static_cast<size_t>(ops[0].imm.value.s);
-        }
+        size_t steps = 0;
+        std::string why;
+        const size_t at = follow_sled(code, start, steps, why);
+        ASSERT_NE(at, SIZE_MAX) << "entry " << start << ": " << why;
+        const auto tail = disassemble(code, at, 2);
+        ASSERT_EQ(tail, (std::vector<std::string>{"mov $0x7F0012345678, %r11", "jmp %r11"})) << "entry " << start;
         worst = std::max(worst, steps);
     }
     EXPECT_LE(worst, 10u);
+}
+
+// Retired, every entry reaches the tail that checks for a restored instruction before the
+// return address and jumps there, flags and stack as they were.
+TEST(SyscallRewriteTrampoline, RetiredEveryEntryReturnsToTheRestoredInstruction) {
+    const auto code = trampoline_code(0x7f0012345678, TrampolineMode::Retired);
+    const auto active = trampoline_code(0x7f0012345678, TrampolineMode::Active);
+    ASSERT_EQ(code.size(), active.size());
+    size_t differing = 0;
+    for (size_t i = 0; i < code.size(); ++i) differing += code[i] != active[i];
+    EXPECT_LE(differing, 5u) << "the modes differ only in the landing jumps' displacements";
+    const std::vector<std::string> want = {"pop %r11",
+                                           "pushfq",
+                                           "cmpw $0x50F, -0x02(%r11)",
+                                           "jz 0x",
+                                           "cmpw $0x340F, -0x02(%r11)",
+                                           "jnz 0x",
+                                           "popfq",
+                                           "lea -0x02(%r11), %r11",
+                                           "jmp %r11",
+                                           "ud2"};
+    for (size_t start = 0; start < kTrampolineEntries; ++start) {
+        size_t steps = 0;
+        std::string why;
+        const size_t at = follow_sled(code, start, steps, why);
+        ASSERT_NE(at, SIZE_MAX) << "entry " << start << ": " << why;
+        ASSERT_LE(steps, 10u);
+        const auto tail = disassemble(code, at, want.size());
+        ASSERT_EQ(tail.size(), want.size());
+        for (size_t i = 0; i < want.size(); ++i)
+            ASSERT_EQ(tail[i].substr(0, want[i].size()), want[i]) << "entry " << start << " instruction " << i;
+    }
 }
 
 // --- configuration -------------------------------------------------------------------------
@@ -345,8 +419,7 @@ TEST(SyscallRewrite, EverySyscallOfAWorkloadReachesTheDispatcher) {
                   // After uninstall nothing reaches the handler any more.
                   for (int i = 0; i < 10; ++i) (void)getpid();
                   check(count_nr(h.take(), SYS_getpid) == 0, "calls after uninstall");
-                  // Page 0 is gone again.
-                  check(msync(nullptr, 4096, MS_ASYNC) != 0 && errno == ENOMEM, "page 0 still mapped");
+                  check(page_zero_holds(TrampolineMode::Retired), "page 0 holds the retired trampoline");
               }),
               "");
 }
@@ -617,6 +690,130 @@ TEST(SyscallRewrite, SignalsWithRestartAndHandlersThatMakeSyscalls) {
                   check(getppid_seen >= kOutside && getppid_seen <= static_cast<size_t>(handled),
                         "getppid from handlers " + std::to_string(getppid_seen));
                   check(count_nr(seen, SYS_rt_sigreturn) == 0, "rt_sigreturn bypasses the handler");
+              }),
+              "");
+}
+
+// A thread that a signal interrupts inside the sled keeps a page-0 address in its signal frame
+// while the handler runs; the world stop only sees the handler. Single-stepping (TF) stops a
+// thread exactly there: its SIGTRAP handler holds it while the rewriter is uninstalled (and,
+// in the second round, installed again), then returns into page 0. The call must complete:
+// through the retired sled to the restored instruction, or through the entry again.
+std::atomic<int> g_held{0};  // 1: a thread is held in the sled; 2: let it go; 3: never got there
+
+void hold_in_sled(int, siginfo_t*, void* raw) {
+    static thread_local int steps = 0;
+    auto& regs = static_cast<ucontext_t*>(raw)->uc_mcontext.gregs;
+    constexpr greg_t kTrapFlag = 0x100;
+    const bool in_sled = static_cast<uint64_t>(regs[REG_RIP]) < 4096;
+    if (!in_sled && ++steps < 200000) return;  // keep stepping
+    regs[REG_EFL] &= ~kTrapFlag;
+    steps = 0;
+    if (!in_sled) {
+        g_held = 3;
+        return;
+    }
+    g_held = 1;
+    while (g_held.load() != 2) __builtin_ia32_pause();  // no syscalls: the world stop still parks it here
+}
+
+TEST(SyscallRewrite, ThreadInterruptedInsideTheSledSurvivesUninstall) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  struct sigaction sa {};
+                  sa.sa_sigaction = hold_in_sled;
+                  sa.sa_flags = SA_SIGINFO;
+                  sigemptyset(&sa.sa_mask);
+                  check(sigaction(SIGTRAP, &sa, nullptr) == 0, "sigaction SIGTRAP");
+                  const pid_t parent = getppid();
+                  for (const bool reinstall : {false, true}) {
+                      RecordingHandler h;
+                      auto rw = install_or_throw(&h);
+                      g_held = 0;
+                      pid_t seen = 0;
+                      std::thread stepper([&] {
+                          asm volatile("pushfq\n orq $0x100, (%%rsp)\n popfq" ::: "memory", "cc");
+                          seen = getppid();
+                      });
+                      while (g_held.load() == 0) std::this_thread::yield();
+                      if (g_held.load() == 3) {
+                          stepper.join();
+                          check(false, "single-stepping never reached the sled");
+                      }
+                      check(rw->uninstall().ok(), "uninstall while a thread is held in the sled");
+                      check(page_zero_holds(TrampolineMode::Retired), "page 0 retired");
+                      std::unique_ptr<SyscallRewriter> again;
+                      if (reinstall) again = install_or_throw(&h);
+                      (void)h.take();
+                      g_held = 2;
+                      stepper.join();
+                      check(seen == parent, "the held getppid returned " + std::to_string(seen));
+                      const size_t dispatched = count_nr(h.take(), SYS_getppid);
+                      if (reinstall) {
+                          check(dispatched == 1, "back in an active sled, the held call is dispatched");
+                          check(again->uninstall().ok(), "second uninstall");
+                      } else {
+                          check(dispatched == 0, "the retired sled bypasses liveio");
+                      }
+                  }
+              }),
+              "");
+}
+
+// Page 0 mapped by someone else is refused by name; one left by another copy of liveio (which
+// retired it and was unloaded: another entry address) is taken over.
+TEST(SyscallRewrite, PageZeroOfSomeoneElseIsRefusedOursIsReused) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  void* foreign = mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+                  check(foreign == nullptr, "map a foreign page 0");
+                  auto refused = SyscallRewriter::install(&h);
+                  check(!refused.ok() && refused.error().code == EEXIST &&
+                            refused.error().message.find("page 0") != std::string::npos,
+                        "a foreign page 0 is refused by name");
+                  check(munmap(nullptr, 4096) == 0, "unmap");
+                  const auto left = trampoline_code(0x7f00deadbe00, TrampolineMode::Retired);
+                  check(map_page_zero(left.data(), left.size()).ok(), "map a retired trampoline");
+                  auto rw = install_or_throw(&h);
+                  check(page_zero_holds(TrampolineMode::Active), "page 0 active");
+                  for (int i = 0; i < 3; ++i) (void)getppid();
+                  check(rw->uninstall().ok(), "uninstall");
+                  check(count_nr(h.take(), SYS_getppid) == 3, "calls dispatched through the reused page");
+                  check(page_zero_holds(TrampolineMode::Retired), "page 0 retired again");
+              }),
+              "");
+}
+
+// clone and clone3 made through libc's syscall() (its own rewritten instruction): the child
+// returns from the kernel on the same stack but must not depend on what the hook pushed.
+TEST(SyscallRewrite, RawCloneAndClone3Work) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  auto rw = install_or_throw(&h);
+                  int status = 0;
+                  for (int i = 0; i < 10; ++i) {
+                      const long c = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+                      if (c == 0) _exit(getppid() > 0 ? 33 : 1);
+                      check(c > 0 && waitpid(static_cast<pid_t>(c), &status, 0) == c && WIFEXITED(status) &&
+                                WEXITSTATUS(status) == 33,
+                            "clone child");
+                      struct {
+                          uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+                      } args{};
+                      args.exit_signal = SIGCHLD;
+                      const long c3 = syscall(SYS_clone3, &args, sizeof args);
+                      if (c3 == 0) _exit(getppid() > 0 ? 34 : 1);
+                      check(c3 > 0 && waitpid(static_cast<pid_t>(c3), &status, 0) == c3 && WIFEXITED(status) &&
+                                WEXITSTATUS(status) == 34,
+                            "clone3 child: " + std::to_string(c3));
+                  }
+                  check(rw->uninstall().ok(), "uninstall");
+                  const auto seen = h.take();
+                  check(count_nr(seen, SYS_clone) == 0 && count_nr(seen, SYS_clone3) == 0,
+                        "clone and clone3 bypass the handler");
+                  check(count_nr(seen, SYS_wait4) >= 20, "the parent's calls are dispatched");
               }),
               "");
 }
