@@ -457,7 +457,7 @@ Result<json> BpfHost::load(const LoadRequest& request) {
         auto point = parse_attach_point(program->section);
         if (!point) return make_error(point.error().code, "program '" + program->name + "': " + point.error().message);
         auto exe = ebpf::Executable::load(program, helpers_, request.engine);
-        if (!exe) return make_error(exe.error().code, "program '" + program->name + "': " + exe.error().message);
+        if (!exe) return exe.error();  // verbatim: it names the program and the instruction
         auto lp = std::make_unique<LoadedProgram>();
         lp->name = program->name;
         lp->section = program->section;

@@ -323,6 +323,110 @@ TEST_F(BpfHostTest, LoadUnloadHundredTimesWhileThreadsDoIo) {
     EXPECT_TRUE(call("bpf.list")["objects"].empty());
 }
 
+std::string test_bpf(const std::string& name) { return std::string(LIVEIO_AGENT_TEST_BPF_DIR) + "/" + name; }
+
+enum { kEnters, kRequested, kExits, kReturned, kRawExits, kLastFd, kPosSum };
+
+uint64_t slot(ebpf::Map& map, uint32_t key) {
+    uint64_t v = 0;
+    EXPECT_EQ(map.copy_value(&key, &v), 0);
+    return v;
+}
+
+TEST_F(BpfHostTest, KernelStylePerSyscallAndRawTracepointProgramsSeeTheCallsArguments) {
+    const json loaded = call("bpf.load", {{"path", test_bpf("tp_pread.bpf.o")}});
+    ASSERT_EQ(loaded["programs"].size(), 3u) << loaded.dump();
+    EXPECT_EQ(loaded["programs"][0]["attach"], "sys_enter:pread64");
+    EXPECT_EQ(loaded["programs"][1]["attach"], "sys_exit:pread64");
+    EXPECT_EQ(loaded["programs"][2]["attach"], "raw_tracepoint:sys_exit");
+    constexpr int kReads = 40;
+    const int fd = ::open(make_file("tp.dat", 8192).c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    char buf[100];
+    uint64_t pos_sum = 0;
+    for (int i = 0; i < kReads; ++i) {
+        ASSERT_EQ(::pread(fd, buf, sizeof buf, i * 3), static_cast<ssize_t>(sizeof buf));
+        pos_sum += i * 3;
+    }
+    auto m = maps(loaded["object"]);
+    ebpf::Map& c = *m["counters"];
+    EXPECT_EQ(slot(c, kEnters), static_cast<uint64_t>(kReads));
+    EXPECT_EQ(slot(c, kRequested), kReads * sizeof buf);
+    EXPECT_EQ(slot(c, kExits), static_cast<uint64_t>(kReads));
+    EXPECT_EQ(slot(c, kReturned), kReads * sizeof buf);
+    EXPECT_EQ(slot(c, kRawExits), static_cast<uint64_t>(kReads));
+    EXPECT_EQ(slot(c, kLastFd), static_cast<uint64_t>(fd));
+    EXPECT_EQ(slot(c, kPosSum), pos_sum);
+    ::close(fd);
+}
+
+}  // namespace
+}  // namespace liveio::agent
+
+// Probed by tests/agent/bpf/uprobe_probed.bpf.c: a global symbol of this binary (in .symtab).
+volatile long liveio_test_probe_sink;
+extern "C" __attribute__((noipa, used)) long liveio_test_probed(long x) {
+    liveio_test_probe_sink = x;
+    liveio_test_probe_sink = liveio_test_probe_sink + 1;
+    return x * 2 + liveio_test_probe_sink;  // 3x + 1
+}
+extern "C" __attribute__((noipa, used)) long liveio_test_probed_ret(long x) {
+    liveio_test_probe_sink = x;
+    liveio_test_probe_sink = liveio_test_probe_sink + 1;
+    return x * 2 + liveio_test_probe_sink;
+}
+
+namespace liveio::agent {
+namespace {
+
+TEST_F(BpfHostTest, UprobeAndUretprobeOnAFunctionOfTheTarget) {
+    const json loaded = call("bpf.load", {{"path", test_bpf("uprobe_probed.bpf.o")}});
+    ASSERT_EQ(loaded["programs"].size(), 2u) << loaded.dump();
+    EXPECT_EQ(loaded["programs"][0]["attach"], "uprobe:/proc/self/exe:liveio_test_probed");
+    EXPECT_EQ(loaded["programs"][1]["attach"], "uretprobe:/proc/self/exe:liveio_test_probed_ret");
+    long sum = 0;
+    for (long i = 1; i <= 50; ++i) {
+        ASSERT_EQ(liveio_test_probed(i), 3 * i + 1);
+        ASSERT_EQ(liveio_test_probed_ret(i), 3 * i + 1);
+        sum += 3 * i + 1;
+    }
+    auto m = maps(loaded["object"]);
+    ebpf::Map& p = *m["probed"];
+    EXPECT_EQ(slot(p, 0), 50u);    // calls
+    EXPECT_EQ(slot(p, 1), 1275u);  // sum of the first argument
+    EXPECT_EQ(slot(p, 2), 50u);    // returns
+    EXPECT_EQ(slot(p, 3), static_cast<uint64_t>(sum));
+    call("bpf.unload", {{"object", loaded["object"]}});
+    // Detached: the function runs unprobed, its code restored.
+    EXPECT_EQ(liveio_test_probed(7), 22);
+    EXPECT_EQ(liveio_test_probed_ret(7), 22);
+    EXPECT_EQ(slot(p, 0), 50u);
+    EXPECT_EQ(slot(p, 2), 50u);
+
+    auto r = client_->call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}});
+    ASSERT_TRUE(r) << r.error().message;
+}
+
+TEST_F(BpfHostTest, VerifierRejectionIsReportedWithTheInstructionAndNothingStaysLoaded) {
+    const std::string path = test_bpf("rejected.bpf.o");
+    std::string verifier_message;
+    {
+        hook::Dispatcher::ScopedInside inside;
+        auto obj = ebpf::Object::open(path);
+        ASSERT_TRUE(obj) << obj.error().message;
+        auto exe = ebpf::Executable::load(obj->programs()[0], ebpf::HelperTable::standard(), ebpf::Engine::Jit);
+        ASSERT_FALSE(exe) << "the verifier accepted a read past the context";
+        verifier_message = exe.error().message;
+    }
+    EXPECT_NE(verifier_message.find("reads_past_ctx"), std::string::npos) << verifier_message;
+    EXPECT_NE(verifier_message.find("insn 0: "), std::string::npos) << verifier_message;
+    auto r = client_->call("bpf.load", {{"path", path}});
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().message, verifier_message);  // verbatim
+    EXPECT_TRUE(call("bpf.list")["objects"].empty());
+    EXPECT_TRUE(call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}}).contains("object"));
+}
+
 TEST(BpfHostAgent, LoadOnAnAgentWithoutInterceptionInstallsTheDefault) {
     const std::string name = std::string(1, '\0') + "liveio-test-bpf/" + std::to_string(::getpid()) + "/default";
     auto agent = Agent::start(AgentOptions{name, false, "", 0});
