@@ -14,6 +14,7 @@
 #include "agent/process_util.h"
 #include "clickhouse/http_client.h"
 #include "clickhouse/server.h"
+#include "observe/child.h"
 
 namespace liveio::observe {
 namespace {
@@ -21,73 +22,34 @@ namespace {
 using agent::testing::eventually;
 using agent::testing::read_file;
 using agent::testing::temp_path;
-using agent::testing::wait_exit;
+using testing_util::Child;
 
 constexpr int kCalls = 300;
 
-// A child process with its output in a file; killed if still running at destruction.
-class Proc {
-public:
-    Proc(const std::vector<std::string>& argv) : out_(temp_path("serve")) {
-        pid_ = agent::testing::spawn(argv, out_);
-    }
-    ~Proc() {
-        if (!done_) {
-            ::kill(pid_, SIGKILL);
-            wait_exit(pid_);
-        }
-        ::unlink(out_.c_str());
-    }
-    Proc(const Proc&) = delete;
-    Proc& operator=(const Proc&) = delete;
-    pid_t pid() const { return pid_; }
-    std::string output() const { return read_file(out_); }
-    bool exited() {
-        if (done_) return true;
-        int st;
-        if (::waitpid(pid_, &st, WNOHANG) != pid_) return false;
-        done_ = true;
-        status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        return true;
-    }
-    int stop(int sig = SIGTERM) {
-        if (!exited()) {
-            ::kill(pid_, sig);
-            status_ = wait_exit(pid_);
-            done_ = true;
-        }
-        return status_;
-    }
-
-private:
-    std::string out_;
-    pid_t pid_;
-    bool done_ = false;
-    int status_ = -1;
-};
-
 struct Target {
-    Proc proc{{LIVEIO_OBSERVE_TARGET_PATH, "--calls", std::to_string(kCalls)}};
+    // See kStaticTlsRoom in test_cli.cpp: room for the agent's TLS when serve attaches it.
+    Child proc{{LIVEIO_OBSERVE_TARGET_PATH, "--calls", std::to_string(kCalls)},
+               {"GLIBC_TUNABLES=glibc.rtld.optional_static_tls=65536"}};
     int batches = 0;
     bool ready() {
-        return eventually([&] { return proc.output().find("ready") != std::string::npos || proc.exited(); }) &&
+        return eventually([&] { return proc.out().find("ready") != std::string::npos || proc.exited(); }) &&
                !proc.exited();
     }
     bool batch() {
         const std::string done = "batch " + std::to_string(++batches) + " done";
         ::kill(proc.pid(), SIGUSR1);
-        return eventually([&] { return proc.output().find(done) != std::string::npos || proc.exited(); }) &&
+        return eventually([&] { return proc.out().find(done) != std::string::npos || proc.exited(); }) &&
                !proc.exited();
     }
 };
 
 // Starts `liveio serve` for `pid`; the port it listens on, or 0 (with `why` set) if it did not
 // get there.
-uint16_t start_serve(Proc& serve, std::string* why) {
+uint16_t start_serve(Child& serve, std::string* why) {
     std::smatch m;
     std::string out;
     const bool up = eventually([&] {
-        out = serve.output();
+        out = serve.out() + serve.err();
         return std::regex_search(out, m, std::regex("listening on 127\\.0\\.0\\.1:(\\d+)")) || serve.exited();
     });
     if (!up || serve.exited()) {
@@ -126,7 +88,7 @@ TEST(Serve, PrometheusScrapesTheCountsOfAKnownWorkload) {
         GTEST_SKIP() << "Debian's prometheus is not installed (apt-get install prometheus)";
     Target target;
     ASSERT_TRUE(target.ready());
-    Proc serve({LIVEIO_CLI_PATH, "serve", "--listen", "127.0.0.1:0", "--pid", std::to_string(target.proc.pid())});
+    Child serve({LIVEIO_CLI_PATH, "serve", "--listen", "127.0.0.1:0", "--pid", std::to_string(target.proc.pid())});
     std::string why;
     const uint16_t port = start_serve(serve, &why);
     if (port == 0 && cannot_attach(why)) GTEST_SKIP() << "cannot observe here: " << why;
@@ -143,7 +105,7 @@ TEST(Serve, PrometheusScrapesTheCountsOfAKnownWorkload) {
                "scrape_configs:\n  - job_name: liveio\n    static_configs:\n      - targets: ['127.0.0.1:"
             << port << "']\n";
     }
-    Proc prom({prometheus, "--config.file=" + dir + "/prometheus.yml", "--storage.tsdb.path=" + dir + "/data",
+    Child prom({prometheus, "--config.file=" + dir + "/prometheus.yml", "--storage.tsdb.path=" + dir + "/data",
                "--web.listen-address=127.0.0.1:" + std::to_string((*ports)[0])});
     const std::string pid = std::to_string(target.proc.pid());
     const std::string sel = "{pid=\"" + pid + "\",syscall=\"pread64\"}";
@@ -152,9 +114,9 @@ TEST(Serve, PrometheusScrapesTheCountsOfAKnownWorkload) {
         calls = prom_query((*ports)[0], "liveio_syscalls_total" + sel);
         return (calls && *calls == kCalls) || prom.exited();
     });
-    if (prom.exited()) GTEST_SKIP() << "prometheus did not run here: " << prom.output().substr(0, 2000);
+    if (prom.exited()) GTEST_SKIP() << "prometheus did not run here: " << prom.err().substr(0, 2000);
     ASSERT_TRUE(scraped) << "last value: " << (calls ? std::to_string(*calls) : "none") << "\n"
-                         << prom.output().substr(0, 2000);
+                         << prom.err().substr(0, 2000);
     EXPECT_EQ(prom_query((*ports)[0], "liveio_io_bytes_total" + sel), kCalls * 4096.0);
     EXPECT_EQ(prom_query((*ports)[0], "liveio_io_latency_seconds_count" + sel), kCalls);
     // Prometheus computes quantiles from our buckets: a latency, positive and below a second.
@@ -166,9 +128,10 @@ TEST(Serve, PrometheusScrapesTheCountsOfAKnownWorkload) {
     // Prometheus itself judged the scrapes healthy.
     EXPECT_EQ(prom_query((*ports)[0], "up{job=\"liveio\"}"), 1);
 
-    prom.stop();
+    prom.signal(SIGTERM);
+    prom.wait();
     std::filesystem::remove_all(dir);
-    EXPECT_EQ(serve.stop(SIGTERM), 0) << serve.output();
+    EXPECT_EQ((serve.signal(SIGTERM), serve.wait()), 0) << serve.err();
     // serve attached, so it detached on exit.
     EXPECT_EQ(read_file("/proc/" + pid + "/maps").find("liveio-agent.so"), std::string::npos);
 }
@@ -180,7 +143,7 @@ TEST(Serve, ClickHouseSinkStoresTheCountsOfAKnownWorkload) {
     Target target;
     ASSERT_TRUE(target.ready());
     const std::string url = "clickhouse://127.0.0.1:" + std::to_string(server->ports().http) + "/liveio.io";
-    Proc serve({LIVEIO_CLI_PATH, "serve", "--listen", "127.0.0.1:0", "--pid", std::to_string(target.proc.pid()),
+    Child serve({LIVEIO_CLI_PATH, "serve", "--listen", "127.0.0.1:0", "--pid", std::to_string(target.proc.pid()),
                 "--sink", url, "--sink-interval", "300ms"});
     std::string why;
     const uint16_t port = start_serve(serve, &why);
@@ -197,11 +160,11 @@ TEST(Serve, ClickHouseSinkStoresTheCountsOfAKnownWorkload) {
         sum = r ? *r : r.error().message;
         return sum == std::to_string(2 * kCalls) + "\n" || serve.exited();
     });
-    ASSERT_TRUE(stored) << "sum(calls) = " << sum << "\n" << serve.output();
+    ASSERT_TRUE(stored) << "sum(calls) = " << sum << "\n" << serve.err();
     auto bytes = client.query("SELECT sum(bytes), min(interval_s) > 0, uniqExact(host) FROM liveio.io WHERE name = 'pwrite64'");
     ASSERT_TRUE(bytes) << bytes.error().message;
     EXPECT_EQ(*bytes, std::to_string(2 * kCalls * 4096) + "\t1\t1\n");
-    EXPECT_EQ(serve.stop(SIGTERM), 0) << serve.output();
+    EXPECT_EQ((serve.signal(SIGTERM), serve.wait()), 0) << serve.err();
 }
 
 }  // namespace
