@@ -18,6 +18,9 @@ namespace {
 using verifier_detail::Byte;
 using verifier_detail::Frame;
 using verifier_detail::Kind;
+using verifier_detail::kMaxOrigins;
+using verifier_detail::kMaxSlots;
+using verifier_detail::Origin;
 using verifier_detail::kind_name;
 using verifier_detail::Range;
 using verifier_detail::Reference;
@@ -58,9 +61,10 @@ Range loaded_range(int size, bool sign_extend) {
 // and it may prune other paths. While above 0 it is an ancestor of the current path, and
 // reaching an equal state again means the loop in between never ends.
 struct Checkpoint {
-    State state;
+    State state;  // as saved: its scalars carry the origins they had before the checkpoint
     Checkpoint* parent = nullptr;
     uint32_t branches = 1;
+    std::vector<uint8_t> precise = std::vector<uint8_t>(kMaxSlots, 0);  // per slot
 };
 
 struct Path {
@@ -83,6 +87,7 @@ private:
     Result<bool> step(Path& path);
     Result<bool> prune_or_checkpoint(Path& path);
     void end_path(Checkpoint* parent);
+    Error too_complex() const;
     void fork(const Path& path, State state, uint32_t pc);
 
     Result<const Reg*> read_reg(const State& s, uint32_t pc, int regno, const char* what = nullptr) const;
@@ -107,6 +112,12 @@ private:
                             const std::string& what);
 
     uint32_t new_id() { return ++last_id_; }
+    // A decision depends on `reg`'s range: mark the slots it came from precise, back through
+    // the checkpoints they in turn came from.
+    void need_precise(const Reg& reg);
+    void mark_precise(Origin origin);
+    // dst's origins become the union of dst's and src's.
+    void merge_origins(Reg& dst, const Reg& src);
     void narrow_scalar(State& s, Reg& reg, const Range& r);
     void release(State& s, uint32_t id);
 
@@ -117,7 +128,8 @@ private:
 
     std::vector<bool> second_slot_;  // insn is the second half of a lddw
     std::vector<bool> prune_point_;  // insn is a jump target or follows a conditional jump
-    std::vector<std::vector<std::unique_ptr<Checkpoint>>> checkpoints_;
+    std::vector<std::vector<std::unique_ptr<Checkpoint>>> checkpoints_;  // per insn
+    std::vector<Checkpoint*> by_index_;                                   // Origin::checkpoint
     std::vector<Path> pending_;
     uint32_t last_id_ = 0;
     VerifierReport report_;
@@ -198,6 +210,18 @@ Result<VerifierReport> Verifier::run() {
     return report_;
 }
 
+Error Verifier::too_complex() const {
+    // Blame the instruction most paths kept returning to: the head of the loop that could not
+    // be proven bounded, rather than wherever the budget happened to run out.
+    uint32_t busiest = 0;
+    for (uint32_t pc = 0; pc < checkpoints_.size(); ++pc) {
+        if (checkpoints_[pc].size() > checkpoints_[busiest].size()) busiest = pc;
+    }
+    return reject(busiest, fmt::format("program too complex: more than {} instructions explored, {} states kept "
+                                       "here (a loop whose bound cannot be proven?)",
+                                       options_.max_explored_insns, checkpoints_[busiest].size()));
+}
+
 void Verifier::fork(const Path& path, State state, uint32_t pc) {
     if (path.parent) ++path.parent->branches;
     pending_.push_back(Path{std::move(state), pc, path.parent});
@@ -209,10 +233,7 @@ void Verifier::end_path(Checkpoint* cp) {
 
 Result<void> Verifier::explore(Path path) {
     while (true) {
-        if (++report_.explored_insns > options_.max_explored_insns)
-            return reject(path.pc, fmt::format("program too complex: more than {} instructions explored "
-                                               "(a loop whose bound cannot be proven?)",
-                                               options_.max_explored_insns));
+        if (++report_.explored_insns > options_.max_explored_insns) return too_complex();
         if (prune_point_[path.pc]) {
             auto go_on = prune_or_checkpoint(path);
             if (!go_on) return go_on.error();
@@ -232,7 +253,11 @@ Result<bool> Verifier::prune_or_checkpoint(Path& path) {
     auto& here = checkpoints_[path.pc];
     for (const auto& cp : here) {
         if (cp->branches == 0) {
-            if (verifier_detail::covers(cp->state, path.state)) {
+            if (verifier_detail::covers(cp->state, path.state, cp->precise.data())) {
+                // The ranges the old path relied on now bound this path's values too.
+                path.state.for_each_slot([&](int slot, Reg& r) {
+                    if (cp->precise[slot] && r.kind == Kind::Scalar) need_precise(r);
+                });
                 ++report_.pruned_paths;
                 end_path(path.parent);
                 return false;
@@ -246,7 +271,14 @@ Result<bool> Verifier::prune_or_checkpoint(Path& path) {
     cp->state = path.state;
     cp->parent = path.parent;
     path.parent = cp.get();
+    const auto index = static_cast<uint32_t>(by_index_.size());
+    by_index_.push_back(cp.get());
     here.push_back(std::move(cp));
+    path.state.for_each_slot([&](int slot, Reg& r) {
+        if (r.kind != Kind::Scalar) return;
+        r.n_origins = 1;
+        r.origins[0] = Origin{index, static_cast<uint16_t>(slot)};
+    });
     ++report_.stored_states;
     return true;
 }
@@ -258,6 +290,43 @@ Result<const Reg*> Verifier::read_reg(const State& s, uint32_t pc, int regno, co
         return reject(pc, fmt::format("r{} read before it is written", regno));
     }
     return &reg;
+}
+
+void Verifier::need_precise(const Reg& reg) {
+    for (int i = 0; i < reg.n_origins; ++i) mark_precise(reg.origins[i]);
+}
+
+void Verifier::mark_precise(Origin origin) {
+    std::vector<Origin> work{origin};
+    while (!work.empty()) {
+        const Origin o = work.back();
+        work.pop_back();
+        Checkpoint& cp = *by_index_[o.checkpoint];
+        if (cp.precise[o.slot]) continue;
+        cp.precise[o.slot] = 1;
+        if (const Reg* saved = cp.state.at_slot(o.slot); saved && saved->kind == Kind::Scalar) {
+            for (int i = 0; i < saved->n_origins; ++i) work.push_back(saved->origins[i]);
+        }
+    }
+}
+
+void Verifier::merge_origins(Reg& dst, const Reg& src) {
+    for (int i = 0; i < src.n_origins; ++i) {
+        const Origin o = src.origins[i];
+        bool known = false;
+        for (int j = 0; j < dst.n_origins; ++j) {
+            known |= dst.origins[j].checkpoint == o.checkpoint && dst.origins[j].slot == o.slot;
+        }
+        if (known) continue;
+        if (dst.n_origins == kMaxOrigins) {
+            // Too many to follow: treat them all as precise now (sound, only less pruning).
+            need_precise(dst);
+            need_precise(src);
+            dst.n_origins = 0;
+            return;
+        }
+        dst.origins[dst.n_origins++] = o;
+    }
 }
 
 void Verifier::narrow_scalar(State& s, Reg& reg, const Range& r) {
@@ -349,12 +418,17 @@ Result<void> Verifier::alu(State& s, uint32_t pc, const Insn& in) {
         }
         if (src.kind != Kind::Scalar) src = Reg::scalar(Range::unknown());
         // dst's old value does not matter; passing src keeps constants exact.
-        dst = Reg::scalar(verifier_detail::alu_range(in.opcode, in.offset, in.imm, src.r, src.r));
+        Reg result = Reg::scalar(verifier_detail::alu_range(in.opcode, in.offset, in.imm, src.r, src.r));
+        merge_origins(result, src);
+        dst = result;
         return {};
     }
     if (!dst.is_init()) return reject(pc, fmt::format("r{} read before it is written", in.dst));
     if (dst.is_pointer() || src.is_pointer()) return pointer_alu(s, pc, in, dst, src, code);
-    dst = Reg::scalar(verifier_detail::alu_range(in.opcode, in.offset, in.imm, dst.r, src.r));
+    Reg result = Reg::scalar(verifier_detail::alu_range(in.opcode, in.offset, in.imm, dst.r, src.r));
+    merge_origins(result, dst);
+    merge_origins(result, src);
+    dst = result;
     return {};
 }
 
@@ -372,6 +446,7 @@ Result<void> Verifier::pointer_alu(State& s, uint32_t pc, const Insn& in, Reg& d
     const bool scalar_plus_ptr = dst.kind == Kind::Scalar && src.is_pointer() && code == op::kAdd;
     if (is64 && (ptr_plus_scalar || scalar_plus_ptr)) {
         Reg result = ptr_plus_scalar ? dst : src;
+        need_precise(ptr_plus_scalar ? src : dst);
         const Range& delta = ptr_plus_scalar ? src.r : dst.r;
         result.r = verifier_detail::alu_range(op::kClassAlu64 | code, 0, 0, result.r, delta);
         if (result.r.smin < -kMaxPtrOffset || result.r.smax > kMaxPtrOffset)
@@ -428,7 +503,12 @@ Result<bool> Verifier::cond_jump(Path& path, const Insn& in) {
             fork(path, std::move(other), taken_pc);
             apply(s, fa, fb);
             path.pc = fall_pc;
-        } else if (taken) {
+            return true;
+        }
+        // Only one outcome is possible: a path with other values could go the other way.
+        need_precise(a);
+        if (x) need_precise(b);
+        if (taken) {
             apply(s, ta, tb);
             path.pc = taken_pc;
         } else {
@@ -444,6 +524,7 @@ Result<bool> Verifier::cond_jump(Path& path, const Insn& in) {
     if (!ptr && b.is_pointer()) ptr = &b;
     const bool against_null = ptr && other->kind == Kind::Scalar && other->r == Range::constant(0) &&
                               (code == op::kJeq || code == op::kJne) && !is32;
+    if (against_null) need_precise(*other);
     if (against_null && (ptr->kind == Kind::MapValueOrNull || ptr->kind == Kind::RingbufMemOrNull)) {
         const uint32_t id = ptr->id;
         const bool ringbuf = ptr->kind == Kind::RingbufMemOrNull;
@@ -595,13 +676,13 @@ Result<void> Verifier::atomic(State& s, uint32_t pc, const Insn& in) {
     auto p = read_reg(s, pc, in.dst);
     if (!p) return p.error();
     const Reg ptr = *p.value();
+    const bool fetch = in.imm & op::kAtomicFetch;
+    if (fetch && in.src == 10) return reject(pc, "r10 is read-only (atomic fetch writes its source)");
     auto v = read_reg(s, pc, in.src);
     if (!v) return v.error();
     if (v.value()->kind != Kind::Scalar)
         return reject(pc, fmt::format("atomic operation with r{}, a {}, as operand", in.src, kind_name(v.value()->kind)));
     const int size = access_size(in.opcode);
-    const bool fetch = in.imm & op::kAtomicFetch;
-    if (fetch && in.src == 10) return reject(pc, "r10 is read-only (atomic fetch writes its source)");
     if (in.imm == op::kAtomicCmpXchg) {
         auto r0 = read_reg(s, pc, 0, "the value cmpxchg compares with");
         if (!r0) return r0.error();
@@ -664,6 +745,7 @@ Result<bool> Verifier::call(Path& path, const Insn& in) {
         auto r = read_reg(s, pc, regno);
         if (!r) return r.error();
         const Reg& target = *r.value();
+        need_precise(target);
         if (target.kind != Kind::Scalar || !target.r.is_const() || target.r.umin > 0x7fffffff)
             return reject(pc, fmt::format("callx through r{}, which is not a known helper id", regno));
         return helper_call(path, static_cast<int32_t>(target.r.umin), "callx");
@@ -735,6 +817,7 @@ Result<bool> Verifier::helper_call(Path& path, int32_t id, const char* via) {
         case ArgType::ConstSize:
         case ArgType::ConstSizeOrZero: {
             if (auto r = expect(arg.kind == Kind::Scalar, "a size (scalar)"); !r) return r.error();
+            need_precise(arg);
             if (type == ArgType::ConstSize && arg.r.umin == 0)
                 return reject(pc, fmt::format("{} is a size that may be 0 (r{} in [{}, {}])", what, regno, arg.r.umin,
                                               arg.r.umax));

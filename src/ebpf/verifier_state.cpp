@@ -49,6 +49,17 @@ void StackFrame::write_misc(int lo, int hi) {
     std::fill(bytes.begin() + lo, bytes.begin() + hi, Byte::Misc);
 }
 
+Reg* State::at_slot(int slot) {
+    const int fr = slot / kSlotsPerFrame, in_frame = slot % kSlotsPerFrame;
+    if (fr >= static_cast<int>(frames.size())) return nullptr;
+    if (in_frame < kNumRegs) return &frames[fr].regs[in_frame];
+    auto& spills = frames[fr].stack.spills;
+    for (auto& [s, r] : spills) {
+        if (s == in_frame - kNumRegs) return &r;
+    }
+    return nullptr;
+}
+
 void State::drop_lone_scalar_ids() {
     std::unordered_map<uint32_t, int> count;
     for_each_reg([&](Reg& r) {
@@ -79,9 +90,10 @@ private:
     std::vector<std::pair<uint32_t, uint32_t>> pairs_;
 };
 
-bool reg_covers(const Reg& old, const Reg& cur, IdMap& ids) {
+bool reg_covers(const Reg& old, const Reg& cur, IdMap& ids, bool precise) {
     if (old.kind == Kind::Uninit) return true;  // the old path never read it
     if (old.kind != cur.kind) return false;
+    if (old.kind == Kind::Scalar && !precise) return true;  // no decision of the old path used its range
     if (!old.r.contains(cur.r)) return false;
     if (!ids.match(old.id, cur.id)) return false;
     switch (old.kind) {
@@ -92,7 +104,8 @@ bool reg_covers(const Reg& old, const Reg& cur, IdMap& ids) {
     }
 }
 
-bool stack_covers(const StackFrame& old, const StackFrame& cur, IdMap& ids) {
+bool stack_covers(const StackFrame& old, const StackFrame& cur, IdMap& ids, const uint8_t* precise, int frame) {
+    auto slot_precise = [&](int slot) { return !precise || precise[spill_slot(frame, slot)]; };
     for (int i = 0; i < kStackSize; ++i) {
         const Byte o = old.bytes[i], c = cur.bytes[i];
         if (o == Byte::Uninit || o == c) continue;
@@ -103,27 +116,32 @@ bool stack_covers(const StackFrame& old, const StackFrame& cur, IdMap& ids) {
             if (!spilled || spilled->kind != Kind::Scalar) return false;
             continue;
         }
-        return false;  // old held a spill, cur plain data
+        // Old held a spill, cur plain data: equivalent when old's was a scalar whose range
+        // never mattered.
+        const Reg* spilled = old.spill(i / 8);
+        if (!spilled || spilled->kind != Kind::Scalar || slot_precise(i / 8)) return false;
     }
     for (const auto& [slot, reg] : old.spills) {
         const Reg* c = cur.spill(slot);
-        if (!c || !reg_covers(reg, *c, ids)) return false;
+        if (!c) continue;  // checked bytewise above
+        if (!reg_covers(reg, *c, ids, slot_precise(slot))) return false;
     }
     return true;
 }
 
 }  // namespace
 
-bool covers(const State& old, const State& cur) {
+bool covers(const State& old, const State& cur, const uint8_t* precise) {
     if (old.frames.size() != cur.frames.size() || old.refs.size() != cur.refs.size()) return false;
     IdMap ids;
     for (size_t f = 0; f < old.frames.size(); ++f) {
         const Frame &o = old.frames[f], &c = cur.frames[f];
         if (o.callsite != c.callsite || o.callback != c.callback) return false;
         for (int r = 0; r < kNumRegs; ++r) {
-            if (!reg_covers(o.regs[r], c.regs[r], ids)) return false;
+            const bool p = !precise || precise[reg_slot(static_cast<int>(f), r)];
+            if (!reg_covers(o.regs[r], c.regs[r], ids, p)) return false;
         }
-        if (!stack_covers(o.stack, c.stack, ids)) return false;
+        if (!stack_covers(o.stack, c.stack, ids, precise, static_cast<int>(f))) return false;
     }
     // Every reference held must correspond (the old path released each exactly once).
     for (const Reference& o : old.refs) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -11,6 +12,23 @@
 #include "ebpf/verifier_range.h"
 
 namespace liveio::ebpf::verifier_detail {
+
+// Where a scalar's value came from: slot `slot` of the state saved at checkpoint
+// `checkpoint`. When a decision depends on the value's range (a branch taken one way only,
+// pointer arithmetic, a helper size), every origin is marked precise; pruning compares
+// ranges only in precise slots, so values that only flow into stores and results do not
+// multiply the states (the kernel's precision tracking).
+struct Origin {
+    uint32_t checkpoint;
+    uint16_t slot;
+};
+inline constexpr int kMaxOrigins = 4;
+
+// Slots number the registers and 8-byte stack slots of every frame.
+inline constexpr int kSlotsPerFrame = kNumRegs + kStackSize / 8;
+inline constexpr int kMaxSlots = kMaxCallDepth * kSlotsPerFrame;
+inline constexpr int reg_slot(int frame, int regno) { return frame * kSlotsPerFrame + regno; }
+inline constexpr int spill_slot(int frame, int stack_slot) { return frame * kSlotsPerFrame + kNumRegs + stack_slot; }
 
 enum class Kind : uint8_t {
     Uninit,
@@ -39,6 +57,8 @@ struct Reg {
     uint32_t frame = 0;   // Stack
     uint32_t size = 0;    // Ctx, MapValue*, RingbufMem*: bytes in the region
     int32_t target = 0;   // Func
+    uint8_t n_origins = 0;  // Scalar: how many of `origins` are set
+    std::array<Origin, kMaxOrigins> origins{};
 
     static Reg scalar(Range r) {
         Reg reg;
@@ -95,6 +115,15 @@ struct State {
             for (auto& [slot, r] : fr.stack.spills) f(r);
         }
     }
+    // Visits every register and spilled register with its slot number.
+    template <typename F>
+    void for_each_slot(F&& f) {
+        for (std::size_t fr = 0; fr < frames.size(); ++fr) {
+            for (int r = 0; r < kNumRegs; ++r) f(reg_slot(static_cast<int>(fr), r), frames[fr].regs[r]);
+            for (auto& [slot, r] : frames[fr].stack.spills) f(spill_slot(static_cast<int>(fr), slot), r);
+        }
+    }
+    Reg* at_slot(int slot);
     // Drops scalar ids held by a single register: they link nothing and would only make
     // otherwise equal states differ.
     void drop_lone_scalar_ids();
@@ -102,7 +131,9 @@ struct State {
 
 // Does every concrete state described by `cur` also belong to `old`? A path from `cur` then
 // behaves as one of the paths already verified from `old`.
-bool covers(const State& old, const State& cur);
-inline bool equal(const State& a, const State& b) { return covers(a, b) && covers(b, a); }
+// `precise` (kMaxSlots flags, or null for all) names the slots whose scalar ranges matter
+// in `old`; other scalars of `old` cover any scalar.
+bool covers(const State& old, const State& cur, const uint8_t* precise);
+inline bool equal(const State& a, const State& b) { return covers(a, b, nullptr) && covers(b, a, nullptr); }
 
 }  // namespace liveio::ebpf::verifier_detail

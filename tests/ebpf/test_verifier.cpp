@@ -1,0 +1,597 @@
+// The verifier's unsafe corpus (one small program per rule, each asserting the instruction
+// index and the reason) and what it must accept: the range tracking idioms clang emits, and
+// every BPF object the build produces.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "ebpf/assembler.h"
+#include "ebpf/loader.h"
+#include "ebpf/verifier.h"
+#include "ebpf/vm.h"
+#include "test_loader_objects.h"
+
+namespace liveio::ebpf {
+namespace {
+
+// lddw immediates the fixture turns into map and function references.
+constexpr uint64_t kMapMarker = 0x4d41500000000000;       // + index: map pointer
+constexpr uint64_t kMapValueMarker = 0x4d41560000000000;  // + index: the value of a global data map
+constexpr uint64_t kFuncMarker = 0x46554e4300000000;      // + insn index: callback
+
+uint64_t dummy_helper(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ExecEnv*) { return 0; }
+
+// The helpers the corpus calls, declared here so the tests do not depend on
+// HelperTable::standard(): the prototypes are what the verifier checks.
+HelperTable corpus_helpers() {
+    using A = ArgType;
+    HelperTable t;
+    auto add = [&](int32_t id, const char* name, RetType ret, std::array<ArgType, 5> args) {
+        HelperProto p;
+        p.name = name;
+        p.fn = dummy_helper;
+        p.ret = ret;
+        p.args = args;
+        t.add(id, p);
+    };
+    add(helper_id::kMapLookupElem, "map_lookup_elem", RetType::MapValueOrNull, {A::PtrToMap, A::PtrToMapKey});
+    add(helper_id::kMapUpdateElem, "map_update_elem", RetType::Integer,
+        {A::PtrToMap, A::PtrToMapKey, A::PtrToMapValue, A::Scalar});
+    add(helper_id::kProbeRead, "probe_read", RetType::Integer, {A::PtrToUninitMem, A::ConstSizeOrZero, A::Anything});
+    add(helper_id::kGetCurrentComm, "get_current_comm", RetType::Integer, {A::PtrToUninitMem, A::ConstSize});
+    add(helper_id::kKtimeGetNs, "ktime_get_ns", RetType::Integer, {});
+    add(helper_id::kRingbufReserve, "ringbuf_reserve", RetType::RingbufMemOrNull,
+        {A::PtrToMap, A::ConstSizeOrZero, A::Scalar});
+    add(helper_id::kRingbufSubmit, "ringbuf_submit", RetType::Void, {A::PtrToRingbufMem, A::Scalar});
+    add(helper_id::kRingbufDiscard, "ringbuf_discard", RetType::Void, {A::PtrToRingbufMem, A::Scalar});
+    add(helper_id::kLoop, "loop", RetType::Integer, {A::Scalar, A::PtrToFunc, A::Anything, A::Scalar});
+    return t;
+}
+
+MapSpec spec(MapType type, uint32_t key, uint32_t value, uint32_t entries, uint32_t flags = 0) {
+    MapSpec s;
+    s.name = fmt::format("map{}", static_cast<uint32_t>(type));
+    s.type = type;
+    s.key_size = key;
+    s.value_size = value;
+    s.max_entries = entries;
+    s.flags = flags;
+    return s;
+}
+
+// Maps of the corpus: MAP0 hash u32 -> 16 bytes, MAP1 ring buffer, MAP2 array u32 -> 8 bytes
+// (global data style), MAP3 read-only array (BPF_F_RDONLY_PROG), MAP4 program array.
+std::vector<std::shared_ptr<Map>> corpus_maps() {
+    std::vector<std::shared_ptr<Map>> maps;
+    for (const MapSpec& s : {spec(MapType::Hash, 4, 16, 8), spec(MapType::RingBuf, 0, 0, 4096),
+                             spec(MapType::Array, 4, 8, 1), spec(MapType::Array, 4, 8, 1, 1u << 7),
+                             spec(MapType::ProgArray, 4, 4, 4)}) {
+        auto m = create_map(s);
+        EXPECT_TRUE(m.ok()) << m.error().message;
+        maps.push_back(m.ok() ? m.value() : nullptr);
+    }
+    return maps;
+}
+
+struct Corpus {
+    Program program;
+    HelperTable helpers = corpus_helpers();
+};
+
+// Assembles `text` with a `ctx_size`-byte context (writable or not) and the corpus maps.
+Program make_program(const std::string& text, uint32_t ctx_size = 16, bool writable = false) {
+    Program p;
+    auto insns = assemble(text);
+    EXPECT_TRUE(insns.ok()) << insns.error().message;
+    if (!insns.ok()) return p;
+    p.name = "corpus";
+    p.insns = std::move(insns.value());
+    p.maps = corpus_maps();
+    p.context = {ctx_size, writable};
+    for (size_t i = 0; i + 1 < p.insns.size(); ++i) {
+        Insn& in = p.insns[i];
+        if (in.opcode != op::kLddw) continue;
+        const uint64_t v = static_cast<uint32_t>(in.imm) | (uint64_t{static_cast<uint32_t>(p.insns[i + 1].imm)} << 32);
+        const uint64_t tag = v & ~0xffffull, arg = v & 0xffff;
+        if (tag == kMapMarker || tag == kMapValueMarker) {
+            in.src = tag == kMapMarker ? op::kPseudoMapIdx : op::kPseudoMapIdxValue;
+            in.imm = static_cast<int32_t>(arg);
+            p.insns[i + 1].imm = 0;
+        } else if (tag == kFuncMarker) {
+            in.src = op::kPseudoFunc;
+            in.imm = static_cast<int32_t>(arg) - static_cast<int32_t>(i + 1);
+            p.insns[i + 1].imm = 0;
+        }
+        ++i;
+    }
+    return p;
+}
+
+std::string map(int index) { return fmt::format("{:#x}", kMapMarker + index); }
+std::string map_value(int index) { return fmt::format("{:#x}", kMapValueMarker + index); }
+std::string func(int insn) { return fmt::format("{:#x}", kFuncMarker + insn); }
+
+Result<VerifierReport> check(const Program& p, const VerifierOptions& options = {}) {
+    return verify(p, corpus_helpers(), options);
+}
+
+// Asserts rejection at `insn` with `reason` in the message.
+void expect_rejected(const Program& p, int insn, const std::string& reason, const VerifierOptions& options = {}) {
+    auto r = check(p, options);
+    ASSERT_FALSE(r.ok()) << "accepted, expected rejection at insn " << insn << ": " << reason;
+    const std::string& msg = r.error().message;
+    EXPECT_EQ(msg.rfind(fmt::format("insn {}", insn), 0), 0u) << msg;
+    EXPECT_NE(msg.find(reason), std::string::npos) << msg;
+}
+
+void expect_accepted(const Program& p) {
+    auto r = check(p);
+    EXPECT_TRUE(r.ok()) << r.error().message;
+}
+
+// ---- structure --------------------------------------------------------------------------
+
+TEST(VerifierCorpus, InvalidOpcode) {
+    Program p = make_program("mov %r0, 0\nexit");
+    p.insns.insert(p.insns.begin() + 1, make_insn(0x8f /* ALU64 with operation 0x80|X: neg with src bit */, 0, 1));
+    expect_rejected(p, 1, "reserved field of neg");
+}
+
+TEST(VerifierCorpus, InvalidRegister) {
+    Program p = make_program("mov %r0, 0\nexit");
+    p.insns[0].dst = 11;
+    expect_rejected(p, 0, "register number above r10");
+}
+
+TEST(VerifierCorpus, JumpOutOfRange) {
+    Program p = make_program("mov %r0, 0\nja +5\nexit");
+    expect_rejected(p, 1, "jump to insn 7 outside the program");
+}
+
+TEST(VerifierCorpus, JumpIntoLddw) {
+    Program p = make_program("mov %r0, 0\nja +1\nlddw %r1, 0x100000000\nexit");
+    expect_rejected(p, 1, "middle of the lddw at insn 2");
+}
+
+TEST(VerifierCorpus, FallsOffTheEnd) {
+    expect_rejected(make_program("mov %r0, 0\nexit\nmov %r0, 1"), 2, "falls off the end");
+    expect_rejected(make_program("mov %r0, 0\nexit\njeq %r0, 0, -2"), 2, "falls off the end");
+}
+
+TEST(VerifierCorpus, SizeLimit) {
+    VerifierOptions options;
+    options.max_insns = 4;
+    expect_rejected(make_program("mov %r0, 0\nmov %r0, 0\nmov %r0, 0\nmov %r0, 0\nexit"), 4,
+                    "5 instructions, more than the limit of 4", options);
+}
+
+TEST(VerifierCorpus, WriteToR10) {
+    expect_rejected(make_program("mov %r0, 0\nadd %r10, 8\nexit"), 1, "r10 is read-only");
+    expect_rejected(make_program("mov %r0, 0\nstdw [%r10-8], 0\nlock fetch add [%r10-8], %r10\nexit"), 2,
+                    "r10 is read-only");
+}
+
+TEST(VerifierCorpus, UnknownHelper) {
+    expect_rejected(make_program("call 9999\nmov %r0, 0\nexit"), 0, "unknown helper 9999");
+}
+
+// ---- initialization ---------------------------------------------------------------------
+
+TEST(VerifierCorpus, UninitializedRegister) {
+    expect_rejected(make_program("mov %r0, 0\nadd %r0, %r3\nexit"), 1, "r3 read before it is written");
+    expect_rejected(make_program("exit"), 0, "r0 read before it is written");
+    // Calls clobber r1-r5.
+    expect_rejected(make_program("call 5\nmov %r0, %r1\nexit"), 1, "r1 read before it is written");
+}
+
+TEST(VerifierCorpus, UninitializedStack) {
+    expect_rejected(make_program("stw [%r10-8], 1\nldxdw %r0, [%r10-8]\nexit"), 1,
+                    "read of uninitialized stack at offset -4");
+}
+
+TEST(VerifierCorpus, UninitializedOnOnePathOnly) {
+    expect_rejected(make_program(R"(
+        ldxw %r1, [%r1]
+        jeq %r1, 0, +1
+        mov %r0, 1
+        exit
+    )"),
+                    3, "r0 read before it is written");
+}
+
+// ---- memory -----------------------------------------------------------------------------
+
+TEST(VerifierCorpus, StackOutOfBounds) {
+    expect_rejected(make_program("mov %r0, 0\nstdw [%r10-520], 1\nexit"), 1, "out-of-bounds stack write");
+    expect_rejected(make_program("mov %r0, 0\nstdw [%r10], 1\nexit"), 1, "out-of-bounds stack write");
+}
+
+TEST(VerifierCorpus, StackMisaligned) {
+    expect_rejected(make_program("mov %r0, 0\nstdw [%r10-12], 1\nexit"), 1, "misaligned stack access");
+}
+
+TEST(VerifierCorpus, ContextOutOfBounds) {
+    expect_rejected(make_program("ldxdw %r0, [%r1+12]\nexit", 16), 0, "out-of-bounds context read");
+}
+
+TEST(VerifierCorpus, ContextWriteWhenReadOnly) {
+    expect_rejected(make_program("mov %r0, 0\nstw [%r1], 1\nexit", 16, false), 1, "read-only context");
+    expect_accepted(make_program("mov %r0, 0\nstw [%r1], 1\nexit", 16, true));
+}
+
+TEST(VerifierCorpus, MapValueOutOfBounds) {
+    expect_rejected(make_program(R"(
+        stw [%r10-4], 0
+        lddw %r1, )" + map(0) + R"(
+        mov %r2, %r10
+        add %r2, -4
+        call 1
+        jeq %r0, 0, +1
+        ldxdw %r0, [%r0+12]
+        exit
+    )"),
+                    7, "out-of-bounds map value read");
+}
+
+TEST(VerifierCorpus, ReadOnlyMapWrite) {
+    expect_rejected(make_program("lddw %r1, " + map_value(3) + "\nstdw [%r1], 1\nmov %r0, 0\nexit"), 2,
+                    "read-only map");
+}
+
+TEST(VerifierCorpus, MapValueUsedBeforeNullCheck) {
+    expect_rejected(make_program(R"(
+        stw [%r10-4], 0
+        lddw %r1, )" + map(0) + R"(
+        mov %r2, %r10
+        add %r2, -4
+        call 1
+        ldxdw %r0, [%r0]
+        exit
+    )"),
+                    6, "null-check it before use");
+}
+
+TEST(VerifierCorpus, ScalarDereference) {
+    expect_rejected(make_program("mov %r2, 4096\nldxdw %r0, [%r2]\nexit"), 1, "r2, a scalar, not a pointer");
+}
+
+TEST(VerifierCorpus, PointerArithmeticEscapes) {
+    // An unbounded index added to a pointer.
+    expect_rejected(make_program(R"(
+        ldxdw %r2, [%r1]
+        mov %r3, %r10
+        add %r3, %r2
+        mov %r0, 0
+        exit
+    )"),
+                    2, "pointer arithmetic escapes its region");
+    // A bound that is one too large.
+    expect_rejected(make_program(R"(
+        ldxdw %r2, [%r1]
+        stdw [%r10-8], 0
+        jgt %r2, 8, +4
+        mov %r3, %r10
+        add %r3, -8
+        add %r3, %r2
+        ldxb %r0, [%r3]
+        mov %r0, 0
+        exit
+    )"),
+                    6, "out-of-bounds stack read");
+}
+
+TEST(VerifierAccepts, BoundedIndexIntoStack) {
+    // `if (i < N) p += i` with i read from the context, the branch narrowing a copy of i.
+    expect_accepted(make_program(R"(
+        ldxdw %r2, [%r1]
+        stdw [%r10-8], 0
+        mov %r4, %r2
+        jge %r4, 8, +4
+        mov %r3, %r10
+        add %r3, -8
+        add %r3, %r2
+        ldxb %r0, [%r3]
+        mov %r0, 0
+        exit
+    )"));
+}
+
+// ---- helpers ----------------------------------------------------------------------------
+
+TEST(VerifierCorpus, HelperWrongArgumentType) {
+    expect_rejected(make_program(R"(
+        mov %r1, 1
+        mov %r2, 0
+        call 1
+        mov %r0, 0
+        exit
+    )"),
+                    2, "argument 1 of map_lookup_elem must be a map");
+}
+
+TEST(VerifierCorpus, HelperKeyNotInitialized) {
+    expect_rejected(make_program(R"(
+        lddw %r1, )" + map(0) + R"(
+        mov %r2, %r10
+        add %r2, -4
+        call 1
+        mov %r0, 0
+        exit
+    )"),
+                    4, "read of uninitialized stack");
+}
+
+TEST(VerifierCorpus, HelperSizeUnbounded) {
+    expect_rejected(make_program(R"(
+        ldxdw %r2, [%r1]
+        mov %r1, %r10
+        add %r1, -16
+        mov %r3, 0
+        call 4
+        mov %r0, 0
+        exit
+    )"),
+                    4, "size that is not bounded");
+}
+
+TEST(VerifierCorpus, HelperSizeBeyondBuffer) {
+    expect_rejected(make_program(R"(
+        mov %r1, %r10
+        add %r1, -16
+        mov %r2, 17
+        mov %r3, 0
+        call 4
+        mov %r0, 0
+        exit
+    )"),
+                    4, "out-of-bounds stack write");
+}
+
+TEST(VerifierAccepts, HelperFillsStack) {
+    expect_accepted(make_program(R"(
+        mov %r1, %r10
+        add %r1, -16
+        mov %r2, 16
+        call 16
+        ldxdw %r0, [%r10-16]
+        ldxdw %r0, [%r10-8]
+        exit
+    )"));
+}
+
+TEST(VerifierCorpus, RingbufRecordNotReleased) {
+    expect_rejected(make_program(R"(
+        lddw %r1, )" + map(1) + R"(
+        mov %r2, 16
+        mov %r3, 0
+        call 131
+        jeq %r0, 0, +1
+        stdw [%r0], 1
+        mov %r0, 0
+        exit
+    )"),
+                    8, "reserved at insn 4 is neither submitted nor discarded");
+}
+
+TEST(VerifierCorpus, RingbufRecordOutOfBounds) {
+    expect_rejected(make_program(R"(
+        lddw %r1, )" + map(1) + R"(
+        mov %r2, 16
+        mov %r3, 0
+        call 131
+        jeq %r0, 0, +4
+        stdw [%r0+16], 1
+        mov %r1, %r0
+        mov %r2, 0
+        call 132
+        mov %r0, 0
+        exit
+    )"),
+                    6, "out-of-bounds ring buffer record write");
+}
+
+TEST(VerifierCorpus, RingbufRecordUsedAfterSubmit) {
+    expect_rejected(make_program(R"(
+        lddw %r1, )" + map(1) + R"(
+        mov %r2, 16
+        mov %r3, 0
+        call 131
+        jeq %r0, 0, +5
+        mov %r6, %r0
+        mov %r1, %r0
+        mov %r2, 0
+        call 132
+        stdw [%r6], 1
+        mov %r0, 0
+        exit
+    )"),
+                    10, "r6 read before it is written");
+}
+
+TEST(VerifierAccepts, RingbufReserveSubmitDiscard) {
+    expect_accepted(make_program(R"(
+        mov %r6, %r1
+        lddw %r1, )" + map(1) + R"(
+        mov %r2, 16
+        mov %r3, 0
+        call 131
+        jeq %r0, 0, +9
+        stdw [%r0], 1
+        stdw [%r0+8], 2
+        mov %r1, %r0
+        mov %r2, 0
+        ldxw %r3, [%r6]
+        jeq %r3, 0, +2
+        call 133
+        ja +1
+        call 132
+        mov %r0, 0
+        exit
+    )"));
+}
+
+// ---- loops and calls --------------------------------------------------------------------
+
+TEST(VerifierCorpus, InfiniteLoop) {
+    expect_rejected(make_program("mov %r0, 0\nja -1\nexit"), 1, "infinite loop");
+}
+
+TEST(VerifierCorpus, UnboundedLoop) {
+    // Counts up to a bound read from the context: not provable within the budget.
+    VerifierOptions options;
+    options.max_explored_insns = 10'000;
+    expect_rejected(make_program(R"(
+        ldxdw %r2, [%r1]
+        mov %r0, 0
+        add %r0, 1
+        jlt %r0, %r2, -2
+        exit
+    )"),
+                    2, "program too complex", options);
+}
+
+TEST(VerifierAccepts, BoundedLoop) {
+    auto r = check(make_program(R"(
+        mov %r0, 0
+        mov %r1, 0
+        add %r0, %r1
+        add %r1, 1
+        jlt %r1, 100, -3
+        exit
+    )"));
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_GT(r->explored_insns, 300u);  // the loop was followed to its end
+}
+
+TEST(VerifierCorpus, CallDepth) {
+    // Unbounded recursion exceeds the frame limit.
+    expect_rejected(make_program("call local f\nexit\nf:\ncall local f\nmov %r0, 0\nexit"), 2,
+                    "call depth exceeds 8 frames");
+}
+
+TEST(VerifierCorpus, CalleeReturnsItsStack) {
+    expect_rejected(make_program("call local f\nmov %r0, 0\nexit\nf:\nmov %r0, %r10\nexit"), 4,
+                    "returns a pointer to its own stack");
+}
+
+TEST(VerifierAccepts, CalleeWritesCallerStack) {
+    expect_accepted(make_program(R"(
+        mov %r1, %r10
+        add %r1, -8
+        call local f
+        ldxdw %r0, [%r10-8]
+        exit
+    f:
+        stdw [%r1], 7
+        mov %r0, 0
+        exit
+    )"));
+}
+
+TEST(VerifierCorpus, CallbackReturnsPointer) {
+    expect_rejected(make_program(R"(
+        mov %r1, 10
+        lddw %r2, )" + func(7) + R"(
+        mov %r3, 0
+        mov %r4, 0
+        call 181
+        exit
+        lddw %r0, )" + map(0) + R"(
+        exit
+    )"),
+                    9, "callback must return a scalar");
+}
+
+TEST(VerifierAccepts, CallbackWithContextPointer) {
+    expect_accepted(make_program(R"(
+        stdw [%r10-8], 0
+        mov %r1, 10
+        lddw %r2, )" + func(9) + R"(
+        mov %r3, %r10
+        add %r3, -8
+        mov %r4, 0
+        call 181
+        exit
+        ldxdw %r0, [%r2]
+        add %r0, 1
+        stxdw [%r2], %r0
+        mov %r0, 0
+        exit
+    )"));
+}
+
+TEST(VerifierCorpus, TailCallNeedsProgramArray) {
+    expect_rejected(make_program(R"(
+        lddw %r2, )" + map(0) + R"(
+        mov %r3, 0
+        call 12
+        mov %r0, 0
+        exit
+    )"),
+                    3, "program array");
+}
+
+TEST(VerifierAccepts, TailCall) {
+    expect_accepted(make_program(R"(
+        lddw %r2, )" + map(4) + R"(
+        mov %r3, 0
+        call 12
+        mov %r0, 0
+        exit
+    )"));
+}
+
+// ---- mandatory --------------------------------------------------------------------------
+
+TEST(Verifier, ExecutableLoadRefusesUnverifiedPrograms) {
+    auto p = std::make_shared<Program>(make_program("add %r0, 1\nexit"));
+    for (Engine engine : {Engine::Interpreter, Engine::Jit}) {
+        auto exe = Executable::load(p, corpus_helpers(), engine);
+        ASSERT_FALSE(exe.ok());
+        EXPECT_NE(exe.error().message.find("insn 0: r0 read before it is written"), std::string::npos)
+            << exe.error().message;
+    }
+}
+
+// ---- real programs ----------------------------------------------------------------------
+
+// Every program of every object the build compiles (shipped bpf/ and the test objects)
+// verifies against the standard helpers.
+TEST(VerifierAccepts, EveryBuiltObject) {
+    const HelperTable helpers = HelperTable::standard();
+    int verified = 0;
+    std::set<std::filesystem::path> seen;  // the test directory may lie inside the shipped one
+    for (const char* dir : {LIVEIO_BPF_DIR, LIVEIO_TEST_BPF_DIR}) {
+        if (!std::filesystem::exists(dir)) continue;
+        for (const auto& entry : std::filesystem::recursive_directory_iterator(dir)) {
+            const std::string path = entry.path().string();
+            if (!path.ends_with(".bpf.o") || !seen.insert(std::filesystem::canonical(entry.path())).second) continue;
+            auto object = Object::open(path);
+            if (!object) continue;  // objects built to be refused by the loader (bad_map_type)
+            for (const auto& program : object->programs()) {
+                auto r = verify(*program, helpers);
+                if (program->context.size == 0 && !r.ok() && r.error().message.find("context") != std::string::npos) {
+                    // Attached in the kernel only (e.g. tracepoint/block/*): liveio has no
+                    // userspace context for the section, so its context reads are refused.
+                    std::cout << fmt::format("kernel-only {} {}: {}\n", entry.path().filename().string(),
+                                             program->name, r.error().message);
+                    continue;
+                }
+                EXPECT_TRUE(r.ok()) << path << " " << program->name << ": " << r.error().message;
+                if (r.ok()) {
+                    ++verified;
+                    std::cout << fmt::format("verified {} {}: {} insns, {} explored, {} states\n",
+                                             entry.path().filename().string(), program->name,
+                                             program->insns.size(), r->explored_insns, r->stored_states);
+                }
+            }
+        }
+    }
+    EXPECT_GT(verified, 0) << "no BPF object found in " << LIVEIO_BPF_DIR << " or " << LIVEIO_TEST_BPF_DIR;
+}
+
+}  // namespace
+}  // namespace liveio::ebpf
