@@ -486,6 +486,19 @@ bool patch_sites(const std::vector<SyscallRewriter::PageRun>& runs, const std::v
     return true;
 }
 
+// WorldStop gives up when a thread has not stopped after about two seconds. Under load that
+// is mostly a thread sleeping uninterruptibly in the kernel, e.g. in a file write throttled
+// behind a busy disk (seen: four writers of one ext4 file, seconds in D state) or queued on
+// the inode lock behind such a writer. Released in between, it finishes its call and stops
+// the next time: retry a few times before reporting the error.
+Result<WorldStop*> stop_world() {
+    constexpr int kAttempts = 8;
+    for (int attempt = 1;; ++attempt) {
+        auto stopped = WorldStop::stop();
+        if (stopped || stopped.error().code != ETIMEDOUT || attempt == kAttempts) return stopped;
+    }
+}
+
 class RewriteInterceptor final : public Interceptor {
 public:
     explicit RewriteInterceptor(std::unique_ptr<SyscallRewriter> rewriter) : rewriter_(std::move(rewriter)) {}
@@ -576,7 +589,7 @@ Result<SyscallRewriter::Batch> SyscallRewriter::prepare(const std::vector<Segmen
 // rewritten site must reach the entry, and a rewritten clone its stub, the moment threads
 // resume), then the sites.
 Result<void> SyscallRewriter::apply(Batch& batch) {
-    auto stopped = WorldStop::stop();
+    auto stopped = stop_world();
     if (!stopped) return stopped.error();
     const bool active = set_trampoline_mode(TrampolineMode::Active);
     auto committed = active ? RewriteStubs::instance().commit(batch.stubs) : Result<void>{};
@@ -653,7 +666,7 @@ Result<void> SyscallRewriter::uninstall() {
     auto runs = page_runs(sites_);
     if (!runs) return runs.error();
     pages_ = std::move(runs).value();
-    auto stopped = WorldStop::stop();
+    auto stopped = stop_world();
     if (!stopped) return stopped.error();
     const bool restored = patch_sites(pages_, sites_, [](const RewrittenSite& s) { return s.original; });
     // A thread parked inside the sled needs no fixup: from here it reaches the retired tail and
