@@ -306,6 +306,7 @@ void run_demo(const DemoOptions& o) {
     fmt::print("[1/6] starting a 2-shard ClickHouse cluster ({}) on free ports in a temporary directory\n", *binary);
     ch::ClusterOptions co;
     co.server.profile_settings = ch::kProfileSettings;
+    co.server.environment = {ch::kStaticTlsReserve};
     auto cluster = ch::LocalCluster::start(co);
     interrupted_check();
     if (!cluster) fail("starting ClickHouse: " + cluster.error().message);

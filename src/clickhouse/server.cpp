@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -265,6 +266,19 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
     std::string config_arg = "--config-file=" + config_path;
     std::string argv0 = "clickhouse-server";
     char* argv[] = {argv0.data(), config_arg.data(), nullptr};
+    // environ with options.environment applied, built here: setenv is not allowed after fork.
+    std::vector<std::string> env_strings = options.environment;
+    for (char** e = environ; *e; ++e) {
+        const std::string_view var(*e);
+        const std::string_view name = var.substr(0, var.find('='));
+        const bool replaced = std::any_of(options.environment.begin(), options.environment.end(), [&](const std::string& v) {
+            return std::string_view(v).substr(0, v.find('=')) == name;
+        });
+        if (!replaced) env_strings.emplace_back(var);
+    }
+    std::vector<char*> envp;
+    for (auto& v : env_strings) envp.push_back(v.data());
+    envp.push_back(nullptr);
     pid_t parent = ::getpid();
     bool die_with_parent = options.die_with_parent;
 
@@ -290,7 +304,7 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
         ::dup2(in, 0);
         ::dup2(out, 1);
         ::dup2(out, 2);
-        ::execv(binary.c_str(), argv);
+        ::execve(binary.c_str(), argv, envp.data());
         ::_exit(127);
     }
     server.pid_ = pid;

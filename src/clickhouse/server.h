@@ -45,10 +45,21 @@ struct ServerOptions {
     // Settings of the default profile in users.xml, as XML elements
     // (e.g. "<max_threads>2</max_threads>").
     std::string profile_settings;
+    // Variables added to the server's environment ("NAME=value"; a NAME already set is
+    // replaced), e.g. GLIBC_TUNABLES.
+    std::vector<std::string> environment;
     // The server is killed when the thread that started it exits (PR_SET_PDEATHSIG): tests
     // that die never leave servers behind. Turn off for a server that must outlive us.
     bool die_with_parent = true;
 };
+
+// An environment entry for ServerOptions::environment that makes glibc reserve 64 KiB of
+// static TLS for libraries dlopen'ed later. liveio-agent.so keeps its per-thread state in
+// initial-exec TLS (the hooked call path must never allocate), which dlopen can only place in
+// that reserve; glibc's default (~1.6 KiB surplus) is smaller than the agent needs (6.1 KiB
+// at the time of writing, mostly the uprobe shadow stack), and dlopen then fails with "cannot
+// allocate memory in static TLS block".
+inline constexpr const char* kStaticTlsReserve = "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=65536";
 
 // The clickhouse-server executable of the Debian package (/usr/sbin, /usr/bin), or $CLICKHOUSE_SERVER.
 Result<std::string> find_server_binary();
