@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -21,6 +22,7 @@
 #include "agent/agent.h"
 #include "agent/bpf_host_sections.h"
 #include "agent/fd_classes.h"
+#include "agent/process_util.h"
 #include "agent/protocol.h"
 #include "hook/dispatcher.h"
 #include "ebpf/loader.h"
@@ -442,6 +444,206 @@ TEST(BpfHostAgent, LoadOnAnAgentWithoutInterceptionInstallsTheDefault) {
     // Detach unloads the programs along with the interception.
     ASSERT_TRUE(c->call("detach"));
     EXPECT_TRUE(agent.value()->bpf().list()["objects"].empty());
+}
+
+// A process under `liveio run` (the agent preloaded, GOT hooks installed at startup) that does
+// a known workload when told to: Debian's python3, controlled through its stdin and stdout.
+class ScriptedTarget {
+public:
+    // `under_run`: started by `liveio run` (agent preloaded); else plain, for `liveio attach`.
+    ScriptedTarget(const std::string& script, const std::vector<std::string>& args, bool under_run = true) {
+        int in[2], out[2];
+        if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) return;
+        pid_ = ::fork();
+        if (pid_ == 0) {
+            ::dup2(in[0], 0);
+            ::dup2(out[1], 1);
+            std::vector<std::string> argv{LIVEIO_CLI_PATH, "run", "--mechanism", "got", "--"};
+            if (!under_run) argv.clear();
+            for (const std::string& a : {std::string("/usr/bin/python3"), std::string("-c"), script}) argv.push_back(a);
+            argv.insert(argv.end(), args.begin(), args.end());
+            std::vector<char*> raw;
+            for (auto& a : argv) raw.push_back(a.data());
+            raw.push_back(nullptr);
+            ::execv(raw[0], raw.data());
+            ::_exit(127);
+        }
+        ::close(in[0]);
+        ::close(out[1]);
+        to_ = in[1];
+        from_ = ::fdopen(out[0], "r");
+    }
+    ~ScriptedTarget() {
+        if (to_ >= 0) ::close(to_);
+        if (from_) std::fclose(from_);
+        if (pid_ > 0) {
+            ::kill(pid_, SIGKILL);
+            testing::wait_exit(pid_);
+        }
+    }
+    pid_t pid() const { return pid_; }
+    std::string line() {
+        char buf[256];
+        return from_ && std::fgets(buf, sizeof buf, from_) ? std::string(buf) : std::string();
+    }
+    void tell(const char* text) { ASSERT_GT(::write(to_, text, std::strlen(text)), 0); }
+    // Closes its stdin (the script ends) and reaps it; the exit status.
+    int finish() {
+        ::close(to_);
+        to_ = -1;
+        const int status = testing::wait_exit(pid_);
+        pid_ = -1;
+        return status;
+    }
+
+private:
+    pid_t pid_ = -1;
+    int to_ = -1;
+    FILE* from_ = nullptr;
+};
+
+constexpr const char* kWorkloadScript = R"(
+import os, sys
+reads, writes = int(sys.argv[2]), int(sys.argv[3])
+fd = os.open(sys.argv[1], os.O_RDWR)
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(reads):
+    os.pread(fd, 512, i * 7)
+for i in range(writes):
+    os.pwrite(fd, b"w" * 100, i * 13)
+os.close(fd)
+print("done", flush=True)
+sys.stdin.readline()
+)";
+
+// The maps of a loaded object, by name, mapped from the memfds the agent passes.
+std::map<std::string, std::shared_ptr<ebpf::Map>> client_maps(ControlClient& client, const json& object) {
+    std::map<std::string, std::shared_ptr<ebpf::Map>> maps;
+    auto described = client.call("bpf.maps", {{"object", object}});
+    EXPECT_TRUE(described) << described.error().message;
+    std::vector<int> fds = client.take_fds();
+    EXPECT_EQ(fds.size(), described ? (*described)["maps"].size() : 0);
+    for (size_t i = 0; described && i < fds.size(); ++i) {
+        auto m = ebpf::open_shared_map(fds[i]);
+        EXPECT_TRUE(m) << m.error().message;
+        if (m) maps[(*described)["maps"][i]["name"]] = std::move(m).value();
+        ::close(fds[i]);
+    }
+    return maps;
+}
+
+uint64_t calls_of(ebpf::Map& syscall_stats, uint32_t nr) {
+    liveio_io_stats s{};
+    EXPECT_EQ(syscall_stats.copy_value(&nr, &s), 0);
+    return s.calls;
+}
+
+TEST(BpfHostProcess, AttachLoadDetachReattachInALiveProcess) {
+    if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3) as the workload";
+    const std::string file = testing::temp_path("attach.dat");
+    std::ofstream(file) << std::string(64 * 1024, 'x');
+    // Waits for commands in select() (not hooked) so that no thread sits in a hooked read
+    // while a detach waits for the hooks to drain.
+    constexpr const char* kLoop = R"(
+import os, select, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+print("ready", flush=True)
+while True:
+    if not select.select([0], [], [], 0.05)[0]:
+        continue
+    line = os.read(0, 64)
+    if not line:
+        break
+    for i in range(int(line)):
+        os.pread(fd, 64, i)
+    print("done", flush=True)
+)";
+    ScriptedTarget target(kLoop, {file}, false);
+    ASSERT_EQ(target.line(), "ready\n");
+    const std::string pid = std::to_string(target.pid());
+    for (int round = 0; round < 3; ++round) {
+        auto attached = testing::run_cli({"attach", pid});
+        ASSERT_EQ(attached.status, 0) << attached.output;
+        auto client = ControlClient::connect(target.pid());
+        ASSERT_TRUE(client) << client.error().message;
+        auto loaded = client->call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}});
+        ASSERT_TRUE(loaded) << loaded.error().message;
+        const int n = 50 + round;
+        target.tell((std::to_string(n) + "\n").c_str());
+        ASSERT_EQ(target.line(), "done\n");
+        auto maps = client_maps(*client, (*loaded)["object"]);
+        ASSERT_TRUE(maps.count("syscall_stats"));
+        EXPECT_EQ(calls_of(*maps["syscall_stats"], SYS_pread64), static_cast<uint64_t>(n)) << "round " << round;
+        // Detach unloads the programs with the agent; the maps mapped here stay readable.
+        auto detached = testing::run_cli({"detach", pid});
+        ASSERT_EQ(detached.status, 0) << detached.output;
+        target.tell("10\n");
+        ASSERT_EQ(target.line(), "done\n");
+        EXPECT_EQ(calls_of(*maps["syscall_stats"], SYS_pread64), static_cast<uint64_t>(n));
+    }
+    EXPECT_EQ(target.finish(), 0);
+    ::unlink(file.c_str());
+}
+
+TEST(BpfHostProcess, IoStatsInALiveioRunProcessCountsItsWorkloadExactly) {
+    if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3) as the workload";
+    const std::string dir = testing::temp_path("bpfproc");
+    fs::create_directories(dir + "/store/data/db/hits/20190101_1_1_0");
+    const std::string file = dir + "/store/data/db/hits/20190101_1_1_0/URL.bin";
+    std::ofstream(file) << std::string(64 * 1024, 'x');
+    constexpr int kReads = 300, kWrites = 120;
+    ScriptedTarget target(kWorkloadScript, {file, std::to_string(kReads), std::to_string(kWrites)});
+    ASSERT_EQ(target.line(), "ready\n");
+    auto client = ControlClient::connect(target.pid());
+    ASSERT_TRUE(client) << client.error().message;
+    auto loaded = client->call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}});
+    ASSERT_TRUE(loaded) << loaded.error().message;
+    target.tell("go\n");
+    ASSERT_EQ(target.line(), "done\n");
+
+    auto maps = client_maps(*client, (*loaded)["object"]);
+    ASSERT_TRUE(maps.count("syscall_stats") && maps.count("class_stats"));
+    auto stats = [&](const char* map, uint32_t key) {
+        liveio_io_stats s{};
+        EXPECT_EQ(maps[map]->copy_value(&key, &s), 0);
+        return s;
+    };
+    const auto preads = stats("syscall_stats", SYS_pread64);
+    EXPECT_EQ(preads.calls, static_cast<uint64_t>(kReads));
+    EXPECT_EQ(preads.bytes, kReads * 512u);
+    const auto pwrites = stats("syscall_stats", SYS_pwrite64);
+    EXPECT_EQ(pwrites.calls, static_cast<uint64_t>(kWrites));
+    EXPECT_EQ(pwrites.bytes, kWrites * 100u);
+    EXPECT_EQ(stats("class_stats", LIVEIO_CLASS_KEY(LIVEIO_CLASS_CH_BIN, LIVEIO_IO_READ)).calls, static_cast<uint64_t>(kReads));
+    EXPECT_EQ(stats("class_stats", LIVEIO_CLASS_KEY(LIVEIO_CLASS_CH_BIN, LIVEIO_IO_WRITE)).calls, static_cast<uint64_t>(kWrites));
+
+    // The program list shows its runs; unload leaves the process running normally.
+    auto listed = client->call("bpf.list");
+    ASSERT_TRUE(listed);
+    EXPECT_GE((*listed)["objects"][0]["programs"][0]["runs"].get<uint64_t>(), static_cast<uint64_t>(kReads + kWrites));
+    ASSERT_TRUE(client->call("bpf.unload", {{"object", (*loaded)["object"]}}));
+    EXPECT_EQ(target.finish(), 0);
+    fs::remove_all(dir);
+}
+
+TEST(BpfHostProcess, AProcessThatExitsMeanwhileGivesAClearError) {
+    if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3)";
+    ScriptedTarget target("import sys\nprint('ready', flush=True)\nsys.stdin.readline()\n", {});
+    ASSERT_EQ(target.line(), "ready\n");
+    const pid_t pid = target.pid();
+    auto client = ControlClient::connect(pid);
+    ASSERT_TRUE(client) << client.error().message;
+    EXPECT_EQ(target.finish(), 0);
+    // Connected before the exit: the request fails instead of hanging.
+    auto r = client->call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}}, 5000);
+    ASSERT_FALSE(r);
+    EXPECT_FALSE(r.error().message.empty());
+    // After the exit: connecting names the process.
+    auto again = ControlClient::connect(pid);
+    ASSERT_FALSE(again);
+    EXPECT_EQ(again.error().code, ESRCH) << again.error().message;
+    EXPECT_EQ(again.error().message, "process " + std::to_string(pid) + " does not exist");
 }
 
 TEST(BpfSections, AttachPointsAndSyscallNames) {

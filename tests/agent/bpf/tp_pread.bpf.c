@@ -3,8 +3,7 @@
  * /sys/kernel/tracing/events/syscalls/sys_{enter,exit}_pread64/format): the per-syscall
  * tracepoints and the raw sys_exit tracepoint reading struct pt_regs with probe_read_kernel,
  * as kernel tools do. The agent tests count a known pread workload with it. */
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
+#include "counters.bpf.h"
 
 struct sys_enter_pread64 {
     __u64 common;
@@ -23,25 +22,13 @@ struct sys_exit {
     long ret;
 };
 
-/* x86-64 struct pt_regs: orig_ax is the 16th 8-byte slot. */
-struct pt_regs_min {
-    unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax;
-};
-
 enum { ENTERS, REQUESTED, EXITS, RETURNED, RAW_EXITS, LAST_FD, POS_SUM, SLOTS };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, SLOTS);
-    __type(key, __u32);
-    __type(value, __u64);
-} counters SEC(".maps");
+TEST_COUNTERS(counters, SLOTS);
 
 static __always_inline void add(__u32 slot, __u64 v)
 {
-    __u64 *p = bpf_map_lookup_elem(&counters, &slot);
-    if (p)
-        __sync_fetch_and_add(p, v);
+    counter_add(&counters, slot, v);
 }
 
 SEC("tracepoint/syscalls/sys_enter_pread64")

@@ -3,27 +3,15 @@
  * tests/agent/test_bpf_host.cpp) and a uretprobe on its twin liveio_test_probed_ret (one
  * probe per function address): counts calls, sums the first argument and the return values
  * from the probed registers. */
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-
-struct pt_regs_min {
-    unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax;
-};
+#include "counters.bpf.h"
 
 enum { CALLS, ARG_SUM, RETURNS, RET_SUM, SLOTS };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, SLOTS);
-    __type(key, __u32);
-    __type(value, __u64);
-} probed SEC(".maps");
+TEST_COUNTERS(probed, SLOTS);
 
 static __always_inline void add(__u32 slot, __u64 v)
 {
-    __u64 *p = bpf_map_lookup_elem(&probed, &slot);
-    if (p)
-        __sync_fetch_and_add(p, v);
+    counter_add(&probed, slot, v);
 }
 
 SEC("uprobe//proc/self/exe:liveio_test_probed")
