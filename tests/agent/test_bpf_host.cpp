@@ -27,6 +27,7 @@
 #include "hook/dispatcher.h"
 #include "ebpf/loader.h"
 #include "ebpf/map.h"
+#include "ebpf/runtime.h"
 #include "liveio/io_stats.h"
 
 namespace liveio::agent {
@@ -427,6 +428,54 @@ TEST_F(BpfHostTest, VerifierRejectionIsReportedWithTheInstructionAndNothingStays
     EXPECT_EQ(r.error().message, verifier_message);  // verbatim
     EXPECT_TRUE(call("bpf.list")["objects"].empty());
     EXPECT_TRUE(call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}}).contains("object"));
+}
+
+TEST_F(BpfHostTest, TracePrintkLinesReachTheLogPassedByBpfLog) {
+    const json loaded = call("bpf.load", {{"path", test_bpf("printk.bpf.o")}});
+    ASSERT_TRUE(loaded.contains("object")) << loaded.dump();
+    const int fd = ::open(make_file("printk.dat", 64).c_str(), O_RDONLY);
+    char buf[8];
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(::pread(fd, buf, 5 + i, 0), 5 + i);
+    ::close(fd);
+    hook::Dispatcher::ScopedInside inside;
+    const json r = call("bpf.log");
+    EXPECT_EQ(r["dropped"], 0);
+    std::vector<int> fds = client_->take_fds();
+    ASSERT_EQ(fds.size(), 1u);
+    auto log = ebpf::TraceLog::open(fds[0]);
+    ::close(fds[0]);
+    ASSERT_TRUE(log) << log.error().message;
+    std::vector<std::string> lines;
+    log->read([&](const ebpf::TraceLine& l) {
+        lines.emplace_back(l.text);
+        EXPECT_EQ(l.tgid, static_cast<uint32_t>(::getpid()));
+    });
+    EXPECT_EQ(lines, (std::vector<std::string>{"pread returned 5", "pread returned 6", "pread returned 7"}));
+}
+
+// Counts this process's open descriptors and memory mappings.
+std::pair<size_t, size_t> fds_and_mappings() {
+    size_t fds = 0;
+    for ([[maybe_unused]] auto& e : fs::directory_iterator("/proc/self/fd")) ++fds;
+    std::ifstream maps("/proc/self/maps");
+    size_t lines = 0;
+    for (std::string l; std::getline(maps, l);) ++lines;
+    return {fds, lines};
+}
+
+TEST_F(BpfHostTest, UnloadReleasesMapsMemfdsAndJitMemory) {
+    hook::Dispatcher::ScopedInside inside;  // the test's own bookkeeping is not the workload
+    // Warm up once: first-use allocations (thread slots, caches) are not leaks.
+    call("bpf.unload", {{"object", call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}})["object"]}});
+    const auto before = fds_and_mappings();
+    for (int i = 0; i < 5; ++i) {
+        const json a = call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}});
+        const json b = call("bpf.load", {{"path", test_bpf("tp_pread.bpf.o")}, {"engine", "jit"}});
+        EXPECT_GT(fds_and_mappings().first, before.first);  // the maps' memfds are open now
+        call("bpf.unload", {{"object", a["object"]}});
+        call("bpf.unload", {{"object", b["object"]}});
+    }
+    EXPECT_EQ(fds_and_mappings(), before);
 }
 
 TEST(BpfHostAgent, LoadOnAnAgentWithoutInterceptionInstallsTheDefault) {
