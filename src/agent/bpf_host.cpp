@@ -143,8 +143,26 @@ void invalidate_fds(FdClassCache& fds, const hook::SyscallCall& call, long resul
     if (result >= 0 && result <= INT32_MAX) fds.invalidate(static_cast<int>(result));
 }
 
+// bpf_get_current_pid_tgid from the calling thread's cache: the standard helper makes two
+// syscalls (getpid, gettid) per call, which kernel-style programs pairing enter and exit by
+// pid_tgid pay twice per hooked call. Programs run by the host run after current_tid()
+// refreshed the cache for this thread and process (see pid_page_); elsewhere the cache is
+// empty and the helper asks the kernel.
+uint64_t cached_pid_tgid(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ebpf::ExecEnv*) {
+    const ThreadState& ts = t_thread;
+    if (ts.tid_pid == 0)
+        return static_cast<uint64_t>(hook::raw_syscall(SYS_getpid)) << 32 |
+               static_cast<uint32_t>(hook::raw_syscall(SYS_gettid));
+    return static_cast<uint64_t>(static_cast<uint32_t>(ts.tid_pid)) << 32 | static_cast<uint32_t>(ts.tid);
+}
+
 ebpf::HelperTable host_helpers() {
     ebpf::HelperTable t = ebpf::HelperTable::standard();
+    if (const auto* p = t.find(ebpf::helper_id::kGetCurrentPidTgid)) {
+        auto cached = *p;
+        cached.fn = cached_pid_tgid;
+        t.add(ebpf::helper_id::kGetCurrentPidTgid, cached);
+    }
     // Kernel programs read pt_regs (raw tracepoint args[0]) with the _kernel variants; in the
     // target every address is the process's own, read fault-safely like probe_read.
     constexpr int32_t kProbeReadKernel = 113, kProbeReadKernelStr = 115;
@@ -403,7 +421,11 @@ Result<void> BpfHost::attach_uprobe(LoadedProgram& program) {
     if (!address) return address.error();
     ProgramRun run{program.exe.get(), CtxKind::Tracepoint, &program.runs};
     auto probe = hook::attach_uprobe(
-        *address, [this, run](pt_regs* regs) { (void)run_program(run, regs, sizeof *regs); },
+        *address,
+        [this, run](pt_regs* regs) {
+            (void)current_tid();  // refreshes the thread's pid/tid cache the helpers read
+            (void)run_program(run, regs, sizeof *regs);
+        },
         program.point.kind == AttachKind::Uretprobe);
     if (!probe) return probe.error();
     program.uprobe = std::move(probe).value();

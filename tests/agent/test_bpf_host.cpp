@@ -328,7 +328,7 @@ TEST_F(BpfHostTest, LoadUnloadHundredTimesWhileThreadsDoIo) {
 
 std::string test_bpf(const std::string& name) { return std::string(LIVEIO_AGENT_TEST_BPF_DIR) + "/" + name; }
 
-enum { kEnters, kRequested, kExits, kReturned, kRawExits, kLastFd, kPosSum };
+enum { kEnters, kRequested, kExits, kReturned, kRawExits, kLastFd, kPosSum, kPidTgid };
 
 uint64_t slot(ebpf::Map& map, uint32_t key) {
     uint64_t v = 0;
@@ -360,6 +360,8 @@ TEST_F(BpfHostTest, KernelStylePerSyscallAndRawTracepointProgramsSeeTheCallsArgu
     EXPECT_EQ(slot(c, kRawExits), static_cast<uint64_t>(kReads));
     EXPECT_EQ(slot(c, kLastFd), static_cast<uint64_t>(fd));
     EXPECT_EQ(slot(c, kPosSum), pos_sum);
+    // bpf_get_current_pid_tgid (answered from the thread's cache) names this thread.
+    EXPECT_EQ(slot(c, kPidTgid), static_cast<uint64_t>(::getpid()) << 32 | static_cast<uint32_t>(::gettid()));
     ::close(fd);
 }
 

@@ -22,7 +22,7 @@ struct sys_exit {
     long ret;
 };
 
-enum { ENTERS, REQUESTED, EXITS, RETURNED, RAW_EXITS, LAST_FD, POS_SUM, SLOTS };
+enum { ENTERS, REQUESTED, EXITS, RETURNED, RAW_EXITS, LAST_FD, POS_SUM, PID_TGID, SLOTS };
 
 TEST_COUNTERS(counters, SLOTS);
 
@@ -40,6 +40,9 @@ int pread_enter(struct sys_enter_pread64 *ctx)
     __u32 slot = LAST_FD;
     __u64 fd = ctx->fd;
     bpf_map_update_elem(&counters, &slot, &fd, BPF_ANY);
+    slot = PID_TGID;
+    __u64 id = bpf_get_current_pid_tgid();
+    bpf_map_update_elem(&counters, &slot, &id, BPF_ANY);
     return 0;
 }
 
