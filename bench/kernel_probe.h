@@ -6,9 +6,14 @@
 #include <linux/bpf.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "base/result.h"
+
+struct bpf_object;
+struct bpf_link;
 
 namespace liveio::bench {
 
@@ -30,5 +35,25 @@ struct CountingProgram {
 // BPF_RAW_TRACEPOINT_OPEN, which needs no tracefs. Returns the link descriptor; closing it
 // detaches.
 Result<int> attach_raw_tracepoint(const CountingProgram& program, const char* name);
+
+// A BPF object file (clang -target bpf) loaded into the kernel with libbpf and every program
+// attached by its section name (e.g. tracepoint/raw_syscalls/sys_enter): the kernel side of
+// a same-object comparison with liveio's userspace runtime. Detached and freed on destruction.
+class KernelObject {
+public:
+    // `u32_globals` sets `const volatile __u32` globals of .rodata (by name) before loading.
+    static Result<std::unique_ptr<KernelObject>> load(const std::string& path,
+                                                      const std::vector<std::pair<std::string, uint32_t>>& u32_globals = {});
+    ~KernelObject();
+    KernelObject(const KernelObject&) = delete;
+    KernelObject& operator=(const KernelObject&) = delete;
+    // The descriptor of map `name`, or -1.
+    int map_fd(const std::string& name) const;
+
+private:
+    KernelObject() = default;
+    ::bpf_object* object_ = nullptr;
+    std::vector<::bpf_link*> links_;
+};
 
 }  // namespace liveio::bench
