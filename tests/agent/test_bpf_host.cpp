@@ -502,14 +502,15 @@ TEST(BpfHostAgent, LoadOnAnAgentWithoutInterceptionInstallsTheDefault) {
 class ScriptedTarget {
 public:
     // `under_run`: started by `liveio run` (agent preloaded); else plain, for `liveio attach`.
-    ScriptedTarget(const std::string& script, const std::vector<std::string>& args, bool under_run = true) {
+    ScriptedTarget(const std::string& script, const std::vector<std::string>& args, bool under_run = true,
+                   const std::string& mechanism = "got") {
         int in[2], out[2];
         if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) return;
         pid_ = ::fork();
         if (pid_ == 0) {
             ::dup2(in[0], 0);
             ::dup2(out[1], 1);
-            std::vector<std::string> argv{LIVEIO_CLI_PATH, "run", "--mechanism", "got", "--"};
+            std::vector<std::string> argv{LIVEIO_CLI_PATH, "run", "--mechanism", mechanism, "--"};
             if (!under_run) argv.clear();
             for (const std::string& a : {std::string("/usr/bin/python3"), std::string("-c"), script}) argv.push_back(a);
             argv.insert(argv.end(), args.begin(), args.end());
@@ -637,14 +638,13 @@ while True:
     ::unlink(file.c_str());
 }
 
-TEST(BpfHostProcess, IoStatsInALiveioRunProcessCountsItsWorkloadExactly) {
-    if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3) as the workload";
+void run_io_stats_workload(const std::string& mechanism) {
     const std::string dir = testing::temp_path("bpfproc");
     fs::create_directories(dir + "/store/data/db/hits/20190101_1_1_0");
     const std::string file = dir + "/store/data/db/hits/20190101_1_1_0/URL.bin";
     std::ofstream(file) << std::string(64 * 1024, 'x');
     constexpr int kReads = 300, kWrites = 120;
-    ScriptedTarget target(kWorkloadScript, {file, std::to_string(kReads), std::to_string(kWrites)});
+    ScriptedTarget target(kWorkloadScript, {file, std::to_string(kReads), std::to_string(kWrites)}, true, mechanism);
     ASSERT_EQ(target.line(), "ready\n");
     auto client = ControlClient::connect(target.pid());
     ASSERT_TRUE(client) << client.error().message;
@@ -676,6 +676,18 @@ TEST(BpfHostProcess, IoStatsInALiveioRunProcessCountsItsWorkloadExactly) {
     ASSERT_TRUE(client->call("bpf.unload", {{"object", (*loaded)["object"]}}));
     EXPECT_EQ(target.finish(), 0);
     fs::remove_all(dir);
+}
+
+TEST(BpfHostProcess, IoStatsInALiveioRunProcessCountsItsWorkloadExactly) {
+    if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3) as the workload";
+    run_io_stats_workload("got");
+}
+
+TEST(BpfHostProcess, IoStatsUnderSyscallRewritingCountsTheSameWorkload) {
+    if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3) as the workload";
+    if (testing::read_file("/proc/sys/vm/mmap_min_addr") != "0\n")
+        GTEST_SKIP() << "syscall rewriting needs vm.mmap_min_addr = 0";
+    run_io_stats_workload("rewrite");
 }
 
 TEST(BpfHostProcess, AProcessThatExitsMeanwhileGivesAClearError) {
