@@ -96,6 +96,33 @@ std::optional<double> with_interceptor(Mechanism m, CallHandler* h, int fd, int 
     return ns;
 }
 
+// Syscall rewriting maps its trampoline at address 0, which needs vm.mmap_min_addr=0: lowered
+// for the rewrite rows when root and put back after; otherwise those rows give the reason.
+class MmapMinAddrZero {
+public:
+    MmapMinAddrZero() {
+        std::ifstream in(kPath);
+        in >> old_;
+        if (old_ > 0 && geteuid() == 0) {
+            std::ofstream out(kPath);
+            out << 0 << '\n';
+            changed_ = static_cast<bool>(out.flush());
+        }
+    }
+    ~MmapMinAddrZero() {
+        if (!changed_) return;
+        std::ofstream out(kPath);
+        out << old_ << '\n';
+    }
+    MmapMinAddrZero(const MmapMinAddrZero&) = delete;
+    MmapMinAddrZero& operator=(const MmapMinAddrZero&) = delete;
+
+private:
+    static constexpr const char* kPath = "/proc/sys/vm/mmap_min_addr";
+    long old_ = -1;
+    bool changed_ = false;
+};
+
 // Attaches a counting program to a perf event (here: a uprobe) and measures.
 std::optional<double> with_kernel_probe(perf_event_attr attr, bpf_prog_type type, int fd,
                                         int iterations, std::string& note) {
@@ -312,8 +339,12 @@ void run(int iterations, int attach_rounds, const std::string& attach_lib) {
     auto got = add("GOT, counting handler", [&](std::string& n) { return with_interceptor(Mechanism::Got, &counting, fd, iterations, n); });
     add("inline, no handler work", [&](std::string& n) { return with_interceptor(Mechanism::Inline, &none, fd, iterations, n); });
     auto inl = add("inline, counting handler", [&](std::string& n) { return with_interceptor(Mechanism::Inline, &counting, fd, iterations, n); });
-    add("syscall rewrite, no handler work", [&](std::string& n) { return with_interceptor(Mechanism::SyscallRewrite, &none, fd, iterations, n); });
-    auto rw = add("syscall rewrite, counting handler", [&](std::string& n) { return with_interceptor(Mechanism::SyscallRewrite, &counting, fd, iterations, n); });
+    std::optional<double> rw;
+    {
+        MmapMinAddrZero min_addr;
+        add("syscall rewrite, no handler work", [&](std::string& n) { return with_interceptor(Mechanism::SyscallRewrite, &none, fd, iterations, n); });
+        rw = add("syscall rewrite, counting handler", [&](std::string& n) { return with_interceptor(Mechanism::SyscallRewrite, &counting, fd, iterations, n); });
+    }
     const bool root = geteuid() == 0;
     std::optional<double> tp;
     if (root) {

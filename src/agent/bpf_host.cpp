@@ -163,19 +163,6 @@ ebpf::HelperTable host_helpers() {
         cached.fn = cached_pid_tgid;
         t.add(ebpf::helper_id::kGetCurrentPidTgid, cached);
     }
-    // Kernel programs read pt_regs (raw tracepoint args[0]) with the _kernel variants; in the
-    // target every address is the process's own, read fault-safely like probe_read.
-    constexpr int32_t kProbeReadKernel = 113, kProbeReadKernelStr = 115;
-    if (const auto* p = t.find(ebpf::helper_id::kProbeRead)) {
-        auto copy = *p;
-        copy.name = "probe_read_kernel";
-        t.add(kProbeReadKernel, copy);
-    }
-    if (const auto* p = t.find(ebpf::helper_id::kProbeReadStr)) {
-        auto copy = *p;
-        copy.name = "probe_read_kernel_str";
-        t.add(kProbeReadKernelStr, copy);
-    }
     return t;
 }
 
@@ -192,7 +179,14 @@ struct BpfHost::LoadedProgram {
     AttachPoint point;
     std::unique_ptr<ebpf::Executable> exe;
     std::atomic<uint64_t> runs{0};
-    std::unique_ptr<hook::Uprobe> uprobe;
+    void* probe_address = nullptr;  // uprobes: the probed instruction
+};
+
+// One hook::Uprobe per probed address and kind, shared by every program attached there (the
+// hook allows one probe per address); its callback runs the site's current list.
+struct BpfHost::ProbeSite {
+    std::atomic<const EdgeList*> list{nullptr};
+    std::unique_ptr<hook::Uprobe> probe;
 };
 
 struct BpfHost::LoadedObject {
@@ -201,14 +195,6 @@ struct BpfHost::LoadedObject {
     ebpf::Object object;
     std::vector<std::unique_ptr<LoadedProgram>> programs;
     json reply;
-
-    void detach_uprobes() {
-        for (auto& p : programs)
-            if (p->uprobe) {
-                (void)p->uprobe->detach();
-                p->uprobe.reset();
-            }
-    }
 };
 
 const char* map_type_name(ebpf::MapType type) {
@@ -409,29 +395,55 @@ void BpfHost::publish_lists() {
         if (use_enter) fresh.push_back(std::move(enter));
         if (use_exit) fresh.push_back(std::move(exit));
     }
+    for (auto& [key, site] : probes_) {
+        auto list = std::make_unique<EdgeList>();
+        for (auto& [id, obj] : objects_)
+            for (auto& p : obj->programs)
+                if (p->probe_address == key.first && (p->point.kind == AttachKind::Uretprobe) == key.second)
+                    list->runs.push_back({p->exe.get(), CtxKind::Tracepoint, const_cast<std::atomic<uint64_t>*>(&p->runs)});
+        site->list.store(list->runs.empty() ? nullptr : list.get(), std::memory_order_release);
+        if (!list->runs.empty()) fresh.push_back(std::move(list));
+    }
     io_programs_ = any_io;
     // The old lists (and whatever programs only they referenced) are unreachable for any
     // read section starting now; wait for the ones that started before.
     readers_.synchronize();
     lists_.swap(fresh);
+    // Sites left without programs: restore the function (waits until no callback runs).
+    for (auto it = probes_.begin(); it != probes_.end();) {
+        if (it->second->list.load(std::memory_order_relaxed) != nullptr) {
+            ++it;
+            continue;
+        }
+        (void)it->second->probe->detach();
+        it = probes_.erase(it);
+    }
 }
 
 Result<void> BpfHost::attach_uprobe(LoadedProgram& program) {
     auto address = resolve_uprobe_target(program.point);
     if (!address) return address.error();
-    ProgramRun run{program.exe.get(), CtxKind::Tracepoint, &program.runs};
+    program.probe_address = *address;
+    const bool ret = program.point.kind == AttachKind::Uretprobe;
+    const auto key = std::make_pair(*address, ret);
+    if (probes_.count(key)) return {};
+    auto site = std::make_unique<ProbeSite>();
     auto probe = hook::attach_uprobe(
         *address,
-        [this, run](pt_regs* regs) {
-            (void)current_tid();  // refreshes the thread's pid/tid cache the helpers read
-            (void)run_program(run, regs, sizeof *regs);
+        [this, s = site.get()](pt_regs* regs) {
+            ThreadState& ts = t_thread;
+            const pid_t tid = current_tid();  // also refreshes the cache the helpers read
+            ReaderRegistry::Section section(readers_, ts.slot, ts.registry_id, tid);
+            const EdgeList* list = s->list.load(std::memory_order_acquire);
+            if (list == nullptr) return;
+            for (const ProgramRun& run : list->runs) (void)run_program(run, regs, sizeof *regs);
         },
-        program.point.kind == AttachKind::Uretprobe);
+        ret);
     if (!probe) return probe.error();
-    program.uprobe = std::move(probe).value();
+    site->probe = std::move(probe).value();
+    probes_.emplace(key, std::move(site));
     return {};
 }
-
 
 // ---- loading ----
 
@@ -492,14 +504,6 @@ Result<json> BpfHost::load(const LoadRequest& request) {
         if (auto r = options_.ensure_interception(); !r)
             return make_error(r.error().code, "cannot observe syscalls: " + r.error().message);
     }
-    for (auto& p : obj->programs) {
-        if (p->point.kind != AttachKind::Uprobe && p->point.kind != AttachKind::Uretprobe) continue;
-        if (auto r = attach_uprobe(*p); !r) {
-            obj->detach_uprobes();
-            return make_error(r.error().code, "program '" + p->name + "': " + r.error().message);
-        }
-    }
-
     json progs = json::array();
     for (auto& p : obj->programs)
         progs.push_back({{"name", p->name},
@@ -516,6 +520,13 @@ Result<json> BpfHost::load(const LoadRequest& request) {
                         {"max_entries", m.map->spec().max_entries}});
 
     std::lock_guard lock(mu_);
+    for (auto& p : obj->programs) {
+        if (p->point.kind != AttachKind::Uprobe && p->point.kind != AttachKind::Uretprobe) continue;
+        if (auto r = attach_uprobe(*p); !r) {
+            publish_lists();  // removes the sites this load created
+            return make_error(r.error().code, "program '" + p->name + "': " + r.error().message);
+        }
+    }
     obj->id = next_id_++;
     obj->reply = {{"object", obj->id}, {"name", basename_of(path)}, {"programs", progs}, {"maps", maps}};
     json reply = obj->reply;
@@ -533,9 +544,8 @@ Result<void> BpfHost::unload(uint32_t object) {
         if (it == objects_.end()) return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
         gone = std::move(it->second);
         objects_.erase(it);
-        publish_lists();  // returns once no thread runs the object's syscall-edge programs
+        publish_lists();  // returns once no thread runs the object's programs
     }
-    gone->detach_uprobes();  // waits until no uprobe callback runs
     return {};
 }
 
@@ -547,7 +557,6 @@ void BpfHost::unload_all() {
         gone.swap(objects_);
         publish_lists();
     }
-    for (auto& [id, obj] : gone) obj->detach_uprobes();
 }
 
 json BpfHost::list() const {

@@ -120,14 +120,17 @@ public:
 private:
     struct LoadedProgram;
     struct LoadedObject;
+    struct ProbeSite;
 
     explicit BpfHost(Options options, std::unique_ptr<ebpf::Runtime> runtime);
-    // Rebuilds and publishes every syscall's lists from objects_, then frees the old ones
-    // after a grace period. Called with mu_ held.
+    // Rebuilds and publishes every syscall's and probe site's lists from objects_, frees the
+    // old ones after a grace period and detaches probe sites left without programs. Called
+    // with mu_ held.
     void publish_lists();
     // Runs the programs of the call's enter or exit edge (the slow path of on_enter/on_exit).
     void run_edge(const hook::SyscallCall& call, long result, bool exit);
     uint64_t run_program(const ProgramRun& run, void* ctx, size_t size);
+    // Resolves the program's function and makes sure a probe site exists there (mu_ held).
     Result<void> attach_uprobe(LoadedProgram& program);
     // The object's `bpf.load` reply.
     Result<nlohmann::json> reply_of(uint32_t object) const;
@@ -150,6 +153,7 @@ private:
     mutable std::mutex mu_;  // guards everything below
     std::vector<std::unique_ptr<EdgeList>> lists_;  // the published lists
     std::map<uint32_t, std::unique_ptr<LoadedObject>> objects_;
+    std::map<std::pair<void*, bool>, std::unique_ptr<ProbeSite>> probes_;  // (address, return)
     uint32_t next_id_ = 1;
     bool io_programs_ = false;  // whether the published lists contain liveio/io_* programs
 };

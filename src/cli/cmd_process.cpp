@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -178,13 +179,56 @@ void unload_stopped_agent(pid_t pid, const std::string& path) {
     std::printf("detached from %d: agent was already stopped; library unloaded\n", pid);
 }
 
+// Why a detach may not finish: threads sleeping in a system call made from the agent's code
+// (syscall rewriting routes every system call through it, including the futex and epoll waits
+// of idle threads) keep a hook in flight, and the agent waits for them before it answers.
+// Read from /proc/PID/task/TID/syscall ("NR args... SP PC") against the agent's mappings.
+std::string threads_blocked_in_agent(pid_t pid) {
+    std::vector<std::pair<uint64_t, uint64_t>> agent_ranges;
+    {
+        std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+        for (std::string line; std::getline(maps, line);) {
+            unsigned long long lo = 0, hi = 0;
+            if (line.ends_with("/liveio-agent.so") && std::sscanf(line.c_str(), "%llx-%llx", &lo, &hi) == 2)
+                agent_ranges.emplace_back(lo, hi);
+        }
+    }
+    std::map<long, int> by_syscall;
+    int blocked = 0;
+    std::error_code ec;
+    for (const auto& task : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+        std::ifstream in(task.path() / "syscall");
+        std::string first;
+        if (!(in >> first) || first == "running" || first == "-1") continue;
+        std::vector<std::string> fields{first};
+        for (std::string f; in >> f;) fields.push_back(f);
+        if (fields.size() < 3) continue;
+        const uint64_t pc = std::strtoull(fields.back().c_str(), nullptr, 16);
+        for (auto [lo, hi] : agent_ranges)
+            if (pc >= lo && pc < hi) {
+                ++blocked;
+                ++by_syscall[std::strtol(first.c_str(), nullptr, 10)];
+                break;
+            }
+    }
+    if (blocked == 0) return "";
+    std::string which;
+    for (auto [nr, n] : by_syscall) which += fmt::format("{}syscall {} x{}", which.empty() ? "" : ", ", nr, n);
+    return fmt::format("; {} thread(s) of {} sleep in system calls made through the agent ({}) and keep its hooks "
+                       "in flight: the agent finishes the detach when they return",
+                       blocked, pid, which);
+}
+
 void cmd_detach(pid_t pid) {
     auto connected = agent::ControlClient::connect(pid);
     if (!connected && connected.error().code == ECONNREFUSED) {
         if (const std::string path = mapped_agent(pid); !path.empty()) return unload_stopped_agent(pid, path);
     }
     auto client = check(std::move(connected), "process " + std::to_string(pid));
-    const json result = check(client.call("detach", json::object(), 60000), "detach " + std::to_string(pid));
+    auto detached = client.call("detach", json::object(), 60000);
+    if (!detached && detached.error().code == ETIMEDOUT)
+        fail(fmt::format("detach {}: {}{}", pid, detached.error().message, threads_blocked_in_agent(pid)));
+    const json result = check(std::move(detached), "detach " + std::to_string(pid));
     std::string removed;
     for (auto& m : result.value("uninstalled", json::array())) removed += (removed.empty() ? "" : ",") + m.get<std::string>();
     if (!result.value("unloadable", false)) {

@@ -57,7 +57,7 @@ inline constexpr int32_t kMapLookupElem = 1, kMapUpdateElem = 2, kMapDeleteElem 
                          kGetSmpProcessorId = 8, kTailCall = 12, kGetCurrentPidTgid = 14,
                          kGetCurrentUidGid = 15, kGetCurrentComm = 16, kPerfEventOutput = 25,
                          kProbeReadStr = 45, kKtimeGetBootNs = 125, kProbeReadUser = 112,
-                         kProbeReadUserStr = 114, kRingbufOutput = 130, kRingbufReserve = 131,
+                         kProbeReadKernel = 113, kProbeReadUserStr = 114, kProbeReadKernelStr = 115, kRingbufOutput = 130, kRingbufReserve = 131,
                          kRingbufSubmit = 132, kRingbufDiscard = 133, kRingbufQuery = 134,
                          kKtimeGetCoarseNs = 160, kLoop = 181;
 // liveio's own helpers live at and above this ID, far above the kernel's (< 300 today), so

@@ -3,7 +3,9 @@
 //  - "CPU" is sched_getcpu(), as the per-CPU maps use it (map.h).
 //  - probe_read* read the process's own memory through process_vm_readv, which reports an
 //    unmapped or unreadable address as an error instead of faulting, so a bad pointer costs
-//    -EFAULT (destination zeroed, as the kernel) and never a crash.
+//    -EFAULT (destination zeroed, as the kernel) and never a crash. The _kernel variants are
+//    the same: programs written for raw tracepoints read pt_regs with them, and in the
+//    target the only address space is the process's own.
 //  - trace_printk writes to the TraceLog of the Runtime (runtime.h) passed as services;
 //    get_prandom_u32 draws from the Runtime's per-CPU generators.
 #include <sched.h>
@@ -361,6 +363,8 @@ HelperTable HelperTable::standard() {
     t.add(id::kProbeReadUser, proto("probe_read_user", probe_read, R::Integer, read_args));
     t.add(id::kProbeReadStr, proto("probe_read_str", probe_read_str, R::Integer, read_args));
     t.add(id::kProbeReadUserStr, proto("probe_read_user_str", probe_read_str, R::Integer, read_args));
+    t.add(id::kProbeReadKernel, proto("probe_read_kernel", probe_read, R::Integer, read_args));
+    t.add(id::kProbeReadKernelStr, proto("probe_read_kernel_str", probe_read_str, R::Integer, read_args));
 
     t.add(id::kKtimeGetNs, proto("ktime_get_ns", ktime_get_ns, R::Integer));
     t.add(id::kKtimeGetBootNs, proto("ktime_get_boot_ns", ktime_get_boot_ns, R::Integer));

@@ -64,6 +64,7 @@ struct Checkpoint {
     State state;  // as saved: its scalars carry the origins they had before the checkpoint
     Checkpoint* parent = nullptr;
     uint32_t branches = 1;
+    uint32_t iteration = 0;  // the path's Path::iteration when it was saved
     std::vector<uint8_t> precise = std::vector<uint8_t>(kMaxSlots, 0);  // per slot
 };
 
@@ -71,7 +72,27 @@ struct Path {
     State state;
     uint32_t pc = 0;
     Checkpoint* parent = nullptr;
+    // How many times this path entered a callback again for a helper's next iteration.
+    // The helper bounds the iterations, so reaching a point in the state an earlier
+    // iteration had there means the iterations converged (nothing new can happen), not an
+    // infinite loop; a repeat within one iteration still is one.
+    uint32_t iteration = 0;
 };
+
+// The frame a helper's callback starts in: r1 = the iteration index, r2 = the context
+// argument (bpf_loop's callback_ctx).
+Frame callback_frame(uint32_t frame_index, int32_t callsite, int32_t entry, const Reg& arg) {
+    Frame callee;
+    callee.regs[1] = Reg::scalar(Range::unsigned_range(0, 0xffffffff));
+    callee.regs[2] = arg;
+    callee.regs[10].kind = Kind::Stack;
+    callee.regs[10].frame = frame_index;
+    callee.callsite = callsite;
+    callee.callback = true;
+    callee.callback_entry = entry;
+    callee.callback_arg = arg;
+    return callee;
+}
 
 class Verifier {
 public:
@@ -160,7 +181,9 @@ Result<void> Verifier::check_cfg() {
         bool falls_through = true;
         if (in.opcode == op::kLddw) {
             if (in.src == op::kPseudoFunc) {
-                if (auto r = check_target(pc, static_cast<int64_t>(pc) + 1 + in.imm, "function reference"); !r) return r;
+                const int64_t target = static_cast<int64_t>(pc) + 1 + in.imm;
+                if (auto r = check_target(pc, target, "function reference"); !r) return r;
+                prune_point_[target] = true;  // callbacks are entered again per iteration
             }
             next = pc + 2;
         } else if (cls == op::kClassJmp || cls == op::kClassJmp32) {
@@ -224,7 +247,7 @@ Error Verifier::too_complex() const {
 
 void Verifier::fork(const Path& path, State state, uint32_t pc) {
     if (path.parent) ++path.parent->branches;
-    pending_.push_back(Path{std::move(state), pc, path.parent});
+    pending_.push_back(Path{std::move(state), pc, path.parent, path.iteration});
 }
 
 void Verifier::end_path(Checkpoint* cp) {
@@ -263,6 +286,11 @@ Result<bool> Verifier::prune_or_checkpoint(Path& path) {
                 return false;
             }
         } else if (verifier_detail::equal(cp->state, path.state)) {
+            if (cp->iteration < path.iteration) {
+                ++report_.pruned_paths;
+                end_path(path.parent);
+                return false;
+            }
             return reject(path.pc, "infinite loop: the program returns here in the same state");
         }
     }
@@ -270,6 +298,7 @@ Result<bool> Verifier::prune_or_checkpoint(Path& path) {
     auto cp = std::make_unique<Checkpoint>();
     cp->state = path.state;
     cp->parent = path.parent;
+    cp->iteration = path.iteration;
     path.parent = cp.get();
     const auto index = static_cast<uint32_t>(by_index_.size());
     by_index_.push_back(cp.get());
@@ -913,19 +942,14 @@ Result<bool> Verifier::helper_call(Path& path, int32_t id, const char* via) {
     if (func_arg >= 0) {
         // The callback runs in a new frame with r1 = an index and r2 = the argument after the
         // function (bpf_loop's callback_ctx). Verified from the caller's state at the call,
-        // then returning here; the path below covers zero invocations.
+        // then entered again from the state each iteration leaves until the entries converge
+        // (exit() forks those); the path below covers zero invocations.
         if (s.frames.size() >= static_cast<size_t>(kMaxCallDepth))
             return reject(pc, fmt::format("call depth exceeds {} frames (callback)", kMaxCallDepth));
         State cb = s;
-        Frame callee;
-        callee.regs[1] = Reg::scalar(Range::unsigned_range(0, 0xffffffff));
-        if (func_arg + 1 < 5) callee.regs[2] = s.cur().regs[func_arg + 2];
-        callee.regs[10].kind = Kind::Stack;
-        callee.regs[10].frame = static_cast<uint32_t>(cb.frames.size());
-        callee.callsite = static_cast<int32_t>(pc);
-        callee.callback = true;
         const int32_t target = s.cur().regs[func_arg + 1].target;
-        cb.frames.push_back(std::move(callee));
+        const Reg arg = func_arg + 1 < 5 ? s.cur().regs[func_arg + 2] : Reg{};
+        cb.frames.push_back(callback_frame(static_cast<uint32_t>(cb.frames.size()), static_cast<int32_t>(pc), target, arg));
         report_.max_call_depth = std::max(report_.max_call_depth, static_cast<uint32_t>(cb.frames.size()));
         fork(path, std::move(cb), static_cast<uint32_t>(target));
     }
@@ -990,6 +1014,8 @@ Result<bool> Verifier::exit(Path& path) {
     if (r0.kind == Kind::Stack && r0.frame == dying) return reject(pc, "the function returns a pointer to its own stack");
     const bool callback = f.callback;
     const uint32_t callsite = static_cast<uint32_t>(f.callsite);
+    const int32_t callback_entry = f.callback_entry;
+    const Reg callback_arg = f.callback_arg;
     if (callback) {
         if (r0.kind != Kind::Scalar) {
             if (!r0.is_init()) return reject(pc, "r0 read before it is written (the callback's return value)");
@@ -1004,6 +1030,21 @@ Result<bool> Verifier::exit(Path& path) {
             std::fill_n(caller.stack.bytes.begin() + e.first * 8, 8, Byte::Misc);
             return true;
         });
+    }
+    if (callback) {
+        // The helper may call it again, now from the state this iteration left. Scalars the
+        // callback can reach (spilled in callers' stacks) are widened to unknown, as the
+        // kernel widens imprecise scalars across iterations: a counter the callback bumps
+        // would otherwise give a new state per iteration and never converge. Their kinds
+        // (pointer or scalar) are kept, so a callback that replaces a pointer it dereferences
+        // is still caught on the next entry.
+        State again = s;
+        for (Frame& caller : again.frames)
+            for (auto& [slot, r] : caller.stack.spills)
+                if (r.kind == Kind::Scalar) r = Reg::scalar(Range::unknown());
+        again.frames.push_back(callback_frame(dying, static_cast<int32_t>(callsite), callback_entry, callback_arg));
+        fork(path, std::move(again), static_cast<uint32_t>(callback_entry));
+        ++pending_.back().iteration;
     }
     Frame& caller = s.cur();
     caller.regs[0] = callback ? Reg::scalar(Range::unknown()) : r0;

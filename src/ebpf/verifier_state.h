@@ -92,7 +92,8 @@ struct Frame {
     StackFrame stack;
     int32_t callsite = -1;  // insn of the call that created this frame (-1: entry)
     bool callback = false;  // entered by a helper (bpf_loop), returns to the helper
-    int32_t callback_ctx_arg = 0;
+    int32_t callback_entry = 0;  // callback: its first insn and the context argument it got,
+    Reg callback_arg;            // to enter it again for the helper's next iteration
 };
 
 struct Reference {

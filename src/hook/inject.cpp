@@ -594,7 +594,7 @@ std::string read_remote_string(pid_t tid, uint64_t addr, size_t max = 4096) {
 // stack bytes it used when done (also on failure).
 class RemoteCaller {
 public:
-    RemoteCaller(StoppedProcess& stopped, Tracee& thread, const InjectOptions& options, InjectStats* stats)
+    RemoteCaller(StoppedProcess& stopped, const Tracee& thread, const InjectOptions& options, InjectStats* stats)
         : stopped_(stopped), thread_(thread), options_(options), stats_(stats) {}
 
     Result<void> save() {
@@ -635,6 +635,7 @@ public:
     // Calls `function(args...)`; `data` (e.g. a string) is copied below the red zone first and
     // its address replaces every argument equal to kDataArg.
     static constexpr uint64_t kDataArg = ~uint64_t(0) - 0x1d47a;
+    static constexpr uint64_t kReturnAddress = 0xdead'beef'1ee7'0000ull;  // non-canonical
     Result<uint64_t> call(uint64_t function, std::initializer_list<uint64_t> args, const std::string& data = {}) {
         if (args.size() > 6) return make_error(E2BIG, "at most six arguments can be passed");
         uint64_t sp = thread_.regs.rsp - kRedZone;
@@ -651,7 +652,8 @@ public:
         } else if (entry_sp < stack_backup_addr_) {
             return make_error(EINVAL, "remote call data grew between calls");
         }
-        std::vector<uint8_t> frame(sp - entry_sp, 0);  // return address 0, then the data
+        std::vector<uint8_t> frame(sp - entry_sp, 0);  // the return address, then the data
+        memcpy(frame.data(), &kReturnAddress, sizeof kReturnAddress);
         memcpy(frame.data() + 8, data.data(), data.size());
         if (auto r = copy_to(thread_.tid, entry_sp, frame.data(), frame.size()); !r) return r.error();
 
@@ -668,13 +670,18 @@ public:
         if (ptrace(PTRACE_SETREGS, thread_.tid, nullptr, &regs) != 0)
             return errno_error(errno, fmt::format("setting registers of thread {}", thread_.tid));
         auto start = Clock::now();
-        auto r = run_until_return(start);
+        auto r = run_until_return(start, entry_sp);
         if (stats_) stats_->call_ms += ms_between(start, Clock::now());
         return r;
     }
 
 private:
-    Result<uint64_t> run_until_return(Clock::time_point start) {
+    // The called function returns to kReturnAddress, a non-canonical address: its `ret`
+    // raises #GP before it moves anything, so the thread stops with SIGSEGV on that `ret`,
+    // rsp still at the slot holding kReturnAddress. Address 0 cannot serve: syscall
+    // rewriting maps page 0 (and retires it mapped at uninstall), so a return to 0 would run
+    // its sled.
+    Result<uint64_t> run_until_return(Clock::time_point start, uint64_t return_slot) {
         pid_t tid = thread_.tid;
         int deliver = 0;
         for (;;) {
@@ -693,7 +700,10 @@ private:
             if (sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE) {
                 user_regs_struct now;
                 if (ptrace(PTRACE_GETREGS, tid, nullptr, &now) != 0) return errno_error(errno, "reading registers after the call");
-                if (now.rip == 0 && sig == SIGSEGV) return now.rax;  // returned to our address 0
+                if (sig == SIGSEGV && now.rsp == return_slot) {
+                    uint64_t top = 0;
+                    if (copy_from(tid, now.rsp, &top, sizeof top) && top == kReturnAddress) return now.rax;
+                }
                 return make_error(EFAULT, fmt::format("the injected call faulted in process {} (signal {} at ip {:#x}); "
                                                       "the thread's registers were restored",
                                                       stopped_.pid(), sig, now.rip));
@@ -720,7 +730,9 @@ private:
     }
 
     StoppedProcess& stopped_;
-    Tracee& thread_;
+    // A copy: a call that takes long releases the other threads (release_all(keep)), which
+    // rebuilds the stopped thread list and would leave a reference into it dangling.
+    const Tracee thread_;
     const InjectOptions& options_;
     InjectStats* stats_;
     std::vector<uint8_t> xstate_;

@@ -9,7 +9,7 @@
 //
 // The chosen thread then calls the target's own libc `dlopen(path, RTLD_NOW)`: its registers
 // (general, FP/SSE/AVX xstate) are saved, the path is written below the red zone of its stack,
-// the call returns to address 0 and the resulting fault is caught (never delivered). Registers
+// the call returns to a non-canonical address and the resulting fault is caught (never delivered). Registers
 // and the stack bytes are restored exactly; a thread that was blocked in a system call resumes
 // it as if nothing happened (read() on a pipe keeps waiting, no EINTR).
 //

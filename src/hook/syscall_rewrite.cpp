@@ -275,11 +275,17 @@ Result<void> ensure_trampoline() {
     return mapped.error();
 }
 
-// Writes the trampoline in `mode` over page 0 (world stopped: nothing executes it meanwhile).
+// Puts the trampoline in `mode` on page 0, with the world stopped. A vfork child (another
+// process on this memory, which no world stop parks) may still be running through it, so the
+// page stays executable throughout and only differing bytes are stored, one at a time: the
+// landing jumps' displacements (each one byte: a jump reads the old or the new target, both
+// valid) and, when taking over another copy's page, its entry address.
 bool set_trampoline_mode(TrampolineMode mode) {
     const auto code = trampoline_code(reinterpret_cast<uint64_t>(&liveio_rewrite_entry), mode);
-    if (raw_syscall(SYS_mprotect, 0, kPage, PROT_READ | PROT_WRITE) != 0) return false;
-    write_page_zero(code.data(), code.size());
+    if (raw_syscall(SYS_mprotect, 0, kPage, PROT_READ | PROT_WRITE | PROT_EXEC) != 0) return false;
+    volatile uint8_t* volatile page = nullptr;  // see write_page_zero
+    for (size_t i = 0; i < code.size(); ++i)
+        if (page[i] != code[i]) page[i] = code[i];
     return raw_syscall(SYS_mprotect, 0, kPage, PROT_EXEC) == 0;
 }
 

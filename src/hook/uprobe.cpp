@@ -1,9 +1,13 @@
 #include "hook/uprobe.h"
 
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <sched.h>
 
 #include <atomic>
+#include <cerrno>
+#include <new>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -47,8 +51,76 @@ struct ShadowFrame {
     uintptr_t slot;  // stack address of the replaced return address
 };
 constexpr int kShadowDepth = 256;
-thread_local ShadowFrame t_shadow[kShadowDepth];
-thread_local int t_shadow_top = 0;
+
+// Each thread's shadow stack is a block mapped on its first uretprobe hit, reached through one
+// thread_local pointer. The library is loaded with dlopen into running processes, where
+// initial-exec TLS (needed so the hooks never call __tls_get_addr, which may malloc) must fit
+// glibc's small static TLS surplus: 6 KiB of frames per thread in TLS made dlopen fail with
+// "cannot allocate memory in static TLS block". Blocks are never unmapped while the library
+// is loaded (a return stub may still be pending on a stack); a thread that exited leaves its
+// block to the next thread that needs one, and unloading the library unmaps the idle ones.
+struct ShadowStack {
+    std::atomic<pid_t> owner{0};
+    ShadowStack* next = nullptr;  // in g_shadow_stacks, pushed once, never removed
+    int top = 0;
+    ShadowFrame frames[kShadowDepth];
+};
+std::atomic<ShadowStack*> g_shadow_stacks{nullptr};
+thread_local ShadowStack* t_shadow = nullptr;
+
+bool thread_alive(pid_t tid) {
+    return syscall(SYS_tgkill, getpid(), tid, 0) == 0 || errno != ESRCH;
+}
+
+// Called with Dispatcher::inside() false on a probed function's entry: only raw syscalls.
+ShadowStack* claim_shadow_stack() {
+    const auto self = static_cast<pid_t>(syscall(SYS_gettid));
+    const int saved_errno = errno;
+    for (ShadowStack* s = g_shadow_stacks.load(std::memory_order_acquire); s != nullptr; s = s->next) {
+        pid_t owner = s->owner.load(std::memory_order_acquire);
+        if (owner != 0 && thread_alive(owner)) continue;
+        if (s->owner.compare_exchange_strong(owner, self, std::memory_order_acq_rel)) {
+            s->top = 0;
+            errno = saved_errno;
+            return s;
+        }
+    }
+    errno = saved_errno;
+    void* mem = mmap(nullptr, sizeof(ShadowStack), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) {
+        errno = saved_errno;
+        return nullptr;
+    }
+    auto* s = new (mem) ShadowStack;
+    s->owner.store(self, std::memory_order_relaxed);
+    s->next = g_shadow_stacks.load(std::memory_order_relaxed);
+    while (!g_shadow_stacks.compare_exchange_weak(s->next, s, std::memory_order_release)) {
+    }
+    return s;
+}
+
+bool any_probe_attached();
+
+// At unload no thread runs library code (the injector checks), so idle blocks can go. At
+// process exit with probes still attached other threads may still use theirs: keep them.
+struct ShadowStacksReclaim {
+    ~ShadowStacksReclaim() {
+        if (any_probe_attached()) return;
+        for (ShadowStack* s = g_shadow_stacks.exchange(nullptr); s != nullptr;) {
+            ShadowStack* next = s->next;
+            if (s->top == 0) munmap(s, sizeof(ShadowStack));
+            s = next;
+        }
+    }
+} g_shadow_reclaim;
+
+bool any_probe_attached() {
+    std::lock_guard lock(g_probes_mutex);
+    for (const auto& [address, p] : probes())
+        if (p->callback.load(std::memory_order_acquire) != nullptr) return true;
+    return false;
+}
 
 void run_callback(ProbeRecord* p, pt_regs* regs) {
     p->in_flight.fetch_add(1, std::memory_order_seq_cst);
@@ -108,10 +180,14 @@ extern "C" __attribute__((visibility("hidden"))) uintptr_t liveio_uprobe_on_entr
     if (!Dispatcher::inside()) {
         if (!p->retprobe.load(std::memory_order_relaxed)) {
             run_callback(p, regs);
-        } else if (t_shadow_top < kShadowDepth && p->callback.load(std::memory_order_relaxed)) {
-            auto* slot = reinterpret_cast<uintptr_t*>(regs->rsp);
-            t_shadow[t_shadow_top++] = {p, *slot, regs->rsp};
-            *slot = reinterpret_cast<uintptr_t>(&liveio_uretprobe_return);
+        } else if (p->callback.load(std::memory_order_relaxed)) {
+            if (t_shadow == nullptr) t_shadow = claim_shadow_stack();
+            // Without a shadow stack (mmap failed) or room in it the return goes unobserved.
+            if (ShadowStack* st = t_shadow; st != nullptr && st->top < kShadowDepth) {
+                auto* slot = reinterpret_cast<uintptr_t*>(regs->rsp);
+                st->frames[st->top++] = {p, *slot, regs->rsp};
+                *slot = reinterpret_cast<uintptr_t>(&liveio_uretprobe_return);
+            }
         }
     }
     return reinterpret_cast<uintptr_t>(p->original);
@@ -120,9 +196,11 @@ extern "C" __attribute__((visibility("hidden"))) uintptr_t liveio_uprobe_on_entr
 extern "C" __attribute__((visibility("hidden"))) uintptr_t liveio_uretprobe_on_return(pt_regs* regs) {
     // The frame whose return address slot sits just below the caller's stack pointer; frames
     // above it were abandoned (cannot happen without unwinding, handled defensively).
+    // Only reached through a return address pushed above, so this thread has its stack.
+    ShadowStack& st = *t_shadow;
     const uintptr_t slot = regs->rsp - 8;
-    while (t_shadow_top > 1 && t_shadow[t_shadow_top - 1].slot < slot) --t_shadow_top;
-    const ShadowFrame frame = t_shadow[--t_shadow_top];
+    while (st.top > 1 && st.frames[st.top - 1].slot < slot) --st.top;
+    const ShadowFrame frame = st.frames[--st.top];
     regs->rip = frame.return_address;
     run_callback(frame.probe, regs);
     return frame.return_address;

@@ -23,6 +23,7 @@
 #include "agent/bpf_host_sections.h"
 #include "agent/fd_classes.h"
 #include "agent/process_util.h"
+#include "agent/mmap_min_addr.h"
 #include "agent/protocol.h"
 #include "hook/dispatcher.h"
 #include "ebpf/loader.h"
@@ -401,12 +402,25 @@ TEST_F(BpfHostTest, UprobeAndUretprobeOnAFunctionOfTheTarget) {
     EXPECT_EQ(slot(p, 1), 1275u);  // sum of the first argument
     EXPECT_EQ(slot(p, 2), 50u);    // returns
     EXPECT_EQ(slot(p, 3), static_cast<uint64_t>(sum));
+    // A second object probing the same functions shares the probes; each counts its calls.
+    const json second = call("bpf.load", {{"path", test_bpf("uprobe_probed.bpf.o")}, {"engine", "interp"}});
+    ASSERT_TRUE(second.contains("object")) << second.dump();
+    auto m2 = maps(second["object"]);
+    ASSERT_EQ(liveio_test_probed(10), 31);
+    ASSERT_EQ(liveio_test_probed_ret(10), 31);
+    EXPECT_EQ(slot(p, 0), 51u);
+    EXPECT_EQ(slot(*m2["probed"], 0), 1u);
+    EXPECT_EQ(slot(*m2["probed"], 3), 31u);
     call("bpf.unload", {{"object", loaded["object"]}});
+    ASSERT_EQ(liveio_test_probed(1), 4);
+    EXPECT_EQ(slot(p, 0), 51u);  // unloaded: no longer runs
+    EXPECT_EQ(slot(*m2["probed"], 0), 2u);
+    call("bpf.unload", {{"object", second["object"]}});
     // Detached: the function runs unprobed, its code restored.
     EXPECT_EQ(liveio_test_probed(7), 22);
     EXPECT_EQ(liveio_test_probed_ret(7), 22);
-    EXPECT_EQ(slot(p, 0), 50u);
-    EXPECT_EQ(slot(p, 2), 50u);
+    EXPECT_EQ(slot(*m2["probed"], 0), 2u);
+    EXPECT_EQ(slot(*m2["probed"], 2), 1u);
 
     auto r = client_->call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}});
     ASSERT_TRUE(r) << r.error().message;
@@ -685,8 +699,8 @@ TEST(BpfHostProcess, IoStatsInALiveioRunProcessCountsItsWorkloadExactly) {
 
 TEST(BpfHostProcess, IoStatsUnderSyscallRewritingCountsTheSameWorkload) {
     if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3) as the workload";
-    if (testing::read_file("/proc/sys/vm/mmap_min_addr") != "0\n")
-        GTEST_SKIP() << "syscall rewriting needs vm.mmap_min_addr = 0";
+    testing::MmapMinAddrZero page_zero;  // lowered for the test when root, restored after
+    if (!page_zero.ok()) GTEST_SKIP() << page_zero.reason();
     run_io_stats_workload("rewrite");
 }
 

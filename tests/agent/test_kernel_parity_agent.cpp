@@ -25,6 +25,7 @@
 #include "hook/dispatcher.h"
 #include "hook/interceptor.h"
 #include "liveio/io_stats.h"
+#include "tracefs.h"
 
 namespace liveio::agent {
 namespace {
@@ -137,6 +138,7 @@ void run_in_kernel(std::map<long, Counts>& kernel, Tally& tally) {
                 if (pid > 0) ::waitpid(pid, &status, 0);
             }
         } release{go[1], child, status};
+        if (auto why = liveio::testing::ensure_tracefs(); !why.empty()) GTEST_SKIP() << why;
         auto obj = KernelObject::load(syscount_object(), {rodata<uint32_t>("target_tgid", static_cast<uint32_t>(child))});
         ASSERT_TRUE(obj.ok()) << obj.error().message;
         {

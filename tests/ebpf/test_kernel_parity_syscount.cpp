@@ -22,6 +22,7 @@
 #include "liveio/io_stats.h"
 #include "test_kernel_parity.h"
 #include "test_loader_objects.h"
+#include "tracefs.h"
 
 namespace liveio::ebpf::parity {
 namespace {
@@ -124,6 +125,7 @@ TEST(KernelParitySyscount, SameCountsAsTheKernelTracepoints) {
         ~Reaper() { release(); }
     } reaper{child, go[1]};
 
+    if (auto why = liveio::testing::ensure_tracefs(); !why.empty()) GTEST_SKIP() << why;
     auto kernel = KernelObject::load(object, {rodata<uint32_t>("target_tgid", static_cast<uint32_t>(child))});
     ASSERT_TRUE(kernel.ok()) << kernel.error().message;
     std::vector<Link> links;

@@ -3,12 +3,14 @@
 // every BPF object the build produces.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
 #include <set>
 
 #include <fmt/format.h>
 
 #include "ebpf/assembler.h"
+#include "ebpf/conformance_suite.h"
 #include "ebpf/loader.h"
 #include "ebpf/verifier.h"
 #include "ebpf/vm.h"
@@ -505,6 +507,28 @@ TEST(VerifierCorpus, CallbackReturnsPointer) {
                     9, "callback must return a scalar");
 }
 
+TEST(VerifierCorpus, CallbackSecondIterationSeesTheFirstsWrites) {
+    // The first iteration finds a pointer in the context slot and replaces it with a number;
+    // the second would dereference that number.
+    expect_rejected(make_program(R"(
+        lddw %r1, )" + map_value(2) + R"(
+        stxdw [%r10-8], %r1
+        mov %r1, 10
+        lddw %r2, )" + func(11) + R"(
+        mov %r3, %r10
+        add %r3, -8
+        mov %r4, 0
+        call 181
+        exit
+        ldxdw %r1, [%r2]
+        ldxdw %r0, [%r1]
+        stdw [%r2], 0
+        mov %r0, 0
+        exit
+    )"),
+                    12, "memory access through r1, a scalar");
+}
+
 TEST(VerifierAccepts, CallbackWithContextPointer) {
     expect_accepted(make_program(R"(
         stdw [%r10-8], 0
@@ -558,6 +582,42 @@ TEST(Verifier, ExecutableLoadRefusesUnverifiedPrograms) {
 
 // ---- real programs ----------------------------------------------------------------------
 
+// Every program of the bpf_conformance suite verifies on its own (the suite's run through the
+// engines is test_conformance.cpp); prints the verify time of the largest (no timed assert).
+TEST(VerifierAccepts, EveryConformanceProgram) {
+    const auto dir = testing::conformance_dir();
+    if (!std::filesystem::exists(dir / "tests")) GTEST_SKIP() << "bpf_conformance suite not found at " << dir;
+    size_t largest = 0;
+    std::string largest_name;
+    double largest_us = 0;
+    uint64_t largest_explored = 0;
+    int verified = 0;
+    for (const auto& c : testing::load_cases(dir / "tests")) {
+        auto insns = testing::case_program(c);
+        ASSERT_TRUE(insns.ok()) << c.file << ": " << insns.error().message;
+        Program p;
+        p.name = c.file.stem();
+        p.insns = std::move(insns.value());
+        p.context = {static_cast<uint32_t>(c.mem.size()), true};
+        const auto start = std::chrono::steady_clock::now();
+        auto r = verify(p, testing::conformance_helpers());
+        const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+        if (c.expect_error) continue;
+        EXPECT_TRUE(r.ok()) << c.file.filename() << ": " << r.error().message;
+        if (!r.ok()) continue;
+        ++verified;
+        if (p.insns.size() > largest) {
+            largest = p.insns.size();
+            largest_name = c.file.filename().string();
+            largest_us = us;
+            largest_explored = r->explored_insns;
+        }
+    }
+    std::cout << fmt::format("verified {} conformance programs; largest {} ({} insns): {:.1f} us, {} insns explored\n",
+                             verified, largest_name, largest, largest_us, largest_explored);
+    EXPECT_GT(verified, 0);
+}
+
 // Every program of every object the build compiles (shipped bpf/ and the test objects)
 // verifies against the standard helpers.
 TEST(VerifierAccepts, EveryBuiltObject) {
@@ -571,8 +631,14 @@ TEST(VerifierAccepts, EveryBuiltObject) {
             if (!path.ends_with(".bpf.o") || !seen.insert(std::filesystem::canonical(entry.path())).second) continue;
             auto object = Object::open(path);
             if (!object) continue;  // objects built to be refused by the loader (bad_map_type)
+            const bool refused_by_design = entry.path().filename() == "rejected.bpf.o";
             for (const auto& program : object->programs()) {
                 auto r = verify(*program, helpers);
+                if (refused_by_design) {
+                    // The agent tests' verifier-rejected program: it must stay rejected.
+                    EXPECT_FALSE(r.ok()) << path << " " << program->name << " was built to be refused";
+                    continue;
+                }
                 if (program->context.size == 0 && !r.ok() && r.error().message.find("context") != std::string::npos) {
                     // Attached in the kernel only (e.g. tracepoint/block/*): liveio has no
                     // userspace context for the section, so its context reads are refused.

@@ -24,10 +24,10 @@ public:
     long take_nr = -1;
     long take_result = 0;
     char fill = 0;
-    std::function<void()> during_enter;
+    std::function<void(const SyscallCall&)> during_enter;  // runs first in every on_enter
 
     bool on_enter(SyscallCall& call, SyscallResult& result) override {
-        if (during_enter) during_enter();
+        if (during_enter) during_enter(call);
         if (call.nr != take_nr) return false;
         if (take_result > 0 && call.nr == SYS_read)
             memset(reinterpret_cast<void*>(call.args[1]), fill, static_cast<size_t>(take_result));

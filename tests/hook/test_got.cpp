@@ -241,7 +241,7 @@ TEST(GotHook, HandlerIoIsNotIntercepted) {
     Pipe p;
     RecordingHandler h;
     // The handler itself calls a hooked function: it must go straight through, not recurse.
-    h.during_enter = [&] { EXPECT_EQ(testio_write(p.fds[1], "h", 1), 1); };
+    h.during_enter = [&](const SyscallCall&) { EXPECT_EQ(testio_write(p.fds[1], "h", 1), 1); };
     auto icpt = must_install(got_options(), &h);
     ASSERT_TRUE(icpt);
     ASSERT_EQ(testio_write(p.fds[1], "a", 1), 1);

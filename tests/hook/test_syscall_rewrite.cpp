@@ -954,13 +954,16 @@ TEST(SyscallRewrite, UninstallWaitsForABlockedCall) {
                   int p[2];
                   check(pipe(p) == 0, "pipe");
                   std::atomic<bool> in_read{false};
-                  h.during_enter = [&] { in_read = true; };
+                  // Only the reader's read counts: every other call of the process (the
+                  // thread's creation, the yields below) passes through the handler too.
+                  h.during_enter = [&](const SyscallCall& c) {
+                      if (c.nr == SYS_read && static_cast<int>(c.args[0]) == p[0]) in_read = true;
+                  };
                   auto rw = install_or_throw(&h);
                   char got = 0;
                   ssize_t n = -1;
                   std::thread reader([&] { n = read(p[0], &got, 1); });
                   while (!in_read.load()) std::this_thread::yield();
-                  h.during_enter = nullptr;
                   std::atomic<bool> done{false};
                   Result<void> result;
                   std::thread uninstaller([&] {

@@ -3,7 +3,12 @@
 // counts are known exactly (liveio-observe-target).
 #include <gtest/gtest.h>
 
+#include <optional>
+
 #include <fcntl.h>
+#include <poll.h>
+#include <pty.h>
+#include <termios.h>
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -15,6 +20,7 @@
 #include "agent/process_util.h"
 #include "observe/child.h"
 #include "agent/protocol.h"
+#include "clickhouse/server.h"
 
 namespace liveio::observe {
 namespace {
@@ -108,6 +114,17 @@ protected:
     std::string pid;
 };
 
+
+// Waits until a running `liveio stats` announces its first snapshot ("counting the I/O"), so
+// that work done next falls inside the measured interval. Returns its run when it ended (or
+// never announced it) instead: the caller skips or fails with its output.
+std::optional<CliRun> wait_until_counting(Child& stats) {
+    if (!eventually([&] { return stats.err().find("counting the I/O") != std::string::npos || stats.exited(); }))
+        return CliRun{-1, stats.out(), "no 'counting the I/O' announcement in time: " + stats.err()};
+    if (stats.exited()) return CliRun{stats.wait(), stats.out(), stats.err()};
+    return std::nullopt;
+}
+
 TEST(ObserveCli, NoSuchProcess) {
     const pid_t pid = unused_pid();
     ASSERT_GT(pid, 0);
@@ -134,6 +151,88 @@ TEST(ObserveCli, ObjectNotFoundAndNoAgentToUnloadFrom) {
     EXPECT_NE(unload.err.find("no liveio agent in process"), std::string::npos) << unload.err;
     EXPECT_FALSE(agent_mapped(w.pid()));  // none of these attached
     EXPECT_EQ(w.stop(), 0) << w.err();
+}
+
+// Interactive top on a terminal (a pty): it attaches, draws on the alternate screen, quits on
+// 'q' with the terminal restored, and leaves the process without the agent.
+TEST(ObserveCli, TopOnATerminalQuitsOnQAndRestoresIt) {
+    Workload w;
+    ASSERT_TRUE(w.ready());
+    const std::string pid = std::to_string(w.pid());
+    int master = -1;
+    const pid_t child = ::forkpty(&master, nullptr, nullptr, nullptr);
+    ASSERT_GE(child, 0) << std::strerror(errno);
+    if (child == 0) {
+        ::execl(LIVEIO_CLI_PATH, LIVEIO_CLI_PATH, "top", pid.c_str(), "--interval", "100ms", nullptr);
+        ::_exit(127);
+    }
+    std::string screen;
+    auto drain = [&] {
+        char buf[4096];
+        pollfd p{master, POLLIN, 0};
+        while (::poll(&p, 1, 0) > 0) {
+            const ssize_t n = ::read(master, buf, sizeof buf);
+            if (n <= 0) break;
+            screen.append(buf, static_cast<size_t>(n));
+        }
+    };
+    const bool drawn = eventually([&] {
+        drain();
+        return screen.find("[q: quit]") != std::string::npos || screen.find("liveio:") != std::string::npos;
+    });
+    if (screen.find("cannot allocate memory in static TLS") != std::string::npos ||
+        screen.find("not permitted") != std::string::npos) {
+        ::kill(child, SIGKILL);
+        wait_exit(child);
+        GTEST_SKIP() << "cannot attach here: " << screen;
+    }
+    ASSERT_TRUE(drawn) << screen;
+    EXPECT_NE(screen.find("\033[?1049h"), std::string::npos);  // alternate screen entered
+    ASSERT_EQ(::write(master, "q", 1), 1);
+    int status = -1;
+    ASSERT_TRUE(eventually([&] {
+        drain();  // a full pty would block its writes
+        return ::waitpid(child, &status, WNOHANG) == child;
+    }));
+    drain();
+    ::close(master);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << screen;
+    const size_t left = screen.rfind("\033[?1049l");
+    EXPECT_NE(left, std::string::npos) << "alternate screen not left";
+    EXPECT_NE(screen.find("detached from " + pid, left == std::string::npos ? 0 : left), std::string::npos) << screen;
+    EXPECT_FALSE(agent_mapped(w.pid()));
+    EXPECT_EQ(w.stop(), 0) << w.err();
+}
+
+TEST(ObserveCli, StatsOverADurationGoesToTheClickHouseSink) {
+    if (!clickhouse::find_server_binary()) GTEST_SKIP() << "clickhouse-server is not installed";
+    auto server = clickhouse::LocalServer::start({});
+    ASSERT_TRUE(server) << server.error().message;
+    Workload w;
+    ASSERT_TRUE(w.ready());
+    const std::string pid = std::to_string(w.pid());
+    const std::string url = "clickhouse://127.0.0.1:" + std::to_string(server->ports().http) + "/hist.io";
+    Child stats({LIVEIO_CLI_PATH, "stats", pid, "--duration", "2s", "--sink", url});
+    if (auto early = wait_until_counting(stats)) {
+        SKIP_UNLESS_ATTACHABLE(*early);
+        FAIL() << early->err;
+    }
+    ASSERT_TRUE(w.batch());
+    ASSERT_EQ(stats.wait(), 0) << stats.err();
+    EXPECT_NE(stats.err().find("rows inserted into `hist`.`io`"), std::string::npos) << stats.err();
+    auto rows = server->client().query(
+        "SELECT calls, bytes FROM hist.io WHERE kind = 'syscall' AND name IN ('pread64', 'pwrite64') AND pid = " + pid +
+        " ORDER BY name");
+    ASSERT_TRUE(rows) << rows.error().message;
+    const std::string each = std::to_string(kCalls) + "\t" + std::to_string(kCalls * kSize) + "\n";
+    EXPECT_EQ(*rows, each + each);
+    EXPECT_EQ(w.stop(), 0) << w.err();
+}
+
+TEST(ObserveCli, SinkWithoutADurationIsRefused) {
+    const CliRun r = liveio({"stats", "1", "--sink", "clickhouse://127.0.0.1:1/a.b"});
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.err.find("--sink needs --duration"), std::string::npos) << r.err;
 }
 
 // Counts of the workload's syscalls in `stats --json` output.
@@ -229,11 +328,9 @@ TEST(ObserveCli, StatsAttachesMeasuresAndLeavesTheProcessAsFound) {
     // The batch must fall inside the measured interval: wait until the first snapshot is taken
     // (announced on stderr), then run it; 2 s is ample for 1000 calls, and if it were not, the
     // count would show it.
-    ASSERT_TRUE(eventually([&] { return stats.err().find("counting the I/O") != std::string::npos || stats.exited(); }));
-    if (stats.exited()) {
-        CliRun r{stats.wait(), stats.out(), stats.err()};
-        SKIP_UNLESS_ATTACHABLE(r);
-        FAIL() << r.err;
+    if (auto early = wait_until_counting(stats)) {
+        SKIP_UNLESS_ATTACHABLE(*early);
+        FAIL() << early->err;
     }
     ASSERT_TRUE(w.batch());
     ASSERT_EQ(stats.wait(), 0) << stats.err();

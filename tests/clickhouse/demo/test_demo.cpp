@@ -1,0 +1,143 @@
+// `liveio demo` end to end, as the README runs it: a private ClickHouse cluster, the query mix
+// unpatched and attached, what liveio saw, detach; and Ctrl-C in the middle. Either way no
+// server may survive and the temporary directory must be gone.
+#include <gtest/gtest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "clickhouse/server.h"
+
+namespace liveio::clickhouse {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A running `liveio demo ARGS` with its stdout+stderr on a pipe.
+class DemoProcess {
+public:
+    explicit DemoProcess(std::vector<std::string> args) {
+        int p[2];
+        if (::pipe2(p, O_CLOEXEC) != 0) return;
+        args.insert(args.begin(), {LIVEIO_CLI_PATH, "demo"});
+        pid_ = ::fork();
+        if (pid_ == 0) {
+            ::dup2(p[1], 1);
+            ::dup2(p[1], 2);
+            std::vector<char*> argv;
+            for (auto& a : args) argv.push_back(a.data());
+            argv.push_back(nullptr);
+            ::execv(argv[0], argv.data());
+            ::_exit(127);
+        }
+        ::close(p[1]);
+        fd_ = p[0];
+    }
+    ~DemoProcess() {
+        if (pid_ > 0) {
+            ::kill(pid_, SIGKILL);
+            ::waitpid(pid_, nullptr, 0);
+        }
+        if (fd_ >= 0) ::close(fd_);
+    }
+    // Reads until `marker` appears in the output (true) or the output ends (false).
+    bool read_until(const std::string& marker) {
+        char buf[4096];
+        while (output_.find(marker) == std::string::npos) {
+            const ssize_t n = ::read(fd_, buf, sizeof buf);
+            if (n <= 0) return false;
+            output_.append(buf, static_cast<size_t>(n));
+        }
+        return true;
+    }
+    // Reads the rest and reaps the process; its wait status.
+    int finish() {
+        read_until(std::string(1, '\0'));  // never present: reads to the end
+        int status = 0;
+        ::waitpid(pid_, &status, 0);
+        pid_ = -1;
+        return status;
+    }
+    pid_t pid() const { return pid_; }
+    const std::string& output() const { return output_; }
+
+private:
+    pid_t pid_ = -1;
+    int fd_ = -1;
+    std::string output_;
+};
+
+struct Shard {
+    pid_t pid;
+    std::string dir;
+};
+
+std::vector<Shard> shards_in(const std::string& output) {
+    std::vector<Shard> out;
+    const std::regex line(R"(shard \d+: pid (\d+), http \d+, native tcp \d+, dir (\S+),)");
+    for (auto it = std::sregex_iterator(output.begin(), output.end(), line); it != std::sregex_iterator(); ++it)
+        out.push_back({std::stoi((*it)[1]), (*it)[2]});
+    return out;
+}
+
+bool process_exists(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
+
+void expect_nothing_left(const std::vector<Shard>& shards) {
+    for (const auto& s : shards) {
+        EXPECT_FALSE(process_exists(s.pid)) << "server " << s.pid << " survived the demo";
+        EXPECT_FALSE(fs::exists(fs::path(s.dir).parent_path())) << s.dir << " was not removed";
+    }
+}
+
+class DemoTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        if (auto b = find_server_binary(); !b) GTEST_SKIP() << b.error().message;
+        if (::geteuid() != 0) GTEST_SKIP() << "attaching to the server (ptrace) needs root here";
+    }
+};
+
+TEST_F(DemoTest, RunsEndToEndAndLeavesNothingBehind) {
+    DemoProcess demo({"--rows", "400000", "--rounds", "1"});
+    ASSERT_GT(demo.pid(), 0);
+    const int status = demo.finish();
+    const std::string& out = demo.output();
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
+    for (const char* step : {"[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]", "summary:"})
+        EXPECT_NE(out.find(step), std::string::npos) << step << " missing in:\n" << out;
+    EXPECT_NE(out.find("400000 rows, "), std::string::npos) << out;
+    EXPECT_NE(out.find("attached to "), std::string::npos) << out;
+    EXPECT_NE(out.find("detached from "), std::string::npos) << out;
+    EXPECT_NE(out.find("liveio-agent.so is unmapped"), std::string::npos) << out;
+    // What liveio saw: io_stats' tables (or, with an agent without BPF, its counters) with
+    // the server's column reads in them.
+    EXPECT_TRUE(out.find(".bin read") != std::string::npos || out.find("calls intercepted per syscall") != std::string::npos)
+        << out;
+    EXPECT_NE(out.find("\n    read "), std::string::npos) << out;
+    const auto shards = shards_in(out);
+    ASSERT_EQ(shards.size(), 2u) << out;
+    expect_nothing_left(shards);
+}
+
+TEST_F(DemoTest, CtrlCStopsTheServersAndRemovesTheirFiles) {
+    DemoProcess demo({"--rows", "4000000"});
+    ASSERT_GT(demo.pid(), 0);
+    // Interrupted while the data set loads: the longest single request of the demo.
+    ASSERT_TRUE(demo.read_until("[2/6]")) << demo.output();
+    const auto shards = shards_in(demo.output());
+    ASSERT_EQ(shards.size(), 2u) << demo.output();
+    ASSERT_EQ(::kill(demo.pid(), SIGINT), 0);
+    const int status = demo.finish();
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 128 + SIGINT) << "status " << status << "\n" << demo.output();
+    EXPECT_NE(demo.output().find("interrupted"), std::string::npos) << demo.output();
+    expect_nothing_left(shards);
+}
+
+}  // namespace
+}  // namespace liveio::clickhouse
