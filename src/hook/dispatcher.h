@@ -49,6 +49,21 @@ public:
     // Stops routing to the handler and waits until no thread is inside the mechanism's hooks;
     // afterwards the handler may be destroyed.
     void detach(Mechanism mechanism);
+    // The two halves of detach(), for an uninstall that must act on the threads it waits for
+    // (syscall rewriting evacuates threads sleeping in the kernel on its behalf): stop routing
+    // to the handler, then read how many threads are still inside the mechanism's hooks.
+    void clear_handler(Mechanism mechanism) {
+        slots_[index(mechanism)].handler.store(nullptr, std::memory_order_seq_cst);
+    }
+    uint64_t in_flight(Mechanism mechanism) const {
+        return slots_[index(mechanism)].in_flight.load(std::memory_order_acquire);
+    }
+    // This thread leaves the call it was dispatching without finishing it (its handler's
+    // on_exit never runs): only from a signal handler that moved the thread out of the hook.
+    void abandon_call(Mechanism mechanism) {
+        inside_ = false;
+        slots_[index(mechanism)].in_flight.fetch_sub(1, std::memory_order_release);
+    }
 
     // True while this thread runs liveio code (a handler or the dispatcher itself): hooks then
     // pass calls straight through, so handler I/O is never intercepted.

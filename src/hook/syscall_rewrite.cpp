@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -654,6 +656,27 @@ Result<size_t> SyscallRewriter::rewrite_new_objects() {
     return added;
 }
 
+// Clears the handler and returns once no thread is inside it. Threads between the entry and
+// the handler only run liveio code that stays loaded; calls that return by themselves are
+// given a moment; threads sleeping in a call the dispatch made for them (counted in flight, or
+// uncounted when they entered after the handler was cleared) are moved back to their own
+// syscall instruction instead of being waited for, which could be forever (idle threads).
+static void drain_dispatched_calls() {
+    Dispatcher& d = Dispatcher::instance();
+    d.clear_handler(Mechanism::SyscallRewrite);
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+        for (int i = 0; i < 50 && d.in_flight(Mechanism::SyscallRewrite) != 0; ++i)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        auto moved = evacuate_dispatched_calls();
+        const bool none_found = moved && moved->evacuated == 0 && moved->left == 0;
+        if (none_found && d.in_flight(Mechanism::SyscallRewrite) == 0) return;
+        // Without a usable signal, or with threads that block it: wait as long as it takes.
+        if (!moved || std::chrono::steady_clock::now() > give_up) break;
+    }
+    d.detach(Mechanism::SyscallRewrite);
+}
+
 Result<void> SyscallRewriter::uninstall() {
     if (!installed_) return {};
     Dispatcher::ScopedInside inside;
@@ -684,9 +707,7 @@ Result<void> SyscallRewriter::uninstall() {
     (*stopped)->resume(nullptr, nullptr);
     if (!restored) return make_error(EACCES, "cannot make code pages writable to restore syscall instructions");
     installed_ = false;
-    // Threads inside the handler finish their call first; those between the entry and the
-    // handler only run liveio code that stays loaded.
-    Dispatcher::instance().detach(Mechanism::SyscallRewrite);
+    drain_dispatched_calls();
     if (!retired)
         return make_error(EACCES, "syscall instructions restored, but the trampoline at address 0 "
                                   "could not be retired: it still leads into liveio's code");

@@ -5,15 +5,21 @@
 #include "hook/dispatcher.h"
 #include "hook/syscall_rewrite_runtime.h"
 
+__thread uintptr_t liveio_rewrite_frame = 0;
+
 // On entry: [rsp] = return address (the byte after the rewritten instruction), every other
 // register as the application set it for the syscall. The application's red zone (128 bytes
 // below its rsp, i.e. below rsp+8 here) is skipped before anything is stored.
 //
-// Frame of the common path (rbp = frame base, A = rbp & -16):
+// Frame of the common path (rbp = frame base, A = rbp & -16), struct RewriteFrame at A-368:
 //   rbp+136       return address           rbp+8..rbp+136  application red zone (untouched)
-//   A-320 ..      SyscallCall {nr, args[6]} (56 bytes) + 8 bytes padding
-//   A-256 ..      xmm0..xmm15
-// rsp is 16-byte aligned at the call into C++.
+//   rbp           the application's rbp
+//   A-368 ..      SyscallCall {nr, args[6]} (56 bytes), the thread's previous frame (8 bytes)
+//   A-304 ..      xmm0..xmm15
+//   A-48  ..      rbx, r12..r15 (the C++ code may hold its own values in them while a call
+//                 sleeps in the kernel; evacuation puts the application's back), padding
+// rsp is 16-byte aligned at the call into C++. The dispatch path publishes rbp in the
+// thread's liveio_rewrite_frame for as long as the call runs (see syscall_rewrite_runtime.h).
 asm(R"(
     .pushsection .text
     .p2align 4
@@ -31,7 +37,7 @@ liveio_rewrite_entry:
     push %rbp
     mov %rsp, %rbp
     and $-16, %rsp
-    sub $320, %rsp
+    sub $368, %rsp
     call .Lrw_save
     cld
     .endm
@@ -55,8 +61,16 @@ liveio_rewrite_entry:
 
 .Lrw_dispatch:
     RW_ENTER
+    /* rcx and r11 are free: the kernel clobbers them on every syscall. */
+    mov liveio_rewrite_frame@gottpoff(%rip), %r11
+    mov %fs:(%r11), %rcx
+    mov %rcx, 56(%rsp)
+    mov %rbp, %fs:(%r11)
     mov %rsp, %rdi
     call liveio_rewrite_dispatch
+    mov liveio_rewrite_frame@gottpoff(%rip), %r11
+    mov 56(%rsp), %rcx
+    mov %rcx, %fs:(%r11)
     call .Lrw_restore_args
     mov %rbp, %rsp
     pop %rbp
@@ -114,6 +128,11 @@ liveio_rewrite_entry:
     movaps %xmm13, 280(%rsp)
     movaps %xmm14, 296(%rsp)
     movaps %xmm15, 312(%rsp)
+    mov %rbx, 328(%rsp)
+    mov %r12, 336(%rsp)
+    mov %r13, 344(%rsp)
+    mov %r14, 352(%rsp)
+    mov %r15, 360(%rsp)
     ret
 
 .Lrw_restore_args:
@@ -146,7 +165,10 @@ liveio_rewrite_entry:
 
 // flatten: call_raw inlined here, so only one function returns after the kernel does (each
 // `ret` after a syscall mispredicts: the kernel leaves the return stack buffer useless).
-extern "C" __attribute__((visibility("hidden"), used, flatten)) long liveio_rewrite_dispatch(
+// In a section of its own: evacuation (syscall_rewrite_evacuate.cpp) finds the syscall
+// instructions it makes for the application between __start_/__stop_liveio_rw_dispatch.
+extern "C" __attribute__((visibility("hidden"), used, flatten, section("liveio_rw_dispatch"))) long
+liveio_rewrite_dispatch(
     const liveio::hook::SyscallCall* call) {
     return liveio::hook::Dispatcher::instance().call_raw(liveio::hook::Mechanism::SyscallRewrite,
                                                          *call);

@@ -15,7 +15,54 @@
 
 extern "C" void liveio_rewrite_entry();
 
+// While the entry dispatches a call: the entry's rbp (the frame below, whose RewriteFrame
+// lies under it), else 0. Initial-exec TLS: read and written by the entry with two moves.
+extern "C" __attribute__((visibility("hidden"), tls_model("initial-exec"))) __thread uintptr_t
+    liveio_rewrite_frame;
+// The C++ dispatch function's code, which makes the application's syscall itself when it
+// passes a call through.
+extern "C" __attribute__((visibility("hidden"))) const uint8_t __start_liveio_rw_dispatch[];
+extern "C" __attribute__((visibility("hidden"))) const uint8_t __stop_liveio_rw_dispatch[];
+
 namespace liveio::hook {
+
+// What the entry saved of the application at a rewritten site (layout in
+// syscall_rewrite_entry.cpp). With rbp = liveio_rewrite_frame:
+//   frame = (rbp & -16) - sizeof(RewriteFrame), application rbp = [rbp],
+//   return address (site + 2) = [rbp + 136], application rsp at the site = rbp + 144.
+struct RewriteFrame {
+    uint64_t nr;
+    uint64_t args[6];
+    uint64_t previous;  // the thread's liveio_rewrite_frame before this call (nested: != 0)
+    uint8_t xmm[16][16];
+    uint64_t rbx, r12, r13, r14, r15;
+    uint64_t padding;
+
+    static RewriteFrame* below(uintptr_t rbp) {
+        return reinterpret_cast<RewriteFrame*>((rbp & ~uintptr_t{15}) - sizeof(RewriteFrame));
+    }
+};
+static_assert(sizeof(RewriteFrame) == 368);
+static_assert(offsetof(RewriteFrame, previous) == 56 && offsetof(RewriteFrame, xmm) == 64 &&
+              offsetof(RewriteFrame, rbx) == 320);
+inline constexpr uintptr_t kRewriteReturnAddressOffset = 136;  // from the entry's rbp
+inline constexpr uintptr_t kRewriteSiteRspOffset = 144;
+
+// Moves threads that sleep in the kernel in a system call the dispatch makes on their behalf
+// back to their own (restored) syscall instruction. Threads are found through
+// /proc/self/task/*/syscall (blocked with the instruction pointer in the dispatch code) and
+// sent a signal whose handler rewrites the interrupted context: the registers the
+// application had at the site, and either the instruction pointer of the site (the kernel
+// had rewound a restartable call: it is made again, now from the application's code) or the
+// one after it with the call's result (it had returned, e.g. -EINTR for a call a signal
+// handler interrupts, as any signal would). The call's on_exit never runs. Called by
+// uninstall after the sites are restored and the handler cleared; returns how many threads
+// were evacuated; threads that block the signal are left and counted in `left`.
+struct Evacuation {
+    int evacuated = 0;
+    int left = 0;
+};
+Result<Evacuation> evacuate_dispatched_calls();
 
 // Stubs `syscall; jmp *0(%rip); .quad site+2`, one per rewritten site, looked up by site
 // address from the assembly entry without locks. They are never freed: a vfork parent may

@@ -16,9 +16,13 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -31,6 +35,7 @@
 #include "hook/interceptor.h"
 #include "hook/recording_handler.h"
 #include "hook/syscall_rewrite.h"
+#include "hook/syscall_rewrite_runtime.h"
 
 extern char** environ;
 
@@ -947,23 +952,28 @@ TEST(SyscallRewrite, ObjectsUnloadedWhileRewrittenAreSkippedAtUninstall) {
 
 // A thread blocked in a hooked read keeps uninstall waiting (after the bytes are restored)
 // until its call returns; then everything completes normally.
-TEST(SyscallRewrite, UninstallWaitsForABlockedCall) {
+// A call still running handler code (not sleeping in the kernel) is waited for: uninstall
+// returns only after the handler finished it.
+TEST(SyscallRewrite, UninstallWaitsForACallInsideTheHandler) {
     NEED_MIN_ADDR_ZERO();
     EXPECT_EQ(in_child([] {
                   RecordingHandler h;
                   int p[2];
                   check(pipe(p) == 0, "pipe");
-                  std::atomic<bool> in_read{false};
-                  // Only the reader's read counts: every other call of the process (the
-                  // thread's creation, the yields below) passes through the handler too.
+                  std::atomic<bool> in_handler{false}, release{false};
+                  // Only the reader's read: every other call of the process (the thread's
+                  // creation, the yields below) passes through the handler too.
                   h.during_enter = [&](const SyscallCall& c) {
-                      if (c.nr == SYS_read && static_cast<int>(c.args[0]) == p[0]) in_read = true;
+                      if (c.nr != SYS_read || static_cast<int>(c.args[0]) != p[0]) return;
+                      in_handler = true;
+                      while (!release.load()) std::this_thread::yield();
                   };
                   auto rw = install_or_throw(&h);
+                  check(::write(p[1], "z", 1) == 1, "write");
                   char got = 0;
                   ssize_t n = -1;
                   std::thread reader([&] { n = read(p[0], &got, 1); });
-                  while (!in_read.load()) std::this_thread::yield();
+                  while (!in_handler.load()) std::this_thread::yield();
                   std::atomic<bool> done{false};
                   Result<void> result;
                   std::thread uninstaller([&] {
@@ -973,13 +983,85 @@ TEST(SyscallRewrite, UninstallWaitsForABlockedCall) {
                   const auto& first = rw->sites().front();
                   while (memcmp(reinterpret_cast<void*>(first.address), first.original, 2) != 0)
                       std::this_thread::yield();
+                  std::this_thread::sleep_for(std::chrono::milliseconds(200));
                   check(!done.load(), "uninstall returned while a call was still inside the handler");
-                  check(::write(p[1], "z", 1) == 1, "write");
+                  release = true;
                   reader.join();
                   uninstaller.join();
                   check(result.ok(), result.ok() ? "" : result.error().message);
-                  check(n == 1 && got == 'z', "the blocked read completed with the byte");
-                  check(count_nr(h.take(), SYS_read) == 1, "the blocked read reached on_exit");
+                  check(n == 1 && got == 'z', "the read completed with the byte");
+                  check(count_nr(h.take(), SYS_read) == 1, "the read reached on_exit");
+              }),
+              "");
+}
+
+// Threads sleeping in the kernel in a call the dispatch made for them (an idle thread's read
+// or futex wait) are moved back to their own syscall instruction rather than waited for:
+// uninstall returns while they still sleep, no thread is left in liveio's code, and the calls
+// complete later from the application's code with the right results.
+TEST(SyscallRewrite, UninstallMovesCallsSleepingInTheKernelOutOfLiveio) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  int p[2];
+                  check(pipe(p) == 0, "pipe");
+                  std::atomic<pid_t> reader_tid{0};
+                  h.during_enter = [&](const SyscallCall& c) {
+                      if (c.nr == SYS_read && static_cast<int>(c.args[0]) == p[0])
+                          reader_tid = static_cast<pid_t>(raw_syscall(SYS_gettid));
+                  };
+                  auto rw = install_or_throw(&h);
+                  char got = 0;
+                  ssize_t n = -1;
+                  std::thread reader([&] { n = read(p[0], &got, 1); });
+                  // A futex wait (made through glibc's condition variable) sleeps too.
+                  std::mutex m;
+                  std::condition_variable cv;
+                  bool go = false, woke = false;
+                  std::thread waiter([&] {
+                      std::unique_lock lock(m);
+                      cv.wait(lock, [&] { return go; });
+                      woke = true;
+                  });
+                  auto sleeping = [](pid_t tid, long nr) {
+                      std::ifstream in("/proc/self/task/" + std::to_string(tid) + "/syscall");
+                      long seen = -1;
+                      return (in >> seen) && seen == nr;
+                  };
+                  while (reader_tid.load() == 0 || !sleeping(reader_tid.load(), SYS_read))
+                      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the waiter too
+                  const auto started = std::chrono::steady_clock::now();
+                  auto result = rw->uninstall();
+                  check(result.ok(), result.ok() ? "" : result.error().message);
+                  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+                  check(ms < 5000, "uninstall waited for the sleeping calls (" + std::to_string(ms) + " ms)");
+                  // Nobody sleeps in liveio's dispatch code any more.
+                  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+                      std::ifstream in(task.path() / "syscall");
+                      std::vector<std::string> f;
+                      for (std::string x; in >> x;) f.push_back(x);
+                      if (f.size() < 3) continue;
+                      const uintptr_t pc = std::strtoull(f.back().c_str(), nullptr, 16);
+                      check(pc < reinterpret_cast<uintptr_t>(__start_liveio_rw_dispatch) ||
+                                pc >= reinterpret_cast<uintptr_t>(__stop_liveio_rw_dispatch),
+                            "thread " + task.path().filename().string() + " still sleeps in the dispatch code");
+                  }
+                  check(sleeping(reader_tid.load(), SYS_read), "the reader sleeps in read again, from its own code");
+                  check(::write(p[1], "z", 1) == 1, "write");
+                  reader.join();
+                  check(n == 1 && got == 'z', "the moved read completed with the byte");
+                  {
+                      std::lock_guard lock(m);
+                      go = true;
+                  }
+                  cv.notify_one();
+                  waiter.join();
+                  check(woke, "the moved futex wait woke up");
+                  size_t pipe_reads = 0;
+                  for (const Seen& seen : h.take())
+                      pipe_reads += seen.nr == SYS_read && static_cast<int>(seen.args[0]) == p[0];
+                  check(pipe_reads == 0, "a moved call never reaches on_exit");
               }),
               "");
 }
