@@ -148,6 +148,11 @@ private:
     const VerifierOptions& options_;
 
     std::vector<bool> second_slot_;  // insn is the second half of a lddw
+    // Per insn: r0..r9 that some path from it reads before writing (bit r). Registers dead at
+    // a prune point are forgotten there, so states differing only in values nobody reads
+    // again (the kernel's register liveness) are one state.
+    std::vector<uint16_t> live_in_;
+    void compute_liveness();
     std::vector<bool> prune_point_;  // insn is a jump target or follows a conditional jump
     std::vector<std::vector<std::unique_ptr<Checkpoint>>> checkpoints_;  // per insn
     std::vector<Checkpoint*> by_index_;                                   // Origin::checkpoint
@@ -211,8 +216,74 @@ Result<void> Verifier::check_cfg() {
     return {};
 }
 
+// Backward dataflow over the instructions of every function at once: a call (helper or
+// bpf-to-bpf) reads r1-r5 and writes r0-r5, which is all a caller sees of it; exit reads r0.
+void Verifier::compute_liveness() {
+    const size_t n = insns_.size();
+    constexpr uint16_t kArgs = 0x3e, kCallClobbers = 0x3f, kAll = 0x3ff;
+    std::vector<uint16_t> use(n, 0), def(n, 0);
+    std::vector<std::array<int64_t, 2>> succ(n, {-1, -1});
+    for (size_t pc = 0; pc < n; ++pc) {
+        if (second_slot_[pc]) continue;
+        const Insn& in = insns_[pc];
+        const uint8_t cls = op::class_of(in.opcode), code = in.opcode & 0xf0, mode = in.opcode & 0xe0;
+        const bool x = in.opcode & op::kSrcX;
+        const uint16_t dst = uint16_t(1u << (in.dst & 15)) & kAll, src = uint16_t(1u << (in.src & 15)) & kAll;
+        succ[pc][0] = static_cast<int64_t>(pc) + 1;
+        switch (cls) {
+        case op::kClassAlu:
+        case op::kClassAlu64:
+            if (code == op::kMov) use[pc] = x ? src : 0;
+            else if (code == op::kNeg || code == op::kEnd) use[pc] = dst;
+            else use[pc] = dst | (x ? src : 0);
+            def[pc] = dst;
+            break;
+        case op::kClassLdx: use[pc] = src; def[pc] = dst; break;
+        case op::kClassSt: use[pc] = dst; break;
+        case op::kClassStx:
+            use[pc] = dst | src;
+            if (mode == op::kModeAtomic) {
+                if (in.imm == op::kAtomicCmpXchg) { use[pc] |= 1; def[pc] = 1; }
+                else if (in.imm & op::kAtomicFetch) def[pc] = src;
+            }
+            break;
+        case op::kClassLd:
+            if (in.opcode == op::kLddw) { def[pc] = dst; succ[pc][0] = static_cast<int64_t>(pc) + 2; }
+            else { use[pc] = 1u << 6 | src; def[pc] = kCallClobbers; }  // legacy packet loads
+            break;
+        default:  // jumps
+            if (code == op::kExit) { use[pc] = 1; succ[pc][0] = -1; }
+            else if (code == op::kCall) {
+                use[pc] = x ? kAll : kArgs;  // callx: the target register too, whichever field
+                def[pc] = kCallClobbers;
+            } else if (code == op::kJa) {
+                succ[pc][0] = static_cast<int64_t>(pc) + 1 + (cls == op::kClassJmp32 ? in.imm : in.offset);
+            } else {
+                use[pc] = dst | (x ? src : 0);
+                succ[pc][1] = static_cast<int64_t>(pc) + 1 + in.offset;
+            }
+        }
+    }
+    live_in_.assign(n, 0);
+    for (bool changed = true; changed;) {
+        changed = false;
+        for (size_t i = n; i-- > 0;) {
+            if (second_slot_[i]) continue;
+            uint16_t out = 0;
+            for (int64_t t : succ[i])
+                if (t >= 0 && static_cast<size_t>(t) < n) out |= live_in_[t];
+            const uint16_t in = use[i] | (out & ~def[i]);
+            if (in != live_in_[i]) {
+                live_in_[i] = in;
+                changed = true;
+            }
+        }
+    }
+}
+
 Result<VerifierReport> Verifier::run() {
     if (auto r = check_cfg(); !r) return r.error();
+    compute_liveness();
     checkpoints_.resize(insns_.size());
 
     Path entry;
@@ -272,6 +343,8 @@ Result<void> Verifier::explore(Path path) {
 }
 
 Result<bool> Verifier::prune_or_checkpoint(Path& path) {
+    for (int r = 0; r < 10; ++r)
+        if (!(live_in_[path.pc] >> r & 1)) path.state.cur().regs[r] = Reg{};
     path.state.drop_lone_scalar_ids();
     auto& here = checkpoints_[path.pc];
     for (const auto& cp : here) {
