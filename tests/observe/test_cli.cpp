@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <optional>
+#include <iterator>
+#include <atomic>
+#include <thread>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -20,6 +23,7 @@
 #include "agent/process_util.h"
 #include "observe/child.h"
 #include "agent/protocol.h"
+#include "clickhouse/dataset.h"
 #include "clickhouse/server.h"
 
 namespace liveio::observe {
@@ -387,6 +391,78 @@ TEST_F(AttachedWorkload, ProcessExitingMeanwhileIsReported) {
     EXPECT_EQ(top.wait(), 1);
     EXPECT_NE(top.err().find("process " + pid), std::string::npos) << top.err();
     EXPECT_NE(top.err().find("exited"), std::string::npos) << top.err();
+}
+
+// The commands on a real ClickHouse 18.16 serving queries: each attaches, shows the server's
+// reads, and leaves it without the agent; the answers stay exact throughout.
+TEST(ObserveCli, EveryCommandOnALiveClickHouse) {
+    auto binary = clickhouse::find_server_binary();
+    if (!binary) GTEST_SKIP() << binary.error().message;
+    clickhouse::ServerOptions so;
+    so.binary = *binary;
+    so.profile_settings = clickhouse::kProfileSettings;  // no uncompressed cache: every query reads
+    auto server = clickhouse::LocalServer::start(so);
+    ASSERT_TRUE(server) << server.error().message;
+    auto client = server->client();
+    ASSERT_TRUE(client.execute("CREATE TABLE default.t (k UInt64, v String) ENGINE = MergeTree ORDER BY k"));
+    ASSERT_TRUE(client.execute("INSERT INTO default.t SELECT number, toString(number * 7) FROM numbers(1000000)"));
+    const std::string sql = "SELECT sum(length(v)), max(k) FROM default.t";
+    auto expected = client.query(sql);
+    ASSERT_TRUE(expected) << expected.error().message;
+    const std::string pid = std::to_string(server->pid());
+
+    // Queries keep the server reading its column files while the commands run.
+    std::atomic<bool> stop{false};
+    std::atomic<int> answered{0};
+    std::vector<std::string> wrong;
+    std::thread loop([&] {
+        auto c = server->client();
+        while (!stop.load()) {
+            auto got = c.query(sql);
+            if (!got || *got != *expected) wrong.push_back(got ? *got : got.error().message);
+            ++answered;
+        }
+    });
+    struct Join {
+        std::atomic<bool>& stop;
+        std::thread& t;
+        void finish() {
+            stop = true;
+            if (t.joinable()) t.join();
+        }
+        ~Join() { finish(); }
+    } join{stop, loop};
+
+    const CliRun stats = liveio({"stats", pid, "--json", "--duration", "2s"});
+    SKIP_UNLESS_ATTACHABLE(stats);
+    ASSERT_EQ(stats.status, 0) << stats.err;
+    const json j = json::parse(stats.out);
+    EXPECT_GT(json_calls(j, "read"), 0u) << stats.out;
+    EXPECT_GT(json_calls(j, "read", "bytes"), 0u) << stats.out;
+    bool column_files = false;
+    for (const auto& row : j["classes"])
+        if (row["class"].get<std::string>().find(".bin") != std::string::npos && row["calls"].get<uint64_t>() > 0)
+            column_files = true;
+    EXPECT_TRUE(column_files) << "no reads of .bin column files in " << j["classes"].dump();
+
+    const CliRun top = liveio({"top", pid, "--interval", "200ms", "--count", "3"});
+    ASSERT_EQ(top.status, 0) << top.err;
+    EXPECT_NE(top.out.find("liveio top"), std::string::npos) << top.out;
+    EXPECT_NE(top.out.find("read"), std::string::npos) << top.out;
+
+    const CliRun hist = liveio({"hist", pid, "--syscall", "read", "--duration", "1s"});
+    EXPECT_EQ(hist.status, 0) << hist.err;
+    EXPECT_NE(hist.out.find("@read (latency, ns):"), std::string::npos) << hist.out << hist.err;
+
+    // Each command left the server as found: no agent mapped, no control socket.
+    std::ifstream maps("/proc/" + pid + "/maps");
+    const std::string mapped((std::istreambuf_iterator<char>(maps)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(mapped.find("liveio-agent.so"), std::string::npos);
+    EXPECT_FALSE(agent::ControlClient::connect(server->pid()));
+    const int before = answered.load();
+    ASSERT_TRUE(eventually([&] { return answered.load() > before + 2; }));
+    join.finish();
+    EXPECT_TRUE(wrong.empty()) << wrong.size() << " wrong answers, first: " << wrong.front();
 }
 
 }  // namespace
