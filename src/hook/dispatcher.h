@@ -6,6 +6,14 @@
 // to be found from a fixed place. There is one slot per Mechanism; each holds the installed
 // CallHandler and a count of threads currently inside that mechanism's hooks, which lets
 // uninstall wait until no thread still runs hook code that could reach a dead handler.
+//
+// "Inside" is recorded per thread, with plain stores into the thread's own ThreadRecord (no
+// locked instruction on the hot path: two locked adds on a shared counter were most of a
+// hook's ~20 ns). Uninstall clears the handler and then runs membarrier(PRIVATE_EXPEDITED),
+// a full barrier on every CPU running a thread of the process, so a thread either saw the
+// cleared handler or has its record visibly set (the asymmetric-fence pattern of userspace
+// RCU). Without membarrier, or for a thread that found no free record, entering falls back
+// to a sequentially consistent store or the shared counter.
 #pragma once
 
 #include <atomic>
@@ -52,17 +60,13 @@ public:
     // The two halves of detach(), for an uninstall that must act on the threads it waits for
     // (syscall rewriting evacuates threads sleeping in the kernel on its behalf): stop routing
     // to the handler, then read how many threads are still inside the mechanism's hooks.
-    void clear_handler(Mechanism mechanism) {
-        slots_[index(mechanism)].handler.store(nullptr, std::memory_order_seq_cst);
-    }
-    uint64_t in_flight(Mechanism mechanism) const {
-        return slots_[index(mechanism)].in_flight.load(std::memory_order_acquire);
-    }
+    void clear_handler(Mechanism mechanism);
+    uint64_t in_flight(Mechanism mechanism) const;
     // This thread leaves the call it was dispatching without finishing it (its handler's
     // on_exit never runs): only from a signal handler that moved the thread out of the hook.
     void abandon_call(Mechanism mechanism) {
         inside_ = false;
-        slots_[index(mechanism)].in_flight.fetch_sub(1, std::memory_order_release);
+        leave(mechanism, record_);
     }
 
     // True while this thread runs liveio code (a handler or the dispatcher itself): hooks then
@@ -93,12 +97,12 @@ public:
     long call_libc(Mechanism mechanism, SyscallCall call, Original&& original) {
         Slot& slot = slots_[index(mechanism)];
         if (inside_) return original();
-        // Enter before reading the handler: detach() clears the handler, then waits for
-        // in_flight == 0, so a thread that saw a handler keeps it alive until it leaves.
-        slot.in_flight.fetch_add(1, std::memory_order_seq_cst);
+        // Enter before reading the handler: detach() clears the handler, then waits until no
+        // thread is inside, so a thread that saw a handler keeps it alive until it leaves.
+        ThreadRecord* record = enter(mechanism);
         CallHandler* handler = slot.handler.load(std::memory_order_seq_cst);
         if (handler == nullptr) {
-            slot.in_flight.fetch_sub(1, std::memory_order_release);
+            leave(mechanism, record);
             return original();
         }
         inside_ = true;
@@ -119,7 +123,7 @@ public:
         }
         handler->on_exit(call, result, start);
         inside_ = false;
-        slot.in_flight.fetch_sub(1, std::memory_order_release);
+        leave(mechanism, record);
         errno = ret_errno;
         return ret;
     }
@@ -129,10 +133,10 @@ public:
     long call_raw(Mechanism mechanism, SyscallCall call) {
         Slot& slot = slots_[index(mechanism)];
         if (inside_) return raw_syscall(call);
-        slot.in_flight.fetch_add(1, std::memory_order_seq_cst);
+        ThreadRecord* record = enter(mechanism);
         CallHandler* handler = slot.handler.load(std::memory_order_seq_cst);
         if (handler == nullptr) {
-            slot.in_flight.fetch_sub(1, std::memory_order_release);
+            leave(mechanism, record);
             return raw_syscall(call);
         }
         inside_ = true;
@@ -144,7 +148,7 @@ public:
         handler->on_exit(call, result, start);
         errno = saved_errno;
         inside_ = false;
-        slot.in_flight.fetch_sub(1, std::memory_order_release);
+        leave(mechanism, record);
         return result;
     }
 
@@ -158,9 +162,43 @@ private:
     struct alignas(64) Slot {
         std::atomic<CallHandler*> handler{nullptr};
         std::atomic<bool> timed{true};
-        std::atomic<uint64_t> in_flight{0};
+        std::atomic<uint64_t> in_flight{0};  // threads inside without a ThreadRecord
         std::atomic<uint64_t> calls{0};
     };
+    // One per thread that ever entered a hook, claimed on its first call and reused after
+    // the thread exited; never freed (a static array: no allocation on the hook path).
+    struct alignas(64) ThreadRecord {
+        std::atomic<pid_t> owner{0};  // thread id, 0 = never used
+        std::atomic<pid_t> tgid{0};   // the owner's process (a fork child never reclaims)
+        std::atomic<uint8_t> inside[3]{};
+    };
+    static constexpr size_t kThreadRecords = 1024;
+
+    // Marks the calling thread inside `mechanism`'s hooks; returns its record (nullptr: it
+    // is counted in the slot's shared counter instead).
+    ThreadRecord* enter(Mechanism mechanism) {
+        ThreadRecord* r = record_;
+        if (r == nullptr) [[unlikely]] r = record_ = claim_record();
+        if (r == nullptr) [[unlikely]] {
+            slots_[index(mechanism)].in_flight.fetch_add(1, std::memory_order_seq_cst);
+            return nullptr;
+        }
+        if (membarrier_.load(std::memory_order_relaxed)) {
+            r->inside[index(mechanism)].store(1, std::memory_order_relaxed);
+            std::atomic_signal_fence(std::memory_order_seq_cst);
+        } else {
+            r->inside[index(mechanism)].store(1, std::memory_order_seq_cst);
+        }
+        return r;
+    }
+    void leave(Mechanism mechanism, ThreadRecord* r) {
+        if (r == nullptr) [[unlikely]] {
+            slots_[index(mechanism)].in_flight.fetch_sub(1, std::memory_order_release);
+            return;
+        }
+        r->inside[index(mechanism)].store(0, std::memory_order_release);
+    }
+    ThreadRecord* claim_record();
     // A statistic, not an exact count: a load and a store rather than a locked add (which
     // costs ~5 ns per call), so increments racing on two CPUs may be lost.
     static void count_call(Slot& slot) {
@@ -169,7 +207,10 @@ private:
     static constexpr int index(Mechanism m) { return static_cast<int>(m); }
 
     Slot slots_[3];
+    ThreadRecord records_[kThreadRecords];
+    std::atomic<bool> membarrier_{false};  // registered for MEMBARRIER_CMD_PRIVATE_EXPEDITED
     static thread_local bool inside_;
+    static thread_local ThreadRecord* record_;
 };
 
 }  // namespace liveio::hook
