@@ -85,29 +85,18 @@ __attribute__((noinline)) ssize_t empty_call(int fd, char* buf) {
     return 0;
 }
 
-double empty_ns_per_call(int iterations) {
-    char buf[1];
-    double best = 1e30;
-    for (int round = 0; round < 5; ++round) {
-        const double t0 = thread_cpu_ns();
-        for (int i = 0; i < iterations; ++i) empty_call(0, buf);
-        best = std::min(best, (thread_cpu_ns() - t0) / iterations);
-    }
-    return best;
-}
-
 // The measured call; noinline so a uprobe has a function to attach to and each iteration
 // really calls read through the PLT/GOT of this binary.
 __attribute__((noinline)) ssize_t measured_call(int fd, char* buf) { return ::read(fd, buf, 0); }
 
-
-// Best of `rounds` rounds of `iterations` calls, in thread CPU ns per call.
-double ns_per_call(int fd, int iterations, int rounds = 5) {
+// Best of `rounds` rounds of `iterations` calls of `call` (measured_call unless said
+// otherwise), in thread CPU ns per call.
+double ns_per_call(int fd, int iterations, int rounds = 5, ssize_t (*call)(int, char*) = measured_call) {
     char buf[1];
     double best = 1e30;
     for (int round = 0; round < rounds; ++round) {
         const double t0 = thread_cpu_ns();
-        for (int i = 0; i < iterations; ++i) measured_call(fd, buf);
+        for (int i = 0; i < iterations; ++i) call(fd, buf);
         best = std::min(best, (thread_cpu_ns() - t0) / iterations);
     }
     return best;
@@ -414,7 +403,7 @@ void run(int iterations, int attach_rounds, const std::string& attach_lib) {
         MmapMinAddrZero min_addr;
         for (int round = 0; round < 3; ++round)
             for (Taken& t : taken) {
-                empty = std::min(empty, empty_ns_per_call(iterations));
+                empty = std::min(empty, ns_per_call(fd, iterations, 5, empty_call));
                 if (auto ns = with_interceptor(t.mechanism, &taking, fd, iterations, t.note))
                     t.ns = std::min(ns.value(), t.ns.value_or(1e30));
             }

@@ -400,7 +400,7 @@ void BpfHost::publish_lists() {
         for (auto& [id, obj] : objects_)
             for (auto& p : obj->programs)
                 if (p->probe_address == key.first && (p->point.kind == AttachKind::Uretprobe) == key.second)
-                    list->runs.push_back({p->exe.get(), CtxKind::Tracepoint, const_cast<std::atomic<uint64_t>*>(&p->runs)});
+                    list->runs.push_back({p->exe.get(), CtxKind::Tracepoint, &p->runs});
         site->list.store(list->runs.empty() ? nullptr : list.get(), std::memory_order_release);
         if (!list->runs.empty()) fresh.push_back(std::move(list));
     }

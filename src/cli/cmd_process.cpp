@@ -180,9 +180,9 @@ void unload_stopped_agent(pid_t pid, const std::string& path) {
 }
 
 // Why a detach may not finish: threads sleeping in a system call made from the agent's code
-// (syscall rewriting routes every system call through it, including the futex and epoll waits
-// of idle threads) keep a hook in flight, and the agent waits for them before it answers.
-// Read from /proc/PID/task/TID/syscall ("NR args... SP PC") against the agent's mappings.
+// keep a hook in flight, and the agent waits for them before it answers. Syscall rewriting
+// moves such threads out at a world stop, unless they block its signal. Their instruction
+// pointers (hook::sleeping_threads) are compared with the agent's mappings.
 std::string threads_blocked_in_agent(pid_t pid) {
     std::vector<std::pair<uint64_t, uint64_t>> agent_ranges;
     {
@@ -195,22 +195,13 @@ std::string threads_blocked_in_agent(pid_t pid) {
     }
     std::map<long, int> by_syscall;
     int blocked = 0;
-    std::error_code ec;
-    for (const auto& task : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
-        std::ifstream in(task.path() / "syscall");
-        std::string first;
-        if (!(in >> first) || first == "running" || first == "-1") continue;
-        std::vector<std::string> fields{first};
-        for (std::string f; in >> f;) fields.push_back(f);
-        if (fields.size() < 3) continue;
-        const uint64_t pc = std::strtoull(fields.back().c_str(), nullptr, 16);
+    for (const hook::SleepingThread& t : hook::sleeping_threads(pid))
         for (auto [lo, hi] : agent_ranges)
-            if (pc >= lo && pc < hi) {
+            if (t.pc >= lo && t.pc < hi) {
                 ++blocked;
-                ++by_syscall[std::strtol(first.c_str(), nullptr, 10)];
+                ++by_syscall[t.nr];
                 break;
             }
-    }
     if (blocked == 0) return "";
     std::string which;
     for (auto [nr, n] : by_syscall) which += fmt::format("{}syscall {} x{}", which.empty() ? "" : ", ", nr, n);

@@ -388,6 +388,24 @@ std::vector<pid_t> list_threads(pid_t pid) {
     return tids;
 }
 
+}  // namespace
+
+std::vector<SleepingThread> sleeping_threads(pid_t pid) {
+    std::vector<SleepingThread> out;
+    for (pid_t tid : list_threads(pid)) {
+        // "NR ARG1..ARG6 SP PC" while sleeping in a call; "running" or "-1 SP PC" otherwise.
+        std::ifstream in(fmt::format("/proc/{}/task/{}/syscall", pid, tid));
+        std::vector<std::string> fields;
+        for (std::string f; in >> f;) fields.push_back(f);
+        if (fields.size() < 3 || fields[0] == "running" || fields[0] == "-1") continue;
+        out.push_back({tid, std::strtol(fields[0].c_str(), nullptr, 10),
+                       static_cast<uintptr_t>(std::strtoull(fields.back().c_str(), nullptr, 16))});
+    }
+    return out;
+}
+
+namespace {
+
 Error seize_error(pid_t pid, int code) {
     if (code == ESRCH) return make_error(ESRCH, fmt::format("process {} does not exist", pid));
     if (code != EPERM) return errno_error(code, fmt::format("PTRACE_SEIZE of process {}", pid));

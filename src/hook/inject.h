@@ -9,9 +9,10 @@
 //
 // The chosen thread then calls the target's own libc `dlopen(path, RTLD_NOW)`: its registers
 // (general, FP/SSE/AVX xstate) are saved, the path is written below the red zone of its stack,
-// the call returns to a non-canonical address and the resulting fault is caught (never delivered). Registers
-// and the stack bytes are restored exactly; a thread that was blocked in a system call resumes
-// it as if nothing happened (read() on a pipe keeps waiting, no EINTR).
+// the call returns to a non-canonical address and the resulting fault is caught (never
+// delivered). Registers and the stack bytes are restored exactly; a thread that was blocked
+// in a system call resumes it as if nothing happened (read() on a pipe keeps waiting, no
+// EINTR).
 //
 // While the call runs the other threads stay stopped. If it does not return within
 // `InjectOptions::release_after_ms` (a stopped thread may hold a lock the call needs, or the
@@ -32,6 +33,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "base/result.h"
 
@@ -85,5 +87,15 @@ Result<void> unload_library(const InjectedLibrary& lib, InjectStats* stats = nul
 // integer/pointer arguments and returns its rax. ENOENT when the symbol does not exist.
 Result<long> call_in_target(const InjectedLibrary& lib, const std::string& symbol, std::initializer_list<long> args,
                             InjectStats* stats = nullptr, const InjectOptions& options = {});
+
+// A thread of a process sleeping in a system call, from /proc/PID/task/TID/syscall: the
+// call's number and the user instruction pointer (just after the syscall instruction).
+struct SleepingThread {
+    pid_t tid;
+    long nr;
+    uintptr_t pc;
+};
+// The threads of `pid` sleeping in system calls now (running ones are not listed).
+std::vector<SleepingThread> sleeping_threads(pid_t pid);
 
 }  // namespace liveio::hook

@@ -222,8 +222,7 @@ struct FixupContext {
     bool installing;
 };
 
-uintptr_t fixup_ip(void* raw, uintptr_t ip) {
-    auto* ctx = static_cast<FixupContext*>(raw);
+uintptr_t fixed_ip(const FixupContext* ctx, uintptr_t ip) {
     for (auto* s : *ctx->sites) {
         const uintptr_t code = s->tramp + kRelocatedOffset;
         for (auto [orig, reloc] : s->plan.map) {
@@ -234,6 +233,11 @@ uintptr_t fixup_ip(void* raw, uintptr_t ip) {
             return s->start + s->plan.n;
     }
     return ip;
+}
+
+void fixup_ip(void* raw, ucontext_t* uc) {
+    auto& rip = uc->uc_mcontext.gregs[REG_RIP];
+    rip = static_cast<greg_t>(fixed_ip(static_cast<const FixupContext*>(raw), static_cast<uintptr_t>(rip)));
 }
 
 Result<void> patch_all(const std::vector<InlineHooks::Site*>& sites, bool installing) {

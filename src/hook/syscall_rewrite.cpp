@@ -11,10 +11,10 @@
 
 #include <algorithm>
 #include <chrono>
-#include <thread>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -35,10 +35,14 @@ constexpr uint8_t kCallRax[2] = {0xff, 0xd0};
 // after the cursor wraps below address 0: it stores to 0xffff...ffc0 and faults. Whether that
 // happened depended on where malloc put the code (one heap layout in 16). Volatile element
 // stores keep the compiler from turning the loop back into a memcpy call, and hide from it
-// that the destination is the null address.
+// that the destination is the null address. Only bytes that differ are stored, one at a time:
+// when the page already holds a trampoline, a vfork child (another process on this memory,
+// which no world stop parks) may be running through it, and each of its jumps must read
+// either the old or the new byte. The page must be readable and writable.
 void write_page_zero(const uint8_t* code, size_t size) {
     volatile uint8_t* volatile page = nullptr;
-    for (size_t i = 0; i < size; ++i) page[i] = code[i];
+    for (size_t i = 0; i < size; ++i)
+        if (page[i] != code[i]) page[i] = code[i];
 }
 
 // --- the stub table -----------------------------------------------------------------------
@@ -277,17 +281,14 @@ Result<void> ensure_trampoline() {
     return mapped.error();
 }
 
-// Puts the trampoline in `mode` on page 0, with the world stopped. A vfork child (another
-// process on this memory, which no world stop parks) may still be running through it, so the
-// page stays executable throughout and only differing bytes are stored, one at a time: the
-// landing jumps' displacements (each one byte: a jump reads the old or the new target, both
-// valid) and, when taking over another copy's page, its entry address.
+// Puts the trampoline in `mode` on page 0, with the world stopped. A vfork child may still be
+// running through it (see write_page_zero), so the page stays executable throughout; what
+// changes are the landing jumps' displacements (one byte each: a jump reads the old or the
+// new target, both valid) and, when taking over another copy's page, its entry address.
 bool set_trampoline_mode(TrampolineMode mode) {
     const auto code = trampoline_code(reinterpret_cast<uint64_t>(&liveio_rewrite_entry), mode);
     if (raw_syscall(SYS_mprotect, 0, kPage, PROT_READ | PROT_WRITE | PROT_EXEC) != 0) return false;
-    volatile uint8_t* volatile page = nullptr;  // see write_page_zero
-    for (size_t i = 0; i < code.size(); ++i)
-        if (page[i] != code[i]) page[i] = code[i];
+    write_page_zero(code.data(), code.size());
     return raw_syscall(SYS_mprotect, 0, kPage, PROT_EXEC) == 0;
 }
 
@@ -659,20 +660,22 @@ Result<size_t> SyscallRewriter::rewrite_new_objects() {
 // Clears the handler and returns once no thread is inside it. Threads between the entry and
 // the handler only run liveio code that stays loaded; calls that return by themselves are
 // given a moment; threads sleeping in a call the dispatch made for them (counted in flight, or
-// uncounted when they entered after the handler was cleared) are moved back to their own
-// syscall instruction instead of being waited for, which could be forever (idle threads).
+// uncounted when they entered after the handler was cleared) are evacuated at a world stop
+// instead of being waited for, which could be forever (idle threads).
 static void drain_dispatched_calls() {
     Dispatcher& d = Dispatcher::instance();
     d.clear_handler(Mechanism::SyscallRewrite);
     const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    for (;;) {
+    while (std::chrono::steady_clock::now() < give_up) {
         for (int i = 0; i < 50 && d.in_flight(Mechanism::SyscallRewrite) != 0; ++i)
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
-        auto moved = evacuate_dispatched_calls();
-        const bool none_found = moved && moved->evacuated == 0 && moved->left == 0;
-        if (none_found && d.in_flight(Mechanism::SyscallRewrite) == 0) return;
-        // Without a usable signal, or with threads that block it: wait as long as it takes.
-        if (!moved || std::chrono::steady_clock::now() > give_up) break;
+        if (!threads_sleep_in_dispatch()) {
+            if (d.in_flight(Mechanism::SyscallRewrite) == 0) return;
+            continue;  // threads still run handler code: they leave by themselves
+        }
+        auto stopped = stop_world();
+        if (!stopped) break;  // a thread blocks the signal: wait as long as it takes
+        (*stopped)->resume(evacuate_fixup, nullptr);
     }
     d.detach(Mechanism::SyscallRewrite);
 }
@@ -695,6 +698,7 @@ Result<void> SyscallRewriter::uninstall() {
     auto runs = page_runs(sites_);
     if (!runs) return runs.error();
     pages_ = std::move(runs).value();
+    prepare_evacuation();
     auto stopped = stop_world();
     if (!stopped) return stopped.error();
     const bool restored = patch_sites(pages_, sites_, [](const RewrittenSite& s) { return s.original; });
@@ -704,7 +708,8 @@ Result<void> SyscallRewriter::uninstall() {
     // its signal frame, out of the world stop's reach; it returns there whenever the handler
     // ends. Retired, page 0 sends it on to the restored instruction without liveio's code.
     const bool retired = restored && set_trampoline_mode(TrampolineMode::Retired);
-    (*stopped)->resume(nullptr, nullptr);
+    // Threads the stop found sleeping in a call the dispatch made for them leave it now.
+    (*stopped)->resume(restored ? evacuate_fixup : nullptr, nullptr);
     if (!restored) return make_error(EACCES, "cannot make code pages writable to restore syscall instructions");
     installed_ = false;
     drain_dispatched_calls();

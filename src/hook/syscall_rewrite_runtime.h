@@ -2,6 +2,8 @@
 // per-site stubs through which clone/clone3/vfork are made (see syscall_rewrite.h).
 #pragma once
 
+#include <ucontext.h>
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -48,21 +50,22 @@ static_assert(offsetof(RewriteFrame, previous) == 56 && offsetof(RewriteFrame, x
 inline constexpr uintptr_t kRewriteReturnAddressOffset = 136;  // from the entry's rbp
 inline constexpr uintptr_t kRewriteSiteRspOffset = 144;
 
-// Moves threads that sleep in the kernel in a system call the dispatch makes on their behalf
-// back to their own (restored) syscall instruction. Threads are found through
-// /proc/self/task/*/syscall (blocked with the instruction pointer in the dispatch code) and
-// sent a signal whose handler rewrites the interrupted context: the registers the
-// application had at the site, and either the instruction pointer of the site (the kernel
-// had rewound a restartable call: it is made again, now from the application's code) or the
-// one after it with the call's result (it had returned, e.g. -EINTR for a call a signal
-// handler interrupts, as any signal would). The call's on_exit never runs. Called by
-// uninstall after the sites are restored and the handler cleared; returns how many threads
-// were evacuated; threads that block the signal are left and counted in `left`.
-struct Evacuation {
-    int evacuated = 0;
-    int left = 0;
-};
-Result<Evacuation> evacuate_dispatched_calls();
+// Evacuation: moving threads that sleep in the kernel in a system call the dispatch made on
+// their behalf back to their own (restored) syscall instruction, so that uninstall need not
+// wait for them (an idle thread's futex wait may never return). A world stop (world_stop.h)
+// interrupts their call; this fixup then rewrites the parked thread's context: the registers
+// the application had at the site, and either the instruction pointer of the site (the
+// kernel had rewound a restartable call: it is made again, now from the application's code)
+// or the one after it with the call's result (it had returned, e.g. -EINTR for a call that
+// a signal handler interrupts, as any signal would). The call's on_exit never runs.
+// `context` is unused. Threads elsewhere are left as they are.
+void evacuate_fixup(void* context, ucontext_t* uc);
+// Finds the dispatch code's syscall instructions once (allocates): call before a world stop
+// whose resume uses evacuate_fixup.
+void prepare_evacuation();
+// Whether some other thread of this process sleeps in a system call made by the dispatch code
+// (from /proc/self/task/*/syscall). Evacuation stops the world only then.
+bool threads_sleep_in_dispatch();
 
 // Stubs `syscall; jmp *0(%rip); .quad site+2`, one per rewritten site, looked up by site
 // address from the assembly entry without locks. They are never freed: a vfork parent may

@@ -22,18 +22,15 @@ std::mutex g_stop_mutex;
 std::atomic<int> g_arrived{0};
 std::atomic<int> g_departed{0};
 std::atomic<bool> g_released{false};
-std::atomic<IpFixup> g_fixup{nullptr};
+std::atomic<ContextFixup> g_fixup{nullptr};
 std::atomic<void*> g_fixup_context{nullptr};
 
 void park(int, siginfo_t*, void* uc_raw) {
     const int saved_errno = errno;
     g_arrived.fetch_add(1, std::memory_order_acq_rel);
     while (!g_released.load(std::memory_order_acquire)) raw_syscall(SYS_sched_yield);
-    auto* uc = static_cast<ucontext_t*>(uc_raw);
-    if (IpFixup fixup = g_fixup.load(std::memory_order_acquire)) {
-        auto& rip = uc->uc_mcontext.gregs[REG_RIP];
-        rip = static_cast<greg_t>(fixup(g_fixup_context.load(), static_cast<uintptr_t>(rip)));
-    }
+    if (ContextFixup fixup = g_fixup.load(std::memory_order_acquire))
+        fixup(g_fixup_context.load(), static_cast<ucontext_t*>(uc_raw));
     g_departed.fetch_add(1, std::memory_order_acq_rel);
     errno = saved_errno;
 }
@@ -142,7 +139,7 @@ Result<WorldStop*> WorldStop::stop() {
     return &g_world;
 }
 
-void WorldStop::resume(IpFixup fixup, void* context) {
+void WorldStop::resume(ContextFixup fixup, void* context) {
     g_fixup_context = context;
     g_fixup = fixup;
     g_released.store(true, std::memory_order_release);
