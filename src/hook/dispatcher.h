@@ -21,27 +21,15 @@
 #include <cstdint>
 #include <ctime>
 
+#include "base/raw_syscall.h"
 #include "base/result.h"
 #include "hook/dispatch.h"
 #include "hook/interceptor.h"
 
 namespace liveio::hook {
 
-// A syscall issued by an inline `syscall` instruction in liveio's own code: never routed
-// through any hook (the instruction rewriter skips liveio's own text). Returns -errno on
-// failure, like the kernel.
-inline long raw_syscall(long nr, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0,
-                        long a5 = 0) {
-    long ret;
-    register long r10 asm("r10") = a3;
-    register long r8 asm("r8") = a4;
-    register long r9 asm("r9") = a5;
-    asm volatile("syscall"
-                 : "=a"(ret)
-                 : "a"(nr), "D"(a0), "S"(a1), "d"(a2), "r"(r10), "r"(r8), "r"(r9)
-                 : "rcx", "r11", "memory");
-    return ret;
-}
+// liveio's own, never-intercepted syscalls (base/raw_syscall.h), also for a whole call.
+using liveio::raw_syscall;
 
 inline long raw_syscall(const SyscallCall& c) {
     return raw_syscall(c.nr, c.args[0], c.args[1], c.args[2], c.args[3], c.args[4], c.args[5]);

@@ -1,20 +1,21 @@
 // Raw system calls for the engine. liveio's interceptor redirects libc's I/O wrappers (pread,
-// recv, ...) into this engine; calling those wrappers from here would recurse, so every I/O
-// system call goes through syscall(2) with its number. Results: value, or -errno.
+// recv, ...) and syscall(3) into this engine; calling those from here would recurse, so every
+// system call is an inline `syscall` instruction (base/raw_syscall.h). Results: value, or -errno.
 #pragma once
 
 #include <cerrno>
 #include <cstdint>
 
 #include <sys/syscall.h>
-#include <unistd.h>
+
+#include "base/raw_syscall.h"
 
 namespace liveio::uring::sys {
 
 template <typename... Args>
 inline int64_t call(long number, Args... args) {
-    long r = ::syscall(number, args...);
-    return r < 0 ? -static_cast<int64_t>(errno) : r;
+    static_assert(sizeof...(Args) <= 6, "a syscall takes at most six arguments");
+    return liveio::raw_syscall(number, (long)(args)...);
 }
 
 // Retries EINTR: a signal interrupting a blocking call is not the caller's error.
