@@ -208,6 +208,7 @@ Result<json> Agent::install(const json& spec) {
 Result<json> Agent::uninstall(std::optional<hook::Mechanism> mechanism) {
     std::lock_guard lock(mu_);
     json removed = json::array();
+    json reports = json::object();
     for (auto& slot : interceptors_) {
         if (!slot || (mechanism && slot->mechanism() != *mechanism)) continue;
         const hook::Mechanism m = slot->mechanism();
@@ -216,12 +217,18 @@ Result<json> Agent::uninstall(std::optional<hook::Mechanism> mechanism) {
         if (auto r = slot->uninstall(); !r)
             return make_error(r.error().code, std::string("uninstalling ") + mechanism_name(m) +
                                                   ": " + r.error().message);
+        const hook::UninstallReport report = slot->last_uninstall();
+        json how = {{"moved_out", report.moved_out},
+                    {"world_stops", report.world_stops},
+                    {"waited_ms", report.waited_ms}};
+        if (!report.kept.empty()) how["kept"] = report.kept;
+        reports[mechanism_name(m)] = std::move(how);
         slot.reset();
         removed.push_back(mechanism_name(m));
     }
     if (mechanism && removed.empty())
         return make_error(ENOENT, std::string("mechanism ") + mechanism_name(*mechanism) + " is not installed");
-    return json{{"uninstalled", removed}};
+    return json{{"uninstalled", removed}, {"how", reports}};
 }
 
 json Agent::status() const {
@@ -284,6 +291,7 @@ void Agent::register_builtin_requests() {
                          if (!r) return r.error();
                          Reply reply;
                          reply.result = {{"uninstalled", (*r)["uninstalled"]},
+                                         {"how", (*r)["how"]},
                                          {"unloadable", !options_.resident},
                                          {"control_tid", control_tid_.load()}};
                          if (!options_.library_path.empty())

@@ -119,6 +119,34 @@ bool wait_thread_gone(pid_t pid, pid_t tid) {
     return false;
 }
 
+// Execute-only memory needs protection keys (CPU flag pku, enabled by the kernel: ospke).
+bool cpu_has_protection_keys() {
+    std::ifstream in("/proc/cpuinfo");
+    for (std::string line; std::getline(in, line);) {
+        if (!line.starts_with("flags")) continue;
+        line += ' ';
+        return line.find(" pku ") != std::string::npos && line.find(" ospke ") != std::string::npos;
+    }
+    return false;
+}
+
+// What the uninstall of each mechanism had to do: threads it moved out of calls in progress
+// instead of waiting for them, world stops, time spent waiting for handler code, memory kept.
+std::string describe_uninstall(const json& how) {
+    std::string out;
+    for (auto& [name, h] : how.items()) {
+        std::string part = fmt::format("{}: waited {:.1f} ms for hook code, {} world stop{}", name,
+                                       h.value("waited_ms", 0.0), h.value("world_stops", 0),
+                                       h.value("world_stops", 0) == 1 ? "" : "s");
+        if (const unsigned moved = h.value("moved_out", 0u); moved != 0)
+            part += fmt::format(", moved {} thread{} sleeping in a hooked call back to the application", moved,
+                                moved == 1 ? "" : "s");
+        if (h.contains("kept")) part += "; kept " + h["kept"].get<std::string>();
+        out += (out.empty() ? "" : "; ") + part;
+    }
+    return out;
+}
+
 void cmd_attach(pid_t pid, const InstallArgs& args) {
     auto existing = agent::ControlClient::connect(pid);
     if (!existing && existing.error().code == ESRCH) fail(existing.error().message);
@@ -148,6 +176,11 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
         }
         fail(fmt::format("install {} in {}: {}", args.mechanism, pid, installed.error().message));
     }
+    if (args.mechanism == "rewrite" && !cpu_has_protection_keys())
+        std::printf("note: this CPU has no protection keys, so page 0 (the syscall trampoline) is readable "
+                    "while attached: a NULL read in %d returns trampoline bytes instead of faulting (detach "
+                    "unmaps it)\n",
+                    pid);
     if (injected)
         std::printf("attached to %d: mechanism %s; load pause %.2f ms (%d threads stopped, %d attempt%s)\n",
                     pid, args.mechanism.c_str(), stats.pause_ms, stats.threads, stats.attempts,
@@ -180,9 +213,10 @@ void unload_stopped_agent(pid_t pid, const std::string& path) {
 }
 
 // Why a detach may not finish: threads sleeping in a system call made from the agent's code
-// keep a hook in flight, and the agent waits for them before it answers. Syscall rewriting
-// moves such threads out at a world stop, unless they block its signal. Their instruction
-// pointers (hook::sleeping_threads) are compared with the agent's mappings.
+// (a handler's own blocking call) keep a hook in flight, and the agent waits for them before
+// it answers. Threads sleeping in the original function called from a hook, or in a call the
+// syscall entry made for them, are moved out at a world stop, unless they block its signal.
+// Their instruction pointers (hook::sleeping_threads) are compared with the agent's mappings.
 std::string threads_blocked_in_agent(pid_t pid) {
     std::vector<std::pair<uint64_t, uint64_t>> agent_ranges;
     {
@@ -225,6 +259,8 @@ void cmd_detach(pid_t pid) {
     if (!result.value("unloadable", false)) {
         std::printf("detached from %d: removed %s; agent stays loaded (preloaded by liveio run)\n", pid,
                     removed.empty() ? "nothing" : removed.c_str());
+        if (const std::string how = describe_uninstall(result.value("how", json::object())); !how.empty())
+            std::printf("  %s\n", how.c_str());
         return;
     }
     if (!result.contains("library")) fail("agent did not say where it is loaded; cannot unload it");
@@ -238,6 +274,8 @@ void cmd_detach(pid_t pid) {
     check(hook::unload_library(lib, &stats), "unloading the agent from " + std::to_string(pid));
     std::printf("detached from %d: removed %s; agent unloaded (pause %.2f ms)\n", pid,
                 removed.empty() ? "nothing" : removed.c_str(), stats.pause_ms);
+    if (const std::string how = describe_uninstall(result.value("how", json::object())); !how.empty())
+        std::printf("  %s\n", how.c_str());
 }
 
 void print_status(const json& s) {

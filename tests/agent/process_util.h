@@ -83,11 +83,14 @@ inline CliResult run_cli(const std::vector<std::string>& args) {
 class IoTarget {
 public:
     // `prefix`: e.g. {LIVEIO_CLI_PATH, "run", "--mechanism", "got", "--"}; empty: plain.
-    explicit IoTarget(std::vector<std::string> prefix = {}, int file_threads = 2) : out_(temp_path("target")) {
+    // `extra`: more options of the target (e.g. --idle).
+    explicit IoTarget(std::vector<std::string> prefix = {}, int file_threads = 2, std::vector<std::string> extra = {})
+        : out_(temp_path("target")) {
         std::vector<std::string> argv = std::move(prefix);
         for (const char* a : {LIVEIO_IO_TARGET_PATH, "--report-ms", "200", "--dir", "/tmp", "--threads"})
             argv.push_back(a);
         argv.push_back(std::to_string(file_threads));
+        argv.insert(argv.end(), extra.begin(), extra.end());
         pid_ = spawn(argv, out_);
     }
     ~IoTarget() {
