@@ -419,7 +419,10 @@ void Agent::serve() {
     }
     for (auto& c : conns) ::close(c.fd);
     // Closing the listening socket frees the abstract name at once, so a re-attach that
-    // loads a fresh agent can bind it.
+    // loads a fresh agent can bind it. A child the application is forking right now holds the
+    // descriptor until it execs (close-on-exec): shut the socket down first, so it refuses
+    // connections whoever still holds it.
+    ::shutdown(listen_fd_, SHUT_RDWR);
     ::close(listen_fd_);
     listen_fd_ = -1;
     control_stopped_.store(true, std::memory_order_release);

@@ -228,6 +228,8 @@ protected:
             }
             ASSERT_EQ(a.status, 0) << "cycle " << i << " (" << m << "): " << a.output;
             ASSERT_TRUE(agent_mapped(target.pid())) << "cycle " << i;
+            // The idle threads call again, through the hooks: detach will find them there.
+            ASSERT_TRUE(target.rearm_idle_calls()) << "cycle " << i << ": " << target.output();
             ASSERT_EQ(joined(read_maps(target.pid()).writable_executable), "") << "cycle " << i << " (" << m << ")";
             if (i % 10 == 0) {
                 // Interception is live: the count grows while attached.

@@ -13,8 +13,9 @@
 //
 // Waits use poll() with a timeout before recv(), so the workers never sit in a hooked call for
 // long. --idle adds what servers have: threads blocked in recv() on an idle TCP connection and
-// an idle socketpair and in read() on an idle pipe, for the whole run; at the end each gets
-// one byte, checked. A detach must not wait for them.
+// an idle socketpair and in read() on an idle pipe, for the whole run (SIGUSR1 makes them call
+// again, through the hooks installed by then); at the end each gets one byte, checked. A
+// detach must not wait for them.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -248,15 +249,21 @@ void errno_worker(const std::string& dir) {
     close(pipefd[1]);
 }
 
-// Blocks in `fn` on an idle descriptor until the end of the run, then expects the one byte
-// main writes there.
+// Blocks in recv/read on an idle descriptor. Main writes 'w' there on SIGUSR1 (the thread
+// prints "idle-rearm TID" and makes the call again, so that it is made through whatever hooks
+// are installed now) and 'q' at the end of the run.
 void idle_blocker(int fd, bool socket, const char* what) {
-    char c = 0;
-    ssize_t n;
-    do {
-        n = socket ? recv(fd, &c, 1, 0) : read(fd, &c, 1);
-    } while (n < 0 && errno == EINTR);
-    if (n != 1 || c != 'q') mismatch("%s: idle call returned %zd (errno %d) byte 0x%02x", what, n, errno, c);
+    for (;;) {
+        char c = 0;
+        ssize_t n;
+        do {
+            n = socket ? recv(fd, &c, 1, 0) : read(fd, &c, 1);
+        } while (n < 0 && errno == EINTR);
+        if (n == 1 && c == 'q') return;
+        if (n != 1 || c != 'w') mismatch("%s: idle call returned %zd (errno %d) byte 0x%02x", what, n, errno, c);
+        std::printf("idle-rearm %ld\n", static_cast<long>(gettid()));
+        std::fflush(stdout);
+    }
 }
 
 void print_counts(const char* tag) {
@@ -307,6 +314,7 @@ int main(int argc, char** argv) {
     sigemptyset(&stop_set);
     sigaddset(&stop_set, SIGTERM);
     sigaddset(&stop_set, SIGINT);
+    sigaddset(&stop_set, SIGUSR1);  // --idle: rearm the idle calls
     pthread_sigmask(SIG_BLOCK, &stop_set, nullptr);
 
     std::vector<std::thread> workers;
@@ -349,6 +357,10 @@ int main(int argc, char** argv) {
         timespec wait{wait_ms / 1000, (wait_ms % 1000) * 1000000};
         const int sig = sigtimedwait(&stop_set, nullptr, &wait);
         if (sig == SIGTERM || sig == SIGINT) break;
+        if (sig == SIGUSR1 && idle) {
+            for (int fd : {idle_tcp[1], idle_sp[1], idle_pipe[1]})
+                if (write(fd, "w", 1) != 1) mismatch("rearming an idle thread: %s", strerror(errno));
+        }
         const long now = now_ms();
         if (now >= next_report) {
             print_counts("counts");
