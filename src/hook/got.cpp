@@ -101,6 +101,7 @@ public:
 
     Result<void> uninstall() override {
         if (!installed_) return {};
+        Dispatcher::ScopedInside inside;  // this thread's own I/O is liveio's
         Result<void> first_error;
         for (auto& s : slots_) {
             if (auto r = store(s.slot, s.original_value); !r && first_error) first_error = r;

@@ -21,6 +21,9 @@ void move_out_of_trampolines(void* hooks, ucontext_t* uc) {
 // themselves, the wrappers are drained (threads sleeping in an original are moved out) and,
 // once a world stop found no thread in the trampolines or on its way there, they are unmapped.
 Result<UninstallReport> remove_and_drain(InlineHooks& hooks, const std::vector<std::pair<void**, void*>>& originals) {
+    // This thread's own reads (/proc/self/maps, the text files) must reach the kernel, not a
+    // handler that may answer them.
+    Dispatcher::ScopedInside inside;
     if (auto r = hooks.remove(); !r) return r.error();
     for (auto [where, function] : originals) __atomic_store_n(where, function, __ATOMIC_RELEASE);
     auto drained = drain_libc_hooks(Mechanism::Inline, move_out_of_trampolines, &hooks);
@@ -84,6 +87,7 @@ Result<std::unique_ptr<Interceptor>> install_inline(const InterceptOptions& opti
         specs.push_back({target, it->wrapper});
         chosen.push_back(&*it);
     }
+    Dispatcher::ScopedInside inside;  // this thread's own I/O while patching is liveio's
     if (auto r = Dispatcher::instance().attach(Mechanism::Inline, handler); !r) return r.error();
     auto hooks = InlineHooks::prepare(specs, TrampolineLifetime::Owned);
     if (!hooks) {

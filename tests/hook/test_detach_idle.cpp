@@ -4,6 +4,7 @@
 // mechanism mapped remains: no trampoline, no writable+executable mapping at any time.
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -11,6 +12,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -154,6 +156,68 @@ TEST_P(IdleDetach, CallsReturningWhileInstalledAreSeen) {
     EXPECT_EQ(seen, 1);
     close(fds[0]);
     close(fds[1]);
+}
+
+// Uninstall reads /proc/self/maps and the text files: a handler answering every read of the
+// process (with 0 bytes) must not see them.
+class AnsweringReads : public CallHandler {
+public:
+    bool on_enter(SyscallCall& call, SyscallResult& result) override {
+        if (call.nr != SYS_read) return false;
+        result = 0;
+        return true;
+    }
+    void on_exit(const SyscallCall&, SyscallResult, uint64_t) override {}
+};
+
+TEST_P(IdleDetach, UninstallWhileTheHandlerAnswersEveryRead) {
+    const Case c = GetParam();
+    AnsweringReads h;
+    auto icpt = Interceptor::install(options_for(c), &h);
+    ASSERT_TRUE(icpt.ok()) << icpt.error().message;
+    int p[2];
+    ASSERT_EQ(pipe(p), 0);
+    ASSERT_EQ(write(p[1], "x", 1), 1);
+    char b = 0;
+    if (c.mechanism == Mechanism::Inline) EXPECT_EQ(read(p[0], &b, 1), 0);  // answered
+    auto r = (*icpt)->uninstall();
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_EQ(read(p[0], &b, 1), 1);
+    EXPECT_EQ(b, 'x');
+    close(p[0]);
+    close(p[1]);
+}
+
+// After install and uninstall, a forked child of the process starts threads and does I/O.
+TEST_P(IdleDetach, ForkedChildWorksAfterUninstall) {
+    const Case c = GetParam();
+    RecordingHandler h;
+    for (int round = 0; round < 2; ++round) {
+        auto icpt = Interceptor::install(options_for(c), &h);
+        ASSERT_TRUE(icpt.ok()) << icpt.error().message;
+        char b;
+        (void)!read(-1, &b, 1);
+        ASSERT_TRUE((*icpt)->uninstall().ok());
+    }
+    const pid_t child = fork();
+    if (child == 0) {
+        std::vector<std::thread> threads;
+        for (int i = 0; i < 8; ++i)
+            threads.emplace_back([] {
+                int p[2];
+                if (pipe(p) != 0) _exit(3);
+                for (int k = 0; k < 100; ++k) {
+                    char x = 'a';
+                    if (write(p[1], &x, 1) != 1 || read(p[0], &x, 1) != 1) _exit(4);
+                    usleep(100);
+                }
+            });
+        for (auto& t : threads) t.join();
+        _exit(0);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(child, &status, 0), child);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child status " << status;
 }
 
 INSTANTIATE_TEST_SUITE_P(Mechanisms, IdleDetach,
