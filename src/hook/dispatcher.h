@@ -130,14 +130,13 @@ public:
         inside_ = true;
         count_call(slot);
         const int saved_errno = errno;  // the handler's own libc calls must not leak errno
-        const uint64_t start = slot.timed.load(std::memory_order_relaxed) ? now_ns() : 0;
-        SyscallResult result = 0;
-        if (!handler->on_enter(call, result)) result = raw_syscall(call);
-        handler->on_exit(call, result, start);
+        CallFrame frame{call, 0, slot.timed.load(std::memory_order_relaxed) ? now_ns() : 0, 0};
+        if (!handler->on_enter(frame)) frame.result = raw_syscall(frame.call);
+        handler->on_exit(frame);
         errno = saved_errno;
         inside_ = false;
         leave(mechanism, record);
-        return result;
+        return frame.result;
     }
 
     static uint64_t now_ns() {

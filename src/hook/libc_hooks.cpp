@@ -206,8 +206,7 @@ struct Action {
 struct PendingCall {
     uintptr_t slot;        // stack address holding liveio_libc_return
     uintptr_t app_return;  // what the application's call pushed there
-    SyscallCall call;
-    uint64_t start_ns;
+    CallFrame frame;       // as on_enter left it
     uint32_t epoch;
     uint8_t mechanism;
     uint8_t function;
@@ -263,6 +262,7 @@ SyscallCall describe(int id, const ThunkFrame* f) {
 }  // namespace liveio::hook
 
 using liveio::hook::Action;
+using liveio::hook::CallFrame;
 using liveio::hook::Dispatcher;
 using liveio::hook::Mechanism;
 using liveio::hook::PendingCall;
@@ -289,12 +289,12 @@ liveio_libc_enter(ThunkFrame* f) {
         d.end_handler_call(mechanism);
         return {2, reinterpret_cast<uint64_t>(original)};
     }
-    SyscallCall call = liveio::hook::describe(id, f);
+    liveio::hook::CallFrame frame{liveio::hook::describe(id, f), 0, start, 0};
     const int caller_errno = errno;
-    SyscallResult result = 0;
-    if (handler->on_enter(call, result)) {
-        handler->on_exit(call, result, start);
+    if (handler->on_enter(frame)) {
+        handler->on_exit(frame);
         d.end_handler_call(mechanism);
+        const SyscallResult result = frame.result;
         errno = result < 0 ? static_cast<int>(-result) : caller_errno;
         return {0, static_cast<uint64_t>(result < 0 ? -1 : result)};
     }
@@ -305,7 +305,7 @@ liveio_libc_enter(ThunkFrame* f) {
     for (int i = 0; i < depth; ++i)
         if (t->calls[i].slot == slot) top = i;
     liveio_libc_calling -= static_cast<uint64_t>(depth - top);  // they never return
-    t->calls[top] = {slot,  f->app_return, call, start, d.epoch(mechanism), static_cast<uint8_t>(mechanism),
+    t->calls[top] = {slot, f->app_return, frame, d.epoch(mechanism), static_cast<uint8_t>(mechanism),
                      static_cast<uint8_t>(id)};
     t->depth.store(top + 1, std::memory_order_relaxed);
     d.end_handler_call(mechanism);  // publishes the kept call (release)
@@ -331,7 +331,9 @@ liveio_libc_exit(long ret, uintptr_t stack_after_return) {
         if (d.epoch(mechanism) == c.epoch) {
             // int-returning functions leave the upper half of rax undefined.
             const long value = liveio::hook::kInfo[c.function].returns_int ? static_cast<int32_t>(ret) : ret;
-            h->on_exit(c.call, value == -1 ? -ret_errno : value, c.start_ns);
+            liveio::hook::CallFrame frame = c.frame;
+            frame.result = value == -1 ? -ret_errno : value;
+            h->on_exit(frame);
         }
         d.end_handler_call(mechanism);
     }

@@ -162,12 +162,12 @@ TEST_P(IdleDetach, CallsReturningWhileInstalledAreSeen) {
 // process (with 0 bytes) must not see them.
 class AnsweringReads : public CallHandler {
 public:
-    bool on_enter(SyscallCall& call, SyscallResult& result) override {
-        if (call.nr != SYS_read) return false;
-        result = 0;
+    bool on_enter(CallFrame& frame) override {
+        if (frame.call.nr != SYS_read) return false;
+        frame.result = 0;
         return true;
     }
-    void on_exit(const SyscallCall&, SyscallResult, uint64_t) override {}
+    void on_exit(CallFrame&) override {}
 };
 
 TEST_P(IdleDetach, UninstallWhileTheHandlerAnswersEveryRead) {
