@@ -78,8 +78,8 @@
 //     thread sleeping at that moment in a call that returns EINTR directly instead of
 //     restarting (epoll_wait, a socket call with SO_RCVTIMEO/SO_SNDTIMEO) sees one EINTR, as
 //     if a signal with a handler had arrived; restartable calls are restarted by the kernel.
-//     While a ring lives, no such work is queued: rings are SINGLE_ISSUER|DEFER_TASKRUN, so
-//     completion work waits for the owner's io_uring_enter.
+//     While a ring lives, its task work (COOP_TASKRUN) is queued only for an op in flight,
+//     i.e. while its thread waits inside execute(), in a read(2) the kernel then restarts.
 //   MSG_* flags pass to the kernel unchanged, except MSG_WAITALL (native semantics under
 //     signals differ: FallbackReason::Flags). recvfrom with an address and sendto with a
 //     destination fall back (FallbackReason::Arguments): the address length is an in/out user
