@@ -6,7 +6,8 @@
 // API
 // ---
 //   auto redirect = UringRedirect::create(options);        // Result<unique_ptr<UringRedirect>>
-//   bool taken = redirect->execute(call, result);          // from a CallHandler::on_enter
+//   bool taken = redirect->execute(frame);                 // from a Redirector::redirect(frame)
+//   bool taken = redirect->execute(call, result);          // or with the bare call and result
 //   redirect->stats();                                     // redirected / fallbacks by reason
 //   redirect->shutdown();  (or destroy it)                 // no thread inside afterwards
 // execute() takes the kernel's view of a call (hook::SyscallCall: syscall number + raw
@@ -149,6 +150,9 @@ public:
     // Performs `call` through the calling thread's ring and stores the kernel-convention result;
     // false: the native call must run (the reason is counted).
     bool execute(hook::SyscallCall& call, hook::SyscallResult& result);
+    // The same for the agent's call pipeline (hook::CallFrame, agent/call_pipeline.h): a
+    // Redirector's redirect(frame) is `return executor.execute(frame);`. frame.word is unused.
+    bool execute(hook::CallFrame& frame) { return execute(frame.call, frame.result); }
 
     // Destroys the rings of threads that have exited; returns how many.
     size_t reclaim_exited();
