@@ -22,6 +22,10 @@
 #define KNOB_MIN_READ 3
 #define KNOB_CLASSES 4
 #define KNOB_ADAPT 5
+#define KNOB_OPEN_KB 6
+
+#define NR_OPEN 2
+#define NR_OPENAT 257
 
 #define NR_READ 0
 #define NR_PREAD64 17
@@ -100,14 +104,44 @@ static __always_inline void count(__u32 i)
         __sync_fetch_and_add(c, 1);
 }
 
+/* Per thread: 1 while its streams start with whole-buffer reads (scans), 0 after a range
+ * read. A scanning thread's next data file is prefetched from its start when opened: the
+ * first read of every column of a part would otherwise wait on the disk one after another. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 1024);
+    __type(key, __u32);
+    __type(value, __u64);
+} scanning SEC(".maps");
+
+static __always_inline int data_file(const struct liveio_io_ctx *io)
+{
+    return io->file_class < 64 && ((knob_or(KNOB_CLASSES, 1u << LIVEIO_CLASS_CH_BIN) >> io->file_class) & 1);
+}
+
+static __always_inline void on_open(const struct liveio_io_ctx *io)
+{
+    __u32 tid = io->tid;
+    __u64 *scan = bpf_map_lookup_elem(&scanning, &tid);
+    __u64 len = knob_or(KNOB_OPEN_KB, 1024) << 10;
+    if (!scan || !*scan || io->result < 0 || !data_file(io))
+        return;
+    if (liveio_prefetch(io->result, 0, len) == 0)
+        count(4);
+    else
+        count(5);
+}
+
 SEC("liveio/io_exit")
 int prefetch_on_read(struct liveio_io_ctx *io)
 {
+    if (io->nr == NR_OPEN || io->nr == NR_OPENAT) {
+        on_open(io);
+        return 0;
+    }
     if (io->nr != NR_READ && io->nr != NR_PREAD64)
         return 0;
-    if (io->result <= 0 || io->fd < 0)
-        return 0;
-    if (io->file_class >= 64 || !((knob_or(KNOB_CLASSES, 1u << LIVEIO_CLASS_CH_BIN) >> io->file_class) & 1))
+    if (io->result <= 0 || io->fd < 0 || !data_file(io))
         return 0;
     if ((__u64)io->result < knob_or(KNOB_MIN_READ, 4096))
         return 0;
@@ -127,7 +161,10 @@ int prefetch_on_read(struct liveio_io_ctx *io)
     if (!s || s->file_id != io->file_id) {
         struct stream fresh = {.file_id = io->file_id, .next = end, .stride = 0, .until = end, .reads = 1};
         /* A first read that filled the caller's whole buffer is a scan: go ahead at once. */
-        if ((__u64)io->result == io->count && io->count >= (512 << 10)) {
+        __u32 tid = io->tid;
+        __u64 scan = (__u64)io->result == io->count && io->count >= (512 << 10);
+        bpf_map_update_elem(&scanning, &tid, &scan, BPF_ANY);
+        if (scan) {
             if (liveio_prefetch(io->fd, end, depth) == 0) {
                 fresh.until = end + depth;
                 count(4);

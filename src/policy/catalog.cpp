@@ -50,6 +50,7 @@ const std::vector<PolicyDef>& catalog() {
              // ClickHouse glue: column files (*.bin) are the data files by default.
              {"classes", 4, 1u << LIVEIO_CLASS_CH_BIN, "bit mask of file classes (1 << enum liveio_file_class)"},
              {"adapt", 5, 1, "1: adapt the depth to used/wasted feedback; 0: fixed depth"},
+             {"open_kb", 6, 1024, "a scanning thread's newly opened data file: prefetch its first KiB (0: off)"},
              {"budget_mb", kRuntimeKnob, 256, "bytes in flight on the I/O thread, all policies (MiB)"},
          }},
     };

@@ -34,11 +34,12 @@ uint64_t now_ns() {
 }
 
 // The regular file behind `fd` as an id (st_dev << 32 ^ st_ino, the agent's FdInfo::file_id),
-// or 0 when `fd` is not open or not a regular file.
-uint64_t regular_file_id(int fd) {
+// or 0 when `fd` is not open or not a regular file; `size` receives its size.
+uint64_t regular_file_id(int fd, uint64_t* size = nullptr) {
     struct stat st {};
     if (liveio::raw_syscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0) return 0;
     if (!S_ISREG(st.st_mode)) return 0;
+    if (size != nullptr) *size = static_cast<uint64_t>(st.st_size);
     return (static_cast<uint64_t>(st.st_dev) << 32) ^ static_cast<uint64_t>(st.st_ino);
 }
 
@@ -162,7 +163,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     };
     auto drop = [&](const Action& a) { sink_.dropped(a); };
     // Turns an action into a submitted op, or drops it.
-    auto issue = [&](const Action& a) {
+    auto issue = [&](Action a) {
         if (stop_.load(std::memory_order_relaxed) || !sink_.admit(a)) return drop(a);
         if (a.len == 0 || a.offset < 0 || a.len > kMaxActionBytes || (a.kind == Action::Kind::Read && a.len > (1u << 20)))
             return drop(a);
@@ -170,10 +171,17 @@ void IoWorker::run(std::promise<Result<void>>* started) {
             ++budget_drops;
             return drop(a);
         }
-        const uint64_t file_id = regular_file_id(a.fd);
+        uint64_t size = 0;
+        const uint64_t file_id = regular_file_id(a.fd, &size);
         if (file_id == 0) {
             ++not_regular;
             return drop(a);
+        }
+        // Nothing to read past the end: a prefetch covers what exists now (a file growing
+        // later is read by the target's own calls).
+        if (a.kind == Action::Kind::Prefetch) {
+            if (static_cast<uint64_t>(a.offset) >= size) return drop(a);
+            if (a.len > size - static_cast<uint64_t>(a.offset)) a.len = size - static_cast<uint64_t>(a.offset);
         }
         const unsigned index = free_slots.back();
         Slot& s = slots[index];
