@@ -12,10 +12,58 @@ void PolicyHost::off_all() {
     hook::Dispatcher::ScopedInside inside;
     std::lock_guard lock(mu_);
     while (!active_.empty()) (void)off_locked(active_.begin()->first);
-    if (runtime_) {
-        bpf_.set_policy_runtime(nullptr);
-        runtime_.reset();  // joins the I/O thread, closes its ring
+    stop_runtime();
+}
+
+bool PolicyHost::PolicyRedirector::redirect(CallFrame& frame) {
+    uint8_t slot = 0;
+    if (!policy::Runtime::take_redirect(slot)) return false;
+    policy::Runtime* rt = host_.live_.load(std::memory_order_acquire);
+    if (rt == nullptr) return false;
+    if (policy::Redirector* executor = rt->redirector(); executor != nullptr && executor->run(frame)) return true;
+    rt->count_fallback(slot);
+    return false;
+}
+
+Result<void> PolicyHost::start_runtime() {
+    if (runtime_) return {};
+    auto rt = policy::Runtime::create({});
+    if (!rt) return make_error(rt.error().code, "cannot start the policy runtime: " + rt.error().message);
+    runtime_ = std::move(rt).value();
+    live_.store(runtime_.get(), std::memory_order_release);
+    bpf_.set_policy_runtime(runtime_.get());
+    if (executor_ != nullptr) {
+        runtime_->set_redirector(executor_);
+        if (auto r = pipeline_.set_redirector(&redirector_); !r) {
+            stop_runtime();
+            return make_error(r.error().code, "the call pipeline's redirector slot is taken: " + r.error().message);
+        }
     }
+    return {};
+}
+
+Result<void> PolicyHost::set_executor(policy::Redirector* executor) {
+    std::lock_guard lock(mu_);
+    if (executor_ == executor) return {};
+    if (runtime_) {
+        // Calls may be inside the old executor: empty the slot (grace period) first.
+        if (pipeline_.redirector() == &redirector_) pipeline_.clear_redirector();
+        runtime_->set_redirector(executor);
+        if (executor != nullptr)
+            if (auto r = pipeline_.set_redirector(&redirector_); !r) return r;
+    }
+    executor_ = executor;
+    return {};
+}
+
+void PolicyHost::stop_runtime() {
+    if (!runtime_) return;
+    // Nobody reaches the runtime any more once these return: the slot is cleared with a
+    // grace period, the BPF host's exit edge loads the pointer on every call.
+    if (pipeline_.redirector() == &redirector_) pipeline_.clear_redirector();
+    bpf_.set_policy_runtime(nullptr);
+    live_.store(nullptr, std::memory_order_release);
+    runtime_.reset();  // joins the I/O thread, closes its ring
 }
 
 Result<json> PolicyHost::on(const std::string& name, const std::string& object_path,
@@ -33,12 +81,7 @@ Result<json> PolicyHost::on(const std::string& name, const std::string& object_p
         if (!parsed) return parsed.error();
         a.knobs[parsed->first->name] = parsed->second;
     }
-    if (!runtime_) {
-        auto rt = policy::Runtime::create({});
-        if (!rt) return make_error(rt.error().code, "cannot start the policy runtime: " + rt.error().message);
-        runtime_ = std::move(rt).value();
-        bpf_.set_policy_runtime(runtime_.get());
-    }
+    if (auto r = start_runtime(); !r) return r.error();
     auto loaded = bpf_.load({object_path, ebpf::Engine::Jit, {}});
     if (!loaded) return make_error(loaded.error().code, "policy '" + name + "': " + loaded.error().message);
     a.object = (*loaded)["object"].get<uint32_t>();
@@ -91,11 +134,8 @@ Result<json> PolicyHost::off(const std::string& name) {
     json last;
     if (auto it = active_.find(name); it != active_.end() && runtime_) last = runtime_->counters(it->second.slot).to_json();
     if (auto r = off_locked(name); !r) return r.error();
-    if (active_.empty() && runtime_) {
-        // The last policy: stop the I/O thread too, so an idle agent runs no thread of ours.
-        bpf_.set_policy_runtime(nullptr);
-        runtime_.reset();
-    }
+    // The last policy: stop the I/O thread too, so an idle agent runs no thread of ours.
+    if (active_.empty()) stop_runtime();
     return json{{"policy", name}, {"on", false}, {"final", last}};
 }
 
