@@ -22,6 +22,7 @@
 #include "base/result.h"
 #include "policy/catalog.h"
 #include "policy/runtime.h"
+#include "policy/uring_executor.h"
 
 namespace liveio::agent {
 
@@ -56,7 +57,10 @@ private:
         std::map<std::string, uint64_t> knobs;
     };
     Result<void> off_locked(const std::string& name);
+    Result<nlohmann::json> on_locked_or_undo(const std::string& name, const std::string& object_path,
+                                             const std::vector<std::string>& settings);
     Result<void> start_runtime();  // mu_ held
+    Result<void> set_executor_locked(policy::Redirector* executor);
     void stop_runtime();           // mu_ held
 
     // The pipeline's redirector while a policy runtime exists: performs the calls a program
@@ -75,6 +79,8 @@ private:
     PolicyRedirector redirector_;
     std::atomic<policy::Runtime*> live_{nullptr};  // runtime_, for the redirector
     policy::Redirector* executor_ = nullptr;
+    // The `uring` policy's executor, while that policy is on.
+    std::unique_ptr<policy::UringExecutor> uring_;
     mutable std::mutex mu_;
     std::unique_ptr<policy::Runtime> runtime_;
     std::map<std::string, Active> active_;
