@@ -12,11 +12,20 @@
 #include <exception>
 #include <vector>
 
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "hook/dispatcher.h"
 #include "hook/world_stop.h"
 
 namespace liveio::agent {
+
+using control::LineBuffer;
+using control::kMaxRequestBytes;
+using control::control_socket_name;
+using control::kAgentVersion;
+using control::kProtocolVersion;
+using control::make_error_response;
+using control::make_ok;
+
 namespace {
 
 using nlohmann::json;

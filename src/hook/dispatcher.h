@@ -80,9 +80,10 @@ public:
 
     // A hooked libc-level call. `original` performs the call through the original libc
     // function and returns its libc-convention result (-1 and errno on failure); when the
-    // call is passed through, its result and errno reach the caller unchanged.
+    // call is passed through, its result and errno reach the caller unchanged. `frame` holds
+    // the call as the kernel would see it (built in place by the hook: {nr, {args...}}).
     template <typename Original>
-    long call_libc(Mechanism mechanism, SyscallCall call, Original&& original) {
+    long call_libc(Mechanism mechanism, CallFrame&& frame, Original&& original) {
         Slot& slot = slots_[index(mechanism)];
         if (inside_) return original();
         // Enter before reading the handler: detach() clears the handler, then waits until no
@@ -96,7 +97,7 @@ public:
         inside_ = true;
         count_call(slot);
         const int caller_errno = errno;
-        CallFrame frame{call, 0, slot.timed.load(std::memory_order_relaxed) ? now_ns() : 0, 0};
+        if (slot.timed.load(std::memory_order_relaxed)) frame.start_ns = now_ns();
         long ret;
         int ret_errno;
         if (handler->on_enter(frame)) {
