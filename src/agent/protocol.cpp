@@ -43,7 +43,9 @@ nlohmann::json make_error_response(const nlohmann::json& id, const Error& error)
 }
 
 std::string render_response(const nlohmann::json& response) {
-    return response.dump() + "\n";
+    // Replies carry names from BPF objects (ELF symbols and sections: arbitrary bytes); dump()
+    // would throw on bytes that are not UTF-8 and end the control thread, so they become U+FFFD.
+    return response.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 std::string answer_request_line(const RequestRouter& router, std::string_view line, Reply& reply) {
