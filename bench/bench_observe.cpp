@@ -33,7 +33,8 @@
 #include <functional>
 
 #include "agent/bpf_host.h"
-#include "agent/protocol.h"
+#include "agent/call_pipeline.h"
+#include "control/protocol.h"
 #include "liveio/io_stats.h"
 #include "bench.h"
 #include "clickhouse/dataset.h"
@@ -43,7 +44,7 @@
 #include "kernel_probe.h"
 #include <bpf/bpf.h>
 #include "observe/bpf_client.h"
-#include "self_exec.h"
+#include "control/self_exec.h"
 
 namespace liveio::bench {
 namespace {
@@ -52,6 +53,7 @@ using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 namespace ch = liveio::clickhouse;
 namespace fs = std::filesystem;
+using control::run_liveio;
 
 struct ObserveOptions {
     uint64_t rows = ch::DatasetOptions{}.rows;
@@ -81,7 +83,7 @@ public:
             o.note_ = "hooks and agent counters only (" + io_stats.error().message + ")";
             return o;
         }
-        auto client = agent::ControlClient::connect(pid);
+        auto client = control::ControlClient::connect(pid);
         if (!client) return o.fail_with(client.error());
         auto loaded = observe::BpfClient(*client).load(io_stats.value());
         if (!loaded) {
@@ -101,7 +103,7 @@ public:
     // Runs of the io_stats program so far (nothing without the program).
     std::optional<uint64_t> program_runs() const {
         if (!object_) return std::nullopt;
-        auto client = agent::ControlClient::connect(pid_);
+        auto client = control::ControlClient::connect(pid_);
         if (!client) return std::nullopt;
         auto objects = observe::BpfClient(*client).list();
         if (!objects) return std::nullopt;
@@ -116,7 +118,7 @@ public:
         if (!pid_) return {};
         const pid_t pid = std::exchange(pid_, 0);
         if (object_)
-            if (auto client = agent::ControlClient::connect(pid))
+            if (auto client = control::ControlClient::connect(pid))
                 if (auto r = observe::BpfClient(*client).unload(*object_); !r) return r.error();
         auto detached = run_liveio({"detach", std::to_string(pid)});
         if (!detached) return detached.error();
@@ -264,11 +266,11 @@ double ns_per_pread(int fd, int iterations) {
 class CountingHandler : public hook::CallHandler {
 public:
     std::atomic<uint64_t> calls{0};
-    bool on_enter(hook::SyscallCall&, hook::SyscallResult&) override {
+    bool on_enter(hook::CallFrame&) override {
         calls.fetch_add(1, std::memory_order_relaxed);
         return false;
     }
-    void on_exit(const hook::SyscallCall&, hook::SyscallResult, uint64_t) override {}
+    void on_exit(hook::CallFrame&) override {}
     bool wants_start_time() const override { return false; }
 };
 
@@ -305,6 +307,7 @@ struct Variant {
 // syscall number, for checking that the program saw the calls.
 struct HostWithProgram {
     std::unique_ptr<agent::BpfHost> host;
+    std::unique_ptr<agent::CallPipeline> pipeline;  // the host as the agent runs it
     std::shared_ptr<ebpf::Map> counts;
     std::string error;
 
@@ -315,6 +318,7 @@ struct HostWithProgram {
             return;
         }
         host = std::move(*h);
+        pipeline = std::make_unique<agent::CallPipeline>(std::initializer_list<agent::CallObserver*>{host.get()});
         if (!engine) return;
         if (!object) {
             error = object.error().message;
@@ -372,7 +376,7 @@ std::optional<double> per_call_cost(const ObserveOptions& o) {
         if (!h.error.empty()) {
             v.install = [&h]() -> Result<std::function<void()>> { return make_error(EINVAL, h.error); };
         } else {
-            v.install = hooked(h.host.get());
+            v.install = hooked(h.pipeline.get());
         }
         v.verify = [&h, program] { return !program || h.pread_calls() ? "" : std::string("the program counted no pread64"); };
         variants.push_back(std::move(v));

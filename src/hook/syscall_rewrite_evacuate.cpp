@@ -12,8 +12,8 @@
 #include <cstring>
 #include <vector>
 
+#include "base/proc_tasks.h"
 #include "hook/dispatcher.h"
-#include "hook/inject.h"
 #include "hook/syscall_rewrite.h"
 #include "hook/syscall_rewrite_runtime.h"
 

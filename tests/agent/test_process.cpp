@@ -13,9 +13,11 @@
 
 #include "agent/mmap_min_addr.h"
 #include "agent/process_util.h"
-#include "agent/protocol.h"
+#include "control/protocol.h"
 
 namespace liveio::agent {
+
+using control::ControlClient;
 namespace {
 
 using nlohmann::json;

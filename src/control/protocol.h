@@ -26,7 +26,7 @@
 #include "agent/router.h"
 #include "base/result.h"
 
-namespace liveio::agent {
+namespace liveio::control {
 
 inline constexpr int kProtocolVersion = 1;
 inline constexpr const char* kAgentVersion = "0.1";
@@ -101,4 +101,4 @@ private:
     std::vector<int> fds_;
 };
 
-}  // namespace liveio::agent
+}  // namespace liveio::control
