@@ -12,6 +12,7 @@
 #include <exception>
 #include <vector>
 
+#include "agent/request_line.h"
 #include "control/protocol.h"
 #include "hook/dispatcher.h"
 #include "hook/world_stop.h"
@@ -25,6 +26,7 @@ using control::kAgentVersion;
 using control::kProtocolVersion;
 using control::make_error_response;
 using control::make_ok;
+using control::render_response;
 
 namespace {
 

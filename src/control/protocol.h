@@ -23,7 +23,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/router.h"
 #include "base/result.h"
 
 namespace liveio::control {
@@ -57,12 +56,6 @@ nlohmann::json make_error_response(const nlohmann::json& id, const Error& error)
 // A response as the line sent on the socket (newline included).
 std::string render_response(const nlohmann::json& response);
 
-// The agent's side of one request line: parses and checks it (a JSON object with the integer
-// "v" equal to kProtocolVersion and a string "cmd"), dispatches it on `router` and renders the
-// response line. On success `reply` holds the handler's descriptors and after-reply work (the
-// caller sends the descriptors with the line, closes them, then runs the work). Never throws:
-// whatever the line holds and whatever the handler does, the answer is a response line.
-std::string answer_request_line(const RequestRouter& router, std::string_view line, Reply& reply);
 
 // A connection from the CLI (or a test) to one agent.
 class ControlClient {

@@ -12,7 +12,8 @@
 #include <string_view>
 
 #include "agent/bpf_host.h"
-#include "agent/protocol.h"
+#include "agent/request_line.h"
+#include "control/protocol.h"
 #include "agent/router.h"
 
 using namespace liveio;
@@ -44,7 +45,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }();
     (void)host;
 
-    agent::LineBuffer in(agent::kMaxRequestBytes);
+    control::LineBuffer in(control::kMaxRequestBytes);
     size_t pos = 0;
     while (pos < size && !in.overflowed()) {
         const size_t len = std::min<size_t>(data[pos], size - pos - 1);
