@@ -19,8 +19,19 @@ if ((${#missing[@]})); then
   fi
   echo "liveio: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  # apt's progress is hundreds of lines: kept in a log, shown only when apt fails.
+  log=$(mktemp /tmp/liveio-apt.XXXXXX)
+  # Another apt/dpkg (unattended-upgrades, a second terminal) may hold the dpkg lock: wait
+  # for it (up to 10 minutes) instead of failing.
+  apt_opts=(-o DPkg::Lock::Timeout=600)
   # The clickhouse-server package tries to start its service; there is no init here and
   # we never want the system instance anyway (liveio starts private servers).
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  if ! { apt-get "${apt_opts[@]}" update -qq &&
+         apt-get "${apt_opts[@]}" install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "liveio: apt-get failed (full log: $log)" >&2
+    exit 1
+  fi
+  rm -f "$log"
+  echo "liveio: installed ${#missing[@]} packages"
 fi
