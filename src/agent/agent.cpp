@@ -110,6 +110,8 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentOptions options) {
     if (!bpf) return bpf.error();
     agent->bpf_ = std::move(bpf).value();
     if (auto r = agent->bpf_->register_requests(agent->router_); !r) return r.error();
+    agent->policies_ = std::make_unique<PolicyHost>(*agent->bpf_);
+    if (auto r = agent->policies_->register_requests(agent->router_); !r) return r.error();
 
     // The control thread inherits this mask: the application's asynchronous signals are
     // delivered to its own threads, never to ours. The world-stop signal stays deliverable
@@ -153,6 +155,7 @@ Result<void> Agent::open_socket() {
 
 Agent::~Agent() {
     stop_control();
+    policies_.reset();  // drains the I/O thread before the programs go
     if (bpf_) bpf_->unload_all();
     (void)uninstall(std::nullopt);
     hook::Dispatcher::ScopedInside inside;
@@ -243,6 +246,7 @@ json Agent::status() const {
                 {"resident", options_.resident},
                 {"mechanisms", mechanisms},
                 {"calls", counters_.snapshot()},
+                {"policies", policies_ ? policies_->list() : json::object()},
                 {"requests", router_.describe()}};
     if (!options_.library_path.empty())
         out["library"] = {{"path", options_.library_path}, {"handle", options_.library_handle}};
@@ -279,7 +283,8 @@ void Agent::register_builtin_requests() {
                      }));
     must(router_.add("detach", "uninstall everything and stop serving, so the library can be unloaded",
                      [this](const json&) -> Result<Reply> {
-                         bpf_->unload_all();  // programs, maps and uprobes go before the library
+                         policies_->off_all();  // drained: nothing in flight, no liveio-io thread
+                         bpf_->unload_all();     // programs, maps and uprobes go before the library
                          auto r = uninstall(std::nullopt);
                          if (!r) return r.error();
                          Reply reply;

@@ -25,6 +25,7 @@
 
 #include "agent/bpf_host.h"
 #include "agent/call_counters.h"
+#include "agent/policy_host.h"
 #include "agent/router.h"
 #include "base/result.h"
 #include "hook/interceptor.h"
@@ -66,6 +67,8 @@ public:
     // The BPF program host: the handler every installed mechanism calls (it forwards to the
     // counters first). Its requests (bpf.*) are registered on router().
     BpfHost& bpf() { return *bpf_; }
+    // The policies (policy.* requests), switched off before the BPF host unloads anything.
+    PolicyHost& policies() { return *policies_; }
 
     // True once the control thread has ended (after a `detach` request in a non-resident
     // agent): the library may then be unloaded.
@@ -86,6 +89,7 @@ private:
     CallCounters counters_;
     RequestRouter router_;
     std::unique_ptr<BpfHost> bpf_;
+    std::unique_ptr<PolicyHost> policies_;
 
     mutable std::mutex mu_;  // guards interceptors_ and last_error_
     std::unique_ptr<hook::Interceptor> interceptors_[3];

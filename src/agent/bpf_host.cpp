@@ -158,6 +158,9 @@ uint64_t cached_pid_tgid(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ebpf:
 
 ebpf::HelperTable host_helpers() {
     ebpf::HelperTable t = ebpf::HelperTable::standard();
+    // The policy helpers answer -EPERM to programs of no policy (liveio/policy.h); the IDs
+    // are free in a fresh table, so this cannot fail.
+    (void)policy::Runtime::add_helpers(t);
     if (const auto* p = t.find(ebpf::helper_id::kGetCurrentPidTgid)) {
         auto cached = *p;
         cached.fn = cached_pid_tgid;
@@ -260,16 +263,46 @@ pid_t BpfHost::current_tid() {
 bool BpfHost::on_enter(hook::SyscallCall& call, hook::SyscallResult& result) {
     const bool taken = options_.next != nullptr && options_.next->on_enter(call, result);
     const auto nr = static_cast<unsigned long>(call.nr);
-    if (nr < kMaxSyscalls && enter_[nr].load(std::memory_order_relaxed) != nullptr) [[unlikely]]
+    if (nr < kMaxSyscalls && enter_[nr].load(std::memory_order_relaxed) != nullptr) [[unlikely]] {
         run_edge(call, 0, false);
+        if (policy::Runtime* rt = policy_.load(std::memory_order_acquire); rt != nullptr && !taken)
+            return redirect(call, result, *rt);
+    }
     return taken;
 }
 
 void BpfHost::on_exit(const hook::SyscallCall& call, hook::SyscallResult result, uint64_t start_ns) {
     if (options_.next != nullptr) options_.next->on_exit(call, result, start_ns);
     const auto nr = static_cast<unsigned long>(call.nr);
-    if (nr < kMaxSyscalls && exit_[nr].load(std::memory_order_relaxed) != nullptr) [[unlikely]]
+    if (nr < kMaxSyscalls && exit_[nr].load(std::memory_order_relaxed) != nullptr) [[unlikely]] {
+        if (policy::Runtime* rt = policy_.load(std::memory_order_acquire);
+            rt != nullptr && result > 0 && (call.nr == SYS_read || call.nr == SYS_pread64))
+            account_read(call, result, *rt);
         run_edge(call, result, true);
+    }
+}
+
+bool BpfHost::redirect(hook::SyscallCall& call, hook::SyscallResult& result, policy::Runtime& rt) {
+    uint8_t slot = 0;
+    if (!policy::Runtime::take_redirect(slot)) return false;
+    policy::Redirector* executor = rt.redirector();
+    if (executor != nullptr && executor->run(call, result)) return true;
+    rt.count_fallback(slot);
+    return false;
+}
+
+void BpfHost::account_read(const hook::SyscallCall& call, long result, policy::Runtime& rt) {
+    if (rt.ledger().ranges() == 0) return;
+    const int fd = static_cast<int>(call.args[0]);
+    const FdInfo info = fd_classes_.get(fd);
+    if (info.file_id == 0 || !rt.tracks(info.file_id)) return;
+    long offset = call.args[3];
+    if (call.nr == SYS_read) {
+        const long pos = hook::raw_syscall(SYS_lseek, fd, 0, SEEK_CUR);
+        if (pos < result) return;
+        offset = pos - result;
+    }
+    rt.observe_read(info.file_id, static_cast<uint64_t>(offset), static_cast<uint64_t>(result));
 }
 
 uint64_t BpfHost::run_program(const ProgramRun& run, void* ctx, size_t size) {
@@ -383,7 +416,8 @@ void BpfHost::publish_lists() {
                     }
                     break;
                 case AttachKind::Uprobe:
-                case AttachKind::Uretprobe: break;
+                case AttachKind::Uretprobe:
+                case AttachKind::IoComplete: break;
             }
         }
         exit->invalidate_fd = any_io && shape.fd_event;
@@ -497,7 +531,8 @@ Result<json> BpfHost::load(const LoadRequest& request) {
         lp->section = program->section;
         lp->point = std::move(point).value();
         lp->exe = std::move(exe).value();
-        syscall_edges |= lp->point.kind != AttachKind::Uprobe && lp->point.kind != AttachKind::Uretprobe;
+        syscall_edges |= lp->point.kind != AttachKind::Uprobe && lp->point.kind != AttachKind::Uretprobe &&
+                         lp->point.kind != AttachKind::IoComplete;
         obj->programs.push_back(std::move(lp));
     }
     if (syscall_edges && options_.ensure_interception) {
@@ -585,6 +620,23 @@ Result<json> BpfHost::reply_of(uint32_t object) const {
     auto it = objects_.find(object);
     if (it == objects_.end()) return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
     return it->second->reply;
+}
+
+Result<BpfHost::ObjectPrograms> BpfHost::object_programs(uint32_t object) const {
+    std::lock_guard lock(mu_);
+    auto it = objects_.find(object);
+    if (it == objects_.end()) return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
+    ObjectPrograms out;
+    for (auto& p : it->second->programs) {
+        out.programs.push_back(&p->exe->program());
+        if (p->point.kind == AttachKind::IoComplete) {
+            if (out.completion != nullptr)
+                return make_error(EINVAL, it->second->reply["name"].get<std::string>() +
+                                              " has more than one liveio/io_complete program");
+            out.completion = p->exe.get();
+        }
+    }
+    return out;
 }
 
 std::shared_ptr<ebpf::Map> BpfHost::map(uint32_t object, std::string_view name) const {

@@ -50,6 +50,7 @@
 #include "ebpf/vm.h"
 #include "hook/dispatch.h"
 #include "hook/uprobe.h"
+#include "policy/runtime.h"
 
 namespace liveio::agent {
 
@@ -90,6 +91,17 @@ public:
     Result<std::vector<std::shared_ptr<ebpf::Map>>> maps(uint32_t object) const;
     std::shared_ptr<ebpf::Map> map(uint32_t object, std::string_view name) const;
     ebpf::Runtime& runtime() { return *runtime_; }
+
+    // What a policy needs of a loaded object: every program (the helpers find their policy
+    // by program) and its liveio/io_complete program, if any. Valid until unload(object).
+    struct ObjectPrograms {
+        std::vector<const ebpf::Program*> programs;
+        const ebpf::Executable* completion = nullptr;
+    };
+    Result<ObjectPrograms> object_programs(uint32_t object) const;
+    // The policy runtime whose redirect requests and read accounting the hooked path serves
+    // (null: none). Set before policies are switched on, cleared after they are all off.
+    void set_policy_runtime(policy::Runtime* rt) { policy_.store(rt, std::memory_order_release); }
     FdClassCache& fd_classes() { return fd_classes_; }
 
     // bpf.load, bpf.unload, bpf.list, bpf.maps, bpf.log on `router` (the control protocol);
@@ -156,6 +168,10 @@ private:
     std::map<std::pair<void*, bool>, std::unique_ptr<ProbeSite>> probes_;  // (address, return)
     uint32_t next_id_ = 1;
     bool io_programs_ = false;  // whether the published lists contain liveio/io_* programs
+    std::atomic<policy::Runtime*> policy_{nullptr};
+    // The policy runtime's part of a hooked call (see set_policy_runtime).
+    bool redirect(hook::SyscallCall& call, hook::SyscallResult& result, policy::Runtime& rt);
+    void account_read(const hook::SyscallCall& call, long result, policy::Runtime& rt);
 };
 
 // Kernel names of map types ("hash", "array", "percpu_array", "ringbuf", ...).

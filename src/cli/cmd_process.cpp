@@ -19,6 +19,7 @@
 #include "agent/agent.h"
 #include "agent/protocol.h"
 #include "cli/commands.h"
+#include "cli/policy_ops.h"
 #include "cli/process_ops.h"
 #include "hook/inject.h"
 
@@ -65,6 +66,7 @@ struct InstallArgs {
     std::string mechanism = "got";
     std::vector<std::string> objects, functions;
     std::string agent;
+    std::vector<std::string> policies;  // attach: switched on once installed
 
     void add_to(CLI::App* cmd) {
         cmd->add_option("--mechanism,-m", mechanism, "how calls are intercepted")
@@ -154,6 +156,11 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
                     stats.attempts == 1 ? "" : "s");
     else
         std::printf("attached to %d: mechanism %s (agent was already loaded)\n", pid, args.mechanism.c_str());
+    for (const std::string& name : args.policies) {
+        auto on = policy_on(pid, name, {});
+        if (!on) fail(fmt::format("policy on {} in {}: {}", name, pid, on.error().message));
+        std::printf("policy %s on in %d\n", name.c_str(), pid);
+    }
 }
 
 // The path of liveio-agent.so if it is mapped in `pid`.
@@ -261,6 +268,7 @@ void print_status(const json& s) {
     for (auto& [name, c] : calls.items())
         if (name != "total") row(name, c);
     if (calls.contains("total")) row("total", calls["total"]);
+    if (s.contains("policies")) print_policies(s["policies"]);
 }
 
 void cmd_status(pid_t pid, bool as_json) {
@@ -298,6 +306,8 @@ void add_process_commands(CLI::App& app) {
         auto pid = std::make_shared<pid_t>(0);
         attach->add_option("pid", *pid, "process id")->required()->check(CLI::PositiveNumber);
         args->add_to(attach);
+        attach->add_option("--policy", args->policies, "acceleration policies to switch on (liveio policy PID list)")
+            ->delimiter(',');
         attach->callback([args, pid] { cmd_attach(*pid, *args); });
     }
     {

@@ -1,0 +1,275 @@
+// `liveio bench policy`: does a policy make a reader faster on cold data, before the full
+// ClickHouse benchmark? A child process reads several column files in step, as a ClickHouse
+// scan does (per column: 1 MiB read()s, sequential; the columns one after another; CPU work
+// per MiB standing for decompression), from a cold page cache (POSIX_FADV_DONTNEED on each
+// file before every run). liveio is attached once (`liveio attach`); the policy is switched
+// on and off between runs with the CLI (`liveio policy PID on|off NAME`), alternating which
+// side goes first. The device readahead is run at the machine's value and at 128 KiB (set
+// and restored; needs root).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "agent/protocol.h"
+#include "bench.h"
+#include "self_exec.h"
+
+namespace liveio::bench {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct PolicyBenchOptions {
+    std::string policy = "prefetch";
+    std::vector<std::string> knobs;
+    int columns = 8;
+    uint64_t column_mb = 32;
+    uint64_t read_kb = 1024;
+    uint64_t cpu_us_per_mb = 500;
+    int runs = 5;
+    std::string dir = "/tmp/liveio-bench-policy";
+    std::string device = "vda";
+    bool skip_128k = false;
+};
+
+uint64_t now_ns() {
+    return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::steady_clock::now().time_since_epoch())
+                                     .count());
+}
+
+// The column files, in a directory shaped like a MergeTree part (the file classes follow the
+// names: *.bin is a column file). Kept between runs.
+std::vector<std::string> make_columns(const PolicyBenchOptions& o) {
+    const fs::path part = fs::path(o.dir) / "data/bench/hits/all_1_1_0";
+    fs::create_directories(part);
+    std::vector<std::string> out;
+    std::vector<char> block(1 << 20);
+    for (int c = 0; c < o.columns; ++c) {
+        const std::string path = (part / fmt::format("column{}.bin", c)).string();
+        out.push_back(path);
+        struct stat st {};
+        if (::stat(path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_size) == o.column_mb << 20) continue;
+        const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        uint64_t x = 0x9e3779b97f4a7c15ull * static_cast<uint64_t>(c + 1);
+        for (uint64_t m = 0; m < o.column_mb; ++m) {
+            for (size_t i = 0; i < block.size(); i += 8) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                std::memcpy(&block[i], &x, 8);
+            }
+            if (::write(fd, block.data(), block.size()) != static_cast<ssize_t>(block.size())) break;
+        }
+        ::fsync(fd);
+        ::close(fd);
+    }
+    return out;
+}
+
+// The reader child: on each byte from `cmd`, one cold scan; answers "<ns> <checksum>\n".
+[[noreturn]] void reader(const PolicyBenchOptions& o, const std::vector<std::string>& files, int cmd, int res) {
+    std::vector<char> buf(o.read_kb << 10);
+    char c;
+    while (::read(cmd, &c, 1) == 1 && c == 'r') {
+        const uint64_t t0 = now_ns();
+        std::vector<int> fds;
+        for (auto& f : files) fds.push_back(::open(f.c_str(), O_RDONLY));
+        uint64_t sum = 0;
+        bool more = true;
+        while (more) {
+            more = false;
+            for (int fd : fds) {
+                const ssize_t n = ::read(fd, buf.data(), buf.size());
+                if (n <= 0) continue;
+                more = true;
+                for (ssize_t i = 0; i + 8 <= n; i += 4096) {
+                    uint64_t w;
+                    std::memcpy(&w, &buf[i], 8);
+                    sum += w;
+                }
+                const uint64_t spin = o.cpu_us_per_mb * 1000 * static_cast<uint64_t>(n) / (1 << 20);
+                for (const uint64_t s = now_ns(); now_ns() - s < spin;) {}
+            }
+        }
+        for (int fd : fds) ::close(fd);
+        const std::string line = fmt::format("{} {}\n", now_ns() - t0, sum);
+        if (::write(res, line.data(), line.size()) < 0) break;
+    }
+    ::_exit(0);
+}
+
+void drop_cache(const std::vector<std::string>& files) {
+    for (auto& f : files) {
+        const int fd = ::open(f.c_str(), O_RDONLY);
+        ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        ::close(fd);
+    }
+}
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path);
+    std::string s;
+    std::getline(in, s);
+    return s;
+}
+
+bool write_file(const std::string& path, const std::string& value) {
+    std::ofstream out(path);
+    out << value;
+    return static_cast<bool>(out.flush());
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
+struct Side {
+    std::vector<double> ms;
+    uint64_t checksum = 0;
+};
+
+int run_policy_bench(const PolicyBenchOptions& o) {
+    const auto files = make_columns(o);
+    const double total_mb = static_cast<double>(o.columns * o.column_mb);
+    int cmd[2], res[2];
+    if (::pipe(cmd) != 0 || ::pipe(res) != 0) return 1;
+    std::fflush(nullptr);
+    const pid_t child = ::fork();
+    if (child == 0) {
+        ::close(cmd[1]);
+        ::close(res[0]);
+        reader(o, files, cmd[0], res[1]);
+    }
+    ::close(cmd[0]);
+    ::close(res[1]);
+    FILE* results = ::fdopen(res[0], "r");
+    auto finish = [&](int rc) {
+        (void)!::write(cmd[1], "q", 1);
+        ::close(cmd[1]);
+        ::waitpid(child, nullptr, 0);
+        std::fclose(results);
+        return rc;
+    };
+    auto attached = run_liveio({"attach", std::to_string(child)});
+    if (!attached) {
+        std::fprintf(stderr, "liveio bench policy: %s\n", attached.error().message.c_str());
+        return finish(1);
+    }
+    auto scan = [&](Side& side) -> bool {
+        drop_cache(files);
+        if (::write(cmd[1], "r", 1) != 1) return false;
+        unsigned long long ns = 0, sum = 0;
+        if (std::fscanf(results, "%llu %llu", &ns, &sum) != 2) return false;
+        side.ms.push_back(static_cast<double>(ns) / 1e6);
+        if (side.checksum != 0 && side.checksum != sum) return false;
+        side.checksum = sum;
+        return true;
+    };
+    auto policy = [&](const char* verb) {
+        std::vector<std::string> args = {"policy", std::to_string(child), verb, o.policy};
+        if (std::string(verb) == "on") args.insert(args.end(), o.knobs.begin(), o.knobs.end());
+        auto r = run_liveio(args);
+        if (!r) std::fprintf(stderr, "liveio bench policy: %s\n", r.error().message.c_str());
+        return static_cast<bool>(r);
+    };
+    const std::string ra_path = "/sys/block/" + o.device + "/queue/read_ahead_kb";
+    const std::string ra_machine = read_file(ra_path);
+    std::vector<std::string> readaheads = {ra_machine};
+    if (!o.skip_128k && ra_machine != "128") {
+        if (::geteuid() == 0)
+            readaheads.push_back("128");
+        else
+            std::printf("(not root: the 128 KiB device readahead row is skipped)\n");
+    }
+    std::printf("%d columns x %llu MiB, %llu KiB reads in step, %llu us CPU per MiB, cold (FADV_DONTNEED), "
+                "%d runs per side (median); the machine is shared\n",
+                o.columns, static_cast<unsigned long long>(o.column_mb), static_cast<unsigned long long>(o.read_kb),
+                static_cast<unsigned long long>(o.cpu_us_per_mb), o.runs);
+    std::printf("%-14s %12s %12s %10s %10s %8s %14s %14s %14s\n", "readahead", "stock ms", o.policy.c_str(),
+                "stock MB/s", "MB/s", "speedup", "issued MiB", "used MiB", "wasted MiB");
+    std::vector<std::string> metrics;
+    int rc = 0;
+    for (const std::string& ra : readaheads) {
+        if (ra != ra_machine && !write_file(ra_path, ra)) {
+            std::printf("cannot set %s to %s\n", ra_path.c_str(), ra.c_str());
+            continue;
+        }
+        Side stock, pol;
+        json counters;
+        bool ok = true;
+        for (int r = 0; r < o.runs && ok; ++r) {
+            // Alternate which side runs first.
+            for (int k = 0; k < 2 && ok; ++k) {
+                if ((r + k) % 2 == 0) {
+                    ok = scan(stock);
+                } else {
+                    ok = policy("on") && scan(pol);
+                    if (ok) {
+                        if (auto client = agent::ControlClient::connect(child))
+                            if (auto l = client->call("policy.list"); l)
+                                for (auto& p : (*l)["policies"])
+                                    if (p["name"] == o.policy && p.contains("counters")) counters = p["counters"];
+                    }
+                    ok = policy("off") && ok;
+                }
+            }
+        }
+        if (ra != ra_machine) write_file(ra_path, ra_machine);
+        if (!ok || stock.checksum != pol.checksum) {
+            std::printf("run failed or checksums differ (stock %llx, %s %llx)\n",
+                        static_cast<unsigned long long>(stock.checksum), o.policy.c_str(),
+                        static_cast<unsigned long long>(pol.checksum));
+            rc = 1;
+            break;
+        }
+        const double s = median(stock.ms), p = median(pol.ms);
+        const auto mib = [&](const char* k) { return static_cast<double>(counters.value(k, uint64_t{0})) / (1 << 20); };
+        std::printf("%-14s %12.1f %12.1f %10.0f %10.0f %7.2fx %14.1f %14.1f %14.1f\n", (ra + " KiB").c_str(), s, p,
+                    total_mb / s * 1000, total_mb / p * 1000, s / p, mib("issued_bytes"), mib("used_bytes"),
+                    mib("wasted_bytes"));
+        const std::string tag = ra == ra_machine ? "" : "_ra128k";
+        metrics.push_back(fmt::format("metric: policy_{}_cold_speedup{} {:.3f}", o.policy, tag, s / p));
+        metrics.push_back(fmt::format("metric: policy_{}_cold_ms{} {:.1f}", o.policy, tag, p));
+        metrics.push_back(fmt::format("metric: policy_stock_cold_ms{} {:.1f}", tag, s));
+    }
+    (void)run_liveio({"detach", std::to_string(child)});
+    for (auto& m : metrics) std::printf("%s\n", m.c_str());
+    return finish(rc);
+}
+
+}  // namespace
+
+void add_policy_bench(CLI::App& bench) {
+    auto o = std::make_shared<PolicyBenchOptions>();
+    auto* cmd = bench.add_subcommand("policy", "A cold multi-column scan in a child process: stock vs a policy switched on live");
+    cmd->add_option("--policy", o->policy, "policy to compare with stock")->capture_default_str();
+    cmd->add_option("--knob", o->knobs, "KEY=VALUE for the policy (repeatable)");
+    cmd->add_option("--columns", o->columns, "column files read in step")->capture_default_str();
+    cmd->add_option("--column-mb", o->column_mb, "size of each column file (MiB)")->capture_default_str();
+    cmd->add_option("--read-kb", o->read_kb, "bytes per read() (KiB)")->capture_default_str();
+    cmd->add_option("--cpu-us-per-mb", o->cpu_us_per_mb, "CPU work per MiB read (us), as decompression")->capture_default_str();
+    cmd->add_option("--runs", o->runs, "runs per side")->capture_default_str();
+    cmd->add_option("--dir", o->dir, "where the column files are kept")->capture_default_str();
+    cmd->add_option("--device", o->device, "block device whose readahead is reported and varied")->capture_default_str();
+    cmd->add_flag("--skip-128k", o->skip_128k, "only the machine's device readahead");
+    cmd->callback([o] {
+        if (const int rc = run_policy_bench(*o); rc != 0) throw CLI::RuntimeError(rc);
+    });
+}
+
+}  // namespace liveio::bench

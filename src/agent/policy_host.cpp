@@ -1,0 +1,186 @@
+#include "agent/policy_host.h"
+
+#include "hook/dispatcher.h"
+
+namespace liveio::agent {
+
+using nlohmann::json;
+
+PolicyHost::~PolicyHost() { off_all(); }
+
+void PolicyHost::off_all() {
+    hook::Dispatcher::ScopedInside inside;
+    std::lock_guard lock(mu_);
+    while (!active_.empty()) (void)off_locked(active_.begin()->first);
+    if (runtime_) {
+        bpf_.set_policy_runtime(nullptr);
+        runtime_.reset();  // joins the I/O thread, closes its ring
+    }
+}
+
+Result<json> PolicyHost::on(const std::string& name, const std::string& object_path,
+                            const std::vector<std::string>& settings) {
+    hook::Dispatcher::ScopedInside inside;
+    auto def = policy::find_policy(name);
+    if (!def) return def.error();
+    std::lock_guard lock(mu_);
+    if (active_.count(name)) return make_error(EEXIST, "policy '" + name + "' is already on");
+    Active a;
+    a.def = *def;
+    for (const policy::KnobDef& k : a.def->knobs) a.knobs[k.name] = k.default_value;
+    for (const std::string& s : settings) {
+        auto parsed = a.def->parse_setting(s);
+        if (!parsed) return parsed.error();
+        a.knobs[parsed->first->name] = parsed->second;
+    }
+    if (!runtime_) {
+        auto rt = policy::Runtime::create({});
+        if (!rt) return make_error(rt.error().code, "cannot start the policy runtime: " + rt.error().message);
+        runtime_ = std::move(rt).value();
+        bpf_.set_policy_runtime(runtime_.get());
+    }
+    auto loaded = bpf_.load({object_path, ebpf::Engine::Jit, {}});
+    if (!loaded) return make_error(loaded.error().code, "policy '" + name + "': " + loaded.error().message);
+    a.object = (*loaded)["object"].get<uint32_t>();
+    auto progs = bpf_.object_programs(a.object);
+    if (!progs) {
+        (void)bpf_.unload(a.object);
+        return progs.error();
+    }
+    policy::Runtime::PolicySpec spec;
+    spec.name = name;
+    spec.programs = progs->programs;
+    spec.completion = progs->completion;
+    spec.services = &bpf_.runtime();
+    for (const policy::KnobDef& k : a.def->knobs) {
+        if (k.index == policy::kRuntimeKnob) continue;
+        if (spec.knobs.size() <= static_cast<size_t>(k.index)) spec.knobs.resize(k.index + 1);
+        spec.knobs[k.index] = a.knobs[k.name];
+    }
+    // Programs were attached by load() before the slot exists: until enable() publishes it,
+    // their helper calls are refused (-EPERM), which a program treats like a full queue.
+    auto slot = runtime_->enable(std::move(spec));
+    if (!slot) {
+        (void)bpf_.unload(a.object);
+        return slot.error();
+    }
+    a.slot = *slot;
+    if (auto it = a.knobs.find("budget_mb"); it != a.knobs.end()) runtime_->set_budget(it->second << 20);
+    active_.emplace(name, a);
+    return json{{"policy", name}, {"on", true}, {"object", a.object}, {"knobs", a.knobs}};
+}
+
+Result<void> PolicyHost::off_locked(const std::string& name) {
+    auto it = active_.find(name);
+    if (it == active_.end()) return make_error(ENOENT, "policy '" + name + "' is not on");
+    const Active a = it->second;
+    active_.erase(it);
+    // Drain first (nothing queued or in flight, no completion program running), then detach
+    // the programs: they may still run on target threads until unload returns, and their
+    // helpers refuse work for a slot that is off.
+    auto drained = runtime_->disable(a.slot);
+    auto unloaded = bpf_.unload(a.object);
+    if (!drained) return drained.error();
+    if (!unloaded) return unloaded.error();
+    return {};
+}
+
+Result<json> PolicyHost::off(const std::string& name) {
+    hook::Dispatcher::ScopedInside inside;
+    std::lock_guard lock(mu_);
+    json last;
+    if (auto it = active_.find(name); it != active_.end() && runtime_) last = runtime_->counters(it->second.slot).to_json();
+    if (auto r = off_locked(name); !r) return r.error();
+    if (active_.empty() && runtime_) {
+        // The last policy: stop the I/O thread too, so an idle agent runs no thread of ours.
+        bpf_.set_policy_runtime(nullptr);
+        runtime_.reset();
+    }
+    return json{{"policy", name}, {"on", false}, {"final", last}};
+}
+
+Result<json> PolicyHost::set(const std::string& name, const std::string& setting) {
+    std::lock_guard lock(mu_);
+    auto it = active_.find(name);
+    if (it == active_.end()) return make_error(ENOENT, "policy '" + name + "' is not on (liveio policy PID on " + name + ")");
+    Active& a = it->second;
+    auto parsed = a.def->parse_setting(setting);
+    if (!parsed) return parsed.error();
+    const policy::KnobDef& k = *parsed->first;
+    if (k.index == policy::kRuntimeKnob) {
+        if (k.name == "budget_mb") runtime_->set_budget(parsed->second << 20);
+    } else if (auto r = runtime_->set_knob(a.slot, static_cast<unsigned>(k.index), parsed->second); !r) {
+        return r.error();
+    }
+    a.knobs[k.name] = parsed->second;
+    return json{{"policy", name}, {"knobs", a.knobs}};
+}
+
+json PolicyHost::list() const {
+    std::lock_guard lock(mu_);
+    json policies = json::array();
+    for (const policy::PolicyDef& def : policy::catalog()) {
+        json p = {{"name", def.name}, {"summary", def.summary}, {"on", false}};
+        json knobs = json::object();
+        for (const policy::KnobDef& k : def.knobs) knobs[k.name] = k.default_value;
+        if (auto it = active_.find(def.name); it != active_.end() && runtime_) {
+            p["on"] = true;
+            p["object"] = it->second.object;
+            knobs = it->second.knobs;
+            p["counters"] = runtime_->counters(it->second.slot).to_json();
+        }
+        p["knobs"] = knobs;
+        policies.push_back(std::move(p));
+    }
+    json out = {{"policies", policies}};
+    if (runtime_) out["worker"] = runtime_->describe()["worker"];
+    return out;
+}
+
+Result<void> PolicyHost::register_requests(RequestRouter& router) {
+    auto name_of = [](const json& req) -> Result<std::string> {
+        if (!req.contains("name") || !req["name"].is_string())
+            return make_error(EINVAL, "expected {\"name\": \"<policy>\"}");
+        return req["name"].get<std::string>();
+    };
+    auto reply = [](Result<json> r) -> Result<Reply> {
+        if (!r) return r.error();
+        return Reply{std::move(r).value(), {}, {}};
+    };
+    if (auto r = router.add("policy.list", "policies: available, on/off, knobs, counters",
+                            [this](const json&) -> Result<Reply> { return Reply{list(), {}, {}}; });
+        !r)
+        return r;
+    if (auto r = router.add("policy.on", "policy.on {name, path: /abs/NAME.bpf.o, knobs: [\"k=v\"...]}",
+                            [this, name_of, reply](const json& req) -> Result<Reply> {
+                                auto name = name_of(req);
+                                if (!name) return name.error();
+                                if (!req.contains("path") || !req["path"].is_string())
+                                    return make_error(EINVAL, "policy.on needs {\"path\": \"/abs/NAME.bpf.o\"}");
+                                std::vector<std::string> settings;
+                                if (req.contains("knobs"))
+                                    for (auto& k : req["knobs"])
+                                        if (k.is_string()) settings.push_back(k.get<std::string>());
+                                return reply(on(*name, req["path"].get<std::string>(), settings));
+                            });
+        !r)
+        return r;
+    if (auto r = router.add("policy.off", "policy.off {name}: drain and unload",
+                            [this, name_of, reply](const json& req) -> Result<Reply> {
+                                auto name = name_of(req);
+                                if (!name) return name.error();
+                                return reply(off(*name));
+                            });
+        !r)
+        return r;
+    return router.add("policy.set", "policy.set {name, setting: \"key=value\"}",
+                      [this, name_of, reply](const json& req) -> Result<Reply> {
+                          auto name = name_of(req);
+                          if (!name) return name.error();
+                          if (!req.contains("setting") || !req["setting"].is_string())
+                              return make_error(EINVAL, "policy.set needs {\"setting\": \"key=value\"}");
+                          return reply(set(*name, req["setting"].get<std::string>()));
+                      });
+}
+
+}  // namespace liveio::agent

@@ -1,0 +1,60 @@
+// The agent's policies: `policy.list`, `policy.on`, `policy.off`, `policy.set` on the control
+// protocol. Switching a policy on loads its BPF object into the BpfHost (programs at the I/O
+// edges, its completion program held for the runtime), then publishes it in a slot of the
+// policy runtime (src/policy), which starts with the first policy; `off` drains the slot and
+// unloads the object; the destructor (detach) switches everything off before the BPF host
+// unloads what is left.
+//
+// Thread safety: requests run on the control thread; methods serialize on a mutex.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "agent/bpf_host.h"
+#include "agent/router.h"
+#include "base/result.h"
+#include "policy/catalog.h"
+#include "policy/runtime.h"
+
+namespace liveio::agent {
+
+class PolicyHost {
+public:
+    explicit PolicyHost(BpfHost& bpf) : bpf_(bpf) {}
+    ~PolicyHost();
+    PolicyHost(const PolicyHost&) = delete;
+    PolicyHost& operator=(const PolicyHost&) = delete;
+
+    // `object_path`: the policy's .bpf.o, absolute (the CLI resolves it); `settings`:
+    // "key=value" knobs applied before the programs run.
+    Result<nlohmann::json> on(const std::string& name, const std::string& object_path,
+                              const std::vector<std::string>& settings);
+    Result<nlohmann::json> off(const std::string& name);
+    Result<nlohmann::json> set(const std::string& name, const std::string& setting);
+    // {"policies": [{name, on, object, knobs, counters...}], "available": [...], "worker": {...}}
+    nlohmann::json list() const;
+    void off_all();
+
+    Result<void> register_requests(RequestRouter& router);
+
+private:
+    struct Active {
+        const policy::PolicyDef* def = nullptr;
+        uint32_t object = 0;
+        uint8_t slot = 0;
+        std::map<std::string, uint64_t> knobs;
+    };
+    Result<void> off_locked(const std::string& name);
+
+    BpfHost& bpf_;
+    mutable std::mutex mu_;
+    std::unique_ptr<policy::Runtime> runtime_;
+    std::map<std::string, Active> active_;
+};
+
+}  // namespace liveio::agent
