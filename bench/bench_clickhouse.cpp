@@ -23,6 +23,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -192,11 +193,22 @@ public:
             for (Config* c : order) {
                 if (!switch_to(*c)) continue;
                 Timings& t = phase.timings[q.name][c->name];
-                for (int i = 0; i < o_.runs; ++i) {
+                bool failed = false;
+                for (int i = 0; i < o_.runs && !failed; ++i) {
                     if (auto r = drop_caches(); !r) fail("dropping caches: " + r.error().message);
-                    t.cold_ms.push_back(record(runs[c->name], q, *c, "cold"));
+                    auto ms = record(runs[c->name], phase, q, *c, "cold");
+                    if (ms) t.cold_ms.push_back(*ms);
+                    failed = !ms;
                 }
-                for (int i = 0; phase.hot && i < o_.runs; ++i) t.hot_ms.push_back(record(runs[c->name], q, *c, "hot"));
+                for (int i = 0; phase.hot && i < o_.runs && !failed; ++i) {
+                    auto ms = record(runs[c->name], phase, q, *c, "hot");
+                    if (ms) t.hot_ms.push_back(*ms);
+                    failed = !ms;
+                }
+                if (failed) {
+                    line += fmt::format("  {} ERROR", c->name);
+                    continue;
+                }
                 line += phase.hot ? fmt::format("  {} {:.0f}/{:.0f} ms", c->name, median(t.cold_ms), median(t.hot_ms))
                                   : fmt::format("  {} {:.0f} ms", c->name, median(t.cold_ms));
             }
@@ -207,13 +219,25 @@ public:
     }
 
     size_t mismatches() const { return mismatches_; }
+    size_t query_errors() const { return query_errors_; }
+    const std::vector<std::string>& errors() const { return errors_; }
     ch::HttpClient& client() { return client_; }
     PolicySwitch& policy_switch() { return switch_; }
 
 private:
-    double record(std::vector<QueryRun>& into, const hits::Query& q, const Config& c, const char* kind) {
+    // A query refused under stock ends the benchmark; under another configuration it is
+    // reported and counted (a failed query is a changed result), and that configuration's
+    // timings of the query are dropped.
+    std::optional<double> record(std::vector<QueryRun>& into, const Phase& phase, const hits::Query& q, const Config& c,
+                                 const char* kind) {
         auto r = run(q.sql, c, true);
-        if (!r) fail(fmt::format("{} ({}, {}): {}", q.name, c.name, kind, r.error().message));
+        if (!r && c.kind == ConfigKind::Stock) fail(fmt::format("{} ({}, {}): {}", q.name, c.name, kind, r.error().message));
+        if (!r) {
+            ++query_errors_;
+            errors_.push_back(fmt::format("{} under {} ({}, {}): {}", q.name, c.name, phase.name, kind, r.error().message));
+            fmt::print("  QUERY ERROR: {}\n", errors_.back());
+            return std::nullopt;
+        }
         into.push_back(std::move(*r));
         return into.back().ms;
     }
@@ -249,6 +273,8 @@ private:
     PolicySwitch switch_;
     uint64_t query_seq_ = 0;
     size_t mismatches_ = 0;
+    size_t query_errors_ = 0;
+    std::vector<std::string> errors_;
 };
 
 Result<hits::QueryConstants> resolve_constants(ch::HttpClient& client, uint64_t rows, int keys) {
@@ -568,7 +594,12 @@ void run(ClickhouseOptions o) {
     if (!pk_marks) fmt::print("cold_point_lookup_speedup: the marks policy is unavailable\n");
     if (!glue) fmt::print("clickhouse_glue_loc: {}\n", glue.error().message);
     fmt::print("results under every configuration compared with stock's: {} mismatching runs\n", bench.mismatches());
+    if (bench.query_errors()) {
+        fmt::print("queries that failed under a configuration (stock answered them):\n");
+        for (const auto& e : bench.errors()) fmt::print("  {}\n", e);
+    }
     fmt::print("metric: result_mismatches {}\n", bench.mismatches());
+    fmt::print("metric: query_errors {}\n", bench.query_errors());
     fmt::print("metric: part_mismatches {}\n", part_mismatches);
     fmt::print("metric: cold_speedup_geomean {}\n", fmt_opt(best_summary.cold_speedup_geomean));
     fmt::print("metric: cold_gap_recovered_pct {}\n", fmt_opt(best_summary.cold_gap_recovered_pct, "{:.1f}"));
