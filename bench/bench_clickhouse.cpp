@@ -137,9 +137,9 @@ struct QueryRun {
 
 class Bench {
 public:
-    Bench(const ClickhouseOptions& o, ch::LocalServer& server, InterruptGuard& guard)
+    Bench(const ClickhouseOptions& o, ch::LocalServer& server, InterruptGuard& guard, const std::string& raw_path)
         : o_(o), server_(server), guard_(guard), client_(server.client(std::chrono::minutes(30))),
-          switch_(server.pid()) {}
+          switch_(server.pid()), raw_(raw_path, std::ios::app) {}
 
     void check_interrupt() {
         if (guard_.interrupted()) throw CLI::RuntimeError(128 + guard_.signal());
@@ -239,6 +239,10 @@ private:
             return std::nullopt;
         }
         into.push_back(std::move(*r));
+        // Every run as it happens, so an interrupted benchmark keeps what it measured.
+        raw_ << fmt::format("{}\t{}\t{}\t{}\t{:.3f}\t{:016x}\n", phase.readahead_kb, q.name, c.name, kind, into.back().ms,
+                            into.back().hash)
+             << std::flush;
         return into.back().ms;
     }
 
@@ -275,6 +279,7 @@ private:
     size_t mismatches_ = 0;
     size_t query_errors_ = 0;
     std::vector<std::string> errors_;
+    std::ofstream raw_;  // readahead_kb, query, config, cold|hot, ms, result hash
 };
 
 Result<hits::QueryConstants> resolve_constants(ch::HttpClient& client, uint64_t rows, int keys) {
@@ -435,16 +440,17 @@ void run(ClickhouseOptions o) {
     auto server = ch::LocalServer::start(bench_server_options(dir));
     if (!server) fail("starting ClickHouse: " + server.error().message);
     guard.kill_on_interrupt(server->pid());
-    Bench bench(o, *server, guard);
-    if (auto r = describe_dataset(bench.client(), &*dataset); !r) fail(r.error().message);
-
     const std::string out_dir = o.out_dir.empty() ? fmt::format("{}/results/{}", o.cache_dir, timestamp()) : o.out_dir;
     std::error_code ec;
     fs::create_directories(out_dir, ec);
     if (ec) fail(fmt::format("cannot create {}: {}", out_dir, ec.message()));
+    Bench bench(o, *server, guard, out_dir + "/runs.tsv");
+    if (auto r = describe_dataset(bench.client(), &*dataset); !r) fail(r.error().message);
+
 
     fmt::print("liveio bench clickhouse: ClickHouse 18.16 (pid {}, port {}), machine shared with other work\n",
                server->pid(), server->ports().http);
+    fmt::print("every run is logged to {}/runs.tsv\n", out_dir);
     fmt::print("data set: {} rows in {} part(s), {:.2f} GB on disk, {:.2f} GB uncompressed (ratio {:.2f}), dir {}\n",
                dataset->rows, dataset->parts, dataset->bytes_on_disk / 1e9, dataset->bytes_uncompressed / 1e9,
                dataset->bytes_uncompressed / std::max(1.0, double(dataset->bytes_on_disk)), dir);
