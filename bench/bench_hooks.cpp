@@ -41,19 +41,19 @@ using namespace liveio::hook;
 
 class NoWorkHandler : public CallHandler {
 public:
-    bool on_enter(SyscallCall&, SyscallResult&) override { return false; }
-    void on_exit(const SyscallCall&, SyscallResult, uint64_t) override {}
+    bool on_enter(CallFrame&) override { return false; }
+    void on_exit(CallFrame&) override {}
     bool wants_start_time() const override { return false; }
 };
 
 class CountingHandler : public CallHandler {
 public:
     std::atomic<uint64_t> count{0};
-    bool on_enter(SyscallCall&, SyscallResult&) override {
+    bool on_enter(CallFrame&) override {
         count.fetch_add(1, std::memory_order_relaxed);
         return false;
     }
-    void on_exit(const SyscallCall&, SyscallResult, uint64_t) override {}
+    void on_exit(CallFrame&) override {}
     bool wants_start_time() const override { return false; }
 };
 
@@ -70,12 +70,12 @@ double thread_cpu_ns() {
 class TakingHandler : public CallHandler {
 public:
     std::atomic<uint64_t> count{0};
-    bool on_enter(SyscallCall&, SyscallResult& result) override {
+    bool on_enter(CallFrame& frame) override {
         count.fetch_add(1, std::memory_order_relaxed);
-        result = 0;
+        frame.result = 0;
         return true;
     }
-    void on_exit(const SyscallCall&, SyscallResult, uint64_t) override {}
+    void on_exit(CallFrame&) override {}
     bool wants_start_time() const override { return false; }
 };
 

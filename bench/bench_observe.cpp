@@ -33,6 +33,7 @@
 #include <functional>
 
 #include "agent/bpf_host.h"
+#include "agent/call_pipeline.h"
 #include "agent/protocol.h"
 #include "liveio/io_stats.h"
 #include "bench.h"
@@ -264,11 +265,11 @@ double ns_per_pread(int fd, int iterations) {
 class CountingHandler : public hook::CallHandler {
 public:
     std::atomic<uint64_t> calls{0};
-    bool on_enter(hook::SyscallCall&, hook::SyscallResult&) override {
+    bool on_enter(hook::CallFrame&) override {
         calls.fetch_add(1, std::memory_order_relaxed);
         return false;
     }
-    void on_exit(const hook::SyscallCall&, hook::SyscallResult, uint64_t) override {}
+    void on_exit(hook::CallFrame&) override {}
     bool wants_start_time() const override { return false; }
 };
 
@@ -305,6 +306,7 @@ struct Variant {
 // syscall number, for checking that the program saw the calls.
 struct HostWithProgram {
     std::unique_ptr<agent::BpfHost> host;
+    std::unique_ptr<agent::CallPipeline> pipeline;  // the host as the agent runs it
     std::shared_ptr<ebpf::Map> counts;
     std::string error;
 
@@ -315,6 +317,7 @@ struct HostWithProgram {
             return;
         }
         host = std::move(*h);
+        pipeline = std::make_unique<agent::CallPipeline>(std::initializer_list<agent::CallObserver*>{host.get()});
         if (!engine) return;
         if (!object) {
             error = object.error().message;
@@ -372,7 +375,7 @@ std::optional<double> per_call_cost(const ObserveOptions& o) {
         if (!h.error.empty()) {
             v.install = [&h]() -> Result<std::function<void()>> { return make_error(EINVAL, h.error); };
         } else {
-            v.install = hooked(h.host.get());
+            v.install = hooked(h.pipeline.get());
         }
         v.verify = [&h, program] { return !program || h.pread_calls() ? "" : std::string("the program counted no pread64"); };
         variants.push_back(std::move(v));

@@ -95,7 +95,6 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentOptions options) {
     if (auto r = agent->open_socket(); !r) return r.error();
     agent->register_builtin_requests();
     BpfHost::Options bpf_options;
-    bpf_options.next = &agent->counters_;
     bpf_options.ensure_interception = [a = agent.get()]() -> Result<void> {
         {
             std::lock_guard lock(a->mu_);
@@ -109,8 +108,9 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentOptions options) {
     auto bpf = BpfHost::create(std::move(bpf_options));
     if (!bpf) return bpf.error();
     agent->bpf_ = std::move(bpf).value();
+    agent->pipeline_ = std::make_unique<CallPipeline>(std::initializer_list<CallObserver*>{&agent->counters_, agent->bpf_.get()});
     if (auto r = agent->bpf_->register_requests(agent->router_); !r) return r.error();
-    agent->policies_ = std::make_unique<PolicyHost>(*agent->bpf_);
+    agent->policies_ = std::make_unique<PolicyHost>(*agent->bpf_, *agent->pipeline_);
     if (auto r = agent->policies_->register_requests(agent->router_); !r) return r.error();
 
     // The control thread inherits this mask: the application's asynchronous signals are
@@ -202,7 +202,7 @@ Result<json> Agent::install(const json& spec) {
     if (slot)
         return make_error(EBUSY, std::string("mechanism ") + mechanism_name(options.mechanism) +
                                      " is already installed (uninstall it first)");
-    auto interceptor = hook::Interceptor::install(options, bpf_.get());
+    auto interceptor = hook::Interceptor::install(options, pipeline_.get());
     if (!interceptor) return interceptor.error();
     slot = std::move(interceptor).value();
     return json{{"mechanism", mechanism_name(options.mechanism)}, {"installed", true}};
@@ -215,7 +215,7 @@ Result<json> Agent::uninstall(std::optional<hook::Mechanism> mechanism) {
         if (!slot || (mechanism && slot->mechanism() != *mechanism)) continue;
         const hook::Mechanism m = slot->mechanism();
         // Waits until no thread is inside this mechanism's hooks; only then may the handler
-        // (our counters) and, after detach, the library's code go away.
+        // (our call pipeline) and, after detach, the library's code go away.
         if (auto r = slot->uninstall(); !r)
             return make_error(r.error().code, std::string("uninstalling ") + mechanism_name(m) +
                                                   ": " + r.error().message);

@@ -25,6 +25,7 @@
 
 #include "agent/bpf_host.h"
 #include "agent/call_counters.h"
+#include "agent/call_pipeline.h"
 #include "agent/policy_host.h"
 #include "agent/router.h"
 #include "base/result.h"
@@ -64,9 +65,12 @@ public:
     Result<nlohmann::json> uninstall(std::optional<hook::Mechanism> mechanism);
     nlohmann::json status() const;
     const CallCounters& counters() const { return counters_; }
-    // The BPF program host: the handler every installed mechanism calls (it forwards to the
-    // counters first). Its requests (bpf.*) are registered on router().
+    // The BPF program host, an observer of the call pipeline (after the counters). Its
+    // requests (bpf.*) are registered on router().
     BpfHost& bpf() { return *bpf_; }
+    // The handler every installed mechanism calls: the counters and the BPF host observe
+    // each call; its redirector slot is where an acceleration policy takes calls over.
+    CallPipeline& pipeline() { return *pipeline_; }
     // The policies (policy.* requests), switched off before the BPF host unloads anything.
     PolicyHost& policies() { return *policies_; }
 
@@ -89,7 +93,8 @@ private:
     CallCounters counters_;
     RequestRouter router_;
     std::unique_ptr<BpfHost> bpf_;
-    std::unique_ptr<PolicyHost> policies_;
+    std::unique_ptr<CallPipeline> pipeline_;  // {&counters_, bpf_}
+    std::unique_ptr<PolicyHost> policies_;    // holds the pipeline's redirector slot while on
 
     mutable std::mutex mu_;  // guards interceptors_ and last_error_
     std::unique_ptr<hook::Interceptor> interceptors_[3];

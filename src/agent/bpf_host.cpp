@@ -24,37 +24,13 @@ using nlohmann::json;
 // general-dynamic thread_local would be reached through __tls_get_addr, which allocates on a
 // thread's first use -- possibly from inside a hooked malloc (see src/agent/CMakeLists.txt).
 // Zero-initialized plain data, so no TLS constructor runs either.
-struct PendingStart {
-    uintptr_t key;  // address of the hooked call's SyscallCall: the same at its enter and exit
-    uint64_t start_ns;
-};
 struct ThreadState {
     uint64_t registry_id;
     ReaderRegistry::Slot* slot;
     pid_t tid;
     pid_t tid_pid;
-    uint32_t depth;
-    // Start times of calls in flight on this thread whose exit edge wants a latency. Calls
-    // nest only through signal handlers interrupting a hooked call, so a few suffice.
-    PendingStart pending[6];
 };
 __attribute__((tls_model("initial-exec"))) thread_local ThreadState t_thread;
-
-// Records the start of the call at stack address `key`. Entries at or below `key` belong to
-// frames that are gone (a call that never reached its exit edge: longjmp out of a signal
-// handler) and are dropped.
-void push_start(ThreadState& ts, uintptr_t key, uint64_t start) {
-    while (ts.depth > 0 && ts.pending[ts.depth - 1].key <= key) --ts.depth;
-    if (ts.depth == std::size(ts.pending)) return;  // too deep: this call goes without
-    ts.pending[ts.depth++] = {key, start};
-}
-
-bool pop_start(ThreadState& ts, uintptr_t key, uint64_t& start) {
-    while (ts.depth > 0 && ts.pending[ts.depth - 1].key < key) --ts.depth;
-    if (ts.depth == 0 || ts.pending[ts.depth - 1].key != key) return false;
-    start = ts.pending[--ts.depth].start_ns;
-    return true;
-}
 
 // struct trace_event_raw_sys_enter / _sys_exit (and the per-syscall tracepoints, whose
 // int __syscall_nr at 8 is the low half of `nr` here): the format files under
@@ -260,51 +236,6 @@ pid_t BpfHost::current_tid() {
 
 // ---- the hooked call path ----
 
-bool BpfHost::on_enter(hook::SyscallCall& call, hook::SyscallResult& result) {
-    const bool taken = options_.next != nullptr && options_.next->on_enter(call, result);
-    const auto nr = static_cast<unsigned long>(call.nr);
-    if (nr < kMaxSyscalls && enter_[nr].load(std::memory_order_relaxed) != nullptr) [[unlikely]] {
-        run_edge(call, 0, false);
-        if (policy::Runtime* rt = policy_.load(std::memory_order_acquire); rt != nullptr && !taken)
-            return redirect(call, result, *rt);
-    }
-    return taken;
-}
-
-void BpfHost::on_exit(const hook::SyscallCall& call, hook::SyscallResult result, uint64_t start_ns) {
-    if (options_.next != nullptr) options_.next->on_exit(call, result, start_ns);
-    const auto nr = static_cast<unsigned long>(call.nr);
-    if (nr < kMaxSyscalls && exit_[nr].load(std::memory_order_relaxed) != nullptr) [[unlikely]] {
-        if (policy::Runtime* rt = policy_.load(std::memory_order_acquire);
-            rt != nullptr && result > 0 && (call.nr == SYS_read || call.nr == SYS_pread64))
-            account_read(call, result, *rt);
-        run_edge(call, result, true);
-    }
-}
-
-bool BpfHost::redirect(hook::SyscallCall& call, hook::SyscallResult& result, policy::Runtime& rt) {
-    uint8_t slot = 0;
-    if (!policy::Runtime::take_redirect(slot)) return false;
-    policy::Redirector* executor = rt.redirector();
-    if (executor != nullptr && executor->run(call, result)) return true;
-    rt.count_fallback(slot);
-    return false;
-}
-
-void BpfHost::account_read(const hook::SyscallCall& call, long result, policy::Runtime& rt) {
-    if (rt.ledger().ranges() == 0) return;
-    const int fd = static_cast<int>(call.args[0]);
-    const FdInfo info = fd_classes_.get(fd);
-    if (info.file_id == 0 || !rt.tracks(info.file_id)) return;
-    long offset = call.args[3];
-    if (call.nr == SYS_read) {
-        const long pos = hook::raw_syscall(SYS_lseek, fd, 0, SEEK_CUR);
-        if (pos < result) return;
-        offset = pos - result;
-    }
-    rt.observe_read(info.file_id, static_cast<uint64_t>(offset), static_cast<uint64_t>(result));
-}
-
 uint64_t BpfHost::run_program(const ProgramRun& run, void* ctx, size_t size) {
     // A statistic: load and store rather than a locked add (races may lose a count).
     run.runs->store(run.runs->load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -312,22 +243,24 @@ uint64_t BpfHost::run_program(const ProgramRun& run, void* ctx, size_t size) {
     return run.exe->run(env, reinterpret_cast<uint64_t>(ctx), size);
 }
 
-__attribute__((noinline)) void BpfHost::run_edge(const hook::SyscallCall& call, long result, bool exit) {
+__attribute__((noinline)) void BpfHost::run_edge(CallFrame& frame, bool exit) {
+    const hook::SyscallCall& call = frame.call;
+    const long result = exit ? frame.result : 0;
     ThreadState& ts = t_thread;
     const pid_t tid = current_tid();
-    ReaderRegistry::Section section(readers_, ts.slot, ts.registry_id, tid);
+    ReaderRegistry::Section section(readers_, ts.slot, ts.registry_id);
     const EdgeList* list = (exit ? exit_ : enter_)[call.nr].load(std::memory_order_acquire);
     if (list == nullptr) return;
-    const auto key = reinterpret_cast<uintptr_t>(&call);
     uint64_t start = 0;
     bool timed = true;
     if (!exit) {
         if (list->record_start || list->has_io) start = clock_.now_ns();
-        if (list->record_start) push_start(ts, key, start);
+        if (list->record_start) frame.start_ns = start;
     } else {
         // A call that entered before the program was attached has no start time: like an
         // unpaired kernel enter/exit, the io edge does not report it.
-        timed = list->has_io && pop_start(ts, key, start);
+        start = frame.start_ns;
+        timed = list->has_io && start != 0;
     }
     // Each context is built once, for the first program that needs it.
     TracepointCtx tp;
@@ -466,8 +399,8 @@ Result<void> BpfHost::attach_uprobe(LoadedProgram& program) {
         *address,
         [this, s = site.get()](pt_regs* regs) {
             ThreadState& ts = t_thread;
-            const pid_t tid = current_tid();  // also refreshes the cache the helpers read
-            ReaderRegistry::Section section(readers_, ts.slot, ts.registry_id, tid);
+            (void)current_tid();  // refreshes the cache the helpers read
+            ReaderRegistry::Section section(readers_, ts.slot, ts.registry_id);
             const EdgeList* list = s->list.load(std::memory_order_acquire);
             if (list == nullptr) return;
             for (const ProgramRun& run : list->runs) (void)run_program(run, regs, sizeof *regs);
@@ -637,6 +570,22 @@ Result<BpfHost::ObjectPrograms> BpfHost::object_programs(uint32_t object) const 
         }
     }
     return out;
+}
+
+void BpfHost::account_read(const CallFrame& frame, policy::Runtime& rt) {
+    const hook::SyscallCall& call = frame.call;
+    const long result = frame.result;
+    if (rt.ledger().ranges() == 0) return;
+    const int fd = static_cast<int>(call.args[0]);
+    const FdInfo info = fd_classes_.get(fd);
+    if (info.file_id == 0 || !rt.tracks(info.file_id)) return;
+    long offset = call.args[3];
+    if (call.nr == SYS_read) {
+        const long pos = hook::raw_syscall(SYS_lseek, fd, 0, SEEK_CUR);
+        if (pos < result) return;
+        offset = pos - result;
+    }
+    rt.observe_read(info.file_id, static_cast<uint64_t>(offset), static_cast<uint64_t>(result));
 }
 
 std::shared_ptr<ebpf::Map> BpfHost::map(uint32_t object, std::string_view name) const {

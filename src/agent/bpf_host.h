@@ -2,28 +2,31 @@
 // bpf) run inside the target at every hooked I/O edge, with the kernel's context layouts so
 // programs written for kernel tracepoints run unchanged (attach points: bpf_host_sections.h).
 //
-// The host is the CallHandler the interception mechanisms call (it forwards every call to
-// Options::next first, the agent's counters). The hooked call path:
+// The host is an observer of the agent's call pipeline (call_pipeline.h): the pipeline calls
+// its enter and exit edges for every intercepted call. The hooked call path:
 //   - no program on the call's syscall: one load of the syscall's attachment list and a
 //     branch (nothing else: no clock read, no atomic);
 //   - programs attached: the list (an immutable array) is read inside a lock-free read
 //     section (bpf_host_rcu.h); loading and unloading publish a new list and free the old one
 //     after a grace period, so unload returns only when no thread still runs its programs.
+//     A call whose exit edge reports a latency gets its start time in CallFrame::start_ns
+//     at the enter edge.
 // A program's return value is ignored: programs observe, they never change a call.
 //
 // Using the host without the control socket (benchmarks, tests):
 //
 //   auto host = BpfHost::create({}).value();
-//   auto interceptor = hook::Interceptor::install({hook::Mechanism::Got}, host.get()).value();
+//   CallPipeline pipeline({host.get()});
+//   auto interceptor = hook::Interceptor::install({hook::Mechanism::Got}, &pipeline).value();
 //   auto loaded = host->load({"/path/io_stats.bpf.o"}).value();    // the bpf.load reply
 //   const uint32_t id = loaded["object"];
 //   auto stats = host->map(id, "syscall_stats");                    // live ebpf::Map
 //   ...
-//   interceptor->uninstall();  // before the host goes away: it is the interceptor's handler
+//   interceptor->uninstall();  // before the host goes away: the pipeline calls it
 //   host.reset();              // unloads everything
 //
 // Thread safety: load/unload/list/maps may be called from any thread (they serialize on a
-// mutex); the CallHandler methods from any number of threads at once.
+// mutex); the observer methods from any number of threads at once.
 #pragma once
 
 #include <atomic>
@@ -41,6 +44,7 @@
 #include "agent/bpf_host_clock.h"
 #include "agent/bpf_host_rcu.h"
 #include "agent/bpf_host_sections.h"
+#include "agent/call_pipeline.h"
 #include "agent/fd_classes.h"
 #include "agent/router.h"
 #include "base/result.h"
@@ -54,11 +58,9 @@
 
 namespace liveio::agent {
 
-class BpfHost final : public hook::CallHandler {
+class BpfHost final : public CallObserver {
 public:
     struct Options {
-        // Sees every call before the host (the agent's per-syscall counters); may be null.
-        hook::CallHandler* next = nullptr;
         // Called by load() before attaching programs at syscall edges, so that some
         // interception mechanism delivers calls (the agent installs GOT hooks when none is
         // installed). Null: the caller is responsible.
@@ -99,8 +101,8 @@ public:
         const ebpf::Executable* completion = nullptr;
     };
     Result<ObjectPrograms> object_programs(uint32_t object) const;
-    // The policy runtime whose redirect requests and read accounting the hooked path serves
-    // (null: none). Set before policies are switched on, cleared after they are all off.
+    // The policy runtime whose used/wasted accounting the exit edge of reads feeds (null:
+    // none). Set before policies are switched on, cleared after they are all off.
     void set_policy_runtime(policy::Runtime* rt) { policy_.store(rt, std::memory_order_release); }
     FdClassCache& fd_classes() { return fd_classes_; }
 
@@ -109,11 +111,23 @@ public:
     Result<void> register_requests(RequestRouter& router);
     static void unregister_requests(RequestRouter& router);
 
-    // hook::CallHandler
-    bool on_enter(hook::SyscallCall& call, hook::SyscallResult& result) override;
-    void on_exit(const hook::SyscallCall& call, hook::SyscallResult result, uint64_t start_ns) override;
-    // The host reads the clock itself, and only for calls whose programs need a latency.
-    bool wants_start_time() const override { return false; }
+    // CallObserver: the programs of the call's enter and exit edges.
+    void enter(CallFrame& frame) override {
+        const auto nr = static_cast<unsigned long>(frame.call.nr);
+        if (nr < kMaxSyscalls && enter_[nr].load(std::memory_order_relaxed) != nullptr) [[unlikely]]
+            run_edge(frame, false);
+    }
+    void exit(CallFrame& frame) override {
+        const auto nr = static_cast<unsigned long>(frame.call.nr);
+        if (nr < kMaxSyscalls && exit_[nr].load(std::memory_order_relaxed) != nullptr) [[unlikely]] {
+            // A read of a file the policies prefetched: its bytes are "used" (before the
+            // programs run, so their feedback includes this read).
+            if (policy::Runtime* rt = policy_.load(std::memory_order_acquire);
+                rt != nullptr && frame.result > 0 && (frame.call.nr == 0 /* read */ || frame.call.nr == 17 /* pread64 */))
+                account_read(frame, *rt);
+            run_edge(frame, true);
+        }
+    }
 
     // What an attached program receives (internal, public for the implementation's helpers).
     enum class CtxKind : uint8_t { Tracepoint, RawTracepoint, Io };
@@ -139,8 +153,8 @@ private:
     // old ones after a grace period and detaches probe sites left without programs. Called
     // with mu_ held.
     void publish_lists();
-    // Runs the programs of the call's enter or exit edge (the slow path of on_enter/on_exit).
-    void run_edge(const hook::SyscallCall& call, long result, bool exit);
+    // Runs the programs of the call's enter or exit edge (the slow path of enter/exit).
+    void run_edge(CallFrame& frame, bool exit);
     uint64_t run_program(const ProgramRun& run, void* ctx, size_t size);
     // Resolves the program's function and makes sure a probe site exists there (mu_ held).
     Result<void> attach_uprobe(LoadedProgram& program);
@@ -169,9 +183,7 @@ private:
     uint32_t next_id_ = 1;
     bool io_programs_ = false;  // whether the published lists contain liveio/io_* programs
     std::atomic<policy::Runtime*> policy_{nullptr};
-    // The policy runtime's part of a hooked call (see set_policy_runtime).
-    bool redirect(hook::SyscallCall& call, hook::SyscallResult& result, policy::Runtime& rt);
-    void account_read(const hook::SyscallCall& call, long result, policy::Runtime& rt);
+    void account_read(const CallFrame& frame, policy::Runtime& rt);
 };
 
 // Kernel names of map types ("hash", "array", "percpu_array", "ringbuf", ...).

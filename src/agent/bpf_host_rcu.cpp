@@ -3,7 +3,6 @@
 #include <linux/membarrier.h>
 #include <sys/syscall.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <random>
 
@@ -31,24 +30,11 @@ ReaderRegistry::ReaderRegistry() : id_(random_id()), slots_(new Slot[kSlots]) {
     membarrier_ = membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0;
 }
 
-ReaderRegistry::Slot* ReaderRegistry::claim(pid_t tid) {
-    for (uint32_t i = 0; i < kSlots; ++i) {
-        pid_t expected = 0;
-        if (slots_[i].owner.load(std::memory_order_relaxed) == 0 &&
-            slots_[i].owner.compare_exchange_strong(expected, tid))
-            return &slots_[i];
-    }
-    // Every slot taken: take over one whose owner thread has exited (tgkill with signal 0
-    // probes a thread without signalling it). An exited owner has no section open.
-    const pid_t pid = ::getpid();
-    for (uint32_t i = 0; i < kSlots; ++i) {
-        pid_t owner = slots_[i].owner.load(std::memory_order_relaxed);
-        if (owner == tid) return &slots_[i];
-        if (slots_[i].active.load(std::memory_order_acquire) != 0) continue;
-        if (hook::raw_syscall(SYS_tgkill, pid, owner, 0) != -ESRCH) continue;
-        if (slots_[i].owner.compare_exchange_strong(owner, tid)) return &slots_[i];
-    }
-    return nullptr;
+ReaderRegistry::Slot* ReaderRegistry::claim() {
+    // An exited owner has no section open.
+    return claim_thread_slot(slots_.get(), kSlots, [](const Slot& s) {
+        return s.active.load(std::memory_order_acquire) == 0;
+    });
 }
 
 void ReaderRegistry::synchronize() {

@@ -19,6 +19,8 @@
 #include <cstdint>
 #include <memory>
 
+#include "base/thread_slots.h"
+
 namespace liveio::agent {
 
 class ReaderRegistry {
@@ -30,7 +32,7 @@ public:
     ReaderRegistry& operator=(const ReaderRegistry&) = delete;
 
     struct alignas(64) Slot {
-        std::atomic<pid_t> owner{0};      // kernel thread id of the owner, 0 when free
+        ThreadSlotOwner owner;
         std::atomic<uint32_t> active{0};  // nesting depth of the owner's read sections
         std::atomic<uint64_t> seq{0};     // read sections completed by the owner
     };
@@ -39,8 +41,8 @@ public:
     // the caller's thread-local state, validated against this registry's `id()`).
     class Section {
     public:
-        Section(ReaderRegistry& r, Slot*& tls_slot, uint64_t& tls_registry_id, pid_t tid)
-            : registry_(r), slot_(r.enter(tls_slot, tls_registry_id, tid)) {}
+        Section(ReaderRegistry& r, Slot*& tls_slot, uint64_t& tls_registry_id)
+            : registry_(r), slot_(r.enter(tls_slot, tls_registry_id)) {}
         ~Section() { registry_.exit(slot_); }
         Section(const Section&) = delete;
         Section& operator=(const Section&) = delete;
@@ -56,10 +58,10 @@ public:
     uint64_t id() const { return id_; }
 
 private:
-    Slot* enter(Slot*& tls_slot, uint64_t& tls_registry_id, pid_t tid) {
+    Slot* enter(Slot*& tls_slot, uint64_t& tls_registry_id) {
         Slot* s = tls_slot;
         if (tls_registry_id != id_ || s == nullptr) [[unlikely]] {
-            s = claim(tid);
+            s = claim();
             tls_slot = s;
             tls_registry_id = id_;
         }
@@ -84,7 +86,7 @@ private:
         s->seq.store(s->seq.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         s->active.store(s->active.load(std::memory_order_relaxed) - 1, std::memory_order_release);
     }
-    Slot* claim(pid_t tid);
+    Slot* claim();
 
     const uint64_t id_;
     bool membarrier_ = false;

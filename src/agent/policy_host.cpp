@@ -12,19 +12,91 @@ void PolicyHost::off_all() {
     hook::Dispatcher::ScopedInside inside;
     std::lock_guard lock(mu_);
     while (!active_.empty()) (void)off_locked(active_.begin()->first);
-    if (runtime_) {
-        bpf_.set_policy_runtime(nullptr);
-        runtime_.reset();  // joins the I/O thread, closes its ring
+    stop_runtime();
+}
+
+bool PolicyHost::PolicyRedirector::redirect(CallFrame& frame) {
+    uint8_t slot = 0;
+    if (!policy::Runtime::take_redirect(slot)) return false;
+    policy::Runtime* rt = host_.live_.load(std::memory_order_acquire);
+    if (rt == nullptr) return false;
+    if (policy::Redirector* executor = rt->redirector(); executor != nullptr && executor->run(frame)) return true;
+    rt->count_fallback(slot);
+    return false;
+}
+
+Result<void> PolicyHost::start_runtime() {
+    if (runtime_) return {};
+    auto rt = policy::Runtime::create({});
+    if (!rt) return make_error(rt.error().code, "cannot start the policy runtime: " + rt.error().message);
+    runtime_ = std::move(rt).value();
+    live_.store(runtime_.get(), std::memory_order_release);
+    bpf_.set_policy_runtime(runtime_.get());
+    if (executor_ != nullptr) {
+        runtime_->set_redirector(executor_);
+        if (auto r = pipeline_.set_redirector(&redirector_); !r) {
+            stop_runtime();
+            return make_error(r.error().code, "the call pipeline's redirector slot is taken: " + r.error().message);
+        }
     }
+    return {};
+}
+
+Result<void> PolicyHost::set_executor(policy::Redirector* executor) {
+    std::lock_guard lock(mu_);
+    return set_executor_locked(executor);
+}
+
+Result<void> PolicyHost::set_executor_locked(policy::Redirector* executor) {
+    if (executor_ == executor) return {};
+    if (runtime_) {
+        // New requests stop first (the helper answers -EOPNOTSUPP), then the slot empties
+        // with a grace period: no thread is inside the old executor afterwards.
+        runtime_->set_redirector(nullptr);
+        if (pipeline_.redirector() == &redirector_) pipeline_.clear_redirector();
+        runtime_->set_redirector(executor);
+        if (executor != nullptr)
+            if (auto r = pipeline_.set_redirector(&redirector_); !r) return r;
+    }
+    executor_ = executor;
+    return {};
+}
+
+void PolicyHost::stop_runtime() {
+    if (!runtime_) return;
+    // Nobody reaches the runtime any more once these return: the slot is cleared with a
+    // grace period, the BPF host's exit edge loads the pointer on every call.
+    runtime_->set_redirector(nullptr);
+    if (pipeline_.redirector() == &redirector_) pipeline_.clear_redirector();
+    bpf_.set_policy_runtime(nullptr);
+    live_.store(nullptr, std::memory_order_release);
+    runtime_.reset();  // joins the I/O thread, closes its ring
 }
 
 Result<json> PolicyHost::on(const std::string& name, const std::string& object_path,
                             const std::vector<std::string>& settings) {
     hook::Dispatcher::ScopedInside inside;
+    auto r = on_locked_or_undo(name, object_path, settings);
+    return r;
+}
+
+Result<json> PolicyHost::on_locked_or_undo(const std::string& name, const std::string& object_path,
+                                           const std::vector<std::string>& settings) {
     auto def = policy::find_policy(name);
     if (!def) return def.error();
     std::lock_guard lock(mu_);
     if (active_.count(name)) return make_error(EEXIST, "policy '" + name + "' is already on");
+    // A failure below leaves no executor of a policy that is not on.
+    struct Undo {
+        PolicyHost& h;
+        const std::string& name;
+        ~Undo() {
+            if (name == "uring" && h.uring_ && !h.active_.count(name)) {
+                (void)h.set_executor_locked(nullptr);
+                h.uring_.reset();
+            }
+        }
+    } undo{*this, name};
     Active a;
     a.def = *def;
     for (const policy::KnobDef& k : a.def->knobs) a.knobs[k.name] = k.default_value;
@@ -33,12 +105,17 @@ Result<json> PolicyHost::on(const std::string& name, const std::string& object_p
         if (!parsed) return parsed.error();
         a.knobs[parsed->first->name] = parsed->second;
     }
-    if (!runtime_) {
-        auto rt = policy::Runtime::create({});
-        if (!rt) return make_error(rt.error().code, "cannot start the policy runtime: " + rt.error().message);
-        runtime_ = std::move(rt).value();
-        bpf_.set_policy_runtime(runtime_.get());
+    if (name == "uring" && !uring_) {
+        auto ex = policy::UringExecutor::create();
+        if (!ex) return make_error(ex.error().code, "policy 'uring': " + ex.error().message);
+        uring_ = std::move(ex).value();
+        executor_ = uring_.get();  // installed with the runtime below (or now, if it runs)
+        if (runtime_) {
+            executor_ = nullptr;
+            if (auto r = set_executor_locked(uring_.get()); !r) return r.error();
+        }
     }
+    if (auto r = start_runtime(); !r) return r.error();
     auto loaded = bpf_.load({object_path, ebpf::Engine::Jit, {}});
     if (!loaded) return make_error(loaded.error().code, "policy '" + name + "': " + loaded.error().message);
     a.object = (*loaded)["object"].get<uint32_t>();
@@ -80,6 +157,10 @@ Result<void> PolicyHost::off_locked(const std::string& name) {
     // helpers refuse work for a slot that is off.
     auto drained = runtime_->disable(a.slot);
     auto unloaded = bpf_.unload(a.object);
+    if (name == "uring" && uring_) {
+        (void)set_executor_locked(nullptr);  // no thread inside it when this returns
+        uring_.reset();                      // shuts the per-thread rings down
+    }
     if (!drained) return drained.error();
     if (!unloaded) return unloaded.error();
     return {};
@@ -91,11 +172,8 @@ Result<json> PolicyHost::off(const std::string& name) {
     json last;
     if (auto it = active_.find(name); it != active_.end() && runtime_) last = runtime_->counters(it->second.slot).to_json();
     if (auto r = off_locked(name); !r) return r.error();
-    if (active_.empty() && runtime_) {
-        // The last policy: stop the I/O thread too, so an idle agent runs no thread of ours.
-        bpf_.set_policy_runtime(nullptr);
-        runtime_.reset();
-    }
+    // The last policy: stop the I/O thread too, so an idle agent runs no thread of ours.
+    if (active_.empty()) stop_runtime();
     return json{{"policy", name}, {"on", false}, {"final", last}};
 }
 
@@ -128,6 +206,15 @@ json PolicyHost::list() const {
             p["object"] = it->second.object;
             knobs = it->second.knobs;
             p["counters"] = runtime_->counters(it->second.slot).to_json();
+            if (def.name == "uring" && uring_) {
+                const policy::UringRedirectStats st = uring_->redirect().stats();
+                json reasons = json::object();
+                for (int r = 0; r < static_cast<int>(policy::FallbackReason::Count); ++r)
+                    if (st.by_reason[r]) reasons[policy::fallback_reason_name(static_cast<policy::FallbackReason>(r))] = st.by_reason[r];
+                p["counters"]["redirected"] = st.redirected;
+                p["counters"]["fallback_reasons"] = reasons;
+                p["counters"]["rings"] = st.engines_live;
+            }
         }
         p["knobs"] = knobs;
         policies.push_back(std::move(p));

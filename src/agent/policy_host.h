@@ -8,6 +8,7 @@
 // Thread safety: requests run on the control thread; methods serialize on a mutex.
 #pragma once
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -16,16 +17,18 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/bpf_host.h"
+#include "agent/call_pipeline.h"
 #include "agent/router.h"
 #include "base/result.h"
 #include "policy/catalog.h"
 #include "policy/runtime.h"
+#include "policy/uring_executor.h"
 
 namespace liveio::agent {
 
 class PolicyHost {
 public:
-    explicit PolicyHost(BpfHost& bpf) : bpf_(bpf) {}
+    PolicyHost(BpfHost& bpf, CallPipeline& pipeline) : bpf_(bpf), pipeline_(pipeline), redirector_(*this) {}
     ~PolicyHost();
     PolicyHost(const PolicyHost&) = delete;
     PolicyHost& operator=(const PolicyHost&) = delete;
@@ -39,6 +42,10 @@ public:
     // {"policies": [{name, on, object, knobs, counters...}], "available": [...], "worker": {...}}
     nlohmann::json list() const;
     void off_all();
+    // The executor of redirected calls (policy::UringRedirect), null for none. The pipeline's
+    // redirector slot is taken only while a runtime exists and an executor is set: without
+    // one, liveio_redirect answers -EOPNOTSUPP and calls pay nothing for the slot.
+    Result<void> set_executor(policy::Redirector* executor);
 
     Result<void> register_requests(RequestRouter& router);
 
@@ -50,8 +57,30 @@ private:
         std::map<std::string, uint64_t> knobs;
     };
     Result<void> off_locked(const std::string& name);
+    Result<nlohmann::json> on_locked_or_undo(const std::string& name, const std::string& object_path,
+                                             const std::vector<std::string>& settings);
+    Result<void> start_runtime();  // mu_ held
+    Result<void> set_executor_locked(policy::Redirector* executor);
+    void stop_runtime();           // mu_ held
+
+    // The pipeline's redirector while a policy runtime exists: performs the calls a program
+    // asked to redirect (liveio_redirect at io_enter) with the runtime's executor.
+    class PolicyRedirector final : public Redirector {
+    public:
+        explicit PolicyRedirector(PolicyHost& host) : host_(host) {}
+        bool redirect(CallFrame& frame) override;
+
+    private:
+        PolicyHost& host_;
+    };
 
     BpfHost& bpf_;
+    CallPipeline& pipeline_;
+    PolicyRedirector redirector_;
+    std::atomic<policy::Runtime*> live_{nullptr};  // runtime_, for the redirector
+    policy::Redirector* executor_ = nullptr;
+    // The `uring` policy's executor, while that policy is on.
+    std::unique_ptr<policy::UringExecutor> uring_;
     mutable std::mutex mu_;
     std::unique_ptr<policy::Runtime> runtime_;
     std::map<std::string, Active> active_;

@@ -96,20 +96,19 @@ public:
         inside_ = true;
         count_call(slot);
         const int caller_errno = errno;
-        const uint64_t start = slot.timed.load(std::memory_order_relaxed) ? now_ns() : 0;
-        SyscallResult result = 0;
+        CallFrame frame{call, 0, slot.timed.load(std::memory_order_relaxed) ? now_ns() : 0, 0};
         long ret;
         int ret_errno;
-        if (handler->on_enter(call, result)) {
-            ret = result < 0 ? -1 : result;
-            ret_errno = result < 0 ? static_cast<int>(-result) : caller_errno;
+        if (handler->on_enter(frame)) {
+            ret = frame.result < 0 ? -1 : frame.result;
+            ret_errno = frame.result < 0 ? static_cast<int>(-frame.result) : caller_errno;
         } else {
             errno = caller_errno;
             ret = original();
             ret_errno = errno;
-            result = ret == -1 ? -ret_errno : ret;
+            frame.result = ret == -1 ? -ret_errno : ret;
         }
-        handler->on_exit(call, result, start);
+        handler->on_exit(frame);
         inside_ = false;
         leave(mechanism, record);
         errno = ret_errno;
@@ -130,14 +129,13 @@ public:
         inside_ = true;
         count_call(slot);
         const int saved_errno = errno;  // the handler's own libc calls must not leak errno
-        const uint64_t start = slot.timed.load(std::memory_order_relaxed) ? now_ns() : 0;
-        SyscallResult result = 0;
-        if (!handler->on_enter(call, result)) result = raw_syscall(call);
-        handler->on_exit(call, result, start);
+        CallFrame frame{call, 0, slot.timed.load(std::memory_order_relaxed) ? now_ns() : 0, 0};
+        if (!handler->on_enter(frame)) frame.result = raw_syscall(frame.call);
+        handler->on_exit(frame);
         errno = saved_errno;
         inside_ = false;
         leave(mechanism, record);
-        return result;
+        return frame.result;
     }
 
     static uint64_t now_ns() {

@@ -53,6 +53,12 @@ const std::vector<PolicyDef>& catalog() {
              {"open_kb", 6, 1024, "a scanning thread's newly opened data file: prefetch its first KiB (0: off)"},
              {"budget_mb", kRuntimeKnob, 256, "bytes in flight on the I/O thread, all policies (MiB)"},
          }},
+        {"uring",
+         "policies/uring.bpf.o",
+         "blocking file and socket calls performed through per-thread io_uring rings (exact results)",
+         {
+             {"classes", 0, ~uint64_t{0}, "bit mask of file classes whose calls are redirected"},
+         }},
     };
     return policies;
 }

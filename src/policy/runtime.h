@@ -49,13 +49,14 @@ inline constexpr int kMaxKnobs = 16;
 inline constexpr int kMaxPolicyPrograms = 16;
 
 // Performs a call a program asked to redirect (liveio_redirect) through io_uring instead of
-// natively. The executor is policy::UringRedirect (the `uring` policy); none is installed
-// until it is, and then liveio_redirect answers -EOPNOTSUPP and counts a fallback.
+// natively. The executor is policy::UringRedirect (the `uring` policy); until one is
+// installed, liveio_redirect answers -EOPNOTSUPP and counts a fallback.
 class Redirector {
 public:
     virtual ~Redirector() = default;
-    // True with `result` set when it performed the call; false: the call runs natively.
-    virtual bool run(hook::SyscallCall& call, hook::SyscallResult& result) = 0;
+    // True with frame.result set when it performed the call (exact native semantics); false:
+    // the call runs natively.
+    virtual bool run(hook::CallFrame& frame) = 0;
 };
 
 class Runtime final : public WorkerSink {

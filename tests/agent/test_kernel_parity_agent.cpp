@@ -193,7 +193,8 @@ TEST(KernelParityAgent, SyscountInTheAgentCountsAsTheKernelTracepoints) {
         ASSERT_TRUE(file.fd() >= 0 && file.ro_fd() >= 0);
         Tally tally;
         {
-            auto interceptor = hook::Interceptor::install({hook::Mechanism::Got, {hook::kMainProgram}, {}}, host.value().get());
+            CallPipeline pipeline({host.value().get()});
+            auto interceptor = hook::Interceptor::install({hook::Mechanism::Got, {hook::kMainProgram}, {}}, &pipeline);
             ASSERT_TRUE(interceptor.ok()) << interceptor.error().message;
             workload(file.fd(), file.ro_fd(), tally);
             auto done = interceptor.value()->uninstall();

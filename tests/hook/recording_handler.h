@@ -26,18 +26,19 @@ public:
     char fill = 0;
     std::function<void(const SyscallCall&)> during_enter;  // runs first in every on_enter
 
-    bool on_enter(SyscallCall& call, SyscallResult& result) override {
+    bool on_enter(CallFrame& frame) override {
+        const SyscallCall& call = frame.call;
         if (during_enter) during_enter(call);
         if (call.nr != take_nr) return false;
         if (take_result > 0 && call.nr == SYS_read)
             memset(reinterpret_cast<void*>(call.args[1]), fill, static_cast<size_t>(take_result));
-        result = take_result;
+        frame.result = take_result;
         return true;
     }
-    void on_exit(const SyscallCall& call, SyscallResult result, uint64_t) override {
+    void on_exit(CallFrame& frame) override {
         std::lock_guard lock(mu);
-        Seen s{call.nr, {}, result};
-        memcpy(s.args, call.args, sizeof s.args);
+        Seen s{frame.call.nr, {}, frame.result};
+        memcpy(s.args, frame.call.args, sizeof s.args);
         seen.push_back(s);
     }
     std::vector<Seen> take() {

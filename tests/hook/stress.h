@@ -22,13 +22,13 @@ namespace liveio::hook {
 class PreadTakeover : public CallHandler {
 public:
     std::atomic<uint64_t> taken{0}, seen{0};
-    bool on_enter(SyscallCall& call, SyscallResult& result) override {
-        if (call.nr != SYS_pread64) return false;
-        result = raw_syscall(call);
+    bool on_enter(CallFrame& frame) override {
+        if (frame.call.nr != SYS_pread64) return false;
+        frame.result = raw_syscall(frame.call);
         taken.fetch_add(1, std::memory_order_relaxed);
         return true;
     }
-    void on_exit(const SyscallCall&, SyscallResult, uint64_t) override {
+    void on_exit(CallFrame&) override {
         seen.fetch_add(1, std::memory_order_relaxed);
     }
 };

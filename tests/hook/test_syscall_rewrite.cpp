@@ -433,7 +433,7 @@ TEST(SyscallRewrite, EverySyscallOfAWorkloadReachesTheDispatcher) {
 class ClobberingHandler : public CallHandler {
 public:
     std::atomic<int> calls{0};
-    bool on_enter(SyscallCall&, SyscallResult&) override {
+    bool on_enter(CallFrame&) override {
         asm volatile(
             "pxor %%xmm0, %%xmm0\n pxor %%xmm1, %%xmm1\n pxor %%xmm2, %%xmm2\n pxor %%xmm3, %%xmm3\n"
             "pxor %%xmm4, %%xmm4\n pxor %%xmm5, %%xmm5\n pxor %%xmm6, %%xmm6\n pxor %%xmm7, %%xmm7\n"
@@ -446,7 +446,7 @@ public:
         calls.fetch_add(1);
         return false;
     }
-    void on_exit(const SyscallCall&, SyscallResult, uint64_t) override {}
+    void on_exit(CallFrame&) override {}
 };
 
 // libc's syscall() moves its arguments into the kernel's registers and executes a (rewritten)

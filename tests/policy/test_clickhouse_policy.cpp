@@ -131,6 +131,15 @@ TEST(PolicyClickHouse, PrefetchOnALiveServerSameResultsCountersMove) {
     const json c = policy_counters(spid, "prefetch");
     EXPECT_EQ(c.value("errors", uint64_t{1}), 0u) << c.dump();
 
+    // The uring policy beside it: the server's blocking calls through per-thread rings.
+    const CliRun uring = liveio({"policy", pid, "on", "uring"});
+    ASSERT_EQ(uring.status, 0) << uring.err;
+    ASSERT_TRUE(eventually([&] { return policy_counters(spid, "uring").value("redirected", uint64_t{0}) > 0; }))
+        << policy_counters(spid, "uring").dump();
+    ASSERT_TRUE(answered_more());
+    const CliRun uring_off = liveio({"policy", pid, "off", "uring"});
+    ASSERT_EQ(uring_off.status, 0) << uring_off.err;
+
     const CliRun detach = liveio({"detach", pid});
     ASSERT_EQ(detach.status, 0) << detach.err;
     // No liveio-io thread left behind.

@@ -220,9 +220,9 @@ TEST(PolicyRuntime, RedirectWithoutExecutorFallsBackCounted) {
 
     struct Recorder : Redirector {
         int runs = 0;
-        bool run(hook::SyscallCall&, hook::SyscallResult& r) override {
+        bool run(hook::CallFrame& f) override {
             ++runs;
-            r = 7;
+            f.result = 7;
             return true;
         }
     } recorder;

@@ -1,0 +1,56 @@
+#include "agent/call_pipeline.h"
+
+#include <cerrno>
+#include <exception>
+
+namespace liveio::agent {
+namespace {
+
+// The calling thread's read-section slot of a pipeline's registry. Initial-exec and plain
+// data: the agent is dlopen'ed, and this is reached from hooked calls (bpf_host.cpp explains).
+struct PipelineThread {
+    uint64_t registry_id;
+    ReaderRegistry::Slot* slot;
+};
+__attribute__((tls_model("initial-exec"))) thread_local PipelineThread t_pipeline;
+
+}  // namespace
+
+CallPipeline::CallPipeline(std::initializer_list<CallObserver*> observers) {
+    // A fixed set chosen by the code that builds the pipeline: a mistake here is a
+    // programming error, not a runtime condition.
+    if (observers.size() > kMaxObservers) std::terminate();
+    for (CallObserver* o : observers) {
+        if (o == nullptr) std::terminate();
+        observers_[count_++] = o;
+    }
+}
+
+Result<void> CallPipeline::set_redirector(Redirector* redirector) {
+    if (redirector == nullptr) return make_error(EINVAL, "set_redirector needs a redirector");
+    std::lock_guard lock(redirector_mu_);
+    Redirector* expected = nullptr;
+    if (!redirector_.compare_exchange_strong(expected, redirector, std::memory_order_seq_cst))
+        return make_error(EBUSY, "the call pipeline already has a redirector");
+    return {};
+}
+
+void CallPipeline::clear_redirector() {
+    std::lock_guard lock(redirector_mu_);
+    if (redirector_.load(std::memory_order_relaxed) == nullptr) return;
+    redirector_.store(nullptr, std::memory_order_seq_cst);
+    // A thread that read the old pointer inside its section is waited for; one entering
+    // from now on reads null.
+    readers_.synchronize();
+}
+
+__attribute__((noinline)) bool CallPipeline::redirect(CallFrame& frame) {
+    PipelineThread& t = t_pipeline;
+    ReaderRegistry::Section section(readers_, t.slot, t.registry_id);
+    Redirector* r = redirector_.load(std::memory_order_acquire);
+    if (r == nullptr || !r->redirect(frame)) return false;
+    frame.word |= kRedirected;
+    return true;
+}
+
+}  // namespace liveio::agent
