@@ -206,6 +206,8 @@ public:
                     failed = !ms;
                 }
                 if (failed) {
+                    // Runs of this query that did answer are no comparable timing either.
+                    phase.timings[q.name].erase(c->name);
                     line += fmt::format("  {} ERROR", c->name);
                     continue;
                 }
