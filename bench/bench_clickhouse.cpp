@@ -38,7 +38,7 @@
 #include "clickhouse_report.h"
 #include "clickhouse_system.h"
 #include "interrupt_guard.h"
-#include "self_exec.h"
+#include "control/self_exec.h"
 
 namespace liveio::bench {
 namespace {
@@ -46,6 +46,8 @@ namespace {
 namespace ch = liveio::clickhouse;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
+using control::agent_mapped;
+using control::run_liveio;
 
 struct ClickhouseOptions {
     double scale = 40;  // million rows

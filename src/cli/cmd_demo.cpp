@@ -23,9 +23,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "bench/interrupt_guard.h"
-#include "bench/self_exec.h"
+#include "control/self_exec.h"
 #include "clickhouse/dataset.h"
 #include "clickhouse/server.h"
 #include "cli/commands.h"
@@ -42,8 +42,8 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 namespace ch = liveio::clickhouse;
 using bench::InterruptGuard;
-using bench::agent_mapped;
-using bench::run_liveio;
+using control::agent_mapped;
+using control::run_liveio;
 
 struct DemoOptions {
     uint64_t rows = ch::DatasetOptions{}.rows;
@@ -112,7 +112,7 @@ using CallCounts = std::map<std::string, std::array<uint64_t, 3>>;
 
 CallCounts status_counts(pid_t pid) {
     CallCounts out;
-    auto client = agent::ControlClient::connect(pid);
+    auto client = control::ControlClient::connect(pid);
     if (!client) return out;
     auto s = client->call("status");
     if (!s) return out;
@@ -157,7 +157,7 @@ public:
             *why = path.error().message;
             return nullptr;
         }
-        auto client = agent::ControlClient::connect(pid);
+        auto client = control::ControlClient::connect(pid);
         if (!client) {
             *why = client.error().message;
             return nullptr;
@@ -207,8 +207,8 @@ public:
     Result<void> unload() { return observe::BpfClient(client_).unload(object_.id); }
 
 private:
-    explicit IoStats(agent::ControlClient client) : client_(std::move(client)) {}
-    agent::ControlClient client_;
+    explicit IoStats(control::ControlClient client) : client_(std::move(client)) {}
+    control::ControlClient client_;
     observe::ObjectInfo object_;
     std::vector<observe::LiveMap> maps_;
 };

@@ -10,7 +10,7 @@
 
 #include "base/result.h"
 
-namespace liveio::bench {
+namespace liveio::control {
 
 // Runs /proc/self/exe with `args`, stdout and stderr captured together, the child's signal
 // mask emptied (callers may block signals to wait for them in a thread). Returns the output;
@@ -20,4 +20,4 @@ Result<std::string> run_liveio(const std::vector<std::string>& args);
 // True when liveio-agent.so is mapped in process `pid` (attached, not yet unloaded).
 bool agent_mapped(pid_t pid);
 
-}  // namespace liveio::bench
+}  // namespace liveio::control

@@ -1,4 +1,4 @@
-#include "self_exec.h"
+#include "control/self_exec.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -14,7 +14,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-namespace liveio::bench {
+namespace liveio::control {
 
 Result<std::string> run_liveio(const std::vector<std::string>& args) {
     std::error_code ec;
@@ -72,4 +72,4 @@ bool agent_mapped(pid_t pid) {
     return false;
 }
 
-}  // namespace liveio::bench
+}  // namespace liveio::control
