@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test suite's run of one fuzz target: every input of the committed corpus, then
-# SECONDS of mutation (bounded by -runs too). New inputs go to a scratch directory, never
+# SECONDS of mutation (bounded by -runs too; 0: none). New inputs go to a scratch directory, never
 # into the committed corpus. Exit 77 (CTest: skipped) when the fuzz build is absent.
 set -euo pipefail
 binary=$1 corpus=$2 seconds=${3:-4}
@@ -15,5 +15,8 @@ trap 'rm -rf "$scratch"' EXIT
 # finding must fail the test (libFuzzer's default 77 is CTest's "skipped").
 artifacts=$(dirname "$binary")/artifacts/$(basename "$binary")
 mkdir -p "$artifacts"
-exec "$binary" -runs=200000 -max_total_time="$seconds" -timeout=60 -rss_limit_mb=2048 \
+# SECONDS 0: replay the corpus only (-runs=0 stops after the initial inputs).
+runs=200000
+if ((seconds == 0)); then runs=0; fi
+exec "$binary" -runs=$runs -max_total_time="$seconds" -timeout=60 -rss_limit_mb=2048 \
   -print_final_stats=1 -error_exitcode=1 -artifact_prefix="$artifacts/" "$scratch" "$corpus"

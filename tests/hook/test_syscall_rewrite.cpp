@@ -31,6 +31,7 @@
 #include <Zydis/Formatter.h>
 #include <gtest/gtest.h>
 
+#include "agent/mmap_min_addr.h"
 #include "hook/dispatcher.h"
 #include "hook/interceptor.h"
 #include "hook/recording_handler.h"
@@ -54,77 +55,7 @@ long read_min_addr() {
     return v;
 }
 
-bool write_min_addr(long v) {
-    std::ofstream out(kMinAddrPath);
-    out << v;
-    out.flush();
-    return static_cast<bool>(out);
-}
-
-// vm.mmap_min_addr is one setting for the whole machine, and ctest runs these tests as
-// parallel processes: a test putting the old value back while another still installs made
-// that one fail. Root tests therefore register as users under lock files: the first user
-// lowers the setting to 0 and records the old value, the last one restores it. (A crashed
-// user's lock is released by the kernel; the setting then stays 0 until the next user's
-// last release restores what that user found.)
-class MinAddrZero {
-public:
-    MinAddrZero() {
-        if (geteuid() != 0) {
-            if (read_min_addr() == 0) ok_ = true;
-            else reason_ = "needs vm.mmap_min_addr=0 (it is " + std::to_string(read_min_addr()) + "), or root to set it";
-            return;
-        }
-        const int mutex = lock_mutex();
-        if (mutex < 0) {
-            reason_ = std::string("cannot lock ") + kMutexPath + ": " + strerror(errno);
-            return;
-        }
-        users_ = open(kUsersPath, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
-        if (users_ >= 0) {
-            if (flock(users_, LOCK_EX | LOCK_NB) == 0) {  // no other user: record, then lower
-                const std::string old = std::to_string(read_min_addr());
-                (void)!ftruncate(users_, 0);
-                (void)!pwrite(users_, old.data(), old.size(), 0);
-                if (read_min_addr() != 0) write_min_addr(0);
-            }
-            flock(users_, LOCK_SH);
-        }
-        ok_ = users_ >= 0 && read_min_addr() == 0;
-        if (!ok_) reason_ = std::string("cannot set vm.mmap_min_addr to 0 (") + kUsersPath + ")";
-        close(mutex);
-    }
-    ~MinAddrZero() {
-        if (users_ < 0) return;
-        const int mutex = lock_mutex();
-        if (flock(users_, LOCK_EX | LOCK_NB) == 0) {  // the last user puts the old value back
-            char old[32] = {};
-            if (pread(users_, old, sizeof old - 1, 0) > 0) write_min_addr(strtol(old, nullptr, 10));
-        }
-        close(users_);
-        if (mutex >= 0) close(mutex);
-    }
-    MinAddrZero(const MinAddrZero&) = delete;
-    MinAddrZero& operator=(const MinAddrZero&) = delete;
-
-    bool ok() const { return ok_; }
-    const std::string& reason() const { return reason_; }
-
-private:
-    static constexpr const char* kMutexPath = "/tmp/liveio-mmap-min-addr.mutex";
-    static constexpr const char* kUsersPath = "/tmp/liveio-mmap-min-addr.users";
-    static int lock_mutex() {
-        const int fd = open(kMutexPath, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
-        if (fd >= 0 && flock(fd, LOCK_EX) != 0) {
-            close(fd);
-            return -1;
-        }
-        return fd;
-    }
-    int users_ = -1;
-    bool ok_ = false;
-    std::string reason_;
-};
+using MinAddrZero = agent::testing::MmapMinAddrZero;  // shared with tests/agent (lock files)
 
 #define NEED_MIN_ADDR_ZERO()                                                                       \
     MinAddrZero min_addr_zero;                                                                     \
