@@ -81,18 +81,13 @@ struct Connection {
 }  // namespace
 
 const char* mechanism_name(hook::Mechanism m) {
-    switch (m) {
-        case hook::Mechanism::Got: return "got";
-        case hook::Mechanism::Inline: return "inline";
-        case hook::Mechanism::SyscallRewrite: return "rewrite";
-    }
-    return "unknown";
+    const auto i = static_cast<size_t>(m);
+    return i < control::kMechanismNames.size() ? control::kMechanismNames[i] : "unknown";
 }
 
 Result<hook::Mechanism> parse_mechanism(const std::string& name) {
-    if (name == "got") return hook::Mechanism::Got;
-    if (name == "inline") return hook::Mechanism::Inline;
-    if (name == "rewrite") return hook::Mechanism::SyscallRewrite;
+    for (size_t i = 0; i < control::kMechanismNames.size(); ++i)
+        if (name == control::kMechanismNames[i]) return static_cast<hook::Mechanism>(i);
     return make_error(EINVAL, "unknown mechanism '" + name + "' (expected got, inline or rewrite)");
 }
 
