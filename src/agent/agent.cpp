@@ -112,7 +112,7 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentOptions options) {
     auto bpf = BpfHost::create(std::move(bpf_options));
     if (!bpf) return bpf.error();
     agent->bpf_ = std::move(bpf).value();
-    agent->pipeline_ = std::make_unique<CallPipeline>(std::initializer_list<CallObserver*>{&agent->counters_, agent->bpf_.get()});
+    agent->pipeline_ = std::make_unique<AgentPipeline>(agent->counters_, *agent->bpf_);
     if (auto r = agent->bpf_->register_requests(agent->router_); !r) return r.error();
 
     // The control thread inherits this mask: the application's asynchronous signals are

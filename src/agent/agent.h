@@ -47,6 +47,9 @@ struct AgentOptions {
     uint64_t library_handle = 0;
 };
 
+// The agent's handler: its counters, then the BPF host's edges.
+using AgentPipeline = CallPipelineOf<CallCounters, BpfHost>;
+
 class Agent {
 public:
     static Result<std::unique_ptr<Agent>> start(AgentOptions options);
@@ -90,7 +93,7 @@ private:
     CallCounters counters_;
     RequestRouter router_;
     std::unique_ptr<BpfHost> bpf_;
-    std::unique_ptr<CallPipeline> pipeline_;  // {&counters_, bpf_}
+    std::unique_ptr<AgentPipeline> pipeline_;
 
     mutable std::mutex mu_;  // guards interceptors_ and last_error_
     std::unique_ptr<hook::Interceptor> interceptors_[3];
