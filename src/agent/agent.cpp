@@ -114,6 +114,8 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentOptions options) {
     agent->bpf_ = std::move(bpf).value();
     agent->pipeline_ = std::make_unique<AgentPipeline>(agent->counters_, *agent->bpf_);
     if (auto r = agent->bpf_->register_requests(agent->router_); !r) return r.error();
+    agent->policies_ = std::make_unique<PolicyHost>(*agent->bpf_, *agent->pipeline_);
+    if (auto r = agent->policies_->register_requests(agent->router_); !r) return r.error();
 
     // The control thread inherits this mask: the application's asynchronous signals are
     // delivered to its own threads, never to ours. The world-stop signal stays deliverable
@@ -157,6 +159,7 @@ Result<void> Agent::open_socket() {
 
 Agent::~Agent() {
     stop_control();
+    policies_.reset();  // drains the I/O thread before the programs go
     if (bpf_) bpf_->unload_all();
     (void)uninstall(std::nullopt);
     hook::Dispatcher::ScopedInside inside;
@@ -212,6 +215,7 @@ Result<json> Agent::install(const json& spec) {
 Result<json> Agent::uninstall(std::optional<hook::Mechanism> mechanism) {
     std::lock_guard lock(mu_);
     json removed = json::array();
+    json reports = json::object();
     for (auto& slot : interceptors_) {
         if (!slot || (mechanism && slot->mechanism() != *mechanism)) continue;
         const hook::Mechanism m = slot->mechanism();
@@ -220,12 +224,18 @@ Result<json> Agent::uninstall(std::optional<hook::Mechanism> mechanism) {
         if (auto r = slot->uninstall(); !r)
             return make_error(r.error().code, std::string("uninstalling ") + mechanism_name(m) +
                                                   ": " + r.error().message);
+        const hook::UninstallReport report = slot->last_uninstall();
+        json how = {{"moved_out", report.moved_out},
+                    {"world_stops", report.world_stops},
+                    {"waited_ms", report.waited_ms}};
+        if (!report.kept.empty()) how["kept"] = report.kept;
+        reports[mechanism_name(m)] = std::move(how);
         slot.reset();
         removed.push_back(mechanism_name(m));
     }
     if (mechanism && removed.empty())
         return make_error(ENOENT, std::string("mechanism ") + mechanism_name(*mechanism) + " is not installed");
-    return json{{"uninstalled", removed}};
+    return json{{"uninstalled", removed}, {"how", reports}};
 }
 
 json Agent::status() const {
@@ -247,6 +257,7 @@ json Agent::status() const {
                 {"resident", options_.resident},
                 {"mechanisms", mechanisms},
                 {"calls", counters_.snapshot()},
+                {"policies", policies_ ? policies_->list() : json::object()},
                 {"requests", router_.describe()}};
     if (!options_.library_path.empty())
         out["library"] = {{"path", options_.library_path}, {"handle", options_.library_handle}};
@@ -283,11 +294,13 @@ void Agent::register_builtin_requests() {
                      }));
     must(router_.add("detach", "uninstall everything and stop serving, so the library can be unloaded",
                      [this](const json&) -> Result<Reply> {
-                         bpf_->unload_all();  // programs, maps and uprobes go before the library
+                         policies_->off_all();  // drained: nothing in flight, no liveio-io thread
+                         bpf_->unload_all();     // programs, maps and uprobes go before the library
                          auto r = uninstall(std::nullopt);
                          if (!r) return r.error();
                          Reply reply;
                          reply.result = {{"uninstalled", (*r)["uninstalled"]},
+                                         {"how", (*r)["how"]},
                                          {"unloadable", !options_.resident},
                                          {"control_tid", control_tid_.load()}};
                          if (!options_.library_path.empty())
@@ -415,7 +428,10 @@ void Agent::serve() {
     }
     for (auto& c : conns) ::close(c.fd);
     // Closing the listening socket frees the abstract name at once, so a re-attach that
-    // loads a fresh agent can bind it.
+    // loads a fresh agent can bind it. A child the application is forking right now holds the
+    // descriptor until it execs (close-on-exec): shut the socket down first, so it refuses
+    // connections whoever still holds it.
+    ::shutdown(listen_fd_, SHUT_RDWR);
     ::close(listen_fd_);
     listen_fd_ = -1;
     control_stopped_.store(true, std::memory_order_release);

@@ -26,6 +26,7 @@
 #include "agent/bpf_host.h"
 #include "agent/call_counters.h"
 #include "agent/call_pipeline.h"
+#include "agent/policy_host.h"
 #include "agent/router.h"
 #include "base/result.h"
 #include "hook/interceptor.h"
@@ -73,6 +74,8 @@ public:
     // The handler every installed mechanism calls: the counters and the BPF host observe
     // each call; its redirector slot is where an acceleration policy takes calls over.
     CallPipeline& pipeline() { return *pipeline_; }
+    // The policies (policy.* requests), switched off before the BPF host unloads anything.
+    PolicyHost& policies() { return *policies_; }
 
     // True once the control thread has ended (after a `detach` request in a non-resident
     // agent): the library may then be unloaded.
@@ -94,6 +97,7 @@ private:
     RequestRouter router_;
     std::unique_ptr<BpfHost> bpf_;
     std::unique_ptr<AgentPipeline> pipeline_;
+    std::unique_ptr<PolicyHost> policies_;    // holds the pipeline's redirector slot while on
 
     mutable std::mutex mu_;  // guards interceptors_ and last_error_
     std::unique_ptr<hook::Interceptor> interceptors_[3];

@@ -134,6 +134,9 @@ uint64_t cached_pid_tgid(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ebpf:
 
 ebpf::HelperTable host_helpers() {
     ebpf::HelperTable t = ebpf::HelperTable::standard();
+    // The policy helpers answer -EPERM to programs of no policy (liveio/policy.h); the IDs
+    // are free in a fresh table, so this cannot fail.
+    (void)policy::Runtime::add_helpers(t);
     if (const auto* p = t.find(ebpf::helper_id::kGetCurrentPidTgid)) {
         auto cached = *p;
         cached.fn = cached_pid_tgid;
@@ -346,7 +349,8 @@ void BpfHost::publish_lists() {
                     }
                     break;
                 case AttachKind::Uprobe:
-                case AttachKind::Uretprobe: break;
+                case AttachKind::Uretprobe:
+                case AttachKind::IoComplete: break;
             }
         }
         exit->invalidate_fd = any_io && shape.fd_event;
@@ -460,7 +464,8 @@ Result<json> BpfHost::load(const LoadRequest& request) {
         lp->section = program->section;
         lp->point = std::move(point).value();
         lp->exe = std::move(exe).value();
-        syscall_edges |= lp->point.kind != AttachKind::Uprobe && lp->point.kind != AttachKind::Uretprobe;
+        syscall_edges |= lp->point.kind != AttachKind::Uprobe && lp->point.kind != AttachKind::Uretprobe &&
+                         lp->point.kind != AttachKind::IoComplete;
         obj->programs.push_back(std::move(lp));
     }
     if (syscall_edges && options_.ensure_interception) {
@@ -548,6 +553,39 @@ Result<json> BpfHost::reply_of(uint32_t object) const {
     auto it = objects_.find(object);
     if (it == objects_.end()) return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
     return it->second->reply;
+}
+
+Result<BpfHost::ObjectPrograms> BpfHost::object_programs(uint32_t object) const {
+    std::lock_guard lock(mu_);
+    auto it = objects_.find(object);
+    if (it == objects_.end()) return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
+    ObjectPrograms out;
+    for (auto& p : it->second->programs) {
+        out.programs.push_back(&p->exe->program());
+        if (p->point.kind == AttachKind::IoComplete) {
+            if (out.completion != nullptr)
+                return make_error(EINVAL, it->second->reply["name"].get<std::string>() +
+                                              " has more than one liveio/io_complete program");
+            out.completion = p->exe.get();
+        }
+    }
+    return out;
+}
+
+void BpfHost::account_read(const CallFrame& frame, policy::Runtime& rt) {
+    const hook::SyscallCall& call = frame.call;
+    const long result = frame.result;
+    if (rt.ledger().ranges() == 0) return;
+    const int fd = static_cast<int>(call.args[0]);
+    const FdInfo info = fd_classes_.get(fd);
+    if (info.file_id == 0 || !rt.tracks(info.file_id)) return;
+    long offset = call.args[3];
+    if (call.nr == SYS_read) {
+        const long pos = hook::raw_syscall(SYS_lseek, fd, 0, SEEK_CUR);
+        if (pos < result) return;
+        offset = pos - result;
+    }
+    rt.observe_read(info.file_id, static_cast<uint64_t>(offset), static_cast<uint64_t>(result));
 }
 
 std::shared_ptr<ebpf::Map> BpfHost::map(uint32_t object, std::string_view name) const {

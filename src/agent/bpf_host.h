@@ -54,6 +54,7 @@
 #include "ebpf/vm.h"
 #include "hook/dispatch.h"
 #include "hook/uprobe.h"
+#include "policy/runtime.h"
 
 namespace liveio::agent {
 
@@ -92,6 +93,17 @@ public:
     Result<std::vector<std::shared_ptr<ebpf::Map>>> maps(uint32_t object) const;
     std::shared_ptr<ebpf::Map> map(uint32_t object, std::string_view name) const;
     ebpf::Runtime& runtime() { return *runtime_; }
+
+    // What a policy needs of a loaded object: every program (the helpers find their policy
+    // by program) and its liveio/io_complete program, if any. Valid until unload(object).
+    struct ObjectPrograms {
+        std::vector<const ebpf::Program*> programs;
+        const ebpf::Executable* completion = nullptr;
+    };
+    Result<ObjectPrograms> object_programs(uint32_t object) const;
+    // The policy runtime whose used/wasted accounting the exit edge of reads feeds (null:
+    // none). Set before policies are switched on, cleared after they are all off.
+    void set_policy_runtime(policy::Runtime* rt) { policy_.store(rt, std::memory_order_release); }
     FdClassCache& fd_classes() { return fd_classes_; }
 
     // bpf.load, bpf.unload, bpf.list, bpf.maps, bpf.log on `router` (the control protocol);
@@ -107,8 +119,14 @@ public:
     }
     void exit(CallFrame& frame) override {
         const auto nr = static_cast<unsigned long>(frame.call.nr);
-        if (nr < kMaxSyscalls && exit_[nr].load(std::memory_order_relaxed) != nullptr) [[unlikely]]
+        if (nr < kMaxSyscalls && exit_[nr].load(std::memory_order_relaxed) != nullptr) [[unlikely]] {
+            // A read of a file the policies prefetched: its bytes are "used" (before the
+            // programs run, so their feedback includes this read).
+            if (policy::Runtime* rt = policy_.load(std::memory_order_acquire);
+                rt != nullptr && frame.result > 0 && (frame.call.nr == 0 /* read */ || frame.call.nr == 17 /* pread64 */))
+                account_read(frame, *rt);
             run_edge(frame, true);
+        }
     }
 
     // What an attached program receives (internal, public for the implementation's helpers).
@@ -164,6 +182,8 @@ private:
     std::map<std::pair<void*, bool>, std::unique_ptr<ProbeSite>> probes_;  // (address, return)
     uint32_t next_id_ = 1;
     bool io_programs_ = false;  // whether the published lists contain liveio/io_* programs
+    std::atomic<policy::Runtime*> policy_{nullptr};
+    void account_read(const CallFrame& frame, policy::Runtime& rt);
 };
 
 // Kernel names of map types ("hash", "array", "percpu_array", "ringbuf", ...).

@@ -51,6 +51,7 @@ std::string AttachPoint::describe() const {
         case AttachKind::RawTpExit: return "raw_tracepoint:sys_exit";
         case AttachKind::IoEnter: return "liveio/io_enter";
         case AttachKind::IoExit: return "liveio/io_exit";
+        case AttachKind::IoComplete: return "liveio/io_complete";
         case AttachKind::Uprobe:
         case AttachKind::Uretprobe: {
             std::string s = std::string(kind == AttachKind::Uprobe ? "uprobe:" : "uretprobe:") + object + ":" + function;
@@ -101,8 +102,9 @@ Result<AttachPoint> parse_attach_point(std::string_view section) {
     }
     if (section == "liveio/io_enter") return AttachPoint{AttachKind::IoEnter};
     if (section == "liveio/io_exit") return AttachPoint{AttachKind::IoExit};
+    if (section == "liveio/io_complete") return AttachPoint{AttachKind::IoComplete};
     if (section.starts_with("liveio/"))
-        return make_error(EOPNOTSUPP, quoted + ": liveio attach points are liveio/io_enter and liveio/io_exit");
+        return make_error(EOPNOTSUPP, quoted + ": liveio attach points are liveio/io_enter, liveio/io_exit and liveio/io_complete");
     for (auto [prefix, kind] : {std::pair{std::string_view("uprobe/"), AttachKind::Uprobe},
                                 std::pair{std::string_view("uretprobe/"), AttachKind::Uretprobe}}) {
         if (!section.starts_with(prefix)) continue;

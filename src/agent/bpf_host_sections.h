@@ -5,6 +5,7 @@
 //   tracepoint/raw_syscalls/sys_enter, sys_exit         (also tp/...)   every syscall
 //   raw_tracepoint/sys_enter, sys_exit                  (also raw_tp/...) every syscall
 //   liveio/io_enter, liveio/io_exit                                     the I/O syscalls
+//   liveio/io_complete       a policy's completion edge (run by src/policy, never attached)
 //   uprobe/PATH:FUNCTION[+OFFSET], uretprobe/PATH:FUNCTION              a function
 //
 // NAME is a syscall name as <asm/unistd_64.h> spells it (pread64) or as the kernel names its
@@ -36,6 +37,7 @@ enum class AttachKind {
     RawTpExit,        // raw_tracepoint/sys_exit
     IoEnter,          // liveio/io_enter
     IoExit,           // liveio/io_exit
+    IoComplete,       // liveio/io_complete: run by the policy runtime when a read completes
     Uprobe,           // uprobe/PATH:FUNCTION
     Uretprobe,        // uretprobe/PATH:FUNCTION
 };

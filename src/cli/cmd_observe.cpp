@@ -15,6 +15,8 @@
 #include <fmt/format.h>
 
 #include "cli/commands.h"
+#include "control/protocol.h"
+#include "cli/policy_ops.h"
 #include "cli/observe_session.h"
 #include "ebpf/map.h"
 #include "observe/format.h"
@@ -186,6 +188,9 @@ void cmd_top(pid_t pid, const ObserveArgs& args, const std::string& interval_tex
             if (term.interactive()) std::fputs("\033[H\033[2J", stdout);
             std::fputs(head.c_str(), stdout);
             std::fputs(observe::format_tables(d, seconds, rows).c_str(), stdout);
+            // The acceleration policies that are on, with their counters.
+            if (auto client = control::ControlClient::connect(pid))
+                if (auto policies = client->call("policy.list"); policies) print_policies(*policies);
             if (!term.interactive()) std::fputs("\n", stdout);
             std::fflush(stdout);
             before = std::move(now);

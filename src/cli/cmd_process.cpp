@@ -18,6 +18,7 @@
 
 #include "control/protocol.h"
 #include "cli/commands.h"
+#include "cli/policy_ops.h"
 #include "cli/process_ops.h"
 #include "base/proc_tasks.h"
 #include "inject/inject.h"
@@ -65,6 +66,7 @@ struct InstallArgs {
     std::string mechanism = "got";
     std::vector<std::string> objects, functions;
     std::string agent;
+    std::vector<std::string> policies;  // attach: switched on once installed
 
     void add_to(CLI::App* cmd) {
         cmd->add_option("--mechanism,-m", mechanism, "how calls are intercepted")
@@ -119,6 +121,34 @@ bool wait_thread_gone(pid_t pid, pid_t tid) {
     return false;
 }
 
+// Execute-only memory needs protection keys (CPU flag pku, enabled by the kernel: ospke).
+bool cpu_has_protection_keys() {
+    std::ifstream in("/proc/cpuinfo");
+    for (std::string line; std::getline(in, line);) {
+        if (!line.starts_with("flags")) continue;
+        line += ' ';
+        return line.find(" pku ") != std::string::npos && line.find(" ospke ") != std::string::npos;
+    }
+    return false;
+}
+
+// What the uninstall of each mechanism had to do: threads it moved out of calls in progress
+// instead of waiting for them, world stops, time spent waiting for handler code, memory kept.
+std::string describe_uninstall(const json& how) {
+    std::string out;
+    for (auto& [name, h] : how.items()) {
+        std::string part = fmt::format("{}: waited {:.1f} ms for hook code, {} world stop{}", name,
+                                       h.value("waited_ms", 0.0), h.value("world_stops", 0),
+                                       h.value("world_stops", 0) == 1 ? "" : "s");
+        if (const unsigned moved = h.value("moved_out", 0u); moved != 0)
+            part += fmt::format(", moved {} thread{} sleeping in a hooked call back to the application", moved,
+                                moved == 1 ? "" : "s");
+        if (h.contains("kept")) part += "; kept " + h["kept"].get<std::string>();
+        out += (out.empty() ? "" : "; ") + part;
+    }
+    return out;
+}
+
 void cmd_attach(pid_t pid, const InstallArgs& args) {
     auto existing = control::ControlClient::connect(pid);
     if (!existing && existing.error().code == ESRCH) fail(existing.error().message);
@@ -148,12 +178,22 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
         }
         fail(fmt::format("install {} in {}: {}", args.mechanism, pid, installed.error().message));
     }
+    if (args.mechanism == "rewrite" && !cpu_has_protection_keys())
+        std::printf("note: this CPU has no protection keys, so page 0 (the syscall trampoline) is readable "
+                    "while attached: a NULL read in %d returns trampoline bytes instead of faulting (detach "
+                    "unmaps it)\n",
+                    pid);
     if (injected)
         std::printf("attached to %d: mechanism %s; load pause %.2f ms (%d threads stopped, %d attempt%s)\n",
                     pid, args.mechanism.c_str(), stats.pause_ms, stats.threads, stats.attempts,
                     stats.attempts == 1 ? "" : "s");
     else
         std::printf("attached to %d: mechanism %s (agent was already loaded)\n", pid, args.mechanism.c_str());
+    for (const std::string& name : args.policies) {
+        auto on = policy_on(pid, name, {});
+        if (!on) fail(fmt::format("policy on {} in {}: {}", name, pid, on.error().message));
+        std::printf("policy %s on in %d\n", name.c_str(), pid);
+    }
 }
 
 // The path of liveio-agent.so if it is mapped in `pid`.
@@ -180,9 +220,10 @@ void unload_stopped_agent(pid_t pid, const std::string& path) {
 }
 
 // Why a detach may not finish: threads sleeping in a system call made from the agent's code
-// keep a hook in flight, and the agent waits for them before it answers. Syscall rewriting
-// moves such threads out at a world stop, unless they block its signal. Their instruction
-// pointers (sleeping_threads) are compared with the agent's mappings.
+// (a handler's own blocking call) keep a hook in flight, and the agent waits for them before
+// it answers. Threads sleeping in the original function called from a hook, or in a call the
+// syscall entry made for them, are moved out at a world stop, unless they block its signal.
+// Their instruction pointers (sleeping_threads) are compared with the agent's mappings.
 std::string threads_blocked_in_agent(pid_t pid) {
     std::vector<std::pair<uint64_t, uint64_t>> agent_ranges;
     {
@@ -225,6 +266,8 @@ void cmd_detach(pid_t pid) {
     if (!result.value("unloadable", false)) {
         std::printf("detached from %d: removed %s; agent stays loaded (preloaded by liveio run)\n", pid,
                     removed.empty() ? "nothing" : removed.c_str());
+        if (const std::string how = describe_uninstall(result.value("how", json::object())); !how.empty())
+            std::printf("  %s\n", how.c_str());
         return;
     }
     if (!result.contains("library")) fail("agent did not say where it is loaded; cannot unload it");
@@ -238,6 +281,8 @@ void cmd_detach(pid_t pid) {
     check(inject::unload_library(lib, &stats), "unloading the agent from " + std::to_string(pid));
     std::printf("detached from %d: removed %s; agent unloaded (pause %.2f ms)\n", pid,
                 removed.empty() ? "nothing" : removed.c_str(), stats.pause_ms);
+    if (const std::string how = describe_uninstall(result.value("how", json::object())); !how.empty())
+        std::printf("  %s\n", how.c_str());
 }
 
 void print_status(const json& s) {
@@ -261,6 +306,7 @@ void print_status(const json& s) {
     for (auto& [name, c] : calls.items())
         if (name != "total") row(name, c);
     if (calls.contains("total")) row("total", calls["total"]);
+    if (s.contains("policies")) print_policies(s["policies"]);
 }
 
 void cmd_status(pid_t pid, bool as_json) {
@@ -298,6 +344,8 @@ void add_process_commands(CLI::App& app) {
         auto pid = std::make_shared<pid_t>(0);
         attach->add_option("pid", *pid, "process id")->required()->check(CLI::PositiveNumber);
         args->add_to(attach);
+        attach->add_option("--policy", args->policies, "acceleration policies to switch on (liveio policy PID list)")
+            ->delimiter(',');
         attach->callback([args, pid] { cmd_attach(*pid, *args); });
     }
     {

@@ -26,7 +26,8 @@ constexpr uint16_t kEmBpf = 247;
 constexpr uint8_t kCallOpcode = op::kClassJmp | op::kCall;
 // Sizes of kernel context structures named in context_for_section().
 constexpr uint32_t kSysEnterCtxSize = 64, kSysExitCtxSize = 24, kRawTpSyscallCtxSize = 16,
-                   kPtRegsSize = 168, kLiveioIoCtxSize = 88;
+                   kPtRegsSize = 168, kLiveioIoCtxSize = 88,
+                   kLiveioIoCompleteCtxSize = 64;
 constexpr int kMaxBtfChain = 32;
 // Global data lives in one map value; the kernel caps values near KMALLOC_MAX_SIZE (4 MiB on
 // x86-64). A larger section (typically a corrupted .bss size) is refused before allocating.
@@ -87,6 +88,7 @@ ContextDescriptor context_for_section(std::string_view s) {
     for (std::string_view p : {"uprobe", "uretprobe", "kprobe", "kretprobe", "usdt"})
         if (s == p || s.starts_with(std::string(p) + "/") || s.starts_with(std::string(p) + ".")) return sized(kPtRegsSize);
     if (s == "liveio/io_enter" || s == "liveio/io_exit") return sized(kLiveioIoCtxSize);
+    if (s == "liveio/io_complete") return sized(kLiveioIoCompleteCtxSize);
     return {};
 }
 

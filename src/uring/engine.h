@@ -204,6 +204,8 @@ public:
     Engine& operator=(const Engine&) = delete;
 
     virtual BackendKind backend() const = 0;
+    // The hard io_uring_enter error that stopped the engine (see above), or 0.
+    virtual int hard_error() const = 0;
     const std::string& why_fallback() const { return why_fallback_; }
     virtual const Features& features() const = 0;
     const Stats& stats() const { return stats_; }
@@ -218,6 +220,15 @@ public:
     virtual Result<void> register_buffer_ring(uint16_t group, unsigned count, uint32_t size) = 0;
     virtual std::span<char> buffer(uint16_t group, int32_t id) = 0;
     virtual void recycle_buffer(uint16_t group, int32_t id) = 0;
+    // Completion notification (io_uring_register_eventfd): the kernel adds 1 to eventfd `fd`
+    // whenever it posts a completion, so a caller can sleep in read(2) on the eventfd, whose
+    // signal semantics are those of an ordinary blocking call (-ERESTARTSYS: restarted under
+    // SA_RESTART, EINTR otherwise), and then reap(…, 0). The caller keeps ownership of `fd`.
+    // The fallback backend has no kernel completions: ENOTSUP.
+    virtual Result<void> register_eventfd(int fd) = 0;
+    // Runs the completion work the kernel deferred to this thread (DEFER_TASKRUN rings post
+    // completions only from inside io_uring_enter) without waiting; reap(…, 0) then sees them.
+    virtual void get_events() = 0;
 
     // Synchronous: submit and wait for this op's own completion.
     virtual int32_t run(const Op& op) = 0;

@@ -48,6 +48,13 @@ public:
         files_.assign(fds.begin(), fds.end());
         return {};
     }
+    int hard_error() const override { return 0; }
+    void get_events() override {}
+
+    Result<void> register_eventfd(int) override {
+        return make_error(ENOTSUP, "the fallback backend posts no kernel completions");
+    }
+
     Result<void> register_buffers(std::span<const iovec> buffers) override {
         buffers_.assign(buffers.begin(), buffers.end());
         return {};

@@ -12,9 +12,12 @@
 #include <fmt/format.h>
 
 #include "uring/internal.h"
+#include "uring/sys.h"
 
 namespace liveio::uring::detail {
 namespace {
+
+void unmap(void* addr, size_t bytes) { sys::call(SYS_munmap, addr, bytes); }
 
 constexpr uint64_t kNoSuchOp = ~0ull;  // user_data that never names a slot (cancel misses)
 
@@ -38,8 +41,9 @@ public:
     ~UringEngine() override {
         for (auto& g : groups_) {
             if (ring_ready_) io_uring_unregister_buf_ring(&ring_, g.info.group);
-            ::munmap(g.ring, g.ring_bytes);
+            unmap(g.ring, g.ring_bytes);
         }
+        if (eventfd_registered_) io_uring_unregister_eventfd(&ring_);
         if (ring_ready_) io_uring_queue_exit(&ring_);
     }
 
@@ -88,6 +92,11 @@ public:
     }
 
     BackendKind backend() const override { return BackendKind::Uring; }
+    int hard_error() const override { return broken_; }
+    void get_events() override {
+        ++stats_.enters;
+        io_uring_get_events(&ring_);
+    }
     const Features& features() const override { return features_; }
     unsigned inflight() const override { return async_inflight_ + ready_final_; }
 
@@ -98,6 +107,15 @@ public:
         int r = io_uring_register_files(&ring_, fds.data(), fds.size());
         if (r < 0) return make_error(-r, fmt::format("io_uring_register_files: {}", std::strerror(-r)));
         files_registered_ = true;
+        return {};
+    }
+
+    Result<void> register_eventfd(int fd) override {
+        if (eventfd_registered_) io_uring_unregister_eventfd(&ring_);
+        eventfd_registered_ = false;
+        int r = io_uring_register_eventfd(&ring_, fd);
+        if (r < 0) return make_error(-r, fmt::format("io_uring_register_eventfd: {}", std::strerror(-r)));
+        eventfd_registered_ = true;
         return {};
     }
 
@@ -117,8 +135,9 @@ public:
         Group g;
         g.ring_bytes = count * sizeof(io_uring_buf);
         // The kernel reads the ring: page-aligned memory it can pin.
-        void* mem = ::mmap(nullptr, g.ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-        if (mem == MAP_FAILED) return make_error(errno, "buffer ring: mmap failed");
+        long mapped = sys::call(SYS_mmap, nullptr, g.ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+        if (mapped < 0 && mapped > -4096) return make_error(static_cast<int>(-mapped), "buffer ring: mmap failed");
+        void* mem = reinterpret_cast<void*>(mapped);
         g.ring = static_cast<io_uring_buf_ring*>(mem);
         io_uring_buf_reg reg{};
         reg.ring_addr = reinterpret_cast<uint64_t>(mem);
@@ -126,7 +145,7 @@ public:
         reg.bgid = group;
         int r = io_uring_register_buf_ring(&ring_, &reg, 0);
         if (r < 0) {
-            ::munmap(mem, g.ring_bytes);
+            unmap(mem, g.ring_bytes);
             return make_error(-r, fmt::format("io_uring_register_buf_ring: {}", std::strerror(-r)));
         }
         g.info = BufferGroup{group, count, size, std::vector<char>(static_cast<size_t>(count) * size)};
@@ -587,6 +606,7 @@ private:
     bool ring_ready_ = false;
     bool files_registered_ = false;
     bool buffers_registered_ = false;
+    bool eventfd_registered_ = false;
     bool multishot_refused_ = false;
     bool multishot_recv_refused_ = false;
     struct Group {

@@ -24,6 +24,7 @@
 #include "observe/child.h"
 #include "control/protocol.h"
 #include "clickhouse/dataset.h"
+#include "clickhouse/query_loop.h"
 #include "clickhouse/server.h"
 
 namespace liveio::observe {
@@ -412,26 +413,7 @@ TEST(ObserveCli, EveryCommandOnALiveClickHouse) {
     const std::string pid = std::to_string(server->pid());
 
     // Queries keep the server reading its column files while the commands run.
-    std::atomic<bool> stop{false};
-    std::atomic<int> answered{0};
-    std::vector<std::string> wrong;
-    std::thread loop([&] {
-        auto c = server->client();
-        while (!stop.load()) {
-            auto got = c.query(sql);
-            if (!got || *got != *expected) wrong.push_back(got ? *got : got.error().message);
-            ++answered;
-        }
-    });
-    struct Join {
-        std::atomic<bool>& stop;
-        std::thread& t;
-        void finish() {
-            stop = true;
-            if (t.joinable()) t.join();
-        }
-        ~Join() { finish(); }
-    } join{stop, loop};
+    clickhouse::testing::QueryLoop loop(*server, {sql}, {*expected});
 
     const CliRun stats = liveio({"stats", pid, "--json", "--duration", "2s"});
     SKIP_UNLESS_ATTACHABLE(stats);
@@ -459,9 +441,10 @@ TEST(ObserveCli, EveryCommandOnALiveClickHouse) {
     const std::string mapped((std::istreambuf_iterator<char>(maps)), std::istreambuf_iterator<char>());
     EXPECT_EQ(mapped.find("liveio-agent.so"), std::string::npos);
     EXPECT_FALSE(control::ControlClient::connect(server->pid()));
-    const int before = answered.load();
-    ASSERT_TRUE(eventually([&] { return answered.load() > before + 2; }));
-    join.finish();
+    const int before = loop.answered();
+    ASSERT_TRUE(eventually([&] { return loop.answered() > before + 2; }));
+    loop.finish();
+    const auto wrong = loop.wrong();
     EXPECT_TRUE(wrong.empty()) << wrong.size() << " wrong answers, first: " << wrong.front();
 }
 

@@ -1,0 +1,105 @@
+/* liveio's policy helpers: what a BPF program at an I/O edge may ask liveio to do, and the
+ * context of the completion edge. Include it from BPF C (clang -target bpf) and from C++ (the
+ * policy runtime implements it).
+ *
+ * Actions never block the calling thread: they are queued to liveio's I/O thread ("liveio-io",
+ * one io_uring ring), which submits them, reaps their completions and runs the completion
+ * edge. A full queue or an exhausted memory budget drops the action (the helper returns
+ * -EAGAIN / the worker counts a drop). Prefetches only fill the page cache; the target's own
+ * calls still run natively, so what they return never depends on a policy.
+ *
+ * Helper IDs: the policy block of liveio's range (0x10100..0x101ff; the kernel's IDs are
+ * < 0x10000, so an object using them fails to load in the kernel with "unknown func"). */
+#ifndef LIVEIO_POLICY_H
+#define LIVEIO_POLICY_H
+
+#include "liveio/io_edge.h"
+
+#ifdef __cplusplus
+namespace liveio {
+#endif
+
+#define LIVEIO_HELPER_PREFETCH 0x10100
+#define LIVEIO_HELPER_PREFETCH_BATCH 0x10101
+#define LIVEIO_HELPER_READ_ASYNC 0x10102
+#define LIVEIO_HELPER_REDIRECT 0x10103
+#define LIVEIO_HELPER_FILE_POS 0x10104
+#define LIVEIO_HELPER_COMPLETE_LOAD 0x10105
+#define LIVEIO_HELPER_FEEDBACK 0x10106
+#define LIVEIO_HELPER_KNOB 0x10107
+
+/* One range of a batch (liveio_prefetch_batch). */
+struct liveio_prefetch {
+    liveio_s64 fd;
+    liveio_s64 offset;
+    liveio_u64 len;
+};
+
+/* Context of SEC("liveio/io_complete"): a read issued by liveio_read_async has completed.
+ * Read-only. The data is reached through liveio_complete_load (bounds-checked), never by
+ * pointer: a program can read exactly the `result` bytes the kernel delivered. */
+struct liveio_io_complete_ctx {
+    liveio_u32 size;      /* sizeof(struct liveio_io_complete_ctx) as the agent knows it */
+    liveio_u32 flags;     /* zero */
+    liveio_s64 fd;        /* the descriptor the program named (the target's) */
+    liveio_s64 offset;    /* file offset of the read */
+    liveio_u64 len;       /* bytes asked for */
+    liveio_s64 result;    /* bytes read, or -errno (-ESTALE: the fd no longer named that file) */
+    liveio_u64 cookie;    /* the program's cookie, as given to liveio_read_async */
+    liveio_u64 file_id;   /* st_dev << 32 ^ st_ino of the file read */
+    liveio_u64 data_len;  /* bytes readable through liveio_complete_load (= result if > 0) */
+};
+
+/* What liveio_policy_feedback fills: the calling policy's own counters, so a program can
+ * adapt (e.g. its prefetch depth) to what its actions achieved. */
+struct liveio_policy_feedback {
+    liveio_u64 actions;         /* actions queued */
+    liveio_u64 issued_bytes;    /* bytes of prefetches handed to the kernel */
+    liveio_u64 used_bytes;      /* of those, bytes the target read afterwards */
+    liveio_u64 wasted_bytes;    /* of those, bytes forgotten without being read */
+    liveio_u64 inflight;        /* actions queued or submitted, not completed */
+    liveio_u64 drops;           /* actions dropped: queue full, budget, policy switched off */
+    liveio_u64 errors;          /* actions the kernel failed */
+    liveio_u64 latency_ns_avg;  /* mean submit-to-completion time of recent actions */
+};
+
+#ifdef __cplusplus
+static_assert(sizeof(liveio_io_complete_ctx) == 64, "liveio_io_complete_ctx layout is ABI");
+static_assert(sizeof(liveio_prefetch) == 24, "liveio_prefetch layout is ABI");
+}  // namespace liveio
+#else
+
+/* Asks for [offset, offset + len) of the file behind `fd` to be read into the page cache.
+ * offset -1: from the descriptor's current position. Returns 0 when queued, -EINVAL for a bad
+ * range, -EAGAIN when the queue is full, -EPERM when the policy is off. */
+static long (*liveio_prefetch)(long fd, long offset, unsigned long len) = (void *)LIVEIO_HELPER_PREFETCH;
+/* Queues every range of `ranges` (an array of struct liveio_prefetch, `size` bytes) as one
+ * batch (one submission). Returns how many were queued, or -errno when none was. */
+static long (*liveio_prefetch_batch)(const struct liveio_prefetch *ranges, unsigned int size) =
+    (void *)LIVEIO_HELPER_PREFETCH_BATCH;
+/* Reads [offset, offset + len) (len <= 1 MiB) asynchronously; when it completes, the
+ * SEC("liveio/io_complete") program of the same object runs with `cookie` and may read the
+ * data and issue the next reads. Returns 0 when queued, -errno otherwise. */
+static long (*liveio_read_async)(long fd, long offset, unsigned long len, unsigned long cookie) =
+    (void *)LIVEIO_HELPER_READ_ASYNC;
+/* At liveio/io_enter: asks that this call run through liveio's io_uring engine instead of
+ * natively. Returns 0 when it will be, -EOPNOTSUPP when no executor is installed or the call
+ * cannot be redirected (it then runs natively). */
+static long (*liveio_redirect)(void) = (void *)LIVEIO_HELPER_REDIRECT;
+/* The current file position of `fd` in the calling thread's process (lseek SEEK_CUR), or
+ * -errno. At io_exit of read(): the position after the read. */
+static long (*liveio_file_pos)(long fd) = (void *)LIVEIO_HELPER_FILE_POS;
+/* In a liveio/io_complete program: copies `len` bytes of the completed read's data starting at
+ * `offset` into `dst`. Returns 0, or -EINVAL when the range is outside the data. */
+static long (*liveio_complete_load)(const struct liveio_io_complete_ctx *ctx, unsigned long offset,
+                                    void *dst, unsigned int len) = (void *)LIVEIO_HELPER_COMPLETE_LOAD;
+/* Fills `out` (`size` bytes) with the calling policy's counters. Returns 0 or -errno. */
+static long (*liveio_policy_feedback)(struct liveio_policy_feedback *out, unsigned int size) =
+    (void *)LIVEIO_HELPER_FEEDBACK;
+/* The value of knob `index` of the calling policy (`liveio policy PID set NAME key=value`),
+ * 0 when unset. Knob indexes are those of the policy's catalog entry. */
+static unsigned long (*liveio_knob)(unsigned int index) = (void *)LIVEIO_HELPER_KNOB;
+
+#endif
+
+#endif /* LIVEIO_POLICY_H */

@@ -1,0 +1,230 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+/* The `prefetch` policy. Per-stream access detection at the exit edge of reads of data
+ * files (the file classes of the `classes` knob, a bit mask of enum liveio_file_class; the
+ * catalog's default is ClickHouse column files, CH_BIN): a stream is (thread, descriptor). A stream that reads sequentially (each read
+ * starting where the previous one ended) or with a constant stride gets the next `depth`
+ * bytes of its pattern prefetched into the page cache through liveio's I/O thread, ahead of
+ * the reads. A stream's first read is prefetched past only when it filled the whole buffer
+ * the caller asked for (a scan: ClickHouse asks for 1 MiB, exact-range point reads ask for
+ * what they need). The depth adapts to the policy's own feedback: halved while more than a
+ * quarter of the prefetched bytes are wasted, doubled while nearly all are used.
+ *
+ * Knobs (liveio policy PID set prefetch KEY=VALUE; indexes below): see docs/POLICIES.md.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "liveio/policy.h"
+
+#define KNOB_DEPTH_KB 0
+#define KNOB_MIN_DEPTH_KB 1
+#define KNOB_MAX_DEPTH_KB 2
+#define KNOB_MIN_READ 3
+#define KNOB_CLASSES 4
+#define KNOB_ADAPT 5
+#define KNOB_OPEN_KB 6
+
+#define NR_OPEN 2
+#define NR_OPENAT 257
+
+#define NR_READ 0
+#define NR_PREAD64 17
+
+struct stream {
+    __u64 file_id;
+    __s64 next;       /* where the next read starts if the pattern holds */
+    __s64 stride;     /* gap between reads (0: sequential) */
+    __s64 until;      /* prefetched up to here */
+    __u64 reads;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u64);
+    __type(value, struct stream);
+} streams SEC(".maps");
+
+/* [0]: current depth in bytes, [1]: reads since the last adaptation, [2]: used, [3]: wasted
+ * at the last adaptation, [4]: prefetch ranges queued, [5]: refused by the helper */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 8);
+    __type(key, __u32);
+    __type(value, __u64);
+} state SEC(".maps");
+
+static __always_inline __u64 *slot(__u32 i)
+{
+    return bpf_map_lookup_elem(&state, &i);
+}
+
+static __always_inline __u64 knob_or(__u32 index, __u64 dflt)
+{
+    __u64 v = liveio_knob(index);
+    return v ? v : dflt;
+}
+
+/* Every 64 reads: compare what was used and wasted since the last look. */
+static __always_inline __u64 current_depth(void)
+{
+    __u64 min = knob_or(KNOB_MIN_DEPTH_KB, 1024) << 10;
+    __u64 max = knob_or(KNOB_MAX_DEPTH_KB, 32768) << 10;
+    __u64 *depth = slot(0), *reads = slot(1), *used0 = slot(2), *wasted0 = slot(3);
+    if (!depth || !reads || !used0 || !wasted0)
+        return min;
+    if (*depth == 0)
+        *depth = knob_or(KNOB_DEPTH_KB, 4096) << 10;
+    __u64 n = __sync_fetch_and_add(reads, 1);
+    if (knob_or(KNOB_ADAPT, 1) != 0 && (n & 63) == 63) {
+        struct liveio_policy_feedback fb = {};
+        liveio_policy_feedback(&fb, sizeof(fb));
+        __u64 used = fb.used_bytes - *used0, wasted = fb.wasted_bytes - *wasted0;
+        *used0 = fb.used_bytes;
+        *wasted0 = fb.wasted_bytes;
+        __u64 d = *depth;
+        if (wasted * 4 > used + wasted && used + wasted > 0)
+            d >>= 1;
+        else if (wasted * 16 < used)
+            d <<= 1;
+        *depth = d;
+    }
+    __u64 d = *depth;
+    if (d < min)
+        d = min;
+    if (d > max)
+        d = max;
+    return d;
+}
+
+static __always_inline void count(__u32 i)
+{
+    __u64 *c = slot(i);
+    if (c)
+        __sync_fetch_and_add(c, 1);
+}
+
+/* Per thread: 1 while its streams start with whole-buffer reads (scans), 0 after a range
+ * read. A scanning thread's next data file is prefetched from its start when opened: the
+ * first read of every column of a part would otherwise wait on the disk one after another. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 1024);
+    __type(key, __u32);
+    __type(value, __u64);
+} scanning SEC(".maps");
+
+static __always_inline int data_file(const struct liveio_io_ctx *io)
+{
+    return io->file_class < 64 && ((knob_or(KNOB_CLASSES, 1u << LIVEIO_CLASS_CH_BIN) >> io->file_class) & 1);
+}
+
+static __always_inline void on_open(const struct liveio_io_ctx *io)
+{
+    __u32 tid = io->tid;
+    __u64 *scan = bpf_map_lookup_elem(&scanning, &tid);
+    __u64 len = knob_or(KNOB_OPEN_KB, 1024) << 10;
+    if (!scan || !*scan || io->result < 0 || !data_file(io))
+        return;
+    if (liveio_prefetch(io->result, 0, len) == 0)
+        count(4);
+    else
+        count(5);
+}
+
+SEC("liveio/io_exit")
+int prefetch_on_read(struct liveio_io_ctx *io)
+{
+    if (io->nr == NR_OPEN || io->nr == NR_OPENAT) {
+        on_open(io);
+        return 0;
+    }
+    if (io->nr != NR_READ && io->nr != NR_PREAD64)
+        return 0;
+    if (io->result <= 0 || io->fd < 0 || !data_file(io))
+        return 0;
+    if ((__u64)io->result < knob_or(KNOB_MIN_READ, 4096))
+        return 0;
+
+    __s64 off = io->offset;
+    if (off < 0) {
+        long pos = liveio_file_pos(io->fd);
+        if (pos < 0)
+            return 0;
+        off = pos - io->result;
+    }
+    __s64 end = off + io->result;
+    __u64 key = ((__u64)io->tid << 32) | (__u32)io->fd;
+    struct stream *s = bpf_map_lookup_elem(&streams, &key);
+    __u64 depth = current_depth();
+
+    if (!s || s->file_id != io->file_id) {
+        struct stream fresh = {.file_id = io->file_id, .next = end, .stride = 0, .until = end, .reads = 1};
+        /* A first read that filled the caller's whole buffer is a scan: go ahead at once. */
+        __u32 tid = io->tid;
+        __u64 scan = (__u64)io->result == io->count && io->count >= (512 << 10);
+        bpf_map_update_elem(&scanning, &tid, &scan, BPF_ANY);
+        if (scan) {
+            if (liveio_prefetch(io->fd, end, depth) == 0) {
+                fresh.until = end + depth;
+                count(4);
+            } else {
+                count(5);
+            }
+        }
+        bpf_map_update_elem(&streams, &key, &fresh, BPF_ANY);
+        return 0;
+    }
+
+    __s64 gap = off - s->next;
+    s->reads++;
+    if (gap == 0 || (gap > 0 && gap == s->stride)) {
+        /* The pattern holds: keep `depth` bytes of it prefetched ahead of this read. */
+        if (gap == 0) {
+            __s64 from = s->until > end ? s->until : end;
+            __s64 to = end + (__s64)depth;
+            /* Top up in steps of at least a quarter of the depth: fewer, larger actions. */
+            if (to - from >= (__s64)(depth >> 2)) {
+                if (liveio_prefetch(io->fd, from, to - from) == 0) {
+                    s->until = to;
+                    count(4);
+                } else {
+                    count(5);
+                }
+            }
+        } else {
+            /* Strided: the next reads of the same length, one range each (up to 8). */
+            struct liveio_prefetch batch[8] = {};
+            __u64 n = 0;
+            __s64 len = io->result, step = len + gap;
+            __s64 at = s->until > end + gap ? s->until : end + gap;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                if (at + len > end + (__s64)depth)
+                    break;
+                batch[i].fd = io->fd;
+                batch[i].offset = at;
+                batch[i].len = len;
+                at += step;
+                n++;
+            }
+            if (n > 0) {
+                long q = liveio_prefetch_batch(batch, sizeof(batch));
+                if (q > 0) {
+                    s->until = at;
+                    count(4);
+                } else {
+                    count(5);
+                }
+            }
+        }
+    } else {
+        /* A jump: remember the gap as a candidate stride and restart the window here. */
+        s->stride = gap > 0 ? gap : 0;
+        s->until = end;
+    }
+    s->next = end;
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,75 @@
+#include "policy/catalog.h"
+
+#include <charconv>
+
+#include "liveio/io_edge.h"
+
+namespace liveio::policy {
+
+const KnobDef* PolicyDef::knob(std::string_view n) const {
+    for (const KnobDef& k : knobs)
+        if (k.name == n) return &k;
+    return nullptr;
+}
+
+Result<std::pair<const KnobDef*, uint64_t>> PolicyDef::parse_setting(std::string_view setting) const {
+    const size_t eq = setting.find('=');
+    std::string names;
+    for (const KnobDef& k : knobs) names += (names.empty() ? "" : ", ") + k.name;
+    if (eq == std::string_view::npos || eq == 0)
+        return make_error(EINVAL, "expected KEY=VALUE for policy '" + name + "' (knobs: " + names + ")");
+    const KnobDef* k = knob(setting.substr(0, eq));
+    if (k == nullptr)
+        return make_error(ENOENT, "policy '" + name + "' has no knob '" + std::string(setting.substr(0, eq)) +
+                                      "' (knobs: " + names + ")");
+    const std::string_view text = setting.substr(eq + 1);
+    uint64_t value = 0;
+    int base = 10;
+    std::string_view digits = text;
+    if (digits.starts_with("0x")) {
+        base = 16;
+        digits.remove_prefix(2);
+    }
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value, base);
+    if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty())
+        return make_error(EINVAL, "knob '" + k->name + "' of policy '" + name + "' needs an unsigned integer, got '" +
+                                      std::string(text) + "'");
+    return std::make_pair(k, value);
+}
+
+const std::vector<PolicyDef>& catalog() {
+    static const std::vector<PolicyDef> policies = {
+        {"prefetch",
+         "policies/prefetch.bpf.o",
+         "read-ahead into the page cache for sequential and strided read streams of data files",
+         {
+             {"depth_kb", 0, 4096, "initial prefetch depth ahead of a stream (KiB)"},
+             {"min_depth_kb", 1, 1024, "lower bound of the adapted depth (KiB)"},
+             {"max_depth_kb", 2, 32768, "upper bound of the adapted depth (KiB)"},
+             {"min_read", 3, 4096, "reads shorter than this (bytes) are ignored"},
+             // ClickHouse glue: column files (*.bin) are the data files by default.
+             {"classes", 4, 1u << LIVEIO_CLASS_CH_BIN, "bit mask of file classes (1 << enum liveio_file_class)"},
+             {"adapt", 5, 1, "1: adapt the depth to used/wasted feedback; 0: fixed depth"},
+             {"open_kb", 6, 1024, "a scanning thread's newly opened data file: prefetch its first KiB (0: off)"},
+             {"budget_mb", kRuntimeKnob, 256, "bytes in flight on the I/O thread, all policies (MiB)"},
+         }},
+        {"uring",
+         "policies/uring.bpf.o",
+         "blocking file and socket calls performed through per-thread io_uring rings (exact results)",
+         {
+             {"classes", 0, ~uint64_t{0}, "bit mask of file classes whose calls are redirected"},
+         }},
+    };
+    return policies;
+}
+
+Result<const PolicyDef*> find_policy(std::string_view name) {
+    std::string names;
+    for (const PolicyDef& p : catalog()) {
+        if (p.name == name) return &p;
+        names += (names.empty() ? "" : ", ") + p.name;
+    }
+    return make_error(ENOENT, "no policy '" + std::string(name) + "' (policies: " + names + ")");
+}
+
+}  // namespace liveio::policy

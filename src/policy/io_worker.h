@@ -1,0 +1,135 @@
+// liveio's I/O thread in the target ("liveio-io"): the one owner of the policy io_uring ring.
+//
+// Target threads never block on it. They push Actions into a bounded lock-free queue and
+// write its eventfd only when the worker sleeps; a full queue refuses the action (the caller
+// counts a drop). The worker pops actions, asks its Sink whether each is still wanted (the
+// policy may have been switched off meanwhile), submits them, reaps completions and hands
+// each to the Sink, which runs the completion edge. The worker sleeps in io_uring_enter on
+// an eventfd read it keeps armed in the ring, so new actions and completions wake the same
+// wait.
+//
+// Actions:
+//   Prefetch  IORING_OP_FADVISE(POSIX_FADV_WILLNEED) on the target's descriptor: the kernel
+//             starts reading the range into the page cache. No buffer, no file position, no
+//             data consumed: whatever the descriptor refers to by then (closed, reused for a
+//             socket or pipe), the op cannot change what the target's own calls return; the
+//             worst case is I/O wasted on another regular file.
+//   Read      IORING_OP_READ at an explicit offset into a scratch buffer, through the worker's
+//             own descriptor of the file (opened via /proc/self/fd/N after checking it is a
+//             regular file, closed after the read): the data reaches the Sink (completion
+//             edge) and the page cache. Scratch memory counts against the budget.
+//
+// Budget: bytes in flight (prefetch ranges and scratch buffers). An action that does not fit
+// is dropped, never delayed. Memory is freed when the action's completion has been handled.
+//
+// Thread safety: push() from any thread; barrier() and the destructor from a thread other
+// than the worker (they wait for it).
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <future>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+
+#include "base/result.h"
+#include "policy/action_queue.h"
+
+namespace liveio::policy {
+
+struct Action {
+    enum class Kind : uint8_t { Prefetch, Read };
+    Kind kind = Kind::Prefetch;
+    uint8_t slot = 0;         // the policy that asked (Runtime's slot index)
+    uint32_t generation = 0;  // the slot's generation when queued: stale after `off`
+    int32_t fd = -1;
+    int64_t offset = 0;
+    uint64_t len = 0;
+    uint64_t cookie = 0;      // Read: handed to the completion edge
+};
+
+// What the worker reports to its owner. Called on the worker thread only.
+class WorkerSink {
+public:
+    virtual ~WorkerSink() = default;
+    // Whether the action is still wanted (its policy is on, same generation).
+    virtual bool admit(const Action& action) = 0;
+    // The action was not executed: unwanted, over budget, not a regular file...
+    virtual void dropped(const Action& action) = 0;
+    // The kernel accepted the action on the file `file_id` (st_dev << 32 ^ st_ino).
+    virtual void issued(const Action& action, uint64_t file_id) = 0;
+    // The action completed with `res` (bytes or -errno); Read: `data` holds what was read.
+    virtual void completed(const Action& action, uint64_t file_id, int32_t res,
+                           std::span<const char> data, uint64_t latency_ns) = 0;
+};
+
+struct WorkerStats {
+    uint64_t submitted = 0;
+    uint64_t completed = 0;
+    uint64_t wakeups = 0;        // eventfd writes by producers
+    uint64_t budget_drops = 0;
+    uint64_t not_regular = 0;    // descriptor did not refer to a regular file
+};
+
+class IoWorker {
+public:
+    struct Options {
+        unsigned queue_entries = 1024;
+        unsigned ring_entries = 128;
+        uint64_t budget_bytes = uint64_t{256} << 20;
+        bool force_fallback = false;  // the engine's synchronous backend (tests)
+    };
+
+    // Starts the thread and its ring; fails if either cannot be created.
+    static Result<std::unique_ptr<IoWorker>> start(const Options& options, WorkerSink& sink);
+    // Stops accepting, drains what is in flight, joins the thread: nothing is left behind.
+    ~IoWorker();
+    IoWorker(const IoWorker&) = delete;
+    IoWorker& operator=(const IoWorker&) = delete;
+
+    // Any thread, never blocks: false when the queue is full or the worker is stopping.
+    bool push(const Action& action);
+    // Returns once every action pushed before the call has been admitted or dropped and
+    // every admitted one has completed and been handed to the sink.
+    void barrier();
+
+    void set_budget(uint64_t bytes) { budget_bytes_.store(bytes, std::memory_order_relaxed); }
+    uint64_t budget() const { return budget_bytes_.load(std::memory_order_relaxed); }
+    uint64_t bytes_in_flight() const { return in_flight_bytes_.load(std::memory_order_relaxed); }
+    WorkerStats stats() const;
+    bool uses_io_uring() const { return uring_; }
+    pid_t tid() const { return tid_.load(std::memory_order_acquire); }
+
+private:
+    struct Slot;  // one submitted action
+    IoWorker(const Options& options, WorkerSink& sink);
+    void run(std::promise<Result<void>>* started);
+    void wake();
+
+    Options options_;
+    WorkerSink& sink_;
+    ActionQueue<Action> queue_;
+    int event_fd_ = -1;
+    bool uring_ = false;
+    std::atomic<uint64_t> budget_bytes_;
+    std::atomic<uint64_t> in_flight_bytes_{0};
+    std::atomic<bool> sleeping_{false};
+    std::atomic<bool> stop_{false};
+    std::atomic<pid_t> tid_{0};
+    std::atomic<uint64_t> wakeups_{0};
+    // barrier(): tickets pushed by callers, the ticket the worker has passed.
+    std::atomic<uint64_t> barrier_asked_{0};
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    uint64_t barrier_done_ = 0;
+    WorkerStats stats_;  // under mu_ (copied out by stats())
+    std::thread thread_;
+};
+
+}  // namespace liveio::policy

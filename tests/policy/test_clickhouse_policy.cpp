@@ -1,0 +1,144 @@
+// The prefetch policy end to end on a real ClickHouse 18.16: `liveio attach PID --policy
+// prefetch` while queries run, the policy switched off and on again under the query load,
+// `detach`: every answer equals stock, and the policy's counters move.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "control/protocol.h"
+#include "clickhouse/dataset.h"
+#include "clickhouse/query_loop.h"
+#include "clickhouse/server.h"
+#include "observe/child.h"
+#include "cli_run.h"
+
+namespace liveio::policy {
+namespace {
+
+using testing::CliRun;
+using testing::eventually;
+using testing::liveio;
+
+using nlohmann::json;
+
+json policy_counters(pid_t pid, const std::string& name) {
+    auto client = control::ControlClient::connect(pid);
+    if (!client) return {};
+    auto l = client->call("policy.list");
+    if (!l) return {};
+    for (auto& p : (*l)["policies"])
+        if (p["name"] == name && p.contains("counters")) return p["counters"];
+    return {};
+}
+
+void drop_page_cache() {
+    if (::geteuid() != 0) return;  // the policy still sees the reads; only the timing changes
+    ::sync();
+    std::ofstream("/proc/sys/vm/drop_caches") << "1";
+}
+
+TEST(PolicyClickHouse, PrefetchOnALiveServerSameResultsCountersMove) {
+    auto binary = clickhouse::find_server_binary();
+    if (!binary) GTEST_SKIP() << binary.error().message;
+    clickhouse::ServerOptions so;
+    so.binary = *binary;
+    so.profile_settings = clickhouse::kProfileSettings;  // no uncompressed cache: every query reads
+    so.environment.push_back(clickhouse::kStaticTlsReserve);
+    auto server = clickhouse::LocalServer::start(so);
+    ASSERT_TRUE(server) << server.error().message;
+    auto client = server->client();
+    // Incompressible columns of ~16 MB each: scans read them 1 MiB at a time.
+    ASSERT_TRUE(client.execute("CREATE TABLE default.t (k UInt64, a UInt64, b UInt64, s String) "
+                               "ENGINE = MergeTree ORDER BY k"));
+    ASSERT_TRUE(client.execute("INSERT INTO default.t SELECT number, cityHash64(number), cityHash64(number, 1), "
+                               "toString(cityHash64(number, 2)) FROM numbers(2000000)"));
+    ASSERT_TRUE(client.execute("OPTIMIZE TABLE default.t FINAL"));
+    const std::vector<std::string> queries = {
+        "SELECT sum(a), sum(b), max(k) FROM default.t",
+        "SELECT count(), sum(length(s)) FROM default.t WHERE a % 7 = 3",
+        "SELECT k, a, s FROM default.t WHERE k IN (17, 123456, 1999999) ORDER BY k",
+    };
+    std::vector<std::string> expected;
+    for (auto& q : queries) {
+        auto r = client.query(q);
+        ASSERT_TRUE(r) << r.error().message;
+        expected.push_back(*r);
+    }
+    const pid_t spid = server->pid();
+    const std::string pid = std::to_string(spid);
+
+    clickhouse::testing::QueryLoop loop(*server, queries, expected, [](size_t i) {
+        if (i % 6 == 0) drop_page_cache();
+    });
+    auto answered_more = [&] {
+        const int before = loop.answered();
+        return eventually([&] { return loop.answered() > before + 2; });
+    };
+
+    const CliRun attach = liveio({"attach", pid, "--policy", "prefetch"});
+    if (attach.err.find("Operation not permitted") != std::string::npos) GTEST_SKIP() << "cannot attach here: " << attach.err;
+    ASSERT_EQ(attach.status, 0) << attach.out << attach.err;
+    EXPECT_NE(attach.out.find("policy prefetch on"), std::string::npos) << attach.out;
+
+    // Counters move: scans of the 16 MB columns are sequential streams.
+    ASSERT_TRUE(eventually([&] { return policy_counters(spid, "prefetch").value("actions", uint64_t{0}) > 0; }))
+        << policy_counters(spid, "prefetch").dump();
+    const CliRun list = liveio({"policy", pid, "list"});
+    ASSERT_EQ(list.status, 0) << list.err;
+    EXPECT_NE(list.out.find("prefetch"), std::string::npos) << list.out;
+    EXPECT_NE(list.out.find("liveio-io thread"), std::string::npos) << list.out;
+    const CliRun status = liveio({"status", pid});
+    EXPECT_NE(status.out.find("wasted"), std::string::npos) << status.out;
+
+    // Knobs live, then off and on again under the load.
+    const CliRun set = liveio({"policy", pid, "set", "prefetch", "depth_kb=8192"});
+    EXPECT_EQ(set.status, 0) << set.err;
+    const CliRun bad = liveio({"policy", pid, "set", "prefetch", "no_such_knob=1"});
+    EXPECT_NE(bad.status, 0);
+    EXPECT_NE(bad.err.find("depth_kb"), std::string::npos) << "the error lists the knobs: " << bad.err;
+    for (int i = 0; i < 3; ++i) {
+        const CliRun off = liveio({"policy", pid, "off", "prefetch"});
+        ASSERT_EQ(off.status, 0) << off.err;
+        EXPECT_NE(off.out.find("drained"), std::string::npos) << off.out;
+        const CliRun on = liveio({"policy", pid, "on", "prefetch", "depth_kb=2048"});
+        ASSERT_EQ(on.status, 0) << on.err;
+        ASSERT_TRUE(answered_more());
+    }
+    const json c = policy_counters(spid, "prefetch");
+    EXPECT_EQ(c.value("errors", uint64_t{1}), 0u) << c.dump();
+
+    // The uring policy beside it: the server's blocking calls through per-thread rings.
+    const CliRun uring = liveio({"policy", pid, "on", "uring"});
+    ASSERT_EQ(uring.status, 0) << uring.err;
+    ASSERT_TRUE(eventually([&] { return policy_counters(spid, "uring").value("redirected", uint64_t{0}) > 0; }))
+        << policy_counters(spid, "uring").dump();
+    ASSERT_TRUE(answered_more());
+    const CliRun uring_off = liveio({"policy", pid, "off", "uring"});
+    ASSERT_EQ(uring_off.status, 0) << uring_off.err;
+
+    const CliRun detach = liveio({"detach", pid});
+    ASSERT_EQ(detach.status, 0) << detach.err;
+    // No liveio-io thread left behind.
+    bool io_thread = false;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/" + pid + "/task")) {
+        std::ifstream comm(e.path() / "comm");
+        std::string name;
+        std::getline(comm, name);
+        io_thread |= name == "liveio-io";
+    }
+    EXPECT_FALSE(io_thread);
+    ASSERT_TRUE(answered_more());
+    loop.finish();
+    const auto wrong = loop.wrong();
+    EXPECT_TRUE(wrong.empty()) << wrong.size() << " wrong answers, first: " << wrong.front();
+}
+
+}  // namespace
+}  // namespace liveio::policy
