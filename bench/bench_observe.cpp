@@ -307,7 +307,7 @@ struct Variant {
 // syscall number, for checking that the program saw the calls.
 struct HostWithProgram {
     std::unique_ptr<agent::BpfHost> host;
-    std::unique_ptr<agent::CallPipeline> pipeline;  // the host as the agent runs it
+    std::unique_ptr<agent::CallPipelineOf<agent::BpfHost>> pipeline;  // the host as the agent runs it
     std::shared_ptr<ebpf::Map> counts;
     std::string error;
 
@@ -318,7 +318,7 @@ struct HostWithProgram {
             return;
         }
         host = std::move(*h);
-        pipeline = std::make_unique<agent::CallPipeline>(std::initializer_list<agent::CallObserver*>{host.get()});
+        pipeline = std::make_unique<agent::CallPipelineOf<agent::BpfHost>>(*host);
         if (!engine) return;
         if (!object) {
             error = object.error().message;

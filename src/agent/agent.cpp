@@ -83,18 +83,13 @@ struct Connection {
 }  // namespace
 
 const char* mechanism_name(hook::Mechanism m) {
-    switch (m) {
-        case hook::Mechanism::Got: return "got";
-        case hook::Mechanism::Inline: return "inline";
-        case hook::Mechanism::SyscallRewrite: return "rewrite";
-    }
-    return "unknown";
+    const auto i = static_cast<size_t>(m);
+    return i < control::kMechanismNames.size() ? control::kMechanismNames[i] : "unknown";
 }
 
 Result<hook::Mechanism> parse_mechanism(const std::string& name) {
-    if (name == "got") return hook::Mechanism::Got;
-    if (name == "inline") return hook::Mechanism::Inline;
-    if (name == "rewrite") return hook::Mechanism::SyscallRewrite;
+    for (size_t i = 0; i < control::kMechanismNames.size(); ++i)
+        if (name == control::kMechanismNames[i]) return static_cast<hook::Mechanism>(i);
     return make_error(EINVAL, "unknown mechanism '" + name + "' (expected got, inline or rewrite)");
 }
 
@@ -119,7 +114,7 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentOptions options) {
     auto bpf = BpfHost::create(std::move(bpf_options));
     if (!bpf) return bpf.error();
     agent->bpf_ = std::move(bpf).value();
-    agent->pipeline_ = std::make_unique<CallPipeline>(std::initializer_list<CallObserver*>{&agent->counters_, agent->bpf_.get()});
+    agent->pipeline_ = std::make_unique<AgentPipeline>(agent->counters_, *agent->bpf_);
     if (auto r = agent->bpf_->register_requests(agent->router_); !r) return r.error();
     agent->policies_ = std::make_unique<PolicyHost>(*agent->bpf_, *agent->pipeline_);
     if (auto r = agent->policies_->register_requests(agent->router_); !r) return r.error();

@@ -48,6 +48,9 @@ struct AgentOptions {
     uint64_t library_handle = 0;
 };
 
+// The agent's handler: its counters, then the BPF host's edges.
+using AgentPipeline = CallPipelineOf<CallCounters, BpfHost>;
+
 class Agent {
 public:
     static Result<std::unique_ptr<Agent>> start(AgentOptions options);
@@ -93,7 +96,7 @@ private:
     CallCounters counters_;
     RequestRouter router_;
     std::unique_ptr<BpfHost> bpf_;
-    std::unique_ptr<CallPipeline> pipeline_;  // {&counters_, bpf_}
+    std::unique_ptr<AgentPipeline> pipeline_;
     std::unique_ptr<PolicyHost> policies_;    // holds the pipeline's redirector slot while on
 
     mutable std::mutex mu_;  // guards interceptors_ and last_error_

@@ -16,7 +16,7 @@
 // Using the host without the control socket (benchmarks, tests):
 //
 //   auto host = BpfHost::create({}).value();
-//   CallPipeline pipeline({host.get()});
+//   CallPipelineOf<BpfHost> pipeline(*host);
 //   auto interceptor = hook::Interceptor::install({hook::Mechanism::Got}, &pipeline).value();
 //   auto loaded = host->load({"/path/io_stats.bpf.o"}).value();    // the bpf.load reply
 //   const uint32_t id = loaded["object"];

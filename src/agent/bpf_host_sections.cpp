@@ -19,17 +19,15 @@ constexpr std::pair<const char*, const char*> kTracepointAliases[] = {
     {"umount", "umount2"},
 };
 
-bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
-
 // "tracepoint/" or "tp/" stripped, or empty when neither.
 std::string_view strip_tracepoint(std::string_view s) {
     for (std::string_view p : {"tracepoint/", "tp/"})
-        if (starts_with(s, p)) return s.substr(p.size());
+        if (s.starts_with(p)) return s.substr(p.size());
     return {};
 }
 std::string_view strip_raw_tracepoint(std::string_view s) {
     for (std::string_view p : {"raw_tracepoint/", "raw_tp/"})
-        if (starts_with(s, p)) return s.substr(p.size());
+        if (s.starts_with(p)) return s.substr(p.size());
     return {};
 }
 
@@ -66,9 +64,9 @@ std::string AttachPoint::describe() const {
 
 bool is_attach_section(std::string_view s) {
     if (std::string_view t = strip_tracepoint(s); !t.empty())
-        return starts_with(t, "syscalls/") || starts_with(t, "raw_syscalls/");
+        return t.starts_with("syscalls/") || t.starts_with("raw_syscalls/");
     if (!strip_raw_tracepoint(s).empty()) return true;
-    return starts_with(s, "liveio/") || starts_with(s, "uprobe/") || starts_with(s, "uretprobe/");
+    return s.starts_with("liveio/") || s.starts_with("uprobe/") || s.starts_with("uretprobe/");
 }
 
 Result<AttachPoint> parse_attach_point(std::string_view section) {
@@ -77,13 +75,13 @@ Result<AttachPoint> parse_attach_point(std::string_view section) {
     if (std::string_view t = strip_tracepoint(section); !t.empty()) {
         if (t == "raw_syscalls/sys_enter") return AttachPoint{AttachKind::RawSyscallsEnter};
         if (t == "raw_syscalls/sys_exit") return AttachPoint{AttachKind::RawSyscallsExit};
-        if (starts_with(t, "syscalls/")) {
+        if (t.starts_with("syscalls/")) {
             t.remove_prefix(9);
             std::string_view name;
-            if (starts_with(t, "sys_enter_")) {
+            if (t.starts_with("sys_enter_")) {
                 p.kind = AttachKind::SyscallEnter;
                 name = t.substr(10);
-            } else if (starts_with(t, "sys_exit_")) {
+            } else if (t.starts_with("sys_exit_")) {
                 p.kind = AttachKind::SyscallExit;
                 name = t.substr(9);
             } else {
@@ -105,11 +103,11 @@ Result<AttachPoint> parse_attach_point(std::string_view section) {
     if (section == "liveio/io_enter") return AttachPoint{AttachKind::IoEnter};
     if (section == "liveio/io_exit") return AttachPoint{AttachKind::IoExit};
     if (section == "liveio/io_complete") return AttachPoint{AttachKind::IoComplete};
-    if (starts_with(section, "liveio/"))
+    if (section.starts_with("liveio/"))
         return make_error(EOPNOTSUPP, quoted + ": liveio attach points are liveio/io_enter, liveio/io_exit and liveio/io_complete");
     for (auto [prefix, kind] : {std::pair{std::string_view("uprobe/"), AttachKind::Uprobe},
                                 std::pair{std::string_view("uretprobe/"), AttachKind::Uretprobe}}) {
-        if (!starts_with(section, prefix)) continue;
+        if (!section.starts_with(prefix)) continue;
         std::string_view rest = section.substr(prefix.size());
         const size_t colon = rest.rfind(':');
         if (colon == std::string_view::npos || colon == 0 || colon + 1 == rest.size())
@@ -120,7 +118,7 @@ Result<AttachPoint> parse_attach_point(std::string_view section) {
         if (const size_t plus = fn.find('+'); plus != std::string_view::npos) {
             std::string_view off = fn.substr(plus + 1);
             int base = 10;
-            if (starts_with(off, "0x")) {
+            if (off.starts_with("0x")) {
                 off.remove_prefix(2);
                 base = 16;
             }

@@ -1,7 +1,6 @@
 #include "agent/call_pipeline.h"
 
 #include <cerrno>
-#include <exception>
 
 namespace liveio::agent {
 namespace {
@@ -15,16 +14,6 @@ struct PipelineThread {
 __attribute__((tls_model("initial-exec"))) thread_local PipelineThread t_pipeline;
 
 }  // namespace
-
-CallPipeline::CallPipeline(std::initializer_list<CallObserver*> observers) {
-    // A fixed set chosen by the code that builds the pipeline: a mistake here is a
-    // programming error, not a runtime condition.
-    if (observers.size() > kMaxObservers) std::terminate();
-    for (CallObserver* o : observers) {
-        if (o == nullptr) std::terminate();
-        observers_[count_++] = o;
-    }
-}
 
 Result<void> CallPipeline::set_redirector(Redirector* redirector) {
     if (redirector == nullptr) return make_error(EINVAL, "set_redirector needs a redirector");

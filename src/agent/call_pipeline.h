@@ -9,7 +9,8 @@
 //     -> CallPipeline::on_exit
 //          observers' exit(frame), in order       (frame.result: native or redirected alike)
 //
-// Observers are fixed when the pipeline is built (they live as long as it does). The
+// Observers are fixed when the pipeline is built: their types are CallPipelineOf's template
+// arguments, so they are called directly, not through a virtual call each. The
 // redirector slot is the seam for acceleration policies: set_redirector() and
 // clear_redirector() may run while calls run, and clear_redirector() returns only once no
 // thread is inside redirect() any more, so the redirector may be destroyed then. Without a
@@ -23,8 +24,9 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
 #include <mutex>
+#include <tuple>
+#include <type_traits>
 
 #include "agent/bpf_host_rcu.h"
 #include "base/result.h"
@@ -54,15 +56,15 @@ public:
     virtual bool redirect(CallFrame& frame) = 0;
 };
 
-class CallPipeline final : public hook::CallHandler {
+// The redirector slot and the hook::CallHandler face of a pipeline; CallPipelineOf adds the
+// observers. Code that plugs a redirector in (policies) holds a CallPipeline&.
+class CallPipeline : public hook::CallHandler {
 public:
-    static constexpr size_t kMaxObservers = 4;
     // Set in frame.word when the redirector performed the call; the other bits of word
     // belong to the redirector.
     static constexpr uint64_t kRedirected = uint64_t{1} << 63;
 
-    // `observers` run in this order at both edges; at most kMaxObservers, none null.
-    explicit CallPipeline(std::initializer_list<CallObserver*> observers);
+    CallPipeline() = default;
     CallPipeline(const CallPipeline&) = delete;
     CallPipeline& operator=(const CallPipeline&) = delete;
 
@@ -72,28 +74,49 @@ public:
     void clear_redirector();
     Redirector* redirector() const { return redirector_.load(std::memory_order_acquire); }
 
-    // hook::CallHandler
-    bool on_enter(CallFrame& frame) override {
-        for (size_t i = 0; i < count_; ++i) observers_[i]->enter(frame);
+    // Stages that need a start time record their own (CallFrame::start_ns).
+    bool wants_start_time() const override { return false; }
+
+protected:
+    // The redirector's turn at the enter edge: one load and a branch while the slot is empty.
+    bool redirect_if_set(CallFrame& frame) {
         if (redirector_.load(std::memory_order_relaxed) == nullptr) [[likely]]
             return false;
         return redirect(frame);
     }
-    void on_exit(CallFrame& frame) override {
-        for (size_t i = 0; i < count_; ++i) observers_[i]->exit(frame);
-    }
-    // Stages that need a start time record their own (CallFrame::start_ns).
-    bool wants_start_time() const override { return false; }
 
 private:
-    // The redirector inside a read section of readers_ (the slow path of on_enter).
+    // The redirector inside a read section of readers_ (the slow path of redirect_if_set).
     bool redirect(CallFrame& frame);
 
-    CallObserver* observers_[kMaxObservers] = {};
-    size_t count_ = 0;
     std::atomic<Redirector*> redirector_{nullptr};
     std::mutex redirector_mu_;  // serializes set_redirector and clear_redirector
     ReaderRegistry readers_;
+};
+
+// A pipeline whose observers' types are part of its own: the dispatcher makes one virtual
+// call per edge (into on_enter/on_exit) and the observers are called directly (inlined where
+// their edges are defined inline, as the BPF host's are). Observers run in the order of the
+// template arguments at both edges and must outlive the pipeline.
+template <typename... Observers>
+class CallPipelineOf final : public CallPipeline {
+    static_assert((std::is_base_of_v<CallObserver, Observers> && ...),
+                  "pipeline observers implement CallObserver");
+
+public:
+    explicit CallPipelineOf(Observers&... observers) : observers_(&observers...) {}
+
+    // hook::CallHandler
+    bool on_enter(CallFrame& frame) override {
+        std::apply([&](Observers*... o) { (o->enter(frame), ...); }, observers_);
+        return redirect_if_set(frame);
+    }
+    void on_exit(CallFrame& frame) override {
+        std::apply([&](Observers*... o) { (o->exit(frame), ...); }, observers_);
+    }
+
+private:
+    std::tuple<Observers*...> observers_;
 };
 
 }  // namespace liveio::agent

@@ -14,10 +14,6 @@
 namespace liveio::agent {
 namespace {
 
-bool ends_with(std::string_view s, std::string_view suffix) {
-    return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
 bool all_digits(std::string_view s) {
     if (s.empty()) return false;
     for (char c : s)
@@ -55,8 +51,8 @@ uint32_t classify_clickhouse_path(std::string_view path) {
     const size_t slash = path.rfind('/');
     const std::string_view name = slash == std::string_view::npos ? path : path.substr(slash + 1);
     const std::string_view dir = slash == std::string_view::npos ? std::string_view() : path.substr(0, slash);
-    if (ends_with(name, ".bin")) return LIVEIO_CLASS_CH_BIN;
-    if (ends_with(name, ".mrk") || ends_with(name, ".mrk2")) return LIVEIO_CLASS_CH_MRK;
+    if (name.ends_with(".bin")) return LIVEIO_CLASS_CH_BIN;
+    if (name.ends_with(".mrk") || name.ends_with(".mrk2")) return LIVEIO_CLASS_CH_MRK;
     if (name == "primary.idx") return LIVEIO_CLASS_CH_PRIMARY;
     const size_t dslash = dir.rfind('/');
     const std::string_view dir_name = dslash == std::string_view::npos ? dir : dir.substr(dslash + 1);

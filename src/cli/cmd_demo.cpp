@@ -356,7 +356,7 @@ void add_demo_commands(CLI::App& app) {
     demo->add_option("--rows", o->rows, "rows of the sample data set")->check(CLI::Range(uint64_t{1000}, uint64_t{200'000'000}))->capture_default_str();
     demo->add_option("--rounds", o->rounds, "runs of the query mix per phase")->check(CLI::Range(1, 100))->capture_default_str();
     demo->add_option("--mechanism,-m", o->mechanism, "how liveio intercepts calls")
-        ->check(CLI::IsMember({"got", "inline", "rewrite"}))
+        ->check(CLI::IsMember(control::mechanism_names()))
         ->capture_default_str();
     demo->callback([o] { run_demo(*o); });
 }

@@ -70,7 +70,7 @@ struct InstallArgs {
 
     void add_to(CLI::App* cmd) {
         cmd->add_option("--mechanism,-m", mechanism, "how calls are intercepted")
-            ->check(CLI::IsMember({"got", "inline", "rewrite"}))
+            ->check(CLI::IsMember(control::mechanism_names()))
             ->capture_default_str();
         cmd->add_option("--objects", objects, "GOT: objects to patch (default: all but libc, ld.so, liveio)")
             ->delimiter(',');

@@ -50,7 +50,7 @@ void observe_fail(const std::string& message) {
 
 void ObserveArgs::add_to(CLI::App* cmd) {
     cmd->add_option("--mechanism,-m", mechanism, "how calls are intercepted if the command attaches")
-        ->check(CLI::IsMember({"got", "inline", "rewrite"}))
+        ->check(CLI::IsMember(control::mechanism_names()))
         ->capture_default_str();
     cmd->add_option("--agent", agent, "path of liveio-agent.so (if the command attaches)");
     cmd->add_flag("--stay", stay, "leave the agent attached and the programs loaded on exit");

@@ -13,14 +13,12 @@
 #include <cstring>
 #include <fmt/format.h>
 
+#include "base/errno_error.h"
+
 namespace liveio::clickhouse {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-Error errno_error(int code, std::string_view what) {
-    return make_error(code, fmt::format("{}: {}", what, std::strerror(code)));
-}
 
 // Waits until `fd` is ready for `events` or the deadline passes.
 Result<void> wait_ready(int fd, short events, Clock::time_point deadline, std::string_view what) {

@@ -21,15 +21,13 @@
 #include <sstream>
 #include <thread>
 
+#include "base/errno_error.h"
+
 namespace liveio::clickhouse {
 namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-Error errno_error(int code, std::string_view what) {
-    return make_error(code, fmt::format("{}: {}", what, std::strerror(code)));
-}
 
 bool is_executable(const std::string& path) { return ::access(path.c_str(), X_OK) == 0; }
 

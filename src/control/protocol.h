@@ -14,6 +14,7 @@
 
 #include <sys/types.h>
 
+#include <array>
 #include <cstddef>
 #include <optional>
 #include <string>
@@ -30,6 +31,12 @@ namespace liveio::control {
 inline constexpr int kProtocolVersion = 1;
 inline constexpr const char* kAgentVersion = "0.1";
 inline constexpr size_t kMaxRequestBytes = 64 * 1024;
+
+// The interception mechanisms as requests and replies name them, in hook::Mechanism order
+// (GOT slots, inline function hooks, syscall rewriting).
+// Constant-initialized: the agent may read it from its library constructor.
+inline constexpr std::array<const char*, 3> kMechanismNames = {"got", "inline", "rewrite"};
+inline std::vector<std::string> mechanism_names() { return {kMechanismNames.begin(), kMechanismNames.end()}; }
 
 // "\0liveio/<pid>" as the socket address bytes (leading NUL included).
 std::string control_socket_name(pid_t pid);

@@ -35,8 +35,6 @@ constexpr size_t kMaxObjectBytes = size_t{64} << 20;
 // x86-64). A larger section (typically a corrupted .bss size) is refused before allocating.
 constexpr size_t kMaxDataSection = size_t{4} << 20;  // typedef/modifier chains longer than this are malformed
 
-bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
-
 struct Section {
     size_t index = 0;
     std::string name;
@@ -80,17 +78,17 @@ Error elf_error(const std::string& what) {
 
 ContextDescriptor context_for_section(std::string_view s) {
     auto sized = [](uint32_t size) { return ContextDescriptor{size, false}; };
-    if (starts_with(s, "tracepoint/syscalls/sys_enter_") || starts_with(s, "tp/syscalls/sys_enter_") ||
+    if (s.starts_with("tracepoint/syscalls/sys_enter_") || s.starts_with("tp/syscalls/sys_enter_") ||
         s == "tracepoint/raw_syscalls/sys_enter" || s == "tp/raw_syscalls/sys_enter")
         return sized(kSysEnterCtxSize);
-    if (starts_with(s, "tracepoint/syscalls/sys_exit_") || starts_with(s, "tp/syscalls/sys_exit_") ||
+    if (s.starts_with("tracepoint/syscalls/sys_exit_") || s.starts_with("tp/syscalls/sys_exit_") ||
         s == "tracepoint/raw_syscalls/sys_exit" || s == "tp/raw_syscalls/sys_exit")
         return sized(kSysExitCtxSize);
     if (s == "raw_tracepoint/sys_enter" || s == "raw_tracepoint/sys_exit" || s == "raw_tp/sys_enter" ||
         s == "raw_tp/sys_exit")
         return sized(kRawTpSyscallCtxSize);
     for (std::string_view p : {"uprobe", "uretprobe", "kprobe", "kretprobe", "usdt"})
-        if (s == p || starts_with(s, std::string(p) + "/") || starts_with(s, std::string(p) + ".")) return sized(kPtRegsSize);
+        if (s == p || s.starts_with(std::string(p) + "/") || s.starts_with(std::string(p) + ".")) return sized(kPtRegsSize);
     if (s == "liveio/io_enter" || s == "liveio/io_exit") return sized(kLiveioIoCtxSize);
     if (s == "liveio/io_complete") return sized(kLiveioIoCompleteCtxSize);
     return {};
@@ -293,7 +291,7 @@ private:
     static bool is_data_section(const Section& s) {
         if (s.exec() || (s.hdr.sh_type != SHT_PROGBITS && s.hdr.sh_type != SHT_NOBITS)) return false;
         for (std::string_view p : {".data", ".rodata", ".bss"})
-            if (s.name == p || starts_with(s.name, std::string(p) + ".")) return true;
+            if (s.name == p || s.name.starts_with(std::string(p) + ".")) return true;
         return false;
     }
 

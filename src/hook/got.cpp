@@ -34,10 +34,6 @@
 namespace liveio::hook {
 namespace {
 
-bool ends_with(std::string_view s, std::string_view suffix) {
-    return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
 // Objects never patched by default: liveio's own (its I/O must reach the kernel directly),
 // libc (the functions themselves), the dynamic loader and the vDSO.
 bool excluded_by_default(std::string_view name, bool is_own) {
@@ -193,7 +189,7 @@ Result<std::unique_ptr<Interceptor>> install_got(const InterceptOptions& options
             bool match = false;
             for (auto& spec : options.objects) {
                 if ((spec == kMainProgram && is_main) ||
-                    (!spec.empty() && !o.name.empty() && ends_with(o.name, spec))) {
+                    (!spec.empty() && !o.name.empty() && o.name.ends_with(spec))) {
                     match = true;
                     matched_specs.insert(spec);
                 }

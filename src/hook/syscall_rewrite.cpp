@@ -320,10 +320,6 @@ bool contains(const dl_phdr_info* info, uintptr_t addr) {
     return false;
 }
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // The executable segments to scan: of every loaded object, or of those `objects` names (path
 // suffixes or kMainProgram). Never liveio's own object nor the vDSO.
 Result<std::vector<Segment>> executable_segments(const std::vector<std::string>& objects) {
@@ -347,7 +343,7 @@ Result<std::vector<Segment>> executable_segments(const std::vector<std::string>&
             }
             bool wanted = c.objects.empty();
             for (size_t i = 0; i < c.objects.size(); ++i)
-                if (c.objects[i] == name || (!main && !c.objects[i].empty() && ends_with(name, c.objects[i])))
+                if (c.objects[i] == name || (!main && !c.objects[i].empty() && name.ends_with(c.objects[i])))
                     wanted = c.matched[i] = true;
             if (!wanted) return 0;
             const std::string path = main ? "/proc/self/exe" : info->dlpi_name;
@@ -364,7 +360,7 @@ Result<std::vector<Segment>> executable_segments(const std::vector<std::string>&
         &ctx);
     for (size_t i = 0; i < objects.size(); ++i) {
         if (ctx.matched[i]) continue;
-        if (objects[i] == ctx.own_name || (!ctx.own_name.empty() && ends_with(ctx.own_name, objects[i])))
+        if (objects[i] == ctx.own_name || (!ctx.own_name.empty() && ctx.own_name.ends_with(objects[i])))
             return make_error(EINVAL, "'" + objects[i] + "' is liveio's own object, whose syscalls "
                                       "are never rewritten");
         return make_error(ENOENT, "no loaded object matches '" + objects[i] + "'");

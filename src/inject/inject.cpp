@@ -15,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include "base/errno_error.h"
 #include "base/proc_tasks.h"
 
 #include <algorithm>
@@ -44,8 +45,6 @@ using Clock = std::chrono::steady_clock;
 double ms_between(Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double, std::milli>(b - a).count();
 }
-
-Error errno_error(int code, const std::string& what) { return make_error(code, fmt::format("{}: {}", what, strerror(code))); }
 
 std::optional<std::string> read_text(const std::string& path) {
     std::ifstream in(path);

@@ -110,7 +110,7 @@ protected:
 
     TempFile file;
     CallCounters counters;
-    CallPipeline pipeline{&counters};
+    CallPipelineOf<CallCounters> pipeline{counters};
     std::unique_ptr<hook::Interceptor> interceptor;
 };
 
@@ -120,7 +120,7 @@ TEST(CallPipeline, ObserversSeeNativeAndRedirectedCallsInOrder) {
     std::mutex mu;
     std::vector<Edge> log;
     RecordingObserver first(1, log, mu), second(2, log, mu);
-    CallPipeline pipeline({&first, &second});
+    CallPipelineOf<RecordingObserver, RecordingObserver> pipeline(first, second);
     FillingRedirector redirector;
     auto icpt = hook::Interceptor::install(got_on_this_binary(), &pipeline);
     ASSERT_TRUE(icpt.ok()) << icpt.error().message;

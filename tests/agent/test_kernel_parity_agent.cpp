@@ -193,7 +193,7 @@ TEST(KernelParityAgent, SyscountInTheAgentCountsAsTheKernelTracepoints) {
         ASSERT_TRUE(file.fd() >= 0 && file.ro_fd() >= 0);
         Tally tally;
         {
-            CallPipeline pipeline({host.value().get()});
+            CallPipelineOf<BpfHost> pipeline(*host.value());
             auto interceptor = hook::Interceptor::install({hook::Mechanism::Got, {hook::kMainProgram}, {}}, &pipeline);
             ASSERT_TRUE(interceptor.ok()) << interceptor.error().message;
             workload(file.fd(), file.ro_fd(), tally);
