@@ -1,0 +1,269 @@
+// `liveio cluster` end to end on this machine: a 2-shard ClickHouse 18.16 cluster in network
+// namespaces made by the harness (skipped, with the reason, without root or netns rights or
+// without clickhouse-server), queried through its Distributed table; its traffic stays on the
+// bridge inside the namespaces; the control endpoints refuse TCP requests without the token;
+// `down` removes every namespace, process and directory, also after the harness was killed
+// halfway through `up`. Each test uses its own cluster name and state root, so runs of other
+// engineers on the machine are never touched.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "clickhouse/http_client.h"
+#include "clickhouse/server.h"
+#include "cluster/cluster_file.h"
+#include "cluster/command.h"
+#include "cluster/control.h"
+#include "cluster/harness.h"
+#include "cluster/netns.h"
+
+namespace liveio::cluster {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+constexpr uint64_t kRows = 100000;  // small: the machine is shared
+
+std::string skip_reason() {
+    if (auto why = netns_unavailable_reason(); !why.empty()) return why;
+    if (auto bin = clickhouse::find_server_binary(); !bin) return bin.error().message;
+    if (auto ip = run_command({"ip", "-V"}); !ip || ip->status != 0) return "iproute2 (ip) is not installed";
+    return "";
+}
+
+// A cluster name and state root private to this test process.
+struct Names {
+    std::string name;
+    std::string root;
+    explicit Names(const char* tag) {
+        name = std::string(tag) + std::to_string(::getpid());
+        char tmpl[] = "/tmp/liveio-test-cluster-XXXXXX";
+        root = ::mkdtemp(tmpl) ? tmpl : "";
+    }
+    ~Names() {
+        (void)down(name, root);  // whatever a failed assertion left
+        std::error_code ec;
+        fs::remove_all(root, ec);
+    }
+};
+
+CommandOutput cli(const std::vector<std::string>& args, milliseconds timeout = milliseconds(300000)) {
+    std::vector<std::string> argv{LIVEIO_CLI_PATH};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto r = run_command(argv, timeout);
+    if (!r) return {-1, r.error().message};
+    return *r;
+}
+
+std::vector<std::string> cluster_namespaces(const std::string& name) {
+    std::vector<std::string> out;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/run/netns", ec))
+        if (e.path().filename().string().starts_with("liveio-" + name + "-")) out.push_back(e.path().filename());
+    return out;
+}
+
+// Runs `sql` on `node`'s HTTP port from inside its namespace.
+Result<std::string> query(const Node& node, const std::string& sql) {
+    auto scope = NetnsScope::enter(node.netns);
+    if (!scope) return scope.error();
+    clickhouse::HttpClient c({.host = node.host, .port = node.http_port, .timeout = milliseconds(60000)});
+    return c.query(sql);
+}
+
+uint64_t bridge_port_bytes(const std::string& hub, const std::string& port) {
+    auto out = run_checked({"ip", "-n", hub, "-s", "-j", "link", "show", "dev", port});
+    if (!out) return 0;
+    const json j = json::parse(*out);
+    return j.at(0).at("stats64").at("rx").at("bytes").get<uint64_t>() + j.at(0).at("stats64").at("tx").at("bytes").get<uint64_t>();
+}
+
+bool host_has_address_in(const std::string& prefix) {
+    ifaddrs* ifs = nullptr;
+    if (::getifaddrs(&ifs) != 0) return false;
+    bool found = false;
+    for (ifaddrs* i = ifs; i; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET) continue;
+        char buf[INET_ADDRSTRLEN];
+        ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof buf);
+        found |= std::string(buf).starts_with(prefix);
+    }
+    ::freeifaddrs(ifs);
+    return found;
+}
+
+// The first IPv4 address of the host's own namespace that is not loopback, or "".
+std::string host_address() {
+    ifaddrs* ifs = nullptr;
+    if (::getifaddrs(&ifs) != 0) return "";
+    std::string found;
+    for (ifaddrs* i = ifs; i && found.empty(); i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET) continue;
+        char buf[INET_ADDRSTRLEN];
+        ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof buf);
+        if (!std::string(buf).starts_with("127.")) found = buf;
+    }
+    ::freeifaddrs(ifs);
+    return found;
+}
+
+// Exists and is not a zombie (an orphan's zombie waits for whoever adopted it to reap it).
+bool running(pid_t pid) {
+    std::ifstream in(fmt::format("/proc/{}/stat", pid));
+    std::string line;
+    if (!std::getline(in, line)) return false;
+    const size_t paren = line.rfind(')');
+    return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z' && line[paren + 2] != 'X';
+}
+
+// Whatever `down` removes: nothing of the cluster may remain.
+void expect_gone(const std::string& name, const std::string& root, const std::vector<pid_t>& pids) {
+    EXPECT_TRUE(cluster_namespaces(name).empty());
+    EXPECT_FALSE(fs::exists(state_dir(name, root)));
+    for (pid_t pid : pids) EXPECT_FALSE(running(pid)) << "process " << pid << " still runs";
+}
+
+TEST(NetnsCluster, DistributedQueryStaysInsideTheNamespacesAndDownRemovesEverything) {
+    if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
+    Names n("t");
+    ASSERT_FALSE(n.root.empty());
+    const auto up_out = cli({"cluster", "up", "--name", n.name, "--root", n.root, "--shards", "2", "--rows", std::to_string(kRows),
+                             "--rate", "200mbit"});
+    ASSERT_EQ(up_out.status, 0) << up_out.output;
+    EXPECT_NE(up_out.output.find("netem"), std::string::npos) << "the missing delay must be said: " << up_out.output;
+    auto file = read_cluster_file(cluster_file_path(n.name, n.root));
+    ASSERT_TRUE(file) << file.error().message;
+    ASSERT_EQ(file->nodes.size(), 2u);
+    std::vector<pid_t> pids;
+    for (const Node& node : file->nodes) {
+        EXPECT_FALSE(node.netns.empty());
+        EXPECT_GT(node.server_pid, 0);
+        pids.push_back(node.server_pid);
+        for (pid_t p : processes_in_netns(node.netns)) pids.push_back(p);
+    }
+
+    // Each shard holds its slice; the Distributed table on either node sums both exactly.
+    uint64_t local_rows = 0;
+    for (const Node& node : file->nodes) {
+        auto c = query(node, "SELECT count() FROM hits");
+        ASSERT_TRUE(c) << c.error().message;
+        EXPECT_EQ(std::stoull(*c), kRows / 2);
+        local_rows += std::stoull(*c);
+    }
+    EXPECT_EQ(local_rows, kRows);
+    const std::string hub = "liveio-" + n.name + "-hub";
+    const uint64_t before = bridge_port_bytes(hub, "n1");
+    for (const Node& node : file->nodes) {
+        auto all = query(node, "SELECT count(), sum(WatchID) FROM hits_all");
+        ASSERT_TRUE(all) << all.error().message;
+        EXPECT_EQ(*all, fmt::format("{}\t{}\n", kRows, kRows * (kRows - 1) / 2)) << "on " << node.name;
+    }
+    // n0's query reached shard 1 over the bridge port of n1 (and n1's answered n0's over it).
+    EXPECT_GT(bridge_port_bytes(hub, "n1"), before);
+
+    // Nothing of the cluster in the host's namespace, and no way out of a node's namespace.
+    EXPECT_FALSE(host_has_address_in("10.231.0."));
+    auto routes = run_checked({"ip", "-n", file->nodes[0].netns, "-4", "route", "show", "table", "all"});
+    ASSERT_TRUE(routes) << routes.error().message;
+    EXPECT_EQ(routes->find("default"), std::string::npos) << *routes;
+    if (const std::string host = host_address(); !host.empty()) {
+        auto scope = NetnsScope::enter(file->nodes[0].netns);
+        ASSERT_TRUE(scope);
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in sa{};
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons(22);
+        ::inet_pton(AF_INET, host.c_str(), &sa.sin_addr);
+        EXPECT_NE(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+        EXPECT_EQ(errno, ENETUNREACH) << "a node reached the host's " << host;
+        ::close(fd);
+    }
+
+    // Control over TCP: refused without the token or with a wrong one, served with it.
+    const Node& n0 = file->nodes[0];
+    ASSERT_EQ(n0.control.port, kControlPort);
+    auto bare = control_request_tcp(n0, "GET", "/control/ping", "", "", milliseconds(10000));
+    ASSERT_TRUE(bare) << bare.error().message;
+    EXPECT_EQ(bare->status, 401);
+    EXPECT_NE(bare->body.find("Bearer"), std::string::npos) << bare->body;
+    auto wrong = control_request_tcp(n0, "POST", "/control/detach", "{}", std::string(48, 'a'), milliseconds(10000));
+    ASSERT_TRUE(wrong) << wrong.error().message;
+    EXPECT_EQ(wrong->status, 401);
+    EXPECT_NE(wrong->body.find("wrong bearer token"), std::string::npos) << wrong->body;
+    auto token = read_token_file(n0.control.token_file);
+    ASSERT_TRUE(token) << token.error().message;
+    auto good = control_request_tcp(n0, "GET", "/control/ping", "", *token, milliseconds(10000));
+    ASSERT_TRUE(good) << good.error().message;
+    EXPECT_EQ(good->status, 200) << good->body;
+    EXPECT_EQ(json::parse(good->body).value("target", 0), n0.server_pid);
+    // /metrics stays open to scrapers.
+    auto metrics = control_request_tcp(n0, "GET", "/metrics", "", "", milliseconds(10000));
+    ASSERT_TRUE(metrics) << metrics.error().message;
+    EXPECT_EQ(metrics->status, 200);
+
+    const auto status = cli({"cluster", "status", "--name", n.name, "--root", n.root, "--timeout", "20s"});
+    EXPECT_EQ(status.status, 0) << status.output;
+
+    const auto down_out = cli({"cluster", "down", "--name", n.name, "--root", n.root});
+    ASSERT_EQ(down_out.status, 0) << down_out.output;
+    expect_gone(n.name, n.root, pids);
+    const auto again = cli({"cluster", "down", "--name", n.name, "--root", n.root});
+    EXPECT_EQ(again.status, 0) << again.output;
+    EXPECT_NE(again.output.find("nothing"), std::string::npos) << again.output;
+}
+
+TEST(NetnsCluster, DownAfterTheHarnessWasKilledMidUpRemovesEverything) {
+    if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
+    Names n("k");
+    ASSERT_FALSE(n.root.empty());
+    const pid_t harness = ::fork();
+    ASSERT_GE(harness, 0);
+    if (harness == 0) {
+        const int null = ::open("/dev/null", O_WRONLY);
+        ::dup2(null, 1);
+        ::dup2(null, 2);
+        ::execl(LIVEIO_CLI_PATH, LIVEIO_CLI_PATH, "cluster", "up", "--name", n.name.c_str(), "--root", n.root.c_str(), "--shards", "2",
+                "--rows", "100000", nullptr);
+        ::_exit(127);
+    }
+    // Killed once a server runs in a node namespace: servers started, data not loaded yet or
+    // loading, the state file not at "up".
+    std::vector<pid_t> seen;
+    const auto deadline = std::chrono::steady_clock::now() + seconds(120);
+    while (std::chrono::steady_clock::now() < deadline && seen.empty()) {
+        for (size_t i = 0; i < 2 && seen.empty(); ++i)
+            for (pid_t p : processes_in_netns(fmt::format("liveio-{}-n{}", n.name, i))) seen.push_back(p);
+        if (seen.empty()) std::this_thread::sleep_for(milliseconds(20));
+    }
+    ::kill(harness, SIGKILL);
+    int status = 0;
+    ::waitpid(harness, &status, 0);
+    ASSERT_FALSE(seen.empty()) << "no server appeared in 120 s";
+    EXPECT_TRUE(WIFSIGNALED(status)) << "the harness finished before it was killed";
+    EXPECT_FALSE(cluster_namespaces(n.name).empty());
+    // Whatever was started lives on after the harness died.
+    EXPECT_TRUE(running(seen[0]));
+
+    const auto down_out = cli({"cluster", "down", "--name", n.name, "--root", n.root});
+    ASSERT_EQ(down_out.status, 0) << down_out.output;
+    expect_gone(n.name, n.root, seen);
+}
+
+}  // namespace
+}  // namespace liveio::cluster
