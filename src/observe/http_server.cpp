@@ -188,6 +188,7 @@ HttpServer::HttpServer(HttpServer&& other) noexcept
 HttpServer& HttpServer::operator=(HttpServer&& other) noexcept {
     if (this != &other) {
         if (fd_ >= 0) ::close(fd_);
+        if (fd_ >= 0 && unix_) ::unlink(host_.c_str());
         fd_ = std::exchange(other.fd_, -1);
         host_ = std::move(other.host_);
         port_ = other.port_;

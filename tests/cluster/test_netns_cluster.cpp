@@ -265,5 +265,105 @@ TEST(NetnsCluster, DownAfterTheHarnessWasKilledMidUpRemovesEverything) {
     expect_gone(n.name, n.root, seen);
 }
 
+// The control endpoints across nodes: attach (with a policy), stats, detach on every node,
+// Distributed answers exact throughout; a node whose endpoint stops answering is reported as
+// such while the others answer.
+TEST(NetnsCluster, AttachStatsDetachOnEveryNodeAndAStoppedNodeIsReported) {
+    if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
+    Names n("a");
+    ASSERT_FALSE(n.root.empty());
+    const auto up_out = cli({"cluster", "up", "--name", n.name, "--root", n.root, "--shards", "2", "--rows", "20000"});
+    ASSERT_EQ(up_out.status, 0) << up_out.output;
+    auto file = read_cluster_file(cluster_file_path(n.name, n.root));
+    ASSERT_TRUE(file) << file.error().message;
+    const std::string exact = fmt::format("{}\t{}\n", 20000, uint64_t{20000} * 19999 / 2);
+    const std::vector<std::string> target{"--name", n.name, "--root", n.root, "--timeout", "60s"};
+    auto with = [&](std::vector<std::string> a, std::vector<std::string> extra = {}) {
+        a.insert(a.end(), target.begin(), target.end());
+        a.insert(a.end(), extra.begin(), extra.end());
+        return cli(a);
+    };
+
+    const auto attached = with({"cluster", "attach"}, {"--policy", "prefetch"});
+    const bool cannot = attached.output.find("Operation not permitted") != std::string::npos ||
+                        attached.output.find("no BPF object") != std::string::npos;
+    if (cannot) GTEST_SKIP() << "cannot attach here: " << attached.output;
+    ASSERT_EQ(attached.status, 0) << attached.output;
+    EXPECT_NE(attached.output.find("n0   ok"), std::string::npos) << attached.output;
+    EXPECT_NE(attached.output.find("n1   ok"), std::string::npos) << attached.output;
+    for (int i = 0; i < 3; ++i) {
+        auto all = query(file->nodes[0], "SELECT count(), sum(WatchID) FROM hits_all");
+        ASSERT_TRUE(all) << all.error().message;
+        EXPECT_EQ(*all, exact);
+    }
+    const auto stats = with({"cluster", "stats", "--json"});
+    ASSERT_EQ(stats.status, 0) << stats.output;
+    const json per_node = json::parse(stats.output);
+    for (const Node& node : file->nodes) {
+        const json& s = per_node.at(node.name);
+        EXPECT_EQ(s.value("pid", 0), node.server_pid);
+        // Both shards answered n0's Distributed queries, through their intercepted calls.
+        EXPECT_GT(s.at("calls").at("total").value("calls", uint64_t{0}), 0u) << node.name;
+        bool prefetch_on = false;
+        for (const json& p : s.at("policies").at("policies")) prefetch_on |= p.value("name", "") == "prefetch" && p.value("on", false);
+        EXPECT_TRUE(prefetch_on) << node.name;
+    }
+
+    // n1's endpoint stops answering (SIGSTOP): its report says so, n0's is complete.
+    pid_t serve_n1 = 0;
+    for (pid_t p : processes_in_netns(file->nodes[1].netns))
+        if (p != file->nodes[1].server_pid) serve_n1 = p;
+    ASSERT_GT(serve_n1, 0);
+    ::kill(serve_n1, SIGSTOP);
+    const auto partial = cli({"cluster", "stats", "--name", n.name, "--root", n.root, "--timeout", "2s"}, milliseconds(60000));
+    ::kill(serve_n1, SIGCONT);
+    EXPECT_NE(partial.status, 0) << partial.output;
+    EXPECT_NE(partial.output.find("n1   FAIL unreachable"), std::string::npos) << partial.output;
+    EXPECT_NE(partial.output.find("1 of 2 nodes failed"), std::string::npos) << partial.output;
+    EXPECT_NE(partial.output.find(fmt::format("n0   {}", file->nodes[0].server_pid)), std::string::npos) << partial.output;
+
+    const auto detached = with({"cluster", "detach"});
+    ASSERT_EQ(detached.status, 0) << detached.output;
+    EXPECT_NE(detached.output.find("agent unloaded"), std::string::npos) << detached.output;
+    auto after = query(file->nodes[1], "SELECT count(), sum(WatchID) FROM hits_all");
+    ASSERT_TRUE(after) << after.error().message;
+    EXPECT_EQ(*after, exact);
+    for (const Node& node : file->nodes) {
+        std::ifstream maps(fmt::format("/proc/{}/maps", node.server_pid));
+        const std::string text((std::istreambuf_iterator<char>(maps)), std::istreambuf_iterator<char>());
+        EXPECT_EQ(text.find("liveio-agent.so"), std::string::npos) << node.name << " still maps the agent";
+    }
+    const auto down_out = cli({"cluster", "down", "--name", n.name, "--root", n.root});
+    EXPECT_EQ(down_out.status, 0) << down_out.output;
+}
+
+// Without namespaces (forced with --loopback, what a user without root gets): the nodes on
+// loopback ports, the same Distributed answer, the same complete `down`.
+TEST(LoopbackCluster, DistributedQueryAndDown) {
+    if (auto bin = clickhouse::find_server_binary(); !bin) GTEST_SKIP() << bin.error().message;
+    Names n("l");
+    ASSERT_FALSE(n.root.empty());
+    const auto up_out = cli({"cluster", "up", "--loopback", "--name", n.name, "--root", n.root, "--shards", "2", "--rows", "10000"});
+    ASSERT_EQ(up_out.status, 0) << up_out.output;
+    EXPECT_NE(up_out.output.find("loopback ports"), std::string::npos) << up_out.output;
+    auto file = read_cluster_file(cluster_file_path(n.name, n.root));
+    ASSERT_TRUE(file) << file.error().message;
+    std::vector<pid_t> pids;
+    for (const Node& node : file->nodes) {
+        EXPECT_TRUE(node.netns.empty());
+        EXPECT_EQ(node.host, "127.0.0.1");
+        EXPECT_EQ(node.control.port, 0) << "no TCP control without namespaces";
+        pids.push_back(node.server_pid);
+    }
+    auto all = query(file->nodes[1], "SELECT count(), sum(WatchID) FROM hits_all");
+    ASSERT_TRUE(all) << all.error().message;
+    EXPECT_EQ(*all, fmt::format("{}\t{}\n", 10000, uint64_t{10000} * 9999 / 2));
+    const auto status = cli({"cluster", "status", "--name", n.name, "--root", n.root, "--timeout", "20s"});
+    EXPECT_EQ(status.status, 0) << status.output;
+    const auto down_out = cli({"cluster", "down", "--name", n.name, "--root", n.root});
+    ASSERT_EQ(down_out.status, 0) << down_out.output;
+    expect_gone(n.name, n.root, pids);
+}
+
 }  // namespace
 }  // namespace liveio::cluster
