@@ -78,10 +78,7 @@ void cmd_up(const UpOptions& base, bool no_control) {
     };
     if (!no_control) o.liveio_exe = self_exe();
     auto file = up(o);
-    if (!file) {
-        fail(fmt::format("cluster up: {}\n(what was made stays recorded; `liveio cluster down --name {}` removes it)",
-                         file.error().message, o.name));
-    }
+    if (!file) fail("cluster up: " + file.error().message);
     std::printf("cluster %s up: %zu nodes; cluster file %s\n", o.name.c_str(), file->nodes.size(),
                 cluster_file_path(o.name, o.state_root).c_str());
     for (const Node& n : file->nodes)

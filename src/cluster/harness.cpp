@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -223,92 +224,10 @@ Result<pid_t> start_server(const Node& node, const ClusterFile& file, bool in_na
     return server->release_process();
 }
 
-}  // namespace
-
-std::string default_state_root() {
-    if (::geteuid() == 0) return "/run/liveio/cluster";
-    if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg && *xdg) return std::string(xdg) + "/liveio/cluster";
-    return fmt::format("/tmp/liveio-{}/cluster", ::geteuid());
-}
-
-std::string state_dir(const std::string& name, const std::string& state_root) { return state_root + "/" + name; }
-std::string cluster_file_path(const std::string& name, const std::string& state_root) {
-    return state_dir(name, state_root) + "/cluster.json";
-}
-
-std::vector<std::string> namespace_names(const std::string& name, size_t nodes) {
-    std::vector<std::string> names{fmt::format("liveio-{}-hub", name)};
-    for (size_t i = 0; i < nodes; ++i) names.push_back(fmt::format("liveio-{}-n{}", name, i));
-    return names;
-}
-
-Result<uint64_t> parse_rate(const std::string& rate) {
-    size_t used = 0;
-    double value = 0;
-    try {
-        value = std::stod(rate, &used);
-    } catch (const std::exception&) {
-        return make_error(EINVAL, fmt::format("rate '{}': expected a number and a unit (kbit, mbit, gbit, kbps, mbps, gbps)", rate));
-    }
-    const std::string unit = rate.substr(used);
-    static const std::pair<const char*, double> units[] = {{"bit", 1},     {"kbit", 1e3},  {"mbit", 1e6}, {"gbit", 1e9},
-                                                           {"bps", 8},     {"kbps", 8e3},  {"mbps", 8e6}, {"gbps", 8e9}};
-    for (auto [u, scale] : units)
-        if (unit == u) {
-            const double bits = value * scale;
-            if (bits < 8000 || bits > 100e9) return make_error(EINVAL, fmt::format("rate '{}': between 8kbit and 100gbit", rate));
-            return static_cast<uint64_t>(bits);
-        }
-    return make_error(EINVAL, fmt::format("rate '{}': unknown unit '{}' (kbit, mbit, gbit, kbps, mbps, gbps)", rate, unit));
-}
-
-Result<ClusterFile> up(const UpOptions& o) {
-    if (!valid_cluster_name(o.name))
-        return make_error(EINVAL, fmt::format("cluster name '{}': 1-24 characters of a-z, 0-9, _", o.name));
-    if (o.shards == 0 || o.replicas == 0 || o.shards * o.replicas > 16)
-        return make_error(EINVAL, fmt::format("{} shards x {} replicas: between 1 and 16 nodes", o.shards, o.replicas));
+// Everything of `up` after its state directory exists: namespaces, links, servers, data,
+// control endpoints, the cluster file. Each thing made is recorded in `s` first.
+Result<ClusterFile> populate(const UpOptions& o, State& s, bool namespaces, uint32_t net, std::optional<uint64_t> rate_bits) {
     const size_t count = o.shards * o.replicas;
-    auto net = parse_subnet(o.subnet);
-    if (!net) return net.error();
-    std::optional<uint64_t> rate_bits;
-    if (!o.rate.empty()) {
-        auto r = parse_rate(o.rate);
-        if (!r) return r.error();
-        rate_bits = *r;
-    }
-    std::string why_loopback = o.loopback ? "--loopback given" : netns_unavailable_reason();
-    const bool namespaces = why_loopback.empty();
-    if (namespaces) {
-        if (auto r = check_subnet_unused(*net); !r) return r.error();
-        for (const std::string& ns : namespace_names(o.name, count))
-            if (netns_exists(ns))
-                return make_error(EEXIST, fmt::format("network namespace {} exists already: `liveio cluster down --name {}` first "
-                                                      "(or ip netns del {})", ns, o.name, ns));
-    } else {
-        o.log(fmt::format("no network namespaces ({}): nodes run on loopback ports of this host", why_loopback));
-        if (rate_bits) return make_error(EPERM, "--rate needs network namespaces (the loopback is shared by everything on the host)");
-    }
-
-    State s;
-    s.name = o.name;
-    s.mode = namespaces ? "netns" : "loopback";
-    s.phase = "creating";
-    s.dir = state_dir(o.name, o.state_root);
-    s.harness_pid = ::getpid();
-    s.harness_start_time = process_start_time(s.harness_pid);
-    {
-        std::error_code ec;
-        fs::create_directories(o.state_root, ec);
-        if (ec) return make_error(EIO, fmt::format("cannot create {}: {}", o.state_root, ec.message()));
-        if (::mkdir(s.dir.c_str(), 0700) != 0) {
-            if (errno == EEXIST)
-                return make_error(EEXIST, fmt::format("cluster {} exists ({}): `liveio cluster down --name {}` first", o.name, s.dir, o.name));
-            return make_error(errno, fmt::format("mkdir {}: {}", s.dir, std::strerror(errno)));
-        }
-    }
-    if (namespaces) s.namespaces = namespace_names(o.name, count);
-    if (auto r = save(s); !r) return r.error();
-
     ClusterFile file;
     file.name = o.name;
     for (size_t shard = 0, i = 0; shard < o.shards; ++shard)
@@ -319,7 +238,7 @@ Result<ClusterFile> up(const UpOptions& o) {
             n.replica = replica;
             n.data_dir = fmt::format("{}/{}", s.dir, n.name);
             if (namespaces) {
-                n.host = address_of(*net, i);
+                n.host = address_of(net, i);
                 n.netns = s.namespaces[i + 1];
                 n.http_port = kHttpPort;
                 n.tcp_port = kTcpPort;
@@ -443,6 +362,102 @@ Result<ClusterFile> up(const UpOptions& o) {
     s.phase = "up";
     if (auto r = save(s); !r) return r.error();
     return file;
+}
+
+}  // namespace
+
+std::string default_state_root() {
+    if (::geteuid() == 0) return "/run/liveio/cluster";
+    if (const char* xdg = std::getenv("XDG_RUNTIME_DIR"); xdg && *xdg) return std::string(xdg) + "/liveio/cluster";
+    return fmt::format("/tmp/liveio-{}/cluster", ::geteuid());
+}
+
+std::string state_dir(const std::string& name, const std::string& state_root) { return state_root + "/" + name; }
+std::string cluster_file_path(const std::string& name, const std::string& state_root) {
+    return state_dir(name, state_root) + "/cluster.json";
+}
+
+std::vector<std::string> namespace_names(const std::string& name, size_t nodes) {
+    std::vector<std::string> names{fmt::format("liveio-{}-hub", name)};
+    for (size_t i = 0; i < nodes; ++i) names.push_back(fmt::format("liveio-{}-n{}", name, i));
+    return names;
+}
+
+Result<uint64_t> parse_rate(const std::string& rate) {
+    size_t used = 0;
+    double value = 0;
+    try {
+        value = std::stod(rate, &used);
+    } catch (const std::exception&) {
+        return make_error(EINVAL, fmt::format("rate '{}': expected a number and a unit (kbit, mbit, gbit, kbps, mbps, gbps)", rate));
+    }
+    const std::string unit = rate.substr(used);
+    static const std::pair<const char*, double> units[] = {{"bit", 1},     {"kbit", 1e3},  {"mbit", 1e6}, {"gbit", 1e9},
+                                                           {"bps", 8},     {"kbps", 8e3},  {"mbps", 8e6}, {"gbps", 8e9}};
+    for (auto [u, scale] : units)
+        if (unit == u) {
+            const double bits = value * scale;
+            if (bits < 8000 || bits > 100e9) return make_error(EINVAL, fmt::format("rate '{}': between 8kbit and 100gbit", rate));
+            return static_cast<uint64_t>(bits);
+        }
+    return make_error(EINVAL, fmt::format("rate '{}': unknown unit '{}' (kbit, mbit, gbit, kbps, mbps, gbps)", rate, unit));
+}
+
+Result<ClusterFile> up(const UpOptions& o) {
+    if (!valid_cluster_name(o.name))
+        return make_error(EINVAL, fmt::format("cluster name '{}': 1-24 characters of a-z, 0-9, _", o.name));
+    if (o.shards == 0 || o.replicas == 0 || o.shards * o.replicas > 16)
+        return make_error(EINVAL, fmt::format("{} shards x {} replicas: between 1 and 16 nodes", o.shards, o.replicas));
+    const size_t count = o.shards * o.replicas;
+    auto net = parse_subnet(o.subnet);
+    if (!net) return net.error();
+    std::optional<uint64_t> rate_bits;
+    if (!o.rate.empty()) {
+        auto r = parse_rate(o.rate);
+        if (!r) return r.error();
+        rate_bits = *r;
+    }
+    std::string why_loopback = o.loopback ? "--loopback given" : netns_unavailable_reason();
+    const bool namespaces = why_loopback.empty();
+    if (namespaces) {
+        if (auto r = check_subnet_unused(*net); !r) return r.error();
+        for (const std::string& ns : namespace_names(o.name, count))
+            if (netns_exists(ns))
+                return make_error(EEXIST, fmt::format("network namespace {} exists already: `liveio cluster down --name {}` first "
+                                                      "(or ip netns del {})", ns, o.name, ns));
+    } else {
+        o.log(fmt::format("no network namespaces ({}): nodes run on loopback ports of this host", why_loopback));
+        if (rate_bits) return make_error(EPERM, "--rate needs network namespaces (the loopback is shared by everything on the host)");
+    }
+
+    State s;
+    s.name = o.name;
+    s.mode = namespaces ? "netns" : "loopback";
+    s.phase = "creating";
+    s.dir = state_dir(o.name, o.state_root);
+    s.harness_pid = ::getpid();
+    s.harness_start_time = process_start_time(s.harness_pid);
+    {
+        std::error_code ec;
+        fs::create_directories(o.state_root, ec);
+        if (ec) return make_error(EIO, fmt::format("cannot create {}: {}", o.state_root, ec.message()));
+        if (::mkdir(s.dir.c_str(), 0700) != 0) {
+            if (errno == EEXIST)
+                return make_error(EEXIST, fmt::format("cluster {} exists ({}): `liveio cluster down --name {}` first", o.name, s.dir, o.name));
+            return make_error(errno, fmt::format("mkdir {}: {}", s.dir, std::strerror(errno)));
+        }
+    }
+    if (namespaces) s.namespaces = namespace_names(o.name, count);
+    if (auto r = save(s); !r) return r.error();
+
+    auto made = populate(o, s, namespaces, *net, rate_bits);
+    if (made) return made;
+    // Nothing half-made is left behind for the user to find: what was recorded goes again.
+    auto removed = down(o.name, o.state_root);
+    return make_error(made.error().code, fmt::format("{}\n{}", made.error().message,
+                                                     removed ? "everything up had made is removed again"
+                                                             : "removing what up had made failed too: " + removed.error().message +
+                                                                   fmt::format(" (retry: liveio cluster down --name {})", o.name)));
 }
 
 Result<DownReport> down(const std::string& name, const std::string& state_root) {

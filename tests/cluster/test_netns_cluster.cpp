@@ -265,6 +265,22 @@ TEST(NetnsCluster, DownAfterTheHarnessWasKilledMidUpRemovesEverything) {
     expect_gone(n.name, n.root, seen);
 }
 
+// A server that cannot start (here: the "server" exits at once) fails `up`, and `up` removes
+// the namespaces and directories it had made before it reports.
+TEST(NetnsCluster, FailedUpRemovesWhatItMade) {
+    if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
+    Names n("f");
+    ASSERT_FALSE(n.root.empty());
+    auto r = run_command({"env", "CLICKHOUSE_SERVER=/bin/false", LIVEIO_CLI_PATH, "cluster", "up", "--name", n.name, "--root", n.root,
+                          "--rows", "1000"},
+                         milliseconds(120000));
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_NE(r->status, 0) << r->output;
+    EXPECT_NE(r->output.find("during startup"), std::string::npos) << r->output;
+    EXPECT_NE(r->output.find("removed again"), std::string::npos) << r->output;
+    expect_gone(n.name, n.root, {});
+}
+
 // The control endpoints across nodes: attach (with a policy), stats, detach on every node,
 // Distributed answers exact throughout; a node whose endpoint stops answering is reported as
 // such while the others answer.
