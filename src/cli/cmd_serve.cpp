@@ -243,7 +243,9 @@ private:
             if (req.method != "POST" && req.path != "/control/stats")
                 return json_reply(405, {{"ok", false}, {"node", args_.node}, {"error", "control requests other than ping and stats are POST"}});
             if (req.path == "/control/attach") {
-                std::vector<std::string> a{"attach", pid, "--mechanism", body.value("mechanism", std::string("got"))};
+                const std::string mechanism = body.value("mechanism", std::string("got"));
+                if (bad_word(mechanism)) return json_reply(400, {{"ok", false}, {"node", args_.node}, {"error", "bad mechanism"}});
+                std::vector<std::string> a{"attach", pid, "--mechanism", mechanism};
                 for (const std::string& p : body.value("policies", std::vector<std::string>())) {
                     if (bad_word(p)) return json_reply(400, {{"ok", false}, {"node", args_.node}, {"error", "bad policy name"}});
                     a.insert(a.end(), {"--policy", p});

@@ -96,8 +96,10 @@ uint64_t process_start_time(pid_t pid) {
 
 bool alive(pid_t pid, uint64_t start_time) { return pid > 0 && start_time != 0 && process_start_time(pid) == start_time; }
 
-// Processes whose command line mentions `dir` (the servers' --config-file, serve's socket):
-// what a harness killed between fork and recording the pid left behind.
+// ClickHouse servers and liveio processes whose command line mentions `dir` (the servers'
+// --config-file, serve's socket): what a harness killed between fork and recording the pid
+// left behind. Other programs naming the directory (a `tail -f` of a server log) are left
+// alone.
 std::vector<pid_t> processes_mentioning(const std::string& dir) {
     std::vector<pid_t> pids;
     DIR* proc = ::opendir("/proc");
@@ -110,7 +112,10 @@ std::vector<pid_t> processes_mentioning(const std::string& dir) {
         std::ifstream in(fmt::format("/proc/{}/cmdline", pid));
         std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
         std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
-        if (cmdline.find(dir + "/") != std::string::npos && process_start_time(static_cast<pid_t>(pid)) != 0)
+        std::error_code ec;
+        const std::string exe = fs::read_symlink(fmt::format("/proc/{}/exe", pid), ec).filename();
+        const bool ours = exe == "clickhouse" || exe == "clickhouse-server" || exe == "liveio";
+        if (ours && cmdline.find(dir + "/") != std::string::npos && process_start_time(static_cast<pid_t>(pid)) != 0)
             pids.push_back(static_cast<pid_t>(pid));
     }
     ::closedir(proc);
