@@ -132,6 +132,20 @@ bool running(pid_t pid) {
     return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z' && line[paren + 2] != 'X';
 }
 
+// Waits (bounded) until `pid` is in the stopped state ('T' in /proc/PID/stat).
+bool stopped_within(pid_t pid, seconds limit) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    for (;;) {
+        std::ifstream in(fmt::format("/proc/{}/stat", pid));
+        std::string line;
+        std::getline(in, line);
+        const size_t paren = line.rfind(')');
+        if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'T') return true;
+        if (std::chrono::steady_clock::now() >= deadline) return false;
+        std::this_thread::sleep_for(milliseconds(10));
+    }
+}
+
 // Whatever `down` removes: nothing of the cluster may remain.
 void expect_gone(const std::string& name, const std::string& root, const std::vector<pid_t>& pids) {
     EXPECT_TRUE(cluster_namespaces(name).empty());
@@ -353,6 +367,7 @@ TEST(NetnsCluster, AttachStatsDetachOnEveryNodeAndAStoppedNodeIsReported) {
         if (p != file->nodes[1].server_pid) serve_n1 = p;
     ASSERT_GT(serve_n1, 0);
     ::kill(serve_n1, SIGSTOP);
+    ASSERT_TRUE(stopped_within(serve_n1, seconds(10))) << "SIGSTOP did not stop n1's endpoint";
     const auto partial = cli({"cluster", "stats", "--name", n.name, "--root", n.root, "--timeout", "2s"}, milliseconds(60000));
     ::kill(serve_n1, SIGCONT);
     EXPECT_NE(partial.status, 0) << partial.output;
@@ -371,6 +386,15 @@ TEST(NetnsCluster, AttachStatsDetachOnEveryNodeAndAStoppedNodeIsReported) {
         const std::string text((std::istreambuf_iterator<char>(maps)), std::istreambuf_iterator<char>());
         EXPECT_EQ(text.find("liveio-agent.so"), std::string::npos) << node.name << " still maps the agent";
     }
+    // A server that stops answering: status names it down, the other up, and returns.
+    ::kill(file->nodes[1].server_pid, SIGSTOP);
+    ASSERT_TRUE(stopped_within(file->nodes[1].server_pid, seconds(10))) << "SIGSTOP did not stop the server";
+    const auto status = cli({"cluster", "status", "--name", n.name, "--root", n.root, "--timeout", "2s"}, milliseconds(60000));
+    ::kill(file->nodes[1].server_pid, SIGCONT);
+    EXPECT_NE(status.status, 0) << status.output;
+    EXPECT_NE(status.output.find("1 of 2 nodes down"), std::string::npos) << status.output;
+    EXPECT_NE(status.output.find("DOWN"), std::string::npos) << status.output;
+
     const auto down_out = cli({"cluster", "down", "--name", n.name, "--root", n.root});
     EXPECT_EQ(down_out.status, 0) << down_out.output;
 }
