@@ -31,7 +31,7 @@
 #include "bench.h"
 #include "kernel_probe.h"
 #include "hook/dispatch.h"
-#include "hook/inject.h"
+#include "inject/inject.h"
 #include "hook/interceptor.h"
 
 namespace liveio::bench {
@@ -327,8 +327,8 @@ AttachPause measure_attach_pause(int threads, int rounds, std::string library) {
     };
     while (thread_count() < threads) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     for (int i = 0; i < rounds; ++i) {
-        hook::InjectStats st;
-        auto lib = hook::inject_library(child, library, &st);
+        inject::InjectStats st;
+        auto lib = inject::inject_library(child, library, &st);
         if (!lib) {
             out.note = lib.error().message;
             break;
@@ -339,7 +339,7 @@ AttachPause measure_attach_pause(int threads, int rounds, std::string library) {
         // What is left of the pause: saving/restoring the caller's state and detaching all.
         out.resume_ms.push_back(st.pause_ms - st.stop_ms - st.call_ms);
         out.max_attempts = std::max(out.max_attempts, st.attempts);
-        if (auto r = hook::unload_library(*lib, &st); !r) {
+        if (auto r = inject::unload_library(*lib, &st); !r) {
             out.note = r.error().message;
             break;
         }

@@ -34,7 +34,7 @@
 
 #include "agent/bpf_host.h"
 #include "agent/call_pipeline.h"
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "liveio/io_stats.h"
 #include "bench.h"
 #include "clickhouse/dataset.h"
@@ -44,7 +44,7 @@
 #include "kernel_probe.h"
 #include <bpf/bpf.h>
 #include "observe/bpf_client.h"
-#include "self_exec.h"
+#include "control/self_exec.h"
 
 namespace liveio::bench {
 namespace {
@@ -53,6 +53,7 @@ using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 namespace ch = liveio::clickhouse;
 namespace fs = std::filesystem;
+using control::run_liveio;
 
 struct ObserveOptions {
     uint64_t rows = ch::DatasetOptions{}.rows;
@@ -82,7 +83,7 @@ public:
             o.note_ = "hooks and agent counters only (" + io_stats.error().message + ")";
             return o;
         }
-        auto client = agent::ControlClient::connect(pid);
+        auto client = control::ControlClient::connect(pid);
         if (!client) return o.fail_with(client.error());
         auto loaded = observe::BpfClient(*client).load(io_stats.value());
         if (!loaded) {
@@ -102,7 +103,7 @@ public:
     // Runs of the io_stats program so far (nothing without the program).
     std::optional<uint64_t> program_runs() const {
         if (!object_) return std::nullopt;
-        auto client = agent::ControlClient::connect(pid_);
+        auto client = control::ControlClient::connect(pid_);
         if (!client) return std::nullopt;
         auto objects = observe::BpfClient(*client).list();
         if (!objects) return std::nullopt;
@@ -117,7 +118,7 @@ public:
         if (!pid_) return {};
         const pid_t pid = std::exchange(pid_, 0);
         if (object_)
-            if (auto client = agent::ControlClient::connect(pid))
+            if (auto client = control::ControlClient::connect(pid))
                 if (auto r = observe::BpfClient(*client).unload(*object_); !r) return r.error();
         auto detached = run_liveio({"detach", std::to_string(pid)});
         if (!detached) return detached.error();

@@ -26,17 +26,18 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "bench.h"
 #include "policy/io_worker.h"
 #include "uring/engine.h"
-#include "self_exec.h"
+#include "control/self_exec.h"
 
 namespace liveio::bench {
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using control::run_liveio;
 
 struct PolicyBenchOptions {
     std::string policy = "prefetch";
@@ -328,7 +329,7 @@ int run_policy_bench(const PolicyBenchOptions& o) {
                 } else {
                     ok = policy("on") && scan(pol);
                     if (ok) {
-                        if (auto client = agent::ControlClient::connect(child))
+                        if (auto client = control::ControlClient::connect(child))
                             if (auto l = client->call("policy.list"); l)
                                 for (auto& p : (*l)["policies"])
                                     if (p["name"] == o.policy && p.contains("counters")) counters = p["counters"];

@@ -12,11 +12,20 @@
 #include <exception>
 #include <vector>
 
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "hook/dispatcher.h"
 #include "hook/world_stop.h"
 
 namespace liveio::agent {
+
+using control::LineBuffer;
+using control::kMaxRequestBytes;
+using control::control_socket_name;
+using control::kAgentVersion;
+using control::kProtocolVersion;
+using control::make_error_response;
+using control::make_ok;
+
 namespace {
 
 using nlohmann::json;
@@ -211,6 +220,7 @@ Result<json> Agent::install(const json& spec) {
 Result<json> Agent::uninstall(std::optional<hook::Mechanism> mechanism) {
     std::lock_guard lock(mu_);
     json removed = json::array();
+    json reports = json::object();
     for (auto& slot : interceptors_) {
         if (!slot || (mechanism && slot->mechanism() != *mechanism)) continue;
         const hook::Mechanism m = slot->mechanism();
@@ -219,12 +229,18 @@ Result<json> Agent::uninstall(std::optional<hook::Mechanism> mechanism) {
         if (auto r = slot->uninstall(); !r)
             return make_error(r.error().code, std::string("uninstalling ") + mechanism_name(m) +
                                                   ": " + r.error().message);
+        const hook::UninstallReport report = slot->last_uninstall();
+        json how = {{"moved_out", report.moved_out},
+                    {"world_stops", report.world_stops},
+                    {"waited_ms", report.waited_ms}};
+        if (!report.kept.empty()) how["kept"] = report.kept;
+        reports[mechanism_name(m)] = std::move(how);
         slot.reset();
         removed.push_back(mechanism_name(m));
     }
     if (mechanism && removed.empty())
         return make_error(ENOENT, std::string("mechanism ") + mechanism_name(*mechanism) + " is not installed");
-    return json{{"uninstalled", removed}};
+    return json{{"uninstalled", removed}, {"how", reports}};
 }
 
 json Agent::status() const {
@@ -289,6 +305,7 @@ void Agent::register_builtin_requests() {
                          if (!r) return r.error();
                          Reply reply;
                          reply.result = {{"uninstalled", (*r)["uninstalled"]},
+                                         {"how", (*r)["how"]},
                                          {"unloadable", !options_.resident},
                                          {"control_tid", control_tid_.load()}};
                          if (!options_.library_path.empty())
@@ -416,7 +433,10 @@ void Agent::serve() {
     }
     for (auto& c : conns) ::close(c.fd);
     // Closing the listening socket frees the abstract name at once, so a re-attach that
-    // loads a fresh agent can bind it.
+    // loads a fresh agent can bind it. A child the application is forking right now holds the
+    // descriptor until it execs (close-on-exec): shut the socket down first, so it refuses
+    // connections whoever still holds it.
+    ::shutdown(listen_fd_, SHUT_RDWR);
     ::close(listen_fd_);
     listen_fd_ = -1;
     control_stopped_.store(true, std::memory_order_release);

@@ -17,16 +17,16 @@
 #include <string_view>
 
 #include "base/result.h"
+#include "base/syscall_table.h"
 
 namespace liveio::agent {
 
 // Syscall numbers below this bound have per-syscall attachment lists (x86-64 has ~470).
 inline constexpr long kMaxSyscalls = 512;
 
-// The x86-64 number of syscall `name`, or -1 when unknown.
+// The x86-64 number of syscall `name` (tracepoint spellings such as "newstat" included), or
+// -1 when unknown. Names of numbers: syscall_table_name (base/syscall_table.h).
 long syscall_number(std::string_view name);
-// The <asm/unistd_64.h> name of `nr`, or nullptr when unknown.
-const char* syscall_table_name(long nr);
 
 enum class AttachKind {
     SyscallEnter,     // tracepoint/syscalls/sys_enter_NAME

@@ -6,22 +6,10 @@
 #include <string>
 
 #include "base/raw_syscall.h"
+#include "base/syscall_table.h"
 
 namespace liveio::agent {
 namespace {
-
-// Syscalls whose non-negative result is a byte count.
-bool transfers_bytes(long nr) {
-    switch (nr) {
-        case SYS_read: case SYS_write: case SYS_pread64: case SYS_pwrite64: case SYS_readv:
-        case SYS_writev: case SYS_preadv: case SYS_pwritev: case SYS_preadv2: case SYS_pwritev2:
-        case SYS_sendto: case SYS_recvfrom: case SYS_sendmsg: case SYS_recvmsg:
-        case SYS_sendfile: case SYS_copy_file_range: case SYS_splice:
-            return true;
-        default:
-            return false;
-    }
-}
 
 // The calling thread's block of one CallCounters instance (id). Initial-exec and plain data:
 // reached from hooked calls in a dlopen'ed library (see bpf_host.cpp).
@@ -42,55 +30,6 @@ uint64_t load(const uint64_t& counter) { return __atomic_load_n(&counter, __ATOM
 std::atomic<uint64_t> g_next_id{1};
 
 }  // namespace
-
-std::string syscall_name(long nr) {
-    switch (nr) {
-        case SYS_read: return "read";
-        case SYS_write: return "write";
-        case SYS_open: return "open";
-        case SYS_openat: return "openat";
-        case SYS_close: return "close";
-        case SYS_lseek: return "lseek";
-        case SYS_pread64: return "pread64";
-        case SYS_pwrite64: return "pwrite64";
-        case SYS_readv: return "readv";
-        case SYS_writev: return "writev";
-        case SYS_preadv: return "preadv";
-        case SYS_pwritev: return "pwritev";
-        case SYS_preadv2: return "preadv2";
-        case SYS_pwritev2: return "pwritev2";
-        case SYS_fsync: return "fsync";
-        case SYS_fdatasync: return "fdatasync";
-        case SYS_ftruncate: return "ftruncate";
-        case SYS_sendto: return "sendto";
-        case SYS_recvfrom: return "recvfrom";
-        case SYS_sendmsg: return "sendmsg";
-        case SYS_recvmsg: return "recvmsg";
-        case SYS_epoll_wait: return "epoll_wait";
-        case SYS_epoll_pwait: return "epoll_pwait";
-        case SYS_futex: return "futex";
-        case SYS_clone: return "clone";
-        case SYS_clone3: return "clone3";
-        case SYS_fork: return "fork";
-        case SYS_vfork: return "vfork";
-        case SYS_execve: return "execve";
-        case SYS_wait4: return "wait4";
-        case SYS_socket: return "socket";
-        case SYS_connect: return "connect";
-        case SYS_accept: return "accept";
-        case SYS_accept4: return "accept4";
-        case SYS_poll: return "poll";
-        case SYS_ppoll: return "ppoll";
-        case SYS_mmap: return "mmap";
-        case SYS_munmap: return "munmap";
-        case SYS_fstat: return "fstat";
-        case SYS_newfstatat: return "newfstatat";
-        case SYS_statx: return "statx";
-        case SYS_getrandom: return "getrandom";
-        case SYS_io_uring_enter: return "io_uring_enter";
-        default: return "syscall_" + std::to_string(nr);
-    }
-}
 
 CallCounters::CallCounters()
     : id_(g_next_id.fetch_add(1, std::memory_order_relaxed)), threads_(new ThreadBlock[kThreadBlocks]) {}
@@ -120,7 +59,7 @@ void CallCounters::count_shared(long nr, long result) {
     __atomic_fetch_add(&c.calls, 1, __ATOMIC_RELAXED);
     if (result < 0)
         __atomic_fetch_add(&c.errors, 1, __ATOMIC_RELAXED);
-    else if (transfers_bytes(nr))
+    else if (syscall_moves_bytes(nr))
         __atomic_fetch_add(&c.bytes, static_cast<uint64_t>(result), __ATOMIC_RELAXED);
 }
 
@@ -136,7 +75,7 @@ void CallCounters::exit(CallFrame& frame) {
     add_own(c.calls, 1);
     if (frame.result < 0)
         add_own(c.errors, 1);
-    else if (transfers_bytes(nr))
+    else if (syscall_moves_bytes(nr))
         add_own(c.bytes, static_cast<uint64_t>(frame.result));
 }
 

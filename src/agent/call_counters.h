@@ -64,7 +64,4 @@ private:
     Block shared_{};  // atomic adds, for threads without a block
 };
 
-// "pread64" for SYS_pread64; "syscall_<nr>" for numbers without a name here.
-std::string syscall_name(long nr);
-
 }  // namespace liveio::agent

@@ -23,8 +23,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/protocol.h"
-#include "bench/self_exec.h"
+#include "control/protocol.h"
+#include "control/self_exec.h"
 #include "clickhouse/dataset.h"
 #include "clickhouse/server.h"
 #include "cli/commands.h"
@@ -40,7 +40,7 @@ namespace {
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 namespace ch = liveio::clickhouse;
-using bench::run_liveio;
+using control::run_liveio;
 
 struct DemoOptions {
     uint64_t rows = ch::DatasetOptions{}.rows;
@@ -168,7 +168,7 @@ using CallCounts = std::map<std::string, std::array<uint64_t, 3>>;
 
 CallCounts status_counts(pid_t pid) {
     CallCounts out;
-    auto client = agent::ControlClient::connect(pid);
+    auto client = control::ControlClient::connect(pid);
     if (!client) return out;
     auto s = client->call("status");
     if (!s) return out;
@@ -220,7 +220,7 @@ public:
             *why = path.error().message;
             return nullptr;
         }
-        auto client = agent::ControlClient::connect(pid);
+        auto client = control::ControlClient::connect(pid);
         if (!client) {
             *why = client.error().message;
             return nullptr;
@@ -270,8 +270,8 @@ public:
     Result<void> unload() { return observe::BpfClient(client_).unload(object_.id); }
 
 private:
-    explicit IoStats(agent::ControlClient client) : client_(std::move(client)) {}
-    agent::ControlClient client_;
+    explicit IoStats(control::ControlClient client) : client_(std::move(client)) {}
+    control::ControlClient client_;
     observe::ObjectInfo object_;
     std::vector<observe::LiveMap> maps_;
 };

@@ -15,7 +15,7 @@
 #include <fmt/format.h>
 
 #include "cli/commands.h"
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "cli/policy_ops.h"
 #include "cli/observe_session.h"
 #include "ebpf/map.h"
@@ -189,7 +189,7 @@ void cmd_top(pid_t pid, const ObserveArgs& args, const std::string& interval_tex
             std::fputs(head.c_str(), stdout);
             std::fputs(observe::format_tables(d, seconds, rows).c_str(), stdout);
             // The acceleration policies that are on, with their counters.
-            if (auto client = agent::ControlClient::connect(pid))
+            if (auto client = control::ControlClient::connect(pid))
                 if (auto policies = client->call("policy.list"); policies) print_policies(*policies);
             if (!term.interactive()) std::fputs("\n", stdout);
             std::fflush(stdout);

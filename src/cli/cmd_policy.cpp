@@ -8,7 +8,7 @@
 
 #include <fmt/format.h>
 
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "cli/commands.h"
 #include "cli/policy_ops.h"
 #include "observe/bpf_client.h"
@@ -26,7 +26,7 @@ using nlohmann::json;
 std::string mib(uint64_t bytes) { return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20)); }
 
 json call(pid_t pid, const std::string& cmd, json args) {
-    auto client = agent::ControlClient::connect(pid);
+    auto client = control::ControlClient::connect(pid);
     if (!client) fail(fmt::format("process {}: {} (liveio attach {} first)", pid, client.error().message, pid));
     auto r = client->call(cmd, std::move(args), 60000);
     if (!r) fail(fmt::format("{} in {}: {}", cmd, pid, r.error().message));
@@ -90,7 +90,7 @@ Result<std::string> policy_object_path(const std::string& name) {
 Result<json> policy_on(pid_t pid, const std::string& name, const std::vector<std::string>& settings) {
     auto path = policy_object_path(name);
     if (!path) return path.error();
-    auto client = agent::ControlClient::connect(pid);
+    auto client = control::ControlClient::connect(pid);
     if (!client) return client.error();
     return client->call("policy.on", {{"name", name}, {"path", *path}, {"knobs", settings}}, 60000);
 }

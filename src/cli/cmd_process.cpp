@@ -1,5 +1,5 @@
 // `liveio run`, `attach`, `detach`, `status`: starting a program with the agent preloaded,
-// loading it into a running process (hook/inject.h), and talking to it over its control
+// loading it into a running process (inject/inject.h), and talking to it over its control
 // socket (agent/protocol.h).
 #include <limits.h>
 #include <unistd.h>
@@ -16,12 +16,12 @@
 
 #include <fmt/format.h>
 
-#include "agent/agent.h"
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "cli/commands.h"
 #include "cli/policy_ops.h"
 #include "cli/process_ops.h"
-#include "hook/inject.h"
+#include "base/proc_tasks.h"
+#include "inject/inject.h"
 
 namespace liveio::cli {
 namespace {
@@ -107,8 +107,8 @@ void cmd_run(const InstallArgs& args, const std::vector<std::string>& command) {
     std::exit(err == ENOENT ? 127 : 126);
 }
 
-agent::ControlClient connect_agent(pid_t pid) {
-    return check(agent::ControlClient::connect(pid), "process " + std::to_string(pid));
+control::ControlClient connect_agent(pid_t pid) {
+    return check(control::ControlClient::connect(pid), "process " + std::to_string(pid));
 }
 
 bool wait_thread_gone(pid_t pid, pid_t tid) {
@@ -121,21 +121,49 @@ bool wait_thread_gone(pid_t pid, pid_t tid) {
     return false;
 }
 
+// Execute-only memory needs protection keys (CPU flag pku, enabled by the kernel: ospke).
+bool cpu_has_protection_keys() {
+    std::ifstream in("/proc/cpuinfo");
+    for (std::string line; std::getline(in, line);) {
+        if (!line.starts_with("flags")) continue;
+        line += ' ';
+        return line.find(" pku ") != std::string::npos && line.find(" ospke ") != std::string::npos;
+    }
+    return false;
+}
+
+// What the uninstall of each mechanism had to do: threads it moved out of calls in progress
+// instead of waiting for them, world stops, time spent waiting for handler code, memory kept.
+std::string describe_uninstall(const json& how) {
+    std::string out;
+    for (auto& [name, h] : how.items()) {
+        std::string part = fmt::format("{}: waited {:.1f} ms for hook code, {} world stop{}", name,
+                                       h.value("waited_ms", 0.0), h.value("world_stops", 0),
+                                       h.value("world_stops", 0) == 1 ? "" : "s");
+        if (const unsigned moved = h.value("moved_out", 0u); moved != 0)
+            part += fmt::format(", moved {} thread{} sleeping in a hooked call back to the application", moved,
+                                moved == 1 ? "" : "s");
+        if (h.contains("kept")) part += "; kept " + h["kept"].get<std::string>();
+        out += (out.empty() ? "" : "; ") + part;
+    }
+    return out;
+}
+
 void cmd_attach(pid_t pid, const InstallArgs& args) {
-    auto existing = agent::ControlClient::connect(pid);
+    auto existing = control::ControlClient::connect(pid);
     if (!existing && existing.error().code == ESRCH) fail(existing.error().message);
-    std::optional<hook::InjectedLibrary> injected;
-    hook::InjectStats stats;
+    std::optional<inject::InjectedLibrary> injected;
+    inject::InjectStats stats;
     if (!existing) {
         const std::string path = find_agent(args.agent);
-        injected = check(hook::inject_library(pid, path, &stats), "attach " + std::to_string(pid));
-        existing = agent::ControlClient::connect(pid);
+        injected = check(inject::inject_library(pid, path, &stats), "attach " + std::to_string(pid));
+        existing = control::ControlClient::connect(pid);
         if (!existing) {
             // The loader kept an earlier copy mapped, so no constructor ran: start it.
-            const long rc = check(hook::call_in_target(*injected, "liveio_agent_start", {}),
+            const long rc = check(inject::call_in_target(*injected, "liveio_agent_start", {}),
                                   "starting the agent in " + std::to_string(pid));
             if (rc != 0) fail(fmt::format("agent failed to start in {}: {}", pid, std::strerror(static_cast<int>(-rc))));
-            existing = agent::ControlClient::connect(pid);
+            existing = control::ControlClient::connect(pid);
         }
         if (!existing) fail("agent loaded but not reachable: " + existing.error().message);
     }
@@ -146,10 +174,15 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
             // Leave the process as we found it: the same stop-serving, wait, unload as detach.
             auto detached = client.call("detach");
             if (detached && wait_thread_gone(pid, detached->value("control_tid", 0)))
-                (void)hook::unload_library(*injected);
+                (void)inject::unload_library(*injected);
         }
         fail(fmt::format("install {} in {}: {}", args.mechanism, pid, installed.error().message));
     }
+    if (args.mechanism == "rewrite" && !cpu_has_protection_keys())
+        std::printf("note: this CPU has no protection keys, so page 0 (the syscall trampoline) is readable "
+                    "while attached: a NULL read in %d returns trampoline bytes instead of faulting (detach "
+                    "unmaps it)\n",
+                    pid);
     if (injected)
         std::printf("attached to %d: mechanism %s; load pause %.2f ms (%d threads stopped, %d attempt%s)\n",
                     pid, args.mechanism.c_str(), stats.pause_ms, stats.threads, stats.attempts,
@@ -179,17 +212,18 @@ std::string mapped_agent(pid_t pid) {
 // dlopen of the loaded path returns the same handle with one more reference, so two
 // dlcloses bring the count to zero.
 void unload_stopped_agent(pid_t pid, const std::string& path) {
-    hook::InjectStats stats;
-    auto lib = check(hook::inject_library(pid, path, &stats), "reopening the agent library in " + std::to_string(pid));
-    check(hook::unload_library(lib), "unloading the agent from " + std::to_string(pid));
-    check(hook::unload_library(lib), "unloading the agent from " + std::to_string(pid));
+    inject::InjectStats stats;
+    auto lib = check(inject::inject_library(pid, path, &stats), "reopening the agent library in " + std::to_string(pid));
+    check(inject::unload_library(lib), "unloading the agent from " + std::to_string(pid));
+    check(inject::unload_library(lib), "unloading the agent from " + std::to_string(pid));
     std::printf("detached from %d: agent was already stopped; library unloaded\n", pid);
 }
 
 // Why a detach may not finish: threads sleeping in a system call made from the agent's code
-// keep a hook in flight, and the agent waits for them before it answers. Syscall rewriting
-// moves such threads out at a world stop, unless they block its signal. Their instruction
-// pointers (hook::sleeping_threads) are compared with the agent's mappings.
+// (a handler's own blocking call) keep a hook in flight, and the agent waits for them before
+// it answers. Threads sleeping in the original function called from a hook, or in a call the
+// syscall entry made for them, are moved out at a world stop, unless they block its signal.
+// Their instruction pointers (sleeping_threads) are compared with the agent's mappings.
 std::string threads_blocked_in_agent(pid_t pid) {
     std::vector<std::pair<uint64_t, uint64_t>> agent_ranges;
     {
@@ -202,7 +236,7 @@ std::string threads_blocked_in_agent(pid_t pid) {
     }
     std::map<long, int> by_syscall;
     int blocked = 0;
-    for (const hook::SleepingThread& t : hook::sleeping_threads(pid))
+    for (const SleepingThread& t : sleeping_threads(pid))
         for (auto [lo, hi] : agent_ranges)
             if (t.pc >= lo && t.pc < hi) {
                 ++blocked;
@@ -218,7 +252,7 @@ std::string threads_blocked_in_agent(pid_t pid) {
 }
 
 void cmd_detach(pid_t pid) {
-    auto connected = agent::ControlClient::connect(pid);
+    auto connected = control::ControlClient::connect(pid);
     if (!connected && connected.error().code == ECONNREFUSED) {
         if (const std::string path = mapped_agent(pid); !path.empty()) return unload_stopped_agent(pid, path);
     }
@@ -232,6 +266,8 @@ void cmd_detach(pid_t pid) {
     if (!result.value("unloadable", false)) {
         std::printf("detached from %d: removed %s; agent stays loaded (preloaded by liveio run)\n", pid,
                     removed.empty() ? "nothing" : removed.c_str());
+        if (const std::string how = describe_uninstall(result.value("how", json::object())); !how.empty())
+            std::printf("  %s\n", how.c_str());
         return;
     }
     if (!result.contains("library")) fail("agent did not say where it is loaded; cannot unload it");
@@ -239,12 +275,14 @@ void cmd_detach(pid_t pid) {
     // dlclose runs, so that thread must be gone before, or the unload would wait for it.
     if (!wait_thread_gone(pid, result.value("control_tid", 0)))
         fail(fmt::format("the agent's control thread in {} did not exit; not unloading", pid));
-    hook::InjectedLibrary lib{pid, result["library"].value("path", std::string()),
+    inject::InjectedLibrary lib{pid, result["library"].value("path", std::string()),
                               result["library"].value("handle", uint64_t{0})};
-    hook::InjectStats stats;
-    check(hook::unload_library(lib, &stats), "unloading the agent from " + std::to_string(pid));
+    inject::InjectStats stats;
+    check(inject::unload_library(lib, &stats), "unloading the agent from " + std::to_string(pid));
     std::printf("detached from %d: removed %s; agent unloaded (pause %.2f ms)\n", pid,
                 removed.empty() ? "nothing" : removed.c_str(), stats.pause_ms);
+    if (const std::string how = describe_uninstall(result.value("how", json::object())); !how.empty())
+        std::printf("  %s\n", how.c_str());
 }
 
 void print_status(const json& s) {

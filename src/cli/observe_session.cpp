@@ -99,7 +99,7 @@ std::unique_ptr<TargetSession> TargetSession::open(pid_t pid, const ObserveArgs&
     std::unique_ptr<TargetSession> s(new TargetSession(pid, args));
     if (!process_alive(pid)) observe_fail(fmt::format("process {} does not exist", pid));
     s->comm_ = process_comm(pid);
-    auto connected = agent::ControlClient::connect(pid);
+    auto connected = control::ControlClient::connect(pid);
     if (!connected) {
         const Error& e = connected.error();
         if (e.code == ESRCH) observe_fail(fmt::format("process {} does not exist", pid));
@@ -113,7 +113,7 @@ std::unique_ptr<TargetSession> TargetSession::open(pid_t pid, const ObserveArgs&
             attach_process(pid, args.mechanism, args.agent);
         }
         s->attached_ = true;
-        connected = agent::ControlClient::connect(pid);
+        connected = control::ControlClient::connect(pid);
         if (!connected) {
             const std::string why = connected.error().message;
             s->close();

@@ -12,7 +12,7 @@
 
 #include <CLI/CLI.hpp>
 
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "observe/bpf_client.h"
 #include "observe/stats.h"
 
@@ -85,7 +85,7 @@ private:
     std::string comm_;
     bool attached_ = false;
     bool closed_ = false;
-    std::optional<agent::ControlClient> client_;
+    std::optional<control::ControlClient> client_;
     std::vector<uint64_t> loaded_;
 };
 

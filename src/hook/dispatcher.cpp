@@ -23,6 +23,7 @@ Result<void> Dispatcher::attach(Mechanism mechanism, CallHandler* handler) {
         raw_syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0)
         membarrier_.store(true, std::memory_order_seq_cst);
     slots_[index(mechanism)].timed.store(handler->wants_start_time(), std::memory_order_relaxed);
+    slots_[index(mechanism)].epoch.fetch_add(1, std::memory_order_relaxed);
     CallHandler* expected = nullptr;
     if (!slots_[index(mechanism)].handler.compare_exchange_strong(expected, handler))
         return make_error(EBUSY, "an interceptor with this mechanism is already installed");

@@ -78,42 +78,43 @@ public:
         return slots_[index(mechanism)].calls.load(std::memory_order_relaxed);
     }
 
-    // A hooked libc-level call. `original` performs the call through the original libc
-    // function and returns its libc-convention result (-1 and errno on failure); when the
-    // call is passed through, its result and errno reach the caller unchanged.
-    template <typename Original>
-    long call_libc(Mechanism mechanism, SyscallCall call, Original&& original) {
+    // The two halves of a hooked libc-level call around the original function, which the
+    // hook's own code calls (libc_hooks.cpp: its return path must be one the detach can
+    // redirect). begin_handler_call marks the thread inside `mechanism` and returns the handler,
+    // or nullptr (thread not marked: liveio's own call, or no handler); `start_ns`, when given,
+    // receives the start time the handler wants. end_handler_call undoes a non-null begin.
+    CallHandler* begin_handler_call(Mechanism mechanism, uint64_t* start_ns) {
         Slot& slot = slots_[index(mechanism)];
-        if (inside_) return original();
+        if (inside_) return nullptr;
         // Enter before reading the handler: detach() clears the handler, then waits until no
         // thread is inside, so a thread that saw a handler keeps it alive until it leaves.
         ThreadRecord* record = enter(mechanism);
         CallHandler* handler = slot.handler.load(std::memory_order_seq_cst);
         if (handler == nullptr) {
             leave(mechanism, record);
-            return original();
+            return nullptr;
         }
         inside_ = true;
-        count_call(slot);
-        const int caller_errno = errno;
-        CallFrame frame{call, 0, slot.timed.load(std::memory_order_relaxed) ? now_ns() : 0, 0};
-        long ret;
-        int ret_errno;
-        if (handler->on_enter(frame)) {
-            ret = frame.result < 0 ? -1 : frame.result;
-            ret_errno = frame.result < 0 ? static_cast<int>(-frame.result) : caller_errno;
-        } else {
-            errno = caller_errno;
-            ret = original();
-            ret_errno = errno;
-            frame.result = ret == -1 ? -ret_errno : ret;
+        if (start_ns != nullptr) {
+            count_call(slot);
+            *start_ns = slot.timed.load(std::memory_order_relaxed) ? now_ns() : 0;
         }
-        handler->on_exit(frame);
-        inside_ = false;
-        leave(mechanism, record);
-        errno = ret_errno;
-        return ret;
+        return handler;
     }
+    void end_handler_call(Mechanism mechanism) {
+        inside_ = false;
+        leave(mechanism, record_);
+    }
+    // Changes at every attach: a call begun under one handler never ends in another.
+    uint32_t epoch(Mechanism mechanism) const {
+        return slots_[index(mechanism)].epoch.load(std::memory_order_relaxed);
+    }
+    // This thread's record index (stable while the thread lives), or kThreadRecords when it
+    // has none yet (or none was free).
+    static size_t thread_index() {
+        return record_ == nullptr ? kThreadRecords : static_cast<size_t>(record_ - instance().records_);
+    }
+    static constexpr size_t kThreadRecords = 1024;
 
     // A hooked call at the syscall level (rewritten `syscall` instruction, agent-originated
     // calls): returns the kernel convention (-errno) and never touches errno.
@@ -150,6 +151,7 @@ private:
         std::atomic<bool> timed{true};
         std::atomic<uint64_t> in_flight{0};  // threads inside without a ThreadRecord
         std::atomic<uint64_t> calls{0};
+        std::atomic<uint32_t> epoch{0};
     };
     // One per thread that ever entered a hook, claimed on its first call and reused after
     // the thread exited; never freed (a static array: no allocation on the hook path).
@@ -158,8 +160,6 @@ private:
         std::atomic<pid_t> tgid{0};   // the owner's process (a fork child never reclaims)
         std::atomic<uint8_t> inside[3]{};
     };
-    static constexpr size_t kThreadRecords = 1024;
-
     // Marks the calling thread inside `mechanism`'s hooks; returns its record (nullptr: it
     // is counted in the slot's shared counter instead).
     ThreadRecord* enter(Mechanism mechanism) {

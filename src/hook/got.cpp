@@ -101,14 +101,20 @@ public:
 
     Result<void> uninstall() override {
         if (!installed_) return {};
+        Dispatcher::ScopedInside inside;  // this thread's own I/O is liveio's
         Result<void> first_error;
         for (auto& s : slots_) {
             if (auto r = store(s.slot, s.original_value); !r && first_error) first_error = r;
         }
         installed_ = false;
-        Dispatcher::instance().detach(Mechanism::Got);
+        // Slots restored: new calls no longer reach the wrappers. Calls still in them, or
+        // sleeping in the original function called from them, are waited for or moved out.
+        auto drained = drain_libc_hooks(Mechanism::Got);
+        if (!drained) return drained.error();
+        report_ = *drained;
         return first_error;
     }
+    UninstallReport last_uninstall() const override { return report_; }
 
     uint64_t calls_dispatched() const override {
         return Dispatcher::instance().calls(Mechanism::Got);
@@ -137,6 +143,7 @@ private:
 
     std::vector<GotSlot> slots_;
     std::vector<Relro> relro_;
+    UninstallReport report_;
 };
 
 }  // namespace
@@ -240,6 +247,7 @@ Result<std::unique_ptr<Interceptor>> install_got(const InterceptOptions& options
             return make_error(ENOENT, "no loaded object matches '" + spec + "'");
 
     if (auto r = Dispatcher::instance().attach(Mechanism::Got, handler); !r) return r.error();
+    // From here every path out goes through uninstall(), which drains the wrappers.
     auto interceptor = std::make_unique<GotInterceptor>(std::move(slots), std::move(relro));
     if (auto r = interceptor->patch_all(new_values); !r) {
         (void)interceptor->uninstall();

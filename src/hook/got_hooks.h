@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "hook/interceptor.h"
+#include "hook/world_stop.h"
 
 namespace liveio::hook {
 
@@ -20,5 +21,14 @@ struct LibcHook {
 const std::vector<LibcHook>& libc_hooks(Mechanism mechanism);
 // The default I/O set, when InterceptOptions::functions is empty.
 const std::vector<std::string_view>& default_hooked_functions();
+
+// Uninstall of a libc-level mechanism, once its slots or patches are restored: clears the
+// handler, waits for threads running handler code, then stops the world until no thread runs
+// the wrappers' code or sleeps in an original function called from them (those are moved out:
+// their return goes straight to the application). `extra` (may be null) is applied to every
+// parked thread first (inline: out of the trampolines). Afterwards nothing can reach the
+// wrappers' return path: the library may be unloaded, trampolines unmapped.
+Result<UninstallReport> drain_libc_hooks(Mechanism mechanism, ContextFixup extra = nullptr,
+                                         const void* extra_context = nullptr);
 
 }  // namespace liveio::hook

@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "hook/text_patch.h"
 #include "hook/world_stop.h"
 
 namespace liveio::hook {
@@ -76,6 +77,7 @@ std::string describe(void* target) {
 
 struct Plan {
     size_t n = 0;                                     // bytes replaced at the target
+    bool calls = false;                               // the relocated prologue holds a call
     std::vector<uint8_t> relocated;                   // code for trampoline + kRelocatedOffset
     std::vector<std::pair<uint16_t, uint16_t>> map;   // instruction boundaries: original, relocated
 };
@@ -118,6 +120,7 @@ Result<Plan> plan(void* target_ptr, uintptr_t tramp) {
             if (insn.mnemonic == ZYDIS_MNEMONIC_JMP) {
                 emit_abs_jmp(p.relocated, dest);
             } else if (insn.mnemonic == ZYDIS_MNEMONIC_CALL) {
+                p.calls = true;
                 // call *[rip+2]; jmp +8; <abs64>: returns onto the short jump over the literal.
                 const uint8_t call[8] = {0xff, 0x15, 2, 0, 0, 0, 0xeb, 0x08};
                 p.relocated.insert(p.relocated.end(), call, call + 8);
@@ -168,8 +171,9 @@ Result<Plan> plan(void* target_ptr, uintptr_t tramp) {
     return p;
 }
 
-// A page within +-2 GiB of `near` (rel32 reach), found by probing hints around it.
-uintptr_t allocate_near(uintptr_t near) {
+// A writable (not executable) mapping of `size` bytes within +-2 GiB of `near` (rel32 reach),
+// found by probing hints around it.
+uintptr_t allocate_near(uintptr_t near, size_t size) {
     const size_t ps = page_size();
     const uintptr_t base = near & ~(ps - 1);
     constexpr uintptr_t kStep = 1 << 20;
@@ -177,7 +181,7 @@ uintptr_t allocate_near(uintptr_t near) {
         for (int sign : {-1, 1}) {
             if (sign < 0 && base < delta) continue;
             const uintptr_t hint = sign < 0 ? base - delta : base + delta;
-            void* p = mmap(reinterpret_cast<void*>(hint), ps, PROT_READ | PROT_WRITE | PROT_EXEC,
+            void* p = mmap(reinterpret_cast<void*>(hint), size, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
             if (p != MAP_FAILED) return reinterpret_cast<uintptr_t>(p);
         }
@@ -185,24 +189,17 @@ uintptr_t allocate_near(uintptr_t near) {
     return 0;
 }
 
-Result<void> write_code(uintptr_t at, const uint8_t* bytes, size_t len) {
-    const size_t ps = page_size();
-    const uintptr_t first = at & ~(ps - 1);
-    const size_t span = ((at + len + ps - 1) & ~(ps - 1)) - first;
-    if (mprotect(reinterpret_cast<void*>(first), span, PROT_READ | PROT_WRITE | PROT_EXEC) != 0)
-        return make_error(errno, "mprotect of code page failed");
-    memcpy(reinterpret_cast<void*>(at), bytes, len);
-    if (mprotect(reinterpret_cast<void*>(first), span, PROT_READ | PROT_EXEC) != 0)
-        return make_error(errno, "restoring code page protection failed");
-    __builtin___clear_cache(reinterpret_cast<char*>(at), reinterpret_cast<char*>(at + len));
-    return {};
+bool within_rel32(uintptr_t a, uintptr_t b, size_t margin) {
+    const uintptr_t d = a > b ? a - b : b - a;
+    return d + margin < (1ull << 31);
 }
 
 }  // namespace
 
 struct InlineHooks::Site {
     uintptr_t start = 0;
-    uintptr_t tramp = 0;  // page: entry stub at 0, relocated code at kRelocatedOffset
+    uintptr_t tramp = 0;  // entry stub at 0, relocated code at kRelocatedOffset
+    uintptr_t replacement = 0;
     Plan plan;
     uint8_t original[32] = {};
     uint8_t patch[32] = {};
@@ -210,9 +207,16 @@ struct InlineHooks::Site {
 
 namespace {
 
-// Trampolines are cached per target (see header): never unmapped, reused on reinstall.
+// Room for one trampoline: the entry stub and the relocated prologue (at most 4 instructions
+// of up to 15 bytes, each relocated into at most 16 + 14 bytes, then the jump back).
+constexpr size_t kTrampolineSlot = 256;
+constexpr size_t kChunkSize = 4 * 4096;
+
+// Process-lifetime trampolines (uprobes: a probe record keeps pointing at its trampoline) are
+// cached per target and reused when the same target is hooked again with the same
+// replacement (identical bytes: nothing is rewritten in executable memory).
 std::mutex g_tramp_mutex;
-std::map<uintptr_t, uintptr_t>& trampolines() {
+std::map<uintptr_t, uintptr_t>& cached_trampolines() {
     static auto* m = new std::map<uintptr_t, uintptr_t>;  // intentionally immortal
     return *m;
 }
@@ -231,6 +235,8 @@ uintptr_t fixed_ip(const FixupContext* ctx, uintptr_t ip) {
         }
         if (!ctx->installing && ip == code + s->plan.relocated.size() - kAbsJmpLen)
             return s->start + s->plan.n;
+        // On its way from the patched jump to the replacement: go there directly.
+        if (!ctx->installing && ip == s->tramp) return s->replacement;
     }
     return ip;
 }
@@ -241,12 +247,20 @@ void fixup_ip(void* raw, ucontext_t* uc) {
 }
 
 Result<void> patch_all(const std::vector<InlineHooks::Site*>& sites, bool installing) {
+    std::vector<std::pair<uintptr_t, size_t>> spans;
+    for (auto* s : sites) spans.emplace_back(s->start, s->plan.n);
+    // Removal gives restored pages back to their file (see text_patch.h).
+    auto pages = TextPages::covering(spans, !installing);
+    if (!pages) return pages.error();
     auto stopped = WorldStop::stop();
     if (!stopped) return stopped.error();
     Result<void> result;
-    for (auto* s : sites) {
-        result = write_code(s->start, installing ? s->patch : s->original, s->plan.n);
-        if (!result) break;
+    if (pages->open_for_write()) {
+        for (auto* s : sites) copy_code_bytes(s->start, installing ? s->patch : s->original, s->plan.n);
+        pages->close_for_write();
+        if (!installing) pages->restore_files();
+    } else {
+        result = make_error(EACCES, "cannot make code pages writable to patch function entries");
     }
     FixupContext ctx{&sites, installing};
     (*stopped)->resume(fixup_ip, &ctx);
@@ -255,65 +269,116 @@ Result<void> patch_all(const std::vector<InlineHooks::Site*>& sites, bool instal
 
 }  // namespace
 
-Result<void> can_inline_hook(void* target) {
+Result<void> can_inline_hook(void* target, bool releasable) {
     auto p = plan(target, reinterpret_cast<uintptr_t>(target));
     if (!p) return p.error();
+    if (releasable && p->calls)
+        return make_error(EINVAL, fmt::format("{}: the hooked prologue makes a call, which would leave "
+                                              "a trampoline address on stacks", describe(target)));
     return {};
 }
 
-Result<std::unique_ptr<InlineHooks>> InlineHooks::install(const std::vector<InlineHookSpec>& specs) {
-    auto hooks = prepare(specs);
+Result<std::unique_ptr<InlineHooks>> InlineHooks::install(const std::vector<InlineHookSpec>& specs,
+                                                          TrampolineLifetime lifetime) {
+    auto hooks = prepare(specs, lifetime);
     if (!hooks) return hooks.error();
     if (auto r = (*hooks)->apply(); !r) return r.error();
     return hooks;
 }
 
-Result<std::unique_ptr<InlineHooks>> InlineHooks::prepare(const std::vector<InlineHookSpec>& specs) {
+Result<std::unique_ptr<InlineHooks>> InlineHooks::prepare(const std::vector<InlineHookSpec>& specs,
+                                                          TrampolineLifetime lifetime) {
     auto hooks = std::make_unique<InlineHooks>();
+    hooks->lifetime_ = lifetime;
+    std::lock_guard lock(g_tramp_mutex);
+    // New trampolines go into chunks mapped by this call, written while writable and sealed
+    // read+execute before anything can jump there.
+    auto seal = [&]() -> Result<void> {
+        for (const Chunk& c : hooks->chunks_)
+            if (mprotect(reinterpret_cast<void*>(c.base), kChunkSize, PROT_READ | PROT_EXEC) != 0)
+                return make_error(errno, "cannot make trampolines executable");
+        return {};
+    };
     for (const auto& spec : specs) {
-        if (spec.target == nullptr || spec.replacement == nullptr)
+        if (spec.target == nullptr || spec.replacement == nullptr) {
+            (void)seal();
             return make_error(EINVAL, "inline hook needs a target and a replacement");
-        const auto start = reinterpret_cast<uintptr_t>(spec.target);
-        uintptr_t tramp;
-        {
-            std::lock_guard lock(g_tramp_mutex);
-            auto it = trampolines().find(start);
-            if (it == trampolines().end()) {
-                tramp = allocate_near(start);
-                if (tramp == 0)
-                    return make_error(ENOMEM, fmt::format("{}: no free page within 2 GiB for a "
-                                                          "trampoline", describe(spec.target)));
-                it = trampolines().emplace(start, tramp).first;
-            }
-            tramp = it->second;
         }
-        auto p = plan(spec.target, tramp);
-        if (!p) return p.error();
+        const auto start = reinterpret_cast<uintptr_t>(spec.target);
+        const auto replacement = reinterpret_cast<uintptr_t>(spec.replacement);
         auto* site = new Site;
         hooks->sites_.push_back(site);
         site->start = start;
-        site->tramp = tramp;
-        site->plan = std::move(p).value();
+        site->replacement = replacement;
+        if (lifetime == TrampolineLifetime::Process) {
+            auto it = cached_trampolines().find(start);
+            if (it != cached_trampolines().end()) {
+                auto p = plan(spec.target, it->second);
+                if (!p) {
+                    (void)seal();
+                    return p.error();
+                }
+                uint64_t stub_target = 0;
+                memcpy(&stub_target, reinterpret_cast<const void*>(it->second + 6), 8);
+                if (stub_target == replacement &&
+                    memcmp(reinterpret_cast<const void*>(it->second + kRelocatedOffset), p->relocated.data(),
+                           p->relocated.size()) == 0) {
+                    site->tramp = it->second;
+                    site->plan = std::move(p).value();
+                }
+            }
+        }
+        if (site->tramp == 0) {
+            Chunk* chunk = nullptr;
+            for (Chunk& c : hooks->chunks_)
+                if (c.used + kTrampolineSlot <= kChunkSize && within_rel32(c.base, start, kChunkSize)) chunk = &c;
+            if (chunk == nullptr) {
+                const uintptr_t base = allocate_near(start, kChunkSize);
+                if (base == 0) {
+                    (void)seal();
+                    return make_error(ENOMEM, fmt::format("{}: no free memory within 2 GiB for a "
+                                                          "trampoline", describe(spec.target)));
+                }
+                hooks->chunks_.push_back({base, 0});
+                chunk = &hooks->chunks_.back();
+            }
+            site->tramp = chunk->base + chunk->used;
+            chunk->used += kTrampolineSlot;
+            auto p = plan(spec.target, site->tramp);
+            if (!p) {
+                (void)seal();
+                return p.error();
+            }
+            site->plan = std::move(p).value();
+            if (lifetime == TrampolineLifetime::Owned && site->plan.calls) {
+                (void)seal();
+                return make_error(EINVAL, fmt::format("{}: the hooked prologue makes a call: its "
+                                                      "trampoline could never be unmapped", describe(spec.target)));
+            }
+            // Trampoline: entry stub to the replacement, then the relocated prologue.
+            std::vector<uint8_t> code;
+            emit_abs_jmp(code, replacement);
+            code.resize(kRelocatedOffset, 0xcc);
+            code.insert(code.end(), site->plan.relocated.begin(), site->plan.relocated.end());
+            memcpy(reinterpret_cast<void*>(site->tramp), code.data(), code.size());
+            if (lifetime == TrampolineLifetime::Process) cached_trampolines()[start] = site->tramp;
+        }
         memcpy(site->original, spec.target, site->plan.n);
-        // Trampoline: entry stub to the replacement, then the relocated prologue. Rewritten
-        // while no target jumps here (before patching, or after a previous removal: the
-        // code bytes are identical, only the replacement may differ).
-        std::vector<uint8_t> page;
-        emit_abs_jmp(page, reinterpret_cast<uint64_t>(spec.replacement));
-        page.resize(kRelocatedOffset, 0xcc);
-        page.insert(page.end(), site->plan.relocated.begin(), site->plan.relocated.end());
-        memcpy(reinterpret_cast<void*>(tramp), page.data(), page.size());
-        const int64_t rel = static_cast<int64_t>(tramp) - static_cast<int64_t>(start + kJmpRel32);
+        const int64_t rel = static_cast<int64_t>(site->tramp) - static_cast<int64_t>(start + kJmpRel32);
         site->patch[0] = 0xe9;
         const auto rel32 = static_cast<int32_t>(rel);
         memcpy(site->patch + 1, &rel32, 4);
         memset(site->patch + kJmpRel32, 0xcc, site->plan.n - kJmpRel32);
     }
+    if (auto r = seal(); !r) return r.error();
+    // Process-lifetime chunks are never unmapped (the cache points into them).
+    if (lifetime == TrampolineLifetime::Process) hooks->chunks_.clear();
     return hooks;
 }
 
 Result<void> InlineHooks::apply() {
     if (installed_) return {};
+    applied_ = true;
     if (auto r = patch_all(sites_, true); !r) {
         (void)patch_all(sites_, false);
         return r;
@@ -329,8 +394,30 @@ Result<void> InlineHooks::remove() {
     return r;
 }
 
+void InlineHooks::move_out(ucontext_t* uc) const {
+    FixupContext ctx{&sites_, false};
+    fixup_ip(&ctx, uc);
+}
+
+bool InlineHooks::in_trampolines(uintptr_t ip) const {
+    for (const Chunk& c : chunks_)
+        if (ip >= c.base && ip < c.base + kChunkSize) return true;
+    return false;
+}
+
+void InlineHooks::release_trampolines() {
+    if (installed_) return;
+    for (const Chunk& c : chunks_) munmap(reinterpret_cast<void*>(c.base), kChunkSize);
+    chunks_.clear();
+}
+
+size_t InlineHooks::trampoline_mappings() const { return chunks_.size(); }
+
 InlineHooks::~InlineHooks() {
     (void)remove();
+    // Owned trampolines never patched in are unreachable; released ones are gone; others stay
+    // mapped: a thread may still run them.
+    if (!applied_) release_trampolines();
     for (auto* s : sites_) delete s;
 }
 

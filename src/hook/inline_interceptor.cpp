@@ -13,18 +13,39 @@
 namespace liveio::hook {
 namespace {
 
+void move_out_of_trampolines(void* hooks, ucontext_t* uc) {
+    static_cast<const InlineHooks*>(hooks)->move_out(uc);
+}
+
+// After the entry patches are removed, the wrappers go back to the (restored) functions
+// themselves, the wrappers are drained (threads sleeping in an original are moved out) and,
+// once a world stop found no thread in the trampolines or on its way there, they are unmapped.
+Result<UninstallReport> remove_and_drain(InlineHooks& hooks, const std::vector<std::pair<void**, void*>>& originals) {
+    // This thread's own reads (/proc/self/maps, the text files) must reach the kernel, not a
+    // handler that may answer them.
+    Dispatcher::ScopedInside inside;
+    if (auto r = hooks.remove(); !r) return r.error();
+    for (auto [where, function] : originals) __atomic_store_n(where, function, __ATOMIC_RELEASE);
+    auto drained = drain_libc_hooks(Mechanism::Inline, move_out_of_trampolines, &hooks);
+    if (!drained) return drained.error();
+    hooks.release_trampolines();
+    return drained;
+}
+
 class InlineInterceptor final : public Interceptor {
 public:
-    explicit InlineInterceptor(std::unique_ptr<InlineHooks> hooks) : hooks_(std::move(hooks)) {}
+    InlineInterceptor(std::unique_ptr<InlineHooks> hooks, std::vector<std::pair<void**, void*>> originals)
+        : hooks_(std::move(hooks)), originals_(std::move(originals)) {}
     ~InlineInterceptor() override { (void)uninstall(); }
     Result<void> uninstall() override {
         if (!hooks_) return {};
-        auto r = hooks_->remove();
-        if (!r) return r;
+        auto r = remove_and_drain(*hooks_, originals_);
+        if (!r) return r.error();
+        report_ = *r;
         hooks_.reset();
-        Dispatcher::instance().detach(Mechanism::Inline);
         return {};
     }
+    UninstallReport last_uninstall() const override { return report_; }
     uint64_t calls_dispatched() const override {
         return Dispatcher::instance().calls(Mechanism::Inline);
     }
@@ -32,6 +53,8 @@ public:
 
 private:
     std::unique_ptr<InlineHooks> hooks_;
+    std::vector<std::pair<void**, void*>> originals_;  // wrapper's original pointer, libc function
+    UninstallReport report_;
 };
 
 }  // namespace
@@ -57,27 +80,32 @@ Result<std::unique_ptr<Interceptor>> install_inline(const InterceptOptions& opti
         if (std::any_of(specs.begin(), specs.end(),
                         [&](const InlineHookSpec& s) { return s.target == target; }))
             continue;
-        if (auto ok = can_inline_hook(target); !ok) {
+        if (auto ok = can_inline_hook(target, /*releasable=*/true); !ok) {
             if (explicit_names) return ok.error();
             continue;  // the default set hooks what can be hooked safely
         }
         specs.push_back({target, it->wrapper});
         chosen.push_back(&*it);
     }
+    Dispatcher::ScopedInside inside;  // this thread's own I/O while patching is liveio's
     if (auto r = Dispatcher::instance().attach(Mechanism::Inline, handler); !r) return r.error();
-    auto hooks = InlineHooks::prepare(specs);
+    auto hooks = InlineHooks::prepare(specs, TrampolineLifetime::Owned);
     if (!hooks) {
         Dispatcher::instance().detach(Mechanism::Inline);
         return hooks.error();
     }
     // Wrappers must find their trampolines before the first patched call reaches them.
-    for (size_t i = 0; i < chosen.size(); ++i)
+    std::vector<std::pair<void**, void*>> originals;
+    for (size_t i = 0; i < chosen.size(); ++i) {
         __atomic_store_n(chosen[i]->original, (*hooks)->original(i), __ATOMIC_RELEASE);
+        originals.emplace_back(chosen[i]->original, specs[i].target);
+    }
     if (auto r = (*hooks)->apply(); !r) {
-        Dispatcher::instance().detach(Mechanism::Inline);
+        (void)remove_and_drain(**hooks, originals);
         return r.error();
     }
-    return std::unique_ptr<Interceptor>(std::make_unique<InlineInterceptor>(std::move(hooks).value()));
+    return std::unique_ptr<Interceptor>(
+        std::make_unique<InlineInterceptor>(std::move(hooks).value(), std::move(originals)));
 }
 
 }  // namespace liveio::hook

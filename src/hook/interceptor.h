@@ -31,6 +31,17 @@ struct InterceptOptions {
     std::vector<std::string> functions;
 };
 
+// What the last uninstall had to do to finish in bounded time: threads it moved out of calls
+// in progress (sleeping in the original function or in a system call made for them, which it
+// does not wait for), world stops, and the time it spent waiting for handler code to return.
+struct UninstallReport {
+    unsigned moved_out = 0;
+    unsigned world_stops = 0;
+    double waited_ms = 0;
+    // Memory the uninstall could not prove unreachable and left mapped (see docs/SECURITY.md).
+    std::string kept;
+};
+
 // An installed interception. Destruction uninstalls: every patched byte and pointer is
 // restored, then it waits until no thread is inside a hook or trampoline.
 class Interceptor {
@@ -41,6 +52,7 @@ public:
     virtual Result<void> uninstall() = 0;
     virtual uint64_t calls_dispatched() const = 0;
     virtual Mechanism mechanism() const = 0;
+    virtual UninstallReport last_uninstall() const { return {}; }
 };
 
 }  // namespace liveio::hook

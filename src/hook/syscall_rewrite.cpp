@@ -20,6 +20,7 @@
 
 #include "hook/dispatcher.h"
 #include "hook/syscall_rewrite_runtime.h"
+#include "hook/text_patch.h"
 #include "hook/world_stop.h"
 
 namespace liveio::hook {
@@ -68,17 +69,6 @@ struct SyscallRewriter::Segment {
 RewriteStubs& RewriteStubs::instance() {
     static constinit RewriteStubs stubs;
     return stubs;
-}
-
-uintptr_t RewriteStubs::find(uintptr_t site) const {
-    const Slot* slots = __atomic_load_n(&slots_, __ATOMIC_ACQUIRE);
-    if (slots == nullptr) return 0;
-    for (size_t i = hash(site), n = 0; n < kSlots; i = (i + 1) % kSlots, ++n) {
-        const uintptr_t s = slots[i].site.load(std::memory_order_acquire);
-        if (s == site) return slots[i].stub;
-        if (s == 0) return 0;
-    }
-    return 0;
 }
 
 Result<void> RewriteStubs::map_regions() {
@@ -130,6 +120,29 @@ Result<void> RewriteStubs::commit(const std::vector<Pending>& pending) {
     }
     used_ += pending.size();
     return {};
+}
+
+bool RewriteStubs::in_arena(uintptr_t ip) const {
+    const auto base = reinterpret_cast<uintptr_t>(arena_);
+    return arena_ != nullptr && ip >= base && ip < base + kMaxSites * kStubSize;
+}
+
+uintptr_t RewriteStubs::moved_ip(uintptr_t ip) const {
+    const auto base = reinterpret_cast<uintptr_t>(arena_);
+    const uintptr_t stub = base + (ip - base) / kStubSize * kStubSize;
+    uintptr_t back;  // site + 2
+    memcpy(&back, reinterpret_cast<const void*>(stub + 8), sizeof back);
+    // At the syscall (not made yet, or rewound to be made again): the site's own instruction.
+    return ip == stub ? back - 2 : back;
+}
+
+void RewriteStubs::release() {
+    if (arena_ == nullptr) return;
+    Slot* slots = __atomic_exchange_n(&slots_, nullptr, __ATOMIC_ACQ_REL);
+    munmap(slots, kSlots * sizeof(Slot));
+    munmap(arena_, kMaxSites * kStubSize);
+    arena_ = nullptr;
+    used_ = planned_ = 0;
 }
 
 // --- finding syscall instructions ------------------------------------------------------------
@@ -281,13 +294,14 @@ Result<void> ensure_trampoline() {
     return mapped.error();
 }
 
-// Puts the trampoline in `mode` on page 0, with the world stopped. A vfork child may still be
-// running through it (see write_page_zero), so the page stays executable throughout; what
-// changes are the landing jumps' displacements (one byte each: a jump reads the old or the
-// new target, both valid) and, when taking over another copy's page, its entry address.
+// Puts the trampoline in `mode` on page 0, with the world stopped. The page is writable and not
+// executable meanwhile: no thread runs through it (the others are parked, and a vfork child
+// cannot exist: its parent thread waits for it killably, so the world stop would not have
+// completed). What changes are the landing jumps' displacements and, when taking over another
+// copy's page, its entry address.
 bool set_trampoline_mode(TrampolineMode mode) {
     const auto code = trampoline_code(reinterpret_cast<uint64_t>(&liveio_rewrite_entry), mode);
-    if (raw_syscall(SYS_mprotect, 0, kPage, PROT_READ | PROT_WRITE | PROT_EXEC) != 0) return false;
+    if (raw_syscall(SYS_mprotect, 0, kPage, PROT_READ | PROT_WRITE) != 0) return false;
     write_page_zero(code.data(), code.size());
     return raw_syscall(SYS_mprotect, 0, kPage, PROT_EXEC) == 0;
 }
@@ -438,60 +452,22 @@ private:
     std::vector<Entry> entries_;
 };
 
-// Protections of the mappings covering each page that holds a site, merged into runs.
-Result<std::vector<SyscallRewriter::PageRun>> page_runs(const std::vector<RewrittenSite>& sites) {
-    struct Mapping {
-        uintptr_t lo, hi;
-        int prot;
-    };
-    std::vector<Mapping> maps;
-    std::ifstream in("/proc/self/maps");
-    if (!in) return make_error(EIO, "cannot read /proc/self/maps");
-    std::string line;
-    while (std::getline(in, line)) {
-        unsigned long lo, hi;
-        char perms[5] = {};
-        if (sscanf(line.c_str(), "%lx-%lx %4s", &lo, &hi, perms) != 3) continue;
-        const int prot = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
-                         (perms[2] == 'x' ? PROT_EXEC : 0);
-        maps.push_back({lo, hi, prot});
-    }
-    std::vector<SyscallRewriter::PageRun> runs;
-    for (const RewrittenSite& s : sites) {
-        // A 2-byte instruction may straddle two pages.
-        for (uintptr_t page : {s.address & ~(kPage - 1), (s.address + 1) & ~(kPage - 1)}) {
-            if (!runs.empty() && page >= runs.back().start && page < runs.back().start + runs.back().length)
-                continue;
-            auto m = std::find_if(maps.begin(), maps.end(),
-                                  [&](const Mapping& mp) { return page >= mp.lo && page < mp.hi; });
-            if (m == maps.end())
-                return make_error(EFAULT, fmt::format("no mapping covers code page {:#x}", page));
-            if (!runs.empty() && runs.back().start + runs.back().length == page && runs.back().prot == m->prot)
-                runs.back().length += kPage;
-            else
-                runs.push_back({page, kPage, m->prot});
-        }
-    }
-    return runs;
+// The pages holding `sites` (see text_patch.h); `with_files` for a restore.
+Result<TextPages> site_pages(const std::vector<RewrittenSite>& sites, bool with_files) {
+    std::vector<std::pair<uintptr_t, size_t>> spans;
+    spans.reserve(sites.size());
+    for (const RewrittenSite& s : sites) spans.emplace_back(s.address, 2);
+    return TextPages::covering(spans, with_files);
 }
 
-// Writes `bytes(site)` at every site, page run by page run, with raw syscalls only (the world
-// is stopped). Returns false if a page could not be made writable; then nothing is changed.
+// Writes `bytes(site)` at every site with raw syscalls and liveio's own stores only (the world
+// is stopped; the pages may hold libc's memcpy). False if a page could not be made writable;
+// then nothing is changed.
 template <typename Bytes>
-bool patch_sites(const std::vector<SyscallRewriter::PageRun>& runs, const std::vector<RewrittenSite>& sites,
-                 Bytes bytes) {
-    for (const auto& run : runs)
-        if (raw_syscall(SYS_mprotect, static_cast<long>(run.start), static_cast<long>(run.length),
-                        run.prot | PROT_READ | PROT_WRITE) != 0) {
-            for (const auto& r : runs) {
-                if (&r == &run) break;
-                raw_syscall(SYS_mprotect, static_cast<long>(r.start), static_cast<long>(r.length), r.prot);
-            }
-            return false;
-        }
-    for (const RewrittenSite& s : sites) memcpy(reinterpret_cast<void*>(s.address), bytes(s), 2);
-    for (const auto& run : runs)
-        raw_syscall(SYS_mprotect, static_cast<long>(run.start), static_cast<long>(run.length), run.prot);
+bool patch_sites(const TextPages& pages, const std::vector<RewrittenSite>& sites, Bytes bytes) {
+    if (!pages.open_for_write()) return false;
+    for (const RewrittenSite& s : sites) copy_code_bytes(s.address, bytes(s), 2);
+    pages.close_for_write();
     return true;
 }
 
@@ -513,6 +489,7 @@ public:
     explicit RewriteInterceptor(std::unique_ptr<SyscallRewriter> rewriter) : rewriter_(std::move(rewriter)) {}
     ~RewriteInterceptor() override { (void)uninstall(); }
     Result<void> uninstall() override { return rewriter_->uninstall(); }
+    UninstallReport last_uninstall() const override { return rewriter_->last_uninstall(); }
     uint64_t calls_dispatched() const override {
         return Dispatcher::instance().calls(Mechanism::SyscallRewrite);
     }
@@ -566,7 +543,7 @@ Result<void> check_mmap_min_addr() {
 // allocates and reads files).
 struct SyscallRewriter::Batch {
     std::vector<RewrittenSite> sites;
-    std::vector<PageRun> pages;
+    TextPages pages;
     std::vector<RewriteStubs::Pending> stubs;
 };
 
@@ -582,9 +559,9 @@ Result<SyscallRewriter::Batch> SyscallRewriter::prepare(const std::vector<Segmen
     }
     std::sort(batch.sites.begin(), batch.sites.end(),
               [](const RewrittenSite& a, const RewrittenSite& b) { return a.address < b.address; });
-    auto runs = page_runs(batch.sites);
-    if (!runs) return runs.error();
-    batch.pages = std::move(runs).value();
+    auto pages = site_pages(batch.sites, false);
+    if (!pages) return pages.error();
+    batch.pages = std::move(pages).value();
     std::vector<uintptr_t> addresses;
     addresses.reserve(batch.sites.size());
     for (const auto& s : batch.sites) addresses.push_back(s.address);
@@ -609,7 +586,6 @@ Result<void> SyscallRewriter::apply(Batch& batch) {
     if (!committed) return committed.error();
     if (!patched) return make_error(EACCES, "cannot make code pages writable to rewrite syscall instructions");
     sites_.insert(sites_.end(), batch.sites.begin(), batch.sites.end());
-    pages_.insert(pages_.end(), batch.pages.begin(), batch.pages.end());
     return {};
 }
 
@@ -662,28 +638,34 @@ Result<size_t> SyscallRewriter::rewrite_new_objects() {
 // given a moment; threads sleeping in a call the dispatch made for them (counted in flight, or
 // uncounted when they entered after the handler was cleared) are evacuated at a world stop
 // instead of being waited for, which could be forever (idle threads).
-static void drain_dispatched_calls() {
+static void drain_dispatched_calls(UninstallReport& report) {
     Dispatcher& d = Dispatcher::instance();
     d.clear_handler(Mechanism::SyscallRewrite);
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    const auto started = std::chrono::steady_clock::now();
+    const auto give_up = started + std::chrono::seconds(10);
     while (std::chrono::steady_clock::now() < give_up) {
         for (int i = 0; i < 50 && d.in_flight(Mechanism::SyscallRewrite) != 0; ++i)
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
         if (!threads_sleep_in_dispatch()) {
-            if (d.in_flight(Mechanism::SyscallRewrite) == 0) return;
+            if (d.in_flight(Mechanism::SyscallRewrite) == 0) break;
             continue;  // threads still run handler code: they leave by themselves
         }
         auto stopped = stop_world();
         if (!stopped) break;  // a thread blocks the signal: wait as long as it takes
-        (*stopped)->resume(evacuate_fixup, nullptr);
+        ++report.world_stops;
+        std::atomic<unsigned> moved{0};
+        (*stopped)->resume(evacuate_fixup, &moved);
+        report.moved_out += moved.load();
     }
     d.detach(Mechanism::SyscallRewrite);
+    report.waited_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
 }
 
 Result<void> SyscallRewriter::uninstall() {
     if (!installed_) return {};
     Dispatcher::ScopedInside inside;
     std::lock_guard lock(RewriteStubs::instance().mutex());
+    report_ = {};
     // Objects unloaded since (dlclose) took their rewritten bytes with them: restore only
     // the sites of segments still loaded.
     auto loaded = executable_segments({});
@@ -695,28 +677,30 @@ Result<void> SyscallRewriter::uninstall() {
         });
     };
     std::erase_if(sites_, [&](const RewrittenSite& s) { return !still_loaded(s.address); });
-    auto runs = page_runs(sites_);
-    if (!runs) return runs.error();
-    pages_ = std::move(runs).value();
+    auto pages = site_pages(sites_, true);
+    if (!pages) return pages.error();
     prepare_evacuation();
     auto stopped = stop_world();
     if (!stopped) return stopped.error();
-    const bool restored = patch_sites(pages_, sites_, [](const RewrittenSite& s) { return s.original; });
+    ++report_.world_stops;
+    const bool restored = patch_sites(*pages, sites_, [](const RewrittenSite& s) { return s.original; });
+    // The text is the file's again: share its pages with the page cache again.
+    if (restored) pages->restore_files();
     // A thread parked inside the sled needs no fixup: from here it reaches the retired tail and
-    // executes the restored instruction itself. Page 0 is not unmapped: a thread interrupted
-    // inside the sled by a signal whose handler is still running holds a page-0 address in
-    // its signal frame, out of the world stop's reach; it returns there whenever the handler
-    // ends. Retired, page 0 sends it on to the restored instruction without liveio's code.
+    // executes the restored instruction itself. Page 0 stays until release_rewrite_memory has
+    // proven that no signal frame returns into it.
     const bool retired = restored && set_trampoline_mode(TrampolineMode::Retired);
     // Threads the stop found sleeping in a call the dispatch made for them leave it now.
-    (*stopped)->resume(restored ? evacuate_fixup : nullptr, nullptr);
+    std::atomic<unsigned> moved{0};
+    (*stopped)->resume(restored ? evacuate_fixup : nullptr, &moved);
+    report_.moved_out += moved.load();
     if (!restored) return make_error(EACCES, "cannot make code pages writable to restore syscall instructions");
     installed_ = false;
-    drain_dispatched_calls();
+    drain_dispatched_calls(report_);
     if (!retired)
         return make_error(EACCES, "syscall instructions restored, but the trampoline at address 0 "
                                   "could not be retired: it still leads into liveio's code");
-    return {};
+    return release_rewrite_memory(report_);
 }
 
 SyscallRewriter::~SyscallRewriter() { (void)uninstall(); }

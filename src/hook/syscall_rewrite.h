@@ -29,9 +29,8 @@
 // Limitations (inherent to 2-byte rewriting, as in zpoline): the `call` writes the return
 // address at rsp-8, inside the red zone of the code that issued the syscall; a syscall number
 // outside [0, 512) jumps past the sled and faults; without protection keys the exec-only page 0
-// is readable, so a null-pointer read returns sled bytes instead of faulting (also after
-// uninstall: page 0 stays mapped, retired; a call through a null pointer then ends in ud2,
-// SIGILL instead of SIGSEGV). The entry saves
+// is readable while installed, so a null-pointer read returns sled bytes instead of faulting
+// (uninstall unmaps page 0 again, see release_rewrite_memory). The entry saves
 // the general registers and xmm0-15; the upper halves of ymm/zmm registers and x87 state are
 // not preserved across a hooked syscall if the handler uses them.
 #pragma once
@@ -93,9 +92,11 @@ public:
     SyscallRewriter(const SyscallRewriter&) = delete;
     SyscallRewriter& operator=(const SyscallRewriter&) = delete;
 
-    // Restores every rewritten byte and retires the trampoline (threads stopped), then detaches
-    // the handler once no thread is inside it. Page 0 stays mapped, retired: a thread that a
-    // signal interrupted inside the sled may return there when its handler ends; the retired
+    // Restores every rewritten byte (giving the pages back to their files) and retires the
+    // trampoline (threads stopped), then detaches the handler once no thread is inside it,
+    // moving threads that sleep in calls made for them out. Finally page 0 and the stubs are
+    // unmapped (release_rewrite_memory). Page 0 stays mapped, retired, only while a thread that
+    // a signal interrupted inside the sled may return there when its handler ends; the retired
     // sled sends it to the restored instruction without touching liveio's code (which may be
     // unloaded by then). The next install, by this or another copy of liveio, reuses it.
     Result<void> uninstall();
@@ -104,13 +105,8 @@ public:
     // the kernel directly. (Objects unloaded meanwhile are simply skipped by uninstall.)
     Result<size_t> rewrite_new_objects();
     bool installed() const { return installed_; }
+    const UninstallReport& last_uninstall() const { return report_; }
     const std::vector<RewrittenSite>& sites() const { return sites_; }
-
-    struct PageRun {
-        uintptr_t start;
-        size_t length;
-        int prot;
-    };
 
     struct Segment;  // an executable segment of a loaded object (syscall_rewrite.cpp)
 
@@ -123,9 +119,14 @@ private:
     std::vector<std::string> objects_;                   // the install's object filter
     std::vector<std::pair<uintptr_t, size_t>> segments_;  // executable segments scanned
     std::vector<RewrittenSite> sites_;
-    std::vector<PageRun> pages_;  // pages holding sites, with their original protection
+    UninstallReport report_;
     bool installed_ = false;
 };
+
+// After uninstall: unmaps page 0 and the stubs once a world stop proves no thread can reach
+// them (syscall_rewrite_release.cpp); page 0 is kept, retired, only when a signal frame still
+// returns into it (named in report.kept).
+Result<void> release_rewrite_memory(UninstallReport& report);
 
 // Interceptor::install(Mechanism::SyscallRewrite).
 Result<std::unique_ptr<Interceptor>> install_syscall_rewrite(const InterceptOptions& options,

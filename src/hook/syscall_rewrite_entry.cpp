@@ -160,6 +160,9 @@ liveio_rewrite_entry:
     movaps 312(%rsp), %xmm15
     ret
     .size liveio_rewrite_entry, . - liveio_rewrite_entry
+    .globl liveio_rewrite_entry_end
+    .hidden liveio_rewrite_entry_end
+liveio_rewrite_entry_end:
     .popsection
 )");
 
@@ -174,7 +177,8 @@ liveio_rewrite_dispatch(
                                                          *call);
 }
 
-extern "C" __attribute__((visibility("hidden"), used)) uintptr_t liveio_rewrite_stub_for(
+extern "C" __attribute__((visibility("hidden"), used, flatten, section("liveio_rw_dispatch"))) uintptr_t
+liveio_rewrite_stub_for(
     uintptr_t return_address) {
     return liveio::hook::RewriteStubs::instance().find(return_address - 2);
 }

@@ -9,11 +9,12 @@
 #include <sys/syscall.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
+#include "base/proc_tasks.h"
 #include "hook/dispatcher.h"
-#include "hook/inject.h"
 #include "hook/syscall_rewrite.h"
 #include "hook/syscall_rewrite_runtime.h"
 
@@ -45,7 +46,7 @@ bool is_dispatch_syscall(uintptr_t at) {
 
 }  // namespace
 
-void evacuate_fixup(void*, ucontext_t* uc) {
+void evacuate_fixup(void* moved, ucontext_t* uc) {
     greg_t* g = uc->uc_mcontext.gregs;
     const auto rip = static_cast<uintptr_t>(g[REG_RIP]);
     const uintptr_t rbp = liveio_rewrite_frame;
@@ -76,6 +77,7 @@ void evacuate_fixup(void*, ucontext_t* uc) {
     g[REG_R15] = static_cast<greg_t>(f->r15);
     if (uc->uc_mcontext.fpregs != nullptr) std::memcpy(uc->uc_mcontext.fpregs->_xmm, f->xmm, sizeof f->xmm);
     liveio_rewrite_frame = 0;
+    if (moved != nullptr) static_cast<std::atomic<unsigned>*>(moved)->fetch_add(1, std::memory_order_relaxed);
     // The counted path of call_raw marked the thread inside and counted it in flight.
     if (Dispatcher::inside()) Dispatcher::instance().abandon_call(Mechanism::SyscallRewrite);
 }

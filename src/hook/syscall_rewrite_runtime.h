@@ -16,6 +16,7 @@
 #define LIVEIO_STR(x) LIVEIO_STR2(x)
 
 extern "C" void liveio_rewrite_entry();
+extern "C" void liveio_rewrite_entry_end();  // the first byte after the entry's code
 
 // While the entry dispatches a call: the entry's rbp (the frame below, whose RewriteFrame
 // lies under it), else 0. Initial-exec TLS: read and written by the entry with two moves.
@@ -58,8 +59,9 @@ inline constexpr uintptr_t kRewriteSiteRspOffset = 144;
 // kernel had rewound a restartable call: it is made again, now from the application's code)
 // or the one after it with the call's result (it had returned, e.g. -EINTR for a call that
 // a signal handler interrupts, as any signal would). The call's on_exit never runs.
-// `context` is unused. Threads elsewhere are left as they are.
-void evacuate_fixup(void* context, ucontext_t* uc);
+// `moved` (a std::atomic<unsigned>*, may be null) counts the threads moved. Threads elsewhere
+// are left as they are.
+void evacuate_fixup(void* moved, ucontext_t* uc);
 // Finds the dispatch code's syscall instructions once (allocates): call before a world stop
 // whose resume uses evacuate_fixup.
 void prepare_evacuation();
@@ -68,9 +70,10 @@ void prepare_evacuation();
 bool threads_sleep_in_dispatch();
 
 // Stubs `syscall; jmp *0(%rip); .quad site+2`, one per rewritten site, looked up by site
-// address from the assembly entry without locks. They are never freed: a vfork parent may
-// sit inside one (blocked in the kernel) long after uninstall, and the same sites are reused
-// by the next install. Memory is bounded by the number of distinct sites (kMaxSites).
+// address from the assembly entry without locks. They are unmapped after uninstall once a world
+// stop shows no thread in the entry's code (threads in a stub are moved to their site; a vfork
+// parent blocked in one cannot be parked, so the world stop itself waits for it), and mapped
+// again by the next install. Memory is bounded by the number of distinct sites (kMaxSites).
 //
 // The process's one instance (the entry reaches it without context, like the Dispatcher).
 class RewriteStubs {
@@ -80,8 +83,18 @@ public:
 
     static RewriteStubs& instance();
 
-    // The stub of `site`, or 0. Lock-free; safe while stubs are being added.
-    uintptr_t find(uintptr_t site) const;
+    // The stub of `site`, or 0. Lock-free; safe while stubs are being added. Inline: it runs
+    // in the entry's stub path, which the release checks by code range.
+    uintptr_t find(uintptr_t site) const {
+        const Slot* slots = __atomic_load_n(&slots_, __ATOMIC_ACQUIRE);
+        if (slots == nullptr) return 0;
+        for (size_t i = hash(site), n = 0; n < kSlots; i = (i + 1) % kSlots, ++n) {
+            const uintptr_t s = slots[i].site.load(std::memory_order_acquire);
+            if (s == site) return slots[i].stub;
+            if (s == 0) return 0;
+        }
+        return 0;
+    }
 
     struct Pending {
         uintptr_t site;
@@ -96,6 +109,15 @@ public:
 
     // Serializes install and uninstall in the process.
     std::mutex& mutex() { return mutex_; }
+
+    // For a parked thread's fixup: whether `ip` lies in a stub, and where a thread at `ip`
+    // continues once the stubs are gone (the site's restored instruction, or the one after).
+    bool in_arena(uintptr_t ip) const;
+    uintptr_t moved_ip(uintptr_t ip) const;
+    // Unmaps the stubs and their table (after uninstall, once no thread can reach them: none
+    // in the entry's code, none in a stub after moved_ip). Caller holds mutex().
+    void release();
+    bool mapped() const { return arena_ != nullptr; }
 
 private:
     struct Slot {

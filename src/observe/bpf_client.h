@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "base/result.h"
 #include "ebpf/map.h"
 
@@ -50,7 +50,7 @@ struct LiveMap {
 // saying so.
 class BpfClient {
 public:
-    explicit BpfClient(agent::ControlClient& client) : client_(client) {}
+    explicit BpfClient(control::ControlClient& client) : client_(client) {}
 
     Result<ObjectInfo> load(const std::string& path, const std::string& engine = "jit",
                             const std::vector<std::string>& programs = {});
@@ -61,7 +61,7 @@ public:
 
 private:
     Result<nlohmann::json> call(const std::string& cmd, nlohmann::json args, int timeout_ms = 30000);
-    agent::ControlClient& client_;
+    control::ControlClient& client_;
 };
 
 // The first map named `name`, or nullptr.

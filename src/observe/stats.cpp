@@ -8,7 +8,7 @@
 
 #include <fmt/format.h>
 
-#include "agent/call_counters.h"
+#include "base/syscall_table.h"
 #include "ebpf/map.h"
 
 namespace liveio::observe {
@@ -164,7 +164,7 @@ Result<Snapshot> read_snapshot(ebpf::Map& syscall_stats, ebpf::Map* class_stats)
     return snap;
 }
 
-std::string syscall_name(uint32_t nr) { return agent::syscall_name(nr); }
+std::string syscall_name(uint32_t nr) { return liveio::syscall_name(nr); }
 
 std::string class_name(uint32_t file_class) {
     switch (file_class) {

@@ -309,11 +309,12 @@ UringRedirect::Slot* UringRedirect::claim_slot() {
     long efd = raw_syscall(SYS_eventfd2, 0, EFD_CLOEXEC);
     uring::Options ring;
     ring.sq_entries = options_.ring_entries;
-    // Single issuer, so DEFER_TASKRUN where the kernel has it: completion work then waits for
-    // this thread's next io_uring_enter instead of being queued as task work with
-    // TIF_NOTIFY_SIGNAL, which makes the thread's next native call that returns -EINTR
-    // directly (a socket with SO_RCVTIMEO, epoll_wait) fail with a spurious EINTR.
-    ring.single_issuer = true;
+    // COOP_TASKRUN, not SINGLE_ISSUER|DEFER_TASKRUN: with deferred task work the eventfd
+    // notification of a socket completion was lost after the ring had served async file reads
+    // (each later wait lasted until an unrelated wake-up, ~16 ms). Task work is queued only for
+    // an op in flight, so only while the thread waits inside execute(), in a read(2) the kernel
+    // restarts; shutdown() destroys rings from another thread, which needs no single issuer.
+    ring.single_issuer = false;
     auto engine = efd >= 0 ? uring::Engine::create(ring) : Result<std::unique_ptr<uring::Engine>>(make_error(static_cast<int>(-efd), "eventfd"));
     if (engine.ok() && (*engine)->backend() == uring::BackendKind::Uring &&
         (*engine)->register_eventfd(static_cast<int>(efd)).ok()) {

@@ -6,7 +6,8 @@
 // API
 // ---
 //   auto redirect = UringRedirect::create(options);        // Result<unique_ptr<UringRedirect>>
-//   bool taken = redirect->execute(call, result);          // from a CallHandler::on_enter
+//   bool taken = redirect->execute(frame);                 // from a Redirector::redirect(frame)
+//   bool taken = redirect->execute(call, result);          // or with the bare call and result
 //   redirect->stats();                                     // redirected / fallbacks by reason
 //   redirect->shutdown();  (or destroy it)                 // no thread inside afterwards
 // execute() takes the kernel's view of a call (hook::SyscallCall: syscall number + raw
@@ -78,8 +79,8 @@
 //     thread sleeping at that moment in a call that returns EINTR directly instead of
 //     restarting (epoll_wait, a socket call with SO_RCVTIMEO/SO_SNDTIMEO) sees one EINTR, as
 //     if a signal with a handler had arrived; restartable calls are restarted by the kernel.
-//     While a ring lives, no such work is queued: rings are SINGLE_ISSUER|DEFER_TASKRUN, so
-//     completion work waits for the owner's io_uring_enter.
+//     While a ring lives, its task work (COOP_TASKRUN) is queued only for an op in flight,
+//     i.e. while its thread waits inside execute(), in a read(2) the kernel then restarts.
 //   MSG_* flags pass to the kernel unchanged, except MSG_WAITALL (native semantics under
 //     signals differ: FallbackReason::Flags). recvfrom with an address and sendto with a
 //     destination fall back (FallbackReason::Arguments): the address length is an in/out user
@@ -149,6 +150,9 @@ public:
     // Performs `call` through the calling thread's ring and stores the kernel-convention result;
     // false: the native call must run (the reason is counted).
     bool execute(hook::SyscallCall& call, hook::SyscallResult& result);
+    // The same for the agent's call pipeline (hook::CallFrame, agent/call_pipeline.h): a
+    // Redirector's redirect(frame) is `return executor.execute(frame);`. frame.word is unused.
+    bool execute(hook::CallFrame& frame) { return execute(frame.call, frame.result); }
 
     // Destroys the rings of threads that have exited; returns how many.
     size_t reclaim_exited();

@@ -24,7 +24,7 @@
 #include "agent/fd_classes.h"
 #include "agent/process_util.h"
 #include "agent/mmap_min_addr.h"
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "hook/dispatcher.h"
 #include "ebpf/loader.h"
 #include "ebpf/map.h"
@@ -32,6 +32,8 @@
 #include "liveio/io_stats.h"
 
 namespace liveio::agent {
+
+using control::ControlClient;
 namespace {
 
 using nlohmann::json;

@@ -19,11 +19,13 @@
 
 #include "agent/mmap_min_addr.h"
 #include "agent/process_util.h"
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "clickhouse/dataset.h"
 #include "clickhouse/server.h"
 
 namespace liveio::agent {
+
+using control::ControlClient;
 namespace {
 
 using nlohmann::json;

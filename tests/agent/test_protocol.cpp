@@ -11,10 +11,16 @@
 #include <gtest/gtest.h>
 
 #include "agent/agent.h"
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "agent/process_util.h"
 
 namespace liveio::agent {
+
+using control::ControlClient;
+using control::kAgentVersion;
+using control::kProtocolVersion;
+using control::kMaxRequestBytes;
+using control::LineBuffer;
 namespace {
 
 using nlohmann::json;

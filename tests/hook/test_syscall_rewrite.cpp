@@ -184,6 +184,24 @@ size_t count_nr(const std::vector<Seen>& seen, long nr) {
     return n;
 }
 
+bool page_zero_mapped() { return msync(nullptr, 4096, MS_ASYNC) == 0; }
+
+// /proc/self/maps without the lines that change with the allocator ([heap] and anonymous
+// read-write memory).
+std::string maps_without_heap() {
+    std::ifstream in("/proc/self/maps");
+    std::string out;
+    for (std::string line; std::getline(in, line);) {
+        if (line.find("[heap]") != std::string::npos) continue;
+        if (line.find(" rw-p ") != std::string::npos && line.find('/') == std::string::npos &&
+            line.find('[') == std::string::npos)
+            continue;
+        if (line.find(" ---p ") != std::string::npos && line.find('/') == std::string::npos) continue;
+        out += line + "\n";
+    }
+    return out;
+}
+
 // Whether page 0 holds the trampoline in `mode`, for any entry address (read through
 // /proc/self/mem: the page is execute-only).
 bool page_zero_holds(TrampolineMode mode) {
@@ -424,7 +442,39 @@ TEST(SyscallRewrite, EverySyscallOfAWorkloadReachesTheDispatcher) {
                   // After uninstall nothing reaches the handler any more.
                   for (int i = 0; i < 10; ++i) (void)getpid();
                   check(count_nr(h.take(), SYS_getpid) == 0, "calls after uninstall");
-                  check(page_zero_holds(TrampolineMode::Retired), "page 0 holds the retired trampoline");
+                  check(!page_zero_mapped(), "page 0 unmapped after uninstall");
+                  check(rw->last_uninstall().kept.empty(), "nothing kept: " + rw->last_uninstall().kept);
+              }),
+              "");
+}
+
+// After uninstall nothing of the mechanism is mapped: page 0 and the stubs are gone, the
+// rewritten text pages are the file's again (the mappings merged back), and a NULL read faults.
+TEST(SyscallRewrite, UninstallLeavesTheMapsAsTheyWereAndNullReadsFault) {
+    NEED_MIN_ADDR_ZERO();
+    EXPECT_EQ(in_child([] {
+                  RecordingHandler h;
+                  const std::string before = maps_without_heap();
+                  for (int cycle = 0; cycle < 3; ++cycle) {
+                      auto rw = install_or_throw(&h);
+                      check(page_zero_mapped(), "page 0 mapped while installed");
+                      check(maps_without_heap().find("wx") == std::string::npos, "a writable+executable mapping");
+                      check(rw->uninstall().ok(), "uninstall");
+                      check(!page_zero_mapped(), "page 0 unmapped");
+                  }
+                  const std::string after = maps_without_heap();
+                  check(after == before, "maps before:\n" + before + "\nafter:\n" + after);
+                  // A NULL read faults again (SIGSEGV in a child of this process).
+                  const pid_t reader = fork();
+                  if (reader == 0) {
+                      signal(SIGSEGV, SIG_DFL);
+                      const volatile char* null = nullptr;
+                      _exit(*null == 0 ? 3 : 4);
+                  }
+                  int status = 0;
+                  check(waitpid(reader, &status, 0) == reader, "waitpid");
+                  check(WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV,
+                        "a NULL read did not fault (status " + std::to_string(status) + ")");
               }),
               "");
 }
@@ -746,7 +796,10 @@ TEST(SyscallRewrite, ThreadInterruptedInsideTheSledSurvivesUninstall) {
                           check(false, "single-stepping never reached the sled");
                       }
                       check(rw->uninstall().ok(), "uninstall while a thread is held in the sled");
+                      // Its signal frame returns into page 0: the one case page 0 is kept, retired.
                       check(page_zero_holds(TrampolineMode::Retired), "page 0 retired");
+                      check(rw->last_uninstall().kept.find("page 0") != std::string::npos,
+                            "the report names page 0 as kept: '" + rw->last_uninstall().kept + "'");
                       std::unique_ptr<SyscallRewriter> again;
                       if (reinstall) again = install_or_throw(&h);
                       (void)h.take();
@@ -785,7 +838,7 @@ TEST(SyscallRewrite, PageZeroOfSomeoneElseIsRefusedOursIsReused) {
                   for (int i = 0; i < 3; ++i) (void)getppid();
                   check(rw->uninstall().ok(), "uninstall");
                   check(count_nr(h.take(), SYS_getppid) == 3, "calls dispatched through the reused page");
-                  check(page_zero_holds(TrampolineMode::Retired), "page 0 retired again");
+                  check(!page_zero_mapped(), "page 0 unmapped after uninstall");
               }),
               "");
 }

@@ -22,7 +22,7 @@
 
 #include "agent/process_util.h"
 #include "observe/child.h"
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "clickhouse/dataset.h"
 #include "clickhouse/query_loop.h"
 #include "clickhouse/server.h"
@@ -350,7 +350,7 @@ TEST(ObserveCli, StatsAttachesMeasuresAndLeavesTheProcessAsFound) {
         }
     }
     EXPECT_FALSE(agent_mapped(w.pid())) << "stats left the agent in the process";
-    EXPECT_FALSE(agent::ControlClient::connect(w.pid()));
+    EXPECT_FALSE(control::ControlClient::connect(w.pid()));
     EXPECT_EQ(w.stop(), 0) << w.err();
 }
 
@@ -364,7 +364,7 @@ TEST_F(AttachedWorkload, LoadErrorsAreTheAgentsOwn) {
     const std::string rejected = std::string(LIVEIO_OBSERVE_TEST_BPF_DIR) + "/store_to_ctx.bpf.o";
     for (const std::string& path : {junk, rejected}) {
         // What the agent says to a direct request...
-        auto client = agent::ControlClient::connect(w.pid());
+        auto client = control::ControlClient::connect(w.pid());
         ASSERT_TRUE(client) << client.error().message;
         auto direct = client->call("bpf.load", {{"path", path}});
         if (!direct && direct.error().code == ENOSYS) GTEST_SKIP() << "agent without BPF support";
@@ -440,7 +440,7 @@ TEST(ObserveCli, EveryCommandOnALiveClickHouse) {
     std::ifstream maps("/proc/" + pid + "/maps");
     const std::string mapped((std::istreambuf_iterator<char>(maps)), std::istreambuf_iterator<char>());
     EXPECT_EQ(mapped.find("liveio-agent.so"), std::string::npos);
-    EXPECT_FALSE(agent::ControlClient::connect(server->pid()));
+    EXPECT_FALSE(control::ControlClient::connect(server->pid()));
     const int before = loop.answered();
     ASSERT_TRUE(eventually([&] { return loop.answered() > before + 2; }));
     loop.finish();

@@ -12,7 +12,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "agent/protocol.h"
+#include "control/protocol.h"
 #include "clickhouse/dataset.h"
 #include "clickhouse/query_loop.h"
 #include "clickhouse/server.h"
@@ -46,7 +46,7 @@ CliRun liveio(std::vector<std::string> args) {
 }
 
 json policy_counters(pid_t pid, const std::string& name) {
-    auto client = agent::ControlClient::connect(pid);
+    auto client = control::ControlClient::connect(pid);
     if (!client) return {};
     auto l = client->call("policy.list");
     if (!l) return {};

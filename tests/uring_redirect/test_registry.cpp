@@ -41,6 +41,20 @@ TEST_F(Registry, EnginesAreCreatedLazilyAndReclaimedAfterThreadsExit) {
     EXPECT_EQ(st.redirected, 24u);  // counts of reclaimed threads are kept
 }
 
+// The agent pipeline's entry point: the frame carries the call and receives the result.
+TEST_F(Registry, CallFrameEntryPoint) {
+    const auto content = pattern(100, 14);
+    int fd = make_file(content);
+    char buf[8] = {};
+    hook::CallFrame frame{{SYS_pread64, {fd, L(buf), 8, 3}}};
+    ASSERT_TRUE(redirect->execute(frame));
+    EXPECT_EQ(frame.result, 8);
+    EXPECT_EQ(std::memcmp(buf, content.data() + 3, 8), 0);
+    hook::CallFrame other{{SYS_getpid, {}}};
+    EXPECT_FALSE(redirect->execute(other));
+    EXPECT_EQ(fallbacks(FallbackReason::NotRedirected), 1u);
+}
+
 TEST_F(Registry, FullRegistryRunsNatively) {
     redirect.reset();
     options_.max_threads = 1;

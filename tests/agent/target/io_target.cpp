@@ -1,7 +1,7 @@
 // liveio-io-target: a multi-threaded program that does real I/O continuously and verifies
 // every byte and every errno, used as the victim for `liveio run/attach/detach` tests.
 //
-//   liveio-io-target [--threads N] [--seconds S] [--dir DIR] [--report-ms MS]
+//   liveio-io-target [--threads N] [--seconds S] [--dir DIR] [--report-ms MS] [--idle]
 //
 // Threads: N file workers (pread/pwrite/read/write/lseek at random offsets, checked against
 // an in-memory shadow of the file), a socketpair echo and a TCP loopback echo (send/recv,
@@ -11,8 +11,11 @@
 // "final ..." line at the end. The first wrong byte or errno prints "MISMATCH: ..." on stderr
 // and exits with status 2. Stops on SIGTERM/SIGINT or after --seconds; exits 0 when clean.
 //
-// Waits use poll() with a timeout before recv(), so no thread sits in a hooked call for long:
-// a detach, which waits until no thread is inside a hook, never waits on an idle peer.
+// Waits use poll() with a timeout before recv(), so the workers never sit in a hooked call for
+// long. --idle adds what servers have: threads blocked in recv() on an idle TCP connection and
+// an idle socketpair and in read() on an idle pipe, for the whole run (SIGUSR1 makes them call
+// again, through the hooks installed by then); at the end each gets one byte, checked. A
+// detach must not wait for them.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -246,6 +249,23 @@ void errno_worker(const std::string& dir) {
     close(pipefd[1]);
 }
 
+// Blocks in recv/read on an idle descriptor. Main writes 'w' there on SIGUSR1 (the thread
+// prints "idle-rearm TID" and makes the call again, so that it is made through whatever hooks
+// are installed now) and 'q' at the end of the run.
+void idle_blocker(int fd, bool socket, const char* what) {
+    for (;;) {
+        char c = 0;
+        ssize_t n;
+        do {
+            n = socket ? recv(fd, &c, 1, 0) : read(fd, &c, 1);
+        } while (n < 0 && errno == EINTR);
+        if (n == 1 && c == 'q') return;
+        if (n != 1 || c != 'w') mismatch("%s: idle call returned %zd (errno %d) byte 0x%02x", what, n, errno, c);
+        std::printf("idle-rearm %ld\n", static_cast<long>(gettid()));
+        std::fflush(stdout);
+    }
+}
+
 void print_counts(const char* tag) {
     std::printf("%s file_ops=%llu socketpair_ops=%llu tcp_ops=%llu execs=%llu errno_checks=%llu mismatches=0\n",
                 tag, static_cast<unsigned long long>(g_file_ops.load()),
@@ -263,6 +283,7 @@ int main(int argc, char** argv) {
     double seconds = 0;
     long report_ms = 500;
     std::string dir = "/tmp";
+    bool idle = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto value = [&]() -> const char* {
@@ -276,8 +297,9 @@ int main(int argc, char** argv) {
         else if (a == "--seconds") seconds = std::atof(value());
         else if (a == "--dir") dir = value();
         else if (a == "--report-ms") report_ms = std::atol(value());
+        else if (a == "--idle") idle = true;
         else {
-            std::fprintf(stderr, "usage: liveio-io-target [--threads N] [--seconds S] [--dir DIR] [--report-ms MS]\n");
+            std::fprintf(stderr, "usage: liveio-io-target [--threads N] [--seconds S] [--dir DIR] [--report-ms MS] [--idle]\n");
             return 64;
         }
     }
@@ -292,6 +314,7 @@ int main(int argc, char** argv) {
     sigemptyset(&stop_set);
     sigaddset(&stop_set, SIGTERM);
     sigaddset(&stop_set, SIGINT);
+    sigaddset(&stop_set, SIGUSR1);  // --idle: rearm the idle calls
     pthread_sigmask(SIG_BLOCK, &stop_set, nullptr);
 
     std::vector<std::thread> workers;
@@ -306,6 +329,15 @@ int main(int argc, char** argv) {
     workers.emplace_back(echo_client, tcp[0], 78u, std::ref(g_tcp_ops), "tcp echo");
     workers.emplace_back(exec_worker);
     workers.emplace_back(errno_worker, dir);
+    int idle_tcp[2] = {-1, -1}, idle_sp[2] = {-1, -1}, idle_pipe[2] = {-1, -1};
+    if (idle) {
+        tcp_pair(idle_tcp);
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, idle_sp) != 0 || pipe2(idle_pipe, O_CLOEXEC) != 0)
+            mismatch("idle descriptors: %s", strerror(errno));
+        workers.emplace_back(idle_blocker, idle_tcp[0], true, "idle tcp recv");
+        workers.emplace_back(idle_blocker, idle_sp[0], true, "idle socketpair recv");
+        workers.emplace_back(idle_blocker, idle_pipe[0], false, "idle pipe read");
+    }
     std::printf("ready pid=%d threads=%zu\n", getpid(), workers.size() + 1);
     std::fflush(stdout);
 
@@ -325,6 +357,10 @@ int main(int argc, char** argv) {
         timespec wait{wait_ms / 1000, (wait_ms % 1000) * 1000000};
         const int sig = sigtimedwait(&stop_set, nullptr, &wait);
         if (sig == SIGTERM || sig == SIGINT) break;
+        if (sig == SIGUSR1 && idle) {
+            for (int fd : {idle_tcp[1], idle_sp[1], idle_pipe[1]})
+                if (write(fd, "w", 1) != 1) mismatch("rearming an idle thread: %s", strerror(errno));
+        }
         const long now = now_ms();
         if (now >= next_report) {
             print_counts("counts");
@@ -333,6 +369,10 @@ int main(int argc, char** argv) {
         if (end >= 0 && now >= end) break;
     }
     g_stop.store(true);
+    if (idle) {
+        for (int fd : {idle_tcp[1], idle_sp[1], idle_pipe[1]})
+            if (write(fd, "q", 1) != 1) mismatch("waking an idle thread: %s", strerror(errno));
+    }
     for (auto& w : workers) w.join();
     print_counts("final");
     return 0;

@@ -1,4 +1,4 @@
-#include "agent/protocol.h"
+#include "control/protocol.h"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -10,7 +10,7 @@
 #include <cstring>
 #include <utility>
 
-namespace liveio::agent {
+namespace liveio::control {
 
 std::string control_socket_name(pid_t pid) {
     return std::string(1, '\0') + "liveio/" + std::to_string(pid);
@@ -180,4 +180,4 @@ Result<nlohmann::json> ControlClient::call(const std::string& cmd, nlohmann::jso
     return resp.contains("result") ? resp["result"] : nlohmann::json::object();
 }
 
-}  // namespace liveio::agent
+}  // namespace liveio::control

@@ -25,7 +25,7 @@
 
 #include "base/result.h"
 
-namespace liveio::agent {
+namespace liveio::control {
 
 inline constexpr int kProtocolVersion = 1;
 inline constexpr const char* kAgentVersion = "0.1";
@@ -91,4 +91,4 @@ private:
     std::vector<int> fds_;
 };
 
-}  // namespace liveio::agent
+}  // namespace liveio::control

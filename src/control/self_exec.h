@@ -8,11 +8,11 @@
 
 #include "base/result.h"
 
-namespace liveio::bench {
+namespace liveio::control {
 
 // Runs /proc/self/exe with `args`, stdout and stderr captured together, the child's signal
 // mask emptied (callers may block signals to wait for them in a thread). Returns the output;
 // a non-zero exit or a signal is an error whose message quotes the command and its output.
 Result<std::string> run_liveio(const std::vector<std::string>& args);
 
-}  // namespace liveio::bench
+}  // namespace liveio::control

@@ -1,4 +1,4 @@
-#include "self_exec.h"
+#include "control/self_exec.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -13,7 +13,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-namespace liveio::bench {
+namespace liveio::control {
 
 Result<std::string> run_liveio(const std::vector<std::string>& args) {
     std::error_code ec;
@@ -64,4 +64,4 @@ Result<std::string> run_liveio(const std::vector<std::string>& args) {
     return out;
 }
 
-}  // namespace liveio::bench
+}  // namespace liveio::control

@@ -19,9 +19,9 @@
 #include <thread>
 #include <vector>
 
-#include "hook/inject.h"
+#include "inject/inject.h"
 
-namespace liveio::hook {
+namespace liveio::inject {
 namespace {
 
 // Upper bound for a target to answer; only reached when something is broken (not a timing check).
@@ -434,4 +434,4 @@ TEST(Inject, LibraryUnreadableByTargetIsRefusedBeforeStopping) {
 }
 
 }  // namespace
-}  // namespace liveio::hook
+}  // namespace liveio::inject

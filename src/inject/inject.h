@@ -33,11 +33,10 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
-#include <vector>
 
 #include "base/result.h"
 
-namespace liveio::hook {
+namespace liveio::inject {
 
 struct InjectOptions {
     int max_attempts = 50;           // stops tried before giving up on finding a safe point
@@ -88,14 +87,4 @@ Result<void> unload_library(const InjectedLibrary& lib, InjectStats* stats = nul
 Result<long> call_in_target(const InjectedLibrary& lib, const std::string& symbol, std::initializer_list<long> args,
                             InjectStats* stats = nullptr, const InjectOptions& options = {});
 
-// A thread of a process sleeping in a system call, from /proc/PID/task/TID/syscall: the
-// call's number and the user instruction pointer (just after the syscall instruction).
-struct SleepingThread {
-    pid_t tid;
-    long nr;
-    uintptr_t pc;
-};
-// The threads of `pid` sleeping in system calls now (running ones are not listed).
-std::vector<SleepingThread> sleeping_threads(pid_t pid);
-
-}  // namespace liveio::hook
+}  // namespace liveio::inject

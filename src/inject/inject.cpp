@@ -1,6 +1,6 @@
 // ptrace injection: see inject.h for the protocol. This file holds the target model (maps,
 // libc symbols read from disk), the all-threads stop, the safe-point check and the remote call.
-#include "hook/inject.h"
+#include "inject/inject.h"
 
 #include <dirent.h>
 #include <elf.h>
@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+
+#include "base/proc_tasks.h"
 
 #include <algorithm>
 #include <array>
@@ -29,7 +31,7 @@
 #include <thread>
 #include <vector>
 
-namespace liveio::hook {
+namespace liveio::inject {
 namespace {
 
 // glibc's RTLD_NOW; spelled out so this file does not depend on <dlfcn.h> of the tracer.
@@ -376,35 +378,6 @@ struct Tracee {
     bool job_stopped = false;
     user_regs_struct regs{};
 };
-
-std::vector<pid_t> list_threads(pid_t pid) {
-    std::vector<pid_t> tids;
-    std::string dir = fmt::format("/proc/{}/task", pid);
-    if (DIR* d = opendir(dir.c_str())) {
-        while (dirent* e = readdir(d))
-            if (e->d_name[0] != '.') tids.push_back(static_cast<pid_t>(atoi(e->d_name)));
-        closedir(d);
-    }
-    return tids;
-}
-
-}  // namespace
-
-std::vector<SleepingThread> sleeping_threads(pid_t pid) {
-    std::vector<SleepingThread> out;
-    for (pid_t tid : list_threads(pid)) {
-        // "NR ARG1..ARG6 SP PC" while sleeping in a call; "running" or "-1 SP PC" otherwise.
-        std::ifstream in(fmt::format("/proc/{}/task/{}/syscall", pid, tid));
-        std::vector<std::string> fields;
-        for (std::string f; in >> f;) fields.push_back(f);
-        if (fields.size() < 3 || fields[0] == "running" || fields[0] == "-1") continue;
-        out.push_back({tid, std::strtol(fields[0].c_str(), nullptr, 10),
-                       static_cast<uintptr_t>(std::strtoull(fields.back().c_str(), nullptr, 16))});
-    }
-    return out;
-}
-
-namespace {
 
 Error seize_error(pid_t pid, int code) {
     if (code == ESRCH) return make_error(ESRCH, fmt::format("process {} does not exist", pid));
@@ -881,4 +854,4 @@ Result<long> call_in_target(const InjectedLibrary& lib, const std::string& symbo
     });
 }
 
-}  // namespace liveio::hook
+}  // namespace liveio::inject
