@@ -36,8 +36,8 @@ namespace liveio::bench {
 namespace {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
 using control::run_liveio;
+using nlohmann::json;
 
 struct PolicyBenchOptions {
     std::string policy = "prefetch";

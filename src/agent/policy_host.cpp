@@ -92,6 +92,7 @@ Result<json> PolicyHost::on_locked_or_undo(const std::string& name, const std::s
         const std::string& name;
         ~Undo() {
             if (name == "uring" && h.uring_ && !h.active_.count(name)) {
+                h.uring_->redirect().shutdown();
                 (void)h.set_executor_locked(nullptr);
                 h.uring_.reset();
             }
@@ -158,8 +159,12 @@ Result<void> PolicyHost::off_locked(const std::string& name) {
     auto drained = runtime_->disable(a.slot);
     auto unloaded = bpf_.unload(a.object);
     if (name == "uring" && uring_) {
-        (void)set_executor_locked(nullptr);  // no thread inside it when this returns
-        uring_.reset();                      // shuts the per-thread rings down
+        // Threads may sleep inside the executor in a redirected call that waits for data
+        // (a pipe, a socket): shutdown wakes them (they finish natively) and refuses new
+        // calls, so emptying the slot, which waits until no thread is inside, cannot hang.
+        uring_->redirect().shutdown();
+        (void)set_executor_locked(nullptr);
+        uring_.reset();
     }
     if (!drained) return drained.error();
     if (!unloaded) return unloaded.error();

@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
 #include "base/raw_syscall.h"
 #include "ebpf/runtime.h"
@@ -203,6 +204,9 @@ Result<void> Runtime::disable(uint8_t index) {
     if (!s.on.load()) return make_error(ENOENT, "policy slot " + std::to_string(index) + " is off");
     s.on.store(false, std::memory_order_seq_cst);
     s.generation.fetch_add(1, std::memory_order_seq_cst);
+    // A helper that saw the slot on may still be pushing: wait for it (helpers never block,
+    // so this is a few instructions), then nothing new of this slot can be queued.
+    while (s.queuing.load(std::memory_order_seq_cst) != 0) std::this_thread::yield();
     // Everything queued before is now refused by admit(); wait until it has passed the worker
     // and what was in flight has completed (its completion program included).
     worker_->barrier();
@@ -268,6 +272,13 @@ Runtime::Slot* Runtime::slot_of(const ebpf::Program* program) {
 
 long Runtime::queue(Slot& slot, Action::Kind kind, long fd, long offset, uint64_t len, uint64_t cookie) {
     if (fd < 0 || fd > INT32_MAX || len == 0) return -EINVAL;
+    // Announce, then re-check `on` (seq_cst on both sides with disable's store and wait).
+    slot.queuing.fetch_add(1, std::memory_order_seq_cst);
+    struct Leave {
+        std::atomic<uint32_t>& q;
+        ~Leave() { q.fetch_sub(1, std::memory_order_seq_cst); }
+    } leave{slot.queuing};
+    if (!slot.on.load(std::memory_order_seq_cst)) return -EPERM;
     if (offset == -1) {
         offset = liveio::raw_syscall(SYS_lseek, fd, 0, SEEK_CUR);
         if (offset < 0) return offset;

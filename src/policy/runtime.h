@@ -126,6 +126,9 @@ public:
     struct Slot {
         std::atomic<bool> on{false};
         std::atomic<uint32_t> generation{0};
+        // Helper calls of this slot between their `on` check and their push: disable waits
+        // for them, so nothing it did not drain is queued after it returns.
+        std::atomic<uint32_t> queuing{0};
         uint8_t index = 0;
         std::string name;  // under mu_
         std::atomic<const ebpf::Program*> programs[kMaxPolicyPrograms] = {};

@@ -14,6 +14,7 @@
 #include "ebpf/loader.h"
 #include "ebpf/verifier.h"
 #include "ebpf/vm.h"
+#include "policy/runtime.h"
 #include "test_loader_objects.h"
 
 namespace liveio::ebpf {
@@ -673,9 +674,11 @@ TEST(VerifierAccepts, EveryConformanceProgram) {
 }
 
 // Every program of every object the build compiles (shipped bpf/ and the test objects)
-// verifies against the standard helpers.
+// verifies against the standard helpers, plus liveio's policy helpers (liveio/policy.h) that
+// the policies' programs call.
 TEST(VerifierAccepts, EveryBuiltObject) {
-    const HelperTable helpers = HelperTable::standard();
+    HelperTable helpers = HelperTable::standard();
+    ASSERT_TRUE(policy::Runtime::add_helpers(helpers));
     int verified = 0;
     std::set<std::filesystem::path> seen;  // the test directory may lie inside the shipped one
     for (const char* dir : {LIVEIO_BPF_DIR, LIVEIO_TEST_BPF_DIR}) {
@@ -685,11 +688,12 @@ TEST(VerifierAccepts, EveryBuiltObject) {
             if (!path.ends_with(".bpf.o") || !seen.insert(std::filesystem::canonical(entry.path())).second) continue;
             auto object = Object::open(path);
             if (!object) continue;  // objects built to be refused by the loader (bad_map_type)
-            const bool refused_by_design = entry.path().filename() == "rejected.bpf.o";
+            // The agent tests' and the policy tests' verifier-rejected programs.
+            const bool refused_by_design =
+                entry.path().filename() == "rejected.bpf.o" || entry.path().filename() == "policy_bad.bpf.o";
             for (const auto& program : object->programs()) {
                 auto r = verify(*program, helpers);
                 if (refused_by_design) {
-                    // The agent tests' verifier-rejected program: it must stay rejected.
                     EXPECT_FALSE(r.ok()) << path << " " << program->name << " was built to be refused";
                     continue;
                 }

@@ -17,33 +17,16 @@
 #include "clickhouse/query_loop.h"
 #include "clickhouse/server.h"
 #include "observe/child.h"
+#include "cli_run.h"
 
 namespace liveio::policy {
 namespace {
 
+using testing::CliRun;
+using testing::eventually;
+using testing::liveio;
+
 using nlohmann::json;
-
-// Polls `done` every 10 ms, up to 60 s (bounded: a condition that never holds fails the test).
-template <typename F>
-bool eventually(F&& done) {
-    for (int i = 0; i < 6000; ++i) {
-        if (done()) return true;
-        ::usleep(10000);
-    }
-    return done();
-}
-
-struct CliRun {
-    int status;
-    std::string out, err;
-};
-
-CliRun liveio(std::vector<std::string> args) {
-    args.insert(args.begin(), LIVEIO_CLI_PATH);
-    observe::testing_util::Child c(args, {std::string("LIVEIO_BPF_DIR=") + LIVEIO_BPF_DIR});
-    const int status = c.wait();
-    return {status, c.out(), c.err()};
-}
 
 json policy_counters(pid_t pid, const std::string& name) {
     auto client = control::ControlClient::connect(pid);
