@@ -10,7 +10,8 @@ void add_uring_bench(CLI::App& bench);
 void add_vm_bench(CLI::App& bench);
 void add_hooks_bench(CLI::App& bench);
 void add_observe_bench(CLI::App& bench);
-void add_redirect_bench(CLI::App& bench);
+void add_clickhouse_bench(CLI::App& bench);
 void add_policy_bench(CLI::App& bench);
+void add_redirect_bench(CLI::App& bench);
 
 }  // namespace liveio::bench

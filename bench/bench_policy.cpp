@@ -38,6 +38,7 @@ namespace {
 namespace fs = std::filesystem;
 using control::run_liveio;
 using nlohmann::json;
+using control::run_liveio;
 
 struct PolicyBenchOptions {
     std::string policy = "prefetch";

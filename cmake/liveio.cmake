@@ -14,7 +14,7 @@ function(liveio_library name)
 endfunction()
 
 # liveio_test(NAME DEPS...): one GoogleTest binary from every .cpp in the calling directory,
-# registered with CTest test by test.
+# registered with CTest test by test, labelled with the binary's name (ctest -L test_ebpf).
 function(liveio_test name)
   file(GLOB _srcs CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/*.cpp)
   if(NOT _srcs)
@@ -23,5 +23,5 @@ function(liveio_test name)
   add_executable(${name} ${_srcs})
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR}/src ${PROJECT_SOURCE_DIR}/tests)
   target_link_libraries(${name} PRIVATE ${ARGN} GTest::gtest GTest::gtest_main Threads::Threads)
-  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 600)
+  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 600 LABELS ${name})
 endfunction()

@@ -3,9 +3,10 @@
 set -euo pipefail
 packages=(
   build-essential cmake pkg-config git clang llvm
+  clang-14 libclang-rt-14-dev
   liburing-dev libbpf-dev libelf-dev zlib1g-dev libzydis-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev libfmt-dev nlohmann-json3-dev
-  fio strace iproute2 bpftool prometheus
+  fio strace iproute2 bpftool prometheus gnuplot-nox
   clickhouse-server clickhouse-client clickhouse-tools
 )
 missing=()

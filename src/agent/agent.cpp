@@ -12,6 +12,7 @@
 #include <exception>
 #include <vector>
 
+#include "agent/request_line.h"
 #include "control/protocol.h"
 #include "hook/dispatcher.h"
 #include "hook/world_stop.h"
@@ -25,6 +26,7 @@ using control::kAgentVersion;
 using control::kProtocolVersion;
 using control::make_error_response;
 using control::make_ok;
+using control::render_response;
 
 namespace {
 
@@ -324,49 +326,16 @@ void Agent::serve() {
     const uid_t own_uid = ::geteuid();
 
     auto respond = [](int fd, const json& response, const std::vector<int>& fds = {}) {
-        return send_all(fd, response.dump() + "\n", fds);
+        return send_all(fd, render_response(response), fds);
     };
 
     // Handles one request line; returns false when the connection must be closed.
     auto handle_line = [&](Connection& c, const std::string& line) -> bool {
-        json id = nullptr;
         Reply reply;
-        Result<Reply> result = Reply{};
-        try {
-            json req;
-            try {
-                req = json::parse(line);
-            } catch (const json::parse_error& e) {
-                return respond(c.fd, make_error_response(id, make_error(EBADMSG, std::string("malformed JSON: ") + e.what())));
-            }
-            if (!req.is_object())
-                return respond(c.fd, make_error_response(id, make_error(EINVAL, "request must be a JSON object")));
-            if (req.contains("id")) id = req["id"];
-            if (!req.contains("v") || !req["v"].is_number_integer())
-                return respond(c.fd, make_error_response(id, make_error(EPROTO, "request lacks the integer protocol version \"v\"")));
-            const auto v = req["v"].get<int64_t>();
-            if (v != kProtocolVersion)
-                return respond(c.fd, make_error_response(
-                    id, make_error(EPROTONOSUPPORT, "protocol version " + std::to_string(v) +
-                                                        " not supported: agent " + kAgentVersion +
-                                                        " speaks version " + std::to_string(kProtocolVersion))));
-            if (!req.contains("cmd") || !req["cmd"].is_string())
-                return respond(c.fd, make_error_response(id, make_error(EINVAL, "request lacks the string \"cmd\"")));
-            result = router_.dispatch(req["cmd"].get<std::string>(), req);
-        } catch (const std::exception& e) {
-            result = make_error(EIO, std::string("request failed: ") + e.what());
-        } catch (...) {
-            result = make_error(EIO, "request failed with an unknown exception");
-        }
-        bool ok;
-        if (result) {
-            reply = std::move(result).value();
-            ok = respond(c.fd, make_ok(id, std::move(reply.result)), reply.fds);
-            for (int fd : reply.fds) ::close(fd);
-            if (reply.after_reply) reply.after_reply();
-        } else {
-            ok = respond(c.fd, make_error_response(id, result.error()));
-        }
+        const std::string response = answer_request_line(router_, line, reply);
+        const bool ok = send_all(c.fd, response, reply.fds);
+        for (int fd : reply.fds) ::close(fd);
+        if (reply.after_reply) reply.after_reply();
         return ok;
     };
 

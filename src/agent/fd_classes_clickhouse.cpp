@@ -1,3 +1,4 @@
+// clickhouse-glue
 // The ClickHouse glue of the file classification: MergeTree part files by name.
 //
 // A part is a directory <data path>/data/<database>/<table>/<part>/ whose name is

@@ -10,8 +10,9 @@ void add_bench_commands(CLI::App& app) {
     liveio::bench::add_vm_bench(*bench);
     liveio::bench::add_hooks_bench(*bench);
     liveio::bench::add_observe_bench(*bench);
-    liveio::bench::add_redirect_bench(*bench);
+    liveio::bench::add_clickhouse_bench(*bench);
     liveio::bench::add_policy_bench(*bench);
+    liveio::bench::add_redirect_bench(*bench);
 }
 
 }  // namespace liveio::cli

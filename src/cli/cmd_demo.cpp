@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control/protocol.h"
+#include "bench/interrupt_guard.h"
 #include "control/self_exec.h"
 #include "clickhouse/dataset.h"
 #include "clickhouse/server.h"
@@ -40,6 +41,8 @@ namespace {
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 namespace ch = liveio::clickhouse;
+using bench::InterruptGuard;
+using control::agent_mapped;
 using control::run_liveio;
 
 struct DemoOptions {
@@ -52,65 +55,6 @@ struct DemoOptions {
     std::fprintf(stderr, "liveio demo: %s\n", message.c_str());
     throw CLI::RuntimeError(1);
 }
-
-// Ctrl-C, SIGTERM and SIGHUP while the demo runs. They are blocked in every thread (and so
-// in the threads the demo starts) and taken by one watcher thread, which kills the servers:
-// whatever request the main thread is blocked in then fails at once, and the main thread
-// unwinds normally, so the destructors reap the servers and remove the temporary directory.
-// Children get an empty mask back (LocalServer and run_liveio reset it).
-class InterruptGuard {
-public:
-    InterruptGuard() {
-        sigemptyset(&set_);
-        for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&set_, s);
-        pthread_sigmask(SIG_BLOCK, &set_, &old_mask_);
-        thread_ = std::thread([this] { watch(); });
-    }
-    ~InterruptGuard() {
-        stop_ = true;
-        thread_.join();
-        // A signal that arrived after the watcher stopped is discarded, not delivered late.
-        timespec zero{};
-        while (sigtimedwait(&set_, nullptr, &zero) > 0) {
-        }
-        pthread_sigmask(SIG_SETMASK, &old_mask_, nullptr);
-    }
-    InterruptGuard(const InterruptGuard&) = delete;
-    InterruptGuard& operator=(const InterruptGuard&) = delete;
-
-    void kill_on_interrupt(pid_t pid) {
-        std::lock_guard lock(mu_);
-        victims_.push_back(pid);
-        if (interrupted_) ::kill(pid, SIGKILL);
-    }
-    bool interrupted() const { return interrupted_; }
-    int signal() const { return signal_; }
-
-private:
-    void watch() {
-        const timespec tick{0, 100 * 1000 * 1000};
-        while (!stop_) {
-            siginfo_t info;
-            const int s = sigtimedwait(&set_, &info, &tick);
-            if (s <= 0) continue;
-            std::lock_guard lock(mu_);
-            if (!interrupted_) {
-                signal_ = s;
-                interrupted_ = true;
-                const char msg[] = "\nliveio demo: interrupted; stopping ClickHouse and removing its files\n";
-                (void)!::write(2, msg, sizeof msg - 1);
-            }
-            for (pid_t pid : victims_) ::kill(pid, SIGKILL);
-        }
-    }
-
-    sigset_t set_, old_mask_;
-    std::mutex mu_;
-    std::vector<pid_t> victims_;
-    std::atomic<bool> interrupted_{false}, stop_{false};
-    std::atomic<int> signal_{0};
-    std::thread thread_;
-};
 
 void print_indented(const std::string& text, const char* prefix = "    ") {
     size_t start = 0;
@@ -202,13 +146,6 @@ void print_call_counts(const CallCounts& after, const CallCounts& before) {
     }
 }
 
-bool agent_mapped(pid_t pid) {
-    std::ifstream maps(fmt::format("/proc/{}/maps", pid));
-    for (std::string line; std::getline(maps, line);)
-        if (line.ends_with("/liveio-agent.so")) return true;
-    return false;
-}
-
 // The built-in io_stats program loaded into the agent of the target (bpf.load), its maps
 // read live from here. Unloaded by unload() or when the agent detaches.
 class IoStats {
@@ -294,7 +231,7 @@ void print_slow_events(std::vector<liveio_slow_io> events, uint64_t dropped) {
 }
 
 void run_demo(const DemoOptions& o) {
-    InterruptGuard guard;
+    InterruptGuard guard("\nliveio demo: interrupted; stopping ClickHouse and removing its files\n");
     auto interrupted_check = [&] {
         if (guard.interrupted()) throw CLI::RuntimeError(128 + guard.signal());
     };

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -286,6 +287,7 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
     envp.push_back(nullptr);
     pid_t parent = ::getpid();
     bool die_with_parent = options.die_with_parent;
+    int nice = options.nice;
 
     auto started = Clock::now();
     pid_t pid = ::fork();
@@ -298,6 +300,7 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
         // Own process group: a Ctrl-C meant for the test runner reaches the server only
         // through stop().
         ::setpgid(0, 0);
+        if (nice != 0) ::setpriority(PRIO_PROCESS, 0, nice);
         // The mask survives exec: a parent that blocks SIGINT/SIGTERM to wait for them in a
         // thread (liveio demo) would otherwise leave stop()'s SIGTERM pending forever.
         sigset_t none;

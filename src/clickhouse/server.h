@@ -58,6 +58,9 @@ struct ServerOptions {
     // The server is killed when the thread that started it exits (PR_SET_PDEATHSIG): tests
     // that die never leave servers behind. Turn off for a server that must outlive us.
     bool die_with_parent = true;
+    // Nice value the server runs at (setpriority before exec, inherited by all its threads),
+    // e.g. 10 for a long data load on a shared machine. 0: the parent's.
+    int nice = 0;
 };
 
 // An environment entry for ServerOptions::environment that makes glibc reserve 64 KiB of

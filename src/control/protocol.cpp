@@ -42,6 +42,12 @@ nlohmann::json make_error_response(const nlohmann::json& id, const Error& error)
             {"error", {{"code", error.code}, {"message", error.message}}}};
 }
 
+std::string render_response(const nlohmann::json& response) {
+    // Replies carry names from BPF objects (ELF symbols and sections: arbitrary bytes); dump()
+    // would throw on bytes that are not UTF-8 and end the control thread, so they become U+FFFD.
+    return response.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
 Result<ControlClient> ControlClient::connect(pid_t pid) {
     struct stat st;
     const std::string proc = "/proc/" + std::to_string(pid);

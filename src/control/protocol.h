@@ -53,6 +53,9 @@ private:
 
 nlohmann::json make_ok(const nlohmann::json& id, nlohmann::json result);
 nlohmann::json make_error_response(const nlohmann::json& id, const Error& error);
+// A response as the line sent on the socket (newline included).
+std::string render_response(const nlohmann::json& response);
+
 
 // A connection from the CLI (or a test) to one agent.
 class ControlClient {

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -62,6 +63,13 @@ Result<std::string> run_liveio(const std::vector<std::string>& args) {
         return make_error(ECHILD, fmt::format("`liveio {}` failed ({}):\n{}", fmt::join(args, " "), how, out));
     }
     return out;
+}
+
+bool agent_mapped(pid_t pid) {
+    std::ifstream maps(fmt::format("/proc/{}/maps", pid));
+    for (std::string line; std::getline(maps, line);)
+        if (line.ends_with("/liveio-agent.so")) return true;
+    return false;
 }
 
 }  // namespace liveio::control

@@ -3,6 +3,8 @@
 // rather than a copy of their code.
 #pragma once
 
+#include <sys/types.h>
+
 #include <string>
 #include <vector>
 
@@ -14,5 +16,8 @@ namespace liveio::control {
 // mask emptied (callers may block signals to wait for them in a thread). Returns the output;
 // a non-zero exit or a signal is an error whose message quotes the command and its output.
 Result<std::string> run_liveio(const std::vector<std::string>& args);
+
+// True when liveio-agent.so is mapped in process `pid` (attached, not yet unloaded).
+bool agent_mapped(pid_t pid);
 
 }  // namespace liveio::control

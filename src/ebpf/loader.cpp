@@ -29,6 +29,8 @@ constexpr uint32_t kSysEnterCtxSize = 64, kSysExitCtxSize = 24, kRawTpSyscallCtx
                    kPtRegsSize = 168, kLiveioIoCtxSize = 88,
                    kLiveioIoCompleteCtxSize = 64;
 constexpr int kMaxBtfChain = 32;
+// Object files liveio reads from a path; real BPF objects are far smaller.
+constexpr size_t kMaxObjectBytes = size_t{64} << 20;
 // Global data lives in one map value; the kernel caps values near KMALLOC_MAX_SIZE (4 MiB on
 // x86-64). A larger section (typically a corrupted .bss size) is refused before allocating.
 constexpr size_t kMaxDataSection = size_t{4} << 20;  // typedef/modifier chains longer than this are malformed
@@ -626,8 +628,21 @@ Result<Object> Object::open(std::span<const uint8_t> bytes, const OpenOptions& o
 }
 
 Result<Object> Object::open(const std::string& path, const OpenOptions& options) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // The agent opens paths it is sent on its control thread inside the target: a FIFO must
+    // not block the open, and only a regular file of bounded size is read (a device such as
+    // /dev/zero would otherwise be read until the target runs out of memory).
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return make_error(errno, fmt::format("{}: {}", path, std::strerror(errno)));
+    struct stat st;
+    if (::fstat(fd, &st) != 0) {
+        const int err = errno;
+        ::close(fd);
+        return make_error(err, fmt::format("{}: stat: {}", path, std::strerror(err)));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        ::close(fd);
+        return make_error(EINVAL, fmt::format("{}: not a regular file", path));
+    }
     std::vector<uint8_t> bytes;
     uint8_t buf[65536];
     for (;;) {
@@ -639,6 +654,10 @@ Result<Object> Object::open(const std::string& path, const OpenOptions& options)
             return make_error(err, fmt::format("{}: read: {}", path, std::strerror(err)));
         }
         if (n == 0) break;
+        if (bytes.size() + static_cast<size_t>(n) > kMaxObjectBytes) {
+            ::close(fd);
+            return make_error(EFBIG, fmt::format("{}: larger than {} bytes", path, kMaxObjectBytes));
+        }
         bytes.insert(bytes.end(), buf, buf + n);
     }
     ::close(fd);

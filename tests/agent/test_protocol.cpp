@@ -155,6 +155,30 @@ TEST_F(ProtocolTest, RequestsAreAddedByRegistration) {
     EXPECT_EQ(gone.error().code, ENOSYS);
 }
 
+// Names in replies and errors come from the BPF objects a user loads (ELF symbol and section
+// names are arbitrary bytes), so a reply may hold strings that are not UTF-8. The agent must
+// still answer, and stay up: nlohmann::json::dump throws on such strings by default, and the
+// control thread rendering the response had nothing around it to catch that.
+TEST_F(ProtocolTest, RepliesWithBytesThatAreNotUtf8AreStillAnswered) {
+    const std::string raw_name = "prog\xff\xfe";
+    ASSERT_TRUE(agent_->router().add("nonutf8.ok", "", [&](const json&) -> Result<Reply> {
+        return Reply{{{"name", raw_name}}, {}, {}};
+    }));
+    ASSERT_TRUE(agent_->router().add("nonutf8.error", "", [&](const json&) -> Result<Reply> {
+        return make_error(EINVAL, "symbol '" + raw_name + "': bad");
+    }));
+    auto c = connect();
+    auto ok = c.call("nonutf8.ok");
+    ASSERT_TRUE(ok) << ok.error().message;
+    EXPECT_EQ((*ok)["name"], "prog\xef\xbf\xbd\xef\xbf\xbd");  // each bad byte as U+FFFD
+    auto err = c.call("nonutf8.error");
+    ASSERT_FALSE(err);
+    EXPECT_EQ(err.error().code, EINVAL);
+    EXPECT_NE(err.error().message.find("symbol 'prog"), std::string::npos);
+    auto s = c.call("status");
+    EXPECT_TRUE(s) << "agent stopped answering: " << s.error().message;
+}
+
 TEST_F(ProtocolTest, FileDescriptorsArePassedWithTheReply) {
     int p[2];
     ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);

@@ -2,6 +2,8 @@
 // hand-crafted defects of real clang-built objects must give a clear Error, never a crash, and
 // whatever still loads must be in the linked form program.h promises.
 #include <elf.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <random>
@@ -182,6 +184,28 @@ TEST(LoaderMalformed, NotABpfObject) {
     auto t = edit("counters");
     t.ehdr().e_type = ET_EXEC;
     EXPECT_ERROR_HAS(t.open_error(), "not a relocatable object");
+}
+
+// bpf.load hands the loader any path a client names, on the agent's control thread inside
+// the target: a device must not be read until memory runs out, nor a FIFO block the thread.
+TEST(LoaderMalformed, PathsThatAreNotRegularFilesAreRefused) {
+    auto zero = Object::open("/dev/zero");
+    ASSERT_FALSE(zero);
+    EXPECT_EQ(zero.error().code, EINVAL);
+    EXPECT_NE(zero.error().message.find("not a regular file"), std::string::npos) << zero.error().message;
+
+    char dir[] = "/tmp/liveio-loader-XXXXXX";
+    ASSERT_NE(::mkdtemp(dir), nullptr);
+    const std::string fifo = std::string(dir) + "/fifo";
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    auto f = Object::open(fifo);  // no writer: a blocking open would never return
+    ASSERT_FALSE(f);
+    EXPECT_EQ(f.error().code, EINVAL);
+    ::unlink(fifo.c_str());
+    ::rmdir(dir);
+
+    auto d = Object::open("/tmp");
+    ASSERT_FALSE(d);
 }
 
 TEST(LoaderMalformed, BadRelocationSymbol) {

@@ -13,65 +13,13 @@
 #include <vector>
 
 #include "clickhouse/server.h"
+#include "liveio_process.h"
 
 namespace liveio::clickhouse {
 namespace {
 
 namespace fs = std::filesystem;
-
-// A running `liveio demo ARGS` with its stdout+stderr on a pipe.
-class DemoProcess {
-public:
-    explicit DemoProcess(std::vector<std::string> args) {
-        int p[2];
-        if (::pipe2(p, O_CLOEXEC) != 0) return;
-        args.insert(args.begin(), {LIVEIO_CLI_PATH, "demo"});
-        pid_ = ::fork();
-        if (pid_ == 0) {
-            ::dup2(p[1], 1);
-            ::dup2(p[1], 2);
-            std::vector<char*> argv;
-            for (auto& a : args) argv.push_back(a.data());
-            argv.push_back(nullptr);
-            ::execv(argv[0], argv.data());
-            ::_exit(127);
-        }
-        ::close(p[1]);
-        fd_ = p[0];
-    }
-    ~DemoProcess() {
-        if (pid_ > 0) {
-            ::kill(pid_, SIGKILL);
-            ::waitpid(pid_, nullptr, 0);
-        }
-        if (fd_ >= 0) ::close(fd_);
-    }
-    // Reads until `marker` appears in the output (true) or the output ends (false).
-    bool read_until(const std::string& marker) {
-        char buf[4096];
-        while (output_.find(marker) == std::string::npos) {
-            const ssize_t n = ::read(fd_, buf, sizeof buf);
-            if (n <= 0) return false;
-            output_.append(buf, static_cast<size_t>(n));
-        }
-        return true;
-    }
-    // Reads the rest and reaps the process; its wait status.
-    int finish() {
-        read_until(std::string(1, '\0'));  // never present: reads to the end
-        int status = 0;
-        ::waitpid(pid_, &status, 0);
-        pid_ = -1;
-        return status;
-    }
-    pid_t pid() const { return pid_; }
-    const std::string& output() const { return output_; }
-
-private:
-    pid_t pid_ = -1;
-    int fd_ = -1;
-    std::string output_;
-};
+using test_support::LiveioProcess;
 
 struct Shard {
     pid_t pid;
@@ -104,7 +52,7 @@ protected:
 };
 
 TEST_F(DemoTest, RunsEndToEndAndLeavesNothingBehind) {
-    DemoProcess demo({"--rows", "400000", "--rounds", "1"});
+    LiveioProcess demo({"demo", "--rows", "400000", "--rounds", "1"});
     ASSERT_GT(demo.pid(), 0);
     const int status = demo.finish();
     const std::string& out = demo.output();
@@ -126,7 +74,7 @@ TEST_F(DemoTest, RunsEndToEndAndLeavesNothingBehind) {
 }
 
 TEST_F(DemoTest, CtrlCStopsTheServersAndRemovesTheirFiles) {
-    DemoProcess demo({"--rows", "4000000"});
+    LiveioProcess demo({"demo", "--rows", "4000000"});
     ASSERT_GT(demo.pid(), 0);
     // Interrupted while the data set loads: the longest single request of the demo.
     ASSERT_TRUE(demo.read_until("[2/6]")) << demo.output();

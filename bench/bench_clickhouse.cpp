@@ -1,0 +1,643 @@
+// `liveio bench clickhouse`: do liveio's acceleration policies make a running ClickHouse 18.16
+// faster, and do they never change a result?
+//
+// One server (the Debian clickhouse-server, test bed of src/clickhouse) on the cached hits-like
+// data set (clickhouse_dataset.h, clickhouse_hits.h). For each query, in an order of
+// configurations rotated from query to query so drift hits all alike: switch the
+// configuration live (stock; each policy through the CLI: `liveio attach PID --policy NAME`,
+// `liveio policy PID on|off NAME`; ClickHouse's own O_DIRECT/AIO path through the setting
+// min_bytes_to_use_direct_io=1), then `runs` cold runs (page cache dropped, ClickHouse's mark
+// and uncompressed caches dropped) and `runs` hot runs. Times are HTTP response times measured
+// here around one request on a kept-alive connection (the server finishes the query before it
+// answers: wait_end_of_query=1). Every result is hashed and compared with stock's first run.
+// The pass is made at the machine's device readahead and again at 128 KiB (set, and restored
+// on exit, error and Ctrl-C). Then an INSERT + merge workload per configuration whose merged
+// part must be byte-identical to stock's.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "bench.h"
+#include "clickhouse/server.h"
+#include "clickhouse_dataset.h"
+#include "clickhouse_hits.h"
+#include "clickhouse_report.h"
+#include "clickhouse_system.h"
+#include "interrupt_guard.h"
+#include "control/self_exec.h"
+
+namespace liveio::bench {
+namespace {
+
+namespace ch = liveio::clickhouse;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using control::agent_mapped;
+using control::run_liveio;
+
+struct ClickhouseOptions {
+    double scale = 40;  // million rows
+    std::string cache_dir = "/var/cache/liveio/bench-clickhouse";
+    std::string policies = "prefetch,marks,uring";
+    std::string queries;  // comma-separated names; empty: all
+    std::string out_dir;
+    int runs = 3;
+    int low_readahead_kb = 128;
+    int insert_rounds = 2;
+    int fio_seconds = 3;
+    bool quick = false;
+    bool full = false;
+};
+
+// Settings every benchmark query runs with: room for the GROUP BYs over tens of millions of
+// keys (the test bed's profile caps memory at 4 GB).
+constexpr const char* kQuerySettings = "max_memory_usage=12000000000";
+
+[[noreturn]] void fail(const std::string& message) {
+    std::fprintf(stderr, "liveio bench clickhouse: %s\n", message.c_str());
+    throw CLI::RuntimeError(1);
+}
+
+uint64_t fnv1a(std::string_view data, uint64_t h = 14695981039346656037ull) {
+    for (unsigned char c : data) h = (h ^ c) * 1099511628211ull;
+    return h;
+}
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+// The error text of a failed CLI command, trimmed to its essential lines.
+std::string cli_error(const Error& e) {
+    std::string m;
+    for (char ch : e.message) {
+        if (ch != '\n') m += ch;
+        else if (!m.empty() && !m.ends_with(" ")) m += " ";
+    }
+    while (!m.empty() && m.back() == ' ') m.pop_back();
+    if (m.size() > 600) m = m.substr(0, 600) + "...";
+    return m;
+}
+
+// Switches the server between configurations with the liveio CLI, as a user would.
+class PolicySwitch {
+public:
+    explicit PolicySwitch(pid_t pid) : pid_(std::to_string(pid)), pid_num_(pid) {}
+
+    Result<void> apply(const Config& c) {
+        const std::string want = c.kind == ConfigKind::Policy ? c.policy : "";
+        if (want == active_) return {};
+        if (!active_.empty()) {
+            auto r = run_liveio({"policy", pid_, "off", active_});
+            if (!r) return r.error();
+            active_.clear();
+        }
+        if (want.empty()) return {};
+        auto r = attached_ ? run_liveio({"policy", pid_, "on", want}) : run_liveio({"attach", pid_, "--policy", want});
+        if (!attached_ && agent_mapped(pid_num_)) attached_ = true;
+        if (!r) return r.error();
+        attached_ = true;
+        active_ = want;
+        return {};
+    }
+
+    Result<void> detach() {
+        if (!attached_ && !agent_mapped(pid_num_)) return {};
+        auto r = run_liveio({"detach", pid_});
+        if (!r) return r.error();
+        attached_ = false;
+        active_.clear();
+        return {};
+    }
+
+    const std::string& active() const { return active_; }
+
+private:
+    std::string pid_;
+    pid_t pid_num_;
+    bool attached_ = false;
+    std::string active_;
+};
+
+struct QueryRun {
+    double ms = 0;
+    uint64_t hash = 0;
+    std::string body;
+};
+
+class Bench {
+public:
+    Bench(const ClickhouseOptions& o, ch::LocalServer& server, InterruptGuard& guard, const std::string& raw_path)
+        : o_(o), server_(server), guard_(guard), client_(server.client(std::chrono::minutes(30))),
+          switch_(server.pid()), raw_(raw_path, std::ios::app) {}
+
+    void check_interrupt() {
+        if (guard_.interrupted()) throw CLI::RuntimeError(128 + guard_.signal());
+    }
+
+    Result<QueryRun> run(const std::string& sql, const Config& c, bool record_body) {
+        std::string params = kQuerySettings;
+        if (c.kind == ConfigKind::DirectIo) params += "&min_bytes_to_use_direct_io=1";
+        params += fmt::format("&query_id=liveio-bench-{}", ++query_seq_);
+        const auto start = Clock::now();
+        auto body = query_with(client_, sql, params);
+        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+        check_interrupt();
+        if (!body) return body.error();
+        QueryRun r{ms, fnv1a(*body), {}};
+        if (record_body) r.body = std::move(*body);
+        return r;
+    }
+
+    Result<void> drop_caches() {
+        if (auto r = drop_page_cache(); !r) return r;
+        if (auto r = client_.execute("SYSTEM DROP MARK CACHE"); !r) return r;
+        return client_.execute("SYSTEM DROP UNCOMPRESSED CACHE");
+    }
+
+    // Makes `c` current; a policy that cannot be switched becomes unavailable (with the CLI's
+    // error) and the server is brought back to stock.
+    bool switch_to(Config& c) {
+        if (!c.available) return false;
+        auto r = switch_.apply(c);
+        if (r) return true;
+        c.available = false;
+        c.unavailable_reason = cli_error(r.error());
+        fmt::print("  {} is unavailable: {}\n", c.name, c.unavailable_reason);
+        Config stock{"stock"};
+        if (auto back = switch_.apply(stock); !back) {
+            if (auto d = switch_.detach(); !d)
+                fail(fmt::format("cannot bring the server back to stock after {} failed: {}", c.name, cli_error(d.error())));
+        }
+        return false;
+    }
+
+    // Runs every query under every available config at the current readahead.
+    void run_phase(Phase& phase, const std::vector<hits::Query>& queries, std::vector<Config>& configs) {
+        for (size_t qi = 0; qi < queries.size(); ++qi) {
+            const auto& q = queries[qi];
+            std::vector<Config*> order;
+            for (size_t k = 0; k < configs.size(); ++k) order.push_back(&configs[(qi + k) % configs.size()]);
+            std::map<std::string, std::vector<QueryRun>> runs;
+            std::string line = fmt::format("  {:<5}", q.name);
+            for (Config* c : order) {
+                if (!switch_to(*c)) continue;
+                Timings& t = phase.timings[q.name][c->name];
+                bool failed = false;
+                for (int i = 0; i < o_.runs && !failed; ++i) {
+                    if (auto r = drop_caches(); !r) fail("dropping caches: " + r.error().message);
+                    auto ms = record(runs[c->name], phase, q, *c, "cold");
+                    if (ms) t.cold_ms.push_back(*ms);
+                    failed = !ms;
+                }
+                for (int i = 0; phase.hot && i < o_.runs && !failed; ++i) {
+                    auto ms = record(runs[c->name], phase, q, *c, "hot");
+                    if (ms) t.hot_ms.push_back(*ms);
+                    failed = !ms;
+                }
+                if (failed) {
+                    // Runs of this query that did answer are no comparable timing either.
+                    phase.timings[q.name].erase(c->name);
+                    line += fmt::format("  {} ERROR", c->name);
+                    continue;
+                }
+                line += phase.hot ? fmt::format("  {} {:.0f}/{:.0f} ms", c->name, median(t.cold_ms), median(t.hot_ms))
+                                  : fmt::format("  {} {:.0f} ms", c->name, median(t.cold_ms));
+            }
+            fmt::print("{}\n", line);
+            std::fflush(stdout);
+            compare_results(phase, q, runs);
+        }
+    }
+
+    size_t mismatches() const { return mismatches_; }
+    size_t query_errors() const { return query_errors_; }
+    const std::vector<std::string>& errors() const { return errors_; }
+    ch::HttpClient& client() { return client_; }
+    PolicySwitch& policy_switch() { return switch_; }
+
+private:
+    // A query refused under stock ends the benchmark; under another configuration it is
+    // reported and counted (a failed query is a changed result), and that configuration's
+    // timings of the query are dropped.
+    std::optional<double> record(std::vector<QueryRun>& into, const Phase& phase, const hits::Query& q, const Config& c,
+                                 const char* kind) {
+        auto r = run(q.sql, c, true);
+        if (!r && c.kind == ConfigKind::Stock) fail(fmt::format("{} ({}, {}): {}", q.name, c.name, kind, r.error().message));
+        if (!r) {
+            ++query_errors_;
+            errors_.push_back(fmt::format("{} under {} ({}, {}): {}", q.name, c.name, phase.name, kind, r.error().message));
+            fmt::print("  QUERY ERROR: {}\n", errors_.back());
+            return std::nullopt;
+        }
+        into.push_back(std::move(*r));
+        // Every run as it happens, so an interrupted benchmark keeps what it measured.
+        raw_ << fmt::format("{}\t{}\t{}\t{}\t{:.3f}\t{:016x}\n", phase.readahead_kb, q.name, c.name, kind, into.back().ms,
+                            into.back().hash)
+             << std::flush;
+        return into.back().ms;
+    }
+
+    // Every run of every config must return stock's first result, byte for byte.
+    void compare_results(const Phase& phase, const hits::Query& q, std::map<std::string, std::vector<QueryRun>>& runs) {
+        auto stock = runs.find("stock");
+        if (stock == runs.end() || stock->second.empty()) return;
+        const QueryRun& ref = stock->second.front();
+        for (auto& [config, list] : runs) {
+            for (size_t i = 0; i < list.size(); ++i) {
+                if (list[i].hash == ref.hash && list[i].body == ref.body) continue;
+                ++mismatches_;
+                size_t line = 0, pos = 0;
+                const std::string& got = list[i].body;
+                while (pos < std::min(got.size(), ref.body.size()) && got[pos] == ref.body[pos]) {
+                    if (got[pos] == '\n') ++line;
+                    ++pos;
+                }
+                fmt::print("  RESULT MISMATCH: {} under {} (run {} of {}, {}): {} bytes vs stock's {}, first difference "
+                           "in line {}:\n    stock: {}\n    got:   {}\n",
+                           q.name, config, i + 1, list.size(), phase.name, got.size(), ref.body.size(), line + 1,
+                           first_line(ref.body.substr(ref.body.rfind('\n', pos) == std::string::npos ? 0 : ref.body.rfind('\n', pos) + 1)).substr(0, 200),
+                           first_line(got.substr(got.rfind('\n', pos) == std::string::npos ? 0 : got.rfind('\n', pos) + 1)).substr(0, 200));
+            }
+        }
+    }
+
+    const ClickhouseOptions& o_;
+    ch::LocalServer& server_;
+    InterruptGuard& guard_;
+    ch::HttpClient client_;
+    PolicySwitch switch_;
+    uint64_t query_seq_ = 0;
+    size_t mismatches_ = 0;
+    size_t query_errors_ = 0;
+    std::vector<std::string> errors_;
+    std::ofstream raw_;  // readahead_kb, query, config, cold|hot, ms, result hash
+};
+
+Result<hits::QueryConstants> resolve_constants(ch::HttpClient& client, uint64_t rows, int keys) {
+    hits::QueryConstants c;
+    auto user = client.query_rows(hits::constants_user_sql("hits"));
+    if (!user) return user.error();
+    auto hashes = client.query_rows(hits::constants_hashes_sql("hits"));
+    if (!hashes) return hashes.error();
+    auto keyed = client.query_rows(hits::constants_keys_sql("hits", rows, keys));
+    if (!keyed) return keyed.error();
+    try {
+        c.user_id = std::stoll(user->at(0).at(0));
+        c.referer_hash = std::stoll(hashes->at(0).at(0));
+        c.url_hash = std::stoll(hashes->at(0).at(1));
+        for (const auto& r : *keyed) {
+            c.counters.push_back(std::stoi(r.at(0)));
+            c.dates.push_back(r.at(1));
+            c.users.push_back(std::stoll(r.at(2)));
+            c.watch_ids.push_back(std::stoll(r.at(3)));
+        }
+    } catch (const std::exception& e) {
+        return make_error(EPROTO, fmt::format("resolving the queries' constants: {}", e.what()));
+    }
+    return c;
+}
+
+// Hashes of every file of the one active part of `table` (name -> size:hash).
+Result<std::map<std::string, std::string>> part_files(ch::HttpClient& client, const std::string& data_path,
+                                                      const std::string& table) {
+    auto parts = client.query_rows(fmt::format(
+        "SELECT name FROM system.parts WHERE database = currentDatabase() AND table = '{}' AND active", table));
+    if (!parts) return parts.error();
+    if (parts->size() != 1) return make_error(EIO, fmt::format("{} has {} active parts after OPTIMIZE FINAL", table, parts->size()));
+    const std::string dir = fmt::format("{}data/default/{}/{}", data_path, table, parts->at(0).at(0));
+    std::map<std::string, std::string> out;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+        std::ifstream in(entry.path(), std::ios::binary);
+        std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        out[entry.path().filename().string()] = fmt::format("{}:{:016x}", bytes.size(), fnv1a(bytes));
+    }
+    if (ec) return make_error(ec.value(), fmt::format("listing {}: {}", dir, ec.message()));
+    return out;
+}
+
+// INSERT of known rows (4 parts, TabSeparated from this process) + OPTIMIZE FINAL into a
+// fresh table, per config and round; the merged part's files must equal stock's.
+std::map<std::string, InsertResult> run_inserts(Bench& bench, ch::LocalServer& server, std::vector<Config>& configs,
+                                                int rounds, uint64_t part_rows) {
+    std::map<std::string, InsertResult> results;
+    auto& client = bench.client();
+    // Four counters with about part_rows rows each: their rows, ordered, are the parts.
+    auto counters = client.query_rows(fmt::format(
+        "SELECT CounterID FROM hits GROUP BY CounterID HAVING count() BETWEEN {} AND {} ORDER BY CounterID LIMIT 4",
+        part_rows / 2, part_rows));
+    if (!counters || counters->size() < 4) {
+        fmt::print("  insert workload skipped: {}\n", counters ? "fewer than 4 counters of the wanted size" : counters.error().message);
+        return results;
+    }
+    std::vector<std::string> bodies;
+    for (const auto& row : *counters) {
+        auto body = client.query(fmt::format("SELECT * FROM hits WHERE CounterID = {} ORDER BY WatchID FORMAT TabSeparated", row.at(0)));
+        if (!body) fail("reading rows for the insert workload: " + body.error().message);
+        bodies.push_back(std::move(*body));
+    }
+    const std::string content_sql =
+        "SELECT count(), sum(cityHash64(WatchID, Title, EventTime, CounterID, UserID, URL, Referer, SearchPhrase, "
+        "URLHash, RefererHash)) FROM hits_insert";
+    std::map<std::string, std::string> stock_files;
+    std::string stock_content;
+    for (int round = 0; round < rounds; ++round) {
+        for (size_t k = 0; k < configs.size(); ++k) {
+            Config& c = configs[(k + static_cast<size_t>(round)) % configs.size()];
+            // Round 0 starts with configs[0], stock: the reference of the byte comparison.
+            if (!bench.switch_to(c)) continue;
+            const std::string settings = c.kind == ConfigKind::DirectIo ? " SETTINGS min_merge_bytes_to_use_direct_io = 1" : "";
+            if (auto r = client.execute("DROP TABLE IF EXISTS hits_insert"); !r) fail(r.error().message);
+            std::string create = hits::create_table_sql("hits_insert");
+            if (!settings.empty()) create += ", min_merge_bytes_to_use_direct_io = 1";
+            if (auto r = client.execute(create); !r) fail("creating hits_insert: " + r.error().message);
+            const auto start = Clock::now();
+            for (const auto& body : bodies)
+                if (auto r = client.insert("hits_insert", ch::InsertFormat::TabSeparated, body); !r)
+                    fail(fmt::format("insert under {}: {}", c.name, r.error().message));
+            if (auto r = client.execute("OPTIMIZE TABLE hits_insert FINAL"); !r) fail(fmt::format("merge under {}: {}", c.name, r.error().message));
+            const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+            InsertResult& res = results[c.name];
+            res.ms.push_back(ms);
+            // ATTACH loads the part again, checking its files against checksums.txt.
+            if (auto r = client.execute("DETACH TABLE hits_insert"); !r) fail(r.error().message);
+            if (auto r = client.execute("ATTACH TABLE hits_insert"); !r) fail(fmt::format("re-attaching hits_insert after {}: {}", c.name, r.error().message));
+            auto files = part_files(client, server.data_path(), "hits_insert");
+            if (!files) fail(files.error().message);
+            auto content = client.query(content_sql);
+            if (!content) fail(content.error().message);
+            if (stock_files.empty() && c.name == "stock") {
+                stock_files = *files;
+                stock_content = *content;
+            }
+            if (*files != stock_files) {
+                res.parts_identical = false;
+                for (const auto& [name, sig] : *files)
+                    if (stock_files[name] != sig) res.note += fmt::format(" {} differs ({} vs stock {});", name, sig, stock_files[name]);
+                fmt::print("  PART MISMATCH under {}:{}\n", c.name, res.note);
+            }
+            if (*content != stock_content) {
+                res.content_identical = false;
+                fmt::print("  CONTENT MISMATCH under {}: {} vs stock {}\n", c.name, first_line(*content), first_line(stock_content));
+            }
+            fmt::print("  insert+merge {:<9} round {}: {:.0f} ms, {} files {}\n", c.name, round + 1, ms, files->size(),
+                       res.parts_identical ? "identical to stock's" : "DIFFERENT from stock's");
+            std::fflush(stdout);
+        }
+    }
+    (void)client.execute("DROP TABLE IF EXISTS hits_insert");
+    return results;
+}
+
+std::string timestamp() {
+    std::time_t now = std::time(nullptr);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", std::gmtime(&now));
+    return buf;
+}
+
+std::string fmt_opt(const std::optional<double>& v, const char* spec = "{:.3f}") {
+    return v ? fmt::format(fmt::runtime(spec), *v) : "n/a";
+}
+
+void run(ClickhouseOptions o) {
+    if (o.quick) {
+        o.scale = std::min(o.scale, 0.3);
+        o.runs = 1;
+        o.insert_rounds = 1;
+        o.fio_seconds = 1;
+        if (o.queries.empty()) o.queries = "Q1,Q3,Q8,Q21,Q37,Q43,PK1,PK6";
+    }
+    if (::geteuid() != 0)
+        fail("cold runs drop the page cache (/proc/sys/vm/drop_caches) and the bench sets the device's "
+             "readahead: run as root");
+    const uint64_t rows = static_cast<uint64_t>(std::llround(o.scale * 1e6));
+    if (rows < 100'000) fail("--scale below 0.1 (100k rows) is too small for the queries' constants");
+
+    InterruptGuard guard("\nliveio bench clickhouse: interrupted; restoring readahead, stopping ClickHouse\n");
+    const std::string dir = dataset_dir(o.cache_dir, rows);
+    auto dataset = ensure_dataset(dir, rows, std::min<uint64_t>(4'000'000, rows));
+    if (guard.interrupted()) throw CLI::RuntimeError(128 + guard.signal());
+    if (!dataset) fail("data set: " + dataset.error().message);
+
+    auto ra_file = readahead_file_for(dir);
+    if (!ra_file) fail(ra_file.error().message);
+    auto ra_created = ReadaheadSetting::create(*ra_file);
+    if (!ra_created) fail(ra_created.error().message);
+    std::unique_ptr<ReadaheadSetting> readahead(*ra_created);
+    ReadaheadSetting* ra = readahead.get();
+    guard.on_interrupt([ra] { (void)ra->restore(); });
+
+    auto server = ch::LocalServer::start(bench_server_options(dir));
+    if (!server) fail("starting ClickHouse: " + server.error().message);
+    guard.kill_on_interrupt(server->pid());
+    const std::string out_dir = o.out_dir.empty() ? fmt::format("{}/results/{}", o.cache_dir, timestamp()) : o.out_dir;
+    std::error_code ec;
+    fs::create_directories(out_dir, ec);
+    if (ec) fail(fmt::format("cannot create {}: {}", out_dir, ec.message()));
+    Bench bench(o, *server, guard, out_dir + "/runs.tsv");
+    if (auto r = describe_dataset(bench.client(), &*dataset); !r) fail(r.error().message);
+
+
+    fmt::print("liveio bench clickhouse: ClickHouse 18.16 (pid {}, port {}), machine shared with other work\n",
+               server->pid(), server->ports().http);
+    fmt::print("every run is logged to {}/runs.tsv\n", out_dir);
+    fmt::print("data set: {} rows in {} part(s), {:.2f} GB on disk, {:.2f} GB uncompressed (ratio {:.2f}), dir {}\n",
+               dataset->rows, dataset->parts, dataset->bytes_on_disk / 1e9, dataset->bytes_uncompressed / 1e9,
+               dataset->bytes_uncompressed / std::max(1.0, double(dataset->bytes_on_disk)), dir);
+    fmt::print("  generated {} in {:.0f} s\n", dataset->generated_now ? "now" : "by an earlier run", dataset->generation_seconds);
+
+    // The device: its readahead and its own throughput, beside which the gains are read.
+    const int machine_ra = ra->original_kb();
+    fmt::print("device: {} = {} KiB\n", *ra_file, machine_ra);
+    {
+        std::string biggest;
+        uintmax_t size = 0;
+        for (const auto& e : fs::recursive_directory_iterator(server->data_path() + "data/default/hits", ec))
+            if (e.is_regular_file() && e.path().extension() == ".bin" && e.file_size() > size) {
+                size = e.file_size();
+                biggest = e.path().string();
+            }
+        auto dev = biggest.empty() ? Result<DeviceFigures>(make_error(ENOENT, "no .bin file")) : measure_device(biggest, o.fio_seconds);
+        if (dev)
+            fmt::print("  fio O_DIRECT io_uring on {}: 128 KiB sequential {:.0f} MB/s at QD1, {:.0f} MB/s at QD8; "
+                       "4 KiB random {:.0f} IOPS at QD1, {:.0f} at QD32\n",
+                       fs::path(biggest).filename().string(), dev->seq128k_qd1_mbs, dev->seq128k_qd8_mbs, dev->rand4k_qd1_iops,
+                       dev->rand4k_qd32_iops);
+        else
+            fmt::print("  device figures unavailable: {}\n", dev.error().message);
+    }
+
+    auto constants = resolve_constants(bench.client(), dataset->rows, 8);
+    if (!constants) fail(constants.error().message);
+    std::vector<hits::Query> queries = hits::clickbench_queries(*constants);
+    for (auto& q : hits::point_lookup_queries("hits", *constants)) queries.push_back(std::move(q));
+    if (!o.queries.empty()) {
+        std::set<std::string> wanted;
+        std::stringstream ss(o.queries);
+        for (std::string name; std::getline(ss, name, ',');) wanted.insert(name);
+        std::erase_if(queries, [&](const hits::Query& q) { return !wanted.count(q.name); });
+    }
+    std::vector<QueryInfo> infos;
+    for (const auto& q : queries) infos.push_back({q.name, q.point_lookup});
+    fmt::print("queries: {} (ClickBench's 43 adapted to 18.16, PK point lookups); changes:\n", queries.size());
+    for (const auto& q : queries)
+        if (!q.change.empty()) fmt::print("  {}: {}\n", q.name, q.change);
+
+    std::vector<Config> configs{{"stock"}};
+    {
+        std::stringstream ss(o.policies);
+        for (std::string name; std::getline(ss, name, ',');)
+            if (!name.empty()) configs.push_back({name, ConfigKind::Policy, name});
+    }
+    configs.push_back({"odirect", ConfigKind::DirectIo});
+    fmt::print("configurations: stock, policies {}, odirect (min_bytes_to_use_direct_io=1); {} cold + {} hot runs each\n",
+               o.policies, o.runs, o.runs);
+    // Every policy switched on and off once before measuring: one that cannot be switched is
+    // reported with the CLI's error and left out.
+    for (auto& c : configs) {
+        if (c.kind != ConfigKind::Policy) continue;
+        if (bench.switch_to(c)) {
+            Config stock{"stock"};
+            if (auto r = bench.policy_switch().apply(stock); !r) fail(fmt::format("switching {} off: {}", c.name, cli_error(r.error())));
+        }
+    }
+
+    std::vector<Phase> phases;
+    {
+        Phase a;
+        a.name = fmt::format("readahead {} KiB (the machine's)", machine_ra);
+        a.readahead_kb = machine_ra;
+        phases.push_back(std::move(a));
+    }
+    if (o.low_readahead_kb > 0 && o.low_readahead_kb != machine_ra) {
+        Phase b;
+        b.name = fmt::format("readahead {} KiB", o.low_readahead_kb);
+        b.readahead_kb = o.low_readahead_kb;
+        b.hot = o.full;  // hot runs come from the page cache: readahead does not change them
+        phases.push_back(std::move(b));
+    }
+    const auto bench_start = Clock::now();
+    for (auto& phase : phases) {
+        if (auto r = phase.readahead_kb == machine_ra ? ra->restore() : ra->set_kb(phase.readahead_kb); !r) fail(r.error().message);
+        fmt::print("\n== {}: cold{} ==\n", phase.name, phase.hot ? " and hot" : "");
+        bench.run_phase(phase, queries, configs);
+    }
+    if (auto r = ra->restore(); !r) fail(r.error().message);
+
+    fmt::print("\n== INSERT + merge (4 parts of known rows, OPTIMIZE FINAL), {} round(s) ==\n", o.insert_rounds);
+    auto inserts = run_inserts(bench, *server, configs, o.insert_rounds, std::max<uint64_t>(rows / 200, 2000));
+    if (auto r = bench.policy_switch().detach(); !r) fail("liveio detach: " + cli_error(r.error()));
+    const double minutes = std::chrono::duration<double>(Clock::now() - bench_start).count() / 60;
+
+    // Tables, summary, plot, metrics.
+    for (const auto& phase : phases) {
+        fmt::print("\n== per query, {} ==\n", phase.name);
+        print_phase_table(phase, infos, configs);
+    }
+    fmt::print("\n== summary ({} queries, {:.1f} min of measuring) ==\n", queries.size(), minutes);
+    for (const auto& c : configs)
+        if (!c.available) fmt::print("{}: UNAVAILABLE: {}\n", c.name, c.unavailable_reason);
+    size_t part_mismatches = 0;
+    const double stock_insert = inserts.count("stock") ? median(inserts["stock"].ms) : 0;
+    for (const auto& phase : phases) {
+        fmt::print("{}:\n  {:<9} {:>13} {:>15} {:>13} {:>15}\n", phase.name, "config", "cold speedup", "gap recovered",
+                   "hot slowdown", "PK cold speedup");
+        for (const auto& c : configs) {
+            if (!c.available || c.kind == ConfigKind::Stock) continue;
+            auto s = summarize(phase, infos, c.name);
+            fmt::print("  {:<9} {:>13} {:>15} {:>13} {:>15}\n", c.name, fmt_opt(s.cold_speedup_geomean, "{:.3f}x"),
+                       s.cold_gap_recovered_pct ? fmt::format("{:.1f}% ({}q)", *s.cold_gap_recovered_pct, s.gap_queries) : "n/a",
+                       phase.hot ? fmt_opt(s.hot_slowdown_pct, "{:+.1f}%") : "-", fmt_opt(s.point_lookup_cold_speedup, "{:.3f}x"));
+        }
+    }
+    fmt::print("insert + merge (median ms):");
+    for (auto& [name, r] : inserts) {
+        fmt::print("  {} {:.0f}{}", name, median(r.ms), stock_insert > 0 && name != "stock" ? fmt::format(" ({:.2f}x)", stock_insert / median(r.ms)) : "");
+        if (!r.parts_identical || !r.content_identical) ++part_mismatches;
+    }
+    fmt::print("\n");
+
+    const Phase& main_phase = phases.front();
+    auto plot = plot_cold_speedups(main_phase, infos, configs, out_dir,
+                                   fmt::format("liveio bench clickhouse: cold speedup vs stock per query ({} rows, {})",
+                                               dataset->rows, main_phase.name));
+    if (plot)
+        fmt::print("plot: {}\n", *plot);
+    else
+        fmt::print("plot not written: {}\n", plot.error().message);
+
+    // The best policy: the highest cold speedup geomean at the machine's readahead.
+    const Config* best = nullptr;
+    ConfigSummary best_summary;
+    for (const auto& c : configs) {
+        if (!c.available || c.kind != ConfigKind::Policy) continue;
+        auto s = summarize(main_phase, infos, c.name);
+        if (s.cold_speedup_geomean && (!best || *s.cold_speedup_geomean > *best_summary.cold_speedup_geomean)) {
+            best = &c;
+            best_summary = s;
+        }
+    }
+    std::optional<double> pk_marks;
+    for (const auto& c : configs)
+        if (c.available && c.policy == "marks") pk_marks = summarize(main_phase, infos, c.name).point_lookup_cold_speedup;
+    std::optional<double> insert_speedup;
+    if (best && inserts.count(best->name) && stock_insert > 0) insert_speedup = stock_insert / median(inserts[best->name].ms);
+    std::string glue_report;
+    auto glue = clickhouse_glue_loc(&glue_report);
+
+    fmt::print("\nbest policy: {} (cold speedup, hot slowdown, gap and insert figures below are its own, at {})\n",
+               best ? best->name : "none available", main_phase.name);
+    if (!pk_marks) fmt::print("cold_point_lookup_speedup: the marks policy is unavailable\n");
+    if (!glue) fmt::print("clickhouse_glue_loc: {}\n", glue.error().message);
+    fmt::print("results under every configuration compared with stock's: {} mismatching runs\n", bench.mismatches());
+    if (bench.query_errors()) {
+        fmt::print("queries that failed under a configuration (stock answered them):\n");
+        for (const auto& e : bench.errors()) fmt::print("  {}\n", e);
+    }
+    fmt::print("metric: result_mismatches {}\n", bench.mismatches());
+    fmt::print("metric: query_errors {}\n", bench.query_errors());
+    fmt::print("metric: part_mismatches {}\n", part_mismatches);
+    fmt::print("metric: cold_speedup_geomean {}\n", fmt_opt(best_summary.cold_speedup_geomean));
+    fmt::print("metric: cold_gap_recovered_pct {}\n", fmt_opt(best_summary.cold_gap_recovered_pct, "{:.1f}"));
+    fmt::print("metric: cold_point_lookup_speedup {}\n", fmt_opt(pk_marks));
+    fmt::print("metric: hot_slowdown_pct {}\n", fmt_opt(best_summary.hot_slowdown_pct, "{:.2f}"));
+    fmt::print("metric: insert_speedup {}\n", fmt_opt(insert_speedup));
+    fmt::print("metric: clickhouse_glue_loc {}\n", glue ? std::to_string(*glue) : "n/a");
+    if (auto r = server->stop(); !r) fail("stopping ClickHouse: " + r.error().message);
+}
+
+}  // namespace
+
+void add_clickhouse_bench(CLI::App& bench) {
+    auto* cmd = bench.add_subcommand("clickhouse",
+                                     "ClickHouse 18.16 on a hits-like table: ClickBench's queries and PK lookups cold "
+                                     "and hot, stock vs each policy (switched live) vs O_DIRECT; results compared");
+    auto o = std::make_shared<ClickhouseOptions>();
+    cmd->add_option("--scale", o->scale, "rows of the data set, in millions")->check(CLI::Range(0.1, 1000.0))->capture_default_str();
+    cmd->add_option("--cache-dir", o->cache_dir, "where data sets (server directories) and results are kept")->capture_default_str();
+    cmd->add_option("--policies", o->policies, "liveio policies to compare, comma-separated")->capture_default_str();
+    cmd->add_option("--queries", o->queries, "only these queries (Q1..Q43, PK1..PK8), comma-separated");
+    cmd->add_option("--runs", o->runs, "cold and hot runs per query and configuration")->check(CLI::Range(1, 20))->capture_default_str();
+    cmd->add_option("--low-readahead", o->low_readahead_kb, "device readahead (KiB) of the second pass; 0: none")->check(CLI::Range(0, 1 << 20))->capture_default_str();
+    cmd->add_option("--insert-rounds", o->insert_rounds, "rounds of the INSERT + merge workload")->check(CLI::Range(1, 20))->capture_default_str();
+    cmd->add_option("--out", o->out_dir, "directory for the plot and its data (default: CACHE_DIR/results/TIME)");
+    cmd->add_flag("--quick", o->quick, "a test of the harness: 0.3M rows, 8 queries, 1 run");
+    cmd->add_flag("--full", o->full, "every combination (hot runs at the low readahead too)");
+    cmd->callback([o] { run(*o); });
+}
+
+}  // namespace liveio::bench

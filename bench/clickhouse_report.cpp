@@ -1,0 +1,180 @@
+#include "clickhouse_report.h"
+
+#include "clickhouse_system.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+
+#include <fmt/format.h>
+
+namespace liveio::bench {
+namespace {
+
+// Stock's cold/hot ratio from which a query counts as having a cold-hot gap worth closing.
+constexpr double kGapRatio = 1.3;
+
+const Timings* find(const Phase& phase, const std::string& query, const std::string& config) {
+    auto q = phase.timings.find(query);
+    if (q == phase.timings.end()) return nullptr;
+    auto c = q->second.find(config);
+    return c == q->second.end() ? nullptr : &c->second;
+}
+
+std::optional<double> geomean(const std::vector<double>& ratios) {
+    if (ratios.empty()) return std::nullopt;
+    double log_sum = 0;
+    for (double r : ratios) log_sum += std::log(r);
+    return std::exp(log_sum / static_cast<double>(ratios.size()));
+}
+
+std::string fmt_ms(double ms) {
+    return ms >= 100 ? fmt::format("{:.0f}", ms) : ms >= 10 ? fmt::format("{:.1f}", ms) : fmt::format("{:.2f}", ms);
+}
+
+}  // namespace
+
+double median(std::vector<double> v) {
+    if (v.empty()) return 0;
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+double spread(const std::vector<double>& v) {
+    if (v.empty()) return 0;
+    auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+    return *hi - *lo;
+}
+
+ConfigSummary summarize(const Phase& phase, const std::vector<QueryInfo>& queries, const std::string& config) {
+    ConfigSummary s;
+    std::vector<double> cold, hot, pk_cold, gap;
+    for (const auto& q : queries) {
+        const Timings* stock = find(phase, q.name, "stock");
+        const Timings* t = find(phase, q.name, config);
+        if (!stock || !t || stock->cold_ms.empty() || t->cold_ms.empty()) continue;
+        const double sc = median(stock->cold_ms), c = median(t->cold_ms);
+        if (sc <= 0 || c <= 0) continue;
+        (q.point_lookup ? pk_cold : cold).push_back(sc / c);
+        if (!stock->hot_ms.empty() && !t->hot_ms.empty()) {
+            const double sh = median(stock->hot_ms), h = median(t->hot_ms);
+            if (sh > 0 && h > 0) {
+                if (!q.point_lookup) hot.push_back(h / sh);
+                // The share of this query's stock cold-hot gap the config removed.
+                if (!q.point_lookup && sc / sh >= kGapRatio) gap.push_back((sc - c) / (sc - sh));
+            }
+        }
+    }
+    s.cold_speedup_geomean = geomean(cold);
+    if (auto g = geomean(hot)) s.hot_slowdown_pct = 100.0 * (*g - 1);
+    s.point_lookup_cold_speedup = geomean(pk_cold);
+    s.gap_queries = gap.size();
+    if (!gap.empty()) {
+        double sum = 0;
+        for (double g : gap) sum += g;
+        s.cold_gap_recovered_pct = 100.0 * sum / static_cast<double>(gap.size());
+    }
+    return s;
+}
+
+void print_phase_table(const Phase& phase, const std::vector<QueryInfo>& queries, const std::vector<Config>& configs) {
+    // Per config: cold median ms (speedup vs stock), hot median ms (ratio vs stock, '!' when
+    // slower than stock by more than the larger of the two run-to-run spreads).
+    std::string header = fmt::format("{:<5}", "query");
+    for (const auto& c : configs) {
+        if (!c.available) continue;
+        header += fmt::format(" | {:>18}", c.name + " cold");
+        if (phase.hot) header += fmt::format(" {:>16}", "hot");
+    }
+    fmt::print("{}\n{}\n", header, std::string(header.size(), '-'));
+    for (const auto& q : queries) {
+        const Timings* stock = find(phase, q.name, "stock");
+        std::string line = fmt::format("{:<5}", q.name);
+        for (const auto& c : configs) {
+            if (!c.available) continue;
+            const Timings* t = find(phase, q.name, c.name);
+            if (!t || t->cold_ms.empty()) {
+                line += fmt::format(" | {:>18}", "-");
+                if (phase.hot) line += fmt::format(" {:>16}", "-");
+                continue;
+            }
+            const double cold = median(t->cold_ms);
+            std::string cell = fmt_ms(cold);
+            if (c.kind != ConfigKind::Stock && stock && !stock->cold_ms.empty())
+                cell += fmt::format(" ({:.2f}x)", median(stock->cold_ms) / cold);
+            line += fmt::format(" | {:>18}", cell);
+            if (!phase.hot) continue;
+            if (t->hot_ms.empty()) {
+                line += fmt::format(" {:>16}", "-");
+                continue;
+            }
+            const double hot = median(t->hot_ms);
+            std::string hcell = fmt_ms(hot);
+            if (c.kind != ConfigKind::Stock && stock && !stock->hot_ms.empty()) {
+                const double sh = median(stock->hot_ms);
+                const bool slower = hot > sh + std::max(spread(stock->hot_ms), spread(t->hot_ms));
+                hcell += fmt::format(" ({:.2f}{})", hot / sh, slower ? "!" : " ");
+            }
+            line += fmt::format(" {:>16}", hcell);
+        }
+        fmt::print("{}\n", line);
+    }
+    fmt::print("cold/hot: median ms over the runs; (Nx): stock's median / this config's (cold: > 1 is faster);\n"
+               "hot (r): this config's median / stock's (> 1 is slower), '!' slower than stock by more than the\n"
+               "larger run-to-run spread (max - min) of the two.\n");
+}
+
+Result<std::string> plot_cold_speedups(const Phase& phase, const std::vector<QueryInfo>& queries,
+                                       const std::vector<Config>& configs, const std::string& out_dir,
+                                       const std::string& title) {
+    std::vector<const Config*> shown;
+    for (const auto& c : configs)
+        if (c.available && c.kind != ConfigKind::Stock) shown.push_back(&c);
+    if (shown.empty()) return make_error(ENODATA, "no configuration besides stock to plot");
+    const std::string data = out_dir + "/cold_speedups.tsv";
+    const std::string script = out_dir + "/cold_speedups.gp";
+    const std::string svg = out_dir + "/cold_speedups.svg";
+    {
+        std::ofstream out(data);
+        out << "query";
+        for (auto* c : shown) out << '\t' << c->name;
+        out << '\n';
+        for (const auto& q : queries) {
+            const Timings* stock = find(phase, q.name, "stock");
+            out << q.name;
+            for (auto* c : shown) {
+                const Timings* t = find(phase, q.name, c->name);
+                if (stock && t && !stock->cold_ms.empty() && !t->cold_ms.empty())
+                    out << '\t' << fmt::format("{:.4f}", median(stock->cold_ms) / median(t->cold_ms));
+                else
+                    out << "\t?";
+            }
+            out << '\n';
+        }
+        if (!out) return make_error(EIO, "cannot write " + data);
+    }
+    {
+        std::ofstream gp(script);
+        gp << "set terminal svg size 1600,600 dynamic background rgb 'white'\n"
+           << "set output '" << svg << "'\n"
+           << "set datafile missing '?'\n"
+           << "set title \"" << title << "\" noenhanced\n"
+           << "set ylabel 'cold speedup vs stock (x, stock median / config median)'\n"
+           << "set style data histograms\nset style histogram clustered gap 1\n"
+           << "set style fill solid 0.8 border -1\nset boxwidth 0.9\n"
+           << "set xtics rotate by -60 font ',9' noenhanced\nset grid ytics\nset key top left noenhanced\n"
+           << "set yrange [0:*]\n"
+           << "set arrow from graph 0, first 1 to graph 1, first 1 nohead lw 1 dt 2\n"
+           << "plot '" << data << "' using 2:xtic(1) title columnhead";
+        for (size_t i = 1; i < shown.size(); ++i) gp << ", '' using " << i + 2 << " title columnhead";
+        gp << '\n';
+        if (!gp) return make_error(EIO, "cannot write " + script);
+    }
+    if (auto r = run_command(fmt::format("gnuplot '{}' 2>&1", script)); !r)
+        return make_error(r.error().code, "gnuplot (Debian: gnuplot-nox): " + r.error().message);
+    return svg;
+}
+
+}  // namespace liveio::bench

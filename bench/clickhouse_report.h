@@ -1,0 +1,75 @@
+// Measurements of `liveio bench clickhouse` and what is printed from them: the per-query
+// table, the summary per configuration, the metric lines and the gnuplot plot.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "base/result.h"
+
+namespace liveio::bench {
+
+enum class ConfigKind { Stock, Policy, DirectIo };
+
+// One way of running the server: stock, one liveio policy switched on live, or ClickHouse's
+// own O_DIRECT/AIO read path (min_bytes_to_use_direct_io=1).
+struct Config {
+    std::string name;
+    ConfigKind kind = ConfigKind::Stock;
+    std::string policy;  // ConfigKind::Policy
+    bool available = true;
+    std::string unavailable_reason;  // the CLI's error when it could not be switched
+};
+
+struct Timings {
+    std::vector<double> cold_ms, hot_ms;
+};
+
+struct QueryInfo {
+    std::string name;
+    bool point_lookup = false;
+};
+
+// One pass over the queries at one device readahead.
+struct Phase {
+    std::string name;  // "readahead 8192 KiB (the machine's)"
+    int readahead_kb = 0;
+    bool hot = true;   // hot runs measured in this phase
+    // timings[query][config]
+    std::map<std::string, std::map<std::string, Timings>> timings;
+};
+
+struct InsertResult {
+    std::vector<double> ms;  // per round: 4 inserts + OPTIMIZE FINAL
+    bool parts_identical = true;  // every file of the merged part equals stock's
+    bool content_identical = true;  // count and content hash equal stock's
+    std::string note;
+};
+
+double median(std::vector<double> v);
+double spread(const std::vector<double>& v);  // max - min
+
+struct ConfigSummary {
+    std::optional<double> cold_speedup_geomean;   // stock cold / config cold, over queries
+    std::optional<double> cold_gap_recovered_pct;  // over queries with stock cold/hot >= 1.3
+    size_t gap_queries = 0;
+    std::optional<double> hot_slowdown_pct;        // geomean hot config/stock - 1
+    std::optional<double> point_lookup_cold_speedup;
+};
+
+ConfigSummary summarize(const Phase& phase, const std::vector<QueryInfo>& queries, const std::string& config);
+
+// Prints the per-query table of a phase: cold and hot medians, speedups vs stock, and '!'
+// where a config's hot median is slower than stock's by more than the runs' spread.
+void print_phase_table(const Phase& phase, const std::vector<QueryInfo>& queries, const std::vector<Config>& configs);
+
+// Writes the data file and gnuplot script of per-query cold speedups per config under
+// `out_dir` and runs gnuplot; returns the SVG's path.
+Result<std::string> plot_cold_speedups(const Phase& phase, const std::vector<QueryInfo>& queries,
+                                       const std::vector<Config>& configs, const std::string& out_dir,
+                                       const std::string& title);
+
+}  // namespace liveio::bench
