@@ -5,9 +5,21 @@
 // Processes: those given with --pid (attached if they have no agent yet), else every process
 // that has a liveio agent, found again at every scrape. Each gets the built-in io_stats
 // object (its running instance, or one loaded here and unloaded on exit unless --stay).
+//
+// As a cluster node's control endpoint (--target PID, the node's server): /control/ping,
+// /control/attach, /control/detach, /control/policy and /control/stats act on that process by
+// running this executable's own attach/detach/policy/status commands (bounded in time, their
+// output returned), so a request takes exactly the path of the command line. Control requests
+// come over --control-socket (a unix socket only its owner can open) or over the TCP listener
+// with `Authorization: Bearer TOKEN`, TOKEN read from the owner-only --token-file; without a
+// token file TCP control is off. /metrics then shows the target while it has an agent.
+#include <signal.h>
+
+#include <cerrno>
 #include <cinttypes>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <map>
 #include <set>
 
@@ -15,6 +27,8 @@
 
 #include "cli/commands.h"
 #include "cli/observe_session.h"
+#include "cluster/command.h"
+#include "cluster/control.h"
 #include "observe/format.h"
 #include "observe/http_server.h"
 #include "observe/prometheus.h"
@@ -28,8 +42,17 @@ struct ServeArgs {
     std::vector<pid_t> pids;
     std::string sink;
     std::string sink_interval = "10s";
+    pid_t target = 0;
+    std::string control_socket;
+    std::string token_file;
+    std::string node;
     ObserveArgs observe;
 };
+
+// A control reply: JSON {"ok": ..., "node": ..., ...}.
+observe::HttpReply json_reply(int status, nlohmann::json body) {
+    return {status, "application/json", body.dump() + "\n"};
+}
 
 // One observed process. A session that fails (process exited, agent gone) is kept with its
 // error so the endpoint reports it down instead of dropping it silently.
@@ -62,6 +85,26 @@ public:
         }
         auto server = observe::HttpServer::listen(args_.listen);
         if (!server) observe_fail(server.error().message);
+        if (!args_.token_file.empty()) {
+            auto token = cluster::read_token_file(args_.token_file);
+            if (!token) observe_fail(token.error().message);
+            token_ = *token;
+        }
+        std::vector<observe::HttpServer*> listeners{&*server};
+        std::optional<observe::HttpServer> control;
+        if (!args_.control_socket.empty()) {
+            auto c = observe::HttpServer::listen_unix(args_.control_socket);
+            if (!c) observe_fail(c.error().message);
+            control.emplace(std::move(c).value());
+            control->allow_post(true);
+            listeners.push_back(&*control);
+        }
+        if (args_.target) {
+            server->allow_post(true);
+            std::error_code ec;
+            self_exe_ = std::filesystem::read_symlink("/proc/self/exe", ec);
+            if (ec) observe_fail("cannot find this executable: " + ec.message());
+        }
         for (pid_t pid : args_.pids) add(pid, /*attach=*/true);
         std::fprintf(stderr, "liveio: serving http://%s:%u/metrics for %s; Ctrl-C to stop\n", server->host().c_str(),
                      server->port(), args_.pids.empty() ? "every process with a liveio agent" : "the given processes");
@@ -78,8 +121,8 @@ public:
                 }
                 timeout_ms = static_cast<int>((next_sink - std::min(next_sink, observe::monotonic_ns())) / 1000000 + 1);
             }
-            auto served = server->serve_one(timeout_ms, [&](const observe::HttpRequest& req) { return handle(req); },
-                                            signals.fd());
+            auto served = observe::HttpServer::serve_any(listeners, timeout_ms,
+                                                         [&](const observe::HttpRequest& req) { return handle(req); }, signals.fd());
             if (!served) observe_fail(served.error().message);
         }
         if (sink_) write_sink();  // the last partial interval
@@ -107,9 +150,18 @@ private:
         observed_.emplace(pid, std::move(o));
     }
 
-    // Without --pid: follow the processes that have agents now.
+    // Without --pid: follow the processes that have agents now (with --target: that one).
     void discover() {
         if (!args_.pids.empty()) return;
+        if (args_.target) {
+            if (observed_.count(args_.target) || failed_.count(args_.target) || !has_agent()) return;
+            try {
+                add(args_.target, /*attach=*/false);
+            } catch (const CLI::RuntimeError&) {
+                failed_.insert(args_.target);
+            }
+            return;
+        }
         for (pid_t pid : processes_with_agents()) {
             if (observed_.count(pid) || failed_.count(pid)) continue;
             try {
@@ -120,7 +172,109 @@ private:
         }
     }
 
+    bool has_agent() const {
+        for (pid_t pid : processes_with_agents())
+            if (pid == args_.target) return true;
+        return false;
+    }
+
+    // Runs `liveio ARGS...` (this executable) for a control request, bounded in time.
+    observe::HttpReply run_self(std::vector<std::string> args, std::chrono::seconds limit, bool json_output = false) {
+        args.insert(args.begin(), self_exe_);
+        auto r = cluster::run_command(args, limit);
+        if (!r) return json_reply(200, {{"ok", false}, {"node", args_.node}, {"error", r.error().message}});
+        if (r->status != 0) {
+            std::string out = r->output;
+            while (!out.empty() && out.back() == '\n') out.pop_back();
+            return json_reply(200, {{"ok", false}, {"node", args_.node}, {"error", out}});
+        }
+        nlohmann::json reply = {{"ok", true}, {"node", args_.node}, {"output", r->output}};
+        if (json_output) {
+            try {
+                reply["status"] = nlohmann::json::parse(r->output);
+                reply.erase("output");
+            } catch (const std::exception& e) {
+                return json_reply(200, {{"ok", false}, {"node", args_.node}, {"error", std::string("unparsable status: ") + e.what()}});
+            }
+        }
+        return json_reply(200, reply);
+    }
+
+    // Forgets the target's session (unloading the io_stats instance loaded here) before a
+    // detach, so the agent is left with nothing of ours.
+    void forget_target() {
+        if (auto it = observed_.find(args_.target); it != observed_.end()) {
+            it->second.session->close();
+            observed_.erase(it);
+        }
+        failed_.erase(args_.target);
+    }
+
+    observe::HttpReply handle_control(const observe::HttpRequest& req) {
+        if (!req.local) {
+            if (token_.empty())
+                return json_reply(403, {{"ok", false}, {"node", args_.node},
+                                        {"error", "control over TCP is off on this node (liveio serve was started without --token-file); "
+                                                  "use its control socket"}});
+            if (!cluster::bearer_matches(req.authorization, token_))
+                return json_reply(401, {{"ok", false}, {"node", args_.node},
+                                        {"error", req.authorization.empty()
+                                                      ? "control over TCP needs 'Authorization: Bearer TOKEN' (the token of the node's token file)"
+                                                      : "wrong bearer token"}});
+        }
+        if (!args_.target)
+            return json_reply(404, {{"ok", false}, {"node", args_.node}, {"error", "no --target: this liveio serve controls no process"}});
+        const std::string pid = std::to_string(args_.target);
+        nlohmann::json body = nlohmann::json::object();
+        if (!req.body.empty()) {
+            try {
+                body = nlohmann::json::parse(req.body);
+            } catch (const std::exception& e) {
+                return json_reply(400, {{"ok", false}, {"node", args_.node}, {"error", std::string("request body: ") + e.what()}});
+            }
+        }
+        auto bad_word = [](const std::string& w) { return w.empty() || w[0] == '-'; };
+        try {
+            if (req.path == "/control/ping") {
+                const bool alive = ::kill(args_.target, 0) == 0 || errno == EPERM;
+                return json_reply(200, {{"ok", alive}, {"node", args_.node}, {"target", args_.target}, {"alive", alive},
+                                        {"agent", alive && has_agent()}, {"error", alive ? "" : "target process is gone"}});
+            }
+            if (req.method != "POST" && req.path != "/control/stats")
+                return json_reply(405, {{"ok", false}, {"node", args_.node}, {"error", "control requests other than ping and stats are POST"}});
+            if (req.path == "/control/attach") {
+                const std::string mechanism = body.value("mechanism", std::string("got"));
+                if (bad_word(mechanism)) return json_reply(400, {{"ok", false}, {"node", args_.node}, {"error", "bad mechanism"}});
+                std::vector<std::string> a{"attach", pid, "--mechanism", mechanism};
+                for (const std::string& p : body.value("policies", std::vector<std::string>())) {
+                    if (bad_word(p)) return json_reply(400, {{"ok", false}, {"node", args_.node}, {"error", "bad policy name"}});
+                    a.insert(a.end(), {"--policy", p});
+                }
+                return run_self(a, std::chrono::seconds(120));
+            }
+            if (req.path == "/control/detach") {
+                forget_target();
+                return run_self({"detach", pid}, std::chrono::seconds(120));
+            }
+            if (req.path == "/control/policy") {
+                std::vector<std::string> a{"policy", pid};
+                for (const std::string& w : body.value("words", std::vector<std::string>())) {
+                    if (bad_word(w)) return json_reply(400, {{"ok", false}, {"node", args_.node}, {"error", "bad policy word"}});
+                    a.push_back(w);
+                }
+                return run_self(a, std::chrono::seconds(60));
+            }
+            if (req.path == "/control/stats") return run_self({"status", pid, "--json"}, std::chrono::seconds(30), true);
+        } catch (const nlohmann::json::exception& e) {
+            return json_reply(400, {{"ok", false}, {"node", args_.node}, {"error", std::string("request body: ") + e.what()}});
+        }
+        return json_reply(404, {{"ok", false}, {"node", args_.node}, {"error", "unknown control request " + req.path}});
+    }
+
     observe::HttpReply handle(const observe::HttpRequest& req) {
+        if (req.path.starts_with("/control/")) return handle_control(req);
+        if (req.method == "POST") return {405, "text/plain; charset=utf-8", "only GET and HEAD are served\n"};
+        if (req.local) return {404, "text/plain; charset=utf-8", "the control socket serves /control/ only\n"};
         if (req.path == "/") {
             return {200, "text/html; charset=utf-8",
                     "<html><body><h1>liveio</h1><a href=\"/metrics\">/metrics</a></body></html>\n"};
@@ -175,6 +329,8 @@ private:
     std::map<pid_t, Observed> observed_;
     std::set<pid_t> failed_;
     std::optional<observe::ClickHouseSink> sink_;
+    std::string token_;
+    std::string self_exe_;
     double sink_interval_ = 10;
 };
 
@@ -186,6 +342,12 @@ void add_serve_commands(CLI::App& app) {
     cmd->add_option("--listen,-l", args->listen, "HOST:PORT to listen on, e.g. 127.0.0.1:9464")->required();
     cmd->add_option("--pid,-p", args->pids, "processes to observe (default: every process with an agent)")
         ->check(CLI::PositiveNumber);
+    cmd->add_option("--target", args->target, "control endpoint: the process control requests act on (a cluster node's server)")
+        ->check(CLI::PositiveNumber);
+    cmd->add_option("--control-socket", args->control_socket, "control endpoint: unix socket for control requests (mode 0600)");
+    cmd->add_option("--token-file", args->token_file,
+                    "control endpoint: owner-only file holding the bearer token TCP control requests must present");
+    cmd->add_option("--node", args->node, "control endpoint: the node name put in replies");
     cmd->add_option("--sink", args->sink, "insert metrics into clickhouse://HOST:PORT/db.table");
     cmd->add_option("--sink-interval", args->sink_interval, "how often rows are inserted")->capture_default_str();
     args->observe.add_to(cmd);

@@ -10,6 +10,7 @@ void add_process_commands(CLI::App& app);
 void add_observe_commands(CLI::App& app);
 void add_serve_commands(CLI::App& app);
 void add_demo_commands(CLI::App& app);
+void add_cluster_commands(CLI::App& app);
 void add_policy_commands(CLI::App& app);
 
 }  // namespace liveio::cli

@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
     liveio::cli::add_observe_commands(app);
     liveio::cli::add_serve_commands(app);
     liveio::cli::add_demo_commands(app);
+    liveio::cli::add_cluster_commands(app);
     liveio::cli::add_policy_commands(app);
     try {
         app.parse(argc, argv);

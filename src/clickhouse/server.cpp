@@ -55,6 +55,8 @@ std::string tail_of(const std::string& path, size_t lines) {
 }
 
 std::string config_xml(const std::string& dir, const ServerPorts& ports, const ServerOptions& o) {
+    std::string listen_hosts;
+    for (const std::string& host : o.listen_hosts) listen_hosts += fmt::format("    <listen_host>{}</listen_host>\n", host);
     // Every path the server would otherwise take from its compiled-in defaults
     // (/var/lib/clickhouse, /var/log/clickhouse-server, ...) is set explicitly to our directory.
     return fmt::format(R"(<?xml version="1.0"?>
@@ -69,11 +71,11 @@ std::string config_xml(const std::string& dir, const ServerPorts& ports, const S
         <console>0</console>
     </logger>
     <display_name>liveio-{http}</display_name>
-    <listen_host>127.0.0.1</listen_host>
+{listen_hosts}
     <http_port>{http}</http_port>
     <tcp_port>{tcp}</tcp_port>
     <interserver_http_port>{interserver}</interserver_http_port>
-    <interserver_http_host>127.0.0.1</interserver_http_host>
+    <interserver_http_host>{interserver_host}</interserver_http_host>
     <path>{dir}/data/</path>
     <tmp_path>{dir}/tmp/</tmp_path>
     <user_files_path>{dir}/user_files/</user_files_path>
@@ -96,11 +98,14 @@ std::string config_xml(const std::string& dir, const ServerPorts& ports, const S
 </yandex>
 )",
                        fmt::arg("log_level", o.log_level), fmt::arg("dir", dir),
+                       fmt::arg("listen_hosts", listen_hosts), fmt::arg("interserver_host", o.interserver_host),
                        fmt::arg("http", ports.http), fmt::arg("tcp", ports.tcp),
                        fmt::arg("interserver", ports.interserver), fmt::arg("extra", o.extra_config));
 }
 
 std::string users_xml(const ServerOptions& o) {
+    std::string networks;
+    for (const std::string& net : o.allowed_networks) networks += fmt::format("<ip>{}</ip>", net);
     return fmt::format(R"(<?xml version="1.0"?>
 <yandex>
     <profiles>
@@ -113,7 +118,7 @@ std::string users_xml(const ServerOptions& o) {
     <users>
         <default>
             <password></password>
-            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <networks>{networks}</networks>
             <profile>default</profile>
             <quota>default</quota>
         </default>
@@ -123,7 +128,7 @@ std::string users_xml(const ServerOptions& o) {
     </quotas>
 </yandex>
 )",
-                       fmt::arg("settings", o.profile_settings));
+                       fmt::arg("settings", o.profile_settings), fmt::arg("networks", networks));
 }
 
 // A fresh directory under $TMPDIR (or /tmp).
@@ -396,6 +401,11 @@ Result<void> LocalServer::stop() {
         remove_dir_ = false;
     }
     return result;
+}
+
+pid_t LocalServer::release_process() {
+    remove_dir_ = false;
+    return std::exchange(pid_, -1);
 }
 
 HttpClient LocalServer::client(std::chrono::milliseconds timeout) const {

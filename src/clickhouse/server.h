@@ -37,6 +37,13 @@ struct ServerOptions {
     // Ports; any left 0 is chosen free. When all three were chosen here and the server fails
     // to bind one (another process took it meanwhile), start() retries with new ports.
     ServerPorts ports;
+    // Addresses the server listens on (each a <listen_host>), and the one replicas are told to
+    // fetch parts from. A server in a network namespace of `liveio cluster` listens on its
+    // node address as well as on loopback.
+    std::vector<std::string> listen_hosts{"127.0.0.1"};
+    std::string interserver_host = "127.0.0.1";
+    // Networks the `default` user may connect from (users.xml <networks>: <ip> entries).
+    std::vector<std::string> allowed_networks{"127.0.0.1", "::1"};
     std::chrono::milliseconds start_timeout{60000};
     std::chrono::milliseconds stop_timeout{30000};
     std::string log_level = "information";
@@ -85,6 +92,12 @@ public:
     // SIGTERM, wait up to stop_timeout, then SIGKILL. Fails (after killing) when the server
     // did not exit by itself or exited with an error status. Idempotent.
     Result<void> stop();
+
+    // Lets the server run on: the object forgets the process and its directory, so neither
+    // stop() nor the destructor touches them. Returns the server's pid. For servers that
+    // outlive the program that started them (die_with_parent = false); whoever keeps the pid
+    // stops the server.
+    pid_t release_process();
 
     bool running() const { return pid_ > 0; }
     pid_t pid() const { return pid_; }

@@ -4,9 +4,14 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <cstdlib>
 #include <charconv>
 #include <cstring>
 #include <optional>
@@ -24,6 +29,8 @@ const char* reason(int status) {
     switch (status) {
         case 200: return "OK";
         case 400: return "Bad Request";
+        case 401: return "Unauthorized";
+        case 403: return "Forbidden";
         case 404: return "Not Found";
         case 405: return "Method Not Allowed";
         default: return status >= 500 ? "Internal Server Error" : "Error";
@@ -58,7 +65,88 @@ std::optional<std::string> read_head(int fd) {
     return buf;
 }
 
+// The value of header `name` (case-insensitive) in `head`, or "".
+std::string header_value(const std::string& head, std::string_view name) {
+    size_t pos = head.find("\r\n");
+    while (pos != std::string::npos && pos + 2 < head.size()) {
+        const size_t start = pos + 2;
+        const size_t end = head.find("\r\n", start);
+        if (end == std::string::npos || end == start) break;
+        const std::string_view line(head.data() + start, end - start);
+        const size_t colon = line.find(':');
+        if (colon == name.size() && std::equal(name.begin(), name.end(), line.begin(), [](char a, char b) {
+                return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+            })) {
+            std::string_view v = line.substr(colon + 1);
+            while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+            while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+            return std::string(v);
+        }
+        pos = end;
+    }
+    return "";
+}
+
+// Reads the rest of a body of `length` bytes of which `have` came with the head.
+std::optional<std::string> read_body(int fd, std::string have, size_t length) {
+    if (length > kMaxRequestBytes) return std::nullopt;
+    char chunk[4096];
+    while (have.size() < length) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, kClientTimeoutMs) <= 0) return std::nullopt;
+        const ssize_t n = ::recv(fd, chunk, std::min(sizeof chunk, length - have.size()), 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return std::nullopt;
+        have.append(chunk, static_cast<size_t>(n));
+    }
+    have.resize(length);
+    return have;
+}
+
 }  // namespace
+
+Result<HttpServer> HttpServer::listen_unix(const std::string& path) {
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    if (path.empty() || path.size() >= sizeof sa.sun_path)
+        return make_error(ENAMETOOLONG, fmt::format("unix socket path '{}': 1 to {} bytes", path, sizeof sa.sun_path - 1));
+    std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return make_error(errno, fmt::format("socket: {}", std::strerror(errno)));
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+    // The socket is created with no permissions for anyone but its owner, before it accepts.
+    const mode_t old = ::umask(0177);
+    const int bound = ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+    const int bind_err = errno;
+    ::umask(old);
+    if (bound != 0 || ::listen(fd, 64) != 0) {
+        const int err = bound != 0 ? bind_err : errno;
+        ::close(fd);
+        return make_error(err, fmt::format("cannot listen on {}: {}", path, std::strerror(err)));
+    }
+    return HttpServer(fd, path, 0, /*unix_socket=*/true);
+}
+
+Result<bool> HttpServer::serve_any(const std::vector<HttpServer*>& servers, int timeout_ms,
+                                   const std::function<HttpReply(const HttpRequest&)>& handler, int wake_fd) {
+    std::vector<pollfd> p;
+    for (HttpServer* s : servers) p.push_back({s->fd_, POLLIN, 0});
+    if (wake_fd >= 0) p.push_back({wake_fd, POLLIN, 0});
+    const int ready = ::poll(p.data(), p.size(), timeout_ms);
+    if (ready < 0) {
+        if (errno == EINTR) return false;
+        return make_error(errno, fmt::format("poll on the listening sockets: {}", std::strerror(errno)));
+    }
+    bool served = false;
+    for (size_t i = 0; i < servers.size(); ++i) {
+        if (!(p[i].revents & POLLIN)) continue;
+        auto r = servers[i]->serve_one(0, handler);
+        if (!r) return r;
+        served |= *r;
+    }
+    return served;
+}
 
 Result<HttpServer> HttpServer::listen(std::string_view address) {
     const size_t colon = address.rfind(':');
@@ -91,20 +179,28 @@ Result<HttpServer> HttpServer::listen(std::string_view address) {
 }
 
 HttpServer::HttpServer(HttpServer&& other) noexcept
-    : fd_(std::exchange(other.fd_, -1)), host_(std::move(other.host_)), port_(other.port_) {}
+    : fd_(std::exchange(other.fd_, -1)),
+      host_(std::move(other.host_)),
+      port_(other.port_),
+      unix_(other.unix_),
+      allow_post_(other.allow_post_) {}
 
 HttpServer& HttpServer::operator=(HttpServer&& other) noexcept {
     if (this != &other) {
         if (fd_ >= 0) ::close(fd_);
+        if (fd_ >= 0 && unix_) ::unlink(host_.c_str());
         fd_ = std::exchange(other.fd_, -1);
         host_ = std::move(other.host_);
         port_ = other.port_;
+        unix_ = other.unix_;
+        allow_post_ = other.allow_post_;
     }
     return *this;
 }
 
 HttpServer::~HttpServer() {
     if (fd_ >= 0) ::close(fd_);
+    if (fd_ >= 0 && unix_) ::unlink(host_.c_str());
 }
 
 Result<bool> HttpServer::serve_one(int timeout_ms, const std::function<HttpReply(const HttpRequest&)>& handler,
@@ -131,11 +227,26 @@ Result<bool> HttpServer::serve_one(int timeout_ms, const std::function<HttpReply
             reply = {400, "text/plain; charset=utf-8", "malformed request line\n"};
         } else {
             HttpRequest req{line.substr(0, sp1), line.substr(sp1 + 1, sp2 - sp1 - 1)};
-            if (const size_t q = req.path.find('?'); q != std::string::npos) req.path.resize(q);
-            if (req.method != "GET" && req.method != "HEAD")
+            if (const size_t q = req.path.find('?'); q != std::string::npos) {
+                req.query = req.path.substr(q + 1);
+                req.path.resize(q);
+            }
+            req.authorization = header_value(*head, "Authorization");
+            req.local = unix_;
+            std::optional<std::string> body;
+            if (req.method == "POST" && allow_post_) {
+                const std::string length = header_value(*head, "Content-Length");
+                const size_t end = head->find("\r\n\r\n") + 4;
+                body = read_body(conn, head->substr(end), length.empty() ? 0 : std::strtoul(length.c_str(), nullptr, 10));
+            }
+            if (req.method != "GET" && req.method != "HEAD" && !(req.method == "POST" && allow_post_))
                 reply = {405, "text/plain; charset=utf-8", "only GET and HEAD are served\n"};
-            else
+            else if (req.method == "POST" && !body)
+                reply = {400, "text/plain; charset=utf-8", "request body missing, incomplete or over 16 KiB\n"};
+            else {
+                if (body) req.body = std::move(*body);
                 reply = handler(req);
+            }
             if (req.method == "HEAD") reply.body.clear();
         }
     } else {
