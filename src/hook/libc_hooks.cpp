@@ -279,6 +279,12 @@ liveio_libc_enter(ThunkFrame* f) {
     const auto mechanism = static_cast<Mechanism>(f->key / 64);
     const int id = static_cast<int>(f->key % 64);
     void* original = __atomic_load_n(&liveio::hook::g_originals[f->key / 64][id], __ATOMIC_ACQUIRE);
+    // A hooked original tail-calling another hooked function (glibc's __open_2 jumps to open):
+    // the application's call is already kept at this slot and its return already goes through
+    // liveio_libc_return, so this one is the same call, not observed a second time. Keeping it
+    // would overwrite the kept application return address with liveio_libc_return itself.
+    if (f->app_return == reinterpret_cast<uint64_t>(&liveio_libc_return))
+        return {2, reinterpret_cast<uint64_t>(original)};
     Dispatcher& d = Dispatcher::instance();
     uint64_t start = 0;
     liveio::hook::CallHandler* handler = d.begin_handler_call(mechanism, &start);

@@ -183,7 +183,7 @@ TEST_P(ClickHouseAttach, AnswersStayExactWhileAttachedDetachedAndReattached) {
         const uint64_t total = calls_of(*first, "total");
         // Queries run while attached: the agent sees the server's file reads, and every answer
         // is still the unpatched one.
-        ASSERT_TRUE(loop.wait_passes(2)) << loop.describe();
+        ASSERT_TRUE(loop.wait_passes(2)) << loop.describe() << "\nserver log:\n" << server->log_tail(60);
         ASSERT_TRUE(eventually([&] {
             auto s = status_json(pid);
             return s && file_reads(*s) > reads && calls_of(*s, "total") > total;

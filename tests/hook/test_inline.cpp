@@ -169,6 +169,42 @@ TEST(InlineInterceptor, DefaultSetInstallsAndRestores) {
     close(p[1]);
 }
 
+// glibc's __open_2 (what _FORTIFY_SOURCE open calls) ends in a jump to open: with both hooked
+// inline, the tail-called open is entered with liveio_libc_return as its return address. It
+// must stay the one observed __open_2 call (keeping it again lost the application's return
+// address, and the return trapped: ClickHouse died with SIGILL in liveio_libc_exit).
+TEST(InlineInterceptor, HookedOriginalTailCallingHookedFunctionReturnsOnce) {
+    using Open2 = int (*)(const char*, int);
+    auto open_2 = reinterpret_cast<Open2>(dlsym(RTLD_DEFAULT, "__open_2"));
+    if (open_2 == nullptr) GTEST_SKIP() << "this libc has no __open_2";
+    char path[] = "/tmp/liveio-inline-tail-XXXXXX";
+    int wfd = mkstemp(path);
+    ASSERT_GE(wfd, 0);
+    ASSERT_EQ(write(wfd, "tail", 4), 4);
+    close(wfd);
+    RecordingHandler h;
+    auto icpt = Interceptor::install(inline_options({"__open_2", "open", "open64", "read"}), &h);
+    ASSERT_TRUE(icpt.ok()) << icpt.error().message;
+    for (int round = 0; round < 3; ++round) {
+        const int fd = open_2(path, O_RDONLY);
+        ASSERT_GE(fd, 0) << strerror(errno);
+        int opens = 0;
+        for (const Seen& s : h.take())
+            if (s.result == fd && s.args[0] == reinterpret_cast<long>(path)) ++opens;
+        EXPECT_EQ(opens, 1);
+        char buf[4] = {};
+        ASSERT_EQ(read(fd, buf, 4), 4);
+        EXPECT_EQ(std::string(buf, 4), "tail");
+        EXPECT_EQ(for_fd(h.take(), fd).size(), 1u);
+        close(fd);
+    }
+    errno = 0;
+    EXPECT_EQ(open_2("/nonexistent/liveio", O_RDONLY), -1);
+    EXPECT_EQ(errno, ENOENT);
+    ASSERT_TRUE((*icpt)->uninstall().ok());
+    unlink(path);
+}
+
 // Threads do verified libc pread/pwrite while the inline hooks are installed and removed
 // 200 times (each a world stop that may park a thread inside the patched bytes).
 TEST(InlineInterceptor, StressInstallUninstallUnderConcurrentIo) {
