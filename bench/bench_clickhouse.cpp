@@ -641,6 +641,14 @@ void run(ClickhouseOptions o) {
         }
     }
     for (const auto& phase : phases) {
+        std::vector<double> stock_spread;
+        for (const auto& [query, by_config] : phase.timings)
+            if (auto it = by_config.find("stock"); it != by_config.end() && it->second.cold_ms.size() > 1)
+                stock_spread.push_back(100.0 * spread(it->second.cold_ms) / std::max(1e-9, median(it->second.cold_ms)));
+        fmt::print("{}: stock's own cold run-to-run spread (max - min) / median: median over queries {:.0f}%, largest "
+                   "{:.0f}%\n",
+                   phase.name, median(stock_spread),
+                   stock_spread.empty() ? 0.0 : *std::max_element(stock_spread.begin(), stock_spread.end()));
         fmt::print("{}: cold medians vs stock's beyond / inside the run-to-run spread:\n", phase.name);
         for (const auto& c : configs) {
             if (!c.available || c.kind == ConfigKind::Stock) continue;
