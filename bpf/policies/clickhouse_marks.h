@@ -63,13 +63,13 @@ static __always_inline void link_marks(__u64 bin_id, __u64 mrk_id, __u64 slot)
 }
 
 /* The marks of the column whose .bin is `bin_id`, if still kept. */
-static __always_inline struct marks *marks_of(__u64 bin_id)
+static __always_inline struct marks *marks_of(__u64 bin_id, __u32 *slot)
 {
     struct marks_link *l = bpf_map_lookup_elem(&bin_marks, &bin_id);
     if (!l)
         return 0;
-    __u32 slot = l->slot;
-    struct marks *mk = bpf_map_lookup_elem(&marks, &slot);
+    *slot = l->slot;
+    struct marks *mk = bpf_map_lookup_elem(&marks, slot);
     return mk && mk->file_id == l->mrk_id && mk->n <= MAX_MARKS ? mk : 0;
 }
 
@@ -78,19 +78,32 @@ static __always_inline __u64 mark_at(struct marks *mk, __u64 g)
     return mk->mark[(g & (MAX_MARKS - 1)) * 2];
 }
 
-/* The first granule whose block starts at or after `off`. */
-static __always_inline __u64 lower_bound(struct marks *mk, __u64 off)
+/* A binary search over the kept marks of a slot, one step per bpf_loop iteration (the verifier
+ * checks a step once; unrolled, every outcome of every step would be a path of its own). */
+struct marks_search {
+    __u32 slot;
+    __u64 off, lo, hi;
+};
+
+static long search_step(__u32 i, struct marks_search *s)
 {
-    __u64 lo = 0, hi = mk->n;
-#pragma unroll
-    for (int i = 0; i < 14; i++) {
-        __u64 mid = (lo + hi) / 2;
-        if (lo < hi && mark_at(mk, mid) < off)
-            lo = mid + 1;
-        else if (lo < hi)
-            hi = mid;
-    }
-    return lo;
+    struct marks *mk = bpf_map_lookup_elem(&marks, &s->slot);
+    if (!mk || s->lo >= s->hi)
+        return 1;
+    __u64 mid = (s->lo + s->hi) / 2;
+    if (mark_at(mk, mid) < s->off)
+        s->lo = mid + 1;
+    else
+        s->hi = mid;
+    return 0;
+}
+
+/* The first granule whose block starts at or after `off`. */
+static __always_inline __u64 lower_bound(struct marks *mk, __u32 slot, __u64 off)
+{
+    struct marks_search s = {.slot = slot, .off = off, .lo = 0, .hi = mk->n};
+    bpf_loop(14, search_step, &s, 0);
+    return s.lo;
 }
 
 /* Where a read of granules [.., k) of a column ends: on to the end of the block granule k
@@ -111,10 +124,11 @@ static __always_inline __u64 range_end(struct marks *mk, __u64 k)
 
 /* A read of `count` bytes at `pos` of the column with marks `a`: the granules [*first, *end)
  * it covers. Returns 0 when `pos` is not a mark (the read continues a block, no new range). */
-static __always_inline int granules_read(struct marks *a, __u64 pos, __u64 count, __u64 *first, __u64 *end)
+static __always_inline int granules_read(struct marks *a, __u32 slot, __u64 pos, __u64 count, __u64 *first,
+                                         __u64 *end)
 {
-    *first = lower_bound(a, pos);
-    *end = lower_bound(a, pos + count);
+    *first = lower_bound(a, slot, pos);
+    *end = lower_bound(a, slot, pos + count);
     return *first < a->n && mark_at(a, *first) == pos;
 }
 

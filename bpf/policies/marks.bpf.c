@@ -60,31 +60,50 @@ static __always_inline struct group *group_of(__u32 tid, int create)
     return bpf_map_lookup_elem(&groups, &tid);
 }
 
-static __always_inline void prefetch_columns(struct group *g, __u64 pos, __u64 count_bytes)
+/* One column of a batch (a bpf_loop callback: verified once, whatever the group's size). */
+struct batch_ctx {
+    __u32 tid;
+    __u64 first, end, cap, n;
+};
+
+static long batch_column(__u32 i, struct batch_ctx *c)
 {
-    struct marks *a = marks_of(g->leader_id);
-    __u64 first, end, cap = liveio_knob(KNOB_MAX_KB);
-    cap = (cap ? cap : 1024) << 10;
-    if (!a || !granules_read(a, pos, count_bytes, &first, &end))
-        return;
-    __u32 nb = 0;
-    for (__u32 i = 0; i < MAX_COLUMNS; i++) {
-        if (i >= g->n || nb >= MAX_COLUMNS)
-            break;
-        struct member *m = &g->m[i];
-        struct marks *b = m->fd == g->leader ? 0 : marks_of(m->file_id);
-        struct liveio_prefetch *p = &g->batch[nb & (MAX_COLUMNS - 1)];
-        __u64 start, len;
-        if (!b || !column_range(b, a->n, first, end, cap, &start, &len))
-            continue;
-        p->fd = m->fd;
+    struct group *g = bpf_map_lookup_elem(&groups, &c->tid);
+    __u64 j = i;
+    asm volatile("" : "+r"(j)); /* keep the mask below: the verifier bounds the index by it */
+    j &= MAX_COLUMNS - 1;
+    if (!g || i >= MAX_COLUMNS)
+        return 1;
+    struct member *m = &g->m[j];
+    struct liveio_prefetch *p = &g->batch[j];
+    __u32 slot;
+    struct marks *b = m->fd == g->leader ? 0 : marks_of(m->file_id, &slot);
+    __u64 start = 0, len = 0;
+    p->fd = m->fd;
+    p->len = 0; /* the leader itself, another part, marks not kept: no range (the helper skips it) */
+    if (b && column_range(b, c->n, c->first, c->end, c->cap, &start, &len)) {
         p->offset = start;
         p->len = len;
-        nb++;
     }
-    if (nb > 0 && nb <= MAX_COLUMNS && liveio_prefetch_batch(g->batch, nb * sizeof(struct liveio_prefetch)) > 0) {
+    return 0;
+}
+
+static __always_inline void prefetch_columns(struct group *g, __u32 tid, __u64 pos, __u64 count_bytes)
+{
+    __u32 slot;
+    struct marks *a = marks_of(g->leader_id, &slot);
+    struct batch_ctx c = {.tid = tid};
+    c.cap = liveio_knob(KNOB_MAX_KB);
+    c.cap = (c.cap ? c.cap : 1024) << 10;
+    if (!a || !granules_read(a, slot, pos, count_bytes, &c.first, &c.end))
+        return;
+    c.n = a->n;
+    __u64 n = g->n < MAX_COLUMNS ? g->n : MAX_COLUMNS;
+    bpf_loop(n, batch_column, &c, 0);
+    long queued = n > 0 ? liveio_prefetch_batch(g->batch, n * sizeof(struct liveio_prefetch)) : 0;
+    if (queued > 0) {
         count(1, 1);
-        count(2, nb);
+        count(2, queued);
     }
 }
 
@@ -101,8 +120,8 @@ static __always_inline void on_open(struct liveio_io_ctx *io)
     g->marks_slot = 0;
     __u64 n = g->n;
     if (n < MAX_COLUMNS) {
-        g->m[n].fd = io->fd;
-        g->m[n].file_id = io->file_id;
+        g->m[n & (MAX_COLUMNS - 1)].fd = io->fd;
+        g->m[n & (MAX_COLUMNS - 1)].file_id = io->file_id;
         g->n = n + 1;
     }
 }
@@ -145,7 +164,7 @@ int marks_enter(struct liveio_io_ctx *io)
         return 0;
     g->leader_next = pos + io->count;
     if (pos != next) /* a seek, not a scan continuing */
-        prefetch_columns(g, pos, io->count);
+        prefetch_columns(g, io->tid, pos, io->count);
     return 0;
 }
 
