@@ -55,6 +55,14 @@ const std::vector<PolicyDef>& catalog() {
              {"adapt_reads", 8, 16, "reads (all streams) between two adaptations of the depth"},
              {"budget_mb", kRuntimeKnob, 256, "bytes in flight on the I/O thread, all policies (MiB)"},
          }},
+        {"marks",
+         "policies/marks.bpf.o",
+         "ClickHouse point lookups: kept marks turn a column read at granule i into one batch "
+         "prefetching granule i of every other column of the part",
+         {
+             {"max_kb", 0, 1024, "most bytes prefetched per column and granule range (KiB)"},
+             {"budget_mb", kRuntimeKnob, 256, "bytes in flight on the I/O thread, all policies (MiB)"},
+         }},
         {"uring",
          "policies/uring.bpf.o",
          "blocking file and socket calls performed through per-thread io_uring rings (exact results)",
