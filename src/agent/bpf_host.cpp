@@ -25,8 +25,7 @@ using nlohmann::json;
 // thread's first use -- possibly from inside a hooked malloc (see src/agent/CMakeLists.txt).
 // Zero-initialized plain data, so no TLS constructor runs either.
 struct ThreadState {
-    uint64_t registry_id;
-    ReaderRegistry::Slot* slot;
+    AgentReadSections::ThreadCache sections;
     pid_t tid;
     pid_t tid_pid;
 };
@@ -248,7 +247,7 @@ __attribute__((noinline)) void BpfHost::run_edge(CallFrame& frame, bool exit) {
     const long result = exit ? frame.result : 0;
     ThreadState& ts = t_thread;
     const pid_t tid = current_tid();
-    ReaderRegistry::Section section(readers_, ts.slot, ts.registry_id);
+    AgentReadSections::Section section(readers_, ts.sections);
     const EdgeList* list = (exit ? exit_ : enter_)[call.nr].load(std::memory_order_acquire);
     if (list == nullptr) return;
     uint64_t start = 0;
@@ -400,7 +399,7 @@ Result<void> BpfHost::attach_uprobe(LoadedProgram& program) {
         [this, s = site.get()](pt_regs* regs) {
             ThreadState& ts = t_thread;
             (void)current_tid();  // refreshes the cache the helpers read
-            ReaderRegistry::Section section(readers_, ts.slot, ts.registry_id);
+            AgentReadSections::Section section(readers_, ts.sections);
             const EdgeList* list = s->list.load(std::memory_order_acquire);
             if (list == nullptr) return;
             for (const ProgramRun& run : list->runs) (void)run_program(run, regs, sizeof *regs);

@@ -7,7 +7,7 @@
 //   - no program on the call's syscall: one load of the syscall's attachment list and a
 //     branch (nothing else: no clock read, no atomic);
 //   - programs attached: the list (an immutable array) is read inside a lock-free read
-//     section (bpf_host_rcu.h); loading and unloading publish a new list and free the old one
+//     section (base/read_sections.h); loading and unloading publish a new list and free the old one
 //     after a grace period, so unload returns only when no thread still runs its programs.
 //     A call whose exit edge reports a latency gets its start time in CallFrame::start_ns
 //     at the enter edge.
@@ -42,7 +42,6 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/bpf_host_clock.h"
-#include "agent/bpf_host_rcu.h"
 #include "agent/bpf_host_sections.h"
 #include "agent/call_pipeline.h"
 #include "agent/fd_classes.h"
@@ -166,7 +165,7 @@ private:
     Options options_;
     std::unique_ptr<ebpf::Runtime> runtime_;
     ebpf::HelperTable helpers_;
-    ReaderRegistry readers_;
+    AgentReadSections readers_{AgentReadSections::Transient{}};
     FdClassCache fd_classes_;
     EdgeClock clock_;
     // The process id, in a page the kernel zeroes in a forked child (MADV_WIPEONFORK): a
