@@ -175,21 +175,6 @@ struct BpfHost::LoadedObject {
     json reply;
 };
 
-const char* map_type_name(ebpf::MapType type) {
-    switch (type) {
-        case ebpf::MapType::Hash: return "hash";
-        case ebpf::MapType::Array: return "array";
-        case ebpf::MapType::ProgArray: return "prog_array";
-        case ebpf::MapType::PerfEventArray: return "perf_event_array";
-        case ebpf::MapType::PercpuHash: return "percpu_hash";
-        case ebpf::MapType::PercpuArray: return "percpu_array";
-        case ebpf::MapType::LruHash: return "lru_hash";
-        case ebpf::MapType::LruPercpuHash: return "lru_percpu_hash";
-        case ebpf::MapType::RingBuf: return "ringbuf";
-    }
-    return "unknown";
-}
-
 Result<std::unique_ptr<BpfHost>> BpfHost::create(Options options) {
     hook::Dispatcher::ScopedInside inside;
     ebpf::Runtime::Options ro;
@@ -481,7 +466,7 @@ Result<json> BpfHost::load(const LoadRequest& request) {
     json maps = json::array();
     for (auto& m : obj->object.maps())
         maps.push_back({{"name", m.name},
-                        {"type", map_type_name(m.map->spec().type)},
+                        {"type", ebpf::map_type_name(m.map->spec().type)},
                         {"key_size", m.map->spec().key_size},
                         {"value_size", m.map->spec().value_size},
                         {"max_entries", m.map->spec().max_entries}});

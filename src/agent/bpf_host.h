@@ -185,7 +185,4 @@ private:
     void account_read(const CallFrame& frame, policy::Runtime& rt);
 };
 
-// Kernel names of map types ("hash", "array", "percpu_array", "ringbuf", ...).
-const char* map_type_name(ebpf::MapType type);
-
 }  // namespace liveio::agent
