@@ -18,9 +18,8 @@
 //   auto host = BpfHost::create({}).value();
 //   CallPipelineOf<BpfHost> pipeline(*host);
 //   auto interceptor = hook::Interceptor::install({hook::Mechanism::Got}, &pipeline).value();
-//   auto loaded = host->load({"/path/io_stats.bpf.o"}).value();    // the bpf.load reply
-//   const uint32_t id = loaded["object"];
-//   auto stats = host->map(id, "syscall_stats");                    // live ebpf::Map
+//   auto loaded = host->load({"/path/io_stats.bpf.o"}).value();    // a BpfHost::ObjectInfo
+//   auto stats = host->map(loaded.id, "syscall_stats");             // live ebpf::Map
 //   ...
 //   interceptor->uninstall();  // before the host goes away: the pipeline calls it
 //   host.reset();              // unloads everything
@@ -38,8 +37,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "agent/bpf_host_clock.h"
 #include "agent/bpf_host_sections.h"
@@ -73,22 +70,45 @@ public:
         std::vector<std::string> programs;  // function names; empty: every attachable program
     };
 
+    // What the host reports of a loaded object (the control protocol renders it as JSON).
+    struct ProgramInfo {
+        std::string name;
+        std::string section;
+        std::string attach;  // the attach point, in the kernel's notation
+        ebpf::Engine engine = ebpf::Engine::Jit;
+        size_t insns = 0;
+        uint64_t runs = 0;  // times the program ran (list() only; 0 from load())
+    };
+    struct MapInfo {
+        std::string name;
+        ebpf::MapType type = ebpf::MapType::Array;
+        uint32_t key_size = 0;
+        uint32_t value_size = 0;
+        uint32_t max_entries = 0;
+    };
+    struct ObjectInfo {
+        uint32_t id = 0;                   // the handle of unload(), maps(), map()
+        std::string name;                  // the object file's name
+        std::vector<ProgramInfo> programs;  // the attached ones, in load order
+        std::vector<MapInfo> maps;          // in the order of maps()
+    };
+
     static Result<std::unique_ptr<BpfHost>> create(Options options);
     // Unloads every object (waiting until no thread runs their programs).
     ~BpfHost() override;
     BpfHost(const BpfHost&) = delete;
     BpfHost& operator=(const BpfHost&) = delete;
 
-    // Opens, verifies, loads and attaches; returns the `bpf.load` reply of the protocol
-    // ({"object": id, "name", "programs": [...], "maps": [...]}). Nothing stays attached or
-    // allocated when it fails.
-    Result<nlohmann::json> load(const LoadRequest& request);
+    // Opens, verifies, loads and attaches. Nothing stays attached or allocated when it fails.
+    Result<ObjectInfo> load(const LoadRequest& request);
     // Detaches the object's programs, waits until no thread runs them, frees everything.
     Result<void> unload(uint32_t object);
     void unload_all();
-    // {"objects": [load reply + per program "runs"]}.
-    nlohmann::json list() const;
-    // The object's maps in the order of its load reply ("maps").
+    // Every loaded object, with its programs' run counts, in load order.
+    std::vector<ObjectInfo> list() const;
+    // What load() returned for the object.
+    Result<ObjectInfo> describe(uint32_t object) const;
+    // The object's maps, in the order of its ObjectInfo::maps.
     Result<std::vector<std::shared_ptr<ebpf::Map>>> maps(uint32_t object) const;
     std::shared_ptr<ebpf::Map> map(uint32_t object, std::string_view name) const;
     ebpf::Runtime& runtime() { return *runtime_; }
@@ -157,8 +177,6 @@ private:
     uint64_t run_program(const ProgramRun& run, void* ctx, size_t size);
     // Resolves the program's function and makes sure a probe site exists there (mu_ held).
     Result<void> attach_uprobe(LoadedProgram& program);
-    // The object's `bpf.load` reply.
-    Result<nlohmann::json> reply_of(uint32_t object) const;
     // Kernel thread id of the caller, cached per thread (re-read after fork: see pid_page_).
     pid_t current_tid();
 
