@@ -57,9 +57,7 @@ public:
     // against this instance's process-wide unique id. Registers for membarrier at once (no
     // reader can be inside a new instance yet).
     struct Transient {};
-    explicit ReadSections(Transient) : id_(next_id().fetch_add(1, std::memory_order_relaxed)) {
-        register_membarrier();
-    }
+    explicit ReadSections(Transient) : id_(fresh_id()) { register_membarrier(); }
     ReadSections(const ReadSections&) = delete;
     ReadSections& operator=(const ReadSections&) = delete;
     uint64_t id() const { return id_; }
@@ -73,16 +71,16 @@ public:
             membarrier_.store(true, std::memory_order_seq_cst);
     }
 
-    // ---- readers ----
+    // ---- readers (always inlined: they run on every hooked call) ----
 
     // Opens a flat section of `channel`; returns the slot for exit_flat (nullptr: the thread
     // is counted in the shared counter). `cached` is the thread's slot, claimed when null.
-    Slot* enter_flat(Slot*& cached, size_t channel) {
+    [[gnu::always_inline]] Slot* enter_flat(Slot*& cached, size_t channel) {
         Slot* s = slot_of(cached, channel);
         if (s != nullptr) [[likely]] publish(s->depth[channel], 1);
         return s;
     }
-    void exit_flat(Slot* s, size_t channel) {
+    [[gnu::always_inline]] void exit_flat(Slot* s, size_t channel) {
         if (s == nullptr) [[unlikely]] {
             overflow_[channel].fetch_sub(1, std::memory_order_release);
             return;
@@ -91,20 +89,20 @@ public:
     }
 
     // Opens a counted section of `channel` (nestable).
-    Slot* enter(Slot*& cached, size_t channel = 0) {
+    [[gnu::always_inline]] Slot* enter(Slot*& cached, size_t channel = 0) {
         Slot* s = slot_of(cached, channel);
         if (s != nullptr) [[likely]]
             publish(s->depth[channel], s->depth[channel].load(std::memory_order_relaxed) + 1);
         return s;
     }
-    Slot* enter(ThreadCache& cache, size_t channel = 0) {
+    [[gnu::always_inline]] Slot* enter(ThreadCache& cache, size_t channel = 0) {
         if (cache.id != id_) [[unlikely]] {
             cache.slot = nullptr;
             cache.id = id_;
         }
         return enter(cache.slot, channel);
     }
-    void exit(Slot* s, size_t channel = 0) {
+    [[gnu::always_inline]] void exit(Slot* s, size_t channel = 0) {
         if (s == nullptr) [[unlikely]] {
             overflow_[channel].fetch_sub(1, std::memory_order_release);
             return;
@@ -115,18 +113,16 @@ public:
         depth.store(depth.load(std::memory_order_relaxed) - 1, std::memory_order_release);
     }
 
-    // A counted section for a scope.
+    // A counted section of channel 0 for a scope.
     class Section {
     public:
-        Section(ReadSections& r, ThreadCache& cache, size_t channel = 0)
-            : sections_(r), channel_(channel), slot_(r.enter(cache, channel)) {}
-        ~Section() { sections_.exit(slot_, channel_); }
+        [[gnu::always_inline]] Section(ReadSections& r, ThreadCache& cache) : sections_(r), slot_(r.enter(cache)) {}
+        [[gnu::always_inline]] ~Section() { sections_.exit(slot_); }
         Section(const Section&) = delete;
         Section& operator=(const Section&) = delete;
 
     private:
         ReadSections& sections_;
-        size_t channel_;
         Slot* slot_;
     };
 
@@ -176,12 +172,27 @@ public:
     size_t index_of(const Slot* s) const { return s == nullptr ? kSlots : static_cast<size_t>(s - slots_); }
 
 private:
-    // Ids of Transient instances, never 0 (the id of a zero-initialized ThreadCache).
-    static std::atomic<uint64_t>& next_id() {
-        static constinit std::atomic<uint64_t> next{1};
-        return next;
+    // An id for a Transient instance: never 0 (the id of a zero-initialized ThreadCache),
+    // unique within this load of the code, and from a random start, so that a cache that
+    // survived an unload and reload of the library holding this code is not taken for one
+    // of a new instance.
+    static uint64_t fresh_id() {
+        static const uint64_t start = [] {
+            uint64_t r = 0;
+            if (raw_syscall(SYS_getrandom, reinterpret_cast<long>(&r), sizeof r, 0) != sizeof r) {
+                timespec ts{};
+                (void)raw_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, reinterpret_cast<long>(&ts));
+                r = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+            }
+            return r;
+        }();
+        static constinit std::atomic<uint64_t> next{0};
+        for (;;) {
+            const uint64_t id = start + next.fetch_add(1, std::memory_order_relaxed);
+            if (id != 0) return id;
+        }
     }
-    Slot* slot_of(Slot*& cached, size_t channel) {
+    [[gnu::always_inline]] Slot* slot_of(Slot*& cached, size_t channel) {
         Slot* s = cached;
         if (s == nullptr) [[unlikely]] {
             // A slot is reused only once its exited owner left every channel.
@@ -197,7 +208,7 @@ private:
         }
         return s;
     }
-    void publish(std::atomic<uint32_t>& depth, uint32_t value) const {
+    [[gnu::always_inline]] void publish(std::atomic<uint32_t>& depth, uint32_t value) const {
         if (membarrier_.load(std::memory_order_relaxed)) {
             depth.store(value, std::memory_order_relaxed);
             std::atomic_signal_fence(std::memory_order_seq_cst);
