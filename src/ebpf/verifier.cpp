@@ -201,9 +201,57 @@ Result<void> Verifier::check_cfg() {
             return reject(pc, fmt::format("{} to insn {}, the middle of the lddw at insn {}", what, target, target - 1));
         return {};
     };
+    // Functions (the kernel's subprograms): insn 0 and every call target and function
+    // reference start one, which ends where the next begins. The JIT emits a prologue at each
+    // start, so control may enter a function only by a call: the instruction before a start
+    // must end its own function (exit or ja), and no jump may cross into another function.
+    std::vector<uint32_t> func_of(n, 0);
+    {
+        std::vector<bool> starts(n, false);
+        starts[0] = true;
+        for (size_t pc = 0; pc < n; ++pc) {
+            const Insn& in = insns_[pc];
+            const bool call = in.opcode == (op::kClassJmp | op::kCall) && in.src == op::kPseudoCall;
+            const bool ref = in.opcode == op::kLddw && in.src == op::kPseudoFunc;
+            if (call || ref) {
+                const int64_t target = static_cast<int64_t>(pc) + 1 + in.imm;
+                if (auto r = check_target(pc, target, call ? "call" : "function reference"); !r) return r;
+                starts[target] = true;
+            }
+            if (in.opcode == op::kLddw) ++pc;
+        }
+        uint32_t current = 0;
+        for (size_t pc = 0; pc < n; ++pc) {
+            if (starts[pc] && pc > 0) {
+                const size_t last = second_slot_[pc - 1] ? pc - 2 : pc - 1;
+                const Insn& end = insns_[last];
+                const uint8_t cls = op::class_of(end.opcode), code = end.opcode & 0xf0;
+                const bool ends = (cls == op::kClassJmp || cls == op::kClassJmp32) && (code == op::kExit || code == op::kJa);
+                if (!ends)
+                    return reject(last, fmt::format("execution falls through into the function at insn {} (the last "
+                                                    "instruction before a function must be exit or ja)",
+                                                    pc));
+                current = static_cast<uint32_t>(pc);
+            }
+            func_of[pc] = current;
+        }
+    }
+    auto check_jump = [&](size_t pc, int64_t target) -> Result<void> {
+        if (auto r = check_target(pc, target, "jump"); !r) return r;
+        if (func_of[target] != func_of[pc])
+            return reject(pc, fmt::format("jump to insn {} leaves the function at insn {} for the function at insn {}",
+                                          target, func_of[pc], func_of[target]));
+        return {};
+    };
     for (size_t pc = 0; pc < n; ++pc) {
         const Insn& in = insns_[pc];
         const uint8_t cls = op::class_of(in.opcode), code = in.opcode & 0xf0;
+        // Engines resolve every helper call when they load, reachable or not: a call no path
+        // reaches must name a helper too, or the verifier would accept what no engine loads.
+        if (in.opcode == (op::kClassJmp | op::kCall) && in.src == 0 && in.imm != helper_id::kTailCall) {
+            const HelperProto* proto = helpers_.find(in.imm);
+            if (!proto || !proto->fn) return reject(pc, fmt::format("call to unknown helper {}", in.imm));
+        }
         size_t next = pc + 1;
         bool falls_through = true;
         if (in.opcode == op::kLddw) {
@@ -218,7 +266,7 @@ Result<void> Verifier::check_cfg() {
                 falls_through = false;
             } else if (code == op::kJa) {
                 const int64_t target = static_cast<int64_t>(pc) + 1 + (cls == op::kClassJmp32 ? in.imm : in.offset);
-                if (auto r = check_target(pc, target, "jump"); !r) return r;
+                if (auto r = check_jump(pc, target); !r) return r;
                 prune_point_[target] = true;
                 falls_through = false;
             } else if (code == op::kCall) {
@@ -227,7 +275,7 @@ Result<void> Verifier::check_cfg() {
                 }
             } else {
                 const int64_t target = static_cast<int64_t>(pc) + 1 + in.offset;
-                if (auto r = check_target(pc, target, "jump"); !r) return r;
+                if (auto r = check_jump(pc, target); !r) return r;
                 prune_point_[target] = true;
                 if (pc + 1 < n) prune_point_[pc + 1] = true;
             }
@@ -940,7 +988,7 @@ Result<bool> Verifier::call(Path& path, const Insn& in) {
     State& s = path.state;
     const uint32_t pc = path.pc;
     if (in.opcode & op::kSrcX) {
-        const int regno = in.dst ? in.dst : (in.imm & 0xf);
+        const int regno = in.dst ? in.dst : in.imm;  // imm in 0..10: check_encoding
         auto r = read_reg(s, pc, regno);
         if (!r) return r.error();
         const Reg& target = *r.value();

@@ -67,6 +67,28 @@ TEST(VerifierCorpus, WriteToR10) {
 
 TEST(VerifierCorpus, UnknownHelper) {
     expect_rejected(make_program("call 9999\nmov %r0, 0\nexit"), 0, "unknown helper 9999");
+    // Unreachable, but the engines resolve it when they load (fuzz.jit_diff found the mismatch).
+    expect_rejected(make_program("mov %r0, 0\nja +1\ncall 0\nexit"), 2, "unknown helper 0");
+}
+
+// The JIT emits a prologue where each function starts: falling or jumping into one from
+// another function would run it in the wrong frame (fuzz.jit_diff: a wild jump).
+TEST(VerifierCorpus, FunctionsAreEnteredOnlyByCalls) {
+    expect_rejected(make_program("mov %r0, 0\nlddw %r2, " + func(4) + "\nmov %r0, 0\nexit"), 3,
+                    "falls through into the function at insn 4");
+    expect_rejected(make_program("mov %r0, 0\njeq %r1, 0, +3\nlddw %r2, " + func(5) + "\nexit\nmov %r0, 1\nexit"),
+                    1, "jump to insn 5 leaves the function at insn 0 for the function at insn 5");
+    expect_accepted(make_program("mov %r0, 0\nlddw %r2, " + func(5) + "\nja +0\nexit\nmov %r0, 1\nexit"));
+}
+
+// callx with its register in imm (older assemblers): beyond r10 the engines would index past
+// their register file (fuzz.verifier, UBSan).
+TEST(VerifierCorpus, CallxRegisterOutOfRange) {
+    Program p = make_program("mov %r0, 0\nexit");
+    p.insns.insert(p.insns.begin() + 1, Insn{static_cast<uint8_t>(op::kClassJmp | op::kCall | op::kSrcX), 0, 0, 0, 12});
+    auto r = check(p);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.error().message.find("callx register in imm is not r0..r10"), std::string::npos) << r.error().message;
 }
 
 // ---- initialization ---------------------------------------------------------------------
