@@ -254,6 +254,13 @@ Result<void> Verifier::check_cfg() {
         }
         size_t next = pc + 1;
         bool falls_through = true;
+        if (in.opcode == op::kLddw && in.src != 0 && in.src != op::kPseudoFunc) {
+            // As for helper calls: engines resolve map references when they load, reachable
+            // or not, so each is checked here whether a path reaches it or not.
+            State scratch;
+            scratch.frames.emplace_back();
+            if (auto r = lddw(scratch, static_cast<uint32_t>(pc), in); !r) return r;
+        }
         if (in.opcode == op::kLddw) {
             if (in.src == op::kPseudoFunc) {
                 const int64_t target = static_cast<int64_t>(pc) + 1 + in.imm;
@@ -973,6 +980,10 @@ Result<void> Verifier::lddw(State& s, uint32_t pc, const Insn& in) {
         dst.kind = Kind::MapPtr;
         return {};
     }
+    // A value address fixed at load time exists only for plain arrays (the kernel's
+    // map_direct_value_addr): hash values come and go, per-CPU values differ by CPU.
+    if (spec.type != MapType::Array || spec.max_entries == 0)
+        return reject(pc, fmt::format("direct value access to map '{}', which is not a non-empty array", spec.name));
     const uint32_t off = static_cast<uint32_t>(insns_[pc + 1].imm);
     if (off >= spec.value_size)
         return reject(pc, fmt::format("offset {} beyond the {}-byte value of map '{}'", off, spec.value_size, spec.name));

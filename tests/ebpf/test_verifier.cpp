@@ -81,6 +81,14 @@ TEST(VerifierCorpus, FunctionsAreEnteredOnlyByCalls) {
     expect_accepted(make_program("mov %r0, 0\nlddw %r2, " + func(5) + "\nja +0\nexit\nmov %r0, 1\nexit"));
 }
 
+// Map references are resolved by the engines at load time, reachable or not (fuzz.verifier);
+// a direct value address exists only for plain arrays (a hash value may be freed).
+TEST(VerifierCorpus, MapReferencesCheckedEverywhere) {
+    expect_rejected(make_program("mov %r0, 0\nja +2\nlddw %r1, " + map(12288) + "\nexit"), 2, "map index 12288 out of range");
+    expect_rejected(make_program("lddw %r2, " + map_value(0) + "\nmov %r0, 0\nexit"), 0,
+                    "direct value access to map 'map1', which is not a non-empty array");
+}
+
 // callx with its register in imm (older assemblers): beyond r10 the engines would index past
 // their register file (fuzz.verifier, UBSan).
 TEST(VerifierCorpus, CallxRegisterOutOfRange) {
