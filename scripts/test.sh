@@ -27,16 +27,22 @@ fi
 # test binaries and the test's own target programs.
 #
 # Not run under sanitizers, and why:
-#  - Injection of liveio-agent.so into processes that are not instrumented (python3, /bin/sh,
-#    clickhouse-server, `liveio run` children): an instrumented library can only be loaded into
-#    a process whose sanitizer runtime was there from the start ("ASan runtime does not come
-#    first"). The agent's code still runs under the sanitizer through the in-process harnesses:
-#    BpfHostTest/BpfSections/FdClasses (test_agent) load the BPF host, its programs and hooks in
-#    the test process; test_hook installs every mechanism in the test process; ProtocolTest
-#    runs an Agent in the test process.
+#  - Injection of liveio-agent.so into processes that are not instrumented (clickhouse-server,
+#    python3): an instrumented library can only be loaded into a process whose sanitizer
+#    runtime was there from the start ("ASan runtime does not come first"). The tests whose
+#    targets are the tree's own programs (liveio-io-target, test binaries) run instrumented
+#    agents in instrumented targets; the agent's code also runs under the sanitizer through the
+#    in-process harnesses: BpfHostTest/BpfSections/FdClasses (test_agent) load the BPF host,
+#    its programs and hooks in the test process; test_hook installs every mechanism in the
+#    test process; ProtocolTest runs an Agent in the test process. Left out by name:
+#    ClickHouseAttach, PolicyClickHouse, DemoTest, BenchClickhouse, NetnsCluster and
+#    LoopbackCluster attach to clickhouse-server.
 #  - fuzz.*: the fuzz targets are their own clang ASan+UBSan build.
+# This list comes from reading the tests; no complete instrumented run has validated it yet
+# (the shared 2-core machine could not finish one): a test failing only under the sanitizer
+# is a finding to fix, or to add here with its reason.
 declare -A excluded=(
-  [address]='^fuzz\.'
+  [address]='^(fuzz\.|Mechanisms/ClickHouseAttach|PolicyClickHouse|DemoTest|BenchClickhouse|NetnsCluster|LoopbackCluster)'
 )
 case $sanitize in
   address)

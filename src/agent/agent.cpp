@@ -260,6 +260,8 @@ json Agent::status() const {
                 {"mechanisms", mechanisms},
                 {"calls", counters_.snapshot()},
                 {"policies", policies_ ? policies_->list() : json::object()},
+                {"control", {{"allowed_uids", {::geteuid(), 0}},
+                             {"refused_connections", refused_connections_.load(std::memory_order_relaxed)}}},
                 {"requests", router_.describe()}};
     if (!options_.library_path.empty())
         out["library"] = {{"path", options_.library_path}, {"handle", options_.library_handle}};
@@ -382,9 +384,11 @@ void Agent::serve() {
                 socklen_t len = sizeof cred;
                 const bool known = ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
                 if (!known || (cred.uid != 0 && cred.uid != own_uid)) {
+                    refused_connections_.fetch_add(1, std::memory_order_relaxed);
                     (void)respond(fd, make_error_response(nullptr, make_error(EACCES,
-                        "permission denied: only uid " + std::to_string(own_uid) +
-                        " and root may control this agent")));
+                        "permission denied: uid " + (known ? std::to_string(cred.uid) : std::string("unknown")) +
+                        " may not control process " + std::to_string(::getpid()) + "; only its owner (uid " +
+                        std::to_string(own_uid) + ") and root may")));
                     ::close(fd);
                 } else if (conns.size() >= kMaxConnections) {
                     (void)respond(fd, make_error_response(nullptr, make_error(EBUSY, "too many control connections")));

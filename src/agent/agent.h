@@ -111,6 +111,8 @@ private:
     // that thread has exited before unloading (dlclose with the thread still running, or
     // stopped by the injector halfway out, would leave the destructor's join waiting).
     std::atomic<pid_t> control_tid_{0};
+    // Connections refused because their peer was neither the target's uid nor root.
+    std::atomic<uint64_t> refused_connections_{0};
     std::thread thread_;
 };
 

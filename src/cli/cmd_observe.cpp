@@ -343,9 +343,9 @@ void dump_map(const observe::LiveMap& lm, size_t max_entries) {
             std::memcpy(&k, key.data(), key.size());
             std::string name = i.name == "syscall_stats" ? observe::syscall_name(static_cast<uint32_t>(k))
                                : i.name == "class_stats"
-                                   ? observe::class_name(static_cast<uint32_t>(k / 3)) + " " + observe::direction_name(static_cast<uint32_t>(k % 3))
+                                   ? observe::class_label(static_cast<uint32_t>(k / 3), static_cast<uint32_t>(k % 3))
                                    : fmt::format("0x{:x}", k);
-            std::printf("    %-20s %s\n", name.c_str(), stats_line(observe::Counters::from(raw)).c_str());
+            std::printf("    %-30s %s\n", name.c_str(), stats_line(observe::Counters::from(raw)).c_str());
             continue;
         }
         ++total;

@@ -295,6 +295,10 @@ void print_status(const json& s) {
                              m.value("calls_dispatched", uint64_t{0}));
     std::printf("mechanisms: %s\n", mechs.empty() ? "none installed" : mechs.c_str());
     if (s.contains("last_error")) std::printf("last error: %s\n", s["last_error"].get<std::string>().c_str());
+    if (const json control = s.value("control", json::object()); control.value("refused_connections", uint64_t{0}) > 0)
+        std::printf("control: refused %llu connection(s) from other users (only uid %d and root may control it)\n",
+                    static_cast<unsigned long long>(control["refused_connections"].get<uint64_t>()),
+                    control.value("allowed_uids", json::array({-1})).at(0).get<int>());
     std::printf("%-14s %14s %16s %10s\n", "syscall", "calls", "bytes", "errors");
     const json calls = s.value("calls", json::object());
     auto row = [](const std::string& name, const json& c) {

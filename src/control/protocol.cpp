@@ -10,6 +10,8 @@
 #include <cstring>
 #include <utility>
 
+#include <fmt/format.h>
+
 namespace liveio::control {
 
 std::string control_socket_name(pid_t pid) {
@@ -57,6 +59,17 @@ Result<ControlClient> ControlClient::connect(pid_t pid) {
     if (!c && (c.error().code == ECONNREFUSED || c.error().code == ENOENT))
         return make_error(ECONNREFUSED, "no liveio agent is running in process " +
                                             std::to_string(pid) + " (attach first)");
+    if (!c) return c;
+    // Abstract names have no owner: any process may bind the target's name before its agent
+    // does. Requests (programs, policies) go only to the target itself.
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(c->fd(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+        return make_error(errno, std::string("SO_PEERCRED on the control socket: ") + std::strerror(errno));
+    if (cred.pid != pid)
+        return make_error(EACCES, fmt::format("the control socket of process {} is served by process {} (uid {}), "
+                                              "not the target: refusing to talk to it",
+                                              pid, cred.pid, cred.uid));
     return c;
 }
 

@@ -40,7 +40,13 @@ const char* jmp_problem(const Insn& in, bool is32) {
     case op::kCall:
         if (is32) return "call in the JMP32 class";
         if (in.offset != 0) return "offset of call is not zero";
-        if (x) return in.src != 0 ? "src of callx is not zero" : nullptr;
+        if (x) {
+            if (in.src != 0) return "src of callx is not zero";
+            // The register is dst, or imm where older assemblers put it: r0..r10 either way
+            // (the engines index their register file with it).
+            if (in.dst == 0 && (in.imm < 0 || in.imm > 10)) return "callx register in imm is not r0..r10";
+            return nullptr;
+        }
         if (in.dst != 0) return "dst of call is not zero";
         if (in.src != 0 && in.src != op::kPseudoCall) return "unsupported call kind (kfunc calls are not supported)";
         return nullptr;

@@ -328,7 +328,7 @@ uint64_t Interpreter::call_at(ExecEnv& env, size_t start_pc, const uint64_t args
                 int64_t id = in.imm;
                 if (x) {
                     // callx: the register (dst, or imm in older assemblers) holds a helper id.
-                    id = static_cast<int64_t>(reg[in.dst ? in.dst : (in.imm & 0xf)]);
+                    id = static_cast<int64_t>(reg[in.dst ? in.dst : in.imm]);  // imm in 0..10: check_encoding
                     fn = nullptr;
                 } else if (in.src == 0) {
                     fn = resolved_.helper_at[pc];

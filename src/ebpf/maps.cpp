@@ -246,6 +246,13 @@ Result<ShmRegion> ShmRegion::create(const std::string& name, const Layout& layou
     const std::string memfd_name = "liveio-map:" + name;
     const int fd = ::memfd_create(memfd_name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) return make_error(errno, fmt::format("memfd_create for map '{}' failed", name));
+    // memfds are created 0777; the map is the target owner's (reopening it through /proc needs
+    // ptrace access to the target anyway, this also holds for a descriptor passed on).
+    if (::fchmod(fd, 0600) != 0) {
+        const int e = errno;
+        ::close(fd);
+        return make_error(e, fmt::format("fchmod 0600 of the memfd of map '{}' failed", name));
+    }
     if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
         const int e = errno;
         ::close(fd);

@@ -38,6 +38,23 @@ constexpr uint32_t kMapReadOnlyProg = 1u << 7;
 
 Error reject(uint32_t pc, const std::string& why) { return make_error(EACCES, fmt::format("insn {}: {}", pc, why)); }
 
+// The memory a pointer of `kind` points into, for messages.
+const char* region_name(Kind kind) {
+    switch (kind) {
+    case Kind::Ctx: return "context";
+    case Kind::Stack: return "stack";
+    case Kind::MapValue: return "map value";
+    case Kind::RingbufMem: return "ring buffer record";
+    default: return kind_name(kind);
+    }
+}
+
+const char* alu_op_name(uint8_t code) {
+    static constexpr const char* names[16] = {"add", "sub", "mul", "div", "or", "and", "lsh", "rsh",
+                                              "neg", "mod", "xor", "mov", "arsh", "byte swap", "?", "?"};
+    return names[code >> 4];
+}
+
 int access_size(uint8_t opcode) {
     switch (opcode & 0x18) {
     case op::kSizeB: return 1;
@@ -129,6 +146,11 @@ private:
     Result<void> check_region(const State& s, uint32_t pc, int regno, const Reg& ptr, int64_t off, uint64_t size,
                               bool write, bool insn_access = true) const;
     Result<void> check_stack_init(const State& s, uint32_t pc, const Reg& ptr, int64_t off, uint64_t size) const;
+    // Without pointer leaks: refuses an access to stack bytes [off, off + size) via `ptr` that
+    // would read or keep readable part of a spilled pointer. `whole_slot_ok`: an access of
+    // exactly one aligned 8-byte slot at a constant offset moves the pointer as a whole.
+    Result<void> check_spilled_pointers(const State& s, uint32_t pc, const Reg& ptr, int64_t off, uint64_t size,
+                                        bool write, bool whole_slot_ok) const;
     Result<void> helper_mem(State& s, uint32_t pc, int regno, const Reg& ptr, uint64_t size, bool write,
                             const std::string& what);
 
@@ -179,11 +201,66 @@ Result<void> Verifier::check_cfg() {
             return reject(pc, fmt::format("{} to insn {}, the middle of the lddw at insn {}", what, target, target - 1));
         return {};
     };
+    // Functions (the kernel's subprograms): insn 0 and every call target and function
+    // reference start one, which ends where the next begins. The JIT emits a prologue at each
+    // start, so control may enter a function only by a call: the instruction before a start
+    // must end its own function (exit or ja), and no jump may cross into another function.
+    std::vector<uint32_t> func_of(n, 0);
+    {
+        std::vector<bool> starts(n, false);
+        starts[0] = true;
+        for (size_t pc = 0; pc < n; ++pc) {
+            const Insn& in = insns_[pc];
+            const bool call = in.opcode == (op::kClassJmp | op::kCall) && in.src == op::kPseudoCall;
+            const bool ref = in.opcode == op::kLddw && in.src == op::kPseudoFunc;
+            if (call || ref) {
+                const int64_t target = static_cast<int64_t>(pc) + 1 + in.imm;
+                if (auto r = check_target(pc, target, call ? "call" : "function reference"); !r) return r;
+                starts[target] = true;
+            }
+            if (in.opcode == op::kLddw) ++pc;
+        }
+        uint32_t current = 0;
+        for (size_t pc = 0; pc < n; ++pc) {
+            if (starts[pc] && pc > 0) {
+                const size_t last = second_slot_[pc - 1] ? pc - 2 : pc - 1;
+                const Insn& end = insns_[last];
+                const uint8_t cls = op::class_of(end.opcode), code = end.opcode & 0xf0;
+                const bool ends = (cls == op::kClassJmp || cls == op::kClassJmp32) && (code == op::kExit || code == op::kJa);
+                if (!ends)
+                    return reject(last, fmt::format("execution falls through into the function at insn {} (the last "
+                                                    "instruction before a function must be exit or ja)",
+                                                    pc));
+                current = static_cast<uint32_t>(pc);
+            }
+            func_of[pc] = current;
+        }
+    }
+    auto check_jump = [&](size_t pc, int64_t target) -> Result<void> {
+        if (auto r = check_target(pc, target, "jump"); !r) return r;
+        if (func_of[target] != func_of[pc])
+            return reject(pc, fmt::format("jump to insn {} leaves the function at insn {} for the function at insn {}",
+                                          target, func_of[pc], func_of[target]));
+        return {};
+    };
     for (size_t pc = 0; pc < n; ++pc) {
         const Insn& in = insns_[pc];
         const uint8_t cls = op::class_of(in.opcode), code = in.opcode & 0xf0;
+        // Engines resolve every helper call when they load, reachable or not: a call no path
+        // reaches must name a helper too, or the verifier would accept what no engine loads.
+        if (in.opcode == (op::kClassJmp | op::kCall) && in.src == 0 && in.imm != helper_id::kTailCall) {
+            const HelperProto* proto = helpers_.find(in.imm);
+            if (!proto || !proto->fn) return reject(pc, fmt::format("call to unknown helper {}", in.imm));
+        }
         size_t next = pc + 1;
         bool falls_through = true;
+        if (in.opcode == op::kLddw && in.src != 0 && in.src != op::kPseudoFunc) {
+            // As for helper calls: engines resolve map references when they load, reachable
+            // or not, so each is checked here whether a path reaches it or not.
+            State scratch;
+            scratch.frames.emplace_back();
+            if (auto r = lddw(scratch, static_cast<uint32_t>(pc), in); !r) return r;
+        }
         if (in.opcode == op::kLddw) {
             if (in.src == op::kPseudoFunc) {
                 const int64_t target = static_cast<int64_t>(pc) + 1 + in.imm;
@@ -196,7 +273,7 @@ Result<void> Verifier::check_cfg() {
                 falls_through = false;
             } else if (code == op::kJa) {
                 const int64_t target = static_cast<int64_t>(pc) + 1 + (cls == op::kClassJmp32 ? in.imm : in.offset);
-                if (auto r = check_target(pc, target, "jump"); !r) return r;
+                if (auto r = check_jump(pc, target); !r) return r;
                 prune_point_[target] = true;
                 falls_through = false;
             } else if (code == op::kCall) {
@@ -205,7 +282,7 @@ Result<void> Verifier::check_cfg() {
                 }
             } else {
                 const int64_t target = static_cast<int64_t>(pc) + 1 + in.offset;
-                if (auto r = check_target(pc, target, "jump"); !r) return r;
+                if (auto r = check_jump(pc, target); !r) return r;
                 prune_point_[target] = true;
                 if (pc + 1 < n) prune_point_[pc + 1] = true;
             }
@@ -518,7 +595,12 @@ Result<void> Verifier::alu(State& s, uint32_t pc, const Insn& in) {
             dst = src;
             return {};
         }
-        if (src.kind != Kind::Scalar) src = Reg::scalar(Range::unknown());
+        if (src.kind != Kind::Scalar) {
+            if (!options_.allow_pointer_leaks)
+                return reject(pc, fmt::format("partial copy of r{}, a {}, would expose its address", in.src,
+                                              kind_name(src.kind)));
+            src = Reg::scalar(Range::unknown());
+        }
         // dst's old value does not matter; passing src keeps constants exact.
         Reg result = Reg::scalar(verifier_detail::alu_range(in.opcode, in.offset, in.imm, src.r, src.r));
         merge_origins(result, src);
@@ -537,6 +619,14 @@ Result<void> Verifier::alu(State& s, uint32_t pc, const Insn& in) {
 Result<void> Verifier::pointer_alu(State& s, uint32_t pc, const Insn& in, Reg& dst, const Reg& src, uint8_t code) {
     (void)s;
     const bool is64 = op::class_of(in.opcode) == op::kClassAlu64;
+    const bool leaks = options_.allow_pointer_leaks;
+    const char* opname = alu_op_name(code);
+    if (code == op::kNeg || code == op::kEnd) {
+        // Unary: the result is a number made of the address.
+        if (!leaks) return reject(pc, fmt::format("{} of r{}, a {}, would expose an address", opname, in.dst, kind_name(dst.kind)));
+        dst = Reg::scalar(is64 ? Range::unknown() : Range::unsigned_range(0, 0xffffffff));
+        return {};
+    }
     for (const Reg* r : {static_cast<const Reg*>(&dst), &src}) {
         if (r->kind == Kind::MapValueOrNull || r->kind == Kind::RingbufMemOrNull)
             return reject(pc, fmt::format("arithmetic on r{}, a {} (null-check it first)", r == &dst ? in.dst : in.src,
@@ -544,29 +634,58 @@ Result<void> Verifier::pointer_alu(State& s, uint32_t pc, const Insn& in, Reg& d
         if (r->kind == Kind::MapPtr || r->kind == Kind::Func)
             return reject(pc, fmt::format("arithmetic on r{}, a {}", r == &dst ? in.dst : in.src, kind_name(r->kind)));
     }
-    const bool ptr_plus_scalar = dst.is_pointer() && src.kind == Kind::Scalar && (code == op::kAdd || code == op::kSub);
-    const bool scalar_plus_ptr = dst.kind == Kind::Scalar && src.is_pointer() && code == op::kAdd;
-    if (is64 && (ptr_plus_scalar || scalar_plus_ptr)) {
-        Reg result = ptr_plus_scalar ? dst : src;
-        need_precise(ptr_plus_scalar ? src : dst);
-        const Range& delta = ptr_plus_scalar ? src.r : dst.r;
-        result.r = verifier_detail::alu_range(op::kClassAlu64 | code, 0, 0, result.r, delta);
-        if (result.r.smin < -kMaxPtrOffset || result.r.smax > kMaxPtrOffset)
-            return reject(pc, fmt::format("pointer arithmetic escapes its region: r{} ({}) offset may be anywhere in "
-                                          "[{}, {}]",
-                                          in.dst, kind_name(result.kind), result.r.smin, result.r.smax));
-        dst = result;
+    if (dst.is_pointer() && src.is_pointer()) {
+        // Any operation but subtraction on two pointers yields an arbitrary number.
+        if (code != op::kSub) return reject(pc, fmt::format("r{} pointer {} pointer prohibited", in.dst, opname));
+        // Two pointers into one region (the only context; one stack frame) are a fixed
+        // distance apart whatever the region's address. Two map values, even of one map, or
+        // two ring buffer records may lie anywhere relative to each other.
+        const bool one_region = dst.kind == src.kind && (dst.kind == Kind::Ctx || (dst.kind == Kind::Stack && dst.frame == src.frame));
+        if (one_region) {
+            dst = Reg::scalar(verifier_detail::alu_range(in.opcode, 0, 0, dst.r, src.r));
+            return {};
+        }
+        if (!leaks)
+            return reject(pc, fmt::format("r{} ({}) minus r{} ({}): the distance between two regions exposes "
+                                          "their addresses",
+                                          in.dst, kind_name(dst.kind), in.src, kind_name(src.kind)));
+        dst = Reg::scalar(is64 ? Range::unknown() : Range::unsigned_range(0, 0xffffffff));
         return {};
     }
-    if (is64 && code == op::kSub && dst.is_pointer() && src.kind == dst.kind && dst.frame == src.frame &&
-        dst.map == src.map) {
-        // Distance between two pointers into the same region.
-        dst = Reg::scalar(verifier_detail::alu_range(op::kClassAlu64 | op::kSub, 0, 0, dst.r, src.r));
-        return {};
+    const bool dst_is_ptr = dst.is_pointer();
+    if (!is64) {
+        // Truncating a pointer to 32 bits leaves a number, never a pointer.
+        if (code == op::kSub && leaks) {
+            dst = Reg::scalar(Range::unsigned_range(0, 0xffffffff));
+            return {};
+        }
+        return reject(pc, fmt::format("r{} 32-bit pointer arithmetic prohibited", in.dst));
     }
-    // Anything else turns the pointer into a number the program may compute with but never
-    // dereference (this verifier admits privileged programs only, as the kernel for root).
-    dst = Reg::scalar(is64 ? Range::unknown() : Range::unsigned_range(0, 0xffffffff));
+    switch (code) {
+    case op::kAdd: break;
+    case op::kSub:
+        if (!dst_is_ptr) return reject(pc, fmt::format("r{} tried to subtract a pointer (r{}) from a scalar", in.dst, in.src));
+        // As the kernel: stack pointers only move by adding (negative) offsets.
+        if (dst.kind == Kind::Stack)
+            return reject(pc, fmt::format("r{} subtraction from a stack pointer prohibited (add a negative offset)",
+                                          in.dst));
+        break;
+    case op::kAnd:
+    case op::kOr:
+    case op::kXor:
+        return reject(pc, fmt::format("r{} bitwise operator {} on a pointer prohibited", in.dst, opname));
+    default:
+        return reject(pc, fmt::format("r{} pointer arithmetic with operator {} prohibited", in.dst, opname));
+    }
+    const Reg& offset = dst_is_ptr ? src : dst;
+    Reg result = dst_is_ptr ? dst : src;
+    need_precise(offset);
+    result.r = verifier_detail::alu_range(op::kClassAlu64 | code, 0, 0, result.r, offset.r);
+    if (result.r.smin < -kMaxPtrOffset || result.r.smax > kMaxPtrOffset)
+        return reject(pc, fmt::format("pointer arithmetic escapes its region: r{} ({}) offset may be anywhere in "
+                                      "[{}, {}]",
+                                      in.dst, kind_name(result.kind), result.r.smin, result.r.smax));
+    dst = result;
     return {};
 }
 
@@ -658,6 +777,10 @@ Result<bool> Verifier::cond_jump(Path& path, const Insn& in) {
         return true;
     }
     // Other pointer comparisons: both outcomes stay possible, nothing is learned.
+    if (!options_.allow_pointer_leaks && !against_null)
+        return reject(pc, fmt::format("comparison of r{} ({}) with {} ({}) would expose an address", in.dst,
+                                      kind_name(a.kind), x ? fmt::format("r{}", in.src) : std::to_string(in.imm),
+                                      kind_name(b.kind)));
     fork(path, s, taken_pc);
     path.pc = fall_pc;
     return true;
@@ -717,6 +840,24 @@ Result<void> Verifier::check_region(const State& s, uint32_t pc, int regno, cons
     return {};
 }
 
+Result<void> Verifier::check_spilled_pointers(const State& s, uint32_t pc, const Reg& ptr, int64_t off,
+                                             uint64_t size, bool write, bool whole_slot_ok) const {
+    if (options_.allow_pointer_leaks) return {};
+    const StackFrame& st = s.frames[ptr.frame].stack;
+    const int64_t lo = ptr.r.smin + off + kStackSize, hi = ptr.r.smax + off + static_cast<int64_t>(size) + kStackSize;
+    for (const auto& [slot, reg] : st.spills) {
+        const int64_t start = int64_t{slot} * 8;
+        if (reg.kind == Kind::Scalar || start >= hi || start + 8 <= lo) continue;
+        // A write covering the whole slot replaces the pointer; a read or partial write would
+        // leave part of it readable as a number.
+        const bool covers_slot = ptr.r.is_const() && lo <= start && start + 8 <= hi;
+        if ((whole_slot_ok && ptr.r.is_const() && size == 8 && lo == start) || (write && covers_slot)) continue;
+        return reject(pc, fmt::format("{} part of the {} spilled at stack offset {} would expose its address",
+                                      write ? "overwriting" : "reading", kind_name(reg.kind), start - kStackSize));
+    }
+    return {};
+}
+
 Result<void> Verifier::check_stack_init(const State& s, uint32_t pc, const Reg& ptr, int64_t off, uint64_t size) const {
     const StackFrame& st = s.frames[ptr.frame].stack;
     const int64_t lo = ptr.r.smin + off + kStackSize, hi = ptr.r.smax + off + static_cast<int64_t>(size) + kStackSize;
@@ -737,6 +878,7 @@ Result<void> Verifier::load(State& s, uint32_t pc, const Insn& in) {
     Reg value = Reg::scalar(loaded_range(size, sx));
     if (ptr.kind == Kind::Stack) {
         if (auto r = check_stack_init(s, pc, ptr, in.offset, size); !r) return r;
+        if (auto r = check_spilled_pointers(s, pc, ptr, in.offset, size, false, true); !r) return r;
         const int64_t idx = ptr.r.smin + in.offset + kStackSize;
         if (ptr.r.is_const() && size == 8 && idx % 8 == 0) {
             if (const Reg* spilled = s.frames[ptr.frame].stack.spill(static_cast<int>(idx / 8))) value = *spilled;
@@ -758,7 +900,16 @@ Result<void> Verifier::store(State& s, uint32_t pc, const Insn& in) {
         value = *v.value();
     }
     if (auto r = check_region(s, pc, in.dst, ptr, in.offset, size, true); !r) return r;
+    if (!options_.allow_pointer_leaks && value.is_pointer()) {
+        if (ptr.kind != Kind::Stack)
+            return reject(pc, fmt::format("r{} ({}) stored into the {} would expose its address", in.src,
+                                          kind_name(value.kind), region_name(ptr.kind)));
+        if (size != 8 || !ptr.r.is_const())
+            return reject(pc, fmt::format("partial or variable-offset spill of r{} ({}) would expose its address",
+                                          in.src, kind_name(value.kind)));
+    }
     if (ptr.kind != Kind::Stack) return {};
+    if (auto r = check_spilled_pointers(s, pc, ptr, in.offset, size, true, true); !r) return r;
     StackFrame& st = s.frames[ptr.frame].stack;
     const int64_t lo = ptr.r.smin + in.offset + kStackSize, hi = ptr.r.smax + in.offset + size + kStackSize;
     if (!ptr.r.is_const()) {
@@ -793,6 +944,7 @@ Result<void> Verifier::atomic(State& s, uint32_t pc, const Insn& in) {
     if (auto r = check_region(s, pc, in.dst, ptr, in.offset, size, true); !r) return r;
     if (ptr.kind == Kind::Stack) {
         if (auto r = check_stack_init(s, pc, ptr, in.offset, size); !r) return r;
+        if (auto r = check_spilled_pointers(s, pc, ptr, in.offset, size, false, false); !r) return r;
         const int64_t lo = ptr.r.smin + in.offset + kStackSize, hi = ptr.r.smax + in.offset + size + kStackSize;
         StackFrame& st = s.frames[ptr.frame].stack;
         if (const Reg* spilled = ptr.r.is_const() && size == 8 ? st.spill(static_cast<int>(lo / 8)) : nullptr;
@@ -828,6 +980,10 @@ Result<void> Verifier::lddw(State& s, uint32_t pc, const Insn& in) {
         dst.kind = Kind::MapPtr;
         return {};
     }
+    // A value address fixed at load time exists only for plain arrays (the kernel's
+    // map_direct_value_addr): hash values come and go, per-CPU values differ by CPU.
+    if (spec.type != MapType::Array || spec.max_entries == 0)
+        return reject(pc, fmt::format("direct value access to map '{}', which is not a non-empty array", spec.name));
     const uint32_t off = static_cast<uint32_t>(insns_[pc + 1].imm);
     if (off >= spec.value_size)
         return reject(pc, fmt::format("offset {} beyond the {}-byte value of map '{}'", off, spec.value_size, spec.name));
@@ -843,7 +999,7 @@ Result<bool> Verifier::call(Path& path, const Insn& in) {
     State& s = path.state;
     const uint32_t pc = path.pc;
     if (in.opcode & op::kSrcX) {
-        const int regno = in.dst ? in.dst : (in.imm & 0xf);
+        const int regno = in.dst ? in.dst : in.imm;  // imm in 0..10: check_encoding
         auto r = read_reg(s, pc, regno);
         if (!r) return r.error();
         const Reg& target = *r.value();
@@ -877,6 +1033,7 @@ Result<void> Verifier::helper_mem(State& s, uint32_t pc, int regno, const Reg& p
     }
     if (auto r = check_region(s, pc, regno, ptr, 0, size, write, false); !r) return r;
     if (ptr.kind != Kind::Stack) return {};
+    if (auto r = check_spilled_pointers(s, pc, ptr, 0, size, write, false); !r) return r;
     if (!write) return check_stack_init(s, pc, ptr, 0, size);
     StackFrame& st = s.frames[ptr.frame].stack;
     const int64_t lo = ptr.r.smin + kStackSize, hi = ptr.r.smax + static_cast<int64_t>(size) + kStackSize;
@@ -1080,6 +1237,9 @@ Result<bool> Verifier::exit(Path& path) {
             return reject(pc, fmt::format("the ring buffer record reserved at insn {} is neither submitted nor "
                                           "discarded",
                                           s.refs.front().pc));
+        if (!options_.allow_pointer_leaks && f.regs[0].is_pointer())
+            return reject(pc, fmt::format("the program returns r0, a {}, which would expose its address",
+                                          kind_name(f.regs[0].kind)));
         return false;
     }
     Reg r0 = f.regs[0];
@@ -1096,8 +1256,14 @@ Result<bool> Verifier::exit(Path& path) {
         }
     }
     s.frames.pop_back();
-    // Pointers into the dead frame left in callers' stacks are no longer usable.
+    // Pointers into the dead frame left in callers' stacks are no longer usable: their bytes
+    // become numbers, which is a leak unless leaks are allowed.
     for (Frame& caller : s.frames) {
+        for (const auto& [slot, r] : caller.stack.spills)
+            if (!options_.allow_pointer_leaks && r.kind == Kind::Stack && r.frame == dying)
+                return reject(pc, fmt::format("a pointer to the returning function's stack stays in a caller's "
+                                              "stack (offset {}) and would expose its address",
+                                              int{slot} * 8 - kStackSize));
         std::erase_if(caller.stack.spills, [&](auto& e) {
             if (e.second.kind != Kind::Stack || e.second.frame != dying) return false;
             std::fill_n(caller.stack.bytes.begin() + e.first * 8, 8, Byte::Misc);

@@ -30,6 +30,14 @@ struct VerifierOptions {
     uint64_t max_explored_insns = 1'000'000;
     // Abstract states kept for pruning, all instructions together (bounds verifier memory).
     uint32_t max_stored_states = 32768;
+    // Whether a program may turn addresses into numbers it can observe: subtract pointers
+    // into different regions, apply 32-bit or unary ALU operations to pointers, copy part of
+    // one, store one into the context or a map, compare pointers, return one. The kernel
+    // grants this (allow_ptr_leaks) to privileged loaders, as liveio's control socket only
+    // admits the target's owner and root. Off, the kernel's rules for unprivileged programs
+    // apply: no value the program can observe depends on where its memory lies, so two
+    // engines running it on memory at different addresses must compute the same results.
+    bool allow_pointer_leaks = true;
 };
 
 struct VerifierReport {

@@ -56,9 +56,9 @@ std::string columns(const Counters& c, double seconds) {
 
 std::string header(std::string_view first, double seconds) {
     if (seconds > 0)
-        return fmt::format("{:<24} {:>10} {:>9} {:>8} {:>9} {:>9} {:>9}\n", first, "CALLS/s", "MB/s", "ERR/s",
+        return fmt::format("{:<30} {:>10} {:>9} {:>8} {:>9} {:>9} {:>9}\n", first, "CALLS/s", "MB/s", "ERR/s",
                            "P50", "P99", "MEAN");
-    return fmt::format("{:<24} {:>10} {:>9} {:>8} {:>9} {:>9} {:>9}\n", first, "CALLS", "BYTES", "ERRORS", "P50",
+    return fmt::format("{:<30} {:>10} {:>9} {:>8} {:>9} {:>9} {:>9}\n", first, "CALLS", "BYTES", "ERRORS", "P50",
                        "P99", "MEAN");
 }
 
@@ -91,13 +91,13 @@ std::string bound_label(uint64_t v) {
 std::string format_tables(const Snapshot& snap, double seconds, size_t max_rows) {
     std::string out = header("SYSCALL", seconds);
     for (const SyscallRow* row : busiest(snap.syscalls, max_rows))
-        out += fmt::format("{:<24} {}\n", row->name, columns(row->counters, seconds));
+        out += fmt::format("{:<30} {}\n", row->name, columns(row->counters, seconds));
     if (snap.syscalls.empty()) out += "(no calls)\n";
-    else out += fmt::format("{:<24} {}\n", "total", columns(snap.total(), seconds));
+    else out += fmt::format("{:<30} {}\n", "total", columns(snap.total(), seconds));
     if (!snap.classes.empty()) {
         out += "\n" + header("FILE CLASS", seconds);
         for (const ClassRow* row : busiest(snap.classes, max_rows))
-            out += fmt::format("{:<24} {}\n", class_name(row->file_class) + " " + direction_name(row->direction),
+            out += fmt::format("{:<30} {}\n", class_label(row->file_class, row->direction),
                                columns(row->counters, seconds));
     }
     return out;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 
 #include <fmt/format.h>
 
@@ -45,13 +46,31 @@ std::optional<uint64_t> slot_high_ns(size_t slot) {
     return uint64_t{1} << (slot + 1);
 }
 
-std::optional<double> percentile_ns(const Histogram& hist, double q) {
+std::optional<double> max_latency_bound_ns(const Histogram& hist, uint64_t latency_sum_ns) {
+    size_t top = hist.size();
+    double others_low = 0;
+    for (size_t i = 0; i < hist.size(); ++i) {
+        if (hist[i] == 0) continue;
+        top = i;
+        others_low += static_cast<double>(hist[i]) * static_cast<double>(slot_low_ns(i));
+    }
+    if (top == hist.size()) return std::nullopt;
+    const double top_low = static_cast<double>(slot_low_ns(top));
+    others_low -= top_low;  // the one call that takes the rest
+    double bound = static_cast<double>(latency_sum_ns) - others_low;
+    if (const auto high = slot_high_ns(top)) bound = std::min(bound, static_cast<double>(*high));
+    return std::max(bound, top_low);
+}
+
+std::optional<double> percentile_ns(const Histogram& hist, double q, std::optional<uint64_t> latency_sum_ns) {
     uint64_t total = 0;
     for (uint64_t n : hist) total += n;
     if (total == 0) return std::nullopt;
     q = std::clamp(q, 0.0, 1.0);
     // The rank of the wanted latency among `total` sorted ones (1-based, at least the first).
     const double rank = std::max(1.0, q * static_cast<double>(total));
+    const double bound = latency_sum_ns ? *max_latency_bound_ns(hist, *latency_sum_ns)
+                                        : std::numeric_limits<double>::infinity();
     double below = 0;
     for (size_t i = 0; i < hist.size(); ++i) {
         if (hist[i] == 0) continue;
@@ -60,7 +79,7 @@ std::optional<double> percentile_ns(const Histogram& hist, double q) {
             const auto high = slot_high_ns(i);
             const double low = static_cast<double>(slot_low_ns(i));
             if (!high) return low;
-            return low + (rank - below) / here * (static_cast<double>(*high) - low);
+            return std::min(low + (rank - below) / here * (static_cast<double>(*high) - low), bound);
         }
         below += here;
     }
@@ -75,8 +94,8 @@ Rates rates(const Counters& d, double seconds) {
         r.bytes_per_s = static_cast<double>(d.bytes) / seconds;
     }
     if (d.calls > 0) r.mean_ns = static_cast<double>(d.latency_ns) / static_cast<double>(d.calls);
-    r.p50_ns = percentile_ns(d.hist, 0.50);
-    r.p99_ns = percentile_ns(d.hist, 0.99);
+    r.p50_ns = percentile_ns(d.hist, 0.50, d.latency_ns);
+    r.p99_ns = percentile_ns(d.hist, 0.99, d.latency_ns);
     return r;
 }
 
@@ -187,6 +206,28 @@ std::string direction_name(uint32_t direction) {
         case LIVEIO_IO_READ: return "read";
         case LIVEIO_IO_WRITE: return "write";
         default: return "other";
+    }
+}
+
+std::string class_label(uint32_t file_class, uint32_t direction) {
+    std::string what;
+    switch (file_class) {
+        case LIVEIO_CLASS_UNKNOWN: what = "unclassified"; break;
+        case LIVEIO_CLASS_FILE: what = "file"; break;
+        case LIVEIO_CLASS_CH_BIN: what = "CH .bin"; break;
+        case LIVEIO_CLASS_CH_MRK: what = "CH .mrk"; break;
+        case LIVEIO_CLASS_CH_PRIMARY: what = "CH primary.idx"; break;
+        case LIVEIO_CLASS_CH_OTHER: what = "CH other files"; break;
+        case LIVEIO_CLASS_TCP: what = "tcp"; break;
+        case LIVEIO_CLASS_UNIX: what = "unix socket"; break;
+        case LIVEIO_CLASS_PIPE: what = "pipe"; break;
+        case LIVEIO_CLASS_OTHER: what = "other descriptors"; break;
+        default: what = class_name(file_class);
+    }
+    switch (direction) {
+        case LIVEIO_IO_READ: return what + " reads";
+        case LIVEIO_IO_WRITE: return what + " writes";
+        default: return what + ": other calls";
     }
 }
 

@@ -43,11 +43,20 @@ Counters delta(const Counters& now, const Counters& before);
 uint64_t slot_low_ns(size_t slot);
 std::optional<uint64_t> slot_high_ns(size_t slot);
 
+// The largest latency `hist` and the latencies' sum allow: one call of the highest non-empty
+// slot took what the sum leaves once every other call took its slot's lower bound (exact for
+// a single call). Never below that slot's lower bound: a read racing with the program may see
+// a call in a slot before its latency in the sum. Nothing for an empty histogram.
+std::optional<double> max_latency_bound_ns(const Histogram& hist, uint64_t latency_sum_ns);
+
 // The q-quantile (0 < q <= 1) of the latencies counted in `hist`, in ns, or nothing for an
 // empty histogram. Within the slot holding the quantile the latencies are taken as uniformly
 // spread (linear interpolation between the slot's bounds), which is the best a log2 histogram
-// tells; in the open last slot the result is its lower bound.
-std::optional<double> percentile_ns(const Histogram& hist, double q);
+// tells; in the open last slot the result is its lower bound. Given the latencies' sum, the
+// result never exceeds max_latency_bound_ns: interpolation alone can place a quantile above
+// the slowest call (one call of 1500 ns would show a median of 2048 ns).
+std::optional<double> percentile_ns(const Histogram& hist, double q,
+                                    std::optional<uint64_t> latency_sum_ns = std::nullopt);
 
 // Rates and latency summary of counters accumulated over `seconds` (> 0).
 struct Rates {
@@ -91,11 +100,16 @@ Snapshot delta(const Snapshot& now, const Snapshot& before);
 // an error naming the map and what differs.
 Result<Snapshot> read_snapshot(ebpf::Map& syscall_stats, ebpf::Map* class_stats);
 
-// Names: "pread64"; ".bin", ".mrk", "primary.idx", "ch-other", "file", "tcp", "unix", "pipe",
-// "other", "unknown"; "read", "write", "other".
+// Names, stable identifiers for JSON, Prometheus labels and sink rows: "pread64"; ".bin",
+// ".mrk", "primary.idx", "ch-other", "file", "tcp", "unix", "pipe", "other", "unknown";
+// "read", "write", "other".
 std::string syscall_name(uint32_t nr);
 std::string class_name(uint32_t file_class);
 std::string direction_name(uint32_t direction);
+// What people read in tables: "CH .bin reads" (CH: ClickHouse), "CH other files: other calls",
+// "unclassified: other calls" (the "other" direction is every call that moves no data:
+// open, close, fsync, ...; "unknown" is a call with no descriptor or one not classified yet).
+std::string class_label(uint32_t file_class, uint32_t direction);
 
 // CLOCK_MONOTONIC in ns.
 uint64_t monotonic_ns();

@@ -1,10 +1,13 @@
 // The control protocol against a real Agent in this process, under its own socket name.
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
+#include <cstring>
 #include <random>
 #include <stdexcept>
 
@@ -266,7 +269,47 @@ TEST_F(ProtocolTest, OtherUsersAreRefused) {
     EXPECT_EQ(liveio::agent::testing::wait_exit(child), 0) << "10: setresuid failed, 11: connect failed, "
                                                "12: served another uid, 13: wrong error";
     auto s = connect().call("status");  // root (our own uid) is still served
-    EXPECT_TRUE(s);
+    ASSERT_TRUE(s) << s.error().message;
+    EXPECT_EQ((*s)["control"]["refused_connections"], 1u);  // counted, shown by `liveio status`
+}
+
+// A process of another uid that took the target's socket name first (abstract names have no
+// owner) is not taken for the target's agent: the client checks who serves the name.
+TEST(ControlClientTest, RefusesAnImpostorServingTheName) {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root to serve the name as another uid";
+    int ready[2];
+    ASSERT_EQ(::pipe(ready), 0);
+    // Built before fork: the child only makes system calls (no allocation after fork in a
+    // threaded process).
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string name = control::control_socket_name(::getpid());
+    std::memcpy(addr.sun_path, name.data(), name.size());
+    const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
+    const pid_t impostor = ::fork();
+    ASSERT_GE(impostor, 0);
+    if (impostor == 0) {
+        // Binds "\0liveio/<parent pid>" as nobody and accepts until killed.
+        if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) ::_exit(10);
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 || ::listen(fd, 4) != 0) ::_exit(11);
+        (void)!::write(ready[1], "r", 1);
+        for (int i = 0; i < 100; ++i) {
+            const int c = ::accept(fd, nullptr, nullptr);
+            if (c >= 0) ::close(c);
+        }
+        ::_exit(0);
+    }
+    ::close(ready[1]);
+    char b = 0;
+    ASSERT_EQ(::read(ready[0], &b, 1), 1) << "the impostor could not bind the name";
+    ::close(ready[0]);
+    auto c = ControlClient::connect(::getpid());
+    ::kill(impostor, SIGKILL);
+    liveio::agent::testing::wait_exit(impostor);
+    ASSERT_FALSE(c) << "connected to a socket another process serves";
+    EXPECT_EQ(c.error().code, EACCES);
+    EXPECT_NE(c.error().message.find("not the target"), std::string::npos) << c.error().message;
 }
 
 TEST(ControlClientTest, ClearErrorsForMissingProcessOrAgent) {

@@ -1,5 +1,7 @@
 #include "ebpf/conformance_suite.h"
 
+#include <cstdlib>
+
 #include <algorithm>
 #include <cstring>
 #include <fstream>
@@ -12,9 +14,14 @@
 namespace liveio::ebpf::testing {
 
 std::filesystem::path conformance_dir() {
-    // __FILE__ is <root>/tests/ebpf/conformance_suite.cpp; the suite lives at <root>/../shared.
-    return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path().parent_path() /
-           "shared" / "bpf-conformance";
+    // LIVEIO_CONFORMANCE_DIR (as scripts/fuzz.sh), else <root>/../shared (__FILE__ is
+    // <root>/tests/ebpf/conformance_suite.cpp), else one level further up for a worktree at
+    // <checkout>/../wt/NAME.
+    if (const char* env = std::getenv("LIVEIO_CONFORMANCE_DIR"); env && *env) return env;
+    const auto parent = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path().parent_path();
+    const auto beside = parent / "shared" / "bpf-conformance";
+    const auto above = parent.parent_path() / "shared" / "bpf-conformance";
+    return std::filesystem::exists(beside) || !std::filesystem::exists(above) ? beside : above;
 }
 
 namespace {

@@ -23,6 +23,8 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include "ebpf/map.h"
 #include "ebpf/map_shm.h"  // white-box: header offsets to corrupt
 
@@ -120,7 +122,11 @@ TEST(MapArray, KernelSemantics) {
     EXPECT_EQ(keys, (std::vector<uint32_t>{0, 1, 2, 3, 4}));
     EXPECT_EQ(m->next_key(&oob, &next), 0);
     EXPECT_EQ(next, 0u) << "an out-of-range key restarts iteration";
-    EXPECT_GE(m->memfd(), 0);
+    ASSERT_GE(m->memfd(), 0);
+    // Owner-only: the memfd is passed to the CLI and must not be reopened by others.
+    struct stat st;
+    ASSERT_EQ(::fstat(m->memfd(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0600u);
 }
 
 TEST(MapType, KernelNamesAndUserValueSizes) {

@@ -13,6 +13,7 @@
 #include "ebpf/conformance_suite.h"
 #include "ebpf/loader.h"
 #include "ebpf/verifier.h"
+#include "verifier_corpus.h"
 #include "ebpf/vm.h"
 #include "policy/runtime.h"
 #include "test_loader_objects.h"
@@ -20,120 +21,7 @@
 namespace liveio::ebpf {
 namespace {
 
-// lddw immediates the fixture turns into map and function references.
-constexpr uint64_t kMapMarker = 0x4d41500000000000;       // + index: map pointer
-constexpr uint64_t kMapValueMarker = 0x4d41560000000000;  // + index: the value of a global data map
-constexpr uint64_t kFuncMarker = 0x46554e4300000000;      // + insn index: callback
-
-uint64_t dummy_helper(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ExecEnv*) { return 0; }
-
-// The helpers the corpus calls, declared here so the tests do not depend on
-// HelperTable::standard(): the prototypes are what the verifier checks.
-HelperTable corpus_helpers() {
-    using A = ArgType;
-    HelperTable t;
-    auto add = [&](int32_t id, const char* name, RetType ret, std::array<ArgType, 5> args) {
-        HelperProto p;
-        p.name = name;
-        p.fn = dummy_helper;
-        p.ret = ret;
-        p.args = args;
-        t.add(id, p);
-    };
-    add(helper_id::kMapLookupElem, "map_lookup_elem", RetType::MapValueOrNull, {A::PtrToMap, A::PtrToMapKey});
-    add(helper_id::kMapUpdateElem, "map_update_elem", RetType::Integer,
-        {A::PtrToMap, A::PtrToMapKey, A::PtrToMapValue, A::Scalar});
-    add(helper_id::kProbeRead, "probe_read", RetType::Integer, {A::PtrToUninitMem, A::ConstSizeOrZero, A::Anything});
-    add(helper_id::kGetCurrentComm, "get_current_comm", RetType::Integer, {A::PtrToUninitMem, A::ConstSize});
-    add(helper_id::kKtimeGetNs, "ktime_get_ns", RetType::Integer, {});
-    add(helper_id::kRingbufReserve, "ringbuf_reserve", RetType::RingbufMemOrNull,
-        {A::PtrToMap, A::ConstSizeOrZero, A::Scalar});
-    add(helper_id::kRingbufSubmit, "ringbuf_submit", RetType::Void, {A::PtrToRingbufMem, A::Scalar});
-    add(helper_id::kRingbufDiscard, "ringbuf_discard", RetType::Void, {A::PtrToRingbufMem, A::Scalar});
-    add(helper_id::kLoop, "loop", RetType::Integer, {A::Scalar, A::PtrToFunc, A::Anything, A::Scalar});
-    return t;
-}
-
-MapSpec spec(MapType type, uint32_t key, uint32_t value, uint32_t entries, uint32_t flags = 0) {
-    MapSpec s;
-    s.name = fmt::format("map{}", static_cast<uint32_t>(type));
-    s.type = type;
-    s.key_size = key;
-    s.value_size = value;
-    s.max_entries = entries;
-    s.flags = flags;
-    return s;
-}
-
-// Maps of the corpus: MAP0 hash u32 -> 16 bytes, MAP1 ring buffer, MAP2 array u32 -> 8 bytes
-// (global data style), MAP3 read-only array (BPF_F_RDONLY_PROG), MAP4 program array.
-std::vector<std::shared_ptr<Map>> corpus_maps() {
-    std::vector<std::shared_ptr<Map>> maps;
-    for (const MapSpec& s : {spec(MapType::Hash, 4, 16, 8), spec(MapType::RingBuf, 0, 0, 4096),
-                             spec(MapType::Array, 4, 8, 1), spec(MapType::Array, 4, 8, 1, 1u << 7),
-                             spec(MapType::ProgArray, 4, 4, 4)}) {
-        auto m = create_map(s);
-        EXPECT_TRUE(m.ok()) << m.error().message;
-        maps.push_back(m.ok() ? m.value() : nullptr);
-    }
-    return maps;
-}
-
-struct Corpus {
-    Program program;
-    HelperTable helpers = corpus_helpers();
-};
-
-// Assembles `text` with a `ctx_size`-byte context (writable or not) and the corpus maps.
-Program make_program(const std::string& text, uint32_t ctx_size = 16, bool writable = false) {
-    Program p;
-    auto insns = assemble(text);
-    EXPECT_TRUE(insns.ok()) << insns.error().message;
-    if (!insns.ok()) return p;
-    p.name = "corpus";
-    p.insns = std::move(insns.value());
-    p.maps = corpus_maps();
-    p.context = {ctx_size, writable};
-    for (size_t i = 0; i + 1 < p.insns.size(); ++i) {
-        Insn& in = p.insns[i];
-        if (in.opcode != op::kLddw) continue;
-        const uint64_t v = static_cast<uint32_t>(in.imm) | (uint64_t{static_cast<uint32_t>(p.insns[i + 1].imm)} << 32);
-        const uint64_t tag = v & ~0xffffull, arg = v & 0xffff;
-        if (tag == kMapMarker || tag == kMapValueMarker) {
-            in.src = tag == kMapMarker ? op::kPseudoMapIdx : op::kPseudoMapIdxValue;
-            in.imm = static_cast<int32_t>(arg);
-            p.insns[i + 1].imm = 0;
-        } else if (tag == kFuncMarker) {
-            in.src = op::kPseudoFunc;
-            in.imm = static_cast<int32_t>(arg) - static_cast<int32_t>(i + 1);
-            p.insns[i + 1].imm = 0;
-        }
-        ++i;
-    }
-    return p;
-}
-
-std::string map(int index) { return fmt::format("{:#x}", kMapMarker + index); }
-std::string map_value(int index) { return fmt::format("{:#x}", kMapValueMarker + index); }
-std::string func(int insn) { return fmt::format("{:#x}", kFuncMarker + insn); }
-
-Result<VerifierReport> check(const Program& p, const VerifierOptions& options = {}) {
-    return verify(p, corpus_helpers(), options);
-}
-
-// Asserts rejection at `insn` with `reason` in the message.
-void expect_rejected(const Program& p, int insn, const std::string& reason, const VerifierOptions& options = {}) {
-    auto r = check(p, options);
-    ASSERT_FALSE(r.ok()) << "accepted, expected rejection at insn " << insn << ": " << reason;
-    const std::string& msg = r.error().message;
-    EXPECT_EQ(msg.rfind(fmt::format("insn {}", insn), 0), 0u) << msg;
-    EXPECT_NE(msg.find(reason), std::string::npos) << msg;
-}
-
-void expect_accepted(const Program& p) {
-    auto r = check(p);
-    EXPECT_TRUE(r.ok()) << r.error().message;
-}
+using namespace corpus;
 
 // ---- structure --------------------------------------------------------------------------
 
@@ -179,6 +67,36 @@ TEST(VerifierCorpus, WriteToR10) {
 
 TEST(VerifierCorpus, UnknownHelper) {
     expect_rejected(make_program("call 9999\nmov %r0, 0\nexit"), 0, "unknown helper 9999");
+    // Unreachable, but the engines resolve it when they load (fuzz.jit_diff found the mismatch).
+    expect_rejected(make_program("mov %r0, 0\nja +1\ncall 0\nexit"), 2, "unknown helper 0");
+}
+
+// The JIT emits a prologue where each function starts: falling or jumping into one from
+// another function would run it in the wrong frame (fuzz.jit_diff: a wild jump).
+TEST(VerifierCorpus, FunctionsAreEnteredOnlyByCalls) {
+    expect_rejected(make_program("mov %r0, 0\nlddw %r2, " + func(4) + "\nmov %r0, 0\nexit"), 3,
+                    "falls through into the function at insn 4");
+    expect_rejected(make_program("mov %r0, 0\njeq %r1, 0, +3\nlddw %r2, " + func(5) + "\nexit\nmov %r0, 1\nexit"),
+                    1, "jump to insn 5 leaves the function at insn 0 for the function at insn 5");
+    expect_accepted(make_program("mov %r0, 0\nlddw %r2, " + func(5) + "\nja +0\nexit\nmov %r0, 1\nexit"));
+}
+
+// Map references are resolved by the engines at load time, reachable or not (fuzz.verifier);
+// a direct value address exists only for plain arrays (a hash value may be freed).
+TEST(VerifierCorpus, MapReferencesCheckedEverywhere) {
+    expect_rejected(make_program("mov %r0, 0\nja +2\nlddw %r1, " + map(12288) + "\nexit"), 2, "map index 12288 out of range");
+    expect_rejected(make_program("lddw %r2, " + map_value(0) + "\nmov %r0, 0\nexit"), 0,
+                    "direct value access to map 'map1', which is not a non-empty array");
+}
+
+// callx with its register in imm (older assemblers): beyond r10 the engines would index past
+// their register file (fuzz.verifier, UBSan).
+TEST(VerifierCorpus, CallxRegisterOutOfRange) {
+    Program p = make_program("mov %r0, 0\nexit");
+    p.insns.insert(p.insns.begin() + 1, Insn{static_cast<uint8_t>(op::kClassJmp | op::kCall | op::kSrcX), 0, 0, 0, 12});
+    auto r = check(p);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.error().message.find("callx register in imm is not r0..r10"), std::string::npos) << r.error().message;
 }
 
 // ---- initialization ---------------------------------------------------------------------

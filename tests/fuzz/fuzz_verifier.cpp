@@ -2,7 +2,8 @@
 // either rejected, or runs in the interpreter with the full standard helper set without
 // crashing, without touching memory outside its context, stack and maps (AddressSanitizer:
 // the context is an exact-size heap block, the stack a local array), without changing a
-// read-only context and without hitting one of the interpreter's run-time faults.
+// read-only context and without hitting one of the interpreter's run-time faults. What the
+// verifier accepts without pointer leaks it accepts with them.
 #include <cstddef>
 #include <cstdint>
 
@@ -21,7 +22,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto in = fuzz::decode_program_input(data, size);
     if (!in) return 0;
     auto program = fuzz::build_program(*in);
-    if (!program || !fuzz::verifies_quickly(*program, helpers)) return 0;
+    if (!program) return 0;
+    const bool verified = fuzz::verifies_quickly(*program, helpers);
+    // The rules without pointer leaks only add refusals.
+    if (!verified && fuzz::verifies_quickly(*program, helpers, false))
+        fuzz::fail("accepted without pointer leaks, refused with them");
+    if (!verified) return 0;
     auto exe = ebpf::Executable::load(program, helpers, ebpf::Engine::Interpreter);
     if (!exe) fuzz::fail("load refused a program the verifier accepted:", exe.error().message.c_str());
     fuzz::Context ctx(in->shape.ctx_size);

@@ -41,9 +41,12 @@ struct Context {
 // Verification within a small exploration budget first: Executable::load verifies again with
 // the production budget, which instrumented code needs seconds to exhaust on big programs;
 // what passes the small budget passes the large one with the same work.
-inline bool verifies_quickly(const ebpf::Program& program, const ebpf::HelperTable& helpers) {
+// `allow_pointer_leaks` as in VerifierOptions.
+inline bool verifies_quickly(const ebpf::Program& program, const ebpf::HelperTable& helpers,
+                             bool allow_pointer_leaks = true) {
     ebpf::VerifierOptions options;
     options.max_explored_insns = kVerifierBudget;
+    options.allow_pointer_leaks = allow_pointer_leaks;
     return static_cast<bool>(ebpf::verify(program, helpers, options));
 }
 

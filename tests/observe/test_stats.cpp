@@ -51,6 +51,35 @@ TEST(Percentile, SlotZeroStartsAtZeroAndLastSlotIsOpen) {
     EXPECT_EQ(slot_low_ns(5), 32u);
 }
 
+// Interpolation alone puts the median of one 1500 ns call at 2048 ns (the rank is the
+// bucket's only call: its top), above the only call.
+TEST(Percentile, NeverAboveTheSlowestCallTheSumAllows) {
+    const Histogram one = hist_with({{10, 1}});
+    EXPECT_DOUBLE_EQ(*percentile_ns(one, 0.5), 2048);  // without the sum: bucket interpolation
+    EXPECT_DOUBLE_EQ(*percentile_ns(one, 0.5, 1500), 1500);
+    EXPECT_DOUBLE_EQ(*percentile_ns(one, 0.99, 1500), 1500);
+    EXPECT_DOUBLE_EQ(*max_latency_bound_ns(one, 1500), 1500);
+    // 99 calls of 257 ns and one of 1100 ns: the slow one took at most the sum minus 99 * 256.
+    const Histogram h = hist_with({{8, 99}, {10, 1}});
+    const uint64_t sum = 99 * 257 + 1100;
+    EXPECT_DOUBLE_EQ(*max_latency_bound_ns(h, sum), 1199);
+    EXPECT_DOUBLE_EQ(*percentile_ns(h, 1.0), 2048);
+    EXPECT_DOUBLE_EQ(*percentile_ns(h, 1.0, sum), 1199);
+    EXPECT_LT(*percentile_ns(h, 0.5, sum), 512);  // the fast slot's quantiles are untouched
+    // The open last slot gets a finite bound from the sum.
+    const Histogram last = hist_with({{LIVEIO_HIST_SLOTS - 1, 1}});
+    EXPECT_DOUBLE_EQ(*max_latency_bound_ns(last, 5'000'000'000), 5e9);
+    EXPECT_FALSE(max_latency_bound_ns(Histogram{}, 100).has_value());
+}
+
+// A read racing with the program can see a call in a slot before its latency reaches the sum:
+// the bound then stays at the slot's lower bound instead of going below it.
+TEST(Percentile, RacingReadNeverGoesBelowTheSlot) {
+    const Histogram h = hist_with({{10, 2}});
+    EXPECT_DOUBLE_EQ(*max_latency_bound_ns(h, 1200), 1024);
+    EXPECT_DOUBLE_EQ(*percentile_ns(h, 0.99, 1200), 1024);
+}
+
 TEST(Percentile, TinyQuantileIsTheFirstCall) {
     const Histogram h = hist_with({{3, 1}, {12, 1000}});
     const double p = *percentile_ns(h, 0.0001);
@@ -192,6 +221,11 @@ TEST(Names, SyscallsClassesDirections) {
     EXPECT_EQ(class_name(LIVEIO_CLASS_CH_PRIMARY), "primary.idx");
     EXPECT_EQ(class_name(LIVEIO_CLASS_TCP), "tcp");
     EXPECT_EQ(class_name(77), "class_77");
+    // Table labels: no "unknown other" or "ch-other other".
+    EXPECT_EQ(class_label(LIVEIO_CLASS_UNKNOWN, LIVEIO_IO_OTHER), "unclassified: other calls");
+    EXPECT_EQ(class_label(LIVEIO_CLASS_CH_OTHER, LIVEIO_IO_OTHER), "CH other files: other calls");
+    EXPECT_EQ(class_label(LIVEIO_CLASS_CH_BIN, LIVEIO_IO_READ), "CH .bin reads");
+    EXPECT_EQ(class_label(LIVEIO_CLASS_TCP, LIVEIO_IO_WRITE), "tcp writes");
     EXPECT_EQ(direction_name(LIVEIO_IO_WRITE), "write");
 }
 
