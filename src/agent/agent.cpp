@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "agent/request_line.h"
+#include "base/fault_points.h"
 #include "control/protocol.h"
 #include "hook/dispatcher.h"
 #include "hook/world_stop.h"
@@ -266,6 +267,13 @@ json Agent::status() const {
     if (!options_.library_path.empty())
         out["library"] = {{"path", options_.library_path}, {"handle", options_.library_handle}};
     if (!last_error.empty()) out["last_error"] = last_error;
+    json faults = json::object();
+    for (size_t i = 0; i < std::size(fault::kPointNames); ++i) {
+        const auto p = static_cast<fault::Point>(i);
+        if (fault::plan().armed(p) != 0 || fault::plan().injected(p) != 0)
+            faults[fault::kPointNames[i]] = {{"armed", fault::plan().armed(p)}, {"injected", fault::plan().injected(p)}};
+    }
+    if (!faults.empty()) out["faults"] = faults;
     return out;
 }
 
@@ -281,6 +289,20 @@ void Agent::register_builtin_requests() {
                          auto r = install(req);
                          if (!r) return r.error();
                          return Reply{std::move(r).value(), {}, {}};
+                     }));
+    must(router_.add("fault.arm", "fault.arm {point, times}: the next `times` runs of an engine step fail (tests)",
+                     [](const json& req) -> Result<Reply> {
+                         if (!req.contains("point") || !req["point"].is_string() || !req.contains("times") ||
+                             !req["times"].is_number_unsigned() || req["times"].get<uint64_t>() > UINT32_MAX)
+                             return make_error(EINVAL, "expected {\"point\": NAME, \"times\": N}");
+                         const auto point = fault::parse_point(req["point"].get<std::string>());
+                         if (!point) {
+                             std::string names;
+                             for (const char* n : fault::kPointNames) names += (names.empty() ? "" : ", ") + std::string(n);
+                             return make_error(ENOENT, "no fault point '" + req["point"].get<std::string>() + "' (points: " + names + ")");
+                         }
+                         fault::plan().arm(*point, req["times"].get<uint32_t>());
+                         return Reply{};
                      }));
     must(router_.add("uninstall", "uninstall {mechanism?}: remove one or every mechanism",
                      [this](const json& req) -> Result<Reply> {

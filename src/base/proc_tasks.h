@@ -4,6 +4,8 @@
 #pragma once
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -11,6 +13,8 @@
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include "base/raw_syscall.h"
 
 namespace liveio {
 
@@ -24,6 +28,45 @@ inline std::vector<pid_t> list_threads(pid_t pid) {
         ::closedir(d);
     }
     return tids;
+}
+
+// Whether thread `tid` of `pid` is an io_uring worker (io-wq "iou-wrk-N", SQPOLL "iou-sqp-N":
+// PF_IO_WORKER in /proc/PID/task/TID/stat): a kernel thread inside the thread group that runs
+// no user code, takes no signal and refuses ptrace, so a stop of every thread must skip it.
+// Raw system calls into fixed buffers: usable inside the target while other threads are parked.
+inline bool is_io_uring_worker(pid_t pid, pid_t tid) {
+    constexpr unsigned long kPfIoWorker = 0x10;
+    char path[64] = "/proc/";
+    size_t len = 6;
+    auto put_num = [&](long v) {
+        char digits[20];
+        int n = 0;
+        do digits[n++] = static_cast<char>('0' + v % 10), v /= 10; while (v > 0 && n < 19);
+        while (n > 0) path[len++] = digits[--n];
+    };
+    put_num(pid);
+    for (const char* t = "/task/"; *t; ++t) path[len++] = *t;
+    put_num(tid);
+    for (const char* t = "/stat"; *t; ++t) path[len++] = *t;
+    path[len] = 0;
+    char stat[1024];
+    const long fd = raw_syscall(SYS_open, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    const long got = raw_syscall(SYS_read, fd, reinterpret_cast<long>(stat), sizeof stat - 1);
+    raw_syscall(SYS_close, fd);
+    if (got <= 0) return false;
+    stat[got] = 0;
+    // "pid (comm) state ppid pgrp session tty_nr tpgid flags ...": comm may hold spaces and
+    // parentheses, so fields are counted after the last ')'.
+    const char* p = nullptr;
+    for (const char* c = stat; *c; ++c)
+        if (*c == ')') p = c;
+    if (p == nullptr) return false;
+    for (int field = 2; field < 9 && *p; ++p)
+        if (*p == ' ') ++field;
+    unsigned long flags = 0;
+    for (; *p >= '0' && *p <= '9'; ++p) flags = flags * 10 + static_cast<unsigned long>(*p - '0');
+    return (flags & kPfIoWorker) != 0;
 }
 
 // A thread of a process sleeping in a system call, from /proc/PID/task/TID/syscall: the

@@ -16,3 +16,13 @@ void add_bench_commands(CLI::App& app) {
 }
 
 }  // namespace liveio::cli
+
+namespace liveio::cli {
+
+void add_soak_commands(CLI::App& app) {
+    auto* soak = app.add_subcommand("soak", "Long runs under load: liveio attaches and detaches, results and leaks checked");
+    soak->require_subcommand(1);
+    liveio::bench::add_soak_clickhouse(*soak);
+}
+
+}  // namespace liveio::cli

@@ -119,6 +119,13 @@ void print_policies(const json& list) {
                     n("actions"), mib(c.value("issued_bytes", uint64_t{0})).c_str(),
                     mib(c.value("used_bytes", uint64_t{0})).c_str(), mib(c.value("wasted_bytes", uint64_t{0})).c_str(),
                     n("inflight"), n("fallbacks"), n("drops"), n("errors"));
+        if (c.contains("redirected")) {
+            std::string reasons;
+            const json by_reason = c.value("fallback_reasons", json::object());
+            for (auto& [why, count] : by_reason.items())
+                reasons += fmt::format("{}{} {}", reasons.empty() ? "" : ", ", why, count.get<uint64_t>());
+            std::printf("  %llu calls redirected; run natively: %s\n", n("redirected"), reasons.empty() ? "none" : reasons.c_str());
+        }
     }
     if (list.contains("worker")) {
         const json w = list["worker"];

@@ -22,6 +22,7 @@
 #include "cli/process_ops.h"
 #include "base/proc_tasks.h"
 #include "inject/inject.h"
+#include "inject/kill_point.h"
 
 namespace liveio::cli {
 namespace {
@@ -157,6 +158,7 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
     if (!existing) {
         const std::string path = find_agent(args.agent);
         injected = check(inject::inject_library(pid, path, &stats), "attach " + std::to_string(pid));
+        inject::kill_point("attach-injected");
         existing = control::ControlClient::connect(pid);
         if (!existing) {
             // The loader kept an earlier copy mapped, so no constructor ran: start it.
@@ -168,7 +170,10 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
         if (!existing) fail("agent loaded but not reachable: " + existing.error().message);
     }
     auto& client = *existing;
-    auto installed = client.call("install", args.spec());
+    // Installing reads and patches the text of every loaded object (syscall rewriting scans
+    // it all): on a large server on a loaded machine that takes more than the default reply
+    // time, and an install the command stopped waiting for would finish unobserved.
+    auto installed = client.call("install", args.spec(), 120000);
     if (!installed) {
         if (injected) {
             // Leave the process as we found it: the same stop-serving, wait, unload as detach.
@@ -178,6 +183,7 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
         }
         fail(fmt::format("install {} in {}: {}", args.mechanism, pid, installed.error().message));
     }
+    inject::kill_point("attach-installed");
     if (args.mechanism == "rewrite" && !cpu_has_protection_keys())
         std::printf("note: this CPU has no protection keys, so page 0 (the syscall trampoline) is readable "
                     "while attached: a NULL read in %d returns trampoline bytes instead of faulting (detach "
@@ -261,6 +267,7 @@ void cmd_detach(pid_t pid) {
     if (!detached && detached.error().code == ETIMEDOUT)
         fail(fmt::format("detach {}: {}{}", pid, detached.error().message, threads_blocked_in_agent(pid)));
     const json result = check(std::move(detached), "detach " + std::to_string(pid));
+    inject::kill_point("detach-answered");
     std::string removed;
     for (auto& m : result.value("uninstalled", json::array())) removed += (removed.empty() ? "" : ",") + m.get<std::string>();
     if (!result.value("unloadable", false)) {
@@ -311,6 +318,20 @@ void print_status(const json& s) {
         if (name != "total") row(name, c);
     if (calls.contains("total")) row("total", calls["total"]);
     if (s.contains("policies")) print_policies(s["policies"]);
+    if (s.contains("faults")) {
+        std::string line;
+        for (auto& [name, f] : s["faults"].items())
+            line += fmt::format("{}{} {} injected, {} armed", line.empty() ? "" : "; ", name, f.value("injected", uint64_t{0}),
+                                f.value("armed", uint64_t{0}));
+        std::printf("fault injection: %s\n", line.c_str());
+    }
+}
+
+void cmd_fault(pid_t pid, const std::string& point, uint32_t times) {
+    auto client = connect_agent(pid);
+    check(client.call("fault.arm", json{{"point", point}, {"times", times}}), "fault " + std::to_string(pid));
+    std::printf("fault %s armed in %d: the next %u run%s fail%s\n", point.c_str(), pid, times, times == 1 ? "" : "s",
+                times == 1 ? "s" : "");
 }
 
 void cmd_status(pid_t pid, bool as_json) {
@@ -357,6 +378,17 @@ void add_process_commands(CLI::App& app) {
         auto pid = std::make_shared<pid_t>(0);
         detach->add_option("pid", *pid, "process id")->required()->check(CLI::PositiveNumber);
         detach->callback([pid] { cmd_detach(*pid); });
+    }
+    {
+        auto* fault = app.add_subcommand("fault", "Test liveio's error paths: make an io_uring engine step fail N times in a process");
+        auto pid = std::make_shared<pid_t>(0);
+        auto point = std::make_shared<std::string>();
+        auto times = std::make_shared<uint32_t>(1);
+        fault->add_option("pid", *pid, "process id")->required()->check(CLI::PositiveNumber);
+        fault->add_option("point", *point, "ring_create, submit_eagain, submit_ebusy, submit_eintr, submit_enomem, "
+                                           "complete_eagain, complete_eio, complete_short")->required();
+        fault->add_option("times", *times, "how many runs of the step fail")->capture_default_str();
+        fault->callback([pid, point, times] { cmd_fault(*pid, *point, *times); });
     }
     {
         auto* status = app.add_subcommand("status", "Show the agent's mechanisms and per-syscall counts");

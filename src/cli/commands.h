@@ -12,5 +12,6 @@ void add_serve_commands(CLI::App& app);
 void add_demo_commands(CLI::App& app);
 void add_cluster_commands(CLI::App& app);
 void add_policy_commands(CLI::App& app);
+void add_soak_commands(CLI::App& app);
 
 }  // namespace liveio::cli

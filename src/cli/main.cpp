@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
     liveio::cli::add_demo_commands(app);
     liveio::cli::add_cluster_commands(app);
     liveio::cli::add_policy_commands(app);
+    liveio::cli::add_soak_commands(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

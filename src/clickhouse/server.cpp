@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -18,6 +20,7 @@
 #include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -162,7 +165,37 @@ bool wait_exit(pid_t pid, Clock::time_point deadline, int* status) {
     }
 }
 
+// Hands `dir` and everything below it to uid:gid (18.16 refuses a data directory that is not
+// its user's).
+Result<void> chown_tree(const std::string& dir, uid_t uid, gid_t gid) {
+    std::error_code ec;
+    if (::lchown(dir.c_str(), uid, gid) != 0) return errno_error(errno, fmt::format("chown {}", dir));
+    for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+        if (::lchown(it->path().c_str(), uid, gid) != 0) return errno_error(errno, fmt::format("chown {}", it->path().string()));
+    if (ec) return make_error(ec.value(), fmt::format("walking {}: {}", dir, ec.message()));
+    return {};
+}
+
+struct UserIds {
+    uid_t uid;
+    gid_t gid;
+};
+
+Result<UserIds> lookup_user(const std::string& name) {
+    passwd pw{};
+    passwd* found = nullptr;
+    std::vector<char> buf(16384);
+    const int rc = ::getpwnam_r(name.c_str(), &pw, buf.data(), buf.size(), &found);
+    if (rc != 0 || found == nullptr) return make_error(rc ? rc : ENOENT, fmt::format("no user '{}'", name));
+    return UserIds{pw.pw_uid, pw.pw_gid};
+}
+
 }  // namespace
+
+std::string service_user() {
+    if (::geteuid() != 0 || !lookup_user("clickhouse")) return "";
+    return "clickhouse";
+}
 
 Result<std::string> find_server_binary() {
     if (const char* env = std::getenv("CLICKHOUSE_SERVER"); env && *env) {
@@ -263,6 +296,14 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
     if (auto r = write_file(server.dir_ + "/users.xml", users_xml(options)); !r) return r.error();
     // A previous run in the same directory must not make this start look like a port conflict.
     ::unlink(server.error_log_path().c_str());
+    std::optional<UserIds> run_as;
+    if (!options.user.empty()) {
+        auto ids = lookup_user(options.user);
+        if (!ids) return ids.error();
+        run_as = *ids;
+        // stdout.log is created by the child, as that user, in the directory handed over here.
+        if (auto r = chown_tree(server.dir_, ids->uid, ids->gid); !r) return r.error();
+    }
 
     // Everything the child needs is prepared before fork: between fork and exec only
     // async-signal-safe calls are allowed in a multi-threaded parent.
@@ -272,7 +313,7 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
     char* argv[] = {argv0.data(), config_arg.data(), nullptr};
     // environ with options.environment applied, built here: setenv is not allowed after fork.
     std::vector<std::string> env_strings = options.environment;
-    for (char** e = environ; *e; ++e) {
+    for (char** e = environ; options.inherit_environment && *e; ++e) {
         const std::string_view var(*e);
         const std::string_view name = var.substr(0, var.find('='));
         const bool replaced = std::any_of(options.environment.begin(), options.environment.end(), [&](const std::string& v) {
@@ -291,6 +332,9 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
     pid_t pid = ::fork();
     if (pid < 0) return errno_error(errno, "fork");
     if (pid == 0) {
+        // Credentials first: changing them clears the parent-death signal.
+        if (run_as && (::setgroups(1, &run_as->gid) != 0 || ::setgid(run_as->gid) != 0 || ::setuid(run_as->uid) != 0))
+            ::_exit(126);
         if (die_with_parent) {
             ::prctl(PR_SET_PDEATHSIG, SIGKILL);
             if (::getppid() != parent) ::_exit(127);

@@ -55,6 +55,12 @@ struct ServerOptions {
     // Variables added to the server's environment ("NAME=value"; a NAME already set is
     // replaced), e.g. GLIBC_TUNABLES.
     std::vector<std::string> environment;
+    // false: the server gets only `environment`, nothing of ours, as a service manager starts
+    // it (kServiceEnvironment); true: our environment with `environment` applied.
+    bool inherit_environment = true;
+    // Name of the user the server runs as (as systemd's User=; the Debian package creates
+    // `clickhouse`), its directory handed to that user. Empty: ours. Needs root when set.
+    std::string user;
     // The server is killed when the thread that started it exits (PR_SET_PDEATHSIG): tests
     // that die never leave servers behind. Turn off for a server that must outlive us.
     bool die_with_parent = true;
@@ -70,6 +76,14 @@ struct ServerOptions {
 // at the time of writing, mostly the uprobe shadow stack), and dlopen then fails with "cannot
 // allocate memory in static TLS block".
 inline constexpr const char* kStaticTlsReserve = "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=65536";
+
+// The environment systemd gives a service that sets none (systemd.exec: only PATH, and no
+// GLIBC_TUNABLES or LD_PRELOAD): for ServerOptions::environment with inherit_environment false.
+inline constexpr const char* kServiceEnvironment = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+// The user the Debian package's service runs the server as (User=clickhouse), when it exists
+// and we may switch to it (root); else "".
+std::string service_user();
 
 // The clickhouse-server executable of the Debian package (/usr/sbin, /usr/bin), or $CLICKHOUSE_SERVER.
 Result<std::string> find_server_binary();

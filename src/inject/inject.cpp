@@ -1,6 +1,7 @@
 // ptrace injection: see inject.h for the protocol. This file holds the target model (maps,
 // libc symbols read from disk), the all-threads stop, the safe-point check and the remote call.
 #include "inject/inject.h"
+#include "inject/kill_point.h"
 
 #include <dirent.h>
 #include <elf.h>
@@ -411,6 +412,8 @@ public:
             for (pid_t tid : list_threads(pid_)) {
                 if (known.count(tid)) continue;
                 known.insert(tid);
+                // io_uring workers refuse ptrace (EPERM) and run no user code: nothing to stop.
+                if (is_io_uring_worker(pid_, tid)) continue;
                 if (ptrace(PTRACE_SEIZE, tid, nullptr, nullptr) != 0) {
                     int e = errno;
                     if (e == ESRCH && !first) continue;  // the thread exited meanwhile
@@ -761,6 +764,7 @@ auto with_target_stopped(pid_t pid, InjectStats* stats, const InjectOptions& opt
             continue;
         }
         st.threads = static_cast<int>(stopped.threads().size());
+        kill_point("inject-stopped");
         auto result = [&]() -> decltype(body(*model, std::declval<RemoteCaller&>())) {
             RemoteCaller caller(stopped, *thread, options, &st);
             if (auto r = caller.save(); !r) return r.error();

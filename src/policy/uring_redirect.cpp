@@ -170,6 +170,11 @@ bool socket_timeout(int fd, bool send) {
 
 pid_t this_tid() { return static_cast<pid_t>(raw_syscall(SYS_gettid)); }
 
+// Errors of a completed op that the ring's own machinery can produce (io-wq refusing work,
+// memory for the request, a cancelled request) or that a device reports: the op transferred
+// nothing, so running the call natively gives the native result.
+bool ring_may_differ(int32_t res) { return res == -EIO || res == -ENOMEM || res == -EAGAIN || res == -ECANCELED; }
+
 }  // namespace
 
 struct alignas(64) UringRedirect::Slot {
@@ -250,6 +255,7 @@ const char* fallback_reason_name(FallbackReason reason) {
         case FallbackReason::Forked: return "forked";
         case FallbackReason::Unseekable: return "unseekable";
         case FallbackReason::EngineError: return "engine_error";
+        case FallbackReason::CompletionError: return "completion_error";
         case FallbackReason::Count: break;
     }
     return "?";
@@ -423,6 +429,8 @@ private:
     enum class Wait { Done, Native, Partial };
     Wait wait_pending(int32_t& res, FallbackReason& why);
     bool continue_write(int32_t res);
+    bool continue_read(int32_t res);
+    void advance_op(Kind kind);
     uint64_t requested() const;
 
     UringRedirect::Slot& slot_;
@@ -476,13 +484,53 @@ bool CallRun::run(hook::SyscallResult& result, FallbackReason& why) {
                     return true;
             }
         }
-        if (continue_write(res)) continue;
+        if (res < 0 && done_ == 0 && ring_may_differ(res)) {
+            why = FallbackReason::CompletionError;
+            return false;
+        }
+        if (continue_write(res) || continue_read(res)) continue;
         if (res >= 0)
             result = static_cast<long>(done_ + static_cast<uint64_t>(res));
         else
             result = done_ > 0 ? static_cast<long>(done_) : res;
         if (result == -EINTR) bump(slot_.interrupted);
         return true;
+    }
+}
+
+// A short read of a regular file or block device before its end: set up the remainder and
+// return true (the native read returns fewer bytes only at end of file).
+bool CallRun::continue_read(int32_t res) {
+    if (plan_.kind != Kind::Read || plan_.op.code == uring::OpCode::Recvmsg || res <= 0) return false;
+    const uint64_t total = done_ + static_cast<uint64_t>(res);
+    if (total >= requested() || !uninterruptible(op_.fd)) return false;
+    done_ = total;
+    advance_op(Kind::Read);
+    bump(slot_.continuations);
+    return true;
+}
+
+// op_ becomes the part of the plan's transfer after its first done_ bytes.
+void CallRun::advance_op(Kind kind) {
+    const int64_t offset = plan_.positioned ? plan_.op.offset + static_cast<int64_t>(done_) : -1;
+    const bool read = kind == Kind::Read;
+    if (plan_.vectored) {
+        const auto* iov = static_cast<const iovec*>(plan_.op.buf);
+        slot_.iov_rest.assign(iov, iov + plan_.op.len);
+        uint64_t skip = done_;
+        size_t first = 0;
+        while (first < slot_.iov_rest.size() && skip >= slot_.iov_rest[first].iov_len) skip -= slot_.iov_rest[first++].iov_len;
+        slot_.iov_rest.erase(slot_.iov_rest.begin(), slot_.iov_rest.begin() + static_cast<long>(first));
+        slot_.iov_rest[0].iov_base = static_cast<char*>(slot_.iov_rest[0].iov_base) + skip;
+        slot_.iov_rest[0].iov_len -= skip;
+        const auto n = static_cast<unsigned>(slot_.iov_rest.size());
+        op_ = read ? uring::Op::readv(op_.fd, slot_.iov_rest.data(), n, offset)
+                   : uring::Op::writev(op_.fd, slot_.iov_rest.data(), n, offset);
+    } else {
+        char* base = static_cast<char*>(plan_.op.buf) + done_;
+        const auto rest = static_cast<uint32_t>(requested() - done_);
+        if (kind == Kind::Send) op_ = uring::Op::send(op_.fd, base, rest, plan_.op.flags);
+        else op_ = read ? uring::Op::read(op_.fd, base, rest, offset) : uring::Op::write(op_.fd, base, rest, offset);
     }
 }
 
@@ -500,22 +548,7 @@ bool CallRun::continue_write(int32_t res) {
         stream_ = true;
     }
     done_ = total;
-    if (plan_.vectored) {
-        const auto* iov = static_cast<const iovec*>(plan_.op.buf);
-        slot_.iov_rest.assign(iov, iov + plan_.op.len);
-        uint64_t skip = done_;
-        size_t first = 0;
-        while (first < slot_.iov_rest.size() && skip >= slot_.iov_rest[first].iov_len) skip -= slot_.iov_rest[first++].iov_len;
-        slot_.iov_rest.erase(slot_.iov_rest.begin(), slot_.iov_rest.begin() + static_cast<long>(first));
-        slot_.iov_rest[0].iov_base = static_cast<char*>(slot_.iov_rest[0].iov_base) + skip;
-        slot_.iov_rest[0].iov_len -= skip;
-        op_ = uring::Op::writev(op_.fd, slot_.iov_rest.data(), static_cast<unsigned>(slot_.iov_rest.size()), -1);
-    } else {
-        const char* base = static_cast<const char*>(plan_.op.buf) + done_;
-        const auto rest = static_cast<uint32_t>(want - done_);
-        op_ = plan_.kind == Kind::Send ? uring::Op::send(op_.fd, base, rest, plan_.op.flags)
-                                       : uring::Op::write(op_.fd, base, rest, -1);
-    }
+    advance_op(plan_.kind);
     bump(slot_.continuations);
     return true;
 }

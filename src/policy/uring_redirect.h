@@ -88,7 +88,15 @@
 //     length recv on TCP waits for data, as natively).
 //   Re-entry (a signal handler doing I/O on a thread already inside execute()) runs natively
 //   (FallbackReason::Reentrant). Any engine error before the op was submitted falls back
-//   (FallbackReason::EngineError).
+//   (FallbackReason::EngineError). An op that failed with EIO, ENOMEM, EAGAIN or ECANCELED
+//   transferred nothing (the kernel reports an error only then) and may have failed in the
+//   ring's machinery (io-wq, memory for the request) where the native call would not: it runs
+//   natively (FallbackReason::CompletionError), which for a real device error returns the
+//   native call's own error.
+//   Short reads of regular files and block devices: the native read returns fewer bytes only
+//   at end of file, so a short completion is continued for the remainder (as the kernel's own
+//   read loop does) until the count is complete, end of file or an error (then the partial
+//   count).
 #pragma once
 
 #include <atomic>
@@ -117,6 +125,7 @@ enum class FallbackReason : uint8_t {
     Forked,         // a fork child reaching its parent's rings
     Unseekable,     // a positioned call on a descriptor that is not a regular file, block device or directory
     EngineError,    // the ring refused the submission
+    CompletionError,  // the op failed with an error the ring can cause where the native call need not
     Count,
 };
 

@@ -3,6 +3,7 @@
 // peeked in batches and the CQ head advanced once per batch.
 #include <liburing.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstring>
@@ -11,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "base/fault_points.h"
 #include "uring/internal.h"
 #include "uring/sys.h"
 
@@ -31,6 +33,7 @@ struct Slot {
     bool in_chain = false;
     bool orphaned = false;  // its result was already reported (engine broken)
     bool emulate_multishot = false;  // kernel refused multishot accept: re-arm single accepts
+    int32_t injected_res = 0;  // fault injection: the op was replaced by a NOP completing with this
     __kernel_timespec ts{};
     std::vector<iovec> iov_rest;
 };
@@ -48,6 +51,8 @@ public:
     }
 
     Result<void> init() {
+        if (fault::fail_now(fault::Point::RingCreate))
+            return make_error(ENOMEM, "io_uring_setup failed: injected fault ring_create");
         unsigned cq = options_.cq_entries ? options_.cq_entries : 2 * options_.sq_entries;
         // Newest flags first, then step down for older kernels (EINVAL = unknown flag):
         //  SINGLE_ISSUER|DEFER_TASKRUN (6.1): completions are processed in our io_uring_enter
@@ -284,6 +289,11 @@ private:
         const Op& op = s.op;
         io_uring_sqe* sqe = get_sqe();
         last_sqe_ = sqe;
+        if (inject_completion_fault(sqe, s)) {
+            if (op.fixed_file && s.injected_res == 0) sqe->flags |= IOSQE_FIXED_FILE;
+            io_uring_sqe_set_data64(sqe, index);
+            return;
+        }
         switch (op.code) {
             case OpCode::Nop: io_uring_prep_nop(sqe); break;
             case OpCode::Read: io_uring_prep_read(sqe, op.fd, op.buf, op.len, op.offset); break;
@@ -360,9 +370,12 @@ private:
     // kernel wants completions reaped before it takes more: drain, then let the caller's loop
     // re-evaluate (its wait may already be satisfied by what was drained).
     int submit_with_retry(unsigned wait_nr) {
+        constexpr int kMaxBusyRetries = 1000;
+        int busy_retries = 0;
         for (;;) {
             ++stats_.enters;
-            int r = wait_nr ? io_uring_submit_and_wait(&ring_, wait_nr) : io_uring_submit(&ring_);
+            int r = injected_submit_error();
+            if (r == 0) r = wait_nr ? io_uring_submit_and_wait(&ring_, wait_nr) : io_uring_submit(&ring_);
             if (r >= 0) return r;
             if (r == -EINTR) {
                 ++stats_.submit_retries;
@@ -371,7 +384,14 @@ private:
             if (r == -EAGAIN || r == -EBUSY) {
                 ++stats_.submit_retries;
                 drain_cq();
-                return 0;
+                // Nothing was submitted: a caller waiting for an op still in the SQ (on the
+                // ring's eventfd, say) would wait forever, so the SQ is handed over again,
+                // a bounded number of times, before it counts as a hard error.
+                if (io_uring_sq_ready(&ring_) == 0) return 0;
+                if (++busy_retries < kMaxBusyRetries) {
+                    sys::call(SYS_sched_yield);
+                    continue;
+                }
             }
             // Anything else (-EEXIST: used from a thread that is not the ring's single issuer;
             // -EBADF/-ENXIO: ring gone) leaves SQEs the kernel never consumed. Their slots stay
@@ -380,6 +400,44 @@ private:
             fail_sync_ops();
             return r;
         }
+    }
+
+    static bool regular_file(int fd) {
+        struct stat st;
+        return sys::call(SYS_fstat, fd, &st) == 0 && S_ISREG(st.st_mode);
+    }
+
+    // Fault injection: the error an armed submission fault makes io_uring_enter return before
+    // it submits anything, or 0.
+    static int injected_submit_error() {
+        if (fault::fail_now(fault::Point::SubmitEagain)) return -EAGAIN;
+        if (fault::fail_now(fault::Point::SubmitEbusy)) return -EBUSY;
+        if (fault::fail_now(fault::Point::SubmitEintr)) return -EINTR;
+        if (fault::fail_now(fault::Point::SubmitEnomem)) return -ENOMEM;
+        return 0;
+    }
+
+    // Fault injection at queueing: a read/write that fails without transferring anything
+    // (a NOP stands in for it and its completion carries the error), or a read of a regular
+    // file submitted for half its length, which the kernel really answers with a short count
+    // (on a pipe or socket a short count is a different, not a failed, answer). True when the
+    // SQE was prepared here.
+    bool inject_completion_fault(io_uring_sqe* sqe, Slot& s) {
+        const Op& op = s.op;
+        s.injected_res = 0;
+        if (!detail::is_transfer(op.code)) return false;
+        if (fault::fail_now(fault::Point::CompleteEio)) s.injected_res = -EIO;
+        else if (fault::fail_now(fault::Point::CompleteEagain)) s.injected_res = -EAGAIN;
+        if (s.injected_res != 0) {
+            io_uring_prep_nop(sqe);
+            return true;
+        }
+        if (op.code == OpCode::Read && op.len > 1 && !op.fixed_file && fault::plan().armed(fault::Point::CompleteShort) != 0 &&
+            regular_file(op.fd) && fault::fail_now(fault::Point::CompleteShort)) {
+            io_uring_prep_read(sqe, op.fd, op.buf, static_cast<unsigned>(op.len / 2), op.offset);
+            return true;
+        }
+        return false;
     }
 
     // After a hard error every op still owned by a slot completes with it (async ones through
@@ -435,6 +493,10 @@ private:
         if (data >= slots_.size()) return;  // not ours (cannot happen: every SQE names a slot)
         Slot& s = slots_[data];
         if (s.orphaned) return;
+        if (s.injected_res != 0) {
+            res = s.injected_res;
+            s.injected_res = 0;
+        }
         Op& op = s.op;
         if (op.code == OpCode::AcceptMultishot) {
             if (!s.emulate_multishot && res == -EINVAL && !features_.multishot_accept) {
@@ -595,6 +657,10 @@ private:
             if (m == 0 || broken_) break;
             submit_with_retry(m);
         }
+        // Ops the completions just handled queued again (EAGAIN resubmissions, remainders of
+        // short transfers, multishot re-arms) go to the kernel now: a caller may next sleep on
+        // the ring's eventfd, which only a submitted op can wake.
+        if (!broken_ && io_uring_sq_ready(&ring_) > 0) submit_with_retry(0);
         n = out_n_;
         out_ = {};
         out_n_ = 0;

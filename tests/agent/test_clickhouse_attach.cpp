@@ -2,7 +2,8 @@
 // a client thread keeps running a fixed query mix over a MergeTree table large enough that the
 // queries read column files: every answer during and after the attachment must equal the
 // answer of the unpatched server, the agent must count the server's I/O, and the server must
-// keep answering after the agent is gone.
+// keep answering after the agent is gone. The server is started as its service is (user
+// clickhouse, no GLIBC_TUNABLES): attaching needs no preparation of the target.
 #include <unistd.h>
 
 #include <atomic>
@@ -143,8 +144,18 @@ TEST_P(ClickHouseAttach, AnswersStayExactWhileAttachedDetachedAndReattached) {
     clickhouse::ServerOptions so;
     so.binary = *binary;
     so.profile_settings = clickhouse::kProfileSettings;
+    // Started as systemd starts the Debian service: user clickhouse (when we are root), only
+    // PATH in the environment, so no GLIBC_TUNABLES reserve of static TLS for the agent.
+    so.inherit_environment = false;
+    so.environment = {clickhouse::kServiceEnvironment};
+    so.user = clickhouse::service_user();
     auto server = clickhouse::LocalServer::start(so);
     ASSERT_TRUE(server) << server.error().message;
+    {
+        std::ifstream env("/proc/" + std::to_string(server->pid()) + "/environ");
+        const std::string got((std::istreambuf_iterator<char>(env)), std::istreambuf_iterator<char>());
+        EXPECT_EQ(got, std::string(clickhouse::kServiceEnvironment) + '\0');
+    }
     auto client = server->client();
     clickhouse::DatasetOptions data;
     data.rows = kRows;
