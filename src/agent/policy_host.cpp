@@ -1,5 +1,7 @@
 #include "agent/policy_host.h"
 
+#include <chrono>
+
 #include "hook/dispatcher.h"
 
 namespace liveio::agent {
@@ -151,6 +153,11 @@ Result<json> PolicyHost::on_locked_or_undo(const std::string& name, const std::s
 Result<void> PolicyHost::off_locked(const std::string& name) {
     auto it = active_.find(name);
     if (it == active_.end()) return make_error(ENOENT, "policy '" + name + "' is not on");
+    // Linux AIO events translated by `uring` reach the target only through the executor: while
+    // the target has not taken them all, the policy stays on (its AIO calls keep being served).
+    if (name == "uring" && uring_ && !uring_->redirect().drain_aio(std::chrono::seconds(10)))
+        return make_error(EBUSY, "policy 'uring': the target has not yet reaped the Linux AIO events liveio "
+                                 "translated (new submissions run natively now); try again");
     const Active a = it->second;
     active_.erase(it);
     // Drain first (nothing queued or in flight, no completion program running), then detach
@@ -219,6 +226,8 @@ json PolicyHost::list() const {
                 p["counters"]["redirected"] = st.redirected;
                 p["counters"]["fallback_reasons"] = reasons;
                 p["counters"]["rings"] = st.engines_live;
+                p["counters"]["aio"] = {{"contexts", st.aio_contexts}, {"submits", st.aio_submits}, {"ops", st.aio_ops},
+                                        {"events", st.aio_events}, {"native_submits", st.aio_native_submits}};
             }
         }
         p["knobs"] = knobs;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "base/raw_syscall.h"
+#include "policy/uring_aio.h"
 #include "uring/engine.h"
 
 namespace liveio::policy {
@@ -250,6 +251,8 @@ const char* fallback_reason_name(FallbackReason reason) {
         case FallbackReason::Forked: return "forked";
         case FallbackReason::Unseekable: return "unseekable";
         case FallbackReason::EngineError: return "engine_error";
+        case FallbackReason::AioUntracked: return "aio_untracked";
+        case FallbackReason::AioIocb: return "aio_iocb";
         case FallbackReason::Count: break;
     }
     return "?";
@@ -272,6 +275,7 @@ Result<std::unique_ptr<UringRedirect>> UringRedirect::create(const UringRedirect
     }
     r->fork_guard_ = reinterpret_cast<volatile uint64_t*>(page);
     *r->fork_guard_ = 1;
+    r->aio_ = std::make_unique<AioBridge>();
     return r;
 }
 
@@ -355,6 +359,8 @@ size_t UringRedirect::reclaim_exited_locked() {
     return reclaimed;
 }
 
+bool UringRedirect::drain_aio(std::chrono::milliseconds timeout) { return aio_->drain(timeout); }
+
 void UringRedirect::shutdown() {
     closing_.store(true, std::memory_order_seq_cst);
     { std::lock_guard wait_for_claims(mutex_); }  // a slot being claimed has its eventfd set
@@ -405,6 +411,12 @@ UringRedirectStats UringRedirect::stats() const {
         st.by_reason[r] += unslotted_fallbacks_[r].load(std::memory_order_relaxed);
         st.fallbacks += st.by_reason[r];
     }
+    const AioStats aio = aio_->stats();
+    st.aio_contexts = aio.contexts_tracked;
+    st.aio_submits = aio.submits;
+    st.aio_ops = aio.ops;
+    st.aio_events = aio.events;
+    st.aio_native_submits = aio.native_submits;
     return st;
 }
 
@@ -590,6 +602,13 @@ CallRun::Wait CallRun::wait_pending(int32_t& res, FallbackReason& why) {
 }  // namespace
 
 bool UringRedirect::execute(hook::SyscallCall& call, hook::SyscallResult& result) {
+    if (AioBridge::is_aio_call(call.nr)) {
+        // Not subject to closing_: a context holding translated events must keep being served
+        // by the bridge until drain_aio() saw them taken.
+        FallbackReason why = FallbackReason::AioUntracked;
+        if (aio_->execute(call, result, why)) return true;
+        return fallback(nullptr, why);
+    }
     Plan plan;
     FallbackReason why = FallbackReason::NotRedirected;
     if (!make_plan(call, options_, plan, why))
