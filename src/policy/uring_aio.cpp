@@ -32,8 +32,15 @@ constexpr uint64_t kMaxRwCount = INT_MAX & ~4095ull;
 // Highest user-space address on x86-64 (TASK_SIZE_MAX with 4-level page tables): a buffer
 // beyond it fails access_ok() at submission natively, but only at completion in io_uring.
 constexpr uint64_t kUserTop = (uint64_t{1} << 47) - 4096;
-// A mixed context (native ops too) waits for its own events in slices of this length.
-constexpr int64_t kMixedSliceNs = 1000000;
+// A mixed context (native ops too) waits for its own events in slices, polling the kernel's
+// ring between them: from 1 ms, doubling while nothing arrives, up to 64 ms.
+constexpr int64_t kMinSliceNs = 1000000;
+constexpr int64_t kMaxSliceNs = 64000000;
+// The kernel's AIO ring header, mapped at the context id (fs/aio.c struct aio_ring).
+struct KernelAioRing {
+    unsigned id, nr, head, tail, magic;
+};
+constexpr unsigned kAioRingMagic = 0xa10a10a1;
 
 int64_t mono_ns() {
     timespec ts{};
@@ -91,6 +98,9 @@ struct AioBridge::Context {
     std::deque<io_event> done;   // completed, not yet taken by the target
     long pending = 0;            // submitted to io_uring (or about to be), not completed
     long native_outstanding = 0; // native ops submitted on this context, not yet taken
+    // Adopted: created before the policy was on, so native ops submitted before may still
+    // complete: its waits always poll the kernel's ring too.
+    bool adopted = false;
     std::atomic<uint32_t> seq{0};  // futex word: bumped at every completion
 };
 
@@ -152,17 +162,37 @@ bool AioBridge::execute(const hook::SyscallCall& call, hook::SyscallResult& resu
     }
     const uint64_t id = static_cast<uint64_t>(call.args[0]);
     std::shared_ptr<Context> ctx = find(id);
-    if (!ctx) return false;
+    if (!ctx && call.nr == SYS_io_submit) ctx = adopt(id);
+    if (!ctx || closing_.load(std::memory_order_seq_cst)) return false;
     bool taken = true;
     switch (call.nr) {
         case SYS_io_submit: result = submit(*ctx, call, taken, why); break;
-        case SYS_io_getevents: result = getevents(*ctx, call, false); break;
-        case SYS_io_pgetevents: result = getevents(*ctx, call, true); break;
+        case SYS_io_getevents: result = getevents(*ctx, call, false, taken); break;
+        case SYS_io_pgetevents: result = getevents(*ctx, call, true, taken); break;
         case SYS_io_destroy: result = destroy(ctx, id); break;
         default: return false;
     }
     if (taken && (call.nr == SYS_io_getevents || call.nr == SYS_io_pgetevents)) stat_getevents_.fetch_add(1, std::memory_order_relaxed);
     return taken;
+}
+
+// A context created before the bridge ran (ClickHouse keeps one for the process), seen at an
+// io_submit: tracked from now on, its earlier native ops unknown (Context::adopted). Its
+// capacity is read from the kernel's ring header: the ring holds at least twice the io_setup
+// size, so half of it is within what the kernel accepts.
+std::shared_ptr<AioBridge::Context> AioBridge::adopt(uint64_t id) {
+    if (draining_.load(std::memory_order_acquire) || !start_thread()) return nullptr;
+    KernelAioRing ring{};
+    if (!read_user(&ring, static_cast<long>(id), sizeof ring) || ring.magic != kAioRingMagic || ring.nr < 2) return nullptr;
+    auto ctx = std::make_shared<Context>();
+    ctx->id = id;
+    ctx->nr_events = ring.nr / 2;
+    ctx->adopted = true;
+    std::lock_guard lock(mu_);
+    if (draining_.load(std::memory_order_acquire)) return nullptr;
+    auto [it, fresh] = contexts_.emplace(id, ctx);
+    if (fresh) stat_adopted_.fetch_add(1, std::memory_order_relaxed);
+    return it->second;
 }
 
 long AioBridge::setup(const hook::SyscallCall& call, bool& taken) {
@@ -414,7 +444,7 @@ long AioBridge::submit(Context& ctx, const hook::SyscallCall& call, bool& taken,
     return nr;
 }
 
-long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with_sigmask) {
+long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with_sigmask, bool& taken) {
     const long min_nr = call.args[1];
     const long nr = call.args[2];
     const long events = call.args[3];
@@ -445,6 +475,8 @@ long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with
     }
     if (masked) raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&mask), reinterpret_cast<long>(&old), 8);
     long count = 0;
+    long count_before = 0;
+    int64_t slice = kMinSliceNs;
     long result = 0;
     std::vector<io_event> batch;
     for (;;) {
@@ -452,11 +484,15 @@ long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with
         long pending, native_out;
         {
             std::lock_guard lock(ctx.mu);
+            if (closing_.load(std::memory_order_seq_cst) && count == 0 && ctx.pending == 0 && ctx.done.empty()) {
+                taken = false;  // only native ops can complete: the caller runs the call natively
+                break;
+            }
             const size_t take = std::min<size_t>(ctx.done.size(), static_cast<size_t>(nr - count));
             batch.assign(ctx.done.begin(), ctx.done.begin() + static_cast<long>(take));
             ctx.done.erase(ctx.done.begin(), ctx.done.begin() + static_cast<long>(take));
             pending = ctx.pending;
-            native_out = ctx.native_outstanding;
+            native_out = ctx.native_outstanding + (ctx.adopted ? 1 : 0);
         }
         if (!batch.empty()) {
             const long at = events + count * static_cast<long>(sizeof(io_event));
@@ -476,7 +512,7 @@ long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with
                                        events + count * static_cast<long>(sizeof(io_event)), reinterpret_cast<long>(&zero));
             if (r > 0) {
                 std::lock_guard lock(ctx.mu);
-                ctx.native_outstanding -= r;
+                ctx.native_outstanding = std::max(0l, ctx.native_outstanding - r);  // adopted: earlier ops too
                 count += r;
             } else if (r < 0 && count == 0) {
                 result = r;
@@ -487,8 +523,9 @@ long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with
         if (count >= min_nr || once) break;
         const int64_t now = mono_ns();
         if (deadline >= 0 && now >= deadline) break;
-        if (pending == 0 && native_out > 0) {
-            // Only native ops can complete: wait for them in the kernel, with what is left.
+        // Only native ops can complete, and no new op can be translated (draining): wait for
+        // them in the kernel, with what is left of the timeout.
+        if (pending == 0 && native_out > 0 && draining_.load(std::memory_order_acquire)) {
             timespec left{};
             if (deadline >= 0) left = {static_cast<time_t>((deadline - now) / 1000000000), static_cast<long>((deadline - now) % 1000000000)};
             const long r = raw_syscall(SYS_io_getevents, ctx.id, min_nr - count, nr - count,
@@ -496,7 +533,7 @@ long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with
                                        deadline >= 0 ? reinterpret_cast<long>(&left) : 0);
             if (r > 0) {
                 std::lock_guard lock(ctx.mu);
-                ctx.native_outstanding -= r;
+                ctx.native_outstanding = std::max(0l, ctx.native_outstanding - r);
                 count += r;
                 result = count;
                 break;
@@ -505,8 +542,13 @@ long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with
             result = count > 0 ? count : r;
             break;
         }
-        const int64_t until = native_out > 0 ? (deadline >= 0 ? std::min(deadline, now + kMixedSliceNs) : now + kMixedSliceNs)
-                                             : deadline;
+        if (count != count_before) slice = kMinSliceNs;
+        count_before = count;
+        int64_t until = deadline;
+        if (native_out > 0) {
+            until = deadline >= 0 ? std::min(deadline, now + slice) : now + slice;
+            slice = std::min(slice * 2, kMaxSliceNs);
+        }
         if (wait_until(ctx.seq, seen, until) == -EINTR) {
             // A handled signal: what is there now, or EINTR.
             std::lock_guard lock(ctx.mu);
@@ -557,9 +599,19 @@ bool AioBridge::drain(std::chrono::milliseconds timeout) {
     return true;
 }
 
+void AioBridge::stop_waiting() {
+    closing_.store(true, std::memory_order_seq_cst);
+    std::lock_guard lock(mu_);
+    for (auto& [id, ctx] : contexts_) {
+        ctx->seq.fetch_add(1, std::memory_order_release);
+        wake_all(&ctx->seq);
+    }
+}
+
 AioStats AioBridge::stats() const {
     AioStats s;
     s.contexts_tracked = stat_tracked_.load(std::memory_order_relaxed);
+    s.contexts_adopted = stat_adopted_.load(std::memory_order_relaxed);
     {
         std::lock_guard lock(mu_);
         s.contexts_live = contexts_.size();

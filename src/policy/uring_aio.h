@@ -12,8 +12,11 @@
 //   bridge.drain(timeout);                  // see "Switching off"
 //   bridge.stats();
 //
-// Which contexts: only contexts created (io_setup) while the bridge runs are tracked, so no
-// native op of a tracked context is ever unknown to it; every other context stays native
+// Which contexts: contexts created (io_setup) while the bridge runs are tracked from birth, so
+// every native op on them is known. A context created before (ClickHouse 18.16 keeps one
+// process-wide context, AIOContextPool, created at its first direct read) is adopted at its
+// first io_submit: native ops submitted before may still complete, so its waits always poll
+// the kernel's ring as well (see io_getevents). Other calls on unknown contexts stay native
 // (FallbackReason::AioUntracked). io_setup itself runs natively (the context exists in the
 // kernel, so io_destroy, io_cancel and every fallback keep working on it).
 //
@@ -34,8 +37,11 @@
 // io_getevents/io_pgetevents: the kernel's argument checks (timeout EFAULT, min_nr/nr EINVAL)
 // in its order; events are consumed as they complete, the call returns once min_nr were
 // taken, at the timeout (possibly with fewer), or at a handled signal (its count, or -EINTR
-// with none). A context that also holds native ops takes theirs with a non-blocking native
-// io_getevents, and waits for its own ones in slices. Events go to the target's array with
+// with none). A context that also holds native ops (or may: adopted) takes theirs with a
+// non-blocking native io_getevents between waits for its own, in slices from 1 ms doubling
+// to 64 ms while nothing arrives (a native event can be seen up to a slice late; a
+// translated one wakes the waiter at once). Only while draining, when no new op can be
+// translated, does a waiter with nothing translated pending block in the kernel itself. Events go to the target's array with
 // process_vm_writev: an unwritable array is -EFAULT (or the count written before), the events
 // stay queued, as in the kernel. io_pgetevents applies its signal mask around the wait with
 // rt_sigprocmask (not atomically, unlike the kernel).
@@ -79,6 +85,7 @@ namespace liveio::policy {
 
 struct AioStats {
     uint64_t contexts_tracked = 0;  // io_setup calls whose context the bridge tracks
+    uint64_t contexts_adopted = 0;  // contexts created before, tracked from an io_submit on
     uint64_t contexts_live = 0;
     uint64_t submits = 0;           // io_submit calls translated
     uint64_t ops = 0;               // iocbs run through io_uring
@@ -101,6 +108,12 @@ public:
 
     // See "Switching off". True when nothing translated is left outstanding.
     bool drain(std::chrono::milliseconds timeout);
+    // After drain(): threads waiting in io_getevents on a context with nothing translated left
+    // return to run the call natively (so that the caller's redirector slot can empty), and
+    // new calls run natively. A waiter that already took some events but fewer than min_nr
+    // keeps waiting (natively, inside). The bridge may be destroyed once no thread is inside
+    // execute().
+    void stop_waiting();
     AioStats stats() const;
 
     struct Context;
@@ -112,14 +125,16 @@ private:
     void run(uring::Engine& engine);
     void enqueue(Request* request);
     long setup(const hook::SyscallCall& call, bool& taken);
+    std::shared_ptr<Context> adopt(uint64_t id);
     long submit(Context& ctx, const hook::SyscallCall& call, bool& taken, FallbackReason& why);
-    long getevents(Context& ctx, const hook::SyscallCall& call, bool with_sigmask);
+    long getevents(Context& ctx, const hook::SyscallCall& call, bool with_sigmask, bool& taken);
     long destroy(const std::shared_ptr<Context>& ctx, uint64_t id);
 
     mutable std::mutex mu_;  // contexts_, queue_, thread start
     std::unordered_map<uint64_t, std::shared_ptr<Context>> contexts_;
     Request* queue_head_ = nullptr;  // requests for the liveio-aio thread, newest first
     std::atomic<bool> draining_{false};
+    std::atomic<bool> closing_{false};  // stop_waiting()
     std::atomic<bool> stop_{false};
     std::atomic<bool> thread_failed_{false};
     std::atomic<uint32_t> outstanding_{0};  // translated ops not yet taken by the target
@@ -127,7 +142,7 @@ private:
     uint32_t ring_entries_ = 256;
     std::thread thread_;
     volatile uint64_t* fork_guard_ = nullptr;  // MADV_WIPEONFORK: 0 in a fork child
-    std::atomic<uint64_t> stat_tracked_{0}, stat_submits_{0}, stat_ops_{0}, stat_events_{0},
+    std::atomic<uint64_t> stat_adopted_{0}, stat_tracked_{0}, stat_submits_{0}, stat_ops_{0}, stat_events_{0},
         stat_native_submits_{0}, stat_getevents_{0};
 };
 

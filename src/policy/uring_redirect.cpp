@@ -363,6 +363,7 @@ bool UringRedirect::drain_aio(std::chrono::milliseconds timeout) { return aio_->
 
 void UringRedirect::shutdown() {
     closing_.store(true, std::memory_order_seq_cst);
+    aio_->stop_waiting();
     { std::lock_guard wait_for_claims(mutex_); }  // a slot being claimed has its eventfd set
     // Grace period: every thread that saw closing_ == false has published inside == 1 first
     // (seq_cst on both sides), so once every slot reads 0 no thread can still use a ring.
@@ -412,7 +413,7 @@ UringRedirectStats UringRedirect::stats() const {
         st.fallbacks += st.by_reason[r];
     }
     const AioStats aio = aio_->stats();
-    st.aio_contexts = aio.contexts_tracked;
+    st.aio_contexts = aio.contexts_tracked + aio.contexts_adopted;
     st.aio_submits = aio.submits;
     st.aio_ops = aio.ops;
     st.aio_events = aio.events;

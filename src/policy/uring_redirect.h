@@ -147,7 +147,7 @@ struct UringRedirectStats {
     uint64_t engines_destroyed = 0;   // rings of exited threads reclaimed, and all at shutdown
     uint64_t engines_live = 0;
     // Linux AIO translated to io_uring (uring_aio.h)
-    uint64_t aio_contexts = 0;        // contexts tracked since the start
+    uint64_t aio_contexts = 0;        // contexts tracked since the start (created or adopted)
     uint64_t aio_submits = 0;         // io_submit calls translated
     uint64_t aio_ops = 0;             // iocbs run through io_uring
     uint64_t aio_events = 0;          // their events delivered by io_getevents

@@ -44,33 +44,47 @@ void drop_page_cache() {
     std::ofstream("/proc/sys/vm/drop_caches") << "1";
 }
 
+clickhouse::ServerOptions test_server_options(const std::string& extra_settings = "") {
+    clickhouse::ServerOptions so;
+    so.profile_settings = clickhouse::kProfileSettings + extra_settings;  // no uncompressed cache: every query reads
+    so.environment.push_back(clickhouse::kStaticTlsReserve);
+    return so;
+}
+
+// default.t: incompressible columns (~8 bytes a row each, plus the strings), one merged part;
+// the queries scan them (1 MiB reads) and look three keys up.
+const std::vector<std::string> kQueries = {
+    "SELECT sum(a), sum(b), max(k) FROM default.t",
+    "SELECT count(), sum(length(s)) FROM default.t WHERE a % 7 = 3",
+    "SELECT k, a, s FROM default.t WHERE k IN (17, 123456, 999999) ORDER BY k",
+};
+
+::testing::AssertionResult make_table(clickhouse::HttpClient& client, int rows, std::vector<std::string>& expected) {
+    for (const std::string& q :
+         {std::string("CREATE TABLE default.t (k UInt64, a UInt64, b UInt64, s String) ENGINE = MergeTree ORDER BY k"),
+          "INSERT INTO default.t SELECT number, cityHash64(number), cityHash64(number, 1), "
+          "toString(cityHash64(number, 2)) FROM numbers(" + std::to_string(rows) + ")",
+          std::string("OPTIMIZE TABLE default.t FINAL")})
+        if (!client.execute(q)) return ::testing::AssertionFailure() << q;
+    for (auto& q : kQueries) {
+        auto r = client.query(q);
+        if (!r) return ::testing::AssertionFailure() << q << ": " << r.error().message;
+        expected.push_back(*r);
+    }
+    return ::testing::AssertionSuccess();
+}
+
 TEST(PolicyClickHouse, PrefetchOnALiveServerSameResultsCountersMove) {
     auto binary = clickhouse::find_server_binary();
     if (!binary) GTEST_SKIP() << binary.error().message;
-    clickhouse::ServerOptions so;
+    clickhouse::ServerOptions so = test_server_options();
     so.binary = *binary;
-    so.profile_settings = clickhouse::kProfileSettings;  // no uncompressed cache: every query reads
-    so.environment.push_back(clickhouse::kStaticTlsReserve);
     auto server = clickhouse::LocalServer::start(so);
     ASSERT_TRUE(server) << server.error().message;
     auto client = server->client();
-    // Incompressible columns of ~16 MB each: scans read them 1 MiB at a time.
-    ASSERT_TRUE(client.execute("CREATE TABLE default.t (k UInt64, a UInt64, b UInt64, s String) "
-                               "ENGINE = MergeTree ORDER BY k"));
-    ASSERT_TRUE(client.execute("INSERT INTO default.t SELECT number, cityHash64(number), cityHash64(number, 1), "
-                               "toString(cityHash64(number, 2)) FROM numbers(2000000)"));
-    ASSERT_TRUE(client.execute("OPTIMIZE TABLE default.t FINAL"));
-    const std::vector<std::string> queries = {
-        "SELECT sum(a), sum(b), max(k) FROM default.t",
-        "SELECT count(), sum(length(s)) FROM default.t WHERE a % 7 = 3",
-        "SELECT k, a, s FROM default.t WHERE k IN (17, 123456, 1999999) ORDER BY k",
-    };
     std::vector<std::string> expected;
-    for (auto& q : queries) {
-        auto r = client.query(q);
-        ASSERT_TRUE(r) << r.error().message;
-        expected.push_back(*r);
-    }
+    ASSERT_TRUE(make_table(client, 2000000, expected));
+    const auto& queries = kQueries;
     const pid_t spid = server->pid();
     const std::string pid = std::to_string(spid);
 
@@ -138,6 +152,50 @@ TEST(PolicyClickHouse, PrefetchOnALiveServerSameResultsCountersMove) {
     loop.finish();
     const auto wrong = loop.wrong();
     EXPECT_TRUE(wrong.empty()) << wrong.size() << " wrong answers, first: " << wrong.front();
+}
+
+// The server's direct-I/O path (min_bytes_to_use_direct_io=1: column files read with O_DIRECT
+// through Linux AIO, io_submit/io_getevents via libc syscall()) translated to io_uring by the
+// `uring` policy under a query loop: every answer equals stock, the translation counters move,
+// and `off` drains (no AIO context of the server is left with events only liveio holds).
+TEST(PolicyClickHouse, UringTranslatesDirectIoAioSameResults) {
+    auto binary = clickhouse::find_server_binary();
+    if (!binary) GTEST_SKIP() << binary.error().message;
+    clickhouse::ServerOptions so = test_server_options("<min_bytes_to_use_direct_io>1</min_bytes_to_use_direct_io>");
+    so.binary = *binary;
+    auto server = clickhouse::LocalServer::start(so);
+    ASSERT_TRUE(server) << server.error().message;
+    auto client = server->client();
+    std::vector<std::string> expected;
+    ASSERT_TRUE(make_table(client, 1000000, expected));
+    const auto& queries = kQueries;
+    const pid_t spid = server->pid();
+    const std::string pid = std::to_string(spid);
+    clickhouse::testing::QueryLoop loop(*server, queries, expected, [](size_t) {});
+    auto answered_more = [&] {
+        const int before = loop.answered();
+        return eventually([&] { return loop.answered() > before + 2; });
+    };
+    const CliRun attach = liveio({"attach", pid, "--policy", "uring"});
+    if (attach.err.find("Operation not permitted") != std::string::npos) GTEST_SKIP() << "cannot attach here: " << attach.err;
+    ASSERT_EQ(attach.status, 0) << attach.out << attach.err;
+    auto aio_ops = [&] { return policy_counters(spid, "uring").value("aio", json::object()).value("ops", uint64_t{0}); };
+    ASSERT_TRUE(eventually([&] { return aio_ops() > 0; })) << policy_counters(spid, "uring").dump();
+    for (int i = 0; i < 2; ++i) {
+        const CliRun off = liveio({"policy", pid, "off", "uring"});
+        ASSERT_EQ(off.status, 0) << off.err;
+        ASSERT_TRUE(answered_more());
+        const CliRun on = liveio({"policy", pid, "on", "uring"});
+        ASSERT_EQ(on.status, 0) << on.err;
+        ASSERT_TRUE(eventually([&] { return aio_ops() > 0; })) << policy_counters(spid, "uring").dump();
+    }
+    const CliRun detach = liveio({"detach", pid});
+    ASSERT_EQ(detach.status, 0) << detach.err;
+    ASSERT_TRUE(answered_more());
+    loop.finish();
+    const auto wrong = loop.wrong();
+    EXPECT_TRUE(wrong.empty()) << wrong.size() << " wrong answers, first: " << wrong.front();
+    EXPECT_GT(loop.answered(), 0);
 }
 
 }  // namespace

@@ -73,7 +73,13 @@ public:
     }
     AioStats aio() const {
         UringRedirectStats s = redirect->stats();
-        return {s.aio_contexts, 0, s.aio_submits, s.aio_ops, s.aio_events, s.aio_native_submits, 0};
+        AioStats a;
+        a.contexts_tracked = s.aio_contexts;
+        a.submits = s.aio_submits;
+        a.ops = s.aio_ops;
+        a.events = s.aio_events;
+        a.native_submits = s.aio_native_submits;
+        return a;
     }
     // Submits `cbs` (rebuilt per side) and collects `want` events, through the executor and
     // natively; both sides must agree on every result and every event field.
@@ -278,20 +284,41 @@ TEST_F(AioTest, DestroyWaitsForTranslatedOps) {
     EXPECT_TRUE(redirect->drain_aio(std::chrono::milliseconds(0)));
 }
 
-TEST_F(AioTest, UntrackedContextsStayNative) {
-    aio_context_t n = setup_native(4);  // created before the policy: unknown to the bridge
-    auto content = pattern(kBlock, 7);
+TEST_F(AioTest, ContextsCreatedBeforeAreAdoptedWithTheirNativeOps) {
+    aio_context_t n = setup_native(8);  // created before the policy: unknown to the bridge
+    auto content = pattern(2 * kBlock, 7);
     int fd = make_file(content);
-    std::vector<char> buf(kBlock);
-    iocb cb = make_cb(IOCB_CMD_PREAD, fd, buf.data(), kBlock, 0, 1);
-    iocb* p = &cb;
+    std::vector<char> buf(2 * kBlock);
+    iocb early = make_cb(IOCB_CMD_PREAD, fd, buf.data(), kBlock, 0, 1);
+    iocb late = make_cb(IOCB_CMD_PREAD, fd, buf.data() + kBlock, kBlock, kBlock, 2);
+    iocb* pe = &early;
+    iocb* pl = &late;
+    // Calls on an unknown context before its first io_submit stay native.
     const uint64_t untracked = fallbacks(FallbackReason::AioUntracked);
-    EXPECT_EQ(via(SYS_io_submit, static_cast<long>(n), 1, L(&p)), 1);
-    io_event ev{};
-    EXPECT_EQ(via(SYS_io_getevents, static_cast<long>(n), 1, 1, L(&ev), 0), 1);
-    EXPECT_EQ(ev.res, static_cast<long long>(kBlock));
+    timespec zero{0, 0};
+    io_event ev[2]{};
+    EXPECT_EQ(via(SYS_io_getevents, static_cast<long>(n), 0, 1, L(ev), L(&zero)), 0);
+    EXPECT_EQ(fallbacks(FallbackReason::AioUntracked) - untracked, 1u);
+    // A native op in flight (submitted before the policy), then one through the executor.
+    ASSERT_EQ(native(SYS_io_submit, static_cast<long>(n), 1, L(&pe)), 1);
+    const AioStats before = aio();
+    ASSERT_EQ(via(SYS_io_submit, static_cast<long>(n), 1, L(&pl)), 1);
+    EXPECT_EQ(aio().ops - before.ops, 1u);
+    EXPECT_EQ(aio().contexts_tracked - before.contexts_tracked, 1u);
+    long got = 0;
+    for (int i = 0; i < 100 && got < 2; ++i) {
+        long r = via(SYS_io_getevents, static_cast<long>(n), 1, 2 - got, L(ev + got), 0);
+        ASSERT_GT(r, 0);
+        got += r;
+    }
+    ASSERT_EQ(got, 2);
+    std::sort(ev, ev + 2, [](const io_event& x, const io_event& y) { return x.data < y.data; });
+    EXPECT_EQ(ev[0].data, 1u);
+    EXPECT_EQ(ev[0].obj, reinterpret_cast<uint64_t>(&early));
+    EXPECT_EQ(ev[1].data, 2u);
+    EXPECT_EQ(ev[1].obj, reinterpret_cast<uint64_t>(&late));
+    EXPECT_EQ(buf, content);
     EXPECT_EQ(via(SYS_io_destroy, static_cast<long>(n)), 0);
-    EXPECT_EQ(fallbacks(FallbackReason::AioUntracked) - untracked, 3u);
 }
 
 TEST_F(AioTest, GeteventsInterruptedByAHandledSignalIsEintr) {
@@ -367,6 +394,34 @@ TEST_F(AioTest, DrainLeavesNewSubmissionsNativeAndStillDeliversOldOnes) {
     EXPECT_EQ(std::memcmp(buf.p, content.data(), 8 * kBlock), 0);
     EXPECT_TRUE(redirect->drain_aio(std::chrono::milliseconds(0)));
     EXPECT_EQ(via(SYS_io_destroy, static_cast<long>(v)), 0);
+}
+
+TEST_F(AioTest, ShutdownSendsAWaiterWithNothingTranslatedToTheNativeCall) {
+    aio_context_t v = setup_via(4);
+    std::atomic<bool> done{false};
+    long result = 0;
+    io_event ev{};
+    const uint64_t untracked = fallbacks(FallbackReason::AioUntracked);
+    std::thread waiter([&] {
+        result = via(SYS_io_getevents, static_cast<long>(v), 1, 1, L(&ev), 0);
+        done = true;
+    });
+    ASSERT_TRUE(redirect->drain_aio(std::chrono::milliseconds(0)));
+    redirect->shutdown();  // the waiter leaves the executor and waits in the kernel
+    auto content = pattern(kBlock, 10);
+    int fd = make_file(content);
+    std::vector<char> buf(kBlock);
+    iocb cb = make_cb(IOCB_CMD_PREAD, fd, buf.data(), kBlock, 0, 42);
+    iocb* p = &cb;
+    // A native op on the context completes the native wait, whenever the waiter got there.
+    ASSERT_EQ(native(SYS_io_submit, static_cast<long>(v), 1, L(&p)), 1);
+    waiter.join();
+    EXPECT_TRUE(done);
+    EXPECT_EQ(result, 1);
+    EXPECT_EQ(ev.data, 42u);
+    EXPECT_EQ(ev.res, static_cast<long long>(kBlock));
+    EXPECT_EQ(fallbacks(FallbackReason::AioUntracked) - untracked, 1u);
+    EXPECT_EQ(native(SYS_io_destroy, static_cast<long>(v)), 0);
 }
 
 }  // namespace
