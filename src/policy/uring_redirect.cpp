@@ -101,6 +101,17 @@ bool make_plan(const hook::SyscallCall& call, const UringRedirectOptions& option
         case SYS_pwrite64: return rw(Kind::Write, true, false, a[3]);
         case SYS_writev: return rw(Kind::Write, false, true, -1);
         case SYS_pwritev: return rw(Kind::Write, true, true, a[3]);
+        case SYS_preadv2:
+        case SYS_pwritev2: {
+            // Offset -1 is the file position (readv/writev); flags (RWF_*) change semantics
+            // (RWF_NOWAIT's EAGAIN, RWF_APPEND, RWF_HIPRI...): those run natively.
+            if (a[5] != 0) {
+                why = FallbackReason::Flags;
+                return false;
+            }
+            const Kind kind = call.nr == SYS_preadv2 ? Kind::Read : Kind::Write;
+            return a[3] == -1 ? rw(kind, false, true, -1) : rw(kind, true, true, a[3]);
+        }
         case SYS_fsync:
         case SYS_fdatasync:
             plan.kind = Kind::Sync;

@@ -18,10 +18,11 @@
 //
 // Calls redirected (kernel names; libc's send/recv are sendto/recvfrom)
 //   read pread64 readv preadv write pwrite64 writev pwritev fsync fdatasync
+//   preadv2 pwritev2 with flags 0 (offset -1: the file position, as readv/writev)
 //   sendto recvfrom (without an address) recvmsg
 //   io_setup io_submit io_getevents io_pgetevents io_destroy: Linux AIO translated to
 //     io_uring by policy::AioBridge (uring_aio.h), its own rules and thread
-// Everything else returns false (FallbackReason::NotRedirected), e.g. preadv2, sendmsg.
+// Everything else returns false (FallbackReason::NotRedirected), e.g. sendmsg.
 //
 // Per-thread engines (ThreadRegistry below)
 //   One ring per thread, created on the thread's first redirected call, submitted to only by
@@ -116,7 +117,7 @@ enum class FallbackReason : uint8_t {
     Disabled,       // Options::position_calls = false, or the registry is shutting down
     NoEngine,       // this thread's ring could not be created, or no slot was free
     Arguments,      // arguments whose io_uring meaning differs (negative offset, huge length, address)
-    Flags,          // MSG_WAITALL
+    Flags,          // MSG_WAITALL, preadv2/pwritev2 with RWF_* flags
     Nonblocking,    // O_NONBLOCK descriptor whose op would have waited
     SocketTimeout,  // SO_RCVTIMEO / SO_SNDTIMEO set on a socket whose op would have waited
     Reentrant,      // the thread is already inside execute() (signal handler)
