@@ -56,6 +56,8 @@ struct LinuxDirent64 {
     char d_name[];
 };
 
+bool io_uring_kernel_thread(const char* tid_name);
+
 // Signals every not-yet-signaled thread; returns how many were newly signaled, or -1.
 int signal_new_threads(pid_t pid, pid_t self) {
     const long dir = raw_syscall(SYS_open, reinterpret_cast<long>("/proc/self/task"),
@@ -73,6 +75,7 @@ int signal_new_threads(pid_t pid, pid_t self) {
             pid_t tid = 0;
             for (const char* c = e->d_name; *c; ++c) tid = tid * 10 + (*c - '0');
             if (tid == self || already_signaled(tid) || g_signaled_count == kMaxThreads) continue;
+            if (io_uring_kernel_thread(e->d_name)) continue;
             if (raw_syscall(SYS_tgkill, pid, tid, world_stop_signal()) == 0) {
                 g_signaled[g_signaled_count++] = tid;
                 ++added;
@@ -84,6 +87,23 @@ int signal_new_threads(pid_t pid, pid_t self) {
 }
 
 bool thread_alive(pid_t pid, pid_t tid) { return raw_syscall(SYS_tgkill, pid, tid, 0) == 0; }
+
+// io_uring's kernel threads (io-wq workers "iou-wrk-N", SQPOLL "iou-sqp-N") are tasks of the
+// process, listed in /proc/self/task and accepted by tgkill, but they never run user code:
+// they cannot park, and need not (they execute no patched instruction).
+bool io_uring_kernel_thread(const char* tid_name) {
+    char path[64] = "/proc/self/task/";
+    size_t at = 16;
+    for (const char* c = tid_name; *c && at < sizeof path - 6; ++c) path[at++] = *c;
+    for (const char* c = "/comm"; *c; ++c) path[at++] = *c;
+    path[at] = '\0';
+    const long fd = raw_syscall(SYS_open, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    char comm[8] = {};
+    const long n = raw_syscall(SYS_read, fd, reinterpret_cast<long>(comm), sizeof comm);
+    raw_syscall(SYS_close, fd);
+    return n >= 4 && comm[0] == 'i' && comm[1] == 'o' && comm[2] == 'u' && comm[3] == '-';
+}
 
 WorldStop g_world;
 
