@@ -103,6 +103,10 @@ TEST(PolicyRuntime, PrefetchIsIssuedCountedAndUsed) {
     EXPECT_EQ(Counters::get(c.issued_bytes), 512u << 10);
     EXPECT_EQ(Counters::get(c.inflight), 0u);
     EXPECT_EQ(Counters::get(c.errors), 0u);
+    // One completion: the recent latency (what liveio_policy_feedback reports) is that sample.
+    EXPECT_EQ(Counters::get(c.latency_count), 1u);
+    EXPECT_GT(Counters::get(c.latency_recent_ns), 0u);
+    EXPECT_EQ(Counters::get(c.latency_recent_ns), c.latency_avg_ns());
     // The target reads part of the range: that part is used, the rest wasted when switched off.
     rt->observe_read(testing::file_id_of(fd), 256 << 10, 128 << 10);
     EXPECT_EQ(Counters::get(c.used_bytes), 128u << 10);
