@@ -320,7 +320,8 @@ void Agent::register_builtin_requests() {
                      }));
     must(router_.add("detach", "uninstall everything and stop serving, so the library can be unloaded",
                      [this](const json&) -> Result<Reply> {
-                         policies_->off_all();  // drained: nothing in flight, no liveio-io thread
+                         // Drained: nothing in flight, no liveio-io thread (or refused, attached).
+                         if (auto off = policies_->off_all(); !off) return off.error();
                          bpf_->unload_all();     // programs, maps and uprobes go before the library
                          auto r = uninstall(std::nullopt);
                          if (!r) return r.error();

@@ -60,6 +60,10 @@ IoShape io_shape(long nr) {
         case SYS_connect: return fd_only(true, false);
         case SYS_accept: case SYS_accept4: return fd_only(true, true);
         case SYS_open: case SYS_openat: case SYS_openat2: case SYS_creat: return fd_only(true, true, -1);
+        // Linux AIO: the descriptors are inside the iocbs; the context id is no descriptor.
+        case SYS_io_setup: case SYS_io_submit: case SYS_io_getevents: case SYS_io_pgetevents:
+        case SYS_io_destroy: case SYS_io_cancel:
+            return fd_only(true, false, -1);
         case SYS_dup: case SYS_dup2: case SYS_dup3: case SYS_fcntl: return fd_only(false, true);
         case SYS_socket: case SYS_socketpair: case SYS_pipe: case SYS_pipe2: case SYS_eventfd2:
         case SYS_memfd_create: case SYS_epoll_create1:

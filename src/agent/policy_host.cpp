@@ -1,18 +1,25 @@
 #include "agent/policy_host.h"
 
+#include <chrono>
+
 #include "hook/dispatcher.h"
 
 namespace liveio::agent {
 
 using nlohmann::json;
 
-PolicyHost::~PolicyHost() { off_all(); }
+PolicyHost::~PolicyHost() { (void)off_all(true); }
 
-void PolicyHost::off_all() {
+Result<void> PolicyHost::off_all(bool force) {
     hook::Dispatcher::ScopedInside inside;
     std::lock_guard lock(mu_);
-    while (!active_.empty()) (void)off_locked(active_.begin()->first);
+    while (!active_.empty()) {
+        const std::string name = active_.begin()->first;
+        auto r = off_locked(name, force);
+        if (!r && active_.count(name) != 0) return r;  // refused: the policy is still on
+    }
     stop_runtime();
+    return {};
 }
 
 bool PolicyHost::PolicyRedirector::redirect(CallFrame& frame) {
@@ -148,9 +155,14 @@ Result<json> PolicyHost::on_locked_or_undo(const std::string& name, const std::s
     return json{{"policy", name}, {"on", true}, {"object", a.object}, {"knobs", a.knobs}};
 }
 
-Result<void> PolicyHost::off_locked(const std::string& name) {
+Result<void> PolicyHost::off_locked(const std::string& name, bool force) {
     auto it = active_.find(name);
     if (it == active_.end()) return make_error(ENOENT, "policy '" + name + "' is not on");
+    // Linux AIO events translated by `uring` reach the target only through the executor: while
+    // the target has not taken them all, the policy stays on (its AIO calls keep being served).
+    if (name == "uring" && uring_ && !uring_->redirect().drain_aio(std::chrono::seconds(10)) && !force)
+        return make_error(EBUSY, "policy 'uring': the target has not yet reaped the Linux AIO events liveio "
+                                 "translated (new submissions run natively now); try again");
     const Active a = it->second;
     active_.erase(it);
     // Drain first (nothing queued or in flight, no completion program running), then detach
@@ -219,6 +231,8 @@ json PolicyHost::list() const {
                 p["counters"]["redirected"] = st.redirected;
                 p["counters"]["fallback_reasons"] = reasons;
                 p["counters"]["rings"] = st.engines_live;
+                p["counters"]["aio"] = {{"contexts", st.aio_contexts}, {"submits", st.aio_submits}, {"ops", st.aio_ops},
+                                        {"events", st.aio_events}, {"native_submits", st.aio_native_submits}};
             }
         }
         p["knobs"] = knobs;

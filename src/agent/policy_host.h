@@ -41,7 +41,10 @@ public:
     Result<nlohmann::json> set(const std::string& name, const std::string& setting);
     // {"policies": [{name, on, object, knobs, counters...}], "available": [...], "worker": {...}}
     nlohmann::json list() const;
-    void off_all();
+    // Every policy off. EBUSY (the rest stays on) while the target has not reaped Linux AIO
+    // events `uring` translated: detaching then would leave its io_getevents waiting forever.
+    // `force` switches everything off regardless (the host is going away).
+    Result<void> off_all(bool force = false);
     // The executor of redirected calls (policy::UringRedirect), null for none. The pipeline's
     // redirector slot is taken only while a runtime exists and an executor is set: without
     // one, liveio_redirect answers -EOPNOTSUPP and calls pay nothing for the slot.
@@ -56,7 +59,7 @@ private:
         uint8_t slot = 0;
         std::map<std::string, uint64_t> knobs;
     };
-    Result<void> off_locked(const std::string& name);
+    Result<void> off_locked(const std::string& name, bool force = false);
     Result<nlohmann::json> on_locked_or_undo(const std::string& name, const std::string& object_path,
                                              const std::vector<std::string>& settings);
     Result<void> start_runtime();  // mu_ held

@@ -119,12 +119,20 @@ void print_policies(const json& list) {
                     n("actions"), mib(c.value("issued_bytes", uint64_t{0})).c_str(),
                     mib(c.value("used_bytes", uint64_t{0})).c_str(), mib(c.value("wasted_bytes", uint64_t{0})).c_str(),
                     n("inflight"), n("fallbacks"), n("drops"), n("errors"));
-        if (c.contains("redirected")) {
+        if (c.contains("redirected")) {  // the uring executor's own counters
             std::string reasons;
             const json by_reason = c.value("fallback_reasons", json::object());
-            for (auto& [why, count] : by_reason.items())
-                reasons += fmt::format("{}{} {}", reasons.empty() ? "" : ", ", why, count.get<uint64_t>());
-            std::printf("  %llu calls redirected; run natively: %s\n", n("redirected"), reasons.empty() ? "none" : reasons.c_str());
+            for (auto& [k, v] : by_reason.items())
+                if (v.is_number()) reasons += " " + k + "=" + std::to_string(v.get<uint64_t>());
+            std::printf("           redirected %llu, rings %llu, native by reason:%s\n", n("redirected"), n("rings"),
+                        reasons.empty() ? " none" : reasons.c_str());
+            const json a = c.value("aio", json::object());
+            auto an = [&](const char* k) {
+                return a.contains(k) && a[k].is_number() ? static_cast<unsigned long long>(a[k].get<uint64_t>()) : 0ull;
+            };
+            std::printf("           linux aio: %llu contexts, %llu io_submit (%llu iocbs, %llu events) via io_uring, "
+                        "%llu io_submit native\n",
+                        an("contexts"), an("submits"), an("ops"), an("events"), an("native_submits"));
         }
     }
     if (list.contains("worker")) {

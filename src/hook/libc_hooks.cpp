@@ -439,7 +439,9 @@ const std::vector<std::string_view>& default_hooked_functions() {
         "lseek64", "open",    "open64",   "__open_2", "__open64_2", "openat", "close",
         "fsync",   "ftruncate", "readv",  "writev",   "preadv",  "pwritev",  "send",
         "recv",    "sendto",  "recvfrom", "accept",   "accept4", "connect",  "sendmsg",
-        "recvmsg", "epoll_wait"};
+        "recvmsg", "epoll_wait",
+        // libc syscall(): how ClickHouse reaches the Linux AIO calls (io_submit, io_getevents).
+        "syscall"};
     return names;
 }
 

@@ -68,6 +68,7 @@ const std::vector<PolicyDef>& catalog() {
          "blocking file and socket calls performed through per-thread io_uring rings (exact results)",
          {
              {"classes", 0, ~uint64_t{0}, "bit mask of file classes whose calls are redirected"},
+             {"no_aio", 1, 0, "1: new Linux AIO contexts stay native (io_submit/io_getevents not translated)"},
          }},
     };
     return policies;

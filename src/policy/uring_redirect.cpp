@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "base/raw_syscall.h"
+#include "policy/uring_aio.h"
 #include "uring/engine.h"
 
 namespace liveio::policy {
@@ -100,6 +101,17 @@ bool make_plan(const hook::SyscallCall& call, const UringRedirectOptions& option
         case SYS_pwrite64: return rw(Kind::Write, true, false, a[3]);
         case SYS_writev: return rw(Kind::Write, false, true, -1);
         case SYS_pwritev: return rw(Kind::Write, true, true, a[3]);
+        case SYS_preadv2:
+        case SYS_pwritev2: {
+            // Offset -1 is the file position (readv/writev); flags (RWF_*) change semantics
+            // (RWF_NOWAIT's EAGAIN, RWF_APPEND, RWF_HIPRI...): those run natively.
+            if (a[5] != 0) {
+                why = FallbackReason::Flags;
+                return false;
+            }
+            const Kind kind = call.nr == SYS_preadv2 ? Kind::Read : Kind::Write;
+            return a[3] == -1 ? rw(kind, false, true, -1) : rw(kind, true, true, a[3]);
+        }
         case SYS_fsync:
         case SYS_fdatasync:
             plan.kind = Kind::Sync;
@@ -256,6 +268,8 @@ const char* fallback_reason_name(FallbackReason reason) {
         case FallbackReason::Unseekable: return "unseekable";
         case FallbackReason::EngineError: return "engine_error";
         case FallbackReason::CompletionError: return "completion_error";
+        case FallbackReason::AioUntracked: return "aio_untracked";
+        case FallbackReason::AioIocb: return "aio_iocb";
         case FallbackReason::Count: break;
     }
     return "?";
@@ -278,6 +292,7 @@ Result<std::unique_ptr<UringRedirect>> UringRedirect::create(const UringRedirect
     }
     r->fork_guard_ = reinterpret_cast<volatile uint64_t*>(page);
     *r->fork_guard_ = 1;
+    r->aio_ = std::make_unique<AioBridge>();
     return r;
 }
 
@@ -361,8 +376,11 @@ size_t UringRedirect::reclaim_exited_locked() {
     return reclaimed;
 }
 
+bool UringRedirect::drain_aio(std::chrono::milliseconds timeout) { return aio_->drain(timeout); }
+
 void UringRedirect::shutdown() {
     closing_.store(true, std::memory_order_seq_cst);
+    aio_->stop_waiting();
     { std::lock_guard wait_for_claims(mutex_); }  // a slot being claimed has its eventfd set
     // Grace period: every thread that saw closing_ == false has published inside == 1 first
     // (seq_cst on both sides), so once every slot reads 0 no thread can still use a ring.
@@ -411,6 +429,12 @@ UringRedirectStats UringRedirect::stats() const {
         st.by_reason[r] += unslotted_fallbacks_[r].load(std::memory_order_relaxed);
         st.fallbacks += st.by_reason[r];
     }
+    const AioStats aio = aio_->stats();
+    st.aio_contexts = aio.contexts_tracked + aio.contexts_adopted;
+    st.aio_submits = aio.submits;
+    st.aio_ops = aio.ops;
+    st.aio_events = aio.events;
+    st.aio_native_submits = aio.native_submits;
     return st;
 }
 
@@ -623,6 +647,13 @@ CallRun::Wait CallRun::wait_pending(int32_t& res, FallbackReason& why) {
 }  // namespace
 
 bool UringRedirect::execute(hook::SyscallCall& call, hook::SyscallResult& result) {
+    if (AioBridge::is_aio_call(call.nr)) {
+        // Not subject to closing_: a context holding translated events must keep being served
+        // by the bridge until drain_aio() saw them taken.
+        FallbackReason why = FallbackReason::AioUntracked;
+        if (aio_->execute(call, result, why)) return true;
+        return fallback(nullptr, why);
+    }
     Plan plan;
     FallbackReason why = FallbackReason::NotRedirected;
     if (!make_plan(call, options_, plan, why))

@@ -18,9 +18,11 @@
 //
 // Calls redirected (kernel names; libc's send/recv are sendto/recvfrom)
 //   read pread64 readv preadv write pwrite64 writev pwritev fsync fdatasync
+//   preadv2 pwritev2 with flags 0 (offset -1: the file position, as readv/writev)
 //   sendto recvfrom (without an address) recvmsg
-// Everything else returns false (FallbackReason::NotRedirected), e.g. preadv2, sendmsg, the
-// Linux AIO calls.
+//   io_setup io_submit io_getevents io_pgetevents io_destroy: Linux AIO translated to
+//     io_uring by policy::AioBridge (uring_aio.h), its own rules and thread
+// Everything else returns false (FallbackReason::NotRedirected), e.g. sendmsg.
 //
 // Per-thread engines (ThreadRegistry below)
 //   One ring per thread, created on the thread's first redirected call, submitted to only by
@@ -100,6 +102,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -110,6 +113,10 @@
 namespace liveio::uring {
 class Engine;
 }
+namespace liveio::policy {
+class AioBridge;
+struct AioStats;
+}
 
 namespace liveio::policy {
 
@@ -118,7 +125,7 @@ enum class FallbackReason : uint8_t {
     Disabled,       // Options::position_calls = false, or the registry is shutting down
     NoEngine,       // this thread's ring could not be created, or no slot was free
     Arguments,      // arguments whose io_uring meaning differs (negative offset, huge length, address)
-    Flags,          // MSG_WAITALL
+    Flags,          // MSG_WAITALL, preadv2/pwritev2 with RWF_* flags
     Nonblocking,    // O_NONBLOCK descriptor whose op would have waited
     SocketTimeout,  // SO_RCVTIMEO / SO_SNDTIMEO set on a socket whose op would have waited
     Reentrant,      // the thread is already inside execute() (signal handler)
@@ -126,6 +133,8 @@ enum class FallbackReason : uint8_t {
     Unseekable,     // a positioned call on a descriptor that is not a regular file, block device or directory
     EngineError,    // the ring refused the submission
     CompletionError,  // the op failed with an error the ring can cause where the native call need not
+    AioUntracked,   // an AIO call on a context created before the policy was on (or while draining)
+    AioIocb,        // io_submit with an iocb the translation does not take: run natively, counted
     Count,
 };
 
@@ -147,6 +156,12 @@ struct UringRedirectStats {
     uint64_t engine_failures = 0;     // threads left native because their ring failed
     uint64_t engines_destroyed = 0;   // rings of exited threads reclaimed, and all at shutdown
     uint64_t engines_live = 0;
+    // Linux AIO translated to io_uring (uring_aio.h)
+    uint64_t aio_contexts = 0;        // contexts tracked since the start (created or adopted)
+    uint64_t aio_submits = 0;         // io_submit calls translated
+    uint64_t aio_ops = 0;             // iocbs run through io_uring
+    uint64_t aio_events = 0;          // their events delivered by io_getevents
+    uint64_t aio_native_submits = 0;  // io_submit calls on tracked contexts left native
 };
 
 class UringRedirect {
@@ -162,6 +177,11 @@ public:
     // The same for the agent's call pipeline (hook::CallFrame, agent/call_pipeline.h): a
     // Redirector's redirect(frame) is `return executor.execute(frame);`. frame.word is unused.
     bool execute(hook::CallFrame& frame) { return execute(frame.call, frame.result); }
+
+    // Stops translating new AIO submissions and waits until every translated op's event has
+    // been taken by the target (or its context destroyed); false after `timeout` with some
+    // left: AIO calls must keep reaching execute() (a native io_getevents would wait forever).
+    bool drain_aio(std::chrono::milliseconds timeout);
 
     // Destroys the rings of threads that have exited; returns how many.
     size_t reclaim_exited();
@@ -187,6 +207,7 @@ private:
     volatile uint64_t* fork_guard_ = nullptr;  // MADV_WIPEONFORK page: 0 in a fork child
     mutable std::mutex mutex_;                 // claiming and reclaiming slots, stats of reclaimed slots
     UringRedirectStats retired_;               // counters of reclaimed slots
+    std::unique_ptr<AioBridge> aio_;
     std::atomic<uint64_t> unslotted_fallbacks_[static_cast<int>(FallbackReason::Count)] = {};
 };
 

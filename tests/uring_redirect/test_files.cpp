@@ -131,6 +131,37 @@ TEST_F(Files, WritesPositionsAppendAndSyncMatchNative) {
     }
 }
 
+TEST_F(Files, Preadv2AndPwritev2WithoutFlagsMatchNative) {
+    const auto content = pattern(200000, 5);
+    const auto data = pattern(70000, 6);
+    int fn = make_file(content), fr = make_file(content);
+    // x86-64: preadv2(fd, iov, iovcnt, pos_l, pos_h, flags); pos_l carries the whole offset.
+    auto v2 = [&](long nr, long at, long flags) {
+        return [&, nr, at, flags](RedirectTest& t, bool r, int fd, char* buf) {
+            iovec iov[2] = {{nr == SYS_preadv2 ? buf + 5 : const_cast<char*>(data.data()), 4000},
+                            {nr == SYS_preadv2 ? buf + 9000 : const_cast<char*>(data.data() + 100), 60000}};
+            hook::SyscallCall c{nr, {fd, L(iov), 2, at, 0, flags}};
+            hook::SyscallResult res = 0;
+            if (r && t.redirect->execute(c, res)) return static_cast<long>(res);
+            return raw_syscall(nr, fd, L(iov), 2, at, 0, flags);
+        };
+    };
+    const uint64_t before = redirected();
+    const uint64_t flagged = fallbacks(FallbackReason::Flags);
+    differential(*this, fn, fr,
+                 {{"preadv2 at 1000", v2(SYS_preadv2, 1000, 0)},
+                  {"preadv2 at the file position (-1)", v2(SYS_preadv2, -1, 0)},
+                  {"preadv2 again at the position, moved", v2(SYS_preadv2, -1, 0)},
+                  {"preadv2 straddling EOF", v2(SYS_preadv2, 190000, 0)},
+                  {"preadv2 offset -2: EINVAL", v2(SYS_preadv2, -2, 0)},
+                  {"pwritev2 at 5000", v2(SYS_pwritev2, 5000, 0)},
+                  {"pwritev2 at the position (-1)", v2(SYS_pwritev2, -1, 0)},
+                  {"pwritev2 past EOF", v2(SYS_pwritev2, 300000, 0)},
+                  {"preadv2 RWF_HIPRI runs natively", v2(SYS_preadv2, 0, RWF_HIPRI)}});
+    EXPECT_EQ(redirected() - before, 7u);
+    EXPECT_EQ(fallbacks(FallbackReason::Flags) - flagged, 1u);
+}
+
 TEST_F(Files, ErrorsMatchNative) {
     const auto content = pattern(8192, 4);
     int rw = make_file(content);
