@@ -13,5 +13,6 @@ void add_observe_bench(CLI::App& bench);
 void add_clickhouse_bench(CLI::App& bench);
 void add_policy_bench(CLI::App& bench);
 void add_redirect_bench(CLI::App& bench);
+void add_cluster_bench(CLI::App& bench);
 
 }  // namespace liveio::bench
