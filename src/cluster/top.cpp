@@ -99,6 +99,7 @@ NodeIoSample parse_node_io(const nlohmann::json& j) {
 
 std::string peer_name(const ClusterFile& file, const std::vector<NodeIoSample>& samples, const observe::TcpConnection& c) {
     if (c.remote_addr.empty()) return "";
+    if (c.remote_port == 0) return "(listening)";  // accept calls count on the listening socket
     const std::string remote = c.remote();
     for (size_t i = 0; i < samples.size() && i < file.nodes.size(); ++i)
         for (const auto& s : samples[i].sockets)

@@ -35,7 +35,8 @@ NodeIoSample parse_node_io(const nlohmann::json& reply);
 // The cluster's name for the remote end of one socket of node `self`: the node whose own socket
 // has that endpoint as its local one (exact, also on loopback ports), else the node serving on
 // that address and port, else the node with that address (unless it is a loopback address),
-// else the address itself. "" for a socket closed before its address was seen.
+// else the address itself. "" for a socket closed before its address was seen, "(listening)"
+// for a listening socket (its accept calls).
 std::string peer_name(const ClusterFile& file, const std::vector<NodeIoSample>& samples, const observe::TcpConnection& c);
 
 struct NodeTop {

@@ -132,6 +132,7 @@ TEST(ClusterTop, PeersAreNamedByTheOtherSideOfTheConnectionEvenOnLoopbackPorts) 
     EXPECT_EQ(peer_name(f, now, now[1].sockets[0].connection), "n0");
     EXPECT_EQ(peer_name(f, now, now[1].sockets[1].connection), "127.0.0.1");
     EXPECT_EQ(peer_name(f, now, TcpConnection{}), "");
+    EXPECT_EQ(peer_name(f, now, TcpConnection{"0.0.0.0", 19001, "0.0.0.0", 0}), "(listening)");
 
     ClusterFile ns;
     ns.nodes = {Node{.name = "a", .host = "10.231.0.2"}, Node{.name = "b", .host = "10.231.0.3"}};
