@@ -27,9 +27,11 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "bench.h"
 #include "clickhouse/server.h"
@@ -39,6 +41,7 @@
 #include "clickhouse_system.h"
 #include "interrupt_guard.h"
 #include "control/self_exec.h"
+#include "policy/catalog.h"
 
 namespace liveio::bench {
 namespace {
@@ -52,8 +55,8 @@ using control::run_liveio;
 struct ClickhouseOptions {
     double scale = 40;  // million rows
     std::string cache_dir = "/var/cache/liveio/bench-clickhouse";
-    std::string policies = "prefetch,marks,uring";
-    std::string queries;  // comma-separated names; empty: all
+    std::string policies;  // comma-separated catalog names; empty: every policy of the catalog
+    std::string queries;  // comma-separated names, or "all"; empty: kDefaultQueries (all with --full)
     std::string out_dir;
     int runs = 3;
     int low_readahead_kb = 128;
@@ -62,6 +65,19 @@ struct ClickhouseOptions {
     bool quick = false;
     bool full = false;
 };
+
+// The default run's queries: ClickBench's short and medium scans (count, filters and GROUP BYs
+// over a few columns, string filters over URL/Title, the PK-range queries Q37-Q43), the ones
+// whose stock cold/hot ratio is the largest (Q1, Q4, Q14, Q38, Q43), and every PK lookup. Left
+// to --full: the long CPU-bound GROUP BYs over tens of millions of keys (Q5, Q6, Q9-Q13,
+// Q15-Q36 except Q20, Q40), seconds to a minute of decompression and hashing each on this
+// machine, where the disk is a small share of the time.
+constexpr const char* kDefaultQueries = "Q1,Q2,Q3,Q4,Q7,Q8,Q14,Q20,Q37,Q38,Q39,Q41,Q42,Q43,PK1,PK2,PK3,PK4,PK5,PK6,PK7,PK8";
+
+// A cold run starts with at most this share of the table's bytes in the page cache; the
+// caches are dropped up to kColdAttempts times to get there.
+constexpr double kColdResidentPct = 0.1;
+constexpr int kColdAttempts = 4;
 
 // Settings every benchmark query runs with: room for the GROUP BYs over tens of millions of
 // keys (the test bed's profile caps memory at 4 GB).
@@ -141,7 +157,7 @@ class Bench {
 public:
     Bench(const ClickhouseOptions& o, ch::LocalServer& server, InterruptGuard& guard, const std::string& raw_path)
         : o_(o), server_(server), guard_(guard), client_(server.client(std::chrono::minutes(30))),
-          switch_(server.pid()), raw_(raw_path, std::ios::app) {}
+          switch_(server.pid()), raw_(raw_path, std::ios::app), table_dir_(server.data_path() + "data/default/hits") {}
 
     void check_interrupt() {
         if (guard_.interrupted()) throw CLI::RuntimeError(128 + guard_.signal());
@@ -184,43 +200,85 @@ public:
         return false;
     }
 
-    // Runs every query under every available config at the current readahead.
+    // Makes a cold run of `c` possible: any policy is switched off first (`policy off` returns
+    // once its prefetches are drained, so none lands after the drop), the page cache and
+    // ClickHouse's mark and uncompressed caches are dropped, then `c` is switched on live and
+    // the table's files are checked to be out of the page cache (mincore). False when `c`
+    // cannot be switched.
+    bool prepare_cold(Config& c) {
+        Config stock{"stock"};
+        if (auto r = switch_.apply(stock); !r) fail("switching to stock before dropping caches: " + cli_error(r.error()));
+        // A drained WILLNEED has submitted its reads, not necessarily finished them, and pages
+        // under I/O survive drop_caches: drop again (bounded) until the files are out.
+        for (int attempt = 0; attempt < kColdAttempts; ++attempt) {
+            if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+            if (auto r = drop_caches(); !r) fail("dropping caches: " + r.error().message);
+            auto resident = page_cache_residency(table_dir_);
+            if (!resident) fail("page-cache residency of the table: " + resident.error().message);
+            if (resident->pct() <= kColdResidentPct) break;
+            ++cold_redrops_;
+        }
+        if (!switch_to(c)) return false;
+        auto resident = page_cache_residency(table_dir_);
+        if (!resident) fail("page-cache residency of the table: " + resident.error().message);
+        last_resident_pct_ = resident->pct();
+        max_resident_pct_ = std::max(max_resident_pct_, last_resident_pct_);
+        return true;
+    }
+
+    // Runs every query under every available config at the current readahead. Per query: one
+    // unrecorded stock run (first-execution effects: parsing, function and dictionary set-up,
+    // memory), then `runs` rounds of cold runs and `runs` rounds of hot runs; each round runs
+    // every config once, in an order rotated from round to round and query to query, so
+    // drift, the machine's other load and any position effect hit all configs alike.
     void run_phase(Phase& phase, const std::vector<hits::Query>& queries, std::vector<Config>& configs) {
+        const size_t n = configs.size();
         for (size_t qi = 0; qi < queries.size(); ++qi) {
             const auto& q = queries[qi];
-            std::vector<Config*> order;
-            for (size_t k = 0; k < configs.size(); ++k) order.push_back(&configs[(qi + k) % configs.size()]);
+            Config stock{"stock"};
+            if (!switch_to(stock)) fail("cannot switch the server back to stock");
+            if (auto r = run(q.sql, stock, false); !r) fail(fmt::format("{} (stock, warm-up): {}", q.name, r.error().message));
             std::map<std::string, std::vector<QueryRun>> runs;
+            std::set<std::string> failed;
+            auto round = [&](int i, const char* kind) {
+                for (size_t k = 0; k < n; ++k) {
+                    Config& c = configs[(qi + static_cast<size_t>(i) + k) % n];
+                    if (!c.available || failed.count(c.name)) continue;
+                    if (kind[0] == 'c' ? !prepare_cold(c) : !switch_to(c)) continue;
+                    auto ms = record(runs[c.name], phase, q, c, kind, i);
+                    if (!ms) {
+                        failed.insert(c.name);
+                        continue;
+                    }
+                    Timings& t = phase.timings[q.name][c.name];
+                    (kind[0] == 'c' ? t.cold_ms : t.hot_ms).push_back(*ms);
+                }
+            };
+            for (int i = 0; i < o_.runs; ++i) round(i, "cold");
+            for (int i = 0; phase.hot && i < o_.runs; ++i) round(i, "hot");
             std::string line = fmt::format("  {:<5}", q.name);
-            for (Config* c : order) {
-                if (!switch_to(*c)) continue;
-                Timings& t = phase.timings[q.name][c->name];
-                bool failed = false;
-                for (int i = 0; i < o_.runs && !failed; ++i) {
-                    if (auto r = drop_caches(); !r) fail("dropping caches: " + r.error().message);
-                    auto ms = record(runs[c->name], phase, q, *c, "cold");
-                    if (ms) t.cold_ms.push_back(*ms);
-                    failed = !ms;
-                }
-                for (int i = 0; phase.hot && i < o_.runs && !failed; ++i) {
-                    auto ms = record(runs[c->name], phase, q, *c, "hot");
-                    if (ms) t.hot_ms.push_back(*ms);
-                    failed = !ms;
-                }
-                if (failed) {
+            for (const auto& c : configs) {
+                if (failed.count(c.name)) {
                     // Runs of this query that did answer are no comparable timing either.
-                    phase.timings[q.name].erase(c->name);
-                    line += fmt::format("  {} ERROR", c->name);
+                    phase.timings[q.name].erase(c.name);
+                    line += fmt::format("  {} ERROR", c.name);
                     continue;
                 }
-                line += phase.hot ? fmt::format("  {} {:.0f}/{:.0f} ms", c->name, median(t.cold_ms), median(t.hot_ms))
-                                  : fmt::format("  {} {:.0f} ms", c->name, median(t.cold_ms));
+                auto it = phase.timings[q.name].find(c.name);
+                if (it == phase.timings[q.name].end()) continue;
+                const Timings& t = it->second;
+                line += phase.hot ? fmt::format("  {} {:.0f}/{:.0f} ms", c.name, median(t.cold_ms), median(t.hot_ms))
+                                  : fmt::format("  {} {:.0f} ms", c.name, median(t.cold_ms));
             }
             fmt::print("{}\n", line);
             std::fflush(stdout);
             compare_results(phase, q, runs);
         }
     }
+
+    // The highest share of the table's bytes found in the page cache right before a cold run.
+    double max_resident_pct() const { return max_resident_pct_; }
+    size_t cold_redrops() const { return cold_redrops_; }
 
     size_t mismatches() const { return mismatches_; }
     size_t query_errors() const { return query_errors_; }
@@ -233,7 +291,7 @@ private:
     // reported and counted (a failed query is a changed result), and that configuration's
     // timings of the query are dropped.
     std::optional<double> record(std::vector<QueryRun>& into, const Phase& phase, const hits::Query& q, const Config& c,
-                                 const char* kind) {
+                                 const char* kind, int round) {
         auto r = run(q.sql, c, true);
         if (!r && c.kind == ConfigKind::Stock) fail(fmt::format("{} ({}, {}): {}", q.name, c.name, kind, r.error().message));
         if (!r) {
@@ -244,8 +302,9 @@ private:
         }
         into.push_back(std::move(*r));
         // Every run as it happens, so an interrupted benchmark keeps what it measured.
-        raw_ << fmt::format("{}\t{}\t{}\t{}\t{:.3f}\t{:016x}\n", phase.readahead_kb, q.name, c.name, kind, into.back().ms,
-                            into.back().hash)
+        raw_ << fmt::format("{}\t{}\t{}\t{}\t{:.3f}\t{:016x}\t{}\t{}\n", phase.readahead_kb, q.name, c.name, kind,
+                            into.back().ms, into.back().hash, round + 1,
+                            kind[0] == 'c' ? fmt::format("{:.2f}", last_resident_pct_) : "-")
              << std::flush;
         return into.back().ms;
     }
@@ -283,7 +342,11 @@ private:
     size_t mismatches_ = 0;
     size_t query_errors_ = 0;
     std::vector<std::string> errors_;
-    std::ofstream raw_;  // readahead_kb, query, config, cold|hot, ms, result hash
+    std::ofstream raw_;  // readahead_kb, query, config, cold|hot, ms, result hash, round, resident % (cold)
+    std::string table_dir_;
+    double last_resident_pct_ = 0;
+    double max_resident_pct_ = 0;
+    size_t cold_redrops_ = 0;  // drops repeated because table pages were still resident
 };
 
 Result<hits::QueryConstants> resolve_constants(ch::HttpClient& client, uint64_t rows, int keys) {
@@ -421,6 +484,18 @@ void run(ClickhouseOptions o) {
         o.fio_seconds = 1;
         if (o.queries.empty()) o.queries = "Q1,Q3,Q8,Q21,Q37,Q43,PK1,PK6";
     }
+    // Any policy of the catalog (the policies the CLI can switch on); every one by default.
+    std::vector<std::string> policy_names;
+    if (o.policies.empty()) {
+        for (const auto& p : policy::catalog()) policy_names.push_back(p.name);
+    } else {
+        std::stringstream ss(o.policies);
+        for (std::string name; std::getline(ss, name, ',');) {
+            if (name.empty()) continue;
+            if (auto p = policy::find_policy(name); !p) fail("--policies: " + p.error().message);
+            policy_names.push_back(name);
+        }
+    }
     if (::geteuid() != 0)
         fail("cold runs drop the page cache (/proc/sys/vm/drop_caches) and the bench sets the device's "
              "readahead: run as root");
@@ -432,6 +507,7 @@ void run(ClickhouseOptions o) {
     auto dataset = ensure_dataset(dir, rows, std::min<uint64_t>(4'000'000, rows));
     if (guard.interrupted()) throw CLI::RuntimeError(128 + guard.signal());
     if (!dataset) fail("data set: " + dataset.error().message);
+    const auto run_start = Clock::now();  // bench_minutes: the run after data generation
 
     auto ra_file = readahead_file_for(dir);
     if (!ra_file) fail(ra_file.error().message);
@@ -463,6 +539,7 @@ void run(ClickhouseOptions o) {
     // The device: its readahead and its own throughput, beside which the gains are read.
     const int machine_ra = ra->original_kb();
     fmt::print("device: {} = {} KiB\n", *ra_file, machine_ra);
+    std::optional<DeviceFigures> device;
     {
         std::string biggest;
         uintmax_t size = 0;
@@ -477,6 +554,7 @@ void run(ClickhouseOptions o) {
                        "4 KiB random {:.0f} IOPS at QD1, {:.0f} at QD32\n",
                        fs::path(biggest).filename().string(), dev->seq128k_qd1_mbs, dev->seq128k_qd8_mbs, dev->rand4k_qd1_iops,
                        dev->rand4k_qd32_iops);
+        if (dev) device = *dev;
         else
             fmt::print("  device figures unavailable: {}\n", dev.error().message);
     }
@@ -485,7 +563,8 @@ void run(ClickhouseOptions o) {
     if (!constants) fail(constants.error().message);
     std::vector<hits::Query> queries = hits::clickbench_queries(*constants);
     for (auto& q : hits::point_lookup_queries("hits", *constants)) queries.push_back(std::move(q));
-    if (!o.queries.empty()) {
+    if (o.queries.empty() && !o.full) o.queries = kDefaultQueries;
+    if (!o.queries.empty() && o.queries != "all") {
         std::set<std::string> wanted;
         std::stringstream ss(o.queries);
         for (std::string name; std::getline(ss, name, ',');) wanted.insert(name);
@@ -498,14 +577,11 @@ void run(ClickhouseOptions o) {
         if (!q.change.empty()) fmt::print("  {}: {}\n", q.name, q.change);
 
     std::vector<Config> configs{{"stock"}};
-    {
-        std::stringstream ss(o.policies);
-        for (std::string name; std::getline(ss, name, ',');)
-            if (!name.empty()) configs.push_back({name, ConfigKind::Policy, name});
-    }
+    for (const auto& name : policy_names) configs.push_back({name, ConfigKind::Policy, name});
     configs.push_back({"odirect", ConfigKind::DirectIo});
-    fmt::print("configurations: stock, policies {}, odirect (min_bytes_to_use_direct_io=1); {} cold + {} hot runs each\n",
-               o.policies, o.runs, o.runs);
+    fmt::print("configurations: stock, policies {}, odirect (min_bytes_to_use_direct_io=1); per query {} rounds of cold "
+               "runs, then {} rounds of hot runs, every configuration once per round in a rotated order\n",
+               fmt::join(policy_names, ","), o.runs, o.runs);
     // Every policy switched on and off once before measuring: one that cannot be switched is
     // reported with the CLI's error and left out.
     for (auto& c : configs) {
@@ -564,6 +640,26 @@ void run(ClickhouseOptions o) {
                        phase.hot ? fmt_opt(s.hot_slowdown_pct, "{:+.1f}%") : "-", fmt_opt(s.point_lookup_cold_speedup, "{:.3f}x"));
         }
     }
+    for (const auto& phase : phases) {
+        fmt::print("{}: cold medians vs stock's beyond / inside the run-to-run spread:\n", phase.name);
+        for (const auto& c : configs) {
+            if (!c.available || c.kind == ConfigKind::Stock) continue;
+            auto s = summarize(phase, infos, c.name);
+            fmt::print("  {:<9} {} faster, {} slower, {} inside the spread (no measurable effect){}\n", c.name, s.cold_faster,
+                       s.cold_slower, s.cold_within_noise,
+                       phase.hot ? fmt::format("; hot: {} slower than stock beyond the spread", s.hot_slower) : "");
+        }
+    }
+    if (device)
+        fmt::print("the device beside these gains (fio, O_DIRECT, io_uring): 128 KiB sequential {:.0f} MB/s at QD1, {:.0f} "
+                   "at QD8 ({:.2f}x from queue depth); 4 KiB random {:.0f} IOPS at QD1, {:.0f} at QD32 ({:.1f}x): the most "
+                   "that overlapping a reader's requests can give on this disk\n",
+                   device->seq128k_qd1_mbs, device->seq128k_qd8_mbs, device->seq128k_qd8_mbs / std::max(1.0, device->seq128k_qd1_mbs),
+                   device->rand4k_qd1_iops, device->rand4k_qd32_iops, device->rand4k_qd32_iops / std::max(1.0, device->rand4k_qd1_iops));
+    fmt::print("cold runs: at most {:.2f}% of the table's bytes were in the page cache when one started (mincore, after "
+               "policy off + drop_caches + SYSTEM DROP MARK/UNCOMPRESSED CACHE; {} drops repeated because pages were "
+               "still resident)\n",
+               bench.max_resident_pct(), bench.cold_redrops());
     fmt::print("insert + merge (median ms):");
     for (auto& [name, r] : inserts) {
         fmt::print("  {} {:.0f}{}", name, median(r.ms), stock_insert > 0 && name != "stock" ? fmt::format(" ({:.2f}x)", stock_insert / median(r.ms)) : "");
@@ -617,6 +713,12 @@ void run(ClickhouseOptions o) {
     fmt::print("metric: hot_slowdown_pct {}\n", fmt_opt(best_summary.hot_slowdown_pct, "{:.2f}"));
     fmt::print("metric: insert_speedup {}\n", fmt_opt(insert_speedup));
     fmt::print("metric: clickhouse_glue_loc {}\n", glue ? std::to_string(*glue) : "n/a");
+    if (device) {
+        fmt::print("metric: device_seq128k_qd8_over_qd1 {:.3f}\n", device->seq128k_qd8_mbs / std::max(1.0, device->seq128k_qd1_mbs));
+        fmt::print("metric: device_rand4k_qd32_over_qd1 {:.3f}\n", device->rand4k_qd32_iops / std::max(1.0, device->rand4k_qd1_iops));
+    }
+    fmt::print("metric: cold_start_resident_pct_max {:.2f}\n", bench.max_resident_pct());
+    fmt::print("metric: bench_minutes_after_data {:.1f}\n", std::chrono::duration<double>(Clock::now() - run_start).count() / 60);
     if (auto r = server->stop(); !r) fail("stopping ClickHouse: " + r.error().message);
 }
 
@@ -629,14 +731,15 @@ void add_clickhouse_bench(CLI::App& bench) {
     auto o = std::make_shared<ClickhouseOptions>();
     cmd->add_option("--scale", o->scale, "rows of the data set, in millions")->check(CLI::Range(0.1, 1000.0))->capture_default_str();
     cmd->add_option("--cache-dir", o->cache_dir, "where data sets (server directories) and results are kept")->capture_default_str();
-    cmd->add_option("--policies", o->policies, "liveio policies to compare, comma-separated")->capture_default_str();
-    cmd->add_option("--queries", o->queries, "only these queries (Q1..Q43, PK1..PK8), comma-separated");
+    cmd->add_option("--policies", o->policies, "liveio policies to compare, comma-separated (default: every policy of the catalog)");
+    cmd->add_option("--queries", o->queries, "these queries (Q1..Q43, PK1..PK8), comma-separated, or 'all' "
+                                             "(default: a representative subset; all with --full)");
     cmd->add_option("--runs", o->runs, "cold and hot runs per query and configuration")->check(CLI::Range(1, 20))->capture_default_str();
     cmd->add_option("--low-readahead", o->low_readahead_kb, "device readahead (KiB) of the second pass; 0: none")->check(CLI::Range(0, 1 << 20))->capture_default_str();
     cmd->add_option("--insert-rounds", o->insert_rounds, "rounds of the INSERT + merge workload")->check(CLI::Range(1, 20))->capture_default_str();
     cmd->add_option("--out", o->out_dir, "directory for the plot and its data (default: CACHE_DIR/results/TIME)");
     cmd->add_flag("--quick", o->quick, "a test of the harness: 0.3M rows, 8 queries, 1 run");
-    cmd->add_flag("--full", o->full, "every combination (hot runs at the low readahead too)");
+    cmd->add_flag("--full", o->full, "every combination: all 51 queries, hot runs at the low readahead too");
     cmd->callback([o] { run(*o); });
 }
 

@@ -58,6 +58,12 @@ ConfigSummary summarize(const Phase& phase, const std::vector<QueryInfo>& querie
         const double sc = median(stock->cold_ms), c = median(t->cold_ms);
         if (sc <= 0 || c <= 0) continue;
         (q.point_lookup ? pk_cold : cold).push_back(sc / c);
+        switch (compare(stock->cold_ms, t->cold_ms)) {
+            case Verdict::Faster: ++s.cold_faster; break;
+            case Verdict::Slower: ++s.cold_slower; break;
+            default: ++s.cold_within_noise; break;
+        }
+        if (compare(stock->hot_ms, t->hot_ms) == Verdict::Slower) ++s.hot_slower;
         if (!stock->hot_ms.empty() && !t->hot_ms.empty()) {
             const double sh = median(stock->hot_ms), h = median(t->hot_ms);
             if (sh > 0 && h > 0) {
@@ -79,15 +85,38 @@ ConfigSummary summarize(const Phase& phase, const std::vector<QueryInfo>& querie
     return s;
 }
 
-void print_phase_table(const Phase& phase, const std::vector<QueryInfo>& queries, const std::vector<Config>& configs) {
-    // Per config: cold median ms (speedup vs stock), hot median ms (ratio vs stock, '!' when
-    // slower than stock by more than the larger of the two run-to-run spreads).
-    std::string header = fmt::format("{:<5}", "query");
-    for (const auto& c : configs) {
-        if (!c.available) continue;
-        header += fmt::format(" | {:>18}", c.name + " cold");
-        if (phase.hot) header += fmt::format(" {:>16}", "hot");
+Verdict compare(const std::vector<double>& stock, const std::vector<double>& config) {
+    if (stock.empty() || config.empty()) return Verdict::Unknown;
+    const double s = median(stock), c = median(config);
+    const double noise = std::max(spread(stock), spread(config));
+    if (std::abs(c - s) <= noise) return Verdict::WithinNoise;
+    return c < s ? Verdict::Faster : Verdict::Slower;
+}
+
+namespace {
+
+const char* mark(Verdict v) {
+    switch (v) {
+        case Verdict::Faster: return "+";
+        case Verdict::Slower: return "!";
+        case Verdict::WithinNoise: return "~";
+        case Verdict::Unknown: break;
     }
+    return " ";
+}
+
+// "median [min-max]" of one configuration's runs.
+std::string cell_of(const std::vector<double>& v) {
+    if (v.empty()) return "-";
+    auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+    return fmt::format("{} [{}-{}]", fmt_ms(median(v)), fmt_ms(*lo), fmt_ms(*hi));
+}
+
+void print_kind_table(const Phase& phase, const std::vector<QueryInfo>& queries, const std::vector<Config>& configs, bool hot) {
+    auto runs_of = [hot](const Timings& t) -> const std::vector<double>& { return hot ? t.hot_ms : t.cold_ms; };
+    std::string header = fmt::format("{:<5}", hot ? "hot" : "cold");
+    for (const auto& c : configs)
+        if (c.available) header += fmt::format(" | {:>30}", c.name);
     fmt::print("{}\n{}\n", header, std::string(header.size(), '-'));
     for (const auto& q : queries) {
         const Timings* stock = find(phase, q.name, "stock");
@@ -95,35 +124,33 @@ void print_phase_table(const Phase& phase, const std::vector<QueryInfo>& queries
         for (const auto& c : configs) {
             if (!c.available) continue;
             const Timings* t = find(phase, q.name, c.name);
-            if (!t || t->cold_ms.empty()) {
-                line += fmt::format(" | {:>18}", "-");
-                if (phase.hot) line += fmt::format(" {:>16}", "-");
+            if (!t || runs_of(*t).empty()) {
+                line += fmt::format(" | {:>30}", "-");
                 continue;
             }
-            const double cold = median(t->cold_ms);
-            std::string cell = fmt_ms(cold);
-            if (c.kind != ConfigKind::Stock && stock && !stock->cold_ms.empty())
-                cell += fmt::format(" ({:.2f}x)", median(stock->cold_ms) / cold);
-            line += fmt::format(" | {:>18}", cell);
-            if (!phase.hot) continue;
-            if (t->hot_ms.empty()) {
-                line += fmt::format(" {:>16}", "-");
-                continue;
+            std::string cell = cell_of(runs_of(*t));
+            if (c.kind != ConfigKind::Stock && stock && !runs_of(*stock).empty()) {
+                const double ratio = hot ? median(runs_of(*t)) / median(runs_of(*stock)) : median(runs_of(*stock)) / median(runs_of(*t));
+                cell += fmt::format(" {:.2f}{}", ratio, mark(compare(runs_of(*stock), runs_of(*t))));
             }
-            const double hot = median(t->hot_ms);
-            std::string hcell = fmt_ms(hot);
-            if (c.kind != ConfigKind::Stock && stock && !stock->hot_ms.empty()) {
-                const double sh = median(stock->hot_ms);
-                const bool slower = hot > sh + std::max(spread(stock->hot_ms), spread(t->hot_ms));
-                hcell += fmt::format(" ({:.2f}{})", hot / sh, slower ? "!" : " ");
-            }
-            line += fmt::format(" {:>16}", hcell);
+            line += fmt::format(" | {:>30}", cell);
         }
         fmt::print("{}\n", line);
     }
-    fmt::print("cold/hot: median ms over the runs; (Nx): stock's median / this config's (cold: > 1 is faster);\n"
-               "hot (r): this config's median / stock's (> 1 is slower), '!' slower than stock by more than the\n"
-               "larger run-to-run spread (max - min) of the two.\n");
+}
+
+}  // namespace
+
+void print_phase_table(const Phase& phase, const std::vector<QueryInfo>& queries, const std::vector<Config>& configs) {
+    print_kind_table(phase, queries, configs, false);
+    if (phase.hot) {
+        fmt::print("\n");
+        print_kind_table(phase, queries, configs, true);
+    }
+    fmt::print("ms: median [min-max] over the runs; then cold: stock's median / this config's (> 1 is faster), hot: this\n"
+               "config's median / stock's (> 1 is slower); '~' the difference of the medians lies inside the larger\n"
+               "run-to-run spread (max - min) of the two (no measurable effect), '+' faster and '!' slower than stock\n"
+               "by more than that spread.\n");
 }
 
 Result<std::string> plot_cold_speedups(const Phase& phase, const std::vector<QueryInfo>& queries,

@@ -52,18 +52,27 @@ struct InsertResult {
 double median(std::vector<double> v);
 double spread(const std::vector<double>& v);  // max - min
 
+// A configuration's runs of one query against stock's: the difference of the medians beyond
+// the larger of the two run-to-run spreads (max - min) is a measured effect, inside it none.
+enum class Verdict { Unknown, Faster, Slower, WithinNoise };
+Verdict compare(const std::vector<double>& stock, const std::vector<double>& config);
+
 struct ConfigSummary {
     std::optional<double> cold_speedup_geomean;   // stock cold / config cold, over queries
     std::optional<double> cold_gap_recovered_pct;  // over queries with stock cold/hot >= 1.3
     size_t gap_queries = 0;
     std::optional<double> hot_slowdown_pct;        // geomean hot config/stock - 1
     std::optional<double> point_lookup_cold_speedup;
+    // Queries (ClickBench's and PK lookups) whose cold median differs from stock's by more
+    // than the larger run-to-run spread of the two, faster or slower, or lies inside it; and
+    // those whose hot median is slower than stock's by more than that spread.
+    size_t cold_faster = 0, cold_slower = 0, cold_within_noise = 0, hot_slower = 0;
 };
 
 ConfigSummary summarize(const Phase& phase, const std::vector<QueryInfo>& queries, const std::string& config);
 
-// Prints the per-query table of a phase: cold and hot medians, speedups vs stock, and '!'
-// where a config's hot median is slower than stock's by more than the runs' spread.
+// Prints the per-query tables of a phase (cold, then hot): median [min-max] per config, its
+// ratio to stock, and whether the difference lies inside the runs' spread (see compare()).
 void print_phase_table(const Phase& phase, const std::vector<QueryInfo>& queries, const std::vector<Config>& configs);
 
 // Writes the data file and gnuplot script of per-query cold speedups per config under

@@ -1,5 +1,7 @@
 #include "clickhouse_system.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -9,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -86,6 +89,32 @@ Result<void> ReadaheadSetting::restore() {
 Result<void> drop_page_cache() {
     ::sync();
     return write_text("/proc/sys/vm/drop_caches", "3");
+}
+
+Result<Residency> page_cache_residency(const std::string& dir) {
+    Residency r;
+    const long page = ::sysconf(_SC_PAGESIZE);
+    std::error_code ec;
+    std::vector<unsigned char> vec;
+    for (const auto& e : fs::recursive_directory_iterator(dir, ec)) {
+        if (!e.is_regular_file(ec) || e.file_size(ec) == 0) continue;
+        const size_t size = e.file_size(ec);
+        const int fd = ::open(e.path().c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return make_error(errno, fmt::format("open {}: {}", e.path().string(), std::strerror(errno)));
+        void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+        const int map_errno = errno;
+        ::close(fd);
+        if (map == MAP_FAILED) return make_error(map_errno, fmt::format("mmap {}: {}", e.path().string(), std::strerror(map_errno)));
+        vec.assign((size + page - 1) / page, 0);
+        const int rc = ::mincore(map, size, vec.data());
+        const int mincore_errno = errno;
+        ::munmap(map, size);
+        if (rc != 0) return make_error(mincore_errno, fmt::format("mincore {}: {}", e.path().string(), std::strerror(mincore_errno)));
+        r.bytes += size;
+        for (unsigned char v : vec) r.resident_bytes += (v & 1) ? static_cast<uint64_t>(page) : 0;
+    }
+    if (ec) return make_error(ec.value(), fmt::format("listing {}: {}", dir, ec.message()));
+    return r;
 }
 
 Result<DeviceFigures> measure_device(const std::string& file, int seconds) {

@@ -3,6 +3,7 @@
 // throughput (fio), and the ClickHouse glue line count (scripts/clickhouse-glue-loc).
 #pragma once
 
+#include <cstdint>
 #include <mutex>
 #include <string>
 
@@ -42,6 +43,15 @@ Result<std::string> run_command(const std::string& command);
 
 // sync(), then drop clean page cache, dentries and inodes (root only).
 Result<void> drop_page_cache();
+
+// Bytes of the regular files under `dir` (recursively) and how many of them are in the page
+// cache (mincore over a read-only mapping; nothing is read).
+struct Residency {
+    uint64_t bytes = 0;
+    uint64_t resident_bytes = 0;
+    double pct() const { return bytes ? 100.0 * double(resident_bytes) / double(bytes) : 0; }
+};
+Result<Residency> page_cache_residency(const std::string& dir);
 
 struct DeviceFigures {
     double seq128k_qd1_mbs = 0;

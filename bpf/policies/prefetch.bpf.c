@@ -6,8 +6,12 @@
  * bytes of its pattern prefetched into the page cache through liveio's I/O thread, ahead of
  * the reads. A stream's first read is prefetched past only when it filled the whole buffer
  * the caller asked for (a scan: ClickHouse asks for 1 MiB, exact-range point reads ask for
- * what they need). The depth adapts to the policy's own feedback: halved while more than a
- * quarter of the prefetched bytes are wasted, doubled while nearly all are used.
+ * what they need). The depth adapts to the policy's own feedback (hits, waste, latency):
+ * halved while more than a quarter of the prefetched bytes are wasted, halved while the
+ * recent latency of its actions exceeds `latency_pct` percent of the lowest latency seen (its
+ * prefetches queue behind each other: the device or the I/O workers are saturated, and deeper
+ * read-ahead only delays the reads the target waits for), doubled only while nearly all
+ * prefetched bytes are used, some were used since the last look and latency is near that low.
  *
  * Knobs (liveio policy PID set prefetch KEY=VALUE; indexes below): see docs/POLICIES.md.
  */
@@ -23,6 +27,8 @@
 #define KNOB_CLASSES 4
 #define KNOB_ADAPT 5
 #define KNOB_OPEN_KB 6
+#define KNOB_LATENCY_PCT 7
+#define KNOB_ADAPT_READS 8
 
 #define NR_OPEN 2
 #define NR_OPENAT 257
@@ -46,7 +52,8 @@ struct {
 } streams SEC(".maps");
 
 /* [0]: current depth in bytes, [1]: reads since the last adaptation, [2]: used, [3]: wasted
- * at the last adaptation, [4]: prefetch ranges queued, [5]: refused by the helper */
+ * at the last adaptation, [4]: prefetch ranges queued, [5]: refused by the helper, [6]: the
+ * latency floor (ns), [7]: adaptations that halved the depth for latency */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
     __uint(max_entries, 8);
@@ -65,28 +72,51 @@ static __always_inline __u64 knob_or(__u32 index, __u64 dflt)
     return v ? v : dflt;
 }
 
-/* Every 64 reads: compare what was used and wasted since the last look. */
+/* Every `adapt_reads` reads (all streams): compare what was used and wasted since the last
+ * look, and the recent latency of the policy's actions with the lowest seen. */
 static __always_inline __u64 current_depth(void)
 {
     __u64 min = knob_or(KNOB_MIN_DEPTH_KB, 1024) << 10;
     __u64 max = knob_or(KNOB_MAX_DEPTH_KB, 32768) << 10;
     __u64 *depth = slot(0), *reads = slot(1), *used0 = slot(2), *wasted0 = slot(3);
-    if (!depth || !reads || !used0 || !wasted0)
+    __u64 *floor = slot(6), *latency_cuts = slot(7);
+    if (!depth || !reads || !used0 || !wasted0 || !floor || !latency_cuts)
         return min;
     if (*depth == 0)
         *depth = knob_or(KNOB_DEPTH_KB, 4096) << 10;
     __u64 n = __sync_fetch_and_add(reads, 1);
-    if (knob_or(KNOB_ADAPT, 1) != 0 && (n & 63) == 63) {
+    __u64 every = knob_or(KNOB_ADAPT_READS, 16);
+    /* adapt=0 means a fixed depth: read the knob itself (the catalog installs its default). */
+    if (liveio_knob(KNOB_ADAPT) != 0 && every > 0 && n % every == every - 1) {
         struct liveio_policy_feedback fb = {};
         liveio_policy_feedback(&fb, sizeof(fb));
         __u64 used = fb.used_bytes - *used0, wasted = fb.wasted_bytes - *wasted0;
         *used0 = fb.used_bytes;
         *wasted0 = fb.wasted_bytes;
+        __u64 lat = fb.latency_ns_avg;
+        /* The floor follows the lowest recent latency and drifts up by 1/64 of the distance
+         * per look, so a lasting change of the machine becomes the new normal. */
+        if (lat > 0) {
+            if (*floor == 0 || lat < *floor)
+                *floor = lat;
+            else
+                *floor += (lat - *floor) >> 6;
+        }
+        __u64 congested = lat > 0 && *floor > 0 && lat * 100 > *floor * knob_or(KNOB_LATENCY_PCT, 200);
+        __u64 calm = lat == 0 || lat * 4 <= *floor * 5;
         __u64 d = *depth;
-        if (wasted * 4 > used + wasted && used + wasted > 0)
+        if (wasted * 4 > used + wasted && used + wasted > 0) {
             d >>= 1;
-        else if (wasted * 16 < used)
+        } else if (congested) {
+            d >>= 1;
+            __sync_fetch_and_add(latency_cuts, 1);
+        } else if (used > 0 && wasted * 16 < used && calm) {
             d <<= 1;
+        }
+        if (d < min)
+            d = min;
+        if (d > max)
+            d = max;
         *depth = d;
     }
     __u64 d = *depth;
@@ -123,8 +153,9 @@ static __always_inline void on_open(const struct liveio_io_ctx *io)
 {
     __u32 tid = io->tid;
     __u64 *scan = bpf_map_lookup_elem(&scanning, &tid);
-    __u64 len = knob_or(KNOB_OPEN_KB, 1024) << 10;
-    if (!scan || !*scan || io->result < 0 || !data_file(io))
+    /* open_kb=0 switches this off: read the knob itself (the catalog installs its default). */
+    __u64 len = liveio_knob(KNOB_OPEN_KB) << 10;
+    if (!scan || !*scan || len == 0 || io->result < 0 || !data_file(io))
         return;
     if (liveio_prefetch(io->result, 0, len) == 0)
         count(4);

@@ -268,6 +268,10 @@ __attribute__((noinline)) void BpfHost::run_edge(CallFrame& frame, bool exit) {
     uint64_t raw[2];
     liveio_io_ctx io;
     bool tp_ready = false, raw_ready = false, io_ready = false;
+    // liveio_io_load: the bytes a read returned, for the io_exit programs of this call.
+    const bool returned_data = exit && result > 0 && (call.nr == SYS_read || call.nr == SYS_pread64);
+    policy::ReadDataScope read_data(returned_data ? &io : nullptr, reinterpret_cast<const void*>(call.args[1]),
+                                    returned_data ? static_cast<size_t>(result) : 0);
     for (const ProgramRun& run : list->runs) {
         switch (run.ctx) {
             case CtxKind::Tracepoint:

@@ -1,7 +1,9 @@
 // `liveio demo`: the README's main command. Starts a private 2-shard ClickHouse 18.16 cluster
 // (Debian package) on free ports in a temporary directory, loads the sample data set, runs the
 // query mix unpatched, attaches liveio to shard 0 live, runs the mix again and prints what
-// liveio saw, detaches, and checks that results and server are unchanged. Nothing of the
+// liveio saw, then runs the mix cold (page cache and ClickHouse's caches dropped) stock and
+// with an acceleration policy switched on live, alternately, and prints the measured speedup;
+// detaches, and checks that results and server are unchanged. Nothing of the
 // user's system is touched; everything is removed at exit, also on Ctrl-C.
 #include <signal.h>
 #include <sys/wait.h>
@@ -24,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control/protocol.h"
+#include "bench/clickhouse_system.h"
 #include "bench/interrupt_guard.h"
 #include "control/self_exec.h"
 #include "clickhouse/dataset.h"
@@ -48,6 +51,8 @@ using control::run_liveio;
 struct DemoOptions {
     uint64_t rows = ch::DatasetOptions{}.rows;
     int rounds = 3;  // runs of the mix per phase; the median is compared
+    int cold_rounds = 3;  // cold runs of the mix per side (stock, policy), alternated
+    std::string policy = "prefetch";
     std::string mechanism = "got";
 };
 
@@ -230,6 +235,76 @@ void print_slow_events(std::vector<liveio_slow_io> events, uint64_t dropped) {
     }
 }
 
+// The policy's counters from the agent (`policy.list`), empty when it is not listed.
+json policy_counters(pid_t pid, const std::string& name) {
+    auto client = control::ControlClient::connect(pid);
+    if (!client) return json::object();
+    auto list = client->call("policy.list");
+    if (!list) return json::object();
+    for (const auto& p : list->value("policies", json::array()))
+        if (p.value("name", "") == name && p.contains("counters")) return p["counters"];
+    return json::object();
+}
+
+// Cold runs of the mix, stock and with `policy` switched on live, alternated round by round
+// (which side goes first alternates too). Before every run: the policy is off (`policy off`
+// returns once its prefetches are drained), the page cache is dropped, ClickHouse's mark and
+// uncompressed caches are dropped; a policy run then switches the policy on. Every result
+// must match.
+std::optional<double> run_cold_comparison(pid_t target, ch::HttpClient& client, const ch::DatasetOptions& data,
+                         const std::vector<ch::Query>& mix, const DemoOptions& o, const InterruptGuard& guard) {
+    const std::string pid = std::to_string(target);
+    fmt::print("\n[6/7] acceleration: the mix cold (page cache and ClickHouse's caches dropped before every run), "
+               "stock vs the {} policy switched on live, {} runs each, alternated\n",
+               o.policy, o.cold_rounds);
+    if (o.cold_rounds == 0) {
+        fmt::print("    skipped (--cold-rounds 0)\n");
+        return std::nullopt;
+    }
+    if (::geteuid() != 0) {
+        fmt::print("    skipped: dropping the page cache (/proc/sys/vm/drop_caches) needs root\n");
+        return std::nullopt;
+    }
+    Phase stock, accelerated;
+    json counters = json::object();
+    auto cold_run = [&](Phase& into, bool policy) {
+        if (auto r = bench::drop_page_cache(); !r) fail("dropping the page cache: " + r.error().message);
+        if (policy) {
+            fmt::print("    $ liveio policy {} on {}\n", pid, o.policy);
+            auto on = run_liveio({"policy", pid, "on", o.policy});
+            if (!on) fail(fmt::format("switching {} on: {}", o.policy, on.error().message));
+        }
+        Phase one = run_phase(client, data, mix, 1, guard);  // drops ClickHouse's caches first
+        into.runs.push_back(std::move(one.runs.front()));
+        fmt::print("    {:<6} cold mix {:8.1f} ms, results match\n", policy ? o.policy : "stock", ms(into.runs.back().elapsed));
+        if (policy) {
+            counters = policy_counters(target, o.policy);
+            auto off = run_liveio({"policy", pid, "off", o.policy});
+            if (!off) fail(fmt::format("switching {} off: {}", o.policy, off.error().message));
+        }
+    };
+    for (int i = 0; i < o.cold_rounds; ++i) {
+        const bool policy_first = i % 2 == 1;
+        cold_run(policy_first ? accelerated : stock, policy_first);
+        cold_run(policy_first ? stock : accelerated, !policy_first);
+    }
+    fmt::print("\n    {:<14} {:<13} {:>12} {:>12} {:>9}\n", "query", "kind", "stock ms", o.policy + " ms", "speedup");
+    for (size_t i = 0; i < mix.size(); ++i) {
+        const double s = stock.query_median_ms(i), p = accelerated.query_median_ms(i);
+        fmt::print("    {:<14} {:<13} {:>12.2f} {:>12.2f} {:>8.2f}x\n", mix[i].name, ch::to_string(mix[i].kind), s, p,
+                   p > 0 ? s / p : 0);
+    }
+    const double s = stock.median_ms(), p = accelerated.median_ms();
+    auto mib = [&](const char* key) { return static_cast<double>(counters.value(key, uint64_t{0})) / (1 << 20); };
+    fmt::print("    cold mix median: stock {:.1f} ms, {} {:.1f} ms: {:.2f}x (> 1 is faster; measured here, on a machine "
+               "that may be busy; `liveio bench clickhouse` is the careful measurement)\n",
+               s, o.policy, p, p > 0 ? s / p : 0);
+    fmt::print("    {} in its last run: {} actions, {:.1f} MiB prefetched, {:.1f} MiB used, {:.1f} MiB wasted\n", o.policy,
+               counters.value("actions", uint64_t{0}), mib("issued_bytes"), mib("used_bytes"), mib("wasted_bytes"));
+    if (p <= 0) return std::nullopt;
+    return s / p;
+}
+
 void run_demo(const DemoOptions& o) {
     InterruptGuard guard("\nliveio demo: interrupted; stopping ClickHouse and removing its files\n");
     auto interrupted_check = [&] {
@@ -240,7 +315,7 @@ void run_demo(const DemoOptions& o) {
     if (!binary) fail(binary.error().message + "\n(./scripts/deps.sh installs it)");
 
     fmt::print("liveio demo: a private ClickHouse 18.16 cluster, its I/O observed live by liveio\n\n");
-    fmt::print("[1/6] starting a 2-shard ClickHouse cluster ({}) on free ports in a temporary directory\n", *binary);
+    fmt::print("[1/7] starting a 2-shard ClickHouse cluster ({}) on free ports in a temporary directory\n", *binary);
     ch::ClusterOptions co;
     co.server.profile_settings = ch::kProfileSettings;
     co.server.environment = {ch::kStaticTlsReserve};
@@ -257,7 +332,7 @@ void run_demo(const DemoOptions& o) {
 
     ch::DatasetOptions data;
     data.rows = o.rows;
-    fmt::print("\n[2/6] loading the data set: table {} (MergeTree) with {} rows, split over the shards, "
+    fmt::print("\n[2/7] loading the data set: table {} (MergeTree) with {} rows, split over the shards, "
                "and Distributed table {}\n",
                data.table, data.rows, data.distributed_table);
     auto loaded = ch::load(*cluster, data);
@@ -268,13 +343,13 @@ void run_demo(const DemoOptions& o) {
 
     const auto mix = ch::query_mix(data, ch::ShardSlice{0, cluster->size()}, true);
     auto client = cluster->shard(0).client();
-    fmt::print("\n[3/6] query mix on shard 0, unpatched: {} queries (point lookups, range scans, aggregations, "
+    fmt::print("\n[3/7] query mix on shard 0, unpatched: {} queries (point lookups, range scans, aggregations, "
                "distributed), {} runs after dropping ClickHouse's mark cache\n",
                mix.size(), o.rounds);
     const Phase before = run_phase(client, data, mix, o.rounds, guard);
     fmt::print("    median {:.1f} ms per mix; every result matches the generator's\n", before.median_ms());
 
-    fmt::print("\n[4/6] attaching liveio to shard 0 (pid {}) while it runs\n    $ liveio attach {} --mechanism {}\n", target,
+    fmt::print("\n[4/7] attaching liveio to shard 0 (pid {}) while it runs\n    $ liveio attach {} --mechanism {}\n", target,
                target, o.mechanism);
     auto attached = run_liveio({"attach", std::to_string(target), "--mechanism", o.mechanism});
     interrupted_check();
@@ -302,7 +377,7 @@ void run_demo(const DemoOptions& o) {
         (void)stats->take_slow_events(&dropped);  // only the mix's events are shown
     }
 
-    fmt::print("\n[5/6] the same query mix with liveio attached\n");
+    fmt::print("\n[5/7] the same query mix with liveio attached\n");
     const Phase during = run_phase(client, data, mix, o.rounds, guard);
     const CallCounts counts_after = status_counts(target);
     fmt::print("    median {:.1f} ms per mix ({:+.1f}% vs unpatched); every result matches\n\n", during.median_ms(),
@@ -327,7 +402,9 @@ void run_demo(const DemoOptions& o) {
         print_call_counts(counts_after, counts_before);
     }
 
-    fmt::print("\n[6/6] detaching\n    $ liveio detach {}\n", target);
+    const auto cold_speedup = run_cold_comparison(target, client, data, mix, o, guard);
+
+    fmt::print("\n[7/7] detaching\n    $ liveio detach {}\n", target);
     auto detached = run_liveio({"detach", std::to_string(target)});
     interrupted_check();
     if (!detached) fail(detached.error().message);
@@ -339,12 +416,14 @@ void run_demo(const DemoOptions& o) {
     fmt::print("    shard 0 still serves: the mix answers correctly again ({:.1f} ms); liveio-agent.so is unmapped\n",
                after.median_ms());
 
+    const int cold_runs = cold_speedup ? 2 * o.cold_rounds : 0;
     fmt::print("\nsummary: {} rows on 2 shards; {} queries x {} runs per phase; mix median unpatched {:.1f} ms, "
-               "attached {:.1f} ms ({:+.1f}%); results identical in all {} runs; server unchanged after detach; "
-               "demo took {:.0f} s\n",
+               "attached {:.1f} ms ({:+.1f}%); cold mix with {} switched on live: {}; results identical in all {} runs; "
+               "server unchanged after detach; demo took {:.0f} s\n",
                data.rows, mix.size(), o.rounds, before.median_ms(), during.median_ms(),
-               100.0 * (during.median_ms() / before.median_ms() - 1), 2 * o.rounds + 1,
-               std::chrono::duration<double>(Clock::now() - demo_start).count());
+               100.0 * (during.median_ms() / before.median_ms() - 1), o.policy,
+               cold_speedup ? fmt::format("{:.2f}x vs stock cold", *cold_speedup) : "not measured",
+               2 * o.rounds + 1 + cold_runs, std::chrono::duration<double>(Clock::now() - demo_start).count());
     if (auto r = cluster->stop(); !r) fmt::print(stderr, "liveio demo: stopping ClickHouse: {}\n", r.error().message);
 }
 
@@ -355,6 +434,10 @@ void add_demo_commands(CLI::App& app) {
     auto o = std::make_shared<DemoOptions>();
     demo->add_option("--rows", o->rows, "rows of the sample data set")->check(CLI::Range(uint64_t{1000}, uint64_t{200'000'000}))->capture_default_str();
     demo->add_option("--rounds", o->rounds, "runs of the query mix per phase")->check(CLI::Range(1, 100))->capture_default_str();
+    demo->add_option("--cold-rounds", o->cold_rounds, "cold runs of the mix per side in the acceleration step (0: skip it)")
+        ->check(CLI::Range(0, 20))
+        ->capture_default_str();
+    demo->add_option("--policy", o->policy, "the policy of the acceleration step")->capture_default_str();
     demo->add_option("--mechanism,-m", o->mechanism, "how liveio intercepts calls")
         ->check(CLI::IsMember(control::mechanism_names()))
         ->capture_default_str();

@@ -49,8 +49,18 @@ const std::vector<PolicyDef>& catalog() {
              {"min_read", 3, 4096, "reads shorter than this (bytes) are ignored"},
              // ClickHouse glue: column files (*.bin) are the data files by default.
              {"classes", 4, 1u << LIVEIO_CLASS_CH_BIN, "bit mask of file classes (1 << enum liveio_file_class)"},
-             {"adapt", 5, 1, "1: adapt the depth to used/wasted feedback; 0: fixed depth"},
+             {"adapt", 5, 1, "1: adapt the depth to hits, waste and latency feedback; 0: fixed depth"},
              {"open_kb", 6, 1024, "a scanning thread's newly opened data file: prefetch its first KiB (0: off)"},
+             {"latency_pct", 7, 200, "recent action latency above this % of the lowest seen halves the depth"},
+             {"adapt_reads", 8, 16, "reads (all streams) between two adaptations of the depth"},
+             {"budget_mb", kRuntimeKnob, 256, "bytes in flight on the I/O thread, all policies (MiB)"},
+         }},
+        {"marks",
+         "policies/marks.bpf.o",
+         "ClickHouse point lookups: kept marks turn a column read at granule i into one batch "
+         "prefetching granule i of every other column of the part",
+         {
+             {"max_kb", 0, 1024, "most bytes prefetched per column and granule range (KiB)"},
              {"budget_mb", kRuntimeKnob, 256, "bytes in flight on the I/O thread, all policies (MiB)"},
          }},
         {"uring",

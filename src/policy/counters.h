@@ -21,6 +21,9 @@ struct Counters {
     std::atomic<uint64_t> completions{0};   // completion-edge programs run
     std::atomic<uint64_t> latency_ns_sum{0};
     std::atomic<uint64_t> latency_count{0};
+    // Exponentially weighted mean (weight 1/8) of the latest completions' latency: what
+    // liveio_policy_feedback reports, so a program sees the latency of now, not of its history.
+    std::atomic<uint64_t> latency_recent_ns{0};
 
     void add(std::atomic<uint64_t>& c, uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
     static uint64_t get(const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); }
@@ -33,7 +36,8 @@ struct Counters {
                 {"used_bytes", get(used_bytes)},     {"wasted_bytes", get(wasted_bytes)},
                 {"inflight", get(inflight)},         {"drops", get(drops)},
                 {"errors", get(errors)},             {"fallbacks", get(fallbacks)},
-                {"completions", get(completions)},   {"latency_avg_ns", latency_avg_ns()}};
+                {"completions", get(completions)},   {"latency_avg_ns", latency_avg_ns()},
+                {"latency_recent_ns", get(latency_recent_ns)}};
     }
 };
 

@@ -19,6 +19,15 @@ namespace {
 // library is part of the dlopen'ed agent (see CMakeLists.txt).
 __attribute__((tls_model("initial-exec"))) thread_local uint8_t t_redirect = 0;
 
+// The read whose exit edge runs on this thread (ReadDataScope): its io context and the bytes
+// it returned into the caller's buffer.
+struct ReadData {
+    const void* ctx;
+    const char* data;
+    size_t len;
+};
+__attribute__((tls_model("initial-exec"))) thread_local ReadData t_read_data = {nullptr, nullptr, 0};
+
 // Most ranges one liveio_prefetch_batch call queues.
 constexpr uint32_t kMaxBatch = 64;
 constexpr uint64_t kMaxReadAsync = 1u << 20;
@@ -83,6 +92,18 @@ uint64_t h_complete_load(uint64_t ctx, uint64_t offset, uint64_t dst, uint64_t l
                                                    reinterpret_cast<void*>(dst), len));
 }
 
+uint64_t h_io_load(uint64_t ctx, uint64_t offset, uint64_t dst, uint64_t len, uint64_t, ebpf::ExecEnv* env) {
+    const ReadData& r = t_read_data;
+    void* out = reinterpret_cast<void*>(dst);
+    if (calling_slot(env) == nullptr || r.ctx == nullptr || reinterpret_cast<const void*>(ctx) != r.ctx ||
+        offset > r.len || len > r.len - offset) {
+        std::memset(out, 0, len);
+        return static_cast<uint64_t>(-EINVAL);
+    }
+    std::memcpy(out, r.data + offset, len);
+    return 0;
+}
+
 uint64_t h_feedback(uint64_t out, uint64_t size, uint64_t, uint64_t, uint64_t, ebpf::ExecEnv* env) {
     Runtime::Slot* slot = calling_slot(env);
     if (slot == nullptr) {
@@ -102,6 +123,12 @@ uint64_t h_knob(uint64_t index, uint64_t, uint64_t, uint64_t, uint64_t, ebpf::Ex
 }  // namespace
 
 std::atomic<Runtime*> Runtime::active_{nullptr};
+
+ReadDataScope::ReadDataScope(const void* ctx, const void* data, size_t len) {
+    t_read_data = {ctx, static_cast<const char*>(data), len};
+}
+
+ReadDataScope::~ReadDataScope() { t_read_data = {nullptr, nullptr, 0}; }
 
 struct Runtime::Frame {
     liveio_io_complete_ctx ctx;
@@ -135,6 +162,8 @@ Result<void> Runtime::add_helpers(ebpf::HelperTable& table) {
         {LIVEIO_HELPER_FEEDBACK,
          proto("liveio_policy_feedback", h_feedback, {A::PtrToUninitMem, A::ConstSize, A::None, A::None, A::None})},
         {LIVEIO_HELPER_KNOB, proto("liveio_knob", h_knob, {A::Scalar, A::None, A::None, A::None, A::None})},
+        {LIVEIO_HELPER_IO_LOAD,
+         proto("liveio_io_load", h_io_load, {A::PtrToCtx, A::Scalar, A::PtrToUninitMem, A::ConstSize, A::None})},
     };
     for (const auto& h : helpers)
         if (auto r = table.extend(h.id, h.proto); !r) return r.error();
@@ -325,6 +354,9 @@ void Runtime::completed(const Action& a, uint64_t file_id, int32_t res, std::spa
     Counters& c = s.counters;
     c.add(c.latency_ns_sum, latency_ns);
     c.add(c.latency_count);
+    // Completions run on the one liveio-io thread: a load and a store suffice.
+    const uint64_t recent = Counters::get(c.latency_recent_ns);
+    c.latency_recent_ns.store(recent == 0 ? latency_ns : recent - recent / 8 + latency_ns / 8, std::memory_order_relaxed);
     if (res < 0) c.add(c.errors);
     if (a.kind == Action::Kind::Read && admit(a)) {
         const ebpf::Executable* exe = s.completion.load(std::memory_order_acquire);
@@ -370,7 +402,7 @@ void Runtime::feedback(const Slot& slot, void* out, uint64_t size) const {
     f.inflight = Counters::get(c.inflight);
     f.drops = Counters::get(c.drops);
     f.errors = Counters::get(c.errors);
-    f.latency_ns_avg = c.latency_avg_ns();
+    f.latency_ns_avg = Counters::get(c.latency_recent_ns);
     std::memset(out, 0, size);
     std::memcpy(out, &f, size < sizeof f ? size : sizeof f);
 }

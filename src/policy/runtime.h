@@ -59,6 +59,18 @@ public:
     virtual bool run(hook::CallFrame& frame) = 0;
 };
 
+// The bytes a hooked read() / pread64() returned, readable by its liveio/io_exit programs
+// through liveio_io_load while this scope lives (the host opens it around those programs,
+// on the calling thread). `ctx` is the liveio_io_ctx handed to them: the helper only
+// answers for that context.
+class ReadDataScope {
+public:
+    ReadDataScope(const void* ctx, const void* data, size_t len);
+    ~ReadDataScope();
+    ReadDataScope(const ReadDataScope&) = delete;
+    ReadDataScope& operator=(const ReadDataScope&) = delete;
+};
+
 class Runtime final : public WorkerSink {
 public:
     struct Options {

@@ -57,51 +57,77 @@ inline uint64_t file_id_of(int fd) {
     return (static_cast<uint64_t>(st.st_dev) << 32) ^ static_cast<uint64_t>(st.st_ino);
 }
 
-// The test policy object (tests/policy/bpf/policy_test.bpf.c) loaded with the policy helpers
-// and switched on in `rt`.
-struct TestPolicy {
+// A policy's BPF object loaded with the policy helpers, the named programs JIT-compiled, and
+// switched on in a Runtime as the agent's PolicyHost does (`completion`: the program of
+// liveio/io_complete, or null).
+struct LoadedPolicy {
     ebpf::Object object;
     std::unique_ptr<ebpf::Runtime> services;
-    std::unique_ptr<ebpf::Executable> on_read, on_complete;
+    std::vector<std::unique_ptr<ebpf::Executable>> exes;  // in the order of `names`
     uint8_t slot = 0;
 
-    static std::unique_ptr<TestPolicy> enable(Runtime& rt, std::vector<uint64_t> knobs) {
-        auto tp = std::make_unique<TestPolicy>();
-        auto obj = ebpf::Object::open(std::string(LIVEIO_POLICY_TEST_BPF_DIR) + "/policy_test.bpf.o");
+    bool load(const std::string& path, const std::vector<std::string>& names) {
+        auto obj = ebpf::Object::open(path);
         if (!obj) {
             ADD_FAILURE() << obj.error().message;
-            return nullptr;
+            return false;
         }
-        tp->object = std::move(obj).value();
+        object = std::move(obj).value();
         ebpf::HelperTable helpers = ebpf::HelperTable::standard();
         if (auto r = Runtime::add_helpers(helpers); !r) {
             ADD_FAILURE() << r.error().message;
-            return nullptr;
+            return false;
         }
-        tp->services = ebpf::Runtime::create().value();
-        auto load = [&](const char* name) -> std::unique_ptr<ebpf::Executable> {
-            auto exe = ebpf::Executable::load(tp->object.program(name).value(), helpers, ebpf::Engine::Jit);
+        services = ebpf::Runtime::create().value();
+        for (const std::string& name : names) {
+            auto exe = ebpf::Executable::load(object.program(name).value(), helpers, ebpf::Engine::Jit);
             if (!exe) {
-                ADD_FAILURE() << exe.error().message;
-                return nullptr;
+                ADD_FAILURE() << name << ": " << exe.error().message;
+                return false;
             }
-            return std::move(exe).value();
-        };
-        tp->on_read = load("on_read");
-        tp->on_complete = load("on_complete");
-        if (!tp->on_read || !tp->on_complete) return nullptr;
-        Runtime::PolicySpec spec;
-        spec.name = "test";
-        for (auto& p : tp->object.programs()) spec.programs.push_back(p.get());
-        spec.completion = tp->on_complete.get();
-        spec.services = tp->services.get();
-        spec.knobs = std::move(knobs);
-        auto slot = rt.enable(std::move(spec));
-        if (!slot) {
-            ADD_FAILURE() << slot.error().message;
-            return nullptr;
+            exes.push_back(std::move(exe).value());
         }
-        tp->slot = *slot;
+        return true;
+    }
+    bool enable(Runtime& rt, const std::string& name, const ebpf::Executable* completion, std::vector<uint64_t> knobs) {
+        Runtime::PolicySpec spec;
+        spec.name = name;
+        for (auto& p : object.programs()) spec.programs.push_back(p.get());
+        spec.completion = completion;
+        spec.services = services.get();
+        spec.knobs = std::move(knobs);
+        auto s = rt.enable(std::move(spec));
+        if (!s) {
+            ADD_FAILURE() << s.error().message;
+            return false;
+        }
+        slot = *s;
+        return true;
+    }
+    void run(ebpf::Executable& exe, liveio_io_ctx& io) {
+        ebpf::ExecEnv env = services->make_env();
+        exe.run(env, reinterpret_cast<uint64_t>(&io), sizeof io);
+    }
+    uint64_t u64(const char* map, uint32_t i) {
+        uint64_t v = 0;
+        object.map(map)->copy_value(&i, &v);
+        return v;
+    }
+};
+
+// The test policy object (tests/policy/bpf/policy_test.bpf.c) loaded with the policy helpers
+// and switched on in `rt`.
+struct TestPolicy : LoadedPolicy {
+    ebpf::Executable* on_read = nullptr;
+    ebpf::Executable* on_complete = nullptr;
+
+    static std::unique_ptr<TestPolicy> enable(Runtime& rt, std::vector<uint64_t> knobs) {
+        auto tp = std::make_unique<TestPolicy>();
+        if (!tp->load(std::string(LIVEIO_POLICY_TEST_BPF_DIR) + "/policy_test.bpf.o", {"on_read", "on_complete"}))
+            return nullptr;
+        tp->on_read = tp->exes[0].get();
+        tp->on_complete = tp->exes[1].get();
+        if (!tp->LoadedPolicy::enable(rt, "test", tp->on_complete, std::move(knobs))) return nullptr;
         return tp;
     }
 
@@ -118,20 +144,11 @@ struct TestPolicy {
         io.file_id = file_id_of(fd);
         io.file_class = LIVEIO_CLASS_FILE;
         io.direction = LIVEIO_IO_READ;
-        ebpf::ExecEnv env = services->make_env();
-        on_read->run(env, reinterpret_cast<uint64_t>(&io), sizeof io);
+        run(*on_read, io);
         return rc(0);
     }
-    int64_t rc(uint32_t i) {
-        int64_t v = 0;
-        object.map("rc")->copy_value(&i, &v);
-        return v;
-    }
-    uint64_t seen(uint32_t cookie) {
-        uint64_t v = 0;
-        object.map("seen")->copy_value(&cookie, &v);
-        return v;
-    }
+    int64_t rc(uint32_t i) { return static_cast<int64_t>(u64("rc", i)); }
+    uint64_t seen(uint32_t cookie) { return u64("seen", cookie); }
 };
 
 inline std::unique_ptr<Runtime> make_runtime(uint64_t budget = uint64_t{64} << 20) {

@@ -38,6 +38,32 @@ json policy_counters(pid_t pid, const std::string& name) {
     return {};
 }
 
+// A test server whose queries all read their column files (no uncompressed cache), with
+// static TLS room for the agent; skips when ClickHouse is not installed.
+Result<clickhouse::LocalServer> start_server() {
+    auto binary = clickhouse::find_server_binary();
+    if (!binary) return binary.error();
+    clickhouse::ServerOptions so;
+    so.binary = *binary;
+    so.profile_settings = clickhouse::kProfileSettings;
+    so.environment.push_back(clickhouse::kStaticTlsReserve);
+    return clickhouse::LocalServer::start(so);
+}
+
+// Stock answers of `queries`, after the table is created and filled by `setup`.
+std::vector<std::string> stock_answers(clickhouse::HttpClient& client, const std::vector<std::string>& setup,
+                                       const std::vector<std::string>& queries) {
+    std::vector<std::string> answers;
+    for (auto& sql : setup)
+        if (auto r = client.execute(sql); !r) ADD_FAILURE() << sql << ": " << r.error().message;
+    for (auto& q : queries) {
+        auto r = client.query(q);
+        if (!r) ADD_FAILURE() << q << ": " << r.error().message;
+        answers.push_back(r ? *r : std::string());
+    }
+    return answers;
+}
+
 void drop_page_cache() {
     if (::geteuid() != 0) return;  // the policy still sees the reads; only the timing changes
     ::sync();
@@ -45,32 +71,24 @@ void drop_page_cache() {
 }
 
 TEST(PolicyClickHouse, PrefetchOnALiveServerSameResultsCountersMove) {
-    auto binary = clickhouse::find_server_binary();
-    if (!binary) GTEST_SKIP() << binary.error().message;
-    clickhouse::ServerOptions so;
-    so.binary = *binary;
-    so.profile_settings = clickhouse::kProfileSettings;  // no uncompressed cache: every query reads
-    so.environment.push_back(clickhouse::kStaticTlsReserve);
-    auto server = clickhouse::LocalServer::start(so);
+    auto server = start_server();
+    if (!server && server.error().code == ENOENT) GTEST_SKIP() << server.error().message;
     ASSERT_TRUE(server) << server.error().message;
     auto client = server->client();
     // Incompressible columns of ~16 MB each: scans read them 1 MiB at a time.
-    ASSERT_TRUE(client.execute("CREATE TABLE default.t (k UInt64, a UInt64, b UInt64, s String) "
-                               "ENGINE = MergeTree ORDER BY k"));
-    ASSERT_TRUE(client.execute("INSERT INTO default.t SELECT number, cityHash64(number), cityHash64(number, 1), "
-                               "toString(cityHash64(number, 2)) FROM numbers(2000000)"));
-    ASSERT_TRUE(client.execute("OPTIMIZE TABLE default.t FINAL"));
     const std::vector<std::string> queries = {
         "SELECT sum(a), sum(b), max(k) FROM default.t",
         "SELECT count(), sum(length(s)) FROM default.t WHERE a % 7 = 3",
         "SELECT k, a, s FROM default.t WHERE k IN (17, 123456, 1999999) ORDER BY k",
     };
-    std::vector<std::string> expected;
-    for (auto& q : queries) {
-        auto r = client.query(q);
-        ASSERT_TRUE(r) << r.error().message;
-        expected.push_back(*r);
-    }
+    const std::vector<std::string> expected = stock_answers(
+        client,
+        {"CREATE TABLE default.t (k UInt64, a UInt64, b UInt64, s String) ENGINE = MergeTree ORDER BY k",
+         "INSERT INTO default.t SELECT number, cityHash64(number), cityHash64(number, 1), "
+         "toString(cityHash64(number, 2)) FROM numbers(2000000)",
+         "OPTIMIZE TABLE default.t FINAL"},
+        queries);
+    ASSERT_FALSE(::testing::Test::HasFailure());
     const pid_t spid = server->pid();
     const std::string pid = std::to_string(spid);
 
@@ -135,6 +153,60 @@ TEST(PolicyClickHouse, PrefetchOnALiveServerSameResultsCountersMove) {
     }
     EXPECT_FALSE(io_thread);
     ASSERT_TRUE(answered_more());
+    loop.finish();
+    const auto wrong = loop.wrong();
+    EXPECT_TRUE(wrong.empty()) << wrong.size() << " wrong answers, first: " << wrong.front();
+}
+
+// The marks policy on point lookups: the same answers as stock, while the mark cache and the
+// page cache are dropped between queries (every lookup reads its .mrk files, then one granule
+// of every column), and its prefetches are used.
+TEST(PolicyClickHouse, MarksOnPointLookupsSameResultsPrefetchesUsed) {
+    auto server = start_server();
+    if (!server && server.error().code == ENOENT) GTEST_SKIP() << server.error().message;
+    ASSERT_TRUE(server) << server.error().message;
+    auto client = server->client();
+    const std::vector<std::string> queries = {
+        "SELECT * FROM default.p WHERE k = 777777",
+        "SELECT a, s FROM default.p WHERE k = 12",
+        "SELECT k, t FROM default.p WHERE k IN (5, 900000, 1499999) ORDER BY k",
+        "SELECT count(), sum(b) FROM default.p WHERE k BETWEEN 300000 AND 310000",
+    };
+    const std::vector<std::string> expected = stock_answers(
+        client,
+        {"CREATE TABLE default.p (k UInt64, a UInt64, b UInt32, s String, t String) ENGINE = MergeTree ORDER BY k",
+         "INSERT INTO default.p SELECT number, cityHash64(number), number % 1000, toString(cityHash64(number, 2)), "
+         "concat('x', toString(number * 7)) FROM numbers(1500000)",
+         "OPTIMIZE TABLE default.p FINAL"},
+        queries);
+    ASSERT_FALSE(::testing::Test::HasFailure());
+    const pid_t spid = server->pid();
+    const std::string pid = std::to_string(spid);
+    auto cache_client = server->client();
+    clickhouse::testing::QueryLoop loop(*server, queries, expected, [&](size_t i) {
+        if (i % 4 != 0) return;
+        (void)cache_client.execute("SYSTEM DROP MARK CACHE");
+        drop_page_cache();
+    });
+    auto answered_more = [&] {
+        const int before = loop.answered();
+        return eventually([&] { return loop.answered() > before + 4; });
+    };
+    const CliRun attach = liveio({"attach", pid, "--policy", "marks"});
+    if (attach.err.find("Operation not permitted") != std::string::npos) GTEST_SKIP() << "cannot attach here: " << attach.err;
+    ASSERT_EQ(attach.status, 0) << attach.out << attach.err;
+    ASSERT_TRUE(eventually([&] { return policy_counters(spid, "marks").value("used_bytes", uint64_t{0}) > 0; }))
+        << policy_counters(spid, "marks").dump();
+    const CliRun off = liveio({"policy", pid, "off", "marks"});
+    ASSERT_EQ(off.status, 0) << off.err;
+    ASSERT_TRUE(answered_more());
+    const CliRun on = liveio({"policy", pid, "on", "marks", "max_kb=256"});
+    ASSERT_EQ(on.status, 0) << on.err;
+    ASSERT_TRUE(answered_more());
+    const json c = policy_counters(spid, "marks");
+    EXPECT_EQ(c.value("errors", uint64_t{1}), 0u) << c.dump();
+    const CliRun detach = liveio({"detach", pid});
+    ASSERT_EQ(detach.status, 0) << detach.err;
     loop.finish();
     const auto wrong = loop.wrong();
     EXPECT_TRUE(wrong.empty()) << wrong.size() << " wrong answers, first: " << wrong.front();

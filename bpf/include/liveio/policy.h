@@ -27,6 +27,7 @@ namespace liveio {
 #define LIVEIO_HELPER_COMPLETE_LOAD 0x10105
 #define LIVEIO_HELPER_FEEDBACK 0x10106
 #define LIVEIO_HELPER_KNOB 0x10107
+#define LIVEIO_HELPER_IO_LOAD 0x10108
 
 /* One range of a batch (liveio_prefetch_batch). */
 struct liveio_prefetch {
@@ -99,6 +100,12 @@ static long (*liveio_policy_feedback)(struct liveio_policy_feedback *out, unsign
 /* The value of knob `index` of the calling policy (`liveio policy PID set NAME key=value`),
  * 0 when unset. Knob indexes are those of the policy's catalog entry. */
 static unsigned long (*liveio_knob)(unsigned int index) = (void *)LIVEIO_HELPER_KNOB;
+/* In a liveio/io_exit program of read() or pread64() that returned bytes: copies `len` bytes of
+ * what the call returned, starting at `offset`, into `dst` (the target's buffer is read once,
+ * after the kernel filled it; the program cannot write it). Returns 0, or -EINVAL when the
+ * range is outside the returned bytes or this is not such an edge (`dst` is then zeroed). */
+static long (*liveio_io_load)(const struct liveio_io_ctx *ctx, unsigned long offset, void *dst, unsigned int len) =
+    (void *)LIVEIO_HELPER_IO_LOAD;
 
 #endif
 

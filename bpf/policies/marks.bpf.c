@@ -1,0 +1,171 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+/* The `marks` policy: the XRP analogue for column-store point lookups (docs/POLICIES.md).
+ *
+ * A reader that opens every column file of a part before reading (ClickHouse 18.16's part
+ * reader, measured), then reads the same row range of each column one after another, waits on
+ * the disk once per column. At the enter edge of the first column's read at a granule, this
+ * program prefetches the same granule range of every other column opened with it, as one
+ * batch into the page cache: the reads stay native and find their data cached or in flight.
+ *
+ * Per thread, a group is the data files opened since the thread's last data read. What a
+ * granule is, where its bytes are in each column file, and how the marks are learnt is the
+ * ClickHouse glue of clickhouse_marks.h. Knob 0, max_kb: most bytes per column and batch. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "liveio/policy.h"
+#include "clickhouse_marks.h"
+
+#define KNOB_MAX_KB 0
+#define NR_READ 0
+#define NR_OPEN 2
+#define NR_OPENAT 257
+#define MAX_COLUMNS 32
+
+struct member {
+    __s64 fd;
+    __u64 file_id;
+};
+struct group {
+    __u64 marks_slot; /* marks just kept (slot + 1): the next data file opened is their column */
+    __u64 marks_id;
+    __u64 n, reading;
+    __s64 leader, leader_next; /* the group's first column read, where it would continue */
+    __u64 leader_id;
+    struct member m[MAX_COLUMNS];
+    struct liveio_prefetch batch[MAX_COLUMNS];
+};
+
+struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 1024); __type(key, __u32); __type(value, struct group); } groups SEC(".maps");
+/* [1]: batches, [2]: ranges batched */
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 4); __type(key, __u32); __type(value, __u64); } state SEC(".maps");
+/* An all-zero group: the template of a thread's first one (too large for the stack). */
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32); __type(value, struct group); } zero SEC(".maps");
+
+static __always_inline void count(__u32 i, __u64 n)
+{
+    __u64 *c = bpf_map_lookup_elem(&state, &i);
+    if (c)
+        __sync_fetch_and_add(c, n);
+}
+
+static __always_inline struct group *group_of(__u32 tid, int create)
+{
+    struct group *g = bpf_map_lookup_elem(&groups, &tid);
+    __u32 z = 0;
+    struct group *fresh = bpf_map_lookup_elem(&zero, &z);
+    if (g || !create || !fresh)
+        return g;
+    bpf_map_update_elem(&groups, &tid, fresh, BPF_NOEXIST);
+    return bpf_map_lookup_elem(&groups, &tid);
+}
+
+/* One column of a batch (a bpf_loop callback: verified once, whatever the group's size). */
+struct batch_ctx {
+    __u32 tid;
+    __u64 first, end, cap, n;
+};
+
+static long batch_column(__u32 i, struct batch_ctx *c)
+{
+    struct group *g = bpf_map_lookup_elem(&groups, &c->tid);
+    __u64 j = i;
+    asm volatile("" : "+r"(j)); /* keep the mask below: the verifier bounds the index by it */
+    j &= MAX_COLUMNS - 1;
+    if (!g || i >= MAX_COLUMNS)
+        return 1;
+    struct member *m = &g->m[j];
+    struct liveio_prefetch *p = &g->batch[j];
+    __u32 slot;
+    struct marks *b = m->fd == g->leader ? 0 : marks_of(m->file_id, &slot);
+    __u64 start = 0, len = 0;
+    p->fd = m->fd;
+    p->len = 0; /* the leader itself, another part, marks not kept: no range (the helper skips it) */
+    if (b && column_range(b, c->n, c->first, c->end, c->cap, &start, &len)) {
+        p->offset = start;
+        p->len = len;
+    }
+    return 0;
+}
+
+static __always_inline void prefetch_columns(struct group *g, __u32 tid, __u64 pos, __u64 count_bytes)
+{
+    __u32 slot;
+    struct marks *a = marks_of(g->leader_id, &slot);
+    struct batch_ctx c = {.tid = tid};
+    c.cap = liveio_knob(KNOB_MAX_KB);
+    c.cap = (c.cap ? c.cap : 1024) << 10;
+    if (!a || !granules_read(a, slot, pos, count_bytes, &c.first, &c.end))
+        return;
+    c.n = a->n;
+    __u64 n = g->n < MAX_COLUMNS ? g->n : MAX_COLUMNS;
+    bpf_loop(n, batch_column, &c, 0);
+    long queued = n > 0 ? liveio_prefetch_batch(g->batch, n * sizeof(struct liveio_prefetch)) : 0;
+    if (queued > 0) {
+        count(1, 1);
+        count(2, queued);
+    }
+}
+
+/* A data file opened: a column of the thread's current group. */
+static __always_inline void on_open(struct liveio_io_ctx *io)
+{
+    struct group *g = group_of(io->tid, 1);
+    if (!g)
+        return;
+    if (g->reading)
+        g->n = g->reading = 0;
+    if (g->marks_slot)
+        link_marks(io->file_id, g->marks_id, g->marks_slot - 1);
+    g->marks_slot = 0;
+    __u64 n = g->n;
+    if (n < MAX_COLUMNS) {
+        g->m[n & (MAX_COLUMNS - 1)].fd = io->fd;
+        g->m[n & (MAX_COLUMNS - 1)].file_id = io->file_id;
+        g->n = n + 1;
+    }
+}
+
+SEC("liveio/io_exit")
+int marks_exit(struct liveio_io_ctx *io)
+{
+    if (io->nr == NR_READ && MARKS_FILE(io) && io->result > 0) {
+        struct group *g = group_of(io->tid, 1);
+        __u64 slot = keep_marks(io);
+        if (g && slot) {
+            g->marks_slot = slot;
+            g->marks_id = io->file_id;
+        }
+    } else if ((io->nr == NR_OPEN || io->nr == NR_OPENAT) && io->result >= 0 && COLUMN_FILE(io)) {
+        on_open(io);
+    }
+    return 0;
+}
+
+SEC("liveio/io_enter")
+int marks_enter(struct liveio_io_ctx *io)
+{
+    if (io->nr != NR_READ || !COLUMN_FILE(io))
+        return 0;
+    struct group *g = group_of(io->tid, 0);
+    if (!g || g->n == 0)
+        return 0;
+    if (!g->reading) {
+        g->reading = 1;
+        g->leader = io->fd;
+        g->leader_id = io->file_id;
+        g->leader_next = -1;
+    }
+    if (io->fd != g->leader || io->file_id != g->leader_id)
+        return 0;
+    long pos = liveio_file_pos(io->fd);
+    __s64 next = g->leader_next;
+    if (pos < 0)
+        return 0;
+    g->leader_next = pos + io->count;
+    if (pos != next) /* a seek, not a scan continuing */
+        prefetch_columns(g, io->tid, pos, io->count);
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,340 @@
+// The `marks` policy program (bpf/policies/marks.bpf.c) on real files laid out like a
+// ClickHouse 18.16 part (column.bin + column.mrk, 16-byte marks), driven through the call
+// sequence a ClickHouse point lookup makes (measured with strace, docs/POLICIES.md): per
+// column read the whole .mrk, open the .bin; then per column lseek to a mark and read the
+// granule range. The programs run as the agent runs them at the I/O edges.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "policy_fixture.h"
+
+namespace liveio::policy {
+namespace {
+
+using testing::file_id_of;
+using testing::make_runtime;
+
+struct Mark {
+    uint64_t compressed, decompressed;
+};
+
+// A column of `granules` granules of `granule_bytes` decompressed bytes each, in compressed
+// blocks of `block_bytes` decompressed / `block_file_bytes` compressed bytes: a granule starts
+// inside a block whenever block_bytes is not a multiple of granule_bytes.
+struct Column {
+    std::string name;
+    uint64_t granule_bytes, block_bytes, block_file_bytes;
+    std::vector<Mark> marks;
+    uint64_t file_size = 0;
+    int bin = -1;
+
+    void layout(uint64_t granules) {
+        marks.clear();
+        for (uint64_t g = 0; g < granules; ++g) {
+            const uint64_t at = g * granule_bytes;
+            marks.push_back({at / block_bytes * block_file_bytes, at % block_bytes});
+        }
+        file_size = (granules * granule_bytes + block_bytes - 1) / block_bytes * block_file_bytes;
+    }
+    // The bytes ClickHouse 18.16 reads for granules [first, end) (MergeTreeReader::Stream):
+    // from the first granule's block up to the block where granule `end` starts, that block
+    // included when the granule starts inside it.
+    std::pair<uint64_t, uint64_t> range(uint64_t first, uint64_t end) const {
+        uint64_t right = end;
+        if (right < marks.size() && marks[right].decompressed > 0)
+            while (right < marks.size() && marks[right].compressed == marks[end].compressed) ++right;
+        const uint64_t hi = right >= marks.size() ? file_size : marks[right].compressed;
+        return {marks[first].compressed, hi};
+    }
+};
+
+class PartDir {
+public:
+    PartDir() {
+        char tmpl[] = "/tmp/liveio-marks-XXXXXX";
+        dir_ = ::mkdtemp(tmpl);
+    }
+    ~PartDir() {
+        for (const std::string& f : files_) ::unlink(f.c_str());
+        ::rmdir(dir_.c_str());
+    }
+    std::string write(const std::string& name, const std::string& bytes) {
+        const std::string path = dir_ + "/" + name;
+        const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        EXPECT_GE(fd, 0);
+        EXPECT_EQ(::write(fd, bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+        ::close(fd);
+        files_.push_back(path);
+        return path;
+    }
+
+private:
+    std::string dir_;
+    std::vector<std::string> files_;
+};
+
+struct MarksPolicy : testing::LoadedPolicy {
+    ebpf::Executable* enter = nullptr;
+    ebpf::Executable* exit = nullptr;
+
+    static std::unique_ptr<MarksPolicy> enable(Runtime& rt) {
+        auto mp = std::make_unique<MarksPolicy>();
+        if (!mp->load(std::string(LIVEIO_BPF_DIR) + "/policies/marks.bpf.o", {"marks_enter", "marks_exit"}))
+            return nullptr;
+        mp->enter = mp->exes[0].get();
+        mp->exit = mp->exes[1].get();
+        if (!mp->LoadedPolicy::enable(rt, "marks", nullptr, {1024})) return nullptr;  // max_kb: the default
+        return mp;
+    }
+
+    liveio_io_ctx ctx(long nr, int fd, uint64_t count, int64_t result, uint32_t file_class) const {
+        liveio_io_ctx io{};
+        io.size = sizeof io;
+        io.tid = static_cast<uint32_t>(::gettid());
+        io.nr = static_cast<uint64_t>(nr);
+        io.fd = fd;
+        io.offset = -1;
+        io.count = count;
+        io.result = result;
+        io.file_id = file_id_of(fd);
+        io.file_class = file_class;
+        io.direction = nr == 0 ? LIVEIO_IO_READ : LIVEIO_IO_OTHER;
+        return io;
+    }
+    // ClickHouse's reader construction for one column: the whole .mrk read (mark-cache miss),
+    // then the .bin opened. Returns the .bin descriptor.
+    int open_column(const std::string& mrk_path, const std::string& bin_path, bool read_marks) {
+        if (read_marks) {
+            const int mfd = ::open(mrk_path.c_str(), O_RDONLY);
+            EXPECT_GE(mfd, 0);
+            struct stat st {};
+            ::fstat(mfd, &st);
+            std::string buf(static_cast<size_t>(st.st_size), '\0');
+            const ssize_t got = ::read(mfd, buf.data(), buf.size());
+            EXPECT_EQ(got, st.st_size);
+            const std::string before = buf;
+            liveio_io_ctx io = ctx(0, mfd, buf.size(), got, LIVEIO_CLASS_CH_MRK);
+            {
+                ReadDataScope data(&io, buf.data(), static_cast<size_t>(got));
+                run(*exit, io);
+            }
+            EXPECT_EQ(buf, before) << "the program changed bytes the target read";
+            ::close(mfd);
+        }
+        const int fd = ::open(bin_path.c_str(), O_RDONLY);
+        EXPECT_GE(fd, 0);
+        liveio_io_ctx io = ctx(2, fd, 0, fd, LIVEIO_CLASS_CH_BIN);
+        io.fd = fd;
+        run(*exit, io);
+        return fd;
+    }
+    // The enter edge of a column read of `count` bytes after lseek to `offset`.
+    void read_enter(int fd, uint64_t offset, uint64_t count) {
+        EXPECT_EQ(::lseek(fd, static_cast<off_t>(offset), SEEK_SET), static_cast<off_t>(offset));
+        liveio_io_ctx io = ctx(0, fd, count, 0, LIVEIO_CLASS_CH_BIN);
+        run(*enter, io);
+    }
+    uint64_t state(uint32_t i) { return u64("state", i); }
+};
+
+std::string mark_file(const Column& c) {
+    std::string out;
+    for (const Mark& m : c.marks) {
+        out.append(reinterpret_cast<const char*>(&m.compressed), 8);
+        out.append(reinterpret_cast<const char*>(&m.decompressed), 8);
+    }
+    return out;
+}
+
+std::string pattern(uint64_t size, uint32_t seed) {
+    std::string s(size, '\0');
+    for (uint64_t i = 0; i < size; ++i) s[i] = testing::TempFile::pattern(seed, i);
+    return s;
+}
+
+struct Part {
+    PartDir dir;
+    std::vector<Column> columns;
+    std::vector<std::string> mrk, bin;
+
+    explicit Part(uint64_t granules) {
+        // A granule per block, three per block, blocks cutting granules, one block for many.
+        columns = {{"WatchID", 65536, 65536, 30000},
+                   {"URL", 40000, 100000, 41000},
+                   {"EventDate", 16384, 49152, 700},
+                   {"Title", 50000, 65536, 25000}};
+        uint32_t seed = 1;
+        for (Column& c : columns) {
+            c.layout(granules);
+            mrk.push_back(dir.write(c.name + ".mrk", mark_file(c)));
+            bin.push_back(dir.write(c.name + ".bin", pattern(c.file_size, seed++)));
+        }
+    }
+};
+
+// A runtime with the marks policy on, and a part's columns opened the way ClickHouse's reader
+// opens them.
+struct Session {
+    std::unique_ptr<Runtime> rt;
+    std::unique_ptr<MarksPolicy> mp;
+
+    // Switches the policy on; with `part`, opens its columns (reading the marks).
+    bool start(Part* part = nullptr) {
+        rt = make_runtime();
+        mp = rt ? MarksPolicy::enable(*rt) : nullptr;
+        if (mp && part) open(*part, true);
+        return mp != nullptr;
+    }
+    void open(Part& part, bool read_marks) {
+        for (size_t i = 0; i < part.columns.size(); ++i)
+            part.columns[i].bin = mp->open_column(part.mrk[i], part.bin[i], read_marks);
+    }
+    // The first column's read of granules [first, end): the seek to its mark, the exact range.
+    void read_first(Part& part, uint64_t first, uint64_t end) {
+        const auto [lo, hi] = part.columns[0].range(first, end);
+        mp->read_enter(part.columns[0].bin, lo, hi - lo);
+    }
+    static void close(Part& part) {
+        for (Column& c : part.columns)
+            if (c.bin >= 0) ::close(c.bin);
+    }
+};
+
+// The policy's ranges as the runtime recorded them: what the target's reads of exactly the
+// ranges ClickHouse reads find prefetched (used), and what is left (wasted when switched off).
+struct Outcome {
+    uint64_t issued, used, wasted, ranges;
+};
+
+Outcome lookup(Part& part, uint64_t first, uint64_t end) {
+    Session s;
+    if (!s.start(&part)) return {};
+    auto& [rt, mp] = s;
+    s.read_first(part, first, end);
+    rt->worker().barrier();
+    // The target reads every other column's range natively: the bytes are the file's.
+    uint64_t expected = 0;
+    for (size_t i = 1; i < part.columns.size(); ++i) {
+        const Column& c = part.columns[i];
+        const auto [a, b] = c.range(first, end);
+        std::string buf(b - a, '\0');
+        EXPECT_EQ(::pread(c.bin, buf.data(), buf.size(), static_cast<off_t>(a)), static_cast<ssize_t>(buf.size()));
+        EXPECT_EQ(buf, pattern(c.file_size, static_cast<uint32_t>(i + 1)).substr(a, b - a)) << c.name;
+        rt->observe_read(file_id_of(c.bin), a, b - a);
+        expected += b - a;
+    }
+    const Counters& k = rt->counters(mp->slot);
+    Outcome o{Counters::get(k.issued_bytes), Counters::get(k.used_bytes), 0, mp->state(2)};
+    EXPECT_EQ(Counters::get(k.errors), 0u);
+    EXPECT_TRUE(rt->disable(mp->slot));
+    o.wasted = Counters::get(k.wasted_bytes);
+    EXPECT_EQ(o.used + o.wasted, o.issued);
+    EXPECT_EQ(o.used, expected) << "every byte the other columns read was prefetched";
+    Session::close(part);
+    return o;
+}
+
+TEST(MarksPolicy, VerifiesWithThePolicyHelpers) {
+    auto rt = make_runtime();
+    ASSERT_TRUE(rt);
+    ASSERT_TRUE(MarksPolicy::enable(*rt));
+}
+
+TEST(MarksPolicy, FirstColumnReadPrefetchesTheSameGranulesOfEveryOtherColumn) {
+    Part part(300);
+    for (auto [first, end] : {std::pair<uint64_t, uint64_t>{17, 18}, {0, 1}, {120, 123}, {299, 300}, {64, 80}}) {
+        SCOPED_TRACE("granules " + std::to_string(first) + ".." + std::to_string(end));
+        const Outcome o = lookup(part, first, end);
+        EXPECT_EQ(o.ranges, 3u);  // one per other column
+        EXPECT_GT(o.used, 0u);
+        EXPECT_EQ(o.wasted, 0u);
+    }
+}
+
+TEST(MarksPolicy, MarksKeptFromAnEarlierQueryServeAMarkCacheHit) {
+    Part part(200);
+    Session s;
+    // First query: mark-cache miss, every .mrk read whole before its .bin is opened.
+    ASSERT_TRUE(s.start(&part));
+    auto& [rt, mp] = s;
+    s.read_first(part, 5, 6);
+    Session::close(part);
+    // Second query: mark-cache hit, the .bin files are opened without reading the marks.
+    s.open(part, false);
+    s.read_first(part, 150, 152);
+    rt->worker().barrier();
+    EXPECT_EQ(mp->state(1), 2u);  // two batches
+    EXPECT_EQ(mp->state(2), 6u);  // of three ranges each
+    Session::close(part);
+}
+
+TEST(MarksPolicy, ContinuingScanAndReadsOffAMarkIssueNothing) {
+    Part part(100);
+    Session s;
+    ASSERT_TRUE(s.start(&part));
+    auto& [rt, mp] = s;
+    const int lead = part.columns[0].bin;
+    mp->read_enter(lead, part.columns[0].marks[10].compressed + 5, 1000);  // not a mark
+    mp->read_enter(lead, part.columns[0].marks[20].compressed, 30000);     // a mark: a batch
+    mp->read_enter(lead, part.columns[0].marks[20].compressed + 30000, 30000);  // continuing
+    rt->worker().barrier();
+    EXPECT_EQ(mp->state(1), 1u);
+    // A column read that is not the group's first column's triggers nothing either.
+    mp->read_enter(part.columns[2].bin, part.columns[2].marks[40].compressed, 700);
+    rt->worker().barrier();
+    EXPECT_EQ(mp->state(1), 1u);
+    Session::close(part);
+}
+
+TEST(MarksPolicy, ColumnsOfAnotherPartAreNotPrefetchedAtThisPartsGranule) {
+    Part a(100), b(150);
+    Session s;
+    ASSERT_TRUE(s.start());
+    auto& [rt, mp] = s;
+    // One reader's opens spanning two parts (different granule counts).
+    std::vector<int> fds;
+    for (size_t i = 0; i < 2; ++i) fds.push_back(mp->open_column(a.mrk[i], a.bin[i], true));
+    for (size_t i = 0; i < 2; ++i) fds.push_back(mp->open_column(b.mrk[i], b.bin[i], true));
+    mp->read_enter(fds[0], a.columns[0].marks[50].compressed, 65536);
+    rt->worker().barrier();
+    EXPECT_EQ(mp->state(2), 1u);  // a's second column only
+    for (int fd : fds) ::close(fd);
+}
+
+TEST(MarksPolicy, ADescriptorClosedAndReusedForAPipeLosesNoByte) {
+    Part part(100);
+    Session s;
+    ASSERT_TRUE(s.start(&part));
+    auto& [rt, mp] = s;
+    // Column 1's descriptor is closed and its number reused by a pipe holding data.
+    const int victim = part.columns[1].bin;
+    ::close(victim);
+    int p[2];
+    ASSERT_EQ(::pipe(p), 0);
+    if (p[0] != victim) {
+        ASSERT_EQ(::dup2(p[0], victim), victim);
+        ::close(p[0]);
+    }
+    ASSERT_EQ(::write(p[1], "column", 6), 6);
+    mp->read_enter(part.columns[0].bin, part.columns[0].marks[30].compressed, 65536);
+    rt->worker().barrier();
+    char buf[8] = {};
+    EXPECT_EQ(::read(victim, buf, sizeof buf), 6);
+    EXPECT_EQ(std::string(buf, 6), "column");
+    EXPECT_EQ(Counters::get(rt->counters(mp->slot).errors), 0u);
+    EXPECT_GE(rt->describe()["worker"]["not_regular"].get<uint64_t>(), 1u);
+    ::close(victim);
+    ::close(p[1]);
+    part.columns[1].bin = -1;
+    Session::close(part);
+}
+
+}  // namespace
+}  // namespace liveio::policy
