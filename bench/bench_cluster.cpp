@@ -338,7 +338,8 @@ void run_cluster_bench(ClusterBenchOptions o) {
     }
     fmt::print("\n== summary ({} queries, {:.1f} min; the machine may be shared: compare side by side) ==\n", queries.size(),
                elapsed_ms(started) / 60000);
-    fmt::print("{:<10} {:<44} {:>14} {:>14}\n", "config", "links", "cold speedup", "hot vs stock");
+    fmt::print("{:<10} {:<44} {:>14} {:>14}  {}\n", "config", "links", "cold speedup", "hot vs stock",
+               "cold faster/slower/within spread, hot slower");
     for (const Phase& phase : phases)
         for (const Config& c : configs) {
             if (c.kind == ConfigKind::Stock) continue;
@@ -347,9 +348,10 @@ void run_cluster_bench(ClusterBenchOptions o) {
                 continue;
             }
             const ConfigSummary s = summarize(phase, infos, c.name);
-            fmt::print("{:<10} {:<44} {:>14} {:>14}\n", c.name, phase.name,
+            fmt::print("{:<10} {:<44} {:>14} {:>14}  {}/{}/{}, {}\n", c.name, phase.name,
                        s.cold_speedup_geomean ? fmt::format("{:.3f}x", *s.cold_speedup_geomean) : "n/a",
-                       s.hot_slowdown_pct ? fmt::format("{:+.1f}%", *s.hot_slowdown_pct) : "n/a");
+                       s.hot_slowdown_pct ? fmt::format("{:+.1f}%", *s.hot_slowdown_pct) : "n/a", s.cold_faster, s.cold_slower,
+                       s.cold_within_noise, s.hot_slower);
         }
     fmt::print("results: {} mismatches with stock, {} query errors under liveio\n", mismatches, errors);
     auto plot = plot_cold_speedups(phases[0], infos, configs, o.out_dir,
