@@ -208,20 +208,20 @@ public:
     bool prepare_cold(Config& c) {
         Config stock{"stock"};
         if (auto r = switch_.apply(stock); !r) fail("switching to stock before dropping caches: " + cli_error(r.error()));
+        if (auto r = drop_caches(); !r) fail("dropping caches: " + r.error().message);
+        if (!switch_to(c)) return false;
         // A drained WILLNEED has submitted its reads, not necessarily finished them, and pages
-        // under I/O survive drop_caches: drop again (bounded) until the files are out.
-        for (int attempt = 0; attempt < kColdAttempts; ++attempt) {
-            if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(200));
-            if (auto r = drop_caches(); !r) fail("dropping caches: " + r.error().message);
+        // under I/O survive drop_caches: drop again (bounded) until the files are out. Switching
+        // a configuration on reads nothing of the table, so dropping after it is the same.
+        for (int attempt = 0;; ++attempt) {
             auto resident = page_cache_residency(table_dir_);
             if (!resident) fail("page-cache residency of the table: " + resident.error().message);
-            if (resident->pct() <= kColdResidentPct) break;
+            last_resident_pct_ = resident->pct();
+            if (last_resident_pct_ <= kColdResidentPct || attempt + 1 == kColdAttempts) break;
             ++cold_redrops_;
+            std::this_thread::sleep_for(std::chrono::milliseconds(200));
+            if (auto r = drop_caches(); !r) fail("dropping caches: " + r.error().message);
         }
-        if (!switch_to(c)) return false;
-        auto resident = page_cache_residency(table_dir_);
-        if (!resident) fail("page-cache residency of the table: " + resident.error().message);
-        last_resident_pct_ = resident->pct();
         max_resident_pct_ = std::max(max_resident_pct_, last_resident_pct_);
         return true;
     }
@@ -641,6 +641,14 @@ void run(ClickhouseOptions o) {
         }
     }
     for (const auto& phase : phases) {
+        std::vector<double> stock_spread;
+        for (const auto& [query, by_config] : phase.timings)
+            if (auto it = by_config.find("stock"); it != by_config.end() && it->second.cold_ms.size() > 1)
+                stock_spread.push_back(100.0 * spread(it->second.cold_ms) / std::max(1e-9, median(it->second.cold_ms)));
+        fmt::print("{}: stock's own cold run-to-run spread (max - min) / median: median over queries {:.0f}%, largest "
+                   "{:.0f}%\n",
+                   phase.name, median(stock_spread),
+                   stock_spread.empty() ? 0.0 : *std::max_element(stock_spread.begin(), stock_spread.end()));
         fmt::print("{}: cold medians vs stock's beyond / inside the run-to-run spread:\n", phase.name);
         for (const auto& c : configs) {
             if (!c.available || c.kind == ConfigKind::Stock) continue;

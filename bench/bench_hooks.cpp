@@ -65,8 +65,8 @@ double thread_cpu_ns() {
 }
 
 // Counts and answers the call itself (result 0), so no system call is made: what remains is
-// the interception path alone, measurable to the nanosecond where the ~1 us syscall of this
-// VM varies by more than the hook costs.
+// the interception path alone, measurable where a real system call's run-to-run variation
+// can exceed what the hook costs.
 class TakingHandler : public CallHandler {
 public:
     std::atomic<uint64_t> count{0};
@@ -452,7 +452,7 @@ void run(int iterations, int attach_rounds, const std::string& attach_lib) {
                         *std::max_element(v->begin(), v->end()), note);
     }
     // Headline hook costs: the interception path alone (the pass-through rows add the same
-    // path to a ~1 us syscall whose run-to-run variation here exceeds it).
+    // path to a real system call, whose run-to-run variation can exceed it).
     auto path_cost = [&](size_t i) -> std::optional<double> {
         if (!taken[i].ns) return std::nullopt;
         return *taken[i].ns - empty;

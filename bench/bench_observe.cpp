@@ -329,7 +329,7 @@ struct HostWithProgram {
             error = loaded.error().message;
             return;
         }
-        counts = host->map((*loaded)["object"].get<uint32_t>(), counts_map);
+        counts = host->map(loaded->id, counts_map);
         if (!counts) error = "the object has no map " + counts_map;
     }
     uint64_t pread_calls() const {

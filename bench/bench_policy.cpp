@@ -311,8 +311,8 @@ int run_policy_bench(const PolicyBenchOptions& o) {
                 "%d runs per side (median); the machine is shared\n",
                 o.columns, static_cast<unsigned long long>(o.column_mb), static_cast<unsigned long long>(o.read_kb),
                 static_cast<unsigned long long>(o.cpu_us_per_mb), o.runs);
-    std::printf("%-14s %12s %12s %10s %10s %8s %8s %12s %10s %10s\n", "readahead", "stock ms", o.policy.c_str(),
-                "stock MB/s", "MB/s", "speedup", "paired", "issued MiB", "used MiB", "wasted MiB");
+    std::printf("%-14s %12s %12s %10s %10s %8s %8s %12s %10s %10s %12s\n", "readahead", "stock ms", o.policy.c_str(),
+                "stock MB/s", "MB/s", "speedup", "paired", "issued MiB", "used MiB", "wasted MiB", "action us");
     int rc = 0;
     for (const std::string& ra : readaheads) {
         if (ra != ra_machine && !write_file(ra_path, ra)) {
@@ -354,9 +354,11 @@ int run_policy_bench(const PolicyBenchOptions& o) {
         for (size_t i = 0; i < stock.ms.size() && i < pol.ms.size(); ++i) ratios.push_back(stock.ms[i] / pol.ms[i]);
         const double paired = median(ratios);
         const auto mib = [&](const char* k) { return static_cast<double>(counters.value(k, uint64_t{0})) / (1 << 20); };
-        std::printf("%-14s %12.1f %12.1f %10.0f %10.0f %7.2fx %7.2fx %12.1f %10.1f %10.1f\n", (ra + " KiB").c_str(), s,
+        // Mean submit-to-completion time of the policy's actions in its last run.
+        const double action_us = static_cast<double>(counters.value("latency_avg_ns", uint64_t{0})) / 1e3;
+        std::printf("%-14s %12.1f %12.1f %10.0f %10.0f %7.2fx %7.2fx %12.1f %10.1f %10.1f %12.0f\n", (ra + " KiB").c_str(), s,
                     p, total_mb / s * 1000, total_mb / p * 1000, s / p, paired, mib("issued_bytes"),
-                    mib("used_bytes"), mib("wasted_bytes"));
+                    mib("used_bytes"), mib("wasted_bytes"), action_us);
         const std::string tag = ra == ra_machine ? "" : "_ra128k";
         metrics.push_back(fmt::format("metric: policy_{}_cold_speedup{} {:.3f}", o.policy, tag, s / p));
         metrics.push_back(fmt::format("metric: policy_{}_cold_speedup_paired{} {:.3f}", o.policy, tag, paired));

@@ -491,7 +491,7 @@ int run_bench(const Config& cfg_in) {
             fmt::print("  {:32} ours {:>9} fio {:>9} pread {:>9}\n", row.name, cell(row.ours), cell(row.baseline), cell(row.other));
         }
         // The same QD1 row with the engine busy-polling 50 us before it sleeps: what spinning
-        // buys or costs here (each poll is an io_uring_enter: on this VM ~1 us of syscall).
+        // buys or costs here (each poll is an io_uring_enter, a system call).
         Row row{"4K randread O_DIRECT QD1 spin"};
         row.baseline_name = "fio io_uring";
         row.other_name = "pread x1 thr";

@@ -165,18 +165,23 @@ Result<std::string> plot_cold_speedups(const Phase& phase, const std::vector<Que
     const std::string svg = out_dir + "/cold_speedups.svg";
     {
         std::ofstream out(data);
+        // Per config: the median speedup and its range over the config's runs (stock's median
+        // over this config's slowest and fastest run).
         out << "query";
-        for (auto* c : shown) out << '\t' << c->name;
+        for (auto* c : shown) out << '\t' << c->name << '\t' << c->name << "_low\t" << c->name << "_high";
         out << '\n';
         for (const auto& q : queries) {
             const Timings* stock = find(phase, q.name, "stock");
             out << q.name;
             for (auto* c : shown) {
                 const Timings* t = find(phase, q.name, c->name);
-                if (stock && t && !stock->cold_ms.empty() && !t->cold_ms.empty())
-                    out << '\t' << fmt::format("{:.4f}", median(stock->cold_ms) / median(t->cold_ms));
-                else
-                    out << "\t?";
+                if (stock && t && !stock->cold_ms.empty() && !t->cold_ms.empty()) {
+                    const double sm = median(stock->cold_ms);
+                    auto [lo, hi] = std::minmax_element(t->cold_ms.begin(), t->cold_ms.end());
+                    out << '\t' << fmt::format("{:.4f}\t{:.4f}\t{:.4f}", sm / median(t->cold_ms), sm / *hi, sm / *lo);
+                } else {
+                    out << "\t?\t?\t?";
+                }
             }
             out << '\n';
         }
@@ -187,15 +192,16 @@ Result<std::string> plot_cold_speedups(const Phase& phase, const std::vector<Que
         gp << "set terminal svg size 1600,600 dynamic background rgb 'white'\n"
            << "set output '" << svg << "'\n"
            << "set datafile missing '?'\n"
-           << "set title \"" << title << "\" noenhanced\n"
-           << "set ylabel 'cold speedup vs stock (x, stock median / config median)'\n"
-           << "set style data histograms\nset style histogram clustered gap 1\n"
+           << "set title \"" << title << "\\nbar: stock median / config median; whisker: stock median / config slowest..fastest run\" noenhanced\n"
+           << "set ylabel 'cold speedup vs stock (x)'\n"
+           << "set style data histograms\nset style histogram errorbars gap 1 lw 1\n"
            << "set style fill solid 0.8 border -1\nset boxwidth 0.9\n"
            << "set xtics rotate by -60 font ',9' noenhanced\nset grid ytics\nset key top left noenhanced\n"
            << "set yrange [0:*]\n"
            << "set arrow from graph 0, first 1 to graph 1, first 1 nohead lw 1 dt 2\n"
-           << "plot '" << data << "' using 2:xtic(1) title columnhead";
-        for (size_t i = 1; i < shown.size(); ++i) gp << ", '' using " << i + 2 << " title columnhead";
+           << "plot '" << data << "' using 2:3:4:xtic(1) title columnhead(2)";
+        for (size_t i = 1; i < shown.size(); ++i)
+            gp << ", '' using " << 3 * i + 2 << ":" << 3 * i + 3 << ":" << 3 * i + 4 << " title columnhead(" << 3 * i + 2 << ")";
         gp << '\n';
         if (!gp) return make_error(EIO, "cannot write " + script);
     }

@@ -8,7 +8,7 @@
  * the caller asked for (a scan: ClickHouse asks for 1 MiB, exact-range point reads ask for
  * what they need). The depth adapts to the policy's own feedback (hits, waste, latency):
  * halved while more than a quarter of the prefetched bytes are wasted, halved while the
- * recent latency of its actions exceeds `latency_pct` percent of the lowest latency seen (its
+ * recent latency of its actions per MiB exceeds `latency_pct` percent of the lowest seen (its
  * prefetches queue behind each other: the device or the I/O workers are saturated, and deeper
  * read-ahead only delays the reads the target waits for), doubled only while nearly all
  * prefetched bytes are used, some were used since the last look and latency is near that low.
@@ -53,10 +53,11 @@ struct {
 
 /* [0]: current depth in bytes, [1]: reads since the last adaptation, [2]: used, [3]: wasted
  * at the last adaptation, [4]: prefetch ranges queued, [5]: refused by the helper, [6]: the
- * latency floor (ns), [7]: adaptations that halved the depth for latency */
+ * latency floor (ns per MiB of action), [7]: adaptations that halved the depth for latency,
+ * [8]: actions and [9]: issued bytes at the last adaptation */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 8);
+    __uint(max_entries, 10);
     __type(key, __u32);
     __type(value, __u64);
 } state SEC(".maps");
@@ -79,8 +80,8 @@ static __always_inline __u64 current_depth(void)
     __u64 min = knob_or(KNOB_MIN_DEPTH_KB, 1024) << 10;
     __u64 max = knob_or(KNOB_MAX_DEPTH_KB, 32768) << 10;
     __u64 *depth = slot(0), *reads = slot(1), *used0 = slot(2), *wasted0 = slot(3);
-    __u64 *floor = slot(6), *latency_cuts = slot(7);
-    if (!depth || !reads || !used0 || !wasted0 || !floor || !latency_cuts)
+    __u64 *floor = slot(6), *latency_cuts = slot(7), *actions0 = slot(8), *issued0 = slot(9);
+    if (!depth || !reads || !used0 || !wasted0 || !floor || !latency_cuts || !actions0 || !issued0)
         return min;
     if (*depth == 0)
         *depth = knob_or(KNOB_DEPTH_KB, 4096) << 10;
@@ -93,7 +94,14 @@ static __always_inline __u64 current_depth(void)
         __u64 used = fb.used_bytes - *used0, wasted = fb.wasted_bytes - *wasted0;
         *used0 = fb.used_bytes;
         *wasted0 = fb.wasted_bytes;
-        __u64 lat = fb.latency_ns_avg;
+        __u64 actions = fb.actions - *actions0, issued = fb.issued_bytes - *issued0;
+        *actions0 = fb.actions;
+        *issued0 = fb.issued_bytes;
+        /* Latency per MiB of action: a larger range takes longer to set up even on an idle
+         * device, so only time per byte says whether actions now wait for each other. */
+        __u64 lat = 0;
+        if (actions > 0 && issued >= actions)
+            lat = fb.latency_ns_avg * (1 << 20) / (issued / actions);
         /* The floor follows the lowest recent latency and drifts up by 1/64 of the distance
          * per look, so a lasting change of the machine becomes the new normal. */
         if (lat > 0) {

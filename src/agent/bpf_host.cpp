@@ -18,15 +18,12 @@
 namespace liveio::agent {
 namespace {
 
-using nlohmann::json;
-
 // Per-thread state of the hooked call path. Initial-exec TLS: the agent is dlopen'ed, and a
 // general-dynamic thread_local would be reached through __tls_get_addr, which allocates on a
 // thread's first use -- possibly from inside a hooked malloc (see src/agent/CMakeLists.txt).
 // Zero-initialized plain data, so no TLS constructor runs either.
 struct ThreadState {
-    uint64_t registry_id;
-    ReaderRegistry::Slot* slot;
+    AgentReadSections::ThreadCache sections;
     pid_t tid;
     pid_t tid_pid;
 };
@@ -173,23 +170,8 @@ struct BpfHost::LoadedObject {
     std::string path;
     ebpf::Object object;
     std::vector<std::unique_ptr<LoadedProgram>> programs;
-    json reply;
+    ObjectInfo info;
 };
-
-const char* map_type_name(ebpf::MapType type) {
-    switch (type) {
-        case ebpf::MapType::Hash: return "hash";
-        case ebpf::MapType::Array: return "array";
-        case ebpf::MapType::ProgArray: return "prog_array";
-        case ebpf::MapType::PerfEventArray: return "perf_event_array";
-        case ebpf::MapType::PercpuHash: return "percpu_hash";
-        case ebpf::MapType::PercpuArray: return "percpu_array";
-        case ebpf::MapType::LruHash: return "lru_hash";
-        case ebpf::MapType::LruPercpuHash: return "lru_percpu_hash";
-        case ebpf::MapType::RingBuf: return "ringbuf";
-    }
-    return "unknown";
-}
 
 Result<std::unique_ptr<BpfHost>> BpfHost::create(Options options) {
     hook::Dispatcher::ScopedInside inside;
@@ -248,7 +230,7 @@ __attribute__((noinline)) void BpfHost::run_edge(CallFrame& frame, bool exit) {
     const long result = exit ? frame.result : 0;
     ThreadState& ts = t_thread;
     const pid_t tid = current_tid();
-    ReaderRegistry::Section section(readers_, ts.slot, ts.registry_id);
+    AgentReadSections::Section section(readers_, ts.sections);
     const EdgeList* list = (exit ? exit_ : enter_)[call.nr].load(std::memory_order_acquire);
     if (list == nullptr) return;
     uint64_t start = 0;
@@ -404,7 +386,7 @@ Result<void> BpfHost::attach_uprobe(LoadedProgram& program) {
         [this, s = site.get()](pt_regs* regs) {
             ThreadState& ts = t_thread;
             (void)current_tid();  // refreshes the cache the helpers read
-            ReaderRegistry::Section section(readers_, ts.slot, ts.registry_id);
+            AgentReadSections::Section section(readers_, ts.sections);
             const EdgeList* list = s->list.load(std::memory_order_acquire);
             if (list == nullptr) return;
             for (const ProgramRun& run : list->runs) (void)run_program(run, regs, sizeof *regs);
@@ -418,7 +400,7 @@ Result<void> BpfHost::attach_uprobe(LoadedProgram& program) {
 
 // ---- loading ----
 
-Result<json> BpfHost::load(const LoadRequest& request) {
+Result<BpfHost::ObjectInfo> BpfHost::load(const LoadRequest& request) {
     hook::Dispatcher::ScopedInside inside;
     const std::string& path = request.path;
     if (path.empty() || path[0] != '/')
@@ -476,20 +458,14 @@ Result<json> BpfHost::load(const LoadRequest& request) {
         if (auto r = options_.ensure_interception(); !r)
             return make_error(r.error().code, "cannot observe syscalls: " + r.error().message);
     }
-    json progs = json::array();
+    obj->info.name = basename_of(path);
     for (auto& p : obj->programs)
-        progs.push_back({{"name", p->name},
-                         {"section", p->section},
-                         {"attach", p->point.describe()},
-                         {"engine", ebpf::engine_name(p->exe->engine())},
-                         {"insns", p->exe->program().insns.size()}});
-    json maps = json::array();
-    for (auto& m : obj->object.maps())
-        maps.push_back({{"name", m.name},
-                        {"type", map_type_name(m.map->spec().type)},
-                        {"key_size", m.map->spec().key_size},
-                        {"value_size", m.map->spec().value_size},
-                        {"max_entries", m.map->spec().max_entries}});
+        obj->info.programs.push_back(
+            {p->name, p->section, p->point.describe(), p->exe->engine(), p->exe->program().insns.size(), 0});
+    for (auto& m : obj->object.maps()) {
+        const ebpf::MapSpec& spec = m.map->spec();
+        obj->info.maps.push_back({m.name, spec.type, spec.key_size, spec.value_size, spec.max_entries});
+    }
 
     std::lock_guard lock(mu_);
     for (auto& p : obj->programs) {
@@ -500,11 +476,11 @@ Result<json> BpfHost::load(const LoadRequest& request) {
         }
     }
     obj->id = next_id_++;
-    obj->reply = {{"object", obj->id}, {"name", basename_of(path)}, {"programs", progs}, {"maps", maps}};
-    json reply = obj->reply;
+    obj->info.id = obj->id;
+    ObjectInfo info = obj->info;
     objects_.emplace(obj->id, std::move(obj));
     publish_lists();
-    return reply;
+    return info;
 }
 
 Result<void> BpfHost::unload(uint32_t object) {
@@ -531,16 +507,16 @@ void BpfHost::unload_all() {
     }
 }
 
-json BpfHost::list() const {
+std::vector<BpfHost::ObjectInfo> BpfHost::list() const {
     std::lock_guard lock(mu_);
-    json objects = json::array();
+    std::vector<ObjectInfo> objects;
     for (auto& [id, obj] : objects_) {
-        json o = obj->reply;
+        ObjectInfo o = obj->info;
         for (size_t i = 0; i < obj->programs.size(); ++i)
-            o["programs"][i]["runs"] = obj->programs[i]->runs.load(std::memory_order_relaxed);
+            o.programs[i].runs = obj->programs[i]->runs.load(std::memory_order_relaxed);
         objects.push_back(std::move(o));
     }
-    return {{"objects", objects}};
+    return objects;
 }
 
 Result<std::vector<std::shared_ptr<ebpf::Map>>> BpfHost::maps(uint32_t object) const {
@@ -552,11 +528,11 @@ Result<std::vector<std::shared_ptr<ebpf::Map>>> BpfHost::maps(uint32_t object) c
     return out;
 }
 
-Result<json> BpfHost::reply_of(uint32_t object) const {
+Result<BpfHost::ObjectInfo> BpfHost::describe(uint32_t object) const {
     std::lock_guard lock(mu_);
     auto it = objects_.find(object);
     if (it == objects_.end()) return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
-    return it->second->reply;
+    return it->second->info;
 }
 
 Result<BpfHost::ObjectPrograms> BpfHost::object_programs(uint32_t object) const {
@@ -568,7 +544,7 @@ Result<BpfHost::ObjectPrograms> BpfHost::object_programs(uint32_t object) const 
         out.programs.push_back(&p->exe->program());
         if (p->point.kind == AttachKind::IoComplete) {
             if (out.completion != nullptr)
-                return make_error(EINVAL, it->second->reply["name"].get<std::string>() +
+                return make_error(EINVAL, it->second->info.name +
                                               " has more than one liveio/io_complete program");
             out.completion = p->exe.get();
         }

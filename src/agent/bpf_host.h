@@ -7,7 +7,7 @@
 //   - no program on the call's syscall: one load of the syscall's attachment list and a
 //     branch (nothing else: no clock read, no atomic);
 //   - programs attached: the list (an immutable array) is read inside a lock-free read
-//     section (bpf_host_rcu.h); loading and unloading publish a new list and free the old one
+//     section (base/read_sections.h); loading and unloading publish a new list and free the old one
 //     after a grace period, so unload returns only when no thread still runs its programs.
 //     A call whose exit edge reports a latency gets its start time in CallFrame::start_ns
 //     at the enter edge.
@@ -18,9 +18,8 @@
 //   auto host = BpfHost::create({}).value();
 //   CallPipelineOf<BpfHost> pipeline(*host);
 //   auto interceptor = hook::Interceptor::install({hook::Mechanism::Got}, &pipeline).value();
-//   auto loaded = host->load({"/path/io_stats.bpf.o"}).value();    // the bpf.load reply
-//   const uint32_t id = loaded["object"];
-//   auto stats = host->map(id, "syscall_stats");                    // live ebpf::Map
+//   auto loaded = host->load({"/path/io_stats.bpf.o"}).value();    // a BpfHost::ObjectInfo
+//   auto stats = host->map(loaded.id, "syscall_stats");             // live ebpf::Map
 //   ...
 //   interceptor->uninstall();  // before the host goes away: the pipeline calls it
 //   host.reset();              // unloads everything
@@ -39,10 +38,7 @@
 #include <string_view>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "agent/bpf_host_clock.h"
-#include "agent/bpf_host_rcu.h"
 #include "agent/bpf_host_sections.h"
 #include "agent/call_pipeline.h"
 #include "agent/fd_classes.h"
@@ -74,22 +70,45 @@ public:
         std::vector<std::string> programs;  // function names; empty: every attachable program
     };
 
+    // What the host reports of a loaded object (the control protocol renders it as JSON).
+    struct ProgramInfo {
+        std::string name;
+        std::string section;
+        std::string attach;  // the attach point, in the kernel's notation
+        ebpf::Engine engine = ebpf::Engine::Jit;
+        size_t insns = 0;
+        uint64_t runs = 0;  // times the program ran (list() only; 0 from load())
+    };
+    struct MapInfo {
+        std::string name;
+        ebpf::MapType type = ebpf::MapType::Array;
+        uint32_t key_size = 0;
+        uint32_t value_size = 0;
+        uint32_t max_entries = 0;
+    };
+    struct ObjectInfo {
+        uint32_t id = 0;                   // the handle of unload(), maps(), map()
+        std::string name;                  // the object file's name
+        std::vector<ProgramInfo> programs;  // the attached ones, in load order
+        std::vector<MapInfo> maps;          // in the order of maps()
+    };
+
     static Result<std::unique_ptr<BpfHost>> create(Options options);
     // Unloads every object (waiting until no thread runs their programs).
     ~BpfHost() override;
     BpfHost(const BpfHost&) = delete;
     BpfHost& operator=(const BpfHost&) = delete;
 
-    // Opens, verifies, loads and attaches; returns the `bpf.load` reply of the protocol
-    // ({"object": id, "name", "programs": [...], "maps": [...]}). Nothing stays attached or
-    // allocated when it fails.
-    Result<nlohmann::json> load(const LoadRequest& request);
+    // Opens, verifies, loads and attaches. Nothing stays attached or allocated when it fails.
+    Result<ObjectInfo> load(const LoadRequest& request);
     // Detaches the object's programs, waits until no thread runs them, frees everything.
     Result<void> unload(uint32_t object);
     void unload_all();
-    // {"objects": [load reply + per program "runs"]}.
-    nlohmann::json list() const;
-    // The object's maps in the order of its load reply ("maps").
+    // Every loaded object, with its programs' run counts, in load order.
+    std::vector<ObjectInfo> list() const;
+    // What load() returned for the object.
+    Result<ObjectInfo> describe(uint32_t object) const;
+    // The object's maps, in the order of its ObjectInfo::maps.
     Result<std::vector<std::shared_ptr<ebpf::Map>>> maps(uint32_t object) const;
     std::shared_ptr<ebpf::Map> map(uint32_t object, std::string_view name) const;
     ebpf::Runtime& runtime() { return *runtime_; }
@@ -158,15 +177,13 @@ private:
     uint64_t run_program(const ProgramRun& run, void* ctx, size_t size);
     // Resolves the program's function and makes sure a probe site exists there (mu_ held).
     Result<void> attach_uprobe(LoadedProgram& program);
-    // The object's `bpf.load` reply.
-    Result<nlohmann::json> reply_of(uint32_t object) const;
     // Kernel thread id of the caller, cached per thread (re-read after fork: see pid_page_).
     pid_t current_tid();
 
     Options options_;
     std::unique_ptr<ebpf::Runtime> runtime_;
     ebpf::HelperTable helpers_;
-    ReaderRegistry readers_;
+    AgentReadSections readers_{AgentReadSections::Transient{}};
     FdClassCache fd_classes_;
     EdgeClock clock_;
     // The process id, in a page the kernel zeroes in a forked child (MADV_WIPEONFORK): a
@@ -185,8 +202,5 @@ private:
     std::atomic<policy::Runtime*> policy_{nullptr};
     void account_read(const CallFrame& frame, policy::Runtime& rt);
 };
-
-// Kernel names of map types ("hash", "array", "percpu_array", "ringbuf", ...).
-const char* map_type_name(ebpf::MapType type);
 
 }  // namespace liveio::agent

@@ -1,6 +1,7 @@
 // CLOCK_MONOTONIC nanoseconds from the CPU's time-stamp counter, for the I/O edge's start
-// time and latency: clock_gettime costs ~20 ns even through the vDSO, and the edge reads the
-// clock twice per call; rdtsc and a multiply cost a few.
+// time and latency: the edge reads the clock twice per call, and clock_gettime, even through
+// the vDSO, reads the TSC too and then adds a sequence-lock retry loop and a conversion
+// (figures: docs/ARCHITECTURE.md, "Measured costs").
 //
 // The TSC is used only when it is invariant (CPUID 0x80000007 EDX bit 8: constant rate in
 // every power state, synchronized across cores); otherwise every read is clock_gettime. The

@@ -42,6 +42,35 @@ Result<BpfHost::LoadRequest> parse_load(const json& req) {
     return r;
 }
 
+json program_json(const BpfHost::ProgramInfo& p, bool with_runs) {
+    json j = {{"name", p.name},
+              {"section", p.section},
+              {"attach", p.attach},
+              {"engine", ebpf::engine_name(p.engine)},
+              {"insns", p.insns}};
+    if (with_runs) j["runs"] = p.runs;
+    return j;
+}
+
+json maps_json(const BpfHost::ObjectInfo& o) {
+    json maps = json::array();
+    for (const BpfHost::MapInfo& m : o.maps)
+        maps.push_back({{"name", m.name},
+                        {"type", ebpf::map_type_name(m.type)},
+                        {"key_size", m.key_size},
+                        {"value_size", m.value_size},
+                        {"max_entries", m.max_entries}});
+    return maps;
+}
+
+// The `bpf.load` reply: {"object": id, "name", "programs": [...], "maps": [...]}; bpf.list
+// adds each program's "runs".
+json object_json(const BpfHost::ObjectInfo& o, bool with_runs) {
+    json programs = json::array();
+    for (const BpfHost::ProgramInfo& p : o.programs) programs.push_back(program_json(p, with_runs));
+    return {{"object", o.id}, {"name", o.name}, {"programs", programs}, {"maps", maps_json(o)}};
+}
+
 // Duplicates for SCM_RIGHTS: the router closes what it sends, the maps keep their own.
 Result<std::vector<int>> dup_all(const std::vector<int>& fds) {
     std::vector<int> out;
@@ -68,7 +97,7 @@ Result<void> BpfHost::register_requests(RequestRouter& router) {
               if (!r) return r.error();
               auto loaded = load(*r);
               if (!loaded) return loaded.error();
-              return Reply{std::move(loaded).value(), {}, {}};
+              return Reply{object_json(*loaded, false), {}, {}};
           }}},
         {"bpf.unload",
          {"bpf.unload {object}: detach and free a loaded object",
@@ -80,7 +109,11 @@ Result<void> BpfHost::register_requests(RequestRouter& router) {
           }}},
         {"bpf.list",
          {"bpf.list: loaded objects, their programs (with run counts) and maps",
-          [this](const json&) -> Result<Reply> { return Reply{list(), {}, {}}; }}},
+          [this](const json&) -> Result<Reply> {
+              json objects = json::array();
+              for (const ObjectInfo& o : list()) objects.push_back(object_json(o, true));
+              return Reply{{{"objects", objects}}, {}, {}};
+          }}},
         {"bpf.maps",
          {"bpf.maps {object}: the object's maps, with one memfd per map (SCM_RIGHTS, same order)",
           [this](const json& req) -> Result<Reply> {
@@ -90,11 +123,11 @@ Result<void> BpfHost::register_requests(RequestRouter& router) {
               if (!maps) return maps.error();
               std::vector<int> fds;
               for (auto& m : *maps) fds.push_back(m->memfd());
-              auto reply = reply_of(*id);  // its "maps" are in the same order
-              if (!reply) return reply.error();
+              auto info = describe(*id);  // its maps are in the same order
+              if (!info) return info.error();
               auto dups = dup_all(fds);
               if (!dups) return dups.error();
-              return Reply{{{"maps", (*reply)["maps"]}}, std::move(dups).value(), {}};
+              return Reply{{{"maps", maps_json(*info)}}, std::move(dups).value(), {}};
           }}},
         {"bpf.log",
          {"bpf.log: the trace_printk log of the agent's BPF runtime (a memfd, SCM_RIGHTS)",

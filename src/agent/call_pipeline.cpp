@@ -8,8 +8,7 @@ namespace {
 // The calling thread's read-section slot of a pipeline's registry. Initial-exec and plain
 // data: the agent is dlopen'ed, and this is reached from hooked calls (bpf_host.cpp explains).
 struct PipelineThread {
-    uint64_t registry_id;
-    ReaderRegistry::Slot* slot;
+    AgentReadSections::ThreadCache sections;
 };
 __attribute__((tls_model("initial-exec"))) thread_local PipelineThread t_pipeline;
 
@@ -35,7 +34,7 @@ void CallPipeline::clear_redirector() {
 
 __attribute__((noinline)) bool CallPipeline::redirect(CallFrame& frame) {
     PipelineThread& t = t_pipeline;
-    ReaderRegistry::Section section(readers_, t.slot, t.registry_id);
+    AgentReadSections::Section section(readers_, t.sections);
     Redirector* r = redirector_.load(std::memory_order_acquire);
     if (r == nullptr || !r->redirect(frame)) return false;
     frame.word |= kRedirected;

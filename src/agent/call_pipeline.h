@@ -28,13 +28,17 @@
 #include <tuple>
 #include <type_traits>
 
-#include "agent/bpf_host_rcu.h"
+#include "base/read_sections.h"
 #include "base/result.h"
 #include "hook/dispatch.h"
 
 namespace liveio::agent {
 
 using hook::CallFrame;
+
+// Read sections of the agent's lock-free readers on the hooked path (the redirector slot,
+// the BPF host's attachment lists): a writer frees what it unpublished after synchronize().
+using AgentReadSections = ReadSections<512>;
 
 // Sees every call at its two edges. Runs on the application's thread, inside the dispatcher
 // (its own I/O is not intercepted); must be re-entrant (a signal handler's hooked call may
@@ -91,7 +95,7 @@ private:
 
     std::atomic<Redirector*> redirector_{nullptr};
     std::mutex redirector_mu_;  // serializes set_redirector and clear_redirector
-    ReaderRegistry readers_;
+    AgentReadSections readers_{AgentReadSections::Transient{}};
 };
 
 // A pipeline whose observers' types are part of its own: the dispatcher makes one virtual

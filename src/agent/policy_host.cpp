@@ -119,7 +119,7 @@ Result<json> PolicyHost::on_locked_or_undo(const std::string& name, const std::s
     if (auto r = start_runtime(); !r) return r.error();
     auto loaded = bpf_.load({object_path, ebpf::Engine::Jit, {}});
     if (!loaded) return make_error(loaded.error().code, "policy '" + name + "': " + loaded.error().message);
-    a.object = (*loaded)["object"].get<uint32_t>();
+    a.object = loaded->id;
     auto progs = bpf_.object_programs(a.object);
     if (!progs) {
         (void)bpf_.unload(a.object);

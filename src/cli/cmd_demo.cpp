@@ -251,8 +251,9 @@ json policy_counters(pid_t pid, const std::string& name) {
 // returns once its prefetches are drained), the page cache is dropped, ClickHouse's mark and
 // uncompressed caches are dropped; a policy run then switches the policy on. Every result
 // must match.
-std::optional<double> run_cold_comparison(pid_t target, ch::HttpClient& client, const ch::DatasetOptions& data,
-                         const std::vector<ch::Query>& mix, const DemoOptions& o, const InterruptGuard& guard) {
+std::optional<double> run_cold_comparison(pid_t target, const std::string& data_dir, ch::HttpClient& client,
+                                          const ch::DatasetOptions& data,
+                                          const std::vector<ch::Query>& mix, const DemoOptions& o, const InterruptGuard& guard) {
     const std::string pid = std::to_string(target);
     fmt::print("\n[6/7] acceleration: the mix cold (page cache and ClickHouse's caches dropped before every run), "
                "stock vs the {} policy switched on live, {} runs each, alternated\n",
@@ -265,6 +266,13 @@ std::optional<double> run_cold_comparison(pid_t target, ch::HttpClient& client, 
         fmt::print("    skipped: dropping the page cache (/proc/sys/vm/drop_caches) needs root\n");
         return std::nullopt;
     }
+    // The sign of a prefetch gain depends on how far the kernel already reads ahead.
+    if (auto ra = bench::readahead_file_for(data_dir); ra)
+        if (auto kb = bench::read_int_file(*ra); kb)
+            fmt::print("    device readahead of the disk under the data: {} KiB (what prefetch can add depends on it: "
+                       "docs/POLICIES.md)\n",
+                       *kb);
+    const size_t label_width = std::max<size_t>(o.policy.size(), 5);
     Phase stock, accelerated;
     json counters = json::object();
     auto cold_run = [&](Phase& into, bool policy) {
@@ -276,7 +284,8 @@ std::optional<double> run_cold_comparison(pid_t target, ch::HttpClient& client, 
         }
         Phase one = run_phase(client, data, mix, 1, guard);  // drops ClickHouse's caches first
         into.runs.push_back(std::move(one.runs.front()));
-        fmt::print("    {:<6} cold mix {:8.1f} ms, results match\n", policy ? o.policy : "stock", ms(into.runs.back().elapsed));
+        fmt::print("    {:<{}} cold mix {:8.1f} ms, results match\n", policy ? o.policy : "stock", label_width,
+                   ms(into.runs.back().elapsed));
         if (policy) {
             counters = policy_counters(target, o.policy);
             auto off = run_liveio({"policy", pid, "off", o.policy});
@@ -402,7 +411,7 @@ void run_demo(const DemoOptions& o) {
         print_call_counts(counts_after, counts_before);
     }
 
-    const auto cold_speedup = run_cold_comparison(target, client, data, mix, o, guard);
+    const auto cold_speedup = run_cold_comparison(target, cluster->shard(0).dir(), client, data, mix, o, guard);
 
     fmt::print("\n[7/7] detaching\n    $ liveio detach {}\n", target);
     auto detached = run_liveio({"detach", std::to_string(target)});

@@ -11,7 +11,6 @@
 #include <cstring>
 #include <ctime>
 
-#include <bpf/libbpf.h>
 #include <fmt/format.h>
 
 #include "cli/commands.h"
@@ -299,10 +298,6 @@ std::string hex(const void* data, size_t size) {
     return out;
 }
 
-bool percpu(ebpf::MapType t) {
-    return t == ebpf::MapType::PercpuArray || t == ebpf::MapType::PercpuHash || t == ebpf::MapType::LruPercpuHash;
-}
-
 std::string stats_line(const observe::Counters& c) {
     const observe::Rates r = observe::rates(c, 0);
     return fmt::format("calls {} errors {} bytes {} p50 {} p99 {} mean {}", c.calls, c.errors, c.bytes,
@@ -327,11 +322,9 @@ void dump_map(const observe::LiveMap& lm, size_t max_entries) {
     if (map.spec().type == ebpf::MapType::ProgArray) {
         std::printf("    (program array: slots hold program ids)\n");
     }
-    const bool io_stats_layout = map.spec().value_size == sizeof(liveio_io_stats) && !percpu(map.spec().type) &&
+    const bool io_stats_layout = map.spec().value_size == sizeof(liveio_io_stats) && !ebpf::is_percpu(map.spec().type) &&
                                  (map.spec().key_size == 4 || map.spec().key_size == 8);
-    const size_t value_bytes = percpu(map.spec().type)
-                                   ? ((map.spec().value_size + 7) / 8 * 8) * static_cast<size_t>(std::max(1, libbpf_num_possible_cpus()))
-                                   : map.spec().value_size;
+    const size_t value_bytes = ebpf::user_value_size(map.spec());
     std::vector<uint8_t> key(map.spec().key_size), next(map.spec().key_size), value(value_bytes);
     size_t shown = 0, total = 0;
     const void* prev = nullptr;

@@ -38,6 +38,11 @@ enum class MapType : uint32_t {
     RingBuf = 27,
 };
 
+// The kernel's name of a map type, as bpftool prints it ("hash", "percpu_array", ...).
+const char* map_type_name(MapType type);
+// Whether a map type keeps one value per possible CPU.
+bool is_percpu(MapType type);
+
 struct MapSpec {
     std::string name;
     MapType type = MapType::Array;
@@ -46,6 +51,11 @@ struct MapSpec {
     uint32_t max_entries = 0;
     uint32_t flags = 0;
 };
+
+// Bytes Map::copy_value writes for one element of a map of `spec`, as libbpf sizes the value
+// buffer of BPF_MAP_LOOKUP_ELEM: value_size, or for per-CPU maps one value rounded up to 8
+// bytes per possible CPU.
+size_t user_value_size(const MapSpec& spec);
 
 // Update flags, as the kernel's BPF_ANY / BPF_NOEXIST / BPF_EXIST.
 inline constexpr uint64_t kUpdateAny = 0, kUpdateNoExist = 1, kUpdateExist = 2;

@@ -16,11 +16,9 @@
 #include "ebpf/map_shm.h"
 
 namespace liveio::ebpf {
-namespace detail {
-namespace {
 
-const char* type_name(MapType t) {
-    switch (t) {
+const char* map_type_name(MapType type) {
+    switch (type) {
     case MapType::Hash: return "hash";
     case MapType::Array: return "array";
     case MapType::ProgArray: return "prog_array";
@@ -34,6 +32,18 @@ const char* type_name(MapType t) {
     return "unknown";
 }
 
+bool is_percpu(MapType type) {
+    return type == MapType::PercpuArray || type == MapType::PercpuHash || type == MapType::LruPercpuHash;
+}
+
+size_t user_value_size(const MapSpec& spec) {
+    if (!is_percpu(spec.type)) return spec.value_size;
+    return detail::round8(spec.value_size) * detail::possible_cpus();
+}
+
+namespace detail {
+namespace {
+
 bool is_array(MapType t) {
     return t == MapType::Array || t == MapType::PercpuArray || t == MapType::ProgArray;
 }
@@ -41,14 +51,10 @@ bool is_hash(MapType t) {
     return t == MapType::Hash || t == MapType::PercpuHash || t == MapType::LruHash ||
            t == MapType::LruPercpuHash;
 }
-bool is_percpu(MapType t) {
-    return t == MapType::PercpuArray || t == MapType::PercpuHash || t == MapType::LruPercpuHash;
-}
-
 uint64_t page_round(uint64_t n) { return (n + kPageSize - 1) & ~(kPageSize - 1); }
 
 Error spec_error(const MapSpec& spec, int code, const std::string& what) {
-    return make_error(code, fmt::format("map '{}' ({}): {}", spec.name, type_name(spec.type), what));
+    return make_error(code, fmt::format("map '{}' ({}): {}", spec.name, map_type_name(spec.type), what));
 }
 
 }  // namespace
@@ -86,7 +92,7 @@ Result<Layout> plan_file_layout(const MapSpec& spec, uint32_t ncpus) {
     if (!is_array(spec.type) && !is_hash(spec.type) && spec.type != MapType::RingBuf &&
         spec.type != MapType::PerfEventArray)
         return make_error(EINVAL, fmt::format("map '{}': type {} ({}) is not supported", spec.name,
-                                              static_cast<uint32_t>(spec.type), type_name(spec.type)));
+                                              static_cast<uint32_t>(spec.type), map_type_name(spec.type)));
     if (spec.max_entries == 0) return spec_error(spec, EINVAL, "max_entries must be > 0");
     if (ncpus == 0) return spec_error(spec, EINVAL, "ncpus must be > 0");
 

@@ -67,7 +67,7 @@ public:
           value_stride_(layout.value_stride),
           ncpus_(layout.ncpus),
           max_(spec.max_entries),
-          percpu_(spec.type == MapType::PercpuHash || spec.type == MapType::LruPercpuHash),
+          percpu_(is_percpu(spec.type)),
           lru_(spec.type == MapType::LruHash || spec.type == MapType::LruPercpuHash) {
         (void)fresh;  // zero-filled memory is an empty map (see the links above)
     }

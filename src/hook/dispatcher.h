@@ -4,16 +4,14 @@
 // This is liveio's one deliberate global: a hook reached from a GOT slot, an inline jump or a
 // rewritten `syscall` instruction carries no context pointer, so the handler it must call has
 // to be found from a fixed place. There is one slot per Mechanism; each holds the installed
-// CallHandler and a count of threads currently inside that mechanism's hooks, which lets
-// uninstall wait until no thread still runs hook code that could reach a dead handler.
+// CallHandler, and uninstall waits until no thread still runs hook code that could reach a
+// dead handler.
 //
-// "Inside" is recorded per thread, with plain stores into the thread's own ThreadRecord (no
-// locked instruction on the hot path: two locked adds on a shared counter were most of a
-// hook's ~20 ns). Uninstall clears the handler and then runs membarrier(PRIVATE_EXPEDITED),
-// a full barrier on every CPU running a thread of the process, so a thread either saw the
-// cleared handler or has its record visibly set (the asymmetric-fence pattern of userspace
-// RCU). Without membarrier, or for a thread that found no free record, entering falls back
-// to a sequentially consistent store or the shared counter.
+// "Inside a mechanism's hooks" is a flat read section of that mechanism's channel in the
+// dispatcher's ReadSections (base/read_sections.h): plain stores into the thread's own slot,
+// no locked instruction on the hot path. Uninstall clears the handler and then waits until
+// the channel is idle; its barrier guarantees that a thread either saw the cleared handler
+// or is visibly inside.
 #pragma once
 
 #include <atomic>
@@ -22,6 +20,7 @@
 #include <ctime>
 
 #include "base/raw_syscall.h"
+#include "base/read_sections.h"
 #include "base/result.h"
 #include "hook/dispatch.h"
 #include "hook/interceptor.h"
@@ -54,7 +53,7 @@ public:
     // on_exit never runs): only from a signal handler that moved the thread out of the hook.
     void abandon_call(Mechanism mechanism) {
         inside_ = false;
-        leave(mechanism, record_);
+        sections_.exit_flat(record_, index(mechanism));
     }
 
     // True while this thread runs liveio code (a handler or the dispatcher itself): hooks then
@@ -88,10 +87,10 @@ public:
         if (inside_) return nullptr;
         // Enter before reading the handler: detach() clears the handler, then waits until no
         // thread is inside, so a thread that saw a handler keeps it alive until it leaves.
-        ThreadRecord* record = enter(mechanism);
+        Sections::Slot* record = sections_.enter_flat(record_, index(mechanism));
         CallHandler* handler = slot.handler.load(std::memory_order_seq_cst);
         if (handler == nullptr) {
-            leave(mechanism, record);
+            sections_.exit_flat(record, index(mechanism));
             return nullptr;
         }
         inside_ = true;
@@ -103,7 +102,7 @@ public:
     }
     void end_handler_call(Mechanism mechanism) {
         inside_ = false;
-        leave(mechanism, record_);
+        sections_.exit_flat(record_, index(mechanism));
     }
     // Changes at every attach: a call begun under one handler never ends in another.
     uint32_t epoch(Mechanism mechanism) const {
@@ -111,20 +110,18 @@ public:
     }
     // This thread's record index (stable while the thread lives), or kThreadRecords when it
     // has none yet (or none was free).
-    static size_t thread_index() {
-        return record_ == nullptr ? kThreadRecords : static_cast<size_t>(record_ - instance().records_);
-    }
     static constexpr size_t kThreadRecords = 1024;
+    static size_t thread_index() { return instance().sections_.index_of(record_); }
 
     // A hooked call at the syscall level (rewritten `syscall` instruction, agent-originated
     // calls): returns the kernel convention (-errno) and never touches errno.
     long call_raw(Mechanism mechanism, SyscallCall call) {
         Slot& slot = slots_[index(mechanism)];
         if (inside_) return raw_syscall(call);
-        ThreadRecord* record = enter(mechanism);
+        Sections::Slot* record = sections_.enter_flat(record_, index(mechanism));
         CallHandler* handler = slot.handler.load(std::memory_order_seq_cst);
         if (handler == nullptr) {
-            leave(mechanism, record);
+            sections_.exit_flat(record, index(mechanism));
             return raw_syscall(call);
         }
         inside_ = true;
@@ -135,7 +132,7 @@ public:
         handler->on_exit(frame);
         errno = saved_errno;
         inside_ = false;
-        leave(mechanism, record);
+        sections_.exit_flat(record, index(mechanism));
         return frame.result;
     }
 
@@ -146,57 +143,26 @@ public:
     }
 
 private:
+    // Enter before reading the handler, leave after the handler returned: one channel of
+    // sections_ per mechanism.
+    using Sections = ReadSections<kThreadRecords, 3>;
     struct alignas(64) Slot {
         std::atomic<CallHandler*> handler{nullptr};
         std::atomic<bool> timed{true};
-        std::atomic<uint64_t> in_flight{0};  // threads inside without a ThreadRecord
         std::atomic<uint64_t> calls{0};
         std::atomic<uint32_t> epoch{0};
     };
-    // One per thread that ever entered a hook, claimed on its first call and reused after
-    // the thread exited; never freed (a static array: no allocation on the hook path).
-    struct alignas(64) ThreadRecord {
-        std::atomic<pid_t> owner{0};  // thread id, 0 = never used
-        std::atomic<pid_t> tgid{0};   // the owner's process (a fork child never reclaims)
-        std::atomic<uint8_t> inside[3]{};
-    };
-    // Marks the calling thread inside `mechanism`'s hooks; returns its record (nullptr: it
-    // is counted in the slot's shared counter instead).
-    ThreadRecord* enter(Mechanism mechanism) {
-        ThreadRecord* r = record_;
-        if (r == nullptr) [[unlikely]] r = record_ = claim_record();
-        if (r == nullptr) [[unlikely]] {
-            slots_[index(mechanism)].in_flight.fetch_add(1, std::memory_order_seq_cst);
-            return nullptr;
-        }
-        if (membarrier_.load(std::memory_order_relaxed)) {
-            r->inside[index(mechanism)].store(1, std::memory_order_relaxed);
-            std::atomic_signal_fence(std::memory_order_seq_cst);
-        } else {
-            r->inside[index(mechanism)].store(1, std::memory_order_seq_cst);
-        }
-        return r;
-    }
-    void leave(Mechanism mechanism, ThreadRecord* r) {
-        if (r == nullptr) [[unlikely]] {
-            slots_[index(mechanism)].in_flight.fetch_sub(1, std::memory_order_release);
-            return;
-        }
-        r->inside[index(mechanism)].store(0, std::memory_order_release);
-    }
-    ThreadRecord* claim_record();
-    // A statistic, not an exact count: a load and a store rather than a locked add (which
-    // costs ~5 ns per call), so increments racing on two CPUs may be lost.
+    // A statistic, not an exact count: a load and a store rather than a locked add, so
+    // increments racing on two CPUs may be lost.
     static void count_call(Slot& slot) {
         slot.calls.store(slot.calls.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     }
     static constexpr int index(Mechanism m) { return static_cast<int>(m); }
 
     Slot slots_[3];
-    ThreadRecord records_[kThreadRecords];
-    std::atomic<bool> membarrier_{false};  // registered for MEMBARRIER_CMD_PRIVATE_EXPEDITED
+    Sections sections_;
     static thread_local bool inside_;
-    static thread_local ThreadRecord* record_;
+    static thread_local Sections::Slot* record_;  // this thread's slot of sections_
 };
 
 }  // namespace liveio::hook

@@ -178,7 +178,8 @@ std::vector<uintptr_t> find_syscall_instructions(const uint8_t* code, size_t siz
 }
 
 // The sled must be entered at any byte below kTrampolineEntries and reach the entry fast: 512
-// one-byte nops cost ~40 ns for read (syscall 0). Instead it is made of 14-byte units
+// one-byte nops would be executed one by one for read (syscall 0, the longest slide; figures:
+// docs/ARCHITECTURE.md, "Measured costs"). Instead it is made of 14-byte units
 // `3e x12, eb 3e`: entered at any of the twelve DS prefixes (ignored in 64-bit mode) the
 // instruction is a prefixed `jmp .+62`; entered at the displacement byte (3e, a prefix again)
 // it becomes a 15-byte prefixed jump of the next unit. Every jump lands on a prefix of a later

@@ -51,7 +51,7 @@ const std::vector<PolicyDef>& catalog() {
              {"classes", 4, 1u << LIVEIO_CLASS_CH_BIN, "bit mask of file classes (1 << enum liveio_file_class)"},
              {"adapt", 5, 1, "1: adapt the depth to hits, waste and latency feedback; 0: fixed depth"},
              {"open_kb", 6, 1024, "a scanning thread's newly opened data file: prefetch its first KiB (0: off)"},
-             {"latency_pct", 7, 200, "recent action latency above this % of the lowest seen halves the depth"},
+             {"latency_pct", 7, 200, "recent action latency per MiB above this % of the lowest seen halves the depth"},
              {"adapt_reads", 8, 16, "reads (all streams) between two adaptations of the depth"},
              {"budget_mb", kRuntimeKnob, 256, "bytes in flight on the I/O thread, all policies (MiB)"},
          }},

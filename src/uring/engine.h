@@ -168,7 +168,7 @@ struct Options {
     bool single_issuer = true;
     // Before sleeping for completions, busy-poll this long (submit + reap without blocking).
     // Trades CPU for latency: a sleep/wake-up round trip costs more than a fast device's I/O.
-    // 0 = always sleep. The benchmark uses 50 us.
+    // 0 = always sleep (`liveio bench uring` has a row that spins).
     uint64_t spin_ns = 0;
 };
 

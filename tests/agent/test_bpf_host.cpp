@@ -510,7 +510,7 @@ TEST(BpfHostAgent, LoadOnAnAgentWithoutInterceptionInstallsTheDefault) {
     EXPECT_EQ(status["mechanisms"][0]["name"], "got");
     // Detach unloads the programs along with the interception.
     ASSERT_TRUE(c->call("detach"));
-    EXPECT_TRUE(agent.value()->bpf().list()["objects"].empty());
+    EXPECT_TRUE(agent.value()->bpf().list().empty());
 }
 
 // A process under `liveio run` (the agent preloaded, GOT hooks installed at startup) that does

@@ -188,7 +188,7 @@ TEST(KernelParityAgent, SyscountInTheAgentCountsAsTheKernelTracepoints) {
         ASSERT_TRUE(host.ok()) << host.error().message;
         auto loaded = host.value()->load({syscount_object(), engine, {}});
         ASSERT_TRUE(loaded.ok()) << loaded.error().message;
-        const uint32_t object = loaded.value()["object"];
+        const uint32_t object = loaded.value().id;
         TempFile file;
         ASSERT_TRUE(file.fd() >= 0 && file.ro_fd() >= 0);
         Tally tally;

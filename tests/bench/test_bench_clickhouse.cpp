@@ -13,6 +13,7 @@
 #include <string>
 
 #include "clickhouse/server.h"
+#include "policy/catalog.h"
 #include "liveio_process.h"
 
 namespace liveio::bench {
@@ -49,10 +50,12 @@ TEST(BenchClickhouse, QuickRunComparesResultsAndPrintsMetrics) {
     EXPECT_NE(out.find("== readahead 128 KiB: cold =="), std::string::npos);
     for (const char* q : {"Q1", "Q3", "Q8", "Q21", "Q37", "Q43", "PK1", "PK6"})
         EXPECT_TRUE(std::regex_search(out, std::regex(std::string("\\n  ") + q + " +.*stock [0-9]+/[0-9]+ ms"))) << q;
-    for (const char* policy : {"prefetch", "marks", "uring"}) {
+    // Every policy of the catalog is a configuration by default.
+    for (const auto& def : policy::catalog()) {
+        const std::string& policy = def.name;
         const bool ran = out.find(std::string("  ") + policy + " ") != std::string::npos &&
                          std::regex_search(out, std::regex(std::string(policy) + " [0-9]+/[0-9]+ ms"));
-        const bool reported = out.find(std::string(policy) + ": UNAVAILABLE: `liveio ") != std::string::npos;
+        const bool reported = out.find(policy + ": UNAVAILABLE: `liveio ") != std::string::npos;
         EXPECT_TRUE(ran || reported) << policy;
     }
     // Every result compared with stock's; the merged parts compared byte for byte.
@@ -62,6 +65,12 @@ TEST(BenchClickhouse, QuickRunComparesResultsAndPrintsMetrics) {
     for (const char* m : {"cold_speedup_geomean", "cold_gap_recovered_pct", "cold_point_lookup_speedup",
                           "hot_slowdown_pct", "insert_speedup", "clickhouse_glue_loc"})
         EXPECT_TRUE(std::regex_search(out, std::regex(std::string("\\nmetric: ") + m + " ([0-9.+-]+|n/a)\\n"))) << m;
+    // Every cold run started with the table out of the page cache (checked with mincore).
+    std::smatch resident;
+    ASSERT_TRUE(std::regex_search(out, resident, std::regex("\\nmetric: cold_start_resident_pct_max ([0-9.]+)\\n")));
+    EXPECT_LE(std::stod(resident[1].str()), 1.0);
+    // The tables give median [min-max] per configuration.
+    EXPECT_TRUE(std::regex_search(out, std::regex("\\nQ1 +\\| +[0-9.]+ \\[[0-9.]+-[0-9.]+\\]"))) << "cold table row of Q1";
     std::smatch plot;
     ASSERT_TRUE(std::regex_search(out, plot, std::regex("\\nplot: (\\S+\\.svg)\\n")));
     EXPECT_GT(fs::file_size(plot[1].str()), 1000u);

@@ -123,11 +123,25 @@ TEST(MapArray, KernelSemantics) {
     EXPECT_GE(m->memfd(), 0);
 }
 
+TEST(MapType, KernelNamesAndUserValueSizes) {
+    EXPECT_STREQ(map_type_name(MapType::Hash), "hash");
+    EXPECT_STREQ(map_type_name(MapType::PercpuArray), "percpu_array");
+    EXPECT_STREQ(map_type_name(MapType::LruPercpuHash), "lru_percpu_hash");
+    EXPECT_STREQ(map_type_name(MapType::RingBuf), "ringbuf");
+    EXPECT_STREQ(map_type_name(static_cast<MapType>(99)), "unknown");
+    EXPECT_TRUE(is_percpu(MapType::PercpuHash));
+    EXPECT_FALSE(is_percpu(MapType::LruHash));
+    MapSpec spec{"v", MapType::Hash, 4, 12, 8, 0};
+    EXPECT_EQ(user_value_size(spec), 12u);
+    spec.type = MapType::PercpuHash;
+    EXPECT_EQ(user_value_size(spec), 16u * detail::possible_cpus());  // 12 rounded up to 8
+}
+
 TEST(MapArray, PercpuSlotsFollowTheCpu) {
     auto m = make(MapType::PercpuArray, 4, 4, 3);
     ASSERT_TRUE(m);
     const long ncpu = sysconf(_SC_NPROCESSORS_CONF);
-    std::vector<uint64_t> all(static_cast<size_t>(ncpu), 0);
+    std::vector<uint64_t> all(user_value_size(m->spec()) / 8, 0);
     uint32_t k = 1;
     const uint32_t v = 41;
     ASSERT_EQ(m->update(&k, &v, kUpdateAny), 0);

@@ -162,4 +162,23 @@ inline std::unique_ptr<Runtime> make_runtime(uint64_t budget = uint64_t{64} << 2
     return std::move(rt).value();
 }
 
+// The setup most policy tests share: a file of `size` bytes of pattern `seed`, the runtime
+// (with `budget`) and the test policy switched on in it with `knobs`. Tests bind the parts:
+//   PolicyOnFile s(1 << 20, 1, {1, 0, 4096});
+//   ASSERT_TRUE(s.ok());
+//   auto& [f, rt, tp] = s;
+struct PolicyOnFile {
+    TempFile file;
+    std::unique_ptr<Runtime> rt;
+    std::unique_ptr<TestPolicy> tp;  // destroyed before the runtime it is switched on in
+
+    PolicyOnFile(uint64_t size, uint32_t seed, std::vector<uint64_t> knobs, uint64_t budget = uint64_t{64} << 20) {
+        file.write_pattern(size, seed);
+        rt = make_runtime(budget);
+        if (rt) tp = TestPolicy::enable(*rt, std::move(knobs));
+    }
+    // False when a part failed (the failure is recorded).
+    bool ok() const { return rt && tp && !::testing::Test::HasFatalFailure(); }
+};
+
 }  // namespace liveio::policy::testing

@@ -19,6 +19,7 @@
 namespace liveio::policy {
 namespace {
 
+using testing::PolicyOnFile;
 using testing::TempFile;
 using testing::TestPolicy;
 using testing::make_runtime;
@@ -86,12 +87,9 @@ TEST(PolicyRuntime, WorkerIsNamedAndUsesIoUring) {
 }
 
 TEST(PolicyRuntime, PrefetchIsIssuedCountedAndUsed) {
-    TempFile f;
-    f.write_pattern(1 << 20, 1);
-    auto rt = make_runtime();
-    ASSERT_TRUE(rt);
-    auto tp = TestPolicy::enable(*rt, {1, 256 << 10, 512 << 10});
-    ASSERT_TRUE(tp);
+    PolicyOnFile s(1 << 20, 1, {1, 256 << 10, 512 << 10});
+    ASSERT_TRUE(s.ok());
+    auto& [f, rt, tp] = s;
     const int fd = ::open(f.path().c_str(), O_RDONLY);
     ASSERT_GE(fd, 0);
     char buf[4096];
@@ -103,6 +101,10 @@ TEST(PolicyRuntime, PrefetchIsIssuedCountedAndUsed) {
     EXPECT_EQ(Counters::get(c.issued_bytes), 512u << 10);
     EXPECT_EQ(Counters::get(c.inflight), 0u);
     EXPECT_EQ(Counters::get(c.errors), 0u);
+    // One completion: the recent latency (what liveio_policy_feedback reports) is that sample.
+    EXPECT_EQ(Counters::get(c.latency_count), 1u);
+    EXPECT_GT(Counters::get(c.latency_recent_ns), 0u);
+    EXPECT_EQ(Counters::get(c.latency_recent_ns), c.latency_avg_ns());
     // The target reads part of the range: that part is used, the rest wasted when switched off.
     rt->observe_read(testing::file_id_of(fd), 256 << 10, 128 << 10);
     EXPECT_EQ(Counters::get(c.used_bytes), 128u << 10);
@@ -112,12 +114,9 @@ TEST(PolicyRuntime, PrefetchIsIssuedCountedAndUsed) {
 }
 
 TEST(PolicyRuntime, BatchQueuesEveryRange) {
-    TempFile f;
-    f.write_pattern(1 << 20, 2);
-    auto rt = make_runtime();
-    ASSERT_TRUE(rt);
-    auto tp = TestPolicy::enable(*rt, {3, 0, 64 << 10});
-    ASSERT_TRUE(tp);
+    PolicyOnFile s(1 << 20, 2, {3, 0, 64 << 10});
+    ASSERT_TRUE(s.ok());
+    auto& [f, rt, tp] = s;
     const int fd = ::open(f.path().c_str(), O_RDONLY);
     EXPECT_EQ(tp->read_exit(fd, 100), 2);
     rt->worker().barrier();
@@ -126,12 +125,9 @@ TEST(PolicyRuntime, BatchQueuesEveryRange) {
 }
 
 TEST(PolicyRuntime, CompletionEdgeSeesDataAndIssuesTheNextRead) {
-    TempFile f;
-    f.write_pattern(4096, 3);
-    auto rt = make_runtime();
-    ASSERT_TRUE(rt);
-    auto tp = TestPolicy::enable(*rt, {2, 100});
-    ASSERT_TRUE(tp);
+    PolicyOnFile s(4096, 3, {2, 100});
+    ASSERT_TRUE(s.ok());
+    auto& [f, rt, tp] = s;
     const int fd = ::open(f.path().c_str(), O_RDONLY);
     ASSERT_EQ(tp->read_exit(fd, 1), 0);
     // The first completion queues the second read from the I/O thread itself: two barriers.
@@ -171,12 +167,9 @@ TEST(PolicyRuntime, ReadAsyncOfANonRegularFileIsDroppedAndConsumesNothing) {
 }
 
 TEST(PolicyRuntime, BudgetExhaustionDrops) {
-    TempFile f;
-    f.write_pattern(1 << 20, 4);
-    auto rt = make_runtime(/*budget=*/64 << 10);
-    ASSERT_TRUE(rt);
-    auto tp = TestPolicy::enable(*rt, {1, 0, 128 << 10});
-    ASSERT_TRUE(tp);
+    PolicyOnFile s(1 << 20, 4, {1, 0, 128 << 10}, 64 << 10);
+    ASSERT_TRUE(s.ok());
+    auto& [f, rt, tp] = s;
     const int fd = ::open(f.path().c_str(), O_RDONLY);
     EXPECT_EQ(tp->read_exit(fd, 1), 0);
     rt->worker().barrier();
@@ -191,12 +184,9 @@ TEST(PolicyRuntime, BudgetExhaustionDrops) {
 }
 
 TEST(PolicyRuntime, HelpersRefuseProgramsOfNoPolicy) {
-    TempFile f;
-    f.write_pattern(4096, 5);
-    auto rt = make_runtime();
-    ASSERT_TRUE(rt);
-    auto tp = TestPolicy::enable(*rt, {1, 0, 4096});
-    ASSERT_TRUE(tp);
+    PolicyOnFile s(4096, 5, {1, 0, 4096});
+    ASSERT_TRUE(s.ok());
+    auto& [f, rt, tp] = s;
     ASSERT_TRUE(rt->disable(tp->slot));
     const int fd = ::open(f.path().c_str(), O_RDONLY);
     // Switched off: the program belongs to no policy any more; its knobs read 0 and its

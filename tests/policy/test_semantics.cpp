@@ -18,6 +18,7 @@
 namespace liveio::policy {
 namespace {
 
+using testing::PolicyOnFile;
 using testing::TempFile;
 using testing::TestPolicy;
 using testing::make_runtime;
@@ -85,12 +86,9 @@ TEST(PolicySemantics, ErrnoOfTheTargetsCallUnchanged) {
 }
 
 TEST(PolicySemantics, TruncatedAndRewrittenAfterPrefetchNeverStale) {
-    TempFile f;
-    f.write_pattern(4 << 20, 21);
-    auto rt = make_runtime();
-    ASSERT_TRUE(rt);
-    auto tp = TestPolicy::enable(*rt, {1, 0, 4 << 20});
-    ASSERT_TRUE(tp);
+    PolicyOnFile s(4 << 20, 21, {1, 0, 4 << 20});
+    ASSERT_TRUE(s.ok());
+    auto& [f, rt, tp] = s;
     const int fd = ::open(f.path().c_str(), O_RDWR);
     EXPECT_EQ(tp->read_exit(fd, 1), 0);
     rt->worker().barrier();
@@ -155,12 +153,9 @@ TEST(PolicySemantics, DescriptorClosedAndReusedWithPrefetchInFlight) {
 }
 
 TEST(PolicySemantics, AppendAndConcurrentWritersSeenExactly) {
-    TempFile f;
-    f.write_pattern(0, 0);
-    auto rt = make_runtime();
-    ASSERT_TRUE(rt);
-    auto tp = TestPolicy::enable(*rt, {1, static_cast<uint64_t>(-1), 1 << 20});
-    ASSERT_TRUE(tp);
+    PolicyOnFile s(0, 0, {1, static_cast<uint64_t>(-1), 1 << 20});
+    ASSERT_TRUE(s.ok());
+    auto& [f, rt, tp] = s;
     constexpr int kWriters = 2, kRecords = 400, kRecord = 1000;
     std::vector<std::thread> writers;
     for (int w = 0; w < kWriters; ++w)

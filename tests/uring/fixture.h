@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "temp_files.h"
 #include "uring/engine.h"
 
 namespace liveio::uring::test {
@@ -21,17 +22,7 @@ inline std::string backend_name(const testing::TestParamInfo<BackendKind>& info)
     return info.param == BackendKind::Uring ? "Uring" : "Fallback";
 }
 
-// A temporary directory removed with everything in it.
-struct TempDir {
-    std::string path;
-    TempDir() {
-        std::string t = "/tmp/liveio-uring-test-XXXXXX";
-        if (mkdtemp(t.data()) != nullptr) path = t;
-    }
-    ~TempDir() {
-        if (!path.empty()) std::system(("rm -rf '" + path + "'").c_str());
-    }
-};
+using liveio::test_data::TempDir;
 
 class EngineTest : public testing::TestWithParam<BackendKind> {
 protected:
@@ -51,17 +42,9 @@ protected:
     // A file of `size` pseudo-random bytes; returns its fd (closed by the fixture).
     int make_file(size_t size, std::vector<char>* content = nullptr) {
         EXPECT_FALSE(dir.path.empty());
-        std::string path = dir.path + "/f" + std::to_string(fds.size());
-        int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
-        EXPECT_GE(fd, 0);
-        std::vector<char> data(size);
-        uint32_t x = 2463534242u + static_cast<uint32_t>(fds.size());
-        for (auto& c : data) {
-            x ^= x << 13, x ^= x >> 17, x ^= x << 5;
-            c = static_cast<char>(x);
-        }
-        EXPECT_EQ(::pwrite(fd, data.data(), size, 0), static_cast<ssize_t>(size));
-        if (content) *content = data;
+        std::vector<char> data = liveio::test_data::pattern(size, static_cast<uint32_t>(fds.size()));
+        int fd = liveio::test_data::create_file(dir.path + "/f" + std::to_string(fds.size()), data);
+        if (content) *content = std::move(data);
         fds.push_back(fd);
         return fd;
     }
@@ -76,7 +59,7 @@ protected:
         for (int fd : fds) ::close(fd);
     }
 
-    TempDir dir;
+    TempDir dir{"liveio-uring-test"};
     std::unique_ptr<Engine> engine;
     std::vector<int> fds;
 };

@@ -14,6 +14,7 @@
 
 #include "base/raw_syscall.h"
 #include "policy/uring_redirect.h"
+#include "temp_files.h"
 #include "uring/engine.h"
 
 namespace liveio::policy::test {
@@ -26,26 +27,8 @@ inline std::string uring_unavailable() {
     return {};
 }
 
-struct TempDir {
-    std::string path;
-    TempDir() {
-        std::string t = "/tmp/liveio-redirect-test-XXXXXX";
-        if (mkdtemp(t.data()) != nullptr) path = t;
-    }
-    ~TempDir() {
-        if (!path.empty()) std::system(("rm -rf '" + path + "'").c_str());
-    }
-};
-
-inline std::vector<char> pattern(size_t size, uint32_t seed) {
-    std::vector<char> data(size);
-    uint32_t x = 2463534242u ^ seed;
-    for (auto& c : data) {
-        x ^= x << 13, x ^= x >> 17, x ^= x << 5;
-        c = static_cast<char>(x);
-    }
-    return data;
-}
+using liveio::test_data::pattern;
+using liveio::test_data::TempDir;
 
 class RedirectTest : public testing::Test {
 public:
@@ -73,12 +56,7 @@ public:
 
     // A file holding `content`, opened with `flags`.
     int make_file(const std::vector<char>& content, int flags = O_RDWR) {
-        std::string path = dir.path + "/f" + std::to_string(files_++);
-        int fd = ::open(path.c_str(), flags | O_CREAT | O_TRUNC, 0600);
-        EXPECT_GE(fd, 0) << path;
-        if (!content.empty()) {
-            EXPECT_EQ(::pwrite(fd, content.data(), content.size(), 0), static_cast<ssize_t>(content.size()));
-        }
+        int fd = liveio::test_data::create_file(dir.path + "/f" + std::to_string(files_++), content, flags);
         fds_.push_back(fd);
         return fd;
     }
@@ -93,7 +71,7 @@ public:
     }
 
     UringRedirectOptions options_;
-    TempDir dir;
+    TempDir dir{"liveio-redirect-test"};
     std::unique_ptr<UringRedirect> redirect;
 
 private:

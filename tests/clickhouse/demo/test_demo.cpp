@@ -1,5 +1,6 @@
 // `liveio demo` end to end, as the README runs it: a private ClickHouse cluster, the query mix
-// unpatched and attached, what liveio saw, detach; and Ctrl-C in the middle. Either way no
+// unpatched and attached, what liveio saw, the mix cold stock vs a policy switched on live,
+// detach; and Ctrl-C in the middle. Either way no
 // server may survive and the temporary directory must be gone.
 #include <gtest/gtest.h>
 #include <fcntl.h>
@@ -57,7 +58,7 @@ TEST_F(DemoTest, RunsEndToEndAndLeavesNothingBehind) {
     const int status = demo.finish();
     const std::string& out = demo.output();
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
-    for (const char* step : {"[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]", "summary:"})
+    for (const char* step : {"[1/7]", "[2/7]", "[3/7]", "[4/7]", "[5/7]", "[6/7]", "[7/7]", "summary:"})
         EXPECT_NE(out.find(step), std::string::npos) << step << " missing in:\n" << out;
     EXPECT_NE(out.find("400000 rows, "), std::string::npos) << out;
     EXPECT_NE(out.find("attached to "), std::string::npos) << out;
@@ -68,6 +69,13 @@ TEST_F(DemoTest, RunsEndToEndAndLeavesNothingBehind) {
     EXPECT_TRUE(out.find(".bin read") != std::string::npos || out.find("calls intercepted per syscall") != std::string::npos)
         << out;
     EXPECT_NE(out.find("\n    read "), std::string::npos) << out;
+    // The acceleration step: the policy switched on live, the cold mix measured both ways with
+    // every result matching, and the measured speedup printed (whatever it is).
+    EXPECT_NE(out.find("$ liveio policy "), std::string::npos) << out;
+    EXPECT_NE(out.find("prefetch cold mix "), std::string::npos) << out;
+    EXPECT_TRUE(std::regex_search(out, std::regex(R"(cold mix median: stock [0-9.]+ ms, prefetch [0-9.]+ ms: [0-9.]+x)")))
+        << out;
+    EXPECT_TRUE(std::regex_search(out, std::regex(R"(cold mix with prefetch switched on live: [0-9.]+x vs stock cold)"))) << out;
     const auto shards = shards_in(out);
     ASSERT_EQ(shards.size(), 2u) << out;
     expect_nothing_left(shards);
@@ -77,7 +85,7 @@ TEST_F(DemoTest, CtrlCStopsTheServersAndRemovesTheirFiles) {
     LiveioProcess demo({"demo", "--rows", "4000000"});
     ASSERT_GT(demo.pid(), 0);
     // Interrupted while the data set loads: the longest single request of the demo.
-    ASSERT_TRUE(demo.read_until("[2/6]")) << demo.output();
+    ASSERT_TRUE(demo.read_until("[2/7]")) << demo.output();
     const auto shards = shards_in(demo.output());
     ASSERT_EQ(shards.size(), 2u) << demo.output();
     ASSERT_EQ(::kill(demo.pid(), SIGINT), 0);
