@@ -1,12 +1,15 @@
-// `liveio cluster up|down|status|attach|detach|policy|stats`: a ClickHouse cluster as one
+// `liveio cluster up|down|status|attach|detach|policy|stats|top`: a ClickHouse cluster as one
 // thing. up/down run the local harness (cluster/harness.h); the other commands read a cluster
 // file (the harness's, or --file for machines elsewhere) and act on every node at once, each
 // request bounded by --timeout, reporting per node: a node that is down or refuses is a line
 // of the report and a non-zero exit status, never a wait.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <thread>
 
@@ -15,9 +18,11 @@
 
 #include "clickhouse/http_client.h"
 #include "cli/commands.h"
+#include "cli/observe_session.h"
 #include "cluster/control.h"
 #include "cluster/harness.h"
 #include "cluster/netns.h"
+#include "cluster/top.h"
 #include "observe/format.h"
 
 namespace liveio::cli {
@@ -128,17 +133,35 @@ NodeAnswer ask(const Node& n, const std::string& method, const std::string& targ
     return {true, j.value("output", std::string()), j};
 }
 
-// Prints one line (or block) per node; exits non-zero when any node failed.
-void report(const ClusterFile& f, const std::vector<NodeAnswer>& answers, const char* verb) {
+// Prints one line per node: `ok_line(answer)` for a node that answered, FAIL and the reason for
+// one that did not. Returns how many failed.
+size_t print_answers(const ClusterFile& f, const std::vector<NodeAnswer>& answers,
+                     const std::function<std::string(const NodeAnswer&)>& ok_line) {
     size_t failed = 0;
     for (size_t i = 0; i < answers.size(); ++i) {
-        std::string text = trimmed(answers[i].text);
-        // A multi-line answer (policy list) stays readable under its node's line.
-        for (size_t at = text.find('\n'); at != std::string::npos; at = text.find('\n', at + 1)) text.insert(at + 1, 10, ' ');
-        std::printf("%-4s %s %s\n", f.nodes[i].name.c_str(), answers[i].ok ? "ok  " : "FAIL", text.c_str());
-        failed += !answers[i].ok;
+        if (answers[i].ok) {
+            std::printf("%-4s %s\n", f.nodes[i].name.c_str(), ok_line(answers[i]).c_str());
+        } else {
+            std::printf("%-4s FAIL %s\n", f.nodes[i].name.c_str(), trimmed(answers[i].text).c_str());
+            ++failed;
+        }
     }
-    if (failed) fail(fmt::format("{}: {} of {} nodes failed", verb, failed, answers.size()));
+    return failed;
+}
+
+void fail_if_any(size_t failed, size_t nodes, const char* verb) {
+    if (failed) fail(fmt::format("{}: {} of {} nodes failed", verb, failed, nodes));
+}
+
+// A command's output under its node's "ok" line; a multi-line answer (policy list) stays
+// readable indented under it. Exits non-zero when any node failed.
+void report(const ClusterFile& f, const std::vector<NodeAnswer>& answers, const char* verb) {
+    const size_t failed = print_answers(f, answers, [](const NodeAnswer& a) {
+        std::string text = trimmed(a.text);
+        for (size_t at = text.find('\n'); at != std::string::npos; at = text.find('\n', at + 1)) text.insert(at + 1, 10, ' ');
+        return "ok   " + text;
+    });
+    fail_if_any(failed, answers.size(), verb);
 }
 
 void cmd_status(const Target& t) {
@@ -202,18 +225,14 @@ void cmd_stats(const Target& t, bool as_json) {
         for (size_t i = 0; i < answers.size(); ++i)
             all[f.nodes[i].name] = answers[i].ok ? answers[i].reply.value("status", json::object()) : json{{"error", answers[i].text}};
         std::printf("%s\n", all.dump(2).c_str());
-    } else {
-        std::printf("%-4s %-8s %-22s %14s %16s %10s  %s\n", "node", "pid", "mechanisms", "calls", "bytes", "errors", "policies on");
+        fail_if_any(static_cast<size_t>(std::count_if(answers.begin(), answers.end(), [](const NodeAnswer& a) { return !a.ok; })),
+                    answers.size(), "stats");
+        return;
     }
-    size_t failed = 0;
+    std::printf("%-4s %-8s %-22s %14s %16s %10s  %s\n", "node", "pid", "mechanisms", "calls", "bytes", "errors", "policies on");
     uint64_t calls = 0, bytes = 0, errors = 0;
-    for (size_t i = 0; i < answers.size(); ++i) {
-        if (!answers[i].ok) {
-            ++failed;
-            if (!as_json) std::printf("%-4s FAIL %s\n", f.nodes[i].name.c_str(), answers[i].text.c_str());
-            continue;
-        }
-        const json s = answers[i].reply.value("status", json::object());
+    const size_t failed = print_answers(f, answers, [&](const NodeAnswer& a) {
+        const json s = a.reply.value("status", json::object());
         const json total = s.value("calls", json::object()).value("total", json::object());
         std::string mechs, pols;
         for (const json& m : s.value("mechanisms", json::array())) mechs += (mechs.empty() ? "" : ",") + m.value("name", std::string("?"));
@@ -222,15 +241,76 @@ void cmd_stats(const Target& t, bool as_json) {
             if (p.is_object() && p.value("on", false)) pols += (pols.empty() ? "" : ",") + p.value("name", std::string("?"));
         const uint64_t c = total.value("calls", uint64_t{0}), b = total.value("bytes", uint64_t{0}), e = total.value("errors", uint64_t{0});
         calls += c, bytes += b, errors += e;
-        if (!as_json)
-            std::printf("%-4s %-8d %-22s %14llu %16llu %10llu  %s\n", f.nodes[i].name.c_str(), s.value("pid", 0),
-                        mechs.empty() ? "none" : mechs.c_str(), static_cast<unsigned long long>(c), static_cast<unsigned long long>(b),
-                        static_cast<unsigned long long>(e), pols.empty() ? "-" : pols.c_str());
+        return fmt::format("{:<8} {:<22} {:>14} {:>16} {:>10}  {}", s.value("pid", 0), mechs.empty() ? "none" : mechs, c, b, e,
+                           pols.empty() ? "-" : pols);
+    });
+    std::printf("%-4s %-8s %-22s %14llu %16llu %10llu\n", "all", "", "", static_cast<unsigned long long>(calls),
+                static_cast<unsigned long long>(bytes), static_cast<unsigned long long>(errors));
+    fail_if_any(failed, answers.size(), "stats");
+}
+
+// One sampling of every node for `top`: its endpoint's /control/io and its server's query
+// counter (minus the queries of earlier samplings: each one is a query itself).
+class TopSampler {
+public:
+    TopSampler(const ClusterFile& f, std::chrono::milliseconds timeout) : f_(f), timeout_(timeout), own_queries_(f.nodes.size()) {}
+
+    std::vector<NodeIoSample> sample() {
+        return for_all(f_, [&](const Node& n) {
+            const size_t i = static_cast<size_t>(&n - f_.nodes.data());
+            auto a = ask(n, "GET", "/control/io", nullptr, timeout_);
+            NodeIoSample s = a.reply.is_object() ? parse_node_io(a.reply) : NodeIoSample{};
+            if (!a.ok && s.error.empty()) s.error = a.text;
+            auto scope = NetnsScope::enter(n.netns);
+            if (!scope) return s;
+            // Inside the node's namespace its server also listens on the loopback.
+            clickhouse::HttpClient c({.host = n.netns.empty() ? n.host : "127.0.0.1", .port = n.http_port, .timeout = timeout_});
+            auto q = c.query("SELECT value FROM system.events WHERE event = 'Query'");
+            ++own_queries_[i];
+            if (q) {
+                const uint64_t v = std::strtoull(trimmed(*q).c_str(), nullptr, 10);
+                s.queries = v >= own_queries_[i] ? v - own_queries_[i] : 0;
+            }
+            return s;
+        });
     }
-    if (!as_json)
-        std::printf("%-4s %-8s %-22s %14llu %16llu %10llu\n", "all", "", "", static_cast<unsigned long long>(calls),
-                    static_cast<unsigned long long>(bytes), static_cast<unsigned long long>(errors));
-    if (failed) fail(fmt::format("stats: {} of {} nodes failed", failed, answers.size()));
+
+private:
+    const ClusterFile& f_;
+    std::chrono::milliseconds timeout_;
+    std::vector<uint64_t> own_queries_;
+};
+
+struct TopOptions {
+    std::string interval = "2s";
+    size_t iterations = 0;  // 0: until a signal
+    bool once = false;
+    bool as_json = false;
+};
+
+void cmd_top(const Target& t, const TopOptions& o) {
+    const ClusterFile f = t.load();
+    auto seconds = observe::parse_seconds(o.interval);
+    if (!seconds || *seconds < 0.1) fail("--interval: expected a duration of at least 100ms, such as 2s");
+    const size_t iterations = o.once ? 1 : o.iterations;
+    SignalWatch signals;
+    TopSampler sampler(f, t.timeout_ms());
+    auto before = sampler.sample();
+    const bool redraw = !o.as_json && iterations != 1 && ::isatty(STDOUT_FILENO);
+    for (size_t i = 0; iterations == 0 || i < iterations; ++i) {
+        if (signals.wait(*seconds)) break;
+        auto now = sampler.sample();
+        const TopView view = compute_top(f, before, now);
+        if (o.as_json) {
+            std::printf("%s\n", top_json(view).dump().c_str());
+        } else {
+            if (redraw) std::printf("\033[H\033[2J");
+            std::printf("cluster %s: %zu nodes, interval %.1f s (disk%%: disk time / disk + TCP call time)\n%s\n", f.name.c_str(),
+                        f.nodes.size(), *seconds, render_top(view).c_str());
+        }
+        std::fflush(stdout);
+        before = std::move(now);
+    }
 }
 
 }  // namespace
@@ -250,6 +330,8 @@ void add_cluster_commands(CLI::App& app) {
         up->add_option("--rows", o->rows, "dataset rows over all shards (0: none)")->capture_default_str();
         up->add_option("--root", o->state_root, "directory for the cluster's state and data")->capture_default_str();
         up->add_flag("--loopback", o->loopback, "loopback ports even when namespaces could be made");
+        up->add_option("--history-interval", o->history_interval, "how often every node's metrics go into the I/O history table")
+            ->capture_default_str();
         up->add_flag("--no-control", *no_control, "do not start a liveio serve control endpoint per node");
         up->callback([o, no_control] { cmd_up(*o, *no_control); });
     }
@@ -290,6 +372,17 @@ void add_cluster_commands(CLI::App& app) {
         t->add_to(policy, true);
         policy->add_option("words", *words, "list | on NAME [K=V...] | off NAME | set NAME K=V")->required();
         policy->callback([t, words] { cmd_policy(*t, *words); });
+    }
+    {
+        auto* top = cluster->add_subcommand("top", "Every node live: disk and network traffic, disk vs network time, TCP per peer");
+        auto t = std::make_shared<Target>();
+        auto o = std::make_shared<TopOptions>();
+        t->add_to(top, true);
+        top->add_option("--interval,-i", o->interval, "refresh interval")->capture_default_str();
+        top->add_option("--iterations", o->iterations, "refreshes before exiting (0: until Ctrl-C)")->capture_default_str();
+        top->add_flag("--once", o->once, "one interval, printed once (as --iterations 1)");
+        top->add_flag("--json", o->as_json, "one JSON object per refresh");
+        top->callback([t, o] { cmd_top(*t, *o); });
     }
     {
         auto* stats = cluster->add_subcommand("stats", "Per node: the agent's mechanisms, call counts and policies");

@@ -12,7 +12,8 @@
 // output returned), so a request takes exactly the path of the command line. Control requests
 // come over --control-socket (a unix socket only its owner can open) or over the TCP listener
 // with `Authorization: Bearer TOKEN`, TOKEN read from the owner-only --token-file; without a
-// token file TCP control is off. /metrics then shows the target while it has an agent.
+// token file TCP control is off. /metrics then shows the target while it has an agent;
+// /control/io returns its counters as JSON (what `liveio cluster top` shows).
 #include <signal.h>
 
 #include <cerrno>
@@ -27,8 +28,8 @@
 
 #include "cli/commands.h"
 #include "cli/observe_session.h"
-#include "cluster/command.h"
 #include "cluster/control.h"
+#include "control/command.h"
 #include "observe/format.h"
 #include "observe/http_server.h"
 #include "observe/prometheus.h"
@@ -46,6 +47,7 @@ struct ServeArgs {
     std::string control_socket;
     std::string token_file;
     std::string node;
+    bool sockets = false;
     ObserveArgs observe;
 };
 
@@ -63,6 +65,18 @@ struct Observed {
     std::string error;
     observe::Snapshot last_sunk;  // counters at the last sink write
     bool have_last = false;
+    // With --sockets: the net_stats object, its socket_stats map, the sockets' peers.
+    BuiltinMaps net;
+    ebpf::Map* sockets = nullptr;
+    std::unique_ptr<observe::SocketPeers> peers;
+    std::map<uint64_t, observe::SocketCounters> last_sunk_sockets;  // by file_id
+
+    std::vector<observe::SocketSample> read_sockets() {
+        if (!sockets) return {};
+        auto rows = observe::read_sockets(*sockets);
+        if (!rows) return {};
+        return peers->resolve(*rows);
+    }
 };
 
 class Server {
@@ -142,6 +156,11 @@ private:
         o.session = TargetSession::open(pid, args_.observe, attach);
         o.comm = o.session->comm();
         o.io = o.session->io_stats();
+        if (args_.sockets) {
+            o.net = o.session->builtin(observe::kNetStatsObject);
+            o.sockets = &o.net.need("socket_stats", pid);
+            o.peers = std::make_unique<observe::SocketPeers>(pid);
+        }
         if (o.io.loaded_here) {
             // Everything this instance counts is new: the first interval starts at its load.
             o.last_sunk.time_ns = observe::monotonic_ns();
@@ -181,7 +200,7 @@ private:
     // Runs `liveio ARGS...` (this executable) for a control request, bounded in time.
     observe::HttpReply run_self(std::vector<std::string> args, std::chrono::seconds limit, bool json_output = false) {
         args.insert(args.begin(), self_exe_);
-        auto r = cluster::run_command(args, limit);
+        auto r = control::run_command(args, limit);
         if (!r) return json_reply(200, {{"ok", false}, {"node", args_.node}, {"error", r.error().message}});
         if (r->status != 0) {
             std::string out = r->output;
@@ -198,6 +217,35 @@ private:
             }
         }
         return json_reply(200, reply);
+    }
+
+    // /control/io: the target's cumulative io_stats counters (per syscall, per file class) and,
+    // with --sockets, per TCP socket with its addresses; `liveio cluster top` takes deltas.
+    observe::HttpReply io_reply() {
+        discover();
+        auto it = observed_.find(args_.target);
+        if (it == observed_.end())
+            return json_reply(200, {{"ok", false}, {"node", args_.node}, {"error", "no liveio agent in the target (attach first)"}});
+        Observed& o = it->second;
+        if (o.error.empty() && !o.session->alive()) o.error = "process exited";
+        auto snap = o.error.empty() ? observe::read_snapshot(*o.io.syscalls, o.io.classes) : Result<observe::Snapshot>(make_error(ESRCH, o.error));
+        if (!snap) return json_reply(200, {{"ok", false}, {"node", args_.node}, {"error", snap.error().message}});
+        nlohmann::json syscalls = nlohmann::json::array(), classes = nlohmann::json::array(), sockets = nlohmann::json::array();
+        for (const auto& r : snap->syscalls) {
+            nlohmann::json j = observe::to_json(r.counters);
+            j["name"] = r.name;
+            syscalls.push_back(std::move(j));
+        }
+        for (const auto& r : snap->classes) {
+            nlohmann::json j = observe::to_json(r.counters);
+            j["class"] = observe::class_name(r.file_class);
+            j["direction"] = observe::direction_name(r.direction);
+            classes.push_back(std::move(j));
+        }
+        for (const auto& sample : o.read_sockets()) sockets.push_back(observe::to_json(sample));
+        return json_reply(200, {{"ok", true},           {"node", args_.node},          {"pid", args_.target},
+                                {"time_ns", snap->time_ns}, {"unix_time", std::time(nullptr)}, {"syscalls", std::move(syscalls)},
+                                {"classes", std::move(classes)}, {"sockets", std::move(sockets)}, {"sockets_observed", o.sockets != nullptr}});
     }
 
     // Forgets the target's session (unloading the io_stats instance loaded here) before a
@@ -240,7 +288,7 @@ private:
                 return json_reply(200, {{"ok", alive}, {"node", args_.node}, {"target", args_.target}, {"alive", alive},
                                         {"agent", alive && has_agent()}, {"error", alive ? "" : "target process is gone"}});
             }
-            if (req.method != "POST" && req.path != "/control/stats")
+            if (req.method != "POST" && req.path != "/control/stats" && req.path != "/control/io")
                 return json_reply(405, {{"ok", false}, {"node", args_.node}, {"error", "control requests other than ping and stats are POST"}});
             if (req.path == "/control/attach") {
                 const std::string mechanism = body.value("mechanism", std::string("got"));
@@ -265,6 +313,7 @@ private:
                 return run_self(a, std::chrono::seconds(60));
             }
             if (req.path == "/control/stats") return run_self({"status", pid, "--json"}, std::chrono::seconds(30), true);
+            if (req.path == "/control/io") return io_reply();
         } catch (const nlohmann::json::exception& e) {
             return json_reply(400, {{"ok", false}, {"node", args_.node}, {"error", std::string("request body: ") + e.what()}});
         }
@@ -292,6 +341,7 @@ private:
                 if (snap) {
                     m.up = true;
                     m.snapshot = std::move(snap).value();
+                    m.sockets = o.read_sockets();
                 } else {
                     o.error = snap.error().message;
                 }
@@ -304,17 +354,26 @@ private:
 
     void write_sink() {
         discover();
-        const std::string host = observe::local_host_name();
+        // Nodes of a local cluster share the host name (no UTS namespace): --node names them.
+        const std::string host = args_.node.empty() ? observe::local_host_name() : args_.node;
         for (auto& [pid, o] : observed_) {
             if (!o.error.empty() || !o.session->alive()) continue;
             auto snap = observe::read_snapshot(*o.io.syscalls, o.io.classes);
             if (!snap) continue;
+            std::vector<observe::SocketSample> sockets = o.read_sockets();
+            std::map<uint64_t, observe::SocketCounters> now_sockets;
+            for (auto& sample : sockets) {
+                now_sockets[sample.file_id] = sample.counters;
+                if (auto b = o.last_sunk_sockets.find(sample.file_id); b != o.last_sunk_sockets.end())
+                    sample.counters = observe::delta(sample.counters, b->second);
+            }
             if (o.have_last) {
                 const observe::Snapshot d = observe::delta(*snap, o.last_sunk);
                 auto n = sink_->write({static_cast<int64_t>(std::time(nullptr)), host, pid, o.comm,
-                                       static_cast<double>(d.time_ns) / 1e9, &d});
+                                       static_cast<double>(d.time_ns) / 1e9, &d, &sockets});
                 if (!n) std::fprintf(stderr, "liveio: %s\n", n.error().message.c_str());
             }
+            o.last_sunk_sockets = std::move(now_sockets);
             o.last_sunk = std::move(snap).value();
             o.have_last = true;
         }
@@ -348,6 +407,9 @@ void add_serve_commands(CLI::App& app) {
     cmd->add_option("--token-file", args->token_file,
                     "control endpoint: owner-only file holding the bearer token TCP control requests must present");
     cmd->add_option("--node", args->node, "control endpoint: the node name put in replies");
+    cmd->add_flag("--sockets", args->sockets,
+                  "also load the built-in net_stats program: per TCP socket (local and remote address) calls, bytes, "
+                  "latency and message sizes in /metrics, /control/io and the sink");
     cmd->add_option("--sink", args->sink, "insert metrics into clickhouse://HOST:PORT/db.table");
     cmd->add_option("--sink-interval", args->sink_interval, "how often rows are inserted")->capture_default_str();
     args->observe.add_to(cmd);

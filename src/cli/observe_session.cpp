@@ -170,24 +170,34 @@ observe::ObjectInfo TargetSession::load(const std::string& path, const std::vect
     return obj;
 }
 
-IoStatsMaps TargetSession::io_stats() {
-    IoStatsMaps out;
+BuiltinMaps TargetSession::builtin(const std::string& object_name) {
+    BuiltinMaps out;
     const auto objects = check(bpf().list(), fmt::format("listing the BPF objects of {}", pid_));
     for (const auto& o : objects)
-        if (o.name == observe::kIoStatsObject) {
+        if (o.name == object_name) {
             out.object = o;
             break;
         }
     if (out.object.id == 0) {
-        auto path = observe::resolve_object_path(observe::kIoStatsObject);
+        auto path = observe::resolve_object_path(object_name);
         if (!path) observe_fail(path.error().message);
         out.object = load(*path);
         out.loaded_here = true;
     }
     out.maps = check(bpf().maps(out.object.id), fmt::format("mapping the maps of object {} in {}", out.object.id, pid_));
-    const auto* sys = observe::find_map(out.maps, "syscall_stats");
-    if (!sys) observe_fail(fmt::format("object {} ({}) in {} has no syscall_stats map", out.object.id, out.object.name, pid_));
-    out.syscalls = sys->map.get();
+    return out;
+}
+
+ebpf::Map& BuiltinMaps::need(const std::string& map_name, pid_t pid) const {
+    const auto* m = observe::find_map(maps, map_name);
+    if (!m) observe_fail(fmt::format("object {} ({}) in {} has no {} map", object.id, object.name, pid, map_name));
+    return *m->map;
+}
+
+IoStatsMaps TargetSession::io_stats() {
+    IoStatsMaps out;
+    static_cast<BuiltinMaps&>(out) = builtin(observe::kIoStatsObject);
+    out.syscalls = &out.need("syscall_stats", pid_);
     if (const auto* cls = observe::find_map(out.maps, "class_stats")) out.classes = cls->map.get();
     return out;
 }

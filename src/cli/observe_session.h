@@ -31,13 +31,20 @@ struct ObserveArgs {
     void add_to(CLI::App* cmd);
 };
 
-// The live maps of the io_stats object in a target.
-struct IoStatsMaps {
+// The live maps of a built-in object in a target.
+struct BuiltinMaps {
     observe::ObjectInfo object;
     std::vector<observe::LiveMap> maps;
+    bool loaded_here = false;  // false: someone else's instance (reused, never unloaded)
+
+    // The map named `map_name`, or the end of the command saying the object lacks it.
+    ebpf::Map& need(const std::string& map_name, pid_t pid) const;
+};
+
+// The live maps of the io_stats object in a target.
+struct IoStatsMaps : BuiltinMaps {
     ebpf::Map* syscalls = nullptr;  // syscall_stats
     ebpf::Map* classes = nullptr;   // class_stats (absent in objects that lack it)
-    bool loaded_here = false;       // false: someone else's instance (reused, never unloaded)
 };
 
 class TargetSession {
@@ -72,7 +79,10 @@ public:
 
     // Loads an object; it is unloaded by close() unless --stay (or keep()).
     observe::ObjectInfo load(const std::string& path, const std::vector<std::string>& programs = {});
-    // The io_stats instance already loaded in the target, else a fresh one loaded here.
+    // The instance of built-in object `object_name` ("net_stats.bpf.o") already loaded in the
+    // target, else a fresh one loaded here.
+    BuiltinMaps builtin(const std::string& object_name);
+    // builtin(io_stats) with its maps found.
     IoStatsMaps io_stats();
     observe::Snapshot snapshot(const IoStatsMaps& maps);
 

@@ -37,6 +37,8 @@ Result<ClusterFile> parse_cluster_file(const std::string& text) {
         file.name = j.value("name", file.name);
         file.table = j.value("table", file.table);
         file.distributed_table = j.value("distributed_table", file.distributed_table);
+        file.history_table = j.value("history_table", file.history_table);
+        file.history_distributed_table = j.value("history_distributed_table", file.history_distributed_table);
         for (const json& n : j.at("nodes")) {
             Node node;
             node.name = n.at("name").get<std::string>();
@@ -90,7 +92,8 @@ std::string format_cluster_file(const ClusterFile& file) {
         }
         nodes.push_back(std::move(node));
     }
-    const json j = {{"name", file.name}, {"table", file.table}, {"distributed_table", file.distributed_table}, {"nodes", nodes}};
+    const json j = {{"name", file.name}, {"table", file.table}, {"distributed_table", file.distributed_table},
+                    {"history_table", file.history_table}, {"history_distributed_table", file.history_distributed_table}, {"nodes", nodes}};
     return j.dump(2) + "\n";
 }
 
@@ -127,6 +130,8 @@ Result<void> write_file_atomic(const std::string& path, const std::string& text,
     return {};
 }
 
+std::string every_node_cluster(const ClusterFile& file) { return file.name + "_nodes"; }
+
 std::string remote_servers_xml(const ClusterFile& file) {
     std::string shards;
     for (size_t s = 0; s < file.shards(); ++s) {
@@ -136,7 +141,13 @@ std::string remote_servers_xml(const ClusterFile& file) {
                 replicas += fmt::format("<replica><host>{}</host><port>{}</port></replica>", n.host, n.tcp_port);
         shards += fmt::format("            <shard>{}</shard>\n", replicas);
     }
-    return fmt::format("    <remote_servers>\n        <{0}>\n{1}        </{0}>\n    </remote_servers>\n", file.name, shards);
+    // Every node its own shard: the I/O history differs per node (replicas included), and a
+    // Distributed table over this cluster reads all of it.
+    std::string nodes;
+    for (const Node& n : file.nodes)
+        nodes += fmt::format("            <shard><replica><host>{}</host><port>{}</port></replica></shard>\n", n.host, n.tcp_port);
+    return fmt::format("    <remote_servers>\n        <{0}>\n{1}        </{0}>\n        <{2}>\n{3}        </{2}>\n    </remote_servers>\n",
+                       file.name, shards, every_node_cluster(file), nodes);
 }
 
 }  // namespace liveio::cluster

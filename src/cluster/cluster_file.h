@@ -5,6 +5,7 @@
 //   {
 //     "name": "liveio",                      remote_servers cluster name
 //     "table": "hits", "distributed_table": "hits_all",
+//     "history_table": "liveio.io_history", "history_distributed_table": "liveio.io_history_all",
 //     "nodes": [
 //       {"name": "n0", "shard": 0, "replica": 0,
 //        "host": "10.231.0.2",               address the other nodes and liveio reach it on
@@ -53,6 +54,11 @@ struct ClusterFile {
     std::string name = "liveio";
     std::string table = "hits";
     std::string distributed_table = "hits_all";
+    // The I/O history: every node's `liveio serve` inserts its metrics into history_table
+    // (the sink's MergeTree, observe/sink.h) on its own server; history_distributed_table is
+    // the Distributed table over all of them. "" when the cluster has no history sink.
+    std::string history_table = "liveio.io_history";
+    std::string history_distributed_table = "liveio.io_history_all";
     std::vector<Node> nodes;
 
     size_t shards() const;
@@ -67,8 +73,11 @@ Result<ClusterFile> read_cluster_file(const std::string& path);
 // the file's permission bits.
 Result<void> write_file_atomic(const std::string& path, const std::string& text, mode_t mode = 0600);
 
-// The <remote_servers> section naming every node of `file` by host and tcp_port, replicas of
-// a shard grouped in one <shard>.
+// The <remote_servers> section naming every node of `file` by host and tcp_port: cluster
+// `file.name` with the replicas of a shard grouped in one <shard>, and cluster
+// every_node_cluster(file) with every node a shard of its own (for the I/O history).
 std::string remote_servers_xml(const ClusterFile& file);
+// "<name>_nodes".
+std::string every_node_cluster(const ClusterFile& file);
 
 }  // namespace liveio::cluster

@@ -231,9 +231,13 @@ Result<ControlReply> control_request(const Node& node, const std::string& method
     return control_request_tcp(node, method, target, body, *token, timeout);
 }
 
-Result<pid_t> start_control_endpoint(const std::string& liveio_exe, const Node& node) {
+Result<pid_t> start_control_endpoint(const std::string& liveio_exe, const Node& node, const std::string& history_table,
+                                     const std::string& history_interval) {
     std::vector<std::string> args{liveio_exe, "serve", "--target", std::to_string(node.server_pid), "--control-socket",
-                                  node.control.socket};
+                                  node.control.socket, "--sockets"};
+    if (!history_table.empty())
+        args.insert(args.end(), {"--sink", fmt::format("clickhouse://127.0.0.1:{}/{}", node.http_port, history_table), "--sink-interval",
+                                 history_interval});
     if (node.control.port) {
         args.insert(args.end(), {"--listen", fmt::format("{}:{}", node.host, node.control.port), "--token-file", node.control.token_file});
     } else {

@@ -48,9 +48,11 @@ Result<ControlReply> control_request_tcp(const Node& node, const std::string& me
                                          const std::string& body, const std::string& token,
                                          std::chrono::milliseconds timeout);
 
-// Starts `liveio_exe serve` for `node` in the calling thread's network namespace, detached
-// from the caller (own session, output in <data_dir>/serve.log, no PDEATHSIG), and waits (at
-// most 20 s) for its control socket. Returns its pid.
-Result<pid_t> start_control_endpoint(const std::string& liveio_exe, const Node& node);
+// Starts `liveio_exe serve --sockets` for `node` in the calling thread's network namespace,
+// detached from the caller (own session, output in <data_dir>/serve.log, no PDEATHSIG), and
+// waits (at most 20 s) for its control socket. With `history_table` ("db.table"), it inserts
+// its metrics there on the node's own server every `history_interval`. Returns its pid.
+Result<pid_t> start_control_endpoint(const std::string& liveio_exe, const Node& node, const std::string& history_table = "",
+                                     const std::string& history_interval = "5s");
 
 }  // namespace liveio::cluster

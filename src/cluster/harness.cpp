@@ -24,9 +24,10 @@
 
 #include "clickhouse/dataset.h"
 #include "clickhouse/server.h"
-#include "cluster/command.h"
 #include "cluster/control.h"
 #include "cluster/netns.h"
+#include "control/command.h"
+#include "observe/sink.h"
 
 namespace liveio::cluster {
 namespace {
@@ -185,7 +186,8 @@ std::string address_of(uint32_t net, size_t node) {
 Result<void> iproute(const char* tool, const std::vector<std::string>& args) {
     std::vector<std::string> argv{tool};
     argv.insert(argv.end(), args.begin(), args.end());
-    auto r = run_checked(argv);
+    auto r = control::run_checked(argv);
+    if (!r && r.error().code == ENOENT) return make_error(ENOENT, r.error().message + " (apt install iproute2)");
     if (!r) return r.error();
     return {};
 }
@@ -227,6 +229,23 @@ Result<pid_t> start_server(const Node& node, const ClusterFile& file, bool in_na
     auto server = clickhouse::LocalServer::start(so);
     if (!server) return server.error();
     return server->release_process();
+}
+
+// The node's sink table (the schema of `liveio serve --sink`) and the Distributed table over
+// every node's, so the whole cluster's I/O history is one query on any node.
+Result<void> create_history_tables(const Node& n, const ClusterFile& file) {
+    auto local = observe::parse_sink_url(fmt::format("clickhouse://127.0.0.1:{}/{}", n.http_port, file.history_table));
+    if (!local) return local.error();
+    const size_t dot = file.history_distributed_table.find('.');
+    if (dot == std::string::npos) return make_error(EINVAL, "history_distributed_table must be db.table");
+    clickhouse::HttpClient client({.host = n.host, .port = n.http_port});
+    for (const std::string& sql :
+         {fmt::format("CREATE DATABASE IF NOT EXISTS `{}`", local->database), observe::sink_create_table_sql(*local),
+          fmt::format("CREATE DATABASE IF NOT EXISTS `{}`", file.history_distributed_table.substr(0, dot)),
+          fmt::format("CREATE TABLE IF NOT EXISTS {} AS {} ENGINE = Distributed({}, {}, {})", file.history_distributed_table,
+                      local->qualified(), every_node_cluster(file), local->database, local->table)})
+        if (auto r = client.execute(sql); !r) return r;
+    return {};
 }
 
 // Everything of `up` after its state directory exists: namespaces, links, servers, data,
@@ -347,13 +366,19 @@ Result<ClusterFile> populate(const UpOptions& o, State& s, bool namespaces, uint
     }
 
     if (!o.liveio_exe.empty()) {
+        for (const Node& n : file.nodes) {
+            auto made = in_netns(n.netns, [&]() -> Result<void> { return create_history_tables(n, file); });
+            if (!made) return make_error(made.error().code, fmt::format("node {}: I/O history tables: {}", n.name, made.error().message));
+        }
+        o.log(fmt::format("I/O history: every node's metrics every {} into {} on its server; {} over all nodes", o.history_interval,
+                          file.history_table, file.history_distributed_table));
         auto token = ensure_token_file(s.dir + "/control.token");
         if (!token) return token.error();
         for (Node& n : file.nodes) {
             n.control.socket = n.data_dir + "/control.sock";
             n.control.port = namespaces ? kControlPort : 0;
             n.control.token_file = namespaces ? s.dir + "/control.token" : "";
-            auto pid = in_netns(n.netns, [&]() -> Result<pid_t> { return start_control_endpoint(o.liveio_exe, n); });
+            auto pid = in_netns(n.netns, [&]() -> Result<pid_t> { return start_control_endpoint(o.liveio_exe, n, file.history_table, o.history_interval); });
             if (!pid) return make_error(pid.error().code, fmt::format("node {}: {}", n.name, pid.error().message));
             s.processes.push_back({*pid, process_start_time(*pid), "liveio serve " + n.name});
             if (auto r = save(s); !r) return r.error();
@@ -370,6 +395,27 @@ Result<ClusterFile> populate(const UpOptions& o, State& s, bool namespaces, uint
 }
 
 }  // namespace
+
+Result<void> set_link_rate(const ClusterFile& file, const std::string& rate) {
+    std::optional<uint64_t> bits;
+    if (!rate.empty()) {
+        auto b = parse_rate(rate);
+        if (!b) return b.error();
+        bits = *b;
+    }
+    const std::string hub = namespace_names(file.name, 0).at(0);
+    for (const Node& n : file.nodes) {
+        if (n.netns.empty()) return make_error(EINVAL, fmt::format("node {} has no namespace: only links of a namespace cluster are shaped", n.name));
+        for (const auto& [ns, dev] : {std::pair{n.netns, std::string("eth0")}, std::pair{hub, n.name}}) {
+            if (bits) {
+                if (auto r = shape(ns, dev, *bits); !r) return r;
+            } else if (auto r = control::run_command({"tc", "-n", ns, "qdisc", "del", "dev", dev, "root"}); !r) {
+                return r.error();  // a link without a qdisc of ours makes tc fail: that is unshaped already
+            }
+        }
+    }
+    return {};
+}
 
 std::string default_state_root() {
     if (::geteuid() == 0) return "/run/liveio/cluster";

@@ -37,6 +37,8 @@ struct UpOptions {
     // When set: a `liveio serve` control endpoint is started next to every server, running
     // this executable (see cluster/control.h).
     std::string liveio_exe;
+    // How often each endpoint inserts its metrics into the cluster's I/O history.
+    std::string history_interval = "5s";
     std::function<void(const std::string&)> log = [](const std::string&) {};
 };
 
@@ -56,6 +58,10 @@ struct DownReport {
 // directory recorded for cluster `name` under `state_root`. Succeeds with existed = false when
 // nothing is recorded (idempotent).
 Result<DownReport> down(const std::string& name, const std::string& state_root = default_state_root());
+
+// Shapes every node link of namespace cluster `file` (made by `up`) to `rate` each way with
+// tbf, as `up --rate` does; "" removes the shaping.
+Result<void> set_link_rate(const ClusterFile& file, const std::string& rate);
 
 std::string state_dir(const std::string& name, const std::string& state_root = default_state_root());
 // <state dir>/cluster.json.

@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -12,10 +13,11 @@
 
 namespace liveio::control {
 
-// Runs /proc/self/exe with `args`, stdout and stderr captured together, the child's signal
-// mask emptied (callers may block signals to wait for them in a thread). Returns the output;
-// a non-zero exit or a signal is an error whose message quotes the command and its output.
-Result<std::string> run_liveio(const std::vector<std::string>& args);
+// Runs /proc/self/exe with `args` through run_command (control/command.h): output captured,
+// signal mask emptied, killed after `timeout`. Returns the output; a non-zero exit or a signal
+// is an error whose message quotes the command and its output.
+Result<std::string> run_liveio(const std::vector<std::string>& args,
+                               std::chrono::milliseconds timeout = std::chrono::minutes(10));
 
 // True when liveio-agent.so is mapped in process `pid` (attached, not yet unloaded).
 bool agent_mapped(pid_t pid);

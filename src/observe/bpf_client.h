@@ -86,5 +86,7 @@ Result<GlobalLocation> find_global(const std::string& object_path, const std::st
 
 // The basename of the built-in statistics object, as bpf.list names it.
 inline constexpr const char* kIoStatsObject = "io_stats.bpf.o";
+// The basename of the built-in socket statistics object (bpf/net_stats.bpf.c).
+inline constexpr const char* kNetStatsObject = "net_stats.bpf.o";
 
 }  // namespace liveio::observe

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <set>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -86,6 +87,9 @@ std::string render_prometheus(const std::vector<ProcessMetrics>& processes) {
     w.family("liveio_class_calls_total", "counter", "Calls per file class and direction.");
     w.family("liveio_class_bytes_total", "counter", "Bytes per file class and direction.");
     w.family("liveio_class_latency_seconds", "histogram", "Latency per file class and direction (log2 buckets).");
+    w.family("liveio_socket_calls_total", "counter", "Calls per TCP socket (local and remote address) and direction.");
+    w.family("liveio_socket_bytes_total", "counter", "Bytes per TCP socket and direction.");
+    w.family("liveio_socket_latency_seconds", "histogram", "Call latency per TCP socket and direction (log2 buckets).");
     for (const auto& p : processes) {
         const Labels base{{"pid", std::to_string(p.pid)}, {"comm", p.comm}};
         w.sample("liveio_target_up", "liveio_target_up", base, p.up ? "1" : "0");
@@ -105,6 +109,23 @@ std::string render_prometheus(const std::vector<ProcessMetrics>& processes) {
             w.sample("liveio_class_calls_total", "liveio_class_calls_total", l, std::to_string(row.counters.calls));
             w.sample("liveio_class_bytes_total", "liveio_class_bytes_total", l, std::to_string(row.counters.bytes));
             w.histogram("liveio_class_latency_seconds", l, row.counters);
+        }
+        // Sockets closed before their address was seen share one (empty) label set: summed, as
+        // a series may appear once per scrape.
+        std::map<std::tuple<std::string, std::string, uint32_t>, Counters> by_labels;
+        for (const auto& sock : p.sockets)
+            for (uint32_t dir = 0; dir < 3; ++dir)
+                if (!sock.counters.dir[dir].empty())
+                    by_labels[{sock.connection.local(), sock.connection.remote(), dir}] += sock.counters.dir[dir];
+        for (const auto& [key, c] : by_labels) {
+            const auto& [local, remote, dir] = key;
+            Labels l = base;
+            l.emplace_back("local", local);
+            l.emplace_back("remote", remote);
+            l.emplace_back("direction", direction_name(dir));
+            w.sample("liveio_socket_calls_total", "liveio_socket_calls_total", l, std::to_string(c.calls));
+            w.sample("liveio_socket_bytes_total", "liveio_socket_bytes_total", l, std::to_string(c.bytes));
+            w.histogram("liveio_socket_latency_seconds", l, c);
         }
     }
     return w.text();

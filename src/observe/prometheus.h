@@ -10,6 +10,9 @@
 //   liveio_class_calls_total{pid,comm,class,direction} counter
 //   liveio_class_bytes_total{pid,comm,class,direction} counter
 //   liveio_class_latency_seconds{pid,comm,class,direction,le} histogram
+//   liveio_socket_calls_total{pid,comm,local,remote,direction} counter (net_stats loaded)
+//   liveio_socket_bytes_total{pid,comm,local,remote,direction} counter
+//   liveio_socket_latency_seconds{pid,comm,local,remote,direction,le} histogram
 //   liveio_target_up{pid,comm}                         gauge    1 if its maps were read
 #pragma once
 
@@ -20,6 +23,7 @@
 #include <vector>
 
 #include "base/result.h"
+#include "observe/net_stats.h"
 #include "observe/stats.h"
 
 namespace liveio::observe {
@@ -30,6 +34,7 @@ struct ProcessMetrics {
     bool up = false;       // false: the snapshot could not be read (error says why)
     std::string error;
     Snapshot snapshot;     // cumulative counters
+    std::vector<SocketSample> sockets;  // cumulative, when net_stats is loaded
 };
 
 std::string render_prometheus(const std::vector<ProcessMetrics>& processes);

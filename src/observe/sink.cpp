@@ -82,6 +82,11 @@ std::string sink_rows_tsv(const SinkBatch& b) {
     };
     for (const auto& s : b.delta->syscalls) row("syscall", s.name, "", s.counters);
     for (const auto& c : b.delta->classes) row("class", class_name(c.file_class), direction_name(c.direction), c.counters);
+    if (b.sockets)
+        for (const auto& s : *b.sockets)
+            for (uint32_t dir = 0; dir < 3; ++dir)
+                if (!s.counters.dir[dir].empty())
+                    row("socket", s.connection.remote().empty() ? "closed" : s.connection.remote(), direction_name(dir), s.counters.dir[dir]);
     return out;
 }
 

@@ -14,6 +14,7 @@
 
 #include "base/result.h"
 #include "clickhouse/http_client.h"
+#include "observe/net_stats.h"
 #include "observe/stats.h"
 
 namespace liveio::observe {
@@ -32,7 +33,8 @@ struct SinkTarget {
 Result<SinkTarget> parse_sink_url(std::string_view url);
 
 // CREATE TABLE IF NOT EXISTS for the sink's columns:
-//   time DateTime, host String, pid UInt32, comm String, kind String ('syscall' | 'class'),
+//   time DateTime, host String, pid UInt32, comm String, kind String ('syscall' | 'class' |
+//   'socket': name is the TCP socket's remote address:port, 'closed' if never seen open),
 //   name String, direction String, interval_s Float64, calls UInt64, errors UInt64,
 //   bytes UInt64, latency_sum_ns UInt64, mean_ns Float64, p50_ns Float64, p99_ns Float64,
 //   hist Array(UInt64)
@@ -46,6 +48,7 @@ struct SinkBatch {
     std::string comm;
     double interval_s = 0;
     const Snapshot* delta = nullptr;
+    const std::vector<SocketSample>* sockets = nullptr;  // deltas over the interval, optional
 };
 std::string sink_rows_tsv(const SinkBatch& batch);
 

@@ -24,6 +24,15 @@ Counters Counters::from(const liveio_io_stats& raw) {
     return c;
 }
 
+Counters& Counters::operator+=(const Counters& o) {
+    calls += o.calls;
+    errors += o.errors;
+    bytes += o.bytes;
+    latency_ns += o.latency_ns;
+    for (size_t i = 0; i < hist.size(); ++i) hist[i] += o.hist[i];
+    return *this;
+}
+
 Counters delta(const Counters& now, const Counters& before) {
     // The program adds to `calls` first and to the other fields after (separate atomic adds),
     // so a read racing with it can see a field lag `calls`: the reset test uses calls alone,

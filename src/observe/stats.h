@@ -31,6 +31,7 @@ struct Counters {
 
     static Counters from(const liveio_io_stats& raw);
     bool empty() const { return calls == 0; }
+    Counters& operator+=(const Counters& other);  // field by field, histogram slot by slot
 };
 
 // Counters accumulated since `before` was read. The counters only grow while one program

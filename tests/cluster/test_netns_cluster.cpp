@@ -25,51 +25,24 @@
 #include "clickhouse/http_client.h"
 #include "clickhouse/server.h"
 #include "cluster/cluster_file.h"
-#include "cluster/command.h"
+#include "control/command.h"
 #include "cluster/control.h"
 #include "cluster/harness.h"
 #include "cluster/netns.h"
+#include "cluster_test_support.h"
 
 namespace liveio::cluster {
 namespace {
 
 namespace fs = std::filesystem;
+using control::run_checked;
+using control::run_command;
+using namespace test_support;
 using nlohmann::json;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 constexpr uint64_t kRows = 100000;  // small: the machine is shared
-
-std::string skip_reason() {
-    if (auto why = netns_unavailable_reason(); !why.empty()) return why;
-    if (auto bin = clickhouse::find_server_binary(); !bin) return bin.error().message;
-    if (auto ip = run_command({"ip", "-V"}); !ip || ip->status != 0) return "iproute2 (ip) is not installed";
-    return "";
-}
-
-// A cluster name and state root private to this test process.
-struct Names {
-    std::string name;
-    std::string root;
-    explicit Names(const char* tag) {
-        name = std::string(tag) + std::to_string(::getpid());
-        char tmpl[] = "/tmp/liveio-test-cluster-XXXXXX";
-        root = ::mkdtemp(tmpl) ? tmpl : "";
-    }
-    ~Names() {
-        (void)down(name, root);  // whatever a failed assertion left
-        std::error_code ec;
-        fs::remove_all(root, ec);
-    }
-};
-
-CommandOutput cli(const std::vector<std::string>& args, milliseconds timeout = milliseconds(300000)) {
-    std::vector<std::string> argv{LIVEIO_CLI_PATH};
-    argv.insert(argv.end(), args.begin(), args.end());
-    auto r = run_command(argv, timeout);
-    if (!r) return {-1, r.error().message};
-    return *r;
-}
 
 std::vector<std::string> cluster_namespaces(const std::string& name) {
     std::vector<std::string> out;
@@ -77,14 +50,6 @@ std::vector<std::string> cluster_namespaces(const std::string& name) {
     for (const auto& e : fs::directory_iterator("/run/netns", ec))
         if (e.path().filename().string().starts_with("liveio-" + name + "-")) out.push_back(e.path().filename());
     return out;
-}
-
-// Runs `sql` on `node`'s HTTP port from inside its namespace.
-Result<std::string> query(const Node& node, const std::string& sql) {
-    auto scope = NetnsScope::enter(node.netns);
-    if (!scope) return scope.error();
-    clickhouse::HttpClient c({.host = node.host, .port = node.http_port, .timeout = milliseconds(60000)});
-    return c.query(sql);
 }
 
 uint64_t bridge_port_bytes(const std::string& hub, const std::string& port) {

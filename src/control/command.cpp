@@ -1,4 +1,4 @@
-#include "cluster/command.h"
+#include "control/command.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -6,11 +6,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 
 #include <fmt/format.h>
 
-namespace liveio::cluster {
+namespace liveio::control {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -30,6 +31,7 @@ Result<CommandOutput> run_command(const std::vector<std::string>& argv, std::chr
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
+    std::fflush(nullptr);  // nothing buffered is written twice by the child
     const pid_t pid = ::fork();
     if (pid < 0) {
         const int err = errno;
@@ -77,7 +79,7 @@ Result<CommandOutput> run_command(const std::vector<std::string>& argv, std::chr
         return make_error(ETIMEDOUT, fmt::format("{} did not finish within {} ms", quoted(argv), timeout.count()));
     result.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     if (result.status == 127 && result.output.empty())
-        return make_error(ENOENT, fmt::format("cannot run {} (not installed? apt install iproute2)", argv[0]));
+        return make_error(ENOENT, fmt::format("cannot run {} (not installed?)", argv[0]));
     return result;
 }
 
@@ -92,4 +94,4 @@ Result<std::string> run_checked(const std::vector<std::string>& argv, std::chron
     return std::move(r->output);
 }
 
-}  // namespace liveio::cluster
+}  // namespace liveio::control

@@ -1,0 +1,258 @@
+#include "cluster/top.h"
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <tuple>
+
+#include <fmt/format.h>
+
+namespace liveio::cluster {
+namespace {
+
+using observe::Counters;
+
+uint32_t class_from_name(const std::string& name) {
+    for (uint32_t c = 0; c < LIVEIO_CLASS_COUNT; ++c)
+        if (observe::class_name(c) == name) return c;
+    return LIVEIO_CLASS_UNKNOWN;
+}
+
+uint32_t direction_from_name(const std::string& name) {
+    for (uint32_t d = 0; d < 3; ++d)
+        if (observe::direction_name(d) == name) return d;
+    return LIVEIO_IO_OTHER;
+}
+
+bool is_disk_class(uint32_t c) {
+    return c == LIVEIO_CLASS_FILE || c == LIVEIO_CLASS_CH_BIN || c == LIVEIO_CLASS_CH_MRK || c == LIVEIO_CLASS_CH_PRIMARY ||
+           c == LIVEIO_CLASS_CH_OTHER;
+}
+
+void add(observe::SizeHistogram& into, const observe::SizeHistogram& h) {
+    for (size_t i = 0; i < into.size(); ++i) into[i] += h[i];
+}
+
+const Node* node_serving(const ClusterFile& file, const std::string& addr, uint16_t port) {
+    for (const Node& n : file.nodes)
+        if (n.host == addr && (port == n.tcp_port || port == n.http_port || port == n.interserver_port)) return &n;
+    return nullptr;
+}
+
+std::string service_name(const Node& n, uint16_t port) {
+    if (port == n.tcp_port) return "native";
+    if (port == n.http_port) return "http";
+    if (port == n.interserver_port) return "interserver";
+    return std::to_string(port);
+}
+
+bool loopback(const std::string& addr) { return addr.starts_with("127.") || addr == "::1"; }
+
+// The percentile of a log2 size histogram, as bytes (lower bound of the slot holding it).
+std::optional<uint64_t> size_percentile(const observe::SizeHistogram& h, double q) {
+    uint64_t total = 0;
+    for (uint64_t v : h) total += v;
+    if (total == 0) return std::nullopt;
+    const uint64_t rank = std::max<uint64_t>(1, static_cast<uint64_t>(q * static_cast<double>(total) + 0.999999));
+    uint64_t seen = 0;
+    for (size_t i = 0; i < h.size(); ++i) {
+        seen += h[i];
+        if (seen >= rank) return observe::slot_low_ns(i);  // the same log2 slot bounds, in bytes
+    }
+    return observe::slot_low_ns(h.size() - 1);
+}
+
+std::string human_bytes(double b) {
+    if (b >= 1 << 30) return fmt::format("{:.1f}G", b / (1 << 30));
+    if (b >= 1 << 20) return fmt::format("{:.1f}M", b / (1 << 20));
+    if (b >= 1 << 10) return fmt::format("{:.1f}K", b / (1 << 10));
+    return fmt::format("{:.0f}", b);
+}
+
+std::string ms(uint64_t ns) { return fmt::format("{:.1f}", static_cast<double>(ns) / 1e6); }
+
+std::string latency(const Counters& c, double q) {
+    auto p = observe::percentile_ns(c.hist, q);
+    if (!p) return "-";
+    if (*p >= 1e6) return fmt::format("{:.1f}ms", *p / 1e6);
+    return fmt::format("{:.0f}us", *p / 1e3);
+}
+
+}  // namespace
+
+NodeIoSample parse_node_io(const nlohmann::json& j) {
+    NodeIoSample s;
+    if (!j.is_object() || !j.value("ok", false)) {
+        s.error = j.is_object() ? j.value("error", std::string("not ok")) : "reply is not a JSON object";
+        return s;
+    }
+    s.ok = true;
+    s.time_ns = j.value("time_ns", uint64_t{0});
+    for (const auto& r : j.value("classes", nlohmann::json::array()))
+        s.classes.push_back({class_from_name(r.value("class", std::string())), direction_from_name(r.value("direction", std::string())),
+                             observe::counters_from_json(r)});
+    for (const auto& r : j.value("syscalls", nlohmann::json::array()))
+        s.syscalls.push_back({0, r.value("name", std::string()), observe::counters_from_json(r)});
+    for (const auto& r : j.value("sockets", nlohmann::json::array())) s.sockets.push_back(observe::socket_from_json(r));
+    return s;
+}
+
+std::string peer_name(const ClusterFile& file, const std::vector<NodeIoSample>& samples, const observe::TcpConnection& c) {
+    if (c.remote_addr.empty()) return "";
+    if (c.remote_port == 0) return "(listening)";  // accept calls count on the listening socket
+    const std::string remote = c.remote();
+    for (size_t i = 0; i < samples.size() && i < file.nodes.size(); ++i)
+        for (const auto& s : samples[i].sockets)
+            if (s.connection.local() == remote) return file.nodes[i].name;
+    if (const Node* n = node_serving(file, c.remote_addr, c.remote_port)) return n->name;
+    if (!loopback(c.remote_addr)) {
+        const Node* only = nullptr;
+        size_t matches = 0;
+        for (const Node& n : file.nodes)
+            if (n.host == c.remote_addr) only = &n, ++matches;
+        if (matches == 1) return only->name;
+    }
+    return c.remote_addr;
+}
+
+std::optional<double> NodeTop::disk_share() const {
+    const double disk_ns = static_cast<double>(disk.latency_ns);
+    const double total = disk_ns + static_cast<double>(net_in.latency_ns + net_out.latency_ns);
+    if (total <= 0) return std::nullopt;
+    return disk_ns / total;
+}
+
+TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& before, const std::vector<NodeIoSample>& now) {
+    TopView view;
+    using PeerKey = std::tuple<std::string, std::string, bool, std::string>;  // node, peer, inbound, service
+    std::map<PeerKey, PeerTop> peers;
+    for (size_t i = 0; i < file.nodes.size() && i < now.size(); ++i) {
+        const Node& node = file.nodes[i];
+        const NodeIoSample& cur = now[i];
+        NodeTop t;
+        t.node = node.name;
+        t.ok = cur.ok;
+        t.error = cur.error;
+        if (!cur.ok) {
+            view.nodes.push_back(std::move(t));
+            continue;
+        }
+        const NodeIoSample* prev = i < before.size() && before[i].ok ? &before[i] : nullptr;
+        t.seconds = prev && cur.time_ns > prev->time_ns ? static_cast<double>(cur.time_ns - prev->time_ns) / 1e9 : 0;
+        for (const auto& r : cur.classes) {
+            Counters d = r.counters;
+            if (prev)
+                for (const auto& p : prev->classes)
+                    if (p.file_class == r.file_class && p.direction == r.direction) d = observe::delta(r.counters, p.counters);
+            if (is_disk_class(r.file_class)) t.disk += d;
+            if (r.file_class == LIVEIO_CLASS_TCP && r.direction == LIVEIO_IO_READ) t.net_in += d;
+            if (r.file_class == LIVEIO_CLASS_TCP && r.direction == LIVEIO_IO_WRITE) t.net_out += d;
+        }
+        for (const auto& r : cur.syscalls) {
+            if (r.name != "epoll_wait") continue;
+            Counters d = r.counters;
+            if (prev)
+                for (const auto& p : prev->syscalls)
+                    if (p.name == r.name) d = observe::delta(r.counters, p.counters);
+            t.wait += d;
+        }
+        if (cur.queries && prev && prev->queries && *cur.queries >= *prev->queries) t.queries = *cur.queries - *prev->queries;
+        for (const auto& s : cur.sockets) {
+            observe::SocketCounters d = s.counters;
+            if (prev)
+                for (const auto& p : prev->sockets)
+                    if (p.file_id == s.file_id) d = observe::delta(s.counters, p.counters);
+            if (d.recv().calls + d.send().calls + d.dir[LIVEIO_IO_OTHER].calls == 0) continue;
+            const uint16_t lport = s.connection.local_port;
+            const bool inbound = lport == node.tcp_port || lport == node.http_port || lport == node.interserver_port;
+            std::string service;
+            if (inbound) {
+                service = service_name(node, lport);
+            } else if (const Node* server = node_serving(file, s.connection.remote_addr, s.connection.remote_port)) {
+                service = service_name(*server, s.connection.remote_port);
+            } else {
+                service = s.connection.remote_addr.empty() ? "?" : std::to_string(s.connection.remote_port);
+            }
+            std::string peer = peer_name(file, now, s.connection);
+            if (peer.empty()) peer = "(closed)";
+            PeerTop& p = peers[{node.name, peer, inbound, service}];
+            p.node = node.name;
+            p.peer = peer;
+            p.inbound = inbound;
+            p.service = service;
+            ++p.sockets;
+            p.recv += d.recv();
+            p.send += d.send();
+            add(p.recv_sizes, d.sizes[LIVEIO_IO_READ]);
+            add(p.send_sizes, d.sizes[LIVEIO_IO_WRITE]);
+        }
+        view.nodes.push_back(std::move(t));
+    }
+    for (auto& [key, p] : peers) view.peers.push_back(std::move(p));
+    return view;
+}
+
+std::string render_top(const TopView& v) {
+    std::string out = fmt::format("{:<5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}\n", "node", "queries", "disk ops",
+                                  "disk B", "disk ms", "net ops", "net in", "net out", "net ms", "epoll ms", "disk%");
+    for (const NodeTop& n : v.nodes) {
+        if (!n.ok) {
+            out += fmt::format("{:<5} DOWN {}\n", n.node, n.error);
+            continue;
+        }
+        const auto share = n.disk_share();
+        out += fmt::format("{:<5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}\n", n.node,
+                           n.queries ? std::to_string(*n.queries) : "-", n.disk.calls, human_bytes(static_cast<double>(n.disk.bytes)),
+                           ms(n.disk.latency_ns), n.net_in.calls + n.net_out.calls, human_bytes(static_cast<double>(n.net_in.bytes)),
+                           human_bytes(static_cast<double>(n.net_out.bytes)), ms(n.net_in.latency_ns + n.net_out.latency_ns),
+                           ms(n.wait.latency_ns), share ? fmt::format("{:.0f}", *share * 100) : "-");
+    }
+    out += fmt::format("\n{:<5} {:<3} {:<12} {:<11} {:>4} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9}\n", "node", "dir", "peer", "service",
+                       "sock", "recv ops", "recv B", "send ops", "send B", "recv p50", "send p50", "lat p50", "lat p99", "ops/query");
+    for (const PeerTop& p : v.peers) {
+        Counters both = p.recv;
+        both += p.send;
+        std::optional<uint64_t> queries;
+        for (const NodeTop& n : v.nodes)
+            if (n.node == p.node) queries = n.queries;
+        const auto rs = size_percentile(p.recv_sizes, 0.5), ss = size_percentile(p.send_sizes, 0.5);
+        out += fmt::format("{:<5} {:<3} {:<12} {:<11} {:>4} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9}\n", p.node,
+                           p.inbound ? "<-" : "->", p.peer, p.service, p.sockets, p.recv.calls, human_bytes(static_cast<double>(p.recv.bytes)),
+                           p.send.calls, human_bytes(static_cast<double>(p.send.bytes)), rs ? human_bytes(static_cast<double>(*rs)) : "-",
+                           ss ? human_bytes(static_cast<double>(*ss)) : "-", latency(both, 0.5), latency(both, 0.99),
+                           queries && *queries ? fmt::format("{:.1f}", static_cast<double>(both.calls) / static_cast<double>(*queries)) : "-");
+    }
+    return out;
+}
+
+nlohmann::json top_json(const TopView& v) {
+    nlohmann::json nodes = nlohmann::json::array(), peers = nlohmann::json::array();
+    for (const NodeTop& n : v.nodes) {
+        nlohmann::json j = {{"node", n.node}, {"ok", n.ok}};
+        if (!n.ok) {
+            j["error"] = n.error;
+        } else {
+            j.update({{"seconds", n.seconds},
+                      {"disk", observe::to_json(n.disk)},
+                      {"net_in", observe::to_json(n.net_in)},
+                      {"net_out", observe::to_json(n.net_out)},
+                      {"epoll_wait", observe::to_json(n.wait)}});
+            if (n.queries) j["queries"] = *n.queries;
+            if (auto s = n.disk_share()) j["disk_share"] = *s;
+        }
+        nodes.push_back(std::move(j));
+    }
+    for (const PeerTop& p : v.peers)
+        peers.push_back({{"node", p.node},
+                         {"peer", p.peer},
+                         {"inbound", p.inbound},
+                         {"service", p.service},
+                         {"sockets", p.sockets},
+                         {"recv", observe::to_json(p.recv)},
+                         {"send", observe::to_json(p.send)},
+                         {"recv_sizes", p.recv_sizes},
+                         {"send_sizes", p.send_sizes}});
+    return {{"nodes", std::move(nodes)}, {"peers", std::move(peers)}};
+}
+
+}  // namespace liveio::cluster
