@@ -357,7 +357,13 @@ void Runtime::completed(const Action& a, uint64_t file_id, int32_t res, std::spa
     // Completions run on the one liveio-io thread: a load and a store suffice.
     const uint64_t recent = Counters::get(c.latency_recent_ns);
     c.latency_recent_ns.store(recent == 0 ? latency_ns : recent - recent / 8 + latency_ns / 8, std::memory_order_relaxed);
-    if (res < 0) c.add(c.errors);
+    // A prefetch names the target's descriptor; the target may close it after the action was
+    // checked and before io_uring ran the advice. That is the target's right, not a failure:
+    // counted as dropped, like an action the queue could not take.
+    if (res == -EBADF && a.kind == Action::Kind::Prefetch)
+        c.add(c.drops);
+    else if (res < 0)
+        c.add(c.errors);
     if (a.kind == Action::Kind::Read && admit(a)) {
         const ebpf::Executable* exe = s.completion.load(std::memory_order_acquire);
         if (exe != nullptr && s.services != nullptr) {

@@ -59,7 +59,8 @@ struct liveio_policy_feedback {
     liveio_u64 used_bytes;      /* of those, bytes the target read afterwards */
     liveio_u64 wasted_bytes;    /* of those, bytes forgotten without being read */
     liveio_u64 inflight;        /* actions queued or submitted, not completed */
-    liveio_u64 drops;           /* actions dropped: queue full, budget, policy switched off */
+    liveio_u64 drops;           /* actions dropped: queue full, budget, policy switched off,
+                                   descriptor closed before the prefetch ran */
     liveio_u64 errors;          /* actions the kernel failed */
     liveio_u64 latency_ns_avg;  /* mean submit-to-completion time of recent actions */
 };
