@@ -64,6 +64,12 @@ std::vector<std::string> stock_answers(clickhouse::HttpClient& client, const std
     return answers;
 }
 
+// Whether the query loop answers more than `n` further queries (it keeps running meanwhile).
+bool answers_more_than(const clickhouse::testing::QueryLoop& loop, int n) {
+    const int before = loop.answered();
+    return eventually([&] { return loop.answered() > before + n; });
+}
+
 void drop_page_cache() {
     if (::geteuid() != 0) return;  // the policy still sees the reads; only the timing changes
     ::sync();
@@ -95,10 +101,7 @@ TEST(PolicyClickHouse, PrefetchOnALiveServerSameResultsCountersMove) {
     clickhouse::testing::QueryLoop loop(*server, queries, expected, [](size_t i) {
         if (i % 6 == 0) drop_page_cache();
     });
-    auto answered_more = [&] {
-        const int before = loop.answered();
-        return eventually([&] { return loop.answered() > before + 2; });
-    };
+    auto answered_more = [&] { return answers_more_than(loop, 2); };
 
     const CliRun attach = liveio({"attach", pid, "--policy", "prefetch"});
     if (attach.err.find("Operation not permitted") != std::string::npos) GTEST_SKIP() << "cannot attach here: " << attach.err;
@@ -188,10 +191,7 @@ TEST(PolicyClickHouse, MarksOnPointLookupsSameResultsPrefetchesUsed) {
         (void)cache_client.execute("SYSTEM DROP MARK CACHE");
         drop_page_cache();
     });
-    auto answered_more = [&] {
-        const int before = loop.answered();
-        return eventually([&] { return loop.answered() > before + 4; });
-    };
+    auto answered_more = [&] { return answers_more_than(loop, 4); };
     const CliRun attach = liveio({"attach", pid, "--policy", "marks"});
     if (attach.err.find("Operation not permitted") != std::string::npos) GTEST_SKIP() << "cannot attach here: " << attach.err;
     ASSERT_EQ(attach.status, 0) << attach.out << attach.err;
@@ -240,10 +240,7 @@ TEST(PolicyClickHouse, UringTranslatesDirectIoAioSameResults) {
     const pid_t spid = server->pid();
     const std::string pid = std::to_string(spid);
     clickhouse::testing::QueryLoop loop(*server, queries, expected, [](size_t) {});
-    auto answered_more = [&] {
-        const int before = loop.answered();
-        return eventually([&] { return loop.answered() > before + 2; });
-    };
+    auto answered_more = [&] { return answers_more_than(loop, 2); };
     const CliRun attach = liveio({"attach", pid, "--policy", "uring"});
     if (attach.err.find("Operation not permitted") != std::string::npos) GTEST_SKIP() << "cannot attach here: " << attach.err;
     ASSERT_EQ(attach.status, 0) << attach.out << attach.err;
