@@ -39,8 +39,8 @@
 #include "clickhouse_hits.h"
 #include "clickhouse_report.h"
 #include "clickhouse_system.h"
-#include "interrupt_guard.h"
 #include "control/self_exec.h"
+#include "interrupt_guard.h"
 #include "policy/catalog.h"
 
 namespace liveio::bench {
@@ -56,7 +56,8 @@ struct ClickhouseOptions {
     double scale = 40;  // million rows
     std::string cache_dir = "/var/cache/liveio/bench-clickhouse";
     std::string policies;  // comma-separated catalog names; empty: every policy of the catalog
-    std::string queries;  // comma-separated names, or "all"; empty: kDefaultQueries (all with --full)
+    std::string
+        queries;  // comma-separated names, or "all"; empty: kDefaultQueries (all with --full)
     std::string out_dir;
     int runs = 3;
     int low_readahead_kb = 128;
@@ -72,7 +73,8 @@ struct ClickhouseOptions {
 // to --full: the long CPU-bound GROUP BYs over tens of millions of keys (Q5, Q6, Q9-Q13,
 // Q15-Q36 except Q20, Q40), seconds to a minute of decompression and hashing each on this
 // machine, where the disk is a small share of the time.
-constexpr const char* kDefaultQueries = "Q1,Q2,Q3,Q4,Q7,Q8,Q14,Q20,Q37,Q38,Q39,Q41,Q42,Q43,PK1,PK2,PK3,PK4,PK5,PK6,PK7,PK8";
+constexpr const char* kDefaultQueries =
+    "Q1,Q2,Q3,Q4,Q7,Q8,Q14,Q20,Q37,Q38,Q39,Q41,Q42,Q43,PK1,PK2,PK3,PK4,PK5,PK6,PK7,PK8";
 
 // A cold run starts with at most this share of the table's bytes in the page cache; the
 // caches are dropped up to kColdAttempts times to get there.
@@ -99,8 +101,10 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 std::string cli_error(const Error& e) {
     std::string m;
     for (char ch : e.message) {
-        if (ch != '\n') m += ch;
-        else if (!m.empty() && !m.ends_with(" ")) m += " ";
+        if (ch != '\n')
+            m += ch;
+        else if (!m.empty() && !m.ends_with(" "))
+            m += " ";
     }
     while (!m.empty() && m.back() == ' ') m.pop_back();
     if (m.size() > 600) m = m.substr(0, 600) + "...";
@@ -121,7 +125,8 @@ public:
             active_.clear();
         }
         if (want.empty()) return {};
-        auto r = attached_ ? run_liveio({"policy", pid_, "on", want}) : run_liveio({"attach", pid_, "--policy", want});
+        auto r = attached_ ? run_liveio({"policy", pid_, "on", want})
+                           : run_liveio({"attach", pid_, "--policy", want});
         if (!attached_ && agent_mapped(pid_num_)) attached_ = true;
         if (!r) return r.error();
         attached_ = true;
@@ -155,9 +160,15 @@ struct QueryRun {
 
 class Bench {
 public:
-    Bench(const ClickhouseOptions& o, ch::LocalServer& server, InterruptGuard& guard, const std::string& raw_path)
-        : o_(o), server_(server), guard_(guard), client_(server.client(std::chrono::minutes(30))),
-          switch_(server.pid()), raw_(raw_path, std::ios::app), table_dir_(server.data_path() + "data/default/hits") {}
+    Bench(const ClickhouseOptions& o, ch::LocalServer& server, InterruptGuard& guard,
+          const std::string& raw_path)
+        : o_(o),
+          server_(server),
+          guard_(guard),
+          client_(server.client(std::chrono::minutes(30))),
+          switch_(server.pid()),
+          raw_(raw_path, std::ios::app),
+          table_dir_(server.data_path() + "data/default/hits") {}
 
     void check_interrupt() {
         if (guard_.interrupted()) throw CLI::RuntimeError(128 + guard_.signal());
@@ -195,7 +206,8 @@ public:
         Config stock{"stock"};
         if (auto back = switch_.apply(stock); !back) {
             if (auto d = switch_.detach(); !d)
-                fail(fmt::format("cannot bring the server back to stock after {} failed: {}", c.name, cli_error(d.error())));
+                fail(fmt::format("cannot bring the server back to stock after {} failed: {}",
+                                 c.name, cli_error(d.error())));
         }
         return false;
     }
@@ -207,7 +219,8 @@ public:
     // cannot be switched.
     bool prepare_cold(Config& c) {
         Config stock{"stock"};
-        if (auto r = switch_.apply(stock); !r) fail("switching to stock before dropping caches: " + cli_error(r.error()));
+        if (auto r = switch_.apply(stock); !r)
+            fail("switching to stock before dropping caches: " + cli_error(r.error()));
         if (auto r = drop_caches(); !r) fail("dropping caches: " + r.error().message);
         if (!switch_to(c)) return false;
         // A drained WILLNEED has submitted its reads, not necessarily finished them, and pages
@@ -231,13 +244,15 @@ public:
     // memory), then `runs` rounds of cold runs and `runs` rounds of hot runs; each round runs
     // every config once, in an order rotated from round to round and query to query, so
     // drift, the machine's other load and any position effect hit all configs alike.
-    void run_phase(Phase& phase, const std::vector<hits::Query>& queries, std::vector<Config>& configs) {
+    void run_phase(Phase& phase, const std::vector<hits::Query>& queries,
+                   std::vector<Config>& configs) {
         const size_t n = configs.size();
         for (size_t qi = 0; qi < queries.size(); ++qi) {
             const auto& q = queries[qi];
             Config stock{"stock"};
             if (!switch_to(stock)) fail("cannot switch the server back to stock");
-            if (auto r = run(q.sql, stock, false); !r) fail(fmt::format("{} (stock, warm-up): {}", q.name, r.error().message));
+            if (auto r = run(q.sql, stock, false); !r)
+                fail(fmt::format("{} (stock, warm-up): {}", q.name, r.error().message));
             std::map<std::string, std::vector<QueryRun>> runs;
             std::set<std::string> failed;
             auto round = [&](int i, const char* kind) {
@@ -267,7 +282,8 @@ public:
                 auto it = phase.timings[q.name].find(c.name);
                 if (it == phase.timings[q.name].end()) continue;
                 const Timings& t = it->second;
-                line += phase.hot ? fmt::format("  {} {:.0f}/{:.0f} ms", c.name, median(t.cold_ms), median(t.hot_ms))
+                line += phase.hot ? fmt::format("  {} {:.0f}/{:.0f} ms", c.name, median(t.cold_ms),
+                                                median(t.hot_ms))
                                   : fmt::format("  {} {:.0f} ms", c.name, median(t.cold_ms));
             }
             fmt::print("{}\n", line);
@@ -290,27 +306,31 @@ private:
     // A query refused under stock ends the benchmark; under another configuration it is
     // reported and counted (a failed query is a changed result), and that configuration's
     // timings of the query are dropped.
-    std::optional<double> record(std::vector<QueryRun>& into, const Phase& phase, const hits::Query& q, const Config& c,
-                                 const char* kind, int round) {
+    std::optional<double> record(std::vector<QueryRun>& into, const Phase& phase,
+                                 const hits::Query& q, const Config& c, const char* kind,
+                                 int round) {
         auto r = run(q.sql, c, true);
-        if (!r && c.kind == ConfigKind::Stock) fail(fmt::format("{} ({}, {}): {}", q.name, c.name, kind, r.error().message));
+        if (!r && c.kind == ConfigKind::Stock)
+            fail(fmt::format("{} ({}, {}): {}", q.name, c.name, kind, r.error().message));
         if (!r) {
             ++query_errors_;
-            errors_.push_back(fmt::format("{} under {} ({}, {}): {}", q.name, c.name, phase.name, kind, r.error().message));
+            errors_.push_back(fmt::format("{} under {} ({}, {}): {}", q.name, c.name, phase.name,
+                                          kind, r.error().message));
             fmt::print("  QUERY ERROR: {}\n", errors_.back());
             return std::nullopt;
         }
         into.push_back(std::move(*r));
         // Every run as it happens, so an interrupted benchmark keeps what it measured.
-        raw_ << fmt::format("{}\t{}\t{}\t{}\t{:.3f}\t{:016x}\t{}\t{}\n", phase.readahead_kb, q.name, c.name, kind,
-                            into.back().ms, into.back().hash, round + 1,
+        raw_ << fmt::format("{}\t{}\t{}\t{}\t{:.3f}\t{:016x}\t{}\t{}\n", phase.readahead_kb, q.name,
+                            c.name, kind, into.back().ms, into.back().hash, round + 1,
                             kind[0] == 'c' ? fmt::format("{:.2f}", last_resident_pct_) : "-")
              << std::flush;
         return into.back().ms;
     }
 
     // Every run of every config must return stock's first result, byte for byte.
-    void compare_results(const Phase& phase, const hits::Query& q, std::map<std::string, std::vector<QueryRun>>& runs) {
+    void compare_results(const Phase& phase, const hits::Query& q,
+                         std::map<std::string, std::vector<QueryRun>>& runs) {
         auto stock = runs.find("stock");
         if (stock == runs.end() || stock->second.empty()) return;
         const QueryRun& ref = stock->second.front();
@@ -324,11 +344,20 @@ private:
                     if (got[pos] == '\n') ++line;
                     ++pos;
                 }
-                fmt::print("  RESULT MISMATCH: {} under {} (run {} of {}, {}): {} bytes vs stock's {}, first difference "
-                           "in line {}:\n    stock: {}\n    got:   {}\n",
-                           q.name, config, i + 1, list.size(), phase.name, got.size(), ref.body.size(), line + 1,
-                           first_line(ref.body.substr(ref.body.rfind('\n', pos) == std::string::npos ? 0 : ref.body.rfind('\n', pos) + 1)).substr(0, 200),
-                           first_line(got.substr(got.rfind('\n', pos) == std::string::npos ? 0 : got.rfind('\n', pos) + 1)).substr(0, 200));
+                fmt::print(
+                    "  RESULT MISMATCH: {} under {} (run {} of {}, {}): {} bytes vs stock's {}, "
+                    "first difference "
+                    "in line {}:\n    stock: {}\n    got:   {}\n",
+                    q.name, config, i + 1, list.size(), phase.name, got.size(), ref.body.size(),
+                    line + 1,
+                    first_line(ref.body.substr(ref.body.rfind('\n', pos) == std::string::npos
+                                                   ? 0
+                                                   : ref.body.rfind('\n', pos) + 1))
+                        .substr(0, 200),
+                    first_line(got.substr(got.rfind('\n', pos) == std::string::npos
+                                              ? 0
+                                              : got.rfind('\n', pos) + 1))
+                        .substr(0, 200));
             }
         }
     }
@@ -342,7 +371,8 @@ private:
     size_t mismatches_ = 0;
     size_t query_errors_ = 0;
     std::vector<std::string> errors_;
-    std::ofstream raw_;  // readahead_kb, query, config, cold|hot, ms, result hash, round, resident % (cold)
+    std::ofstream
+        raw_;  // readahead_kb, query, config, cold|hot, ms, result hash, round, resident % (cold)
     std::string table_dir_;
     double last_resident_pct_ = 0;
     double max_resident_pct_ = 0;
@@ -374,19 +404,26 @@ Result<hits::QueryConstants> resolve_constants(ch::HttpClient& client, uint64_t 
 }
 
 // Hashes of every file of the one active part of `table` (name -> size:hash).
-Result<std::map<std::string, std::string>> part_files(ch::HttpClient& client, const std::string& data_path,
+Result<std::map<std::string, std::string>> part_files(ch::HttpClient& client,
+                                                      const std::string& data_path,
                                                       const std::string& table) {
-    auto parts = client.query_rows(fmt::format(
-        "SELECT name FROM system.parts WHERE database = currentDatabase() AND table = '{}' AND active", table));
+    auto parts =
+        client.query_rows(fmt::format("SELECT name FROM system.parts WHERE database = "
+                                      "currentDatabase() AND table = '{}' AND active",
+                                      table));
     if (!parts) return parts.error();
-    if (parts->size() != 1) return make_error(EIO, fmt::format("{} has {} active parts after OPTIMIZE FINAL", table, parts->size()));
-    const std::string dir = fmt::format("{}data/default/{}/{}", data_path, table, parts->at(0).at(0));
+    if (parts->size() != 1)
+        return make_error(
+            EIO, fmt::format("{} has {} active parts after OPTIMIZE FINAL", table, parts->size()));
+    const std::string dir =
+        fmt::format("{}data/default/{}/{}", data_path, table, parts->at(0).at(0));
     std::map<std::string, std::string> out;
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(dir, ec)) {
         std::ifstream in(entry.path(), std::ios::binary);
         std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        out[entry.path().filename().string()] = fmt::format("{}:{:016x}", bytes.size(), fnv1a(bytes));
+        out[entry.path().filename().string()] =
+            fmt::format("{}:{:016x}", bytes.size(), fnv1a(bytes));
     }
     if (ec) return make_error(ec.value(), fmt::format("listing {}: {}", dir, ec.message()));
     return out;
@@ -394,26 +431,33 @@ Result<std::map<std::string, std::string>> part_files(ch::HttpClient& client, co
 
 // INSERT of known rows (4 parts, TabSeparated from this process) + OPTIMIZE FINAL into a
 // fresh table, per config and round; the merged part's files must equal stock's.
-std::map<std::string, InsertResult> run_inserts(Bench& bench, ch::LocalServer& server, std::vector<Config>& configs,
-                                                int rounds, uint64_t part_rows) {
+std::map<std::string, InsertResult> run_inserts(Bench& bench, ch::LocalServer& server,
+                                                std::vector<Config>& configs, int rounds,
+                                                uint64_t part_rows) {
     std::map<std::string, InsertResult> results;
     auto& client = bench.client();
     // Four counters with about part_rows rows each: their rows, ordered, are the parts.
-    auto counters = client.query_rows(fmt::format(
-        "SELECT CounterID FROM hits GROUP BY CounterID HAVING count() BETWEEN {} AND {} ORDER BY CounterID LIMIT 4",
-        part_rows / 2, part_rows));
+    auto counters =
+        client.query_rows(fmt::format("SELECT CounterID FROM hits GROUP BY CounterID HAVING "
+                                      "count() BETWEEN {} AND {} ORDER BY CounterID LIMIT 4",
+                                      part_rows / 2, part_rows));
     if (!counters || counters->size() < 4) {
-        fmt::print("  insert workload skipped: {}\n", counters ? "fewer than 4 counters of the wanted size" : counters.error().message);
+        fmt::print(
+            "  insert workload skipped: {}\n",
+            counters ? "fewer than 4 counters of the wanted size" : counters.error().message);
         return results;
     }
     std::vector<std::string> bodies;
     for (const auto& row : *counters) {
-        auto body = client.query(fmt::format("SELECT * FROM hits WHERE CounterID = {} ORDER BY WatchID FORMAT TabSeparated", row.at(0)));
+        auto body = client.query(fmt::format(
+            "SELECT * FROM hits WHERE CounterID = {} ORDER BY WatchID FORMAT TabSeparated",
+            row.at(0)));
         if (!body) fail("reading rows for the insert workload: " + body.error().message);
         bodies.push_back(std::move(*body));
     }
     const std::string content_sql =
-        "SELECT count(), sum(cityHash64(WatchID, Title, EventTime, CounterID, UserID, URL, Referer, SearchPhrase, "
+        "SELECT count(), sum(cityHash64(WatchID, Title, EventTime, CounterID, UserID, URL, "
+        "Referer, SearchPhrase, "
         "URLHash, RefererHash)) FROM hits_insert";
     std::map<std::string, std::string> stock_files;
     std::string stock_content;
@@ -422,22 +466,30 @@ std::map<std::string, InsertResult> run_inserts(Bench& bench, ch::LocalServer& s
             Config& c = configs[(k + static_cast<size_t>(round)) % configs.size()];
             // Round 0 starts with configs[0], stock: the reference of the byte comparison.
             if (!bench.switch_to(c)) continue;
-            const std::string settings = c.kind == ConfigKind::DirectIo ? " SETTINGS min_merge_bytes_to_use_direct_io = 1" : "";
-            if (auto r = client.execute("DROP TABLE IF EXISTS hits_insert"); !r) fail(r.error().message);
+            const std::string settings = c.kind == ConfigKind::DirectIo
+                                             ? " SETTINGS min_merge_bytes_to_use_direct_io = 1"
+                                             : "";
+            if (auto r = client.execute("DROP TABLE IF EXISTS hits_insert"); !r)
+                fail(r.error().message);
             std::string create = hits::create_table_sql("hits_insert");
             if (!settings.empty()) create += ", min_merge_bytes_to_use_direct_io = 1";
-            if (auto r = client.execute(create); !r) fail("creating hits_insert: " + r.error().message);
+            if (auto r = client.execute(create); !r)
+                fail("creating hits_insert: " + r.error().message);
             const auto start = Clock::now();
             for (const auto& body : bodies)
                 if (auto r = client.insert("hits_insert", ch::InsertFormat::TabSeparated, body); !r)
                     fail(fmt::format("insert under {}: {}", c.name, r.error().message));
-            if (auto r = client.execute("OPTIMIZE TABLE hits_insert FINAL"); !r) fail(fmt::format("merge under {}: {}", c.name, r.error().message));
-            const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+            if (auto r = client.execute("OPTIMIZE TABLE hits_insert FINAL"); !r)
+                fail(fmt::format("merge under {}: {}", c.name, r.error().message));
+            const double ms =
+                std::chrono::duration<double, std::milli>(Clock::now() - start).count();
             InsertResult& res = results[c.name];
             res.ms.push_back(ms);
             // ATTACH loads the part again, checking its files against checksums.txt.
             if (auto r = client.execute("DETACH TABLE hits_insert"); !r) fail(r.error().message);
-            if (auto r = client.execute("ATTACH TABLE hits_insert"); !r) fail(fmt::format("re-attaching hits_insert after {}: {}", c.name, r.error().message));
+            if (auto r = client.execute("ATTACH TABLE hits_insert"); !r)
+                fail(fmt::format("re-attaching hits_insert after {}: {}", c.name,
+                                 r.error().message));
             auto files = part_files(client, server.data_path(), "hits_insert");
             if (!files) fail(files.error().message);
             auto content = client.query(content_sql);
@@ -449,14 +501,18 @@ std::map<std::string, InsertResult> run_inserts(Bench& bench, ch::LocalServer& s
             if (*files != stock_files) {
                 res.parts_identical = false;
                 for (const auto& [name, sig] : *files)
-                    if (stock_files[name] != sig) res.note += fmt::format(" {} differs ({} vs stock {});", name, sig, stock_files[name]);
+                    if (stock_files[name] != sig)
+                        res.note += fmt::format(" {} differs ({} vs stock {});", name, sig,
+                                                stock_files[name]);
                 fmt::print("  PART MISMATCH under {}:{}\n", c.name, res.note);
             }
             if (*content != stock_content) {
                 res.content_identical = false;
-                fmt::print("  CONTENT MISMATCH under {}: {} vs stock {}\n", c.name, first_line(*content), first_line(stock_content));
+                fmt::print("  CONTENT MISMATCH under {}: {} vs stock {}\n", c.name,
+                           first_line(*content), first_line(stock_content));
             }
-            fmt::print("  insert+merge {:<9} round {}: {:.0f} ms, {} files {}\n", c.name, round + 1, ms, files->size(),
+            fmt::print("  insert+merge {:<9} round {}: {:.0f} ms, {} files {}\n", c.name, round + 1,
+                       ms, files->size(),
                        res.parts_identical ? "identical to stock's" : "DIFFERENT from stock's");
             std::fflush(stdout);
         }
@@ -497,12 +553,16 @@ void run(ClickhouseOptions o) {
         }
     }
     if (::geteuid() != 0)
-        fail("cold runs drop the page cache (/proc/sys/vm/drop_caches) and the bench sets the device's "
-             "readahead: run as root");
+        fail(
+            "cold runs drop the page cache (/proc/sys/vm/drop_caches) and the bench sets the "
+            "device's "
+            "readahead: run as root");
     const uint64_t rows = static_cast<uint64_t>(std::llround(o.scale * 1e6));
-    if (rows < 100'000) fail("--scale below 0.1 (100k rows) is too small for the queries' constants");
+    if (rows < 100'000)
+        fail("--scale below 0.1 (100k rows) is too small for the queries' constants");
 
-    InterruptGuard guard("\nliveio bench clickhouse: interrupted; restoring readahead, stopping ClickHouse\n");
+    InterruptGuard guard(
+        "\nliveio bench clickhouse: interrupted; restoring readahead, stopping ClickHouse\n");
     const std::string dir = dataset_dir(o.cache_dir, rows);
     auto dataset = ensure_dataset(dir, rows, std::min<uint64_t>(4'000'000, rows));
     if (guard.interrupted()) throw CLI::RuntimeError(128 + guard.signal());
@@ -520,21 +580,27 @@ void run(ClickhouseOptions o) {
     auto server = ch::LocalServer::start(bench_server_options(dir));
     if (!server) fail("starting ClickHouse: " + server.error().message);
     guard.kill_on_interrupt(server->pid());
-    const std::string out_dir = o.out_dir.empty() ? fmt::format("{}/results/{}", o.cache_dir, timestamp()) : o.out_dir;
+    const std::string out_dir =
+        o.out_dir.empty() ? fmt::format("{}/results/{}", o.cache_dir, timestamp()) : o.out_dir;
     std::error_code ec;
     fs::create_directories(out_dir, ec);
     if (ec) fail(fmt::format("cannot create {}: {}", out_dir, ec.message()));
     Bench bench(o, *server, guard, out_dir + "/runs.tsv");
     if (auto r = describe_dataset(bench.client(), &*dataset); !r) fail(r.error().message);
 
-
-    fmt::print("liveio bench clickhouse: ClickHouse 18.16 (pid {}, port {}), machine shared with other work\n",
-               server->pid(), server->ports().http);
+    fmt::print(
+        "liveio bench clickhouse: ClickHouse 18.16 (pid {}, port {}), machine shared with other "
+        "work\n",
+        server->pid(), server->ports().http);
     fmt::print("every run is logged to {}/runs.tsv\n", out_dir);
-    fmt::print("data set: {} rows in {} part(s), {:.2f} GB on disk, {:.2f} GB uncompressed (ratio {:.2f}), dir {}\n",
-               dataset->rows, dataset->parts, dataset->bytes_on_disk / 1e9, dataset->bytes_uncompressed / 1e9,
-               dataset->bytes_uncompressed / std::max(1.0, double(dataset->bytes_on_disk)), dir);
-    fmt::print("  generated {} in {:.0f} s\n", dataset->generated_now ? "now" : "by an earlier run", dataset->generation_seconds);
+    fmt::print(
+        "data set: {} rows in {} part(s), {:.2f} GB on disk, {:.2f} GB uncompressed (ratio "
+        "{:.2f}), dir {}\n",
+        dataset->rows, dataset->parts, dataset->bytes_on_disk / 1e9,
+        dataset->bytes_uncompressed / 1e9,
+        dataset->bytes_uncompressed / std::max(1.0, double(dataset->bytes_on_disk)), dir);
+    fmt::print("  generated {} in {:.0f} s\n", dataset->generated_now ? "now" : "by an earlier run",
+               dataset->generation_seconds);
 
     // The device: its readahead and its own throughput, beside which the gains are read.
     const int machine_ra = ra->original_kb();
@@ -543,18 +609,23 @@ void run(ClickhouseOptions o) {
     {
         std::string biggest;
         uintmax_t size = 0;
-        for (const auto& e : fs::recursive_directory_iterator(server->data_path() + "data/default/hits", ec))
+        for (const auto& e :
+             fs::recursive_directory_iterator(server->data_path() + "data/default/hits", ec))
             if (e.is_regular_file() && e.path().extension() == ".bin" && e.file_size() > size) {
                 size = e.file_size();
                 biggest = e.path().string();
             }
-        auto dev = biggest.empty() ? Result<DeviceFigures>(make_error(ENOENT, "no .bin file")) : measure_device(biggest, o.fio_seconds);
+        auto dev = biggest.empty() ? Result<DeviceFigures>(make_error(ENOENT, "no .bin file"))
+                                   : measure_device(biggest, o.fio_seconds);
         if (dev)
-            fmt::print("  fio O_DIRECT io_uring on {}: 128 KiB sequential {:.0f} MB/s at QD1, {:.0f} MB/s at QD8; "
-                       "4 KiB random {:.0f} IOPS at QD1, {:.0f} at QD32\n",
-                       fs::path(biggest).filename().string(), dev->seq128k_qd1_mbs, dev->seq128k_qd8_mbs, dev->rand4k_qd1_iops,
-                       dev->rand4k_qd32_iops);
-        if (dev) device = *dev;
+            fmt::print(
+                "  fio O_DIRECT io_uring on {}: 128 KiB sequential {:.0f} MB/s at QD1, {:.0f} MB/s "
+                "at QD8; "
+                "4 KiB random {:.0f} IOPS at QD1, {:.0f} at QD32\n",
+                fs::path(biggest).filename().string(), dev->seq128k_qd1_mbs, dev->seq128k_qd8_mbs,
+                dev->rand4k_qd1_iops, dev->rand4k_qd32_iops);
+        if (dev)
+            device = *dev;
         else
             fmt::print("  device figures unavailable: {}\n", dev.error().message);
     }
@@ -572,23 +643,27 @@ void run(ClickhouseOptions o) {
     }
     std::vector<QueryInfo> infos;
     for (const auto& q : queries) infos.push_back({q.name, q.point_lookup});
-    fmt::print("queries: {} (ClickBench's 43 adapted to 18.16, PK point lookups); changes:\n", queries.size());
+    fmt::print("queries: {} (ClickBench's 43 adapted to 18.16, PK point lookups); changes:\n",
+               queries.size());
     for (const auto& q : queries)
         if (!q.change.empty()) fmt::print("  {}: {}\n", q.name, q.change);
 
     std::vector<Config> configs{{"stock"}};
     for (const auto& name : policy_names) configs.push_back({name, ConfigKind::Policy, name});
     configs.push_back({"odirect", ConfigKind::DirectIo});
-    fmt::print("configurations: stock, policies {}, odirect (min_bytes_to_use_direct_io=1); per query {} rounds of cold "
-               "runs, then {} rounds of hot runs, every configuration once per round in a rotated order\n",
-               fmt::join(policy_names, ","), o.runs, o.runs);
+    fmt::print(
+        "configurations: stock, policies {}, odirect (min_bytes_to_use_direct_io=1); per query {} "
+        "rounds of cold "
+        "runs, then {} rounds of hot runs, every configuration once per round in a rotated order\n",
+        fmt::join(policy_names, ","), o.runs, o.runs);
     // Every policy switched on and off once before measuring: one that cannot be switched is
     // reported with the CLI's error and left out.
     for (auto& c : configs) {
         if (c.kind != ConfigKind::Policy) continue;
         if (bench.switch_to(c)) {
             Config stock{"stock"};
-            if (auto r = bench.policy_switch().apply(stock); !r) fail(fmt::format("switching {} off: {}", c.name, cli_error(r.error())));
+            if (auto r = bench.policy_switch().apply(stock); !r)
+                fail(fmt::format("switching {} off: {}", c.name, cli_error(r.error())));
         }
     }
 
@@ -608,14 +683,19 @@ void run(ClickhouseOptions o) {
     }
     const auto bench_start = Clock::now();
     for (auto& phase : phases) {
-        if (auto r = phase.readahead_kb == machine_ra ? ra->restore() : ra->set_kb(phase.readahead_kb); !r) fail(r.error().message);
+        if (auto r =
+                phase.readahead_kb == machine_ra ? ra->restore() : ra->set_kb(phase.readahead_kb);
+            !r)
+            fail(r.error().message);
         fmt::print("\n== {}: cold{} ==\n", phase.name, phase.hot ? " and hot" : "");
         bench.run_phase(phase, queries, configs);
     }
     if (auto r = ra->restore(); !r) fail(r.error().message);
 
-    fmt::print("\n== INSERT + merge (4 parts of known rows, OPTIMIZE FINAL), {} round(s) ==\n", o.insert_rounds);
-    auto inserts = run_inserts(bench, *server, configs, o.insert_rounds, std::max<uint64_t>(rows / 200, 2000));
+    fmt::print("\n== INSERT + merge (4 parts of known rows, OPTIMIZE FINAL), {} round(s) ==\n",
+               o.insert_rounds);
+    auto inserts =
+        run_inserts(bench, *server, configs, o.insert_rounds, std::max<uint64_t>(rows / 200, 2000));
     if (auto r = bench.policy_switch().detach(); !r) fail("liveio detach: " + cli_error(r.error()));
     const double minutes = std::chrono::duration<double>(Clock::now() - bench_start).count() / 60;
 
@@ -630,55 +710,80 @@ void run(ClickhouseOptions o) {
     size_t part_mismatches = 0;
     const double stock_insert = inserts.count("stock") ? median(inserts["stock"].ms) : 0;
     for (const auto& phase : phases) {
-        fmt::print("{}:\n  {:<9} {:>13} {:>15} {:>13} {:>15}\n", phase.name, "config", "cold speedup", "gap recovered",
-                   "hot slowdown", "PK cold speedup");
+        fmt::print("{}:\n  {:<9} {:>13} {:>15} {:>13} {:>15}\n", phase.name, "config",
+                   "cold speedup", "gap recovered", "hot slowdown", "PK cold speedup");
         for (const auto& c : configs) {
             if (!c.available || c.kind == ConfigKind::Stock) continue;
             auto s = summarize(phase, infos, c.name);
-            fmt::print("  {:<9} {:>13} {:>15} {:>13} {:>15}\n", c.name, fmt_opt(s.cold_speedup_geomean, "{:.3f}x"),
-                       s.cold_gap_recovered_pct ? fmt::format("{:.1f}% ({}q)", *s.cold_gap_recovered_pct, s.gap_queries) : "n/a",
-                       phase.hot ? fmt_opt(s.hot_slowdown_pct, "{:+.1f}%") : "-", fmt_opt(s.point_lookup_cold_speedup, "{:.3f}x"));
+            fmt::print("  {:<9} {:>13} {:>15} {:>13} {:>15}\n", c.name,
+                       fmt_opt(s.cold_speedup_geomean, "{:.3f}x"),
+                       s.cold_gap_recovered_pct
+                           ? fmt::format("{:.1f}% ({}q)", *s.cold_gap_recovered_pct, s.gap_queries)
+                           : "n/a",
+                       phase.hot ? fmt_opt(s.hot_slowdown_pct, "{:+.1f}%") : "-",
+                       fmt_opt(s.point_lookup_cold_speedup, "{:.3f}x"));
         }
     }
     for (const auto& phase : phases) {
         std::vector<double> stock_spread;
         for (const auto& [query, by_config] : phase.timings)
-            if (auto it = by_config.find("stock"); it != by_config.end() && it->second.cold_ms.size() > 1)
-                stock_spread.push_back(100.0 * spread(it->second.cold_ms) / std::max(1e-9, median(it->second.cold_ms)));
-        fmt::print("{}: stock's own cold run-to-run spread (max - min) / median: median over queries {:.0f}%, largest "
-                   "{:.0f}%\n",
-                   phase.name, median(stock_spread),
-                   stock_spread.empty() ? 0.0 : *std::max_element(stock_spread.begin(), stock_spread.end()));
-        fmt::print("{}: cold medians vs stock's beyond / inside the run-to-run spread:\n", phase.name);
+            if (auto it = by_config.find("stock");
+                it != by_config.end() && it->second.cold_ms.size() > 1)
+                stock_spread.push_back(100.0 * spread(it->second.cold_ms) /
+                                       std::max(1e-9, median(it->second.cold_ms)));
+        fmt::print(
+            "{}: stock's own cold run-to-run spread (max - min) / median: median over queries "
+            "{:.0f}%, largest "
+            "{:.0f}%\n",
+            phase.name, median(stock_spread),
+            stock_spread.empty() ? 0.0
+                                 : *std::max_element(stock_spread.begin(), stock_spread.end()));
+        fmt::print("{}: cold medians vs stock's beyond / inside the run-to-run spread:\n",
+                   phase.name);
         for (const auto& c : configs) {
             if (!c.available || c.kind == ConfigKind::Stock) continue;
             auto s = summarize(phase, infos, c.name);
-            fmt::print("  {:<9} {} faster, {} slower, {} inside the spread (no measurable effect){}\n", c.name, s.cold_faster,
-                       s.cold_slower, s.cold_within_noise,
-                       phase.hot ? fmt::format("; hot: {} slower than stock beyond the spread", s.hot_slower) : "");
+            fmt::print(
+                "  {:<9} {} faster, {} slower, {} inside the spread (no measurable effect){}\n",
+                c.name, s.cold_faster, s.cold_slower, s.cold_within_noise,
+                phase.hot
+                    ? fmt::format("; hot: {} slower than stock beyond the spread", s.hot_slower)
+                    : "");
         }
     }
     if (device)
-        fmt::print("the device beside these gains (fio, O_DIRECT, io_uring): 128 KiB sequential {:.0f} MB/s at QD1, {:.0f} "
-                   "at QD8 ({:.2f}x from queue depth); 4 KiB random {:.0f} IOPS at QD1, {:.0f} at QD32 ({:.1f}x): the most "
-                   "that overlapping a reader's requests can give on this disk\n",
-                   device->seq128k_qd1_mbs, device->seq128k_qd8_mbs, device->seq128k_qd8_mbs / std::max(1.0, device->seq128k_qd1_mbs),
-                   device->rand4k_qd1_iops, device->rand4k_qd32_iops, device->rand4k_qd32_iops / std::max(1.0, device->rand4k_qd1_iops));
-    fmt::print("cold runs: at most {:.2f}% of the table's bytes were in the page cache when one started (mincore, after "
-               "policy off + drop_caches + SYSTEM DROP MARK/UNCOMPRESSED CACHE; {} drops repeated because pages were "
-               "still resident)\n",
-               bench.max_resident_pct(), bench.cold_redrops());
+        fmt::print(
+            "the device beside these gains (fio, O_DIRECT, io_uring): 128 KiB sequential {:.0f} "
+            "MB/s at QD1, {:.0f} "
+            "at QD8 ({:.2f}x from queue depth); 4 KiB random {:.0f} IOPS at QD1, {:.0f} at QD32 "
+            "({:.1f}x): the most "
+            "that overlapping a reader's requests can give on this disk\n",
+            device->seq128k_qd1_mbs, device->seq128k_qd8_mbs,
+            device->seq128k_qd8_mbs / std::max(1.0, device->seq128k_qd1_mbs),
+            device->rand4k_qd1_iops, device->rand4k_qd32_iops,
+            device->rand4k_qd32_iops / std::max(1.0, device->rand4k_qd1_iops));
+    fmt::print(
+        "cold runs: at most {:.2f}% of the table's bytes were in the page cache when one started "
+        "(mincore, after "
+        "policy off + drop_caches + SYSTEM DROP MARK/UNCOMPRESSED CACHE; {} drops repeated because "
+        "pages were "
+        "still resident)\n",
+        bench.max_resident_pct(), bench.cold_redrops());
     fmt::print("insert + merge (median ms):");
     for (auto& [name, r] : inserts) {
-        fmt::print("  {} {:.0f}{}", name, median(r.ms), stock_insert > 0 && name != "stock" ? fmt::format(" ({:.2f}x)", stock_insert / median(r.ms)) : "");
+        fmt::print("  {} {:.0f}{}", name, median(r.ms),
+                   stock_insert > 0 && name != "stock"
+                       ? fmt::format(" ({:.2f}x)", stock_insert / median(r.ms))
+                       : "");
         if (!r.parts_identical || !r.content_identical) ++part_mismatches;
     }
     fmt::print("\n");
 
     const Phase& main_phase = phases.front();
-    auto plot = plot_cold_speedups(main_phase, infos, configs, out_dir,
-                                   fmt::format("liveio bench clickhouse: cold speedup vs stock per query ({} rows, {})",
-                                               dataset->rows, main_phase.name));
+    auto plot = plot_cold_speedups(
+        main_phase, infos, configs, out_dir,
+        fmt::format("liveio bench clickhouse: cold speedup vs stock per query ({} rows, {})",
+                    dataset->rows, main_phase.name));
     if (plot)
         fmt::print("plot: {}\n", *plot);
     else
@@ -690,24 +795,30 @@ void run(ClickhouseOptions o) {
     for (const auto& c : configs) {
         if (!c.available || c.kind != ConfigKind::Policy) continue;
         auto s = summarize(main_phase, infos, c.name);
-        if (s.cold_speedup_geomean && (!best || *s.cold_speedup_geomean > *best_summary.cold_speedup_geomean)) {
+        if (s.cold_speedup_geomean &&
+            (!best || *s.cold_speedup_geomean > *best_summary.cold_speedup_geomean)) {
             best = &c;
             best_summary = s;
         }
     }
     std::optional<double> pk_marks;
     for (const auto& c : configs)
-        if (c.available && c.policy == "marks") pk_marks = summarize(main_phase, infos, c.name).point_lookup_cold_speedup;
+        if (c.available && c.policy == "marks")
+            pk_marks = summarize(main_phase, infos, c.name).point_lookup_cold_speedup;
     std::optional<double> insert_speedup;
-    if (best && inserts.count(best->name) && stock_insert > 0) insert_speedup = stock_insert / median(inserts[best->name].ms);
+    if (best && inserts.count(best->name) && stock_insert > 0)
+        insert_speedup = stock_insert / median(inserts[best->name].ms);
     std::string glue_report;
     auto glue = clickhouse_glue_loc(&glue_report);
 
-    fmt::print("\nbest policy: {} (cold speedup, hot slowdown, gap and insert figures below are its own, at {})\n",
-               best ? best->name : "none available", main_phase.name);
+    fmt::print(
+        "\nbest policy: {} (cold speedup, hot slowdown, gap and insert figures below are its own, "
+        "at {})\n",
+        best ? best->name : "none available", main_phase.name);
     if (!pk_marks) fmt::print("cold_point_lookup_speedup: the marks policy is unavailable\n");
     if (!glue) fmt::print("clickhouse_glue_loc: {}\n", glue.error().message);
-    fmt::print("results under every configuration compared with stock's: {} mismatching runs\n", bench.mismatches());
+    fmt::print("results under every configuration compared with stock's: {} mismatching runs\n",
+               bench.mismatches());
     if (bench.query_errors()) {
         fmt::print("queries that failed under a configuration (stock answered them):\n");
         for (const auto& e : bench.errors()) fmt::print("  {}\n", e);
@@ -716,38 +827,59 @@ void run(ClickhouseOptions o) {
     fmt::print("metric: query_errors {}\n", bench.query_errors());
     fmt::print("metric: part_mismatches {}\n", part_mismatches);
     fmt::print("metric: cold_speedup_geomean {}\n", fmt_opt(best_summary.cold_speedup_geomean));
-    fmt::print("metric: cold_gap_recovered_pct {}\n", fmt_opt(best_summary.cold_gap_recovered_pct, "{:.1f}"));
+    fmt::print("metric: cold_gap_recovered_pct {}\n",
+               fmt_opt(best_summary.cold_gap_recovered_pct, "{:.1f}"));
     fmt::print("metric: cold_point_lookup_speedup {}\n", fmt_opt(pk_marks));
     fmt::print("metric: hot_slowdown_pct {}\n", fmt_opt(best_summary.hot_slowdown_pct, "{:.2f}"));
     fmt::print("metric: insert_speedup {}\n", fmt_opt(insert_speedup));
     fmt::print("metric: clickhouse_glue_loc {}\n", glue ? std::to_string(*glue) : "n/a");
     if (device) {
-        fmt::print("metric: device_seq128k_qd8_over_qd1 {:.3f}\n", device->seq128k_qd8_mbs / std::max(1.0, device->seq128k_qd1_mbs));
-        fmt::print("metric: device_rand4k_qd32_over_qd1 {:.3f}\n", device->rand4k_qd32_iops / std::max(1.0, device->rand4k_qd1_iops));
+        fmt::print("metric: device_seq128k_qd8_over_qd1 {:.3f}\n",
+                   device->seq128k_qd8_mbs / std::max(1.0, device->seq128k_qd1_mbs));
+        fmt::print("metric: device_rand4k_qd32_over_qd1 {:.3f}\n",
+                   device->rand4k_qd32_iops / std::max(1.0, device->rand4k_qd1_iops));
     }
     fmt::print("metric: cold_start_resident_pct_max {:.2f}\n", bench.max_resident_pct());
-    fmt::print("metric: bench_minutes_after_data {:.1f}\n", std::chrono::duration<double>(Clock::now() - run_start).count() / 60);
+    fmt::print("metric: bench_minutes_after_data {:.1f}\n",
+               std::chrono::duration<double>(Clock::now() - run_start).count() / 60);
     if (auto r = server->stop(); !r) fail("stopping ClickHouse: " + r.error().message);
 }
 
 }  // namespace
 
 void add_clickhouse_bench(CLI::App& bench) {
-    auto* cmd = bench.add_subcommand("clickhouse",
-                                     "ClickHouse 18.16 on a hits-like table: ClickBench's queries and PK lookups cold "
-                                     "and hot, stock vs each policy (switched live) vs O_DIRECT; results compared");
+    auto* cmd = bench.add_subcommand(
+        "clickhouse",
+        "ClickHouse 18.16 on a hits-like table: ClickBench's queries and PK lookups cold "
+        "and hot, stock vs each policy (switched live) vs O_DIRECT; results compared");
     auto o = std::make_shared<ClickhouseOptions>();
-    cmd->add_option("--scale", o->scale, "rows of the data set, in millions")->check(CLI::Range(0.1, 1000.0))->capture_default_str();
-    cmd->add_option("--cache-dir", o->cache_dir, "where data sets (server directories) and results are kept")->capture_default_str();
-    cmd->add_option("--policies", o->policies, "liveio policies to compare, comma-separated (default: every policy of the catalog)");
-    cmd->add_option("--queries", o->queries, "these queries (Q1..Q43, PK1..PK8), comma-separated, or 'all' "
-                                             "(default: a representative subset; all with --full)");
-    cmd->add_option("--runs", o->runs, "cold and hot runs per query and configuration")->check(CLI::Range(1, 20))->capture_default_str();
-    cmd->add_option("--low-readahead", o->low_readahead_kb, "device readahead (KiB) of the second pass; 0: none")->check(CLI::Range(0, 1 << 20))->capture_default_str();
-    cmd->add_option("--insert-rounds", o->insert_rounds, "rounds of the INSERT + merge workload")->check(CLI::Range(1, 20))->capture_default_str();
-    cmd->add_option("--out", o->out_dir, "directory for the plot and its data (default: CACHE_DIR/results/TIME)");
+    cmd->add_option("--scale", o->scale, "rows of the data set, in millions")
+        ->check(CLI::Range(0.1, 1000.0))
+        ->capture_default_str();
+    cmd->add_option("--cache-dir", o->cache_dir,
+                    "where data sets (server directories) and results are kept")
+        ->capture_default_str();
+    cmd->add_option(
+        "--policies", o->policies,
+        "liveio policies to compare, comma-separated (default: every policy of the catalog)");
+    cmd->add_option("--queries", o->queries,
+                    "these queries (Q1..Q43, PK1..PK8), comma-separated, or 'all' "
+                    "(default: a representative subset; all with --full)");
+    cmd->add_option("--runs", o->runs, "cold and hot runs per query and configuration")
+        ->check(CLI::Range(1, 20))
+        ->capture_default_str();
+    cmd->add_option("--low-readahead", o->low_readahead_kb,
+                    "device readahead (KiB) of the second pass; 0: none")
+        ->check(CLI::Range(0, 1 << 20))
+        ->capture_default_str();
+    cmd->add_option("--insert-rounds", o->insert_rounds, "rounds of the INSERT + merge workload")
+        ->check(CLI::Range(1, 20))
+        ->capture_default_str();
+    cmd->add_option("--out", o->out_dir,
+                    "directory for the plot and its data (default: CACHE_DIR/results/TIME)");
     cmd->add_flag("--quick", o->quick, "a test of the harness: 0.3M rows, 8 queries, 1 run");
-    cmd->add_flag("--full", o->full, "every combination: all 51 queries, hot runs at the low readahead too");
+    cmd->add_flag("--full", o->full,
+                  "every combination: all 51 queries, hot runs at the low readahead too");
     cmd->callback([o] { run(*o); });
 }
 

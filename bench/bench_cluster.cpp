@@ -60,7 +60,9 @@ struct ClusterBenchOptions {
     throw CLI::RuntimeError(1);
 }
 
-double elapsed_ms(Clock::time_point since) { return std::chrono::duration<double, std::milli>(Clock::now() - since).count(); }
+double elapsed_ms(Clock::time_point since) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - since).count();
+}
 
 // The cluster made for the run; `down` when the run ends, unless --keep.
 struct ClusterRun {
@@ -68,7 +70,8 @@ struct ClusterRun {
     bool keep = false;
     ~ClusterRun() {
         if (keep) {
-            std::printf("cluster %s kept: liveio cluster down --name %s --root %s\n", name.c_str(), name.c_str(), root.c_str());
+            std::printf("cluster %s kept: liveio cluster down --name %s --root %s\n", name.c_str(),
+                        name.c_str(), root.c_str());
             return;
         }
         (void)cluster::down(name, root);
@@ -78,7 +81,8 @@ struct ClusterRun {
 Result<std::string> query_on(const cluster::Node& node, const std::string& sql) {
     auto scope = cluster::NetnsScope::enter(node.netns);
     if (!scope) return scope.error();
-    clickhouse::HttpClient c({.host = node.host, .port = node.http_port, .timeout = std::chrono::minutes(10)});
+    clickhouse::HttpClient c(
+        {.host = node.host, .port = node.http_port, .timeout = std::chrono::minutes(10)});
     return c.query(sql);
 }
 
@@ -98,21 +102,32 @@ Result<void> load_hits(const cluster::ClusterFile& file, uint64_t rows) {
         for (size_t i = 0; i < file.nodes.size(); ++i)
             threads.emplace_back([&, i] {
                 const cluster::Node& n = file.nodes[i];
-                const uint64_t first = rows * n.shard / shards, last = rows * (n.shard + 1) / shards;
+                const uint64_t first = rows * n.shard / shards,
+                               last = rows * (n.shard + 1) / shards;
                 loaded[i] = [&]() -> Result<void> {
                     if (auto r = execute_on(n, "DROP TABLE IF EXISTS hits"); !r) return r;
                     if (auto r = execute_on(n, hits::create_table_sql("hits")); !r) return r;
                     constexpr uint64_t kBatch = 500'000;
                     for (uint64_t at = first; at < last; at += kBatch)
-                        if (auto r = execute_on(n, hits::insert_batch_sql("hits", at, std::min(kBatch, last - at), rows)); !r) return r;
+                        if (auto r =
+                                execute_on(n, hits::insert_batch_sql(
+                                                  "hits", at, std::min(kBatch, last - at), rows));
+                            !r)
+                            return r;
                     if (auto r = execute_on(n, "OPTIMIZE TABLE hits FINAL"); !r) return r;
                     if (auto r = execute_on(n, "DROP TABLE IF EXISTS hits_all"); !r) return r;
-                    return execute_on(n, fmt::format("CREATE TABLE hits_all AS hits ENGINE = Distributed({}, default, hits)", file.name));
+                    return execute_on(
+                        n,
+                        fmt::format(
+                            "CREATE TABLE hits_all AS hits ENGINE = Distributed({}, default, hits)",
+                            file.name));
                 }();
             });
     }
     for (size_t i = 0; i < loaded.size(); ++i)
-        if (!loaded[i]) return make_error(loaded[i].error().code, fmt::format("node {}: {}", file.nodes[i].name, loaded[i].error().message));
+        if (!loaded[i])
+            return make_error(loaded[i].error().code, fmt::format("node {}: {}", file.nodes[i].name,
+                                                                  loaded[i].error().message));
     return {};
 }
 
@@ -125,7 +140,8 @@ Result<hits::QueryConstants> distributed_constants(const cluster::Node& initiato
     auto hashes = query_on(initiator, hits::constants_hashes_sql("hits_all"));
     if (!hashes) return hashes.error();
     const clickhouse::Rows u = clickhouse::parse_tsv(*user), h = clickhouse::parse_tsv(*hashes);
-    if (u.empty() || u[0].empty() || h.empty() || h[0].size() < 2) return make_error(EPROTO, "the data set has no constants for the queries");
+    if (u.empty() || u[0].empty() || h.empty() || h[0].size() < 2)
+        return make_error(EPROTO, "the data set has no constants for the queries");
     c.user_id = std::stoll(u[0][0]);
     c.referer_hash = std::stoll(h[0][0]);
     c.url_hash = std::stoll(h[0][1]);
@@ -136,7 +152,8 @@ Result<hits::QueryConstants> distributed_constants(const cluster::Node& initiato
 class ClusterSwitch {
 public:
     ClusterSwitch(const cluster::ClusterFile& file, std::string name, std::string root)
-        : file_(file), target_{"--name", std::move(name), "--root", std::move(root), "--timeout", "120s"} {}
+        : file_(file), target_{"--name",        std::move(name), "--root",
+                               std::move(root), "--timeout",     "120s"} {}
 
     Result<void> apply(const Config& c) {
         const bool want_agent = c.kind != ConfigKind::Stock;
@@ -186,10 +203,14 @@ private:
     // first /control/io: asked here, so every configuration but stock is measured observed.
     Result<void> observe_everywhere() {
         for (const cluster::Node& n : file_.nodes) {
-            auto r = cluster::control_request(n, "GET", "/control/io", "", std::chrono::seconds(60));
-            if (!r) return make_error(r.error().code, fmt::format("node {}: {}", n.name, r.error().message));
+            auto r =
+                cluster::control_request(n, "GET", "/control/io", "", std::chrono::seconds(60));
+            if (!r)
+                return make_error(r.error().code,
+                                  fmt::format("node {}: {}", n.name, r.error().message));
             if (r->body.find("\"ok\":true") == std::string::npos)
-                return make_error(EIO, fmt::format("node {} does not observe its server: {}", n.name, r->body));
+                return make_error(
+                    EIO, fmt::format("node {} does not observe its server: {}", n.name, r->body));
         }
         return {};
     }
@@ -211,11 +232,14 @@ Result<void> drop_caches(const cluster::ClusterFile& file) {
 }
 
 void run_cluster_bench(ClusterBenchOptions o) {
-    if (::geteuid() != 0) fail("needs root: namespaces for the cluster, and cold runs drop the page cache");
-    if (auto why = cluster::netns_unavailable_reason(); !why.empty()) fail("no network namespaces here: " + why);
+    if (::geteuid() != 0)
+        fail("needs root: namespaces for the cluster, and cold runs drop the page cache");
+    if (auto why = cluster::netns_unavailable_reason(); !why.empty())
+        fail("no network namespaces here: " + why);
     if (o.shards < 1 || o.shards > 8) fail("--shards: 1..8");
     const uint64_t rows = static_cast<uint64_t>(std::llround(o.rows_millions * 1e6));
-    if (rows < 100'000) fail("--rows below 0.1 (100k rows) is too small for the queries' constants");
+    if (rows < 100'000)
+        fail("--rows below 0.1 (100k rows) is too small for the queries' constants");
     InterruptGuard guard("liveio bench cluster: interrupted; the cluster is taken down");
     const auto started = Clock::now();
     std::error_code ec;
@@ -246,8 +270,9 @@ void run_cluster_bench(ClusterBenchOptions o) {
     if (!file) fail("cluster up: " + file.error().message);
     const auto load_start = Clock::now();
     if (auto r = load_hits(*file, rows); !r) fail("loading the data set: " + r.error().message);
-    fmt::print("data set: {} rows (the `bench clickhouse` generator), {} per shard, loaded in {:.1f} s\n", rows, rows / o.shards,
-               elapsed_ms(load_start) / 1000);
+    fmt::print(
+        "data set: {} rows (the `bench clickhouse` generator), {} per shard, loaded in {:.1f} s\n",
+        rows, rows / o.shards, elapsed_ms(load_start) / 1000);
     const cluster::Node& initiator = file->nodes[0];
     auto constants = distributed_constants(initiator);
     if (!constants) fail("resolving the queries' constants: " + constants.error().message);
@@ -275,18 +300,23 @@ void run_cluster_bench(ClusterBenchOptions o) {
     // for what later ones reuse (connections between the shards, thread pools, allocations),
     // which would favour every configuration measured after stock.
     for (const auto& q : queries)
-        if (auto r = query_on(initiator, q.sql); !r) fail(fmt::format("{} (warm-up, stock): {}", q.name, r.error().message));
+        if (auto r = query_on(initiator, q.sql); !r)
+            fail(fmt::format("{} (warm-up, stock): {}", q.name, r.error().message));
     ClusterSwitch sw(*file, o.name, o.root);
     std::vector<Phase> phases;
     phases.push_back({"links unshaped", 0, true, {}});
-    if (!o.rate.empty()) phases.push_back({fmt::format("links rate-limited to {} (tbf, no delay)", o.rate), 0, true, {}});
+    if (!o.rate.empty())
+        phases.push_back(
+            {fmt::format("links rate-limited to {} (tbf, no delay)", o.rate), 0, true, {}});
     size_t mismatches = 0, errors = 0;
     std::map<std::string, std::string> stock_result;  // by query: stock's answer, byte for byte
     for (size_t pi = 0; pi < phases.size(); ++pi) {
         Phase& phase = phases[pi];
-        if (auto r = cluster::set_link_rate(*file, pi == 0 ? "" : o.rate); !r) fail("shaping the links: " + r.error().message);
-        fmt::print("\n== {}: {} queries on {} (Distributed over {} shards), {} cold + {} hot runs ==\n", phase.name, queries.size(),
-                   initiator.name, o.shards, o.runs, o.runs);
+        if (auto r = cluster::set_link_rate(*file, pi == 0 ? "" : o.rate); !r)
+            fail("shaping the links: " + r.error().message);
+        fmt::print(
+            "\n== {}: {} queries on {} (Distributed over {} shards), {} cold + {} hot runs ==\n",
+            phase.name, queries.size(), initiator.name, o.shards, o.runs, o.runs);
         // Stock first in every pass: its answers are the reference.
         for (size_t k = 0; k < configs.size(); ++k) {
             Config& c = configs[k == 0 ? 0 : 1 + (k - 1 + pi) % (configs.size() - 1)];
@@ -296,7 +326,8 @@ void run_cluster_bench(ClusterBenchOptions o) {
                 c.unavailable_reason = r.error().message;
                 fmt::print("  {} is unavailable: {}\n", c.name, r.error().message.substr(0, 600));
                 Config stock{"stock", ConfigKind::Stock};
-                if (auto back = sw.apply(stock); !back) fail("cannot bring the cluster back to stock: " + back.error().message);
+                if (auto back = sw.apply(stock); !back)
+                    fail("cannot bring the cluster back to stock: " + back.error().message);
                 continue;
             }
             std::string line = fmt::format("  {:<8}", c.name);
@@ -307,28 +338,34 @@ void run_cluster_bench(ClusterBenchOptions o) {
                 for (int i = 0; i < 2 * o.runs && !failed; ++i) {
                     const bool cold = i < o.runs;
                     if (cold) {
-                        if (auto r = drop_caches(*file); !r) fail("dropping caches: " + r.error().message);
+                        if (auto r = drop_caches(*file); !r)
+                            fail("dropping caches: " + r.error().message);
                     }
                     const auto t0 = Clock::now();
                     auto body = query_on(initiator, q.sql);
                     const double ms = elapsed_ms(t0);
                     if (!body) {
-                        if (c.kind == ConfigKind::Stock) fail(fmt::format("{} under stock: {}", q.name, body.error().message));
+                        if (c.kind == ConfigKind::Stock)
+                            fail(fmt::format("{} under stock: {}", q.name, body.error().message));
                         ++errors;
-                        fmt::print("  QUERY ERROR: {} under {}: {}\n", q.name, c.name, body.error().message);
+                        fmt::print("  QUERY ERROR: {} under {}: {}\n", q.name, c.name,
+                                   body.error().message);
                         failed = true;
                         break;
                     }
                     auto [ref, fresh] = stock_result.try_emplace(q.name, *body);
                     if (!fresh && ref->second != *body) {
                         ++mismatches;
-                        fmt::print("  RESULT MISMATCH: {} under {} ({}): {} bytes vs stock's {}\n", q.name, c.name, phase.name, body->size(),
-                                   ref->second.size());
+                        fmt::print("  RESULT MISMATCH: {} under {} ({}): {} bytes vs stock's {}\n",
+                                   q.name, c.name, phase.name, body->size(), ref->second.size());
                     }
                     (cold ? t.cold_ms : t.hot_ms).push_back(ms);
                 }
-                if (failed) phase.timings[q.name].erase(c.name);
-                else line += fmt::format(" {}:{:.0f}/{:.0f}", q.name, median(t.cold_ms), median(t.hot_ms));
+                if (failed)
+                    phase.timings[q.name].erase(c.name);
+                else
+                    line += fmt::format(" {}:{:.0f}/{:.0f}", q.name, median(t.cold_ms),
+                                        median(t.hot_ms));
             }
             fmt::print("{}  (cold/hot ms)\n", line);
             std::fflush(stdout);
@@ -341,36 +378,49 @@ void run_cluster_bench(ClusterBenchOptions o) {
         fmt::print("\n== per query: {} ==\n", phase.name);
         print_phase_table(phase, infos, configs);
     }
-    fmt::print("\n== summary ({} queries, {:.1f} min; the machine may be shared: compare side by side) ==\n", queries.size(),
-               elapsed_ms(started) / 60000);
-    fmt::print("{:<10} {:<44} {:>14} {:>14}  {}\n", "config", "links", "cold speedup", "hot vs stock",
-               "cold faster/slower/within spread, hot slower");
+    fmt::print(
+        "\n== summary ({} queries, {:.1f} min; the machine may be shared: compare side by side) "
+        "==\n",
+        queries.size(), elapsed_ms(started) / 60000);
+    fmt::print("{:<10} {:<44} {:>14} {:>14}  {}\n", "config", "links", "cold speedup",
+               "hot vs stock", "cold faster/slower/within spread, hot slower");
     for (const Phase& phase : phases)
         for (const Config& c : configs) {
             if (c.kind == ConfigKind::Stock) continue;
             if (!c.available) {
-                fmt::print("{:<10} {:<44} unavailable: {}\n", c.name, phase.name, c.unavailable_reason.substr(0, 200));
+                fmt::print("{:<10} {:<44} unavailable: {}\n", c.name, phase.name,
+                           c.unavailable_reason.substr(0, 200));
                 continue;
             }
             const ConfigSummary s = summarize(phase, infos, c.name);
-            fmt::print("{:<10} {:<44} {:>14} {:>14}  {}/{}/{}, {}\n", c.name, phase.name,
-                       s.cold_speedup_geomean ? fmt::format("{:.3f}x", *s.cold_speedup_geomean) : "n/a",
-                       s.hot_slowdown_pct ? fmt::format("{:+.1f}%", *s.hot_slowdown_pct) : "n/a", s.cold_faster, s.cold_slower,
-                       s.cold_within_noise, s.hot_slower);
+            fmt::print(
+                "{:<10} {:<44} {:>14} {:>14}  {}/{}/{}, {}\n", c.name, phase.name,
+                s.cold_speedup_geomean ? fmt::format("{:.3f}x", *s.cold_speedup_geomean) : "n/a",
+                s.hot_slowdown_pct ? fmt::format("{:+.1f}%", *s.hot_slowdown_pct) : "n/a",
+                s.cold_faster, s.cold_slower, s.cold_within_noise, s.hot_slower);
         }
-    fmt::print("results: {} mismatches with stock, {} query errors under liveio\n", mismatches, errors);
-    auto plot = plot_cold_speedups(phases[0], infos, configs, o.out_dir,
-                                   fmt::format("liveio bench cluster: cold speedup vs stock per query ({} shards, {} rows, {})", o.shards,
-                                               rows, phases[0].name));
-    if (plot) fmt::print("plot: {}\n", *plot);
-    else fmt::print("plot: not drawn: {}\n", plot.error().message);
+    fmt::print("results: {} mismatches with stock, {} query errors under liveio\n", mismatches,
+               errors);
+    auto plot = plot_cold_speedups(
+        phases[0], infos, configs, o.out_dir,
+        fmt::format(
+            "liveio bench cluster: cold speedup vs stock per query ({} shards, {} rows, {})",
+            o.shards, rows, phases[0].name));
+    if (plot)
+        fmt::print("plot: {}\n", *plot);
+    else
+        fmt::print("plot: not drawn: {}\n", plot.error().message);
 
     const Config* policy = configs.size() > 2 && configs[2].available ? &configs[2] : nullptr;
-    const double speedup = policy ? summarize(phases[0], infos, policy->name).cold_speedup_geomean.value_or(NAN) : NAN;
-    const double observe = configs[1].available ? summarize(phases[0], infos, "observe").hot_slowdown_pct.value_or(NAN) : NAN;
+    const double speedup =
+        policy ? summarize(phases[0], infos, policy->name).cold_speedup_geomean.value_or(NAN) : NAN;
+    const double observe =
+        configs[1].available ? summarize(phases[0], infos, "observe").hot_slowdown_pct.value_or(NAN)
+                             : NAN;
     fmt::print("metric: cluster_cold_speedup_geomean {:.3f}\n", speedup);
     fmt::print("metric: cluster_observe_overhead_pct {:.2f}\n", observe);
-    fmt::print("metric: cluster_attach_all_ms {}\n", sw.attach_ms().empty() ? "nan" : fmt::format("{:.0f}", median(sw.attach_ms())));
+    fmt::print("metric: cluster_attach_all_ms {}\n",
+               sw.attach_ms().empty() ? "nan" : fmt::format("{:.0f}", median(sw.attach_ms())));
     if (mismatches || errors) throw CLI::RuntimeError(1);
 }
 
@@ -378,19 +428,29 @@ void run_cluster_bench(ClusterBenchOptions o) {
 
 void add_cluster_bench(CLI::App& bench) {
     auto o = std::make_shared<ClusterBenchOptions>();
-    auto* cmd = bench.add_subcommand("cluster",
-                                     "ClickBench's queries on a Distributed table over a namespace cluster: stock vs observed vs "
-                                     "policies on every node, cold and hot, links unshaped and rate-limited (root)");
+    auto* cmd = bench.add_subcommand(
+        "cluster",
+        "ClickBench's queries on a Distributed table over a namespace cluster: stock vs observed "
+        "vs "
+        "policies on every node, cold and hot, links unshaped and rate-limited (root)");
     cmd->add_option("--shards", o->shards, "shards (one node each)")->capture_default_str();
-    cmd->add_option("--rows", o->rows_millions, "rows of the data set over all shards, in millions")->capture_default_str();
-    cmd->add_option("--queries", o->queries, "queries (Q1..Q43, comma-separated) or all")->capture_default_str();
-    cmd->add_option("--policies", o->policies, "liveio policies to compare, comma-separated (the first gives the metric)")
+    cmd->add_option("--rows", o->rows_millions, "rows of the data set over all shards, in millions")
         ->capture_default_str();
-    cmd->add_option("--rate", o->rate, "rate of the rate-limited pass (tc units); \"\" for none")->capture_default_str();
-    cmd->add_option("--runs", o->runs, "cold and hot runs per query and configuration")->check(CLI::Range(1, 20))->capture_default_str();
-    cmd->add_option("--root", o->root, "state, data and results of the benchmark's cluster")->capture_default_str();
+    cmd->add_option("--queries", o->queries, "queries (Q1..Q43, comma-separated) or all")
+        ->capture_default_str();
+    cmd->add_option("--policies", o->policies,
+                    "liveio policies to compare, comma-separated (the first gives the metric)")
+        ->capture_default_str();
+    cmd->add_option("--rate", o->rate, "rate of the rate-limited pass (tc units); \"\" for none")
+        ->capture_default_str();
+    cmd->add_option("--runs", o->runs, "cold and hot runs per query and configuration")
+        ->check(CLI::Range(1, 20))
+        ->capture_default_str();
+    cmd->add_option("--root", o->root, "state, data and results of the benchmark's cluster")
+        ->capture_default_str();
     cmd->add_option("--name", o->name, "cluster name")->capture_default_str();
-    cmd->add_option("--out", o->out_dir, "directory for the plot and its data (default: ROOT/results/TIME)");
+    cmd->add_option("--out", o->out_dir,
+                    "directory for the plot and its data (default: ROOT/results/TIME)");
     cmd->add_flag("--keep", o->keep, "leave the cluster up afterwards");
     cmd->callback([o] { run_cluster_bench(*o); });
 }

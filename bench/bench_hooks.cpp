@@ -29,10 +29,10 @@
 #include <fmt/format.h>
 
 #include "bench.h"
-#include "kernel_probe.h"
 #include "hook/dispatch.h"
-#include "inject/inject.h"
 #include "hook/interceptor.h"
+#include "inject/inject.h"
+#include "kernel_probe.h"
 
 namespace liveio::bench {
 namespace {
@@ -91,7 +91,8 @@ __attribute__((noinline)) ssize_t measured_call(int fd, char* buf) { return ::re
 
 // Best of `rounds` rounds of `iterations` calls of `call` (measured_call unless said
 // otherwise), in thread CPU ns per call.
-double ns_per_call(int fd, int iterations, int rounds = 5, ssize_t (*call)(int, char*) = measured_call) {
+double ns_per_call(int fd, int iterations, int rounds = 5,
+                   ssize_t (*call)(int, char*) = measured_call) {
     char buf[1];
     double best = 1e30;
     for (int round = 0; round < rounds; ++round) {
@@ -165,11 +166,13 @@ std::optional<double> with_kernel_probe(perf_event_attr attr, bpf_prog_type type
         note = prog.error;
         return std::nullopt;
     }
-    const int pfd = static_cast<int>(syscall(SYS_perf_event_open, &attr, -1, 0, -1, PERF_FLAG_FD_CLOEXEC));
+    const int pfd =
+        static_cast<int>(syscall(SYS_perf_event_open, &attr, -1, 0, -1, PERF_FLAG_FD_CLOEXEC));
     std::optional<double> ns;
     if (pfd < 0) {
         note = fmt::format("perf_event_open: {}", strerror(errno));
-    } else if (ioctl(pfd, PERF_EVENT_IOC_SET_BPF, prog.prog_fd) != 0 || ioctl(pfd, PERF_EVENT_IOC_ENABLE, 0) != 0) {
+    } else if (ioctl(pfd, PERF_EVENT_IOC_SET_BPF, prog.prog_fd) != 0 ||
+               ioctl(pfd, PERF_EVENT_IOC_ENABLE, 0) != 0) {
         note = fmt::format("attaching BPF: {}", strerror(errno));
     } else {
         ns = ns_per_call(fd, iterations);
@@ -209,7 +212,8 @@ std::optional<double> kernel_uprobe(int fd, int iterations, std::string& note) {
     while (std::getline(maps, line)) {
         unsigned long lo, hi, off;
         char perms[5], file[512] = {};
-        if (sscanf(line.c_str(), "%lx-%lx %4s %lx %*s %*s %511s", &lo, &hi, perms, &off, file) >= 4 &&
+        if (sscanf(line.c_str(), "%lx-%lx %4s %lx %*s %*s %511s", &lo, &hi, perms, &off, file) >=
+                4 &&
             addr >= lo && addr < hi) {
             path = file;
             offset = addr - lo + off;
@@ -243,7 +247,10 @@ std::optional<double> under_ptrace(int iterations, std::string& note) {
         char buf[1];
         const auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < iterations; ++i) measured_call(fd, buf);
-        const double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / iterations;
+        const double ns =
+            std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0)
+                .count() /
+            iterations;
         (void)!write(pipefd[1], &ns, sizeof ns);
         _exit(0);
     }
@@ -280,9 +287,11 @@ struct AttachPause {
 std::string default_attach_library() {
     std::ifstream maps("/proc/self/maps");
     std::string mapped((std::istreambuf_iterator<char>(maps)), std::istreambuf_iterator<char>());
-    for (const char* name : {"libanl.so.1", "libutil.so.1", "libdl.so.2", "librt.so.1", "libpthread.so.0"})
+    for (const char* name :
+         {"libanl.so.1", "libutil.so.1", "libdl.so.2", "librt.so.1", "libpthread.so.0"})
         for (const char* dir : {"/lib/x86_64-linux-gnu/", "/usr/lib/x86_64-linux-gnu/", "/lib64/"})
-            if (mapped.find(std::string("/") + name) == std::string::npos && access((std::string(dir) + name).c_str(), R_OK) == 0)
+            if (mapped.find(std::string("/") + name) == std::string::npos &&
+                access((std::string(dir) + name).c_str(), R_OK) == 0)
                 return std::string(dir) + name;
     return {};
 }
@@ -348,7 +357,9 @@ AttachPause measure_attach_pause(int threads, int rounds, std::string library) {
     close(control[1]);
     kill(child, SIGKILL);
     waitpid(child, nullptr, 0);
-    if (out.note.empty()) out.note = fmt::format("{} threads, {} x dlopen/dlclose of {}, max {} stop(s) per attach", threads, rounds, library, out.max_attempts);
+    if (out.note.empty())
+        out.note = fmt::format("{} threads, {} x dlopen/dlclose of {}, max {} stop(s) per attach",
+                               threads, rounds, library, out.max_attempts);
     return out;
 }
 
@@ -377,15 +388,26 @@ void run(int iterations, int attach_rounds, const std::string& attach_lib) {
     NoWorkHandler none;
     CountingHandler counting;
     TakingHandler taking;
-    add("GOT, no handler work", [&](std::string& n) { return with_interceptor(Mechanism::Got, &none, fd, iterations, n); });
-    auto got = add("GOT, counting handler", [&](std::string& n) { return with_interceptor(Mechanism::Got, &counting, fd, iterations, n); });
-    add("inline, no handler work", [&](std::string& n) { return with_interceptor(Mechanism::Inline, &none, fd, iterations, n); });
-    auto inl = add("inline, counting handler", [&](std::string& n) { return with_interceptor(Mechanism::Inline, &counting, fd, iterations, n); });
+    add("GOT, no handler work",
+        [&](std::string& n) { return with_interceptor(Mechanism::Got, &none, fd, iterations, n); });
+    auto got = add("GOT, counting handler", [&](std::string& n) {
+        return with_interceptor(Mechanism::Got, &counting, fd, iterations, n);
+    });
+    add("inline, no handler work", [&](std::string& n) {
+        return with_interceptor(Mechanism::Inline, &none, fd, iterations, n);
+    });
+    auto inl = add("inline, counting handler", [&](std::string& n) {
+        return with_interceptor(Mechanism::Inline, &counting, fd, iterations, n);
+    });
     std::optional<double> rw;
     {
         MmapMinAddrZero min_addr;
-        add("syscall rewrite, no handler work", [&](std::string& n) { return with_interceptor(Mechanism::SyscallRewrite, &none, fd, iterations, n); });
-        rw = add("syscall rewrite, counting handler", [&](std::string& n) { return with_interceptor(Mechanism::SyscallRewrite, &counting, fd, iterations, n); });
+        add("syscall rewrite, no handler work", [&](std::string& n) {
+            return with_interceptor(Mechanism::SyscallRewrite, &none, fd, iterations, n);
+        });
+        rw = add("syscall rewrite, counting handler", [&](std::string& n) {
+            return with_interceptor(Mechanism::SyscallRewrite, &counting, fd, iterations, n);
+        });
     }
     // The interception path alone: the handler counts and answers, no kernel entry; compared
     // with an empty function call.
@@ -411,45 +433,63 @@ void run(int iterations, int attach_rounds, const std::string& attach_lib) {
     const bool root = geteuid() == 0;
     std::optional<double> tp;
     if (root) {
-        tp = add("kernel tracepoint sys_enter + BPF count", [&](std::string& n) { return kernel_tracepoint(fd, iterations, n); });
-        add("kernel uprobe + BPF count", [&](std::string& n) { return kernel_uprobe(fd, iterations, n); });
+        tp = add("kernel tracepoint sys_enter + BPF count",
+                 [&](std::string& n) { return kernel_tracepoint(fd, iterations, n); });
+        add("kernel uprobe + BPF count",
+            [&](std::string& n) { return kernel_uprobe(fd, iterations, n); });
     } else {
         rows.push_back({"kernel tracepoint / uprobe", std::nullopt, "needs root"});
     }
-    add("ptrace (PTRACE_SYSCALL stops)", [&](std::string& n) { return under_ptrace(std::min(iterations, 20000), n); });
+    add("ptrace (PTRACE_SYSCALL stops)",
+        [&](std::string& n) { return under_ptrace(std::min(iterations, 20000), n); });
     close(fd);
 
-    fmt::print("per call, thread CPU time, best of 5 rounds; plain = the unhooked call measured around each row\n");
-    fmt::print("{:<42} {:>12} {:>12} {:>12}  {}\n", "mechanism", "ns/call", "plain ns", "added ns", "note");
+    fmt::print(
+        "per call, thread CPU time, best of 5 rounds; plain = the unhooked call measured around "
+        "each row\n");
+    fmt::print("{:<42} {:>12} {:>12} {:>12}  {}\n", "mechanism", "ns/call", "plain ns", "added ns",
+               "note");
     for (auto& r : rows) {
         if (r.ns)
-            fmt::print("{:<42} {:>12.1f} {:>12.1f} {:>12.1f}  {}\n", r.name, *r.ns, r.plain, *r.ns - r.plain, r.note);
+            fmt::print("{:<42} {:>12.1f} {:>12.1f} {:>12.1f}  {}\n", r.name, *r.ns, r.plain,
+                       *r.ns - r.plain, r.note);
         else
             fmt::print("{:<42} {:>12} {:>12} {:>12}  {}\n", r.name, "-", "-", "-", r.note);
     }
-    fmt::print("\nthe interception path alone: handler counts and answers the call (no kernel entry)\n");
-    fmt::print("{:<42} {:>12} {:>12} {:>12}  {}\n", "mechanism", "ns/call", "empty call", "added ns", "note");
+    fmt::print(
+        "\nthe interception path alone: handler counts and answers the call (no kernel entry)\n");
+    fmt::print("{:<42} {:>12} {:>12} {:>12}  {}\n", "mechanism", "ns/call", "empty call",
+               "added ns", "note");
     for (const Taken& t : taken) {
         if (t.ns)
-            fmt::print("{:<42} {:>12.1f} {:>12.1f} {:>12.1f}  {}\n", fmt::format("{}, handler takes the call", t.name), *t.ns,
-                       empty, *t.ns - empty, t.note);
+            fmt::print("{:<42} {:>12.1f} {:>12.1f} {:>12.1f}  {}\n",
+                       fmt::format("{}, handler takes the call", t.name), *t.ns, empty,
+                       *t.ns - empty, t.note);
         else
-            fmt::print("{:<42} {:>12} {:>12} {:>12}  {}\n", fmt::format("{}, handler takes the call", t.name), "-", "-", "-", t.note);
+            fmt::print("{:<42} {:>12} {:>12} {:>12}  {}\n",
+                       fmt::format("{}, handler takes the call", t.name), "-", "-", "-", t.note);
     }
     auto metric = [&](const char* name, std::optional<double> v) {
-        if (v) fmt::print("metric: {} {:.1f}\n", name, *v);
-        else fmt::print("metric: {} unavailable\n", name);
+        if (v)
+            fmt::print("metric: {} {:.1f}\n", name, *v);
+        else
+            fmt::print("metric: {} unavailable\n", name);
     };
     auto pause = measure_attach_pause(32, attach_rounds, attach_lib);
-    fmt::print("\n{:<42} {:>10} {:>10} {:>10}  {}\n", "ptrace injection pause (32 threads)", "median ms", "min ms", "max ms", "note");
-    for (auto [name, v] : {std::pair{"attach: stop all, dlopen, resume", &pause.attach_ms}, {"  of which: stopping all threads", &pause.stop_ms},
-                          {"  of which: dlopen call in the target", &pause.call_ms},
-                          {"  of which: restoring, resuming all", &pause.resume_ms},
-                          {"detach: stop all, dlclose, resume", &pause.detach_ms}}) {
+    fmt::print("\n{:<42} {:>10} {:>10} {:>10}  {}\n", "ptrace injection pause (32 threads)",
+               "median ms", "min ms", "max ms", "note");
+    for (auto [name, v] : {std::pair{"attach: stop all, dlopen, resume", &pause.attach_ms},
+                           {"  of which: stopping all threads", &pause.stop_ms},
+                           {"  of which: dlopen call in the target", &pause.call_ms},
+                           {"  of which: restoring, resuming all", &pause.resume_ms},
+                           {"detach: stop all, dlclose, resume", &pause.detach_ms}}) {
         const std::string note = v == &pause.attach_ms ? pause.note : "";
-        if (v->empty()) fmt::print("{:<42} {:>10} {:>10} {:>10}  {}\n", name, "-", "-", "-", note);
-        else fmt::print("{:<42} {:>10.2f} {:>10.2f} {:>10.2f}  {}\n", name, median(*v), *std::min_element(v->begin(), v->end()),
-                        *std::max_element(v->begin(), v->end()), note);
+        if (v->empty())
+            fmt::print("{:<42} {:>10} {:>10} {:>10}  {}\n", name, "-", "-", "-", note);
+        else
+            fmt::print("{:<42} {:>10.2f} {:>10.2f} {:>10.2f}  {}\n", name, median(*v),
+                       *std::min_element(v->begin(), v->end()),
+                       *std::max_element(v->begin(), v->end()), note);
     }
     // Headline hook costs: the interception path alone (the pass-through rows add the same
     // path to a real system call, whose run-to-run variation can exceed it).
@@ -464,21 +504,28 @@ void run(int iterations, int attach_rounds, const std::string& attach_lib) {
     metric("inline_hook_passthrough_ns", inl);
     metric("rewrite_hook_passthrough_ns", rw);
     metric("kernel_tracepoint_ns", tp);
-    if (pause.attach_ms.empty()) fmt::print("metric: attach_pause_ms unavailable\n");
-    else fmt::print("metric: attach_pause_ms {:.2f}\n", median(pause.attach_ms));
+    if (pause.attach_ms.empty())
+        fmt::print("metric: attach_pause_ms unavailable\n");
+    else
+        fmt::print("metric: attach_pause_ms {:.2f}\n", median(pause.attach_ms));
 }
 
 }  // namespace
 
 void add_hooks_bench(CLI::App& bench) {
-    auto* cmd = bench.add_subcommand("hooks", "Added cost per intercepted call: GOT, inline, "
-                                              "syscall rewrite vs kernel tracepoint/uprobe/ptrace");
+    auto* cmd = bench.add_subcommand("hooks",
+                                     "Added cost per intercepted call: GOT, inline, "
+                                     "syscall rewrite vs kernel tracepoint/uprobe/ptrace");
     static int iterations = 1000000;
-    cmd->add_option("--iterations", iterations, "calls per measurement")->check(CLI::Range(1000, 100000000));
+    cmd->add_option("--iterations", iterations, "calls per measurement")
+        ->check(CLI::Range(1000, 100000000));
     static int attach_rounds = 21;
     static std::string attach_lib;
-    cmd->add_option("--attach-rounds", attach_rounds, "injections into the 32-thread process (median reported)")->check(CLI::Range(1, 10000));
-    cmd->add_option("--attach-lib", attach_lib, "library to inject (default: a small system library not yet loaded)");
+    cmd->add_option("--attach-rounds", attach_rounds,
+                    "injections into the 32-thread process (median reported)")
+        ->check(CLI::Range(1, 10000));
+    cmd->add_option("--attach-lib", attach_lib,
+                    "library to inject (default: a small system library not yet loaded)");
     cmd->callback([] { run(iterations, attach_rounds, attach_lib); });
 }
 

@@ -10,8 +10,8 @@
 //    hook (with and without the stats program) vs the kernel's raw_syscalls:sys_enter
 //    tracepoint with a counting BPF program (root only).
 #include <fcntl.h>
-#include <time.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -32,19 +32,19 @@
 
 #include <functional>
 
+#include <bpf/bpf.h>
 #include "agent/bpf_host.h"
 #include "agent/call_pipeline.h"
-#include "control/protocol.h"
-#include "liveio/io_stats.h"
 #include "bench.h"
 #include "clickhouse/dataset.h"
 #include "clickhouse/server.h"
+#include "control/protocol.h"
+#include "control/self_exec.h"
 #include "hook/dispatch.h"
 #include "hook/interceptor.h"
 #include "kernel_probe.h"
-#include <bpf/bpf.h>
+#include "liveio/io_stats.h"
 #include "observe/bpf_client.h"
-#include "control/self_exec.h"
 
 namespace liveio::bench {
 namespace {
@@ -58,7 +58,7 @@ using control::run_liveio;
 struct ObserveOptions {
     uint64_t rows = ch::DatasetOptions{}.rows;
     int pairs = 10;
-    int runs = 3;  // mix runs per side of a pair (median)
+    int runs = 3;            // mix runs per side of a pair (median)
     int iterations = 20000;  // preads per round of the per-call part
     int rounds = 31;         // alternating rounds; each variant keeps its best
     bool skip_server = false;
@@ -96,7 +96,9 @@ public:
         return o;
     }
     Observation(Observation&& other) noexcept
-        : pid_(std::exchange(other.pid_, 0)), object_(other.object_), note_(std::move(other.note_)) {}
+        : pid_(std::exchange(other.pid_, 0)),
+          object_(other.object_),
+          note_(std::move(other.note_)) {}
     Observation& operator=(Observation&&) = delete;
     ~Observation() { (void)stop(); }
 
@@ -145,7 +147,9 @@ struct PairResult {
 
 // Part 1. Returns the median overhead in percent, or nothing when the server part failed.
 std::optional<double> server_overhead(const ObserveOptions& o) {
-    fmt::print("ClickHouse query mix on shard 0 of a private 2-shard cluster (Debian clickhouse-server)\n");
+    fmt::print(
+        "ClickHouse query mix on shard 0 of a private 2-shard cluster (Debian "
+        "clickhouse-server)\n");
     ch::ClusterOptions co;
     co.server.profile_settings = ch::kProfileSettings;
     co.server.environment = {ch::kStaticTlsReserve};
@@ -173,7 +177,8 @@ std::optional<double> server_overhead(const ObserveOptions& o) {
         for (int i = 0; i < o.runs; ++i) {
             auto run = ch::run_mix(client, mix);
             if (!run) return run.error();
-            if (run->mismatches) return make_error(EPROTO, fmt::format("{} wrong results", run->mismatches));
+            if (run->mismatches)
+                return make_error(EPROTO, fmt::format("{} wrong results", run->mismatches));
             ms.push_back(run->elapsed.count() / 1e6);
         }
         return median(ms);
@@ -184,9 +189,10 @@ std::optional<double> server_overhead(const ObserveOptions& o) {
             fmt::print("  warm-up: {}\n", w.error().message);
             return std::nullopt;
         }
-    fmt::print("  {} rows, {} queries per mix, {} pairs of {} runs per side (median), pid {}\n\n", loaded->rows, mix.size(),
-               o.pairs, o.runs, target);
-    fmt::print("  {:>4} {:>13} {:>13} {:>10}  {}\n", "pair", "unpatched ms", "observed ms", "overhead", "program runs");
+    fmt::print("  {} rows, {} queries per mix, {} pairs of {} runs per side (median), pid {}\n\n",
+               loaded->rows, mix.size(), o.pairs, o.runs, target);
+    fmt::print("  {:>4} {:>13} {:>13} {:>10}  {}\n", "pair", "unpatched ms", "observed ms",
+               "overhead", "program runs");
     std::vector<PairResult> pairs;
     std::string note;
     bool with_program = false;
@@ -217,8 +223,8 @@ std::optional<double> server_overhead(const ObserveOptions& o) {
             return std::nullopt;
         }
         pairs.push_back(r);
-        fmt::print("  {:>4} {:>13.1f} {:>13.1f} {:>9.2f}%  {}\n", p + 1, r.plain_ms, r.observed_ms, r.overhead_pct(),
-                   runs ? std::to_string(*runs) : "-");
+        fmt::print("  {:>4} {:>13.1f} {:>13.1f} {:>9.2f}%  {}\n", p + 1, r.plain_ms, r.observed_ms,
+                   r.overhead_pct(), runs ? std::to_string(*runs) : "-");
     }
     std::vector<double> pct, plain_ms, observed_ms;
     for (auto& r : pairs) {
@@ -231,11 +237,14 @@ std::optional<double> server_overhead(const ObserveOptions& o) {
     for (double v : pct) sq += (v - mean) * (v - mean);
     const double stdev = pct.size() > 1 ? std::sqrt(sq / (pct.size() - 1)) : 0;
     const double med = median(pct);
-    fmt::print("\n  median unpatched {:.1f} ms, observed {:.1f} ms; overhead median {:+.2f}%, mean {:+.2f}% +- {:.2f} (stdev), "
-               "range {:+.2f}% .. {:+.2f}%\n",
-               median(plain_ms), median(observed_ms), med, mean, stdev, *std::min_element(pct.begin(), pct.end()),
-               *std::max_element(pct.begin(), pct.end()));
-    fmt::print("  observed = {}\n\n", with_program ? "GOT hooks + io_stats (JIT) via bpf.load" : note);
+    fmt::print(
+        "\n  median unpatched {:.1f} ms, observed {:.1f} ms; overhead median {:+.2f}%, mean "
+        "{:+.2f}% +- {:.2f} (stdev), "
+        "range {:+.2f}% .. {:+.2f}%\n",
+        median(plain_ms), median(observed_ms), med, mean, stdev,
+        *std::min_element(pct.begin(), pct.end()), *std::max_element(pct.begin(), pct.end()));
+    fmt::print("  observed = {}\n\n",
+               with_program ? "GOT hooks + io_stats (JIT) via bpf.load" : note);
     return med;
 }
 
@@ -244,7 +253,9 @@ std::optional<double> server_overhead(const ObserveOptions& o) {
 constexpr size_t kReadSize = 4096;
 constexpr size_t kFileSize = 1 << 20;
 
-__attribute__((noinline)) ssize_t measured_pread(int fd, char* buf, off_t off) { return ::pread(fd, buf, kReadSize, off); }
+__attribute__((noinline)) ssize_t measured_pread(int fd, char* buf, off_t off) {
+    return ::pread(fd, buf, kReadSize, off);
+}
 
 // This thread's CPU time (user + kernel) in ns: the cost of a call is CPU work, and on a
 // shared machine wall time would also count the time other processes ran instead of us.
@@ -258,7 +269,8 @@ double ns_per_pread(int fd, int iterations) {
     alignas(64) static thread_local char buf[kReadSize];
     const double t0 = thread_cpu_ns();
     for (int i = 0; i < iterations; ++i)
-        measured_pread(fd, buf, static_cast<off_t>((static_cast<size_t>(i) * kReadSize) % kFileSize));
+        measured_pread(fd, buf,
+                       static_cast<off_t>((static_cast<size_t>(i) * kReadSize) % kFileSize));
     return (thread_cpu_ns() - t0) / iterations;
 }
 
@@ -280,7 +292,8 @@ Result<int> page_cache_file() {
     const char* tmp = std::getenv("TMPDIR");
     std::string path = fmt::format("{}/liveio-bench-observe-XXXXXX", tmp && *tmp ? tmp : "/tmp");
     const int fd = ::mkostemp(path.data(), O_CLOEXEC);
-    if (fd < 0) return make_error(errno, fmt::format("creating {}: {}", path, std::strerror(errno)));
+    if (fd < 0)
+        return make_error(errno, fmt::format("creating {}: {}", path, std::strerror(errno)));
     ::unlink(path.c_str());
     std::vector<char> data(kFileSize, 'x');
     if (::pwrite(fd, data.data(), data.size(), 0) != static_cast<ssize_t>(data.size()) ||
@@ -307,11 +320,13 @@ struct Variant {
 // syscall number, for checking that the program saw the calls.
 struct HostWithProgram {
     std::unique_ptr<agent::BpfHost> host;
-    std::unique_ptr<agent::CallPipelineOf<agent::BpfHost>> pipeline;  // the host as the agent runs it
+    std::unique_ptr<agent::CallPipelineOf<agent::BpfHost>>
+        pipeline;  // the host as the agent runs it
     std::shared_ptr<ebpf::Map> counts;
     std::string error;
 
-    HostWithProgram(std::optional<ebpf::Engine> engine, const Result<std::string>& object, const std::string& counts_map) {
+    HostWithProgram(std::optional<ebpf::Engine> engine, const Result<std::string>& object,
+                    const std::string& counts_map) {
         auto h = agent::BpfHost::create({});
         if (!h) {
             error = h.error().message;
@@ -354,31 +369,38 @@ std::optional<double> per_call_cost(const ObserveOptions& o) {
         return [=]() -> Result<std::function<void()>> {
             auto icpt = hook::Interceptor::install(io, handler);
             if (!icpt) return icpt.error();
-            return std::function<void()>([i = std::shared_ptr<hook::Interceptor>(std::move(*icpt))] { (void)i->uninstall(); });
+            return std::function<void()>([i = std::shared_ptr<hook::Interceptor>(
+                                              std::move(*icpt))] { (void)i->uninstall(); });
         };
     };
     const auto io_stats = observe::resolve_object_path("io_stats");
     const auto syscount = observe::resolve_object_path("syscount");
     CountingHandler counting;
-    HostWithProgram empty_host(std::nullopt, io_stats, ""), jit_host(ebpf::Engine::Jit, io_stats, "syscall_stats"),
+    HostWithProgram empty_host(std::nullopt, io_stats, ""),
+        jit_host(ebpf::Engine::Jit, io_stats, "syscall_stats"),
         interp_host(ebpf::Engine::Interpreter, io_stats, "syscall_stats"),
         syscount_host(ebpf::Engine::Jit, syscount, "syscalls");
     CountingProgram kernel_prog(BPF_PROG_TYPE_RAW_TRACEPOINT);
     uint64_t kernel_syscount_calls = 0;
 
     std::vector<Variant> variants;
-    variants.push_back({"plain pread 4 KiB (page cache)", [] { return Result<std::function<void()>>(std::function<void()>([] {})); },
+    variants.push_back({"plain pread 4 KiB (page cache)",
+                        [] { return Result<std::function<void()>>(std::function<void()>([] {})); },
                         [] { return std::string(); }});
     variants.push_back({"GOT hook, counting handler", hooked(&counting),
                         [&] { return counting.calls ? "" : std::string("hook saw no calls"); }});
     auto host_variant = [&](std::string name, HostWithProgram& h, bool program) {
         Variant v{std::move(name), {}, {}};
         if (!h.error.empty()) {
-            v.install = [&h]() -> Result<std::function<void()>> { return make_error(EINVAL, h.error); };
+            v.install = [&h]() -> Result<std::function<void()>> {
+                return make_error(EINVAL, h.error);
+            };
         } else {
             v.install = hooked(h.pipeline.get());
         }
-        v.verify = [&h, program] { return !program || h.pread_calls() ? "" : std::string("the program counted no pread64"); };
+        v.verify = [&h, program] {
+            return !program || h.pread_calls() ? "" : std::string("the program counted no pread64");
+        };
         variants.push_back(std::move(v));
     };
     host_variant("GOT hook, agent BPF host, no program", empty_host, false);
@@ -387,29 +409,36 @@ std::optional<double> per_call_cost(const ObserveOptions& o) {
     host_variant("GOT hook + syscount.bpf.o (JIT)", syscount_host, true);
     const bool root = geteuid() == 0;
     if (root) {
-        variants.push_back({"kernel tracepoint sys_enter + BPF count",
-                            [&]() -> Result<std::function<void()>> {
-                                auto link = attach_raw_tracepoint(kernel_prog, "sys_enter");
-                                if (!link) return link.error();
-                                return std::function<void()>([l = *link] { ::close(l); });
-                            },
-                            [&] { return kernel_prog.count() ? "" : std::string("program counted nothing"); }});
+        variants.push_back(
+            {"kernel tracepoint sys_enter + BPF count",
+             [&]() -> Result<std::function<void()>> {
+                 auto link = attach_raw_tracepoint(kernel_prog, "sys_enter");
+                 if (!link) return link.error();
+                 return std::function<void()>([l = *link] { ::close(l); });
+             },
+             [&] { return kernel_prog.count() ? "" : std::string("program counted nothing"); }});
         // The same syscount object file in the kernel: raw_syscalls sys_enter + sys_exit,
         // pairing through a hash map as libbpf-tools do; only this process is counted.
-        variants.push_back({"kernel tracepoints + syscount.bpf.o",
-                            [&]() -> Result<std::function<void()>> {
-                                if (!syscount) return syscount.error();
-                                auto k = KernelObject::load(syscount.value(), {{"target_tgid", static_cast<uint32_t>(::getpid())}});
-                                if (!k) return k.error();
-                                // Detaching is freeing: the count is taken first.
-                                return std::function<void()>([&, obj = std::shared_ptr<KernelObject>(std::move(*k))] {
-                                    liveio_io_stats value{};
-                                    const uint32_t key = SYS_pread64;
-                                    const int fd = obj->map_fd("syscalls");
-                                    if (fd >= 0 && bpf_map_lookup_elem(fd, &key, &value) == 0) kernel_syscount_calls += value.calls;
-                                });
-                            },
-                            [&] { return kernel_syscount_calls ? "" : std::string("the program counted no pread64"); }});
+        variants.push_back(
+            {"kernel tracepoints + syscount.bpf.o",
+             [&]() -> Result<std::function<void()>> {
+                 if (!syscount) return syscount.error();
+                 auto k = KernelObject::load(syscount.value(),
+                                             {{"target_tgid", static_cast<uint32_t>(::getpid())}});
+                 if (!k) return k.error();
+                 // Detaching is freeing: the count is taken first.
+                 return std::function<void()>(
+                     [&, obj = std::shared_ptr<KernelObject>(std::move(*k))] {
+                         liveio_io_stats value{};
+                         const uint32_t key = SYS_pread64;
+                         const int fd = obj->map_fd("syscalls");
+                         if (fd >= 0 && bpf_map_lookup_elem(fd, &key, &value) == 0)
+                             kernel_syscount_calls += value.calls;
+                     });
+             },
+             [&] {
+                 return kernel_syscount_calls ? "" : std::string("the program counted no pread64");
+             }});
     }
 
     // Rounds alternate between the variants so that a busy moment of the machine hits all of
@@ -432,21 +461,30 @@ std::optional<double> per_call_cost(const ObserveOptions& o) {
         if (v.note.empty() && v.best) v.note = v.verify();
 
     const double plain = *variants[0].best;
-    fmt::print("{:<44} {:>10} {:>10}  {}\n", fmt::format("per call (CPU time, best of {} rounds)", o.rounds), "ns/call",
+    fmt::print("{:<44} {:>10} {:>10}  {}\n",
+               fmt::format("per call (CPU time, best of {} rounds)", o.rounds), "ns/call",
                "added ns", "note");
     for (auto& v : variants) {
-        if (v.best) fmt::print("{:<44} {:>10.1f} {:>10.1f}  {}\n", v.name, *v.best, *v.best - plain, v.note);
-        else fmt::print("{:<44} {:>10} {:>10}  {}\n", v.name, "-", "-", v.note);
+        if (v.best)
+            fmt::print("{:<44} {:>10.1f} {:>10.1f}  {}\n", v.name, *v.best, *v.best - plain,
+                       v.note);
+        else
+            fmt::print("{:<44} {:>10} {:>10}  {}\n", v.name, "-", "-", v.note);
     }
-    if (!root) fmt::print("{:<44} {:>10} {:>10}  {}\n", "kernel tracepoint sys_enter + BPF count", "-", "-", "needs root");
+    if (!root)
+        fmt::print("{:<44} {:>10} {:>10}  {}\n", "kernel tracepoint sys_enter + BPF count", "-",
+                   "-", "needs root");
     auto added = [&](const std::string& name) -> std::optional<double> {
         for (auto& v : variants)
             if (v.name == name && v.best) return *v.best - plain;
         return std::nullopt;
     };
-    if (auto k = added("kernel tracepoint sys_enter + BPF count")) fmt::print("metric: kernel_tracepoint_pread_ns {:.1f}\n", *k);
-    if (auto u = added("GOT hook + syscount.bpf.o (JIT)")) fmt::print("metric: syscount_liveio_ns {:.1f}\n", *u);
-    if (auto k = added("kernel tracepoints + syscount.bpf.o")) fmt::print("metric: syscount_kernel_ns {:.1f}\n", *k);
+    if (auto k = added("kernel tracepoint sys_enter + BPF count"))
+        fmt::print("metric: kernel_tracepoint_pread_ns {:.1f}\n", *k);
+    if (auto u = added("GOT hook + syscount.bpf.o (JIT)"))
+        fmt::print("metric: syscount_liveio_ns {:.1f}\n", *u);
+    if (auto k = added("kernel tracepoints + syscount.bpf.o"))
+        fmt::print("metric: syscount_kernel_ns {:.1f}\n", *k);
     if (auto jit = added("GOT hook + io_stats (JIT)")) return jit;
     fmt::print("(io_stats unavailable: observe_per_syscall_ns is the counting hook alone)\n");
     return added("GOT hook, counting handler");
@@ -455,27 +493,45 @@ std::optional<double> per_call_cost(const ObserveOptions& o) {
 void run(const ObserveOptions& o) {
     std::optional<double> overhead;
     if (!o.skip_server) {
-        if (auto b = ch::find_server_binary(); !b) fmt::print("ClickHouse part skipped: {}\n\n", b.error().message);
-        else overhead = server_overhead(o);
+        if (auto b = ch::find_server_binary(); !b)
+            fmt::print("ClickHouse part skipped: {}\n\n", b.error().message);
+        else
+            overhead = server_overhead(o);
     }
     auto per_call = per_call_cost(o);
-    if (overhead) fmt::print("metric: observe_overhead_pct {:.2f}\n", *overhead);
-    else fmt::print("metric: observe_overhead_pct unavailable\n");
-    if (per_call) fmt::print("metric: observe_per_syscall_ns {:.1f}\n", *per_call);
-    else fmt::print("metric: observe_per_syscall_ns unavailable\n");
+    if (overhead)
+        fmt::print("metric: observe_overhead_pct {:.2f}\n", *overhead);
+    else
+        fmt::print("metric: observe_overhead_pct unavailable\n");
+    if (per_call)
+        fmt::print("metric: observe_per_syscall_ns {:.1f}\n", *per_call);
+    else
+        fmt::print("metric: observe_per_syscall_ns unavailable\n");
 }
 
 }  // namespace
 
 void add_observe_bench(CLI::App& bench) {
-    auto* cmd = bench.add_subcommand("observe", "Cost of observing: ClickHouse query mix unpatched vs observed "
-                                                "(alternating pairs), per-call cost vs the kernel tracepoint");
+    auto* cmd =
+        bench.add_subcommand("observe",
+                             "Cost of observing: ClickHouse query mix unpatched vs observed "
+                             "(alternating pairs), per-call cost vs the kernel tracepoint");
     auto o = std::make_shared<ObserveOptions>();
-    cmd->add_option("--rows", o->rows, "rows of the ClickHouse data set")->check(CLI::Range(uint64_t{1000}, uint64_t{200'000'000}))->capture_default_str();
-    cmd->add_option("--pairs", o->pairs, "unpatched/observed pairs of query mix runs")->check(CLI::Range(1, 1000))->capture_default_str();
-    cmd->add_option("--runs", o->runs, "mix runs per side of a pair (their median is compared)")->check(CLI::Range(1, 100))->capture_default_str();
-    cmd->add_option("--iterations", o->iterations, "preads per round of the per-call part")->check(CLI::Range(1000, 100000000))->capture_default_str();
-    cmd->add_option("--rounds", o->rounds, "alternating rounds of the per-call part (best kept)")->check(CLI::Range(1, 10000))->capture_default_str();
+    cmd->add_option("--rows", o->rows, "rows of the ClickHouse data set")
+        ->check(CLI::Range(uint64_t{1000}, uint64_t{200'000'000}))
+        ->capture_default_str();
+    cmd->add_option("--pairs", o->pairs, "unpatched/observed pairs of query mix runs")
+        ->check(CLI::Range(1, 1000))
+        ->capture_default_str();
+    cmd->add_option("--runs", o->runs, "mix runs per side of a pair (their median is compared)")
+        ->check(CLI::Range(1, 100))
+        ->capture_default_str();
+    cmd->add_option("--iterations", o->iterations, "preads per round of the per-call part")
+        ->check(CLI::Range(1000, 100000000))
+        ->capture_default_str();
+    cmd->add_option("--rounds", o->rounds, "alternating rounds of the per-call part (best kept)")
+        ->check(CLI::Range(1, 10000))
+        ->capture_default_str();
     cmd->add_flag("--skip-server", o->skip_server, "only the per-call part (no ClickHouse)");
     cmd->callback([o] { run(*o); });
 }

@@ -7,8 +7,8 @@
 // side goes first. The device readahead is run at the machine's value and at 128 KiB (set
 // and restored; needs root).
 #include <fcntl.h>
-#include <signal.h>
 #include <linux/fadvise.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -26,11 +26,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "control/protocol.h"
 #include "bench.h"
+#include "control/protocol.h"
+#include "control/self_exec.h"
 #include "policy/io_worker.h"
 #include "uring/engine.h"
-#include "control/self_exec.h"
 
 namespace liveio::bench {
 namespace {
@@ -38,7 +38,6 @@ namespace {
 namespace fs = std::filesystem;
 using control::run_liveio;
 using nlohmann::json;
-using control::run_liveio;
 
 struct PolicyBenchOptions {
     std::string policy = "prefetch";
@@ -71,7 +70,9 @@ std::vector<std::string> make_columns(const PolicyBenchOptions& o) {
         const std::string path = (part / fmt::format("column{}.bin", c)).string();
         out.push_back(path);
         struct stat st {};
-        if (::stat(path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_size) == o.column_mb << 20) continue;
+        if (::stat(path.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_size) == o.column_mb
+                                                                                       << 20)
+            continue;
         const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         uint64_t x = 0x9e3779b97f4a7c15ull * static_cast<uint64_t>(c + 1);
         for (uint64_t m = 0; m < o.column_mb; ++m) {
@@ -79,7 +80,8 @@ std::vector<std::string> make_columns(const PolicyBenchOptions& o) {
                 x ^= x << 13, x ^= x >> 7, x ^= x << 17;
                 std::memcpy(&block[i], &x, 8);
             }
-            if (::write(fd, block.data(), block.size()) != static_cast<ssize_t>(block.size())) break;
+            if (::write(fd, block.data(), block.size()) != static_cast<ssize_t>(block.size()))
+                break;
         }
         ::fsync(fd);
         ::close(fd);
@@ -88,7 +90,8 @@ std::vector<std::string> make_columns(const PolicyBenchOptions& o) {
 }
 
 // The reader child: on each byte from `cmd`, one cold scan; answers "<ns> <checksum>\n".
-[[noreturn]] void reader(const PolicyBenchOptions& o, const std::vector<std::string>& files, int cmd, int res) {
+[[noreturn]] void reader(const PolicyBenchOptions& o, const std::vector<std::string>& files,
+                         int cmd, int res) {
     std::vector<char> buf(o.read_kb << 10);
     char c;
     while (::read(cmd, &c, 1) == 1 && c == 'r') {
@@ -109,7 +112,8 @@ std::vector<std::string> make_columns(const PolicyBenchOptions& o) {
                     sum += w;
                 }
                 const uint64_t spin = o.cpu_us_per_mb * 1000 * static_cast<uint64_t>(n) / (1 << 20);
-                for (const uint64_t s = now_ns(); now_ns() - s < spin;) {}
+                for (const uint64_t s = now_ns(); now_ns() - s < spin;) {
+                }
             }
         }
         for (int fd : fds) ::close(fd);
@@ -142,14 +146,15 @@ bool write_file(const std::string& path, const std::string& value) {
 
 double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
-    return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+    return v.empty()      ? 0
+           : v.size() % 2 ? v[v.size() / 2]
+                          : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
 }
 
 struct Side {
     std::vector<double> ms;
     uint64_t checksum = 0;
 };
-
 
 // Who reaps the completions of policy actions: the cost each design puts on the thread that
 // issues them (a target thread at its I/O edge), and on the process. The same action
@@ -172,7 +177,8 @@ double thread_cpu_ns() {
 double process_cpu_ns() {
     rusage ru{};
     ::getrusage(RUSAGE_SELF, &ru);
-    return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e9 + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e3;
+    return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e9 +
+           (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e3;
 }
 
 struct CountingSink final : policy::WorkerSink {
@@ -180,7 +186,10 @@ struct CountingSink final : policy::WorkerSink {
     bool admit(const policy::Action&) override { return true; }
     void dropped(const policy::Action&) override { ++done; }
     void issued(const policy::Action&, uint64_t) override {}
-    void completed(const policy::Action&, uint64_t, int32_t, std::span<const char>, uint64_t) override { ++done; }
+    void completed(const policy::Action&, uint64_t, int32_t, std::span<const char>,
+                   uint64_t) override {
+        ++done;
+    }
 };
 
 std::vector<ReapRow> reap_bench(const std::string& file, int n) {
@@ -209,7 +218,8 @@ std::vector<ReapRow> reap_bench(const std::string& file, int n) {
                     a.offset = static_cast<int64_t>(i % 32) << 20;
                     a.len = 1 << 20;
                     const double t = thread_cpu_ns();
-                    while (!(*worker)->push(a)) {}  // the bench keeps every action
+                    while (!(*worker)->push(a)) {
+                    }  // the bench keeps every action
                     issuing += thread_cpu_ns() - t;
                 }
                 (*worker)->barrier();
@@ -228,8 +238,9 @@ std::vector<ReapRow> reap_bench(const std::string& file, int n) {
             double issuing = 0;
             for (int i = 0; i < n; ++i) {
                 const double t = thread_cpu_ns();
-                while ((*engine)->prepare(uring::Op::fadvise(fd, static_cast<int64_t>(i % 32) << 20, 1 << 20,
-                                                              POSIX_FADV_WILLNEED), i) != 0)
+                while ((*engine)->prepare(uring::Op::fadvise(fd, static_cast<int64_t>(i % 32) << 20,
+                                                             1 << 20, POSIX_FADV_WILLNEED),
+                                          i) != 0)
                     (*engine)->reap(done, 1);
                 (*engine)->submit();
                 (*engine)->reap(done, 0);  // what the thread's next call would find
@@ -248,13 +259,18 @@ int run_policy_bench(const PolicyBenchOptions& o) {
     const double total_mb = static_cast<double>(o.columns * o.column_mb);
     std::vector<std::string> metrics;
     if (o.reap_actions > 0) {
-        std::printf("completion reaping: %d fadvise(WILLNEED, 1 MiB) actions of a cached file; ns per action\n",
-                    o.reap_actions);
+        std::printf(
+            "completion reaping: %d fadvise(WILLNEED, 1 MiB) actions of a cached file; ns per "
+            "action\n",
+            o.reap_actions);
         std::printf("%-8s %18s %16s %10s\n", "design", "issuing thread", "process CPU", "wall");
         for (const ReapRow& r : reap_bench(files[0], o.reap_actions)) {
-            std::printf("%-8s %18.0f %16.0f %10.0f\n", r.name, r.thread_ns, r.process_ns, r.wall_ns);
-            metrics.push_back(fmt::format("metric: reap_{}_issuing_ns {:.0f}", r.name, r.thread_ns));
-            metrics.push_back(fmt::format("metric: reap_{}_process_ns {:.0f}", r.name, r.process_ns));
+            std::printf("%-8s %18.0f %16.0f %10.0f\n", r.name, r.thread_ns, r.process_ns,
+                        r.wall_ns);
+            metrics.push_back(
+                fmt::format("metric: reap_{}_issuing_ns {:.0f}", r.name, r.thread_ns));
+            metrics.push_back(
+                fmt::format("metric: reap_{}_process_ns {:.0f}", r.name, r.process_ns));
         }
     }
     int cmd[2], res[2];
@@ -307,12 +323,15 @@ int run_policy_bench(const PolicyBenchOptions& o) {
         else
             std::printf("(not root: the 128 KiB device readahead row is skipped)\n");
     }
-    std::printf("%d columns x %llu MiB, %llu KiB reads in step, %llu us CPU per MiB, cold (FADV_DONTNEED), "
-                "%d runs per side (median); the machine is shared\n",
-                o.columns, static_cast<unsigned long long>(o.column_mb), static_cast<unsigned long long>(o.read_kb),
-                static_cast<unsigned long long>(o.cpu_us_per_mb), o.runs);
-    std::printf("%-14s %12s %12s %10s %10s %8s %8s %12s %10s %10s %12s\n", "readahead", "stock ms", o.policy.c_str(),
-                "stock MB/s", "MB/s", "speedup", "paired", "issued MiB", "used MiB", "wasted MiB", "action us");
+    std::printf(
+        "%d columns x %llu MiB, %llu KiB reads in step, %llu us CPU per MiB, cold (FADV_DONTNEED), "
+        "%d runs per side (median); the machine is shared\n",
+        o.columns, static_cast<unsigned long long>(o.column_mb),
+        static_cast<unsigned long long>(o.read_kb),
+        static_cast<unsigned long long>(o.cpu_us_per_mb), o.runs);
+    std::printf("%-14s %12s %12s %10s %10s %8s %8s %12s %10s %10s %12s\n", "readahead", "stock ms",
+                o.policy.c_str(), "stock MB/s", "MB/s", "speedup", "paired", "issued MiB",
+                "used MiB", "wasted MiB", "action us");
     int rc = 0;
     for (const std::string& ra : readaheads) {
         if (ra != ra_machine && !write_file(ra_path, ra)) {
@@ -333,7 +352,8 @@ int run_policy_bench(const PolicyBenchOptions& o) {
                         if (auto client = control::ControlClient::connect(child))
                             if (auto l = client->call("policy.list"); l)
                                 for (auto& p : (*l)["policies"])
-                                    if (p["name"] == o.policy && p.contains("counters")) counters = p["counters"];
+                                    if (p["name"] == o.policy && p.contains("counters"))
+                                        counters = p["counters"];
                     }
                     ok = policy("off") && ok;
                 }
@@ -351,17 +371,23 @@ int run_policy_bench(const PolicyBenchOptions& o) {
         // The machine drifts (shared): each round's two runs are adjacent in time, so the
         // median of per-round ratios is the steadier figure.
         std::vector<double> ratios;
-        for (size_t i = 0; i < stock.ms.size() && i < pol.ms.size(); ++i) ratios.push_back(stock.ms[i] / pol.ms[i]);
+        for (size_t i = 0; i < stock.ms.size() && i < pol.ms.size(); ++i)
+            ratios.push_back(stock.ms[i] / pol.ms[i]);
         const double paired = median(ratios);
-        const auto mib = [&](const char* k) { return static_cast<double>(counters.value(k, uint64_t{0})) / (1 << 20); };
+        const auto mib = [&](const char* k) {
+            return static_cast<double>(counters.value(k, uint64_t{0})) / (1 << 20);
+        };
         // Mean submit-to-completion time of the policy's actions in its last run.
-        const double action_us = static_cast<double>(counters.value("latency_avg_ns", uint64_t{0})) / 1e3;
-        std::printf("%-14s %12.1f %12.1f %10.0f %10.0f %7.2fx %7.2fx %12.1f %10.1f %10.1f %12.0f\n", (ra + " KiB").c_str(), s,
-                    p, total_mb / s * 1000, total_mb / p * 1000, s / p, paired, mib("issued_bytes"),
-                    mib("used_bytes"), mib("wasted_bytes"), action_us);
+        const double action_us =
+            static_cast<double>(counters.value("latency_avg_ns", uint64_t{0})) / 1e3;
+        std::printf("%-14s %12.1f %12.1f %10.0f %10.0f %7.2fx %7.2fx %12.1f %10.1f %10.1f %12.0f\n",
+                    (ra + " KiB").c_str(), s, p, total_mb / s * 1000, total_mb / p * 1000, s / p,
+                    paired, mib("issued_bytes"), mib("used_bytes"), mib("wasted_bytes"), action_us);
         const std::string tag = ra == ra_machine ? "" : "_ra128k";
-        metrics.push_back(fmt::format("metric: policy_{}_cold_speedup{} {:.3f}", o.policy, tag, s / p));
-        metrics.push_back(fmt::format("metric: policy_{}_cold_speedup_paired{} {:.3f}", o.policy, tag, paired));
+        metrics.push_back(
+            fmt::format("metric: policy_{}_cold_speedup{} {:.3f}", o.policy, tag, s / p));
+        metrics.push_back(
+            fmt::format("metric: policy_{}_cold_speedup_paired{} {:.3f}", o.policy, tag, paired));
         metrics.push_back(fmt::format("metric: policy_{}_cold_ms{} {:.1f}", o.policy, tag, p));
         metrics.push_back(fmt::format("metric: policy_stock_cold_ms{} {:.1f}", tag, s));
     }
@@ -374,18 +400,25 @@ int run_policy_bench(const PolicyBenchOptions& o) {
 
 void add_policy_bench(CLI::App& bench) {
     auto o = std::make_shared<PolicyBenchOptions>();
-    auto* cmd = bench.add_subcommand("policy", "A cold multi-column scan in a child process: stock vs a policy switched on live");
+    auto* cmd = bench.add_subcommand(
+        "policy",
+        "A cold multi-column scan in a child process: stock vs a policy switched on live");
     cmd->add_option("--policy", o->policy, "policy to compare with stock")->capture_default_str();
     cmd->add_option("--knob", o->knobs, "KEY=VALUE for the policy (repeatable)");
     cmd->add_option("--columns", o->columns, "column files read in step")->capture_default_str();
-    cmd->add_option("--column-mb", o->column_mb, "size of each column file (MiB)")->capture_default_str();
+    cmd->add_option("--column-mb", o->column_mb, "size of each column file (MiB)")
+        ->capture_default_str();
     cmd->add_option("--read-kb", o->read_kb, "bytes per read() (KiB)")->capture_default_str();
-    cmd->add_option("--cpu-us-per-mb", o->cpu_us_per_mb, "CPU work per MiB read (us), as decompression")->capture_default_str();
+    cmd->add_option("--cpu-us-per-mb", o->cpu_us_per_mb,
+                    "CPU work per MiB read (us), as decompression")
+        ->capture_default_str();
     cmd->add_option("--runs", o->runs, "runs per side")->capture_default_str();
     cmd->add_option("--dir", o->dir, "where the column files are kept")->capture_default_str();
-    cmd->add_option("--device", o->device, "block device whose readahead is reported and varied")->capture_default_str();
+    cmd->add_option("--device", o->device, "block device whose readahead is reported and varied")
+        ->capture_default_str();
     cmd->add_flag("--skip-128k", o->skip_128k, "only the machine's device readahead");
-    cmd->add_option("--reap-actions", o->reap_actions, "actions of the completion-reaping comparison (0: skip)")
+    cmd->add_option("--reap-actions", o->reap_actions,
+                    "actions of the completion-reaping comparison (0: skip)")
         ->capture_default_str();
     cmd->callback([o] {
         if (const int rc = run_policy_bench(*o); rc != 0) throw CLI::RuntimeError(rc);

@@ -48,7 +48,8 @@ double median(std::vector<double> v) {
 // `calls(redirected)` runs a batch and returns how many calls it made; before(redirected)
 // prepares each run (outside the timing). Returns ns per call, median over rounds.
 RowResult measure(const std::string& name, const std::string& metric, int rounds,
-                  const std::function<void(bool)>& before, const std::function<uint64_t(bool)>& calls) {
+                  const std::function<void(bool)>& before,
+                  const std::function<uint64_t(bool)>& calls) {
     std::vector<double> side[2];
     for (int r = 0; r < rounds; ++r) {
         for (int redirected = 0; redirected < 2; ++redirected) {
@@ -113,37 +114,45 @@ int run(const RedirectConfig& cfg) {
     };
 
     // Page cache: make the whole file resident first.
-    for (uint64_t off = 0; off < kFileBytes; off += 1 << 20) ::pread(fd, buf.data(), 1 << 20, static_cast<off_t>(off));
-    rows.push_back(measure("pread 4 KiB, page cache (random)", "pread4k", cfg.rounds, nullptr, [&](bool red) {
-        const uint64_t n = n_of(20000);
-        uint64_t x = 0x9e3779b97f4a7c15ull;
-        for (uint64_t i = 0; i < n; ++i) {
-            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-            long off = static_cast<long>((x % (kFileBytes / 4096)) * 4096);
-            check(call(red, SYS_pread64, fd, reinterpret_cast<long>(buf.data()), 4096, off), 4096);
-        }
-        return n;
-    }));
-    rows.push_back(measure("read 1 MiB, page cache (sequential)", "read1m", cfg.rounds,
-                           [&](bool) { ::lseek(fd, 0, SEEK_SET); }, [&](bool red) {
-                               const uint64_t n = std::min<uint64_t>(n_of(200), kFileBytes >> 20);
-                               for (uint64_t i = 0; i < n; ++i)
-                                   check(call(red, SYS_read, fd, reinterpret_cast<long>(buf.data()), 1 << 20), 1 << 20);
-                               return n;
-                           }));
+    for (uint64_t off = 0; off < kFileBytes; off += 1 << 20)
+        ::pread(fd, buf.data(), 1 << 20, static_cast<off_t>(off));
+    rows.push_back(
+        measure("pread 4 KiB, page cache (random)", "pread4k", cfg.rounds, nullptr, [&](bool red) {
+            const uint64_t n = n_of(20000);
+            uint64_t x = 0x9e3779b97f4a7c15ull;
+            for (uint64_t i = 0; i < n; ++i) {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                long off = static_cast<long>((x % (kFileBytes / 4096)) * 4096);
+                check(call(red, SYS_pread64, fd, reinterpret_cast<long>(buf.data()), 4096, off),
+                      4096);
+            }
+            return n;
+        }));
+    rows.push_back(measure(
+        "read 1 MiB, page cache (sequential)", "read1m", cfg.rounds,
+        [&](bool) { ::lseek(fd, 0, SEEK_SET); },
+        [&](bool red) {
+            const uint64_t n = std::min<uint64_t>(n_of(200), kFileBytes >> 20);
+            for (uint64_t i = 0; i < n; ++i)
+                check(call(red, SYS_read, fd, reinterpret_cast<long>(buf.data()), 1 << 20),
+                      1 << 20);
+            return n;
+        }));
     // Cold: the file's pages dropped before every run (POSIX_FADV_DONTNEED on this clean file:
     // the same effect as drop_caches for it, without emptying the shared machine's page cache).
-    rows.push_back(measure("read 1 MiB, cold (sequential, 64 MiB per run)", "read1m_cold", cfg.rounds,
-                           [&](bool) {
-                               ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-                               ::lseek(fd, 0, SEEK_SET);
-                           },
-                           [&](bool red) {
-                               const uint64_t n = 64;
-                               for (uint64_t i = 0; i < n; ++i)
-                                   check(call(red, SYS_read, fd, reinterpret_cast<long>(buf.data()), 1 << 20), 1 << 20);
-                               return n;
-                           }));
+    rows.push_back(measure(
+        "read 1 MiB, cold (sequential, 64 MiB per run)", "read1m_cold", cfg.rounds,
+        [&](bool) {
+            ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+            ::lseek(fd, 0, SEEK_SET);
+        },
+        [&](bool red) {
+            const uint64_t n = 64;
+            for (uint64_t i = 0; i < n; ++i)
+                check(call(red, SYS_read, fd, reinterpret_cast<long>(buf.data()), 1 << 20),
+                      1 << 20);
+            return n;
+        }));
     ::close(fd);
     ::unlink(path.c_str());
     ::rmdir(tmpl.c_str());
@@ -171,40 +180,46 @@ int run(const RedirectConfig& cfg) {
             if (n <= 0 || ::send(server, b, static_cast<size_t>(n), 0) != n) break;
         }
     });
-    rows.push_back(measure("send+recv 64 B, loopback TCP echo (per round trip)", "tcp_echo64", cfg.rounds, nullptr,
-                           [&](bool red) {
-                               const uint64_t n = n_of(5000);
-                               char b[64] = {};
-                               for (uint64_t i = 0; i < n; ++i) {
-                                   check(call(red, SYS_sendto, client, reinterpret_cast<long>(b), 64, 0), 64);
-                                   long got = 0;
-                                   while (got < 64) {
-                                       long r = call(red, SYS_recvfrom, client, reinterpret_cast<long>(b + got), 64 - got, 0);
-                                       if (r <= 0) {
-                                           check(r, 64);
-                                           return i;
-                                       }
-                                       got += r;
-                                   }
-                               }
-                               return n;
-                           }));
+    rows.push_back(
+        measure("send+recv 64 B, loopback TCP echo (per round trip)", "tcp_echo64", cfg.rounds,
+                nullptr, [&](bool red) {
+                    const uint64_t n = n_of(5000);
+                    char b[64] = {};
+                    for (uint64_t i = 0; i < n; ++i) {
+                        check(call(red, SYS_sendto, client, reinterpret_cast<long>(b), 64, 0), 64);
+                        long got = 0;
+                        while (got < 64) {
+                            long r = call(red, SYS_recvfrom, client,
+                                          reinterpret_cast<long>(b + got), 64 - got, 0);
+                            if (r <= 0) {
+                                check(r, 64);
+                                return i;
+                            }
+                            got += r;
+                        }
+                    }
+                    return n;
+                }));
     ::shutdown(client, SHUT_RDWR);
     echo.join();
     ::close(client);
     ::close(server);
 
     auto st = redirect.stats();
-    fmt::print("\n{:<52} {:>12} {:>12} {:>8}\n", "per call (median of rounds)", "native ns", "redirect ns", "ratio");
+    fmt::print("\n{:<52} {:>12} {:>12} {:>8}\n", "per call (median of rounds)", "native ns",
+               "redirect ns", "ratio");
     for (const auto& r : rows)
         fmt::print("{:<52} {:>12.0f} {:>12.0f} {:>7.2f}x\n", r.name, r.native_ns, r.redirected_ns,
                    r.redirected_ns > 0 ? r.native_ns / r.redirected_ns : 0.0);
-    fmt::print("\nredirected {} calls, fallbacks {}; ratio > 1: redirected is faster. The machine is shared.\n",
-               st.redirected, st.fallbacks);
+    fmt::print(
+        "\nredirected {} calls, fallbacks {}; ratio > 1: redirected is faster. The machine is "
+        "shared.\n",
+        st.redirected, st.fallbacks);
     for (const auto& r : rows) {
         fmt::print("metric: redirect_{}_native_ns {:.0f}\n", r.metric, r.native_ns);
         fmt::print("metric: redirect_{}_uring_ns {:.0f}\n", r.metric, r.redirected_ns);
-        fmt::print("metric: redirect_{}_speedup {:.3f}\n", r.metric, r.redirected_ns > 0 ? r.native_ns / r.redirected_ns : 0.0);
+        fmt::print("metric: redirect_{}_speedup {:.3f}\n", r.metric,
+                   r.redirected_ns > 0 ? r.native_ns / r.redirected_ns : 0.0);
     }
     return failed || st.fallbacks != 0 ? 1 : 0;
 }
@@ -213,10 +228,13 @@ int run(const RedirectConfig& cfg) {
 
 void add_redirect_bench(CLI::App& bench) {
     auto cfg = std::make_shared<RedirectConfig>();
-    auto* cmd = bench.add_subcommand("redirect", "Blocking calls natively vs redirected through io_uring (the uring policy)");
+    auto* cmd = bench.add_subcommand(
+        "redirect", "Blocking calls natively vs redirected through io_uring (the uring policy)");
     cmd->add_option("--dir", cfg->dir, "Directory for the 256 MiB test file");
-    cmd->add_option("--rounds", cfg->rounds, "Alternating rounds per row (median kept)")->check(CLI::Range(1, 51));
-    cmd->add_option("--scale", cfg->scale, "Multiplies the calls per run")->check(CLI::Range(0.01, 100.0));
+    cmd->add_option("--rounds", cfg->rounds, "Alternating rounds per row (median kept)")
+        ->check(CLI::Range(1, 51));
+    cmd->add_option("--scale", cfg->scale, "Multiplies the calls per run")
+        ->check(CLI::Range(0.01, 100.0));
     cmd->callback([cfg] {
         int rc = run(*cfg);
         if (rc != 0) throw CLI::RuntimeError(rc);

@@ -1,7 +1,7 @@
 // `liveio bench vm`: the BPF engines on a suite of small programs, against the same logic
 // compiled natively (-O2), then map helper programs (hash, array, ring buffer) against the
-// same map code called from C and the kernel's maps. Programs are written in the bpf_conformance assembler syntax and
-// operate on a scratch buffer passed as r1 (r2 = its length).
+// same map code called from C and the kernel's maps. Programs are written in the bpf_conformance
+// assembler syntax and operate on a scratch buffer passed as r1 (r2 = its length).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -43,7 +43,8 @@ struct Case {
 };
 
 constexpr const char* kNoKernel =
-    "needs variable-offset access to >4 KiB of memory (XDP test data is < 4 KiB) and loops the kernel "
+    "needs variable-offset access to >4 KiB of memory (XDP test data is < 4 KiB) and loops the "
+    "kernel "
     "verifier would unroll beyond its 1M-insn budget";
 
 // ---- prime sieve: count primes below 2000 with a byte array in the buffer ----
@@ -205,14 +206,14 @@ __attribute__((noinline)) uint64_t switch_native(uint8_t* buf, size_t) {
     std::memcpy(&r0, buf, 8);
     for (uint64_t i = 0; i < 1000; ++i) {
         switch (i & 7) {
-        case 0: r0 += 3; break;
-        case 1: r0 ^= 0x55; break;
-        case 2: r0 <<= 1; break;
-        case 3: r0 -= i; break;
-        case 4: r0 *= 7; break;
-        case 5: r0 >>= 3; break;
-        case 6: r0 += i; break;
-        default: r0 |= 1; break;
+            case 0: r0 += 3; break;
+            case 1: r0 ^= 0x55; break;
+            case 2: r0 <<= 1; break;
+            case 3: r0 -= i; break;
+            case 4: r0 *= 7; break;
+            case 5: r0 >>= 3; break;
+            case 6: r0 += i; break;
+            default: r0 |= 1; break;
         }
     }
     return r0;
@@ -260,10 +261,22 @@ __attribute__((noinline)) uint64_t hist_native(uint8_t* buf, size_t) {
         uint32_t v;
         std::memcpy(&v, buf + i, 4);
         uint64_t l = 0;
-        if (v >= 0x10000) { v >>= 16; l += 16; }
-        if (v >= 0x100) { v >>= 8; l += 8; }
-        if (v >= 0x10) { v >>= 4; l += 4; }
-        if (v >= 4) { v >>= 2; l += 2; }
+        if (v >= 0x10000) {
+            v >>= 16;
+            l += 16;
+        }
+        if (v >= 0x100) {
+            v >>= 8;
+            l += 8;
+        }
+        if (v >= 0x10) {
+            v >>= 4;
+            l += 4;
+        }
+        if (v >= 4) {
+            v >>= 2;
+            l += 2;
+        }
         if (v >= 2) l += 1;
         uint64_t c;
         std::memcpy(&c, buf + 4096 + l * 8, 8);
@@ -283,11 +296,12 @@ void random_prepare(uint8_t* buf) {
 
 const std::vector<Case> cases() {
     return {
-    {"prime_sieve", kSieveAsm, sieve_native, nullptr, nullptr, kNoKernel},
-    {"memcpy_loop", kMemcpyAsm, memcpy_native, random_prepare, nullptr, kNoKernel},
-    {"strcmp", kStrcmpAsm, strcmp_native, strcmp_prepare, nullptr, kNoKernel},
-    {"switch", kSwitchAsm.c_str(), switch_native, random_prepare, kSwitchKernelAsm.c_str(), nullptr},
-    {"log2_hist", kHistAsm, hist_native, random_prepare, nullptr, kNoKernel},
+        {"prime_sieve", kSieveAsm, sieve_native, nullptr, nullptr, kNoKernel},
+        {"memcpy_loop", kMemcpyAsm, memcpy_native, random_prepare, nullptr, kNoKernel},
+        {"strcmp", kStrcmpAsm, strcmp_native, strcmp_prepare, nullptr, kNoKernel},
+        {"switch", kSwitchAsm.c_str(), switch_native, random_prepare, kSwitchKernelAsm.c_str(),
+         nullptr},
+        {"log2_hist", kHistAsm, hist_native, random_prepare, nullptr, kNoKernel},
     };
 }
 
@@ -337,32 +351,37 @@ struct KernelRunOptions {
 // Returns the kernel-measured mean ns per run, or an Error saying why it could not run. Every
 // call's result must equal `expect_low32` (a program that reports its own failures, e.g. a
 // full ring, is therefore not timed on its failure path).
-Result<double> kernel_ns(const std::vector<Insn>& insns, const uint8_t* packet, size_t len, double seconds,
-                         uint64_t expect_low32, const KernelRunOptions& options = {}) {
+Result<double> kernel_ns(const std::vector<Insn>& insns, const uint8_t* packet, size_t len,
+                         double seconds, uint64_t expect_low32,
+                         const KernelRunOptions& options = {}) {
     const auto* bpf_insns = reinterpret_cast<const bpf_insn*>(insns.data());
-    const int fd = bpf_prog_load(BPF_PROG_TYPE_XDP, "liveio_bench", "GPL", bpf_insns, insns.size(), nullptr);
+    const int fd =
+        bpf_prog_load(BPF_PROG_TYPE_XDP, "liveio_bench", "GPL", bpf_insns, insns.size(), nullptr);
     if (fd < 0) {
         const int err = errno;
         // Load again with the verifier log to say why (the log's tail holds the reason).
         std::string log(1 << 22, '\0');
-        LIBBPF_OPTS(bpf_prog_load_opts, opts, .log_level = 1, .log_size = static_cast<__u32>(log.size()),
-                    .log_buf = log.data());
-        const int again = bpf_prog_load(BPF_PROG_TYPE_XDP, "liveio_bench", "GPL", bpf_insns, insns.size(), &opts);
+        LIBBPF_OPTS(bpf_prog_load_opts, opts, .log_level = 1,
+                    .log_size = static_cast<__u32>(log.size()), .log_buf = log.data());
+        const int again =
+            bpf_prog_load(BPF_PROG_TYPE_XDP, "liveio_bench", "GPL", bpf_insns, insns.size(), &opts);
         if (again >= 0) close(again);
         log.resize(log.find('\0'));
-        return make_error(err, fmt::format("kernel rejected the program: {}: {}", std::strerror(err),
-                                           log.substr(log.size() > 300 ? log.size() - 300 : 0)));
+        return make_error(err,
+                          fmt::format("kernel rejected the program: {}: {}", std::strerror(err),
+                                      log.substr(log.size() > 300 ? log.size() - 300 : 0)));
     }
     std::vector<uint8_t> data(packet, packet + len);
     auto run = [&](int repeat) -> Result<std::pair<uint32_t, uint32_t>> {
         if (options.before_each_call) options.before_each_call();
-        LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = data.data(), .data_size_in = static_cast<__u32>(data.size()),
-                    .repeat = repeat);
+        LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = data.data(),
+                    .data_size_in = static_cast<__u32>(data.size()), .repeat = repeat);
         if (bpf_prog_test_run_opts(fd, &opts) != 0)
             return make_error(errno, fmt::format("BPF_PROG_TEST_RUN: {}", std::strerror(errno)));
         if (opts.retval != static_cast<uint32_t>(expect_low32))
-            return make_error(EINVAL, fmt::format("kernel result {:#x} differs from native {:#x}", opts.retval,
-                                                  static_cast<uint32_t>(expect_low32)));
+            return make_error(
+                EINVAL, fmt::format("kernel result {:#x} differs from native {:#x}", opts.retval,
+                                    static_cast<uint32_t>(expect_low32)));
         return std::make_pair(opts.retval, opts.duration);
     };
     auto first = run(1);
@@ -374,8 +393,9 @@ Result<double> kernel_ns(const std::vector<Insn>& insns, const uint8_t* packet, 
     auto probe = run(std::min(1000, options.max_repeat));
     double best = 1e300;
     if (probe) {
-        const int repeat = static_cast<int>(std::clamp(seconds * 1e9 / std::max<double>(probe->second, 1) / 3, 1000.0,
-                                                       static_cast<double>(options.max_repeat)));
+        const int repeat =
+            static_cast<int>(std::clamp(seconds * 1e9 / std::max<double>(probe->second, 1) / 3,
+                                        1000.0, static_cast<double>(options.max_repeat)));
         for (int r = 0; r < 3; ++r) {
             auto m = run(repeat);
             if (!m) {
@@ -399,9 +419,10 @@ constexpr int kMapOpsPerRun = 64;
 // The loop around each map program's body: r6 = i counts 0..kMapOpsPerRun-1, r7 counts the
 // helper calls that succeeded (a body jumps to `next` to skip the count); r0 = r7.
 std::string map_loop(const char* body) {
-    return fmt::format("mov %r6, 0\nmov %r7, 0\nloop:\n{}\n    add %r7, 1\nnext:\n    add %r6, 1\n"
-                       "    jlt %r6, {}, loop\n    mov %r0, %r7\n    exit\n",
-                       body, kMapOpsPerRun);
+    return fmt::format(
+        "mov %r6, 0\nmov %r7, 0\nloop:\n{}\n    add %r7, 1\nnext:\n    add %r6, 1\n"
+        "    jlt %r6, {}, loop\n    mov %r0, %r7\n    exit\n",
+        body, kMapOpsPerRun);
 }
 
 // Hash (1024 u32 keys, all present): lookup, then an atomic add into the value, as a counter
@@ -489,11 +510,12 @@ struct MapCase {
 
 std::vector<MapCase> map_cases() {
     return {
-        {"hash_lookup", "hash_lookup_ns", map_loop(kHashAsmBody), MapSpec{"bench_hash", MapType::Hash, 4, 8, 1024, 0}, hash_native},
-        {"array_update", "array_update_ns", map_loop(kArrayAsmBody), MapSpec{"bench_array", MapType::Array, 4, 8, 256, 0},
-         array_native},
-        {"ringbuf_output", "ringbuf_output_ns", map_loop(kRingbufAsmBody), MapSpec{"bench_rb", MapType::RingBuf, 0, 0, kRingBytes, 0},
-         ringbuf_native},
+        {"hash_lookup", "hash_lookup_ns", map_loop(kHashAsmBody),
+         MapSpec{"bench_hash", MapType::Hash, 4, 8, 1024, 0}, hash_native},
+        {"array_update", "array_update_ns", map_loop(kArrayAsmBody),
+         MapSpec{"bench_array", MapType::Array, 4, 8, 256, 0}, array_native},
+        {"ringbuf_output", "ringbuf_output_ns", map_loop(kRingbufAsmBody),
+         MapSpec{"bench_rb", MapType::RingBuf, 0, 0, kRingBytes, 0}, ringbuf_native},
     };
 }
 
@@ -501,13 +523,15 @@ std::vector<MapCase> map_cases() {
 Result<std::vector<Insn>> assemble_with_map(const std::string& text, int kernel_fd) {
     constexpr uint64_t kMarker = 0x4c4d415000000000ull;
     std::string t(text);
-    for (size_t at; (at = t.find(" MAP\n")) != std::string::npos;) t.replace(at + 1, 3, fmt::format("{:#x}", kMarker));
+    for (size_t at; (at = t.find(" MAP\n")) != std::string::npos;)
+        t.replace(at + 1, 3, fmt::format("{:#x}", kMarker));
     auto insns = assemble(t);
     if (!insns) return insns.error();
     auto& v = insns.value();
     for (size_t i = 0; i + 1 < v.size(); ++i) {
         if (v[i].opcode != op::kLddw) continue;
-        if ((static_cast<uint32_t>(v[i].imm) | (uint64_t{static_cast<uint32_t>(v[i + 1].imm)} << 32)) == kMarker) {
+        if ((static_cast<uint32_t>(v[i].imm) |
+             (uint64_t{static_cast<uint32_t>(v[i + 1].imm)} << 32)) == kMarker) {
             v[i].src = kernel_fd < 0 ? op::kPseudoMapIdx : op::kPseudoMapFd;
             v[i].imm = kernel_fd < 0 ? 0 : kernel_fd;
             v[i + 1].imm = 0;
@@ -521,8 +545,8 @@ Result<std::vector<Insn>> assemble_with_map(const std::string& text, int kernel_
 class KernelMap {
 public:
     explicit KernelMap(const MapSpec& spec) {
-        fd_ = bpf_map_create(static_cast<bpf_map_type>(spec.type), spec.name.c_str(), spec.key_size, spec.value_size,
-                             spec.max_entries, nullptr);
+        fd_ = bpf_map_create(static_cast<bpf_map_type>(spec.type), spec.name.c_str(), spec.key_size,
+                             spec.value_size, spec.max_entries, nullptr);
         if (fd_ < 0) {
             error_ = fmt::format("creating the kernel map: {}", std::strerror(errno));
             return;
@@ -534,7 +558,8 @@ public:
             }
         }
         if (spec.type == MapType::RingBuf) {
-            rb_ = ring_buffer__new(fd_, [](void*, void*, size_t) { return 0; }, nullptr, nullptr);
+            rb_ = ring_buffer__new(
+                fd_, [](void*, void*, size_t) { return 0; }, nullptr, nullptr);
             if (!rb_) error_ = fmt::format("ring_buffer__new: {}", std::strerror(errno));
         }
     }
@@ -591,7 +616,8 @@ bool run_map_row(const MapCase& c, const Config& cfg, uint8_t* buf, uint64_t* si
     auto interp = Executable::load(program, helpers, Engine::Interpreter);
     auto jit = Executable::load(program, helpers, Engine::Jit);
     if (!interp || !jit) {
-        fmt::print(stderr, "{}: load failed: {}\n", c.name, (!interp ? interp.error() : jit.error()).message);
+        fmt::print(stderr, "{}: load failed: {}\n", c.name,
+                   (!interp ? interp.error() : jit.error()).message);
         return false;
     }
     // A ring buffer is drained whenever half full, inside the timed loop (the drain's cost is
@@ -609,8 +635,11 @@ bool run_map_row(const MapCase& c, const Config& cfg, uint8_t* buf, uint64_t* si
     };
     for (int e = 0; e < 3; ++e) {
         if (const uint64_t r = runs[e](); r != kMapOpsPerRun) {
-            fmt::print(stderr, "{}: {} of {} helper calls succeeded on {}\n", c.name, r, kMapOpsPerRun,
-                       e == 0 ? "interp" : e == 1 ? "jit" : "native");
+            fmt::print(stderr, "{}: {} of {} helper calls succeeded on {}\n", c.name, r,
+                       kMapOpsPerRun,
+                       e == 0   ? "interp"
+                       : e == 1 ? "jit"
+                                : "native");
             return false;
         }
     }
@@ -618,8 +647,9 @@ bool run_map_row(const MapCase& c, const Config& cfg, uint8_t* buf, uint64_t* si
     const double t_jit = measure(runs[1], cfg, sink) / kMapOpsPerRun;
     const double t_native = measure(runs[2], cfg, sink) / kMapOpsPerRun;
     if (rb && rb->dropped() != 0)
-        out.notes.push_back(fmt::format("{}: {} records dropped (ring full): figures include failed outputs", c.name,
-                                        rb->dropped()));
+        out.notes.push_back(
+            fmt::format("{}: {} records dropped (ring full): figures include failed outputs",
+                        c.name, rb->dropped()));
     if (rb) {
         // What the in-loop draining adds per record: fill half the ring untimed, time the drain.
         rb->consume([](const void*, uint32_t) {});
@@ -627,9 +657,11 @@ bool run_map_row(const MapCase& c, const Config& cfg, uint8_t* buf, uint64_t* si
         for (uint64_t i = 0; i < records / kMapOpsPerRun; ++i) *sink += c.native(m);
         const auto t0 = std::chrono::steady_clock::now();
         const size_t drained = rb->consume([](const void*, uint32_t) {});
-        const double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
-        out.notes.push_back(fmt::format("{}: draining costs {:.1f} ns per record (in our three columns)", c.name,
-                                        ns / static_cast<double>(std::max<size_t>(drained, 1))));
+        const double ns =
+            std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
+        out.notes.push_back(
+            fmt::format("{}: draining costs {:.1f} ns per record (in our three columns)", c.name,
+                        ns / static_cast<double>(std::max<size_t>(drained, 1))));
     }
     out.jit_vs_native.push_back(t_jit / t_native);
     out.jit_vs_interp.push_back(t_interp / t_jit);
@@ -648,14 +680,16 @@ bool run_map_row(const MapCase& c, const Config& cfg, uint8_t* buf, uint64_t* si
         auto k = kinsns ? kernel_ns(kinsns.value(), buf, 64, cfg.seconds, kMapOpsPerRun, options)
                         : Result<double>(kinsns.error());
         if (!k) {
-            out.notes.push_back(fmt::format("{}: kernel not measured: {}", c.name, k.error().message));
+            out.notes.push_back(
+                fmt::format("{}: kernel not measured: {}", c.name, k.error().message));
         } else {
             kernel_col = fmt::format("{:.1f}", *k / kMapOpsPerRun);
             kernel_ratio = fmt::format("{:.2f}x", t_jit / (*k / kMapOpsPerRun));
         }
     }
-    fmt::print("{:<14} {:>12.1f} {:>12.1f} {:>12.1f} {:>12} {:>11.2f}x {:>11.2f}x {:>12}\n", c.name, t_interp, t_jit,
-               t_native, kernel_col, t_jit / t_native, t_interp / t_jit, kernel_ratio);
+    fmt::print("{:<14} {:>12.1f} {:>12.1f} {:>12.1f} {:>12} {:>11.2f}x {:>11.2f}x {:>12}\n", c.name,
+               t_interp, t_jit, t_native, kernel_col, t_jit / t_native, t_interp / t_jit,
+               kernel_ratio);
     return true;
 }
 
@@ -670,8 +704,8 @@ int run_vm_bench(const Config& cfg) {
     uint64_t sink = 0;
     std::vector<double> jit_vs_native, jit_vs_interp;
     std::vector<std::string> notes;
-    fmt::print("{:<14} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}\n", "program", "interp ns", "jit ns",
-               "native ns", "kernel ns", "jit/native", "interp/jit", "jit/kernel");
+    fmt::print("{:<14} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}\n", "program", "interp ns",
+               "jit ns", "native ns", "kernel ns", "jit/native", "interp/jit", "jit/kernel");
     for (const Case& c : cases()) {
         if (!cfg.selected(c.name)) continue;
         auto insns = assemble(c.asm_text);
@@ -690,7 +724,8 @@ int run_vm_bench(const Config& cfg) {
         if (!interp || !jit) {
             // Shown, not fatal: the rest of the suite still measures (the geomeans then lack it).
             fmt::print("{:<14} not loaded (see notes)\n", c.name);
-            notes.push_back(fmt::format("{}: load failed: {}", c.name, (!interp ? interp.error() : jit.error()).message));
+            notes.push_back(fmt::format("{}: load failed: {}", c.name,
+                                        (!interp ? interp.error() : jit.error()).message));
             continue;
         }
         // Every engine must compute what the native code computes.
@@ -703,8 +738,8 @@ int run_vm_bench(const Config& cfg) {
                                  : jit.value()->run(buffer.data(), buffer.size());
         }
         if (expect[0] != expect[1] || expect[0] != expect[2]) {
-            fmt::print(stderr, "{}: results differ: native {:#x}, interp {:#x}, jit {:#x}\n", c.name, expect[0],
-                       expect[1], expect[2]);
+            fmt::print(stderr, "{}: results differ: native {:#x}, interp {:#x}, jit {:#x}\n",
+                       c.name, expect[0], expect[1], expect[2]);
             return 1;
         }
         if (c.prepare) c.prepare(buffer.data());
@@ -722,24 +757,30 @@ int run_vm_bench(const Config& cfg) {
             notes.push_back(fmt::format("{}: kernel not measured: {}", c.name, c.kernel_why_not));
         } else {
             auto kinsns = assemble(c.kernel_asm);
-            auto k = kinsns ? kernel_ns(kinsns.value(), buf, 64, cfg.seconds, expect[0]) : Result<double>(kinsns.error());
+            auto k = kinsns ? kernel_ns(kinsns.value(), buf, 64, cfg.seconds, expect[0])
+                            : Result<double>(kinsns.error());
             if (!k) {
-                notes.push_back(fmt::format("{}: kernel not measured: {}", c.name, k.error().message));
+                notes.push_back(
+                    fmt::format("{}: kernel not measured: {}", c.name, k.error().message));
             } else {
                 kernel_col = fmt::format("{:.1f}", *k);
                 kernel_ratio = fmt::format("{:.2f}x", t_jit / *k);
-                notes.push_back(fmt::format("{}: kernel ns is BPF_PROG_TEST_RUN's own per-run mean (XDP, "
-                                            "includes its per-run packet setup)", c.name));
+                notes.push_back(
+                    fmt::format("{}: kernel ns is BPF_PROG_TEST_RUN's own per-run mean (XDP, "
+                                "includes its per-run packet setup)",
+                                c.name));
             }
         }
-        fmt::print("{:<14} {:>12.1f} {:>12.1f} {:>12.1f} {:>12} {:>11.2f}x {:>11.2f}x {:>12}\n", c.name, t_interp,
-                   t_jit, t_native, kernel_col, t_jit / t_native, t_interp / t_jit, kernel_ratio);
+        fmt::print("{:<14} {:>12.1f} {:>12.1f} {:>12.1f} {:>12} {:>11.2f}x {:>11.2f}x {:>12}\n",
+                   c.name, t_interp, t_jit, t_native, kernel_col, t_jit / t_native,
+                   t_interp / t_jit, kernel_ratio);
     }
     for (const auto& n : notes) fmt::print("  {}\n", n);
 
     // Map helpers: the same columns, per helper call (kMapOpsPerRun calls per run, loop included).
-    fmt::print("\n{:<14} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}\n", "map (per call)", "interp ns",
-               "jit ns", "native ns", "kernel ns", "jit/native", "interp/jit", "jit/kernel");
+    fmt::print("\n{:<14} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}\n", "map (per call)",
+               "interp ns", "jit ns", "native ns", "kernel ns", "jit/native", "interp/jit",
+               "jit/kernel");
     std::vector<std::string> map_notes;
     std::vector<std::pair<std::string, double>> map_metrics;
     Ratios ratios{jit_vs_native, jit_vs_interp, map_notes, map_metrics};
@@ -747,11 +788,13 @@ int run_vm_bench(const Config& cfg) {
         if (!cfg.selected(c.name)) continue;
         if (!run_map_row(c, cfg, buffer.data(), &sink, ratios)) return 1;
     }
-    map_notes.push_back(fmt::format("{} helper calls per run, loop included; native = the same Map methods called "
-                                    "from C; kernel = BPF_PROG_TEST_RUN (XDP) on kernel maps of the same spec",
-                                    kMapOpsPerRun));
-    map_notes.push_back("ringbuf: our columns include draining the ring when half full; the kernel's ring is "
-                        "drained between test runs");
+    map_notes.push_back(
+        fmt::format("{} helper calls per run, loop included; native = the same Map methods called "
+                    "from C; kernel = BPF_PROG_TEST_RUN (XDP) on kernel maps of the same spec",
+                    kMapOpsPerRun));
+    map_notes.push_back(
+        "ringbuf: our columns include draining the ring when half full; the kernel's ring is "
+        "drained between test runs");
     for (const auto& n : map_notes) fmt::print("  {}\n", n);
     // What a hook pays per invocation before doing any work: a program that reads one ctx
     // word and returns (not part of the geomeans, which compare code quality).
@@ -766,7 +809,7 @@ int run_vm_bench(const Config& cfg) {
             uint8_t* buf = buffer.data();
             const Executable* ie = interp.value().get();
             const Executable* je = jit.value().get();
-            auto native = [](uint8_t* b) __attribute__((noinline)) {
+            auto native = [](uint8_t * b) __attribute__((noinline)) {
                 uint64_t v;
                 std::memcpy(&v, b, 8);
                 return v;
@@ -774,8 +817,10 @@ int run_vm_bench(const Config& cfg) {
             const double ti = measure([&] { return ie->run(buf, 8); }, cfg, &sink);
             const double tj = measure([&] { return je->run(buf, 8); }, cfg, &sink);
             const double tn = measure([&] { return native(buf); }, cfg, &sink);
-            fmt::print("per-run overhead (ldxdw r0,[r1]; exit): interp {:.1f} ns, jit {:.1f} ns, native call {:.1f} ns\n",
-                       ti, tj, tn);
+            fmt::print(
+                "per-run overhead (ldxdw r0,[r1]; exit): interp {:.1f} ns, jit {:.1f} ns, native "
+                "call {:.1f} ns\n",
+                ti, tj, tn);
         }
     }
     fmt::print("(sink {})\n", sink & 1);
@@ -789,10 +834,14 @@ int run_vm_bench(const Config& cfg) {
 
 void add_vm_bench(CLI::App& bench) {
     auto cfg = std::make_shared<Config>();
-    auto* cmd = bench.add_subcommand("vm", "BPF interpreter and JIT vs the same programs compiled natively");
-    cmd->add_option("--seconds", cfg->seconds, "Measured seconds per engine per program")->check(CLI::Range(0.01, 30.0));
-    cmd->add_option("--rounds", cfg->rounds, "Rounds per measurement (best kept)")->check(CLI::Range(1, 20));
-    cmd->add_option("--program", cfg->only, "Run only these programs (repeatable; e.g. hash_lookup)");
+    auto* cmd = bench.add_subcommand(
+        "vm", "BPF interpreter and JIT vs the same programs compiled natively");
+    cmd->add_option("--seconds", cfg->seconds, "Measured seconds per engine per program")
+        ->check(CLI::Range(0.01, 30.0));
+    cmd->add_option("--rounds", cfg->rounds, "Rounds per measurement (best kept)")
+        ->check(CLI::Range(1, 20));
+    cmd->add_option("--program", cfg->only,
+                    "Run only these programs (repeatable; e.g. hash_lookup)");
     cmd->callback([cfg] {
         int rc = run_vm_bench(*cfg);
         if (rc != 0) throw CLI::RuntimeError(rc);

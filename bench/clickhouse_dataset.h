@@ -20,7 +20,7 @@ struct DatasetInfo {
     uint64_t bytes_on_disk = 0;       // of the active parts of `hits`
     uint64_t bytes_uncompressed = 0;  // of the columns, as ClickHouse counts them
     size_t parts = 0;
-    double generation_seconds = 0;    // when this run made it; else from the marker
+    double generation_seconds = 0;  // when this run made it; else from the marker
     bool generated_now = false;
 };
 
@@ -36,7 +36,8 @@ Result<DatasetInfo> ensure_dataset(const std::string& dir, uint64_t rows, uint64
 
 // Runs `sql` with extra URL parameters (ClickHouse settings, query_id: "a=1&b=2") and
 // returns the output; a refused query is an error with ClickHouse's message.
-Result<std::string> query_with(clickhouse::HttpClient& client, std::string_view sql, std::string_view params);
+Result<std::string> query_with(clickhouse::HttpClient& client, std::string_view sql,
+                               std::string_view params);
 
 // Reads the current size figures of `hits` into *info.
 Result<void> describe_dataset(clickhouse::HttpClient& client, DatasetInfo* info);

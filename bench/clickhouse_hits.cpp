@@ -28,16 +28,19 @@ namespace {
 // search engines' Referer URLs.
 std::string encoded_words_array() {
     static constexpr const char* kWords[] = {
-        "новости", "погода", "кино", "авто", "спорт", "игры", "музыка", "фото", "видео", "дом",
-        "здоровье", "работа", "деньги", "туризм", "рецепты", "мода", "техника", "наука", "дети", "книги",
-        "стройка", "сад", "рыбалка", "охота", "кредит", "банк", "телефон", "ноутбук", "купить", "продам",
-        "отзывы", "форум", "блог", "карта", "поиск", "скачать", "бесплатно", "онлайн", "смотреть", "сериал",
-        "фильм", "анекдот", "гороскоп", "знакомства", "игрушки", "мебель", "ремонт", "недвижимость"};
+        "новости",  "погода",     "кино",    "авто",     "спорт",  "игры",        "музыка",
+        "фото",     "видео",      "дом",     "здоровье", "работа", "деньги",      "туризм",
+        "рецепты",  "мода",       "техника", "наука",    "дети",   "книги",       "стройка",
+        "сад",      "рыбалка",    "охота",   "кредит",   "банк",   "телефон",     "ноутбук",
+        "купить",   "продам",     "отзывы",  "форум",    "блог",   "карта",       "поиск",
+        "скачать",  "бесплатно",  "онлайн",  "смотреть", "сериал", "фильм",       "анекдот",
+        "гороскоп", "знакомства", "игрушки", "мебель",   "ремонт", "недвижимость"};
     std::string out = "[";
     for (const char* word : kWords) {
         if (out.size() > 1) out += ", ";
         out += '\'';
-        for (const char* c = word; *c; ++c) out += fmt::format("%{:02X}", static_cast<unsigned char>(*c));
+        for (const char* c = word; *c; ++c)
+            out += fmt::format("%{:02X}", static_cast<unsigned char>(*c));
         out += '\'';
     }
     return out + "]";
@@ -45,7 +48,8 @@ std::string encoded_words_array() {
 
 }  // namespace
 
-std::string insert_batch_sql(const std::string& table, uint64_t first, uint64_t count, uint64_t total_rows) {
+std::string insert_batch_sql(const std::string& table, uint64_t first, uint64_t count,
+                             uint64_t total_rows) {
     // Row n draws its values from hashes of n: h1..h7 give independent uniform numbers (u*,
     // 32 or 16 bits each). Values that belong to a user (region, screen, phone, usual IP) come
     // from hashes of the user's rank, values that belong to a page (path, title) from hashes
@@ -178,15 +182,18 @@ FROM numbers({count})
 }
 
 std::string constants_user_sql(const std::string& table) {
-    return fmt::format("SELECT UserID FROM {} WHERE CounterID = 62 ORDER BY EventDate, UserID LIMIT 1", table);
+    return fmt::format(
+        "SELECT UserID FROM {} WHERE CounterID = 62 ORDER BY EventDate, UserID LIMIT 1", table);
 }
 
 std::string constants_hashes_sql(const std::string& table) {
     // The most frequent RefererHash and URLHash of CounterID 62 under Q41's and Q42's other
     // conditions, so those queries select rows as they do on the real data.
     return fmt::format(
-        "SELECT (SELECT RefererHash FROM {0} WHERE CounterID = 62 AND IsRefresh = 0 AND TraficSourceID IN (-1, 6) "
-        "AND RefererHash != toInt64(cityHash64('')) GROUP BY RefererHash ORDER BY count() DESC, RefererHash LIMIT 1), "
+        "SELECT (SELECT RefererHash FROM {0} WHERE CounterID = 62 AND IsRefresh = 0 AND "
+        "TraficSourceID IN (-1, 6) "
+        "AND RefererHash != toInt64(cityHash64('')) GROUP BY RefererHash ORDER BY count() DESC, "
+        "RefererHash LIMIT 1), "
         "(SELECT URLHash FROM {0} WHERE CounterID = 62 AND IsRefresh = 0 AND DontCountHits = 0 "
         "GROUP BY URLHash ORDER BY count() DESC, URLHash LIMIT 1)",
         table);
@@ -210,7 +217,8 @@ std::vector<Query> clickbench_queries(const QueryConstants& c) {
     //    with equal sort values in any order (LIMIT would then pick different rows per run),
     //    so each result is a function of the data and can be compared between runs.
     const std::string tie = "tie-break keys appended to ORDER BY";
-    const std::string month = "CounterID = 62 AND EventDate >= '2013-07-01' AND EventDate <= '2013-07-31'";
+    const std::string month =
+        "CounterID = 62 AND EventDate >= '2013-07-01' AND EventDate <= '2013-07-31'";
     std::string sum90 = "SUM(ResolutionWidth)";
     for (int i = 1; i < 90; ++i) sum90 += fmt::format(", SUM(ResolutionWidth + {})", i);
     std::vector<Query> q = {
@@ -221,49 +229,156 @@ std::vector<Query> clickbench_queries(const QueryConstants& c) {
         {"", "SELECT COUNT(DISTINCT UserID) FROM hits", ""},
         {"", "SELECT COUNT(DISTINCT SearchPhrase) FROM hits", ""},
         {"", "SELECT MIN(EventDate), MAX(EventDate) FROM hits", ""},
-        {"", "SELECT AdvEngineID, COUNT(*) FROM hits WHERE AdvEngineID <> 0 GROUP BY AdvEngineID ORDER BY COUNT(*) DESC, AdvEngineID", tie},
-        {"", "SELECT RegionID, COUNT(DISTINCT UserID) AS u FROM hits GROUP BY RegionID ORDER BY u DESC, RegionID LIMIT 10", tie},
-        {"", "SELECT RegionID, SUM(AdvEngineID), COUNT(*) AS c, AVG(ResolutionWidth), COUNT(DISTINCT UserID) FROM hits GROUP BY RegionID ORDER BY c DESC, RegionID LIMIT 10", tie},
-        {"", "SELECT MobilePhoneModel, COUNT(DISTINCT UserID) AS u FROM hits WHERE MobilePhoneModel <> '' GROUP BY MobilePhoneModel ORDER BY u DESC, MobilePhoneModel LIMIT 10", tie},
-        {"", "SELECT MobilePhone, MobilePhoneModel, COUNT(DISTINCT UserID) AS u FROM hits WHERE MobilePhoneModel <> '' GROUP BY MobilePhone, MobilePhoneModel ORDER BY u DESC, MobilePhone, MobilePhoneModel LIMIT 10", tie},
-        {"", "SELECT SearchPhrase, COUNT(*) AS c FROM hits WHERE SearchPhrase <> '' GROUP BY SearchPhrase ORDER BY c DESC, SearchPhrase LIMIT 10", tie},
-        {"", "SELECT SearchPhrase, COUNT(DISTINCT UserID) AS u FROM hits WHERE SearchPhrase <> '' GROUP BY SearchPhrase ORDER BY u DESC, SearchPhrase LIMIT 10", tie},
-        {"", "SELECT SearchEngineID, SearchPhrase, COUNT(*) AS c FROM hits WHERE SearchPhrase <> '' GROUP BY SearchEngineID, SearchPhrase ORDER BY c DESC, SearchEngineID, SearchPhrase LIMIT 10", tie},
-        {"", "SELECT UserID, COUNT(*) FROM hits GROUP BY UserID ORDER BY COUNT(*) DESC, UserID LIMIT 10", tie},
-        {"", "SELECT UserID, SearchPhrase, COUNT(*) FROM hits GROUP BY UserID, SearchPhrase ORDER BY COUNT(*) DESC, UserID, SearchPhrase LIMIT 10", tie},
-        {"", "SELECT UserID, SearchPhrase, COUNT(*) FROM hits GROUP BY UserID, SearchPhrase ORDER BY UserID, SearchPhrase LIMIT 10",
+        {"",
+         "SELECT AdvEngineID, COUNT(*) FROM hits WHERE AdvEngineID <> 0 GROUP BY AdvEngineID ORDER "
+         "BY COUNT(*) DESC, AdvEngineID",
+         tie},
+        {"",
+         "SELECT RegionID, COUNT(DISTINCT UserID) AS u FROM hits GROUP BY RegionID ORDER BY u "
+         "DESC, RegionID LIMIT 10",
+         tie},
+        {"",
+         "SELECT RegionID, SUM(AdvEngineID), COUNT(*) AS c, AVG(ResolutionWidth), COUNT(DISTINCT "
+         "UserID) FROM hits GROUP BY RegionID ORDER BY c DESC, RegionID LIMIT 10",
+         tie},
+        {"",
+         "SELECT MobilePhoneModel, COUNT(DISTINCT UserID) AS u FROM hits WHERE MobilePhoneModel <> "
+         "'' GROUP BY MobilePhoneModel ORDER BY u DESC, MobilePhoneModel LIMIT 10",
+         tie},
+        {"",
+         "SELECT MobilePhone, MobilePhoneModel, COUNT(DISTINCT UserID) AS u FROM hits WHERE "
+         "MobilePhoneModel <> '' GROUP BY MobilePhone, MobilePhoneModel ORDER BY u DESC, "
+         "MobilePhone, MobilePhoneModel LIMIT 10",
+         tie},
+        {"",
+         "SELECT SearchPhrase, COUNT(*) AS c FROM hits WHERE SearchPhrase <> '' GROUP BY "
+         "SearchPhrase ORDER BY c DESC, SearchPhrase LIMIT 10",
+         tie},
+        {"",
+         "SELECT SearchPhrase, COUNT(DISTINCT UserID) AS u FROM hits WHERE SearchPhrase <> '' "
+         "GROUP BY SearchPhrase ORDER BY u DESC, SearchPhrase LIMIT 10",
+         tie},
+        {"",
+         "SELECT SearchEngineID, SearchPhrase, COUNT(*) AS c FROM hits WHERE SearchPhrase <> '' "
+         "GROUP BY SearchEngineID, SearchPhrase ORDER BY c DESC, SearchEngineID, SearchPhrase "
+         "LIMIT 10",
+         tie},
+        {"",
+         "SELECT UserID, COUNT(*) FROM hits GROUP BY UserID ORDER BY COUNT(*) DESC, UserID LIMIT "
+         "10",
+         tie},
+        {"",
+         "SELECT UserID, SearchPhrase, COUNT(*) FROM hits GROUP BY UserID, SearchPhrase ORDER BY "
+         "COUNT(*) DESC, UserID, SearchPhrase LIMIT 10",
+         tie},
+        {"",
+         "SELECT UserID, SearchPhrase, COUNT(*) FROM hits GROUP BY UserID, SearchPhrase ORDER BY "
+         "UserID, SearchPhrase LIMIT 10",
          "ORDER BY UserID, SearchPhrase added (the original has no ORDER BY: any 10 groups)"},
-        {"", "SELECT UserID, extract(minute FROM EventTime) AS m, SearchPhrase, COUNT(*) FROM hits GROUP BY UserID, m, SearchPhrase ORDER BY COUNT(*) DESC, UserID, m, SearchPhrase LIMIT 10", tie},
+        {"",
+         "SELECT UserID, extract(minute FROM EventTime) AS m, SearchPhrase, COUNT(*) FROM hits "
+         "GROUP BY UserID, m, SearchPhrase ORDER BY COUNT(*) DESC, UserID, m, SearchPhrase LIMIT "
+         "10",
+         tie},
         {"", fmt::format("SELECT UserID FROM hits WHERE UserID = {}", c.user_id),
          "UserID constant: one present in the generated data (the original's is not)"},
         {"", "SELECT COUNT(*) FROM hits WHERE URL LIKE '%google%'", ""},
-        {"", "SELECT SearchPhrase, MIN(URL), COUNT(*) AS c FROM hits WHERE URL LIKE '%google%' AND SearchPhrase <> '' GROUP BY SearchPhrase ORDER BY c DESC, SearchPhrase LIMIT 10", tie},
-        {"", "SELECT SearchPhrase, MIN(URL), MIN(Title), COUNT(*) AS c, COUNT(DISTINCT UserID) FROM hits WHERE Title LIKE '%Google%' AND URL NOT LIKE '%.google.%' AND SearchPhrase <> '' GROUP BY SearchPhrase ORDER BY c DESC, SearchPhrase LIMIT 10", tie},
+        {"",
+         "SELECT SearchPhrase, MIN(URL), COUNT(*) AS c FROM hits WHERE URL LIKE '%google%' AND "
+         "SearchPhrase <> '' GROUP BY SearchPhrase ORDER BY c DESC, SearchPhrase LIMIT 10",
+         tie},
+        {"",
+         "SELECT SearchPhrase, MIN(URL), MIN(Title), COUNT(*) AS c, COUNT(DISTINCT UserID) FROM "
+         "hits WHERE Title LIKE '%Google%' AND URL NOT LIKE '%.google.%' AND SearchPhrase <> '' "
+         "GROUP BY SearchPhrase ORDER BY c DESC, SearchPhrase LIMIT 10",
+         tie},
         {"", "SELECT * FROM hits WHERE URL LIKE '%google%' ORDER BY EventTime, WatchID LIMIT 10",
          "tie-break WatchID appended; * is the 25 columns the table holds"},
-        {"", "SELECT SearchPhrase FROM hits WHERE SearchPhrase <> '' ORDER BY EventTime, SearchPhrase LIMIT 10",
+        {"",
+         "SELECT SearchPhrase FROM hits WHERE SearchPhrase <> '' ORDER BY EventTime, SearchPhrase "
+         "LIMIT 10",
          "tie-break SearchPhrase appended (rows with the same EventTime)"},
-        {"", "SELECT SearchPhrase FROM hits WHERE SearchPhrase <> '' ORDER BY SearchPhrase LIMIT 10", ""},
-        {"", "SELECT SearchPhrase FROM hits WHERE SearchPhrase <> '' ORDER BY EventTime, SearchPhrase LIMIT 10", ""},
-        {"", "SELECT CounterID, AVG(length(URL)) AS l, COUNT(*) AS c FROM hits WHERE URL <> '' GROUP BY CounterID HAVING COUNT(*) > 100000 ORDER BY l DESC, CounterID LIMIT 25", tie},
-        {"", "SELECT replaceRegexpOne(Referer, '^https?://(?:www\\.)?([^/]+)/.*$', '\\1') AS k, AVG(length(Referer)) AS l, COUNT(*) AS c, MIN(Referer) FROM hits WHERE Referer <> '' GROUP BY k HAVING COUNT(*) > 100000 ORDER BY l DESC, k LIMIT 25",
+        {"",
+         "SELECT SearchPhrase FROM hits WHERE SearchPhrase <> '' ORDER BY SearchPhrase LIMIT 10",
+         ""},
+        {"",
+         "SELECT SearchPhrase FROM hits WHERE SearchPhrase <> '' ORDER BY EventTime, SearchPhrase "
+         "LIMIT 10",
+         ""},
+        {"",
+         "SELECT CounterID, AVG(length(URL)) AS l, COUNT(*) AS c FROM hits WHERE URL <> '' GROUP "
+         "BY CounterID HAVING COUNT(*) > 100000 ORDER BY l DESC, CounterID LIMIT 25",
+         tie},
+        {"",
+         "SELECT replaceRegexpOne(Referer, '^https?://(?:www\\.)?([^/]+)/.*$', '\\1') AS k, "
+         "AVG(length(Referer)) AS l, COUNT(*) AS c, MIN(Referer) FROM hits WHERE Referer <> '' "
+         "GROUP BY k HAVING COUNT(*) > 100000 ORDER BY l DESC, k LIMIT 25",
          "REGEXP_REPLACE -> replaceRegexpOne (18.16 has no REGEXP_REPLACE); " + tie},
         {"", "SELECT " + sum90 + " FROM hits", ""},
-        {"", "SELECT SearchEngineID, ClientIP, COUNT(*) AS c, SUM(IsRefresh), AVG(ResolutionWidth) FROM hits WHERE SearchPhrase <> '' GROUP BY SearchEngineID, ClientIP ORDER BY c DESC, SearchEngineID, ClientIP LIMIT 10", tie},
-        {"", "SELECT WatchID, ClientIP, COUNT(*) AS c, SUM(IsRefresh), AVG(ResolutionWidth) FROM hits WHERE SearchPhrase <> '' GROUP BY WatchID, ClientIP ORDER BY c DESC, WatchID, ClientIP LIMIT 10", tie},
-        {"", "SELECT WatchID, ClientIP, COUNT(*) AS c, SUM(IsRefresh), AVG(ResolutionWidth) FROM hits GROUP BY WatchID, ClientIP ORDER BY c DESC, WatchID, ClientIP LIMIT 10", tie},
+        {"",
+         "SELECT SearchEngineID, ClientIP, COUNT(*) AS c, SUM(IsRefresh), AVG(ResolutionWidth) "
+         "FROM hits WHERE SearchPhrase <> '' GROUP BY SearchEngineID, ClientIP ORDER BY c DESC, "
+         "SearchEngineID, ClientIP LIMIT 10",
+         tie},
+        {"",
+         "SELECT WatchID, ClientIP, COUNT(*) AS c, SUM(IsRefresh), AVG(ResolutionWidth) FROM hits "
+         "WHERE SearchPhrase <> '' GROUP BY WatchID, ClientIP ORDER BY c DESC, WatchID, ClientIP "
+         "LIMIT 10",
+         tie},
+        {"",
+         "SELECT WatchID, ClientIP, COUNT(*) AS c, SUM(IsRefresh), AVG(ResolutionWidth) FROM hits "
+         "GROUP BY WatchID, ClientIP ORDER BY c DESC, WatchID, ClientIP LIMIT 10",
+         tie},
         {"", "SELECT URL, COUNT(*) AS c FROM hits GROUP BY URL ORDER BY c DESC, URL LIMIT 10", tie},
-        {"", "SELECT 1, URL, COUNT(*) AS c FROM hits GROUP BY 1, URL ORDER BY c DESC, URL LIMIT 10", tie},
-        {"", "SELECT ClientIP, ClientIP - 1, ClientIP - 2, ClientIP - 3, COUNT(*) AS c FROM hits GROUP BY ClientIP, ClientIP - 1, ClientIP - 2, ClientIP - 3 ORDER BY c DESC, ClientIP LIMIT 10", tie},
-        {"", "SELECT URL, COUNT(*) AS PageViews FROM hits WHERE " + month + " AND DontCountHits = 0 AND IsRefresh = 0 AND URL <> '' GROUP BY URL ORDER BY PageViews DESC, URL LIMIT 10", tie},
-        {"", "SELECT Title, COUNT(*) AS PageViews FROM hits WHERE " + month + " AND DontCountHits = 0 AND IsRefresh = 0 AND Title <> '' GROUP BY Title ORDER BY PageViews DESC, Title LIMIT 10", tie},
-        {"", "SELECT URL, COUNT(*) AS PageViews FROM hits WHERE " + month + " AND IsRefresh = 0 AND IsLink <> 0 AND IsDownload = 0 GROUP BY URL ORDER BY PageViews DESC, URL LIMIT 10 OFFSET 1000", tie},
-        {"", "SELECT TraficSourceID, SearchEngineID, AdvEngineID, CASE WHEN (SearchEngineID = 0 AND AdvEngineID = 0) THEN Referer ELSE '' END AS Src, URL AS Dst, COUNT(*) AS PageViews FROM hits WHERE " + month + " AND IsRefresh = 0 GROUP BY TraficSourceID, SearchEngineID, AdvEngineID, Src, Dst ORDER BY PageViews DESC, TraficSourceID, SearchEngineID, AdvEngineID, Src, Dst LIMIT 10 OFFSET 1000", tie},
-        {"", fmt::format("SELECT URLHash, EventDate, COUNT(*) AS PageViews FROM hits WHERE {} AND IsRefresh = 0 AND TraficSourceID IN (-1, 6) AND RefererHash = {} GROUP BY URLHash, EventDate ORDER BY PageViews DESC, URLHash, EventDate LIMIT 10 OFFSET 100", month, c.referer_hash),
+        {"", "SELECT 1, URL, COUNT(*) AS c FROM hits GROUP BY 1, URL ORDER BY c DESC, URL LIMIT 10",
+         tie},
+        {"",
+         "SELECT ClientIP, ClientIP - 1, ClientIP - 2, ClientIP - 3, COUNT(*) AS c FROM hits GROUP "
+         "BY ClientIP, ClientIP - 1, ClientIP - 2, ClientIP - 3 ORDER BY c DESC, ClientIP LIMIT 10",
+         tie},
+        {"",
+         "SELECT URL, COUNT(*) AS PageViews FROM hits WHERE " + month +
+             " AND DontCountHits = 0 AND IsRefresh = 0 AND URL <> '' GROUP BY URL ORDER BY "
+             "PageViews DESC, URL LIMIT 10",
+         tie},
+        {"",
+         "SELECT Title, COUNT(*) AS PageViews FROM hits WHERE " + month +
+             " AND DontCountHits = 0 AND IsRefresh = 0 AND Title <> '' GROUP BY Title ORDER BY "
+             "PageViews DESC, Title LIMIT 10",
+         tie},
+        {"",
+         "SELECT URL, COUNT(*) AS PageViews FROM hits WHERE " + month +
+             " AND IsRefresh = 0 AND IsLink <> 0 AND IsDownload = 0 GROUP BY URL ORDER BY "
+             "PageViews DESC, URL LIMIT 10 OFFSET 1000",
+         tie},
+        {"",
+         "SELECT TraficSourceID, SearchEngineID, AdvEngineID, CASE WHEN (SearchEngineID = 0 AND "
+         "AdvEngineID = 0) THEN Referer ELSE '' END AS Src, URL AS Dst, COUNT(*) AS PageViews FROM "
+         "hits WHERE " +
+             month +
+             " AND IsRefresh = 0 GROUP BY TraficSourceID, SearchEngineID, AdvEngineID, Src, Dst "
+             "ORDER BY PageViews DESC, TraficSourceID, SearchEngineID, AdvEngineID, Src, Dst LIMIT "
+             "10 OFFSET 1000",
+         tie},
+        {"",
+         fmt::format(
+             "SELECT URLHash, EventDate, COUNT(*) AS PageViews FROM hits WHERE {} AND IsRefresh = "
+             "0 AND TraficSourceID IN (-1, 6) AND RefererHash = {} GROUP BY URLHash, EventDate "
+             "ORDER BY PageViews DESC, URLHash, EventDate LIMIT 10 OFFSET 100",
+             month, c.referer_hash),
          "RefererHash constant: CounterID 62's most frequent one in the generated data; " + tie},
-        {"", fmt::format("SELECT WindowClientWidth, WindowClientHeight, COUNT(*) AS PageViews FROM hits WHERE {} AND IsRefresh = 0 AND DontCountHits = 0 AND URLHash = {} GROUP BY WindowClientWidth, WindowClientHeight ORDER BY PageViews DESC, WindowClientWidth, WindowClientHeight LIMIT 10 OFFSET 10000", month, c.url_hash),
+        {"",
+         fmt::format("SELECT WindowClientWidth, WindowClientHeight, COUNT(*) AS PageViews FROM "
+                     "hits WHERE {} AND IsRefresh = 0 AND DontCountHits = 0 AND URLHash = {} GROUP "
+                     "BY WindowClientWidth, WindowClientHeight ORDER BY PageViews DESC, "
+                     "WindowClientWidth, WindowClientHeight LIMIT 10 OFFSET 10000",
+                     month, c.url_hash),
          "URLHash constant: CounterID 62's most frequent one in the generated data; " + tie},
-        {"", "SELECT toStartOfMinute(EventTime) AS M, COUNT(*) AS PageViews FROM hits WHERE CounterID = 62 AND EventDate >= '2013-07-14' AND EventDate <= '2013-07-15' AND IsRefresh = 0 AND DontCountHits = 0 GROUP BY toStartOfMinute(EventTime) ORDER BY toStartOfMinute(EventTime) LIMIT 10 OFFSET 1000",
+        {"",
+         "SELECT toStartOfMinute(EventTime) AS M, COUNT(*) AS PageViews FROM hits WHERE CounterID "
+         "= 62 AND EventDate >= '2013-07-14' AND EventDate <= '2013-07-15' AND IsRefresh = 0 AND "
+         "DontCountHits = 0 GROUP BY toStartOfMinute(EventTime) ORDER BY "
+         "toStartOfMinute(EventTime) LIMIT 10 OFFSET 1000",
          "DATE_TRUNC('minute', EventTime) -> toStartOfMinute(EventTime) (18.16 has no DATE_TRUNC)"},
     };
     for (size_t i = 0; i < q.size(); ++i) q[i].name = fmt::format("Q{}", i + 1);
@@ -275,24 +390,43 @@ std::vector<Query> point_lookup_queries(const std::string& t, const QueryConstan
     // miss), the access pattern of the `marks` policy. Keys are rows of the data (see
     // constants_keys_sql); multi-row results are ordered so they compare between runs.
     std::vector<Query> q;
-    const size_t keys = std::min({c.counters.size(), c.dates.size(), c.users.size(), c.watch_ids.size()});
+    const size_t keys =
+        std::min({c.counters.size(), c.dates.size(), c.users.size(), c.watch_ids.size()});
     auto key = [&](size_t i) {
-        return fmt::format("CounterID = {} AND EventDate = '{}' AND UserID = {}", c.counters[i], c.dates[i], c.users[i]);
+        return fmt::format("CounterID = {} AND EventDate = '{}' AND UserID = {}", c.counters[i],
+                           c.dates[i], c.users[i]);
     };
     for (size_t i = 0; i < std::min<size_t>(keys, 4); ++i)
-        q.push_back({"", fmt::format("SELECT * FROM {} WHERE {} ORDER BY WatchID", t, key(i)), "", true});
+        q.push_back(
+            {"", fmt::format("SELECT * FROM {} WHERE {} ORDER BY WatchID", t, key(i)), "", true});
     if (keys >= 5)
-        q.push_back({"", fmt::format("SELECT URL, Title, Referer FROM {} WHERE {} ORDER BY WatchID", t, key(4)), "", true});
+        q.push_back(
+            {"",
+             fmt::format("SELECT URL, Title, Referer FROM {} WHERE {} ORDER BY WatchID", t, key(4)),
+             "", true});
     if (keys >= 6) {
         std::string tuples, watch, counters;
         for (size_t i = 0; i < keys; ++i) {
-            tuples += fmt::format("{}({}, '{}', {})", i ? ", " : "", c.counters[i], c.dates[i], c.users[i]);
+            tuples += fmt::format("{}({}, '{}', {})", i ? ", " : "", c.counters[i], c.dates[i],
+                                  c.users[i]);
             watch += fmt::format("{}{}", i ? ", " : "", c.watch_ids[i]);
             counters += fmt::format("{}{}", i ? ", " : "", c.counters[i]);
         }
-        q.push_back({"", fmt::format("SELECT WatchID, EventTime, URL FROM {} WHERE (CounterID, EventDate, UserID) IN ({}) ORDER BY WatchID", t, tuples), "", true});
-        q.push_back({"", fmt::format("SELECT WatchID, UserID, URL, SearchPhrase FROM {} WHERE CounterID IN ({}) AND WatchID IN ({}) ORDER BY WatchID", t, counters, watch), "", true});
-        q.push_back({"", fmt::format("SELECT count(), sum(length(URL)), max(EventTime) FROM {} WHERE CounterID = {} AND EventDate = '{}'", t, c.counters[5], c.dates[5]), "", true});
+        q.push_back({"",
+                     fmt::format("SELECT WatchID, EventTime, URL FROM {} WHERE (CounterID, "
+                                 "EventDate, UserID) IN ({}) ORDER BY WatchID",
+                                 t, tuples),
+                     "", true});
+        q.push_back({"",
+                     fmt::format("SELECT WatchID, UserID, URL, SearchPhrase FROM {} WHERE "
+                                 "CounterID IN ({}) AND WatchID IN ({}) ORDER BY WatchID",
+                                 t, counters, watch),
+                     "", true});
+        q.push_back({"",
+                     fmt::format("SELECT count(), sum(length(URL)), max(EventTime) FROM {} WHERE "
+                                 "CounterID = {} AND EventDate = '{}'",
+                                 t, c.counters[5], c.dates[5]),
+                     "", true});
     }
     for (size_t i = 0; i < q.size(); ++i) q[i].name = fmt::format("PK{}", i + 1);
     return q;

@@ -24,20 +24,21 @@ inline constexpr int kGeneratorVersion = 1;
 std::string create_table_sql(const std::string& table);
 
 // INSERT ... SELECT of rows [first, first + count) of a data set of `total_rows` rows.
-std::string insert_batch_sql(const std::string& table, uint64_t first, uint64_t count, uint64_t total_rows);
+std::string insert_batch_sql(const std::string& table, uint64_t first, uint64_t count,
+                             uint64_t total_rows);
 
 struct Query {
-    std::string name;        // "q00".."q42" (ClickBench's numbering from 0), "pk0".."pkN"
+    std::string name;  // "q00".."q42" (ClickBench's numbering from 0), "pk0".."pkN"
     std::string sql;
-    std::string change;      // how it differs from ClickBench's text, "" when it does not
+    std::string change;  // how it differs from ClickBench's text, "" when it does not
     bool point_lookup = false;
 };
 
 // Constants the queries take from the data (values that exist in it), resolved once per run.
 struct QueryConstants {
-    int64_t user_id = 0;         // Q19: a UserID present in the table
-    int64_t referer_hash = 0;    // Q39: a RefererHash of CounterID 62
-    int64_t url_hash = 0;        // Q40: a URLHash of CounterID 62
+    int64_t user_id = 0;             // Q19: a UserID present in the table
+    int64_t referer_hash = 0;        // Q39: a RefererHash of CounterID 62
+    int64_t url_hash = 0;            // Q40: a URLHash of CounterID 62
     std::vector<int64_t> watch_ids;  // point lookups: WatchIDs spread over the table
     std::vector<int32_t> counters;   // point lookups: (CounterID, EventDate, UserID) keys
     std::vector<std::string> dates;

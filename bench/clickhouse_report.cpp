@@ -30,7 +30,9 @@ std::optional<double> geomean(const std::vector<double>& ratios) {
 }
 
 std::string fmt_ms(double ms) {
-    return ms >= 100 ? fmt::format("{:.0f}", ms) : ms >= 10 ? fmt::format("{:.1f}", ms) : fmt::format("{:.2f}", ms);
+    return ms >= 100  ? fmt::format("{:.0f}", ms)
+           : ms >= 10 ? fmt::format("{:.1f}", ms)
+                      : fmt::format("{:.2f}", ms);
 }
 
 }  // namespace
@@ -48,7 +50,8 @@ double spread(const std::vector<double>& v) {
     return *hi - *lo;
 }
 
-ConfigSummary summarize(const Phase& phase, const std::vector<QueryInfo>& queries, const std::string& config) {
+ConfigSummary summarize(const Phase& phase, const std::vector<QueryInfo>& queries,
+                        const std::string& config) {
     ConfigSummary s;
     std::vector<double> cold, hot, pk_cold, gap;
     for (const auto& q : queries) {
@@ -112,8 +115,11 @@ std::string cell_of(const std::vector<double>& v) {
     return fmt::format("{} [{}-{}]", fmt_ms(median(v)), fmt_ms(*lo), fmt_ms(*hi));
 }
 
-void print_kind_table(const Phase& phase, const std::vector<QueryInfo>& queries, const std::vector<Config>& configs, bool hot) {
-    auto runs_of = [hot](const Timings& t) -> const std::vector<double>& { return hot ? t.hot_ms : t.cold_ms; };
+void print_kind_table(const Phase& phase, const std::vector<QueryInfo>& queries,
+                      const std::vector<Config>& configs, bool hot) {
+    auto runs_of = [hot](const Timings& t) -> const std::vector<double>& {
+        return hot ? t.hot_ms : t.cold_ms;
+    };
     std::string header = fmt::format("{:<5}", hot ? "hot" : "cold");
     for (const auto& c : configs)
         if (c.available) header += fmt::format(" | {:>30}", c.name);
@@ -130,8 +136,10 @@ void print_kind_table(const Phase& phase, const std::vector<QueryInfo>& queries,
             }
             std::string cell = cell_of(runs_of(*t));
             if (c.kind != ConfigKind::Stock && stock && !runs_of(*stock).empty()) {
-                const double ratio = hot ? median(runs_of(*t)) / median(runs_of(*stock)) : median(runs_of(*stock)) / median(runs_of(*t));
-                cell += fmt::format(" {:.2f}{}", ratio, mark(compare(runs_of(*stock), runs_of(*t))));
+                const double ratio = hot ? median(runs_of(*t)) / median(runs_of(*stock))
+                                         : median(runs_of(*stock)) / median(runs_of(*t));
+                cell +=
+                    fmt::format(" {:.2f}{}", ratio, mark(compare(runs_of(*stock), runs_of(*t))));
             }
             line += fmt::format(" | {:>30}", cell);
         }
@@ -141,21 +149,26 @@ void print_kind_table(const Phase& phase, const std::vector<QueryInfo>& queries,
 
 }  // namespace
 
-void print_phase_table(const Phase& phase, const std::vector<QueryInfo>& queries, const std::vector<Config>& configs) {
+void print_phase_table(const Phase& phase, const std::vector<QueryInfo>& queries,
+                       const std::vector<Config>& configs) {
     print_kind_table(phase, queries, configs, false);
     if (phase.hot) {
         fmt::print("\n");
         print_kind_table(phase, queries, configs, true);
     }
-    fmt::print("ms: median [min-max] over the runs; then cold: stock's median / this config's (> 1 is faster), hot: this\n"
-               "config's median / stock's (> 1 is slower); '~' the difference of the medians lies inside the larger\n"
-               "run-to-run spread (max - min) of the two (no measurable effect), '+' faster and '!' slower than stock\n"
-               "by more than that spread.\n");
+    fmt::print(
+        "ms: median [min-max] over the runs; then cold: stock's median / this config's (> 1 is "
+        "faster), hot: this\n"
+        "config's median / stock's (> 1 is slower); '~' the difference of the medians lies inside "
+        "the larger\n"
+        "run-to-run spread (max - min) of the two (no measurable effect), '+' faster and '!' "
+        "slower than stock\n"
+        "by more than that spread.\n");
 }
 
 Result<std::string> plot_cold_speedups(const Phase& phase, const std::vector<QueryInfo>& queries,
-                                       const std::vector<Config>& configs, const std::string& out_dir,
-                                       const std::string& title) {
+                                       const std::vector<Config>& configs,
+                                       const std::string& out_dir, const std::string& title) {
     std::vector<const Config*> shown;
     for (const auto& c : configs)
         if (c.available && c.kind != ConfigKind::Stock) shown.push_back(&c);
@@ -168,7 +181,8 @@ Result<std::string> plot_cold_speedups(const Phase& phase, const std::vector<Que
         // Per config: the median speedup and its range over the config's runs (stock's median
         // over this config's slowest and fastest run).
         out << "query";
-        for (auto* c : shown) out << '\t' << c->name << '\t' << c->name << "_low\t" << c->name << "_high";
+        for (auto* c : shown)
+            out << '\t' << c->name << '\t' << c->name << "_low\t" << c->name << "_high";
         out << '\n';
         for (const auto& q : queries) {
             const Timings* stock = find(phase, q.name, "stock");
@@ -178,7 +192,9 @@ Result<std::string> plot_cold_speedups(const Phase& phase, const std::vector<Que
                 if (stock && t && !stock->cold_ms.empty() && !t->cold_ms.empty()) {
                     const double sm = median(stock->cold_ms);
                     auto [lo, hi] = std::minmax_element(t->cold_ms.begin(), t->cold_ms.end());
-                    out << '\t' << fmt::format("{:.4f}\t{:.4f}\t{:.4f}", sm / median(t->cold_ms), sm / *hi, sm / *lo);
+                    out << '\t'
+                        << fmt::format("{:.4f}\t{:.4f}\t{:.4f}", sm / median(t->cold_ms), sm / *hi,
+                                       sm / *lo);
                 } else {
                     out << "\t?\t?\t?";
                 }
@@ -192,16 +208,20 @@ Result<std::string> plot_cold_speedups(const Phase& phase, const std::vector<Que
         gp << "set terminal svg size 1600,600 dynamic background rgb 'white'\n"
            << "set output '" << svg << "'\n"
            << "set datafile missing '?'\n"
-           << "set title \"" << title << "\\nbar: stock median / config median; whisker: stock median / config slowest..fastest run\" noenhanced\n"
+           << "set title \"" << title
+           << "\\nbar: stock median / config median; whisker: stock median / config "
+              "slowest..fastest run\" noenhanced\n"
            << "set ylabel 'cold speedup vs stock (x)'\n"
            << "set style data histograms\nset style histogram errorbars gap 1 lw 1\n"
            << "set style fill solid 0.8 border -1\nset boxwidth 0.9\n"
-           << "set xtics rotate by -60 font ',9' noenhanced\nset grid ytics\nset key top left noenhanced\n"
+           << "set xtics rotate by -60 font ',9' noenhanced\nset grid ytics\nset key top left "
+              "noenhanced\n"
            << "set yrange [0:*]\n"
            << "set arrow from graph 0, first 1 to graph 1, first 1 nohead lw 1 dt 2\n"
            << "plot '" << data << "' using 2:3:4:xtic(1) title columnhead(2)";
         for (size_t i = 1; i < shown.size(); ++i)
-            gp << ", '' using " << 3 * i + 2 << ":" << 3 * i + 3 << ":" << 3 * i + 4 << " title columnhead(" << 3 * i + 2 << ")";
+            gp << ", '' using " << 3 * i + 2 << ":" << 3 * i + 3 << ":" << 3 * i + 4
+               << " title columnhead(" << 3 * i + 2 << ")";
         gp << '\n';
         if (!gp) return make_error(EIO, "cannot write " + script);
     }

@@ -37,14 +37,14 @@ struct QueryInfo {
 struct Phase {
     std::string name;  // "readahead 8192 KiB (the machine's)"
     int readahead_kb = 0;
-    bool hot = true;   // hot runs measured in this phase
+    bool hot = true;  // hot runs measured in this phase
     // timings[query][config]
     std::map<std::string, std::map<std::string, Timings>> timings;
 };
 
 struct InsertResult {
-    std::vector<double> ms;  // per round: 4 inserts + OPTIMIZE FINAL
-    bool parts_identical = true;  // every file of the merged part equals stock's
+    std::vector<double> ms;         // per round: 4 inserts + OPTIMIZE FINAL
+    bool parts_identical = true;    // every file of the merged part equals stock's
     bool content_identical = true;  // count and content hash equal stock's
     std::string note;
 };
@@ -58,10 +58,10 @@ enum class Verdict { Unknown, Faster, Slower, WithinNoise };
 Verdict compare(const std::vector<double>& stock, const std::vector<double>& config);
 
 struct ConfigSummary {
-    std::optional<double> cold_speedup_geomean;   // stock cold / config cold, over queries
+    std::optional<double> cold_speedup_geomean;    // stock cold / config cold, over queries
     std::optional<double> cold_gap_recovered_pct;  // over queries with stock cold/hot >= 1.3
     size_t gap_queries = 0;
-    std::optional<double> hot_slowdown_pct;        // geomean hot config/stock - 1
+    std::optional<double> hot_slowdown_pct;  // geomean hot config/stock - 1
     std::optional<double> point_lookup_cold_speedup;
     // Queries (ClickBench's and PK lookups) whose cold median differs from stock's by more
     // than the larger run-to-run spread of the two, faster or slower, or lies inside it; and
@@ -69,16 +69,18 @@ struct ConfigSummary {
     size_t cold_faster = 0, cold_slower = 0, cold_within_noise = 0, hot_slower = 0;
 };
 
-ConfigSummary summarize(const Phase& phase, const std::vector<QueryInfo>& queries, const std::string& config);
+ConfigSummary summarize(const Phase& phase, const std::vector<QueryInfo>& queries,
+                        const std::string& config);
 
 // Prints the per-query tables of a phase (cold, then hot): median [min-max] per config, its
 // ratio to stock, and whether the difference lies inside the runs' spread (see compare()).
-void print_phase_table(const Phase& phase, const std::vector<QueryInfo>& queries, const std::vector<Config>& configs);
+void print_phase_table(const Phase& phase, const std::vector<QueryInfo>& queries,
+                       const std::vector<Config>& configs);
 
 // Writes the data file and gnuplot script of per-query cold speedups per config under
 // `out_dir` and runs gnuplot; returns the SVG's path.
 Result<std::string> plot_cold_speedups(const Phase& phase, const std::vector<QueryInfo>& queries,
-                                       const std::vector<Config>& configs, const std::string& out_dir,
-                                       const std::string& title);
+                                       const std::vector<Config>& configs,
+                                       const std::string& out_dir, const std::string& title);
 
 }  // namespace liveio::bench

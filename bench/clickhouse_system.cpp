@@ -40,7 +40,8 @@ Result<std::string> run_command(const std::string& command) {
     while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
     const int status = ::pclose(pipe);
     if (status != 0)
-        return make_error(ECHILD, fmt::format("`{}` failed (status {:#x}): {}", command, status, out.substr(0, 2000)));
+        return make_error(ECHILD, fmt::format("`{}` failed (status {:#x}): {}", command, status,
+                                              out.substr(0, 2000)));
     return out;
 }
 
@@ -53,14 +54,18 @@ Result<int> read_int_file(const std::string& path) {
 
 Result<std::string> readahead_file_for(const std::string& path) {
     struct stat st;
-    if (::stat(path.c_str(), &st) != 0) return make_error(errno, fmt::format("stat {}: {}", path, std::strerror(errno)));
+    if (::stat(path.c_str(), &st) != 0)
+        return make_error(errno, fmt::format("stat {}: {}", path, std::strerror(errno)));
     std::error_code ec;
-    fs::path dev = fs::canonical(fmt::format("/sys/dev/block/{}:{}", major(st.st_dev), minor(st.st_dev)), ec);
-    if (ec) return make_error(ENODEV, fmt::format("{} is not on a block device ({}:{}): {}", path, major(st.st_dev),
-                                                  minor(st.st_dev), ec.message()));
+    fs::path dev =
+        fs::canonical(fmt::format("/sys/dev/block/{}:{}", major(st.st_dev), minor(st.st_dev)), ec);
+    if (ec)
+        return make_error(ENODEV, fmt::format("{} is not on a block device ({}:{}): {}", path,
+                                              major(st.st_dev), minor(st.st_dev), ec.message()));
     if (fs::exists(dev / "partition")) dev = dev.parent_path();
     const fs::path file = dev / "queue" / "read_ahead_kb";
-    if (!fs::exists(file)) return make_error(ENODEV, fmt::format("{} has no queue/read_ahead_kb", dev.string()));
+    if (!fs::exists(file))
+        return make_error(ENODEV, fmt::format("{} has no queue/read_ahead_kb", dev.string()));
     return file.string();
 }
 
@@ -100,16 +105,22 @@ Result<Residency> page_cache_residency(const std::string& dir) {
         if (!e.is_regular_file(ec) || e.file_size(ec) == 0) continue;
         const size_t size = e.file_size(ec);
         const int fd = ::open(e.path().c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) return make_error(errno, fmt::format("open {}: {}", e.path().string(), std::strerror(errno)));
+        if (fd < 0)
+            return make_error(errno,
+                              fmt::format("open {}: {}", e.path().string(), std::strerror(errno)));
         void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
         const int map_errno = errno;
         ::close(fd);
-        if (map == MAP_FAILED) return make_error(map_errno, fmt::format("mmap {}: {}", e.path().string(), std::strerror(map_errno)));
+        if (map == MAP_FAILED)
+            return make_error(
+                map_errno, fmt::format("mmap {}: {}", e.path().string(), std::strerror(map_errno)));
         vec.assign((size + page - 1) / page, 0);
         const int rc = ::mincore(map, size, vec.data());
         const int mincore_errno = errno;
         ::munmap(map, size);
-        if (rc != 0) return make_error(mincore_errno, fmt::format("mincore {}: {}", e.path().string(), std::strerror(mincore_errno)));
+        if (rc != 0)
+            return make_error(mincore_errno, fmt::format("mincore {}: {}", e.path().string(),
+                                                         std::strerror(mincore_errno)));
         r.bytes += size;
         for (unsigned char v : vec) r.resident_bytes += (v & 1) ? static_cast<uint64_t>(page) : 0;
     }
@@ -120,17 +131,20 @@ Result<Residency> page_cache_residency(const std::string& dir) {
 Result<DeviceFigures> measure_device(const std::string& file, int seconds) {
     auto job = [&](const std::string& rw, const std::string& bs, int depth) -> Result<double> {
         const std::string cmd = fmt::format(
-            "fio --name=dev --filename='{}' --readonly --direct=1 --ioengine=io_uring --rw={} --bs={} --iodepth={} "
+            "fio --name=dev --filename='{}' --readonly --direct=1 --ioengine=io_uring --rw={} "
+            "--bs={} --iodepth={} "
             "--runtime={} --time_based --output-format=json 2>&1",
             file, rw, bs, depth, seconds);
         auto out = run_command(cmd);
         if (!out) return out.error();
         const auto brace = out->find('{');
-        if (brace == std::string::npos) return make_error(EPROTO, "fio printed no JSON: " + out->substr(0, 500));
+        if (brace == std::string::npos)
+            return make_error(EPROTO, "fio printed no JSON: " + out->substr(0, 500));
         try {
             const auto j = nlohmann::json::parse(out->substr(brace));
             const auto& read = j.at("jobs").at(0).at("read");
-            return rw == "read" ? read.at("bw_bytes").get<double>() / 1e6 : read.at("iops").get<double>();
+            return rw == "read" ? read.at("bw_bytes").get<double>() / 1e6
+                                : read.at("iops").get<double>();
         } catch (const std::exception& e) {
             return make_error(EPROTO, fmt::format("fio's JSON: {}", e.what()));
         }
@@ -142,8 +156,10 @@ Result<DeviceFigures> measure_device(const std::string& file, int seconds) {
         const char* bs;
         int depth;
     };
-    for (const Step& s : {Step{&f.seq128k_qd1_mbs, "read", "128k", 1}, Step{&f.seq128k_qd8_mbs, "read", "128k", 8},
-                          Step{&f.rand4k_qd1_iops, "randread", "4k", 1}, Step{&f.rand4k_qd32_iops, "randread", "4k", 32}}) {
+    for (const Step& s :
+         {Step{&f.seq128k_qd1_mbs, "read", "128k", 1}, Step{&f.seq128k_qd8_mbs, "read", "128k", 8},
+          Step{&f.rand4k_qd1_iops, "randread", "4k", 1},
+          Step{&f.rand4k_qd32_iops, "randread", "4k", 32}}) {
         auto v = job(s.rw, s.bs, s.depth);
         if (!v) return v.error();
         *s.out = *v;

@@ -28,7 +28,8 @@ public:
     Result<void> restore();
 
 private:
-    ReadaheadSetting(std::string file, int original) : file_(std::move(file)), original_kb_(original) {}
+    ReadaheadSetting(std::string file, int original)
+        : file_(std::move(file)), original_kb_(original) {}
     std::string file_;
     int original_kb_;
     std::mutex mu_;

@@ -46,8 +46,10 @@ CountingProgram::CountingProgram(bpf_prog_type type) {
         return;
     }
     auto prog = load_counting_program(type, map_fd, static_cast<uint32_t>(getpid()));
-    if (!prog) error = prog.error().message;
-    else prog_fd = *prog;
+    if (!prog)
+        error = prog.error().message;
+    else
+        prog_fd = *prog;
 }
 
 CountingProgram::~CountingProgram() {
@@ -64,7 +66,9 @@ uint64_t CountingProgram::count() const {
 Result<int> attach_raw_tracepoint(const CountingProgram& program, const char* name) {
     if (!program.error.empty()) return make_error(EINVAL, program.error);
     const int link = bpf_raw_tracepoint_open(name, program.prog_fd);
-    if (link < 0) return make_error(-link, fmt::format("bpf_raw_tracepoint_open({}): {}", name, strerror(-link)));
+    if (link < 0)
+        return make_error(-link,
+                          fmt::format("bpf_raw_tracepoint_open({}): {}", name, strerror(-link)));
     return link;
 }
 
@@ -76,7 +80,8 @@ Result<void> set_rodata_u32(bpf_object* obj, const std::string& name, uint32_t v
     bpf_map* m;
     bpf_object__for_each_map(m, obj) {
         const std::string map_name = bpf_map__name(m);
-        if (map_name.size() >= 7 && map_name.compare(map_name.size() - 7, 7, ".rodata") == 0) rodata = m;
+        if (map_name.size() >= 7 && map_name.compare(map_name.size() - 7, 7, ".rodata") == 0)
+            rodata = m;
     }
     const btf* types = bpf_object__btf(obj);
     if (!rodata || !types) return make_error(ENOENT, "the object has no .rodata with BTF");
@@ -102,8 +107,8 @@ Result<void> set_rodata_u32(bpf_object* obj, const std::string& name, uint32_t v
 
 }  // namespace
 
-Result<std::unique_ptr<KernelObject>> KernelObject::load(const std::string& path,
-                                                         const std::vector<std::pair<std::string, uint32_t>>& u32_globals) {
+Result<std::unique_ptr<KernelObject>> KernelObject::load(
+    const std::string& path, const std::vector<std::pair<std::string, uint32_t>>& u32_globals) {
     std::unique_ptr<KernelObject> k(new KernelObject);
     k->object_ = bpf_object__open_file(path.c_str(), nullptr);
     if (!k->object_) {
@@ -113,13 +118,15 @@ Result<std::unique_ptr<KernelObject>> KernelObject::load(const std::string& path
     for (const auto& [name, value] : u32_globals)
         if (auto r = set_rodata_u32(k->object_, name, value); !r) return r.error();
     if (const int err = bpf_object__load(k->object_); err)
-        return make_error(-err, fmt::format("loading {} into the kernel: {}", path, strerror(-err)));
+        return make_error(-err,
+                          fmt::format("loading {} into the kernel: {}", path, strerror(-err)));
     bpf_program* prog;
     bpf_object__for_each_program(prog, k->object_) {
         bpf_link* link = bpf_program__attach(prog);
         if (!link) {
             const int err = errno;
-            return make_error(err, fmt::format("attaching {}: {}", bpf_program__name(prog), strerror(err)));
+            return make_error(
+                err, fmt::format("attaching {}: {}", bpf_program__name(prog), strerror(err)));
         }
         k->links_.push_back(link);
     }

@@ -42,8 +42,9 @@ Result<int> attach_raw_tracepoint(const CountingProgram& program, const char* na
 class KernelObject {
 public:
     // `u32_globals` sets `const volatile __u32` globals of .rodata (by name) before loading.
-    static Result<std::unique_ptr<KernelObject>> load(const std::string& path,
-                                                      const std::vector<std::pair<std::string, uint32_t>>& u32_globals = {});
+    static Result<std::unique_ptr<KernelObject>> load(
+        const std::string& path,
+        const std::vector<std::pair<std::string, uint32_t>>& u32_globals = {});
     ~KernelObject();
     KernelObject(const KernelObject&) = delete;
     KernelObject& operator=(const KernelObject&) = delete;

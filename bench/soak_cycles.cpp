@@ -16,7 +16,8 @@ public:
     Cycle(pid_t pid, CycleReport& report) : pid_(std::to_string(pid)), report_(report) {}
 
     // Runs `liveio ARGS PID REST`; false (counted, with the output) when it fails.
-    bool step(const std::string& command, std::vector<std::string> rest = {}, std::string* output = nullptr) {
+    bool step(const std::string& command, std::vector<std::string> rest = {},
+              std::string* output = nullptr) {
         std::vector<std::string> args{command, pid_};
         args.insert(args.end(), rest.begin(), rest.end());
         ++report_.steps;
@@ -36,7 +37,8 @@ private:
 
 }  // namespace
 
-void run_attach_cycles(pid_t pid, const CycleOptions& options, SoakClock::time_point deadline, CycleReport& report) {
+void run_attach_cycles(pid_t pid, const CycleOptions& options, SoakClock::time_point deadline,
+                       CycleReport& report) {
     report.per_mechanism.assign(options.mechanisms.size(), 0);
     Cycle cycle(pid, report);
     auto pause = [&] { std::this_thread::sleep_for(options.step); };
@@ -50,7 +52,8 @@ void run_attach_cycles(pid_t pid, const CycleOptions& options, SoakClock::time_p
         ok = ok && cycle.step("load", {"io_stats"}, &loaded);
         std::smatch object;
         if (ok && !std::regex_search(loaded, object, std::regex(R"(object (\d+) stays loaded)"))) {
-            report.failures.add("`liveio load io_stats` did not name the object it loaded:\n" + loaded);
+            report.failures.add("`liveio load io_stats` did not name the object it loaded:\n" +
+                                loaded);
             ok = false;
         }
         for (const auto& policy : policy::catalog()) {
@@ -60,13 +63,15 @@ void run_attach_cycles(pid_t pid, const CycleOptions& options, SoakClock::time_p
         }
         ok = ok && cycle.step("status");
         if (ok && tidy) {
-            for (const auto& policy : policy::catalog()) ok = ok && cycle.step("policy", {"off", policy.name});
+            for (const auto& policy : policy::catalog())
+                ok = ok && cycle.step("policy", {"off", policy.name});
             ok = ok && cycle.step("unload", {object[1].str()});
         }
         // Always detach: also after a failed step, so the next cycle starts from scratch.
         if (control::agent_mapped(pid) || ok) ok = cycle.step("detach") && ok;
         if (control::agent_mapped(pid)) {
-            report.failures.add(fmt::format("liveio-agent.so still mapped in {} after detach", pid));
+            report.failures.add(
+                fmt::format("liveio-agent.so still mapped in {} after detach", pid));
             ok = false;
         }
         if (ok) {

@@ -21,14 +21,15 @@ struct CycleOptions {
 };
 
 struct CycleReport {
-    uint64_t cycles = 0;                 // attach .. detach completed without a failed step
-    std::vector<uint64_t> per_mechanism; // cycles per CycleOptions::mechanisms entry
-    uint64_t steps = 0;                  // liveio commands run
-    FailureLog failures;                 // commands that failed, or an agent left mapped
+    uint64_t cycles = 0;                  // attach .. detach completed without a failed step
+    std::vector<uint64_t> per_mechanism;  // cycles per CycleOptions::mechanisms entry
+    uint64_t steps = 0;                   // liveio commands run
+    FailureLog failures;                  // commands that failed, or an agent left mapped
 };
 
 // Cycles until `deadline`; a failed step is counted, then the cycle is abandoned with a detach
 // so the next one starts from a process without the agent.
-void run_attach_cycles(pid_t pid, const CycleOptions& options, SoakClock::time_point deadline, CycleReport& report);
+void run_attach_cycles(pid_t pid, const CycleOptions& options, SoakClock::time_point deadline,
+                       CycleReport& report);
 
 }  // namespace liveio::bench

@@ -37,7 +37,9 @@ std::string find_benchmark() {
 
 }  // namespace
 
-std::string soak_value(uint64_t n) { return fmt::format("soak-{}-{}", n, (n * 2654435761u) % 1000003); }
+std::string soak_value(uint64_t n) {
+    return fmt::format("soak-{}-{}", n, (n * 2654435761u) % 1000003);
+}
 
 std::vector<std::string> soak_create_sql() {
     return {"DROP TABLE IF EXISTS soak_log", "DROP TABLE IF EXISTS soak_mt",
@@ -61,7 +63,8 @@ std::vector<std::string> FailureLog::first() const {
     return first_;
 }
 
-SoakLoad::SoakLoad(const clickhouse::LocalServer& server, std::vector<clickhouse::Query> mix, SoakLoadOptions options)
+SoakLoad::SoakLoad(const clickhouse::LocalServer& server, std::vector<clickhouse::Query> mix,
+                   SoakLoadOptions options)
     : server_(server), mix_(std::move(mix)), options_(options), written_(std::size(kSoakTables)) {
     if (options_.benchmark_concurrency == 0) {
         bench_note_ = "clickhouse-benchmark not used (--benchmark-concurrency 0)";
@@ -69,7 +72,9 @@ SoakLoad::SoakLoad(const clickhouse::LocalServer& server, std::vector<clickhouse
     }
     bench_binary_ = find_benchmark();
     if (bench_binary_.empty()) {
-        bench_note_ = "clickhouse-benchmark not found (Debian clickhouse-tools): queries from the checkers only";
+        bench_note_ =
+            "clickhouse-benchmark not found (Debian clickhouse-tools): queries from the checkers "
+            "only";
         return;
     }
     bench_queries_file_ = server_.dir() + "/soak-queries.sql";
@@ -85,9 +90,11 @@ SoakLoad::SoakLoad(const clickhouse::LocalServer& server, std::vector<clickhouse
 SoakLoad::~SoakLoad() { join(); }
 
 void SoakLoad::run(SoakClock::time_point deadline) {
-    for (size_t i = 0; i < options_.checkers; ++i) threads_.emplace_back([this, i, deadline] { check_loop(i, deadline); });
+    for (size_t i = 0; i < options_.checkers; ++i)
+        threads_.emplace_back([this, i, deadline] { check_loop(i, deadline); });
     threads_.emplace_back([this, deadline] { write_loop(deadline); });
-    if (!bench_binary_.empty()) threads_.emplace_back([this, deadline] { benchmark_loop(deadline); });
+    if (!bench_binary_.empty())
+        threads_.emplace_back([this, deadline] { benchmark_loop(deadline); });
 }
 
 void SoakLoad::join() {
@@ -110,15 +117,16 @@ void SoakLoad::check_loop(size_t index, SoakClock::time_point deadline) {
         // Every few passes the first checker empties the mark cache, so marks are read from
         // their files again while liveio is attached.
         if (index == 0 && i % (mix_.size() * 4) == 0) {
-            if (auto r = client.execute("SYSTEM DROP MARK CACHE"); !r) query_failures_.add("SYSTEM DROP MARK CACHE: " + r.error().message);
+            if (auto r = client.execute("SYSTEM DROP MARK CACHE"); !r)
+                query_failures_.add("SYSTEM DROP MARK CACHE: " + r.error().message);
         }
         auto got = client.query(q.sql);
         checked_.fetch_add(1);
         if (!got)
             query_failures_.add(fmt::format("{}: error: {}", q.name, got.error().message));
         else if (*got != q.expected)
-            query_failures_.add(fmt::format("{}: answered '{}' instead of '{}'", q.name, got->substr(0, 200),
-                                            q.expected.substr(0, 200)));
+            query_failures_.add(fmt::format("{}: answered '{}' instead of '{}'", q.name,
+                                            got->substr(0, 200), q.expected.substr(0, 200)));
         ++i;
     }
 }
@@ -140,7 +148,8 @@ void SoakLoad::write_loop(SoakClock::time_point deadline) {
             auto r = client.insert(kSoakTables[t], clickhouse::InsertFormat::TabSeparated, rows);
             inserts_.fetch_add(1);
             if (!r) {
-                insert_failures_.add(fmt::format("insert of batch {} into {}: {}", batch, kSoakTables[t], r.error().message));
+                insert_failures_.add(fmt::format("insert of batch {} into {}: {}", batch,
+                                                 kSoakTables[t], r.error().message));
                 continue;
             }
             std::lock_guard lock(written_mu_);
@@ -154,7 +163,8 @@ void SoakLoad::write_loop(SoakClock::time_point deadline) {
 
 void SoakLoad::benchmark_loop(SoakClock::time_point deadline) {
     for (;;) {
-        const auto left = std::chrono::duration_cast<std::chrono::seconds>(deadline - SoakClock::now()).count();
+        const auto left =
+            std::chrono::duration_cast<std::chrono::seconds>(deadline - SoakClock::now()).count();
         if (left < 1) return;
         auto r = run_benchmark(static_cast<int>(std::min<long>(left, kBenchmarkChunkSeconds)));
         if (!r) {
@@ -173,12 +183,18 @@ Result<uint64_t> SoakLoad::run_benchmark(int seconds) {
     const std::string json_path = server_.dir() + "/soak-benchmark.json";
     const std::string log_path = server_.dir() + "/soak-benchmark.log";
     ::unlink(json_path.c_str());
-    std::vector<std::string> args = {bench_binary_,      "--host",
-                                     "127.0.0.1",        "--port",
-                                     std::to_string(server_.ports().tcp), "--concurrency",
-                                     std::to_string(options_.benchmark_concurrency), "--delay",
-                                     "0",                "--timelimit",
-                                     std::to_string(seconds), "--json",
+    std::vector<std::string> args = {bench_binary_,
+                                     "--host",
+                                     "127.0.0.1",
+                                     "--port",
+                                     std::to_string(server_.ports().tcp),
+                                     "--concurrency",
+                                     std::to_string(options_.benchmark_concurrency),
+                                     "--delay",
+                                     "0",
+                                     "--timelimit",
+                                     std::to_string(seconds),
+                                     "--json",
                                      json_path};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -215,18 +231,21 @@ Result<uint64_t> SoakLoad::run_benchmark(int seconds) {
         std::istringstream log(read_all(log_path));
         std::string why;
         for (std::string line; std::getline(log, line);)
-            if (line.find("Exception") != std::string::npos || line.find("rror") != std::string::npos) {
+            if (line.find("Exception") != std::string::npos ||
+                line.find("rror") != std::string::npos) {
                 why += line + " ";
                 if (why.size() > 300) break;
             }
-        return make_error(EIO, fmt::format("clickhouse-benchmark {}: {}",
-                                           WIFEXITED(status) ? fmt::format("exit status {}", WEXITSTATUS(status))
-                                                             : fmt::format("signal {}", WTERMSIG(status)),
-                                           why));
+        return make_error(
+            EIO, fmt::format("clickhouse-benchmark {}: {}",
+                             WIFEXITED(status) ? fmt::format("exit status {}", WEXITSTATUS(status))
+                                               : fmt::format("signal {}", WTERMSIG(status)),
+                             why));
     }
     std::smatch m;
     if (!std::regex_search(report, m, std::regex(R"("num_queries":\s*(\d+))")))
-        return make_error(EIO, "clickhouse-benchmark wrote no report: " + read_all(log_path).substr(0, 300));
+        return make_error(
+            EIO, "clickhouse-benchmark wrote no report: " + read_all(log_path).substr(0, 300));
     return std::stoull(m[1].str());
 }
 

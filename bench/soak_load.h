@@ -49,14 +49,15 @@ private:
 };
 
 struct SoakLoadOptions {
-    size_t checkers = 2;            // HTTP threads comparing answers
+    size_t checkers = 2;               // HTTP threads comparing answers
     size_t benchmark_concurrency = 2;  // clickhouse-benchmark -c; 0: no clickhouse-benchmark
     std::chrono::milliseconds write_interval{250};
 };
 
 class SoakLoad {
 public:
-    SoakLoad(const clickhouse::LocalServer& server, std::vector<clickhouse::Query> mix, SoakLoadOptions options);
+    SoakLoad(const clickhouse::LocalServer& server, std::vector<clickhouse::Query> mix,
+             SoakLoadOptions options);
     ~SoakLoad();
     SoakLoad(const SoakLoad&) = delete;
     SoakLoad& operator=(const SoakLoad&) = delete;

@@ -54,7 +54,8 @@ size_t ProcessSnapshot::io_uring_workers() const {
 std::vector<std::string> ProcessSnapshot::liveio_resources() const {
     std::vector<std::string> out;
     for (auto& [kind, count] : fds)
-        if (kind.find("io_uring") != std::string::npos || kind.find("eventfd") != std::string::npos ||
+        if (kind.find("io_uring") != std::string::npos ||
+            kind.find("eventfd") != std::string::npos ||
             kind.find("memfd:liveio") != std::string::npos)
             out.push_back(fmt::format("{} descriptor(s) {}", count, kind));
     for (auto& [name, count] : threads)
@@ -66,7 +67,8 @@ std::vector<std::string> ProcessSnapshot::liveio_resources() const {
 
 Result<ProcessSnapshot> snapshot_process(pid_t pid) {
     const std::string proc = fmt::format("/proc/{}", pid);
-    if (::access(proc.c_str(), F_OK) != 0) return make_error(ESRCH, fmt::format("process {} is gone", pid));
+    if (::access(proc.c_str(), F_OK) != 0)
+        return make_error(ESRCH, fmt::format("process {} is gone", pid));
     ProcessSnapshot s;
     for (const std::string& fd : dir_entries(proc + "/fd")) {
         char buf[4096];
@@ -84,7 +86,8 @@ Result<ProcessSnapshot> snapshot_process(pid_t pid) {
         // "start-end perms offset dev inode path": perms is the second field.
         const size_t sp = line.find(' ');
         const std::string perms = sp == std::string::npos ? "" : line.substr(sp + 1, 4);
-        if (line.find("liveio-agent.so") != std::string::npos || line.find("memfd:liveio") != std::string::npos)
+        if (line.find("liveio-agent.so") != std::string::npos ||
+            line.find("memfd:liveio") != std::string::npos)
             s.liveio_mappings.push_back(line);
         if (perms.size() == 4 && perms[1] == 'w' && perms[2] == 'x') s.wx_mappings.push_back(line);
     }
@@ -94,7 +97,8 @@ Result<ProcessSnapshot> snapshot_process(pid_t pid) {
     return s;
 }
 
-std::string describe_change(const std::map<std::string, int>& before, const std::map<std::string, int>& after) {
+std::string describe_change(const std::map<std::string, int>& before,
+                            const std::map<std::string, int>& after) {
     std::map<std::string, int> delta;
     for (auto& [k, n] : after) delta[k] += n;
     for (auto& [k, n] : before) delta[k] -= n;

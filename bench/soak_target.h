@@ -41,6 +41,7 @@ struct ProcessSnapshot {
 Result<ProcessSnapshot> snapshot_process(pid_t pid);
 
 // "+2 socket, -1 pipe": kinds whose count changed from `before` to `after`.
-std::string describe_change(const std::map<std::string, int>& before, const std::map<std::string, int>& after);
+std::string describe_change(const std::map<std::string, int>& before,
+                            const std::map<std::string, int>& after);
 
 }  // namespace liveio::bench

@@ -42,11 +42,13 @@ inline std::vector<char> pattern(size_t size, uint32_t seed) {
 
 // Creates (or truncates) `path` holding `content` and returns it open with `flags` (the
 // caller closes it); a failure is recorded.
-inline int create_file(const std::string& path, const std::vector<char>& content, int flags = O_RDWR) {
+inline int create_file(const std::string& path, const std::vector<char>& content,
+                       int flags = O_RDWR) {
     const int fd = ::open(path.c_str(), flags | O_CREAT | O_TRUNC, 0600);
     EXPECT_GE(fd, 0) << path;
     if (fd >= 0 && !content.empty()) {
-        EXPECT_EQ(::pwrite(fd, content.data(), content.size(), 0), static_cast<ssize_t>(content.size()));
+        EXPECT_EQ(::pwrite(fd, content.data(), content.size(), 0),
+                  static_cast<ssize_t>(content.size()));
     }
     return fd;
 }

@@ -19,7 +19,8 @@ inline std::string ensure_tracefs(const std::string& probe = "raw_syscalls/sys_e
     const std::string events = "/sys/kernel/tracing/events/";
     struct stat st {};
     if (::stat((events + probe).c_str(), &st) == 0) return "";
-    if (::geteuid() != 0) return "tracefs is not mounted at /sys/kernel/tracing (mounting it needs root)";
+    if (::geteuid() != 0)
+        return "tracefs is not mounted at /sys/kernel/tracing (mounting it needs root)";
     if (::mount("nodev", "/sys/kernel/tracing", "tracefs", 0, nullptr) != 0 && errno != EBUSY)
         return std::string("cannot mount tracefs at /sys/kernel/tracing: ") + std::strerror(errno);
     if (::stat((events + probe).c_str(), &st) != 0) return "the kernel has no tracepoint " + probe;

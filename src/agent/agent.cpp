@@ -20,11 +20,11 @@
 
 namespace liveio::agent {
 
-using control::LineBuffer;
-using control::kMaxRequestBytes;
 using control::control_socket_name;
 using control::kAgentVersion;
+using control::kMaxRequestBytes;
 using control::kProtocolVersion;
+using control::LineBuffer;
 using control::make_error_response;
 using control::make_ok;
 using control::render_response;
@@ -132,7 +132,8 @@ Result<std::unique_ptr<Agent>> Agent::start(AgentOptions options) {
         agent->thread_ = std::thread([a = agent.get()] { a->serve(); });
     } catch (const std::exception& e) {
         pthread_sigmask(SIG_SETMASK, &old, nullptr);
-        return make_error(EAGAIN, std::string("cannot start the agent control thread: ") + e.what());
+        return make_error(EAGAIN,
+                          std::string("cannot start the agent control thread: ") + e.what());
     }
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
     return agent;
@@ -143,7 +144,8 @@ Result<void> Agent::open_socket() {
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     const std::string& name = options_.socket_name;
-    if (name.size() > sizeof(addr.sun_path)) return make_error(ENAMETOOLONG, "socket name too long");
+    if (name.size() > sizeof(addr.sun_path))
+        return make_error(ENAMETOOLONG, "socket name too long");
     std::memcpy(addr.sun_path, name.data(), name.size());
     listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (listen_fd_ < 0) return make_error(errno, errno_text("agent socket"));
@@ -194,10 +196,12 @@ Result<json> Agent::install(const json& spec) {
         options.mechanism = *m;
         for (const char* key : {"objects", "functions"}) {
             if (!spec.contains(key) || spec[key].is_null()) continue;
-            if (!spec[key].is_array()) return make_error(EINVAL, std::string(key) + " must be an array of strings");
+            if (!spec[key].is_array())
+                return make_error(EINVAL, std::string(key) + " must be an array of strings");
             auto& out = key[0] == 'o' ? options.objects : options.functions;
             for (auto& v : spec[key]) {
-                if (!v.is_string()) return make_error(EINVAL, std::string(key) + " must be an array of strings");
+                if (!v.is_string())
+                    return make_error(EINVAL, std::string(key) + " must be an array of strings");
                 out.push_back(v.get<std::string>());
             }
         }
@@ -237,7 +241,8 @@ Result<json> Agent::uninstall(std::optional<hook::Mechanism> mechanism) {
         removed.push_back(mechanism_name(m));
     }
     if (mechanism && removed.empty())
-        return make_error(ENOENT, std::string("mechanism ") + mechanism_name(*mechanism) + " is not installed");
+        return make_error(
+            ENOENT, std::string("mechanism ") + mechanism_name(*mechanism) + " is not installed");
     return json{{"uninstalled", removed}, {"how", reports}};
 }
 
@@ -252,7 +257,8 @@ json Agent::status() const {
                                       {"calls_dispatched", slot->calls_dispatched()}});
         last_error = last_error_;
     }
-    const double uptime = std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+    const double uptime =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
     json out = {{"pid", ::getpid()},
                 {"agent_version", kAgentVersion},
                 {"protocol", kProtocolVersion},
@@ -261,8 +267,9 @@ json Agent::status() const {
                 {"mechanisms", mechanisms},
                 {"calls", counters_.snapshot()},
                 {"policies", policies_ ? policies_->list() : json::object()},
-                {"control", {{"allowed_uids", {::geteuid(), 0}},
-                             {"refused_connections", refused_connections_.load(std::memory_order_relaxed)}}},
+                {"control",
+                 {{"allowed_uids", {::geteuid(), 0}},
+                  {"refused_connections", refused_connections_.load(std::memory_order_relaxed)}}},
                 {"requests", router_.describe()}};
     if (!options_.library_path.empty())
         out["library"] = {{"path", options_.library_path}, {"handle", options_.library_handle}};
@@ -271,7 +278,8 @@ json Agent::status() const {
     for (size_t i = 0; i < std::size(fault::kPointNames); ++i) {
         const auto p = static_cast<fault::Point>(i);
         if (fault::plan().armed(p) != 0 || fault::plan().injected(p) != 0)
-            faults[fault::kPointNames[i]] = {{"armed", fault::plan().armed(p)}, {"injected", fault::plan().injected(p)}};
+            faults[fault::kPointNames[i]] = {{"armed", fault::plan().armed(p)},
+                                             {"injected", fault::plan().injected(p)}};
     }
     if (!faults.empty()) out["faults"] = faults;
     return out;
@@ -283,27 +291,34 @@ void Agent::register_builtin_requests() {
         if (!r) std::terminate();
     };
     must(router_.add("status", "pid, version, installed mechanisms, calls per syscall, uptime",
-                     [this](const json&) -> Result<Reply> { return Reply{status(), {}, {}}; }));
-    must(router_.add("install", "install {mechanism: got|inline|rewrite, objects: [..], functions: [..]}",
+                     [this](const json&) -> Result<Reply> {
+                         return Reply{status(), {}, {}};
+                     }));
+    must(router_.add("install",
+                     "install {mechanism: got|inline|rewrite, objects: [..], functions: [..]}",
                      [this](const json& req) -> Result<Reply> {
                          auto r = install(req);
                          if (!r) return r.error();
                          return Reply{std::move(r).value(), {}, {}};
                      }));
-    must(router_.add("fault.arm", "fault.arm {point, times}: the next `times` runs of an engine step fail (tests)",
-                     [](const json& req) -> Result<Reply> {
-                         if (!req.contains("point") || !req["point"].is_string() || !req.contains("times") ||
-                             !req["times"].is_number_unsigned() || req["times"].get<uint64_t>() > UINT32_MAX)
-                             return make_error(EINVAL, "expected {\"point\": NAME, \"times\": N}");
-                         const auto point = fault::parse_point(req["point"].get<std::string>());
-                         if (!point) {
-                             std::string names;
-                             for (const char* n : fault::kPointNames) names += (names.empty() ? "" : ", ") + std::string(n);
-                             return make_error(ENOENT, "no fault point '" + req["point"].get<std::string>() + "' (points: " + names + ")");
-                         }
-                         fault::plan().arm(*point, req["times"].get<uint32_t>());
-                         return Reply{};
-                     }));
+    must(router_.add(
+        "fault.arm",
+        "fault.arm {point, times}: the next `times` runs of an engine step fail (tests)",
+        [](const json& req) -> Result<Reply> {
+            if (!req.contains("point") || !req["point"].is_string() || !req.contains("times") ||
+                !req["times"].is_number_unsigned() || req["times"].get<uint64_t>() > UINT32_MAX)
+                return make_error(EINVAL, "expected {\"point\": NAME, \"times\": N}");
+            const auto point = fault::parse_point(req["point"].get<std::string>());
+            if (!point) {
+                std::string names;
+                for (const char* n : fault::kPointNames)
+                    names += (names.empty() ? "" : ", ") + std::string(n);
+                return make_error(ENOENT, "no fault point '" + req["point"].get<std::string>() +
+                                              "' (points: " + names + ")");
+            }
+            fault::plan().arm(*point, req["times"].get<uint32_t>());
+            return Reply{};
+        }));
     must(router_.add("uninstall", "uninstall {mechanism?}: remove one or every mechanism",
                      [this](const json& req) -> Result<Reply> {
                          std::optional<hook::Mechanism> m;
@@ -318,11 +333,12 @@ void Agent::register_builtin_requests() {
                          if (!r) return r.error();
                          return Reply{std::move(r).value(), {}, {}};
                      }));
-    must(router_.add("detach", "uninstall everything and stop serving, so the library can be unloaded",
+    must(router_.add("detach",
+                     "uninstall everything and stop serving, so the library can be unloaded",
                      [this](const json&) -> Result<Reply> {
                          // Drained: nothing in flight, no liveio-io thread (or refused, attached).
                          if (auto off = policies_->off_all(); !off) return off.error();
-                         bpf_->unload_all();     // programs, maps and uprobes go before the library
+                         bpf_->unload_all();  // programs, maps and uprobes go before the library
                          auto r = uninstall(std::nullopt);
                          if (!r) return r.error();
                          Reply reply;
@@ -394,8 +410,11 @@ void Agent::serve() {
                 keep = handle_line(conns[i], *line);
             }
             if (keep && conns[i].in.overflowed()) {
-                (void)respond(conns[i].fd, make_error_response(nullptr, make_error(E2BIG,
-                    "request longer than " + std::to_string(kMaxRequestBytes) + " bytes")));
+                (void)respond(conns[i].fd,
+                              make_error_response(
+                                  nullptr, make_error(E2BIG, "request longer than " +
+                                                                 std::to_string(kMaxRequestBytes) +
+                                                                 " bytes")));
                 keep = false;
             }
             if (!keep) close_conn(i);
@@ -408,13 +427,21 @@ void Agent::serve() {
                 const bool known = ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
                 if (!known || (cred.uid != 0 && cred.uid != own_uid)) {
                     refused_connections_.fetch_add(1, std::memory_order_relaxed);
-                    (void)respond(fd, make_error_response(nullptr, make_error(EACCES,
-                        "permission denied: uid " + (known ? std::to_string(cred.uid) : std::string("unknown")) +
-                        " may not control process " + std::to_string(::getpid()) + "; only its owner (uid " +
-                        std::to_string(own_uid) + ") and root may")));
+                    (void)respond(
+                        fd, make_error_response(
+                                nullptr, make_error(EACCES, "permission denied: uid " +
+                                                                (known ? std::to_string(cred.uid)
+                                                                       : std::string("unknown")) +
+                                                                " may not control process " +
+                                                                std::to_string(::getpid()) +
+                                                                "; only its owner (uid " +
+                                                                std::to_string(own_uid) +
+                                                                ") and root may")));
                     ::close(fd);
                 } else if (conns.size() >= kMaxConnections) {
-                    (void)respond(fd, make_error_response(nullptr, make_error(EBUSY, "too many control connections")));
+                    (void)respond(
+                        fd, make_error_response(nullptr,
+                                                make_error(EBUSY, "too many control connections")));
                     ::close(fd);
                 } else {
                     conns.push_back(Connection{fd});

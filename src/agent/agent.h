@@ -97,7 +97,7 @@ private:
     RequestRouter router_;
     std::unique_ptr<BpfHost> bpf_;
     std::unique_ptr<AgentPipeline> pipeline_;
-    std::unique_ptr<PolicyHost> policies_;    // holds the pipeline's redirector slot while on
+    std::unique_ptr<PolicyHost> policies_;  // holds the pipeline's redirector slot while on
 
     mutable std::mutex mu_;  // guards interceptors_ and last_error_
     std::unique_ptr<hook::Interceptor> interceptors_[3];

@@ -68,7 +68,8 @@ void fill_io(liveio_io_ctx& io, const hook::SyscallCall& call, pid_t tid, bool e
     io.size = sizeof io;
     io.tid = static_cast<uint32_t>(tid);
     io.nr = static_cast<uint64_t>(call.nr);
-    io.fd = s.fd_arg >= 0 ? static_cast<int>(call.args[s.fd_arg]) : (exit && s.fd_event && result >= 0 ? result : -1);
+    io.fd = s.fd_arg >= 0 ? static_cast<int>(call.args[s.fd_arg])
+                          : (exit && s.fd_event && result >= 0 ? result : -1);
     io.offset = s.offset_arg >= 0 ? call.args[s.offset_arg] : -1;
     const bool done = exit && result >= 0;
     switch (s.count) {
@@ -81,7 +82,8 @@ void fill_io(liveio_io_ctx& io, const hook::SyscallCall& call, pid_t tid, bool e
         case IoShape::kCountMsg:
             if (done && call.args[s.count_arg] != 0) {
                 const auto* msg = reinterpret_cast<const msghdr*>(call.args[s.count_arg]);
-                io.count = iovec_bytes(reinterpret_cast<long>(msg->msg_iov), static_cast<long>(msg->msg_iovlen));
+                io.count = iovec_bytes(reinterpret_cast<long>(msg->msg_iov),
+                                       static_cast<long>(msg->msg_iovlen));
             }
             break;
     }
@@ -92,7 +94,7 @@ void fill_io(liveio_io_ctx& io, const hook::SyscallCall& call, pid_t tid, bool e
     if (io.fd >= 0) {
         // A closed descriptor cannot be classified any more: only what was cached counts.
         const FdInfo info = call.nr == SYS_close && exit ? fds.peek(static_cast<int>(io.fd))
-                                                          : fds.get(static_cast<int>(io.fd));
+                                                         : fds.get(static_cast<int>(io.fd));
         io.file_class = info.file_class;
         io.file_id = info.file_id;
     }
@@ -101,9 +103,12 @@ void fill_io(liveio_io_ctx& io, const hook::SyscallCall& call, pid_t tid, bool e
 void invalidate_fds(FdClassCache& fds, const hook::SyscallCall& call, long result) {
     switch (call.nr) {
         case SYS_close: fds.invalidate(static_cast<int>(call.args[0])); return;
-        case SYS_pipe: case SYS_pipe2: case SYS_socketpair: {
+        case SYS_pipe:
+        case SYS_pipe2:
+        case SYS_socketpair: {
             if (result != 0) return;
-            const int* pair = reinterpret_cast<const int*>(call.args[call.nr == SYS_socketpair ? 3 : 0]);
+            const int* pair =
+                reinterpret_cast<const int*>(call.args[call.nr == SYS_socketpair ? 3 : 0]);
             fds.invalidate(pair[0]);
             fds.invalidate(pair[1]);
             return;
@@ -126,7 +131,8 @@ uint64_t cached_pid_tgid(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ebpf:
     if (ts.tid_pid == 0)
         return static_cast<uint64_t>(hook::raw_syscall(SYS_getpid)) << 32 |
                static_cast<uint32_t>(hook::raw_syscall(SYS_gettid));
-    return static_cast<uint64_t>(static_cast<uint32_t>(ts.tid_pid)) << 32 | static_cast<uint32_t>(ts.tid);
+    return static_cast<uint64_t>(static_cast<uint32_t>(ts.tid_pid)) << 32 |
+           static_cast<uint32_t>(ts.tid);
 }
 
 ebpf::HelperTable host_helpers() {
@@ -180,7 +186,8 @@ Result<std::unique_ptr<BpfHost>> BpfHost::create(Options options) {
     auto runtime = ebpf::Runtime::create(ro);
     if (!runtime) return runtime.error();
     try {
-        return std::unique_ptr<BpfHost>(new BpfHost(std::move(options), std::move(runtime).value()));
+        return std::unique_ptr<BpfHost>(
+            new BpfHost(std::move(options), std::move(runtime).value()));
     } catch (const std::bad_alloc&) {
         return make_error(ENOMEM, "cannot allocate the BPF host");
     }
@@ -189,7 +196,8 @@ Result<std::unique_ptr<BpfHost>> BpfHost::create(Options options) {
 BpfHost::BpfHost(Options options, std::unique_ptr<ebpf::Runtime> runtime)
     : options_(std::move(options)), runtime_(std::move(runtime)), helpers_(host_helpers()) {
     const long page = ::sysconf(_SC_PAGESIZE);
-    void* p = ::mmap(nullptr, static_cast<size_t>(page), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* p = ::mmap(nullptr, static_cast<size_t>(page), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
     // Without WIPEONFORK (kernels before 4.14) a forked child would keep its parent's tids;
     // every supported kernel has it.
@@ -251,8 +259,10 @@ __attribute__((noinline)) void BpfHost::run_edge(CallFrame& frame, bool exit) {
     liveio_io_ctx io;
     bool tp_ready = false, raw_ready = false, io_ready = false;
     // liveio_io_load: the bytes a read returned, for the io_exit programs of this call.
-    const bool returned_data = exit && result > 0 && (call.nr == SYS_read || call.nr == SYS_pread64);
-    policy::ReadDataScope read_data(returned_data ? &io : nullptr, reinterpret_cast<const void*>(call.args[1]),
+    const bool returned_data =
+        exit && result > 0 && (call.nr == SYS_read || call.nr == SYS_pread64);
+    policy::ReadDataScope read_data(returned_data ? &io : nullptr,
+                                    reinterpret_cast<const void*>(call.args[1]),
                                     returned_data ? static_cast<size_t>(result) : 0);
     for (const ProgramRun& run : list->runs) {
         switch (run.ctx) {
@@ -262,7 +272,8 @@ __attribute__((noinline)) void BpfHost::run_edge(CallFrame& frame, bool exit) {
                     if (exit)
                         tp.args[0] = static_cast<uint64_t>(result);
                     else
-                        for (int i = 0; i < 6; ++i) tp.args[i] = static_cast<uint64_t>(call.args[i]);
+                        for (int i = 0; i < 6; ++i)
+                            tp.args[i] = static_cast<uint64_t>(call.args[i]);
                     tp_ready = true;
                 }
                 run_program(run, &tp, exit ? kSysExitCtxSize : sizeof tp);
@@ -279,7 +290,8 @@ __attribute__((noinline)) void BpfHost::run_edge(CallFrame& frame, bool exit) {
             case CtxKind::Io:
                 if (!timed) break;
                 if (!io_ready) {
-                    fill_io(io, call, tid, exit, result, start, exit ? clock_.now_ns() : start, fd_classes_);
+                    fill_io(io, call, tid, exit, result, start, exit ? clock_.now_ns() : start,
+                            fd_classes_);
                     io_ready = true;
                 }
                 run_program(run, &io, sizeof io);
@@ -318,10 +330,18 @@ void BpfHost::publish_lists() {
                 case AttachKind::SyscallExit:
                     if (p->point.nr == nr) exit->runs.push_back({exe, CtxKind::Tracepoint, runs});
                     break;
-                case AttachKind::RawSyscallsEnter: enter->runs.push_back({exe, CtxKind::Tracepoint, runs}); break;
-                case AttachKind::RawSyscallsExit: exit->runs.push_back({exe, CtxKind::Tracepoint, runs}); break;
-                case AttachKind::RawTpEnter: enter->runs.push_back({exe, CtxKind::RawTracepoint, runs}); break;
-                case AttachKind::RawTpExit: exit->runs.push_back({exe, CtxKind::RawTracepoint, runs}); break;
+                case AttachKind::RawSyscallsEnter:
+                    enter->runs.push_back({exe, CtxKind::Tracepoint, runs});
+                    break;
+                case AttachKind::RawSyscallsExit:
+                    exit->runs.push_back({exe, CtxKind::Tracepoint, runs});
+                    break;
+                case AttachKind::RawTpEnter:
+                    enter->runs.push_back({exe, CtxKind::RawTracepoint, runs});
+                    break;
+                case AttachKind::RawTpExit:
+                    exit->runs.push_back({exe, CtxKind::RawTracepoint, runs});
+                    break;
                 case AttachKind::IoEnter:
                     if (shape.io) {
                         enter->runs.push_back({exe, CtxKind::Io, runs});
@@ -352,7 +372,8 @@ void BpfHost::publish_lists() {
         auto list = std::make_unique<EdgeList>();
         for (auto& [id, obj] : objects_)
             for (auto& p : obj->programs)
-                if (p->probe_address == key.first && (p->point.kind == AttachKind::Uretprobe) == key.second)
+                if (p->probe_address == key.first &&
+                    (p->point.kind == AttachKind::Uretprobe) == key.second)
                     list->runs.push_back({p->exe.get(), CtxKind::Tracepoint, &p->runs});
         site->list.store(list->runs.empty() ? nullptr : list.get(), std::memory_order_release);
         if (!list->runs.empty()) fresh.push_back(std::move(list));
@@ -404,10 +425,13 @@ Result<BpfHost::ObjectInfo> BpfHost::load(const LoadRequest& request) {
     hook::Dispatcher::ScopedInside inside;
     const std::string& path = request.path;
     if (path.empty() || path[0] != '/')
-        return make_error(EINVAL, "bpf.load needs an absolute path to the object, got '" + path + "'");
+        return make_error(EINVAL,
+                          "bpf.load needs an absolute path to the object, got '" + path + "'");
     {
         const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) return make_error(errno, "cannot read " + path + " in the target: " + std::strerror(errno));
+        if (fd < 0)
+            return make_error(errno,
+                              "cannot read " + path + " in the target: " + std::strerror(errno));
         ::close(fd);
     }
     auto opened = ebpf::Object::open(path);
@@ -420,11 +444,13 @@ Result<BpfHost::ObjectInfo> BpfHost::load(const LoadRequest& request) {
 
     std::vector<std::shared_ptr<const ebpf::Program>> selected;
     for (const std::string& want : request.programs) {
-        auto it = std::find_if(programs.begin(), programs.end(), [&](auto& p) { return p->name == want; });
+        auto it = std::find_if(programs.begin(), programs.end(),
+                               [&](auto& p) { return p->name == want; });
         if (it == programs.end()) {
             std::string names;
             for (auto& p : programs) names += (names.empty() ? "" : ", ") + p->name;
-            return make_error(ENOENT, "no program '" + want + "' in " + path + " (programs: " + names + ")");
+            return make_error(
+                ENOENT, "no program '" + want + "' in " + path + " (programs: " + names + ")");
         }
         selected.push_back(*it);
     }
@@ -442,7 +468,9 @@ Result<BpfHost::ObjectInfo> BpfHost::load(const LoadRequest& request) {
     bool syscall_edges = false;
     for (auto& program : selected) {
         auto point = parse_attach_point(program->section);
-        if (!point) return make_error(point.error().code, "program '" + program->name + "': " + point.error().message);
+        if (!point)
+            return make_error(point.error().code,
+                              "program '" + program->name + "': " + point.error().message);
         auto exe = ebpf::Executable::load(program, helpers_, request.engine);
         if (!exe) return exe.error();  // verbatim: it names the program and the instruction
         auto lp = std::make_unique<LoadedProgram>();
@@ -450,7 +478,8 @@ Result<BpfHost::ObjectInfo> BpfHost::load(const LoadRequest& request) {
         lp->section = program->section;
         lp->point = std::move(point).value();
         lp->exe = std::move(exe).value();
-        syscall_edges |= lp->point.kind != AttachKind::Uprobe && lp->point.kind != AttachKind::Uretprobe &&
+        syscall_edges |= lp->point.kind != AttachKind::Uprobe &&
+                         lp->point.kind != AttachKind::Uretprobe &&
                          lp->point.kind != AttachKind::IoComplete;
         obj->programs.push_back(std::move(lp));
     }
@@ -460,11 +489,12 @@ Result<BpfHost::ObjectInfo> BpfHost::load(const LoadRequest& request) {
     }
     obj->info.name = basename_of(path);
     for (auto& p : obj->programs)
-        obj->info.programs.push_back(
-            {p->name, p->section, p->point.describe(), p->exe->engine(), p->exe->program().insns.size(), 0});
+        obj->info.programs.push_back({p->name, p->section, p->point.describe(), p->exe->engine(),
+                                      p->exe->program().insns.size(), 0});
     for (auto& m : obj->object.maps()) {
         const ebpf::MapSpec& spec = m.map->spec();
-        obj->info.maps.push_back({m.name, spec.type, spec.key_size, spec.value_size, spec.max_entries});
+        obj->info.maps.push_back(
+            {m.name, spec.type, spec.key_size, spec.value_size, spec.max_entries});
     }
 
     std::lock_guard lock(mu_);
@@ -489,7 +519,8 @@ Result<void> BpfHost::unload(uint32_t object) {
     {
         std::lock_guard lock(mu_);
         auto it = objects_.find(object);
-        if (it == objects_.end()) return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
+        if (it == objects_.end())
+            return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
         gone = std::move(it->second);
         objects_.erase(it);
         publish_lists();  // returns once no thread runs the object's programs
@@ -522,7 +553,8 @@ std::vector<BpfHost::ObjectInfo> BpfHost::list() const {
 Result<std::vector<std::shared_ptr<ebpf::Map>>> BpfHost::maps(uint32_t object) const {
     std::lock_guard lock(mu_);
     auto it = objects_.find(object);
-    if (it == objects_.end()) return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
+    if (it == objects_.end())
+        return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
     std::vector<std::shared_ptr<ebpf::Map>> out;
     for (auto& m : it->second->object.maps()) out.push_back(m.map);
     return out;
@@ -531,14 +563,16 @@ Result<std::vector<std::shared_ptr<ebpf::Map>>> BpfHost::maps(uint32_t object) c
 Result<BpfHost::ObjectInfo> BpfHost::describe(uint32_t object) const {
     std::lock_guard lock(mu_);
     auto it = objects_.find(object);
-    if (it == objects_.end()) return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
+    if (it == objects_.end())
+        return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
     return it->second->info;
 }
 
 Result<BpfHost::ObjectPrograms> BpfHost::object_programs(uint32_t object) const {
     std::lock_guard lock(mu_);
     auto it = objects_.find(object);
-    if (it == objects_.end()) return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
+    if (it == objects_.end())
+        return make_error(ENOENT, "no BPF object " + std::to_string(object) + " is loaded");
     ObjectPrograms out;
     for (auto& p : it->second->programs) {
         out.programs.push_back(&p->exe->program());

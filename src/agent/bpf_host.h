@@ -87,8 +87,8 @@ public:
         uint32_t max_entries = 0;
     };
     struct ObjectInfo {
-        uint32_t id = 0;                   // the handle of unload(), maps(), map()
-        std::string name;                  // the object file's name
+        uint32_t id = 0;                    // the handle of unload(), maps(), map()
+        std::string name;                   // the object file's name
         std::vector<ProgramInfo> programs;  // the attached ones, in load order
         std::vector<MapInfo> maps;          // in the order of maps()
     };
@@ -138,11 +138,13 @@ public:
     }
     void exit(CallFrame& frame) override {
         const auto nr = static_cast<unsigned long>(frame.call.nr);
-        if (nr < kMaxSyscalls && exit_[nr].load(std::memory_order_relaxed) != nullptr) [[unlikely]] {
+        if (nr < kMaxSyscalls && exit_[nr].load(std::memory_order_relaxed) != nullptr)
+            [[unlikely]] {
             // A read of a file the policies prefetched: its bytes are "used" (before the
             // programs run, so their feedback includes this read).
             if (policy::Runtime* rt = policy_.load(std::memory_order_acquire);
-                rt != nullptr && frame.result > 0 && (frame.call.nr == 0 /* read */ || frame.call.nr == 17 /* pread64 */))
+                rt != nullptr && frame.result > 0 &&
+                (frame.call.nr == 0 /* read */ || frame.call.nr == 17 /* pread64 */))
                 account_read(frame, *rt);
             run_edge(frame, true);
         }
@@ -193,7 +195,7 @@ private:
     std::atomic<const EdgeList*> enter_[kMaxSyscalls] = {};
     std::atomic<const EdgeList*> exit_[kMaxSyscalls] = {};
 
-    mutable std::mutex mu_;  // guards everything below
+    mutable std::mutex mu_;                         // guards everything below
     std::vector<std::unique_ptr<EdgeList>> lists_;  // the published lists
     std::map<uint32_t, std::unique_ptr<LoadedObject>> objects_;
     std::map<std::pair<void*, bool>, std::unique_ptr<ProbeSite>> probes_;  // (address, return)

@@ -33,7 +33,8 @@ EdgeClock::EdgeClock() {
     if (t1 <= t0) return;
     mult_ = static_cast<uint64_t>((static_cast<unsigned __int128>(n1 - n0) << 32) / (t1 - t0));
     if (mult_ == 0) return;
-    refresh_ticks_ = static_cast<uint64_t>((static_cast<unsigned __int128>(100'000'000) << 32) / mult_);
+    refresh_ticks_ =
+        static_cast<uint64_t>((static_cast<unsigned __int128>(100'000'000) << 32) / mult_);
     base_tsc_.store(t1, std::memory_order_relaxed);
     base_ns_.store(n1, std::memory_order_relaxed);
     tsc_ = true;

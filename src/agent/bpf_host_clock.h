@@ -20,16 +20,19 @@ class EdgeClock {
 public:
     EdgeClock();
     uint64_t now_ns() {
-        if (!tsc_) [[unlikely]] return monotonic_ns();
+        if (!tsc_) [[unlikely]]
+            return monotonic_ns();
         const uint64_t t = __builtin_ia32_rdtsc();
         const uint32_t seq = seq_.load(std::memory_order_acquire);
         const uint64_t base_tsc = base_tsc_.load(std::memory_order_relaxed);
         const uint64_t base_ns = base_ns_.load(std::memory_order_relaxed);
         std::atomic_thread_fence(std::memory_order_acquire);
         const uint64_t delta = t - base_tsc;
-        if ((seq & 1) != 0 || seq_.load(std::memory_order_relaxed) != seq || delta > refresh_ticks_) [[unlikely]]
+        if ((seq & 1) != 0 || seq_.load(std::memory_order_relaxed) != seq || delta > refresh_ticks_)
+            [[unlikely]]
             return reanchor();
-        return base_ns + static_cast<uint64_t>((static_cast<unsigned __int128>(delta) * mult_) >> 32);
+        return base_ns +
+               static_cast<uint64_t>((static_cast<unsigned __int128>(delta) * mult_) >> 32);
     }
     bool uses_tsc() const { return tsc_; }
     static uint64_t monotonic_ns();
@@ -38,8 +41,8 @@ private:
     uint64_t reanchor();
 
     bool tsc_ = false;
-    uint64_t mult_ = 0;           // ns per tick, 32.32 fixed point
-    uint64_t refresh_ticks_ = 0;  // anchor age that triggers a refresh
+    uint64_t mult_ = 0;             // ns per tick, 32.32 fixed point
+    uint64_t refresh_ticks_ = 0;    // anchor age that triggers a refresh
     std::atomic<uint32_t> seq_{0};  // odd while a thread writes the anchor
     std::atomic<uint64_t> base_tsc_{0}, base_ns_{0};
 };

@@ -44,8 +44,10 @@ IoShape io_shape(long nr) {
         case SYS_pwrite64: return transfer(W, IoShape::kCountArg, 2, 3);
         case SYS_readv: return transfer(R, IoShape::kCountIov, 2);
         case SYS_writev: return transfer(W, IoShape::kCountIov, 2);
-        case SYS_preadv: case SYS_preadv2: return transfer(R, IoShape::kCountIov, 2, 3);
-        case SYS_pwritev: case SYS_pwritev2: return transfer(W, IoShape::kCountIov, 2, 3);
+        case SYS_preadv:
+        case SYS_preadv2: return transfer(R, IoShape::kCountIov, 2, 3);
+        case SYS_pwritev:
+        case SYS_pwritev2: return transfer(W, IoShape::kCountIov, 2, 3);
         case SYS_recvfrom: return transfer(R, IoShape::kCountArg, 2);
         case SYS_sendto: return transfer(W, IoShape::kCountArg, 2);
         case SYS_recvmsg: return transfer(R, IoShape::kCountMsg, 1);
@@ -54,20 +56,36 @@ IoShape io_shape(long nr) {
         case SYS_copy_file_range: return transfer(W, IoShape::kCountArg, 4);
         case SYS_splice: return transfer(W, IoShape::kCountArg, 4);
         case SYS_lseek: return fd_only(true, false, 0, 1);
-        case SYS_fsync: case SYS_fdatasync: case SYS_ftruncate: return fd_only(true, false);
+        case SYS_fsync:
+        case SYS_fdatasync:
+        case SYS_ftruncate: return fd_only(true, false);
         case SYS_fallocate: return fd_only(true, false, 0, 2);
         case SYS_close: return fd_only(true, true);
         case SYS_connect: return fd_only(true, false);
-        case SYS_accept: case SYS_accept4: return fd_only(true, true);
-        case SYS_open: case SYS_openat: case SYS_openat2: case SYS_creat: return fd_only(true, true, -1);
+        case SYS_accept:
+        case SYS_accept4: return fd_only(true, true);
+        case SYS_open:
+        case SYS_openat:
+        case SYS_openat2:
+        case SYS_creat: return fd_only(true, true, -1);
         // Linux AIO: the descriptors are inside the iocbs; the context id is no descriptor.
-        case SYS_io_setup: case SYS_io_submit: case SYS_io_getevents: case SYS_io_pgetevents:
-        case SYS_io_destroy: case SYS_io_cancel:
-            return fd_only(true, false, -1);
-        case SYS_dup: case SYS_dup2: case SYS_dup3: case SYS_fcntl: return fd_only(false, true);
-        case SYS_socket: case SYS_socketpair: case SYS_pipe: case SYS_pipe2: case SYS_eventfd2:
-        case SYS_memfd_create: case SYS_epoll_create1:
-            return fd_only(false, true, -1);
+        case SYS_io_setup:
+        case SYS_io_submit:
+        case SYS_io_getevents:
+        case SYS_io_pgetevents:
+        case SYS_io_destroy:
+        case SYS_io_cancel: return fd_only(true, false, -1);
+        case SYS_dup:
+        case SYS_dup2:
+        case SYS_dup3:
+        case SYS_fcntl: return fd_only(false, true);
+        case SYS_socket:
+        case SYS_socketpair:
+        case SYS_pipe:
+        case SYS_pipe2:
+        case SYS_eventfd2:
+        case SYS_memfd_create:
+        case SYS_epoll_create1: return fd_only(false, true, -1);
         default: return {};
     }
 }
@@ -89,8 +107,9 @@ uint64_t iovec_bytes_checked(long iov, long count) {
         iovec local{copy, sizeof(iovec) * static_cast<size_t>(chunk)};
         iovec remote{reinterpret_cast<iovec*>(iov) + done, local.iov_len};
         // process_vm_readv reports an unmapped source as an error instead of faulting.
-        if (hook::raw_syscall(SYS_process_vm_readv, hook::raw_syscall(SYS_getpid), reinterpret_cast<long>(&local), 1,
-                              reinterpret_cast<long>(&remote), 1, 0) != static_cast<long>(local.iov_len))
+        if (hook::raw_syscall(SYS_process_vm_readv, hook::raw_syscall(SYS_getpid),
+                              reinterpret_cast<long>(&local), 1, reinterpret_cast<long>(&remote), 1,
+                              0) != static_cast<long>(local.iov_len))
             return sum;
         for (long i = 0; i < chunk; ++i) sum += copy[i].iov_len;
         done += chunk;

@@ -12,11 +12,11 @@ namespace liveio::agent {
 // How a syscall's arguments map onto the I/O context.
 struct IoShape {
     enum Count : uint8_t { kNoCount, kCountArg, kCountIov, kCountMsg };
-    bool io = false;          // the liveio/io_* programs run on this syscall
-    bool fd_event = false;    // it closes or creates a descriptor (the fd class cache forgets)
-    int8_t fd_arg = -1;       // argument holding the descriptor, -1 none
-    int8_t offset_arg = -1;   // argument holding an explicit offset, -1 none
-    int8_t count_arg = -1;    // argument holding the byte count (or iovec count / msghdr)
+    bool io = false;         // the liveio/io_* programs run on this syscall
+    bool fd_event = false;   // it closes or creates a descriptor (the fd class cache forgets)
+    int8_t fd_arg = -1;      // argument holding the descriptor, -1 none
+    int8_t offset_arg = -1;  // argument holding an explicit offset, -1 none
+    int8_t count_arg = -1;   // argument holding the byte count (or iovec count / msghdr)
     Count count = kNoCount;
     uint32_t direction = LIVEIO_IO_OTHER;
 };

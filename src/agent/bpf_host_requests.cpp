@@ -12,7 +12,8 @@ using nlohmann::json;
 constexpr const char* kRequests[] = {"bpf.load", "bpf.unload", "bpf.list", "bpf.maps", "bpf.log"};
 
 Result<uint32_t> object_id(const json& req) {
-    if (!req.contains("object") || !req["object"].is_number_unsigned() || req["object"].get<uint64_t>() > UINT32_MAX)
+    if (!req.contains("object") || !req["object"].is_number_unsigned() ||
+        req["object"].get<uint64_t>() > UINT32_MAX)
         return make_error(EINVAL, "expected {\"object\": <id>} with the id bpf.load returned");
     return req["object"].get<uint32_t>();
 }
@@ -23,7 +24,8 @@ Result<BpfHost::LoadRequest> parse_load(const json& req) {
         return make_error(EINVAL, "bpf.load expects {\"path\": \"/abs/file.bpf.o\"}");
     r.path = req["path"].get<std::string>();
     if (req.contains("engine")) {
-        if (!req["engine"].is_string()) return make_error(EINVAL, "engine must be \"jit\" or \"interp\"");
+        if (!req["engine"].is_string())
+            return make_error(EINVAL, "engine must be \"jit\" or \"interp\"");
         const std::string e = req["engine"].get<std::string>();
         if (e == "jit")
             r.engine = ebpf::Engine::Jit;
@@ -33,9 +35,11 @@ Result<BpfHost::LoadRequest> parse_load(const json& req) {
             return make_error(EINVAL, "unknown engine '" + e + "' (expected jit or interp)");
     }
     if (req.contains("programs") && !req["programs"].is_null()) {
-        if (!req["programs"].is_array()) return make_error(EINVAL, "programs must be an array of program names");
+        if (!req["programs"].is_array())
+            return make_error(EINVAL, "programs must be an array of program names");
         for (auto& p : req["programs"]) {
-            if (!p.is_string()) return make_error(EINVAL, "programs must be an array of program names");
+            if (!p.is_string())
+                return make_error(EINVAL, "programs must be an array of program names");
             r.programs.push_back(p.get<std::string>());
         }
     }
@@ -91,7 +95,8 @@ Result<std::vector<int>> dup_all(const std::vector<int>& fds) {
 Result<void> BpfHost::register_requests(RequestRouter& router) {
     std::vector<std::pair<const char*, std::pair<std::string, RequestHandler>>> handlers = {
         {"bpf.load",
-         {"bpf.load {path, engine?: jit|interp, programs?: [..]}: load, verify and attach a BPF object",
+         {"bpf.load {path, engine?: jit|interp, programs?: [..]}: load, verify and attach a BPF "
+          "object",
           [this](const json& req) -> Result<Reply> {
               auto r = parse_load(req);
               if (!r) return r.error();
@@ -134,7 +139,8 @@ Result<void> BpfHost::register_requests(RequestRouter& router) {
           [this](const json&) -> Result<Reply> {
               auto dups = dup_all({runtime_->trace_log().memfd()});
               if (!dups) return dups.error();
-              return Reply{{{"dropped", runtime_->trace_log().dropped()}}, std::move(dups).value(), {}};
+              return Reply{
+                  {{"dropped", runtime_->trace_log().dropped()}}, std::move(dups).value(), {}};
           }}},
     };
     for (auto& [cmd, entry] : handlers) {

@@ -8,15 +8,10 @@
 namespace liveio::agent {
 namespace {
 
-
 // Names the kernel gives a syscall's tracepoints where they differ from <asm/unistd_64.h>.
 constexpr std::pair<const char*, const char*> kTracepointAliases[] = {
-    {"newfstat", "fstat"},
-    {"newlstat", "lstat"},
-    {"newstat", "stat"},
-    {"newuname", "uname"},
-    {"sendfile64", "sendfile"},
-    {"umount", "umount2"},
+    {"newfstat", "fstat"}, {"newlstat", "lstat"},      {"newstat", "stat"},
+    {"newuname", "uname"}, {"sendfile64", "sendfile"}, {"umount", "umount2"},
 };
 
 // "tracepoint/" or "tp/" stripped, or empty when neither.
@@ -54,7 +49,8 @@ std::string AttachPoint::describe() const {
         case AttachKind::IoComplete: return "liveio/io_complete";
         case AttachKind::Uprobe:
         case AttachKind::Uretprobe: {
-            std::string s = std::string(kind == AttachKind::Uprobe ? "uprobe:" : "uretprobe:") + object + ":" + function;
+            std::string s = std::string(kind == AttachKind::Uprobe ? "uprobe:" : "uretprobe:") +
+                            object + ":" + function;
             if (offset) s += "+" + std::to_string(offset);
             return s;
         }
@@ -85,33 +81,45 @@ Result<AttachPoint> parse_attach_point(std::string_view section) {
                 p.kind = AttachKind::SyscallExit;
                 name = t.substr(9);
             } else {
-                return make_error(EINVAL, quoted + ": expected syscalls/sys_enter_NAME or syscalls/sys_exit_NAME");
+                return make_error(
+                    EINVAL,
+                    quoted + ": expected syscalls/sys_enter_NAME or syscalls/sys_exit_NAME");
             }
             p.nr = syscall_number(name);
-            if (p.nr < 0) return make_error(ENOENT, quoted + ": unknown syscall '" + std::string(name) + "' (x86-64)");
+            if (p.nr < 0)
+                return make_error(
+                    ENOENT, quoted + ": unknown syscall '" + std::string(name) + "' (x86-64)");
             if (p.nr >= kMaxSyscalls)
-                return make_error(ERANGE, quoted + ": syscall number " + std::to_string(p.nr) + " is above the agent's table");
+                return make_error(ERANGE, quoted + ": syscall number " + std::to_string(p.nr) +
+                                              " is above the agent's table");
             return p;
         }
-        return make_error(EOPNOTSUPP, quoted + ": only syscalls/* and raw_syscalls/* tracepoints exist in userspace");
+        return make_error(
+            EOPNOTSUPP,
+            quoted + ": only syscalls/* and raw_syscalls/* tracepoints exist in userspace");
     }
     if (std::string_view t = strip_raw_tracepoint(section); !t.empty()) {
         if (t == "sys_enter") return AttachPoint{AttachKind::RawTpEnter};
         if (t == "sys_exit") return AttachPoint{AttachKind::RawTpExit};
-        return make_error(EOPNOTSUPP, quoted + ": only the sys_enter and sys_exit raw tracepoints exist in userspace");
+        return make_error(
+            EOPNOTSUPP,
+            quoted + ": only the sys_enter and sys_exit raw tracepoints exist in userspace");
     }
     if (section == "liveio/io_enter") return AttachPoint{AttachKind::IoEnter};
     if (section == "liveio/io_exit") return AttachPoint{AttachKind::IoExit};
     if (section == "liveio/io_complete") return AttachPoint{AttachKind::IoComplete};
     if (section.starts_with("liveio/"))
-        return make_error(EOPNOTSUPP, quoted + ": liveio attach points are liveio/io_enter, liveio/io_exit and liveio/io_complete");
+        return make_error(EOPNOTSUPP, quoted +
+                                          ": liveio attach points are liveio/io_enter, "
+                                          "liveio/io_exit and liveio/io_complete");
     for (auto [prefix, kind] : {std::pair{std::string_view("uprobe/"), AttachKind::Uprobe},
                                 std::pair{std::string_view("uretprobe/"), AttachKind::Uretprobe}}) {
         if (!section.starts_with(prefix)) continue;
         std::string_view rest = section.substr(prefix.size());
         const size_t colon = rest.rfind(':');
         if (colon == std::string_view::npos || colon == 0 || colon + 1 == rest.size())
-            return make_error(EINVAL, quoted + ": expected " + std::string(prefix) + "PATH:FUNCTION[+OFFSET]");
+            return make_error(
+                EINVAL, quoted + ": expected " + std::string(prefix) + "PATH:FUNCTION[+OFFSET]");
         p.kind = kind;
         p.object = std::string(rest.substr(0, colon));
         std::string_view fn = rest.substr(colon + 1);
@@ -124,18 +132,22 @@ Result<AttachPoint> parse_attach_point(std::string_view section) {
             }
             auto [end, ec] = std::from_chars(off.data(), off.data() + off.size(), p.offset, base);
             if (ec != std::errc() || end != off.data() + off.size() || off.empty())
-                return make_error(EINVAL, quoted + ": bad offset '" + std::string(fn.substr(plus + 1)) + "'");
+                return make_error(
+                    EINVAL, quoted + ": bad offset '" + std::string(fn.substr(plus + 1)) + "'");
             if (kind == AttachKind::Uretprobe && p.offset != 0)
-                return make_error(EINVAL, quoted + ": a uretprobe attaches to a function's entry (no offset)");
+                return make_error(
+                    EINVAL, quoted + ": a uretprobe attaches to a function's entry (no offset)");
             fn = fn.substr(0, plus);
         }
         if (fn.empty()) return make_error(EINVAL, quoted + ": no function name");
         p.function = std::string(fn);
         return p;
     }
-    return make_error(EOPNOTSUPP, quoted + ": not an attach point of the liveio agent (tracepoint/syscalls/*, "
-                                           "tracepoint/raw_syscalls/*, raw_tracepoint/sys_enter|sys_exit, "
-                                           "liveio/io_enter|io_exit, uprobe/*, uretprobe/*)");
+    return make_error(EOPNOTSUPP,
+                      quoted +
+                          ": not an attach point of the liveio agent (tracepoint/syscalls/*, "
+                          "tracepoint/raw_syscalls/*, raw_tracepoint/sys_enter|sys_exit, "
+                          "liveio/io_enter|io_exit, uprobe/*, uretprobe/*)");
 }
 
 }  // namespace liveio::agent

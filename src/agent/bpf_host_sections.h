@@ -29,17 +29,17 @@ inline constexpr long kMaxSyscalls = 512;
 long syscall_number(std::string_view name);
 
 enum class AttachKind {
-    SyscallEnter,     // tracepoint/syscalls/sys_enter_NAME
-    SyscallExit,      // tracepoint/syscalls/sys_exit_NAME
-    RawSyscallsEnter, // tracepoint/raw_syscalls/sys_enter
-    RawSyscallsExit,  // tracepoint/raw_syscalls/sys_exit
-    RawTpEnter,       // raw_tracepoint/sys_enter
-    RawTpExit,        // raw_tracepoint/sys_exit
-    IoEnter,          // liveio/io_enter
-    IoExit,           // liveio/io_exit
-    IoComplete,       // liveio/io_complete: run by the policy runtime when a read completes
-    Uprobe,           // uprobe/PATH:FUNCTION
-    Uretprobe,        // uretprobe/PATH:FUNCTION
+    SyscallEnter,      // tracepoint/syscalls/sys_enter_NAME
+    SyscallExit,       // tracepoint/syscalls/sys_exit_NAME
+    RawSyscallsEnter,  // tracepoint/raw_syscalls/sys_enter
+    RawSyscallsExit,   // tracepoint/raw_syscalls/sys_exit
+    RawTpEnter,        // raw_tracepoint/sys_enter
+    RawTpExit,         // raw_tracepoint/sys_exit
+    IoEnter,           // liveio/io_enter
+    IoExit,            // liveio/io_exit
+    IoComplete,        // liveio/io_complete: run by the policy runtime when a read completes
+    Uprobe,            // uprobe/PATH:FUNCTION
+    Uretprobe,         // uretprobe/PATH:FUNCTION
 };
 
 struct AttachPoint {

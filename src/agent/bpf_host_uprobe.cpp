@@ -64,9 +64,12 @@ Result<uintptr_t> symbol_in_file(const LoadedModule& module, const std::string& 
     ::elf_version(EV_CURRENT);
     Elf* elf = ::elf_begin(fd, ELF_C_READ, nullptr);
     uintptr_t address = 0;
-    for (Elf_Scn* scn = nullptr; elf != nullptr && address == 0 && (scn = ::elf_nextscn(elf, scn)) != nullptr;) {
+    for (Elf_Scn* scn = nullptr;
+         elf != nullptr && address == 0 && (scn = ::elf_nextscn(elf, scn)) != nullptr;) {
         GElf_Shdr sh;
-        if (::gelf_getshdr(scn, &sh) == nullptr || (sh.sh_type != SHT_SYMTAB && sh.sh_type != SHT_DYNSYM)) continue;
+        if (::gelf_getshdr(scn, &sh) == nullptr ||
+            (sh.sh_type != SHT_SYMTAB && sh.sh_type != SHT_DYNSYM))
+            continue;
         Elf_Data* data = ::elf_getdata(scn, nullptr);
         const size_t count = sh.sh_entsize ? sh.sh_size / sh.sh_entsize : 0;
         for (size_t i = 0; data != nullptr && i < count; ++i) {
@@ -107,6 +110,5 @@ Result<void*> resolve_uprobe_target(const AttachPoint& point) {
     }
     return static_cast<char*>(address) + point.offset;
 }
-
 
 }  // namespace liveio::agent

@@ -32,20 +32,24 @@ std::atomic<uint64_t> g_next_id{1};
 }  // namespace
 
 CallCounters::CallCounters()
-    : id_(g_next_id.fetch_add(1, std::memory_order_relaxed)), threads_(new ThreadBlock[kThreadBlocks]) {}
+    : id_(g_next_id.fetch_add(1, std::memory_order_relaxed)),
+      threads_(new ThreadBlock[kThreadBlocks]) {}
 
 CallCounters::~CallCounters() {
     for (size_t i = 0; i < kThreadBlocks; ++i)
-        if (Block* b = threads_[i].block.load(std::memory_order_relaxed)) ::munmap(b, sizeof(Block));
+        if (Block* b = threads_[i].block.load(std::memory_order_relaxed))
+            ::munmap(b, sizeof(Block));
 }
 
 // Raw syscalls only: runs on a thread's first counted call, possibly inside the allocator.
 CallCounters::Block* CallCounters::claim_block() {
-    ThreadBlock* t = claim_thread_slot(threads_.get(), kThreadBlocks, [](const ThreadBlock&) { return true; });
+    ThreadBlock* t =
+        claim_thread_slot(threads_.get(), kThreadBlocks, [](const ThreadBlock&) { return true; });
     if (t == nullptr) return nullptr;
     Block* b = t->block.load(std::memory_order_acquire);
     if (b == nullptr) {
-        const long p = raw_syscall(SYS_mmap, 0, sizeof(Block), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        const long p = raw_syscall(SYS_mmap, 0, sizeof(Block), PROT_READ | PROT_WRITE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p < 0 && p > -4096) return nullptr;  // counted in the shared block meanwhile
         b = reinterpret_cast<Block*>(p);
         t->block.store(b, std::memory_order_release);
@@ -96,7 +100,8 @@ nlohmann::json CallCounters::snapshot() const {
     for (int nr = 0; nr <= kTracked; ++nr) {
         const Counter& c = sum[nr];
         if (c.calls == 0) continue;
-        out[nr == kTracked ? "other" : syscall_name(nr)] = {{"calls", c.calls}, {"bytes", c.bytes}, {"errors", c.errors}};
+        out[nr == kTracked ? "other" : syscall_name(nr)] = {
+            {"calls", c.calls}, {"bytes", c.bytes}, {"errors", c.errors}};
         calls += c.calls;
         bytes += c.bytes;
         errors += c.errors;

@@ -17,7 +17,7 @@ namespace liveio::agent {
 FdInfo classify_fd(int fd) {
     // Raw syscalls: this runs inside a hooked call, and must reach the kernel directly.
     using hook::raw_syscall;
-    struct stat st{};
+    struct stat st {};
     if (fd < 0 || raw_syscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0) return {};
     FdInfo info;
     info.file_id = (static_cast<uint64_t>(st.st_dev) << 32) ^ static_cast<uint64_t>(st.st_ino);
@@ -45,8 +45,9 @@ FdInfo classify_fd(int fd) {
             char path[4096];
             const long n = raw_syscall(SYS_readlink, reinterpret_cast<long>(link),
                                        reinterpret_cast<long>(path), sizeof path);
-            info.file_class = n > 0 ? classify_clickhouse_path(std::string_view(path, static_cast<size_t>(n)))
-                                    : static_cast<uint32_t>(LIVEIO_CLASS_FILE);
+            info.file_class =
+                n > 0 ? classify_clickhouse_path(std::string_view(path, static_cast<size_t>(n)))
+                      : static_cast<uint32_t>(LIVEIO_CLASS_FILE);
             break;
         }
         default: info.file_class = LIVEIO_CLASS_OTHER; break;
@@ -69,13 +70,15 @@ FdInfo FdClassCache::get(int fd) {
     Entry& e = entries_[fd];
     const uint32_t seq = e.seq.load(std::memory_order_acquire);
     if ((seq & (kWriting | kValid)) == kValid) {
-        FdInfo info{e.file_class.load(std::memory_order_relaxed), e.file_id.load(std::memory_order_relaxed)};
+        FdInfo info{e.file_class.load(std::memory_order_relaxed),
+                    e.file_id.load(std::memory_order_relaxed)};
         std::atomic_thread_fence(std::memory_order_acquire);
         if (e.seq.load(std::memory_order_relaxed) == seq) return info;
     }
     const FdInfo info = classify_fd(fd);
     uint32_t expected = seq;
-    if ((seq & kWriting) == 0 && e.seq.compare_exchange_strong(expected, seq | kWriting, std::memory_order_acquire)) {
+    if ((seq & kWriting) == 0 &&
+        e.seq.compare_exchange_strong(expected, seq | kWriting, std::memory_order_acquire)) {
         e.file_class.store(info.file_class, std::memory_order_relaxed);
         e.file_id.store(info.file_id, std::memory_order_relaxed);
         e.seq.store(((seq & ~3u) + 4) | kValid, std::memory_order_release);
@@ -91,7 +94,8 @@ FdInfo FdClassCache::peek(int fd) const {
     const Entry& e = entries_[fd];
     const uint32_t seq = e.seq.load(std::memory_order_acquire);
     if ((seq & (kWriting | kValid)) != kValid) return {};
-    FdInfo info{e.file_class.load(std::memory_order_relaxed), e.file_id.load(std::memory_order_relaxed)};
+    FdInfo info{e.file_class.load(std::memory_order_relaxed),
+                e.file_id.load(std::memory_order_relaxed)};
     std::atomic_thread_fence(std::memory_order_acquire);
     return e.seq.load(std::memory_order_relaxed) == seq ? info : FdInfo{};
 }

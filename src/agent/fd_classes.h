@@ -63,7 +63,8 @@ private:
         std::atomic<uint64_t> file_id{0};
     };
     Entry* entries_ = nullptr;
-    std::atomic<int> highest_{-1};  // highest descriptor ever cached: clear() stops there  // kMaxCached entries, mmap'ed: pages cost memory only once used
+    std::atomic<int> highest_{-1};  // highest descriptor ever cached: clear() stops there  //
+                                    // kMaxCached entries, mmap'ed: pages cost memory only once used
 };
 
 }  // namespace liveio::agent

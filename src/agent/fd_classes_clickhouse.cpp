@@ -37,7 +37,8 @@ bool is_part_name(std::string_view dir) {
 
 // Whether `dir` lies at least two levels (database, table) below a "data" directory.
 bool under_data_dir(std::string_view dir) {
-    for (size_t pos = dir.find("/data/"); pos != std::string_view::npos; pos = dir.find("/data/", pos + 1)) {
+    for (size_t pos = dir.find("/data/"); pos != std::string_view::npos;
+         pos = dir.find("/data/", pos + 1)) {
         std::string_view below = dir.substr(pos + 6);
         const size_t slash = below.find('/');
         if (slash != std::string_view::npos && slash > 0 && slash + 1 < below.size()) return true;
@@ -50,12 +51,14 @@ bool under_data_dir(std::string_view dir) {
 uint32_t classify_clickhouse_path(std::string_view path) {
     const size_t slash = path.rfind('/');
     const std::string_view name = slash == std::string_view::npos ? path : path.substr(slash + 1);
-    const std::string_view dir = slash == std::string_view::npos ? std::string_view() : path.substr(0, slash);
+    const std::string_view dir =
+        slash == std::string_view::npos ? std::string_view() : path.substr(0, slash);
     if (name.ends_with(".bin")) return LIVEIO_CLASS_CH_BIN;
     if (name.ends_with(".mrk") || name.ends_with(".mrk2")) return LIVEIO_CLASS_CH_MRK;
     if (name == "primary.idx") return LIVEIO_CLASS_CH_PRIMARY;
     const size_t dslash = dir.rfind('/');
-    const std::string_view dir_name = dslash == std::string_view::npos ? dir : dir.substr(dslash + 1);
+    const std::string_view dir_name =
+        dslash == std::string_view::npos ? dir : dir.substr(dslash + 1);
     if (is_part_name(dir_name) || under_data_dir(dir)) return LIVEIO_CLASS_CH_OTHER;
     return LIVEIO_CLASS_FILE;
 }

@@ -96,8 +96,8 @@ public:
                 spec = {{"mechanism", env_or("LIVEIO_MECHANISM", "got")},
                         {"objects", split_list(std::getenv("LIVEIO_OBJECTS"))},
                         {"functions", split_list(std::getenv("LIVEIO_FUNCTIONS"))}};
-                for (const char* v : {"LIVEIO_AGENT_RUN", "LIVEIO_MECHANISM", "LIVEIO_OBJECTS",
-                                      "LIVEIO_FUNCTIONS"})
+                for (const char* v :
+                     {"LIVEIO_AGENT_RUN", "LIVEIO_MECHANISM", "LIVEIO_OBJECTS", "LIVEIO_FUNCTIONS"})
                     ::unsetenv(v);
                 remove_from_preload(options.library_path);
             }

@@ -27,7 +27,9 @@ bool PolicyHost::PolicyRedirector::redirect(CallFrame& frame) {
     if (!policy::Runtime::take_redirect(slot)) return false;
     policy::Runtime* rt = host_.live_.load(std::memory_order_acquire);
     if (rt == nullptr) return false;
-    if (policy::Redirector* executor = rt->redirector(); executor != nullptr && executor->run(frame)) return true;
+    if (policy::Redirector* executor = rt->redirector();
+        executor != nullptr && executor->run(frame))
+        return true;
     rt->count_fallback(slot);
     return false;
 }
@@ -35,7 +37,9 @@ bool PolicyHost::PolicyRedirector::redirect(CallFrame& frame) {
 Result<void> PolicyHost::start_runtime() {
     if (runtime_) return {};
     auto rt = policy::Runtime::create({});
-    if (!rt) return make_error(rt.error().code, "cannot start the policy runtime: " + rt.error().message);
+    if (!rt)
+        return make_error(rt.error().code,
+                          "cannot start the policy runtime: " + rt.error().message);
     runtime_ = std::move(rt).value();
     live_.store(runtime_.get(), std::memory_order_release);
     bpf_.set_policy_runtime(runtime_.get());
@@ -43,7 +47,8 @@ Result<void> PolicyHost::start_runtime() {
         runtime_->set_redirector(executor_);
         if (auto r = pipeline_.set_redirector(&redirector_); !r) {
             stop_runtime();
-            return make_error(r.error().code, "the call pipeline's redirector slot is taken: " + r.error().message);
+            return make_error(r.error().code,
+                              "the call pipeline's redirector slot is taken: " + r.error().message);
         }
     }
     return {};
@@ -125,7 +130,8 @@ Result<json> PolicyHost::on_locked_or_undo(const std::string& name, const std::s
     }
     if (auto r = start_runtime(); !r) return r.error();
     auto loaded = bpf_.load({object_path, ebpf::Engine::Jit, {}});
-    if (!loaded) return make_error(loaded.error().code, "policy '" + name + "': " + loaded.error().message);
+    if (!loaded)
+        return make_error(loaded.error().code, "policy '" + name + "': " + loaded.error().message);
     a.object = loaded->id;
     auto progs = bpf_.object_programs(a.object);
     if (!progs) {
@@ -150,7 +156,8 @@ Result<json> PolicyHost::on_locked_or_undo(const std::string& name, const std::s
         return slot.error();
     }
     a.slot = *slot;
-    if (auto it = a.knobs.find("budget_mb"); it != a.knobs.end()) runtime_->set_budget(it->second << 20);
+    if (auto it = a.knobs.find("budget_mb"); it != a.knobs.end())
+        runtime_->set_budget(it->second << 20);
     active_.emplace(name, a);
     return json{{"policy", name}, {"on", true}, {"object", a.object}, {"knobs", a.knobs}};
 }
@@ -160,9 +167,12 @@ Result<void> PolicyHost::off_locked(const std::string& name, bool force) {
     if (it == active_.end()) return make_error(ENOENT, "policy '" + name + "' is not on");
     // Linux AIO events translated by `uring` reach the target only through the executor: while
     // the target has not taken them all, the policy stays on (its AIO calls keep being served).
-    if (name == "uring" && uring_ && !uring_->redirect().drain_aio(std::chrono::seconds(10)) && !force)
-        return make_error(EBUSY, "policy 'uring': the target has not yet reaped the Linux AIO events liveio "
-                                 "translated (new submissions run natively now); try again");
+    if (name == "uring" && uring_ && !uring_->redirect().drain_aio(std::chrono::seconds(10)) &&
+        !force)
+        return make_error(
+            EBUSY,
+            "policy 'uring': the target has not yet reaped the Linux AIO events liveio "
+            "translated (new submissions run natively now); try again");
     const Active a = it->second;
     active_.erase(it);
     // Drain first (nothing queued or in flight, no completion program running), then detach
@@ -187,7 +197,8 @@ Result<json> PolicyHost::off(const std::string& name) {
     hook::Dispatcher::ScopedInside inside;
     std::lock_guard lock(mu_);
     json last;
-    if (auto it = active_.find(name); it != active_.end() && runtime_) last = runtime_->counters(it->second.slot).to_json();
+    if (auto it = active_.find(name); it != active_.end() && runtime_)
+        last = runtime_->counters(it->second.slot).to_json();
     if (auto r = off_locked(name); !r) return r.error();
     // The last policy: stop the I/O thread too, so an idle agent runs no thread of ours.
     if (active_.empty()) stop_runtime();
@@ -197,14 +208,17 @@ Result<json> PolicyHost::off(const std::string& name) {
 Result<json> PolicyHost::set(const std::string& name, const std::string& setting) {
     std::lock_guard lock(mu_);
     auto it = active_.find(name);
-    if (it == active_.end()) return make_error(ENOENT, "policy '" + name + "' is not on (liveio policy PID on " + name + ")");
+    if (it == active_.end())
+        return make_error(ENOENT,
+                          "policy '" + name + "' is not on (liveio policy PID on " + name + ")");
     Active& a = it->second;
     auto parsed = a.def->parse_setting(setting);
     if (!parsed) return parsed.error();
     const policy::KnobDef& k = *parsed->first;
     if (k.index == policy::kRuntimeKnob) {
         if (k.name == "budget_mb") runtime_->set_budget(parsed->second << 20);
-    } else if (auto r = runtime_->set_knob(a.slot, static_cast<unsigned>(k.index), parsed->second); !r) {
+    } else if (auto r = runtime_->set_knob(a.slot, static_cast<unsigned>(k.index), parsed->second);
+               !r) {
         return r.error();
     }
     a.knobs[k.name] = parsed->second;
@@ -227,12 +241,17 @@ json PolicyHost::list() const {
                 const policy::UringRedirectStats st = uring_->redirect().stats();
                 json reasons = json::object();
                 for (int r = 0; r < static_cast<int>(policy::FallbackReason::Count); ++r)
-                    if (st.by_reason[r]) reasons[policy::fallback_reason_name(static_cast<policy::FallbackReason>(r))] = st.by_reason[r];
+                    if (st.by_reason[r])
+                        reasons[policy::fallback_reason_name(
+                            static_cast<policy::FallbackReason>(r))] = st.by_reason[r];
                 p["counters"]["redirected"] = st.redirected;
                 p["counters"]["fallback_reasons"] = reasons;
                 p["counters"]["rings"] = st.engines_live;
-                p["counters"]["aio"] = {{"contexts", st.aio_contexts}, {"submits", st.aio_submits}, {"ops", st.aio_ops},
-                                        {"events", st.aio_events}, {"native_submits", st.aio_native_submits}};
+                p["counters"]["aio"] = {{"contexts", st.aio_contexts},
+                                        {"submits", st.aio_submits},
+                                        {"ops", st.aio_ops},
+                                        {"events", st.aio_events},
+                                        {"native_submits", st.aio_native_submits}};
             }
         }
         p["knobs"] = knobs;
@@ -254,21 +273,24 @@ Result<void> PolicyHost::register_requests(RequestRouter& router) {
         return Reply{std::move(r).value(), {}, {}};
     };
     if (auto r = router.add("policy.list", "policies: available, on/off, knobs, counters",
-                            [this](const json&) -> Result<Reply> { return Reply{list(), {}, {}}; });
+                            [this](const json&) -> Result<Reply> {
+                                return Reply{list(), {}, {}};
+                            });
         !r)
         return r;
-    if (auto r = router.add("policy.on", "policy.on {name, path: /abs/NAME.bpf.o, knobs: [\"k=v\"...]}",
-                            [this, name_of, reply](const json& req) -> Result<Reply> {
-                                auto name = name_of(req);
-                                if (!name) return name.error();
-                                if (!req.contains("path") || !req["path"].is_string())
-                                    return make_error(EINVAL, "policy.on needs {\"path\": \"/abs/NAME.bpf.o\"}");
-                                std::vector<std::string> settings;
-                                if (req.contains("knobs"))
-                                    for (auto& k : req["knobs"])
-                                        if (k.is_string()) settings.push_back(k.get<std::string>());
-                                return reply(on(*name, req["path"].get<std::string>(), settings));
-                            });
+    if (auto r = router.add(
+            "policy.on", "policy.on {name, path: /abs/NAME.bpf.o, knobs: [\"k=v\"...]}",
+            [this, name_of, reply](const json& req) -> Result<Reply> {
+                auto name = name_of(req);
+                if (!name) return name.error();
+                if (!req.contains("path") || !req["path"].is_string())
+                    return make_error(EINVAL, "policy.on needs {\"path\": \"/abs/NAME.bpf.o\"}");
+                std::vector<std::string> settings;
+                if (req.contains("knobs"))
+                    for (auto& k : req["knobs"])
+                        if (k.is_string()) settings.push_back(k.get<std::string>());
+                return reply(on(*name, req["path"].get<std::string>(), settings));
+            });
         !r)
         return r;
     if (auto r = router.add("policy.off", "policy.off {name}: drain and unload",
@@ -284,7 +306,8 @@ Result<void> PolicyHost::register_requests(RequestRouter& router) {
                           auto name = name_of(req);
                           if (!name) return name.error();
                           if (!req.contains("setting") || !req["setting"].is_string())
-                              return make_error(EINVAL, "policy.set needs {\"setting\": \"key=value\"}");
+                              return make_error(EINVAL,
+                                                "policy.set needs {\"setting\": \"key=value\"}");
                           return reply(set(*name, req["setting"].get<std::string>()));
                       });
 }

@@ -28,7 +28,8 @@ namespace liveio::agent {
 
 class PolicyHost {
 public:
-    PolicyHost(BpfHost& bpf, CallPipeline& pipeline) : bpf_(bpf), pipeline_(pipeline), redirector_(*this) {}
+    PolicyHost(BpfHost& bpf, CallPipeline& pipeline)
+        : bpf_(bpf), pipeline_(pipeline), redirector_(*this) {}
     ~PolicyHost();
     PolicyHost(const PolicyHost&) = delete;
     PolicyHost& operator=(const PolicyHost&) = delete;
@@ -60,11 +61,12 @@ private:
         std::map<std::string, uint64_t> knobs;
     };
     Result<void> off_locked(const std::string& name, bool force = false);
-    Result<nlohmann::json> on_locked_or_undo(const std::string& name, const std::string& object_path,
+    Result<nlohmann::json> on_locked_or_undo(const std::string& name,
+                                             const std::string& object_path,
                                              const std::vector<std::string>& settings);
     Result<void> start_runtime();  // mu_ held
     Result<void> set_executor_locked(policy::Redirector* executor);
-    void stop_runtime();           // mu_ held
+    void stop_runtime();  // mu_ held
 
     // The pipeline's redirector while a policy runtime exists: performs the calls a program
     // asked to redirect (liveio_redirect at io_enter) with the runtime's executor.

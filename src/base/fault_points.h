@@ -16,20 +16,20 @@
 namespace liveio::fault {
 
 enum class Point : uint8_t {
-    RingCreate,     // io_uring_setup fails (ENOMEM): the engine is not created
-    SubmitEagain,   // io_uring_enter returns EAGAIN before submitting (the kernel wants CQEs reaped)
-    SubmitEbusy,    // io_uring_enter returns EBUSY before submitting
-    SubmitEintr,    // io_uring_enter returns EINTR before submitting
-    SubmitEnomem,   // io_uring_enter returns ENOMEM: a hard error, the ring is unusable afterwards
-    CompleteEagain, // a file read/write completes with EAGAIN without transferring anything
-    CompleteEio,    // a read/write completes with EIO without transferring anything
-    CompleteShort,  // a read is submitted for half its length: the kernel returns a short count
+    RingCreate,    // io_uring_setup fails (ENOMEM): the engine is not created
+    SubmitEagain,  // io_uring_enter returns EAGAIN before submitting (the kernel wants CQEs reaped)
+    SubmitEbusy,   // io_uring_enter returns EBUSY before submitting
+    SubmitEintr,   // io_uring_enter returns EINTR before submitting
+    SubmitEnomem,  // io_uring_enter returns ENOMEM: a hard error, the ring is unusable afterwards
+    CompleteEagain,  // a file read/write completes with EAGAIN without transferring anything
+    CompleteEio,     // a read/write completes with EIO without transferring anything
+    CompleteShort,   // a read is submitted for half its length: the kernel returns a short count
     Count,
 };
 
-inline constexpr const char* kPointNames[] = {"ring_create",     "submit_eagain", "submit_ebusy",
-                                              "submit_eintr",    "submit_enomem", "complete_eagain",
-                                              "complete_eio",    "complete_short"};
+inline constexpr const char* kPointNames[] = {"ring_create",  "submit_eagain", "submit_ebusy",
+                                              "submit_eintr", "submit_enomem", "complete_eagain",
+                                              "complete_eio", "complete_short"};
 static_assert(std::size(kPointNames) == static_cast<size_t>(Point::Count));
 
 inline std::optional<Point> parse_point(std::string_view name) {

@@ -39,8 +39,8 @@ public:
         if (::geteuid() != 0) {
             const long now = read_mmap_min_addr();
             if (now != 0)
-                reason_ = "syscall rewriting needs vm.mmap_min_addr=0 (it is " + std::to_string(now) +
-                          ") and only root may change it";
+                reason_ = "syscall rewriting needs vm.mmap_min_addr=0 (it is " +
+                          std::to_string(now) + ") and only root may change it";
             return;
         }
         const int mutex = lock_mutex();
@@ -67,7 +67,8 @@ public:
         const int mutex = lock_mutex();
         if (::flock(users_, LOCK_EX | LOCK_NB) == 0) {  // the last user puts the old value back
             char old[32] = {};
-            if (::pread(users_, old, sizeof old - 1, 0) > 0) write_value(std::strtol(old, nullptr, 10));
+            if (::pread(users_, old, sizeof old - 1, 0) > 0)
+                write_value(std::strtol(old, nullptr, 10));
         }
         ::close(users_);
         if (mutex >= 0) ::close(mutex);

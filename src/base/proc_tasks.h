@@ -41,7 +41,8 @@ inline bool is_io_uring_worker(pid_t pid, pid_t tid) {
     auto put_num = [&](long v) {
         char digits[20];
         int n = 0;
-        do digits[n++] = static_cast<char>('0' + v % 10), v /= 10; while (v > 0 && n < 19);
+        do digits[n++] = static_cast<char>('0' + v % 10), v /= 10;
+        while (v > 0 && n < 19);
         while (n > 0) path[len++] = digits[--n];
     };
     put_num(pid);
@@ -82,7 +83,8 @@ inline std::vector<SleepingThread> sleeping_threads(pid_t pid) {
     std::vector<SleepingThread> out;
     for (pid_t tid : list_threads(pid)) {
         // "NR ARG1..ARG6 SP PC" while sleeping in a call; "running" or "-1 SP PC" otherwise.
-        std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/syscall");
+        std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) +
+                         "/syscall");
         std::vector<std::string> fields;
         for (std::string f; in >> f;) fields.push_back(f);
         if (fields.size() < 3 || fields[0] == "running" || fields[0] == "-1") continue;

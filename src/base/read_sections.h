@@ -77,7 +77,8 @@ public:
     // is counted in the shared counter). `cached` is the thread's slot, claimed when null.
     [[gnu::always_inline]] Slot* enter_flat(Slot*& cached, size_t channel) {
         Slot* s = slot_of(cached, channel);
-        if (s != nullptr) [[likely]] publish(s->depth[channel], 1);
+        if (s != nullptr) [[likely]]
+            publish(s->depth[channel], 1);
         return s;
     }
     [[gnu::always_inline]] void exit_flat(Slot* s, size_t channel) {
@@ -116,7 +117,8 @@ public:
     // A counted section of channel 0 for a scope.
     class Section {
     public:
-        [[gnu::always_inline]] Section(ReadSections& r, ThreadCache& cache) : sections_(r), slot_(r.enter(cache)) {}
+        [[gnu::always_inline]] Section(ReadSections& r, ThreadCache& cache)
+            : sections_(r), slot_(r.enter(cache)) {}
         [[gnu::always_inline]] ~Section() { sections_.exit(slot_); }
         Section(const Section&) = delete;
         Section& operator=(const Section&) = delete;
@@ -169,7 +171,9 @@ public:
     }
 
     // The slot index of a thread's cached slot (stable while the thread lives), or kSlots.
-    size_t index_of(const Slot* s) const { return s == nullptr ? kSlots : static_cast<size_t>(s - slots_); }
+    size_t index_of(const Slot* s) const {
+        return s == nullptr ? kSlots : static_cast<size_t>(s - slots_);
+    }
 
 private:
     // An id for a Transient instance: never 0 (the id of a zero-initialized ThreadCache),
@@ -182,7 +186,8 @@ private:
             if (raw_syscall(SYS_getrandom, reinterpret_cast<long>(&r), sizeof r, 0) != sizeof r) {
                 timespec ts{};
                 (void)raw_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, reinterpret_cast<long>(&ts));
-                r = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+                r = static_cast<uint64_t>(ts.tv_sec) * 1000000000ull +
+                    static_cast<uint64_t>(ts.tv_nsec);
             }
             return r;
         }();

@@ -428,13 +428,24 @@ inline std::string syscall_name(long nr) {
 // Syscalls whose non-negative result is a count of bytes transferred.
 inline bool syscall_moves_bytes(long nr) {
     switch (nr) {
-        case SYS_read: case SYS_write: case SYS_pread64: case SYS_pwrite64: case SYS_readv:
-        case SYS_writev: case SYS_preadv: case SYS_pwritev: case SYS_preadv2: case SYS_pwritev2:
-        case SYS_sendto: case SYS_recvfrom: case SYS_sendmsg: case SYS_recvmsg:
-        case SYS_sendfile: case SYS_copy_file_range: case SYS_splice:
-            return true;
-        default:
-            return false;
+        case SYS_read:
+        case SYS_write:
+        case SYS_pread64:
+        case SYS_pwrite64:
+        case SYS_readv:
+        case SYS_writev:
+        case SYS_preadv:
+        case SYS_pwritev:
+        case SYS_preadv2:
+        case SYS_pwritev2:
+        case SYS_sendto:
+        case SYS_recvfrom:
+        case SYS_sendmsg:
+        case SYS_recvmsg:
+        case SYS_sendfile:
+        case SYS_copy_file_range:
+        case SYS_splice: return true;
+        default: return false;
     }
 }
 

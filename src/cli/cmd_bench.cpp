@@ -4,7 +4,8 @@
 namespace liveio::cli {
 
 void add_bench_commands(CLI::App& app) {
-    auto* bench = app.add_subcommand("bench", "Run a benchmark: ours vs the baseline, side by side");
+    auto* bench =
+        app.add_subcommand("bench", "Run a benchmark: ours vs the baseline, side by side");
     bench->require_subcommand(1);
     liveio::bench::add_uring_bench(*bench);
     liveio::bench::add_vm_bench(*bench);
@@ -21,7 +22,8 @@ void add_bench_commands(CLI::App& app) {
 namespace liveio::cli {
 
 void add_soak_commands(CLI::App& app) {
-    auto* soak = app.add_subcommand("soak", "Long runs under load: liveio attaches and detaches, results and leaks checked");
+    auto* soak = app.add_subcommand(
+        "soak", "Long runs under load: liveio attaches and detaches, results and leaks checked");
     soak->require_subcommand(1);
     liveio::bench::add_soak_clickhouse(*soak);
 }

@@ -8,9 +8,9 @@
 
 #include <fmt/format.h>
 
-#include "control/protocol.h"
 #include "cli/commands.h"
 #include "cli/policy_ops.h"
+#include "control/protocol.h"
 #include "observe/bpf_client.h"
 
 namespace liveio::cli {
@@ -23,11 +23,15 @@ using nlohmann::json;
     throw CLI::RuntimeError(1);
 }
 
-std::string mib(uint64_t bytes) { return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20)); }
+std::string mib(uint64_t bytes) {
+    return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
+}
 
 json call(pid_t pid, const std::string& cmd, json args) {
     auto client = control::ControlClient::connect(pid);
-    if (!client) fail(fmt::format("process {}: {} (liveio attach {} first)", pid, client.error().message, pid));
+    if (!client)
+        fail(fmt::format("process {}: {} (liveio attach {} first)", pid, client.error().message,
+                         pid));
     auto r = client->call(cmd, std::move(args), 60000);
     if (!r) fail(fmt::format("{} in {}: {}", cmd, pid, r.error().message));
     return std::move(r).value();
@@ -36,15 +40,18 @@ json call(pid_t pid, const std::string& cmd, json args) {
 json check_on(pid_t pid, const std::string& name, const std::vector<std::string>& settings);
 
 void cmd_policy(pid_t pid, const std::vector<std::string>& words) {
-    if (words.empty()) fail("policy: expected list | on NAME [KEY=VALUE...] | off NAME | set NAME KEY=VALUE");
+    if (words.empty())
+        fail("policy: expected list | on NAME [KEY=VALUE...] | off NAME | set NAME KEY=VALUE");
     const std::string& verb = words[0];
     if (verb == "list") {
         const json l = call(pid, "policy.list", json::object());
         for (auto& p : l["policies"]) {
             std::string knobs;
-            for (auto& [k, v] : p["knobs"].items()) knobs += fmt::format("{}{}={}", knobs.empty() ? "" : " ", k, v.dump());
-            std::printf("%-10s %-4s %s\n           knobs: %s\n", p["name"].get<std::string>().c_str(),
-                        p.value("on", false) ? "on" : "off", p.value("summary", std::string()).c_str(), knobs.c_str());
+            for (auto& [k, v] : p["knobs"].items())
+                knobs += fmt::format("{}{}={}", knobs.empty() ? "" : " ", k, v.dump());
+            std::printf("%-10s %-4s %s\n           knobs: %s\n",
+                        p["name"].get<std::string>().c_str(), p.value("on", false) ? "on" : "off",
+                        p.value("summary", std::string()).c_str(), knobs.c_str());
         }
         print_policies(l);
         return;
@@ -52,19 +59,23 @@ void cmd_policy(pid_t pid, const std::vector<std::string>& words) {
     if (words.size() < 2) fail("policy " + verb + ": expected a policy name");
     const std::string& name = words[1];
     if (verb == "on") {
-        const json r = check_on(pid, name, std::vector<std::string>(words.begin() + 2, words.end()));
+        const json r =
+            check_on(pid, name, std::vector<std::string>(words.begin() + 2, words.end()));
         (void)r;
         return;
     }
     if (verb == "off") {
         const json r = call(pid, "policy.off", {{"name", name}});
         const json f = r.value("final", json::object());
-        std::printf("policy %s off in %d (drained): %llu actions, %s issued, %s used, %s wasted, %llu drops, %llu errors\n",
-                    name.c_str(), pid, static_cast<unsigned long long>(f.value("actions", uint64_t{0})),
-                    mib(f.value("issued_bytes", uint64_t{0})).c_str(), mib(f.value("used_bytes", uint64_t{0})).c_str(),
-                    mib(f.value("wasted_bytes", uint64_t{0})).c_str(),
-                    static_cast<unsigned long long>(f.value("drops", uint64_t{0})),
-                    static_cast<unsigned long long>(f.value("errors", uint64_t{0})));
+        std::printf(
+            "policy %s off in %d (drained): %llu actions, %s issued, %s used, %s wasted, %llu "
+            "drops, %llu errors\n",
+            name.c_str(), pid, static_cast<unsigned long long>(f.value("actions", uint64_t{0})),
+            mib(f.value("issued_bytes", uint64_t{0})).c_str(),
+            mib(f.value("used_bytes", uint64_t{0})).c_str(),
+            mib(f.value("wasted_bytes", uint64_t{0})).c_str(),
+            static_cast<unsigned long long>(f.value("drops", uint64_t{0})),
+            static_cast<unsigned long long>(f.value("errors", uint64_t{0})));
         return;
     }
     if (verb == "set") {
@@ -87,7 +98,8 @@ Result<std::string> policy_object_path(const std::string& name) {
     return path;
 }
 
-Result<json> policy_on(pid_t pid, const std::string& name, const std::vector<std::string>& settings) {
+Result<json> policy_on(pid_t pid, const std::string& name,
+                       const std::vector<std::string>& settings) {
     auto path = policy_object_path(name);
     if (!path) return path.error();
     auto client = control::ControlClient::connect(pid);
@@ -109,46 +121,59 @@ void print_policies(const json& list) {
     for (auto& p : list.value("policies", json::array())) {
         if (!p.value("on", false)) continue;
         if (!header) {
-            std::printf("%-10s %9s %12s %12s %12s %8s %9s %7s %7s\n", "policy", "actions", "issued", "used", "wasted",
-                        "inflight", "fallbacks", "drops", "errors");
+            std::printf("%-10s %9s %12s %12s %12s %8s %9s %7s %7s\n", "policy", "actions", "issued",
+                        "used", "wasted", "inflight", "fallbacks", "drops", "errors");
             header = true;
         }
         const json c = p.value("counters", json::object());
-        auto n = [&](const char* k) { return static_cast<unsigned long long>(c.value(k, uint64_t{0})); };
-        std::printf("%-10s %9llu %12s %12s %12s %8llu %9llu %7llu %7llu\n", p["name"].get<std::string>().c_str(),
-                    n("actions"), mib(c.value("issued_bytes", uint64_t{0})).c_str(),
-                    mib(c.value("used_bytes", uint64_t{0})).c_str(), mib(c.value("wasted_bytes", uint64_t{0})).c_str(),
-                    n("inflight"), n("fallbacks"), n("drops"), n("errors"));
+        auto n = [&](const char* k) {
+            return static_cast<unsigned long long>(c.value(k, uint64_t{0}));
+        };
+        std::printf("%-10s %9llu %12s %12s %12s %8llu %9llu %7llu %7llu\n",
+                    p["name"].get<std::string>().c_str(), n("actions"),
+                    mib(c.value("issued_bytes", uint64_t{0})).c_str(),
+                    mib(c.value("used_bytes", uint64_t{0})).c_str(),
+                    mib(c.value("wasted_bytes", uint64_t{0})).c_str(), n("inflight"),
+                    n("fallbacks"), n("drops"), n("errors"));
         if (c.contains("redirected")) {  // the uring executor's own counters
             std::string reasons;
             const json by_reason = c.value("fallback_reasons", json::object());
             for (auto& [k, v] : by_reason.items())
                 if (v.is_number()) reasons += " " + k + "=" + std::to_string(v.get<uint64_t>());
-            std::printf("           redirected %llu, rings %llu, native by reason:%s\n", n("redirected"), n("rings"),
-                        reasons.empty() ? " none" : reasons.c_str());
+            std::printf("           redirected %llu, rings %llu, native by reason:%s\n",
+                        n("redirected"), n("rings"), reasons.empty() ? " none" : reasons.c_str());
             const json a = c.value("aio", json::object());
             auto an = [&](const char* k) {
-                return a.contains(k) && a[k].is_number() ? static_cast<unsigned long long>(a[k].get<uint64_t>()) : 0ull;
+                return a.contains(k) && a[k].is_number()
+                           ? static_cast<unsigned long long>(a[k].get<uint64_t>())
+                           : 0ull;
             };
-            std::printf("           linux aio: %llu contexts, %llu io_submit (%llu iocbs, %llu events) via io_uring, "
-                        "%llu io_submit native\n",
-                        an("contexts"), an("submits"), an("ops"), an("events"), an("native_submits"));
+            std::printf(
+                "           linux aio: %llu contexts, %llu io_submit (%llu iocbs, %llu events) via "
+                "io_uring, "
+                "%llu io_submit native\n",
+                an("contexts"), an("submits"), an("ops"), an("events"), an("native_submits"));
         }
     }
     if (list.contains("worker")) {
         const json w = list["worker"];
         std::printf("liveio-io thread %d: %s, budget %s, %s in flight\n", w.value("tid", 0),
                     w.value("io_uring", false) ? "io_uring" : "synchronous fallback",
-                    mib(w.value("budget_bytes", uint64_t{0})).c_str(), mib(w.value("bytes_in_flight", uint64_t{0})).c_str());
+                    mib(w.value("budget_bytes", uint64_t{0})).c_str(),
+                    mib(w.value("bytes_in_flight", uint64_t{0})).c_str());
     }
 }
 
 void add_policy_commands(CLI::App& app) {
-    auto* cmd = app.add_subcommand("policy", "Acceleration policies of a process: list | on NAME [K=V..] | off NAME | set NAME K=V");
+    auto* cmd = app.add_subcommand(
+        "policy",
+        "Acceleration policies of a process: list | on NAME [K=V..] | off NAME | set NAME K=V");
     auto pid = std::make_shared<pid_t>(0);
     auto words = std::make_shared<std::vector<std::string>>();
     cmd->add_option("pid", *pid, "process id")->required()->check(CLI::PositiveNumber);
-    cmd->add_option("action", *words, "list | on NAME [KEY=VALUE...] | off NAME | set NAME KEY=VALUE")->required();
+    cmd->add_option("action", *words,
+                    "list | on NAME [KEY=VALUE...] | off NAME | set NAME KEY=VALUE")
+        ->required();
     cmd->callback([pid, words] { cmd_policy(*pid, *words); });
 }
 

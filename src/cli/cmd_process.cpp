@@ -16,11 +16,11 @@
 
 #include <fmt/format.h>
 
-#include "control/protocol.h"
+#include "base/proc_tasks.h"
 #include "cli/commands.h"
 #include "cli/policy_ops.h"
 #include "cli/process_ops.h"
-#include "base/proc_tasks.h"
+#include "control/protocol.h"
 #include "inject/inject.h"
 #include "inject/kill_point.h"
 
@@ -60,7 +60,8 @@ std::string find_agent(const std::string& option) {
                                   exe.parent_path() / "../lib/liveio/liveio-agent.so"})
             if (usable(p)) return fs::weakly_canonical(p);
     }
-    fail("cannot find liveio-agent.so next to " + exe.string() + " (use --agent PATH or LIVEIO_AGENT)");
+    fail("cannot find liveio-agent.so next to " + exe.string() +
+         " (use --agent PATH or LIVEIO_AGENT)");
 }
 
 struct InstallArgs {
@@ -73,13 +74,16 @@ struct InstallArgs {
         cmd->add_option("--mechanism,-m", mechanism, "how calls are intercepted")
             ->check(CLI::IsMember(control::mechanism_names()))
             ->capture_default_str();
-        cmd->add_option("--objects", objects, "GOT: objects to patch (default: all but libc, ld.so, liveio)")
+        cmd->add_option("--objects", objects,
+                        "GOT: objects to patch (default: all but libc, ld.so, liveio)")
             ->delimiter(',');
         cmd->add_option("--functions", functions, "functions to intercept (default: the I/O set)")
             ->delimiter(',');
         cmd->add_option("--agent", agent, "path of liveio-agent.so");
     }
-    json spec() const { return {{"mechanism", mechanism}, {"objects", objects}, {"functions", functions}}; }
+    json spec() const {
+        return {{"mechanism", mechanism}, {"objects", objects}, {"functions", functions}};
+    }
 };
 
 std::string join(const std::vector<std::string>& v) {
@@ -142,8 +146,9 @@ std::string describe_uninstall(const json& how) {
                                        h.value("waited_ms", 0.0), h.value("world_stops", 0),
                                        h.value("world_stops", 0) == 1 ? "" : "s");
         if (const unsigned moved = h.value("moved_out", 0u); moved != 0)
-            part += fmt::format(", moved {} thread{} sleeping in a hooked call back to the application", moved,
-                                moved == 1 ? "" : "s");
+            part +=
+                fmt::format(", moved {} thread{} sleeping in a hooked call back to the application",
+                            moved, moved == 1 ? "" : "s");
         if (h.contains("kept")) part += "; kept " + h["kept"].get<std::string>();
         out += (out.empty() ? "" : "; ") + part;
     }
@@ -157,14 +162,17 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
     inject::InjectStats stats;
     if (!existing) {
         const std::string path = find_agent(args.agent);
-        injected = check(inject::inject_library(pid, path, &stats), "attach " + std::to_string(pid));
+        injected =
+            check(inject::inject_library(pid, path, &stats), "attach " + std::to_string(pid));
         inject::kill_point("attach-injected");
         existing = control::ControlClient::connect(pid);
         if (!existing) {
             // The loader kept an earlier copy mapped, so no constructor ran: start it.
             const long rc = check(inject::call_in_target(*injected, "liveio_agent_start", {}),
                                   "starting the agent in " + std::to_string(pid));
-            if (rc != 0) fail(fmt::format("agent failed to start in {}: {}", pid, std::strerror(static_cast<int>(-rc))));
+            if (rc != 0)
+                fail(fmt::format("agent failed to start in {}: {}", pid,
+                                 std::strerror(static_cast<int>(-rc))));
             existing = control::ControlClient::connect(pid);
         }
         if (!existing) fail("agent loaded but not reachable: " + existing.error().message);
@@ -185,16 +193,20 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
     }
     inject::kill_point("attach-installed");
     if (args.mechanism == "rewrite" && !cpu_has_protection_keys())
-        std::printf("note: this CPU has no protection keys, so page 0 (the syscall trampoline) is readable "
-                    "while attached: a NULL read in %d returns trampoline bytes instead of faulting (detach "
-                    "unmaps it)\n",
-                    pid);
+        std::printf(
+            "note: this CPU has no protection keys, so page 0 (the syscall trampoline) is readable "
+            "while attached: a NULL read in %d returns trampoline bytes instead of faulting "
+            "(detach "
+            "unmaps it)\n",
+            pid);
     if (injected)
-        std::printf("attached to %d: mechanism %s; load pause %.2f ms (%d threads stopped, %d attempt%s)\n",
-                    pid, args.mechanism.c_str(), stats.pause_ms, stats.threads, stats.attempts,
-                    stats.attempts == 1 ? "" : "s");
+        std::printf(
+            "attached to %d: mechanism %s; load pause %.2f ms (%d threads stopped, %d attempt%s)\n",
+            pid, args.mechanism.c_str(), stats.pause_ms, stats.threads, stats.attempts,
+            stats.attempts == 1 ? "" : "s");
     else
-        std::printf("attached to %d: mechanism %s (agent was already loaded)\n", pid, args.mechanism.c_str());
+        std::printf("attached to %d: mechanism %s (agent was already loaded)\n", pid,
+                    args.mechanism.c_str());
     for (const std::string& name : args.policies) {
         auto on = policy_on(pid, name, {});
         if (!on) fail(fmt::format("policy on {} in {}: {}", name, pid, on.error().message));
@@ -208,7 +220,8 @@ std::string mapped_agent(pid_t pid) {
     std::string line;
     while (std::getline(maps, line)) {
         const size_t slash = line.find('/');
-        if (slash != std::string::npos && line.ends_with("/liveio-agent.so")) return line.substr(slash);
+        if (slash != std::string::npos && line.ends_with("/liveio-agent.so"))
+            return line.substr(slash);
     }
     return "";
 }
@@ -219,7 +232,8 @@ std::string mapped_agent(pid_t pid) {
 // dlcloses bring the count to zero.
 void unload_stopped_agent(pid_t pid, const std::string& path) {
     inject::InjectStats stats;
-    auto lib = check(inject::inject_library(pid, path, &stats), "reopening the agent library in " + std::to_string(pid));
+    auto lib = check(inject::inject_library(pid, path, &stats),
+                     "reopening the agent library in " + std::to_string(pid));
     check(inject::unload_library(lib), "unloading the agent from " + std::to_string(pid));
     check(inject::unload_library(lib), "unloading the agent from " + std::to_string(pid));
     std::printf("detached from %d: agent was already stopped; library unloaded\n", pid);
@@ -236,7 +250,8 @@ std::string threads_blocked_in_agent(pid_t pid) {
         std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
         for (std::string line; std::getline(maps, line);) {
             unsigned long long lo = 0, hi = 0;
-            if (line.ends_with("/liveio-agent.so") && std::sscanf(line.c_str(), "%llx-%llx", &lo, &hi) == 2)
+            if (line.ends_with("/liveio-agent.so") &&
+                std::sscanf(line.c_str(), "%llx-%llx", &lo, &hi) == 2)
                 agent_ranges.emplace_back(lo, hi);
         }
     }
@@ -251,29 +266,35 @@ std::string threads_blocked_in_agent(pid_t pid) {
             }
     if (blocked == 0) return "";
     std::string which;
-    for (auto [nr, n] : by_syscall) which += fmt::format("{}syscall {} x{}", which.empty() ? "" : ", ", nr, n);
-    return fmt::format("; {} thread(s) of {} sleep in system calls made through the agent ({}) and keep its hooks "
-                       "in flight: the agent finishes the detach when they return",
-                       blocked, pid, which);
+    for (auto [nr, n] : by_syscall)
+        which += fmt::format("{}syscall {} x{}", which.empty() ? "" : ", ", nr, n);
+    return fmt::format(
+        "; {} thread(s) of {} sleep in system calls made through the agent ({}) and keep its hooks "
+        "in flight: the agent finishes the detach when they return",
+        blocked, pid, which);
 }
 
 void cmd_detach(pid_t pid) {
     auto connected = control::ControlClient::connect(pid);
     if (!connected && connected.error().code == ECONNREFUSED) {
-        if (const std::string path = mapped_agent(pid); !path.empty()) return unload_stopped_agent(pid, path);
+        if (const std::string path = mapped_agent(pid); !path.empty())
+            return unload_stopped_agent(pid, path);
     }
     auto client = check(std::move(connected), "process " + std::to_string(pid));
     auto detached = client.call("detach", json::object(), 60000);
     if (!detached && detached.error().code == ETIMEDOUT)
-        fail(fmt::format("detach {}: {}{}", pid, detached.error().message, threads_blocked_in_agent(pid)));
+        fail(fmt::format("detach {}: {}{}", pid, detached.error().message,
+                         threads_blocked_in_agent(pid)));
     const json result = check(std::move(detached), "detach " + std::to_string(pid));
     inject::kill_point("detach-answered");
     std::string removed;
-    for (auto& m : result.value("uninstalled", json::array())) removed += (removed.empty() ? "" : ",") + m.get<std::string>();
+    for (auto& m : result.value("uninstalled", json::array()))
+        removed += (removed.empty() ? "" : ",") + m.get<std::string>();
     if (!result.value("unloadable", false)) {
-        std::printf("detached from %d: removed %s; agent stays loaded (preloaded by liveio run)\n", pid,
-                    removed.empty() ? "nothing" : removed.c_str());
-        if (const std::string how = describe_uninstall(result.value("how", json::object())); !how.empty())
+        std::printf("detached from %d: removed %s; agent stays loaded (preloaded by liveio run)\n",
+                    pid, removed.empty() ? "nothing" : removed.c_str());
+        if (const std::string how = describe_uninstall(result.value("how", json::object()));
+            !how.empty())
             std::printf("  %s\n", how.c_str());
         return;
     }
@@ -283,12 +304,13 @@ void cmd_detach(pid_t pid) {
     if (!wait_thread_gone(pid, result.value("control_tid", 0)))
         fail(fmt::format("the agent's control thread in {} did not exit; not unloading", pid));
     inject::InjectedLibrary lib{pid, result["library"].value("path", std::string()),
-                              result["library"].value("handle", uint64_t{0})};
+                                result["library"].value("handle", uint64_t{0})};
     inject::InjectStats stats;
     check(inject::unload_library(lib, &stats), "unloading the agent from " + std::to_string(pid));
     std::printf("detached from %d: removed %s; agent unloaded (pause %.2f ms)\n", pid,
                 removed.empty() ? "nothing" : removed.c_str(), stats.pause_ms);
-    if (const std::string how = describe_uninstall(result.value("how", json::object())); !how.empty())
+    if (const std::string how = describe_uninstall(result.value("how", json::object()));
+        !how.empty())
         std::printf("  %s\n", how.c_str());
 }
 
@@ -298,14 +320,19 @@ void print_status(const json& s) {
                 s.value("uptime_s", 0.0), s.value("resident", false) ? "  preloaded" : "");
     std::string mechs;
     for (auto& m : s.value("mechanisms", json::array()))
-        mechs += fmt::format("{}{} ({} calls)", mechs.empty() ? "" : ", ", m.value("name", std::string("?")),
+        mechs += fmt::format("{}{} ({} calls)", mechs.empty() ? "" : ", ",
+                             m.value("name", std::string("?")),
                              m.value("calls_dispatched", uint64_t{0}));
     std::printf("mechanisms: %s\n", mechs.empty() ? "none installed" : mechs.c_str());
-    if (s.contains("last_error")) std::printf("last error: %s\n", s["last_error"].get<std::string>().c_str());
-    if (const json control = s.value("control", json::object()); control.value("refused_connections", uint64_t{0}) > 0)
-        std::printf("control: refused %llu connection(s) from other users (only uid %d and root may control it)\n",
-                    static_cast<unsigned long long>(control["refused_connections"].get<uint64_t>()),
-                    control.value("allowed_uids", json::array({-1})).at(0).get<int>());
+    if (s.contains("last_error"))
+        std::printf("last error: %s\n", s["last_error"].get<std::string>().c_str());
+    if (const json control = s.value("control", json::object());
+        control.value("refused_connections", uint64_t{0}) > 0)
+        std::printf(
+            "control: refused %llu connection(s) from other users (only uid %d and root may "
+            "control it)\n",
+            static_cast<unsigned long long>(control["refused_connections"].get<uint64_t>()),
+            control.value("allowed_uids", json::array({-1})).at(0).get<int>());
     std::printf("%-14s %14s %16s %10s\n", "syscall", "calls", "bytes", "errors");
     const json calls = s.value("calls", json::object());
     auto row = [](const std::string& name, const json& c) {
@@ -321,17 +348,18 @@ void print_status(const json& s) {
     if (s.contains("faults")) {
         std::string line;
         for (auto& [name, f] : s["faults"].items())
-            line += fmt::format("{}{} {} injected, {} armed", line.empty() ? "" : "; ", name, f.value("injected", uint64_t{0}),
-                                f.value("armed", uint64_t{0}));
+            line += fmt::format("{}{} {} injected, {} armed", line.empty() ? "" : "; ", name,
+                                f.value("injected", uint64_t{0}), f.value("armed", uint64_t{0}));
         std::printf("fault injection: %s\n", line.c_str());
     }
 }
 
 void cmd_fault(pid_t pid, const std::string& point, uint32_t times) {
     auto client = connect_agent(pid);
-    check(client.call("fault.arm", json{{"point", point}, {"times", times}}), "fault " + std::to_string(pid));
-    std::printf("fault %s armed in %d: the next %u run%s fail%s\n", point.c_str(), pid, times, times == 1 ? "" : "s",
-                times == 1 ? "s" : "");
+    check(client.call("fault.arm", json{{"point", point}, {"times", times}}),
+          "fault " + std::to_string(pid));
+    std::printf("fault %s armed in %d: the next %u run%s fail%s\n", point.c_str(), pid, times,
+                times == 1 ? "" : "s", times == 1 ? "s" : "");
 }
 
 void cmd_status(pid_t pid, bool as_json) {
@@ -364,34 +392,44 @@ void add_process_commands(CLI::App& app) {
         run->callback([args, command] { cmd_run(*args, *command); });
     }
     {
-        auto* attach = app.add_subcommand("attach", "Load the agent into a running process and intercept its I/O");
+        auto* attach = app.add_subcommand(
+            "attach", "Load the agent into a running process and intercept its I/O");
         auto args = std::make_shared<InstallArgs>();
         auto pid = std::make_shared<pid_t>(0);
         attach->add_option("pid", *pid, "process id")->required()->check(CLI::PositiveNumber);
         args->add_to(attach);
-        attach->add_option("--policy", args->policies, "acceleration policies to switch on (liveio policy PID list)")
+        attach
+            ->add_option("--policy", args->policies,
+                         "acceleration policies to switch on (liveio policy PID list)")
             ->delimiter(',');
         attach->callback([args, pid] { cmd_attach(*pid, *args); });
     }
     {
-        auto* detach = app.add_subcommand("detach", "Remove all interception from a process and unload the agent");
+        auto* detach = app.add_subcommand(
+            "detach", "Remove all interception from a process and unload the agent");
         auto pid = std::make_shared<pid_t>(0);
         detach->add_option("pid", *pid, "process id")->required()->check(CLI::PositiveNumber);
         detach->callback([pid] { cmd_detach(*pid); });
     }
     {
-        auto* fault = app.add_subcommand("fault", "Test liveio's error paths: make an io_uring engine step fail N times in a process");
+        auto* fault = app.add_subcommand(
+            "fault",
+            "Test liveio's error paths: make an io_uring engine step fail N times in a process");
         auto pid = std::make_shared<pid_t>(0);
         auto point = std::make_shared<std::string>();
         auto times = std::make_shared<uint32_t>(1);
         fault->add_option("pid", *pid, "process id")->required()->check(CLI::PositiveNumber);
-        fault->add_option("point", *point, "ring_create, submit_eagain, submit_ebusy, submit_eintr, submit_enomem, "
-                                           "complete_eagain, complete_eio, complete_short")->required();
+        fault
+            ->add_option("point", *point,
+                         "ring_create, submit_eagain, submit_ebusy, submit_eintr, submit_enomem, "
+                         "complete_eagain, complete_eio, complete_short")
+            ->required();
         fault->add_option("times", *times, "how many runs of the step fail")->capture_default_str();
         fault->callback([pid, point, times] { cmd_fault(*pid, *point, *times); });
     }
     {
-        auto* status = app.add_subcommand("status", "Show the agent's mechanisms and per-syscall counts");
+        auto* status =
+            app.add_subcommand("status", "Show the agent's mechanisms and per-syscall counts");
         auto pid = std::make_shared<pid_t>(0);
         auto as_json = std::make_shared<bool>(false);
         status->add_option("pid", *pid, "process id")->required()->check(CLI::PositiveNumber);

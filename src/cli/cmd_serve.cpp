@@ -120,8 +120,10 @@ public:
             if (ec) observe_fail("cannot find this executable: " + ec.message());
         }
         for (pid_t pid : args_.pids) add(pid, /*attach=*/true);
-        std::fprintf(stderr, "liveio: serving http://%s:%u/metrics for %s; Ctrl-C to stop\n", server->host().c_str(),
-                     server->port(), args_.pids.empty() ? "every process with a liveio agent" : "the given processes");
+        std::fprintf(
+            stderr, "liveio: serving http://%s:%u/metrics for %s; Ctrl-C to stop\n",
+            server->host().c_str(), server->port(),
+            args_.pids.empty() ? "every process with a liveio agent" : "the given processes");
         std::printf("listening on %s:%u\n", server->host().c_str(), server->port());
         std::fflush(stdout);
         uint64_t next_sink = observe::monotonic_ns() + static_cast<uint64_t>(sink_interval_ * 1e9);
@@ -133,10 +135,12 @@ public:
                     write_sink();
                     next_sink = now + static_cast<uint64_t>(sink_interval_ * 1e9);
                 }
-                timeout_ms = static_cast<int>((next_sink - std::min(next_sink, observe::monotonic_ns())) / 1000000 + 1);
+                timeout_ms = static_cast<int>(
+                    (next_sink - std::min(next_sink, observe::monotonic_ns())) / 1000000 + 1);
             }
-            auto served = observe::HttpServer::serve_any(listeners, timeout_ms,
-                                                         [&](const observe::HttpRequest& req) { return handle(req); }, signals.fd());
+            auto served = observe::HttpServer::serve_any(
+                listeners, timeout_ms, [&](const observe::HttpRequest& req) { return handle(req); },
+                signals.fd());
             if (!served) observe_fail(served.error().message);
         }
         if (sink_) write_sink();  // the last partial interval
@@ -173,7 +177,8 @@ private:
     void discover() {
         if (!args_.pids.empty()) return;
         if (args_.target) {
-            if (observed_.count(args_.target) || failed_.count(args_.target) || !has_agent()) return;
+            if (observed_.count(args_.target) || failed_.count(args_.target) || !has_agent())
+                return;
             try {
                 add(args_.target, /*attach=*/false);
             } catch (const CLI::RuntimeError&) {
@@ -198,10 +203,13 @@ private:
     }
 
     // Runs `liveio ARGS...` (this executable) for a control request, bounded in time.
-    observe::HttpReply run_self(std::vector<std::string> args, std::chrono::seconds limit, bool json_output = false) {
+    observe::HttpReply run_self(std::vector<std::string> args, std::chrono::seconds limit,
+                                bool json_output = false) {
         args.insert(args.begin(), self_exe_);
         auto r = control::run_command(args, limit);
-        if (!r) return json_reply(200, {{"ok", false}, {"node", args_.node}, {"error", r.error().message}});
+        if (!r)
+            return json_reply(200,
+                              {{"ok", false}, {"node", args_.node}, {"error", r.error().message}});
         if (r->status != 0) {
             std::string out = r->output;
             while (!out.empty() && out.back() == '\n') out.pop_back();
@@ -213,7 +221,9 @@ private:
                 reply["status"] = nlohmann::json::parse(r->output);
                 reply.erase("output");
             } catch (const std::exception& e) {
-                return json_reply(200, {{"ok", false}, {"node", args_.node}, {"error", std::string("unparsable status: ") + e.what()}});
+                return json_reply(200, {{"ok", false},
+                                        {"node", args_.node},
+                                        {"error", std::string("unparsable status: ") + e.what()}});
             }
         }
         return json_reply(200, reply);
@@ -225,12 +235,18 @@ private:
         discover();
         auto it = observed_.find(args_.target);
         if (it == observed_.end())
-            return json_reply(200, {{"ok", false}, {"node", args_.node}, {"error", "no liveio agent in the target (attach first)"}});
+            return json_reply(200, {{"ok", false},
+                                    {"node", args_.node},
+                                    {"error", "no liveio agent in the target (attach first)"}});
         Observed& o = it->second;
         if (o.error.empty() && !o.session->alive()) o.error = "process exited";
-        auto snap = o.error.empty() ? observe::read_snapshot(*o.io.syscalls, o.io.classes) : Result<observe::Snapshot>(make_error(ESRCH, o.error));
-        if (!snap) return json_reply(200, {{"ok", false}, {"node", args_.node}, {"error", snap.error().message}});
-        nlohmann::json syscalls = nlohmann::json::array(), classes = nlohmann::json::array(), sockets = nlohmann::json::array();
+        auto snap = o.error.empty() ? observe::read_snapshot(*o.io.syscalls, o.io.classes)
+                                    : Result<observe::Snapshot>(make_error(ESRCH, o.error));
+        if (!snap)
+            return json_reply(
+                200, {{"ok", false}, {"node", args_.node}, {"error", snap.error().message}});
+        nlohmann::json syscalls = nlohmann::json::array(), classes = nlohmann::json::array(),
+                       sockets = nlohmann::json::array();
         for (const auto& r : snap->syscalls) {
             nlohmann::json j = observe::to_json(r.counters);
             j["name"] = r.name;
@@ -243,9 +259,15 @@ private:
             classes.push_back(std::move(j));
         }
         for (const auto& sample : o.read_sockets()) sockets.push_back(observe::to_json(sample));
-        return json_reply(200, {{"ok", true},           {"node", args_.node},          {"pid", args_.target},
-                                {"time_ns", snap->time_ns}, {"unix_time", std::time(nullptr)}, {"syscalls", std::move(syscalls)},
-                                {"classes", std::move(classes)}, {"sockets", std::move(sockets)}, {"sockets_observed", o.sockets != nullptr}});
+        return json_reply(200, {{"ok", true},
+                                {"node", args_.node},
+                                {"pid", args_.target},
+                                {"time_ns", snap->time_ns},
+                                {"unix_time", std::time(nullptr)},
+                                {"syscalls", std::move(syscalls)},
+                                {"classes", std::move(classes)},
+                                {"sockets", std::move(sockets)},
+                                {"sockets_observed", o.sockets != nullptr}});
     }
 
     // Forgets the target's session (unloading the io_stats instance loaded here) before a
@@ -261,41 +283,64 @@ private:
     observe::HttpReply handle_control(const observe::HttpRequest& req) {
         if (!req.local) {
             if (token_.empty())
-                return json_reply(403, {{"ok", false}, {"node", args_.node},
-                                        {"error", "control over TCP is off on this node (liveio serve was started without --token-file); "
-                                                  "use its control socket"}});
+                return json_reply(403, {{"ok", false},
+                                        {"node", args_.node},
+                                        {"error",
+                                         "control over TCP is off on this node (liveio serve was "
+                                         "started without --token-file); "
+                                         "use its control socket"}});
             if (!cluster::bearer_matches(req.authorization, token_))
-                return json_reply(401, {{"ok", false}, {"node", args_.node},
-                                        {"error", req.authorization.empty()
-                                                      ? "control over TCP needs 'Authorization: Bearer TOKEN' (the token of the node's token file)"
-                                                      : "wrong bearer token"}});
+                return json_reply(401,
+                                  {{"ok", false},
+                                   {"node", args_.node},
+                                   {"error", req.authorization.empty()
+                                                 ? "control over TCP needs 'Authorization: Bearer "
+                                                   "TOKEN' (the token of the node's token file)"
+                                                 : "wrong bearer token"}});
         }
         if (!args_.target)
-            return json_reply(404, {{"ok", false}, {"node", args_.node}, {"error", "no --target: this liveio serve controls no process"}});
+            return json_reply(404,
+                              {{"ok", false},
+                               {"node", args_.node},
+                               {"error", "no --target: this liveio serve controls no process"}});
         const std::string pid = std::to_string(args_.target);
         nlohmann::json body = nlohmann::json::object();
         if (!req.body.empty()) {
             try {
                 body = nlohmann::json::parse(req.body);
             } catch (const std::exception& e) {
-                return json_reply(400, {{"ok", false}, {"node", args_.node}, {"error", std::string("request body: ") + e.what()}});
+                return json_reply(400, {{"ok", false},
+                                        {"node", args_.node},
+                                        {"error", std::string("request body: ") + e.what()}});
             }
         }
         auto bad_word = [](const std::string& w) { return w.empty() || w[0] == '-'; };
         try {
             if (req.path == "/control/ping") {
                 const bool alive = ::kill(args_.target, 0) == 0 || errno == EPERM;
-                return json_reply(200, {{"ok", alive}, {"node", args_.node}, {"target", args_.target}, {"alive", alive},
-                                        {"agent", alive && has_agent()}, {"error", alive ? "" : "target process is gone"}});
+                return json_reply(200, {{"ok", alive},
+                                        {"node", args_.node},
+                                        {"target", args_.target},
+                                        {"alive", alive},
+                                        {"agent", alive && has_agent()},
+                                        {"error", alive ? "" : "target process is gone"}});
             }
             if (req.method != "POST" && req.path != "/control/stats" && req.path != "/control/io")
-                return json_reply(405, {{"ok", false}, {"node", args_.node}, {"error", "control requests other than ping and stats are POST"}});
+                return json_reply(
+                    405, {{"ok", false},
+                          {"node", args_.node},
+                          {"error", "control requests other than ping and stats are POST"}});
             if (req.path == "/control/attach") {
                 const std::string mechanism = body.value("mechanism", std::string("got"));
-                if (bad_word(mechanism)) return json_reply(400, {{"ok", false}, {"node", args_.node}, {"error", "bad mechanism"}});
+                if (bad_word(mechanism))
+                    return json_reply(
+                        400, {{"ok", false}, {"node", args_.node}, {"error", "bad mechanism"}});
                 std::vector<std::string> a{"attach", pid, "--mechanism", mechanism};
                 for (const std::string& p : body.value("policies", std::vector<std::string>())) {
-                    if (bad_word(p)) return json_reply(400, {{"ok", false}, {"node", args_.node}, {"error", "bad policy name"}});
+                    if (bad_word(p))
+                        return json_reply(
+                            400,
+                            {{"ok", false}, {"node", args_.node}, {"error", "bad policy name"}});
                     a.insert(a.end(), {"--policy", p});
                 }
                 return run_self(a, std::chrono::seconds(120));
@@ -307,28 +352,39 @@ private:
             if (req.path == "/control/policy") {
                 std::vector<std::string> a{"policy", pid};
                 for (const std::string& w : body.value("words", std::vector<std::string>())) {
-                    if (bad_word(w)) return json_reply(400, {{"ok", false}, {"node", args_.node}, {"error", "bad policy word"}});
+                    if (bad_word(w))
+                        return json_reply(
+                            400,
+                            {{"ok", false}, {"node", args_.node}, {"error", "bad policy word"}});
                     a.push_back(w);
                 }
                 return run_self(a, std::chrono::seconds(60));
             }
-            if (req.path == "/control/stats") return run_self({"status", pid, "--json"}, std::chrono::seconds(30), true);
+            if (req.path == "/control/stats")
+                return run_self({"status", pid, "--json"}, std::chrono::seconds(30), true);
             if (req.path == "/control/io") return io_reply();
         } catch (const nlohmann::json::exception& e) {
-            return json_reply(400, {{"ok", false}, {"node", args_.node}, {"error", std::string("request body: ") + e.what()}});
+            return json_reply(400, {{"ok", false},
+                                    {"node", args_.node},
+                                    {"error", std::string("request body: ") + e.what()}});
         }
-        return json_reply(404, {{"ok", false}, {"node", args_.node}, {"error", "unknown control request " + req.path}});
+        return json_reply(404, {{"ok", false},
+                                {"node", args_.node},
+                                {"error", "unknown control request " + req.path}});
     }
 
     observe::HttpReply handle(const observe::HttpRequest& req) {
         if (req.path.starts_with("/control/")) return handle_control(req);
-        if (req.method == "POST") return {405, "text/plain; charset=utf-8", "only GET and HEAD are served\n"};
-        if (req.local) return {404, "text/plain; charset=utf-8", "the control socket serves /control/ only\n"};
+        if (req.method == "POST")
+            return {405, "text/plain; charset=utf-8", "only GET and HEAD are served\n"};
+        if (req.local)
+            return {404, "text/plain; charset=utf-8", "the control socket serves /control/ only\n"};
         if (req.path == "/") {
             return {200, "text/html; charset=utf-8",
                     "<html><body><h1>liveio</h1><a href=\"/metrics\">/metrics</a></body></html>\n"};
         }
-        if (req.path != "/metrics") return {404, "text/plain; charset=utf-8", "only /metrics is served\n"};
+        if (req.path != "/metrics")
+            return {404, "text/plain; charset=utf-8", "only /metrics is served\n"};
         discover();
         std::vector<observe::ProcessMetrics> all;
         for (auto& [pid, o] : observed_) {
@@ -364,7 +420,8 @@ private:
             std::map<uint64_t, observe::SocketCounters> now_sockets;
             for (auto& sample : sockets) {
                 now_sockets[sample.file_id] = sample.counters;
-                if (auto b = o.last_sunk_sockets.find(sample.file_id); b != o.last_sunk_sockets.end())
+                if (auto b = o.last_sunk_sockets.find(sample.file_id);
+                    b != o.last_sunk_sockets.end())
                     sample.counters = observe::delta(sample.counters, b->second);
             }
             if (o.have_last) {
@@ -396,22 +453,31 @@ private:
 }  // namespace
 
 void add_serve_commands(CLI::App& app) {
-    auto* cmd = app.add_subcommand("serve", "Prometheus /metrics endpoint (and ClickHouse sink) for observed processes");
+    auto* cmd = app.add_subcommand(
+        "serve", "Prometheus /metrics endpoint (and ClickHouse sink) for observed processes");
     auto args = std::make_shared<ServeArgs>();
-    cmd->add_option("--listen,-l", args->listen, "HOST:PORT to listen on, e.g. 127.0.0.1:9464")->required();
-    cmd->add_option("--pid,-p", args->pids, "processes to observe (default: every process with an agent)")
+    cmd->add_option("--listen,-l", args->listen, "HOST:PORT to listen on, e.g. 127.0.0.1:9464")
+        ->required();
+    cmd->add_option("--pid,-p", args->pids,
+                    "processes to observe (default: every process with an agent)")
         ->check(CLI::PositiveNumber);
-    cmd->add_option("--target", args->target, "control endpoint: the process control requests act on (a cluster node's server)")
+    cmd->add_option(
+           "--target", args->target,
+           "control endpoint: the process control requests act on (a cluster node's server)")
         ->check(CLI::PositiveNumber);
-    cmd->add_option("--control-socket", args->control_socket, "control endpoint: unix socket for control requests (mode 0600)");
+    cmd->add_option("--control-socket", args->control_socket,
+                    "control endpoint: unix socket for control requests (mode 0600)");
     cmd->add_option("--token-file", args->token_file,
-                    "control endpoint: owner-only file holding the bearer token TCP control requests must present");
+                    "control endpoint: owner-only file holding the bearer token TCP control "
+                    "requests must present");
     cmd->add_option("--node", args->node, "control endpoint: the node name put in replies");
     cmd->add_flag("--sockets", args->sockets,
-                  "also load the built-in net_stats program: per TCP socket (local and remote address) calls, bytes, "
+                  "also load the built-in net_stats program: per TCP socket (local and remote "
+                  "address) calls, bytes, "
                   "latency and message sizes in /metrics, /control/io and the sink");
     cmd->add_option("--sink", args->sink, "insert metrics into clickhouse://HOST:PORT/db.table");
-    cmd->add_option("--sink-interval", args->sink_interval, "how often rows are inserted")->capture_default_str();
+    cmd->add_option("--sink-interval", args->sink_interval, "how often rows are inserted")
+        ->capture_default_str();
     args->observe.add_to(cmd);
     cmd->callback([args] { Server(*args).run(); });
 }

@@ -49,7 +49,8 @@ void observe_fail(const std::string& message) {
 }
 
 void ObserveArgs::add_to(CLI::App* cmd) {
-    cmd->add_option("--mechanism,-m", mechanism, "how calls are intercepted if the command attaches")
+    cmd->add_option("--mechanism,-m", mechanism,
+                    "how calls are intercepted if the command attaches")
         ->check(CLI::IsMember(control::mechanism_names()))
         ->capture_default_str();
     cmd->add_option("--agent", agent, "path of liveio-agent.so (if the command attaches)");
@@ -62,7 +63,8 @@ bool process_alive(pid_t pid) {
     if (!std::getline(stat, line)) return false;
     // "pid (comm) S ...": the state follows the last ')' (comm may hold parentheses).
     const size_t paren = line.rfind(')');
-    return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z' && line[paren + 2] != 'X';
+    return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z' &&
+           line[paren + 2] != 'X';
 }
 
 std::string process_comm(pid_t pid) {
@@ -95,7 +97,8 @@ std::vector<pid_t> processes_with_agents() {
     return out;
 }
 
-std::unique_ptr<TargetSession> TargetSession::open(pid_t pid, const ObserveArgs& args, bool attach_if_needed) {
+std::unique_ptr<TargetSession> TargetSession::open(pid_t pid, const ObserveArgs& args,
+                                                   bool attach_if_needed) {
     std::unique_ptr<TargetSession> s(new TargetSession(pid, args));
     if (!process_alive(pid)) observe_fail(fmt::format("process {} does not exist", pid));
     s->comm_ = process_comm(pid);
@@ -104,10 +107,13 @@ std::unique_ptr<TargetSession> TargetSession::open(pid_t pid, const ObserveArgs&
         const Error& e = connected.error();
         if (e.code == ESRCH) observe_fail(fmt::format("process {} does not exist", pid));
         if (e.code == EACCES || e.code == EPERM)
-            observe_fail(fmt::format("permission denied: the agent in process {} ({}) refuses us (it accepts its "
-                                     "owner and root): {}", pid, s->comm_, e.message));
+            observe_fail(fmt::format(
+                "permission denied: the agent in process {} ({}) refuses us (it accepts its "
+                "owner and root): {}",
+                pid, s->comm_, e.message));
         if (e.code != ECONNREFUSED) observe_fail(fmt::format("process {}: {}", pid, e.message));
-        if (!attach_if_needed) observe_fail(fmt::format("no liveio agent in process {} ({})", pid, s->comm_));
+        if (!attach_if_needed)
+            observe_fail(fmt::format("no liveio agent in process {} ({})", pid, s->comm_));
         {
             StdoutToStderr narrate;
             attach_process(pid, args.mechanism, args.agent);
@@ -117,7 +123,8 @@ std::unique_ptr<TargetSession> TargetSession::open(pid_t pid, const ObserveArgs&
         if (!connected) {
             const std::string why = connected.error().message;
             s->close();
-            observe_fail(fmt::format("attached to {} but its agent is not reachable: {}", pid, why));
+            observe_fail(
+                fmt::format("attached to {} but its agent is not reachable: {}", pid, why));
         }
     }
     s->client_.emplace(std::move(connected).value());
@@ -164,8 +171,10 @@ void TargetSession::close() {
     }
 }
 
-observe::ObjectInfo TargetSession::load(const std::string& path, const std::vector<std::string>& programs) {
-    auto obj = check(bpf().load(path, args_.engine, programs), fmt::format("loading {} into {}", path, pid_));
+observe::ObjectInfo TargetSession::load(const std::string& path,
+                                        const std::vector<std::string>& programs) {
+    auto obj = check(bpf().load(path, args_.engine, programs),
+                     fmt::format("loading {} into {}", path, pid_));
     loaded_.push_back(obj.id);
     return obj;
 }
@@ -184,13 +193,16 @@ BuiltinMaps TargetSession::builtin(const std::string& object_name) {
         out.object = load(*path);
         out.loaded_here = true;
     }
-    out.maps = check(bpf().maps(out.object.id), fmt::format("mapping the maps of object {} in {}", out.object.id, pid_));
+    out.maps = check(bpf().maps(out.object.id),
+                     fmt::format("mapping the maps of object {} in {}", out.object.id, pid_));
     return out;
 }
 
 ebpf::Map& BuiltinMaps::need(const std::string& map_name, pid_t pid) const {
     const auto* m = observe::find_map(maps, map_name);
-    if (!m) observe_fail(fmt::format("object {} ({}) in {} has no {} map", object.id, object.name, pid, map_name));
+    if (!m)
+        observe_fail(fmt::format("object {} ({}) in {} has no {} map", object.id, object.name, pid,
+                                 map_name));
     return *m->map;
 }
 
@@ -203,7 +215,8 @@ IoStatsMaps TargetSession::io_stats() {
 }
 
 observe::Snapshot TargetSession::snapshot(const IoStatsMaps& maps) {
-    return check(observe::read_snapshot(*maps.syscalls, maps.classes), fmt::format("reading the maps of {}", pid_));
+    return check(observe::read_snapshot(*maps.syscalls, maps.classes),
+                 fmt::format("reading the maps of {}", pid_));
 }
 
 SignalWatch::SignalWatch() {
@@ -223,7 +236,8 @@ SignalWatch::~SignalWatch() {
 
 bool SignalWatch::received() {
     signalfd_siginfo info;
-    while (fd_ >= 0 && ::read(fd_, &info, sizeof info) == static_cast<ssize_t>(sizeof info)) got_ = true;
+    while (fd_ >= 0 && ::read(fd_, &info, sizeof info) == static_cast<ssize_t>(sizeof info))
+        got_ = true;
     return got_;
 }
 

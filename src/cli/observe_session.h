@@ -52,7 +52,8 @@ public:
     // Connects to the agent of `pid`. Without one, attaches first (as `liveio attach`) when
     // `attach_if_needed`, else fails saying there is no agent. Failures end the command with
     // a message naming the cause (no such process, permission denied, ...).
-    static std::unique_ptr<TargetSession> open(pid_t pid, const ObserveArgs& args, bool attach_if_needed = true);
+    static std::unique_ptr<TargetSession> open(pid_t pid, const ObserveArgs& args,
+                                               bool attach_if_needed = true);
     ~TargetSession();
     TargetSession(const TargetSession&) = delete;
     TargetSession& operator=(const TargetSession&) = delete;
@@ -78,7 +79,8 @@ public:
     }
 
     // Loads an object; it is unloaded by close() unless --stay (or keep()).
-    observe::ObjectInfo load(const std::string& path, const std::vector<std::string>& programs = {});
+    observe::ObjectInfo load(const std::string& path,
+                             const std::vector<std::string>& programs = {});
     // The instance of built-in object `object_name` ("net_stats.bpf.o") already loaded in the
     // target, else a fresh one loaded here.
     BuiltinMaps builtin(const std::string& object_name);

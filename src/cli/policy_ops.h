@@ -17,7 +17,8 @@ namespace liveio::cli {
 // The absolute path of policy `name`'s BPF object.
 Result<std::string> policy_object_path(const std::string& name);
 // policy.on in `pid` with `settings` ("key=value"); the agent's reply.
-Result<nlohmann::json> policy_on(pid_t pid, const std::string& name, const std::vector<std::string>& settings);
+Result<nlohmann::json> policy_on(pid_t pid, const std::string& name,
+                                 const std::vector<std::string>& settings);
 // One line per policy that is on: counters in human units (status, policy list).
 void print_policies(const nlohmann::json& list);
 

@@ -1,7 +1,7 @@
 #include "clickhouse/dataset.h"
 
-#include <algorithm>
 #include <fmt/format.h>
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <thread>
@@ -59,7 +59,8 @@ struct TimeWindow {
 };
 
 TimeWindow time_window(uint64_t rows) {
-    return {static_cast<uint32_t>(kEventTimeBase + rows / 4), static_cast<uint32_t>(kEventTimeBase + rows / 4 + rows / 10)};
+    return {static_cast<uint32_t>(kEventTimeBase + rows / 4),
+            static_cast<uint32_t>(kEventTimeBase + rows / 4 + rows / 10)};
 }
 
 void add_row(Aggregates& a, const Hit& h, TimeWindow window, std::string_view url_needle) {
@@ -110,7 +111,8 @@ std::string top_regions(const Aggregates& a, const std::vector<uint64_t>& primar
     });
     ids.resize(std::min(ids.size(), kTopRegions));
     std::string out;
-    for (uint32_t r : ids) out += tsv_row({num(r), num(a.region_count[r]), num(a.region_duration[r])});
+    for (uint32_t r : ids)
+        out += tsv_row({num(r), num(a.region_count[r]), num(a.region_duration[r])});
     return out;
 }
 
@@ -122,16 +124,17 @@ Result<uint64_t> query_number(HttpClient& client, const std::string& sql) {
     try {
         return static_cast<uint64_t>(std::stoull(rows->front().front()));
     } catch (const std::exception&) {
-        return make_error(EPROTO, fmt::format("`{}` returned '{}', not a number", sql, rows->front().front()));
+        return make_error(
+            EPROTO, fmt::format("`{}` returned '{}', not a number", sql, rows->front().front()));
     }
 }
 
 // Active parts, rows and bytes of `table` on one server.
 Result<LoadReport> table_report(HttpClient& client, const std::string& table) {
-    auto rows = client.query_rows(fmt::format(
-        "SELECT count(), sum(rows), sum(bytes_on_disk) FROM system.parts "
-        "WHERE database = currentDatabase() AND table = '{}' AND active",
-        table));
+    auto rows = client.query_rows(
+        fmt::format("SELECT count(), sum(rows), sum(bytes_on_disk) FROM system.parts "
+                    "WHERE database = currentDatabase() AND table = '{}' AND active",
+                    table));
     if (!rows) return rows.error();
     if (rows->size() != 1 || rows->front().size() != 3)
         return make_error(EPROTO, "unexpected answer from system.parts");
@@ -183,10 +186,12 @@ std::string create_distributed_sql(const DatasetOptions& o, std::string_view clu
 
 Result<LoadReport> load(HttpClient& client, const DatasetOptions& o, ShardSlice slice) {
     if (slice.shards == 0 || slice.shard >= slice.shards)
-        return make_error(EINVAL, fmt::format("shard {} of {} does not exist", slice.shard, slice.shards));
+        return make_error(EINVAL,
+                          fmt::format("shard {} of {} does not exist", slice.shard, slice.shards));
     if (o.rows == 0) return make_error(EINVAL, "the data set needs at least one row");
     const auto t0 = Clock::now();
-    for (const std::string& sql : {fmt::format("DROP TABLE IF EXISTS {}", o.table), create_table_sql(o), insert_sql(o, slice)})
+    for (const std::string& sql : {fmt::format("DROP TABLE IF EXISTS {}", o.table),
+                                   create_table_sql(o), insert_sql(o, slice)})
         if (auto r = client.execute(sql); !r) return r.error();
     // The insert leaves a part per block; background merges may already be merging some, in
     // which case OPTIMIZE does nothing (optimize_throw_if_noop is 0): repeat until one part.
@@ -194,15 +199,20 @@ Result<LoadReport> load(HttpClient& client, const DatasetOptions& o, ShardSlice 
     Result<LoadReport> report = table_report(client, o.table);
     while (report && report->parts > 1) {
         if (Clock::now() > deadline)
-            return make_error(ETIMEDOUT, fmt::format("{} still has {} parts after 120 s of OPTIMIZE", o.table, report->parts));
-        if (auto r = client.execute(fmt::format("OPTIMIZE TABLE {} FINAL", o.table)); !r) return r.error();
+            return make_error(ETIMEDOUT,
+                              fmt::format("{} still has {} parts after 120 s of OPTIMIZE", o.table,
+                                          report->parts));
+        if (auto r = client.execute(fmt::format("OPTIMIZE TABLE {} FINAL", o.table)); !r)
+            return r.error();
         report = table_report(client, o.table);
-        if (report && report->parts > 1) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (report && report->parts > 1)
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     if (!report) return report.error();
     const uint64_t expected = o.rows / slice.shards + (slice.shard < o.rows % slice.shards ? 1 : 0);
     if (report->rows != expected)
-        return make_error(EPROTO, fmt::format("{} holds {} rows after the load, expected {}", o.table, report->rows, expected));
+        return make_error(EPROTO, fmt::format("{} holds {} rows after the load, expected {}",
+                                              o.table, report->rows, expected));
     report->elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0);
     return report;
 }
@@ -222,18 +232,24 @@ Result<LoadReport> load(LocalCluster& cluster, const DatasetOptions& o) {
     LoadReport total;
     for (size_t i = 0; i < n; ++i) {
         if (!*results[i])
-            return make_error(results[i]->error().code, fmt::format("shard {}: {}", i, results[i]->error().message));
+            return make_error(results[i]->error().code,
+                              fmt::format("shard {}: {}", i, results[i]->error().message));
         total.rows += (*results[i])->rows;
         total.bytes_on_disk += (*results[i])->bytes_on_disk;
         total.parts += (*results[i])->parts;
     }
-    if (auto r = cluster.execute_on_all(fmt::format("DROP TABLE IF EXISTS {}", o.distributed_table)); !r) return r.error();
-    if (auto r = cluster.execute_on_all(create_distributed_sql(o, cluster.name())); !r) return r.error();
+    if (auto r =
+            cluster.execute_on_all(fmt::format("DROP TABLE IF EXISTS {}", o.distributed_table));
+        !r)
+        return r.error();
+    if (auto r = cluster.execute_on_all(create_distributed_sql(o, cluster.name())); !r)
+        return r.error();
     auto client = cluster.shard(0).client();
     auto counted = query_number(client, fmt::format("SELECT count() FROM {}", o.distributed_table));
     if (!counted) return counted.error();
     if (*counted != o.rows)
-        return make_error(EPROTO, fmt::format("{} counts {} rows, expected {}", o.distributed_table, *counted, o.rows));
+        return make_error(EPROTO, fmt::format("{} counts {} rows, expected {}", o.distributed_table,
+                                              *counted, o.rows));
     total.elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0);
     return total;
 }
@@ -256,10 +272,11 @@ std::vector<Query> query_mix(const DatasetOptions& o, ShardSlice slice, bool dis
 
     auto point = [](const std::string& table, uint64_t n) {
         const Hit h = make_hit(n);
-        return std::pair{fmt::format("SELECT WatchID, UserID, toUInt32(EventTime), Duration, URL FROM {} "
-                                     "WHERE CounterID = {} AND WatchID = {}",
-                                     table, h.counter_id, n),
-                         tsv_row({num(h.watch_id), num(h.user_id), num(h.event_time), num(h.duration), h.url})};
+        return std::pair{
+            fmt::format("SELECT WatchID, UserID, toUInt32(EventTime), Duration, URL FROM {} "
+                        "WHERE CounterID = {} AND WatchID = {}",
+                        table, h.counter_id, n),
+            tsv_row({num(h.watch_id), num(h.user_id), num(h.event_time), num(h.duration), h.url})};
     };
     for (size_t i = 0; i < kPointLookups; ++i)
         if (auto n = first_held(slice, o.rows * (2 * i + 1) / (2 * kPointLookups), o.rows)) {
@@ -267,10 +284,12 @@ std::vector<Query> query_mix(const DatasetOptions& o, ShardSlice slice, bool dis
             mix.push_back({fmt::format("point_{}", i + 1), QueryKind::PointLookup, sql, expected});
         }
 
-    mix.push_back({"range_counter", QueryKind::RangeScan,
-                   fmt::format("SELECT count(), sum(Duration), max(UserID) FROM {} WHERE CounterID BETWEEN {} AND {}",
-                               t, kRangeCounterLo, kRangeCounterHi),
-                   tsv_row({num(local.range_count), num(local.range_duration), num(local.range_max_user)})});
+    mix.push_back(
+        {"range_counter", QueryKind::RangeScan,
+         fmt::format(
+             "SELECT count(), sum(Duration), max(UserID) FROM {} WHERE CounterID BETWEEN {} AND {}",
+             t, kRangeCounterLo, kRangeCounterHi),
+         tsv_row({num(local.range_count), num(local.range_duration), num(local.range_max_user)})});
     const TimeWindow window = time_window(o.rows);
     mix.push_back({"range_time", QueryKind::RangeScan,
                    fmt::format("SELECT count(), min(WatchID), max(WatchID), sum(RegionID) FROM {} "
@@ -284,31 +303,38 @@ std::vector<Query> query_mix(const DatasetOptions& o, ShardSlice slice, bool dis
                                "ORDER BY count() DESC, RegionID LIMIT {}",
                                t, kTopRegions),
                    top_regions(local, local.region_count)});
-    mix.push_back({"agg_users", QueryKind::Aggregation, fmt::format("SELECT uniqExact(UserID) FROM {}", t),
+    mix.push_back({"agg_users", QueryKind::Aggregation,
+                   fmt::format("SELECT uniqExact(UserID) FROM {}", t),
                    tsv_row({num(std::count(local.users.begin(), local.users.end(), true))})});
-    mix.push_back({"agg_urls", QueryKind::Aggregation,
-                   fmt::format("SELECT countIf(URL LIKE '%/{}/%'), sum(IsRefresh) FROM {}", kUrlBucket, t),
-                   tsv_row({num(local.url_matches), num(local.refreshes)})});
+    mix.push_back(
+        {"agg_urls", QueryKind::Aggregation,
+         fmt::format("SELECT countIf(URL LIKE '%/{}/%'), sum(IsRefresh) FROM {}", kUrlBucket, t),
+         tsv_row({num(local.url_matches), num(local.refreshes)})});
 
     if (distributed) {
         const std::string& d = o.distributed_table;
-        mix.push_back({"dist_range", QueryKind::Distributed,
-                       fmt::format("SELECT count(), sum(Duration) FROM {} WHERE CounterID BETWEEN {} AND {}", d,
-                                   kDistCounterLo, kDistCounterHi),
-                       tsv_row({num(all.dist_count), num(all.dist_duration)})});
-        mix.push_back({"dist_regions", QueryKind::Distributed,
-                       fmt::format("SELECT RegionID, count(), sum(Duration) FROM {} GROUP BY RegionID "
-                                   "ORDER BY sum(Duration) DESC, RegionID LIMIT {}",
-                                   d, kTopRegions),
-                       top_regions(all, all.region_duration)});
+        mix.push_back(
+            {"dist_range", QueryKind::Distributed,
+             fmt::format("SELECT count(), sum(Duration) FROM {} WHERE CounterID BETWEEN {} AND {}",
+                         d, kDistCounterLo, kDistCounterHi),
+             tsv_row({num(all.dist_count), num(all.dist_duration)})});
+        mix.push_back(
+            {"dist_regions", QueryKind::Distributed,
+             fmt::format("SELECT RegionID, count(), sum(Duration) FROM {} GROUP BY RegionID "
+                         "ORDER BY sum(Duration) DESC, RegionID LIMIT {}",
+                         d, kTopRegions),
+             top_regions(all, all.region_duration)});
         // A row of another shard than the local one whenever there are several.
-        if (auto n = first_held(ShardSlice{(slice.shard + 1) % slice.shards, slice.shards}, o.rows / 3, o.rows)) {
+        if (auto n = first_held(ShardSlice{(slice.shard + 1) % slice.shards, slice.shards},
+                                o.rows / 3, o.rows)) {
             auto [sql, expected] = point(d, *n);
             mix.push_back({"dist_point", QueryKind::Distributed, sql, expected});
         }
-        mix.push_back({"dist_fetch", QueryKind::Distributed,
-                       fmt::format("SELECT WatchID, Duration FROM {} WHERE CounterID = {} ORDER BY WatchID", d, kFetchCounter),
-                       all.fetch});
+        mix.push_back(
+            {"dist_fetch", QueryKind::Distributed,
+             fmt::format("SELECT WatchID, Duration FROM {} WHERE CounterID = {} ORDER BY WatchID",
+                         d, kFetchCounter),
+             all.fetch});
     }
     return mix;
 }
@@ -319,7 +345,9 @@ Result<MixRun> run_mix(HttpClient& client, const std::vector<Query>& mix) {
     for (const Query& q : mix) {
         const auto start = Clock::now();
         auto out = client.query(q.sql);
-        if (!out) return make_error(out.error().code, fmt::format("query {}: {}", q.name, out.error().message));
+        if (!out)
+            return make_error(out.error().code,
+                              fmt::format("query {}: {}", q.name, out.error().message));
         QueryRun r{q.name, q.kind, Clock::now() - start, *out == q.expected, {}};
         if (!r.matched) {
             r.got = std::move(*out);
@@ -332,9 +360,11 @@ Result<MixRun> run_mix(HttpClient& client, const std::vector<Query>& mix) {
 }
 
 Result<void> drop_caches(HttpClient& client, const DatasetOptions& o) {
-    for (const std::string& sql : {std::string("SYSTEM DROP MARK CACHE"), std::string("SYSTEM DROP UNCOMPRESSED CACHE"),
-                                   fmt::format("DETACH TABLE {}", o.table), fmt::format("ATTACH TABLE {}", o.table)})
-        if (auto r = client.execute(sql); !r) return make_error(r.error().code, fmt::format("{}: {}", sql, r.error().message));
+    for (const std::string& sql :
+         {std::string("SYSTEM DROP MARK CACHE"), std::string("SYSTEM DROP UNCOMPRESSED CACHE"),
+          fmt::format("DETACH TABLE {}", o.table), fmt::format("ATTACH TABLE {}", o.table)})
+        if (auto r = client.execute(sql); !r)
+            return make_error(r.error().code, fmt::format("{}: {}", sql, r.error().message));
     return {};
 }
 

@@ -50,11 +50,12 @@ inline constexpr uint32_t kEventTimeBase = 1767225600;  // 2026-01-01 00:00:00 U
 Hit make_hit(uint64_t n);
 
 // Settings of the servers' default profile the data set is meant to run with (see above).
-inline constexpr const char* kProfileSettings = "<use_uncompressed_cache>0</use_uncompressed_cache>";
+inline constexpr const char* kProfileSettings =
+    "<use_uncompressed_cache>0</use_uncompressed_cache>";
 
 struct DatasetOptions {
-    uint64_t rows = 8'000'000;                // over all shards
-    std::string table = "hits";               // the MergeTree table on every server
+    uint64_t rows = 8'000'000;                   // over all shards
+    std::string table = "hits";                  // the MergeTree table on every server
     std::string distributed_table = "hits_all";  // Distributed over the cluster's `table`s
 };
 

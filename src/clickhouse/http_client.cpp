@@ -8,10 +8,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <cctype>
 #include <cstring>
-#include <fmt/format.h>
 
 #include "base/errno_error.h"
 
@@ -91,7 +91,8 @@ public:
                 return make_error(EPROTO, "reply line longer than 64 KiB");
             auto more = fill();
             if (!more) return more.error();
-            if (!*more) return make_error(ECONNRESET, "connection closed in the middle of the reply");
+            if (!*more)
+                return make_error(ECONNRESET, "connection closed in the middle of the reply");
         }
     }
 
@@ -100,7 +101,8 @@ public:
             compact();
             auto more = fill();
             if (!more) return more.error();
-            if (!*more) return make_error(ECONNRESET, "connection closed in the middle of the reply body");
+            if (!*more)
+                return make_error(ECONNRESET, "connection closed in the middle of the reply body");
         }
         out.append(buf_, pos_, n);
         pos_ += n;
@@ -138,7 +140,8 @@ private:
 bool iequals(std::string_view a, std::string_view b) {
     if (a.size() != b.size()) return false;
     for (size_t i = 0; i < a.size(); ++i)
-        if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i])))
+        if (std::tolower(static_cast<unsigned char>(a[i])) !=
+            std::tolower(static_cast<unsigned char>(b[i])))
             return false;
     return true;
 }
@@ -155,10 +158,14 @@ Result<uint64_t> parse_number(std::string_view s, int base, std::string_view wha
     uint64_t v = 0;
     for (char c : s) {
         int d;
-        if (c >= '0' && c <= '9') d = c - '0';
-        else if (base == 16 && c >= 'a' && c <= 'f') d = c - 'a' + 10;
-        else if (base == 16 && c >= 'A' && c <= 'F') d = c - 'A' + 10;
-        else return make_error(EPROTO, fmt::format("bad {} '{}'", what, s));
+        if (c >= '0' && c <= '9')
+            d = c - '0';
+        else if (base == 16 && c >= 'a' && c <= 'f')
+            d = c - 'a' + 10;
+        else if (base == 16 && c >= 'A' && c <= 'F')
+            d = c - 'A' + 10;
+        else
+            return make_error(EPROTO, fmt::format("bad {} '{}'", what, s));
         v = v * static_cast<uint64_t>(base) + static_cast<uint64_t>(d);
     }
     return v;
@@ -226,7 +233,8 @@ Result<void> HttpClient::connect_socket() {
     return {};
 }
 
-Result<HttpResponse> HttpClient::exchange(const std::string& request_bytes, bool* nothing_received) {
+Result<HttpResponse> HttpClient::exchange(const std::string& request_bytes,
+                                          bool* nothing_received) {
     *nothing_received = false;
     auto deadline = Clock::now() + options_.timeout;
     if (auto r = send_all(fd_, request_bytes, deadline); !r) {

@@ -3,8 +3,8 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <pwd.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -13,12 +13,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
-#include <fmt/format.h>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -59,10 +59,12 @@ std::string tail_of(const std::string& path, size_t lines) {
 
 std::string config_xml(const std::string& dir, const ServerPorts& ports, const ServerOptions& o) {
     std::string listen_hosts;
-    for (const std::string& host : o.listen_hosts) listen_hosts += fmt::format("    <listen_host>{}</listen_host>\n", host);
+    for (const std::string& host : o.listen_hosts)
+        listen_hosts += fmt::format("    <listen_host>{}</listen_host>\n", host);
     // Every path the server would otherwise take from its compiled-in defaults
     // (/var/lib/clickhouse, /var/log/clickhouse-server, ...) is set explicitly to our directory.
-    return fmt::format(R"(<?xml version="1.0"?>
+    return fmt::format(
+        R"(<?xml version="1.0"?>
 <!-- Written by liveio's ClickHouse test bed; private to this server instance. -->
 <yandex>
     <logger>
@@ -100,10 +102,10 @@ std::string config_xml(const std::string& dir, const ServerPorts& ports, const S
 {extra}
 </yandex>
 )",
-                       fmt::arg("log_level", o.log_level), fmt::arg("dir", dir),
-                       fmt::arg("listen_hosts", listen_hosts), fmt::arg("interserver_host", o.interserver_host),
-                       fmt::arg("http", ports.http), fmt::arg("tcp", ports.tcp),
-                       fmt::arg("interserver", ports.interserver), fmt::arg("extra", o.extra_config));
+        fmt::arg("log_level", o.log_level), fmt::arg("dir", dir),
+        fmt::arg("listen_hosts", listen_hosts), fmt::arg("interserver_host", o.interserver_host),
+        fmt::arg("http", ports.http), fmt::arg("tcp", ports.tcp),
+        fmt::arg("interserver", ports.interserver), fmt::arg("extra", o.extra_config));
 }
 
 std::string users_xml(const ServerOptions& o) {
@@ -146,8 +148,9 @@ Result<std::string> make_temp_dir(std::string_view prefix) {
 
 std::string describe_status(int status) {
     if (WIFEXITED(status)) return fmt::format("exited with status {}", WEXITSTATUS(status));
-    if (WIFSIGNALED(status)) return fmt::format("was killed by signal {} ({})", WTERMSIG(status),
-                                                ::strsignal(WTERMSIG(status)));
+    if (WIFSIGNALED(status))
+        return fmt::format("was killed by signal {} ({})", WTERMSIG(status),
+                           ::strsignal(WTERMSIG(status)));
     return fmt::format("changed state (wait status {:#x})", status);
 }
 
@@ -169,9 +172,12 @@ bool wait_exit(pid_t pid, Clock::time_point deadline, int* status) {
 // its user's).
 Result<void> chown_tree(const std::string& dir, uid_t uid, gid_t gid) {
     std::error_code ec;
-    if (::lchown(dir.c_str(), uid, gid) != 0) return errno_error(errno, fmt::format("chown {}", dir));
-    for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
-        if (::lchown(it->path().c_str(), uid, gid) != 0) return errno_error(errno, fmt::format("chown {}", it->path().string()));
+    if (::lchown(dir.c_str(), uid, gid) != 0)
+        return errno_error(errno, fmt::format("chown {}", dir));
+    for (auto it = fs::recursive_directory_iterator(dir, ec);
+         !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+        if (::lchown(it->path().c_str(), uid, gid) != 0)
+            return errno_error(errno, fmt::format("chown {}", it->path().string()));
     if (ec) return make_error(ec.value(), fmt::format("walking {}: {}", dir, ec.message()));
     return {};
 }
@@ -186,7 +192,8 @@ Result<UserIds> lookup_user(const std::string& name) {
     passwd* found = nullptr;
     std::vector<char> buf(16384);
     const int rc = ::getpwnam_r(name.c_str(), &pw, buf.data(), buf.size(), &found);
-    if (rc != 0 || found == nullptr) return make_error(rc ? rc : ENOENT, fmt::format("no user '{}'", name));
+    if (rc != 0 || found == nullptr)
+        return make_error(rc ? rc : ENOENT, fmt::format("no user '{}'", name));
     return UserIds{pw.pw_uid, pw.pw_gid};
 }
 
@@ -200,7 +207,8 @@ std::string service_user() {
 Result<std::string> find_server_binary() {
     if (const char* env = std::getenv("CLICKHOUSE_SERVER"); env && *env) {
         if (is_executable(env)) return std::string(env);
-        return make_error(ENOENT, fmt::format("$CLICKHOUSE_SERVER={} is not an executable file", env));
+        return make_error(ENOENT,
+                          fmt::format("$CLICKHOUSE_SERVER={} is not an executable file", env));
     }
     for (const char* candidate : {"/usr/sbin/clickhouse-server", "/usr/bin/clickhouse-server"}) {
         if (is_executable(candidate)) return std::string(candidate);
@@ -242,7 +250,8 @@ Result<std::vector<uint16_t>> free_ports(size_t count) {
 }
 
 Result<LocalServer> LocalServer::start(ServerOptions options) {
-    bool auto_ports = options.ports.http == 0 && options.ports.tcp == 0 && options.ports.interserver == 0;
+    bool auto_ports =
+        options.ports.http == 0 && options.ports.tcp == 0 && options.ports.interserver == 0;
     constexpr int kAttempts = 3;
     for (int attempt = 1;; ++attempt) {
         bool port_conflict = false;
@@ -259,7 +268,8 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
         if (!found) return found.error();
         binary = *found;
     } else if (!is_executable(binary)) {
-        return make_error(ENOENT, fmt::format("ClickHouse server binary {} is not an executable file", binary));
+        return make_error(
+            ENOENT, fmt::format("ClickHouse server binary {} is not an executable file", binary));
     }
 
     LocalServer server;
@@ -273,14 +283,17 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
         std::error_code ec;
         bool existed = fs::exists(options.dir, ec);
         fs::create_directories(options.dir, ec);
-        if (ec) return make_error(EIO, fmt::format("cannot create {}: {}", options.dir, ec.message()));
+        if (ec)
+            return make_error(EIO, fmt::format("cannot create {}: {}", options.dir, ec.message()));
         server.dir_ = fs::absolute(options.dir).string();
         server.remove_dir_ = !existed && !options.keep_dir;
     }
     for (const char* sub : {"data", "tmp", "log", "user_files", "format_schemas"}) {
         std::error_code ec;
         fs::create_directories(server.dir_ + "/" + sub, ec);
-        if (ec) return make_error(EIO, fmt::format("cannot create {}/{}: {}", server.dir_, sub, ec.message()));
+        if (ec)
+            return make_error(
+                EIO, fmt::format("cannot create {}/{}: {}", server.dir_, sub, ec.message()));
     }
 
     server.ports_ = options.ports;
@@ -292,7 +305,8 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
         if (!server.ports_.interserver) server.ports_.interserver = (*picked)[2];
     }
     std::string config_path = server.dir_ + "/config.xml";
-    if (auto r = write_file(config_path, config_xml(server.dir_, server.ports_, options)); !r) return r.error();
+    if (auto r = write_file(config_path, config_xml(server.dir_, server.ports_, options)); !r)
+        return r.error();
     if (auto r = write_file(server.dir_ + "/users.xml", users_xml(options)); !r) return r.error();
     // A previous run in the same directory must not make this start look like a port conflict.
     ::unlink(server.error_log_path().c_str());
@@ -316,9 +330,10 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
     for (char** e = environ; options.inherit_environment && *e; ++e) {
         const std::string_view var(*e);
         const std::string_view name = var.substr(0, var.find('='));
-        const bool replaced = std::any_of(options.environment.begin(), options.environment.end(), [&](const std::string& v) {
-            return std::string_view(v).substr(0, v.find('=')) == name;
-        });
+        const bool replaced = std::any_of(
+            options.environment.begin(), options.environment.end(), [&](const std::string& v) {
+                return std::string_view(v).substr(0, v.find('=')) == name;
+            });
         if (!replaced) env_strings.emplace_back(var);
     }
     std::vector<char*> envp;
@@ -333,7 +348,8 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
     if (pid < 0) return errno_error(errno, "fork");
     if (pid == 0) {
         // Credentials first: changing them clears the parent-death signal.
-        if (run_as && (::setgroups(1, &run_as->gid) != 0 || ::setgid(run_as->gid) != 0 || ::setuid(run_as->uid) != 0))
+        if (run_as && (::setgroups(1, &run_as->gid) != 0 || ::setgid(run_as->gid) != 0 ||
+                       ::setuid(run_as->uid) != 0))
             ::_exit(126);
         if (die_with_parent) {
             ::prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -362,7 +378,8 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
     // From here on, a failure must not leave the server running: `server` going out of
     // scope stops it (and removes the directory if we created it).
     auto deadline = started + options.start_timeout;
-    HttpClient probe(HttpClientOptions{.host = "127.0.0.1", .port = server.ports_.http,
+    HttpClient probe(HttpClientOptions{.host = "127.0.0.1",
+                                       .port = server.ports_.http,
                                        .timeout = std::chrono::milliseconds(2000)});
     for (;;) {
         int status = 0;
@@ -371,21 +388,24 @@ Result<LocalServer> LocalServer::start_once(const ServerOptions& options, bool* 
             server.pid_ = -1;
             std::string tail = server.log_tail();
             *port_conflict = tail.find("Address already in use") != std::string::npos;
-            return make_error(ECHILD, fmt::format("{} {} during startup (dir {}); log tail:\n{}",
-                                                  binary, describe_status(status), server.dir_, tail));
+            return make_error(ECHILD,
+                              fmt::format("{} {} during startup (dir {}); log tail:\n{}", binary,
+                                          describe_status(status), server.dir_, tail));
         }
         if (probe.ping()) break;
         probe.disconnect();
         if (Clock::now() >= deadline) {
             std::string tail = server.log_tail();
-            return make_error(ETIMEDOUT,
-                              fmt::format("{} did not answer /ping on port {} within {} ms (dir {}); log tail:\n{}",
-                                          binary, server.ports_.http, options.start_timeout.count(),
-                                          server.dir_, tail));
+            return make_error(
+                ETIMEDOUT,
+                fmt::format(
+                    "{} did not answer /ping on port {} within {} ms (dir {}); log tail:\n{}",
+                    binary, server.ports_.http, options.start_timeout.count(), server.dir_, tail));
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(25));
     }
-    server.startup_time_ = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started);
+    server.startup_time_ =
+        std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started);
     return server;
 }
 
@@ -430,13 +450,14 @@ Result<void> LocalServer::stop() {
         if (!wait_exit(pid, Clock::now() + stop_timeout_, &status)) {
             ::kill(pid, SIGKILL);
             wait_exit(pid, Clock::now() + std::chrono::seconds(10), &status);
-            result = make_error(ETIMEDOUT,
-                                fmt::format("clickhouse-server {} did not exit within {} ms of SIGTERM; killed. log tail:\n{}",
-                                            pid, stop_timeout_.count(), log_tail()));
+            result = make_error(ETIMEDOUT, fmt::format("clickhouse-server {} did not exit within "
+                                                       "{} ms of SIGTERM; killed. log tail:\n{}",
+                                                       pid, stop_timeout_.count(), log_tail()));
         } else if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0) &&
                    !(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM) && result.ok()) {
-            result = make_error(ECHILD, fmt::format("clickhouse-server {} {} on SIGTERM; log tail:\n{}",
-                                                    pid, describe_status(status), log_tail()));
+            result =
+                make_error(ECHILD, fmt::format("clickhouse-server {} {} on SIGTERM; log tail:\n{}",
+                                               pid, describe_status(status), log_tail()));
         }
     }
     if (remove_dir_ && !dir_.empty()) {
@@ -453,7 +474,8 @@ pid_t LocalServer::release_process() {
 }
 
 HttpClient LocalServer::client(std::chrono::milliseconds timeout) const {
-    return HttpClient(HttpClientOptions{.host = "127.0.0.1", .port = ports_.http, .timeout = timeout});
+    return HttpClient(
+        HttpClientOptions{.host = "127.0.0.1", .port = ports_.http, .timeout = timeout});
 }
 
 std::string LocalServer::log_tail(size_t lines) const {
@@ -470,17 +492,21 @@ std::string remote_servers_xml(const std::string& name, const std::vector<uint16
     std::string shards;
     for (uint16_t port : tcp_ports)
         shards += fmt::format(
-            "            <shard><replica><host>127.0.0.1</host><port>{}</port></replica></shard>\n", port);
-    return fmt::format("    <remote_servers>\n        <{0}>\n{1}        </{0}>\n    </remote_servers>\n",
-                       name, shards);
+            "            <shard><replica><host>127.0.0.1</host><port>{}</port></replica></shard>\n",
+            port);
+    return fmt::format(
+        "    <remote_servers>\n        <{0}>\n{1}        </{0}>\n    </remote_servers>\n", name,
+        shards);
 }
 
 Result<LocalCluster> LocalCluster::start(ClusterOptions options) {
     if (options.shards == 0) return make_error(EINVAL, "a cluster needs at least one shard");
-    if (options.shards > 16) return make_error(EINVAL, fmt::format("{} shards: at most 16", options.shards));
+    if (options.shards > 16)
+        return make_error(EINVAL, fmt::format("{} shards: at most 16", options.shards));
     if (!options.server.dir.empty() || options.server.ports.http || options.server.ports.tcp ||
         options.server.ports.interserver)
-        return make_error(EINVAL, "cluster shards choose their own directories and ports; leave them empty");
+        return make_error(
+            EINVAL, "cluster shards choose their own directories and ports; leave them empty");
     if (options.name.empty() || options.name.find_first_of("<>&\"' /") != std::string::npos)
         return make_error(EINVAL, fmt::format("bad cluster name '{}'", options.name));
 
@@ -546,7 +572,8 @@ Result<void> LocalCluster::stop() {
     Result<void> result;
     for (size_t i = 0; i < shards_.size(); ++i) {
         auto r = shards_[i].stop();
-        if (!r && result.ok()) result = make_error(r.error().code, fmt::format("shard {}: {}", i, r.error().message));
+        if (!r && result.ok())
+            result = make_error(r.error().code, fmt::format("shard {}: {}", i, r.error().message));
     }
     shards_.clear();
     if (remove_root_ && !root_.empty()) {

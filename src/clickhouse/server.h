@@ -75,17 +75,20 @@ struct ServerOptions {
 // that reserve; glibc's default (~1.6 KiB surplus) is smaller than the agent needs (6.1 KiB
 // at the time of writing, mostly the uprobe shadow stack), and dlopen then fails with "cannot
 // allocate memory in static TLS block".
-inline constexpr const char* kStaticTlsReserve = "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=65536";
+inline constexpr const char* kStaticTlsReserve =
+    "GLIBC_TUNABLES=glibc.rtld.optional_static_tls=65536";
 
 // The environment systemd gives a service that sets none (systemd.exec: only PATH, and no
 // GLIBC_TUNABLES or LD_PRELOAD): for ServerOptions::environment with inherit_environment false.
-inline constexpr const char* kServiceEnvironment = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+inline constexpr const char* kServiceEnvironment =
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 // The user the Debian package's service runs the server as (User=clickhouse), when it exists
 // and we may switch to it (root); else "".
 std::string service_user();
 
-// The clickhouse-server executable of the Debian package (/usr/sbin, /usr/bin), or $CLICKHOUSE_SERVER.
+// The clickhouse-server executable of the Debian package (/usr/sbin, /usr/bin), or
+// $CLICKHOUSE_SERVER.
 Result<std::string> find_server_binary();
 
 // `count` distinct TCP ports free on 127.0.0.1 at the time of the call.

@@ -18,8 +18,9 @@ namespace {
 using nlohmann::json;
 
 bool valid_name(const std::string& s) {
-    return !s.empty() && s.size() <= 64 &&
-           std::all_of(s.begin(), s.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-'; });
+    return !s.empty() && s.size() <= 64 && std::all_of(s.begin(), s.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+    });
 }
 
 }  // namespace
@@ -38,7 +39,8 @@ Result<ClusterFile> parse_cluster_file(const std::string& text) {
         file.table = j.value("table", file.table);
         file.distributed_table = j.value("distributed_table", file.distributed_table);
         file.history_table = j.value("history_table", file.history_table);
-        file.history_distributed_table = j.value("history_distributed_table", file.history_distributed_table);
+        file.history_distributed_table =
+            j.value("history_distributed_table", file.history_distributed_table);
         for (const json& n : j.at("nodes")) {
             Node node;
             node.name = n.at("name").get<std::string>();
@@ -62,15 +64,19 @@ Result<ClusterFile> parse_cluster_file(const std::string& text) {
     } catch (const std::exception& e) {
         return make_error(EINVAL, fmt::format("cluster file: {}", e.what()));
     }
-    if (!valid_name(file.name)) return make_error(EINVAL, fmt::format("cluster file: bad cluster name '{}'", file.name));
+    if (!valid_name(file.name))
+        return make_error(EINVAL, fmt::format("cluster file: bad cluster name '{}'", file.name));
     if (file.nodes.empty()) return make_error(EINVAL, "cluster file: no nodes");
     for (const Node& node : file.nodes) {
-        if (!valid_name(node.name)) return make_error(EINVAL, fmt::format("cluster file: bad node name '{}'", node.name));
+        if (!valid_name(node.name))
+            return make_error(EINVAL, fmt::format("cluster file: bad node name '{}'", node.name));
         if (node.host.empty() || node.host.find_first_of("<>&\"' ") != std::string::npos)
-            return make_error(EINVAL, fmt::format("cluster file: node {}: bad host '{}'", node.name, node.host));
+            return make_error(
+                EINVAL, fmt::format("cluster file: node {}: bad host '{}'", node.name, node.host));
     }
     for (size_t s = 0; s < file.shards(); ++s)
-        if (std::none_of(file.nodes.begin(), file.nodes.end(), [&](const Node& n) { return n.shard == s; }))
+        if (std::none_of(file.nodes.begin(), file.nodes.end(),
+                         [&](const Node& n) { return n.shard == s; }))
             return make_error(EINVAL, fmt::format("cluster file: shard {} has no node", s));
     return file;
 }
@@ -78,9 +84,14 @@ Result<ClusterFile> parse_cluster_file(const std::string& text) {
 std::string format_cluster_file(const ClusterFile& file) {
     json nodes = json::array();
     for (const Node& n : file.nodes) {
-        json node = {{"name", n.name},           {"shard", n.shard},       {"replica", n.replica},
-                     {"host", n.host},           {"http_port", n.http_port}, {"tcp_port", n.tcp_port},
-                     {"interserver_port", n.interserver_port}, {"data_dir", n.data_dir}};
+        json node = {{"name", n.name},
+                     {"shard", n.shard},
+                     {"replica", n.replica},
+                     {"host", n.host},
+                     {"http_port", n.http_port},
+                     {"tcp_port", n.tcp_port},
+                     {"interserver_port", n.interserver_port},
+                     {"data_dir", n.data_dir}};
         if (!n.netns.empty()) node["netns"] = n.netns;
         if (n.server_pid > 0) node["server_pid"] = n.server_pid;
         if (!n.control.socket.empty() || n.control.port) {
@@ -92,8 +103,12 @@ std::string format_cluster_file(const ClusterFile& file) {
         }
         nodes.push_back(std::move(node));
     }
-    const json j = {{"name", file.name}, {"table", file.table}, {"distributed_table", file.distributed_table},
-                    {"history_table", file.history_table}, {"history_distributed_table", file.history_distributed_table}, {"nodes", nodes}};
+    const json j = {{"name", file.name},
+                    {"table", file.table},
+                    {"distributed_table", file.distributed_table},
+                    {"history_table", file.history_table},
+                    {"history_distributed_table", file.history_distributed_table},
+                    {"nodes", nodes}};
     return j.dump(2) + "\n";
 }
 
@@ -103,14 +118,16 @@ Result<ClusterFile> read_cluster_file(const std::string& path) {
     std::stringstream ss;
     ss << in.rdbuf();
     auto file = parse_cluster_file(ss.str());
-    if (!file) return make_error(file.error().code, fmt::format("{}: {}", path, file.error().message));
+    if (!file)
+        return make_error(file.error().code, fmt::format("{}: {}", path, file.error().message));
     return file;
 }
 
 Result<void> write_file_atomic(const std::string& path, const std::string& text, mode_t mode) {
     const std::string tmp = path + ".tmp";
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) return make_error(errno, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+    if (fd < 0)
+        return make_error(errno, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
     size_t done = 0;
     while (done < text.size()) {
         const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
@@ -138,16 +155,21 @@ std::string remote_servers_xml(const ClusterFile& file) {
         std::string replicas;
         for (const Node& n : file.nodes)
             if (n.shard == s)
-                replicas += fmt::format("<replica><host>{}</host><port>{}</port></replica>", n.host, n.tcp_port);
+                replicas += fmt::format("<replica><host>{}</host><port>{}</port></replica>", n.host,
+                                        n.tcp_port);
         shards += fmt::format("            <shard>{}</shard>\n", replicas);
     }
     // Every node its own shard: the I/O history differs per node (replicas included), and a
     // Distributed table over this cluster reads all of it.
     std::string nodes;
     for (const Node& n : file.nodes)
-        nodes += fmt::format("            <shard><replica><host>{}</host><port>{}</port></replica></shard>\n", n.host, n.tcp_port);
-    return fmt::format("    <remote_servers>\n        <{0}>\n{1}        </{0}>\n        <{2}>\n{3}        </{2}>\n    </remote_servers>\n",
-                       file.name, shards, every_node_cluster(file), nodes);
+        nodes += fmt::format(
+            "            <shard><replica><host>{}</host><port>{}</port></replica></shard>\n",
+            n.host, n.tcp_port);
+    return fmt::format(
+        "    <remote_servers>\n        <{0}>\n{1}        </{0}>\n        <{2}>\n{3}        "
+        "</{2}>\n    </remote_servers>\n",
+        file.name, shards, every_node_cluster(file), nodes);
 }
 
 }  // namespace liveio::cluster

@@ -71,7 +71,8 @@ Result<ClusterFile> read_cluster_file(const std::string& path);
 // Writes `text` to `path` through a temporary file renamed over it (and fsynced), so a reader
 // (or a harness killed mid-write) sees the old or the new content, never a mix. `mode` is
 // the file's permission bits.
-Result<void> write_file_atomic(const std::string& path, const std::string& text, mode_t mode = 0600);
+Result<void> write_file_atomic(const std::string& path, const std::string& text,
+                               mode_t mode = 0600);
 
 // The <remote_servers> section naming every node of `file` by host and tcp_port: cluster
 // `file.name` with the replicas of a shard grouped in one <shard>, and cluster

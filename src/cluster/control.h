@@ -39,20 +39,23 @@ struct ControlReply {
 // Sends one request to `node`'s control endpoint: over its unix socket when that exists on
 // this machine, else over TCP to host:port (inside node.netns when set) with the token of
 // control.token_file. The whole exchange is bounded by `timeout`.
-Result<ControlReply> control_request(const Node& node, const std::string& method, const std::string& target,
-                                     const std::string& body, std::chrono::milliseconds timeout);
+Result<ControlReply> control_request(const Node& node, const std::string& method,
+                                     const std::string& target, const std::string& body,
+                                     std::chrono::milliseconds timeout);
 
 // The same over TCP only, with `token` as given ("" sends no Authorization header); for tests
 // of the refusal and for nodes on other machines.
-Result<ControlReply> control_request_tcp(const Node& node, const std::string& method, const std::string& target,
-                                         const std::string& body, const std::string& token,
+Result<ControlReply> control_request_tcp(const Node& node, const std::string& method,
+                                         const std::string& target, const std::string& body,
+                                         const std::string& token,
                                          std::chrono::milliseconds timeout);
 
 // Starts `liveio_exe serve --sockets` for `node` in the calling thread's network namespace,
 // detached from the caller (own session, output in <data_dir>/serve.log, no PDEATHSIG), and
 // waits (at most 20 s) for its control socket. With `history_table` ("db.table"), it inserts
 // its metrics there on the node's own server every `history_interval`. Returns its pid.
-Result<pid_t> start_control_endpoint(const std::string& liveio_exe, const Node& node, const std::string& history_table = "",
+Result<pid_t> start_control_endpoint(const std::string& liveio_exe, const Node& node,
+                                     const std::string& history_table = "",
                                      const std::string& history_interval = "5s");
 
 }  // namespace liveio::cluster

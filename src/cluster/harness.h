@@ -48,24 +48,27 @@ Result<ClusterFile> up(const UpOptions& options);
 
 struct DownReport {
     bool existed = false;
-    std::vector<pid_t> stopped;        // processes that exited on SIGTERM
-    std::vector<pid_t> killed;         // processes that needed SIGKILL
+    std::vector<pid_t> stopped;           // processes that exited on SIGTERM
+    std::vector<pid_t> killed;            // processes that needed SIGKILL
     std::vector<std::string> namespaces;  // namespaces deleted
-    std::vector<std::string> dirs;     // directories removed
+    std::vector<std::string> dirs;        // directories removed
 };
 
 // Stops every process, deletes every namespace (with its links and bridge) and removes every
 // directory recorded for cluster `name` under `state_root`. Succeeds with existed = false when
 // nothing is recorded (idempotent).
-Result<DownReport> down(const std::string& name, const std::string& state_root = default_state_root());
+Result<DownReport> down(const std::string& name,
+                        const std::string& state_root = default_state_root());
 
 // Shapes every node link of namespace cluster `file` (made by `up`) to `rate` each way with
 // tbf, as `up --rate` does; "" removes the shaping.
 Result<void> set_link_rate(const ClusterFile& file, const std::string& rate);
 
-std::string state_dir(const std::string& name, const std::string& state_root = default_state_root());
+std::string state_dir(const std::string& name,
+                      const std::string& state_root = default_state_root());
 // <state dir>/cluster.json.
-std::string cluster_file_path(const std::string& name, const std::string& state_root = default_state_root());
+std::string cluster_file_path(const std::string& name,
+                              const std::string& state_root = default_state_root());
 
 // Bits per second of a tc-style rate ("800kbit", "100mbit", "1gbit", "12mbps" in bytes).
 Result<uint64_t> parse_rate(const std::string& rate);

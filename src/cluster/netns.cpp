@@ -22,7 +22,9 @@ Result<NetnsScope> NetnsScope::enter(const std::string& name) {
     NetnsScope scope;
     if (name.empty()) return scope;
     const int original = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    if (original < 0) return make_error(errno, fmt::format("open /proc/thread-self/ns/net: {}", std::strerror(errno)));
+    if (original < 0)
+        return make_error(errno,
+                          fmt::format("open /proc/thread-self/ns/net: {}", std::strerror(errno)));
     const int target = ::open(netns_path(name).c_str(), O_RDONLY | O_CLOEXEC);
     if (target < 0) {
         const int err = errno;
@@ -34,13 +36,15 @@ Result<NetnsScope> NetnsScope::enter(const std::string& name) {
     ::close(target);
     if (rc != 0) {
         ::close(original);
-        return make_error(err, fmt::format("entering network namespace {}: {}", name, std::strerror(err)));
+        return make_error(
+            err, fmt::format("entering network namespace {}: {}", name, std::strerror(err)));
     }
     scope.original_fd_ = original;
     return scope;
 }
 
-NetnsScope::NetnsScope(NetnsScope&& other) noexcept : original_fd_(std::exchange(other.original_fd_, -1)) {}
+NetnsScope::NetnsScope(NetnsScope&& other) noexcept
+    : original_fd_(std::exchange(other.original_fd_, -1)) {}
 
 NetnsScope::~NetnsScope() {
     if (original_fd_ < 0) return;
@@ -66,7 +70,8 @@ std::vector<pid_t> processes_in_netns(const std::string& name) {
         std::string line;
         std::getline(status, line);
         const size_t paren = line.rfind(')');
-        if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z') continue;
+        if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z')
+            continue;
         pids.push_back(static_cast<pid_t>(pid));
     }
     ::closedir(proc);
@@ -74,7 +79,9 @@ std::vector<pid_t> processes_in_netns(const std::string& name) {
 }
 
 std::string netns_unavailable_reason() {
-    if (::geteuid() != 0) return "not running as root (network namespaces, veth and bridges need CAP_SYS_ADMIN and CAP_NET_ADMIN)";
+    if (::geteuid() != 0)
+        return "not running as root (network namespaces, veth and bridges need CAP_SYS_ADMIN and "
+               "CAP_NET_ADMIN)";
     const pid_t pid = ::fork();
     if (pid < 0) return fmt::format("fork: {}", std::strerror(errno));
     if (pid == 0) ::_exit(::unshare(CLONE_NEWNET) == 0 ? 0 : (errno & 0x7f));
@@ -82,7 +89,8 @@ std::string netns_unavailable_reason() {
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return "";
-    if (WIFEXITED(status)) return fmt::format("unshare(CLONE_NEWNET) fails: {}", std::strerror(WEXITSTATUS(status)));
+    if (WIFEXITED(status))
+        return fmt::format("unshare(CLONE_NEWNET) fails: {}", std::strerror(WEXITSTATUS(status)));
     return "unshare(CLONE_NEWNET) probe crashed";
 }
 

@@ -25,8 +25,8 @@ uint32_t direction_from_name(const std::string& name) {
 }
 
 bool is_disk_class(uint32_t c) {
-    return c == LIVEIO_CLASS_FILE || c == LIVEIO_CLASS_CH_BIN || c == LIVEIO_CLASS_CH_MRK || c == LIVEIO_CLASS_CH_PRIMARY ||
-           c == LIVEIO_CLASS_CH_OTHER;
+    return c == LIVEIO_CLASS_FILE || c == LIVEIO_CLASS_CH_BIN || c == LIVEIO_CLASS_CH_MRK ||
+           c == LIVEIO_CLASS_CH_PRIMARY || c == LIVEIO_CLASS_CH_OTHER;
 }
 
 void add(observe::SizeHistogram& into, const observe::SizeHistogram& h) {
@@ -35,7 +35,9 @@ void add(observe::SizeHistogram& into, const observe::SizeHistogram& h) {
 
 const Node* node_serving(const ClusterFile& file, const std::string& addr, uint16_t port) {
     for (const Node& n : file.nodes)
-        if (n.host == addr && (port == n.tcp_port || port == n.http_port || port == n.interserver_port)) return &n;
+        if (n.host == addr &&
+            (port == n.tcp_port || port == n.http_port || port == n.interserver_port))
+            return &n;
     return nullptr;
 }
 
@@ -53,7 +55,8 @@ std::optional<uint64_t> size_percentile(const observe::SizeHistogram& h, double 
     uint64_t total = 0;
     for (uint64_t v : h) total += v;
     if (total == 0) return std::nullopt;
-    const uint64_t rank = std::max<uint64_t>(1, static_cast<uint64_t>(q * static_cast<double>(total) + 0.999999));
+    const uint64_t rank =
+        std::max<uint64_t>(1, static_cast<uint64_t>(q * static_cast<double>(total) + 0.999999));
     uint64_t seen = 0;
     for (size_t i = 0; i < h.size(); ++i) {
         seen += h[i];
@@ -83,21 +86,25 @@ std::string latency(const Counters& c, double q) {
 NodeIoSample parse_node_io(const nlohmann::json& j) {
     NodeIoSample s;
     if (!j.is_object() || !j.value("ok", false)) {
-        s.error = j.is_object() ? j.value("error", std::string("not ok")) : "reply is not a JSON object";
+        s.error =
+            j.is_object() ? j.value("error", std::string("not ok")) : "reply is not a JSON object";
         return s;
     }
     s.ok = true;
     s.time_ns = j.value("time_ns", uint64_t{0});
     for (const auto& r : j.value("classes", nlohmann::json::array()))
-        s.classes.push_back({class_from_name(r.value("class", std::string())), direction_from_name(r.value("direction", std::string())),
+        s.classes.push_back({class_from_name(r.value("class", std::string())),
+                             direction_from_name(r.value("direction", std::string())),
                              observe::counters_from_json(r)});
     for (const auto& r : j.value("syscalls", nlohmann::json::array()))
         s.syscalls.push_back({0, r.value("name", std::string()), observe::counters_from_json(r)});
-    for (const auto& r : j.value("sockets", nlohmann::json::array())) s.sockets.push_back(observe::socket_from_json(r));
+    for (const auto& r : j.value("sockets", nlohmann::json::array()))
+        s.sockets.push_back(observe::socket_from_json(r));
     return s;
 }
 
-std::string peer_name(const ClusterFile& file, const std::vector<NodeIoSample>& samples, const observe::TcpConnection& c) {
+std::string peer_name(const ClusterFile& file, const std::vector<NodeIoSample>& samples,
+                      const observe::TcpConnection& c) {
     if (c.remote_addr.empty()) return "";
     if (c.remote_port == 0) return "(listening)";  // accept calls count on the listening socket
     const std::string remote = c.remote();
@@ -122,9 +129,11 @@ std::optional<double> NodeTop::disk_share() const {
     return disk_ns / total;
 }
 
-TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& before, const std::vector<NodeIoSample>& now) {
+TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& before,
+                    const std::vector<NodeIoSample>& now) {
     TopView view;
-    using PeerKey = std::tuple<std::string, std::string, bool, std::string>;  // node, peer, inbound, service
+    using PeerKey =
+        std::tuple<std::string, std::string, bool, std::string>;  // node, peer, inbound, service
     std::map<PeerKey, PeerTop> peers;
     for (size_t i = 0; i < file.nodes.size() && i < now.size(); ++i) {
         const Node& node = file.nodes[i];
@@ -138,12 +147,15 @@ TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& be
             continue;
         }
         const NodeIoSample* prev = i < before.size() && before[i].ok ? &before[i] : nullptr;
-        t.seconds = prev && cur.time_ns > prev->time_ns ? static_cast<double>(cur.time_ns - prev->time_ns) / 1e9 : 0;
+        t.seconds = prev && cur.time_ns > prev->time_ns
+                        ? static_cast<double>(cur.time_ns - prev->time_ns) / 1e9
+                        : 0;
         for (const auto& r : cur.classes) {
             Counters d = r.counters;
             if (prev)
                 for (const auto& p : prev->classes)
-                    if (p.file_class == r.file_class && p.direction == r.direction) d = observe::delta(r.counters, p.counters);
+                    if (p.file_class == r.file_class && p.direction == r.direction)
+                        d = observe::delta(r.counters, p.counters);
             if (is_disk_class(r.file_class)) t.disk += d;
             if (r.file_class == LIVEIO_CLASS_TCP && r.direction == LIVEIO_IO_READ) t.net_in += d;
             if (r.file_class == LIVEIO_CLASS_TCP && r.direction == LIVEIO_IO_WRITE) t.net_out += d;
@@ -156,7 +168,8 @@ TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& be
                     if (p.name == r.name) d = observe::delta(r.counters, p.counters);
             t.wait += d;
         }
-        if (cur.queries && prev && prev->queries && *cur.queries >= *prev->queries) t.queries = *cur.queries - *prev->queries;
+        if (cur.queries && prev && prev->queries && *cur.queries >= *prev->queries)
+            t.queries = *cur.queries - *prev->queries;
         for (const auto& s : cur.sockets) {
             observe::SocketCounters d = s.counters;
             if (prev)
@@ -164,14 +177,18 @@ TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& be
                     if (p.file_id == s.file_id) d = observe::delta(s.counters, p.counters);
             if (d.recv().calls + d.send().calls + d.dir[LIVEIO_IO_OTHER].calls == 0) continue;
             const uint16_t lport = s.connection.local_port;
-            const bool inbound = lport == node.tcp_port || lport == node.http_port || lport == node.interserver_port;
+            const bool inbound =
+                lport == node.tcp_port || lport == node.http_port || lport == node.interserver_port;
             std::string service;
             if (inbound) {
                 service = service_name(node, lport);
-            } else if (const Node* server = node_serving(file, s.connection.remote_addr, s.connection.remote_port)) {
+            } else if (const Node* server =
+                           node_serving(file, s.connection.remote_addr, s.connection.remote_port)) {
                 service = service_name(*server, s.connection.remote_port);
             } else {
-                service = s.connection.remote_addr.empty() ? "?" : std::to_string(s.connection.remote_port);
+                service = s.connection.remote_addr.empty()
+                              ? "?"
+                              : std::to_string(s.connection.remote_port);
             }
             std::string peer = peer_name(file, now, s.connection);
             if (peer.empty()) peer = "(closed)";
@@ -193,22 +210,29 @@ TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& be
 }
 
 std::string render_top(const TopView& v) {
-    std::string out = fmt::format("{:<5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}\n", "node", "queries", "disk ops",
-                                  "disk B", "disk ms", "net ops", "net in", "net out", "net ms", "epoll ms", "disk%");
+    std::string out =
+        fmt::format("{:<5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}\n", "node",
+                    "queries", "disk ops", "disk B", "disk ms", "net ops", "net in", "net out",
+                    "net ms", "epoll ms", "disk%");
     for (const NodeTop& n : v.nodes) {
         if (!n.ok) {
             out += fmt::format("{:<5} DOWN {}\n", n.node, n.error);
             continue;
         }
         const auto share = n.disk_share();
-        out += fmt::format("{:<5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}\n", n.node,
-                           n.queries ? std::to_string(*n.queries) : "-", n.disk.calls, human_bytes(static_cast<double>(n.disk.bytes)),
-                           ms(n.disk.latency_ns), n.net_in.calls + n.net_out.calls, human_bytes(static_cast<double>(n.net_in.bytes)),
-                           human_bytes(static_cast<double>(n.net_out.bytes)), ms(n.net_in.latency_ns + n.net_out.latency_ns),
-                           ms(n.wait.latency_ns), share ? fmt::format("{:.0f}", *share * 100) : "-");
+        out += fmt::format("{:<5} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>6}\n",
+                           n.node, n.queries ? std::to_string(*n.queries) : "-", n.disk.calls,
+                           human_bytes(static_cast<double>(n.disk.bytes)), ms(n.disk.latency_ns),
+                           n.net_in.calls + n.net_out.calls,
+                           human_bytes(static_cast<double>(n.net_in.bytes)),
+                           human_bytes(static_cast<double>(n.net_out.bytes)),
+                           ms(n.net_in.latency_ns + n.net_out.latency_ns), ms(n.wait.latency_ns),
+                           share ? fmt::format("{:.0f}", *share * 100) : "-");
     }
-    out += fmt::format("\n{:<5} {:<3} {:<12} {:<11} {:>4} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9}\n", "node", "dir", "peer", "service",
-                       "sock", "recv ops", "recv B", "send ops", "send B", "recv p50", "send p50", "lat p50", "lat p99", "ops/query");
+    out += fmt::format(
+        "\n{:<5} {:<3} {:<12} {:<11} {:>4} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9}\n",
+        "node", "dir", "peer", "service", "sock", "recv ops", "recv B", "send ops", "send B",
+        "recv p50", "send p50", "lat p50", "lat p99", "ops/query");
     for (const PeerTop& p : v.peers) {
         Counters both = p.recv;
         both += p.send;
@@ -216,11 +240,18 @@ std::string render_top(const TopView& v) {
         for (const NodeTop& n : v.nodes)
             if (n.node == p.node) queries = n.queries;
         const auto rs = size_percentile(p.recv_sizes, 0.5), ss = size_percentile(p.send_sizes, 0.5);
-        out += fmt::format("{:<5} {:<3} {:<12} {:<11} {:>4} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>9}\n", p.node,
-                           p.inbound ? "<-" : "->", p.peer, p.service, p.sockets, p.recv.calls, human_bytes(static_cast<double>(p.recv.bytes)),
-                           p.send.calls, human_bytes(static_cast<double>(p.send.bytes)), rs ? human_bytes(static_cast<double>(*rs)) : "-",
-                           ss ? human_bytes(static_cast<double>(*ss)) : "-", latency(both, 0.5), latency(both, 0.99),
-                           queries && *queries ? fmt::format("{:.1f}", static_cast<double>(both.calls) / static_cast<double>(*queries)) : "-");
+        out += fmt::format(
+            "{:<5} {:<3} {:<12} {:<11} {:>4} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} "
+            "{:>9}\n",
+            p.node, p.inbound ? "<-" : "->", p.peer, p.service, p.sockets, p.recv.calls,
+            human_bytes(static_cast<double>(p.recv.bytes)), p.send.calls,
+            human_bytes(static_cast<double>(p.send.bytes)),
+            rs ? human_bytes(static_cast<double>(*rs)) : "-",
+            ss ? human_bytes(static_cast<double>(*ss)) : "-", latency(both, 0.5),
+            latency(both, 0.99),
+            queries && *queries ? fmt::format("{:.1f}", static_cast<double>(both.calls) /
+                                                            static_cast<double>(*queries))
+                                : "-");
     }
     return out;
 }

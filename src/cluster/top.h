@@ -37,27 +37,28 @@ NodeIoSample parse_node_io(const nlohmann::json& reply);
 // that address and port, else the node with that address (unless it is a loopback address),
 // else the address itself. "" for a socket closed before its address was seen, "(listening)"
 // for a listening socket (its accept calls).
-std::string peer_name(const ClusterFile& file, const std::vector<NodeIoSample>& samples, const observe::TcpConnection& c);
+std::string peer_name(const ClusterFile& file, const std::vector<NodeIoSample>& samples,
+                      const observe::TcpConnection& c);
 
 struct NodeTop {
     std::string node;
     bool ok = false;
     std::string error;
-    double seconds = 0;        // length of the interval
-    observe::Counters disk;    // files: ClickHouse parts and other regular files
-    observe::Counters net_in;  // TCP receives
-    observe::Counters net_out; // TCP sends
-    observe::Counters wait;    // epoll_wait: waiting for sockets (and other descriptors)
+    double seconds = 0;               // length of the interval
+    observe::Counters disk;           // files: ClickHouse parts and other regular files
+    observe::Counters net_in;         // TCP receives
+    observe::Counters net_out;        // TCP sends
+    observe::Counters wait;           // epoll_wait: waiting for sockets (and other descriptors)
     std::optional<uint64_t> queries;  // queries the server started in the interval
     // disk time / (disk + TCP call time): where the server's I/O calls spent their time.
     std::optional<double> disk_share() const;
 };
 
 struct PeerTop {
-    std::string node;     // the node whose sockets these are
-    std::string peer;     // peer_name()
-    bool inbound = false; // the peer connected to this node (this node serves)
-    std::string service;  // "native", "http", "interserver" or the server port
+    std::string node;      // the node whose sockets these are
+    std::string peer;      // peer_name()
+    bool inbound = false;  // the peer connected to this node (this node serves)
+    std::string service;   // "native", "http", "interserver" or the server port
     size_t sockets = 0;
     observe::Counters recv, send;
     observe::SizeHistogram recv_sizes{}, send_sizes{};
@@ -71,7 +72,8 @@ struct TopView {
 // The view of the interval between two samplings of every node (in cluster-file order). A
 // node that failed in `now` shows its error; one that failed only in `before` counts from zero
 // (its counters are then the totals since its programs were loaded).
-TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& before, const std::vector<NodeIoSample>& now);
+TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& before,
+                    const std::vector<NodeIoSample>& now);
 
 // The terminal table and the JSON form (`cluster top --json`).
 std::string render_top(const TopView& view);

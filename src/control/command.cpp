@@ -24,10 +24,12 @@ std::string quoted(const std::vector<std::string>& argv) {
 
 }  // namespace
 
-Result<CommandOutput> run_command(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
+Result<CommandOutput> run_command(const std::vector<std::string>& argv,
+                                  std::chrono::milliseconds timeout) {
     if (argv.empty()) return make_error(EINVAL, "run_command: empty argv");
     int pipe_fds[2];
-    if (::pipe2(pipe_fds, O_CLOEXEC) != 0) return make_error(errno, fmt::format("pipe: {}", std::strerror(errno)));
+    if (::pipe2(pipe_fds, O_CLOEXEC) != 0)
+        return make_error(errno, fmt::format("pipe: {}", std::strerror(errno)));
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
     args.push_back(nullptr);
@@ -55,7 +57,8 @@ Result<CommandOutput> run_command(const std::vector<std::string>& argv, std::chr
     const auto deadline = Clock::now() + timeout;
     bool timed_out = false;
     for (;;) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
         if (left <= 0) {
             timed_out = true;
             break;
@@ -76,20 +79,23 @@ Result<CommandOutput> run_command(const std::vector<std::string>& argv, std::chr
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     if (timed_out)
-        return make_error(ETIMEDOUT, fmt::format("{} did not finish within {} ms", quoted(argv), timeout.count()));
+        return make_error(ETIMEDOUT, fmt::format("{} did not finish within {} ms", quoted(argv),
+                                                 timeout.count()));
     result.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     if (result.status == 127 && result.output.empty())
         return make_error(ENOENT, fmt::format("cannot run {} (not installed?)", argv[0]));
     return result;
 }
 
-Result<std::string> run_checked(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
+Result<std::string> run_checked(const std::vector<std::string>& argv,
+                                std::chrono::milliseconds timeout) {
     auto r = run_command(argv, timeout);
     if (!r) return r.error();
     if (r->status != 0) {
         std::string out = r->output;
         while (!out.empty() && out.back() == '\n') out.pop_back();
-        return make_error(EIO, fmt::format("`{}` failed (status {}): {}", quoted(argv), r->status, out));
+        return make_error(EIO,
+                          fmt::format("`{}` failed (status {}): {}", quoted(argv), r->status, out));
     }
     return std::move(r->output);
 }

@@ -21,11 +21,13 @@ struct CommandOutput {
 // and stderr captured together and the child's signal mask emptied (callers may block signals
 // to wait for them in a thread). Killed (SIGKILL) and an ETIMEDOUT error when it runs past
 // `timeout`. A non-zero exit status is not an error here.
-Result<CommandOutput> run_command(const std::vector<std::string>& argv,
-                                  std::chrono::milliseconds timeout = std::chrono::milliseconds(10000));
+Result<CommandOutput> run_command(
+    const std::vector<std::string>& argv,
+    std::chrono::milliseconds timeout = std::chrono::milliseconds(10000));
 
 // run_command that fails unless the status is 0; the error quotes the command and its output.
-Result<std::string> run_checked(const std::vector<std::string>& argv,
-                                std::chrono::milliseconds timeout = std::chrono::milliseconds(10000));
+Result<std::string> run_checked(
+    const std::vector<std::string>& argv,
+    std::chrono::milliseconds timeout = std::chrono::milliseconds(10000));
 
 }  // namespace liveio::control

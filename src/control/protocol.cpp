@@ -65,11 +65,14 @@ Result<ControlClient> ControlClient::connect(pid_t pid) {
     ucred cred{};
     socklen_t len = sizeof cred;
     if (::getsockopt(c->fd(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
-        return make_error(errno, std::string("SO_PEERCRED on the control socket: ") + std::strerror(errno));
+        return make_error(
+            errno, std::string("SO_PEERCRED on the control socket: ") + std::strerror(errno));
     if (cred.pid != pid)
-        return make_error(EACCES, fmt::format("the control socket of process {} is served by process {} (uid {}), "
-                                              "not the target: refusing to talk to it",
-                                              pid, cred.pid, cred.uid));
+        return make_error(
+            EACCES,
+            fmt::format("the control socket of process {} is served by process {} (uid {}), "
+                        "not the target: refusing to talk to it",
+                        pid, cred.pid, cred.uid));
     return c;
 }
 
@@ -85,7 +88,8 @@ Result<ControlClient> ControlClient::connect_name(const std::string& name) {
     if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
         const int err = errno;
         ::close(fd);
-        return make_error(err, "connect to agent control socket: " + std::string(std::strerror(err)));
+        return make_error(err,
+                          "connect to agent control socket: " + std::string(std::strerror(err)));
     }
     return ControlClient(fd);
 }
@@ -120,8 +124,9 @@ Result<std::string> ControlClient::read_line(int timeout_ms) {
         const int n = ::poll(&p, 1, timeout_ms);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) return make_error(errno, std::string("poll: ") + std::strerror(errno));
-        if (n == 0) return make_error(ETIMEDOUT, "agent did not answer within " +
-                                                     std::to_string(timeout_ms) + " ms");
+        if (n == 0)
+            return make_error(ETIMEDOUT,
+                              "agent did not answer within " + std::to_string(timeout_ms) + " ms");
         char buf[4096];
         alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
         iovec iov{buf, sizeof buf};
@@ -141,7 +146,8 @@ Result<std::string> ControlClient::read_line(int timeout_ms) {
             }
         }
         if (r < 0 && errno == EINTR) continue;
-        if (r < 0) return make_error(errno, std::string("recv from agent: ") + std::strerror(errno));
+        if (r < 0)
+            return make_error(errno, std::string("recv from agent: ") + std::strerror(errno));
         if (r == 0) return make_error(ECONNRESET, "agent closed the connection without answering");
         in_.append(std::string_view(buf, static_cast<size_t>(r)));
     }

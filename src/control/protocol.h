@@ -36,7 +36,9 @@ inline constexpr size_t kMaxRequestBytes = 64 * 1024;
 // (GOT slots, inline function hooks, syscall rewriting).
 // Constant-initialized: the agent may read it from its library constructor.
 inline constexpr std::array<const char*, 3> kMechanismNames = {"got", "inline", "rewrite"};
-inline std::vector<std::string> mechanism_names() { return {kMechanismNames.begin(), kMechanismNames.end()}; }
+inline std::vector<std::string> mechanism_names() {
+    return {kMechanismNames.begin(), kMechanismNames.end()};
+}
 
 // "\0liveio/<pid>" as the socket address bytes (leading NUL included).
 std::string control_socket_name(pid_t pid);
@@ -63,7 +65,6 @@ nlohmann::json make_error_response(const nlohmann::json& id, const Error& error)
 // A response as the line sent on the socket (newline included).
 std::string render_response(const nlohmann::json& response);
 
-
 // A connection from the CLI (or a test) to one agent.
 class ControlClient {
 public:
@@ -81,7 +82,8 @@ public:
 
     // Sends {"v":1,"id":..,"cmd":cmd, ...args} and waits up to `timeout_ms` for the response.
     // A response with ok=false becomes an Error carrying the agent's code and message.
-    Result<nlohmann::json> call(const std::string& cmd, nlohmann::json args = nlohmann::json::object(),
+    Result<nlohmann::json> call(const std::string& cmd,
+                                nlohmann::json args = nlohmann::json::object(),
                                 int timeout_ms = 10000);
     // Sends raw bytes and reads one response line, unparsed (for protocol tests).
     Result<std::string> raw_exchange(std::string_view bytes, int timeout_ms = 10000);

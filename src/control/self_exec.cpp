@@ -10,17 +10,22 @@
 
 namespace liveio::control {
 
-Result<std::string> run_liveio(const std::vector<std::string>& args, std::chrono::milliseconds timeout) {
+Result<std::string> run_liveio(const std::vector<std::string>& args,
+                               std::chrono::milliseconds timeout) {
     std::error_code ec;
     const std::string exe = std::filesystem::read_symlink("/proc/self/exe", ec);
     if (ec) return make_error(ec.value(), "cannot find the liveio executable: " + ec.message());
     std::vector<std::string> argv{exe};
     argv.insert(argv.end(), args.begin(), args.end());
     auto r = run_command(argv, timeout);
-    if (!r) return make_error(r.error().code, fmt::format("`liveio {}`: {}", fmt::join(args, " "), r.error().message));
+    if (!r)
+        return make_error(r.error().code,
+                          fmt::format("`liveio {}`: {}", fmt::join(args, " "), r.error().message));
     if (r->status != 0) {
-        const std::string how = r->status > 128 ? fmt::format("signal {}", r->status - 128) : fmt::format("exit status {}", r->status);
-        return make_error(ECHILD, fmt::format("`liveio {}` failed ({}):\n{}", fmt::join(args, " "), how, r->output));
+        const std::string how = r->status > 128 ? fmt::format("signal {}", r->status - 128)
+                                                : fmt::format("exit status {}", r->status);
+        return make_error(ECHILD, fmt::format("`liveio {}` failed ({}):\n{}", fmt::join(args, " "),
+                                              how, r->output));
     }
     return std::move(r->output);
 }

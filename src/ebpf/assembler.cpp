@@ -12,8 +12,10 @@ namespace liveio::ebpf {
 namespace {
 
 std::string_view trim(std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r'))
+        s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
+        s.remove_suffix(1);
     return s;
 }
 
@@ -58,8 +60,10 @@ std::optional<uint8_t> parse_reg(std::string_view s) {
 // Immediates must fit in 32 bits: decimal as signed, hex also as unsigned (0xffffffff is -1).
 std::optional<int32_t> parse_imm32(std::string_view s) {
     auto v = parse_int(s);
-    const bool hex = s.find("0x") != std::string_view::npos || s.find("0X") != std::string_view::npos;
-    if (!v || *v < INT32_MIN || *v > (hex ? static_cast<int64_t>(UINT32_MAX) : INT32_MAX)) return std::nullopt;
+    const bool hex =
+        s.find("0x") != std::string_view::npos || s.find("0X") != std::string_view::npos;
+    if (!v || *v < INT32_MIN || *v > (hex ? static_cast<int64_t>(UINT32_MAX) : INT32_MAX))
+        return std::nullopt;
     return static_cast<int32_t>(static_cast<uint32_t>(*v));
 }
 
@@ -84,16 +88,17 @@ std::optional<MemOperand> parse_mem(std::string_view s) {
 
 const std::map<std::string_view, uint8_t>& alu_ops() {
     static const std::map<std::string_view, uint8_t> ops = {
-        {"add", op::kAdd}, {"sub", op::kSub}, {"mul", op::kMul}, {"div", op::kDiv}, {"or", op::kOr},
-        {"and", op::kAnd}, {"lsh", op::kLsh}, {"rsh", op::kRsh}, {"neg", op::kNeg}, {"mod", op::kMod},
-        {"xor", op::kXor}, {"mov", op::kMov}, {"arsh", op::kArsh}, {"sdiv", op::kDiv}, {"smod", op::kMod}};
+        {"add", op::kAdd},   {"sub", op::kSub},  {"mul", op::kMul}, {"div", op::kDiv},
+        {"or", op::kOr},     {"and", op::kAnd},  {"lsh", op::kLsh}, {"rsh", op::kRsh},
+        {"neg", op::kNeg},   {"mod", op::kMod},  {"xor", op::kXor}, {"mov", op::kMov},
+        {"arsh", op::kArsh}, {"sdiv", op::kDiv}, {"smod", op::kMod}};
     return ops;
 }
 const std::map<std::string_view, uint8_t>& jmp_ops() {
     static const std::map<std::string_view, uint8_t> ops = {
-        {"jeq", op::kJeq}, {"jgt", op::kJgt}, {"jge", op::kJge}, {"jset", op::kJset}, {"jne", op::kJne},
-        {"jsgt", op::kJsgt}, {"jsge", op::kJsge}, {"jlt", op::kJlt}, {"jle", op::kJle},
-        {"jslt", op::kJslt}, {"jsle", op::kJsle}};
+        {"jeq", op::kJeq}, {"jgt", op::kJgt},   {"jge", op::kJge},   {"jset", op::kJset},
+        {"jne", op::kJne}, {"jsgt", op::kJsgt}, {"jsge", op::kJsge}, {"jlt", op::kJlt},
+        {"jle", op::kJle}, {"jslt", op::kJslt}, {"jsle", op::kJsle}};
     return ops;
 }
 const std::map<std::string_view, uint8_t>& sizes() {
@@ -118,14 +123,16 @@ public:
             std::string_view line = text.substr(0, nl);
             text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
             ++line_no;
-            if (size_t hash = line.find('#'); hash != std::string_view::npos) line = line.substr(0, hash);
+            if (size_t hash = line.find('#'); hash != std::string_view::npos)
+                line = line.substr(0, hash);
             line = trim(line);
             if (line.empty()) continue;
             if (line.back() == ':') {
                 labels_[std::string(line.substr(0, line.size() - 1))] = insns_.size();
                 continue;
             }
-            if (auto r = statement(line); !r) return make_error(EINVAL, fmt::format("line {}: {}", line_no, r.error().message));
+            if (auto r = statement(line); !r)
+                return make_error(EINVAL, fmt::format("line {}: {}", line_no, r.error().message));
         }
         for (const Pending& p : pending_) {
             auto it = labels_.find(p.label);
@@ -140,13 +147,15 @@ public:
                 }
             }
             if (it == labels_.end())
-                return make_error(EINVAL, fmt::format("line {}: undefined label '{}'", p.line, p.label));
+                return make_error(EINVAL,
+                                  fmt::format("line {}: undefined label '{}'", p.line, p.label));
             const int64_t rel = static_cast<int64_t>(it->second) - static_cast<int64_t>(p.pc) - 1;
             if (p.in_imm) {
                 insns_[p.pc].imm = static_cast<int32_t>(rel);
             } else {
                 if (rel < INT16_MIN || rel > INT16_MAX)
-                    return make_error(EINVAL, fmt::format("line {}: jump to '{}' out of range", p.line, p.label));
+                    return make_error(
+                        EINVAL, fmt::format("line {}: jump to '{}' out of range", p.line, p.label));
                 insns_[p.pc].offset = static_cast<int16_t>(rel);
             }
         }
@@ -154,7 +163,8 @@ public:
     }
 
 private:
-    Result<void> emit(uint8_t opcode, uint8_t dst = 0, uint8_t src = 0, int16_t off = 0, int32_t imm = 0) {
+    Result<void> emit(uint8_t opcode, uint8_t dst = 0, uint8_t src = 0, int16_t off = 0,
+                      int32_t imm = 0) {
         push(opcode, dst, src, off, imm);
         return {};
     }
@@ -166,9 +176,12 @@ private:
     Result<void> target(std::string_view t, bool in_imm, int line_hint) {
         if (!t.empty() && (t.front() == '+' || t.front() == '-')) {
             auto v = parse_int(t);
-            if (!v || (!in_imm && (*v < INT16_MIN || *v > INT16_MAX))) return make_error(EINVAL, fmt::format("invalid offset '{}'", t));
-            if (in_imm) insns_.back().imm = static_cast<int32_t>(*v);
-            else insns_.back().offset = static_cast<int16_t>(*v);
+            if (!v || (!in_imm && (*v < INT16_MIN || *v > INT16_MAX)))
+                return make_error(EINVAL, fmt::format("invalid offset '{}'", t));
+            if (in_imm)
+                insns_.back().imm = static_cast<int32_t>(*v);
+            else
+                insns_.back().offset = static_cast<int16_t>(*v);
             return {};
         }
         if (t.empty()) return make_error(EINVAL, "missing jump target");
@@ -220,31 +233,38 @@ private:
         }
         // Endianness: le16/be32 (ALU END), bswap16/swap16 (ALU64 END).
         for (std::string_view prefix : {"le", "be", "bswap", "swap"}) {
-            if (m.size() > prefix.size() && std::string_view(m).substr(0, prefix.size()) == prefix) {
+            if (m.size() > prefix.size() &&
+                std::string_view(m).substr(0, prefix.size()) == prefix) {
                 auto width = parse_int(std::string_view(m).substr(prefix.size()));
                 if (!width || (*width != 16 && *width != 32 && *width != 64)) continue;
                 if (ops.size() != 1) return operand_count(m);
                 auto dst = parse_reg(ops[0]);
                 if (!dst) return make_error(EINVAL, "Invalid register");
                 const bool swap = prefix == "bswap" || prefix == "swap";
-                const uint8_t opcode = swap ? (op::kClassAlu64 | op::kEnd)
-                                            : (op::kClassAlu | op::kEnd | (prefix == "be" ? op::kSrcX : op::kSrcK));
+                const uint8_t opcode =
+                    swap ? (op::kClassAlu64 | op::kEnd)
+                         : (op::kClassAlu | op::kEnd | (prefix == "be" ? op::kSrcX : op::kSrcK));
                 return emit(opcode, *dst, 0, 0, static_cast<int32_t>(*width));
             }
         }
         // movsx<from><to>: movsx864, movsx1632, ...
         if (m.substr(0, 5) == "movsx") {
             static const std::map<std::string_view, std::pair<int16_t, bool>> kinds = {
-                {"movsx832", {8, true}},   {"movsx1632", {16, true}}, {"movsx864", {8, false}},
-                {"movsx1664", {16, false}}, {"movsx3264", {32, false}}};
+                {"movsx832", {8, true}},
+                {"movsx1632", {16, true}},
+                {"movsx864", {8, false}},
+                {"movsx1664", {16, false}},
+                {"movsx3264", {32, false}}};
             auto it = kinds.find(m);
-            if (it == kinds.end()) return make_error(EINVAL, fmt::format("Invalid mnemonic '{}'", m));
+            if (it == kinds.end())
+                return make_error(EINVAL, fmt::format("Invalid mnemonic '{}'", m));
             if (ops.size() != 2) return operand_count(m);
             auto dst = parse_reg(ops[0]);
             auto src = parse_reg(ops[1]);
             if (!dst || !src) return make_error(EINVAL, "Invalid register");
-            return emit((it->second.second ? op::kClassAlu : op::kClassAlu64) | op::kMov | op::kSrcX, *dst, *src,
-                        it->second.first);
+            return emit(
+                (it->second.second ? op::kClassAlu : op::kClassAlu64) | op::kMov | op::kSrcX, *dst,
+                *src, it->second.first);
         }
         // Loads and stores: ldx<size>, ldxs<size>, st<size>, stx<size>.
         if (m.substr(0, 3) == "ldx") return load(m, ops);
@@ -264,7 +284,8 @@ private:
             if (ops.size() != 2) return operand_count(m);
             auto dst = parse_reg(ops[0]);
             if (!dst) return make_error(EINVAL, "Invalid register");
-            if (auto src = parse_reg(ops[1])) return emit(cls | it->second | op::kSrcX, *dst, *src, off);
+            if (auto src = parse_reg(ops[1]))
+                return emit(cls | it->second | op::kSrcX, *dst, *src, off);
             if (ops[1].substr(0, 1) == "%") return make_error(EINVAL, "Invalid register");
             auto imm = parse_imm32(ops[1]);
             if (!imm) return make_error(EINVAL, fmt::format("invalid immediate '{}'", ops[1]));
@@ -298,7 +319,8 @@ private:
             }
         }
         auto size = sizes().find(rest);
-        if (size == sizes().end()) return make_error(EINVAL, fmt::format("Invalid mnemonic '{}'", m));
+        if (size == sizes().end())
+            return make_error(EINVAL, fmt::format("Invalid mnemonic '{}'", m));
         if (ops.size() != 2) return operand_count(m);
         auto dst = parse_reg(ops[0]);
         auto mem = parse_mem(ops[1]);
@@ -310,7 +332,8 @@ private:
     Result<void> store(const std::string& m, const std::vector<std::string_view>& ops) {
         const bool x = m.size() > 3 && m[2] == 'x';
         auto size = sizes().find(std::string_view(m).substr(x ? 3 : 2));
-        if (size == sizes().end()) return make_error(EINVAL, fmt::format("Invalid mnemonic '{}'", m));
+        if (size == sizes().end())
+            return make_error(EINVAL, fmt::format("Invalid mnemonic '{}'", m));
         if (ops.size() != 2) return operand_count(m);
         auto mem = parse_mem(ops[0]);
         if (!mem) return make_error(EINVAL, fmt::format("invalid memory operand '{}'", ops[0]));
@@ -340,20 +363,27 @@ private:
         const bool is32 = m.size() > 2 && m.substr(m.size() - 2) == "32";
         if (is32) m.resize(m.size() - 2);
         int32_t imm;
-        if (m == "add") imm = op::kAdd;
-        else if (m == "or") imm = op::kOr;
-        else if (m == "and") imm = op::kAnd;
-        else if (m == "xor") imm = op::kXor;
-        else if (m == "xchg") imm = op::kAtomicXchg;
-        else if (m == "cmpxchg") imm = op::kAtomicCmpXchg;
-        else return make_error(EINVAL, fmt::format("Invalid atomic operation '{}'", m));
+        if (m == "add")
+            imm = op::kAdd;
+        else if (m == "or")
+            imm = op::kOr;
+        else if (m == "and")
+            imm = op::kAnd;
+        else if (m == "xor")
+            imm = op::kXor;
+        else if (m == "xchg")
+            imm = op::kAtomicXchg;
+        else if (m == "cmpxchg")
+            imm = op::kAtomicCmpXchg;
+        else
+            return make_error(EINVAL, fmt::format("Invalid atomic operation '{}'", m));
         if (fetch) imm |= op::kAtomicFetch;
         auto mem = parse_mem(ops[0]);
         auto src = parse_reg(ops[1]);
         if (!mem) return make_error(EINVAL, fmt::format("invalid memory operand '{}'", ops[0]));
         if (!src) return make_error(EINVAL, "Invalid register");
-        return emit(op::kClassStx | op::kModeAtomic | (is32 ? op::kSizeW : op::kSizeDW), mem->reg, *src,
-                    mem->offset, imm);
+        return emit(op::kClassStx | op::kModeAtomic | (is32 ? op::kSizeW : op::kSizeDW), mem->reg,
+                    *src, mem->offset, imm);
     }
 
     std::vector<Insn> insns_;

@@ -28,12 +28,12 @@ using CallbackInvoker = uint64_t (*)(ExecEnv* env, uint64_t fn, uint64_t a1, uin
 using TailCallResolver = const Executable* (*)(void* services, Map* map, uint32_t index);
 
 struct ExecEnv {
-    const Program* program = nullptr;       // the program currently executing
+    const Program* program = nullptr;  // the program currently executing
     CallbackInvoker invoke_callback = nullptr;
-    void* engine_state = nullptr;           // private to the engine behind invoke_callback
-    uint32_t tail_calls = 0;                // tail calls taken so far in this run
+    void* engine_state = nullptr;  // private to the engine behind invoke_callback
+    uint32_t tail_calls = 0;       // tail calls taken so far in this run
     TailCallResolver resolve_tail_call = nullptr;
-    void* services = nullptr;               // the runtime: trace log, ring buffers, ...
+    void* services = nullptr;  // the runtime: trace log, ring buffers, ...
     // Set by an engine that had to stop a program at run time (only possible for programs
     // that skipped verification, e.g. call depth exceeded); run() then returns 0.
     const char* fault = nullptr;
@@ -44,7 +44,10 @@ struct ExecEnv {
 class EngineScope {
 public:
     EngineScope(ExecEnv& env, const Program* program, CallbackInvoker invoker, void* state)
-        : env_(env), program_(env.program), invoker_(env.invoke_callback), state_(env.engine_state) {
+        : env_(env),
+          program_(env.program),
+          invoker_(env.invoke_callback),
+          state_(env.engine_state) {
         env.program = program;
         env.invoke_callback = invoker;
         env.engine_state = state;

@@ -21,25 +21,25 @@ using HelperFn = uint64_t (*)(uint64_t r1, uint64_t r2, uint64_t r3, uint64_t r4
 
 // What the verifier must prove about each argument before the call, and what r0 holds after.
 enum class ArgType : uint8_t {
-    None,            // argument unused
-    Anything,        // any initialized scalar or pointer
-    Scalar,          // an initialized scalar
-    ConstSize,       // scalar size of the preceding memory argument, > 0 and bounded
-    ConstSizeOrZero, // same, may be 0
-    PtrToMem,        // readable, initialized memory (stack, map value, ctx region...)
-    PtrToUninitMem,  // writable memory the helper fills (stack or map value)
-    PtrToMap,        // a map pointer loaded with lddw
-    PtrToMapKey,     // memory of the map's key_size, initialized
-    PtrToMapValue,   // memory of the map's value_size, initialized
-    PtrToCtx,        // the program's context
-    PtrToFunc,       // a BPF subprogram (lddw src=kPseudoFunc), e.g. bpf_loop's callback
-    PtrToRingbufMem, // a record returned by bpf_ringbuf_reserve
+    None,             // argument unused
+    Anything,         // any initialized scalar or pointer
+    Scalar,           // an initialized scalar
+    ConstSize,        // scalar size of the preceding memory argument, > 0 and bounded
+    ConstSizeOrZero,  // same, may be 0
+    PtrToMem,         // readable, initialized memory (stack, map value, ctx region...)
+    PtrToUninitMem,   // writable memory the helper fills (stack or map value)
+    PtrToMap,         // a map pointer loaded with lddw
+    PtrToMapKey,      // memory of the map's key_size, initialized
+    PtrToMapValue,    // memory of the map's value_size, initialized
+    PtrToCtx,         // the program's context
+    PtrToFunc,        // a BPF subprogram (lddw src=kPseudoFunc), e.g. bpf_loop's callback
+    PtrToRingbufMem,  // a record returned by bpf_ringbuf_reserve
 };
 enum class RetType : uint8_t {
-    Integer,             // scalar
-    Void,                // r0 undefined after the call
-    MapValueOrNull,      // must be null-checked before use
-    RingbufMemOrNull,    // sized by the constant size argument; must be submitted or discarded
+    Integer,           // scalar
+    Void,              // r0 undefined after the call
+    MapValueOrNull,    // must be null-checked before use
+    RingbufMemOrNull,  // sized by the constant size argument; must be submitted or discarded
 };
 
 struct HelperProto {
@@ -57,9 +57,10 @@ inline constexpr int32_t kMapLookupElem = 1, kMapUpdateElem = 2, kMapDeleteElem 
                          kGetSmpProcessorId = 8, kTailCall = 12, kGetCurrentPidTgid = 14,
                          kGetCurrentUidGid = 15, kGetCurrentComm = 16, kPerfEventOutput = 25,
                          kProbeReadStr = 45, kKtimeGetBootNs = 125, kProbeReadUser = 112,
-                         kProbeReadKernel = 113, kProbeReadUserStr = 114, kProbeReadKernelStr = 115, kRingbufOutput = 130, kRingbufReserve = 131,
-                         kRingbufSubmit = 132, kRingbufDiscard = 133, kRingbufQuery = 134,
-                         kKtimeGetCoarseNs = 160, kLoop = 181;
+                         kProbeReadKernel = 113, kProbeReadUserStr = 114, kProbeReadKernelStr = 115,
+                         kRingbufOutput = 130, kRingbufReserve = 131, kRingbufSubmit = 132,
+                         kRingbufDiscard = 133, kRingbufQuery = 134, kKtimeGetCoarseNs = 160,
+                         kLoop = 181;
 // liveio's own helpers live at and above this ID, far above the kernel's (< 300 today), so
 // objects using them fail to load in the kernel with a clear "unknown func" instead of
 // calling something else. A BPF C program declares one the way libbpf's headers declare the

@@ -17,7 +17,8 @@ struct Insn {
 };
 static_assert(sizeof(Insn) == 8);
 
-constexpr Insn make_insn(uint8_t opcode, uint8_t dst = 0, uint8_t src = 0, int16_t offset = 0, int32_t imm = 0) {
+constexpr Insn make_insn(uint8_t opcode, uint8_t dst = 0, uint8_t src = 0, int16_t offset = 0,
+                         int32_t imm = 0) {
     Insn in{};
     in.opcode = opcode;
     in.dst = dst & 0xf;
@@ -35,12 +36,12 @@ inline constexpr uint8_t class_of(uint8_t opcode) { return opcode & 0x07; }
 
 // Arithmetic and jump: source bit and operation (high 4 bits).
 inline constexpr uint8_t kSrcK = 0x00, kSrcX = 0x08;
-inline constexpr uint8_t kAdd = 0x00, kSub = 0x10, kMul = 0x20, kDiv = 0x30, kOr = 0x40, kAnd = 0x50,
-                         kLsh = 0x60, kRsh = 0x70, kNeg = 0x80, kMod = 0x90, kXor = 0xa0, kMov = 0xb0,
-                         kArsh = 0xc0, kEnd = 0xd0;
-inline constexpr uint8_t kJa = 0x00, kJeq = 0x10, kJgt = 0x20, kJge = 0x30, kJset = 0x40, kJne = 0x50,
-                         kJsgt = 0x60, kJsge = 0x70, kCall = 0x80, kExit = 0x90, kJlt = 0xa0, kJle = 0xb0,
-                         kJslt = 0xc0, kJsle = 0xd0;
+inline constexpr uint8_t kAdd = 0x00, kSub = 0x10, kMul = 0x20, kDiv = 0x30, kOr = 0x40,
+                         kAnd = 0x50, kLsh = 0x60, kRsh = 0x70, kNeg = 0x80, kMod = 0x90,
+                         kXor = 0xa0, kMov = 0xb0, kArsh = 0xc0, kEnd = 0xd0;
+inline constexpr uint8_t kJa = 0x00, kJeq = 0x10, kJgt = 0x20, kJge = 0x30, kJset = 0x40,
+                         kJne = 0x50, kJsgt = 0x60, kJsge = 0x70, kCall = 0x80, kExit = 0x90,
+                         kJlt = 0xa0, kJle = 0xb0, kJslt = 0xc0, kJsle = 0xd0;
 
 // Load/store: size (bits 3-4) and mode (bits 5-7).
 inline constexpr uint8_t kSizeW = 0x00, kSizeH = 0x08, kSizeB = 0x10, kSizeDW = 0x18;
@@ -60,9 +61,9 @@ inline constexpr uint8_t kPseudoCall = 1, kPseudoKfuncCall = 2;
 inline constexpr uint8_t kLddw = kClassLd | kModeImm | kSizeDW;  // 0x18
 }  // namespace op
 
-inline constexpr int kNumRegs = 11;           // r0..r10; r10 is the read-only frame pointer
-inline constexpr int kStackSize = 512;        // bytes per frame, as in the kernel
-inline constexpr int kMaxCallDepth = 8;       // bpf-to-bpf frames, as in the kernel
+inline constexpr int kNumRegs = 11;               // r0..r10; r10 is the read-only frame pointer
+inline constexpr int kStackSize = 512;            // bytes per frame, as in the kernel
+inline constexpr int kMaxCallDepth = 8;           // bpf-to-bpf frames, as in the kernel
 inline constexpr uint32_t kMaxInsns = 1'000'000;  // program size limit (kernel: 1M for root)
 
 }  // namespace liveio::ebpf

@@ -27,8 +27,11 @@ public:
     uint64_t call_at(ExecEnv& env, size_t pc, const uint64_t args[5]) const;
 
 private:
-    Interpreter(std::shared_ptr<const Program> program, ResolvedProgram resolved, HelperTable helpers)
-        : Executable(std::move(program)), resolved_(std::move(resolved)), helpers_(std::move(helpers)) {}
+    Interpreter(std::shared_ptr<const Program> program, ResolvedProgram resolved,
+                HelperTable helpers)
+        : Executable(std::move(program)),
+          resolved_(std::move(resolved)),
+          helpers_(std::move(helpers)) {}
     ResolvedProgram resolved_;
     HelperTable helpers_;  // for callx, whose helper id is only known at run time
 };

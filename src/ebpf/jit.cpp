@@ -17,13 +17,30 @@ namespace liveio::ebpf {
 namespace {
 
 // x86-64 register numbers.
-enum X : uint8_t { RAX = 0, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8, R9, R10, R11, R12, R13, R14, R15 };
+enum X : uint8_t {
+    RAX = 0,
+    RCX,
+    RDX,
+    RBX,
+    RSP,
+    RBP,
+    RSI,
+    RDI,
+    R8,
+    R9,
+    R10,
+    R11,
+    R12,
+    R13,
+    R14,
+    R15
+};
 constexpr uint8_t kRegMap[kNumRegs] = {RAX, RDI, RSI, RDX, RCX, R8, RBX, R13, R14, R15, RBP};
 constexpr uint8_t kEnv = R12, kT1 = R10, kT2 = R11;
 
 // x86 condition codes for jcc (0F 80+cc).
-constexpr uint8_t kCcE = 0x4, kCcNE = 0x5, kCcA = 0x7, kCcAE = 0x3, kCcB = 0x2, kCcBE = 0x6, kCcG = 0xf,
-                  kCcGE = 0xd, kCcL = 0xc, kCcLE = 0xe;
+constexpr uint8_t kCcE = 0x4, kCcNE = 0x5, kCcA = 0x7, kCcAE = 0x3, kCcB = 0x2, kCcBE = 0x6,
+                  kCcG = 0xf, kCcGE = 0xd, kCcL = 0xc, kCcLE = 0xe;
 
 class Emitter {
 public:
@@ -169,9 +186,10 @@ uint64_t tail_call_thunk(uint64_t ctx, uint64_t map, uint64_t index, uint64_t ta
                          ExecEnv* env) {
     auto* taken = reinterpret_cast<uint64_t*>(taken_ptr);
     *taken = 0;
-    if (env->tail_calls >= kMaxTailCalls || !env->resolve_tail_call) return static_cast<uint64_t>(-ENOENT);
-    const Executable* target =
-        env->resolve_tail_call(env->services, reinterpret_cast<Map*>(map), static_cast<uint32_t>(index));
+    if (env->tail_calls >= kMaxTailCalls || !env->resolve_tail_call)
+        return static_cast<uint64_t>(-ENOENT);
+    const Executable* target = env->resolve_tail_call(env->services, reinterpret_cast<Map*>(map),
+                                                      static_cast<uint32_t>(index));
     if (!target) return static_cast<uint64_t>(-ENOENT);
     ++env->tail_calls;
     *taken = 1;
@@ -179,8 +197,8 @@ uint64_t tail_call_thunk(uint64_t ctx, uint64_t map, uint64_t index, uint64_t ta
     return r0;
 }
 
-uint64_t invoke_jit_callback(ExecEnv* env, uint64_t fn, uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4,
-                             uint64_t a5) {
+uint64_t invoke_jit_callback(ExecEnv* env, uint64_t fn, uint64_t a1, uint64_t a2, uint64_t a3,
+                             uint64_t a4, uint64_t a5) {
     const uint64_t args[5] = {a1, a2, a3, a4, a5};
     return static_cast<const JitProgram*>(env->engine_state)->call_native(*env, fn, args);
 }
@@ -198,7 +216,8 @@ public:
             if (is_call_target_insn(in) || (in.opcode == op::kLddw && in.src == op::kPseudoFunc)) {
                 const int64_t t = static_cast<int64_t>(pc) + 1 + in.imm;
                 if (t < 0 || t >= static_cast<int64_t>(n))
-                    return make_error(EINVAL, fmt::format("insn {}: call target out of program", pc));
+                    return make_error(EINVAL,
+                                      fmt::format("insn {}: call target out of program", pc));
                 function_start_.insert(static_cast<size_t>(t));
             }
             if (in.opcode == op::kLddw) ++pc;
@@ -221,7 +240,8 @@ public:
         for (const Fixup& f : fixups_) {
             if (f.target >= n) return make_error(EINVAL, "jump out of program");
             const size_t to = f.function ? func_pos_[f.target] : insn_pos_[f.target];
-            e_.patch32(f.disp_at, static_cast<uint32_t>(static_cast<int64_t>(to) - static_cast<int64_t>(f.disp_at + 4)));
+            e_.patch32(f.disp_at, static_cast<uint32_t>(static_cast<int64_t>(to) -
+                                                        static_cast<int64_t>(f.disp_at + 4)));
         }
         return {};
     }
@@ -266,24 +286,24 @@ private:
     // dst = [base + off] with BPF size/sign semantics.
     void load(uint8_t size, bool sign, uint8_t dst, uint8_t base, int32_t off) {
         switch (size) {
-        case op::kSizeB:
-            e_.rex(sign, dst, base);
-            e_.byte(0x0f);
-            e_.byte(sign ? 0xbe : 0xb6);
-            break;
-        case op::kSizeH:
-            e_.rex(sign, dst, base);
-            e_.byte(0x0f);
-            e_.byte(sign ? 0xbf : 0xb7);
-            break;
-        case op::kSizeW:
-            e_.rex(sign, dst, base);
-            e_.byte(sign ? 0x63 : 0x8b);
-            break;
-        default:
-            e_.rex(true, dst, base);
-            e_.byte(0x8b);
-            break;
+            case op::kSizeB:
+                e_.rex(sign, dst, base);
+                e_.byte(0x0f);
+                e_.byte(sign ? 0xbe : 0xb6);
+                break;
+            case op::kSizeH:
+                e_.rex(sign, dst, base);
+                e_.byte(0x0f);
+                e_.byte(sign ? 0xbf : 0xb7);
+                break;
+            case op::kSizeW:
+                e_.rex(sign, dst, base);
+                e_.byte(sign ? 0x63 : 0x8b);
+                break;
+            default:
+                e_.rex(true, dst, base);
+                e_.byte(0x8b);
+                break;
         }
         e_.modrm_mem(dst, base, off);
     }
@@ -298,7 +318,8 @@ private:
         e_.rex(size == op::kSizeDW, 0, base);
         e_.byte(size == op::kSizeB ? 0xc6 : 0xc7);
         e_.modrm_mem(0, base, off);
-        if (size == op::kSizeB) e_.byte(static_cast<uint8_t>(imm));
+        if (size == op::kSizeB)
+            e_.byte(static_cast<uint8_t>(imm));
         else if (size == op::kSizeH) {
             e_.byte(static_cast<uint8_t>(imm));
             e_.byte(static_cast<uint8_t>(imm >> 8));
@@ -309,8 +330,10 @@ private:
 
     // div/mod with the BPF rules: x/0 = 0, x%0 = x, signed INT_MIN/-1 = INT_MIN, INT_MIN%-1 = 0.
     void divmod(bool w, bool is_mod, bool is_signed, uint8_t dst, const Insn& in) {
-        if (in.opcode & op::kSrcX) e_.mov_rr(true, kRegMap[in.src], kT2);
-        else e_.mov_imm64(kT2, static_cast<uint64_t>(static_cast<int64_t>(in.imm)));
+        if (in.opcode & op::kSrcX)
+            e_.mov_rr(true, kRegMap[in.src], kT2);
+        else
+            e_.mov_imm64(kT2, static_cast<uint64_t>(static_cast<int64_t>(in.imm)));
         e_.rr(0x85, w, kT2, kT2);  // test divisor
         const size_t to_zero = e_.jcc32(kCcE);
         size_t to_minus_one = 0;
@@ -377,92 +400,98 @@ private:
         const uint8_t dst = kRegMap[in.dst];
         const uint8_t src = kRegMap[in.src];
         auto binop = [&](uint8_t rr_op, uint8_t ext) {
-            if (x) e_.rr(rr_op, w, src, dst);
-            else e_.ri(ext, w, dst, in.imm);
+            if (x)
+                e_.rr(rr_op, w, src, dst);
+            else
+                e_.ri(ext, w, dst, in.imm);
         };
         switch (code) {
-        case op::kAdd: binop(0x01, 0); break;
-        case op::kSub: binop(0x29, 5); break;
-        case op::kOr: binop(0x09, 1); break;
-        case op::kAnd: binop(0x21, 4); break;
-        case op::kXor: binop(0x31, 6); break;
-        case op::kMul:
-            if (x) {
-                e_.rr0f(0xaf, w, dst, src);
-            } else {
-                e_.rex(w, dst, dst);
-                e_.byte(0x69);
-                e_.modrm_reg(dst, dst);
-                e_.u32(static_cast<uint32_t>(in.imm));
-            }
-            break;
-        case op::kDiv:
-        case op::kMod:
-            if (in.offset != 0 && in.offset != 1) return bad(pc);
-            divmod(w, code == op::kMod, in.offset == 1, dst, in);
-            break;
-        case op::kLsh:
-        case op::kRsh:
-        case op::kArsh: {
-            const uint8_t ext = code == op::kLsh ? 4 : code == op::kRsh ? 5 : 7;
-            if (x) shift_reg(ext, w, dst, src);
-            else e_.shift_imm(ext, w, dst, static_cast<uint8_t>(in.imm & (w ? 63 : 31)));
-            break;
-        }
-        case op::kNeg:
-            e_.rex(w, 0, dst);
-            e_.byte(0xf7);
-            e_.modrm_reg(3, dst);
-            break;
-        case op::kMov:
-            if (!x) {
-                if (w) e_.mov_imm64(dst, static_cast<uint64_t>(static_cast<int64_t>(in.imm)));
-                else e_.mov_imm64(dst, static_cast<uint32_t>(in.imm));
-            } else if (in.offset == 0) {
-                e_.mov_rr(w, src, dst);
-            } else if (in.offset == 8) {
-                e_.rr0f(0xbe, w, dst, src, true);
-            } else if (in.offset == 16) {
-                e_.rr0f(0xbf, w, dst, src);
-            } else if (in.offset == 32 && w) {
-                e_.rex(true, dst, src);
-                e_.byte(0x63);
-                e_.modrm_reg(dst, src);
-            } else {
-                return bad(pc);
-            }
-            break;
-        case op::kEnd: {
-            const bool swap = w || x;  // ALU64 END: bswap; ALU END|X: to big-endian
-            if (in.imm == 16) {
-                if (swap) {  // rol r16, 8
-                    e_.byte(0x66);
-                    e_.rex(false, 0, dst);
-                    e_.byte(0xc1);
-                    e_.modrm_reg(0, dst);
-                    e_.byte(8);
-                }
-                e_.rr0f(0xb7, false, dst, dst);  // movzx r32, r16
-            } else if (in.imm == 32) {
-                if (swap) {
-                    e_.rex(false, 0, dst);
-                    e_.byte(0x0f);
-                    e_.byte(0xc8 + (dst & 7));
+            case op::kAdd: binop(0x01, 0); break;
+            case op::kSub: binop(0x29, 5); break;
+            case op::kOr: binop(0x09, 1); break;
+            case op::kAnd: binop(0x21, 4); break;
+            case op::kXor: binop(0x31, 6); break;
+            case op::kMul:
+                if (x) {
+                    e_.rr0f(0xaf, w, dst, src);
                 } else {
-                    e_.mov_rr(false, dst, dst);
+                    e_.rex(w, dst, dst);
+                    e_.byte(0x69);
+                    e_.modrm_reg(dst, dst);
+                    e_.u32(static_cast<uint32_t>(in.imm));
                 }
-            } else if (in.imm == 64) {
-                if (swap) {
-                    e_.rex(true, 0, dst);
-                    e_.byte(0x0f);
-                    e_.byte(0xc8 + (dst & 7));
-                }
-            } else {
-                return bad(pc);
+                break;
+            case op::kDiv:
+            case op::kMod:
+                if (in.offset != 0 && in.offset != 1) return bad(pc);
+                divmod(w, code == op::kMod, in.offset == 1, dst, in);
+                break;
+            case op::kLsh:
+            case op::kRsh:
+            case op::kArsh: {
+                const uint8_t ext = code == op::kLsh ? 4 : code == op::kRsh ? 5 : 7;
+                if (x)
+                    shift_reg(ext, w, dst, src);
+                else
+                    e_.shift_imm(ext, w, dst, static_cast<uint8_t>(in.imm & (w ? 63 : 31)));
+                break;
             }
-            break;
-        }
-        default: return bad(pc);
+            case op::kNeg:
+                e_.rex(w, 0, dst);
+                e_.byte(0xf7);
+                e_.modrm_reg(3, dst);
+                break;
+            case op::kMov:
+                if (!x) {
+                    if (w)
+                        e_.mov_imm64(dst, static_cast<uint64_t>(static_cast<int64_t>(in.imm)));
+                    else
+                        e_.mov_imm64(dst, static_cast<uint32_t>(in.imm));
+                } else if (in.offset == 0) {
+                    e_.mov_rr(w, src, dst);
+                } else if (in.offset == 8) {
+                    e_.rr0f(0xbe, w, dst, src, true);
+                } else if (in.offset == 16) {
+                    e_.rr0f(0xbf, w, dst, src);
+                } else if (in.offset == 32 && w) {
+                    e_.rex(true, dst, src);
+                    e_.byte(0x63);
+                    e_.modrm_reg(dst, src);
+                } else {
+                    return bad(pc);
+                }
+                break;
+            case op::kEnd: {
+                const bool swap = w || x;  // ALU64 END: bswap; ALU END|X: to big-endian
+                if (in.imm == 16) {
+                    if (swap) {  // rol r16, 8
+                        e_.byte(0x66);
+                        e_.rex(false, 0, dst);
+                        e_.byte(0xc1);
+                        e_.modrm_reg(0, dst);
+                        e_.byte(8);
+                    }
+                    e_.rr0f(0xb7, false, dst, dst);  // movzx r32, r16
+                } else if (in.imm == 32) {
+                    if (swap) {
+                        e_.rex(false, 0, dst);
+                        e_.byte(0x0f);
+                        e_.byte(0xc8 + (dst & 7));
+                    } else {
+                        e_.mov_rr(false, dst, dst);
+                    }
+                } else if (in.imm == 64) {
+                    if (swap) {
+                        e_.rex(true, 0, dst);
+                        e_.byte(0x0f);
+                        e_.byte(0xc8 + (dst & 7));
+                    }
+                } else {
+                    return bad(pc);
+                }
+                break;
+            }
+            default: return bad(pc);
         }
         return {};
     }
@@ -471,7 +500,8 @@ private:
         const bool is32 = op::class_of(in.opcode) == op::kClassJmp32;
         const uint8_t code = in.opcode & 0xf0;
         const bool x = in.opcode & op::kSrcX;
-        const int64_t target = static_cast<int64_t>(pc) + 1 + (is32 && code == op::kJa ? in.imm : in.offset);
+        const int64_t target =
+            static_cast<int64_t>(pc) + 1 + (is32 && code == op::kJa ? in.imm : in.offset);
         if (code != op::kCall && code != op::kExit &&
             (target < 0 || target >= static_cast<int64_t>(insns_.size())))
             return make_error(EINVAL, fmt::format("insn {}: jump out of program", pc));
@@ -489,7 +519,8 @@ private:
             if (in.src == op::kPseudoCall) {
                 e_.byte(0xe8);
                 e_.u32(0);
-                jump_to(e_.pos() - 4, static_cast<size_t>(static_cast<int64_t>(pc) + 1 + in.imm), true);
+                jump_to(e_.pos() - 4, static_cast<size_t>(static_cast<int64_t>(pc) + 1 + in.imm),
+                        true);
                 return {};
             }
             if (in.src != 0) return bad(pc);
@@ -511,18 +542,18 @@ private:
         }
         uint8_t cc;
         switch (code) {
-        case op::kJeq: cc = kCcE; break;
-        case op::kJne: cc = kCcNE; break;
-        case op::kJgt: cc = kCcA; break;
-        case op::kJge: cc = kCcAE; break;
-        case op::kJlt: cc = kCcB; break;
-        case op::kJle: cc = kCcBE; break;
-        case op::kJsgt: cc = kCcG; break;
-        case op::kJsge: cc = kCcGE; break;
-        case op::kJslt: cc = kCcL; break;
-        case op::kJsle: cc = kCcLE; break;
-        case op::kJset: cc = kCcNE; break;
-        default: return bad(pc);
+            case op::kJeq: cc = kCcE; break;
+            case op::kJne: cc = kCcNE; break;
+            case op::kJgt: cc = kCcA; break;
+            case op::kJge: cc = kCcAE; break;
+            case op::kJlt: cc = kCcB; break;
+            case op::kJle: cc = kCcBE; break;
+            case op::kJsgt: cc = kCcG; break;
+            case op::kJsge: cc = kCcGE; break;
+            case op::kJslt: cc = kCcL; break;
+            case op::kJsle: cc = kCcLE; break;
+            case op::kJset: cc = kCcNE; break;
+            default: return bad(pc);
         }
         const uint8_t dst = kRegMap[in.dst];
         const bool w = !is32;
@@ -568,7 +599,7 @@ private:
         }
         if (in.imm == op::kAtomicCmpXchg) {
             locked(0xb1, true, src, base, in.offset);  // compares with and loads into rax (r0)
-            if (!w) e_.mov_rr(false, RAX, RAX);       // r0 = zero-extended old value
+            if (!w) e_.mov_rr(false, RAX, RAX);        // r0 = zero-extended old value
             return {};
         }
         if (aop == op::kAdd) {
@@ -577,10 +608,10 @@ private:
         }
         uint8_t rr_op;
         switch (aop) {
-        case op::kOr: rr_op = 0x09; break;
-        case op::kAnd: rr_op = 0x21; break;
-        case op::kXor: rr_op = 0x31; break;
-        default: return bad(pc);
+            case op::kOr: rr_op = 0x09; break;
+            case op::kAnd: rr_op = 0x21; break;
+            case op::kXor: rr_op = 0x31; break;
+            default: return bad(pc);
         }
         if (!fetch) {
             locked(rr_op, false, src, base, in.offset);
@@ -601,7 +632,8 @@ private:
         locked(0xb1, true, kT2, kT1, 0);
         e_.byte(0x0f);
         e_.byte(0x85);  // jne retry
-        e_.u32(static_cast<uint32_t>(static_cast<int64_t>(retry) - static_cast<int64_t>(e_.pos() + 4)));
+        e_.u32(static_cast<uint32_t>(static_cast<int64_t>(retry) -
+                                     static_cast<int64_t>(e_.pos() + 4)));
         e_.mov_rr(w, RAX, kT2);
         e_.pop(RAX);
         e_.adjust_rsp(8);
@@ -613,45 +645,47 @@ private:
         const Insn& in = insns_[pc];
         if (in.dst >= kNumRegs || in.src >= kNumRegs) return bad(pc);
         switch (op::class_of(in.opcode)) {
-        case op::kClassAlu64: return alu(pc, in, true);
-        case op::kClassAlu: return alu(pc, in, false);
-        case op::kClassJmp:
-        case op::kClassJmp32: return jump(pc, in);
-        case op::kClassLd:
-            if (in.opcode != op::kLddw) return bad(pc);
-            if (in.src == op::kPseudoFunc) {  // lea dst, [rip + function]
-                e_.rex(true, kRegMap[in.dst], 0);
-                e_.byte(0x8d);
-                e_.byte(0x05 | ((kRegMap[in.dst] & 7) << 3));
-                e_.u32(0);
-                jump_to(e_.pos() - 4, static_cast<size_t>(static_cast<int64_t>(pc) + 1 + in.imm), true);
-            } else {
-                e_.mov_imm64(kRegMap[in.dst], resolved_.lddw_value[pc]);
+            case op::kClassAlu64: return alu(pc, in, true);
+            case op::kClassAlu: return alu(pc, in, false);
+            case op::kClassJmp:
+            case op::kClassJmp32: return jump(pc, in);
+            case op::kClassLd:
+                if (in.opcode != op::kLddw) return bad(pc);
+                if (in.src == op::kPseudoFunc) {  // lea dst, [rip + function]
+                    e_.rex(true, kRegMap[in.dst], 0);
+                    e_.byte(0x8d);
+                    e_.byte(0x05 | ((kRegMap[in.dst] & 7) << 3));
+                    e_.u32(0);
+                    jump_to(e_.pos() - 4,
+                            static_cast<size_t>(static_cast<int64_t>(pc) + 1 + in.imm), true);
+                } else {
+                    e_.mov_imm64(kRegMap[in.dst], resolved_.lddw_value[pc]);
+                }
+                return {};
+            case op::kClassLdx: {
+                const uint8_t mode = in.opcode & 0xe0;
+                if (mode != op::kModeMem && mode != op::kModeMemSx) return bad(pc);
+                if (mode == op::kModeMemSx && (in.opcode & 0x18) == op::kSizeDW) return bad(pc);
+                load(in.opcode & 0x18, mode == op::kModeMemSx, kRegMap[in.dst], kRegMap[in.src],
+                     in.offset);
+                return {};
             }
-            return {};
-        case op::kClassLdx: {
-            const uint8_t mode = in.opcode & 0xe0;
-            if (mode != op::kModeMem && mode != op::kModeMemSx) return bad(pc);
-            if (mode == op::kModeMemSx && (in.opcode & 0x18) == op::kSizeDW) return bad(pc);
-            load(in.opcode & 0x18, mode == op::kModeMemSx, kRegMap[in.dst], kRegMap[in.src], in.offset);
-            return {};
-        }
-        case op::kClassSt:
-            if ((in.opcode & 0xe0) != op::kModeMem) return bad(pc);
-            store_imm(in.opcode & 0x18, kRegMap[in.dst], in.offset, in.imm);
-            return {};
-        case op::kClassStx:
-            if ((in.opcode & 0xe0) == op::kModeAtomic) return atomic(pc, in);
-            if ((in.opcode & 0xe0) != op::kModeMem) return bad(pc);
-            store_reg(in.opcode & 0x18, kRegMap[in.dst], in.offset, kRegMap[in.src]);
-            return {};
+            case op::kClassSt:
+                if ((in.opcode & 0xe0) != op::kModeMem) return bad(pc);
+                store_imm(in.opcode & 0x18, kRegMap[in.dst], in.offset, in.imm);
+                return {};
+            case op::kClassStx:
+                if ((in.opcode & 0xe0) == op::kModeAtomic) return atomic(pc, in);
+                if ((in.opcode & 0xe0) != op::kModeMem) return bad(pc);
+                store_reg(in.opcode & 0x18, kRegMap[in.dst], in.offset, kRegMap[in.src]);
+                return {};
         }
         return bad(pc);
     }
 
     Result<void> bad(size_t pc) const {
-        return make_error(EINVAL, fmt::format("insn {}: opcode {:#04x} not supported by the JIT", pc,
-                                              insns_[pc].opcode));
+        return make_error(EINVAL, fmt::format("insn {}: opcode {:#04x} not supported by the JIT",
+                                              pc, insns_[pc].opcode));
     }
 
     const std::vector<Insn>& insns_;
@@ -678,8 +712,10 @@ Result<std::unique_ptr<JitProgram>> JitProgram::compile(std::shared_ptr<const Pr
     const auto& code = compiler.code();
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
     jit->mapped_size_ = (code.size() + page - 1) / page * page;
-    void* mem = mmap(nullptr, jit->mapped_size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED) return make_error(errno, fmt::format("mmap JIT code: {}", std::strerror(errno)));
+    void* mem = mmap(nullptr, jit->mapped_size_, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        return make_error(errno, fmt::format("mmap JIT code: {}", std::strerror(errno)));
     jit->code_ = mem;
     std::memcpy(mem, code.data(), code.size());
     if (mprotect(mem, jit->mapped_size_, PROT_READ | PROT_EXEC) != 0)

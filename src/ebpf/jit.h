@@ -43,7 +43,7 @@ private:
     void* code_ = nullptr;
     size_t mapped_size_ = 0;
     size_t code_size_ = 0;
-    uint64_t entry_ = 0;       // native address of insn 0's function
+    uint64_t entry_ = 0;  // native address of insn 0's function
     using Trampoline = uint64_t (*)(ExecEnv* env, uint64_t target, const uint64_t* args);
     Trampoline trampoline_ = nullptr;
 };

@@ -41,9 +41,10 @@ namespace liveio::ebpf {
 //                                           16 bytes  u64 args[2]: (struct pt_regs *, id|ret)
 //   uprobe*, uretprobe*, kprobe*, kretprobe*, usdt*
 //                                          168 bytes  struct pt_regs (x86-64)
-//   liveio/io_enter, liveio/io_exit         88 bytes  struct liveio_io_ctx (bpf/include/liveio/io_edge.h)
-//   liveio/io_complete                      64 bytes  struct liveio_io_complete_ctx (liveio/policy.h)
-//   syscall                                 the size of the struct the program's first argument
+//   liveio/io_enter, liveio/io_exit         88 bytes  struct liveio_io_ctx
+//   (bpf/include/liveio/io_edge.h) liveio/io_complete                      64 bytes  struct
+//   liveio_io_complete_ctx (liveio/policy.h) syscall                                 the size of
+//   the struct the program's first argument
 //                                           points to (from BTF), writable, as the kernel's
 //                                           BPF_PROG_TYPE_SYSCALL context
 // All read-only except `syscall`. Any other section gets size 0 (the program may not read its

@@ -139,7 +139,8 @@ public:
     virtual uint64_t lost() const = 0;
     // Consumer side (one consumer at a time): every submitted sample of every slot, in order
     // within a slot. Returns samples consumed.
-    virtual size_t consume(const std::function<void(uint32_t slot, const void* data, uint32_t size)>& fn) = 0;
+    virtual size_t consume(
+        const std::function<void(uint32_t slot, const void* data, uint32_t size)>& fn) = 0;
 
 protected:
     using Map::Map;

@@ -28,8 +28,13 @@ public:
     RingCore() = default;
     RingCore(uint64_t* consumer_pos, uint64_t* producer_pos, uint32_t* lock, uint64_t* dropped,
              uint8_t* data, uint64_t size)
-        : cons_(consumer_pos), prod_(producer_pos), lock_(lock), dropped_(dropped), data_(data),
-          size_(size), mask_(size - 1) {}
+        : cons_(consumer_pos),
+          prod_(producer_pos),
+          lock_(lock),
+          dropped_(dropped),
+          data_(data),
+          size_(size),
+          mask_(size - 1) {}
 
     void* reserve(uint64_t size) {
         if (size > size_ - kRingHeaderSize) return drop();
@@ -46,8 +51,8 @@ public:
         uint8_t* rec = data_ + (prod & mask_);
         const auto pg_off = static_cast<uint32_t>((prod & mask_) / kPageSize);
         std::memcpy(rec + 4, &pg_off, 4);
-        __atomic_store_n(reinterpret_cast<uint32_t*>(rec), static_cast<uint32_t>(size) | kRingBusyBit,
-                         __ATOMIC_RELAXED);
+        __atomic_store_n(reinterpret_cast<uint32_t*>(rec),
+                         static_cast<uint32_t>(size) | kRingBusyBit, __ATOMIC_RELAXED);
         __atomic_store_n(prod_, prod + total, __ATOMIC_RELEASE);
         unlock();
         return rec + kRingHeaderSize;
@@ -80,7 +85,8 @@ public:
             const uint64_t avail = prod - cons;
             if (avail == 0 || avail > size_) break;
             const uint8_t* rec = data_ + (cons & mask_);
-            const uint32_t len = __atomic_load_n(reinterpret_cast<const uint32_t*>(rec), __ATOMIC_ACQUIRE);
+            const uint32_t len =
+                __atomic_load_n(reinterpret_cast<const uint32_t*>(rec), __ATOMIC_ACQUIRE);
             if (len & kRingBusyBit) break;
             const uint32_t size = len & ~(kRingBusyBit | kRingDiscardBit);
             const uint64_t total = round8(uint64_t{size} + kRingHeaderSize);

@@ -41,9 +41,9 @@ inline constexpr uint32_t kMapVersion = 2;
 inline constexpr uint64_t kPageSize = 4096;
 inline constexpr uint32_t kNil = 0xffffffffu;
 inline constexpr uint32_t kArrayStripes = 64;
-inline constexpr uint32_t kMaxKeySize = 512;             // the kernel's MAX_BPF_STACK
+inline constexpr uint32_t kMaxKeySize = 512;  // the kernel's MAX_BPF_STACK
 inline constexpr uint32_t kMaxValueSize = 1u << 20;
-inline constexpr uint32_t kMaxPercpuValueSize = 32768;   // the kernel's PCPU_MIN_UNIT_SIZE
+inline constexpr uint32_t kMaxPercpuValueSize = 32768;  // the kernel's PCPU_MIN_UNIT_SIZE
 // Map memory is committed at creation (posix_fallocate): bound what one map may take.
 inline constexpr uint64_t kMaxMapBytes = 1ull << 30;
 inline constexpr size_t kNameCapacity = 64;
@@ -63,29 +63,29 @@ inline constexpr uint32_t kRingBusyBit = 1u << 31, kRingDiscardBit = 1u << 30;
 inline constexpr uint32_t kRingHeaderSize = 8;
 
 struct alignas(64) MapHeader {
-    uint64_t magic;           // written last by the creator (release): openers never see a half-built map
+    uint64_t magic;  // written last by the creator (release): openers never see a half-built map
     uint32_t version;
-    uint32_t header_size;     // sizeof(MapHeader)
-    uint32_t type;            // MapType
+    uint32_t header_size;  // sizeof(MapHeader)
+    uint32_t type;         // MapType
     uint32_t key_size;
     uint32_t value_size;
     uint32_t max_entries;
     uint32_t flags;
-    uint32_t ncpus;           // CPU slots of per-CPU maps
-    uint64_t total_size;      // bytes of the memfd
-    uint64_t seed;            // hash seed (0 with BPF_F_ZERO_SEED)
+    uint32_t ncpus;       // CPU slots of per-CPU maps
+    uint64_t total_size;  // bytes of the memfd
+    uint64_t seed;        // hash seed (0 with BPF_F_ZERO_SEED)
     uint64_t index_offset;
     uint64_t data_offset;
-    uint32_t nbuckets;        // hashes
-    uint32_t elem_size;       // hashes: bytes per element
-    uint32_t value_stride;    // value_size rounded up to 8
+    uint32_t nbuckets;      // hashes
+    uint32_t elem_size;     // hashes: bytes per element
+    uint32_t value_stride;  // value_size rounded up to 8
     uint32_t reserved0;
     char name[kNameCapacity];
     // Mutable, map-wide; each on its own cache line.
-    alignas(64) uint64_t free_head;   // hashes: tagged free-list head (tag << 32 | index + 1)
-    alignas(64) uint32_t hash_bump;   // hashes: elements [hash_bump, max_entries) never used yet
-    alignas(64) uint64_t lru_hand;    // LRU hashes: clock hand
-    alignas(64) uint32_t ring_lock;   // ringbuf: producers' spinlock
+    alignas(64) uint64_t free_head;  // hashes: tagged free-list head (tag << 32 | index + 1)
+    alignas(64) uint32_t hash_bump;  // hashes: elements [hash_bump, max_entries) never used yet
+    alignas(64) uint64_t lru_hand;   // LRU hashes: clock hand
+    alignas(64) uint32_t ring_lock;  // ringbuf: producers' spinlock
     alignas(64) uint64_t ring_dropped;
 };
 static_assert(sizeof(MapHeader) <= kPageSize);
@@ -147,10 +147,14 @@ private:
 
 // Per-type constructors. `fresh`: initialize the memory (create_map) rather than attach to
 // a map another process initialized (open_shared_map).
-std::shared_ptr<Map> make_array_map(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh);
-std::shared_ptr<Map> make_hash_map(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh);
-std::shared_ptr<Map> make_ringbuf(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh);
-std::shared_ptr<Map> make_perf_event_array(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh);
+std::shared_ptr<Map> make_array_map(const MapSpec& spec, const Layout& layout, ShmRegion region,
+                                    bool fresh);
+std::shared_ptr<Map> make_hash_map(const MapSpec& spec, const Layout& layout, ShmRegion region,
+                                   bool fresh);
+std::shared_ptr<Map> make_ringbuf(const MapSpec& spec, const Layout& layout, ShmRegion region,
+                                  bool fresh);
+std::shared_ptr<Map> make_perf_event_array(const MapSpec& spec, const Layout& layout,
+                                           ShmRegion region, bool fresh);
 
 // ---- primitives -------------------------------------------------------------------------
 

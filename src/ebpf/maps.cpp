@@ -19,21 +19,22 @@ namespace liveio::ebpf {
 
 const char* map_type_name(MapType type) {
     switch (type) {
-    case MapType::Hash: return "hash";
-    case MapType::Array: return "array";
-    case MapType::ProgArray: return "prog_array";
-    case MapType::PerfEventArray: return "perf_event_array";
-    case MapType::PercpuHash: return "percpu_hash";
-    case MapType::PercpuArray: return "percpu_array";
-    case MapType::LruHash: return "lru_hash";
-    case MapType::LruPercpuHash: return "lru_percpu_hash";
-    case MapType::RingBuf: return "ringbuf";
+        case MapType::Hash: return "hash";
+        case MapType::Array: return "array";
+        case MapType::ProgArray: return "prog_array";
+        case MapType::PerfEventArray: return "perf_event_array";
+        case MapType::PercpuHash: return "percpu_hash";
+        case MapType::PercpuArray: return "percpu_array";
+        case MapType::LruHash: return "lru_hash";
+        case MapType::LruPercpuHash: return "lru_percpu_hash";
+        case MapType::RingBuf: return "ringbuf";
     }
     return "unknown";
 }
 
 bool is_percpu(MapType type) {
-    return type == MapType::PercpuArray || type == MapType::PercpuHash || type == MapType::LruPercpuHash;
+    return type == MapType::PercpuArray || type == MapType::PercpuHash ||
+           type == MapType::LruPercpuHash;
 }
 
 size_t user_value_size(const MapSpec& spec) {
@@ -54,7 +55,8 @@ bool is_hash(MapType t) {
 uint64_t page_round(uint64_t n) { return (n + kPageSize - 1) & ~(kPageSize - 1); }
 
 Error spec_error(const MapSpec& spec, int code, const std::string& what) {
-    return make_error(code, fmt::format("map '{}' ({}): {}", spec.name, map_type_name(spec.type), what));
+    return make_error(code,
+                      fmt::format("map '{}' ({}): {}", spec.name, map_type_name(spec.type), what));
 }
 
 }  // namespace
@@ -86,13 +88,15 @@ namespace {
 // Everything but the mapping.
 Result<Layout> plan_file_layout(const MapSpec& spec, uint32_t ncpus) {
     if (spec.name.size() >= kNameCapacity)
-        return spec_error(spec, EINVAL, fmt::format("name longer than {} bytes", kNameCapacity - 1));
+        return spec_error(spec, EINVAL,
+                          fmt::format("name longer than {} bytes", kNameCapacity - 1));
     if (spec.name.find('\0') != std::string::npos)
         return spec_error(spec, EINVAL, "name contains a NUL byte");
     if (!is_array(spec.type) && !is_hash(spec.type) && spec.type != MapType::RingBuf &&
         spec.type != MapType::PerfEventArray)
-        return make_error(EINVAL, fmt::format("map '{}': type {} ({}) is not supported", spec.name,
-                                              static_cast<uint32_t>(spec.type), map_type_name(spec.type)));
+        return make_error(EINVAL,
+                          fmt::format("map '{}': type {} ({}) is not supported", spec.name,
+                                      static_cast<uint32_t>(spec.type), map_type_name(spec.type)));
     if (spec.max_entries == 0) return spec_error(spec, EINVAL, "max_entries must be > 0");
     if (ncpus == 0) return spec_error(spec, EINVAL, "ncpus must be > 0");
 
@@ -101,16 +105,20 @@ Result<Layout> plan_file_layout(const MapSpec& spec, uint32_t ncpus) {
     const uint32_t value_limit = is_percpu(spec.type) ? kMaxPercpuValueSize : kMaxValueSize;
 
     if (spec.type == MapType::RingBuf) {
-        if (spec.key_size != 0) return spec_error(spec, EINVAL, fmt::format("key_size must be 0 (got {})", spec.key_size));
-        if (spec.value_size != 0)
-            return spec_error(spec, EINVAL, fmt::format("value_size must be 0 (got {})", spec.value_size));
-        if ((spec.max_entries & (spec.max_entries - 1)) != 0 || spec.max_entries % kPageSize != 0)
+        if (spec.key_size != 0)
             return spec_error(spec, EINVAL,
-                              fmt::format("max_entries must be a power of two multiple of {} (got {})",
-                                          kPageSize, spec.max_entries));
+                              fmt::format("key_size must be 0 (got {})", spec.key_size));
+        if (spec.value_size != 0)
+            return spec_error(spec, EINVAL,
+                              fmt::format("value_size must be 0 (got {})", spec.value_size));
+        if ((spec.max_entries & (spec.max_entries - 1)) != 0 || spec.max_entries % kPageSize != 0)
+            return spec_error(
+                spec, EINVAL,
+                fmt::format("max_entries must be a power of two multiple of {} (got {})", kPageSize,
+                            spec.max_entries));
         if (spec.flags & ~kFlagNumaNode)
             return spec_error(spec, EINVAL, fmt::format("flags 0x{:x} not supported", spec.flags));
-        l.index_offset = kPageSize;                      // consumer page, then producer page
+        l.index_offset = kPageSize;  // consumer page, then producer page
         l.data_offset = 3 * kPageSize;
         l.total_size = l.data_offset + spec.max_entries;  // the data area is mapped twice
         if (l.total_size > kMaxMapBytes) return spec_error(spec, E2BIG, "max_entries too large");
@@ -118,11 +126,16 @@ Result<Layout> plan_file_layout(const MapSpec& spec, uint32_t ncpus) {
     }
 
     if (spec.type == MapType::PerfEventArray) {
-        if (spec.key_size != 4) return spec_error(spec, EINVAL, fmt::format("key_size must be 4 (got {})", spec.key_size));
+        if (spec.key_size != 4)
+            return spec_error(spec, EINVAL,
+                              fmt::format("key_size must be 4 (got {})", spec.key_size));
         if (spec.value_size != 4)
-            return spec_error(spec, EINVAL, fmt::format("value_size must be 4 (got {})", spec.value_size));
+            return spec_error(spec, EINVAL,
+                              fmt::format("value_size must be 4 (got {})", spec.value_size));
         if (spec.max_entries > kMaxPerfSlots)
-            return spec_error(spec, E2BIG, fmt::format("max_entries {} exceeds {}", spec.max_entries, kMaxPerfSlots));
+            return spec_error(
+                spec, E2BIG,
+                fmt::format("max_entries {} exceeds {}", spec.max_entries, kMaxPerfSlots));
         if (spec.flags & ~kFlagNumaNode)
             return spec_error(spec, EINVAL, fmt::format("flags 0x{:x} not supported", spec.flags));
         l.index_offset = kPageSize;  // one control block per slot
@@ -133,18 +146,23 @@ Result<Layout> plan_file_layout(const MapSpec& spec, uint32_t ncpus) {
 
     if (spec.value_size == 0) return spec_error(spec, EINVAL, "value_size must be > 0");
     if (spec.value_size > value_limit)
-        return spec_error(spec, E2BIG, fmt::format("value_size {} exceeds {}", spec.value_size, value_limit));
+        return spec_error(spec, E2BIG,
+                          fmt::format("value_size {} exceeds {}", spec.value_size, value_limit));
     l.value_stride = static_cast<uint32_t>(round8(spec.value_size));
 
     if (is_array(spec.type)) {
-        if (spec.key_size != 4) return spec_error(spec, EINVAL, fmt::format("key_size must be 4 (got {})", spec.key_size));
+        if (spec.key_size != 4)
+            return spec_error(spec, EINVAL,
+                              fmt::format("key_size must be 4 (got {})", spec.key_size));
         if (spec.type == MapType::ProgArray && spec.value_size != 4)
-            return spec_error(spec, EINVAL, fmt::format("value_size must be 4 (got {})", spec.value_size));
+            return spec_error(spec, EINVAL,
+                              fmt::format("value_size must be 4 (got {})", spec.value_size));
         const uint32_t allowed = kFlagNumaNode | kFlagRdonly | kFlagWronly | kFlagRdonlyProg |
                                  kFlagWronlyProg | kFlagInnerMap |
                                  (spec.type == MapType::Array ? kFlagMmapable : 0);
         if (spec.flags & ~allowed)
-            return spec_error(spec, EINVAL, fmt::format("flags 0x{:x} not supported", spec.flags & ~allowed));
+            return spec_error(spec, EINVAL,
+                              fmt::format("flags 0x{:x} not supported", spec.flags & ~allowed));
         l.index_offset = kPageSize;
         l.data_offset = l.index_offset + page_round(uint64_t{kArrayStripes} * 64);
         const uint64_t data = uint64_t{spec.max_entries} * l.ncpus * l.value_stride;
@@ -157,15 +175,18 @@ Result<Layout> plan_file_layout(const MapSpec& spec, uint32_t ncpus) {
     // Hashes.
     if (spec.key_size == 0) return spec_error(spec, EINVAL, "key_size must be > 0");
     if (spec.key_size > kMaxKeySize)
-        return spec_error(spec, E2BIG, fmt::format("key_size {} exceeds {}", spec.key_size, kMaxKeySize));
+        return spec_error(spec, E2BIG,
+                          fmt::format("key_size {} exceeds {}", spec.key_size, kMaxKeySize));
     if (spec.max_entries > (1u << 30))
-        return spec_error(spec, E2BIG, fmt::format("max_entries {} exceeds {}", spec.max_entries, 1u << 30));
+        return spec_error(spec, E2BIG,
+                          fmt::format("max_entries {} exceeds {}", spec.max_entries, 1u << 30));
     const bool lru = spec.type == MapType::LruHash || spec.type == MapType::LruPercpuHash;
     const uint32_t allowed = kFlagNoPrealloc | kFlagNumaNode | kFlagRdonly | kFlagWronly |
                              kFlagZeroSeed | kFlagRdonlyProg | kFlagWronlyProg | kFlagInnerMap |
                              (lru ? kFlagNoCommonLru : 0);
     if (spec.flags & ~allowed)
-        return spec_error(spec, EINVAL, fmt::format("flags 0x{:x} not supported", spec.flags & ~allowed));
+        return spec_error(spec, EINVAL,
+                          fmt::format("flags 0x{:x} not supported", spec.flags & ~allowed));
     uint32_t nb = 1;
     while (nb < spec.max_entries) nb <<= 1;
     l.nbuckets = nb;
@@ -229,15 +250,18 @@ Result<ShmRegion> ShmRegion::map_fd(int fd, const Layout& layout) {
     ShmRegion r;
     r.fd_ = fd;
     // Reserve the whole range first so every segment lands where the layout puts it.
-    void* base = ::mmap(nullptr, layout.address_span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (base == MAP_FAILED) return make_error(errno, fmt::format("mmap of {} bytes failed", layout.address_span));
+    void* base = ::mmap(nullptr, layout.address_span, PROT_NONE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED)
+        return make_error(errno, fmt::format("mmap of {} bytes failed", layout.address_span));
     r.base_ = static_cast<uint8_t*>(base);
     r.mapped_ = layout.address_span;
     for (const Segment& seg : layout.segments)
-        if (::mmap(r.base_ + seg.address_offset, seg.length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
-                   static_cast<off_t>(seg.file_offset)) == MAP_FAILED)
-            return make_error(errno, fmt::format("mmap of {} bytes at file offset {} of the map memfd failed",
-                                                 seg.length, seg.file_offset));
+        if (::mmap(r.base_ + seg.address_offset, seg.length, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_FIXED, fd, static_cast<off_t>(seg.file_offset)) == MAP_FAILED)
+            return make_error(
+                errno, fmt::format("mmap of {} bytes at file offset {} of the map memfd failed",
+                                   seg.length, seg.file_offset));
     return r;
 }
 
@@ -279,21 +303,24 @@ uint64_t fresh_seed(const MapSpec& spec) {
     if (spec.flags & kFlagZeroSeed) return 0;
     uint64_t seed = 0;
     if (::getrandom(&seed, sizeof seed, GRND_NONBLOCK) != sizeof seed)
-        seed = static_cast<uint64_t>(::getpid()) * 0x9e3779b97f4a7c15ull ^ reinterpret_cast<uintptr_t>(&seed);
+        seed = static_cast<uint64_t>(::getpid()) * 0x9e3779b97f4a7c15ull ^
+               reinterpret_cast<uintptr_t>(&seed);
     return seed;
 }
 
-std::shared_ptr<Map> construct(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh) {
+std::shared_ptr<Map> construct(const MapSpec& spec, const Layout& layout, ShmRegion region,
+                               bool fresh) {
     switch (spec.type) {
-    case MapType::Array:
-    case MapType::PercpuArray:
-    case MapType::ProgArray: return make_array_map(spec, layout, std::move(region), fresh);
-    case MapType::Hash:
-    case MapType::PercpuHash:
-    case MapType::LruHash:
-    case MapType::LruPercpuHash: return make_hash_map(spec, layout, std::move(region), fresh);
-    case MapType::RingBuf: return make_ringbuf(spec, layout, std::move(region), fresh);
-    case MapType::PerfEventArray: return make_perf_event_array(spec, layout, std::move(region), fresh);
+        case MapType::Array:
+        case MapType::PercpuArray:
+        case MapType::ProgArray: return make_array_map(spec, layout, std::move(region), fresh);
+        case MapType::Hash:
+        case MapType::PercpuHash:
+        case MapType::LruHash:
+        case MapType::LruPercpuHash: return make_hash_map(spec, layout, std::move(region), fresh);
+        case MapType::RingBuf: return make_ringbuf(spec, layout, std::move(region), fresh);
+        case MapType::PerfEventArray:
+            return make_perf_event_array(spec, layout, std::move(region), fresh);
     }
     return nullptr;  // plan_layout admits only the types above
 }
@@ -306,7 +333,8 @@ using namespace detail;
 Result<std::shared_ptr<Map>> create_map(const MapSpec& requested) {
     MapSpec spec = requested;
     // As libbpf: a perf event array without max_entries gets a slot per possible CPU.
-    if (spec.type == MapType::PerfEventArray && spec.max_entries == 0) spec.max_entries = possible_cpus();
+    if (spec.type == MapType::PerfEventArray && spec.max_entries == 0)
+        spec.max_entries = possible_cpus();
     auto layout = plan_layout(spec, possible_cpus());
     if (!layout) return layout.error();
     auto region = ShmRegion::create(spec.name, *layout);
@@ -336,25 +364,34 @@ Result<std::shared_ptr<Map>> create_map(const MapSpec& requested) {
 
 Result<std::shared_ptr<Map>> open_shared_map(int memfd) {
     struct stat st {};
-    if (::fstat(memfd, &st) != 0) return make_error(errno, fmt::format("fd {}: fstat failed", memfd));
+    if (::fstat(memfd, &st) != 0)
+        return make_error(errno, fmt::format("fd {}: fstat failed", memfd));
     const int mode = ::fcntl(memfd, F_GETFL);
     if (mode < 0 || (mode & O_ACCMODE) != O_RDWR)
-        return make_error(EACCES, fmt::format("fd {}: not open for reading and writing (maps are shared "
-                                              "read-write: even a reader advances ring positions)", memfd));
+        return make_error(EACCES,
+                          fmt::format("fd {}: not open for reading and writing (maps are shared "
+                                      "read-write: even a reader advances ring positions)",
+                                      memfd));
     const int seals = ::fcntl(memfd, F_GET_SEALS);
     if (seals < 0 || !(seals & F_SEAL_SHRINK))
-        return make_error(EINVAL, fmt::format("fd {}: not a sealed liveio map memfd (a truncation could "
-                                              "crash readers)", memfd));
+        return make_error(EINVAL,
+                          fmt::format("fd {}: not a sealed liveio map memfd (a truncation could "
+                                      "crash readers)",
+                                      memfd));
     if (static_cast<uint64_t>(st.st_size) < kPageSize)
-        return make_error(EINVAL, fmt::format("fd {}: {} bytes is too small for a map header", memfd, st.st_size));
+        return make_error(EINVAL, fmt::format("fd {}: {} bytes is too small for a map header",
+                                              memfd, st.st_size));
     MapHeader hdr;
     if (::pread(memfd, &hdr, sizeof hdr, 0) != static_cast<ssize_t>(sizeof hdr))
         return make_error(EIO, fmt::format("fd {}: reading the map header failed", memfd));
-    if (hdr.magic != kMapMagic) return make_error(EINVAL, fmt::format("fd {}: bad map magic 0x{:x}", memfd, hdr.magic));
+    if (hdr.magic != kMapMagic)
+        return make_error(EINVAL, fmt::format("fd {}: bad map magic 0x{:x}", memfd, hdr.magic));
     if (hdr.version != kMapVersion || hdr.header_size != sizeof(MapHeader))
-        return make_error(EINVAL, fmt::format("fd {}: map layout version {} (header {} bytes); this build "
-                                              "reads version {} ({} bytes)", memfd, hdr.version,
-                                              hdr.header_size, kMapVersion, sizeof(MapHeader)));
+        return make_error(
+            EINVAL,
+            fmt::format("fd {}: map layout version {} (header {} bytes); this build "
+                        "reads version {} ({} bytes)",
+                        memfd, hdr.version, hdr.header_size, kMapVersion, sizeof(MapHeader)));
     MapSpec spec;
     spec.name.assign(hdr.name, strnlen(hdr.name, kNameCapacity - 1));
     spec.type = static_cast<MapType>(hdr.type);
@@ -363,16 +400,18 @@ Result<std::shared_ptr<Map>> open_shared_map(int memfd) {
     spec.max_entries = hdr.max_entries;
     spec.flags = hdr.flags;
     auto layout = plan_layout(spec, hdr.ncpus);
-    if (!layout) return make_error(EINVAL, fmt::format("fd {}: header holds an invalid spec: {}", memfd,
-                                                       layout.error().message));
+    if (!layout)
+        return make_error(EINVAL, fmt::format("fd {}: header holds an invalid spec: {}", memfd,
+                                              layout.error().message));
     if (layout->total_size != hdr.total_size || layout->index_offset != hdr.index_offset ||
         layout->data_offset != hdr.data_offset || layout->nbuckets != hdr.nbuckets ||
         layout->elem_size != hdr.elem_size || layout->value_stride != hdr.value_stride)
-        return make_error(EINVAL, fmt::format("fd {}: map '{}' header layout is inconsistent with its spec",
-                                              memfd, spec.name));
+        return make_error(EINVAL,
+                          fmt::format("fd {}: map '{}' header layout is inconsistent with its spec",
+                                      memfd, spec.name));
     if (static_cast<uint64_t>(st.st_size) != layout->total_size)
-        return make_error(EINVAL, fmt::format("fd {}: memfd holds {} bytes, map '{}' needs {}", memfd,
-                                              st.st_size, spec.name, layout->total_size));
+        return make_error(EINVAL, fmt::format("fd {}: memfd holds {} bytes, map '{}' needs {}",
+                                              memfd, st.st_size, spec.name, layout->total_size));
     const int fd = ::fcntl(memfd, F_DUPFD_CLOEXEC, 0);
     if (fd < 0) return make_error(errno, fmt::format("fd {}: dup failed", memfd));
     auto region = ShmRegion::map_fd(fd, *layout);

@@ -62,10 +62,12 @@ private:
         seq_write_lock(seq);
         if (all_cpus) {
             for (uint32_t cpu = 0; cpu < ncpus_; ++cpu)
-                std::memcpy(slot(i, cpu), static_cast<const uint8_t*>(value) + uint64_t{cpu} * stride_,
+                std::memcpy(slot(i, cpu),
+                            static_cast<const uint8_t*>(value) + uint64_t{cpu} * stride_,
                             spec_.value_size);
         } else {
-            std::memcpy(percpu_ ? slot(i, current_cpu_slot(ncpus_)) : slot(i, 0), value, spec_.value_size);
+            std::memcpy(percpu_ ? slot(i, current_cpu_slot(ncpus_)) : slot(i, 0), value,
+                        spec_.value_size);
         }
         seq_write_unlock(seq);
         return 0;
@@ -76,7 +78,8 @@ public:
         if (!prog_) return -EINVAL;  // array elements cannot be deleted
         const uint32_t i = index_of(key);
         if (i >= spec_.max_entries) return -E2BIG;
-        const uint32_t old = __atomic_exchange_n(reinterpret_cast<uint32_t*>(slot(i, 0)), 0u, __ATOMIC_ACQ_REL);
+        const uint32_t old =
+            __atomic_exchange_n(reinterpret_cast<uint32_t*>(slot(i, 0)), 0u, __ATOMIC_ACQ_REL);
         return old ? 0 : -ENOENT;
     }
 
@@ -97,7 +100,8 @@ public:
         const uint32_t i = index_of(key);
         if (i >= spec_.max_entries) return -ENOENT;
         if (prog_) {
-            const uint32_t id = __atomic_load_n(reinterpret_cast<uint32_t*>(slot(i, 0)), __ATOMIC_ACQUIRE);
+            const uint32_t id =
+                __atomic_load_n(reinterpret_cast<uint32_t*>(slot(i, 0)), __ATOMIC_ACQUIRE);
             if (!id) return -ENOENT;
             std::memcpy(out, &id, 4);
             return 0;
@@ -119,7 +123,9 @@ private:
         std::memcpy(&i, key, 4);
         return i;
     }
-    uint8_t* slot(uint32_t i, uint32_t cpu) const { return data_ + i * elem_bytes_ + uint64_t{cpu} * stride_; }
+    uint8_t* slot(uint32_t i, uint32_t cpu) const {
+        return data_ + i * elem_bytes_ + uint64_t{cpu} * stride_;
+    }
     uint32_t* stripe(uint32_t i) const {
         return reinterpret_cast<uint32_t*>(stripes_ + uint64_t{i % kArrayStripes} * 64);
     }
@@ -136,7 +142,8 @@ private:
 
 }  // namespace
 
-std::shared_ptr<Map> make_array_map(const MapSpec& spec, const Layout& layout, ShmRegion region, bool) {
+std::shared_ptr<Map> make_array_map(const MapSpec& spec, const Layout& layout, ShmRegion region,
+                                    bool) {
     // A fresh memfd is zero-filled: values start zeroed, program slots empty, stripes unlocked.
     return std::make_shared<ArrayMap>(spec, layout, std::move(region));
 }

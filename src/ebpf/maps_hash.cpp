@@ -47,9 +47,13 @@ inline uint32_t to_link(uint32_t index) { return index + 1; }
 inline uint32_t from_link(uint32_t link) { return link - 1; }
 
 template <typename T>
-T load(const T* p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+T load(const T* p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
 template <typename T>
-void store(T* p, T v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+void store(T* p, T v) {
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
 
 class HashMap final : public Map {
 public:
@@ -153,11 +157,13 @@ private:
         if (all_cpus) {
             for (uint32_t cpu = 0; cpu < ncpus_; ++cpu)
                 std::memcpy(value_of(e) + uint64_t{cpu} * value_stride_,
-                            static_cast<const uint8_t*>(value) + uint64_t{cpu} * value_stride_, spec_.value_size);
+                            static_cast<const uint8_t*>(value) + uint64_t{cpu} * value_stride_,
+                            spec_.value_size);
             return;
         }
         if (fresh) std::memset(value_of(e), 0, uint64_t{ncpus_} * value_stride_);
-        std::memcpy(value_of(e) + uint64_t{current_cpu_slot(ncpus_)} * value_stride_, value, spec_.value_size);
+        std::memcpy(value_of(e) + uint64_t{current_cpu_slot(ncpus_)} * value_stride_, value,
+                    spec_.value_size);
     }
 
 public:
@@ -239,19 +245,19 @@ private:
 
     bool key_eq(const uint8_t* stored, const void* key) const {
         switch (key_size_) {
-        case 4: {
-            uint32_t a, b;
-            std::memcpy(&a, stored, 4);
-            std::memcpy(&b, key, 4);
-            return a == b;
-        }
-        case 8: {
-            uint64_t a, b;
-            std::memcpy(&a, stored, 8);
-            std::memcpy(&b, key, 8);
-            return a == b;
-        }
-        default: return std::memcmp(stored, key, key_size_) == 0;
+            case 4: {
+                uint32_t a, b;
+                std::memcpy(&a, stored, 4);
+                std::memcpy(&b, key, 4);
+                return a == b;
+            }
+            case 8: {
+                uint64_t a, b;
+                std::memcpy(&a, stored, 8);
+                std::memcpy(&b, key, 8);
+                return a == b;
+            }
+            default: return std::memcmp(stored, key, key_size_) == 0;
         }
     }
 
@@ -298,8 +304,8 @@ private:
         }
         uint32_t bump = __atomic_load_n(&hdr_->hash_bump, __ATOMIC_RELAXED);
         while (bump < max_)
-            if (__atomic_compare_exchange_n(&hdr_->hash_bump, &bump, bump + 1, true, __ATOMIC_RELAXED,
-                                            __ATOMIC_RELAXED))
+            if (__atomic_compare_exchange_n(&hdr_->hash_bump, &bump, bump + 1, true,
+                                            __ATOMIC_RELAXED, __ATOMIC_RELAXED))
                 return bump;
         return kNil;
     }
@@ -325,7 +331,8 @@ private:
         const uint64_t second_chance = 2ull * max_;
         const uint64_t limit = 4ull * max_ + 64;
         for (uint64_t n = 0; n < limit; ++n) {
-            const auto i = static_cast<uint32_t>(__atomic_fetch_add(&hdr_->lru_hand, 1, __ATOMIC_RELAXED) % max_);
+            const auto i = static_cast<uint32_t>(
+                __atomic_fetch_add(&hdr_->lru_hand, 1, __ATOMIC_RELAXED) % max_);
             ElemHeader* e = elem(i);
             if (!load(&e->linked)) continue;
             if (n < second_chance && load(&e->ref)) {
@@ -362,7 +369,8 @@ private:
 
 }  // namespace
 
-std::shared_ptr<Map> make_hash_map(const MapSpec& spec, const Layout& layout, ShmRegion region, bool fresh) {
+std::shared_ptr<Map> make_hash_map(const MapSpec& spec, const Layout& layout, ShmRegion region,
+                                   bool fresh) {
     return std::make_shared<HashMap>(spec, layout, std::move(region), fresh);
 }
 

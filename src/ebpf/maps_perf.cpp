@@ -17,9 +17,10 @@ public:
         rings_.reserve(spec.max_entries);
         for (uint64_t i = 0; i < spec.max_entries; ++i) {
             uint8_t* ctl = region_.base() + layout.index_offset + i * kPerfCtlBytes;
-            rings_.emplace_back(reinterpret_cast<uint64_t*>(ctl), reinterpret_cast<uint64_t*>(ctl + 64),
-                                reinterpret_cast<uint32_t*>(ctl + 128), reinterpret_cast<uint64_t*>(ctl + 192),
-                                region_.base() + layout.data_offset + 2 * i * kPerfSlotBytes, kPerfSlotBytes);
+            rings_.emplace_back(
+                reinterpret_cast<uint64_t*>(ctl), reinterpret_cast<uint64_t*>(ctl + 64),
+                reinterpret_cast<uint32_t*>(ctl + 128), reinterpret_cast<uint64_t*>(ctl + 192),
+                region_.base() + layout.data_offset + 2 * i * kPerfSlotBytes, kPerfSlotBytes);
         }
     }
 
@@ -56,7 +57,8 @@ public:
         return n;
     }
 
-    size_t consume(const std::function<void(uint32_t slot, const void* data, uint32_t size)>& fn) override {
+    size_t consume(
+        const std::function<void(uint32_t slot, const void* data, uint32_t size)>& fn) override {
         size_t n = 0;
         for (uint32_t slot = 0; slot < rings_.size(); ++slot)
             n += rings_[slot].consume([&](const void* d, uint32_t size) { fn(slot, d, size); });
@@ -71,7 +73,8 @@ private:
 
 }  // namespace
 
-std::shared_ptr<Map> make_perf_event_array(const MapSpec& spec, const Layout& layout, ShmRegion region, bool) {
+std::shared_ptr<Map> make_perf_event_array(const MapSpec& spec, const Layout& layout,
+                                           ShmRegion region, bool) {
     // A fresh memfd is zero-filled: positions 0, locks free, nothing lost.
     return std::make_shared<PerfArray>(spec, layout, std::move(region));
 }

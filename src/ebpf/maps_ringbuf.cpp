@@ -35,11 +35,11 @@ public:
         const uint64_t cons = ring_.consumer_pos();
         const uint64_t prod = ring_.producer_pos();
         switch (flag) {
-        case 0: return prod - cons;  // BPF_RB_AVAIL_DATA
-        case 1: return ring_.size(); // BPF_RB_RING_SIZE
-        case 2: return cons;         // BPF_RB_CONS_POS
-        case 3: return prod;         // BPF_RB_PROD_POS
-        default: return 0;
+            case 0: return prod - cons;   // BPF_RB_AVAIL_DATA
+            case 1: return ring_.size();  // BPF_RB_RING_SIZE
+            case 2: return cons;          // BPF_RB_CONS_POS
+            case 3: return prod;          // BPF_RB_PROD_POS
+            default: return 0;
         }
     }
 
@@ -56,7 +56,8 @@ private:
 
 }  // namespace
 
-std::shared_ptr<Map> make_ringbuf(const MapSpec& spec, const Layout& layout, ShmRegion region, bool) {
+std::shared_ptr<Map> make_ringbuf(const MapSpec& spec, const Layout& layout, ShmRegion region,
+                                  bool) {
     // A fresh memfd is zero-filled: positions 0, lock free, nothing dropped.
     return std::make_shared<RingBuf>(spec, layout, std::move(region));
 }

@@ -15,8 +15,8 @@ namespace liveio::ebpf {
 // How r1 is described to the verifier. Programs for kernel hook points get the kernel's
 // context layout (e.g. struct trace_event_raw_sys_enter for syscall tracepoints).
 struct ContextDescriptor {
-    uint32_t size = 0;            // bytes readable from r1
-    bool writable = false;        // may the program store into the context?
+    uint32_t size = 0;      // bytes readable from r1
+    bool writable = false;  // may the program store into the context?
 };
 
 // After the loader's relocation, map references are lddw instructions with

@@ -24,7 +24,8 @@ static_assert(sizeof(TraceRecordHeader) == 16);
 Result<std::shared_ptr<RingBuffer>> as_ring(Result<std::shared_ptr<Map>> map, const char* what) {
     if (!map) return make_error(map.error().code, fmt::format("{}: {}", what, map.error().message));
     auto ring = std::dynamic_pointer_cast<RingBuffer>(map.value());
-    if (!ring) return make_error(EINVAL, fmt::format("{}: the memfd does not hold a ring buffer", what));
+    if (!ring)
+        return make_error(EINVAL, fmt::format("{}: the memfd does not hold a ring buffer", what));
     return ring;
 }
 
@@ -33,7 +34,9 @@ Result<std::shared_ptr<RingBuffer>> as_ring(Result<std::shared_ptr<Map>> map, co
 Result<TraceLog> TraceLog::create(uint32_t bytes) {
     const auto page = static_cast<uint32_t>(sysconf(_SC_PAGESIZE));
     if (bytes < page || (bytes & (bytes - 1)) != 0)
-        return make_error(EINVAL, fmt::format("trace log size {} must be a power of two of at least {}", bytes, page));
+        return make_error(
+            EINVAL,
+            fmt::format("trace log size {} must be a power of two of at least {}", bytes, page));
     MapSpec spec;
     spec.name = "trace_printk";
     spec.type = MapType::RingBuf;
@@ -71,14 +74,16 @@ size_t TraceLog::read(const std::function<void(const TraceLine&)>& fn) {
         line.time_ns = hdr.time_ns;
         line.tgid = hdr.tgid;
         line.tid = hdr.tid;
-        line.text = std::string_view(static_cast<const char*>(data) + sizeof(hdr), size - sizeof(hdr));
+        line.text =
+            std::string_view(static_cast<const char*>(data) + sizeof(hdr), size - sizeof(hdr));
         fn(line);
     });
 }
 
 Result<std::unique_ptr<Runtime>> Runtime::create(const Options& options) {
     if (options.max_programs == 0 || options.max_programs > (1u << 20))
-        return make_error(EINVAL, fmt::format("max_programs {} must be in 1..{}", options.max_programs, 1u << 20));
+        return make_error(EINVAL, fmt::format("max_programs {} must be in 1..{}",
+                                              options.max_programs, 1u << 20));
     auto log = TraceLog::create(options.trace_log_bytes);
     if (!log) return log.error();
     return std::unique_ptr<Runtime>(new Runtime(std::move(log.value()), options.max_programs));
@@ -89,7 +94,8 @@ Runtime::Runtime(TraceLog log, uint32_t max_programs)
       max_programs_(max_programs),
       programs_(new std::atomic<const Executable*>[max_programs]),
       prandom_(new PrandomSlot[kPrandomSlots]) {
-    for (uint32_t i = 0; i < max_programs_; ++i) programs_[i].store(nullptr, std::memory_order_relaxed);
+    for (uint32_t i = 0; i < max_programs_; ++i)
+        programs_[i].store(nullptr, std::memory_order_relaxed);
     uint64_t seeds[kPrandomSlots];
     if (getrandom(seeds, sizeof(seeds), GRND_NONBLOCK) != static_cast<ssize_t>(sizeof(seeds))) {
         // No entropy yet (early boot): distinct, time-dependent seeds are still distinct streams.
@@ -98,7 +104,8 @@ Runtime::Runtime(TraceLog log, uint32_t max_programs)
         uint64_t x = static_cast<uint64_t>(ts.tv_nsec) ^ (static_cast<uint64_t>(getpid()) << 32);
         for (auto& s : seeds) s = (x += 0x9e3779b97f4a7c15ull) * 0xbf58476d1ce4e5b9ull;
     }
-    for (uint32_t i = 0; i < kPrandomSlots; ++i) prandom_[i].state.store(seeds[i], std::memory_order_relaxed);
+    for (uint32_t i = 0; i < kPrandomSlots; ++i)
+        prandom_[i].state.store(seeds[i], std::memory_order_relaxed);
 }
 
 uint32_t Runtime::prandom_u32() {
@@ -137,21 +144,23 @@ Result<void> Runtime::set_tail_call(Map& prog_array, uint32_t index, uint32_t id
     if (spec.type != MapType::ProgArray)
         return make_error(EINVAL, fmt::format("map '{}' is not a program array", spec.name));
     if (index >= spec.max_entries)
-        return make_error(E2BIG, fmt::format("index {} out of program array '{}' ({} slots)", index, spec.name,
-                                             spec.max_entries));
+        return make_error(E2BIG, fmt::format("index {} out of program array '{}' ({} slots)", index,
+                                             spec.name, spec.max_entries));
     if (id == 0) {
         const long rc = prog_array.remove(&index);
         if (rc != 0 && rc != -ENOENT)
-            return make_error(static_cast<int>(-rc), fmt::format("clearing slot {} of '{}': {}", index, spec.name,
-                                                                 std::strerror(static_cast<int>(-rc))));
+            return make_error(static_cast<int>(-rc),
+                              fmt::format("clearing slot {} of '{}': {}", index, spec.name,
+                                          std::strerror(static_cast<int>(-rc))));
         return {};
     }
     if (id > max_programs_ || programs_[id - 1].load(std::memory_order_acquire) == nullptr)
         return make_error(ENOENT, fmt::format("program id {} is not registered", id));
     const long rc = prog_array.update(&index, &id, kUpdateAny);
     if (rc != 0)
-        return make_error(static_cast<int>(-rc), fmt::format("setting slot {} of '{}': {}", index, spec.name,
-                                                             std::strerror(static_cast<int>(-rc))));
+        return make_error(static_cast<int>(-rc),
+                          fmt::format("setting slot {} of '{}': {}", index, spec.name,
+                                      std::strerror(static_cast<int>(-rc))));
     return {};
 }
 

@@ -28,10 +28,10 @@ class Executable;
 
 // One trace_printk line as the consumer sees it.
 struct TraceLine {
-    uint64_t time_ns = 0;  // CLOCK_MONOTONIC at the call, as bpf_ktime_get_ns
-    uint32_t tgid = 0;     // process id of the caller
-    uint32_t tid = 0;      // thread id of the caller
-    std::string_view text; // the formatted message, without a trailing NUL
+    uint64_t time_ns = 0;   // CLOCK_MONOTONIC at the call, as bpf_ktime_get_ns
+    uint32_t tgid = 0;      // process id of the caller
+    uint32_t tid = 0;       // thread id of the caller
+    std::string_view text;  // the formatted message, without a trailing NUL
 };
 
 // The trace_printk log: a BPF ring buffer in a memfd, one record per call

@@ -7,16 +7,16 @@ namespace liveio::ebpf::verifier_detail {
 
 const char* kind_name(Kind kind) {
     switch (kind) {
-    case Kind::Uninit: return "uninitialized";
-    case Kind::Scalar: return "scalar";
-    case Kind::Ctx: return "context pointer";
-    case Kind::Stack: return "stack pointer";
-    case Kind::MapValue: return "map value pointer";
-    case Kind::MapValueOrNull: return "map value pointer that may be null";
-    case Kind::MapPtr: return "map";
-    case Kind::RingbufMem: return "ring buffer record pointer";
-    case Kind::RingbufMemOrNull: return "ring buffer record pointer that may be null";
-    case Kind::Func: return "function pointer";
+        case Kind::Uninit: return "uninitialized";
+        case Kind::Scalar: return "scalar";
+        case Kind::Ctx: return "context pointer";
+        case Kind::Stack: return "stack pointer";
+        case Kind::MapValue: return "map value pointer";
+        case Kind::MapValueOrNull: return "map value pointer that may be null";
+        case Kind::MapPtr: return "map";
+        case Kind::RingbufMem: return "ring buffer record pointer";
+        case Kind::RingbufMemOrNull: return "ring buffer record pointer that may be null";
+        case Kind::Func: return "function pointer";
     }
     return "?";
 }
@@ -30,8 +30,10 @@ const Reg* StackFrame::spill(int slot) const {
 void StackFrame::set_spill(int slot, const Reg& reg) {
     auto it = std::lower_bound(spills.begin(), spills.end(), slot,
                                [](const auto& e, int s) { return e.first < s; });
-    if (it != spills.end() && it->first == slot) it->second = reg;
-    else spills.insert(it, {static_cast<uint8_t>(slot), reg});
+    if (it != spills.end() && it->first == slot)
+        it->second = reg;
+    else
+        spills.insert(it, {static_cast<uint8_t>(slot), reg});
     std::fill_n(bytes.begin() + slot * 8, 8, Byte::Spill);
 }
 
@@ -93,18 +95,20 @@ private:
 bool reg_covers(const Reg& old, const Reg& cur, IdMap& ids, bool precise) {
     if (old.kind == Kind::Uninit) return true;  // the old path never read it
     if (old.kind != cur.kind) return false;
-    if (old.kind == Kind::Scalar && !precise) return true;  // no decision of the old path used its range
+    if (old.kind == Kind::Scalar && !precise)
+        return true;  // no decision of the old path used its range
     if (!old.r.contains(cur.r)) return false;
     if (!ids.match(old.id, cur.id)) return false;
     switch (old.kind) {
-    case Kind::Scalar: return true;
-    case Kind::Stack: return old.frame == cur.frame;
-    case Kind::Func: return old.target == cur.target;
-    default: return old.map == cur.map && old.size == cur.size;
+        case Kind::Scalar: return true;
+        case Kind::Stack: return old.frame == cur.frame;
+        case Kind::Func: return old.target == cur.target;
+        default: return old.map == cur.map && old.size == cur.size;
     }
 }
 
-bool stack_covers(const StackFrame& old, const StackFrame& cur, IdMap& ids, const uint8_t* precise, int frame) {
+bool stack_covers(const StackFrame& old, const StackFrame& cur, IdMap& ids, const uint8_t* precise,
+                  int frame) {
     auto slot_precise = [&](int slot) { return !precise || precise[spill_slot(frame, slot)]; };
     // Equal byte maps (the common case: most paths touch the same slots) need no byte walk;
     // the walk per stored state made pruning the verifier's hot spot (fuzz.verifier timeout).

@@ -28,7 +28,9 @@ inline constexpr int kMaxOrigins = 4;
 inline constexpr int kSlotsPerFrame = kNumRegs + kStackSize / 8;
 inline constexpr int kMaxSlots = kMaxCallDepth * kSlotsPerFrame;
 inline constexpr int reg_slot(int frame, int regno) { return frame * kSlotsPerFrame + regno; }
-inline constexpr int spill_slot(int frame, int stack_slot) { return frame * kSlotsPerFrame + kNumRegs + stack_slot; }
+inline constexpr int spill_slot(int frame, int stack_slot) {
+    return frame * kSlotsPerFrame + kNumRegs + stack_slot;
+}
 
 enum class Kind : uint8_t {
     Uninit,
@@ -53,10 +55,10 @@ struct Reg {
     // pointers: copies share it so one null check resolves all. Ring buffer records: the
     // reference that submit/discard releases.
     uint32_t id = 0;
-    int32_t map = -1;     // MapValue*, MapPtr: index into Program::maps
-    uint32_t frame = 0;   // Stack
-    uint32_t size = 0;    // Ctx, MapValue*, RingbufMem*: bytes in the region
-    int32_t target = 0;   // Func
+    int32_t map = -1;       // MapValue*, MapPtr: index into Program::maps
+    uint32_t frame = 0;     // Stack
+    uint32_t size = 0;      // Ctx, MapValue*, RingbufMem*: bytes in the region
+    int32_t target = 0;     // Func
     uint8_t n_origins = 0;  // Scalar: how many of `origins` are set
     std::array<Origin, kMaxOrigins> origins{};
 
@@ -75,7 +77,7 @@ struct Reg {
 enum class Byte : uint8_t { Uninit, Misc, Spill };
 
 struct StackFrame {
-    std::array<Byte, kStackSize> bytes{};        // index kStackSize + offset (offset < 0)
+    std::array<Byte, kStackSize> bytes{};         // index kStackSize + offset (offset < 0)
     std::vector<std::pair<uint8_t, Reg>> spills;  // slot (index / 8) -> register, sorted
 
     const Reg* spill(int slot) const;
@@ -90,8 +92,8 @@ struct StackFrame {
 struct Frame {
     std::array<Reg, kNumRegs> regs{};
     StackFrame stack;
-    int32_t callsite = -1;  // insn of the call that created this frame (-1: entry)
-    bool callback = false;  // entered by a helper (bpf_loop), returns to the helper
+    int32_t callsite = -1;       // insn of the call that created this frame (-1: entry)
+    bool callback = false;       // entered by a helper (bpf_loop), returns to the helper
     int32_t callback_entry = 0;  // callback: its first insn and the context argument it got,
     Reg callback_arg;            // to enter it again for the helper's next iteration
 };
@@ -120,8 +122,10 @@ struct State {
     template <typename F>
     void for_each_slot(F&& f) {
         for (std::size_t fr = 0; fr < frames.size(); ++fr) {
-            for (int r = 0; r < kNumRegs; ++r) f(reg_slot(static_cast<int>(fr), r), frames[fr].regs[r]);
-            for (auto& [slot, r] : frames[fr].stack.spills) f(spill_slot(static_cast<int>(fr), slot), r);
+            for (int r = 0; r < kNumRegs; ++r)
+                f(reg_slot(static_cast<int>(fr), r), frames[fr].regs[r]);
+            for (auto& [slot, r] : frames[fr].stack.spills)
+                f(spill_slot(static_cast<int>(fr), slot), r);
         }
     }
     Reg* at_slot(int slot);
@@ -135,6 +139,8 @@ struct State {
 // `precise` (kMaxSlots flags, or null for all) names the slots whose scalar ranges matter
 // in `old`; other scalars of `old` cover any scalar.
 bool covers(const State& old, const State& cur, const uint8_t* precise);
-inline bool equal(const State& a, const State& b) { return covers(a, b, nullptr) && covers(b, a, nullptr); }
+inline bool equal(const State& a, const State& b) {
+    return covers(a, b, nullptr) && covers(b, a, nullptr);
+}
 
 }  // namespace liveio::ebpf::verifier_detail

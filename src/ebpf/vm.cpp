@@ -32,7 +32,8 @@ Result<std::unique_ptr<Executable>> Executable::load(std::shared_ptr<const Progr
     // Verification is mandatory: the engines trust every memory access they execute.
     if (auto verified = verify(*program, helpers); !verified)
         return make_error(verified.error().code,
-                          fmt::format("program '{}' rejected by the verifier: {}", program->name, verified.error().message));
+                          fmt::format("program '{}' rejected by the verifier: {}", program->name,
+                                      verified.error().message));
     return internal::load_unverified(std::move(program), helpers, engine);
 }
 

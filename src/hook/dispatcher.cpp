@@ -37,6 +37,8 @@ void Dispatcher::clear_handler(Mechanism mechanism) {
     sections_.barrier();
 }
 
-uint64_t Dispatcher::in_flight(Mechanism mechanism) const { return sections_.inside(index(mechanism)); }
+uint64_t Dispatcher::in_flight(Mechanism mechanism) const {
+    return sections_.inside(index(mechanism));
+}
 
 }  // namespace liveio::hook

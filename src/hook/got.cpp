@@ -45,7 +45,7 @@ bool excluded_by_default(std::string_view name, bool is_own) {
 struct ObjectInfo {
     std::string name;
     ElfW(Addr) base;
-    const ElfW(Phdr)* phdr;
+    const ElfW(Phdr) * phdr;
     ElfW(Half) phnum;
 };
 
@@ -128,12 +128,12 @@ private:
         const long page = sysconf(_SC_PAGESIZE);
         void* page_start = reinterpret_cast<void*>(addr & ~static_cast<uintptr_t>(page - 1));
         if (read_only && mprotect(page_start, page, PROT_READ | PROT_WRITE) != 0)
-            return make_error(errno, "mprotect of GOT page (RELRO) failed: " +
-                                         std::string(strerror(errno)));
+            return make_error(
+                errno, "mprotect of GOT page (RELRO) failed: " + std::string(strerror(errno)));
         __atomic_store_n(slot, value, __ATOMIC_SEQ_CST);
         if (read_only && mprotect(page_start, page, PROT_READ) != 0)
-            return make_error(errno, "restoring RELRO protection failed: " +
-                                         std::string(strerror(errno)));
+            return make_error(errno,
+                              "restoring RELRO protection failed: " + std::string(strerror(errno)));
         return {};
     }
 
@@ -201,8 +201,8 @@ Result<std::unique_ptr<Interceptor>> install_got(const InterceptOptions& options
             if (o.phdr[i].p_type == PT_DYNAMIC)
                 dyn = reinterpret_cast<const ElfW(Dyn)*>(o.base + o.phdr[i].p_vaddr);
             if (o.phdr[i].p_type == PT_GNU_RELRO)
-                relro.push_back({o.base + o.phdr[i].p_vaddr,
-                                 o.base + o.phdr[i].p_vaddr + o.phdr[i].p_memsz});
+                relro.push_back(
+                    {o.base + o.phdr[i].p_vaddr, o.base + o.phdr[i].p_vaddr + o.phdr[i].p_memsz});
         }
         if (dyn == nullptr) continue;
         uintptr_t jmprel = 0, rela = 0, symtab = 0, strtab = 0;
@@ -224,7 +224,8 @@ Result<std::unique_ptr<Interceptor>> install_got(const InterceptOptions& options
             for (size_t i = 0; table != 0 && i < size / sizeof(ElfW(Rela)); ++i) {
                 const auto type = ELF64_R_TYPE(r[i].r_info);
                 if (type != R_X86_64_JUMP_SLOT && type != R_X86_64_GLOB_DAT) continue;
-                const auto& sym = reinterpret_cast<const ElfW(Sym)*>(symtab)[ELF64_R_SYM(r[i].r_info)];
+                const auto& sym =
+                    reinterpret_cast<const ElfW(Sym)*>(symtab)[ELF64_R_SYM(r[i].r_info)];
                 if (sym.st_name >= strsz) continue;
                 std::string_view name(reinterpret_cast<const char*>(strtab) + sym.st_name);
                 auto it = wanted.find(name);
@@ -232,7 +233,8 @@ Result<std::unique_ptr<Interceptor>> install_got(const InterceptOptions& options
                 void** slot = reinterpret_cast<void**>(o.base + r[i].r_offset);
                 if (new_values.count(slot)) continue;
                 new_values[slot] = it->second->wrapper;
-                slots.push_back({o.name, std::string(name), slot, __atomic_load_n(slot, __ATOMIC_ACQUIRE)});
+                slots.push_back(
+                    {o.name, std::string(name), slot, __atomic_load_n(slot, __ATOMIC_ACQUIRE)});
             }
         };
         scan(jmprel, pltrelsz);

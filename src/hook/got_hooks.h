@@ -13,8 +13,8 @@ namespace liveio::hook {
 
 struct LibcHook {
     const char* name;
-    void* wrapper;     // replacement installed in place of the libc function
-    void** original;   // the libc function the wrapper calls when the call is passed through
+    void* wrapper;    // replacement installed in place of the libc function
+    void** original;  // the libc function the wrapper calls when the call is passed through
 };
 
 // Every hookable function (aliases such as pread/pread64 are separate entries).

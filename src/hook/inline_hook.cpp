@@ -21,7 +21,7 @@ namespace liveio::hook {
 namespace {
 
 constexpr size_t kJmpRel32 = 5;
-constexpr size_t kAbsJmpLen = 14;       // ff 25 00000000 <abs64>
+constexpr size_t kAbsJmpLen = 14;        // ff 25 00000000 <abs64>
 constexpr size_t kRelocatedOffset = 16;  // after the entry stub
 constexpr size_t kMaxScan = 4096;        // bytes scanned when the symbol size is unknown
 
@@ -41,9 +41,7 @@ struct Decoder {
     }
 };
 
-bool has_relative_imm(const ZydisDecodedInstruction& insn) {
-    return insn.raw.imm[0].is_relative;
-}
+bool has_relative_imm(const ZydisDecodedInstruction& insn) { return insn.raw.imm[0].is_relative; }
 
 bool is_rip_relative_memory(const ZydisDecodedInstruction& insn) {
     return (insn.attributes & ZYDIS_ATTRIB_IS_RELATIVE) && !has_relative_imm(insn) &&
@@ -62,9 +60,7 @@ size_t function_size(void* target) {
     void* entry = nullptr;
     const bool found = dladdr1(target, &info, &entry, RTLD_DL_SYMENT) != 0;
     const auto* sym = static_cast<const ElfW(Sym)*>(entry);
-    if (found && sym &&
-        info.dli_saddr == target && sym->st_size > 0)
-        return sym->st_size;
+    if (found && sym && info.dli_saddr == target && sym->st_size > 0) return sym->st_size;
     return 0;
 }
 
@@ -76,10 +72,10 @@ std::string describe(void* target) {
 }
 
 struct Plan {
-    size_t n = 0;                                     // bytes replaced at the target
-    bool calls = false;                               // the relocated prologue holds a call
-    std::vector<uint8_t> relocated;                   // code for trampoline + kRelocatedOffset
-    std::vector<std::pair<uint16_t, uint16_t>> map;   // instruction boundaries: original, relocated
+    size_t n = 0;                                    // bytes replaced at the target
+    bool calls = false;                              // the relocated prologue holds a call
+    std::vector<uint8_t> relocated;                  // code for trampoline + kRelocatedOffset
+    std::vector<std::pair<uint16_t, uint16_t>> map;  // instruction boundaries: original, relocated
 };
 
 // Decodes and relocates the prologue for a trampoline at `tramp`; fails with the reason.
@@ -107,7 +103,8 @@ Result<Plan> plan(void* target_ptr, uintptr_t tramp) {
                                                   describe(target_ptr), p.n + len, kJmpRel32));
         if (fsize != 0 && p.n + len > fsize)
             return make_error(EINVAL, fmt::format("{}: function too short: {} bytes, a jump "
-                                                  "needs {}", describe(target_ptr), fsize, kJmpRel32));
+                                                  "needs {}",
+                                                  describe(target_ptr), fsize, kJmpRel32));
         p.map.push_back({static_cast<uint16_t>(p.n), static_cast<uint16_t>(p.relocated.size())});
         const uintptr_t ip = start + p.n;
         const uintptr_t new_ip = code + p.relocated.size();
@@ -124,7 +121,8 @@ Result<Plan> plan(void* target_ptr, uintptr_t tramp) {
                 // call *[rip+2]; jmp +8; <abs64>: returns onto the short jump over the literal.
                 const uint8_t call[8] = {0xff, 0x15, 2, 0, 0, 0, 0xeb, 0x08};
                 p.relocated.insert(p.relocated.end(), call, call + 8);
-                for (int i = 0; i < 8; ++i) p.relocated.push_back(static_cast<uint8_t>(dest >> (8 * i)));
+                for (int i = 0; i < 8; ++i)
+                    p.relocated.push_back(static_cast<uint8_t>(dest >> (8 * i)));
             } else if (jcc8 || jcc32) {
                 // Inverted condition skips the absolute jump taken on the original condition.
                 const uint8_t cc = insn.opcode & 0x0f;
@@ -137,8 +135,8 @@ Result<Plan> plan(void* target_ptr, uintptr_t tramp) {
                                                       describe(target_ptr), p.n));
             }
         } else if (is_rip_relative_memory(insn)) {
-            const int64_t disp = insn.raw.disp.value + static_cast<int64_t>(ip) -
-                                 static_cast<int64_t>(new_ip);
+            const int64_t disp =
+                insn.raw.disp.value + static_cast<int64_t>(ip) - static_cast<int64_t>(new_ip);
             if (disp < INT32_MIN || disp > INT32_MAX)
                 return make_error(ERANGE, fmt::format("{}: RIP-relative operand at +{} out of "
                                                       "reach from the trampoline",
@@ -160,11 +158,13 @@ Result<Plan> plan(void* target_ptr, uintptr_t tramp) {
         ZydisDecodedInstruction insn;
         if (!dec.decode(target + off, std::min<size_t>(15, scan - off), insn)) break;
         if (has_relative_imm(insn)) {
-            const uint64_t dest = start + off + insn.length + static_cast<uint64_t>(insn.raw.imm[0].value.s);
+            const uint64_t dest =
+                start + off + insn.length + static_cast<uint64_t>(insn.raw.imm[0].value.s);
             if (dest > start && dest < start + p.n)
-                return make_error(EINVAL, fmt::format("{}: the branch at +{} targets +{}, inside "
-                                                      "the {} bytes the hook replaces",
-                                                      describe(target_ptr), off, dest - start, p.n));
+                return make_error(EINVAL,
+                                  fmt::format("{}: the branch at +{} targets +{}, inside "
+                                              "the {} bytes the hook replaces",
+                                              describe(target_ptr), off, dest - start, p.n));
         }
         off += insn.length;
     }
@@ -243,7 +243,8 @@ uintptr_t fixed_ip(const FixupContext* ctx, uintptr_t ip) {
 
 void fixup_ip(void* raw, ucontext_t* uc) {
     auto& rip = uc->uc_mcontext.gregs[REG_RIP];
-    rip = static_cast<greg_t>(fixed_ip(static_cast<const FixupContext*>(raw), static_cast<uintptr_t>(rip)));
+    rip = static_cast<greg_t>(
+        fixed_ip(static_cast<const FixupContext*>(raw), static_cast<uintptr_t>(rip)));
 }
 
 Result<void> patch_all(const std::vector<InlineHooks::Site*>& sites, bool installing) {
@@ -256,7 +257,8 @@ Result<void> patch_all(const std::vector<InlineHooks::Site*>& sites, bool instal
     if (!stopped) return stopped.error();
     Result<void> result;
     if (pages->open_for_write()) {
-        for (auto* s : sites) copy_code_bytes(s->start, installing ? s->patch : s->original, s->plan.n);
+        for (auto* s : sites)
+            copy_code_bytes(s->start, installing ? s->patch : s->original, s->plan.n);
         pages->close_for_write();
         if (!installing) pages->restore_files();
     } else {
@@ -273,8 +275,10 @@ Result<void> can_inline_hook(void* target, bool releasable) {
     auto p = plan(target, reinterpret_cast<uintptr_t>(target));
     if (!p) return p.error();
     if (releasable && p->calls)
-        return make_error(EINVAL, fmt::format("{}: the hooked prologue makes a call, which would leave "
-                                              "a trampoline address on stacks", describe(target)));
+        return make_error(EINVAL,
+                          fmt::format("{}: the hooked prologue makes a call, which would leave "
+                                      "a trampoline address on stacks",
+                                      describe(target)));
     return {};
 }
 
@@ -321,8 +325,8 @@ Result<std::unique_ptr<InlineHooks>> InlineHooks::prepare(const std::vector<Inli
                 uint64_t stub_target = 0;
                 memcpy(&stub_target, reinterpret_cast<const void*>(it->second + 6), 8);
                 if (stub_target == replacement &&
-                    memcmp(reinterpret_cast<const void*>(it->second + kRelocatedOffset), p->relocated.data(),
-                           p->relocated.size()) == 0) {
+                    memcmp(reinterpret_cast<const void*>(it->second + kRelocatedOffset),
+                           p->relocated.data(), p->relocated.size()) == 0) {
                     site->tramp = it->second;
                     site->plan = std::move(p).value();
                 }
@@ -331,13 +335,16 @@ Result<std::unique_ptr<InlineHooks>> InlineHooks::prepare(const std::vector<Inli
         if (site->tramp == 0) {
             Chunk* chunk = nullptr;
             for (Chunk& c : hooks->chunks_)
-                if (c.used + kTrampolineSlot <= kChunkSize && within_rel32(c.base, start, kChunkSize)) chunk = &c;
+                if (c.used + kTrampolineSlot <= kChunkSize &&
+                    within_rel32(c.base, start, kChunkSize))
+                    chunk = &c;
             if (chunk == nullptr) {
                 const uintptr_t base = allocate_near(start, kChunkSize);
                 if (base == 0) {
                     (void)seal();
                     return make_error(ENOMEM, fmt::format("{}: no free memory within 2 GiB for a "
-                                                          "trampoline", describe(spec.target)));
+                                                          "trampoline",
+                                                          describe(spec.target)));
                 }
                 hooks->chunks_.push_back({base, 0});
                 chunk = &hooks->chunks_.back();
@@ -353,7 +360,8 @@ Result<std::unique_ptr<InlineHooks>> InlineHooks::prepare(const std::vector<Inli
             if (lifetime == TrampolineLifetime::Owned && site->plan.calls) {
                 (void)seal();
                 return make_error(EINVAL, fmt::format("{}: the hooked prologue makes a call: its "
-                                                      "trampoline could never be unmapped", describe(spec.target)));
+                                                      "trampoline could never be unmapped",
+                                                      describe(spec.target)));
             }
             // Trampoline: entry stub to the replacement, then the relocated prologue.
             std::vector<uint8_t> code;
@@ -364,7 +372,8 @@ Result<std::unique_ptr<InlineHooks>> InlineHooks::prepare(const std::vector<Inli
             if (lifetime == TrampolineLifetime::Process) cached_trampolines()[start] = site->tramp;
         }
         memcpy(site->original, spec.target, site->plan.n);
-        const int64_t rel = static_cast<int64_t>(site->tramp) - static_cast<int64_t>(start + kJmpRel32);
+        const int64_t rel =
+            static_cast<int64_t>(site->tramp) - static_cast<int64_t>(start + kJmpRel32);
         site->patch[0] = 0xe9;
         const auto rel32 = static_cast<int32_t>(rel);
         memcpy(site->patch + 1, &rel32, 4);

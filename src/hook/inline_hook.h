@@ -46,12 +46,14 @@ enum class TrampolineLifetime { Process, Owned };
 // A set of inline hooks installed together (one world stop for all of them).
 class InlineHooks {
 public:
-    static Result<std::unique_ptr<InlineHooks>> install(const std::vector<InlineHookSpec>& specs,
-                                                        TrampolineLifetime lifetime = TrampolineLifetime::Process);
+    static Result<std::unique_ptr<InlineHooks>> install(
+        const std::vector<InlineHookSpec>& specs,
+        TrampolineLifetime lifetime = TrampolineLifetime::Process);
     // Plans and builds the trampolines without patching: original() is usable before any
     // call can reach a replacement. apply() then patches every target in one world stop.
-    static Result<std::unique_ptr<InlineHooks>> prepare(const std::vector<InlineHookSpec>& specs,
-                                                        TrampolineLifetime lifetime = TrampolineLifetime::Process);
+    static Result<std::unique_ptr<InlineHooks>> prepare(
+        const std::vector<InlineHookSpec>& specs,
+        TrampolineLifetime lifetime = TrampolineLifetime::Process);
     Result<void> apply();
     ~InlineHooks();
     // Restores every patched byte exactly. Idempotent.

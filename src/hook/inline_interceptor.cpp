@@ -20,7 +20,8 @@ void move_out_of_trampolines(void* hooks, ucontext_t* uc) {
 // After the entry patches are removed, the wrappers go back to the (restored) functions
 // themselves, the wrappers are drained (threads sleeping in an original are moved out) and,
 // once a world stop found no thread in the trampolines or on its way there, they are unmapped.
-Result<UninstallReport> remove_and_drain(InlineHooks& hooks, const std::vector<std::pair<void**, void*>>& originals) {
+Result<UninstallReport> remove_and_drain(InlineHooks& hooks,
+                                         const std::vector<std::pair<void**, void*>>& originals) {
     // This thread's own reads (/proc/self/maps, the text files) must reach the kernel, not a
     // handler that may answer them.
     Dispatcher::ScopedInside inside;
@@ -34,7 +35,8 @@ Result<UninstallReport> remove_and_drain(InlineHooks& hooks, const std::vector<s
 
 class InlineInterceptor final : public Interceptor {
 public:
-    InlineInterceptor(std::unique_ptr<InlineHooks> hooks, std::vector<std::pair<void**, void*>> originals)
+    InlineInterceptor(std::unique_ptr<InlineHooks> hooks,
+                      std::vector<std::pair<void**, void*>> originals)
         : hooks_(std::move(hooks)), originals_(std::move(originals)) {}
     ~InlineInterceptor() override { (void)uninstall(); }
     Result<void> uninstall() override {

@@ -24,10 +24,10 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <fcntl.h>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <fcntl.h>
 #include <thread>
 
 #include "hook/dispatcher.h"
@@ -35,49 +35,54 @@
 
 // X(name, id, nr, arg kinds, returns int): arg kinds per register, L 64-bit, I int, U unsigned
 // int, Z not passed (0). `syscall` takes its number in the first register (nr = -1).
-#define LIVEIO_LIBC_FUNCTIONS(X)                                     \
-    X(read, 0, SYS_read, "ILL", false)                               \
-    X(write, 1, SYS_write, "ILL", false)                             \
-    X(pread, 2, SYS_pread64, "ILLL", false)                          \
-    X(pread64, 3, SYS_pread64, "ILLL", false)                        \
-    X(pwrite, 4, SYS_pwrite64, "ILLL", false)                        \
-    X(pwrite64, 5, SYS_pwrite64, "ILLL", false)                      \
-    X(lseek, 6, SYS_lseek, "ILI", false)                             \
-    X(lseek64, 7, SYS_lseek, "ILI", false)                           \
-    X(open, 8, SYS_open, "LIU", true)                                \
-    X(open64, 9, SYS_open, "LIU", true)                              \
-    X(openat, 10, SYS_openat, "ILIU", true)                          \
-    X(close, 11, SYS_close, "I", true)                               \
-    X(fsync, 12, SYS_fsync, "I", true)                               \
-    X(ftruncate, 13, SYS_ftruncate, "IL", true)                      \
-    X(readv, 14, SYS_readv, "ILI", false)                            \
-    X(writev, 15, SYS_writev, "ILI", false)                          \
-    X(preadv, 16, SYS_preadv, "ILILZ", false)                        \
-    X(pwritev, 17, SYS_pwritev, "ILILZ", false)                      \
-    X(send, 18, SYS_sendto, "ILLIZZ", false)                         \
-    X(recv, 19, SYS_recvfrom, "ILLIZZ", false)                       \
-    X(sendto, 20, SYS_sendto, "ILLILU", false)                       \
-    X(recvfrom, 21, SYS_recvfrom, "ILLILL", false)                   \
-    X(sendmsg, 22, SYS_sendmsg, "ILI", false)                        \
-    X(recvmsg, 23, SYS_recvmsg, "ILI", false)                        \
-    X(epoll_wait, 24, SYS_epoll_wait, "ILII", true)                  \
-    X(syscall, 25, -1, "LLLLLL", false)                              \
-    X(__open_2, 26, SYS_open, "LIZ", true)                           \
-    X(__open64_2, 27, SYS_open, "LIZ", true)                         \
-    X(accept, 28, SYS_accept, "ILL", true)                           \
-    X(accept4, 29, SYS_accept4, "ILLI", true)                        \
+#define LIVEIO_LIBC_FUNCTIONS(X)                    \
+    X(read, 0, SYS_read, "ILL", false)              \
+    X(write, 1, SYS_write, "ILL", false)            \
+    X(pread, 2, SYS_pread64, "ILLL", false)         \
+    X(pread64, 3, SYS_pread64, "ILLL", false)       \
+    X(pwrite, 4, SYS_pwrite64, "ILLL", false)       \
+    X(pwrite64, 5, SYS_pwrite64, "ILLL", false)     \
+    X(lseek, 6, SYS_lseek, "ILI", false)            \
+    X(lseek64, 7, SYS_lseek, "ILI", false)          \
+    X(open, 8, SYS_open, "LIU", true)               \
+    X(open64, 9, SYS_open, "LIU", true)             \
+    X(openat, 10, SYS_openat, "ILIU", true)         \
+    X(close, 11, SYS_close, "I", true)              \
+    X(fsync, 12, SYS_fsync, "I", true)              \
+    X(ftruncate, 13, SYS_ftruncate, "IL", true)     \
+    X(readv, 14, SYS_readv, "ILI", false)           \
+    X(writev, 15, SYS_writev, "ILI", false)         \
+    X(preadv, 16, SYS_preadv, "ILILZ", false)       \
+    X(pwritev, 17, SYS_pwritev, "ILILZ", false)     \
+    X(send, 18, SYS_sendto, "ILLIZZ", false)        \
+    X(recv, 19, SYS_recvfrom, "ILLIZZ", false)      \
+    X(sendto, 20, SYS_sendto, "ILLILU", false)      \
+    X(recvfrom, 21, SYS_recvfrom, "ILLILL", false)  \
+    X(sendmsg, 22, SYS_sendmsg, "ILI", false)       \
+    X(recvmsg, 23, SYS_recvmsg, "ILI", false)       \
+    X(epoll_wait, 24, SYS_epoll_wait, "ILII", true) \
+    X(syscall, 25, -1, "LLLLLL", false)             \
+    X(__open_2, 26, SYS_open, "LIZ", true)          \
+    X(__open64_2, 27, SYS_open, "LIZ", true)        \
+    X(accept, 28, SYS_accept, "ILL", true)          \
+    X(accept4, 29, SYS_accept4, "ILLI", true)       \
     X(connect, 30, SYS_connect, "ILU", true)
 
 #define LIVEIO_STR2(x) #x
 #define LIVEIO_STR(x) LIVEIO_STR2(x)
 
 // One stub per function and mechanism: r11 = mechanism * 64 + function id.
-#define LIVEIO_THUNK_ASM(mech, mnum, name, id)                                             \
-    ".globl liveio_libc_" #mech "_" #name "\n"                                             \
-    ".hidden liveio_libc_" #mech "_" #name "\n"                                            \
-    ".type liveio_libc_" #mech "_" #name ", @function\n"                                   \
-    "liveio_libc_" #mech "_" #name ":\n"                                                   \
-    "    mov $(" #mnum " * 64 + " #id "), %r11d\n"                                         \
+#define LIVEIO_THUNK_ASM(mech, mnum, name, id) \
+    ".globl liveio_libc_" #mech "_" #name      \
+    "\n"                                       \
+    ".hidden liveio_libc_" #mech "_" #name     \
+    "\n"                                       \
+    ".type liveio_libc_" #mech "_" #name       \
+    ", @function\n"                            \
+    "liveio_libc_" #mech "_" #name             \
+    ":\n"                                      \
+    "    mov $(" #mnum " * 64 + " #id          \
+    "), %r11d\n"                               \
     "    jmp liveio_libc_common\n"
 #define LIVEIO_GOT_THUNK(name, id, nr, kinds, ret32) LIVEIO_THUNK_ASM(got, 0, name, id)
 #define LIVEIO_INLINE_THUNK(name, id, nr, kinds, ret32) LIVEIO_THUNK_ASM(inline, 1, name, id)
@@ -154,7 +159,8 @@ liveio_libc_return:
 // thread's kept PendingCalls except while one is being kept or let go: then the kept calls do
 // not describe the stack and the thread is not moved. Initial-exec: the assembly reaches it
 // with two moves.
-extern "C" __attribute__((visibility("hidden"), tls_model("initial-exec"))) __thread uint64_t liveio_libc_calling;
+extern "C" __attribute__((visibility("hidden"),
+                          tls_model("initial-exec"))) __thread uint64_t liveio_libc_calling;
 __thread uint64_t liveio_libc_calling = 0;
 
 extern "C" {
@@ -290,7 +296,8 @@ liveio_libc_enter(ThunkFrame* f) {
     liveio::hook::CallHandler* handler = d.begin_handler_call(mechanism, &start);
     if (handler == nullptr) return {2, reinterpret_cast<uint64_t>(original)};
     ThreadCalls* t = liveio::hook::own_calls();
-    const int depth = t != nullptr ? t->depth.load(std::memory_order_relaxed) : liveio::hook::kMaxPending;
+    const int depth =
+        t != nullptr ? t->depth.load(std::memory_order_relaxed) : liveio::hook::kMaxPending;
     if (depth == liveio::hook::kMaxPending) {  // no room to keep the call: not observed
         d.end_handler_call(mechanism);
         return {2, reinterpret_cast<uint64_t>(original)};
@@ -311,7 +318,11 @@ liveio_libc_enter(ThunkFrame* f) {
     for (int i = 0; i < depth; ++i)
         if (t->calls[i].slot == slot) top = i;
     liveio_libc_calling -= static_cast<uint64_t>(depth - top);  // they never return
-    t->calls[top] = {slot, f->app_return, frame, d.epoch(mechanism), static_cast<uint8_t>(mechanism),
+    t->calls[top] = {slot,
+                     f->app_return,
+                     frame,
+                     d.epoch(mechanism),
+                     static_cast<uint8_t>(mechanism),
                      static_cast<uint8_t>(id)};
     t->depth.store(top + 1, std::memory_order_relaxed);
     d.end_handler_call(mechanism);  // publishes the kept call (release)
@@ -319,7 +330,8 @@ liveio_libc_enter(ThunkFrame* f) {
     return {1, reinterpret_cast<uint64_t>(original)};
 }
 
-extern "C" __attribute__((visibility("hidden"), used, flatten, section("liveio_libc_hook"))) uintptr_t
+extern "C" __attribute__((visibility("hidden"), used, flatten, section("liveio_libc_hook")))
+uintptr_t
 liveio_libc_exit(long ret, uintptr_t stack_after_return) {
     const int ret_errno = errno;
     ThreadCalls* t = liveio::hook::own_calls();
@@ -336,7 +348,8 @@ liveio_libc_exit(long ret, uintptr_t stack_after_return) {
     if (liveio::hook::CallHandler* h = d.begin_handler_call(mechanism, nullptr)) {
         if (d.epoch(mechanism) == c.epoch) {
             // int-returning functions leave the upper half of rax undefined.
-            const long value = liveio::hook::kInfo[c.function].returns_int ? static_cast<int32_t>(ret) : ret;
+            const long value =
+                liveio::hook::kInfo[c.function].returns_int ? static_cast<int32_t>(ret) : ret;
             liveio::hook::CallFrame frame = c.frame;
             frame.result = value == -1 ? -ret_errno : value;
             h->on_exit(frame);
@@ -379,7 +392,9 @@ void move_out_of_originals(void* raw, ucontext_t* uc) {
     if (index >= Dispatcher::kThreadRecords) return;
     ThreadCalls& t = g_threads[index];
     const int depth = t.depth.load(std::memory_order_relaxed);
-    if (depth == 0 || t.owner.load(std::memory_order_relaxed) != static_cast<pid_t>(raw_syscall(SYS_gettid))) return;
+    if (depth == 0 ||
+        t.owner.load(std::memory_order_relaxed) != static_cast<pid_t>(raw_syscall(SYS_gettid)))
+        return;
     // A call being kept or let go (the thread may be in libc's errno or TLS code meanwhile).
     if (liveio_libc_calling != static_cast<uint64_t>(depth)) {
         round->busy.fetch_add(1, std::memory_order_relaxed);
@@ -419,7 +434,11 @@ template <Mechanism M>
 std::vector<LibcHook> table() {
     constexpr int m = static_cast<int>(M);
     std::vector<LibcHook> out;
-#define LIVEIO_ENTRY(name, id, nr, kinds, ret32)                                                              out.push_back({#name,                                                                                                    reinterpret_cast<void*>(M == Mechanism::Got ? &liveio_libc_got_##name : &liveio_libc_inline_##name),                    &g_originals[m][id]});
+#define LIVEIO_ENTRY(name, id, nr, kinds, ret32)                                              \
+    out.push_back({#name,                                                                     \
+                   reinterpret_cast<void*>(M == Mechanism::Got ? &liveio_libc_got_##name      \
+                                                               : &liveio_libc_inline_##name), \
+                   &g_originals[m][id]});
     LIVEIO_LIBC_FUNCTIONS(LIVEIO_ENTRY)
 #undef LIVEIO_ENTRY
     return out;
@@ -435,17 +454,17 @@ const std::vector<LibcHook>& libc_hooks(Mechanism mechanism) {
 
 const std::vector<std::string_view>& default_hooked_functions() {
     static const std::vector<std::string_view> names = {
-        "read",    "write",   "pread",    "pread64",  "pwrite",  "pwrite64", "lseek",
-        "lseek64", "open",    "open64",   "__open_2", "__open64_2", "openat", "close",
-        "fsync",   "ftruncate", "readv",  "writev",   "preadv",  "pwritev",  "send",
-        "recv",    "sendto",  "recvfrom", "accept",   "accept4", "connect",  "sendmsg",
-        "recvmsg", "epoll_wait",
+        "read", "write", "pread", "pread64", "pwrite", "pwrite64", "lseek", "lseek64", "open",
+        "open64", "__open_2", "__open64_2", "openat", "close", "fsync", "ftruncate", "readv",
+        "writev", "preadv", "pwritev", "send", "recv", "sendto", "recvfrom", "accept", "accept4",
+        "connect", "sendmsg", "recvmsg", "epoll_wait",
         // libc syscall(): how ClickHouse reaches the Linux AIO calls (io_submit, io_getevents).
         "syscall"};
     return names;
 }
 
-Result<UninstallReport> drain_libc_hooks(Mechanism mechanism, ContextFixup extra, const void* extra_context) {
+Result<UninstallReport> drain_libc_hooks(Mechanism mechanism, ContextFixup extra,
+                                         const void* extra_context) {
     using Clock = std::chrono::steady_clock;
     UninstallReport report;
     Dispatcher& d = Dispatcher::instance();
@@ -471,8 +490,8 @@ Result<UninstallReport> drain_libc_hooks(Mechanism mechanism, ContextFixup extra
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     return make_error(EBUSY, std::to_string(kept_calls(mechanism)) +
-                                 " call(s) still on their way through the hooks after " + std::to_string(kRounds) +
-                                 " world stops");
+                                 " call(s) still on their way through the hooks after " +
+                                 std::to_string(kRounds) + " world stops");
 }
 
 }  // namespace liveio::hook

@@ -95,7 +95,8 @@ Result<std::vector<RewriteStubs::Pending>> RewriteStubs::plan(const std::vector<
         if (find(site) != 0) continue;
         if (planned_ == kMaxSites)
             return make_error(ENOSPC, fmt::format("more than {} distinct syscall instructions: "
-                                                  "stub table full", kMaxSites));
+                                                  "stub table full",
+                                                  kMaxSites));
         pending.push_back({site, reinterpret_cast<uintptr_t>(arena_ + planned_ * kStubSize)});
         ++planned_;
     }
@@ -153,22 +154,26 @@ std::vector<uintptr_t> find_syscall_instructions(const uint8_t* code, size_t siz
     ZydisDecoder decoder;
     ZydisDecoderInit(&decoder, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
     std::vector<uintptr_t> found;
-    auto next_start = std::lower_bound(function_starts.begin(), function_starts.end(), runtime_address);
+    auto next_start =
+        std::lower_bound(function_starts.begin(), function_starts.end(), runtime_address);
     size_t off = 0;
     while (off < size) {
         const uintptr_t at = runtime_address + off;
         while (next_start != function_starts.end() && *next_start < at) ++next_start;
         ZydisDecodedInstruction insn;
         size_t length = 1;  // undecodable byte: resynchronise at the next one
-        if (ZYAN_SUCCESS(ZydisDecoderDecodeInstruction(&decoder, nullptr, code + off, size - off, &insn))) {
+        if (ZYAN_SUCCESS(
+                ZydisDecoderDecodeInstruction(&decoder, nullptr, code + off, size - off, &insn))) {
             length = insn.length;
             // An instruction that would straddle a known function start is a misaligned
             // decode (data or padding before the function): restart at the function.
-            if (next_start != function_starts.end() && *next_start > at && *next_start < at + length) {
+            if (next_start != function_starts.end() && *next_start > at &&
+                *next_start < at + length) {
                 off = *next_start - runtime_address;
                 continue;
             }
-            if ((insn.mnemonic == ZYDIS_MNEMONIC_SYSCALL || insn.mnemonic == ZYDIS_MNEMONIC_SYSENTER) &&
+            if ((insn.mnemonic == ZYDIS_MNEMONIC_SYSCALL ||
+                 insn.mnemonic == ZYDIS_MNEMONIC_SYSENTER) &&
                 insn.length == 2)
                 found.push_back(at);
         }
@@ -192,10 +197,10 @@ std::vector<uintptr_t> find_syscall_instructions(const uint8_t* code, size_t siz
 namespace {
 
 struct TrampolineLayout {
-    size_t units_end;     // the sled units end here
+    size_t units_end;  // the sled units end here
     size_t first_landing, last_landing;
-    size_t active;        // movabs $entry, %r11; jmp *%r11
-    size_t retired;       // the retired tail
+    size_t active;   // movabs $entry, %r11; jmp *%r11
+    size_t retired;  // the retired tail
     size_t size;
 };
 
@@ -272,7 +277,8 @@ bool page_zero_holds_trampoline() {
     constexpr size_t kSize = trampoline_layout().size;
     uint8_t current[kSize];
     // Execute-only: read through /proc/self/mem, which reads what the process itself cannot.
-    const long fd = raw_syscall(SYS_open, reinterpret_cast<long>("/proc/self/mem"), O_RDONLY | O_CLOEXEC);
+    const long fd =
+        raw_syscall(SYS_open, reinterpret_cast<long>("/proc/self/mem"), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return false;
     const long n = raw_syscall(SYS_pread64, fd, reinterpret_cast<long>(current), kSize, 0);
     raw_syscall(SYS_close, fd);
@@ -288,10 +294,12 @@ bool page_zero_holds_trampoline() {
 }
 
 Result<void> ensure_trampoline() {
-    const auto code = trampoline_code(reinterpret_cast<uint64_t>(&liveio_rewrite_entry), TrampolineMode::Retired);
+    const auto code =
+        trampoline_code(reinterpret_cast<uint64_t>(&liveio_rewrite_entry), TrampolineMode::Retired);
     auto mapped = map_page_zero(code.data(), code.size());
     if (mapped) return {};
-    if (mapped.error().code == EEXIST && page_zero_holds_trampoline()) return {};  // an earlier install's
+    if (mapped.error().code == EEXIST && page_zero_holds_trampoline())
+        return {};  // an earlier install's
     return mapped.error();
 }
 
@@ -344,7 +352,8 @@ Result<std::vector<Segment>> executable_segments(const std::vector<std::string>&
             }
             bool wanted = c.objects.empty();
             for (size_t i = 0; i < c.objects.size(); ++i)
-                if (c.objects[i] == name || (!main && !c.objects[i].empty() && name.ends_with(c.objects[i])))
+                if (c.objects[i] == name ||
+                    (!main && !c.objects[i].empty() && name.ends_with(c.objects[i])))
                     wanted = c.matched[i] = true;
             if (!wanted) return 0;
             const std::string path = main ? "/proc/self/exe" : info->dlpi_name;
@@ -361,9 +370,11 @@ Result<std::vector<Segment>> executable_segments(const std::vector<std::string>&
         &ctx);
     for (size_t i = 0; i < objects.size(); ++i) {
         if (ctx.matched[i]) continue;
-        if (objects[i] == ctx.own_name || (!ctx.own_name.empty() && ctx.own_name.ends_with(objects[i])))
-            return make_error(EINVAL, "'" + objects[i] + "' is liveio's own object, whose syscalls "
-                                      "are never rewritten");
+        if (objects[i] == ctx.own_name ||
+            (!ctx.own_name.empty() && ctx.own_name.ends_with(objects[i])))
+            return make_error(EINVAL, "'" + objects[i] +
+                                          "' is liveio's own object, whose syscalls "
+                                          "are never rewritten");
         return make_error(ENOENT, "no loaded object matches '" + objects[i] + "'");
     }
     return ctx.out;
@@ -376,7 +387,8 @@ std::vector<uintptr_t> function_starts(const std::string& path, uintptr_t bias) 
     const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return starts;
     const off_t size = lseek(fd, 0, SEEK_END);
-    void* map = size > 0 ? mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+    void* map = size > 0 ? mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_PRIVATE, fd, 0)
+                         : MAP_FAILED;
     close(fd);
     if (map == MAP_FAILED) return starts;
     const auto* base = static_cast<const uint8_t*>(map);
@@ -384,11 +396,13 @@ std::vector<uintptr_t> function_starts(const std::string& path, uintptr_t bias) 
     const auto fsize = static_cast<uint64_t>(size);
     auto in_file = [&](uint64_t off, uint64_t len) { return off <= fsize && len <= fsize - off; };
     if (in_file(0, sizeof *eh) && memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 &&
-        eh->e_shentsize == sizeof(ElfW(Shdr)) && in_file(eh->e_shoff, uint64_t{eh->e_shnum} * sizeof(ElfW(Shdr)))) {
+        eh->e_shentsize == sizeof(ElfW(Shdr)) &&
+        in_file(eh->e_shoff, uint64_t{eh->e_shnum} * sizeof(ElfW(Shdr)))) {
         const auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
         for (int i = 0; i < eh->e_shnum; ++i) {
             if (sh[i].sh_type != SHT_SYMTAB && sh[i].sh_type != SHT_DYNSYM) continue;
-            if (!in_file(sh[i].sh_offset, sh[i].sh_size) || sh[i].sh_entsize != sizeof(ElfW(Sym))) continue;
+            if (!in_file(sh[i].sh_offset, sh[i].sh_size) || sh[i].sh_entsize != sizeof(ElfW(Sym)))
+                continue;
             const auto* sym = reinterpret_cast<const ElfW(Sym)*>(base + sh[i].sh_offset);
             for (size_t k = 0; k < sh[i].sh_size / sizeof(ElfW(Sym)); ++k)
                 if (ELF64_ST_TYPE(sym[k].st_info) == STT_FUNC && sym[k].st_shndx != SHN_UNDEF &&
@@ -418,8 +432,8 @@ public:
         for (const Entry& e : entries_)
             if (e.start == seg.start && e.size == seg.size && e.digest == digest) return e.sites;
         const auto starts = function_starts(seg.path, seg.bias);
-        auto found = find_syscall_instructions(reinterpret_cast<const uint8_t*>(seg.start), seg.size,
-                                               seg.start, starts);
+        auto found = find_syscall_instructions(reinterpret_cast<const uint8_t*>(seg.start),
+                                               seg.size, seg.start, starts);
         std::erase_if(entries_, [&](const Entry& e) { return e.start == seg.start; });
         entries_.push_back({seg.start, seg.size, digest, std::move(found)});
         return entries_.back().sites;
@@ -483,7 +497,8 @@ Result<WorldStop*> stop_world() {
 
 class RewriteInterceptor final : public Interceptor {
 public:
-    explicit RewriteInterceptor(std::unique_ptr<SyscallRewriter> rewriter) : rewriter_(std::move(rewriter)) {}
+    explicit RewriteInterceptor(std::unique_ptr<SyscallRewriter> rewriter)
+        : rewriter_(std::move(rewriter)) {}
     ~RewriteInterceptor() override { (void)uninstall(); }
     Result<void> uninstall() override { return rewriter_->uninstall(); }
     UninstallReport last_uninstall() const override { return rewriter_->last_uninstall(); }
@@ -506,15 +521,18 @@ Result<void> map_page_zero(const uint8_t* code, size_t size) {
                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
     if (r < 0 && r > -4096) {
         if (r == -EEXIST)
-            return make_error(EEXIST, "page 0 is already mapped (another syscall rewriter, or "
-                                      "the program uses it): cannot place the trampoline");
+            return make_error(EEXIST,
+                              "page 0 is already mapped (another syscall rewriter, or "
+                              "the program uses it): cannot place the trampoline");
         return make_error(static_cast<int>(-r),
-                          fmt::format("cannot map the trampoline at address 0: {}", strerror(static_cast<int>(-r))));
+                          fmt::format("cannot map the trampoline at address 0: {}",
+                                      strerror(static_cast<int>(-r))));
     }
     if (r != 0) {
         raw_syscall(SYS_munmap, r, kPage);
-        return make_error(EPERM, "the kernel placed the trampoline away from address 0 "
-                                 "(vm.mmap_min_addr must be 0)");
+        return make_error(EPERM,
+                          "the kernel placed the trampoline away from address 0 "
+                          "(vm.mmap_min_addr must be 0)");
     }
     write_page_zero(code, size);
     // Exec-only where the CPU has protection keys: null-pointer reads still fault there.
@@ -532,7 +550,8 @@ Result<void> check_mmap_min_addr() {
     if (value != 0)
         return make_error(EPERM, fmt::format("syscall rewriting maps its trampoline at address 0 "
                                              "and needs vm.mmap_min_addr=0 (it is {}): run "
-                                             "`sysctl -w vm.mmap_min_addr=0` as root", value));
+                                             "`sysctl -w vm.mmap_min_addr=0` as root",
+                                             value));
     return {};
 }
 
@@ -576,18 +595,21 @@ Result<void> SyscallRewriter::apply(Batch& batch) {
     if (!stopped) return stopped.error();
     const bool active = set_trampoline_mode(TrampolineMode::Active);
     auto committed = active ? RewriteStubs::instance().commit(batch.stubs) : Result<void>{};
-    const bool patched = active && committed &&
-                         patch_sites(batch.pages, batch.sites, [](const RewrittenSite&) { return kCallRax; });
+    const bool patched =
+        active && committed &&
+        patch_sites(batch.pages, batch.sites, [](const RewrittenSite&) { return kCallRax; });
     (*stopped)->resume(nullptr, nullptr);
     if (!active) return make_error(EACCES, "cannot write the trampoline at address 0");
     if (!committed) return committed.error();
-    if (!patched) return make_error(EACCES, "cannot make code pages writable to rewrite syscall instructions");
+    if (!patched)
+        return make_error(EACCES,
+                          "cannot make code pages writable to rewrite syscall instructions");
     sites_.insert(sites_.end(), batch.sites.begin(), batch.sites.end());
     return {};
 }
 
-Result<std::unique_ptr<SyscallRewriter>> SyscallRewriter::install(CallHandler* handler,
-                                                                   const std::vector<std::string>& objects) {
+Result<std::unique_ptr<SyscallRewriter>> SyscallRewriter::install(
+    CallHandler* handler, const std::vector<std::string>& objects) {
     if (handler == nullptr) return make_error(EINVAL, "syscall rewriting needs a CallHandler");
     if (auto r = check_mmap_min_addr(); !r) return r.error();
     // This thread's own libc calls during install must not reach the handler half-way.
@@ -603,7 +625,8 @@ Result<std::unique_ptr<SyscallRewriter>> SyscallRewriter::install(CallHandler* h
 
     // Failures below leave page 0 mapped: retired, it is inert (see uninstall).
     if (auto r = ensure_trampoline(); !r) return r.error();
-    if (auto r = Dispatcher::instance().attach(Mechanism::SyscallRewrite, handler); !r) return r.error();
+    if (auto r = Dispatcher::instance().attach(Mechanism::SyscallRewrite, handler); !r)
+        return r.error();
     if (auto r = self->apply(*batch); !r) {
         Dispatcher::instance().detach(Mechanism::SyscallRewrite);
         return r.error();
@@ -620,7 +643,8 @@ Result<size_t> SyscallRewriter::rewrite_new_objects() {
     if (!segments) return segments.error();
     std::vector<Segment> fresh;
     for (const Segment& seg : *segments)
-        if (std::find(segments_.begin(), segments_.end(), std::pair{seg.start, seg.size}) == segments_.end())
+        if (std::find(segments_.begin(), segments_.end(), std::pair{seg.start, seg.size}) ==
+            segments_.end())
             fresh.push_back(seg);
     if (fresh.empty()) return size_t{0};
     auto batch = prepare(fresh);
@@ -655,7 +679,9 @@ static void drain_dispatched_calls(UninstallReport& report) {
         report.moved_out += moved.load();
     }
     d.detach(Mechanism::SyscallRewrite);
-    report.waited_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+    report.waited_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started)
+            .count();
 }
 
 Result<void> SyscallRewriter::uninstall() {
@@ -670,7 +696,8 @@ Result<void> SyscallRewriter::uninstall() {
     auto still_loaded = [&](uintptr_t address) {
         return std::any_of(loaded->begin(), loaded->end(), [&](const Segment& seg) {
             return address >= seg.start && address < seg.start + seg.size &&
-                   std::find(segments_.begin(), segments_.end(), std::pair{seg.start, seg.size}) != segments_.end();
+                   std::find(segments_.begin(), segments_.end(), std::pair{seg.start, seg.size}) !=
+                       segments_.end();
         });
     };
     std::erase_if(sites_, [&](const RewrittenSite& s) { return !still_loaded(s.address); });
@@ -680,7 +707,8 @@ Result<void> SyscallRewriter::uninstall() {
     auto stopped = stop_world();
     if (!stopped) return stopped.error();
     ++report_.world_stops;
-    const bool restored = patch_sites(*pages, sites_, [](const RewrittenSite& s) { return s.original; });
+    const bool restored =
+        patch_sites(*pages, sites_, [](const RewrittenSite& s) { return s.original; });
     // The text is the file's again: share its pages with the page cache again.
     if (restored) pages->restore_files();
     // A thread parked inside the sled needs no fixup: from here it reaches the retired tail and
@@ -691,12 +719,15 @@ Result<void> SyscallRewriter::uninstall() {
     std::atomic<unsigned> moved{0};
     (*stopped)->resume(restored ? evacuate_fixup : nullptr, &moved);
     report_.moved_out += moved.load();
-    if (!restored) return make_error(EACCES, "cannot make code pages writable to restore syscall instructions");
+    if (!restored)
+        return make_error(EACCES,
+                          "cannot make code pages writable to restore syscall instructions");
     installed_ = false;
     drain_dispatched_calls(report_);
     if (!retired)
-        return make_error(EACCES, "syscall instructions restored, but the trampoline at address 0 "
-                                  "could not be retired: it still leads into liveio's code");
+        return make_error(EACCES,
+                          "syscall instructions restored, but the trampoline at address 0 "
+                          "could not be retired: it still leads into liveio's code");
     return release_rewrite_memory(report_);
 }
 
@@ -706,7 +737,8 @@ Result<std::unique_ptr<Interceptor>> install_syscall_rewrite(const InterceptOpti
                                                              CallHandler* handler) {
     auto rewriter = SyscallRewriter::install(handler, options.objects);
     if (!rewriter) return rewriter.error();
-    return std::unique_ptr<Interceptor>(std::make_unique<RewriteInterceptor>(std::move(rewriter).value()));
+    return std::unique_ptr<Interceptor>(
+        std::make_unique<RewriteInterceptor>(std::move(rewriter).value()));
 }
 
 }  // namespace liveio::hook

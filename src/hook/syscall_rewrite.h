@@ -54,9 +54,9 @@ Result<void> check_mmap_min_addr();
 // linear-sweep disassembly that resynchronises after undecodable bytes and at every address
 // in `function_starts` (sorted; function entry points known from symbols). Returns the
 // runtime addresses of the instructions.
-std::vector<uintptr_t> find_syscall_instructions(const uint8_t* code, size_t size,
-                                                 uintptr_t runtime_address,
-                                                 const std::vector<uintptr_t>& function_starts = {});
+std::vector<uintptr_t> find_syscall_instructions(
+    const uint8_t* code, size_t size, uintptr_t runtime_address,
+    const std::vector<uintptr_t>& function_starts = {});
 
 // Syscall numbers that land in the trampoline's sled; larger ones are not supported.
 inline constexpr size_t kTrampolineEntries = 512;
@@ -86,8 +86,8 @@ public:
     // Maps the trampoline at address 0, attaches `handler` to the dispatcher and rewrites the
     // syscall instructions of every loaded object, or only of `objects` (path suffixes or
     // kMainProgram, as InterceptOptions::objects), while all other threads are stopped.
-    static Result<std::unique_ptr<SyscallRewriter>> install(CallHandler* handler,
-                                                            const std::vector<std::string>& objects = {});
+    static Result<std::unique_ptr<SyscallRewriter>> install(
+        CallHandler* handler, const std::vector<std::string>& objects = {});
     ~SyscallRewriter();
     SyscallRewriter(const SyscallRewriter&) = delete;
     SyscallRewriter& operator=(const SyscallRewriter&) = delete;
@@ -116,7 +116,7 @@ private:
     Result<Batch> prepare(const std::vector<Segment>& segments);
     Result<void> apply(Batch& batch);
 
-    std::vector<std::string> objects_;                   // the install's object filter
+    std::vector<std::string> objects_;                    // the install's object filter
     std::vector<std::pair<uintptr_t, size_t>> segments_;  // executable segments scanned
     std::vector<RewrittenSite> sites_;
     UninstallReport report_;

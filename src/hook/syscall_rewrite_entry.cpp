@@ -171,14 +171,13 @@ liveio_rewrite_entry_end:
 // In a section of its own: evacuation (syscall_rewrite_evacuate.cpp) finds the syscall
 // instructions it makes for the application between __start_/__stop_liveio_rw_dispatch.
 extern "C" __attribute__((visibility("hidden"), used, flatten, section("liveio_rw_dispatch"))) long
-liveio_rewrite_dispatch(
-    const liveio::hook::SyscallCall* call) {
+liveio_rewrite_dispatch(const liveio::hook::SyscallCall* call) {
     return liveio::hook::Dispatcher::instance().call_raw(liveio::hook::Mechanism::SyscallRewrite,
                                                          *call);
 }
 
-extern "C" __attribute__((visibility("hidden"), used, flatten, section("liveio_rw_dispatch"))) uintptr_t
-liveio_rewrite_stub_for(
-    uintptr_t return_address) {
+extern "C" __attribute__((visibility("hidden"), used, flatten, section("liveio_rw_dispatch")))
+uintptr_t
+liveio_rewrite_stub_for(uintptr_t return_address) {
     return liveio::hook::RewriteStubs::instance().find(return_address - 2);
 }

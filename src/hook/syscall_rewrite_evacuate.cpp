@@ -75,9 +75,11 @@ void evacuate_fixup(void* moved, ucontext_t* uc) {
     g[REG_R13] = static_cast<greg_t>(f->r13);
     g[REG_R14] = static_cast<greg_t>(f->r14);
     g[REG_R15] = static_cast<greg_t>(f->r15);
-    if (uc->uc_mcontext.fpregs != nullptr) std::memcpy(uc->uc_mcontext.fpregs->_xmm, f->xmm, sizeof f->xmm);
+    if (uc->uc_mcontext.fpregs != nullptr)
+        std::memcpy(uc->uc_mcontext.fpregs->_xmm, f->xmm, sizeof f->xmm);
     liveio_rewrite_frame = 0;
-    if (moved != nullptr) static_cast<std::atomic<unsigned>*>(moved)->fetch_add(1, std::memory_order_relaxed);
+    if (moved != nullptr)
+        static_cast<std::atomic<unsigned>*>(moved)->fetch_add(1, std::memory_order_relaxed);
     // The counted path of call_raw marked the thread inside and counted it in flight.
     if (Dispatcher::inside()) Dispatcher::instance().abandon_call(Mechanism::SyscallRewrite);
 }

@@ -8,9 +8,10 @@
 // therefore scans the part of its stack in use (from its stack pointer to the end of that
 // stack, following signal frames onto other stacks) for x86-64 signal frames (a 16-byte aligned
 // ucontext whose fpregs pointer lies just above it and whose saved cs and eflags are those of
-// user code) whose saved instruction pointer is in page 0. If one exists, page 0 stays mapped, retired (it sends
-// that thread on to its restored instruction when the handler returns): the one exception,
-// named by the uninstall report and docs/SECURITY.md. A false match only keeps the page too.
+// user code) whose saved instruction pointer is in page 0. If one exists, page 0 stays mapped,
+// retired (it sends that thread on to its restored instruction when the handler returns): the one
+// exception, named by the uninstall report and docs/SECURITY.md. A false match only keeps the page
+// too.
 //
 // Stubs: a parked thread inside a stub is moved to the site's instruction; threads in the
 // entry's code (which may be on their way to a stub) make the round inconclusive, and the
@@ -48,11 +49,13 @@ struct Ranges {
         ranges.assign(kMaxRanges, {0, 0});
     }
     size_t read() {
-        const long fd = raw_syscall(SYS_open, reinterpret_cast<long>("/proc/self/maps"), 0 /* O_RDONLY */);
+        const long fd =
+            raw_syscall(SYS_open, reinterpret_cast<long>("/proc/self/maps"), 0 /* O_RDONLY */);
         if (fd < 0) return 0;
         size_t len = 0;
-        for (long n; len < text.size() && (n = raw_syscall(SYS_read, fd, reinterpret_cast<long>(text.data() + len),
-                                                            static_cast<long>(text.size() - len))) > 0;)
+        for (long n; len < text.size() &&
+                     (n = raw_syscall(SYS_read, fd, reinterpret_cast<long>(text.data() + len),
+                                      static_cast<long>(text.size() - len))) > 0;)
             len += static_cast<size_t>(n);
         raw_syscall(SYS_close, fd);
         size_t count = 0;
@@ -61,7 +64,9 @@ struct Ranges {
                 uintptr_t v = 0;
                 for (; at < len; ++at) {
                     const char c = text[at];
-                    const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+                    const int d = c >= '0' && c <= '9'   ? c - '0'
+                                  : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                                         : -1;
                     if (d < 0) break;
                     v = v * 16 + static_cast<uintptr_t>(d);
                 }
@@ -88,7 +93,8 @@ struct ReleaseRound {
 
 uintptr_t mapping_end(const ReleaseRound& r, uintptr_t at) {
     for (size_t i = 0; i < r.range_count; ++i)
-        if (at >= r.ranges->ranges[i].first && at < r.ranges->ranges[i].second) return r.ranges->ranges[i].second;
+        if (at >= r.ranges->ranges[i].first && at < r.ranges->ranges[i].second)
+            return r.ranges->ranges[i].second;
     return 0;
 }
 
@@ -115,10 +121,12 @@ bool scan_stacks(ReleaseRound& round, uintptr_t from, uintptr_t alt_lo, uintptr_
     while (npending > 0) {
         const uintptr_t start = pending[--npending];
         if (++scanned > 8) return false;
-        const uintptr_t end = start >= alt_lo && start < alt_hi ? alt_hi : mapping_end(round, start);
+        const uintptr_t end =
+            start >= alt_lo && start < alt_hi ? alt_hi : mapping_end(round, start);
         if (end == 0 || end - start > kMaxScan) return false;
         // rt_sigframe is 16-byte aligned minus the restorer: the ucontext is 16-byte aligned.
-        for (uintptr_t at = (start + 15) & ~uintptr_t{15}; at + sizeof(ucontext_t) <= end; at += 16) {
+        for (uintptr_t at = (start + 15) & ~uintptr_t{15}; at + sizeof(ucontext_t) <= end;
+             at += 16) {
             const auto* uc = reinterpret_cast<const ucontext_t*>(at);
             if (!looks_like_signal_frame(uc)) continue;
             const auto ip = static_cast<uintptr_t>(uc->uc_mcontext.gregs[REG_RIP]);
@@ -157,7 +165,8 @@ void release_fixup(void* raw, ucontext_t* uc) {
         round.busy.fetch_add(1, std::memory_order_relaxed);
     stack_t alt{};
     uintptr_t alt_lo = 0, alt_hi = 0;
-    if (raw_syscall(SYS_sigaltstack, 0, reinterpret_cast<long>(&alt)) == 0 && !(alt.ss_flags & SS_DISABLE)) {
+    if (raw_syscall(SYS_sigaltstack, 0, reinterpret_cast<long>(&alt)) == 0 &&
+        !(alt.ss_flags & SS_DISABLE)) {
         alt_lo = reinterpret_cast<uintptr_t>(alt.ss_sp);
         alt_hi = alt_lo + alt.ss_size;
     }
@@ -193,12 +202,14 @@ Result<void> release_rewrite_memory(UninstallReport& report) {
         if (round.sled_frames.load() == 0) {
             raw_syscall(SYS_munmap, 0, kPage);
         } else {
-            report.kept = "page 0 (retired sled): a signal handler interrupted a thread inside the sled and "
-                          "has not returned; it returns through the page";
+            report.kept =
+                "page 0 (retired sled): a signal handler interrupted a thread inside the sled and "
+                "has not returned; it returns through the page";
         }
         return {};
     }
-    return make_error(EBUSY, "threads kept running liveio's syscall entry through " + std::to_string(kRounds) +
+    return make_error(EBUSY, "threads kept running liveio's syscall entry through " +
+                                 std::to_string(kRounds) +
                                  " world stops: its stubs and page 0 stay mapped");
 }
 

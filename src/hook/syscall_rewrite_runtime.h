@@ -20,8 +20,8 @@ extern "C" void liveio_rewrite_entry_end();  // the first byte after the entry's
 
 // While the entry dispatches a call: the entry's rbp (the frame below, whose RewriteFrame
 // lies under it), else 0. Initial-exec TLS: read and written by the entry with two moves.
-extern "C" __attribute__((visibility("hidden"), tls_model("initial-exec"))) __thread uintptr_t
-    liveio_rewrite_frame;
+extern "C" __attribute__((visibility("hidden"),
+                          tls_model("initial-exec"))) __thread uintptr_t liveio_rewrite_frame;
 // The C++ dispatch function's code, which makes the application's syscall itself when it
 // passes a call through.
 extern "C" __attribute__((visibility("hidden"))) const uint8_t __start_liveio_rw_dispatch[];
@@ -130,10 +130,10 @@ private:
     Result<void> map_regions();
 
     std::mutex mutex_;
-    Slot* slots_ = nullptr;        // kSlots, read-write
-    uint8_t* arena_ = nullptr;     // kMaxSites * kStubSize, read+exec except while committing
-    size_t used_ = 0;              // stubs written
-    size_t planned_ = 0;           // stubs reserved
+    Slot* slots_ = nullptr;     // kSlots, read-write
+    uint8_t* arena_ = nullptr;  // kMaxSites * kStubSize, read+exec except while committing
+    size_t used_ = 0;           // stubs written
+    size_t planned_ = 0;        // stubs reserved
 };
 
 }  // namespace liveio::hook

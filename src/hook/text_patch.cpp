@@ -3,8 +3,8 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,12 +40,13 @@ Result<std::vector<Mapping>> read_maps() {
         unsigned maj, min;
         char perms[5] = {};
         int path_at = 0;
-        if (sscanf(line.c_str(), "%lx-%lx %4s %lx %x:%x %lu %n", &lo, &hi, perms, &off, &maj, &min, &ino,
-                   &path_at) < 7)
+        if (sscanf(line.c_str(), "%lx-%lx %4s %lx %x:%x %lu %n", &lo, &hi, perms, &off, &maj, &min,
+                   &ino, &path_at) < 7)
             continue;
         const int prot = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
                          (perms[2] == 'x' ? PROT_EXEC : 0);
-        std::string path = path_at > 0 && static_cast<size_t>(path_at) <= line.size() ? line.substr(path_at) : "";
+        std::string path =
+            path_at > 0 && static_cast<size_t>(path_at) <= line.size() ? line.substr(path_at) : "";
         maps.push_back({lo, hi, prot, off, maj, min, ino, std::move(path)});
     }
     return maps;
@@ -59,21 +60,26 @@ void copy_code_bytes(uintptr_t to, const uint8_t* from, size_t n) {
     for (size_t i = 0; i < n; ++i) out[i] = from[i];
 }
 
-Result<TextPages> TextPages::covering(const std::vector<std::pair<uintptr_t, size_t>>& spans, bool with_files) {
+Result<TextPages> TextPages::covering(const std::vector<std::pair<uintptr_t, size_t>>& spans,
+                                      bool with_files) {
     auto maps = read_maps();
     if (!maps) return maps.error();
     std::vector<uintptr_t> pages;
     for (auto [at, len] : spans)
-        for (uintptr_t p = at & ~(kPage - 1); p < at + std::max<size_t>(len, 1); p += kPage) pages.push_back(p);
+        for (uintptr_t p = at & ~(kPage - 1); p < at + std::max<size_t>(len, 1); p += kPage)
+            pages.push_back(p);
     std::sort(pages.begin(), pages.end());
     pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
 
     TextPages out;
     const Mapping* run_map = nullptr;
     for (uintptr_t page : pages) {
-        auto m = std::find_if(maps->begin(), maps->end(), [&](const Mapping& mp) { return page >= mp.lo && page < mp.hi; });
-        if (m == maps->end()) return make_error(EFAULT, fmt::format("no mapping covers code page {:#x}", page));
-        if (!out.runs_.empty() && run_map == &*m && out.runs_.back().start + out.runs_.back().length == page) {
+        auto m = std::find_if(maps->begin(), maps->end(),
+                              [&](const Mapping& mp) { return page >= mp.lo && page < mp.hi; });
+        if (m == maps->end())
+            return make_error(EFAULT, fmt::format("no mapping covers code page {:#x}", page));
+        if (!out.runs_.empty() && run_map == &*m &&
+            out.runs_.back().start + out.runs_.back().length == page) {
             out.runs_.back().length += kPage;
             continue;
         }
@@ -82,9 +88,11 @@ Result<TextPages> TextPages::covering(const std::vector<std::pair<uintptr_t, siz
     }
     if (!with_files) return out;
     for (Run& run : out.runs_) {
-        const Mapping& m = *std::find_if(maps->begin(), maps->end(),
-                                         [&](const Mapping& mp) { return run.start >= mp.lo && run.start < mp.hi; });
-        if (m.inode == 0 || m.path.empty() || m.path[0] != '/') continue;  // anonymous: nothing to give back
+        const Mapping& m = *std::find_if(maps->begin(), maps->end(), [&](const Mapping& mp) {
+            return run.start >= mp.lo && run.start < mp.hi;
+        });
+        if (m.inode == 0 || m.path.empty() || m.path[0] != '/')
+            continue;  // anonymous: nothing to give back
         // The path may now name another file (a package upgrade replaced it): use it only when
         // it is still the mapped inode.
         const int fd = ::open(m.path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -96,7 +104,8 @@ Result<TextPages> TextPages::covering(const std::vector<std::pair<uintptr_t, siz
             continue;
         }
         run.file_bytes.resize(run.length);
-        const ssize_t n = pread(fd, run.file_bytes.data(), run.length, static_cast<off_t>(run.offset));
+        const ssize_t n =
+            pread(fd, run.file_bytes.data(), run.length, static_cast<off_t>(run.offset));
         if (n != static_cast<ssize_t>(run.length)) {  // a page past the end of the file
             ::close(fd);
             run.file_bytes.clear();
@@ -105,9 +114,12 @@ Result<TextPages> TextPages::covering(const std::vector<std::pair<uintptr_t, siz
         run.fd = fd;
         // The page before: the same file at the offset just before?
         const uintptr_t before = run.start - kPage;
-        auto left = std::find_if(maps->begin(), maps->end(), [&](const Mapping& mp) { return before >= mp.lo && before < mp.hi; });
+        auto left = std::find_if(maps->begin(), maps->end(), [&](const Mapping& mp) {
+            return before >= mp.lo && before < mp.hi;
+        });
         if (left != maps->end() && left->inode == m.inode && left->dev_major == m.dev_major &&
-            left->dev_minor == m.dev_minor && left->offset + (before - left->lo) + kPage == run.offset)
+            left->dev_minor == m.dev_minor &&
+            left->offset + (before - left->lo) + kPage == run.offset)
             run.left_prot = left->prot;
     }
     return out;
@@ -135,7 +147,8 @@ bool TextPages::open_for_write() const {
             continue;
         for (const Run& r : runs_) {
             if (&r == &run) break;
-            raw_syscall(SYS_mprotect, static_cast<long>(r.start), static_cast<long>(r.length), r.prot);
+            raw_syscall(SYS_mprotect, static_cast<long>(r.start), static_cast<long>(r.length),
+                        r.prot);
         }
         return false;
     }
@@ -144,7 +157,8 @@ bool TextPages::open_for_write() const {
 
 void TextPages::close_for_write() const {
     for (const Run& run : runs_)
-        raw_syscall(SYS_mprotect, static_cast<long>(run.start), static_cast<long>(run.length), run.prot);
+        raw_syscall(SYS_mprotect, static_cast<long>(run.start), static_cast<long>(run.length),
+                    run.prot);
 }
 
 namespace {
@@ -156,16 +170,20 @@ namespace {
 // The range is never left unmapped: a failed grow maps the file again.
 bool map_back(uintptr_t at, size_t len, int prot, int fd, uint64_t offset, int left_prot) {
     auto map_file = [&] {
-        return raw_syscall(SYS_mmap, static_cast<long>(at), static_cast<long>(len), prot, MAP_PRIVATE | MAP_FIXED, fd,
+        return raw_syscall(SYS_mmap, static_cast<long>(at), static_cast<long>(len), prot,
+                           MAP_PRIVATE | MAP_FIXED, fd,
                            static_cast<long>(offset)) == static_cast<long>(at);
     };
     if (!map_file()) return false;
-    if (left_prot < 0 || raw_syscall(SYS_munmap, static_cast<long>(at), static_cast<long>(len)) != 0) return true;
+    if (left_prot < 0 ||
+        raw_syscall(SYS_munmap, static_cast<long>(at), static_cast<long>(len)) != 0)
+        return true;
     const uintptr_t left = at - kPage;
-    if (raw_syscall(SYS_mremap, static_cast<long>(left), static_cast<long>(kPage), static_cast<long>(kPage + len), 0) !=
-        static_cast<long>(left))
+    if (raw_syscall(SYS_mremap, static_cast<long>(left), static_cast<long>(kPage),
+                    static_cast<long>(kPage + len), 0) != static_cast<long>(left))
         return map_file();
-    if (left_prot != prot) raw_syscall(SYS_mprotect, static_cast<long>(at), static_cast<long>(len), prot);
+    if (left_prot != prot)
+        raw_syscall(SYS_mprotect, static_cast<long>(at), static_cast<long>(len), prot);
     return true;
 }
 

@@ -55,9 +55,9 @@ public:
         uintptr_t start;
         size_t length;
         int prot;
-        int fd = -1;            // the mapping's file, checked to be the mapped inode
-        uint64_t offset = 0;    // file offset of `start`
-        int left_prot = -1;     // the page before maps the same file just before: its protection
+        int fd = -1;          // the mapping's file, checked to be the mapped inode
+        uint64_t offset = 0;  // file offset of `start`
+        int left_prot = -1;   // the page before maps the same file just before: its protection
         std::vector<uint8_t> file_bytes;
     };
 

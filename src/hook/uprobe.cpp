@@ -1,16 +1,16 @@
 #include "hook/uprobe.h"
 
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include <sched.h>
 
 #include <atomic>
 #include <cerrno>
-#include <new>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <new>
 
 #include "hook/dispatcher.h"
 #include "hook/inline_hook.h"
@@ -29,7 +29,7 @@ namespace {
 // on some thread's stack after detach, so they are never freed: one per probed address,
 // reused when that address is probed again.
 struct ProbeRecord {
-    uintptr_t address;  // read by the assembly stub at offset 0
+    uintptr_t address;         // read by the assembly stub at offset 0
     void* original = nullptr;  // the inline hook's trampoline
     std::atomic<const UprobeCallback*> callback{nullptr};
     std::atomic<bool> retprobe{false};
@@ -76,7 +76,8 @@ bool thread_alive(pid_t tid) {
 ShadowStack* claim_shadow_stack() {
     const auto self = static_cast<pid_t>(syscall(SYS_gettid));
     const int saved_errno = errno;
-    for (ShadowStack* s = g_shadow_stacks.load(std::memory_order_acquire); s != nullptr; s = s->next) {
+    for (ShadowStack* s = g_shadow_stacks.load(std::memory_order_acquire); s != nullptr;
+         s = s->next) {
         pid_t owner = s->owner.load(std::memory_order_acquire);
         if (owner != 0 && thread_alive(owner)) continue;
         if (s->owner.compare_exchange_strong(owner, self, std::memory_order_acq_rel)) {
@@ -154,7 +155,8 @@ uint8_t* make_thunk(ProbeRecord* p) {
 
 class UprobeImpl final : public Uprobe {
 public:
-    UprobeImpl(ProbeRecord* p, std::unique_ptr<UprobeCallback> cb, std::unique_ptr<InlineHooks> hooks)
+    UprobeImpl(ProbeRecord* p, std::unique_ptr<UprobeCallback> cb,
+               std::unique_ptr<InlineHooks> hooks)
         : probe_(p), callback_(std::move(cb)), hooks_(std::move(hooks)) {}
     ~UprobeImpl() override { (void)detach(); }
     Result<void> detach() override {
@@ -176,7 +178,7 @@ private:
 }  // namespace
 
 extern "C" __attribute__((visibility("hidden"))) uintptr_t liveio_uprobe_on_entry(ProbeRecord* p,
-                                                                                   pt_regs* regs) {
+                                                                                  pt_regs* regs) {
     if (!Dispatcher::inside()) {
         if (!p->retprobe.load(std::memory_order_relaxed)) {
             run_callback(p, regs);
@@ -193,7 +195,8 @@ extern "C" __attribute__((visibility("hidden"))) uintptr_t liveio_uprobe_on_entr
     return reinterpret_cast<uintptr_t>(p->original);
 }
 
-extern "C" __attribute__((visibility("hidden"))) uintptr_t liveio_uretprobe_on_return(pt_regs* regs) {
+extern "C" __attribute__((visibility("hidden"))) uintptr_t liveio_uretprobe_on_return(
+    pt_regs* regs) {
     // The frame whose return address slot sits just below the caller's stack pointer; frames
     // above it were abandoned (cannot happen without unwinding, handled defensively).
     // Only reached through a return address pushed above, so this thread has its stack.
@@ -206,8 +209,10 @@ extern "C" __attribute__((visibility("hidden"))) uintptr_t liveio_uretprobe_on_r
     return frame.return_address;
 }
 
-Result<std::unique_ptr<Uprobe>> attach_uprobe(void* function, UprobeCallback callback, bool retprobe) {
-    if (function == nullptr || !callback) return make_error(EINVAL, "uprobe needs a function and a callback");
+Result<std::unique_ptr<Uprobe>> attach_uprobe(void* function, UprobeCallback callback,
+                                              bool retprobe) {
+    if (function == nullptr || !callback)
+        return make_error(EINVAL, "uprobe needs a function and a callback");
     ProbeRecord* p;
     {
         std::lock_guard lock(g_probes_mutex);
@@ -219,7 +224,8 @@ Result<std::unique_ptr<Uprobe>> attach_uprobe(void* function, UprobeCallback cal
             if (slot->thunk == nullptr) return make_error(ENOMEM, "cannot map a uprobe thunk");
         }
         p = slot;
-        if (p->callback.load() != nullptr) return make_error(EBUSY, "function already has a uprobe");
+        if (p->callback.load() != nullptr)
+            return make_error(EBUSY, "function already has a uprobe");
     }
     auto hooks = InlineHooks::prepare({{function, p->thunk}});
     if (!hooks) return hooks.error();
@@ -231,7 +237,8 @@ Result<std::unique_ptr<Uprobe>> attach_uprobe(void* function, UprobeCallback cal
         p->callback.store(nullptr);
         return r.error();
     }
-    return std::unique_ptr<Uprobe>(std::make_unique<UprobeImpl>(p, std::move(cb), std::move(hooks).value()));
+    return std::unique_ptr<Uprobe>(
+        std::make_unique<UprobeImpl>(p, std::move(cb), std::move(hooks).value()));
 }
 
 }  // namespace liveio::hook

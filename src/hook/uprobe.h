@@ -35,6 +35,7 @@ public:
 
 // Attaches `callback` to the function at `function`: at entry, or at return when `retprobe`.
 // One probe per function address at a time (EBUSY otherwise).
-Result<std::unique_ptr<Uprobe>> attach_uprobe(void* function, UprobeCallback callback, bool retprobe);
+Result<std::unique_ptr<Uprobe>> attach_uprobe(void* function, UprobeCallback callback,
+                                              bool retprobe);
 
 }  // namespace liveio::hook

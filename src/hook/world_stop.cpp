@@ -80,7 +80,8 @@ void describe_missing(pid_t pid, char* out, size_t size) {
     auto put_num = [&](long v) {
         char digits[24];
         int n = 0;
-        do digits[n++] = static_cast<char>('0' + v % 10), v /= 10; while (v > 0 && n < 23);
+        do digits[n++] = static_cast<char>('0' + v % 10), v /= 10;
+        while (v > 0 && n < 23);
         while (n > 0 && len + 1 < size) out[len++] = digits[--n];
     };
     const int arrived = std::min(g_arrived.load(), kMaxThreads);
@@ -88,7 +89,8 @@ void describe_missing(pid_t pid, char* out, size_t size) {
     for (int i = 0; i < g_signaled_count && named < 4; ++i) {
         const pid_t tid = g_signaled[i];
         bool parked = false;
-        for (int j = 0; j < arrived && !parked; ++j) parked = g_arrived_tids[j].load(std::memory_order_relaxed) == tid;
+        for (int j = 0; j < arrived && !parked; ++j)
+            parked = g_arrived_tids[j].load(std::memory_order_relaxed) == tid;
         if (parked || !thread_alive(pid, tid)) continue;
         char path[64] = "/proc/self/task/";
         size_t p = 16;
@@ -216,8 +218,9 @@ Result<WorldStop*> WorldStop::stop() {
                 release_parked();
                 while (g_departed.load() < g_arrived.load()) raw_syscall(SYS_sched_yield);
                 g_stop_mutex.unlock();
-                return make_error(ETIMEDOUT, "threads did not stop for patching within 30 s (signal " +
-                                                 std::to_string(world_stop_signal()) + "): " + missing);
+                return make_error(ETIMEDOUT,
+                                  "threads did not stop for patching within 30 s (signal " +
+                                      std::to_string(world_stop_signal()) + "): " + missing);
             }
             if (spins < 100) {
                 raw_syscall(SYS_sched_yield);

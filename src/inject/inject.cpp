@@ -6,8 +6,8 @@
 #include <dirent.h>
 #include <elf.h>
 #include <fcntl.h>
-#include <sys/ptrace.h>
 #include <sys/mman.h>
+#include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/user.h>
@@ -83,14 +83,18 @@ Result<std::vector<Mapping>> read_maps(pid_t pid) {
         char perms[8] = {};
         unsigned long long start, end, offset, inode;
         int path_pos = 0;
-        if (sscanf(line.c_str(), "%llx-%llx %7s %llx %*s %llu %n", &start, &end, perms, &offset, &inode, &path_pos) < 5)
+        if (sscanf(line.c_str(), "%llx-%llx %7s %llx %*s %llu %n", &start, &end, perms, &offset,
+                   &inode, &path_pos) < 5)
             continue;
         m.start = start, m.end = end, m.offset = offset, m.inode = inode;
         m.exec = perms[2] == 'x';
-        if (path_pos > 0 && path_pos <= static_cast<int>(line.size())) m.path = line.substr(path_pos);
+        if (path_pos > 0 && path_pos <= static_cast<int>(line.size()))
+            m.path = line.substr(path_pos);
         maps.push_back(std::move(m));
     }
-    if (maps.empty()) return make_error(ESRCH, fmt::format("process {} has no mappings (exited or a zombie)", pid));
+    if (maps.empty())
+        return make_error(ESRCH,
+                          fmt::format("process {} has no mappings (exited or a zombie)", pid));
     return maps;
 }
 
@@ -101,7 +105,8 @@ std::string basename_of(const std::string& path) {
 
 bool is_libc(const std::string& path) {
     auto base = basename_of(path);
-    return base == "libc.so.6" || (base.rfind("libc-", 0) == 0 && base.size() > 3 && base.substr(base.size() - 3) == ".so");
+    return base == "libc.so.6" || (base.rfind("libc-", 0) == 0 && base.size() > 3 &&
+                                   base.substr(base.size() - 3) == ".so");
 }
 
 bool is_dynamic_loader(const std::string& path) {
@@ -113,7 +118,8 @@ bool is_dynamic_loader(const std::string& path) {
 // a thread stopped anywhere inside it may hold the lock the call would need.
 bool is_replacement_allocator(const std::string& path) {
     auto base = basename_of(path);
-    for (const char* name : {"libjemalloc.so", "libtcmalloc.so", "libtcmalloc_minimal.so", "libmimalloc.so"})
+    for (const char* name :
+         {"libjemalloc.so", "libtcmalloc.so", "libtcmalloc_minimal.so", "libmimalloc.so"})
         if (base.rfind(name, 0) == 0) return true;
     return false;
 }
@@ -158,7 +164,8 @@ Result<Credentials> read_credentials(pid_t pid) {
 bool permits(const struct stat& st, const Credentials& who, mode_t bits) {
     if (who.fsuid == 0) return true;
     if (st.st_uid == who.fsuid) return st.st_mode & bits;
-    bool in_group = st.st_gid == who.fsgid || std::find(who.groups.begin(), who.groups.end(), st.st_gid) != who.groups.end();
+    bool in_group = st.st_gid == who.fsgid ||
+                    std::find(who.groups.begin(), who.groups.end(), st.st_gid) != who.groups.end();
     if (in_group) return st.st_mode & (bits >> 3);
     return st.st_mode & (bits >> 6);
 }
@@ -177,16 +184,23 @@ Result<void> check_library_readable(pid_t pid, const std::string& path, const Cr
             return errno_error(errno, fmt::format("library {}", path));
         }
     }
-    if (!S_ISREG(st.st_mode)) return make_error(EINVAL, fmt::format("library {} is not a regular file", path));
+    if (!S_ISREG(st.st_mode))
+        return make_error(EINVAL, fmt::format("library {} is not a regular file", path));
     if (!permits(st, who, S_IRUSR))
-        return make_error(EACCES, fmt::format("library {} is not readable by process {} (fsuid {}, file owner {}, mode {:o})",
-                                              path, pid, who.fsuid, st.st_uid, st.st_mode & 07777));
-    for (size_t slash = path.find('/', 1); slash != std::string::npos; slash = path.find('/', slash + 1)) {
+        return make_error(
+            EACCES,
+            fmt::format(
+                "library {} is not readable by process {} (fsuid {}, file owner {}, mode {:o})",
+                path, pid, who.fsuid, st.st_uid, st.st_mode & 07777));
+    for (size_t slash = path.find('/', 1); slash != std::string::npos;
+         slash = path.find('/', slash + 1)) {
         std::string dir = path.substr(0, slash);
         struct stat ds;
         if (stat((root + dir).c_str(), &ds) == 0 && !permits(ds, who, S_IXUSR))
-            return make_error(EACCES, fmt::format("library {}: directory {} is not searchable by process {} (fsuid {})",
-                                                  path, dir, pid, who.fsuid));
+            return make_error(
+                EACCES,
+                fmt::format("library {}: directory {} is not searchable by process {} (fsuid {})",
+                            path, dir, pid, who.fsuid));
     }
     return {};
 }
@@ -198,7 +212,9 @@ Result<void> check_x86_64(pid_t pid) {
         if (errno == ENOENT) {
             if (access(fmt::format("/proc/{}", pid).c_str(), F_OK) != 0)
                 return make_error(ESRCH, fmt::format("process {} does not exist", pid));
-            return make_error(ESRCH, fmt::format("process {} has no executable (a kernel thread or a zombie)", pid));
+            return make_error(
+                ESRCH,
+                fmt::format("process {} has no executable (a kernel thread or a zombie)", pid));
         }
         // Unreadable executable (EACCES): PTRACE_SEIZE will report the permission problem.
         return {};
@@ -209,8 +225,9 @@ Result<void> check_x86_64(pid_t pid) {
     if (n < static_cast<ssize_t>(EI_NIDENT + 4) || memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0)
         return make_error(ENOEXEC, fmt::format("process {}: executable is not an ELF file", pid));
     if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_machine != EM_X86_64)
-        return make_error(ENOEXEC, fmt::format("process {} is not an x86-64 process (ELF class {}, machine {})", pid,
-                                               eh.e_ident[EI_CLASS], eh.e_machine));
+        return make_error(
+            ENOEXEC, fmt::format("process {} is not an x86-64 process (ELF class {}, machine {})",
+                                 pid, eh.e_ident[EI_CLASS], eh.e_machine));
     return {};
 }
 
@@ -234,7 +251,11 @@ public:
         }
         if (expected_inode != 0 && st.st_ino != expected_inode) {
             close(fd);
-            return make_error(ESTALE, fmt::format("{} on disk is not the file the target mapped (replaced since it started?)", file));
+            return make_error(
+                ESTALE,
+                fmt::format(
+                    "{} on disk is not the file the target mapped (replaced since it started?)",
+                    file));
         }
         void* p = mmap(nullptr, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
         close(fd);
@@ -254,7 +275,8 @@ public:
     }
     // The exported function containing file virtual address `vaddr`, if any.
     const FunctionRange* function_at(uint64_t vaddr) const {
-        auto it = std::upper_bound(ranges_.begin(), ranges_.end(), vaddr, [](uint64_t v, const FunctionRange& r) { return v < r.start; });
+        auto it = std::upper_bound(ranges_.begin(), ranges_.end(), vaddr,
+                                   [](uint64_t v, const FunctionRange& r) { return v < r.start; });
         if (it == ranges_.begin()) return nullptr;
         --it;
         return vaddr < it->end ? &*it : nullptr;
@@ -263,16 +285,21 @@ public:
 
 private:
     Result<void> parse(const uint8_t* data, size_t size, const std::string& file) {
-        auto bad = [&](const char* why) { return make_error(ENOEXEC, fmt::format("{}: {}", file, why)); };
+        auto bad = [&](const char* why) {
+            return make_error(ENOEXEC, fmt::format("{}: {}", file, why));
+        };
         const auto* eh = reinterpret_cast<const Elf64_Ehdr*>(data);
-        if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64) return bad("not a 64-bit ELF file");
-        if (eh->e_phoff + uint64_t(eh->e_phnum) * sizeof(Elf64_Phdr) > size) return bad("program headers out of bounds");
+        if (memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64)
+            return bad("not a 64-bit ELF file");
+        if (eh->e_phoff + uint64_t(eh->e_phnum) * sizeof(Elf64_Phdr) > size)
+            return bad("program headers out of bounds");
         if (eh->e_shoff + uint64_t(eh->e_shnum) * sizeof(Elf64_Shdr) > size || eh->e_shnum == 0)
             return bad("no section headers (cannot find the dynamic symbol table)");
         const auto* ph = reinterpret_cast<const Elf64_Phdr*>(data + eh->e_phoff);
         bool have_load = false;
         for (int i = 0; i < eh->e_phnum; ++i)
-            if (ph[i].p_type == PT_LOAD && !have_load) first_load_vaddr_ = ph[i].p_vaddr & ~uint64_t(0xfff), have_load = true;
+            if (ph[i].p_type == PT_LOAD && !have_load)
+                first_load_vaddr_ = ph[i].p_vaddr & ~uint64_t(0xfff), have_load = true;
         if (!have_load) return bad("no PT_LOAD segment");
         const auto* sh = reinterpret_cast<const Elf64_Shdr*>(data + eh->e_shoff);
         const Elf64_Shdr *dynsym = nullptr, *versym = nullptr;
@@ -282,7 +309,8 @@ private:
         }
         if (!dynsym || dynsym->sh_link >= eh->e_shnum) return bad("no dynamic symbol table");
         const Elf64_Shdr* strtab = &sh[dynsym->sh_link];
-        if (dynsym->sh_offset + dynsym->sh_size > size || strtab->sh_offset + strtab->sh_size > size)
+        if (dynsym->sh_offset + dynsym->sh_size > size ||
+            strtab->sh_offset + strtab->sh_size > size)
             return bad("symbol table out of bounds");
         size_t count = dynsym->sh_size / sizeof(Elf64_Sym);
         if (versym && (versym->sh_offset + count * sizeof(Elf64_Half) > size)) versym = nullptr;
@@ -291,16 +319,24 @@ private:
         std::set<std::string> default_seen;
         for (size_t i = 1; i < count; ++i) {
             const Elf64_Sym& s = syms[i];
-            if (ELF64_ST_TYPE(s.st_info) != STT_FUNC && ELF64_ST_TYPE(s.st_info) != STT_GNU_IFUNC) continue;
+            if (ELF64_ST_TYPE(s.st_info) != STT_FUNC && ELF64_ST_TYPE(s.st_info) != STT_GNU_IFUNC)
+                continue;
             if (s.st_shndx == SHN_UNDEF || s.st_name >= strtab->sh_size) continue;
-            std::string name(strings + s.st_name, strnlen(strings + s.st_name, strtab->sh_size - s.st_name));
+            std::string name(strings + s.st_name,
+                             strnlen(strings + s.st_name, strtab->sh_size - s.st_name));
             if (s.st_size > 0) ranges_.push_back({s.st_value, s.st_value + s.st_size, name});
-            if (ELF64_ST_TYPE(s.st_info) != STT_FUNC) continue;  // IFUNC resolvers are not the function
-            bool hidden = versym && (reinterpret_cast<const Elf64_Half*>(data + versym->sh_offset)[i] & 0x8000);
-            if (!hidden) default_seen.insert(name), symbols_[name] = s.st_value;
-            else if (!default_seen.count(name)) symbols_.emplace(name, s.st_value);
+            if (ELF64_ST_TYPE(s.st_info) != STT_FUNC)
+                continue;  // IFUNC resolvers are not the function
+            bool hidden =
+                versym &&
+                (reinterpret_cast<const Elf64_Half*>(data + versym->sh_offset)[i] & 0x8000);
+            if (!hidden)
+                default_seen.insert(name), symbols_[name] = s.st_value;
+            else if (!default_seen.count(name))
+                symbols_.emplace(name, s.st_value);
         }
-        std::sort(ranges_.begin(), ranges_.end(), [](const FunctionRange& a, const FunctionRange& b) { return a.start < b.start; });
+        std::sort(ranges_.begin(), ranges_.end(),
+                  [](const FunctionRange& a, const FunctionRange& b) { return a.start < b.start; });
         return {};
     }
 
@@ -312,13 +348,47 @@ private:
 // Functions that hold the allocator's or the loader's locks while they run: a thread stopped
 // inside one of them would make the injected dlopen deadlock.
 bool holds_loader_or_allocator_locks(const std::string& name) {
-    static constexpr std::array kNames = {
-        "malloc", "free", "calloc", "realloc", "reallocarray", "memalign", "posix_memalign", "aligned_alloc", "valloc",
-        "pvalloc", "cfree", "malloc_trim", "malloc_usable_size", "mallopt", "mallinfo", "mallinfo2", "malloc_stats",
-        "malloc_info", "__libc_malloc", "__libc_free", "__libc_calloc", "__libc_realloc", "__libc_memalign",
-        "__libc_valloc", "__libc_pvalloc", "fork", "__libc_fork", "_Fork", "dlopen", "dlmopen", "dlclose", "dlsym",
-        "dlvsym", "dladdr", "dladdr1", "dlinfo", "dlerror", "dl_iterate_phdr", "__libc_dlopen_mode", "__libc_dlsym",
-        "__libc_dlclose"};
+    static constexpr std::array kNames = {"malloc",
+                                          "free",
+                                          "calloc",
+                                          "realloc",
+                                          "reallocarray",
+                                          "memalign",
+                                          "posix_memalign",
+                                          "aligned_alloc",
+                                          "valloc",
+                                          "pvalloc",
+                                          "cfree",
+                                          "malloc_trim",
+                                          "malloc_usable_size",
+                                          "mallopt",
+                                          "mallinfo",
+                                          "mallinfo2",
+                                          "malloc_stats",
+                                          "malloc_info",
+                                          "__libc_malloc",
+                                          "__libc_free",
+                                          "__libc_calloc",
+                                          "__libc_realloc",
+                                          "__libc_memalign",
+                                          "__libc_valloc",
+                                          "__libc_pvalloc",
+                                          "fork",
+                                          "__libc_fork",
+                                          "_Fork",
+                                          "dlopen",
+                                          "dlmopen",
+                                          "dlclose",
+                                          "dlsym",
+                                          "dlvsym",
+                                          "dladdr",
+                                          "dladdr1",
+                                          "dlinfo",
+                                          "dlerror",
+                                          "dl_iterate_phdr",
+                                          "__libc_dlopen_mode",
+                                          "__libc_dlsym",
+                                          "__libc_dlclose"};
     return std::find(kNames.begin(), kNames.end(), name) != kNames.end();
 }
 
@@ -345,13 +415,18 @@ Result<TargetModel> model_target(pid_t pid) {
             if (m.exec) t.libc_exec_start = m.start, t.libc_exec_end = m.end;
         }
         if (is_dynamic_loader(m.path) && m.exec) t.loader_ranges.emplace_back(m.start, m.end);
-        if (is_replacement_allocator(m.path) && m.exec) t.allocator_ranges.emplace_back(m.start, m.end);
+        if (is_replacement_allocator(m.path) && m.exec)
+            t.allocator_ranges.emplace_back(m.start, m.end);
     }
     if (!libc_first)
-        return make_error(ENOENT, fmt::format("process {} has no libc.so.6 mapped (statically linked?): no dlopen to call", pid));
+        return make_error(
+            ENOENT,
+            fmt::format(
+                "process {} has no libc.so.6 mapped (statically linked?): no dlopen to call", pid));
     std::string path = libc_first->path;
     if (path.size() > 10 && path.substr(path.size() - 10) == " (deleted)")
-        return make_error(ESTALE, fmt::format("process {}: its libc {} was deleted from disk", pid, path));
+        return make_error(ESTALE,
+                          fmt::format("process {}: its libc {} was deleted from disk", pid, path));
     std::string in_ns = fmt::format("/proc/{}/root{}", pid, path);
     auto libc = LibcImage::load(access(in_ns.c_str(), R_OK) == 0 ? in_ns : path, libc_first->inode);
     if (!libc) return libc.error();
@@ -360,11 +435,16 @@ Result<TargetModel> model_target(pid_t pid) {
     auto resolve = [&](const char* name, uint64_t& out) -> Result<void> {
         auto v = t.libc.find(name);
         if (!v)
-            return make_error(ENOENT, fmt::format("process {}: {} does not export {} (glibc older than 2.34?)", pid, path, name));
+            return make_error(
+                ENOENT, fmt::format("process {}: {} does not export {} (glibc older than 2.34?)",
+                                    pid, path, name));
         out = *v + t.libc_bias;
         return {};
     };
-    for (auto [name, slot] : {std::pair{"dlopen", &t.dlopen}, {"dlclose", &t.dlclose}, {"dlsym", &t.dlsym}, {"dlerror", &t.dlerror}})
+    for (auto [name, slot] : {std::pair{"dlopen", &t.dlopen},
+                              {"dlclose", &t.dlclose},
+                              {"dlsym", &t.dlsym},
+                              {"dlerror", &t.dlerror}})
         if (auto r = resolve(name, *slot); !r) return r.error();
     return t;
 }
@@ -384,12 +464,17 @@ Error seize_error(pid_t pid, int code) {
     if (code != EPERM) return errno_error(code, fmt::format("PTRACE_SEIZE of process {}", pid));
     std::string why;
     auto creds = read_credentials(pid);
-    if (creds && creds->tracer != 0) why += fmt::format("; it is already traced by process {}", creds->tracer);
+    if (creds && creds->tracer != 0)
+        why += fmt::format("; it is already traced by process {}", creds->tracer);
     struct stat st;
     if (stat(fmt::format("/proc/{}", pid).c_str(), &st) == 0 && st.st_uid != geteuid())
         why += fmt::format("; it is owned by uid {}, we are uid {}", st.st_uid, geteuid());
-    if (auto scope = read_text("/proc/sys/kernel/yama/ptrace_scope"); scope && !scope->empty() && (*scope)[0] != '0')
-        why += fmt::format("; kernel.yama.ptrace_scope is {} (1: only ancestors, 2: CAP_SYS_PTRACE only, 3: never)", (*scope)[0]);
+    if (auto scope = read_text("/proc/sys/kernel/yama/ptrace_scope");
+        scope && !scope->empty() && (*scope)[0] != '0')
+        why += fmt::format(
+            "; kernel.yama.ptrace_scope is {} (1: only ancestors, 2: CAP_SYS_PTRACE only, 3: "
+            "never)",
+            (*scope)[0]);
     if (why.empty()) why = "; the process is not dumpable or we lack CAP_SYS_PTRACE";
     return make_error(EPERM, fmt::format("not permitted to ptrace process {}{}", pid, why));
 }
@@ -438,11 +523,15 @@ public:
             }
             if (failure) return *failure;
         }
-        if (threads_.empty()) return make_error(ESRCH, fmt::format("process {} does not exist", pid_));
+        if (threads_.empty())
+            return make_error(ESRCH, fmt::format("process {} does not exist", pid_));
         all_stopped_ = Clock::now();
         for (auto& t : threads_) {
             if (t.job_stopped)
-                return make_error(EBUSY, fmt::format("process {} is stopped by job control (SIGSTOP); continue it first", pid_));
+                return make_error(
+                    EBUSY,
+                    fmt::format("process {} is stopped by job control (SIGSTOP); continue it first",
+                                pid_));
             if (ptrace(PTRACE_GETREGS, t.tid, nullptr, &t.regs) != 0)
                 return errno_error(errno, fmt::format("reading registers of thread {}", t.tid));
         }
@@ -457,7 +546,8 @@ public:
                 kept.push_back(t);
                 continue;
             }
-            if (ptrace(PTRACE_DETACH, t.tid, nullptr, reinterpret_cast<void*>(static_cast<long>(t.pending_signal))) != 0 &&
+            if (ptrace(PTRACE_DETACH, t.tid, nullptr,
+                       reinterpret_cast<void*>(static_cast<long>(t.pending_signal))) != 0 &&
                 errno == ESRCH)
                 reap_dying(t.tid);
         }
@@ -494,7 +584,9 @@ private:
             break;
         }
         if (WIFEXITED(status) || WIFSIGNALED(status)) {
-            if (tid == pid_) return make_error(ESRCH, fmt::format("process {} exited while being stopped", pid_));
+            if (tid == pid_)
+                return make_error(ESRCH,
+                                  fmt::format("process {} exited while being stopped", pid_));
             return std::optional<Tracee>{};
         }
         Tracee t;
@@ -517,7 +609,8 @@ private:
 // Safe point and remote call.
 
 bool in_ranges(const std::vector<std::pair<uint64_t, uint64_t>>& ranges, uint64_t ip) {
-    return std::any_of(ranges.begin(), ranges.end(), [&](auto& r) { return ip >= r.first && ip < r.second; });
+    return std::any_of(ranges.begin(), ranges.end(),
+                       [&](auto& r) { return ip >= r.first && ip < r.second; });
 }
 
 // nullptr and a reason when the stop is unsafe; otherwise the thread to run the call on.
@@ -526,7 +619,8 @@ Tracee* pick_call_thread(StoppedProcess& stopped, const TargetModel& model, std:
     for (auto& t : stopped.threads()) {
         uint64_t ip = t.regs.rip;
         if (in_ranges(model.keep_out_ranges, ip)) {
-            reason = fmt::format("thread {} is executing {} (ip {:#x})", t.tid, model.keep_out_what, ip);
+            reason =
+                fmt::format("thread {} is executing {} (ip {:#x})", t.tid, model.keep_out_what, ip);
             return nullptr;
         }
         if (in_ranges(model.loader_ranges, ip)) {
@@ -534,7 +628,8 @@ Tracee* pick_call_thread(StoppedProcess& stopped, const TargetModel& model, std:
             return nullptr;
         }
         if (in_ranges(model.allocator_ranges, ip)) {
-            reason = fmt::format("thread {} is inside the process's malloc library (ip {:#x})", t.tid, ip);
+            reason = fmt::format("thread {} is inside the process's malloc library (ip {:#x})",
+                                 t.tid, ip);
             return nullptr;
         }
         bool in_libc = ip >= model.libc_exec_start && ip < model.libc_exec_end;
@@ -555,14 +650,18 @@ Tracee* pick_call_thread(StoppedProcess& stopped, const TargetModel& model, std:
 Result<void> copy_to(pid_t tid, uint64_t addr, const void* data, size_t len) {
     iovec local{const_cast<void*>(data), len}, remote{reinterpret_cast<void*>(addr), len};
     ssize_t n = process_vm_writev(tid, &local, 1, &remote, 1, 0);
-    if (n != static_cast<ssize_t>(len)) return errno_error(n < 0 ? errno : EFAULT, fmt::format("writing {} bytes at {:#x} in thread {}", len, addr, tid));
+    if (n != static_cast<ssize_t>(len))
+        return errno_error(n < 0 ? errno : EFAULT,
+                           fmt::format("writing {} bytes at {:#x} in thread {}", len, addr, tid));
     return {};
 }
 
 Result<void> copy_from(pid_t tid, uint64_t addr, void* data, size_t len) {
     iovec local{data, len}, remote{reinterpret_cast<void*>(addr), len};
     ssize_t n = process_vm_readv(tid, &local, 1, &remote, 1, 0);
-    if (n != static_cast<ssize_t>(len)) return errno_error(n < 0 ? errno : EFAULT, fmt::format("reading {} bytes at {:#x} in thread {}", len, addr, tid));
+    if (n != static_cast<ssize_t>(len))
+        return errno_error(n < 0 ? errno : EFAULT,
+                           fmt::format("reading {} bytes at {:#x} in thread {}", len, addr, tid));
     return {};
 }
 
@@ -587,13 +686,15 @@ std::string read_remote_string(pid_t tid, uint64_t addr, size_t max = 4096) {
 // stack bytes it used when done (also on failure).
 class RemoteCaller {
 public:
-    RemoteCaller(StoppedProcess& stopped, const Tracee& thread, const InjectOptions& options, InjectStats* stats)
+    RemoteCaller(StoppedProcess& stopped, const Tracee& thread, const InjectOptions& options,
+                 InjectStats* stats)
         : stopped_(stopped), thread_(thread), options_(options), stats_(stats) {}
 
     Result<void> save() {
         xstate_.resize(64 * 1024);
         iovec iov{xstate_.data(), xstate_.size()};
-        if (ptrace(PTRACE_GETREGSET, thread_.tid, reinterpret_cast<void*>(NT_X86_XSTATE), &iov) == 0) {
+        if (ptrace(PTRACE_GETREGSET, thread_.tid, reinterpret_cast<void*>(NT_X86_XSTATE), &iov) ==
+            0) {
             xstate_.resize(iov.iov_len);
             have_xstate_ = true;
         } else if (ptrace(PTRACE_GETFPREGS, thread_.tid, nullptr, &fpregs_) != 0) {
@@ -609,16 +710,23 @@ public:
         saved_ = false;
         Result<void> result;
         if (!stack_backup_.empty())
-            if (auto r = copy_to(thread_.tid, stack_backup_addr_, stack_backup_.data(), stack_backup_.size()); !r) result = r;
+            if (auto r = copy_to(thread_.tid, stack_backup_addr_, stack_backup_.data(),
+                                 stack_backup_.size());
+                !r)
+                result = r;
         stack_backup_.clear();
         if (ptrace(PTRACE_SETREGS, thread_.tid, nullptr, &thread_.regs) != 0)
-            result = errno_error(errno, fmt::format("restoring registers of thread {}", thread_.tid));
+            result =
+                errno_error(errno, fmt::format("restoring registers of thread {}", thread_.tid));
         if (have_xstate_) {
             iovec iov{xstate_.data(), xstate_.size()};
-            if (ptrace(PTRACE_SETREGSET, thread_.tid, reinterpret_cast<void*>(NT_X86_XSTATE), &iov) != 0)
-                result = errno_error(errno, fmt::format("restoring extended registers of thread {}", thread_.tid));
+            if (ptrace(PTRACE_SETREGSET, thread_.tid, reinterpret_cast<void*>(NT_X86_XSTATE),
+                       &iov) != 0)
+                result = errno_error(
+                    errno, fmt::format("restoring extended registers of thread {}", thread_.tid));
         } else if (ptrace(PTRACE_SETFPREGS, thread_.tid, nullptr, &fpregs_) != 0) {
-            result = errno_error(errno, fmt::format("restoring FP registers of thread {}", thread_.tid));
+            result =
+                errno_error(errno, fmt::format("restoring FP registers of thread {}", thread_.tid));
         }
         return result;
     }
@@ -629,7 +737,8 @@ public:
     // its address replaces every argument equal to kDataArg.
     static constexpr uint64_t kDataArg = ~uint64_t(0) - 0x1d47a;
     static constexpr uint64_t kReturnAddress = 0xdead'beef'1ee7'0000ull;  // non-canonical
-    Result<uint64_t> call(uint64_t function, std::initializer_list<uint64_t> args, const std::string& data = {}) {
+    Result<uint64_t> call(uint64_t function, std::initializer_list<uint64_t> args,
+                          const std::string& data = {}) {
         if (args.size() > 6) return make_error(E2BIG, "at most six arguments can be passed");
         uint64_t sp = thread_.regs.rsp - kRedZone;
         uint64_t data_addr = (sp - data.size() - 1) & ~uint64_t(15);
@@ -638,7 +747,9 @@ public:
         if (stack_backup_.empty()) {
             stack_backup_addr_ = entry_sp;
             stack_backup_.resize(sp - entry_sp);
-            if (auto r = copy_from(thread_.tid, entry_sp, stack_backup_.data(), stack_backup_.size()); !r) {
+            if (auto r =
+                    copy_from(thread_.tid, entry_sp, stack_backup_.data(), stack_backup_.size());
+                !r) {
                 stack_backup_.clear();
                 return r.error();
             }
@@ -648,10 +759,12 @@ public:
         std::vector<uint8_t> frame(sp - entry_sp, 0);  // the return address, then the data
         memcpy(frame.data(), &kReturnAddress, sizeof kReturnAddress);
         memcpy(frame.data() + 8, data.data(), data.size());
-        if (auto r = copy_to(thread_.tid, entry_sp, frame.data(), frame.size()); !r) return r.error();
+        if (auto r = copy_to(thread_.tid, entry_sp, frame.data(), frame.size()); !r)
+            return r.error();
 
         user_regs_struct regs = thread_.regs;
-        unsigned long long* slots[] = {&regs.rdi, &regs.rsi, &regs.rdx, &regs.rcx, &regs.r8, &regs.r9};
+        unsigned long long* slots[] = {&regs.rdi, &regs.rsi, &regs.rdx,
+                                       &regs.rcx, &regs.r8,  &regs.r9};
         size_t i = 0;
         for (uint64_t a : args) *slots[i++] = a == kDataArg ? data_addr : a;
         regs.rip = function;
@@ -678,7 +791,8 @@ private:
         pid_t tid = thread_.tid;
         int deliver = 0;
         for (;;) {
-            if (ptrace(PTRACE_CONT, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(deliver))) != 0)
+            if (ptrace(PTRACE_CONT, tid, nullptr,
+                       reinterpret_cast<void*>(static_cast<long>(deliver))) != 0)
                 return errno_error(errno, fmt::format("resuming thread {}", tid));
             deliver = 0;
             int status = 0;
@@ -686,20 +800,25 @@ private:
             if (!waited) return waited.error();
             if (WIFEXITED(status) || WIFSIGNALED(status)) {
                 saved_ = false;
-                return make_error(ESRCH, fmt::format("process {} died during the injected call", stopped_.pid()));
+                return make_error(
+                    ESRCH, fmt::format("process {} died during the injected call", stopped_.pid()));
             }
             int sig = WSTOPSIG(status);
             if ((status >> 16) != 0) continue;  // an event stop (job control): just continue
             if (sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE) {
                 user_regs_struct now;
-                if (ptrace(PTRACE_GETREGS, tid, nullptr, &now) != 0) return errno_error(errno, "reading registers after the call");
+                if (ptrace(PTRACE_GETREGS, tid, nullptr, &now) != 0)
+                    return errno_error(errno, "reading registers after the call");
                 if (sig == SIGSEGV && now.rsp == return_slot) {
                     uint64_t top = 0;
-                    if (copy_from(tid, now.rsp, &top, sizeof top) && top == kReturnAddress) return now.rax;
+                    if (copy_from(tid, now.rsp, &top, sizeof top) && top == kReturnAddress)
+                        return now.rax;
                 }
-                return make_error(EFAULT, fmt::format("the injected call faulted in process {} (signal {} at ip {:#x}); "
-                                                      "the thread's registers were restored",
-                                                      stopped_.pid(), sig, now.rip));
+                return make_error(
+                    EFAULT,
+                    fmt::format("the injected call faulted in process {} (signal {} at ip {:#x}); "
+                                "the thread's registers were restored",
+                                stopped_.pid(), sig, now.rip));
             }
             deliver = sig;  // a signal for the application: let its handler run
         }
@@ -711,7 +830,8 @@ private:
         for (;;) {
             pid_t r = waitpid(tid, &status, __WALL | WNOHANG);
             if (r == tid) return {};
-            if (r < 0 && errno != EINTR) return errno_error(errno, fmt::format("waiting for thread {}", tid));
+            if (r < 0 && errno != EINTR)
+                return errno_error(errno, fmt::format("waiting for thread {}", tid));
             if (!released_early_ && ms_between(start, Clock::now()) > options_.release_after_ms) {
                 stopped_.release_all(tid);
                 released_early_ = true;
@@ -778,7 +898,8 @@ auto with_target_stopped(pid_t pid, InjectStats* stats, const InjectOptions& opt
         st.total_pause_ms += st.pause_ms;
         return result;
     }
-    return make_error(EAGAIN, fmt::format("no safe point in process {} after {} attempts: {}", pid, st.attempts, reason));
+    return make_error(EAGAIN, fmt::format("no safe point in process {} after {} attempts: {}", pid,
+                                          st.attempts, reason));
 }
 
 std::string absolute_path(const std::string& path) {
@@ -791,26 +912,32 @@ std::string absolute_path(const std::string& path) {
 
 }  // namespace
 
-Result<InjectedLibrary> inject_library(pid_t pid, const std::string& so_path, InjectStats* stats, const InjectOptions& options) {
+Result<InjectedLibrary> inject_library(pid_t pid, const std::string& so_path, InjectStats* stats,
+                                       const InjectOptions& options) {
     if (pid <= 0) return make_error(EINVAL, fmt::format("invalid process id {}", pid));
     if (so_path.empty()) return make_error(EINVAL, "empty library path");
     std::string path = absolute_path(so_path);
     auto creds = read_credentials(pid);
     if (!creds) return creds.error();
     if (auto r = check_library_readable(pid, path, *creds); !r) return r.error();
-    return with_target_stopped(pid, stats, options, [&](const TargetModel& model, RemoteCaller& caller) -> Result<InjectedLibrary> {
-        auto handle = caller.call(model.dlopen, {RemoteCaller::kDataArg, kRtldNow}, path);
-        if (!handle) return handle.error();
-        if (*handle == 0) {
-            std::string text = "(no dlerror text)";
-            if (auto msg = caller.call(model.dlerror, {}); msg && *msg != 0) text = read_remote_string(pid, *msg);
-            return make_error(ELIBBAD, fmt::format("dlopen(\"{}\") failed in process {}: {}", path, pid, text));
-        }
-        return InjectedLibrary{pid, path, *handle};
-    });
+    return with_target_stopped(
+        pid, stats, options,
+        [&](const TargetModel& model, RemoteCaller& caller) -> Result<InjectedLibrary> {
+            auto handle = caller.call(model.dlopen, {RemoteCaller::kDataArg, kRtldNow}, path);
+            if (!handle) return handle.error();
+            if (*handle == 0) {
+                std::string text = "(no dlerror text)";
+                if (auto msg = caller.call(model.dlerror, {}); msg && *msg != 0)
+                    text = read_remote_string(pid, *msg);
+                return make_error(ELIBBAD, fmt::format("dlopen(\"{}\") failed in process {}: {}",
+                                                       path, pid, text));
+            }
+            return InjectedLibrary{pid, path, *handle};
+        });
 }
 
-Result<void> unload_library(const InjectedLibrary& lib, InjectStats* stats, const InjectOptions& options) {
+Result<void> unload_library(const InjectedLibrary& lib, InjectStats* stats,
+                            const InjectOptions& options) {
     if (lib.handle == 0) return make_error(EINVAL, "library handle is null (not injected)");
     // The library's mappings are read once before stopping: only dlclose (ours) removes them,
     // and nothing else adds code the library could be reached through while it is detached.
@@ -828,33 +955,43 @@ Result<void> unload_library(const InjectedLibrary& lib, InjectStats* stats, cons
                                   : lib.path;
         return {};
     };
-    return with_target_stopped(lib.pid, stats, options, [&](const TargetModel& model, RemoteCaller& caller) -> Result<void> {
-        auto rc = caller.call(model.dlclose, {lib.handle});
-        if (!rc) return rc.error();
-        if (static_cast<int>(*rc) != 0) {
-            std::string text = "(no dlerror text)";
-            if (auto msg = caller.call(model.dlerror, {}); msg && *msg != 0) text = read_remote_string(lib.pid, *msg);
-            return make_error(ELIBBAD, fmt::format("dlclose({}) failed in process {}: {}", lib.path, lib.pid, text));
-        }
-        return {};
-    }, library_code);
+    return with_target_stopped(
+        lib.pid, stats, options,
+        [&](const TargetModel& model, RemoteCaller& caller) -> Result<void> {
+            auto rc = caller.call(model.dlclose, {lib.handle});
+            if (!rc) return rc.error();
+            if (static_cast<int>(*rc) != 0) {
+                std::string text = "(no dlerror text)";
+                if (auto msg = caller.call(model.dlerror, {}); msg && *msg != 0)
+                    text = read_remote_string(lib.pid, *msg);
+                return make_error(ELIBBAD, fmt::format("dlclose({}) failed in process {}: {}",
+                                                       lib.path, lib.pid, text));
+            }
+            return {};
+        },
+        library_code);
 }
 
-Result<long> call_in_target(const InjectedLibrary& lib, const std::string& symbol, std::initializer_list<long> args,
-                            InjectStats* stats, const InjectOptions& options) {
+Result<long> call_in_target(const InjectedLibrary& lib, const std::string& symbol,
+                            std::initializer_list<long> args, InjectStats* stats,
+                            const InjectOptions& options) {
     if (lib.handle == 0) return make_error(EINVAL, "library handle is null (not injected)");
-    if (args.size() > 6) return make_error(E2BIG, fmt::format("{}: at most six arguments can be passed", symbol));
-    return with_target_stopped(lib.pid, stats, options, [&](const TargetModel& model, RemoteCaller& caller) -> Result<long> {
-        auto address = caller.call(model.dlsym, {lib.handle, RemoteCaller::kDataArg}, symbol);
-        if (!address) return address.error();
-        if (*address == 0)
-            return make_error(ENOENT, fmt::format("{} has no symbol {} in process {}", lib.path, symbol, lib.pid));
-        std::vector<uint64_t> a(args.begin(), args.end());
-        a.resize(6, 0);
-        auto rc = caller.call(*address, {a[0], a[1], a[2], a[3], a[4], a[5]});
-        if (!rc) return rc.error();
-        return static_cast<long>(*rc);
-    });
+    if (args.size() > 6)
+        return make_error(E2BIG, fmt::format("{}: at most six arguments can be passed", symbol));
+    return with_target_stopped(
+        lib.pid, stats, options,
+        [&](const TargetModel& model, RemoteCaller& caller) -> Result<long> {
+            auto address = caller.call(model.dlsym, {lib.handle, RemoteCaller::kDataArg}, symbol);
+            if (!address) return address.error();
+            if (*address == 0)
+                return make_error(ENOENT, fmt::format("{} has no symbol {} in process {}", lib.path,
+                                                      symbol, lib.pid));
+            std::vector<uint64_t> a(args.begin(), args.end());
+            a.resize(6, 0);
+            auto rc = caller.call(*address, {a[0], a[1], a[2], a[3], a[4], a[5]});
+            if (!rc) return rc.error();
+            return static_cast<long>(*rc);
+        });
 }
 
 }  // namespace liveio::inject

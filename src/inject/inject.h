@@ -39,9 +39,9 @@
 namespace liveio::inject {
 
 struct InjectOptions {
-    int max_attempts = 50;           // stops tried before giving up on finding a safe point
-    int release_after_ms = 500;      // call still running: let the other threads go
-    int call_timeout_ms = 10000;     // call still running: give up (the target keeps running it)
+    int max_attempts = 50;        // stops tried before giving up on finding a safe point
+    int release_after_ms = 500;   // call still running: let the other threads go
+    int call_timeout_ms = 10000;  // call still running: give up (the target keeps running it)
     // unload_library: besides the library's own mappings, anonymous executable memory counts as
     // the library's code (hook trampolines and stubs it generated jump back into it). Turn off
     // for targets that run JIT code of their own, or every stop may look unsafe.
@@ -67,7 +67,8 @@ struct InjectedLibrary {
 // dlopen(`so_path`, RTLD_NOW) in process `pid`. A relative `so_path` is made absolute against
 // our working directory. Loading the same library twice returns the same handle (dlopen's
 // reference count goes up); each successful call needs its own unload_library().
-Result<InjectedLibrary> inject_library(pid_t pid, const std::string& so_path, InjectStats* stats = nullptr,
+Result<InjectedLibrary> inject_library(pid_t pid, const std::string& so_path,
+                                       InjectStats* stats = nullptr,
                                        const InjectOptions& options = {});
 
 // dlclose(lib.handle) in the target, with the same stop / safe point / call protocol.
@@ -84,7 +85,8 @@ Result<void> unload_library(const InjectedLibrary& lib, InjectStats* stats = nul
 
 // Calls `symbol` of the injected library (found with dlsym in the target) with up to six
 // integer/pointer arguments and returns its rax. ENOENT when the symbol does not exist.
-Result<long> call_in_target(const InjectedLibrary& lib, const std::string& symbol, std::initializer_list<long> args,
-                            InjectStats* stats = nullptr, const InjectOptions& options = {});
+Result<long> call_in_target(const InjectedLibrary& lib, const std::string& symbol,
+                            std::initializer_list<long> args, InjectStats* stats = nullptr,
+                            const InjectOptions& options = {});
 
 }  // namespace liveio::inject

@@ -21,12 +21,14 @@ using nlohmann::json;
 template <typename T>
 Result<void> read_field(const json& j, const char* name, const char* where, T& out) {
     auto it = j.find(name);
-    if (it == j.end()) return make_error(EPROTO, fmt::format("{}: the agent's reply has no \"{}\"", where, name));
+    if (it == j.end())
+        return make_error(EPROTO, fmt::format("{}: the agent's reply has no \"{}\"", where, name));
     try {
         out = it->template get<T>();
     } catch (const json::exception&) {
-        return make_error(EPROTO, fmt::format("{}: \"{}\" in the agent's reply has the wrong type ({})", where,
-                                              name, it->dump()));
+        return make_error(
+            EPROTO, fmt::format("{}: \"{}\" in the agent's reply has the wrong type ({})", where,
+                                name, it->dump()));
     }
     return {};
 }
@@ -45,12 +47,14 @@ std::optional<T> optional_field(const json& j, const char* name) {
 }
 
 Result<MapInfo> parse_map(const json& j) {
-    if (!j.is_object()) return make_error(EPROTO, "bpf map description is not an object: " + j.dump());
+    if (!j.is_object())
+        return make_error(EPROTO, "bpf map description is not an object: " + j.dump());
     MapInfo m;
-    if (auto ok = first_error({read_field(j, "name", "map", m.name), read_field(j, "type", "map", m.type),
-                               read_field(j, "key_size", "map", m.key_size),
-                               read_field(j, "value_size", "map", m.value_size),
-                               read_field(j, "max_entries", "map", m.max_entries)});
+    if (auto ok =
+            first_error({read_field(j, "name", "map", m.name), read_field(j, "type", "map", m.type),
+                         read_field(j, "key_size", "map", m.key_size),
+                         read_field(j, "value_size", "map", m.value_size),
+                         read_field(j, "max_entries", "map", m.max_entries)});
         !ok)
         return ok.error();
     return m;
@@ -58,7 +62,8 @@ Result<MapInfo> parse_map(const json& j) {
 
 Result<std::vector<MapInfo>> parse_maps(const json& j) {
     auto arr = j.find("maps");
-    if (arr == j.end() || !arr->is_array()) return make_error(EPROTO, "the agent's reply has no \"maps\" array");
+    if (arr == j.end() || !arr->is_array())
+        return make_error(EPROTO, "the agent's reply has no \"maps\" array");
     std::vector<MapInfo> out;
     for (const auto& m : *arr) {
         auto parsed = parse_map(m);
@@ -71,15 +76,19 @@ Result<std::vector<MapInfo>> parse_maps(const json& j) {
 }  // namespace
 
 Result<ObjectInfo> parse_object(const json& j) {
-    if (!j.is_object()) return make_error(EPROTO, "bpf object description is not an object: " + j.dump());
+    if (!j.is_object())
+        return make_error(EPROTO, "bpf object description is not an object: " + j.dump());
     ObjectInfo o;
-    if (auto ok = first_error({read_field(j, "object", "bpf object", o.id), read_field(j, "name", "bpf object", o.name)});
+    if (auto ok = first_error({read_field(j, "object", "bpf object", o.id),
+                               read_field(j, "name", "bpf object", o.name)});
         !ok)
         return ok.error();
     auto progs = j.find("programs");
-    if (progs == j.end() || !progs->is_array()) return make_error(EPROTO, "bpf object: no \"programs\" array");
+    if (progs == j.end() || !progs->is_array())
+        return make_error(EPROTO, "bpf object: no \"programs\" array");
     for (const auto& p : *progs) {
-        if (!p.is_object()) return make_error(EPROTO, "bpf program description is not an object: " + p.dump());
+        if (!p.is_object())
+            return make_error(EPROTO, "bpf program description is not an object: " + p.dump());
         ProgramInfo info;
         if (auto ok = first_error({read_field(p, "name", "bpf program", info.name),
                                    read_field(p, "section", "bpf program", info.section),
@@ -101,8 +110,8 @@ Result<ObjectInfo> parse_object(const json& j) {
 Result<json> BpfClient::call(const std::string& cmd, json args, int timeout_ms) {
     auto r = client_.call(cmd, std::move(args), timeout_ms);
     if (!r && r.error().code == ENOSYS)
-        return make_error(ENOSYS, "the agent in the target has no BPF support (it does not know '" + cmd +
-                                      "'; attach a newer agent): " + r.error().message);
+        return make_error(ENOSYS, "the agent in the target has no BPF support (it does not know '" +
+                                      cmd + "'; attach a newer agent): " + r.error().message);
     return r;
 }
 
@@ -128,7 +137,8 @@ Result<std::vector<ObjectInfo>> BpfClient::list() {
     for (int fd : client_.take_fds()) ::close(fd);
     if (!r) return r.error();
     auto objs = r->find("objects");
-    if (objs == r->end() || !objs->is_array()) return make_error(EPROTO, "bpf.list: the reply has no \"objects\" array");
+    if (objs == r->end() || !objs->is_array())
+        return make_error(EPROTO, "bpf.list: the reply has no \"objects\" array");
     std::vector<ObjectInfo> out;
     for (const auto& o : *objs) {
         auto parsed = parse_object(o);
@@ -151,12 +161,15 @@ Result<std::vector<LiveMap>> BpfClient::maps(uint64_t object) {
     auto infos = parse_maps(*r);
     if (!infos) return infos.error();
     if (infos->size() != fds.size())
-        return make_error(EPROTO, fmt::format("bpf.maps: the agent described {} maps but passed {} descriptors",
-                                              infos->size(), fds.size()));
+        return make_error(
+            EPROTO, fmt::format("bpf.maps: the agent described {} maps but passed {} descriptors",
+                                infos->size(), fds.size()));
     std::vector<LiveMap> out;
     for (size_t i = 0; i < fds.size(); ++i) {
         auto map = ebpf::open_shared_map(fds[i]);
-        if (!map) return make_error(map.error().code, fmt::format("map '{}': {}", (*infos)[i].name, map.error().message));
+        if (!map)
+            return make_error(map.error().code,
+                              fmt::format("map '{}': {}", (*infos)[i].name, map.error().message));
         out.push_back({(*infos)[i], std::move(map).value()});
     }
     return out;
@@ -170,13 +183,16 @@ const LiveMap* find_map(const std::vector<LiveMap>& maps, std::string_view name)
 
 Result<std::string> builtin_bpf_dir() {
     if (const char* env = std::getenv("LIVEIO_BPF_DIR"); env && *env) {
-        if (!fs::is_directory(env)) return make_error(ENOENT, fmt::format("LIVEIO_BPF_DIR={} is not a directory", env));
+        if (!fs::is_directory(env))
+            return make_error(ENOENT, fmt::format("LIVEIO_BPF_DIR={} is not a directory", env));
         return fs::absolute(env).lexically_normal().string();
     }
     std::error_code ec;
     const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-    if (ec) return make_error(ENOENT, "cannot read /proc/self/exe to find the built-in BPF programs");
-    const fs::path candidates[] = {exe.parent_path() / "../../bpf", exe.parent_path() / "../lib/liveio/bpf"};
+    if (ec)
+        return make_error(ENOENT, "cannot read /proc/self/exe to find the built-in BPF programs");
+    const fs::path candidates[] = {exe.parent_path() / "../../bpf",
+                                   exe.parent_path() / "../lib/liveio/bpf"};
     for (const auto& dir : candidates)
         if (fs::exists(dir / kIoStatsObject, ec)) return fs::weakly_canonical(dir, ec).string();
     return make_error(ENOENT, fmt::format("cannot find the built-in BPF programs ({}) in {} or {} "
@@ -187,7 +203,8 @@ Result<std::string> builtin_bpf_dir() {
 
 Result<std::string> resolve_object_path(const std::string& name_or_path) {
     std::error_code ec;
-    const bool looks_like_path = name_or_path.find('/') != std::string::npos || fs::exists(name_or_path, ec);
+    const bool looks_like_path =
+        name_or_path.find('/') != std::string::npos || fs::exists(name_or_path, ec);
     fs::path path;
     if (looks_like_path) {
         path = fs::absolute(name_or_path).lexically_normal();
@@ -202,11 +219,13 @@ Result<std::string> resolve_object_path(const std::string& name_or_path) {
             for (const auto& e : fs::directory_iterator(*dir, ec))
                 if (e.path().string().ends_with(".bpf.o"))
                     known += (known.empty() ? "" : ", ") + e.path().filename().string();
-            return make_error(ENOENT, fmt::format("no built-in BPF object '{}' in {} (there are: {})", name_or_path,
-                                                  *dir, known.empty() ? "none" : known));
+            return make_error(ENOENT,
+                              fmt::format("no built-in BPF object '{}' in {} (there are: {})",
+                                          name_or_path, *dir, known.empty() ? "none" : known));
         }
     }
-    if (!fs::is_regular_file(path, ec)) return make_error(ENOENT, fmt::format("{}: no such file", path.string()));
+    if (!fs::is_regular_file(path, ec))
+        return make_error(ENOENT, fmt::format("{}: no such file", path.string()));
     if (::access(path.c_str(), R_OK) != 0)
         return make_error(EACCES, fmt::format("{}: not readable", path.string()));
     return path.string();
@@ -241,7 +260,8 @@ Result<GlobalLocation> find_global(const std::string& object_path, const std::st
             Elf_Scn* home = elf_getscn(elf, sym.st_shndx);
             GElf_Shdr home_sh;
             if (!home || !gelf_getshdr(home, &home_sh))
-                return make_error(EINVAL, fmt::format("{}: symbol '{}' is not in a section", object_path, symbol));
+                return make_error(EINVAL, fmt::format("{}: symbol '{}' is not in a section",
+                                                      object_path, symbol));
             const char* section = elf_strptr(elf, shstrndx, home_sh.sh_name);
             return GlobalLocation{section ? section : "", sym.st_value, sym.st_size};
         }

@@ -11,8 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "control/protocol.h"
 #include "base/result.h"
+#include "control/protocol.h"
 #include "ebpf/map.h"
 
 namespace liveio::observe {
@@ -60,7 +60,8 @@ public:
     Result<std::vector<LiveMap>> maps(uint64_t object);
 
 private:
-    Result<nlohmann::json> call(const std::string& cmd, nlohmann::json args, int timeout_ms = 30000);
+    Result<nlohmann::json> call(const std::string& cmd, nlohmann::json args,
+                                int timeout_ms = 30000);
     control::ControlClient& client_;
 };
 

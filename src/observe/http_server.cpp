@@ -11,8 +11,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <cstdlib>
 #include <charconv>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <utility>
@@ -74,8 +74,10 @@ std::string header_value(const std::string& head, std::string_view name) {
         if (end == std::string::npos || end == start) break;
         const std::string_view line(head.data() + start, end - start);
         const size_t colon = line.find(':');
-        if (colon == name.size() && std::equal(name.begin(), name.end(), line.begin(), [](char a, char b) {
-                return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+        if (colon == name.size() &&
+            std::equal(name.begin(), name.end(), line.begin(), [](char a, char b) {
+                return std::tolower(static_cast<unsigned char>(a)) ==
+                       std::tolower(static_cast<unsigned char>(b));
             })) {
             std::string_view v = line.substr(colon + 1);
             while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
@@ -109,7 +111,8 @@ Result<HttpServer> HttpServer::listen_unix(const std::string& path) {
     sockaddr_un sa{};
     sa.sun_family = AF_UNIX;
     if (path.empty() || path.size() >= sizeof sa.sun_path)
-        return make_error(ENAMETOOLONG, fmt::format("unix socket path '{}': 1 to {} bytes", path, sizeof sa.sun_path - 1));
+        return make_error(ENAMETOOLONG, fmt::format("unix socket path '{}': 1 to {} bytes", path,
+                                                    sizeof sa.sun_path - 1));
     std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
     const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return make_error(errno, fmt::format("socket: {}", std::strerror(errno)));
@@ -129,14 +132,16 @@ Result<HttpServer> HttpServer::listen_unix(const std::string& path) {
 }
 
 Result<bool> HttpServer::serve_any(const std::vector<HttpServer*>& servers, int timeout_ms,
-                                   const std::function<HttpReply(const HttpRequest&)>& handler, int wake_fd) {
+                                   const std::function<HttpReply(const HttpRequest&)>& handler,
+                                   int wake_fd) {
     std::vector<pollfd> p;
     for (HttpServer* s : servers) p.push_back({s->fd_, POLLIN, 0});
     if (wake_fd >= 0) p.push_back({wake_fd, POLLIN, 0});
     const int ready = ::poll(p.data(), p.size(), timeout_ms);
     if (ready < 0) {
         if (errno == EINTR) return false;
-        return make_error(errno, fmt::format("poll on the listening sockets: {}", std::strerror(errno)));
+        return make_error(errno,
+                          fmt::format("poll on the listening sockets: {}", std::strerror(errno)));
     }
     bool served = false;
     for (size_t i = 0; i < servers.size(); ++i) {
@@ -158,12 +163,15 @@ Result<HttpServer> HttpServer::listen(std::string_view address) {
     unsigned port = 0;
     auto [p, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
     if (ec != std::errc() || p != port_text.data() + port_text.size() || port > 65535)
-        return make_error(EINVAL, fmt::format("listen address '{}': bad port '{}'", address, port_text));
+        return make_error(EINVAL,
+                          fmt::format("listen address '{}': bad port '{}'", address, port_text));
     sockaddr_in sa{};
     sa.sin_family = AF_INET;
     sa.sin_port = htons(static_cast<uint16_t>(port));
     if (::inet_pton(AF_INET, host.c_str(), &sa.sin_addr) != 1)
-        return make_error(EINVAL, fmt::format("listen address '{}': '{}' is not a numeric IPv4 address", address, host));
+        return make_error(
+            EINVAL,
+            fmt::format("listen address '{}': '{}' is not a numeric IPv4 address", address, host));
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return make_error(errno, fmt::format("socket: {}", std::strerror(errno)));
     const int one = 1;
@@ -171,7 +179,8 @@ Result<HttpServer> HttpServer::listen(std::string_view address) {
     if (::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(fd, 64) != 0) {
         const int err = errno;
         ::close(fd);
-        return make_error(err, fmt::format("cannot listen on {}:{}: {}", host, port, std::strerror(err)));
+        return make_error(
+            err, fmt::format("cannot listen on {}:{}: {}", host, port, std::strerror(err)));
     }
     socklen_t len = sizeof sa;
     ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
@@ -203,13 +212,15 @@ HttpServer::~HttpServer() {
     if (fd_ >= 0 && unix_) ::unlink(host_.c_str());
 }
 
-Result<bool> HttpServer::serve_one(int timeout_ms, const std::function<HttpReply(const HttpRequest&)>& handler,
+Result<bool> HttpServer::serve_one(int timeout_ms,
+                                   const std::function<HttpReply(const HttpRequest&)>& handler,
                                    int wake_fd) {
     pollfd p[2] = {{fd_, POLLIN, 0}, {wake_fd, POLLIN, 0}};
     const int ready = ::poll(p, wake_fd >= 0 ? 2 : 1, timeout_ms);
     if (ready < 0) {
         if (errno == EINTR) return false;
-        return make_error(errno, fmt::format("poll on the listening socket: {}", std::strerror(errno)));
+        return make_error(errno,
+                          fmt::format("poll on the listening socket: {}", std::strerror(errno)));
     }
     if (ready == 0 || !(p[0].revents & POLLIN)) return false;
     const int conn = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
@@ -223,7 +234,8 @@ Result<bool> HttpServer::serve_one(int timeout_ms, const std::function<HttpReply
         const size_t eol = head->find("\r\n");
         const std::string line = head->substr(0, eol);
         const size_t sp1 = line.find(' '), sp2 = line.rfind(' ');
-        if (sp1 == std::string::npos || sp2 == sp1 || !line.substr(sp2 + 1).starts_with("HTTP/1.")) {
+        if (sp1 == std::string::npos || sp2 == sp1 ||
+            !line.substr(sp2 + 1).starts_with("HTTP/1.")) {
             reply = {400, "text/plain; charset=utf-8", "malformed request line\n"};
         } else {
             HttpRequest req{line.substr(0, sp1), line.substr(sp1 + 1, sp2 - sp1 - 1)};
@@ -237,12 +249,15 @@ Result<bool> HttpServer::serve_one(int timeout_ms, const std::function<HttpReply
             if (req.method == "POST" && allow_post_) {
                 const std::string length = header_value(*head, "Content-Length");
                 const size_t end = head->find("\r\n\r\n") + 4;
-                body = read_body(conn, head->substr(end), length.empty() ? 0 : std::strtoul(length.c_str(), nullptr, 10));
+                body = read_body(conn, head->substr(end),
+                                 length.empty() ? 0 : std::strtoul(length.c_str(), nullptr, 10));
             }
-            if (req.method != "GET" && req.method != "HEAD" && !(req.method == "POST" && allow_post_))
+            if (req.method != "GET" && req.method != "HEAD" &&
+                !(req.method == "POST" && allow_post_))
                 reply = {405, "text/plain; charset=utf-8", "only GET and HEAD are served\n"};
             else if (req.method == "POST" && !body)
-                reply = {400, "text/plain; charset=utf-8", "request body missing, incomplete or over 16 KiB\n"};
+                reply = {400, "text/plain; charset=utf-8",
+                         "request body missing, incomplete or over 16 KiB\n"};
             else {
                 if (body) req.body = std::move(*body);
                 reply = handler(req);
@@ -253,8 +268,9 @@ Result<bool> HttpServer::serve_one(int timeout_ms, const std::function<HttpReply
         ::close(conn);
         return true;
     }
-    const std::string head = fmt::format("HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                                         reply.status, reason(reply.status), reply.content_type, reply.body.size());
+    const std::string head = fmt::format(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        reply.status, reason(reply.status), reply.content_type, reply.body.size());
     if (send_all(conn, head)) send_all(conn, reply.body);
     ::close(conn);
     return true;

@@ -14,12 +14,12 @@
 namespace liveio::observe {
 
 struct HttpRequest {
-    std::string method;  // "GET"
-    std::string path;    // "/metrics" (query string removed)
-    std::string query;   // what followed '?' in the target, undecoded ("" none)
+    std::string method;         // "GET"
+    std::string path;           // "/metrics" (query string removed)
+    std::string query;          // what followed '?' in the target, undecoded ("" none)
     std::string authorization;  // the Authorization header's value ("" none)
-    std::string body;    // POST only (allow_post), at most 16 KiB
-    bool local = false;  // came over a unix socket (listen_unix), not TCP
+    std::string body;           // POST only (allow_post), at most 16 KiB
+    bool local = false;         // came over a unix socket (listen_unix), not TCP
 };
 
 struct HttpReply {
@@ -40,7 +40,8 @@ public:
     // Waits up to `timeout_ms` for a connection on any of `servers` and serves it like
     // serve_one; `wake_fd` as there.
     static Result<bool> serve_any(const std::vector<HttpServer*>& servers, int timeout_ms,
-                                  const std::function<HttpReply(const HttpRequest&)>& handler, int wake_fd = -1);
+                                  const std::function<HttpReply(const HttpRequest&)>& handler,
+                                  int wake_fd = -1);
 
     // POST requests (with a body) reach the handler; without it they get 405.
     void allow_post(bool allow) { allow_post_ = allow; }
@@ -59,7 +60,8 @@ public:
     // (malformed requests get 400 without calling it). Returns whether a connection came;
     // errors of one connection (client went away) are not errors of the server. The wait also
     // ends, with false, when `wake_fd` (if >= 0) becomes readable (e.g. a signalfd).
-    Result<bool> serve_one(int timeout_ms, const std::function<HttpReply(const HttpRequest&)>& handler,
+    Result<bool> serve_one(int timeout_ms,
+                           const std::function<HttpReply(const HttpRequest&)>& handler,
                            int wake_fd = -1);
 
 private:

@@ -18,7 +18,8 @@
 namespace liveio::observe {
 namespace {
 
-static_assert(LIVEIO_SIZE_SLOTS == LIVEIO_HIST_SLOTS, "SocketCounters keeps sizes beside latency histograms");
+static_assert(LIVEIO_SIZE_SLOTS == LIVEIO_HIST_SLOTS,
+              "SocketCounters keeps sizes beside latency histograms");
 
 uint64_t sub(uint64_t a, uint64_t b) { return a >= b ? a - b : 0; }
 
@@ -66,24 +67,27 @@ Result<std::string> parse_address(std::string_view hex) {
 
 Result<std::pair<std::string, uint16_t>> parse_endpoint(std::string_view text) {
     const size_t colon = text.find(':');
-    if (colon == std::string_view::npos) return make_error(EINVAL, fmt::format("bad endpoint '{}'", text));
+    if (colon == std::string_view::npos)
+        return make_error(EINVAL, fmt::format("bad endpoint '{}'", text));
     auto addr = parse_address(text.substr(0, colon));
     if (!addr) return addr.error();
     unsigned port = 0;
     std::istringstream in{std::string(text.substr(colon + 1))};
-    if (!(in >> std::hex >> port) || port > 65535) return make_error(EINVAL, fmt::format("bad port in '{}'", text));
+    if (!(in >> std::hex >> port) || port > 65535)
+        return make_error(EINVAL, fmt::format("bad port in '{}'", text));
     return std::make_pair(*addr, static_cast<uint16_t>(port));
 }
 
 std::string endpoint(const std::string& addr, uint16_t port) {
     if (addr.empty()) return "";
-    return addr.find(':') != std::string::npos ? fmt::format("[{}]:{}", addr, port) : fmt::format("{}:{}", addr, port);
+    return addr.find(':') != std::string::npos ? fmt::format("[{}]:{}", addr, port)
+                                               : fmt::format("{}:{}", addr, port);
 }
 
 uint64_t sockfs_dev() {
     static const uint64_t dev = [] {
         const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct stat st{};
+        struct stat st {};
         const bool ok = fd >= 0 && ::fstat(fd, &st) == 0;
         if (fd >= 0) ::close(fd);
         return ok ? static_cast<uint64_t>(st.st_dev) : 0;
@@ -116,9 +120,12 @@ SocketCounters delta(const SocketCounters& now, const SocketCounters& before) {
 Result<std::vector<SocketRow>> read_sockets(ebpf::Map& map) {
     const auto& s = map.spec();
     if (s.key_size != sizeof(uint64_t) || s.value_size != sizeof(liveio_socket_stats))
-        return make_error(EINVAL, fmt::format("map '{}' has {}-byte keys and {}-byte values; socket_stats has {}-byte keys and "
-                                              "{}-byte values (struct liveio_socket_stats)",
-                                              s.name, s.key_size, s.value_size, sizeof(uint64_t), sizeof(liveio_socket_stats)));
+        return make_error(
+            EINVAL,
+            fmt::format(
+                "map '{}' has {}-byte keys and {}-byte values; socket_stats has {}-byte keys and "
+                "{}-byte values (struct liveio_socket_stats)",
+                s.name, s.key_size, s.value_size, sizeof(uint64_t), sizeof(liveio_socket_stats)));
     std::vector<SocketRow> rows;
     uint64_t key = 0, next = 0;
     const void* prev = nullptr;
@@ -145,7 +152,9 @@ Result<std::map<uint64_t, TcpConnection>> parse_proc_net_tcp(const std::string& 
         std::istringstream f(line);
         std::string sl, local, remote, state, queues, timer, retr, uid, timeout;
         uint64_t inode = 0;
-        if (!(f >> sl >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode)) continue;
+        if (!(f >> sl >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >>
+              inode))
+            continue;
         if (inode == 0) continue;  // TIME_WAIT and other sockets without a file
         auto l = parse_endpoint(local);
         auto r = parse_endpoint(remote);
@@ -163,7 +172,9 @@ Result<std::map<uint64_t, TcpConnection>> tcp_connections(pid_t pid) {
         std::ifstream in(path);
         if (!in) {
             if (std::string(table) == "tcp6") continue;  // no IPv6 in this kernel
-            return make_error(errno ? errno : ENOENT, fmt::format("cannot read {}: {}", path, std::strerror(errno ? errno : ENOENT)));
+            return make_error(
+                errno ? errno : ENOENT,
+                fmt::format("cannot read {}: {}", path, std::strerror(errno ? errno : ENOENT)));
         }
         std::stringstream text;
         text << in.rdbuf();
@@ -187,7 +198,8 @@ std::vector<SocketSample> SocketPeers::resolve(const std::vector<SocketRow>& row
     if (unknown) {
         if (auto table = tcp_connections(pid_); table) {
             for (const auto& r : rows)
-                if (auto it = table->find(socket_inode(r.file_id)); it != table->end()) known_[r.file_id] = it->second;
+                if (auto it = table->find(socket_inode(r.file_id)); it != table->end())
+                    known_[r.file_id] = it->second;
         }
     }
     std::vector<SocketSample> out;
@@ -200,7 +212,11 @@ std::vector<SocketSample> SocketPeers::resolve(const std::vector<SocketRow>& row
 }
 
 nlohmann::json to_json(const Counters& c) {
-    return {{"calls", c.calls}, {"errors", c.errors}, {"bytes", c.bytes}, {"latency_ns", c.latency_ns}, {"hist", c.hist}};
+    return {{"calls", c.calls},
+            {"errors", c.errors},
+            {"bytes", c.bytes},
+            {"latency_ns", c.latency_ns},
+            {"hist", c.hist}};
 }
 
 Counters counters_from_json(const nlohmann::json& j) {
@@ -211,7 +227,8 @@ Counters counters_from_json(const nlohmann::json& j) {
     c.bytes = j.value("bytes", uint64_t{0});
     c.latency_ns = j.value("latency_ns", uint64_t{0});
     if (auto it = j.find("hist"); it != j.end() && it->is_array())
-        for (size_t i = 0; i < c.hist.size() && i < it->size(); ++i) c.hist[i] = (*it)[i].get<uint64_t>();
+        for (size_t i = 0; i < c.hist.size() && i < it->size(); ++i)
+            c.hist[i] = (*it)[i].get<uint64_t>();
     return c;
 }
 

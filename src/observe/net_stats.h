@@ -29,7 +29,7 @@ using SizeHistogram = std::array<uint64_t, LIVEIO_SIZE_SLOTS>;
 
 // Index of SocketCounters' arrays: enum liveio_io_direction.
 struct SocketCounters {
-    std::array<Counters, 3> dir{};        // other (connect, accept), receive, send
+    std::array<Counters, 3> dir{};         // other (connect, accept), receive, send
     std::array<SizeHistogram, 3> sizes{};  // message sizes of successful calls
 
     static SocketCounters from(const liveio_socket_stats& raw);
@@ -56,7 +56,7 @@ struct TcpConnection {
     std::string remote_addr;
     uint16_t remote_port = 0;
 
-    std::string local() const;   // "10.231.0.2:9000", "[::1]:9000"
+    std::string local() const;  // "10.231.0.2:9000", "[::1]:9000"
     std::string remote() const;
 };
 

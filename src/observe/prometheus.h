@@ -16,10 +16,10 @@
 //   liveio_target_up{pid,comm}                         gauge    1 if its maps were read
 #pragma once
 
+#include <sys/types.h>
 #include <map>
 #include <string>
 #include <string_view>
-#include <sys/types.h>
 #include <vector>
 
 #include "base/result.h"
@@ -30,10 +30,10 @@ namespace liveio::observe {
 
 struct ProcessMetrics {
     pid_t pid = 0;
-    std::string comm;      // /proc/PID/comm
-    bool up = false;       // false: the snapshot could not be read (error says why)
+    std::string comm;  // /proc/PID/comm
+    bool up = false;   // false: the snapshot could not be read (error says why)
     std::string error;
-    Snapshot snapshot;     // cumulative counters
+    Snapshot snapshot;                  // cumulative counters
     std::vector<SocketSample> sockets;  // cumulative, when net_stats is loaded
 };
 
@@ -60,7 +60,8 @@ struct PromExposition {
 
     // The value of the one sample with this name and (a superset of) these labels; an error
     // when there is none or several.
-    Result<double> value(std::string_view name, const std::map<std::string, std::string>& labels) const;
+    Result<double> value(std::string_view name,
+                         const std::map<std::string, std::string>& labels) const;
 };
 
 // Parses text format 0.0.4. Errors name the line: bad metric or label names, unterminated or

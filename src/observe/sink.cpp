@@ -19,15 +19,18 @@ bool valid_identifier(std::string_view s) {
     return true;
 }
 
-const char* kColumns[] = {"time",  "host",   "pid",   "comm",           "kind",    "name",   "direction", "interval_s",
-                          "calls", "errors", "bytes", "latency_sum_ns", "mean_ns", "p50_ns", "p99_ns",    "hist"};
+const char* kColumns[] = {"time",      "host",       "pid",    "comm",   "kind",  "name",
+                          "direction", "interval_s", "calls",  "errors", "bytes", "latency_sum_ns",
+                          "mean_ns",   "p50_ns",     "p99_ns", "hist"};
 
 }  // namespace
 
 Result<SinkTarget> parse_sink_url(std::string_view url) {
     constexpr std::string_view kScheme = "clickhouse://";
     const auto bad = [&](const std::string& why) {
-        return make_error(EINVAL, fmt::format("sink '{}': {} (expected clickhouse://HOST:PORT/db.table)", url, why));
+        return make_error(
+            EINVAL,
+            fmt::format("sink '{}': {} (expected clickhouse://HOST:PORT/db.table)", url, why));
     };
     if (!url.starts_with(kScheme)) return bad("unknown scheme");
     std::string_view rest = url.substr(kScheme.size());
@@ -60,33 +63,42 @@ Result<SinkTarget> parse_sink_url(std::string_view url) {
 
 std::string sink_create_table_sql(const SinkTarget& t) {
     return fmt::format(
-        "CREATE TABLE IF NOT EXISTS {} (time DateTime, host String, pid UInt32, comm String, kind String, "
-        "name String, direction String, interval_s Float64, calls UInt64, errors UInt64, bytes UInt64, "
-        "latency_sum_ns UInt64, mean_ns Float64, p50_ns Float64, p99_ns Float64, hist Array(UInt64)) "
-        "ENGINE = MergeTree() PARTITION BY toYYYYMM(time) ORDER BY (host, pid, kind, name, direction, time)",
+        "CREATE TABLE IF NOT EXISTS {} (time DateTime, host String, pid UInt32, comm String, kind "
+        "String, "
+        "name String, direction String, interval_s Float64, calls UInt64, errors UInt64, bytes "
+        "UInt64, "
+        "latency_sum_ns UInt64, mean_ns Float64, p50_ns Float64, p99_ns Float64, hist "
+        "Array(UInt64)) "
+        "ENGINE = MergeTree() PARTITION BY toYYYYMM(time) ORDER BY (host, pid, kind, name, "
+        "direction, time)",
         t.qualified());
 }
 
 std::string sink_rows_tsv(const SinkBatch& b) {
     if (!b.delta) return "";
     std::string out;
-    auto row = [&](std::string_view kind, std::string_view name, std::string_view direction, const Counters& c) {
+    auto row = [&](std::string_view kind, std::string_view name, std::string_view direction,
+                   const Counters& c) {
         const Rates r = rates(c, b.interval_s);
         std::string hist = "[";
-        for (size_t i = 0; i < c.hist.size(); ++i) hist += fmt::format("{}{}", i ? "," : "", c.hist[i]);
+        for (size_t i = 0; i < c.hist.size(); ++i)
+            hist += fmt::format("{}{}", i ? "," : "", c.hist[i]);
         hist += "]";
-        out += fmt::format("{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n", b.unix_time,
-                           clickhouse::tsv_escape(b.host), b.pid, clickhouse::tsv_escape(b.comm), kind,
-                           clickhouse::tsv_escape(name), direction, b.interval_s, c.calls, c.errors, c.bytes,
-                           c.latency_ns, r.mean_ns.value_or(0), r.p50_ns.value_or(0), r.p99_ns.value_or(0), hist);
+        out += fmt::format("{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+                           b.unix_time, clickhouse::tsv_escape(b.host), b.pid,
+                           clickhouse::tsv_escape(b.comm), kind, clickhouse::tsv_escape(name),
+                           direction, b.interval_s, c.calls, c.errors, c.bytes, c.latency_ns,
+                           r.mean_ns.value_or(0), r.p50_ns.value_or(0), r.p99_ns.value_or(0), hist);
     };
     for (const auto& s : b.delta->syscalls) row("syscall", s.name, "", s.counters);
-    for (const auto& c : b.delta->classes) row("class", class_name(c.file_class), direction_name(c.direction), c.counters);
+    for (const auto& c : b.delta->classes)
+        row("class", class_name(c.file_class), direction_name(c.direction), c.counters);
     if (b.sockets)
         for (const auto& s : *b.sockets)
             for (uint32_t dir = 0; dir < 3; ++dir)
                 if (!s.counters.dir[dir].empty())
-                    row("socket", s.connection.remote().empty() ? "closed" : s.connection.remote(), direction_name(dir), s.counters.dir[dir]);
+                    row("socket", s.connection.remote().empty() ? "closed" : s.connection.remote(),
+                        direction_name(dir), s.counters.dir[dir]);
     return out;
 }
 
@@ -108,10 +120,11 @@ Result<size_t> ClickHouseSink::write(const SinkBatch& batch) {
     const std::string rows = sink_rows_tsv(batch);
     if (rows.empty()) return size_t{0};
     const std::vector<std::string> columns(std::begin(kColumns), std::end(kColumns));
-    if (auto ok = client_.insert(target_.database + "." + target_.table, clickhouse::InsertFormat::TabSeparated,
-                                 rows, columns);
+    if (auto ok = client_.insert(target_.database + "." + target_.table,
+                                 clickhouse::InsertFormat::TabSeparated, rows, columns);
         !ok)
-        return make_error(ok.error().code, fmt::format("sink {}: {}", target_.qualified(), ok.error().message));
+        return make_error(ok.error().code,
+                          fmt::format("sink {}: {}", target_.qualified(), ok.error().message));
     return static_cast<size_t>(std::count(rows.begin(), rows.end(), '\n'));
 }
 

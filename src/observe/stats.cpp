@@ -71,7 +71,8 @@ std::optional<double> max_latency_bound_ns(const Histogram& hist, uint64_t laten
     return std::max(bound, top_low);
 }
 
-std::optional<double> percentile_ns(const Histogram& hist, double q, std::optional<uint64_t> latency_sum_ns) {
+std::optional<double> percentile_ns(const Histogram& hist, double q,
+                                    std::optional<uint64_t> latency_sum_ns) {
     uint64_t total = 0;
     for (uint64_t n : hist) total += n;
     if (total == 0) return std::nullopt;
@@ -88,7 +89,8 @@ std::optional<double> percentile_ns(const Histogram& hist, double q, std::option
             const auto high = slot_high_ns(i);
             const double low = static_cast<double>(slot_low_ns(i));
             if (!high) return low;
-            return std::min(low + (rank - below) / here * (static_cast<double>(*high) - low), bound);
+            return std::min(low + (rank - below) / here * (static_cast<double>(*high) - low),
+                            bound);
         }
         below += here;
     }
@@ -136,9 +138,10 @@ Snapshot delta(const Snapshot& now, const Snapshot& before) {
         if (!c.empty()) d.syscalls.push_back({row.nr, row.name, c});
     }
     for (const auto& row : now.classes) {
-        auto it = std::find_if(before.classes.begin(), before.classes.end(), [&](const ClassRow& b) {
-            return b.file_class == row.file_class && b.direction == row.direction;
-        });
+        auto it =
+            std::find_if(before.classes.begin(), before.classes.end(), [&](const ClassRow& b) {
+                return b.file_class == row.file_class && b.direction == row.direction;
+            });
         Counters c = it == before.classes.end() ? row.counters : delta(row.counters, it->counters);
         if (!c.empty()) d.classes.push_back({row.file_class, row.direction, c});
     }
@@ -150,13 +153,14 @@ namespace {
 Result<void> check_layout(const ebpf::Map& map) {
     const auto& s = map.spec();
     if (s.key_size != sizeof(uint32_t) || s.value_size != sizeof(liveio_io_stats))
-        return make_error(EINVAL, fmt::format("map '{}' has {}-byte keys and {}-byte values; io_stats maps have "
-                                              "{}-byte keys and {}-byte values (struct liveio_io_stats)",
-                                              s.name, s.key_size, s.value_size, sizeof(uint32_t),
-                                              sizeof(liveio_io_stats)));
+        return make_error(
+            EINVAL, fmt::format("map '{}' has {}-byte keys and {}-byte values; io_stats maps have "
+                                "{}-byte keys and {}-byte values (struct liveio_io_stats)",
+                                s.name, s.key_size, s.value_size, sizeof(uint32_t),
+                                sizeof(liveio_io_stats)));
     if (s.type != ebpf::MapType::Array)
-        return make_error(EINVAL, fmt::format("map '{}' is of type {}, io_stats maps are arrays", s.name,
-                                              static_cast<uint32_t>(s.type)));
+        return make_error(EINVAL, fmt::format("map '{}' is of type {}, io_stats maps are arrays",
+                                              s.name, static_cast<uint32_t>(s.type)));
     return {};
 }
 
@@ -167,8 +171,10 @@ Result<void> for_each_row(ebpf::Map& map, F&& fn) {
     liveio_io_stats raw;
     for (uint32_t key = 0; key < map.spec().max_entries; ++key) {
         if (const long rc = map.copy_value(&key, &raw); rc != 0)
-            return make_error(static_cast<int>(-rc), fmt::format("map '{}': reading element {} failed: {}",
-                                                                 map.spec().name, key, std::strerror(static_cast<int>(-rc))));
+            return make_error(
+                static_cast<int>(-rc),
+                fmt::format("map '{}': reading element {} failed: {}", map.spec().name, key,
+                            std::strerror(static_cast<int>(-rc))));
         if (raw.calls != 0) fn(key, Counters::from(raw));
     }
     return {};

@@ -84,7 +84,7 @@ struct ClassRow {
 
 // Everything io_stats counted in one process at one moment (or, after delta(), between two).
 struct Snapshot {
-    uint64_t time_ns = 0;  // CLOCK_MONOTONIC when read
+    uint64_t time_ns = 0;              // CLOCK_MONOTONIC when read
     std::vector<SyscallRow> syscalls;  // rows with calls > 0, by syscall number
     std::vector<ClassRow> classes;     // rows with calls > 0, by key
 

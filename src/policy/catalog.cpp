@@ -12,16 +12,19 @@ const KnobDef* PolicyDef::knob(std::string_view n) const {
     return nullptr;
 }
 
-Result<std::pair<const KnobDef*, uint64_t>> PolicyDef::parse_setting(std::string_view setting) const {
+Result<std::pair<const KnobDef*, uint64_t>> PolicyDef::parse_setting(
+    std::string_view setting) const {
     const size_t eq = setting.find('=');
     std::string names;
     for (const KnobDef& k : knobs) names += (names.empty() ? "" : ", ") + k.name;
     if (eq == std::string_view::npos || eq == 0)
-        return make_error(EINVAL, "expected KEY=VALUE for policy '" + name + "' (knobs: " + names + ")");
+        return make_error(EINVAL,
+                          "expected KEY=VALUE for policy '" + name + "' (knobs: " + names + ")");
     const KnobDef* k = knob(setting.substr(0, eq));
     if (k == nullptr)
-        return make_error(ENOENT, "policy '" + name + "' has no knob '" + std::string(setting.substr(0, eq)) +
-                                      "' (knobs: " + names + ")");
+        return make_error(ENOENT, "policy '" + name + "' has no knob '" +
+                                      std::string(setting.substr(0, eq)) + "' (knobs: " + names +
+                                      ")");
     const std::string_view text = setting.substr(eq + 1);
     uint64_t value = 0;
     int base = 10;
@@ -32,8 +35,9 @@ Result<std::pair<const KnobDef*, uint64_t>> PolicyDef::parse_setting(std::string
     }
     auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value, base);
     if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty())
-        return make_error(EINVAL, "knob '" + k->name + "' of policy '" + name + "' needs an unsigned integer, got '" +
-                                      std::string(text) + "'");
+        return make_error(EINVAL, "knob '" + k->name + "' of policy '" + name +
+                                      "' needs an unsigned integer, got '" + std::string(text) +
+                                      "'");
     return std::make_pair(k, value);
 }
 
@@ -48,12 +52,17 @@ const std::vector<PolicyDef>& catalog() {
              {"max_depth_kb", 2, 32768, "upper bound of the adapted depth (KiB)"},
              {"min_read", 3, 4096, "reads shorter than this (bytes) are ignored"},
              // ClickHouse glue: column files (*.bin) are the data files by default.
-             {"classes", 4, 1u << LIVEIO_CLASS_CH_BIN, "bit mask of file classes (1 << enum liveio_file_class)"},
-             {"adapt", 5, 1, "1: adapt the depth to hits, waste and latency feedback; 0: fixed depth"},
-             {"open_kb", 6, 1024, "a scanning thread's newly opened data file: prefetch its first KiB (0: off)"},
-             {"latency_pct", 7, 200, "recent action latency per MiB above this % of the lowest seen halves the depth"},
+             {"classes", 4, 1u << LIVEIO_CLASS_CH_BIN,
+              "bit mask of file classes (1 << enum liveio_file_class)"},
+             {"adapt", 5, 1,
+              "1: adapt the depth to hits, waste and latency feedback; 0: fixed depth"},
+             {"open_kb", 6, 1024,
+              "a scanning thread's newly opened data file: prefetch its first KiB (0: off)"},
+             {"latency_pct", 7, 200,
+              "recent action latency per MiB above this % of the lowest seen halves the depth"},
              {"adapt_reads", 8, 16, "reads (all streams) between two adaptations of the depth"},
-             {"budget_mb", kRuntimeKnob, 256, "bytes in flight on the I/O thread, all policies (MiB)"},
+             {"budget_mb", kRuntimeKnob, 256,
+              "bytes in flight on the I/O thread, all policies (MiB)"},
          }},
         {"marks",
          "policies/marks.bpf.o",
@@ -61,14 +70,17 @@ const std::vector<PolicyDef>& catalog() {
          "prefetching granule i of every other column of the part",
          {
              {"max_kb", 0, 1024, "most bytes prefetched per column and granule range (KiB)"},
-             {"budget_mb", kRuntimeKnob, 256, "bytes in flight on the I/O thread, all policies (MiB)"},
+             {"budget_mb", kRuntimeKnob, 256,
+              "bytes in flight on the I/O thread, all policies (MiB)"},
          }},
         {"uring",
          "policies/uring.bpf.o",
-         "blocking file and socket calls performed through per-thread io_uring rings (exact results)",
+         "blocking file and socket calls performed through per-thread io_uring rings (exact "
+         "results)",
          {
              {"classes", 0, ~uint64_t{0}, "bit mask of file classes whose calls are redirected"},
-             {"no_aio", 1, 0, "1: new Linux AIO contexts stay native (io_submit/io_getevents not translated)"},
+             {"no_aio", 1, 0,
+              "1: new Linux AIO contexts stay native (io_submit/io_getevents not translated)"},
          }},
     };
     return policies;

@@ -25,18 +25,27 @@ struct Counters {
     // liveio_policy_feedback reports, so a program sees the latency of now, not of its history.
     std::atomic<uint64_t> latency_recent_ns{0};
 
-    void add(std::atomic<uint64_t>& c, uint64_t n = 1) { c.fetch_add(n, std::memory_order_relaxed); }
-    static uint64_t get(const std::atomic<uint64_t>& c) { return c.load(std::memory_order_relaxed); }
+    void add(std::atomic<uint64_t>& c, uint64_t n = 1) {
+        c.fetch_add(n, std::memory_order_relaxed);
+    }
+    static uint64_t get(const std::atomic<uint64_t>& c) {
+        return c.load(std::memory_order_relaxed);
+    }
     uint64_t latency_avg_ns() const {
         const uint64_t n = get(latency_count);
         return n == 0 ? 0 : get(latency_ns_sum) / n;
     }
     nlohmann::json to_json() const {
-        return {{"actions", get(actions)},           {"issued_bytes", get(issued_bytes)},
-                {"used_bytes", get(used_bytes)},     {"wasted_bytes", get(wasted_bytes)},
-                {"inflight", get(inflight)},         {"drops", get(drops)},
-                {"errors", get(errors)},             {"fallbacks", get(fallbacks)},
-                {"completions", get(completions)},   {"latency_avg_ns", latency_avg_ns()},
+        return {{"actions", get(actions)},
+                {"issued_bytes", get(issued_bytes)},
+                {"used_bytes", get(used_bytes)},
+                {"wasted_bytes", get(wasted_bytes)},
+                {"inflight", get(inflight)},
+                {"drops", get(drops)},
+                {"errors", get(errors)},
+                {"fallbacks", get(fallbacks)},
+                {"completions", get(completions)},
+                {"latency_avg_ns", latency_avg_ns()},
                 {"latency_recent_ns", get(latency_recent_ns)}};
     }
 };

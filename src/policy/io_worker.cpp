@@ -48,25 +48,29 @@ uint64_t regular_file_id(int fd, uint64_t* size = nullptr) {
 struct IoWorker::Slot {
     bool busy = false;
     Action action;
-    uint64_t seq = 0;       // submission order, for barrier()
+    uint64_t seq = 0;  // submission order, for barrier()
     uint64_t file_id = 0;
     uint64_t start_ns = 0;
-    uint64_t bytes = 0;     // counted against the budget
-    int own_fd = -1;        // Read: the worker's descriptor of the file
-    char* buffer = nullptr; // Read: scratch
+    uint64_t bytes = 0;      // counted against the budget
+    int own_fd = -1;         // Read: the worker's descriptor of the file
+    char* buffer = nullptr;  // Read: scratch
 };
 
 Result<std::unique_ptr<IoWorker>> IoWorker::start(const Options& options, WorkerSink& sink) {
     std::unique_ptr<IoWorker> w(new IoWorker(options, sink));
-    w->event_fd_ = static_cast<int>(liveio::raw_syscall(SYS_eventfd2, 0, EFD_NONBLOCK | EFD_CLOEXEC));
-    if (w->event_fd_ < 0) return make_error(static_cast<int>(-w->event_fd_), "cannot create the I/O thread's eventfd");
+    w->event_fd_ =
+        static_cast<int>(liveio::raw_syscall(SYS_eventfd2, 0, EFD_NONBLOCK | EFD_CLOEXEC));
+    if (w->event_fd_ < 0)
+        return make_error(static_cast<int>(-w->event_fd_),
+                          "cannot create the I/O thread's eventfd");
     std::promise<Result<void>> started;
     auto ready = started.get_future();
     // The thread inherits this mask: the application's signals never run on it (only the
     // world stop, which inline patching needs, and faults stay deliverable).
     sigset_t all, old;
     sigfillset(&all);
-    for (int s : {hook::world_stop_signal(), SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP}) sigdelset(&all, s);
+    for (int s : {hook::world_stop_signal(), SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP})
+        sigdelset(&all, s);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     try {
         w->thread_ = std::thread([p = w.get(), &started] { p->run(&started); });
@@ -84,7 +88,10 @@ Result<std::unique_ptr<IoWorker>> IoWorker::start(const Options& options, Worker
 }
 
 IoWorker::IoWorker(const Options& options, WorkerSink& sink)
-    : options_(options), sink_(sink), queue_(options.queue_entries), budget_bytes_(options.budget_bytes) {}
+    : options_(options),
+      sink_(sink),
+      queue_(options.queue_entries),
+      budget_bytes_(options.budget_bytes) {}
 
 IoWorker::~IoWorker() {
     stop_.store(true, std::memory_order_seq_cst);
@@ -98,7 +105,9 @@ bool IoWorker::push(const Action& action) {
     // Pairs with the worker's store of sleeping_ then re-check of the queue: either it sees
     // this action, or this thread sees it asleep and wakes it.
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (sleeping_.load(std::memory_order_relaxed) && sleeping_.exchange(false, std::memory_order_relaxed)) wake();
+    if (sleeping_.load(std::memory_order_relaxed) &&
+        sleeping_.exchange(false, std::memory_order_relaxed))
+        wake();
     return true;
 }
 
@@ -131,7 +140,8 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     eo.force_fallback = options_.force_fallback;
     auto created = uring::Engine::create(eo);
     if (!created) {
-        started->set_value(make_error(created.error().code, "liveio-io: " + created.error().message));
+        started->set_value(
+            make_error(created.error().code, "liveio-io: " + created.error().message));
         return;
     }
     std::unique_ptr<uring::Engine> engine = std::move(created).value();
@@ -150,7 +160,8 @@ void IoWorker::run(std::promise<Result<void>>* started) {
 
     auto arm_event = [&] {
         if (event_armed) return;
-        if (engine->prepare(uring::Op::read(event_fd_, &event_value, sizeof event_value), kEventTag) == 0)
+        if (engine->prepare(uring::Op::read(event_fd_, &event_value, sizeof event_value),
+                            kEventTag) == 0)
             event_armed = true;
     };
     auto release = [&](unsigned index) {
@@ -165,9 +176,11 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     // Turns an action into a submitted op, or drops it.
     auto issue = [&](Action a) {
         if (stop_.load(std::memory_order_relaxed) || !sink_.admit(a)) return drop(a);
-        if (a.len == 0 || a.offset < 0 || a.len > kMaxActionBytes || (a.kind == Action::Kind::Read && a.len > (1u << 20)))
+        if (a.len == 0 || a.offset < 0 || a.len > kMaxActionBytes ||
+            (a.kind == Action::Kind::Read && a.len > (1u << 20)))
             return drop(a);
-        if (in_flight_bytes_.load(std::memory_order_relaxed) + a.len > budget_bytes_.load(std::memory_order_relaxed)) {
+        if (in_flight_bytes_.load(std::memory_order_relaxed) + a.len >
+            budget_bytes_.load(std::memory_order_relaxed)) {
             ++budget_drops;
             return drop(a);
         }
@@ -181,7 +194,8 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         // later is read by the target's own calls).
         if (a.kind == Action::Kind::Prefetch) {
             if (static_cast<uint64_t>(a.offset) >= size) return drop(a);
-            if (a.len > size - static_cast<uint64_t>(a.offset)) a.len = size - static_cast<uint64_t>(a.offset);
+            if (a.len > size - static_cast<uint64_t>(a.offset))
+                a.len = size - static_cast<uint64_t>(a.offset);
         }
         const unsigned index = free_slots.back();
         Slot& s = slots[index];
@@ -189,7 +203,8 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         s.file_id = file_id;
         uring::Op op;
         if (a.kind == Action::Kind::Prefetch) {
-            op = uring::Op::fadvise(a.fd, a.offset, static_cast<uint32_t>(a.len), POSIX_FADV_WILLNEED);
+            op = uring::Op::fadvise(a.fd, a.offset, static_cast<uint32_t>(a.len),
+                                    POSIX_FADV_WILLNEED);
         } else {
             // Our own descriptor: reading through the target's would race with its reuse
             // (a socket or pipe read consumes data), and checking the file is regular first
@@ -286,7 +301,8 @@ void IoWorker::run(std::promise<Result<void>>* started) {
             ++local_completed;
             const uint64_t latency = now_ns() - s.start_ns;
             const size_t got = s.buffer != nullptr && c.res > 0 ? static_cast<size_t>(c.res) : 0;
-            sink_.completed(s.action, s.file_id, c.res, std::span<const char>(s.buffer, got), latency);
+            sink_.completed(s.action, s.file_id, c.res, std::span<const char>(s.buffer, got),
+                            latency);
             release(index);
         }
     }

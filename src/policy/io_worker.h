@@ -30,8 +30,8 @@
 
 #include <atomic>
 #include <condition_variable>
-#include <future>
 #include <cstdint>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -51,7 +51,7 @@ struct Action {
     int32_t fd = -1;
     int64_t offset = 0;
     uint64_t len = 0;
-    uint64_t cookie = 0;      // Read: handed to the completion edge
+    uint64_t cookie = 0;  // Read: handed to the completion edge
 };
 
 // What the worker reports to its owner. Called on the worker thread only.
@@ -72,9 +72,9 @@ public:
 struct WorkerStats {
     uint64_t submitted = 0;
     uint64_t completed = 0;
-    uint64_t wakeups = 0;        // eventfd writes by producers
+    uint64_t wakeups = 0;  // eventfd writes by producers
     uint64_t budget_drops = 0;
-    uint64_t not_regular = 0;    // descriptor did not refer to a regular file
+    uint64_t not_regular = 0;  // descriptor did not refer to a regular file
 };
 
 class IoWorker {

@@ -22,7 +22,8 @@ public:
     // Called with (slot, bytes) for bytes used / wasted.
     using Account = std::function<void(uint8_t slot, uint64_t bytes, bool used)>;
 
-    PrefetchLedger(size_t max_ranges, Account account) : max_ranges_(max_ranges), account_(std::move(account)) {}
+    PrefetchLedger(size_t max_ranges, Account account)
+        : max_ranges_(max_ranges), account_(std::move(account)) {}
 
     void record(uint8_t slot, uint64_t file_id, uint64_t offset, uint64_t len);
     // A target read of [offset, offset + bytes) of `file_id` completed.

@@ -26,7 +26,8 @@ struct ReadData {
     const char* data;
     size_t len;
 };
-__attribute__((tls_model("initial-exec"))) thread_local ReadData t_read_data = {nullptr, nullptr, 0};
+__attribute__((tls_model("initial-exec"))) thread_local ReadData t_read_data = {nullptr, nullptr,
+                                                                                0};
 
 // Most ranges one liveio_prefetch_batch call queues.
 constexpr uint32_t kMaxBatch = 64;
@@ -37,14 +38,16 @@ Runtime::Slot* calling_slot(ebpf::ExecEnv* env) {
     return rt == nullptr || env == nullptr ? nullptr : rt->slot_of(env->program);
 }
 
-uint64_t h_prefetch(uint64_t fd, uint64_t offset, uint64_t len, uint64_t, uint64_t, ebpf::ExecEnv* env) {
+uint64_t h_prefetch(uint64_t fd, uint64_t offset, uint64_t len, uint64_t, uint64_t,
+                    ebpf::ExecEnv* env) {
     Runtime::Slot* slot = calling_slot(env);
     if (slot == nullptr) return static_cast<uint64_t>(-EPERM);
-    return static_cast<uint64_t>(Runtime::active()->queue(*slot, Action::Kind::Prefetch, static_cast<long>(fd),
-                                                          static_cast<long>(offset), len, 0));
+    return static_cast<uint64_t>(Runtime::active()->queue(
+        *slot, Action::Kind::Prefetch, static_cast<long>(fd), static_cast<long>(offset), len, 0));
 }
 
-uint64_t h_prefetch_batch(uint64_t ranges, uint64_t size, uint64_t, uint64_t, uint64_t, ebpf::ExecEnv* env) {
+uint64_t h_prefetch_batch(uint64_t ranges, uint64_t size, uint64_t, uint64_t, uint64_t,
+                          ebpf::ExecEnv* env) {
     Runtime::Slot* slot = calling_slot(env);
     if (slot == nullptr) return static_cast<uint64_t>(-EPERM);
     const auto* r = reinterpret_cast<const liveio_prefetch*>(ranges);
@@ -55,19 +58,25 @@ uint64_t h_prefetch_batch(uint64_t ranges, uint64_t size, uint64_t, uint64_t, ui
     for (uint64_t i = 0; i < n; ++i) {
         liveio_prefetch p;
         std::memcpy(&p, r + i, sizeof p);  // the verifier proved `size` readable, not aligned
-        const long rc = Runtime::active()->queue(*slot, Action::Kind::Prefetch, p.fd, p.offset, p.len, 0);
-        if (rc == 0) ++queued; else last_error = rc;
+        const long rc =
+            Runtime::active()->queue(*slot, Action::Kind::Prefetch, p.fd, p.offset, p.len, 0);
+        if (rc == 0)
+            ++queued;
+        else
+            last_error = rc;
     }
     return static_cast<uint64_t>(queued > 0 ? queued : last_error);
 }
 
-uint64_t h_read_async(uint64_t fd, uint64_t offset, uint64_t len, uint64_t cookie, uint64_t, ebpf::ExecEnv* env) {
+uint64_t h_read_async(uint64_t fd, uint64_t offset, uint64_t len, uint64_t cookie, uint64_t,
+                      ebpf::ExecEnv* env) {
     Runtime::Slot* slot = calling_slot(env);
     if (slot == nullptr) return static_cast<uint64_t>(-EPERM);
-    if (slot->completion.load(std::memory_order_acquire) == nullptr) return static_cast<uint64_t>(-ENOENT);
+    if (slot->completion.load(std::memory_order_acquire) == nullptr)
+        return static_cast<uint64_t>(-ENOENT);
     if (len == 0 || len > kMaxReadAsync) return static_cast<uint64_t>(-EINVAL);
-    return static_cast<uint64_t>(Runtime::active()->queue(*slot, Action::Kind::Read, static_cast<long>(fd),
-                                                          static_cast<long>(offset), len, cookie));
+    return static_cast<uint64_t>(Runtime::active()->queue(
+        *slot, Action::Kind::Read, static_cast<long>(fd), static_cast<long>(offset), len, cookie));
 }
 
 uint64_t h_redirect(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ebpf::ExecEnv* env) {
@@ -82,21 +91,24 @@ uint64_t h_redirect(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ebpf::Exec
 }
 
 uint64_t h_file_pos(uint64_t fd, uint64_t, uint64_t, uint64_t, uint64_t, ebpf::ExecEnv*) {
-    return static_cast<uint64_t>(liveio::raw_syscall(SYS_lseek, static_cast<long>(fd), 0, SEEK_CUR));
+    return static_cast<uint64_t>(
+        liveio::raw_syscall(SYS_lseek, static_cast<long>(fd), 0, SEEK_CUR));
 }
 
-uint64_t h_complete_load(uint64_t ctx, uint64_t offset, uint64_t dst, uint64_t len, uint64_t, ebpf::ExecEnv*) {
+uint64_t h_complete_load(uint64_t ctx, uint64_t offset, uint64_t dst, uint64_t len, uint64_t,
+                         ebpf::ExecEnv*) {
     Runtime* rt = Runtime::active();
     if (rt == nullptr) return static_cast<uint64_t>(-EINVAL);
     return static_cast<uint64_t>(rt->complete_load(reinterpret_cast<const void*>(ctx), offset,
                                                    reinterpret_cast<void*>(dst), len));
 }
 
-uint64_t h_io_load(uint64_t ctx, uint64_t offset, uint64_t dst, uint64_t len, uint64_t, ebpf::ExecEnv* env) {
+uint64_t h_io_load(uint64_t ctx, uint64_t offset, uint64_t dst, uint64_t len, uint64_t,
+                   ebpf::ExecEnv* env) {
     const ReadData& r = t_read_data;
     void* out = reinterpret_cast<void*>(dst);
-    if (calling_slot(env) == nullptr || r.ctx == nullptr || reinterpret_cast<const void*>(ctx) != r.ctx ||
-        offset > r.len || len > r.len - offset) {
+    if (calling_slot(env) == nullptr || r.ctx == nullptr ||
+        reinterpret_cast<const void*>(ctx) != r.ctx || offset > r.len || len > r.len - offset) {
         std::memset(out, 0, len);
         return static_cast<uint64_t>(-EINVAL);
     }
@@ -150,20 +162,28 @@ Result<void> Runtime::add_helpers(ebpf::HelperTable& table) {
         int32_t id;
         ebpf::HelperProto proto;
     } helpers[] = {
-        {LIVEIO_HELPER_PREFETCH, proto("liveio_prefetch", h_prefetch, {A::Scalar, A::Scalar, A::Scalar, A::None, A::None})},
+        {LIVEIO_HELPER_PREFETCH,
+         proto("liveio_prefetch", h_prefetch, {A::Scalar, A::Scalar, A::Scalar, A::None, A::None})},
         {LIVEIO_HELPER_PREFETCH_BATCH,
-         proto("liveio_prefetch_batch", h_prefetch_batch, {A::PtrToMem, A::ConstSize, A::None, A::None, A::None})},
-        {LIVEIO_HELPER_READ_ASYNC,
-         proto("liveio_read_async", h_read_async, {A::Scalar, A::Scalar, A::Scalar, A::Scalar, A::None})},
-        {LIVEIO_HELPER_REDIRECT, proto("liveio_redirect", h_redirect, {A::None, A::None, A::None, A::None, A::None})},
-        {LIVEIO_HELPER_FILE_POS, proto("liveio_file_pos", h_file_pos, {A::Scalar, A::None, A::None, A::None, A::None})},
+         proto("liveio_prefetch_batch", h_prefetch_batch,
+               {A::PtrToMem, A::ConstSize, A::None, A::None, A::None})},
+        {LIVEIO_HELPER_READ_ASYNC, proto("liveio_read_async", h_read_async,
+                                         {A::Scalar, A::Scalar, A::Scalar, A::Scalar, A::None})},
+        {LIVEIO_HELPER_REDIRECT,
+         proto("liveio_redirect", h_redirect, {A::None, A::None, A::None, A::None, A::None})},
+        {LIVEIO_HELPER_FILE_POS,
+         proto("liveio_file_pos", h_file_pos, {A::Scalar, A::None, A::None, A::None, A::None})},
         {LIVEIO_HELPER_COMPLETE_LOAD,
-         proto("liveio_complete_load", h_complete_load, {A::PtrToCtx, A::Scalar, A::PtrToUninitMem, A::ConstSize, A::None})},
+         proto("liveio_complete_load", h_complete_load,
+               {A::PtrToCtx, A::Scalar, A::PtrToUninitMem, A::ConstSize, A::None})},
         {LIVEIO_HELPER_FEEDBACK,
-         proto("liveio_policy_feedback", h_feedback, {A::PtrToUninitMem, A::ConstSize, A::None, A::None, A::None})},
-        {LIVEIO_HELPER_KNOB, proto("liveio_knob", h_knob, {A::Scalar, A::None, A::None, A::None, A::None})},
+         proto("liveio_policy_feedback", h_feedback,
+               {A::PtrToUninitMem, A::ConstSize, A::None, A::None, A::None})},
+        {LIVEIO_HELPER_KNOB,
+         proto("liveio_knob", h_knob, {A::Scalar, A::None, A::None, A::None, A::None})},
         {LIVEIO_HELPER_IO_LOAD,
-         proto("liveio_io_load", h_io_load, {A::PtrToCtx, A::Scalar, A::PtrToUninitMem, A::ConstSize, A::None})},
+         proto("liveio_io_load", h_io_load,
+               {A::PtrToCtx, A::Scalar, A::PtrToUninitMem, A::ConstSize, A::None})},
     };
     for (const auto& h : helpers)
         if (auto r = table.extend(h.id, h.proto); !r) return r.error();
@@ -202,17 +222,21 @@ Runtime::~Runtime() {
 
 Result<uint8_t> Runtime::enable(PolicySpec spec) {
     if (spec.programs.size() > kMaxPolicyPrograms)
-        return make_error(E2BIG, "policy '" + spec.name + "' has more than " + std::to_string(kMaxPolicyPrograms) + " programs");
+        return make_error(E2BIG, "policy '" + spec.name + "' has more than " +
+                                     std::to_string(kMaxPolicyPrograms) + " programs");
     if (spec.knobs.size() > kMaxKnobs)
-        return make_error(E2BIG, "policy '" + spec.name + "' has more than " + std::to_string(kMaxKnobs) + " knobs");
+        return make_error(E2BIG, "policy '" + spec.name + "' has more than " +
+                                     std::to_string(kMaxKnobs) + " knobs");
     std::lock_guard lock(mu_);
     for (Slot& s : slots_)
-        if (s.on.load() && s.name == spec.name) return make_error(EEXIST, "policy '" + spec.name + "' is already on");
+        if (s.on.load() && s.name == spec.name)
+            return make_error(EEXIST, "policy '" + spec.name + "' is already on");
     for (Slot& s : slots_) {
         if (s.on.load() || !s.name.empty()) continue;
         s.name = spec.name;
         for (size_t i = 0; i < kMaxPolicyPrograms; ++i)
-            s.programs[i].store(i < spec.programs.size() ? spec.programs[i] : nullptr, std::memory_order_relaxed);
+            s.programs[i].store(i < spec.programs.size() ? spec.programs[i] : nullptr,
+                                std::memory_order_relaxed);
         for (size_t i = 0; i < kMaxKnobs; ++i)
             s.knobs[i].store(i < spec.knobs.size() ? spec.knobs[i] : 0, std::memory_order_relaxed);
         s.completion.store(spec.completion, std::memory_order_relaxed);
@@ -223,7 +247,8 @@ Result<uint8_t> Runtime::enable(PolicySpec spec) {
         s.on.store(true, std::memory_order_release);
         return s.index;
     }
-    return make_error(ENOSPC, "no free policy slot (" + std::to_string(kMaxPolicies) + " policies at most)");
+    return make_error(
+        ENOSPC, "no free policy slot (" + std::to_string(kMaxPolicies) + " policies at most)");
 }
 
 Result<void> Runtime::disable(uint8_t index) {
@@ -248,8 +273,10 @@ Result<void> Runtime::disable(uint8_t index) {
 }
 
 Result<void> Runtime::set_knob(uint8_t index, unsigned knob, uint64_t value) {
-    if (index >= kMaxPolicies || !slots_[index].on.load()) return make_error(ENOENT, "policy slot is off");
-    if (knob >= kMaxKnobs) return make_error(EINVAL, "knob index " + std::to_string(knob) + " out of range");
+    if (index >= kMaxPolicies || !slots_[index].on.load())
+        return make_error(ENOENT, "policy slot is off");
+    if (knob >= kMaxKnobs)
+        return make_error(EINVAL, "knob index " + std::to_string(knob) + " out of range");
     slots_[index].knobs[knob].store(value, std::memory_order_relaxed);
     return {};
 }
@@ -299,7 +326,8 @@ Runtime::Slot* Runtime::slot_of(const ebpf::Program* program) {
     return nullptr;
 }
 
-long Runtime::queue(Slot& slot, Action::Kind kind, long fd, long offset, uint64_t len, uint64_t cookie) {
+long Runtime::queue(Slot& slot, Action::Kind kind, long fd, long offset, uint64_t len,
+                    uint64_t cookie) {
     if (fd < 0 || fd > INT32_MAX || len == 0) return -EINVAL;
     // Announce, then re-check `on` (seq_cst on both sides with disable's store and wait).
     slot.queuing.fetch_add(1, std::memory_order_seq_cst);
@@ -334,7 +362,8 @@ long Runtime::queue(Slot& slot, Action::Kind kind, long fd, long offset, uint64_
 
 bool Runtime::admit(const Action& a) {
     const Slot& s = slots_[a.slot];
-    return s.on.load(std::memory_order_acquire) && s.generation.load(std::memory_order_acquire) == a.generation;
+    return s.on.load(std::memory_order_acquire) &&
+           s.generation.load(std::memory_order_acquire) == a.generation;
 }
 
 void Runtime::dropped(const Action& a) {
@@ -349,14 +378,16 @@ void Runtime::issued(const Action& a, uint64_t file_id) {
     ledger_.record(a.slot, file_id, static_cast<uint64_t>(a.offset), a.len);
 }
 
-void Runtime::completed(const Action& a, uint64_t file_id, int32_t res, std::span<const char> data, uint64_t latency_ns) {
+void Runtime::completed(const Action& a, uint64_t file_id, int32_t res, std::span<const char> data,
+                        uint64_t latency_ns) {
     Slot& s = slots_[a.slot];
     Counters& c = s.counters;
     c.add(c.latency_ns_sum, latency_ns);
     c.add(c.latency_count);
     // Completions run on the one liveio-io thread: a load and a store suffice.
     const uint64_t recent = Counters::get(c.latency_recent_ns);
-    c.latency_recent_ns.store(recent == 0 ? latency_ns : recent - recent / 8 + latency_ns / 8, std::memory_order_relaxed);
+    c.latency_recent_ns.store(recent == 0 ? latency_ns : recent - recent / 8 + latency_ns / 8,
+                              std::memory_order_relaxed);
     // A prefetch names the target's descriptor; the target may close it after the action was
     // checked and before io_uring ran the advice. That is the target's right, not a failure:
     // counted as dropped, like an action the queue could not take.
@@ -390,7 +421,8 @@ void Runtime::completed(const Action& a, uint64_t file_id, int32_t res, std::spa
 long Runtime::complete_load(const void* ctx, uint64_t offset, void* dst, uint64_t len) const {
     const Frame* f = frame_.load(std::memory_order_acquire);
     // Only the program running the current completion, on the I/O thread, sees a frame.
-    if (f == nullptr || ctx != &f->ctx || offset > f->data.size() || len > f->data.size() - offset) {
+    if (f == nullptr || ctx != &f->ctx || offset > f->data.size() ||
+        len > f->data.size() - offset) {
         std::memset(dst, 0, len);
         return -EINVAL;
     }

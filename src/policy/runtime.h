@@ -79,7 +79,7 @@ public:
     };
     struct PolicySpec {
         std::string name;
-        std::vector<const ebpf::Program*> programs;  // every program of its object
+        std::vector<const ebpf::Program*> programs;    // every program of its object
         const ebpf::Executable* completion = nullptr;  // its liveio/io_complete program
         ebpf::Runtime* services = nullptr;             // maps, trace log for the completion edge
         std::vector<uint64_t> knobs;                   // by index (liveio_knob)
@@ -109,7 +109,9 @@ public:
     PrefetchLedger& ledger() { return ledger_; }
 
     // Target threads, after a read of a regular file returned `bytes` > 0 at `offset`.
-    void observe_read(uint64_t file_id, uint64_t offset, uint64_t bytes) { ledger_.observe(file_id, offset, bytes); }
+    void observe_read(uint64_t file_id, uint64_t offset, uint64_t bytes) {
+        ledger_.observe(file_id, offset, bytes);
+    }
     bool tracks(uint64_t file_id) const { return ledger_.tracks(file_id); }
 
     // The redirect executor slot (null: none). The Redirector must outlive its installation.
@@ -119,7 +121,9 @@ public:
     // call (clears the request). `slot` receives the asking policy.
     static bool take_redirect(uint8_t& slot);
     // The call asked for was not redirected after all (the executor declined).
-    void count_fallback(uint8_t slot) { slots_[slot].counters.add(slots_[slot].counters.fallbacks); }
+    void count_fallback(uint8_t slot) {
+        slots_[slot].counters.add(slots_[slot].counters.fallbacks);
+    }
 
     // WorkerSink (the I/O thread)
     bool admit(const Action& action) override;

@@ -54,20 +54,24 @@ bool read_user(void* dst, long src, size_t len) {
     if (len == 0) return true;
     iovec local{dst, len};
     iovec remote{reinterpret_cast<void*>(src), len};
-    return raw_syscall(SYS_process_vm_readv, raw_syscall(SYS_getpid), reinterpret_cast<long>(&local), 1,
-                       reinterpret_cast<long>(&remote), 1, 0) == static_cast<long>(len);
+    return raw_syscall(SYS_process_vm_readv, raw_syscall(SYS_getpid),
+                       reinterpret_cast<long>(&local), 1, reinterpret_cast<long>(&remote), 1,
+                       0) == static_cast<long>(len);
 }
 
 bool write_user(long dst, const void* src, size_t len) {
     if (len == 0) return true;
     iovec local{const_cast<void*>(src), len};
     iovec remote{reinterpret_cast<void*>(dst), len};
-    return raw_syscall(SYS_process_vm_writev, raw_syscall(SYS_getpid), reinterpret_cast<long>(&local), 1,
-                       reinterpret_cast<long>(&remote), 1, 0) == static_cast<long>(len);
+    return raw_syscall(SYS_process_vm_writev, raw_syscall(SYS_getpid),
+                       reinterpret_cast<long>(&local), 1, reinterpret_cast<long>(&remote), 1,
+                       0) == static_cast<long>(len);
 }
 
-long futex(std::atomic<uint32_t>* word, int op, uint32_t value, const timespec* ts = nullptr, uint32_t mask = 0) {
-    return raw_syscall(SYS_futex, reinterpret_cast<long>(word), op, value, reinterpret_cast<long>(ts), 0, mask);
+long futex(std::atomic<uint32_t>* word, int op, uint32_t value, const timespec* ts = nullptr,
+           uint32_t mask = 0) {
+    return raw_syscall(SYS_futex, reinterpret_cast<long>(word), op, value,
+                       reinterpret_cast<long>(ts), 0, mask);
 }
 
 void wake_all(std::atomic<uint32_t>* word) { futex(word, FUTEX_WAKE_PRIVATE, INT_MAX); }
@@ -93,11 +97,11 @@ long wait_until(std::atomic<uint32_t>& word, uint32_t value, int64_t deadline_ns
 
 struct AioBridge::Context {
     uint64_t id = 0;
-    long nr_events = 0;          // as given to io_setup
+    long nr_events = 0;  // as given to io_setup
     std::mutex mu;
-    std::deque<io_event> done;   // completed, not yet taken by the target
-    long pending = 0;            // submitted to io_uring (or about to be), not completed
-    long native_outstanding = 0; // native ops submitted on this context, not yet taken
+    std::deque<io_event> done;    // completed, not yet taken by the target
+    long pending = 0;             // submitted to io_uring (or about to be), not completed
+    long native_outstanding = 0;  // native ops submitted on this context, not yet taken
     // Adopted: created before the policy was on, so native ops submitted before may still
     // complete: its waits always poll the kernel's ring too.
     bool adopted = false;
@@ -107,23 +111,24 @@ struct AioBridge::Context {
 struct AioBridge::Request {
     struct Item {
         uring::Op op;
-        io_event event{};  // data and obj; res at completion
-        bool wait = false; // buffered: io_submit returns after it completed
+        io_event event{};   // data and obj; res at completion
+        bool wait = false;  // buffered: io_submit returns after it completed
     };
     std::shared_ptr<Context> ctx;
     std::vector<Item> items;
-    std::atomic<uint32_t> state{0};      // 0 queued, 1 submitted, 2 refused
-    std::atomic<uint32_t> waiting{0};    // buffered items not completed yet
+    std::atomic<uint32_t> state{0};    // 0 queued, 1 submitted, 2 refused
+    std::atomic<uint32_t> waiting{0};  // buffered items not completed yet
     Request* next = nullptr;
 };
 
 bool AioBridge::is_aio_call(long nr) {
-    return nr == SYS_io_setup || nr == SYS_io_submit || nr == SYS_io_getevents || nr == SYS_io_pgetevents ||
-           nr == SYS_io_destroy;
+    return nr == SYS_io_setup || nr == SYS_io_submit || nr == SYS_io_getevents ||
+           nr == SYS_io_pgetevents || nr == SYS_io_destroy;
 }
 
 AioBridge::AioBridge() {
-    long page = raw_syscall(SYS_mmap, 0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    long page =
+        raw_syscall(SYS_mmap, 0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (page < 0 && page > -4096) return;
     if (raw_syscall(SYS_madvise, page, 4096, MADV_WIPEONFORK) != 0) {
         raw_syscall(SYS_munmap, page, 4096);
@@ -152,7 +157,8 @@ std::shared_ptr<AioBridge::Context> AioBridge::find(uint64_t id) {
     return it == contexts_.end() ? nullptr : it->second;
 }
 
-bool AioBridge::execute(const hook::SyscallCall& call, hook::SyscallResult& result, FallbackReason& why) {
+bool AioBridge::execute(const hook::SyscallCall& call, hook::SyscallResult& result,
+                        FallbackReason& why) {
     why = FallbackReason::AioUntracked;
     if (fork_guard_ == nullptr || *fork_guard_ == 0 || !is_aio_call(call.nr)) return false;
     if (call.nr == SYS_io_setup) {
@@ -172,7 +178,8 @@ bool AioBridge::execute(const hook::SyscallCall& call, hook::SyscallResult& resu
         case SYS_io_destroy: result = destroy(ctx, id); break;
         default: return false;
     }
-    if (taken && (call.nr == SYS_io_getevents || call.nr == SYS_io_pgetevents)) stat_getevents_.fetch_add(1, std::memory_order_relaxed);
+    if (taken && (call.nr == SYS_io_getevents || call.nr == SYS_io_pgetevents))
+        stat_getevents_.fetch_add(1, std::memory_order_relaxed);
     return taken;
 }
 
@@ -183,7 +190,9 @@ bool AioBridge::execute(const hook::SyscallCall& call, hook::SyscallResult& resu
 std::shared_ptr<AioBridge::Context> AioBridge::adopt(uint64_t id) {
     if (draining_.load(std::memory_order_acquire) || !start_thread()) return nullptr;
     KernelAioRing ring{};
-    if (!read_user(&ring, static_cast<long>(id), sizeof ring) || ring.magic != kAioRingMagic || ring.nr < 2) return nullptr;
+    if (!read_user(&ring, static_cast<long>(id), sizeof ring) || ring.magic != kAioRingMagic ||
+        ring.nr < 2)
+        return nullptr;
     auto ctx = std::make_shared<Context>();
     ctx->id = id;
     ctx->nr_events = ring.nr / 2;
@@ -223,8 +232,10 @@ bool AioBridge::start_thread() {
     // The thread takes no signal meant for the target (the world-stop and fault signals stay).
     sigset_t all, old;
     sigfillset(&all);
-    for (int s : {hook::world_stop_signal(), SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP}) sigdelset(&all, s);
-    raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&all), reinterpret_cast<long>(&old), 8);
+    for (int s : {hook::world_stop_signal(), SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP})
+        sigdelset(&all, s);
+    raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&all),
+                reinterpret_cast<long>(&old), 8);
     std::atomic<uint32_t> ready{0};
     try {
         thread_ = std::thread([this, &ready] {
@@ -277,7 +288,8 @@ void AioBridge::run(uring::Engine& engine) {
     bool wake_armed = false;
     std::vector<uring::Completion> done(ring_entries_ + 1);
     for (;;) {
-        if (!wake_armed && engine.prepare(uring::Op::read(wake_fd_, &wake_value, sizeof wake_value), kWakeTag) == 0)
+        if (!wake_armed && engine.prepare(uring::Op::read(wake_fd_, &wake_value, sizeof wake_value),
+                                          kWakeTag) == 0)
             wake_armed = true;
         Request* list;
         {
@@ -325,17 +337,21 @@ void AioBridge::run(uring::Engine& engine) {
             }
             s.ctx->seq.fetch_add(1, std::memory_order_release);
             wake_all(&s.ctx->seq);
-            if (s.waiter != nullptr && s.waiter->waiting.fetch_sub(1, std::memory_order_acq_rel) == 1)
+            if (s.waiter != nullptr &&
+                s.waiter->waiting.fetch_sub(1, std::memory_order_acq_rel) == 1)
                 wake_all(&s.waiter->waiting);
             s = Slot{};
             free_slots.push_back(static_cast<unsigned>(done[i].tag));
         }
-        if (n == 0 && engine.hard_error() != 0 && free_slots.size() == ring_entries_ && stop_.load()) break;
+        if (n == 0 && engine.hard_error() != 0 && free_slots.size() == ring_entries_ &&
+            stop_.load())
+            break;
     }
     // The armed wake read completes when the ring is destroyed with the engine.
 }
 
-long AioBridge::submit(Context& ctx, const hook::SyscallCall& call, bool& taken, FallbackReason& why) {
+long AioBridge::submit(Context& ctx, const hook::SyscallCall& call, bool& taken,
+                       FallbackReason& why) {
     const long nr = call.args[1];
     const long iocbpp = call.args[2];
     auto native = [&] {
@@ -364,7 +380,8 @@ long AioBridge::submit(Context& ctx, const hook::SyscallCall& call, bool& taken,
         const int fd = static_cast<int>(cb.aio_fildes);
         const long fl = raw_syscall(SYS_fcntl, fd, F_GETFL);
         struct stat st {};
-        if (fl < 0 || (fl & O_PATH) || raw_syscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0 || !S_ISREG(st.st_mode))
+        if (fl < 0 || (fl & O_PATH) ||
+            raw_syscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0 || !S_ISREG(st.st_mode))
             return native();
         const int acc = static_cast<int>(fl & O_ACCMODE);
         Request::Item& item = req.items[static_cast<size_t>(i)];
@@ -377,27 +394,31 @@ long AioBridge::submit(Context& ctx, const hook::SyscallCall& call, bool& taken,
                 const bool write = cb.aio_lio_opcode == IOCB_CMD_PWRITE;
                 if (write ? acc == O_RDONLY : acc == O_WRONLY) return native();
                 if (cb.aio_nbytes > kMaxRwCount || cb.aio_offset < 0 ||
-                    static_cast<uint64_t>(cb.aio_offset) > static_cast<uint64_t>(LLONG_MAX) - cb.aio_nbytes ||
+                    static_cast<uint64_t>(cb.aio_offset) >
+                        static_cast<uint64_t>(LLONG_MAX) - cb.aio_nbytes ||
                     cb.aio_buf > kUserTop || cb.aio_nbytes > kUserTop - cb.aio_buf)
                     return native();
                 if (write) {
                     // Past RLIMIT_FSIZE the kernel signals SIGXFSZ to the writing thread: the
                     // target's natively, the liveio-aio thread's here.
                     if (!fsize_known) {
-                        raw_syscall(SYS_prlimit64, 0, RLIMIT_FSIZE, 0, reinterpret_cast<long>(&fsize));
+                        raw_syscall(SYS_prlimit64, 0, RLIMIT_FSIZE, 0,
+                                    reinterpret_cast<long>(&fsize));
                         fsize_known = true;
                     }
                     if (fsize.rlim_cur != RLIM_INFINITY) return native();
                 }
                 void* buf = reinterpret_cast<void*>(cb.aio_buf);
                 const auto len = static_cast<uint32_t>(cb.aio_nbytes);
-                item.op = write ? uring::Op::write(fd, buf, len, cb.aio_offset) : uring::Op::read(fd, buf, len, cb.aio_offset);
+                item.op = write ? uring::Op::write(fd, buf, len, cb.aio_offset)
+                                : uring::Op::read(fd, buf, len, cb.aio_offset);
                 break;
             }
             case IOCB_CMD_FSYNC:
             case IOCB_CMD_FDSYNC:
                 if (cb.aio_buf != 0 || cb.aio_offset != 0 || cb.aio_nbytes != 0) return native();
-                item.op = cb.aio_lio_opcode == IOCB_CMD_FSYNC ? uring::Op::fsync(fd) : uring::Op::fdatasync(fd);
+                item.op = cb.aio_lio_opcode == IOCB_CMD_FSYNC ? uring::Op::fsync(fd)
+                                                              : uring::Op::fdatasync(fd);
                 break;
             default: return native();
         }
@@ -406,10 +427,12 @@ long AioBridge::submit(Context& ctx, const hook::SyscallCall& call, bool& taken,
     // The kernel writes aio_key = KIOCB_KEY (0) into every iocb it accepts.
     const uint32_t key = 0;
     for (long i = 0; i < nr; ++i)
-        if (!write_user(ptrs[i] + static_cast<long>(offsetof(iocb, aio_key)), &key, sizeof key)) return native();
+        if (!write_user(ptrs[i] + static_cast<long>(offsetof(iocb, aio_key)), &key, sizeof key))
+            return native();
     {
         std::lock_guard lock(ctx.mu);
-        const long in_use = ctx.pending + static_cast<long>(ctx.done.size()) + ctx.native_outstanding;
+        const long in_use =
+            ctx.pending + static_cast<long>(ctx.done.size()) + ctx.native_outstanding;
         if (in_use + nr > ctx.nr_events) {
             // The kernel's own limit is at least nr_events: whether it would refuse is its call.
             return native();
@@ -437,14 +460,16 @@ long AioBridge::submit(Context& ctx, const hook::SyscallCall& call, bool& taken,
         return native();
     }
     // Native AIO on a buffered file performs the I/O inside io_submit.
-    for (uint32_t w; (w = req.waiting.load(std::memory_order_acquire)) != 0;) wait_while(req.waiting, w);
+    for (uint32_t w; (w = req.waiting.load(std::memory_order_acquire)) != 0;)
+        wait_while(req.waiting, w);
     stat_submits_.fetch_add(1, std::memory_order_relaxed);
     stat_ops_.fetch_add(static_cast<uint64_t>(nr), std::memory_order_relaxed);
     taken = true;
     return nr;
 }
 
-long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with_sigmask, bool& taken) {
+long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with_sigmask,
+                          bool& taken) {
     const long min_nr = call.args[1];
     const long nr = call.args[2];
     const long events = call.args[3];
@@ -453,7 +478,8 @@ long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with
         long sigmask;
         unsigned long sigsetsize;
     } usig{};
-    if (with_sigmask && call.args[5] != 0 && !read_user(&usig, call.args[5], sizeof usig)) return -EFAULT;
+    if (with_sigmask && call.args[5] != 0 && !read_user(&usig, call.args[5], sizeof usig))
+        return -EFAULT;
     timespec ts{};
     if (timeout != 0 && !read_user(&ts, timeout, sizeof ts)) return -EFAULT;
     sigset_t mask{}, old{};
@@ -466,14 +492,17 @@ long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with
     int64_t deadline = -1;  // none
     bool once = false;
     if (timeout != 0) {
-        const int64_t ns = ts.tv_sec > INT64_MAX / 1000000000 - 1 ? INT64_MAX / 2
-                                                                   : static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+        const int64_t ns = ts.tv_sec > INT64_MAX / 1000000000 - 1
+                               ? INT64_MAX / 2
+                               : static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
         if (ns <= 0)
             once = true;
         else
             deadline = mono_ns() + ns;
     }
-    if (masked) raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&mask), reinterpret_cast<long>(&old), 8);
+    if (masked)
+        raw_syscall(SYS_rt_sigprocmask, SIG_SETMASK, reinterpret_cast<long>(&mask),
+                    reinterpret_cast<long>(&old), 8);
     long count = 0;
     long count_before = 0;
     int64_t slice = kMinSliceNs;
@@ -484,7 +513,8 @@ long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with
         long pending, native_out;
         {
             std::lock_guard lock(ctx.mu);
-            if (closing_.load(std::memory_order_seq_cst) && count == 0 && ctx.pending == 0 && ctx.done.empty()) {
+            if (closing_.load(std::memory_order_seq_cst) && count == 0 && ctx.pending == 0 &&
+                ctx.done.empty()) {
                 taken = false;  // only native ops can complete: the caller runs the call natively
                 break;
             }
@@ -509,10 +539,12 @@ long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with
         if (native_out > 0 && count < nr) {
             timespec zero{0, 0};
             const long r = raw_syscall(SYS_io_getevents, ctx.id, 0, nr - count,
-                                       events + count * static_cast<long>(sizeof(io_event)), reinterpret_cast<long>(&zero));
+                                       events + count * static_cast<long>(sizeof(io_event)),
+                                       reinterpret_cast<long>(&zero));
             if (r > 0) {
                 std::lock_guard lock(ctx.mu);
-                ctx.native_outstanding = std::max(0l, ctx.native_outstanding - r);  // adopted: earlier ops too
+                ctx.native_outstanding =
+                    std::max(0l, ctx.native_outstanding - r);  // adopted: earlier ops too
                 count += r;
             } else if (r < 0 && count == 0) {
                 result = r;
@@ -527,7 +559,9 @@ long AioBridge::getevents(Context& ctx, const hook::SyscallCall& call, bool with
         // them in the kernel, with what is left of the timeout.
         if (pending == 0 && native_out > 0 && draining_.load(std::memory_order_acquire)) {
             timespec left{};
-            if (deadline >= 0) left = {static_cast<time_t>((deadline - now) / 1000000000), static_cast<long>((deadline - now) % 1000000000)};
+            if (deadline >= 0)
+                left = {static_cast<time_t>((deadline - now) / 1000000000),
+                        static_cast<long>((deadline - now) % 1000000000)};
             const long r = raw_syscall(SYS_io_getevents, ctx.id, min_nr - count, nr - count,
                                        events + count * static_cast<long>(sizeof(io_event)),
                                        deadline >= 0 ? reinterpret_cast<long>(&left) : 0);
@@ -576,7 +610,8 @@ long AioBridge::destroy(const std::shared_ptr<Context>& ctx, uint64_t id) {
         {
             std::lock_guard lock(ctx->mu);
             if (ctx->pending == 0) {
-                outstanding_.fetch_sub(static_cast<uint32_t>(ctx->done.size()), std::memory_order_acq_rel);
+                outstanding_.fetch_sub(static_cast<uint32_t>(ctx->done.size()),
+                                       std::memory_order_acq_rel);
                 ctx->done.clear();
                 break;
             }

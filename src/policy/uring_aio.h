@@ -41,10 +41,10 @@
 // non-blocking native io_getevents between waits for its own, in slices from 1 ms doubling
 // to 64 ms while nothing arrives (a native event can be seen up to a slice late; a
 // translated one wakes the waiter at once). Only while draining, when no new op can be
-// translated, does a waiter with nothing translated pending block in the kernel itself. Events go to the target's array with
-// process_vm_writev: an unwritable array is -EFAULT (or the count written before), the events
-// stay queued, as in the kernel. io_pgetevents applies its signal mask around the wait with
-// rt_sigprocmask (not atomically, unlike the kernel).
+// translated, does a waiter with nothing translated pending block in the kernel itself. Events go
+// to the target's array with process_vm_writev: an unwritable array is -EFAULT (or the count
+// written before), the events stay queued, as in the kernel. io_pgetevents applies its signal mask
+// around the wait with rt_sigprocmask (not atomically, unlike the kernel).
 //
 // io_destroy: waits until the context's translated ops have completed (the kernel's
 // io_destroy waits for its in-flight I/O too), forgets its undelivered events, then runs
@@ -87,11 +87,11 @@ struct AioStats {
     uint64_t contexts_tracked = 0;  // io_setup calls whose context the bridge tracks
     uint64_t contexts_adopted = 0;  // contexts created before, tracked from an io_submit on
     uint64_t contexts_live = 0;
-    uint64_t submits = 0;           // io_submit calls translated
-    uint64_t ops = 0;               // iocbs run through io_uring
-    uint64_t events = 0;            // translated events delivered to io_getevents
-    uint64_t native_submits = 0;    // io_submit calls on tracked contexts left native
-    uint64_t getevents = 0;         // io_getevents/io_pgetevents answered by the bridge
+    uint64_t submits = 0;         // io_submit calls translated
+    uint64_t ops = 0;             // iocbs run through io_uring
+    uint64_t events = 0;          // translated events delivered to io_getevents
+    uint64_t native_submits = 0;  // io_submit calls on tracked contexts left native
+    uint64_t getevents = 0;       // io_getevents/io_pgetevents answered by the bridge
 };
 
 class AioBridge {
@@ -142,8 +142,8 @@ private:
     uint32_t ring_entries_ = 256;
     std::thread thread_;
     volatile uint64_t* fork_guard_ = nullptr;  // MADV_WIPEONFORK: 0 in a fork child
-    std::atomic<uint64_t> stat_adopted_{0}, stat_tracked_{0}, stat_submits_{0}, stat_ops_{0}, stat_events_{0},
-        stat_native_submits_{0}, stat_getevents_{0};
+    std::atomic<uint64_t> stat_adopted_{0}, stat_tracked_{0}, stat_submits_{0}, stat_ops_{0},
+        stat_events_{0}, stat_native_submits_{0}, stat_getevents_{0};
 };
 
 }  // namespace liveio::policy

@@ -18,7 +18,9 @@ public:
         if (!r) return r.error();
         return std::unique_ptr<UringExecutor>(new UringExecutor(std::move(r).value()));
     }
-    bool run(hook::CallFrame& frame) override { return redirect_->execute(frame.call, frame.result); }
+    bool run(hook::CallFrame& frame) override {
+        return redirect_->execute(frame.call, frame.result);
+    }
     UringRedirect& redirect() { return *redirect_; }
 
 private:

@@ -45,7 +45,7 @@ struct Plan {
     Kind kind = Kind::Read;
     bool vectored = false;
     bool positioned = false;  // pread/pwrite/preadv/pwritev
-    uint64_t bytes = 0;  // requested (non-vectored); vectored ops sum their iovecs when needed
+    uint64_t bytes = 0;       // requested (non-vectored); vectored ops sum their iovecs when needed
 };
 
 void bump(std::atomic<uint64_t>& counter) {
@@ -77,8 +77,9 @@ bool make_plan(const hook::SyscallCall& call, const UringRedirectOptions& option
                 return false;
             }
             const auto* iov = reinterpret_cast<const iovec*>(a[1]);
-            plan.op = kind == Kind::Read ? uring::Op::readv(fd, iov, static_cast<unsigned>(iovcnt), off)
-                                         : uring::Op::writev(fd, iov, static_cast<unsigned>(iovcnt), off);
+            plan.op = kind == Kind::Read
+                          ? uring::Op::readv(fd, iov, static_cast<unsigned>(iovcnt), off)
+                          : uring::Op::writev(fd, iov, static_cast<unsigned>(iovcnt), off);
             return true;
         }
         const uint64_t len = static_cast<uint64_t>(a[2]);
@@ -96,7 +97,8 @@ bool make_plan(const hook::SyscallCall& call, const UringRedirectOptions& option
         case SYS_read: return rw(Kind::Read, false, false, -1);
         case SYS_pread64: return rw(Kind::Read, true, false, a[3]);
         case SYS_readv: return rw(Kind::Read, false, true, -1);
-        case SYS_preadv: return rw(Kind::Read, true, true, a[3]);  // x86-64: pos_l is the whole offset
+        case SYS_preadv:
+            return rw(Kind::Read, true, true, a[3]);  // x86-64: pos_l is the whole offset
         case SYS_write: return rw(Kind::Write, false, false, -1);
         case SYS_pwrite64: return rw(Kind::Write, true, false, a[3]);
         case SYS_writev: return rw(Kind::Write, false, true, -1);
@@ -185,7 +187,9 @@ pid_t this_tid() { return static_cast<pid_t>(raw_syscall(SYS_gettid)); }
 // Errors of a completed op that the ring's own machinery can produce (io-wq refusing work,
 // memory for the request, a cancelled request) or that a device reports: the op transferred
 // nothing, so running the call natively gives the native result.
-bool ring_may_differ(int32_t res) { return res == -EIO || res == -ENOMEM || res == -EAGAIN || res == -ECANCELED; }
+bool ring_may_differ(int32_t res) {
+    return res == -EIO || res == -ENOMEM || res == -EAGAIN || res == -ECANCELED;
+}
 
 }  // namespace
 
@@ -196,7 +200,7 @@ struct alignas(64) UringRedirect::Slot {
     bool failed = false;              // ring creation failed: native for this registry's life
     int eventfd = -1;
     std::unique_ptr<uring::Engine> engine;
-    std::vector<iovec> iov_rest;      // remainder of a vectored stream write
+    std::vector<iovec> iov_rest;  // remainder of a vectored stream write
     // Written by the owner only (a load and a store), read by stats().
     std::atomic<uint64_t> redirected{0};
     std::atomic<uint64_t> interrupted{0};
@@ -279,16 +283,21 @@ UringRedirect::UringRedirect(const UringRedirectOptions& options) : options_(opt
 
 Result<std::unique_ptr<UringRedirect>> UringRedirect::create(const UringRedirectOptions& options) {
     if (options.max_threads == 0 || options.ring_entries < 2)
-        return make_error(EINVAL, "uring redirect: max_threads >= 1 and ring_entries >= 2 required");
+        return make_error(EINVAL,
+                          "uring redirect: max_threads >= 1 and ring_entries >= 2 required");
     std::unique_ptr<UringRedirect> r(new UringRedirect(options));
     r->serial_ = g_next_serial.fetch_add(1, std::memory_order_relaxed);
     r->slots_.reset(new Slot[options.max_threads]);
-    long page = raw_syscall(SYS_mmap, 0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (page < 0 && page > -4096) return make_error(static_cast<int>(-page), "uring redirect: mmap of the fork guard page failed");
+    long page =
+        raw_syscall(SYS_mmap, 0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page < 0 && page > -4096)
+        return make_error(static_cast<int>(-page),
+                          "uring redirect: mmap of the fork guard page failed");
     long advised = raw_syscall(SYS_madvise, page, 4096, MADV_WIPEONFORK);
     if (advised != 0) {
         raw_syscall(SYS_munmap, page, 4096);
-        return make_error(static_cast<int>(-advised), "uring redirect: MADV_WIPEONFORK refused (kernel < 4.14)");
+        return make_error(static_cast<int>(-advised),
+                          "uring redirect: MADV_WIPEONFORK refused (kernel < 4.14)");
     }
     r->fork_guard_ = reinterpret_cast<volatile uint64_t*>(page);
     *r->fork_guard_ = 1;
@@ -336,7 +345,10 @@ UringRedirect::Slot* UringRedirect::claim_slot() {
     // an op in flight, so only while the thread waits inside execute(), in a read(2) the kernel
     // restarts; shutdown() destroys rings from another thread, which needs no single issuer.
     ring.single_issuer = false;
-    auto engine = efd >= 0 ? uring::Engine::create(ring) : Result<std::unique_ptr<uring::Engine>>(make_error(static_cast<int>(-efd), "eventfd"));
+    auto engine =
+        efd >= 0
+            ? uring::Engine::create(ring)
+            : Result<std::unique_ptr<uring::Engine>>(make_error(static_cast<int>(-efd), "eventfd"));
     if (engine.ok() && (*engine)->backend() == uring::BackendKind::Uring &&
         (*engine)->register_eventfd(static_cast<int>(efd)).ok()) {
         slot->engine = std::move(*engine);
@@ -444,7 +456,8 @@ namespace {
 // the call must run natively (nothing was transferred) with `why`.
 class CallRun {
 public:
-    CallRun(UringRedirect::Slot& slot, uring::Engine& engine, const Plan& plan, const std::atomic<bool>& closing)
+    CallRun(UringRedirect::Slot& slot, uring::Engine& engine, const Plan& plan,
+            const std::atomic<bool>& closing)
         : slot_(slot), engine_(engine), plan_(plan), closing_(closing) {}
 
     bool run(hook::SyscallResult& result, FallbackReason& why);
@@ -462,16 +475,17 @@ private:
     const Plan& plan_;
     const std::atomic<bool>& closing_;
     uring::Op op_;
-    uint64_t done_ = 0;       // bytes written by earlier parts of a stream write
-    bool checked_ = false;    // O_NONBLOCK / socket timeout looked at for this call
-    bool stream_ = false;     // known to be a blocking pipe/socket/char device write
+    uint64_t done_ = 0;     // bytes written by earlier parts of a stream write
+    bool checked_ = false;  // O_NONBLOCK / socket timeout looked at for this call
+    bool stream_ = false;   // known to be a blocking pipe/socket/char device write
 };
 
 uint64_t CallRun::requested() const {
     if (!plan_.vectored) return plan_.bytes;
     uint64_t total = 0;
     const auto* iov = static_cast<const iovec*>(plan_.op.buf);
-    for (uint64_t i = 0; i < plan_.op.len; ++i) total += iov[i].iov_len;  // read by the kernel already
+    for (uint64_t i = 0; i < plan_.op.len; ++i)
+        total += iov[i].iov_len;  // read by the kernel already
     return total;
 }
 
@@ -503,9 +517,7 @@ bool CallRun::run(hook::SyscallResult& result, FallbackReason& why) {
             switch (wait_pending(res, why)) {
                 case Wait::Done: break;
                 case Wait::Native: return false;
-                case Wait::Partial:
-                    result = static_cast<long>(done_);
-                    return true;
+                case Wait::Partial: result = static_cast<long>(done_); return true;
             }
         }
         if (res < 0 && done_ == 0 && ring_may_differ(res)) {
@@ -525,7 +537,8 @@ bool CallRun::run(hook::SyscallResult& result, FallbackReason& why) {
 // A short read of a regular file or block device before its end: set up the remainder and
 // return true (the native read returns fewer bytes only at end of file).
 bool CallRun::continue_read(int32_t res) {
-    if (plan_.kind != Kind::Read || plan_.op.code == uring::OpCode::Recvmsg || res <= 0) return false;
+    if (plan_.kind != Kind::Read || plan_.op.code == uring::OpCode::Recvmsg || res <= 0)
+        return false;
     const uint64_t total = done_ + static_cast<uint64_t>(res);
     if (total >= requested() || !uninterruptible(op_.fd)) return false;
     done_ = total;
@@ -543,8 +556,10 @@ void CallRun::advance_op(Kind kind) {
         slot_.iov_rest.assign(iov, iov + plan_.op.len);
         uint64_t skip = done_;
         size_t first = 0;
-        while (first < slot_.iov_rest.size() && skip >= slot_.iov_rest[first].iov_len) skip -= slot_.iov_rest[first++].iov_len;
-        slot_.iov_rest.erase(slot_.iov_rest.begin(), slot_.iov_rest.begin() + static_cast<long>(first));
+        while (first < slot_.iov_rest.size() && skip >= slot_.iov_rest[first].iov_len)
+            skip -= slot_.iov_rest[first++].iov_len;
+        slot_.iov_rest.erase(slot_.iov_rest.begin(),
+                             slot_.iov_rest.begin() + static_cast<long>(first));
         slot_.iov_rest[0].iov_base = static_cast<char*>(slot_.iov_rest[0].iov_base) + skip;
         slot_.iov_rest[0].iov_len -= skip;
         const auto n = static_cast<unsigned>(slot_.iov_rest.size());
@@ -553,8 +568,11 @@ void CallRun::advance_op(Kind kind) {
     } else {
         char* base = static_cast<char*>(plan_.op.buf) + done_;
         const auto rest = static_cast<uint32_t>(requested() - done_);
-        if (kind == Kind::Send) op_ = uring::Op::send(op_.fd, base, rest, plan_.op.flags);
-        else op_ = read ? uring::Op::read(op_.fd, base, rest, offset) : uring::Op::write(op_.fd, base, rest, offset);
+        if (kind == Kind::Send)
+            op_ = uring::Op::send(op_.fd, base, rest, plan_.op.flags);
+        else
+            op_ = read ? uring::Op::read(op_.fd, base, rest, offset)
+                       : uring::Op::write(op_.fd, base, rest, offset);
     }
 }
 
@@ -609,7 +627,8 @@ CallRun::Wait CallRun::wait_pending(int32_t& res, FallbackReason& why) {
             // A partial stream write ends at any handled signal (-ERESTARTNOHAND).
             pollfd p{slot_.eventfd, POLLIN, 0};
             r = raw_syscall(SYS_ppoll, reinterpret_cast<long>(&p), 1, 0, 0, 0);
-            if (r > 0) raw_syscall(SYS_read, slot_.eventfd, reinterpret_cast<long>(&count), sizeof(count));
+            if (r > 0)
+                raw_syscall(SYS_read, slot_.eventfd, reinterpret_cast<long>(&count), sizeof(count));
         }
         engine_.get_events();
         uring::Completion c[1];
@@ -658,13 +677,16 @@ bool UringRedirect::execute(hook::SyscallCall& call, hook::SyscallResult& result
     FallbackReason why = FallbackReason::NotRedirected;
     if (!make_plan(call, options_, plan, why))
         return fallback(t_cache.serial == serial_ ? t_cache.slot : nullptr, why);
-    if (closing_.load(std::memory_order_relaxed)) return fallback(nullptr, FallbackReason::Disabled);
+    if (closing_.load(std::memory_order_relaxed))
+        return fallback(nullptr, FallbackReason::Disabled);
     if (*fork_guard_ == 0) return fallback(nullptr, FallbackReason::Forked);
     Slot* slot = this_thread_slot();
     if (slot == nullptr) return fallback(nullptr, FallbackReason::NoEngine);
     if (slot->failed) return fallback(slot, FallbackReason::NoEngine);
-    if (plan.positioned && !positions_honoured(plan.op.fd)) return fallback(slot, FallbackReason::Unseekable);
-    if (slot->busy.load(std::memory_order_relaxed)) return fallback(slot, FallbackReason::Reentrant);
+    if (plan.positioned && !positions_honoured(plan.op.fd))
+        return fallback(slot, FallbackReason::Unseekable);
+    if (slot->busy.load(std::memory_order_relaxed))
+        return fallback(slot, FallbackReason::Reentrant);
     slot->busy.store(true, std::memory_order_relaxed);
     std::atomic_signal_fence(std::memory_order_seq_cst);
     slot->inside.store(1, std::memory_order_seq_cst);

@@ -116,7 +116,7 @@ class Engine;
 namespace liveio::policy {
 class AioBridge;
 struct AioStats;
-}
+}  // namespace liveio::policy
 
 namespace liveio::policy {
 
@@ -124,37 +124,39 @@ enum class FallbackReason : uint8_t {
     NotRedirected,  // a call this executor does not redirect
     Disabled,       // Options::position_calls = false, or the registry is shutting down
     NoEngine,       // this thread's ring could not be created, or no slot was free
-    Arguments,      // arguments whose io_uring meaning differs (negative offset, huge length, address)
-    Flags,          // MSG_WAITALL, preadv2/pwritev2 with RWF_* flags
+    Arguments,  // arguments whose io_uring meaning differs (negative offset, huge length, address)
+    Flags,      // MSG_WAITALL, preadv2/pwritev2 with RWF_* flags
     Nonblocking,    // O_NONBLOCK descriptor whose op would have waited
     SocketTimeout,  // SO_RCVTIMEO / SO_SNDTIMEO set on a socket whose op would have waited
     Reentrant,      // the thread is already inside execute() (signal handler)
     Forked,         // a fork child reaching its parent's rings
-    Unseekable,     // a positioned call on a descriptor that is not a regular file, block device or directory
+    Unseekable,     // a positioned call on a descriptor that is not a regular file, block device or
+                    // directory
     EngineError,    // the ring refused the submission
-    CompletionError,  // the op failed with an error the ring can cause where the native call need not
-    AioUntracked,   // an AIO call on a context created before the policy was on (or while draining)
-    AioIocb,        // io_submit with an iocb the translation does not take: run natively, counted
+    CompletionError,  // the op failed with an error the ring can cause where the native call need
+                      // not
+    AioUntracked,  // an AIO call on a context created before the policy was on (or while draining)
+    AioIocb,       // io_submit with an iocb the translation does not take: run natively, counted
     Count,
 };
 
 const char* fallback_reason_name(FallbackReason reason);
 
 struct UringRedirectOptions {
-    unsigned ring_entries = 8;     // SQ entries per thread ring (one op in flight, plus its cancel)
-    unsigned max_threads = 1024;   // engine slots; more threads run natively
-    bool position_calls = true;    // redirect read/readv/write/writev (see the f_pos_lock rule)
+    unsigned ring_entries = 8;    // SQ entries per thread ring (one op in flight, plus its cancel)
+    unsigned max_threads = 1024;  // engine slots; more threads run natively
+    bool position_calls = true;   // redirect read/readv/write/writev (see the f_pos_lock rule)
 };
 
 struct UringRedirectStats {
-    uint64_t redirected = 0;          // calls answered through io_uring
-    uint64_t fallbacks = 0;           // sum of by_reason
+    uint64_t redirected = 0;  // calls answered through io_uring
+    uint64_t fallbacks = 0;   // sum of by_reason
     uint64_t by_reason[static_cast<int>(FallbackReason::Count)] = {};
-    uint64_t interrupted = 0;         // redirected calls that returned -EINTR
-    uint64_t write_continuations = 0; // remainders submitted for short stream writes
+    uint64_t interrupted = 0;          // redirected calls that returned -EINTR
+    uint64_t write_continuations = 0;  // remainders submitted for short stream writes
     uint64_t engines_created = 0;
-    uint64_t engine_failures = 0;     // threads left native because their ring failed
-    uint64_t engines_destroyed = 0;   // rings of exited threads reclaimed, and all at shutdown
+    uint64_t engine_failures = 0;    // threads left native because their ring failed
+    uint64_t engines_destroyed = 0;  // rings of exited threads reclaimed, and all at shutdown
     uint64_t engines_live = 0;
     // Linux AIO translated to io_uring (uring_aio.h)
     uint64_t aio_contexts = 0;        // contexts tracked since the start (created or adopted)
@@ -205,8 +207,8 @@ private:
     std::unique_ptr<Slot[]> slots_;
     std::atomic<bool> closing_{false};
     volatile uint64_t* fork_guard_ = nullptr;  // MADV_WIPEONFORK page: 0 in a fork child
-    mutable std::mutex mutex_;                 // claiming and reclaiming slots, stats of reclaimed slots
-    UringRedirectStats retired_;               // counters of reclaimed slots
+    mutable std::mutex mutex_;    // claiming and reclaiming slots, stats of reclaimed slots
+    UringRedirectStats retired_;  // counters of reclaimed slots
     std::unique_ptr<AioBridge> aio_;
     std::atomic<uint64_t> unslotted_fallbacks_[static_cast<int>(FallbackReason::Count)] = {};
 };

@@ -25,8 +25,8 @@
 // * Retries the caller never sees: EINTR/EAGAIN/EBUSY from io_uring_enter are retried (EBUSY
 //   after draining the CQ); -EAGAIN completions of file reads/writes are resubmitted (bounded by
 //   kMaxEagainRetries, then reported); `Op::whole()` resubmits short reads/writes/sends/recvs
-//   for the remainder (the result is the total, or the error if nothing was transferred). Ops inside a
-//   chain are never resubmitted: the kernel already cancelled their successors.
+//   for the remainder (the result is the total, or the error if nothing was transferred). Ops
+//   inside a chain are never resubmitted: the kernel already cancelled their successors.
 // * CQ overflow: by default max_inflight equals the CQ size, so the engine never has more
 //   completions outstanding than the CQ holds (multishot ops aside). When the kernel does park
 //   completions in its overflow list (IORING_SQ_CQ_OVERFLOW, NODROP kernels) the engine flushes
@@ -100,17 +100,23 @@ struct Op {
     bool fixed_file = false;  // `fd` is an index into register_files()
     bool all = false;         // resubmit short reads/writes/sends/recvs for the remainder
     int fd = -1;
-    void* buf = nullptr;       // data buffer | iovec* | msghdr* | statx* | sockaddr*
-    uint64_t len = 0;          // bytes | iovec count | fadvise length | socklen_t* (accept)
-    int64_t offset = -1;       // file offset; -1 = the file position (read/write/readv/writev)
-    int flags = 0;             // open flags | msg flags | statx flags | fadvise advice
-    uint32_t aux = 0;          // open mode | statx mask | registered buffer index
+    void* buf = nullptr;  // data buffer | iovec* | msghdr* | statx* | sockaddr*
+    uint64_t len = 0;     // bytes | iovec count | fadvise length | socklen_t* (accept)
+    int64_t offset = -1;  // file offset; -1 = the file position (read/write/readv/writev)
+    int flags = 0;        // open flags | msg flags | statx flags | fadvise advice
+    uint32_t aux = 0;     // open mode | statx mask | registered buffer index
     const char* path = nullptr;
     uint64_t target_tag = 0;   // Cancel: tag of the op to cancel
     uint64_t nanoseconds = 0;  // Timeout
 
-    Op& fixed() { fixed_file = true; return *this; }  // fd is a registered-file index
-    Op& whole() { all = true; return *this; }         // "all of it": retry short transfers
+    Op& fixed() {
+        fixed_file = true;
+        return *this;
+    }  // fd is a registered-file index
+    Op& whole() {
+        all = true;
+        return *this;
+    }  // "all of it": retry short transfers
 
     static Op nop() { return Op{}; }
     static Op read(int fd, void* buf, uint32_t len, int64_t offset = -1);
@@ -118,7 +124,8 @@ struct Op {
     static Op readv(int fd, const iovec* iov, unsigned iovcnt, int64_t offset = -1);
     static Op writev(int fd, const iovec* iov, unsigned iovcnt, int64_t offset = -1);
     static Op read_fixed(int fd, void* buf, uint32_t len, int64_t offset, unsigned buf_index);
-    static Op write_fixed(int fd, const void* buf, uint32_t len, int64_t offset, unsigned buf_index);
+    static Op write_fixed(int fd, const void* buf, uint32_t len, int64_t offset,
+                          unsigned buf_index);
     static Op fsync(int fd);
     static Op fdatasync(int fd);
     static Op openat(int dirfd, const char* path, int flags, mode_t mode = 0);
@@ -141,9 +148,9 @@ struct Op {
 };
 
 struct Completion {
-    uint64_t tag = 0;   // the tag given to prepare()
-    int32_t res = 0;    // bytes / fd / 0, or -errno
-    bool more = false;  // multishot: the op stays armed and will complete again
+    uint64_t tag = 0;     // the tag given to prepare()
+    int32_t res = 0;      // bytes / fd / 0, or -errno
+    bool more = false;    // multishot: the op stays armed and will complete again
     int32_t buffer = -1;  // recv_multishot: id of the provided buffer holding the data
 };
 
@@ -157,9 +164,9 @@ enum class ChainKind { Soft, Hard };  // IOSQE_IO_LINK vs IOSQE_IO_HARDLINK
 
 struct Options {
     unsigned sq_entries = 64;
-    unsigned cq_entries = 0;      // 0: 2 * sq_entries (kernel rounds up to a power of two)
-    unsigned max_inflight = 0;    // 0: cq size. Larger lets a burst overflow the CQ (tests)
-    bool sqpoll = false;          // IORING_SETUP_SQPOLL: a kernel thread polls the SQ
+    unsigned cq_entries = 0;    // 0: 2 * sq_entries (kernel rounds up to a power of two)
+    unsigned max_inflight = 0;  // 0: cq size. Larger lets a burst overflow the CQ (tests)
+    bool sqpoll = false;        // IORING_SETUP_SQPOLL: a kernel thread polls the SQ
     unsigned sqpoll_idle_ms = 1000;
     bool force_fallback = false;  // also: environment LIVEIO_URING_FALLBACK=1
     // IORING_SETUP_SINGLE_ISSUER|DEFER_TASKRUN where the kernel has them (not with sqpoll):
@@ -175,19 +182,20 @@ struct Options {
 enum class BackendKind { Uring, Fallback };
 
 struct Stats {
-    uint64_t enters = 0;               // io_uring_enter calls (submit and/or wait)
-    uint64_t submit_retries = 0;       // EINTR/EAGAIN/EBUSY on submit, retried
-    uint64_t eagain_resubmits = 0;     // -EAGAIN completions resubmitted
-    uint64_t short_resubmits = 0;      // short transfers resubmitted for the remainder
-    uint64_t cq_overflow_flushes = 0;  // drains that found completions parked in the kernel overflow list
-    uint64_t cq_dropped = 0;           // completions the kernel dropped (never on NODROP kernels)
+    uint64_t enters = 0;            // io_uring_enter calls (submit and/or wait)
+    uint64_t submit_retries = 0;    // EINTR/EAGAIN/EBUSY on submit, retried
+    uint64_t eagain_resubmits = 0;  // -EAGAIN completions resubmitted
+    uint64_t short_resubmits = 0;   // short transfers resubmitted for the remainder
+    uint64_t cq_overflow_flushes =
+        0;                    // drains that found completions parked in the kernel overflow list
+    uint64_t cq_dropped = 0;  // completions the kernel dropped (never on NODROP kernels)
 };
 
 struct Features {
-    bool nodrop = false;            // IORING_FEAT_NODROP
-    bool fast_poll = false;         // IORING_FEAT_FAST_POLL
-    bool multishot_accept = false;  // learned at run time: true once the kernel accepted one
-    bool multishot_recv = false;    // learned at run time, likewise
+    bool nodrop = false;                 // IORING_FEAT_NODROP
+    bool fast_poll = false;              // IORING_FEAT_FAST_POLL
+    bool multishot_accept = false;       // learned at run time: true once the kernel accepted one
+    bool multishot_recv = false;         // learned at run time, likewise
     std::vector<bool> opcode_supported;  // by kernel IORING_OP_* number (io_uring_get_probe)
 };
 

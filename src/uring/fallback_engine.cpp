@@ -1,8 +1,9 @@
 // The synchronous fallback: the same API and results as the io_uring backend, with plain
 // system calls (raw syscall(2), never the interceptable libc wrappers). File ops, connect and
 // the like run when submitted; ops that would block on a socket (recv, recvmsg, accept, send,
-// sendmsg, and reads/writes that hit -EAGAIN on a non-blocking fd) and timeouts stay pending and complete inside reap()/run() once poll() says the
-// socket is ready or the deadline passed — so cancel and timeouts behave as with io_uring.
+// sendmsg, and reads/writes that hit -EAGAIN on a non-blocking fd) and timeouts stay pending and
+// complete inside reap()/run() once poll() says the socket is ready or the deadline passed — so
+// cancel and timeouts behave as with io_uring.
 #include <poll.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -37,7 +38,8 @@ public:
     FallbackEngine(const Options& options, std::string why) {
         why_fallback_ = std::move(why);
         unsigned cq = options.cq_entries ? options.cq_entries : 2 * options.sq_entries;
-        max_inflight_ = options.max_inflight ? options.max_inflight : std::max(cq, options.sq_entries);
+        max_inflight_ =
+            options.max_inflight ? options.max_inflight : std::max(cq, options.sq_entries);
     }
 
     BackendKind backend() const override { return BackendKind::Fallback; }
@@ -62,10 +64,13 @@ public:
 
     Result<void> register_buffer_ring(uint16_t group, unsigned count, uint32_t size) override {
         if (auto r = check_buffer_ring_args(count, size); !r) return r;
-        if (find_group(groups_, group) != nullptr) return make_error(EEXIST, "buffer group already registered");
+        if (find_group(groups_, group) != nullptr)
+            return make_error(EEXIST, "buffer group already registered");
         Group g;
-        g.info = BufferGroup{group, count, size, std::vector<char>(static_cast<size_t>(count) * size)};
-        for (unsigned i = 0; i < count; ++i) g.free.push_back(static_cast<int32_t>(i));  // kernel ring order
+        g.info =
+            BufferGroup{group, count, size, std::vector<char>(static_cast<size_t>(count) * size)};
+        for (unsigned i = 0; i < count; ++i)
+            g.free.push_back(static_cast<int32_t>(i));  // kernel ring order
         groups_.push_back(std::move(g));
         return {};
     }
@@ -228,11 +233,13 @@ private:
         for (size_t i = 0; i < pending_.size(); ++i) {
             const Op& op = pending_[i].op;
             if (op.code == OpCode::Timeout) {
-                if (nearest < 0 || pending_[i].deadline_ns < nearest) nearest = pending_[i].deadline_ns;
+                if (nearest < 0 || pending_[i].deadline_ns < nearest)
+                    nearest = pending_[i].deadline_ns;
                 continue;
             }
-            bool out = op.code == OpCode::Send || op.code == OpCode::Sendmsg || op.code == OpCode::Write ||
-                       op.code == OpCode::Writev || op.code == OpCode::WriteFixed;
+            bool out = op.code == OpCode::Send || op.code == OpCode::Sendmsg ||
+                       op.code == OpCode::Write || op.code == OpCode::Writev ||
+                       op.code == OpCode::WriteFixed;
             fds.push_back(pollfd{resolve_fd(op), static_cast<short>(out ? POLLOUT : POLLIN), 0});
             index.push_back(i);
         }
@@ -318,7 +325,8 @@ private:
             }
         }
         std::sort(finished.begin(), finished.end());
-        for (size_t k = finished.size(); k-- > 0;) pending_.erase(pending_.begin() + static_cast<long>(finished[k]));
+        for (size_t k = finished.size(); k-- > 0;)
+            pending_.erase(pending_.begin() + static_cast<long>(finished[k]));
         for (auto& [p, res] : multishot) complete(p, res, true);
         for (auto& r : received) complete(r.p, r.res, true, r.buffer);
         for (auto& [p, res] : results) complete(p, res, false);
@@ -351,7 +359,8 @@ private:
         uint64_t want = requested_bytes(op);
         for (;;) {
             int32_t res = execute_once(op);
-            if (res <= 0 || done + static_cast<uint64_t>(res) >= want) return whole_result(done, res);
+            if (res <= 0 || done + static_cast<uint64_t>(res) >= want)
+                return whole_result(done, res);
             done += static_cast<uint64_t>(res);
             ++stats_.short_resubmits;
             advance(op, static_cast<uint64_t>(res), storage);
@@ -365,38 +374,58 @@ private:
             case OpCode::Nop: return 0;
             case OpCode::Read:
             case OpCode::ReadFixed:
-                r = op.offset < 0 ? sys::call_restart(SYS_read, op.fd, op.buf, op.len)
-                                  : sys::call_restart(SYS_pread64, op.fd, op.buf, op.len, op.offset);
+                r = op.offset < 0
+                        ? sys::call_restart(SYS_read, op.fd, op.buf, op.len)
+                        : sys::call_restart(SYS_pread64, op.fd, op.buf, op.len, op.offset);
                 break;
             case OpCode::Write:
             case OpCode::WriteFixed:
-                r = op.offset < 0 ? sys::call_restart(SYS_write, op.fd, op.buf, op.len)
-                                  : sys::call_restart(SYS_pwrite64, op.fd, op.buf, op.len, op.offset);
+                r = op.offset < 0
+                        ? sys::call_restart(SYS_write, op.fd, op.buf, op.len)
+                        : sys::call_restart(SYS_pwrite64, op.fd, op.buf, op.len, op.offset);
                 break;
             case OpCode::Readv:
                 r = op.offset < 0 ? sys::call_restart(SYS_readv, op.fd, iov, op.len)
                                   : sys::call_restart(SYS_preadv, op.fd, iov, op.len, op.offset, 0);
                 break;
             case OpCode::Writev:
-                r = op.offset < 0 ? sys::call_restart(SYS_writev, op.fd, iov, op.len)
-                                  : sys::call_restart(SYS_pwritev, op.fd, iov, op.len, op.offset, 0);
+                r = op.offset < 0
+                        ? sys::call_restart(SYS_writev, op.fd, iov, op.len)
+                        : sys::call_restart(SYS_pwritev, op.fd, iov, op.len, op.offset, 0);
                 break;
             case OpCode::Fsync: r = sys::call_restart(SYS_fsync, op.fd); break;
             case OpCode::Fdatasync: r = sys::call_restart(SYS_fdatasync, op.fd); break;
-            case OpCode::Openat: r = sys::call_restart(SYS_openat, op.fd, op.path, op.flags, op.aux); break;
+            case OpCode::Openat:
+                r = sys::call_restart(SYS_openat, op.fd, op.path, op.flags, op.aux);
+                break;
             case OpCode::Close: r = sys::call(SYS_close, op.fd); break;
-            case OpCode::Statx: r = sys::call(SYS_statx, op.fd, op.path, op.flags, op.aux, op.buf); break;
-            case OpCode::Fadvise: r = sys::call(SYS_fadvise64, op.fd, op.offset, op.len, op.flags); break;
+            case OpCode::Statx:
+                r = sys::call(SYS_statx, op.fd, op.path, op.flags, op.aux, op.buf);
+                break;
+            case OpCode::Fadvise:
+                r = sys::call(SYS_fadvise64, op.fd, op.offset, op.len, op.flags);
+                break;
             case OpCode::Send:
-                r = sys::call_restart(SYS_sendto, op.fd, op.buf, op.len, op.flags | MSG_NOSIGNAL, nullptr, 0);
+                r = sys::call_restart(SYS_sendto, op.fd, op.buf, op.len, op.flags | MSG_NOSIGNAL,
+                                      nullptr, 0);
                 break;
-            case OpCode::Recv: r = sys::call_restart(SYS_recvfrom, op.fd, op.buf, op.len, op.flags, nullptr, nullptr); break;
-            case OpCode::Sendmsg: r = sys::call_restart(SYS_sendmsg, op.fd, op.buf, op.flags | MSG_NOSIGNAL); break;
-            case OpCode::Recvmsg: r = sys::call_restart(SYS_recvmsg, op.fd, op.buf, op.flags); break;
+            case OpCode::Recv:
+                r = sys::call_restart(SYS_recvfrom, op.fd, op.buf, op.len, op.flags, nullptr,
+                                      nullptr);
+                break;
+            case OpCode::Sendmsg:
+                r = sys::call_restart(SYS_sendmsg, op.fd, op.buf, op.flags | MSG_NOSIGNAL);
+                break;
+            case OpCode::Recvmsg:
+                r = sys::call_restart(SYS_recvmsg, op.fd, op.buf, op.flags);
+                break;
             case OpCode::Accept:
-                r = sys::call_restart(SYS_accept4, op.fd, op.buf, reinterpret_cast<socklen_t*>(op.len), op.flags);
+                r = sys::call_restart(SYS_accept4, op.fd, op.buf,
+                                      reinterpret_cast<socklen_t*>(op.len), op.flags);
                 break;
-            case OpCode::AcceptMultishot: r = sys::call_restart(SYS_accept4, op.fd, nullptr, nullptr, op.flags); break;
+            case OpCode::AcceptMultishot:
+                r = sys::call_restart(SYS_accept4, op.fd, nullptr, nullptr, op.flags);
+                break;
             case OpCode::RecvMultishot: return -EINVAL;  // only ever run from the poll loop
             case OpCode::Connect: r = sys::call_restart(SYS_connect, op.fd, op.buf, op.len); break;
             case OpCode::Timeout: {

@@ -50,7 +50,9 @@ Op transfer(OpCode code, int fd, const void* buf, uint64_t len, int64_t offset) 
 }
 }  // namespace
 
-Op Op::read(int fd, void* buf, uint32_t len, int64_t offset) { return transfer(OpCode::Read, fd, buf, len, offset); }
+Op Op::read(int fd, void* buf, uint32_t len, int64_t offset) {
+    return transfer(OpCode::Read, fd, buf, len, offset);
+}
 Op Op::write(int fd, const void* buf, uint32_t len, int64_t offset) {
     return transfer(OpCode::Write, fd, buf, len, offset);
 }
@@ -160,8 +162,10 @@ bool fallback_forced_by_env() {
 }
 
 Result<std::unique_ptr<Engine>> Engine::create(const Options& options) {
-    if (options.force_fallback) return detail::create_fallback_engine(options, "forced by Options::force_fallback");
-    if (fallback_forced_by_env()) return detail::create_fallback_engine(options, "forced by LIVEIO_URING_FALLBACK=1");
+    if (options.force_fallback)
+        return detail::create_fallback_engine(options, "forced by Options::force_fallback");
+    if (fallback_forced_by_env())
+        return detail::create_fallback_engine(options, "forced by LIVEIO_URING_FALLBACK=1");
     if (options.sq_entries == 0 || options.sq_entries > 32768)
         return make_error(EINVAL, "uring engine: sq_entries must be 1..32768");
     auto engine = detail::create_uring_engine(options);
@@ -186,7 +190,9 @@ bool is_transfer(OpCode code) {
 
 bool is_file_rw(OpCode code) { return is_transfer(code); }
 
-bool is_byte_stream(OpCode code) { return is_transfer(code) || code == OpCode::Send || code == OpCode::Recv; }
+bool is_byte_stream(OpCode code) {
+    return is_transfer(code) || code == OpCode::Send || code == OpCode::Recv;
+}
 
 bool is_vectored(OpCode code) { return code == OpCode::Readv || code == OpCode::Writev; }
 

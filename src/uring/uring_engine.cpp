@@ -26,12 +26,12 @@ constexpr uint64_t kNoSuchOp = ~0ull;  // user_data that never names a slot (can
 struct Slot {
     Op op;
     uint64_t tag = 0;
-    uint64_t done = 0;          // bytes already transferred (whole() resubmissions)
+    uint64_t done = 0;               // bytes already transferred (whole() resubmissions)
     int32_t* sync_result = nullptr;  // run/run_batch/run_chain: where the result goes
     uint32_t eagain_retries = 0;
     bool in_use = false;
     bool in_chain = false;
-    bool orphaned = false;  // its result was already reported (engine broken)
+    bool orphaned = false;           // its result was already reported (engine broken)
     bool emulate_multishot = false;  // kernel refused multishot accept: re-arm single accepts
     int32_t injected_res = 0;  // fault injection: the op was replaced by a NOP completing with this
     __kernel_timespec ts{};
@@ -67,7 +67,9 @@ public:
         io_uring_params p{};
         int r = -EINVAL;
         for (unsigned extra : attempts) {
-            if ((extra & IORING_SETUP_DEFER_TASKRUN) && (options_.sqpoll || !options_.single_issuer)) continue;
+            if ((extra & IORING_SETUP_DEFER_TASKRUN) &&
+                (options_.sqpoll || !options_.single_issuer))
+                continue;
             p = io_uring_params{};
             p.flags = IORING_SETUP_CQSIZE | extra;
             p.cq_entries = std::max(cq, options_.sq_entries);
@@ -78,7 +80,8 @@ public:
             r = io_uring_queue_init_params(options_.sq_entries, &ring_, &p);
             if (r != -EINVAL) break;
         }
-        if (r < 0) return make_error(-r, fmt::format("io_uring_setup failed: {}", std::strerror(-r)));
+        if (r < 0)
+            return make_error(-r, fmt::format("io_uring_setup failed: {}", std::strerror(-r)));
         ring_ready_ = true;
         features_.nodrop = p.features & IORING_FEAT_NODROP;
         features_.fast_poll = p.features & IORING_FEAT_FAST_POLL;
@@ -110,7 +113,8 @@ public:
         files_registered_ = false;
         if (fds.empty()) return {};
         int r = io_uring_register_files(&ring_, fds.data(), fds.size());
-        if (r < 0) return make_error(-r, fmt::format("io_uring_register_files: {}", std::strerror(-r)));
+        if (r < 0)
+            return make_error(-r, fmt::format("io_uring_register_files: {}", std::strerror(-r)));
         files_registered_ = true;
         return {};
     }
@@ -119,7 +123,8 @@ public:
         if (eventfd_registered_) io_uring_unregister_eventfd(&ring_);
         eventfd_registered_ = false;
         int r = io_uring_register_eventfd(&ring_, fd);
-        if (r < 0) return make_error(-r, fmt::format("io_uring_register_eventfd: {}", std::strerror(-r)));
+        if (r < 0)
+            return make_error(-r, fmt::format("io_uring_register_eventfd: {}", std::strerror(-r)));
         eventfd_registered_ = true;
         return {};
     }
@@ -129,19 +134,23 @@ public:
         buffers_registered_ = false;
         if (buffers.empty()) return {};
         int r = io_uring_register_buffers(&ring_, buffers.data(), buffers.size());
-        if (r < 0) return make_error(-r, fmt::format("io_uring_register_buffers: {}", std::strerror(-r)));
+        if (r < 0)
+            return make_error(-r, fmt::format("io_uring_register_buffers: {}", std::strerror(-r)));
         buffers_registered_ = true;
         return {};
     }
 
     Result<void> register_buffer_ring(uint16_t group, unsigned count, uint32_t size) override {
         if (auto r = check_buffer_ring_args(count, size); !r) return r;
-        if (find_group(groups_, group) != nullptr) return make_error(EEXIST, fmt::format("buffer group {} already registered", group));
+        if (find_group(groups_, group) != nullptr)
+            return make_error(EEXIST, fmt::format("buffer group {} already registered", group));
         Group g;
         g.ring_bytes = count * sizeof(io_uring_buf);
         // The kernel reads the ring: page-aligned memory it can pin.
-        long mapped = sys::call(SYS_mmap, nullptr, g.ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-        if (mapped < 0 && mapped > -4096) return make_error(static_cast<int>(-mapped), "buffer ring: mmap failed");
+        long mapped = sys::call(SYS_mmap, nullptr, g.ring_bytes, PROT_READ | PROT_WRITE,
+                                MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+        if (mapped < 0 && mapped > -4096)
+            return make_error(static_cast<int>(-mapped), "buffer ring: mmap failed");
         void* mem = reinterpret_cast<void*>(mapped);
         g.ring = static_cast<io_uring_buf_ring*>(mem);
         io_uring_buf_reg reg{};
@@ -153,11 +162,13 @@ public:
             unmap(mem, g.ring_bytes);
             return make_error(-r, fmt::format("io_uring_register_buf_ring: {}", std::strerror(-r)));
         }
-        g.info = BufferGroup{group, count, size, std::vector<char>(static_cast<size_t>(count) * size)};
+        g.info =
+            BufferGroup{group, count, size, std::vector<char>(static_cast<size_t>(count) * size)};
         io_uring_buf_ring_init(g.ring);
         for (unsigned i = 0; i < count; ++i)
-            io_uring_buf_ring_add(g.ring, g.info.at(static_cast<int32_t>(i)).data(), size, static_cast<uint16_t>(i),
-                                  io_uring_buf_ring_mask(count), static_cast<int>(i));
+            io_uring_buf_ring_add(g.ring, g.info.at(static_cast<int32_t>(i)).data(), size,
+                                  static_cast<uint16_t>(i), io_uring_buf_ring_mask(count),
+                                  static_cast<int>(i));
         io_uring_buf_ring_advance(g.ring, static_cast<int>(count));
         groups_.push_back(std::move(g));
         return {};
@@ -171,8 +182,8 @@ public:
     void recycle_buffer(uint16_t group, int32_t id) override {
         Group* g = find_group(groups_, group);
         if (g == nullptr || g->info.at(id).empty()) return;
-        io_uring_buf_ring_add(g->ring, g->info.at(id).data(), g->info.size, static_cast<uint16_t>(id),
-                              io_uring_buf_ring_mask(g->info.count), 0);
+        io_uring_buf_ring_add(g->ring, g->info.at(id).data(), g->info.size,
+                              static_cast<uint16_t>(id), io_uring_buf_ring_mask(g->info.count), 0);
         io_uring_buf_ring_advance(g->ring, 1);
     }
 
@@ -299,10 +310,12 @@ private:
             case OpCode::Read: io_uring_prep_read(sqe, op.fd, op.buf, op.len, op.offset); break;
             case OpCode::Write: io_uring_prep_write(sqe, op.fd, op.buf, op.len, op.offset); break;
             case OpCode::Readv:
-                io_uring_prep_readv(sqe, op.fd, static_cast<const iovec*>(op.buf), op.len, op.offset);
+                io_uring_prep_readv(sqe, op.fd, static_cast<const iovec*>(op.buf), op.len,
+                                    op.offset);
                 break;
             case OpCode::Writev:
-                io_uring_prep_writev(sqe, op.fd, static_cast<const iovec*>(op.buf), op.len, op.offset);
+                io_uring_prep_writev(sqe, op.fd, static_cast<const iovec*>(op.buf), op.len,
+                                     op.offset);
                 break;
             case OpCode::ReadFixed:
                 io_uring_prep_read_fixed(sqe, op.fd, op.buf, op.len, op.offset, op.aux);
@@ -315,7 +328,8 @@ private:
             case OpCode::Openat: io_uring_prep_openat(sqe, op.fd, op.path, op.flags, op.aux); break;
             case OpCode::Close: io_uring_prep_close(sqe, op.fd); break;
             case OpCode::Statx:
-                io_uring_prep_statx(sqe, op.fd, op.path, op.flags, op.aux, static_cast<struct statx*>(op.buf));
+                io_uring_prep_statx(sqe, op.fd, op.path, op.flags, op.aux,
+                                    static_cast<struct statx*>(op.buf));
                 break;
             case OpCode::Fadvise:
                 io_uring_prep_fadvise(sqe, op.fd, op.offset, static_cast<off_t>(op.len), op.flags);
@@ -325,7 +339,9 @@ private:
             case OpCode::Sendmsg:
                 io_uring_prep_sendmsg(sqe, op.fd, static_cast<const msghdr*>(op.buf), op.flags);
                 break;
-            case OpCode::Recvmsg: io_uring_prep_recvmsg(sqe, op.fd, static_cast<msghdr*>(op.buf), op.flags); break;
+            case OpCode::Recvmsg:
+                io_uring_prep_recvmsg(sqe, op.fd, static_cast<msghdr*>(op.buf), op.flags);
+                break;
             case OpCode::Accept:
                 io_uring_prep_accept(sqe, op.fd, static_cast<sockaddr*>(op.buf),
                                      reinterpret_cast<socklen_t*>(op.len), op.flags);
@@ -345,14 +361,17 @@ private:
                 sqe->buf_group = static_cast<uint16_t>(op.aux);
                 break;
             case OpCode::Connect:
-                io_uring_prep_connect(sqe, op.fd, static_cast<const sockaddr*>(op.buf), static_cast<socklen_t>(op.len));
+                io_uring_prep_connect(sqe, op.fd, static_cast<const sockaddr*>(op.buf),
+                                      static_cast<socklen_t>(op.len));
                 break;
             case OpCode::Timeout:
                 s.ts.tv_sec = static_cast<int64_t>(op.nanoseconds / 1000000000ull);
                 s.ts.tv_nsec = static_cast<int64_t>(op.nanoseconds % 1000000000ull);
                 io_uring_prep_timeout(sqe, &s.ts, 0, 0);
                 break;
-            case OpCode::Cancel: io_uring_prep_cancel64(sqe, find_async_slot(op.target_tag), 0); break;
+            case OpCode::Cancel:
+                io_uring_prep_cancel64(sqe, find_async_slot(op.target_tag), 0);
+                break;
         }
         if (op.fixed_file) sqe->flags |= IOSQE_FIXED_FILE;
         io_uring_sqe_set_data64(sqe, index);
@@ -361,7 +380,8 @@ private:
     uint64_t find_async_slot(uint64_t tag) const {
         for (size_t i = 0; i < slots_.size(); ++i) {
             const Slot& s = slots_[i];
-            if (s.in_use && s.sync_result == nullptr && s.tag == tag && s.op.code != OpCode::Cancel) return i;
+            if (s.in_use && s.sync_result == nullptr && s.tag == tag && s.op.code != OpCode::Cancel)
+                return i;
         }
         return kNoSuchOp;
     }
@@ -375,7 +395,8 @@ private:
         for (;;) {
             ++stats_.enters;
             int r = injected_submit_error();
-            if (r == 0) r = wait_nr ? io_uring_submit_and_wait(&ring_, wait_nr) : io_uring_submit(&ring_);
+            if (r == 0)
+                r = wait_nr ? io_uring_submit_and_wait(&ring_, wait_nr) : io_uring_submit(&ring_);
             if (r >= 0) return r;
             if (r == -EINTR) {
                 ++stats_.submit_retries;
@@ -426,14 +447,17 @@ private:
         const Op& op = s.op;
         s.injected_res = 0;
         if (!detail::is_transfer(op.code)) return false;
-        if (fault::fail_now(fault::Point::CompleteEio)) s.injected_res = -EIO;
-        else if (fault::fail_now(fault::Point::CompleteEagain)) s.injected_res = -EAGAIN;
+        if (fault::fail_now(fault::Point::CompleteEio))
+            s.injected_res = -EIO;
+        else if (fault::fail_now(fault::Point::CompleteEagain))
+            s.injected_res = -EAGAIN;
         if (s.injected_res != 0) {
             io_uring_prep_nop(sqe);
             return true;
         }
-        if (op.code == OpCode::Read && op.len > 1 && !op.fixed_file && fault::plan().armed(fault::Point::CompleteShort) != 0 &&
-            regular_file(op.fd) && fault::fail_now(fault::Point::CompleteShort)) {
+        if (op.code == OpCode::Read && op.len > 1 && !op.fixed_file &&
+            fault::plan().armed(fault::Point::CompleteShort) != 0 && regular_file(op.fd) &&
+            fault::fail_now(fault::Point::CompleteShort)) {
             io_uring_prep_read(sqe, op.fd, op.buf, static_cast<unsigned>(op.len / 2), op.offset);
             return true;
         }
@@ -467,8 +491,13 @@ private:
             io_uring_cqe* cqes[64];
             unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, 64);
             if (n > 0) {
-                struct Copy { uint64_t data; int32_t res; uint32_t flags; } copy[64];
-                for (unsigned i = 0; i < n; ++i) copy[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
+                struct Copy {
+                    uint64_t data;
+                    int32_t res;
+                    uint32_t flags;
+                } copy[64];
+                for (unsigned i = 0; i < n; ++i)
+                    copy[i] = {cqes[i]->user_data, cqes[i]->res, cqes[i]->flags};
                 io_uring_cq_advance(&ring_, n);  // free CQ space before handling may resubmit
                 for (unsigned i = 0; i < n; ++i) handle(copy[i].data, copy[i].res, copy[i].flags);
                 total += n;
@@ -518,14 +547,17 @@ private:
         }
         if (op.code == OpCode::RecvMultishot) {
             if (!s.emulate_multishot && res == -EINVAL && !features_.multishot_recv) {
-                multishot_recv_refused_ = true;  // kernel lacks multishot recv: re-armed single recvs
+                multishot_recv_refused_ =
+                    true;  // kernel lacks multishot recv: re-armed single recvs
                 s.emulate_multishot = true;
                 queue_sqe(static_cast<uint32_t>(data));
                 return;
             }
             if (!s.emulate_multishot && res > 0) features_.multishot_recv = true;
             bool armed = (flags & IORING_CQE_F_MORE) != 0;
-            int32_t buffer = (flags & IORING_CQE_F_BUFFER) ? static_cast<int32_t>(flags >> IORING_CQE_BUFFER_SHIFT) : -1;
+            int32_t buffer = (flags & IORING_CQE_F_BUFFER)
+                                 ? static_cast<int32_t>(flags >> IORING_CQE_BUFFER_SHIFT)
+                                 : -1;
             // Data without F_MORE (emulation, or the kernel stopped for CQ space): re-arm. EOF
             // (0), errors and -ENOBUFS end it, as with a kernel multishot recv.
             bool rearm = !armed && res > 0;
@@ -536,7 +568,8 @@ private:
                 release(static_cast<uint32_t>(data));
             return;
         }
-        if (!s.in_chain && res == -EAGAIN && is_file_rw(op.code) && s.eagain_retries < kMaxEagainRetries) {
+        if (!s.in_chain && res == -EAGAIN && is_file_rw(op.code) &&
+            s.eagain_retries < kMaxEagainRetries) {
             ++s.eagain_retries;
             ++stats_.eagain_resubmits;
             queue_sqe(static_cast<uint32_t>(data));
@@ -585,7 +618,8 @@ private:
     void spin(Done done) {
         timespec t{};
         ::clock_gettime(CLOCK_MONOTONIC, &t);
-        const int64_t deadline = t.tv_sec * 1000000000LL + t.tv_nsec + static_cast<int64_t>(options_.spin_ns);
+        const int64_t deadline =
+            t.tv_sec * 1000000000LL + t.tv_nsec + static_cast<int64_t>(options_.spin_ns);
         for (;;) {
             ++stats_.enters;
             int r = io_uring_submit_and_get_events(&ring_);
@@ -691,7 +725,8 @@ private:
     unsigned async_inflight_ = 0;
     unsigned sync_pending_ = 0;
     unsigned last_koverflow_ = 0;
-    unsigned ready_final_ = 0;  // final completions waiting in ready_ (still "in flight" to the caller)
+    unsigned ready_final_ =
+        0;            // final completions waiting in ready_ (still "in flight" to the caller)
     int broken_ = 0;  // hard io_uring_enter error: the engine refuses further work
 };
 

@@ -84,10 +84,12 @@ class IoTarget {
 public:
     // `prefix`: e.g. {LIVEIO_CLI_PATH, "run", "--mechanism", "got", "--"}; empty: plain.
     // `extra`: more options of the target (e.g. --idle).
-    explicit IoTarget(std::vector<std::string> prefix = {}, int file_threads = 2, std::vector<std::string> extra = {})
+    explicit IoTarget(std::vector<std::string> prefix = {}, int file_threads = 2,
+                      std::vector<std::string> extra = {})
         : out_(temp_path("target")) {
         std::vector<std::string> argv = std::move(prefix);
-        for (const char* a : {LIVEIO_IO_TARGET_PATH, "--report-ms", "200", "--dir", "/tmp", "--threads"})
+        for (const char* a :
+             {LIVEIO_IO_TARGET_PATH, "--report-ms", "200", "--dir", "/tmp", "--threads"})
             argv.push_back(a);
         argv.push_back(std::to_string(file_threads));
         argv.insert(argv.end(), extra.begin(), extra.end());
@@ -120,7 +122,8 @@ public:
         auto count = [&] {
             const std::string o = output();
             size_t c = 0;
-            for (size_t p = o.find("counts "); p != std::string::npos; p = o.find("counts ", p + 1)) ++c;
+            for (size_t p = o.find("counts "); p != std::string::npos; p = o.find("counts ", p + 1))
+                ++c;
             return c;
         };
         const size_t want = count() + static_cast<size_t>(n);
@@ -132,24 +135,29 @@ public:
         auto rearms = [&] {
             const std::string o = output();
             size_t c = 0;
-            for (size_t p = o.find("idle-rearm "); p != std::string::npos; p = o.find("idle-rearm ", p + 1)) ++c;
+            for (size_t p = o.find("idle-rearm "); p != std::string::npos;
+                 p = o.find("idle-rearm ", p + 1))
+                ++c;
             return c;
         };
         const size_t want = rearms() + 3;
-        if (::kill(pid_, SIGUSR1) != 0 || !eventually([&] { return rearms() >= want || !alive(); })) return false;
+        if (::kill(pid_, SIGUSR1) != 0 || !eventually([&] { return rearms() >= want || !alive(); }))
+            return false;
         // The threads printed before calling again: wait until all sleep in read/recvfrom.
         return eventually([&] {
-            const std::string o = output();
-            int asleep = 0;
-            for (size_t p = o.rfind("idle-rearm "), n = 0; p != std::string::npos && n < 3;
-                 p = p == 0 ? std::string::npos : o.rfind("idle-rearm ", p - 1), ++n) {
-                const std::string tid = o.substr(p + 11, o.find('\n', p) - p - 11);
-                std::ifstream sc("/proc/" + std::to_string(pid_) + "/task/" + tid + "/syscall");
-                long nr = -1;
-                asleep += (sc >> nr) && (nr == 0 || nr == 45);  // read, recvfrom
-            }
-            return asleep == 3 || !alive();
-        }) && alive();
+                   const std::string o = output();
+                   int asleep = 0;
+                   for (size_t p = o.rfind("idle-rearm "), n = 0; p != std::string::npos && n < 3;
+                        p = p == 0 ? std::string::npos : o.rfind("idle-rearm ", p - 1), ++n) {
+                       const std::string tid = o.substr(p + 11, o.find('\n', p) - p - 11);
+                       std::ifstream sc("/proc/" + std::to_string(pid_) + "/task/" + tid +
+                                        "/syscall");
+                       long nr = -1;
+                       asleep += (sc >> nr) && (nr == 0 || nr == 45);  // read, recvfrom
+                   }
+                   return asleep == 3 || !alive();
+               }) &&
+               alive();
     }
     // SIGTERM, then the exit status (0: every byte and errno verified).
     int stop() {

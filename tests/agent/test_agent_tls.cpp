@@ -36,9 +36,10 @@ int64_t tls_size(const char* path) {
     const auto* base = static_cast<const unsigned char*>(map);
     int64_t size = -1;
     const auto* eh = reinterpret_cast<const Elf64_Ehdr*>(base);
-    if (static_cast<size_t>(st.st_size) >= sizeof(Elf64_Ehdr) && memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 &&
-        eh->e_ident[EI_CLASS] == ELFCLASS64 &&
-        eh->e_phoff + uint64_t{eh->e_phnum} * sizeof(Elf64_Phdr) <= static_cast<uint64_t>(st.st_size)) {
+    if (static_cast<size_t>(st.st_size) >= sizeof(Elf64_Ehdr) &&
+        memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 && eh->e_ident[EI_CLASS] == ELFCLASS64 &&
+        eh->e_phoff + uint64_t{eh->e_phnum} * sizeof(Elf64_Phdr) <=
+            static_cast<uint64_t>(st.st_size)) {
         size = 0;
         const auto* ph = reinterpret_cast<const Elf64_Phdr*>(base + eh->e_phoff);
         for (int i = 0; i < eh->e_phnum; ++i)
@@ -62,7 +63,8 @@ TEST(AgentTls, DlopenSucceedsInAProcessWithoutTunables) {
     ASSERT_GE(child, 0);
     if (child == 0) {
         char* const argv[] = {const_cast<char*>("/proc/self/exe"),
-                              const_cast<char*>("--gtest_filter=AgentTls.DlopenInThisProcess"), nullptr};
+                              const_cast<char*>("--gtest_filter=AgentTls.DlopenInThisProcess"),
+                              nullptr};
         char* const envp[] = {const_cast<char*>("LIVEIO_TLS_PROBE=1"), nullptr};
         execve("/proc/self/exe", argv, envp);
         _exit(127);
@@ -76,7 +78,8 @@ TEST(AgentTls, DlopenSucceedsInAProcessWithoutTunables) {
 
 // Runs only inside the child above (its environment has no GLIBC_TUNABLES).
 TEST(AgentTls, DlopenInThisProcess) {
-    if (getenv("LIVEIO_TLS_PROBE") == nullptr) GTEST_SKIP() << "runs as the child of DlopenSucceedsInAProcessWithoutTunables";
+    if (getenv("LIVEIO_TLS_PROBE") == nullptr)
+        GTEST_SKIP() << "runs as the child of DlopenSucceedsInAProcessWithoutTunables";
     // The constructor starts the control thread and installs nothing (no LIVEIO_AGENT_RUN).
     void* handle = dlopen(LIVEIO_AGENT_PATH, RTLD_NOW | RTLD_LOCAL);
     ASSERT_NE(handle, nullptr) << dlerror();

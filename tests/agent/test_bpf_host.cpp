@@ -5,9 +5,9 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -22,13 +22,13 @@
 #include "agent/agent.h"
 #include "agent/bpf_host_sections.h"
 #include "agent/fd_classes.h"
-#include "agent/process_util.h"
 #include "agent/mmap_min_addr.h"
+#include "agent/process_util.h"
 #include "control/protocol.h"
-#include "hook/dispatcher.h"
 #include "ebpf/loader.h"
 #include "ebpf/map.h"
 #include "ebpf/runtime.h"
+#include "hook/dispatcher.h"
 #include "liveio/io_stats.h"
 
 namespace liveio::agent {
@@ -40,13 +40,16 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 
 // <build>/bpf, found from the CLI's location as the CLI finds it (<build>/src/cli/liveio).
-std::string bpf_dir() { return fs::path(LIVEIO_CLI_PATH).parent_path().parent_path().parent_path() / "bpf"; }
+std::string bpf_dir() {
+    return fs::path(LIVEIO_CLI_PATH).parent_path().parent_path().parent_path() / "bpf";
+}
 
 class BpfHostTest : public ::testing::Test {
 protected:
     void SetUp() override {
         // A build mistake, not something the machine lacks: fail.
-        ASSERT_TRUE(fs::exists(bpf_dir() + "/io_stats.bpf.o")) << "BPF programs not built in " << bpf_dir();
+        ASSERT_TRUE(fs::exists(bpf_dir() + "/io_stats.bpf.o"))
+            << "BPF programs not built in " << bpf_dir();
         name_ = std::string(1, '\0') + "liveio-test-bpf/" + std::to_string(::getpid()) + "/" +
                 ::testing::UnitTest::GetInstance()->current_test_info()->name();
         auto a = Agent::start(AgentOptions{name_, false, "", 0});
@@ -116,7 +119,7 @@ protected:
 };
 
 uint64_t file_id_of(int fd) {
-    struct stat st{};
+    struct stat st {};
     EXPECT_EQ(::fstat(fd, &st), 0);
     return (static_cast<uint64_t>(st.st_dev) << 32) ^ static_cast<uint64_t>(st.st_ino);
 }
@@ -132,15 +135,18 @@ TEST_F(BpfHostTest, IoStatsCountsAKnownWorkloadPerSyscallClassAndFile) {
     EXPECT_GT(loaded["programs"][0]["insns"].get<int>(), 10);
     std::set<std::string> names;
     for (auto& m : loaded["maps"]) names.insert(m["name"].get<std::string>());
-    for (const char* n : {"syscall_stats", "class_stats", "file_stats", "slow_events"}) EXPECT_TRUE(names.count(n)) << n;
+    for (const char* n : {"syscall_stats", "class_stats", "file_stats", "slow_events"})
+        EXPECT_TRUE(names.count(n)) << n;
 
     constexpr int kReads = 100, kWrites = 37;
     constexpr size_t kReadSize = 512, kWriteSize = 100;
     const int fd = ::open(make_file("data/db/table/all_1_1_0/y.bin", 64 * 1024).c_str(), O_RDWR);
     ASSERT_GE(fd, 0);
     char buf[kReadSize];
-    for (int i = 0; i < kReads; ++i) ASSERT_EQ(::pread(fd, buf, kReadSize, i * 7), static_cast<ssize_t>(kReadSize));
-    for (int i = 0; i < kWrites; ++i) ASSERT_EQ(::pwrite(fd, buf, kWriteSize, i * 13), static_cast<ssize_t>(kWriteSize));
+    for (int i = 0; i < kReads; ++i)
+        ASSERT_EQ(::pread(fd, buf, kReadSize, i * 7), static_cast<ssize_t>(kReadSize));
+    for (int i = 0; i < kWrites; ++i)
+        ASSERT_EQ(::pwrite(fd, buf, kWriteSize, i * 13), static_cast<ssize_t>(kWriteSize));
     EXPECT_EQ(::pread(-5, buf, 1, 0), -1);  // an error: counted as one
     const uint64_t id = file_id_of(fd);
     ::close(fd);
@@ -159,10 +165,12 @@ TEST_F(BpfHostTest, IoStatsCountsAKnownWorkloadPerSyscallClassAndFile) {
     EXPECT_EQ(pwrite_stats.calls, static_cast<uint64_t>(kWrites));
     EXPECT_EQ(pwrite_stats.bytes, kWrites * kWriteSize);
 
-    const liveio_io_stats bin_reads = stats_at(*m["class_stats"], uint32_t{LIVEIO_CLASS_KEY(LIVEIO_CLASS_CH_BIN, LIVEIO_IO_READ)});
+    const liveio_io_stats bin_reads = stats_at(
+        *m["class_stats"], uint32_t{LIVEIO_CLASS_KEY(LIVEIO_CLASS_CH_BIN, LIVEIO_IO_READ)});
     EXPECT_EQ(bin_reads.calls, static_cast<uint64_t>(kReads));
     EXPECT_EQ(bin_reads.bytes, kReads * kReadSize);
-    const liveio_io_stats bin_writes = stats_at(*m["class_stats"], uint32_t{LIVEIO_CLASS_KEY(LIVEIO_CLASS_CH_BIN, LIVEIO_IO_WRITE)});
+    const liveio_io_stats bin_writes = stats_at(
+        *m["class_stats"], uint32_t{LIVEIO_CLASS_KEY(LIVEIO_CLASS_CH_BIN, LIVEIO_IO_WRITE)});
     EXPECT_EQ(bin_writes.calls, static_cast<uint64_t>(kWrites));
     // The file: its open, every pread and pwrite, and the close.
     EXPECT_EQ(stats_at(*m["file_stats"], id).calls, kReads + kWrites + 2u);
@@ -215,7 +223,8 @@ TEST_F(BpfHostTest, FileClassesOfClickHousePartsSocketsAndPipes) {
     ASSERT_EQ(::connect(client, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
     const int server = ::accept(listener, nullptr, nullptr);
     ASSERT_GE(server, 0);
-    for (auto [w, r] : {std::pair{sv[0], sv[1]}, std::pair{pf[1], pf[0]}, std::pair{client, server}}) {
+    for (auto [w, r] :
+         {std::pair{sv[0], sv[1]}, std::pair{pf[1], pf[0]}, std::pair{client, server}}) {
         for (int i = 0; i < 5; ++i) {
             ASSERT_EQ(::write(w, "abcd", 4), 4);
             ASSERT_EQ(::read(r, buf, 4), 4);
@@ -229,9 +238,13 @@ TEST_F(BpfHostTest, FileClassesOfClickHousePartsSocketsAndPipes) {
     auto m = maps(loaded["object"]);
     ASSERT_TRUE(m.count("class_stats"));
     for (auto [cls, reads] : expected_reads)
-        EXPECT_EQ(stats_at(*m["class_stats"], uint32_t{LIVEIO_CLASS_KEY(cls, LIVEIO_IO_READ)}).calls, reads) << "class " << cls;
+        EXPECT_EQ(
+            stats_at(*m["class_stats"], uint32_t{LIVEIO_CLASS_KEY(cls, LIVEIO_IO_READ)}).calls,
+            reads)
+            << "class " << cls;
     for (uint32_t cls : {LIVEIO_CLASS_UNIX, LIVEIO_CLASS_PIPE, LIVEIO_CLASS_TCP}) {
-        const auto w = stats_at(*m["class_stats"], uint32_t{LIVEIO_CLASS_KEY(cls, LIVEIO_IO_WRITE)});
+        const auto w =
+            stats_at(*m["class_stats"], uint32_t{LIVEIO_CLASS_KEY(cls, LIVEIO_IO_WRITE)});
         EXPECT_EQ(w.calls, 5u) << "class " << cls;
         EXPECT_EQ(w.bytes, 20u) << "class " << cls;
     }
@@ -247,7 +260,8 @@ TEST_F(BpfHostTest, KernelTracepointProgramSyscountCountsTheSameCalls) {
     const int fd = ::open(make_file("count.dat", 4096).c_str(), O_RDONLY);
     ASSERT_GE(fd, 0);
     char buf[16];
-    for (int i = 0; i < kReads; ++i) ASSERT_EQ(::pread(fd, buf, sizeof buf, i), static_cast<ssize_t>(sizeof buf));
+    for (int i = 0; i < kReads; ++i)
+        ASSERT_EQ(::pread(fd, buf, sizeof buf, i), static_cast<ssize_t>(sizeof buf));
     ::close(fd);
     auto sc = maps(loaded["object"]);
     auto io = maps(stats["object"]);
@@ -260,7 +274,8 @@ TEST_F(BpfHostTest, KernelTracepointProgramSyscountCountsTheSameCalls) {
 
 TEST_F(BpfHostTest, BadObjectsGiveTheLoadersErrorAndTheAgentKeepsWorking) {
     const std::string garbage = make_file("garbage.bpf.o", 0);
-    std::ofstream(garbage) << "\x7f" "ELF this is not an object";
+    std::ofstream(garbage) << "\x7f"
+                              "ELF this is not an object";
     auto expected = [&] {
         hook::Dispatcher::ScopedInside inside;
         return ebpf::Object::open(garbage);
@@ -272,20 +287,23 @@ TEST_F(BpfHostTest, BadObjectsGiveTheLoadersErrorAndTheAgentKeepsWorking) {
 
     r = client_->call("bpf.load", {{"path", dir_ + "/missing.bpf.o"}});
     ASSERT_FALSE(r);
-    EXPECT_EQ(r.error().message, "cannot read " + dir_ + "/missing.bpf.o in the target: No such file or directory");
+    EXPECT_EQ(r.error().message,
+              "cannot read " + dir_ + "/missing.bpf.o in the target: No such file or directory");
     r = client_->call("bpf.load", {{"path", "relative.bpf.o"}});
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, EINVAL);
     r = client_->call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}, {"engine", "quantum"}});
     ASSERT_FALSE(r);
     EXPECT_NE(r.error().message.find("unknown engine 'quantum'"), std::string::npos);
-    r = client_->call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}, {"programs", {"nope"}}});
+    r = client_->call("bpf.load",
+                      {{"path", bpf_dir() + "/io_stats.bpf.o"}, {"programs", {"nope"}}});
     ASSERT_FALSE(r);
     EXPECT_NE(r.error().message.find("no program 'nope'"), std::string::npos);
     // blocklat's sections are kernel block-layer tracepoints: nothing to attach here.
     r = client_->call("bpf.load", {{"path", bpf_dir() + "/blocklat.bpf.o"}});
     ASSERT_FALSE(r);
-    EXPECT_NE(r.error().message.find("no program the agent can attach"), std::string::npos) << r.error().message;
+    EXPECT_NE(r.error().message.find("no program the agent can attach"), std::string::npos)
+        << r.error().message;
     r = client_->call("bpf.unload", {{"object", 4242}});
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, ENOENT);
@@ -312,12 +330,15 @@ TEST_F(BpfHostTest, LoadUnloadHundredTimesWhileThreadsDoIo) {
         threads.emplace_back([&] {
             char buf[64];
             while (!stop.load()) {
-                if (::pread(fd, buf, sizeof buf, 100) != static_cast<ssize_t>(sizeof buf) || buf[0] != 'x') ++bad;
+                if (::pread(fd, buf, sizeof buf, 100) != static_cast<ssize_t>(sizeof buf) ||
+                    buf[0] != 'x')
+                    ++bad;
                 ++reads;
             }
         });
     for (int i = 0; i < 100; ++i) {
-        const json loaded = load(i % 2 ? "io_stats.bpf.o" : "syscount.bpf.o", {{"engine", i % 3 ? "jit" : "interp"}});
+        const json loaded = load(i % 2 ? "io_stats.bpf.o" : "syscount.bpf.o",
+                                 {{"engine", i % 3 ? "jit" : "interp"}});
         ASSERT_TRUE(loaded.contains("object"));
         call("bpf.unload", {{"object", loaded["object"]}});
     }
@@ -329,7 +350,9 @@ TEST_F(BpfHostTest, LoadUnloadHundredTimesWhileThreadsDoIo) {
     EXPECT_TRUE(call("bpf.list")["objects"].empty());
 }
 
-std::string test_bpf(const std::string& name) { return std::string(LIVEIO_AGENT_TEST_BPF_DIR) + "/" + name; }
+std::string test_bpf(const std::string& name) {
+    return std::string(LIVEIO_AGENT_TEST_BPF_DIR) + "/" + name;
+}
 
 enum { kEnters, kRequested, kExits, kReturned, kRawExits, kLastFd, kPosSum, kPidTgid };
 
@@ -364,7 +387,8 @@ TEST_F(BpfHostTest, KernelStylePerSyscallAndRawTracepointProgramsSeeTheCallsArgu
     EXPECT_EQ(slot(c, kLastFd), static_cast<uint64_t>(fd));
     EXPECT_EQ(slot(c, kPosSum), pos_sum);
     // bpf_get_current_pid_tgid (answered from the thread's cache) names this thread.
-    EXPECT_EQ(slot(c, kPidTgid), static_cast<uint64_t>(::getpid()) << 32 | static_cast<uint32_t>(::gettid()));
+    EXPECT_EQ(slot(c, kPidTgid),
+              static_cast<uint64_t>(::getpid()) << 32 | static_cast<uint32_t>(::gettid()));
     ::close(fd);
 }
 
@@ -405,7 +429,8 @@ TEST_F(BpfHostTest, UprobeAndUretprobeOnAFunctionOfTheTarget) {
     EXPECT_EQ(slot(p, 2), 50u);    // returns
     EXPECT_EQ(slot(p, 3), static_cast<uint64_t>(sum));
     // A second object probing the same functions shares the probes; each counts its calls.
-    const json second = call("bpf.load", {{"path", test_bpf("uprobe_probed.bpf.o")}, {"engine", "interp"}});
+    const json second =
+        call("bpf.load", {{"path", test_bpf("uprobe_probed.bpf.o")}, {"engine", "interp"}});
     ASSERT_TRUE(second.contains("object")) << second.dump();
     auto m2 = maps(second["object"]);
     ASSERT_EQ(liveio_test_probed(10), 31);
@@ -435,7 +460,8 @@ TEST_F(BpfHostTest, VerifierRejectionIsReportedWithTheInstructionAndNothingStays
         hook::Dispatcher::ScopedInside inside;
         auto obj = ebpf::Object::open(path);
         ASSERT_TRUE(obj) << obj.error().message;
-        auto exe = ebpf::Executable::load(obj->programs()[0], ebpf::HelperTable::standard(), ebpf::Engine::Jit);
+        auto exe = ebpf::Executable::load(obj->programs()[0], ebpf::HelperTable::standard(),
+                                          ebpf::Engine::Jit);
         ASSERT_FALSE(exe) << "the verifier accepted a read past the context";
         verifier_message = exe.error().message;
     }
@@ -468,7 +494,8 @@ TEST_F(BpfHostTest, TracePrintkLinesReachTheLogPassedByBpfLog) {
         lines.emplace_back(l.text);
         EXPECT_EQ(l.tgid, static_cast<uint32_t>(::getpid()));
     });
-    EXPECT_EQ(lines, (std::vector<std::string>{"pread returned 5", "pread returned 6", "pread returned 7"}));
+    EXPECT_EQ(lines, (std::vector<std::string>{"pread returned 5", "pread returned 6",
+                                               "pread returned 7"}));
 }
 
 // Counts this process's open descriptors and memory mappings.
@@ -484,7 +511,8 @@ std::pair<size_t, size_t> fds_and_mappings() {
 TEST_F(BpfHostTest, UnloadReleasesMapsMemfdsAndJitMemory) {
     hook::Dispatcher::ScopedInside inside;  // the test's own bookkeeping is not the workload
     // Warm up once: first-use allocations (thread slots, caches) are not leaks.
-    call("bpf.unload", {{"object", call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}})["object"]}});
+    call("bpf.unload",
+         {{"object", call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}})["object"]}});
     const auto before = fds_and_mappings();
     for (int i = 0; i < 5; ++i) {
         const json a = call("bpf.load", {{"path", bpf_dir() + "/io_stats.bpf.o"}});
@@ -497,7 +525,8 @@ TEST_F(BpfHostTest, UnloadReleasesMapsMemfdsAndJitMemory) {
 }
 
 TEST(BpfHostAgent, LoadOnAnAgentWithoutInterceptionInstallsTheDefault) {
-    const std::string name = std::string(1, '\0') + "liveio-test-bpf/" + std::to_string(::getpid()) + "/default";
+    const std::string name =
+        std::string(1, '\0') + "liveio-test-bpf/" + std::to_string(::getpid()) + "/default";
     auto agent = Agent::start(AgentOptions{name, false, "", 0});
     ASSERT_TRUE(agent) << agent.error().message;
     auto c = ControlClient::connect_name(name);
@@ -518,8 +547,8 @@ TEST(BpfHostAgent, LoadOnAnAgentWithoutInterceptionInstallsTheDefault) {
 class ScriptedTarget {
 public:
     // `under_run`: started by `liveio run` (agent preloaded); else plain, for `liveio attach`.
-    ScriptedTarget(const std::string& script, const std::vector<std::string>& args, bool under_run = true,
-                   const std::string& mechanism = "got") {
+    ScriptedTarget(const std::string& script, const std::vector<std::string>& args,
+                   bool under_run = true, const std::string& mechanism = "got") {
         int in[2], out[2];
         if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) return;
         pid_ = ::fork();
@@ -528,7 +557,9 @@ public:
             ::dup2(out[1], 1);
             std::vector<std::string> argv{LIVEIO_CLI_PATH, "run", "--mechanism", mechanism, "--"};
             if (!under_run) argv.clear();
-            for (const std::string& a : {std::string("/usr/bin/python3"), std::string("-c"), script}) argv.push_back(a);
+            for (const std::string& a :
+                 {std::string("/usr/bin/python3"), std::string("-c"), script})
+                argv.push_back(a);
             argv.insert(argv.end(), args.begin(), args.end());
             std::vector<char*> raw;
             for (auto& a : argv) raw.push_back(a.data());
@@ -586,7 +617,8 @@ sys.stdin.readline()
 )";
 
 // The maps of a loaded object, by name, mapped from the memfds the agent passes.
-std::map<std::string, std::shared_ptr<ebpf::Map>> client_maps(ControlClient& client, const json& object) {
+std::map<std::string, std::shared_ptr<ebpf::Map>> client_maps(ControlClient& client,
+                                                              const json& object) {
     std::map<std::string, std::shared_ptr<ebpf::Map>> maps;
     auto described = client.call("bpf.maps", {{"object", object}});
     EXPECT_TRUE(described) << described.error().message;
@@ -608,7 +640,8 @@ uint64_t calls_of(ebpf::Map& syscall_stats, uint32_t nr) {
 }
 
 TEST(BpfHostProcess, AttachLoadDetachReattachInALiveProcess) {
-    if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3) as the workload";
+    if (::access("/usr/bin/python3", X_OK) != 0)
+        GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3) as the workload";
     const std::string file = testing::temp_path("attach.dat");
     std::ofstream(file) << std::string(64 * 1024, 'x');
     // Waits for commands in select() (not hooked) so that no thread sits in a hooked read
@@ -642,7 +675,8 @@ while True:
         ASSERT_EQ(target.line(), "done\n");
         auto maps = client_maps(*client, (*loaded)["object"]);
         ASSERT_TRUE(maps.count("syscall_stats"));
-        EXPECT_EQ(calls_of(*maps["syscall_stats"], SYS_pread64), static_cast<uint64_t>(n)) << "round " << round;
+        EXPECT_EQ(calls_of(*maps["syscall_stats"], SYS_pread64), static_cast<uint64_t>(n))
+            << "round " << round;
         // Detach unloads the programs with the agent; the maps mapped here stay readable.
         auto detached = testing::run_cli({"detach", pid});
         ASSERT_EQ(detached.status, 0) << detached.output;
@@ -660,7 +694,8 @@ void run_io_stats_workload(const std::string& mechanism) {
     const std::string file = dir + "/store/data/db/hits/20190101_1_1_0/URL.bin";
     std::ofstream(file) << std::string(64 * 1024, 'x');
     constexpr int kReads = 300, kWrites = 120;
-    ScriptedTarget target(kWorkloadScript, {file, std::to_string(kReads), std::to_string(kWrites)}, true, mechanism);
+    ScriptedTarget target(kWorkloadScript, {file, std::to_string(kReads), std::to_string(kWrites)},
+                          true, mechanism);
     ASSERT_EQ(target.line(), "ready\n");
     auto client = ControlClient::connect(target.pid());
     ASSERT_TRUE(client) << client.error().message;
@@ -682,32 +717,38 @@ void run_io_stats_workload(const std::string& mechanism) {
     const auto pwrites = stats("syscall_stats", SYS_pwrite64);
     EXPECT_EQ(pwrites.calls, static_cast<uint64_t>(kWrites));
     EXPECT_EQ(pwrites.bytes, kWrites * 100u);
-    EXPECT_EQ(stats("class_stats", LIVEIO_CLASS_KEY(LIVEIO_CLASS_CH_BIN, LIVEIO_IO_READ)).calls, static_cast<uint64_t>(kReads));
-    EXPECT_EQ(stats("class_stats", LIVEIO_CLASS_KEY(LIVEIO_CLASS_CH_BIN, LIVEIO_IO_WRITE)).calls, static_cast<uint64_t>(kWrites));
+    EXPECT_EQ(stats("class_stats", LIVEIO_CLASS_KEY(LIVEIO_CLASS_CH_BIN, LIVEIO_IO_READ)).calls,
+              static_cast<uint64_t>(kReads));
+    EXPECT_EQ(stats("class_stats", LIVEIO_CLASS_KEY(LIVEIO_CLASS_CH_BIN, LIVEIO_IO_WRITE)).calls,
+              static_cast<uint64_t>(kWrites));
 
     // The program list shows its runs; unload leaves the process running normally.
     auto listed = client->call("bpf.list");
     ASSERT_TRUE(listed);
-    EXPECT_GE((*listed)["objects"][0]["programs"][0]["runs"].get<uint64_t>(), static_cast<uint64_t>(kReads + kWrites));
+    EXPECT_GE((*listed)["objects"][0]["programs"][0]["runs"].get<uint64_t>(),
+              static_cast<uint64_t>(kReads + kWrites));
     ASSERT_TRUE(client->call("bpf.unload", {{"object", (*loaded)["object"]}}));
     EXPECT_EQ(target.finish(), 0);
     fs::remove_all(dir);
 }
 
 TEST(BpfHostProcess, IoStatsInALiveioRunProcessCountsItsWorkloadExactly) {
-    if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3) as the workload";
+    if (::access("/usr/bin/python3", X_OK) != 0)
+        GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3) as the workload";
     run_io_stats_workload("got");
 }
 
 TEST(BpfHostProcess, IoStatsUnderSyscallRewritingCountsTheSameWorkload) {
-    if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3) as the workload";
+    if (::access("/usr/bin/python3", X_OK) != 0)
+        GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3) as the workload";
     testing::MmapMinAddrZero page_zero;  // lowered for the test when root, restored after
     if (!page_zero.ok()) GTEST_SKIP() << page_zero.reason();
     run_io_stats_workload("rewrite");
 }
 
 TEST(BpfHostProcess, AProcessThatExitsMeanwhileGivesAClearError) {
-    if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3)";
+    if (::access("/usr/bin/python3", X_OK) != 0)
+        GTEST_SKIP() << "needs /usr/bin/python3 (Debian python3)";
     ScriptedTarget target("import sys\nprint('ready', flush=True)\nsys.stdin.readline()\n", {});
     ASSERT_EQ(target.line(), "ready\n");
     const pid_t pid = target.pid();
@@ -737,7 +778,8 @@ TEST(BpfSections, AttachPointsAndSyscallNames) {
     EXPECT_EQ(p->describe(), "sys_exit:pread64");
     p = parse_attach_point("tp/syscalls/sys_enter_frobnicate");
     ASSERT_FALSE(p);
-    EXPECT_EQ(p.error().message, "section 'tp/syscalls/sys_enter_frobnicate': unknown syscall 'frobnicate' (x86-64)");
+    EXPECT_EQ(p.error().message,
+              "section 'tp/syscalls/sys_enter_frobnicate': unknown syscall 'frobnicate' (x86-64)");
     p = parse_attach_point("uprobe/libc.so.6:read+0x10");
     ASSERT_TRUE(p);
     EXPECT_EQ(p->object, "libc.so.6");
@@ -751,11 +793,13 @@ TEST(BpfSections, AttachPointsAndSyscallNames) {
 }
 
 TEST(FdClasses, ClickHouseNames) {
-    EXPECT_EQ(classify_clickhouse_path("/var/lib/clickhouse/data/db/t/201901_1_5_2/URL.bin"), LIVEIO_CLASS_CH_BIN);
+    EXPECT_EQ(classify_clickhouse_path("/var/lib/clickhouse/data/db/t/201901_1_5_2/URL.bin"),
+              LIVEIO_CLASS_CH_BIN);
     EXPECT_EQ(classify_clickhouse_path("/x/y.mrk2"), LIVEIO_CLASS_CH_MRK);
     EXPECT_EQ(classify_clickhouse_path("/x/all_1_1_0/primary.idx"), LIVEIO_CLASS_CH_PRIMARY);
     EXPECT_EQ(classify_clickhouse_path("/x/all_1_1_0/count.txt"), LIVEIO_CLASS_CH_OTHER);
-    EXPECT_EQ(classify_clickhouse_path("/srv/ch/data/db/t/format_version.txt"), LIVEIO_CLASS_CH_OTHER);
+    EXPECT_EQ(classify_clickhouse_path("/srv/ch/data/db/t/format_version.txt"),
+              LIVEIO_CLASS_CH_OTHER);
     EXPECT_EQ(classify_clickhouse_path("/etc/passwd"), LIVEIO_CLASS_FILE);
     EXPECT_EQ(classify_clickhouse_path("/home/u/data/notes.txt"), LIVEIO_CLASS_FILE);
 }

@@ -57,7 +57,8 @@ struct Edge {
 // Records the edges of pread64 calls (other calls of the process are ignored).
 class RecordingObserver final : public CallObserver {
 public:
-    RecordingObserver(int id, std::vector<Edge>& log, std::mutex& mu) : id_(id), log_(log), mu_(mu) {}
+    RecordingObserver(int id, std::vector<Edge>& log, std::mutex& mu)
+        : id_(id), log_(log), mu_(mu) {}
     void enter(CallFrame& frame) override { record(frame, false); }
     void exit(CallFrame& frame) override { record(frame, true); }
 
@@ -139,9 +140,9 @@ TEST(CallPipeline, ObserversSeeNativeAndRedirectedCallsInOrder) {
 
     const uint64_t redirected = CallPipeline::kRedirected | 1;
     const std::vector<std::tuple<int, bool, long, uint64_t>> want = {
-        {1, false, 0, 0}, {2, false, 0, 0}, {1, true, 16, 0}, {2, true, 16, 0},
+        {1, false, 0, 0}, {2, false, 0, 0}, {1, true, 16, 0},         {2, true, 16, 0},
         {1, false, 0, 0}, {2, false, 0, 0}, {1, true, 8, redirected}, {2, true, 8, redirected},
-        {1, false, 0, 0}, {2, false, 0, 0}, {1, true, 16, 0}, {2, true, 16, 0},
+        {1, false, 0, 0}, {2, false, 0, 0}, {1, true, 16, 0},         {2, true, 16, 0},
     };
     ASSERT_EQ(log.size(), want.size());
     for (size_t i = 0; i < want.size(); ++i) {
@@ -204,12 +205,14 @@ TEST_F(CountedPipeline, RedirectorSetAndClearedWhileThreadsCall) {
     EXPECT_EQ(wrong.load(), 0);
     EXPECT_FALSE(entered_after_clear);
     EXPECT_GT(cycles, 0u);
-    EXPECT_EQ(counters.snapshot()["pread64"]["calls"].get<uint64_t>(), uint64_t{kThreads} * kReadsPerThread);
+    EXPECT_EQ(counters.snapshot()["pread64"]["calls"].get<uint64_t>(),
+              uint64_t{kThreads} * kReadsPerThread);
 }
 
 // More threads over time than the counters have blocks: the later ones take over the blocks
 // of exited threads, and no call is lost.
-TEST_F(CountedPipeline, CountersExactAcrossManyShortLivedThreads) {    constexpr int kWaves = 3;
+TEST_F(CountedPipeline, CountersExactAcrossManyShortLivedThreads) {
+    constexpr int kWaves = 3;
     constexpr int kThreadsPerWave = CallCounters::kThreadBlocks / 2 + 16;
     constexpr int kReads = 20;
     uint64_t errors_expected = 0;

@@ -25,7 +25,8 @@ using testing::IoTarget;
 using testing::run_cli;
 
 bool agent_mapped(pid_t pid) {
-    return testing::read_file("/proc/" + std::to_string(pid) + "/maps").find("liveio-agent.so") != std::string::npos;
+    return testing::read_file("/proc/" + std::to_string(pid) + "/maps").find("liveio-agent.so") !=
+           std::string::npos;
 }
 
 // `liveio ARGS` with LIVEIO_KILL_AT=point in its environment.
@@ -49,7 +50,8 @@ TEST_P(CliKilled, TargetResumesAndALaterAttachWorks) {
     {
         std::ifstream f("/proc/sys/kernel/yama/ptrace_scope");
         int scope = 0;
-        if (f >> scope && scope >= 2 && ::geteuid() != 0) GTEST_SKIP() << "ptrace_scope >= 2 needs CAP_SYS_PTRACE";
+        if (f >> scope && scope >= 2 && ::geteuid() != 0)
+            GTEST_SKIP() << "ptrace_scope >= 2 needs CAP_SYS_PTRACE";
     }
     std::optional<testing::MmapMinAddrZero> page_zero;
     if (std::string(c.mechanism) == "rewrite") {
@@ -63,12 +65,15 @@ TEST_P(CliKilled, TargetResumesAndALaterAttachWorks) {
     if (std::string(c.command) == "detach") {
         const CliResult a = run_cli({"attach", pid, "--mechanism", c.mechanism});
         ASSERT_EQ(a.status, 0) << a.output;
-        ASSERT_TRUE(target.rearm_idle_calls()) << target.output();  // idle threads asleep inside hooks
+        ASSERT_TRUE(target.rearm_idle_calls())
+            << target.output();  // idle threads asleep inside hooks
     }
     const CliResult killed = run_cli_killed_at(
-        c.point, std::string(c.command) == "attach" ? std::vector<std::string>{"attach", pid, "--mechanism", c.mechanism}
-                                                     : std::vector<std::string>{"detach", pid});
-    ASSERT_EQ(killed.status, 128 + SIGKILL) << "the command was not killed at " << c.point << ":\n" << killed.output;
+        c.point, std::string(c.command) == "attach"
+                     ? std::vector<std::string>{"attach", pid, "--mechanism", c.mechanism}
+                     : std::vector<std::string>{"detach", pid});
+    ASSERT_EQ(killed.status, 128 + SIGKILL) << "the command was not killed at " << c.point << ":\n"
+                                            << killed.output;
 
     // The target runs on, checking its I/O.
     ASSERT_TRUE(target.wait_progress(3)) << target.output();
@@ -100,19 +105,23 @@ TEST_P(CliKilled, TargetResumesAndALaterAttachWorks) {
     EXPECT_EQ(out.find("MISMATCH"), std::string::npos) << out;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Points, CliKilled,
-    ::testing::Values(KillCase{"attach", "inject-stopped", "got"}, KillCase{"attach", "attach-injected", "got"},
-                      KillCase{"attach", "attach-installed", "got"}, KillCase{"attach", "attach-installed", "inline"},
-                      KillCase{"attach", "attach-installed", "rewrite"}, KillCase{"detach", "detach-answered", "got"},
-                      KillCase{"detach", "detach-answered", "inline"}, KillCase{"detach", "detach-answered", "rewrite"},
-                      KillCase{"detach", "inject-stopped", "inline"}),
-    [](const auto& info) {
-        std::string name = std::string(info.param.command) + "_" + info.param.point + "_" + info.param.mechanism;
-        for (char& ch : name)
-            if (ch == '-') ch = '_';
-        return name;
-    });
+INSTANTIATE_TEST_SUITE_P(Points, CliKilled,
+                         ::testing::Values(KillCase{"attach", "inject-stopped", "got"},
+                                           KillCase{"attach", "attach-injected", "got"},
+                                           KillCase{"attach", "attach-installed", "got"},
+                                           KillCase{"attach", "attach-installed", "inline"},
+                                           KillCase{"attach", "attach-installed", "rewrite"},
+                                           KillCase{"detach", "detach-answered", "got"},
+                                           KillCase{"detach", "detach-answered", "inline"},
+                                           KillCase{"detach", "detach-answered", "rewrite"},
+                                           KillCase{"detach", "inject-stopped", "inline"}),
+                         [](const auto& info) {
+                             std::string name = std::string(info.param.command) + "_" +
+                                                info.param.point + "_" + info.param.mechanism;
+                             for (char& ch : name)
+                                 if (ch == '-') ch = '_';
+                             return name;
+                         });
 
 }  // namespace
 }  // namespace liveio::agent

@@ -20,9 +20,9 @@
 
 #include "agent/mmap_min_addr.h"
 #include "agent/process_util.h"
-#include "control/protocol.h"
 #include "clickhouse/dataset.h"
 #include "clickhouse/server.h"
+#include "control/protocol.h"
 
 namespace liveio::agent {
 
@@ -55,7 +55,9 @@ uint64_t calls_of(const json& status, const std::string& syscall) {
 
 // Calls of the system calls a query's file reads go through (18.16 reads column files with
 // read() from a file descriptor; pread is counted too in case a build uses it).
-uint64_t file_reads(const json& status) { return calls_of(status, "read") + calls_of(status, "pread64"); }
+uint64_t file_reads(const json& status) {
+    return calls_of(status, "read") + calls_of(status, "pread64");
+}
 
 bool agent_mapped(pid_t pid) {
     std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
@@ -68,7 +70,8 @@ bool agent_mapped(pid_t pid) {
 // of the unpatched server.
 class QueryLoop {
 public:
-    QueryLoop(clickhouse::HttpClient client, std::vector<clickhouse::Query> mix, std::vector<std::string> baseline)
+    QueryLoop(clickhouse::HttpClient client, std::vector<clickhouse::Query> mix,
+              std::vector<std::string> baseline)
         : client_(std::move(client)), mix_(std::move(mix)), baseline_(std::move(baseline)) {
         thread_ = std::thread([this] { run(); });
     }
@@ -84,7 +87,8 @@ public:
     // Waits until `n` more passes completed (false if the loop stopped answering).
     bool wait_passes(uint64_t n) {
         const uint64_t want = passes() + n;
-        return eventually([&] { return passes() >= want || failures() > 0; }, 300000) && failures() == 0;
+        return eventually([&] { return passes() >= want || failures() > 0; }, 300000) &&
+               failures() == 0;
     }
     size_t failures() const {
         std::lock_guard lock(mu_);
@@ -104,10 +108,11 @@ private:
                 auto got = client_.query(mix_[i].sql);
                 queries_.fetch_add(1);
                 std::lock_guard lock(mu_);
-                if (!got) failures_.push_back(mix_[i].name + ": error: " + got.error().message);
+                if (!got)
+                    failures_.push_back(mix_[i].name + ": error: " + got.error().message);
                 else if (*got != baseline_[i])
-                    failures_.push_back(mix_[i].name + ": answered\n" + got->substr(0, 300) + "\ninstead of\n" +
-                                        baseline_[i].substr(0, 300));
+                    failures_.push_back(mix_[i].name + ": answered\n" + got->substr(0, 300) +
+                                        "\ninstead of\n" + baseline_[i].substr(0, 300));
             }
             passes_.fetch_add(1);
         }
@@ -132,7 +137,8 @@ TEST_P(ClickHouseAttach, AnswersStayExactWhileAttachedDetachedAndReattached) {
     {
         std::ifstream f("/proc/sys/kernel/yama/ptrace_scope");
         int scope = 0;
-        if (f >> scope && scope >= 3) GTEST_SKIP() << "ptrace is disabled (kernel.yama.ptrace_scope=3)";
+        if (f >> scope && scope >= 3)
+            GTEST_SKIP() << "ptrace is disabled (kernel.yama.ptrace_scope=3)";
         if (scope == 2 && ::geteuid() != 0) GTEST_SKIP() << "ptrace_scope=2 needs CAP_SYS_PTRACE";
     }
     std::optional<testing::MmapMinAddrZero> page_zero;
@@ -153,7 +159,8 @@ TEST_P(ClickHouseAttach, AnswersStayExactWhileAttachedDetachedAndReattached) {
     ASSERT_TRUE(server) << server.error().message;
     {
         std::ifstream env("/proc/" + std::to_string(server->pid()) + "/environ");
-        const std::string got((std::istreambuf_iterator<char>(env)), std::istreambuf_iterator<char>());
+        const std::string got((std::istreambuf_iterator<char>(env)),
+                              std::istreambuf_iterator<char>());
         EXPECT_EQ(got, std::string(clickhouse::kServiceEnvironment) + '\0');
     }
     auto client = server->client();
@@ -194,14 +201,16 @@ TEST_P(ClickHouseAttach, AnswersStayExactWhileAttachedDetachedAndReattached) {
         const uint64_t total = calls_of(*first, "total");
         // Queries run while attached: the agent sees the server's file reads, and every answer
         // is still the unpatched one.
-        ASSERT_TRUE(loop.wait_passes(2)) << loop.describe() << "\nserver log:\n" << server->log_tail(60);
+        ASSERT_TRUE(loop.wait_passes(2)) << loop.describe() << "\nserver log:\n"
+                                         << server->log_tail(60);
         ASSERT_TRUE(eventually([&] {
             auto s = status_json(pid);
             return s && file_reads(*s) > reads && calls_of(*s, "total") > total;
         })) << status_json(pid).value_or(json()).dump();
         const auto later = status_json(pid);
         ASSERT_TRUE(later);
-        std::printf("  counted while attached: %s\n", later->value("calls", json::object()).dump().c_str());
+        std::printf("  counted while attached: %s\n",
+                    later->value("calls", json::object()).dump().c_str());
 
         const CliResult d = run_cli({"detach", spid});
         ASSERT_EQ(d.status, 0) << d.output << "\nserver log:\n" << server->log_tail(60);
@@ -224,7 +233,8 @@ TEST_P(ClickHouseAttach, AnswersStayExactWhileAttachedDetachedAndReattached) {
     EXPECT_TRUE(stopped) << stopped.error().message;
 }
 
-INSTANTIATE_TEST_SUITE_P(Mechanisms, ClickHouseAttach, ::testing::Values("got", "inline", "rewrite"),
+INSTANTIATE_TEST_SUITE_P(Mechanisms, ClickHouseAttach,
+                         ::testing::Values("got", "inline", "rewrite"),
                          [](const auto& info) { return std::string(info.param); });
 
 }  // namespace

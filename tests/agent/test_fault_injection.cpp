@@ -27,19 +27,23 @@ TEST(FaultInjection, TargetCallsKeepNativeResultsUnderEveryEngineFault) {
     ASSERT_TRUE(target.wait_ready()) << target.output();
     const std::string pid = std::to_string(target.pid());
     const CliResult a = run_cli({"attach", pid, "--policy", "uring"});
-    if (a.status != 0 && a.output.find("not permitted") != std::string::npos) GTEST_SKIP() << a.output;
+    if (a.status != 0 && a.output.find("not permitted") != std::string::npos)
+        GTEST_SKIP() << a.output;
     ASSERT_EQ(a.status, 0) << a.output;
     const CliResult list = run_cli({"policy", pid, "list"});
-    if (list.output.find("synchronous fallback") != std::string::npos) GTEST_SKIP() << "io_uring unusable here: " << list.output;
+    if (list.output.find("synchronous fallback") != std::string::npos)
+        GTEST_SKIP() << "io_uring unusable here: " << list.output;
 
     const CliResult bad = run_cli({"fault", pid, "no_such_point", "1"});
     EXPECT_NE(bad.status, 0);
-    EXPECT_NE(bad.output.find("complete_short"), std::string::npos) << "the error lists the points: " << bad.output;
+    EXPECT_NE(bad.output.find("complete_short"), std::string::npos)
+        << "the error lists the points: " << bad.output;
 
     // submit_enomem last: a hard io_uring_enter error retires the ring of each thread that
     // meets it (those threads then run natively), so later points would find no ring to fail.
-    for (const char* point : {"ring_create", "submit_eagain", "submit_ebusy", "submit_eintr", "complete_eio",
-                              "complete_eagain", "complete_short", "submit_enomem"}) {
+    for (const char* point :
+         {"ring_create", "submit_eagain", "submit_ebusy", "submit_eintr", "complete_eio",
+          "complete_eagain", "complete_short", "submit_enomem"}) {
         SCOPED_TRACE(point);
         const CliResult f = run_cli({"fault", pid, point, "50"});
         ASSERT_EQ(f.status, 0) << f.output;
@@ -51,14 +55,16 @@ TEST(FaultInjection, TargetCallsKeepNativeResultsUnderEveryEngineFault) {
     const json status = json::parse(s.output);
     ASSERT_TRUE(status.contains("faults")) << s.output;
     // The file workers read and write all the time: these steps run, so their faults fire.
-    for (const char* point :
-         {"submit_eagain", "submit_ebusy", "submit_eintr", "complete_eio", "complete_eagain", "complete_short", "submit_enomem"})
-        EXPECT_GT(status["faults"].value(point, json::object()).value("injected", 0u), 0u) << point << ": " << s.output;
+    for (const char* point : {"submit_eagain", "submit_ebusy", "submit_eintr", "complete_eio",
+                              "complete_eagain", "complete_short", "submit_enomem"})
+        EXPECT_GT(status["faults"].value(point, json::object()).value("injected", 0u), 0u)
+            << point << ": " << s.output;
     // Calls the executor handed back to the kernel because of a fault are counted by reason.
     json uring;
     for (auto& p : status["policies"]["policies"])
         if (p["name"] == "uring") uring = p;
-    EXPECT_GT(uring["counters"]["fallback_reasons"].value("completion_error", 0u), 0u) << uring.dump();
+    EXPECT_GT(uring["counters"]["fallback_reasons"].value("completion_error", 0u), 0u)
+        << uring.dump();
     const CliResult human = run_cli({"status", pid});
     EXPECT_NE(human.output.find("fault injection: "), std::string::npos) << human.output;
     EXPECT_NE(human.output.find("completion_error"), std::string::npos) << human.output;
@@ -66,11 +72,14 @@ TEST(FaultInjection, TargetCallsKeepNativeResultsUnderEveryEngineFault) {
     const CliResult d = run_cli({"detach", pid});
     ASSERT_EQ(d.status, 0) << d.output;
     EXPECT_NE(d.output.find("agent unloaded"), std::string::npos) << d.output;
-    EXPECT_EQ(testing::read_file("/proc/" + pid + "/maps").find("liveio-agent.so"), std::string::npos);
+    EXPECT_EQ(testing::read_file("/proc/" + pid + "/maps").find("liveio-agent.so"),
+              std::string::npos);
     // No ring (failed or not) is left open in the target.
     for (const auto& e : std::filesystem::directory_iterator("/proc/" + pid + "/fd")) {
         std::error_code ec;
-        EXPECT_EQ(std::filesystem::read_symlink(e.path(), ec).string().find("io_uring"), std::string::npos) << e.path();
+        EXPECT_EQ(std::filesystem::read_symlink(e.path(), ec).string().find("io_uring"),
+                  std::string::npos)
+            << e.path();
     }
     ASSERT_TRUE(target.wait_progress());
     const int status_code = target.stop();

@@ -36,7 +36,8 @@ using ebpf::parity::rodata;
 
 // <build>/bpf/syscount.bpf.o, found from the CLI's location (<build>/src/cli/liveio).
 std::string syscount_object() {
-    return fs::path(LIVEIO_CLI_PATH).parent_path().parent_path().parent_path() / "bpf" / "syscount.bpf.o";
+    return fs::path(LIVEIO_CLI_PATH).parent_path().parent_path().parent_path() / "bpf" /
+           "syscount.bpf.o";
 }
 
 struct Counts {
@@ -45,7 +46,8 @@ struct Counts {
 };
 
 std::ostream& operator<<(std::ostream& os, const Counts& c) {
-    return os << "{calls " << c.calls << ", errors " << c.errors << ", histogram total " << c.hist_total << "}";
+    return os << "{calls " << c.calls << ", errors " << c.errors << ", histogram total "
+              << c.hist_total << "}";
 }
 
 Counts counts_from(const liveio_io_stats& s) {
@@ -71,7 +73,8 @@ void workload(int fd, int ro_fd, Tally& t) {
     char buf[64] = {};
     for (int i = 0; i < 60; ++i) {
         t.note(t.write, ::write(i % 7 == 6 ? ro_fd : fd, buf, static_cast<size_t>(1 + i % 50)) < 0);
-        t.note(t.pread, ::pread(i % 9 == 8 ? 1000 + i : fd, buf, sizeof buf, i % 5 == 4 ? 1 << 20 : i * 3) < 0);
+        t.note(t.pread, ::pread(i % 9 == 8 ? 1000 + i : fd, buf, sizeof buf,
+                                i % 5 == 4 ? 1 << 20 : i * 3) < 0);
         if (i % 2 == 0) t.note(t.lseek, ::lseek(fd, i, i % 10 == 8 ? 77 : SEEK_SET) < 0);
     }
 }
@@ -111,7 +114,8 @@ private:
 void run_in_kernel(std::map<long, Counts>& kernel, Tally& tally) {
     TempFile file;
     ASSERT_TRUE(file.fd() >= 0 && file.ro_fd() >= 0) << std::strerror(errno);
-    void* shared = ::mmap(nullptr, sizeof(Tally), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    void* shared =
+        ::mmap(nullptr, sizeof(Tally), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     ASSERT_NE(shared, MAP_FAILED);
     auto* child_tally = new (shared) Tally{};
     int go[2];
@@ -139,7 +143,8 @@ void run_in_kernel(std::map<long, Counts>& kernel, Tally& tally) {
             }
         } release{go[1], child, status};
         if (auto why = liveio::testing::ensure_tracefs(); !why.empty()) GTEST_SKIP() << why;
-        auto obj = KernelObject::load(syscount_object(), {rodata<uint32_t>("target_tgid", static_cast<uint32_t>(child))});
+        auto obj = KernelObject::load(
+            syscount_object(), {rodata<uint32_t>("target_tgid", static_cast<uint32_t>(child))});
         ASSERT_TRUE(obj.ok()) << obj.error().message;
         {
             std::vector<std::unique_ptr<bpf_link, LinkCloser>> links;
@@ -147,7 +152,9 @@ void run_in_kernel(std::map<long, Counts>& kernel, Tally& tally) {
                 bpf_program* prog = bpf_object__find_program_by_name(obj.value().get(), name);
                 ASSERT_NE(prog, nullptr) << name;
                 links.emplace_back(bpf_program__attach(prog));
-                if (!links.back()) GTEST_SKIP() << "cannot attach " << name << " to its kernel tracepoint: " << std::strerror(errno);
+                if (!links.back())
+                    GTEST_SKIP() << "cannot attach " << name
+                                 << " to its kernel tracepoint: " << std::strerror(errno);
             }
             ASSERT_EQ(::write(go[1], "g", 1), 1);
             ::waitpid(child, &status, 0);
@@ -162,7 +169,8 @@ void run_in_kernel(std::map<long, Counts>& kernel, Tally& tally) {
             kernel[nr] = counts_from(s);
         }
     }
-    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "workload child failed, status " << status;
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << "workload child failed, status " << status;
     tally = *child_tally;
     ::munmap(shared, sizeof(Tally));
 }
@@ -194,7 +202,8 @@ TEST(KernelParityAgent, SyscountInTheAgentCountsAsTheKernelTracepoints) {
         Tally tally;
         {
             CallPipelineOf<BpfHost> pipeline(*host.value());
-            auto interceptor = hook::Interceptor::install({hook::Mechanism::Got, {hook::kMainProgram}, {}}, &pipeline);
+            auto interceptor = hook::Interceptor::install(
+                {hook::Mechanism::Got, {hook::kMainProgram}, {}}, &pipeline);
             ASSERT_TRUE(interceptor.ok()) << interceptor.error().message;
             workload(file.fd(), file.ro_fd(), tally);
             auto done = interceptor.value()->uninstall();

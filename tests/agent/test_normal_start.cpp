@@ -37,8 +37,9 @@ class ServiceProcess {
 public:
     explicit ServiceProcess(const passwd* user) : out_(testing::temp_path("service")) {
         const int fd = ::open(out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        std::vector<std::string> argv_s = {LIVEIO_IO_TARGET_PATH, "--report-ms", "200", "--dir", "/tmp", "--threads", "2",
-                                           "--idle"};
+        std::vector<std::string> argv_s = {
+            LIVEIO_IO_TARGET_PATH, "--report-ms", "200",   "--dir", "/tmp",
+            "--threads",           "2",           "--idle"};
         std::vector<char*> argv;
         for (auto& a : argv_s) argv.push_back(a.data());
         argv.push_back(nullptr);
@@ -49,7 +50,8 @@ public:
         const pid_t parent = ::getpid();
         pid_ = ::fork();
         if (pid_ == 0) {
-            if (user && (::setgroups(1, &gid) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0)) ::_exit(126);
+            if (user && (::setgroups(1, &gid) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0))
+                ::_exit(126);
             ::prctl(PR_SET_PDEATHSIG, SIGKILL);
             if (::getppid() != parent) ::_exit(127);
             ::dup2(fd, 1);
@@ -107,13 +109,17 @@ uint64_t total_calls(pid_t pid) {
 }
 
 TEST(NormalStart, EveryMechanismAttachesToAServiceStartedProcess) {
-    if (::geteuid() != 0) GTEST_SKIP() << "a service runs as its own user: attaching to it needs root (CAP_SYS_PTRACE)";
+    if (::geteuid() != 0)
+        GTEST_SKIP()
+            << "a service runs as its own user: attaching to it needs root (CAP_SYS_PTRACE)";
     const passwd* user = ::getpwnam("nobody");
     if (user == nullptr) GTEST_SKIP() << "no user 'nobody' to run the service as";
     std::vector<std::string> mechanisms{"got", "inline"};
     testing::MmapMinAddrZero page_zero;
-    if (page_zero.ok()) mechanisms.push_back("rewrite");
-    else std::printf("rewrite left out: %s\n", page_zero.reason().c_str());
+    if (page_zero.ok())
+        mechanisms.push_back("rewrite");
+    else
+        std::printf("rewrite left out: %s\n", page_zero.reason().c_str());
 
     ServiceProcess target(user);
     ASSERT_TRUE(target.wait_for("ready")) << target.output();
@@ -121,7 +127,9 @@ TEST(NormalStart, EveryMechanismAttachesToAServiceStartedProcess) {
     // What the process really got: only PATH, and another user than ours.
     std::string environ_text = read_file("/proc/" + pid + "/environ");
     EXPECT_EQ(environ_text, std::string(clickhouse::kServiceEnvironment) + '\0');
-    EXPECT_NE(read_file("/proc/" + pid + "/status").find("Uid:\t" + std::to_string(user->pw_uid) + "\t"), std::string::npos);
+    EXPECT_NE(
+        read_file("/proc/" + pid + "/status").find("Uid:\t" + std::to_string(user->pw_uid) + "\t"),
+        std::string::npos);
 
     for (int round = 0; round < 2; ++round)
         for (const std::string& m : mechanisms) {
@@ -129,13 +137,16 @@ TEST(NormalStart, EveryMechanismAttachesToAServiceStartedProcess) {
             const CliResult a = run_cli({"attach", pid, "--mechanism", m});
             ASSERT_EQ(a.status, 0) << a.output;
             const uint64_t calls = total_calls(target.pid());
-            ASSERT_TRUE(eventually([&] { return total_calls(target.pid()) > calls; })) << "no call intercepted";
+            ASSERT_TRUE(eventually([&] { return total_calls(target.pid()) > calls; }))
+                << "no call intercepted";
             const CliResult d = run_cli({"detach", pid});
             ASSERT_EQ(d.status, 0) << d.output;
             EXPECT_NE(d.output.find("agent unloaded"), std::string::npos) << d.output;
-            EXPECT_FALSE(control::ControlClient::connect(target.pid())) << "control socket still served";
+            EXPECT_FALSE(control::ControlClient::connect(target.pid()))
+                << "control socket still served";
             // The target keeps working (and checking) after each detach.
-            ASSERT_TRUE(target.wait_for("counts ", target.occurrences("counts ") + 2)) << target.output();
+            ASSERT_TRUE(target.wait_for("counts ", target.occurrences("counts ") + 2))
+                << target.output();
         }
     const int status = target.stop();
     const std::string out = target.output();

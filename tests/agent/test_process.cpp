@@ -24,8 +24,8 @@ namespace {
 
 using nlohmann::json;
 using testing::CliResult;
-using testing::IoTarget;
 using testing::eventually;
+using testing::IoTarget;
 using testing::run_cli;
 
 json status_of(pid_t pid) {
@@ -126,7 +126,11 @@ INSTANTIATE_TEST_SUITE_P(Mechanisms, RunTest, ::testing::Values("got", "inline",
                          [](const auto& info) { return std::string(info.param); });
 
 TEST(RunCommand, HumanStatusAndErrors) {
-    IoTarget target({LIVEIO_CLI_PATH, "run", "--", });
+    IoTarget target({
+        LIVEIO_CLI_PATH,
+        "run",
+        "--",
+    });
     ASSERT_TRUE(target.wait_ready()) << target.output();
     CliResult s = run_cli({"status", std::to_string(target.pid())});
     ASSERT_EQ(s.status, 0) << s.output;
@@ -140,7 +144,8 @@ TEST(RunCommand, HumanStatusAndErrors) {
     CliResult none = run_cli({"status", std::to_string(::getpid())});
     EXPECT_EQ(none.status, 1);
     EXPECT_NE(none.output.find("no liveio agent"), std::string::npos) << none.output;
-    CliResult bad_agent = run_cli({"attach", std::to_string(::getpid()), "--agent", "/nonexistent/liveio-agent.so"});
+    CliResult bad_agent =
+        run_cli({"attach", std::to_string(::getpid()), "--agent", "/nonexistent/liveio-agent.so"});
     EXPECT_EQ(bad_agent.status, 1);
     EXPECT_NE(bad_agent.output.find("not readable"), std::string::npos) << bad_agent.output;
     CliResult bad_mech = run_cli({"run", "--mechanism", "magic", "--", "/bin/true"});
@@ -152,9 +157,10 @@ TEST(RunCommand, HumanStatusAndErrors) {
 TEST(RunCommand, ChildrenOfTheProgramRunWithoutTheAgent) {
     // The preloaded shell has the agent; the agent removed itself from LD_PRELOAD before the
     // shell's main ran, so the shell's child (cat) starts without it.
-    CliResult r = run_cli({"run", "--", "/bin/sh", "-c",
-                           "echo \"preload=[$LD_PRELOAD] mech=[$LIVEIO_MECHANISM]\"; cat /proc/self/maps; "
-                           "grep -c liveio-agent /proc/$$/maps"});
+    CliResult r =
+        run_cli({"run", "--", "/bin/sh", "-c",
+                 "echo \"preload=[$LD_PRELOAD] mech=[$LIVEIO_MECHANISM]\"; cat /proc/self/maps; "
+                 "grep -c liveio-agent /proc/$$/maps"});
     ASSERT_EQ(r.status, 0) << r.output;
     EXPECT_NE(r.output.find("preload=[] mech=[]"), std::string::npos) << r.output;
     // Only the shell's own maps (the grep count line, last) mention the agent.
@@ -166,10 +172,10 @@ TEST(RunCommand, ChildrenOfTheProgramRunWithoutTheAgent) {
 
 // A process's mappings as lines "range perms offset path", split by kind.
 struct Maps {
-    std::vector<std::string> files;        // file-backed: must come back exactly
-    std::vector<std::string> executable;   // anonymous executable ones
+    std::vector<std::string> files;       // file-backed: must come back exactly
+    std::vector<std::string> executable;  // anonymous executable ones
     std::vector<std::string> writable_executable;
-    std::vector<std::string> other;        // anonymous data: the allocator's and thread stacks
+    std::vector<std::string> other;  // anonymous data: the allocator's and thread stacks
     bool page_zero = false;
 };
 
@@ -183,9 +189,12 @@ Maps read_maps(pid_t pid) {
         const std::string entry = range + " " + perms + " " + offset + " " + path;
         if (range.starts_with("00000000-")) m.page_zero = true;
         if (perms[1] == 'w' && perms[2] == 'x') m.writable_executable.push_back(entry);
-        if (path.starts_with("/")) m.files.push_back(entry);
-        else if (perms[2] == 'x' && path.empty()) m.executable.push_back(entry);
-        else if (path != "[heap]") m.other.push_back(entry);
+        if (path.starts_with("/"))
+            m.files.push_back(entry);
+        else if (perms[2] == 'x' && path.empty())
+            m.executable.push_back(entry);
+        else if (path != "[heap]")
+            m.other.push_back(entry);
     }
     return m;
 }
@@ -224,15 +233,18 @@ protected:
                 GTEST_SKIP() << "ptrace not permitted here: " << a.output;
             // vm.mmap_min_addr is a machine setting: another test suite running at the same
             // time may raise it again under us.
-            if (a.status != 0 && m == "rewrite" && a.output.find("mmap_min_addr") != std::string::npos) {
+            if (a.status != 0 && m == "rewrite" &&
+                a.output.find("mmap_min_addr") != std::string::npos) {
                 ASSERT_FALSE(agent_mapped(target.pid())) << "failed attach left the agent loaded";
-                GTEST_SKIP() << "cycle " << i << ": vm.mmap_min_addr was changed by another process: " << a.output;
+                GTEST_SKIP() << "cycle " << i
+                             << ": vm.mmap_min_addr was changed by another process: " << a.output;
             }
             ASSERT_EQ(a.status, 0) << "cycle " << i << " (" << m << "): " << a.output;
             ASSERT_TRUE(agent_mapped(target.pid())) << "cycle " << i;
             // The idle threads call again, through the hooks: detach will find them there.
             ASSERT_TRUE(target.rearm_idle_calls()) << "cycle " << i << ": " << target.output();
-            ASSERT_EQ(joined(read_maps(target.pid()).writable_executable), "") << "cycle " << i << " (" << m << ")";
+            ASSERT_EQ(joined(read_maps(target.pid()).writable_executable), "")
+                << "cycle " << i << " (" << m << ")";
             if (i % 10 == 0) {
                 // Interception is live: the count grows while attached.
                 const json s = status_of(target.pid());
@@ -249,7 +261,8 @@ protected:
             // The idle threads were in a hooked call (GOT, inline: recv/read; rewrite: their
             // system calls): detach says it moved them out.
             std::smatch moved;
-            ASSERT_TRUE(std::regex_search(d.output, moved, std::regex("moved (\\d+) threads? sleeping in a hooked call")))
+            ASSERT_TRUE(std::regex_search(
+                d.output, moved, std::regex("moved (\\d+) threads? sleeping in a hooked call")))
                 << "cycle " << i << " (" << m << "): " << d.output;
             EXPECT_GE(std::stoi(moved[1]), 3) << "cycle " << i << " (" << m << "): " << d.output;
             if (i == 0) data_after_first = read_maps(target.pid()).other.size();

@@ -1,8 +1,8 @@
 // The control protocol against a real Agent in this process, under its own socket name.
 #include <fcntl.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -14,15 +14,15 @@
 #include <gtest/gtest.h>
 
 #include "agent/agent.h"
-#include "control/protocol.h"
 #include "agent/process_util.h"
+#include "control/protocol.h"
 
 namespace liveio::agent {
 
 using control::ControlClient;
 using control::kAgentVersion;
-using control::kProtocolVersion;
 using control::kMaxRequestBytes;
+using control::kProtocolVersion;
 using control::LineBuffer;
 namespace {
 
@@ -60,7 +60,8 @@ TEST_F(ProtocolTest, StatusReportsIdentityAndNoMechanisms) {
     EXPECT_EQ((*s)["protocol"], kProtocolVersion);
     EXPECT_TRUE((*s)["mechanisms"].empty());
     EXPECT_GE((*s)["uptime_s"].get<double>(), 0.0);
-    for (const char* r : {"status", "install", "uninstall", "detach"}) EXPECT_TRUE((*s)["requests"].contains(r)) << r;
+    for (const char* r : {"status", "install", "uninstall", "detach"})
+        EXPECT_TRUE((*s)["requests"].contains(r)) << r;
 }
 
 TEST_F(ProtocolTest, MalformedRequestsGetErrorsAndTheConnectionSurvives) {
@@ -80,7 +81,8 @@ TEST_F(ProtocolTest, MalformedRequestsGetErrorsAndTheConnectionSurvives) {
         {"{\"v\":1,\"cmd\":\"no-such-request\"}\n", ENOSYS},
         {"{\"v\":1,\"cmd\":\"install\",\"mechanism\":\"teleport\"}\n", EINVAL},
         {"{\"v\":1,\"cmd\":\"install\",\"mechanism\":\"got\",\"functions\":\"read\"}\n", EINVAL},
-        {"{\"v\":1,\"cmd\":\"install\",\"mechanism\":\"got\",\"functions\":[\"no_such_fn\"]}\n", EINVAL},
+        {"{\"v\":1,\"cmd\":\"install\",\"mechanism\":\"got\",\"functions\":[\"no_such_fn\"]}\n",
+         EINVAL},
         {"{\"v\":1,\"cmd\":\"uninstall\",\"mechanism\":\"got\"}\n", ENOENT},
         {"{\"v\":1,\"cmd\":\"uninstall\",\"mechanism\":7}\n", EINVAL},
     };
@@ -104,7 +106,8 @@ TEST_F(ProtocolTest, ResponseCarriesTheRequestId) {
 
 TEST_F(ProtocolTest, OversizedRequestIsRejectedAndTheConnectionClosed) {
     auto c = connect();
-    std::string big = "{\"v\":1,\"cmd\":\"status\",\"pad\":\"" + std::string(kMaxRequestBytes + 10, 'x') + "\"}\n";
+    std::string big = "{\"v\":1,\"cmd\":\"status\",\"pad\":\"" +
+                      std::string(kMaxRequestBytes + 10, 'x') + "\"}\n";
     const json r = parse(c.raw_exchange(big));
     EXPECT_EQ(r["error"]["code"], E2BIG);
     char b;
@@ -133,10 +136,12 @@ TEST_F(ProtocolTest, RandomBytesNeverBreakTheAgent) {
 }
 
 TEST_F(ProtocolTest, RequestsAreAddedByRegistration) {
-    ASSERT_TRUE(agent_->router().add("echo", "returns its argument", [](const json& req) -> Result<Reply> {
-        return Reply{{{"echo", req.value("x", 0)}}, {}, {}};
-    }));
-    auto dup = agent_->router().add("echo", "again", [](const json&) -> Result<Reply> { return Reply{}; });
+    ASSERT_TRUE(
+        agent_->router().add("echo", "returns its argument", [](const json& req) -> Result<Reply> {
+            return Reply{{{"echo", req.value("x", 0)}}, {}, {}};
+        }));
+    auto dup =
+        agent_->router().add("echo", "again", [](const json&) -> Result<Reply> { return Reply{}; });
     ASSERT_FALSE(dup);
     EXPECT_EQ(dup.error().code, EEXIST);
     ASSERT_TRUE(agent_->router().add("throws", "fails", [](const json&) -> Result<Reply> {
@@ -185,12 +190,13 @@ TEST_F(ProtocolTest, RepliesWithBytesThatAreNotUtf8AreStillAnswered) {
 TEST_F(ProtocolTest, FileDescriptorsArePassedWithTheReply) {
     int p[2];
     ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
-    ASSERT_TRUE(agent_->router().add("pipe", "a pipe's write end", [&](const json&) -> Result<Reply> {
-        Reply reply;
-        reply.result = {{"fds", 1}};
-        reply.fds.push_back(::dup(p[1]));
-        return reply;
-    }));
+    ASSERT_TRUE(
+        agent_->router().add("pipe", "a pipe's write end", [&](const json&) -> Result<Reply> {
+            Reply reply;
+            reply.result = {{"fds", 1}};
+            reply.fds.push_back(::dup(p[1]));
+            return reply;
+        }));
     auto c = connect();
     ASSERT_TRUE(c.call("pipe"));
     auto fds = c.take_fds();
@@ -204,7 +210,9 @@ TEST_F(ProtocolTest, FileDescriptorsArePassedWithTheReply) {
 
 TEST_F(ProtocolTest, InstalledGotHooksCountThisProcessCalls) {
     auto c = connect();
-    auto r = c.call("install", {{"mechanism", "got"}, {"objects", {hook::kMainProgram}}, {"functions", {"pread", "pread64"}}});
+    auto r = c.call("install", {{"mechanism", "got"},
+                                {"objects", {hook::kMainProgram}},
+                                {"functions", {"pread", "pread64"}}});
     ASSERT_TRUE(r) << r.error().message;
     auto busy = c.call("install", {{"mechanism", "got"}});
     ASSERT_FALSE(busy);
@@ -259,15 +267,17 @@ TEST_F(ProtocolTest, OtherUsersAreRefused) {
     ASSERT_GE(child, 0);
     if (child == 0) {
         // The child only makes system calls until it exits: safe after fork in a threaded process.
-        if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) ::_exit(10);
+        if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0)
+            ::_exit(10);
         auto c = ControlClient::connect_name(name_);
         if (!c) ::_exit(11);
         auto r = c->call("status");
-        if (r) ::_exit(12);                       // must not be served
+        if (r) ::_exit(12);  // must not be served
         ::_exit(r.error().code == EACCES ? 0 : 13);
     }
-    EXPECT_EQ(liveio::agent::testing::wait_exit(child), 0) << "10: setresuid failed, 11: connect failed, "
-                                               "12: served another uid, 13: wrong error";
+    EXPECT_EQ(liveio::agent::testing::wait_exit(child), 0)
+        << "10: setresuid failed, 11: connect failed, "
+           "12: served another uid, 13: wrong error";
     auto s = connect().call("status");  // root (our own uid) is still served
     ASSERT_TRUE(s) << s.error().message;
     EXPECT_EQ((*s)["control"]["refused_connections"], 1u);  // counted, shown by `liveio status`
@@ -290,9 +300,12 @@ TEST(ControlClientTest, RefusesAnImpostorServingTheName) {
     ASSERT_GE(impostor, 0);
     if (impostor == 0) {
         // Binds "\0liveio/<parent pid>" as nobody and accepts until killed.
-        if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0) ::_exit(10);
+        if (::setresgid(65534, 65534, 65534) != 0 || ::setresuid(65534, 65534, 65534) != 0)
+            ::_exit(10);
         const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 || ::listen(fd, 4) != 0) ::_exit(11);
+        if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+            ::listen(fd, 4) != 0)
+            ::_exit(11);
         (void)!::write(ready[1], "r", 1);
         for (int i = 0; i < 100; ++i) {
             const int c = ::accept(fd, nullptr, nullptr);
@@ -323,7 +336,8 @@ TEST(ControlClientTest, ClearErrorsForMissingProcessOrAgent) {
 }
 
 TEST(MechanismNames, RoundTrip) {
-    for (auto m : {hook::Mechanism::Got, hook::Mechanism::Inline, hook::Mechanism::SyscallRewrite}) {
+    for (auto m :
+         {hook::Mechanism::Got, hook::Mechanism::Inline, hook::Mechanism::SyscallRewrite}) {
         auto p = parse_mechanism(mechanism_name(m));
         ASSERT_TRUE(p);
         EXPECT_EQ(*p, m);

@@ -13,8 +13,8 @@
 #include <string>
 
 #include "clickhouse/server.h"
-#include "policy/catalog.h"
 #include "liveio_process.h"
+#include "policy/catalog.h"
 
 namespace liveio::bench {
 namespace {
@@ -28,7 +28,9 @@ std::string read_file(const std::string& path) {
 }
 
 TEST(BenchClickhouse, QuickRunComparesResultsAndPrintsMetrics) {
-    if (::geteuid() != 0) GTEST_SKIP() << "needs root: cold runs drop the page cache and the bench sets device readahead";
+    if (::geteuid() != 0)
+        GTEST_SKIP()
+            << "needs root: cold runs drop the page cache and the bench sets device readahead";
     if (!clickhouse::find_server_binary()) GTEST_SKIP() << "clickhouse-server is not installed";
     char tmpl[] = "/tmp/liveio-bench-ch-XXXXXX";
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
@@ -49,12 +51,15 @@ TEST(BenchClickhouse, QuickRunComparesResultsAndPrintsMetrics) {
     // each policy either ran or was reported unavailable with the CLI's error.
     EXPECT_NE(out.find("== readahead 128 KiB: cold =="), std::string::npos);
     for (const char* q : {"Q1", "Q3", "Q8", "Q21", "Q37", "Q43", "PK1", "PK6"})
-        EXPECT_TRUE(std::regex_search(out, std::regex(std::string("\\n  ") + q + " +.*stock [0-9]+/[0-9]+ ms"))) << q;
+        EXPECT_TRUE(std::regex_search(
+            out, std::regex(std::string("\\n  ") + q + " +.*stock [0-9]+/[0-9]+ ms")))
+            << q;
     // Every policy of the catalog is a configuration by default.
     for (const auto& def : policy::catalog()) {
         const std::string& policy = def.name;
-        const bool ran = out.find(std::string("  ") + policy + " ") != std::string::npos &&
-                         std::regex_search(out, std::regex(std::string(policy) + " [0-9]+/[0-9]+ ms"));
+        const bool ran =
+            out.find(std::string("  ") + policy + " ") != std::string::npos &&
+            std::regex_search(out, std::regex(std::string(policy) + " [0-9]+/[0-9]+ ms"));
         const bool reported = out.find(policy + ": UNAVAILABLE: `liveio ") != std::string::npos;
         EXPECT_TRUE(ran || reported) << policy;
     }
@@ -62,15 +67,20 @@ TEST(BenchClickhouse, QuickRunComparesResultsAndPrintsMetrics) {
     EXPECT_NE(out.find("metric: result_mismatches 0\n"), std::string::npos);
     EXPECT_NE(out.find("metric: part_mismatches 0\n"), std::string::npos);
     EXPECT_NE(out.find("files identical to stock's"), std::string::npos);
-    for (const char* m : {"cold_speedup_geomean", "cold_gap_recovered_pct", "cold_point_lookup_speedup",
-                          "hot_slowdown_pct", "insert_speedup", "clickhouse_glue_loc"})
-        EXPECT_TRUE(std::regex_search(out, std::regex(std::string("\\nmetric: ") + m + " ([0-9.+-]+|n/a)\\n"))) << m;
+    for (const char* m :
+         {"cold_speedup_geomean", "cold_gap_recovered_pct", "cold_point_lookup_speedup",
+          "hot_slowdown_pct", "insert_speedup", "clickhouse_glue_loc"})
+        EXPECT_TRUE(std::regex_search(
+            out, std::regex(std::string("\\nmetric: ") + m + " ([0-9.+-]+|n/a)\\n")))
+            << m;
     // Every cold run started with the table out of the page cache (checked with mincore).
     std::smatch resident;
-    ASSERT_TRUE(std::regex_search(out, resident, std::regex("\\nmetric: cold_start_resident_pct_max ([0-9.]+)\\n")));
+    ASSERT_TRUE(std::regex_search(
+        out, resident, std::regex("\\nmetric: cold_start_resident_pct_max ([0-9.]+)\\n")));
     EXPECT_LE(std::stod(resident[1].str()), 1.0);
     // The tables give median [min-max] per configuration.
-    EXPECT_TRUE(std::regex_search(out, std::regex("\\nQ1 +\\| +[0-9.]+ \\[[0-9.]+-[0-9.]+\\]"))) << "cold table row of Q1";
+    EXPECT_TRUE(std::regex_search(out, std::regex("\\nQ1 +\\| +[0-9.]+ \\[[0-9.]+-[0-9.]+\\]")))
+        << "cold table row of Q1";
     std::smatch plot;
     ASSERT_TRUE(std::regex_search(out, plot, std::regex("\\nplot: (\\S+\\.svg)\\n")));
     EXPECT_GT(fs::file_size(plot[1].str()), 1000u);

@@ -17,10 +17,12 @@ namespace {
 using test_support::LiveioProcess;
 
 TEST(SoakClickhouse, ShortSoakPassesWithEveryMechanism) {
-    if (::geteuid() != 0) GTEST_SKIP() << "needs root: ptrace of a server of another user, vm.mmap_min_addr for rewrite";
+    if (::geteuid() != 0)
+        GTEST_SKIP()
+            << "needs root: ptrace of a server of another user, vm.mmap_min_addr for rewrite";
     if (!clickhouse::find_server_binary()) GTEST_SKIP() << "clickhouse-server is not installed";
-    LiveioProcess soak({"soak", "clickhouse", "--minutes", "0.75", "--rows", "200000", "--warmup-seconds", "8",
-                        "--step-ms", "400"});
+    LiveioProcess soak({"soak", "clickhouse", "--minutes", "0.75", "--rows", "200000",
+                        "--warmup-seconds", "8", "--step-ms", "400"});
     const int status = soak.finish();
     const std::string& out = soak.output();
     SCOPED_TRACE(out);
@@ -33,9 +35,12 @@ TEST(SoakClickhouse, ShortSoakPassesWithEveryMechanism) {
     EXPECT_NE(out.find("metric: soak_control_failures 0\n"), std::string::npos);
     EXPECT_NE(out.find("metric: soak_leaked_fds 0\n"), std::string::npos);
     EXPECT_NE(out.find("metric: soak_leaked_threads 0\n"), std::string::npos);
-    EXPECT_TRUE(std::regex_search(out, std::regex(R"(\nmetric: soak_target_rss_growth_mb -?[0-9.]+\n)")));
+    EXPECT_TRUE(
+        std::regex_search(out, std::regex(R"(\nmetric: soak_target_rss_growth_mb -?[0-9.]+\n)")));
     std::smatch cycles;
-    ASSERT_TRUE(std::regex_search(out, cycles, std::regex(R"(attach cycles: (\d+) \(got (\d+), inline (\d+)(, rewrite (\d+))?\))")));
+    ASSERT_TRUE(std::regex_search(
+        out, cycles,
+        std::regex(R"(attach cycles: (\d+) \(got (\d+), inline (\d+)(, rewrite (\d+))?\))")));
     EXPECT_GE(std::stoi(cycles[2]), 1);
     EXPECT_GE(std::stoi(cycles[3]), 1);
     // rewrite is left out only when vm.mmap_min_addr cannot be lowered, and the soak says so.

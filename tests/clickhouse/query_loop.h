@@ -18,9 +18,11 @@ class QueryLoop {
 public:
     // Runs queries[i % n] and compares with expected[i % n]; `before_each(i)` runs first
     // (e.g. dropping caches), when given.
-    QueryLoop(LocalServer& server, std::vector<std::string> queries, std::vector<std::string> expected,
-              std::function<void(size_t)> before_each = {}, size_t max_queries = 100000)
-        : thread_([this, &server, q = std::move(queries), e = std::move(expected), before_each, max_queries] {
+    QueryLoop(LocalServer& server, std::vector<std::string> queries,
+              std::vector<std::string> expected, std::function<void(size_t)> before_each = {},
+              size_t max_queries = 100000)
+        : thread_([this, &server, q = std::move(queries), e = std::move(expected), before_each,
+                   max_queries] {
               auto c = server.client();
               for (size_t i = 0; !stop_.load() && i < max_queries; ++i) {
                   if (before_each) before_each(i);

@@ -94,7 +94,8 @@ TEST_F(DatasetServerTest, SingleServerLoadsOnePartWithColumnFilesAndAnswersTheMi
 
     // The part on disk has what the queries read: column data, marks, primary index.
     std::set<std::string> files;
-    for (const auto& part : fs::directory_iterator(server->data_path() + "data/default/" + o.table)) {
+    for (const auto& part :
+         fs::directory_iterator(server->data_path() + "data/default/" + o.table)) {
         if (!part.is_directory() || part.path().filename() == "detached") continue;
         for (const auto& f : fs::directory_iterator(part.path())) files.insert(f.path().filename());
     }
@@ -127,7 +128,8 @@ TEST_F(DatasetServerTest, SingleServerLoadsOnePartWithColumnFilesAndAnswersTheMi
     broken[1].sql = "SELECT no_such_column FROM " + o.table;
     auto failed = run_mix(client, broken);
     ASSERT_FALSE(failed);
-    EXPECT_NE(failed.error().message.find(broken[1].name), std::string::npos) << failed.error().message;
+    EXPECT_NE(failed.error().message.find(broken[1].name), std::string::npos)
+        << failed.error().message;
 }
 
 TEST_F(DatasetServerTest, ClusterAnswersLocalAndDistributedQueriesOnEveryShard) {
@@ -141,15 +143,16 @@ TEST_F(DatasetServerTest, ClusterAnswersLocalAndDistributedQueriesOnEveryShard) 
     EXPECT_EQ(report->rows, o.rows);
     EXPECT_EQ(report->parts, cluster->size());
     std::printf("loaded %llu rows (%.1f MB) into %zu shards in %lld ms\n",
-                static_cast<unsigned long long>(report->rows), report->bytes_on_disk / 1e6, cluster->size(),
-                static_cast<long long>(report->elapsed.count()));
+                static_cast<unsigned long long>(report->rows), report->bytes_on_disk / 1e6,
+                cluster->size(), static_cast<long long>(report->elapsed.count()));
     for (size_t i = 0; i < cluster->size(); ++i) {
         auto client = cluster->shard(i).client();
         const auto mix = query_mix(o, ShardSlice{i, cluster->size()}, true);
         auto run = run_mix(client, mix);
         ASSERT_TRUE(run) << "shard " << i << ": " << run.error().message;
         EXPECT_EQ(run->mismatches, 0u) << "shard " << i << ":\n" << describe(*run);
-        std::printf("shard %zu: %zu queries in %.0f ms\n", i, mix.size(), run->elapsed.count() / 1e6);
+        std::printf("shard %zu: %zu queries in %.0f ms\n", i, mix.size(),
+                    run->elapsed.count() / 1e6);
     }
 }
 

@@ -5,14 +5,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <thread>
-#include <atomic>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include "clickhouse/http_client.h"
 #include "clickhouse/server.h"
@@ -103,7 +103,8 @@ TEST_F(ServerTest, LargeResultArrivesCompleteOverChunkedReply) {
 TEST_F(ServerTest, InsertTabSeparatedAndJSONEachRowRoundTrip) {
     auto c = server_->client();
     ASSERT_TRUE(c.execute("DROP TABLE IF EXISTS rt"));
-    auto created = c.execute("CREATE TABLE rt (id UInt32, name String, score Float64) ENGINE = Memory");
+    auto created =
+        c.execute("CREATE TABLE rt (id UInt32, name String, score Float64) ENGINE = Memory");
     ASSERT_TRUE(created) << created.error().message;
 
     std::string tricky = "tab\there, newline\nthere, back\\slash";
@@ -111,7 +112,8 @@ TEST_F(ServerTest, InsertTabSeparatedAndJSONEachRowRoundTrip) {
     auto ins = c.insert("rt", InsertFormat::TabSeparated, tsv);
     ASSERT_TRUE(ins) << ins.error().message;
     auto ins2 = c.insert("rt", InsertFormat::JSONEachRow,
-                         "{\"id\": 3, \"name\": \"json \\\"quoted\\\"\", \"score\": 1.25}\n{\"id\": 4, \"name\": \"x\", \"score\": 2}\n");
+                         "{\"id\": 3, \"name\": \"json \\\"quoted\\\"\", \"score\": "
+                         "1.25}\n{\"id\": 4, \"name\": \"x\", \"score\": 2}\n");
     ASSERT_TRUE(ins2) << ins2.error().message;
     auto ins3 = c.insert("rt", InsertFormat::TabSeparated, "5\tcols\n", {"id", "name"});
     ASSERT_TRUE(ins3) << ins3.error().message;
@@ -145,7 +147,8 @@ public:
         addr.sin_family = AF_INET;
         addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         socklen_t len = sizeof addr;
-        if (::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 && ::listen(fd_, 8) == 0 &&
+        if (::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+            ::listen(fd_, 8) == 0 &&
             ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
             port_ = ntohs(addr.sin_port);
         thread_ = std::thread([this] { serve(); });
@@ -171,7 +174,8 @@ private:
                 if (n <= 0) break;
                 req.append(buf, static_cast<size_t>(n));
             }
-            std::string reply = "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: Keep-Alive\r\n\r\nOk.\n";
+            std::string reply =
+                "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: Keep-Alive\r\n\r\nOk.\n";
             ::send(c, reply.data(), reply.size(), MSG_NOSIGNAL);
             // Wait until the client's next request arrives, then drop it unanswered.
             ::recv(c, buf, sizeof buf, 0);
@@ -187,7 +191,8 @@ private:
 TEST(HttpClientTest, RetriesOnceWhenKeptAliveConnectionWasClosed) {
     OneShotHttpServer fake;
     ASSERT_NE(fake.port(), 0);
-    HttpClient c(HttpClientOptions{.port = fake.port(), .timeout = std::chrono::milliseconds(10000)});
+    HttpClient c(
+        HttpClientOptions{.port = fake.port(), .timeout = std::chrono::milliseconds(10000)});
     for (int i = 0; i < 3; ++i) {
         auto r = c.ping();
         ASSERT_TRUE(r) << "ping " << i << ": " << r.error().message;
@@ -198,7 +203,8 @@ TEST(HttpClientTest, RetriesOnceWhenKeptAliveConnectionWasClosed) {
 TEST_F(ServerTest, ClientReportsRefusedConnectionAndBadHost) {
     auto ports = free_ports(1);
     ASSERT_TRUE(ports) << ports.error().message;
-    HttpClient nobody(HttpClientOptions{.port = (*ports)[0], .timeout = std::chrono::milliseconds(5000)});
+    HttpClient nobody(
+        HttpClientOptions{.port = (*ports)[0], .timeout = std::chrono::milliseconds(5000)});
     auto r = nobody.query("SELECT 1");
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, ECONNREFUSED) << r.error().message;
@@ -289,7 +295,8 @@ TEST(LocalServerTest, BadBinaryAndCrashingServerGiveClearErrors) {
     // /bin/false "starts" and exits at once: the error says so and shows the log tail.
     auto exits = LocalServer::start({.binary = "/bin/false"});
     ASSERT_FALSE(exits);
-    EXPECT_NE(exits.error().message.find("exited with status 1"), std::string::npos) << exits.error().message;
+    EXPECT_NE(exits.error().message.find("exited with status 1"), std::string::npos)
+        << exits.error().message;
 
     if (auto b = find_server_binary(); !b) GTEST_SKIP() << b.error().message;
     // A config the server rejects (a port it cannot bind twice): the server exits and its own
@@ -297,7 +304,8 @@ TEST(LocalServerTest, BadBinaryAndCrashingServerGiveClearErrors) {
     auto ports = free_ports(1);
     ASSERT_TRUE(ports);
     uint16_t p = (*ports)[0];
-    auto clash = LocalServer::start({.ports = {p, p, p}, .start_timeout = std::chrono::milliseconds(30000)});
+    auto clash =
+        LocalServer::start({.ports = {p, p, p}, .start_timeout = std::chrono::milliseconds(30000)});
     ASSERT_FALSE(clash);
     EXPECT_NE(clash.error().message.find("log tail"), std::string::npos) << clash.error().message;
 }
@@ -310,7 +318,8 @@ TEST(LocalServerTest, StartTimeoutStopsTheProcess) {
         f << "#!/bin/sh\nexec sleep 600\n";
     }
     fs::permissions(sleeper, fs::perms::owner_all);
-    auto s = LocalServer::start({.binary = sleeper.string(), .start_timeout = std::chrono::milliseconds(500),
+    auto s = LocalServer::start({.binary = sleeper.string(),
+                                 .start_timeout = std::chrono::milliseconds(500),
                                  .stop_timeout = std::chrono::milliseconds(2000)});
     fs::remove(sleeper);
     ASSERT_FALSE(s);

@@ -8,8 +8,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
-#include <vector>
 #include <string>
+#include <vector>
 
 #include "clickhouse/server.h"
 
@@ -68,7 +68,8 @@ TEST(LocalServerEnvironment, AddedVariablesReachTheServerAndReplaceInheritedOnes
     EXPECT_EQ(count("LIVEIO_TESTBED_REPLACED=child"), 1);
     EXPECT_EQ(count("LIVEIO_TESTBED_REPLACED=parent"), 0);
     EXPECT_EQ(count(kStaticTlsReserve), 1);
-    EXPECT_FALSE(env.empty() || count("PATH=" + std::string(std::getenv("PATH") ? std::getenv("PATH") : "")) == 0)
+    EXPECT_FALSE(env.empty() ||
+                 count("PATH=" + std::string(std::getenv("PATH") ? std::getenv("PATH") : "")) == 0)
         << "inherited variables must stay";
     auto ping = server->client().ping();
     EXPECT_TRUE(ping) << ping.error().message;

@@ -22,7 +22,8 @@ namespace liveio::cluster::test_support {
 inline std::string skip_reason() {
     if (auto why = netns_unavailable_reason(); !why.empty()) return why;
     if (auto bin = clickhouse::find_server_binary(); !bin) return bin.error().message;
-    if (auto ip = control::run_command({"ip", "-V"}); !ip || ip->status != 0) return "iproute2 (ip) is not installed";
+    if (auto ip = control::run_command({"ip", "-V"}); !ip || ip->status != 0)
+        return "iproute2 (ip) is not installed";
     return "";
 }
 
@@ -42,8 +43,9 @@ struct Names {
     }
 };
 
-inline control::CommandOutput cli(const std::vector<std::string>& args,
-                                  std::chrono::milliseconds timeout = std::chrono::milliseconds(300000)) {
+inline control::CommandOutput cli(
+    const std::vector<std::string>& args,
+    std::chrono::milliseconds timeout = std::chrono::milliseconds(300000)) {
     std::vector<std::string> argv{LIVEIO_CLI_PATH};
     argv.insert(argv.end(), args.begin(), args.end());
     auto r = control::run_command(argv, timeout);
@@ -55,7 +57,8 @@ inline control::CommandOutput cli(const std::vector<std::string>& args,
 inline Result<std::string> query(const Node& node, const std::string& sql) {
     auto scope = NetnsScope::enter(node.netns);
     if (!scope) return scope.error();
-    clickhouse::HttpClient c({.host = node.host, .port = node.http_port, .timeout = std::chrono::milliseconds(60000)});
+    clickhouse::HttpClient c(
+        {.host = node.host, .port = node.http_port, .timeout = std::chrono::milliseconds(60000)});
     return c.query(sql);
 }
 

@@ -51,7 +51,8 @@ TEST(ClusterFile, RoundTripsNodesAndGroupsReplicasIntoShards) {
 }
 
 TEST(ClusterFile, RejectsMissingShardsAndBadNames) {
-    EXPECT_FALSE(parse_cluster_file(R"({"name":"c","nodes":[{"name":"a","shard":1,"host":"h"}]})"));  // shard 0 empty
+    EXPECT_FALSE(parse_cluster_file(
+        R"({"name":"c","nodes":[{"name":"a","shard":1,"host":"h"}]})"));  // shard 0 empty
     EXPECT_FALSE(parse_cluster_file(R"({"name":"c","nodes":[]})"));
     EXPECT_FALSE(parse_cluster_file(R"({"name":"c<x>","nodes":[{"name":"a","host":"h"}]})"));
     EXPECT_FALSE(parse_cluster_file(R"({"name":"c","nodes":[{"name":"a","host":"h<"}]})"));

@@ -27,10 +27,14 @@ using observe::TcpConnection;
 
 TEST(ProcNetTcp, ParsesIpv4AndMappedIpv6ConnectionsByInode) {
     const std::string v4 =
-        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
-        "   0: 0100007F:2328 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1254 1 0 100 0 0 10 0\n"
-        "   1: 0200E70A:A1B2 0300E70A:2328 01 00000000:00000000 00:00000000 00000000     0        0 98765 1 0 20 4 30 10 -1\n"
-        "   2: 0200E70A:A1B3 0300E70A:2328 06 00000000:00000000 03:00000000 00000000     0        0 0 3 0\n";
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+        "timeout inode\n"
+        "   0: 0100007F:2328 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        "
+        "0 1254 1 0 100 0 0 10 0\n"
+        "   1: 0200E70A:A1B2 0300E70A:2328 01 00000000:00000000 00:00000000 00000000     0        "
+        "0 98765 1 0 20 4 30 10 -1\n"
+        "   2: 0200E70A:A1B3 0300E70A:2328 06 00000000:00000000 03:00000000 00000000     0        "
+        "0 0 3 0\n";
     auto rows = observe::parse_proc_net_tcp(v4);
     ASSERT_TRUE(rows) << rows.error().message;
     ASSERT_EQ(rows->size(), 2u);  // the TIME_WAIT row has no inode
@@ -39,16 +43,20 @@ TEST(ProcNetTcp, ParsesIpv4AndMappedIpv6ConnectionsByInode) {
     EXPECT_EQ(rows->at(98765).remote(), "10.231.0.3:9000");
 
     const std::string v6 =
-        "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
-        "   0: 0000000000000000FFFF00000100007F:1F90 0000000000000000FFFF00000100007F:C350 01 00000000:00000000 00:00000000 00000000  0 0 4242 1 0\n"
-        "   1: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:C351 01 00000000:00000000 00:00000000 00000000  0 0 4343 1 0\n";
+        "  sl  local_address                         remote_address                        st "
+        "tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        "   0: 0000000000000000FFFF00000100007F:1F90 0000000000000000FFFF00000100007F:C350 01 "
+        "00000000:00000000 00:00000000 00000000  0 0 4242 1 0\n"
+        "   1: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:C351 01 "
+        "00000000:00000000 00:00000000 00000000  0 0 4343 1 0\n";
     rows = observe::parse_proc_net_tcp(v6);
     ASSERT_TRUE(rows) << rows.error().message;
     EXPECT_EQ(rows->at(4242).local(), "127.0.0.1:8080");
     EXPECT_EQ(rows->at(4242).remote(), "127.0.0.1:50000");
     EXPECT_EQ(rows->at(4343).local(), "[::1]:8080");
 
-    EXPECT_FALSE(observe::parse_proc_net_tcp("header\n 0: XYZ:0000 00000000:0000 0A 0:0 0:0 0 0 0 77 1\n"));
+    EXPECT_FALSE(
+        observe::parse_proc_net_tcp("header\n 0: XYZ:0000 00000000:0000 0A 0:0 0:0 0 0 0 77 1\n"));
 }
 
 TEST(ProcNetTcp, OwnSocketIsFoundByTheInodeOfItsFileId) {
@@ -63,9 +71,10 @@ TEST(ProcNetTcp, OwnSocketIsFoundByTheInodeOfItsFileId) {
     ASSERT_EQ(::listen(fd, 1), 0);
     socklen_t len = sizeof a;
     ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::fstat(fd, &st), 0);
-    const uint64_t file_id = (static_cast<uint64_t>(st.st_dev) << 32) ^ static_cast<uint64_t>(st.st_ino);
+    const uint64_t file_id =
+        (static_cast<uint64_t>(st.st_dev) << 32) ^ static_cast<uint64_t>(st.st_ino);
     auto table = observe::tcp_connections(::getpid());
     ASSERT_TRUE(table) << table.error().message;
     auto it = table->find(observe::socket_inode(file_id));
@@ -74,7 +83,8 @@ TEST(ProcNetTcp, OwnSocketIsFoundByTheInodeOfItsFileId) {
     ::close(fd);
 }
 
-SocketSample sock(uint64_t id, std::string la, uint16_t lp, std::string ra, uint16_t rp, uint64_t recv_bytes, uint64_t send_bytes) {
+SocketSample sock(uint64_t id, std::string la, uint16_t lp, std::string ra, uint16_t rp,
+                  uint64_t recv_bytes, uint64_t send_bytes) {
     SocketSample s;
     s.file_id = id;
     s.connection = {std::move(la), lp, std::move(ra), rp};
@@ -126,8 +136,9 @@ TEST(ClusterTop, PeersAreNamedByTheOtherSideOfTheConnectionEvenOnLoopbackPorts) 
     now[0].ok = now[1].ok = true;
     // n0 connected to n1's native port from 127.0.0.1:50000; n1 holds the other end.
     now[0].sockets = {sock(1, "127.0.0.1", 50000, "127.0.0.1", 19001, 9000, 100)};
-    now[1].sockets = {sock(2, "127.0.0.1", 19001, "127.0.0.1", 50000, 100, 9000),
-                      sock(3, "127.0.0.1", 18124, "127.0.0.1", 60000, 50, 20)};  // a client outside the cluster
+    now[1].sockets = {
+        sock(2, "127.0.0.1", 19001, "127.0.0.1", 50000, 100, 9000),
+        sock(3, "127.0.0.1", 18124, "127.0.0.1", 60000, 50, 20)};  // a client outside the cluster
     EXPECT_EQ(peer_name(f, now, now[0].sockets[0].connection), "n1");
     EXPECT_EQ(peer_name(f, now, now[1].sockets[0].connection), "n0");
     EXPECT_EQ(peer_name(f, now, now[1].sockets[1].connection), "127.0.0.1");
@@ -138,7 +149,8 @@ TEST(ClusterTop, PeersAreNamedByTheOtherSideOfTheConnectionEvenOnLoopbackPorts) 
     ns.nodes = {Node{.name = "a", .host = "10.231.0.2"}, Node{.name = "b", .host = "10.231.0.3"}};
     // An address of the cluster, on a port none of its sockets shows: the node of that address.
     EXPECT_EQ(peer_name(ns, {}, TcpConnection{"10.231.0.2", 9000, "10.231.0.3", 45000}), "b");
-    EXPECT_EQ(peer_name(ns, {}, TcpConnection{"10.231.0.2", 9000, "10.231.0.9", 45000}), "10.231.0.9");
+    EXPECT_EQ(peer_name(ns, {}, TcpConnection{"10.231.0.2", 9000, "10.231.0.9", 45000}),
+              "10.231.0.9");
 }
 
 TEST(ClusterTop, IntervalViewTakesDeltasPerNodeAndPeer) {
@@ -210,11 +222,17 @@ TEST(ClusterTop, DiskShareIsDiskTimeOverDiskAndTcpCallTime) {
 
 TEST(ClusterHistory, SinkRowsCarryEverySocketDirectionWithItsPeer) {
     observe::Snapshot empty;
-    std::vector<SocketSample> sockets = {sock(1, "10.231.0.2", 41000, "10.231.0.3", 9000, 5000, 300), SocketSample{}};
+    std::vector<SocketSample> sockets = {
+        sock(1, "10.231.0.2", 41000, "10.231.0.3", 9000, 5000, 300), SocketSample{}};
     sockets[1].counters.dir[LIVEIO_IO_OTHER].calls = 1;  // a connect on a socket closed unseen
-    const std::string rows = observe::sink_rows_tsv({100, "n0", 42, "clickhouse-serv", 1.0, &empty, &sockets});
-    EXPECT_NE(rows.find("100\tn0\t42\tclickhouse-serv\tsocket\t10.231.0.3:9000\tread\t1\t2\t0\t5000\t"), std::string::npos) << rows;
-    EXPECT_NE(rows.find("socket\t10.231.0.3:9000\twrite\t1\t1\t0\t300\t"), std::string::npos) << rows;
+    const std::string rows =
+        observe::sink_rows_tsv({100, "n0", 42, "clickhouse-serv", 1.0, &empty, &sockets});
+    EXPECT_NE(
+        rows.find("100\tn0\t42\tclickhouse-serv\tsocket\t10.231.0.3:9000\tread\t1\t2\t0\t5000\t"),
+        std::string::npos)
+        << rows;
+    EXPECT_NE(rows.find("socket\t10.231.0.3:9000\twrite\t1\t1\t0\t300\t"), std::string::npos)
+        << rows;
     EXPECT_NE(rows.find("socket\tclosed\tother\t"), std::string::npos) << rows;
     EXPECT_EQ(std::count(rows.begin(), rows.end(), '\n'), 3);
 }
@@ -224,7 +242,8 @@ TEST(SocketMetrics, PrometheusShowsEachSocketOnceAndSumsTheClosedOnes) {
     m.pid = 7;
     m.comm = "clickhouse-serv";
     m.up = true;
-    m.sockets = {sock(1, "10.231.0.2", 41000, "10.231.0.3", 9000, 5000, 300), SocketSample{}, SocketSample{}};
+    m.sockets = {sock(1, "10.231.0.2", 41000, "10.231.0.3", 9000, 5000, 300), SocketSample{},
+                 SocketSample{}};
     m.sockets[1].counters.dir[LIVEIO_IO_READ].calls = 2;
     m.sockets[1].counters.dir[LIVEIO_IO_READ].bytes = 10;
     m.sockets[1].counters.dir[LIVEIO_IO_READ].hist[3] = 2;
@@ -233,13 +252,16 @@ TEST(SocketMetrics, PrometheusShowsEachSocketOnceAndSumsTheClosedOnes) {
     m.sockets[2].counters.dir[LIVEIO_IO_READ].hist[4] = 3;
     auto parsed = observe::parse_prometheus(observe::render_prometheus({m}));
     ASSERT_TRUE(parsed) << parsed.error().message;
-    auto bytes = parsed->value("liveio_socket_bytes_total", {{"remote", "10.231.0.3:9000"}, {"direction", "read"}});
+    auto bytes = parsed->value("liveio_socket_bytes_total",
+                               {{"remote", "10.231.0.3:9000"}, {"direction", "read"}});
     ASSERT_TRUE(bytes) << bytes.error().message;
     EXPECT_EQ(*bytes, 5000);
-    auto closed = parsed->value("liveio_socket_bytes_total", {{"remote", ""}, {"direction", "read"}});
+    auto closed =
+        parsed->value("liveio_socket_bytes_total", {{"remote", ""}, {"direction", "read"}});
     ASSERT_TRUE(closed) << closed.error().message;  // one series, not two
     EXPECT_EQ(*closed, 30);
-    auto count = parsed->value("liveio_socket_latency_seconds_count", {{"remote", ""}, {"direction", "read"}});
+    auto count = parsed->value("liveio_socket_latency_seconds_count",
+                               {{"remote", ""}, {"direction", "read"}});
     ASSERT_TRUE(count) << count.error().message;
     EXPECT_EQ(*count, 5);
 }
@@ -247,10 +269,16 @@ TEST(SocketMetrics, PrometheusShowsEachSocketOnceAndSumsTheClosedOnes) {
 TEST(ClusterHistory, RemoteServersNameEveryNodeAsItsOwnShardForTheHistory) {
     ClusterFile f;
     f.name = "c";
-    f.nodes = {Node{.name = "n0", .shard = 0, .replica = 0, .host = "10.0.0.2"}, Node{.name = "n1", .shard = 0, .replica = 1, .host = "10.0.0.3"}};
+    f.nodes = {Node{.name = "n0", .shard = 0, .replica = 0, .host = "10.0.0.2"},
+               Node{.name = "n1", .shard = 0, .replica = 1, .host = "10.0.0.3"}};
     const std::string xml = remote_servers_xml(f);
-    EXPECT_NE(xml.find("<c>\n            <shard><replica><host>10.0.0.2</host><port>9000</port></replica><replica><host>10.0.0.3"), std::string::npos) << xml;
-    EXPECT_NE(xml.find("<c_nodes>\n            <shard><replica><host>10.0.0.2</host><port>9000</port></replica></shard>\n"
+    EXPECT_NE(xml.find("<c>\n            "
+                       "<shard><replica><host>10.0.0.2</host><port>9000</port></"
+                       "replica><replica><host>10.0.0.3"),
+              std::string::npos)
+        << xml;
+    EXPECT_NE(xml.find("<c_nodes>\n            "
+                       "<shard><replica><host>10.0.0.2</host><port>9000</port></replica></shard>\n"
                        "            <shard><replica><host>10.0.0.3</host>"),
               std::string::npos)
         << xml;

@@ -47,7 +47,8 @@ struct Child {
     ~Child() {
         if (pid <= 0) return;
         ::kill(pid, SIGTERM);
-        for (int i = 0; i < 100 && ::waitpid(pid, nullptr, WNOHANG) == 0; ++i) std::this_thread::sleep_for(milliseconds(50));
+        for (int i = 0; i < 100 && ::waitpid(pid, nullptr, WNOHANG) == 0; ++i)
+            std::this_thread::sleep_for(milliseconds(50));
         if (::waitpid(pid, nullptr, WNOHANG) == 0) {
             ::kill(pid, SIGKILL);
             ::waitpid(pid, nullptr, 0);
@@ -73,8 +74,8 @@ TEST(ClusterView, TopHistoryAndPrometheusCoverEveryNodeOfAThreeShardCluster) {
     if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
     Names n("v");
     ASSERT_FALSE(n.root.empty());
-    const auto up_out = cli({"cluster", "up", "--name", n.name, "--root", n.root, "--shards", "3", "--rows", std::to_string(kRows),
-                             "--history-interval", "1s"});
+    const auto up_out = cli({"cluster", "up", "--name", n.name, "--root", n.root, "--shards", "3",
+                             "--rows", std::to_string(kRows), "--history-interval", "1s"});
     ASSERT_EQ(up_out.status, 0) << up_out.output;
     auto file = read_cluster_file(cluster_file_path(n.name, n.root));
     ASSERT_TRUE(file) << file.error().message;
@@ -90,15 +91,20 @@ TEST(ClusterView, TopHistoryAndPrometheusCoverEveryNodeOfAThreeShardCluster) {
     ASSERT_EQ(*before, exact);
 
     const auto attached = with({"cluster", "attach"});
-    if (attached.output.find("Operation not permitted") != std::string::npos) GTEST_SKIP() << "cannot attach here: " << attached.output;
+    if (attached.output.find("Operation not permitted") != std::string::npos)
+        GTEST_SKIP() << "cannot attach here: " << attached.output;
     ASSERT_EQ(attached.status, 0) << attached.output;
 
     // top over an interval in which n0 runs Distributed queries (a bounded number).
     control::CommandOutput top;
-    std::thread watcher([&] { top = with({"cluster", "top", "--json", "--once", "--interval", "3s"}, milliseconds(120000)); });
+    std::thread watcher([&] {
+        top =
+            with({"cluster", "top", "--json", "--once", "--interval", "3s"}, milliseconds(120000));
+    });
     std::this_thread::sleep_for(milliseconds(500));
     for (int i = 0; i < 5; ++i) {
-        auto all = query(file->nodes[0], "SELECT count(), sum(WatchID) FROM hits_all WHERE URL != ''");
+        auto all =
+            query(file->nodes[0], "SELECT count(), sum(WatchID) FROM hits_all WHERE URL != ''");
         ASSERT_TRUE(all) << all.error().message;
         auto plain = query(file->nodes[0], "SELECT count(), sum(WatchID) FROM hits_all");
         ASSERT_TRUE(plain) << plain.error().message;
@@ -113,20 +119,24 @@ TEST(ClusterView, TopHistoryAndPrometheusCoverEveryNodeOfAThreeShardCluster) {
     std::set<std::string> shards_reached;
     uint64_t shard_bytes_in = 0;
     for (const json& p : view.at("peers")) {
-        if (p.value("node", "") == "n0" && !p.value("inbound", true) && p.value("service", "") == "native") {
+        if (p.value("node", "") == "n0" && !p.value("inbound", true) &&
+            p.value("service", "") == "native") {
             shards_reached.insert(p.value("peer", ""));
             shard_bytes_in += p.at("recv").value("bytes", uint64_t{0});
         }
-        if (p.value("node", "") == "n1" && p.value("inbound", false) && p.value("service", "") == "native") {
+        if (p.value("node", "") == "n1" && p.value("inbound", false) &&
+            p.value("service", "") == "native") {
             EXPECT_EQ(p.value("peer", ""), "n0") << p.dump();
         }
     }
     EXPECT_EQ(shards_reached, (std::set<std::string>{"n1", "n2"})) << top.output;
     EXPECT_GT(shard_bytes_in, 0u) << top.output;
     uint64_t disk_calls = 0;
-    for (const json& node : view.at("nodes")) disk_calls += node.at("disk").value("calls", uint64_t{0});
+    for (const json& node : view.at("nodes"))
+        disk_calls += node.at("disk").value("calls", uint64_t{0});
     EXPECT_GT(disk_calls, 0u) << top.output;
-    const auto table = with({"cluster", "top", "--once", "--interval", "200ms"}, milliseconds(120000));
+    const auto table =
+        with({"cluster", "top", "--once", "--interval", "200ms"}, milliseconds(120000));
     EXPECT_EQ(table.status, 0) << table.output;
     EXPECT_NE(table.output.find("disk%"), std::string::npos) << table.output;
 
@@ -134,16 +144,21 @@ TEST(ClusterView, TopHistoryAndPrometheusCoverEveryNodeOfAThreeShardCluster) {
     std::string hosts;
     const auto deadline = Clock::now() + seconds(30);
     while (Clock::now() < deadline) {
-        auto h = query(file->nodes[2], fmt::format("SELECT groupUniqArray(host) FROM {} WHERE kind = 'socket'", file->history_distributed_table));
+        auto h = query(file->nodes[2],
+                       fmt::format("SELECT groupUniqArray(host) FROM {} WHERE kind = 'socket'",
+                                   file->history_distributed_table));
         ASSERT_TRUE(h) << h.error().message;
         hosts = *h;
-        if (hosts.find("n0") != std::string::npos && hosts.find("n1") != std::string::npos && hosts.find("n2") != std::string::npos) break;
+        if (hosts.find("n0") != std::string::npos && hosts.find("n1") != std::string::npos &&
+            hosts.find("n2") != std::string::npos)
+            break;
         std::this_thread::sleep_for(milliseconds(500));
     }
     EXPECT_NE(hosts.find("'n0'"), std::string::npos) << hosts;
     EXPECT_NE(hosts.find("'n1'"), std::string::npos) << hosts;
     EXPECT_NE(hosts.find("'n2'"), std::string::npos) << hosts;
-    auto own = query(file->nodes[1], fmt::format("SELECT uniqExact(host), any(host) FROM {}", file->history_table));
+    auto own = query(file->nodes[1],
+                     fmt::format("SELECT uniqExact(host), any(host) FROM {}", file->history_table));
     ASSERT_TRUE(own) << own.error().message;
     EXPECT_EQ(*own, "1\tn1\n") << "a node's own table holds only its rows";
 
@@ -155,17 +170,23 @@ TEST(ClusterView, TopHistoryAndPrometheusCoverEveryNodeOfAThreeShardCluster) {
         const std::string dir = n.root + "/prometheus";
         fs::create_directories(dir);
         std::string targets;
-        for (const Node& node : file->nodes) targets += fmt::format("{}'{}:{}'", targets.empty() ? "" : ", ", node.host, node.control.port);
+        for (const Node& node : file->nodes)
+            targets +=
+                fmt::format("{}'{}:{}'", targets.empty() ? "" : ", ", node.host, node.control.port);
         std::ofstream(dir + "/prometheus.yml") << fmt::format(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: liveio\n    static_configs:\n      - targets: [{}]\n", targets);
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: liveio\n    "
+            "static_configs:\n      - targets: [{}]\n",
+            targets);
         Child prom;
-        prom.pid = spawn({"ip", "netns", "exec", file->nodes[0].netns, "/usr/bin/prometheus", "--config.file=" + dir + "/prometheus.yml",
-                          "--storage.tsdb.path=" + dir + "/data", "--web.listen-address=127.0.0.1:19090"},
-                         dir + "/prometheus.log");
+        prom.pid =
+            spawn({"ip", "netns", "exec", file->nodes[0].netns, "/usr/bin/prometheus",
+                   "--config.file=" + dir + "/prometheus.yml",
+                   "--storage.tsdb.path=" + dir + "/data", "--web.listen-address=127.0.0.1:19090"},
+                  dir + "/prometheus.log");
         ASSERT_GT(prom.pid, 0);
         auto promql = [&](const std::string& expr) -> json {
-            auto r = run_command({"ip", "netns", "exec", file->nodes[0].netns, "promtool", "query", "instant", "-o", "json",
-                                  "http://127.0.0.1:19090", expr},
+            auto r = run_command({"ip", "netns", "exec", file->nodes[0].netns, "promtool", "query",
+                                  "instant", "-o", "json", "http://127.0.0.1:19090", expr},
                                  milliseconds(20000));
             if (!r || r->status != 0) return json();
             try {
@@ -183,8 +204,10 @@ TEST(ClusterView, TopHistoryAndPrometheusCoverEveryNodeOfAThreeShardCluster) {
             std::this_thread::sleep_for(milliseconds(500));
         }
         std::ifstream log(dir + "/prometheus.log");
-        const std::string log_text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
-        EXPECT_TRUE(up.is_array() && up.size() == 3) << up.dump() << "\n" << log_text.substr(0, 4000);
+        const std::string log_text((std::istreambuf_iterator<char>(log)),
+                                   std::istreambuf_iterator<char>());
+        EXPECT_TRUE(up.is_array() && up.size() == 3) << up.dump() << "\n"
+                                                     << log_text.substr(0, 4000);
         EXPECT_TRUE(sockets.is_array() && sockets.size() == 3) << sockets.dump();
     }
 

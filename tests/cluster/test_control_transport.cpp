@@ -37,11 +37,17 @@ TEST(ControlTransport, UnixAndTcpRequestsReachTheHandlerWithBodyAndAuthorization
     std::atomic<bool> stop{false};
     std::thread serving([&] {
         for (int i = 0; i < 400 && !stop; ++i) {  // bounded: 400 x 50 ms at most
-            auto r = observe::HttpServer::serve_any({&*tcp, &*local}, 50, [](const observe::HttpRequest& req) {
-                const json j = {{"method", req.method}, {"path", req.path}, {"query", req.query}, {"local", req.local},
-                                {"authorization", req.authorization}, {"body", req.body}, {"ok", true}};
-                return observe::HttpReply{200, "application/json", j.dump()};
-            });
+            auto r = observe::HttpServer::serve_any(
+                {&*tcp, &*local}, 50, [](const observe::HttpRequest& req) {
+                    const json j = {{"method", req.method},
+                                    {"path", req.path},
+                                    {"query", req.query},
+                                    {"local", req.local},
+                                    {"authorization", req.authorization},
+                                    {"body", req.body},
+                                    {"ok", true}};
+                    return observe::HttpReply{200, "application/json", j.dump()};
+                });
             ASSERT_TRUE(r) << r.error().message;
         }
     });
@@ -50,7 +56,8 @@ TEST(ControlTransport, UnixAndTcpRequestsReachTheHandlerWithBodyAndAuthorization
     node.name = "n0";
     node.host = "127.0.0.1";
     node.control.socket = sock;
-    auto over_unix = control_request(node, "POST", "/control/attach?x=1", R"({"policies":["prefetch"]})", milliseconds(10000));
+    auto over_unix = control_request(node, "POST", "/control/attach?x=1",
+                                     R"({"policies":["prefetch"]})", milliseconds(10000));
     ASSERT_TRUE(over_unix) << over_unix.error().message;
     EXPECT_EQ(over_unix->status, 200);
     EXPECT_EQ(over_unix->via, "unix:" + sock);
@@ -63,7 +70,8 @@ TEST(ControlTransport, UnixAndTcpRequestsReachTheHandlerWithBodyAndAuthorization
     EXPECT_EQ(u["authorization"], "");
 
     node.control.port = tcp->port();
-    auto over_tcp = control_request_tcp(node, "GET", "/control/ping", "", "0123456789abcdef0123", milliseconds(10000));
+    auto over_tcp = control_request_tcp(node, "GET", "/control/ping", "", "0123456789abcdef0123",
+                                        milliseconds(10000));
     ASSERT_TRUE(over_tcp) << over_tcp.error().message;
     const json t = json::parse(over_tcp->body);
     EXPECT_EQ(t["local"], false);
@@ -76,7 +84,8 @@ TEST(ControlTransport, UnixAndTcpRequestsReachTheHandlerWithBodyAndAuthorization
     serving.join();
 
     // Nobody listens any more: refused at once, not waited on.
-    local = observe::HttpServer::listen("127.0.0.1:0");  // the unix listener closes and its file goes
+    local =
+        observe::HttpServer::listen("127.0.0.1:0");  // the unix listener closes and its file goes
     EXPECT_NE(::access(sock.c_str(), F_OK), 0);
     auto gone = control_request(node, "GET", "/control/ping", "", milliseconds(2000));
     EXPECT_FALSE(gone);

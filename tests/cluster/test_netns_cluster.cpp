@@ -25,11 +25,11 @@
 #include "clickhouse/http_client.h"
 #include "clickhouse/server.h"
 #include "cluster/cluster_file.h"
-#include "control/command.h"
 #include "cluster/control.h"
 #include "cluster/harness.h"
 #include "cluster/netns.h"
 #include "cluster_test_support.h"
+#include "control/command.h"
 
 namespace liveio::cluster {
 namespace {
@@ -48,7 +48,8 @@ std::vector<std::string> cluster_namespaces(const std::string& name) {
     std::vector<std::string> out;
     std::error_code ec;
     for (const auto& e : fs::directory_iterator("/run/netns", ec))
-        if (e.path().filename().string().starts_with("liveio-" + name + "-")) out.push_back(e.path().filename());
+        if (e.path().filename().string().starts_with("liveio-" + name + "-"))
+            out.push_back(e.path().filename());
     return out;
 }
 
@@ -56,7 +57,8 @@ uint64_t bridge_port_bytes(const std::string& hub, const std::string& port) {
     auto out = run_checked({"ip", "-n", hub, "-s", "-j", "link", "show", "dev", port});
     if (!out) return 0;
     const json j = json::parse(*out);
-    return j.at(0).at("stats64").at("rx").at("bytes").get<uint64_t>() + j.at(0).at("stats64").at("tx").at("bytes").get<uint64_t>();
+    return j.at(0).at("stats64").at("rx").at("bytes").get<uint64_t>() +
+           j.at(0).at("stats64").at("tx").at("bytes").get<uint64_t>();
 }
 
 bool host_has_address_in(const std::string& prefix) {
@@ -66,7 +68,8 @@ bool host_has_address_in(const std::string& prefix) {
     for (ifaddrs* i = ifs; i; i = i->ifa_next) {
         if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET) continue;
         char buf[INET_ADDRSTRLEN];
-        ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof buf);
+        ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf,
+                    sizeof buf);
         found |= std::string(buf).starts_with(prefix);
     }
     ::freeifaddrs(ifs);
@@ -81,7 +84,8 @@ std::string host_address() {
     for (ifaddrs* i = ifs; i && found.empty(); i = i->ifa_next) {
         if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET) continue;
         char buf[INET_ADDRSTRLEN];
-        ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof buf);
+        ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf,
+                    sizeof buf);
         if (!std::string(buf).starts_with("127.")) found = buf;
     }
     ::freeifaddrs(ifs);
@@ -94,7 +98,8 @@ bool running(pid_t pid) {
     std::string line;
     if (!std::getline(in, line)) return false;
     const size_t paren = line.rfind(')');
-    return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z' && line[paren + 2] != 'X';
+    return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z' &&
+           line[paren + 2] != 'X';
 }
 
 // Waits (bounded) until `pid` is in the stopped state ('T' in /proc/PID/stat).
@@ -105,7 +110,8 @@ bool stopped_within(pid_t pid, seconds limit) {
         std::string line;
         std::getline(in, line);
         const size_t paren = line.rfind(')');
-        if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'T') return true;
+        if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'T')
+            return true;
         if (std::chrono::steady_clock::now() >= deadline) return false;
         std::this_thread::sleep_for(milliseconds(10));
     }
@@ -122,10 +128,11 @@ TEST(NetnsCluster, DistributedQueryStaysInsideTheNamespacesAndDownRemovesEveryth
     if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
     Names n("t");
     ASSERT_FALSE(n.root.empty());
-    const auto up_out = cli({"cluster", "up", "--name", n.name, "--root", n.root, "--shards", "2", "--rows", std::to_string(kRows),
-                             "--rate", "200mbit"});
+    const auto up_out = cli({"cluster", "up", "--name", n.name, "--root", n.root, "--shards", "2",
+                             "--rows", std::to_string(kRows), "--rate", "200mbit"});
     ASSERT_EQ(up_out.status, 0) << up_out.output;
-    EXPECT_NE(up_out.output.find("netem"), std::string::npos) << "the missing delay must be said: " << up_out.output;
+    EXPECT_NE(up_out.output.find("netem"), std::string::npos)
+        << "the missing delay must be said: " << up_out.output;
     auto file = read_cluster_file(cluster_file_path(n.name, n.root));
     ASSERT_TRUE(file) << file.error().message;
     ASSERT_EQ(file->nodes.size(), 2u);
@@ -151,14 +158,16 @@ TEST(NetnsCluster, DistributedQueryStaysInsideTheNamespacesAndDownRemovesEveryth
     for (const Node& node : file->nodes) {
         auto all = query(node, "SELECT count(), sum(WatchID) FROM hits_all");
         ASSERT_TRUE(all) << all.error().message;
-        EXPECT_EQ(*all, fmt::format("{}\t{}\n", kRows, kRows * (kRows - 1) / 2)) << "on " << node.name;
+        EXPECT_EQ(*all, fmt::format("{}\t{}\n", kRows, kRows * (kRows - 1) / 2))
+            << "on " << node.name;
     }
     // n0's query reached shard 1 over the bridge port of n1 (and n1's answered n0's over it).
     EXPECT_GT(bridge_port_bytes(hub, "n1"), before);
 
     // Nothing of the cluster in the host's namespace, and no way out of a node's namespace.
     EXPECT_FALSE(host_has_address_in("10.231.0."));
-    auto routes = run_checked({"ip", "-n", file->nodes[0].netns, "-4", "route", "show", "table", "all"});
+    auto routes =
+        run_checked({"ip", "-n", file->nodes[0].netns, "-4", "route", "show", "table", "all"});
     ASSERT_TRUE(routes) << routes.error().message;
     EXPECT_EQ(routes->find("default"), std::string::npos) << *routes;
     if (const std::string host = host_address(); !host.empty()) {
@@ -181,7 +190,8 @@ TEST(NetnsCluster, DistributedQueryStaysInsideTheNamespacesAndDownRemovesEveryth
     ASSERT_TRUE(bare) << bare.error().message;
     EXPECT_EQ(bare->status, 401);
     EXPECT_NE(bare->body.find("Bearer"), std::string::npos) << bare->body;
-    auto wrong = control_request_tcp(n0, "POST", "/control/detach", "{}", std::string(48, 'a'), milliseconds(10000));
+    auto wrong = control_request_tcp(n0, "POST", "/control/detach", "{}", std::string(48, 'a'),
+                                     milliseconds(10000));
     ASSERT_TRUE(wrong) << wrong.error().message;
     EXPECT_EQ(wrong->status, 401);
     EXPECT_NE(wrong->body.find("wrong bearer token"), std::string::npos) << wrong->body;
@@ -196,7 +206,8 @@ TEST(NetnsCluster, DistributedQueryStaysInsideTheNamespacesAndDownRemovesEveryth
     ASSERT_TRUE(metrics) << metrics.error().message;
     EXPECT_EQ(metrics->status, 200);
 
-    const auto status = cli({"cluster", "status", "--name", n.name, "--root", n.root, "--timeout", "20s"});
+    const auto status =
+        cli({"cluster", "status", "--name", n.name, "--root", n.root, "--timeout", "20s"});
     EXPECT_EQ(status.status, 0) << status.output;
 
     const auto down_out = cli({"cluster", "down", "--name", n.name, "--root", n.root});
@@ -215,8 +226,11 @@ std::vector<pid_t> servers_under(const std::string& dir) {
         const std::string name = e.path().filename();
         if (name.find_first_not_of("0123456789") != std::string::npos) continue;
         std::ifstream in(e.path() / "cmdline");
-        const std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-        if (cmdline.starts_with("clickhouse-server") && cmdline.find(dir + "/") != std::string::npos) pids.push_back(std::stoi(name));
+        const std::string cmdline((std::istreambuf_iterator<char>(in)),
+                                  std::istreambuf_iterator<char>());
+        if (cmdline.starts_with("clickhouse-server") &&
+            cmdline.find(dir + "/") != std::string::npos)
+            pids.push_back(std::stoi(name));
     }
     return pids;
 }
@@ -225,7 +239,8 @@ std::vector<pid_t> servers_under(const std::string& dir) {
 // started, their pids perhaps not recorded yet, data not loaded, the state not "up"), then
 // checks that `down` removes everything, the orphaned servers included.
 void kill_up_midway_then_down(const Names& n, bool loopback) {
-    std::vector<std::string> args{LIVEIO_CLI_PATH, "cluster", "up", "--name", n.name, "--root", n.root, "--shards", "2", "--rows", "100000"};
+    std::vector<std::string> args{LIVEIO_CLI_PATH, "cluster",  "up", "--name", n.name,  "--root",
+                                  n.root,          "--shards", "2",  "--rows", "100000"};
     if (loopback) args.push_back("--loopback");
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -250,7 +265,9 @@ void kill_up_midway_then_down(const Names& n, bool loopback) {
     ::waitpid(harness, &status, 0);
     ASSERT_FALSE(seen.empty()) << "no server appeared in 120 s";
     EXPECT_TRUE(WIFSIGNALED(status)) << "the harness finished before it was killed";
-    if (!loopback) { EXPECT_FALSE(cluster_namespaces(n.name).empty()); }
+    if (!loopback) {
+        EXPECT_FALSE(cluster_namespaces(n.name).empty());
+    }
     // What was started lives on after the harness died.
     EXPECT_TRUE(running(seen[0]));
     const auto down_out = cli({"cluster", "down", "--name", n.name, "--root", n.root});
@@ -272,8 +289,8 @@ TEST(NetnsCluster, FailedUpRemovesWhatItMade) {
     if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
     Names n("f");
     ASSERT_FALSE(n.root.empty());
-    auto r = run_command({"env", "CLICKHOUSE_SERVER=/bin/false", LIVEIO_CLI_PATH, "cluster", "up", "--name", n.name, "--root", n.root,
-                          "--rows", "1000"},
+    auto r = run_command({"env", "CLICKHOUSE_SERVER=/bin/false", LIVEIO_CLI_PATH, "cluster", "up",
+                          "--name", n.name, "--root", n.root, "--rows", "1000"},
                          milliseconds(120000));
     ASSERT_TRUE(r) << r.error().message;
     EXPECT_NE(r->status, 0) << r->output;
@@ -289,7 +306,8 @@ TEST(NetnsCluster, AttachStatsDetachOnEveryNodeAndAStoppedNodeIsReported) {
     if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
     Names n("a");
     ASSERT_FALSE(n.root.empty());
-    const auto up_out = cli({"cluster", "up", "--name", n.name, "--root", n.root, "--shards", "2", "--rows", "20000"});
+    const auto up_out = cli(
+        {"cluster", "up", "--name", n.name, "--root", n.root, "--shards", "2", "--rows", "20000"});
     ASSERT_EQ(up_out.status, 0) << up_out.output;
     auto file = read_cluster_file(cluster_file_path(n.name, n.root));
     ASSERT_TRUE(file) << file.error().message;
@@ -322,7 +340,8 @@ TEST(NetnsCluster, AttachStatsDetachOnEveryNodeAndAStoppedNodeIsReported) {
         // Both shards answered n0's Distributed queries, through their intercepted calls.
         EXPECT_GT(s.at("calls").at("total").value("calls", uint64_t{0}), 0u) << node.name;
         bool prefetch_on = false;
-        for (const json& p : s.at("policies").at("policies")) prefetch_on |= p.value("name", "") == "prefetch" && p.value("on", false);
+        for (const json& p : s.at("policies").at("policies"))
+            prefetch_on |= p.value("name", "") == "prefetch" && p.value("on", false);
         EXPECT_TRUE(prefetch_on) << node.name;
     }
 
@@ -333,12 +352,16 @@ TEST(NetnsCluster, AttachStatsDetachOnEveryNodeAndAStoppedNodeIsReported) {
     ASSERT_GT(serve_n1, 0);
     ::kill(serve_n1, SIGSTOP);
     ASSERT_TRUE(stopped_within(serve_n1, seconds(10))) << "SIGSTOP did not stop n1's endpoint";
-    const auto partial = cli({"cluster", "stats", "--name", n.name, "--root", n.root, "--timeout", "2s"}, milliseconds(60000));
+    const auto partial =
+        cli({"cluster", "stats", "--name", n.name, "--root", n.root, "--timeout", "2s"},
+            milliseconds(60000));
     ::kill(serve_n1, SIGCONT);
     EXPECT_NE(partial.status, 0) << partial.output;
     EXPECT_NE(partial.output.find("n1   FAIL unreachable"), std::string::npos) << partial.output;
     EXPECT_NE(partial.output.find("1 of 2 nodes failed"), std::string::npos) << partial.output;
-    EXPECT_NE(partial.output.find(fmt::format("n0   {}", file->nodes[0].server_pid)), std::string::npos) << partial.output;
+    EXPECT_NE(partial.output.find(fmt::format("n0   {}", file->nodes[0].server_pid)),
+              std::string::npos)
+        << partial.output;
 
     const auto detached = with({"cluster", "detach"});
     ASSERT_EQ(detached.status, 0) << detached.output;
@@ -348,13 +371,18 @@ TEST(NetnsCluster, AttachStatsDetachOnEveryNodeAndAStoppedNodeIsReported) {
     EXPECT_EQ(*after, exact);
     for (const Node& node : file->nodes) {
         std::ifstream maps(fmt::format("/proc/{}/maps", node.server_pid));
-        const std::string text((std::istreambuf_iterator<char>(maps)), std::istreambuf_iterator<char>());
-        EXPECT_EQ(text.find("liveio-agent.so"), std::string::npos) << node.name << " still maps the agent";
+        const std::string text((std::istreambuf_iterator<char>(maps)),
+                               std::istreambuf_iterator<char>());
+        EXPECT_EQ(text.find("liveio-agent.so"), std::string::npos)
+            << node.name << " still maps the agent";
     }
     // A server that stops answering: status names it down, the other up, and returns.
     ::kill(file->nodes[1].server_pid, SIGSTOP);
-    ASSERT_TRUE(stopped_within(file->nodes[1].server_pid, seconds(10))) << "SIGSTOP did not stop the server";
-    const auto status = cli({"cluster", "status", "--name", n.name, "--root", n.root, "--timeout", "2s"}, milliseconds(60000));
+    ASSERT_TRUE(stopped_within(file->nodes[1].server_pid, seconds(10)))
+        << "SIGSTOP did not stop the server";
+    const auto status =
+        cli({"cluster", "status", "--name", n.name, "--root", n.root, "--timeout", "2s"},
+            milliseconds(60000));
     ::kill(file->nodes[1].server_pid, SIGCONT);
     EXPECT_NE(status.status, 0) << status.output;
     EXPECT_NE(status.output.find("1 of 2 nodes down"), std::string::npos) << status.output;
@@ -378,7 +406,8 @@ TEST(LoopbackCluster, DistributedQueryAndDown) {
     if (auto bin = clickhouse::find_server_binary(); !bin) GTEST_SKIP() << bin.error().message;
     Names n("l");
     ASSERT_FALSE(n.root.empty());
-    const auto up_out = cli({"cluster", "up", "--loopback", "--name", n.name, "--root", n.root, "--shards", "2", "--rows", "10000"});
+    const auto up_out = cli({"cluster", "up", "--loopback", "--name", n.name, "--root", n.root,
+                             "--shards", "2", "--rows", "10000"});
     ASSERT_EQ(up_out.status, 0) << up_out.output;
     EXPECT_NE(up_out.output.find("loopback ports"), std::string::npos) << up_out.output;
     auto file = read_cluster_file(cluster_file_path(n.name, n.root));
@@ -393,7 +422,8 @@ TEST(LoopbackCluster, DistributedQueryAndDown) {
     auto all = query(file->nodes[1], "SELECT count(), sum(WatchID) FROM hits_all");
     ASSERT_TRUE(all) << all.error().message;
     EXPECT_EQ(*all, fmt::format("{}\t{}\n", 10000, uint64_t{10000} * 9999 / 2));
-    const auto status = cli({"cluster", "status", "--name", n.name, "--root", n.root, "--timeout", "20s"});
+    const auto status =
+        cli({"cluster", "status", "--name", n.name, "--root", n.root, "--timeout", "20s"});
     EXPECT_EQ(status.status, 0) << status.output;
     const auto down_out = cli({"cluster", "down", "--name", n.name, "--root", n.root});
     ASSERT_EQ(down_out.status, 0) << down_out.output;

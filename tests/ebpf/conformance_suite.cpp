@@ -18,7 +18,8 @@ std::filesystem::path conformance_dir() {
     // <root>/tests/ebpf/conformance_suite.cpp), else one level further up for a worktree at
     // <checkout>/../wt/NAME.
     if (const char* env = std::getenv("LIVEIO_CONFORMANCE_DIR"); env && *env) return env;
-    const auto parent = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path().parent_path();
+    const auto parent =
+        std::filesystem::path(__FILE__).parent_path().parent_path().parent_path().parent_path();
     const auto beside = parent / "shared" / "bpf-conformance";
     const auto above = parent.parent_path() / "shared" / "bpf-conformance";
     return std::filesystem::exists(beside) || !std::filesystem::exists(above) ? beside : above;
@@ -46,12 +47,15 @@ ConformanceCase parse_case(const std::filesystem::path& file) {
             continue;
         }
         if (section.empty() || (!line.empty() && line[0] == '#' && section != "asm")) continue;
-        if (section == "asm") c.asm_text += line + "\n";
-        else if (section == "raw") c.raw_text += line + "\n";
+        if (section == "asm")
+            c.asm_text += line + "\n";
+        else if (section == "raw")
+            c.raw_text += line + "\n";
         else if (section == "mem") {
             auto bytes = parse_hex_bytes(line);
             c.mem.insert(c.mem.end(), bytes.begin(), bytes.end());
-        } else if (section == "result") result_text += line;
+        } else if (section == "result")
+            result_text += line;
     }
     auto first = result_text.find_first_not_of(" \t");
     if (first != std::string::npos) c.result = std::stoull(result_text.substr(first), nullptr, 16);
@@ -64,7 +68,8 @@ std::vector<ConformanceCase> load_cases(const std::filesystem::path& dir) {
     std::vector<ConformanceCase> cases;
     for (const auto& e : std::filesystem::directory_iterator(dir))
         if (e.path().extension() == ".data") cases.push_back(parse_case(e.path()));
-    std::sort(cases.begin(), cases.end(), [](const auto& a, const auto& b) { return a.file < b.file; });
+    std::sort(cases.begin(), cases.end(),
+              [](const auto& a, const auto& b) { return a.file < b.file; });
     return cases;
 }
 
@@ -81,7 +86,9 @@ Result<std::vector<Insn>> case_program(const ConformanceCase& c) {
             for (size_t i = 0; i < n; ++i) bytes.push_back(static_cast<uint8_t>(v >> (8 * i)));
         }
         if (bytes.size() % sizeof(Insn) != 0)
-            return make_error(EINVAL, fmt::format("raw program of {} bytes is not whole instructions", bytes.size()));
+            return make_error(
+                EINVAL,
+                fmt::format("raw program of {} bytes is not whole instructions", bytes.size()));
         std::vector<Insn> insns(bytes.size() / sizeof(Insn));
         std::memcpy(insns.data(), bytes.data(), bytes.size());
         return insns;
@@ -93,7 +100,9 @@ Result<std::vector<Insn>> case_program(const ConformanceCase& c) {
 namespace {
 // Helper 5 in the suite (call_unwind_fail, callx) must simply return; the ubpf plugin's
 // "unwind" helper stops the program only when r1 == 0.
-uint64_t conformance_helper5(uint64_t r1, uint64_t, uint64_t, uint64_t, uint64_t, ExecEnv*) { return r1; }
+uint64_t conformance_helper5(uint64_t r1, uint64_t, uint64_t, uint64_t, uint64_t, ExecEnv*) {
+    return r1;
+}
 }  // namespace
 
 HelperTable conformance_helpers() {

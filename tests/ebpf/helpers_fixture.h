@@ -32,10 +32,12 @@ inline std::string replace_all(std::string text, std::string_view from, const st
 }
 
 // Assembles `text`, resolving the placeholders; the context is `ctx_size` writable bytes.
-inline Result<std::shared_ptr<Program>> build_program(std::string text, std::vector<std::shared_ptr<Map>> maps = {},
+inline Result<std::shared_ptr<Program>> build_program(std::string text,
+                                                      std::vector<std::shared_ptr<Map>> maps = {},
                                                       uint32_t ctx_size = 64) {
     for (size_t k = maps.size(); k-- > 0;)  // MAP10 before MAP1
-        text = replace_all(std::move(text), fmt::format("MAP{}", k), fmt::format("{:#x}", kMapMarker + k));
+        text = replace_all(std::move(text), fmt::format("MAP{}", k),
+                           fmt::format("{:#x}", kMapMarker + k));
     text = replace_all(std::move(text), "CALLBACK", fmt::format("{:#x}", kFuncMarker));
     auto insns = assemble(text);
     if (!insns) return insns.error();
@@ -55,7 +57,8 @@ inline Result<std::shared_ptr<Program>> build_program(std::string text, std::vec
     for (size_t i = 0; i + 1 < p->insns.size(); ++i) {
         Insn& in = p->insns[i];
         if (in.opcode != op::kLddw) continue;
-        const uint64_t v = static_cast<uint32_t>(in.imm) | (uint64_t{static_cast<uint32_t>(p->insns[i + 1].imm)} << 32);
+        const uint64_t v = static_cast<uint32_t>(in.imm) |
+                           (uint64_t{static_cast<uint32_t>(p->insns[i + 1].imm)} << 32);
         if ((v & ~0xffull) == kMapMarker) {
             in.src = op::kPseudoMapIdx;
             in.imm = static_cast<int32_t>(v & 0xff);
@@ -79,7 +82,8 @@ inline std::string stack_string(std::string_view s, int offset) {
     for (size_t i = 0; i < bytes.size(); i += 8) {
         uint64_t v = 0;
         for (size_t b = 0; b < 8; ++b) v |= uint64_t{static_cast<uint8_t>(bytes[i + b])} << (8 * b);
-        out += fmt::format("lddw %r1, {:#x}\nstxdw [%r10{:+}], %r1\n", v, offset + static_cast<int>(i));
+        out += fmt::format("lddw %r1, {:#x}\nstxdw [%r10{:+}], %r1\n", v,
+                           offset + static_cast<int>(i));
     }
     return out;
 }
@@ -95,7 +99,8 @@ protected:
 
     // Builds and loads with the standard helpers (or `helpers`); failures are test failures.
     const Executable* load(const std::string& text, std::vector<std::shared_ptr<Map>> maps = {},
-                           const HelperTable* helpers = nullptr, std::optional<Engine> engine = {}) {
+                           const HelperTable* helpers = nullptr,
+                           std::optional<Engine> engine = {}) {
         auto p = build_program(text, std::move(maps));
         EXPECT_TRUE(p.ok()) << p.error().message;
         if (!p.ok()) return nullptr;
@@ -107,7 +112,9 @@ protected:
         return loaded_.back().get();
     }
 
-    uint64_t run(const Executable* exe, void* ctx, size_t len = 64) { return rt_->run(*exe, ctx, len); }
+    uint64_t run(const Executable* exe, void* ctx, size_t len = 64) {
+        return rt_->run(*exe, ctx, len);
+    }
 
     std::unique_ptr<Runtime> rt_;
     std::vector<std::unique_ptr<Executable>> loaded_;

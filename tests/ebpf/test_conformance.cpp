@@ -32,14 +32,16 @@ Outcome run_case(const ConformanceCase& c, Engine engine) {
     o.fell_back = exe.value()->engine() != engine;
     std::vector<uint8_t> mem = c.mem;
     ExecEnv env;
-    o.r0 = exe.value()->run(env, reinterpret_cast<uint64_t>(mem.empty() ? nullptr : mem.data()), mem.size());
+    o.r0 = exe.value()->run(env, reinterpret_cast<uint64_t>(mem.empty() ? nullptr : mem.data()),
+                            mem.size());
     if (env.fault) return {true, std::string("run-time fault: ") + env.fault};
     return o;
 }
 
 void run_suite(Engine engine) {
     const auto dir = testing::conformance_dir();
-    if (!std::filesystem::exists(dir / "tests")) GTEST_SKIP() << "bpf_conformance suite not found at " << dir;
+    if (!std::filesystem::exists(dir / "tests"))
+        GTEST_SKIP() << "bpf_conformance suite not found at " << dir;
     int passed = 0, total = 0;
     std::vector<std::string> failures, fallbacks;
     for (const ConformanceCase& c : testing::load_cases(dir / "tests")) {
@@ -56,11 +58,15 @@ void run_suite(Engine engine) {
         } else if (o.r0 != *c.result) {
             problem = fmt::format("r0={:#x}, expected {:#x}", o.r0, *c.result);
         }
-        if (problem.empty()) ++passed;
-        else failures.push_back(fmt::format("{}: {}", c.file.filename().string(), problem));
+        if (problem.empty())
+            ++passed;
+        else
+            failures.push_back(fmt::format("{}: {}", c.file.filename().string(), problem));
     }
-    std::cout << fmt::format("[{}] conformance: {}/{} passed\n", engine_name(engine), passed, total);
-    for (const auto& f : fallbacks) std::cout << fmt::format("[{}] ran on the interpreter: {}\n", engine_name(engine), f);
+    std::cout << fmt::format("[{}] conformance: {}/{} passed\n", engine_name(engine), passed,
+                             total);
+    for (const auto& f : fallbacks)
+        std::cout << fmt::format("[{}] ran on the interpreter: {}\n", engine_name(engine), f);
     for (const auto& f : failures) ADD_FAILURE() << f;
     EXPECT_GT(total, 0);
 }
@@ -69,14 +75,18 @@ void run_suite(Engine engine) {
 // verification) or produce something other than its stated result.
 void run_negative(Engine engine) {
     const auto dir = testing::conformance_dir();
-    if (!std::filesystem::exists(dir / "negative")) GTEST_SKIP() << "bpf_conformance suite not found at " << dir;
+    if (!std::filesystem::exists(dir / "negative"))
+        GTEST_SKIP() << "bpf_conformance suite not found at " << dir;
     int total = 0;
     for (const ConformanceCase& c : testing::load_cases(dir / "negative")) {
         ++total;
         const Outcome o = run_case(c, engine);
-        const bool harness_would_pass = !o.rejected && !c.expect_error && c.result && o.r0 == *c.result;
-        EXPECT_FALSE(harness_would_pass) << c.file.filename() << " passed although it is a negative case";
-        EXPECT_FALSE(c.expect_error && !o.rejected) << c.file.filename() << ": expected rejection, ran to r0=" << o.r0;
+        const bool harness_would_pass =
+            !o.rejected && !c.expect_error && c.result && o.r0 == *c.result;
+        EXPECT_FALSE(harness_would_pass)
+            << c.file.filename() << " passed although it is a negative case";
+        EXPECT_FALSE(c.expect_error && !o.rejected)
+            << c.file.filename() << ": expected rejection, ran to r0=" << o.r0;
     }
     EXPECT_GT(total, 0);
 }

@@ -17,7 +17,8 @@ namespace {
 // The plugin is built next to this test: <build>/tools/conformance_plugin/.
 std::filesystem::path plugin_path() {
     const auto self = std::filesystem::read_symlink("/proc/self/exe");
-    return self.parent_path().parent_path().parent_path() / "tools" / "conformance_plugin" / "liveio-conformance-plugin";
+    return self.parent_path().parent_path().parent_path() / "tools" / "conformance_plugin" /
+           "liveio-conformance-plugin";
 }
 
 struct PluginRun {
@@ -25,8 +26,8 @@ struct PluginRun {
     std::string out;
 };
 
-PluginRun run_plugin(const std::filesystem::path& plugin, const std::string& program_hex, const std::string& mem_hex,
-                     const char* engine) {
+PluginRun run_plugin(const std::filesystem::path& plugin, const std::string& program_hex,
+                     const std::string& mem_hex, const char* engine) {
     const auto dir = std::filesystem::temp_directory_path();
     const auto in_path = dir / fmt::format("liveio-plugin-in-{}", getpid());
     {
@@ -56,15 +57,17 @@ TEST(ConformancePlugin, SuiteThroughTheProtocol) {
     const auto plugin = plugin_path();
     if (!std::filesystem::exists(plugin)) GTEST_SKIP() << "plugin not built at " << plugin;
     const auto dir = testing::conformance_dir();
-    if (!std::filesystem::exists(dir / "tests")) GTEST_SKIP() << "bpf_conformance suite not found at " << dir;
+    if (!std::filesystem::exists(dir / "tests"))
+        GTEST_SKIP() << "bpf_conformance suite not found at " << dir;
     for (const char* engine : {"--engine=interp", "--engine=jit"}) {
         int passed = 0, total = 0;
         for (const auto& c : testing::load_cases(dir / "tests")) {
             auto insns = testing::case_program(c);
             ASSERT_TRUE(insns.ok()) << c.file << ": " << insns.error().message;
             ++total;
-            const auto r = run_plugin(plugin, hex(reinterpret_cast<const uint8_t*>(insns->data()), insns->size() * 8),
-                                      hex(c.mem.data(), c.mem.size()), engine);
+            const auto r = run_plugin(
+                plugin, hex(reinterpret_cast<const uint8_t*>(insns->data()), insns->size() * 8),
+                hex(c.mem.data(), c.mem.size()), engine);
             if (c.expect_error) {
                 EXPECT_NE(r.status, 0) << c.file;
             } else {
@@ -81,10 +84,20 @@ TEST(ConformancePlugin, SuiteThroughTheProtocol) {
 TEST(ConformancePlugin, RejectsMalformedInputWithAnError) {
     const auto plugin = plugin_path();
     if (!std::filesystem::exists(plugin)) GTEST_SKIP() << "plugin not built at " << plugin;
-    EXPECT_NE(run_plugin(plugin, "zz", "", "--engine=jit").status, 0);                 // not hex
-    EXPECT_NE(run_plugin(plugin, "950000", "", "--engine=jit").status, 0);             // partial insn
-    EXPECT_NE(run_plugin(plugin, "0700010001000000" "9500000000000000", "", "--engine=jit").status, 0);  // reserved offset
-    EXPECT_EQ(run_plugin(plugin, "b700000007000000" "9500000000000000", "", "--engine=jit").out, "0x7\n");
+    EXPECT_NE(run_plugin(plugin, "zz", "", "--engine=jit").status, 0);      // not hex
+    EXPECT_NE(run_plugin(plugin, "950000", "", "--engine=jit").status, 0);  // partial insn
+    EXPECT_NE(run_plugin(plugin,
+                         "0700010001000000"
+                         "9500000000000000",
+                         "", "--engine=jit")
+                  .status,
+              0);  // reserved offset
+    EXPECT_EQ(run_plugin(plugin,
+                         "b700000007000000"
+                         "9500000000000000",
+                         "", "--engine=jit")
+                  .out,
+              "0x7\n");
 }
 
 }  // namespace

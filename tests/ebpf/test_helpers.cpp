@@ -65,7 +65,8 @@ TEST_P(HelperTest, HashMapLookupUpdateDelete) {
     missing:
         mov %r0, 1
         exit
-    )", {map});
+    )",
+                                 {map});
     ASSERT_TRUE(exe);
     uint64_t out[8] = {};
     ASSERT_EQ(run(exe, out), 0u);
@@ -93,7 +94,8 @@ TEST_P(HelperTest, HashMapLookupUpdateDelete) {
         stxdw [%r6+8], %r0
         mov %r0, 0
         exit
-    )", {map});
+    )",
+                                 {map});
     ASSERT_TRUE(del);
     ASSERT_EQ(run(del, out), 0u);
     EXPECT_EQ(out[0], 0u);
@@ -119,7 +121,8 @@ TEST_P(HelperTest, ArrayUpdateIsVisibleToUserspaceAndBoundsChecked) {
         stxdw [%r6+8], %r0
         mov %r0, 0
         exit
-    )", {map});
+    )",
+                                 {map});
     ASSERT_TRUE(exe);
     uint64_t out[8] = {3};
     ASSERT_EQ(run(exe, out), 0u);
@@ -147,9 +150,11 @@ TEST_P(HelperTest, ClocksMatchTheSystemClocks) {
     )");
     ASSERT_TRUE(exe);
     uint64_t out[8] = {};
-    const uint64_t mono0 = now(CLOCK_MONOTONIC), boot0 = now(CLOCK_BOOTTIME), coarse0 = now(CLOCK_MONOTONIC_COARSE);
+    const uint64_t mono0 = now(CLOCK_MONOTONIC), boot0 = now(CLOCK_BOOTTIME),
+                   coarse0 = now(CLOCK_MONOTONIC_COARSE);
     ASSERT_EQ(run(exe, out), 0u);
-    const uint64_t mono1 = now(CLOCK_MONOTONIC), boot1 = now(CLOCK_BOOTTIME), coarse1 = now(CLOCK_MONOTONIC_COARSE);
+    const uint64_t mono1 = now(CLOCK_MONOTONIC), boot1 = now(CLOCK_BOOTTIME),
+                   coarse1 = now(CLOCK_MONOTONIC_COARSE);
     EXPECT_GE(out[0], mono0);
     EXPECT_LE(out[0], mono1);
     EXPECT_GE(out[1], boot0);
@@ -223,14 +228,16 @@ TEST_P(HelperTest, CurrentCommIsTheThreadNameTruncatedAndPadded) {
     )");
     ASSERT_TRUE(exe);
     std::thread t([&] {
-        ASSERT_EQ(pthread_setname_np(pthread_self(), "liveio-comm-abc"), 0);  // 15 chars, the maximum
+        ASSERT_EQ(pthread_setname_np(pthread_self(), "liveio-comm-abc"),
+                  0);  // 15 chars, the maximum
         uint8_t out[64];
         std::memset(out, 0xee, sizeof(out));
         ASSERT_EQ(run(exe, out), 0u);
         uint64_t rc;
         std::memcpy(&rc, out + 48, 8);
         EXPECT_EQ(rc, 0u);
-        EXPECT_EQ(std::string(reinterpret_cast<char*>(out), 16), std::string("liveio-comm-abc\0", 16));
+        EXPECT_EQ(std::string(reinterpret_cast<char*>(out), 16),
+                  std::string("liveio-comm-abc\0", 16));
         EXPECT_EQ(std::string(reinterpret_cast<char*>(out + 16), 4), std::string("liv\0", 4));
         EXPECT_EQ(std::string(reinterpret_cast<char*>(out + 24), 16), std::string(16, '\0'))
             << "bytes past the name are zeroed up to the buffer size";
@@ -328,7 +335,9 @@ TEST_P(HelperTest, LiveioExtensionHelpersAreCallableByTheirIds) {
         stxdw [%r6+16], %r0
         mov %r0, 0
         exit
-    )", kDouble), {}, &table);
+    )",
+                                             kDouble),
+                                 {}, &table);
     ASSERT_TRUE(exe);
     uint64_t out[8] = {21};
     ASSERT_EQ(run(exe, out), 0u);
@@ -347,8 +356,10 @@ TEST(HelperTable, ExtendRefusesKernelIdsDuplicatesAndIncompleteProtos) {
     auto kernel = table.extend(helper_id::kGetCurrentPidTgid, double_proto());
     ASSERT_FALSE(kernel.ok());
     EXPECT_EQ(kernel.error().code, EINVAL);
-    EXPECT_NE(kernel.error().message.find("outside liveio's range"), std::string::npos) << kernel.error().message;
-    EXPECT_EQ(table.find(helper_id::kGetCurrentPidTgid)->name, "get_current_pid_tgid") << "not replaced";
+    EXPECT_NE(kernel.error().message.find("outside liveio's range"), std::string::npos)
+        << kernel.error().message;
+    EXPECT_EQ(table.find(helper_id::kGetCurrentPidTgid)->name, "get_current_pid_tgid")
+        << "not replaced";
     EXPECT_FALSE(table.extend(helper_id::kLiveioBase - 1, double_proto()).ok());
     EXPECT_FALSE(table.extend(helper_id::kLiveioLast + 1, double_proto()).ok());
     EXPECT_FALSE(table.extend(-1, double_proto()).ok());
@@ -370,18 +381,30 @@ TEST(HelperTable, StandardHasEveryKernelHelperWithItsPrototype) {
     const HelperTable t = HelperTable::standard();
     namespace id = helper_id;
     const std::pair<int32_t, const char*> expected[] = {
-        {id::kMapLookupElem, "map_lookup_elem"},   {id::kMapUpdateElem, "map_update_elem"},
-        {id::kMapDeleteElem, "map_delete_elem"},   {id::kProbeRead, "probe_read"},
-        {id::kKtimeGetNs, "ktime_get_ns"},         {id::kTracePrintk, "trace_printk"},
-        {id::kGetPrandomU32, "get_prandom_u32"},   {id::kGetSmpProcessorId, "get_smp_processor_id"},
-        {id::kTailCall, "tail_call"},              {id::kGetCurrentPidTgid, "get_current_pid_tgid"},
-        {id::kGetCurrentUidGid, "get_current_uid_gid"}, {id::kGetCurrentComm, "get_current_comm"},
-        {id::kPerfEventOutput, "perf_event_output"}, {id::kProbeReadStr, "probe_read_str"},
-        {id::kKtimeGetBootNs, "ktime_get_boot_ns"}, {id::kProbeReadUser, "probe_read_user"},
-        {id::kProbeReadUserStr, "probe_read_user_str"}, {id::kRingbufOutput, "ringbuf_output"},
-        {id::kRingbufReserve, "ringbuf_reserve"},   {id::kRingbufSubmit, "ringbuf_submit"},
-        {id::kRingbufDiscard, "ringbuf_discard"},   {id::kRingbufQuery, "ringbuf_query"},
-        {id::kKtimeGetCoarseNs, "ktime_get_coarse_ns"}, {id::kLoop, "loop"},
+        {id::kMapLookupElem, "map_lookup_elem"},
+        {id::kMapUpdateElem, "map_update_elem"},
+        {id::kMapDeleteElem, "map_delete_elem"},
+        {id::kProbeRead, "probe_read"},
+        {id::kKtimeGetNs, "ktime_get_ns"},
+        {id::kTracePrintk, "trace_printk"},
+        {id::kGetPrandomU32, "get_prandom_u32"},
+        {id::kGetSmpProcessorId, "get_smp_processor_id"},
+        {id::kTailCall, "tail_call"},
+        {id::kGetCurrentPidTgid, "get_current_pid_tgid"},
+        {id::kGetCurrentUidGid, "get_current_uid_gid"},
+        {id::kGetCurrentComm, "get_current_comm"},
+        {id::kPerfEventOutput, "perf_event_output"},
+        {id::kProbeReadStr, "probe_read_str"},
+        {id::kKtimeGetBootNs, "ktime_get_boot_ns"},
+        {id::kProbeReadUser, "probe_read_user"},
+        {id::kProbeReadUserStr, "probe_read_user_str"},
+        {id::kRingbufOutput, "ringbuf_output"},
+        {id::kRingbufReserve, "ringbuf_reserve"},
+        {id::kRingbufSubmit, "ringbuf_submit"},
+        {id::kRingbufDiscard, "ringbuf_discard"},
+        {id::kRingbufQuery, "ringbuf_query"},
+        {id::kKtimeGetCoarseNs, "ktime_get_coarse_ns"},
+        {id::kLoop, "loop"},
     };
     for (const auto& [helper, name] : expected) {
         const HelperProto* p = t.find(helper);

@@ -82,7 +82,8 @@ TEST_P(HelperTest, RingbufRecordsReachTheConsumer) {
     uint64_t ctx[8] = {0x1111};
     ASSERT_EQ(run(exe, ctx), 0u);
     EXPECT_EQ(ctx[1], 0u) << "ringbuf_output";
-    EXPECT_EQ(ctx[2], 24u + 16u + 24u) << "BPF_RB_AVAIL_DATA: two records and the discarded one, with headers";
+    EXPECT_EQ(ctx[2], 24u + 16u + 24u)
+        << "BPF_RB_AVAIL_DATA: two records and the discarded one, with headers";
     EXPECT_EQ(ctx[3], 0u) << "a reservation larger than the ring fails";
     EXPECT_EQ(rb->dropped(), 1u);
 
@@ -127,7 +128,8 @@ TEST_P(HelperTest, RingbufFromManyThreadsLosesNothing) {
             std::memcpy(&first, data, 8);
             if (size == 16 && first != 0x5555) {  // a reserved record: in order per thread
                 const auto t = static_cast<size_t>(first >> 32);
-                if (t >= next.size() || static_cast<int>(first & 0xffffffff) != next[t]++) in_order = false;
+                if (t >= next.size() || static_cast<int>(first & 0xffffffff) != next[t]++)
+                    in_order = false;
             }
         });
     };
@@ -142,7 +144,8 @@ TEST_P(HelperTest, RingbufFromManyThreadsLosesNothing) {
     consumer.join();
     EXPECT_EQ(seen, size_t{2} * kThreads * kRuns);
     EXPECT_TRUE(in_order);
-    EXPECT_EQ(rb->dropped(), static_cast<uint64_t>(kThreads * kRuns)) << "only the oversized reservations";
+    EXPECT_EQ(rb->dropped(), static_cast<uint64_t>(kThreads * kRuns))
+        << "only the oversized reservations";
 }
 
 TEST_P(HelperTest, RingbufHelpersRejectOtherMapsAndBadFlags) {
@@ -177,7 +180,8 @@ TEST_P(HelperTest, RingbufHelpersRejectOtherMapsAndBadFlags) {
     out:
         mov %r0, 0
         exit
-    )", {hash, make_ringbuf(4096)});
+    )",
+                                 {hash, make_ringbuf(4096)});
     ASSERT_TRUE(exe);
     uint64_t ctx[8] = {};
     ASSERT_EQ(run(exe, ctx), 0u);
@@ -219,7 +223,8 @@ TEST_P(HelperTest, PerfEventOutputReachesTheConsumerWithItsSlot) {
         stxdw [%r6+16], %r0
         mov %r0, 0
         exit
-    )", {perf});
+    )",
+                                 {perf});
     ASSERT_TRUE(exe);
     uint64_t ctx[8] = {};
     ASSERT_EQ(run(exe, ctx), 0u);
@@ -255,7 +260,8 @@ std::string tail_call_program(int step, int slot, int fallthrough) {
         call 12
         mov %r0, {}
         exit
-    )", step, slot, fallthrough);
+    )",
+                       step, slot, fallthrough);
 }
 
 class TailCallTest : public HelperTest {
@@ -291,12 +297,14 @@ TEST_P(TailCallTest, TargetsReplaceTheCallerAcrossEngines) {
     const Engine other = GetParam() == Engine::Jit ? Engine::Interpreter : Engine::Jit;
     const Executable* entry = load(tail_call_program(1, 1, 1000), {progs_});
     const Executable* middle = load(tail_call_program(10, 2, 2000), {progs_}, nullptr, other);
-    const Executable* last = load("ldxdw %r0, [%r1]\nadd %r0, 100\nstxdw [%r1], %r0\nmov %r0, 7\nexit\n", {}, nullptr, other);
+    const Executable* last = load(
+        "ldxdw %r0, [%r1]\nadd %r0, 100\nstxdw [%r1], %r0\nmov %r0, 7\nexit\n", {}, nullptr, other);
     ASSERT_TRUE(entry && middle && last);
     const uint32_t middle_id = add(middle), last_id = add(last);
     ASSERT_TRUE(rt_->set_tail_call(*progs_, 1, middle_id).ok());
     uint64_t counter = 0;
-    EXPECT_EQ(run(entry, &counter, 8), 2000u) << "slot 2 is empty: the middle program falls through";
+    EXPECT_EQ(run(entry, &counter, 8), 2000u)
+        << "slot 2 is empty: the middle program falls through";
     EXPECT_EQ(counter, 11u);
 
     ASSERT_TRUE(rt_->set_tail_call(*progs_, 2, last_id).ok());
@@ -400,9 +408,11 @@ TEST_P(HelperTest, LoopRunsTheCallbackAndHonoursItsLimits) {
     };
     EXPECT_EQ(loop(10, 0), (std::pair<int64_t, uint64_t>{10, 55}));
     EXPECT_EQ(loop(0, 0), (std::pair<int64_t, uint64_t>{0, 0}));
-    EXPECT_EQ(loop(1000, 0), (std::pair<int64_t, uint64_t>{50, 1275})) << "callback returned 1 at index 49";
+    EXPECT_EQ(loop(1000, 0), (std::pair<int64_t, uint64_t>{50, 1275}))
+        << "callback returned 1 at index 49";
     EXPECT_EQ(loop(10, 1), (std::pair<int64_t, uint64_t>{-EINVAL, 0})) << "flags must be 0";
-    EXPECT_EQ(loop((1u << 23) + 1, 0), (std::pair<int64_t, uint64_t>{-E2BIG, 0})) << "the kernel's BPF_MAX_LOOPS";
+    EXPECT_EQ(loop((1u << 23) + 1, 0), (std::pair<int64_t, uint64_t>{-E2BIG, 0}))
+        << "the kernel's BPF_MAX_LOOPS";
 }
 
 }  // namespace

@@ -26,7 +26,8 @@ class GuardedPages {
 public:
     GuardedPages() {
         page_ = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-        void* p = mmap(nullptr, 3 * page_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        void* p =
+            mmap(nullptr, 3 * page_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED) return;
         base_ = static_cast<char*>(p);
         mprotect(base_ + page_, page_, PROT_NONE);
@@ -40,7 +41,9 @@ public:
     char* prot_none() const { return base_ + page_; }
     // Nothing may map the hole meanwhile (a JIT's code did once): create this after loading.
     char* unmapped() const { return base_ + 2 * page_; }
-    bool still_unmapped() const { return msync(unmapped(), page_, MS_ASYNC) != 0 && errno == ENOMEM; }
+    bool still_unmapped() const {
+        return msync(unmapped(), page_, MS_ASYNC) != 0 && errno == ENOMEM;
+    }
 
 private:
     size_t page_ = 0;
@@ -66,7 +69,8 @@ std::string probe_program(int32_t id) {
         stxdw [%r6+24], %r1
         mov %r0, 0
         exit
-    )", id);
+    )",
+                       id);
 }
 
 struct ProbeResult {
@@ -96,10 +100,11 @@ TEST_P(ProbeTest, ProbeReadCopiesGoodMemoryAndFaultsCleanlyOnBadAddresses) {
         EXPECT_EQ(r.bytes, std::string(good, 16));
 
         const std::string zeros(16, '\0');
-        for (const void* bad : {static_cast<const void*>(nullptr), static_cast<const void*>(pages.prot_none()),
-                                static_cast<const void*>(pages.unmapped()), kKernelAddress,
-                                static_cast<const void*>(pages.readable_end() - 8),  // straddles into PROT_NONE
-                                reinterpret_cast<const void*>(~uint64_t{0} - 4)}) {   // wraps the address space
+        for (const void* bad :
+             {static_cast<const void*>(nullptr), static_cast<const void*>(pages.prot_none()),
+              static_cast<const void*>(pages.unmapped()), kKernelAddress,
+              static_cast<const void*>(pages.readable_end() - 8),  // straddles into PROT_NONE
+              reinterpret_cast<const void*>(~uint64_t{0} - 4)}) {  // wraps the address space
             SCOPED_TRACE(fmt::format("address {}", bad));
             ASSERT_TRUE(pages.still_unmapped());
             r = probe(exe, bad);
@@ -123,7 +128,8 @@ TEST_P(ProbeTest, ProbeReadStrHasKernelSemantics) {
         auto r = probe(exe, "hello");
         EXPECT_EQ(r.rc, 6) << "length including the NUL";
         EXPECT_EQ(r.bytes.substr(0, 6), std::string("hello\0", 6));
-        EXPECT_EQ(r.bytes.substr(6), std::string(10, '\xff')) << "bytes after the NUL are left alone";
+        EXPECT_EQ(r.bytes.substr(6), std::string(10, '\xff'))
+            << "bytes after the NUL are left alone";
 
         r = probe(exe, "");
         EXPECT_EQ(r.rc, 1);
@@ -146,9 +152,10 @@ TEST_P(ProbeTest, ProbeReadStrHasKernelSemantics) {
         // Without a NUL before the protected page: a fault, and the whole destination zeroed.
         std::memcpy(pages.readable_end() - 5, "abcde", 5);
         const std::string zeros(16, '\0');
-        for (const void* bad : {static_cast<const void*>(pages.readable_end() - 5), static_cast<const void*>(nullptr),
-                                static_cast<const void*>(pages.prot_none()),
-                                static_cast<const void*>(pages.unmapped()), kKernelAddress}) {
+        for (const void* bad :
+             {static_cast<const void*>(pages.readable_end() - 5), static_cast<const void*>(nullptr),
+              static_cast<const void*>(pages.prot_none()),
+              static_cast<const void*>(pages.unmapped()), kKernelAddress}) {
             SCOPED_TRACE(fmt::format("address {}", bad));
             ASSERT_TRUE(pages.still_unmapped());
             r = probe(exe, bad);
@@ -165,7 +172,8 @@ INSTANTIATE_TEST_SUITE_P(Engines, ProbeTest, ::testing::Values(Engine::Interpret
 // ctx[3]; the format lives on the stack.
 std::string printk_program(std::string_view format) {
     const int size = static_cast<int>(format.size() / 8 + 1) * 8;
-    return "mov %r6, %r1\n" + test::stack_string(format, -size) + fmt::format(R"(
+    return "mov %r6, %r1\n" + test::stack_string(format, -size) +
+           fmt::format(R"(
         mov %r1, %r10
         add %r1, {}
         mov %r2, {}
@@ -176,7 +184,8 @@ std::string printk_program(std::string_view format) {
         stxdw [%r6+24], %r0
         mov %r0, 0
         exit
-    )", -size, format.size() + 1);
+    )",
+                       -size, format.size() + 1);
 }
 
 struct PrintkCase {
@@ -201,10 +210,19 @@ TEST_P(TracePrintkTest, FormatsTheKernelSubsetAndTheLogIsReadFromAnotherProcess)
     static const char kStr[] = "hey";
     const auto str = reinterpret_cast<uint64_t>(kStr);
     const std::vector<PrintkCase> cases = {
-        {"a=%d b=%u c=%x", {static_cast<uint64_t>(-5), 0xffffffffu, 255}, "a=-5 b=4294967295 c=ff", 0},
+        {"a=%d b=%u c=%x",
+         {static_cast<uint64_t>(-5), 0xffffffffu, 255},
+         "a=-5 b=4294967295 c=ff",
+         0},
         {"%d|%u", {0x1ffffffffull, 0x100000002ull, 0}, "-1|2", 0},  // no l: 32-bit arguments
-        {"%lx %llu %ld", {0x1234567890ull, ~0ull, static_cast<uint64_t>(-1)}, "1234567890 18446744073709551615 -1", 0},
-        {"%lld %lli %llx", {static_cast<uint64_t>(INT64_MIN), 7, 0xabcdefull}, "-9223372036854775808 7 abcdef", 0},
+        {"%lx %llu %ld",
+         {0x1234567890ull, ~0ull, static_cast<uint64_t>(-1)},
+         "1234567890 18446744073709551615 -1",
+         0},
+        {"%lld %lli %llx",
+         {static_cast<uint64_t>(INT64_MIN), 7, 0xabcdefull},
+         "-9223372036854775808 7 abcdef",
+         0},
         {"s=%s|%5d|%-3d|", {str, 42, 7}, "s=hey|   42|7  |", 0},
         {"%08x %X", {0xbeef, 0xbeef, 0}, "0000beef BEEF", 0},
         {"%c%c %% done", {'o', 'k', 0}, "ok % done", 0},
@@ -212,7 +230,7 @@ TEST_P(TracePrintkTest, FormatsTheKernelSubsetAndTheLogIsReadFromAnotherProcess)
         {"[%s]", {0, 0, 0}, "[]", 0},  // unreadable string: empty, as the kernel
         {"no conversions\n", {0, 0, 0}, "no conversions\n", 0},
         {"%d %d %d %d", {1, 2, 3}, "", -EINVAL},  // more conversions than the three arguments
-        {"%pI4", {str, 0, 0}, "", -EINVAL},          // pointer extensions are not implemented
+        {"%pI4", {str, 0, 0}, "", -EINVAL},       // pointer extensions are not implemented
         {"%q", {0, 0, 0}, "", -EINVAL},
         {"trailing %", {0, 0, 0}, "", -EINVAL},
         {"%lllx", {0, 0, 0}, "", -EINVAL},
@@ -253,7 +271,8 @@ TEST_P(TracePrintkTest, FormatsTheKernelSubsetAndTheLogIsReadFromAnotherProcess)
     close(pipefd[1]);
     std::string got;
     char buf[4096];
-    for (ssize_t n; (n = read(pipefd[0], buf, sizeof(buf))) > 0;) got.append(buf, static_cast<size_t>(n));
+    for (ssize_t n; (n = read(pipefd[0], buf, sizeof(buf))) > 0;)
+        got.append(buf, static_cast<size_t>(n));
     close(pipefd[0]);
     int status = 0;
     ASSERT_EQ(waitpid(child, &status, 0), child);
@@ -322,8 +341,10 @@ TEST_P(TracePrintkTest, AFullLogDropsNewLinesAndCountsThem) {
     for (int i = 0; i < 500; ++i) {
         uint64_t ctx[8] = {static_cast<uint64_t>(i)};
         ASSERT_EQ(small.value()->run(*exe, ctx, sizeof(ctx)), 0u);
-        if (s64(ctx[3]) == -ENOSPC) ++failed;
-        else if (s64(ctx[3]) > 0) ++written;
+        if (s64(ctx[3]) == -ENOSPC)
+            ++failed;
+        else if (s64(ctx[3]) > 0)
+            ++written;
     }
     EXPECT_GT(failed, 0);
     EXPECT_EQ(failed + written, 500);
@@ -344,13 +365,15 @@ TEST(TraceLog, RejectsBadSizesAndForeignMemfds) {
     ASSERT_TRUE(hash.ok());
     auto wrong = TraceLog::open(hash.value()->memfd());
     ASSERT_FALSE(wrong.ok());
-    EXPECT_NE(wrong.error().message.find("ring buffer"), std::string::npos) << wrong.error().message;
+    EXPECT_NE(wrong.error().message.find("ring buffer"), std::string::npos)
+        << wrong.error().message;
     Runtime::Options options;
     options.max_programs = 0;
     EXPECT_FALSE(Runtime::create(options).ok());
 }
 
-INSTANTIATE_TEST_SUITE_P(Engines, TracePrintkTest, ::testing::Values(Engine::Interpreter, Engine::Jit),
+INSTANTIATE_TEST_SUITE_P(Engines, TracePrintkTest,
+                         ::testing::Values(Engine::Interpreter, Engine::Jit),
                          [](const auto& info) { return std::string(engine_name(info.param)); });
 
 }  // namespace

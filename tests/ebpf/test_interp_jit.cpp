@@ -41,10 +41,10 @@ std::vector<Insn> random_program(std::mt19937_64& rng, int length) {
     auto rnd = [&](uint64_t n) { return static_cast<uint64_t>(rng() % n); };
     auto imm = [&]() -> int32_t {
         switch (rnd(4)) {
-        case 0: return static_cast<int32_t>(rnd(16)) - 8;
-        case 1: return static_cast<int32_t>(rng());
-        case 2: return INT32_MIN;
-        default: return -1;
+            case 0: return static_cast<int32_t>(rnd(16)) - 8;
+            case 1: return static_cast<int32_t>(rng());
+            case 2: return INT32_MIN;
+            default: return -1;
         }
     };
     p.push_back(make(op::kClassAlu64 | op::kMov | op::kSrcX, 9, 1, 0, 0));
@@ -54,11 +54,13 @@ std::vector<Insn> random_program(std::mt19937_64& rng, int length) {
         p.push_back(make(0, 0, 0, 0, static_cast<int32_t>(v >> 32)));
     }
     for (int slot = 1; slot <= 8; ++slot)  // initialize the stack slots used below
-        p.push_back(make(op::kClassStx | op::kModeMem | op::kSizeDW, 10, static_cast<uint8_t>(slot % 9), -8 * slot, 0));
+        p.push_back(make(op::kClassStx | op::kModeMem | op::kSizeDW, 10,
+                         static_cast<uint8_t>(slot % 9), -8 * slot, 0));
 
-    const uint8_t alu_ops[] = {op::kAdd, op::kSub, op::kMul, op::kDiv, op::kOr, op::kAnd, op::kLsh,
-                               op::kRsh, op::kNeg, op::kMod, op::kXor, op::kMov, op::kArsh, op::kEnd};
-    const uint8_t jmp_ops[] = {op::kJeq, op::kJgt, op::kJge, op::kJset, op::kJne, op::kJsgt,
+    const uint8_t alu_ops[] = {op::kAdd, op::kSub, op::kMul,  op::kDiv, op::kOr,
+                               op::kAnd, op::kLsh, op::kRsh,  op::kNeg, op::kMod,
+                               op::kXor, op::kMov, op::kArsh, op::kEnd};
+    const uint8_t jmp_ops[] = {op::kJeq,  op::kJgt, op::kJge, op::kJset, op::kJne, op::kJsgt,
                                op::kJsge, op::kJlt, op::kJle, op::kJslt, op::kJsle};
     const uint8_t sizes[] = {op::kSizeB, op::kSizeH, op::kSizeW, op::kSizeDW};
     const int body_start = static_cast<int>(p.size());
@@ -74,52 +76,67 @@ std::vector<Insn> random_program(std::mt19937_64& rng, int length) {
             if (code == op::kEnd) {
                 const int32_t width = 16 << rnd(3);
                 const uint8_t variant = static_cast<uint8_t>(rnd(3));  // le, be, bswap
-                p.push_back(make(variant == 2 ? (op::kClassAlu64 | op::kEnd)
-                                              : (op::kClassAlu | op::kEnd | (variant ? op::kSrcX : 0)),
+                p.push_back(make(variant == 2
+                                     ? (op::kClassAlu64 | op::kEnd)
+                                     : (op::kClassAlu | op::kEnd | (variant ? op::kSrcX : 0)),
                                  dst, 0, 0, width));
             } else if (code == op::kNeg) {
                 p.push_back(make(cls | code, dst, 0, 0, 0));
             } else {
                 int16_t off = 0;
                 if ((code == op::kDiv || code == op::kMod) && rnd(2)) off = 1;
-                if (code == op::kMov && rnd(3) == 0) off = static_cast<int16_t>(8 << rnd(w ? 3 : 2));
+                if (code == op::kMov && rnd(3) == 0)
+                    off = static_cast<int16_t>(8 << rnd(w ? 3 : 2));
                 const bool x = rnd(2) || off >= 8;
-                p.push_back(make(cls | code | (x ? op::kSrcX : 0), dst, x ? src : 0, off, x ? 0 : imm()));
+                p.push_back(
+                    make(cls | code | (x ? op::kSrcX : 0), dst, x ? src : 0, off, x ? 0 : imm()));
             }
         } else if (kind < 14) {
             const int remaining = end - here - 1;
-            const int16_t off = static_cast<int16_t>(remaining > 0 ? rnd(std::min(remaining, 12)) : 0);
+            const int16_t off =
+                static_cast<int16_t>(remaining > 0 ? rnd(std::min(remaining, 12)) : 0);
             const bool w32 = rnd(2);
             const uint8_t code = jmp_ops[rnd(sizeof(jmp_ops))];
             const bool x = rnd(2);
-            p.push_back(make((w32 ? op::kClassJmp32 : op::kClassJmp) | code | (x ? op::kSrcX : 0), dst,
-                             x ? src : 0, off, x ? 0 : imm()));
+            p.push_back(make((w32 ? op::kClassJmp32 : op::kClassJmp) | code | (x ? op::kSrcX : 0),
+                             dst, x ? src : 0, off, x ? 0 : imm()));
         } else if (kind < 17) {
             const uint8_t size = sizes[rnd(4)];
-            const int16_t off = static_cast<int16_t>(-8 * (1 + rnd(8)) + (size == op::kSizeDW ? 0 : rnd(4)));
+            const int16_t off =
+                static_cast<int16_t>(-8 * (1 + rnd(8)) + (size == op::kSizeDW ? 0 : rnd(4)));
             switch (rnd(4)) {
-            case 0: p.push_back(make(op::kClassLdx | op::kModeMem | size, dst, 10, off, 0)); break;
-            case 1:
-                p.push_back(make(op::kClassLdx | (size == op::kSizeDW ? op::kModeMem : op::kModeMemSx) | size,
-                                 dst, 10, off, 0));
-                break;
-            case 2: p.push_back(make(op::kClassStx | op::kModeMem | size, 10, src, off, 0)); break;
-            default: p.push_back(make(op::kClassSt | op::kModeMem | size, 10, 0, off, imm())); break;
+                case 0:
+                    p.push_back(make(op::kClassLdx | op::kModeMem | size, dst, 10, off, 0));
+                    break;
+                case 1:
+                    p.push_back(make(op::kClassLdx |
+                                         (size == op::kSizeDW ? op::kModeMem : op::kModeMemSx) |
+                                         size,
+                                     dst, 10, off, 0));
+                    break;
+                case 2:
+                    p.push_back(make(op::kClassStx | op::kModeMem | size, 10, src, off, 0));
+                    break;
+                default:
+                    p.push_back(make(op::kClassSt | op::kModeMem | size, 10, 0, off, imm()));
+                    break;
             }
         } else if (kind < 19) {
             const bool w = rnd(2);
-            const int32_t ops[] = {op::kAdd, op::kOr, op::kAnd, op::kXor, op::kAtomicXchg, op::kAtomicCmpXchg};
+            const int32_t ops[] = {op::kAdd, op::kOr,         op::kAnd,
+                                   op::kXor, op::kAtomicXchg, op::kAtomicCmpXchg};
             int32_t a = ops[rnd(6)];
             if (a < op::kAtomicXchg && rnd(2)) a |= op::kAtomicFetch;
-            p.push_back(make(op::kClassStx | op::kModeAtomic | (w ? op::kSizeDW : op::kSizeW), 10, src,
-                             static_cast<int16_t>(-8 * (1 + rnd(8))), a));
+            p.push_back(make(op::kClassStx | op::kModeAtomic | (w ? op::kSizeDW : op::kSizeW), 10,
+                             src, static_cast<int16_t>(-8 * (1 + rnd(8))), a));
         } else {
             p.push_back(make(op::kClassJmp | op::kCall, 0, 0, 0, kMixHelper));
             for (uint8_t r = 1; r <= 5; ++r)  // r1..r5 are clobbered by calls
                 p.push_back(make(op::kClassAlu64 | op::kMov, r, 0, 0, imm()));
         }
     }
-    for (uint8_t r = 0; r <= 8; ++r) p.push_back(make(op::kClassStx | op::kModeMem | op::kSizeDW, 9, r, 8 * r, 0));
+    for (uint8_t r = 0; r <= 8; ++r)
+        p.push_back(make(op::kClassStx | op::kModeMem | op::kSizeDW, 9, r, 8 * r, 0));
     for (int slot = 1; slot <= 8; ++slot) {
         p.push_back(make(op::kClassLdx | op::kModeMem | op::kSizeDW, 1, 10, -8 * slot, 0));
         p.push_back(make(op::kClassStx | op::kModeMem | op::kSizeDW, 9, 1, 64 + 8 * slot, 0));
@@ -148,7 +165,9 @@ TEST(InterpJit, RandomProgramsAgree) {
             uint64_t a, j;
             std::memcpy(&a, out_interp + b, 8);
             std::memcpy(&j, out_jit + b, 8);
-            ASSERT_EQ(a, j) << "program " << i << (b < 72 ? fmt::format(" r{}", b / 8) : fmt::format(" stack slot {}", (b - 64) / 8));
+            ASSERT_EQ(a, j) << "program " << i
+                            << (b < 72 ? fmt::format(" r{}", b / 8)
+                                       : fmt::format(" stack slot {}", (b - 64) / 8));
         }
     }
 }
@@ -156,10 +175,16 @@ TEST(InterpJit, RandomProgramsAgree) {
 // Atomics with every operation and width through pointer and value registers the JIT treats
 // specially (r0 = rax is cmpxchg's implicit operand, r3/r4 = rdx/rcx), agreeing across engines.
 TEST(InterpJit, AtomicsThroughSpecialRegisters) {
-    const int32_t ops[] = {op::kAdd, op::kOr, op::kAnd, op::kXor,
-                           op::kAdd | op::kAtomicFetch, op::kOr | op::kAtomicFetch,
-                           op::kAnd | op::kAtomicFetch, op::kXor | op::kAtomicFetch,
-                           op::kAtomicXchg, op::kAtomicCmpXchg};
+    const int32_t ops[] = {op::kAdd,
+                           op::kOr,
+                           op::kAnd,
+                           op::kXor,
+                           op::kAdd | op::kAtomicFetch,
+                           op::kOr | op::kAtomicFetch,
+                           op::kAnd | op::kAtomicFetch,
+                           op::kXor | op::kAtomicFetch,
+                           op::kAtomicXchg,
+                           op::kAtomicCmpXchg};
     const uint64_t memory_value = 0xf0f0f0f0a5a5a5a5ull;
     int checked = 0;
     for (int32_t aop : ops) {
@@ -177,10 +202,13 @@ TEST(InterpJit, AtomicsThroughSpecialRegisters) {
                         lddw(0, r0);
                         lddw(src, 0x0ff00ff01234abcdull);
                         p.push_back(make(op::kClassAlu64 | op::kMov | op::kSrcX, base, 9, 0, 0));
-                        p.push_back(make(op::kClassStx | op::kModeAtomic | size, base, src, 8, aop));
-                        p.push_back(make(op::kClassStx | op::kModeMem | op::kSizeDW, 9, src, 16, 0));
+                        p.push_back(
+                            make(op::kClassStx | op::kModeAtomic | size, base, src, 8, aop));
+                        p.push_back(
+                            make(op::kClassStx | op::kModeMem | op::kSizeDW, 9, src, 16, 0));
                         p.push_back(make(op::kClassStx | op::kModeMem | op::kSizeDW, 9, 0, 24, 0));
-                        p.push_back(make(op::kClassStx | op::kModeMem | op::kSizeDW, 9, base, 32, 0));
+                        p.push_back(
+                            make(op::kClassStx | op::kModeMem | op::kSizeDW, 9, base, 32, 0));
                         p.push_back(make(op::kClassJmp | op::kExit, 0, 0, 0, 0));
                         auto program = std::make_shared<Program>();
                         program->insns = p;
@@ -191,18 +219,20 @@ TEST(InterpJit, AtomicsThroughSpecialRegisters) {
                         for (int e = 0; e < 2; ++e) {
                             // cmpxchg through r0 as base: engine register mapping, beyond
                             // what the verifier admits (r0 must be a scalar there).
-                            auto exe = internal::load_unverified(program, HelperTable{},
-                                                                 e ? Engine::Jit : Engine::Interpreter);
+                            auto exe = internal::load_unverified(
+                                program, HelperTable{}, e ? Engine::Jit : Engine::Interpreter);
                             ASSERT_TRUE(exe.ok()) << exe.error().message;
                             std::memset(buffer, 0, sizeof(buffer));
                             buffer[1] = memory_value;
                             r[e] = exe.value()->run(buffer, sizeof(buffer));
                             std::memcpy(out[e], buffer, sizeof(buffer));
                         }
-                        const std::string what = fmt::format("op {:#x} size {:#x} base r{} src r{} r0 {:#x}", aop,
-                                                             size, base, src, r0);
+                        const std::string what =
+                            fmt::format("op {:#x} size {:#x} base r{} src r{} r0 {:#x}", aop, size,
+                                        base, src, r0);
                         EXPECT_EQ(r[0], r[1]) << what;
-                        for (int i = 1; i < 5; ++i) EXPECT_EQ(out[0][i], out[1][i]) << what << " word " << i;
+                        for (int i = 1; i < 5; ++i)
+                            EXPECT_EQ(out[0][i], out[1][i]) << what << " word " << i;
                         ++checked;
                     }
                 }
@@ -329,7 +359,8 @@ TEST_P(BothEngines, TailCallsChainUpToTheLimit) {
     EXPECT_EQ(self->run(&counter, sizeof(counter), &registry, resolver), 1000u);
     EXPECT_EQ(counter, 1u + kMaxTailCalls);  // the first run plus 33 tail calls
     counter = 0;
-    EXPECT_EQ(self->run(&counter, sizeof(counter), nullptr, nullptr), 1000u);  // no resolver: falls through
+    EXPECT_EQ(self->run(&counter, sizeof(counter), nullptr, nullptr),
+              1000u);  // no resolver: falls through
     EXPECT_EQ(counter, 1u);
 }
 

@@ -55,20 +55,23 @@ bool run_parity(const ParityCase& c, const HelperTable& helpers) {
         VerifierOptions quick;
         quick.max_explored_insns = kQuickVerifierBudget;
         if (auto v = verify(*prog.value(), helpers, quick); !v) {
-            ADD_FAILURE() << "liveio's verifier refuses " << c.program << " (the kernel accepts it) within "
-                          << kQuickVerifierBudget << " explored instructions: " << v.error().message;
+            ADD_FAILURE() << "liveio's verifier refuses " << c.program
+                          << " (the kernel accepts it) within " << kQuickVerifierBudget
+                          << " explored instructions: " << v.error().message;
             return false;
         }
         auto exe = Executable::load(prog.value(), helpers, engine);
         if (!exe) {
-            ADD_FAILURE() << "liveio " << engine_name(engine) << " refuses " << c.program << ": " << exe.error().message;
+            ADD_FAILURE() << "liveio " << engine_name(engine) << " refuses " << c.program << ": "
+                          << exe.error().message;
             return false;
         }
         sides.push_back({engine, std::move(obj.value()), std::move(exe.value())});
     }
     const uint32_t ctx_size = sides[0].exe->program().context.size;
     if (ctx_size == 0) {
-        ADD_FAILURE() << c.program << " has no context in liveio (section " << sides[0].exe->program().section << ")";
+        ADD_FAILURE() << c.program << " has no context in liveio (section "
+                      << sides[0].exe->program().section << ")";
         return false;
     }
     std::mt19937_64 rng(c.seed);
@@ -80,7 +83,8 @@ bool run_parity(const ParityCase& c, const HelperTable& helpers) {
         LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = kctx.data(), .ctx_size_in = ctx_size);
         const int rc = bpf_prog_test_run_opts(fd, &opts);
         if (rc < 0) {
-            ADD_FAILURE() << "kernel BPF_PROG_TEST_RUN failed on run " << run << ": " << std::strerror(-rc);
+            ADD_FAILURE() << "kernel BPF_PROG_TEST_RUN failed on run " << run << ": "
+                          << std::strerror(-rc);
             return false;
         }
         for (Side& s : sides) {
@@ -88,8 +92,9 @@ bool run_parity(const ParityCase& c, const HelperTable& helpers) {
             const uint64_t r0 = s.exe->run(octx.data(), octx.size());
             // The kernel reports the low 32 bits of r0 (bpf_attr.test.retval is a u32).
             if (static_cast<uint32_t>(r0) != opts.retval || octx != kctx) {
-                ADD_FAILURE() << engine_name(s.engine) << " run " << run << " input " << hex(input) << "\n r0 kernel "
-                              << opts.retval << " liveio " << static_cast<uint32_t>(r0) << "\n ctx kernel " << hex(kctx)
+                ADD_FAILURE() << engine_name(s.engine) << " run " << run << " input " << hex(input)
+                              << "\n r0 kernel " << opts.retval << " liveio "
+                              << static_cast<uint32_t>(r0) << "\n ctx kernel " << hex(kctx)
                               << "\n ctx liveio " << hex(octx);
                 return false;
             }
@@ -98,8 +103,8 @@ bool run_parity(const ParityCase& c, const HelperTable& helpers) {
             for (Side& s : sides) {
                 const std::string diff = map_differences(kernel.value(), s.object);
                 if (!diff.empty()) {
-                    ADD_FAILURE() << engine_name(s.engine) << " maps differ after run " << run << " (last input "
-                                  << hex(input) << "):\n"
+                    ADD_FAILURE() << engine_name(s.engine) << " maps differ after run " << run
+                                  << " (last input " << hex(input) << "):\n"
                                   << diff;
                     return false;
                 }
@@ -124,10 +129,15 @@ protected:
         const std::string why = kernel_bpf_unavailable();
         if (!why.empty()) GTEST_SKIP() << why;
     }
-    void check(const std::string& object, const std::string& program, InputGenerator input, uint32_t runs = 300,
-               uint64_t seed = 1, std::vector<RodataValue> values = {}) {
+    void check(const std::string& object, const std::string& program, InputGenerator input,
+               uint32_t runs = 300, uint64_t seed = 1, std::vector<RodataValue> values = {}) {
         for (const std::string& path : builds(object))
-            run_parity({.object = path, .program = program, .runs = runs, .seed = seed, .input = input, .rodata = values},
+            run_parity({.object = path,
+                        .program = program,
+                        .runs = runs,
+                        .seed = seed,
+                        .input = input,
+                        .rodata = values},
                        helpers_);
     }
     HelperTable helpers_ = HelperTable::standard();
@@ -163,9 +173,11 @@ TEST_F(KernelParity, TheComparisonSeesWhatDiffers) {
     EXPECT_EQ(args.total, 40u);  // the kernel wrote the context back
     const std::string diff = map_differences(kernel.value(), ours.value());
     EXPECT_NE(diff.find("map totals key 03000000: only in the kernel"), std::string::npos) << diff;
-    EXPECT_NE(diff.find("map hits key 03000000: kernel 0100000000000000 liveio 0000000000000000"), std::string::npos)
+    EXPECT_NE(diff.find("map hits key 03000000: kernel 0100000000000000 liveio 0000000000000000"),
+              std::string::npos)
         << diff;
-    auto exe = Executable::load(ours.value().program("count").value(), helpers_, Engine::Interpreter);
+    auto exe =
+        Executable::load(ours.value().program("count").value(), helpers_, Engine::Interpreter);
     ASSERT_TRUE(exe.ok()) << exe.error().message;
     EXPECT_EQ(exe.value()->run(&mine, sizeof(mine)), 40u);
     EXPECT_EQ(mine.total, args.total);
@@ -175,7 +187,8 @@ TEST_F(KernelParity, TheComparisonSeesWhatDiffers) {
 TEST_F(KernelParity, HashAndArrayCounters) {
     // counters.bpf.c count(): struct count_args {u32 key; u32 amount; u64 total;}
     check("counters", "count", [](std::mt19937_64& rng, std::vector<uint8_t>& ctx) {
-        put<uint32_t>(ctx, 0, static_cast<uint32_t>(rng() % 80));  // past max_entries 64: E2BIG paths
+        put<uint32_t>(ctx, 0,
+                      static_cast<uint32_t>(rng() % 80));  // past max_entries 64: E2BIG paths
         put<uint32_t>(ctx, 4, static_cast<uint32_t>(rng()));
     });
 }
@@ -185,13 +198,9 @@ TEST_F(KernelParity, GlobalDataAndAtomicFetchAdd) {
     check("globals", "apply", edgy_words, 300, 2, {rodata<uint64_t>("scale", 7)});
 }
 
-TEST_F(KernelParity, BpfToBpfCalls) {
-    check("calls", "compute", edgy_words, 300, 3);
-}
+TEST_F(KernelParity, BpfToBpfCalls) { check("calls", "compute", edgy_words, 300, 3); }
 
-TEST_F(KernelParity, BpfLoopCallback) {
-    check("calls", "looped", edgy_words, 300, 4);
-}
+TEST_F(KernelParity, BpfLoopCallback) { check("calls", "looped", edgy_words, 300, 4); }
 
 // At the time of writing liveio's verifier refuses this program, which the kernel proves in
 // 9406 processed instructions (reported to the lead; verification stays on):
@@ -202,9 +211,12 @@ TEST_F(KernelParity, BpfLoopCallback) {
 // tracking no state covers the other, so paths double at each one.
 TEST_F(KernelParity, Arithmetic) {
     // parity_alu.bpf.c: struct alu_io {u64 a, b, c, d; u64 hash;}, results in map "results"
-    check("parity_alu", "alu", [](std::mt19937_64& rng, std::vector<uint8_t>& ctx) {
-        for (size_t off = 0; off < 32; off += 8) put(ctx, off, edgy(rng));
-    }, 600, 10);
+    check(
+        "parity_alu", "alu",
+        [](std::mt19937_64& rng, std::vector<uint8_t>& ctx) {
+            for (size_t off = 0; off < 32; off += 8) put(ctx, off, edgy(rng));
+        },
+        600, 10);
 }
 
 // At the time of writing liveio's verifier refuses this program, which the kernel proves in
@@ -216,30 +228,37 @@ TEST_F(KernelParity, Arithmetic) {
 // precision tracking ignore, so everything after it is explored again per state.
 TEST_F(KernelParity, LoopsCallsAndBpfLoop) {
     // parity_loops.bpf.c: struct loop_io {u64 x, y; u32 n, pad; u64 out[8];}
-    check("parity_loops", "loops", [](std::mt19937_64& rng, std::vector<uint8_t>& ctx) {
-        put(ctx, 0, edgy(rng));
-        put(ctx, 8, edgy(rng));
-        put(ctx, 16, static_cast<uint32_t>(rng()));
-    }, 400, 11);
+    check(
+        "parity_loops", "loops",
+        [](std::mt19937_64& rng, std::vector<uint8_t>& ctx) {
+            put(ctx, 0, edgy(rng));
+            put(ctx, 8, edgy(rng));
+            put(ctx, 16, static_cast<uint32_t>(rng()));
+        },
+        400, 11);
 }
 
 // A loop of at most 200 iterations whose body branches on the data (x odd or even). The kernel
 // prunes it (the counter is not precise); liveio's verifier explores ~17000 instructions.
 TEST_F(KernelParity, DataDependentBranchesInABoundedLoop) {
-    check("parity_collatz", "steps", [](std::mt19937_64& rng, std::vector<uint8_t>& ctx) {
-        put<uint64_t>(ctx, 0, rng());
-    }, 300, 15);
+    check(
+        "parity_collatz", "steps",
+        [](std::mt19937_64& rng, std::vector<uint8_t>& ctx) { put<uint64_t>(ctx, 0, rng()); }, 300,
+        15);
 }
 
 TEST_F(KernelParity, MapsUpdatedInLoopsReturnCodesAndAtomics) {
     // parity_maps.bpf.c: struct map_io {u32 keys[8]; u64 value; u64 op; s64 rc[8]; u64 old[12];}
-    check("parity_maps", "update", [](std::mt19937_64& rng, std::vector<uint8_t>& ctx) {
-        // A key space around the hash capacity (128 of 256 possible keys), skewed to repeat.
-        for (size_t i = 0; i < 8; ++i)
-            put(ctx, i * 4, static_cast<uint32_t>(rng() % 4 ? rng() % 160 : rng()));
-        put(ctx, 32, edgy(rng));
-        put(ctx, 40, static_cast<uint64_t>(rng()));
-    }, 500, 12);
+    check(
+        "parity_maps", "update",
+        [](std::mt19937_64& rng, std::vector<uint8_t>& ctx) {
+            // A key space around the hash capacity (128 of 256 possible keys), skewed to repeat.
+            for (size_t i = 0; i < 8; ++i)
+                put(ctx, i * 4, static_cast<uint32_t>(rng() % 4 ? rng() % 160 : rng()));
+            put(ctx, 32, edgy(rng));
+            put(ctx, 40, static_cast<uint64_t>(rng()));
+        },
+        500, 12);
 }
 
 TEST_F(KernelParity, RawTracepointSysEnter) {
@@ -250,17 +269,23 @@ TEST_F(KernelParity, RawTracepointSysEnter) {
         uint64_t args[2] = {0, 1};
         LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = args, .ctx_size_in = sizeof(args));
         const int rc = bpf_prog_test_run_opts(k.value().prog_fd("on_enter"), &opts);
-        return rc < 0 ? fmt::format("the kernel cannot test-run raw tracepoints ({})", std::strerror(-rc))
+        return rc < 0 ? fmt::format("the kernel cannot test-run raw tracepoints ({})",
+                                    std::strerror(-rc))
                       : std::string();
     }();
     if (!why.empty()) GTEST_SKIP() << why;
     // struct bpf_raw_tracepoint_args {u64 args[2];}: a pointer never dereferenced, the id.
-    check("parity_rawtp", "on_enter", [](std::mt19937_64& rng, std::vector<uint8_t>& ctx) {
-        put<uint64_t>(ctx, 0, rng());
-        const uint64_t r = rng() % 16;
-        put<int64_t>(ctx, 8, r == 0 ? -static_cast<int64_t>(rng() % 1000) : r == 1 ? static_cast<int64_t>(rng()) :
-                                                                                   static_cast<int64_t>(rng() % 600));
-    }, 400, 13);
+    check(
+        "parity_rawtp", "on_enter",
+        [](std::mt19937_64& rng, std::vector<uint8_t>& ctx) {
+            put<uint64_t>(ctx, 0, rng());
+            const uint64_t r = rng() % 16;
+            put<int64_t>(ctx, 8,
+                         r == 0   ? -static_cast<int64_t>(rng() % 1000)
+                         : r == 1 ? static_cast<int64_t>(rng())
+                                  : static_cast<int64_t>(rng() % 600));
+        },
+        400, 13);
 }
 
 // A frame for parity_packet.bpf.c's struct frame {u32 len; u32 verdict; u64 flow_packets;
@@ -297,16 +322,19 @@ void packet(std::mt19937_64& rng, std::vector<uint8_t>& ctx) {
     if (v6) {
         d[off] = rng() % 10 ? 0x60 : static_cast<uint8_t>(rng());
         d[off + 6] = proto;
-        for (size_t i = 0; i < 32; ++i) d[off + 8 + i] = static_cast<uint8_t>(rng() % 3);  // few addresses
+        for (size_t i = 0; i < 32; ++i)
+            d[off + 8 + i] = static_cast<uint8_t>(rng() % 3);  // few addresses
         l4 = off + 40;
     } else {
         const unsigned ihl = rng() % 8 ? 5 : 5 + rng() % 11;
         d[off] = static_cast<uint8_t>(rng() % 12 ? 0x40 | ihl : rng());
         d[off + 9] = proto;
-        for (size_t i = 12; i < 20; ++i) d[off + i] = static_cast<uint8_t>(rng() % 2 ? 10 : rng() % 4);
+        for (size_t i = 12; i < 20; ++i)
+            d[off + i] = static_cast<uint8_t>(rng() % 2 ? 10 : rng() % 4);
         d[off + 10] = d[off + 11] = 0;
         uint32_t sum = 0;
-        for (size_t i = 0; i < (d[off] & 15u) * 4 && off + i + 1 < kMax; i += 2) sum += d[off + i] << 8 | d[off + i + 1];
+        for (size_t i = 0; i < (d[off] & 15u) * 4 && off + i + 1 < kMax; i += 2)
+            sum += d[off + i] << 8 | d[off + i + 1];
         while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
         be16(off + 10, static_cast<uint16_t>(rng() % 10 ? ~sum : rng()));
         l4 = off + ihl * 4;

@@ -49,16 +49,20 @@ void workload(int fd, int ro_fd, Recording* rec) {
     auto call = [&](long nr, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3 = 0) {
         long r = syscall(nr, a0, a1, a2, a3);
         if (r < 0) r = -errno;
-        if (rec->count < std::size(rec->calls)) rec->calls[rec->count++] = {nr, {a0, a1, a2, a3, 0, 0}, r};
+        if (rec->count < std::size(rec->calls))
+            rec->calls[rec->count++] = {nr, {a0, a1, a2, a3, 0, 0}, r};
     };
-    const auto p = [](const void* x) { return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(x)); };
+    const auto p = [](const void* x) {
+        return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(x));
+    };
     for (int i = 0; i < 60; ++i) {
         call(SYS_write, static_cast<uint64_t>(i % 7 == 6 ? ro_fd : fd), p(buf),
              static_cast<uint64_t>(1 + i % 50));
         call(SYS_pread64, static_cast<uint64_t>(i % 9 == 8 ? 1000 + i : fd), p(buf), sizeof(buf),
              static_cast<uint64_t>(i % 5 == 4 ? 1 << 20 : i * 3));
         if (i % 2 == 0)
-            call(SYS_lseek, static_cast<uint64_t>(fd), static_cast<uint64_t>(i), static_cast<uint64_t>(i % 10 == 8 ? 77 : SEEK_SET));
+            call(SYS_lseek, static_cast<uint64_t>(fd), static_cast<uint64_t>(i),
+                 static_cast<uint64_t>(i % 10 == 8 ? 77 : SEEK_SET));
     }
 }
 
@@ -79,7 +83,8 @@ Counts counts_from(const liveio_io_stats& s) {
 }
 
 std::ostream& operator<<(std::ostream& os, const Counts& c) {
-    return os << "{calls " << c.calls << ", errors " << c.errors << ", histogram total " << c.hist_total << "}";
+    return os << "{calls " << c.calls << ", errors " << c.errors << ", histogram total "
+              << c.hist_total << "}";
 }
 
 TEST(KernelParitySyscount, SameCountsAsTheKernelTracepoints) {
@@ -94,7 +99,8 @@ TEST(KernelParitySyscount, SameCountsAsTheKernelTracepoints) {
     const int ro_fd = open(path, O_RDONLY);
     unlink(path);
     ASSERT_GE(ro_fd, 0);
-    void* shared = mmap(nullptr, sizeof(Recording), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    void* shared =
+        mmap(nullptr, sizeof(Recording), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     ASSERT_NE(shared, MAP_FAILED);
     auto* rec = new (shared) Recording{};
     int go[2];
@@ -126,20 +132,24 @@ TEST(KernelParitySyscount, SameCountsAsTheKernelTracepoints) {
     } reaper{child, go[1]};
 
     if (auto why = liveio::testing::ensure_tracefs(); !why.empty()) GTEST_SKIP() << why;
-    auto kernel = KernelObject::load(object, {rodata<uint32_t>("target_tgid", static_cast<uint32_t>(child))});
+    auto kernel =
+        KernelObject::load(object, {rodata<uint32_t>("target_tgid", static_cast<uint32_t>(child))});
     ASSERT_TRUE(kernel.ok()) << kernel.error().message;
     std::vector<Link> links;
     for (const char* name : {"syscount_enter", "syscount_exit"}) {
         bpf_program* prog = bpf_object__find_program_by_name(kernel.value().get(), name);
         ASSERT_NE(prog, nullptr) << name;
         Link link(bpf_program__attach(prog));
-        if (!link) GTEST_SKIP() << "cannot attach " << name << " to its kernel tracepoint: " << std::strerror(errno);
+        if (!link)
+            GTEST_SKIP() << "cannot attach " << name
+                         << " to its kernel tracepoint: " << std::strerror(errno);
         links.push_back(std::move(link));
     }
     ASSERT_EQ(write(reaper.go, "g", 1), 1);
     reaper.release();
     links.clear();  // detached: nothing else is counted
-    ASSERT_TRUE(WIFEXITED(reaper.status) && WEXITSTATUS(reaper.status) == 0) << "workload child failed";
+    ASSERT_TRUE(WIFEXITED(reaper.status) && WEXITSTATUS(reaper.status) == 0)
+        << "workload child failed";
     ASSERT_EQ(rec->count, 60u * 2 + 30);
 
     // What the workload did, from its own recording.
@@ -168,7 +178,8 @@ TEST(KernelParitySyscount, SameCountsAsTheKernelTracepoints) {
     const HelperTable helpers = HelperTable::standard();
     for (Engine engine : {Engine::Interpreter, Engine::Jit}) {
         SCOPED_TRACE(engine_name(engine));
-        auto ours = open_ours(object, kernel.value(), {rodata<uint32_t>("target_tgid", static_cast<uint32_t>(getpid()))});
+        auto ours = open_ours(object, kernel.value(),
+                              {rodata<uint32_t>("target_tgid", static_cast<uint32_t>(getpid()))});
         ASSERT_TRUE(ours.ok()) << ours.error().message;
         auto load = [&](const char* name) -> std::unique_ptr<Executable> {
             auto prog = ours.value().program(name);
@@ -212,7 +223,8 @@ TEST(KernelParitySyscount, SameCountsAsTheKernelTracepoints) {
             liveio_io_stats kernel_stats{}, our_stats{};
             ASSERT_EQ(bpf_map_lookup_elem(bpf_map__fd(kmap), &key, &kernel_stats), 0);
             ASSERT_EQ(map->copy_value(&key, &our_stats), 0);
-            EXPECT_EQ(counts_from(our_stats), counts_from(kernel_stats)) << "liveio vs kernel, syscall " << nr;
+            EXPECT_EQ(counts_from(our_stats), counts_from(kernel_stats))
+                << "liveio vs kernel, syscall " << nr;
             EXPECT_EQ(counts_from(our_stats), want) << "liveio vs the workload, syscall " << nr;
         }
         // Nothing else counted, and no entry left pending.

@@ -88,9 +88,9 @@ TEST(Loader, GlobalDataBecomesArrayMapsWithContents) {
         EXPECT_EQ(m->spec().key_size, 4u);
         EXPECT_EQ(m->spec().max_entries, 1u);
     }
-    EXPECT_EQ(rodata->spec().value_size, 8u);   // scale
-    EXPECT_EQ(data->spec().value_size, 24u);    // base, history[4]
-    EXPECT_EQ(bss->spec().value_size, 16u);     // calls, last_input
+    EXPECT_EQ(rodata->spec().value_size, 8u);  // scale
+    EXPECT_EQ(data->spec().value_size, 24u);   // base, history[4]
+    EXPECT_EQ(bss->spec().value_size, 16u);    // calls, last_input
     const uint32_t zero = 0;
     auto* ro = static_cast<const uint64_t*>(rodata->lookup(&zero));
     ASSERT_NE(ro, nullptr);
@@ -117,8 +117,8 @@ TEST(Loader, GlobalDataBecomesArrayMapsWithContents) {
     bool saw_offset8 = false;
     for (size_t i = 0; i + 1 < apply->insns.size(); ++i) {
         const Insn& in = apply->insns[i];
-        if (in.opcode == op::kLddw && in.src == op::kPseudoMapIdxValue && apply->maps[in.imm] == bss &&
-            apply->insns[i + 1].imm == 8)
+        if (in.opcode == op::kLddw && in.src == op::kPseudoMapIdxValue &&
+            apply->maps[in.imm] == bss && apply->insns[i + 1].imm == 8)
             saw_offset8 = true;
     }
     EXPECT_TRUE(saw_offset8) << "last_input lives at .bss+8";
@@ -130,8 +130,10 @@ std::vector<int64_t> call_targets(const Program& p, bool calls) {
     std::vector<int64_t> out;
     for (size_t i = 0; i < p.insns.size(); ++i) {
         const Insn& in = p.insns[i];
-        if (calls && in.opcode == (op::kClassJmp | op::kCall) && in.src == op::kPseudoCall) out.push_back(i + 1 + in.imm);
-        if (!calls && in.opcode == op::kLddw && in.src == op::kPseudoFunc) out.push_back(i + 1 + in.imm);
+        if (calls && in.opcode == (op::kClassJmp | op::kCall) && in.src == op::kPseudoCall)
+            out.push_back(i + 1 + in.imm);
+        if (!calls && in.opcode == op::kLddw && in.src == op::kPseudoFunc)
+            out.push_back(i + 1 + in.imm);
         if (in.opcode == op::kLddw) ++i;
     }
     return out;
@@ -145,7 +147,8 @@ TEST(Loader, SubprogramsAreAppendedAndCallsRelinked) {
     // compute (10) + sum_squares (20) + square_plus (4) + triple (3).
     EXPECT_EQ(compute->insns.size(), 37u);
     auto targets = call_targets(*compute, true);
-    ASSERT_EQ(targets.size(), 3u);  // compute -> sum_squares, compute -> triple, sum_squares -> square_plus
+    ASSERT_EQ(targets.size(),
+              3u);  // compute -> sum_squares, compute -> triple, sum_squares -> square_plus
     for (int64_t t : targets) {
         ASSERT_GE(t, 10);
         ASSERT_LT(t, 37);
@@ -166,7 +169,8 @@ TEST(Loader, SubprogramsAreAppendedAndCallsRelinked) {
 
     auto ambiguous = obj.program("syscall");
     ASSERT_FALSE(ambiguous);
-    EXPECT_NE(ambiguous.error().message.find("several programs"), std::string::npos) << ambiguous.error().message;
+    EXPECT_NE(ambiguous.error().message.find("several programs"), std::string::npos)
+        << ambiguous.error().message;
     auto missing = obj.program("nope");
     ASSERT_FALSE(missing);
     EXPECT_EQ(missing.error().code, ENOENT);
@@ -198,7 +202,8 @@ TEST(Loader, ShippedProgramsLoad) {
         auto obj = Object::open(shipped_object_path(name));
         ASSERT_TRUE(obj) << obj.error().message;
         EXPECT_FALSE(obj->programs().empty()) << name;
-        for (const auto& p : obj->programs()) EXPECT_EQ(linked_form_violation(*p), "") << name << ":" << p->name;
+        for (const auto& p : obj->programs())
+            EXPECT_EQ(linked_form_violation(*p), "") << name << ":" << p->name;
     }
     auto syscount = Object::open(shipped_object_path("syscount"));
     ASSERT_TRUE(syscount);

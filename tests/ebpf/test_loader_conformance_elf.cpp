@@ -26,8 +26,9 @@ void append(std::vector<uint8_t>& out, const T& value) {
     out.insert(out.end(), p, p + sizeof(T));
 }
 
-Elf64_Shdr section_header(uint32_t name, uint32_t type, uint64_t flags, uint64_t offset, uint64_t size, uint32_t link,
-                          uint32_t info, uint64_t entsize, uint64_t align) {
+Elf64_Shdr section_header(uint32_t name, uint32_t type, uint64_t flags, uint64_t offset,
+                          uint64_t size, uint32_t link, uint32_t info, uint64_t entsize,
+                          uint64_t align) {
     Elf64_Shdr h{};
     h.sh_name = name;
     h.sh_type = type;
@@ -77,8 +78,10 @@ std::vector<uint8_t> conformance_elf(const std::vector<Insn>& insns) {
     out.insert(out.end(), strtab.begin(), strtab.end());
     out.resize(sh_off, 0);
     append(out, Elf64_Shdr{});
-    append(out, section_header(name_text, SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, text_off, text_size, 0, 0, 0, 8));
-    append(out, section_header(name_symtab, SHT_SYMTAB, 0, sym_off, sym_size, 3, 1, sizeof(Elf64_Sym), 8));
+    append(out, section_header(name_text, SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, text_off,
+                               text_size, 0, 0, 0, 8));
+    append(out, section_header(name_symtab, SHT_SYMTAB, 0, sym_off, sym_size, 3, 1,
+                               sizeof(Elf64_Sym), 8));
     append(out, section_header(name_shstrtab, SHT_STRTAB, 0, str_off, strtab.size(), 0, 0, 0, 1));
     return out;
 }
@@ -97,7 +100,8 @@ struct Outcome {
 
 // Runs the plugin with `args`, feeding `input` on stdin (through a pipe, from a writer child
 // so a large input cannot deadlock against the plugin's output).
-Outcome run(const std::filesystem::path& plugin, const std::vector<std::string>& args, const std::string& input) {
+Outcome run(const std::filesystem::path& plugin, const std::vector<std::string>& args,
+            const std::string& input) {
     int in[2], out[2];
     if (pipe(in) != 0 || pipe(out) != 0) return {};
     const pid_t pid = fork();
@@ -129,7 +133,8 @@ Outcome run(const std::filesystem::path& plugin, const std::vector<std::string>&
     close(in[1]);
     Outcome o;
     char buf[256];
-    for (ssize_t n; (n = read(out[0], buf, sizeof(buf))) > 0;) o.stdout_text.append(buf, static_cast<size_t>(n));
+    for (ssize_t n; (n = read(out[0], buf, sizeof(buf))) > 0;)
+        o.stdout_text.append(buf, static_cast<size_t>(n));
     close(out[0]);
     int st = 0;
     waitpid(writer, nullptr, 0);
@@ -140,8 +145,11 @@ Outcome run(const std::filesystem::path& plugin, const std::vector<std::string>&
 
 std::filesystem::path plugin() {
     // <build>/tests/ebpf/test_ebpf -> <build>/tools/conformance_plugin/liveio-conformance-plugin
-    return std::filesystem::read_symlink("/proc/self/exe").parent_path().parent_path().parent_path() / "tools" /
-           "conformance_plugin" / "liveio-conformance-plugin";
+    return std::filesystem::read_symlink("/proc/self/exe")
+               .parent_path()
+               .parent_path()
+               .parent_path() /
+           "tools" / "conformance_plugin" / "liveio-conformance-plugin";
 }
 
 TEST(LoaderConformanceElf, WriterShapedObjectsLoad) {
@@ -166,7 +174,8 @@ TEST(LoaderConformanceElf, SuiteThroughPluginElf) {
     const auto p = plugin();
     if (!std::filesystem::exists(p)) GTEST_SKIP() << "plugin not built at " << p;
     const auto dir = testing::conformance_dir();
-    if (!std::filesystem::exists(dir / "tests")) GTEST_SKIP() << "bpf_conformance suite not found at " << dir;
+    if (!std::filesystem::exists(dir / "tests"))
+        GTEST_SKIP() << "bpf_conformance suite not found at " << dir;
     const auto cases = testing::load_cases(dir / "tests");
     ASSERT_FALSE(cases.empty());
     for (const char* engine : {"--engine=interp", "--engine=jit"}) {
@@ -195,7 +204,8 @@ TEST(LoaderConformanceElf, PluginRejectsBadElf) {
     if (!std::filesystem::exists(p)) GTEST_SKIP() << "plugin not built at " << p;
     EXPECT_NE(run(p, {"--elf"}, "7f 45 4c 46 02 01").exit_status, 0);
     EXPECT_NE(run(p, {"--elf"}, "not hex").exit_status, 0);
-    const Outcome ok = run(p, {"--elf", "--engine=interp"}, to_hex(conformance_elf({make_insn(0xb7, 0, 0, 0, 7), make_insn(0x95)})));
+    const Outcome ok = run(p, {"--elf", "--engine=interp"},
+                           to_hex(conformance_elf({make_insn(0xb7, 0, 0, 0, 7), make_insn(0x95)})));
     EXPECT_EQ(ok.exit_status, 0);
     EXPECT_EQ(ok.stdout_text, "0x7\n");
 }

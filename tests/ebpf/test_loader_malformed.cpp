@@ -60,7 +60,8 @@ TEST(LoaderMalformed, RandomCorruptionNeverCrashes) {
             if (obj) {
                 ++loaded;
                 for (const auto& p : obj->programs())
-                    ASSERT_EQ(linked_form_violation(*p), "") << name << " iteration " << iter << ": " << p->name;
+                    ASSERT_EQ(linked_form_violation(*p), "")
+                        << name << " iteration " << iter << ": " << p->name;
             } else {
                 ++rejected;
                 ASSERT_FALSE(obj.error().message.empty());
@@ -82,15 +83,21 @@ TEST(LoaderMalformed, TargetedCorruptionNeverCrashes) {
         ASSERT_GE(full.size(), sizeof(Elf64_Ehdr));
         Elf64_Ehdr eh;
         std::memcpy(&eh, full.data(), sizeof(eh));
-        std::vector<std::pair<size_t, size_t>> regions = {{0, sizeof(eh)}, {eh.e_shoff, eh.e_shnum * sizeof(Elf64_Shdr)}};
+        std::vector<std::pair<size_t, size_t>> regions = {
+            {0, sizeof(eh)}, {eh.e_shoff, eh.e_shnum * sizeof(Elf64_Shdr)}};
         const auto* sh = reinterpret_cast<const Elf64_Shdr*>(full.data() + eh.e_shoff);
-        const char* names = reinterpret_cast<const char*>(full.data() + sh[eh.e_shstrndx].sh_offset);
+        const char* names =
+            reinterpret_cast<const char*>(full.data() + sh[eh.e_shstrndx].sh_offset);
         for (size_t i = 1; i < eh.e_shnum; ++i) {
             const std::string n = names + sh[i].sh_name;
-            const bool wanted = sh[i].sh_type == SHT_SYMTAB || (sh[i].sh_type == SHT_REL && n.find(".debug") == std::string::npos &&
-                                                                n.find("BTF") == std::string::npos) ||
-                                (sh[i].sh_flags & SHF_EXECINSTR) || n == ".BTF" || n == ".maps" || n == "maps" || n == "license";
-            if (wanted && sh[i].sh_type != SHT_NOBITS && sh[i].sh_size > 0) regions.push_back({sh[i].sh_offset, sh[i].sh_size});
+            const bool wanted =
+                sh[i].sh_type == SHT_SYMTAB ||
+                (sh[i].sh_type == SHT_REL && n.find(".debug") == std::string::npos &&
+                 n.find("BTF") == std::string::npos) ||
+                (sh[i].sh_flags & SHF_EXECINSTR) || n == ".BTF" || n == ".maps" || n == "maps" ||
+                n == "license";
+            if (wanted && sh[i].sh_type != SHT_NOBITS && sh[i].sh_size > 0)
+                regions.push_back({sh[i].sh_offset, sh[i].sh_size});
         }
         std::mt19937_64 rng(0xc0ffee + std::strlen(name));
         for (int iter = 0; iter < 1000; ++iter) {
@@ -100,13 +107,15 @@ TEST(LoaderMalformed, TargetedCorruptionNeverCrashes) {
                 const auto& [start, len] = regions[rng() % regions.size()];
                 const size_t at = start + rng() % len;
                 if (at >= bytes.size()) continue;
-                bytes[at] = (rng() & 1) ? static_cast<uint8_t>(rng()) : bytes[at] ^ static_cast<uint8_t>(1u << (rng() % 8));
+                bytes[at] = (rng() & 1) ? static_cast<uint8_t>(rng())
+                                        : bytes[at] ^ static_cast<uint8_t>(1u << (rng() % 8));
             }
             auto obj = Object::open(std::span<const uint8_t>(bytes));
             if (obj) {
                 ++loaded;
                 for (const auto& p : obj->programs())
-                    ASSERT_EQ(linked_form_violation(*p), "") << name << " iteration " << iter << ": " << p->name;
+                    ASSERT_EQ(linked_form_violation(*p), "")
+                        << name << " iteration " << iter << ": " << p->name;
             } else {
                 ++rejected;
                 ASSERT_FALSE(obj.error().message.empty());
@@ -124,9 +133,12 @@ public:
     explicit ElfEdit(std::vector<uint8_t> bytes) : b_(std::move(bytes)) {}
     std::vector<uint8_t>& bytes() { return b_; }
     Elf64_Ehdr& ehdr() { return *reinterpret_cast<Elf64_Ehdr*>(b_.data()); }
-    Elf64_Shdr& shdr(size_t i) { return *reinterpret_cast<Elf64_Shdr*>(b_.data() + ehdr().e_shoff + i * sizeof(Elf64_Shdr)); }
+    Elf64_Shdr& shdr(size_t i) {
+        return *reinterpret_cast<Elf64_Shdr*>(b_.data() + ehdr().e_shoff + i * sizeof(Elf64_Shdr));
+    }
     const char* shname(size_t i) {
-        return reinterpret_cast<const char*>(b_.data() + shdr(ehdr().e_shstrndx).sh_offset + shdr(i).sh_name);
+        return reinterpret_cast<const char*>(b_.data() + shdr(ehdr().e_shstrndx).sh_offset +
+                                             shdr(i).sh_name);
     }
     size_t section(const std::string& name) {
         for (size_t i = 1; i < ehdr().e_shnum; ++i)
@@ -136,10 +148,12 @@ public:
     }
     size_t symbol_count() { return shdr(section(".symtab")).sh_size / sizeof(Elf64_Sym); }
     Elf64_Sym& sym(size_t i) {
-        return *reinterpret_cast<Elf64_Sym*>(b_.data() + shdr(section(".symtab")).sh_offset + i * sizeof(Elf64_Sym));
+        return *reinterpret_cast<Elf64_Sym*>(b_.data() + shdr(section(".symtab")).sh_offset +
+                                             i * sizeof(Elf64_Sym));
     }
     const char* symname(size_t i) {
-        return reinterpret_cast<const char*>(b_.data() + shdr(section(".strtab")).sh_offset + sym(i).st_name);
+        return reinterpret_cast<const char*>(b_.data() + shdr(section(".strtab")).sh_offset +
+                                             sym(i).st_name);
     }
     Elf64_Sym& sym(const std::string& name) {
         for (size_t i = 1; i < symbol_count(); ++i)
@@ -167,10 +181,10 @@ private:
 
 ElfEdit edit(const char* name) { return ElfEdit(read_bytes(test_object_path(name))); }
 
-#define EXPECT_ERROR_HAS(edit_expr, needle)                                              \
-    do {                                                                                 \
-        const std::string _msg = (edit_expr);                                            \
-        EXPECT_NE(_msg.find(needle), std::string::npos) << "error was: " << _msg;        \
+#define EXPECT_ERROR_HAS(edit_expr, needle)                                       \
+    do {                                                                          \
+        const std::string _msg = (edit_expr);                                     \
+        EXPECT_NE(_msg.find(needle), std::string::npos) << "error was: " << _msg; \
     } while (0)
 
 TEST(LoaderMalformed, NotABpfObject) {
@@ -192,7 +206,8 @@ TEST(LoaderMalformed, PathsThatAreNotRegularFilesAreRefused) {
     auto zero = Object::open("/dev/zero");
     ASSERT_FALSE(zero);
     EXPECT_EQ(zero.error().code, EINVAL);
-    EXPECT_NE(zero.error().message.find("not a regular file"), std::string::npos) << zero.error().message;
+    EXPECT_NE(zero.error().message.find("not a regular file"), std::string::npos)
+        << zero.error().message;
 
     char dir[] = "/tmp/liveio-loader-XXXXXX";
     ASSERT_NE(::mkdtemp(dir), nullptr);
@@ -254,7 +269,8 @@ TEST(LoaderMalformed, CallToMissingFunction) {
     bool patched = false;
     for (size_t i = 0; Elf64_Rel* r = far.rel(".relsyscall", i); ++i) {
         uint8_t* insn = far.insn_of("syscall", *r);
-        if (insn[0] == 0x85 && ELF64_ST_TYPE(far.sym(ELF64_R_SYM(r->r_info)).st_info) == STT_SECTION) {
+        if (insn[0] == 0x85 &&
+            ELF64_ST_TYPE(far.sym(ELF64_R_SYM(r->r_info)).st_info) == STT_SECTION) {
             const int32_t imm = 100000;
             std::memcpy(insn + 4, &imm, 4);
             patched = true;
@@ -279,7 +295,8 @@ TEST(LoaderMalformed, LocalCallOutsideSection) {
 TEST(LoaderMalformed, UnsupportedMapType) {
     auto obj = Object::open(test_object_path("bad_map_type"));
     ASSERT_FALSE(obj);
-    EXPECT_NE(obj.error().message.find("map 'stacks': unsupported map type 7"), std::string::npos) << obj.error().message;
+    EXPECT_NE(obj.error().message.find("map 'stacks': unsupported map type 7"), std::string::npos)
+        << obj.error().message;
     auto legacy = edit("legacy");
     uint8_t* def = legacy.bytes().data() + legacy.shdr(legacy.section("maps")).sh_offset;
     const uint32_t bloom = 30;  // BPF_MAP_TYPE_BLOOM_FILTER
@@ -294,7 +311,9 @@ TEST(LoaderMalformed, InvalidMapDefinitions) {
     const uint32_t zero = 0;
     std::memcpy(def + 8, &zero, 4);  // value_size of the first map
     const std::string msg = legacy.open_error();
-    EXPECT_TRUE(msg.find("map 'by_id'") != std::string::npos || msg.find("map 'seen'") != std::string::npos) << msg;
+    EXPECT_TRUE(msg.find("map 'by_id'") != std::string::npos ||
+                msg.find("map 'seen'") != std::string::npos)
+        << msg;
     // .maps without BTF to describe it.
     auto nobtf = edit("counters");
     std::memcpy(const_cast<char*>(nobtf.shname(nobtf.section(".BTF"))), ".XTF", 4);

@@ -22,7 +22,8 @@ inline std::string shipped_object_path(const std::string& name) {
 
 inline std::vector<uint8_t> read_bytes(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
-    return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    return std::vector<uint8_t>(std::istreambuf_iterator<char>(in),
+                                std::istreambuf_iterator<char>());
 }
 
 // What the loader promises about a linked program (program.h): every map reference indexes
@@ -41,7 +42,8 @@ inline std::string linked_form_violation(const Program& p) {
                 const int64_t t = i + 1 + in.imm;
                 if (t < 0 || t >= n) return "function address out of range at " + std::to_string(i);
             } else if (in.src != 0) {
-                return "unrelocated lddw src " + std::to_string(in.src) + " at " + std::to_string(i);
+                return "unrelocated lddw src " + std::to_string(in.src) + " at " +
+                       std::to_string(i);
             }
             ++i;
         } else if (in.opcode == (op::kClassJmp | op::kCall) && in.src == op::kPseudoCall) {

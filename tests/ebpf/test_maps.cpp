@@ -7,12 +7,12 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstddef>
 #include <array>
-#include <functional>
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
@@ -31,8 +31,8 @@
 namespace liveio::ebpf {
 namespace {
 
-std::shared_ptr<Map> make(MapType type, uint32_t key_size, uint32_t value_size, uint32_t max_entries,
-                          uint32_t flags = 0, std::string name = "m") {
+std::shared_ptr<Map> make(MapType type, uint32_t key_size, uint32_t value_size,
+                          uint32_t max_entries, uint32_t flags = 0, std::string name = "m") {
     auto m = create_map(MapSpec{std::move(name), type, key_size, value_size, max_entries, flags});
     EXPECT_TRUE(m.ok()) << m.error().message;
     return m.ok() ? m.value() : nullptr;
@@ -74,7 +74,8 @@ TEST(MapSpec, InvalidSpecsRejectedNamingTheField) {
         ASSERT_FALSE(m.ok()) << "spec for field " << c.field << " accepted";
         EXPECT_NE(m.error().message.find(c.field), std::string::npos)
             << "error '" << m.error().message << "' does not name " << c.field;
-        EXPECT_NE(m.error().message.find(c.spec.name.substr(0, 10)), std::string::npos) << m.error().message;
+        EXPECT_NE(m.error().message.find(c.spec.name.substr(0, 10)), std::string::npos)
+            << m.error().message;
     }
 }
 
@@ -181,7 +182,8 @@ TEST(MapArray, PercpuSlotsFollowTheCpu) {
     sched_setaffinity(0, sizeof old, &old);
     std::fill(all.begin(), all.end(), 0);
     ASSERT_EQ(m->copy_value(&k2, all.data()), 0);
-    for (int c : cpus) EXPECT_EQ(static_cast<uint32_t>(all[c]), static_cast<uint32_t>(c) + 100) << "cpu " << c;
+    for (int c : cpus)
+        EXPECT_EQ(static_cast<uint32_t>(all[c]), static_cast<uint32_t>(c) + 100) << "cpu " << c;
 }
 
 TEST(MapArray, ProgArraySlotsHoldProgramIds) {
@@ -198,7 +200,8 @@ TEST(MapArray, ProgArraySlotsHoldProgramIds) {
     EXPECT_EQ(m->copy_value(&k, &out), 0);
     EXPECT_EQ(out, 17u);
     ASSERT_NE(m->lookup(&k), nullptr);
-    EXPECT_EQ(*static_cast<uint32_t*>(m->lookup(&k)), 17u) << "the slot the tail-call resolver reads";
+    EXPECT_EQ(*static_cast<uint32_t*>(m->lookup(&k)), 17u)
+        << "the slot the tail-call resolver reads";
     EXPECT_EQ(m->remove(&k), 0);
     EXPECT_EQ(*static_cast<uint32_t*>(m->lookup(&k)), 0u);
     EXPECT_EQ(m->remove(&oob), -E2BIG);
@@ -207,7 +210,8 @@ TEST(MapArray, ProgArraySlotsHoldProgramIds) {
 // ---- hashes ------------------------------------------------------------------------------
 
 TEST(MapHash, KernelSemanticsPerFlag) {
-    for (MapType type : {MapType::Hash, MapType::PercpuHash, MapType::LruHash, MapType::LruPercpuHash}) {
+    for (MapType type :
+         {MapType::Hash, MapType::PercpuHash, MapType::LruHash, MapType::LruPercpuHash}) {
         SCOPED_TRACE(static_cast<int>(type));
         auto m = make(type, 8, 8, 4);
         ASSERT_TRUE(m);
@@ -286,7 +290,10 @@ template <size_t KeySize>
 void differential(MapType type, uint32_t max_entries, uint64_t seed) {
     using Key = std::array<uint8_t, KeySize>;
     struct KeyHash {
-        size_t operator()(const Key& k) const { return std::hash<std::string_view>()({reinterpret_cast<const char*>(k.data()), KeySize}); }
+        size_t operator()(const Key& k) const {
+            return std::hash<std::string_view>()(
+                {reinterpret_cast<const char*>(k.data()), KeySize});
+        }
     };
     auto m = make(type, KeySize, 16, max_entries);
     ASSERT_TRUE(m);
@@ -401,7 +408,8 @@ TEST(MapHash, LruPrefersEvictingUnreferencedKeys) {
     ASSERT_GE(touched.size(), kMax / 2 - 1);
     // At least kMax/2 - 1 keys are unreferenced: that many inserts must evict only those.
     for (uint32_t k = 200; k < 200 + kMax / 2 - 1; ++k) ASSERT_EQ(m->update(&k, &k, kUpdateAny), 0);
-    for (uint32_t k : touched) EXPECT_NE(m->lookup(&k), nullptr) << "recently used key " << k << " evicted";
+    for (uint32_t k : touched)
+        EXPECT_NE(m->lookup(&k), nullptr) << "recently used key " << k << " evicted";
 }
 
 TEST(MapHash, PercpuValuesPerSlot) {
@@ -473,7 +481,8 @@ TEST(MapHash, LruUnderManyThreadsNeverFailsNorLeaksElements) {
                         if (m->update(&k, v, kUpdateAny) != 0) ++failures;
                     } else if (!percpu) {
                         uint64_t got[2];
-                        if (m->copy_value(&k, got) == 0 && (got[0] != k * 3 || got[1] != k * 3)) ++inconsistent;
+                        if (m->copy_value(&k, got) == 0 && (got[0] != k * 3 || got[1] != k * 3))
+                            ++inconsistent;
                     } else {
                         m->lookup(&k);
                     }
@@ -485,7 +494,8 @@ TEST(MapHash, LruUnderManyThreadsNeverFailsNorLeaksElements) {
         // Full after many distinct inserts, without deletes: every element must be linked.
         size_t n = 0;
         uint64_t cur, next;
-        for (long rc = m->next_key(nullptr, &next); rc == 0 && n <= kMax; rc = m->next_key(&cur, &next)) {
+        for (long rc = m->next_key(nullptr, &next); rc == 0 && n <= kMax;
+             rc = m->next_key(&cur, &next)) {
             cur = next;
             ++n;
         }
@@ -532,7 +542,8 @@ struct Pair {
 
 // The child reads `reads` times; returns the child's exit status (0: consistent).
 template <typename ReadFn>
-int run_reader_child(pid_t parent, int fd, ReadFn read_check, const std::function<void()>& write_step) {
+int run_reader_child(pid_t parent, int fd, ReadFn read_check,
+                     const std::function<void()>& write_step) {
     int go[2];
     if (pipe(go) != 0) return -1;
     const pid_t child = fork();
@@ -560,7 +571,8 @@ TEST(MapShared, ChildProcessSeesHashPairsNeverTorn) {
     const int rc = run_reader_child(
         getpid(), m->memfd(),
         [](Map& shared) -> int {
-            if (shared.spec().type != MapType::Hash || shared.spec().value_size != sizeof(Pair)) return 2;
+            if (shared.spec().type != MapType::Hash || shared.spec().value_size != sizeof(Pair))
+                return 2;
             uint64_t last[8] = {};
             // Until it has read a lot and watched the writer make progress many times.
             uint64_t changes = 0;
@@ -584,10 +596,14 @@ TEST(MapShared, ChildProcessSeesHashPairsNeverTorn) {
             // Churn other keys of the same buckets so chains relink under the reader.
             for (uint32_t k = 8; k < 40; ++k) {
                 Pair p{k, k};
-                if (counter % 2) m->update(&k, &p, kUpdateAny); else m->remove(&k);
+                if (counter % 2)
+                    m->update(&k, &p, kUpdateAny);
+                else
+                    m->remove(&k);
             }
         });
-    EXPECT_EQ(rc, 0) << "child: 2 wrong spec, 3 key missing, 4 torn pair, 5 stale value, 9x open failed";
+    EXPECT_EQ(rc, 0)
+        << "child: 2 wrong spec, 3 key missing, 4 torn pair, 5 stale value, 9x open failed";
 }
 
 TEST(MapShared, ChildProcessSeesArrayPairsNeverTornAndWritesBack) {
@@ -632,7 +648,8 @@ TEST(MapShared, OpenRejectsForeignAndUnsealedFds) {
     ASSERT_EQ(ftruncate(fd, 8192), 0);
     auto unsealed = open_shared_map(fd);
     ASSERT_FALSE(unsealed.ok());
-    EXPECT_NE(unsealed.error().message.find("sealed"), std::string::npos) << unsealed.error().message;
+    EXPECT_NE(unsealed.error().message.find("sealed"), std::string::npos)
+        << unsealed.error().message;
     ASSERT_EQ(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
     auto foreign = open_shared_map(fd);
     ASSERT_FALSE(foreign.ok());
@@ -647,7 +664,8 @@ TEST(MapShared, OpenRejectsForeignAndUnsealedFds) {
     auto read_only = open_shared_map(ro);
     close(ro);
     ASSERT_FALSE(read_only.ok());
-    EXPECT_NE(read_only.error().message.find("writing"), std::string::npos) << read_only.error().message;
+    EXPECT_NE(read_only.error().message.find("writing"), std::string::npos)
+        << read_only.error().message;
 }
 
 TEST(MapShared, OpenedMapSharesSpecAndContents) {
@@ -673,7 +691,8 @@ TEST(MapShared, OpenedMapSharesSpecAndContents) {
 
 template <typename T>
 void poke(int fd, size_t offset, T value) {
-    ASSERT_EQ(pwrite(fd, &value, sizeof value, static_cast<off_t>(offset)), static_cast<ssize_t>(sizeof value));
+    ASSERT_EQ(pwrite(fd, &value, sizeof value, static_cast<off_t>(offset)),
+              static_cast<ssize_t>(sizeof value));
 }
 
 TEST(MapShared, CorruptHeadersAreRejectedByOpen) {
@@ -714,11 +733,14 @@ TEST(MapShared, CorruptHashChainsNeitherCrashNorHang) {
     std::mt19937 rng(11);
     // Bucket heads and element links pointing anywhere: out of range, at themselves, in cycles.
     for (uint32_t b = 0; b < h.nbuckets; ++b)
-        if (rng() % 2) poke<uint32_t>(m->memfd(), h.index_offset + b * 8 + 4, rng() % 3 ? rng() % 64 : rng());
+        if (rng() % 2)
+            poke<uint32_t>(m->memfd(), h.index_offset + b * 8 + 4, rng() % 3 ? rng() % 64 : rng());
     for (uint32_t e = 0; e < 64; ++e)
-        poke<uint32_t>(m->memfd(), h.data_offset + uint64_t{e} * h.elem_size, rng() % 2 ? rng() % 64 : rng());
+        poke<uint32_t>(m->memfd(), h.data_offset + uint64_t{e} * h.elem_size,
+                       rng() % 2 ? rng() % 64 : rng());
     poke<uint64_t>(m->memfd(), offsetof(detail::MapHeader, free_head), 0xffffffff00000007ull);
-    poke<uint32_t>(m->memfd(), offsetof(detail::MapHeader, hash_bump), 3u);  // hands out used elements
+    poke<uint32_t>(m->memfd(), offsetof(detail::MapHeader, hash_bump),
+                   3u);  // hands out used elements
     auto o = open_shared_map(m->memfd());
     ASSERT_TRUE(o.ok()) << o.error().message;
     for (auto* map : {m.get(), o.value().get()}) {

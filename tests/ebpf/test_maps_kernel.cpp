@@ -23,8 +23,8 @@ namespace {
 class KernelMap {
 public:
     explicit KernelMap(const MapSpec& spec) {
-        fd_ = bpf_map_create(static_cast<bpf_map_type>(spec.type), nullptr, spec.key_size, spec.value_size,
-                             spec.max_entries, nullptr);
+        fd_ = bpf_map_create(static_cast<bpf_map_type>(spec.type), nullptr, spec.key_size,
+                             spec.value_size, spec.max_entries, nullptr);
     }
     ~KernelMap() {
         if (fd_ >= 0) close(fd_);
@@ -33,7 +33,9 @@ public:
     KernelMap& operator=(const KernelMap&) = delete;
     int fd() const { return fd_; }
     // libbpf 1.x returns -errno directly.
-    long update(const void* k, const void* v, uint64_t flags) { return bpf_map_update_elem(fd_, k, v, flags); }
+    long update(const void* k, const void* v, uint64_t flags) {
+        return bpf_map_update_elem(fd_, k, v, flags);
+    }
     long lookup(const void* k, void* v) { return bpf_map_lookup_elem(fd_, k, v); }
     long remove(const void* k) { return bpf_map_delete_elem(fd_, k); }
     long next_key(const void* k, void* n) { return bpf_map_get_next_key(fd_, k, n); }
@@ -55,9 +57,11 @@ std::set<std::vector<uint8_t>> all_keys(uint32_t key_size, NextFn next) {
 }
 
 void differential(const MapSpec& spec, uint32_t key_space, uint64_t seed) {
-    SCOPED_TRACE("type " + std::to_string(static_cast<int>(spec.type)) + " key " + std::to_string(spec.key_size));
+    SCOPED_TRACE("type " + std::to_string(static_cast<int>(spec.type)) + " key " +
+                 std::to_string(spec.key_size));
     KernelMap kmap(spec);
-    if (kmap.fd() < 0) GTEST_SKIP() << "kernel BPF map creation failed (" << std::strerror(-kmap.fd()) << ")";
+    if (kmap.fd() < 0)
+        GTEST_SKIP() << "kernel BPF map creation failed (" << std::strerror(-kmap.fd()) << ")";
     auto created = create_map(spec);
     ASSERT_TRUE(created.ok()) << created.error().message;
     Map& ours = *created.value();
@@ -66,7 +70,8 @@ void differential(const MapSpec& spec, uint32_t key_space, uint64_t seed) {
     const bool percpu = spec.type == MapType::PercpuHash || spec.type == MapType::PercpuArray ||
                         spec.type == MapType::LruPercpuHash;
     const size_t value_bytes =
-        percpu ? static_cast<size_t>(libbpf_num_possible_cpus()) * ((spec.value_size + 7) / 8 * 8) : spec.value_size;
+        percpu ? static_cast<size_t>(libbpf_num_possible_cpus()) * ((spec.value_size + 7) / 8 * 8)
+               : spec.value_size;
     std::vector<uint8_t> key(spec.key_size), value(value_bytes), kv(value_bytes), ov(value_bytes);
     for (int op = 0; op < 20000; ++op) {
         const uint64_t x = rng() % key_space;
@@ -74,17 +79,20 @@ void differential(const MapSpec& spec, uint32_t key_space, uint64_t seed) {
         std::memcpy(key.data(), &x, std::min<size_t>(8, key.size()));
         const int what = static_cast<int>(rng() % 10);
         if (what < 5) {
-            // Flags 0..3: BPF_ANY, BPF_NOEXIST, BPF_EXIST and an invalid one (BPF_F_LOCK without a lock).
+            // Flags 0..3: BPF_ANY, BPF_NOEXIST, BPF_EXIST and an invalid one (BPF_F_LOCK without a
+            // lock).
             const uint64_t flags = rng() % 16 == 0 ? 4 : rng() % 3;
             for (auto& b : value) b = static_cast<uint8_t>(rng());
             ASSERT_EQ(ours.update_from_user(key.data(), value.data(), flags),
                       kmap.update(key.data(), value.data(), flags))
                 << "op " << op << " update key " << x << " flags " << flags;
         } else if (what < 7) {
-            ASSERT_EQ(ours.remove(key.data()), kmap.remove(key.data())) << "op " << op << " delete key " << x;
+            ASSERT_EQ(ours.remove(key.data()), kmap.remove(key.data()))
+                << "op " << op << " delete key " << x;
         } else if (what < 9) {
             const long krc = kmap.lookup(key.data(), kv.data());
-            ASSERT_EQ(ours.copy_value(key.data(), ov.data()), krc) << "op " << op << " lookup key " << x;
+            ASSERT_EQ(ours.copy_value(key.data(), ov.data()), krc)
+                << "op " << op << " lookup key " << x;
             if (krc == 0) {
                 ASSERT_EQ(ov, kv) << "op " << op << " value of key " << x;
             }
@@ -104,8 +112,10 @@ void differential(const MapSpec& spec, uint32_t key_space, uint64_t seed) {
             }
         }
     }
-    const auto kernel_keys = all_keys(spec.key_size, [&](const void* k, void* n) { return kmap.next_key(k, n); });
-    const auto our_keys = all_keys(spec.key_size, [&](const void* k, void* n) { return ours.next_key(k, n); });
+    const auto kernel_keys =
+        all_keys(spec.key_size, [&](const void* k, void* n) { return kmap.next_key(k, n); });
+    const auto our_keys =
+        all_keys(spec.key_size, [&](const void* k, void* n) { return ours.next_key(k, n); });
     EXPECT_EQ(our_keys, kernel_keys);
     for (const auto& k : kernel_keys) {
         ASSERT_EQ(kmap.lookup(k.data(), kv.data()), 0);

@@ -49,7 +49,9 @@ TEST(MapRingBuf, RecordProtocolAndQueries) {
     EXPECT_EQ(rb->consume(count), 0u) << "a busy record stops the consumer";
     rb->submit(a);
     std::vector<std::string> got;
-    auto collect = [&](const void* d, uint32_t n) { got.emplace_back(static_cast<const char*>(d), n); };
+    auto collect = [&](const void* d, uint32_t n) {
+        got.emplace_back(static_cast<const char*>(d), n);
+    };
     EXPECT_EQ(rb->consume(collect), 1u);
     ASSERT_EQ(got.size(), 1u);
     EXPECT_EQ(got[0], std::string(13, '\x5a'));
@@ -103,7 +105,8 @@ TEST(MapRingBuf, RecordsCrossingTheEndAreContiguous) {
             ++seen;
             ASSERT_EQ(n, size);
             const auto* b = static_cast<const uint8_t*>(d);
-            for (uint32_t j = 0; j < n; ++j) ASSERT_EQ(b[j], static_cast<uint8_t>(i * 31 + j)) << "byte " << j;
+            for (uint32_t j = 0; j < n; ++j)
+                ASSERT_EQ(b[j], static_cast<uint8_t>(i * 31 + j)) << "byte " << j;
         });
         ASSERT_EQ(seen, 1u);
     }
@@ -199,14 +202,26 @@ TEST(MapRingBuf, ManyProducersConsumerInAnotherProcessAccountsForEveryRecord) {
         int bad = 0;
         auto check = [&](const void* d, uint32_t n) {
             Rec r;
-            if (n < sizeof r) { bad = 3; return; }
+            if (n < sizeof r) {
+                bad = 3;
+                return;
+            }
             std::memcpy(&r, d, sizeof r);
-            if (r.producer >= kProducers || n != rec_size(r.seq)) { bad = 4; return; }
-            if (static_cast<int64_t>(r.seq) <= last[r.producer]) { bad = 5; return; }
+            if (r.producer >= kProducers || n != rec_size(r.seq)) {
+                bad = 4;
+                return;
+            }
+            if (static_cast<int64_t>(r.seq) <= last[r.producer]) {
+                bad = 5;
+                return;
+            }
             last[r.producer] = r.seq;
             const auto* b = static_cast<const uint8_t*>(d);
             for (uint32_t j = sizeof r; j < n; ++j)
-                if (b[j] != static_cast<uint8_t>(r.seq + j)) { bad = 6; return; }
+                if (b[j] != static_cast<uint8_t>(r.seq + j)) {
+                    bad = 6;
+                    return;
+                }
             ++consumed;
         };
         bool producers_done = false;
@@ -253,10 +268,11 @@ TEST(MapRingBuf, ManyProducersConsumerInAnotherProcessAccountsForEveryRecord) {
     ASSERT_TRUE(WIFEXITED(status));
     ASSERT_EQ(WEXITSTATUS(status), 0) << "consumer: 3-6 bad record, 9x setup failed";
     const uint64_t produced = uint64_t{kProducers} * kPerProducer;
-    std::printf("ringbuf: produced %lu, consumed %lu, dropped %lu, discarded %lu\n", produced, consumed,
-                rb->dropped(), discarded.load());
-    EXPECT_EQ(produced, consumed + rb->dropped() + discarded.load()) << "consumed " << consumed << ", dropped "
-                                                                     << rb->dropped() << ", discarded " << discarded.load();
+    std::printf("ringbuf: produced %lu, consumed %lu, dropped %lu, discarded %lu\n", produced,
+                consumed, rb->dropped(), discarded.load());
+    EXPECT_EQ(produced, consumed + rb->dropped() + discarded.load())
+        << "consumed " << consumed << ", dropped " << rb->dropped() << ", discarded "
+        << discarded.load();
     EXPECT_GT(consumed, 0u);
     EXPECT_EQ(rb->query(kAvail), 0u) << "the consumer drained everything";
 }
@@ -271,24 +287,29 @@ TEST(MapPerfEventArray, SlotsFlagsAndLostSamples) {
     EXPECT_EQ(pe->output(0, "zero", 4), 0);
     EXPECT_EQ(pe->output(2, "two!", 4), 0);
     EXPECT_EQ(pe->output(3, "oob", 3), -E2BIG);
-    EXPECT_EQ(pe->output(uint64_t{1} << 32, "ctx", 3), -EINVAL) << "BPF_F_CTXLEN bits have no meaning here";
+    EXPECT_EQ(pe->output(uint64_t{1} << 32, "ctx", 3), -EINVAL)
+        << "BPF_F_CTXLEN bits have no meaning here";
     const long cur = pe->output(PerfEventArray::kCurrentCpu, "cur", 3);
     EXPECT_TRUE(cur == 0 || (cur == -E2BIG && sched_getcpu() >= 3)) << cur;
     std::vector<std::pair<uint32_t, std::string>> got;
     EXPECT_EQ(pe->consume([&](uint32_t slot, const void* d, uint32_t n) {
         got.emplace_back(slot, std::string(static_cast<const char*>(d), n));
-    }), cur == 0 ? 3u : 2u);
+    }),
+              cur == 0 ? 3u : 2u);
     EXPECT_EQ(got[0], (std::pair<uint32_t, std::string>{0, "zero"}));
     if (cur == 0) {
-        EXPECT_NE(std::find(got.begin(), got.end(), std::pair<uint32_t, std::string>{uint32_t(sched_getcpu()), "cur"}),
+        EXPECT_NE(std::find(got.begin(), got.end(),
+                            std::pair<uint32_t, std::string>{uint32_t(sched_getcpu()), "cur"}),
                   got.end());
     }
-    EXPECT_NE(std::find(got.begin(), got.end(), std::pair<uint32_t, std::string>{2, "two!"}), got.end());
+    EXPECT_NE(std::find(got.begin(), got.end(), std::pair<uint32_t, std::string>{2, "two!"}),
+              got.end());
 
     // Each slot's ring fills on its own; lost samples are counted.
     const std::vector<uint8_t> sample(1000, 0x11);
     uint64_t ok = 0, failed = 0;
-    for (int i = 0; i < 100; ++i) (pe->output(1, sample.data(), sample.size()) == 0 ? ok : failed)++;
+    for (int i = 0; i < 100; ++i)
+        (pe->output(1, sample.data(), sample.size()) == 0 ? ok : failed)++;
     EXPECT_EQ(ok, 65535u / 1008);
     EXPECT_EQ(pe->lost(), failed);
     EXPECT_EQ(pe->output(0, "still room", 10), 0) << "another slot is unaffected";
@@ -311,7 +332,8 @@ TEST(MapPerfEventArray, ZeroMaxEntriesMeansOneSlotPerPossibleCpu) {
     EXPECT_GE(m.value()->spec().max_entries, static_cast<uint32_t>(sysconf(_SC_NPROCESSORS_ONLN)));
     auto* pe = dynamic_cast<PerfEventArray*>(m.value().get());
     ASSERT_NE(pe, nullptr);
-    EXPECT_EQ(pe->output(PerfEventArray::kCurrentCpu, "x", 1), 0) << "the calling CPU always has a slot";
+    EXPECT_EQ(pe->output(PerfEventArray::kCurrentCpu, "x", 1), 0)
+        << "the calling CPU always has a slot";
 }
 
 TEST(MapPerfEventArray, OpenedElsewhereConsumesWhatTheCreatorWrote) {

@@ -13,10 +13,10 @@
 #include "ebpf/conformance_suite.h"
 #include "ebpf/loader.h"
 #include "ebpf/verifier.h"
-#include "verifier_corpus.h"
 #include "ebpf/vm.h"
 #include "policy/runtime.h"
 #include "test_loader_objects.h"
+#include "verifier_corpus.h"
 
 namespace liveio::ebpf {
 namespace {
@@ -27,7 +27,8 @@ using namespace corpus;
 
 TEST(VerifierCorpus, InvalidOpcode) {
     Program p = make_program("mov %r0, 0\nexit");
-    p.insns.insert(p.insns.begin() + 1, make_insn(0x8f /* ALU64 with operation 0x80|X: neg with src bit */, 0, 1));
+    p.insns.insert(p.insns.begin() + 1,
+                   make_insn(0x8f /* ALU64 with operation 0x80|X: neg with src bit */, 0, 1));
     expect_rejected(p, 1, "reserved field of neg");
 }
 
@@ -61,8 +62,9 @@ TEST(VerifierCorpus, SizeLimit) {
 
 TEST(VerifierCorpus, WriteToR10) {
     expect_rejected(make_program("mov %r0, 0\nadd %r10, 8\nexit"), 1, "r10 is read-only");
-    expect_rejected(make_program("mov %r0, 0\nstdw [%r10-8], 0\nlock fetch add [%r10-8], %r10\nexit"), 2,
-                    "r10 is read-only");
+    expect_rejected(
+        make_program("mov %r0, 0\nstdw [%r10-8], 0\nlock fetch add [%r10-8], %r10\nexit"), 2,
+        "r10 is read-only");
 }
 
 TEST(VerifierCorpus, UnknownHelper) {
@@ -76,15 +78,18 @@ TEST(VerifierCorpus, UnknownHelper) {
 TEST(VerifierCorpus, FunctionsAreEnteredOnlyByCalls) {
     expect_rejected(make_program("mov %r0, 0\nlddw %r2, " + func(4) + "\nmov %r0, 0\nexit"), 3,
                     "falls through into the function at insn 4");
-    expect_rejected(make_program("mov %r0, 0\njeq %r1, 0, +3\nlddw %r2, " + func(5) + "\nexit\nmov %r0, 1\nexit"),
+    expect_rejected(make_program("mov %r0, 0\njeq %r1, 0, +3\nlddw %r2, " + func(5) +
+                                 "\nexit\nmov %r0, 1\nexit"),
                     1, "jump to insn 5 leaves the function at insn 0 for the function at insn 5");
-    expect_accepted(make_program("mov %r0, 0\nlddw %r2, " + func(5) + "\nja +0\nexit\nmov %r0, 1\nexit"));
+    expect_accepted(
+        make_program("mov %r0, 0\nlddw %r2, " + func(5) + "\nja +0\nexit\nmov %r0, 1\nexit"));
 }
 
 // Map references are resolved by the engines at load time, reachable or not (fuzz.verifier);
 // a direct value address exists only for plain arrays (a hash value may be freed).
 TEST(VerifierCorpus, MapReferencesCheckedEverywhere) {
-    expect_rejected(make_program("mov %r0, 0\nja +2\nlddw %r1, " + map(12288) + "\nexit"), 2, "map index 12288 out of range");
+    expect_rejected(make_program("mov %r0, 0\nja +2\nlddw %r1, " + map(12288) + "\nexit"), 2,
+                    "map index 12288 out of range");
     expect_rejected(make_program("lddw %r2, " + map_value(0) + "\nmov %r0, 0\nexit"), 0,
                     "direct value access to map 'map1', which is not a non-empty array");
 }
@@ -93,16 +98,19 @@ TEST(VerifierCorpus, MapReferencesCheckedEverywhere) {
 // their register file (fuzz.verifier, UBSan).
 TEST(VerifierCorpus, CallxRegisterOutOfRange) {
     Program p = make_program("mov %r0, 0\nexit");
-    p.insns.insert(p.insns.begin() + 1, Insn{static_cast<uint8_t>(op::kClassJmp | op::kCall | op::kSrcX), 0, 0, 0, 12});
+    p.insns.insert(p.insns.begin() + 1,
+                   Insn{static_cast<uint8_t>(op::kClassJmp | op::kCall | op::kSrcX), 0, 0, 0, 12});
     auto r = check(p);
     ASSERT_FALSE(r.ok());
-    EXPECT_NE(r.error().message.find("callx register in imm is not r0..r10"), std::string::npos) << r.error().message;
+    EXPECT_NE(r.error().message.find("callx register in imm is not r0..r10"), std::string::npos)
+        << r.error().message;
 }
 
 // ---- initialization ---------------------------------------------------------------------
 
 TEST(VerifierCorpus, UninitializedRegister) {
-    expect_rejected(make_program("mov %r0, 0\nadd %r0, %r3\nexit"), 1, "r3 read before it is written");
+    expect_rejected(make_program("mov %r0, 0\nadd %r0, %r3\nexit"), 1,
+                    "r3 read before it is written");
     expect_rejected(make_program("exit"), 0, "r0 read before it is written");
     // Calls clobber r1-r5.
     expect_rejected(make_program("call 5\nmov %r0, %r1\nexit"), 1, "r1 read before it is written");
@@ -126,12 +134,15 @@ TEST(VerifierCorpus, UninitializedOnOnePathOnly) {
 // ---- memory -----------------------------------------------------------------------------
 
 TEST(VerifierCorpus, StackOutOfBounds) {
-    expect_rejected(make_program("mov %r0, 0\nstdw [%r10-520], 1\nexit"), 1, "out-of-bounds stack write");
-    expect_rejected(make_program("mov %r0, 0\nstdw [%r10], 1\nexit"), 1, "out-of-bounds stack write");
+    expect_rejected(make_program("mov %r0, 0\nstdw [%r10-520], 1\nexit"), 1,
+                    "out-of-bounds stack write");
+    expect_rejected(make_program("mov %r0, 0\nstdw [%r10], 1\nexit"), 1,
+                    "out-of-bounds stack write");
 }
 
 TEST(VerifierCorpus, StackMisaligned) {
-    expect_rejected(make_program("mov %r0, 0\nstdw [%r10-12], 1\nexit"), 1, "misaligned stack access");
+    expect_rejected(make_program("mov %r0, 0\nstdw [%r10-12], 1\nexit"), 1,
+                    "misaligned stack access");
 }
 
 TEST(VerifierCorpus, ContextOutOfBounds) {
@@ -139,7 +150,8 @@ TEST(VerifierCorpus, ContextOutOfBounds) {
 }
 
 TEST(VerifierCorpus, ContextWriteWhenReadOnly) {
-    expect_rejected(make_program("mov %r0, 0\nstw [%r1], 1\nexit", 16, false), 1, "read-only context");
+    expect_rejected(make_program("mov %r0, 0\nstw [%r1], 1\nexit", 16, false), 1,
+                    "read-only context");
     expect_accepted(make_program("mov %r0, 0\nstw [%r1], 1\nexit", 16, true));
 }
 
@@ -158,8 +170,8 @@ TEST(VerifierCorpus, MapValueOutOfBounds) {
 }
 
 TEST(VerifierCorpus, ReadOnlyMapWrite) {
-    expect_rejected(make_program("lddw %r1, " + map_value(3) + "\nstdw [%r1], 1\nmov %r0, 0\nexit"), 2,
-                    "read-only map");
+    expect_rejected(make_program("lddw %r1, " + map_value(3) + "\nstdw [%r1], 1\nmov %r0, 0\nexit"),
+                    2, "read-only map");
 }
 
 TEST(VerifierCorpus, MapValueUsedBeforeNullCheck) {
@@ -176,7 +188,8 @@ TEST(VerifierCorpus, MapValueUsedBeforeNullCheck) {
 }
 
 TEST(VerifierCorpus, ScalarDereference) {
-    expect_rejected(make_program("mov %r2, 4096\nldxdw %r0, [%r2]\nexit"), 1, "r2, a scalar, not a pointer");
+    expect_rejected(make_program("mov %r2, 4096\nldxdw %r0, [%r2]\nexit"), 1,
+                    "r2, a scalar, not a pointer");
 }
 
 TEST(VerifierCorpus, PointerArithmeticEscapes) {
@@ -430,7 +443,8 @@ TEST(VerifierCorpus, CallbackSecondIterationSeesTheFirstsWrites) {
     // The first iteration finds a pointer in the context slot and replaces it with a number;
     // the second would dereference that number.
     expect_rejected(make_program(R"(
-        lddw %r1, )" + map_value(2) + R"(
+        lddw %r1, )" + map_value(2) +
+                                 R"(
         stxdw [%r10-8], %r1
         mov %r1, 10
         lddw %r2, )" + func(11) + R"(
@@ -480,7 +494,8 @@ TEST(VerifierAccepts, LoopWhoseBranchesDifferOnlyInDeadRegisters) {
         jlt %r3, 4096, loop
         mov %r0, 0
         exit
-    )", 4096 + 256, true));
+    )",
+                                 4096 + 256, true));
 }
 
 // Liveness forgets only what is never read again: a register read after the loop keeps its
@@ -548,7 +563,8 @@ TEST(Verifier, ExecutableLoadRefusesUnverifiedPrograms) {
     for (Engine engine : {Engine::Interpreter, Engine::Jit}) {
         auto exe = Executable::load(p, corpus_helpers(), engine);
         ASSERT_FALSE(exe.ok());
-        EXPECT_NE(exe.error().message.find("insn 0: r0 read before it is written"), std::string::npos)
+        EXPECT_NE(exe.error().message.find("insn 0: r0 read before it is written"),
+                  std::string::npos)
             << exe.error().message;
     }
 }
@@ -559,7 +575,8 @@ TEST(Verifier, ExecutableLoadRefusesUnverifiedPrograms) {
 // engines is test_conformance.cpp); prints the verify time of the largest (no timed assert).
 TEST(VerifierAccepts, EveryConformanceProgram) {
     const auto dir = testing::conformance_dir();
-    if (!std::filesystem::exists(dir / "tests")) GTEST_SKIP() << "bpf_conformance suite not found at " << dir;
+    if (!std::filesystem::exists(dir / "tests"))
+        GTEST_SKIP() << "bpf_conformance suite not found at " << dir;
     size_t largest = 0;
     std::string largest_name;
     double largest_us = 0;
@@ -574,7 +591,9 @@ TEST(VerifierAccepts, EveryConformanceProgram) {
         p.context = {static_cast<uint32_t>(c.mem.size()), true};
         const auto start = std::chrono::steady_clock::now();
         auto r = verify(p, testing::conformance_helpers());
-        const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+        const double us =
+            std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start)
+                .count();
         if (c.expect_error) continue;
         EXPECT_TRUE(r.ok()) << c.file.filename() << ": " << r.error().message;
         if (!r.ok()) continue;
@@ -586,8 +605,9 @@ TEST(VerifierAccepts, EveryConformanceProgram) {
             largest_explored = r->explored_insns;
         }
     }
-    std::cout << fmt::format("verified {} conformance programs; largest {} ({} insns): {:.1f} us, {} insns explored\n",
-                             verified, largest_name, largest, largest_us, largest_explored);
+    std::cout << fmt::format(
+        "verified {} conformance programs; largest {} ({} insns): {:.1f} us, {} insns explored\n",
+        verified, largest_name, largest, largest_us, largest_explored);
     EXPECT_GT(verified, 0);
 }
 
@@ -603,23 +623,28 @@ TEST(VerifierAccepts, EveryBuiltObject) {
         if (!std::filesystem::exists(dir)) continue;
         for (const auto& entry : std::filesystem::recursive_directory_iterator(dir)) {
             const std::string path = entry.path().string();
-            if (!path.ends_with(".bpf.o") || !seen.insert(std::filesystem::canonical(entry.path())).second) continue;
+            if (!path.ends_with(".bpf.o") ||
+                !seen.insert(std::filesystem::canonical(entry.path())).second)
+                continue;
             auto object = Object::open(path);
             if (!object) continue;  // objects built to be refused by the loader (bad_map_type)
             // The agent tests' and the policy tests' verifier-rejected programs.
-            const bool refused_by_design =
-                entry.path().filename() == "rejected.bpf.o" || entry.path().filename() == "policy_bad.bpf.o";
+            const bool refused_by_design = entry.path().filename() == "rejected.bpf.o" ||
+                                           entry.path().filename() == "policy_bad.bpf.o";
             for (const auto& program : object->programs()) {
                 auto r = verify(*program, helpers);
                 if (refused_by_design) {
-                    EXPECT_FALSE(r.ok()) << path << " " << program->name << " was built to be refused";
+                    EXPECT_FALSE(r.ok())
+                        << path << " " << program->name << " was built to be refused";
                     continue;
                 }
-                if (program->context.size == 0 && !r.ok() && r.error().message.find("context") != std::string::npos) {
+                if (program->context.size == 0 && !r.ok() &&
+                    r.error().message.find("context") != std::string::npos) {
                     // Attached in the kernel only (e.g. tracepoint/block/*): liveio has no
                     // userspace context for the section, so its context reads are refused.
-                    std::cout << fmt::format("kernel-only {} {}: {}\n", entry.path().filename().string(),
-                                             program->name, r.error().message);
+                    std::cout << fmt::format("kernel-only {} {}: {}\n",
+                                             entry.path().filename().string(), program->name,
+                                             r.error().message);
                     continue;
                 }
                 EXPECT_TRUE(r.ok()) << path << " " << program->name << ": " << r.error().message;
@@ -627,12 +652,14 @@ TEST(VerifierAccepts, EveryBuiltObject) {
                     ++verified;
                     std::cout << fmt::format("verified {} {}: {} insns, {} explored, {} states\n",
                                              entry.path().filename().string(), program->name,
-                                             program->insns.size(), r->explored_insns, r->stored_states);
+                                             program->insns.size(), r->explored_insns,
+                                             r->stored_states);
                 }
             }
         }
     }
-    EXPECT_GT(verified, 0) << "no BPF object found in " << LIVEIO_BPF_DIR << " or " << LIVEIO_TEST_BPF_DIR;
+    EXPECT_GT(verified, 0) << "no BPF object found in " << LIVEIO_BPF_DIR << " or "
+                           << LIVEIO_TEST_BPF_DIR;
 }
 
 }  // namespace

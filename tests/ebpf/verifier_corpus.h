@@ -18,11 +18,14 @@
 namespace liveio::ebpf::corpus {
 
 // lddw immediates the fixture turns into map and function references.
-inline constexpr uint64_t kMapMarker = 0x4d41500000000000;       // + index: map pointer
-inline constexpr uint64_t kMapValueMarker = 0x4d41560000000000;  // + index: the value of a global data map
-inline constexpr uint64_t kFuncMarker = 0x46554e4300000000;      // + insn index: callback
+inline constexpr uint64_t kMapMarker = 0x4d41500000000000;  // + index: map pointer
+inline constexpr uint64_t kMapValueMarker =
+    0x4d41560000000000;  // + index: the value of a global data map
+inline constexpr uint64_t kFuncMarker = 0x46554e4300000000;  // + insn index: callback
 
-inline uint64_t dummy_helper(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ExecEnv*) { return 0; }
+inline uint64_t dummy_helper(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ExecEnv*) {
+    return 0;
+}
 
 // The helpers the corpus calls, declared here so the tests do not depend on
 // HelperTable::standard(): the prototypes are what the verifier checks.
@@ -37,21 +40,28 @@ inline HelperTable corpus_helpers() {
         p.args = args;
         t.add(id, p);
     };
-    add(helper_id::kMapLookupElem, "map_lookup_elem", RetType::MapValueOrNull, {A::PtrToMap, A::PtrToMapKey});
+    add(helper_id::kMapLookupElem, "map_lookup_elem", RetType::MapValueOrNull,
+        {A::PtrToMap, A::PtrToMapKey});
     add(helper_id::kMapUpdateElem, "map_update_elem", RetType::Integer,
         {A::PtrToMap, A::PtrToMapKey, A::PtrToMapValue, A::Scalar});
-    add(helper_id::kProbeRead, "probe_read", RetType::Integer, {A::PtrToUninitMem, A::ConstSizeOrZero, A::Anything});
-    add(helper_id::kGetCurrentComm, "get_current_comm", RetType::Integer, {A::PtrToUninitMem, A::ConstSize});
+    add(helper_id::kProbeRead, "probe_read", RetType::Integer,
+        {A::PtrToUninitMem, A::ConstSizeOrZero, A::Anything});
+    add(helper_id::kGetCurrentComm, "get_current_comm", RetType::Integer,
+        {A::PtrToUninitMem, A::ConstSize});
     add(helper_id::kKtimeGetNs, "ktime_get_ns", RetType::Integer, {});
     add(helper_id::kRingbufReserve, "ringbuf_reserve", RetType::RingbufMemOrNull,
         {A::PtrToMap, A::ConstSizeOrZero, A::Scalar});
-    add(helper_id::kRingbufSubmit, "ringbuf_submit", RetType::Void, {A::PtrToRingbufMem, A::Scalar});
-    add(helper_id::kRingbufDiscard, "ringbuf_discard", RetType::Void, {A::PtrToRingbufMem, A::Scalar});
-    add(helper_id::kLoop, "loop", RetType::Integer, {A::Scalar, A::PtrToFunc, A::Anything, A::Scalar});
+    add(helper_id::kRingbufSubmit, "ringbuf_submit", RetType::Void,
+        {A::PtrToRingbufMem, A::Scalar});
+    add(helper_id::kRingbufDiscard, "ringbuf_discard", RetType::Void,
+        {A::PtrToRingbufMem, A::Scalar});
+    add(helper_id::kLoop, "loop", RetType::Integer,
+        {A::Scalar, A::PtrToFunc, A::Anything, A::Scalar});
     return t;
 }
 
-inline MapSpec spec(MapType type, uint32_t key, uint32_t value, uint32_t entries, uint32_t flags = 0) {
+inline MapSpec spec(MapType type, uint32_t key, uint32_t value, uint32_t entries,
+                    uint32_t flags = 0) {
     MapSpec s;
     s.name = fmt::format("map{}", static_cast<uint32_t>(type));
     s.type = type;
@@ -82,7 +92,8 @@ struct Corpus {
 };
 
 // Assembles `text` with a `ctx_size`-byte context (writable or not) and the corpus maps.
-inline Program make_program(const std::string& text, uint32_t ctx_size = 16, bool writable = false) {
+inline Program make_program(const std::string& text, uint32_t ctx_size = 16,
+                            bool writable = false) {
     Program p;
     auto insns = assemble(text);
     EXPECT_TRUE(insns.ok()) << insns.error().message;
@@ -94,7 +105,8 @@ inline Program make_program(const std::string& text, uint32_t ctx_size = 16, boo
     for (size_t i = 0; i + 1 < p.insns.size(); ++i) {
         Insn& in = p.insns[i];
         if (in.opcode != op::kLddw) continue;
-        const uint64_t v = static_cast<uint32_t>(in.imm) | (uint64_t{static_cast<uint32_t>(p.insns[i + 1].imm)} << 32);
+        const uint64_t v = static_cast<uint32_t>(in.imm) |
+                           (uint64_t{static_cast<uint32_t>(p.insns[i + 1].imm)} << 32);
         const uint64_t tag = v & ~0xffffull, arg = v & 0xffff;
         if (tag == kMapMarker || tag == kMapValueMarker) {
             in.src = tag == kMapMarker ? op::kPseudoMapIdx : op::kPseudoMapIdxValue;
@@ -116,7 +128,8 @@ inline std::string func(int insn) { return fmt::format("{:#x}", kFuncMarker + in
 
 // r0 = bpf_map_lookup_elem(map `index`, &(u32)key), the key at [r10-4]: six instructions.
 inline std::string lookup(int index, int key) {
-    return fmt::format("stw [%r10-4], {}\nlddw %r1, {}\nmov %r2, %r10\nadd %r2, -4\ncall 1\n", key, map(index));
+    return fmt::format("stw [%r10-4], {}\nlddw %r1, {}\nmov %r2, %r10\nadd %r2, -4\ncall 1\n", key,
+                       map(index));
 }
 
 inline Result<VerifierReport> check(const Program& p, const VerifierOptions& options = {}) {
@@ -124,7 +137,8 @@ inline Result<VerifierReport> check(const Program& p, const VerifierOptions& opt
 }
 
 // Asserts rejection at `insn` with `reason` in the message.
-inline void expect_rejected(const Program& p, int insn, const std::string& reason, const VerifierOptions& options = {}) {
+inline void expect_rejected(const Program& p, int insn, const std::string& reason,
+                            const VerifierOptions& options = {}) {
     auto r = check(p, options);
     ASSERT_FALSE(r.ok()) << "accepted, expected rejection at insn " << insn << ": " << reason;
     const std::string& msg = r.error().message;
@@ -139,7 +153,8 @@ struct Refusal {
     std::string reason;
 };
 
-inline void expect_all_rejected(const std::vector<Refusal>& table, const VerifierOptions& options = {}) {
+inline void expect_all_rejected(const std::vector<Refusal>& table,
+                                const VerifierOptions& options = {}) {
     for (const Refusal& r : table) {
         SCOPED_TRACE(r.text);
         expect_rejected(make_program(r.text, 16, true), r.insn, r.reason, options);

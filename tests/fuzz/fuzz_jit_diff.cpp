@@ -1,7 +1,8 @@
 // Fuzz target: the JIT against the interpreter (the reference semantics) on programs the
 // verifier accepts without pointer leaks (VerifierOptions::allow_pointer_leaks). Each engine
 // runs the same program with its own copy of the context and its own freshly created maps;
-// afterwards r0, the context bytes and every map's contents must be equal. Helpers are the deterministic subset (maps, ring buffer, bpf_loop).
+// afterwards r0, the context bytes and every map's contents must be equal. Helpers are the
+// deterministic subset (maps, ring buffer, bpf_loop).
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -74,23 +75,33 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto jit_program = fuzz::build_program(*in);
     // Without pointer leaks: the engines' stacks, contexts and maps lie at different
     // addresses, so only programs whose results cannot depend on addresses compare.
-    if (!interp_program || !jit_program || !fuzz::verifies_quickly(*interp_program, helpers, false)) return 0;
+    if (!interp_program || !jit_program || !fuzz::verifies_quickly(*interp_program, helpers, false))
+        return 0;
     auto interp = ebpf::Executable::load(interp_program, helpers, ebpf::Engine::Interpreter);
-    if (!interp) fuzz::fail("load refused a program the verifier accepted:", interp.error().message.c_str());
+    if (!interp)
+        fuzz::fail("load refused a program the verifier accepted:", interp.error().message.c_str());
     auto jit = ebpf::Executable::load(jit_program, helpers, ebpf::Engine::Jit);
-    if (!jit) fuzz::fail("the interpreter loaded a program the JIT refused:", jit.error().message.c_str());
-    if (jit.value()->engine() != ebpf::Engine::Jit) return 0;  // left to the interpreter (jit_supports)
+    if (!jit)
+        fuzz::fail("the interpreter loaded a program the JIT refused:",
+                   jit.error().message.c_str());
+    if (jit.value()->engine() != ebpf::Engine::Jit)
+        return 0;  // left to the interpreter (jit_supports)
 
     fuzz::Context interp_ctx(in->shape.ctx_size), jit_ctx(in->shape.ctx_size);
     ebpf::ExecEnv interp_env = runtime->make_env(), jit_env = runtime->make_env();
-    const uint64_t r0_interp = interp.value()->run(interp_env, reinterpret_cast<uint64_t>(interp_ctx.bytes.get()), interp_ctx.size);
-    const uint64_t r0_jit = jit.value()->run(jit_env, reinterpret_cast<uint64_t>(jit_ctx.bytes.get()), jit_ctx.size);
-    if (interp_env.fault) fuzz::fail("verified program faulted in the interpreter:", interp_env.fault);
+    const uint64_t r0_interp = interp.value()->run(
+        interp_env, reinterpret_cast<uint64_t>(interp_ctx.bytes.get()), interp_ctx.size);
+    const uint64_t r0_jit =
+        jit.value()->run(jit_env, reinterpret_cast<uint64_t>(jit_ctx.bytes.get()), jit_ctx.size);
+    if (interp_env.fault)
+        fuzz::fail("verified program faulted in the interpreter:", interp_env.fault);
     if (r0_interp != r0_jit) {
-        const std::string d = std::to_string(r0_interp) + " (interpreter) vs " + std::to_string(r0_jit) + " (jit)";
+        const std::string d =
+            std::to_string(r0_interp) + " (interpreter) vs " + std::to_string(r0_jit) + " (jit)";
         fuzz::fail("r0 differs:", d.c_str());
     }
-    if (interp_ctx.size && std::memcmp(interp_ctx.bytes.get(), jit_ctx.bytes.get(), interp_ctx.size) != 0)
+    if (interp_ctx.size &&
+        std::memcmp(interp_ctx.bytes.get(), jit_ctx.bytes.get(), interp_ctx.size) != 0)
         fuzz::fail("context bytes differ after the run");
     for (size_t i = 0; i < interp_program->maps.size(); ++i)
         if (map_contents(*interp_program->maps[i]) != map_contents(*jit_program->maps[i]))

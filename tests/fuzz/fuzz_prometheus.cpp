@@ -10,7 +10,8 @@
 using namespace liveio;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-    auto parsed = observe::parse_prometheus(std::string_view(reinterpret_cast<const char*>(data), size));
+    auto parsed =
+        observe::parse_prometheus(std::string_view(reinterpret_cast<const char*>(data), size));
     if (!parsed) return 0;
     for (const auto& s : parsed->samples) (void)parsed->value(s.name, s.labels);
     return 0;

@@ -13,8 +13,8 @@
 
 #include "agent/bpf_host.h"
 #include "agent/request_line.h"
-#include "control/protocol.h"
 #include "agent/router.h"
+#include "control/protocol.h"
 
 using namespace liveio;
 

@@ -20,7 +20,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::string_view all(reinterpret_cast<const char*>(data), size);
     const size_t nul = all.find('\0');
     const std::string_view url = all.substr(0, nul);
-    const std::string_view tsv = nul == std::string_view::npos ? std::string_view() : all.substr(nul + 1);
+    const std::string_view tsv =
+        nul == std::string_view::npos ? std::string_view() : all.substr(nul + 1);
 
     if (auto t = observe::parse_sink_url(url)) {
         for (const std::string* id : {&t->database, &t->table})
@@ -36,7 +37,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const clickhouse::Rows rows = clickhouse::parse_tsv(tsv);
     std::string again;
     for (const auto& row : rows) {
-        for (size_t i = 0; i < row.size(); ++i) again += (i ? "\t" : "") + clickhouse::tsv_escape(row[i]);
+        for (size_t i = 0; i < row.size(); ++i)
+            again += (i ? "\t" : "") + clickhouse::tsv_escape(row[i]);
         again += "\n";
     }
     if (clickhouse::parse_tsv(again) != rows) {

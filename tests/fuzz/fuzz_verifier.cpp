@@ -29,11 +29,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         fuzz::fail("accepted without pointer leaks, refused with them");
     if (!verified) return 0;
     auto exe = ebpf::Executable::load(program, helpers, ebpf::Engine::Interpreter);
-    if (!exe) fuzz::fail("load refused a program the verifier accepted:", exe.error().message.c_str());
+    if (!exe)
+        fuzz::fail("load refused a program the verifier accepted:", exe.error().message.c_str());
     fuzz::Context ctx(in->shape.ctx_size);
     ebpf::ExecEnv env = runtime->make_env();
     (void)exe.value()->run(env, reinterpret_cast<uint64_t>(ctx.bytes.get()), ctx.size);
     if (env.fault) fuzz::fail("verified program faulted in the interpreter:", env.fault);
-    if (!program->context.writable && !ctx.unchanged()) fuzz::fail("verified program wrote its read-only context");
+    if (!program->context.writable && !ctx.unchanged())
+        fuzz::fail("verified program wrote its read-only context");
     return 0;
 }

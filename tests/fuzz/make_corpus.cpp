@@ -32,7 +32,8 @@ constexpr uint64_t kSeedExploredInsns = 3000;
 
 void write(const fs::path& dir, const std::string& name, const void* data, size_t size) {
     fs::create_directories(dir);
-    std::ofstream(dir / name, std::ios::binary).write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
+    std::ofstream(dir / name, std::ios::binary)
+        .write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
 }
 void write(const fs::path& dir, const std::string& name, const std::string& text) {
     write(dir, name, text.data(), text.size());
@@ -61,14 +62,16 @@ int main(int argc, char** argv) {
     for (int i = 3; i < argc; ++i) {
         const fs::path obj_path = argv[i];
         std::ifstream f(obj_path, std::ios::binary);
-        const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+        const std::string bytes((std::istreambuf_iterator<char>(f)),
+                                std::istreambuf_iterator<char>());
         // -mcpu=v3 builds (a v3/ directory) of the same sources add jmp32/alu32 programs but
         // nothing new for the loader.
         const bool v3 = obj_path.parent_path().filename() == "v3";
         if (!v3) write(out / "loader", obj_path.filename().string(), bytes);
         auto obj = ebpf::Object::open(obj_path.string());
         if (!obj) {
-            std::fprintf(stderr, "%s: %s (loader seed only)\n", argv[i], obj.error().message.c_str());
+            std::fprintf(stderr, "%s: %s (loader seed only)\n", argv[i],
+                         obj.error().message.c_str());
             continue;
         }
         for (const auto& p : obj->programs()) {
@@ -80,22 +83,26 @@ int main(int argc, char** argv) {
             budget.max_explored_insns = fuzz::kVerifierBudget;
             auto report = ebpf::verify(*p, ebpf::HelperTable::standard(), budget);
             if (report && report->explored_insns > kSeedExploredInsns) {
-                std::fprintf(stderr, "%s: %s: %llu instructions explored, left out\n", argv[i], p->name.c_str(),
+                std::fprintf(stderr, "%s: %s: %llu instructions explored, left out\n", argv[i],
+                             p->name.c_str(),
                              static_cast<unsigned long long>(report->explored_insns));
                 continue;
             }
             fuzz::ProgramShape shape;
-            shape.ctx_size = static_cast<uint16_t>(std::min<uint32_t>(p->context.size, fuzz::kMaxCtx));
+            shape.ctx_size =
+                static_cast<uint16_t>(std::min<uint32_t>(p->context.size, fuzz::kMaxCtx));
             shape.ctx_writable = p->context.writable;
             shape.nmaps = static_cast<uint8_t>(p->maps.size());
             for (size_t m = 0; m < p->maps.size(); ++m) {
                 const ebpf::MapSpec& s = p->maps[m]->spec();
-                shape.maps[m] = {static_cast<uint8_t>(s.type), static_cast<uint8_t>(s.key_size),
-                                 static_cast<uint16_t>(s.value_size),
-                                 static_cast<uint16_t>(s.type == ebpf::MapType::RingBuf ? 0 : s.max_entries)};
+                shape.maps[m] = {
+                    static_cast<uint8_t>(s.type), static_cast<uint8_t>(s.key_size),
+                    static_cast<uint16_t>(s.value_size),
+                    static_cast<uint16_t>(s.type == ebpf::MapType::RingBuf ? 0 : s.max_entries)};
             }
             const auto input = fuzz::encode_program_input(shape, p->insns);
-            const std::string name = (v3 ? "v3." : "") + obj_path.stem().stem().string() + "." + p->name;
+            const std::string name =
+                (v3 ? "v3." : "") + obj_path.stem().stem().string() + "." + p->name;
             write(out / "verifier", name, input.data(), input.size());
             write(out / "jit_diff", name, input.data(), input.size());
             ++programs;
@@ -112,7 +119,8 @@ int main(int argc, char** argv) {
             shape.ctx_size = static_cast<uint16_t>(std::min<size_t>(c.mem.size(), fuzz::kMaxCtx));
             shape.ctx_writable = 1;
             const auto input = fuzz::encode_program_input(shape, *insns);
-            const std::string name = std::string("conformance.") + sub + "." + c.file.stem().string();
+            const std::string name =
+                std::string("conformance.") + sub + "." + c.file.stem().string();
             write(out / "verifier", name, input.data(), input.size());
             write(out / "jit_diff", name, input.data(), input.size());
             ++cases;
@@ -143,10 +151,12 @@ int main(int argc, char** argv) {
     down.comm = "python3";
     down.error = "no agent";
     write(out / "prometheus", "rendered", observe::render_prometheus({pm, down}));
-    write(out / "prometheus", "escapes",
-          "# HELP x_total a \\\\ help\\nline\n# TYPE x_total counter\nx_total{a=\"q\\\"\\\\\\n\",b=\"\"} 1e3\n"
-          "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3.5\nh_count 2\n"
-          "u NaN\nv -Inf 1700000000000\n");
+    write(
+        out / "prometheus", "escapes",
+        "# HELP x_total a \\\\ help\\nline\n# TYPE x_total "
+        "counter\nx_total{a=\"q\\\"\\\\\\n\",b=\"\"} 1e3\n"
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3.5\nh_count 2\n"
+        "u NaN\nv -Inf 1700000000000\n");
 
     const std::pair<const char*, const char*> sinks[] = {
         {"clickhouse://127.0.0.1:8123/liveio.io_stats", "1\tpread64\t\\N\n2\ta\\tb\\\\c\\n\t\n"},
@@ -163,16 +173,30 @@ int main(int argc, char** argv) {
     }
 
     const std::string requests[] = {
-        R"({"v":1,"id":1,"cmd":"bpf.list"})" "\n",
-        R"({"v":1,"id":"x","cmd":"bpf.load","path":"/nonexistent.bpf.o","engine":"interp","programs":["a"]})" "\n",
-        R"({"v":1,"id":2,"cmd":"bpf.unload","object":4294967295})" "\n",
-        R"({"v":1,"id":3,"cmd":"bpf.maps","object":1})" "\n" R"({"v":1,"id":4,"cmd":"bpf.log"})" "\n",
-        R"({"v":2,"id":[1,{"a":null}],"cmd":"status"})" "\n" R"({"v":1.5})" "\n" "[1,2]\n" "{\"v\":1}\n",
-        "not json\n\n{\"v\":1,\"id\":5,\"cmd\":\"nope\"}\n{\"v\":1,\"cmd\":\"bpf.load\",\"path\":\"/dev/null\"}\n",
+        R"({"v":1,"id":1,"cmd":"bpf.list"})"
+        "\n",
+        R"({"v":1,"id":"x","cmd":"bpf.load","path":"/nonexistent.bpf.o","engine":"interp","programs":["a"]})"
+        "\n",
+        R"({"v":1,"id":2,"cmd":"bpf.unload","object":4294967295})"
+        "\n",
+        R"({"v":1,"id":3,"cmd":"bpf.maps","object":1})"
+        "\n"
+        R"({"v":1,"id":4,"cmd":"bpf.log"})"
+        "\n",
+        R"({"v":2,"id":[1,{"a":null}],"cmd":"status"})"
+        "\n"
+        R"({"v":1.5})"
+        "\n"
+        "[1,2]\n"
+        "{\"v\":1}\n",
+        "not "
+        "json\n\n{\"v\":1,\"id\":5,\"cmd\":\"nope\"}\n{\"v\":1,\"cmd\":\"bpf.load\",\"path\":\"/"
+        "dev/null\"}\n",
         std::string(70000, 'x'),
     };
     n = 0;
-    for (const auto& r : requests) write(out / "protocol", fmt::format("seed{}", n++), as_chunks(r));
+    for (const auto& r : requests)
+        write(out / "protocol", fmt::format("seed{}", n++), as_chunks(r));
 
     std::printf("corpus: %zu programs from objects, %zu conformance cases\n", programs, cases);
     return 0;

@@ -51,25 +51,24 @@ inline std::optional<ebpf::MapSpec> map_spec(const MapShape& s) {
     ebpf::MapSpec spec;
     spec.name = "m";
     switch (static_cast<MapType>(s.type)) {
-    case MapType::Hash:
-    case MapType::Array:
-    case MapType::PercpuHash:
-    case MapType::PercpuArray:
-    case MapType::LruHash:
-    case MapType::LruPercpuHash:
-        spec.type = static_cast<MapType>(s.type);
-        spec.key_size = s.key_size;
-        spec.value_size = s.value_size;
-        // Small maps keep each execution cheap; the verifier's checks do not depend on size.
-        spec.max_entries = s.max_entries > 64 ? 64 : s.max_entries;
-        if (spec.value_size > 4096) return std::nullopt;
-        return spec;
-    case MapType::RingBuf:
-        spec.type = MapType::RingBuf;
-        spec.max_entries = 4096u << (s.max_entries & 3);
-        return spec;
-    default:
-        return std::nullopt;
+        case MapType::Hash:
+        case MapType::Array:
+        case MapType::PercpuHash:
+        case MapType::PercpuArray:
+        case MapType::LruHash:
+        case MapType::LruPercpuHash:
+            spec.type = static_cast<MapType>(s.type);
+            spec.key_size = s.key_size;
+            spec.value_size = s.value_size;
+            // Small maps keep each execution cheap; the verifier's checks do not depend on size.
+            spec.max_entries = s.max_entries > 64 ? 64 : s.max_entries;
+            if (spec.value_size > 4096) return std::nullopt;
+            return spec;
+        case MapType::RingBuf:
+            spec.type = MapType::RingBuf;
+            spec.max_entries = 4096u << (s.max_entries & 3);
+            return spec;
+        default: return std::nullopt;
     }
 }
 
@@ -92,7 +91,8 @@ inline std::optional<ProgramInput> decode_program_input(const uint8_t* data, siz
     return in;
 }
 
-inline std::vector<uint8_t> encode_program_input(const ProgramShape& shape, const std::vector<ebpf::Insn>& insns) {
+inline std::vector<uint8_t> encode_program_input(const ProgramShape& shape,
+                                                 const std::vector<ebpf::Insn>& insns) {
     std::vector<uint8_t> out(kHeaderBytes + insns.size() * sizeof(ebpf::Insn), 0);
     std::memcpy(out.data(), &shape, sizeof shape);
     std::memcpy(out.data() + kHeaderBytes, insns.data(), insns.size() * sizeof(ebpf::Insn));

@@ -56,9 +56,10 @@ inline ebpf::HelperTable deterministic_helpers() {
     namespace id = ebpf::helper_id;
     const ebpf::HelperTable all = ebpf::HelperTable::standard();
     ebpf::HelperTable out;
-    const int32_t keep[] = {id::kMapLookupElem, id::kMapUpdateElem, id::kMapDeleteElem, id::kLoop,
-                            id::kRingbufOutput, id::kRingbufReserve, id::kRingbufSubmit,
-                            id::kRingbufDiscard, id::kRingbufQuery, id::kTailCall};
+    const int32_t keep[] = {id::kMapLookupElem, id::kMapUpdateElem,  id::kMapDeleteElem,
+                            id::kLoop,          id::kRingbufOutput,  id::kRingbufReserve,
+                            id::kRingbufSubmit, id::kRingbufDiscard, id::kRingbufQuery,
+                            id::kTailCall};
     for (int32_t h : keep)
         if (const ebpf::HelperProto* p = all.find(h)) out.add(h, *p);
     return out;

@@ -28,9 +28,7 @@ public:
         taken.fetch_add(1, std::memory_order_relaxed);
         return true;
     }
-    void on_exit(CallFrame&) override {
-        seen.fetch_add(1, std::memory_order_relaxed);
-    }
+    void on_exit(CallFrame&) override { seen.fetch_add(1, std::memory_order_relaxed); }
 };
 
 using PwriteFn = ssize_t (*)(int, const void*, size_t, off_t);
@@ -38,8 +36,9 @@ using PreadFn = ssize_t (*)(int, void*, size_t, off_t);
 
 // Four threads write and read back their own block through `pw`/`pr` while `cycle` (install,
 // wait, uninstall) runs `cycles` times; returns the number of wrong results seen.
-inline uint64_t wrong_bytes_under_cycles(PwriteFn pw, PreadFn pr, int cycles,
-                                         const std::function<void(const std::function<void()>&)>& cycle) {
+inline uint64_t wrong_bytes_under_cycles(
+    PwriteFn pw, PreadFn pr, int cycles,
+    const std::function<void(const std::function<void()>&)>& cycle) {
     char path[] = "/tmp/liveio-hook-stress-XXXXXX";
     int fd = mkstemp(path);
     EXPECT_GE(fd, 0);
@@ -53,7 +52,8 @@ inline uint64_t wrong_bytes_under_cycles(PwriteFn pw, PreadFn pr, int cycles,
         workers.emplace_back([&, t] {
             std::vector<unsigned char> out(kBlock), in(kBlock);
             for (uint32_t i = 0; !stop.load(std::memory_order_relaxed); ++i) {
-                for (size_t k = 0; k < kBlock; ++k) out[k] = static_cast<unsigned char>(t * 31 + i + k);
+                for (size_t k = 0; k < kBlock; ++k)
+                    out[k] = static_cast<unsigned char>(t * 31 + i + k);
                 const off_t off = static_cast<off_t>(t * kBlock);
                 if (pw(fd, out.data(), kBlock, off) != static_cast<ssize_t>(kBlock) ||
                     pr(fd, in.data(), kBlock, off) != static_cast<ssize_t>(kBlock) || in != out)

@@ -67,8 +67,10 @@ class IdleDetach : public ::testing::TestWithParam<Case> {};
 InterceptOptions options_for(const Case& c) {
     InterceptOptions o;
     o.mechanism = c.mechanism;
-    if (c.mechanism == Mechanism::Got) o.objects = {"libhook_testio_now.so"};
-    else o.functions = {"read", "recv"};
+    if (c.mechanism == Mechanism::Got)
+        o.objects = {"libhook_testio_now.so"};
+    else
+        o.functions = {"read", "recv"};
     return o;
 }
 
@@ -97,7 +99,8 @@ TEST_P(IdleDetach, UninstallMovesTheSleepingCallOut) {
         });
         const long nr = c.socket ? SYS_recvfrom : SYS_read;
         // Bounded by the test's own timeout: the thread gets there unless hooks are broken.
-        while (tid.load() == 0 || sleeping_in(tid.load()) != nr) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        while (tid.load() == 0 || sleeping_in(tid.load()) != nr)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
         ASSERT_TRUE((*icpt)->uninstall().ok());
         const UninstallReport report = (*icpt)->last_uninstall();
         EXPECT_EQ(report.moved_out, 1u) << "round " << round;
@@ -139,7 +142,8 @@ TEST_P(IdleDetach, CallsReturningWhileInstalledAreSeen) {
             got = c.socket ? recv(fds[0], buf, 3, 0) : read(fds[0], buf, 3);
     });
     const long nr = c.socket ? SYS_recvfrom : SYS_read;
-    while (tid.load() == 0 || sleeping_in(tid.load()) != nr) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    while (tid.load() == 0 || sleeping_in(tid.load()) != nr)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
     ASSERT_EQ(write(fds[1], "abc", 3), 3);
     sleeper.join();
     EXPECT_EQ(got, 3);
@@ -221,7 +225,8 @@ TEST_P(IdleDetach, ForkedChildWorksAfterUninstall) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Mechanisms, IdleDetach,
-                         ::testing::Values(Case{"GotSocket", Mechanism::Got, true}, Case{"GotPipe", Mechanism::Got, false},
+                         ::testing::Values(Case{"GotSocket", Mechanism::Got, true},
+                                           Case{"GotPipe", Mechanism::Got, false},
                                            Case{"InlineSocket", Mechanism::Inline, true},
                                            Case{"InlinePipe", Mechanism::Inline, false}),
                          [](const auto& info) { return std::string(info.param.name); });

@@ -60,13 +60,19 @@ std::unique_ptr<Interceptor> must_install(const InterceptOptions& o, CallHandler
 struct Pipe {
     int fds[2];
     Pipe() { EXPECT_EQ(pipe(fds), 0); }
-    ~Pipe() { close(fds[0]); close(fds[1]); }
+    ~Pipe() {
+        close(fds[0]);
+        close(fds[1]);
+    }
 };
 
 // A byte copy of an object's segments that hold GOT slots: the RELRO range and every writable
 // PT_LOAD, so "uninstall restores memory exactly" is checked on the bytes themselves.
 std::vector<std::pair<uintptr_t, std::string>> got_memory(const char* object_suffix) {
-    struct Ctx { const char* suffix; std::vector<std::pair<uintptr_t, std::string>> out; } ctx{object_suffix, {}};
+    struct Ctx {
+        const char* suffix;
+        std::vector<std::pair<uintptr_t, std::string>> out;
+    } ctx{object_suffix, {}};
     dl_iterate_phdr(
         [](dl_phdr_info* info, size_t, void* p) {
             auto* c = static_cast<Ctx*>(p);
@@ -76,7 +82,8 @@ std::vector<std::pair<uintptr_t, std::string>> got_memory(const char* object_suf
                 const auto& ph = info->dlpi_phdr[i];
                 if (ph.p_type == PT_GNU_RELRO || (ph.p_type == PT_LOAD && (ph.p_flags & PF_W))) {
                     auto start = info->dlpi_addr + ph.p_vaddr;
-                    c->out.push_back({start, std::string(reinterpret_cast<const char*>(start), ph.p_memsz)});
+                    c->out.push_back(
+                        {start, std::string(reinterpret_cast<const char*>(start), ph.p_memsz)});
                 }
             }
             return 0;
@@ -332,12 +339,13 @@ TEST(GotHook, RejectsBadRequests) {
 // and uninstalls 200 times; the handler takes reads over (performing them itself).
 TEST(GotHook, StressInstallUninstallUnderConcurrentIo) {
     PreadTakeover h;
-    const uint64_t wrong = wrong_bytes_under_cycles(testio_pwrite, testio_pread, 200, [&](auto& wait) {
-        auto icpt = must_install(got_options(), &h);
-        ASSERT_TRUE(icpt);
-        wait();
-        ASSERT_TRUE(icpt->uninstall().ok());
-    });
+    const uint64_t wrong =
+        wrong_bytes_under_cycles(testio_pwrite, testio_pread, 200, [&](auto& wait) {
+            auto icpt = must_install(got_options(), &h);
+            ASSERT_TRUE(icpt);
+            wait();
+            ASSERT_TRUE(icpt->uninstall().ok());
+        });
     EXPECT_EQ(wrong, 0u);
     EXPECT_GT(h.taken.load(), 0u);
     EXPECT_GT(h.seen.load(), h.taken.load());

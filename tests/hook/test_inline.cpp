@@ -42,7 +42,8 @@ void hook_and_check(IntFn fn, int arg, int expected) {
     const std::string before = bytes_at(reinterpret_cast<void*>(fn), 32);
     ASSERT_EQ(fn(arg), expected);
     for (int round = 0; round < 3; ++round) {
-        auto hooks = InlineHooks::install({{reinterpret_cast<void*>(fn), reinterpret_cast<void*>(&plus_thousand)}});
+        auto hooks = InlineHooks::install(
+            {{reinterpret_cast<void*>(fn), reinterpret_cast<void*>(&plus_thousand)}});
         ASSERT_TRUE(hooks.ok()) << hooks.error().message;
         g_original = reinterpret_cast<IntFn>((*hooks)->original(0));
         EXPECT_NE(bytes_at(reinterpret_cast<void*>(fn), 32), before);
@@ -67,7 +68,8 @@ TEST(InlineHook, RefusesTooShortFunction) {
     EXPECT_NE(r.error().message.find("too short"), std::string::npos) << r.error().message;
     EXPECT_NE(r.error().message.find("tricky_short"), std::string::npos) << r.error().message;
     const std::string before = bytes_at(reinterpret_cast<void*>(&tricky_short), 16);
-    auto hooks = InlineHooks::install({{reinterpret_cast<void*>(&tricky_short), reinterpret_cast<void*>(&plus_thousand)}});
+    auto hooks = InlineHooks::install(
+        {{reinterpret_cast<void*>(&tricky_short), reinterpret_cast<void*>(&plus_thousand)}});
     EXPECT_FALSE(hooks.ok());
     EXPECT_EQ(bytes_at(reinterpret_cast<void*>(&tricky_short), 16), before);
     EXPECT_EQ(tricky_short(3), 3);

@@ -3,9 +3,9 @@
 // reports the first failed check through a pipe.
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
-#include <sched.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -27,8 +27,8 @@
 #include <thread>
 #include <vector>
 
-#include <Zydis/Zydis.h>
 #include <Zydis/Formatter.h>
+#include <Zydis/Zydis.h>
 #include <gtest/gtest.h>
 
 #include "agent/mmap_min_addr.h"
@@ -57,12 +57,12 @@ long read_min_addr() {
 
 using MinAddrZero = agent::testing::MmapMinAddrZero;  // shared with tests/agent (lock files)
 
-#define NEED_MIN_ADDR_ZERO()                                                                       \
-    MinAddrZero min_addr_zero;                                                                     \
+#define NEED_MIN_ADDR_ZERO()   \
+    MinAddrZero min_addr_zero; \
     if (!min_addr_zero.ok()) GTEST_SKIP() << min_addr_zero.reason();
 
-#define NEED_LIBURING_NOT_LOADED()                                                                  \
-    if (dlopen("liburing.so.2", RTLD_NOW | RTLD_NOLOAD) != nullptr)                                \
+#define NEED_LIBURING_NOT_LOADED()                                  \
+    if (dlopen("liburing.so.2", RTLD_NOW | RTLD_NOLOAD) != nullptr) \
         GTEST_SKIP() << "liburing is already loaded in the test process";
 
 struct CheckFailed {
@@ -92,13 +92,16 @@ std::string in_child(const std::function<void()>& body) {
     close(p[1]);
     std::string message;
     char buf[512];
-    for (ssize_t n; (n = read(p[0], buf, sizeof buf)) > 0;) message.append(buf, static_cast<size_t>(n));
+    for (ssize_t n; (n = read(p[0], buf, sizeof buf)) > 0;)
+        message.append(buf, static_cast<size_t>(n));
     close(p[0]);
     int status = 0;
     waitpid(pid, &status, 0);
-    if (WIFSIGNALED(status)) return "child killed by signal " + std::to_string(WTERMSIG(status)) + " " + message;
+    if (WIFSIGNALED(status))
+        return "child killed by signal " + std::to_string(WTERMSIG(status)) + " " + message;
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-        return message.empty() ? "child exited with " + std::to_string(WEXITSTATUS(status)) : message;
+        return message.empty() ? "child exited with " + std::to_string(WEXITSTATUS(status))
+                               : message;
     return "";
 }
 
@@ -127,7 +130,8 @@ std::string maps_without_heap() {
         if (line.find(" rw-p ") != std::string::npos && line.find('/') == std::string::npos &&
             line.find('[') == std::string::npos)
             continue;
-        if (line.find(" ---p ") != std::string::npos && line.find('/') == std::string::npos) continue;
+        if (line.find(" ---p ") != std::string::npos && line.find('/') == std::string::npos)
+            continue;
         out += line + "\n";
     }
     return out;
@@ -140,7 +144,8 @@ bool page_zero_holds(TrampolineMode mode) {
     const auto other_entry = trampoline_code(~uint64_t{0}, mode);
     std::vector<uint8_t> got(want.size());
     const int mem = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
-    const bool read = mem >= 0 && pread(mem, got.data(), got.size(), 0) == static_cast<ssize_t>(got.size());
+    const bool read =
+        mem >= 0 && pread(mem, got.data(), got.size(), 0) == static_cast<ssize_t>(got.size());
     if (mem >= 0) close(mem);
     if (!read) return false;
     for (size_t i = 0; i < want.size(); ++i)
@@ -152,12 +157,12 @@ bool page_zero_holds(TrampolineMode mode) {
 
 TEST(SyscallRewriteScan, FindsOnlyRealSyscallInstructions) {
     const std::vector<uint8_t> code = {
-        0xb8, 0x0f, 0x05, 0x00, 0x00,  // mov $0x50f, %eax: 0f 05 inside an immediate
-        0x0f, 0x05,                    // syscall           (offset 5)
+        0xb8, 0x0f, 0x05, 0x00, 0x00,              // mov $0x50f, %eax: 0f 05 inside an immediate
+        0x0f, 0x05,                                // syscall           (offset 5)
         0x48, 0x8d, 0x05, 0x0f, 0x05, 0x00, 0x00,  // lea 0x50f(%rip), %rax
-        0x0f, 0x34,                    // sysenter          (offset 14)
-        0x90,                          // nop
-        0x0f, 0x05,                    // syscall           (offset 17)
+        0x0f, 0x34,                                // sysenter          (offset 14)
+        0x90,                                      // nop
+        0x0f, 0x05,                                // syscall           (offset 17)
     };
     const auto found = find_syscall_instructions(code.data(), code.size(), 0x1000);
     EXPECT_EQ(found, (std::vector<uintptr_t>{0x1005, 0x100e, 0x1011}));
@@ -180,18 +185,21 @@ TEST(SyscallRewriteScan, SkipsUndecodableBytes) {
 
 // Follows the sled from `start` through relative jumps (each a 64-bit one); returns the
 // offset of the first other instruction, or SIZE_MAX with `why` set.
-size_t follow_sled(const std::vector<uint8_t>& code, size_t start, size_t& steps, std::string& why) {
+size_t follow_sled(const std::vector<uint8_t>& code, size_t start, size_t& steps,
+                   std::string& why) {
     ZydisDecoder d;
     ZydisDecoderInit(&d, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
     size_t pc = start;
     for (steps = 0; steps < 12; ++steps) {
         ZydisDecodedInstruction insn;
         ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
-        if (pc >= code.size() || !ZYAN_SUCCESS(ZydisDecoderDecodeFull(&d, code.data() + pc, code.size() - pc, &insn, ops))) {
+        if (pc >= code.size() || !ZYAN_SUCCESS(ZydisDecoderDecodeFull(
+                                     &d, code.data() + pc, code.size() - pc, &insn, ops))) {
             why = "undecodable at " + std::to_string(pc);
             return SIZE_MAX;
         }
-        if (insn.mnemonic != ZYDIS_MNEMONIC_JMP || ops[0].type != ZYDIS_OPERAND_TYPE_IMMEDIATE) return pc;
+        if (insn.mnemonic != ZYDIS_MNEMONIC_JMP || ops[0].type != ZYDIS_OPERAND_TYPE_IMMEDIATE)
+            return pc;
         if (insn.operand_width != 64) {
             why = "a 16-bit jump would truncate rip, at " + std::to_string(pc);
             return SIZE_MAX;
@@ -212,9 +220,12 @@ std::vector<std::string> disassemble(const std::vector<uint8_t>& code, size_t pc
     for (; out.size() < count && pc < code.size();) {
         ZydisDecodedInstruction insn;
         ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
-        if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&d, code.data() + pc, code.size() - pc, &insn, ops))) break;
+        if (!ZYAN_SUCCESS(
+                ZydisDecoderDecodeFull(&d, code.data() + pc, code.size() - pc, &insn, ops)))
+            break;
         char text[96];
-        ZydisFormatterFormatInstruction(&f, &insn, ops, insn.operand_count_visible, text, sizeof text, pc, nullptr);
+        ZydisFormatterFormatInstruction(&f, &insn, ops, insn.operand_count_visible, text,
+                                        sizeof text, pc, nullptr);
         out.emplace_back(text);
         pc += insn.length;
     }
@@ -233,7 +244,8 @@ TEST(SyscallRewriteTrampoline, EveryEntryReachesTheEntryJumpQuickly) {
         const size_t at = follow_sled(code, start, steps, why);
         ASSERT_NE(at, SIZE_MAX) << "entry " << start << ": " << why;
         const auto tail = disassemble(code, at, 2);
-        ASSERT_EQ(tail, (std::vector<std::string>{"mov $0x7F0012345678, %r11", "jmp %r11"})) << "entry " << start;
+        ASSERT_EQ(tail, (std::vector<std::string>{"mov $0x7F0012345678, %r11", "jmp %r11"}))
+            << "entry " << start;
         worst = std::max(worst, steps);
     }
     EXPECT_LE(worst, 10u);
@@ -248,16 +260,9 @@ TEST(SyscallRewriteTrampoline, RetiredEveryEntryReturnsToTheRestoredInstruction)
     size_t differing = 0;
     for (size_t i = 0; i < code.size(); ++i) differing += code[i] != active[i];
     EXPECT_LE(differing, 5u) << "the modes differ only in the landing jumps' displacements";
-    const std::vector<std::string> want = {"pop %r11",
-                                           "pushfq",
-                                           "cmpw $0x50F, -0x02(%r11)",
-                                           "jz 0x",
-                                           "cmpw $0x340F, -0x02(%r11)",
-                                           "jnz 0x",
-                                           "popfq",
-                                           "lea -0x02(%r11), %r11",
-                                           "jmp %r11",
-                                           "ud2"};
+    const std::vector<std::string> want = {
+        "pop %r11", "pushfq", "cmpw $0x50F, -0x02(%r11)", "jz 0x",    "cmpw $0x340F, -0x02(%r11)",
+        "jnz 0x",   "popfq",  "lea -0x02(%r11), %r11",    "jmp %r11", "ud2"};
     for (size_t start = 0; start < kTrampolineEntries; ++start) {
         size_t steps = 0;
         std::string why;
@@ -267,7 +272,8 @@ TEST(SyscallRewriteTrampoline, RetiredEveryEntryReturnsToTheRestoredInstruction)
         const auto tail = disassemble(code, at, want.size());
         ASSERT_EQ(tail.size(), want.size());
         for (size_t i = 0; i < want.size(); ++i)
-            ASSERT_EQ(tail[i].substr(0, want[i].size()), want[i]) << "entry " << start << " instruction " << i;
+            ASSERT_EQ(tail[i].substr(0, want[i].size()), want[i])
+                << "entry " << start << " instruction " << i;
     }
 }
 
@@ -284,22 +290,26 @@ TEST(SyscallRewrite, ClearErrorWhenMmapMinAddrIsNotZero) {
                       const int fd = mkstemp(path);
                       check(fd >= 0 && write(fd, "65536\n", 6) == 6, "temporary file");
                       close(fd);
-                      const bool hidden = unshare(CLONE_NEWNS) == 0 &&
-                                          mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0 &&
-                                          mount(path, kMinAddrPath, nullptr, MS_BIND, nullptr) == 0;
+                      const bool hidden =
+                          unshare(CLONE_NEWNS) == 0 &&
+                          mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0 &&
+                          mount(path, kMinAddrPath, nullptr, MS_BIND, nullptr) == 0;
                       unlink(path);
-                      check(hidden, std::string("cannot bind a file over ") + kMinAddrPath + ": " + strerror(errno));
+                      check(hidden, std::string("cannot bind a file over ") + kMinAddrPath + ": " +
+                                        strerror(errno));
                       check(read_min_addr() == 65536, "the child sees 65536");
                   }
                   RecordingHandler h;
                   auto r = SyscallRewriter::install(&h);
                   check(!r.ok() && r.error().code == EPERM, "install refused with EPERM");
-                  check(r.error().message.find("vm.mmap_min_addr") != std::string::npos, r.error().message);
+                  check(r.error().message.find("vm.mmap_min_addr") != std::string::npos,
+                        r.error().message);
                   auto i = Interceptor::install({Mechanism::SyscallRewrite, {}, {}}, &h);
                   check(!i.ok() && i.error().message.find("vm.mmap_min_addr") != std::string::npos,
                         "the interceptor names the sysctl");
                   // Nothing was left behind: page 0 is not mapped.
-                  check(msync(nullptr, 4096, MS_ASYNC) != 0 && errno == ENOMEM, "page 0 left mapped");
+                  check(msync(nullptr, 4096, MS_ASYNC) != 0 && errno == ENOMEM,
+                        "page 0 left mapped");
               }),
               "");
 }
@@ -312,71 +322,80 @@ TEST(SyscallRewrite, ClearErrorWhenMmapMinAddrIsNotZero) {
 // checked through /proc/self/mem (page 0 is execute-only).
 TEST(SyscallRewrite, PageZeroGetsTheCodeFromAnySourceAlignment) {
     NEED_MIN_ADDR_ZERO();
-    EXPECT_EQ(in_child([] {
-                  const auto code = trampoline_code(0x7f0012345678);
-                  std::vector<uint8_t> buffer(3 * 4096);
-                  auto* page = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buffer.data()) + 4095) & ~uintptr_t{4095});
-                  const int mem = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
-                  check(mem >= 0, "open /proc/self/mem");
-                  for (size_t offset = 0; offset < 4096; offset += 16) {
-                      memcpy(page + offset, code.data(), code.size());
-                      auto r = map_page_zero(page + offset, code.size());
-                      check(r.ok(), r.ok() ? "" : "offset " + std::to_string(offset) + ": " + r.error().message);
-                      std::vector<uint8_t> back(code.size());
-                      check(pread(mem, back.data(), back.size(), 0) == static_cast<ssize_t>(back.size()),
-                            "read page 0 back");
-                      check(back == code, "page 0 holds the code (source offset " + std::to_string(offset) + ")");
-                      check(munmap(nullptr, 4096) == 0, "unmap page 0");
-                  }
-                  auto again = map_page_zero(code.data(), code.size());
-                  check(again.ok(), "map again");
-                  auto twice = map_page_zero(code.data(), code.size());
-                  check(!twice.ok() && twice.error().code == EEXIST, "page 0 already mapped is refused");
-                  check(!map_page_zero(code.data(), 4097).ok(), "more than a page is refused");
-                  close(mem);
-              }),
-              "");
+    EXPECT_EQ(
+        in_child([] {
+            const auto code = trampoline_code(0x7f0012345678);
+            std::vector<uint8_t> buffer(3 * 4096);
+            auto* page = reinterpret_cast<uint8_t*>(
+                (reinterpret_cast<uintptr_t>(buffer.data()) + 4095) & ~uintptr_t{4095});
+            const int mem = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+            check(mem >= 0, "open /proc/self/mem");
+            for (size_t offset = 0; offset < 4096; offset += 16) {
+                memcpy(page + offset, code.data(), code.size());
+                auto r = map_page_zero(page + offset, code.size());
+                check(r.ok(),
+                      r.ok() ? "" : "offset " + std::to_string(offset) + ": " + r.error().message);
+                std::vector<uint8_t> back(code.size());
+                check(pread(mem, back.data(), back.size(), 0) == static_cast<ssize_t>(back.size()),
+                      "read page 0 back");
+                check(back == code,
+                      "page 0 holds the code (source offset " + std::to_string(offset) + ")");
+                check(munmap(nullptr, 4096) == 0, "unmap page 0");
+            }
+            auto again = map_page_zero(code.data(), code.size());
+            check(again.ok(), "map again");
+            auto twice = map_page_zero(code.data(), code.size());
+            check(!twice.ok() && twice.error().code == EEXIST, "page 0 already mapped is refused");
+            check(!map_page_zero(code.data(), 4097).ok(), "more than a page is refused");
+            close(mem);
+        }),
+        "");
 }
 
 TEST(SyscallRewrite, EverySyscallOfAWorkloadReachesTheDispatcher) {
     NEED_MIN_ADDR_ZERO();
-    EXPECT_EQ(in_child([] {
-                  RecordingHandler h;
-                  int p[2];
-                  check(pipe(p) == 0, "pipe");
-                  const pid_t pid = getpid();
-                  auto rw = install_or_throw(&h);
-                  for (const auto& s : rw->sites())
-                      check(memcmp(reinterpret_cast<void*>(s.address), "\xff\xd0", 2) == 0,
-                            "site not rewritten");
-                  constexpr int kN = 100;
-                  char byte = 'a';
-                  for (int i = 0; i < kN; ++i) {
-                      check(getpid() == pid, "getpid result");
-                      byte = static_cast<char>('a' + i % 26);
-                      check(write(p[1], &byte, 1) == 1, "write result");
-                      char in = 0;
-                      check(read(p[0], &in, 1) == 1 && in == byte, "read returned the written byte");
-                  }
-                  auto seen = h.take();
-                  check(rw->uninstall().ok(), "uninstall");
-                  for (const auto& s : rw->sites())
-                      check(memcmp(reinterpret_cast<void*>(s.address), s.original, 2) == 0,
-                            "byte not restored");
-                  check(count_nr(seen, SYS_getpid) == kN, "getpid count " + std::to_string(count_nr(seen, SYS_getpid)));
-                  check(count_nr(seen, SYS_write) == kN, "write count " + std::to_string(count_nr(seen, SYS_write)));
-                  check(count_nr(seen, SYS_read) == kN, "read count " + std::to_string(count_nr(seen, SYS_read)));
-                  for (const Seen& s : seen) {
-                      if (s.nr == SYS_getpid) check(s.result == pid, "getpid result seen by handler");
-                      if (s.nr == SYS_write) check(s.args[0] == p[1] && s.args[2] == 1 && s.result == 1, "write args");
-                  }
-                  // After uninstall nothing reaches the handler any more.
-                  for (int i = 0; i < 10; ++i) (void)getpid();
-                  check(count_nr(h.take(), SYS_getpid) == 0, "calls after uninstall");
-                  check(!page_zero_mapped(), "page 0 unmapped after uninstall");
-                  check(rw->last_uninstall().kept.empty(), "nothing kept: " + rw->last_uninstall().kept);
-              }),
-              "");
+    EXPECT_EQ(
+        in_child([] {
+            RecordingHandler h;
+            int p[2];
+            check(pipe(p) == 0, "pipe");
+            const pid_t pid = getpid();
+            auto rw = install_or_throw(&h);
+            for (const auto& s : rw->sites())
+                check(memcmp(reinterpret_cast<void*>(s.address), "\xff\xd0", 2) == 0,
+                      "site not rewritten");
+            constexpr int kN = 100;
+            char byte = 'a';
+            for (int i = 0; i < kN; ++i) {
+                check(getpid() == pid, "getpid result");
+                byte = static_cast<char>('a' + i % 26);
+                check(write(p[1], &byte, 1) == 1, "write result");
+                char in = 0;
+                check(read(p[0], &in, 1) == 1 && in == byte, "read returned the written byte");
+            }
+            auto seen = h.take();
+            check(rw->uninstall().ok(), "uninstall");
+            for (const auto& s : rw->sites())
+                check(memcmp(reinterpret_cast<void*>(s.address), s.original, 2) == 0,
+                      "byte not restored");
+            check(count_nr(seen, SYS_getpid) == kN,
+                  "getpid count " + std::to_string(count_nr(seen, SYS_getpid)));
+            check(count_nr(seen, SYS_write) == kN,
+                  "write count " + std::to_string(count_nr(seen, SYS_write)));
+            check(count_nr(seen, SYS_read) == kN,
+                  "read count " + std::to_string(count_nr(seen, SYS_read)));
+            for (const Seen& s : seen) {
+                if (s.nr == SYS_getpid) check(s.result == pid, "getpid result seen by handler");
+                if (s.nr == SYS_write)
+                    check(s.args[0] == p[1] && s.args[2] == 1 && s.result == 1, "write args");
+            }
+            // After uninstall nothing reaches the handler any more.
+            for (int i = 0; i < 10; ++i) (void)getpid();
+            check(count_nr(h.take(), SYS_getpid) == 0, "calls after uninstall");
+            check(!page_zero_mapped(), "page 0 unmapped after uninstall");
+            check(rw->last_uninstall().kept.empty(), "nothing kept: " + rw->last_uninstall().kept);
+        }),
+        "");
 }
 
 // After uninstall nothing of the mechanism is mapped: page 0 and the stubs are gone, the
@@ -389,7 +408,8 @@ TEST(SyscallRewrite, UninstallLeavesTheMapsAsTheyWereAndNullReadsFault) {
                   for (int cycle = 0; cycle < 3; ++cycle) {
                       auto rw = install_or_throw(&h);
                       check(page_zero_mapped(), "page 0 mapped while installed");
-                      check(maps_without_heap().find("wx") == std::string::npos, "a writable+executable mapping");
+                      check(maps_without_heap().find("wx") == std::string::npos,
+                            "a writable+executable mapping");
                       check(rw->uninstall().ok(), "uninstall");
                       check(!page_zero_mapped(), "page 0 unmapped");
                   }
@@ -416,14 +436,19 @@ public:
     std::atomic<int> calls{0};
     bool on_enter(CallFrame&) override {
         asm volatile(
-            "pxor %%xmm0, %%xmm0\n pxor %%xmm1, %%xmm1\n pxor %%xmm2, %%xmm2\n pxor %%xmm3, %%xmm3\n"
-            "pxor %%xmm4, %%xmm4\n pxor %%xmm5, %%xmm5\n pxor %%xmm6, %%xmm6\n pxor %%xmm7, %%xmm7\n"
-            "pxor %%xmm8, %%xmm8\n pxor %%xmm9, %%xmm9\n pxor %%xmm10, %%xmm10\n pxor %%xmm11, %%xmm11\n"
-            "pxor %%xmm12, %%xmm12\n pxor %%xmm13, %%xmm13\n pxor %%xmm14, %%xmm14\n pxor %%xmm15, %%xmm15\n"
+            "pxor %%xmm0, %%xmm0\n pxor %%xmm1, %%xmm1\n pxor %%xmm2, %%xmm2\n pxor %%xmm3, "
+            "%%xmm3\n"
+            "pxor %%xmm4, %%xmm4\n pxor %%xmm5, %%xmm5\n pxor %%xmm6, %%xmm6\n pxor %%xmm7, "
+            "%%xmm7\n"
+            "pxor %%xmm8, %%xmm8\n pxor %%xmm9, %%xmm9\n pxor %%xmm10, %%xmm10\n pxor %%xmm11, "
+            "%%xmm11\n"
+            "pxor %%xmm12, %%xmm12\n pxor %%xmm13, %%xmm13\n pxor %%xmm14, %%xmm14\n pxor %%xmm15, "
+            "%%xmm15\n"
             "xor %%edi, %%edi\n xor %%esi, %%esi\n xor %%edx, %%edx\n xor %%r8d, %%r8d\n"
             "xor %%r9d, %%r9d\n xor %%r10d, %%r10d\n" ::
                 : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
-                  "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "rdi", "rsi", "rdx", "r8", "r9", "r10");
+                  "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "rdi", "rsi", "rdx", "r8",
+                  "r9", "r10");
         calls.fetch_add(1);
         return false;
     }
@@ -475,7 +500,8 @@ TEST(SyscallRewrite, RegistersSurviveTheHook) {
                   check(static_cast<pid_t>(gp[0]) == getppid(), "rax = getppid()");
                   const uint64_t want[6] = {0x1111, 0x2222, 0x3333, 0x4444, 0x5555, 0x6666};
                   for (int i = 0; i < 6; ++i)
-                      check(gp[i + 1] == want[i], "argument register " + std::to_string(i) + " changed");
+                      check(gp[i + 1] == want[i],
+                            "argument register " + std::to_string(i) + " changed");
                   for (int i = 0; i < 32; ++i)
                       check(xout[i] == xin[i], "xmm" + std::to_string(i / 2) + " changed");
               }),
@@ -495,7 +521,8 @@ TEST(SyscallRewrite, ErrnoIsPreserved) {
                   errno = 12345;
                   check(getpid() > 0 && errno == 12345, "errno untouched by a successful call");
                   errno = 0;
-                  check(open("/", O_RDONLY) == -1 && errno == ENOTDIR, "handler's -ENOTDIR as errno");
+                  check(open("/", O_RDONLY) == -1 && errno == ENOTDIR,
+                        "handler's -ENOTDIR as errno");
                   check(close(-5) == -1 && errno == EBADF, "EBADF from close");
                   check(rw->uninstall().ok(), "uninstall");
               }),
@@ -517,7 +544,8 @@ TEST(SyscallRewrite, HandlerTakesOverACall) {
                   check(read(p[0], buf, sizeof buf) == 7, "read taken over");
                   check(std::string(buf) == "xxxxxxx", "handler's bytes");
                   check(rw->uninstall().ok(), "uninstall");
-                  check(write(p[1], "k", 1) == 1 && read(p[0], buf, 1) == 1 && buf[0] == 'k', "real read after uninstall");
+                  check(write(p[1], "k", 1) == 1 && read(p[0], buf, 1) == 1 && buf[0] == 'k',
+                        "real read after uninstall");
               }),
               "");
 }
@@ -540,10 +568,11 @@ TEST(SyscallRewrite, ThreadsCreatedWhileHookedDoVerifiedIo) {
                           inner.join();
                           std::vector<unsigned char> out(256), in(256);
                           for (int i = 0; i < 200; ++i) {
-                              for (size_t k = 0; k < out.size(); ++k) out[k] = static_cast<unsigned char>(t * 7 + i + k);
+                              for (size_t k = 0; k < out.size(); ++k)
+                                  out[k] = static_cast<unsigned char>(t * 7 + i + k);
                               const off_t off = t * 256;
-                              if (pwrite(fd, out.data(), out.size(), off) != 256 || pread(fd, in.data(), in.size(), off) != 256 ||
-                                  in != out)
+                              if (pwrite(fd, out.data(), out.size(), off) != 256 ||
+                                  pread(fd, in.data(), in.size(), off) != 256 || in != out)
                                   wrong.fetch_add(1);
                           }
                       });
@@ -553,7 +582,8 @@ TEST(SyscallRewrite, ThreadsCreatedWhileHookedDoVerifiedIo) {
                   const auto seen = h.take();
                   check(rw->uninstall().ok(), "uninstall");
                   check(wrong.load() == 0, "wrong bytes: " + std::to_string(wrong.load()));
-                  check(count_nr(seen, SYS_pwrite64) == 8 * 200, "pwrite count " + std::to_string(count_nr(seen, SYS_pwrite64)));
+                  check(count_nr(seen, SYS_pwrite64) == 8 * 200,
+                        "pwrite count " + std::to_string(count_nr(seen, SYS_pwrite64)));
                   check(count_nr(seen, SYS_pread64) == 8 * 200, "pread count");
                   check(count_nr(seen, SYS_getpid) == 8, "getpid from inner threads");
               }),
@@ -568,8 +598,10 @@ TEST(SyscallRewrite, ForkVforkAndSpawnChildrenWork) {
                   int status = 0;
                   // fork: the child inherits the rewritten code and the trampoline.
                   const pid_t f = fork();
-                  if (f == 0) _exit(getpid() > 0 && write(-1, "", 0) == -1 && errno == EBADF ? 42 : 1);
-                  check(f > 0 && waitpid(f, &status, 0) == f && WIFEXITED(status) && WEXITSTATUS(status) == 42,
+                  if (f == 0)
+                      _exit(getpid() > 0 && write(-1, "", 0) == -1 && errno == EBADF ? 42 : 1);
+                  check(f > 0 && waitpid(f, &status, 0) == f && WIFEXITED(status) &&
+                            WEXITSTATUS(status) == 42,
                         "fork child");
                   // vfork + exec: the child runs on the parent's stack until exec.
                   for (int i = 0; i < 20; ++i) {
@@ -578,17 +610,20 @@ TEST(SyscallRewrite, ForkVforkAndSpawnChildrenWork) {
                           execl("/bin/sh", "sh", "-c", "exit 7", static_cast<char*>(nullptr));
                           _exit(127);
                       }
-                      check(v > 0 && waitpid(v, &status, 0) == v && WIFEXITED(status) && WEXITSTATUS(status) == 7,
+                      check(v > 0 && waitpid(v, &status, 0) == v && WIFEXITED(status) &&
+                                WEXITSTATUS(status) == 7,
                             "vfork+exec child");
                   }
                   // vfork + _exit.
                   const pid_t v = vfork();
                   if (v == 0) _exit(9);
-                  check(v > 0 && waitpid(v, &status, 0) == v && WEXITSTATUS(status) == 9, "vfork+_exit child");
+                  check(v > 0 && waitpid(v, &status, 0) == v && WEXITSTATUS(status) == 9,
+                        "vfork+_exit child");
                   // posix_spawn: clone(CLONE_VM | CLONE_VFORK) onto a separate stack.
                   pid_t s = 0;
                   const char* argv[] = {"sh", "-c", "exit 5", nullptr};
-                  check(posix_spawn(&s, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ) == 0,
+                  check(posix_spawn(&s, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv),
+                                    environ) == 0,
                         "posix_spawn");
                   check(waitpid(s, &status, 0) == s && WEXITSTATUS(status) == 5, "spawned child");
                   const auto seen = h.take();
@@ -700,7 +735,8 @@ void hold_in_sled(int, siginfo_t*, void* raw) {
         return;
     }
     g_held = 1;
-    while (g_held.load() != 2) __builtin_ia32_pause();  // no syscalls: the world stop still parks it here
+    while (g_held.load() != 2)
+        __builtin_ia32_pause();  // no syscalls: the world stop still parks it here
 }
 
 TEST(SyscallRewrite, ThreadInterruptedInsideTheSledSurvivesUninstall) {
@@ -739,7 +775,8 @@ TEST(SyscallRewrite, ThreadInterruptedInsideTheSledSurvivesUninstall) {
                       check(seen == parent, "the held getppid returned " + std::to_string(seen));
                       const size_t dispatched = count_nr(h.take(), SYS_getppid);
                       if (reinstall) {
-                          check(dispatched == 1, "back in an active sled, the held call is dispatched");
+                          check(dispatched == 1,
+                                "back in an active sled, the held call is dispatched");
                           check(again->uninstall().ok(), "second uninstall");
                       } else {
                           check(dispatched == 0, "the retired sled bypasses liveio");
@@ -755,7 +792,8 @@ TEST(SyscallRewrite, PageZeroOfSomeoneElseIsRefusedOursIsReused) {
     NEED_MIN_ADDR_ZERO();
     EXPECT_EQ(in_child([] {
                   RecordingHandler h;
-                  void* foreign = mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+                  void* foreign = mmap(nullptr, 4096, PROT_READ,
+                                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
                   check(foreign == nullptr, "map a foreign page 0");
                   auto refused = SyscallRewriter::install(&h);
                   check(!refused.ok() && refused.error().code == EEXIST &&
@@ -768,7 +806,8 @@ TEST(SyscallRewrite, PageZeroOfSomeoneElseIsRefusedOursIsReused) {
                   check(page_zero_holds(TrampolineMode::Active), "page 0 active");
                   for (int i = 0; i < 3; ++i) (void)getppid();
                   check(rw->uninstall().ok(), "uninstall");
-                  check(count_nr(h.take(), SYS_getppid) == 3, "calls dispatched through the reused page");
+                  check(count_nr(h.take(), SYS_getppid) == 3,
+                        "calls dispatched through the reused page");
                   check(!page_zero_mapped(), "page 0 unmapped after uninstall");
               }),
               "");
@@ -785,17 +824,18 @@ TEST(SyscallRewrite, RawCloneAndClone3Work) {
                   for (int i = 0; i < 10; ++i) {
                       const long c = syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
                       if (c == 0) _exit(getppid() > 0 ? 33 : 1);
-                      check(c > 0 && waitpid(static_cast<pid_t>(c), &status, 0) == c && WIFEXITED(status) &&
-                                WEXITSTATUS(status) == 33,
+                      check(c > 0 && waitpid(static_cast<pid_t>(c), &status, 0) == c &&
+                                WIFEXITED(status) && WEXITSTATUS(status) == 33,
                             "clone child");
                       struct {
-                          uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+                          uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack,
+                              stack_size, tls;
                       } args{};
                       args.exit_signal = SIGCHLD;
                       const long c3 = syscall(SYS_clone3, &args, sizeof args);
                       if (c3 == 0) _exit(getppid() > 0 ? 34 : 1);
-                      check(c3 > 0 && waitpid(static_cast<pid_t>(c3), &status, 0) == c3 && WIFEXITED(status) &&
-                                WEXITSTATUS(status) == 34,
+                      check(c3 > 0 && waitpid(static_cast<pid_t>(c3), &status, 0) == c3 &&
+                                WIFEXITED(status) && WEXITSTATUS(status) == 34,
                             "clone3 child: " + std::to_string(c3));
                   }
                   check(rw->uninstall().ok(), "uninstall");
@@ -823,9 +863,10 @@ TEST(SyscallRewrite, HundredInstallUninstallCyclesUnderVerifiedIo) {
                       workers.emplace_back([&, t] {
                           std::vector<unsigned char> out(512), in(512);
                           for (uint32_t i = 0; !stop.load(); ++i) {
-                              for (size_t k = 0; k < out.size(); ++k) out[k] = static_cast<unsigned char>(t * 31 + i + k);
-                              if (pwrite(fd, out.data(), 512, t * 512) != 512 || pread(fd, in.data(), 512, t * 512) != 512 ||
-                                  in != out)
+                              for (size_t k = 0; k < out.size(); ++k)
+                                  out[k] = static_cast<unsigned char>(t * 31 + i + k);
+                              if (pwrite(fd, out.data(), 512, t * 512) != 512 ||
+                                  pread(fd, in.data(), 512, t * 512) != 512 || in != out)
                                   wrong.fetch_add(1);
                               ops.fetch_add(1);
                           }
@@ -840,7 +881,8 @@ TEST(SyscallRewrite, HundredInstallUninstallCyclesUnderVerifiedIo) {
                       }
                       const uint64_t target = ops.load() + 4;
                       while (ops.load() < target) std::this_thread::yield();
-                      if (auto u = (*rw)->uninstall(); !u) failure = "uninstall: " + u.error().message;
+                      if (auto u = (*rw)->uninstall(); !u)
+                          failure = "uninstall: " + u.error().message;
                       dispatched += h.take().size();
                   }
                   stop = true;
@@ -902,13 +944,15 @@ TEST(SyscallRewrite, ObjectsLoadedLaterAreRewrittenOnRequest) {
                   check(setup_calls() == 0, "liburing's own syscall seen before rewriting it");
                   auto added = rw->rewrite_new_objects();
                   check(added.ok(), added.ok() ? "" : added.error().message);
-                  check(*added > 0 && rw->sites().size() == before + *added, "sites added for liburing");
+                  check(*added > 0 && rw->sites().size() == before + *added,
+                        "sites added for liburing");
                   check(setup_calls() == 1, "io_uring_setup seen after rewriting liburing");
                   auto again = rw->rewrite_new_objects();
                   check(again.ok() && *again == 0, "nothing new the second time");
                   check(rw->uninstall().ok(), "uninstall");
                   for (const auto& s : rw->sites())
-                      check(memcmp(reinterpret_cast<void*>(s.address), s.original, 2) == 0, "byte not restored");
+                      check(memcmp(reinterpret_cast<void*>(s.address), s.original, 2) == 0,
+                            "byte not restored");
                   check(setup_calls() == 0, "nothing seen after uninstall");
               }),
               "");
@@ -925,7 +969,8 @@ TEST(SyscallRewrite, ObjectsUnloadedWhileRewrittenAreSkippedAtUninstall) {
                   auto added = rw->rewrite_new_objects();
                   check(added.ok() && *added > 0, "liburing rewritten");
                   check(dlclose(lib) == 0, "dlclose");
-                  check(dlopen("liburing.so.2", RTLD_NOW | RTLD_NOLOAD) == nullptr, "liburing unloaded");
+                  check(dlopen("liburing.so.2", RTLD_NOW | RTLD_NOLOAD) == nullptr,
+                        "liburing unloaded");
                   auto u = rw->uninstall();
                   check(u.ok(), u.ok() ? "" : u.error().message);
                   for (int i = 0; i < 3; ++i) (void)getppid();
@@ -968,7 +1013,8 @@ TEST(SyscallRewrite, UninstallWaitsForACallInsideTheHandler) {
                   while (memcmp(reinterpret_cast<void*>(first.address), first.original, 2) != 0)
                       std::this_thread::yield();
                   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-                  check(!done.load(), "uninstall returned while a call was still inside the handler");
+                  check(!done.load(),
+                        "uninstall returned while a call was still inside the handler");
                   release = true;
                   reader.join();
                   uninstaller.join();
@@ -1018,8 +1064,11 @@ TEST(SyscallRewrite, UninstallMovesCallsSleepingInTheKernelOutOfLiveio) {
                   const auto started = std::chrono::steady_clock::now();
                   auto result = rw->uninstall();
                   check(result.ok(), result.ok() ? "" : result.error().message);
-                  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
-                  check(ms < 5000, "uninstall waited for the sleeping calls (" + std::to_string(ms) + " ms)");
+                  const double ms = std::chrono::duration<double, std::milli>(
+                                        std::chrono::steady_clock::now() - started)
+                                        .count();
+                  check(ms < 5000,
+                        "uninstall waited for the sleeping calls (" + std::to_string(ms) + " ms)");
                   // Nobody sleeps in liveio's dispatch code any more.
                   for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
                       std::ifstream in(task.path() / "syscall");
@@ -1029,9 +1078,11 @@ TEST(SyscallRewrite, UninstallMovesCallsSleepingInTheKernelOutOfLiveio) {
                       const uintptr_t pc = std::strtoull(f.back().c_str(), nullptr, 16);
                       check(pc < reinterpret_cast<uintptr_t>(__start_liveio_rw_dispatch) ||
                                 pc >= reinterpret_cast<uintptr_t>(__stop_liveio_rw_dispatch),
-                            "thread " + task.path().filename().string() + " still sleeps in the dispatch code");
+                            "thread " + task.path().filename().string() +
+                                " still sleeps in the dispatch code");
                   }
-                  check(sleeping(reader_tid.load(), SYS_read), "the reader sleeps in read again, from its own code");
+                  check(sleeping(reader_tid.load(), SYS_read),
+                        "the reader sleeps in read again, from its own code");
                   check(::write(p[1], "z", 1) == 1, "write");
                   reader.join();
                   check(n == 1 && got == 'z', "the moved read completed with the byte");
@@ -1063,7 +1114,8 @@ TEST(SyscallRewrite, InterceptorInterfaceAndSecondInstallIsRefused) {
                   RecordingHandler other;
                   auto second = SyscallRewriter::install(&other);
                   check(!second.ok(), "second install refused");
-                  check(second.error().code == EEXIST || second.error().code == EBUSY, second.error().message);
+                  check(second.error().code == EEXIST || second.error().code == EBUSY,
+                        second.error().message);
                   check((*i)->uninstall().ok(), "uninstall");
                   check((*i)->uninstall().ok(), "second uninstall is a no-op");
               }),

@@ -21,11 +21,14 @@ TEST(Uprobe, EntrySeesArgumentsAndMayEditThem) {
     void* fn = reinterpret_cast<void*>(&tricky_rip_load);
     const std::string before = bytes_at(fn, 16);
     std::vector<long> args;
-    auto probe = attach_uprobe(fn, [&](pt_regs* r) {
-        args.push_back(static_cast<long>(r->rdi));
-        EXPECT_EQ(r->rip, reinterpret_cast<unsigned long>(fn));
-        if (r->rdi == 100) r->rdi = 1;  // the function then runs with the edited argument
-    }, false);
+    auto probe = attach_uprobe(
+        fn,
+        [&](pt_regs* r) {
+            args.push_back(static_cast<long>(r->rdi));
+            EXPECT_EQ(r->rip, reinterpret_cast<unsigned long>(fn));
+            if (r->rdi == 100) r->rdi = 1;  // the function then runs with the edited argument
+        },
+        false);
     ASSERT_TRUE(probe.ok()) << probe.error().message;
     EXPECT_EQ(tricky_rip_load(2), 42);
     EXPECT_EQ(tricky_rip_load(100), 41);
@@ -39,20 +42,25 @@ TEST(Uprobe, EntrySeesArgumentsAndMayEditThem) {
 TEST(Uprobe, ReturnSeesResultAndStackPointer) {
     void* fn = reinterpret_cast<void*>(&tricky_call_prologue);
     std::vector<long> results;
-    auto probe = attach_uprobe(fn, [&](pt_regs* r) {
-        results.push_back(static_cast<long>(r->rax));
-        r->rax += 1;  // the caller receives the edited return value
-    }, true);
+    auto probe = attach_uprobe(
+        fn,
+        [&](pt_regs* r) {
+            results.push_back(static_cast<long>(r->rax));
+            r->rax += 1;  // the caller receives the edited return value
+        },
+        true);
     ASSERT_TRUE(probe.ok()) << probe.error().message;
     EXPECT_EQ(tricky_call_prologue(1), 9);
     EXPECT_EQ(tricky_call_prologue(3), 11);
     EXPECT_EQ(results, (std::vector<long>{8, 10}));
     // A second probe on the same function is refused while the first is attached.
-    auto second = attach_uprobe(fn, [](pt_regs*) {}, false);
+    auto second = attach_uprobe(
+        fn, [](pt_regs*) {}, false);
     EXPECT_FALSE(second.ok());
     probe->reset();
     EXPECT_EQ(tricky_call_prologue(3), 10);
-    auto again = attach_uprobe(fn, [&](pt_regs*) {}, false);
+    auto again = attach_uprobe(
+        fn, [&](pt_regs*) {}, false);
     EXPECT_TRUE(again.ok());
 }
 
@@ -67,8 +75,9 @@ TEST(Uprobe, ConcurrentCallersUnderAttachDetach) {
         });
     std::atomic<uint64_t> seen{0};
     for (int cycle = 0; cycle < 100; ++cycle) {
-        auto probe = attach_uprobe(reinterpret_cast<void*>(&tricky_call_prologue),
-                                   [&](pt_regs*) { seen.fetch_add(1); }, cycle % 2 == 1);
+        auto probe = attach_uprobe(
+            reinterpret_cast<void*>(&tricky_call_prologue), [&](pt_regs*) { seen.fetch_add(1); },
+            cycle % 2 == 1);
         ASSERT_TRUE(probe.ok()) << probe.error().message;
         ASSERT_TRUE((*probe)->detach().ok());
     }

@@ -57,17 +57,18 @@ std::string ptrace_unavailable_reason() {
     return reason;
 }
 
-#define SKIP_WITHOUT_PTRACE()                                        \
-    do {                                                             \
-        if (auto why = ptrace_unavailable_reason(); !why.empty()) {  \
-            GTEST_SKIP() << why;                                     \
-        }                                                            \
+#define SKIP_WITHOUT_PTRACE()                                       \
+    do {                                                            \
+        if (auto why = ptrace_unavailable_reason(); !why.empty()) { \
+            GTEST_SKIP() << why;                                    \
+        }                                                           \
     } while (0)
 
 // A running inject_target with pipes on its stdin/stdout; killed and reaped on destruction.
 class Target {
 public:
-    Target(std::vector<std::string> args, const std::string& marker, uid_t run_as = 0) : marker_(marker) {
+    Target(std::vector<std::string> args, const std::string& marker, uid_t run_as = 0)
+        : marker_(marker) {
         // A target that died must fail the test, not kill the test binary on write().
         signal(SIGPIPE, SIG_IGN);
         int in[2], out[2];
@@ -78,7 +79,9 @@ public:
             dup2(in[0], 0);
             dup2(out[1], 1);
             setenv("INJECT_PROBE_MARKER", marker.c_str(), 1);
-            if (run_as != 0 && (setresgid(run_as, run_as, run_as) != 0 || setresuid(run_as, run_as, run_as) != 0)) _exit(120);
+            if (run_as != 0 &&
+                (setresgid(run_as, run_as, run_as) != 0 || setresuid(run_as, run_as, run_as) != 0))
+                _exit(120);
             std::vector<char*> argv{const_cast<char*>(INJECT_TARGET_PATH)};
             for (auto& a : args) argv.push_back(a.data());
             argv.push_back(nullptr);
@@ -147,7 +150,9 @@ private:
     std::string marker_;
 };
 
-std::string marker_path(const char* name) { return "/tmp/liveio_inject_" + std::to_string(getpid()) + "_" + name; }
+std::string marker_path(const char* name) {
+    return "/tmp/liveio_inject_" + std::to_string(getpid()) + "_" + name;
+}
 
 // Waits until the thread `tid` sleeps in system call `nr` (from /proc/PID/task/TID/syscall);
 // false when the thread is gone.
@@ -156,8 +161,10 @@ bool wait_in_syscall(pid_t pid, pid_t tid, long nr) {
     for (;;) {
         std::string state = slurp(stat);
         auto paren = state.rfind(')');
-        if (paren == std::string::npos || paren + 2 >= state.size() || state[paren + 2] == 'Z') return false;
-        std::istringstream in(slurp("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/syscall"));
+        if (paren == std::string::npos || paren + 2 >= state.size() || state[paren + 2] == 'Z')
+            return false;
+        std::istringstream in(
+            slurp("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/syscall"));
         long current = -2;
         in >> current;
         if (current == nr) return true;
@@ -265,7 +272,8 @@ TEST(Inject, UnloadWaitsUntilNoThreadExecutesTheLibrary) {
     auto refused = unload_library(*lib, &stats, few);
     ASSERT_FALSE(refused.ok()) << "unloaded the library under a thread executing it";
     EXPECT_EQ(refused.error().code, EAGAIN);
-    EXPECT_NE(refused.error().message.find("is executing " + lib->path), std::string::npos) << refused.error().message;
+    EXPECT_NE(refused.error().message.find("is executing " + lib->path), std::string::npos)
+        << refused.error().message;
     EXPECT_EQ(stats.attempts, 4);
     EXPECT_EQ(count_lines_starting(target.marks(), "unload"), 0);
     auto s = target.status();
@@ -292,7 +300,8 @@ TEST(Inject, TargetBlockedInReadResumesTheReadTransparently) {
     ASSERT_TRUE(lib.ok()) << lib.error().message;
     EXPECT_EQ(stats.threads, 1);
     EXPECT_EQ(count_lines_starting(target.marks(), "load"), 1);
-    // The interrupted read() must be waiting again, not have returned EINTR (the target exits then).
+    // The interrupted read() must be waiting again, not have returned EINTR (the target exits
+    // then).
     ASSERT_TRUE(wait_in_syscall(target.pid(), target.pid(), 0)) << "the target exited";
     auto s = target.status();
     EXPECT_TRUE(s.alive);
@@ -352,7 +361,8 @@ TEST(Inject, AlreadyTracedProcessIsNotPermitted) {
     waitpid(tracer, nullptr, 0);
     ASSERT_FALSE(lib.ok());
     EXPECT_EQ(lib.error().code, EPERM);
-    EXPECT_NE(lib.error().message.find("already traced by process " + std::to_string(tracer)), std::string::npos)
+    EXPECT_NE(lib.error().message.find("already traced by process " + std::to_string(tracer)),
+              std::string::npos)
         << lib.error().message;
     EXPECT_TRUE(target.status().alive);
 }
@@ -370,7 +380,8 @@ TEST(Inject, OtherUsersProcessIsNotPermitted) {
         if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0) _exit(1);
         prctl(PR_SET_DUMPABLE, 1);
         auto lib = inject_library(target.pid(), INJECT_PROBE_PATH);
-        std::string msg = lib.ok() ? "injected" : std::to_string(lib.error().code) + " " + lib.error().message;
+        std::string msg =
+            lib.ok() ? "injected" : std::to_string(lib.error().code) + " " + lib.error().message;
         if (write(out[1], msg.data(), msg.size()) < 0) _exit(1);
         _exit(0);
     }
@@ -406,7 +417,8 @@ TEST(Inject, LibraryErrorsAreClear) {
     unlink(junk.c_str());
     ASSERT_FALSE(bad.ok());
     EXPECT_EQ(bad.error().code, ELIBBAD);
-    EXPECT_NE(bad.error().message.find("invalid ELF header"), std::string::npos) << bad.error().message;
+    EXPECT_NE(bad.error().message.find("invalid ELF header"), std::string::npos)
+        << bad.error().message;
 
     auto s = target.status();
     EXPECT_TRUE(s.alive);
@@ -429,7 +441,8 @@ TEST(Inject, LibraryUnreadableByTargetIsRefusedBeforeStopping) {
     unlink(copy.c_str());
     ASSERT_FALSE(lib.ok());
     EXPECT_EQ(lib.error().code, EACCES);
-    EXPECT_NE(lib.error().message.find("not readable by process"), std::string::npos) << lib.error().message;
+    EXPECT_NE(lib.error().message.find("not readable by process"), std::string::npos)
+        << lib.error().message;
     EXPECT_TRUE(target.status().alive);
 }
 

@@ -27,7 +27,9 @@ public:
         pid_ = ::fork();
         if (pid_ == 0) {
             for (const auto& e : env) ::putenv(const_cast<char*>(e.c_str()));
-            if (!std::freopen(out_.c_str(), "w", stdout) || !std::freopen(err_.c_str(), "w", stderr)) ::_exit(120);
+            if (!std::freopen(out_.c_str(), "w", stdout) ||
+                !std::freopen(err_.c_str(), "w", stderr))
+                ::_exit(120);
             std::vector<char*> args;
             for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
             args.push_back(nullptr);

@@ -3,17 +3,17 @@
 // counts are known exactly (liveio-observe-target).
 #include <gtest/gtest.h>
 
-#include <optional>
-#include <iterator>
 #include <atomic>
+#include <iterator>
+#include <optional>
 #include <thread>
 
 #include <fcntl.h>
 #include <poll.h>
 #include <pty.h>
-#include <termios.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <termios.h>
 
 #include <fstream>
 #include <regex>
@@ -21,11 +21,11 @@
 #include <nlohmann/json.hpp>
 
 #include "agent/process_util.h"
-#include "observe/child.h"
-#include "control/protocol.h"
 #include "clickhouse/dataset.h"
 #include "clickhouse/query_loop.h"
 #include "clickhouse/server.h"
+#include "control/protocol.h"
+#include "observe/child.h"
 
 namespace liveio::observe {
 namespace {
@@ -34,8 +34,8 @@ using agent::testing::eventually;
 using agent::testing::read_file;
 using agent::testing::temp_path;
 using agent::testing::wait_exit;
-using testing_util::Child;
 using nlohmann::json;
+using testing_util::Child;
 
 constexpr int kCalls = 500;
 
@@ -62,22 +62,33 @@ CliRun liveio(std::vector<std::string> args) {
 class Workload {
 public:
     Workload()
-        : child_({LIVEIO_OBSERVE_TARGET_PATH, "--calls", std::to_string(kCalls), "--size", std::to_string(kSize)},
+        : child_({LIVEIO_OBSERVE_TARGET_PATH, "--calls", std::to_string(kCalls), "--size",
+                  std::to_string(kSize)},
                  {kStaticTlsRoom}) {}
     pid_t pid() const { return child_.pid(); }
-    bool ready() { return eventually([&] { return child_.out().find("ready") != std::string::npos || child_.exited(); }) && !child_.exited(); }
+    bool ready() {
+        return eventually([&] {
+                   return child_.out().find("ready") != std::string::npos || child_.exited();
+               }) &&
+               !child_.exited();
+    }
     // Runs one batch (kCalls pwrite64 then kCalls pread64) and waits for it.
     bool batch() {
         const std::string done = "batch " + std::to_string(++batches_) + " done";
         child_.signal(SIGUSR1);
-        return eventually([&] { return child_.out().find(done) != std::string::npos || child_.exited(); }) &&
+        return eventually([&] {
+                   return child_.out().find(done) != std::string::npos || child_.exited();
+               }) &&
                !child_.exited();
     }
     int stop() {
         child_.signal(SIGTERM);
         return child_.wait();
     }
-    void kill() { child_.signal(SIGKILL); child_.wait(); }
+    void kill() {
+        child_.signal(SIGKILL);
+        child_.wait();
+    }
     std::string err() const { return child_.err(); }
 
 private:
@@ -92,17 +103,18 @@ pid_t unused_pid() {
 }
 
 bool agent_mapped(pid_t pid) {
-    return read_file("/proc/" + std::to_string(pid) + "/maps").find("liveio-agent.so") != std::string::npos;
+    return read_file("/proc/" + std::to_string(pid) + "/maps").find("liveio-agent.so") !=
+           std::string::npos;
 }
 
 // Skips the test when this machine cannot attach (no ptrace) or the agent lacks BPF support.
-#define SKIP_UNLESS_ATTACHABLE(run)                                                                   \
-    do {                                                                                              \
-        if ((run).err.find("Operation not permitted") != std::string::npos ||                         \
-            (run).err.find("ptrace") != std::string::npos)                                            \
-            GTEST_SKIP() << "cannot attach here: " << (run).err;                                      \
-        if ((run).err.find("no BPF support") != std::string::npos)                                    \
-            GTEST_SKIP() << "this agent has no BPF support yet: " << (run).err;                       \
+#define SKIP_UNLESS_ATTACHABLE(run)                                             \
+    do {                                                                        \
+        if ((run).err.find("Operation not permitted") != std::string::npos ||   \
+            (run).err.find("ptrace") != std::string::npos)                      \
+            GTEST_SKIP() << "cannot attach here: " << (run).err;                \
+        if ((run).err.find("no BPF support") != std::string::npos)              \
+            GTEST_SKIP() << "this agent has no BPF support yet: " << (run).err; \
     } while (0)
 
 // A workload with the agent attached by `liveio attach` (skipped where attaching cannot work).
@@ -119,13 +131,15 @@ protected:
     std::string pid;
 };
 
-
 // Waits until a running `liveio stats` announces its first snapshot ("counting the I/O"), so
 // that work done next falls inside the measured interval. Returns its run when it ended (or
 // never announced it) instead: the caller skips or fails with its output.
 std::optional<CliRun> wait_until_counting(Child& stats) {
-    if (!eventually([&] { return stats.err().find("counting the I/O") != std::string::npos || stats.exited(); }))
-        return CliRun{-1, stats.out(), "no 'counting the I/O' announcement in time: " + stats.err()};
+    if (!eventually([&] {
+            return stats.err().find("counting the I/O") != std::string::npos || stats.exited();
+        }))
+        return CliRun{-1, stats.out(),
+                      "no 'counting the I/O' announcement in time: " + stats.err()};
     if (stats.exited()) return CliRun{stats.wait(), stats.out(), stats.err()};
     return std::nullopt;
 }
@@ -136,7 +150,8 @@ TEST(ObserveCli, NoSuchProcess) {
     for (const char* cmd : {"stats", "top", "hist", "trace", "maps"}) {
         const CliRun r = liveio({cmd, std::to_string(pid)});
         EXPECT_EQ(r.status, 1) << cmd;
-        EXPECT_NE(r.err.find("process " + std::to_string(pid) + " does not exist"), std::string::npos)
+        EXPECT_NE(r.err.find("process " + std::to_string(pid) + " does not exist"),
+                  std::string::npos)
             << cmd << ": " << r.err;
     }
 }
@@ -146,11 +161,14 @@ TEST(ObserveCli, ObjectNotFoundAndNoAgentToUnloadFrom) {
     ASSERT_TRUE(w.ready());
     const CliRun missing = liveio({"load", std::to_string(w.pid()), "/nonexistent/x.bpf.o"});
     EXPECT_EQ(missing.status, 1);
-    EXPECT_NE(missing.err.find("/nonexistent/x.bpf.o: no such file"), std::string::npos) << missing.err;
+    EXPECT_NE(missing.err.find("/nonexistent/x.bpf.o: no such file"), std::string::npos)
+        << missing.err;
     const CliRun builtin = liveio({"load", std::to_string(w.pid()), "no_such_builtin"});
     EXPECT_EQ(builtin.status, 1);
-    EXPECT_NE(builtin.err.find("no built-in BPF object 'no_such_builtin'"), std::string::npos) << builtin.err;
-    EXPECT_NE(builtin.err.find("io_stats.bpf.o"), std::string::npos) << builtin.err;  // lists what exists
+    EXPECT_NE(builtin.err.find("no built-in BPF object 'no_such_builtin'"), std::string::npos)
+        << builtin.err;
+    EXPECT_NE(builtin.err.find("io_stats.bpf.o"), std::string::npos)
+        << builtin.err;  // lists what exists
     const CliRun unload = liveio({"unload", std::to_string(w.pid()), "1"});
     EXPECT_EQ(unload.status, 1);
     EXPECT_NE(unload.err.find("no liveio agent in process"), std::string::npos) << unload.err;
@@ -168,7 +186,8 @@ TEST(ObserveCli, TopOnATerminalQuitsOnQAndRestoresIt) {
     const pid_t child = ::forkpty(&master, nullptr, nullptr, nullptr);
     ASSERT_GE(child, 0) << std::strerror(errno);
     if (child == 0) {
-        ::execl(LIVEIO_CLI_PATH, LIVEIO_CLI_PATH, "top", pid.c_str(), "--interval", "100ms", nullptr);
+        ::execl(LIVEIO_CLI_PATH, LIVEIO_CLI_PATH, "top", pid.c_str(), "--interval", "100ms",
+                nullptr);
         ::_exit(127);
     }
     std::string screen;
@@ -183,7 +202,8 @@ TEST(ObserveCli, TopOnATerminalQuitsOnQAndRestoresIt) {
     };
     const bool drawn = eventually([&] {
         drain();
-        return screen.find("[q: quit]") != std::string::npos || screen.find("liveio:") != std::string::npos;
+        return screen.find("[q: quit]") != std::string::npos ||
+               screen.find("liveio:") != std::string::npos;
     });
     if (screen.find("cannot allocate memory in static TLS") != std::string::npos ||
         screen.find("not permitted") != std::string::npos) {
@@ -204,7 +224,9 @@ TEST(ObserveCli, TopOnATerminalQuitsOnQAndRestoresIt) {
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << screen;
     const size_t left = screen.rfind("\033[?1049l");
     EXPECT_NE(left, std::string::npos) << "alternate screen not left";
-    EXPECT_NE(screen.find("detached from " + pid, left == std::string::npos ? 0 : left), std::string::npos) << screen;
+    EXPECT_NE(screen.find("detached from " + pid, left == std::string::npos ? 0 : left),
+              std::string::npos)
+        << screen;
     EXPECT_FALSE(agent_mapped(w.pid()));
     EXPECT_EQ(w.stop(), 0) << w.err();
 }
@@ -216,7 +238,8 @@ TEST(ObserveCli, StatsOverADurationGoesToTheClickHouseSink) {
     Workload w;
     ASSERT_TRUE(w.ready());
     const std::string pid = std::to_string(w.pid());
-    const std::string url = "clickhouse://127.0.0.1:" + std::to_string(server->ports().http) + "/hist.io";
+    const std::string url =
+        "clickhouse://127.0.0.1:" + std::to_string(server->ports().http) + "/hist.io";
     Child stats({LIVEIO_CLI_PATH, "stats", pid, "--duration", "2s", "--sink", url});
     if (auto early = wait_until_counting(stats)) {
         SKIP_UNLESS_ATTACHABLE(*early);
@@ -226,8 +249,9 @@ TEST(ObserveCli, StatsOverADurationGoesToTheClickHouseSink) {
     ASSERT_EQ(stats.wait(), 0) << stats.err();
     EXPECT_NE(stats.err().find("rows inserted into `hist`.`io`"), std::string::npos) << stats.err();
     auto rows = server->client().query(
-        "SELECT calls, bytes FROM hist.io WHERE kind = 'syscall' AND name IN ('pread64', 'pwrite64') AND pid = " + pid +
-        " ORDER BY name");
+        "SELECT calls, bytes FROM hist.io WHERE kind = 'syscall' AND name IN ('pread64', "
+        "'pwrite64') AND pid = " +
+        pid + " ORDER BY name");
     ASSERT_TRUE(rows) << rows.error().message;
     const std::string each = std::to_string(kCalls) + "\t" + std::to_string(kCalls * kSize) + "\n";
     EXPECT_EQ(*rows, each + each);
@@ -252,7 +276,8 @@ TEST_F(AttachedWorkload, CountsOfAKnownWorkloadThroughEveryCommand) {
     SKIP_UNLESS_ATTACHABLE(load);
     ASSERT_EQ(load.status, 0) << load.out << load.err;
     std::smatch m;
-    ASSERT_TRUE(std::regex_search(load.out, m, std::regex("object (\\d+): io_stats.bpf.o"))) << load.out;
+    ASSERT_TRUE(std::regex_search(load.out, m, std::regex("object (\\d+): io_stats.bpf.o")))
+        << load.out;
     const std::string object = m[1];
     EXPECT_NE(load.out.find("liveio/io_exit"), std::string::npos) << load.out;
 
@@ -293,7 +318,9 @@ TEST_F(AttachedWorkload, CountsOfAKnownWorkloadThroughEveryCommand) {
     ASSERT_EQ(maps.status, 0) << maps.err;
     EXPECT_NE(maps.out.find("map syscall_stats: array"), std::string::npos) << maps.out;
     EXPECT_NE(maps.out.find("map slow_events: ringbuf"), std::string::npos) << maps.out;
-    EXPECT_TRUE(std::regex_search(maps.out, std::regex("pread64 +calls " + std::to_string(2 * kCalls) + " "))) << maps.out;
+    EXPECT_TRUE(std::regex_search(maps.out,
+                                  std::regex("pread64 +calls " + std::to_string(2 * kCalls) + " ")))
+        << maps.out;
 
     const CliRun top = liveio({"top", pid, "--interval", "100ms", "--count", "2"});
     ASSERT_EQ(top.status, 0) << top.err;
@@ -303,14 +330,17 @@ TEST_F(AttachedWorkload, CountsOfAKnownWorkloadThroughEveryCommand) {
     // trace with every call "slow": start it, then run a batch, take 5 events.
     {
         Child trace({LIVEIO_CLI_PATH, "trace", pid, "--threshold-us", "0", "--count", "5"});
-        ASSERT_TRUE(eventually([&] { return trace.err().find("tracing I/O") != std::string::npos || trace.exited(); }))
-            << trace.err();
+        ASSERT_TRUE(eventually([&] {
+            return trace.err().find("tracing I/O") != std::string::npos || trace.exited();
+        })) << trace.err();
         ASSERT_FALSE(trace.exited()) << trace.err();
         ASSERT_TRUE(w.batch());
         EXPECT_EQ(trace.wait(), 0) << trace.err();
         const std::string out = trace.out();
         size_t events = 0;
-        for (size_t p = out.find("pwrite64"); p != std::string::npos; p = out.find("pwrite64", p + 1)) ++events;
+        for (size_t p = out.find("pwrite64"); p != std::string::npos;
+             p = out.find("pwrite64", p + 1))
+            ++events;
         EXPECT_EQ(events, 5u) << out;  // the batch starts with kCalls pwrite64 calls
         EXPECT_NE(trace.err().find("5 events shown, 0 dropped"), std::string::npos) << trace.err();
     }
@@ -355,11 +385,11 @@ TEST(ObserveCli, StatsAttachesMeasuresAndLeavesTheProcessAsFound) {
 }
 
 TEST_F(AttachedWorkload, LoadErrorsAreTheAgentsOwn) {
-
     const std::string junk = temp_path("junk") + ".bpf.o";
     {
         std::ofstream f(junk);
-        f << "\x7f" "ELF but not really an object";
+        f << "\x7f"
+             "ELF but not really an object";
     }
     const std::string rejected = std::string(LIVEIO_OBSERVE_TEST_BPF_DIR) + "/store_to_ctx.bpf.o";
     for (const std::string& path : {junk, rejected}) {
@@ -372,10 +402,12 @@ TEST_F(AttachedWorkload, LoadErrorsAreTheAgentsOwn) {
         // ...is what the CLI reports, verbatim.
         const CliRun r = liveio({"load", pid, path});
         EXPECT_EQ(r.status, 1);
-        EXPECT_EQ(r.err, "liveio: loading " + path + " into " + pid + ": " + direct.error().message + "\n");
+        EXPECT_EQ(r.err, "liveio: loading " + path + " into " + pid + ": " +
+                             direct.error().message + "\n");
         EXPECT_EQ(r.out, "");
     }
-    EXPECT_NE(liveio({"load", pid, rejected}).err.find("insn"), std::string::npos);  // names the instruction
+    EXPECT_NE(liveio({"load", pid, rejected}).err.find("insn"),
+              std::string::npos);  // names the instruction
     ::unlink(junk.c_str());
     EXPECT_EQ(liveio({"detach", pid}).status, 0);
     EXPECT_EQ(w.stop(), 0) << w.err();
@@ -383,8 +415,9 @@ TEST_F(AttachedWorkload, LoadErrorsAreTheAgentsOwn) {
 
 TEST_F(AttachedWorkload, ProcessExitingMeanwhileIsReported) {
     Child top({LIVEIO_CLI_PATH, "top", pid, "--interval", "100ms"});
-    ASSERT_TRUE(eventually([&] { return top.out().find("liveio top") != std::string::npos || top.exited(); }))
-        << top.err();
+    ASSERT_TRUE(eventually([&] {
+        return top.out().find("liveio top") != std::string::npos || top.exited();
+    })) << top.err();
     CliRun early{0, top.out(), top.err()};
     SKIP_UNLESS_ATTACHABLE(early);
     ASSERT_FALSE(top.exited()) << top.err();
@@ -405,8 +438,10 @@ TEST(ObserveCli, EveryCommandOnALiveClickHouse) {
     auto server = clickhouse::LocalServer::start(so);
     ASSERT_TRUE(server) << server.error().message;
     auto client = server->client();
-    ASSERT_TRUE(client.execute("CREATE TABLE default.t (k UInt64, v String) ENGINE = MergeTree ORDER BY k"));
-    ASSERT_TRUE(client.execute("INSERT INTO default.t SELECT number, toString(number * 7) FROM numbers(1000000)"));
+    ASSERT_TRUE(client.execute(
+        "CREATE TABLE default.t (k UInt64, v String) ENGINE = MergeTree ORDER BY k"));
+    ASSERT_TRUE(client.execute(
+        "INSERT INTO default.t SELECT number, toString(number * 7) FROM numbers(1000000)"));
     const std::string sql = "SELECT sum(length(v)), max(k) FROM default.t";
     auto expected = client.query(sql);
     ASSERT_TRUE(expected) << expected.error().message;
@@ -423,7 +458,8 @@ TEST(ObserveCli, EveryCommandOnALiveClickHouse) {
     EXPECT_GT(json_calls(j, "read", "bytes"), 0u) << stats.out;
     bool column_files = false;
     for (const auto& row : j["classes"])
-        if (row["class"].get<std::string>().find(".bin") != std::string::npos && row["calls"].get<uint64_t>() > 0)
+        if (row["class"].get<std::string>().find(".bin") != std::string::npos &&
+            row["calls"].get<uint64_t>() > 0)
             column_files = true;
     EXPECT_TRUE(column_files) << "no reads of .bin column files in " << j["classes"].dump();
 
@@ -438,7 +474,8 @@ TEST(ObserveCli, EveryCommandOnALiveClickHouse) {
 
     // Each command left the server as found: no agent mapped, no control socket.
     std::ifstream maps("/proc/" + pid + "/maps");
-    const std::string mapped((std::istreambuf_iterator<char>(maps)), std::istreambuf_iterator<char>());
+    const std::string mapped((std::istreambuf_iterator<char>(maps)),
+                             std::istreambuf_iterator<char>());
     EXPECT_EQ(mapped.find("liveio-agent.so"), std::string::npos);
     EXPECT_FALSE(control::ControlClient::connect(server->pid()));
     const int before = loop.answered();

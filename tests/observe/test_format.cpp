@@ -24,11 +24,12 @@ TEST(Format, HistogramLikeBpftrace) {
     h[9] = 140;
     h[11] = 35;
     const std::string out = format_histogram("pread64", h);
-    EXPECT_EQ(out,
-              "@pread64 (latency, ns):\n"
-              "[512, 1K)                 140 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n"
-              "[1K, 2K)                    0 |                                                    |\n"
-              "[2K, 4K)                   35 |@@@@@@@@@@@@@                                       |\n");
+    EXPECT_EQ(
+        out,
+        "@pread64 (latency, ns):\n"
+        "[512, 1K)                 140 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n"
+        "[1K, 2K)                    0 |                                                    |\n"
+        "[2K, 4K)                   35 |@@@@@@@@@@@@@                                       |\n");
     EXPECT_EQ(format_histogram("x", Histogram{}), "@x (latency, ns):\n(no calls)\n");
     Histogram edges{};
     edges[0] = 1;

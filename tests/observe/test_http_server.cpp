@@ -16,7 +16,8 @@ TEST(HttpServer, AnswersGetRequestsWithTheHandlersReply) {
     std::thread serving([&] {
         for (int served = 0; served < 3;) {
             auto r = server->serve_one(1000, [](const HttpRequest& req) {
-                if (req.path == "/metrics") return HttpReply{200, "text/plain; version=0.0.4", "a 1\n"};
+                if (req.path == "/metrics")
+                    return HttpReply{200, "text/plain; version=0.0.4", "a 1\n"};
                 return HttpReply{404, "text/plain", "not found\n"};
             });
             ASSERT_TRUE(r) << r.error().message;
@@ -60,7 +61,8 @@ TEST(HttpServer, BadAddressesAreErrors) {
     ASSERT_TRUE(first);
     auto second = HttpServer::listen("127.0.0.1:" + std::to_string(first->port()));
     ASSERT_FALSE(second);
-    EXPECT_NE(second.error().message.find("cannot listen"), std::string::npos) << second.error().message;
+    EXPECT_NE(second.error().message.find("cannot listen"), std::string::npos)
+        << second.error().message;
 }
 
 }  // namespace

@@ -10,7 +10,8 @@ namespace liveio::observe {
 namespace {
 
 // The sample's value, or NaN (failing the test) when there is not exactly one.
-double val(const PromExposition& e, std::string_view name, const std::map<std::string, std::string>& labels) {
+double val(const PromExposition& e, std::string_view name,
+           const std::map<std::string, std::string>& labels) {
     auto r = e.value(name, labels);
     EXPECT_TRUE(r) << r.error().message;
     return r ? r.value() : std::nan("");
@@ -25,8 +26,8 @@ ProcessMetrics process(pid_t pid, const std::string& comm) {
     pread.calls = 1000;
     pread.bytes = 1000 * 4096;
     pread.errors = 2;
-    pread.hist[9] = 600;   // [512, 1024) ns
-    pread.hist[10] = 399;  // [1024, 2048)
+    pread.hist[9] = 600;                    // [512, 1024) ns
+    pread.hist[10] = 399;                   // [1024, 2048)
     pread.hist[LIVEIO_HIST_SLOTS - 1] = 1;  // >= 2^31 ns
     pread.latency_ns = 600 * 700 + 399 * 1500 + 3'000'000'000ull;
     Counters write;
@@ -44,7 +45,8 @@ TEST(Prometheus, RenderedTextParsesBackToTheCounters) {
     gone.pid = 99;
     gone.comm = "gone";
     gone.up = false;
-    const std::string text = render_prometheus({process(42, "clickhouse-serv"), process(43, "we\"ird\\name\n"), gone});
+    const std::string text =
+        render_prometheus({process(42, "clickhouse-serv"), process(43, "we\"ird\\name\n"), gone});
     auto parsed = parse_prometheus(text);
     ASSERT_TRUE(parsed) << parsed.error().message << "\n" << text;
     const PromExposition& e = *parsed;
@@ -54,14 +56,25 @@ TEST(Prometheus, RenderedTextParsesBackToTheCounters) {
     EXPECT_EQ(val(e, "liveio_syscall_errors_total", {{"pid", "42"}, {"syscall", "pread64"}}), 2);
     EXPECT_EQ(val(e, "liveio_syscalls_total", {{"pid", "43"}, {"syscall", "write"}}), 5);
     // Escaped label values come back as they were.
-    EXPECT_EQ(val(e, "liveio_syscalls_total", {{"comm", "we\"ird\\name\n"}, {"syscall", "write"}}), 5);
+    EXPECT_EQ(val(e, "liveio_syscalls_total", {{"comm", "we\"ird\\name\n"}, {"syscall", "write"}}),
+              5);
     // Buckets: cumulative, le in seconds at the slots' upper bounds.
-    EXPECT_EQ(val(e, "liveio_io_latency_seconds_bucket", {{"pid", "42"}, {"syscall", "pread64"}, {"le", "1.024e-06"}}), 600);
-    EXPECT_EQ(val(e, "liveio_io_latency_seconds_bucket", {{"pid", "42"}, {"syscall", "pread64"}, {"le", "2.048e-06"}}), 999);
-    EXPECT_EQ(val(e, "liveio_io_latency_seconds_bucket", {{"pid", "42"}, {"syscall", "pread64"}, {"le", "+Inf"}}), 1000);
-    EXPECT_EQ(val(e, "liveio_io_latency_seconds_count", {{"pid", "42"}, {"syscall", "pread64"}}), 1000);
-    EXPECT_NEAR(val(e, "liveio_io_latency_seconds_sum", {{"pid", "42"}, {"syscall", "pread64"}}), 3.00102, 1e-5);
-    EXPECT_EQ(val(e, "liveio_class_calls_total", {{"pid", "42"}, {"class", ".bin"}, {"direction", "read"}}), 1000);
+    EXPECT_EQ(val(e, "liveio_io_latency_seconds_bucket",
+                  {{"pid", "42"}, {"syscall", "pread64"}, {"le", "1.024e-06"}}),
+              600);
+    EXPECT_EQ(val(e, "liveio_io_latency_seconds_bucket",
+                  {{"pid", "42"}, {"syscall", "pread64"}, {"le", "2.048e-06"}}),
+              999);
+    EXPECT_EQ(val(e, "liveio_io_latency_seconds_bucket",
+                  {{"pid", "42"}, {"syscall", "pread64"}, {"le", "+Inf"}}),
+              1000);
+    EXPECT_EQ(val(e, "liveio_io_latency_seconds_count", {{"pid", "42"}, {"syscall", "pread64"}}),
+              1000);
+    EXPECT_NEAR(val(e, "liveio_io_latency_seconds_sum", {{"pid", "42"}, {"syscall", "pread64"}}),
+                3.00102, 1e-5);
+    EXPECT_EQ(val(e, "liveio_class_calls_total",
+                  {{"pid", "42"}, {"class", ".bin"}, {"direction", "read"}}),
+              1000);
     EXPECT_EQ(val(e, "liveio_target_up", {{"pid", "42"}}), 1);
     EXPECT_EQ(val(e, "liveio_target_up", {{"pid", "99"}}), 0);
     EXPECT_FALSE(e.value("liveio_syscalls_total", {{"pid", "99"}}));
@@ -100,7 +113,9 @@ TEST(PrometheusParser, RejectsMalformedExpositions) {
     expect_rejected("# TYPE a countr\n", "unknown type");
     expect_rejected("a 1\nb 1\na 2\n", "not together");
     const std::string h = "# TYPE h histogram\n";
-    expect_rejected(h + "h_bucket{le=\"1\"} 5\nh_bucket{le=\"2\"} 3\nh_bucket{le=\"+Inf\"} 5\nh_count 5\n", "not cumulative");
+    expect_rejected(
+        h + "h_bucket{le=\"1\"} 5\nh_bucket{le=\"2\"} 3\nh_bucket{le=\"+Inf\"} 5\nh_count 5\n",
+        "not cumulative");
     expect_rejected(h + "h_bucket{le=\"1\"} 5\nh_count 5\n", "+Inf");
     expect_rejected(h + "h_bucket{le=\"+Inf\"} 5\nh_count 4\n", "_count");
     expect_rejected(h + "h_bucket 5\n", "without le");

@@ -32,13 +32,16 @@ struct Target {
                {"GLIBC_TUNABLES=glibc.rtld.optional_static_tls=65536"}};
     int batches = 0;
     bool ready() {
-        return eventually([&] { return proc.out().find("ready") != std::string::npos || proc.exited(); }) &&
+        return eventually([&] {
+                   return proc.out().find("ready") != std::string::npos || proc.exited();
+               }) &&
                !proc.exited();
     }
     bool batch() {
         const std::string done = "batch " + std::to_string(++batches) + " done";
         ::kill(proc.pid(), SIGUSR1);
-        return eventually([&] { return proc.out().find(done) != std::string::npos || proc.exited(); }) &&
+        return eventually(
+                   [&] { return proc.out().find(done) != std::string::npos || proc.exited(); }) &&
                !proc.exited();
     }
 };
@@ -50,7 +53,8 @@ uint16_t start_serve(Child& serve, std::string* why) {
     std::string out;
     const bool up = eventually([&] {
         out = serve.out() + serve.err();
-        return std::regex_search(out, m, std::regex("listening on 127\\.0\\.0\\.1:(\\d+)")) || serve.exited();
+        return std::regex_search(out, m, std::regex("listening on 127\\.0\\.0\\.1:(\\d+)")) ||
+               serve.exited();
     });
     if (!up || serve.exited()) {
         *why = out;
@@ -60,7 +64,8 @@ uint16_t start_serve(Child& serve, std::string* why) {
 }
 
 bool cannot_attach(const std::string& out) {
-    return out.find("Operation not permitted") != std::string::npos || out.find("ptrace") != std::string::npos ||
+    return out.find("Operation not permitted") != std::string::npos ||
+           out.find("ptrace") != std::string::npos ||
            out.find("no BPF support") != std::string::npos;
 }
 
@@ -88,7 +93,8 @@ TEST(Serve, PrometheusScrapesTheCountsOfAKnownWorkload) {
         GTEST_SKIP() << "Debian's prometheus is not installed (apt-get install prometheus)";
     Target target;
     ASSERT_TRUE(target.ready());
-    Child serve({LIVEIO_CLI_PATH, "serve", "--listen", "127.0.0.1:0", "--pid", std::to_string(target.proc.pid())});
+    Child serve({LIVEIO_CLI_PATH, "serve", "--listen", "127.0.0.1:0", "--pid",
+                 std::to_string(target.proc.pid())});
     std::string why;
     const uint16_t port = start_serve(serve, &why);
     if (port == 0 && cannot_attach(why)) GTEST_SKIP() << "cannot observe here: " << why;
@@ -102,11 +108,13 @@ TEST(Serve, PrometheusScrapesTheCountsOfAKnownWorkload) {
     {
         std::ofstream cfg(dir + "/prometheus.yml");
         cfg << "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-               "scrape_configs:\n  - job_name: liveio\n    static_configs:\n      - targets: ['127.0.0.1:"
+               "scrape_configs:\n  - job_name: liveio\n    static_configs:\n      - targets: "
+               "['127.0.0.1:"
             << port << "']\n";
     }
-    Child prom({prometheus, "--config.file=" + dir + "/prometheus.yml", "--storage.tsdb.path=" + dir + "/data",
-               "--web.listen-address=127.0.0.1:" + std::to_string((*ports)[0])});
+    Child prom({prometheus, "--config.file=" + dir + "/prometheus.yml",
+                "--storage.tsdb.path=" + dir + "/data",
+                "--web.listen-address=127.0.0.1:" + std::to_string((*ports)[0])});
     const std::string pid = std::to_string(target.proc.pid());
     const std::string sel = "{pid=\"" + pid + "\",syscall=\"pread64\"}";
     std::optional<double> calls;
@@ -114,13 +122,15 @@ TEST(Serve, PrometheusScrapesTheCountsOfAKnownWorkload) {
         calls = prom_query((*ports)[0], "liveio_syscalls_total" + sel);
         return (calls && *calls == kCalls) || prom.exited();
     });
-    if (prom.exited()) GTEST_SKIP() << "prometheus did not run here: " << prom.err().substr(0, 2000);
+    if (prom.exited())
+        GTEST_SKIP() << "prometheus did not run here: " << prom.err().substr(0, 2000);
     ASSERT_TRUE(scraped) << "last value: " << (calls ? std::to_string(*calls) : "none") << "\n"
                          << prom.err().substr(0, 2000);
     EXPECT_EQ(prom_query((*ports)[0], "liveio_io_bytes_total" + sel), kCalls * 4096.0);
     EXPECT_EQ(prom_query((*ports)[0], "liveio_io_latency_seconds_count" + sel), kCalls);
     // Prometheus computes quantiles from our buckets: a latency, positive and below a second.
-    const auto p50 = prom_query((*ports)[0], "histogram_quantile(0.5, liveio_io_latency_seconds_bucket" + sel + ")");
+    const auto p50 = prom_query(
+        (*ports)[0], "histogram_quantile(0.5, liveio_io_latency_seconds_bucket" + sel + ")");
     ASSERT_TRUE(p50);
     EXPECT_GT(*p50, 0);
     EXPECT_LT(*p50, 1);
@@ -142,9 +152,10 @@ TEST(Serve, ClickHouseSinkStoresTheCountsOfAKnownWorkload) {
     ASSERT_TRUE(server) << server.error().message;
     Target target;
     ASSERT_TRUE(target.ready());
-    const std::string url = "clickhouse://127.0.0.1:" + std::to_string(server->ports().http) + "/liveio.io";
-    Child serve({LIVEIO_CLI_PATH, "serve", "--listen", "127.0.0.1:0", "--pid", std::to_string(target.proc.pid()),
-                "--sink", url, "--sink-interval", "300ms"});
+    const std::string url =
+        "clickhouse://127.0.0.1:" + std::to_string(server->ports().http) + "/liveio.io";
+    Child serve({LIVEIO_CLI_PATH, "serve", "--listen", "127.0.0.1:0", "--pid",
+                 std::to_string(target.proc.pid()), "--sink", url, "--sink-interval", "300ms"});
     std::string why;
     const uint16_t port = start_serve(serve, &why);
     if (port == 0 && cannot_attach(why)) GTEST_SKIP() << "cannot observe here: " << why;
@@ -155,13 +166,17 @@ TEST(Serve, ClickHouseSinkStoresTheCountsOfAKnownWorkload) {
     auto client = server->client();
     std::string sum;
     const bool stored = eventually([&] {
-        auto r = client.query("SELECT sum(calls) FROM liveio.io WHERE kind = 'syscall' AND name = 'pread64' AND pid = " +
-                              std::to_string(target.proc.pid()));
+        auto r = client.query(
+            "SELECT sum(calls) FROM liveio.io WHERE kind = 'syscall' AND name = 'pread64' AND pid "
+            "= " +
+            std::to_string(target.proc.pid()));
         sum = r ? *r : r.error().message;
         return sum == std::to_string(2 * kCalls) + "\n" || serve.exited();
     });
     ASSERT_TRUE(stored) << "sum(calls) = " << sum << "\n" << serve.err();
-    auto bytes = client.query("SELECT sum(bytes), min(interval_s) > 0, uniqExact(host) FROM liveio.io WHERE name = 'pwrite64'");
+    auto bytes = client.query(
+        "SELECT sum(bytes), min(interval_s) > 0, uniqExact(host) FROM liveio.io WHERE name = "
+        "'pwrite64'");
     ASSERT_TRUE(bytes) << bytes.error().message;
     EXPECT_EQ(*bytes, std::to_string(2 * kCalls * 4096) + "\t1\t1\n");
     EXPECT_EQ((serve.signal(SIGTERM), serve.wait()), 0) << serve.err();

@@ -76,7 +76,8 @@ TEST(ClickHouseSink, CreatesTheTableAndInsertsRowsThatSelectBack) {
     if (!clickhouse::find_server_binary()) GTEST_SKIP() << "clickhouse-server is not installed";
     auto server = clickhouse::LocalServer::start({});
     ASSERT_TRUE(server) << server.error().message;
-    auto target = parse_sink_url("clickhouse://127.0.0.1:" + std::to_string(server->ports().http) + "/liveio.io_metrics");
+    auto target = parse_sink_url("clickhouse://127.0.0.1:" + std::to_string(server->ports().http) +
+                                 "/liveio.io_metrics");
     ASSERT_TRUE(target) << target.error().message;
     auto sink = ClickHouseSink::open(*target);
     ASSERT_TRUE(sink) << sink.error().message;
@@ -94,7 +95,8 @@ TEST(ClickHouseSink, CreatesTheTableAndInsertsRowsThatSelectBack) {
 
     auto client = server->client();
     auto rows = client.query_rows(
-        "SELECT toUnixTimestamp(time), host, pid, kind, name, direction, calls, errors, bytes, length(hist), "
+        "SELECT toUnixTimestamp(time), host, pid, kind, name, direction, calls, errors, bytes, "
+        "length(hist), "
         "hist[11], round(p50_ns) FROM liveio.io_metrics ORDER BY kind, name");
     ASSERT_TRUE(rows) << rows.error().message;
     ASSERT_EQ(rows->size(), 3u);
@@ -116,7 +118,8 @@ TEST(ClickHouseSink, CreatesTheTableAndInsertsRowsThatSelectBack) {
     EXPECT_EQ(pread[9], std::to_string(LIVEIO_HIST_SLOTS));
     EXPECT_EQ(pread[10], "300");  // ClickHouse arrays are 1-based: slot 10
     EXPECT_EQ(pread[11], "1536");
-    auto engine = client.query("SELECT engine FROM system.tables WHERE database = 'liveio' AND name = 'io_metrics'");
+    auto engine = client.query(
+        "SELECT engine FROM system.tables WHERE database = 'liveio' AND name = 'io_metrics'");
     ASSERT_TRUE(engine);
     EXPECT_EQ(*engine, "MergeTree\n");
 }
@@ -128,7 +131,8 @@ TEST(ClickHouseSink, UnreachableServerIsAClearError) {
     ASSERT_TRUE(target);
     auto sink = ClickHouseSink::open(*target);
     ASSERT_FALSE(sink);
-    EXPECT_NE(sink.error().message.find("sink clickhouse://127.0.0.1:"), std::string::npos) << sink.error().message;
+    EXPECT_NE(sink.error().message.find("sink clickhouse://127.0.0.1:"), std::string::npos)
+        << sink.error().message;
 }
 
 }  // namespace

@@ -44,7 +44,8 @@ TEST(Percentile, PicksTheSlotHoldingTheRank) {
 TEST(Percentile, SlotZeroStartsAtZeroAndLastSlotIsOpen) {
     EXPECT_DOUBLE_EQ(*percentile_ns(hist_with({{0, 4}}), 0.5), 1.0);  // [0, 2)
     const Histogram last = hist_with({{LIVEIO_HIST_SLOTS - 1, 3}});
-    EXPECT_DOUBLE_EQ(*percentile_ns(last, 0.99), static_cast<double>(uint64_t{1} << (LIVEIO_HIST_SLOTS - 1)));
+    EXPECT_DOUBLE_EQ(*percentile_ns(last, 0.99),
+                     static_cast<double>(uint64_t{1} << (LIVEIO_HIST_SLOTS - 1)));
     EXPECT_FALSE(slot_high_ns(LIVEIO_HIST_SLOTS - 1).has_value());
     EXPECT_EQ(*slot_high_ns(0), 2u);
     EXPECT_EQ(slot_low_ns(0), 0u);
@@ -135,7 +136,9 @@ TEST(Delta, SnapshotRowsMatchByKeyAndEmptyRowsDrop) {
     before.time_ns = 1'000'000'000;
     now.time_ns = 3'000'000'000;
     before.syscalls = {{17, "pread64", counters(5, 50)}, {0, "read", counters(3, 30)}};
-    now.syscalls = {{0, "read", counters(3, 30)}, {17, "pread64", counters(9, 90)}, {18, "pwrite64", counters(2, 20)}};
+    now.syscalls = {{0, "read", counters(3, 30)},
+                    {17, "pread64", counters(9, 90)},
+                    {18, "pwrite64", counters(2, 20)}};
     now.classes = {{LIVEIO_CLASS_FILE, LIVEIO_IO_READ, counters(9, 90)}};
     const Snapshot d = delta(now, before);
     EXPECT_EQ(d.time_ns, 2'000'000'000u);
@@ -211,7 +214,8 @@ TEST(ReadSnapshot, RejectsMapsOfAnotherLayout) {
     auto snap = read_snapshot(**m, nullptr);
     ASSERT_FALSE(snap);
     EXPECT_NE(snap.error().message.find("'counts'"), std::string::npos) << snap.error().message;
-    EXPECT_NE(snap.error().message.find("8-byte values"), std::string::npos) << snap.error().message;
+    EXPECT_NE(snap.error().message.find("8-byte values"), std::string::npos)
+        << snap.error().message;
 }
 
 TEST(Names, SyscallsClassesDirections) {

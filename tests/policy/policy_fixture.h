@@ -37,7 +37,9 @@ public:
     }
     const std::string& path() const { return path_; }
     // Byte i of the pattern file is pattern(seed, i).
-    static char pattern(uint32_t seed, uint64_t i) { return static_cast<char>((i * 131 + seed * 7 + (i >> 12)) & 0xff); }
+    static char pattern(uint32_t seed, uint64_t i) {
+        return static_cast<char>((i * 131 + seed * 7 + (i >> 12)) & 0xff);
+    }
     void write_pattern(uint64_t size, uint32_t seed) const {
         std::string data(size, '\0');
         for (uint64_t i = 0; i < size; ++i) data[i] = pattern(seed, i);
@@ -80,7 +82,8 @@ struct LoadedPolicy {
         }
         services = ebpf::Runtime::create().value();
         for (const std::string& name : names) {
-            auto exe = ebpf::Executable::load(object.program(name).value(), helpers, ebpf::Engine::Jit);
+            auto exe =
+                ebpf::Executable::load(object.program(name).value(), helpers, ebpf::Engine::Jit);
             if (!exe) {
                 ADD_FAILURE() << name << ": " << exe.error().message;
                 return false;
@@ -89,7 +92,8 @@ struct LoadedPolicy {
         }
         return true;
     }
-    bool enable(Runtime& rt, const std::string& name, const ebpf::Executable* completion, std::vector<uint64_t> knobs) {
+    bool enable(Runtime& rt, const std::string& name, const ebpf::Executable* completion,
+                std::vector<uint64_t> knobs) {
         Runtime::PolicySpec spec;
         spec.name = name;
         for (auto& p : object.programs()) spec.programs.push_back(p.get());
@@ -123,11 +127,13 @@ struct TestPolicy : LoadedPolicy {
 
     static std::unique_ptr<TestPolicy> enable(Runtime& rt, std::vector<uint64_t> knobs) {
         auto tp = std::make_unique<TestPolicy>();
-        if (!tp->load(std::string(LIVEIO_POLICY_TEST_BPF_DIR) + "/policy_test.bpf.o", {"on_read", "on_complete"}))
+        if (!tp->load(std::string(LIVEIO_POLICY_TEST_BPF_DIR) + "/policy_test.bpf.o",
+                      {"on_read", "on_complete"}))
             return nullptr;
         tp->on_read = tp->exes[0].get();
         tp->on_complete = tp->exes[1].get();
-        if (!tp->LoadedPolicy::enable(rt, "test", tp->on_complete, std::move(knobs))) return nullptr;
+        if (!tp->LoadedPolicy::enable(rt, "test", tp->on_complete, std::move(knobs)))
+            return nullptr;
         return tp;
     }
 
@@ -172,7 +178,8 @@ struct PolicyOnFile {
     std::unique_ptr<Runtime> rt;
     std::unique_ptr<TestPolicy> tp;  // destroyed before the runtime it is switched on in
 
-    PolicyOnFile(uint64_t size, uint32_t seed, std::vector<uint64_t> knobs, uint64_t budget = uint64_t{64} << 20) {
+    PolicyOnFile(uint64_t size, uint32_t seed, std::vector<uint64_t> knobs,
+                 uint64_t budget = uint64_t{64} << 20) {
         file.write_pattern(size, seed);
         rt = make_runtime(budget);
         if (rt) tp = TestPolicy::enable(*rt, std::move(knobs));

@@ -14,9 +14,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "cli_run.h"
 #include "clickhouse/server.h"
 #include "observe/child.h"
-#include "cli_run.h"
 
 namespace liveio::policy {
 namespace {
@@ -60,7 +60,8 @@ TEST(PolicyCli, UringOffWhileATargetThreadSleepsInARedirectedRead) {
     // cat is blocked in read(0) before it is attached: that call stays native.
     ASSERT_TRUE(eventually([&] { return slurp("/proc/" + p + "/comm") == "cat\n"; }));
     const CliRun attach = liveio({"attach", p, "--policy", "uring"});
-    if (attach.err.find("Operation not permitted") != std::string::npos) GTEST_SKIP() << "cannot attach here: " << attach.err;
+    if (attach.err.find("Operation not permitted") != std::string::npos)
+        GTEST_SKIP() << "cannot attach here: " << attach.err;
     ASSERT_EQ(attach.status, 0) << attach.out << attach.err;
     // One line wakes the native read; cat writes it and reads again: now redirected, and
     // asleep in the executor waiting for the pipe.

@@ -12,12 +12,12 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "control/protocol.h"
+#include "cli_run.h"
 #include "clickhouse/dataset.h"
 #include "clickhouse/query_loop.h"
 #include "clickhouse/server.h"
+#include "control/protocol.h"
 #include "observe/child.h"
-#include "cli_run.h"
 
 namespace liveio::policy {
 namespace {
@@ -51,7 +51,8 @@ Result<clickhouse::LocalServer> start_server() {
 }
 
 // Stock answers of `queries`, after the table is created and filled by `setup`.
-std::vector<std::string> stock_answers(clickhouse::HttpClient& client, const std::vector<std::string>& setup,
+std::vector<std::string> stock_answers(clickhouse::HttpClient& client,
+                                       const std::vector<std::string>& setup,
                                        const std::vector<std::string>& queries) {
     std::vector<std::string> answers;
     for (auto& sql : setup)
@@ -89,7 +90,8 @@ TEST(PolicyClickHouse, PrefetchOnALiveServerSameResultsCountersMove) {
     };
     const std::vector<std::string> expected = stock_answers(
         client,
-        {"CREATE TABLE default.t (k UInt64, a UInt64, b UInt64, s String) ENGINE = MergeTree ORDER BY k",
+        {"CREATE TABLE default.t (k UInt64, a UInt64, b UInt64, s String) ENGINE = MergeTree ORDER "
+         "BY k",
          "INSERT INTO default.t SELECT number, cityHash64(number), cityHash64(number, 1), "
          "toString(cityHash64(number, 2)) FROM numbers(2000000)",
          "OPTIMIZE TABLE default.t FINAL"},
@@ -104,13 +106,15 @@ TEST(PolicyClickHouse, PrefetchOnALiveServerSameResultsCountersMove) {
     auto answered_more = [&] { return answers_more_than(loop, 2); };
 
     const CliRun attach = liveio({"attach", pid, "--policy", "prefetch"});
-    if (attach.err.find("Operation not permitted") != std::string::npos) GTEST_SKIP() << "cannot attach here: " << attach.err;
+    if (attach.err.find("Operation not permitted") != std::string::npos)
+        GTEST_SKIP() << "cannot attach here: " << attach.err;
     ASSERT_EQ(attach.status, 0) << attach.out << attach.err;
     EXPECT_NE(attach.out.find("policy prefetch on"), std::string::npos) << attach.out;
 
     // Counters move: scans of the 16 MB columns are sequential streams.
-    ASSERT_TRUE(eventually([&] { return policy_counters(spid, "prefetch").value("actions", uint64_t{0}) > 0; }))
-        << policy_counters(spid, "prefetch").dump();
+    ASSERT_TRUE(eventually([&] {
+        return policy_counters(spid, "prefetch").value("actions", uint64_t{0}) > 0;
+    })) << policy_counters(spid, "prefetch").dump();
     const CliRun list = liveio({"policy", pid, "list"});
     ASSERT_EQ(list.status, 0) << list.err;
     EXPECT_NE(list.out.find("prefetch"), std::string::npos) << list.out;
@@ -123,7 +127,8 @@ TEST(PolicyClickHouse, PrefetchOnALiveServerSameResultsCountersMove) {
     EXPECT_EQ(set.status, 0) << set.err;
     const CliRun bad = liveio({"policy", pid, "set", "prefetch", "no_such_knob=1"});
     EXPECT_NE(bad.status, 0);
-    EXPECT_NE(bad.err.find("depth_kb"), std::string::npos) << "the error lists the knobs: " << bad.err;
+    EXPECT_NE(bad.err.find("depth_kb"), std::string::npos)
+        << "the error lists the knobs: " << bad.err;
     for (int i = 0; i < 3; ++i) {
         const CliRun off = liveio({"policy", pid, "off", "prefetch"});
         ASSERT_EQ(off.status, 0) << off.err;
@@ -138,8 +143,9 @@ TEST(PolicyClickHouse, PrefetchOnALiveServerSameResultsCountersMove) {
     // The uring policy beside it: the server's blocking calls through per-thread rings.
     const CliRun uring = liveio({"policy", pid, "on", "uring"});
     ASSERT_EQ(uring.status, 0) << uring.err;
-    ASSERT_TRUE(eventually([&] { return policy_counters(spid, "uring").value("redirected", uint64_t{0}) > 0; }))
-        << policy_counters(spid, "uring").dump();
+    ASSERT_TRUE(eventually([&] {
+        return policy_counters(spid, "uring").value("redirected", uint64_t{0}) > 0;
+    })) << policy_counters(spid, "uring").dump();
     ASSERT_TRUE(answered_more());
     const CliRun uring_off = liveio({"policy", pid, "off", "uring"});
     ASSERT_EQ(uring_off.status, 0) << uring_off.err;
@@ -175,13 +181,15 @@ TEST(PolicyClickHouse, MarksOnPointLookupsSameResultsPrefetchesUsed) {
         "SELECT k, t FROM default.p WHERE k IN (5, 900000, 1499999) ORDER BY k",
         "SELECT count(), sum(b) FROM default.p WHERE k BETWEEN 300000 AND 310000",
     };
-    const std::vector<std::string> expected = stock_answers(
-        client,
-        {"CREATE TABLE default.p (k UInt64, a UInt64, b UInt32, s String, t String) ENGINE = MergeTree ORDER BY k",
-         "INSERT INTO default.p SELECT number, cityHash64(number), number % 1000, toString(cityHash64(number, 2)), "
-         "concat('x', toString(number * 7)) FROM numbers(1500000)",
-         "OPTIMIZE TABLE default.p FINAL"},
-        queries);
+    const std::vector<std::string> expected =
+        stock_answers(client,
+                      {"CREATE TABLE default.p (k UInt64, a UInt64, b UInt32, s String, t String) "
+                       "ENGINE = MergeTree ORDER BY k",
+                       "INSERT INTO default.p SELECT number, cityHash64(number), number % 1000, "
+                       "toString(cityHash64(number, 2)), "
+                       "concat('x', toString(number * 7)) FROM numbers(1500000)",
+                       "OPTIMIZE TABLE default.p FINAL"},
+                      queries);
     ASSERT_FALSE(::testing::Test::HasFailure());
     const pid_t spid = server->pid();
     const std::string pid = std::to_string(spid);
@@ -193,10 +201,12 @@ TEST(PolicyClickHouse, MarksOnPointLookupsSameResultsPrefetchesUsed) {
     });
     auto answered_more = [&] { return answers_more_than(loop, 4); };
     const CliRun attach = liveio({"attach", pid, "--policy", "marks"});
-    if (attach.err.find("Operation not permitted") != std::string::npos) GTEST_SKIP() << "cannot attach here: " << attach.err;
+    if (attach.err.find("Operation not permitted") != std::string::npos)
+        GTEST_SKIP() << "cannot attach here: " << attach.err;
     ASSERT_EQ(attach.status, 0) << attach.out << attach.err;
-    ASSERT_TRUE(eventually([&] { return policy_counters(spid, "marks").value("used_bytes", uint64_t{0}) > 0; }))
-        << policy_counters(spid, "marks").dump();
+    ASSERT_TRUE(eventually([&] {
+        return policy_counters(spid, "marks").value("used_bytes", uint64_t{0}) > 0;
+    })) << policy_counters(spid, "marks").dump();
     const CliRun off = liveio({"policy", pid, "off", "marks"});
     ASSERT_EQ(off.status, 0) << off.err;
     ASSERT_TRUE(answered_more());
@@ -229,22 +239,29 @@ TEST(PolicyClickHouse, UringTranslatesDirectIoAioSameResults) {
     };
     const std::vector<std::string> expected = stock_answers(
         client,
-        {"CREATE TABLE default.t (k UInt64, a UInt64, b UInt64, s String) ENGINE = MergeTree ORDER BY k",
+        {"CREATE TABLE default.t (k UInt64, a UInt64, b UInt64, s String) ENGINE = MergeTree ORDER "
+         "BY k",
          "INSERT INTO default.t SELECT number, cityHash64(number), cityHash64(number, 1), "
          "toString(cityHash64(number, 2)) FROM numbers(1000000)",
          "OPTIMIZE TABLE default.t FINAL"},
         scans);
     ASSERT_FALSE(::testing::Test::HasFailure());
     std::vector<std::string> queries;
-    for (const std::string& q : scans) queries.push_back(q + " SETTINGS min_bytes_to_use_direct_io = 1");
+    for (const std::string& q : scans)
+        queries.push_back(q + " SETTINGS min_bytes_to_use_direct_io = 1");
     const pid_t spid = server->pid();
     const std::string pid = std::to_string(spid);
     clickhouse::testing::QueryLoop loop(*server, queries, expected, [](size_t) {});
     auto answered_more = [&] { return answers_more_than(loop, 2); };
     const CliRun attach = liveio({"attach", pid, "--policy", "uring"});
-    if (attach.err.find("Operation not permitted") != std::string::npos) GTEST_SKIP() << "cannot attach here: " << attach.err;
+    if (attach.err.find("Operation not permitted") != std::string::npos)
+        GTEST_SKIP() << "cannot attach here: " << attach.err;
     ASSERT_EQ(attach.status, 0) << attach.out << attach.err;
-    auto aio_ops = [&] { return policy_counters(spid, "uring").value("aio", json::object()).value("ops", uint64_t{0}); };
+    auto aio_ops = [&] {
+        return policy_counters(spid, "uring")
+            .value("aio", json::object())
+            .value("ops", uint64_t{0});
+    };
     ASSERT_TRUE(eventually([&] { return aio_ops() > 0; })) << policy_counters(spid, "uring").dump();
     for (int i = 0; i < 2; ++i) {
         const CliRun off = liveio({"policy", pid, "off", "uring"});
@@ -252,7 +269,8 @@ TEST(PolicyClickHouse, UringTranslatesDirectIoAioSameResults) {
         ASSERT_TRUE(answered_more());
         const CliRun on = liveio({"policy", pid, "on", "uring"});
         ASSERT_EQ(on.status, 0) << on.err;
-        ASSERT_TRUE(eventually([&] { return aio_ops() > 0; })) << policy_counters(spid, "uring").dump();
+        ASSERT_TRUE(eventually([&] { return aio_ops() > 0; }))
+            << policy_counters(spid, "uring").dump();
     }
     const CliRun detach = liveio({"detach", pid});
     ASSERT_EQ(detach.status, 0) << detach.err;
@@ -266,15 +284,16 @@ TEST(PolicyClickHouse, UringTranslatesDirectIoAioSameResults) {
     std::vector<std::string> wrong;
     for (const std::string& w : loop.wrong()) {
         const bool known = w.find("Code: 49") != std::string::npos &&
-                           (w.find("Can't adjust last granule") != std::string::npos || w.find("RangeReader read") != std::string::npos);
+                           (w.find("Can't adjust last granule") != std::string::npos ||
+                            w.find("RangeReader read") != std::string::npos);
         if (known)
             ++theirs;
         else
             wrong.push_back(w);
     }
     EXPECT_TRUE(wrong.empty()) << wrong.size() << " wrong answers, first: " << wrong.front();
-    EXPECT_LT(theirs * 4, static_cast<size_t>(loop.answered())) << theirs << " of " << loop.answered()
-                                                                 << " queries failed with 18.16's direct-I/O Code 49";
+    EXPECT_LT(theirs * 4, static_cast<size_t>(loop.answered()))
+        << theirs << " of " << loop.answered() << " queries failed with 18.16's direct-I/O Code 49";
 }
 
 }  // namespace

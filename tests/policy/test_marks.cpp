@@ -49,7 +49,8 @@ struct Column {
     std::pair<uint64_t, uint64_t> range(uint64_t first, uint64_t end) const {
         uint64_t right = end;
         if (right < marks.size() && marks[right].decompressed > 0)
-            while (right < marks.size() && marks[right].compressed == marks[end].compressed) ++right;
+            while (right < marks.size() && marks[right].compressed == marks[end].compressed)
+                ++right;
         const uint64_t hi = right >= marks.size() ? file_size : marks[right].compressed;
         return {marks[first].compressed, hi};
     }
@@ -86,11 +87,13 @@ struct MarksPolicy : testing::LoadedPolicy {
 
     static std::unique_ptr<MarksPolicy> enable(Runtime& rt) {
         auto mp = std::make_unique<MarksPolicy>();
-        if (!mp->load(std::string(LIVEIO_BPF_DIR) + "/policies/marks.bpf.o", {"marks_enter", "marks_exit"}))
+        if (!mp->load(std::string(LIVEIO_BPF_DIR) + "/policies/marks.bpf.o",
+                      {"marks_enter", "marks_exit"}))
             return nullptr;
         mp->enter = mp->exes[0].get();
         mp->exit = mp->exes[1].get();
-        if (!mp->LoadedPolicy::enable(rt, "marks", nullptr, {1024})) return nullptr;  // max_kb: the default
+        if (!mp->LoadedPolicy::enable(rt, "marks", nullptr, {1024}))
+            return nullptr;  // max_kb: the default
         return mp;
     }
 
@@ -225,8 +228,10 @@ Outcome lookup(Part& part, uint64_t first, uint64_t end) {
         const Column& c = part.columns[i];
         const auto [a, b] = c.range(first, end);
         std::string buf(b - a, '\0');
-        EXPECT_EQ(::pread(c.bin, buf.data(), buf.size(), static_cast<off_t>(a)), static_cast<ssize_t>(buf.size()));
-        EXPECT_EQ(buf, pattern(c.file_size, static_cast<uint32_t>(i + 1)).substr(a, b - a)) << c.name;
+        EXPECT_EQ(::pread(c.bin, buf.data(), buf.size(), static_cast<off_t>(a)),
+                  static_cast<ssize_t>(buf.size()));
+        EXPECT_EQ(buf, pattern(c.file_size, static_cast<uint32_t>(i + 1)).substr(a, b - a))
+            << c.name;
         rt->observe_read(file_id_of(c.bin), a, b - a);
         expected += b - a;
     }
@@ -249,7 +254,8 @@ TEST(MarksPolicy, VerifiesWithThePolicyHelpers) {
 
 TEST(MarksPolicy, FirstColumnReadPrefetchesTheSameGranulesOfEveryOtherColumn) {
     Part part(300);
-    for (auto [first, end] : {std::pair<uint64_t, uint64_t>{17, 18}, {0, 1}, {120, 123}, {299, 300}, {64, 80}}) {
+    for (auto [first, end] :
+         {std::pair<uint64_t, uint64_t>{17, 18}, {0, 1}, {120, 123}, {299, 300}, {64, 80}}) {
         SCOPED_TRACE("granules " + std::to_string(first) + ".." + std::to_string(end));
         const Outcome o = lookup(part, first, end);
         EXPECT_EQ(o.ranges, 3u);  // one per other column
@@ -281,8 +287,8 @@ TEST(MarksPolicy, ContinuingScanAndReadsOffAMarkIssueNothing) {
     ASSERT_TRUE(s.start(&part));
     auto& [rt, mp] = s;
     const int lead = part.columns[0].bin;
-    mp->read_enter(lead, part.columns[0].marks[10].compressed + 5, 1000);  // not a mark
-    mp->read_enter(lead, part.columns[0].marks[20].compressed, 30000);     // a mark: a batch
+    mp->read_enter(lead, part.columns[0].marks[10].compressed + 5, 1000);       // not a mark
+    mp->read_enter(lead, part.columns[0].marks[20].compressed, 30000);          // a mark: a batch
     mp->read_enter(lead, part.columns[0].marks[20].compressed + 30000, 30000);  // continuing
     rt->worker().barrier();
     EXPECT_EQ(mp->state(1), 1u);

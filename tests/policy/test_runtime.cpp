@@ -19,10 +19,10 @@
 namespace liveio::policy {
 namespace {
 
+using testing::make_runtime;
 using testing::PolicyOnFile;
 using testing::TempFile;
 using testing::TestPolicy;
-using testing::make_runtime;
 
 TEST(ActionQueue, ManyProducersOneConsumerLoseNothing) {
     ActionQueue<uint64_t> q(256);
@@ -33,8 +33,10 @@ TEST(ActionQueue, ManyProducersOneConsumerLoseNothing) {
         producers.emplace_back([&, p] {
             ++started;
             for (int i = 0; i < kEach;) {
-                if (q.push(static_cast<uint64_t>(p) << 32 | static_cast<uint64_t>(i))) ++i;
-                else std::this_thread::yield();
+                if (q.push(static_cast<uint64_t>(p) << 32 | static_cast<uint64_t>(i)))
+                    ++i;
+                else
+                    std::this_thread::yield();
             }
         });
     std::vector<int> next(kProducers, 0);
@@ -76,7 +78,8 @@ TEST(PolicyRuntime, OneRuntimePerProcess) {
 TEST(PolicyRuntime, WorkerIsNamedAndUsesIoUring) {
     auto rt = make_runtime();
     ASSERT_TRUE(rt);
-    if (!rt->worker().uses_io_uring()) GTEST_SKIP() << "io_uring unavailable here: the worker runs the engine's fallback";
+    if (!rt->worker().uses_io_uring())
+        GTEST_SKIP() << "io_uring unavailable here: the worker runs the engine's fallback";
     char name[32] = {};
     const std::string comm = "/proc/self/task/" + std::to_string(rt->worker().tid()) + "/comm";
     const int fd = ::open(comm.c_str(), O_RDONLY);
@@ -259,7 +262,8 @@ TEST(PolicyRuntime, OffDrainsActionsInFlightAndDestroyLeavesNothing) {
         EXPECT_EQ(rt->worker().bytes_in_flight(), 0u);
         const uint64_t completions = Counters::get(c.completions);
         rt->worker().barrier();
-        EXPECT_EQ(Counters::get(c.completions), completions) << "a completion program ran after off";
+        EXPECT_EQ(Counters::get(c.completions), completions)
+            << "a completion program ran after off";
         ::close(fd);
     }
     EXPECT_EQ(threads(), threads_before) << "the liveio-io thread outlived the runtime";
@@ -292,18 +296,22 @@ TEST(PolicyVerifier, MisusedHelpersAreRefusedWithTheirName) {
     ASSERT_TRUE(obj) << obj.error().message;
     ebpf::HelperTable helpers = ebpf::HelperTable::standard();
     ASSERT_TRUE(Runtime::add_helpers(helpers));
-    for (const char* name : {"load_from_stack", "batch_overrun", "unknown_helper", "load_overrun"}) {
+    for (const char* name :
+         {"load_from_stack", "batch_overrun", "unknown_helper", "load_overrun"}) {
         auto exe = ebpf::Executable::load(obj->program(name).value(), helpers, ebpf::Engine::Jit);
         ASSERT_FALSE(exe) << name << " was accepted";
         SCOPED_TRACE(exe.error().message);
-        EXPECT_NE(exe.error().message.find(name), std::string::npos) << "the message names the program";
+        EXPECT_NE(exe.error().message.find(name), std::string::npos)
+            << "the message names the program";
     }
     // And the helper IDs are liveio's, never a kernel helper's: extend() refuses a clash.
     EXPECT_FALSE(Runtime::add_helpers(helpers)) << "registering the IDs twice";
     ebpf::HelperTable kernel_clash;
     ebpf::HelperProto p;
     p.name = "x";
-    p.fn = +[](uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ebpf::ExecEnv*) -> uint64_t { return 0; };
+    p.fn = +[](uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ebpf::ExecEnv*) -> uint64_t {
+        return 0;
+    };
     EXPECT_FALSE(kernel_clash.extend(1, p));
 }
 
@@ -317,7 +325,8 @@ TEST(PolicyVerifier, TestPolicyVerifies) {
         EXPECT_TRUE(exe) << p->name << ": " << exe.error().message;
     }
     // Without the policy helpers the same object is refused (unknown helper).
-    auto plain = ebpf::Executable::load(obj->program("on_read").value(), ebpf::HelperTable::standard(), ebpf::Engine::Jit);
+    auto plain = ebpf::Executable::load(obj->program("on_read").value(),
+                                        ebpf::HelperTable::standard(), ebpf::Engine::Jit);
     EXPECT_FALSE(plain);
 }
 

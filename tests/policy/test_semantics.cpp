@@ -18,10 +18,10 @@
 namespace liveio::policy {
 namespace {
 
+using testing::make_runtime;
 using testing::PolicyOnFile;
 using testing::TempFile;
 using testing::TestPolicy;
-using testing::make_runtime;
 
 std::string contents(const std::string& path) {
     std::string out;
@@ -50,7 +50,8 @@ TEST(PolicySemantics, PositionAndShortReadAtEofUnchanged) {
         ASSERT_GE(n, 0);
         if (n == 0) break;
         last = n;
-        for (ssize_t i = 0; i < n; ++i) ASSERT_EQ(buf[i], TempFile::pattern(11, pos + i)) << "byte " << pos + i;
+        for (ssize_t i = 0; i < n; ++i)
+            ASSERT_EQ(buf[i], TempFile::pattern(11, pos + i)) << "byte " << pos + i;
         pos += static_cast<uint64_t>(n);
         EXPECT_EQ(tp->read_exit(fd, n), 0);
         rt->worker().barrier();  // the prefetch has run before the next read
@@ -101,7 +102,8 @@ TEST(PolicySemantics, TruncatedAndRewrittenAfterPrefetchNeverStale) {
     const std::string got = contents(f.path());
     ASSERT_EQ(got.size(), (1u << 20) + 5);
     for (size_t i = 0; i < got.size(); ++i)
-        ASSERT_EQ(got[i], i < 65536 ? TempFile::pattern(22, i) : TempFile::pattern(21, i)) << "stale byte " << i;
+        ASSERT_EQ(got[i], i < 65536 ? TempFile::pattern(22, i) : TempFile::pattern(21, i))
+            << "stale byte " << i;
     // A read at the old size returns 0, not prefetched data.
     char c;
     EXPECT_EQ(::pread(fd, &c, 1, 2 << 20), 0);
@@ -162,14 +164,16 @@ TEST(PolicySemantics, AppendAndConcurrentWritersSeenExactly) {
         writers.emplace_back([&, w] {
             const int fd = ::open(f.path().c_str(), O_WRONLY | O_APPEND);
             std::string rec(kRecord, static_cast<char>('a' + w));
-            for (int i = 0; i < kRecords; ++i) ASSERT_EQ(::write(fd, rec.data(), rec.size()), kRecord);
+            for (int i = 0; i < kRecords; ++i)
+                ASSERT_EQ(::write(fd, rec.data(), rec.size()), kRecord);
             ::close(fd);
         });
     // The reader follows the growing file, prefetching ahead of its position after each read.
     const int fd = ::open(f.path().c_str(), O_RDONLY);
     std::string seen;
     char buf[3000];
-    for (int spins = 0; seen.size() < size_t{kWriters} * kRecords * kRecord && spins < 2000000; ++spins) {
+    for (int spins = 0; seen.size() < size_t{kWriters} * kRecords * kRecord && spins < 2000000;
+         ++spins) {
         const ssize_t n = ::read(fd, buf, sizeof buf);
         ASSERT_GE(n, 0);
         if (n == 0) {
@@ -229,7 +233,8 @@ TEST(PolicySemantics, SwitchedOnAndOffUnderConcurrentReadsNeverChangesAByte) {
         std::this_thread::yield();
         ASSERT_TRUE(rt->disable(tp->slot));
         EXPECT_EQ(Counters::get(rt->counters(tp->slot).inflight), 0u);
-        policies.push_back(std::move(tp));  // programs may still run on readers until they see the next one
+        policies.push_back(
+            std::move(tp));  // programs may still run on readers until they see the next one
     }
     stop.store(true);
     for (auto& t : readers) t.join();

@@ -42,7 +42,8 @@ protected:
     // A file of `size` pseudo-random bytes; returns its fd (closed by the fixture).
     int make_file(size_t size, std::vector<char>* content = nullptr) {
         EXPECT_FALSE(dir.path.empty());
-        std::vector<char> data = liveio::test_data::pattern(size, static_cast<uint32_t>(fds.size()));
+        std::vector<char> data =
+            liveio::test_data::pattern(size, static_cast<uint32_t>(fds.size()));
         int fd = liveio::test_data::create_file(dir.path + "/f" + std::to_string(fds.size()), data);
         if (content) *content = std::move(data);
         fds.push_back(fd);

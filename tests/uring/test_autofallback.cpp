@@ -16,7 +16,14 @@ namespace liveio::uring::test {
 namespace {
 
 // Child exit codes, so the parent can say what went wrong.
-enum ChildStatus { kOk = 0, kNoSeccomp = 10, kCreateFailed = 11, kNotFallback = 12, kIoWrong = 13, kNoReason = 14 };
+enum ChildStatus {
+    kOk = 0,
+    kNoSeccomp = 10,
+    kCreateFailed = 11,
+    kNotFallback = 12,
+    kIoWrong = 13,
+    kNoReason = 14
+};
 
 bool deny_io_uring_setup() {
     sock_filter filter[] = {
@@ -54,8 +61,9 @@ TEST(AutoFallback, SeccompDeniedIoUringSelectsFallback) {
     ASSERT_EQ(::waitpid(pid, &status, 0), pid);
     ASSERT_TRUE(WIFEXITED(status)) << "child died, status " << status;
     if (WEXITSTATUS(status) == kNoSeccomp) GTEST_SKIP() << "cannot install a seccomp filter here";
-    EXPECT_EQ(WEXITSTATUS(status), kOk) << "child status " << WEXITSTATUS(status)
-                                        << " (11 create failed, 12 not fallback, 13 I/O wrong, 14 no reason)";
+    EXPECT_EQ(WEXITSTATUS(status), kOk)
+        << "child status " << WEXITSTATUS(status)
+        << " (11 create failed, 12 not fallback, 13 I/O wrong, 14 no reason)";
 }
 
 }  // namespace

@@ -105,16 +105,17 @@ TEST_P(FileOps, OpenatStatxClose) {
     int fd = engine->run(Op::openat(dirfd, name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0640));
     ASSERT_GE(fd, 0);
     EXPECT_EQ(::write(fd, "12345", 5), 5);
-    struct statx sx{};
+    struct statx sx {};
     EXPECT_EQ(engine->run(Op::statx(dirfd, name.c_str(), 0, STATX_SIZE | STATX_MODE, &sx)), 0);
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::fstat(fd, &st), 0);
     EXPECT_EQ(sx.stx_size, 5u);
     EXPECT_EQ(sx.stx_size, static_cast<uint64_t>(st.st_size));
     EXPECT_EQ(sx.stx_mode & 0777, 0640u);
     EXPECT_EQ(engine->run(Op::close(fd)), 0);
     EXPECT_EQ(::fcntl(fd, F_GETFD), -1);  // really closed
-    EXPECT_EQ(engine->run(Op::openat(dirfd, name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0640)), -EEXIST);
+    EXPECT_EQ(engine->run(Op::openat(dirfd, name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0640)),
+              -EEXIST);
     EXPECT_EQ(engine->run(Op::openat(dirfd, "missing", O_RDONLY)), -ENOENT);
     EXPECT_EQ(engine->run(Op::statx(dirfd, "missing", 0, STATX_SIZE, &sx)), -ENOENT);
 }
@@ -221,7 +222,9 @@ TEST_P(FileOps, AsyncReadsReapedByTag) {
     int fd = make_file(256 << 10, &content);
     std::vector<std::vector<char>> bufs(32, std::vector<char>(4096));
     for (uint64_t i = 0; i < 32; ++i)
-        ASSERT_EQ(engine->prepare(Op::read(fd, bufs[i].data(), 4096, static_cast<int64_t>(i * 8000)), 1000 + i), 0);
+        ASSERT_EQ(engine->prepare(
+                      Op::read(fd, bufs[i].data(), 4096, static_cast<int64_t>(i * 8000)), 1000 + i),
+                  0);
     EXPECT_EQ(engine->inflight(), 32u);
     std::vector<Completion> done(64);
     size_t total = 0;
@@ -255,7 +258,8 @@ TEST_P(FileOps, PrepareBeyondMaxInflightIsBusy) {
     EXPECT_EQ(engine->run(Op::nop()), 0);
     std::vector<Completion> done(16);
     size_t total = 0;
-    while (engine->inflight() > 0) total += engine->submit_and_reap({done.data() + total, done.size() - total}, 1);
+    while (engine->inflight() > 0)
+        total += engine->submit_and_reap({done.data() + total, done.size() - total}, 1);
     EXPECT_EQ(total, 8u);
     std::vector<uint64_t> tags;
     for (size_t i = 0; i < total; ++i) tags.push_back(done[i].tag);
@@ -297,9 +301,8 @@ TEST_P(FileOps, ChainStopsAtFailingOp) {
     int fd = make_file(4096);
     char buf[100];
     std::vector<Op> ops = {
-        Op::write(fd, "first", 5, 0),
-        Op::read(-1, buf, 10, 0),      // fails: -EBADF
-        Op::write(fd, "third", 5, 10),  // must not run
+        Op::write(fd, "first", 5, 0), Op::read(-1, buf, 10, 0),  // fails: -EBADF
+        Op::write(fd, "third", 5, 10),                           // must not run
     };
     ChainResult r = engine->run_chain(ops);
     ASSERT_EQ(r.results.size(), 3u);
@@ -359,12 +362,11 @@ TEST_P(FileOps, ChainLongerThanSqIsRejected) {
     }
 }
 
-TEST_P(FileOps, TimeoutExpiresWithEtime) {
-    EXPECT_EQ(engine->run(Op::timeout(1'000'000)), -ETIME);
-}
+TEST_P(FileOps, TimeoutExpiresWithEtime) { EXPECT_EQ(engine->run(Op::timeout(1'000'000)), -ETIME); }
 
 TEST_P(FileOps, CancelPendingTimeout) {
-    ASSERT_EQ(engine->prepare(Op::timeout(60'000'000'000ull), 7), 0);  // a minute: must be cancelled
+    ASSERT_EQ(engine->prepare(Op::timeout(60'000'000'000ull), 7),
+              0);  // a minute: must be cancelled
     engine->submit();
     EXPECT_EQ(engine->run(Op::cancel(7)), 0);
     std::vector<Completion> done(4);
@@ -414,7 +416,8 @@ TEST_P(FileOps, SharedIssuerEngineMovesBetweenThreads) {
     EXPECT_EQ(engine->run(Op::nop()), 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, FileOps, testing::Values(BackendKind::Uring, BackendKind::Fallback), backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, FileOps,
+                         testing::Values(BackendKind::Uring, BackendKind::Fallback), backend_name);
 
 TEST(EngineCreate, EnvironmentForcesFallback) {
     ::setenv("LIVEIO_URING_FALLBACK", "1", 1);
@@ -438,7 +441,8 @@ TEST(EngineCreate, SqpollRingWorks) {
     o.sqpoll = true;
     auto e = Engine::create(o);
     ASSERT_TRUE(e.ok());
-    if ((*e)->backend() != BackendKind::Uring) GTEST_SKIP() << "SQPOLL unavailable: " << (*e)->why_fallback();
+    if ((*e)->backend() != BackendKind::Uring)
+        GTEST_SKIP() << "SQPOLL unavailable: " << (*e)->why_fallback();
     TempDir dir;
     std::string path = dir.path + "/f";
     int fd = ::open(path.c_str(), O_RDWR | O_CREAT, 0600);

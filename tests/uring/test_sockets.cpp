@@ -107,8 +107,10 @@ TEST_P(SocketOps, TcpAcceptConnectEcho) {
     for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 31 + 1);
     std::vector<char> got(big.size());
     // Both directions at once: the send may be partial until the receiver drains.
-    ASSERT_EQ(engine->prepare(Op::send(c, big.data(), static_cast<uint32_t>(big.size())).whole(), 10), 0);
-    ASSERT_EQ(engine->prepare(Op::recv(s, got.data(), static_cast<uint32_t>(got.size())).whole(), 11), 0);
+    ASSERT_EQ(
+        engine->prepare(Op::send(c, big.data(), static_cast<uint32_t>(big.size())).whole(), 10), 0);
+    ASSERT_EQ(
+        engine->prepare(Op::recv(s, got.data(), static_cast<uint32_t>(got.size())).whole(), 11), 0);
     size_t n = 0;
     while (n < 2) n += engine->submit_and_reap({done.data() + n, 2 - n}, 1);
     for (auto& d : done) EXPECT_EQ(d.res, static_cast<int32_t>(big.size())) << "tag " << d.tag;
@@ -117,7 +119,8 @@ TEST_P(SocketOps, TcpAcceptConnectEcho) {
     ::close(l);
     fds.erase(std::find(fds.begin(), fds.end(), l));
     int c2 = adopt(::socket(AF_INET, SOCK_STREAM, 0));
-    EXPECT_EQ(engine->run(Op::connect(c2, reinterpret_cast<sockaddr*>(&addr), sizeof addr)), -ECONNREFUSED);
+    EXPECT_EQ(engine->run(Op::connect(c2, reinterpret_cast<sockaddr*>(&addr), sizeof addr)),
+              -ECONNREFUSED);
 }
 
 TEST_P(SocketOps, CancelPendingRecv) {
@@ -251,8 +254,8 @@ TEST_P(SocketOps, MultishotRecvIntoProvidedBuffers) {
     EXPECT_EQ(engine->inflight(), 0u);
 }
 
-INSTANTIATE_TEST_SUITE_P(Backends, SocketOps, testing::Values(BackendKind::Uring, BackendKind::Fallback),
-                         backend_name);
+INSTANTIATE_TEST_SUITE_P(Backends, SocketOps,
+                         testing::Values(BackendKind::Uring, BackendKind::Fallback), backend_name);
 
 }  // namespace
 }  // namespace liveio::uring::test

@@ -41,22 +41,27 @@ public:
     }
 
     // The call through the executor (or natively where it declines), kernel convention.
-    long via(long nr, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0, long a5 = 0) {
+    long via(long nr, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0,
+             long a5 = 0) {
         hook::SyscallCall call{nr, {a0, a1, a2, a3, a4, a5}};
         hook::SyscallResult result = 0;
         if (redirect->execute(call, result)) return result;
         return raw_syscall(nr, a0, a1, a2, a3, a4, a5);
     }
     // The same call straight to the kernel.
-    static long native(long nr, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0, long a5 = 0) {
+    static long native(long nr, long a0 = 0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0,
+                       long a5 = 0) {
         return raw_syscall(nr, a0, a1, a2, a3, a4, a5);
     }
     uint64_t redirected() const { return redirect->stats().redirected; }
-    uint64_t fallbacks(FallbackReason r) const { return redirect->stats().by_reason[static_cast<int>(r)]; }
+    uint64_t fallbacks(FallbackReason r) const {
+        return redirect->stats().by_reason[static_cast<int>(r)];
+    }
 
     // A file holding `content`, opened with `flags`.
     int make_file(const std::vector<char>& content, int flags = O_RDWR) {
-        int fd = liveio::test_data::create_file(dir.path + "/f" + std::to_string(files_++), content, flags);
+        int fd = liveio::test_data::create_file(dir.path + "/f" + std::to_string(files_++), content,
+                                                flags);
         fds_.push_back(fd);
         return fd;
     }

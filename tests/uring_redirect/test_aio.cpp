@@ -21,7 +21,9 @@ constexpr size_t kBlock = 4096;
 
 struct AlignedBuffer {
     char* p;
-    explicit AlignedBuffer(size_t n) : p(static_cast<char*>(std::aligned_alloc(kBlock, n))) { std::memset(p, 0, n); }
+    explicit AlignedBuffer(size_t n) : p(static_cast<char*>(std::aligned_alloc(kBlock, n))) {
+        std::memset(p, 0, n);
+    }
     AlignedBuffer(const AlignedBuffer&) = delete;
     ~AlignedBuffer() { std::free(p); }
 };
@@ -59,18 +61,21 @@ public:
     std::unique_ptr<DirectCase> direct_case(size_t blocks, uint32_t seed, unsigned nr_events) {
         auto content = pattern(blocks * kBlock, seed);
         const int fd = direct_file(content);
-        return std::unique_ptr<DirectCase>(new DirectCase{std::move(content), fd, AlignedBuffer(blocks * kBlock), setup_via(nr_events)});
+        return std::unique_ptr<DirectCase>(new DirectCase{
+            std::move(content), fd, AlignedBuffer(blocks * kBlock), setup_via(nr_events)});
     }
     // Takes `n` events through the executor (io_getevents with min_nr 1 until all arrived),
     // sorted by aio_data.
     long take_sorted(aio_context_t ctx, io_event* ev, long n) {
         long got = 0;
         for (int i = 0; i < 1000 && got < n; ++i) {
-            const long r = via(SYS_io_getevents, static_cast<long>(ctx), 1, n - got, L(ev + got), 0);
+            const long r =
+                via(SYS_io_getevents, static_cast<long>(ctx), 1, n - got, L(ev + got), 0);
             if (r <= 0) return r;
             got += r;
         }
-        std::sort(ev, ev + got, [](const io_event& x, const io_event& y) { return x.data < y.data; });
+        std::sort(ev, ev + got,
+                  [](const io_event& x, const io_event& y) { return x.data < y.data; });
         return got;
     }
     aio_context_t setup_via(unsigned n) {
@@ -95,7 +100,8 @@ public:
     }
     // Submits `cbs` (rebuilt per side) and collects `want` events, through the executor and
     // natively; both sides must agree on every result and every event field.
-    void compare(const std::function<std::vector<iocb>(int side)>& build, long want_submit, size_t want_events) {
+    void compare(const std::function<std::vector<iocb>(int side)>& build, long want_submit,
+                 size_t want_events) {
         std::vector<io_event> got[2];
         std::vector<iocb> cbs[2];
         std::vector<iocb*> ptrs[2];
@@ -107,12 +113,13 @@ public:
             auto call = [&](long nr, long a0, long a1, long a2, long a3 = 0, long a4 = 0) {
                 return side == 0 ? via(nr, a0, a1, a2, a3, a4) : native(nr, a0, a1, a2, a3, a4);
             };
-            submitted[side] = call(SYS_io_submit, static_cast<long>(ctx), static_cast<long>(ptrs[side].size()), L(ptrs[side].data()));
+            submitted[side] = call(SYS_io_submit, static_cast<long>(ctx),
+                                   static_cast<long>(ptrs[side].size()), L(ptrs[side].data()));
             got[side].resize(want_events);
             size_t have = 0;
             for (int round = 0; round < 1000 && have < want_events; ++round) {
-                long r = call(SYS_io_getevents, static_cast<long>(ctx), 1, static_cast<long>(want_events - have),
-                              L(got[side].data() + have), 0);
+                long r = call(SYS_io_getevents, static_cast<long>(ctx), 1,
+                              static_cast<long>(want_events - have), L(got[side].data() + have), 0);
                 ASSERT_GT(r, 0);
                 have += static_cast<size_t>(r);
             }
@@ -125,7 +132,8 @@ public:
         EXPECT_EQ(submitted[0], submitted[1]);
         for (int side = 0; side < 2; ++side) {
             // obj is the iocb's own address: compare by index into the side's array.
-            for (auto& e : got[side]) e.obj = static_cast<uint64_t>(reinterpret_cast<iocb*>(e.obj) - cbs[side].data());
+            for (auto& e : got[side])
+                e.obj = static_cast<uint64_t>(reinterpret_cast<iocb*>(e.obj) - cbs[side].data());
             std::sort(got[side].begin(), got[side].end(), by_obj);
             for (auto& cb : cbs[side]) EXPECT_EQ(cb.aio_key, 0u);
         }
@@ -147,11 +155,15 @@ TEST_F(AioTest, DirectReadsMatchNativeEventsAndData) {
     auto build = [&](int side) {
         std::vector<iocb> cbs;
         for (int i = 0; i < 8; ++i)
-            cbs.push_back(make_cb(IOCB_CMD_PREAD, fd, bufs[side].p + i * 8 * kBlock, 8 * kBlock, (i * 9) % 64 * kBlock, 100 + i));
+            cbs.push_back(make_cb(IOCB_CMD_PREAD, fd, bufs[side].p + i * 8 * kBlock, 8 * kBlock,
+                                  (i * 9) % 64 * kBlock, 100 + i));
         // Short read at EOF, read past EOF, and an O_DIRECT misalignment (EINVAL as the event).
-        cbs.push_back(make_cb(IOCB_CMD_PREAD, fd, bufs[side].p + 8 * 8 * kBlock, 8 * kBlock, 64 * kBlock, 200));
-        cbs.push_back(make_cb(IOCB_CMD_PREAD, fd, bufs[side].p + 9 * 8 * kBlock, kBlock, 80 * kBlock, 201));
-        cbs.push_back(make_cb(IOCB_CMD_PREAD, fd, bufs[side].p + 10 * 8 * kBlock + 1, kBlock, 0, 202));
+        cbs.push_back(make_cb(IOCB_CMD_PREAD, fd, bufs[side].p + 8 * 8 * kBlock, 8 * kBlock,
+                              64 * kBlock, 200));
+        cbs.push_back(
+            make_cb(IOCB_CMD_PREAD, fd, bufs[side].p + 9 * 8 * kBlock, kBlock, 80 * kBlock, 201));
+        cbs.push_back(
+            make_cb(IOCB_CMD_PREAD, fd, bufs[side].p + 10 * 8 * kBlock + 1, kBlock, 0, 202));
         return cbs;
     };
     const AioStats before = aio();
@@ -172,7 +184,8 @@ TEST_F(AioTest, DirectWritesAndSyncsLeaveTheSameFile) {
     auto build = [&](int side) {
         std::vector<iocb> cbs;
         for (int i = 0; i < 4; ++i)
-            cbs.push_back(make_cb(IOCB_CMD_PWRITE, fds[side], data.p + i * 2 * kBlock, 2 * kBlock, (3 - i) * 2 * kBlock, i));
+            cbs.push_back(make_cb(IOCB_CMD_PWRITE, fds[side], data.p + i * 2 * kBlock, 2 * kBlock,
+                                  (3 - i) * 2 * kBlock, i));
         return cbs;
     };
     compare(build, 4, 4);
@@ -210,7 +223,8 @@ TEST_F(AioTest, SubmissionErrorsAreTheKernelsOwn) {
         iocb a = c.cb, b = c.cb;
         iocb* pa = &a;
         iocb* pb = &b;
-        EXPECT_EQ(via(SYS_io_submit, static_cast<long>(v), 1, L(&pa)), native(SYS_io_submit, static_cast<long>(n), 1, L(&pb)))
+        EXPECT_EQ(via(SYS_io_submit, static_cast<long>(v), 1, L(&pa)),
+                  native(SYS_io_submit, static_cast<long>(n), 1, L(&pb)))
             << c.what;
         EXPECT_EQ(via(SYS_io_destroy, static_cast<long>(v)), 0);
         EXPECT_EQ(native(SYS_io_destroy, static_cast<long>(n)), 0);
@@ -221,7 +235,8 @@ TEST_F(AioTest, SubmissionErrorsAreTheKernelsOwn) {
     timespec zero{0, 0};
     EXPECT_EQ(via(SYS_io_getevents, static_cast<long>(v), 2, 1, L(&ev), L(&zero)),
               native(SYS_io_getevents, static_cast<long>(n), 2, 1, L(&ev), L(&zero)));
-    EXPECT_EQ(via(SYS_io_getevents, static_cast<long>(v), 0, 1, L(&ev), 8), native(SYS_io_getevents, static_cast<long>(n), 0, 1, L(&ev), 8));
+    EXPECT_EQ(via(SYS_io_getevents, static_cast<long>(v), 0, 1, L(&ev), 8),
+              native(SYS_io_getevents, static_cast<long>(n), 0, 1, L(&ev), 8));
     iocb a = make_cb(IOCB_CMD_PREAD, rd, buf.p, kBlock, 0, 5);
     iocb* pa = &a;
     ASSERT_EQ(via(SYS_io_submit, static_cast<long>(v), 1, L(&pa)), 1);
@@ -236,7 +251,8 @@ TEST_F(AioTest, SubmissionErrorsAreTheKernelsOwn) {
     iocb* pb = &b;
     ASSERT_EQ(native(SYS_io_submit, static_cast<long>(n), 1, L(&pb)), 1);
     io_event r1{}, r2{};
-    EXPECT_EQ(via(SYS_io_cancel, static_cast<long>(v), L(&a), L(&r1)), native(SYS_io_cancel, static_cast<long>(n), L(&b), L(&r2)));
+    EXPECT_EQ(via(SYS_io_cancel, static_cast<long>(v), L(&a), L(&r1)),
+              native(SYS_io_cancel, static_cast<long>(n), L(&b), L(&r2)));
     EXPECT_EQ(via(SYS_io_getevents, static_cast<long>(v), 1, 1, L(&ev), 0), 1);
     EXPECT_EQ(native(SYS_io_getevents, static_cast<long>(n), 1, 1, L(&ev), 0), 1);
     EXPECT_EQ(via(SYS_io_destroy, static_cast<long>(v)), 0);
@@ -286,7 +302,9 @@ TEST_F(AioTest, DestroyWaitsForTranslatedOps) {
     auto dc = direct_case(256, 6, 8);
     ASSERT_GE(dc->fd, 0);
     std::vector<iocb> cbs;
-    for (int i = 0; i < 8; ++i) cbs.push_back(make_cb(IOCB_CMD_PREAD, dc->fd, dc->buf.p + i * 32 * kBlock, 32 * kBlock, i * 32 * kBlock, i));
+    for (int i = 0; i < 8; ++i)
+        cbs.push_back(make_cb(IOCB_CMD_PREAD, dc->fd, dc->buf.p + i * 32 * kBlock, 32 * kBlock,
+                              i * 32 * kBlock, i));
     std::vector<iocb*> ptrs;
     for (auto& c : cbs) ptrs.push_back(&c);
     ASSERT_EQ(via(SYS_io_submit, static_cast<long>(dc->ctx), 8, L(ptrs.data())), 8);
@@ -328,7 +346,8 @@ TEST_F(AioTest, ContextsCreatedBeforeAreAdoptedWithTheirNativeOps) {
 
 TEST_F(AioTest, GeteventsInterruptedByAHandledSignalIsEintr) {
     static std::atomic<int> handled{0};
-    struct sigaction sa {}, old{};
+    struct sigaction sa {
+    }, old{};
     sa.sa_handler = [](int) { handled.fetch_add(1); };
     sa.sa_flags = SA_RESTART;  // io_getevents returns EINTR regardless
     ASSERT_EQ(sigaction(SIGUSR1, &sa, &old), 0);
@@ -363,7 +382,8 @@ TEST_F(AioTest, TimeoutReturnsWhatCompleted) {
     iocb cb = make_cb(IOCB_CMD_PREAD, fd, buf.data(), kBlock, 0, 1);
     iocb* p = &cb;
     ASSERT_EQ(via(SYS_io_submit, static_cast<long>(v), 1, L(&p)), 1);
-    EXPECT_EQ(via(SYS_io_getevents, static_cast<long>(v), 2, 2, L(ev), L(&ts)), 1);  // fewer than min_nr at the timeout
+    EXPECT_EQ(via(SYS_io_getevents, static_cast<long>(v), 2, 2, L(ev), L(&ts)),
+              1);  // fewer than min_nr at the timeout
     EXPECT_EQ(via(SYS_io_destroy, static_cast<long>(v)), 0);
 }
 
@@ -381,7 +401,8 @@ TEST_F(AioTest, DrainLeavesNewSubmissionsNativeAndStillDeliversOldOnes) {
     const AioStats before = aio();
     ASSERT_EQ(via(SYS_io_submit, static_cast<long>(v), 1, L(&pa)), 1);
     EXPECT_FALSE(redirect->drain_aio(std::chrono::milliseconds(0)));  // event not taken yet
-    ASSERT_EQ(via(SYS_io_submit, static_cast<long>(v), 1, L(&pb)), 1);  // native now: a mixed context
+    ASSERT_EQ(via(SYS_io_submit, static_cast<long>(v), 1, L(&pb)),
+              1);  // native now: a mixed context
     EXPECT_EQ(aio().native_submits - before.native_submits, 1u);
     io_event ev[2]{};
     ASSERT_EQ(take_sorted(v, ev, 2), 2);

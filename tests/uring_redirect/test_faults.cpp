@@ -31,7 +31,8 @@ size_t open_fds() {
 class Faults : public RedirectTest {
 protected:
     void TearDown() override {
-        for (size_t i = 0; i < std::size(fault::kPointNames); ++i) fault::plan().arm(static_cast<Point>(i), 0);
+        for (size_t i = 0; i < std::size(fault::kPointNames); ++i)
+            fault::plan().arm(static_cast<Point>(i), 0);
         RedirectTest::TearDown();
     }
 
@@ -47,10 +48,13 @@ protected:
             const char* name;
             long nr, len, off;
         };
-        const Call calls[] = {{"read 4096", SYS_read, 4096, 0},        {"read 1 MiB to EOF", SYS_read, 1 << 20, 0},
-                              {"read at EOF", SYS_read, 4096, 0},      {"pread 64 KiB", SYS_pread64, 65536, 1000},
+        const Call calls[] = {{"read 4096", SYS_read, 4096, 0},
+                              {"read 1 MiB to EOF", SYS_read, 1 << 20, 0},
+                              {"read at EOF", SYS_read, 4096, 0},
+                              {"pread 64 KiB", SYS_pread64, 65536, 1000},
                               {"pread past EOF", SYS_pread64, 8192, (1 << 20) + 700},
-                              {"pwrite 100000", SYS_pwrite64, 100000, 5000}, {"write 100000", SYS_write, 100000, 0},
+                              {"pwrite 100000", SYS_pwrite64, 100000, 5000},
+                              {"write 100000", SYS_write, 100000, 0},
                               {"pread what was written", SYS_pread64, 200000, 0}};
         ::lseek(fn, 0, SEEK_SET);
         ::lseek(fr, 0, SEEK_SET);
@@ -125,18 +129,22 @@ TEST_F(Faults, RingCreationAndHardSubmissionErrorsFallBackNatively) {
     for (Point p : {Point::RingCreate, Point::SubmitEnomem}) {
         SCOPED_TRACE(fault::kPointNames[static_cast<int>(p)]);
         const uint64_t injected = fault::plan().injected(p);
-        const uint64_t no_engine = fallbacks(FallbackReason::NoEngine), engine = fallbacks(FallbackReason::EngineError);
+        const uint64_t no_engine = fallbacks(FallbackReason::NoEngine),
+                       engine = fallbacks(FallbackReason::EngineError);
         fault::plan().arm(p, 1);
         std::thread([&] {
             std::vector<char> a(4096), b(4096);
             for (long off : {0L, 4096L, 60000L}) {
-                EXPECT_EQ(native(SYS_pread64, fn, L(a.data()), a.size(), off), via(SYS_pread64, fr, L(b.data()), b.size(), off));
+                EXPECT_EQ(native(SYS_pread64, fn, L(a.data()), a.size(), off),
+                          via(SYS_pread64, fr, L(b.data()), b.size(), off));
                 EXPECT_TRUE(a == b);
             }
         }).join();
         EXPECT_EQ(fault::plan().injected(p), injected + 1);
-        if (p == Point::RingCreate) EXPECT_EQ(fallbacks(FallbackReason::NoEngine), no_engine + 3);
-        else EXPECT_GE(fallbacks(FallbackReason::EngineError), engine + 1);
+        if (p == Point::RingCreate)
+            EXPECT_EQ(fallbacks(FallbackReason::NoEngine), no_engine + 3);
+        else
+            EXPECT_GE(fallbacks(FallbackReason::EngineError), engine + 1);
     }
     redirect->reclaim_exited();
     EXPECT_EQ(open_fds(), fds_before) << "a failed ring left descriptors behind";

@@ -33,7 +33,8 @@ void differential(Files& t, int native_fd, int redirected_fd, const std::vector<
         EXPECT_EQ(::lseek(native_fd, 0, SEEK_CUR), ::lseek(redirected_fd, 0, SEEK_CUR)) << s.what;
         EXPECT_TRUE(a == b) << s.what << ": bytes differ";
     }
-    struct stat sa {}, sb {};
+    struct stat sa {
+    }, sb{};
     ::fstat(native_fd, &sa);
     ::fstat(redirected_fd, &sb);
     ASSERT_EQ(sa.st_size, sb.st_size);
@@ -44,21 +45,29 @@ void differential(Files& t, int native_fd, int redirected_fd, const std::vector<
 }
 
 // Calls `nr` natively or through the executor.
-long call(RedirectTest& t, bool redirected, long nr, long a0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0) {
-    return redirected ? t.via(nr, a0, a1, a2, a3, a4) : RedirectTest::native(nr, a0, a1, a2, a3, a4);
+long call(RedirectTest& t, bool redirected, long nr, long a0, long a1 = 0, long a2 = 0, long a3 = 0,
+          long a4 = 0) {
+    return redirected ? t.via(nr, a0, a1, a2, a3, a4)
+                      : RedirectTest::native(nr, a0, a1, a2, a3, a4);
 }
 
 TEST_F(Files, ReadsPositionsAndShortReadsMatchNative) {
     const auto content = pattern(1 << 20 | 123, 1);
     int fn = make_file(content, O_RDWR), fr = make_file(content, O_RDWR);
     auto rd = [](size_t len) {
-        return [len](RedirectTest& t, bool r, int fd, char* buf) { return call(t, r, SYS_read, fd, L(buf), len); };
+        return [len](RedirectTest& t, bool r, int fd, char* buf) {
+            return call(t, r, SYS_read, fd, L(buf), len);
+        };
     };
     auto prd = [](size_t len, long off) {
-        return [len, off](RedirectTest& t, bool r, int fd, char* buf) { return call(t, r, SYS_pread64, fd, L(buf), len, off); };
+        return [len, off](RedirectTest& t, bool r, int fd, char* buf) {
+            return call(t, r, SYS_pread64, fd, L(buf), len, off);
+        };
     };
     auto seek = [](long off, int whence) {
-        return [off, whence](RedirectTest&, bool, int fd, char*) { return static_cast<long>(::lseek(fd, off, whence)); };
+        return [off, whence](RedirectTest&, bool, int fd, char*) {
+            return static_cast<long>(::lseek(fd, off, whence));
+        };
     };
     auto rdv = [](std::vector<size_t> lens, long off) {
         return [lens, off](RedirectTest& t, bool r, int fd, char* buf) {
@@ -98,7 +107,9 @@ TEST_F(Files, WritesPositionsAppendAndSyncMatchNative) {
         int flags = O_RDWR | (append ? O_APPEND : 0);
         int fn = make_file(content, flags), fr = make_file(content, flags);
         auto wr = [&](size_t off, size_t len) {
-            return [&, off, len](RedirectTest& t, bool r, int fd, char*) { return call(t, r, SYS_write, fd, L(data.data() + off), len); };
+            return [&, off, len](RedirectTest& t, bool r, int fd, char*) {
+                return call(t, r, SYS_write, fd, L(data.data() + off), len);
+            };
         };
         auto pwr = [&](size_t off, size_t len, long at) {
             return [&, off, len, at](RedirectTest& t, bool r, int fd, char*) {
@@ -107,13 +118,21 @@ TEST_F(Files, WritesPositionsAppendAndSyncMatchNative) {
         };
         auto wrv = [&](long at) {
             return [&, at](RedirectTest& t, bool r, int fd, char*) {
-                iovec iov[3] = {{const_cast<char*>(data.data()), 10}, {const_cast<char*>(data.data() + 50), 0},
+                iovec iov[3] = {{const_cast<char*>(data.data()), 10},
+                                {const_cast<char*>(data.data() + 50), 0},
                                 {const_cast<char*>(data.data() + 999), 65536}};
-                return at < 0 ? call(t, r, SYS_writev, fd, L(iov), 3) : call(t, r, SYS_pwritev, fd, L(iov), 3, at);
+                return at < 0 ? call(t, r, SYS_writev, fd, L(iov), 3)
+                              : call(t, r, SYS_pwritev, fd, L(iov), 3, at);
             };
         };
-        auto sync = [](long nr) { return [nr](RedirectTest& t, bool r, int fd, char*) { return call(t, r, nr, fd); }; };
-        auto seek = [](long off) { return [off](RedirectTest&, bool, int fd, char*) { return static_cast<long>(::lseek(fd, off, SEEK_SET)); }; };
+        auto sync = [](long nr) {
+            return [nr](RedirectTest& t, bool r, int fd, char*) { return call(t, r, nr, fd); };
+        };
+        auto seek = [](long off) {
+            return [off](RedirectTest&, bool, int fd, char*) {
+                return static_cast<long>(::lseek(fd, off, SEEK_SET));
+            };
+        };
         uint64_t before = redirected();
         differential(*this, fn, fr,
                      {{"write 0", wr(0, 0)},
@@ -138,8 +157,9 @@ TEST_F(Files, Preadv2AndPwritev2WithoutFlagsMatchNative) {
     // x86-64: preadv2(fd, iov, iovcnt, pos_l, pos_h, flags); pos_l carries the whole offset.
     auto v2 = [&](long nr, long at, long flags) {
         return [&, nr, at, flags](RedirectTest& t, bool r, int fd, char* buf) {
-            iovec iov[2] = {{nr == SYS_preadv2 ? buf + 5 : const_cast<char*>(data.data()), 4000},
-                            {nr == SYS_preadv2 ? buf + 9000 : const_cast<char*>(data.data() + 100), 60000}};
+            iovec iov[2] = {
+                {nr == SYS_preadv2 ? buf + 5 : const_cast<char*>(data.data()), 4000},
+                {nr == SYS_preadv2 ? buf + 9000 : const_cast<char*>(data.data() + 100), 60000}};
             hook::SyscallCall c{nr, {fd, L(iov), 2, at, 0, flags}};
             hook::SyscallResult res = 0;
             if (r && t.redirect->execute(c, res)) return static_cast<long>(res);
@@ -176,7 +196,8 @@ TEST_F(Files, ErrorsMatchNative) {
     ASSERT_EQ(::pipe(pipefd), 0);
     keep(pipefd[0]), keep(pipefd[1]);
     // A buffer whose second page is inaccessible.
-    char* pages = static_cast<char*>(::mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    char* pages = static_cast<char*>(
+        ::mmap(nullptr, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
     ASSERT_NE(pages, MAP_FAILED);
     ASSERT_EQ(::mprotect(pages + 4096, 4096, PROT_NONE), 0);
     char buf[8192];
@@ -265,7 +286,8 @@ TEST_F(Files, PipesMatchNative) {
     ::close(c[0]);
     keep(c[1]);
     static std::atomic<int> sigpipes{0};
-    struct sigaction sa {}, old {};
+    struct sigaction sa {
+    }, old{};
     sa.sa_handler = [](int) { sigpipes.fetch_add(1); };
     ::sigaction(SIGPIPE, &sa, &old);
     sigpipes = 0;
@@ -314,12 +336,14 @@ TEST_F(Files, ConcurrentReadersAndWriters) {
                 x ^= x << 13, x ^= x >> 17, x ^= x << 5;
                 size_t block = x % kBlocks;
                 if (t < 2) {  // readers
-                    long n = via(SYS_pread64, fd, L(buf.data()), kBlock, static_cast<long>(block * kBlock));
+                    long n = via(SYS_pread64, fd, L(buf.data()), kBlock,
+                                 static_cast<long>(block * kBlock));
                     if (n != static_cast<long>(kBlock) ||
                         std::memcmp(buf.data(), content.data() + block * kBlock, kBlock) != 0)
                         mismatches.fetch_add(1);
                 } else {  // writers put back the same bytes, so readers always see `content`
-                    long n = via(SYS_pwrite64, fd, L(content.data() + block * kBlock), kBlock, static_cast<long>(block * kBlock));
+                    long n = via(SYS_pwrite64, fd, L(content.data() + block * kBlock), kBlock,
+                                 static_cast<long>(block * kBlock));
                     if (n != static_cast<long>(kBlock)) mismatches.fetch_add(1);
                 }
             }

@@ -6,8 +6,8 @@
 #include <sys/socket.h>
 
 #include <atomic>
-#include <csignal>
 #include <chrono>
+#include <csignal>
 #include <cstring>
 #include <fstream>
 #include <thread>
@@ -53,7 +53,8 @@ TEST_F(Sockets, SendRecvMatchNative) {
             pair(n), pair(r);
         }
         char bn[64] = {}, br[64] = {};
-        auto both = [&](const char* what, long nr, int side, long buf_n, long buf_r, long len, long flags) {
+        auto both = [&](const char* what, long nr, int side, long buf_n, long buf_r, long len,
+                        long flags) {
             long a = native(nr, n[side], buf_n, len, flags, 0, 0);
             long b = via(nr, r[side], buf_r, len, flags, 0, 0);
             EXPECT_EQ(a, b) << what;
@@ -78,7 +79,8 @@ TEST_F(Sockets, SendRecvMatchNative) {
         both("recv after data, then EOF", SYS_recvfrom, 1, L(bn), L(br), 64, 0);
         both("recv at EOF", SYS_recvfrom, 1, L(bn), L(br), 64, 0);
         both("send after shutdown: EPIPE", SYS_sendto, 0, L("q"), L("q"), 1, MSG_NOSIGNAL);
-        EXPECT_EQ(native(SYS_recvfrom, -1, L(bn), 1, 0), via(SYS_recvfrom, -1, L(br), 1, 0)) << "recv on a bad fd";
+        EXPECT_EQ(native(SYS_recvfrom, -1, L(bn), 1, 0), via(SYS_recvfrom, -1, L(br), 1, 0))
+            << "recv on a bad fd";
         EXPECT_GE(redirected() - before, 12u);
     }
     // Address arguments and MSG_WAITALL run natively.
@@ -98,7 +100,8 @@ TEST_F(Sockets, DatagramsAndRecvmsg) {
     int n[2], r[2];
     pair(n, SOCK_DGRAM), pair(r, SOCK_DGRAM);
     const auto data = pattern(3000, 8);
-    EXPECT_EQ(native(SYS_sendto, n[0], L(data.data()), 3000, 0), via(SYS_sendto, r[0], L(data.data()), 3000, 0));
+    EXPECT_EQ(native(SYS_sendto, n[0], L(data.data()), 3000, 0),
+              via(SYS_sendto, r[0], L(data.data()), 3000, 0));
     char bn[100], br[100];
     // Datagram truncated to the buffer; MSG_TRUNC in msg_flags; the rest of it is dropped.
     iovec vn{bn, sizeof(bn)}, vr{br, sizeof(br)};
@@ -110,7 +113,8 @@ TEST_F(Sockets, DatagramsAndRecvmsg) {
     EXPECT_EQ(redirected(), before + 1);
     EXPECT_EQ(mn.msg_flags, mr.msg_flags);
     EXPECT_EQ(std::memcmp(bn, br, sizeof(bn)), 0);
-    EXPECT_EQ(native(SYS_recvmsg, n[1], L(&mn), MSG_DONTWAIT), via(SYS_recvmsg, r[1], L(&mr), MSG_DONTWAIT));
+    EXPECT_EQ(native(SYS_recvmsg, n[1], L(&mn), MSG_DONTWAIT),
+              via(SYS_recvmsg, r[1], L(&mr), MSG_DONTWAIT));
     EXPECT_EQ(native(SYS_recvmsg, n[1], 8, MSG_DONTWAIT), via(SYS_recvmsg, r[1], 8, MSG_DONTWAIT));
 }
 
@@ -161,7 +165,8 @@ TEST_F(Sockets, BlockingTcpSendIsWhole) {
             got.insert(got.end(), buf.data(), buf.data() + n);
         }
     });
-    EXPECT_EQ(via(SYS_sendto, s[0], L(data.data()), data.size(), 0), static_cast<long>(data.size()));
+    EXPECT_EQ(via(SYS_sendto, s[0], L(data.data()), data.size(), 0),
+              static_cast<long>(data.size()));
     reader.join();
     EXPECT_TRUE(got == data);
 }
@@ -173,7 +178,8 @@ bool sleeping_in_syscall(pid_t tid) {
         std::string line;
         std::getline(stat, line);
         auto close = line.rfind(')');
-        if (close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'S') return true;
+        if (close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'S')
+            return true;
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
     return false;
@@ -187,8 +193,10 @@ void count_signal(int) { g_signals.fetch_add(1); }
 TEST_F(Sockets, SignalDuringBlockedRecv) {
     for (int restart = 0; restart < 2; ++restart) {
         for (int redirected_call = 0; redirected_call < 2; ++redirected_call) {
-            SCOPED_TRACE(std::string(restart ? "SA_RESTART" : "no SA_RESTART") + (redirected_call ? ", redirected" : ", native"));
-            struct sigaction sa {}, old {};
+            SCOPED_TRACE(std::string(restart ? "SA_RESTART" : "no SA_RESTART") +
+                         (redirected_call ? ", redirected" : ", native"));
+            struct sigaction sa {
+            }, old{};
             sa.sa_handler = count_signal;
             sa.sa_flags = restart ? SA_RESTART : 0;
             ASSERT_EQ(::sigaction(SIGUSR1, &sa, &old), 0);

@@ -60,11 +60,13 @@ void fill_random(std::mt19937_64& rng, unsigned char* p, size_t n) {
     for (size_t i = 0; i < n; ++i) p[i] = static_cast<unsigned char>(rng());
 }
 
-void compare(const unsigned char* got, const unsigned char* want, size_t n, const char* what, long where) {
+void compare(const unsigned char* got, const unsigned char* want, size_t n, const char* what,
+             long where) {
     if (std::memcmp(got, want, n) == 0) return;
     size_t i = 0;
     while (got[i] == want[i]) ++i;
-    mismatch("%s: byte %zu at offset %ld is 0x%02x, expected 0x%02x", what, i, where, got[i], want[i]);
+    mismatch("%s: byte %zu at offset %ld is 0x%02x, expected 0x%02x", what, i, where, got[i],
+             want[i]);
 }
 
 // Full-length transfer expected: regular files and blocking stream sockets of these sizes.
@@ -97,7 +99,8 @@ void file_worker(const std::string& dir, unsigned seed) {
                 compare(buf.data(), shadow.data() + off, len, "pread", off);
                 break;
             case 2:  // lseek + write
-                if (lseek(fd, off, SEEK_SET) != off) mismatch("lseek to %ld failed", static_cast<long>(off));
+                if (lseek(fd, off, SEEK_SET) != off)
+                    mismatch("lseek to %ld failed", static_cast<long>(off));
                 fill_random(rng, buf.data(), len);
                 expect_len(write(fd, buf.data(), len), len, "write");
                 std::memcpy(shadow.data() + off, buf.data(), len);
@@ -105,7 +108,8 @@ void file_worker(const std::string& dir, unsigned seed) {
                     mismatch("file position after write is wrong");
                 break;
             case 3:  // lseek + read
-                if (lseek(fd, off, SEEK_SET) != off) mismatch("lseek to %ld failed", static_cast<long>(off));
+                if (lseek(fd, off, SEEK_SET) != off)
+                    mismatch("lseek to %ld failed", static_cast<long>(off));
                 expect_len(read(fd, buf.data(), len), len, "read");
                 compare(buf.data(), shadow.data() + off, len, "read", off);
                 break;
@@ -179,8 +183,8 @@ void tcp_pair(int fds[2]) {
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t al = sizeof a;
-    if (lfd < 0 || bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(lfd, 1) != 0 ||
-        getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &al) != 0)
+    if (lfd < 0 || bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        listen(lfd, 1) != 0 || getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &al) != 0)
         mismatch("tcp listen: %s", strerror(errno));
     fds[0] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fds[0] < 0 || connect(fds[0], reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
@@ -237,7 +241,8 @@ void errno_worker(const std::string& dir) {
         expect_errno(send(ro, &c, 1, 0), ENOTSOCK, "send(file)");
         // A successful call leaves errno exactly as the caller had it.
         errno = 4242;
-        if (write(pipefd[1], "x", 1) != 1 || errno != 4242) mismatch("write clobbered errno (%d)", errno);
+        if (write(pipefd[1], "x", 1) != 1 || errno != 4242)
+            mismatch("write clobbered errno (%d)", errno);
         errno = 4343;
         if (read(pipefd[0], &c, 1) != 1 || c != 'x' || errno != 4343)
             mismatch("read returned wrong data or clobbered errno (%d)", errno);
@@ -260,19 +265,22 @@ void idle_blocker(int fd, bool socket, const char* what) {
             n = socket ? recv(fd, &c, 1, 0) : read(fd, &c, 1);
         } while (n < 0 && errno == EINTR);
         if (n == 1 && c == 'q') return;
-        if (n != 1 || c != 'w') mismatch("%s: idle call returned %zd (errno %d) byte 0x%02x", what, n, errno, c);
+        if (n != 1 || c != 'w')
+            mismatch("%s: idle call returned %zd (errno %d) byte 0x%02x", what, n, errno, c);
         std::printf("idle-rearm %ld\n", static_cast<long>(gettid()));
         std::fflush(stdout);
     }
 }
 
 void print_counts(const char* tag) {
-    std::printf("%s file_ops=%llu socketpair_ops=%llu tcp_ops=%llu execs=%llu errno_checks=%llu mismatches=0\n",
-                tag, static_cast<unsigned long long>(g_file_ops.load()),
-                static_cast<unsigned long long>(g_socketpair_ops.load()),
-                static_cast<unsigned long long>(g_tcp_ops.load()),
-                static_cast<unsigned long long>(g_execs.load()),
-                static_cast<unsigned long long>(g_errno_checks.load()));
+    std::printf(
+        "%s file_ops=%llu socketpair_ops=%llu tcp_ops=%llu execs=%llu errno_checks=%llu "
+        "mismatches=0\n",
+        tag, static_cast<unsigned long long>(g_file_ops.load()),
+        static_cast<unsigned long long>(g_socketpair_ops.load()),
+        static_cast<unsigned long long>(g_tcp_ops.load()),
+        static_cast<unsigned long long>(g_execs.load()),
+        static_cast<unsigned long long>(g_errno_checks.load()));
     std::fflush(stdout);
 }
 
@@ -293,13 +301,20 @@ int main(int argc, char** argv) {
             }
             return argv[++i];
         };
-        if (a == "--threads") threads = std::atoi(value());
-        else if (a == "--seconds") seconds = std::atof(value());
-        else if (a == "--dir") dir = value();
-        else if (a == "--report-ms") report_ms = std::atol(value());
-        else if (a == "--idle") idle = true;
+        if (a == "--threads")
+            threads = std::atoi(value());
+        else if (a == "--seconds")
+            seconds = std::atof(value());
+        else if (a == "--dir")
+            dir = value();
+        else if (a == "--report-ms")
+            report_ms = std::atol(value());
+        else if (a == "--idle")
+            idle = true;
         else {
-            std::fprintf(stderr, "usage: liveio-io-target [--threads N] [--seconds S] [--dir DIR] [--report-ms MS] [--idle]\n");
+            std::fprintf(stderr,
+                         "usage: liveio-io-target [--threads N] [--seconds S] [--dir DIR] "
+                         "[--report-ms MS] [--idle]\n");
             return 64;
         }
     }
@@ -320,7 +335,8 @@ int main(int argc, char** argv) {
     std::vector<std::thread> workers;
     for (int t = 0; t < threads; ++t) workers.emplace_back(file_worker, dir, 1000u + t);
     int sp[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0) mismatch("socketpair: %s", strerror(errno));
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0)
+        mismatch("socketpair: %s", strerror(errno));
     workers.emplace_back(echo_server, sp[1], "socketpair echo");
     workers.emplace_back(echo_client, sp[0], 77u, std::ref(g_socketpair_ops), "socketpair echo");
     int tcp[2];
@@ -332,7 +348,8 @@ int main(int argc, char** argv) {
     int idle_tcp[2] = {-1, -1}, idle_sp[2] = {-1, -1}, idle_pipe[2] = {-1, -1};
     if (idle) {
         tcp_pair(idle_tcp);
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, idle_sp) != 0 || pipe2(idle_pipe, O_CLOEXEC) != 0)
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, idle_sp) != 0 ||
+            pipe2(idle_pipe, O_CLOEXEC) != 0)
             mismatch("idle descriptors: %s", strerror(errno));
         workers.emplace_back(idle_blocker, idle_tcp[0], true, "idle tcp recv");
         workers.emplace_back(idle_blocker, idle_sp[0], true, "idle socketpair recv");
@@ -359,7 +376,8 @@ int main(int argc, char** argv) {
         if (sig == SIGTERM || sig == SIGINT) break;
         if (sig == SIGUSR1 && idle) {
             for (int fd : {idle_tcp[1], idle_sp[1], idle_pipe[1]})
-                if (write(fd, "w", 1) != 1) mismatch("rearming an idle thread: %s", strerror(errno));
+                if (write(fd, "w", 1) != 1)
+                    mismatch("rearming an idle thread: %s", strerror(errno));
         }
         const long now = now_ms();
         if (now >= next_report) {

@@ -41,7 +41,7 @@ void fail(const char* what, long value) {
 
 void pipe_writer(int fd, uint64_t stream) {
     uint8_t buf[3000];
-    for (uint64_t off = 0;; ) {
+    for (uint64_t off = 0;;) {
         for (size_t i = 0; i < sizeof buf; ++i) buf[i] = pattern(stream, off + i);
         ssize_t n = write(fd, buf, sizeof buf);
         if (n <= 0) return fail("pipe write failed", n);
@@ -56,7 +56,8 @@ void pipe_reader(int fd, uint64_t stream) {
         ssize_t n = read(fd, buf, sizeof buf);  // partial reads are normal for pipes
         if (n <= 0) return fail("pipe read failed", n);
         for (ssize_t i = 0; i < n; ++i)
-            if (buf[i] != pattern(stream, off + i)) return fail("wrong byte from pipe at offset", static_cast<long>(off + i));
+            if (buf[i] != pattern(stream, off + i))
+                return fail("wrong byte from pipe at offset", static_cast<long>(off + i));
         off += static_cast<uint64_t>(n);
         verified.fetch_add(static_cast<uint64_t>(n));
     }
@@ -73,7 +74,8 @@ void file_worker(uint64_t stream) {
         if (n != static_cast<ssize_t>(sizeof out)) return fail("pwrite failed or short", n);
         n = pread(fd, in, sizeof in, at);
         if (n != static_cast<ssize_t>(sizeof in)) return fail("pread failed or short", n);
-        if (memcmp(in, out, sizeof in) != 0) return fail("wrong bytes read back from file, round", static_cast<long>(round));
+        if (memcmp(in, out, sizeof in) != 0)
+            return fail("wrong bytes read back from file, round", static_cast<long>(round));
         verified.fetch_add(sizeof in);
     }
 }
@@ -88,7 +90,8 @@ void file_worker(uint64_t stream) {
         x += 1.0;
         y *= 1.0000001;
         if (static_cast<double>(i) != x || !(y >= 1.0)) {
-            fprintf(stderr, "inject_target: register state corrupted at iteration %llu\n", (unsigned long long)i);
+            fprintf(stderr, "inject_target: register state corrupted at iteration %llu\n",
+                    (unsigned long long)i);
             _exit(3);
         }
         if ((i & 0xfffff) == 0) {
@@ -117,8 +120,9 @@ void serve() {
         if (line == "quit") _exit(0);
         if (line == "status") {
             char reply[96];
-            int len = snprintf(reply, sizeof reply, "ok %llu %llu\n", (unsigned long long)verified.load(),
-                               (unsigned long long)errors.load());
+            int len =
+                snprintf(reply, sizeof reply, "ok %llu %llu\n", (unsigned long long)verified.load(),
+                         (unsigned long long)errors.load());
             if (write(1, reply, static_cast<size_t>(len)) != len) _exit(4);
         }
         line.clear();

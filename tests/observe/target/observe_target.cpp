@@ -19,9 +19,12 @@ int main(int argc, char** argv) {
     std::string dir = "/tmp";
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string opt = argv[i];
-        if (opt == "--calls") calls = std::atol(argv[i + 1]);
-        else if (opt == "--size") size = std::atol(argv[i + 1]);
-        else if (opt == "--dir") dir = argv[i + 1];
+        if (opt == "--calls")
+            calls = std::atol(argv[i + 1]);
+        else if (opt == "--size")
+            size = std::atol(argv[i + 1]);
+        else if (opt == "--dir")
+            dir = argv[i + 1];
         else {
             std::fprintf(stderr, "unknown option %s\n", opt.c_str());
             return 64;
