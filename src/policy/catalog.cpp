@@ -66,10 +66,13 @@ const std::vector<PolicyDef>& catalog() {
          }},
         {"marks",
          "policies/marks.bpf.o",
-         "ClickHouse point lookups: kept marks turn a column read at granule i into one batch "
-         "prefetching granule i of every other column of the part",
+         "ClickHouse point lookups: kept marks turn a column read naming granules i..k into one "
+         "batch prefetching granules i..k of every column of the part not read yet",
          {
              {"max_kb", 0, 1024, "most bytes prefetched per column and granule range (KiB)"},
+             {"unread_max", 1, 2,
+              "rounds in a row a column's batched range goes unread before it leaves the batch "
+              "(it comes back when read)"},
              {"budget_mb", kRuntimeKnob, 256,
               "bytes in flight on the I/O thread, all policies (MiB)"},
          }},
