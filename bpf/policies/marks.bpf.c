@@ -10,14 +10,17 @@
  *
  * Per thread, a group is the data files opened since the thread's last data read; a round
  * begins at each seek of the group's first column read (the leader). A column read whose
- * blocks hold several granules cannot name the granules (only its block), so it does not
- * start the batch: a later column's read in the round does. A column whose batched ranges
+ * blocks hold several granules cannot name the granules (only its block): it batches only
+ * the columns cheap to read for all of the block's granules (guess_kb), and a later column's
+ * read in the round that names its granules batches the rest. A column whose batched ranges
  * went unread for `unread_max` rounds in a row leaves the batch until it is read again (its
  * range is still computed, so a read of it brings it back).
  *
  * What a granule is, where its bytes are in each column file, and how the marks are learnt is
  * the ClickHouse glue of clickhouse_marks.h. Knob 0, max_kb: most bytes per column and batch;
- * knob 1, unread_max: unread rounds in a row before a column leaves the batch (0: 2). */
+ * knob 1, unread_max: unread rounds in a row before a column leaves the batch (0: 2); knob 2,
+ * guess_kb: at the round's first read that names only a block, the columns whose bytes for
+ * all of the block's granules are at most this many KiB are batched at once (0: none). */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
@@ -26,6 +29,7 @@
 
 #define KNOB_MAX_KB 0
 #define KNOB_UNREAD_MAX 1
+#define KNOB_GUESS_KB 2
 #define UNREAD_MAX_DEFAULT 2
 #define NR_READ 0
 #define NR_OPEN 2
@@ -35,8 +39,7 @@
 struct member {
     __s64 fd;
     __u64 file_id;
-    __u64 pending; /* a range of this column was batched (or left out) in this round */
-    __u64 unread;  /* rounds in a row whose batched range of this column went unread */
+    __u64 unread; /* rounds in a row whose batched range of this column went unread */
 };
 struct group {
     __u64 marks_slot; /* marks just kept (slot + 1): the next data file opened is their column */
@@ -45,7 +48,9 @@ struct group {
     __s64 leader, leader_next; /* the group's first column read, where it would continue */
     __u64 leader_id;
     __u64 round_read; /* bit j: member j read in this round */
+    __u64 pending;    /* bit j: a range of member j batched (or left out) in this round */
     __u64 batched;    /* this round's batch was issued (or there is no round yet) */
+    __u64 guessed;    /* this round's guess was made */
     struct member m[MAX_COLUMNS];
     struct liveio_prefetch batch[MAX_COLUMNS];
 };
@@ -79,6 +84,7 @@ static __always_inline struct group *group_of(__u32 tid, int create)
 struct batch_ctx {
     __u32 tid;
     __u64 first, end, cap, n, unread_max, left_out;
+    __u64 guess; /* a guess: only columns whose range is at most this (bytes) */
 };
 
 static long batch_column(__u32 i, struct batch_ctx *c)
@@ -92,13 +98,15 @@ static long batch_column(__u32 i, struct batch_ctx *c)
     struct member *m = &g->m[j];
     struct liveio_prefetch *p = &g->batch[j];
     __u32 slot;
-    /* read already in this round (the column that named the range included): no range */
-    struct marks *b = g->round_read & (1ULL << j) ? 0 : marks_of(m->file_id, &slot);
+    /* read or batched already in this round (the column that named the range included) */
+    struct marks *b = (g->round_read | g->pending) & (1ULL << j) ? 0 : marks_of(m->file_id, &slot);
     __u64 start = 0, len = 0;
     p->fd = m->fd;
     p->len = 0; /* read already, another part, marks not kept, left out: no range (the helper skips it) */
     if (b && column_range(b, c->n, c->first, c->end, c->cap, &start, &len)) {
-        m->pending = 1;
+        if (c->guess && len > c->guess)
+            return 0; /* left to the read that names the granules */
+        g->pending |= 1ULL << j;
         if (m->unread >= c->unread_max) {
             c->left_out++;
             return 0;
@@ -109,11 +117,14 @@ static long batch_column(__u32 i, struct batch_ctx *c)
     return 0;
 }
 
-static __always_inline void prefetch_columns(struct group *g, __u32 tid, __u64 first, __u64 end, __u64 n)
+static __always_inline void prefetch_columns(struct group *g, __u32 tid, __u64 first, __u64 end, __u64 n,
+                                             __u64 guess)
 {
-    struct batch_ctx c = {.tid = tid, .first = first, .end = end, .n = n};
+    struct batch_ctx c = {.tid = tid, .first = first, .end = end, .n = n, .guess = guess};
     c.cap = liveio_knob(KNOB_MAX_KB);
     c.cap = (c.cap ? c.cap : 1024) << 10;
+    if (guess && c.cap > guess)
+        c.cap = guess + 1; /* a range longer than the guess shows as guess + 1 */
     c.unread_max = liveio_knob(KNOB_UNREAD_MAX);
     if (!c.unread_max)
         c.unread_max = UNREAD_MAX_DEFAULT;
@@ -138,9 +149,8 @@ static long close_column(__u32 i, __u32 *tid)
     if (!g || i >= MAX_COLUMNS)
         return 1;
     struct member *m = &g->m[j];
-    if (m->pending)
+    if (g->pending & (1ULL << j))
         m->unread = g->round_read & (1ULL << j) ? 0 : m->unread + 1;
-    m->pending = 0;
     return 0;
 }
 
@@ -172,7 +182,7 @@ static __always_inline void on_open(struct liveio_io_ctx *io)
     if (!g)
         return;
     if (g->reading)
-        g->n = g->reading = 0;
+        g->n = g->reading = g->pending = 0;
     if (g->marks_slot)
         link_marks(io->file_id, g->marks_id, g->marks_slot - 1);
     g->marks_slot = 0;
@@ -181,7 +191,7 @@ static __always_inline void on_open(struct liveio_io_ctx *io)
         struct member *m = &g->m[n & (MAX_COLUMNS - 1)];
         m->fd = io->fd;
         m->file_id = io->file_id;
-        m->pending = m->unread = 0;
+        m->unread = 0;
         g->n = n + 1;
     }
 }
@@ -229,9 +239,11 @@ int marks_enter(struct liveio_io_ctx *io)
             __u64 cols = g->n < MAX_COLUMNS ? g->n : MAX_COLUMNS;
             __u32 tid = io->tid;
             bpf_loop(cols, close_column, &tid, 0);
-            g->round_read = 0;
-            g->batched = 0;
+            g->round_read = g->pending = 0;
+            g->batched = g->guessed = 0;
         }
+    } else if (g->batched && (g->pending & ~g->round_read) == 0) {
+        return 0; /* the round's batched columns all read: nothing left to note */
     }
     struct find_ctx f = {.tid = io->tid, .fd = io->fd, .file_id = io->file_id};
     bpf_loop(g->n < MAX_COLUMNS ? g->n : MAX_COLUMNS, find_column, &f, 0);
@@ -251,10 +263,14 @@ int marks_enter(struct liveio_io_ctx *io)
         return 0;
     if (!granules_exact(a, first, end)) {
         count(4, 1);
+        __u64 guess = liveio_knob(KNOB_GUESS_KB) << 10;
+        if (!g->guessed && guess)
+            prefetch_columns(g, io->tid, first, end, a->n, guess);
+        g->guessed = 1;
         return 0;
     }
     g->batched = 1;
-    prefetch_columns(g, io->tid, first, end, a->n);
+    prefetch_columns(g, io->tid, first, end, a->n, 0);
     return 0;
 }
 

@@ -73,6 +73,9 @@ const std::vector<PolicyDef>& catalog() {
              {"unread_max", 1, 2,
               "rounds in a row a column's batched range goes unread before it leaves the batch "
               "(it comes back when read)"},
+             {"guess_kb", 2, 128,
+              "a read naming a block of several granules batches the columns whose bytes for all "
+              "of them are at most this (KiB; 0: none)"},
              {"budget_mb", kRuntimeKnob, 256,
               "bytes in flight on the I/O thread, all policies (MiB)"},
          }},

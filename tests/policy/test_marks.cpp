@@ -85,15 +85,15 @@ struct MarksPolicy : testing::LoadedPolicy {
     ebpf::Executable* enter = nullptr;
     ebpf::Executable* exit = nullptr;
 
-    static std::unique_ptr<MarksPolicy> enable(Runtime& rt) {
+    // Knobs by index: max_kb, unread_max, guess_kb (0: no guess).
+    static std::unique_ptr<MarksPolicy> enable(Runtime& rt, std::vector<uint64_t> knobs = {1024}) {
         auto mp = std::make_unique<MarksPolicy>();
         if (!mp->load(std::string(LIVEIO_BPF_DIR) + "/policies/marks.bpf.o",
                       {"marks_enter", "marks_exit"}))
             return nullptr;
         mp->enter = mp->exes[0].get();
         mp->exit = mp->exes[1].get();
-        if (!mp->LoadedPolicy::enable(rt, "marks", nullptr, {1024}))
-            return nullptr;  // max_kb: the default
+        if (!mp->LoadedPolicy::enable(rt, "marks", nullptr, std::move(knobs))) return nullptr;
         return mp;
     }
 
@@ -189,9 +189,9 @@ struct Session {
     std::unique_ptr<MarksPolicy> mp;
 
     // Switches the policy on; with `part`, opens its columns (reading the marks).
-    bool start(Part* part = nullptr) {
+    bool start(Part* part = nullptr, std::vector<uint64_t> knobs = {1024}) {
         rt = make_runtime();
-        mp = rt ? MarksPolicy::enable(*rt) : nullptr;
+        mp = rt ? MarksPolicy::enable(*rt, std::move(knobs)) : nullptr;
         if (mp && part) open(*part, true);
         return mp != nullptr;
     }
@@ -358,6 +358,33 @@ TEST(MarksPolicy, AColumnReadNamingABlockOfSeveralGranulesLeavesTheBatchToOneNam
     ASSERT_TRUE(rt->disable(mp->slot));
     EXPECT_EQ(Counters::get(k.wasted_bytes), 0u) << "granules batched that the columns never read";
     EXPECT_EQ(Counters::get(k.issued_bytes), others);
+    Session::close(part);
+}
+
+TEST(MarksPolicy, AReadNamingABlockBatchesAtOnceOnlyTheColumnsCheapForAllItsGranules) {
+    // guess_kb 80: for EventDate's block (granules 3..5) Title's bytes are 75000, URL's 82000,
+    // WatchID's 90000. Title is batched at the EventDate read, URL at WatchID's (granule 4).
+    Part part(120);
+    Session s;
+    ASSERT_TRUE(s.start(nullptr, {1024, 0, 80}));
+    auto& [rt, mp] = s;
+    s.open(part, {2, 0, 1, 3});
+    s.read_column(part, 2, 4, 5);
+    rt->worker().barrier();
+    EXPECT_EQ(mp->state(1), 1u);
+    EXPECT_EQ(mp->state(2), 1u);  // Title, granules 3..5
+    s.read_column(part, 0, 4, 5);
+    rt->worker().barrier();
+    EXPECT_EQ(mp->state(1), 2u);
+    EXPECT_EQ(mp->state(2), 2u);  // URL, granule 4
+    const uint64_t url = s.read_column(part, 1, 4, 5);
+    const uint64_t title = s.read_column(part, 3, 4, 5);
+    const Counters& k = rt->counters(mp->slot);
+    EXPECT_EQ(Counters::get(k.used_bytes), url + title);
+    ASSERT_TRUE(rt->disable(mp->slot));
+    const auto [lo, hi] = part.columns[3].range(3, 6);
+    EXPECT_EQ(Counters::get(k.issued_bytes), url + (hi - lo));
+    EXPECT_EQ(Counters::get(k.wasted_bytes), hi - lo - title);
     Session::close(part);
 }
 
