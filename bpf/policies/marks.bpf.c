@@ -51,6 +51,7 @@ struct group {
     __u64 pending;    /* bit j: a range of member j batched (or left out) in this round */
     __u64 batched;    /* this round's batch was issued (or there is no round yet) */
     __u64 guessed;    /* this round's guess was made */
+    __u64 marked;     /* some column of the group has kept marks (else no read can batch) */
     struct member m[MAX_COLUMNS];
     struct liveio_prefetch batch[MAX_COLUMNS];
 };
@@ -182,10 +183,13 @@ static __always_inline void on_open(struct liveio_io_ctx *io)
     if (!g)
         return;
     if (g->reading)
-        g->n = g->reading = g->pending = 0;
+        g->n = g->reading = g->pending = g->marked = 0;
     if (g->marks_slot)
         link_marks(io->file_id, g->marks_id, g->marks_slot - 1);
     g->marks_slot = 0;
+    __u32 slot;
+    if (marks_of(io->file_id, &slot))
+        g->marked = 1;
     __u64 n = g->n;
     if (n < MAX_COLUMNS) {
         struct member *m = &g->m[n & (MAX_COLUMNS - 1)];
@@ -218,8 +222,9 @@ int marks_enter(struct liveio_io_ctx *io)
     if (io->nr != NR_READ || !COLUMN_FILE(io))
         return 0;
     struct group *g = group_of(io->tid, 0);
-    if (!g || g->n == 0)
-        return 0;
+    if (!g || g->n == 0 || !g->marked)
+        return 0; /* no column of the group has marks kept (a warm mark cache since the policy
+                     went on): nothing to batch, not even a position to ask for */
     if (!g->reading) {
         g->reading = 1;
         g->leader = io->fd;
@@ -245,6 +250,10 @@ int marks_enter(struct liveio_io_ctx *io)
     } else if (g->batched && (g->pending & ~g->round_read) == 0) {
         return 0; /* the round's batched columns all read: nothing left to note */
     }
+    __u32 slot;
+    struct marks *a = marks_of(io->file_id, &slot);
+    if (!a && !leader)
+        return 0; /* without marks a column neither names granules nor is batched */
     struct find_ctx f = {.tid = io->tid, .fd = io->fd, .file_id = io->file_id};
     bpf_loop(g->n < MAX_COLUMNS ? g->n : MAX_COLUMNS, find_column, &f, 0);
     if (!f.found)
@@ -254,10 +263,10 @@ int marks_enter(struct liveio_io_ctx *io)
     g->round_read |= 1ULL << j;
     if (g->batched || seen)
         return 0;
+    if (!a)
+        return 0;
     if (!leader)
         pos = liveio_file_pos(io->fd);
-    __u32 slot;
-    struct marks *a = marks_of(io->file_id, &slot);
     __u64 first, end;
     if (pos < 0 || !a || !granules_read(a, slot, pos, io->count, &first, &end))
         return 0;
