@@ -98,18 +98,7 @@ struct MarksPolicy : testing::LoadedPolicy {
     }
 
     liveio_io_ctx ctx(long nr, int fd, uint64_t count, int64_t result, uint32_t file_class) const {
-        liveio_io_ctx io{};
-        io.size = sizeof io;
-        io.tid = static_cast<uint32_t>(::gettid());
-        io.nr = static_cast<uint64_t>(nr);
-        io.fd = fd;
-        io.offset = -1;
-        io.count = count;
-        io.result = result;
-        io.file_id = file_id_of(fd);
-        io.file_class = file_class;
-        io.direction = nr == 0 ? LIVEIO_IO_READ : LIVEIO_IO_OTHER;
-        return io;
+        return testing::io_exit_ctx(nr, fd, count, result, file_class);
     }
     // ClickHouse's reader construction for one column: the whole .mrk read (mark-cache miss),
     // then the .bin opened. Returns the .bin descriptor.
