@@ -126,7 +126,7 @@ TEST(ClusterNodeKilled, QueryFailsAsWithoutLiveioAndTheNodeIsReportedDown) {
     };
 
     // Stock: no agent anywhere; n2 killed under the query.
-    const KilledRun stock = kill_during_query(n0, n2);
+    KilledRun stock = kill_during_query(n0, n2);
     ASSERT_TRUE(stock.seen_running) << "n2 never ran its part of the query";
     ASSERT_TRUE(stock.killed);
     ASSERT_FALSE(stock.answer) << "the query survived the kill: " << *stock.answer;
@@ -148,7 +148,7 @@ TEST(ClusterNodeKilled, QueryFailsAsWithoutLiveioAndTheNodeIsReportedDown) {
     EXPECT_EQ(*partial, without_n2) << "n0 and n1 answer for their shards with liveio attached";
 
     // With liveio: n1 killed under the same query.
-    const KilledRun live = kill_during_query(n0, n1);
+    KilledRun live = kill_during_query(n0, n1);
     ASSERT_TRUE(live.seen_running) << "n1 never ran its part of the query";
     ASSERT_TRUE(live.killed);
     ASSERT_FALSE(live.answer) << "the query survived the kill: " << *live.answer;
