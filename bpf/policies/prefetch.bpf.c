@@ -51,6 +51,7 @@ struct stream {
     __u64 reads;
     __u64 owned;      /* 1 once the program prefetched for it: the kernel's window stopped */
     __u64 quiet;      /* reads left before the next residency check (the kernel leads) */
+    __u64 guessed;    /* `next` was advanced by quiet reads, not read from the file position */
 };
 
 /* After a read found its stream's next bytes cached, the next QUIET_READS reads of the
@@ -234,6 +235,7 @@ int prefetch_on_read(struct liveio_io_ctx *io)
         s->quiet--;
         s->next += io->result;
         s->until = s->next;
+        s->guessed = 1;
         s->reads++;
         count(10);
         return 0;
@@ -330,10 +332,12 @@ int prefetch_on_read(struct liveio_io_ctx *io)
             }
         }
     } else {
-        /* A jump: remember the gap as a candidate stride and restart the window here. */
-        s->stride = gap > 0 ? gap : 0;
+        /* A jump: remember the gap as a candidate stride and restart the window here (not
+         * after quiet reads: their positions were guessed, so the gap is not a stride). */
+        s->stride = gap > 0 && !s->guessed ? gap : 0;
         s->until = end;
     }
+    s->guessed = 0;
     s->next = end;
     return 0;
 }
