@@ -235,8 +235,9 @@ private:
         discover();
         auto it = observed_.find(args_.target);
         // A server killed before this endpoint first looked at it has no session here: say it
-        // is gone rather than that it lacks an agent.
-        if (it == observed_.end() && ::kill(args_.target, 0) != 0 && errno == ESRCH)
+        // is gone rather than that it lacks an agent (a zombie whose parent has not reaped it
+        // yet is gone too).
+        if (it == observed_.end() && !process_alive(args_.target))
             return json_reply(
                 200, {{"ok", false},
                       {"node", args_.node},
@@ -324,7 +325,7 @@ private:
         auto bad_word = [](const std::string& w) { return w.empty() || w[0] == '-'; };
         try {
             if (req.path == "/control/ping") {
-                const bool alive = ::kill(args_.target, 0) == 0 || errno == EPERM;
+                const bool alive = process_alive(args_.target);
                 return json_reply(200, {{"ok", alive},
                                         {"node", args_.node},
                                         {"target", args_.target},

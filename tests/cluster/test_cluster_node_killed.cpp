@@ -40,10 +40,15 @@ constexpr uint64_t kRows = 30000;  // 10000 per shard: small, the machine is sha
 // Reads every shard's rows slowly (2 ms per row in blocks of 100, ~20 s per shard), so that a
 // server killed while its part of the query runs dies mid-query. skip_unavailable_shards: a
 // shard already dead when the query starts is left out (the liveio run has one), a shard that
-// dies during the query fails it.
-constexpr const char* kSlowQuery =
-    "SELECT count(), sum(WatchID) FROM hits_all WHERE sleepEachRow(0.002) = 0 "
-    "SETTINGS max_block_size = 100, skip_unavailable_shards = 1";
+// dies during the query fails it. `tag` (true for every row) tells the runs apart in a
+// shard's system.processes: a shard may still be running the part of an earlier run whose
+// initiator gave up.
+std::string slow_query(const std::string& tag) {
+    return fmt::format(
+        "SELECT count(), sum(WatchID) FROM hits_all WHERE sleepEachRow(0.002) = 0 AND URL != '{}' "
+        "SETTINGS max_block_size = 100, skip_unavailable_shards = 1",
+        tag);
+}
 
 bool running(pid_t pid) {
     std::ifstream in(fmt::format("/proc/{}/stat", pid));
@@ -70,17 +75,19 @@ struct KilledRun {
     Result<std::string> answer = std::string();
 };
 
-// Starts kSlowQuery on `initiator`, waits (bounded) until `victim` runs its part of it, kills
+// Starts slow_query on `initiator`, waits (bounded) until `victim` runs its part of it, kills
 // the victim's server (SIGKILL) and returns what the query gave.
 KilledRun kill_during_query(const Node& initiator, const Node& victim) {
     KilledRun run;
-    auto pending = std::async(std::launch::async, [&] { return query(initiator, kSlowQuery); });
+    const std::string tag = "killed-" + victim.name;
+    auto pending =
+        std::async(std::launch::async, [&] { return query(initiator, slow_query(tag)); });
     const auto deadline = Clock::now() + seconds(60);
     while (Clock::now() < deadline &&
            pending.wait_for(milliseconds(0)) != std::future_status::ready) {
-        auto r = query(victim,
-                       "SELECT count() FROM system.processes WHERE query LIKE '%sleepEachRow%' "
-                       "AND query NOT LIKE '%system.processes%'");
+        auto r = query(victim, fmt::format("SELECT count() FROM system.processes WHERE query "
+                                           "LIKE '%{}%' AND query NOT LIKE '%system.processes%'",
+                                           tag));
         if (r && std::stoull(*r) > 0) {
             run.seen_running = true;
             break;

@@ -177,9 +177,10 @@ TEST(ClusterTop, APortSharedByConnectionsToOtherDestinationsDoesNotNameThePeer) 
     EXPECT_EQ(peer_name(f, index, 1, now[1].sockets[0].connection), "n2");
     EXPECT_EQ(peer_name(f, index, 2, now[2].sockets[0].connection), "n1");
     // A client outside the cluster on a port some node also uses: not taken for that node.
-    EXPECT_EQ(peer_name(f, index, 1,
-                        TcpConnection{"127.0.0.1", f.nodes[1].http_port, "127.0.0.1", 50000}),
-              "127.0.0.1");
+    EXPECT_EQ(
+        peer_name(f, index, 1,
+                  TcpConnection{"127.0.0.1", f.nodes[1].interserver_port, "127.0.0.1", 50000}),
+        "127.0.0.1");
 
     // In namespaces every node has its own loopback: the same endpoints in two namespaces are
     // two unrelated connections.

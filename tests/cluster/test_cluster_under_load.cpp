@@ -196,6 +196,10 @@ TEST(ClusterUnderLoad, TopSharesAndAttachDetachOnEveryNodeWhileQueriesRun) {
         ASSERT_TRUE(r.disk_share() && s.disk_share()) << both;
         EXPECT_GT(*r.disk_share(), *s.disk_share()) << r.node << "\n" << both;
     }
+    for (size_t i = 0; i < 3; ++i)
+        std::printf("%s disk share: %.2f reading, %.2f shipping rows\n",
+                    reads.nodes[i].node.c_str(), reads.nodes[i].disk_share().value_or(-1),
+                    ships.nodes[i].disk_share().value_or(-1));
     EXPECT_GT(ships.nodes[0].net_in.bytes, reads.nodes[0].net_in.bytes) << render_top(reads) << "\n"
                                                                         << render_top(ships);
     const std::string table = render_top(ships);
