@@ -12,6 +12,7 @@
 #include <new>
 
 #include "agent/bpf_host_io.h"
+#include "agent/bpf_host_socket.h"
 #include "hook/dispatcher.h"
 #include "liveio/io_edge.h"
 
@@ -140,6 +141,7 @@ ebpf::HelperTable host_helpers() {
     // The policy helpers answer -EPERM to programs of no policy (liveio/policy.h); the IDs
     // are free in a fresh table, so this cannot fail.
     (void)policy::Runtime::add_helpers(t);
+    (void)add_socket_helpers(t);
     if (const auto* p = t.find(ebpf::helper_id::kGetCurrentPidTgid)) {
         auto cached = *p;
         cached.fn = cached_pid_tgid;
@@ -264,6 +266,8 @@ __attribute__((noinline)) void BpfHost::run_edge(CallFrame& frame, bool exit) {
     policy::ReadDataScope read_data(returned_data ? &io : nullptr,
                                     reinterpret_cast<const void*>(call.args[1]),
                                     returned_data ? static_cast<size_t>(result) : 0);
+    // liveio_socket_endpoints: the addresses of the socket a connect/accept connected.
+    SocketEdgeScope socket_edge(exit ? &io : nullptr, call, result);
     for (const ProgramRun& run : list->runs) {
         switch (run.ctx) {
             case CtxKind::Tracepoint:

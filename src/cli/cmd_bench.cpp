@@ -14,6 +14,7 @@ void add_bench_commands(CLI::App& app) {
     liveio::bench::add_clickhouse_bench(*bench);
     liveio::bench::add_policy_bench(*bench);
     liveio::bench::add_redirect_bench(*bench);
+    liveio::bench::add_net_bench(*bench);
     liveio::bench::add_cluster_bench(*bench);
 }
 

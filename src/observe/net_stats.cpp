@@ -135,9 +135,24 @@ Result<std::vector<SocketRow>> read_sockets(ebpf::Map& map) {
         key = next;
         prev = &key;
         if (map.copy_value(&key, &raw) != 0) continue;  // dropped meanwhile
-        rows.push_back({key, SocketCounters::from(raw)});
+        rows.push_back({key, SocketCounters::from(raw), connection_from(raw.local, raw.peer)});
     }
     return rows;
+}
+
+TcpConnection connection_from(const liveio_sock_addr& local, const liveio_sock_addr& peer) {
+    auto text = [](const liveio_sock_addr& a) -> std::string {
+        char buf[INET6_ADDRSTRLEN] = {};
+        if (a.family != AF_INET && a.family != AF_INET6) return "";
+        ::inet_ntop(static_cast<int>(a.family), a.addr, buf, sizeof buf);
+        return buf;
+    };
+    TcpConnection c;
+    c.local_addr = text(local);
+    c.remote_addr = text(peer);
+    if (!c.local_addr.empty()) c.local_port = static_cast<uint16_t>(local.port);
+    if (!c.remote_addr.empty()) c.remote_port = static_cast<uint16_t>(peer.port);
+    return c;
 }
 
 std::string TcpConnection::local() const { return endpoint(local_addr, local_port); }
@@ -192,14 +207,18 @@ std::vector<SocketSample> SocketPeers::resolve(const std::vector<SocketRow>& row
     std::set<uint64_t> present;
     for (const auto& r : rows) {
         present.insert(r.file_id);
-        unknown |= !known_.count(r.file_id);
+        if (!r.recorded.remote_addr.empty())
+            known_[r.file_id] = r.recorded;
+        else
+            unknown |= !known_.count(r.file_id);
     }
     std::erase_if(known_, [&](const auto& kv) { return !present.count(kv.first); });
     if (unknown) {
         if (auto table = tcp_connections(pid_); table) {
             for (const auto& r : rows)
-                if (auto it = table->find(socket_inode(r.file_id)); it != table->end())
-                    known_[r.file_id] = it->second;
+                if (!known_.count(r.file_id))
+                    if (auto it = table->find(socket_inode(r.file_id)); it != table->end())
+                        known_[r.file_id] = it->second;
         }
     }
     std::vector<SocketSample> out;

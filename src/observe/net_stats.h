@@ -40,15 +40,6 @@ struct SocketCounters {
 // Counters accumulated since `before`; histogram slots clamped like delta(Counters).
 SocketCounters delta(const SocketCounters& now, const SocketCounters& before);
 
-struct SocketRow {
-    uint64_t file_id = 0;  // liveio_io_ctx.file_id of the socket
-    SocketCounters counters;
-};
-
-// Every socket in net_stats' socket_stats map (an LRU hash keyed by file_id). The map must
-// have the layout of liveio/net_stats.h: anything else is an error naming what differs.
-Result<std::vector<SocketRow>> read_sockets(ebpf::Map& socket_stats);
-
 // One TCP connection of /proc/PID/net/tcp{,6}: addresses as text (IPv4-mapped IPv6 as IPv4).
 struct TcpConnection {
     std::string local_addr;
@@ -59,6 +50,21 @@ struct TcpConnection {
     std::string local() const;  // "10.231.0.2:9000", "[::1]:9000"
     std::string remote() const;
 };
+
+struct SocketRow {
+    uint64_t file_id = 0;  // liveio_io_ctx.file_id of the socket
+    SocketCounters counters;
+    // The addresses net_stats recorded when connect/accept returned; empty for a socket
+    // connected before the program was loaded.
+    TcpConnection recorded;
+};
+
+// The text form of recorded addresses (both families 0: an empty connection).
+TcpConnection connection_from(const liveio_sock_addr& local, const liveio_sock_addr& peer);
+
+// Every socket in net_stats' socket_stats map (an LRU hash keyed by file_id). The map must
+// have the layout of liveio/net_stats.h: anything else is an error naming what differs.
+Result<std::vector<SocketRow>> read_sockets(ebpf::Map& socket_stats);
 
 // Parses the text of /proc/net/tcp or /proc/net/tcp6: connections by socket inode.
 Result<std::map<uint64_t, TcpConnection>> parse_proc_net_tcp(const std::string& text);
@@ -77,12 +83,14 @@ struct SocketSample {
     SocketCounters counters;
 };
 
-// Remembers the connection of every socket while it is open, so a socket's counters keep their
-// peer after it closed (its row stays in the map until the LRU drops it).
+// The connection of every socket: the addresses recorded at connect/accept where the row has
+// them, else the /proc entry found while the socket was open, remembered so a socket's counters
+// keep their peer after it closed (its row stays in the map until the LRU drops it).
 class SocketPeers {
 public:
     explicit SocketPeers(pid_t pid) : pid_(pid) {}
-    // The rows with their connections; /proc is read only when a row is new.
+    // The rows with their connections; /proc is read only when a row without recorded
+    // addresses is new.
     std::vector<SocketSample> resolve(const std::vector<SocketRow>& rows);
 
 private:

@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -16,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -30,6 +32,7 @@
 #include "ebpf/runtime.h"
 #include "hook/dispatcher.h"
 #include "liveio/io_stats.h"
+#include "liveio/net_stats.h"
 
 namespace liveio::agent {
 
@@ -248,6 +251,115 @@ TEST_F(BpfHostTest, FileClassesOfClickHousePartsSocketsAndPipes) {
         EXPECT_EQ(w.calls, 5u) << "class " << cls;
         EXPECT_EQ(w.bytes, 20u) << "class " << cls;
     }
+}
+
+// The peer and local address of every connection, recorded by net_stats when connect and
+// accept return, stay in the socket's row after the socket closed: blocking and non-blocking
+// connect (EINPROGRESS), accept with and without an address, accept4, IPv6 where the machine
+// has it; a refused connect records nothing.
+TEST_F(BpfHostTest, NetStatsRecordsBothAddressesAtConnectAndAccept) {
+    const json loaded = load("net_stats.bpf.o");
+    ASSERT_TRUE(loaded.contains("object")) << loaded.dump();
+    struct Expected {
+        uint64_t file_id;
+        sockaddr_storage local, peer;
+    };
+    std::vector<Expected> expected;
+    auto remember = [&](int fd) {
+        Expected e{file_id_of(fd), {}, {}};
+        socklen_t l = sizeof e.local, p = sizeof e.peer;
+        ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&e.local), &l), 0);
+        ASSERT_EQ(::getpeername(fd, reinterpret_cast<sockaddr*>(&e.peer), &p), 0);
+        expected.push_back(e);
+    };
+    auto run_family = [&](int family) {
+        sockaddr_storage ss{};
+        socklen_t len = 0;
+        if (family == AF_INET) {
+            auto& a = reinterpret_cast<sockaddr_in&>(ss);
+            a.sin_family = AF_INET;
+            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            len = sizeof a;
+        } else {
+            auto& a = reinterpret_cast<sockaddr_in6&>(ss);
+            a.sin6_family = AF_INET6;
+            a.sin6_addr = in6addr_loopback;
+            len = sizeof a;
+        }
+        const int listener = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ASSERT_GE(listener, 0);
+        ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&ss), len), 0);
+        ASSERT_EQ(::listen(listener, 4), 0);
+        ASSERT_EQ(::getsockname(listener, reinterpret_cast<sockaddr*>(&ss), &len), 0);
+        // Blocking connect, accept with an address.
+        const int c1 = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        ASSERT_EQ(::connect(c1, reinterpret_cast<sockaddr*>(&ss), len), 0);
+        sockaddr_storage from{};
+        socklen_t from_len = sizeof from;
+        const int s1 = ::accept(listener, reinterpret_cast<sockaddr*>(&from), &from_len);
+        ASSERT_GE(s1, 0);
+        // Non-blocking connect (0 or EINPROGRESS), accept4 without an address.
+        const int c2 = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        const int rc = ::connect(c2, reinterpret_cast<sockaddr*>(&ss), len);
+        ASSERT_TRUE(rc == 0 || errno == EINPROGRESS) << std::strerror(errno);
+        pollfd pfd{c2, POLLOUT, 0};
+        ASSERT_EQ(::poll(&pfd, 1, 10000), 1);
+        const int s2 = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+        ASSERT_GE(s2, 0);
+        for (int fd : {c1, s1, c2, s2}) remember(fd);
+        ASSERT_EQ(::send(c1, "ping", 4, 0), 4);
+        char b[4];
+        ASSERT_EQ(::recv(s1, b, 4, 0), 4);
+        for (int fd : {c1, s1, c2, s2, listener}) ::close(fd);
+    };
+    run_family(AF_INET);
+    const int probe6 = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in6 lo6{};
+    lo6.sin6_family = AF_INET6;
+    lo6.sin6_addr = in6addr_loopback;
+    const bool ipv6 =
+        probe6 >= 0 && ::bind(probe6, reinterpret_cast<sockaddr*>(&lo6), sizeof lo6) == 0;
+    if (probe6 >= 0) ::close(probe6);
+    if (ipv6) run_family(AF_INET6);
+    // A refused connect (nothing listens on the port of a closed listener): no addresses.
+    const int gone = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in any{};
+    any.sin_family = AF_INET;
+    any.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t any_len = sizeof any;
+    ASSERT_EQ(::bind(gone, reinterpret_cast<sockaddr*>(&any), sizeof any), 0);
+    ASSERT_EQ(::getsockname(gone, reinterpret_cast<sockaddr*>(&any), &any_len), 0);
+    ::close(gone);
+    const int refused = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_EQ(::connect(refused, reinterpret_cast<sockaddr*>(&any), sizeof any), -1);
+    ASSERT_EQ(errno, ECONNREFUSED);
+    const uint64_t refused_id = file_id_of(refused);
+    ::close(refused);
+
+    auto m = maps(loaded["object"]);
+    ASSERT_TRUE(m.count("socket_stats"));
+    auto same = [](const liveio_sock_addr& got, const sockaddr_storage& want) {
+        if (want.ss_family == AF_INET) {
+            const auto& a = reinterpret_cast<const sockaddr_in&>(want);
+            return got.family == AF_INET && got.port == ntohs(a.sin_port) &&
+                   std::memcmp(got.addr, &a.sin_addr, 4) == 0;
+        }
+        const auto& a = reinterpret_cast<const sockaddr_in6&>(want);
+        return got.family == AF_INET6 && got.port == ntohs(a.sin6_port) &&
+               std::memcmp(got.addr, &a.sin6_addr, 16) == 0;
+    };
+    EXPECT_EQ(expected.size(), ipv6 ? 8u : 4u);
+    for (size_t i = 0; i < expected.size(); ++i) {
+        liveio_socket_stats row{};
+        ASSERT_EQ(m["socket_stats"]->copy_value(&expected[i].file_id, &row), 0) << "socket " << i;
+        EXPECT_TRUE(same(row.local, expected[i].local)) << "socket " << i << " local";
+        EXPECT_TRUE(same(row.peer, expected[i].peer)) << "socket " << i << " peer";
+    }
+    liveio_socket_stats row{};
+    ASSERT_EQ(m["socket_stats"]->copy_value(&refused_id, &row), 0);
+    EXPECT_EQ(row.dir[LIVEIO_IO_OTHER].errors, 1u);
+    EXPECT_EQ(row.peer.family, 0u);
+    EXPECT_EQ(row.local.family, 0u);
 }
 
 TEST_F(BpfHostTest, KernelTracepointProgramSyscountCountsTheSameCalls) {
