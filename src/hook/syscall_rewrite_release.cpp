@@ -104,8 +104,10 @@ bool in_code(uintptr_t ip, const void* begin, const void* end) {
 
 // A signal frame's ucontext at `uc`: struct rt_sigframe places it right after the restorer,
 // its FPU state above it; the saved context is of 64-bit user code (cs 0x33, eflags with the
-// always-one bit and interrupts enabled).
-bool looks_like_signal_frame(const ucontext_t* uc) {
+// always-one bit and interrupts enabled). It reads whatever a stack holds at `uc`, by design
+// also bytes no C++ object owns (ASan's redzones around a stopped thread's locals): ASan's
+// checks are off here and in scan_stacks, which reads the frames it finds.
+__attribute__((no_sanitize("address"))) bool looks_like_signal_frame(const ucontext_t* uc) {
     const auto at = reinterpret_cast<uintptr_t>(uc);
     const auto fp = reinterpret_cast<uintptr_t>(uc->uc_mcontext.fpregs);
     const greg_t* g = uc->uc_mcontext.gregs;
@@ -115,7 +117,8 @@ bool looks_like_signal_frame(const ucontext_t* uc) {
 
 // Scans [from, end of its stack) for signal frames, following each frame's saved stack pointer
 // when it lies on another stack. Returns false when a region cannot be bounded.
-bool scan_stacks(ReleaseRound& round, uintptr_t from, uintptr_t alt_lo, uintptr_t alt_hi) {
+__attribute__((no_sanitize("address"))) bool scan_stacks(ReleaseRound& round, uintptr_t from,
+                                                         uintptr_t alt_lo, uintptr_t alt_hi) {
     uintptr_t pending[4] = {from};
     int npending = 1, scanned = 0;
     while (npending > 0) {
