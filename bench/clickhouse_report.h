@@ -37,12 +37,12 @@ struct QueryInfo {
 struct Phase {
     std::string name;  // "readahead 8192 KiB (the machine's)"
     int readahead_kb = 0;
-    // The device's condition during the pass ("idle", "contended"); when set, the tables give
-    // it per query.
-    std::string device;
     bool hot = true;  // hot runs measured in this phase
     // timings[query][config]
     std::map<std::string, std::map<std::string, Timings>> timings;
+    // The device's condition during the pass ("idle", "contended"); when set, the tables give
+    // it per query. Last: callers initialize the fields above in order.
+    std::string device;
 };
 
 struct InsertResult {

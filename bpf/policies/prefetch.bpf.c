@@ -50,7 +50,16 @@ struct stream {
     __s64 until;      /* prefetched up to here */
     __u64 reads;
     __u64 owned;      /* 1 once the program prefetched for it: the kernel's window stopped */
+    __u64 quiet;      /* reads left before the next residency check (the kernel leads) */
+    __u64 guessed;    /* `next` was advanced by quiet reads, not read from the file position */
 };
+
+/* After a read found its stream's next bytes cached, the next QUIET_READS reads of the
+ * stream are taken as its sequential continuation without asking the kernel anything (no
+ * file position, no residency query): a stream the kernel reads ahead of, or a hot one,
+ * costs the program two syscalls every QUIET_READS + 1 reads instead of every read. A jump
+ * in between is seen at the next check; a take-over comes at most QUIET_READS reads late. */
+#define QUIET_READS 3
 
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -62,8 +71,9 @@ struct {
 /* [0]: current depth in bytes, [1]: reads since the last adaptation, [2]: used, [3]: wasted
  * at the last adaptation, [4]: prefetch ranges queued, [5]: refused by the helper, [6]: the
  * latency floor (ns per MiB of action), [7]: adaptations that halved the depth for latency,
- * [8]: actions and [9]: issued bytes at the last adaptation, [10]: ranges not queued because
- * their pages were already in the page cache (or being read in) */
+ * [8]: actions and [9]: issued bytes at the last adaptation, [10]: reads left to the kernel
+ * (their stream's next bytes found cached, or quiet reads after such a check) and ranges not
+ * queued because their pages were already in the page cache (or being read in) */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
     __uint(max_entries, 11);
@@ -218,6 +228,19 @@ int prefetch_on_read(struct liveio_io_ctx *io)
     if ((__u64)io->result < knob_or(KNOB_MIN_READ, 4096))
         return 0;
 
+    __u64 key = ((__u64)io->tid << 32) | (__u32)io->fd;
+    struct stream *s = bpf_map_lookup_elem(&streams, &key);
+    if (s && s->file_id == io->file_id && !s->owned && s->quiet > 0 &&
+        (io->offset < 0 || io->offset == s->next)) {
+        s->quiet--;
+        s->next += io->result;
+        s->until = s->next;
+        s->guessed = 1;
+        s->reads++;
+        count(10);
+        return 0;
+    }
+
     __s64 off = io->offset;
     if (off < 0) {
         long pos = liveio_file_pos(io->fd);
@@ -226,8 +249,6 @@ int prefetch_on_read(struct liveio_io_ctx *io)
         off = pos - io->result;
     }
     __s64 end = off + io->result;
-    __u64 key = ((__u64)io->tid << 32) | (__u32)io->fd;
-    struct stream *s = bpf_map_lookup_elem(&streams, &key);
     __u64 depth = current_depth();
 
     if (!s || s->file_id != io->file_id) {
@@ -239,6 +260,7 @@ int prefetch_on_read(struct liveio_io_ctx *io)
         bpf_map_update_elem(&scanning, &tid, &scan, BPF_ANY);
         if (scan) {
             if (covered(io->fd, end, io->result)) {
+                fresh.quiet = QUIET_READS;
                 count(10);
             } else if (liveio_prefetch(io->fd, end, depth) == 0) {
                 fresh.until = end + depth;
@@ -262,6 +284,7 @@ int prefetch_on_read(struct liveio_io_ctx *io)
             if (!s->owned && !waited(io) && covered(io->fd, end, io->result)) {
                 /* The kernel's readahead is ahead of this stream and the read did not
                  * wait: leave it alone. */
+                s->quiet = QUIET_READS;
                 count(10);
             } else if (to - from >= (__s64)(depth >> 2)) {
                 /* Top up in steps of at least a quarter of the depth (fewer, larger
@@ -309,10 +332,12 @@ int prefetch_on_read(struct liveio_io_ctx *io)
             }
         }
     } else {
-        /* A jump: remember the gap as a candidate stride and restart the window here. */
-        s->stride = gap > 0 ? gap : 0;
+        /* A jump: remember the gap as a candidate stride and restart the window here (not
+         * after quiet reads: their positions were guessed, so the gap is not a stride). */
+        s->stride = gap > 0 && !s->guessed ? gap : 0;
         s->until = end;
     }
+    s->guessed = 0;
     s->next = end;
     return 0;
 }

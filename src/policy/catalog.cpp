@@ -61,7 +61,7 @@ const std::vector<PolicyDef>& catalog() {
              {"latency_pct", 7, 200,
               "recent action latency per MiB above this % of the lowest seen halves the depth"},
              {"adapt_reads", 8, 16, "reads (all streams) between two adaptations of the depth"},
-             {"wait_us", 9, 1000,
+             {"wait_us", 9, 0,
               "a read slower than this per MiB waited on the device: its stream is prefetched "
               "even while the kernel's readahead holds its next bytes (us; 0: never)"},
              {"budget_mb", kRuntimeKnob, 256,

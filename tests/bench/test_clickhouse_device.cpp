@@ -8,8 +8,10 @@
 #include <sys/wait.h>
 
 #include <cerrno>
+#include <chrono>
 #include <filesystem>
 #include <string>
+#include <thread>
 
 #include "../../bench/clickhouse_device.h"
 
@@ -99,6 +101,8 @@ TEST_F(ClickhouseLoad, RunsUntilStoppedAndReportsWhatItDid) {
     const pid_t pid = (*load)->pid();
     EXPECT_TRUE((*load)->running());
     EXPECT_TRUE(process_exists(pid));
+    // fio killed while it sets up writes no figures; in the bench a load runs for minutes.
+    std::this_thread::sleep_for(std::chrono::seconds(2));
     auto figures = (*load)->stop();
     ASSERT_TRUE(figures) << figures.error().message;
     EXPECT_FALSE((*load)->running());
