@@ -466,6 +466,7 @@ private:
     enum class Wait { Done, Native, Partial };
     Wait wait_pending(int32_t& res, FallbackReason& why);
     bool continue_write(int32_t res);
+    void repair_short_write_position(uint64_t written);
     bool continue_read(int32_t res);
     void advance_op(Kind kind);
     uint64_t requested() const;
@@ -529,9 +530,30 @@ bool CallRun::run(hook::SyscallResult& result, FallbackReason& why) {
             result = static_cast<long>(done_ + static_cast<uint64_t>(res));
         else
             result = done_ > 0 ? static_cast<long>(done_) : res;
+        if (plan_.kind == Kind::Write && !plan_.positioned && result > 0 &&
+            static_cast<uint64_t>(result) < requested())
+            repair_short_write_position(static_cast<uint64_t>(result));
         if (result == -EINTR) bump(slot_.interrupted);
         return true;
     }
+}
+
+// A write at the file position (offset -1) to a regular file that came back short: the kernel
+// wrote the first part, retried the rest in its worker and, when that retry failed (ENOSPC,
+// EFBIG, EDQUOT), completed with the bytes written but without storing the advanced position
+// (io_uring only stores it for a successful last attempt), where write(2) leaves the position
+// after the bytes written. Such a short write ends where the file now ends; a position that
+// is `written` bytes before the end was not advanced: it is moved there. A kernel that stores
+// the position leaves it at the end already, and nothing is done.
+void CallRun::repair_short_write_position(uint64_t written) {
+    const int fd = op_.fd;
+    struct stat st;
+    if (raw_syscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0 || !S_ISREG(st.st_mode))
+        return;
+    const long pos = raw_syscall(SYS_lseek, fd, 0, SEEK_CUR);
+    if (pos < 0 || static_cast<uint64_t>(pos) + written != static_cast<uint64_t>(st.st_size))
+        return;
+    raw_syscall(SYS_lseek, fd, st.st_size, SEEK_SET);
 }
 
 // A short read of a regular file or block device before its end: set up the remainder and
