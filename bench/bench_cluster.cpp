@@ -304,10 +304,11 @@ void run_cluster_bench(ClusterBenchOptions o) {
             fail(fmt::format("{} (warm-up, stock): {}", q.name, r.error().message));
     ClusterSwitch sw(*file, o.name, o.root);
     std::vector<Phase> phases;
-    phases.push_back({"links unshaped", 0, true, {}});
+    phases.push_back({.name = "links unshaped", .readahead_kb = 0, .hot = true});
     if (!o.rate.empty())
-        phases.push_back(
-            {fmt::format("links rate-limited to {} (tbf, no delay)", o.rate), 0, true, {}});
+        phases.push_back({.name = fmt::format("links rate-limited to {} (tbf, no delay)", o.rate),
+                          .readahead_kb = 0,
+                          .hot = true});
     size_t mismatches = 0, errors = 0;
     std::map<std::string, std::string> stock_result;  // by query: stock's answer, byte for byte
     for (size_t pi = 0; pi < phases.size(); ++pi) {
