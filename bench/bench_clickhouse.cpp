@@ -11,17 +11,23 @@
 // here around one request on a kept-alive connection (the server finishes the query before it
 // answers: wait_end_of_query=1). Every result is hashed and compared with stock's first run.
 // The pass is made at the machine's device readahead and again at 128 KiB (set, and restored
-// on exit, error and Ctrl-C). Then an INSERT + merge workload per configuration whose merged
-// part must be byte-identical to stock's.
+// on exit, error and Ctrl-C). Both on the idle device and, by default, once more while a bounded
+// background load contends for the disk (clickhouse_device.h: a single reader then waits
+// longer per request while parallel readers still gain), the device's own fio figures measured
+// under each condition. Then an INSERT + merge workload per configuration (idle device) whose
+// merged part must be byte-identical to stock's.
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -36,6 +42,7 @@
 #include "bench.h"
 #include "clickhouse/server.h"
 #include "clickhouse_dataset.h"
+#include "clickhouse_device.h"
 #include "clickhouse_hits.h"
 #include "clickhouse_report.h"
 #include "clickhouse_system.h"
@@ -63,6 +70,8 @@ struct ClickhouseOptions {
     int low_readahead_kb = 128;
     int insert_rounds = 2;
     int fio_seconds = 3;
+    std::string devices = "idle,contended";  // device conditions, each a pass (clickhouse_device.h)
+    ContentionSpec contention;
     bool quick = false;
     bool full = false;
 };
@@ -321,9 +330,10 @@ private:
         }
         into.push_back(std::move(*r));
         // Every run as it happens, so an interrupted benchmark keeps what it measured.
-        raw_ << fmt::format("{}\t{}\t{}\t{}\t{:.3f}\t{:016x}\t{}\t{}\n", phase.readahead_kb, q.name,
-                            c.name, kind, into.back().ms, into.back().hash, round + 1,
-                            kind[0] == 'c' ? fmt::format("{:.2f}", last_resident_pct_) : "-")
+        raw_ << fmt::format("{}\t{}\t{}\t{}\t{:.3f}\t{:016x}\t{}\t{}\t{}\n", phase.readahead_kb,
+                            q.name, c.name, kind, into.back().ms, into.back().hash, round + 1,
+                            kind[0] == 'c' ? fmt::format("{:.2f}", last_resident_pct_) : "-",
+                            phase.device)
              << std::flush;
         return into.back().ms;
     }
@@ -371,8 +381,8 @@ private:
     size_t mismatches_ = 0;
     size_t query_errors_ = 0;
     std::vector<std::string> errors_;
-    std::ofstream
-        raw_;  // readahead_kb, query, config, cold|hot, ms, result hash, round, resident % (cold)
+    std::ofstream raw_;  // readahead_kb, query, config, cold|hot, ms, result hash, round, resident
+                         // % (cold), device condition
     std::string table_dir_;
     double last_resident_pct_ = 0;
     double max_resident_pct_ = 0;
@@ -538,8 +548,16 @@ void run(ClickhouseOptions o) {
         o.runs = 1;
         o.insert_rounds = 1;
         o.fio_seconds = 1;
+        o.contention.file_bytes = 256ull << 20;
         if (o.queries.empty()) o.queries = "Q1,Q3,Q8,Q21,Q37,Q43,PK1,PK6";
     }
+    // A contended pass must not outlive its bound: --full passes take hours.
+    if (o.full) o.contention.max_seconds = 6 * 3600;
+    auto conditions = parse_device_conditions(o.devices);
+    if (!conditions) fail("--device: " + conditions.error().message);
+    auto has_condition = [&](DeviceCondition c) {
+        return std::find(conditions->begin(), conditions->end(), c) != conditions->end();
+    };
     // Any policy of the catalog (the policies the CLI can switch on); every one by default.
     std::vector<std::string> policy_names;
     if (o.policies.empty()) {
@@ -605,9 +623,8 @@ void run(ClickhouseOptions o) {
     // The device: its readahead and its own throughput, beside which the gains are read.
     const int machine_ra = ra->original_kb();
     fmt::print("device: {} = {} KiB\n", *ra_file, machine_ra);
-    std::optional<DeviceFigures> device;
+    std::string biggest;  // the table's biggest column file: fio reads it
     {
-        std::string biggest;
         uintmax_t size = 0;
         for (const auto& e :
              fs::recursive_directory_iterator(server->data_path() + "data/default/hits", ec))
@@ -615,20 +632,42 @@ void run(ClickhouseOptions o) {
                 size = e.file_size();
                 biggest = e.path().string();
             }
+    }
+    std::map<std::string, DeviceFigures> device;  // per device condition
+    auto measure = [&](DeviceCondition cond) {
+        const char* name = condition_name(cond);
         auto dev = biggest.empty() ? Result<DeviceFigures>(make_error(ENOENT, "no .bin file"))
                                    : measure_device(biggest, o.fio_seconds);
-        if (dev)
-            fmt::print(
-                "  fio O_DIRECT io_uring on {}: 128 KiB sequential {:.0f} MB/s at QD1, {:.0f} MB/s "
-                "at QD8; "
-                "4 KiB random {:.0f} IOPS at QD1, {:.0f} at QD32\n",
-                fs::path(biggest).filename().string(), dev->seq128k_qd1_mbs, dev->seq128k_qd8_mbs,
-                dev->rand4k_qd1_iops, dev->rand4k_qd32_iops);
-        if (dev)
-            device = *dev;
-        else
-            fmt::print("  device figures unavailable: {}\n", dev.error().message);
+        if (!dev) {
+            fmt::print("  device figures ({}) unavailable: {}\n", name, dev.error().message);
+            return;
+        }
+        fmt::print(
+            "  {} device, fio O_DIRECT io_uring on {}: 128 KiB sequential {:.0f} MB/s at QD1 (mean "
+            "latency {:.0f} us), {:.0f} MB/s at QD8; 4 KiB random {:.0f} IOPS at QD1 ({:.0f} us), "
+            "{:.0f} at QD32\n",
+            name, fs::path(biggest).filename().string(), dev->seq128k_qd1_mbs,
+            dev->seq128k_qd1_lat_us, dev->seq128k_qd8_mbs, dev->rand4k_qd1_iops,
+            dev->rand4k_qd1_lat_us, dev->rand4k_qd32_iops);
+        device[name] = *dev;
+    };
+    if (has_condition(DeviceCondition::Idle)) measure(DeviceCondition::Idle);
+    std::string load_file;
+    if (has_condition(DeviceCondition::Contended)) {
+        auto file = ensure_load_file(o.cache_dir + "/device-load", dir, o.contention.file_bytes);
+        if (!file) fail("the contended condition's load file: " + file.error().message);
+        load_file = *file;
+        fmt::print(
+            "contended device: {}, started before and stopped after each contended pass (at most "
+            "{} s); stock and every configuration run under it alike, interleaved as on the idle "
+            "device\n",
+            describe(o.contention), o.contention.max_seconds);
     }
+    // Ctrl-C stops the background load at once (it would stop by itself at its bound).
+    auto load_pid = std::make_shared<std::atomic<pid_t>>(-1);
+    guard.on_interrupt([load_pid] {
+        if (const pid_t pid = load_pid->load(); pid > 0) ::kill(pid, SIGKILL);
+    });
 
     auto constants = resolve_constants(bench.client(), dataset->rows, 8);
     if (!constants) fail(constants.error().message);
@@ -667,28 +706,61 @@ void run(ClickhouseOptions o) {
         }
     }
 
+    // Per device condition a pass at the machine's readahead (cold and hot) and, on the idle
+    // device (under contention too with --full), one at the low readahead.
     std::vector<Phase> phases;
-    {
+    for (DeviceCondition cond : *conditions) {
+        const bool idle = cond == DeviceCondition::Idle;
+        const std::string prefix = idle ? "" : fmt::format("{} device, ", condition_name(cond));
         Phase a;
-        a.name = fmt::format("readahead {} KiB (the machine's)", machine_ra);
+        a.name = fmt::format("{}readahead {} KiB (the machine's)", prefix, machine_ra);
         a.readahead_kb = machine_ra;
+        a.device = condition_name(cond);
         phases.push_back(std::move(a));
+        if (o.low_readahead_kb > 0 && o.low_readahead_kb != machine_ra && (idle || o.full)) {
+            Phase b;
+            b.name = fmt::format("{}readahead {} KiB", prefix, o.low_readahead_kb);
+            b.readahead_kb = o.low_readahead_kb;
+            b.device = condition_name(cond);
+            b.hot = o.full;  // hot runs come from the page cache: readahead does not change them
+            phases.push_back(std::move(b));
+        }
     }
-    if (o.low_readahead_kb > 0 && o.low_readahead_kb != machine_ra) {
-        Phase b;
-        b.name = fmt::format("readahead {} KiB", o.low_readahead_kb);
-        b.readahead_kb = o.low_readahead_kb;
-        b.hot = o.full;  // hot runs come from the page cache: readahead does not change them
-        phases.push_back(std::move(b));
-    }
+    std::map<std::string, LoadFigures> load_figures;  // per phase name
     const auto bench_start = Clock::now();
     for (auto& phase : phases) {
         if (auto r =
                 phase.readahead_kb == machine_ra ? ra->restore() : ra->set_kb(phase.readahead_kb);
             !r)
             fail(r.error().message);
+        std::unique_ptr<BackgroundLoad> load;
+        if (phase.device == condition_name(DeviceCondition::Contended)) {
+            auto started = BackgroundLoad::start(
+                load_file, o.contention,
+                fmt::format("{}/contention-load-{}.json", out_dir, phase.readahead_kb));
+            if (!started) fail("starting the background load: " + started.error().message);
+            load = std::move(*started);
+            load_pid->store(load->pid());
+            fmt::print("\n{}: background load running (pid {})\n", phase.name, load->pid());
+            if (!device.count(phase.device)) measure(DeviceCondition::Contended);
+        }
         fmt::print("\n== {}: cold{} ==\n", phase.name, phase.hot ? " and hot" : "");
         bench.run_phase(phase, queries, configs);
+        if (load) {
+            load_pid->store(-1);
+            auto figures = load->stop();
+            if (!figures) fail("the background load: " + figures.error().message);
+            if (figures->ended_early)
+                fail(
+                    fmt::format("the background load ended before the pass did (its bound: {} "
+                                "s): part of the pass ran on the idle device",
+                                o.contention.max_seconds));
+            load_figures[phase.name] = *figures;
+            fmt::print(
+                "  background load during the pass: {:.0f} IOPS, {:.0f} MB/s, mean latency {:.0f} "
+                "us, over {:.0f} s\n",
+                figures->iops, figures->mbs, figures->mean_latency_us, figures->seconds);
+        }
     }
     if (auto r = ra->restore(); !r) fail(r.error().message);
 
@@ -723,6 +795,21 @@ void run(ClickhouseOptions o) {
                        phase.hot ? fmt_opt(s.hot_slowdown_pct, "{:+.1f}%") : "-",
                        fmt_opt(s.point_lookup_cold_speedup, "{:.3f}x"));
         }
+        // How much of a cold run is waiting for the device under this condition.
+        std::vector<double> cold_over_hot;
+        for (const auto& [query, by_config] : phase.timings)
+            if (auto it = by_config.find("stock");
+                it != by_config.end() && !it->second.cold_ms.empty() && !it->second.hot_ms.empty())
+                cold_over_hot.push_back(median(it->second.cold_ms) /
+                                        std::max(1e-9, median(it->second.hot_ms)));
+        if (!cold_over_hot.empty()) {
+            double log_sum = 0;
+            for (double r : cold_over_hot) log_sum += std::log(r);
+            fmt::print("  stock cold/hot: geomean {:.2f}x, largest {:.2f}x over {} queries\n",
+                       std::exp(log_sum / double(cold_over_hot.size())),
+                       *std::max_element(cold_over_hot.begin(), cold_over_hot.end()),
+                       cold_over_hot.size());
+        }
     }
     for (const auto& phase : phases) {
         std::vector<double> stock_spread;
@@ -751,17 +838,21 @@ void run(ClickhouseOptions o) {
                     : "");
         }
     }
-    if (device)
+    for (const auto& [condition, d] : device)
         fmt::print(
-            "the device beside these gains (fio, O_DIRECT, io_uring): 128 KiB sequential {:.0f} "
-            "MB/s at QD1, {:.0f} "
-            "at QD8 ({:.2f}x from queue depth); 4 KiB random {:.0f} IOPS at QD1, {:.0f} at QD32 "
-            "({:.1f}x): the most "
-            "that overlapping a reader's requests can give on this disk\n",
-            device->seq128k_qd1_mbs, device->seq128k_qd8_mbs,
-            device->seq128k_qd8_mbs / std::max(1.0, device->seq128k_qd1_mbs),
-            device->rand4k_qd1_iops, device->rand4k_qd32_iops,
-            device->rand4k_qd32_iops / std::max(1.0, device->rand4k_qd1_iops));
+            "the {} device beside these gains (fio, O_DIRECT, io_uring): 128 KiB sequential {:.0f} "
+            "MB/s at QD1 (mean latency {:.0f} us), {:.0f} at QD8 ({:.2f}x from queue depth); 4 KiB "
+            "random {:.0f} IOPS at QD1 ({:.0f} us), {:.0f} at QD32 ({:.1f}x): the most that "
+            "overlapping a reader's requests can give on this device\n",
+            condition, d.seq128k_qd1_mbs, d.seq128k_qd1_lat_us, d.seq128k_qd8_mbs,
+            d.seq128k_qd8_mbs / std::max(1.0, d.seq128k_qd1_mbs), d.rand4k_qd1_iops,
+            d.rand4k_qd1_lat_us, d.rand4k_qd32_iops,
+            d.rand4k_qd32_iops / std::max(1.0, d.rand4k_qd1_iops));
+    for (const auto& [phase_name, f] : load_figures)
+        fmt::print(
+            "{}: the background load did {:.0f} IOPS ({:.0f} MB/s, mean latency {:.0f} us) "
+            "over {:.0f} s\n",
+            phase_name, f.iops, f.mbs, f.mean_latency_us, f.seconds);
     fmt::print(
         "cold runs: at most {:.2f}% of the table's bytes were in the page cache when one started "
         "(mincore, after "
@@ -779,43 +870,70 @@ void run(ClickhouseOptions o) {
     }
     fmt::print("\n");
 
-    const Phase& main_phase = phases.front();
-    auto plot = plot_cold_speedups(
-        main_phase, infos, configs, out_dir,
-        fmt::format("liveio bench clickhouse: cold speedup vs stock per query ({} rows, {})",
-                    dataset->rows, main_phase.name));
-    if (plot)
-        fmt::print("plot: {}\n", *plot);
-    else
-        fmt::print("plot not written: {}\n", plot.error().message);
-
-    // The best policy: the highest cold speedup geomean at the machine's readahead.
-    const Config* best = nullptr;
-    ConfigSummary best_summary;
-    for (const auto& c : configs) {
-        if (!c.available || c.kind != ConfigKind::Policy) continue;
-        auto s = summarize(main_phase, infos, c.name);
-        if (s.cold_speedup_geomean &&
-            (!best || *s.cold_speedup_geomean > *best_summary.cold_speedup_geomean)) {
-            best = &c;
-            best_summary = s;
+    // Per device condition, its pass at the machine's readahead: the headline metrics are the
+    // idle device's (names unchanged), the contended device's carry the suffix _contended.
+    auto main_phase_of = [&](DeviceCondition cond) -> const Phase* {
+        for (const auto& phase : phases)
+            if (phase.device == condition_name(cond) && phase.readahead_kb == machine_ra)
+                return &phase;
+        return nullptr;
+    };
+    struct Headline {
+        const Config* best = nullptr;  // the highest cold speedup geomean among the policies
+        ConfigSummary best_summary;
+        std::optional<double> pk_marks;  // the marks policy's cold PK lookup speedup
+    };
+    auto headline_of = [&](const Phase* phase) {
+        Headline h;
+        if (!phase) return h;
+        for (const auto& c : configs) {
+            if (!c.available || c.kind != ConfigKind::Policy) continue;
+            auto s = summarize(*phase, infos, c.name);
+            if (s.cold_speedup_geomean &&
+                (!h.best || *s.cold_speedup_geomean > *h.best_summary.cold_speedup_geomean)) {
+                h.best = &c;
+                h.best_summary = s;
+            }
+            if (c.policy == "marks") h.pk_marks = s.point_lookup_cold_speedup;
         }
+        return h;
+    };
+    const Phase* idle_phase = main_phase_of(DeviceCondition::Idle);
+    const Phase* contended_phase = main_phase_of(DeviceCondition::Contended);
+    const Headline idle = headline_of(idle_phase);
+    const Headline contended = headline_of(contended_phase);
+
+    for (const Phase* phase : {idle_phase, contended_phase}) {
+        if (!phase) continue;
+        const bool is_idle = phase == idle_phase;
+        auto plot = plot_cold_speedups(
+            *phase, infos, configs, out_dir,
+            fmt::format("liveio bench clickhouse: cold speedup vs stock per query ({} rows, {})",
+                        dataset->rows, phase->name),
+            is_idle ? "cold_speedups" : "cold_speedups_contended");
+        if (plot)
+            fmt::print("plot{}: {}\n", is_idle ? "" : " (contended device)", *plot);
+        else
+            fmt::print("plot{} not written: {}\n", is_idle ? "" : " (contended device)",
+                       plot.error().message);
     }
-    std::optional<double> pk_marks;
-    for (const auto& c : configs)
-        if (c.available && c.policy == "marks")
-            pk_marks = summarize(main_phase, infos, c.name).point_lookup_cold_speedup;
+
     std::optional<double> insert_speedup;
-    if (best && inserts.count(best->name) && stock_insert > 0)
-        insert_speedup = stock_insert / median(inserts[best->name].ms);
+    if (idle.best && inserts.count(idle.best->name) && stock_insert > 0)
+        insert_speedup = stock_insert / median(inserts[idle.best->name].ms);
     std::string glue_report;
     auto glue = clickhouse_glue_loc(&glue_report);
 
-    fmt::print(
-        "\nbest policy: {} (cold speedup, hot slowdown, gap and insert figures below are its own, "
-        "at {})\n",
-        best ? best->name : "none available", main_phase.name);
-    if (!pk_marks) fmt::print("cold_point_lookup_speedup: the marks policy is unavailable\n");
+    for (const Phase* phase : {idle_phase, contended_phase}) {
+        if (!phase) continue;
+        const Headline& h = phase == idle_phase ? idle : contended;
+        fmt::print(
+            "\nbest policy, {}: {} (its cold speedup, hot slowdown and gap figures below{})\n",
+            phase->name, h.best ? h.best->name : "none available",
+            phase == idle_phase ? "; insert on the idle device" : ", suffixed _contended");
+    }
+    if (idle_phase && !idle.pk_marks)
+        fmt::print("cold_point_lookup_speedup: the marks policy is unavailable\n");
     if (!glue) fmt::print("clickhouse_glue_loc: {}\n", glue.error().message);
     fmt::print("results under every configuration compared with stock's: {} mismatching runs\n",
                bench.mismatches());
@@ -826,18 +944,26 @@ void run(ClickhouseOptions o) {
     fmt::print("metric: result_mismatches {}\n", bench.mismatches());
     fmt::print("metric: query_errors {}\n", bench.query_errors());
     fmt::print("metric: part_mismatches {}\n", part_mismatches);
-    fmt::print("metric: cold_speedup_geomean {}\n", fmt_opt(best_summary.cold_speedup_geomean));
-    fmt::print("metric: cold_gap_recovered_pct {}\n",
-               fmt_opt(best_summary.cold_gap_recovered_pct, "{:.1f}"));
-    fmt::print("metric: cold_point_lookup_speedup {}\n", fmt_opt(pk_marks));
-    fmt::print("metric: hot_slowdown_pct {}\n", fmt_opt(best_summary.hot_slowdown_pct, "{:.2f}"));
+    auto print_headline = [&](const Headline& h, const std::string& suffix) {
+        fmt::print("metric: cold_speedup_geomean{} {}\n", suffix,
+                   fmt_opt(h.best_summary.cold_speedup_geomean));
+        fmt::print("metric: cold_gap_recovered_pct{} {}\n", suffix,
+                   fmt_opt(h.best_summary.cold_gap_recovered_pct, "{:.1f}"));
+        fmt::print("metric: cold_point_lookup_speedup{} {}\n", suffix, fmt_opt(h.pk_marks));
+        fmt::print("metric: hot_slowdown_pct{} {}\n", suffix,
+                   fmt_opt(h.best_summary.hot_slowdown_pct, "{:.2f}"));
+    };
+    print_headline(idle, "");
     fmt::print("metric: insert_speedup {}\n", fmt_opt(insert_speedup));
     fmt::print("metric: clickhouse_glue_loc {}\n", glue ? std::to_string(*glue) : "n/a");
-    if (device) {
-        fmt::print("metric: device_seq128k_qd8_over_qd1 {:.3f}\n",
-                   device->seq128k_qd8_mbs / std::max(1.0, device->seq128k_qd1_mbs));
-        fmt::print("metric: device_rand4k_qd32_over_qd1 {:.3f}\n",
-                   device->rand4k_qd32_iops / std::max(1.0, device->rand4k_qd1_iops));
+    if (contended_phase) print_headline(contended, "_contended");
+    for (const auto& [condition, d] : device) {
+        const std::string suffix = condition == "idle" ? "" : "_" + condition;
+        fmt::print("metric: device_seq128k_qd8_over_qd1{} {:.3f}\n", suffix,
+                   d.seq128k_qd8_mbs / std::max(1.0, d.seq128k_qd1_mbs));
+        fmt::print("metric: device_rand4k_qd32_over_qd1{} {:.3f}\n", suffix,
+                   d.rand4k_qd32_iops / std::max(1.0, d.rand4k_qd1_iops));
+        fmt::print("metric: device_rand4k_qd1_latency_us{} {:.0f}\n", suffix, d.rand4k_qd1_lat_us);
     }
     fmt::print("metric: cold_start_resident_pct_max {:.2f}\n", bench.max_resident_pct());
     fmt::print("metric: bench_minutes_after_data {:.1f}\n",
@@ -877,6 +1003,18 @@ void add_clickhouse_bench(CLI::App& bench) {
         ->capture_default_str();
     cmd->add_option("--out", o->out_dir,
                     "directory for the plot and its data (default: CACHE_DIR/results/TIME)");
+    cmd->add_option("--device", o->devices,
+                    "device conditions, comma-separated, each a pass over the queries: idle (the "
+                    "disk as it is), contended (a bounded background fio random-read load on the "
+                    "same disk)")
+        ->capture_default_str();
+    cmd->add_option("--contention-bs", o->contention.block_size,
+                    "block size of the contended condition's background random reads")
+        ->capture_default_str();
+    cmd->add_option("--contention-qd", o->contention.queue_depth,
+                    "queue depth of the contended condition's background random reads")
+        ->check(CLI::Range(1, 256))
+        ->capture_default_str();
     cmd->add_flag("--quick", o->quick, "a test of the harness: 0.3M rows, 8 queries, 1 run");
     cmd->add_flag("--full", o->full,
                   "every combination: all 51 queries, hot runs at the low readahead too");

@@ -5,7 +5,9 @@
 // file before every run). liveio is attached once (`liveio attach`); the policy is switched
 // on and off between runs with the CLI (`liveio policy PID on|off NAME`), alternating which
 // side goes first. The device readahead is run at the machine's value and at 128 KiB (set
-// and restored; needs root).
+// and restored; needs root). `--hot` adds the same scan with every file in the page cache:
+// what the policy costs where there is nothing to read ahead. Beside the times, the child's
+// CPU time (all its threads: the reader, liveio-io, io_uring's io-wq workers) per scan.
 #include <fcntl.h>
 #include <linux/fadvise.h>
 #include <signal.h>
@@ -50,6 +52,7 @@ struct PolicyBenchOptions {
     std::string dir = "/tmp/liveio-bench-policy";
     std::string device = "vda";
     bool skip_128k = false;
+    bool hot = false;
     int reap_actions = 20000;  // 0: skip the completion-reaping comparison
 };
 
@@ -123,6 +126,19 @@ std::vector<std::string> make_columns(const PolicyBenchOptions& o) {
     ::_exit(0);
 }
 
+// CPU time of every live thread of `pid` (schedstat run time, ns): the reader, liveio-io and
+// io_uring's io-wq workers (threads of the process).
+uint64_t process_cpu_ns(pid_t pid) {
+    uint64_t total = 0;
+    std::error_code ec;
+    for (const auto& t : fs::directory_iterator(fmt::format("/proc/{}/task", pid), ec)) {
+        std::ifstream in(t.path() / "schedstat");
+        uint64_t run = 0;
+        if (in >> run) total += run;
+    }
+    return total;
+}
+
 void drop_cache(const std::vector<std::string>& files) {
     for (auto& f : files) {
         const int fd = ::open(f.c_str(), O_RDONLY);
@@ -153,6 +169,7 @@ double median(std::vector<double> v) {
 
 struct Side {
     std::vector<double> ms;
+    std::vector<double> cpu_ms;
     uint64_t checksum = 0;
 };
 
@@ -256,7 +273,6 @@ std::vector<ReapRow> reap_bench(const std::string& file, int n) {
 
 int run_policy_bench(const PolicyBenchOptions& o) {
     const auto files = make_columns(o);
-    const double total_mb = static_cast<double>(o.columns * o.column_mb);
     std::vector<std::string> metrics;
     if (o.reap_actions > 0) {
         std::printf(
@@ -297,11 +313,13 @@ int run_policy_bench(const PolicyBenchOptions& o) {
         std::fprintf(stderr, "liveio bench policy: %s\n", attached.error().message.c_str());
         return finish(1);
     }
-    auto scan = [&](Side& side) -> bool {
-        drop_cache(files);
+    auto scan = [&](Side& side, bool cold) -> bool {
+        if (cold) drop_cache(files);
+        const uint64_t cpu0 = process_cpu_ns(child);
         if (::write(cmd[1], "r", 1) != 1) return false;
         unsigned long long ns = 0, sum = 0;
         if (std::fscanf(results, "%llu %llu", &ns, &sum) != 2) return false;
+        side.cpu_ms.push_back(static_cast<double>(process_cpu_ns(child) - cpu0) / 1e6);
         side.ms.push_back(static_cast<double>(ns) / 1e6);
         if (side.checksum != 0 && side.checksum != sum) return false;
         side.checksum = sum;
@@ -316,24 +334,34 @@ int run_policy_bench(const PolicyBenchOptions& o) {
     };
     const std::string ra_path = "/sys/block/" + o.device + "/queue/read_ahead_kb";
     const std::string ra_machine = read_file(ra_path);
-    std::vector<std::string> readaheads = {ra_machine};
+    // Rows: (device readahead, cold); the hot row runs at the machine's readahead.
+    std::vector<std::pair<std::string, bool>> rows = {{ra_machine, true}};
     if (!o.skip_128k && ra_machine != "128") {
         if (::geteuid() == 0)
-            readaheads.push_back("128");
+            rows.push_back({"128", true});
         else
             std::printf("(not root: the 128 KiB device readahead row is skipped)\n");
     }
+    if (o.hot) rows.push_back({ra_machine, false});
     std::printf(
-        "%d columns x %llu MiB, %llu KiB reads in step, %llu us CPU per MiB, cold (FADV_DONTNEED), "
-        "%d runs per side (median); the machine is shared\n",
+        "%d columns x %llu MiB, %llu KiB reads in step, %llu us CPU per MiB, cold (FADV_DONTNEED) "
+        "or hot, %d runs per side (median); the machine is shared\n",
         o.columns, static_cast<unsigned long long>(o.column_mb),
         static_cast<unsigned long long>(o.read_kb),
         static_cast<unsigned long long>(o.cpu_us_per_mb), o.runs);
-    std::printf("%-14s %12s %12s %10s %10s %8s %8s %12s %10s %10s %12s\n", "readahead", "stock ms",
-                o.policy.c_str(), "stock MB/s", "MB/s", "speedup", "paired", "issued MiB",
-                "used MiB", "wasted MiB", "action us");
+    std::printf("%-18s %10s %10s %10s %10s %8s %8s %10s %10s %10s %10s %10s\n", "readahead",
+                "stock ms", o.policy.c_str(), "stock CPU", "CPU ms", "speedup", "paired",
+                "issued MiB", "used MiB", "wasted MiB", "action us", "actions");
     int rc = 0;
-    for (const std::string& ra : readaheads) {
+    for (const auto& [ra, cold] : rows) {
+        if (!cold) {
+            // Every file in the page cache: one unmeasured scan reads them in.
+            Side warm;
+            if (!scan(warm, false)) {
+                rc = 1;
+                break;
+            }
+        }
         if (ra != ra_machine && !write_file(ra_path, ra)) {
             std::printf("cannot set %s to %s\n", ra_path.c_str(), ra.c_str());
             continue;
@@ -345,9 +373,9 @@ int run_policy_bench(const PolicyBenchOptions& o) {
             // Alternate which side runs first.
             for (int k = 0; k < 2 && ok; ++k) {
                 if ((r + k) % 2 == 0) {
-                    ok = scan(stock);
+                    ok = scan(stock, cold);
                 } else {
-                    ok = policy("on") && scan(pol);
+                    ok = policy("on") && scan(pol, cold);
                     if (ok) {
                         if (auto client = control::ControlClient::connect(child))
                             if (auto l = client->call("policy.list"); l)
@@ -380,16 +408,23 @@ int run_policy_bench(const PolicyBenchOptions& o) {
         // Mean submit-to-completion time of the policy's actions in its last run.
         const double action_us =
             static_cast<double>(counters.value("latency_avg_ns", uint64_t{0})) / 1e3;
-        std::printf("%-14s %12.1f %12.1f %10.0f %10.0f %7.2fx %7.2fx %12.1f %10.1f %10.1f %12.0f\n",
-                    (ra + " KiB").c_str(), s, p, total_mb / s * 1000, total_mb / p * 1000, s / p,
-                    paired, mib("issued_bytes"), mib("used_bytes"), mib("wasted_bytes"), action_us);
+        const double sc = median(stock.cpu_ms), pc = median(pol.cpu_ms);
+        std::printf(
+            "%-18s %10.1f %10.1f %10.1f %10.1f %7.2fx %7.2fx %10.1f %10.1f %10.1f %10.0f %10llu\n",
+            (ra + " KiB" + (cold ? " cold" : " hot")).c_str(), s, p, sc, pc, s / p, paired,
+            mib("issued_bytes"), mib("used_bytes"), mib("wasted_bytes"), action_us,
+            static_cast<unsigned long long>(counters.value("actions", uint64_t{0})));
         const std::string tag = ra == ra_machine ? "" : "_ra128k";
+        const char* temp = cold ? "cold" : "hot";
         metrics.push_back(
-            fmt::format("metric: policy_{}_cold_speedup{} {:.3f}", o.policy, tag, s / p));
+            fmt::format("metric: policy_{}_{}_speedup{} {:.3f}", o.policy, temp, tag, s / p));
+        metrics.push_back(fmt::format("metric: policy_{}_{}_speedup_paired{} {:.3f}", o.policy,
+                                      temp, tag, paired));
+        metrics.push_back(fmt::format("metric: policy_{}_{}_ms{} {:.1f}", o.policy, temp, tag, p));
+        metrics.push_back(fmt::format("metric: policy_stock_{}_ms{} {:.1f}", temp, tag, s));
         metrics.push_back(
-            fmt::format("metric: policy_{}_cold_speedup_paired{} {:.3f}", o.policy, tag, paired));
-        metrics.push_back(fmt::format("metric: policy_{}_cold_ms{} {:.1f}", o.policy, tag, p));
-        metrics.push_back(fmt::format("metric: policy_stock_cold_ms{} {:.1f}", tag, s));
+            fmt::format("metric: policy_{}_{}_cpu_ms{} {:.1f}", o.policy, temp, tag, pc));
+        metrics.push_back(fmt::format("metric: policy_stock_{}_cpu_ms{} {:.1f}", temp, tag, sc));
     }
     (void)run_liveio({"detach", std::to_string(child)});
     for (auto& m : metrics) std::printf("%s\n", m.c_str());
@@ -417,6 +452,9 @@ void add_policy_bench(CLI::App& bench) {
     cmd->add_option("--device", o->device, "block device whose readahead is reported and varied")
         ->capture_default_str();
     cmd->add_flag("--skip-128k", o->skip_128k, "only the machine's device readahead");
+    cmd->add_flag("--hot", o->hot,
+                  "also the scan with every file in the page cache (the policy's cost where "
+                  "there is nothing to read ahead)");
     cmd->add_option("--reap-actions", o->reap_actions,
                     "actions of the completion-reaping comparison (0: skip)")
         ->capture_default_str();

@@ -123,6 +123,7 @@ void print_kind_table(const Phase& phase, const std::vector<QueryInfo>& queries,
     std::string header = fmt::format("{:<5}", hot ? "hot" : "cold");
     for (const auto& c : configs)
         if (c.available) header += fmt::format(" | {:>30}", c.name);
+    if (!phase.device.empty()) header += " | device";
     fmt::print("{}\n{}\n", header, std::string(header.size(), '-'));
     for (const auto& q : queries) {
         const Timings* stock = find(phase, q.name, "stock");
@@ -143,6 +144,7 @@ void print_kind_table(const Phase& phase, const std::vector<QueryInfo>& queries,
             }
             line += fmt::format(" | {:>30}", cell);
         }
+        if (!phase.device.empty()) line += " | " + phase.device;
         fmt::print("{}\n", line);
     }
 }
@@ -168,14 +170,15 @@ void print_phase_table(const Phase& phase, const std::vector<QueryInfo>& queries
 
 Result<std::string> plot_cold_speedups(const Phase& phase, const std::vector<QueryInfo>& queries,
                                        const std::vector<Config>& configs,
-                                       const std::string& out_dir, const std::string& title) {
+                                       const std::string& out_dir, const std::string& title,
+                                       const std::string& stem) {
     std::vector<const Config*> shown;
     for (const auto& c : configs)
         if (c.available && c.kind != ConfigKind::Stock) shown.push_back(&c);
     if (shown.empty()) return make_error(ENODATA, "no configuration besides stock to plot");
-    const std::string data = out_dir + "/cold_speedups.tsv";
-    const std::string script = out_dir + "/cold_speedups.gp";
-    const std::string svg = out_dir + "/cold_speedups.svg";
+    const std::string data = out_dir + "/" + stem + ".tsv";
+    const std::string script = out_dir + "/" + stem + ".gp";
+    const std::string svg = out_dir + "/" + stem + ".svg";
     {
         std::ofstream out(data);
         // Per config: the median speedup and its range over the config's runs (stock's median

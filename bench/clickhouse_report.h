@@ -33,13 +33,16 @@ struct QueryInfo {
     bool point_lookup = false;
 };
 
-// One pass over the queries at one device readahead.
+// One pass over the queries at one device readahead (and device condition).
 struct Phase {
     std::string name;  // "readahead 8192 KiB (the machine's)"
     int readahead_kb = 0;
     bool hot = true;  // hot runs measured in this phase
     // timings[query][config]
     std::map<std::string, std::map<std::string, Timings>> timings;
+    // The device's condition during the pass ("idle", "contended"); when set, the tables give
+    // it per query. Last: callers initialize the fields above in order.
+    std::string device;
 };
 
 struct InsertResult {
@@ -78,9 +81,10 @@ void print_phase_table(const Phase& phase, const std::vector<QueryInfo>& queries
                        const std::vector<Config>& configs);
 
 // Writes the data file and gnuplot script of per-query cold speedups per config under
-// `out_dir` and runs gnuplot; returns the SVG's path.
+// `out_dir` (`stem`.tsv, .gp) and runs gnuplot; returns the SVG's path (`stem`.svg).
 Result<std::string> plot_cold_speedups(const Phase& phase, const std::vector<QueryInfo>& queries,
                                        const std::vector<Config>& configs,
-                                       const std::string& out_dir, const std::string& title);
+                                       const std::string& out_dir, const std::string& title,
+                                       const std::string& stem = "cold_speedups");
 
 }  // namespace liveio::bench

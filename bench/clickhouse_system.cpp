@@ -129,7 +129,11 @@ Result<Residency> page_cache_residency(const std::string& dir) {
 }
 
 Result<DeviceFigures> measure_device(const std::string& file, int seconds) {
-    auto job = [&](const std::string& rw, const std::string& bs, int depth) -> Result<double> {
+    struct JobFigures {
+        double value = 0;  // MB/s for sequential, IOPS for random reads
+        double mean_latency_us = 0;
+    };
+    auto job = [&](const std::string& rw, const std::string& bs, int depth) -> Result<JobFigures> {
         const std::string cmd = fmt::format(
             "fio --name=dev --filename='{}' --readonly --direct=1 --ioengine=io_uring --rw={} "
             "--bs={} --iodepth={} "
@@ -143,8 +147,9 @@ Result<DeviceFigures> measure_device(const std::string& file, int seconds) {
         try {
             const auto j = nlohmann::json::parse(out->substr(brace));
             const auto& read = j.at("jobs").at(0).at("read");
-            return rw == "read" ? read.at("bw_bytes").get<double>() / 1e6
-                                : read.at("iops").get<double>();
+            return JobFigures{rw == "read" ? read.at("bw_bytes").get<double>() / 1e6
+                                           : read.at("iops").get<double>(),
+                              read.at("clat_ns").at("mean").get<double>() / 1e3};
         } catch (const std::exception& e) {
             return make_error(EPROTO, fmt::format("fio's JSON: {}", e.what()));
         }
@@ -152,17 +157,19 @@ Result<DeviceFigures> measure_device(const std::string& file, int seconds) {
     DeviceFigures f;
     struct Step {
         double* out;
+        double* latency_us;
         const char* rw;
         const char* bs;
         int depth;
     };
-    for (const Step& s :
-         {Step{&f.seq128k_qd1_mbs, "read", "128k", 1}, Step{&f.seq128k_qd8_mbs, "read", "128k", 8},
-          Step{&f.rand4k_qd1_iops, "randread", "4k", 1},
-          Step{&f.rand4k_qd32_iops, "randread", "4k", 32}}) {
+    for (const Step& s : {Step{&f.seq128k_qd1_mbs, &f.seq128k_qd1_lat_us, "read", "128k", 1},
+                          Step{&f.seq128k_qd8_mbs, nullptr, "read", "128k", 8},
+                          Step{&f.rand4k_qd1_iops, &f.rand4k_qd1_lat_us, "randread", "4k", 1},
+                          Step{&f.rand4k_qd32_iops, nullptr, "randread", "4k", 32}}) {
         auto v = job(s.rw, s.bs, s.depth);
         if (!v) return v.error();
-        *s.out = *v;
+        *s.out = v->value;
+        if (s.latency_us) *s.latency_us = v->mean_latency_us;
     }
     return f;
 }

@@ -59,6 +59,9 @@ struct DeviceFigures {
     double seq128k_qd8_mbs = 0;
     double rand4k_qd1_iops = 0;
     double rand4k_qd32_iops = 0;
+    // Mean completion latency of one request at QD1: what a single reader waits.
+    double seq128k_qd1_lat_us = 0;
+    double rand4k_qd1_lat_us = 0;
 };
 
 // fio, O_DIRECT reads of `file` through io_uring (read-only), `seconds` per job.

@@ -132,6 +132,19 @@ static __always_inline int granules_read(struct marks *a, __u32 slot, __u64 pos,
     return *first < a->n && mark_at(a, *first) == pos;
 }
 
+/* Whether a read of granules [first, end) of a column (granules_read) names them: its first and
+ * its last block each start one granule. A block holding several granule starts (small values:
+ * a Date column's 64 KiB block is 4 granules) is read whole for any of them, so the read names
+ * the block, not the granules the reader wants. */
+static __always_inline int granules_exact(struct marks *a, __u64 first, __u64 end)
+{
+    if (end <= first || end > a->n || end > MAX_MARKS)
+        return 0;
+    if (end - first == 1)
+        return 1;
+    return mark_at(a, first + 1) != mark_at(a, first) && mark_at(a, end - 1) != mark_at(a, end - 2);
+}
+
 /* The bytes of column `b` a read of granules [first, end) covers, at most `cap`. Returns 0 when
  * `b` is not a column of the same part (another granule count). */
 static __always_inline int column_range(struct marks *b, __u64 n, __u64 first, __u64 end, __u64 cap,

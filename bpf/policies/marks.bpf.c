@@ -3,13 +3,24 @@
  *
  * A reader that opens every column file of a part before reading (ClickHouse 18.16's part
  * reader, measured), then reads the same row range of each column one after another, waits on
- * the disk once per column. At the enter edge of the first column's read at a granule, this
- * program prefetches the same granule range of every other column opened with it, as one
- * batch into the page cache: the reads stay native and find their data cached or in flight.
+ * the disk once per column. When a column read names its granule range exactly, this program
+ * prefetches the same granule range of every column of the group not yet read in this round,
+ * as one batch into the page cache: the reads stay native and find their data cached or in
+ * flight.
  *
- * Per thread, a group is the data files opened since the thread's last data read. What a
- * granule is, where its bytes are in each column file, and how the marks are learnt is the
- * ClickHouse glue of clickhouse_marks.h. Knob 0, max_kb: most bytes per column and batch. */
+ * Per thread, a group is the data files opened since the thread's last data read; a round
+ * begins at each seek of the group's first column read (the leader). A column read whose
+ * blocks hold several granules cannot name the granules (only its block): it batches only
+ * the columns cheap to read for all of the block's granules (guess_kb), and a later column's
+ * read in the round that names its granules batches the rest. A column whose batched ranges
+ * went unread for `unread_max` rounds in a row leaves the batch until it is read again (its
+ * range is still computed, so a read of it brings it back).
+ *
+ * What a granule is, where its bytes are in each column file, and how the marks are learnt is
+ * the ClickHouse glue of clickhouse_marks.h. Knob 0, max_kb: most bytes per column and batch;
+ * knob 1, unread_max: unread rounds in a row before a column leaves the batch (0: 2); knob 2,
+ * guess_kb: at the round's first read that names only a block, the columns whose bytes for
+ * all of the block's granules are at most this many KiB are batched at once (0: none). */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
@@ -17,6 +28,9 @@
 #include "clickhouse_marks.h"
 
 #define KNOB_MAX_KB 0
+#define KNOB_UNREAD_MAX 1
+#define KNOB_GUESS_KB 2
+#define UNREAD_MAX_DEFAULT 2
 #define NR_READ 0
 #define NR_OPEN 2
 #define NR_OPENAT 257
@@ -25,6 +39,7 @@
 struct member {
     __s64 fd;
     __u64 file_id;
+    __u64 unread; /* rounds in a row whose batched range of this column went unread */
 };
 struct group {
     __u64 marks_slot; /* marks just kept (slot + 1): the next data file opened is their column */
@@ -32,13 +47,19 @@ struct group {
     __u64 n, reading;
     __s64 leader, leader_next; /* the group's first column read, where it would continue */
     __u64 leader_id;
+    __u64 round_read; /* bit j: member j read in this round */
+    __u64 pending;    /* bit j: a range of member j batched (or left out) in this round */
+    __u64 batched;    /* this round's batch was issued (or there is no round yet) */
+    __u64 guessed;    /* this round's guess was made */
+    __u64 marked;     /* some column of the group has kept marks (else no read can batch) */
     struct member m[MAX_COLUMNS];
     struct liveio_prefetch batch[MAX_COLUMNS];
 };
 
 struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 1024); __type(key, __u32); __type(value, struct group); } groups SEC(".maps");
-/* [1]: batches, [2]: ranges batched */
-struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 4); __type(key, __u32); __type(value, __u64); } state SEC(".maps");
+/* [1]: batches, [2]: ranges batched, [3]: ranges left out (column unread), [4]: reads that
+ * could not name their granules (several per block) */
+struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 8); __type(key, __u32); __type(value, __u64); } state SEC(".maps");
 /* An all-zero group: the template of a thread's first one (too large for the stack). */
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32); __type(value, struct group); } zero SEC(".maps");
 
@@ -63,7 +84,8 @@ static __always_inline struct group *group_of(__u32 tid, int create)
 /* One column of a batch (a bpf_loop callback: verified once, whatever the group's size). */
 struct batch_ctx {
     __u32 tid;
-    __u64 first, end, cap, n;
+    __u64 first, end, cap, n, unread_max, left_out;
+    __u64 guess; /* a guess: only columns whose range is at most this (bytes) */
 };
 
 static long batch_column(__u32 i, struct batch_ctx *c)
@@ -77,34 +99,81 @@ static long batch_column(__u32 i, struct batch_ctx *c)
     struct member *m = &g->m[j];
     struct liveio_prefetch *p = &g->batch[j];
     __u32 slot;
-    struct marks *b = m->fd == g->leader ? 0 : marks_of(m->file_id, &slot);
+    /* read or batched already in this round (the column that named the range included) */
+    struct marks *b = (g->round_read | g->pending) & (1ULL << j) ? 0 : marks_of(m->file_id, &slot);
     __u64 start = 0, len = 0;
     p->fd = m->fd;
-    p->len = 0; /* the leader itself, another part, marks not kept: no range (the helper skips it) */
+    p->len = 0; /* read already, another part, marks not kept, left out: no range (the helper skips it) */
     if (b && column_range(b, c->n, c->first, c->end, c->cap, &start, &len)) {
+        if (c->guess && len > c->guess)
+            return 0; /* left to the read that names the granules */
+        g->pending |= 1ULL << j;
+        if (m->unread >= c->unread_max) {
+            c->left_out++;
+            return 0;
+        }
         p->offset = start;
         p->len = len;
     }
     return 0;
 }
 
-static __always_inline void prefetch_columns(struct group *g, __u32 tid, __u64 pos, __u64 count_bytes)
+static __always_inline void prefetch_columns(struct group *g, __u32 tid, __u64 first, __u64 end, __u64 n,
+                                             __u64 guess)
 {
-    __u32 slot;
-    struct marks *a = marks_of(g->leader_id, &slot);
-    struct batch_ctx c = {.tid = tid};
+    struct batch_ctx c = {.tid = tid, .first = first, .end = end, .n = n, .guess = guess};
     c.cap = liveio_knob(KNOB_MAX_KB);
     c.cap = (c.cap ? c.cap : 1024) << 10;
-    if (!a || !granules_read(a, slot, pos, count_bytes, &c.first, &c.end))
-        return;
-    c.n = a->n;
-    __u64 n = g->n < MAX_COLUMNS ? g->n : MAX_COLUMNS;
-    bpf_loop(n, batch_column, &c, 0);
-    long queued = n > 0 ? liveio_prefetch_batch(g->batch, n * sizeof(struct liveio_prefetch)) : 0;
+    if (guess && c.cap > guess)
+        c.cap = guess + 1; /* a range longer than the guess shows as guess + 1 */
+    c.unread_max = liveio_knob(KNOB_UNREAD_MAX);
+    if (!c.unread_max)
+        c.unread_max = UNREAD_MAX_DEFAULT;
+    __u64 cols = g->n < MAX_COLUMNS ? g->n : MAX_COLUMNS;
+    bpf_loop(cols, batch_column, &c, 0);
+    long queued = cols > 0 ? liveio_prefetch_batch(g->batch, cols * sizeof(struct liveio_prefetch)) : 0;
     if (queued > 0) {
         count(1, 1);
         count(2, queued);
     }
+    if (c.left_out)
+        count(3, c.left_out);
+}
+
+/* The end of a round: each column whose range was batched counts whether it was read. */
+static long close_column(__u32 i, __u32 *tid)
+{
+    struct group *g = bpf_map_lookup_elem(&groups, tid);
+    __u64 j = i;
+    asm volatile("" : "+r"(j));
+    j &= MAX_COLUMNS - 1;
+    if (!g || i >= MAX_COLUMNS)
+        return 1;
+    struct member *m = &g->m[j];
+    if (g->pending & (1ULL << j))
+        m->unread = g->round_read & (1ULL << j) ? 0 : m->unread + 1;
+    return 0;
+}
+
+/* The member index + 1 of the group's column (fd, file_id), 0 if none. */
+struct find_ctx {
+    __u32 tid;
+    __s64 fd;
+    __u64 file_id, found;
+};
+
+static long find_column(__u32 i, struct find_ctx *c)
+{
+    struct group *g = bpf_map_lookup_elem(&groups, &c->tid);
+    __u64 j = i;
+    asm volatile("" : "+r"(j));
+    j &= MAX_COLUMNS - 1;
+    if (!g || i >= MAX_COLUMNS)
+        return 1;
+    if (g->m[j].fd != c->fd || g->m[j].file_id != c->file_id)
+        return 0;
+    c->found = j + 1;
+    return 1;
 }
 
 /* A data file opened: a column of the thread's current group. */
@@ -114,14 +183,19 @@ static __always_inline void on_open(struct liveio_io_ctx *io)
     if (!g)
         return;
     if (g->reading)
-        g->n = g->reading = 0;
+        g->n = g->reading = g->pending = g->marked = 0;
     if (g->marks_slot)
         link_marks(io->file_id, g->marks_id, g->marks_slot - 1);
     g->marks_slot = 0;
+    __u32 slot;
+    if (marks_of(io->file_id, &slot))
+        g->marked = 1;
     __u64 n = g->n;
     if (n < MAX_COLUMNS) {
-        g->m[n & (MAX_COLUMNS - 1)].fd = io->fd;
-        g->m[n & (MAX_COLUMNS - 1)].file_id = io->file_id;
+        struct member *m = &g->m[n & (MAX_COLUMNS - 1)];
+        m->fd = io->fd;
+        m->file_id = io->file_id;
+        m->unread = 0;
         g->n = n + 1;
     }
 }
@@ -148,23 +222,64 @@ int marks_enter(struct liveio_io_ctx *io)
     if (io->nr != NR_READ || !COLUMN_FILE(io))
         return 0;
     struct group *g = group_of(io->tid, 0);
-    if (!g || g->n == 0)
-        return 0;
+    if (!g || g->n == 0 || !g->marked)
+        return 0; /* no column of the group has marks kept (a warm mark cache since the policy
+                     went on): nothing to batch, not even a position to ask for */
     if (!g->reading) {
         g->reading = 1;
         g->leader = io->fd;
         g->leader_id = io->file_id;
         g->leader_next = -1;
+        g->batched = 1;
     }
-    if (io->fd != g->leader || io->file_id != g->leader_id)
+    int leader = io->fd == g->leader && io->file_id == g->leader_id;
+    long pos = -1;
+    if (leader) {
+        pos = liveio_file_pos(io->fd);
+        if (pos < 0)
+            return 0;
+        __s64 next = g->leader_next;
+        g->leader_next = pos + io->count;
+        if (pos != next) { /* a seek, not a scan continuing: a new round */
+            __u64 cols = g->n < MAX_COLUMNS ? g->n : MAX_COLUMNS;
+            __u32 tid = io->tid;
+            bpf_loop(cols, close_column, &tid, 0);
+            g->round_read = g->pending = 0;
+            g->batched = g->guessed = 0;
+        }
+    } else if (g->batched && (g->pending & ~g->round_read) == 0) {
+        return 0; /* the round's batched columns all read: nothing left to note */
+    }
+    __u32 slot;
+    struct marks *a = marks_of(io->file_id, &slot);
+    if (!a && !leader)
+        return 0; /* without marks a column neither names granules nor is batched */
+    struct find_ctx f = {.tid = io->tid, .fd = io->fd, .file_id = io->file_id};
+    bpf_loop(g->n < MAX_COLUMNS ? g->n : MAX_COLUMNS, find_column, &f, 0);
+    if (!f.found)
         return 0;
-    long pos = liveio_file_pos(io->fd);
-    __s64 next = g->leader_next;
-    if (pos < 0)
+    __u64 j = (f.found - 1) & (MAX_COLUMNS - 1);
+    __u64 seen = g->round_read & (1ULL << j);
+    g->round_read |= 1ULL << j;
+    if (g->batched || seen)
         return 0;
-    g->leader_next = pos + io->count;
-    if (pos != next) /* a seek, not a scan continuing */
-        prefetch_columns(g, io->tid, pos, io->count);
+    if (!a)
+        return 0;
+    if (!leader)
+        pos = liveio_file_pos(io->fd);
+    __u64 first, end;
+    if (pos < 0 || !a || !granules_read(a, slot, pos, io->count, &first, &end))
+        return 0;
+    if (!granules_exact(a, first, end)) {
+        count(4, 1);
+        __u64 guess = liveio_knob(KNOB_GUESS_KB) << 10;
+        if (!g->guessed && guess)
+            prefetch_columns(g, io->tid, first, end, a->n, guess);
+        g->guessed = 1;
+        return 0;
+    }
+    g->batched = 1;
+    prefetch_columns(g, io->tid, first, end, a->n, 0);
     return 0;
 }
 

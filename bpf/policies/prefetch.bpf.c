@@ -6,7 +6,13 @@
  * bytes of its pattern prefetched into the page cache through liveio's I/O thread, ahead of
  * the reads. A stream's first read is prefetched past only when it filled the whole buffer
  * the caller asked for (a scan: ClickHouse asks for 1 MiB, exact-range point reads ask for
- * what they need). The depth adapts to the policy's own feedback (hits, waste, latency):
+ * what they need). A stream is left to the kernel while the kernel's own readahead keeps
+ * ahead of it: before its first prefetch, a stream whose next read's bytes are already in the
+ * page cache or on their way (liveio_cached counts pages being read in) is read ahead by the
+ * kernel, and WILLNEED ranges would only replace that readahead (they carry no readahead
+ * mark, so the kernel's window stops growing past them) with a later, shallower one. A stream
+ * the program took over is topped up as before, except ranges already cached.
+ * The depth adapts to the policy's own feedback (hits, waste, latency):
  * halved while more than a quarter of the prefetched bytes are wasted, halved while the
  * recent latency of its actions per MiB exceeds `latency_pct` percent of the lowest seen (its
  * prefetches queue behind each other: the device or the I/O workers are saturated, and deeper
@@ -29,6 +35,7 @@
 #define KNOB_OPEN_KB 6
 #define KNOB_LATENCY_PCT 7
 #define KNOB_ADAPT_READS 8
+#define KNOB_WAIT_US 9
 
 #define NR_OPEN 2
 #define NR_OPENAT 257
@@ -42,7 +49,17 @@ struct stream {
     __s64 stride;     /* gap between reads (0: sequential) */
     __s64 until;      /* prefetched up to here */
     __u64 reads;
+    __u64 owned;      /* 1 once the program prefetched for it: the kernel's window stopped */
+    __u64 quiet;      /* reads left before the next residency check (the kernel leads) */
+    __u64 guessed;    /* `next` was advanced by quiet reads, not read from the file position */
 };
+
+/* After a read found its stream's next bytes cached, the next QUIET_READS reads of the
+ * stream are taken as its sequential continuation without asking the kernel anything (no
+ * file position, no residency query): a stream the kernel reads ahead of, or a hot one,
+ * costs the program two syscalls every QUIET_READS + 1 reads instead of every read. A jump
+ * in between is seen at the next check; a take-over comes at most QUIET_READS reads late. */
+#define QUIET_READS 3
 
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -54,10 +71,12 @@ struct {
 /* [0]: current depth in bytes, [1]: reads since the last adaptation, [2]: used, [3]: wasted
  * at the last adaptation, [4]: prefetch ranges queued, [5]: refused by the helper, [6]: the
  * latency floor (ns per MiB of action), [7]: adaptations that halved the depth for latency,
- * [8]: actions and [9]: issued bytes at the last adaptation */
+ * [8]: actions and [9]: issued bytes at the last adaptation, [10]: reads left to the kernel
+ * (their stream's next bytes found cached, or quiet reads after such a check) and ranges not
+ * queued because their pages were already in the page cache (or being read in) */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 10);
+    __uint(max_entries, 11);
     __type(key, __u32);
     __type(value, __u64);
 } state SEC(".maps");
@@ -142,6 +161,26 @@ static __always_inline void count(__u32 i)
         __sync_fetch_and_add(c, 1);
 }
 
+/* Whether every page of [off, off + len) is in the page cache or being read in: nothing for
+ * a prefetch to do there. Unknown (no cachestat: Linux before 6.5) counts as not covered. */
+static __always_inline int covered(long fd, __s64 off, __s64 len)
+{
+    if (len <= 0)
+        return 1;
+    return liveio_cached(fd, off, len) == len;
+}
+
+/* Whether this read waited on the device: slower than `wait_us` per MiB returned (a copy
+ * from the page cache is far faster). A read being read in by the kernel's readahead still
+ * counts as covered by cachestat, so only the wait says that its window is not enough. */
+static __always_inline int waited(const struct liveio_io_ctx *io)
+{
+    __u64 us = liveio_knob(KNOB_WAIT_US);
+    if (us == 0 || io->result <= 0)
+        return 0;
+    return io->latency_ns * (1 << 20) > us * 1000 * (__u64)io->result;
+}
+
 /* Per thread: 1 while its streams start with whole-buffer reads (scans), 0 after a range
  * read. A scanning thread's next data file is prefetched from its start when opened: the
  * first read of every column of a part would otherwise wait on the disk one after another. */
@@ -165,6 +204,10 @@ static __always_inline void on_open(const struct liveio_io_ctx *io)
     __u64 len = liveio_knob(KNOB_OPEN_KB) << 10;
     if (!scan || !*scan || len == 0 || io->result < 0 || !data_file(io))
         return;
+    if (covered(io->result, 0, len)) {
+        count(10);
+        return;
+    }
     if (liveio_prefetch(io->result, 0, len) == 0)
         count(4);
     else
@@ -185,6 +228,19 @@ int prefetch_on_read(struct liveio_io_ctx *io)
     if ((__u64)io->result < knob_or(KNOB_MIN_READ, 4096))
         return 0;
 
+    __u64 key = ((__u64)io->tid << 32) | (__u32)io->fd;
+    struct stream *s = bpf_map_lookup_elem(&streams, &key);
+    if (s && s->file_id == io->file_id && !s->owned && s->quiet > 0 &&
+        (io->offset < 0 || io->offset == s->next)) {
+        s->quiet--;
+        s->next += io->result;
+        s->until = s->next;
+        s->guessed = 1;
+        s->reads++;
+        count(10);
+        return 0;
+    }
+
     __s64 off = io->offset;
     if (off < 0) {
         long pos = liveio_file_pos(io->fd);
@@ -193,19 +249,22 @@ int prefetch_on_read(struct liveio_io_ctx *io)
         off = pos - io->result;
     }
     __s64 end = off + io->result;
-    __u64 key = ((__u64)io->tid << 32) | (__u32)io->fd;
-    struct stream *s = bpf_map_lookup_elem(&streams, &key);
     __u64 depth = current_depth();
 
     if (!s || s->file_id != io->file_id) {
         struct stream fresh = {.file_id = io->file_id, .next = end, .stride = 0, .until = end, .reads = 1};
-        /* A first read that filled the caller's whole buffer is a scan: go ahead at once. */
+        /* A first read that filled the caller's whole buffer is a scan: go ahead at once,
+         * unless the kernel's readahead already holds the next read's bytes. */
         __u32 tid = io->tid;
         __u64 scan = (__u64)io->result == io->count && io->count >= (512 << 10);
         bpf_map_update_elem(&scanning, &tid, &scan, BPF_ANY);
         if (scan) {
-            if (liveio_prefetch(io->fd, end, depth) == 0) {
+            if (covered(io->fd, end, io->result)) {
+                fresh.quiet = QUIET_READS;
+                count(10);
+            } else if (liveio_prefetch(io->fd, end, depth) == 0) {
                 fresh.until = end + depth;
+                fresh.owned = 1;
                 count(4);
             } else {
                 count(5);
@@ -222,10 +281,20 @@ int prefetch_on_read(struct liveio_io_ctx *io)
         if (gap == 0) {
             __s64 from = s->until > end ? s->until : end;
             __s64 to = end + (__s64)depth;
-            /* Top up in steps of at least a quarter of the depth: fewer, larger actions. */
-            if (to - from >= (__s64)(depth >> 2)) {
-                if (liveio_prefetch(io->fd, from, to - from) == 0) {
+            if (!s->owned && !waited(io) && covered(io->fd, end, io->result)) {
+                /* The kernel's readahead is ahead of this stream and the read did not
+                 * wait: leave it alone. */
+                s->quiet = QUIET_READS;
+                count(10);
+            } else if (to - from >= (__s64)(depth >> 2)) {
+                /* Top up in steps of at least a quarter of the depth (fewer, larger
+                 * actions), none where the pages are already there. */
+                if (covered(io->fd, from, to - from)) {
                     s->until = to;
+                    count(10);
+                } else if (liveio_prefetch(io->fd, from, to - from) == 0) {
+                    s->until = to;
+                    s->owned = 1;
                     count(4);
                 } else {
                     count(5);
@@ -241,6 +310,11 @@ int prefetch_on_read(struct liveio_io_ctx *io)
             for (int i = 0; i < 8; i++) {
                 if (at + len > end + (__s64)depth)
                     break;
+                /* A range already cached stays out of the batch (a zero entry is skipped). */
+                if (covered(io->fd, at, len)) {
+                    at += step;
+                    continue;
+                }
                 batch[i].fd = io->fd;
                 batch[i].offset = at;
                 batch[i].len = len;
@@ -258,10 +332,12 @@ int prefetch_on_read(struct liveio_io_ctx *io)
             }
         }
     } else {
-        /* A jump: remember the gap as a candidate stride and restart the window here. */
-        s->stride = gap > 0 ? gap : 0;
+        /* A jump: remember the gap as a candidate stride and restart the window here (not
+         * after quiet reads: their positions were guessed, so the gap is not a stride). */
+        s->stride = gap > 0 && !s->guessed ? gap : 0;
         s->until = end;
     }
+    s->guessed = 0;
     s->next = end;
     return 0;
 }

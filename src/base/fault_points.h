@@ -20,7 +20,7 @@ enum class Point : uint8_t {
     SubmitEagain,  // io_uring_enter returns EAGAIN before submitting (the kernel wants CQEs reaped)
     SubmitEbusy,   // io_uring_enter returns EBUSY before submitting
     SubmitEintr,   // io_uring_enter returns EINTR before submitting
-    SubmitEnomem,  // io_uring_enter returns ENOMEM: a hard error, the ring is unusable afterwards
+    SubmitEnomem,  // io_uring_enter returns ENOMEM: retried (bounded), then the ring is retired
     CompleteEagain,  // a file read/write completes with EAGAIN without transferring anything
     CompleteEio,     // a read/write completes with EIO without transferring anything
     CompleteShort,   // a read is submitted for half its length: the kernel returns a short count

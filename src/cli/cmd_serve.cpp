@@ -234,6 +234,13 @@ private:
     observe::HttpReply io_reply() {
         discover();
         auto it = observed_.find(args_.target);
+        // A server killed before this endpoint first looked at it has no session here: say it
+        // is gone rather than that it lacks an agent.
+        if (it == observed_.end() && ::kill(args_.target, 0) != 0 && errno == ESRCH)
+            return json_reply(
+                200, {{"ok", false},
+                      {"node", args_.node},
+                      {"error", fmt::format("target process {} is gone (exited)", args_.target)}});
         if (it == observed_.end())
             return json_reply(200, {{"ok", false},
                                     {"node", args_.node},

@@ -103,14 +103,47 @@ NodeIoSample parse_node_io(const nlohmann::json& j) {
     return s;
 }
 
-std::string peer_name(const ClusterFile& file, const std::vector<NodeIoSample>& samples,
+ConnectionIndex::ConnectionIndex(const ClusterFile& file,
+                                 std::initializer_list<const std::vector<NodeIoSample>*> samplings)
+    : file_(file) {
+    for (const auto* samples : samplings)
+        for (size_t i = 0; i < samples->size() && i < file.nodes.size(); ++i)
+            for (const auto& s : (*samples)[i].sockets) {
+                const auto& c = s.connection;
+                if (c.local_addr.empty() || c.remote_port == 0) continue;  // closed, listening
+                holders_.emplace(key(i, c.local(), c.remote(), loopback(c.local_addr)), i);
+            }
+}
+
+std::string ConnectionIndex::key(size_t node, const std::string& local, const std::string& remote,
+                                 bool on_loopback) const {
+    // Loopback endpoints exist once per namespace (and host): they name a connection only
+    // within it. Nodes without a namespace share their host's; a node of another machine has
+    // its own loopback, told apart by its host address.
+    std::string scope;
+    if (on_loopback) {
+        const Node& n = file_.nodes[node];
+        scope = !n.netns.empty()   ? "netns:" + n.netns
+                : loopback(n.host) ? "host"
+                                   : "host:" + n.host;
+    }
+    return scope + "|" + local + "|" + remote;
+}
+
+std::optional<size_t> ConnectionIndex::other_end(size_t self,
+                                                 const observe::TcpConnection& c) const {
+    if (self >= file_.nodes.size() || c.local_addr.empty()) return std::nullopt;
+    // The other end's local endpoint is our remote one: its key starts with it.
+    auto it = holders_.find(key(self, c.remote(), c.local(), loopback(c.remote_addr)));
+    if (it == holders_.end()) return std::nullopt;
+    return it->second;
+}
+
+std::string peer_name(const ClusterFile& file, const ConnectionIndex& index, size_t self,
                       const observe::TcpConnection& c) {
     if (c.remote_addr.empty()) return "";
     if (c.remote_port == 0) return "(listening)";  // accept calls count on the listening socket
-    const std::string remote = c.remote();
-    for (size_t i = 0; i < samples.size() && i < file.nodes.size(); ++i)
-        for (const auto& s : samples[i].sockets)
-            if (s.connection.local() == remote) return file.nodes[i].name;
+    if (auto other = index.other_end(self, c)) return file.nodes[*other].name;
     if (const Node* n = node_serving(file, c.remote_addr, c.remote_port)) return n->name;
     if (!loopback(c.remote_addr)) {
         const Node* only = nullptr;
@@ -135,6 +168,9 @@ TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& be
     using PeerKey =
         std::tuple<std::string, std::string, bool, std::string>;  // node, peer, inbound, service
     std::map<PeerKey, PeerTop> peers;
+    // Both samplings: a connection whose other end's row left its node's statistics during the
+    // interval (the LRU map dropped it) is still named.
+    const ConnectionIndex index(file, {&before, &now});
     for (size_t i = 0; i < file.nodes.size() && i < now.size(); ++i) {
         const Node& node = file.nodes[i];
         const NodeIoSample& cur = now[i];
@@ -190,7 +226,7 @@ TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& be
                               ? "?"
                               : std::to_string(s.connection.remote_port);
             }
-            std::string peer = peer_name(file, now, s.connection);
+            std::string peer = peer_name(file, index, i, s.connection);
             if (peer.empty()) peer = "(closed)";
             PeerTop& p = peers[{node.name, peer, inbound, service}];
             p.node = node.name;
@@ -243,7 +279,7 @@ std::string render_top(const TopView& v) {
         out += fmt::format(
             "{:<5} {:<3} {:<12} {:<11} {:>4} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} "
             "{:>9}\n",
-            p.node, p.inbound ? "<-" : "->", p.peer, p.service, p.sockets, p.recv.calls,
+            p.node, p.peer == "(closed)" ? "?" : p.inbound ? "<-" : "->", p.peer, p.service, p.sockets, p.recv.calls,
             human_bytes(static_cast<double>(p.recv.bytes)), p.send.calls,
             human_bytes(static_cast<double>(p.send.bytes)),
             rs ? human_bytes(static_cast<double>(*rs)) : "-",

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,12 +34,34 @@ struct NodeIoSample {
 // Parses the JSON reply of /control/io; a reply with ok false becomes a sample with its error.
 NodeIoSample parse_node_io(const nlohmann::json& reply);
 
-// The cluster's name for the remote end of one socket of node `self`: the node whose own socket
-// has that endpoint as its local one (exact, also on loopback ports), else the node serving on
-// that address and port, else the node with that address (unless it is a loopback address),
-// else the address itself. "" for a socket closed before its address was seen, "(listening)"
-// for a listening socket (its accept calls).
-std::string peer_name(const ClusterFile& file, const std::vector<NodeIoSample>& samples,
+// Which node holds the other end of a connection, from the sockets of one or more samplings of
+// every node (in cluster-file order). A connection's other end is the socket whose local
+// endpoint is this one's remote endpoint and whose remote endpoint is this one's local one:
+// both endpoints, because one local port is not one connection (Linux gives the same
+// ephemeral port to connections towards different destinations, and a closed socket keeps its
+// endpoints in the statistics while its port is given to the next connection). Endpoints on a
+// loopback address are matched only between nodes that share a loopback: the same network
+// namespace on the same host.
+class ConnectionIndex {
+public:
+    ConnectionIndex(const ClusterFile& file,
+                    std::initializer_list<const std::vector<NodeIoSample>*> samplings);
+    // The index of the node holding the other end of node `self`'s connection `c`.
+    std::optional<size_t> other_end(size_t self, const observe::TcpConnection& c) const;
+
+private:
+    std::string key(size_t node, const std::string& local, const std::string& remote,
+                    bool on_loopback) const;
+    const ClusterFile& file_;
+    std::map<std::string, size_t> holders_;
+};
+
+// The cluster's name for the remote end of one socket of node `self`: the node holding the
+// other end of the connection (ConnectionIndex: exact, also on shared loopback ports), else
+// the node serving on that address and port, else the node with that address (unless it is a
+// loopback address), else the address itself. "" for a socket closed before its address was
+// seen, "(listening)" for a listening socket (its accept calls).
+std::string peer_name(const ClusterFile& file, const ConnectionIndex& index, size_t self,
                       const observe::TcpConnection& c);
 
 struct NodeTop {

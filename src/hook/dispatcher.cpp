@@ -2,9 +2,6 @@
 
 namespace liveio::hook {
 
-thread_local bool Dispatcher::inside_ = false;
-thread_local Dispatcher::Sections::Slot* Dispatcher::record_ = nullptr;
-
 Dispatcher& Dispatcher::instance() {
     // Constant-initialized (no dynamic init), so hooks may run before main or after exit.
     static constinit Dispatcher dispatcher;

@@ -161,8 +161,16 @@ private:
 
     Slot slots_[3];
     Sections sections_;
-    static thread_local bool inside_;
-    static thread_local Sections::Slot* record_;  // this thread's slot of sections_
+    // Defined here, constinit: every translation unit then reaches them directly instead of
+    // through the TLS wrapper function a thread_local defined in another file needs (a test
+    // of the weak TLS init function per access). That wrapper also broke UBSan: GCC checks
+    // the wrapper's reference for null with `add x@gottpoff(%rip), %reg; je`, and when the
+    // code is linked into an executable ld relaxes that initial-exec add to
+    // `lea x@tpoff(%reg), %reg`, which sets no flags, so the je tested stale flags and
+    // reported a "store to null pointer" for a thread_local's address, which is never null.
+    static constinit inline thread_local bool inside_ = false;
+    static constinit inline thread_local Sections::Slot* record_ =
+        nullptr;  // this thread's slot of sections_
 };
 
 }  // namespace liveio::hook

@@ -39,8 +39,9 @@ constexpr uint8_t kCallRax[2] = {0xff, 0xd0};
 // that the destination is the null address. Only bytes that differ are stored, one at a time:
 // when the page already holds a trampoline, a vfork child (another process on this memory,
 // which no world stop parks) may be running through it, and each of its jumps must read
-// either the old or the new byte. The page must be readable and writable.
-void write_page_zero(const uint8_t* code, size_t size) {
+// either the old or the new byte. The page must be readable and writable. Reading and writing
+// the null address is this function's purpose: UBSan's null check is off for it alone.
+__attribute__((no_sanitize("null"))) void write_page_zero(const uint8_t* code, size_t size) {
     volatile uint8_t* volatile page = nullptr;
     for (size_t i = 0; i < size; ++i)
         if (page[i] != code[i]) page[i] = code[i];

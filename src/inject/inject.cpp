@@ -2,6 +2,7 @@
 // libc symbols read from disk), the all-threads stop, the safe-point check and the remote call.
 #include "inject/inject.h"
 #include "inject/kill_point.h"
+#include "inject/return_frame.h"
 
 #include <dirent.h>
 #include <elf.h>
@@ -9,6 +10,7 @@
 #include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/user.h>
 #include <sys/wait.h>
@@ -29,6 +31,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <span>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -282,6 +285,8 @@ public:
         return vaddr < it->end ? &*it : nullptr;
     }
     uint64_t first_load_vaddr() const { return first_load_vaddr_; }
+    // __restore_rt and a result-store gadget (file virtual addresses), if libc has both.
+    const std::optional<ReturnGadgets>& return_gadgets() const { return gadgets_; }
 
 private:
     Result<void> parse(const uint8_t* data, size_t size, const std::string& file) {
@@ -301,6 +306,11 @@ private:
             if (ph[i].p_type == PT_LOAD && !have_load)
                 first_load_vaddr_ = ph[i].p_vaddr & ~uint64_t(0xfff), have_load = true;
         if (!have_load) return bad("no PT_LOAD segment");
+        for (int i = 0; i < eh->e_phnum && !gadgets_; ++i)
+            if (ph[i].p_type == PT_LOAD && (ph[i].p_flags & PF_X) &&
+                ph[i].p_offset + ph[i].p_filesz <= size)
+                gadgets_ =
+                    find_return_gadgets({data + ph[i].p_offset, ph[i].p_filesz}, ph[i].p_vaddr);
         const auto* sh = reinterpret_cast<const Elf64_Shdr*>(data + eh->e_shoff);
         const Elf64_Shdr *dynsym = nullptr, *versym = nullptr;
         for (int i = 0; i < eh->e_shnum; ++i) {
@@ -343,6 +353,7 @@ private:
     std::map<std::string, uint64_t> symbols_;
     std::vector<FunctionRange> ranges_;
     uint64_t first_load_vaddr_ = 0;
+    std::optional<ReturnGadgets> gadgets_;
 };
 
 // Functions that hold the allocator's or the loader's locks while they run: a thread stopped
@@ -402,6 +413,9 @@ struct TargetModel {
     std::string keep_out_what;
     LibcImage libc;
     uint64_t dlopen = 0, dlclose = 0, dlsym = 0, dlerror = 0;
+    // Runtime addresses of the tracer-less return path (return_frame.h); nullopt: calls
+    // return to a non-canonical address the tracer must catch.
+    std::optional<ReturnGadgets> gadgets;
 };
 
 Result<TargetModel> model_target(pid_t pid) {
@@ -446,6 +460,11 @@ Result<TargetModel> model_target(pid_t pid) {
                               {"dlsym", &t.dlsym},
                               {"dlerror", &t.dlerror}})
         if (auto r = resolve(name, *slot); !r) return r.error();
+    if (auto g = t.libc.return_gadgets()) {
+        t.gadgets = *g;
+        t.gadgets->restore_rt += t.libc_bias;
+        t.gadgets->store += t.libc_bias;
+    }
     return t;
 }
 
@@ -682,13 +701,22 @@ std::string read_remote_string(pid_t tid, uint64_t addr, size_t max = 4096) {
     return out;
 }
 
-// Runs function calls on one stopped thread, restoring its registers, extended state and the
-// stack bytes it used when done (also on failure).
+// Runs function calls on one stopped thread. With the target's libc offering the pieces of
+// the tracer-less return (return_frame.h), each call returns through a kernel signal frame that
+// restores the thread by itself; the tracer catches the frame's rt_sigreturn, takes the
+// result and restores the thread exactly (skipping the rt_sigreturn), at every moment leaving
+// the thread something correct to run if the tracer dies. Without them a call returns to a
+// non-canonical address whose fault the tracer catches (a dead tracer then kills the target).
+// A call that faults is undone by restoring the saved registers, extended state and stack.
 class RemoteCaller {
 public:
-    RemoteCaller(StoppedProcess& stopped, const Tracee& thread, const InjectOptions& options,
-                 InjectStats* stats)
-        : stopped_(stopped), thread_(thread), options_(options), stats_(stats) {}
+    RemoteCaller(StoppedProcess& stopped, const Tracee& thread, const TargetModel& model,
+                 const InjectOptions& options, InjectStats* stats)
+        : stopped_(stopped),
+          thread_(thread),
+          gadgets_(model.gadgets),
+          options_(options),
+          stats_(stats) {}
 
     Result<void> save() {
         xstate_.resize(64 * 1024);
@@ -700,34 +728,28 @@ public:
         } else if (ptrace(PTRACE_GETFPREGS, thread_.tid, nullptr, &fpregs_) != 0) {
             return errno_error(errno, fmt::format("saving FP registers of thread {}", thread_.tid));
         }
-        saved_ = true;
+        if (ptrace(PTRACE_GETSIGMASK, thread_.tid, sizeof sigmask_, &sigmask_) != 0)
+            return errno_error(errno,
+                               fmt::format("reading the signal mask of thread {}", thread_.tid));
+        // Syscall stops come as SIGTRAP|0x80, told apart from a real SIGTRAP.
+        if (ptrace(PTRACE_SETOPTIONS, thread_.tid, nullptr,
+                   reinterpret_cast<void*>(long{PTRACE_O_TRACESYSGOOD})) != 0)
+            return errno_error(errno,
+                               fmt::format("setting ptrace options of thread {}", thread_.tid));
         return {};
     }
 
-    // Restores what save() captured. Idempotent.
+    // Undoes a call that faulted (the thread stopped on the fault's signal): registers,
+    // extended state and the stack bytes the call used. Calls that returned restored the
+    // thread themselves; an abandoned call is left to return through its frame.
     Result<void> restore() {
-        if (!saved_) return {};
-        saved_ = false;
-        Result<void> result;
-        if (!stack_backup_.empty())
-            if (auto r = copy_to(thread_.tid, stack_backup_addr_, stack_backup_.data(),
-                                 stack_backup_.size());
-                !r)
-                result = r;
-        stack_backup_.clear();
+        if (state_ != State::faulted) return {};
+        state_ = State::idle;
+        Result<void> result = restore_stack();
         if (ptrace(PTRACE_SETREGS, thread_.tid, nullptr, &thread_.regs) != 0)
             result =
                 errno_error(errno, fmt::format("restoring registers of thread {}", thread_.tid));
-        if (have_xstate_) {
-            iovec iov{xstate_.data(), xstate_.size()};
-            if (ptrace(PTRACE_SETREGSET, thread_.tid, reinterpret_cast<void*>(NT_X86_XSTATE),
-                       &iov) != 0)
-                result = errno_error(
-                    errno, fmt::format("restoring extended registers of thread {}", thread_.tid));
-        } else if (ptrace(PTRACE_SETFPREGS, thread_.tid, nullptr, &fpregs_) != 0) {
-            result =
-                errno_error(errno, fmt::format("restoring FP registers of thread {}", thread_.tid));
-        }
+        if (auto r = restore_extended_state(); !r) result = r;
         return result;
     }
 
@@ -740,79 +762,167 @@ public:
     Result<uint64_t> call(uint64_t function, std::initializer_list<uint64_t> args,
                           const std::string& data = {}) {
         if (args.size() > 6) return make_error(E2BIG, "at most six arguments can be passed");
-        uint64_t sp = thread_.regs.rsp - kRedZone;
-        uint64_t data_addr = (sp - data.size() - 1) & ~uint64_t(15);
-        uint64_t entry_sp = data_addr - 8;  // a call leaves rsp = 8 (mod 16) at function entry
-        // Keep the bytes we overwrite; a repeated call on the same stack saves them only once.
-        if (stack_backup_.empty()) {
-            stack_backup_addr_ = entry_sp;
-            stack_backup_.resize(sp - entry_sp);
-            if (auto r =
-                    copy_from(thread_.tid, entry_sp, stack_backup_.data(), stack_backup_.size());
-                !r) {
-                stack_backup_.clear();
-                return r.error();
-            }
-        } else if (entry_sp < stack_backup_addr_) {
-            return make_error(EINVAL, "remote call data grew between calls");
+        if (state_ != State::idle)
+            return make_error(EBUSY, "an earlier call on this thread did not finish");
+        user_regs_struct regs = thread_.regs;
+        if (gadgets_) {
+            std::span<const uint8_t> fp =
+                have_xstate_ ? std::span<const uint8_t>(xstate_)
+                             : std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(&fpregs_),
+                                                        sizeof fpregs_);
+            frame_ = build_call_frame(thread_.regs, fp, have_xstate_, sigmask_, *gadgets_, data);
+            set_store_base(regs, gadgets_->base, frame_.result_slot);
+        } else {
+            frame_ = CallFrame{};
+            frame_.end = thread_.regs.rsp - kRedZone;
+            frame_.data_addr = (frame_.end - data.size() - 1) & ~uint64_t(15);
+            frame_.entry_sp = frame_.data_addr - 8;  // rsp = 8 (mod 16) at function entry
+            frame_.bytes.assign(frame_.end - frame_.entry_sp, 0);
+            memcpy(frame_.bytes.data(), &kReturnAddress, sizeof kReturnAddress);
+            memcpy(frame_.bytes.data() + 8, data.data(), data.size());
         }
-        std::vector<uint8_t> frame(sp - entry_sp, 0);  // the return address, then the data
-        memcpy(frame.data(), &kReturnAddress, sizeof kReturnAddress);
-        memcpy(frame.data() + 8, data.data(), data.size());
-        if (auto r = copy_to(thread_.tid, entry_sp, frame.data(), frame.size()); !r)
+        stack_backup_addr_ = frame_.entry_sp;
+        stack_backup_.resize(frame_.bytes.size());
+        if (auto r =
+                copy_from(thread_.tid, frame_.entry_sp, stack_backup_.data(), stack_backup_.size());
+            !r) {
+            stack_backup_.clear();
+            return r.error();
+        }
+        if (auto r =
+                copy_to(thread_.tid, frame_.entry_sp, frame_.bytes.data(), frame_.bytes.size());
+            !r)
             return r.error();
 
-        user_regs_struct regs = thread_.regs;
         unsigned long long* slots[] = {&regs.rdi, &regs.rsi, &regs.rdx,
                                        &regs.rcx, &regs.r8,  &regs.r9};
         size_t i = 0;
-        for (uint64_t a : args) *slots[i++] = a == kDataArg ? data_addr : a;
+        for (uint64_t a : args) *slots[i++] = a == kDataArg ? frame_.data_addr : a;
         regs.rip = function;
-        regs.rsp = entry_sp;
+        regs.rsp = frame_.entry_sp;
         regs.rax = 0;
         // Not in a system call any more: the kernel must not "restart" one when we resume.
         regs.orig_rax = ~uint64_t(0);
         regs.eflags &= ~kEflagsDirection;
         if (ptrace(PTRACE_SETREGS, thread_.tid, nullptr, &regs) != 0)
             return errno_error(errno, fmt::format("setting registers of thread {}", thread_.tid));
+        state_ = State::running;
         auto start = Clock::now();
-        auto r = run_until_return(start, entry_sp);
+        auto r = run_until_return(start);
         if (stats_) stats_->call_ms += ms_between(start, Clock::now());
         return r;
     }
 
 private:
-    // The called function returns to kReturnAddress, a non-canonical address: its `ret`
-    // raises #GP before it moves anything, so the thread stops with SIGSEGV on that `ret`,
-    // rsp still at the slot holding kReturnAddress. Address 0 cannot serve: syscall
-    // rewriting maps page 0 (and retires it mapped at uninstall), so a return to 0 would run
-    // its sled.
-    Result<uint64_t> run_until_return(Clock::time_point start, uint64_t return_slot) {
+    enum class State { idle, running, faulted, abandoned };
+
+    Result<void> restore_stack() {
+        if (stack_backup_.empty()) return {};
+        auto r =
+            copy_to(thread_.tid, stack_backup_addr_, stack_backup_.data(), stack_backup_.size());
+        stack_backup_.clear();
+        return r;
+    }
+
+    Result<void> restore_extended_state() {
+        if (have_xstate_) {
+            iovec iov{xstate_.data(), xstate_.size()};
+            if (ptrace(PTRACE_SETREGSET, thread_.tid, reinterpret_cast<void*>(NT_X86_XSTATE),
+                       &iov) != 0)
+                return errno_error(
+                    errno, fmt::format("restoring extended registers of thread {}", thread_.tid));
+        } else if (ptrace(PTRACE_SETFPREGS, thread_.tid, nullptr, &fpregs_) != 0) {
+            return errno_error(errno,
+                               fmt::format("restoring FP registers of thread {}", thread_.tid));
+        }
+        return {};
+    }
+
+    // The thread sits at the syscall-entry stop of the frame's rt_sigreturn: the result is in
+    // its slot. The extended state goes back first, then one PTRACE_SETREGS both skips the
+    // rt_sigreturn (orig_rax -1) and puts the registers back with the interrupted system call
+    // set to restart (its restart block intact, unlike after a real rt_sigreturn); only then
+    // are the frame's stack bytes restored. A tracer dying between any two steps leaves a
+    // thread that still resumes correctly.
+    Result<uint64_t> finish_returned_call(pid_t tid) {
+        kill_point("inject-call-returned");
+        uint64_t result = 0;
+        if (auto r = copy_from(tid, frame_.result_slot, &result, sizeof result); !r)
+            return r.error();
+        if (auto r = restore_extended_state(); !r) return r.error();
+        user_regs_struct resumed = resumed_registers(thread_.regs, /*restart_block_intact=*/true);
+        if (ptrace(PTRACE_SETREGS, tid, nullptr, &resumed) != 0)
+            return errno_error(errno, fmt::format("restoring registers of thread {}", tid));
+        state_ = State::idle;
+        if (auto r = restore_stack(); !r) return r.error();
+        // Run to the skipped call's exit stop: the thread must be stopped to be detached.
+        for (;;) {
+            if (ptrace(PTRACE_SYSCALL, tid, nullptr, nullptr) != 0)
+                return errno_error(errno, fmt::format("resuming thread {}", tid));
+            int status = 0;
+            pid_t w;
+            while ((w = waitpid(tid, &status, __WALL)) < 0 && errno == EINTR) {
+            }
+            if (w < 0) return errno_error(errno, fmt::format("waiting for thread {}", tid));
+            if (WIFEXITED(status) || WIFSIGNALED(status))
+                return make_error(
+                    ESRCH, fmt::format("process {} died after the injected call", stopped_.pid()));
+            if (WSTOPSIG(status) == (SIGTRAP | 0x80)) return result;
+            // Nothing else can come before the exit stop; keep any signal for the thread.
+            if ((status >> 16) == 0) {
+                for (auto& t : stopped_.threads())
+                    if (t.tid == tid) t.pending_signal = WSTOPSIG(status);
+                return result;
+            }
+        }
+    }
+
+    bool is_frame_sigreturn(const user_regs_struct& now) const {
+        return gadgets_ && static_cast<long>(now.orig_rax) == SYS_rt_sigreturn &&
+               now.rsp == frame_.sigreturn_sp && now.rip == gadgets_->restore_rt + 9;
+    }
+
+    Result<uint64_t> run_until_return(Clock::time_point start) {
         pid_t tid = thread_.tid;
         int deliver = 0;
+        // Syscall stops are only needed to catch the frame's rt_sigreturn.
+        const auto resume = gadgets_ ? PTRACE_SYSCALL : PTRACE_CONT;
+        bool first = true;
         for (;;) {
-            if (ptrace(PTRACE_CONT, tid, nullptr,
-                       reinterpret_cast<void*>(static_cast<long>(deliver))) != 0)
+            if (ptrace(resume, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(deliver))) !=
+                0)
                 return errno_error(errno, fmt::format("resuming thread {}", tid));
+            if (first) kill_point("inject-call-running"), first = false;
             deliver = 0;
             int status = 0;
             auto waited = wait_with_release(tid, status, start);
             if (!waited) return waited.error();
             if (WIFEXITED(status) || WIFSIGNALED(status)) {
-                saved_ = false;
+                state_ = State::idle;
+                stack_backup_.clear();
                 return make_error(
                     ESRCH, fmt::format("process {} died during the injected call", stopped_.pid()));
             }
             int sig = WSTOPSIG(status);
+            if (sig == (SIGTRAP | 0x80)) {
+                user_regs_struct now;
+                if (ptrace(PTRACE_GETREGS, tid, nullptr, &now) != 0)
+                    return errno_error(errno, "reading registers at a system call");
+                if (is_frame_sigreturn(now)) return finish_returned_call(tid);
+                continue;
+            }
             if ((status >> 16) != 0) continue;  // an event stop (job control): just continue
             if (sig == SIGSEGV || sig == SIGBUS || sig == SIGILL || sig == SIGFPE) {
                 user_regs_struct now;
                 if (ptrace(PTRACE_GETREGS, tid, nullptr, &now) != 0)
                     return errno_error(errno, "reading registers after the call");
-                if (sig == SIGSEGV && now.rsp == return_slot) {
+                state_ = State::faulted;
+                if (!gadgets_ && sig == SIGSEGV && now.rsp == frame_.entry_sp) {
                     uint64_t top = 0;
-                    if (copy_from(tid, now.rsp, &top, sizeof top) && top == kReturnAddress)
+                    if (copy_from(tid, now.rsp, &top, sizeof top) && top == kReturnAddress) {
+                        if (auto r = restore(); !r) return r.error();
                         return now.rax;
+                    }
                 }
                 return make_error(
                     EFAULT,
@@ -824,7 +934,9 @@ private:
         }
     }
 
-    // waitpid with polling so that a call that takes too long can release the other threads.
+    // waitpid with polling so that a call that takes too long can release the other threads,
+    // and be given up after call_timeout_ms (the thread is then left to finish it and return
+    // through its frame; without the frame it could not survive that, so it is waited for).
     Result<void> wait_with_release(pid_t tid, int& status, Clock::time_point start) {
         auto nap = std::chrono::microseconds(5);
         for (;;) {
@@ -832,10 +944,27 @@ private:
             if (r == tid) return {};
             if (r < 0 && errno != EINTR)
                 return errno_error(errno, fmt::format("waiting for thread {}", tid));
-            if (!released_early_ && ms_between(start, Clock::now()) > options_.release_after_ms) {
+            double elapsed = ms_between(start, Clock::now());
+            if (!released_early_ && elapsed > options_.release_after_ms) {
                 stopped_.release_all(tid);
                 released_early_ = true;
                 if (stats_) stats_->released_early = true;
+            }
+            if (gadgets_ && elapsed > options_.call_timeout_ms) {
+                // Stop it (any stop will do) so that release_all() can detach it.
+                ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr);
+                while (waitpid(tid, &status, __WALL) < 0 && errno == EINTR) {
+                }
+                state_ = State::abandoned;
+                stack_backup_.clear();
+                for (auto& t : stopped_.threads())
+                    if (t.tid == tid && (status >> 16) == 0 && WIFSTOPPED(status) &&
+                        WSTOPSIG(status) != (SIGTRAP | 0x80))
+                        t.pending_signal = WSTOPSIG(status);
+                return make_error(ETIMEDOUT,
+                                  fmt::format("the injected call did not return within {} ms in "
+                                              "process {}; it was left to finish by itself",
+                                              options_.call_timeout_ms, stopped_.pid()));
             }
             std::this_thread::sleep_for(nap);
             nap = std::min(nap * 2, std::chrono::microseconds(released_early_ ? 10000 : 200));
@@ -846,11 +975,15 @@ private:
     // A copy: a call that takes long releases the other threads (release_all(keep)), which
     // rebuilds the stopped thread list and would leave a reference into it dangling.
     const Tracee thread_;
+    const std::optional<ReturnGadgets> gadgets_;
     const InjectOptions& options_;
     InjectStats* stats_;
     std::vector<uint8_t> xstate_;
     user_fpregs_struct fpregs_{};
-    bool have_xstate_ = false, saved_ = false, released_early_ = false;
+    uint64_t sigmask_ = 0;
+    bool have_xstate_ = false, released_early_ = false;
+    State state_ = State::idle;
+    CallFrame frame_;
     std::vector<uint8_t> stack_backup_;
     uint64_t stack_backup_addr_ = 0;
 };
@@ -886,7 +1019,7 @@ auto with_target_stopped(pid_t pid, InjectStats* stats, const InjectOptions& opt
         st.threads = static_cast<int>(stopped.threads().size());
         kill_point("inject-stopped");
         auto result = [&]() -> decltype(body(*model, std::declval<RemoteCaller&>())) {
-            RemoteCaller caller(stopped, *thread, options, &st);
+            RemoteCaller caller(stopped, *thread, *model, options, &st);
             if (auto r = caller.save(); !r) return r.error();
             auto out = body(*model, caller);
             if (auto r = caller.restore(); !r) return r.error();

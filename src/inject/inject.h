@@ -8,16 +8,22 @@
 // are released for a moment and stopped again, a bounded number of times.
 //
 // The chosen thread then calls the target's own libc `dlopen(path, RTLD_NOW)`: its registers
-// (general, FP/SSE/AVX xstate) are saved, the path is written below the red zone of its stack,
-// the call returns to a non-canonical address and the resulting fault is caught (never
-// delivered). Registers and the stack bytes are restored exactly; a thread that was blocked
-// in a system call resumes it as if nothing happened (read() on a pipe keeps waiting, no
-// EINTR).
+// (general, FP/SSE/AVX xstate) and signal mask are saved, the path and a kernel signal frame
+// holding that state are written below the red zone of its stack, and the call returns
+// through libc code into rt_sigreturn of that frame (return_frame.h). The tracer catches the
+// rt_sigreturn, takes the result and restores registers and stack bytes exactly; a thread that
+// was blocked in a system call resumes it as if nothing happened (read() on a pipe keeps
+// waiting, no EINTR). If the tracer dies at any moment (SIGKILL, OOM), the threads run on:
+// the call completes and its thread continues where it was stopped, restored by the frame.
+// A libc without the needed code (`__restore_rt` and a `mov %rax,(reg); ret` gadget) gets the
+// older return to a non-canonical address whose fault the tracer catches, without that
+// protection.
 //
 // While the call runs the other threads stay stopped. If it does not return within
 // `InjectOptions::release_after_ms` (a stopped thread may hold a lock the call needs, or the
 // library's constructor waits for other threads) the other threads are released and the call
-// is awaited up to `call_timeout_ms`; `InjectStats::released_early` records that.
+// is awaited up to `call_timeout_ms` (ETIMEDOUT then: the thread is left to finish the call
+// and return through its frame); `InjectStats::released_early` records that.
 //
 // The library's constructor runs on the hijacked thread while the others are stopped: it must
 // not wait for other threads of the process (start a thread for such work instead).

@@ -61,15 +61,24 @@ const std::vector<PolicyDef>& catalog() {
              {"latency_pct", 7, 200,
               "recent action latency per MiB above this % of the lowest seen halves the depth"},
              {"adapt_reads", 8, 16, "reads (all streams) between two adaptations of the depth"},
+             {"wait_us", 9, 0,
+              "a read slower than this per MiB waited on the device: its stream is prefetched "
+              "even while the kernel's readahead holds its next bytes (us; 0: never)"},
              {"budget_mb", kRuntimeKnob, 256,
               "bytes in flight on the I/O thread, all policies (MiB)"},
          }},
         {"marks",
          "policies/marks.bpf.o",
-         "ClickHouse point lookups: kept marks turn a column read at granule i into one batch "
-         "prefetching granule i of every other column of the part",
+         "ClickHouse point lookups: kept marks turn a column read naming granules i..k into one "
+         "batch prefetching granules i..k of every column of the part not read yet",
          {
              {"max_kb", 0, 1024, "most bytes prefetched per column and granule range (KiB)"},
+             {"unread_max", 1, 2,
+              "rounds in a row a column's batched range goes unread before it leaves the batch "
+              "(it comes back when read)"},
+             {"guess_kb", 2, 128,
+              "a read naming a block of several granules batches the columns whose bytes for all "
+              "of them are at most this (KiB; 0: none)"},
              {"budget_mb", kRuntimeKnob, 256,
               "bytes in flight on the I/O thread, all policies (MiB)"},
          }},

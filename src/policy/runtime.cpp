@@ -95,6 +95,36 @@ uint64_t h_file_pos(uint64_t fd, uint64_t, uint64_t, uint64_t, uint64_t, ebpf::E
         liveio::raw_syscall(SYS_lseek, static_cast<long>(fd), 0, SEEK_CUR));
 }
 
+// cachestat(2) (Linux 6.5): the same number on every architecture; the build's headers may
+// predate it.
+constexpr long kSysCachestat = 451;
+struct CachestatRange {
+    uint64_t off;
+    uint64_t len;
+};
+struct Cachestat {
+    uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+};
+constexpr uint64_t kPageSize = 4096;
+
+uint64_t h_cached(uint64_t fd, uint64_t offset, uint64_t len, uint64_t, uint64_t, ebpf::ExecEnv*) {
+    const auto off = static_cast<int64_t>(offset);
+    if (static_cast<int64_t>(fd) < 0 || off < 0 || len == 0 ||
+        len > static_cast<uint64_t>(INT64_MAX - off))
+        return static_cast<uint64_t>(-EINVAL);
+    CachestatRange range{offset, len};
+    Cachestat cs{};
+    const long rc =
+        liveio::raw_syscall(kSysCachestat, static_cast<long>(fd), reinterpret_cast<long>(&range),
+                            reinterpret_cast<long>(&cs), 0);
+    if (rc != 0) return static_cast<uint64_t>(rc);
+    // Pages the range touches: `len` only when all of them are cached, less otherwise.
+    const uint64_t pages = (offset + len - 1) / kPageSize - offset / kPageSize + 1;
+    if (cs.nr_cache >= pages) return len;
+    const uint64_t bytes = cs.nr_cache * kPageSize;
+    return bytes < len ? bytes : len - 1;
+}
+
 uint64_t h_complete_load(uint64_t ctx, uint64_t offset, uint64_t dst, uint64_t len, uint64_t,
                          ebpf::ExecEnv*) {
     Runtime* rt = Runtime::active();
@@ -184,6 +214,8 @@ Result<void> Runtime::add_helpers(ebpf::HelperTable& table) {
         {LIVEIO_HELPER_IO_LOAD,
          proto("liveio_io_load", h_io_load,
                {A::PtrToCtx, A::Scalar, A::PtrToUninitMem, A::ConstSize, A::None})},
+        {LIVEIO_HELPER_CACHED,
+         proto("liveio_cached", h_cached, {A::Scalar, A::Scalar, A::Scalar, A::None, A::None})},
     };
     for (const auto& h : helpers)
         if (auto r = table.extend(h.id, h.proto); !r) return r.error();

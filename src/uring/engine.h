@@ -181,11 +181,16 @@ struct Options {
 
 enum class BackendKind { Uring, Fallback };
 
+// io_uring_enter failing with ENOMEM is retried this many times per submission before the
+// ring counts as broken (its thread then runs natively).
+inline constexpr int kMaxNomemRetries = 64;
+
 struct Stats {
-    uint64_t enters = 0;            // io_uring_enter calls (submit and/or wait)
-    uint64_t submit_retries = 0;    // EINTR/EAGAIN/EBUSY on submit, retried
-    uint64_t eagain_resubmits = 0;  // -EAGAIN completions resubmitted
-    uint64_t short_resubmits = 0;   // short transfers resubmitted for the remainder
+    uint64_t enters = 0;                // io_uring_enter calls (submit and/or wait)
+    uint64_t submit_retries = 0;        // EINTR/EAGAIN/EBUSY/ENOMEM on submit, retried
+    uint64_t submit_nomem_retries = 0;  // of which ENOMEM (at most kMaxNomemRetries per submit)
+    uint64_t eagain_resubmits = 0;      // -EAGAIN completions resubmitted
+    uint64_t short_resubmits = 0;       // short transfers resubmitted for the remainder
     uint64_t cq_overflow_flushes =
         0;                    // drains that found completions parked in the kernel overflow list
     uint64_t cq_dropped = 0;  // completions the kernel dropped (never on NODROP kernels)

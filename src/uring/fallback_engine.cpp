@@ -317,12 +317,19 @@ private:
             finished.push_back(index[k]);
             results.emplace_back(p, res);
         }
+        // Expired timeouts complete in deadline order, as io_uring's do, also when several
+        // expired while this thread was not running (submission order may differ).
         int64_t now = now_ns();
-        for (size_t i = 0; i < pending_.size(); ++i) {
-            if (pending_[i].op.code == OpCode::Timeout && pending_[i].deadline_ns <= now) {
-                finished.push_back(i);
-                results.emplace_back(pending_[i], -ETIME);
-            }
+        std::vector<size_t> expired;
+        for (size_t i = 0; i < pending_.size(); ++i)
+            if (pending_[i].op.code == OpCode::Timeout && pending_[i].deadline_ns <= now)
+                expired.push_back(i);
+        std::stable_sort(expired.begin(), expired.end(), [&](size_t a, size_t b) {
+            return pending_[a].deadline_ns < pending_[b].deadline_ns;
+        });
+        for (size_t i : expired) {
+            finished.push_back(i);
+            results.emplace_back(pending_[i], -ETIME);
         }
         std::sort(finished.begin(), finished.end());
         for (size_t k = finished.size(); k-- > 0;)

@@ -391,7 +391,7 @@ private:
     // re-evaluate (its wait may already be satisfied by what was drained).
     int submit_with_retry(unsigned wait_nr) {
         constexpr int kMaxBusyRetries = 1000;
-        int busy_retries = 0;
+        int busy_retries = 0, nomem_retries = 0;
         for (;;) {
             ++stats_.enters;
             int r = injected_submit_error();
@@ -400,6 +400,18 @@ private:
             if (r >= 0) return r;
             if (r == -EINTR) {
                 ++stats_.submit_retries;
+                continue;
+            }
+            // ENOMEM: the kernel could not allocate what the enter needed and submitted
+            // nothing; memory is often back a moment later (reclaim, a burst ending). The SQ
+            // is retried a bounded number of times, yielding the CPU in between, before the
+            // ring counts as broken.
+            if (r == -ENOMEM && ++nomem_retries <= kMaxNomemRetries) {
+                ++stats_.submit_retries;
+                ++stats_.submit_nomem_retries;
+                drain_cq();
+                if (io_uring_sq_ready(&ring_) == 0) return 0;
+                sys::call(SYS_sched_yield);
                 continue;
             }
             if (r == -EAGAIN || r == -EBUSY) {

@@ -1,15 +1,17 @@
 // A `liveio attach` or `liveio detach` killed half-way (SIGKILL: an OOM kill, a user's kill -9)
-// at each point of src/inject/kill_point.h. The target (liveio-io-target with idle threads
-// asleep in recv/read, checking every byte and errno of its I/O, forking and execing all
-// along) must keep running without a wrong byte; `liveio detach` must then clean up whatever
-// the killed command left (an agent loaded, hooks installed, an agent that stopped serving),
-// and a later attach/detach must work and leave nothing of liveio mapped.
+// at each point of src/inject/kill_point.h, inside the remote dlopen/dlclose included. The target
+// (liveio-io-target with idle threads asleep in recv/read, checking every byte and errno of its
+// I/O, forking and execing all along) must keep running without a wrong byte; `liveio detach` must
+// then clean up whatever the killed command left (an agent loaded, hooks installed, an agent that
+// stopped serving), and a later attach/detach must work and leave nothing of liveio mapped.
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -79,6 +81,28 @@ TEST_P(CliKilled, TargetResumesAndALaterAttachWorks) {
     ASSERT_TRUE(target.wait_progress(3)) << target.output();
     ASSERT_TRUE(target.alive()) << target.output();
 
+    // Killed inside the remote dlopen/dlclose, the call completed without the CLI: attach
+    // leaves the agent fully loaded, serving, with nothing installed; detach leaves it gone.
+    const std::string point = c.point;
+    if (point == "inject-call-running" || point == "inject-call-returned") {
+        // The target's thread may still be finishing the call: waited for, bounded.
+        const bool attaching = std::string(c.command) == "attach";
+        for (int i = 0; i < 30000; ++i) {
+            const bool serving = static_cast<bool>(control::ControlClient::connect(target.pid()));
+            if (attaching ? serving : !agent_mapped(target.pid())) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        if (attaching) {
+            ASSERT_TRUE(agent_mapped(target.pid()));
+            const CliResult s = run_cli({"status", pid});
+            ASSERT_EQ(s.status, 0) << s.output;
+            EXPECT_NE(s.output.find("mechanisms: none installed"), std::string::npos) << s.output;
+        } else {
+            EXPECT_FALSE(agent_mapped(target.pid()));
+            EXPECT_FALSE(control::ControlClient::connect(target.pid()));
+        }
+    }
+
     // Whatever was left, detach removes it.
     if (agent_mapped(target.pid())) {
         const CliResult d = run_cli({"detach", pid});
@@ -114,7 +138,11 @@ INSTANTIATE_TEST_SUITE_P(Points, CliKilled,
                                            KillCase{"detach", "detach-answered", "got"},
                                            KillCase{"detach", "detach-answered", "inline"},
                                            KillCase{"detach", "detach-answered", "rewrite"},
-                                           KillCase{"detach", "inject-stopped", "inline"}),
+                                           KillCase{"detach", "inject-stopped", "inline"},
+                                           KillCase{"attach", "inject-call-running", "got"},
+                                           KillCase{"attach", "inject-call-returned", "inline"},
+                                           KillCase{"detach", "inject-call-running", "inline"},
+                                           KillCase{"detach", "inject-call-returned", "rewrite"}),
                          [](const auto& info) {
                              std::string name = std::string(info.param.command) + "_" +
                                                 info.param.point + "_" + info.param.mechanism;

@@ -39,8 +39,9 @@ TEST(FaultInjection, TargetCallsKeepNativeResultsUnderEveryEngineFault) {
     EXPECT_NE(bad.output.find("complete_short"), std::string::npos)
         << "the error lists the points: " << bad.output;
 
-    // submit_enomem last: a hard io_uring_enter error retires the ring of each thread that
-    // meets it (those threads then run natively), so later points would find no ring to fail.
+    // submit_enomem last: its 50 failures are absorbed by the engine's bounded retries
+    // (uring::kMaxNomemRetries per submission); past that bound a thread's ring would be
+    // retired (the thread then runs natively) and later points would find no ring to fail.
     for (const char* point :
          {"ring_create", "submit_eagain", "submit_ebusy", "submit_eintr", "complete_eio",
           "complete_eagain", "complete_short", "submit_enomem"}) {

@@ -1,15 +1,19 @@
 // `liveio bench clickhouse --quick` end to end: the harness itself. A small data set is
 // generated into a private cache directory, the quick query set runs cold and hot under every
-// configuration the machine offers, and the output must show what the harness promises:
-// results compared with stock (no mismatch), the device readahead restored, a plot, the
-// metric lines. Needs root (drop_caches, readahead) and the Debian clickhouse-server.
+// configuration the machine offers, on the idle device and under the contended condition (a
+// background fio load on the same disk), and the output must show what the harness promises:
+// results compared with stock (no mismatch) in both conditions, the device's figures under
+// each, the device readahead restored and the load stopped, the plots, the metric lines. Needs root
+// (drop_caches, readahead) and the Debian clickhouse-server.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <sstream>
 #include <string>
 
 #include "clickhouse/server.h"
@@ -25,6 +29,20 @@ using test_support::LiveioProcess;
 std::string read_file(const std::string& path) {
     std::ifstream in(path);
     return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Processes whose command line mentions `needle` (the test's private cache directory).
+int processes_mentioning(const std::string& needle) {
+    int n = 0;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc", ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+        std::string cmdline = read_file(e.path().string() + "/cmdline");
+        std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+        if (cmdline.find(needle) != std::string::npos) ++n;
+    }
+    return n;
 }
 
 TEST(BenchClickhouse, QuickRunComparesResultsAndPrintsMetrics) {
@@ -46,10 +64,20 @@ TEST(BenchClickhouse, QuickRunComparesResultsAndPrintsMetrics) {
 
     // The data set was generated and described, the device measured.
     EXPECT_NE(out.find("data set: 300000 rows in 1 part(s)"), std::string::npos);
+    EXPECT_NE(out.find("idle device, fio O_DIRECT io_uring on"), std::string::npos);
+    EXPECT_NE(out.find("contended device, fio O_DIRECT io_uring on"), std::string::npos);
     EXPECT_NE(out.find("128 KiB sequential"), std::string::npos);
     // Stock and ClickHouse's O_DIRECT path ran every quick query in both readahead passes;
     // each policy either ran or was reported unavailable with the CLI's error.
     EXPECT_NE(out.find("== readahead 128 KiB: cold =="), std::string::npos);
+    // The contended pass: the load ran during it (it did I/O) and ended when the pass did.
+    EXPECT_TRUE(std::regex_search(
+        out, std::regex("\\n== contended device, readahead [0-9]+ KiB \\(the machine's\\): cold "
+                        "and hot ==\\n")));
+    std::smatch load;
+    ASSERT_TRUE(
+        std::regex_search(out, load, std::regex("background load during the pass: ([0-9]+) IOPS")));
+    EXPECT_GT(std::stol(load[1].str()), 0);
     for (const char* q : {"Q1", "Q3", "Q8", "Q21", "Q37", "Q43", "PK1", "PK6"})
         EXPECT_TRUE(std::regex_search(
             out, std::regex(std::string("\\n  ") + q + " +.*stock [0-9]+/[0-9]+ ms")))
@@ -67,9 +95,11 @@ TEST(BenchClickhouse, QuickRunComparesResultsAndPrintsMetrics) {
     EXPECT_NE(out.find("metric: result_mismatches 0\n"), std::string::npos);
     EXPECT_NE(out.find("metric: part_mismatches 0\n"), std::string::npos);
     EXPECT_NE(out.find("files identical to stock's"), std::string::npos);
-    for (const char* m :
-         {"cold_speedup_geomean", "cold_gap_recovered_pct", "cold_point_lookup_speedup",
-          "hot_slowdown_pct", "insert_speedup", "clickhouse_glue_loc"})
+    for (const char* m : {"cold_speedup_geomean", "cold_gap_recovered_pct",
+                          "cold_point_lookup_speedup", "hot_slowdown_pct", "insert_speedup",
+                          "clickhouse_glue_loc", "cold_speedup_geomean_contended",
+                          "cold_gap_recovered_pct_contended", "cold_point_lookup_speedup_contended",
+                          "hot_slowdown_pct_contended", "device_rand4k_qd32_over_qd1_contended"})
         EXPECT_TRUE(std::regex_search(
             out, std::regex(std::string("\\nmetric: ") + m + " ([0-9.+-]+|n/a)\\n")))
             << m;
@@ -81,12 +111,20 @@ TEST(BenchClickhouse, QuickRunComparesResultsAndPrintsMetrics) {
     // The tables give median [min-max] per configuration.
     EXPECT_TRUE(std::regex_search(out, std::regex("\\nQ1 +\\| +[0-9.]+ \\[[0-9.]+-[0-9.]+\\]")))
         << "cold table row of Q1";
+    // ... and per query the device condition it ran under.
+    EXPECT_TRUE(std::regex_search(out, std::regex("\\nQ1 +\\| [^\\n]*\\| idle\\n")));
+    EXPECT_TRUE(std::regex_search(out, std::regex("\\nPK6 +\\| [^\\n]*\\| contended\\n")));
     std::smatch plot;
     ASSERT_TRUE(std::regex_search(out, plot, std::regex("\\nplot: (\\S+\\.svg)\\n")));
     EXPECT_GT(fs::file_size(plot[1].str()), 1000u);
+    ASSERT_TRUE(std::regex_search(out, plot,
+                                  std::regex("\\nplot \\(contended device\\): (\\S+\\.svg)\\n")));
+    EXPECT_GT(fs::file_size(plot[1].str()), 1000u);
 
-    // The machine's readahead is back, and no server of the bench is left.
+    // The machine's readahead is back, and no server or load of the bench is left (the load's
+    // file and the server's directory are under the cache directory).
     EXPECT_EQ(read_file(readahead_file), readahead_before);
+    EXPECT_EQ(processes_mentioning(cache), 0);
     std::error_code ec;
     fs::remove_all(cache, ec);
 }

@@ -139,18 +139,62 @@ TEST(ClusterTop, PeersAreNamedByTheOtherSideOfTheConnectionEvenOnLoopbackPorts) 
     now[1].sockets = {
         sock(2, "127.0.0.1", 19001, "127.0.0.1", 50000, 100, 9000),
         sock(3, "127.0.0.1", 18124, "127.0.0.1", 60000, 50, 20)};  // a client outside the cluster
-    EXPECT_EQ(peer_name(f, now, now[0].sockets[0].connection), "n1");
-    EXPECT_EQ(peer_name(f, now, now[1].sockets[0].connection), "n0");
-    EXPECT_EQ(peer_name(f, now, now[1].sockets[1].connection), "127.0.0.1");
-    EXPECT_EQ(peer_name(f, now, TcpConnection{}), "");
-    EXPECT_EQ(peer_name(f, now, TcpConnection{"0.0.0.0", 19001, "0.0.0.0", 0}), "(listening)");
+    const ConnectionIndex index(f, {&now});
+    EXPECT_EQ(peer_name(f, index, 0, now[0].sockets[0].connection), "n1");
+    EXPECT_EQ(peer_name(f, index, 1, now[1].sockets[0].connection), "n0");
+    EXPECT_EQ(peer_name(f, index, 1, now[1].sockets[1].connection), "127.0.0.1");
+    EXPECT_EQ(peer_name(f, index, 0, TcpConnection{}), "");
+    EXPECT_EQ(peer_name(f, index, 1, TcpConnection{"0.0.0.0", 19001, "0.0.0.0", 0}), "(listening)");
 
     ClusterFile ns;
     ns.nodes = {Node{.name = "a", .host = "10.231.0.2"}, Node{.name = "b", .host = "10.231.0.3"}};
+    const ConnectionIndex none(ns, {});
     // An address of the cluster, on a port none of its sockets shows: the node of that address.
-    EXPECT_EQ(peer_name(ns, {}, TcpConnection{"10.231.0.2", 9000, "10.231.0.3", 45000}), "b");
-    EXPECT_EQ(peer_name(ns, {}, TcpConnection{"10.231.0.2", 9000, "10.231.0.9", 45000}),
+    EXPECT_EQ(peer_name(ns, none, 0, TcpConnection{"10.231.0.2", 9000, "10.231.0.3", 45000}), "b");
+    EXPECT_EQ(peer_name(ns, none, 0, TcpConnection{"10.231.0.2", 9000, "10.231.0.9", 45000}),
               "10.231.0.9");
+}
+
+// On a shared loopback one local port is not one connection: Linux gives the same ephemeral
+// port to connections towards different destinations, and a closed socket keeps its endpoints
+// in the statistics after the port went to another connection. Only the connection's both
+// endpoints name the node at its other end.
+TEST(ClusterTop, APortSharedByConnectionsToOtherDestinationsDoesNotNameThePeer) {
+    ClusterFile f = loopback_cluster();
+    Node n2 = f.nodes[1];
+    n2.name = "n2";
+    n2.http_port = 18125, n2.tcp_port = 19002, n2.interserver_port = 19011;
+    f.nodes.push_back(n2);
+    std::vector<NodeIoSample> now(3);
+    for (auto& s : now) s.ok = true;
+    // n2 initiated a query to n1 from port 50000; n0 used port 50000 too, towards n2's HTTP
+    // port (another destination), and holds a closed socket that once had it towards n1's HTTP.
+    now[2].sockets = {sock(1, "127.0.0.1", 50000, "127.0.0.1", 19001, 900, 90)};
+    now[1].sockets = {sock(2, "127.0.0.1", 19001, "127.0.0.1", 50000, 90, 900)};
+    now[0].sockets = {sock(3, "127.0.0.1", 50000, "127.0.0.1", 18125, 10, 10),
+                      sock(4, "127.0.0.1", 50000, "127.0.0.1", 18124, 10, 10)};
+    const ConnectionIndex index(f, {&now});
+    EXPECT_EQ(peer_name(f, index, 1, now[1].sockets[0].connection), "n2");
+    EXPECT_EQ(peer_name(f, index, 2, now[2].sockets[0].connection), "n1");
+    // A client outside the cluster on a port some node also uses: not taken for that node.
+    EXPECT_EQ(peer_name(f, index, 1,
+                        TcpConnection{"127.0.0.1", f.nodes[1].http_port, "127.0.0.1", 50000}),
+              "127.0.0.1");
+
+    // In namespaces every node has its own loopback: the same endpoints in two namespaces are
+    // two unrelated connections.
+    ClusterFile ns;
+    ns.nodes = {Node{.name = "a", .host = "10.231.0.2", .netns = "x-n0"},
+                Node{.name = "b", .host = "10.231.0.3", .netns = "x-n1"}};
+    std::vector<NodeIoSample> in_ns(2);
+    in_ns[1].sockets = {sock(5, "127.0.0.1", 41000, "127.0.0.1", 8123, 1, 1)};
+    in_ns[0].sockets = {sock(6, "127.0.0.1", 8123, "127.0.0.1", 41000, 1, 1),
+                        sock(7, "10.231.0.2", 45000, "10.231.0.3", 9000, 1, 1)};
+    in_ns[1].sockets.push_back(sock(8, "10.231.0.3", 9000, "10.231.0.2", 45000, 1, 1));
+    const ConnectionIndex scoped(ns, {&in_ns});
+    EXPECT_EQ(peer_name(ns, scoped, 0, in_ns[0].sockets[0].connection), "127.0.0.1");
+    EXPECT_EQ(peer_name(ns, scoped, 1, in_ns[1].sockets[1].connection), "a");
+    EXPECT_EQ(peer_name(ns, scoped, 0, in_ns[0].sockets[1].connection), "b");
 }
 
 TEST(ClusterTop, IntervalViewTakesDeltasPerNodeAndPeer) {

@@ -10,10 +10,12 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -110,7 +112,7 @@ public:
 
     struct Status {
         bool alive = false;
-        unsigned long long verified = 0, errors = 0;
+        unsigned long long verified = 0, errors = 0, signals = 0, threads_ended = 0;
     };
     Status status() {
         Status s;
@@ -118,7 +120,7 @@ public:
         if (write(to_, cmd.data(), cmd.size()) != static_cast<ssize_t>(cmd.size())) return s;
         std::istringstream reply(read_line());
         std::string ok;
-        reply >> ok >> s.verified >> s.errors;
+        reply >> ok >> s.verified >> s.errors >> s.signals >> s.threads_ended;
         s.alive = ok == "ok";
         return s;
     }
@@ -445,6 +447,174 @@ TEST(Inject, LibraryUnreadableByTargetIsRefusedBeforeStopping) {
         << lib.error().message;
     EXPECT_TRUE(target.status().alive);
 }
+
+// Signals queued to the target and threads created and ended while it is stopped, injected
+// into and unloaded from, again and again: every signal is delivered exactly once (real-time
+// signals queue, so a lost one shows in the count), every thread is seen or created after the
+// stop, and the target's I/O stays exact.
+TEST(Inject, SignalsAndThreadChurnDuringInjectionsAreNotLost) {
+    SKIP_WITHOUT_PTRACE();
+    Target target({"1", "1", "churn"}, marker_path("churn"));
+    ASSERT_TRUE(target.ready());
+    const pid_t pid = target.pid();
+    const unsigned long long churned = target.status().threads_ended;
+    constexpr int kCycles = 20, kSignals = 3000;
+    std::atomic<bool> cycles_done{false};
+    std::atomic<int> queued{0};
+    std::thread sender([&] {
+        // Paced over the cycles, at most kSignals (far below the pending-signal limit).
+        for (int i = 0; i < kSignals && !cycles_done.load(); ++i) {
+            sigval v{};
+            if (sigqueue(pid, SIGRTMIN, v) == 0) queued.fetch_add(1);
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
+    });
+    for (int i = 0; i < kCycles; ++i) {
+        auto lib = inject_library(pid, INJECT_PROBE_PATH);
+        ASSERT_TRUE(lib.ok()) << "cycle " << i << ": " << lib.error().message;
+        auto unloaded = unload_library(*lib);
+        ASSERT_TRUE(unloaded.ok()) << "cycle " << i << ": " << unloaded.error().message;
+    }
+    cycles_done = true;
+    sender.join();
+    // Every queued signal arrives (bounded wait: only a lost signal reaches the bound).
+    Target::Status s;
+    for (int i = 0; i < kReplyTimeoutMs; ++i) {
+        s = target.status();
+        if (!s.alive || s.signals >= static_cast<unsigned long long>(queued.load())) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    EXPECT_TRUE(s.alive);
+    EXPECT_EQ(s.errors, 0u);
+    EXPECT_EQ(s.signals, static_cast<unsigned long long>(queued.load()));
+    EXPECT_GT(queued.load(), 0);
+    EXPECT_GT(s.threads_ended, churned) << "no thread was created and ended meanwhile";
+    const std::string marks = target.marks();
+    EXPECT_EQ(count_lines_starting(marks, "load"), kCycles);
+    EXPECT_EQ(count_lines_starting(marks, "unload"), kCycles);
+}
+
+// The injecting process SIGKILLed (an OOM kill, a user's kill -9) at a point of the remote
+// call (src/inject/kill_point.h): while the target's thread runs dlopen/dlclose, or when the
+// call has returned and the thread waits to be restored. ptrace detaches a dead tracer's
+// threads and they run on: the call's thread must finish the call and continue exactly where
+// it was stopped (a spinning thread checking its integer and SSE registers, a thread blocked
+// in read() that must be reading again), the library must be either fully loaded or fully
+// unloaded, and a later injection must work.
+struct InjectorKill {
+    const char* point;
+    const char* target;  // "spin" or "read"
+    bool unload;         // kill the unload instead of the load
+};
+
+class InjectorKilled : public ::testing::TestWithParam<InjectorKill> {};
+
+// inject_library (or unload_library of `lib`) in a child process with LIVEIO_KILL_AT=point;
+// returns the child's wait status.
+int run_injector_killed_at(const char* point, pid_t pid, const InjectedLibrary* lib) {
+    pid_t child = fork();
+    if (child == 0) {
+        setenv("LIVEIO_KILL_AT", point, 1);
+        bool ok = lib ? unload_library(*lib).ok() : inject_library(pid, INJECT_PROBE_PATH).ok();
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+    return status;
+}
+
+bool probe_mapped(pid_t pid) {
+    return slurp("/proc/" + std::to_string(pid) + "/maps").find("inject_probe") !=
+           std::string::npos;
+}
+
+int tracer_of(pid_t pid) {
+    std::istringstream in(slurp("/proc/" + std::to_string(pid) + "/status"));
+    for (std::string line; std::getline(in, line);)
+        if (line.rfind("TracerPid:", 0) == 0) return std::stoi(line.substr(10));
+    return -1;
+}
+
+TEST_P(InjectorKilled, TargetFinishesTheCallAndResumesExactly) {
+    SKIP_WITHOUT_PTRACE();
+    const InjectorKill c = GetParam();
+    const bool reading = std::string(c.target) == "read";
+    Target target(
+        reading ? std::vector<std::string>{"0", "0"} : std::vector<std::string>{"1", "0", "spin"},
+        marker_path(c.point));
+    ASSERT_TRUE(target.ready());
+    const pid_t pid = target.pid();
+    auto still_fine = [&] {
+        if (reading) {
+            EXPECT_TRUE(wait_in_syscall(pid, pid, 0)) << "the read did not resume";
+        }
+        auto s = target.status();
+        EXPECT_TRUE(s.alive);
+        EXPECT_EQ(s.errors, 0u);
+    };
+    std::optional<InjectedLibrary> lib;
+    if (c.unload) {
+        auto loaded = inject_library(pid, INJECT_PROBE_PATH);
+        ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+        lib = *loaded;
+    }
+    if (reading) {
+        ASSERT_TRUE(wait_in_syscall(pid, pid, 0));
+    }
+
+    const int status = run_injector_killed_at(c.point, pid, lib ? &*lib : nullptr);
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+        << "the injector was not killed at " << c.point << " (status " << status << ")";
+    still_fine();
+    EXPECT_EQ(tracer_of(pid), 0);
+
+    // All or nothing: killed once the call ran, the call completes (the thread may still be
+    // finishing it: waited for, bounded); before it, nothing changed.
+    const bool call_ran = std::string(c.point) != "inject-stopped";
+    const char* mark = c.unload ? "unload" : "load";
+    const bool mapped_after = c.unload != call_ran;
+    for (int i = 0; call_ran && i < kReplyTimeoutMs; ++i) {
+        if (count_lines_starting(target.marks(), mark) == 1 && probe_mapped(pid) == mapped_after)
+            break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    const std::string marks = target.marks();
+    EXPECT_EQ(count_lines_starting(marks, mark), call_ran ? 1 : 0) << marks;
+    EXPECT_EQ(probe_mapped(pid), mapped_after);
+    const int references = probe_mapped(pid) ? 2 : 1;
+
+    // A later injection works (the same handle while the first load is still there).
+    auto again = inject_library(pid, INJECT_PROBE_PATH);
+    ASSERT_TRUE(again.ok()) << again.error().message;
+    auto got_pid = call_in_target(*again, "inject_probe_pid", {});
+    ASSERT_TRUE(got_pid.ok()) << got_pid.error().message;
+    EXPECT_EQ(*got_pid, pid);
+    for (int i = 0; i < references; ++i) {
+        auto unloaded = unload_library(*again);
+        ASSERT_TRUE(unloaded.ok()) << unloaded.error().message;
+    }
+    EXPECT_FALSE(probe_mapped(pid));
+    still_fine();
+}
+
+INSTANTIATE_TEST_SUITE_P(Points, InjectorKilled,
+                         ::testing::Values(InjectorKill{"inject-stopped", "spin", false},
+                                           InjectorKill{"inject-call-running", "spin", false},
+                                           InjectorKill{"inject-call-returned", "spin", false},
+                                           InjectorKill{"inject-call-running", "read", false},
+                                           InjectorKill{"inject-call-returned", "read", false},
+                                           InjectorKill{"inject-call-running", "spin", true},
+                                           InjectorKill{"inject-call-returned", "spin", true},
+                                           InjectorKill{"inject-call-returned", "read", true}),
+                         [](const auto& info) {
+                             std::string name =
+                                 std::string(info.param.unload ? "unload_" : "load_") +
+                                 info.param.point + "_" + info.param.target;
+                             for (char& ch : name)
+                                 if (ch == '-') ch = '_';
+                             return name;
+                         });
 
 }  // namespace
 }  // namespace liveio::inject

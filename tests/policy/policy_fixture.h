@@ -59,6 +59,24 @@ inline uint64_t file_id_of(int fd) {
     return (static_cast<uint64_t>(st.st_dev) << 32) ^ static_cast<uint64_t>(st.st_ino);
 }
 
+// The liveio_io_ctx the agent hands to io_exit programs of call `nr` (0: read) on `fd` by
+// this thread that asked for `count` bytes and returned `result`.
+inline liveio_io_ctx io_exit_ctx(long nr, int fd, uint64_t count, int64_t result,
+                                 uint32_t file_class) {
+    liveio_io_ctx io{};
+    io.size = sizeof io;
+    io.tid = static_cast<uint32_t>(::gettid());
+    io.nr = static_cast<uint64_t>(nr);
+    io.fd = fd;
+    io.offset = -1;
+    io.count = count;
+    io.result = result;
+    io.file_id = file_id_of(fd);
+    io.file_class = file_class;
+    io.direction = nr == 0 ? LIVEIO_IO_READ : LIVEIO_IO_OTHER;
+    return io;
+}
+
 // A policy's BPF object loaded with the policy helpers, the named programs JIT-compiled, and
 // switched on in a Runtime as the agent's PolicyHost does (`completion`: the program of
 // liveio/io_complete, or null).
@@ -139,17 +157,8 @@ struct TestPolicy : LoadedPolicy {
 
     // Runs on_read as the agent does at the exit of a read of `fd` that returned `result`.
     int64_t read_exit(int fd, int64_t result) {
-        liveio_io_ctx io{};
-        io.size = sizeof io;
-        io.tid = static_cast<uint32_t>(::gettid());
-        io.nr = 0;
-        io.fd = fd;
-        io.offset = -1;
-        io.count = result > 0 ? static_cast<uint64_t>(result) : 0;
-        io.result = result;
-        io.file_id = file_id_of(fd);
-        io.file_class = LIVEIO_CLASS_FILE;
-        io.direction = LIVEIO_IO_READ;
+        liveio_io_ctx io = io_exit_ctx(0, fd, result > 0 ? static_cast<uint64_t>(result) : 0,
+                                       result, LIVEIO_CLASS_FILE);
         run(*on_read, io);
         return rc(0);
     }

@@ -85,31 +85,20 @@ struct MarksPolicy : testing::LoadedPolicy {
     ebpf::Executable* enter = nullptr;
     ebpf::Executable* exit = nullptr;
 
-    static std::unique_ptr<MarksPolicy> enable(Runtime& rt) {
+    // Knobs by index: max_kb, unread_max, guess_kb (0: no guess).
+    static std::unique_ptr<MarksPolicy> enable(Runtime& rt, std::vector<uint64_t> knobs = {1024}) {
         auto mp = std::make_unique<MarksPolicy>();
         if (!mp->load(std::string(LIVEIO_BPF_DIR) + "/policies/marks.bpf.o",
                       {"marks_enter", "marks_exit"}))
             return nullptr;
         mp->enter = mp->exes[0].get();
         mp->exit = mp->exes[1].get();
-        if (!mp->LoadedPolicy::enable(rt, "marks", nullptr, {1024}))
-            return nullptr;  // max_kb: the default
+        if (!mp->LoadedPolicy::enable(rt, "marks", nullptr, std::move(knobs))) return nullptr;
         return mp;
     }
 
     liveio_io_ctx ctx(long nr, int fd, uint64_t count, int64_t result, uint32_t file_class) const {
-        liveio_io_ctx io{};
-        io.size = sizeof io;
-        io.tid = static_cast<uint32_t>(::gettid());
-        io.nr = static_cast<uint64_t>(nr);
-        io.fd = fd;
-        io.offset = -1;
-        io.count = count;
-        io.result = result;
-        io.file_id = file_id_of(fd);
-        io.file_class = file_class;
-        io.direction = nr == 0 ? LIVEIO_IO_READ : LIVEIO_IO_OTHER;
-        return io;
+        return testing::io_exit_ctx(nr, fd, count, result, file_class);
     }
     // ClickHouse's reader construction for one column: the whole .mrk read (mark-cache miss),
     // then the .bin opened. Returns the .bin descriptor.
@@ -189,15 +178,34 @@ struct Session {
     std::unique_ptr<MarksPolicy> mp;
 
     // Switches the policy on; with `part`, opens its columns (reading the marks).
-    bool start(Part* part = nullptr) {
+    bool start(Part* part = nullptr, std::vector<uint64_t> knobs = {1024}) {
         rt = make_runtime();
-        mp = rt ? MarksPolicy::enable(*rt) : nullptr;
+        mp = rt ? MarksPolicy::enable(*rt, std::move(knobs)) : nullptr;
         if (mp && part) open(*part, true);
         return mp != nullptr;
     }
     void open(Part& part, bool read_marks) {
         for (size_t i = 0; i < part.columns.size(); ++i)
             part.columns[i].bin = mp->open_column(part.mrk[i], part.bin[i], read_marks);
+    }
+    // Opens the part's columns in `order` (reading the marks): the first read is the leader's.
+    void open(Part& part, const std::vector<size_t>& order) {
+        for (size_t i : order)
+            part.columns[i].bin = mp->open_column(part.mrk[i], part.bin[i], true);
+    }
+    // Column `i`'s read of granules [first, end) as 18.16 makes it: the seek to the first
+    // granule's block, the enter edge, the read itself (bytes checked) and the ledger's look
+    // at it. Returns the bytes read.
+    uint64_t read_column(Part& part, size_t i, uint64_t first, uint64_t end) {
+        const Column& c = part.columns[i];
+        const auto [a, b] = c.range(first, end);
+        mp->read_enter(c.bin, a, b - a);
+        std::string buf(b - a, '\0');
+        EXPECT_EQ(::read(c.bin, buf.data(), buf.size()), static_cast<ssize_t>(buf.size()));
+        EXPECT_EQ(buf, pattern(c.file_size, static_cast<uint32_t>(i + 1)).substr(a, b - a))
+            << c.name;
+        rt->observe_read(file_id_of(c.bin), a, b - a);
+        return b - a;
     }
     // The first column's read of granules [first, end): the seek to its mark, the exact range.
     void read_first(Part& part, uint64_t first, uint64_t end) {
@@ -312,6 +320,96 @@ TEST(MarksPolicy, ColumnsOfAnotherPartAreNotPrefetchedAtThisPartsGranule) {
     rt->worker().barrier();
     EXPECT_EQ(mp->state(2), 1u);  // a's second column only
     for (int fd : fds) ::close(fd);
+}
+
+TEST(MarksPolicy, AColumnReadNamingABlockOfSeveralGranulesLeavesTheBatchToOneNamingGranules) {
+    // EventDate (three granules per block) is read first, as 18.16's PREWHERE reads a key
+    // column first: its read names its block, not granule 4, so the batch waits for WatchID
+    // (a granule per block), and covers the columns not read yet, granule 4 only.
+    Part part(120);
+    Session s;
+    ASSERT_TRUE(s.start());
+    auto& [rt, mp] = s;
+    s.open(part, {2, 0, 1, 3});
+    uint64_t others = 0;
+    s.read_column(part, 2, 4, 5);
+    rt->worker().barrier();
+    EXPECT_EQ(mp->state(1), 0u) << "a batch from a read that cannot name its granules";
+    EXPECT_EQ(mp->state(4), 1u);
+    s.read_column(part, 0, 4, 5);
+    rt->worker().barrier();
+    EXPECT_EQ(mp->state(1), 1u);
+    EXPECT_EQ(mp->state(2), 2u);  // URL and Title
+    others += s.read_column(part, 1, 4, 5);
+    others += s.read_column(part, 3, 4, 5);
+    const Counters& k = rt->counters(mp->slot);
+    EXPECT_EQ(Counters::get(k.used_bytes), others);
+    ASSERT_TRUE(rt->disable(mp->slot));
+    EXPECT_EQ(Counters::get(k.wasted_bytes), 0u) << "granules batched that the columns never read";
+    EXPECT_EQ(Counters::get(k.issued_bytes), others);
+    Session::close(part);
+}
+
+TEST(MarksPolicy, AReadNamingABlockBatchesAtOnceOnlyTheColumnsCheapForAllItsGranules) {
+    // guess_kb 80: for EventDate's block (granules 3..5) Title's bytes are 75000, URL's 82000,
+    // WatchID's 90000. Title is batched at the EventDate read, URL at WatchID's (granule 4).
+    Part part(120);
+    Session s;
+    ASSERT_TRUE(s.start(nullptr, {1024, 0, 80}));
+    auto& [rt, mp] = s;
+    s.open(part, {2, 0, 1, 3});
+    s.read_column(part, 2, 4, 5);
+    rt->worker().barrier();
+    EXPECT_EQ(mp->state(1), 1u);
+    EXPECT_EQ(mp->state(2), 1u);  // Title, granules 3..5
+    s.read_column(part, 0, 4, 5);
+    rt->worker().barrier();
+    EXPECT_EQ(mp->state(1), 2u);
+    EXPECT_EQ(mp->state(2), 2u);  // URL, granule 4
+    const uint64_t url = s.read_column(part, 1, 4, 5);
+    const uint64_t title = s.read_column(part, 3, 4, 5);
+    const Counters& k = rt->counters(mp->slot);
+    EXPECT_EQ(Counters::get(k.used_bytes), url + title);
+    ASSERT_TRUE(rt->disable(mp->slot));
+    const auto [lo, hi] = part.columns[3].range(3, 6);
+    EXPECT_EQ(Counters::get(k.issued_bytes), url + (hi - lo));
+    EXPECT_EQ(Counters::get(k.wasted_bytes), hi - lo - title);
+    Session::close(part);
+}
+
+TEST(MarksPolicy, AColumnWhoseBatchedRangesGoUnreadLeavesTheBatchUntilItIsReadAgain) {
+    // Title's granules are batched at every lookup but not read (a column the reader skips),
+    // until the fourth lookup.
+    const uint64_t granules[] = {10, 20, 30, 40, 50};
+    std::vector<uint64_t> ranges, left_out;
+    Part part(120);
+    Session s;
+    ASSERT_TRUE(s.start(&part));
+    auto& [rt, mp] = s;
+    for (size_t r = 0; r < std::size(granules); ++r) {
+        const uint64_t g = granules[r];
+        s.read_column(part, 0, g, g + 1);
+        rt->worker().barrier();
+        ranges.push_back(mp->state(2));
+        left_out.push_back(mp->state(3));
+        s.read_column(part, 1, g, g + 1);
+        s.read_column(part, 2, g, g + 1);
+        if (r == 2) s.read_column(part, 3, g, g + 1);  // read while left out: it comes back
+    }
+    // Batched: 3, 3 (Title unread once, twice), 2 (left out), 3 (read in the last round), 3.
+    EXPECT_EQ(ranges, (std::vector<uint64_t>{3, 6, 8, 11, 14}));
+    EXPECT_EQ(left_out, (std::vector<uint64_t>{0, 0, 1, 1, 1}));
+    const Counters& k = rt->counters(mp->slot);
+    EXPECT_EQ(Counters::get(k.errors), 0u);
+    ASSERT_TRUE(rt->disable(mp->slot));
+    const Column& title = part.columns[3];
+    uint64_t unread = 0;
+    for (uint64_t g : {10, 20, 40, 50}) {
+        const auto [a, b] = title.range(g, g + 1);
+        unread += b - a;
+    }
+    EXPECT_EQ(Counters::get(k.wasted_bytes), unread) << "only Title's unread granules are wasted";
+    Session::close(part);
 }
 
 TEST(MarksPolicy, ADescriptorClosedAndReusedForAPipeLosesNoByte) {

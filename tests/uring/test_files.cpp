@@ -1,6 +1,7 @@
 // File ops on both backends, checked against plain syscalls.
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #include <algorithm>
 #include <cstring>
@@ -388,6 +389,24 @@ TEST_P(FileOps, TimeoutsCompleteInDeadlineOrder) {
     if (n == 1) n += engine->reap({done.data() + 1, 3}, 1);
     ASSERT_EQ(n, 2u);
     EXPECT_EQ(done[1].tag, 2u);
+    EXPECT_EQ(done[1].res, -ETIME);
+}
+
+// Both timeouts have expired by the time the engine looks (the thread slept past both
+// deadlines): they still complete in deadline order, not in submission order.
+TEST_P(FileOps, TimeoutsExpiredTogetherCompleteInDeadlineOrder) {
+    ASSERT_EQ(engine->prepare(Op::timeout(2'000'000), 2), 0);
+    ASSERT_EQ(engine->prepare(Op::timeout(1'000'000), 1), 0);
+    engine->submit();
+    const timespec past_both{0, 20'000'000};
+    ::nanosleep(&past_both, nullptr);
+    std::vector<Completion> done(4);
+    size_t n = engine->reap(done, 1);
+    if (n == 1) n += engine->reap({done.data() + 1, 3}, 1);
+    ASSERT_EQ(n, 2u);
+    EXPECT_EQ(done[0].tag, 1u);
+    EXPECT_EQ(done[1].tag, 2u);
+    EXPECT_EQ(done[0].res, -ETIME);
     EXPECT_EQ(done[1].res, -ETIME);
 }
 

@@ -5,7 +5,9 @@
 // executor on an identical one: results, errno, file positions and bytes must be the same,
 // every injected fault must be counted, and no descriptor may be left behind.
 #include <dirent.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 
 #include <cstring>
@@ -34,6 +36,19 @@ protected:
         for (size_t i = 0; i < std::size(fault::kPointNames); ++i)
             fault::plan().arm(static_cast<Point>(i), 0);
         RedirectTest::TearDown();
+    }
+
+    // Three preads, native on `fn` and redirected on its copy `fr`, from a thread of their
+    // own (a fresh ring); results and bytes compared.
+    void preads_on_a_new_thread(int fn, int fr) {
+        std::thread([&] {
+            std::vector<char> a(4096), b(4096);
+            for (long off : {0L, 4096L, 60000L}) {
+                EXPECT_EQ(native(SYS_pread64, fn, L(a.data()), a.size(), off),
+                          via(SYS_pread64, fr, L(b.data()), b.size(), off));
+                EXPECT_TRUE(a == b);
+            }
+        }).join();
     }
 
     // The same sequence of reads, writes and seeks on a native and a redirected copy of one
@@ -75,13 +90,33 @@ protected:
 
 TEST_F(Faults, SubmissionRefusedIsRetriedAndAnswersStayNative) {
     via(SYS_getpid);  // this thread's ring exists before the faults are armed
-    for (Point p : {Point::SubmitEagain, Point::SubmitEbusy, Point::SubmitEintr}) {
+    for (Point p :
+         {Point::SubmitEagain, Point::SubmitEbusy, Point::SubmitEintr, Point::SubmitEnomem}) {
         const uint64_t injected = fault::plan().injected(p), before = redirected();
+        const uint64_t engine_errors = fallbacks(FallbackReason::EngineError);
         fault::plan().arm(p, 3);
         compare_file_calls(fault::kPointNames[static_cast<int>(p)]);
         EXPECT_EQ(fault::plan().injected(p), injected + 3);
         EXPECT_GT(redirected(), before) << "the engine retried: calls still went through io_uring";
+        EXPECT_EQ(fallbacks(FallbackReason::EngineError), engine_errors) << "the ring was retired";
     }
+}
+
+// ENOMEM on every retry of one submission (more than the engine's bound) retires the ring
+// of that thread: its calls, the failed one included, run natively with native answers.
+TEST_F(Faults, SubmitEnomemBeyondTheRetryBoundRetiresOnlyThatThreadsRing) {
+    const auto content = pattern(65536, 11);
+    const int fn = make_file(content), fr = make_file(content);
+    const uint64_t injected = fault::plan().injected(Point::SubmitEnomem);
+    const uint64_t engine = fallbacks(FallbackReason::EngineError), before = redirected();
+    fault::plan().arm(Point::SubmitEnomem, uring::kMaxNomemRetries + 1);
+    preads_on_a_new_thread(fn, fr);
+    EXPECT_EQ(fault::plan().injected(Point::SubmitEnomem), injected + uring::kMaxNomemRetries + 1);
+    EXPECT_EQ(fault::plan().armed(Point::SubmitEnomem), 0u);
+    EXPECT_GE(fallbacks(FallbackReason::EngineError), engine + 1);
+    // Other threads keep their rings.
+    compare_file_calls("after a retired ring");
+    EXPECT_GT(redirected(), before);
 }
 
 TEST_F(Faults, CompletionErrorsRunTheCallNatively) {
@@ -120,8 +155,65 @@ TEST_F(Faults, ShortInjectionLeavesSocketsAlone) {
     EXPECT_EQ(fault::plan().armed(Point::CompleteShort), 5u) << "a socket read was shortened";
 }
 
-// Ring creation and a hard submission error on fresh threads: those threads run natively
-// (counted), with native answers, and their failed rings leave no descriptor behind.
+// A full file system, for real: two equal small tmpfs mounts, one written natively, one
+// through the executor, in the same chunks. Each write must get the same answer: whole, then
+// short where the space ends, then ENOSPC; the bytes that made it in must be the same.
+TEST_F(Faults, FullFileSystemGivesTheSameShortWritesAndEnospc) {
+    if (::geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs needs root";
+    std::string mounts[2];
+    for (int i = 0; i < 2; ++i) {
+        mounts[i] = dir.path + "/full" + std::to_string(i);
+        ASSERT_EQ(::mkdir(mounts[i].c_str(), 0700), 0);
+        if (::mount("liveio-full", mounts[i].c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=200k") !=
+            0) {
+            const int e = errno;
+            if (i == 1) ::umount2(mounts[0].c_str(), MNT_DETACH);
+            GTEST_SKIP() << "cannot mount a tmpfs: " << std::strerror(e);
+        }
+    }
+    const int fn = ::open((mounts[0] + "/f").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    const int fr = ::open((mounts[1] + "/f").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    ASSERT_GE(fn, 0);
+    ASSERT_GE(fr, 0);
+    const auto data = pattern(48 * 1024 + 100, 13);
+    bool saw_short = false, saw_enospc = false;
+    for (int i = 0; i < 8; ++i) {
+        SCOPED_TRACE(i);
+        const bool positional = i % 2 == 1;
+        const long nr = positional ? SYS_pwrite64 : SYS_write;
+        const long off = positional ? ::lseek(fn, 0, SEEK_CUR) : 0;
+        const long rn = native(nr, fn, L(data.data()), data.size(), off);
+        const long rr = via(nr, fr, L(data.data()), data.size(), off);
+        EXPECT_EQ(rn, rr);
+        if (positional && rn > 0) {  // pwrite leaves the position: move both alike
+            ::lseek(fn, rn, SEEK_CUR);
+            ::lseek(fr, rr, SEEK_CUR);
+        }
+        saw_short |= rn > 0 && rn < static_cast<long>(data.size());
+        saw_enospc |= rn == -ENOSPC;
+        EXPECT_EQ(::lseek(fn, 0, SEEK_CUR), ::lseek(fr, 0, SEEK_CUR));
+    }
+    EXPECT_TRUE(saw_enospc) << "the file system never filled up";
+    struct stat sn, sr;
+    ASSERT_EQ(::fstat(fn, &sn), 0);
+    ASSERT_EQ(::fstat(fr, &sr), 0);
+    EXPECT_EQ(sn.st_size, sr.st_size);
+    std::vector<char> a(sn.st_size), b(sr.st_size);
+    EXPECT_EQ(::pread(fn, a.data(), a.size(), 0), sn.st_size);
+    EXPECT_EQ(::pread(fr, b.data(), b.size(), 0), sr.st_size);
+    EXPECT_TRUE(a == b);
+    RecordProperty("short_write_seen", saw_short ? 1 : 0);
+    ::close(fn);
+    ::close(fr);
+    for (auto& m : mounts) {
+        ::umount2(m.c_str(), MNT_DETACH);
+        ::rmdir(m.c_str());
+    }
+}
+
+// Ring creation and a hard submission error (ENOMEM past the retry bound) on fresh threads:
+// those threads run natively (counted), with native answers, and their failed rings leave no
+// descriptor behind.
 TEST_F(Faults, RingCreationAndHardSubmissionErrorsFallBackNatively) {
     const auto content = pattern(65536, 5);
     const int fn = make_file(content), fr = make_file(content);
@@ -131,16 +223,10 @@ TEST_F(Faults, RingCreationAndHardSubmissionErrorsFallBackNatively) {
         const uint64_t injected = fault::plan().injected(p);
         const uint64_t no_engine = fallbacks(FallbackReason::NoEngine),
                        engine = fallbacks(FallbackReason::EngineError);
-        fault::plan().arm(p, 1);
-        std::thread([&] {
-            std::vector<char> a(4096), b(4096);
-            for (long off : {0L, 4096L, 60000L}) {
-                EXPECT_EQ(native(SYS_pread64, fn, L(a.data()), a.size(), off),
-                          via(SYS_pread64, fr, L(b.data()), b.size(), off));
-                EXPECT_TRUE(a == b);
-            }
-        }).join();
-        EXPECT_EQ(fault::plan().injected(p), injected + 1);
+        const uint32_t times = p == Point::SubmitEnomem ? uring::kMaxNomemRetries + 1 : 1;
+        fault::plan().arm(p, times);
+        preads_on_a_new_thread(fn, fr);
+        EXPECT_EQ(fault::plan().injected(p), injected + times);
         if (p == Point::RingCreate)
             EXPECT_EQ(fallbacks(FallbackReason::NoEngine), no_engine + 3);
         else

@@ -28,6 +28,7 @@ namespace liveio {
 #define LIVEIO_HELPER_FEEDBACK 0x10106
 #define LIVEIO_HELPER_KNOB 0x10107
 #define LIVEIO_HELPER_IO_LOAD 0x10108
+#define LIVEIO_HELPER_CACHED 0x10109
 
 /* One range of a batch (liveio_prefetch_batch). */
 struct liveio_prefetch {
@@ -107,6 +108,12 @@ static unsigned long (*liveio_knob)(unsigned int index) = (void *)LIVEIO_HELPER_
  * range is outside the returned bytes or this is not such an edge (`dst` is then zeroed). */
 static long (*liveio_io_load)(const struct liveio_io_ctx *ctx, unsigned long offset, void *dst, unsigned int len) =
     (void *)LIVEIO_HELPER_IO_LOAD;
+/* How many bytes of [offset, offset + len) of the file behind `fd` are in the page cache,
+ * pages still being read in included (the kernel's readahead, or a prefetch, has them on
+ * their way): the kernel's cachestat(2), counted in whole pages, at most `len`. A query only:
+ * it reads no data and leaves the file's readahead state alone. Returns -errno when it cannot
+ * say (-ENOSYS before Linux 6.5, -EBADF, -EOPNOTSUPP on hugetlbfs). */
+static long (*liveio_cached)(long fd, long offset, unsigned long len) = (void *)LIVEIO_HELPER_CACHED;
 
 #endif
 

@@ -1,6 +1,6 @@
 // A process for the injection tests to attach to while it keeps doing verified I/O.
 //
-//   inject_target PIPE_PAIRS FILE_THREADS [spin]
+//   inject_target PIPE_PAIRS FILE_THREADS [spin|churn]
 //
 // Each pipe pair is a writer thread streaming a known byte sequence and a reader thread that
 // verifies every byte; each file thread pwrite()s a block to a private temporary file and
@@ -9,9 +9,15 @@
 // helper thread serves stdin; otherwise the main thread serves stdin itself, mostly blocked in
 // read() on the pipe, which must never fail with EINTR.
 //
-// Commands on stdin, one per line: "status" answers "ok VERIFIED_BYTES ERRORS", "quit" exits.
+// With "churn" a thread keeps creating short-lived threads (each does one pipe round trip and
+// ends). Every SIGRTMIN (SA_RESTART handler) is counted, so a test can check that none of the
+// signals it queued during an injection was lost.
+//
+// Commands on stdin, one per line: "status" answers "ok VERIFIED_BYTES ERRORS SIGNALS THREADS"
+// (SIGRTMIN received, churned threads ended), "quit" exits.
 // Any I/O error, EINTR, short transfer or wrong byte is counted in ERRORS and described on stderr.
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -28,6 +34,8 @@ namespace {
 
 std::atomic<uint64_t> verified{0};
 std::atomic<uint64_t> errors{0};
+std::atomic<uint64_t> signals_received{0};
+std::atomic<uint64_t> threads_ended{0};
 
 uint8_t pattern(uint64_t stream, uint64_t offset) {
     uint64_t x = (stream + 1) * 0x9e3779b97f4a7c15ull ^ offset * 0xbf58476d1ce4e5b9ull;
@@ -102,6 +110,30 @@ void file_worker(uint64_t stream) {
     }
 }
 
+void count_signal(int) { signals_received.fetch_add(1, std::memory_order_relaxed); }
+
+// Creates threads one after the other, each passing one byte through a pipe before it ends.
+void churn() {
+    for (uint64_t i = 0;; ++i) {
+        int fds[2];
+        if (pipe2(fds, O_CLOEXEC) != 0) {
+            fail("churn pipe", -1);
+            return;
+        }
+        std::thread t([&] {
+            char c = static_cast<char>(i);
+            if (write(fds[1], &c, 1) != 1) fail("churn write", -1);
+        });
+        char got = 0;
+        ssize_t n = read(fds[0], &got, 1);
+        if (n != 1 || got != static_cast<char>(i)) fail("churn read", n);
+        t.join();
+        close(fds[0]);
+        close(fds[1]);
+        threads_ended.fetch_add(1, std::memory_order_relaxed);
+    }
+}
+
 // Serves stdin with raw read(): EINTR here means an interrupted call was not restarted.
 void serve() {
     std::string line;
@@ -119,10 +151,12 @@ void serve() {
         }
         if (line == "quit") _exit(0);
         if (line == "status") {
-            char reply[96];
+            char reply[128];
             int len =
-                snprintf(reply, sizeof reply, "ok %llu %llu\n", (unsigned long long)verified.load(),
-                         (unsigned long long)errors.load());
+                snprintf(reply, sizeof reply, "ok %llu %llu %llu %llu\n",
+                         (unsigned long long)verified.load(), (unsigned long long)errors.load(),
+                         (unsigned long long)signals_received.load(),
+                         (unsigned long long)threads_ended.load());
             if (write(1, reply, static_cast<size_t>(len)) != len) _exit(4);
         }
         line.clear();
@@ -138,7 +172,14 @@ int main(int argc, char** argv) {
     }
     int pairs = atoi(argv[1]), files = atoi(argv[2]);
     bool spinning = argc > 3 && strcmp(argv[3], "spin") == 0;
+    bool churning = argc > 3 && strcmp(argv[3], "churn") == 0;
+    struct sigaction sa = {};
+    sa.sa_handler = count_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGRTMIN, &sa, nullptr) != 0) return 6;
     std::vector<std::thread> threads;
+    if (churning) threads.emplace_back(churn);
     for (int p = 0; p < pairs; ++p) {
         int fds[2];
         if (pipe2(fds, O_CLOEXEC) != 0) return 5;
