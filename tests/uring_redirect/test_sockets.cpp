@@ -40,6 +40,14 @@ public:
         ASSERT_GE(sv[1], 0);
         ::close(listener);
     }
+    // Two connected pairs of one kind (0: unix, 1: TCP): one used natively, one redirected.
+    void pairs(int kind, int n[2], int r[2]) {
+        if (kind) {
+            tcp(n), tcp(r);
+        } else {
+            pair(n), pair(r);
+        }
+    }
 };
 
 // Flags, zero lengths, peeks, EOF and errors on stream sockets: unix and TCP.
@@ -47,11 +55,7 @@ TEST_F(Sockets, SendRecvMatchNative) {
     for (int kind = 0; kind < 2; ++kind) {
         SCOPED_TRACE(kind ? "tcp" : "unix");
         int n[2], r[2];
-        if (kind) {
-            tcp(n), tcp(r);
-        } else {
-            pair(n), pair(r);
-        }
+        pairs(kind, n, r);
         char bn[64] = {}, br[64] = {};
         auto both = [&](const char* what, long nr, int side, long buf_n, long buf_r, long len,
                         long flags) {
@@ -107,11 +111,7 @@ TEST_F(Sockets, EpipeWithoutNosignalRaisesSigpipeOnce) {
     for (int kind = 0; kind < 2; ++kind) {
         SCOPED_TRACE(kind ? "tcp" : "unix");
         int n[2], r[2];
-        if (kind) {
-            tcp(n), tcp(r);
-        } else {
-            pair(n), pair(r);
-        }
+        pairs(kind, n, r);
         ::shutdown(n[0], SHUT_WR), ::shutdown(r[0], SHUT_WR);
         g_sigpipes = 0;
         EXPECT_EQ(native(SYS_sendto, n[0], L("q"), 1, 0, 0, 0), -EPIPE);
