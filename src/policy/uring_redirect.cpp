@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -723,6 +724,10 @@ bool UringRedirect::execute(hook::SyscallCall& call, hook::SyscallResult& result
     std::atomic_signal_fence(std::memory_order_seq_cst);
     slot->busy.store(false, std::memory_order_relaxed);
     if (!taken) return fallback(slot, why);
+    // io_uring sends always run with MSG_NOSIGNAL: the SIGPIPE that sendto(2) sends the
+    // calling thread with EPIPE is ours to send, exactly when the kernel would have.
+    if (plan.kind == Kind::Send && result == -EPIPE && (plan.op.flags & MSG_NOSIGNAL) == 0)
+        raw_syscall(SYS_tgkill, raw_syscall(SYS_getpid), this_tid(), SIGPIPE);
     bump(slot->redirected);
     return true;
 }

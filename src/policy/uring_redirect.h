@@ -83,6 +83,9 @@
 //     if a signal with a handler had arrived; restartable calls are restarted by the kernel.
 //     While a ring lives, its task work (COOP_TASKRUN) is queued only for an op in flight,
 //     i.e. while its thread waits inside execute(), in a read(2) the kernel then restarts.
+//   SIGPIPE: io_uring runs every send with MSG_NOSIGNAL, so a redirected sendto without it
+//     that fails with EPIPE is followed by a SIGPIPE sent to the calling thread (tgkill), as
+//     sendto(2) does. write/writev on a socket or pipe raise it in the kernel themselves.
 //   MSG_* flags pass to the kernel unchanged, except MSG_WAITALL (native semantics under
 //     signals differ: FallbackReason::Flags). recvfrom with an address and sendto with a
 //     destination fall back (FallbackReason::Arguments): the address length is an in/out user

@@ -40,6 +40,14 @@ public:
         ASSERT_GE(sv[1], 0);
         ::close(listener);
     }
+    // Two connected pairs of one kind (0: unix, 1: TCP): one used natively, one redirected.
+    void pairs(int kind, int n[2], int r[2]) {
+        if (kind) {
+            tcp(n), tcp(r);
+        } else {
+            pair(n), pair(r);
+        }
+    }
 };
 
 // Flags, zero lengths, peeks, EOF and errors on stream sockets: unix and TCP.
@@ -47,11 +55,7 @@ TEST_F(Sockets, SendRecvMatchNative) {
     for (int kind = 0; kind < 2; ++kind) {
         SCOPED_TRACE(kind ? "tcp" : "unix");
         int n[2], r[2];
-        if (kind) {
-            tcp(n), tcp(r);
-        } else {
-            pair(n), pair(r);
-        }
+        pairs(kind, n, r);
         char bn[64] = {}, br[64] = {};
         auto both = [&](const char* what, long nr, int side, long buf_n, long buf_r, long len,
                         long flags) {
@@ -94,6 +98,32 @@ TEST_F(Sockets, SendRecvMatchNative) {
     EXPECT_EQ(fallbacks(FallbackReason::Arguments), 1u);
     EXPECT_EQ(via(SYS_recvfrom, s[1], L(buf), 2, MSG_WAITALL), 2);
     EXPECT_EQ(fallbacks(FallbackReason::Flags), 1u);
+}
+
+// A send on a connection whose peer is gone without MSG_NOSIGNAL: EPIPE and one SIGPIPE for
+// the calling thread, natively and redirected (io_uring's own send raises none).
+std::atomic<int> g_sigpipes{0};
+TEST_F(Sockets, EpipeWithoutNosignalRaisesSigpipeOnce) {
+    struct sigaction sa {
+    }, old{};
+    sa.sa_handler = [](int) { g_sigpipes.fetch_add(1); };
+    ASSERT_EQ(::sigaction(SIGPIPE, &sa, &old), 0);
+    for (int kind = 0; kind < 2; ++kind) {
+        SCOPED_TRACE(kind ? "tcp" : "unix");
+        int n[2], r[2];
+        pairs(kind, n, r);
+        ::shutdown(n[0], SHUT_WR), ::shutdown(r[0], SHUT_WR);
+        g_sigpipes = 0;
+        EXPECT_EQ(native(SYS_sendto, n[0], L("q"), 1, 0, 0, 0), -EPIPE);
+        EXPECT_EQ(g_sigpipes.load(), 1);
+        const uint64_t before = redirected();
+        EXPECT_EQ(via(SYS_sendto, r[0], L("q"), 1, 0, 0, 0), -EPIPE);
+        EXPECT_EQ(redirected() - before, 1u);
+        EXPECT_EQ(g_sigpipes.load(), 2);
+        EXPECT_EQ(via(SYS_sendto, r[0], L("q"), 1, MSG_NOSIGNAL, 0, 0), -EPIPE);
+        EXPECT_EQ(g_sigpipes.load(), 2);
+    }
+    ::sigaction(SIGPIPE, &old, nullptr);
 }
 
 TEST_F(Sockets, DatagramsAndRecvmsg) {
