@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "agent/bpf_host_socket.h"
 #include "ebpf/assembler.h"
 #include "ebpf/conformance_suite.h"
 #include "ebpf/loader.h"
@@ -612,11 +613,12 @@ TEST(VerifierAccepts, EveryConformanceProgram) {
 }
 
 // Every program of every object the build compiles (shipped bpf/ and the test objects)
-// verifies against the standard helpers, plus liveio's policy helpers (liveio/policy.h) that
-// the policies' programs call.
+// verifies against the standard helpers, plus the liveio helpers the agent registers: the
+// policies' (liveio/policy.h) and the socket edge's (liveio/net_stats.h).
 TEST(VerifierAccepts, EveryBuiltObject) {
     HelperTable helpers = HelperTable::standard();
     ASSERT_TRUE(policy::Runtime::add_helpers(helpers));
+    ASSERT_TRUE(agent::add_socket_helpers(helpers));
     int verified = 0;
     std::set<std::filesystem::path> seen;  // the test directory may lie inside the shipped one
     for (const char* dir : {LIVEIO_BPF_DIR, LIVEIO_TEST_BPF_DIR}) {
