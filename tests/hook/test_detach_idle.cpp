@@ -183,7 +183,9 @@ TEST_P(IdleDetach, UninstallWhileTheHandlerAnswersEveryRead) {
     ASSERT_EQ(pipe(p), 0);
     ASSERT_EQ(write(p[1], "x", 1), 1);
     char b = 0;
-    if (c.mechanism == Mechanism::Inline) EXPECT_EQ(read(p[0], &b, 1), 0);  // answered
+    if (c.mechanism == Mechanism::Inline) {
+        EXPECT_EQ(read(p[0], &b, 1), 0);  // answered
+    }
     auto r = (*icpt)->uninstall();
     ASSERT_TRUE(r.ok()) << r.error().message;
     EXPECT_EQ(read(p[0], &b, 1), 1);
