@@ -1,6 +1,7 @@
-// The threads of a process as /proc lists them: used from outside (the injector stopping
-// every thread, the CLI's detach diagnostic) and from inside (syscall rewriting looking for
-// threads asleep in its dispatch code, pid = getpid()).
+// Processes and their threads as /proc shows them: used from outside (the injector stopping
+// every thread, the CLI's detach diagnostic, the CLI and cluster harness asking whether a
+// process still runs) and from inside (syscall rewriting looking for threads asleep in its
+// dispatch code, pid = getpid()).
 #pragma once
 
 #include <dirent.h>
@@ -17,6 +18,23 @@
 #include "base/raw_syscall.h"
 
 namespace liveio {
+
+// The state letter of `pid` in /proc/PID/stat ('R', 'S', 'D', 'Z', ...), 0 when there is no
+// such process. The state follows the last ')': the command name may hold parentheses.
+inline char process_state(pid_t pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(stat, line)) return 0;
+    const size_t paren = line.rfind(')');
+    return paren != std::string::npos && paren + 2 < line.size() ? line[paren + 2] : 0;
+}
+
+// Exists and is neither a zombie nor dead: a zombie is gone for every purpose but its
+// parent's wait (an orphan's zombie waits for whoever adopted it to reap it).
+inline bool process_running(pid_t pid) {
+    const char state = process_state(pid);
+    return state != 0 && state != 'Z' && state != 'X';
+}
 
 // Thread ids of `pid` (/proc/PID/task); empty when the process is gone.
 inline std::vector<pid_t> list_threads(pid_t pid) {

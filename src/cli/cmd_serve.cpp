@@ -237,7 +237,7 @@ private:
         // A server killed before this endpoint first looked at it has no session here: say it
         // is gone rather than that it lacks an agent (a zombie whose parent has not reaped it
         // yet is gone too).
-        if (it == observed_.end() && !process_alive(args_.target))
+        if (it == observed_.end() && !process_running(args_.target))
             return json_reply(
                 200, {{"ok", false},
                       {"node", args_.node},
@@ -325,7 +325,7 @@ private:
         auto bad_word = [](const std::string& w) { return w.empty() || w[0] == '-'; };
         try {
             if (req.path == "/control/ping") {
-                const bool alive = process_alive(args_.target);
+                const bool alive = process_running(args_.target);
                 return json_reply(200, {{"ok", alive},
                                         {"node", args_.node},
                                         {"target", args_.target},

@@ -57,16 +57,6 @@ void ObserveArgs::add_to(CLI::App* cmd) {
     cmd->add_flag("--stay", stay, "leave the agent attached and the programs loaded on exit");
 }
 
-bool process_alive(pid_t pid) {
-    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-    std::string line;
-    if (!std::getline(stat, line)) return false;
-    // "pid (comm) S ...": the state follows the last ')' (comm may hold parentheses).
-    const size_t paren = line.rfind(')');
-    return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z' &&
-           line[paren + 2] != 'X';
-}
-
 std::string process_comm(pid_t pid) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/comm");
     std::string comm;
@@ -100,7 +90,7 @@ std::vector<pid_t> processes_with_agents() {
 std::unique_ptr<TargetSession> TargetSession::open(pid_t pid, const ObserveArgs& args,
                                                    bool attach_if_needed) {
     std::unique_ptr<TargetSession> s(new TargetSession(pid, args));
-    if (!process_alive(pid)) observe_fail(fmt::format("process {} does not exist", pid));
+    if (!process_running(pid)) observe_fail(fmt::format("process {} does not exist", pid));
     s->comm_ = process_comm(pid);
     auto connected = control::ControlClient::connect(pid);
     if (!connected) {
@@ -139,7 +129,7 @@ TargetSession::~TargetSession() {
     }
 }
 
-bool TargetSession::alive() const { return process_alive(pid_); }
+bool TargetSession::alive() const { return process_running(pid_); }
 
 void TargetSession::fail_request(const Error& error, const std::string& what) {
     if (!alive()) {

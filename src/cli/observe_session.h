@@ -12,6 +12,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "base/proc_tasks.h"
 #include "control/protocol.h"
 #include "observe/bpf_client.h"
 #include "observe/stats.h"
@@ -101,8 +102,6 @@ private:
     std::vector<uint64_t> loaded_;
 };
 
-// True while `pid` exists and is not a zombie.
-bool process_alive(pid_t pid);
 // /proc/PID/comm without the newline ("" if gone).
 std::string process_comm(pid_t pid);
 // Processes with a liveio agent listening (abstract sockets "@liveio/<pid>" in /proc/net/unix).

@@ -8,9 +8,10 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <fstream>
 
 #include <fmt/format.h>
+
+#include "base/proc_tasks.h"
 
 namespace liveio::cluster {
 
@@ -66,12 +67,7 @@ std::vector<pid_t> processes_in_netns(const std::string& name) {
         struct stat st {};
         if (::stat(fmt::format("/proc/{}/ns/net", pid).c_str(), &st) != 0) continue;
         if (st.st_ino != ns.st_ino || st.st_dev != ns.st_dev) continue;
-        std::ifstream status(fmt::format("/proc/{}/stat", pid));
-        std::string line;
-        std::getline(status, line);
-        const size_t paren = line.rfind(')');
-        if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z')
-            continue;
+        if (process_state(static_cast<pid_t>(pid)) == 'Z') continue;
         pids.push_back(static_cast<pid_t>(pid));
     }
     ::closedir(proc);

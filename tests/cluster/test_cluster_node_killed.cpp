@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "base/proc_tasks.h"
 #include "clickhouse/http_client.h"
 #include "cluster/cluster_file.h"
 #include "cluster/harness.h"
@@ -48,15 +49,6 @@ std::string slow_query(const std::string& tag) {
         "SELECT count(), sum(WatchID) FROM hits_all WHERE sleepEachRow(0.002) = 0 AND URL != '{}' "
         "SETTINGS max_block_size = 100, skip_unavailable_shards = 1",
         tag);
-}
-
-bool running(pid_t pid) {
-    std::ifstream in(fmt::format("/proc/{}/stat", pid));
-    std::string line;
-    if (!std::getline(in, line)) return false;
-    const size_t paren = line.rfind(')');
-    return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z' &&
-           line[paren + 2] != 'X';
 }
 
 // ClickHouse's codes for a peer lost in the middle of an exchange: the class of errors a
@@ -95,9 +87,9 @@ KilledRun kill_during_query(const Node& initiator, const Node& victim) {
         std::this_thread::sleep_for(milliseconds(20));
     }
     ::kill(victim.server_pid, SIGKILL);
-    for (int i = 0; i < 500 && running(victim.server_pid); ++i)
+    for (int i = 0; i < 500 && process_running(victim.server_pid); ++i)
         std::this_thread::sleep_for(milliseconds(20));
-    run.killed = !running(victim.server_pid);
+    run.killed = !process_running(victim.server_pid);
     run.answer = pending.get();  // bounded by the client's 60 s timeout
     return run;
 }
@@ -215,7 +207,7 @@ TEST(ClusterNodeKilled, QueryFailsAsWithoutLiveioAndTheNodeIsReportedDown) {
     ASSERT_EQ(down_out.status, 0) << down_out.output;
     for (const std::string& ns : namespace_names(n.name, 3)) EXPECT_FALSE(netns_exists(ns)) << ns;
     EXPECT_FALSE(fs::exists(state_dir(n.name, n.root)));
-    for (pid_t p : pids) EXPECT_FALSE(running(p)) << "process " << p << " still runs";
+    for (pid_t p : pids) EXPECT_FALSE(process_running(p)) << "process " << p << " still runs";
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "base/proc_tasks.h"
 #include "clickhouse/http_client.h"
 #include "clickhouse/server.h"
 #include "cluster/cluster_file.h"
@@ -92,16 +93,6 @@ std::string host_address() {
     return found;
 }
 
-// Exists and is not a zombie (an orphan's zombie waits for whoever adopted it to reap it).
-bool running(pid_t pid) {
-    std::ifstream in(fmt::format("/proc/{}/stat", pid));
-    std::string line;
-    if (!std::getline(in, line)) return false;
-    const size_t paren = line.rfind(')');
-    return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] != 'Z' &&
-           line[paren + 2] != 'X';
-}
-
 // Waits (bounded) until `pid` is in the stopped state ('T' in /proc/PID/stat).
 bool stopped_within(pid_t pid, seconds limit) {
     const auto deadline = std::chrono::steady_clock::now() + limit;
@@ -121,7 +112,7 @@ bool stopped_within(pid_t pid, seconds limit) {
 void expect_gone(const std::string& name, const std::string& root, const std::vector<pid_t>& pids) {
     EXPECT_TRUE(cluster_namespaces(name).empty());
     EXPECT_FALSE(fs::exists(state_dir(name, root)));
-    for (pid_t pid : pids) EXPECT_FALSE(running(pid)) << "process " << pid << " still runs";
+    for (pid_t pid : pids) EXPECT_FALSE(process_running(pid)) << "process " << pid << " still runs";
 }
 
 TEST(NetnsCluster, DistributedQueryStaysInsideTheNamespacesAndDownRemovesEverything) {
@@ -269,7 +260,7 @@ void kill_up_midway_then_down(const Names& n, bool loopback) {
         EXPECT_FALSE(cluster_namespaces(n.name).empty());
     }
     // What was started lives on after the harness died.
-    EXPECT_TRUE(running(seen[0]));
+    EXPECT_TRUE(process_running(seen[0]));
     const auto down_out = cli({"cluster", "down", "--name", n.name, "--root", n.root});
     ASSERT_EQ(down_out.status, 0) << down_out.output;
     for (pid_t p : servers_under(state_dir(n.name, n.root))) seen.push_back(p);
