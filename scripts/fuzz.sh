@@ -16,16 +16,17 @@ targets=(verifier jit_diff loader protocol prometheus sink)
 # shellcheck source=scripts/configure.sh
 source "$root/scripts/configure.sh"
 
+# build_targets [EXTRA TARGET...]: the fuzz targets (all the test suite's short runs need).
 build_targets() {
   CC=clang CXX=clang++ liveio_configure "$build" -DLIVEIO_FUZZ=ON
-  cmake --build "$build" -j"$(nproc)" --target "${targets[@]/#/fuzz_}" fuzz_make_corpus
+  cmake --build "$build" -j"$(nproc)" --target "${targets[@]/#/fuzz_}" "$@"
 }
 
 case ${1:-} in
   --build)
     build_targets ;;
   --corpus)
-    build_targets
+    build_targets fuzz_make_corpus
     release=${LIVEIO_BUILD_DIR:-$root/build/release}
     objects=$(find "$release/bpf" -name '*.bpf.o' | sort)
     [[ -n $objects ]] || { echo "no BPF objects under $release/bpf: run scripts/build.sh first" >&2; exit 1; }
