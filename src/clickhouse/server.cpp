@@ -120,6 +120,10 @@ std::string users_xml(const ServerOptions& o) {
         <default>
             <max_memory_usage>4000000000</max_memory_usage>
             <load_balancing>in_order</load_balancing>
+            <!-- An idle native-protocol connection (a Distributed table's pool to another
+                 shard, a client between queries) notices the server's SIGTERM only when its
+                 poll times out: this bounds how long a stop waits for it. -->
+            <poll_interval>1</poll_interval>
             {settings}
         </default>
     </profiles>
