@@ -220,10 +220,12 @@ void cmd_status(const Target& t) {
     if (down_nodes) fail(fmt::format("status: {} of {} nodes down", down_nodes, rows.size()));
 }
 
+// `mechanism` "" leaves it to each node: attach's default, or the one an attached node has.
 void cmd_attach(const Target& t, const std::vector<std::string>& policies,
                 const std::string& mechanism) {
     const ClusterFile f = t.load();
-    const json body = {{"policies", policies}, {"mechanism", mechanism}};
+    json body = {{"policies", policies}};
+    if (!mechanism.empty()) body["mechanism"] = mechanism;
     report(f,
            for_all(f,
                    [&](const Node& n) {
@@ -304,9 +306,7 @@ public:
     std::vector<NodeIoSample> sample() {
         return for_all(f_, [&](const Node& n) {
             const size_t i = static_cast<size_t>(&n - f_.nodes.data());
-            auto a = ask(n, "GET", "/control/io", nullptr, timeout_);
-            NodeIoSample s = a.reply.is_object() ? parse_node_io(a.reply) : NodeIoSample{};
-            if (!a.ok && s.error.empty()) s.error = a.text;
+            NodeIoSample s = io(n);
             auto scope = NetnsScope::enter(n.netns);
             if (!scope) return s;
             // Inside the node's namespace its server also listens on the loopback.
@@ -323,7 +323,22 @@ public:
         });
     }
 
+    // Only the /control/io of `nodes` (the others empty): to name peers, not counted.
+    std::vector<NodeIoSample> sample_again(const std::vector<size_t>& nodes) {
+        return for_all(f_, [&](const Node& n) {
+            const size_t i = static_cast<size_t>(&n - f_.nodes.data());
+            return std::find(nodes.begin(), nodes.end(), i) != nodes.end() ? io(n) : NodeIoSample{};
+        });
+    }
+
 private:
+    NodeIoSample io(const Node& n) const {
+        auto a = ask(n, "GET", "/control/io", nullptr, timeout_);
+        NodeIoSample s = a.reply.is_object() ? parse_node_io(a.reply) : NodeIoSample{};
+        if (!a.ok && s.error.empty()) s.error = a.text;
+        return s;
+    }
+
     const ClusterFile& f_;
     std::chrono::milliseconds timeout_;
     std::vector<uint64_t> own_queries_;
@@ -349,7 +364,9 @@ void cmd_top(const Target& t, const TopOptions& o) {
     for (size_t i = 0; iterations == 0 || i < iterations; ++i) {
         if (signals.wait(*seconds)) break;
         auto now = sampler.sample();
-        const TopView view = compute_top(f, before, now);
+        const TopView view = top_interval(f, before, now, [&](const std::vector<size_t>& nodes) {
+            return sampler.sample_again(nodes);
+        });
         if (o.as_json) {
             std::printf("%s\n", top_json(view).dump().c_str());
         } else {
@@ -418,13 +435,17 @@ void add_cluster_commands(CLI::App& app) {
             cluster->add_subcommand("attach", "Attach liveio to the server of every node");
         auto t = std::make_shared<Target>();
         auto policies = std::make_shared<std::vector<std::string>>();
-        auto mechanism = std::make_shared<std::string>("got");
+        auto mechanism = std::make_shared<std::string>();
         t->add_to(attach, true);
-        attach->add_option("--policy", *policies, "policies to switch on on every node")
+        attach
+            ->add_option("--policy", *policies,
+                         "the policies to have on on every node (an attached node's others are "
+                         "switched off)")
             ->delimiter(',');
-        attach->add_option("--mechanism,-m", *mechanism, "how calls are intercepted")
-            ->check(CLI::IsMember({"got", "inline", "rewrite"}))
-            ->capture_default_str();
+        attach
+            ->add_option("--mechanism,-m", *mechanism,
+                         "how calls are intercepted (default: got, or what an attached node has)")
+            ->check(CLI::IsMember({"got", "inline", "rewrite"}));
         attach->callback([t, policies, mechanism] { cmd_attach(*t, *policies, *mechanism); });
     }
     {
