@@ -285,7 +285,8 @@ TEST_F(LoopbackCluster, TopNamesEveryNodesPeersOnSharedLoopbackPorts) {
             asked = nodes;
             return sample_io(file, &nodes);
         });
-        EXPECT_EQ(asked, (std::vector<size_t>{0})) << render_top(view);
+        // n1's unnamed end could be held by n0 or n2 (they share its loopback), n2's by n0 or n1.
+        EXPECT_EQ(asked, (std::vector<size_t>{0, 1, 2})) << render_top(view);
         PeerSets out, in;
         native_peers(view, out, in);
         EXPECT_EQ(in["n1"], std::set<std::string>{"n0"}) << render_top(view);
