@@ -169,14 +169,18 @@ void fail_if_any(size_t failed, size_t nodes, const char* verb) {
 }
 
 // A command's output under its node's "ok" line; a multi-line answer (policy list) stays
-// readable indented under it. Exits non-zero when any node failed.
-void report(const ClusterFile& f, const std::vector<NodeAnswer>& answers, const char* verb) {
+// readable indented under it. `hint`, when some node failed, follows the lines. Exits non-zero
+// when any node failed.
+void report(const ClusterFile& f, const std::vector<NodeAnswer>& answers, const char* verb,
+            const std::string& hint = "") {
     const size_t failed = print_answers(f, answers, [](const NodeAnswer& a) {
         std::string text = trimmed(a.text);
         for (size_t at = text.find('\n'); at != std::string::npos; at = text.find('\n', at + 1))
             text.insert(at + 1, 10, ' ');
         return "ok   " + text;
     });
+    if (failed && !hint.empty()) std::printf("%s\n", hint.c_str());
+    std::fflush(stdout);  // the lines before the failure's message on stderr
     fail_if_any(failed, answers.size(), verb);
 }
 
@@ -226,12 +230,22 @@ void cmd_attach(const Target& t, const std::vector<std::string>& policies,
     const ClusterFile f = t.load();
     json body = {{"policies", policies}};
     if (!mechanism.empty()) body["mechanism"] = mechanism;
-    report(f,
-           for_all(f,
-                   [&](const Node& n) {
-                       return ask(n, "POST", "/control/attach", body, t.timeout_ms());
-                   }),
-           "attach");
+    const auto answers = for_all(
+        f, [&](const Node& n) { return ask(n, "POST", "/control/attach", body, t.timeout_ms()); });
+    // The same refusal on the nodes attached with another mechanism, in cluster terms.
+    const bool other_mechanism =
+        std::any_of(answers.begin(), answers.end(), [](const NodeAnswer& a) {
+            return !a.ok && a.text.find("is attached with mechanism") != std::string::npos;
+        });
+    std::string policy_list;
+    for (const std::string& p : policies) policy_list += (policy_list.empty() ? "" : ",") + p;
+    report(f, answers, "attach",
+           other_mechanism
+               ? fmt::format("to switch every node to -m {}: liveio cluster detach, then liveio "
+                             "cluster attach -m {}{}",
+                             mechanism, mechanism,
+                             policy_list.empty() ? "" : " --policy " + policy_list)
+               : "");
 }
 
 void cmd_detach(const Target& t) {

@@ -333,6 +333,9 @@ TEST_F(NetnsCluster, AttachStatsDetachOnEveryNodeAndAStoppedNodeIsReported) {
     EXPECT_NE(other.status, 0) << other.output;
     EXPECT_NE(other.output.find("n0   FAIL"), std::string::npos) << other.output;
     EXPECT_NE(other.output.find("then liveio attach"), std::string::npos) << other.output;
+    EXPECT_NE(other.output.find("liveio cluster detach, then liveio cluster attach -m inline"),
+              std::string::npos)
+        << other.output;
     const auto now_on = with({"cluster", "stats"});
     EXPECT_EQ(now_on.status, 0) << now_on.output;
     for (const Node& node : file.nodes)
