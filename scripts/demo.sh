@@ -7,6 +7,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/deps.sh"
 build=${LIVEIO_BUILD_DIR:-$root/build/release}
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+# shellcheck source=scripts/configure.sh
+source "$root/scripts/configure.sh"
+liveio_configure "$build"
 cmake --build "$build" -j"$(nproc)" --target liveio liveio-agent liveio_bpf_programs
 exec "$build/src/cli/liveio" demo "$@"

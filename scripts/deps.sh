@@ -2,7 +2,7 @@
 # Installs the Debian packages liveio needs, only those missing (idempotent).
 set -euo pipefail
 packages=(
-  build-essential cmake pkg-config git clang llvm
+  build-essential cmake ninja-build pkg-config git clang llvm
   clang-14 libclang-rt-14-dev
   liburing-dev libbpf-dev libelf-dev zlib1g-dev libzydis-dev
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev libfmt-dev nlohmann-json3-dev

@@ -13,13 +13,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build=${LIVEIO_FUZZ_BUILD_DIR:-$root/build/fuzz}
 targets=(verifier jit_diff loader protocol prometheus sink)
 
+# shellcheck source=scripts/configure.sh
+source "$root/scripts/configure.sh"
+
 build_targets() {
-  local launcher=()
-  if command -v ccache >/dev/null; then
-    launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
-  fi
-  CC=clang CXX=clang++ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLIVEIO_FUZZ=ON \
-    "${launcher[@]}" >/dev/null
+  CC=clang CXX=clang++ liveio_configure "$build" -DLIVEIO_FUZZ=ON
   cmake --build "$build" -j"$(nproc)" --target "${targets[@]/#/fuzz_}" fuzz_make_corpus
 }
 

@@ -64,11 +64,9 @@ case $sanitize in
     echo "--sanitize=$sanitize: expected address or thread" >&2
     exit 2 ;;
 esac
-launcher=()
-if command -v ccache >/dev/null; then
-  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
-fi
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLIVEIO_SANITIZE="$sanitize" "${launcher[@]}" >/dev/null
+# shellcheck source=scripts/configure.sh
+source "$root/scripts/configure.sh"
+liveio_configure "$build" -DLIVEIO_SANITIZE="$sanitize"
 if [[ $sanitize == address ]]; then
   cmake --build "$build" -j"$(nproc)"
   cd "$build"

@@ -92,7 +92,10 @@ std::string config_xml(const std::string& dir, const ServerPorts& ports, const S
     <umask>027</umask>
     <mlock_executable>false</mlock_executable>
     <max_connections>256</max_connections>
-    <keep_alive_timeout>10</keep_alive_timeout>
+    <!-- On SIGTERM the server waits for each idle kept-alive HTTP connection to reach this
+         timeout before it exits, so this bounds how long a stop waits for a client that still
+         holds its connection (HttpClient reconnects when the server closed an idle one). -->
+    <keep_alive_timeout>1</keep_alive_timeout>
     <max_concurrent_queries>64</max_concurrent_queries>
     <mark_cache_size>268435456</mark_cache_size>
     <uncompressed_cache_size>268435456</uncompressed_cache_size>

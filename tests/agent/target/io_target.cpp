@@ -12,16 +12,19 @@
 // and exits with status 2. Stops on SIGTERM/SIGINT or after --seconds; exits 0 when clean.
 //
 // Waits use poll() with a timeout before recv(), so the workers never sit in a hooked call for
-// long. --idle adds what servers have: threads blocked in recv() on an idle TCP connection and
-// an idle socketpair and in read() on an idle pipe, for the whole run (SIGUSR1 makes them call
-// again, through the hooks installed by then); at the end each gets one byte, checked. A
-// detach must not wait for them.
+// long. The file and echo workers never wait otherwise: they run at nice 10 (per thread), so
+// that they take the CPU nobody else wants, not the CPU of the `liveio` commands and the agent
+// thread the tests drive them with, nor that of the tests ctest runs beside. --idle adds what
+// servers have: threads blocked in recv() on an idle TCP connection and an idle socketpair and in
+// read() on an idle pipe, for the whole run (SIGUSR1 makes them call again, through the hooks
+// installed by then); at the end each gets one byte, checked. A detach must not wait for them.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -60,6 +63,9 @@ void fill_random(std::mt19937_64& rng, unsigned char* p, size_t n) {
     for (size_t i = 0; i < n; ++i) p[i] = static_cast<unsigned char>(rng());
 }
 
+// Busy workers call this first: on Linux the nice value belongs to the calling thread only.
+void lower_thread_priority() { setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 10); }
+
 void compare(const unsigned char* got, const unsigned char* want, size_t n, const char* what,
              long where) {
     if (std::memcmp(got, want, n) == 0) return;
@@ -76,6 +82,7 @@ void expect_len(ssize_t got, size_t want, const char* what) {
 }
 
 void file_worker(const std::string& dir, unsigned seed) {
+    lower_thread_priority();
     constexpr size_t kSize = 256 * 1024;
     std::string path = dir + "/liveio-io-target-XXXXXX";
     const int fd = mkstemp(path.data());
@@ -152,6 +159,7 @@ void send_exact(int fd, const unsigned char* p, size_t n, const char* what) {
 
 // The echo side: returns what it receives, in messages of a size the client announced.
 void echo_server(int fd, const char* what) {
+    lower_thread_priority();
     std::vector<unsigned char> buf(65536);
     while (!g_stop.load(std::memory_order_relaxed)) {
         uint32_t len;
@@ -163,6 +171,7 @@ void echo_server(int fd, const char* what) {
 }
 
 void echo_client(int fd, unsigned seed, std::atomic<uint64_t>& counter, const char* what) {
+    lower_thread_priority();
     std::mt19937_64 rng(seed);
     std::vector<unsigned char> out(65536), in(65536);
     while (!g_stop.load(std::memory_order_relaxed)) {
