@@ -180,9 +180,13 @@ inline uint32_t current_cpu_slot(uint32_t ncpus) {
 inline void seq_write_lock(uint32_t* seq) {
     for (;;) {
         uint32_t v = __atomic_load_n(seq, __ATOMIC_RELAXED);
-        if (!(v & 1) &&
-            __atomic_compare_exchange_n(seq, &v, v + 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+        if (!(v & 1) && __atomic_compare_exchange_n(seq, &v, v + 1, false, __ATOMIC_ACQUIRE,
+                                                    __ATOMIC_RELAXED)) {
+            // The odd word before any data store: a reader whose data load sees one of them
+            // then sees the odd word in seq_read_retry (its acquire fence pairs with this one).
+            __atomic_thread_fence(__ATOMIC_RELEASE);
             return;
+        }
         cpu_relax();
     }
 }
@@ -200,6 +204,60 @@ inline uint32_t seq_read_begin(const uint32_t* seq) {
 inline bool seq_read_retry(const uint32_t* seq, uint32_t begin) {
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     return __atomic_load_n(seq, __ATOMIC_RELAXED) != begin;
+}
+
+// Copies of keys and values that readers take under a sequence lock while a writer may be
+// rewriting them: every access to shared memory is a relaxed atomic load or store of a whole
+// aligned word, so the race the sequence check resolves is not a data race (undefined
+// behavior) in the C++ memory model, and ThreadSanitizer sees atomics, not plain accesses. On
+// x86-64 these are the plain moves memcpy would use for short keys and values. The shared side
+// is 8-byte aligned and padded to a multiple of 8 bytes (key and value strides are rounded up):
+// shm_load and shm_equal read the padding of the last word, shm_store writes it with zeros; the
+// private side is touched for exactly `n` bytes.
+inline uint64_t shm_word(const uint8_t* shared) {
+    return __atomic_load_n(reinterpret_cast<const uint64_t*>(shared), __ATOMIC_RELAXED);
+}
+inline void shm_load(void* out, const uint8_t* shared, size_t n) {
+    auto* d = static_cast<uint8_t*>(out);
+    for (; n >= 8; n -= 8, d += 8, shared += 8) {
+        const uint64_t w = shm_word(shared);
+        std::memcpy(d, &w, 8);
+    }
+    if (n != 0) {
+        const uint64_t w = shm_word(shared);
+        std::memcpy(d, &w, n);
+    }
+}
+inline void shm_store(uint8_t* shared, const void* in, size_t n) {
+    const auto* s = static_cast<const uint8_t*>(in);
+    for (; n >= 8; n -= 8, s += 8, shared += 8) {
+        uint64_t w;
+        std::memcpy(&w, s, 8);
+        __atomic_store_n(reinterpret_cast<uint64_t*>(shared), w, __ATOMIC_RELAXED);
+    }
+    if (n != 0) {
+        uint64_t w = 0;
+        std::memcpy(&w, s, n);
+        __atomic_store_n(reinterpret_cast<uint64_t*>(shared), w, __ATOMIC_RELAXED);
+    }
+}
+// `n` a multiple of 8.
+inline void shm_zero(uint8_t* shared, size_t n) {
+    for (size_t i = 0; i < n; i += 8)
+        __atomic_store_n(reinterpret_cast<uint64_t*>(shared + i), uint64_t{0}, __ATOMIC_RELAXED);
+}
+inline bool shm_equal(const uint8_t* shared, const void* in, size_t n) {
+    const auto* s = static_cast<const uint8_t*>(in);
+    for (; n >= 8; n -= 8, s += 8, shared += 8) {
+        uint64_t w;
+        std::memcpy(&w, s, 8);
+        if (shm_word(shared) != w) return false;
+    }
+    if (n == 0) return true;
+    uint64_t w = 0;
+    std::memcpy(&w, s, n);
+    const uint64_t low_bytes = (uint64_t{1} << (8 * n)) - 1;  // little-endian: the first n bytes
+    return (shm_word(shared) & low_bytes) == w;
 }
 
 // Keys: a 64×64→128 multiply-fold per 8-byte chunk (wyhash's mixing step). Cheap for the

@@ -62,12 +62,12 @@ private:
         seq_write_lock(seq);
         if (all_cpus) {
             for (uint32_t cpu = 0; cpu < ncpus_; ++cpu)
-                std::memcpy(slot(i, cpu),
-                            static_cast<const uint8_t*>(value) + uint64_t{cpu} * stride_,
-                            spec_.value_size);
+                shm_store(slot(i, cpu),
+                          static_cast<const uint8_t*>(value) + uint64_t{cpu} * stride_,
+                          spec_.value_size);
         } else {
-            std::memcpy(percpu_ ? slot(i, current_cpu_slot(ncpus_)) : slot(i, 0), value,
-                        spec_.value_size);
+            shm_store(percpu_ ? slot(i, current_cpu_slot(ncpus_)) : slot(i, 0), value,
+                      spec_.value_size);
         }
         seq_write_unlock(seq);
         return 0;
@@ -110,7 +110,7 @@ public:
         const uint32_t* seq = stripe(i);
         for (;;) {
             const uint32_t s = seq_read_begin(seq);
-            std::memcpy(out, slot(i, 0), bytes);
+            shm_load(out, slot(i, 0), bytes);  // atomic words: a racing writer is no data race
             if (!seq_read_retry(seq, s)) return 0;
         }
     }

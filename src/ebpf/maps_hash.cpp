@@ -6,6 +6,9 @@
 //    it odd while they relink or rewrite an element of that bucket; readers (lookup, next_key,
 //    copy_value) never write shared memory: they walk the chain and retry if `seq` moved. A
 //    reader that dies or stalls therefore cannot block the target.
+//  - Every word a reader may read while a writer rewrites it (links, hashes, keys, values) is
+//    accessed with relaxed atomics on both sides (keys and values word by word: map_shm.h's
+//    shm_load/shm_store), so the races the sequence check resolves are not data races.
 //  - Elements are preallocated (max_entries of them); chains and the free list link element
 //    indices, never pointers, so every process can follow them. Walks are bounded and every
 //    index is range-checked, so a walk racing a writer can only retry, never run wild.
@@ -135,7 +138,7 @@ private:
             }
             ElemHeader* e = elem(spare);
             store(&e->hash, static_cast<uint32_t>(h));
-            std::memcpy(key_of(e), key, key_size_);
+            shm_store(key_of(e), key, key_size_);
             store_value(e, value, all_cpus, /*fresh=*/true);
             store(&e->ref, 1u);  // a new key gets its second chance too
             store(&e->linked, 1u);
@@ -151,19 +154,19 @@ private:
     // element, the other slots are zeroed (the kernel's helper path).
     void store_value(ElemHeader* e, const void* value, bool all_cpus, bool fresh) {
         if (!percpu_) {
-            std::memcpy(value_of(e), value, spec_.value_size);
+            shm_store(value_of(e), value, spec_.value_size);
             return;
         }
         if (all_cpus) {
             for (uint32_t cpu = 0; cpu < ncpus_; ++cpu)
-                std::memcpy(value_of(e) + uint64_t{cpu} * value_stride_,
-                            static_cast<const uint8_t*>(value) + uint64_t{cpu} * value_stride_,
-                            spec_.value_size);
+                shm_store(value_of(e) + uint64_t{cpu} * value_stride_,
+                          static_cast<const uint8_t*>(value) + uint64_t{cpu} * value_stride_,
+                          spec_.value_size);
             return;
         }
-        if (fresh) std::memset(value_of(e), 0, uint64_t{ncpus_} * value_stride_);
-        std::memcpy(value_of(e) + uint64_t{current_cpu_slot(ncpus_)} * value_stride_, value,
-                    spec_.value_size);
+        if (fresh) shm_zero(value_of(e), uint64_t{ncpus_} * value_stride_);
+        shm_store(value_of(e) + uint64_t{current_cpu_slot(ncpus_)} * value_stride_, value,
+                  spec_.value_size);
     }
 
 public:
@@ -173,7 +176,7 @@ public:
         seq_write_lock(&b.seq);
         const uint32_t i = unlink_if(b, [&](uint32_t idx) {
             const ElemHeader* e = elem(idx);
-            return e->hash == static_cast<uint32_t>(h) && key_eq(key_of(e), key);
+            return load(&e->hash) == static_cast<uint32_t>(h) && key_eq(key_of(e), key);
         });
         seq_write_unlock(&b.seq);
         if (i == kNil) return -ENOENT;
@@ -191,7 +194,7 @@ public:
                 const uint32_t s = seq_read_begin(&b.seq);
                 const uint32_t i = find(b, key, static_cast<uint32_t>(h));
                 const uint32_t n = i == kNil ? kNil : from_link(load(&elem(i)->next));
-                if (n < max_) std::memcpy(tmp, key_of(elem(n)), key_size_);
+                if (n < max_) shm_load(tmp, key_of(elem(n)), key_size_);
                 if (seq_read_retry(&b.seq, s)) continue;
                 if (i == kNil) break;  // unknown key: restart from the first (kernel semantics)
                 if (n < max_) {
@@ -207,7 +210,7 @@ public:
             for (;;) {
                 const uint32_t s = seq_read_begin(&b.seq);
                 const uint32_t head = from_link(load(&b.head));
-                if (head < max_) std::memcpy(tmp, key_of(elem(head)), key_size_);
+                if (head < max_) shm_load(tmp, key_of(elem(head)), key_size_);
                 if (seq_read_retry(&b.seq, s)) continue;
                 if (head < max_) {
                     std::memcpy(next, tmp, key_size_);
@@ -226,7 +229,7 @@ public:
         for (;;) {
             const uint32_t s = seq_read_begin(&b.seq);
             const uint32_t i = find(b, key, static_cast<uint32_t>(h));
-            if (i != kNil) std::memcpy(out, value_of(elem(i)), bytes);
+            if (i != kNil) shm_load(out, value_of(elem(i)), bytes);
             if (seq_read_retry(&b.seq, s)) continue;
             return i == kNil ? -ENOENT : 0;
         }
@@ -243,21 +246,22 @@ private:
     }
     uint8_t* value_of(const ElemHeader* e) const { return key_of(e) + key_stride_; }
 
+    // `stored` may be rewritten meanwhile (callers without the bucket lock validate with the
+    // sequence): atomic loads only (map_shm.h).
     bool key_eq(const uint8_t* stored, const void* key) const {
         switch (key_size_) {
             case 4: {
-                uint32_t a, b;
-                std::memcpy(&a, stored, 4);
+                uint32_t b;
                 std::memcpy(&b, key, 4);
-                return a == b;
+                return __atomic_load_n(reinterpret_cast<const uint32_t*>(stored),
+                                       __ATOMIC_RELAXED) == b;
             }
             case 8: {
-                uint64_t a, b;
-                std::memcpy(&a, stored, 8);
+                uint64_t b;
                 std::memcpy(&b, key, 8);
-                return a == b;
+                return shm_word(stored) == b;
             }
-            default: return std::memcmp(stored, key, key_size_) == 0;
+            default: return shm_equal(stored, key, key_size_);
         }
     }
 

@@ -17,6 +17,13 @@ struct LibcHook {
     void** original;  // the libc function the wrapper calls when the call is passed through
 };
 
+// `name` as libc.so.6 itself defines it (its default version), or null. Not the global
+// lookup (dlsym(RTLD_DEFAULT)): a library that interposes the function -- a sanitizer
+// runtime, an LD_PRELOAD wrapper -- comes first there, and patching its copy would miss libc's
+// aliases (pread is pread64 in libc, two functions in the interposer), libc's internal callers
+// and every call the interposer itself forwards to libc.
+void* libc_function(const char* name);
+
 // Every hookable function (aliases such as pread/pread64 are separate entries).
 const std::vector<LibcHook>& libc_hooks(Mechanism mechanism);
 // The default I/O set, when InterceptOptions::functions is empty.

@@ -1,8 +1,6 @@
 // Mechanism::Inline: libc's own I/O functions get an inline hook whose replacement is the
 // libc wrapper for that function; the wrapper's "original" is the hook's trampoline. Unlike
 // GOT patching this catches calls from every object, libc-internal callers included.
-#include <dlfcn.h>
-
 #include <algorithm>
 
 #include "hook/dispatcher.h"
@@ -76,8 +74,8 @@ Result<std::unique_ptr<Interceptor>> install_inline(const InterceptOptions& opti
                                [&](const LibcHook& h) { return name == h.name; });
         if (it == table.end())
             return make_error(EINVAL, "no inline wrapper for function '" + name + "'");
-        void* target = dlsym(RTLD_DEFAULT, it->name);
-        if (target == nullptr) return make_error(ENOENT, "function not found: " + name);
+        void* target = libc_function(it->name);
+        if (target == nullptr) return make_error(ENOENT, "libc function not found: " + name);
         // Aliases (pread/pread64, lseek/lseek64, open/open64) share one entry point.
         if (std::any_of(specs.begin(), specs.end(),
                         [&](const InlineHookSpec& s) { return s.target == target; }))

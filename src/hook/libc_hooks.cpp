@@ -18,6 +18,7 @@
 // return address over liveio_libc_return in that stack slot (drain_libc_hooks): the call then
 // returns to the application directly, with its result and errno, and only on_exit is lost.
 // Calls not observed (liveio's own, no handler) jump to the original without a return path.
+#include <dlfcn.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -445,6 +446,12 @@ std::vector<LibcHook> table() {
 }
 
 }  // namespace
+
+void* libc_function(const char* name) {
+    // RTLD_NOLOAD: the handle of the libc already mapped; never loads a second one.
+    static void* const libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    return libc != nullptr ? dlsym(libc, name) : nullptr;
+}
 
 const std::vector<LibcHook>& libc_hooks(Mechanism mechanism) {
     static const std::vector<LibcHook> got = table<Mechanism::Got>();

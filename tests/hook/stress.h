@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <functional>
 #include <thread>
 #include <vector>
@@ -62,10 +64,22 @@ inline uint64_t wrong_bytes_under_cycles(
             }
         });
     }
-    // Lets the workers make progress while interception is in place.
+    // Lets the workers make progress while interception is in place. Workers that make none
+    // for kStallLimit are deadlocked (in a hook, or on a lock a hook holds): they can be
+    // neither joined nor detached safely, so the test fails and the process ends right there
+    // instead of hanging until the runner's timeout.
+    constexpr auto kStallLimit = std::chrono::seconds(120);
     auto wait_for_io = [&] {
         const uint64_t target = ops.load() + 2;
-        while (ops.load() < target) std::this_thread::yield();
+        const auto deadline = std::chrono::steady_clock::now() + kStallLimit;
+        while (ops.load() < target) {
+            if (std::chrono::steady_clock::now() > deadline) {
+                ADD_FAILURE() << "the I/O threads made no progress for "
+                              << std::chrono::seconds(kStallLimit).count() << " s";
+                std::abort();
+            }
+            std::this_thread::yield();
+        }
     };
     for (int c = 0; c < cycles; ++c) cycle(wait_for_io);
     stop = true;

@@ -1,6 +1,5 @@
 // Inline hooks: relocation of tricky prologues, refusals with reasons, and Mechanism::Inline
 // on libc's own I/O entry points with real I/O.
-#include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -15,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "hook/dispatcher.h"
+#include "hook/got_hooks.h"
 #include "hook/inline_hook.h"
 #include "hook/interceptor.h"
 #include "hook/recording_handler.h"
@@ -102,7 +102,7 @@ TEST(InlineInterceptor, SeesLibcIoErrnoAndTakeover) {
     int fd = mkstemp(path);
     ASSERT_GE(fd, 0);
     unlink(path);
-    void* pread_fn = dlsym(RTLD_DEFAULT, "pread64");
+    void* pread_fn = libc_function("pread64");  // what is patched, interposed or not
     const std::string before = bytes_at(pread_fn, 32);
     RecordingHandler h;
     auto icpt = Interceptor::install(inline_options({"pread64", "pwrite64", "read"}), &h);
@@ -154,7 +154,7 @@ TEST(InlineInterceptor, DefaultSetInstallsAndRestores) {
     RecordingHandler h;
     std::vector<std::pair<void*, std::string>> before;
     for (auto* name : {"read", "write", "pread64", "close", "recvfrom", "sendto"}) {
-        void* fn = dlsym(RTLD_DEFAULT, name);
+        void* fn = libc_function(name);
         before.push_back({fn, bytes_at(fn, 32)});
     }
     auto icpt = Interceptor::install(inline_options(), &h);
@@ -177,7 +177,7 @@ TEST(InlineInterceptor, DefaultSetInstallsAndRestores) {
 // address, and the return trapped: ClickHouse died with SIGILL in liveio_libc_exit).
 TEST(InlineInterceptor, HookedOriginalTailCallingHookedFunctionReturnsOnce) {
     using Open2 = int (*)(const char*, int);
-    auto open_2 = reinterpret_cast<Open2>(dlsym(RTLD_DEFAULT, "__open_2"));
+    auto open_2 = reinterpret_cast<Open2>(libc_function("__open_2"));
     if (open_2 == nullptr) GTEST_SKIP() << "this libc has no __open_2";
     char path[] = "/tmp/liveio-inline-tail-XXXXXX";
     int wfd = mkstemp(path);

@@ -3,6 +3,7 @@
 // reports the first failed check through a pipe.
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
@@ -73,7 +74,11 @@ void check(bool condition, const std::string& what) {
     if (!condition) throw CheckFailed{what};
 }
 
-// Runs `body` in a forked child; returns "" on success or the failed check's message.
+// Runs `body` in a forked child; returns "" on success or the failed check's message. A child
+// still running after kChildLimitSeconds (a deadlock in the hooked child) is killed and reported,
+// so a hang fails the test instead of stalling the suite.
+constexpr int kChildLimitSeconds = 240;
+
 std::string in_child(const std::function<void()>& body) {
     int p[2];
     if (pipe(p) != 0) return "pipe failed";
@@ -92,11 +97,30 @@ std::string in_child(const std::function<void()>& body) {
     close(p[1]);
     std::string message;
     char buf[512];
-    for (ssize_t n; (n = read(p[0], buf, sizeof buf)) > 0;)
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(kChildLimitSeconds);
+    bool timed_out = false;
+    for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        pollfd pfd{p[0], POLLIN, 0};
+        const int ready = left.count() > 0 ? poll(&pfd, 1, static_cast<int>(left.count())) : 0;
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready <= 0) {
+            timed_out = true;
+            break;
+        }
+        const ssize_t n = read(p[0], buf, sizeof buf);
+        if (n <= 0) break;
         message.append(buf, static_cast<size_t>(n));
+    }
     close(p[0]);
+    if (timed_out) kill(pid, SIGKILL);
     int status = 0;
     waitpid(pid, &status, 0);
+    if (timed_out)
+        return "child still running after " + std::to_string(kChildLimitSeconds) +
+               " s (killed): " + message;
     if (WIFSIGNALED(status))
         return "child killed by signal " + std::to_string(WTERMSIG(status)) + " " + message;
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
