@@ -7,9 +7,10 @@
 // an in-memory shadow of the file), a socketpair echo and a TCP loopback echo (send/recv,
 // every echoed byte compared), a fork+exec of /bin/true (exit status checked) and an errno
 // checker (EBADF, ESPIPE, ENOTSOCK, and errno left untouched by successful calls).
-// Prints "ready" once every thread runs, then a "counts ..." line every report interval and a
-// "final ..." line at the end. The first wrong byte or errno prints "MISMATCH: ..." on stderr
-// and exits with status 2. Stops on SIGTERM/SIGINT or after --seconds; exits 0 when clean.
+// Prints "ready" once every worker runs (the file workers have written their file), then a
+// "counts ..." line every report interval and a "final ..." line at the end. The first wrong
+// byte or errno prints "MISMATCH: ..." on stderr and exits with status 2. Stops on
+// SIGTERM/SIGINT or after --seconds; exits 0 when clean.
 //
 // Waits use poll() with a timeout before recv(), so the workers never sit in a hooked call for
 // long. The file and echo workers never wait otherwise: they run at nice 10 (per thread), so
@@ -44,6 +45,8 @@
 namespace {
 
 std::atomic<bool> g_stop{false};
+// Workers that have begun their work; "ready" is printed once every one has.
+std::atomic<int> g_started{0};
 std::atomic<uint64_t> g_file_ops{0}, g_socketpair_ops{0}, g_tcp_ops{0}, g_execs{0},
     g_errno_checks{0};
 
@@ -92,6 +95,7 @@ void file_worker(const std::string& dir, unsigned seed) {
     std::mt19937_64 rng(seed);
     fill_random(rng, shadow.data(), kSize);
     expect_len(pwrite(fd, shadow.data(), kSize, 0), kSize, "initial pwrite");
+    g_started.fetch_add(1);
     while (!g_stop.load(std::memory_order_relaxed)) {
         const size_t len = 1 + rng() % 8192;
         const off_t off = static_cast<off_t>(rng() % (kSize - len));
@@ -160,6 +164,7 @@ void send_exact(int fd, const unsigned char* p, size_t n, const char* what) {
 // The echo side: returns what it receives, in messages of a size the client announced.
 void echo_server(int fd, const char* what) {
     lower_thread_priority();
+    g_started.fetch_add(1);
     std::vector<unsigned char> buf(65536);
     while (!g_stop.load(std::memory_order_relaxed)) {
         uint32_t len;
@@ -172,6 +177,7 @@ void echo_server(int fd, const char* what) {
 
 void echo_client(int fd, unsigned seed, std::atomic<uint64_t>& counter, const char* what) {
     lower_thread_priority();
+    g_started.fetch_add(1);
     std::mt19937_64 rng(seed);
     std::vector<unsigned char> out(65536), in(65536);
     while (!g_stop.load(std::memory_order_relaxed)) {
@@ -207,6 +213,7 @@ void tcp_pair(int fds[2]) {
 }
 
 void exec_worker() {
+    g_started.fetch_add(1);
     while (!g_stop.load(std::memory_order_relaxed)) {
         const pid_t pid = fork();
         if (pid < 0) mismatch("fork: %s", strerror(errno));
@@ -232,6 +239,7 @@ void expect_errno(long ret, int want, const char* what) {
 }
 
 void errno_worker(const std::string& dir) {
+    g_started.fetch_add(1);
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) != 0) mismatch("pipe: %s", strerror(errno));
     std::string path = dir + "/liveio-io-target-ro-XXXXXX";
@@ -354,6 +362,8 @@ int main(int argc, char** argv) {
     workers.emplace_back(echo_client, tcp[0], 78u, std::ref(g_tcp_ops), "tcp echo");
     workers.emplace_back(exec_worker);
     workers.emplace_back(errno_worker, dir);
+    // Started workers, the idle blockers aside (they block from the start by design).
+    const int counted = static_cast<int>(workers.size());
     int idle_tcp[2] = {-1, -1}, idle_sp[2] = {-1, -1}, idle_pipe[2] = {-1, -1};
     if (idle) {
         tcp_pair(idle_tcp);
@@ -364,6 +374,9 @@ int main(int argc, char** argv) {
         workers.emplace_back(idle_blocker, idle_sp[0], true, "idle socketpair recv");
         workers.emplace_back(idle_blocker, idle_pipe[0], false, "idle pipe read");
     }
+    // "ready" means every worker runs: the file workers have written their file once (at nice
+    // 10 on a busy machine a worker may not have run at all yet when main gets here).
+    while (g_started.load() < counted) usleep(1000);
     std::printf("ready pid=%d threads=%zu\n", getpid(), workers.size() + 1);
     std::fflush(stdout);
 
