@@ -518,6 +518,20 @@ Result<bool> Verifier::prune_or_checkpoint(Path& path) {
     path.state.drop_lone_scalar_ids();
     const uint64_t fingerprint = verifier_detail::fingerprint(path.state);
     InsnCheckpoints& here = checkpoints_[path.pc];
+    // Ancestors first: a path back in an ancestor's state is an infinite loop whatever else
+    // might cover it (or, in a later callback iteration, converged).
+    auto [first, last] = here.open.equal_range(fingerprint);
+    for (auto it = first; it != last; ++it) {
+        const Checkpoint& cp = *it->second;
+        ++report_.compared_states;
+        if (!verifier_detail::equal(cp.state, path.state)) continue;
+        if (cp.iteration < path.iteration) {
+            ++report_.pruned_paths;
+            end_path(path.parent);
+            return false;
+        }
+        return reject(path.pc, "infinite loop: the program returns here in the same state");
+    }
     for (size_t i = here.explored.size(); i-- > 0;) {
         Checkpoint* cp = here.explored[i];
         ++report_.compared_states;
@@ -537,18 +551,6 @@ Result<bool> Verifier::prune_or_checkpoint(Path& path) {
             --live_checkpoints_;
             ++report_.evicted_states;
         }
-    }
-    auto [first, last] = here.open.equal_range(fingerprint);
-    for (auto it = first; it != last; ++it) {
-        const Checkpoint& cp = *it->second;
-        ++report_.compared_states;
-        if (!verifier_detail::equal(cp.state, path.state)) continue;
-        if (cp.iteration < path.iteration) {
-            ++report_.pruned_paths;
-            end_path(path.parent);
-            return false;
-        }
-        return reject(path.pc, "infinite loop: the program returns here in the same state");
     }
     if (live_checkpoints_ >= options_.max_stored_states) return true;
     auto owned = std::make_unique<Checkpoint>();
