@@ -595,6 +595,8 @@ void Verifier::mark_precise(Origin origin) {
     while (!work.empty()) {
         const Origin o = work.back();
         work.pop_back();
+        // Never an evicted one: origins are set when a path stores a checkpoint, so they lead
+        // to the path's ancestors, whose branches stay above 0 while it lives.
         Checkpoint& cp = *all_[o.checkpoint];
         if (cp.precise[o.slot]) continue;
         cp.precise[o.slot] = 1;
