@@ -94,7 +94,7 @@ struct Checkpoint {
     // states are.
     uint32_t hits = 0;
     uint32_t misses = 0;
-    uint64_t fingerprint = 0;  // verifier_detail::fingerprint(state)
+    uint64_t fingerprint = 0;  // verifier_detail::fingerprint(state), once computed
     std::vector<uint8_t> precise = std::vector<uint8_t>(kMaxSlots, 0);  // per slot
 };
 
@@ -106,6 +106,9 @@ struct InsnCheckpoints {
     // Ancestors of the current path, by fingerprint: only an equal state matters against
     // them, so a loop's iterations are not compared with every earlier iteration.
     std::unordered_multimap<uint64_t, Checkpoint*> open;
+    // The open one stored last, not fingerprinted yet: most instructions are never reached
+    // again while their checkpoint is open (no loop), and need no fingerprint at all.
+    Checkpoint* unhashed = nullptr;
 };
 
 // An explored checkpoint is evicted when misses > hits * N + N (the kernel's N). Every
@@ -485,11 +488,15 @@ void Verifier::end_path(Checkpoint* cp) {
 
 void Verifier::complete(Checkpoint* cp) {
     InsnCheckpoints& here = checkpoints_[cp->pc];
-    auto [first, last] = here.open.equal_range(cp->fingerprint);
-    for (auto it = first; it != last; ++it) {
-        if (it->second == cp) {
-            here.open.erase(it);
-            break;
+    if (here.unhashed == cp) {
+        here.unhashed = nullptr;
+    } else {
+        auto [first, last] = here.open.equal_range(cp->fingerprint);
+        for (auto it = first; it != last; ++it) {
+            if (it->second == cp) {
+                here.open.erase(it);
+                break;
+            }
         }
     }
     here.explored.push_back(cp);
@@ -516,10 +523,16 @@ Result<bool> Verifier::prune_or_checkpoint(Path& path) {
     for (int r = 0; r < 10; ++r)
         if (!(live_in_[path.pc] >> r & 1)) path.state.cur().regs[r] = Reg{};
     path.state.drop_lone_scalar_ids();
-    const uint64_t fingerprint = verifier_detail::fingerprint(path.state);
     InsnCheckpoints& here = checkpoints_[path.pc];
     // Ancestors first: a path back in an ancestor's state is an infinite loop whatever else
     // might cover it (or, in a later callback iteration, converged).
+    const bool has_open = here.unhashed || !here.open.empty();
+    const uint64_t fingerprint = has_open ? verifier_detail::fingerprint(path.state) : 0;
+    if (Checkpoint* cp = here.unhashed) {
+        cp->fingerprint = verifier_detail::fingerprint(cp->state);
+        here.open.emplace(cp->fingerprint, cp);
+        here.unhashed = nullptr;
+    }
     auto [first, last] = here.open.equal_range(fingerprint);
     for (auto it = first; it != last; ++it) {
         const Checkpoint& cp = *it->second;
@@ -560,10 +573,14 @@ Result<bool> Verifier::prune_or_checkpoint(Path& path) {
     cp->index = static_cast<uint32_t>(all_.size());
     cp->pc = path.pc;
     cp->iteration = path.iteration;
-    cp->fingerprint = fingerprint;
     path.parent = cp;
     all_.push_back(std::move(owned));
-    here.open.emplace(fingerprint, cp);
+    if (has_open) {
+        cp->fingerprint = fingerprint;
+        here.open.emplace(fingerprint, cp);
+    } else {
+        here.unhashed = cp;
+    }
     path.state.for_each_slot([&](int slot, Reg& r) {
         if (r.kind != Kind::Scalar) return;
         r.n_origins = 1;
