@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <fmt/format.h>
@@ -78,15 +79,43 @@ Range loaded_range(int size, bool sign_extend) {
 
 // A saved state at a prune point. `branches` counts the paths still being explored below it
 // (directly or through later checkpoints); at 0 everything reachable from it is verified
-// and it may prune other paths. While above 0 it is an ancestor of the current path, and
-// reaching an equal state again means the loop in between never ends.
+// and it may prune other paths. While above 0 it is an ancestor of the current path (paths
+// are explored depth first), and reaching an equal state again means the loop in between
+// never ends.
 struct Checkpoint {
     State state;  // as saved: its scalars carry the origins they had before the checkpoint
     Checkpoint* parent = nullptr;
+    uint32_t index = 0;  // Origin::checkpoint
+    uint32_t pc = 0;
     uint32_t branches = 1;
     uint32_t iteration = 0;  // the path's Path::iteration when it was saved
+    // Once explored: paths it pruned, and paths it was compared with and did not cover. One
+    // that keeps missing is evicted (no longer compared, freed), as the kernel's explored
+    // states are.
+    uint32_t hits = 0;
+    uint32_t misses = 0;
+    uint64_t fingerprint = 0;  // verifier_detail::fingerprint(state), once computed
     std::vector<uint8_t> precise = std::vector<uint8_t>(kMaxSlots, 0);  // per slot
 };
+
+// The checkpoints stored at one instruction.
+struct InsnCheckpoints {
+    // Fully explored ones, in the order they completed: compared newest first (depth-first
+    // exploration completes the paths that most resemble the next one last).
+    std::vector<Checkpoint*> explored;
+    // Ancestors of the current path, by fingerprint: only an equal state matters against
+    // them, so a loop's iterations are not compared with every earlier iteration.
+    std::unordered_multimap<uint64_t, Checkpoint*> open;
+    // The open one stored last, not fingerprinted yet: most instructions are never reached
+    // again while their checkpoint is open (no loop), and need no fingerprint at all.
+    Checkpoint* unhashed = nullptr;
+};
+
+// An explored checkpoint is evicted when misses > hits * N + N (the kernel's N). Every
+// comparison with an explored checkpoint prunes the path or counts a miss, so the
+// comparisons of a whole run stay below (N + 1) * (paths pruned + states stored) whatever
+// the program.
+constexpr uint32_t kMissesPerHit = 3;
 
 struct Path {
     State state;
@@ -182,8 +211,14 @@ private:
     std::vector<uint16_t> live_in_;
     void compute_liveness();
     std::vector<bool> prune_point_;  // insn is a jump target or follows a conditional jump
-    std::vector<std::vector<std::unique_ptr<Checkpoint>>> checkpoints_;  // per insn
-    std::vector<Checkpoint*> by_index_;                                  // Origin::checkpoint
+    // Every checkpoint by Origin::checkpoint; null once evicted. Origins only lead to
+    // ancestors of live paths, which are never evicted.
+    std::vector<std::unique_ptr<Checkpoint>> all_;
+    std::vector<InsnCheckpoints> checkpoints_;  // per insn
+    std::vector<uint32_t> stored_at_;           // per insn: checkpoints ever stored there
+    uint32_t live_checkpoints_ = 0;             // allocated in all_
+    // The last path through `cp` ended: it moves from the open to the explored ones.
+    void complete(Checkpoint* cp);
     std::vector<Path> pending_;
     uint32_t last_id_ = 0;
     VerifierReport report_;
@@ -405,6 +440,7 @@ Result<VerifierReport> Verifier::run() {
     if (auto r = check_cfg(); !r) return r.error();
     compute_liveness();
     checkpoints_.resize(insns_.size());
+    stored_at_.assign(insns_.size(), 0);
 
     Path entry;
     Frame frame;
@@ -428,14 +464,14 @@ Error Verifier::too_complex() const {
     // Blame the instruction most paths kept returning to: the head of the loop that could not
     // be proven bounded, rather than wherever the budget happened to run out.
     uint32_t busiest = 0;
-    for (uint32_t pc = 0; pc < checkpoints_.size(); ++pc) {
-        if (checkpoints_[pc].size() > checkpoints_[busiest].size()) busiest = pc;
+    for (uint32_t pc = 0; pc < stored_at_.size(); ++pc) {
+        if (stored_at_[pc] > stored_at_[busiest]) busiest = pc;
     }
     return reject(
         busiest,
-        fmt::format("program too complex: more than {} instructions explored, {} states kept "
+        fmt::format("program too complex: more than {} instructions explored, {} states stored "
                     "here (a loop whose bound cannot be proven?)",
-                    options_.max_explored_insns, checkpoints_[busiest].size()));
+                    options_.max_explored_insns, stored_at_[busiest]));
 }
 
 void Verifier::fork(const Path& path, State state, uint32_t pc) {
@@ -444,7 +480,26 @@ void Verifier::fork(const Path& path, State state, uint32_t pc) {
 }
 
 void Verifier::end_path(Checkpoint* cp) {
-    while (cp && --cp->branches == 0) cp = cp->parent;
+    while (cp && --cp->branches == 0) {
+        complete(cp);
+        cp = cp->parent;
+    }
+}
+
+void Verifier::complete(Checkpoint* cp) {
+    InsnCheckpoints& here = checkpoints_[cp->pc];
+    if (here.unhashed == cp) {
+        here.unhashed = nullptr;
+    } else {
+        auto [first, last] = here.open.equal_range(cp->fingerprint);
+        for (auto it = first; it != last; ++it) {
+            if (it->second == cp) {
+                here.open.erase(it);
+                break;
+            }
+        }
+    }
+    here.explored.push_back(cp);
 }
 
 Result<void> Verifier::explore(Path path) {
@@ -468,42 +523,73 @@ Result<bool> Verifier::prune_or_checkpoint(Path& path) {
     for (int r = 0; r < 10; ++r)
         if (!(live_in_[path.pc] >> r & 1)) path.state.cur().regs[r] = Reg{};
     path.state.drop_lone_scalar_ids();
-    auto& here = checkpoints_[path.pc];
-    for (const auto& cp : here) {
-        if (cp->branches == 0) {
-            if (verifier_detail::covers(cp->state, path.state, cp->precise.data())) {
-                // The ranges the old path relied on now bound this path's values too.
-                path.state.for_each_slot([&](int slot, Reg& r) {
-                    if (cp->precise[slot] && r.kind == Kind::Scalar) need_precise(r);
-                });
-                ++report_.pruned_paths;
-                end_path(path.parent);
-                return false;
-            }
-        } else if (verifier_detail::equal(cp->state, path.state)) {
-            if (cp->iteration < path.iteration) {
-                ++report_.pruned_paths;
-                end_path(path.parent);
-                return false;
-            }
-            return reject(path.pc, "infinite loop: the program returns here in the same state");
+    InsnCheckpoints& here = checkpoints_[path.pc];
+    // Ancestors first: a path back in an ancestor's state is an infinite loop whatever else
+    // might cover it (or, in a later callback iteration, converged).
+    const bool has_open = here.unhashed || !here.open.empty();
+    const uint64_t fingerprint = has_open ? verifier_detail::fingerprint(path.state) : 0;
+    if (Checkpoint* cp = here.unhashed) {
+        cp->fingerprint = verifier_detail::fingerprint(cp->state);
+        here.open.emplace(cp->fingerprint, cp);
+        here.unhashed = nullptr;
+    }
+    auto [first, last] = here.open.equal_range(fingerprint);
+    for (auto it = first; it != last; ++it) {
+        const Checkpoint& cp = *it->second;
+        ++report_.compared_states;
+        if (!verifier_detail::equal(cp.state, path.state)) continue;
+        if (cp.iteration < path.iteration) {
+            ++report_.pruned_paths;
+            end_path(path.parent);
+            return false;
+        }
+        return reject(path.pc, "infinite loop: the program returns here in the same state");
+    }
+    for (size_t i = here.explored.size(); i-- > 0;) {
+        Checkpoint* cp = here.explored[i];
+        ++report_.compared_states;
+        if (verifier_detail::covers(cp->state, path.state, cp->precise.data())) {
+            // The ranges the old path relied on now bound this path's values too.
+            path.state.for_each_slot([&](int slot, Reg& r) {
+                if (cp->precise[slot] && r.kind == Kind::Scalar) need_precise(r);
+            });
+            ++cp->hits;
+            ++report_.pruned_paths;
+            end_path(path.parent);
+            return false;
+        }
+        if (++cp->misses > cp->hits * kMissesPerHit + kMissesPerHit) {
+            here.explored.erase(here.explored.begin() + static_cast<std::ptrdiff_t>(i));
+            all_[cp->index].reset();
+            --live_checkpoints_;
+            ++report_.evicted_states;
         }
     }
-    if (report_.stored_states >= options_.max_stored_states) return true;
-    auto cp = std::make_unique<Checkpoint>();
+    if (live_checkpoints_ >= options_.max_stored_states) return true;
+    auto owned = std::make_unique<Checkpoint>();
+    Checkpoint* cp = owned.get();
     cp->state = path.state;
     cp->parent = path.parent;
+    cp->index = static_cast<uint32_t>(all_.size());
+    cp->pc = path.pc;
     cp->iteration = path.iteration;
-    path.parent = cp.get();
-    const auto index = static_cast<uint32_t>(by_index_.size());
-    by_index_.push_back(cp.get());
-    here.push_back(std::move(cp));
+    path.parent = cp;
+    all_.push_back(std::move(owned));
+    if (has_open) {
+        cp->fingerprint = fingerprint;
+        here.open.emplace(fingerprint, cp);
+    } else {
+        here.unhashed = cp;
+    }
     path.state.for_each_slot([&](int slot, Reg& r) {
         if (r.kind != Kind::Scalar) return;
         r.n_origins = 1;
-        r.origins[0] = Origin{index, static_cast<uint16_t>(slot)};
+        r.origins[0] = Origin{cp->index, static_cast<uint16_t>(slot)};
     });
+    ++live_checkpoints_;
+    ++stored_at_[path.pc];
     ++report_.stored_states;
+    report_.peak_states = std::max(report_.peak_states, live_checkpoints_);
     return true;
 }
 
@@ -526,7 +612,9 @@ void Verifier::mark_precise(Origin origin) {
     while (!work.empty()) {
         const Origin o = work.back();
         work.pop_back();
-        Checkpoint& cp = *by_index_[o.checkpoint];
+        // Never an evicted one: origins are set when a path stores a checkpoint, so they lead
+        // to the path's ancestors, whose branches stay above 0 while it lives.
+        Checkpoint& cp = *all_[o.checkpoint];
         if (cp.precise[o.slot]) continue;
         cp.precise[o.slot] = 1;
         if (const Reg* saved = cp.state.at_slot(o.slot); saved && saved->kind == Kind::Scalar) {

@@ -8,7 +8,11 @@
 // offset + bounded variable offset), pruning a path when an already fully explored state at
 // the same instruction covers it. Loops are accepted when exploration terminates, which proves
 // them bounded; a path that returns to an identical state is an infinite loop, and the
-// exploration budget rejects what cannot be proven within it.
+// exploration budget rejects what cannot be proven within it. The comparisons stay few
+// whatever the program: as in the kernel, an explored state that keeps failing to cover
+// later paths is evicted (which only costs pruning, never soundness), and a path is compared
+// with the states of its own ancestors (a loop's earlier iterations) only where their
+// fingerprints say they may be equal.
 //
 // Every rejection is an Error whose message starts with "insn N: " and gives the reason.
 #pragma once
@@ -28,7 +32,8 @@ struct VerifierOptions {
     // Instructions the abstract interpreter may step through, all paths together (the
     // kernel's BPF_COMPLEXITY_LIMIT_INSNS). Bounded loops are unrolled against this budget.
     uint64_t max_explored_insns = 1'000'000;
-    // Abstract states kept for pruning, all instructions together (bounds verifier memory).
+    // Abstract states kept for pruning at once, all instructions together (bounds verifier
+    // memory; evicted states no longer count).
     uint32_t max_stored_states = 32768;
     // Whether a program may turn addresses into numbers it can observe: subtract pointers
     // into different regions, apply 32-bit or unary ALU operations to pointers, copy part of
@@ -41,10 +46,13 @@ struct VerifierOptions {
 };
 
 struct VerifierReport {
-    uint64_t explored_insns = 0;  // instructions stepped through, all paths
-    uint64_t pruned_paths = 0;    // paths cut because a covering state was already proven
-    uint32_t stored_states = 0;
-    uint32_t max_call_depth = 1;  // frames reached, including callbacks
+    uint64_t explored_insns = 0;   // instructions stepped through, all paths
+    uint64_t pruned_paths = 0;     // paths cut because a covering state was already proven
+    uint64_t compared_states = 0;  // comparisons of a path's state with a stored one
+    uint32_t stored_states = 0;    // states stored for pruning, all of the run
+    uint32_t evicted_states = 0;   // of those, dropped after missing too often
+    uint32_t peak_states = 0;      // most states kept at once
+    uint32_t max_call_depth = 1;   // frames reached, including callbacks
 };
 
 // Verifies `program` against `helpers` (the helpers it may call, with their prototypes).

@@ -1,6 +1,8 @@
 #include "ebpf/verifier_state.h"
 
 #include <algorithm>
+#include <bit>
+#include <cstring>
 #include <unordered_map>
 
 namespace liveio::ebpf::verifier_detail {
@@ -136,7 +138,68 @@ bool stack_covers(const StackFrame& old, const StackFrame& cur, IdMap& ids, cons
     return true;
 }
 
+// One multiply per value: fingerprints only need to tell most unequal states apart cheaply
+// (a collision costs one comparison, never a wrong answer).
+class Hasher {
+public:
+    void add(uint64_t v) { h_ = (std::rotl(h_, 23) ^ v) * 0x9e3779b97f4a7c15ull; }
+    uint64_t value() const { return h_ ^ (h_ >> 29); }
+
+private:
+    uint64_t h_ = 0;
+};
+
+// Only the fields reg_covers compares for the register's kind: equal() compares nothing else.
+// An id enters as the position of the first register sharing it (`ids`: id -> position), the
+// same in two states whose ids differ only by a renaming.
+void hash_reg(Hasher& h, const Reg& r, std::vector<std::pair<uint32_t, uint32_t>>& ids) {
+    if (r.kind == Kind::Uninit) {
+        h.add(0);
+        return;
+    }
+    uint64_t id = 0;
+    if (r.id != 0) {
+        id = ids.size() + 1;
+        for (const auto& [known, position] : ids)
+            if (known == r.id) id = position;
+        if (id == ids.size() + 1) ids.emplace_back(r.id, static_cast<uint32_t>(id));
+    }
+    uint64_t extra = 0;
+    switch (r.kind) {
+        case Kind::Scalar: break;
+        case Kind::Stack: extra = r.frame; break;
+        case Kind::Func: extra = static_cast<uint32_t>(r.target); break;
+        default: extra = uint64_t{static_cast<uint32_t>(r.map)} << 32 | r.size;
+    }
+    h.add(static_cast<uint64_t>(r.kind) | id << 8);
+    h.add(r.r.umin ^ std::rotl(r.r.umax, 17));
+    h.add(static_cast<uint64_t>(r.r.smin) ^ std::rotl(static_cast<uint64_t>(r.r.smax), 41));
+    if (extra) h.add(extra);
+}
+
 }  // namespace
+
+uint64_t fingerprint(const State& s) {
+    Hasher h;
+    std::vector<std::pair<uint32_t, uint32_t>> ids;
+    h.add(s.frames.size() | s.refs.size() << 16);
+    for (const Frame& f : s.frames) {
+        h.add(static_cast<uint32_t>(f.callsite) | uint64_t{f.callback} << 32);
+        for (const Reg& r : f.regs) hash_reg(h, r, ids);
+        // Equal frames have equal byte maps (a byte differing in kind fails one direction of
+        // stack_covers).
+        for (std::size_t i = 0; i < f.stack.bytes.size(); i += 8) {
+            uint64_t word;
+            std::memcpy(&word, f.stack.bytes.data() + i, 8);
+            if (word) h.add(word ^ i);
+        }
+        for (const auto& [slot, r] : f.stack.spills) {
+            h.add(slot);
+            hash_reg(h, r, ids);
+        }
+    }
+    return h.value();
+}
 
 bool covers(const State& old, const State& cur, const uint8_t* precise) {
     if (old.frames.size() != cur.frames.size() || old.refs.size() != cur.refs.size()) return false;

@@ -142,5 +142,9 @@ bool covers(const State& old, const State& cur, const uint8_t* precise);
 inline bool equal(const State& a, const State& b) {
     return covers(a, b, nullptr) && covers(b, a, nullptr);
 }
+// A hash of what equal() compares: equal states have equal fingerprints. Ids enter only
+// through which registers share them (equal() matches them up to renaming), origins not at
+// all.
+uint64_t fingerprint(const State& s);
 
 }  // namespace liveio::ebpf::verifier_detail

@@ -239,7 +239,9 @@ TEST_F(KernelParity, LoopsCallsAndBpfLoop) {
 }
 
 // A loop of at most 200 iterations whose body branches on the data (x odd or even). The kernel
-// prunes it (the counter is not precise); liveio's verifier explores ~17000 instructions.
+// prunes it (the counter is not precise); liveio's verifier explores each iteration's branches
+// and must keep the comparisons with the states this leaves few (tests/ebpf/
+// test_verifier_pruning.cpp).
 TEST_F(KernelParity, DataDependentBranchesInABoundedLoop) {
     check(
         "parity_collatz", "steps",
