@@ -64,6 +64,7 @@ struct stream {
     __u64 quiet;      /* reads left before the next residency check (the kernel leads) */
     __u64 guessed;    /* `next` was advanced by quiet reads, not read from the file position */
     __u64 win;        /* 1 + the index of the window of its file it read last (0: none) */
+    __u64 joins;      /* reads in a row that landed in a window away from its last read */
 };
 
 /* A window of a file: the bytes [lo, hi) its readers read so far, prefetched up to `until`. */
@@ -386,21 +387,30 @@ int prefetch_on_read(struct liveio_io_ctx *io)
     }
 
     if (w) {
+        __u64 joins = gap != 0 ? s->joins + 1 : 0;
+        s->joins = joins;
         if (gap != 0)
             count(11); /* continues a window, not this stream's own last read */
         s->win = w_index + 1;
         w->used = now;
         if (end > w->hi)
             w->hi = end;
-        if (!w->owned && !waited(io) && covered(io->fd, end, io->result)) {
+        s->guessed = 0;
+        if (w->owned) {
+            top_up(w, io->fd, depth);
+        } else if (!waited(io) && covered(io->fd, end, io->result)) {
             /* The kernel's readahead is ahead of this reader and the read did not wait:
              * leave it alone. */
             s->quiet = QUIET_READS;
             count(10);
-        } else {
+        } else if (gap == 0 || joins >= 2) {
+            /* Nothing ahead of a reader that reads on from its last read, or of one that
+             * jumps at every read (the kernel reads ahead of no such stream, but its reads
+             * land in this window: together with the others it reads the file in order). */
             top_up(w, io->fd, depth);
         }
-        s->guessed = 0;
+        /* A first jump into the window: the kernel starts its readahead at the reader's
+         * next read if it reads on from here; that read decides. */
         return 0;
     }
 
@@ -410,11 +420,14 @@ int prefetch_on_read(struct liveio_io_ctx *io)
         return 0;
     }
 
-    /* A new window here. A read that filled the caller's whole buffer is a scan: go ahead at
-     * once, unless the kernel's readahead already holds the next read's bytes. */
+    /* A new window here. A stream's first read that filled the caller's whole buffer is a
+     * scan: go ahead at once, unless the kernel's readahead already holds the next read's
+     * bytes. A jump of a stream is not: the kernel reads ahead of a reader that reads on
+     * from there (it read only the bytes asked at the jump), its next read decides. */
+    s->joins = 0;
     if (!fresh) {
-        /* A jump: remember the gap as a candidate stride (not after quiet reads: their
-         * positions were guessed, so the gap is not a stride). */
+        /* Remember the gap as a candidate stride (not after quiet reads: their positions
+         * were guessed, so the gap is not a stride). */
         s->stride = gap > 0 && !s->guessed ? gap : 0;
         s->until = end;
     }
@@ -426,7 +439,7 @@ int prefetch_on_read(struct liveio_io_ctx *io)
         __u32 tid = io->tid;
         bpf_map_update_elem(&scanning, &tid, &scan, BPF_ANY);
     }
-    if (scan) {
+    if (scan && fresh) {
         if (covered(io->fd, end, io->result)) {
             s->quiet = QUIET_READS;
             count(10);
