@@ -1,11 +1,14 @@
 // `liveio bench net`: where a socket policy could help. Large blocking TCP sends (ClickHouse's
 // native protocol moves compressed blocks of 64 KiB..1 MiB) measured natively, through the
-// `uring` policy's executor (IORING_OP_SEND, policy/uring_redirect.h) and as IORING_OP_SEND_ZC
-// with the wait for the notification a blocking send would need (the caller may reuse its
-// buffer only then), plus the receive side natively vs through the executor. On loopback and
-// across a veth pair between two network namespaces this benchmark creates (optionally shaped
-// with tbf). Modes alternate inside every round; each mode's median run is reported, with the
-// sending thread's CPU time per MiB (what zero-copy is meant to save).
+// `uring` policy's executor (IORING_OP_SEND, policy/uring_redirect.h; a send the socket buffer
+// cannot take at once completes short and the executor submits the remainder, counted), as
+// one IORING_OP_SEND with MSG_WAITALL (the kernel continues the short sends itself: one
+// completion per call, the variant a policy could use instead), and as IORING_OP_SEND_ZC with
+// the wait for the notification a blocking send would need (the caller may reuse its buffer
+// only then), plus the receive side natively vs through the executor. On loopback and across a
+// veth pair between two network namespaces this benchmark creates (optionally shaped with
+// tbf, as the cluster harness's --rate). Modes alternate inside every round; each mode's median
+// run is reported, with the sending thread's CPU time per MiB and the completions per send.
 #include <arpa/inet.h>
 #include <liburing.h>
 #include <netinet/in.h>
@@ -52,10 +55,11 @@ struct NetConfig {
     std::string rate;  // tbf rate on the veth link ("" = unshaped), e.g. 1gbit
 };
 
-enum class Mode : int { Native, Uring, SendZc, RecvUring, Count };
-constexpr const char* kModeName[] = {"native", "uring", "sendzc", "recv_uring"};
+enum class Mode : int { Native, Uring, Waitall, SendZc, RecvUring, Count };
+constexpr const char* kModeName[] = {"native", "uring", "waitall", "sendzc", "recv_uring"};
 constexpr const char* kModeLabel[] = {"send native", "send via engine (IORING_OP_SEND)",
-                                      "send SEND_ZC + notification", "recv via engine"};
+                                      "send one SEND|MSG_WAITALL", "send SEND_ZC + notification",
+                                      "recv via engine"};
 
 double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
@@ -76,12 +80,23 @@ uint64_t thread_cpu_ns() {
 // notification CQE (the kernel no longer references the buffer): what a `sendzc` policy
 // would have to do for a blocking send(2). Short sends are continued like send(2) on a
 // blocking stream socket. Counts sends whose pages the kernel copied after all.
-class ZcSender {
+// A small ring of the sending thread, torn down with it.
+class SenderRing {
 public:
     bool init() { return io_uring_queue_init(8, &ring_, 0) == 0 && (ready_ = true); }
-    ~ZcSender() {
+    ~SenderRing() {
         if (ready_) io_uring_queue_exit(&ring_);
     }
+
+protected:
+    io_uring ring_{};
+
+private:
+    bool ready_ = false;
+};
+
+class ZcSender : public SenderRing {
+public:
     long send_all(int fd, const char* buf, size_t len) {
         size_t done = 0;
         while (done < len) {
@@ -111,10 +126,24 @@ public:
         return static_cast<long>(done);
     }
     uint64_t notifications = 0, copied = 0;
+};
 
-private:
-    io_uring ring_{};
-    bool ready_ = false;
+// A blocking send of all of `len` bytes as one IORING_OP_SEND with MSG_WAITALL: the kernel
+// retries the short sends inside io_uring (poll-driven), one completion for the call.
+class WaitallSender : public SenderRing {
+public:
+    long send_all(int fd, const char* buf, size_t len) {
+        io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+        io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL | MSG_WAITALL);
+        io_uring_submit(&ring_);
+        io_uring_cqe* cqe = nullptr;
+        if (io_uring_wait_cqe(&ring_, &cqe) != 0) return -EIO;
+        const long res = cqe->res;
+        io_uring_cqe_seen(&ring_, cqe);
+        ++completions;
+        return res;
+    }
+    uint64_t completions = 0;
 };
 
 struct Pair {
@@ -216,6 +245,7 @@ private:
 
 struct Cell {
     double mbps = 0, cpu_ns_per_mib = 0;
+    double completions_per_send = 0;  // completions the sending thread waited for, per call
 };
 
 struct TopologyResult {
@@ -247,6 +277,8 @@ Result<TopologyResult> run_topology(const std::string& name, const Pair& pair,
     const uint64_t total = static_cast<uint64_t>(cfg.mib_per_run) << 20;
     ZcSender zc;
     if (!zc.init()) return make_error(ENOSYS, "io_uring ring for SEND_ZC");
+    WaitallSender waitall;
+    if (!waitall.init()) return make_error(ENOSYS, "io_uring ring for MSG_WAITALL sends");
     auto call = [&](bool red, long nr, long a0, long a1, long a2, long a3) -> long {
         if (red) {
             hook::SyscallCall c{nr, {a0, a1, a2, a3, 0, 0}};
@@ -290,7 +322,7 @@ Result<TopologyResult> run_topology(const std::string& name, const Pair& pair,
     constexpr int kModes = static_cast<int>(Mode::Count);
     for (size_t si = 0; si < sizes.size() && !failed; ++si) {
         const size_t bs = sizes[si];
-        std::vector<double> mbps[kModes], cpu[kModes];
+        std::vector<double> mbps[kModes], cpu[kModes], completions[kModes];
         for (int r = 0; r < cfg.rounds && !failed; ++r) {
             for (int k = 0; k < kModes && !failed; ++k) {
                 const Mode mode = static_cast<Mode>((k + r) % kModes);  // rotate the order
@@ -301,14 +333,19 @@ Result<TopologyResult> run_topology(const std::string& name, const Pair& pair,
                     break;
                 }
                 const uint64_t cpu0 = thread_cpu_ns();
+                const uint64_t continued0 = redirect.stats().write_continuations;
+                const uint64_t waited0 = waitall.completions, zc0 = zc.notifications;
                 const auto start = Clock::now();
-                uint64_t sent = 0;
+                uint64_t sent = 0, calls = 0;
                 while (sent < total) {
                     const size_t n = static_cast<size_t>(std::min<uint64_t>(bs, total - sent));
                     const char* p = block.data() + (sent % (block.size() - bs + 1));
                     long res;
+                    ++calls;
                     if (mode == Mode::SendZc)
                         res = zc.send_all(pair.sender, p, n);
+                    else if (mode == Mode::Waitall)
+                        res = waitall.send_all(pair.sender, p, n);
                     else
                         res = call(mode == Mode::Uring, SYS_sendto, pair.sender,
                                    reinterpret_cast<long>(p), static_cast<long>(n), MSG_NOSIGNAL);
@@ -330,10 +367,21 @@ Result<TopologyResult> run_topology(const std::string& name, const Pair& pair,
                 const double cpu_ns = static_cast<double>(thread_cpu_ns() - cpu0);
                 mbps[static_cast<int>(mode)].push_back(static_cast<double>(total) / 1e6 / s);
                 cpu[static_cast<int>(mode)].push_back(cpu_ns / static_cast<double>(total >> 20));
+                // Native calls and the receiver-side mode: one (kernel-internal) wait per call.
+                uint64_t waits = calls;
+                if (mode == Mode::Uring)
+                    waits += redirect.stats().write_continuations - continued0;
+                else if (mode == Mode::Waitall)
+                    waits = waitall.completions - waited0;
+                else if (mode == Mode::SendZc)
+                    waits = calls + (zc.notifications - zc0);  // result + notification CQEs
+                completions[static_cast<int>(mode)].push_back(static_cast<double>(waits) /
+                                                              static_cast<double>(calls));
             }
         }
         std::vector<Cell> row(kModes);
-        for (int m = 0; m < kModes; ++m) row[m] = {median(mbps[m]), median(cpu[m])};
+        for (int m = 0; m < kModes; ++m)
+            row[m] = {median(mbps[m]), median(cpu[m]), median(completions[m])};
         out.cells.push_back(row);
     }
     stop.store(true);
@@ -399,16 +447,20 @@ int run(const NetConfig& cfg) {
         }
     }
 
-    fmt::print("\n{:<9} {:>6}  {:<34} {:>9} {:>8} {:>13}\n", "link", "block", "mode", "MB/s",
-               "vs nat", "send cpu/MiB");
+    fmt::print("\n{:<9} {:>6}  {:<34} {:>9} {:>8} {:>13} {:>10}\n", "link", "block", "mode", "MB/s",
+               "vs nat", "send cpu/MiB", "cqes/send");
     for (const auto& t : results) {
         for (size_t si = 0; si < t.sizes.size() && si < t.cells.size(); ++si) {
             const double base = t.cells[si][0].mbps;
             for (int m = 0; m < static_cast<int>(Mode::Count); ++m) {
                 const Cell& c = t.cells[si][m];
-                fmt::print("{:<9} {:>6}  {:<34} {:>9.0f} {:>7.2f}x {:>10.0f} us\n", t.topology,
-                           size_name(t.sizes[si]), kModeLabel[m], c.mbps,
-                           base > 0 ? c.mbps / base : 0.0, c.cpu_ns_per_mib / 1000.0);
+                fmt::print(
+                    "{:<9} {:>6}  {:<34} {:>9.0f} {:>7.2f}x {:>10.0f} us {:>10}\n", t.topology,
+                    size_name(t.sizes[si]), kModeLabel[m], c.mbps, base > 0 ? c.mbps / base : 0.0,
+                    c.cpu_ns_per_mib / 1000.0,
+                    m == static_cast<int>(Mode::Native) || m == static_cast<int>(Mode::RecvUring)
+                        ? std::string("-")
+                        : fmt::format("{:.2f}", c.completions_per_send));
             }
         }
         fmt::print("{:<9} SEND_ZC notifications {}, of which the kernel copied the data: {}\n",
@@ -418,8 +470,10 @@ int run(const NetConfig& cfg) {
     auto st = redirect.stats();
     fmt::print(
         "\n{} MiB per run, median of {} rounds, modes rotated within each round; 'vs nat' > 1: "
-        "faster than the native send. cpu = the sending thread's. Engine: {} calls redirected, "
-        "{} fallbacks. The machine is shared.\n",
+        "faster than the native send. cpu = the sending thread's; cqes/send = completions the "
+        "sender waited for per send call (the executor's short sends continued, or the result and "
+        "notification of SEND_ZC). Engine: {} calls redirected, {} fallbacks. The machine is "
+        "shared.\n",
         cfg.mib_per_run, cfg.rounds, st.redirected, st.fallbacks);
     for (const auto& t : results) {
         for (size_t si = 0; si < t.sizes.size() && si < t.cells.size(); ++si) {
@@ -428,6 +482,8 @@ int run(const NetConfig& cfg) {
                 const std::string key =
                     fmt::format("net_{}_{}_{}", t.topology, size_name(t.sizes[si]), kModeName[m]);
                 fmt::print("metric: {}_mbps {:.0f}\n", key, t.cells[si][m].mbps);
+                fmt::print("metric: {}_cpu_us_per_mib {:.0f}\n", key,
+                           t.cells[si][m].cpu_ns_per_mib / 1000.0);
                 if (m != 0)
                     fmt::print("metric: {}_speedup {:.3f}\n", key,
                                base > 0 ? t.cells[si][m].mbps / base : 0.0);
@@ -441,8 +497,9 @@ int run(const NetConfig& cfg) {
 
 void add_net_bench(CLI::App& bench) {
     auto cfg = std::make_shared<NetConfig>();
-    auto* cmd = bench.add_subcommand(
-        "net", "Large TCP sends/receives: native vs the engine's SEND/RECV vs SEND_ZC");
+    auto* cmd = bench.add_subcommand("net",
+                                     "Large TCP sends/receives: native vs the engine's SEND/RECV "
+                                     "vs SEND|MSG_WAITALL vs SEND_ZC");
     cmd->add_option("--rounds", cfg->rounds, "Rounds per block size (median kept)")
         ->check(CLI::Range(1, 51));
     cmd->add_option("--mib", cfg->mib_per_run, "MiB sent per run and mode")

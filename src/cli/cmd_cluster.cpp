@@ -169,14 +169,18 @@ void fail_if_any(size_t failed, size_t nodes, const char* verb) {
 }
 
 // A command's output under its node's "ok" line; a multi-line answer (policy list) stays
-// readable indented under it. Exits non-zero when any node failed.
-void report(const ClusterFile& f, const std::vector<NodeAnswer>& answers, const char* verb) {
+// readable indented under it. `hint`, when some node failed, follows the lines. Exits non-zero
+// when any node failed.
+void report(const ClusterFile& f, const std::vector<NodeAnswer>& answers, const char* verb,
+            const std::string& hint = "") {
     const size_t failed = print_answers(f, answers, [](const NodeAnswer& a) {
         std::string text = trimmed(a.text);
         for (size_t at = text.find('\n'); at != std::string::npos; at = text.find('\n', at + 1))
             text.insert(at + 1, 10, ' ');
         return "ok   " + text;
     });
+    if (failed && !hint.empty()) std::printf("%s\n", hint.c_str());
+    std::fflush(stdout);  // the lines before the failure's message on stderr
     fail_if_any(failed, answers.size(), verb);
 }
 
@@ -220,16 +224,28 @@ void cmd_status(const Target& t) {
     if (down_nodes) fail(fmt::format("status: {} of {} nodes down", down_nodes, rows.size()));
 }
 
+// `mechanism` "" leaves it to each node: attach's default, or the one an attached node has.
 void cmd_attach(const Target& t, const std::vector<std::string>& policies,
                 const std::string& mechanism) {
     const ClusterFile f = t.load();
-    const json body = {{"policies", policies}, {"mechanism", mechanism}};
-    report(f,
-           for_all(f,
-                   [&](const Node& n) {
-                       return ask(n, "POST", "/control/attach", body, t.timeout_ms());
-                   }),
-           "attach");
+    json body = {{"policies", policies}};
+    if (!mechanism.empty()) body["mechanism"] = mechanism;
+    const auto answers = for_all(
+        f, [&](const Node& n) { return ask(n, "POST", "/control/attach", body, t.timeout_ms()); });
+    // The same refusal on the nodes attached with another mechanism, in cluster terms.
+    const bool other_mechanism =
+        std::any_of(answers.begin(), answers.end(), [](const NodeAnswer& a) {
+            return !a.ok && a.text.find("is attached with mechanism") != std::string::npos;
+        });
+    std::string policy_list;
+    for (const std::string& p : policies) policy_list += (policy_list.empty() ? "" : ",") + p;
+    report(f, answers, "attach",
+           other_mechanism
+               ? fmt::format("to switch every node to -m {}: liveio cluster detach, then liveio "
+                             "cluster attach -m {}{}",
+                             mechanism, mechanism,
+                             policy_list.empty() ? "" : " --policy " + policy_list)
+               : "");
 }
 
 void cmd_detach(const Target& t) {
@@ -304,9 +320,7 @@ public:
     std::vector<NodeIoSample> sample() {
         return for_all(f_, [&](const Node& n) {
             const size_t i = static_cast<size_t>(&n - f_.nodes.data());
-            auto a = ask(n, "GET", "/control/io", nullptr, timeout_);
-            NodeIoSample s = a.reply.is_object() ? parse_node_io(a.reply) : NodeIoSample{};
-            if (!a.ok && s.error.empty()) s.error = a.text;
+            NodeIoSample s = io(n);
             auto scope = NetnsScope::enter(n.netns);
             if (!scope) return s;
             // Inside the node's namespace its server also listens on the loopback.
@@ -323,7 +337,22 @@ public:
         });
     }
 
+    // Only the /control/io of `nodes` (the others empty): to name peers, not counted.
+    std::vector<NodeIoSample> sample_again(const std::vector<size_t>& nodes) {
+        return for_all(f_, [&](const Node& n) {
+            const size_t i = static_cast<size_t>(&n - f_.nodes.data());
+            return std::find(nodes.begin(), nodes.end(), i) != nodes.end() ? io(n) : NodeIoSample{};
+        });
+    }
+
 private:
+    NodeIoSample io(const Node& n) const {
+        auto a = ask(n, "GET", "/control/io", nullptr, timeout_);
+        NodeIoSample s = a.reply.is_object() ? parse_node_io(a.reply) : NodeIoSample{};
+        if (!a.ok && s.error.empty()) s.error = a.text;
+        return s;
+    }
+
     const ClusterFile& f_;
     std::chrono::milliseconds timeout_;
     std::vector<uint64_t> own_queries_;
@@ -349,7 +378,9 @@ void cmd_top(const Target& t, const TopOptions& o) {
     for (size_t i = 0; iterations == 0 || i < iterations; ++i) {
         if (signals.wait(*seconds)) break;
         auto now = sampler.sample();
-        const TopView view = compute_top(f, before, now);
+        const TopView view = top_interval(f, before, now, [&](const std::vector<size_t>& nodes) {
+            return sampler.sample_again(nodes);
+        });
         if (o.as_json) {
             std::printf("%s\n", top_json(view).dump().c_str());
         } else {
@@ -418,13 +449,17 @@ void add_cluster_commands(CLI::App& app) {
             cluster->add_subcommand("attach", "Attach liveio to the server of every node");
         auto t = std::make_shared<Target>();
         auto policies = std::make_shared<std::vector<std::string>>();
-        auto mechanism = std::make_shared<std::string>("got");
+        auto mechanism = std::make_shared<std::string>();
         t->add_to(attach, true);
-        attach->add_option("--policy", *policies, "policies to switch on on every node")
+        attach
+            ->add_option("--policy", *policies,
+                         "the policies to have on on every node (an attached node's others are "
+                         "switched off)")
             ->delimiter(',');
-        attach->add_option("--mechanism,-m", *mechanism, "how calls are intercepted")
-            ->check(CLI::IsMember({"got", "inline", "rewrite"}))
-            ->capture_default_str();
+        attach
+            ->add_option("--mechanism,-m", *mechanism,
+                         "how calls are intercepted (default: got, or what an attached node has)")
+            ->check(CLI::IsMember({"got", "inline", "rewrite"}));
         attach->callback([t, policies, mechanism] { cmd_attach(*t, *policies, *mechanism); });
     }
     {

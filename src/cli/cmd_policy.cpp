@@ -111,6 +111,12 @@ Result<json> policy_on(pid_t pid, const std::string& name,
     return client->call("policy.on", {{"name", name}, {"path", *path}, {"knobs", settings}}, 60000);
 }
 
+Result<json> policy_off(pid_t pid, const std::string& name) {
+    auto client = control::ControlClient::connect(pid);
+    if (!client) return client.error();
+    return client->call("policy.off", {{"name", name}}, 60000);
+}
+
 namespace {
 json check_on(pid_t pid, const std::string& name, const std::vector<std::string>& settings) {
     auto r = policy_on(pid, name, settings);

@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -66,14 +67,17 @@ std::string find_agent(const std::string& option) {
 
 struct InstallArgs {
     std::string mechanism = "got";
+    // -m was given: an attached process must have this mechanism. Without it, attach to a
+    // process that has one already accepts whichever it has.
+    bool mechanism_given = true;
     std::vector<std::string> objects, functions;
     std::string agent;
-    std::vector<std::string> policies;  // attach: switched on once installed
+    std::vector<std::string> policies;  // attach: exactly these are on once attached
 
     void add_to(CLI::App* cmd) {
-        cmd->add_option("--mechanism,-m", mechanism, "how calls are intercepted")
-            ->check(CLI::IsMember(control::mechanism_names()))
-            ->capture_default_str();
+        mechanism_option = cmd->add_option("--mechanism,-m", mechanism, "how calls are intercepted")
+                               ->check(CLI::IsMember(control::mechanism_names()))
+                               ->capture_default_str();
         cmd->add_option("--objects", objects,
                         "GOT: objects to patch (default: all but libc, ld.so, liveio)")
             ->delimiter(',');
@@ -81,6 +85,9 @@ struct InstallArgs {
             ->delimiter(',');
         cmd->add_option("--agent", agent, "path of liveio-agent.so");
     }
+    // After parsing: whether -m was on the command line.
+    void parsed() { mechanism_given = mechanism_option && mechanism_option->count() > 0; }
+    CLI::Option* mechanism_option = nullptr;
     json spec() const {
         return {{"mechanism", mechanism}, {"objects", objects}, {"functions", functions}};
     }
@@ -155,6 +162,56 @@ std::string describe_uninstall(const json& how) {
     return out;
 }
 
+// The names of the mechanisms and of the policies on in an agent's status.
+std::vector<std::string> installed_mechanisms(const json& status) {
+    std::vector<std::string> out;
+    for (const json& m : status.value("mechanisms", json::array()))
+        out.push_back(m.value("name", std::string()));
+    return out;
+}
+
+std::vector<std::string> policies_on(const json& status) {
+    std::vector<std::string> out;
+    const json policies = status.value("policies", json::object());
+    for (const json& p : policies.value("policies", json::array()))
+        if (p.value("on", false)) out.push_back(p.value("name", std::string()));
+    return out;
+}
+
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+    return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+// Makes the policies on in `pid` exactly `wanted`: the missing ones on first (the I/O thread
+// keeps running while one set replaces the other), then the others off (drained).
+void switch_policies(pid_t pid, const std::vector<std::string>& wanted,
+                     const std::vector<std::string>& on) {
+    bool changed = false;
+    for (const std::string& name : wanted) {
+        if (contains(on, name)) continue;
+        auto r = policy_on(pid, name, {});
+        if (!r) fail(fmt::format("policy on {} in {}: {}", name, pid, r.error().message));
+        std::printf("policy %s on in %d\n", name.c_str(), pid);
+        changed = true;
+    }
+    for (const std::string& name : on) {
+        if (contains(wanted, name)) continue;
+        auto r = policy_off(pid, name);
+        if (!r)
+            fail(fmt::format("policy off {} in {} (not in --policy {}): {}", name, pid,
+                             wanted.empty() ? "(none)" : join(wanted), r.error().message));
+        std::printf("policy %s off in %d (not in --policy)\n", name.c_str(), pid);
+        changed = true;
+    }
+    if (!changed)
+        std::printf("policies on in %d: %s (unchanged)\n", pid,
+                    wanted.empty() ? "none" : join(wanted).c_str());
+}
+
+// `attach` leaves `pid` with the agent, a mechanism, and exactly the --policy policies on. On
+// a process that is attached already it installs nothing: the same mechanism (or no -m) is
+// "already attached", and the policies are switched live to the requested set; another -m is
+// refused, naming the detach it needs (mechanisms are not swapped under running calls).
 void cmd_attach(pid_t pid, const InstallArgs& args) {
     auto existing = control::ControlClient::connect(pid);
     if (!existing && existing.error().code == ESRCH) fail(existing.error().message);
@@ -178,6 +235,22 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
         if (!existing) fail("agent loaded but not reachable: " + existing.error().message);
     }
     auto& client = *existing;
+    const json status =
+        injected ? json::object() : check(client.call("status"), "status " + std::to_string(pid));
+    const std::vector<std::string> mechanisms = installed_mechanisms(status);
+    if (!mechanisms.empty()) {
+        if (args.mechanism_given && !contains(mechanisms, args.mechanism))
+            fail(fmt::format(
+                "{} is attached with mechanism {}, not {}; nothing was changed. Mechanisms are "
+                "not switched under running calls: liveio detach {}, then liveio attach {} -m "
+                "{}{}",
+                pid, join(mechanisms), args.mechanism, pid, pid, args.mechanism,
+                args.policies.empty() ? "" : " --policy " + join(args.policies)));
+        std::printf("already attached to %d: mechanism %s\n", pid,
+                    args.mechanism_given ? args.mechanism.c_str() : join(mechanisms).c_str());
+        switch_policies(pid, args.policies, policies_on(status));
+        return;
+    }
     // Installing reads and patches the text of every loaded object (syscall rewriting scans
     // it all): on a large server on a loaded machine that takes more than the default reply
     // time, and an install the command stopped waiting for would finish unobserved.
@@ -207,11 +280,9 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
     else
         std::printf("attached to %d: mechanism %s (agent was already loaded)\n", pid,
                     args.mechanism.c_str());
-    for (const std::string& name : args.policies) {
-        auto on = policy_on(pid, name, {});
-        if (!on) fail(fmt::format("policy on {} in {}: {}", name, pid, on.error().message));
-        std::printf("policy %s on in %d\n", name.c_str(), pid);
-    }
+    const std::vector<std::string> on = policies_on(status);
+    if (args.policies.empty() && on.empty()) return;  // a plain attach says nothing of policies
+    switch_policies(pid, args.policies, on);
 }
 
 // The path of liveio-agent.so if it is mapped in `pid`.
@@ -402,7 +473,10 @@ void add_process_commands(CLI::App& app) {
             ->add_option("--policy", args->policies,
                          "acceleration policies to switch on (liveio policy PID list)")
             ->delimiter(',');
-        attach->callback([args, pid] { cmd_attach(*pid, *args); });
+        attach->callback([args, pid] {
+            args->parsed();
+            cmd_attach(*pid, *args);
+        });
     }
     {
         auto* detach = app.add_subcommand(

@@ -339,11 +339,15 @@ private:
                           {"node", args_.node},
                           {"error", "control requests other than ping and stats are POST"}});
             if (req.path == "/control/attach") {
-                const std::string mechanism = body.value("mechanism", std::string("got"));
-                if (bad_word(mechanism))
-                    return json_reply(
-                        400, {{"ok", false}, {"node", args_.node}, {"error", "bad mechanism"}});
-                std::vector<std::string> a{"attach", pid, "--mechanism", mechanism};
+                // No mechanism: attach's default, and whichever an attached target has.
+                std::vector<std::string> a{"attach", pid};
+                if (body.contains("mechanism")) {
+                    const std::string mechanism = body.value("mechanism", std::string());
+                    if (bad_word(mechanism))
+                        return json_reply(
+                            400, {{"ok", false}, {"node", args_.node}, {"error", "bad mechanism"}});
+                    a.insert(a.end(), {"--mechanism", mechanism});
+                }
                 for (const std::string& p : body.value("policies", std::vector<std::string>())) {
                     if (bad_word(p))
                         return json_reply(

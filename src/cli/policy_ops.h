@@ -19,6 +19,8 @@ Result<std::string> policy_object_path(const std::string& name);
 // policy.on in `pid` with `settings` ("key=value"); the agent's reply.
 Result<nlohmann::json> policy_on(pid_t pid, const std::string& name,
                                  const std::vector<std::string>& settings);
+// policy.off of `name` in `pid` (waits for its I/O to drain); the agent's reply.
+Result<nlohmann::json> policy_off(pid_t pid, const std::string& name);
 // One line per policy that is on: counters in human units (status, policy list).
 void print_policies(const nlohmann::json& list);
 

@@ -50,6 +50,30 @@ std::string service_name(const Node& n, uint16_t port) {
 
 bool loopback(const std::string& addr) { return addr.starts_with("127.") || addr == "::1"; }
 
+// The loopback a node's loopback endpoints are on: its namespace's; nodes without one share
+// their host's, a node of another machine has its own (told apart by its host address).
+std::string loopback_scope(const Node& n) {
+    return !n.netns.empty() ? "netns:" + n.netns : loopback(n.host) ? "host" : "host:" + n.host;
+}
+
+// A socket's counters over the interval: since `prev` (the node's earlier sampling) when that
+// has the socket, else its totals.
+observe::SocketCounters interval_counters(const observe::SocketSample& s,
+                                          const NodeIoSample* prev) {
+    if (prev)
+        for (const auto& p : prev->sockets)
+            if (p.file_id == s.file_id) return observe::delta(s.counters, p.counters);
+    return s.counters;
+}
+
+bool active(const observe::SocketCounters& d) {
+    return d.recv().calls + d.send().calls + d.dir[LIVEIO_IO_OTHER].calls != 0;
+}
+
+const NodeIoSample* usable(const std::vector<NodeIoSample>& samples, size_t i) {
+    return i < samples.size() && samples[i].ok ? &samples[i] : nullptr;
+}
+
 // The percentile of a log2 size histogram, as bytes (lower bound of the slot holding it).
 std::optional<uint64_t> size_percentile(const observe::SizeHistogram& h, double q) {
     uint64_t total = 0;
@@ -118,16 +142,8 @@ ConnectionIndex::ConnectionIndex(const ClusterFile& file,
 std::string ConnectionIndex::key(size_t node, const std::string& local, const std::string& remote,
                                  bool on_loopback) const {
     // Loopback endpoints exist once per namespace (and host): they name a connection only
-    // within it. Nodes without a namespace share their host's; a node of another machine has
-    // its own loopback, told apart by its host address.
-    std::string scope;
-    if (on_loopback) {
-        const Node& n = file_.nodes[node];
-        scope = !n.netns.empty()   ? "netns:" + n.netns
-                : loopback(n.host) ? "host"
-                                   : "host:" + n.host;
-    }
-    return scope + "|" + local + "|" + remote;
+    // within it.
+    return (on_loopback ? loopback_scope(file_.nodes[node]) : "") + "|" + local + "|" + remote;
 }
 
 std::optional<size_t> ConnectionIndex::other_end(size_t self,
@@ -162,15 +178,56 @@ std::optional<double> NodeTop::disk_share() const {
     return disk_ns / total;
 }
 
+std::vector<size_t> nodes_to_sample_again(const ClusterFile& file,
+                                          const std::vector<NodeIoSample>& before,
+                                          const std::vector<NodeIoSample>& now) {
+    const ConnectionIndex index(file, {&before, &now});
+    std::set<size_t> again;
+    for (size_t i = 0; i < file.nodes.size(); ++i) {
+        const NodeIoSample* cur = usable(now, i);
+        if (!cur) continue;
+        const Node& node = file.nodes[i];
+        for (const auto& s : cur->sockets) {
+            const observe::TcpConnection& c = s.connection;
+            // Nodes reach each other on the native and interserver ports; clients (top's own
+            // queries among them) on the HTTP port.
+            if (c.remote_addr.empty() || c.remote_port == 0 ||
+                (c.local_port != node.tcp_port && c.local_port != node.interserver_port))
+                continue;
+            if (!active(interval_counters(s, usable(before, i))) || index.other_end(i, c)) continue;
+            const std::string name = peer_name(file, index, i, c);
+            if (std::any_of(file.nodes.begin(), file.nodes.end(),
+                            [&](const Node& n) { return n.name == name; }))
+                continue;  // named by its address
+            for (size_t j = 0; j < file.nodes.size(); ++j) {
+                if (j == i || !usable(now, j)) continue;
+                const Node& other = file.nodes[j];
+                if (loopback(c.remote_addr) ? loopback_scope(other) == loopback_scope(node)
+                                            : other.host == c.remote_addr)
+                    again.insert(j);
+            }
+        }
+    }
+    return {again.begin(), again.end()};
+}
+
+TopView top_interval(const ClusterFile& file, const std::vector<NodeIoSample>& before,
+                     const std::vector<NodeIoSample>& now, const SampleNodes& sample) {
+    const std::vector<size_t> again = nodes_to_sample_again(file, before, now);
+    if (again.empty()) return compute_top(file, before, now);
+    return compute_top(file, before, now, sample(again));
+}
+
 TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& before,
-                    const std::vector<NodeIoSample>& now) {
+                    const std::vector<NodeIoSample>& now, const std::vector<NodeIoSample>& later) {
     TopView view;
     using PeerKey =
         std::tuple<std::string, std::string, bool, std::string>;  // node, peer, inbound, service
     std::map<PeerKey, PeerTop> peers;
     // Both samplings: a connection whose other end's row left its node's statistics during the
-    // interval (the LRU map dropped it) is still named.
-    const ConnectionIndex index(file, {&before, &now});
+    // interval (the LRU map dropped it) is still named; and the later one, which has the other
+    // end of connections made while the nodes were being sampled.
+    const ConnectionIndex index(file, {&before, &now, &later});
     for (size_t i = 0; i < file.nodes.size() && i < now.size(); ++i) {
         const Node& node = file.nodes[i];
         const NodeIoSample& cur = now[i];
@@ -182,7 +239,7 @@ TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& be
             view.nodes.push_back(std::move(t));
             continue;
         }
-        const NodeIoSample* prev = i < before.size() && before[i].ok ? &before[i] : nullptr;
+        const NodeIoSample* prev = usable(before, i);
         t.seconds = prev && cur.time_ns > prev->time_ns
                         ? static_cast<double>(cur.time_ns - prev->time_ns) / 1e9
                         : 0;
@@ -207,11 +264,8 @@ TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& be
         if (cur.queries && prev && prev->queries && *cur.queries >= *prev->queries)
             t.queries = *cur.queries - *prev->queries;
         for (const auto& s : cur.sockets) {
-            observe::SocketCounters d = s.counters;
-            if (prev)
-                for (const auto& p : prev->sockets)
-                    if (p.file_id == s.file_id) d = observe::delta(s.counters, p.counters);
-            if (d.recv().calls + d.send().calls + d.dir[LIVEIO_IO_OTHER].calls == 0) continue;
+            const observe::SocketCounters d = interval_counters(s, prev);
+            if (!active(d)) continue;
             const uint16_t lport = s.connection.local_port;
             const bool inbound =
                 lport == node.tcp_port || lport == node.http_port || lport == node.interserver_port;
@@ -279,7 +333,11 @@ std::string render_top(const TopView& v) {
         out += fmt::format(
             "{:<5} {:<3} {:<12} {:<11} {:>4} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} "
             "{:>9}\n",
-            p.node, p.peer == "(closed)" ? "?" : p.inbound ? "<-" : "->", p.peer, p.service, p.sockets, p.recv.calls,
+            p.node,
+            p.peer == "(closed)" ? "?"
+            : p.inbound          ? "<-"
+                                 : "->",
+            p.peer, p.service, p.sockets, p.recv.calls,
             human_bytes(static_cast<double>(p.recv.bytes)), p.send.calls,
             human_bytes(static_cast<double>(p.send.bytes)),
             rs ? human_bytes(static_cast<double>(*rs)) : "-",

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <map>
 #include <optional>
@@ -95,9 +96,33 @@ struct TopView {
 
 // The view of the interval between two samplings of every node (in cluster-file order). A
 // node that failed in `now` shows its error; one that failed only in `before` counts from zero
-// (its counters are then the totals since its programs were loaded).
+// (its counters are then the totals since its programs were loaded). `later` (cluster-file
+// order, entries of nodes not sampled again empty) is a sampling taken after `now` only to
+// name peers (see nodes_to_sample_again); its counters are not used.
 TopView compute_top(const ClusterFile& file, const std::vector<NodeIoSample>& before,
-                    const std::vector<NodeIoSample>& now);
+                    const std::vector<NodeIoSample>& now,
+                    const std::vector<NodeIoSample>& later = {});
+
+// The nodes to sample once more, after `now`, so that every connection with traffic in the
+// interval is named. The nodes are sampled in parallel, not at one instant: a connection made
+// between the samplings of its two ends shows in `now` only at the end sampled later. The
+// connecting end is always named (by the node serving on its remote port); the accepting end
+// on a native or interserver port needs the other end when its remote address does not name
+// one node (a loopback or an address several nodes share). The connecting node's row holds
+// the connection's addresses from the moment its connect returned (net_stats records them
+// then, and keeps them after the socket closed), so a sampling taken after `now` has it.
+// Returns, for every such socket, the ok nodes that could hold its other end; empty when
+// every connection is named.
+std::vector<size_t> nodes_to_sample_again(const ClusterFile& file,
+                                          const std::vector<NodeIoSample>& before,
+                                          const std::vector<NodeIoSample>& now);
+
+// One interval of `cluster top`: compute_top of `before` and `now`, sampling the nodes
+// nodes_to_sample_again names (`sample` returns cluster-file order, the others empty) first
+// when there are any.
+using SampleNodes = std::function<std::vector<NodeIoSample>(const std::vector<size_t>& nodes)>;
+TopView top_interval(const ClusterFile& file, const std::vector<NodeIoSample>& before,
+                     const std::vector<NodeIoSample>& now, const SampleNodes& sample);
 
 // The terminal table and the JSON form (`cluster top --json`).
 std::string render_top(const TopView& view);

@@ -94,19 +94,14 @@ KilledRun kill_during_query(const Node& initiator, const Node& victim) {
     return run;
 }
 
-TEST(ClusterNodeKilled, QueryFailsAsWithoutLiveioAndTheNodeIsReportedDown) {
-    if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
-    Names n("x");
-    ASSERT_FALSE(n.root.empty());
-    const auto up_out = cli({"cluster", "up", "--name", n.name, "--root", n.root, "--shards", "3",
-                             "--rows", std::to_string(kRows), "--history-interval", "3600s"});
-    ASSERT_EQ(up_out.status, 0) << up_out.output;
-    auto file = read_cluster_file(cluster_file_path(n.name, n.root));
-    ASSERT_TRUE(file) << file.error().message;
-    ASSERT_EQ(file->nodes.size(), 3u);
-    const Node &n0 = file->nodes[0], &n1 = file->nodes[1], &n2 = file->nodes[2];
+using ClusterNodeKilled = ClusterTest;
+
+TEST_F(ClusterNodeKilled, QueryFailsAsWithoutLiveioAndTheNodeIsReportedDown) {
+    ASSERT_NO_FATAL_FAILURE(
+        up({"--shards", "3", "--rows", std::to_string(kRows), "--history-interval", "3600s"}, 3));
+    const Node &n0 = file.nodes[0], &n1 = file.nodes[1], &n2 = file.nodes[2];
     std::vector<pid_t> pids;
-    for (const Node& node : file->nodes)
+    for (const Node& node : file.nodes)
         for (pid_t p : processes_in_netns(node.netns)) pids.push_back(p);
     const std::string exact = fmt::format("{}\t{}\n", kRows, kRows * (kRows - 1) / 2);
     auto all = query(n0, "SELECT count(), sum(WatchID) FROM hits_all");
@@ -117,11 +112,8 @@ TEST(ClusterNodeKilled, QueryFailsAsWithoutLiveioAndTheNodeIsReportedDown) {
     for (uint64_t r = 0; r < kRows; ++r) ++count[r % 3], sum[r % 3] += r;
     const std::string own_only = fmt::format("{}\t{}\n", count[0], sum[0]);
     const std::string without_n2 = fmt::format("{}\t{}\n", count[0] + count[1], sum[0] + sum[1]);
-    const std::vector<std::string> target{"--name", n.name, "--root", n.root};
     auto with = [&](std::vector<std::string> a, const std::string& timeout) {
-        a.insert(a.end(), target.begin(), target.end());
-        a.insert(a.end(), {"--timeout", timeout});
-        return cli(a, milliseconds(180000));
+        return on_cluster(std::move(a), timeout, milliseconds(180000));
     };
 
     // Stock: no agent anywhere; n2 killed under the query.
@@ -189,8 +181,10 @@ TEST(ClusterNodeKilled, QueryFailsAsWithoutLiveioAndTheNodeIsReportedDown) {
         EXPECT_NE(view["nodes"][i].value("error", "").find("exited"), std::string::npos)
             << top.output;
     }
+    // n0 is attached already: a no-op there (the policies switched to none), FAIL elsewhere.
     const auto again = with({"cluster", "attach"}, "10s");
     EXPECT_NE(again.status, 0) << again.output;
+    EXPECT_NE(again.output.find("n0   ok   already attached"), std::string::npos) << again.output;
     EXPECT_NE(again.output.find("n1   FAIL"), std::string::npos) << again.output;
     EXPECT_NE(again.output.find("n2   FAIL"), std::string::npos) << again.output;
 
@@ -203,7 +197,7 @@ TEST(ClusterNodeKilled, QueryFailsAsWithoutLiveioAndTheNodeIsReportedDown) {
                                std::istreambuf_iterator<char>());
         EXPECT_EQ(text.find("liveio-agent.so"), std::string::npos) << "n0 still maps the agent";
     }
-    const auto down_out = cli({"cluster", "down", "--name", n.name, "--root", n.root});
+    const auto down_out = on_cluster({"cluster", "down"});
     ASSERT_EQ(down_out.status, 0) << down_out.output;
     for (const std::string& ns : namespace_names(n.name, 3)) EXPECT_FALSE(netns_exists(ns)) << ns;
     EXPECT_FALSE(fs::exists(state_dir(n.name, n.root)));

@@ -103,10 +103,10 @@ SocketSample sock(uint64_t id, std::string la, uint16_t lp, std::string ra, uint
     return s;
 }
 
-ClusterFile loopback_cluster() {
+ClusterFile loopback_cluster(uint16_t nodes = 2) {
     ClusterFile f;
     f.name = "t";
-    for (uint16_t i = 0; i < 2; ++i) {
+    for (uint16_t i = 0; i < nodes; ++i) {
         Node n;
         n.name = fmt::format("n{}", i);
         n.shard = i;
@@ -160,11 +160,7 @@ TEST(ClusterTop, PeersAreNamedByTheOtherSideOfTheConnectionEvenOnLoopbackPorts) 
 // in the statistics after the port went to another connection. Only the connection's both
 // endpoints name the node at its other end.
 TEST(ClusterTop, APortSharedByConnectionsToOtherDestinationsDoesNotNameThePeer) {
-    ClusterFile f = loopback_cluster();
-    Node n2 = f.nodes[1];
-    n2.name = "n2";
-    n2.http_port = 18125, n2.tcp_port = 19002, n2.interserver_port = 19011;
-    f.nodes.push_back(n2);
+    const ClusterFile f = loopback_cluster(3);
     std::vector<NodeIoSample> now(3);
     for (auto& s : now) s.ok = true;
     // n2 initiated a query to n1 from port 50000; n0 used port 50000 too, towards n2's HTTP
@@ -196,6 +192,56 @@ TEST(ClusterTop, APortSharedByConnectionsToOtherDestinationsDoesNotNameThePeer) 
     EXPECT_EQ(peer_name(ns, scoped, 0, in_ns[0].sockets[0].connection), "127.0.0.1");
     EXPECT_EQ(peer_name(ns, scoped, 1, in_ns[1].sockets[1].connection), "a");
     EXPECT_EQ(peer_name(ns, scoped, 0, in_ns[0].sockets[1].connection), "b");
+}
+
+// The nodes are sampled in parallel, not at one instant: a connection made between the
+// samplings of its two ends shows only at the accepting end, whose remote 127.0.0.1:port names
+// no node on a shared loopback. The nodes that could hold the other end are sampled again,
+// and that sampling names it within the same interval.
+TEST(ClusterTop, AConnectionMadeWhileTheNodesWereSampledIsNamedFromASecondSampling) {
+    const ClusterFile f = loopback_cluster(3);
+    std::vector<NodeIoSample> before(3), now(3), later(3);
+    for (auto* v : {&before, &now}) {
+        for (auto& s : *v) s.ok = true;
+    }
+    // n1 accepted n0's connection after n0 had been sampled; a client (not a node) queries
+    // n1 over HTTP; n2 has an old connection from n0 without traffic in the interval.
+    now[1].sockets = {sock(1, "127.0.0.1", 19001, "127.0.0.1", 50000, 100, 9000),
+                      sock(2, "127.0.0.1", 18124, "127.0.0.1", 50001, 10, 10),
+                      sock(3, "127.0.0.1", 19001, "127.0.0.1", 50002, 0, 0)};
+    now[2].sockets = {sock(4, "127.0.0.1", 19002, "127.0.0.1", 50003, 10, 10)};
+    before[2].sockets = now[2].sockets;
+    EXPECT_EQ(nodes_to_sample_again(f, before, now), (std::vector<size_t>{0, 2}));
+    EXPECT_EQ(compute_top(f, before, now).peers.at(1).peer, "127.0.0.1");  // unnamed without it
+    later[0].ok = true;
+    later[0].sockets = {sock(5, "127.0.0.1", 50000, "127.0.0.1", 19001, 9000, 100)};
+    const TopView v = top_interval(f, before, now, [&](const std::vector<size_t>& nodes) {
+        EXPECT_EQ(nodes, (std::vector<size_t>{0, 2}));
+        return later;
+    });
+    ASSERT_EQ(v.peers.size(), 2u) << render_top(v);
+    EXPECT_EQ(v.peers[0].node, "n1");
+    EXPECT_EQ(v.peers[0].peer, "127.0.0.1");  // the HTTP client
+    EXPECT_EQ(v.peers[0].service, "http");
+    EXPECT_EQ(v.peers[1].peer, "n0");
+    EXPECT_TRUE(v.peers[1].inbound);
+    EXPECT_EQ(v.peers[1].recv.bytes, 100u);  // counters from `now`, not from the later sampling
+    EXPECT_TRUE(v.nodes[0].ok);
+
+    // Once both ends are in the samplings, or the remote address names the node, nothing is
+    // sampled again.
+    now[0].sockets = later[0].sockets;
+    EXPECT_TRUE(nodes_to_sample_again(f, before, now).empty());
+    ClusterFile ns;
+    ns.nodes = {Node{.name = "a", .host = "10.231.0.2", .tcp_port = 9000, .netns = "x-n0"},
+                Node{.name = "b", .host = "10.231.0.3", .tcp_port = 9000, .netns = "x-n1"}};
+    std::vector<NodeIoSample> ns_before(2), ns_now(2);
+    for (auto& s : ns_now) s.ok = true;
+    ns_now[1].sockets = {sock(6, "10.231.0.3", 9000, "10.231.0.2", 45000, 10, 10)};
+    EXPECT_TRUE(nodes_to_sample_again(ns, ns_before, ns_now).empty());
+    // In namespaces a loopback connection is the node's own: no other node can hold its end.
+    ns_now[1].sockets = {sock(7, "127.0.0.1", 9000, "127.0.0.1", 45000, 10, 10)};
+    EXPECT_TRUE(nodes_to_sample_again(ns, ns_before, ns_now).empty());
 }
 
 TEST(ClusterTop, IntervalViewTakesDeltasPerNodeAndPeer) {

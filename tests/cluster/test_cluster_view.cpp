@@ -70,23 +70,16 @@ pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
     return pid;
 }
 
-TEST(ClusterView, TopHistoryAndPrometheusCoverEveryNodeOfAThreeShardCluster) {
-    if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
-    Names n("v");
-    ASSERT_FALSE(n.root.empty());
-    const auto up_out = cli({"cluster", "up", "--name", n.name, "--root", n.root, "--shards", "3",
-                             "--rows", std::to_string(kRows), "--history-interval", "1s"});
-    ASSERT_EQ(up_out.status, 0) << up_out.output;
-    auto file = read_cluster_file(cluster_file_path(n.name, n.root));
-    ASSERT_TRUE(file) << file.error().message;
-    ASSERT_EQ(file->nodes.size(), 3u);
-    const std::vector<std::string> target{"--name", n.name, "--root", n.root, "--timeout", "60s"};
+using ClusterView = ClusterTest;
+
+TEST_F(ClusterView, TopHistoryAndPrometheusCoverEveryNodeOfAThreeShardCluster) {
+    ASSERT_NO_FATAL_FAILURE(
+        up({"--shards", "3", "--rows", std::to_string(kRows), "--history-interval", "1s"}, 3));
     auto with = [&](std::vector<std::string> a, milliseconds timeout = milliseconds(300000)) {
-        a.insert(a.end(), target.begin(), target.end());
-        return cli(a, timeout);
+        return on_cluster(std::move(a), "60s", timeout);
     };
     const std::string exact = fmt::format("{}\t{}\n", kRows, kRows * (kRows - 1) / 2);
-    auto before = query(file->nodes[0], "SELECT count(), sum(WatchID) FROM hits_all");
+    auto before = query(file.nodes[0], "SELECT count(), sum(WatchID) FROM hits_all");
     ASSERT_TRUE(before) << before.error().message;
     ASSERT_EQ(*before, exact);
 
@@ -104,9 +97,9 @@ TEST(ClusterView, TopHistoryAndPrometheusCoverEveryNodeOfAThreeShardCluster) {
     std::this_thread::sleep_for(milliseconds(500));
     for (int i = 0; i < 5; ++i) {
         auto all =
-            query(file->nodes[0], "SELECT count(), sum(WatchID) FROM hits_all WHERE URL != ''");
+            query(file.nodes[0], "SELECT count(), sum(WatchID) FROM hits_all WHERE URL != ''");
         ASSERT_TRUE(all) << all.error().message;
-        auto plain = query(file->nodes[0], "SELECT count(), sum(WatchID) FROM hits_all");
+        auto plain = query(file.nodes[0], "SELECT count(), sum(WatchID) FROM hits_all");
         ASSERT_TRUE(plain) << plain.error().message;
         EXPECT_EQ(*plain, exact);
     }
@@ -144,9 +137,9 @@ TEST(ClusterView, TopHistoryAndPrometheusCoverEveryNodeOfAThreeShardCluster) {
     std::string hosts;
     const auto deadline = Clock::now() + seconds(30);
     while (Clock::now() < deadline) {
-        auto h = query(file->nodes[2],
+        auto h = query(file.nodes[2],
                        fmt::format("SELECT groupUniqArray(host) FROM {} WHERE kind = 'socket'",
-                                   file->history_distributed_table));
+                                   file.history_distributed_table));
         ASSERT_TRUE(h) << h.error().message;
         hosts = *h;
         if (hosts.find("n0") != std::string::npos && hosts.find("n1") != std::string::npos &&
@@ -157,8 +150,8 @@ TEST(ClusterView, TopHistoryAndPrometheusCoverEveryNodeOfAThreeShardCluster) {
     EXPECT_NE(hosts.find("'n0'"), std::string::npos) << hosts;
     EXPECT_NE(hosts.find("'n1'"), std::string::npos) << hosts;
     EXPECT_NE(hosts.find("'n2'"), std::string::npos) << hosts;
-    auto own = query(file->nodes[1],
-                     fmt::format("SELECT uniqExact(host), any(host) FROM {}", file->history_table));
+    auto own = query(file.nodes[1],
+                     fmt::format("SELECT uniqExact(host), any(host) FROM {}", file.history_table));
     ASSERT_TRUE(own) << own.error().message;
     EXPECT_EQ(*own, "1\tn1\n") << "a node's own table holds only its rows";
 
@@ -170,7 +163,7 @@ TEST(ClusterView, TopHistoryAndPrometheusCoverEveryNodeOfAThreeShardCluster) {
         const std::string dir = n.root + "/prometheus";
         fs::create_directories(dir);
         std::string targets;
-        for (const Node& node : file->nodes)
+        for (const Node& node : file.nodes)
             targets +=
                 fmt::format("{}'{}:{}'", targets.empty() ? "" : ", ", node.host, node.control.port);
         std::ofstream(dir + "/prometheus.yml") << fmt::format(
@@ -179,13 +172,13 @@ TEST(ClusterView, TopHistoryAndPrometheusCoverEveryNodeOfAThreeShardCluster) {
             targets);
         Child prom;
         prom.pid =
-            spawn({"ip", "netns", "exec", file->nodes[0].netns, "/usr/bin/prometheus",
+            spawn({"ip", "netns", "exec", file.nodes[0].netns, "/usr/bin/prometheus",
                    "--config.file=" + dir + "/prometheus.yml",
                    "--storage.tsdb.path=" + dir + "/data", "--web.listen-address=127.0.0.1:19090"},
                   dir + "/prometheus.log");
         ASSERT_GT(prom.pid, 0);
         auto promql = [&](const std::string& expr) -> json {
-            auto r = run_command({"ip", "netns", "exec", file->nodes[0].netns, "promtool", "query",
+            auto r = run_command({"ip", "netns", "exec", file.nodes[0].netns, "promtool", "query",
                                   "instant", "-o", "json", "http://127.0.0.1:19090", expr},
                                  milliseconds(20000));
             if (!r || r->status != 0) return json();
@@ -213,10 +206,10 @@ TEST(ClusterView, TopHistoryAndPrometheusCoverEveryNodeOfAThreeShardCluster) {
 
     const auto detached = with({"cluster", "detach"});
     EXPECT_EQ(detached.status, 0) << detached.output;
-    auto after = query(file->nodes[1], "SELECT count(), sum(WatchID) FROM hits_all");
+    auto after = query(file.nodes[1], "SELECT count(), sum(WatchID) FROM hits_all");
     ASSERT_TRUE(after) << after.error().message;
     EXPECT_EQ(*after, exact);
-    const auto down_out = cli({"cluster", "down", "--name", n.name, "--root", n.root});
+    const auto down_out = on_cluster({"cluster", "down"});
     EXPECT_EQ(down_out.status, 0) << down_out.output;
 }
 

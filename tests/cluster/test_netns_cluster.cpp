@@ -115,20 +115,16 @@ void expect_gone(const std::string& name, const std::string& root, const std::ve
     for (pid_t pid : pids) EXPECT_FALSE(process_running(pid)) << "process " << pid << " still runs";
 }
 
-TEST(NetnsCluster, DistributedQueryStaysInsideTheNamespacesAndDownRemovesEverything) {
-    if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
-    Names n("t");
-    ASSERT_FALSE(n.root.empty());
-    const auto up_out = cli({"cluster", "up", "--name", n.name, "--root", n.root, "--shards", "2",
-                             "--rows", std::to_string(kRows), "--rate", "200mbit"});
-    ASSERT_EQ(up_out.status, 0) << up_out.output;
-    EXPECT_NE(up_out.output.find("netem"), std::string::npos)
-        << "the missing delay must be said: " << up_out.output;
-    auto file = read_cluster_file(cluster_file_path(n.name, n.root));
-    ASSERT_TRUE(file) << file.error().message;
-    ASSERT_EQ(file->nodes.size(), 2u);
+using NetnsCluster = ClusterTest;
+using LoopbackCluster = LoopbackClusterTest;
+
+TEST_F(NetnsCluster, DistributedQueryStaysInsideTheNamespacesAndDownRemovesEverything) {
+    ASSERT_NO_FATAL_FAILURE(
+        up({"--shards", "2", "--rows", std::to_string(kRows), "--rate", "200mbit"}, 2));
+    EXPECT_NE(up_output.output.find("netem"), std::string::npos)
+        << "the missing delay must be said: " << up_output.output;
     std::vector<pid_t> pids;
-    for (const Node& node : file->nodes) {
+    for (const Node& node : file.nodes) {
         EXPECT_FALSE(node.netns.empty());
         EXPECT_GT(node.server_pid, 0);
         pids.push_back(node.server_pid);
@@ -137,7 +133,7 @@ TEST(NetnsCluster, DistributedQueryStaysInsideTheNamespacesAndDownRemovesEveryth
 
     // Each shard holds its slice; the Distributed table on either node sums both exactly.
     uint64_t local_rows = 0;
-    for (const Node& node : file->nodes) {
+    for (const Node& node : file.nodes) {
         auto c = query(node, "SELECT count() FROM hits");
         ASSERT_TRUE(c) << c.error().message;
         EXPECT_EQ(std::stoull(*c), kRows / 2);
@@ -146,7 +142,7 @@ TEST(NetnsCluster, DistributedQueryStaysInsideTheNamespacesAndDownRemovesEveryth
     EXPECT_EQ(local_rows, kRows);
     const std::string hub = "liveio-" + n.name + "-hub";
     const uint64_t before = bridge_port_bytes(hub, "n1");
-    for (const Node& node : file->nodes) {
+    for (const Node& node : file.nodes) {
         auto all = query(node, "SELECT count(), sum(WatchID) FROM hits_all");
         ASSERT_TRUE(all) << all.error().message;
         EXPECT_EQ(*all, fmt::format("{}\t{}\n", kRows, kRows * (kRows - 1) / 2))
@@ -158,11 +154,11 @@ TEST(NetnsCluster, DistributedQueryStaysInsideTheNamespacesAndDownRemovesEveryth
     // Nothing of the cluster in the host's namespace, and no way out of a node's namespace.
     EXPECT_FALSE(host_has_address_in("10.231.0."));
     auto routes =
-        run_checked({"ip", "-n", file->nodes[0].netns, "-4", "route", "show", "table", "all"});
+        run_checked({"ip", "-n", file.nodes[0].netns, "-4", "route", "show", "table", "all"});
     ASSERT_TRUE(routes) << routes.error().message;
     EXPECT_EQ(routes->find("default"), std::string::npos) << *routes;
     if (const std::string host = host_address(); !host.empty()) {
-        auto scope = NetnsScope::enter(file->nodes[0].netns);
+        auto scope = NetnsScope::enter(file.nodes[0].netns);
         ASSERT_TRUE(scope);
         const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         sockaddr_in sa{};
@@ -175,7 +171,7 @@ TEST(NetnsCluster, DistributedQueryStaysInsideTheNamespacesAndDownRemovesEveryth
     }
 
     // Control over TCP: refused without the token or with a wrong one, served with it.
-    const Node& n0 = file->nodes[0];
+    const Node& n0 = file.nodes[0];
     ASSERT_EQ(n0.control.port, kControlPort);
     auto bare = control_request_tcp(n0, "GET", "/control/ping", "", "", milliseconds(10000));
     ASSERT_TRUE(bare) << bare.error().message;
@@ -197,14 +193,13 @@ TEST(NetnsCluster, DistributedQueryStaysInsideTheNamespacesAndDownRemovesEveryth
     ASSERT_TRUE(metrics) << metrics.error().message;
     EXPECT_EQ(metrics->status, 200);
 
-    const auto status =
-        cli({"cluster", "status", "--name", n.name, "--root", n.root, "--timeout", "20s"});
+    const auto status = on_cluster({"cluster", "status"}, "20s");
     EXPECT_EQ(status.status, 0) << status.output;
 
-    const auto down_out = cli({"cluster", "down", "--name", n.name, "--root", n.root});
+    const auto down_out = on_cluster({"cluster", "down"});
     ASSERT_EQ(down_out.status, 0) << down_out.output;
     expect_gone(n.name, n.root, pids);
-    const auto again = cli({"cluster", "down", "--name", n.name, "--root", n.root});
+    const auto again = on_cluster({"cluster", "down"});
     EXPECT_EQ(again.status, 0) << again.output;
     EXPECT_NE(again.output.find("nothing"), std::string::npos) << again.output;
 }
@@ -267,19 +262,13 @@ void kill_up_midway_then_down(const Names& n, bool loopback) {
     expect_gone(n.name, n.root, seen);
 }
 
-TEST(NetnsCluster, DownAfterTheHarnessWasKilledMidUpRemovesEverything) {
-    if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
-    Names n("k");
-    ASSERT_FALSE(n.root.empty());
+TEST_F(NetnsCluster, DownAfterTheHarnessWasKilledMidUpRemovesEverything) {
     kill_up_midway_then_down(n, /*loopback=*/false);
 }
 
 // A server that cannot start (here: the "server" exits at once) fails `up`, and `up` removes
 // the namespaces and directories it had made before it reports.
-TEST(NetnsCluster, FailedUpRemovesWhatItMade) {
-    if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
-    Names n("f");
-    ASSERT_FALSE(n.root.empty());
+TEST_F(NetnsCluster, FailedUpRemovesWhatItMade) {
     auto r = run_command({"env", "CLICKHOUSE_SERVER=/bin/false", LIVEIO_CLI_PATH, "cluster", "up",
                           "--name", n.name, "--root", n.root, "--rows", "1000"},
                          milliseconds(120000));
@@ -293,21 +282,12 @@ TEST(NetnsCluster, FailedUpRemovesWhatItMade) {
 // The control endpoints across nodes: attach (with a policy), stats, detach on every node,
 // Distributed answers exact throughout; a node whose endpoint stops answering is reported as
 // such while the others answer.
-TEST(NetnsCluster, AttachStatsDetachOnEveryNodeAndAStoppedNodeIsReported) {
-    if (auto why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
-    Names n("a");
-    ASSERT_FALSE(n.root.empty());
-    const auto up_out = cli(
-        {"cluster", "up", "--name", n.name, "--root", n.root, "--shards", "2", "--rows", "20000"});
-    ASSERT_EQ(up_out.status, 0) << up_out.output;
-    auto file = read_cluster_file(cluster_file_path(n.name, n.root));
-    ASSERT_TRUE(file) << file.error().message;
+TEST_F(NetnsCluster, AttachStatsDetachOnEveryNodeAndAStoppedNodeIsReported) {
+    ASSERT_NO_FATAL_FAILURE(up({"--shards", "2", "--rows", "20000"}, 2));
     const std::string exact = fmt::format("{}\t{}\n", 20000, uint64_t{20000} * 19999 / 2);
-    const std::vector<std::string> target{"--name", n.name, "--root", n.root, "--timeout", "60s"};
     auto with = [&](std::vector<std::string> a, std::vector<std::string> extra = {}) {
-        a.insert(a.end(), target.begin(), target.end());
         a.insert(a.end(), extra.begin(), extra.end());
-        return cli(a);
+        return on_cluster(std::move(a), "60s");
     };
 
     const auto attached = with({"cluster", "attach"}, {"--policy", "prefetch"});
@@ -318,14 +298,14 @@ TEST(NetnsCluster, AttachStatsDetachOnEveryNodeAndAStoppedNodeIsReported) {
     EXPECT_NE(attached.output.find("n0   ok"), std::string::npos) << attached.output;
     EXPECT_NE(attached.output.find("n1   ok"), std::string::npos) << attached.output;
     for (int i = 0; i < 3; ++i) {
-        auto all = query(file->nodes[0], "SELECT count(), sum(WatchID) FROM hits_all");
+        auto all = query(file.nodes[0], "SELECT count(), sum(WatchID) FROM hits_all");
         ASSERT_TRUE(all) << all.error().message;
         EXPECT_EQ(*all, exact);
     }
     const auto stats = with({"cluster", "stats", "--json"});
     ASSERT_EQ(stats.status, 0) << stats.output;
     const json per_node = json::parse(stats.output);
-    for (const Node& node : file->nodes) {
+    for (const Node& node : file.nodes) {
         const json& s = per_node.at(node.name);
         EXPECT_EQ(s.value("pid", 0), node.server_pid);
         // Both shards answered n0's Distributed queries, through their intercepted calls.
@@ -336,31 +316,61 @@ TEST(NetnsCluster, AttachStatsDetachOnEveryNodeAndAStoppedNodeIsReported) {
         EXPECT_TRUE(prefetch_on) << node.name;
     }
 
+    // Attached already: the same attach again changes nothing and says so on every node;
+    // other policies are switched live; another mechanism is refused, naming what to run.
+    const auto same = with({"cluster", "attach"}, {"--policy", "prefetch"});
+    EXPECT_EQ(same.status, 0) << same.output;
+    for (const Node& node : file.nodes)
+        EXPECT_NE(same.output.find(fmt::format("{}   ok   already attached to {}: mechanism got",
+                                               node.name, node.server_pid)),
+                  std::string::npos)
+            << same.output;
+    EXPECT_NE(same.output.find("prefetch (unchanged)"), std::string::npos) << same.output;
+    const auto switched = with({"cluster", "attach"}, {"--policy", "marks"});
+    EXPECT_EQ(switched.status, 0) << switched.output;
+    EXPECT_NE(switched.output.find("policy prefetch off"), std::string::npos) << switched.output;
+    const auto other = with({"cluster", "attach"}, {"--mechanism", "inline"});
+    EXPECT_NE(other.status, 0) << other.output;
+    EXPECT_NE(other.output.find("n0   FAIL"), std::string::npos) << other.output;
+    EXPECT_NE(other.output.find("then liveio attach"), std::string::npos) << other.output;
+    EXPECT_NE(other.output.find("liveio cluster detach, then liveio cluster attach -m inline"),
+              std::string::npos)
+        << other.output;
+    const auto now_on = with({"cluster", "stats"});
+    EXPECT_EQ(now_on.status, 0) << now_on.output;
+    for (const Node& node : file.nodes)
+        EXPECT_NE(now_on.output.find(fmt::format("{}   {}", node.name, node.server_pid)),
+                  std::string::npos)
+            << now_on.output;
+    EXPECT_EQ(now_on.output.find("prefetch"), std::string::npos) << now_on.output;
+    EXPECT_NE(now_on.output.find("marks"), std::string::npos) << now_on.output;
+    auto exact_again = query(file.nodes[0], "SELECT count(), sum(WatchID) FROM hits_all");
+    ASSERT_TRUE(exact_again) << exact_again.error().message;
+    EXPECT_EQ(*exact_again, exact);
+
     // n1's endpoint stops answering (SIGSTOP): its report says so, n0's is complete.
     pid_t serve_n1 = 0;
-    for (pid_t p : processes_in_netns(file->nodes[1].netns))
-        if (p != file->nodes[1].server_pid) serve_n1 = p;
+    for (pid_t p : processes_in_netns(file.nodes[1].netns))
+        if (p != file.nodes[1].server_pid) serve_n1 = p;
     ASSERT_GT(serve_n1, 0);
     ::kill(serve_n1, SIGSTOP);
     ASSERT_TRUE(stopped_within(serve_n1, seconds(10))) << "SIGSTOP did not stop n1's endpoint";
-    const auto partial =
-        cli({"cluster", "stats", "--name", n.name, "--root", n.root, "--timeout", "2s"},
-            milliseconds(60000));
+    const auto partial = on_cluster({"cluster", "stats"}, "2s", milliseconds(60000));
     ::kill(serve_n1, SIGCONT);
     EXPECT_NE(partial.status, 0) << partial.output;
     EXPECT_NE(partial.output.find("n1   FAIL unreachable"), std::string::npos) << partial.output;
     EXPECT_NE(partial.output.find("1 of 2 nodes failed"), std::string::npos) << partial.output;
-    EXPECT_NE(partial.output.find(fmt::format("n0   {}", file->nodes[0].server_pid)),
+    EXPECT_NE(partial.output.find(fmt::format("n0   {}", file.nodes[0].server_pid)),
               std::string::npos)
         << partial.output;
 
     const auto detached = with({"cluster", "detach"});
     ASSERT_EQ(detached.status, 0) << detached.output;
     EXPECT_NE(detached.output.find("agent unloaded"), std::string::npos) << detached.output;
-    auto after = query(file->nodes[1], "SELECT count(), sum(WatchID) FROM hits_all");
+    auto after = query(file.nodes[1], "SELECT count(), sum(WatchID) FROM hits_all");
     ASSERT_TRUE(after) << after.error().message;
     EXPECT_EQ(*after, exact);
-    for (const Node& node : file->nodes) {
+    for (const Node& node : file.nodes) {
         std::ifstream maps(fmt::format("/proc/{}/maps", node.server_pid));
         const std::string text((std::istreambuf_iterator<char>(maps)),
                                std::istreambuf_iterator<char>());
@@ -368,55 +378,42 @@ TEST(NetnsCluster, AttachStatsDetachOnEveryNodeAndAStoppedNodeIsReported) {
             << node.name << " still maps the agent";
     }
     // A server that stops answering: status names it down, the other up, and returns.
-    ::kill(file->nodes[1].server_pid, SIGSTOP);
-    ASSERT_TRUE(stopped_within(file->nodes[1].server_pid, seconds(10)))
+    ::kill(file.nodes[1].server_pid, SIGSTOP);
+    ASSERT_TRUE(stopped_within(file.nodes[1].server_pid, seconds(10)))
         << "SIGSTOP did not stop the server";
-    const auto status =
-        cli({"cluster", "status", "--name", n.name, "--root", n.root, "--timeout", "2s"},
-            milliseconds(60000));
-    ::kill(file->nodes[1].server_pid, SIGCONT);
+    const auto status = on_cluster({"cluster", "status"}, "2s", milliseconds(60000));
+    ::kill(file.nodes[1].server_pid, SIGCONT);
     EXPECT_NE(status.status, 0) << status.output;
     EXPECT_NE(status.output.find("1 of 2 nodes down"), std::string::npos) << status.output;
     EXPECT_NE(status.output.find("DOWN"), std::string::npos) << status.output;
 
-    const auto down_out = cli({"cluster", "down", "--name", n.name, "--root", n.root});
+    const auto down_out = on_cluster({"cluster", "down"});
     EXPECT_EQ(down_out.status, 0) << down_out.output;
 }
 
 // The same on loopback: no namespace to search, the servers are found by their directory.
-TEST(LoopbackCluster, DownAfterTheHarnessWasKilledMidUpRemovesEverything) {
-    if (auto bin = clickhouse::find_server_binary(); !bin) GTEST_SKIP() << bin.error().message;
-    Names n("m");
-    ASSERT_FALSE(n.root.empty());
+TEST_F(LoopbackCluster, DownAfterTheHarnessWasKilledMidUpRemovesEverything) {
     kill_up_midway_then_down(n, /*loopback=*/true);
 }
 
 // Without namespaces (forced with --loopback, what a user without root gets): the nodes on
 // loopback ports, the same Distributed answer, the same complete `down`.
-TEST(LoopbackCluster, DistributedQueryAndDown) {
-    if (auto bin = clickhouse::find_server_binary(); !bin) GTEST_SKIP() << bin.error().message;
-    Names n("l");
-    ASSERT_FALSE(n.root.empty());
-    const auto up_out = cli({"cluster", "up", "--loopback", "--name", n.name, "--root", n.root,
-                             "--shards", "2", "--rows", "10000"});
-    ASSERT_EQ(up_out.status, 0) << up_out.output;
-    EXPECT_NE(up_out.output.find("loopback ports"), std::string::npos) << up_out.output;
-    auto file = read_cluster_file(cluster_file_path(n.name, n.root));
-    ASSERT_TRUE(file) << file.error().message;
+TEST_F(LoopbackCluster, DistributedQueryAndDown) {
+    ASSERT_NO_FATAL_FAILURE(up({"--shards", "2", "--rows", "10000"}, 2));
+    EXPECT_NE(up_output.output.find("loopback ports"), std::string::npos) << up_output.output;
     std::vector<pid_t> pids;
-    for (const Node& node : file->nodes) {
+    for (const Node& node : file.nodes) {
         EXPECT_TRUE(node.netns.empty());
         EXPECT_EQ(node.host, "127.0.0.1");
         EXPECT_EQ(node.control.port, 0) << "no TCP control without namespaces";
         pids.push_back(node.server_pid);
     }
-    auto all = query(file->nodes[1], "SELECT count(), sum(WatchID) FROM hits_all");
+    auto all = query(file.nodes[1], "SELECT count(), sum(WatchID) FROM hits_all");
     ASSERT_TRUE(all) << all.error().message;
     EXPECT_EQ(*all, fmt::format("{}\t{}\n", 10000, uint64_t{10000} * 9999 / 2));
-    const auto status =
-        cli({"cluster", "status", "--name", n.name, "--root", n.root, "--timeout", "20s"});
+    const auto status = on_cluster({"cluster", "status"}, "20s");
     EXPECT_EQ(status.status, 0) << status.output;
-    const auto down_out = cli({"cluster", "down", "--name", n.name, "--root", n.root});
+    const auto down_out = on_cluster({"cluster", "down"});
     ASSERT_EQ(down_out.status, 0) << down_out.output;
     expect_gone(n.name, n.root, pids);
 }
