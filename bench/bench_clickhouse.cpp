@@ -30,6 +30,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -131,6 +132,7 @@ public:
         if (!active_.empty()) {
             auto r = run_liveio({"policy", pid_, "off", active_});
             if (!r) return r.error();
+            add_ledger(*r);
             active_.clear();
         }
         if (want.empty()) return {};
@@ -154,7 +156,32 @@ public:
 
     const std::string& active() const { return active_; }
 
+    // What the policies issued, summed over every `policy off` of the run (its final figures,
+    // counted after the drain), in MiB.
+    struct Ledger {
+        double issued = 0, used = 0, wasted = 0, cached = 0, pending = 0;
+        int offs = 0;
+    };
+    const std::map<std::string, Ledger>& ledgers() const { return ledgers_; }
+
 private:
+    // The line `liveio policy PID off NAME` prints (src/cli/cmd_policy.cpp).
+    void add_ledger(const std::string& out) {
+        static const std::regex line(
+            R"(policy (\S+) off in \d+ \(drained\): \d+ actions, ([0-9.]+) MiB issued, ([0-9.]+) )"
+            R"(MiB used, ([0-9.]+) MiB wasted \(([0-9.]+) MiB of it still cached\), ([0-9.]+) MiB )"
+            R"(pending)");
+        std::smatch m;
+        if (!std::regex_search(out, m, line)) return;
+        Ledger& l = ledgers_[m[1].str()];
+        l.issued += std::stod(m[2].str());
+        l.used += std::stod(m[3].str());
+        l.wasted += std::stod(m[4].str());
+        l.cached += std::stod(m[5].str());
+        l.pending += std::stod(m[6].str());
+        ++l.offs;
+    }
+    std::map<std::string, Ledger> ledgers_;
     std::string pid_;
     pid_t pid_num_;
     bool attached_ = false;
@@ -860,6 +887,14 @@ void run(ClickhouseOptions o) {
         "pages were "
         "still resident)\n",
         bench.max_resident_pct(), bench.cold_redrops());
+    for (const auto& [name, l] : bench.policy_switch().ledgers()) {
+        const double used_pct = l.issued > 0 ? 100 * l.used / l.issued : 0;
+        fmt::print(
+            "{} over the run ({} times switched off, final figures after each drain): {:.1f} MiB "
+            "issued, {:.1f} used ({:.1f}%), {:.1f} wasted ({:.1f} of it still in the page cache "
+            "then), {:.1f} pending\n",
+            name, l.offs, l.issued, l.used, used_pct, l.wasted, l.cached, l.pending);
+    }
     fmt::print("insert + merge (median ms):");
     for (auto& [name, r] : inserts) {
         fmt::print("  {} {:.0f}{}", name, median(r.ms),
@@ -965,6 +1000,9 @@ void run(ClickhouseOptions o) {
                    d.rand4k_qd32_iops / std::max(1.0, d.rand4k_qd1_iops));
         fmt::print("metric: device_rand4k_qd1_latency_us{} {:.0f}\n", suffix, d.rand4k_qd1_lat_us);
     }
+    for (const auto& [name, l] : bench.policy_switch().ledgers())
+        fmt::print("metric: ledger_{}_used_pct {:.1f}\n", name,
+                   l.issued > 0 ? 100 * l.used / l.issued : 0.0);
     fmt::print("metric: cold_start_resident_pct_max {:.2f}\n", bench.max_resident_pct());
     fmt::print("metric: bench_minutes_after_data {:.1f}\n",
                std::chrono::duration<double>(Clock::now() - run_start).count() / 60);

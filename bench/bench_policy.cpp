@@ -17,12 +17,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <barrier>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -47,6 +50,8 @@ struct PolicyBenchOptions {
     int columns = 8;
     uint64_t column_mb = 32;
     uint64_t read_kb = 1024;
+    int threads = 1;        // reading threads, each with its own descriptors
+    uint64_t range_kb = 0;  // ranges handed out round-robin to the threads (0: whole files)
     uint64_t cpu_us_per_mb = 500;
     int runs = 5;
     std::string dir = "/tmp/liveio-bench-policy";
@@ -92,23 +97,29 @@ std::vector<std::string> make_columns(const PolicyBenchOptions& o) {
     return out;
 }
 
-// The reader child: on each byte from `cmd`, one cold scan; answers "<ns> <checksum>\n".
-[[noreturn]] void reader(const PolicyBenchOptions& o, const std::vector<std::string>& files,
-                         int cmd, int res) {
+// One reading thread of a scan: its own descriptor of every column; reads the ranges
+// `first`, `first + step`, ... (of `range` bytes each; the whole file when `range` is 0) of
+// every column in step, as a ClickHouse query thread reads the granule ranges it was given:
+// per range, lseek to its start, then read() pieces of at most `read_kb`, one column after
+// another. Returns the sum of one 8-byte word per 4 KiB page read (order-independent).
+uint64_t read_ranges(const PolicyBenchOptions& o, const std::vector<std::string>& files,
+                     uint64_t first, uint64_t step) {
     std::vector<char> buf(o.read_kb << 10);
-    char c;
-    while (::read(cmd, &c, 1) == 1 && c == 'r') {
-        const uint64_t t0 = now_ns();
-        std::vector<int> fds;
-        for (auto& f : files) fds.push_back(::open(f.c_str(), O_RDONLY));
-        uint64_t sum = 0;
-        bool more = true;
-        while (more) {
-            more = false;
+    const uint64_t size = o.column_mb << 20;
+    const uint64_t range = o.range_kb == 0 ? size : o.range_kb << 10;
+    std::vector<int> fds;
+    for (auto& f : files) fds.push_back(::open(f.c_str(), O_RDONLY));
+    uint64_t sum = 0;
+    for (uint64_t r = first; r * range < size; r += step) {
+        const uint64_t lo = r * range, hi = std::min(size, lo + range);
+        for (int fd : fds) ::lseek(fd, static_cast<off_t>(lo), SEEK_SET);
+        for (uint64_t at = lo; at < hi;) {
+            const size_t want = std::min<uint64_t>(buf.size(), hi - at);
+            ssize_t got = 0;
             for (int fd : fds) {
-                const ssize_t n = ::read(fd, buf.data(), buf.size());
+                const ssize_t n = ::read(fd, buf.data(), want);
                 if (n <= 0) continue;
-                more = true;
+                got = n;
                 for (ssize_t i = 0; i + 8 <= n; i += 4096) {
                     uint64_t w;
                     std::memcpy(&w, &buf[i], 8);
@@ -118,11 +129,48 @@ std::vector<std::string> make_columns(const PolicyBenchOptions& o) {
                 for (const uint64_t s = now_ns(); now_ns() - s < spin;) {
                 }
             }
+            if (got <= 0) break;
+            at += static_cast<uint64_t>(got);
         }
-        for (int fd : fds) ::close(fd);
+    }
+    for (int fd : fds) ::close(fd);
+    return sum;
+}
+
+// The reader child: on each byte from `cmd`, one cold scan by `threads` reading threads
+// (thread t reads ranges t, t + threads, ...: with several threads, interleaved ranges of every
+// file); answers "<ns> <checksum>\n". The threads live as long as the child, so the CPU time
+// of each scan is on live threads (see process_cpu_ns).
+[[noreturn]] void reader(const PolicyBenchOptions& o, const std::vector<std::string>& files,
+                         int cmd, int res) {
+    const auto n = static_cast<size_t>(o.threads);
+    std::barrier<> start(static_cast<std::ptrdiff_t>(n + 1)),
+        done(static_cast<std::ptrdiff_t>(n + 1));
+    std::atomic<bool> quit{false};
+    std::vector<uint64_t> sums(n, 0);
+    std::vector<std::thread> threads;
+    for (size_t t = 0; t < n; ++t)
+        threads.emplace_back([&, t] {
+            for (;;) {
+                start.arrive_and_wait();
+                if (quit.load()) return;
+                sums[t] = read_ranges(o, files, t, n);
+                done.arrive_and_wait();
+            }
+        });
+    char c;
+    while (::read(cmd, &c, 1) == 1 && c == 'r') {
+        const uint64_t t0 = now_ns();
+        start.arrive_and_wait();
+        done.arrive_and_wait();
+        uint64_t sum = 0;
+        for (uint64_t v : sums) sum += v;
         const std::string line = fmt::format("{} {}\n", now_ns() - t0, sum);
         if (::write(res, line.data(), line.size()) < 0) break;
     }
+    quit.store(true);
+    start.arrive_and_wait();
+    for (auto& t : threads) t.join();
     ::_exit(0);
 }
 
@@ -325,6 +373,10 @@ int run_policy_bench(const PolicyBenchOptions& o) {
         side.checksum = sum;
         return true;
     };
+    auto ratio = [](const json& c, const char* k) {
+        const auto issued = c.value("issued_bytes", uint64_t{0});
+        return issued == 0 ? 0.0 : static_cast<double>(c.value(k, uint64_t{0})) / issued;
+    };
     auto policy = [&](const char* verb) {
         std::vector<std::string> args = {"policy", std::to_string(child), verb, o.policy};
         if (std::string(verb) == "on") args.insert(args.end(), o.knobs.begin(), o.knobs.end());
@@ -349,9 +401,17 @@ int run_policy_bench(const PolicyBenchOptions& o) {
         o.columns, static_cast<unsigned long long>(o.column_mb),
         static_cast<unsigned long long>(o.read_kb),
         static_cast<unsigned long long>(o.cpu_us_per_mb), o.runs);
-    std::printf("%-18s %10s %10s %10s %10s %8s %8s %10s %10s %10s %10s %10s\n", "readahead",
+    if (o.threads > 1)
+        std::printf("%d threads, own descriptors, ranges of %llu KiB of every column in turn\n",
+                    o.threads, static_cast<unsigned long long>(o.range_kb));
+    std::printf(
+        "(issued, used, wasted, actions: means per %s run, counted after `off` drained it; \"w. "
+        "cached\": of the wasted bytes, those still in the page cache then; action us: the last "
+        "run's)\n",
+        o.policy.c_str());
+    std::printf("%-18s %10s %10s %10s %10s %8s %8s %10s %10s %10s %10s %10s %10s\n", "readahead",
                 "stock ms", o.policy.c_str(), "stock CPU", "CPU ms", "speedup", "paired",
-                "issued MiB", "used MiB", "wasted MiB", "action us", "actions");
+                "issued MiB", "used MiB", "wasted MiB", "w. cached", "action us", "actions");
     int rc = 0;
     for (const auto& [ra, cold] : rows) {
         if (!cold) {
@@ -367,7 +427,9 @@ int run_policy_bench(const PolicyBenchOptions& o) {
             continue;
         }
         Side stock, pol;
-        json counters;
+        json counters;                     // the last policy run's
+        json totals = json::object();      // byte counters and actions summed over the runs
+        std::vector<double> uses, wastes;  // per policy run: used, wasted / issued
         bool ok = true;
         for (int r = 0; r < o.runs && ok; ++r) {
             // Alternate which side runs first.
@@ -376,14 +438,24 @@ int run_policy_bench(const PolicyBenchOptions& o) {
                     ok = scan(stock, cold);
                 } else {
                     ok = policy("on") && scan(pol, cold);
-                    if (ok) {
-                        if (auto client = control::ControlClient::connect(child))
-                            if (auto l = client->call("policy.list"); l)
-                                for (auto& p : (*l)["policies"])
-                                    if (p["name"] == o.policy && p.contains("counters"))
-                                        counters = p["counters"];
+                    // Off through the control socket: its reply carries the run's final
+                    // figures, counted after the drain (every issued byte used or wasted).
+                    auto client = control::ControlClient::connect(child);
+                    auto off = client ? client->call("policy.off", {{"name", o.policy}}, 60000)
+                                      : Result<json>(client.error());
+                    if (off) {
+                        counters = off->value("final", json::object());
+                        for (const char* k : {"issued_bytes", "used_bytes", "wasted_bytes",
+                                              "wasted_resident_bytes", "actions"})
+                            totals[k] =
+                                totals.value(k, uint64_t{0}) + counters.value(k, uint64_t{0});
+                        uses.push_back(ratio(counters, "used_bytes"));
+                        wastes.push_back(ratio(counters, "wasted_bytes"));
+                    } else {
+                        std::fprintf(stderr, "liveio bench policy: off: %s\n",
+                                     off.error().message.c_str());
+                        ok = false;
                     }
-                    ok = policy("off") && ok;
                 }
             }
         }
@@ -402,18 +474,22 @@ int run_policy_bench(const PolicyBenchOptions& o) {
         for (size_t i = 0; i < stock.ms.size() && i < pol.ms.size(); ++i)
             ratios.push_back(stock.ms[i] / pol.ms[i]);
         const double paired = median(ratios);
+        // Means per policy run.
+        const double runs = pol.ms.empty() ? 1.0 : static_cast<double>(pol.ms.size());
         const auto mib = [&](const char* k) {
-            return static_cast<double>(counters.value(k, uint64_t{0})) / (1 << 20);
+            return static_cast<double>(totals.value(k, uint64_t{0})) / (1 << 20) / runs;
         };
         // Mean submit-to-completion time of the policy's actions in its last run.
         const double action_us =
             static_cast<double>(counters.value("latency_avg_ns", uint64_t{0})) / 1e3;
         const double sc = median(stock.cpu_ms), pc = median(pol.cpu_ms);
         std::printf(
-            "%-18s %10.1f %10.1f %10.1f %10.1f %7.2fx %7.2fx %10.1f %10.1f %10.1f %10.0f %10llu\n",
+            "%-18s %10.1f %10.1f %10.1f %10.1f %7.2fx %7.2fx %10.1f %10.1f %10.1f %10.1f %10.0f "
+            "%10.1f\n",
             (ra + " KiB" + (cold ? " cold" : " hot")).c_str(), s, p, sc, pc, s / p, paired,
-            mib("issued_bytes"), mib("used_bytes"), mib("wasted_bytes"), action_us,
-            static_cast<unsigned long long>(counters.value("actions", uint64_t{0})));
+            mib("issued_bytes"), mib("used_bytes"), mib("wasted_bytes"),
+            mib("wasted_resident_bytes"), action_us,
+            static_cast<double>(totals.value("actions", uint64_t{0})) / runs);
         const std::string tag = ra == ra_machine ? "" : "_ra128k";
         const char* temp = cold ? "cold" : "hot";
         metrics.push_back(
@@ -425,6 +501,10 @@ int run_policy_bench(const PolicyBenchOptions& o) {
         metrics.push_back(
             fmt::format("metric: policy_{}_{}_cpu_ms{} {:.1f}", o.policy, temp, tag, pc));
         metrics.push_back(fmt::format("metric: policy_stock_{}_cpu_ms{} {:.1f}", temp, tag, sc));
+        metrics.push_back(fmt::format("metric: policy_{}_{}_used_pct{} {:.1f}", o.policy, temp, tag,
+                                      100 * median(uses)));
+        metrics.push_back(fmt::format("metric: policy_{}_{}_wasted_pct{} {:.1f}", o.policy, temp,
+                                      tag, 100 * median(wastes)));
     }
     (void)run_liveio({"detach", std::to_string(child)});
     for (auto& m : metrics) std::printf("%s\n", m.c_str());
@@ -444,6 +524,15 @@ void add_policy_bench(CLI::App& bench) {
     cmd->add_option("--column-mb", o->column_mb, "size of each column file (MiB)")
         ->capture_default_str();
     cmd->add_option("--read-kb", o->read_kb, "bytes per read() (KiB)")->capture_default_str();
+    cmd->add_option("--threads", o->threads,
+                    "reading threads, each with its own descriptors; thread t reads ranges t, "
+                    "t + threads, ... of every column (ClickHouse query threads sharing a part)")
+        ->check(CLI::Range(1, 16))
+        ->capture_default_str();
+    cmd->add_option("--range-kb", o->range_kb,
+                    "size of the ranges handed to the threads in turn (0: one thread reads whole "
+                    "files; with --threads > 1 it must be set)")
+        ->capture_default_str();
     cmd->add_option("--cpu-us-per-mb", o->cpu_us_per_mb,
                     "CPU work per MiB read (us), as decompression")
         ->capture_default_str();
@@ -459,6 +548,8 @@ void add_policy_bench(CLI::App& bench) {
                     "actions of the completion-reaping comparison (0: skip)")
         ->capture_default_str();
     cmd->callback([o] {
+        if (o->threads > 1 && o->range_kb == 0)
+            throw CLI::ValidationError("--range-kb", "needed with --threads > 1");
         if (const int rc = run_policy_bench(*o); rc != 0) throw CLI::RuntimeError(rc);
     });
 }

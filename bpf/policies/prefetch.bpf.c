@@ -1,23 +1,34 @@
 // SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
-/* The `prefetch` policy. Per-stream access detection at the exit edge of reads of data
- * files (the file classes of the `classes` knob, a bit mask of enum liveio_file_class; the
- * catalog's default is ClickHouse column files, CH_BIN): a stream is (thread, descriptor). A stream that reads sequentially (each read
- * starting where the previous one ended) or with a constant stride gets the next `depth`
- * bytes of its pattern prefetched into the page cache through liveio's I/O thread, ahead of
- * the reads. A stream's first read is prefetched past only when it filled the whole buffer
- * the caller asked for (a scan: ClickHouse asks for 1 MiB, exact-range point reads ask for
- * what they need). A stream is left to the kernel while the kernel's own readahead keeps
- * ahead of it: before its first prefetch, a stream whose next read's bytes are already in the
- * page cache or on their way (liveio_cached counts pages being read in) is read ahead by the
- * kernel, and WILLNEED ranges would only replace that readahead (they carry no readahead
- * mark, so the kernel's window stops growing past them) with a later, shallower one. A stream
- * the program took over is topped up as before, except ranges already cached.
+/* The `prefetch` policy. Access detection at the exit edge of reads of data files (the file
+ * classes of the `classes` knob, a bit mask of enum liveio_file_class; the catalog's default is
+ * ClickHouse column files, CH_BIN). A stream is (thread, descriptor): its cursor (where its
+ * next read starts if it reads on, the gap of a stride). What is prefetched is kept per *file*
+ * (inode), in windows shared by every stream of the file: a window spans the bytes its readers
+ * read and is kept `depth` bytes ahead of the furthest of them. A read that lands inside a
+ * window continues it, whichever thread or descriptor made it: ClickHouse query threads that
+ * read alternating ranges of one column file, each one jumping over the ranges of the others,
+ * together read the file in order, and the window runs ahead of them all (per stream, each
+ * jump looked like a new scan, and the threads prefetched each other's ranges twice).
+ * Independent cursors of one file (two queries) get windows of their own (up to NR_WINDOWS
+ * per file, the least recently used one is replaced). A window's first read is prefetched
+ * past only when it filled the whole buffer the caller asked for (a scan: ClickHouse asks for
+ * 1 MiB, exact-range point reads ask for what they need); a stream with a constant stride
+ * between equal reads gets its next reads prefetched as one batch. A window is left to the
+ * kernel while the kernel's own readahead keeps ahead of its readers: before a window's first
+ * prefetch, a read whose next bytes are already in the page cache or on their way
+ * (liveio_cached counts pages being read in) is read ahead by the kernel, and WILLNEED ranges
+ * would only replace that readahead (they carry no readahead mark, so the kernel's window
+ * stops growing past them) with a later, shallower one. A window the program took over is
+ * topped up, except ranges already cached.
  * The depth adapts to the policy's own feedback (hits, waste, latency):
  * halved while more than a quarter of the prefetched bytes are wasted, halved while the
  * recent latency of its actions per MiB exceeds `latency_pct` percent of the lowest seen (its
  * prefetches queue behind each other: the device or the I/O workers are saturated, and deeper
  * read-ahead only delays the reads the target waits for), doubled only while nearly all
  * prefetched bytes are used, some were used since the last look and latency is near that low.
+ *
+ * Threads update a file's windows without a lock: a lost update changes what is prefetched,
+ * never what a read returns (the target's reads run natively against the page cache).
  *
  * Knobs (liveio policy PID set prefetch KEY=VALUE; indexes below): see docs/POLICIES.md.
  */
@@ -36,6 +47,7 @@
 #define KNOB_LATENCY_PCT 7
 #define KNOB_ADAPT_READS 8
 #define KNOB_WAIT_US 9
+#define KNOB_SHARED 10
 
 #define NR_OPEN 2
 #define NR_OPENAT 257
@@ -47,11 +59,28 @@ struct stream {
     __u64 file_id;
     __s64 next;       /* where the next read starts if the pattern holds */
     __s64 stride;     /* gap between reads (0: sequential) */
-    __s64 until;      /* prefetched up to here */
+    __s64 until;      /* strided: prefetched up to here */
     __u64 reads;
-    __u64 owned;      /* 1 once the program prefetched for it: the kernel's window stopped */
     __u64 quiet;      /* reads left before the next residency check (the kernel leads) */
     __u64 guessed;    /* `next` was advanced by quiet reads, not read from the file position */
+    __u64 win;        /* 1 + the index of the window of its file it read last (0: none) */
+    __u64 joins;      /* reads in a row that landed in a window away from its last read */
+};
+
+/* A window of a file: the bytes [lo, hi) its readers read so far, prefetched up to `until`. */
+struct window {
+    __s64 lo;
+    __s64 hi;
+    __s64 until;
+    __u64 owned;  /* 1 once the program prefetched for it: the kernel's readahead stopped */
+    __u64 used;   /* the file's clock at its last read (0: free) */
+};
+
+#define NR_WINDOWS 4
+
+struct file {
+    struct window w[NR_WINDOWS];
+    __u64 clock;
 };
 
 /* After a read found its stream's next bytes cached, the next QUIET_READS reads of the
@@ -68,15 +97,25 @@ struct {
     __type(value, struct stream);
 } streams SEC(".maps");
 
+/* Keyed by file id (st_dev << 32 ^ st_ino); with shared=0, by stream (every stream its own
+ * file: the per-stream windows of before, for comparison). */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u64);
+    __type(value, struct file);
+} files SEC(".maps");
+
 /* [0]: current depth in bytes, [1]: reads since the last adaptation, [2]: used, [3]: wasted
  * at the last adaptation, [4]: prefetch ranges queued, [5]: refused by the helper, [6]: the
  * latency floor (ns per MiB of action), [7]: adaptations that halved the depth for latency,
  * [8]: actions and [9]: issued bytes at the last adaptation, [10]: reads left to the kernel
  * (their stream's next bytes found cached, or quiet reads after such a check) and ranges not
- * queued because their pages were already in the page cache (or being read in) */
+ * queued because their pages were already in the page cache (or being read in), [11]: reads
+ * that continued a window another stream had opened, [12]: windows opened */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 11);
+    __uint(max_entries, 13);
     __type(key, __u32);
     __type(value, __u64);
 } state SEC(".maps");
@@ -214,6 +253,60 @@ static __always_inline void on_open(const struct liveio_io_ctx *io)
         count(5);
 }
 
+/* Keeps window `w` `depth` bytes ahead of the furthest read of it, in steps of at least a
+ * quarter of the depth (fewer, larger actions), none where the pages are already there. */
+static __always_inline void top_up(struct window *w, long fd, __u64 depth)
+{
+    __s64 from = w->until > w->hi ? w->until : w->hi;
+    __s64 to = w->hi + (__s64)depth;
+    if (to - from < (__s64)(depth >> 2))
+        return;
+    if (covered(fd, from, to - from)) {
+        w->until = to;
+        count(10);
+    } else if (liveio_prefetch(fd, from, to - from) == 0) {
+        w->until = to;
+        w->owned = 1;
+        count(4);
+    } else {
+        count(5);
+    }
+}
+
+/* Strided stream: the next reads of the same length, one range each (up to 8), as a batch. */
+static __always_inline void strided(struct stream *s, const struct liveio_io_ctx *io, __s64 end,
+                                    __s64 gap, __u64 depth)
+{
+    struct liveio_prefetch batch[8] = {};
+    __u64 n = 0;
+    __s64 len = io->result, step = len + gap;
+    __s64 at = s->until > end + gap ? s->until : end + gap;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        if (at + len > end + (__s64)depth)
+            break;
+        /* A range already cached stays out of the batch (a zero entry is skipped). */
+        if (covered(io->fd, at, len)) {
+            at += step;
+            continue;
+        }
+        batch[i].fd = io->fd;
+        batch[i].offset = at;
+        batch[i].len = len;
+        at += step;
+        n++;
+    }
+    if (n > 0) {
+        long q = liveio_prefetch_batch(batch, sizeof(batch));
+        if (q > 0) {
+            s->until = at;
+            count(4);
+        } else {
+            count(5);
+        }
+    }
+}
+
 SEC("liveio/io_exit")
 int prefetch_on_read(struct liveio_io_ctx *io)
 {
@@ -230,11 +323,9 @@ int prefetch_on_read(struct liveio_io_ctx *io)
 
     __u64 key = ((__u64)io->tid << 32) | (__u32)io->fd;
     struct stream *s = bpf_map_lookup_elem(&streams, &key);
-    if (s && s->file_id == io->file_id && !s->owned && s->quiet > 0 &&
-        (io->offset < 0 || io->offset == s->next)) {
+    if (s && s->file_id == io->file_id && s->quiet > 0 && (io->offset < 0 || io->offset == s->next)) {
         s->quiet--;
         s->next += io->result;
-        s->until = s->next;
         s->guessed = 1;
         s->reads++;
         count(10);
@@ -251,94 +342,117 @@ int prefetch_on_read(struct liveio_io_ctx *io)
     __s64 end = off + io->result;
     __u64 depth = current_depth();
 
-    if (!s || s->file_id != io->file_id) {
-        struct stream fresh = {.file_id = io->file_id, .next = end, .stride = 0, .until = end, .reads = 1};
-        /* A first read that filled the caller's whole buffer is a scan: go ahead at once,
-         * unless the kernel's readahead already holds the next read's bytes. */
-        __u32 tid = io->tid;
-        __u64 scan = (__u64)io->result == io->count && io->count >= (512 << 10);
-        bpf_map_update_elem(&scanning, &tid, &scan, BPF_ANY);
-        if (scan) {
-            if (covered(io->fd, end, io->result)) {
-                fresh.quiet = QUIET_READS;
-                count(10);
-            } else if (liveio_prefetch(io->fd, end, depth) == 0) {
-                fresh.until = end + depth;
-                fresh.owned = 1;
-                count(4);
-            } else {
-                count(5);
-            }
+    int fresh = !s || s->file_id != io->file_id;
+    if (fresh) {
+        struct stream st = {.file_id = io->file_id, .next = end, .until = end};
+        bpf_map_update_elem(&streams, &key, &st, BPF_ANY);
+        s = bpf_map_lookup_elem(&streams, &key);
+        if (!s)
+            return 0;
+    }
+    __s64 gap = fresh ? -1 : off - s->next;
+    s->reads++;
+    s->next = end;
+
+    __u64 fkey = liveio_knob(KNOB_SHARED) ? io->file_id : key;
+    struct file *f = bpf_map_lookup_elem(&files, &fkey);
+    if (!f) {
+        struct file empty = {};
+        bpf_map_update_elem(&files, &fkey, &empty, BPF_NOEXIST);
+        f = bpf_map_lookup_elem(&files, &fkey);
+        if (!f)
+            return 0;
+    }
+    __u64 now = ++f->clock;
+
+    /* The window this read continues: it starts inside what the window's readers read or
+     * what was prefetched for them. Otherwise the least recently read window (or a free one)
+     * is the one a new window replaces. */
+    struct window *w = 0, *victim = &f->w[0];
+    __u64 w_index = 0, victim_index = 0;
+#pragma unroll
+    for (int i = 0; i < NR_WINDOWS; i++) {
+        struct window *c = &f->w[i];
+        __s64 reach = c->until > c->hi ? c->until : c->hi;
+        /* The stream's own window also takes its sequential reads past the window's reach
+         * (its quiet reads did not move the window). */
+        if (!w && c->used && c->lo <= off && (off <= reach || (gap == 0 && s->win == i + 1))) {
+            w = c;
+            w_index = i;
         }
-        bpf_map_update_elem(&streams, &key, &fresh, BPF_ANY);
+        if (c->used < victim->used) {
+            victim = c;
+            victim_index = i;
+        }
+    }
+
+    if (w) {
+        __u64 joins = gap != 0 ? s->joins + 1 : 0;
+        s->joins = joins;
+        if (gap != 0)
+            count(11); /* continues a window, not this stream's own last read */
+        s->win = w_index + 1;
+        w->used = now;
+        if (end > w->hi)
+            w->hi = end;
+        s->guessed = 0;
+        if (w->owned) {
+            top_up(w, io->fd, depth);
+        } else if (!waited(io) && covered(io->fd, end, io->result)) {
+            /* The kernel's readahead is ahead of this reader and the read did not wait:
+             * leave it alone. */
+            s->quiet = QUIET_READS;
+            count(10);
+        } else if (gap == 0 || joins >= 2) {
+            /* Nothing ahead of a reader that reads on from its last read, or of one that
+             * jumps at every read (the kernel reads ahead of no such stream, but its reads
+             * land in this window: together with the others it reads the file in order). */
+            top_up(w, io->fd, depth);
+        }
+        /* A first jump into the window: the kernel starts its readahead at the reader's
+         * next read if it reads on from here; that read decides. */
         return 0;
     }
 
-    __s64 gap = off - s->next;
-    s->reads++;
-    if (gap == 0 || (gap > 0 && gap == s->stride)) {
-        /* The pattern holds: keep `depth` bytes of it prefetched ahead of this read. */
-        if (gap == 0) {
-            __s64 from = s->until > end ? s->until : end;
-            __s64 to = end + (__s64)depth;
-            if (!s->owned && !waited(io) && covered(io->fd, end, io->result)) {
-                /* The kernel's readahead is ahead of this stream and the read did not
-                 * wait: leave it alone. */
-                s->quiet = QUIET_READS;
-                count(10);
-            } else if (to - from >= (__s64)(depth >> 2)) {
-                /* Top up in steps of at least a quarter of the depth (fewer, larger
-                 * actions), none where the pages are already there. */
-                if (covered(io->fd, from, to - from)) {
-                    s->until = to;
-                    count(10);
-                } else if (liveio_prefetch(io->fd, from, to - from) == 0) {
-                    s->until = to;
-                    s->owned = 1;
-                    count(4);
-                } else {
-                    count(5);
-                }
-            }
-        } else {
-            /* Strided: the next reads of the same length, one range each (up to 8). */
-            struct liveio_prefetch batch[8] = {};
-            __u64 n = 0;
-            __s64 len = io->result, step = len + gap;
-            __s64 at = s->until > end + gap ? s->until : end + gap;
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                if (at + len > end + (__s64)depth)
-                    break;
-                /* A range already cached stays out of the batch (a zero entry is skipped). */
-                if (covered(io->fd, at, len)) {
-                    at += step;
-                    continue;
-                }
-                batch[i].fd = io->fd;
-                batch[i].offset = at;
-                batch[i].len = len;
-                at += step;
-                n++;
-            }
-            if (n > 0) {
-                long q = liveio_prefetch_batch(batch, sizeof(batch));
-                if (q > 0) {
-                    s->until = at;
-                    count(4);
-                } else {
-                    count(5);
-                }
-            }
-        }
-    } else {
-        /* A jump: remember the gap as a candidate stride and restart the window here (not
-         * after quiet reads: their positions were guessed, so the gap is not a stride). */
+    if (gap > 0 && gap == s->stride) {
+        strided(s, io, end, gap, depth);
+        s->guessed = 0;
+        return 0;
+    }
+
+    /* A new window here. A stream's first read that filled the caller's whole buffer is a
+     * scan: go ahead at once, unless the kernel's readahead already holds the next read's
+     * bytes. A jump of a stream is not: the kernel reads ahead of a reader that reads on
+     * from there (it read only the bytes asked at the jump), its next read decides. */
+    s->joins = 0;
+    if (!fresh) {
+        /* Remember the gap as a candidate stride (not after quiet reads: their positions
+         * were guessed, so the gap is not a stride). */
         s->stride = gap > 0 && !s->guessed ? gap : 0;
         s->until = end;
     }
     s->guessed = 0;
-    s->next = end;
+    count(12);
+    struct window nw = {.lo = off, .hi = end, .until = end, .used = now};
+    __u64 scan = (__u64)io->result == io->count && io->count >= (512 << 10);
+    if (fresh) {
+        __u32 tid = io->tid;
+        bpf_map_update_elem(&scanning, &tid, &scan, BPF_ANY);
+    }
+    if (scan && fresh) {
+        if (covered(io->fd, end, io->result)) {
+            s->quiet = QUIET_READS;
+            count(10);
+        } else if (liveio_prefetch(io->fd, end, depth) == 0) {
+            nw.until = end + depth;
+            nw.owned = 1;
+            count(4);
+        } else {
+            count(5);
+        }
+    }
+    *victim = nw;
+    s->win = victim_index + 1;
     return 0;
 }
 

@@ -162,7 +162,7 @@ Result<json> PolicyHost::on_locked_or_undo(const std::string& name, const std::s
     return json{{"policy", name}, {"on", true}, {"object", a.object}, {"knobs", a.knobs}};
 }
 
-Result<void> PolicyHost::off_locked(const std::string& name, bool force) {
+Result<void> PolicyHost::off_locked(const std::string& name, bool force, json* final) {
     auto it = active_.find(name);
     if (it == active_.end()) return make_error(ENOENT, "policy '" + name + "' is not on");
     // Linux AIO events translated by `uring` reach the target only through the executor: while
@@ -179,6 +179,8 @@ Result<void> PolicyHost::off_locked(const std::string& name, bool force) {
     // the programs: they may still run on target threads until unload returns, and their
     // helpers refuse work for a slot that is off.
     auto drained = runtime_->disable(a.slot);
+    // The slot keeps its counters until it is enabled again (under mu_, not before we return).
+    if (final != nullptr) *final = runtime_->counters_json(a.slot);
     auto unloaded = bpf_.unload(a.object);
     if (name == "uring" && uring_) {
         // Threads may sleep inside the executor in a redirected call that waits for data
@@ -196,10 +198,10 @@ Result<void> PolicyHost::off_locked(const std::string& name, bool force) {
 Result<json> PolicyHost::off(const std::string& name) {
     hook::Dispatcher::ScopedInside inside;
     std::lock_guard lock(mu_);
+    // The final figures are taken after the drain: what was still queued, in flight or
+    // unread until then is counted too (read before, it was neither used nor wasted yet).
     json last;
-    if (auto it = active_.find(name); it != active_.end() && runtime_)
-        last = runtime_->counters(it->second.slot).to_json();
-    if (auto r = off_locked(name); !r) return r.error();
+    if (auto r = off_locked(name, false, &last); !r) return r.error();
     // The last policy: stop the I/O thread too, so an idle agent runs no thread of ours.
     if (active_.empty()) stop_runtime();
     return json{{"policy", name}, {"on", false}, {"final", last}};
@@ -236,7 +238,7 @@ json PolicyHost::list() const {
             p["on"] = true;
             p["object"] = it->second.object;
             knobs = it->second.knobs;
-            p["counters"] = runtime_->counters(it->second.slot).to_json();
+            p["counters"] = runtime_->counters_json(it->second.slot);
             if (def.name == "uring" && uring_) {
                 const policy::UringRedirectStats st = uring_->redirect().stats();
                 json reasons = json::object();

@@ -60,7 +60,10 @@ private:
         uint8_t slot = 0;
         std::map<std::string, uint64_t> knobs;
     };
-    Result<void> off_locked(const std::string& name, bool force = false);
+    // `final` (if given) receives the policy's counters after the drain: every byte it issued
+    // is then used or wasted (pending 0).
+    Result<void> off_locked(const std::string& name, bool force = false,
+                            nlohmann::json* final = nullptr);
     Result<nlohmann::json> on_locked_or_undo(const std::string& name,
                                              const std::string& object_path,
                                              const std::vector<std::string>& settings);

@@ -67,13 +67,17 @@ void cmd_policy(pid_t pid, const std::vector<std::string>& words) {
     if (verb == "off") {
         const json r = call(pid, "policy.off", {{"name", name}});
         const json f = r.value("final", json::object());
+        // Counted after the drain: issued = used + wasted (pending is 0 unless the drain
+        // failed); "still cached" is the part of the wasted bytes left in the page cache.
         std::printf(
-            "policy %s off in %d (drained): %llu actions, %s issued, %s used, %s wasted, %llu "
-            "drops, %llu errors\n",
+            "policy %s off in %d (drained): %llu actions, %s issued, %s used, %s wasted (%s of "
+            "it still cached), %s pending, %llu drops, %llu errors\n",
             name.c_str(), pid, static_cast<unsigned long long>(f.value("actions", uint64_t{0})),
             mib(f.value("issued_bytes", uint64_t{0})).c_str(),
             mib(f.value("used_bytes", uint64_t{0})).c_str(),
             mib(f.value("wasted_bytes", uint64_t{0})).c_str(),
+            mib(f.value("wasted_resident_bytes", uint64_t{0})).c_str(),
+            mib(f.value("pending_bytes", uint64_t{0})).c_str(),
             static_cast<unsigned long long>(f.value("drops", uint64_t{0})),
             static_cast<unsigned long long>(f.value("errors", uint64_t{0})));
         return;
@@ -127,19 +131,21 @@ void print_policies(const json& list) {
     for (auto& p : list.value("policies", json::array())) {
         if (!p.value("on", false)) continue;
         if (!header) {
-            std::printf("%-10s %9s %12s %12s %12s %8s %9s %7s %7s\n", "policy", "actions", "issued",
-                        "used", "wasted", "inflight", "fallbacks", "drops", "errors");
+            std::printf("%-10s %9s %12s %12s %12s %12s %8s %9s %7s %7s\n", "policy", "actions",
+                        "issued", "used", "wasted", "pending", "inflight", "fallbacks", "drops",
+                        "errors");
             header = true;
         }
         const json c = p.value("counters", json::object());
         auto n = [&](const char* k) {
             return static_cast<unsigned long long>(c.value(k, uint64_t{0}));
         };
-        std::printf("%-10s %9llu %12s %12s %12s %8llu %9llu %7llu %7llu\n",
+        std::printf("%-10s %9llu %12s %12s %12s %12s %8llu %9llu %7llu %7llu\n",
                     p["name"].get<std::string>().c_str(), n("actions"),
                     mib(c.value("issued_bytes", uint64_t{0})).c_str(),
                     mib(c.value("used_bytes", uint64_t{0})).c_str(),
-                    mib(c.value("wasted_bytes", uint64_t{0})).c_str(), n("inflight"),
+                    mib(c.value("wasted_bytes", uint64_t{0})).c_str(),
+                    mib(c.value("pending_bytes", uint64_t{0})).c_str(), n("inflight"),
                     n("fallbacks"), n("drops"), n("errors"));
         if (c.contains("redirected")) {  // the uring executor's own counters
             std::string reasons;

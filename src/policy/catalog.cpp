@@ -64,6 +64,9 @@ const std::vector<PolicyDef>& catalog() {
              {"wait_us", 9, 0,
               "a read slower than this per MiB waited on the device: its stream is prefetched "
               "even while the kernel's readahead holds its next bytes (us; 0: never)"},
+             {"shared", 10, 1,
+              "1: a file's prefetch windows are shared by every thread and descriptor reading "
+              "it; 0: one per stream (thread, descriptor)"},
              {"budget_mb", kRuntimeKnob, 256,
               "bytes in flight on the I/O thread, all policies (MiB)"},
          }},

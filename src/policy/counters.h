@@ -14,11 +14,14 @@ struct Counters {
     std::atomic<uint64_t> issued_bytes{0};  // prefetch bytes handed to the kernel
     std::atomic<uint64_t> used_bytes{0};    // of those, read by the target afterwards
     std::atomic<uint64_t> wasted_bytes{0};  // of those, forgotten without being read
-    std::atomic<uint64_t> inflight{0};      // queued or submitted, not completed
-    std::atomic<uint64_t> drops{0};         // queue full, budget exhausted, policy off
-    std::atomic<uint64_t> errors{0};        // failed in the kernel (or fd no longer valid)
-    std::atomic<uint64_t> fallbacks{0};     // redirect asked for but the call ran natively
-    std::atomic<uint64_t> completions{0};   // completion-edge programs run
+    // Of the wasted bytes, those still in the page cache when given up (they may serve a
+    // later read, natively); the rest was evicted or never arrived.
+    std::atomic<uint64_t> wasted_resident_bytes{0};
+    std::atomic<uint64_t> inflight{0};     // queued or submitted, not completed
+    std::atomic<uint64_t> drops{0};        // queue full, budget exhausted, policy off
+    std::atomic<uint64_t> errors{0};       // failed in the kernel (or fd no longer valid)
+    std::atomic<uint64_t> fallbacks{0};    // redirect asked for but the call ran natively
+    std::atomic<uint64_t> completions{0};  // completion-edge programs run
     std::atomic<uint64_t> latency_ns_sum{0};
     std::atomic<uint64_t> latency_count{0};
     // Exponentially weighted mean (weight 1/8) of the latest completions' latency: what
@@ -40,6 +43,7 @@ struct Counters {
                 {"issued_bytes", get(issued_bytes)},
                 {"used_bytes", get(used_bytes)},
                 {"wasted_bytes", get(wasted_bytes)},
+                {"wasted_resident_bytes", get(wasted_resident_bytes)},
                 {"inflight", get(inflight)},
                 {"drops", get(drops)},
                 {"errors", get(errors)},

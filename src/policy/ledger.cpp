@@ -4,11 +4,25 @@
 
 namespace liveio::policy {
 
-void PrefetchLedger::record(uint8_t slot, uint64_t file_id, uint64_t offset, uint64_t len) {
+void PrefetchLedger::account(uint8_t slot, uint64_t bytes, Fate fate) {
+    pending_[slot].fetch_sub(bytes, std::memory_order_relaxed);
+    account_(slot, bytes, fate);
+}
+
+void PrefetchLedger::settle(uint64_t file_id, const Range& r) {
+    const uint64_t len = r.hi - r.lo;
+    uint64_t resident = residency_ ? residency_(r.fd, file_id, r.lo, r.hi) : 0;
+    if (resident > len) resident = len;
+    if (resident > 0) account(r.slot, resident, Fate::WastedResident);
+    if (resident < len) account(r.slot, len - resident, Fate::Wasted);
+}
+
+void PrefetchLedger::record(uint8_t slot, uint64_t file_id, int fd, uint64_t offset, uint64_t len) {
     if (len == 0) return;
     std::lock_guard lock(mu_);
     while (count_.load(std::memory_order_relaxed) >= max_ranges_ && !order_.empty()) evict_oldest();
-    files_[file_id].push_back({offset, offset + len, slot});
+    pending_[slot].fetch_add(len, std::memory_order_relaxed);
+    files_[file_id].push_back({offset, offset + len, fd, slot});
     order_.push_back(file_id);
     // Ranges read by the target leave stale entries in order_: rebuild it before it outgrows
     // the ranges it orders.
@@ -31,7 +45,7 @@ void PrefetchLedger::evict_oldest() {
     it->second.erase(it->second.begin());
     if (it->second.empty()) files_.erase(it);
     count_.fetch_sub(1, std::memory_order_relaxed);
-    account_(r.slot, r.hi - r.lo, false);
+    settle(file, r);
 }
 
 bool PrefetchLedger::tracks(uint64_t file_id) const {
@@ -54,9 +68,9 @@ void PrefetchLedger::observe(uint64_t file_id, uint64_t offset, uint64_t bytes) 
             ++i;
             continue;
         }
-        account_(r.slot, b - a, true);
+        account(r.slot, b - a, Fate::Used);
         if (r.lo < a && b < r.hi) {  // the read was inside: keep both sides
-            const Range tail{b, r.hi, r.slot};
+            const Range tail{b, r.hi, r.fd, r.slot};
             r.hi = a;
             ranges.insert(ranges.begin() + static_cast<long>(i) + 1, tail);
             count_.fetch_add(1, std::memory_order_relaxed);
@@ -77,21 +91,27 @@ void PrefetchLedger::observe(uint64_t file_id, uint64_t offset, uint64_t bytes) 
 }
 
 void PrefetchLedger::forget(uint8_t slot) {
-    std::lock_guard lock(mu_);
-    for (auto it = files_.begin(); it != files_.end();) {
-        auto& ranges = it->second;
-        for (size_t i = 0; i < ranges.size();) {
-            if (ranges[i].slot != slot) {
-                ++i;
-                continue;
+    // Taken out under the lock, measured outside it: target threads observing their reads
+    // do not wait for one cachestat per range.
+    std::vector<std::pair<uint64_t, Range>> given_up;
+    {
+        std::lock_guard lock(mu_);
+        for (auto it = files_.begin(); it != files_.end();) {
+            auto& ranges = it->second;
+            for (size_t i = 0; i < ranges.size();) {
+                if (ranges[i].slot != slot) {
+                    ++i;
+                    continue;
+                }
+                given_up.emplace_back(it->first, ranges[i]);
+                ranges.erase(ranges.begin() + static_cast<long>(i));
+                count_.fetch_sub(1, std::memory_order_relaxed);
             }
-            account_(slot, ranges[i].hi - ranges[i].lo, false);
-            ranges.erase(ranges.begin() + static_cast<long>(i));
-            count_.fetch_sub(1, std::memory_order_relaxed);
+            it = ranges.empty() ? files_.erase(it) : std::next(it);
         }
-        it = ranges.empty() ? files_.erase(it) : std::next(it);
+        if (count_.load(std::memory_order_relaxed) == 0) order_.clear();
     }
-    if (count_.load(std::memory_order_relaxed) == 0) order_.clear();
+    for (const auto& [file, r] : given_up) settle(file, r);
 }
 
 }  // namespace liveio::policy

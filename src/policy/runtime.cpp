@@ -1,5 +1,6 @@
 #include "policy/runtime.h"
 
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -125,6 +126,19 @@ uint64_t h_cached(uint64_t fd, uint64_t offset, uint64_t len, uint64_t, uint64_t
     return bytes < len ? bytes : len - 1;
 }
 
+// Bytes of [lo, hi) of the file `file_id` in the page cache, through `fd` if it still refers
+// to that file; 0 otherwise (closed, reused, or no cachestat: Linux before 6.5).
+uint64_t resident_bytes(int fd, uint64_t file_id, uint64_t lo, uint64_t hi) {
+    struct stat st {};
+    if (fd < 0 || hi <= lo || liveio::raw_syscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0)
+        return 0;
+    if (!S_ISREG(st.st_mode) ||
+        ((static_cast<uint64_t>(st.st_dev) << 32) ^ static_cast<uint64_t>(st.st_ino)) != file_id)
+        return 0;
+    const uint64_t cached = h_cached(static_cast<uint64_t>(fd), lo, hi - lo, 0, 0, nullptr);
+    return static_cast<int64_t>(cached) < 0 ? 0 : cached;
+}
+
 uint64_t h_complete_load(uint64_t ctx, uint64_t offset, uint64_t dst, uint64_t len, uint64_t,
                          ebpf::ExecEnv*) {
     Runtime* rt = Runtime::active();
@@ -237,10 +251,18 @@ Result<std::unique_ptr<Runtime>> Runtime::create(const Options& options) {
 }
 
 Runtime::Runtime(const Options& options)
-    : ledger_(options.ledger_ranges, [this](uint8_t slot, uint64_t bytes, bool used) {
-          Counters& c = slots_[slot].counters;
-          c.add(used ? c.used_bytes : c.wasted_bytes, bytes);
-      }) {
+    : ledger_(
+          options.ledger_ranges,
+          [this](uint8_t slot, uint64_t bytes, Fate fate) {
+              Counters& c = slots_[slot].counters;
+              if (fate == Fate::Used) {
+                  c.add(c.used_bytes, bytes);
+                  return;
+              }
+              c.add(c.wasted_bytes, bytes);
+              if (fate == Fate::WastedResident) c.add(c.wasted_resident_bytes, bytes);
+          },
+          resident_bytes) {
     for (int i = 0; i < kMaxPolicies; ++i) slots_[i].index = static_cast<uint8_t>(i);
 }
 
@@ -313,13 +335,19 @@ Result<void> Runtime::set_knob(uint8_t index, unsigned knob, uint64_t value) {
     return {};
 }
 
+nlohmann::json Runtime::counters_json(uint8_t slot) const {
+    nlohmann::json j = slots_[slot].counters.to_json();
+    j["pending_bytes"] = ledger_.pending(slot);
+    return j;
+}
+
 nlohmann::json Runtime::describe() const {
     std::lock_guard lock(mu_);
     const WorkerStats ws = worker_->stats();
     nlohmann::json policies = nlohmann::json::array();
     for (const Slot& s : slots_) {
         if (!s.on.load()) continue;
-        nlohmann::json p = s.counters.to_json();
+        nlohmann::json p = counters_json(s.index);
         p["slot"] = s.index;
         p["name"] = s.name;
         policies.push_back(std::move(p));
@@ -407,7 +435,7 @@ void Runtime::dropped(const Action& a) {
 void Runtime::issued(const Action& a, uint64_t file_id) {
     Counters& c = slots_[a.slot].counters;
     c.add(c.issued_bytes, a.len);
-    ledger_.record(a.slot, file_id, static_cast<uint64_t>(a.offset), a.len);
+    ledger_.record(a.slot, file_id, a.fd, static_cast<uint64_t>(a.offset), a.len);
 }
 
 void Runtime::completed(const Action& a, uint64_t file_id, int32_t res, std::span<const char> data,

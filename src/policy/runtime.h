@@ -103,6 +103,12 @@ public:
     void set_budget(uint64_t bytes) { worker_->set_budget(bytes); }
     uint64_t budget() const { return worker_->budget(); }
     const Counters& counters(uint8_t slot) const { return slots_[slot].counters; }
+    // Bytes the slot's prefetches issued that are neither used nor wasted yet (in flight or
+    // resident, unread): issued = used + wasted + pending, exactly, once the slot is idle.
+    uint64_t pending_bytes(uint8_t slot) const { return ledger_.pending(slot); }
+    // The slot's counters with its pending bytes: what `policy list`, `status` and the final
+    // figures of `policy off` show (valid after disable() until the slot is enabled again).
+    nlohmann::json counters_json(uint8_t slot) const;
     // {"worker": {...}, "policies": [{"slot", "name", "on", counters...}]}.
     nlohmann::json describe() const;
     IoWorker& worker() { return *worker_; }

@@ -133,6 +133,8 @@ TEST(PolicyClickHouse, PrefetchOnALiveServerSameResultsCountersMove) {
         const CliRun off = liveio({"policy", pid, "off", "prefetch"});
         ASSERT_EQ(off.status, 0) << off.err;
         EXPECT_NE(off.out.find("drained"), std::string::npos) << off.out;
+        // Counted after the drain: every issued byte is used or wasted, none left pending.
+        EXPECT_NE(off.out.find(" 0.0 MiB pending"), std::string::npos) << off.out;
         const CliRun on = liveio({"policy", pid, "on", "prefetch", "depth_kb=2048"});
         ASSERT_EQ(on.status, 0) << on.err;
         ASSERT_TRUE(answered_more());

@@ -25,6 +25,8 @@ using testing::TempFile;
 
 constexpr uint64_t kMiB = uint64_t{1} << 20;
 constexpr uint32_t kStateSkipped = 10;  // prefetch.bpf.c: state[10], ranges found cached
+constexpr uint32_t kStateJoined = 11;   // state[11]: reads continuing another stream's window
+constexpr uint32_t kStateWindows = 12;  // state[12]: windows opened
 
 // Pages of [off, off + len) of `fd` in the page cache (cachestat(2), Linux 6.5), or -1.
 long cached_pages(int fd, uint64_t off, uint64_t len) {
@@ -59,12 +61,15 @@ struct PrefetchPolicy : testing::LoadedPolicy {
     }
     // read(fd, buf, n) by this thread, then what the agent does at its exit edge: the ledger
     // sees the bytes read, then the program runs (a column file).
-    ssize_t read_and_exit(int fd, std::string& buf) {
+    // `tid` (0: this thread's) stands for the thread that read: the program keys its streams
+    // by (thread, descriptor).
+    ssize_t read_and_exit(int fd, std::string& buf, uint32_t tid = 0) {
         const ssize_t n = ::read(fd, buf.data(), buf.size());
         if (n > 0)
             rt->observe_read(file_id_of(fd), static_cast<uint64_t>(::lseek(fd, 0, SEEK_CUR) - n),
                              static_cast<uint64_t>(n));
         liveio_io_ctx io = testing::io_exit_ctx(0, fd, buf.size(), n, LIVEIO_CLASS_CH_BIN);
+        if (tid != 0) io.tid = tid;
         run(*on_read, io);
         return n;
     }
@@ -151,6 +156,105 @@ TEST(PrefetchPolicy, AStreamWhoseNextBytesAreNotCachedIsPrefetchedAndToppedUp) {
     EXPECT_GT(Counters::get(c.actions), 1u);
     EXPECT_GT(Counters::get(c.used_bytes), 0u);
     ::close(fd);
+}
+
+// Whether buf[0, n) holds bytes [off, off + n) of the pattern file (seed 3, open_column's).
+bool pattern_at(const std::string& buf, uint64_t off, ssize_t n) {
+    for (ssize_t i = 0; i < n; ++i)
+        if (buf[static_cast<size_t>(i)] != TempFile::pattern(3, off + static_cast<uint64_t>(i)))
+            return false;
+    return true;
+}
+
+// Two descriptors of one cold column file of `size` bytes, as two threads of a query hold
+// them, both without kernel readahead: what a read finds cached beyond its own pages, the
+// policy put there. Closed with the object. `on`: the policy, switched on after the files.
+struct TwoReaders {
+    TempFile f{"URL.bin"};
+    std::string skip;
+    int a = -1, b = -1;
+    PrefetchOn on;
+    explicit TwoReaders(uint64_t size) {
+        a = open_column(f, size, true, skip);
+        if (a < 0) return;
+        b = ::open(f.path().c_str(), O_RDONLY);
+        EXPECT_GE(b, 0);
+        EXPECT_EQ(::posix_fadvise(a, 0, 0, POSIX_FADV_RANDOM), 0);
+        EXPECT_EQ(::posix_fadvise(b, 0, 0, POSIX_FADV_RANDOM), 0);
+    }
+    ~TwoReaders() {
+        if (a >= 0) ::close(a);
+        if (b >= 0) ::close(b);
+    }
+    bool ok() const { return a >= 0 && b >= 0 && on.ok() && !::testing::Test::HasFailure(); }
+};
+
+// Two query threads of one part, as ClickHouse runs them: each with its own descriptor, each
+// reading every other 2 MiB range of the column file, read by read in turn. Together they
+// read the file in order: the window the first read opened is continued by both, kept ahead
+// of the furthest of them, and no byte is prefetched twice (per thread, each jump over the
+// other's range looked like a new scan).
+TEST(PrefetchPolicy, ThreadsReadingAlternatingRangesOfAFileShareOneWindow) {
+    constexpr uint64_t kSize = 16 * kMiB, kRange = 2 * kMiB;
+    TwoReaders r(kSize);
+    if (!r.skip.empty()) GTEST_SKIP() << r.skip;
+    ASSERT_TRUE(r.ok());
+    const int a = r.a, b = r.b;
+    auto& [rt, p] = r.on;
+    const Counters& c = r.on.counters();
+
+    std::string buf(kMiB, '\0');
+    for (uint64_t pair = 0; pair < kSize / (2 * kRange); ++pair) {
+        const uint64_t lo[2] = {2 * pair * kRange, (2 * pair + 1) * kRange};
+        const int fds[2] = {a, b};
+        for (int t = 0; t < 2; ++t) ::lseek(fds[t], static_cast<off_t>(lo[t]), SEEK_SET);
+        for (uint64_t at = 0; at < kRange; at += kMiB) {
+            for (int t = 0; t < 2; ++t) {
+                const ssize_t n = p->read_and_exit(fds[t], buf, 1000 + static_cast<uint32_t>(t));
+                ASSERT_EQ(n, static_cast<ssize_t>(kMiB));
+                ASSERT_TRUE(pattern_at(buf, lo[t] + at, n)) << "bytes at " << lo[t] + at;
+                // The range is in the ledger before the read that uses it (the order timing
+                // would otherwise decide).
+                rt->worker().barrier();
+            }
+        }
+    }
+    EXPECT_EQ(p->u64("state", kStateWindows), 1u) << "a jump over the other thread's range "
+                                                     "opened a window of its own";
+    EXPECT_GT(p->u64("state", kStateJoined), 0u);
+    EXPECT_GT(Counters::get(c.actions), 1u);
+    const uint64_t issued = Counters::get(c.issued_bytes);
+    EXPECT_GT(issued, 0u);
+    EXPECT_LE(issued, kSize - kMiB) << "bytes prefetched twice";
+    ASSERT_TRUE(rt->disable(p->slot));
+    // Every prefetched byte lay ahead of one of the readers, and they read the whole file.
+    EXPECT_EQ(Counters::get(c.used_bytes), issued);
+    EXPECT_EQ(Counters::get(c.wasted_bytes), 0u);
+}
+
+// Two cursors far apart in one file (two queries scanning it): each keeps a window of its
+// own, prefetched ahead of it, instead of taking each other's place at every read.
+TEST(PrefetchPolicy, CursorsFarApartInAFileKeepWindowsOfTheirOwn) {
+    constexpr uint64_t kSize = 32 * kMiB, kSecond = 16 * kMiB;
+    TwoReaders r(kSize);
+    if (!r.skip.empty()) GTEST_SKIP() << r.skip;
+    ASSERT_TRUE(r.ok());
+    auto& [rt, p] = r.on;
+    ASSERT_EQ(::lseek(r.b, static_cast<off_t>(kSecond), SEEK_SET), static_cast<off_t>(kSecond));
+
+    std::string buf(kMiB, '\0');
+    for (int i = 0; i < 4; ++i) {
+        ASSERT_EQ(p->read_and_exit(r.a, buf, 1000), static_cast<ssize_t>(kMiB));
+        ASSERT_TRUE(pattern_at(buf, static_cast<uint64_t>(i) * kMiB, kMiB));
+        ASSERT_EQ(p->read_and_exit(r.b, buf, 1001), static_cast<ssize_t>(kMiB));
+        ASSERT_TRUE(pattern_at(buf, kSecond + static_cast<uint64_t>(i) * kMiB, kMiB));
+        rt->worker().barrier();
+    }
+    EXPECT_EQ(p->u64("state", kStateWindows), 2u);
+    EXPECT_EQ(p->u64("state", kStateJoined), 0u);
+    // Both are prefetched ahead: the next MiB of each is in the page cache.
+    EXPECT_GT(cached_pages(r.a, 4 * kMiB, kMiB), 0);
+    EXPECT_GT(cached_pages(r.b, kSecond + 4 * kMiB, kMiB), 0);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -114,6 +115,71 @@ TEST(PolicyRuntime, PrefetchIsIssuedCountedAndUsed) {
     ASSERT_TRUE(rt->disable(tp->slot));
     EXPECT_EQ(Counters::get(c.wasted_bytes), 384u << 10);
     ::close(fd);
+}
+
+// Every byte a prefetch issued ends as exactly one of used, wasted or pending; `off` leaves
+// nothing pending, actions still queued or in flight when it was asked included, and sorts
+// the wasted bytes by residency through the descriptor the prefetch named.
+TEST(PolicyRuntime, OffAccountsEveryIssuedByteByResidency) {
+    constexpr uint64_t kRange = 256 << 10;
+    // Whether this kernel has cachestat (6.5): without it no residency can be measured.
+    const bool cachestat = [] {
+        TempFile probe;
+        probe.write_pattern(4096, 1);
+        const int fd = ::open(probe.path().c_str(), O_RDONLY);
+        struct {
+            uint64_t off, len;
+        } range{0, 4096};
+        uint64_t cs[5] = {};
+        const bool ok = ::syscall(451, fd, &range, cs, 0) == 0;
+        ::close(fd);
+        return ok;
+    }();
+    PolicyOnFile s(8 << 20, 9, {1, 0, kRange});
+    ASSERT_TRUE(s.ok());
+    auto& [f, rt, tp] = s;
+    const Counters& c = rt->counters(tp->slot);
+    auto issue = [&](int fd, uint64_t first, int n) {
+        for (int i = 0; i < n; ++i) {
+            ASSERT_TRUE(rt->set_knob(tp->slot, 1, (first + static_cast<uint64_t>(i)) * kRange));
+            ASSERT_EQ(tp->read_exit(fd, 1), 0);
+        }
+    };
+    int fd = ::open(f.path().c_str(), O_RDONLY);
+    ASSERT_GE(fd, 0);
+    issue(fd, 0, 16);
+    rt->worker().barrier();
+    ASSERT_EQ(Counters::get(c.issued_bytes), 16 * kRange);
+    // While on, the bytes nobody read yet are pending, not missing.
+    rt->observe_read(testing::file_id_of(fd), 0, 3 * kRange);
+    EXPECT_EQ(Counters::get(c.used_bytes), 3 * kRange);
+    EXPECT_EQ(rt->pending_bytes(tp->slot), 13 * kRange);
+    EXPECT_EQ(rt->counters_json(tp->slot)["pending_bytes"].get<uint64_t>(), 13 * kRange);
+    // More queued with no barrier: off finds them queued or in flight.
+    issue(fd, 16, 8);
+    ASSERT_TRUE(rt->disable(tp->slot));
+    const uint64_t issued = Counters::get(c.issued_bytes), used = Counters::get(c.used_bytes),
+                   wasted = Counters::get(c.wasted_bytes);
+    EXPECT_EQ(Counters::get(c.inflight), 0u);
+    EXPECT_EQ(rt->pending_bytes(tp->slot), 0u);
+    EXPECT_EQ(used + wasted, issued) << "issued bytes counted neither used nor wasted";
+    EXPECT_EQ(Counters::get(c.actions), 24u);
+    EXPECT_EQ(issued + Counters::get(c.drops) * kRange, 24 * kRange);
+    // The file was just written: its pages are in the page cache, the descriptor still names it.
+    EXPECT_EQ(Counters::get(c.wasted_resident_bytes), cachestat ? wasted : 0u);
+
+    // Again with the descriptor closed before off: residency cannot be measured through it,
+    // so every unread byte is wasted and none counted resident.
+    ASSERT_TRUE(tp->LoadedPolicy::enable(*rt, "test", tp->on_complete, {1, 0, kRange}));
+    const Counters& c2 = rt->counters(tp->slot);
+    issue(fd, 0, 4);
+    rt->worker().barrier();
+    ::close(fd);
+    ASSERT_TRUE(rt->disable(tp->slot));
+    EXPECT_EQ(Counters::get(c2.issued_bytes), 4 * kRange);
+    EXPECT_EQ(Counters::get(c2.wasted_bytes), 4 * kRange);
+    EXPECT_EQ(Counters::get(c2.wasted_resident_bytes), 0u);
+    EXPECT_EQ(rt->pending_bytes(tp->slot), 0u);
 }
 
 TEST(PolicyRuntime, BatchQueuesEveryRange) {
