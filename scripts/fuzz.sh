@@ -2,8 +2,9 @@
 # libFuzzer targets (tests/fuzz), built with clang into build/fuzz (or $LIVEIO_FUZZ_BUILD_DIR).
 #
 #   scripts/fuzz.sh --build             configure and build every target
-#   scripts/fuzz.sh --corpus            regenerate the committed seed corpora (tests/fuzz/corpus)
-#                                       from the built BPF objects and ../shared/bpf-conformance
+#   scripts/fuzz.sh --corpus            regenerate the committed seed corpora (tests/fuzz/corpus;
+#                                       regression-* inputs kept) from the built BPF objects and
+#                                       ../shared/bpf-conformance
 #   scripts/fuzz.sh TARGET [SECONDS]    a long run (default 600 s) at low priority: the committed
 #                                       corpus plus build/fuzz/work/TARGET (new inputs land
 #                                       there), crashes in build/fuzz/artifacts/TARGET/
@@ -30,14 +31,19 @@ case ${1:-} in
     release=${LIVEIO_BUILD_DIR:-$root/build/release}
     objects=$(find "$release/bpf" -name '*.bpf.o' | sort)
     [[ -n $objects ]] || { echo "no BPF objects under $release/bpf: run scripts/build.sh first" >&2; exit 1; }
-    for t in "${targets[@]}"; do rm -rf "$root/tests/fuzz/corpus/$t"; done
+    # Inputs named regression-* were found by fuzzing (crashes, slow inputs) and are read by
+    # unit tests too: they are kept, everything else is regenerated.
+    for t in "${targets[@]}"; do
+      [[ -d $root/tests/fuzz/corpus/$t ]] || continue
+      find "$root/tests/fuzz/corpus/$t" -type f ! -name 'regression-*' -delete
+    done
     # shellcheck disable=SC2086
     conformance=${LIVEIO_CONFORMANCE_DIR:-$root/../shared/bpf-conformance}
     # A worktree under <checkout>/../wt/NAME finds the suite one level further up.
     [[ -d $conformance ]] || conformance=$root/../../shared/bpf-conformance
     "$build/tests/fuzz/fuzz_make_corpus" "$root/tests/fuzz/corpus" "$conformance" $objects ;;
   ''|-h|--help)
-    sed -n '2,11p' "$0"; exit 2 ;;
+    sed -n '2,12p' "$0"; exit 2 ;;
   *)
     target=$1 seconds=${2:-600}
     [[ " ${targets[*]} " == *" $target "* ]] || { echo "unknown target '$target' (${targets[*]})" >&2; exit 2; }
