@@ -43,7 +43,7 @@ case ${1:-} in
     [[ -d $conformance ]] || conformance=$root/../../shared/bpf-conformance
     "$build/tests/fuzz/fuzz_make_corpus" "$root/tests/fuzz/corpus" "$conformance" $objects ;;
   ''|-h|--help)
-    sed -n '2,12p' "$0"; exit 2 ;;
+    sed -n '2,11p' "$0"; exit 2 ;;
   *)
     target=$1 seconds=${2:-600}
     [[ " ${targets[*]} " == *" $target "* ]] || { echo "unknown target '$target' (${targets[*]})" >&2; exit 2; }
