@@ -38,10 +38,18 @@ fi
 #    process. Left out by name: ClickHouseAttach, PolicyClickHouse, DemoTest, BenchClickhouse,
 #    NetnsCluster and LoopbackCluster attach to clickhouse-server; BpfHostProcess's workload is
 #    python3; RunCommand.ChildrenOfTheProgramRunWithoutTheAgent runs /bin/sh under `liveio run`.
+#    ObserveCli.EveryCommandOnALiveClickHouse, ClusterView, ClusterUnderLoad and SoakClickhouse
+#    attach to clickhouse-server too.
+#  - Tests that compare the target's memory mappings before and after (AttachDetachTest's
+#    cycles, BpfHostTest.UnloadReleasesMapsMemfdsAndJitMemory): ASan's allocator maps new
+#    regions as an instrumented process's heap grows, so the count grows without liveio; the
+#    plain run checks them.
+#  - NormalStart: its target starts with an empty environment, as a service does, so
+#    ASAN_OPTIONS (detect_leaks=0) cannot reach it and LeakSanitizer fails it at exit.
 #  - fuzz.*: the fuzz targets are their own clang ASan+UBSan build.
 # A test failing only under a sanitizer is a finding to fix, or to add here with its reason.
 declare -A excluded=(
-  [address]='^(fuzz\.|Mechanisms/ClickHouseAttach|PolicyClickHouse|DemoTest|BenchClickhouse|NetnsCluster|LoopbackCluster|BpfHostProcess\.|RunCommand\.ChildrenOfTheProgramRunWithoutTheAgent$)'
+  [address]='^(fuzz\.|Mechanisms/ClickHouseAttach|PolicyClickHouse|DemoTest|BenchClickhouse|NetnsCluster|LoopbackCluster|ClusterView\.|ClusterUnderLoad\.|SoakClickhouse\.|ObserveCli\.EveryCommandOnALiveClickHouse$|BpfHostProcess\.|RunCommand\.ChildrenOfTheProgramRunWithoutTheAgent$|AttachDetachTest\..*Cycles$|BpfHostTest\.UnloadReleasesMapsMemfdsAndJitMemory$|NormalStart\.)'
 )
 case $sanitize in
   address)

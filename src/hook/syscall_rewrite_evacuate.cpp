@@ -13,6 +13,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
+
 #include "base/proc_tasks.h"
 #include "hook/dispatcher.h"
 #include "hook/syscall_rewrite.h"
@@ -69,6 +73,16 @@ void evacuate_fixup(void* moved, ucontext_t* uc) {
     }
     g[REG_RIP] = static_cast<greg_t>(before ? site_next - 2 : site_next);
     g[REG_RSP] = static_cast<greg_t>(rbp + kRewriteSiteRspOffset);
+#if defined(__SANITIZE_ADDRESS__)
+    // The thread leaves its dispatch frames without their epilogues, which would have cleared
+    // their redzones in ASan's shadow. Stale redzones there would later be "hit" by reads of
+    // memory that uninstrumented writers put at those addresses (the kernel's signal frames, the
+    // rewrite stub's frame), so the abandoned range is unpoisoned as a longjmp's would be.
+    const auto here = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
+    const auto resume_sp = rbp + kRewriteSiteRspOffset;
+    if (resume_sp > here)
+        __asan_unpoison_memory_region(reinterpret_cast<void*>(here), resume_sp - here);
+#endif
     g[REG_RBP] = *reinterpret_cast<const greg_t*>(rbp);
     g[REG_RBX] = static_cast<greg_t>(f->rbx);
     g[REG_R12] = static_cast<greg_t>(f->r12);
