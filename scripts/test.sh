@@ -105,7 +105,11 @@ tsan_agent_suites='^(BpfHostTest|BpfHostAgent|BpfSections|FdClasses|ProtocolTest
 cmake --build "$build" -j"$(nproc)" --target "${tsan_binaries[@]}"
 cd "$build"
 status=0
-ctest --output-on-failure --timeout 900 -j"$(nproc)" -L '^test_ebpf$' -R "$tsan_ebpf_tests" "$@" || status=$?
+# MapRingBuf.ManyProducersConsumerInAnotherProcess is left out: its producers reuse ring space
+# that a consumer in another process freed, an ordering TSan cannot see across processes (it
+# reports the reuse as a race with the previous record's header store).
+tsan_ebpf_left_out='^MapRingBuf\.ManyProducersConsumerInAnotherProcess'
+ctest --output-on-failure --timeout 900 -j"$(nproc)" -L '^test_ebpf$' -R "$tsan_ebpf_tests" -E "$tsan_ebpf_left_out" "$@" || status=$?
 ctest --output-on-failure --timeout 900 -j"$(nproc)" -L '^test_uring$' "$@" || status=$?
 ctest --output-on-failure --timeout 900 -j"$(nproc)" -L '^test_agent$' -R "$tsan_agent_suites" "$@" || status=$?
 exit "$status"
