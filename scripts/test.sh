@@ -111,5 +111,9 @@ status=0
 tsan_ebpf_left_out='^MapRingBuf\.ManyProducersConsumerInAnotherProcess'
 ctest --output-on-failure --timeout 900 -j"$(nproc)" -L '^test_ebpf$' -R "$tsan_ebpf_tests" -E "$tsan_ebpf_left_out" "$@" || status=$?
 ctest --output-on-failure --timeout 900 -j"$(nproc)" -L '^test_uring$' "$@" || status=$?
-ctest --output-on-failure --timeout 900 -j"$(nproc)" -L '^test_agent$' -R "$tsan_agent_suites" "$@" || status=$?
+# BpfHostTest.UprobeAndUretprobeOnAFunctionOfTheTarget is left out as test_hook is: placing a
+# uprobe stops every thread of the test process, and TSan's background thread blocks the stop
+# signal (the stop then fails after its 30 s bound, as it does for any such thread).
+tsan_agent_left_out='^BpfHostTest\.UprobeAndUretprobeOnAFunctionOfTheTarget$'
+ctest --output-on-failure --timeout 900 -j"$(nproc)" -L '^test_agent$' -R "$tsan_agent_suites" -E "$tsan_agent_left_out" "$@" || status=$?
 exit "$status"
