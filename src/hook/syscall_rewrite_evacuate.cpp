@@ -72,14 +72,14 @@ void evacuate_fixup(void* moved, ucontext_t* uc) {
         g[REG_R11] = g[REG_EFL];
     }
     g[REG_RIP] = static_cast<greg_t>(before ? site_next - 2 : site_next);
-    g[REG_RSP] = static_cast<greg_t>(rbp + kRewriteSiteRspOffset);
+    const uintptr_t resume_sp = rbp + kRewriteSiteRspOffset;
+    g[REG_RSP] = static_cast<greg_t>(resume_sp);
 #if defined(__SANITIZE_ADDRESS__)
     // The thread leaves its dispatch frames without their epilogues, which would have cleared
     // their redzones in ASan's shadow. Stale redzones there would later be "hit" by reads of
     // memory that uninstrumented writers put at those addresses (the kernel's signal frames, the
     // rewrite stub's frame), so the abandoned range is unpoisoned as a longjmp's would be.
     const auto here = reinterpret_cast<uintptr_t>(__builtin_frame_address(0));
-    const auto resume_sp = rbp + kRewriteSiteRspOffset;
     if (resume_sp > here)
         __asan_unpoison_memory_region(reinterpret_cast<void*>(here), resume_sp - here);
 #endif
