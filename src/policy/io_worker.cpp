@@ -18,6 +18,7 @@
 #include "base/raw_syscall.h"
 #include "hook/dispatcher.h"
 #include "hook/world_stop.h"
+#include "policy/file_id.h"
 #include "uring/engine.h"
 
 namespace liveio::policy {
@@ -31,16 +32,6 @@ uint64_t now_ns() {
     timespec ts{};
     liveio::raw_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, reinterpret_cast<long>(&ts));
     return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
-// The regular file behind `fd` as an id (st_dev << 32 ^ st_ino, the agent's FdInfo::file_id),
-// or 0 when `fd` is not open or not a regular file; `size` receives its size.
-uint64_t regular_file_id(int fd, uint64_t* size = nullptr) {
-    struct stat st {};
-    if (liveio::raw_syscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0) return 0;
-    if (!S_ISREG(st.st_mode)) return 0;
-    if (size != nullptr) *size = static_cast<uint64_t>(st.st_size);
-    return (static_cast<uint64_t>(st.st_dev) << 32) ^ static_cast<uint64_t>(st.st_ino);
 }
 
 }  // namespace

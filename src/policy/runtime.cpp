@@ -1,6 +1,5 @@
 #include "policy/runtime.h"
 
-#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -12,6 +11,7 @@
 #include "ebpf/runtime.h"
 #include "ebpf/vm.h"
 #include "liveio/policy.h"
+#include "policy/file_id.h"
 
 namespace liveio::policy {
 namespace {
@@ -129,12 +129,7 @@ uint64_t h_cached(uint64_t fd, uint64_t offset, uint64_t len, uint64_t, uint64_t
 // Bytes of [lo, hi) of the file `file_id` in the page cache, through `fd` if it still refers
 // to that file; 0 otherwise (closed, reused, or no cachestat: Linux before 6.5).
 uint64_t resident_bytes(int fd, uint64_t file_id, uint64_t lo, uint64_t hi) {
-    struct stat st {};
-    if (fd < 0 || hi <= lo || liveio::raw_syscall(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0)
-        return 0;
-    if (!S_ISREG(st.st_mode) ||
-        ((static_cast<uint64_t>(st.st_dev) << 32) ^ static_cast<uint64_t>(st.st_ino)) != file_id)
-        return 0;
+    if (hi <= lo || file_id == 0 || regular_file_id(fd) != file_id) return 0;
     const uint64_t cached = h_cached(static_cast<uint64_t>(fd), lo, hi - lo, 0, 0, nullptr);
     return static_cast<int64_t>(cached) < 0 ? 0 : cached;
 }
