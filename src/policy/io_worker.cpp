@@ -2,11 +2,13 @@
 
 #include <fcntl.h>
 #include <linux/fadvise.h>
+#include <linux/magic.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -38,6 +40,32 @@ constexpr unsigned kMaxRingRestarts = 16;
 constexpr size_t kReadAlignment = 4096;
 // One fadvise op covers at most this much (its length is 32-bit in the SQE).
 constexpr uint64_t kMaxActionBytes = uint64_t{1} << 30;
+
+// Files of filesystems whose read() generates the data per open file description (seq_file
+// and kernfs buffers, iterators): a Read through the target's description at another offset
+// would make the target's next read regenerate its content instead of continuing the snapshot
+// it was reading. Reads are never issued on them.
+constexpr unsigned long kConfigfsMagic = 0x62656570;  // not in <linux/magic.h>
+bool generated_per_description(int fd) {
+    struct statfs fs {};
+    if (liveio::raw_syscall(SYS_fstatfs, fd, reinterpret_cast<long>(&fs)) != 0) return true;
+    switch (static_cast<unsigned long>(fs.f_type)) {
+        case PROC_SUPER_MAGIC:
+        case SYSFS_MAGIC:
+        case DEBUGFS_MAGIC:
+        case TRACEFS_MAGIC:
+        case CGROUP_SUPER_MAGIC:
+        case CGROUP2_SUPER_MAGIC:
+        case SECURITYFS_MAGIC:
+        case SELINUX_MAGIC:
+        case BPF_FS_MAGIC:
+        case kConfigfsMagic:
+        case PSTOREFS_MAGIC:
+        case EFIVARFS_MAGIC:
+        case BINFMTFS_MAGIC: return true;
+        default: return false;
+    }
+}
 
 uint64_t now_ns() {
     timespec ts{};
@@ -274,7 +302,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         }
         uint64_t size = 0;
         const uint64_t file_id = regular_file_id(a.fd, &size);
-        if (file_id == 0) {
+        if (file_id == 0 || (a.kind == Action::Kind::Read && generated_per_description(a.fd))) {
             ++not_regular;
             return drop(a);
         }

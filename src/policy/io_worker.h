@@ -23,7 +23,9 @@
 //             and fails with -ESPIPE unless the file is regular (or a block device or
 //             directory); the read is prepared only after it succeeded, so N reused for a
 //             pipe, socket or device meanwhile loses no byte. The explicit offset leaves the
-//             shared file position alone; an O_DIRECT description gets an aligned range. The
+//             shared file position alone; an O_DIRECT description gets an aligned range.
+//             Files of proc, sysfs and the like are never read: their reads keep state in
+//             the open file description besides the position (seq_file). The
 //             data reaches the Sink (completion edge) and the page cache. Scratch memory
 //             counts against the budget.
 //             Without io_uring (the engine's fallback) Reads are dropped, counted in
@@ -95,7 +97,9 @@ struct WorkerStats {
     uint64_t completed = 0;
     uint64_t wakeups = 0;  // eventfd writes by producers
     uint64_t budget_drops = 0;
-    uint64_t not_regular = 0;        // descriptor did not refer to a regular file
+    // The descriptor did not refer to a regular file (Read: or to one of a filesystem whose
+    // reads keep state in the open file description: proc, sysfs...).
+    uint64_t not_regular = 0;
     uint64_t reads_unsupported = 0;  // Reads dropped: no io_uring (see Read above)
     uint64_t rings_created = 0;      // the first ring and those replacing retired ones
     uint64_t rings_retired = 0;      // rings given up after a hard engine error

@@ -161,6 +161,18 @@ TEST_F(PolicyIoWorker, ReadOfAPipeSocketOrFifoConsumesNothing) {
     for (int fd : {p[0], p[1], sv[0], sv[1], fifo}) ::close(fd);
 }
 
+// A /proc file is regular but its reads keep state in the open file description: never read.
+TEST_F(PolicyIoWorker, ReadOfAProcFileIsRefused) {
+    START(0);
+    const int fd = ::open("/proc/self/status", O_RDONLY);
+    ASSERT_GE(fd, 0);
+    push(*w, read_action(fd, 16, 64));
+    w->barrier();
+    EXPECT_EQ(sink.dropped_.load(), 1u);
+    EXPECT_EQ(w->stats().not_regular, 1u);
+    ::close(fd);
+}
+
 // The descriptor of a Read is swapped for a pipe holding data right after the Read is queued:
 // whether the worker sees the pipe at its fstat or only in the ring's check, the pipe keeps
 // every byte.
