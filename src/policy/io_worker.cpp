@@ -187,8 +187,14 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     }
     std::unique_ptr<uring::Engine> engine = std::move(created).value();
     uring_ = engine->backend() == uring::BackendKind::Uring;
-    // One fixed-file slot per action slot: a Read reaches the target's file through it.
-    bool reads = uring_ && engine->register_files_sparse(options_.ring_entries).ok();
+    // One fixed-file slot per action slot: a Read reaches the target's file through it. Slots
+    // after those are the kernel's to allocate for direct descriptors.
+    auto register_files = [&](uring::Engine& e) {
+        const unsigned direct = options_.direct_file_slots;
+        return e.register_files_sparse(options_.ring_entries + direct).ok() &&
+               (direct == 0 || e.register_file_alloc_range(options_.ring_entries, direct).ok());
+    };
+    bool reads = uring_ && register_files(*engine);
     started->set_value(Result<void>{});
     uint64_t rings_created = 1, rings_retired = 0, ring_down_drops = 0, quarantined_bytes = 0;
     // A ring that failed for good (engine.h: a hard io_uring_enter error) is retired and a new
@@ -364,7 +370,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
             --restarts_left;
             ++rings_created;
             engine = std::move(again).value();
-            reads = engine->register_files_sparse(options_.ring_entries).ok();
+            reads = register_files(*engine);
             return;
         }
         retry_at_ns = now_ns() + backoff_ns;  // not even a ring: try again later

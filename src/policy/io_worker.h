@@ -114,6 +114,9 @@ public:
         unsigned ring_entries = 128;
         uint64_t budget_bytes = uint64_t{256} << 20;
         bool force_fallback = false;  // the engine's synchronous backend (tests)
+        // Registered-file slots after the Reads' own (one per ring entry) that the kernel
+        // may allocate for direct descriptors (Op::openat_direct style opens by path).
+        unsigned direct_file_slots = 0;
     };
 
     // Starts the thread and its ring; fails if either cannot be created.

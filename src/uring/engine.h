@@ -246,6 +246,10 @@ public:
     // descriptor that is not open, or an io_uring). The fallback backend records descriptor
     // numbers instead: its ops use whatever the number refers to when they run.
     virtual int register_files_update(unsigned offset, std::span<const int> fds) = 0;
+    // The slots the kernel may pick when it allocates one itself (IORING_FILE_INDEX_ALLOC,
+    // io_uring direct descriptors): [offset, offset + count) of the table; the other slots
+    // stay the caller's (io_uring_register_file_alloc_range). The fallback: ENOTSUP.
+    virtual Result<void> register_file_alloc_range(unsigned offset, unsigned count) = 0;
     virtual Result<void> register_buffers(std::span<const iovec> buffers) = 0;
     // Provided buffers for recv_multishot: `count` (a power of two, <= 32768) buffers of `size`
     // bytes owned by the engine, in group `group`. buffer() gives the bytes of a completion;

@@ -67,6 +67,10 @@ public:
         return static_cast<int>(fds.size());
     }
 
+    Result<void> register_file_alloc_range(unsigned, unsigned) override {
+        return make_error(ENOTSUP, "the fallback backend allocates no registered files");
+    }
+
     int hard_error() const override { return 0; }
     void get_events() override {}
 

@@ -142,6 +142,14 @@ public:
                                               static_cast<unsigned>(fds.size()));
     }
 
+    Result<void> register_file_alloc_range(unsigned offset, unsigned count) override {
+        const int r = io_uring_register_file_alloc_range(&ring_, offset, count);
+        if (r < 0)
+            return make_error(
+                -r, fmt::format("io_uring_register_file_alloc_range: {}", std::strerror(-r)));
+        return {};
+    }
+
     Result<void> register_eventfd(int fd) override {
         if (eventfd_registered_) io_uring_unregister_eventfd(&ring_);
         eventfd_registered_ = false;

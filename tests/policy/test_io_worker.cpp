@@ -72,10 +72,11 @@ void push(IoWorker& w, const Action& a) {
 // A worker (io_uring backend unless `fallback`) beside a pattern file "data.bin".
 class PolicyIoWorker : public ::testing::Test {
 protected:
-    void start(uint64_t file_size, bool fallback = false) {
+    void start(uint64_t file_size, bool fallback = false, unsigned direct_file_slots = 0) {
         data.write_pattern(file_size, kSeed);
         IoWorker::Options o;
         o.force_fallback = fallback;
+        o.direct_file_slots = direct_file_slots;
         auto started = IoWorker::start(o, sink);
         ASSERT_TRUE(started) << started.error().message;
         w = std::move(started).value();
@@ -310,6 +311,19 @@ TEST_F(PolicyIoWorker, FailedRingIsRetiredAndReplaced) {
     EXPECT_EQ(sink.mismatches_.load(), 0u);
     EXPECT_EQ(w->stats().rings_created, 2u);
     EXPECT_EQ(w->stats().ring_down_drops, sink.dropped_.load());
+    ::close(fd);
+}
+
+// Slots the kernel may allocate for direct descriptors sit after the Reads' own.
+TEST_F(PolicyIoWorker, ReadsRunBesideADirectDescriptorRange) {
+    START(1 << 20, false, 8);
+    const int fd = open_data();
+    for (int64_t off : {0, 65536}) push(*w, read_action(fd, off, 4096));
+    w->barrier();
+    EXPECT_EQ(sink.completed_.load(), 2u);
+    EXPECT_EQ(sink.errors_.load(), 0u);
+    EXPECT_EQ(sink.mismatches_.load(), 0u);
+    EXPECT_EQ(w->stats().reads_unsupported, 0u);
     ::close(fd);
 }
 

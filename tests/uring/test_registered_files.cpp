@@ -39,6 +39,17 @@ protected:
     }
 };
 
+TEST_P(RegisteredFiles, AllocationRangeLeavesTheOtherSlotsToTheCaller) {
+    ASSERT_TRUE(engine->register_files_sparse(8).ok());
+    const auto r = engine->register_file_alloc_range(4, 4);
+    if (GetParam() == BackendKind::Fallback) {
+        EXPECT_EQ(r.error().code, ENOTSUP);
+        return;
+    }
+    EXPECT_TRUE(r.ok()) << r.error().message;
+    EXPECT_FALSE(engine->register_file_alloc_range(6, 4).ok()) << "past the table";
+}
+
 TEST_P(RegisteredFiles, SparseSlotsAreFilledAndEmptied) {
     std::vector<char> content;
     const int fd = make_file(65536, &content);
