@@ -643,8 +643,10 @@ public:
         if (ptrace(PTRACE_SETREGS, thread_.tid, nullptr, &regs) != 0)
             return errno_error(errno, fmt::format("setting registers of thread {}", thread_.tid));
         state_ = State::running;
+        stopped_.set_phase("during the injected call");
         auto start = Clock::now();
         auto r = run_until_return(start);
+        if (r) stopped_.set_phase("while it was stopped");
         if (stats_) stats_->call_ms += ms_between(start, Clock::now());
         return r;
     }
@@ -681,6 +683,7 @@ private:
     // are the frame's stack bytes restored. A tracer dying between any two steps leaves a
     // thread that still resumes correctly.
     Result<uint64_t> finish_returned_call(pid_t tid) {
+        stopped_.set_phase("after the injected call returned");
         kill_point("inject-call-returned", stopped_.pid());
         uint64_t result = 0;
         if (auto r = copy_from(tid, frame_.result_slot, &result, sizeof result); !r)
@@ -867,7 +870,7 @@ auto with_target_stopped(pid_t pid, InjectStats* stats, const InjectOptions& opt
         // with it the whole process (e.g. SIGKILLed while stopped).
         if (!result && !stopped.death_reported() &&
             (result.error().code == ESRCH || stopped.dying(true)))
-            result = stopped.death_error("while it was stopped");
+            result = stopped.death_error(stopped.phase());
         stopped.release_all();
         st.pause_ms = stopped.pause_ms();
         st.stop_ms = stopped.stop_ms();

@@ -65,6 +65,9 @@ public:
     // Reaps every thread we hold (bounded) and says how the process ended.
     Error death_error(std::string_view during);
     bool death_reported() const { return death_reported_; }
+    // What is being done to the process, for death_error() after a failed ptrace request.
+    void set_phase(const char* during) { phase_ = during; }
+    const char* phase() const { return phase_; }
 
     std::vector<Tracee>& threads() { return threads_; }
     double pause_ms() const;
@@ -95,6 +98,7 @@ private:
     std::map<pid_t, int> exits_;    // threads we reaped, with their wait status
     std::optional<int> death_status_, first_exit_status_;
     bool dying_ = false, death_reported_ = false;
+    const char* phase_ = "while it was stopped";
     size_t left_exiting_ = 0;  // threads still exiting when reap_all() gave up
     Clock::time_point looked_{}, started_{}, all_stopped_{}, released_{};
 };
