@@ -1,5 +1,6 @@
 // ptrace injection: see inject.h for the protocol. This file holds the target model (maps,
-// libc symbols read from disk), the all-threads stop, the safe-point check and the remote call.
+// libc symbols read from disk), the safe-point check and the remote call; the all-threads stop
+// and the waits on the target's threads are in stopped_process.cpp.
 #include "inject/inject.h"
 #include "inject/kill_point.h"
 #include "inject/return_frame.h"
