@@ -19,6 +19,7 @@
 #include "hook/dispatcher.h"
 #include "hook/world_stop.h"
 #include "policy/file_id.h"
+#include "policy/part_prefetch.h"
 #include "uring/engine.h"
 
 namespace liveio::policy {
@@ -137,6 +138,10 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     }
     std::unique_ptr<uring::Engine> engine = std::move(created).value();
     uring_ = engine->backend() == uring::BackendKind::Uring;
+    // A free registered-file table for the direct descriptors of Part actions (when the
+    // kernel refuses it, their opens fail and the actions count errors).
+    if (uring_) (void)engine->register_files(std::vector<int>(kDirectFileSlots, -1));
+    PartPrefetcher parts;
     started->set_value(Result<void>{});
 
     std::vector<Slot> slots(options_.ring_entries);
@@ -164,9 +169,32 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         free_slots.push_back(index);
     };
     auto drop = [&](const Action& a) { sink_.dropped(a); };
+    // A Part action runs here, to its end (its ops are batches of their own on the ring).
+    auto prefetch_part = [&](const Action& a) {
+        const uint64_t start = now_ns();
+        const uint64_t used = in_flight_bytes_.load(std::memory_order_relaxed);
+        const uint64_t budget = budget_bytes_.load(std::memory_order_relaxed);
+        PartPrefetchResult r;
+        const int rc = parts.run(
+            *engine, a.fd, budget > used ? budget - used : 0,
+            [&](uint64_t file_id, uint64_t bytes) {
+                Action child = a;
+                child.kind = Action::Kind::Prefetch;
+                child.fd = -1;
+                child.offset = 0;
+                child.len = bytes;
+                sink_.issued(child, file_id);
+            },
+            r);
+        if (rc < 0 || r.skipped) return drop(a);
+        ++local_stats_submitted;
+        ++local_completed;
+        sink_.completed(a, 0, r.errors > 0 && r.files == 0 ? -EIO : r.files, {}, now_ns() - start);
+    };
     // Turns an action into a submitted op, or drops it.
     auto issue = [&](Action a) {
         if (stop_.load(std::memory_order_relaxed) || !sink_.admit(a)) return drop(a);
+        if (a.kind == Action::Kind::Part) return prefetch_part(a);
         if (a.len == 0 || a.offset < 0 || a.len > kMaxActionBytes ||
             (a.kind == Action::Kind::Read && a.len > (1u << 20)))
             return drop(a);

@@ -18,6 +18,10 @@
 //             own descriptor of the file (opened via /proc/self/fd/N after checking it is a
 //             regular file, closed after the read): the data reaches the Sink (completion
 //             edge) and the page cache. Scratch memory counts against the budget.
+//   Part      the table part of the target's descriptor: its files looked up and its index
+//             files advised, by path, through io_uring direct descriptors (part_prefetch.h);
+//             run on the worker as a few batches, each advised file reported to the Sink as
+//             an issued Prefetch of fd -1.
 //
 // Budget: bytes in flight (prefetch ranges and scratch buffers). An action that does not fit
 // is dropped, never delayed. Memory is freed when the action's completion has been handled.
@@ -44,7 +48,7 @@
 namespace liveio::policy {
 
 struct Action {
-    enum class Kind : uint8_t { Prefetch, Read };
+    enum class Kind : uint8_t { Prefetch, Read, Part };
     Kind kind = Kind::Prefetch;
     uint8_t slot = 0;         // the policy that asked (Runtime's slot index)
     uint32_t generation = 0;  // the slot's generation when queued: stale after `off`
