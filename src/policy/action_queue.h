@@ -66,6 +66,9 @@ public:
         }
     }
 
+    // Positions taken by producers so far: every value pushed before this call (and any push
+    // under way) is among the first pushed() ever popped.
+    size_t pushed() const { return tail_.load(std::memory_order_acquire); }
     // A hint: racing producers and consumers may change it immediately.
     bool empty() const {
         return head_.load(std::memory_order_acquire) == tail_.load(std::memory_order_acquire);

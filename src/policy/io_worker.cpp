@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/fadvise.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
@@ -9,7 +10,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <cstdio>
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
@@ -26,6 +27,16 @@ namespace liveio::policy {
 namespace {
 
 constexpr uint64_t kEventTag = ~uint64_t{0};
+// Tag bit of a Read's type check (the slot index is in the low bits, as for the read itself).
+constexpr uint64_t kCheckTag = uint64_t{1} << 32;
+// Ring retirement after a hard engine error: the first pause before a new ring, its cap, and
+// how many new rings the worker creates in its life at most.
+constexpr uint64_t kFirstRingBackoffNs = 1'000'000;
+constexpr uint64_t kMaxRingBackoffNs = 1'000'000'000;
+constexpr unsigned kMaxRingRestarts = 16;
+// A Read's scratch buffer is aligned for a descriptor opened with O_DIRECT (the read goes
+// through the target's own open file description, flags included).
+constexpr size_t kReadAlignment = 4096;
 // One fadvise op covers at most this much (its length is 32-bit in the SQE).
 constexpr uint64_t kMaxActionBytes = uint64_t{1} << 30;
 
@@ -43,9 +54,13 @@ struct IoWorker::Slot {
     uint64_t seq = 0;  // submission order, for barrier()
     uint64_t file_id = 0;
     uint64_t start_ns = 0;
-    uint64_t bytes = 0;      // counted against the budget
-    int own_fd = -1;         // Read: the worker's descriptor of the file
-    char* buffer = nullptr;  // Read: scratch
+    uint64_t bytes = 0;        // counted against the budget
+    char* buffer = nullptr;    // Read: scratch
+    uint64_t skip = 0;         // Read: bytes of the scratch before the action's offset (O_DIRECT)
+    bool file_slot = false;    // Read: the ring's fixed-file slot of this index holds the file
+    bool read_queued = false;  // Read: the type check passed, the read itself was prepared
+    uint64_t read_start = 0;   // Read: the range read (the action's, aligned for O_DIRECT)
+    uint32_t read_len = 0;
 };
 
 Result<std::unique_ptr<IoWorker>> IoWorker::start(const Options& options, WorkerSink& sink) {
@@ -110,6 +125,13 @@ void IoWorker::wake() {
 }
 
 void IoWorker::barrier() {
+    // Actions still in the queue count too (the worker pops only as many as it has free
+    // slots): the ticket is passed once every action pushed before this call has been popped.
+    const uint64_t pushed = queue_.pushed();
+    uint64_t seen = barrier_pushed_.load(std::memory_order_relaxed);
+    while (seen < pushed &&
+           !barrier_pushed_.compare_exchange_weak(seen, pushed, std::memory_order_relaxed)) {
+    }
     const uint64_t ticket = barrier_asked_.fetch_add(1, std::memory_order_seq_cst) + 1;
     wake();
     std::unique_lock lock(mu_);
@@ -138,11 +160,24 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     }
     std::unique_ptr<uring::Engine> engine = std::move(created).value();
     uring_ = engine->backend() == uring::BackendKind::Uring;
-    // A free registered-file table for the direct descriptors of Part actions (when the
-    // kernel refuses it, their opens fail and the actions count errors).
-    if (uring_) (void)engine->register_files(std::vector<int>(kDirectFileSlots, -1));
+    // The fixed-file table: one slot per action slot (a Read reaches the target's file
+    // through it), then kDirectFileSlots that only the kernel allocates, to the direct opens
+    // of Part actions (never an action slot's index). Without them Part actions are dropped.
+    bool reads = false, parts_ok = false;
+    auto register_tables = [&] {
+        reads = engine->register_files_sparse(options_.ring_entries + kDirectFileSlots).ok();
+        parts_ok = reads &&
+                   engine->register_file_alloc_range(options_.ring_entries, kDirectFileSlots) == 0;
+    };
+    if (uring_) register_tables();
     PartPrefetcher parts;
     started->set_value(Result<void>{});
+    uint64_t rings_created = 1, rings_retired = 0, ring_down_drops = 0, quarantined_bytes = 0;
+    // A ring that failed for good (engine.h: a hard io_uring_enter error) is retired and a new
+    // one created after a pause that doubles with every retirement (bounded); meanwhile the
+    // actions are dropped, counted.
+    uint64_t retry_at_ns = 0, backoff_ns = kFirstRingBackoffNs;
+    unsigned restarts_left = kMaxRingRestarts;
 
     std::vector<Slot> slots(options_.ring_entries);
     std::vector<unsigned> free_slots;
@@ -151,8 +186,11 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     uint64_t event_value = 0;
     bool event_armed = false;
     uint64_t next_seq = 0;
-    uint64_t pending_ticket = 0, pending_seq = 0;  // a barrier waiting for ops before pending_seq
-    uint64_t local_stats_submitted = 0, local_completed = 0, budget_drops = 0, not_regular = 0;
+    // A barrier waiting for `pending_pops` actions popped, then for the ops before pending_seq.
+    constexpr uint64_t kNotYet = ~uint64_t{0};
+    uint64_t pending_ticket = 0, pending_seq = 0, pending_pops = 0, popped = 0;
+    uint64_t local_stats_submitted = 0, local_completed = 0, budget_drops = 0, not_regular = 0,
+             reads_unsupported = 0;
 
     auto arm_event = [&] {
         if (event_armed) return;
@@ -160,17 +198,72 @@ void IoWorker::run(std::promise<Result<void>>* started) {
                             kEventTag) == 0)
             event_armed = true;
     };
+    // Empties the fixed-file slot: it holds a reference to the target's file, which would
+    // otherwise stay open after the target closed it (a pipe's reader would never see EOF).
+    auto clear_file_slot = [&](unsigned index) {
+        Slot& s = slots[index];
+        if (!s.file_slot) return;
+        const int none = -1;
+        engine->register_files_update(index, std::span<const int>(&none, 1));
+        s.file_slot = false;
+    };
     auto release = [&](unsigned index) {
         Slot& s = slots[index];
-        if (s.own_fd >= 0) liveio::raw_syscall(SYS_close, s.own_fd);
+        clear_file_slot(index);
         std::free(s.buffer);
         in_flight_bytes_.fetch_sub(s.bytes, std::memory_order_relaxed);
         s = Slot{};
         free_slots.push_back(index);
     };
+    // A Read of the target's descriptor a.fd (a regular file `file_id` when it was checked),
+    // prepared in action slot `index`; false when it cannot be (the caller drops it).
+    //
+    // The file is reached through the ring's fixed-file slot `index`, never through a
+    // descriptor of our own: opening one (/proc/self/fd/N, dup) would take the lowest free
+    // number in the target's descriptor table, which the target's next open() is owed. The
+    // slot update takes a reference to whatever a.fd names at that instant; a.fd may have been
+    // closed and its number reused since the fstat, so the ring checks the slot's file first:
+    // sync_file_range(0, 0, 0) fails with -ESPIPE on anything but a regular file, block
+    // device, directory or symlink. Only once it succeeded is the read prepared: a failed
+    // sync_file_range does not cancel an op linked to it (the kernel sets no link failure for
+    // it; tests/uring/test_registered_files.cpp), so the two are not linked. Only this thread
+    // updates the slot, so the file read is the file checked. The read has an explicit
+    // offset: the file position the target shares with us is never used or moved.
+    auto prepare_read = [&](unsigned index, const Action& a, uint64_t file_id) {
+        Slot& s = slots[index];
+        // An O_DIRECT description needs an aligned range: the aligned range around the
+        // action's is read and the action's part handed on.
+        const long flags = liveio::raw_syscall(SYS_fcntl, a.fd, F_GETFL);
+        const bool direct = flags >= 0 && (flags & O_DIRECT) != 0;
+        const auto offset = static_cast<uint64_t>(a.offset);
+        const uint64_t start = direct ? offset / kReadAlignment * kReadAlignment : offset;
+        const uint64_t end =
+            direct ? (offset + a.len + kReadAlignment - 1) / kReadAlignment * kReadAlignment
+                   : offset + a.len;
+        s.skip = offset - start;
+        s.read_start = start;
+        s.read_len = static_cast<uint32_t>(end - start);
+        const size_t size = (end - start + kReadAlignment - 1) / kReadAlignment * kReadAlignment;
+        void* buffer = nullptr;
+        if (posix_memalign(&buffer, kReadAlignment, size) != 0) return false;
+        s.buffer = static_cast<char*>(buffer);
+        const int fd = a.fd;
+        if (engine->register_files_update(index, std::span<const int>(&fd, 1)) != 1) return false;
+        s.file_slot = true;
+        // Reused between the fstat and the update for something else than the file checked:
+        // known without any I/O. (Reused and reused back in between is what the ring's check
+        // is for.)
+        if (regular_file_id(a.fd) != file_id) {
+            ++not_regular;
+            return false;
+        }
+        return engine->prepare(uring::Op::sync_file_range(static_cast<int>(index), 0, 0, 0).fixed(),
+                               kCheckTag | index) == 0;
+    };
     auto drop = [&](const Action& a) { sink_.dropped(a); };
     // A Part action runs here, to its end (its ops are batches of their own on the ring).
     auto prefetch_part = [&](const Action& a) {
+        if (!parts_ok) return drop(a);
         const uint64_t start = now_ns();
         const uint64_t used = in_flight_bytes_.load(std::memory_order_relaxed);
         const uint64_t budget = budget_bytes_.load(std::memory_order_relaxed);
@@ -194,6 +287,10 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     // Turns an action into a submitted op, or drops it.
     auto issue = [&](Action a) {
         if (stop_.load(std::memory_order_relaxed) || !sink_.admit(a)) return drop(a);
+        if (!engine) {
+            ++ring_down_drops;
+            return drop(a);
+        }
         if (a.kind == Action::Kind::Part) return prefetch_part(a);
         if (a.len == 0 || a.offset < 0 || a.len > kMaxActionBytes ||
             (a.kind == Action::Kind::Read && a.len > (1u << 20)))
@@ -201,6 +298,12 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         if (in_flight_bytes_.load(std::memory_order_relaxed) + a.len >
             budget_bytes_.load(std::memory_order_relaxed)) {
             ++budget_drops;
+            return drop(a);
+        }
+        // Without io_uring nothing can hold the target's file without a descriptor number
+        // in its table (see the header): Reads need the ring.
+        if (a.kind == Action::Kind::Read && !reads) {
+            ++reads_unsupported;
             return drop(a);
         }
         uint64_t size = 0;
@@ -220,36 +323,17 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         Slot& s = slots[index];
         s.action = a;
         s.file_id = file_id;
-        uring::Op op;
+        bool prepared = false;
         if (a.kind == Action::Kind::Prefetch) {
-            op = uring::Op::fadvise(a.fd, a.offset, static_cast<uint32_t>(a.len),
-                                    POSIX_FADV_WILLNEED);
+            prepared =
+                engine->prepare(uring::Op::fadvise(a.fd, a.offset, static_cast<uint32_t>(a.len),
+                                                   POSIX_FADV_WILLNEED),
+                                index) == 0;
         } else {
-            // Our own descriptor: reading through the target's would race with its reuse
-            // (a socket or pipe read consumes data), and checking the file is regular first
-            // keeps open() away from devices and FIFOs.
-            char path[40];
-            std::snprintf(path, sizeof path, "/proc/self/fd/%d", a.fd);
-            const long own = liveio::raw_syscall(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path),
-                                                 O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-            if (own < 0) return drop(a);
-            s.own_fd = static_cast<int>(own);
-            if (regular_file_id(s.own_fd) != file_id) {
-                liveio::raw_syscall(SYS_close, s.own_fd);
-                s = Slot{};
-                ++not_regular;
-                return drop(a);
-            }
-            s.buffer = static_cast<char*>(std::malloc(a.len));
-            if (s.buffer == nullptr) {
-                liveio::raw_syscall(SYS_close, s.own_fd);
-                s = Slot{};
-                return drop(a);
-            }
-            op = uring::Op::read(s.own_fd, s.buffer, static_cast<uint32_t>(a.len), a.offset);
+            prepared = prepare_read(index, a, file_id);
         }
-        if (engine->prepare(op, index) != 0) {
-            if (s.own_fd >= 0) liveio::raw_syscall(SYS_close, s.own_fd);
+        if (!prepared) {
+            clear_file_slot(index);
             std::free(s.buffer);
             s = Slot{};
             return drop(a);
@@ -270,27 +354,66 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         return min;
     };
 
+    // The broken ring has handed back every op (each completed with its error): retire it.
+    auto retire_ring = [&] {
+        ++rings_retired;
+        engine.reset();
+        event_armed = false;
+        reads = parts_ok = false;
+        retry_at_ns = now_ns() + backoff_ns;
+        backoff_ns = backoff_ns * 2 > kMaxRingBackoffNs ? kMaxRingBackoffNs : backoff_ns * 2;
+    };
+    auto recreate_ring = [&] {
+        if (restarts_left == 0 || now_ns() < retry_at_ns) return;
+        auto again = uring::Engine::create(eo);
+        if (again && (*again)->backend() == uring::BackendKind::Uring) {
+            --restarts_left;
+            ++rings_created;
+            engine = std::move(again).value();
+            register_tables();
+            return;
+        }
+        retry_at_ns = now_ns() + backoff_ns;  // not even a ring: try again later
+        backoff_ns = backoff_ns * 2 > kMaxRingBackoffNs ? kMaxRingBackoffNs : backoff_ns * 2;
+    };
+
     for (;;) {
-        arm_event();
+        if (engine && engine->hard_error() != 0 && engine->inflight() == 0) retire_ring();
+        if (!engine && uring_) recreate_ring();
+        if (engine) arm_event();
         const uint64_t asked = barrier_asked_.load(std::memory_order_acquire);
         Action a;
         // Keep one slot's worth of room: the eventfd read is always armed beside the actions.
-        while (!free_slots.empty() && queue_.pop(a)) issue(a);
+        while (!free_slots.empty() && queue_.pop(a)) {
+            ++popped;
+            issue(a);
+        }
         const bool stopping = stop_.load(std::memory_order_acquire);
         if (stopping)
-            while (queue_.pop(a)) drop(a);
-        engine->submit();
+            while (queue_.pop(a)) {
+                ++popped;
+                drop(a);
+            }
+        if (engine) engine->submit();
         if (asked > pending_ticket) {
             pending_ticket = asked;
-            pending_seq = next_seq;
+            pending_pops = barrier_pushed_.load(std::memory_order_relaxed);
+            pending_seq = kNotYet;
         }
+        if (pending_seq == kNotYet && popped >= pending_pops) pending_seq = next_seq;
         {
             std::lock_guard lock(mu_);
             stats_.submitted = local_stats_submitted;
             stats_.completed = local_completed;
             stats_.budget_drops = budget_drops;
             stats_.not_regular = not_regular;
-            if (pending_ticket > barrier_done_ && oldest_outstanding() >= pending_seq) {
+            stats_.reads_unsupported = reads_unsupported;
+            stats_.rings_created = rings_created;
+            stats_.rings_retired = rings_retired;
+            stats_.ring_down_drops = ring_down_drops;
+            stats_.quarantined_bytes = quarantined_bytes;
+            if (pending_ticket > barrier_done_ && pending_seq != kNotYet &&
+                oldest_outstanding() >= pending_seq) {
                 barrier_done_ = pending_ticket;
                 cv_.notify_all();
             }
@@ -307,6 +430,24 @@ void IoWorker::run(std::promise<Result<void>>* started) {
                 block = false;
             }
         }
+        if (!engine) {
+            // No ring to sleep in: wait for the eventfd until the next ring is due.
+            if (block) {
+                const uint64_t now = now_ns();
+                const uint64_t wait = restarts_left == 0
+                                          ? kMaxRingBackoffNs
+                                          : (retry_at_ns > now ? retry_at_ns - now : 0);
+                timespec ts{static_cast<time_t>(wait / 1000000000ull),
+                            static_cast<long>(wait % 1000000000ull)};
+                pollfd pfd{event_fd_, POLLIN, 0};
+                liveio::raw_syscall(SYS_ppoll, reinterpret_cast<long>(&pfd), 1,
+                                    reinterpret_cast<long>(&ts), 0, 0);
+            }
+            sleeping_.store(false, std::memory_order_relaxed);
+            liveio::raw_syscall(SYS_read, event_fd_, reinterpret_cast<long>(&event_value),
+                                sizeof event_value);
+            continue;
+        }
         const size_t n = engine->reap(done, block ? 1 : 0);
         sleeping_.store(false, std::memory_order_relaxed);
         for (size_t i = 0; i < n; ++i) {
@@ -315,18 +456,49 @@ void IoWorker::run(std::promise<Result<void>>* started) {
                 event_armed = false;
                 continue;
             }
-            const auto index = static_cast<unsigned>(c.tag);
+            const auto index = static_cast<unsigned>(c.tag & (kCheckTag - 1));
             Slot& s = slots[index];
+            int32_t res = c.res;
+            if (c.tag & kCheckTag) {
+                if (res == 0) {  // a regular file: now the read
+                    res = engine->prepare(
+                        uring::Op::read(static_cast<int>(index), s.buffer, s.read_len,
+                                        static_cast<int64_t>(s.read_start))
+                            .fixed(),
+                        index);
+                    s.read_queued = res == 0;
+                    if (s.read_queued) continue;
+                } else if (res == -ESPIPE) {
+                    // The descriptor named no regular file by the time the slot took it: no
+                    // I/O was done. Not an error of the policy's.
+                    ++local_completed;
+                    ++not_regular;
+                    sink_.dropped(s.action);
+                    release(index);
+                    continue;
+                }
+            }
             ++local_completed;
             const uint64_t latency = now_ns() - s.start_ns;
-            const size_t got = s.buffer != nullptr && c.res > 0 ? static_cast<size_t>(c.res) : 0;
-            sink_.completed(s.action, s.file_id, c.res, std::span<const char>(s.buffer, got),
+            // The action's bytes: past the alignment head, at most its length.
+            size_t got = 0;
+            if (s.buffer != nullptr && res > 0 && static_cast<uint64_t>(res) > s.skip)
+                got = std::min<uint64_t>(static_cast<uint64_t>(res) - s.skip, s.action.len);
+            if (res >= 0) res = static_cast<int32_t>(got);
+            sink_.completed(s.action, s.file_id, res, std::span<const char>(s.buffer + s.skip, got),
                             latency);
+            // Completed with the ring's hard error, the read may still be in the kernel (the
+            // engine reports every op it holds once the ring fails, submitted or not): its
+            // buffer is never freed, as the kernel may yet write into it.
+            if (s.read_queued && engine->hard_error() != 0 && res == engine->hard_error()) {
+                quarantined_bytes += s.bytes;
+                s.buffer = nullptr;
+            }
             release(index);
         }
     }
     // The eventfd read is still armed: complete it so the ring closes with nothing pending.
-    if (event_armed) {
+    if (engine && event_armed) {
         const uint64_t one = 1;
         liveio::raw_syscall(SYS_write, event_fd_, reinterpret_cast<long>(&one), sizeof one);
         while (engine->inflight() > 0) engine->reap(done, 1);

@@ -14,14 +14,34 @@
 //             data consumed: whatever the descriptor refers to by then (closed, reused for a
 //             socket or pipe), the op cannot change what the target's own calls return; the
 //             worst case is I/O wasted on another regular file.
-//   Read      IORING_OP_READ at an explicit offset into a scratch buffer, through the worker's
-//             own descriptor of the file (opened via /proc/self/fd/N after checking it is a
-//             regular file, closed after the read): the data reaches the Sink (completion
-//             edge) and the page cache. Scratch memory counts against the budget.
+//   Read      IORING_OP_READ at an explicit offset into a scratch buffer, through a slot of
+//             the ring's fixed-file table that the worker points at the target's descriptor
+//             N for the read (IORING_REGISTER_FILES_UPDATE): a reference to the target's own
+//             open file description, no descriptor number of ours in the target's table
+//             (the target's next open() gets the lowest free number, as POSIX says) and no
+//             open() of whatever N names. A sync_file_range(0, 0, 0) on the slot runs first
+//             and fails with -ESPIPE unless the file is regular (or a block device or
+//             directory); the read is prepared only after it succeeded, so N reused for a
+//             pipe, socket or device meanwhile loses no byte. The explicit offset leaves the
+//             shared file position alone; an O_DIRECT description gets an aligned range. The
+//             data reaches the Sink (completion edge) and the page cache. Scratch memory
+//             counts against the budget.
 //   Part      the table part of the target's descriptor: its files looked up and its index
-//             files advised, by path, through io_uring direct descriptors (part_prefetch.h);
+//             files advised, by path, through io_uring direct descriptors (part_prefetch.h)
+//             in the kernel-allocated slots after the Reads' (register_file_alloc_range);
 //             run on the worker as a few batches, each advised file reported to the Sink as
 //             an issued Prefetch of fd -1.
+//             Without io_uring (the engine's fallback) Reads are dropped, counted in
+//             reads_unsupported: no system call can hold the target's file without a
+//             descriptor number in its shared table (open, dup, pidfd_getfd all take one; a
+//             high dup can be overwritten by the target's dup2 to that number, and our close
+//             would then close the target's descriptor), and a pread on N itself races with
+//             N's reuse by a character device whose reads have effects (/dev/kmsg, say).
+//
+// A failed ring: the engine's hard error (engine.h) completes every op the ring held with
+// that error; the worker then retires the ring and creates a new one after a pause that
+// doubles from 1 ms up to 1 s, at most 16 times in its life (then actions are dropped,
+// counted). Actions arriving while there is no ring are dropped, counted.
 //
 // Budget: bytes in flight (prefetch ranges and scratch buffers). An action that does not fit
 // is dropped, never delayed. Memory is freed when the action's completion has been handled.
@@ -64,7 +84,9 @@ public:
     virtual ~WorkerSink() = default;
     // Whether the action is still wanted (its policy is on, same generation).
     virtual bool admit(const Action& action) = 0;
-    // The action was not executed: unwanted, over budget, not a regular file...
+    // The action was not executed: unwanted, over budget, not a regular file... Also after
+    // issued() for a Read the ring cancelled before any I/O (its descriptor had been reused
+    // for something that is not a regular file).
     virtual void dropped(const Action& action) = 0;
     // The kernel accepted the action on the file `file_id` (st_dev << 32 ^ st_ino).
     virtual void issued(const Action& action, uint64_t file_id) = 0;
@@ -78,7 +100,12 @@ struct WorkerStats {
     uint64_t completed = 0;
     uint64_t wakeups = 0;  // eventfd writes by producers
     uint64_t budget_drops = 0;
-    uint64_t not_regular = 0;  // descriptor did not refer to a regular file
+    uint64_t not_regular = 0;        // descriptor did not refer to a regular file
+    uint64_t reads_unsupported = 0;  // Reads dropped: no io_uring (see Read above)
+    uint64_t rings_created = 0;      // the first ring and those replacing retired ones
+    uint64_t rings_retired = 0;      // rings given up after a hard engine error
+    uint64_t ring_down_drops = 0;    // actions dropped while no ring was usable
+    uint64_t quarantined_bytes = 0;  // scratch never freed: its read may outlive its ring
 };
 
 class IoWorker {
@@ -127,8 +154,10 @@ private:
     std::atomic<bool> stop_{false};
     std::atomic<pid_t> tid_{0};
     std::atomic<uint64_t> wakeups_{0};
-    // barrier(): tickets pushed by callers, the ticket the worker has passed.
+    // barrier(): tickets pushed by callers, the ticket the worker has passed, and how many
+    // actions the worker must have popped before (the queue's pushed() of the latest caller).
     std::atomic<uint64_t> barrier_asked_{0};
+    std::atomic<uint64_t> barrier_pushed_{0};
     mutable std::mutex mu_;
     std::condition_variable cv_;
     uint64_t barrier_done_ = 0;

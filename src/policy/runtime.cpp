@@ -367,6 +367,10 @@ nlohmann::json Runtime::describe() const {
               {"wakeups", ws.wakeups},
               {"budget_drops", ws.budget_drops},
               {"not_regular", ws.not_regular},
+              {"reads_unsupported", ws.reads_unsupported},
+              {"rings_created", ws.rings_created},
+              {"rings_retired", ws.rings_retired},
+              {"ring_down_drops", ws.ring_down_drops},
               {"ledger_ranges", ledger_.ranges()}}},
             {"policies", policies}};
 }

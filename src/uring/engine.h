@@ -80,6 +80,7 @@ enum class OpCode : uint8_t {
     Close,
     Statx,
     Fadvise,
+    SyncFileRange,
     Send,
     Recv,
     Sendmsg,
@@ -106,8 +107,8 @@ struct Op {
     void* buf = nullptr;  // data buffer | iovec* | msghdr* | statx* | sockaddr*
     uint64_t len = 0;     // bytes | iovec count | fadvise length | socklen_t* (accept)
     int64_t offset = -1;  // file offset; -1 = the file position (read/write/readv/writev)
-    int flags = 0;        // open flags | msg flags | statx flags | fadvise advice
-    uint32_t aux = 0;     // open mode | statx mask | registered buffer index
+    int flags = 0;  // open flags | msg flags | statx flags | fadvise advice | sync_file_range flags
+    uint32_t aux = 0;  // open mode | statx mask | registered buffer index
     const char* path = nullptr;
     uint64_t target_tag = 0;   // Cancel: tag of the op to cancel
     uint64_t nanoseconds = 0;  // Timeout
@@ -142,6 +143,12 @@ struct Op {
     static Op close_direct(unsigned slot);
     static Op statx(int dirfd, const char* path, int flags, unsigned mask, struct ::statx* out);
     static Op fadvise(int fd, int64_t offset, uint32_t len, int advice);
+    // sync_file_range(2). With nbytes 0 and flags 0 it writes and waits for nothing: it only
+    // fails with -ESPIPE unless `fd` is a regular file, block device, directory or symlink,
+    // which makes it a type check of a fixed-file slot. Not in front of a linked op: the
+    // kernel does not fail a link when sync_file_range (or fsync, fallocate) fails; the
+    // linked op runs anyway (see breaks_chain in internal.h).
+    static Op sync_file_range(int fd, int64_t offset, uint32_t nbytes, unsigned flags);
     static Op send(int fd, const void* buf, uint32_t len, int msg_flags = 0);
     static Op recv(int fd, void* buf, uint32_t len, int msg_flags = 0);
     static Op sendmsg(int fd, const msghdr* msg, int msg_flags = 0);
@@ -236,6 +243,23 @@ public:
     // Fixed files/buffers. Ops with .fixed() use indexes into `fds`; *_fixed ops use indexes
     // into `buffers`. Registering again replaces the previous set.
     virtual Result<void> register_files(std::span<const int> fds) = 0;
+    // A fixed-file table of `count` empty slots (io_uring_register_files_sparse), filled later
+    // with register_files_update(). Replaces a previous set. The table counts against
+    // RLIMIT_NOFILE (EMFILE when larger); unlike liburing, the limit is never raised: that
+    // would change the process's own limit.
+    virtual Result<void> register_files_sparse(unsigned count) = 0;
+    // Puts the open file of descriptor fds[i] into slot offset + i, or empties the slot for
+    // -1 (io_uring_register_files_update). io_uring keeps a reference to the open file
+    // description itself: the descriptor may be closed or its number reused afterwards, the
+    // slot still names the same file (and keeps it open) until it is updated again, and no
+    // descriptor number is taken. Returns the number of slots updated, or -errno (-EBADF: a
+    // descriptor that is not open, or an io_uring). The fallback backend records descriptor
+    // numbers instead: its ops use whatever the number refers to when they run.
+    virtual int register_files_update(unsigned offset, std::span<const int> fds) = 0;
+    // Direct opens (Op::openat_direct) take free slots only in [offset, offset + count) of the
+    // table (IORING_REGISTER_FILE_ALLOC_RANGE), so slots the caller fills itself with
+    // register_files_update stay its own. 0 or -errno; the fallback: -EOPNOTSUPP.
+    virtual int register_file_alloc_range(unsigned offset, unsigned count) = 0;
     virtual Result<void> register_buffers(std::span<const iovec> buffers) = 0;
     // Provided buffers for recv_multishot: `count` (a power of two, <= 32768) buffers of `size`
     // bytes owned by the engine, in group `group`. buffer() gives the bytes of a completion;
@@ -265,6 +289,13 @@ public:
     // reap() waits until at least `min_complete` completions (capped by what is in flight) and
     // returns how many were stored into `out`. submit_and_reap() does both in one enter.
     virtual int prepare(const Op& op, uint64_t tag) = 0;
+    // Asynchronous chain: ops[i] tagged tags[i], linked like run_chain's (a failed op cancels
+    // the rest with -ECANCELED, as far as the kernel fails links for that op: see
+    // sync_file_range; each op still completes once). All or nothing:
+    // -EBUSY when fewer than ops.size() ops may still be put in flight, -E2BIG when the chain
+    // is longer than the SQ. The fallback runs a chain's ops one after another at submit().
+    virtual int prepare_linked(std::span<const Op> ops, std::span<const uint64_t> tags,
+                               ChainKind kind = ChainKind::Soft) = 0;
     virtual int submit() = 0;
     virtual size_t reap(std::span<Completion> out, unsigned min_complete) = 0;
     virtual size_t submit_and_reap(std::span<Completion> out, unsigned min_complete) = 0;

@@ -4,6 +4,7 @@
 // sendmsg, and reads/writes that hit -EAGAIN on a non-blocking fd) and timeouts stay pending and
 // complete inside reap()/run() once poll() says the socket is ready or the deadline passed — so
 // cancel and timeouts behave as with io_uring.
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -31,6 +32,8 @@ struct Pending {
     int64_t deadline_ns = 0;         // Timeout
     uint64_t done = 0;               // .whole(): bytes already transferred while parked
     std::shared_ptr<std::vector<iovec>> iov_rest;  // .whole() vectored remainder
+    bool link_next = false;  // prepare_linked: the next queued op is linked to this one
+    ChainKind chain_kind = ChainKind::Soft;
 };
 
 class FallbackEngine final : public Engine {
@@ -50,6 +53,22 @@ public:
         files_.assign(fds.begin(), fds.end());
         return {};
     }
+    Result<void> register_files_sparse(unsigned count) override {
+        files_.assign(count, -1);
+        return {};
+    }
+
+    int register_file_alloc_range(unsigned, unsigned) override { return -EOPNOTSUPP; }
+
+    // Descriptor numbers, checked open now as the kernel checks them (see engine.h).
+    int register_files_update(unsigned offset, std::span<const int> fds) override {
+        if (offset > files_.size() || fds.size() > files_.size() - offset) return -EINVAL;
+        for (int fd : fds)
+            if (fd >= 0 && sys::call(SYS_fcntl, fd, F_GETFD) < 0) return -EBADF;
+        std::copy(fds.begin(), fds.end(), files_.begin() + offset);
+        return static_cast<int>(fds.size());
+    }
+
     int hard_error() const override { return 0; }
     void get_events() override {}
 
@@ -92,12 +111,30 @@ public:
         return 0;
     }
 
+    int prepare_linked(std::span<const Op> ops, std::span<const uint64_t> tags,
+                       ChainKind kind) override {
+        if (ops.size() != tags.size()) return -EINVAL;
+        if (ops.size() > max_inflight_) return -E2BIG;
+        if (async_inflight_ + ops.size() > max_inflight_) return -EBUSY;
+        for (size_t i = 0; i < ops.size(); ++i) {
+            Pending p{ops[i], tags[i], nullptr, 0};
+            p.link_next = i + 1 < ops.size();
+            p.chain_kind = kind;
+            queued_.push_back(p);
+            ++async_inflight_;
+        }
+        return 0;
+    }
+
     int submit() override {
         int n = static_cast<int>(queued_.size());
         while (!queued_.empty()) {
             Pending p = queued_.front();
             queued_.pop_front();
-            start(p);
+            if (p.link_next)
+                run_linked(p);
+            else
+                start(p);
         }
         return n;
     }
@@ -161,6 +198,25 @@ public:
     }
 
 private:
+    // A chain queued by prepare_linked, `first` and the queued ops linked behind it: run one
+    // after another (each waits for its socket as run() does); under a soft link the first
+    // failure cancels the rest, as the kernel does.
+    void run_linked(Pending first) {
+        bool failed = false;
+        for (Pending p = first;;) {
+            const bool more = p.link_next;
+            Op op = p.op;
+            op.all = false;  // as with io_uring: chained ops are not resubmitted
+            int32_t res = -ECANCELED;
+            if (!failed || p.chain_kind == ChainKind::Hard) res = run(op);
+            if (breaks_chain(op, res)) failed = true;
+            complete(p, res, false);
+            if (!more || queued_.empty()) break;
+            p = queued_.front();
+            queued_.pop_front();
+        }
+    }
+
     static bool waits_for_socket(const Op& op) {
         switch (op.code) {
             case OpCode::Recv:
@@ -412,6 +468,9 @@ private:
                 break;
             case OpCode::Fadvise:
                 r = sys::call(SYS_fadvise64, op.fd, op.offset, op.len, op.flags);
+                break;
+            case OpCode::SyncFileRange:
+                r = sys::call(SYS_sync_file_range, op.fd, op.offset, op.len, op.flags);
                 break;
             case OpCode::Send:
                 r = sys::call_restart(SYS_sendto, op.fd, op.buf, op.len, op.flags | MSG_NOSIGNAL,

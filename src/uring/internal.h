@@ -23,7 +23,9 @@ uint64_t requested_bytes(const Op& op);
 // After `done` bytes of a transfer completed: rewrite `op` to cover the remainder. Vectored ops
 // get their remaining iovecs copied into `iov_storage` (the caller's array is left untouched).
 void advance(Op& op, uint64_t done, std::vector<iovec>& iov_storage);
-// Whether `res` of `op` fails a soft link chain (what the kernel does: error or short transfer).
+// Whether `res` of `op` fails a soft link chain (what the kernel does: error or short transfer;
+// but a failed fsync, fdatasync or sync_file_range does not, unless its descriptor did not
+// resolve).
 bool breaks_chain(const Op& op, int32_t res);
 // Combines the bytes already transferred with the latest result for `.whole()` ops.
 inline int32_t whole_result(uint64_t done, int32_t res) {

@@ -20,6 +20,7 @@ const char* op_name(OpCode code) {
         case OpCode::Close: return "close";
         case OpCode::Statx: return "statx";
         case OpCode::Fadvise: return "fadvise";
+        case OpCode::SyncFileRange: return "sync_file_range";
         case OpCode::Send: return "send";
         case OpCode::Recv: return "recv";
         case OpCode::Sendmsg: return "sendmsg";
@@ -105,6 +106,13 @@ Op Op::fadvise(int fd, int64_t offset, uint32_t len, int advice) {
     op.offset = offset;
     op.len = len;
     op.flags = advice;
+    return op;
+}
+Op Op::sync_file_range(int fd, int64_t offset, uint32_t nbytes, unsigned flags) {
+    Op op = make(OpCode::SyncFileRange, fd);
+    op.offset = offset;
+    op.len = nbytes;
+    op.flags = static_cast<int>(flags);
     return op;
 }
 Op Op::send(int fd, const void* buf, uint32_t len, int msg_flags) {
@@ -244,6 +252,12 @@ Result<void> check_buffer_ring_args(unsigned count, uint32_t size) {
 }
 
 bool breaks_chain(const Op& op, int32_t res) {
+    // The kernel fails the link only for ops whose handler marks the failure: fsync,
+    // fdatasync and sync_file_range do not (a descriptor that does not resolve still does,
+    // before the op runs).
+    if (res < 0 && (op.code == OpCode::Fsync || op.code == OpCode::Fdatasync ||
+                    op.code == OpCode::SyncFileRange))
+        return res == -EBADF;
     if (res < 0) return true;
     return is_transfer(op.code) && static_cast<uint64_t>(res) < requested_bytes(op);
 }

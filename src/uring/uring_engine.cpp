@@ -119,6 +119,33 @@ public:
         return {};
     }
 
+    Result<void> register_files_sparse(unsigned count) override {
+        if (files_registered_) io_uring_unregister_files(&ring_);
+        files_registered_ = false;
+        if (count == 0) return {};
+        // IORING_REGISTER_FILES2 directly: liburing's wrapper raises RLIMIT_NOFILE on EMFILE.
+        io_uring_rsrc_register reg{};
+        reg.flags = IORING_RSRC_REGISTER_SPARSE;
+        reg.nr = count;
+        const auto r = static_cast<int>(sys::call(SYS_io_uring_register, ring_.ring_fd,
+                                                  IORING_REGISTER_FILES2, &reg, sizeof reg));
+        if (r < 0)
+            return make_error(-r,
+                              fmt::format("io_uring_register_files_sparse: {}", std::strerror(-r)));
+        files_registered_ = true;
+        return {};
+    }
+
+    int register_file_alloc_range(unsigned offset, unsigned count) override {
+        return io_uring_register_file_alloc_range(&ring_, offset, count);
+    }
+
+    int register_files_update(unsigned offset, std::span<const int> fds) override {
+        if (fds.empty()) return 0;
+        return io_uring_register_files_update(&ring_, offset, fds.data(),
+                                              static_cast<unsigned>(fds.size()));
+    }
+
     Result<void> register_eventfd(int fd) override {
         if (eventfd_registered_) io_uring_unregister_eventfd(&ring_);
         eventfd_registered_ = false;
@@ -191,6 +218,25 @@ public:
         int slot = take_slot(op, tag, nullptr, false);
         if (slot < 0) return slot;
         ++async_inflight_;
+        return 0;
+    }
+
+    int prepare_linked(std::span<const Op> ops, std::span<const uint64_t> tags,
+                       ChainKind kind) override {
+        if (ops.size() != tags.size()) return -EINVAL;
+        if (ops.empty()) return 0;
+        if (broken_) return broken_;
+        if (ops.size() > ring_.sq.ring_entries || ops.size() > slots_.size()) return -E2BIG;
+        if (free_.size() < ops.size()) return -EBUSY;
+        // The chain must reach the kernel in one submission, or the kernel ends it early.
+        if (io_uring_sq_space_left(&ring_) < ops.size()) submit_with_retry(0);
+        if (broken_) return broken_;
+        const uint8_t link = kind == ChainKind::Soft ? IOSQE_IO_LINK : IOSQE_IO_HARDLINK;
+        for (size_t i = 0; i < ops.size(); ++i) {
+            take_slot(ops[i], tags[i], nullptr, true);
+            if (i + 1 < ops.size()) last_sqe_->flags |= link;
+            ++async_inflight_;
+        }
         return 0;
     }
 
@@ -345,6 +391,10 @@ private:
                 break;
             case OpCode::Fadvise:
                 io_uring_prep_fadvise(sqe, op.fd, op.offset, static_cast<off_t>(op.len), op.flags);
+                break;
+            case OpCode::SyncFileRange:
+                io_uring_prep_sync_file_range(sqe, op.fd, static_cast<unsigned>(op.len), op.offset,
+                                              op.flags);
                 break;
             case OpCode::Send: io_uring_prep_send(sqe, op.fd, op.buf, op.len, op.flags); break;
             case OpCode::Recv: io_uring_prep_recv(sqe, op.fd, op.buf, op.len, op.flags); break;

@@ -104,6 +104,7 @@ TEST_P(FileOps, OpenatDirectTakesNoProcessDescriptor) {
     if (GetParam() == BackendKind::Fallback) {
         EXPECT_EQ(engine->run(Op::openat_direct(AT_FDCWD, path.c_str(), O_RDONLY)), -EOPNOTSUPP);
         EXPECT_EQ(engine->run(Op::close_direct(0)), -EOPNOTSUPP);
+        EXPECT_EQ(engine->register_file_alloc_range(0, 4), -EOPNOTSUPP);
         return;
     }
     ASSERT_TRUE(engine->register_files(sparse).ok());
@@ -130,6 +131,15 @@ TEST_P(FileOps, OpenatDirectTakesNoProcessDescriptor) {
         slots.push_back(engine->run(Op::openat_direct(AT_FDCWD, path.c_str(), O_RDONLY)));
     std::sort(slots.begin(), slots.end());
     EXPECT_EQ(slots, (std::vector<int>{0, 1, 2, 3}));
+    EXPECT_EQ(engine->run(Op::openat_direct(AT_FDCWD, path.c_str(), O_RDONLY)), -ENFILE);
+    // An allocation range keeps the slots below it to the caller's own updates.
+    for (int slot : slots) EXPECT_EQ(engine->run(Op::close_direct(static_cast<unsigned>(slot))), 0);
+    ASSERT_EQ(engine->register_file_alloc_range(2, 2), 0);
+    std::vector<int> ranged;
+    for (int i = 0; i < 2; ++i)
+        ranged.push_back(engine->run(Op::openat_direct(AT_FDCWD, path.c_str(), O_RDONLY)));
+    std::sort(ranged.begin(), ranged.end());
+    EXPECT_EQ(ranged, (std::vector<int>{2, 3}));
     EXPECT_EQ(engine->run(Op::openat_direct(AT_FDCWD, path.c_str(), O_RDONLY)), -ENFILE);
 }
 

@@ -1,0 +1,322 @@
+// The policy I/O worker's Read action against the target's descriptor table: it never takes a
+// descriptor number, never consumes a byte of what is not a regular file, never moves a file
+// position and leaves no reference to the target's file behind.
+#include <fcntl.h>
+#include <sys/inotify.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "base/fault_points.h"
+#include "policy/io_worker.h"
+#include "policy_fixture.h"
+#include "uring/engine.h"
+
+namespace liveio::policy {
+namespace {
+
+using testing::TempFile;
+
+constexpr uint32_t kSeed = 51;
+
+// Records what the worker reports; checks every Read's data against the pattern file.
+class RecordingSink : public WorkerSink {
+public:
+    bool admit(const Action&) override { return true; }
+    void dropped(const Action&) override { ++dropped_; }
+    void issued(const Action&, uint64_t) override { ++issued_; }
+    void completed(const Action& a, uint64_t, int32_t res, std::span<const char> data,
+                   uint64_t) override {
+        ++completed_;
+        if (res < 0) {
+            ++errors_;
+            return;
+        }
+        if (static_cast<size_t>(res) != data.size()) ++mismatches_;
+        for (size_t i = 0; i < data.size(); ++i)
+            if (data[i] != TempFile::pattern(kSeed, static_cast<uint64_t>(a.offset) + i)) {
+                ++mismatches_;
+                break;
+            }
+        bytes_ += data.size();
+    }
+    std::atomic<uint64_t> dropped_{0}, issued_{0}, completed_{0}, errors_{0}, mismatches_{0},
+        bytes_{0};
+};
+
+Action read_action(int fd, int64_t offset, uint64_t len) {
+    Action a;
+    a.kind = Action::Kind::Read;
+    a.fd = fd;
+    a.offset = offset;
+    a.len = len;
+    return a;
+}
+
+// Pushes until the queue takes it (bounded): the tests count on every action being queued.
+void push(IoWorker& w, const Action& a) {
+    for (int i = 0; i < 100000 && !w.push(a); ++i) std::this_thread::yield();
+}
+
+// A worker (io_uring backend unless `fallback`) beside a pattern file "data.bin".
+class PolicyIoWorker : public ::testing::Test {
+protected:
+    void start(uint64_t file_size, bool fallback = false) {
+        data.write_pattern(file_size, kSeed);
+        IoWorker::Options o;
+        o.force_fallback = fallback;
+        auto started = IoWorker::start(o, sink);
+        ASSERT_TRUE(started) << started.error().message;
+        w = std::move(started).value();
+        if (!fallback && !w->uses_io_uring())
+            GTEST_SKIP() << "io_uring unusable here: Reads are dropped";
+    }
+    int open_data() const { return ::open(data.path().c_str(), O_RDONLY); }
+
+    TempFile data{"data.bin"};
+    RecordingSink sink;
+    std::unique_ptr<IoWorker> w;  // destroyed first: it reports to `sink`
+};
+
+// Starts the worker; a test without io_uring ends here, skipped.
+#define START(...)                               \
+    ASSERT_NO_FATAL_FAILURE(start(__VA_ARGS__)); \
+    if (IsSkipped()) return
+
+// A target thread closes descriptor N and opens a file, over and over, while Reads of other
+// descriptors are in flight: POSIX gives it the lowest free number, N, every time.
+TEST_F(PolicyIoWorker, ReadsInFlightNeverTakeTheTargetsLowestFreeDescriptor) {
+    START(8 << 20);
+    TempFile other("other.bin");
+    other.write_pattern(4096, 1);
+    // N is the lowest free number now: every number below it is open.
+    const int n = ::open(other.path().c_str(), O_RDONLY);
+    ASSERT_GE(n, 0);
+    std::vector<int> readers;
+    for (int i = 0; i < 4; ++i) readers.push_back(open_data());
+    std::atomic<bool> done{false};
+    std::atomic<int> wrong{0}, rounds{0};
+    std::thread target([&] {
+        int fd = n;
+        for (int i = 0; i < 3000; ++i) {
+            ::close(fd);
+            std::this_thread::yield();  // the worker may run while N is free
+            fd = ::open(other.path().c_str(), O_RDONLY);
+            if (fd != n) ++wrong;
+            if (fd < 0) break;
+            ++rounds;
+        }
+        ::close(fd);
+        done.store(true);
+    });
+    uint64_t pushed = 0;
+    for (uint64_t i = 0; !done.load() && i < 200000; ++i) {
+        const int64_t offset = static_cast<int64_t>((i * 40961) % ((8 << 20) - 65536));
+        push(*w, read_action(readers[i % readers.size()], offset, 4096 + (i % 16) * 4096));
+        ++pushed;
+    }
+    target.join();
+    w->barrier();
+    EXPECT_EQ(wrong.load(), 0) << "of " << rounds.load() << " opens, expecting " << n;
+    EXPECT_EQ(rounds.load(), 3000);
+    EXPECT_GT(sink.completed_.load(), 0u);
+    EXPECT_EQ(sink.errors_.load(), 0u);
+    EXPECT_EQ(sink.mismatches_.load(), 0u);
+    EXPECT_EQ(sink.completed_.load() + sink.dropped_.load(), pushed);
+    for (int fd : readers) ::close(fd);
+}
+
+// A Read of a pipe, socket or FIFO is refused before any I/O and consumes nothing.
+TEST_F(PolicyIoWorker, ReadOfAPipeSocketOrFifoConsumesNothing) {
+    START(0);
+    TempFile fifo_file("fifo");
+    ASSERT_EQ(::mkfifo(fifo_file.path().c_str(), 0600), 0);
+    int p[2], sv[2];
+    ASSERT_EQ(::pipe(p), 0);
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    const int fifo = ::open(fifo_file.path().c_str(), O_RDWR);
+    ASSERT_GE(fifo, 0);
+    ASSERT_EQ(::write(p[1], "pipe", 4), 4);
+    ASSERT_EQ(::write(sv[1], "socket", 6), 6);
+    ASSERT_EQ(::write(fifo, "fifo!", 5), 5);
+    for (int fd : {p[0], sv[0], fifo}) push(*w, read_action(fd, 0, 4096));
+    w->barrier();
+    EXPECT_EQ(sink.dropped_.load(), 3u);
+    EXPECT_EQ(w->stats().not_regular, 3u);
+    char buf[16];
+    EXPECT_EQ(::read(p[0], buf, sizeof buf), 4);
+    EXPECT_EQ(::recv(sv[0], buf, sizeof buf, 0), 6);
+    EXPECT_EQ(::read(fifo, buf, sizeof buf), 5);
+    for (int fd : {p[0], p[1], sv[0], sv[1], fifo}) ::close(fd);
+}
+
+// The descriptor of a Read is swapped for a pipe holding data right after the Read is queued:
+// whether the worker sees the pipe at its fstat or only in the ring's check, the pipe keeps
+// every byte.
+TEST_F(PolicyIoWorker, DescriptorSwappedForAPipeUnderAQueuedReadLosesNoByte) {
+    START(1 << 20);
+    int lost = 0;
+    for (int round = 0; round < 300; ++round) {
+        const int fd = open_data();
+        int p[2];
+        ASSERT_EQ(::pipe(p), 0);
+        ASSERT_EQ(::write(p[1], "0123456789", 10), 10);
+        push(*w, read_action(fd, (round % 64) * 4096, 65536));
+        if (round % 3 != 0) std::this_thread::yield();  // vary the moment of the swap
+        ASSERT_EQ(::dup2(p[0], fd), fd);
+        w->barrier();
+        char buf[16];
+        if (::read(fd, buf, sizeof buf) != 10) ++lost;
+        for (int d : {fd, p[0], p[1]}) ::close(d);
+    }
+    EXPECT_EQ(lost, 0);
+    EXPECT_EQ(sink.errors_.load(), 0u);
+    EXPECT_EQ(sink.mismatches_.load(), 0u);
+    EXPECT_EQ(sink.completed_.load() + sink.dropped_.load(), 300u);
+}
+
+TEST_F(PolicyIoWorker, ReadLeavesTheSharedFilePositionAlone) {
+    START(1 << 20);
+    const int fd = open_data();
+    ASSERT_EQ(::lseek(fd, 777, SEEK_SET), 777);
+    for (int64_t off : {0, 4096, 500000, (1 << 20) - 100}) push(*w, read_action(fd, off, 65536));
+    w->barrier();
+    EXPECT_EQ(::lseek(fd, 0, SEEK_CUR), 777) << "the file position moved";
+    EXPECT_EQ(sink.completed_.load(), 4u);
+    EXPECT_EQ(sink.errors_.load(), 0u);
+    EXPECT_EQ(sink.mismatches_.load(), 0u);
+    EXPECT_EQ(sink.bytes_.load(), 3u * 65536 + 100) << "short read at EOF";
+    // The target's next read starts where it left off.
+    char c;
+    ASSERT_EQ(::read(fd, &c, 1), 1);
+    EXPECT_EQ(c, TempFile::pattern(kSeed, 777));
+    ::close(fd);
+}
+
+// The target's descriptor is O_DIRECT: the worker reads the aligned range around the action's
+// and hands on exactly the action's bytes.
+TEST_F(PolicyIoWorker, ReadOfAnODirectDescriptorHandsOnTheActionsBytes) {
+    START(1 << 20);
+    const int fd = ::open(data.path().c_str(), O_RDONLY | O_DIRECT);
+    if (fd < 0) GTEST_SKIP() << "O_DIRECT unsupported here: " << std::strerror(errno);
+    push(*w, read_action(fd, 1000, 5000));
+    push(*w, read_action(fd, (1 << 20) - 300, 4096));
+    w->barrier();
+    EXPECT_EQ(sink.completed_.load(), 2u);
+    EXPECT_EQ(sink.errors_.load(), 0u);
+    EXPECT_EQ(sink.mismatches_.load(), 0u);
+    EXPECT_EQ(sink.bytes_.load(), 5000u + 300u);
+    ::close(fd);
+}
+
+// Once a Read has completed the worker holds no reference to the file: the target's close is
+// the last one (inotify reports the close of the open file description).
+TEST_F(PolicyIoWorker, CompletedReadLeavesNoReferenceToTheFile) {
+    START(65536);
+    const int in = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    ASSERT_GE(in, 0);
+    ASSERT_GE(::inotify_add_watch(in, data.path().c_str(), IN_CLOSE_NOWRITE), 0);
+    const int fd = open_data();
+    push(*w, read_action(fd, 0, 4096));
+    w->barrier();
+    EXPECT_EQ(sink.completed_.load(), 1u);
+    alignas(inotify_event) char ev[sizeof(inotify_event) + 256];
+    errno = 0;
+    EXPECT_EQ(::read(in, ev, sizeof ev), -1) << "closed before the target closed it";
+    EXPECT_EQ(errno, EAGAIN);
+    ::close(fd);
+    EXPECT_GT(::read(in, ev, sizeof ev), 0) << "the target's close was not the last reference";
+    ::close(in);
+}
+
+// The worker closes no descriptor of the file, so the target's POSIX record locks (which any
+// close of any descriptor of the file by the process would drop) stay.
+TEST_F(PolicyIoWorker, ReadKeepsTheTargetsRecordLocks) {
+    START(65536);
+    const int fd = ::open(data.path().c_str(), O_RDWR);
+    struct flock lock {};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+    ASSERT_EQ(::fcntl(fd, F_SETLK, &lock), 0);
+    push(*w, read_action(fd, 0, 4096));
+    w->barrier();
+    EXPECT_EQ(sink.completed_.load(), 1u);
+    // Another process sees the lock still held.
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        const int other = ::open(data.path().c_str(), O_RDWR);
+        struct flock probe {};
+        probe.l_type = F_WRLCK;
+        probe.l_whence = SEEK_SET;
+        _exit(other >= 0 && ::fcntl(other, F_GETLK, &probe) == 0 && probe.l_type == F_WRLCK ? 0
+                                                                                            : 1);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the target's lock was dropped";
+    ::close(fd);
+}
+
+// A ring that fails for good (io_uring_enter keeps failing with ENOMEM past the engine's
+// retries) is retired, its actions complete with the error, and a new ring takes over.
+TEST_F(PolicyIoWorker, FailedRingIsRetiredAndReplaced) {
+    START(1 << 20);
+    const int fd = open_data();
+    push(*w, read_action(fd, 0, 4096));
+    w->barrier();
+    ASSERT_EQ(sink.completed_.load(), 1u);
+    ASSERT_EQ(sink.errors_.load(), 0u);
+    fault::plan().arm(fault::Point::SubmitEnomem, uring::kMaxNomemRetries + 1);
+    push(*w, read_action(fd, 4096, 4096));
+    w->barrier();
+    EXPECT_EQ(fault::plan().armed(fault::Point::SubmitEnomem), 0u);
+    EXPECT_EQ(sink.completed_.load(), 2u);
+    EXPECT_EQ(sink.errors_.load(), 1u) << "the read pending in the failed ring";
+    EXPECT_EQ(w->stats().rings_retired, 1u);
+    EXPECT_EQ(w->stats().quarantined_bytes, 0u)
+        << "the failed submission held the check, not the read";
+    // Until the new ring is due actions are dropped; then they run again (bounded wait).
+    uint64_t ok_before = sink.completed_.load() - sink.errors_.load();
+    for (int i = 0; i < 2000 && sink.completed_.load() - sink.errors_.load() == ok_before; ++i) {
+        push(*w, read_action(fd, 8192, 4096));
+        w->barrier();
+        if (sink.completed_.load() - sink.errors_.load() == ok_before) ::usleep(1000);
+    }
+    EXPECT_EQ(sink.completed_.load() - sink.errors_.load(), ok_before + 1);
+    EXPECT_EQ(sink.mismatches_.load(), 0u);
+    EXPECT_EQ(w->stats().rings_created, 2u);
+    EXPECT_EQ(w->stats().ring_down_drops, sink.dropped_.load());
+    ::close(fd);
+}
+
+// Without io_uring Reads are dropped and counted; prefetches still run.
+TEST_F(PolicyIoWorker, FallbackDropsReadsAndTakesNoDescriptor) {
+    START(1 << 20, true);
+    ASSERT_FALSE(w->uses_io_uring());
+    const int fd = open_data();
+    push(*w, read_action(fd, 0, 4096));
+    Action prefetch = read_action(fd, 0, 65536);
+    prefetch.kind = Action::Kind::Prefetch;
+    push(*w, prefetch);
+    w->barrier();
+    EXPECT_EQ(w->stats().reads_unsupported, 1u);
+    EXPECT_EQ(sink.dropped_.load(), 1u);
+    EXPECT_EQ(sink.completed_.load(), 1u);
+    EXPECT_EQ(sink.errors_.load(), 0u);
+    ::close(fd);
+}
+
+}  // namespace
+}  // namespace liveio::policy
