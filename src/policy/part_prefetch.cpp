@@ -26,7 +26,7 @@ constexpr int kOpenFlags = O_RDONLY | O_NONBLOCK | O_NOCTTY | O_NOFOLLOW;
 constexpr uint32_t kMaxManifest = 256 << 10;
 // A part prefetched this recently is not prefetched again (the other threads of one query,
 // each opening the same part's marks on a mark-cache miss).
-constexpr uint64_t kRecentNs = 500'000'000;
+constexpr uint64_t kRecentNs = 100'000'000;
 constexpr size_t kMaxPartsRemembered = 4096;
 // One FADVISE covers at most this much (its length is 32-bit in the SQE).
 constexpr uint64_t kMaxAdvice = uint64_t{1} << 30;

@@ -119,8 +119,8 @@ static long (*liveio_cached)(long fd, long offset, unsigned long len) = (void *)
  * part's other small per-column files to be read into the page cache and every column file's
  * inode to be looked up, all in parallel, by path, through io_uring direct descriptors (no
  * descriptor of the target's is used or created; the part's manifest names the files: the
- * ClickHouse glue of src/policy/clickhouse_part.cpp). The same part asked for again within half
- * a second is skipped. Returns 0 when queued, -EAGAIN when the queue is full, -EPERM when the
+ * ClickHouse glue of src/policy/clickhouse_part.cpp). The same part asked for again within
+ * 100 ms is skipped (the other threads of one query). Returns 0 when queued, -EAGAIN when the queue is full, -EPERM when the
  * policy is off. */
 static long (*liveio_prefetch_part)(long fd) = (void *)LIVEIO_HELPER_PREFETCH_PART;
 
