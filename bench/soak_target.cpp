@@ -29,6 +29,9 @@ std::vector<std::string> dir_entries(const std::string& dir) {
     return out;
 }
 
+// ClickHouse names its connection threads HTTPHandler, TCPHandler, InterserverIOHTTPHandler.
+bool is_connection_handler(const std::string& name) { return name.ends_with("Handler"); }
+
 }  // namespace
 
 size_t ProcessSnapshot::fd_count() const {
@@ -40,7 +43,15 @@ size_t ProcessSnapshot::fd_count() const {
 size_t ProcessSnapshot::thread_count() const {
     size_t n = 0;
     for (auto& [name, count] : threads)
-        if (!name.starts_with("iou-")) n += static_cast<size_t>(count);
+        if (!name.starts_with("iou-") && !is_connection_handler(name))
+            n += static_cast<size_t>(count);
+    return n;
+}
+
+size_t ProcessSnapshot::connection_handler_threads() const {
+    size_t n = 0;
+    for (auto& [name, count] : threads)
+        if (is_connection_handler(name)) n += static_cast<size_t>(count);
     return n;
 }
 

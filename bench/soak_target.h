@@ -31,7 +31,12 @@ struct ProcessSnapshot {
     // Threads of the process's own code; io_uring's kernel workers (iou-wrk-N, iou-sqp-N) are
     // counted apart: the kernel keeps a thread's io-wq worker until that thread exits, also
     // after every ring of it is closed.
+    // Connection handler threads (HTTPHandler, TCPHandler...) are counted apart too: they are
+    // the server's Poco connection pool, one per concurrent connection, kept idle for a while
+    // after the connection closes and renamed by the next handler that runs on them, so their
+    // number follows the load's peak concurrency, not liveio.
     size_t thread_count() const;
+    size_t connection_handler_threads() const;
     size_t io_uring_workers() const;
     // Descriptors and threads that are liveio's: io_uring rings, eventfds and memfds of liveio,
     // threads named liveio*.

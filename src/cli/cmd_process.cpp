@@ -42,6 +42,15 @@ T check(Result<T> r, const std::string& what) {
     if constexpr (!std::is_void_v<T>) return std::move(r).value();
 }
 
+// check() for a request to the agent of `pid`: when the process has died meanwhile, says so
+// (the error alone, e.g. a connection reset, would not tell).
+template <typename T>
+T check_agent(Result<T> r, pid_t pid, const std::string& what) {
+    if (!r && !process_running(pid))
+        fail(fmt::format("{}: process {} died meanwhile ({})", what, pid, r.error().message));
+    return check(std::move(r), what);
+}
+
 // --agent PATH, else $LIVEIO_AGENT, else liveio-agent.so next to this executable, else
 // ../lib/liveio/liveio-agent.so relative to it (an installed layout).
 std::string find_agent(const std::string& option) {
@@ -221,7 +230,7 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
         const std::string path = find_agent(args.agent);
         injected =
             check(inject::inject_library(pid, path, &stats), "attach " + std::to_string(pid));
-        inject::kill_point("attach-injected");
+        inject::kill_point("attach-injected", pid);
         existing = control::ControlClient::connect(pid);
         if (!existing) {
             // The loader kept an earlier copy mapped, so no constructor ran: start it.
@@ -262,9 +271,10 @@ void cmd_attach(pid_t pid, const InstallArgs& args) {
             if (detached && wait_thread_gone(pid, detached->value("control_tid", 0)))
                 (void)inject::unload_library(*injected);
         }
-        fail(fmt::format("install {} in {}: {}", args.mechanism, pid, installed.error().message));
+        check_agent(std::move(installed), pid,
+                    fmt::format("install {} in {}", args.mechanism, pid));
     }
-    inject::kill_point("attach-installed");
+    inject::kill_point("attach-installed", pid);
     if (args.mechanism == "rewrite" && !cpu_has_protection_keys())
         std::printf(
             "note: this CPU has no protection keys, so page 0 (the syscall trampoline) is readable "
@@ -356,8 +366,8 @@ void cmd_detach(pid_t pid) {
     if (!detached && detached.error().code == ETIMEDOUT)
         fail(fmt::format("detach {}: {}{}", pid, detached.error().message,
                          threads_blocked_in_agent(pid)));
-    const json result = check(std::move(detached), "detach " + std::to_string(pid));
-    inject::kill_point("detach-answered");
+    const json result = check_agent(std::move(detached), pid, "detach " + std::to_string(pid));
+    inject::kill_point("detach-answered", pid);
     std::string removed;
     for (auto& m : result.value("uninstalled", json::array()))
         removed += (removed.empty() ? "" : ",") + m.get<std::string>();

@@ -84,10 +84,19 @@ Result<ControlClient> ControlClient::connect_name(const std::string& name) {
     std::memcpy(addr.sun_path, name.data(), name.size());
     const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return make_error(errno, std::string("socket: ") + std::strerror(errno));
+    // connect() waits while the agent's backlog is full and send() while its receive buffer is:
+    // an agent that stopped accepting or reading (its process dying, or hung) must not hold
+    // the command forever. SO_SNDTIMEO bounds both.
+    const timeval send_bound{kSendTimeoutMs / 1000, (kSendTimeoutMs % 1000) * 1000};
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send_bound, sizeof send_bound);
     const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
     if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
         const int err = errno;
         ::close(fd);
+        if (err == EAGAIN)
+            return make_error(ETIMEDOUT, fmt::format("the agent's control socket did not accept "
+                                                     "the connection within {} ms",
+                                                     kSendTimeoutMs));
         return make_error(err,
                           "connect to agent control socket: " + std::string(std::strerror(err)));
     }
@@ -161,6 +170,10 @@ Result<std::string> ControlClient::raw_exchange(std::string_view bytes, int time
             // The agent may reject and close before reading everything (oversized request):
             // its answer is still in our receive queue.
             if (errno == EPIPE || errno == ECONNRESET) break;
+            if (errno == EAGAIN)
+                return make_error(
+                    ETIMEDOUT,
+                    fmt::format("the agent did not read the request within {} ms", kSendTimeoutMs));
             return make_error(errno, std::string("send to agent: ") + std::strerror(errno));
         }
         bytes.remove_prefix(static_cast<size_t>(w));

@@ -31,6 +31,8 @@ namespace liveio::control {
 inline constexpr int kProtocolVersion = 1;
 inline constexpr const char* kAgentVersion = "0.1";
 inline constexpr size_t kMaxRequestBytes = 64 * 1024;
+// Bound on connecting to an agent and on handing it a request (ControlClient).
+inline constexpr int kSendTimeoutMs = 10000;
 
 // The interception mechanisms as requests and replies name them, in hook::Mechanism order
 // (GOT slots, inline function hooks, syscall rewriting).

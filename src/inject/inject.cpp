@@ -1,8 +1,10 @@
 // ptrace injection: see inject.h for the protocol. This file holds the target model (maps,
-// libc symbols read from disk), the all-threads stop, the safe-point check and the remote call.
+// libc symbols read from disk), the safe-point check and the remote call; the all-threads stop
+// and the waits on the target's threads are in stopped_process.cpp.
 #include "inject/inject.h"
 #include "inject/kill_point.h"
 #include "inject/return_frame.h"
+#include "inject/stopped_process.h"
 
 #include <dirent.h>
 #include <elf.h>
@@ -19,7 +21,6 @@
 #include <fmt/format.h>
 
 #include "base/errno_error.h"
-#include "base/proc_tasks.h"
 
 #include <algorithm>
 #include <array>
@@ -66,8 +67,6 @@ struct Mapping {
     bool exec = false;
     std::string path;
 };
-
-Error seize_error(pid_t pid, int code);
 
 Result<std::vector<Mapping>> read_maps(pid_t pid) {
     std::string file = fmt::format("/proc/{}/maps", pid);
@@ -132,8 +131,6 @@ struct Credentials {
     uid_t fsuid = 0;
     gid_t fsgid = 0;
     std::vector<gid_t> groups;
-    char state = '?';
-    pid_t tracer = 0;
 };
 
 Result<Credentials> read_credentials(pid_t pid) {
@@ -153,10 +150,6 @@ Result<Credentials> read_credentials(pid_t pid) {
         } else if (key == "Groups:") {
             unsigned long g;
             while (fields >> g) c.groups.push_back(static_cast<gid_t>(g));
-        } else if (key == "State:") {
-            fields >> c.state;
-        } else if (key == "TracerPid:") {
-            fields >> c.tracer;
         }
     }
     return c;
@@ -469,162 +462,6 @@ Result<TargetModel> model_target(pid_t pid) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stopping every thread.
-
-struct Tracee {
-    pid_t tid = 0;
-    int pending_signal = 0;  // stopped in signal-delivery-stop: re-delivered on detach
-    bool job_stopped = false;
-    user_regs_struct regs{};
-};
-
-Error seize_error(pid_t pid, int code) {
-    if (code == ESRCH) return make_error(ESRCH, fmt::format("process {} does not exist", pid));
-    if (code != EPERM) return errno_error(code, fmt::format("PTRACE_SEIZE of process {}", pid));
-    std::string why;
-    auto creds = read_credentials(pid);
-    if (creds && creds->tracer != 0)
-        why += fmt::format("; it is already traced by process {}", creds->tracer);
-    struct stat st;
-    if (stat(fmt::format("/proc/{}", pid).c_str(), &st) == 0 && st.st_uid != geteuid())
-        why += fmt::format("; it is owned by uid {}, we are uid {}", st.st_uid, geteuid());
-    if (auto scope = read_text("/proc/sys/kernel/yama/ptrace_scope");
-        scope && !scope->empty() && (*scope)[0] != '0')
-        why += fmt::format(
-            "; kernel.yama.ptrace_scope is {} (1: only ancestors, 2: CAP_SYS_PTRACE only, 3: "
-            "never)",
-            (*scope)[0]);
-    if (why.empty()) why = "; the process is not dumpable or we lack CAP_SYS_PTRACE";
-    return make_error(EPERM, fmt::format("not permitted to ptrace process {}{}", pid, why));
-}
-
-// Owns the ptrace attachment of every thread of one process; releasing detaches them all.
-class StoppedProcess {
-public:
-    explicit StoppedProcess(pid_t pid) : pid_(pid) {}
-    ~StoppedProcess() { release_all(); }
-    StoppedProcess(const StoppedProcess&) = delete;
-    StoppedProcess& operator=(const StoppedProcess&) = delete;
-
-    // Seizes and interrupts every thread until the thread list no longer grows.
-    Result<void> stop_all() {
-        std::set<pid_t> known;
-        bool first = true;
-        for (;;) {
-            std::vector<pid_t> fresh;
-            std::optional<Error> failure;
-            for (pid_t tid : list_threads(pid_)) {
-                if (known.count(tid)) continue;
-                known.insert(tid);
-                // io_uring workers refuse ptrace (EPERM) and run no user code: nothing to stop.
-                if (is_io_uring_worker(pid_, tid)) continue;
-                if (ptrace(PTRACE_SEIZE, tid, nullptr, nullptr) != 0) {
-                    int e = errno;
-                    if (e == ESRCH && !first) continue;  // the thread exited meanwhile
-                    failure = seize_error(pid_, e);
-                    break;
-                }
-                first = false;
-                fresh.push_back(tid);
-            }
-            if (fresh.empty() && !failure) break;
-            if (threads_.empty()) started_ = Clock::now();
-            // Every seized thread is brought to a stop and recorded, also on failure, so that
-            // release_all() can detach it.
-            for (pid_t tid : fresh) ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr);
-            for (pid_t tid : fresh) {
-                auto t = wait_stopped(tid);
-                if (!t) {
-                    if (!failure) failure = t.error();
-                    continue;
-                }
-                if (*t) threads_.push_back(**t);
-            }
-            if (failure) return *failure;
-        }
-        if (threads_.empty())
-            return make_error(ESRCH, fmt::format("process {} does not exist", pid_));
-        all_stopped_ = Clock::now();
-        for (auto& t : threads_) {
-            if (t.job_stopped)
-                return make_error(
-                    EBUSY,
-                    fmt::format("process {} is stopped by job control (SIGSTOP); continue it first",
-                                pid_));
-            if (ptrace(PTRACE_GETREGS, t.tid, nullptr, &t.regs) != 0)
-                return errno_error(errno, fmt::format("reading registers of thread {}", t.tid));
-        }
-        return {};
-    }
-
-    // Detaches every thread except `keep` (0: all). Returns when they all run again.
-    void release_all(pid_t keep = 0) {
-        std::vector<Tracee> kept;
-        for (auto& t : threads_) {
-            if (t.tid == keep) {
-                kept.push_back(t);
-                continue;
-            }
-            if (ptrace(PTRACE_DETACH, t.tid, nullptr,
-                       reinterpret_cast<void*>(static_cast<long>(t.pending_signal))) != 0 &&
-                errno == ESRCH)
-                reap_dying(t.tid);
-        }
-        if (!threads_.empty() && kept.size() != threads_.size()) released_ = Clock::now();
-        threads_ = std::move(kept);
-    }
-
-    std::vector<Tracee>& threads() { return threads_; }
-    double pause_ms() const { return ms_between(started_, released_); }
-    double stop_ms() const { return ms_between(started_, all_stopped_); }
-    pid_t pid() const { return pid_; }
-
-private:
-    // A tracee that cannot be detached was killed (e.g. another thread called exit while we
-    // released the first ones): as its tracer we must collect its exit, or the process stays
-    // a zombie that its parent cannot reap.
-    static void reap_dying(pid_t tid) {
-        int status = 0;
-        for (;;) {
-            pid_t r = waitpid(tid, &status, __WALL);
-            if (r < 0 && errno == EINTR) continue;
-            if (r < 0 || WIFEXITED(status) || WIFSIGNALED(status)) return;
-            if (ptrace(PTRACE_DETACH, tid, nullptr, nullptr) == 0) return;  // it was only stopping
-        }
-    }
-
-    // Waits for the interrupt stop of `tid`; nullopt when the thread exited instead.
-    Result<std::optional<Tracee>> wait_stopped(pid_t tid) {
-        int status = 0;
-        for (;;) {
-            pid_t r = waitpid(tid, &status, __WALL);
-            if (r < 0 && errno == EINTR) continue;
-            if (r < 0) return errno_error(errno, fmt::format("waiting for thread {} to stop", tid));
-            break;
-        }
-        if (WIFEXITED(status) || WIFSIGNALED(status)) {
-            if (tid == pid_)
-                return make_error(ESRCH,
-                                  fmt::format("process {} exited while being stopped", pid_));
-            return std::optional<Tracee>{};
-        }
-        Tracee t;
-        t.tid = tid;
-        int sig = WSTOPSIG(status);
-        if ((status >> 16) == PTRACE_EVENT_STOP) {
-            t.job_stopped = sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU;
-        } else if ((status >> 16) == 0) {
-            t.pending_signal = sig;  // a signal arrived first; give it back on detach
-        }
-        return std::optional<Tracee>{t};
-    }
-
-    pid_t pid_;
-    std::vector<Tracee> threads_;
-    Clock::time_point started_{}, all_stopped_{}, released_{};
-};
-
-// ---------------------------------------------------------------------------------------------
 // Safe point and remote call.
 
 bool in_ranges(const std::vector<std::pair<uint64_t, uint64_t>>& ranges, uint64_t ip) {
@@ -807,8 +644,10 @@ public:
         if (ptrace(PTRACE_SETREGS, thread_.tid, nullptr, &regs) != 0)
             return errno_error(errno, fmt::format("setting registers of thread {}", thread_.tid));
         state_ = State::running;
+        stopped_.set_phase("during the injected call");
         auto start = Clock::now();
         auto r = run_until_return(start);
+        if (r) stopped_.set_phase("while it was stopped");
         if (stats_) stats_->call_ms += ms_between(start, Clock::now());
         return r;
     }
@@ -845,7 +684,8 @@ private:
     // are the frame's stack bytes restored. A tracer dying between any two steps leaves a
     // thread that still resumes correctly.
     Result<uint64_t> finish_returned_call(pid_t tid) {
-        kill_point("inject-call-returned");
+        stopped_.set_phase("after the injected call returned");
+        kill_point("inject-call-returned", stopped_.pid());
         uint64_t result = 0;
         if (auto r = copy_from(tid, frame_.result_slot, &result, sizeof result); !r)
             return r.error();
@@ -859,14 +699,11 @@ private:
         for (;;) {
             if (ptrace(PTRACE_SYSCALL, tid, nullptr, nullptr) != 0)
                 return errno_error(errno, fmt::format("resuming thread {}", tid));
-            int status = 0;
-            pid_t w;
-            while ((w = waitpid(tid, &status, __WALL)) < 0 && errno == EINTR) {
-            }
-            if (w < 0) return errno_error(errno, fmt::format("waiting for thread {}", tid));
+            auto waited = stopped_.wait_for(tid, "after the injected call returned");
+            if (!waited) return waited.error();
+            const int status = *waited;
             if (WIFEXITED(status) || WIFSIGNALED(status))
-                return make_error(
-                    ESRCH, fmt::format("process {} died after the injected call", stopped_.pid()));
+                return stopped_.death_error("after the injected call returned");
             if (WSTOPSIG(status) == (SIGTRAP | 0x80)) return result;
             // Nothing else can come before the exit stop; keep any signal for the thread.
             if ((status >> 16) == 0) {
@@ -892,16 +729,16 @@ private:
             if (ptrace(resume, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(deliver))) !=
                 0)
                 return errno_error(errno, fmt::format("resuming thread {}", tid));
-            if (first) kill_point("inject-call-running"), first = false;
+            if (first) kill_point("inject-call-running", stopped_.pid()), first = false;
             deliver = 0;
             int status = 0;
             auto waited = wait_with_release(tid, status, start);
-            if (!waited) return waited.error();
-            if (WIFEXITED(status) || WIFSIGNALED(status)) {
-                state_ = State::idle;
+            if (!waited || WIFEXITED(status) || WIFSIGNALED(status)) {
+                // The process died (or the call ended its thread): nothing left to restore.
+                if (state_ == State::running) state_ = State::idle;
                 stack_backup_.clear();
-                return make_error(
-                    ESRCH, fmt::format("process {} died during the injected call", stopped_.pid()));
+                if (!waited) return waited.error();
+                return stopped_.death_error("during the injected call");
             }
             int sig = WSTOPSIG(status);
             if (sig == (SIGTRAP | 0x80)) {
@@ -934,16 +771,20 @@ private:
         }
     }
 
-    // waitpid with polling so that a call that takes too long can release the other threads,
-    // and be given up after call_timeout_ms (the thread is then left to finish it and return
-    // through its frame; without the frame it could not survive that, so it is waited for).
+    // Polls the call's thread so that a call that takes too long can release the other
+    // threads, and be given up after call_timeout_ms (the thread is then left to finish it and
+    // return through its frame; without the frame it could not survive that, so it is waited
+    // for as long as the process lives). A process that dies meanwhile ends the wait (ESRCH).
     Result<void> wait_with_release(pid_t tid, int& status, Clock::time_point start) {
+        constexpr const char* kDuring = "during the injected call";
         auto nap = std::chrono::microseconds(5);
         for (;;) {
-            pid_t r = waitpid(tid, &status, __WALL | WNOHANG);
-            if (r == tid) return {};
-            if (r < 0 && errno != EINTR)
-                return errno_error(errno, fmt::format("waiting for thread {}", tid));
+            auto polled = stopped_.poll(tid, kDuring);
+            if (!polled) return polled.error();
+            if (*polled) {
+                status = **polled;
+                return {};
+            }
             double elapsed = ms_between(start, Clock::now());
             if (!released_early_ && elapsed > options_.release_after_ms) {
                 stopped_.release_all(tid);
@@ -953,18 +794,19 @@ private:
             if (gadgets_ && elapsed > options_.call_timeout_ms) {
                 // Stop it (any stop will do) so that release_all() can detach it.
                 ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr);
-                while (waitpid(tid, &status, __WALL) < 0 && errno == EINTR) {
-                }
+                auto stop = stopped_.wait_for(tid, kDuring);
+                if (!stop && stop.error().code == ESRCH) return stop.error();
                 state_ = State::abandoned;
                 stack_backup_.clear();
-                for (auto& t : stopped_.threads())
-                    if (t.tid == tid && (status >> 16) == 0 && WIFSTOPPED(status) &&
-                        WSTOPSIG(status) != (SIGTRAP | 0x80))
-                        t.pending_signal = WSTOPSIG(status);
+                if (stop && WIFSTOPPED(*stop) && (*stop >> 16) == 0 &&
+                    WSTOPSIG(*stop) != (SIGTRAP | 0x80))
+                    for (auto& t : stopped_.threads())
+                        if (t.tid == tid) t.pending_signal = WSTOPSIG(*stop);
                 return make_error(ETIMEDOUT,
                                   fmt::format("the injected call did not return within {} ms in "
-                                              "process {}; it was left to finish by itself",
-                                              options_.call_timeout_ms, stopped_.pid()));
+                                              "process {}; it was left to finish by itself{}",
+                                              options_.call_timeout_ms, stopped_.pid(),
+                                              stop ? "" : " (" + stop.error().message + ")"));
             }
             std::this_thread::sleep_for(nap);
             nap = std::min(nap * 2, std::chrono::microseconds(released_early_ ? 10000 : 200));
@@ -1006,7 +848,7 @@ auto with_target_stopped(pid_t pid, InjectStats* stats, const InjectOptions& opt
     std::string reason;
     for (int attempt = 1; attempt <= std::max(1, options.max_attempts); ++attempt) {
         st.attempts = attempt;
-        StoppedProcess stopped(pid);
+        StoppedProcess stopped(pid, options);
         if (auto r = stopped.stop_all(); !r) return r.error();
         Tracee* thread = pick_call_thread(stopped, *model, reason);
         if (!thread) {
@@ -1017,7 +859,7 @@ auto with_target_stopped(pid_t pid, InjectStats* stats, const InjectOptions& opt
             continue;
         }
         st.threads = static_cast<int>(stopped.threads().size());
-        kill_point("inject-stopped");
+        kill_point("inject-stopped", pid);
         auto result = [&]() -> decltype(body(*model, std::declval<RemoteCaller&>())) {
             RemoteCaller caller(stopped, *thread, *model, options, &st);
             if (auto r = caller.save(); !r) return r.error();
@@ -1025,6 +867,11 @@ auto with_target_stopped(pid_t pid, InjectStats* stats, const InjectOptions& opt
             if (auto r = caller.restore(); !r) return r.error();
             return out;
         }();
+        // A ptrace request failing with ESRCH on a thread we hold stopped: it was killed, and
+        // with it the whole process (e.g. SIGKILLed while stopped).
+        if (!result && !stopped.death_reported() &&
+            (result.error().code == ESRCH || stopped.dying(true)))
+            result = stopped.death_error(stopped.phase());
         stopped.release_all();
         st.pause_ms = stopped.pause_ms();
         st.stop_ms = stopped.stop_ms();

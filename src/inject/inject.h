@@ -25,10 +25,19 @@
 // is awaited up to `call_timeout_ms` (ETIMEDOUT then: the thread is left to finish the call
 // and return through its frame); `InjectStats::released_early` records that.
 //
+// The process may die at any moment (exit, abort from any thread, SIGKILL): every wait on its
+// threads is a poll bounded by `wait_timeout_ms` that notices the death, reaps the threads we
+// trace (so that its parent gets its exit status) and fails with ESRCH saying how it ended,
+// e.g. "process N died during the injected call (killed by signal 6, SIGABRT)"
+// (stopped_process.h). The only wait without a time bound is a call on a libc without the
+// frame's return path (above), which the thread could not survive without us: it lasts as long
+// as the call in a living process.
+//
 // The library's constructor runs on the hijacked thread while the others are stopped: it must
 // not wait for other threads of the process (start a thread for such work instead).
 //
-// Errors name the cause: process gone (ESRCH), not permitted (EPERM, with owner/ptrace_scope/
+// Errors name the cause: process gone or died meanwhile (ESRCH), a thread that never stopped
+// (ETIMEDOUT), not permitted (EPERM, with owner/ptrace_scope/
 // already-traced details), not x86-64 (ENOEXEC), no libc or dlopen found (ENOENT), library not
 // readable by the target (EACCES), no safe point (EAGAIN), dlopen failure with the target's
 // dlerror() text (ELIBBAD).
@@ -48,6 +57,9 @@ struct InjectOptions {
     int max_attempts = 50;        // stops tried before giving up on finding a safe point
     int release_after_ms = 500;   // call still running: let the other threads go
     int call_timeout_ms = 10000;  // call still running: give up (the target keeps running it)
+    // Bound on every wait for a thread: its stop after an interrupt (a thread in uninterruptible
+    // sleep stops only when the sleep ends), and the exits of a dying process's threads.
+    int wait_timeout_ms = 10000;
     // unload_library: besides the library's own mappings, anonymous executable memory counts as
     // the library's code (hook trampolines and stubs it generated jump back into it). Turn off
     // for targets that run JIT code of their own, or every stop may look unsafe.

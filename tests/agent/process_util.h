@@ -64,6 +64,16 @@ bool eventually(F&& done, int limit_ms = 60000) {
     return done();
 }
 
+// ptrace attach is possible for root, or for our own children under ptrace_scope <= 1 only
+// when the child allows it; the tests attach to their own children as the same user.
+inline std::string ptrace_unavailable() {
+    std::ifstream f("/proc/sys/kernel/yama/ptrace_scope");
+    int scope = 0;
+    if (f >> scope && scope >= 3) return "ptrace is disabled (kernel.yama.ptrace_scope=3)";
+    if (scope == 2 && ::geteuid() != 0) return "ptrace_scope=2 needs CAP_SYS_PTRACE";
+    return "";
+}
+
 struct CliResult {
     int status;
     std::string output;  // stdout and stderr, interleaved

@@ -49,12 +49,7 @@ class CliKilled : public ::testing::TestWithParam<KillCase> {};
 
 TEST_P(CliKilled, TargetResumesAndALaterAttachWorks) {
     const KillCase c = GetParam();
-    {
-        std::ifstream f("/proc/sys/kernel/yama/ptrace_scope");
-        int scope = 0;
-        if (f >> scope && scope >= 2 && ::geteuid() != 0)
-            GTEST_SKIP() << "ptrace_scope >= 2 needs CAP_SYS_PTRACE";
-    }
+    if (const std::string why = testing::ptrace_unavailable(); !why.empty()) GTEST_SKIP() << why;
     std::optional<testing::MmapMinAddrZero> page_zero;
     if (std::string(c.mechanism) == "rewrite") {
         page_zero.emplace();

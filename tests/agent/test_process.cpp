@@ -26,6 +26,7 @@ using nlohmann::json;
 using testing::CliResult;
 using testing::eventually;
 using testing::IoTarget;
+using testing::ptrace_unavailable;
 using testing::run_cli;
 
 json status_of(pid_t pid) {
@@ -49,16 +50,6 @@ bool agent_mapped(pid_t pid) {
     while (std::getline(maps, line))
         if (line.find("liveio-agent.so") != std::string::npos) return true;
     return false;
-}
-
-// ptrace attach is possible for root, or for our own children under ptrace_scope <= 1 only
-// when the child allows it; the tests attach to their own children as the same user.
-std::string ptrace_unavailable() {
-    std::ifstream f("/proc/sys/kernel/yama/ptrace_scope");
-    int scope = 0;
-    if (f >> scope && scope >= 3) return "ptrace is disabled (kernel.yama.ptrace_scope=3)";
-    if (scope == 2 && ::geteuid() != 0) return "ptrace_scope=2 needs CAP_SYS_PTRACE";
-    return "";
 }
 
 void expect_clean_exit(IoTarget& target) {

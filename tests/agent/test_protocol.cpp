@@ -10,6 +10,7 @@
 #include <cstring>
 #include <random>
 #include <stdexcept>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -333,6 +334,40 @@ TEST(ControlClientTest, ClearErrorsForMissingProcessOrAgent) {
     ASSERT_FALSE(none);
     EXPECT_EQ(none.error().code, ECONNREFUSED);
     EXPECT_NE(none.error().message.find("no liveio agent"), std::string::npos);
+}
+
+// An agent that stopped accepting connections (its process dying, or hung) with a full backlog:
+// connect() would wait for it forever; the client gives up after kSendTimeoutMs.
+TEST(ControlClientTest, ConnectToAnAgentThatNeverAcceptsEnds) {
+    const std::string name =
+        std::string(1, '\0') + "liveio-test-unaccepted-" + std::to_string(::getpid());
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, name.data(), name.size());
+    const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
+    const int server = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(server, 0);
+    ASSERT_EQ(::bind(server, reinterpret_cast<sockaddr*>(&addr), len), 0);
+    ASSERT_EQ(::listen(server, 0), 0);
+    // Fill the backlog: the connections that still get in are queued, never accepted.
+    std::vector<int> queued;
+    for (int i = 0; i < 8; ++i) {
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        ASSERT_GE(fd, 0);
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
+            ::close(fd);
+            break;
+        }
+        queued.push_back(fd);
+    }
+    ASSERT_FALSE(queued.empty());
+    // Without the client's bound this waits until ctest's timeout ends the test.
+    auto c = ControlClient::connect_name(name);
+    for (int fd : queued) ::close(fd);
+    ::close(server);
+    ASSERT_FALSE(c) << "connected to a socket whose backlog is full";
+    EXPECT_EQ(c.error().code, ETIMEDOUT) << c.error().message;
+    EXPECT_NE(c.error().message.find("did not accept"), std::string::npos) << c.error().message;
 }
 
 TEST(MechanismNames, RoundTrip) {

@@ -1,6 +1,6 @@
 // A process for the injection tests to attach to while it keeps doing verified I/O.
 //
-//   inject_target PIPE_PAIRS FILE_THREADS [spin|churn]
+//   inject_target PIPE_PAIRS FILE_THREADS [spin|churn|join]
 //
 // Each pipe pair is a writer thread streaming a known byte sequence and a reader thread that
 // verifies every byte; each file thread pwrite()s a block to a private temporary file and
@@ -8,6 +8,9 @@
 // loop that checks its own invariants (so a clobbered register or SSE state is caught) and a
 // helper thread serves stdin; otherwise the main thread serves stdin itself, mostly blocked in
 // read() on the pipe, which must never fail with EINTR.
+//
+// With "join" a helper thread serves stdin and the main thread waits for it in pthread_join (libc
+// internals: the injected call then runs on another thread than the main one).
 //
 // With "churn" a thread keeps creating short-lived threads (each does one pipe round trip and
 // ends). Every SIGRTMIN (SA_RESTART handler) is counted, so a test can check that none of the
@@ -173,6 +176,7 @@ int main(int argc, char** argv) {
     int pairs = atoi(argv[1]), files = atoi(argv[2]);
     bool spinning = argc > 3 && strcmp(argv[3], "spin") == 0;
     bool churning = argc > 3 && strcmp(argv[3], "churn") == 0;
+    bool joining = argc > 3 && strcmp(argv[3], "join") == 0;
     struct sigaction sa = {};
     sa.sa_handler = count_signal;
     sa.sa_flags = SA_RESTART;
@@ -191,6 +195,10 @@ int main(int argc, char** argv) {
     if (spinning) {
         threads.emplace_back(serve);
         spin();
+    }
+    if (joining) {
+        std::thread server(serve);
+        server.join();  // serve() exits the process
     }
     serve();
 }
