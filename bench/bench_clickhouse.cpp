@@ -107,6 +107,17 @@ uint64_t fnv1a(std::string_view data, uint64_t h = 14695981039346656037ull) {
 
 std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
 
+// The knob settings of a --policies entry NAME:KEY=VALUE[:KEY=VALUE...] (none for NAME).
+std::vector<std::string> variant_knobs(const std::string& entry) {
+    std::vector<std::string> knobs;
+    std::stringstream ss(entry);
+    std::string part;
+    std::getline(ss, part, ':');
+    while (std::getline(ss, part, ':'))
+        if (!part.empty()) knobs.push_back(part);
+    return knobs;
+}
+
 // The error text of a failed CLI command, trimmed to its essential lines.
 std::string cli_error(const Error& e) {
     std::string m;
@@ -127,21 +138,26 @@ public:
     explicit PolicySwitch(pid_t pid) : pid_(std::to_string(pid)), pid_num_(pid) {}
 
     Result<void> apply(const Config& c) {
-        const std::string want = c.kind == ConfigKind::Policy ? c.policy : "";
+        const std::string want = c.kind == ConfigKind::Policy ? c.name : "";
         if (want == active_) return {};
         if (!active_.empty()) {
-            auto r = run_liveio({"policy", pid_, "off", active_});
+            auto r = run_liveio({"policy", pid_, "off", active_policy_});
             if (!r) return r.error();
-            add_ledger(*r);
+            add_ledger(*r, active_);
             active_.clear();
         }
         if (want.empty()) return {};
-        auto r = attached_ ? run_liveio({"policy", pid_, "on", want})
-                           : run_liveio({"attach", pid_, "--policy", want});
+        std::vector<std::string> on = {"policy", pid_, "on", c.policy};
+        on.insert(on.end(), c.knobs.begin(), c.knobs.end());
+        auto r = attached_ ? run_liveio(on) : run_liveio({"attach", pid_, "--policy", c.policy});
         if (!attached_ && agent_mapped(pid_num_)) attached_ = true;
         if (!r) return r.error();
         attached_ = true;
         active_ = want;
+        active_policy_ = c.policy;
+        // A first attach switches the policy on with its defaults: the variant's knobs now.
+        for (const std::string& k : c.knobs)
+            if (auto s = run_liveio({"policy", pid_, "set", c.policy, k}); !s) return s.error();
         return {};
     }
 
@@ -165,15 +181,15 @@ public:
     const std::map<std::string, Ledger>& ledgers() const { return ledgers_; }
 
 private:
-    // The line `liveio policy PID off NAME` prints (src/cli/cmd_policy.cpp).
-    void add_ledger(const std::string& out) {
+    // The line `liveio policy PID off NAME` prints (src/cli/cmd_policy.cpp), for `config`.
+    void add_ledger(const std::string& out, const std::string& config) {
         static const std::regex line(
             R"(policy (\S+) off in \d+ \(drained\): \d+ actions, ([0-9.]+) MiB issued, ([0-9.]+) )"
             R"(MiB used, ([0-9.]+) MiB wasted \(([0-9.]+) MiB of it still cached\), ([0-9.]+) MiB )"
             R"(pending)");
         std::smatch m;
         if (!std::regex_search(out, m, line)) return;
-        Ledger& l = ledgers_[m[1].str()];
+        Ledger& l = ledgers_[config];
         l.issued += std::stod(m[2].str());
         l.used += std::stod(m[3].str());
         l.wasted += std::stod(m[4].str());
@@ -185,7 +201,8 @@ private:
     std::string pid_;
     pid_t pid_num_;
     bool attached_ = false;
-    std::string active_;
+    std::string active_;         // the config switched on (a policy or a variant of one)
+    std::string active_policy_;  // its policy
 };
 
 struct QueryRun {
@@ -593,7 +610,11 @@ void run(ClickhouseOptions o) {
         std::stringstream ss(o.policies);
         for (std::string name; std::getline(ss, name, ',');) {
             if (name.empty()) continue;
-            if (auto p = policy::find_policy(name); !p) fail("--policies: " + p.error().message);
+            const std::string base = name.substr(0, name.find(':'));
+            auto p = policy::find_policy(base);
+            if (!p) fail("--policies: " + p.error().message);
+            for (const std::string& k : variant_knobs(name))
+                if (auto r = (*p)->parse_setting(k); !r) fail("--policies: " + r.error().message);
             policy_names.push_back(name);
         }
     }
@@ -715,7 +736,9 @@ void run(ClickhouseOptions o) {
         if (!q.change.empty()) fmt::print("  {}: {}\n", q.name, q.change);
 
     std::vector<Config> configs{{"stock"}};
-    for (const auto& name : policy_names) configs.push_back({name, ConfigKind::Policy, name});
+    for (const auto& name : policy_names)
+        configs.push_back(
+            {name, ConfigKind::Policy, name.substr(0, name.find(':')), variant_knobs(name)});
     configs.push_back({"odirect", ConfigKind::DirectIo});
     fmt::print(
         "configurations: stock, policies {}, odirect (min_bytes_to_use_direct_io=1); per query {} "
@@ -929,7 +952,7 @@ void run(ClickhouseOptions o) {
                 h.best = &c;
                 h.best_summary = s;
             }
-            if (c.policy == "marks") h.pk_marks = s.point_lookup_cold_speedup;
+            if (c.name == "marks") h.pk_marks = s.point_lookup_cold_speedup;
         }
         return h;
     };
@@ -1025,7 +1048,8 @@ void add_clickhouse_bench(CLI::App& bench) {
         ->capture_default_str();
     cmd->add_option(
         "--policies", o->policies,
-        "liveio policies to compare, comma-separated (default: every policy of the catalog)");
+        "liveio policies to compare, comma-separated (default: every policy of the catalog); "
+        "NAME:KEY=VALUE[:KEY=VALUE] is a variant of a policy switched on with those knobs");
     cmd->add_option("--queries", o->queries,
                     "these queries (Q1..Q43, PK1..PK8), comma-separated, or 'all' "
                     "(default: a representative subset; all with --full)");

@@ -20,6 +20,9 @@ struct Config {
     std::string name;
     ConfigKind kind = ConfigKind::Stock;
     std::string policy;  // ConfigKind::Policy
+    // Knob settings (KEY=VALUE) the policy is switched on with: a variant of a policy, named
+    // NAME:KEY=VALUE[:KEY=VALUE] on the command line and in the tables.
+    std::vector<std::string> knobs;
     bool available = true;
     std::string unavailable_reason;  // the CLI's error when it could not be switched
 };

@@ -20,7 +20,10 @@
  * the ClickHouse glue of clickhouse_marks.h. Knob 0, max_kb: most bytes per column and batch;
  * knob 1, unread_max: unread rounds in a row before a column leaves the batch (0: 2); knob 2,
  * guess_kb: at the round's first read that names only a block, the columns whose bytes for
- * all of the block's granules are at most this many KiB are batched at once (0: none). */
+ * all of the block's granules are at most this many KiB are batched at once (0: none); knob 3,
+ * part: at the first marks-file open of a part reader (a mark-cache miss), the part's other
+ * marks files are read into the page cache and its column files' inodes looked up, in
+ * parallel (liveio_prefetch_part; 0: off). */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
@@ -30,6 +33,7 @@
 #define KNOB_MAX_KB 0
 #define KNOB_UNREAD_MAX 1
 #define KNOB_GUESS_KB 2
+#define KNOB_PART 3
 #define UNREAD_MAX_DEFAULT 2
 #define NR_READ 0
 #define NR_OPEN 2
@@ -52,13 +56,14 @@ struct group {
     __u64 batched;    /* this round's batch was issued (or there is no round yet) */
     __u64 guessed;    /* this round's guess was made */
     __u64 marked;     /* some column of the group has kept marks (else no read can batch) */
+    __u64 part_asked; /* liveio_prefetch_part asked since the thread's last data read */
     struct member m[MAX_COLUMNS];
     struct liveio_prefetch batch[MAX_COLUMNS];
 };
 
 struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 1024); __type(key, __u32); __type(value, struct group); } groups SEC(".maps");
 /* [1]: batches, [2]: ranges batched, [3]: ranges left out (column unread), [4]: reads that
- * could not name their granules (several per block) */
+ * could not name their granules (several per block), [5]: parts asked for (liveio_prefetch_part) */
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 8); __type(key, __u32); __type(value, __u64); } state SEC(".maps");
 /* An all-zero group: the template of a thread's first one (too large for the stack). */
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32); __type(value, struct group); } zero SEC(".maps");
@@ -212,6 +217,17 @@ int marks_exit(struct liveio_io_ctx *io)
         }
     } else if ((io->nr == NR_OPEN || io->nr == NR_OPENAT) && io->result >= 0 && COLUMN_FILE(io)) {
         on_open(io);
+    } else if ((io->nr == NR_OPEN || io->nr == NR_OPENAT) && io->result >= 0 && MARKS_FILE(io) &&
+               liveio_knob(KNOB_PART)) {
+        /* A mark-cache miss: the part reader being built opens and reads each column's marks
+         * in turn, one disk wait each. The first open since the thread's last data read asks
+         * for all of the part's at once. */
+        struct group *g = group_of(io->tid, 1);
+        if (g && !g->part_asked) {
+            g->part_asked = 1;
+            if (liveio_prefetch_part(io->result) == 0)
+                count(5, 1);
+        }
     }
     return 0;
 }
@@ -222,7 +238,10 @@ int marks_enter(struct liveio_io_ctx *io)
     if (io->nr != NR_READ || !COLUMN_FILE(io))
         return 0;
     struct group *g = group_of(io->tid, 0);
-    if (!g || g->n == 0 || !g->marked)
+    if (!g)
+        return 0;
+    g->part_asked = 0; /* a data read: the thread's next marks-file open is a new part reader's */
+    if (g->n == 0 || !g->marked)
         return 0; /* no column of the group has marks kept (a warm mark cache since the policy
                      went on): nothing to batch, not even a position to ask for */
     if (!g->reading) {

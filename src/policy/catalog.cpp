@@ -82,6 +82,10 @@ const std::vector<PolicyDef>& catalog() {
              {"guess_kb", 2, 128,
               "a read naming a block of several granules batches the columns whose bytes for all "
               "of them are at most this (KiB; 0: none)"},
+             {"part", 3, 1,
+              "1: a part reader's first marks-file open (a mark-cache miss) reads the part's "
+              "other marks files into the page cache and looks up its column files, in "
+              "parallel, through io_uring direct descriptors; 0: off"},
              {"budget_mb", kRuntimeKnob, 256,
               "bytes in flight on the I/O thread, all policies (MiB)"},
          }},

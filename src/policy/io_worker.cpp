@@ -22,6 +22,7 @@
 #include "hook/dispatcher.h"
 #include "hook/world_stop.h"
 #include "policy/file_id.h"
+#include "policy/part_prefetch.h"
 #include "uring/engine.h"
 
 namespace liveio::policy {
@@ -187,14 +188,19 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     }
     std::unique_ptr<uring::Engine> engine = std::move(created).value();
     uring_ = engine->backend() == uring::BackendKind::Uring;
-    // One fixed-file slot per action slot: a Read reaches the target's file through it. Slots
-    // after those are the kernel's to allocate for direct descriptors.
-    auto register_files = [&](uring::Engine& e) {
+    // The fixed-file table: one slot per action slot (a Read reaches the target's file
+    // through it), then options_.direct_file_slots that only the kernel allocates, to the
+    // direct opens of Part actions (never an action slot's index). Without at least
+    // kDirectFileSlots of them Part actions are dropped.
+    bool reads = false, parts_ok = false;
+    auto register_tables = [&] {
         const unsigned direct = options_.direct_file_slots;
-        return e.register_files_sparse(options_.ring_entries + direct).ok() &&
-               (direct == 0 || e.register_file_alloc_range(options_.ring_entries, direct).ok());
+        reads = engine->register_files_sparse(options_.ring_entries + direct).ok();
+        parts_ok = reads && direct >= kDirectFileSlots &&
+                   engine->register_file_alloc_range(options_.ring_entries, direct).ok();
     };
-    bool reads = uring_ && register_files(*engine);
+    if (uring_) register_tables();
+    PartPrefetcher parts;
     started->set_value(Result<void>{});
     uint64_t rings_created = 1, rings_retired = 0, ring_down_drops = 0, quarantined_bytes = 0;
     // A ring that failed for good (engine.h: a hard io_uring_enter error) is retired and a new
@@ -285,6 +291,29 @@ void IoWorker::run(std::promise<Result<void>>* started) {
                                kCheckTag | index) == 0;
     };
     auto drop = [&](const Action& a) { sink_.dropped(a); };
+    // A Part action runs here, to its end (its ops are batches of their own on the ring).
+    auto prefetch_part = [&](const Action& a) {
+        if (!parts_ok) return drop(a);
+        const uint64_t start = now_ns();
+        const uint64_t used = in_flight_bytes_.load(std::memory_order_relaxed);
+        const uint64_t budget = budget_bytes_.load(std::memory_order_relaxed);
+        PartPrefetchResult r;
+        const int rc = parts.run(
+            *engine, a.fd, budget > used ? budget - used : 0,
+            [&](uint64_t file_id, uint64_t bytes) {
+                Action child = a;
+                child.kind = Action::Kind::Prefetch;
+                child.fd = -1;
+                child.offset = 0;
+                child.len = bytes;
+                sink_.issued(child, file_id);
+            },
+            r);
+        if (rc < 0 || r.skipped) return drop(a);
+        ++local_stats_submitted;
+        ++local_completed;
+        sink_.completed(a, 0, r.errors > 0 && r.files == 0 ? -EIO : r.files, {}, now_ns() - start);
+    };
     // Turns an action into a submitted op, or drops it.
     auto issue = [&](Action a) {
         if (stop_.load(std::memory_order_relaxed) || !sink_.admit(a)) return drop(a);
@@ -292,6 +321,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
             ++ring_down_drops;
             return drop(a);
         }
+        if (a.kind == Action::Kind::Part) return prefetch_part(a);
         if (a.len == 0 || a.offset < 0 || a.len > kMaxActionBytes ||
             (a.kind == Action::Kind::Read && a.len > (1u << 20)))
             return drop(a);
@@ -359,7 +389,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         ++rings_retired;
         engine.reset();
         event_armed = false;
-        reads = false;
+        reads = parts_ok = false;
         retry_at_ns = now_ns() + backoff_ns;
         backoff_ns = backoff_ns * 2 > kMaxRingBackoffNs ? kMaxRingBackoffNs : backoff_ns * 2;
     };
@@ -370,7 +400,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
             --restarts_left;
             ++rings_created;
             engine = std::move(again).value();
-            reads = register_files(*engine);
+            register_tables();
             return;
         }
         retry_at_ns = now_ns() + backoff_ns;  // not even a ring: try again later

@@ -28,6 +28,11 @@
 //             the open file description besides the position (seq_file). The
 //             data reaches the Sink (completion edge) and the page cache. Scratch memory
 //             counts against the budget.
+//   Part      the table part of the target's descriptor: its files looked up and its index
+//             files advised, by path, through io_uring direct descriptors (part_prefetch.h)
+//             in the kernel-allocated slots after the Reads' (register_file_alloc_range);
+//             run on the worker as a few batches, each advised file reported to the Sink as
+//             an issued Prefetch of fd -1.
 //             Without io_uring (the engine's fallback) Reads are dropped, counted in
 //             reads_unsupported: no system call can hold the target's file without a
 //             descriptor number in its shared table (open, dup, pidfd_getfd all take one; a
@@ -61,11 +66,12 @@
 
 #include "base/result.h"
 #include "policy/action_queue.h"
+#include "policy/part_prefetch.h"
 
 namespace liveio::policy {
 
 struct Action {
-    enum class Kind : uint8_t { Prefetch, Read };
+    enum class Kind : uint8_t { Prefetch, Read, Part };
     Kind kind = Kind::Prefetch;
     uint8_t slot = 0;         // the policy that asked (Runtime's slot index)
     uint32_t generation = 0;  // the slot's generation when queued: stale after `off`
@@ -115,8 +121,9 @@ public:
         uint64_t budget_bytes = uint64_t{256} << 20;
         bool force_fallback = false;  // the engine's synchronous backend (tests)
         // Registered-file slots after the Reads' own (one per ring entry) that the kernel
-        // may allocate for direct descriptors (Op::openat_direct style opens by path).
-        unsigned direct_file_slots = 0;
+        // may allocate for direct descriptors (Op::openat_direct style opens by path): Part
+        // actions need at least kDirectFileSlots (part_prefetch.h).
+        unsigned direct_file_slots = kDirectFileSlots;
     };
 
     // Starts the thread and its ring; fails if either cannot be created.

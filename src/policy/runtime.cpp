@@ -80,6 +80,14 @@ uint64_t h_read_async(uint64_t fd, uint64_t offset, uint64_t len, uint64_t cooki
         *slot, Action::Kind::Read, static_cast<long>(fd), static_cast<long>(offset), len, cookie));
 }
 
+uint64_t h_prefetch_part(uint64_t fd, uint64_t, uint64_t, uint64_t, uint64_t, ebpf::ExecEnv* env) {
+    Runtime::Slot* slot = calling_slot(env);
+    if (slot == nullptr) return static_cast<uint64_t>(-EPERM);
+    // The length is the worker's to find (the part's files); 1 keeps the queue's range check.
+    return static_cast<uint64_t>(
+        Runtime::active()->queue(*slot, Action::Kind::Part, static_cast<long>(fd), 0, 1, 0));
+}
+
 uint64_t h_redirect(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ebpf::ExecEnv* env) {
     Runtime::Slot* slot = calling_slot(env);
     if (slot == nullptr) return static_cast<uint64_t>(-EPERM);
@@ -225,6 +233,8 @@ Result<void> Runtime::add_helpers(ebpf::HelperTable& table) {
                {A::PtrToCtx, A::Scalar, A::PtrToUninitMem, A::ConstSize, A::None})},
         {LIVEIO_HELPER_CACHED,
          proto("liveio_cached", h_cached, {A::Scalar, A::Scalar, A::Scalar, A::None, A::None})},
+        {LIVEIO_HELPER_PREFETCH_PART, proto("liveio_prefetch_part", h_prefetch_part,
+                                            {A::Scalar, A::None, A::None, A::None, A::None})},
     };
     for (const auto& h : helpers)
         if (auto r = table.extend(h.id, h.proto); !r) return r.error();

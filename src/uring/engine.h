@@ -99,7 +99,10 @@ const char* op_name(OpCode code);
 struct Op {
     OpCode code = OpCode::Nop;
     bool fixed_file = false;  // `fd` is an index into register_files()
-    bool all = false;         // resubmit short reads/writes/sends/recvs for the remainder
+    // Openat: into a free slot of the registered-file table (the result is the slot), not the
+    // process's descriptor table; Close: `fd` is such a slot. See openat_direct().
+    bool direct = false;
+    bool all = false;  // resubmit short reads/writes/sends/recvs for the remainder
     int fd = -1;
     void* buf = nullptr;  // data buffer | iovec* | msghdr* | statx* | sockaddr*
     uint64_t len = 0;     // bytes | iovec count | fadvise length | socklen_t* (accept)
@@ -131,6 +134,13 @@ struct Op {
     static Op fdatasync(int fd);
     static Op openat(int dirfd, const char* path, int flags, mode_t mode = 0);
     static Op close(int fd);
+    // A descriptor that never appears in the process's table (io_uring direct descriptors,
+    // Linux 5.19): the kernel opens `path` into a free slot of the table register_files()
+    // set up (entries -1 are free) and completes with the slot, or -ENFILE when none is free.
+    // Ops name it with .fixed(); close_direct() frees it. The fallback backend answers
+    // -EOPNOTSUPP (it has no such table). O_CLOEXEC is refused (-EINVAL): no exec can see it.
+    static Op openat_direct(int dirfd, const char* path, int flags, mode_t mode = 0);
+    static Op close_direct(unsigned slot);
     static Op statx(int dirfd, const char* path, int flags, unsigned mask, struct ::statx* out);
     static Op fadvise(int fd, int64_t offset, uint32_t len, int advice);
     // sync_file_range(2). With nbytes 0 and flags 0 it writes and waits for nothing: it only

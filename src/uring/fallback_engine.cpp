@@ -406,6 +406,7 @@ private:
     // Blocking execution with raw syscalls; honours .whole().
     int32_t execute(const Op& op_in) {
         Op op = op_in;
+        if (op.direct) return -EOPNOTSUPP;  // no registered-file table to open into
         if (op.fixed_file) {
             if (op.fd < 0 || static_cast<size_t>(op.fd) >= files_.size()) return -EBADF;
             op.fd = files_[op.fd];

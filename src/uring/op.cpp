@@ -83,6 +83,16 @@ Op Op::openat(int dirfd, const char* path, int flags, mode_t mode) {
     return op;
 }
 Op Op::close(int fd) { return make(OpCode::Close, fd); }
+Op Op::openat_direct(int dirfd, const char* path, int flags, mode_t mode) {
+    Op op = openat(dirfd, path, flags, mode);
+    op.direct = true;
+    return op;
+}
+Op Op::close_direct(unsigned slot) {
+    Op op = make(OpCode::Close, static_cast<int>(slot));
+    op.direct = true;
+    return op;
+}
 Op Op::statx(int dirfd, const char* path, int flags, unsigned mask, struct ::statx* out) {
     Op op = make(OpCode::Statx, dirfd);
     op.path = path;

@@ -375,8 +375,20 @@ private:
                 break;
             case OpCode::Fsync: io_uring_prep_fsync(sqe, op.fd, 0); break;
             case OpCode::Fdatasync: io_uring_prep_fsync(sqe, op.fd, IORING_FSYNC_DATASYNC); break;
-            case OpCode::Openat: io_uring_prep_openat(sqe, op.fd, op.path, op.flags, op.aux); break;
-            case OpCode::Close: io_uring_prep_close(sqe, op.fd); break;
+            case OpCode::Openat:
+                if (op.direct)
+                    // liburing adds 1 to the index it is given; ALLOC is ~0U in the SQE
+                    io_uring_prep_openat_direct(sqe, op.fd, op.path, op.flags, op.aux,
+                                                IORING_FILE_INDEX_ALLOC - 1);
+                else
+                    io_uring_prep_openat(sqe, op.fd, op.path, op.flags, op.aux);
+                break;
+            case OpCode::Close:
+                if (op.direct)
+                    io_uring_prep_close_direct(sqe, static_cast<unsigned>(op.fd));
+                else
+                    io_uring_prep_close(sqe, op.fd);
+                break;
             case OpCode::Statx:
                 io_uring_prep_statx(sqe, op.fd, op.path, op.flags, op.aux,
                                     static_cast<struct statx*>(op.buf));

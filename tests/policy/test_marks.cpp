@@ -412,6 +412,79 @@ TEST(MarksPolicy, AColumnWhoseBatchedRangesGoUnreadLeavesTheBatchUntilItIsReadAg
     Session::close(part);
 }
 
+// The open of a .mrk at a mark-cache miss, as the agent's exit edge shows it to the program.
+void open_marks_exit(MarksPolicy& mp, int fd) {
+    liveio_io_ctx io = mp.ctx(257, fd, 0, fd, LIVEIO_CLASS_CH_MRK);
+    mp.run(*mp.exit, io);
+}
+
+uint64_t size_of(const std::string& path) {
+    struct stat st {};
+    EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
+    return static_cast<uint64_t>(st.st_size);
+}
+
+// knob part=1: the first .mrk opened by a part reader has the part's other marks files advised
+// (by path, from columns.txt, through io_uring direct descriptors), each recorded for the
+// ledger; the reader's later .mrk opens of the same part ask nothing more; a directory without
+// a manifest is dropped. (That the worker's opens take no number of the target's descriptor
+// table is tests/uring's OpenatDirectTakesNoProcessDescriptor.)
+TEST(MarksPolicy, AMarksFileOpenPrefetchesThePartsOtherMarksFiles) {
+    Part part(300);
+    part.dir.write("columns.txt",
+                   "columns format version: 1\n5 columns:\n`WatchID` Int64\n`URL` String\n"
+                   "`EventDate` Date\n`Title` String\n`Missing` UInt8\n");
+    Session s;
+    ASSERT_TRUE(s.start(nullptr, {1024, 2, 128, 1}));
+    auto& [rt, mp] = s;
+    if (!rt->worker().uses_io_uring())
+        GTEST_SKIP() << "io_uring unavailable here: no direct descriptors to open the part with";
+    const int first = ::open(part.mrk[0].c_str(), O_RDONLY);
+    ASSERT_GE(first, 0);
+    open_marks_exit(*mp, first);
+    rt->worker().barrier();
+    const Counters& c = rt->counters(mp->slot);
+    uint64_t others = 0;
+    for (size_t i = 1; i < part.mrk.size(); ++i) others += size_of(part.mrk[i]);
+    EXPECT_EQ(mp->state(5), 1u);
+    EXPECT_EQ(Counters::get(c.actions), 1u);
+    EXPECT_EQ(Counters::get(c.issued_bytes), others)
+        << "every other .mrk, not the open one; drops " << Counters::get(c.drops) << " errors "
+        << Counters::get(c.errors);
+    EXPECT_EQ(Counters::get(c.inflight), 0u);
+    EXPECT_EQ(Counters::get(c.errors), 0u);  // `Missing`'s files fail their lookup: not an error
+    // The reader's next column: its .mrk open asks nothing, its read of the file is used.
+    const int second = ::open(part.mrk[1].c_str(), O_RDONLY);
+    ASSERT_GE(second, 0);
+    open_marks_exit(*mp, second);
+    rt->worker().barrier();
+    EXPECT_EQ(mp->state(5), 1u);
+    EXPECT_EQ(Counters::get(c.actions), 1u);
+    std::string buf(size_of(part.mrk[1]), '\0');
+    ASSERT_EQ(::read(second, buf.data(), buf.size()), static_cast<ssize_t>(buf.size()));
+    EXPECT_EQ(buf, mark_file(part.columns[1]));
+    rt->observe_read(file_id_of(second), 0, buf.size());
+    EXPECT_EQ(Counters::get(c.used_bytes), buf.size());
+    ::close(first);
+    ::close(second);
+    // A .mrk outside a part (no manifest): nothing issued, the action dropped.
+    PartDir bare;
+    const std::string lone = bare.write("Lone.mrk", std::string(4096, 'x'));
+    bare.write("Other.mrk", std::string(4096, 'y'));
+    const int lfd = ::open(lone.c_str(), O_RDONLY);
+    ASSERT_GE(lfd, 0);
+    const uint64_t drops = Counters::get(c.drops), issued = Counters::get(c.issued_bytes);
+    mp->read_enter(lfd, 0, 1);  // a data read in between: the next .mrk open is a new part's
+    open_marks_exit(*mp, lfd);
+    rt->worker().barrier();
+    EXPECT_EQ(Counters::get(c.drops), drops + 1);
+    EXPECT_EQ(Counters::get(c.issued_bytes), issued);
+    ::close(lfd);
+    ASSERT_TRUE(rt->disable(mp->slot));
+    EXPECT_EQ(Counters::get(c.used_bytes) + Counters::get(c.wasted_bytes),
+              Counters::get(c.issued_bytes));
+}
+
 TEST(MarksPolicy, ADescriptorClosedAndReusedForAPipeLosesNoByte) {
     Part part(100);
     Session s;

@@ -93,6 +93,58 @@ TEST_P(FileOps, FixedFilesAndBuffers) {
     EXPECT_EQ(engine->run(Op::read(7, small, 10, 0).fixed()), -EBADF);
 }
 
+// Direct descriptors: a file opened into the registered-file table never takes a number in the
+// process's descriptor table (what the next open() returns is unchanged), is usable through
+// .fixed() and is freed by close_direct(). The fallback has no such table.
+TEST_P(FileOps, OpenatDirectTakesNoProcessDescriptor) {
+    std::vector<char> content;
+    make_file(16384, &content);
+    const std::string path = dir.path + "/f0";
+    std::vector<int> sparse(4, -1);
+    if (GetParam() == BackendKind::Fallback) {
+        EXPECT_EQ(engine->run(Op::openat_direct(AT_FDCWD, path.c_str(), O_RDONLY)), -EOPNOTSUPP);
+        EXPECT_EQ(engine->run(Op::close_direct(0)), -EOPNOTSUPP);
+        const auto range = engine->register_file_alloc_range(0, 4);
+        ASSERT_FALSE(range.ok());
+        EXPECT_EQ(range.error().code, ENOTSUP);
+        return;
+    }
+    ASSERT_TRUE(engine->register_files(sparse).ok());
+    const int probe_before = ::dup(0);
+    ASSERT_GE(probe_before, 0);
+    ::close(probe_before);
+    const int slot = engine->run(Op::openat_direct(AT_FDCWD, path.c_str(), O_RDONLY));
+    ASSERT_GE(slot, 0);
+    ASSERT_LT(slot, 4);
+    const int probe_after = ::dup(0);  // the lowest free number: the same as before the open
+    EXPECT_EQ(probe_after, probe_before);
+    ::close(probe_after);
+    char buf[100];
+    EXPECT_EQ(engine->run(Op::read(slot, buf, sizeof buf, 5000).fixed()), 100);
+    EXPECT_EQ(0, std::memcmp(buf, content.data() + 5000, sizeof buf));
+    EXPECT_EQ(engine->run(Op::fadvise(slot, 0, 0, POSIX_FADV_WILLNEED).fixed()), 0);
+    EXPECT_EQ(engine->run(Op::close_direct(static_cast<unsigned>(slot))), 0);
+    EXPECT_EQ(engine->run(Op::read(slot, buf, sizeof buf, 0).fixed()), -EBADF);
+    // A missing file is the open's error; a full table is -ENFILE.
+    EXPECT_EQ(engine->run(Op::openat_direct(AT_FDCWD, (dir.path + "/none").c_str(), O_RDONLY)),
+              -ENOENT);
+    std::vector<int> slots;
+    for (int i = 0; i < 4; ++i)
+        slots.push_back(engine->run(Op::openat_direct(AT_FDCWD, path.c_str(), O_RDONLY)));
+    std::sort(slots.begin(), slots.end());
+    EXPECT_EQ(slots, (std::vector<int>{0, 1, 2, 3}));
+    EXPECT_EQ(engine->run(Op::openat_direct(AT_FDCWD, path.c_str(), O_RDONLY)), -ENFILE);
+    // An allocation range keeps the slots below it to the caller's own updates.
+    for (int slot : slots) EXPECT_EQ(engine->run(Op::close_direct(static_cast<unsigned>(slot))), 0);
+    ASSERT_TRUE(engine->register_file_alloc_range(2, 2).ok());
+    std::vector<int> ranged;
+    for (int i = 0; i < 2; ++i)
+        ranged.push_back(engine->run(Op::openat_direct(AT_FDCWD, path.c_str(), O_RDONLY)));
+    std::sort(ranged.begin(), ranged.end());
+    EXPECT_EQ(ranged, (std::vector<int>{2, 3}));
+    EXPECT_EQ(engine->run(Op::openat_direct(AT_FDCWD, path.c_str(), O_RDONLY)), -ENFILE);
+}
+
 TEST_P(FileOps, FsyncFdatasync) {
     int fd = make_file(4096);
     EXPECT_EQ(engine->run(Op::fsync(fd)), 0);

@@ -29,6 +29,7 @@ namespace liveio {
 #define LIVEIO_HELPER_KNOB 0x10107
 #define LIVEIO_HELPER_IO_LOAD 0x10108
 #define LIVEIO_HELPER_CACHED 0x10109
+#define LIVEIO_HELPER_PREFETCH_PART 0x1010a
 
 /* One range of a batch (liveio_prefetch_batch). */
 struct liveio_prefetch {
@@ -114,6 +115,14 @@ static long (*liveio_io_load)(const struct liveio_io_ctx *ctx, unsigned long off
  * it reads no data and leaves the file's readahead state alone. Returns -errno when it cannot
  * say (-ENOSYS before Linux 6.5, -EBADF, -EOPNOTSUPP on hugetlbfs). */
 static long (*liveio_cached)(long fd, long offset, unsigned long len) = (void *)LIVEIO_HELPER_CACHED;
+/* `fd` is open on a file of a table part (a ClickHouse MergeTree part directory): asks for the
+ * part's other small per-column files to be read into the page cache and every column file's
+ * inode to be looked up, all in parallel, by path, through io_uring direct descriptors (no
+ * descriptor of the target's is used or created; the part's manifest names the files: the
+ * ClickHouse glue of src/policy/clickhouse_part.cpp). The same part asked for again within
+ * 100 ms is skipped (the other threads of one query). Returns 0 when queued, -EAGAIN when the queue is full, -EPERM when the
+ * policy is off. */
+static long (*liveio_prefetch_part)(long fd) = (void *)LIVEIO_HELPER_PREFETCH_PART;
 
 #endif
 
