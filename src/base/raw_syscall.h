@@ -4,7 +4,10 @@
 // inside a hooked target (hooks, agent, io_uring engine) uses these instead of libc.
 #pragma once
 
+#include <sys/syscall.h>
+
 #include <cstdint>
+#include <ctime>
 
 namespace liveio {
 
@@ -20,6 +23,13 @@ inline long raw_syscall(long nr, long a0 = 0, long a1 = 0, long a2 = 0, long a3 
                  : "a"(nr), "D"(a0), "S"(a1), "d"(a2), "r"(r10), "r"(r8), "r"(r9)
                  : "rcx", "r11", "memory");
     return ret;
+}
+
+// CLOCK_MONOTONIC in nanoseconds, read with raw_syscall (never through a hooked wrapper).
+inline uint64_t raw_monotonic_ns() {
+    timespec ts{};
+    raw_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, reinterpret_cast<long>(&ts));
+    return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 }  // namespace liveio

@@ -68,12 +68,6 @@ bool generated_per_description(int fd) {
     }
 }
 
-uint64_t now_ns() {
-    timespec ts{};
-    liveio::raw_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, reinterpret_cast<long>(&ts));
-    return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 }  // namespace
 
 struct IoWorker::Slot {
@@ -294,7 +288,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     // A Part action runs here, to its end (its ops are batches of their own on the ring).
     auto prefetch_part = [&](const Action& a) {
         if (!parts_ok) return drop(a);
-        const uint64_t start = now_ns();
+        const uint64_t start = liveio::raw_monotonic_ns();
         const uint64_t used = in_flight_bytes_.load(std::memory_order_relaxed);
         const uint64_t budget = budget_bytes_.load(std::memory_order_relaxed);
         PartPrefetchResult r;
@@ -312,7 +306,8 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         if (rc < 0 || r.skipped) return drop(a);
         ++local_stats_submitted;
         ++local_completed;
-        sink_.completed(a, 0, r.errors > 0 && r.files == 0 ? -EIO : r.files, {}, now_ns() - start);
+        sink_.completed(a, 0, r.errors > 0 && r.files == 0 ? -EIO : r.files, {},
+                        liveio::raw_monotonic_ns() - start);
     };
     // Turns an action into a submitted op, or drops it.
     auto issue = [&](Action a) {
@@ -372,7 +367,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         s.busy = true;
         s.seq = next_seq++;
         s.bytes = a.len;
-        s.start_ns = now_ns();
+        s.start_ns = liveio::raw_monotonic_ns();
         in_flight_bytes_.fetch_add(a.len, std::memory_order_relaxed);
         ++local_stats_submitted;
         sink_.issued(a, file_id);
@@ -384,17 +379,21 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         return min;
     };
 
+    // The next ring is tried after the current pause, which then doubles (up to its cap).
+    auto retry_later = [&] {
+        retry_at_ns = liveio::raw_monotonic_ns() + backoff_ns;
+        backoff_ns = std::min(backoff_ns * 2, kMaxRingBackoffNs);
+    };
     // The broken ring has handed back every op (each completed with its error): retire it.
     auto retire_ring = [&] {
         ++rings_retired;
         engine.reset();
         event_armed = false;
         reads = parts_ok = false;
-        retry_at_ns = now_ns() + backoff_ns;
-        backoff_ns = backoff_ns * 2 > kMaxRingBackoffNs ? kMaxRingBackoffNs : backoff_ns * 2;
+        retry_later();
     };
     auto recreate_ring = [&] {
-        if (restarts_left == 0 || now_ns() < retry_at_ns) return;
+        if (restarts_left == 0 || liveio::raw_monotonic_ns() < retry_at_ns) return;
         auto again = uring::Engine::create(eo);
         if (again && (*again)->backend() == uring::BackendKind::Uring) {
             --restarts_left;
@@ -403,8 +402,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
             register_tables();
             return;
         }
-        retry_at_ns = now_ns() + backoff_ns;  // not even a ring: try again later
-        backoff_ns = backoff_ns * 2 > kMaxRingBackoffNs ? kMaxRingBackoffNs : backoff_ns * 2;
+        retry_later();  // not even a ring: try again later
     };
 
     for (;;) {
@@ -463,7 +461,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         if (!engine) {
             // No ring to sleep in: wait for the eventfd until the next ring is due.
             if (block) {
-                const uint64_t now = now_ns();
+                const uint64_t now = liveio::raw_monotonic_ns();
                 const uint64_t wait = restarts_left == 0
                                           ? kMaxRingBackoffNs
                                           : (retry_at_ns > now ? retry_at_ns - now : 0);
@@ -509,7 +507,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
                 }
             }
             ++local_completed;
-            const uint64_t latency = now_ns() - s.start_ns;
+            const uint64_t latency = liveio::raw_monotonic_ns() - s.start_ns;
             // The action's bytes: past the alignment head, at most its length.
             size_t got = 0;
             if (s.buffer != nullptr && res > 0 && static_cast<uint64_t>(res) > s.skip)

@@ -9,7 +9,6 @@
 
 #include <cerrno>
 #include <cstdio>
-#include <ctime>
 
 #include "base/raw_syscall.h"
 #include "policy/clickhouse_part.h"
@@ -31,12 +30,6 @@ constexpr size_t kMaxPartsRemembered = 4096;
 // One FADVISE covers at most this much (its length is 32-bit in the SQE).
 constexpr uint64_t kMaxAdvice = uint64_t{1} << 30;
 
-uint64_t now_ns() {
-    timespec ts{};
-    liveio::raw_syscall(SYS_clock_gettime, CLOCK_MONOTONIC, reinterpret_cast<long>(&ts));
-    return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 // The directory of the file behind `fd` ("" when unknown or the file was deleted).
 std::string directory_of(int fd) {
     char link[40];
@@ -51,7 +44,7 @@ std::string directory_of(int fd) {
 }
 
 uint64_t file_id_of(const struct statx& st) {
-    return (static_cast<uint64_t>(makedev(st.stx_dev_major, st.stx_dev_minor)) << 32) ^ st.stx_ino;
+    return file_id(makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino);
 }
 
 }  // namespace
@@ -79,7 +72,7 @@ int PartPrefetcher::run(uring::Engine& engine, int fd, uint64_t max_bytes, const
     if (trigger == 0) return -EBADF;
     const std::string dir = directory_of(fd);
     if (dir.empty()) return -ENOENT;
-    const uint64_t now = now_ns();
+    const uint64_t now = liveio::raw_monotonic_ns();
     for (const Recent& r : recent_) {
         if (r.dir == dir && now - r.at_ns < kRecentNs) {
             out.skipped = true;
