@@ -231,7 +231,7 @@ int run_soak(SoakOptions o) {
     };
     row("descriptors", (long long)before.fd_count(), (long long)after.fd_count());
     row("threads", (long long)before.thread_count(), (long long)after.thread_count());
-    row("connection handlers", (long long)before.connection_handler_threads(),
+    row("connection pool", (long long)before.connection_handler_threads(),
         (long long)after.connection_handler_threads());
     row("io_uring workers", (long long)before.io_uring_workers(),
         (long long)after.io_uring_workers());

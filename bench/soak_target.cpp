@@ -29,8 +29,11 @@ std::vector<std::string> dir_entries(const std::string& dir) {
     return out;
 }
 
-// ClickHouse names its connection threads HTTPHandler, TCPHandler, InterserverIOHTTPHandler.
-bool is_connection_handler(const std::string& name) { return name.ends_with("Handler"); }
+// ClickHouse names its connection threads HTTPHandler, TCPHandler, InterserverIOHTTPHandler;
+// a pool thread that has not run one yet still has the process's name.
+bool is_connection_handler(const std::string& name, const std::string& comm) {
+    return name.ends_with("Handler") || name == comm;
+}
 
 }  // namespace
 
@@ -43,7 +46,7 @@ size_t ProcessSnapshot::fd_count() const {
 size_t ProcessSnapshot::thread_count() const {
     size_t n = 0;
     for (auto& [name, count] : threads)
-        if (!name.starts_with("iou-") && !is_connection_handler(name))
+        if (!name.starts_with("iou-") && !is_connection_handler(name, comm))
             n += static_cast<size_t>(count);
     return n;
 }
@@ -51,7 +54,7 @@ size_t ProcessSnapshot::thread_count() const {
 size_t ProcessSnapshot::connection_handler_threads() const {
     size_t n = 0;
     for (auto& [name, count] : threads)
-        if (is_connection_handler(name)) n += static_cast<size_t>(count);
+        if (is_connection_handler(name, comm)) n += static_cast<size_t>(count);
     return n;
 }
 
@@ -86,6 +89,8 @@ Result<ProcessSnapshot> snapshot_process(pid_t pid) {
         const ssize_t n = ::readlink((proc + "/fd/" + fd).c_str(), buf, sizeof buf - 1);
         if (n > 0) ++s.fds[fd_kind(std::string(buf, static_cast<size_t>(n)))];
     }
+    std::ifstream process_comm(proc + "/comm");
+    std::getline(process_comm, s.comm);
     for (const std::string& tid : dir_entries(proc + "/task")) {
         std::ifstream comm(proc + "/task/" + tid + "/comm");
         std::string name;

@@ -21,6 +21,7 @@ struct ProcessSnapshot {
     std::map<std::string, int> fds;
     // Thread names (/proc/PID/task/TID/comm), counts per name.
     std::map<std::string, int> threads;
+    std::string comm;  // the process's name (/proc/PID/comm): its main thread's
     size_t mappings = 0;
     uint64_t rss_kb = 0;
     // Lines of /proc/PID/maps naming liveio (its library, memfds) and mappings both writable
@@ -34,7 +35,9 @@ struct ProcessSnapshot {
     // Connection handler threads (HTTPHandler, TCPHandler...) are counted apart too: they are
     // the server's Poco connection pool, one per concurrent connection, kept idle for a while
     // after the connection closes and renamed by the next handler that runs on them, so their
-    // number follows the load's peak concurrency, not liveio.
+    // number follows the load's peak concurrency, not liveio. A pool thread that has not run a
+    // handler yet carries the process's own name (`comm`, as the main thread), so threads of
+    // that name count with the pool.
     size_t thread_count() const;
     size_t connection_handler_threads() const;
     size_t io_uring_workers() const;
