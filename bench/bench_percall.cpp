@@ -41,6 +41,7 @@ namespace {
 struct PercallOptions {
     std::string dir = "/var/tmp";
     std::string policies = "prefetch,marks,uring";
+    std::string rows;  // only rows whose name contains this (empty: all)
     int rounds = 7;
     double scale = 1.0;  // multiplies the call counts
 };
@@ -277,6 +278,7 @@ int run_percall(const PercallOptions& o) {
     }
 
     std::vector<Row> rows = work.rows(o.scale);
+    std::erase_if(rows, [&](const Row& r) { return r.name.find(o.rows) == std::string::npos; });
     // samples[row][column]: ns per call, one per round
     std::vector<std::vector<std::vector<double>>> samples(
         rows.size(), std::vector<std::vector<double>>(columns.size()));
@@ -384,6 +386,7 @@ void add_percall_bench(CLI::App& bench) {
         ->check(CLI::Range(1, 1000))
         ->capture_default_str();
     cmd->add_option("--scale", o->scale, "multiplies the calls per cell")->capture_default_str();
+    cmd->add_option("--rows", o->rows, "only the rows whose name contains this");
     cmd->callback([o] {
         if (const int rc = run_percall(*o); rc != 0) throw CLI::RuntimeError(rc);
     });
