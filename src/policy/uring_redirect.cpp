@@ -379,6 +379,7 @@ size_t UringRedirect::reclaim_exited_locked() {
         if (raw_syscall(SYS_tgkill, tgid, owner, 0) != -ESRCH) continue;
         // The owner is gone: nobody else ever touches this slot. Keep its counts.
         retired_.redirected += s.redirected.load(std::memory_order_relaxed);
+        retired_.nowait_reads += s.nowait.load(std::memory_order_relaxed);
         retired_.interrupted += s.interrupted.load(std::memory_order_relaxed);
         retired_.write_continuations += s.continuations.load(std::memory_order_relaxed);
         for (int r = 0; r < static_cast<int>(FallbackReason::Count); ++r)
@@ -440,6 +441,7 @@ UringRedirectStats UringRedirect::stats() const {
         for (int r = 0; r < static_cast<int>(FallbackReason::Count); ++r)
             st.by_reason[r] += s.by_reason[r].load(std::memory_order_relaxed);
     }
+    st.nowait_reads += unslotted_nowait_.load(std::memory_order_relaxed);
     for (int r = 0; r < static_cast<int>(FallbackReason::Count); ++r) {
         st.by_reason[r] += unslotted_fallbacks_[r].load(std::memory_order_relaxed);
         st.fallbacks += st.by_reason[r];
@@ -731,11 +733,9 @@ bool UringRedirect::execute(hook::SyscallCall& call, hook::SyscallResult& result
     if (closing_.load(std::memory_order_relaxed))
         return fallback(nullptr, FallbackReason::Disabled);
     if (*fork_guard_ == 0) return fallback(nullptr, FallbackReason::Forked);
-    Slot* slot = this_thread_slot();
-    if (slot == nullptr) return fallback(nullptr, FallbackReason::NoEngine);
-    if (slot->failed) return fallback(slot, FallbackReason::NoEngine);
     // A read of a regular file: the page cache first (uring_redirect.h, "Page-cache hits
-    // first").
+    // first"), before the thread's ring is looked up: a thread whose reads all hit the page
+    // cache never creates one.
     if (plan.kind == Kind::Read && !plan.vectored && options_.nowait_first &&
         regular_hint_ != nullptr && regular_hint_(regular_context_, plan.op.fd)) {
         const long r = read_nowait(plan);
@@ -746,10 +746,16 @@ bool UringRedirect::execute(hook::SyscallCall& call, hook::SyscallResult& result
             result = whole || !uninterruptible(plan.op.fd)
                          ? r
                          : read_rest_natively(plan, static_cast<uint64_t>(r));
-            bump(slot->nowait);
+            if (Slot* own = t_cache.serial == serial_ ? t_cache.slot : nullptr; own != nullptr)
+                bump(own->nowait);
+            else
+                unslotted_nowait_.fetch_add(1, std::memory_order_relaxed);
             return true;
         }
     }
+    Slot* slot = this_thread_slot();
+    if (slot == nullptr) return fallback(nullptr, FallbackReason::NoEngine);
+    if (slot->failed) return fallback(slot, FallbackReason::NoEngine);
     if (plan.positioned && !positions_honoured(plan.op.fd))
         return fallback(slot, FallbackReason::Unseekable);
     if (slot->busy.load(std::memory_order_relaxed))

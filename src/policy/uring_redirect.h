@@ -105,7 +105,8 @@
 //   Page-cache hits first (UringRedirectOptions::nowait_first, set_regular_hint): a read or
 //   pread of a descriptor the caller's cache knows as a regular file is first made as
 //   preadv2(RWF_NOWAIT) (offset -1 for read: the file position, under f_pos_lock as read(2)
-//   holds it), the ring is not used (counted as `nowait_reads`). The kernel answers it from
+//   holds it), the ring is not used (counted as `nowait_reads`; a thread whose reads all hit
+//   creates no ring). The kernel answers it from
 //   the page cache only: all bytes, or the end of the file, is exactly the native result;
 //   -EAGAIN (nothing cached at the offset), -EOPNOTSUPP (the filesystem cannot tell) or any
 //   other error transferred nothing, and the call continues as above (errors are then the
@@ -240,6 +241,7 @@ private:
     UringRedirectStats retired_;  // counters of reclaimed slots
     std::unique_ptr<AioBridge> aio_;
     std::atomic<uint64_t> unslotted_fallbacks_[static_cast<int>(FallbackReason::Count)] = {};
+    std::atomic<uint64_t> unslotted_nowait_{0};  // nowait reads of threads without a ring
 };
 
 }  // namespace liveio::policy

@@ -87,6 +87,7 @@ TEST_F(Nowait, CachedReadsPositionsAndEndOfFileMatchNative) {
              {"pread straddling the end", SYS_pread64, 0, 8192, (1 << 20) + 100}});
     EXPECT_GE(nowait_reads() - before, 8u) << "page-cache hits answered without the ring";
     EXPECT_EQ(redirected() - ring_before, 0u);
+    EXPECT_EQ(redirect->stats().engines_created, 0u) << "no ring for a thread whose reads hit";
 }
 
 TEST_F(Nowait, PartlyEvictedFilesReadTheRestAndMissesGoThroughTheRing) {
