@@ -220,15 +220,27 @@ static __always_inline int waited(const struct liveio_io_ctx *io)
     return io->latency_ns * (1 << 20) > us * 1000 * (__u64)io->result;
 }
 
-/* Per thread: 1 while its streams start with whole-buffer reads (scans), 0 after a range
- * read. A scanning thread's next data file is prefetched from its start when opened: the
- * first read of every column of a part would otherwise wait on the disk one after another. */
+/* Per thread: the data files it opened since its last data read (a part reader being built:
+ * 18.16 opens every column of a part before the first read of any). The thread's next data
+ * read decides what they get: a read that asked for a scan's buffer (>= 512 KiB; ClickHouse
+ * asks 1 MiB when scanning, the exact bytes of a range for a lookup) prefetches the first
+ * `open_kb` of each of the others as one batch, since the first read of every column would
+ * otherwise wait on the disk one after another; a range read prefetches nothing (a point
+ * lookup reads a few KiB of each column, not their starts). */
+#define NR_PENDING 32
+
+struct pending_opens {
+    __s32 fd[NR_PENDING];
+    __u32 n;
+    __u32 pad;
+};
+
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 1024);
     __type(key, __u32);
-    __type(value, __u64);
-} scanning SEC(".maps");
+    __type(value, struct pending_opens);
+} pending SEC(".maps");
 
 static __always_inline int data_file(const struct liveio_io_ctx *io)
 {
@@ -237,20 +249,75 @@ static __always_inline int data_file(const struct liveio_io_ctx *io)
 
 static __always_inline void on_open(const struct liveio_io_ctx *io)
 {
-    __u32 tid = io->tid;
-    __u64 *scan = bpf_map_lookup_elem(&scanning, &tid);
     /* open_kb=0 switches this off: read the knob itself (the catalog installs its default). */
-    __u64 len = liveio_knob(KNOB_OPEN_KB) << 10;
-    if (!scan || !*scan || len == 0 || io->result < 0 || !data_file(io))
+    if (io->result < 0 || liveio_knob(KNOB_OPEN_KB) == 0 || !data_file(io))
         return;
-    if (covered(io->result, 0, len)) {
-        count(10);
-        return;
+    __u32 tid = io->tid;
+    struct pending_opens *p = bpf_map_lookup_elem(&pending, &tid);
+    if (!p) {
+        struct pending_opens empty = {};
+        bpf_map_update_elem(&pending, &tid, &empty, BPF_ANY);
+        p = bpf_map_lookup_elem(&pending, &tid);
+        if (!p)
+            return;
     }
-    if (liveio_prefetch(io->result, 0, len) == 0)
+    __u32 n = p->n;
+    if (n < NR_PENDING) {
+        p->fd[n & (NR_PENDING - 1)] = (__s32)io->result;
+        p->n = n + 1;
+    }
+}
+
+/* Entries [first, first + 8) of the thread's pending opens, other than `fd` and those whose
+ * first `len` bytes are cached already, prefetched as one batch. */
+static __always_inline void prefetch_opened(const struct pending_opens *p, __u32 n, __u32 first,
+                                            long fd, __u64 len)
+{
+    struct liveio_prefetch batch[8] = {};
+    __u64 k = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        __u32 at = first + i;
+        if (at < n && at < NR_PENDING) {
+            __s32 other = p->fd[at & (NR_PENDING - 1)];
+            if (other != fd) {
+                if (covered(other, 0, len)) {
+                    count(10);
+                } else {
+                    batch[i].fd = other;
+                    batch[i].len = len;
+                    k++;
+                }
+            }
+        }
+    }
+    if (k == 0)
+        return;
+    if (liveio_prefetch_batch(batch, sizeof(batch)) > 0)
         count(4);
     else
         count(5);
+}
+
+/* The thread's first data read since it opened data files: see `pending`. */
+static __always_inline void on_first_read(const struct liveio_io_ctx *io)
+{
+    __u32 tid = io->tid;
+    struct pending_opens *p = bpf_map_lookup_elem(&pending, &tid);
+    if (!p || p->n == 0)
+        return;
+    __u32 n = p->n;
+    p->n = 0;
+    __u64 len = liveio_knob(KNOB_OPEN_KB) << 10;
+    if (len == 0 || io->count < (512 << 10))
+        return;
+    prefetch_opened(p, n, 0, io->fd, len);
+    if (n > 8)
+        prefetch_opened(p, n, 8, io->fd, len);
+    if (n > 16)
+        prefetch_opened(p, n, 16, io->fd, len);
+    if (n > 24)
+        prefetch_opened(p, n, 24, io->fd, len);
 }
 
 /* Keeps window `w` `depth` bytes ahead of the furthest read of it, in steps of at least a
@@ -318,6 +385,7 @@ int prefetch_on_read(struct liveio_io_ctx *io)
         return 0;
     if (io->result <= 0 || io->fd < 0 || !data_file(io))
         return 0;
+    on_first_read(io);
     if ((__u64)io->result < knob_or(KNOB_MIN_READ, 4096))
         return 0;
 
@@ -435,10 +503,6 @@ int prefetch_on_read(struct liveio_io_ctx *io)
     count(12);
     struct window nw = {.lo = off, .hi = end, .until = end, .used = now};
     __u64 scan = (__u64)io->result == io->count && io->count >= (512 << 10);
-    if (fresh) {
-        __u32 tid = io->tid;
-        bpf_map_update_elem(&scanning, &tid, &scan, BPF_ANY);
-    }
     if (scan && fresh) {
         if (covered(io->fd, end, io->result)) {
             s->quiet = QUIET_READS;

@@ -57,7 +57,9 @@ const std::vector<PolicyDef>& catalog() {
              {"adapt", 5, 1,
               "1: adapt the depth to hits, waste and latency feedback; 0: fixed depth"},
              {"open_kb", 6, 1024,
-              "a scanning thread's newly opened data file: prefetch its first KiB (0: off)"},
+              "data files a thread opened, when its next read is a scan's: prefetch their first "
+              "KiB "
+              "(0: off)"},
              {"latency_pct", 7, 200,
               "recent action latency per MiB above this % of the lowest seen halves the depth"},
              {"adapt_reads", 8, 16, "reads (all streams) between two adaptations of the depth"},

@@ -7,7 +7,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -188,6 +190,54 @@ struct TwoReaders {
     }
     bool ok() const { return a >= 0 && b >= 0 && on.ok() && !::testing::Test::HasFailure(); }
 };
+
+// 18.16 opens every column file of a part before it reads any of them: the thread's next data
+// read decides what the others get. A lookup's range read prefetches none of them; a scan's
+// 1 MiB read prefetches the start of each of the others.
+TEST(PrefetchPolicy, ColumnsOpenedTogetherArePrefetchedAtAScanNotAtALookup) {
+    constexpr int kColumns = 4;
+    std::vector<std::unique_ptr<TempFile>> files;
+    std::vector<int> fds;
+    std::string skip;
+    for (int i = 0; i < kColumns && skip.empty(); ++i) {
+        files.push_back(std::make_unique<TempFile>("C" + std::to_string(i) + ".bin"));
+        const int fd = open_column(*files.back(), 4 * kMiB, true, skip);
+        if (fd >= 0) fds.push_back(fd);
+    }
+    if (!skip.empty()) {
+        for (int fd : fds) ::close(fd);
+        GTEST_SKIP() << skip;
+    }
+    PrefetchOn on;
+    ASSERT_TRUE(on.ok());
+    auto& [rt, p] = on;
+    auto open_all = [&] {
+        for (int fd : fds) {
+            liveio_io_ctx io = testing::io_exit_ctx(SYS_openat, fd, 0, fd, LIVEIO_CLASS_CH_BIN);
+            p->run(*p->on_read, io);
+        }
+    };
+    auto others_cached = [&] {
+        long pages = 0;
+        for (int i = 1; i < kColumns; ++i) pages += std::max(0L, cached_pages(fds[i], 0, kMiB));
+        return pages;
+    };
+
+    open_all();
+    std::string lookup(4096, '\0');
+    ASSERT_EQ(p->read_and_exit(fds[0], lookup), 4096);
+    rt->worker().barrier();
+    EXPECT_EQ(Counters::get(on.counters().actions), 0u);
+    EXPECT_EQ(others_cached(), 0);
+
+    open_all();  // the next part reader of the thread
+    std::string scan(kMiB, '\0');
+    ASSERT_EQ(p->read_and_exit(fds[0], scan), static_cast<ssize_t>(kMiB));
+    rt->worker().barrier();
+    for (int i = 1; i < kColumns; ++i)
+        EXPECT_GT(cached_pages(fds[i], 0, kMiB), 0) << "column " << i;
+    for (int fd : fds) ::close(fd);
+}
 
 // Two query threads of one part, as ClickHouse runs them: each with its own descriptor, each
 // reading every other 2 MiB range of the column file, read by read in turn. Together they
