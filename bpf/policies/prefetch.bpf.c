@@ -311,6 +311,14 @@ static __always_inline void on_first_read(const struct liveio_io_ctx *io)
     __u64 len = liveio_knob(KNOB_OPEN_KB) << 10;
     if (len == 0 || io->count < (512 << 10))
         return;
+    /* Only a scan from the start of its file: the others then start there too (mark 0). A
+     * thread's task of mark ranges in the middle of the part reads each column from that
+     * mark's offset, which differs per column and is not known here. */
+    __s64 off = io->offset;
+    if (off < 0)
+        off = liveio_file_pos(io->fd) - io->result;
+    if (off != 0)
+        return;
     prefetch_opened(p, n, 0, io->fd, len);
     if (n > 8)
         prefetch_opened(p, n, 8, io->fd, len);

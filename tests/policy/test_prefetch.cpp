@@ -192,9 +192,10 @@ struct TwoReaders {
 };
 
 // 18.16 opens every column file of a part before it reads any of them: the thread's next data
-// read decides what the others get. A lookup's range read prefetches none of them; a scan's
-// 1 MiB read prefetches the start of each of the others.
-TEST(PrefetchPolicy, ColumnsOpenedTogetherArePrefetchedAtAScanNotAtALookup) {
+// read decides what the others get. A lookup's range read prefetches none of them, nor does a
+// scan that starts in the middle of its file (the others' offsets are unknown); a scan's 1 MiB
+// read from the start of its file prefetches the start of each of the others.
+TEST(PrefetchPolicy, ColumnsOpenedTogetherArePrefetchedAtAScanFromTheStartOnly) {
     constexpr int kColumns = 4;
     std::vector<std::unique_ptr<TempFile>> files;
     std::vector<int> fds;
@@ -230,8 +231,15 @@ TEST(PrefetchPolicy, ColumnsOpenedTogetherArePrefetchedAtAScanNotAtALookup) {
     EXPECT_EQ(Counters::get(on.counters().actions), 0u);
     EXPECT_EQ(others_cached(), 0);
 
-    open_all();  // the next part reader of the thread
+    open_all();  // the thread's next part reader, a task starting at a mark inside the part
     std::string scan(kMiB, '\0');
+    ASSERT_EQ(::lseek(fds[0], 2 * kMiB, SEEK_SET), static_cast<off_t>(2 * kMiB));
+    ASSERT_EQ(p->read_and_exit(fds[0], scan), static_cast<ssize_t>(kMiB));
+    rt->worker().barrier();
+    EXPECT_EQ(others_cached(), 0);
+
+    open_all();  // and one from the start of the part
+    ASSERT_EQ(::lseek(fds[0], 0, SEEK_SET), 0);
     ASSERT_EQ(p->read_and_exit(fds[0], scan), static_cast<ssize_t>(kMiB));
     rt->worker().barrier();
     for (int i = 1; i < kColumns; ++i)
