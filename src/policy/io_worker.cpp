@@ -18,6 +18,7 @@
 #include <ctime>
 #include <vector>
 
+#include "base/high_fd.h"
 #include "base/raw_syscall.h"
 #include "hook/dispatcher.h"
 #include "hook/world_stop.h"
@@ -87,11 +88,15 @@ struct IoWorker::Slot {
 
 Result<std::unique_ptr<IoWorker>> IoWorker::start(const Options& options, WorkerSink& sink) {
     std::unique_ptr<IoWorker> w(new IoWorker(options, sink));
+    // Producers on any thread wake the worker through it: a descriptor the target does not
+    // expect, so it sits high in the table (base/high_fd.h).
     w->event_fd_ =
         static_cast<int>(liveio::raw_syscall(SYS_eventfd2, 0, EFD_NONBLOCK | EFD_CLOEXEC));
     if (w->event_fd_ < 0)
         return make_error(static_cast<int>(-w->event_fd_),
                           "cannot create the I/O thread's eventfd");
+    w->event_fd_ = move_high(w->event_fd_);
+    w->event_identity_ = fd_identity(w->event_fd_);
     std::promise<Result<void>> started;
     auto ready = started.get_future();
     // The thread inherits this mask: the application's signals never run on it (only the
@@ -126,7 +131,7 @@ IoWorker::~IoWorker() {
     stop_.store(true, std::memory_order_seq_cst);
     wake();
     if (thread_.joinable()) thread_.join();
-    if (event_fd_ >= 0) liveio::raw_syscall(SYS_close, event_fd_);
+    close_if_same(event_fd_, event_identity_);
 }
 
 bool IoWorker::push(const Action& action) {
@@ -174,6 +179,9 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     uring::Options eo;
     eo.sq_entries = options_.ring_entries;
     eo.force_fallback = options_.force_fallback;
+    // This thread creates, uses and destroys every ring of the worker: the ring can be an
+    // index of this thread's registered rings, with no number in the target's table.
+    eo.ring_fd = uring::RingFd::Unnumbered;
     auto created = uring::Engine::create(eo);
     if (!created) {
         started->set_value(

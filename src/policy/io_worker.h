@@ -64,6 +64,7 @@
 #include <string>
 #include <thread>
 
+#include "base/high_fd.h"
 #include "base/result.h"
 #include "policy/action_queue.h"
 #include "policy/part_prefetch.h"
@@ -156,6 +157,7 @@ private:
     WorkerSink& sink_;
     ActionQueue<Action> queue_;
     int event_fd_ = -1;
+    FdIdentity event_identity_;
     bool uring_ = false;
     std::atomic<uint64_t> budget_bytes_;
     std::atomic<uint64_t> in_flight_bytes_{0};

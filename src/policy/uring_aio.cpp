@@ -18,6 +18,7 @@
 #include <deque>
 #include <vector>
 
+#include "base/high_fd.h"
 #include "base/raw_syscall.h"
 #include "hook/dispatcher.h"
 #include "hook/world_stop.h"
@@ -147,7 +148,7 @@ AioBridge::~AioBridge() {
         raw_syscall(SYS_write, wake_fd_, reinterpret_cast<long>(&one), sizeof one);
         thread_.join();
     }
-    if (wake_fd_ >= 0) raw_syscall(SYS_close, wake_fd_);
+    close_if_same(wake_fd_, wake_identity_);
     if (fork_guard_ != nullptr) raw_syscall(SYS_munmap, reinterpret_cast<long>(fork_guard_), 4096);
 }
 
@@ -229,6 +230,8 @@ bool AioBridge::start_thread() {
         thread_failed_.store(true);
         return false;
     }
+    wake_fd_ = move_high(wake_fd_);  // out of the target's way (base/high_fd.h)
+    wake_identity_ = fd_identity(wake_fd_);
     // The thread takes no signal meant for the target (the world-stop and fault signals stay).
     sigset_t all, old;
     sigfillset(&all);
@@ -241,7 +244,9 @@ bool AioBridge::start_thread() {
         thread_ = std::thread([this, &ready] {
             hook::Dispatcher::ScopedInside inside;
             raw_syscall(SYS_prctl, PR_SET_NAME, reinterpret_cast<long>("liveio-aio"));
-            auto engine = uring::Engine::create({.sq_entries = ring_entries_});
+            // Created, used and destroyed on this thread: no descriptor number needed.
+            auto engine = uring::Engine::create(
+                {.sq_entries = ring_entries_, .ring_fd = uring::RingFd::Unnumbered});
             const bool ok = engine.ok() && (*engine)->backend() == uring::BackendKind::Uring;
             if (!ok) thread_failed_.store(true);
             ready.store(ok ? 1 : 2, std::memory_order_release);

@@ -74,6 +74,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "base/high_fd.h"
 #include "hook/dispatch.h"
 #include "policy/uring_redirect.h"
 
@@ -139,6 +140,7 @@ private:
     std::atomic<bool> thread_failed_{false};
     std::atomic<uint32_t> outstanding_{0};  // translated ops not yet taken by the target
     int wake_fd_ = -1;
+    FdIdentity wake_identity_;
     uint32_t ring_entries_ = 256;
     std::thread thread_;
     volatile uint64_t* fork_guard_ = nullptr;  // MADV_WIPEONFORK: 0 in a fork child
