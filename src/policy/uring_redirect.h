@@ -161,6 +161,10 @@ struct UringRedirectStats {
     uint64_t engine_failures = 0;    // threads left native because their ring failed
     uint64_t engines_destroyed = 0;  // rings of exited threads reclaimed, and all at shutdown
     uint64_t engines_live = 0;
+    uint64_t engines_retired = 0;    // rings given up after a hard error (EBADF, ENOMEM...)
+    uint64_t engines_recreated = 0;  // rings created again after a pause (retired or failed)
+    // Rings retired because the target closed their descriptor or eventfd (close_range...)
+    uint64_t descriptors_lost = 0;
     // Linux AIO translated to io_uring (uring_aio.h)
     uint64_t aio_contexts = 0;        // contexts tracked since the start (created or adopted)
     uint64_t aio_submits = 0;         // io_submit calls translated
@@ -202,6 +206,9 @@ private:
     explicit UringRedirect(const UringRedirectOptions& options);
     Slot* this_thread_slot();
     Slot* claim_slot();
+    void create_ring_locked(Slot& slot);
+    void retry_later(Slot& slot);
+    bool ring_usable(Slot& slot);
     size_t reclaim_exited_locked();
     bool fallback(Slot* slot, FallbackReason reason);
 
