@@ -149,6 +149,9 @@ Result<void> Agent::open_socket() {
     std::memcpy(addr.sun_path, name.data(), name.size());
     listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (listen_fd_ < 0) return make_error(errno, errno_text("agent socket"));
+    // The lowest free numbers are the target's (base/high_fd.h): ours go high.
+    listen_fd_ = move_high(listen_fd_);
+    listen_identity_ = fd_identity(listen_fd_);
     const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
     if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
         const int err = errno;
@@ -159,6 +162,8 @@ Result<void> Agent::open_socket() {
     if (::listen(listen_fd_, 16) != 0) return make_error(errno, errno_text("agent listen"));
     wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake_fd_ < 0) return make_error(errno, errno_text("agent eventfd"));
+    wake_fd_ = move_high(wake_fd_);
+    wake_identity_ = fd_identity(wake_fd_);
     return {};
 }
 
@@ -168,8 +173,9 @@ Agent::~Agent() {
     if (bpf_) bpf_->unload_all();
     (void)uninstall(std::nullopt);
     hook::Dispatcher::ScopedInside inside;
-    if (listen_fd_ >= 0) ::close(listen_fd_);
-    if (wake_fd_ >= 0) ::close(wake_fd_);
+    // The target may have closed them and reused the numbers.
+    close_if_same(listen_fd_, listen_identity_);
+    close_if_same(wake_fd_, wake_identity_);
 }
 
 void Agent::stop_control() {
