@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <linux/fadvise.h>
+#include <linux/futex.h>
 #include <linux/magic.h>
 #include <poll.h>
 #include <signal.h>
@@ -88,15 +89,6 @@ struct IoWorker::Slot {
 
 Result<std::unique_ptr<IoWorker>> IoWorker::start(const Options& options, WorkerSink& sink) {
     std::unique_ptr<IoWorker> w(new IoWorker(options, sink));
-    // Producers on any thread wake the worker through it: a descriptor the target does not
-    // expect, so it sits high in the table (base/high_fd.h).
-    w->event_fd_ =
-        static_cast<int>(liveio::raw_syscall(SYS_eventfd2, 0, EFD_NONBLOCK | EFD_CLOEXEC));
-    if (w->event_fd_ < 0)
-        return make_error(static_cast<int>(-w->event_fd_),
-                          "cannot create the I/O thread's eventfd");
-    w->event_fd_ = move_high(w->event_fd_);
-    w->event_identity_ = fd_identity(w->event_fd_);
     std::promise<Result<void>> started;
     auto ready = started.get_future();
     // The thread inherits this mask: the application's signals never run on it (only the
@@ -146,8 +138,15 @@ bool IoWorker::push(const Action& action) {
 }
 
 void IoWorker::wake() {
-    const uint64_t one = 1;
-    liveio::raw_syscall(SYS_write, event_fd_, reinterpret_cast<long>(&one), sizeof one);
+    if (futex_wake_) {
+        // The worker's armed wait compares the word when the kernel issues it: a change
+        // before that completes it at once (-EAGAIN), a change after it is woken here.
+        wake_word_.fetch_add(1, std::memory_order_seq_cst);
+        liveio::raw_syscall(SYS_futex, reinterpret_cast<long>(&wake_word_), FUTEX_WAKE_PRIVATE, 1);
+    } else {
+        const uint64_t one = 1;
+        liveio::raw_syscall(SYS_write, event_fd_, reinterpret_cast<long>(&one), sizeof one);
+    }
     wakeups_.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -190,6 +189,21 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     }
     std::unique_ptr<uring::Engine> engine = std::move(created).value();
     uring_ = engine->backend() == uring::BackendKind::Uring;
+    // Producers on any thread wake the worker. Where the ring can wait on a futex
+    // (IORING_OP_FUTEX_WAIT) that needs no descriptor at all, and nothing the target closes
+    // can make a wake-up (and so barrier(), policy off, detach) wait forever. Otherwise an
+    // eventfd, high in the table (base/high_fd.h).
+    futex_wake_ = uring_ && engine->features().futex;
+    if (!futex_wake_) {
+        const long efd = liveio::raw_syscall(SYS_eventfd2, 0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (efd < 0) {
+            started->set_value(
+                make_error(static_cast<int>(-efd), "cannot create the I/O thread's eventfd"));
+            return;
+        }
+        event_fd_ = move_high(static_cast<int>(efd));
+        event_identity_ = fd_identity(event_fd_);
+    }
     // The fixed-file table: one slot per action slot (a Read reaches the target's file
     // through it), then options_.direct_file_slots that only the kernel allocates, to the
     // direct opens of Part actions (never an action slot's index). Without at least
@@ -226,9 +240,11 @@ void IoWorker::run(std::promise<Result<void>>* started) {
 
     auto arm_event = [&] {
         if (event_armed) return;
-        if (engine->prepare(uring::Op::read(event_fd_, &event_value, sizeof event_value),
-                            kEventTag) == 0)
-            event_armed = true;
+        const uring::Op wait =
+            futex_wake_ ? uring::Op::futex_wait(reinterpret_cast<const uint32_t*>(&wake_word_),
+                                                wake_word_.load(std::memory_order_seq_cst))
+                        : uring::Op::read(event_fd_, &event_value, sizeof event_value);
+        if (engine->prepare(wait, kEventTag) == 0) event_armed = true;
     };
     // Empties the fixed-file slot: it holds a reference to the target's file, which would
     // otherwise stay open after the target closed it (a pipe's reader would never see EOF).
@@ -458,6 +474,8 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         if (stopping && !actions_in_flight) break;
         // Sleep unless there is more to do right away.
         bool block = true;
+        // Read before the last look at the queue: a wake-up after it changes the word.
+        const uint32_t wake_seen = wake_word_.load(std::memory_order_seq_cst);
         if (!free_slots.empty()) {
             sleeping_.store(true, std::memory_order_seq_cst);
             if (!queue_.empty() || barrier_asked_.load(std::memory_order_seq_cst) != asked ||
@@ -475,13 +493,19 @@ void IoWorker::run(std::promise<Result<void>>* started) {
                                           : (retry_at_ns > now ? retry_at_ns - now : 0);
                 timespec ts{static_cast<time_t>(wait / 1000000000ull),
                             static_cast<long>(wait % 1000000000ull)};
-                pollfd pfd{event_fd_, POLLIN, 0};
-                liveio::raw_syscall(SYS_ppoll, reinterpret_cast<long>(&pfd), 1,
-                                    reinterpret_cast<long>(&ts), 0, 0);
+                if (futex_wake_) {
+                    liveio::raw_syscall(SYS_futex, reinterpret_cast<long>(&wake_word_),
+                                        FUTEX_WAIT_PRIVATE, wake_seen, reinterpret_cast<long>(&ts));
+                } else {
+                    pollfd pfd{event_fd_, POLLIN, 0};
+                    liveio::raw_syscall(SYS_ppoll, reinterpret_cast<long>(&pfd), 1,
+                                        reinterpret_cast<long>(&ts), 0, 0);
+                }
             }
             sleeping_.store(false, std::memory_order_relaxed);
-            liveio::raw_syscall(SYS_read, event_fd_, reinterpret_cast<long>(&event_value),
-                                sizeof event_value);
+            if (!futex_wake_)
+                liveio::raw_syscall(SYS_read, event_fd_, reinterpret_cast<long>(&event_value),
+                                    sizeof event_value);
             continue;
         }
         const size_t n = engine->reap(done, block ? 1 : 0);
@@ -533,10 +557,9 @@ void IoWorker::run(std::promise<Result<void>>* started) {
             release(index);
         }
     }
-    // The eventfd read is still armed: complete it so the ring closes with nothing pending.
+    // The wake-up wait is still armed: complete it so the ring closes with nothing pending.
     if (engine && event_armed) {
-        const uint64_t one = 1;
-        liveio::raw_syscall(SYS_write, event_fd_, reinterpret_cast<long>(&one), sizeof one);
+        wake();
         while (engine->inflight() > 0) engine->reap(done, 1);
     }
     std::lock_guard lock(mu_);

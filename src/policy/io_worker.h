@@ -1,12 +1,14 @@
 // liveio's I/O thread in the target ("liveio-io"): the one owner of the policy io_uring ring.
 //
 // Target threads never block on it. They push Actions into a bounded lock-free queue and
-// write its eventfd only when the worker sleeps; a full queue refuses the action (the caller
-// counts a drop). The worker pops actions, asks its Sink whether each is still wanted (the
+// wake it only when the worker sleeps; a full queue refuses the action (the caller counts a
+// drop). The worker pops actions, asks its Sink whether each is still wanted (the
 // policy may have been switched off meanwhile), submits them, reaps completions and hands
 // each to the Sink, which runs the completion edge. The worker sleeps in io_uring_enter on
-// an eventfd read it keeps armed in the ring, so new actions and completions wake the same
-// wait.
+// a wait it keeps armed in the ring, so new actions and completions wake the same wait: a
+// futex wait (IORING_OP_FUTEX_WAIT, Linux 6.7) producers wake with FUTEX_WAKE, or else the
+// read of an eventfd producers write. The worker's ring has no descriptor number in the
+// target (uring::RingFd::Unnumbered), nor, with the futex, anything else.
 //
 // Actions:
 //   Prefetch  IORING_OP_FADVISE(POSIX_FADV_WILLNEED) on the target's descriptor: the kernel
@@ -102,7 +104,7 @@ public:
 struct WorkerStats {
     uint64_t submitted = 0;
     uint64_t completed = 0;
-    uint64_t wakeups = 0;  // eventfd writes by producers
+    uint64_t wakeups = 0;  // wake-ups by producers (futex wakes or eventfd writes)
     uint64_t budget_drops = 0;
     // The descriptor did not refer to a regular file (Read: or to one of a filesystem whose
     // reads keep state in the open file description: proc, sysfs...).
@@ -156,6 +158,9 @@ private:
     Options options_;
     WorkerSink& sink_;
     ActionQueue<Action> queue_;
+    // Wake-ups: a futex word the ring waits on (futex_wake_), else an eventfd.
+    bool futex_wake_ = false;
+    std::atomic<uint32_t> wake_word_{0};
     int event_fd_ = -1;
     FdIdentity event_identity_;
     bool uring_ = false;

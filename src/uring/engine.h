@@ -89,8 +89,9 @@ enum class OpCode : uint8_t {
     AcceptMultishot,  // one completion per accepted connection, Completion::more while armed
     RecvMultishot,    // one completion per received chunk, data in a provided buffer
     Connect,
-    Timeout,  // completes with -ETIME after `nanoseconds`
-    Cancel,   // cancels the in-flight op carrying `target_tag`: 0, -ENOENT or -EALREADY
+    Timeout,    // completes with -ETIME after `nanoseconds`
+    Cancel,     // cancels the in-flight op carrying `target_tag`: 0, -ENOENT or -EALREADY
+    FutexWait,  // completes once the 32-bit word at `buf` is woken (futex FUTEX_WAKE_PRIVATE)
 };
 
 const char* op_name(OpCode code);
@@ -162,6 +163,11 @@ struct Op {
     static Op connect(int fd, const sockaddr* addr, socklen_t addrlen);
     static Op timeout(uint64_t nanoseconds);
     static Op cancel(uint64_t target_tag);
+    // IORING_OP_FUTEX_WAIT (Linux 6.7; Features::futex): completes with 0 when another thread
+    // wakes the process-private futex `word` (FUTEX_WAKE_PRIVATE), or at once with -EAGAIN
+    // when *word != expected. A wake-up source that needs no descriptor. The fallback backend
+    // answers -EOPNOTSUPP.
+    static Op futex_wait(const uint32_t* word, uint32_t expected);
 };
 
 struct Completion {
@@ -233,6 +239,7 @@ struct Features {
     bool fast_poll = false;              // IORING_FEAT_FAST_POLL
     bool multishot_accept = false;       // learned at run time: true once the kernel accepted one
     bool multishot_recv = false;         // learned at run time, likewise
+    bool futex = false;                  // IORING_OP_FUTEX_WAIT is supported
     std::vector<bool> opcode_supported;  // by kernel IORING_OP_* number (io_uring_get_probe)
 };
 

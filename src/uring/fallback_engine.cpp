@@ -506,6 +506,7 @@ private:
                 return -ETIME;
             }
             case OpCode::Cancel: return -ENOENT;
+            case OpCode::FutexWait: return -EOPNOTSUPP;
         }
         return static_cast<int32_t>(r);
     }

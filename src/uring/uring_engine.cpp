@@ -57,6 +57,11 @@ namespace {
 void unmap(void* addr, size_t bytes) { sys::call(SYS_munmap, addr, bytes); }
 
 constexpr uint64_t kNoSuchOp = ~0ull;  // user_data that never names a slot (cancel misses)
+// IORING_OP_FUTEX_WAIT and its futex2 flags (Linux 6.7 uapi; newer than the build's headers).
+constexpr uint8_t kOpFutexWait = 51;
+constexpr int kFutex2Size32 = 0x02;
+constexpr int kFutex2Private = 128;
+constexpr uint64_t kFutexBitsetAny = 0xffffffffu;
 
 struct Slot {
     Op op;
@@ -169,9 +174,12 @@ public:
                 probe_bytes[sizeof(io_uring_probe) + 256 * sizeof(io_uring_probe_op)] = {};
             auto* probe = reinterpret_cast<io_uring_probe*>(probe_bytes);
             if (reg_call(IORING_REGISTER_PROBE, probe, 256) == 0) {
-                features_.opcode_supported.assign(IORING_OP_LAST, false);
-                for (int op = 0; op < IORING_OP_LAST; ++op)
+                // Opcodes newer than the build's headers count too (kOpFutexWait).
+                const int last = std::max<int>(IORING_OP_LAST, probe->last_op + 1);
+                features_.opcode_supported.assign(static_cast<size_t>(last), false);
+                for (int op = 0; op < last; ++op)
                     features_.opcode_supported[op] = io_uring_opcode_supported(probe, op);
+                features_.futex = io_uring_opcode_supported(probe, kOpFutexWait);
             }
         }
         unsigned slots = options_.max_inflight ? options_.max_inflight : p.cq_entries;
@@ -530,6 +538,13 @@ private:
                 break;
             case OpCode::Cancel:
                 io_uring_prep_cancel64(sqe, find_async_slot(op.target_tag), 0);
+                break;
+            case OpCode::FutexWait:
+                // liburing 2.3 has no io_uring_prep_futex_wait: fd carries the futex2 flags,
+                // off the expected value, addr3 the wake bitset.
+                io_uring_prep_rw(kOpFutexWait, sqe, kFutex2Size32 | kFutex2Private, op.buf, 0,
+                                 op.aux);
+                sqe->addr3 = kFutexBitsetAny;
                 break;
         }
         if (op.fixed_file) sqe->flags |= IOSQE_FIXED_FILE;

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/futex.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "base/high_fd.h"
 #include "temp_files.h"
@@ -150,6 +152,30 @@ TEST(RingFd, NumberClosedAndReusedByTheProcess) {
     ASSERT_EQ(::fstat(number, &st), 0);
     EXPECT_EQ(st.st_size, 0);
     ::close(number);
+}
+
+// A wake-up source without a descriptor: a futex wait armed in the ring completes when another
+// thread wakes the word, or at once when the word is not the expected value.
+TEST(RingFd, FutexWaitInTheRing) {
+    auto engine = ring(RingFd::Unnumbered);
+    if (!engine) GTEST_SKIP() << "io_uring unusable here";
+    if (!engine->features().futex) GTEST_SKIP() << "no IORING_OP_FUTEX_WAIT (Linux < 6.7)";
+    alignas(4) static uint32_t word = 0;
+    ASSERT_EQ(engine->prepare(Op::futex_wait(&word, 1), 7), 0);  // 0 != 1: at once
+    Completion c[1];
+    ASSERT_EQ(engine->submit_and_reap(c, 1), 1u);
+    EXPECT_EQ(c[0].res, -EAGAIN);
+    ASSERT_EQ(engine->prepare(Op::futex_wait(&word, 0), 8), 0);
+    ASSERT_EQ(engine->submit(), 1);
+    EXPECT_EQ(engine->reap(c, 0), 0u);  // armed: nothing completes by itself
+    std::thread waker([] {
+        __atomic_store_n(&word, 1, __ATOMIC_SEQ_CST);
+        ::syscall(SYS_futex, &word, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+    });
+    ASSERT_EQ(engine->reap(c, 1), 1u);
+    waker.join();
+    EXPECT_EQ(c[0].tag, 8u);
+    EXPECT_EQ(c[0].res, 0);
 }
 
 TEST(HighFd, MovesAboveTheBaseAndKeepsOthersAlone) {
