@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <vector>
@@ -181,9 +182,25 @@ Agent::~Agent() {
 void Agent::stop_control() {
     hook::Dispatcher::ScopedInside inside;
     stop_requested_.store(true, std::memory_order_release);
-    if (wake_fd_ >= 0) {
+    // Never into a file the target put at the number after closing ours. A control thread
+    // asleep in poll() keeps the closed eventfd and listening socket alive (poll holds
+    // references to them) but nobody can write that eventfd any more: a connection to our own
+    // socket name wakes it instead.
+    if (wake_fd_ >= 0 && fd_identity(wake_fd_) == wake_identity_) {
         const uint64_t one = 1;
         (void)!::write(wake_fd_, &one, sizeof one);
+    } else if (thread_.joinable()) {
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        const std::string& name = options_.socket_name;
+        std::memcpy(addr.sun_path, name.data(), std::min(name.size(), sizeof addr.sun_path));
+        const int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (s >= 0) {
+            (void)::connect(s, reinterpret_cast<sockaddr*>(&addr),
+                            static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) +
+                                                   std::min(name.size(), sizeof addr.sun_path)));
+            ::close(s);
+        }
     }
     if (thread_.joinable()) thread_.join();
 }
@@ -460,8 +477,11 @@ void Agent::serve() {
     // loads a fresh agent can bind it. A child the application is forking right now holds the
     // descriptor until it execs (close-on-exec): shut the socket down first, so it refuses
     // connections whoever still holds it.
-    ::shutdown(listen_fd_, SHUT_RDWR);
-    ::close(listen_fd_);
+    // The target may have closed it and reused the number: only ours is shut down and closed.
+    if (fd_identity(listen_fd_) == listen_identity_) {
+        ::shutdown(listen_fd_, SHUT_RDWR);
+        ::close(listen_fd_);
+    }
     listen_fd_ = -1;
     control_stopped_.store(true, std::memory_order_release);
 }
