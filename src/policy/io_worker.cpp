@@ -2,11 +2,8 @@
 
 #include <fcntl.h>
 #include <linux/fadvise.h>
-#include <linux/futex.h>
 #include <linux/magic.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -19,7 +16,6 @@
 #include <ctime>
 #include <vector>
 
-#include "base/high_fd.h"
 #include "base/raw_syscall.h"
 #include "hook/dispatcher.h"
 #include "hook/world_stop.h"
@@ -123,7 +119,6 @@ IoWorker::~IoWorker() {
     stop_.store(true, std::memory_order_seq_cst);
     wake();
     if (thread_.joinable()) thread_.join();
-    close_if_same(event_fd_, event_identity_);
 }
 
 bool IoWorker::push(const Action& action) {
@@ -138,15 +133,7 @@ bool IoWorker::push(const Action& action) {
 }
 
 void IoWorker::wake() {
-    if (futex_wake_) {
-        // The worker's armed wait compares the word when the kernel issues it: a change
-        // before that completes it at once (-EAGAIN), a change after it is woken here.
-        wake_word_.fetch_add(1, std::memory_order_seq_cst);
-        liveio::raw_syscall(SYS_futex, reinterpret_cast<long>(&wake_word_), FUTEX_WAKE_PRIVATE, 1);
-    } else {
-        const uint64_t one = 1;
-        liveio::raw_syscall(SYS_write, event_fd_, reinterpret_cast<long>(&one), sizeof one);
-    }
+    waker_.wake();
     wakeups_.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -189,20 +176,11 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     }
     std::unique_ptr<uring::Engine> engine = std::move(created).value();
     uring_ = engine->backend() == uring::BackendKind::Uring;
-    // Producers on any thread wake the worker. Where the ring can wait on a futex
-    // (IORING_OP_FUTEX_WAIT) that needs no descriptor at all, and nothing the target closes
-    // can make a wake-up (and so barrier(), policy off, detach) wait forever. Otherwise an
-    // eventfd, high in the table (base/high_fd.h).
-    futex_wake_ = uring_ && engine->features().futex;
-    if (!futex_wake_) {
-        const long efd = liveio::raw_syscall(SYS_eventfd2, 0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (efd < 0) {
-            started->set_value(
-                make_error(static_cast<int>(-efd), "cannot create the I/O thread's eventfd"));
-            return;
-        }
-        event_fd_ = move_high(static_cast<int>(efd));
-        event_identity_ = fd_identity(event_fd_);
+    // Producers on any thread wake the worker (ring_waker.h: a futex where the ring can wait on
+    // one, so the worker holds no descriptor in the target at all).
+    if (const int r = waker_.init(*engine); r < 0) {
+        started->set_value(make_error(-r, "cannot create the I/O thread's eventfd"));
+        return;
     }
     // The fixed-file table: one slot per action slot (a Read reaches the target's file
     // through it), then options_.direct_file_slots that only the kernel allocates, to the
@@ -229,7 +207,6 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     std::vector<unsigned> free_slots;
     for (unsigned i = slots.size(); i-- > 0;) free_slots.push_back(i);
     std::vector<uring::Completion> done(options_.ring_entries + 1);
-    uint64_t event_value = 0;
     bool event_armed = false;
     uint64_t next_seq = 0;
     // A barrier waiting for `pending_pops` actions popped, then for the ops before pending_seq.
@@ -240,11 +217,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
 
     auto arm_event = [&] {
         if (event_armed) return;
-        const uring::Op wait =
-            futex_wake_ ? uring::Op::futex_wait(reinterpret_cast<const uint32_t*>(&wake_word_),
-                                                wake_word_.load(std::memory_order_seq_cst))
-                        : uring::Op::read(event_fd_, &event_value, sizeof event_value);
-        if (engine->prepare(wait, kEventTag) == 0) event_armed = true;
+        if (engine->prepare(waker_.armed_op(), kEventTag) == 0) event_armed = true;
     };
     // Empties the fixed-file slot: it holds a reference to the target's file, which would
     // otherwise stay open after the target closed it (a pipe's reader would never see EOF).
@@ -435,7 +408,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         if (engine) arm_event();
         const uint64_t asked = barrier_asked_.load(std::memory_order_acquire);
         Action a;
-        // Keep one slot's worth of room: the eventfd read is always armed beside the actions.
+        // Keep one slot's worth of room: the wake-up wait is always armed beside the actions.
         while (!free_slots.empty() && queue_.pop(a)) {
             ++popped;
             issue(a);
@@ -475,7 +448,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         // Sleep unless there is more to do right away.
         bool block = true;
         // Read before the last look at the queue: a wake-up after it changes the word.
-        const uint32_t wake_seen = wake_word_.load(std::memory_order_seq_cst);
+        const uint32_t wake_seen = waker_.seen();
         if (!free_slots.empty()) {
             sleeping_.store(true, std::memory_order_seq_cst);
             if (!queue_.empty() || barrier_asked_.load(std::memory_order_seq_cst) != asked ||
@@ -485,7 +458,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
             }
         }
         if (!engine) {
-            // No ring to sleep in: wait for the eventfd until the next ring is due.
+            // No ring to sleep in: wait for a wake-up until the next ring is due.
             if (block) {
                 const uint64_t now = liveio::raw_monotonic_ns();
                 const uint64_t wait = restarts_left == 0
@@ -493,19 +466,9 @@ void IoWorker::run(std::promise<Result<void>>* started) {
                                           : (retry_at_ns > now ? retry_at_ns - now : 0);
                 timespec ts{static_cast<time_t>(wait / 1000000000ull),
                             static_cast<long>(wait % 1000000000ull)};
-                if (futex_wake_) {
-                    liveio::raw_syscall(SYS_futex, reinterpret_cast<long>(&wake_word_),
-                                        FUTEX_WAIT_PRIVATE, wake_seen, reinterpret_cast<long>(&ts));
-                } else {
-                    pollfd pfd{event_fd_, POLLIN, 0};
-                    liveio::raw_syscall(SYS_ppoll, reinterpret_cast<long>(&pfd), 1,
-                                        reinterpret_cast<long>(&ts), 0, 0);
-                }
+                waker_.wait(wake_seen, ts);
             }
             sleeping_.store(false, std::memory_order_relaxed);
-            if (!futex_wake_)
-                liveio::raw_syscall(SYS_read, event_fd_, reinterpret_cast<long>(&event_value),
-                                    sizeof event_value);
             continue;
         }
         const size_t n = engine->reap(done, block ? 1 : 0);

@@ -66,10 +66,10 @@
 #include <string>
 #include <thread>
 
-#include "base/high_fd.h"
 #include "base/result.h"
 #include "policy/action_queue.h"
 #include "policy/part_prefetch.h"
+#include "policy/ring_waker.h"
 
 namespace liveio::policy {
 
@@ -158,11 +158,7 @@ private:
     Options options_;
     WorkerSink& sink_;
     ActionQueue<Action> queue_;
-    // Wake-ups: a futex word the ring waits on (futex_wake_), else an eventfd.
-    bool futex_wake_ = false;
-    std::atomic<uint32_t> wake_word_{0};
-    int event_fd_ = -1;
-    FdIdentity event_identity_;
+    RingWaker waker_;  // set up by the worker thread before start() returns
     bool uring_ = false;
     std::atomic<uint64_t> budget_bytes_;
     std::atomic<uint64_t> in_flight_bytes_{0};

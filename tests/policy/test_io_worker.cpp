@@ -21,6 +21,7 @@
 #include <gtest/gtest.h>
 
 #include "base/fault_points.h"
+#include "child_exit.h"
 #include "policy/io_worker.h"
 #include "policy_fixture.h"
 #include "uring/engine.h"
@@ -373,17 +374,9 @@ TEST_F(PolicyIoWorker, TargetClosingAllDescriptorsLeavesTheWorkerWorking) {
         ::_exit(ok ? 0 : 11);
     }
     // Bounded: a hung child is killed after 60 s and fails the test.
-    int status = 0;
-    pid_t done = 0;
-    for (int i = 0; i < 6000 && (done = ::waitpid(child, &status, WNOHANG)) == 0; ++i)
-        ::usleep(10000);
-    if (done == 0) {
-        ::kill(child, SIGKILL);
-        ::waitpid(child, &status, 0);
-        FAIL() << "the worker hung after the target closed its descriptors";
-    }
-    ASSERT_TRUE(WIFEXITED(status));
-    EXPECT_EQ(WEXITSTATUS(status), 0);
+    const int status = test_data::exit_status_within(child, 60);
+    ASSERT_NE(status, -1) << "the worker hung after the target closed its descriptors";
+    EXPECT_EQ(status, 0);
 }
 
 }  // namespace
