@@ -362,7 +362,7 @@ UringRedirect::Slot* UringRedirect::claim_slot() {
         if (slots_[i].owner.load(std::memory_order_relaxed) == 0) slot = &slots_[i];
     if (slot == nullptr) return nullptr;
     slot->owner.store(this_tid(), std::memory_order_release);
-    create_ring_locked(*slot);
+    if (!create_ring_locked(*slot)) ++retired_.engine_failures;
     return slot;
 }
 
@@ -371,7 +371,7 @@ UringRedirect::Slot* UringRedirect::claim_slot() {
 // native call; io_uring_enter would return EINTR instead), so it must exist; it is moved high
 // in the table, as the ring's descriptor is (RingFd::High: another thread destroys the rings
 // at shutdown, which a ring without a number forbids).
-void UringRedirect::create_ring_locked(Slot& slot) {
+bool UringRedirect::create_ring_locked(Slot& slot) {
     long efd = raw_syscall(SYS_eventfd2, 0, EFD_CLOEXEC);
     if (efd >= 0) efd = move_high(static_cast<int>(efd));
     uring::Options ring;
@@ -394,12 +394,12 @@ void UringRedirect::create_ring_locked(Slot& slot) {
         slot.eventfd_identity = fd_identity(slot.eventfd);
         slot.failed = false;
         ++retired_.engines_created;
-        return;
+        return true;
     }
     if (efd >= 0) raw_syscall(SYS_close, efd);
     slot.failed = true;
     retry_later(slot);
-    ++retired_.engine_failures;
+    return false;
 }
 
 void UringRedirect::retry_later(Slot& slot) {
@@ -431,9 +431,9 @@ bool UringRedirect::ring_usable(Slot& slot) {
     }
     if (slot.restarts >= kMaxRingRestarts || raw_monotonic_ns() < slot.retry_at_ns) return false;
     ++slot.restarts;
+    if (!create_ring_locked(slot)) return false;
     ++retired_.engines_recreated;
-    create_ring_locked(slot);
-    return slot.engine != nullptr;
+    return true;
 }
 
 size_t UringRedirect::reclaim_exited() {

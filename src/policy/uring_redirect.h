@@ -31,8 +31,13 @@
 //   so a destroyed registry's slot is never reached. Before a new thread claims a slot, slots
 //   of exited threads (tgkill(tgid, tid, 0) == -ESRCH) are reclaimed, so the rings in memory
 //   are those of live threads (plus ones that exited since); reclaim_exited() does it on demand.
-//   A thread whose ring cannot be created (io_uring disabled, ENOMEM, limits) runs natively for
-//   the registry's lifetime (FallbackReason::NoEngine). shutdown() refuses new calls, wakes
+//   A thread whose ring cannot be created (io_uring disabled, ENOMEM, limits), or whose ring
+//   failed for good (a hard io_uring_enter error: EBADF after the target closed the ring's
+//   descriptor, ENOMEM...; or its eventfd closed), runs natively (FallbackReason::NoEngine)
+//   until a new ring is created on one of its calls after a pause doubling from 1 ms to 1 s,
+//   at most 16 times per thread (engines_retired, engines_recreated, descriptors_lost). The
+//   ring's descriptor and eventfd sit high in the table with FD_CLOEXEC (base/high_fd.h) and
+//   are closed only while they still name ours. shutdown() refuses new calls, wakes
 //   threads sleeping in a redirected call (they cancel their op and finish natively), waits
 //   until no thread is inside execute() (each thread publishes "inside" with a seq_cst store
 //   before it reads `closing`: Dekker's pattern), then destroys every ring.
@@ -206,7 +211,7 @@ private:
     explicit UringRedirect(const UringRedirectOptions& options);
     Slot* this_thread_slot();
     Slot* claim_slot();
-    void create_ring_locked(Slot& slot);
+    bool create_ring_locked(Slot& slot);
     void retry_later(Slot& slot);
     bool ring_usable(Slot& slot);
     size_t reclaim_exited_locked();
