@@ -183,11 +183,12 @@ void print_policies(const json& list) {
         auto rn = [&](const char* k) {
             return static_cast<unsigned long long>(r.value(k, uint64_t{0}));
         };
-        std::printf(
-            "io_uring rings created: %llu without a descriptor number, %llu at high numbers, %llu "
-            "at low numbers; %llu refused a ring without a number (last errno %d)\n",
-            rn("unnumbered"), rn("high"), rn("low"), rn("unnumbered_refused"),
-            r.value("last_refusal_errno", 0));
+        if (rn("unnumbered") + rn("high") + rn("low") + rn("unnumbered_refused") > 0)
+            std::printf(
+                "io_uring rings created: %llu without a descriptor number, %llu at high numbers, "
+                "%llu at low numbers; %llu refused a ring without a number (last errno %d)\n",
+                rn("unnumbered"), rn("high"), rn("low"), rn("unnumbered_refused"),
+                r.value("last_refusal_errno", 0));
     }
 }
 
