@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <vector>
@@ -149,6 +150,9 @@ Result<void> Agent::open_socket() {
     std::memcpy(addr.sun_path, name.data(), name.size());
     listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (listen_fd_ < 0) return make_error(errno, errno_text("agent socket"));
+    // The lowest free numbers are the target's (base/high_fd.h): ours go high.
+    listen_fd_ = move_high(listen_fd_);
+    listen_identity_ = fd_identity(listen_fd_);
     const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
     if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
         const int err = errno;
@@ -159,6 +163,8 @@ Result<void> Agent::open_socket() {
     if (::listen(listen_fd_, 16) != 0) return make_error(errno, errno_text("agent listen"));
     wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake_fd_ < 0) return make_error(errno, errno_text("agent eventfd"));
+    wake_fd_ = move_high(wake_fd_);
+    wake_identity_ = fd_identity(wake_fd_);
     return {};
 }
 
@@ -168,16 +174,33 @@ Agent::~Agent() {
     if (bpf_) bpf_->unload_all();
     (void)uninstall(std::nullopt);
     hook::Dispatcher::ScopedInside inside;
-    if (listen_fd_ >= 0) ::close(listen_fd_);
-    if (wake_fd_ >= 0) ::close(wake_fd_);
+    // The target may have closed them and reused the numbers.
+    close_if_same(listen_fd_, listen_identity_);
+    close_if_same(wake_fd_, wake_identity_);
 }
 
 void Agent::stop_control() {
     hook::Dispatcher::ScopedInside inside;
     stop_requested_.store(true, std::memory_order_release);
-    if (wake_fd_ >= 0) {
+    // Never into a file the target put at the number after closing ours. A control thread
+    // asleep in poll() keeps the closed eventfd and listening socket alive (poll holds
+    // references to them) but nobody can write that eventfd any more: a connection to our own
+    // socket name wakes it instead.
+    if (wake_fd_ >= 0 && fd_identity(wake_fd_) == wake_identity_) {
         const uint64_t one = 1;
         (void)!::write(wake_fd_, &one, sizeof one);
+    } else if (thread_.joinable()) {
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        const std::string& name = options_.socket_name;
+        std::memcpy(addr.sun_path, name.data(), std::min(name.size(), sizeof addr.sun_path));
+        const int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (s >= 0) {
+            (void)::connect(s, reinterpret_cast<sockaddr*>(&addr),
+                            static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) +
+                                                   std::min(name.size(), sizeof addr.sun_path)));
+            ::close(s);
+        }
     }
     if (thread_.joinable()) thread_.join();
 }
@@ -454,8 +477,11 @@ void Agent::serve() {
     // loads a fresh agent can bind it. A child the application is forking right now holds the
     // descriptor until it execs (close-on-exec): shut the socket down first, so it refuses
     // connections whoever still holds it.
-    ::shutdown(listen_fd_, SHUT_RDWR);
-    ::close(listen_fd_);
+    // The target may have closed it and reused the number: only ours is shut down and closed.
+    if (fd_identity(listen_fd_) == listen_identity_) {
+        ::shutdown(listen_fd_, SHUT_RDWR);
+        ::close(listen_fd_);
+    }
     listen_fd_ = -1;
     control_stopped_.store(true, std::memory_order_release);
 }

@@ -28,6 +28,7 @@
 #include "agent/call_pipeline.h"
 #include "agent/policy_host.h"
 #include "agent/router.h"
+#include "base/high_fd.h"
 #include "base/result.h"
 #include "hook/interceptor.h"
 
@@ -105,6 +106,7 @@ private:
 
     int listen_fd_ = -1;
     int wake_fd_ = -1;  // eventfd: the destructor wakes the control thread to stop it
+    FdIdentity listen_identity_, wake_identity_;
     std::atomic<bool> stop_requested_{false};
     std::atomic<bool> control_stopped_{false};
     // Kernel thread id of the control thread: `detach` reports it so the CLI can wait until

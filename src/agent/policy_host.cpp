@@ -4,6 +4,7 @@
 
 #include "hook/dispatcher.h"
 #include "liveio/io_edge.h"
+#include "uring/engine.h"
 
 namespace liveio::agent {
 
@@ -261,6 +262,9 @@ json PolicyHost::list() const {
                 p["counters"]["nowait_reads"] = st.nowait_reads;
                 p["counters"]["fallback_reasons"] = reasons;
                 p["counters"]["rings"] = st.engines_live;
+                p["counters"]["rings_retired"] = st.engines_retired;
+                p["counters"]["rings_recreated"] = st.engines_recreated;
+                p["counters"]["descriptors_lost"] = st.descriptors_lost;
                 p["counters"]["aio"] = {{"contexts", st.aio_contexts},
                                         {"submits", st.aio_submits},
                                         {"ops", st.aio_ops},
@@ -273,6 +277,12 @@ json PolicyHost::list() const {
     }
     json out = {{"policies", policies}};
     if (runtime_) out["worker"] = runtime_->describe()["worker"];
+    const uring::RingFdCounts rings = uring::ring_fd_counts();
+    out["ring_fds"] = {{"unnumbered", rings.unnumbered},
+                       {"high", rings.high},
+                       {"low", rings.low},
+                       {"unnumbered_refused", rings.unnumbered_refused},
+                       {"last_refusal_errno", rings.last_refusal}};
     return out;
 }
 

@@ -154,6 +154,10 @@ void print_policies(const json& list) {
                 if (v.is_number()) reasons += " " + k + "=" + std::to_string(v.get<uint64_t>());
             std::printf("           redirected %llu, rings %llu, native by reason:%s\n",
                         n("redirected"), n("rings"), reasons.empty() ? " none" : reasons.c_str());
+            std::printf(
+                "           rings retired %llu (descriptors closed by the process %llu), "
+                "recreated %llu\n",
+                n("rings_retired"), n("descriptors_lost"), n("rings_recreated"));
             const json a = c.value("aio", json::object());
             auto an = [&](const char* k) {
                 return a.contains(k) && a[k].is_number()
@@ -173,6 +177,18 @@ void print_policies(const json& list) {
                     w.value("io_uring", false) ? "io_uring" : "synchronous fallback",
                     mib(w.value("budget_bytes", uint64_t{0})).c_str(),
                     mib(w.value("bytes_in_flight", uint64_t{0})).c_str());
+    }
+    if (list.contains("ring_fds")) {
+        const json r = list["ring_fds"];
+        auto rn = [&](const char* k) {
+            return static_cast<unsigned long long>(r.value(k, uint64_t{0}));
+        };
+        if (rn("unnumbered") + rn("high") + rn("low") + rn("unnumbered_refused") > 0)
+            std::printf(
+                "io_uring rings created: %llu without a descriptor number, %llu at high numbers, "
+                "%llu at low numbers; %llu refused a ring without a number (last errno %d)\n",
+                rn("unnumbered"), rn("high"), rn("low"), rn("unnumbered_refused"),
+                r.value("last_refusal_errno", 0));
     }
 }
 

@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "base/high_fd.h"
 #include "ebpf/map.h"
 #include "ebpf/map_shm.h"
 
@@ -268,8 +269,10 @@ Result<ShmRegion> ShmRegion::map_fd(int fd, const Layout& layout) {
 Result<ShmRegion> ShmRegion::create(const std::string& name, const Layout& layout) {
     const uint64_t size = layout.total_size;
     const std::string memfd_name = "liveio-map:" + name;
-    const int fd = ::memfd_create(memfd_name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (fd < 0) return make_error(errno, fmt::format("memfd_create for map '{}' failed", name));
+    const int low = ::memfd_create(memfd_name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (low < 0) return make_error(errno, fmt::format("memfd_create for map '{}' failed", name));
+    // Inside a target the lowest free numbers are the target's (base/high_fd.h).
+    const int fd = move_high(low);
     // memfds are created 0777; the map is the target owner's (reopening it through /proc needs
     // ptrace access to the target anyway, this also holds for a descriptor passed on).
     if (::fchmod(fd, 0600) != 0) {

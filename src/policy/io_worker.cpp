@@ -3,9 +3,7 @@
 #include <fcntl.h>
 #include <linux/fadvise.h>
 #include <linux/magic.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -87,11 +85,6 @@ struct IoWorker::Slot {
 
 Result<std::unique_ptr<IoWorker>> IoWorker::start(const Options& options, WorkerSink& sink) {
     std::unique_ptr<IoWorker> w(new IoWorker(options, sink));
-    w->event_fd_ =
-        static_cast<int>(liveio::raw_syscall(SYS_eventfd2, 0, EFD_NONBLOCK | EFD_CLOEXEC));
-    if (w->event_fd_ < 0)
-        return make_error(static_cast<int>(-w->event_fd_),
-                          "cannot create the I/O thread's eventfd");
     std::promise<Result<void>> started;
     auto ready = started.get_future();
     // The thread inherits this mask: the application's signals never run on it (only the
@@ -126,7 +119,6 @@ IoWorker::~IoWorker() {
     stop_.store(true, std::memory_order_seq_cst);
     wake();
     if (thread_.joinable()) thread_.join();
-    if (event_fd_ >= 0) liveio::raw_syscall(SYS_close, event_fd_);
 }
 
 bool IoWorker::push(const Action& action) {
@@ -141,8 +133,7 @@ bool IoWorker::push(const Action& action) {
 }
 
 void IoWorker::wake() {
-    const uint64_t one = 1;
-    liveio::raw_syscall(SYS_write, event_fd_, reinterpret_cast<long>(&one), sizeof one);
+    waker_.wake();
     wakeups_.fetch_add(1, std::memory_order_relaxed);
 }
 
@@ -174,6 +165,9 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     uring::Options eo;
     eo.sq_entries = options_.ring_entries;
     eo.force_fallback = options_.force_fallback;
+    // This thread creates, uses and destroys every ring of the worker: the ring can be an
+    // index of this thread's registered rings, with no number in the target's table.
+    eo.ring_fd = uring::RingFd::Unnumbered;
     auto created = uring::Engine::create(eo);
     if (!created) {
         started->set_value(
@@ -182,6 +176,12 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     }
     std::unique_ptr<uring::Engine> engine = std::move(created).value();
     uring_ = engine->backend() == uring::BackendKind::Uring;
+    // Producers on any thread wake the worker (ring_waker.h: a futex where the ring can wait on
+    // one, so the worker holds no descriptor in the target at all).
+    if (const int r = waker_.init(*engine); r < 0) {
+        started->set_value(make_error(-r, "cannot create the I/O thread's eventfd"));
+        return;
+    }
     // The fixed-file table: one slot per action slot (a Read reaches the target's file
     // through it), then options_.direct_file_slots that only the kernel allocates, to the
     // direct opens of Part actions (never an action slot's index). Without at least
@@ -207,7 +207,6 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     std::vector<unsigned> free_slots;
     for (unsigned i = slots.size(); i-- > 0;) free_slots.push_back(i);
     std::vector<uring::Completion> done(options_.ring_entries + 1);
-    uint64_t event_value = 0;
     bool event_armed = false;
     uint64_t next_seq = 0;
     // A barrier waiting for `pending_pops` actions popped, then for the ops before pending_seq.
@@ -218,9 +217,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
 
     auto arm_event = [&] {
         if (event_armed) return;
-        if (engine->prepare(uring::Op::read(event_fd_, &event_value, sizeof event_value),
-                            kEventTag) == 0)
-            event_armed = true;
+        if (engine->prepare(waker_.armed_op(), kEventTag) == 0) event_armed = true;
     };
     // Empties the fixed-file slot: it holds a reference to the target's file, which would
     // otherwise stay open after the target closed it (a pipe's reader would never see EOF).
@@ -411,7 +408,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         if (engine) arm_event();
         const uint64_t asked = barrier_asked_.load(std::memory_order_acquire);
         Action a;
-        // Keep one slot's worth of room: the eventfd read is always armed beside the actions.
+        // Keep one slot's worth of room: the wake-up wait is always armed beside the actions.
         while (!free_slots.empty() && queue_.pop(a)) {
             ++popped;
             issue(a);
@@ -450,6 +447,8 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         if (stopping && !actions_in_flight) break;
         // Sleep unless there is more to do right away.
         bool block = true;
+        // Read before the last look at the queue: a wake-up after it changes the word.
+        const uint32_t wake_seen = waker_.seen();
         if (!free_slots.empty()) {
             sleeping_.store(true, std::memory_order_seq_cst);
             if (!queue_.empty() || barrier_asked_.load(std::memory_order_seq_cst) != asked ||
@@ -459,7 +458,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
             }
         }
         if (!engine) {
-            // No ring to sleep in: wait for the eventfd until the next ring is due.
+            // No ring to sleep in: wait for a wake-up until the next ring is due.
             if (block) {
                 const uint64_t now = liveio::raw_monotonic_ns();
                 const uint64_t wait = restarts_left == 0
@@ -467,13 +466,9 @@ void IoWorker::run(std::promise<Result<void>>* started) {
                                           : (retry_at_ns > now ? retry_at_ns - now : 0);
                 timespec ts{static_cast<time_t>(wait / 1000000000ull),
                             static_cast<long>(wait % 1000000000ull)};
-                pollfd pfd{event_fd_, POLLIN, 0};
-                liveio::raw_syscall(SYS_ppoll, reinterpret_cast<long>(&pfd), 1,
-                                    reinterpret_cast<long>(&ts), 0, 0);
+                waker_.wait(wake_seen, ts);
             }
             sleeping_.store(false, std::memory_order_relaxed);
-            liveio::raw_syscall(SYS_read, event_fd_, reinterpret_cast<long>(&event_value),
-                                sizeof event_value);
             continue;
         }
         const size_t n = engine->reap(done, block ? 1 : 0);
@@ -525,10 +520,9 @@ void IoWorker::run(std::promise<Result<void>>* started) {
             release(index);
         }
     }
-    // The eventfd read is still armed: complete it so the ring closes with nothing pending.
+    // The wake-up wait is still armed: complete it so the ring closes with nothing pending.
     if (engine && event_armed) {
-        const uint64_t one = 1;
-        liveio::raw_syscall(SYS_write, event_fd_, reinterpret_cast<long>(&one), sizeof one);
+        wake();
         while (engine->inflight() > 0) engine->reap(done, 1);
     }
     std::lock_guard lock(mu_);

@@ -1,12 +1,14 @@
 // liveio's I/O thread in the target ("liveio-io"): the one owner of the policy io_uring ring.
 //
 // Target threads never block on it. They push Actions into a bounded lock-free queue and
-// write its eventfd only when the worker sleeps; a full queue refuses the action (the caller
-// counts a drop). The worker pops actions, asks its Sink whether each is still wanted (the
+// wake it only when the worker sleeps; a full queue refuses the action (the caller counts a
+// drop). The worker pops actions, asks its Sink whether each is still wanted (the
 // policy may have been switched off meanwhile), submits them, reaps completions and hands
 // each to the Sink, which runs the completion edge. The worker sleeps in io_uring_enter on
-// an eventfd read it keeps armed in the ring, so new actions and completions wake the same
-// wait.
+// a wait it keeps armed in the ring, so new actions and completions wake the same wait: a
+// futex wait (IORING_OP_FUTEX_WAIT, Linux 6.7) producers wake with FUTEX_WAKE, or else the
+// read of an eventfd producers write. The worker's ring has no descriptor number in the
+// target (uring::RingFd::Unnumbered), nor, with the futex, anything else.
 //
 // Actions:
 //   Prefetch  IORING_OP_FADVISE(POSIX_FADV_WILLNEED) on the target's descriptor: the kernel
@@ -67,6 +69,7 @@
 #include "base/result.h"
 #include "policy/action_queue.h"
 #include "policy/part_prefetch.h"
+#include "policy/ring_waker.h"
 
 namespace liveio::policy {
 
@@ -101,7 +104,7 @@ public:
 struct WorkerStats {
     uint64_t submitted = 0;
     uint64_t completed = 0;
-    uint64_t wakeups = 0;  // eventfd writes by producers
+    uint64_t wakeups = 0;  // wake-ups by producers (futex wakes or eventfd writes)
     uint64_t budget_drops = 0;
     // The descriptor did not refer to a regular file (Read: or to one of a filesystem whose
     // reads keep state in the open file description: proc, sysfs...).
@@ -155,7 +158,7 @@ private:
     Options options_;
     WorkerSink& sink_;
     ActionQueue<Action> queue_;
-    int event_fd_ = -1;
+    RingWaker waker_;  // set up by the worker thread before start() returns
     bool uring_ = false;
     std::atomic<uint64_t> budget_bytes_;
     std::atomic<uint64_t> in_flight_bytes_{0};

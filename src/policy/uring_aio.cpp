@@ -5,7 +5,6 @@
 #include <linux/aio_abi.h>
 #include <linux/futex.h>
 #include <signal.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -143,11 +142,9 @@ AioBridge::~AioBridge() {
     // bridge destroyed without drain() are lost (see "Switching off").
     stop_.store(true, std::memory_order_seq_cst);
     if (thread_.joinable()) {
-        uint64_t one = 1;
-        raw_syscall(SYS_write, wake_fd_, reinterpret_cast<long>(&one), sizeof one);
+        waker_.wake();
         thread_.join();
     }
-    if (wake_fd_ >= 0) raw_syscall(SYS_close, wake_fd_);
     if (fork_guard_ != nullptr) raw_syscall(SYS_munmap, reinterpret_cast<long>(fork_guard_), 4096);
 }
 
@@ -224,11 +221,6 @@ bool AioBridge::start_thread() {
     std::lock_guard lock(mu_);
     if (thread_failed_.load(std::memory_order_relaxed)) return false;
     if (thread_.joinable()) return true;
-    wake_fd_ = static_cast<int>(raw_syscall(SYS_eventfd2, 0, EFD_NONBLOCK | EFD_CLOEXEC));
-    if (wake_fd_ < 0) {
-        thread_failed_.store(true);
-        return false;
-    }
     // The thread takes no signal meant for the target (the world-stop and fault signals stay).
     sigset_t all, old;
     sigfillset(&all);
@@ -241,8 +233,13 @@ bool AioBridge::start_thread() {
         thread_ = std::thread([this, &ready] {
             hook::Dispatcher::ScopedInside inside;
             raw_syscall(SYS_prctl, PR_SET_NAME, reinterpret_cast<long>("liveio-aio"));
-            auto engine = uring::Engine::create({.sq_entries = ring_entries_});
-            const bool ok = engine.ok() && (*engine)->backend() == uring::BackendKind::Uring;
+            // Created, used and destroyed on this thread: no descriptor number needed.
+            auto engine = uring::Engine::create(
+                {.sq_entries = ring_entries_, .ring_fd = uring::RingFd::Unnumbered});
+            // Target threads wake this one (ring_waker.h: a futex where the ring can wait on
+            // one, so nothing the target closes can leave an io_submit waiting for us).
+            const bool ok = engine.ok() && (*engine)->backend() == uring::BackendKind::Uring &&
+                            waker_.init(**engine) == 0;
             if (!ok) thread_failed_.store(true);
             ready.store(ok ? 1 : 2, std::memory_order_release);
             wake_all(&ready);
@@ -270,8 +267,7 @@ void AioBridge::enqueue(Request* request) {
         request->next = queue_head_;
         queue_head_ = request;
     }
-    uint64_t one = 1;
-    raw_syscall(SYS_write, wake_fd_, reinterpret_cast<long>(&one), sizeof one);
+    waker_.wake();
 }
 
 // The liveio-aio thread: submits queued requests, reaps completions into their contexts.
@@ -284,13 +280,10 @@ void AioBridge::run(uring::Engine& engine) {
     std::vector<Slot> slots(ring_entries_);
     std::vector<unsigned> free_slots;
     for (unsigned i = ring_entries_; i-- > 0;) free_slots.push_back(i);
-    uint64_t wake_value = 0;
     bool wake_armed = false;
     std::vector<uring::Completion> done(ring_entries_ + 1);
     for (;;) {
-        if (!wake_armed && engine.prepare(uring::Op::read(wake_fd_, &wake_value, sizeof wake_value),
-                                          kWakeTag) == 0)
-            wake_armed = true;
+        if (!wake_armed && engine.prepare(waker_.armed_op(), kWakeTag) == 0) wake_armed = true;
         Request* list;
         {
             std::lock_guard lock(mu_);
@@ -347,7 +340,7 @@ void AioBridge::run(uring::Engine& engine) {
             stop_.load())
             break;
     }
-    // The armed wake read completes when the ring is destroyed with the engine.
+    // The armed wake-up wait completes when the ring is destroyed with the engine.
 }
 
 long AioBridge::submit(Context& ctx, const hook::SyscallCall& call, bool& taken,

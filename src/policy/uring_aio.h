@@ -75,6 +75,7 @@
 #include <unordered_map>
 
 #include "hook/dispatch.h"
+#include "policy/ring_waker.h"
 #include "policy/uring_redirect.h"
 
 namespace liveio::uring {
@@ -138,7 +139,7 @@ private:
     std::atomic<bool> stop_{false};
     std::atomic<bool> thread_failed_{false};
     std::atomic<uint32_t> outstanding_{0};  // translated ops not yet taken by the target
-    int wake_fd_ = -1;
+    RingWaker waker_;  // set up by the liveio-aio thread before start_thread() returns
     uint32_t ring_entries_ = 256;
     std::thread thread_;
     volatile uint64_t* fork_guard_ = nullptr;  // MADV_WIPEONFORK: 0 in a fork child

@@ -12,9 +12,11 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <ctime>
 #include <vector>
 
+#include "base/high_fd.h"
 #include "base/raw_syscall.h"
 #include "policy/uring_aio.h"
 #include "uring/engine.h"
@@ -25,6 +27,11 @@ namespace {
 
 constexpr uint64_t kOpTag = 1;
 constexpr uint64_t kCancelTag = 2;
+// A retired or failed ring is created again after a pause doubling from the first to the
+// largest, at most kMaxRingRestarts times per thread (as the I/O worker's ring).
+constexpr uint64_t kFirstRingBackoffNs = 1'000'000;
+constexpr uint64_t kMaxRingBackoffNs = 1'000'000'000;
+constexpr unsigned kMaxRingRestarts = 16;
 // Linux caps one read/write at MAX_RW_COUNT; io_uring lengths are 32-bit.
 constexpr uint64_t kMaxRwCount = INT_MAX & ~4095ull;
 
@@ -198,8 +205,16 @@ struct alignas(64) UringRedirect::Slot {
     std::atomic<pid_t> owner{0};      // thread id; 0 = free
     std::atomic<uint32_t> inside{0};  // the owner is inside execute()
     std::atomic<bool> busy{false};    // the owner's op is in flight (re-entry guard)
-    bool failed = false;              // ring creation failed: native for this registry's life
+    // No ring: its creation failed or it was retired after a hard error. The owner tries
+    // again at retry_at_ns (a pause doubling from kFirstRingBackoffNs), at most
+    // kMaxRingRestarts times; after shutdown() never.
+    bool failed = false;
+    bool eventfd_lost = false;  // the eventfd read failed (EBADF: the target closed it)
+    unsigned restarts = 0;
+    uint64_t retry_at_ns = 0;
+    uint64_t backoff_ns = 0;
     int eventfd = -1;
+    FdIdentity eventfd_identity;
     std::unique_ptr<uring::Engine> engine;
     std::vector<iovec> iov_rest;  // remainder of a vectored stream write
     // Written by the owner only (a load and a store), read by stats().
@@ -209,11 +224,21 @@ struct alignas(64) UringRedirect::Slot {
     std::atomic<uint64_t> continuations{0};
     std::atomic<uint64_t> by_reason[static_cast<int>(FallbackReason::Count)] = {};
 
-    void release() {
+    // Destroys the ring and closes the eventfd, unless the target closed it and its number
+    // names another file now.
+    void drop_ring() {
         engine.reset();
-        if (eventfd >= 0) raw_syscall(SYS_close, eventfd);
+        close_if_same(eventfd, eventfd_identity);
         eventfd = -1;
+        eventfd_identity = {};
+        eventfd_lost = false;
+    }
+
+    void release() {
+        drop_ring();
         failed = false;
+        restarts = 0;
+        retry_at_ns = backoff_ns = 0;
         iov_rest.clear();
         redirected = nowait = interrupted = continuations = 0;
         for (auto& c : by_reason) c = 0;
@@ -338,7 +363,18 @@ UringRedirect::Slot* UringRedirect::claim_slot() {
         if (slots_[i].owner.load(std::memory_order_relaxed) == 0) slot = &slots_[i];
     if (slot == nullptr) return nullptr;
     slot->owner.store(this_tid(), std::memory_order_release);
+    if (!create_ring_locked(*slot)) ++retired_.engine_failures;
+    return slot;
+}
+
+// A ring and its eventfd for `slot`, on its owner thread, under mutex_. The eventfd is what the
+// owner sleeps on (read(2): the kernel restarts it after an SA_RESTART handler exactly as the
+// native call; io_uring_enter would return EINTR instead), so it must exist; it is moved high
+// in the table, as the ring's descriptor is (RingFd::High: another thread destroys the rings
+// at shutdown, which a ring without a number forbids).
+bool UringRedirect::create_ring_locked(Slot& slot) {
     long efd = raw_syscall(SYS_eventfd2, 0, EFD_CLOEXEC);
+    if (efd >= 0) efd = move_high(static_cast<int>(efd));
     uring::Options ring;
     ring.sq_entries = options_.ring_entries;
     // COOP_TASKRUN, not SINGLE_ISSUER|DEFER_TASKRUN: with deferred task work the eventfd
@@ -347,21 +383,58 @@ UringRedirect::Slot* UringRedirect::claim_slot() {
     // an op in flight, so only while the thread waits inside execute(), in a read(2) the kernel
     // restarts; shutdown() destroys rings from another thread, which needs no single issuer.
     ring.single_issuer = false;
+    ring.ring_fd = uring::RingFd::High;
     auto engine =
         efd >= 0
             ? uring::Engine::create(ring)
             : Result<std::unique_ptr<uring::Engine>>(make_error(static_cast<int>(-efd), "eventfd"));
     if (engine.ok() && (*engine)->backend() == uring::BackendKind::Uring &&
         (*engine)->register_eventfd(static_cast<int>(efd)).ok()) {
-        slot->engine = std::move(*engine);
-        slot->eventfd = static_cast<int>(efd);
+        slot.engine = std::move(*engine);
+        slot.eventfd = static_cast<int>(efd);
+        slot.eventfd_identity = fd_identity(slot.eventfd);
+        slot.failed = false;
         ++retired_.engines_created;
-    } else {
-        if (efd >= 0) raw_syscall(SYS_close, efd);
-        slot->failed = true;
-        ++retired_.engine_failures;
+        return true;
     }
-    return slot;
+    if (efd >= 0) raw_syscall(SYS_close, efd);
+    slot.failed = true;
+    retry_later(slot);
+    return false;
+}
+
+void UringRedirect::retry_later(Slot& slot) {
+    slot.backoff_ns = slot.backoff_ns == 0 ? kFirstRingBackoffNs
+                                           : std::min(slot.backoff_ns * 2, kMaxRingBackoffNs);
+    slot.retry_at_ns = raw_monotonic_ns() + slot.backoff_ns;
+}
+
+// On the owner thread, inside execute(): a ring that failed for good (a hard io_uring_enter
+// error such as EBADF after the target closed its descriptor, or ENOMEM) is retired, and a
+// slot without a ring gets a new one once its pause is over. False: no ring for this call.
+bool UringRedirect::ring_usable(Slot& slot) {
+    if (slot.engine && slot.engine->hard_error() == 0 && !slot.eventfd_lost) return true;
+    if (!slot.engine &&
+        (slot.restarts >= kMaxRingRestarts || raw_monotonic_ns() < slot.retry_at_ns))
+        return false;
+    std::lock_guard lock(mutex_);
+    if (closing_.load(std::memory_order_relaxed)) return false;
+    if (slot.engine) {
+        // EBADF: the number is closed; EOPNOTSUPP: it names a file that is no io_uring now.
+        const int error = slot.engine->hard_error();
+        if (error == -EBADF || error == -EOPNOTSUPP || slot.eventfd_lost)
+            ++retired_.descriptors_lost;
+        slot.drop_ring();
+        slot.failed = true;
+        ++retired_.engines_retired;
+        retry_later(slot);
+        return false;
+    }
+    if (slot.restarts >= kMaxRingRestarts || raw_monotonic_ns() < slot.retry_at_ns) return false;
+    ++slot.restarts;
+    if (!create_ring_locked(slot)) return false;
+    ++retired_.engines_recreated;
+    return true;
 }
 
 size_t UringRedirect::reclaim_exited() {
@@ -417,11 +490,9 @@ void UringRedirect::shutdown() {
     std::lock_guard lock(mutex_);
     for (unsigned i = 0; i < options_.max_threads; ++i) {
         Slot& s = slots_[i];
-        if (!s.engine) continue;
-        s.engine.reset();
-        raw_syscall(SYS_close, s.eventfd);
-        s.eventfd = -1;
         s.failed = true;  // never reached again: execute() checks closing_ first
+        if (!s.engine) continue;
+        s.drop_ring();
         ++retired_.engines_destroyed;
     }
 }
@@ -682,6 +753,7 @@ CallRun::Wait CallRun::wait_pending(int32_t& res, FallbackReason& why) {
             return Wait::Done;
         }
         if (r < 0 && r != -EAGAIN) {  // the eventfd is unusable: wait inside the ring instead
+            if (r == -EBADF) slot_.eventfd_lost = true;  // retired before the next call
             while (engine_.reap(c, 1) == 0 && engine_.hard_error() == 0) {
             }
             res = engine_.hard_error() != 0 ? engine_.hard_error() : c[0].res;
@@ -755,7 +827,6 @@ bool UringRedirect::execute(hook::SyscallCall& call, hook::SyscallResult& result
     }
     Slot* slot = this_thread_slot();
     if (slot == nullptr) return fallback(nullptr, FallbackReason::NoEngine);
-    if (slot->failed) return fallback(slot, FallbackReason::NoEngine);
     if (plan.positioned && !positions_honoured(plan.op.fd))
         return fallback(slot, FallbackReason::Unseekable);
     if (slot->busy.load(std::memory_order_relaxed))
@@ -764,11 +835,13 @@ bool UringRedirect::execute(hook::SyscallCall& call, hook::SyscallResult& result
     std::atomic_signal_fence(std::memory_order_seq_cst);
     slot->inside.store(1, std::memory_order_seq_cst);
     bool taken = false;
-    if (!closing_.load(std::memory_order_seq_cst)) {
+    if (closing_.load(std::memory_order_seq_cst)) {
+        why = FallbackReason::Disabled;
+    } else if (!ring_usable(*slot)) {
+        why = FallbackReason::NoEngine;
+    } else {
         CallRun run(*slot, *slot->engine, plan, closing_);
         taken = run.run(result, why);
-    } else {
-        why = FallbackReason::Disabled;
     }
     slot->inside.store(0, std::memory_order_release);
     std::atomic_signal_fence(std::memory_order_seq_cst);

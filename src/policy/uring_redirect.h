@@ -31,8 +31,13 @@
 //   so a destroyed registry's slot is never reached. Before a new thread claims a slot, slots
 //   of exited threads (tgkill(tgid, tid, 0) == -ESRCH) are reclaimed, so the rings in memory
 //   are those of live threads (plus ones that exited since); reclaim_exited() does it on demand.
-//   A thread whose ring cannot be created (io_uring disabled, ENOMEM, limits) runs natively for
-//   the registry's lifetime (FallbackReason::NoEngine). shutdown() refuses new calls, wakes
+//   A thread whose ring cannot be created (io_uring disabled, ENOMEM, limits), or whose ring
+//   failed for good (a hard io_uring_enter error: EBADF after the target closed the ring's
+//   descriptor, ENOMEM...; or its eventfd closed), runs natively (FallbackReason::NoEngine)
+//   until a new ring is created on one of its calls after a pause doubling from 1 ms to 1 s,
+//   at most 16 times per thread (engines_retired, engines_recreated, descriptors_lost). The
+//   ring's descriptor and eventfd sit high in the table with FD_CLOEXEC (base/high_fd.h) and
+//   are closed only while they still name ours. shutdown() refuses new calls, wakes
 //   threads sleeping in a redirected call (they cancel their op and finish natively), waits
 //   until no thread is inside execute() (each thread publishes "inside" with a seq_cst store
 //   before it reads `closing`: Dekker's pattern), then destroys every ring.
@@ -177,6 +182,10 @@ struct UringRedirectStats {
     uint64_t engine_failures = 0;    // threads left native because their ring failed
     uint64_t engines_destroyed = 0;  // rings of exited threads reclaimed, and all at shutdown
     uint64_t engines_live = 0;
+    uint64_t engines_retired = 0;    // rings given up after a hard error (EBADF, ENOMEM...)
+    uint64_t engines_recreated = 0;  // rings created again after a pause (retired or failed)
+    // Rings retired because the target closed their descriptor or eventfd (close_range...)
+    uint64_t descriptors_lost = 0;
     // Linux AIO translated to io_uring (uring_aio.h)
     uint64_t aio_contexts = 0;        // contexts tracked since the start (created or adopted)
     uint64_t aio_submits = 0;         // io_submit calls translated
@@ -227,6 +236,9 @@ private:
     explicit UringRedirect(const UringRedirectOptions& options);
     Slot* this_thread_slot();
     Slot* claim_slot();
+    bool create_ring_locked(Slot& slot);
+    void retry_later(Slot& slot);
+    bool ring_usable(Slot& slot);
     size_t reclaim_exited_locked();
     bool fallback(Slot* slot, FallbackReason reason);
 

@@ -89,8 +89,9 @@ enum class OpCode : uint8_t {
     AcceptMultishot,  // one completion per accepted connection, Completion::more while armed
     RecvMultishot,    // one completion per received chunk, data in a provided buffer
     Connect,
-    Timeout,  // completes with -ETIME after `nanoseconds`
-    Cancel,   // cancels the in-flight op carrying `target_tag`: 0, -ENOENT or -EALREADY
+    Timeout,    // completes with -ETIME after `nanoseconds`
+    Cancel,     // cancels the in-flight op carrying `target_tag`: 0, -ENOENT or -EALREADY
+    FutexWait,  // completes once the 32-bit word at `buf` is woken (futex FUTEX_WAKE_PRIVATE)
 };
 
 const char* op_name(OpCode code);
@@ -162,6 +163,11 @@ struct Op {
     static Op connect(int fd, const sockaddr* addr, socklen_t addrlen);
     static Op timeout(uint64_t nanoseconds);
     static Op cancel(uint64_t target_tag);
+    // IORING_OP_FUTEX_WAIT (Linux 6.7; Features::futex): completes with 0 when another thread
+    // wakes the process-private futex `word` (FUTEX_WAKE_PRIVATE), or at once with -EAGAIN
+    // when *word != expected. A wake-up source that needs no descriptor. The fallback backend
+    // answers -EOPNOTSUPP.
+    static Op futex_wait(const uint32_t* word, uint32_t expected);
 };
 
 struct Completion {
@@ -179,6 +185,20 @@ struct ChainResult {
 
 enum class ChainKind { Soft, Hard };  // IOSQE_IO_LINK vs IOSQE_IO_HARDLINK
 
+// Where a ring's descriptor lives in the process's table (inside a target, that table is the
+// target's: POSIX owes its open() the lowest free number).
+enum class RingFd : uint8_t {
+    Low,   // io_uring_setup's own number: the lowest free one, as any open()
+    High,  // moved to a number >= high_fd_base() (base/high_fd.h); CLOEXEC like every ring fd
+    // No number at all (IORING_SETUP_REGISTERED_FD_ONLY|NO_MMAP, Linux 6.5; ring_setup.h):
+    // the ring is an index of the creating thread's registered ring table. Only that thread
+    // may use it, register resources on it or destroy it (destroyed from another thread the
+    // kernel keeps it until the creating thread exits). A kernel that refuses gets High
+    // instead, counted in RingFdCounts::unnumbered_refused.
+    Unnumbered,
+};
+const char* ring_fd_name(RingFd placement);
+
 struct Options {
     unsigned sq_entries = 64;
     unsigned cq_entries = 0;    // 0: 2 * sq_entries (kernel rounds up to a power of two)
@@ -194,6 +214,7 @@ struct Options {
     // Trades CPU for latency: a sleep/wake-up round trip costs more than a fast device's I/O.
     // 0 = always sleep (`liveio bench uring` has a row that spins).
     uint64_t spin_ns = 0;
+    RingFd ring_fd = RingFd::High;
 };
 
 enum class BackendKind { Uring, Fallback };
@@ -218,6 +239,7 @@ struct Features {
     bool fast_poll = false;              // IORING_FEAT_FAST_POLL
     bool multishot_accept = false;       // learned at run time: true once the kernel accepted one
     bool multishot_recv = false;         // learned at run time, likewise
+    bool futex = false;                  // IORING_OP_FUTEX_WAIT is supported
     std::vector<bool> opcode_supported;  // by kernel IORING_OP_* number (io_uring_get_probe)
 };
 
@@ -237,6 +259,10 @@ public:
     // The hard io_uring_enter error that stopped the engine (see above), or 0.
     virtual int hard_error() const = 0;
     const std::string& why_fallback() const { return why_fallback_; }
+    // Where this ring's descriptor is (Options::ring_fd, or High where Unnumbered was refused)
+    // and its number (-1: Unnumbered, or the fallback backend).
+    virtual RingFd ring_fd_placement() const = 0;
+    virtual int ring_fd() const = 0;
     virtual const Features& features() const = 0;
     const Stats& stats() const { return stats_; }
 
@@ -307,6 +333,16 @@ protected:
     Stats stats_;
     std::string why_fallback_;
 };
+
+// Rings created in this process since it started, by where their descriptor went.
+struct RingFdCounts {
+    uint64_t low = 0;
+    uint64_t high = 0;
+    uint64_t unnumbered = 0;
+    uint64_t unnumbered_refused = 0;  // asked for Unnumbered, got High (old kernel, ENOMEM...)
+    int last_refusal = 0;             // the errno of the latest refusal
+};
+RingFdCounts ring_fd_counts();
 
 // True when $LIVEIO_URING_FALLBACK is "1" (tests force the fallback with it).
 bool fallback_forced_by_env();

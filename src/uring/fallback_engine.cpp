@@ -46,6 +46,8 @@ public:
     }
 
     BackendKind backend() const override { return BackendKind::Fallback; }
+    RingFd ring_fd_placement() const override { return RingFd::Low; }
+    int ring_fd() const override { return -1; }
     const Features& features() const override { return features_; }
     unsigned inflight() const override { return async_inflight_ + ready_final_; }
 
@@ -504,6 +506,7 @@ private:
                 return -ETIME;
             }
             case OpCode::Cancel: return -ENOENT;
+            case OpCode::FutexWait: return -EOPNOTSUPP;
         }
         return static_cast<int32_t>(r);
     }

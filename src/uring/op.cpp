@@ -31,6 +31,7 @@ const char* op_name(OpCode code) {
         case OpCode::Connect: return "connect";
         case OpCode::Timeout: return "timeout";
         case OpCode::Cancel: return "cancel";
+        case OpCode::FutexWait: return "futex_wait";
     }
     return "?";
 }
@@ -171,6 +172,14 @@ Op Op::cancel(uint64_t target_tag) {
     Op op;
     op.code = OpCode::Cancel;
     op.target_tag = target_tag;
+    return op;
+}
+
+Op Op::futex_wait(const uint32_t* word, uint32_t expected) {
+    Op op;
+    op.code = OpCode::FutexWait;
+    op.buf = const_cast<uint32_t*>(word);
+    op.aux = expected;
     return op;
 }
 

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <ctime>
 #include <deque>
@@ -13,8 +14,42 @@
 #include <fmt/format.h>
 
 #include "base/fault_points.h"
+#include "base/high_fd.h"
 #include "uring/internal.h"
+#include "uring/ring_setup.h"
 #include "uring/sys.h"
+
+namespace liveio::uring {
+namespace {
+
+struct AtomicRingFdCounts {
+    std::atomic<uint64_t> low{0}, high{0}, unnumbered{0}, unnumbered_refused{0};
+    std::atomic<int> last_refusal{0};
+};
+AtomicRingFdCounts g_ring_fd_counts;
+
+}  // namespace
+
+RingFdCounts ring_fd_counts() {
+    RingFdCounts c;
+    c.low = g_ring_fd_counts.low.load(std::memory_order_relaxed);
+    c.high = g_ring_fd_counts.high.load(std::memory_order_relaxed);
+    c.unnumbered = g_ring_fd_counts.unnumbered.load(std::memory_order_relaxed);
+    c.unnumbered_refused = g_ring_fd_counts.unnumbered_refused.load(std::memory_order_relaxed);
+    c.last_refusal = g_ring_fd_counts.last_refusal.load(std::memory_order_relaxed);
+    return c;
+}
+
+const char* ring_fd_name(RingFd placement) {
+    switch (placement) {
+        case RingFd::Low: return "low";
+        case RingFd::High: return "high";
+        case RingFd::Unnumbered: return "unnumbered";
+    }
+    return "?";
+}
+
+}  // namespace liveio::uring
 
 namespace liveio::uring::detail {
 namespace {
@@ -22,6 +57,11 @@ namespace {
 void unmap(void* addr, size_t bytes) { sys::call(SYS_munmap, addr, bytes); }
 
 constexpr uint64_t kNoSuchOp = ~0ull;  // user_data that never names a slot (cancel misses)
+// IORING_OP_FUTEX_WAIT and its futex2 flags (Linux 6.7 uapi; newer than the build's headers).
+constexpr uint8_t kOpFutexWait = 51;
+constexpr int kFutex2Size32 = 0x02;
+constexpr int kFutex2Private = 128;
+constexpr uint64_t kFutexBitsetAny = 0xffffffffu;
 
 struct Slot {
     Op op;
@@ -42,13 +82,34 @@ class UringEngine final : public Engine {
 public:
     explicit UringEngine(const Options& options) : options_(options) {}
     ~UringEngine() override {
+        // A numbered ring's number may have been closed (and reused) by the process: nothing
+        // is unregistered through it, and liburing's queue_exit must not close it.
+        const bool numbered = placement_ != RingFd::Unnumbered;
+        if (ring_ready_ && numbered && fd_identity(ring_.ring_fd) != ring_identity_) {
+            ring_.ring_fd = -1;
+            ring_lost_ = true;
+        }
+        // Another thread's index names another ring (or none) in this thread's table.
+        if (ring_ready_ && !numbered && sys::call(SYS_gettid) != unnumbered_.owner_tid)
+            ring_lost_ = true;
         for (auto& g : groups_) {
-            if (ring_ready_) io_uring_unregister_buf_ring(&ring_, g.info.group);
+            if (ring_ready_ && !ring_lost_) {
+                io_uring_buf_reg reg{};
+                reg.bgid = g.info.group;
+                reg_call(IORING_UNREGISTER_PBUF_RING, &reg, 1);
+            }
             unmap(g.ring, g.ring_bytes);
         }
-        if (eventfd_registered_) io_uring_unregister_eventfd(&ring_);
-        if (ring_ready_) io_uring_queue_exit(&ring_);
+        if (eventfd_registered_ && !ring_lost_) reg_call(IORING_UNREGISTER_EVENTFD, nullptr, 0);
+        if (!ring_ready_) return;
+        if (numbered)
+            io_uring_queue_exit(&ring_);
+        else
+            release_unnumbered(unnumbered_);
     }
+
+    RingFd ring_fd_placement() const override { return placement_; }
+    int ring_fd() const override { return placement_ == RingFd::Unnumbered ? -1 : ring_.ring_fd; }
 
     Result<void> init() {
         if (fault::fail_now(fault::Point::RingCreate))
@@ -66,30 +127,60 @@ public:
         };
         io_uring_params p{};
         int r = -EINVAL;
-        for (unsigned extra : attempts) {
-            if ((extra & IORING_SETUP_DEFER_TASKRUN) &&
-                (options_.sqpoll || !options_.single_issuer))
-                continue;
-            p = io_uring_params{};
-            p.flags = IORING_SETUP_CQSIZE | extra;
-            p.cq_entries = std::max(cq, options_.sq_entries);
-            if (options_.sqpoll) {
-                p.flags |= IORING_SETUP_SQPOLL;
-                p.sq_thread_idle = options_.sqpoll_idle_ms;
+        // Unnumbered first where asked (each flag set), then numbered rings.
+        for (const bool unnumbered : {true, false}) {
+            if (unnumbered && options_.ring_fd != RingFd::Unnumbered) continue;
+            for (unsigned extra : attempts) {
+                if ((extra & IORING_SETUP_DEFER_TASKRUN) &&
+                    (options_.sqpoll || !options_.single_issuer))
+                    continue;
+                p = io_uring_params{};
+                p.flags = IORING_SETUP_CQSIZE | extra;
+                p.cq_entries = std::max(cq, options_.sq_entries);
+                if (options_.sqpoll) {
+                    p.flags |= IORING_SETUP_SQPOLL;
+                    p.sq_thread_idle = options_.sqpoll_idle_ms;
+                }
+                r = unnumbered ? setup_unnumbered(options_.sq_entries, p, ring_, unnumbered_)
+                               : io_uring_queue_init_params(options_.sq_entries, &ring_, &p);
+                if (r != -EINVAL) break;
             }
-            r = io_uring_queue_init_params(options_.sq_entries, &ring_, &p);
-            if (r != -EINVAL) break;
+            if (r >= 0) {
+                placement_ = unnumbered ? RingFd::Unnumbered : RingFd::Low;
+                break;
+            }
+            if (unnumbered) {
+                g_ring_fd_counts.unnumbered_refused.fetch_add(1, std::memory_order_relaxed);
+                g_ring_fd_counts.last_refusal.store(-r, std::memory_order_relaxed);
+            }
         }
         if (r < 0)
             return make_error(-r, fmt::format("io_uring_setup failed: {}", std::strerror(-r)));
         ring_ready_ = true;
+        if (placement_ == RingFd::Low && options_.ring_fd != RingFd::Low) {
+            // The number io_uring_setup took is the lowest free one, owed to the target.
+            ring_.ring_fd = ring_.enter_ring_fd = move_high(ring_.ring_fd);
+            placement_ = RingFd::High;
+        }
+        if (placement_ != RingFd::Unnumbered) ring_identity_ = fd_identity(ring_.ring_fd);
+        auto& count = placement_ == RingFd::Unnumbered ? g_ring_fd_counts.unnumbered
+                      : placement_ == RingFd::High     ? g_ring_fd_counts.high
+                                                       : g_ring_fd_counts.low;
+        count.fetch_add(1, std::memory_order_relaxed);
         features_.nodrop = p.features & IORING_FEAT_NODROP;
         features_.fast_poll = p.features & IORING_FEAT_FAST_POLL;
-        if (io_uring_probe* probe = io_uring_get_probe_ring(&ring_)) {
-            features_.opcode_supported.assign(IORING_OP_LAST, false);
-            for (int op = 0; op < IORING_OP_LAST; ++op)
-                features_.opcode_supported[op] = io_uring_opcode_supported(probe, op);
-            io_uring_free_probe(probe);
+        {
+            alignas(io_uring_probe) unsigned char
+                probe_bytes[sizeof(io_uring_probe) + 256 * sizeof(io_uring_probe_op)] = {};
+            auto* probe = reinterpret_cast<io_uring_probe*>(probe_bytes);
+            if (reg_call(IORING_REGISTER_PROBE, probe, 256) == 0) {
+                // Opcodes newer than the build's headers count too (kOpFutexWait).
+                const int last = std::max<int>(IORING_OP_LAST, probe->last_op + 1);
+                features_.opcode_supported.assign(static_cast<size_t>(last), false);
+                for (int op = 0; op < last; ++op)
+                    features_.opcode_supported[op] = io_uring_opcode_supported(probe, op);
+                features_.futex = io_uring_opcode_supported(probe, kOpFutexWait);
+            }
         }
         unsigned slots = options_.max_inflight ? options_.max_inflight : p.cq_entries;
         slots_.resize(slots);
@@ -109,10 +200,10 @@ public:
     unsigned inflight() const override { return async_inflight_ + ready_final_; }
 
     Result<void> register_files(std::span<const int> fds) override {
-        if (files_registered_) io_uring_unregister_files(&ring_);
+        if (files_registered_) reg_call(IORING_UNREGISTER_FILES, nullptr, 0);
         files_registered_ = false;
         if (fds.empty()) return {};
-        int r = io_uring_register_files(&ring_, fds.data(), fds.size());
+        int r = reg_call(IORING_REGISTER_FILES, fds.data(), static_cast<unsigned>(fds.size()));
         if (r < 0)
             return make_error(-r, fmt::format("io_uring_register_files: {}", std::strerror(-r)));
         files_registered_ = true;
@@ -120,15 +211,14 @@ public:
     }
 
     Result<void> register_files_sparse(unsigned count) override {
-        if (files_registered_) io_uring_unregister_files(&ring_);
+        if (files_registered_) reg_call(IORING_UNREGISTER_FILES, nullptr, 0);
         files_registered_ = false;
         if (count == 0) return {};
         // IORING_REGISTER_FILES2 directly: liburing's wrapper raises RLIMIT_NOFILE on EMFILE.
         io_uring_rsrc_register reg{};
         reg.flags = IORING_RSRC_REGISTER_SPARSE;
         reg.nr = count;
-        const auto r = static_cast<int>(sys::call(SYS_io_uring_register, ring_.ring_fd,
-                                                  IORING_REGISTER_FILES2, &reg, sizeof reg));
+        const int r = reg_call(IORING_REGISTER_FILES2, &reg, sizeof reg);
         if (r < 0)
             return make_error(-r,
                               fmt::format("io_uring_register_files_sparse: {}", std::strerror(-r)));
@@ -138,12 +228,17 @@ public:
 
     int register_files_update(unsigned offset, std::span<const int> fds) override {
         if (fds.empty()) return 0;
-        return io_uring_register_files_update(&ring_, offset, fds.data(),
-                                              static_cast<unsigned>(fds.size()));
+        io_uring_files_update update{};
+        update.offset = offset;
+        update.fds = reinterpret_cast<uint64_t>(fds.data());
+        return reg_call(IORING_REGISTER_FILES_UPDATE, &update, static_cast<unsigned>(fds.size()));
     }
 
     Result<void> register_file_alloc_range(unsigned offset, unsigned count) override {
-        const int r = io_uring_register_file_alloc_range(&ring_, offset, count);
+        io_uring_file_index_range range{};
+        range.off = offset;
+        range.len = count;
+        const int r = reg_call(IORING_REGISTER_FILE_ALLOC_RANGE, &range, 0);
         if (r < 0)
             return make_error(
                 -r, fmt::format("io_uring_register_file_alloc_range: {}", std::strerror(-r)));
@@ -151,9 +246,9 @@ public:
     }
 
     Result<void> register_eventfd(int fd) override {
-        if (eventfd_registered_) io_uring_unregister_eventfd(&ring_);
+        if (eventfd_registered_) reg_call(IORING_UNREGISTER_EVENTFD, nullptr, 0);
         eventfd_registered_ = false;
-        int r = io_uring_register_eventfd(&ring_, fd);
+        int r = reg_call(IORING_REGISTER_EVENTFD, &fd, 1);
         if (r < 0)
             return make_error(-r, fmt::format("io_uring_register_eventfd: {}", std::strerror(-r)));
         eventfd_registered_ = true;
@@ -161,10 +256,11 @@ public:
     }
 
     Result<void> register_buffers(std::span<const iovec> buffers) override {
-        if (buffers_registered_) io_uring_unregister_buffers(&ring_);
+        if (buffers_registered_) reg_call(IORING_UNREGISTER_BUFFERS, nullptr, 0);
         buffers_registered_ = false;
         if (buffers.empty()) return {};
-        int r = io_uring_register_buffers(&ring_, buffers.data(), buffers.size());
+        int r = reg_call(IORING_REGISTER_BUFFERS, buffers.data(),
+                         static_cast<unsigned>(buffers.size()));
         if (r < 0)
             return make_error(-r, fmt::format("io_uring_register_buffers: {}", std::strerror(-r)));
         buffers_registered_ = true;
@@ -188,7 +284,7 @@ public:
         reg.ring_addr = reinterpret_cast<uint64_t>(mem);
         reg.ring_entries = count;
         reg.bgid = group;
-        int r = io_uring_register_buf_ring(&ring_, &reg, 0);
+        int r = reg_call(IORING_REGISTER_PBUF_RING, &reg, 1);
         if (r < 0) {
             unmap(mem, g.ring_bytes);
             return make_error(-r, fmt::format("io_uring_register_buf_ring: {}", std::strerror(-r)));
@@ -315,6 +411,11 @@ public:
     }
 
 private:
+    // io_uring_register on this ring, through its index when it has no descriptor number.
+    int reg_call(unsigned opcode, const void* arg, unsigned nr_args) {
+        return register_ring(ring_, placement_ == RingFd::Unnumbered, opcode, arg, nr_args);
+    }
+
     // Pops a slot and fills an SQE for it. Returns the slot index or -errno.
     int take_slot(const Op& op, uint64_t tag, int32_t* sync_result, bool in_chain) {
         if (broken_) return broken_;
@@ -437,6 +538,13 @@ private:
                 break;
             case OpCode::Cancel:
                 io_uring_prep_cancel64(sqe, find_async_slot(op.target_tag), 0);
+                break;
+            case OpCode::FutexWait:
+                // liburing 2.3 has no io_uring_prep_futex_wait: fd carries the futex2 flags,
+                // off the expected value, addr3 the wake bitset.
+                io_uring_prep_rw(kOpFutexWait, sqe, kFutex2Size32 | kFutex2Private, op.buf, 0,
+                                 op.aux);
+                sqe->addr3 = kFutexBitsetAny;
                 break;
         }
         if (op.fixed_file) sqe->flags |= IOSQE_FIXED_FILE;
@@ -781,6 +889,10 @@ private:
 
     Options options_;
     io_uring ring_{};
+    RingFd placement_ = RingFd::Low;
+    UnnumberedRing unnumbered_;  // placement_ == Unnumbered: the ring's index and memory
+    FdIdentity ring_identity_;   // otherwise: what ring_.ring_fd named at creation
+    bool ring_lost_ = false;     // the process closed that number
     bool ring_ready_ = false;
     bool files_registered_ = false;
     bool buffers_registered_ = false;

@@ -2,8 +2,12 @@
 // build's objects), and polling a condition with a bound.
 #pragma once
 
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -32,5 +36,24 @@ bool eventually(F&& done) {
     }
     return done();
 }
+
+inline std::string slurp(const std::string& path) {
+    std::ifstream in(path);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// A target child and the write end of its input pipe: closed and killed (reaped) unless the
+// test cleared them (fd = -1 once closed, pid = -1 once reaped).
+struct ChildReaper {
+    pid_t pid;
+    int fd;
+    ~ChildReaper() {
+        if (fd >= 0) ::close(fd);
+        if (pid > 0) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, nullptr, 0);
+        }
+    }
+};
 
 }  // namespace liveio::policy::testing

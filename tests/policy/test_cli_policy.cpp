@@ -21,14 +21,11 @@
 namespace liveio::policy {
 namespace {
 
+using testing::ChildReaper;
 using testing::CliRun;
 using testing::eventually;
 using testing::liveio;
-
-std::string slurp(const std::string& path) {
-    std::ifstream in(path);
-    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+using testing::slurp;
 
 TEST(PolicyCli, UringOffWhileATargetThreadSleepsInARedirectedRead) {
     int in[2];
@@ -45,17 +42,7 @@ TEST(PolicyCli, UringOffWhileATargetThreadSleepsInARedirectedRead) {
         ::_exit(127);
     }
     ::close(in[0]);
-    struct Reap {
-        pid_t pid;
-        int fd;
-        ~Reap() {
-            if (fd >= 0) ::close(fd);
-            if (pid > 0) {
-                ::kill(pid, SIGKILL);
-                ::waitpid(pid, nullptr, 0);
-            }
-        }
-    } reap{pid, in[1]};
+    ChildReaper reap{pid, in[1]};
     const std::string p = std::to_string(pid);
     // cat is blocked in read(0) before it is attached: that call stays native.
     ASSERT_TRUE(eventually([&] { return slurp("/proc/" + p + "/comm") == "cat\n"; }));

@@ -2,9 +2,11 @@
 // descriptor number, never consumes a byte of what is not a regular file, never moves a file
 // position and leaves no reference to the target's file behind.
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,6 +21,7 @@
 #include <gtest/gtest.h>
 
 #include "base/fault_points.h"
+#include "child_exit.h"
 #include "policy/io_worker.h"
 #include "policy_fixture.h"
 #include "uring/engine.h"
@@ -342,6 +345,38 @@ TEST_F(PolicyIoWorker, FallbackDropsReadsAndTakesNoDescriptor) {
     EXPECT_EQ(sink.completed_.load(), 1u);
     EXPECT_EQ(sink.errors_.load(), 0u);
     ::close(fd);
+}
+
+// The target closes every descriptor above 2 (close_range, as before an exec) while the worker
+// runs: with a ring without a number and a futex wake-up there is nothing of the worker's to
+// close, so Reads keep completing with the right bytes and barrier() and the worker's end
+// return. In a child, which keeps the test process's own descriptors out of it; the child
+// reports through its exit status.
+TEST_F(PolicyIoWorker, TargetClosingAllDescriptorsLeavesTheWorkerWorking) {
+    START(1 << 20);
+    const bool unnumbered = uring::ring_fd_counts().unnumbered > 0;
+    w.reset();
+    if (!unnumbered) GTEST_SKIP() << "no ring without a descriptor number on this kernel";
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        RecordingSink own;
+        auto started = IoWorker::start(IoWorker::Options{}, own);
+        if (!started) ::_exit(10);
+        std::unique_ptr<IoWorker> worker = std::move(started).value();
+        ::syscall(SYS_close_range, 3u, ~0u, 0u);
+        const int fd = ::open(data.path().c_str(), O_RDONLY | O_CLOEXEC);
+        for (int i = 0; i < 8; ++i) push(*worker, read_action(fd, 4096 * i, 4096));
+        worker->barrier();  // would never return if a wake-up needed a closed descriptor
+        const bool ok = own.completed_.load() == 8 && own.mismatches_.load() == 0 &&
+                        own.errors_.load() == 0 && own.bytes_.load() == 8 * 4096;
+        worker.reset();
+        ::_exit(ok ? 0 : 11);
+    }
+    // Bounded: a hung child is killed after 60 s and fails the test.
+    const int status = test_data::exit_status_within(child, 60);
+    ASSERT_NE(status, -1) << "the worker hung after the target closed its descriptors";
+    EXPECT_EQ(status, 0);
 }
 
 }  // namespace

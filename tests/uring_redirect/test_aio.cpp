@@ -4,6 +4,7 @@
 #include <linux/aio_abi.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <atomic>
@@ -11,6 +12,7 @@
 #include <functional>
 #include <thread>
 
+#include "child_exit.h"
 #include "harness.h"
 #include "policy/uring_aio.h"
 
@@ -296,6 +298,54 @@ TEST_F(AioTest, DescriptorClosedRightAfterSubmitStillReads) {
     EXPECT_EQ(ev.res, static_cast<long long>(16 * kBlock));
     EXPECT_EQ(std::memcmp(buf.p, content.data(), 16 * kBlock), 0);
     EXPECT_EQ(via(SYS_io_destroy, static_cast<long>(v)), 0);
+}
+
+// The target closes every descriptor above 2 (close_range, as before an exec) while the AIO
+// bridge runs: nothing of the bridge's can be closed (a ring without a number, a futex
+// wake-up), so a later io_submit is still taken by the bridge and its event arrives. With an
+// eventfd that the target closed, that io_submit would wait forever for the bridge. In a child
+// with a registry of its own (a fork child never uses its parent's); bounded by a kill.
+TEST_F(AioTest, TargetClosingAllDescriptorsLeavesTheBridgeWorking) {
+    auto probe = uring::Engine::create({.ring_fd = uring::RingFd::Unnumbered});
+    if (!probe.ok() || (*probe)->ring_fd_placement() != uring::RingFd::Unnumbered ||
+        !(*probe)->features().futex)
+        GTEST_SKIP() << "needs a ring without a descriptor number and IORING_OP_FUTEX_WAIT";
+    probe->reset();
+    const auto content = pattern(2 * kBlock, 9);
+    const std::string path = dir.path + "/aio-close-all";
+    ::close(liveio::test_data::create_file(path, content, O_RDWR));
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        auto created = UringRedirect::create({});
+        if (!created.ok()) ::_exit(10);
+        auto own = std::move(*created);
+        auto call = [&](long nr, long a0, long a1 = 0, long a2 = 0, long a3 = 0, long a4 = 0) {
+            hook::SyscallCall c{nr, {a0, a1, a2, a3, a4, 0}};
+            hook::SyscallResult r = 0;
+            return own->execute(c, r) ? static_cast<long>(r) : raw_syscall(nr, a0, a1, a2, a3, a4);
+        };
+        aio_context_t ctx = 0;
+        if (call(SYS_io_setup, 4, L(&ctx)) != 0) ::_exit(11);
+        std::vector<char> buf(2 * kBlock);
+        for (int round = 0; round < 2; ++round) {
+            if (round == 1) ::syscall(SYS_close_range, 3u, ~0u, 0u);
+            const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+            iocb cb = make_cb(IOCB_CMD_PREAD, fd, buf.data(), buf.size(), 0, 1);
+            iocb* p = &cb;
+            if (call(SYS_io_submit, static_cast<long>(ctx), 1, L(&p)) != 1) ::_exit(12);
+            io_event ev{};
+            if (call(SYS_io_getevents, static_cast<long>(ctx), 1, 1, L(&ev), 0) != 1) ::_exit(13);
+            if (ev.res != static_cast<long long>(buf.size()) || buf != content) ::_exit(14);
+            ::close(fd);
+        }
+        if (own->stats().aio_ops != 2) ::_exit(15);
+        call(SYS_io_destroy, static_cast<long>(ctx));
+        ::_exit(0);
+    }
+    const int status = test_data::exit_status_within(child, 60);
+    ASSERT_NE(status, -1) << "an io_submit hung after the target closed its descriptors";
+    EXPECT_EQ(status, 0);
 }
 
 TEST_F(AioTest, DestroyWaitsForTranslatedOps) {
