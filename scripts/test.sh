@@ -88,6 +88,7 @@ fi
 #  - test_ebpf: maps (hash and LRU under many threads, ring buffer with concurrent producers
 #    and a consumer in another process) and the helpers called from several threads
 #    (ring buffer output, pid/tgid, comm, CPU id), interpreter and JIT;
+#  - test_base: the read sections (the grace periods every published list relies on);
 #  - test_uring: all of it (engines used from several threads, completions, fallback);
 #  - test_agent's in-process suites: the BPF host (RCU-published program lists read by
 #    hooked threads while the control thread loads and unloads), the agent's control thread
@@ -99,7 +100,7 @@ fi
 # processes: ClickHouse servers, CLIs, targets), and the injection tests as for ASan. Code
 # TSan cannot see: JIT-compiled BPF programs (not instrumented: their accesses to maps are
 # invisible to it, the interpreter's are checked) and the target processes the tests start.
-tsan_binaries=(test_ebpf test_uring test_agent)
+tsan_binaries=(test_base test_ebpf test_uring test_agent)
 tsan_ebpf_tests='^(MapHash\.|MapRingBuf\.|Engines/HelperTest\.(RingbufFromManyThreadsLosesNothing|PidTgidAndUidGidOfTheCallingThread|CurrentCommIsTheThreadNameTruncatedAndPadded|SmpProcessorIdIsTheCpuTheThreadRunsOn)/)'
 tsan_agent_suites='^(BpfHostTest|BpfHostAgent|BpfSections|FdClasses|ProtocolTest|ControlClientTest|LineBufferTest|MechanismNames)\.'
 cmake --build "$build" -j"$(nproc)" --target "${tsan_binaries[@]}"
@@ -110,6 +111,7 @@ status=0
 # reports the reuse as a race with the previous record's header store).
 tsan_ebpf_left_out='^MapRingBuf\.ManyProducersConsumerInAnotherProcess'
 ctest --output-on-failure --timeout 900 -j"$(nproc)" -L '^test_ebpf$' -R "$tsan_ebpf_tests" -E "$tsan_ebpf_left_out" "$@" || status=$?
+ctest --output-on-failure --timeout 900 -j"$(nproc)" -L '^test_base$' -R '^ReadSections\.' "$@" || status=$?
 ctest --output-on-failure --timeout 900 -j"$(nproc)" -L '^test_uring$' "$@" || status=$?
 # BpfHostTest.UprobeAndUretprobeOnAFunctionOfTheTarget is left out as test_hook is: placing a
 # uprobe stops every thread of the test process, and TSan's background thread blocks the stop

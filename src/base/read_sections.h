@@ -14,9 +14,9 @@
 // mechanism). Two kinds of section, one kind per channel:
 //   - flat (enter_flat/exit_flat): never nested on a thread; a store of 1 and a store of 0.
 //     Writers wait with wait_until_idle(): until no thread is inside the channel.
-//   - counted (enter/exit): nestable, and each one that ends advances the slot's count, so
-//     synchronize() waits only for the sections open when it began, even while the same
-//     threads keep opening new ones.
+//   - counted (enter/exit): nestable, and each outermost one that ends advances the slot's
+//     count, so synchronize() waits only for the sections open when it began, even while the
+//     same threads keep opening new ones.
 //
 // Constant-initializable (a function-local `static constinit` works, as hooks may run before
 // main) and allocation-free: slots live in the object.
@@ -41,7 +41,7 @@ public:
     struct alignas(64) Slot {
         ThreadSlotOwner owner;
         std::atomic<uint32_t> depth[kChannels]{};  // the owner's open sections per channel
-        std::atomic<uint64_t> ended[kChannels]{};  // counted sections the owner completed
+        std::atomic<uint64_t> ended[kChannels]{};  // outermost counted sections the owner ended
     };
     // A thread's cached slot of one ReadSections (zero-initialized thread-local data); `id`
     // tells a cache of an earlier instance from one of this instance.
@@ -108,10 +108,16 @@ public:
             overflow_[channel].fetch_sub(1, std::memory_order_release);
             return;
         }
-        std::atomic<uint64_t>& ended = s->ended[channel];
-        ended.store(ended.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         std::atomic<uint32_t>& depth = s->depth[channel];
-        depth.store(depth.load(std::memory_order_relaxed) - 1, std::memory_order_release);
+        const uint32_t outer = depth.load(std::memory_order_relaxed) - 1;
+        // Only the outermost section's end advances the count: a writer that began while the
+        // thread was nested must wait for the outer section, which may hold what it retires.
+        // Release: a writer that sees the count advance sees every read of the section done.
+        if (outer == 0) {
+            std::atomic<uint64_t>& ended = s->ended[channel];
+            ended.store(ended.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+        }
+        depth.store(outer, std::memory_order_release);
     }
 
     // A counted section of channel 0 for a scope.
@@ -162,7 +168,8 @@ public:
             if (s.owner.tid.load(std::memory_order_acquire) == 0) break;  // claimed in order
             if (s.depth[channel].load(std::memory_order_acquire) == 0) continue;
             const uint64_t ended = s.ended[channel].load(std::memory_order_acquire);
-            // The section open now ends with `ended` advancing; later ones see the change.
+            // The outermost section open now ends with `ended` advancing; later ones see the
+            // change.
             while (s.depth[channel].load(std::memory_order_acquire) != 0 &&
                    s.ended[channel].load(std::memory_order_acquire) == ended)
                 pause();

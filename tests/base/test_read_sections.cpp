@@ -45,27 +45,72 @@ TEST(ReadSections, CountedSectionsNest) {
     s->synchronize();  // nothing open: returns at once
 }
 
+void wait_for(const std::atomic<bool>& flag) {
+    while (!flag) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
+// synchronize() on a thread of its own; `returned` says whether it has returned.
+class Synchronizer {
+public:
+    explicit Synchronizer(Sections& s)
+        : thread_([this, &s] {
+              s.synchronize();
+              returned = true;
+          }) {}
+    void join() { thread_.join(); }
+
+    std::atomic<bool> returned{false};
+
+private:
+    std::thread thread_;
+};
+
 TEST(ReadSections, SynchronizeWaitsForTheSectionOpenWhenItBegan) {
     auto s = std::make_unique<Sections>(Sections::Transient{});
-    std::atomic<bool> entered{false}, leave{false}, synchronized{false};
+    std::atomic<bool> entered{false}, leave{false};
     std::thread reader([&] {
         Sections::ThreadCache cache{};
         Sections::Section section(*s, cache);
         entered = true;
-        while (!leave) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        wait_for(leave);
     });
-    while (!entered) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    std::thread writer([&] {
-        s->synchronize();
-        synchronized = true;
-    });
+    wait_for(entered);
+    Synchronizer writer(*s);
     // Whatever the timing, synchronize() cannot have returned while the section is open.
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    EXPECT_FALSE(synchronized.load());
+    EXPECT_FALSE(writer.returned.load());
     leave = true;
     reader.join();
     writer.join();
-    EXPECT_TRUE(synchronized.load());
+    EXPECT_TRUE(writer.returned.load());
+}
+
+TEST(ReadSections, SynchronizeWaitsForTheOuterSectionWhenAnInnerOneEnds) {
+    auto s = std::make_unique<Sections>(Sections::Transient{});
+    std::atomic<bool> nested{false}, end_inner{false}, inner_ended{false}, leave{false};
+    std::thread reader([&] {
+        Sections::ThreadCache cache{};
+        Sections::Section outer(*s, cache);
+        {
+            Sections::Section inner(*s, cache);
+            nested = true;
+            wait_for(end_inner);
+        }
+        inner_ended = true;
+        wait_for(leave);
+    });
+    wait_for(nested);
+    Synchronizer writer(*s);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // usually inside its wait now
+    end_inner = true;
+    wait_for(inner_ended);
+    // The outer section, open when synchronize() began, is still open.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_FALSE(writer.returned.load());
+    leave = true;
+    reader.join();
+    writer.join();
+    EXPECT_TRUE(writer.returned.load());
 }
 
 TEST(ReadSections, ACacheOfAnotherInstanceIsNotUsed) {
