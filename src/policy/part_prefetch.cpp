@@ -68,6 +68,7 @@ int PartPrefetcher::run(uring::Engine& engine, const PartRequest& request, uint6
                         const Issued& issued, PartPrefetchResult& out) {
     out = {};
     if (engine.backend() != uring::BackendKind::Uring) return -EOPNOTSUPP;  // no direct descriptors
+    std::lock_guard lock(history_.mu);
     Part* part = nullptr;
     const auto known = part_of_.find(request.file_id);
     if ((request.flags & kPartFirst) != 0 || known == part_of_.end()) {
@@ -169,20 +170,26 @@ int PartPrefetcher::begin(uring::Engine& engine, const PartRequest& request, Par
         prev != nullptr ? prev->opened : std::vector<std::string>{};
     p.reader = 0;
     if ((request.flags & kPartAll) != 0) return 0;
-    if (tables_.size() >= kMaxTablesRemembered && !tables_.contains(p.table)) tables_.clear();
-    std::deque<Reader>& readers = tables_[p.table];
+    if (history_.tables.size() >= kMaxTablesRemembered && !history_.tables.contains(p.table))
+        history_.tables.clear();
+    std::deque<Reader>& readers = history_.tables[p.table];
     if (prev_id != 0)
         std::erase_if(readers,
                       [&](const Reader& r) { return r.id != prev_id && r.opened == done; });
-    readers.push_front({next_reader_++, {}});
+    readers.push_front({history_.next_reader++, {}});
     if (readers.size() > kReadersPerTable) readers.pop_back();
     p.reader = readers.front().id;
     return 0;
 }
 
+PartHistory& PartHistory::process() {
+    static PartHistory history;
+    return history;
+}
+
 PartPrefetcher::Reader* PartPrefetcher::reader_of(const Part& part) {
-    const auto t = tables_.find(part.table);
-    if (t == tables_.end()) return nullptr;
+    const auto t = history_.tables.find(part.table);
+    if (t == history_.tables.end()) return nullptr;
     for (Reader& r : t->second)
         if (r.id == part.reader) return &r;
     return nullptr;
@@ -193,7 +200,7 @@ PartPrefetcher::Reader* PartPrefetcher::reader_of(const Part& part) {
 // (most likely a one-column reader), every column from its second on.
 std::vector<size_t> PartPrefetcher::predict(const Part& part, const Reader& self) const {
     std::vector<const Reader*> alike;
-    for (const Reader& r : tables_.at(part.table))
+    for (const Reader& r : history_.tables.at(part.table))
         if (r.id != self.id && r.opened.size() >= self.opened.size() &&
             std::equal(self.opened.begin(), self.opened.end(), r.opened.begin()))
             alike.push_back(&r);

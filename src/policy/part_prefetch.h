@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -58,8 +59,27 @@ struct PartPrefetchResult {
     int errors = 0;      // opens and advice the kernel failed
 };
 
+// One reader's index-file opens of a table's columns, in order, each column once.
+struct PartReader {
+    uint64_t id = 0;
+    std::vector<std::string> opened;
+};
+
+// The readers of each table, the most recent first. What the target's queries open is the
+// target's: the record outlives a policy switched off and on again (the I/O thread and its
+// PartPrefetcher are stopped with the last policy), for the life of the process.
+struct PartHistory {
+    std::mutex mu;  // one I/O thread at a time; held for a whole request
+    std::unordered_map<std::string, std::deque<PartReader>> tables;
+    uint64_t next_reader = 1;
+
+    static PartHistory& process();
+};
+
 class PartPrefetcher {
 public:
+    explicit PartPrefetcher(PartHistory& history = PartHistory::process()) : history_(history) {}
+
     // `issued(file_id, bytes)`: an index file advised (for the ledger and the counters).
     using Issued = std::function<void(uint64_t file_id, uint64_t bytes)>;
 
@@ -74,11 +94,7 @@ public:
     static constexpr size_t kReadersPerTable = 16;
 
 private:
-    // One reader's index-file opens of a table's columns, in order, each column once.
-    struct Reader {
-        uint64_t id = 0;
-        std::vector<std::string> opened;
-    };
+    using Reader = PartReader;
     struct Part {
         std::string table;
         std::vector<std::string> columns;  // the manifest's
@@ -93,8 +109,7 @@ private:
 
     std::unordered_map<std::string, Part> parts_;        // by part directory
     std::unordered_map<uint64_t, std::string> part_of_;  // index-file id -> part directory
-    std::unordered_map<std::string, std::deque<Reader>> tables_;
-    uint64_t next_reader_ = 1;
+    PartHistory& history_;
 
     int begin(uring::Engine& engine, const PartRequest& request, Part*& part,
               PartPrefetchResult& out);

@@ -609,6 +609,29 @@ TEST_F(MarksPart, AReaderWhoseHistoryNamesTwoColumnsGetsExactlyTheOtherAdvised) 
     EXPECT_EQ(errors(), 0u);
 }
 
+// knob part=1: the history is the target's, not the runtime's: after the last policy went off
+// (its I/O thread stopped) and on again, a reader beginning as an earlier one did gets that
+// reader's other column advised at its first open.
+TEST_F(MarksPart, TheHistoryOutlivesThePolicySwitchedOffAndOnAgain) {
+    Part& a = table.add(300);
+    Part& b = table.add(300);
+    if (!start_part(1)) GTEST_SKIP() << kNoUring;
+    {
+        Reader first{*mp, *rt, a, {}};
+        first.open(3);
+        first.open(1);
+    }
+    ASSERT_TRUE(rt->disable(mp->slot));
+    mp.reset();
+    rt.reset();
+    ASSERT_TRUE(start_part(1));
+    Reader again{*mp, *rt, b, {}};
+    again.open(3);
+    EXPECT_EQ(issued(), size_of(b.mrk[1])) << "URL's, learnt before the restart";
+    again.read_marks(1);
+    EXPECT_EQ(used(), issued());
+}
+
 // knob part=1: with two readers in the history beginning alike (WatchID, URL, EventDate,
 // Title and WatchID, EventDate), a reader's first open advises what both opened (EventDate);
 // its second open names which one it is (URL): Title is advised. A reader whose second open
