@@ -194,7 +194,8 @@ void IoWorker::run(std::promise<Result<void>>* started) {
                    engine->register_file_alloc_range(options_.ring_entries, direct).ok();
     };
     if (uring_) register_tables();
-    PartPrefetcher parts;
+    PartHistory own_history;
+    PartPrefetcher parts(options_.part_history != nullptr ? *options_.part_history : own_history);
     started->set_value(Result<void>{});
     uint64_t rings_created = 1, rings_retired = 0, ring_down_drops = 0, quarantined_bytes = 0;
     // A ring that failed for good (engine.h: a hard io_uring_enter error) is retired and a new

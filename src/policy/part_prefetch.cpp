@@ -182,11 +182,6 @@ int PartPrefetcher::begin(uring::Engine& engine, const PartRequest& request, Par
     return 0;
 }
 
-PartHistory& PartHistory::process() {
-    static PartHistory history;
-    return history;
-}
-
 PartPrefetcher::Reader* PartPrefetcher::reader_of(const Part& part) {
     const auto t = history_.tables.find(part.table);
     if (t == history_.tables.end()) return nullptr;

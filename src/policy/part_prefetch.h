@@ -66,19 +66,17 @@ struct PartReader {
 };
 
 // The readers of each table, the most recent first. What the target's queries open is the
-// target's: the record outlives a policy switched off and on again (the I/O thread and its
-// PartPrefetcher are stopped with the last policy), for the life of the process.
+// target's, not a policy's: its owner keeps it while policies are switched off and on again
+// (the I/O thread and its PartPrefetcher stop with the last policy; IoWorker::Options).
 struct PartHistory {
     std::mutex mu;  // one I/O thread at a time; held for a whole request
     std::unordered_map<std::string, std::deque<PartReader>> tables;
     uint64_t next_reader = 1;
-
-    static PartHistory& process();
 };
 
 class PartPrefetcher {
 public:
-    explicit PartPrefetcher(PartHistory& history = PartHistory::process()) : history_(history) {}
+    explicit PartPrefetcher(PartHistory& history) : history_(history) {}
 
     // `issued(file_id, bytes)`: an index file advised (for the ledger and the counters).
     using Issued = std::function<void(uint64_t file_id, uint64_t bytes)>;

@@ -180,9 +180,11 @@ struct Session {
     std::unique_ptr<Runtime> rt;
     std::unique_ptr<MarksPolicy> mp;
 
-    // Switches the policy on; with `part`, opens its columns (reading the marks).
-    bool start(Part* part = nullptr, std::vector<uint64_t> knobs = {1024}) {
-        rt = make_runtime();
+    // Switches the policy on; with `part`, opens its columns (reading the marks). `history`:
+    // the Part actions' history of readers, kept beyond the runtime (null: its own).
+    bool start(Part* part = nullptr, std::vector<uint64_t> knobs = {1024},
+               PartHistory* history = nullptr) {
+        rt = make_runtime(uint64_t{64} << 20, history);
         mp = rt ? MarksPolicy::enable(*rt, std::move(knobs)) : nullptr;
         if (mp && part) open(*part, true);
         return mp != nullptr;
@@ -487,11 +489,17 @@ struct Reader {
     ~Reader() { finish(); }
 };
 
-struct PartSession : Session {
+// The history of part readers, kept while runtimes come and go (as the agent's policy host
+// keeps it): a base of PartSession declared before Session, so it outlives the runtime.
+struct HistoryHolder {
+    PartHistory history;
+};
+
+struct PartSession : HistoryHolder, Session {
     // Switches the policy on with knob part = `part`; false when io_uring cannot open files
     // as direct descriptors here (the test is then skipped).
     bool start_part(uint64_t part) {
-        EXPECT_TRUE(start(nullptr, {1024, 2, 128, part}));
+        EXPECT_TRUE(start(nullptr, {1024, 2, 128, part}, &history));
         return rt && mp && rt->worker().uses_io_uring();
     }
     uint64_t issued() const { return Counters::get(rt->counters(mp->slot).issued_bytes); }
@@ -610,8 +618,9 @@ TEST_F(MarksPart, AReaderWhoseHistoryNamesTwoColumnsGetsExactlyTheOtherAdvised) 
 }
 
 // knob part=1: the history is the target's, not the runtime's: after the last policy went off
-// (its I/O thread stopped) and on again, a reader beginning as an earlier one did gets that
-// reader's other column advised at its first open.
+// (its I/O thread stopped) and on again in a runtime given the same history (the agent's
+// policy host keeps it), a reader beginning as an earlier one did gets that reader's other
+// column advised at its first open.
 TEST_F(MarksPart, TheHistoryOutlivesThePolicySwitchedOffAndOnAgain) {
     Part& a = table.add(300);
     Part& b = table.add(300);
