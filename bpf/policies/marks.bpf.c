@@ -23,7 +23,7 @@
  * all of the block's granules are at most this many KiB are batched at once (0: none); knob 3,
  * part: at the marks-file opens of a part reader (a mark-cache miss), the marks files it will
  * open next are read into the page cache, in parallel, as earlier readers of the table that
- * began alike predict (liveio_prefetch_part; 1, the default: so; 2: every marks file of the
+ * opened the same columns so far predict (liveio_prefetch_part; 1, the default: so; 2: every marks file of the
  * part at the reader's first open; 0: off). */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>

@@ -84,9 +84,9 @@ const std::vector<PolicyDef>& catalog() {
               "of them are at most this (KiB; 0: none)"},
              {"part", 3, 1,
               "1: at a part reader's marks-file opens (a mark-cache miss) the marks files it "
-              "will open next, as earlier readers of the table that began alike predict, are "
-              "read into the page cache in parallel through io_uring direct descriptors; 2: "
-              "every marks file of the part at the reader's first open; 0: off"},
+              "will open next, as earlier readers of the table that opened its columns so far "
+              "predict, are read into the page cache in parallel through io_uring direct "
+              "descriptors; 2: every marks file of the part at the reader's first open; 0: off"},
              {"budget_mb", kRuntimeKnob, 256,
               "bytes in flight on the I/O thread, all policies (MiB)"},
          }},

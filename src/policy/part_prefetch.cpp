@@ -190,21 +190,25 @@ PartPrefetcher::Reader* PartPrefetcher::reader_of(const Part& part) {
     return nullptr;
 }
 
-// The part's columns not advised yet that every other reader of the table whose opens began
-// as `self`'s did also opened. No such reader: nothing while `self` has opened one column
-// (most likely a one-column reader), every column from its second on.
+// The part's columns not advised yet that every other reader of the table that opened all
+// of `self`'s columns so far also opened. No such reader: nothing while `self` has opened one
+// column (most likely a one-column reader), every column from its second on. The order of the
+// opens does not count: the threads of one query build their readers of a part at once, and
+// which thread opens which marks file first (the other finds it in the mark cache) varies.
 std::vector<size_t> PartPrefetcher::predict(const Part& part, const Reader& self) const {
+    auto opened = [](const Reader& r, const std::string& column) {
+        return std::find(r.opened.begin(), r.opened.end(), column) != r.opened.end();
+    };
     std::vector<const Reader*> alike;
     for (const Reader& r : history_.tables.at(part.table))
-        if (r.id != self.id && r.opened.size() >= self.opened.size() &&
-            std::equal(self.opened.begin(), self.opened.end(), r.opened.begin()))
+        if (r.id != self.id && std::all_of(self.opened.begin(), self.opened.end(),
+                                           [&](const std::string& c) { return opened(r, c); }))
             alike.push_back(&r);
     std::vector<size_t> next;
     for (size_t i = 0; i < part.columns.size(); ++i) {
         if (part.advised[i]) continue;
         const bool every = std::all_of(alike.begin(), alike.end(), [&](const Reader* r) {
-            return std::find(r->opened.begin(), r->opened.end(), part.columns[i]) !=
-                   r->opened.end();
+            return opened(*r, part.columns[i]);
         });
         if (alike.empty() ? self.opened.size() >= 2 : every) next.push_back(i);
     }

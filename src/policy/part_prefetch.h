@@ -9,11 +9,11 @@
 // and advises the index files the reader will open next:
 //   - which ones: the columns that every earlier reader of the same table (the part
 //     directory's parent: parts come and go with merges, columns stay) agrees on, among those
-//     whose index-file opens began as this reader's have so far (the order of a reader's opens
-//     is the order of its query's columns). No earlier reader began this way: nothing at the
-//     reader's first open (a one-column reader costs nothing), every other column's at its
-//     second (a reader of several columns never seen before). `all` (kPartAll): every other
-//     column's at the first open, whatever the history.
+//     that opened every column this reader has opened so far (in any order: the threads of a
+//     query share the part's marks through the mark cache, so who opens which first varies).
+//     No such earlier reader: nothing at the reader's first open (a one-column reader costs
+//     nothing), every other column's at its second (a reader of several columns never seen
+//     before). `all` (kPartAll): every other column's at the first open, whatever the history.
 //   - how: STATX of every column's index and data file at the reader's first open (their
 //     dentries and inodes looked up now, the index files' identities learnt); for each file
 //     advised, OPENAT into a free slot of the ring's registered-file table (an io_uring direct

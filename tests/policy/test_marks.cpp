@@ -641,15 +641,17 @@ TEST_F(MarksPart, TheHistoryOutlivesThePolicySwitchedOffAndOnAgain) {
     EXPECT_EQ(used(), issued());
 }
 
-// knob part=1: with two readers in the history beginning alike (WatchID, URL, EventDate,
-// Title and WatchID, EventDate), a reader's first open advises what both opened (EventDate);
-// its second open names which one it is (URL): Title is advised. A reader whose second open
-// matches no earlier reader (Title) has the rest advised (URL).
-TEST_F(MarksPart, ReadersBeginningAlikeAdviseWhatAllOpenedUntilTheOpensTellThemApart) {
+// knob part=1: with two readers in the history that opened WatchID (WatchID, URL, EventDate,
+// Title and WatchID, EventDate), a reader's first open (WatchID) advises what both opened
+// (EventDate); its second (URL) names which one it is: Title is advised. A reader whose opens
+// only the wide ones contain (WatchID, Title) gets their other column (URL); one opening
+// Title then EventDate (the order does not count) gets URL and WatchID.
+TEST_F(MarksPart, ReadersOfTheSameColumnsAdviseWhatAllOpenedUntilTheOpensTellThemApart) {
     Part& p = table.add(300);
     Part& q = table.add(300);
     Part& r = table.add(300);
     Part& t = table.add(300);
+    Part& u = table.add(300);
     if (!start_part(1)) GTEST_SKIP() << kNoUring;
     {
         Reader all{*mp, *rt, p, {}};
@@ -681,6 +683,14 @@ TEST_F(MarksPart, ReadersBeginningAlikeAdviseWhatAllOpenedUntilTheOpensTellThemA
         EXPECT_EQ(issued() - mid, size_of(t.mrk[2]));
         odd.open(3);
         EXPECT_EQ(issued() - mid, size_of(t.mrk[2]) + size_of(t.mrk[1]));
+    }
+    const uint64_t late = issued();
+    {
+        Reader reversed{*mp, *rt, u, {}};
+        reversed.open(3);  // the readers with Title: WatchID is what they all opened
+        EXPECT_EQ(issued() - late, size_of(u.mrk[0]));
+        reversed.open(2);
+        EXPECT_EQ(issued() - late, size_of(u.mrk[0]) + size_of(u.mrk[1]));
     }
     EXPECT_EQ(errors(), 0u);
 }

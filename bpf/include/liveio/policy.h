@@ -125,8 +125,8 @@ static long (*liveio_cached)(long fd, long offset, unsigned long len) = (void *)
  * of the reader, `flags` LIVEIO_PART_FIRST at its first. The liveio-io thread reads into the
  * page cache, in parallel, by path, through io_uring direct descriptors (no descriptor of the
  * target's is used or created), the marks files the reader will open next: those every earlier
- * reader of the same table whose opens began alike opened too; none at the first open of a
- * reader never seen before, all at its second (LIVEIO_PART_ALL: all at once). A part begun
+ * reader of the same table that opened the reader's columns so far opened too; none at the
+ * first open of a reader never seen before, all at its second (LIVEIO_PART_ALL: all at once). A part begun
  * again within 100 ms (another thread of the query) joins the reader. Returns 0 when queued,
  * -EAGAIN when the queue is full, -EPERM when the policy is off, -EINVAL for unknown flags. */
 static long (*liveio_prefetch_part)(long fd, unsigned long file_id, unsigned long flags) =
