@@ -16,6 +16,7 @@ void add_redirect_bench(CLI::App& bench);
 void add_net_bench(CLI::App& bench);
 void add_cluster_bench(CLI::App& bench);
 void add_read_action_bench(CLI::App& bench);
+void add_percall_bench(CLI::App& bench);
 // `liveio soak clickhouse` (soak_clickhouse.cpp): not a benchmark, a reliability run with metrics.
 void add_soak_clickhouse(CLI::App& soak);
 

@@ -20,6 +20,31 @@
 #define NR_IO_SUBMIT 209
 #define NR_IO_PGETEVENTS 333
 
+/* The calls the executor performs through the ring (src/policy/uring_redirect.h); asking for
+ * any other (lseek, open, close ...) would only count a fallback. */
+static __always_inline int redirectable(__u64 nr)
+{
+    switch (nr) {
+    case 0:   /* read */
+    case 1:   /* write */
+    case 17:  /* pread64 */
+    case 18:  /* pwrite64 */
+    case 19:  /* readv */
+    case 20:  /* writev */
+    case 295: /* preadv */
+    case 296: /* pwritev */
+    case 327: /* preadv2 */
+    case 328: /* pwritev2 */
+    case 74:  /* fsync */
+    case 75:  /* fdatasync */
+    case 44:  /* sendto */
+    case 45:  /* recvfrom */
+    case 47:  /* recvmsg */
+        return 1;
+    }
+    return 0;
+}
+
 SEC("liveio/io_enter")
 int uring_on_enter(struct liveio_io_ctx *io)
 {
@@ -32,6 +57,8 @@ int uring_on_enter(struct liveio_io_ctx *io)
             liveio_redirect();
         return 0;
     }
+    if (!redirectable(nr))
+        return 0;
     __u64 classes = liveio_knob(KNOB_CLASSES);
     if (!classes)
         classes = ~0ull;

@@ -15,6 +15,7 @@
 #include "agent/bpf_host_socket.h"
 #include "hook/dispatcher.h"
 #include "liveio/io_edge.h"
+#include "liveio/policy.h"
 
 namespace liveio::agent {
 namespace {
@@ -27,6 +28,9 @@ struct ThreadState {
     AgentReadSections::ThreadCache sections;
     pid_t tid;
     pid_t tid_pid;
+    // The host's tracked file positions while its edge runs programs on this thread (null
+    // when positions are not tracked): liveio_file_pos answers from them.
+    FdClassCache* positions;
 };
 __attribute__((tls_model("initial-exec"))) thread_local ThreadState t_thread;
 
@@ -62,6 +66,18 @@ void fill_regs(pt_regs& r, const hook::SyscallCall& call, long ax) {
     r.rax = static_cast<unsigned long>(ax);
 }
 
+// The path a successful open/openat/openat2/creat named (the kernel has read it: mapped);
+// null for other calls.
+const char* opened_path(const hook::SyscallCall& call) {
+    switch (call.nr) {
+        case SYS_open:
+        case SYS_creat: return reinterpret_cast<const char*>(call.args[0]);
+        case SYS_openat:
+        case SYS_openat2: return reinterpret_cast<const char*>(call.args[1]);
+        default: return nullptr;
+    }
+}
+
 void fill_io(liveio_io_ctx& io, const hook::SyscallCall& call, pid_t tid, bool exit, long result,
              uint64_t start, uint64_t now, FdClassCache& fds) {
     const IoShape s = io_shape(call.nr);
@@ -94,8 +110,10 @@ void fill_io(liveio_io_ctx& io, const hook::SyscallCall& call, pid_t tid, bool e
     io.direction = s.direction;
     if (io.fd >= 0) {
         // A closed descriptor cannot be classified any more: only what was cached counts.
-        const FdInfo info = call.nr == SYS_close && exit ? fds.peek(static_cast<int>(io.fd))
-                                                         : fds.get(static_cast<int>(io.fd));
+        const FdInfo info =
+            call.nr == SYS_close && exit
+                ? fds.peek(static_cast<int>(io.fd))
+                : fds.get(static_cast<int>(io.fd), exit ? opened_path(call) : nullptr);
         io.file_class = info.file_class;
         io.file_id = info.file_id;
     }
@@ -136,6 +154,18 @@ uint64_t cached_pid_tgid(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ebpf:
            static_cast<uint32_t>(ts.tid);
 }
 
+// liveio_file_pos from the position the host tracked for the descriptor (see
+// BpfHost::track_positions_), else lseek(fd, 0, SEEK_CUR), which is then recorded.
+uint64_t tracked_file_pos(uint64_t fd, uint64_t, uint64_t, uint64_t, uint64_t, ebpf::ExecEnv*) {
+    FdClassCache* fds = t_thread.positions;
+    const int n = static_cast<int>(fd);
+    if (fds != nullptr)
+        if (const int64_t pos = fds->position(n); pos >= 0) return static_cast<uint64_t>(pos);
+    const long pos = hook::raw_syscall(SYS_lseek, n, 0, SEEK_CUR);
+    if (fds != nullptr && pos >= 0) fds->set_position(n, pos);
+    return static_cast<uint64_t>(pos);
+}
+
 ebpf::HelperTable host_helpers() {
     ebpf::HelperTable t = ebpf::HelperTable::standard();
     // The policy helpers answer -EPERM to programs of no policy (liveio/policy.h); the IDs
@@ -146,6 +176,11 @@ ebpf::HelperTable host_helpers() {
         auto cached = *p;
         cached.fn = cached_pid_tgid;
         t.add(ebpf::helper_id::kGetCurrentPidTgid, cached);
+    }
+    if (const auto* p = t.find(LIVEIO_HELPER_FILE_POS)) {
+        auto tracked = *p;
+        tracked.fn = tracked_file_pos;
+        t.add(LIVEIO_HELPER_FILE_POS, tracked);
     }
     return t;
 }
@@ -243,6 +278,28 @@ __attribute__((noinline)) void BpfHost::run_edge(CallFrame& frame, bool exit) {
     AgentReadSections::Section section(readers_, ts.sections);
     const EdgeList* list = (exit ? exit_ : enter_)[call.nr].load(std::memory_order_acquire);
     if (list == nullptr) return;
+    // A descriptor the call created names a new object: forgotten before the programs
+    // classify it, so that their classification is the one kept.
+    if (list->invalidate_fd && call.nr != SYS_close) {
+        invalidate_fds(fd_classes_, call, result);
+        // A file just opened is classified by the path it was opened with (no readlink), also
+        // when no program runs here: enter programs classify it at its first call otherwise.
+        if (const char* path = opened_path(call); path != nullptr && result >= 0)
+            (void)fd_classes_.get(static_cast<int>(result), path);
+    }
+    if (list->track_position) track_position(call, result);
+    // A read of a file the policies prefetched: its bytes are "used" (before the programs
+    // run, so their feedback includes this read; after the position moved past it).
+    if (exit && result > 0 && (call.nr == SYS_read || call.nr == SYS_pread64))
+        if (policy::Runtime* rt = policy_.load(std::memory_order_acquire); rt != nullptr)
+            account_read(frame, *rt);
+    // liveio_file_pos of the programs below (restored: a signal handler's call may nest).
+    struct PositionsScope {
+        ThreadState& ts;
+        FdClassCache* saved;
+        ~PositionsScope() { ts.positions = saved; }
+    } positions{ts, ts.positions};
+    ts.positions = track_positions_.load(std::memory_order_relaxed) ? &fd_classes_ : nullptr;
     uint64_t start = 0;
     bool timed = true;
     if (!exit) {
@@ -302,7 +359,8 @@ __attribute__((noinline)) void BpfHost::run_edge(CallFrame& frame, bool exit) {
                 break;
         }
     }
-    if (list->invalidate_fd) invalidate_fds(fd_classes_, call, result);
+    // A closed descriptor's class was still there for the programs (peek).
+    if (list->invalidate_fd && call.nr == SYS_close) invalidate_fds(fd_classes_, call, result);
 }
 
 // ---- lists ----
@@ -313,11 +371,16 @@ void BpfHost::publish_lists() {
         for (auto& p : obj->programs)
             if (p->point.kind != AttachKind::Uprobe && p->point.kind != AttachKind::Uretprobe)
                 attached.push_back(p.get());
-    bool any_io = false;
-    for (const LoadedProgram* p : attached)
+    bool any_io = false, any_io_exit = false;
+    for (const LoadedProgram* p : attached) {
         any_io |= p->point.kind == AttachKind::IoEnter || p->point.kind == AttachKind::IoExit;
+        any_io_exit |= p->point.kind == AttachKind::IoExit;
+    }
     // While no io program ran, closes went unobserved: what the cache holds may be stale.
     if (any_io && !io_programs_) fd_classes_.clear();
+    // Likewise the calls that moved file positions while they were not tracked.
+    if (any_io_exit && !track_positions_.load(std::memory_order_relaxed))
+        fd_classes_.clear_positions();
 
     std::vector<std::unique_ptr<EdgeList>> fresh;
     for (long nr = 0; nr < kMaxSyscalls; ++nr) {
@@ -364,6 +427,7 @@ void BpfHost::publish_lists() {
             }
         }
         exit->invalidate_fd = any_io && shape.fd_event;
+        exit->track_position = any_io_exit && shape.io;
         enter->record_start = exit->has_io;
         const bool use_enter = !enter->runs.empty() || enter->record_start;
         const bool use_exit = !exit->runs.empty() || exit->invalidate_fd;
@@ -383,6 +447,7 @@ void BpfHost::publish_lists() {
         if (!list->runs.empty()) fresh.push_back(std::move(list));
     }
     io_programs_ = any_io;
+    track_positions_.store(any_io_exit, std::memory_order_relaxed);
     // The old lists (and whatever programs only they referenced) are unreachable for any
     // read section starting now; wait for the ones that started before.
     readers_.synchronize();
@@ -599,11 +664,51 @@ void BpfHost::account_read(const CallFrame& frame, policy::Runtime& rt) {
     if (info.file_id == 0 || !rt.tracks(info.file_id)) return;
     long offset = call.args[3];
     if (call.nr == SYS_read) {
-        const long pos = hook::raw_syscall(SYS_lseek, fd, 0, SEEK_CUR);
+        // The position after the read: tracked (advanced by this read already), else asked.
+        const bool tracked = track_positions_.load(std::memory_order_relaxed);
+        long pos = tracked ? static_cast<long>(fd_classes_.position(fd)) : -1;
+        if (pos < 0) {
+            pos = hook::raw_syscall(SYS_lseek, fd, 0, SEEK_CUR);
+            if (tracked && pos >= 0) fd_classes_.set_position(fd, pos);
+        }
         if (pos < result) return;
         offset = pos - result;
     }
     rt.observe_read(info.file_id, static_cast<uint64_t>(offset), static_cast<uint64_t>(result));
+}
+
+void BpfHost::track_position(const hook::SyscallCall& call, long result) {
+    const int fd = static_cast<int>(call.args[0]);
+    switch (call.nr) {
+        case SYS_lseek:
+            if (result < 0) return;
+            (void)fd_classes_.get(fd);  // a position is kept with the descriptor's class entry
+            fd_classes_.set_position(fd, result);
+            return;
+        case SYS_read:
+        case SYS_readv:
+            if (result > 0) fd_classes_.advance_position(fd, result);
+            return;
+        case SYS_write:
+        case SYS_writev:
+            // O_APPEND moves the position to the end of the file, which only the kernel knows.
+            if (result > 0) fd_classes_.forget_position(fd);
+            return;
+        case SYS_preadv2:
+        case SYS_pwritev2:
+            if (call.args[3] == -1 && result > 0) fd_classes_.forget_position(fd);
+            return;
+        case SYS_sendfile:  // in_fd's position moves when no offset is given; out_fd's always
+            fd_classes_.forget_position(fd);
+            fd_classes_.forget_position(static_cast<int>(call.args[1]));
+            return;
+        case SYS_copy_file_range:
+        case SYS_splice:
+            fd_classes_.forget_position(fd);
+            fd_classes_.forget_position(static_cast<int>(call.args[2]));
+            return;
+        default: return;  // positioned calls, syncs, sockets: no position moves
+    }
 }
 
 std::shared_ptr<ebpf::Map> BpfHost::map(uint32_t object, std::string_view name) const {

@@ -138,16 +138,8 @@ public:
     }
     void exit(CallFrame& frame) override {
         const auto nr = static_cast<unsigned long>(frame.call.nr);
-        if (nr < kMaxSyscalls && exit_[nr].load(std::memory_order_relaxed) != nullptr)
-            [[unlikely]] {
-            // A read of a file the policies prefetched: its bytes are "used" (before the
-            // programs run, so their feedback includes this read).
-            if (policy::Runtime* rt = policy_.load(std::memory_order_acquire);
-                rt != nullptr && frame.result > 0 &&
-                (frame.call.nr == 0 /* read */ || frame.call.nr == 17 /* pread64 */))
-                account_read(frame, *rt);
+        if (nr < kMaxSyscalls && exit_[nr].load(std::memory_order_relaxed) != nullptr) [[unlikely]]
             run_edge(frame, true);
-        }
     }
 
     // What an attached program receives (internal, public for the implementation's helpers).
@@ -158,9 +150,10 @@ public:
         std::atomic<uint64_t>* runs;
     };
     struct EdgeList {
-        bool record_start = false;   // enter list: the exit edge wants this call's start time
-        bool invalidate_fd = false;  // exit list: the call creates or closes a descriptor
-        bool has_io = false;         // a program with the liveio_io_ctx context
+        bool record_start = false;    // enter list: the exit edge wants this call's start time
+        bool invalidate_fd = false;   // exit list: the call creates or closes a descriptor
+        bool track_position = false;  // exit list: file positions are tracked (track_positions_)
+        bool has_io = false;          // a program with the liveio_io_ctx context
         std::vector<ProgramRun> runs;
     };
 
@@ -201,8 +194,16 @@ private:
     std::map<std::pair<void*, bool>, std::unique_ptr<ProbeSite>> probes_;  // (address, return)
     uint32_t next_id_ = 1;
     bool io_programs_ = false;  // whether the published lists contain liveio/io_* programs
+    // Whether file positions are tracked (fd_classes_, FdClassCache::position): while a
+    // liveio/io_exit program is attached every I/O call has an exit edge, so every hooked call
+    // moving a position passes it. liveio_file_pos and the read accounting answer from the
+    // tracked position then, without an lseek.
+    std::atomic<bool> track_positions_{false};
     std::atomic<policy::Runtime*> policy_{nullptr};
+    // A read of a file the policies prefetched: its bytes are "used".
     void account_read(const CallFrame& frame, policy::Runtime& rt);
+    // The exit edge's update of the tracked file positions.
+    void track_position(const hook::SyscallCall& call, long result);
 };
 
 }  // namespace liveio::agent

@@ -14,7 +14,7 @@
 
 namespace liveio::agent {
 
-FdInfo classify_fd(int fd) {
+FdInfo classify_fd(int fd, const char* opened_path) {
     // Raw syscalls: this runs inside a hooked call, and must reach the kernel directly.
     using hook::raw_syscall;
     struct stat st {};
@@ -40,6 +40,10 @@ FdInfo classify_fd(int fd) {
         }
         case S_IFIFO: info.file_class = LIVEIO_CLASS_PIPE; break;
         case S_IFREG: {
+            if (opened_path != nullptr && opened_path[0] == '/') {
+                info.file_class = classify_clickhouse_path(opened_path);
+                break;
+            }
             char link[64];
             std::snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
             char path[4096];
@@ -64,9 +68,9 @@ FdClassCache::FdClassCache() {
 
 FdClassCache::~FdClassCache() { ::munmap(entries_, sizeof(Entry) * kMaxCached); }
 
-FdInfo FdClassCache::get(int fd) {
+FdInfo FdClassCache::get(int fd, const char* opened_path) {
     if (fd < 0) return {};
-    if (fd >= kMaxCached) return classify_fd(fd);
+    if (fd >= kMaxCached) return classify_fd(fd, opened_path);
     Entry& e = entries_[fd];
     const uint32_t seq = e.seq.load(std::memory_order_acquire);
     if ((seq & (kWriting | kValid)) == kValid) {
@@ -75,7 +79,7 @@ FdInfo FdClassCache::get(int fd) {
         std::atomic_thread_fence(std::memory_order_acquire);
         if (e.seq.load(std::memory_order_relaxed) == seq) return info;
     }
-    const FdInfo info = classify_fd(fd);
+    const FdInfo info = classify_fd(fd, opened_path);
     uint32_t expected = seq;
     if ((seq & kWriting) == 0 &&
         e.seq.compare_exchange_strong(expected, seq | kWriting, std::memory_order_acquire)) {
@@ -111,6 +115,46 @@ void FdClassCache::invalidate(int fd) {
     while ((seq & kValid) && !(seq & kWriting) &&
            !e.seq.compare_exchange_weak(seq, (seq & ~3u) + 4, std::memory_order_release)) {
     }
+}
+
+int64_t FdClassCache::position(int fd) const {
+    if (fd < 0 || fd >= kMaxCached) return -1;
+    const Entry& e = entries_[fd];
+    const uint32_t seq = e.seq.load(std::memory_order_acquire);
+    if ((seq & (kWriting | kValid)) != kValid) return -1;
+    const uint64_t word = e.position.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (e.seq.load(std::memory_order_relaxed) != seq || (word & 0xffffff) != position_tag(seq))
+        return -1;
+    return static_cast<int64_t>(word >> 24);
+}
+
+void FdClassCache::set_position(int fd, int64_t pos) {
+    if (fd < 0 || fd >= kMaxCached) return;
+    Entry& e = entries_[fd];
+    const uint32_t seq = e.seq.load(std::memory_order_acquire);
+    if ((seq & (kWriting | kValid)) != kValid) return;
+    if (pos < 0 || pos >= kMaxPosition) {
+        e.position.store(0, std::memory_order_relaxed);
+        return;
+    }
+    e.position.store(static_cast<uint64_t>(pos) << 24 | position_tag(seq),
+                     std::memory_order_relaxed);
+}
+
+void FdClassCache::advance_position(int fd, int64_t bytes) {
+    const int64_t pos = position(fd);
+    if (pos >= 0) set_position(fd, pos + bytes);
+}
+
+void FdClassCache::forget_position(int fd) {
+    if (fd < 0 || fd >= kMaxCached) return;
+    entries_[fd].position.store(0, std::memory_order_relaxed);
+}
+
+void FdClassCache::clear_positions() {
+    const int high = highest_.load(std::memory_order_relaxed);
+    for (int fd = 0; fd <= high; ++fd) entries_[fd].position.store(0, std::memory_order_relaxed);
 }
 
 void FdClassCache::clear() {

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "hook/dispatcher.h"
+#include "liveio/io_edge.h"
 
 namespace liveio::agent {
 
@@ -121,9 +122,19 @@ Result<json> PolicyHost::on_locked_or_undo(const std::string& name, const std::s
         a.knobs[parsed->first->name] = parsed->second;
     }
     if (name == "uring" && !uring_) {
-        auto ex = policy::UringExecutor::create();
+        policy::UringRedirectOptions options;
+        options.nowait_first = a.knobs["nowait"] != 0;
+        auto ex = policy::UringExecutor::create(options);
         if (!ex) return make_error(ex.error().code, "policy 'uring': " + ex.error().message);
         uring_ = std::move(ex).value();
+        // Regular files as the BPF host classified them (at this call's enter edge, where
+        // the policy's program asked for the redirect): no syscall.
+        uring_->redirect().set_regular_hint(
+            [](const void* fds, int fd) {
+                const uint32_t c = static_cast<const FdClassCache*>(fds)->peek(fd).file_class;
+                return c >= LIVEIO_CLASS_FILE && c <= LIVEIO_CLASS_CH_OTHER;
+            },
+            &bpf_.fd_classes());
         executor_ = uring_.get();  // installed with the runtime below (or now, if it runs)
         if (runtime_) {
             executor_ = nullptr;
@@ -249,6 +260,7 @@ json PolicyHost::list() const {
                         reasons[policy::fallback_reason_name(
                             static_cast<policy::FallbackReason>(r))] = st.by_reason[r];
                 p["counters"]["redirected"] = st.redirected;
+                p["counters"]["nowait_reads"] = st.nowait_reads;
                 p["counters"]["fallback_reasons"] = reasons;
                 p["counters"]["rings"] = st.engines_live;
                 p["counters"]["aio"] = {{"contexts", st.aio_contexts},

@@ -17,6 +17,7 @@ void add_bench_commands(CLI::App& app) {
     liveio::bench::add_net_bench(*bench);
     liveio::bench::add_cluster_bench(*bench);
     liveio::bench::add_read_action_bench(*bench);
+    liveio::bench::add_percall_bench(*bench);
 }
 
 }  // namespace liveio::cli

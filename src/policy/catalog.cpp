@@ -98,6 +98,9 @@ const std::vector<PolicyDef>& catalog() {
              {"classes", 0, ~uint64_t{0}, "bit mask of file classes whose calls are redirected"},
              {"no_aio", 1, 0,
               "1: new Linux AIO contexts stay native (io_submit/io_getevents not translated)"},
+             {"nowait", 2, 1,
+              "1: reads of regular files try the page cache first (preadv2 RWF_NOWAIT) and go "
+              "through the ring only when it would wait; read when the policy is switched on"},
          }},
     };
     return policies;

@@ -204,6 +204,7 @@ struct alignas(64) UringRedirect::Slot {
     std::vector<iovec> iov_rest;  // remainder of a vectored stream write
     // Written by the owner only (a load and a store), read by stats().
     std::atomic<uint64_t> redirected{0};
+    std::atomic<uint64_t> nowait{0};
     std::atomic<uint64_t> interrupted{0};
     std::atomic<uint64_t> continuations{0};
     std::atomic<uint64_t> by_reason[static_cast<int>(FallbackReason::Count)] = {};
@@ -214,7 +215,7 @@ struct alignas(64) UringRedirect::Slot {
         eventfd = -1;
         failed = false;
         iov_rest.clear();
-        redirected = interrupted = continuations = 0;
+        redirected = nowait = interrupted = continuations = 0;
         for (auto& c : by_reason) c = 0;
         owner.store(0, std::memory_order_release);
     }
@@ -378,6 +379,7 @@ size_t UringRedirect::reclaim_exited_locked() {
         if (raw_syscall(SYS_tgkill, tgid, owner, 0) != -ESRCH) continue;
         // The owner is gone: nobody else ever touches this slot. Keep its counts.
         retired_.redirected += s.redirected.load(std::memory_order_relaxed);
+        retired_.nowait_reads += s.nowait.load(std::memory_order_relaxed);
         retired_.interrupted += s.interrupted.load(std::memory_order_relaxed);
         retired_.write_continuations += s.continuations.load(std::memory_order_relaxed);
         for (int r = 0; r < static_cast<int>(FallbackReason::Count); ++r)
@@ -433,11 +435,13 @@ UringRedirectStats UringRedirect::stats() const {
         if (s.owner.load(std::memory_order_acquire) == 0) continue;
         if (s.engine) ++st.engines_live;
         st.redirected += s.redirected.load(std::memory_order_relaxed);
+        st.nowait_reads += s.nowait.load(std::memory_order_relaxed);
         st.interrupted += s.interrupted.load(std::memory_order_relaxed);
         st.write_continuations += s.continuations.load(std::memory_order_relaxed);
         for (int r = 0; r < static_cast<int>(FallbackReason::Count); ++r)
             st.by_reason[r] += s.by_reason[r].load(std::memory_order_relaxed);
     }
+    st.nowait_reads += unslotted_nowait_.load(std::memory_order_relaxed);
     for (int r = 0; r < static_cast<int>(FallbackReason::Count); ++r) {
         st.by_reason[r] += unslotted_fallbacks_[r].load(std::memory_order_relaxed);
         st.fallbacks += st.by_reason[r];
@@ -688,6 +692,32 @@ CallRun::Wait CallRun::wait_pending(int32_t& res, FallbackReason& why) {
 
 }  // namespace
 
+namespace {
+
+// read/pread64 answered from the page cache only: preadv2 with RWF_NOWAIT at the call's
+// offset (-1: the file position). The kernel's result: bytes (all of them, or fewer when a
+// page further on is not cached or the file ends), or -errno having transferred nothing.
+long read_nowait(const Plan& plan) {
+    iovec iov{plan.op.buf, plan.bytes};
+    const long offset = plan.positioned ? static_cast<long>(plan.op.offset) : -1;
+    return raw_syscall(SYS_preadv2, plan.op.fd, reinterpret_cast<long>(&iov), 1, offset, 0,
+                       RWF_NOWAIT);
+}
+
+// The rest of a read after its first `done` bytes, natively (the second half of what the
+// kernel's own read loop does): the native call's total, or `done` when the rest failed.
+long read_rest_natively(const Plan& plan, uint64_t done) {
+    char* buf = static_cast<char*>(plan.op.buf) + done;
+    const long rest = static_cast<long>(plan.bytes - done);
+    const long r = plan.positioned
+                       ? raw_syscall(SYS_pread64, plan.op.fd, reinterpret_cast<long>(buf), rest,
+                                     static_cast<long>(plan.op.offset + static_cast<int64_t>(done)))
+                       : raw_syscall(SYS_read, plan.op.fd, reinterpret_cast<long>(buf), rest);
+    return static_cast<long>(done) + (r > 0 ? r : 0);
+}
+
+}  // namespace
+
 bool UringRedirect::execute(hook::SyscallCall& call, hook::SyscallResult& result) {
     if (AioBridge::is_aio_call(call.nr)) {
         // Not subject to closing_: a context holding translated events must keep being served
@@ -703,6 +733,26 @@ bool UringRedirect::execute(hook::SyscallCall& call, hook::SyscallResult& result
     if (closing_.load(std::memory_order_relaxed))
         return fallback(nullptr, FallbackReason::Disabled);
     if (*fork_guard_ == 0) return fallback(nullptr, FallbackReason::Forked);
+    // A read of a regular file: the page cache first (uring_redirect.h, "Page-cache hits
+    // first"), before the thread's ring is looked up: a thread whose reads all hit the page
+    // cache never creates one.
+    if (plan.kind == Kind::Read && !plan.vectored && options_.nowait_first &&
+        regular_hint_ != nullptr && regular_hint_(regular_context_, plan.op.fd)) {
+        const long r = read_nowait(plan);
+        if (r >= 0) {
+            // All bytes, the end of the file, or a descriptor that is no regular file (block)
+            // device any more: the native result. Otherwise the rest as read(2) reads it.
+            const bool whole = r == 0 || static_cast<uint64_t>(r) == plan.bytes;
+            result = whole || !uninterruptible(plan.op.fd)
+                         ? r
+                         : read_rest_natively(plan, static_cast<uint64_t>(r));
+            if (Slot* own = t_cache.serial == serial_ ? t_cache.slot : nullptr; own != nullptr)
+                bump(own->nowait);
+            else
+                unslotted_nowait_.fetch_add(1, std::memory_order_relaxed);
+            return true;
+        }
+    }
     Slot* slot = this_thread_slot();
     if (slot == nullptr) return fallback(nullptr, FallbackReason::NoEngine);
     if (slot->failed) return fallback(slot, FallbackReason::NoEngine);

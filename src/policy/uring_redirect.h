@@ -102,6 +102,20 @@
 //   at end of file, so a short completion is continued for the remainder (as the kernel's own
 //   read loop does) until the count is complete, end of file or an error (then the partial
 //   count).
+//   Page-cache hits first (UringRedirectOptions::nowait_first, set_regular_hint): a read or
+//   pread of a descriptor the caller's cache knows as a regular file is first made as
+//   preadv2(RWF_NOWAIT) (offset -1 for read: the file position, under f_pos_lock as read(2)
+//   holds it), the ring is not used (counted as `nowait_reads`; a thread whose reads all hit
+//   creates no ring). The kernel answers it from
+//   the page cache only: all bytes, or the end of the file, is exactly the native result;
+//   -EAGAIN (nothing cached at the offset), -EOPNOTSUPP (the filesystem cannot tell) or any
+//   other error transferred nothing, and the call continues as above (errors are then the
+//   ring's or the native call's own). A short count (a page further on not cached) is
+//   completed by a native read of the rest, as the kernel's own read loop would, after fstat
+//   confirmed a regular file or block device. A descriptor number the hint still knows as a
+//   file but that was reused (through a call liveio did not see) for a pipe returns the short
+//   count, as read(2) on a pipe does; for a socket with SO_RCVLOWAT above the count it got,
+//   read(2) would have waited for more.
 #pragma once
 
 #include <atomic>
@@ -149,12 +163,14 @@ struct UringRedirectOptions {
     unsigned ring_entries = 8;    // SQ entries per thread ring (one op in flight, plus its cancel)
     unsigned max_threads = 1024;  // engine slots; more threads run natively
     bool position_calls = true;   // redirect read/readv/write/writev (see the f_pos_lock rule)
+    bool nowait_first = true;     // page-cache hits of read/pread answered by RWF_NOWAIT
 };
 
 struct UringRedirectStats {
     uint64_t redirected = 0;  // calls answered through io_uring
     uint64_t fallbacks = 0;   // sum of by_reason
     uint64_t by_reason[static_cast<int>(FallbackReason::Count)] = {};
+    uint64_t nowait_reads = 0;         // reads answered by preadv2(RWF_NOWAIT) from the page cache
     uint64_t interrupted = 0;          // redirected calls that returned -EINTR
     uint64_t write_continuations = 0;  // remainders submitted for short stream writes
     uint64_t engines_created = 0;
@@ -175,6 +191,15 @@ public:
     ~UringRedirect();
     UringRedirect(const UringRedirect&) = delete;
     UringRedirect& operator=(const UringRedirect&) = delete;
+
+    // Which descriptors are regular files, from a cache the caller keeps (no syscall; it may
+    // be stale, see "Page-cache hits first"): only their reads try RWF_NOWAIT first. Set
+    // before the first execute(); without one nothing is tried.
+    using RegularHint = bool (*)(const void* context, int fd);
+    void set_regular_hint(RegularHint hint, const void* context) {
+        regular_hint_ = hint;
+        regular_context_ = context;
+    }
 
     // Performs `call` through the calling thread's ring and stores the kernel-convention result;
     // false: the native call must run (the reason is counted).
@@ -206,6 +231,8 @@ private:
     bool fallback(Slot* slot, FallbackReason reason);
 
     UringRedirectOptions options_;
+    RegularHint regular_hint_ = nullptr;
+    const void* regular_context_ = nullptr;
     uint64_t serial_ = 0;  // distinguishes this registry from earlier ones at the same address
     std::unique_ptr<Slot[]> slots_;
     std::atomic<bool> closing_{false};
@@ -214,6 +241,7 @@ private:
     UringRedirectStats retired_;  // counters of reclaimed slots
     std::unique_ptr<AioBridge> aio_;
     std::atomic<uint64_t> unslotted_fallbacks_[static_cast<int>(FallbackReason::Count)] = {};
+    std::atomic<uint64_t> unslotted_nowait_{0};  // nowait reads of threads without a ring
 };
 
 }  // namespace liveio::policy

@@ -26,6 +26,7 @@
 #include "agent/fd_classes.h"
 #include "agent/mmap_min_addr.h"
 #include "agent/process_util.h"
+#include "base/raw_syscall.h"
 #include "control/protocol.h"
 #include "ebpf/loader.h"
 #include "ebpf/map.h"
@@ -523,6 +524,68 @@ extern "C" __attribute__((noipa, used)) long liveio_test_probed_ret(long x) {
 namespace liveio::agent {
 namespace {
 
+// liveio_file_pos from the positions the host tracks while an io_exit program is attached
+// (the lseek and read calls it sees), the kernel asked only for a descriptor it knows none of.
+TEST_F(BpfHostTest, FilePosAnswersFromTheTrackedPositions) {
+    const json loaded = call("bpf.load", {{"path", test_bpf("file_pos.bpf.o")}});
+    ASSERT_TRUE(loaded.contains("object")) << loaded.dump();
+    auto positions = maps(loaded["object"].get<uint32_t>())["positions"];
+    ASSERT_TRUE(positions);
+    auto at = [&](uint32_t i) {
+        int64_t v = -2;
+        EXPECT_EQ(positions->copy_value(&i, &v), 0);
+        return v;
+    };
+    const std::string path = make_file("data/db/table/all_1_1_0/c.bin", 100000);
+    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    char buf[4096];
+    ASSERT_EQ(::lseek(fd, 1000, SEEK_SET), 1000);
+    ASSERT_EQ(::read(fd, buf, 300), 300);
+    EXPECT_EQ(at(0), 1000);
+    EXPECT_EQ(at(1), 1300);
+    ASSERT_EQ(::read(fd, buf, sizeof buf), 4096);
+    EXPECT_EQ(at(0), 1300);
+    EXPECT_EQ(at(1), 5396);
+    ASSERT_EQ(::pread(fd, buf, 10, 50), 10);
+    EXPECT_EQ(at(0), 5396) << "pread moves no position";
+    EXPECT_EQ(at(1), 5396);
+    ASSERT_EQ(::lseek(fd, -10, SEEK_END), 99990);
+    ASSERT_EQ(::read(fd, buf, sizeof buf), 10);
+    EXPECT_EQ(at(0), 99990);
+    EXPECT_EQ(at(1), 100000) << "short read at the end";
+    ASSERT_EQ(::read(fd, buf, sizeof buf), 0);
+    EXPECT_EQ(at(0), 100000);
+    EXPECT_EQ(at(1), 100000);
+    // Moved where the host cannot see it (a raw syscall passes no hook): the answer is still
+    // the tracked position, so no lseek was made for it.
+    ASSERT_EQ(raw_syscall(SYS_lseek, fd, 7, SEEK_SET), 7);
+    ASSERT_EQ(::pread(fd, buf, 1, 0), 1);
+    EXPECT_EQ(at(0), 100000);
+    // A write forgets the position (O_APPEND would put it at the end): asked again.
+    ASSERT_EQ(::write(fd, "abc", 3), 3);
+    ASSERT_EQ(::read(fd, buf, 5), 5);
+    EXPECT_EQ(at(0), 10);
+    EXPECT_EQ(at(1), 15);
+    // A descriptor never seen: asked once, then tracked; its number reused after close
+    // starts over.
+    const int fd2 = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(fd2, 0);
+    ASSERT_EQ(raw_syscall(SYS_lseek, fd2, 500, SEEK_SET), 500);
+    ASSERT_EQ(::read(fd2, buf, 100), 100);
+    EXPECT_EQ(at(0), 500);
+    EXPECT_EQ(at(1), 600);
+    ::close(fd2);
+    const int fd3 = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_EQ(fd3, fd2) << "the lowest free number";
+    ASSERT_EQ(::read(fd3, buf, 10), 10);
+    EXPECT_EQ(at(0), 0);
+    EXPECT_EQ(at(1), 10);
+    EXPECT_EQ(at(2), 9) << "reads and preads seen";
+    ::close(fd3);
+    ::close(fd);
+}
+
 TEST_F(BpfHostTest, UprobeAndUretprobeOnAFunctionOfTheTarget) {
     const json loaded = call("bpf.load", {{"path", test_bpf("uprobe_probed.bpf.o")}});
     ASSERT_EQ(loaded["programs"].size(), 2u) << loaded.dump();
@@ -902,6 +965,41 @@ TEST(BpfSections, AttachPointsAndSyscallNames) {
     EXPECT_FALSE(parse_attach_point("uprobe/libc.so.6"));
     EXPECT_FALSE(parse_attach_point("tracepoint/block/block_rq_issue"));
     EXPECT_EQ(parse_attach_point("raw_tp/sys_exit")->kind, AttachKind::RawTpExit);
+}
+
+TEST(FdClasses, PositionsBelongToTheDescriptorsClassEntry) {
+    FdClassCache cache;
+    const int fd = ::open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ(cache.position(fd), -1);
+    cache.set_position(fd, 10);
+    EXPECT_EQ(cache.position(fd), -1) << "no class entry yet: nothing kept";
+    (void)cache.get(fd);
+    EXPECT_EQ(cache.position(fd), -1) << "a new entry starts without a position";
+    cache.set_position(fd, 10);
+    EXPECT_EQ(cache.position(fd), 10);
+    cache.advance_position(fd, 5);
+    EXPECT_EQ(cache.position(fd), 15);
+    cache.forget_position(fd);
+    EXPECT_EQ(cache.position(fd), -1);
+    cache.advance_position(fd, 5);
+    EXPECT_EQ(cache.position(fd), -1) << "nothing to advance";
+    cache.set_position(fd, (int64_t{1} << 40) - 1);
+    EXPECT_EQ(cache.position(fd), (int64_t{1} << 40) - 1);
+    cache.set_position(fd, int64_t{1} << 40);
+    EXPECT_EQ(cache.position(fd), -1) << "too large to keep";
+    cache.set_position(fd, 7);
+    cache.invalidate(fd);
+    EXPECT_EQ(cache.position(fd), -1) << "invalidated with the class";
+    (void)cache.get(fd);
+    EXPECT_EQ(cache.position(fd), -1) << "the old entry's position is not the new one's";
+    cache.set_position(fd, 9);
+    cache.clear_positions();
+    EXPECT_EQ(cache.position(fd), -1);
+    EXPECT_EQ(cache.get(fd).file_id, file_id_of(fd)) << "clear_positions keeps the class";
+    EXPECT_EQ(cache.position(-1), -1);
+    cache.set_position(-1, 3);
+    ::close(fd);
 }
 
 TEST(FdClasses, ClickHouseNames) {

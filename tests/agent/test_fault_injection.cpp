@@ -26,10 +26,14 @@ TEST(FaultInjection, TargetCallsKeepNativeResultsUnderEveryEngineFault) {
     IoTarget target({}, 2);
     ASSERT_TRUE(target.wait_ready()) << target.output();
     const std::string pid = std::to_string(target.pid());
-    const CliResult a = run_cli({"attach", pid, "--policy", "uring"});
+    const CliResult a = run_cli({"attach", pid});
     if (a.status != 0 && a.output.find("not permitted") != std::string::npos)
         GTEST_SKIP() << a.output;
     ASSERT_EQ(a.status, 0) << a.output;
+    // nowait=0: the faults are the ring's, and the target's reads of its cached file would
+    // otherwise be answered from the page cache without reaching the ring.
+    const CliResult on = run_cli({"policy", pid, "on", "uring", "nowait=0"});
+    ASSERT_EQ(on.status, 0) << on.output;
     const CliResult list = run_cli({"policy", pid, "list"});
     if (list.output.find("synchronous fallback") != std::string::npos)
         GTEST_SKIP() << "io_uring unusable here: " << list.output;

@@ -94,8 +94,13 @@ static long (*liveio_read_async)(long fd, long offset, unsigned long len, unsign
  * natively. Returns 0 when it will be, -EOPNOTSUPP when no executor is installed or the call
  * cannot be redirected (it then runs natively). */
 static long (*liveio_redirect)(void) = (void *)LIVEIO_HELPER_REDIRECT;
-/* The current file position of `fd` in the calling thread's process (lseek SEEK_CUR), or
- * -errno. At io_exit of read(): the position after the read. */
+/* The current file position of `fd` in the calling thread's process, or -errno. At io_exit
+ * of read(): the position after the read. In the agent, while an io_exit program is attached,
+ * the position the agent tracked from the descriptor's lseek and read calls (no syscall);
+ * otherwise, and for a descriptor not seen yet, lseek(fd, 0, SEEK_CUR). A position moved by a
+ * call the agent does not see (another descriptor or process sharing the open file
+ * description, an unhooked call) is answered from the tracked one until the next lseek: use it
+ * for decisions that cost accuracy when wrong, never a result. */
 static long (*liveio_file_pos)(long fd) = (void *)LIVEIO_HELPER_FILE_POS;
 /* In a liveio/io_complete program: copies `len` bytes of the completed read's data starting at
  * `offset` into `dst`. Returns 0, or -EINVAL when the range is outside the data. */
