@@ -21,9 +21,10 @@
  * knob 1, unread_max: unread rounds in a row before a column leaves the batch (0: 2); knob 2,
  * guess_kb: at the round's first read that names only a block, the columns whose bytes for
  * all of the block's granules are at most this many KiB are batched at once (0: none); knob 3,
- * part: at the first marks-file open of a part reader (a mark-cache miss), the part's other
- * marks files are read into the page cache and its column files' inodes looked up, in
- * parallel (liveio_prefetch_part; 0: off). */
+ * part: at the marks-file opens of a part reader (a mark-cache miss), the marks files it will
+ * open next are read into the page cache, in parallel, as earlier readers of the table that
+ * opened the same columns so far predict (liveio_prefetch_part; 1, the default: so; 2: every marks file of the
+ * part at the reader's first open; 0: off). */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
@@ -63,7 +64,8 @@ struct group {
 
 struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 1024); __type(key, __u32); __type(value, struct group); } groups SEC(".maps");
 /* [1]: batches, [2]: ranges batched, [3]: ranges left out (column unread), [4]: reads that
- * could not name their granules (several per block), [5]: parts asked for (liveio_prefetch_part) */
+ * could not name their granules (several per block), [5]: part readers reported
+ * (liveio_prefetch_part at a reader's first marks-file open), [6]: their later opens reported */
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 8); __type(key, __u32); __type(value, __u64); } state SEC(".maps");
 /* An all-zero group: the template of a thread's first one (too large for the stack). */
 struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32); __type(value, struct group); } zero SEC(".maps");
@@ -217,17 +219,21 @@ int marks_exit(struct liveio_io_ctx *io)
         }
     } else if ((io->nr == NR_OPEN || io->nr == NR_OPENAT) && io->result >= 0 && COLUMN_FILE(io)) {
         on_open(io);
-    } else if ((io->nr == NR_OPEN || io->nr == NR_OPENAT) && io->result >= 0 && MARKS_FILE(io) &&
-               liveio_knob(KNOB_PART)) {
+    } else if ((io->nr == NR_OPEN || io->nr == NR_OPENAT) && io->result >= 0 && MARKS_FILE(io)) {
         /* A mark-cache miss: the part reader being built opens and reads each column's marks
-         * in turn, one disk wait each. The first open since the thread's last data read asks
-         * for all of the part's at once. */
-        struct group *g = group_of(io->tid, 1);
-        if (g && !g->part_asked) {
-            g->part_asked = 1;
-            if (liveio_prefetch_part(io->result) == 0)
-                count(5, 1);
-        }
+         * in turn, one disk wait each. Every open is reported, the first since the thread's
+         * last data read as the reader's first; the worker advises the marks files the reader
+         * will open next (part=1), or every one at the first open (part=2). */
+        __u64 part = liveio_knob(KNOB_PART);
+        struct group *g = part ? group_of(io->tid, 1) : 0;
+        if (!g || (g->part_asked && part == 2))
+            return 0;
+        __u64 flags = g->part_asked ? 0 : LIVEIO_PART_FIRST;
+        if (part == 2)
+            flags |= LIVEIO_PART_ALL;
+        g->part_asked = 1;
+        if (liveio_prefetch_part(io->result, io->file_id, flags) == 0)
+            count(flags & LIVEIO_PART_FIRST ? 5 : 6, 1);
     }
     return 0;
 }

@@ -38,7 +38,9 @@ bool PolicyHost::PolicyRedirector::redirect(CallFrame& frame) {
 
 Result<void> PolicyHost::start_runtime() {
     if (runtime_) return {};
-    auto rt = policy::Runtime::create({});
+    policy::Runtime::Options options;
+    options.worker.part_history = &part_history_;
+    auto rt = policy::Runtime::create(options);
     if (!rt)
         return make_error(rt.error().code,
                           "cannot start the policy runtime: " + rt.error().message);

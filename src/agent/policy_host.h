@@ -90,6 +90,8 @@ private:
     // The `uring` policy's executor, while that policy is on.
     std::unique_ptr<policy::UringExecutor> uring_;
     mutable std::mutex mu_;
+    // What the target's part readers opened: kept while the runtime stops and starts again.
+    policy::PartHistory part_history_;
     std::unique_ptr<policy::Runtime> runtime_;
     std::map<std::string, Active> active_;
 };

@@ -85,9 +85,10 @@ const std::vector<PolicyDef>& catalog() {
               "a read naming a block of several granules batches the columns whose bytes for all "
               "of them are at most this (KiB; 0: none)"},
              {"part", 3, 1,
-              "1: a part reader's first marks-file open (a mark-cache miss) reads the part's "
-              "other marks files into the page cache and looks up its column files, in "
-              "parallel, through io_uring direct descriptors; 0: off"},
+              "1: at a part reader's marks-file opens (a mark-cache miss) the marks files it "
+              "will open next, as earlier readers of the table that opened its columns so far "
+              "predict, are read into the page cache in parallel through io_uring direct "
+              "descriptors; 2: every marks file of the part at the reader's first open; 0: off"},
              {"budget_mb", kRuntimeKnob, 256,
               "bytes in flight on the I/O thread, all policies (MiB)"},
          }},

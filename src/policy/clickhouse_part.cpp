@@ -35,4 +35,9 @@ std::string column_file_base(std::string_view column) {
     return out;
 }
 
+// A table's parts are the directories of the table's directory.
+std::string table_of(std::string_view part_dir) {
+    return std::string(part_dir.substr(0, part_dir.rfind('/')));
+}
+
 }  // namespace liveio::policy::clickhouse

@@ -19,5 +19,7 @@ extern const char* const kDataSuffix;
 std::vector<std::string> part_columns(std::string_view manifest);
 // A column's file name without its suffix.
 std::string column_file_base(std::string_view column);
+// The table a part directory belongs to (its parts share the columns' names, not the files).
+std::string table_of(std::string_view part_dir);
 
 }  // namespace liveio::policy::clickhouse

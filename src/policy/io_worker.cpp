@@ -194,7 +194,8 @@ void IoWorker::run(std::promise<Result<void>>* started) {
                    engine->register_file_alloc_range(options_.ring_entries, direct).ok();
     };
     if (uring_) register_tables();
-    PartPrefetcher parts;
+    PartHistory own_history;
+    PartPrefetcher parts(options_.part_history != nullptr ? *options_.part_history : own_history);
     started->set_value(Result<void>{});
     uint64_t rings_created = 1, rings_retired = 0, ring_down_drops = 0, quarantined_bytes = 0;
     // A ring that failed for good (engine.h: a hard io_uring_enter error) is retired and a new
@@ -289,8 +290,9 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         const uint64_t used = in_flight_bytes_.load(std::memory_order_relaxed);
         const uint64_t budget = budget_bytes_.load(std::memory_order_relaxed);
         PartPrefetchResult r;
+        const PartRequest request{a.fd, a.cookie, static_cast<uint32_t>(a.offset)};
         const int rc = parts.run(
-            *engine, a.fd, budget > used ? budget - used : 0,
+            *engine, request, budget > used ? budget - used : 0,
             [&](uint64_t file_id, uint64_t bytes) {
                 Action child = a;
                 child.kind = Action::Kind::Prefetch;
@@ -300,7 +302,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
                 sink_.issued(child, file_id);
             },
             r);
-        if (rc < 0 || r.skipped) return drop(a);
+        if (rc < 0) return drop(a);
         ++local_stats_submitted;
         ++local_completed;
         sink_.completed(a, 0, r.errors > 0 && r.files == 0 ? -EIO : r.files, {},

@@ -127,6 +127,9 @@ public:
         // may allocate for direct descriptors (Op::openat_direct style opens by path): Part
         // actions need at least kDirectFileSlots (part_prefetch.h).
         unsigned direct_file_slots = kDirectFileSlots;
+        // The Part actions' history of readers, kept by the caller beyond this worker (which
+        // stops with the last policy); null: the worker's own.
+        PartHistory* part_history = nullptr;
     };
 
     // Starts the thread and its ring; fails if either cannot be created.

@@ -12,6 +12,7 @@
 #include "ebpf/vm.h"
 #include "liveio/policy.h"
 #include "policy/file_id.h"
+#include "policy/part_prefetch.h"
 
 namespace liveio::policy {
 namespace {
@@ -80,12 +81,17 @@ uint64_t h_read_async(uint64_t fd, uint64_t offset, uint64_t len, uint64_t cooki
         *slot, Action::Kind::Read, static_cast<long>(fd), static_cast<long>(offset), len, cookie));
 }
 
-uint64_t h_prefetch_part(uint64_t fd, uint64_t, uint64_t, uint64_t, uint64_t, ebpf::ExecEnv* env) {
+static_assert(LIVEIO_PART_FIRST == kPartFirst && LIVEIO_PART_ALL == kPartAll);
+
+uint64_t h_prefetch_part(uint64_t fd, uint64_t file_id, uint64_t flags, uint64_t, uint64_t,
+                         ebpf::ExecEnv* env) {
     Runtime::Slot* slot = calling_slot(env);
     if (slot == nullptr) return static_cast<uint64_t>(-EPERM);
+    if (flags > (LIVEIO_PART_FIRST | LIVEIO_PART_ALL)) return static_cast<uint64_t>(-EINVAL);
     // The length is the worker's to find (the part's files); 1 keeps the queue's range check.
-    return static_cast<uint64_t>(
-        Runtime::active()->queue(*slot, Action::Kind::Part, static_cast<long>(fd), 0, 1, 0));
+    // The flags ride in the offset, the file in the cookie (io_worker.cpp's Part action).
+    return static_cast<uint64_t>(Runtime::active()->queue(
+        *slot, Action::Kind::Part, static_cast<long>(fd), static_cast<long>(flags), 1, file_id));
 }
 
 uint64_t h_redirect(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ebpf::ExecEnv* env) {
@@ -234,7 +240,7 @@ Result<void> Runtime::add_helpers(ebpf::HelperTable& table) {
         {LIVEIO_HELPER_CACHED,
          proto("liveio_cached", h_cached, {A::Scalar, A::Scalar, A::Scalar, A::None, A::None})},
         {LIVEIO_HELPER_PREFETCH_PART, proto("liveio_prefetch_part", h_prefetch_part,
-                                            {A::Scalar, A::None, A::None, A::None, A::None})},
+                                            {A::Scalar, A::Scalar, A::Scalar, A::None, A::None})},
     };
     for (const auto& h : helpers)
         if (auto r = table.extend(h.id, h.proto); !r) return r.error();

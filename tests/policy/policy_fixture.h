@@ -166,9 +166,12 @@ struct TestPolicy : LoadedPolicy {
     uint64_t seen(uint32_t cookie) { return u64("seen", cookie); }
 };
 
-inline std::unique_ptr<Runtime> make_runtime(uint64_t budget = uint64_t{64} << 20) {
+// `history`: the Part actions' history of readers, kept beyond the runtime (null: its own).
+inline std::unique_ptr<Runtime> make_runtime(uint64_t budget = uint64_t{64} << 20,
+                                             PartHistory* history = nullptr) {
     Runtime::Options o;
     o.worker.budget_bytes = budget;
+    o.worker.part_history = history;
     auto rt = Runtime::create(o);
     if (!rt) {
         ADD_FAILURE() << rt.error().message;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -58,10 +59,12 @@ struct Column {
 
 class PartDir {
 public:
-    PartDir() {
-        char tmpl[] = "/tmp/liveio-marks-XXXXXX";
-        dir_ = ::mkdtemp(tmpl);
+    // A new directory in `parent` (a table's directory holding parts).
+    explicit PartDir(const std::string& parent = "/tmp") {
+        std::string tmpl = parent + "/liveio-marks-XXXXXX";
+        dir_ = ::mkdtemp(tmpl.data());
     }
+    const std::string& path() const { return dir_; }
     ~PartDir() {
         for (const std::string& f : files_) ::unlink(f.c_str());
         ::rmdir(dir_.c_str());
@@ -156,7 +159,7 @@ struct Part {
     std::vector<Column> columns;
     std::vector<std::string> mrk, bin;
 
-    explicit Part(uint64_t granules) {
+    explicit Part(uint64_t granules, const std::string& table = "/tmp") : dir(table) {
         // A granule per block, three per block, blocks cutting granules, one block for many.
         columns = {{"WatchID", 65536, 65536, 30000},
                    {"URL", 40000, 100000, 41000},
@@ -177,9 +180,11 @@ struct Session {
     std::unique_ptr<Runtime> rt;
     std::unique_ptr<MarksPolicy> mp;
 
-    // Switches the policy on; with `part`, opens its columns (reading the marks).
-    bool start(Part* part = nullptr, std::vector<uint64_t> knobs = {1024}) {
-        rt = make_runtime();
+    // Switches the policy on; with `part`, opens its columns (reading the marks). `history`:
+    // the Part actions' history of readers, kept beyond the runtime (null: its own).
+    bool start(Part* part = nullptr, std::vector<uint64_t> knobs = {1024},
+               PartHistory* history = nullptr) {
+        rt = make_runtime(uint64_t{64} << 20, history);
         mp = rt ? MarksPolicy::enable(*rt, std::move(knobs)) : nullptr;
         if (mp && part) open(*part, true);
         return mp != nullptr;
@@ -424,65 +429,270 @@ uint64_t size_of(const std::string& path) {
     return static_cast<uint64_t>(st.st_size);
 }
 
-// knob part=1: the first .mrk opened by a part reader has the part's other marks files advised
-// (by path, from columns.txt, through io_uring direct descriptors), each recorded for the
-// ledger; the reader's later .mrk opens of the same part ask nothing more; a directory without
-// a manifest is dropped. (That the worker's opens take no number of the target's descriptor
-// table is tests/uring's OpenatDirectTakesNoProcessDescriptor.)
-TEST(MarksPolicy, AMarksFileOpenPrefetchesThePartsOtherMarksFiles) {
-    Part part(300);
-    part.dir.write("columns.txt",
-                   "columns format version: 1\n5 columns:\n`WatchID` Int64\n`URL` String\n"
-                   "`EventDate` Date\n`Title` String\n`Missing` UInt8\n");
-    Session s;
-    ASSERT_TRUE(s.start(nullptr, {1024, 2, 128, 1}));
-    auto& [rt, mp] = s;
-    if (!rt->worker().uses_io_uring())
-        GTEST_SKIP() << "io_uring unavailable here: no direct descriptors to open the part with";
-    const int first = ::open(part.mrk[0].c_str(), O_RDONLY);
-    ASSERT_GE(first, 0);
-    open_marks_exit(*mp, first);
-    rt->worker().barrier();
+// A table directory holding parts (removed with them), each part with its manifest.
+class TableDir {
+public:
+    TableDir() {
+        char tmpl[] = "/tmp/liveio-table-XXXXXX";
+        dir_ = ::mkdtemp(tmpl);
+    }
+    ~TableDir() {
+        parts.clear();
+        ::rmdir(dir_.c_str());
+    }
+    Part& add(uint64_t granules) {
+        parts.push_back(std::make_unique<Part>(granules, dir_));
+        Part& p = *parts.back();
+        p.dir.write("columns.txt",
+                    "columns format version: 1\n5 columns:\n`WatchID` Int64\n`URL` String\n"
+                    "`EventDate` Date\n`Title` String\n`Missing` UInt8\n");
+        return p;
+    }
+    std::vector<std::unique_ptr<Part>> parts;
+
+private:
+    std::string dir_;
+};
+
+// A part reader being built on a mark-cache miss, as the agent shows it to the program: each
+// column's .mrk opened (and kept open: the test reads it later); finish() is the reader's
+// first data read, after which the thread's next .mrk open begins another reader.
+struct Reader {
+    MarksPolicy& mp;
+    Runtime& rt;
+    Part& part;
+    std::vector<int> fds;
+
+    void open(size_t column) {
+        const int fd = ::open(part.mrk[column].c_str(), O_RDONLY);
+        ASSERT_GE(fd, 0);
+        fds.push_back(fd);
+        open_marks_exit(mp, fd);
+        rt.worker().barrier();
+    }
+    // The target's read of column `column`'s .mrk: the ledger's look at it.
+    void read_marks(size_t column) {
+        const std::string bytes = mark_file(part.columns[column]);
+        const int fd = ::open(part.mrk[column].c_str(), O_RDONLY);
+        ASSERT_GE(fd, 0);
+        std::string buf(bytes.size(), '\0');
+        EXPECT_EQ(::read(fd, buf.data(), buf.size()), static_cast<ssize_t>(buf.size()));
+        EXPECT_EQ(buf, bytes);
+        rt.observe_read(file_id_of(fd), 0, buf.size());
+        ::close(fd);
+    }
+    void finish() {
+        if (!fds.empty()) mp.read_enter(fds.front(), 0, 1);
+        for (int fd : fds) ::close(fd);
+        fds.clear();
+    }
+    ~Reader() { finish(); }
+};
+
+// The history of part readers, kept while runtimes come and go (as the agent's policy host
+// keeps it): a base of PartSession declared before Session, so it outlives the runtime.
+struct HistoryHolder {
+    PartHistory history;
+};
+
+struct PartSession : HistoryHolder, Session {
+    // Switches the policy on with knob part = `part`; false when io_uring cannot open files
+    // as direct descriptors here (the test is then skipped).
+    bool start_part(uint64_t part) {
+        EXPECT_TRUE(start(nullptr, {1024, 2, 128, part}, &history));
+        return rt && mp && rt->worker().uses_io_uring();
+    }
+    uint64_t issued() const { return Counters::get(rt->counters(mp->slot).issued_bytes); }
+    uint64_t used() const { return Counters::get(rt->counters(mp->slot).used_bytes); }
+    uint64_t errors() const { return Counters::get(rt->counters(mp->slot).errors); }
+};
+
+// The tests of knob `part`: a table directory for their parts, the policy switched on by each.
+class MarksPart : public ::testing::Test, public PartSession {
+protected:
+    TableDir table;
+};
+
+constexpr const char* kNoUring =
+    "io_uring unavailable here: no direct descriptors to open the part with";
+
+// knob part=2: the first .mrk opened by a part reader has every other marks file of the part
+// advised (by path, from columns.txt, through io_uring direct descriptors), each recorded for
+// the ledger; the reader's later .mrk opens ask nothing more; a directory without a manifest
+// is dropped. (That the worker's opens take no number of the target's descriptor table is
+// tests/uring's OpenatDirectTakesNoProcessDescriptor.)
+TEST_F(MarksPart, PartAllAdvisesEveryOtherMarksFileOfThePartAtTheFirstOpen) {
+    Part& part = table.add(300);
+    if (!start_part(2)) GTEST_SKIP() << kNoUring;
+    Reader reader{*mp, *rt, part, {}};
+    reader.open(0);
     const Counters& c = rt->counters(mp->slot);
     uint64_t others = 0;
     for (size_t i = 1; i < part.mrk.size(); ++i) others += size_of(part.mrk[i]);
     EXPECT_EQ(mp->state(5), 1u);
     EXPECT_EQ(Counters::get(c.actions), 1u);
-    EXPECT_EQ(Counters::get(c.issued_bytes), others)
-        << "every other .mrk, not the open one; drops " << Counters::get(c.drops) << " errors "
-        << Counters::get(c.errors);
+    EXPECT_EQ(issued(), others) << "every other .mrk, not the open one; drops "
+                                << Counters::get(c.drops) << " errors " << errors();
     EXPECT_EQ(Counters::get(c.inflight), 0u);
-    EXPECT_EQ(Counters::get(c.errors), 0u);  // `Missing`'s files fail their lookup: not an error
+    EXPECT_EQ(errors(), 0u);  // `Missing`'s files fail their lookup: not an error
     // The reader's next column: its .mrk open asks nothing, its read of the file is used.
-    const int second = ::open(part.mrk[1].c_str(), O_RDONLY);
-    ASSERT_GE(second, 0);
-    open_marks_exit(*mp, second);
-    rt->worker().barrier();
+    reader.open(1);
     EXPECT_EQ(mp->state(5), 1u);
     EXPECT_EQ(Counters::get(c.actions), 1u);
-    std::string buf(size_of(part.mrk[1]), '\0');
-    ASSERT_EQ(::read(second, buf.data(), buf.size()), static_cast<ssize_t>(buf.size()));
-    EXPECT_EQ(buf, mark_file(part.columns[1]));
-    rt->observe_read(file_id_of(second), 0, buf.size());
-    EXPECT_EQ(Counters::get(c.used_bytes), buf.size());
-    ::close(first);
-    ::close(second);
+    reader.read_marks(1);
+    EXPECT_EQ(used(), size_of(part.mrk[1]));
+    reader.finish();
     // A .mrk outside a part (no manifest): nothing issued, the action dropped.
     PartDir bare;
     const std::string lone = bare.write("Lone.mrk", std::string(4096, 'x'));
     bare.write("Other.mrk", std::string(4096, 'y'));
     const int lfd = ::open(lone.c_str(), O_RDONLY);
     ASSERT_GE(lfd, 0);
-    const uint64_t drops = Counters::get(c.drops), issued = Counters::get(c.issued_bytes);
-    mp->read_enter(lfd, 0, 1);  // a data read in between: the next .mrk open is a new part's
+    const uint64_t drops = Counters::get(c.drops), issued_before = issued();
     open_marks_exit(*mp, lfd);
     rt->worker().barrier();
     EXPECT_EQ(Counters::get(c.drops), drops + 1);
-    EXPECT_EQ(Counters::get(c.issued_bytes), issued);
+    EXPECT_EQ(issued(), issued_before);
     ::close(lfd);
     ASSERT_TRUE(rt->disable(mp->slot));
-    EXPECT_EQ(Counters::get(c.used_bytes) + Counters::get(c.wasted_bytes),
-              Counters::get(c.issued_bytes));
+    EXPECT_EQ(used() + Counters::get(c.wasted_bytes), issued());
+}
+
+// knob part=1, no history: a reader's first .mrk open advises nothing (a one-column reader
+// costs nothing), its second every marks file it has not opened (a reader of several columns
+// never seen before); its later opens nothing more. Every open is one action.
+TEST_F(MarksPart, AReaderNeverSeenBeforeAdvisesNothingAtItsFirstOpenAndTheRestAtItsSecond) {
+    Part& part = table.add(300);
+    if (!start_part(1)) GTEST_SKIP() << kNoUring;
+    Reader reader{*mp, *rt, part, {}};
+    reader.open(2);
+    EXPECT_EQ(issued(), 0u);
+    EXPECT_EQ(mp->state(5), 1u);
+    reader.open(0);
+    EXPECT_EQ(mp->state(6), 1u);
+    EXPECT_EQ(issued(), size_of(part.mrk[1]) + size_of(part.mrk[3]));
+    reader.open(1);
+    reader.open(3);
+    EXPECT_EQ(issued(), size_of(part.mrk[1]) + size_of(part.mrk[3]));
+    EXPECT_EQ(Counters::get(rt->counters(mp->slot).actions), 4u);
+    EXPECT_EQ(errors(), 0u);
+    reader.read_marks(1);
+    reader.read_marks(3);
+    EXPECT_EQ(used(), issued());
+    reader.finish();
+    ASSERT_TRUE(rt->disable(mp->slot));
+    EXPECT_EQ(Counters::get(rt->counters(mp->slot).wasted_bytes), 0u);
+}
+
+// knob part=1: a reader of the table that opened WatchID then EventDate teaches the next
+// reader beginning with WatchID, in another part of the same table, to advise exactly
+// EventDate's marks file at its first open; a reader beginning otherwise gets nothing.
+TEST_F(MarksPart, AReaderWhoseHistoryNamesTwoColumnsGetsExactlyTheOtherAdvised) {
+    Part& a = table.add(300);
+    Part& b = table.add(200);
+    Part& c = table.add(100);
+    if (!start_part(1)) GTEST_SKIP() << kNoUring;
+    {
+        Reader first{*mp, *rt, a, {}};
+        first.open(0);
+        first.open(2);  // nothing seen before began so: URL and Title advised, never read
+    }
+    const uint64_t before = issued();
+    EXPECT_EQ(before, size_of(a.mrk[1]) + size_of(a.mrk[3]));
+    Reader second{*mp, *rt, b, {}};
+    second.open(0);
+    EXPECT_EQ(issued() - before, size_of(b.mrk[2])) << "EventDate's, nothing else";
+    second.read_marks(1);
+    second.read_marks(3);
+    EXPECT_EQ(used(), 0u) << "URL's or Title's marks file advised";
+    second.read_marks(2);
+    EXPECT_EQ(used(), size_of(b.mrk[2]));
+    second.open(2);
+    EXPECT_EQ(issued() - before, size_of(b.mrk[2])) << "the history ends at EventDate";
+    second.finish();
+    Reader other{*mp, *rt, c, {}};
+    other.open(3);
+    EXPECT_EQ(issued() - before, size_of(b.mrk[2])) << "no reader began with Title";
+    other.finish();
+    EXPECT_EQ(errors(), 0u);
+}
+
+// knob part=1: the history is the target's, not the runtime's: after the last policy went off
+// (its I/O thread stopped) and on again in a runtime given the same history (the agent's
+// policy host keeps it), a reader beginning as an earlier one did gets that reader's other
+// column advised at its first open.
+TEST_F(MarksPart, TheHistoryOutlivesThePolicySwitchedOffAndOnAgain) {
+    Part& a = table.add(300);
+    Part& b = table.add(300);
+    if (!start_part(1)) GTEST_SKIP() << kNoUring;
+    {
+        Reader first{*mp, *rt, a, {}};
+        first.open(3);
+        first.open(1);
+    }
+    ASSERT_TRUE(rt->disable(mp->slot));
+    mp.reset();
+    rt.reset();
+    ASSERT_TRUE(start_part(1));
+    Reader again{*mp, *rt, b, {}};
+    again.open(3);
+    EXPECT_EQ(issued(), size_of(b.mrk[1])) << "URL's, learnt before the restart";
+    again.read_marks(1);
+    EXPECT_EQ(used(), issued());
+}
+
+// knob part=1: with two readers in the history that opened WatchID (WatchID, URL, EventDate,
+// Title and WatchID, EventDate), a reader's first open (WatchID) advises what both opened
+// (EventDate); its second (URL) names which one it is: Title is advised. A reader whose opens
+// only the wide ones contain (WatchID, Title) gets their other column (URL); one opening
+// Title then EventDate (the order does not count) gets URL and WatchID.
+TEST_F(MarksPart, ReadersOfTheSameColumnsAdviseWhatAllOpenedUntilTheOpensTellThemApart) {
+    Part& p = table.add(300);
+    Part& q = table.add(300);
+    Part& r = table.add(300);
+    Part& t = table.add(300);
+    Part& u = table.add(300);
+    if (!start_part(1)) GTEST_SKIP() << kNoUring;
+    {
+        Reader all{*mp, *rt, p, {}};
+        for (size_t i : {0, 1, 2, 3}) all.open(i);
+    }
+    {
+        Reader two{*mp, *rt, q, {}};
+        two.open(0);  // {WatchID}: only the first reader began so: all three advised
+        two.open(2);
+    }
+    const uint64_t before = issued();
+    EXPECT_EQ(before, 2 * size_of(p.mrk[1]) + 3 * size_of(q.mrk[1]));
+    {
+        Reader wide{*mp, *rt, r, {}};
+        wide.open(0);
+        EXPECT_EQ(issued() - before, size_of(r.mrk[2]));
+        wide.open(1);
+        EXPECT_EQ(issued() - before, size_of(r.mrk[2]) + size_of(r.mrk[3]));
+        wide.read_marks(2);
+        wide.read_marks(3);
+        wide.open(2);
+        wide.open(3);
+        EXPECT_EQ(used(), size_of(r.mrk[2]) + size_of(r.mrk[3]));
+    }
+    const uint64_t mid = issued();
+    {
+        Reader odd{*mp, *rt, t, {}};
+        odd.open(0);
+        EXPECT_EQ(issued() - mid, size_of(t.mrk[2]));
+        odd.open(3);
+        EXPECT_EQ(issued() - mid, size_of(t.mrk[2]) + size_of(t.mrk[1]));
+    }
+    const uint64_t late = issued();
+    {
+        Reader reversed{*mp, *rt, u, {}};
+        reversed.open(3);  // the readers with Title: WatchID is what they all opened
+        EXPECT_EQ(issued() - late, size_of(u.mrk[0]));
+        reversed.open(2);
+        EXPECT_EQ(issued() - late, size_of(u.mrk[0]) + size_of(u.mrk[1]));
+    }
+    EXPECT_EQ(errors(), 0u);
 }
 
 TEST(MarksPolicy, ADescriptorClosedAndReusedForAPipeLosesNoByte) {

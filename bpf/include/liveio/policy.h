@@ -31,6 +31,10 @@ namespace liveio {
 #define LIVEIO_HELPER_CACHED 0x10109
 #define LIVEIO_HELPER_PREFETCH_PART 0x1010a
 
+/* Flags of liveio_prefetch_part. */
+#define LIVEIO_PART_FIRST 1 /* the part reader's first marks-file open (a new reader) */
+#define LIVEIO_PART_ALL 2   /* advise every other marks file of the part now, whatever the history */
+
 /* One range of a batch (liveio_prefetch_batch). */
 struct liveio_prefetch {
     liveio_s64 fd;
@@ -120,14 +124,18 @@ static long (*liveio_io_load)(const struct liveio_io_ctx *ctx, unsigned long off
  * it reads no data and leaves the file's readahead state alone. Returns -errno when it cannot
  * say (-ENOSYS before Linux 6.5, -EBADF, -EOPNOTSUPP on hugetlbfs). */
 static long (*liveio_cached)(long fd, long offset, unsigned long len) = (void *)LIVEIO_HELPER_CACHED;
-/* `fd` is open on a file of a table part (a ClickHouse MergeTree part directory): asks for the
- * part's other small per-column files to be read into the page cache and every column file's
- * inode to be looked up, all in parallel, by path, through io_uring direct descriptors (no
- * descriptor of the target's is used or created; the part's manifest names the files: the
- * ClickHouse glue of src/policy/clickhouse_part.cpp). The same part asked for again within
- * 100 ms is skipped (the other threads of one query). Returns 0 when queued, -EAGAIN when the queue is full, -EPERM when the
- * policy is off. */
-static long (*liveio_prefetch_part)(long fd) = (void *)LIVEIO_HELPER_PREFETCH_PART;
+/* `fd` (the file `file_id`) was just opened on a table part's marks file (a ClickHouse
+ * MergeTree part reader being built on a mark-cache miss; the part's manifest names its
+ * columns: the ClickHouse glue of src/policy/clickhouse_part.cpp). Call it at every such open
+ * of the reader, `flags` LIVEIO_PART_FIRST at its first. The liveio-io thread reads into the
+ * page cache, in parallel, by path, through io_uring direct descriptors (no descriptor of the
+ * target's is used or created), the marks files the reader will open next: those every earlier
+ * reader of the same table that opened the reader's columns so far opened too; none at the
+ * first open of a reader never seen before, all at its second (LIVEIO_PART_ALL: all at once). A part begun
+ * again within 100 ms (another thread of the query) joins the reader. Returns 0 when queued,
+ * -EAGAIN when the queue is full, -EPERM when the policy is off, -EINVAL for unknown flags. */
+static long (*liveio_prefetch_part)(long fd, unsigned long file_id, unsigned long flags) =
+    (void *)LIVEIO_HELPER_PREFETCH_PART;
 
 #endif
 
