@@ -156,14 +156,18 @@ uint64_t cached_pid_tgid(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, ebpf:
 
 // liveio_file_pos from the position the host tracked for the descriptor (see
 // BpfHost::track_positions_), else lseek(fd, 0, SEEK_CUR), which is then recorded.
+// The file position of `fd`: the one tracked in `positions` (null: positions not tracked), else
+// lseek(fd, 0, SEEK_CUR), which is then recorded there.
+long file_position(FdClassCache* positions, int fd) {
+    if (positions != nullptr)
+        if (const int64_t pos = positions->position(fd); pos >= 0) return static_cast<long>(pos);
+    const long pos = hook::raw_syscall(SYS_lseek, fd, 0, SEEK_CUR);
+    if (positions != nullptr && pos >= 0) positions->set_position(fd, pos);
+    return pos;
+}
+
 uint64_t tracked_file_pos(uint64_t fd, uint64_t, uint64_t, uint64_t, uint64_t, ebpf::ExecEnv*) {
-    FdClassCache* fds = t_thread.positions;
-    const int n = static_cast<int>(fd);
-    if (fds != nullptr)
-        if (const int64_t pos = fds->position(n); pos >= 0) return static_cast<uint64_t>(pos);
-    const long pos = hook::raw_syscall(SYS_lseek, n, 0, SEEK_CUR);
-    if (fds != nullptr && pos >= 0) fds->set_position(n, pos);
-    return static_cast<uint64_t>(pos);
+    return static_cast<uint64_t>(file_position(t_thread.positions, static_cast<int>(fd)));
 }
 
 ebpf::HelperTable host_helpers() {
@@ -666,11 +670,7 @@ void BpfHost::account_read(const CallFrame& frame, policy::Runtime& rt) {
     if (call.nr == SYS_read) {
         // The position after the read: tracked (advanced by this read already), else asked.
         const bool tracked = track_positions_.load(std::memory_order_relaxed);
-        long pos = tracked ? static_cast<long>(fd_classes_.position(fd)) : -1;
-        if (pos < 0) {
-            pos = hook::raw_syscall(SYS_lseek, fd, 0, SEEK_CUR);
-            if (tracked && pos >= 0) fd_classes_.set_position(fd, pos);
-        }
+        const long pos = file_position(tracked ? &fd_classes_ : nullptr, fd);
         if (pos < result) return;
         offset = pos - result;
     }
