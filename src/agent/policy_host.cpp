@@ -172,6 +172,7 @@ Result<json> PolicyHost::on_locked_or_undo(const std::string& name, const std::s
     a.slot = *slot;
     if (auto it = a.knobs.find("budget_mb"); it != a.knobs.end())
         runtime_->set_budget(it->second << 20);
+    if (auto it = a.knobs.find("fill"); it != a.knobs.end()) runtime_->set_fill(a.slot, it->second != 0);
     active_.emplace(name, a);
     return json{{"policy", name}, {"on", true}, {"object", a.object}, {"knobs", a.knobs}};
 }
@@ -233,6 +234,7 @@ Result<json> PolicyHost::set(const std::string& name, const std::string& setting
     const policy::KnobDef& k = *parsed->first;
     if (k.index == policy::kRuntimeKnob) {
         if (k.name == "budget_mb") runtime_->set_budget(parsed->second << 20);
+        if (k.name == "fill") runtime_->set_fill(a.slot, parsed->second != 0);
     } else if (auto r = runtime_->set_knob(a.slot, static_cast<unsigned>(k.index), parsed->second);
                !r) {
         return r.error();

@@ -69,6 +69,10 @@ const std::vector<PolicyDef>& catalog() {
              {"shared", 10, 1,
               "1: a file's prefetch windows are shared by every thread and descriptor reading "
               "it; 0: one per stream (thread, descriptor)"},
+             {"fill", kRuntimeKnob, 1,
+              "1: prefetches are read into the page cache through the kernel's readahead (a "
+              "buffered io_uring read into a discarded buffer: large folios); 0: advised "
+              "(POSIX_FADV_WILLNEED: 4 KiB folios, more CPU)"},
              {"budget_mb", kRuntimeKnob, 256,
               "bytes in flight on the I/O thread, all policies (MiB)"},
          }},
@@ -89,6 +93,10 @@ const std::vector<PolicyDef>& catalog() {
               "will open next, as earlier readers of the table that opened its columns so far "
               "predict, are read into the page cache in parallel through io_uring direct "
               "descriptors; 2: every marks file of the part at the reader's first open; 0: off"},
+             {"fill", kRuntimeKnob, 0,
+              "0: the granule ranges are advised (POSIX_FADV_WILLNEED: exactly the range); 1: "
+              "read through the page cache like prefetch's (the kernel's readahead then reads "
+              "past each range: 2-4x a range read at a random offset)"},
              {"budget_mb", kRuntimeKnob, 256,
               "bytes in flight on the I/O thread, all policies (MiB)"},
          }},

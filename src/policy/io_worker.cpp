@@ -8,12 +8,14 @@
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <memory>
 #include <vector>
 
 #include "base/raw_syscall.h"
@@ -37,6 +39,10 @@ constexpr unsigned kMaxRingRestarts = 16;
 // A Read's scratch buffer is aligned for a descriptor opened with O_DIRECT (the read goes
 // through the target's own open file description, flags included).
 constexpr size_t kReadAlignment = 4096;
+// A fill's scratch area: every fill's iovecs name it again and again (the data is never
+// read), small enough to stay in the CPU's cache while the kernel copies into it.
+constexpr size_t kFillChunk = 256 << 10;
+static_assert(kMaxFillBytes / kFillChunk <= 1024, "a fill's iovecs stay within UIO_MAXIOV");
 // One fadvise op covers at most this much (its length is 32-bit in the SQE).
 constexpr uint64_t kMaxActionBytes = uint64_t{1} << 30;
 
@@ -81,6 +87,7 @@ struct IoWorker::Slot {
     bool read_queued = false;  // Read: the type check passed, the read itself was prepared
     uint64_t read_start = 0;   // Read: the range read (the action's, aligned for O_DIRECT)
     uint32_t read_len = 0;
+    std::vector<iovec> fill;   // Prefetch by fill: the scratch area, named once per chunk
 };
 
 Result<std::unique_ptr<IoWorker>> IoWorker::start(const Options& options, WorkerSink& sink) {
@@ -205,6 +212,8 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     unsigned restarts_left = kMaxRingRestarts;
 
     std::vector<Slot> slots(options_.ring_entries);
+    // Released at the end unless a fill may still be in the kernel (see quarantined_bytes).
+    std::unique_ptr<char[]> fill_scratch(new char[kFillChunk]);
     std::vector<unsigned> free_slots;
     for (unsigned i = slots.size(); i-- > 0;) free_slots.push_back(i);
     std::vector<uring::Completion> done(options_.ring_entries + 1);
@@ -214,7 +223,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     constexpr uint64_t kNotYet = ~uint64_t{0};
     uint64_t pending_ticket = 0, pending_seq = 0, pending_pops = 0, popped = 0;
     uint64_t local_stats_submitted = 0, local_completed = 0, budget_drops = 0, not_regular = 0,
-             reads_unsupported = 0;
+             reads_unsupported = 0, prefetch_fills = 0, prefetch_advice = 0;
 
     auto arm_event = [&] {
         if (event_armed) return;
@@ -281,6 +290,30 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         }
         return engine->prepare(uring::Op::sync_file_range(static_cast<int>(index), 0, 0, 0).fixed(),
                                kCheckTag | index) == 0;
+    };
+    // A Prefetch by fill in action slot `index`: the file reached as for a Read (the fixed-file
+    // slot, the identity and type checks); at the check's completion, a READV of the range
+    // into the shared scratch area. False when it cannot be (the caller advises instead).
+    auto prepare_fill = [&](unsigned index, const Action& a, uint64_t file_id) {
+        Slot& s = slots[index];
+        if (!fill_scratch) fill_scratch.reset(new char[kFillChunk]);
+        const int fd = a.fd;
+        if (engine->register_files_update(index, std::span<const int>(&fd, 1)) != 1) return false;
+        s.file_slot = true;
+        if (regular_file_id(a.fd) != file_id) {
+            clear_file_slot(index);
+            return false;
+        }
+        s.fill.clear();
+        for (uint64_t done = 0; done < a.len; done += kFillChunk)
+            s.fill.push_back({fill_scratch.get(), std::min<uint64_t>(kFillChunk, a.len - done)});
+        s.read_start = static_cast<uint64_t>(a.offset);
+        if (engine->prepare(uring::Op::sync_file_range(static_cast<int>(index), 0, 0, 0).fixed(),
+                            kCheckTag | index) == 0)
+            return true;
+        clear_file_slot(index);
+        s.fill.clear();
+        return false;
     };
     auto drop = [&](const Action& a) { sink_.dropped(a); };
     // A Part action runs here, to its end (its ops are batches of their own on the ring).
@@ -349,10 +382,21 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         s.file_id = file_id;
         bool prepared = false;
         if (a.kind == Action::Kind::Prefetch) {
-            prepared =
-                engine->prepare(uring::Op::fadvise(a.fd, a.offset, static_cast<uint32_t>(a.len),
-                                                   POSIX_FADV_WILLNEED),
-                                index) == 0;
+            // A fill reads through the target's description: never one opened O_DIRECT (the
+            // read would bypass the page cache) nor a file whose reads have effects.
+            const bool fill = a.fill && reads && a.len <= kMaxFillBytes &&
+                              !generated_per_description(a.fd) &&
+                              (liveio::raw_syscall(SYS_fcntl, a.fd, F_GETFL) & O_DIRECT) == 0;
+            prepared = fill && prepare_fill(index, a, file_id);
+            if (prepared) {
+                ++prefetch_fills;
+            } else {
+                prepared = engine->prepare(uring::Op::fadvise(a.fd, a.offset,
+                                                              static_cast<uint32_t>(a.len),
+                                                              POSIX_FADV_WILLNEED),
+                                           index) == 0;
+                if (prepared) ++prefetch_advice;
+            }
         } else {
             prepared = prepare_read(index, a, file_id);
         }
@@ -439,6 +483,8 @@ void IoWorker::run(std::promise<Result<void>>* started) {
             stats_.rings_retired = rings_retired;
             stats_.ring_down_drops = ring_down_drops;
             stats_.quarantined_bytes = quarantined_bytes;
+            stats_.prefetch_fills = prefetch_fills;
+            stats_.prefetch_advice = prefetch_advice;
             if (pending_ticket > barrier_done_ && pending_seq != kNotYet &&
                 oldest_outstanding() >= pending_seq) {
                 barrier_done_ = pending_ticket;
@@ -487,9 +533,14 @@ void IoWorker::run(std::promise<Result<void>>* started) {
             if (c.tag & kCheckTag) {
                 if (res == 0) {  // a regular file: now the read
                     res = engine->prepare(
-                        uring::Op::read(static_cast<int>(index), s.buffer, s.read_len,
-                                        static_cast<int64_t>(s.read_start))
-                            .fixed(),
+                        s.fill.empty()
+                            ? uring::Op::read(static_cast<int>(index), s.buffer, s.read_len,
+                                              static_cast<int64_t>(s.read_start))
+                                  .fixed()
+                            : uring::Op::readv(static_cast<int>(index), s.fill.data(),
+                                               static_cast<unsigned>(s.fill.size()),
+                                               static_cast<int64_t>(s.read_start))
+                                  .fixed(),
                         index);
                     s.read_queued = res == 0;
                     if (s.read_queued) continue;
@@ -509,7 +560,9 @@ void IoWorker::run(std::promise<Result<void>>* started) {
             size_t got = 0;
             if (s.buffer != nullptr && res > 0 && static_cast<uint64_t>(res) > s.skip)
                 got = std::min<uint64_t>(static_cast<uint64_t>(res) - s.skip, s.action.len);
-            if (res >= 0) res = static_cast<int32_t>(got);
+            // A fill reports like the advice it replaces: 0 once the range is read (a short
+            // count is the file's end).
+            if (res >= 0) res = s.fill.empty() ? static_cast<int32_t>(got) : 0;
             sink_.completed(s.action, s.file_id, res, std::span<const char>(s.buffer + s.skip, got),
                             latency);
             // Completed with the ring's hard error, the read may still be in the kernel (the
@@ -518,6 +571,7 @@ void IoWorker::run(std::promise<Result<void>>* started) {
             if (s.read_queued && engine->hard_error() != 0 && res == engine->hard_error()) {
                 quarantined_bytes += s.bytes;
                 s.buffer = nullptr;
+                if (!s.fill.empty()) (void)fill_scratch.release();  // the same: never freed
             }
             release(index);
         }

@@ -11,11 +11,24 @@
 // target (uring::RingFd::Unnumbered), nor, with the futex, anything else.
 //
 // Actions:
-//   Prefetch  IORING_OP_FADVISE(POSIX_FADV_WILLNEED) on the target's descriptor: the kernel
-//             starts reading the range into the page cache. No buffer, no file position, no
-//             data consumed: whatever the descriptor refers to by then (closed, reused for a
-//             socket or pipe), the op cannot change what the target's own calls return; the
-//             worst case is I/O wasted on another regular file.
+//   Prefetch  the range read into the page cache, one of two ways:
+//             - fill (Action::fill, the default of the policies): a buffered IORING_OP_READV
+//             of the range through the fixed-file slot, exactly as a Read below reaches the
+//             file (type check first, explicit offset), into one scratch area every fill
+//             shares and nobody reads (an iovec array that names it again and again). The
+//             kernel serves it with its own readahead, which fills the page cache in large
+//             folios; the copy into the scratch area stays in the cache. Measured (docs/
+//             POLICIES.md, "How a prefetch reaches the page cache"): a quarter to a third of
+//             the CPU of the advice below, which the kernel serves in 4 KiB folios. Ranges
+//             longer than kMaxFillBytes, O_DIRECT descriptors and files of proc, sysfs and the
+//             like take the advice;
+//             - advice: IORING_OP_FADVISE(POSIX_FADV_WILLNEED) on the target's descriptor: the
+//             kernel starts reading the range into the page cache. No buffer, no file
+//             position, no data consumed: whatever the descriptor refers to by then (closed,
+//             reused for a socket or pipe), the op cannot change what the target's own calls
+//             return; the worst case is I/O wasted on another regular file.
+//             Either way the target's calls and its file position are untouched; a fill moves
+//             the description's readahead state (its last position), as any pread would.
 //   Read      IORING_OP_READ at an explicit offset into a scratch buffer, through a slot of
 //             the ring's fixed-file table that the worker points at the target's descriptor
 //             N for the read (IORING_REGISTER_FILES_UPDATE): a reference to the target's own
@@ -82,7 +95,11 @@ struct Action {
     int64_t offset = 0;
     uint64_t len = 0;
     uint64_t cookie = 0;  // Read: handed to the completion edge
+    bool fill = false;    // Prefetch: read the range through the page cache, not advise it
 };
+
+// The longest Prefetch a fill reads in one op; longer ones are advised.
+inline constexpr uint64_t kMaxFillBytes = uint64_t{32} << 20;
 
 // What the worker reports to its owner. Called on the worker thread only.
 class WorkerSink {
@@ -114,6 +131,8 @@ struct WorkerStats {
     uint64_t rings_retired = 0;      // rings given up after a hard engine error
     uint64_t ring_down_drops = 0;    // actions dropped while no ring was usable
     uint64_t quarantined_bytes = 0;  // scratch never freed: its read may outlive its ring
+    uint64_t prefetch_fills = 0;     // Prefetches read through the page cache (fill)
+    uint64_t prefetch_advice = 0;    // Prefetches advised (WILLNEED)
 };
 
 class IoWorker {

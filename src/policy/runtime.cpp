@@ -377,6 +377,8 @@ nlohmann::json Runtime::describe() const {
               {"rings_created", ws.rings_created},
               {"rings_retired", ws.rings_retired},
               {"ring_down_drops", ws.ring_down_drops},
+              {"prefetch_fills", ws.prefetch_fills},
+              {"prefetch_advice", ws.prefetch_advice},
               {"ledger_ranges", ledger_.ranges()}}},
             {"policies", policies}};
 }
@@ -424,6 +426,7 @@ long Runtime::queue(Slot& slot, Action::Kind kind, long fd, long offset, uint64_
     a.offset = offset;
     a.len = len;
     a.cookie = cookie;
+    a.fill = kind == Action::Kind::Prefetch && slot.fill.load(std::memory_order_relaxed);
     Counters& c = slot.counters;
     c.add(c.inflight);
     if (!worker_->push(a)) {

@@ -101,6 +101,11 @@ public:
     Result<void> disable(uint8_t slot);
     Result<void> set_knob(uint8_t slot, unsigned index, uint64_t value);
     void set_budget(uint64_t bytes) { worker_->set_budget(bytes); }
+    // How the slot's prefetches reach the page cache: read through it (fill, the default) or
+    // advised (POSIX_FADV_WILLNEED). See io_worker.h.
+    void set_fill(uint8_t slot, bool fill) {
+        slots_[slot].fill.store(fill, std::memory_order_relaxed);
+    }
     uint64_t budget() const { return worker_->budget(); }
     const Counters& counters(uint8_t slot) const { return slots_[slot].counters; }
     // Bytes the slot's prefetches issued that are neither used nor wasted yet (in flight or
@@ -147,6 +152,7 @@ public:
 
     struct Slot {
         std::atomic<bool> on{false};
+        std::atomic<bool> fill{true};
         std::atomic<uint32_t> generation{0};
         // Helper calls of this slot between their `on` check and their push: disable waits
         // for them, so nothing it did not drain is queued after it returns.

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/inotify.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -67,9 +68,87 @@ Action read_action(int fd, int64_t offset, uint64_t len) {
     return a;
 }
 
+Action prefetch_action(int fd, int64_t offset, uint64_t len, bool fill) {
+    Action a;
+    a.kind = Action::Kind::Prefetch;
+    a.fd = fd;
+    a.offset = offset;
+    a.len = len;
+    a.fill = fill;
+    return a;
+}
+
+// Pages of [offset, offset + len) of the file behind `fd` in the page cache (mincore).
+size_t resident_pages(int fd, uint64_t offset, uint64_t len) {
+    const long page = ::sysconf(_SC_PAGESIZE);
+    void* map = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(offset));
+    if (map == MAP_FAILED) return 0;
+    std::vector<unsigned char> vec((len + page - 1) / page);
+    size_t n = 0;
+    if (::mincore(map, len, vec.data()) == 0)
+        for (unsigned char v : vec) n += v & 1;
+    ::munmap(map, len);
+    return n;
+}
+
+// Drops the file's pages from the page cache (written back first).
+void evict(int fd) {
+    ::fdatasync(fd);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+}
+
 // Pushes until the queue takes it (bounded): the tests count on every action being queued.
 void push(IoWorker& w, const Action& a) {
     for (int i = 0; i < 100000 && !w.push(a); ++i) std::this_thread::yield();
+}
+
+// Actions of `make(fd)` on a pipe, a socket and a FIFO holding data: refused before any I/O;
+// every byte stays for the target.
+void expect_pipe_socket_fifo_keep_their_bytes(IoWorker& w, RecordingSink& sink,
+                                              Action (*make)(int fd)) {
+    TempFile fifo_file("fifo");
+    ASSERT_EQ(::mkfifo(fifo_file.path().c_str(), 0600), 0);
+    int p[2], sv[2];
+    ASSERT_EQ(::pipe(p), 0);
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    const int fifo = ::open(fifo_file.path().c_str(), O_RDWR);
+    ASSERT_GE(fifo, 0);
+    ASSERT_EQ(::write(p[1], "pipe", 4), 4);
+    ASSERT_EQ(::write(sv[1], "socket", 6), 6);
+    ASSERT_EQ(::write(fifo, "fifo!", 5), 5);
+    for (int fd : {p[0], sv[0], fifo}) push(w, make(fd));
+    w.barrier();
+    EXPECT_EQ(sink.dropped_.load(), 3u);
+    EXPECT_EQ(w.stats().not_regular, 3u);
+    char buf[16];
+    EXPECT_EQ(::read(p[0], buf, sizeof buf), 4);
+    EXPECT_EQ(::recv(sv[0], buf, sizeof buf, 0), 6);
+    EXPECT_EQ(::read(fifo, buf, sizeof buf), 5);
+    for (int fd : {p[0], p[1], sv[0], sv[1], fifo}) ::close(fd);
+}
+
+// The descriptor of an action of `make(fd, round)` on `path` is swapped for a pipe holding data
+// right after the action is queued: whether the worker sees the pipe at its fstat or only in
+// the ring's check, the pipe keeps every byte.
+void expect_swap_for_a_pipe_loses_no_byte(IoWorker& w, RecordingSink& sink, const std::string& path,
+                                          Action (*make)(int fd, int round)) {
+    int lost = 0;
+    for (int round = 0; round < 300; ++round) {
+        const int fd = ::open(path.c_str(), O_RDONLY);
+        int p[2];
+        ASSERT_EQ(::pipe(p), 0);
+        ASSERT_EQ(::write(p[1], "0123456789", 10), 10);
+        push(w, make(fd, round));
+        if (round % 3 != 0) std::this_thread::yield();  // vary the moment of the swap
+        ASSERT_EQ(::dup2(p[0], fd), fd);
+        w.barrier();
+        char buf[16];
+        if (::read(fd, buf, sizeof buf) != 10) ++lost;
+        for (int d : {fd, p[0], p[1]}) ::close(d);
+    }
+    EXPECT_EQ(lost, 0);
+    EXPECT_EQ(sink.mismatches_.load(), 0u);
+    EXPECT_EQ(sink.completed_.load() + sink.dropped_.load(), 300u);
 }
 
 // A worker (io_uring backend unless `fallback`) beside a pattern file "data.bin".
@@ -144,25 +223,8 @@ TEST_F(PolicyIoWorker, ReadsInFlightNeverTakeTheTargetsLowestFreeDescriptor) {
 // A Read of a pipe, socket or FIFO is refused before any I/O and consumes nothing.
 TEST_F(PolicyIoWorker, ReadOfAPipeSocketOrFifoConsumesNothing) {
     START(0);
-    TempFile fifo_file("fifo");
-    ASSERT_EQ(::mkfifo(fifo_file.path().c_str(), 0600), 0);
-    int p[2], sv[2];
-    ASSERT_EQ(::pipe(p), 0);
-    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-    const int fifo = ::open(fifo_file.path().c_str(), O_RDWR);
-    ASSERT_GE(fifo, 0);
-    ASSERT_EQ(::write(p[1], "pipe", 4), 4);
-    ASSERT_EQ(::write(sv[1], "socket", 6), 6);
-    ASSERT_EQ(::write(fifo, "fifo!", 5), 5);
-    for (int fd : {p[0], sv[0], fifo}) push(*w, read_action(fd, 0, 4096));
-    w->barrier();
-    EXPECT_EQ(sink.dropped_.load(), 3u);
-    EXPECT_EQ(w->stats().not_regular, 3u);
-    char buf[16];
-    EXPECT_EQ(::read(p[0], buf, sizeof buf), 4);
-    EXPECT_EQ(::recv(sv[0], buf, sizeof buf, 0), 6);
-    EXPECT_EQ(::read(fifo, buf, sizeof buf), 5);
-    for (int fd : {p[0], p[1], sv[0], sv[1], fifo}) ::close(fd);
+    expect_pipe_socket_fifo_keep_their_bytes(*w, sink,
+                                             [](int fd) { return read_action(fd, 0, 4096); });
 }
 
 // A /proc file is regular but its reads keep state in the open file description: never read.
@@ -177,29 +239,13 @@ TEST_F(PolicyIoWorker, ReadOfAProcFileIsRefused) {
     ::close(fd);
 }
 
-// The descriptor of a Read is swapped for a pipe holding data right after the Read is queued:
-// whether the worker sees the pipe at its fstat or only in the ring's check, the pipe keeps
-// every byte.
+// A Read whose descriptor becomes a pipe right after it was queued.
 TEST_F(PolicyIoWorker, DescriptorSwappedForAPipeUnderAQueuedReadLosesNoByte) {
     START(1 << 20);
-    int lost = 0;
-    for (int round = 0; round < 300; ++round) {
-        const int fd = open_data();
-        int p[2];
-        ASSERT_EQ(::pipe(p), 0);
-        ASSERT_EQ(::write(p[1], "0123456789", 10), 10);
-        push(*w, read_action(fd, (round % 64) * 4096, 65536));
-        if (round % 3 != 0) std::this_thread::yield();  // vary the moment of the swap
-        ASSERT_EQ(::dup2(p[0], fd), fd);
-        w->barrier();
-        char buf[16];
-        if (::read(fd, buf, sizeof buf) != 10) ++lost;
-        for (int d : {fd, p[0], p[1]}) ::close(d);
-    }
-    EXPECT_EQ(lost, 0);
+    expect_swap_for_a_pipe_loses_no_byte(*w, sink, data.path(), [](int fd, int round) {
+        return read_action(fd, (round % 64) * 4096, 65536);
+    });
     EXPECT_EQ(sink.errors_.load(), 0u);
-    EXPECT_EQ(sink.mismatches_.load(), 0u);
-    EXPECT_EQ(sink.completed_.load() + sink.dropped_.load(), 300u);
 }
 
 TEST_F(PolicyIoWorker, ReadLeavesTheSharedFilePositionAlone) {
@@ -233,6 +279,68 @@ TEST_F(PolicyIoWorker, ReadOfAnODirectDescriptorHandsOnTheActionsBytes) {
     EXPECT_EQ(sink.errors_.load(), 0u);
     EXPECT_EQ(sink.mismatches_.load(), 0u);
     EXPECT_EQ(sink.bytes_.load(), 5000u + 300u);
+    ::close(fd);
+}
+
+// A fill brings exactly its range into the page cache (the kernel may read ahead past it, never
+// less), completes with 0 like the advice it replaces, and leaves the file position alone.
+TEST_F(PolicyIoWorker, FillReadsItsRangeIntoThePageCacheAndLeavesThePositionAlone) {
+    START(8 << 20);
+    const int fd = open_data();
+    evict(fd);
+    if (resident_pages(fd, 0, 8 << 20) != 0) GTEST_SKIP() << "the page cache kept the file";
+    ASSERT_EQ(::lseek(fd, 12345, SEEK_SET), 12345);
+    push(*w, prefetch_action(fd, 1 << 20, 3 << 20, true));
+    // An unaligned range and one running past the end of the file.
+    push(*w, prefetch_action(fd, (5 << 20) + 100, 1000, true));
+    push(*w, prefetch_action(fd, (8 << 20) - 4096, 1 << 20, true));
+    w->barrier();
+    EXPECT_EQ(w->stats().prefetch_fills, 3u);
+    EXPECT_EQ(w->stats().prefetch_advice, 0u);
+    EXPECT_EQ(sink.completed_.load(), 3u);
+    EXPECT_EQ(sink.errors_.load(), 0u);
+    EXPECT_EQ(sink.bytes_.load(), 0u) << "a fill hands on no data";
+    EXPECT_EQ(resident_pages(fd, 1 << 20, 3 << 20), (3u << 20) / 4096);
+    EXPECT_EQ(resident_pages(fd, 5 << 20, 4096), 1u);
+    EXPECT_EQ(resident_pages(fd, (8 << 20) - 4096, 4096), 1u);
+    EXPECT_EQ(::lseek(fd, 0, SEEK_CUR), 12345) << "the file position moved";
+    char c;
+    ASSERT_EQ(::read(fd, &c, 1), 1);
+    EXPECT_EQ(c, TempFile::pattern(kSeed, 12345));
+    ::close(fd);
+}
+
+// A fill is a read: of a pipe, socket or FIFO it would consume the target's bytes. Refused
+// before any I/O, as a Read.
+TEST_F(PolicyIoWorker, FillOfAPipeSocketOrFifoConsumesNothing) {
+    START(0);
+    expect_pipe_socket_fifo_keep_their_bytes(
+        *w, sink, [](int fd) { return prefetch_action(fd, 0, 4096, true); });
+    EXPECT_EQ(w->stats().prefetch_fills, 0u);
+}
+
+// The same for a fill (refused, or turned into advice, which reads nothing).
+TEST_F(PolicyIoWorker, DescriptorSwappedForAPipeUnderAQueuedFillLosesNoByte) {
+    START(1 << 20);
+    expect_swap_for_a_pipe_loses_no_byte(*w, sink, data.path(), [](int fd, int round) {
+        return prefetch_action(fd, (round % 64) * 4096, 65536, true);
+    });
+}
+
+// Without `fill`, longer than a fill reads, or through an O_DIRECT description (a read would
+// bypass the page cache), a prefetch is advised.
+TEST_F(PolicyIoWorker, PrefetchIsAdvisedWhenAFillCannotFillThePageCache) {
+    START(kMaxFillBytes + (1 << 20));
+    const int fd = open_data();
+    push(*w, prefetch_action(fd, 0, 65536, false));
+    push(*w, prefetch_action(fd, 0, kMaxFillBytes + 4096, true));
+    const int direct = ::open(data.path().c_str(), O_RDONLY | O_DIRECT);
+    if (direct >= 0) push(*w, prefetch_action(direct, 0, 65536, true));
+    w->barrier();
+    EXPECT_EQ(w->stats().prefetch_fills, 0u);
+    EXPECT_EQ(w->stats().prefetch_advice, direct >= 0 ? 3u : 2u);
+    EXPECT_EQ(sink.errors_.load(), 0u);
+    if (direct >= 0) ::close(direct);
     ::close(fd);
 }
 
