@@ -53,7 +53,7 @@ double spread(const std::vector<double>& v) {
 ConfigSummary summarize(const Phase& phase, const std::vector<QueryInfo>& queries,
                         const std::string& config) {
     ConfigSummary s;
-    std::vector<double> cold, hot, pk_cold, gap;
+    std::vector<double> cold, hot, first, pk_cold, gap;
     for (const auto& q : queries) {
         const Timings* stock = find(phase, q.name, "stock");
         const Timings* t = find(phase, q.name, config);
@@ -75,9 +75,14 @@ ConfigSummary summarize(const Phase& phase, const std::vector<QueryInfo>& querie
                 if (!q.point_lookup && sc / sh >= kGapRatio) gap.push_back((sc - c) / (sc - sh));
             }
         }
+        if (!q.point_lookup && !stock->first_ms.empty() && !t->first_ms.empty()) {
+            const double sf = median(stock->first_ms), f = median(t->first_ms);
+            if (sf > 0 && f > 0) first.push_back(f / sf);
+        }
     }
     s.cold_speedup_geomean = geomean(cold);
     if (auto g = geomean(hot)) s.hot_slowdown_pct = 100.0 * (*g - 1);
+    if (auto g = geomean(first)) s.first_after_switch_slowdown_pct = 100.0 * (*g - 1);
     s.point_lookup_cold_speedup = geomean(pk_cold);
     s.gap_queries = gap.size();
     if (!gap.empty()) {

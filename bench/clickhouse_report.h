@@ -29,6 +29,9 @@ struct Config {
 
 struct Timings {
     std::vector<double> cold_ms, hot_ms;
+    // The query's first run after the configuration was switched on, before its hot run: the
+    // switch's one-time costs (per-thread state, rings, maps filled afresh) land here.
+    std::vector<double> first_ms;
 };
 
 struct QueryInfo {
@@ -68,6 +71,8 @@ struct ConfigSummary {
     std::optional<double> cold_gap_recovered_pct;  // over queries with stock cold/hot >= 1.3
     size_t gap_queries = 0;
     std::optional<double> hot_slowdown_pct;  // geomean hot config/stock - 1
+    // The same for the first run after each switch (stock's first run after its switch).
+    std::optional<double> first_after_switch_slowdown_pct;
     std::optional<double> point_lookup_cold_speedup;
     // Queries (ClickBench's and PK lookups) whose cold median differs from stock's by more
     // than the larger run-to-run spread of the two, faster or slower, or lies inside it; and

@@ -96,13 +96,16 @@ TEST(BenchClickhouse, QuickRunComparesResultsAndPrintsMetrics) {
     EXPECT_NE(out.find("metric: part_mismatches 0\n"), std::string::npos);
     EXPECT_NE(out.find("files identical to stock's"), std::string::npos);
     for (const char* m : {"cold_speedup_geomean", "cold_gap_recovered_pct",
-                          "cold_point_lookup_speedup", "hot_slowdown_pct", "insert_speedup",
+                          "cold_point_lookup_speedup", "hot_slowdown_pct",
+                          "first_after_switch_slowdown_pct", "insert_speedup",
                           "clickhouse_glue_loc", "cold_speedup_geomean_contended",
                           "cold_gap_recovered_pct_contended", "cold_point_lookup_speedup_contended",
                           "hot_slowdown_pct_contended", "device_rand4k_qd32_over_qd1_contended"})
         EXPECT_TRUE(std::regex_search(
             out, std::regex(std::string("\\nmetric: ") + m + " ([0-9.+-]+|n/a)\\n")))
             << m;
+    // Each hot run follows a recorded first run after its switch; runs.tsv has both.
+    EXPECT_NE(out.find("1st after switch"), std::string::npos);
     // Every cold run started with the table out of the page cache (checked with mincore).
     std::smatch resident;
     ASSERT_TRUE(std::regex_search(
