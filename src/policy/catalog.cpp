@@ -69,10 +69,11 @@ const std::vector<PolicyDef>& catalog() {
              {"shared", 10, 1,
               "1: a file's prefetch windows are shared by every thread and descriptor reading "
               "it; 0: one per stream (thread, descriptor)"},
-             {"fill", kRuntimeKnob, 1,
-              "1: prefetches are read into the page cache through the kernel's readahead (a "
-              "buffered io_uring read into a discarded buffer: large folios); 0: advised "
-              "(POSIX_FADV_WILLNEED: 4 KiB folios, more CPU)"},
+             {"fill", kRuntimeKnob, 0,
+              "0: prefetches are advised (POSIX_FADV_WILLNEED: 4 KiB folios); 1: read into the "
+              "page cache through the target's descriptor (a buffered io_uring read into a "
+              "discarded buffer: large folios, a third of the CPU, but it moves the "
+              "descriptor's readahead state)"},
              {"budget_mb", kRuntimeKnob, 256,
               "bytes in flight on the I/O thread, all policies (MiB)"},
          }},

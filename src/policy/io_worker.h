@@ -12,16 +12,17 @@
 //
 // Actions:
 //   Prefetch  the range read into the page cache, one of two ways:
-//             - fill (Action::fill, the default of the policies): a buffered IORING_OP_READV
-//             of the range through the fixed-file slot, exactly as a Read below reaches the
-//             file (type check first, explicit offset), into one scratch area every fill
-//             shares and nobody reads (an iovec array that names it again and again). The
-//             kernel serves it with its own readahead, which fills the page cache in large
-//             folios; the copy into the scratch area stays in the cache. Measured (docs/
-//             POLICIES.md, "How a prefetch reaches the page cache"): a quarter to a third of
-//             the CPU of the advice below, which the kernel serves in 4 KiB folios. Ranges
-//             longer than kMaxFillBytes, O_DIRECT descriptors and files of proc, sysfs and the
-//             like take the advice;
+//             - fill (Action::fill, the policies' knob `fill`): a buffered IORING_OP_READV of
+//             the range through the fixed-file slot, exactly as a Read below reaches the file
+//             (type check first, explicit offset), into one scratch area every fill shares
+//             and nobody reads (an iovec array that names it again and again). The kernel
+//             serves it with its own readahead, which fills the page cache in large folios;
+//             the copy into the scratch area stays in the cache. A quarter to a third of the
+//             CPU of the advice below (which the kernel serves in 4 KiB folios), but the read
+//             goes through the target's open file description and moves its readahead state
+//             (docs/POLICIES.md, "How a prefetch reaches the page cache", measured both).
+//             Ranges longer than kMaxFillBytes, O_DIRECT descriptors and files of proc, sysfs
+//             and the like take the advice;
 //             - advice: IORING_OP_FADVISE(POSIX_FADV_WILLNEED) on the target's descriptor: the
 //             kernel starts reading the range into the page cache. No buffer, no file
 //             position, no data consumed: whatever the descriptor refers to by then (closed,
