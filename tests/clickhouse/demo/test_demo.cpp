@@ -75,12 +75,12 @@ TEST_F(DemoTest, RunsEndToEndAndLeavesNothingBehind) {
     // The acceleration step: the policy switched on live, the cold mix measured both ways with
     // every result matching, and the measured speedup printed (whatever it is).
     EXPECT_NE(out.find("$ liveio policy "), std::string::npos) << out;
-    EXPECT_NE(out.find("prefetch cold mix "), std::string::npos) << out;
+    EXPECT_NE(out.find("marks cold mix "), std::string::npos) << out;
     EXPECT_TRUE(std::regex_search(
-        out, std::regex(R"(cold mix median: stock [0-9.]+ ms, prefetch [0-9.]+ ms: [0-9.]+x)")))
+        out, std::regex(R"(cold mix median: stock [0-9.]+ ms, marks [0-9.]+ ms: [0-9.]+x)")))
         << out;
     EXPECT_TRUE(std::regex_search(
-        out, std::regex(R"(cold mix with prefetch switched on live: [0-9.]+x vs stock cold)")))
+        out, std::regex(R"(cold mix with marks switched on live: [0-9.]+x vs stock cold)")))
         << out;
     const auto shards = shards_in(out);
     ASSERT_EQ(shards.size(), 2u) << out;
