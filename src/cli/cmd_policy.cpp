@@ -173,10 +173,14 @@ void print_policies(const json& list) {
     }
     if (list.contains("worker")) {
         const json w = list["worker"];
-        std::printf("liveio-io thread %d: %s, budget %s, %s in flight\n", w.value("tid", 0),
+        std::printf("liveio-io thread %d: %s, budget %s, %s in flight; prefetches: %llu read "
+                    "through the page cache (fill), %llu advised\n",
+                    w.value("tid", 0),
                     w.value("io_uring", false) ? "io_uring" : "synchronous fallback",
                     mib(w.value("budget_bytes", uint64_t{0})).c_str(),
-                    mib(w.value("bytes_in_flight", uint64_t{0})).c_str());
+                    mib(w.value("bytes_in_flight", uint64_t{0})).c_str(),
+                    static_cast<unsigned long long>(w.value("prefetch_fills", uint64_t{0})),
+                    static_cast<unsigned long long>(w.value("prefetch_advice", uint64_t{0})));
     }
     if (list.contains("ring_fds")) {
         const json r = list["ring_fds"];

@@ -384,9 +384,9 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         if (a.kind == Action::Kind::Prefetch) {
             // A fill reads through the target's description: never one opened O_DIRECT (the
             // read would bypass the page cache) nor a file whose reads have effects.
-            const bool fill = a.fill && reads && a.len <= kMaxFillBytes &&
-                              !generated_per_description(a.fd) &&
-                              (liveio::raw_syscall(SYS_fcntl, a.fd, F_GETFL) & O_DIRECT) == 0;
+            const long status = a.fill ? liveio::raw_syscall(SYS_fcntl, a.fd, F_GETFL) : -1;
+            const bool fill = status >= 0 && (status & O_DIRECT) == 0 && reads &&
+                              a.len <= kMaxFillBytes && !generated_per_description(a.fd);
             prepared = fill && prepare_fill(index, a, file_id);
             if (prepared) {
                 ++prefetch_fills;
