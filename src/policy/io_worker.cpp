@@ -246,6 +246,22 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         s = Slot{};
         free_slots.push_back(index);
     };
+    // Points fixed-file slot `index` at the target's descriptor a.fd and queues the ring's
+    // type check of it (tag kCheckTag | index); the read (a Read's, a fill's) is prepared at
+    // the check's completion. False when the slot cannot be updated, when the ring is full, or
+    // when a.fd was reused between the fstat and the update for something else than the file
+    // checked (`swapped`: known without any I/O; reused and reused back in between is what
+    // the ring's check is for). The caller clears the slot.
+    auto queue_slot_check = [&](unsigned index, const Action& a, uint64_t file_id,
+                                bool& swapped) {
+        const int fd = a.fd;
+        if (engine->register_files_update(index, std::span<const int>(&fd, 1)) != 1) return false;
+        slots[index].file_slot = true;
+        swapped = regular_file_id(a.fd) != file_id;
+        if (swapped) return false;
+        return engine->prepare(uring::Op::sync_file_range(static_cast<int>(index), 0, 0, 0).fixed(),
+                               kCheckTag | index) == 0;
+    };
     // A Read of the target's descriptor a.fd (a regular file `file_id` when it was checked),
     // prepared in action slot `index`; false when it cannot be (the caller drops it).
     //
@@ -278,18 +294,10 @@ void IoWorker::run(std::promise<Result<void>>* started) {
         void* buffer = nullptr;
         if (posix_memalign(&buffer, kReadAlignment, size) != 0) return false;
         s.buffer = static_cast<char*>(buffer);
-        const int fd = a.fd;
-        if (engine->register_files_update(index, std::span<const int>(&fd, 1)) != 1) return false;
-        s.file_slot = true;
-        // Reused between the fstat and the update for something else than the file checked:
-        // known without any I/O. (Reused and reused back in between is what the ring's check
-        // is for.)
-        if (regular_file_id(a.fd) != file_id) {
-            ++not_regular;
-            return false;
-        }
-        return engine->prepare(uring::Op::sync_file_range(static_cast<int>(index), 0, 0, 0).fixed(),
-                               kCheckTag | index) == 0;
+        bool swapped = false;
+        const bool queued = queue_slot_check(index, a, file_id, swapped);
+        if (swapped) ++not_regular;
+        return queued;
     };
     // A Prefetch by fill in action slot `index`: the file reached as for a Read (the fixed-file
     // slot, the identity and type checks); at the check's completion, a READV of the range
@@ -297,20 +305,12 @@ void IoWorker::run(std::promise<Result<void>>* started) {
     auto prepare_fill = [&](unsigned index, const Action& a, uint64_t file_id) {
         Slot& s = slots[index];
         if (!fill_scratch) fill_scratch.reset(new char[kFillChunk]);
-        const int fd = a.fd;
-        if (engine->register_files_update(index, std::span<const int>(&fd, 1)) != 1) return false;
-        s.file_slot = true;
-        if (regular_file_id(a.fd) != file_id) {
-            clear_file_slot(index);
-            return false;
-        }
         s.fill.clear();
         for (uint64_t done = 0; done < a.len; done += kFillChunk)
             s.fill.push_back({fill_scratch.get(), std::min<uint64_t>(kFillChunk, a.len - done)});
         s.read_start = static_cast<uint64_t>(a.offset);
-        if (engine->prepare(uring::Op::sync_file_range(static_cast<int>(index), 0, 0, 0).fixed(),
-                            kCheckTag | index) == 0)
-            return true;
+        bool swapped = false;
+        if (queue_slot_check(index, a, file_id, swapped)) return true;
         clear_file_slot(index);
         s.fill.clear();
         return false;
